@@ -1,0 +1,1 @@
+//! Benchmarks live in `micro/` (criterion) and in the scripts beside this file.

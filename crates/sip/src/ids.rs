@@ -1,0 +1,256 @@
+//! Branches, tags, Call-IDs, the stateless branch of RFC 3261 §16.11, and
+//! the affinity key that routes every message of a call to one worker.
+//!
+//! Random values come from a caller-owned [`rand_core::RngCore`] (seeded in
+//! tests, the OS in production), so cores stay deterministic. Hashes are
+//! SipHash-1-3 with a key: a fixed, documented default key makes every edge
+//! and worker compute the same affinity key, and a cluster secret can replace
+//! it so outsiders cannot aim calls at one shard.
+
+use core::hash::Hasher as _;
+
+use rand_core::RngCore;
+use siphasher::sip::SipHasher13;
+use siphasher::sip128::Hasher128 as _;
+
+use crate::scan::Message;
+use crate::via::MAGIC_COOKIE;
+
+/// A short generated identifier, held inline (no allocation).
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Token {
+    buf: [u8; 48],
+    len: u8,
+}
+
+impl Token {
+    fn new(parts: &[&[u8]]) -> Self {
+        let mut t = Self { buf: [0; 48], len: 0 };
+        for p in parts {
+            let at = usize::from(t.len);
+            t.buf[at..at + p.len()].copy_from_slice(p);
+            t.len += p.len() as u8;
+        }
+        t
+    }
+
+    /// The identifier's bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.buf[..usize::from(self.len)]
+    }
+
+    /// The identifier as text (always ASCII).
+    pub fn as_str(&self) -> &str {
+        core::str::from_utf8(self.as_bytes()).unwrap_or_default()
+    }
+}
+
+impl core::fmt::Debug for Token {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl core::fmt::Display for Token {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+/// `n` as 16 lowercase hex digits.
+pub fn hex_u64(n: u64) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = HEX[((n >> (60 - 4 * i)) & 0xf) as usize];
+    }
+    out
+}
+
+/// Parses 1 to 16 hex digits (either case).
+pub fn parse_hex_u64(s: &[u8]) -> Option<u64> {
+    if s.is_empty() || s.len() > 16 {
+        return None;
+    }
+    s.iter().try_fold(0u64, |acc, &b| {
+        let d = (b as char).to_digit(16)?;
+        Some(acc << 4 | u64::from(d))
+    })
+}
+
+/// Generates random branches, tags and Call-IDs.
+#[derive(Debug)]
+pub struct IdGen<R> {
+    rng: R,
+}
+
+impl<R: RngCore> IdGen<R> {
+    /// Uses `rng` for every identifier.
+    pub fn new(rng: R) -> Self {
+        Self { rng }
+    }
+
+    /// A client branch: magic cookie plus 96 random bits (RFC 3261 §8.1.1.7).
+    pub fn branch(&mut self) -> Token {
+        let (a, b) = (self.rng.next_u64(), self.rng.next_u32());
+        Token::new(&[MAGIC_COOKIE, &hex_u64(a), &hex_u64(u64::from(b))[8..]])
+    }
+
+    /// A tag with 64 random bits (§19.3 asks for at least 32).
+    pub fn tag(&mut self) -> Token {
+        Token::new(&[&hex_u64(self.rng.next_u64())])
+    }
+
+    /// A Call-ID with 128 random bits and no host part, so it names no
+    /// internal address (topology hiding).
+    pub fn call_id(&mut self) -> Token {
+        let (a, b) = (self.rng.next_u64(), self.rng.next_u64());
+        Token::new(&[&hex_u64(a), &hex_u64(b)])
+    }
+}
+
+/// Keyed hashes shared by every node of a cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hashing {
+    k0: u64,
+    k1: u64,
+}
+
+impl Default for Hashing {
+    /// The published default key. Deployments set a cluster secret with
+    /// [`Hashing::with_key`].
+    fn default() -> Self {
+        Self {
+            k0: 0x6861_6e64_6f76_6572, // "handover"
+            k1: 0x7369_7032_2e30_6b79, // "sip2.0ky"
+        }
+    }
+}
+
+impl Hashing {
+    /// Hashing with a cluster secret.
+    pub fn with_key(k0: u64, k1: u64) -> Self {
+        Self { k0, k1 }
+    }
+
+    /// The affinity key of a new call: a hash of its Call-ID (ARCHITECTURE
+    /// §2). Call-IDs compare byte for byte, so the raw bytes are hashed.
+    pub fn affinity_key(&self, call_id: &[u8]) -> u64 {
+        let mut h = SipHasher13::new_with_keys(self.k0, self.k1);
+        h.write(call_id);
+        h.finish()
+    }
+
+    /// The branch a stateless proxy puts in its own Via (RFC 3261 §16.11):
+    /// a retransmission, the CANCEL of an INVITE and the ACK of a non-2xx
+    /// final response all get the same branch as the original request.
+    pub fn stateless_branch(&self, msg: &Message<'_>) -> Token {
+        //= https://www.rfc-editor.org/rfc/rfc3261#section-16.11
+        //# If it begins with the magic cookie, the first component of the
+        //# branch ID of the outgoing request is computed as a hash of the
+        //# received branch ID.  Otherwise, the branch ID is computed as a hash
+        //# of the received Via, the tag in the To header field, the tag in the
+        //# From header field, the Call-ID header field, the CSeq number (but
+        //# not method), and the Request-URI from the received request.
+        let mut h = siphasher::sip128::SipHasher13::new_with_keys(self.k0, self.k1);
+        let via = msg.top_via();
+        // The sent-by goes in too, so two clients that pick the same branch
+        // (a bad RNG) still get different branches here.
+        h.write(via.host());
+        h.write(&via.port().unwrap_or(0).to_be_bytes());
+        if via.is_rfc3261_branch() {
+            h.write(via.branch().unwrap_or_default());
+        } else {
+            h.write(via.span().of(msg.buf()));
+            h.write(msg.to_tag().unwrap_or_default());
+            h.write(&[0]);
+            h.write(msg.from_tag().unwrap_or_default());
+            h.write(&[0]);
+            h.write(msg.call_id());
+            h.write(&msg.cseq().seq.to_be_bytes());
+            h.write(msg.request_uri().map_or(&b""[..], |u| u.as_bytes()));
+        }
+        let v = h.finish128();
+        Token::new(&[MAGIC_COOKIE, b"-hx", &hex_u64(v.h1), &hex_u64(v.h2)])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scan;
+
+    struct Counter(u64);
+    impl RngCore for Counter {
+        fn next_u32(&mut self) -> u32 {
+            self.next_u64() as u32
+        }
+        fn next_u64(&mut self) -> u64 {
+            self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            self.0
+        }
+        fn fill_bytes(&mut self, dst: &mut [u8]) {
+            rand_core::impls::fill_bytes_via_next(self, dst)
+        }
+    }
+
+    #[test]
+    fn rfc3261_8_1_1_7_branch_has_cookie_and_is_unique() {
+        let mut g = IdGen::new(Counter(1));
+        let a = g.branch();
+        let b = g.branch();
+        assert!(a.as_bytes().starts_with(MAGIC_COOKIE));
+        assert_eq!(a.as_bytes().len(), 7 + 24);
+        assert_ne!(a, b);
+        assert_eq!(g.tag().as_bytes().len(), 16);
+        assert_eq!(g.call_id().as_bytes().len(), 32);
+    }
+
+    #[test]
+    fn hex_round_trip() {
+        for n in [0, 1, 0xdead_beef, u64::MAX] {
+            assert_eq!(parse_hex_u64(&hex_u64(n)), Some(n));
+        }
+        assert_eq!(parse_hex_u64(b"FF"), Some(255));
+        assert_eq!(parse_hex_u64(b"xyz"), None);
+        assert_eq!(parse_hex_u64(b"00000000000000000"), None);
+    }
+
+    fn req(branch: &str, method: &str) -> Vec<u8> {
+        format!(
+            "{method} sip:b@x SIP/2.0\r\nVia: SIP/2.0/UDP a:5060;branch={branch}\r\n\
+From: <sip:a@x>;tag=1\r\nTo: <sip:b@x>\r\nCall-ID: c\r\nCSeq: 1 {method}\r\n\r\n"
+        )
+        .into_bytes()
+    }
+
+    #[test]
+    fn rfc3261_16_11_stateless_branch_is_stable() {
+        let h = Hashing::default();
+        let inv = req("z9hG4bK1", "INVITE");
+        let cancel = req("z9hG4bK1", "CANCEL");
+        let other = req("z9hG4bK2", "INVITE");
+        let b1 = h.stateless_branch(&scan(&inv).unwrap());
+        assert_eq!(b1, h.stateless_branch(&scan(&inv).unwrap()), "retransmission");
+        assert_eq!(b1, h.stateless_branch(&scan(&cancel).unwrap()), "CANCEL matches INVITE");
+        assert_ne!(b1, h.stateless_branch(&scan(&other).unwrap()));
+        assert!(b1.as_bytes().starts_with(MAGIC_COOKIE));
+        // RFC 2543 clients (no cookie): hash of Via, tags, Call-ID, CSeq number, R-URI.
+        let old1 = req("1", "INVITE");
+        let old2 = req("1", "CANCEL");
+        assert_eq!(
+            h.stateless_branch(&scan(&old1).unwrap()),
+            h.stateless_branch(&scan(&old2).unwrap())
+        );
+        assert_ne!(Hashing::with_key(1, 2).stateless_branch(&scan(&inv).unwrap()), b1);
+    }
+
+    #[test]
+    fn affinity_key_is_stable_across_processes() {
+        // Recorded value: edges and workers of every version must agree.
+        assert_eq!(Hashing::default().affinity_key(b"a84b4c76e66710@pc33.atlanta.com"), AFFINITY_REF);
+    }
+
+    const AFFINITY_REF: u64 = 6_975_771_465_790_492_611;
+}

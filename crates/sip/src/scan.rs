@@ -1,0 +1,733 @@
+//! The zero-copy scanner: one pass over a datagram that finds the start line,
+//! walks the headers in order and records where the few headers routing needs
+//! are. Nothing is copied and nothing is allocated; typed views are spans
+//! into the datagram.
+//!
+//! Leniencies, on purpose: bare LF line ends are accepted as CRLF; leading
+//! CRLFs before the start line are skipped (RFC 3261 §7.5); bytes past
+//! `Content-Length` are discarded (§18.3).
+
+use crate::addr::NameAddr;
+use crate::error::{Reason, ReplyParts, ScanError};
+use crate::header::HeaderName;
+use crate::lex::{CommaValues, Span, is_lws, is_token, parse_u64, trim};
+use crate::method::{CSeq, Method};
+use crate::uri::{Scheme, Uri};
+use crate::via::Via;
+
+/// Limits applied while scanning. Defaults suit UDP: the whole datagram may
+/// be 64 KiB (RFC 3261 §18.1.1's switch to TCP is future work).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest message accepted; larger requests get 413.
+    pub max_message_bytes: usize,
+    /// Longest Request-URI accepted; longer ones get 414.
+    pub max_uri_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_message_bytes: 65_535,
+            max_uri_bytes: 8_192,
+        }
+    }
+}
+
+impl Limits {
+    /// Checks the limits are usable; the error names the broken rule.
+    pub fn validate(&self) -> Result<(), &'static str> {
+        if self.max_message_bytes < 512 || self.max_message_bytes > 65_535 {
+            return Err("max_message_bytes must be between 512 and 65535");
+        }
+        if self.max_uri_bytes < 64 || self.max_uri_bytes > self.max_message_bytes {
+            return Err("max_uri_bytes must be at least 64 and at most max_message_bytes");
+        }
+        Ok(())
+    }
+}
+
+/// Request line or status line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartLine {
+    /// `Method SP Request-URI SP SIP-Version`
+    Request {
+        /// The method.
+        method: Method,
+        /// The method token.
+        method_span: Span,
+        /// The Request-URI.
+        uri: Span,
+    },
+    /// `SIP-Version SP Status-Code SP Reason-Phrase`
+    Response {
+        /// The status code, 100..=699.
+        status: u16,
+        /// The reason phrase.
+        reason: Span,
+    },
+}
+
+/// One header as it appears on the wire (folded lines joined by span).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    /// The header, classified.
+    pub name: HeaderName,
+    /// The name as written.
+    pub name_span: Span,
+    /// The value, trimmed; folded values keep their inner CRLF.
+    pub value: Span,
+    /// The whole line(s), from the name to just past the last line end.
+    pub line: Span,
+}
+
+/// A header the scanner remembered: its line and trimmed value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Field {
+    /// From the name to just past the line end (folding included).
+    pub line: Span,
+    /// The value, trimmed.
+    pub value: Span,
+}
+
+/// Reads one line from `pos`: (end of content, start of next line, saw a line end).
+#[inline]
+fn read_line(buf: &[u8], pos: usize) -> (usize, usize, bool) {
+    match memchr::memchr(b'\n', &buf[pos..]) {
+        Some(i) => {
+            let lf = pos + i;
+            let ce = if lf > pos && buf[lf - 1] == b'\r' { lf - 1 } else { lf };
+            (ce, lf + 1, true)
+        }
+        None => (buf.len(), buf.len(), false),
+    }
+}
+
+/// Reads one header at `pos` (which is not an empty line), joining folded
+/// continuation lines. `Err(next)` for a line that is not `name: value`
+/// (the caller may skip to `next`).
+#[inline]
+fn read_header(buf: &[u8], pos: usize) -> (Result<Header, usize>, bool) {
+    let (mut ce, mut next, mut term) = read_line(buf, pos);
+    while term && next < buf.len() && matches!(buf[next], b' ' | b'\t') {
+        let (c2, n2, t2) = read_line(buf, next);
+        ce = c2;
+        next = n2;
+        term = t2;
+    }
+    let mut i = pos;
+    while i < ce && is_token(buf[i]) {
+        i += 1;
+    }
+    let name_span = Span::new(pos, i);
+    while i < ce && matches!(buf[i], b' ' | b'\t') {
+        i += 1;
+    }
+    if name_span.is_empty() || i >= ce || buf[i] != b':' {
+        return (Err(next), term);
+    }
+    let value = trim(buf, Span::new(i + 1, ce));
+    (
+        Ok(Header {
+            name: HeaderName::from_bytes(name_span.of(buf)),
+            name_span,
+            value,
+            line: Span::new(pos, next),
+        }),
+        term,
+    )
+}
+
+/// Iterates the headers of a scanned message in order. Malformed lines are
+/// skipped (a message that scanned cleanly has none).
+#[derive(Debug, Clone)]
+pub struct Headers<'a> {
+    buf: &'a [u8],
+    pos: usize,
+    end: usize,
+}
+
+impl Iterator for Headers<'_> {
+    type Item = Header;
+
+    fn next(&mut self) -> Option<Header> {
+        while self.pos < self.end {
+            let (h, _) = read_header(&self.buf[..self.end], self.pos);
+            match h {
+                Ok(h) => {
+                    self.pos = h.line.end;
+                    return Some(h);
+                }
+                Err(next) => self.pos = next,
+            }
+        }
+        None
+    }
+}
+
+/// Iterates every value of a list header across all its lines.
+#[derive(Debug, Clone)]
+pub struct Values<'a> {
+    headers: Headers<'a>,
+    name: HeaderName,
+    current: Option<CommaValues<'a>>,
+}
+
+impl Iterator for Values<'_> {
+    type Item = Span;
+
+    fn next(&mut self) -> Option<Span> {
+        loop {
+            if let Some(v) = self.current.as_mut().and_then(Iterator::next) {
+                return Some(v);
+            }
+            let h = self.headers.by_ref().find(|h| h.name == self.name)?;
+            self.current = Some(CommaValues::new(self.headers.buf, h.value));
+        }
+    }
+}
+
+/// A scanned SIP message. Borrowed from the datagram; all accessors are
+/// spans or views into it. A `Message` exists only for datagrams that passed
+/// every check in [`scan`]: the mandatory headers are present and valid.
+#[derive(Debug, Clone, Copy)]
+pub struct Message<'a> {
+    buf: &'a [u8],
+    start: StartLine,
+    start_span: Span,
+    headers: Span,
+    body: Span,
+    via: Field,
+    top_via: Via<'a>,
+    call_id: Field,
+    cseq: (Field, CSeq),
+    from: (Field, NameAddr<'a>),
+    to: (Field, NameAddr<'a>),
+    max_forwards: Option<(Field, u32)>,
+    content_length: Option<Field>,
+    content_type: Option<Field>,
+    route: Option<Field>,
+    record_route: Option<Field>,
+    contact: Option<Field>,
+    request_uri: Option<Uri<'a>>,
+}
+
+/// Scans with default [`Limits`].
+pub fn scan(buf: &[u8]) -> Result<Message<'_>, ScanError<'_>> {
+    scan_with(buf, &Limits::default())
+}
+
+/// What the header pass collected, before validation.
+#[derive(Default)]
+struct Found {
+    via: Option<Field>,
+    call_id: Option<Field>,
+    cseq: Option<Field>,
+    from: Option<Field>,
+    to: Option<Field>,
+    max_forwards: Option<Field>,
+    content_length: Option<Field>,
+    content_type: Option<Field>,
+    route: Option<Field>,
+    record_route: Option<Field>,
+    contact: Option<Field>,
+    timestamp: Option<Field>,
+    first_error: Option<Reason>,
+}
+
+impl Found {
+    fn error(&mut self, r: Reason) {
+        self.first_error.get_or_insert(r);
+    }
+
+    fn once(slot: &mut Option<Field>, f: Field, name: HeaderName, err: &mut Option<Reason>) {
+        if slot.is_some() {
+            err.get_or_insert(Reason::DuplicateHeader(name));
+        } else {
+            *slot = Some(f);
+        }
+    }
+}
+
+/// Scans one datagram.
+///
+/// On success every mandatory header (Via, From, To, Call-ID, CSeq) is
+/// present and parses, CSeq's method matches a request's method, and
+/// Content-Length (if present) fits the datagram. On failure the error says
+/// why and, for a request other than ACK whose top Via parses, keeps what is
+/// needed to answer it.
+pub fn scan_with<'a>(buf: &'a [u8], limits: &Limits) -> Result<Message<'a>, ScanError<'a>> {
+    let drop = |reason| ScanError { reason, reply: None };
+    // RFC 3261 §7.5: ignore CRLFs before the start line.
+    let mut pos = 0;
+    while pos < buf.len() && matches!(buf[pos], b'\r' | b'\n') {
+        pos += 1;
+    }
+    let (ce, next, term) = read_line(buf, pos);
+    if !term {
+        return Err(drop(Reason::NotSip));
+    }
+    let start_span = Span::new(pos, ce);
+    let line = start_span.of(buf);
+    let mut found = Found::default();
+    if memchr::memchr(0, line).is_some() {
+        return Err(drop(Reason::NotSip));
+    }
+    let start = if line.len() >= 4 && line[..4].eq_ignore_ascii_case(b"SIP/") {
+        parse_status_line(buf, start_span).ok_or(drop(Reason::MalformedStartLine))?
+    } else {
+        // Method SP Request-URI SP SIP-Version; anything not ending in a SIP
+        // version is not SIP at all.
+        let last_sp = memchr::memrchr(b' ', line).ok_or(drop(Reason::NotSip))?;
+        let version = &line[last_sp + 1..];
+        if version.len() < 4 || !version[..4].eq_ignore_ascii_case(b"SIP/") {
+            return Err(drop(Reason::NotSip));
+        }
+        if !version.eq_ignore_ascii_case(b"SIP/2.0") {
+            found.error(Reason::BadVersion);
+        }
+        let first_sp = memchr::memchr(b' ', line).unwrap_or(last_sp);
+        let method_span = Span::new(pos, pos + first_sp);
+        let uri = Span::new(pos + first_sp + 1, pos + last_sp);
+        let method_ok = !method_span.is_empty() && method_span.of(buf).iter().all(|&b| is_token(b));
+        if !method_ok || uri.is_empty() || first_sp == last_sp {
+            found.error(Reason::MalformedStartLine);
+        }
+        StartLine::Request {
+            method: Method::from_bytes(method_span.of(buf)),
+            method_span,
+            uri,
+        }
+    };
+
+    // Headers.
+    let headers_start = next;
+    let mut pos = next;
+    let mut body_start = None;
+    while pos < buf.len() {
+        let (ce, next, _) = read_line(buf, pos);
+        if ce == pos {
+            body_start = Some(next);
+            break;
+        }
+        let (h, term) = read_header(buf, pos);
+        let h = match h {
+            Ok(h) => h,
+            Err(next) => {
+                found.error(Reason::MalformedHeaderLine);
+                pos = next;
+                continue;
+            }
+        };
+        let f = Field {
+            line: h.line,
+            value: h.value,
+        };
+        let err = &mut found.first_error;
+        match h.name {
+            HeaderName::Via => {
+                found.via.get_or_insert(f);
+            }
+            HeaderName::CallId => Found::once(&mut found.call_id, f, h.name, err),
+            HeaderName::CSeq => Found::once(&mut found.cseq, f, h.name, err),
+            HeaderName::From => Found::once(&mut found.from, f, h.name, err),
+            HeaderName::To => Found::once(&mut found.to, f, h.name, err),
+            HeaderName::MaxForwards => Found::once(&mut found.max_forwards, f, h.name, err),
+            HeaderName::ContentLength => Found::once(&mut found.content_length, f, h.name, err),
+            HeaderName::ContentType => Found::once(&mut found.content_type, f, h.name, err),
+            HeaderName::Route => {
+                found.route.get_or_insert(f);
+            }
+            HeaderName::RecordRoute => {
+                found.record_route.get_or_insert(f);
+            }
+            HeaderName::Contact => {
+                found.contact.get_or_insert(f);
+            }
+            HeaderName::Timestamp => {
+                found.timestamp.get_or_insert(f);
+            }
+            _ => {}
+        }
+        pos = h.line.end;
+        if !term {
+            break;
+        }
+    }
+    let headers_end = match body_start {
+        Some(b) => b,
+        None => {
+            found.error(Reason::Truncated);
+            buf.len()
+        }
+    };
+    // The blank line's own bytes are not part of the header block.
+    let header_block = Span::new(headers_start, pos.min(headers_end));
+    if memchr::memchr(0, header_block.of(buf)).is_some() {
+        found.error(Reason::NulByte);
+    }
+
+    // Can this be answered? Only requests other than ACK, and only with a
+    // top Via to send the answer along (RFC 3261 §8.2.6, §18.2.2).
+    let top_via = found.via.and_then(|f| {
+        CommaValues::new(buf, f.value)
+            .next()
+            .and_then(|v| Via::parse(buf, v))
+    });
+    let answerable = matches!(start, StartLine::Request { method, .. } if method != Method::Ack)
+        && top_via.is_some();
+    let reject = |reason: Reason| ScanError {
+        reason,
+        reply: answerable.then_some(ReplyParts {
+            buf,
+            headers: header_block,
+            from: found.from.map(|f| f.value),
+            to: found.to.map(|f| f.value),
+            call_id: found.call_id.map(|f| f.value),
+            cseq: found.cseq.map(|f| f.value),
+            timestamp: found.timestamp.map(|f| f.value),
+        }),
+    };
+
+    if let Some(r) = found.first_error {
+        return Err(reject(r));
+    }
+    let via = found.via.ok_or(reject(Reason::MissingHeader(HeaderName::Via)))?;
+    let top_via = top_via.ok_or(reject(Reason::MalformedHeader(HeaderName::Via)))?;
+    let from = found.from.ok_or(reject(Reason::MissingHeader(HeaderName::From)))?;
+    let to = found.to.ok_or(reject(Reason::MissingHeader(HeaderName::To)))?;
+    let call_id = found.call_id.ok_or(reject(Reason::MissingHeader(HeaderName::CallId)))?;
+    let cseq_f = found.cseq.ok_or(reject(Reason::MissingHeader(HeaderName::CSeq)))?;
+
+    // §18.3: a body shorter than Content-Length is an error; extra bytes are
+    // discarded. Without Content-Length (UDP only) the body runs to the end.
+    let body_start = body_start.unwrap_or(buf.len());
+    let available = buf.len() - body_start;
+    let body = match found.content_length {
+        Some(f) => {
+            let n = parse_u64(f.value.of(buf), u64::MAX)
+                .ok_or(reject(Reason::MalformedHeader(HeaderName::ContentLength)))?;
+            if n > available as u64 {
+                return Err(reject(Reason::BodyTooShort));
+            }
+            Span::new(body_start, body_start + n as usize)
+        }
+        None => Span::new(body_start, buf.len()),
+    };
+
+    let cseq = CSeq::parse(buf, cseq_f.value).ok_or(reject(Reason::MalformedHeader(HeaderName::CSeq)))?;
+    if let StartLine::Request { method_span, .. } = start {
+        if cseq.method_span.of(buf) != method_span.of(buf) {
+            return Err(reject(Reason::CSeqMethodMismatch));
+        }
+    }
+    let cid = call_id.value.of(buf);
+    if cid.is_empty() || cid.iter().any(|&b| is_lws(b) || b < 0x21 || b == 0x7f) {
+        return Err(reject(Reason::MalformedHeader(HeaderName::CallId)));
+    }
+    let from_na = NameAddr::parse(buf, from.value).map_err(|_| reject(Reason::MalformedHeader(HeaderName::From)))?;
+    let to_na = NameAddr::parse(buf, to.value).map_err(|_| reject(Reason::MalformedHeader(HeaderName::To)))?;
+    let max_forwards = match found.max_forwards {
+        Some(f) => {
+            let n = parse_u64(f.value.of(buf), u64::from(u32::MAX))
+                .ok_or(reject(Reason::MalformedHeader(HeaderName::MaxForwards)))?;
+            Some((f, n as u32))
+        }
+        None => None,
+    };
+    let mut request_uri = None;
+    if let StartLine::Request { uri, .. } = start {
+        if uri.len() > limits.max_uri_bytes {
+            return Err(reject(Reason::UriTooLong));
+        }
+        let u = Uri::parse(buf, uri).map_err(|_| reject(Reason::MalformedRequestUri))?;
+        if u.scheme() == Scheme::Other {
+            return Err(reject(Reason::UnsupportedUriScheme));
+        }
+        request_uri = Some(u);
+    }
+    if body.end > limits.max_message_bytes {
+        return Err(reject(Reason::MessageTooLarge));
+    }
+    Ok(Message {
+        buf,
+        start,
+        start_span,
+        headers: header_block,
+        body,
+        via,
+        top_via,
+        call_id,
+        cseq: (cseq_f, cseq),
+        from: (from, from_na),
+        to: (to, to_na),
+        max_forwards,
+        content_length: found.content_length,
+        content_type: found.content_type,
+        route: found.route,
+        record_route: found.record_route,
+        contact: found.contact,
+        request_uri,
+    })
+}
+
+fn parse_status_line(buf: &[u8], span: Span) -> Option<StartLine> {
+    let line = span.of(buf);
+    // "SIP/2.0 200 OK": version, exactly three digits, optional phrase.
+    if line.len() < 11 || !line[..8].eq_ignore_ascii_case(b"SIP/2.0 ") {
+        return None;
+    }
+    let code = &line[8..11];
+    if !code.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let status = parse_u64(code, 699)? as u16;
+    if status < 100 {
+        return None;
+    }
+    let reason = match line.get(11) {
+        None => Span::new(span.end, span.end),
+        Some(b' ') => Span::new(span.start + 12, span.end),
+        Some(_) => return None,
+    };
+    Some(StartLine::Response { status, reason })
+}
+
+impl<'a> Message<'a> {
+    /// The datagram the message was scanned from (including any bytes past
+    /// the body, which are not part of the message).
+    pub fn buf(&self) -> &'a [u8] {
+        self.buf
+    }
+
+    /// The message itself: start line to the end of the body.
+    pub fn as_bytes(&self) -> &'a [u8] {
+        &self.buf[self.start_span.start..self.body.end]
+    }
+
+    /// The start line.
+    pub fn start_line(&self) -> StartLine {
+        self.start
+    }
+
+    /// Span of the start line (without its line end).
+    pub fn start_line_span(&self) -> Span {
+        self.start_span
+    }
+
+    /// True for a request.
+    pub fn is_request(&self) -> bool {
+        matches!(self.start, StartLine::Request { .. })
+    }
+
+    /// The request method (`None` for a response).
+    pub fn method(&self) -> Option<Method> {
+        match self.start {
+            StartLine::Request { method, .. } => Some(method),
+            StartLine::Response { .. } => None,
+        }
+    }
+
+    /// The method token as written (requests), or CSeq's (responses).
+    pub fn method_bytes(&self) -> &'a [u8] {
+        match self.start {
+            StartLine::Request { method_span, .. } => method_span.of(self.buf),
+            StartLine::Response { .. } => self.cseq.1.method_span.of(self.buf),
+        }
+    }
+
+    /// The status code (`None` for a request).
+    pub fn status(&self) -> Option<u16> {
+        match self.start {
+            StartLine::Response { status, .. } => Some(status),
+            StartLine::Request { .. } => None,
+        }
+    }
+
+    /// The Request-URI (requests only).
+    pub fn request_uri(&self) -> Option<&Uri<'a>> {
+        self.request_uri.as_ref()
+    }
+
+    /// The header block: first header line to just before the empty line.
+    pub fn header_block(&self) -> Span {
+        self.headers
+    }
+
+    /// Every header, in order.
+    pub fn headers(&self) -> Headers<'a> {
+        Headers {
+            buf: self.buf,
+            pos: self.headers.start,
+            end: self.headers.end,
+        }
+    }
+
+    /// Every value of header `name` across all its lines, comma lists split.
+    /// Only meaningful for list headers ([`HeaderName::is_list`]).
+    pub fn values(&self, name: HeaderName) -> Values<'a> {
+        Values {
+            headers: self.headers(),
+            name,
+            current: None,
+        }
+    }
+
+    /// The first header line called `name`.
+    pub fn header(&self, name: HeaderName) -> Option<Header> {
+        self.headers().find(|h| h.name == name)
+    }
+
+    /// The first Via header line.
+    pub fn via_field(&self) -> Field {
+        self.via
+    }
+
+    /// The top Via value.
+    pub fn top_via(&self) -> &Via<'a> {
+        &self.top_via
+    }
+
+    /// Every Via value, top first.
+    pub fn vias(&self) -> impl Iterator<Item = Via<'a>> + 'a {
+        let buf = self.buf;
+        self.values(HeaderName::Via).filter_map(move |s| Via::parse(buf, s))
+    }
+
+    /// The Call-ID.
+    pub fn call_id(&self) -> &'a [u8] {
+        self.call_id.value.of(self.buf)
+    }
+
+    /// The Call-ID header.
+    pub fn call_id_field(&self) -> Field {
+        self.call_id
+    }
+
+    /// CSeq.
+    pub fn cseq(&self) -> CSeq {
+        self.cseq.1
+    }
+
+    /// The From value.
+    pub fn from(&self) -> &NameAddr<'a> {
+        &self.from.1
+    }
+
+    /// The To value.
+    pub fn to(&self) -> &NameAddr<'a> {
+        &self.to.1
+    }
+
+    /// The From tag.
+    pub fn from_tag(&self) -> Option<&'a [u8]> {
+        self.from.1.tag()
+    }
+
+    /// The To tag.
+    pub fn to_tag(&self) -> Option<&'a [u8]> {
+        self.to.1.tag()
+    }
+
+    /// The To header.
+    pub fn to_field(&self) -> Field {
+        self.to.0
+    }
+
+    /// Max-Forwards, when present.
+    pub fn max_forwards(&self) -> Option<u32> {
+        self.max_forwards.map(|(_, n)| n)
+    }
+
+    /// The Max-Forwards header, when present.
+    pub fn max_forwards_field(&self) -> Option<Field> {
+        self.max_forwards.map(|(f, _)| f)
+    }
+
+    /// The Content-Length header, when present.
+    pub fn content_length_field(&self) -> Option<Field> {
+        self.content_length
+    }
+
+    /// The Content-Type value.
+    pub fn content_type(&self) -> Option<&'a [u8]> {
+        self.content_type.map(|f| f.value.of(self.buf))
+    }
+
+    /// The first Route header line.
+    pub fn route_field(&self) -> Option<Field> {
+        self.route
+    }
+
+    /// The top Route value, parsed (`Some(Err)` when it does not parse).
+    pub fn top_route(&self) -> Option<Result<NameAddr<'a>, crate::uri::UriError>> {
+        let f = self.route?;
+        let v = CommaValues::new(self.buf, f.value).next()?;
+        Some(NameAddr::parse(self.buf, v))
+    }
+
+    /// The first Record-Route header line.
+    pub fn record_route_field(&self) -> Option<Field> {
+        self.record_route
+    }
+
+    /// Every Record-Route value, parsed, top first; values that do not
+    /// parse are skipped.
+    pub fn record_routes(&self) -> impl Iterator<Item = NameAddr<'a>> + 'a {
+        let buf = self.buf;
+        self.values(HeaderName::RecordRoute)
+            .filter_map(move |s| NameAddr::parse(buf, s).ok())
+    }
+
+    /// The first Contact value (`None` when absent or `*`; `Some(Err)` when
+    /// it does not parse).
+    pub fn contact(&self) -> Option<Result<NameAddr<'a>, crate::uri::UriError>> {
+        let f = self.contact?;
+        let v = CommaValues::new(self.buf, f.value).next()?;
+        if v.of(self.buf) == b"*" {
+            return None;
+        }
+        Some(NameAddr::parse(self.buf, v))
+    }
+
+    /// The body (exactly Content-Length bytes when that header is present).
+    pub fn body(&self) -> &'a [u8] {
+        self.body.of(self.buf)
+    }
+
+    /// Span of the body.
+    pub fn body_span(&self) -> Span {
+        self.body
+    }
+
+    /// What a response to this request copies (RFC 3261 §8.2.6.2).
+    pub fn reply_parts(&self) -> ReplyParts<'a> {
+        ReplyParts {
+            buf: self.buf,
+            headers: self.headers,
+            from: Some(self.from.0.value),
+            to: Some(self.to.0.value),
+            call_id: Some(self.call_id.value),
+            cseq: Some(self.cseq.0.value),
+            timestamp: self.header(HeaderName::Timestamp).map(|h| h.value),
+        }
+    }
+}
+
+impl<'a> ReplyParts<'a> {
+    /// Every Via header line's value in order, as written.
+    pub(crate) fn via_values(&self) -> impl Iterator<Item = &'a [u8]> + 'a {
+        let buf = self.buf;
+        Headers {
+            buf,
+            pos: self.headers.start,
+            end: self.headers.end,
+        }
+        .filter(|h| h.name == HeaderName::Via)
+        .map(move |h| h.value.of(buf))
+    }
+
+    pub(crate) fn get(&self, s: Option<Span>) -> Option<&'a [u8]> {
+        s.map(|s| s.of(self.buf))
+    }
+}
