@@ -313,8 +313,9 @@ pub fn scan_with<'a>(buf: &'a [u8], limits: &Limits) -> Result<Message<'a>, Scan
         let (h, term) = read_header(buf, pos);
         let h = match h {
             Ok(h) => h,
+            // An unterminated last line is a cut datagram, not a bad header.
             Err(next) => {
-                found.error(Reason::MalformedHeaderLine);
+                found.error(if term { Reason::MalformedHeaderLine } else { Reason::Truncated });
                 pos = next;
                 continue;
             }

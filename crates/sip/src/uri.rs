@@ -92,14 +92,9 @@ impl<'a> Uri<'a> {
                 Ok(uri)
             }
             Scheme::Sip | Scheme::Sips => {
-                // Headers start at the first '?', which cannot appear in hostport.
-                let qmark = memchr::memchr(b'?', &buf[rest..span.end]).map(|i| rest + i);
-                let end = qmark.unwrap_or(span.end);
-                if let Some(q) = qmark {
-                    uri.headers = Some(Span::new(q + 1, span.end));
-                }
-                // '@' never appears unescaped after the userinfo (§25.1).
-                let host_start = match memchr::memchr(b'@', &buf[rest..end]) {
+                // '@' never appears unescaped after the userinfo (§25.1), but
+                // the user part may hold '?' and ';', so split at '@' first.
+                let host_start = match memchr::memchr(b'@', &buf[rest..span.end]) {
                     Some(at) => {
                         let userinfo = Span::new(rest, rest + at);
                         let user_end = memchr::memchr(b':', userinfo.of(buf))
@@ -109,6 +104,12 @@ impl<'a> Uri<'a> {
                     }
                     None => rest,
                 };
+                // Headers start at the first '?' after the userinfo.
+                let qmark = memchr::memchr(b'?', &buf[host_start..span.end]).map(|i| host_start + i);
+                let end = qmark.unwrap_or(span.end);
+                if let Some(q) = qmark {
+                    uri.headers = Some(Span::new(q + 1, span.end));
+                }
                 let (host_end, after_host) = if buf.get(host_start) == Some(&b'[') {
                     let close = memchr::memchr(b']', &buf[host_start..end])
                         .ok_or(UriError::BadHost)?;
@@ -239,6 +240,10 @@ mod tests {
 
     #[test]
     fn ipv6_and_escaped_user() {
+        let u = p("sip:?a/b,c@h?x=y").unwrap();
+        assert_eq!(u.user(), Some(&b"?a/b,c"[..]));
+        assert_eq!(u.host(), b"h");
+        assert_eq!(u.headers(), Some(&b"x=y"[..]));
         let u = p("sips:%61lice;par=u%40x@[2001:db8::10]:5061").unwrap();
         assert_eq!(u.scheme(), Scheme::Sips);
         assert_eq!(u.user(), Some(&b"%61lice;par=u%40x"[..]));
