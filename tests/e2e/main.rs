@@ -1,1 +1,8 @@
+//! End-to-end tests: the real `handover` binary in real processes.
+//!
+//! One test binary for the whole suite (compiled as an integration test of
+//! the `handover` package so Cargo hands it the binary's path). Each test
+//! gets its own temporary directory; nothing uses fixed paths or ports.
 
+mod cli;
+mod support;

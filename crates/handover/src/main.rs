@@ -1,1 +1,51 @@
-fn main(){}
+//! `handover`: clustered SIP load balancer and back-to-back user agent.
+//!
+//! One binary, one subcommand per role. Subcommands appear here as their
+//! roles are built; see `docs/architecture.md`.
+#![forbid(unsafe_code)]
+
+mod config;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Clustered SIP load balancer and B2BUA: edges route every datagram of a
+/// call to the worker that owns it; workers bridge calls and transfers and
+/// replicate them with Raft.
+#[derive(Debug, Parser)]
+#[command(name = "handover", version, about, long_about = None, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Check a TOML configuration file and print the effective settings.
+    ///
+    /// Exits 0 when the file is valid, 1 (naming the file, line, column and
+    /// key) when it is not.
+    CheckConfig {
+        /// The configuration file.
+        file: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::CheckConfig { file } => match config::Config::load(&file) {
+            Ok(c) => {
+                println!("# {}: valid; effective configuration:", file.display());
+                print!("{}", c.to_toml());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}

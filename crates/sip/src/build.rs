@@ -159,10 +159,10 @@ pub fn response(
     if let Some(v) = parts.get(parts.cseq) {
         line(out, "CSeq", v);
     }
-    if status == 100 {
-        if let Some(v) = parts.get(parts.timestamp) {
-            line(out, "Timestamp", v);
-        }
+    if status == 100
+        && let Some(v) = parts.get(parts.timestamp)
+    {
+        line(out, "Timestamp", v);
     }
     for (n, v) in extra {
         line(out, n, v);
@@ -180,7 +180,14 @@ pub fn error_response(
 ) -> bool {
     match err.reply_parts() {
         Some(parts) => {
-            response(parts, err.reason.status(), Some(&err.reason), to_tag, &[], out);
+            response(
+                parts,
+                err.reason.status(),
+                Some(&err.reason),
+                to_tag,
+                &[],
+                out,
+            );
             true
         }
         None => false,
@@ -333,7 +340,10 @@ Content-Length: 0\r\n\r\n";
         assert_eq!(r.from_tag(), Some(&b"1928"[..]));
         assert_eq!(r.to_tag(), Some(&b"xyz"[..]));
         assert_eq!(r.call_id(), m.call_id());
-        assert_eq!((r.cseq().seq, r.cseq().method), (m.cseq().seq, m.cseq().method));
+        assert_eq!(
+            (r.cseq().seq, r.cseq().method),
+            (m.cseq().seq, m.cseq().method)
+        );
         assert!(r.header(HeaderName::Timestamp).is_none());
     }
 
@@ -346,23 +356,36 @@ Content-Length: 0\r\n\r\n";
         let n = out.finish().unwrap();
         let r = scan(&buf[..n]).unwrap();
         assert_eq!(r.to_tag(), None);
-        assert_eq!(r.header(HeaderName::Timestamp).map(|h| h.value.of(&buf[..n]).to_vec()), Some(b"54".to_vec()));
+        assert_eq!(
+            r.header(HeaderName::Timestamp)
+                .map(|h| h.value.of(&buf[..n]).to_vec()),
+            Some(b"54".to_vec())
+        );
     }
 
     #[test]
     fn error_response_names_the_bad_header() {
-        let bad = std::str::from_utf8(INVITE).unwrap().replace("CSeq: 314159 INVITE", "CSeq: x INVITE");
+        let bad = std::str::from_utf8(INVITE)
+            .unwrap()
+            .replace("CSeq: 314159 INVITE", "CSeq: x INVITE");
         let e = scan(bad.as_bytes()).unwrap_err();
         assert_eq!(e.reason, Reason::MalformedHeader(HeaderName::CSeq));
         assert_eq!(e.verdict(), Verdict::Reply(400));
         let mut out = Vec::new();
         assert!(error_response(&e, Some(b"t"), &mut out));
-        assert!(out.starts_with(b"SIP/2.0 400 Malformed CSeq header\r\n"), "{}", String::from_utf8_lossy(&out));
+        assert!(
+            out.starts_with(b"SIP/2.0 400 Malformed CSeq header\r\n"),
+            "{}",
+            String::from_utf8_lossy(&out)
+        );
         // The answer itself is a well-formed response except for the CSeq it
         // copies verbatim, so a client can match it by Via branch.
         let r = scan(&out).unwrap_err();
         assert_eq!(r.reason, Reason::MalformedHeader(HeaderName::CSeq));
-        assert!(String::from_utf8_lossy(&out).contains("Via: SIP/2.0/UDP p1.example;branch=z9hG4bKp1\r\n"));
+        assert!(
+            String::from_utf8_lossy(&out)
+                .contains("Via: SIP/2.0/UDP p1.example;branch=z9hG4bKp1\r\n")
+        );
     }
 
     #[test]

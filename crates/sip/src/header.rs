@@ -97,11 +97,22 @@ impl HeaderName {
             4 => &[Self::CSeq, Self::From],
             5 => &[Self::Route, Self::Allow, Self::Event],
             6 => &[Self::MinSe],
-            7 => &[Self::CallId, Self::Contact, Self::Subject, Self::Require, Self::Expires],
+            7 => &[
+                Self::CallId,
+                Self::Contact,
+                Self::Subject,
+                Self::Require,
+                Self::Expires,
+            ],
             8 => &[Self::Replaces, Self::ReferTo],
             9 => &[Self::Supported, Self::Timestamp],
             11 => &[Self::Unsupported, Self::ReferredBy],
-            12 => &[Self::MaxForwards, Self::RecordRoute, Self::ContentType, Self::AllowEvents],
+            12 => &[
+                Self::MaxForwards,
+                Self::RecordRoute,
+                Self::ContentType,
+                Self::AllowEvents,
+            ],
             13 => &[Self::ProxyRequire],
             14 => &[Self::ContentLength],
             15 => &[Self::SessionExpires],
@@ -205,7 +216,12 @@ mod tests {
             (b"Subscription-State", H::SubscriptionState),
             (b"Min-SE", H::MinSe),
         ] {
-            assert_eq!(H::from_bytes(wire), want, "{}", String::from_utf8_lossy(wire));
+            assert_eq!(
+                H::from_bytes(wire),
+                want,
+                "{}",
+                String::from_utf8_lossy(wire)
+            );
         }
     }
 }

@@ -25,7 +25,10 @@ pub struct Token {
 
 impl Token {
     fn new(parts: &[&[u8]]) -> Self {
-        let mut t = Self { buf: [0; 48], len: 0 };
+        let mut t = Self {
+            buf: [0; 48],
+            len: 0,
+        };
         for p in parts {
             let at = usize::from(t.len);
             t.buf[at..at + p.len()].copy_from_slice(p);
@@ -187,7 +190,10 @@ mod tests {
             self.next_u64() as u32
         }
         fn next_u64(&mut self) -> u64 {
-            self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            self.0 = self
+                .0
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             self.0
         }
         fn fill_bytes(&mut self, dst: &mut [u8]) {
@@ -232,8 +238,16 @@ From: <sip:a@x>;tag=1\r\nTo: <sip:b@x>\r\nCall-ID: c\r\nCSeq: 1 {method}\r\n\r\n
         let cancel = req("z9hG4bK1", "CANCEL");
         let other = req("z9hG4bK2", "INVITE");
         let b1 = h.stateless_branch(&scan(&inv).unwrap());
-        assert_eq!(b1, h.stateless_branch(&scan(&inv).unwrap()), "retransmission");
-        assert_eq!(b1, h.stateless_branch(&scan(&cancel).unwrap()), "CANCEL matches INVITE");
+        assert_eq!(
+            b1,
+            h.stateless_branch(&scan(&inv).unwrap()),
+            "retransmission"
+        );
+        assert_eq!(
+            b1,
+            h.stateless_branch(&scan(&cancel).unwrap()),
+            "CANCEL matches INVITE"
+        );
         assert_ne!(b1, h.stateless_branch(&scan(&other).unwrap()));
         assert!(b1.as_bytes().starts_with(MAGIC_COOKIE));
         // RFC 2543 clients (no cookie): hash of Via, tags, Call-ID, CSeq number, R-URI.
@@ -243,13 +257,19 @@ From: <sip:a@x>;tag=1\r\nTo: <sip:b@x>\r\nCall-ID: c\r\nCSeq: 1 {method}\r\n\r\n
             h.stateless_branch(&scan(&old1).unwrap()),
             h.stateless_branch(&scan(&old2).unwrap())
         );
-        assert_ne!(Hashing::with_key(1, 2).stateless_branch(&scan(&inv).unwrap()), b1);
+        assert_ne!(
+            Hashing::with_key(1, 2).stateless_branch(&scan(&inv).unwrap()),
+            b1
+        );
     }
 
     #[test]
     fn affinity_key_is_stable_across_processes() {
         // Recorded value: edges and workers of every version must agree.
-        assert_eq!(Hashing::default().affinity_key(b"a84b4c76e66710@pc33.atlanta.com"), AFFINITY_REF);
+        assert_eq!(
+            Hashing::default().affinity_key(b"a84b4c76e66710@pc33.atlanta.com"),
+            AFFINITY_REF
+        );
     }
 
     const AFFINITY_REF: u64 = 6_975_771_465_790_492_611;

@@ -241,7 +241,9 @@ mod tests {
         assert_eq!(p[1].name.of(b), b"rport");
         assert_eq!(p[1].value, None);
         assert_eq!(p[2].value.unwrap().of(b), br#""a;b""#);
-        let r = Params::new(b, Span::new(0, b.len())).get(b"RECEIVED").unwrap();
+        let r = Params::new(b, Span::new(0, b.len()))
+            .get(b"RECEIVED")
+            .unwrap();
         assert_eq!(r.value.unwrap().of(b), b"1.2.3.4");
     }
 

@@ -38,7 +38,7 @@ pub use error::{Reason, ReplyParts, ScanError, Verdict};
 pub use header::HeaderName;
 pub use lex::{CommaValues, Param, Params, Span};
 pub use method::{CSeq, Method};
-pub use rewrite::{RewriteError, Rewrite};
+pub use rewrite::{Rewrite, RewriteError};
 pub use scan::{Field, Header, Headers, Limits, Message, StartLine, Values, scan, scan_with};
 pub use uri::{Scheme, Uri, UriError};
 pub use via::{MAGIC_COOKIE, Rport, Via};

@@ -129,7 +129,14 @@ mod tests {
         let b = b"4711\r\n INVITE";
         let c = CSeq::parse(b, Span::new(0, b.len())).unwrap();
         assert_eq!((c.seq, c.method), (4711, Method::Invite));
-        for bad in [&b"INVITE"[..], b"1INVITE", b"-1 INVITE", b"2147483648 INVITE", b"1 ", b"1 IN VITE"] {
+        for bad in [
+            &b"INVITE"[..],
+            b"1INVITE",
+            b"-1 INVITE",
+            b"2147483648 INVITE",
+            b"1 ",
+            b"1 IN VITE",
+        ] {
             assert!(CSeq::parse(bad, Span::new(0, bad.len())).is_none());
         }
         let b = b"2147483647 FOO";

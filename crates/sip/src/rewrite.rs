@@ -83,7 +83,10 @@ struct Scratch<'s> {
 impl core::fmt::Write for Scratch<'_> {
     fn write_str(&mut self, s: &str) -> core::fmt::Result {
         let b = s.as_bytes();
-        let dst = self.buf.get_mut(self.len..self.len + b.len()).ok_or(core::fmt::Error)?;
+        let dst = self
+            .buf
+            .get_mut(self.len..self.len + b.len())
+            .ok_or(core::fmt::Error)?;
         dst.copy_from_slice(b);
         self.len += b.len();
         Ok(())
@@ -183,7 +186,10 @@ impl<'m, 'a> Rewrite<'m, 'a> {
         let via = *self.msg.top_via();
         let buf = self.msg.buf();
         let host = via.host();
-        let host = host.strip_prefix(b"[").and_then(|h| h.strip_suffix(b"]")).unwrap_or(host);
+        let host = host
+            .strip_prefix(b"[")
+            .and_then(|h| h.strip_suffix(b"]"))
+            .unwrap_or(host);
         let same_ip = core::str::from_utf8(host)
             .ok()
             .and_then(|h| h.parse::<IpAddr>().ok())
@@ -192,11 +198,11 @@ impl<'m, 'a> Rewrite<'m, 'a> {
         if same_ip && rport == Rport::Absent {
             return Ok(());
         }
-        if rport != Rport::Absent {
-            if let Some(p) = via.param(b"rport") {
-                let port = src.port();
-                self.edit_fmt(p.whole, |w| write!(w, "rport={port}"))?;
-            }
+        if rport != Rport::Absent
+            && let Some(p) = via.param(b"rport")
+        {
+            let port = src.port();
+            self.edit_fmt(p.whole, |w| write!(w, "rport={port}"))?;
         }
         let ip = src.ip();
         match via.param(b"received") {
@@ -283,9 +289,9 @@ impl<'m, 'a> Rewrite<'m, 'a> {
     pub fn output_len(&self) -> usize {
         let m = self.msg;
         let base = m.body_span().end - m.start_line_span().start;
-        self.edits[..self.n]
-            .iter()
-            .fold(base, |acc, e| acc + usize::from(e.with.1 - e.with.0) - (e.end - e.start))
+        self.edits[..self.n].iter().fold(base, |acc, e| {
+            acc + usize::from(e.with.1 - e.with.0) - (e.end - e.start)
+        })
     }
 
     /// Writes the rewritten message into `out`; returns its length.
@@ -306,7 +312,9 @@ impl<'m, 'a> Rewrite<'m, 'a> {
         let end = self.msg.body_span().end;
         let mut w = 0;
         let mut put = |bytes: &[u8], w: &mut usize| -> Result<(), RewriteError> {
-            let dst = out.get_mut(*w..*w + bytes.len()).ok_or(RewriteError::OutputTooSmall)?;
+            let dst = out
+                .get_mut(*w..*w + bytes.len())
+                .ok_or(RewriteError::OutputTooSmall)?;
             dst.copy_from_slice(bytes);
             *w += bytes.len();
             Ok(())
@@ -317,7 +325,10 @@ impl<'m, 'a> Rewrite<'m, 'a> {
                 return Err(RewriteError::Overlap);
             }
             put(&buf[src..e.start], &mut w)?;
-            put(&self.scratch[usize::from(e.with.0)..usize::from(e.with.1)], &mut w)?;
+            put(
+                &self.scratch[usize::from(e.with.0)..usize::from(e.with.1)],
+                &mut w,
+            )?;
             src = e.end;
         }
         put(&buf[src..end], &mut w)?;
@@ -351,11 +362,14 @@ Content-Length: 4\r\n\r\nbodyEXTRA";
     fn rfc3261_16_11_full_forward_rewrite() {
         let m = scan(REQ).unwrap();
         let mut rw = Rewrite::new(&m);
-        rw.prepend_via(&[b"SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bKx;k=00000000000000ff"]).unwrap();
-        rw.set_received("198.51.100.7:33333".parse().unwrap()).unwrap();
+        rw.prepend_via(&[b"SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bKx;k=00000000000000ff"])
+            .unwrap();
+        rw.set_received("198.51.100.7:33333".parse().unwrap())
+            .unwrap();
         assert_eq!(rw.decrement_max_forwards().unwrap(), Ok(()));
         rw.remove_top_route().unwrap();
-        rw.set_uri_param(m.request_uri().unwrap(), b"k", Some(b"00000000000000ff")).unwrap();
+        rw.set_uri_param(m.request_uri().unwrap(), b"k", Some(b"00000000000000ff"))
+            .unwrap();
         let out = apply(&rw);
         let f = scan(&out).unwrap();
         let vias: Vec<_> = f.vias().collect();
@@ -365,25 +379,44 @@ Content-Length: 4\r\n\r\nbodyEXTRA";
         assert_eq!(vias[1].rport(), Rport::Value(33333));
         assert_eq!(vias[1].branch(), Some(&b"z9hG4bK776"[..]));
         assert_eq!(f.max_forwards(), Some(0));
-        assert_eq!(f.top_route().unwrap().unwrap().uri().host(), b"next.example");
-        assert_eq!(f.request_uri().unwrap().param(b"k"), Some(&b"00000000000000ff"[..]));
-        assert_eq!(f.request_uri().unwrap().param(b"transport"), Some(&b"udp"[..]));
+        assert_eq!(
+            f.top_route().unwrap().unwrap().uri().host(),
+            b"next.example"
+        );
+        assert_eq!(
+            f.request_uri().unwrap().param(b"k"),
+            Some(&b"00000000000000ff"[..])
+        );
+        assert_eq!(
+            f.request_uri().unwrap().param(b"transport"),
+            Some(&b"udp"[..])
+        );
         assert_eq!(f.body(), b"body");
-        assert!(out.ends_with(b"\r\n\r\nbody"), "extra bytes past Content-Length are dropped");
+        assert!(
+            out.ends_with(b"\r\n\r\nbody"),
+            "extra bytes past Content-Length are dropped"
+        );
     }
 
     #[test]
     fn rfc3261_16_3_max_forwards_zero_is_483() {
-        let req = std::str::from_utf8(REQ).unwrap().replace("Max-Forwards: 1", "Max-Forwards: 0");
+        let req = std::str::from_utf8(REQ)
+            .unwrap()
+            .replace("Max-Forwards: 1", "Max-Forwards: 0");
         let m = scan(req.as_bytes()).unwrap();
         let mut rw = Rewrite::new(&m);
-        assert_eq!(rw.decrement_max_forwards().unwrap(), Err(Reason::TooManyHops));
+        assert_eq!(
+            rw.decrement_max_forwards().unwrap(),
+            Err(Reason::TooManyHops)
+        );
         assert_eq!(Reason::TooManyHops.status(), 483);
     }
 
     #[test]
     fn rfc3261_16_6_missing_max_forwards_gets_70() {
-        let req = std::str::from_utf8(REQ).unwrap().replace("Max-Forwards: 1\r\n", "");
+        let req = std::str::from_utf8(REQ)
+            .unwrap()
+            .replace("Max-Forwards: 1\r\n", "");
         let m = scan(req.as_bytes()).unwrap();
         let mut rw = Rewrite::new(&m);
         rw.decrement_max_forwards().unwrap().unwrap();
@@ -398,9 +431,14 @@ From: <sip:a@b>;tag=1\r\nTo: <sip:x@y>\r\nCall-ID: q\r\nCSeq: 1 OPTIONS\r\n\r\n"
         let m = scan(req).unwrap();
         let mut rw = Rewrite::new(&m);
         rw.set_received("192.0.2.5:5060".parse().unwrap()).unwrap();
-        assert_eq!(apply(&rw), req.to_vec(), "same address, no rport: untouched");
+        assert_eq!(
+            apply(&rw),
+            req.to_vec(),
+            "same address, no rport: untouched"
+        );
         let mut rw = Rewrite::new(&m);
-        rw.set_received("[2001:db8::7]:6000".parse().unwrap()).unwrap();
+        rw.set_received("[2001:db8::7]:6000".parse().unwrap())
+            .unwrap();
         let out = apply(&rw);
         let f = scan(&out).unwrap();
         assert_eq!(f.top_via().received(), Some(&b"2001:db8::7"[..]));

@@ -96,7 +96,11 @@ fn read_line(buf: &[u8], pos: usize) -> (usize, usize, bool) {
     match memchr::memchr(b'\n', &buf[pos..]) {
         Some(i) => {
             let lf = pos + i;
-            let ce = if lf > pos && buf[lf - 1] == b'\r' { lf - 1 } else { lf };
+            let ce = if lf > pos && buf[lf - 1] == b'\r' {
+                lf - 1
+            } else {
+                lf
+            };
             (ce, lf + 1, true)
         }
         None => (buf.len(), buf.len(), false),
@@ -213,6 +217,10 @@ pub struct Message<'a> {
 }
 
 /// Scans with default [`Limits`].
+#[expect(
+    clippy::result_large_err,
+    reason = "boxing would allocate for every refused datagram; junk floods must not allocate, and Ok is larger anyway"
+)]
 pub fn scan(buf: &[u8]) -> Result<Message<'_>, ScanError<'_>> {
     scan_with(buf, &Limits::default())
 }
@@ -256,8 +264,15 @@ impl Found {
 /// Content-Length (if present) fits the datagram. On failure the error says
 /// why and, for a request other than ACK whose top Via parses, keeps what is
 /// needed to answer it.
+#[expect(
+    clippy::result_large_err,
+    reason = "boxing would allocate for every refused datagram; junk floods must not allocate, and Ok is larger anyway"
+)]
 pub fn scan_with<'a>(buf: &'a [u8], limits: &Limits) -> Result<Message<'a>, ScanError<'a>> {
-    let drop = |reason| ScanError { reason, reply: None };
+    let drop = |reason| ScanError {
+        reason,
+        reply: None,
+    };
     // RFC 3261 §7.5: ignore CRLFs before the start line.
     let mut pos = 0;
     while pos < buf.len() && matches!(buf[pos], b'\r' | b'\n') {
@@ -315,7 +330,11 @@ pub fn scan_with<'a>(buf: &'a [u8], limits: &Limits) -> Result<Message<'a>, Scan
             Ok(h) => h,
             // An unterminated last line is a cut datagram, not a bad header.
             Err(next) => {
-                found.error(if term { Reason::MalformedHeaderLine } else { Reason::Truncated });
+                found.error(if term {
+                    Reason::MalformedHeaderLine
+                } else {
+                    Reason::Truncated
+                });
                 pos = next;
                 continue;
             }
@@ -393,12 +412,22 @@ pub fn scan_with<'a>(buf: &'a [u8], limits: &Limits) -> Result<Message<'a>, Scan
     if let Some(r) = found.first_error {
         return Err(reject(r));
     }
-    let via = found.via.ok_or(reject(Reason::MissingHeader(HeaderName::Via)))?;
+    let via = found
+        .via
+        .ok_or(reject(Reason::MissingHeader(HeaderName::Via)))?;
     let top_via = top_via.ok_or(reject(Reason::MalformedHeader(HeaderName::Via)))?;
-    let from = found.from.ok_or(reject(Reason::MissingHeader(HeaderName::From)))?;
-    let to = found.to.ok_or(reject(Reason::MissingHeader(HeaderName::To)))?;
-    let call_id = found.call_id.ok_or(reject(Reason::MissingHeader(HeaderName::CallId)))?;
-    let cseq_f = found.cseq.ok_or(reject(Reason::MissingHeader(HeaderName::CSeq)))?;
+    let from = found
+        .from
+        .ok_or(reject(Reason::MissingHeader(HeaderName::From)))?;
+    let to = found
+        .to
+        .ok_or(reject(Reason::MissingHeader(HeaderName::To)))?;
+    let call_id = found
+        .call_id
+        .ok_or(reject(Reason::MissingHeader(HeaderName::CallId)))?;
+    let cseq_f = found
+        .cseq
+        .ok_or(reject(Reason::MissingHeader(HeaderName::CSeq)))?;
 
     // §18.3: a body shorter than Content-Length is an error; extra bytes are
     // discarded. Without Content-Length (UDP only) the body runs to the end.
@@ -416,18 +445,21 @@ pub fn scan_with<'a>(buf: &'a [u8], limits: &Limits) -> Result<Message<'a>, Scan
         None => Span::new(body_start, buf.len()),
     };
 
-    let cseq = CSeq::parse(buf, cseq_f.value).ok_or(reject(Reason::MalformedHeader(HeaderName::CSeq)))?;
-    if let StartLine::Request { method_span, .. } = start {
-        if cseq.method_span.of(buf) != method_span.of(buf) {
-            return Err(reject(Reason::CSeqMethodMismatch));
-        }
+    let cseq =
+        CSeq::parse(buf, cseq_f.value).ok_or(reject(Reason::MalformedHeader(HeaderName::CSeq)))?;
+    if let StartLine::Request { method_span, .. } = start
+        && cseq.method_span.of(buf) != method_span.of(buf)
+    {
+        return Err(reject(Reason::CSeqMethodMismatch));
     }
     let cid = call_id.value.of(buf);
     if cid.is_empty() || cid.iter().any(|&b| is_lws(b) || b < 0x21 || b == 0x7f) {
         return Err(reject(Reason::MalformedHeader(HeaderName::CallId)));
     }
-    let from_na = NameAddr::parse(buf, from.value).map_err(|_| reject(Reason::MalformedHeader(HeaderName::From)))?;
-    let to_na = NameAddr::parse(buf, to.value).map_err(|_| reject(Reason::MalformedHeader(HeaderName::To)))?;
+    let from_na = NameAddr::parse(buf, from.value)
+        .map_err(|_| reject(Reason::MalformedHeader(HeaderName::From)))?;
+    let to_na = NameAddr::parse(buf, to.value)
+        .map_err(|_| reject(Reason::MalformedHeader(HeaderName::To)))?;
     let max_forwards = match found.max_forwards {
         Some(f) => {
             let n = parse_u64(f.value.of(buf), u64::from(u32::MAX))
@@ -592,7 +624,8 @@ impl<'a> Message<'a> {
     /// Every Via value, top first.
     pub fn vias(&self) -> impl Iterator<Item = Via<'a>> + 'a {
         let buf = self.buf;
-        self.values(HeaderName::Via).filter_map(move |s| Via::parse(buf, s))
+        self.values(HeaderName::Via)
+            .filter_map(move |s| Via::parse(buf, s))
     }
 
     /// The Call-ID.

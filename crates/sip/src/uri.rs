@@ -23,8 +23,8 @@ pub enum UriError {
     /// No `scheme:`.
     #[error("URI has no scheme")]
     NoScheme,
-    /// White space or a control byte inside the URI.
-    #[error("URI contains white space or a control byte")]
+    /// White space, a control byte or a delimiter (`<>"`) inside the URI.
+    #[error("URI contains white space, a control byte or a delimiter")]
     BadByte,
     /// Empty or invalid host.
     #[error("URI host is invalid")]
@@ -51,7 +51,12 @@ impl<'a> Uri<'a> {
     /// Parses the URI that `span` of `buf` covers exactly.
     pub fn parse(buf: &'a [u8], span: Span) -> Result<Self, UriError> {
         let s = span.of(buf);
-        if s.iter().any(|&b| is_lws(b) || b < 0x21 || b == 0x7f) {
+        // `<`, `>` and `"` delimit name-addr values and are never legal
+        // unescaped in a URI (RFC 3261 §25.1); letting them through would
+        // let a parameter hide the ones after it.
+        if s.iter()
+            .any(|&b| is_lws(b) || b < 0x21 || b == 0x7f || matches!(b, b'<' | b'>' | b'"'))
+        {
             return Err(UriError::BadByte);
         }
         let colon = memchr::memchr(b':', s).ok_or(UriError::NoScheme)?;
@@ -83,7 +88,8 @@ impl<'a> Uri<'a> {
             Scheme::Other => Ok(uri),
             Scheme::Tel => {
                 // tel:number;params — the number is the "user".
-                let semi = memchr::memchr(b';', &buf[rest..span.end]).map_or(span.end, |i| rest + i);
+                let semi =
+                    memchr::memchr(b';', &buf[rest..span.end]).map_or(span.end, |i| rest + i);
                 if semi == rest {
                     return Err(UriError::BadHost);
                 }
@@ -105,14 +111,15 @@ impl<'a> Uri<'a> {
                     None => rest,
                 };
                 // Headers start at the first '?' after the userinfo.
-                let qmark = memchr::memchr(b'?', &buf[host_start..span.end]).map(|i| host_start + i);
+                let qmark =
+                    memchr::memchr(b'?', &buf[host_start..span.end]).map(|i| host_start + i);
                 let end = qmark.unwrap_or(span.end);
                 if let Some(q) = qmark {
                     uri.headers = Some(Span::new(q + 1, span.end));
                 }
                 let (host_end, after_host) = if buf.get(host_start) == Some(&b'[') {
-                    let close = memchr::memchr(b']', &buf[host_start..end])
-                        .ok_or(UriError::BadHost)?;
+                    let close =
+                        memchr::memchr(b']', &buf[host_start..end]).ok_or(UriError::BadHost)?;
                     (host_start + close + 1, host_start + close + 1)
                 } else {
                     let stop = buf[host_start..end]
@@ -210,7 +217,9 @@ fn valid_host(h: &[u8]) -> bool {
         [b'[', inner @ .., b']'] => {
             !inner.is_empty()
                 && inner.contains(&b':')
-                && inner.iter().all(|&b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
+                && inner
+                    .iter()
+                    .all(|&b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
         }
         _ => h
             .iter()
@@ -267,6 +276,10 @@ mod tests {
         assert_eq!(p("sip:x:").unwrap_err(), UriError::BadPort);
         assert_eq!(p("sip:@").unwrap_err(), UriError::BadHost);
         assert_eq!(p("sip:[::1").unwrap_err(), UriError::BadHost);
-        assert_eq!(p("sip:ho<st").unwrap_err(), UriError::BadHost);
+        assert_eq!(p("sip:ho<st").unwrap_err(), UriError::BadByte);
+        assert_eq!(
+            p("tel:+1;phone-context=e<x;k=1").unwrap_err(),
+            UriError::BadByte
+        );
     }
 }

@@ -81,9 +81,13 @@ impl<'a> Via<'a> {
             [] => false,
             [b'[', inner @ .., b']'] => {
                 inner.contains(&b':')
-                    && inner.iter().all(|&b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
+                    && inner
+                        .iter()
+                        .all(|&b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
             }
-            _ => h.iter().all(|&b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_'),
+            _ => h
+                .iter()
+                .all(|&b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_'),
         };
         if !host_ok {
             return None;
@@ -124,10 +128,10 @@ impl<'a> Via<'a> {
                 return None;
             }
         }
-        if let Some(b) = via.params().get(b"branch") {
-            if b.value.is_none_or(|v| v.is_empty()) {
-                return None;
-            }
+        if let Some(b) = via.params().get(b"branch")
+            && b.value.is_none_or(|v| v.is_empty())
+        {
+            return None;
         }
         Some(via)
     }
@@ -169,12 +173,16 @@ impl<'a> Via<'a> {
 
     /// The `branch` parameter.
     pub fn branch(&self) -> Option<&'a [u8]> {
-        self.param(b"branch").and_then(|p| p.value).map(|v| v.of(self.buf))
+        self.param(b"branch")
+            .and_then(|p| p.value)
+            .map(|v| v.of(self.buf))
     }
 
     /// The `received` parameter.
     pub fn received(&self) -> Option<&'a [u8]> {
-        self.param(b"received").and_then(|p| p.value).map(|v| v.of(self.buf))
+        self.param(b"received")
+            .and_then(|p| p.value)
+            .map(|v| v.of(self.buf))
     }
 
     /// The `rport` parameter.

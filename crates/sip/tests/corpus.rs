@@ -24,12 +24,14 @@ fn unescape(s: &str) -> Vec<u8> {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'\\' && b.get(i + 1) == Some(&b'x') && i + 3 < b.len() {
-            if let Ok(v) = u8::from_str_radix(&s[i + 2..i + 4], 16) {
-                out.push(v);
-                i += 4;
-                continue;
-            }
+        if b[i] == b'\\'
+            && b.get(i + 1) == Some(&b'x')
+            && i + 3 < b.len()
+            && let Ok(v) = u8::from_str_radix(&s[i + 2..i + 4], 16)
+        {
+            out.push(v);
+            i += 4;
+            continue;
         }
         out.push(b[i]);
         i += 1;
@@ -39,13 +41,17 @@ fn unescape(s: &str) -> Vec<u8> {
 
 fn load(path: &Path) -> Case {
     let text = std::fs::read_to_string(path).unwrap();
-    let (head, body) = text.split_once("\n\n").expect("header block, blank line, message");
+    let (head, body) = text
+        .split_once("\n\n")
+        .expect("header block, blank line, message");
     let mut expect = None;
     let mut fields = Vec::new();
     let mut crlf = true;
     let mut trailing = true;
     for line in head.lines() {
-        let line = line.strip_prefix("# ").expect("header lines start with '# '");
+        let line = line
+            .strip_prefix("# ")
+            .expect("header lines start with '# '");
         let (k, v) = line.split_once(": ").unwrap();
         match k {
             "expect" => expect = Some(v.to_string()),
@@ -62,7 +68,11 @@ fn load(path: &Path) -> Case {
     let mut body = body.to_string();
     let _ = &mut body;
     // `trailing: none` files end without a final line end on purpose.
-    assert!(trailing || !body.ends_with('\n'), "{}: trailing line end", path.display());
+    assert!(
+        trailing || !body.ends_with('\n'),
+        "{}: trailing line end",
+        path.display()
+    );
     if crlf {
         body = body.replace('\n', "\r\n");
     }
@@ -81,14 +91,19 @@ fn field(m: &Message<'_>, name: &str) -> String {
         "ruri_user" => s(uri().user().unwrap_or_default()),
         "ruri_host" => s(uri().host()),
         "ruri_port" => uri().port().unwrap().to_string(),
-        n if n.starts_with("ruri_param_") => s(uri().param(n["ruri_param_".len()..].as_bytes()).unwrap()),
+        n if n.starts_with("ruri_param_") => {
+            s(uri().param(&n.as_bytes()["ruri_param_".len()..]).unwrap())
+        }
         "cseq" => format!("{} {}", m.cseq().seq, s(m.method_bytes())),
         "call_id" => s(m.call_id()),
         "top_branch" => s(m.top_via().branch().unwrap()),
         "top_host" => s(m.top_via().host()),
         "top_port" => m.top_via().port().unwrap().to_string(),
         n if n.starts_with("top_param_") => {
-            let p = m.top_via().param(n["top_param_".len()..].as_bytes()).unwrap();
+            let p = m
+                .top_via()
+                .param(&n.as_bytes()["top_param_".len()..])
+                .unwrap();
             s(p.value.unwrap().of(m.buf()))
         }
         "body_len" => m.body().len().to_string(),
@@ -115,16 +130,30 @@ fn check(name: &str, bytes: &[u8], expect: &str, limits: &Limits) -> Option<()> 
             Verdict::Drop => format!("drop {}", e.reason.label()),
         },
     };
-    assert_eq!(verdict, expect, "case {name}: {:?}", got.as_ref().err().map(|e| e.reason));
+    assert_eq!(
+        verdict,
+        expect,
+        "case {name}: {:?}",
+        got.as_ref().err().map(|e| e.reason)
+    );
     if let Err(e) = &got {
         let mut out = Vec::new();
         if error_response(e, Some(b"edge-tag"), &mut out) {
             let text = String::from_utf8_lossy(&out);
-            assert!(text.starts_with(&format!("SIP/2.0 {} ", e.reason.status())), "{name}: {text}");
+            assert!(
+                text.starts_with(&format!("SIP/2.0 {} ", e.reason.status())),
+                "{name}: {text}"
+            );
             // Either a clean response, or refused only for what it copies verbatim.
             if let Err(r) = scan(&out) {
                 assert!(
-                    matches!(r.reason, Reason::MissingHeader(_) | Reason::MalformedHeader(_) | Reason::DuplicateHeader(_) | Reason::NulByte),
+                    matches!(
+                        r.reason,
+                        Reason::MissingHeader(_)
+                            | Reason::MalformedHeader(_)
+                            | Reason::DuplicateHeader(_)
+                            | Reason::NulByte
+                    ),
                     "{name}: the answer is broken: {:?}\n{text}",
                     r.reason
                 );
@@ -141,7 +170,10 @@ fn check(name: &str, bytes: &[u8], expect: &str, limits: &Limits) -> Option<()> 
 fn corpus_files_get_their_expected_verdicts() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/corpus");
     let mut n = 0;
-    let mut entries: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+    let mut entries: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     entries.sort();
     for path in entries {
         let case = load(&path);
@@ -173,7 +205,10 @@ Call-ID: {call_id}\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n"
 fn sixty_vias_all_read_in_order() {
     let b = invite_with(60, "sixty@x");
     let m = scan(&b).unwrap();
-    let hosts: Vec<_> = m.vias().map(|v| String::from_utf8_lossy(v.host()).into_owned()).collect();
+    let hosts: Vec<_> = m
+        .vias()
+        .map(|v| String::from_utf8_lossy(v.host()).into_owned())
+        .collect();
     assert_eq!(hosts.len(), 60);
     assert_eq!(hosts[0], "proxy0.example");
     assert_eq!(hosts[59], "proxy59.example");
@@ -191,12 +226,23 @@ fn huge_call_id_is_valid() {
 fn large_body_up_to_64k() {
     let body = "a".repeat(60_000);
     let mut b = String::from_utf8(invite_with(1, "big@x")).unwrap();
-    b = b.replace("Content-Length: 0", &format!("Content-Type: text/plain\r\nContent-Length: {}", body.len()));
+    b = b.replace(
+        "Content-Length: 0",
+        &format!("Content-Type: text/plain\r\nContent-Length: {}", body.len()),
+    );
     b += &body;
     assert_eq!(scan(b.as_bytes()).unwrap().body().len(), 60_000);
     // A smaller configured limit answers 413.
-    let limits = Limits { max_message_bytes: 4096, max_uri_bytes: 1024 };
-    check("limit_413", b.as_bytes(), "reply 413 message_too_large", &limits);
+    let limits = Limits {
+        max_message_bytes: 4096,
+        max_uri_bytes: 1024,
+    };
+    check(
+        "limit_413",
+        b.as_bytes(),
+        "reply 413 message_too_large",
+        &limits,
+    );
 }
 
 #[test]
@@ -204,7 +250,12 @@ fn uri_too_long_is_414() {
     let b = String::from_utf8(invite_with(1, "u@x")).unwrap();
     let long = format!("sip:{}@biloxi.example", "u".repeat(9000));
     let b = b.replacen("sip:bob@biloxi.example", &long, 1);
-    check("uri_414", b.as_bytes(), "reply 414 uri_too_long", &Limits::default());
+    check(
+        "uri_414",
+        b.as_bytes(),
+        "reply 414 uri_too_long",
+        &Limits::default(),
+    );
 }
 
 #[test]
@@ -220,7 +271,10 @@ CSeq: 1 INVITE\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{bo
     assert!(scan(full).is_ok());
     for cut in 0..full.len() {
         let r = scan(&full[..cut]);
-        assert!(r.is_err(), "a prefix of {cut} bytes must not pass as the whole message");
+        assert!(
+            r.is_err(),
+            "a prefix of {cut} bytes must not pass as the whole message"
+        );
     }
 }
 
@@ -253,9 +307,10 @@ fn mutated_messages_never_panic_and_answers_always_scan() {
                 1 => {
                     b.remove(i);
                 }
-                2 => b.insert(i, *b"\r\n :;,<>\"\\@\0"
-                    .get(rng.random_range(0..12))
-                    .unwrap()),
+                2 => b.insert(
+                    i,
+                    *b"\r\n :;,<>\"\\@\0".get(rng.random_range(0..12)).unwrap(),
+                ),
                 _ => b.truncate(i),
             }
         }
@@ -267,12 +322,22 @@ fn mutated_messages_never_panic_and_answers_always_scan() {
             }
         }
     }
-    assert!(answered > 1000, "mutations should often be answerable: {answered}");
+    assert!(
+        answered > 1000,
+        "mutations should often be answerable: {answered}"
+    );
 }
 
 #[test]
 fn request_uri_schemes() {
     let b = String::from_utf8(invite_with(1, "s@x")).unwrap();
     let sips = b.replacen("sip:bob@", "sips:bob@", 1);
-    assert_eq!(scan(sips.as_bytes()).unwrap().request_uri().unwrap().scheme(), Scheme::Sips);
+    assert_eq!(
+        scan(sips.as_bytes())
+            .unwrap()
+            .request_uri()
+            .unwrap()
+            .scheme(),
+        Scheme::Sips
+    );
 }

@@ -43,8 +43,15 @@ To: <sip:x@y>\r\nCall-ID: c\r\nCSeq: 1 INVITE\r\n\r\n";
         rw.set_received(src).unwrap();
         rw.decrement_max_forwards().unwrap().unwrap();
         rw.remove_top_route().unwrap();
-        rw.set_uri_param(m.request_uri().unwrap(), b"k", Some(&key)).unwrap();
-        rw.prepend_via(&[b"SIP/2.0/UDP 192.0.2.10:5060;branch=", branch.as_bytes(), b";k=", &key]).unwrap();
+        rw.set_uri_param(m.request_uri().unwrap(), b"k", Some(&key))
+            .unwrap();
+        rw.prepend_via(&[
+            b"SIP/2.0/UDP 192.0.2.10:5060;branch=",
+            branch.as_bytes(),
+            b";k=",
+            &key,
+        ])
+        .unwrap();
         total += rw.write_to(&mut out).unwrap();
 
         // Response: key from our Via, pop it.

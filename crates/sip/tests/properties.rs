@@ -27,7 +27,8 @@ pub struct Spec {
 pub fn host() -> impl Strategy<Value = String> {
     prop_oneof![
         "[a-z][a-z0-9-]{0,10}(\\.[a-z][a-z0-9]{0,8}){0,3}",
-        (any::<u8>(), any::<u8>(), any::<u8>(), any::<u8>()).prop_map(|(a, b, c, d)| format!("{a}.{b}.{c}.{d}")),
+        (any::<u8>(), any::<u8>(), any::<u8>(), any::<u8>())
+            .prop_map(|(a, b, c, d)| format!("{a}.{b}.{c}.{d}")),
         any::<[u16; 8]>().prop_map(|s| format!("[{}]", std::net::Ipv6Addr::from(s))),
     ]
 }
@@ -57,21 +58,34 @@ pub fn spec() -> impl Strategy<Value = Spec> {
             "[ -~\r\n]{0,300}",
         ),
     )
-        .prop_map(|(method, user, host, port, via_host, via_port, b, from_tag, to_tag, (call_id, cseq, mf, body))| Spec {
-            method,
-            user,
-            host,
-            port,
-            via_host,
-            via_port,
-            branch: format!("z9hG4bK{b}"),
-            from_tag,
-            to_tag,
-            call_id,
-            cseq,
-            max_forwards: mf,
-            body,
-        })
+        .prop_map(
+            |(
+                method,
+                user,
+                host,
+                port,
+                via_host,
+                via_port,
+                b,
+                from_tag,
+                to_tag,
+                (call_id, cseq, mf, body),
+            )| Spec {
+                method,
+                user,
+                host,
+                port,
+                via_host,
+                via_port,
+                branch: format!("z9hG4bK{b}"),
+                from_tag,
+                to_tag,
+                call_id,
+                cseq,
+                max_forwards: mf,
+                body,
+            },
+        )
 }
 
 /// How to spell the headers.
@@ -84,31 +98,72 @@ pub struct Style {
 }
 
 pub fn style() -> impl Strategy<Value = Style> {
-    (any::<bool>(), any::<bool>(), any::<bool>(), any::<bool>())
-        .prop_map(|(compact, upper, fold, spaces)| Style { compact, upper, fold, spaces })
+    (any::<bool>(), any::<bool>(), any::<bool>(), any::<bool>()).prop_map(
+        |(compact, upper, fold, spaces)| Style {
+            compact,
+            upper,
+            fold,
+            spaces,
+        },
+    )
 }
 
 pub fn render(s: &Spec, st: Style) -> Vec<u8> {
     let name = |long: &str, short: &str| {
-        let n = if st.compact && !short.is_empty() { short } else { long };
-        if st.upper { n.to_uppercase() } else { n.to_string() }
+        let n = if st.compact && !short.is_empty() {
+            short
+        } else {
+            long
+        };
+        if st.upper {
+            n.to_uppercase()
+        } else {
+            n.to_string()
+        }
     };
     let colon = if st.spaces { " :  " } else { ": " };
     let fold = if st.fold { "\r\n  " } else { " " };
     let port = |p: Option<u16>| p.map(|p| format!(":{p}")).unwrap_or_default();
-    let mut m = format!("{} sip:{}@{}{} SIP/2.0\r\n", s.method, s.user, s.host, port(s.port));
-    m += &format!("{}{colon}SIP/2.0/UDP{fold}{}{};branch={};rport\r\n", name("Via", "v"), s.via_host, port(s.via_port), s.branch);
+    let mut m = format!(
+        "{} sip:{}@{}{} SIP/2.0\r\n",
+        s.method,
+        s.user,
+        s.host,
+        port(s.port)
+    );
+    m += &format!(
+        "{}{colon}SIP/2.0/UDP{fold}{}{};branch={};rport\r\n",
+        name("Via", "v"),
+        s.via_host,
+        port(s.via_port),
+        s.branch
+    );
     m += &format!("{}{colon}{}\r\n", name("Max-Forwards", ""), s.max_forwards);
-    m += &format!("{}{colon}<sip:{}@{}>;tag={}\r\n", name("From", "f"), s.user, s.host, s.from_tag);
+    m += &format!(
+        "{}{colon}<sip:{}@{}>;tag={}\r\n",
+        name("From", "f"),
+        s.user,
+        s.host,
+        s.from_tag
+    );
     m += &format!("{}{colon}<sip:peer@{}>", name("To", "t"), s.host);
     if let Some(t) = &s.to_tag {
         m += &format!(";tag={t}");
     }
     m += "\r\n";
     m += &format!("{}{colon}{}\r\n", name("Call-ID", "i"), s.call_id);
-    m += &format!("{}{colon}{}{fold}{}\r\n", name("CSeq", ""), s.cseq, s.method);
+    m += &format!(
+        "{}{colon}{}{fold}{}\r\n",
+        name("CSeq", ""),
+        s.cseq,
+        s.method
+    );
     m += &format!("{}{colon}text/plain\r\n", name("Content-Type", "c"));
-    m += &format!("{}{colon}{}\r\n\r\n", name("Content-Length", "l"), s.body.len());
+    m += &format!(
+        "{}{colon}{}\r\n\r\n",
+        name("Content-Length", "l"),
+        s.body.len()
+    );
     m += &s.body;
     m.into_bytes()
 }

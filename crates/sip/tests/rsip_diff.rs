@@ -19,35 +19,61 @@ use rsip::prelude::*;
 fn plain_host() -> impl Strategy<Value = String> {
     prop_oneof![
         "[a-z][a-z0-9]{0,10}(\\.[a-z][a-z0-9]{0,8}){0,3}",
-        (1u8.., any::<u8>(), any::<u8>(), 1u8..).prop_map(|(a, b, c, d)| format!("{a}.{b}.{c}.{d}")),
+        (1u8.., any::<u8>(), any::<u8>(), 1u8..)
+            .prop_map(|(a, b, c, d)| format!("{a}.{b}.{c}.{d}")),
     ]
 }
 
 fn spec() -> impl Strategy<Value = Spec> {
     (
-        prop_oneof![Just("INVITE"), Just("BYE"), Just("OPTIONS"), Just("REFER"), Just("NOTIFY"), Just("INFO")],
+        prop_oneof![
+            Just("INVITE"),
+            Just("BYE"),
+            Just("OPTIONS"),
+            Just("REFER"),
+            Just("NOTIFY"),
+            Just("INFO")
+        ],
         "[a-z][a-z0-9]{0,12}",
-        (plain_host(), proptest::option::of(1u16..), plain_host(), proptest::option::of(1u16..)),
+        (
+            plain_host(),
+            proptest::option::of(1u16..),
+            plain_host(),
+            proptest::option::of(1u16..),
+        ),
         "[a-zA-Z0-9]{4,24}",
-        ("[a-zA-Z0-9]{1,16}", proptest::option::of("[a-zA-Z0-9]{1,16}")),
+        (
+            "[a-zA-Z0-9]{1,16}",
+            proptest::option::of("[a-zA-Z0-9]{1,16}"),
+        ),
         "[a-zA-Z0-9]{4,24}(@[a-z0-9.]{1,16})?",
         (0u32..(1 << 31), any::<u8>(), "[ -~]{0,300}"),
     )
-        .prop_map(|(method, user, (host, port, via_host, via_port), b, (from_tag, to_tag), call_id, (cseq, mf, body))| Spec {
-            method: method.to_string(),
-            user,
-            host,
-            port,
-            via_host,
-            via_port,
-            branch: format!("z9hG4bK{b}"),
-            from_tag,
-            to_tag,
-            call_id,
-            cseq,
-            max_forwards: mf,
-            body,
-        })
+        .prop_map(
+            |(
+                method,
+                user,
+                (host, port, via_host, via_port),
+                b,
+                (from_tag, to_tag),
+                call_id,
+                (cseq, mf, body),
+            )| Spec {
+                method: method.to_string(),
+                user,
+                host,
+                port,
+                via_host,
+                via_port,
+                branch: format!("z9hG4bK{b}"),
+                from_tag,
+                to_tag,
+                call_id,
+                cseq,
+                max_forwards: mf,
+                body,
+            },
+        )
 }
 
 /// The fields both parsers must agree on.
@@ -68,8 +94,16 @@ struct Fields {
 }
 
 fn long_form(s: &Spec) -> Vec<u8> {
-    let st = Style { compact: false, upper: false, fold: false, spaces: false };
-    String::from_utf8(render(s, st)).unwrap().replacen(";rport", "", 1).into_bytes()
+    let st = Style {
+        compact: false,
+        upper: false,
+        fold: false,
+        spaces: false,
+    };
+    String::from_utf8(render(s, st))
+        .unwrap()
+        .replacen(";rport", "", 1)
+        .into_bytes()
 }
 
 /// What rsip reads; `None` where rsip refuses the message.
@@ -88,7 +122,7 @@ fn theirs(b: &[u8]) -> Option<Fields> {
         branch: via.branch()?.to_string(),
         from_tag: r.from_header().ok()?.tag().ok()??.to_string(),
         to_tag: r.to_header().ok()?.tag().ok()?.map(|t| t.to_string()),
-        max_forwards: u32::from(r.max_forwards_header().ok()?.num().ok()?),
+        max_forwards: r.max_forwards_header().ok()?.num().ok()?,
         body: r.body.clone(),
     })
 }
@@ -137,5 +171,8 @@ fn rsip_reads_most_generated_messages() {
         }
     }
     println!("rsip read {ok} of {n} generated messages");
-    assert!(ok * 10 >= n * 9, "rsip read only {ok} of {n}: the differential test compares too little");
+    assert!(
+        ok * 10 >= n * 9,
+        "rsip read only {ok} of {n}: the differential test compares too little"
+    );
 }

@@ -1,0 +1,282 @@
+//! The TOML configuration file.
+//!
+//! Unknown keys are errors (`deny_unknown_fields`): a misspelt timer key that
+//! is silently ignored is a production incident. Values with rules beyond
+//! their type are read with their position, so an error names the key and
+//! the line.
+
+use std::fmt;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use handover_sip::Limits;
+use serde::{Deserialize, Serialize};
+use toml::Spanned;
+
+/// The whole file. Every section and key is optional; defaults are what
+/// `handover check-config` prints for an empty file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct File {
+    #[serde(default)]
+    sip: SipSection,
+    #[serde(default)]
+    cluster: ClusterSection,
+}
+
+/// `[sip]`: limits of the SIP message layer.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SipSection {
+    /// Largest SIP message accepted, in bytes (requests above it get 413).
+    max_message_bytes: Option<Spanned<usize>>,
+    /// Longest Request-URI accepted, in bytes (requests above it get 414).
+    max_uri_bytes: Option<Spanned<usize>>,
+}
+
+/// `[cluster]`: settings every node of one cluster must share.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClusterSection {
+    /// 32 hex digits: the key of the hash that maps Call-IDs to shards and
+    /// makes stateless branches. Keep it secret so outsiders cannot aim
+    /// calls at one shard; every edge and worker must use the same one.
+    hash_key: Option<Spanned<String>>,
+}
+
+/// The effective configuration, after defaults and validation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub(crate) struct Config {
+    /// `[sip]`
+    pub(crate) sip: SipConfig,
+    /// `[cluster]`
+    pub(crate) cluster: ClusterConfig,
+}
+
+/// Effective `[sip]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub(crate) struct SipConfig {
+    /// See the file key of the same name.
+    pub(crate) max_message_bytes: usize,
+    /// See the file key of the same name.
+    pub(crate) max_uri_bytes: usize,
+}
+
+/// Effective `[cluster]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub(crate) struct ClusterConfig {
+    /// "default" when the published default key is in use, else "set".
+    pub(crate) hash_key: &'static str,
+    #[serde(skip)]
+    /// The key, when set.
+    pub(crate) hash_key_value: Option<(u64, u64)>,
+}
+
+impl SipConfig {
+    /// As the SIP layer's limits.
+    pub(crate) fn limits(&self) -> Limits {
+        Limits {
+            max_message_bytes: self.max_message_bytes,
+            max_uri_bytes: self.max_uri_bytes,
+        }
+    }
+}
+
+/// A configuration error, with where it is.
+#[derive(Debug)]
+pub(crate) struct ConfigError {
+    path: PathBuf,
+    /// 1-based line and column, when the error has a position.
+    at: Option<(usize, usize)>,
+    /// The offending line, for display.
+    line: Option<String>,
+    key: Option<&'static str>,
+    message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.path.display())?;
+        if let Some((l, c)) = self.at {
+            write!(f, ":{l}:{c}")?;
+        }
+        write!(f, ": ")?;
+        if let Some(k) = self.key {
+            write!(f, "key `{k}`: ")?;
+        }
+        write!(f, "{}", self.message)?;
+        if let (Some((l, _)), Some(line)) = (self.at, &self.line) {
+            write!(f, "\n  {l} | {line}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn locate(src: &str, at: usize) -> (usize, usize, String) {
+    let at = at.min(src.len());
+    let before = &src[..at];
+    let line = before.matches('\n').count() + 1;
+    let start = before.rfind('\n').map_or(0, |i| i + 1);
+    let col = before[start..].chars().count() + 1;
+    let text = src[start..].lines().next().unwrap_or("").to_string();
+    (line, col, text)
+}
+
+impl Config {
+    /// Reads and validates `path`.
+    pub(crate) fn load(path: &Path) -> Result<Self, ConfigError> {
+        let src = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            path: path.to_owned(),
+            at: None,
+            line: None,
+            key: None,
+            message: format!("cannot read the file: {e}"),
+        })?;
+        Self::parse(path, &src)
+    }
+
+    /// Parses and validates `src`, read from `path`.
+    pub(crate) fn parse(path: &Path, src: &str) -> Result<Self, ConfigError> {
+        let err = |span: Option<Range<usize>>, key: Option<&'static str>, message: String| {
+            let (at, line) = match span.map(|s| locate(src, s.start)) {
+                Some((l, c, text)) => (Some((l, c)), Some(text)),
+                None => (None, None),
+            };
+            ConfigError {
+                path: path.to_owned(),
+                at,
+                line,
+                key,
+                message,
+            }
+        };
+        let file: File =
+            toml::from_str(src).map_err(|e| err(e.span(), None, e.message().trim().to_string()))?;
+
+        let defaults = Limits::default();
+        let value = |v: &Option<Spanned<usize>>, d: usize| v.as_ref().map_or(d, |s| *s.get_ref());
+        let sip = SipConfig {
+            max_message_bytes: value(&file.sip.max_message_bytes, defaults.max_message_bytes),
+            max_uri_bytes: value(&file.sip.max_uri_bytes, defaults.max_uri_bytes),
+        };
+        let span_of = |v: &Option<Spanned<usize>>| v.as_ref().map(Spanned::span);
+        if !(512..=65_535).contains(&sip.max_message_bytes) {
+            return Err(err(
+                span_of(&file.sip.max_message_bytes),
+                Some("sip.max_message_bytes"),
+                format!(
+                    "{} is out of range: it must be between 512 and 65535 (a UDP datagram)",
+                    sip.max_message_bytes
+                ),
+            ));
+        }
+        if sip.max_uri_bytes < 64 || sip.max_uri_bytes > sip.max_message_bytes {
+            return Err(err(
+                span_of(&file.sip.max_uri_bytes),
+                Some("sip.max_uri_bytes"),
+                format!(
+                    "{} is out of range: it must be at least 64 and at most sip.max_message_bytes ({})",
+                    sip.max_uri_bytes, sip.max_message_bytes
+                ),
+            ));
+        }
+        debug_assert!(sip.limits().validate().is_ok());
+
+        let hash_key_value = match &file.cluster.hash_key {
+            None => None,
+            Some(k) => {
+                let s = k.get_ref();
+                let ok = s.len() == 32 && s.bytes().all(|b| b.is_ascii_hexdigit());
+                if !ok {
+                    return Err(err(
+                        Some(k.span()),
+                        Some("cluster.hash_key"),
+                        format!(
+                            "must be exactly 32 hex digits (128 bits), got {} characters",
+                            s.len()
+                        ),
+                    ));
+                }
+                let k0 = u64::from_str_radix(&s[..16], 16).expect("checked hex");
+                let k1 = u64::from_str_radix(&s[16..], 16).expect("checked hex");
+                Some((k0, k1))
+            }
+        };
+        Ok(Config {
+            sip,
+            cluster: ClusterConfig {
+                hash_key: if hash_key_value.is_some() {
+                    "set"
+                } else {
+                    "default"
+                },
+                hash_key_value,
+            },
+        })
+    }
+
+    /// The effective configuration as TOML (secrets shown only as "set").
+    pub(crate) fn to_toml(&self) -> String {
+        toml::to_string(self).expect("plain data serialises")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<Config, String> {
+        Config::parse(Path::new("t.toml"), s).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let c = parse("").unwrap();
+        assert_eq!(c.sip.max_message_bytes, 65_535);
+        assert_eq!(c.cluster.hash_key, "default");
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_its_line() {
+        let e = parse("[sip]\nmax_message_bytes = 4000\nmax_uri_byte = 100\n").unwrap_err();
+        assert!(e.starts_with("t.toml:3:1: "), "{e}");
+        assert!(e.contains("unknown field `max_uri_byte`"), "{e}");
+        assert!(e.contains("max_uri_bytes"), "suggests the right key: {e}");
+    }
+
+    #[test]
+    fn out_of_range_value_is_named_with_key_and_line() {
+        let e = parse("\n[sip]\n\nmax_message_bytes = 70000\n").unwrap_err();
+        assert!(
+            e.starts_with("t.toml:4:21: key `sip.max_message_bytes`: 70000 is out of range"),
+            "{e}"
+        );
+        let e = parse("[sip]\nmax_message_bytes = 1000\nmax_uri_bytes = 2000\n").unwrap_err();
+        assert!(e.contains("t.toml:3:17: key `sip.max_uri_bytes`"), "{e}");
+    }
+
+    #[test]
+    fn wrong_type_and_syntax_errors_have_lines() {
+        let e = parse("[sip]\nmax_message_bytes = \"big\"\n").unwrap_err();
+        assert!(e.starts_with("t.toml:2:"), "{e}");
+        let e = parse("[sip\n").unwrap_err();
+        assert!(e.starts_with("t.toml:1:"), "{e}");
+    }
+
+    #[test]
+    fn hash_key() {
+        let c = parse("[cluster]\nhash_key = \"000102030405060708090a0b0c0d0e0f\"\n").unwrap();
+        assert_eq!(
+            c.cluster.hash_key_value,
+            Some((0x0001020304050607, 0x08090a0b0c0d0e0f))
+        );
+        assert!(!c.to_toml().contains("0001"), "the secret is never printed");
+        let e = parse("[cluster]\nhash_key = \"xyz\"\n").unwrap_err();
+        assert!(
+            e.contains("t.toml:2:12: key `cluster.hash_key`: must be exactly 32 hex digits"),
+            "{e}"
+        );
+    }
+}

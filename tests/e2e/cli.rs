@@ -1,0 +1,128 @@
+//! The command line: help, version, `check-config`.
+
+use crate::support::{handover, stderr, stdout, write};
+
+#[test]
+fn version_and_help() {
+    let v = handover(&["--version"]);
+    assert!(v.status.success());
+    assert_eq!(
+        stdout(&v).trim(),
+        format!("handover {}", env!("CARGO_PKG_VERSION"))
+    );
+    let h = handover(&["--help"]);
+    assert!(h.status.success());
+    assert!(stdout(&h).contains("check-config"), "{}", stdout(&h));
+}
+
+#[test]
+fn unknown_subcommand_is_a_usage_error() {
+    let o = handover(&["frobnicate"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("unrecognized subcommand 'frobnicate'"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn check_config_accepts_a_valid_file_and_prints_effective_settings() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = write(
+        dir.path(),
+        "ok.toml",
+        "# a comment\n[sip]\nmax_uri_bytes = 1024\n\n[cluster]\nhash_key = \"00112233445566778899aabbccddeeff\"\n",
+    );
+    let o = handover(&["check-config", &f]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(out.contains("max_uri_bytes = 1024"), "{out}");
+    assert!(
+        out.contains("max_message_bytes = 65535"),
+        "defaults are shown: {out}"
+    );
+    assert!(out.contains("hash_key = \"set\""), "{out}");
+    assert!(
+        !out.contains("00112233"),
+        "the secret is not printed: {out}"
+    );
+}
+
+#[test]
+fn check_config_names_key_and_line_of_an_unknown_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = write(
+        dir.path(),
+        "typo.toml",
+        "[sip]\nmax_message_bytes = 2000\nmax_uri_byts = 100\n",
+    );
+    let o = handover(&["check-config", &f]);
+    assert_eq!(o.status.code(), Some(1));
+    let e = stderr(&o);
+    assert!(
+        e.contains("typo.toml:3:1: unknown field `max_uri_byts`"),
+        "{e}"
+    );
+    assert!(
+        e.contains("max_uri_bytes"),
+        "the valid keys are listed: {e}"
+    );
+    assert!(
+        e.contains("3 | max_uri_byts = 100"),
+        "the line is shown: {e}"
+    );
+}
+
+#[test]
+fn check_config_names_key_and_line_of_a_bad_value() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = write(
+        dir.path(),
+        "range.toml",
+        "[sip]\n\nmax_message_bytes = 100\n",
+    );
+    let o = handover(&["check-config", &f]);
+    assert_eq!(o.status.code(), Some(1));
+    let e = stderr(&o);
+    assert!(
+        e.contains("range.toml:3:21: key `sip.max_message_bytes`: 100 is out of range"),
+        "{e}"
+    );
+
+    let f = write(dir.path(), "key.toml", "[cluster]\nhash_key = \"short\"\n");
+    let e = stderr(&handover(&["check-config", &f]));
+    assert!(
+        e.contains("key.toml:2:12: key `cluster.hash_key`: must be exactly 32 hex digits"),
+        "{e}"
+    );
+
+    let f = write(dir.path(), "type.toml", "[sip]\nmax_uri_bytes = \"long\"\n");
+    let e = stderr(&handover(&["check-config", &f]));
+    assert!(e.contains("type.toml:2:17:"), "{e}");
+}
+
+#[test]
+fn check_config_reports_syntax_errors_and_missing_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = write(dir.path(), "syntax.toml", "[sip]\nmax_uri_bytes = = 3\n");
+    let o = handover(&["check-config", &f]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("syntax.toml:2:"), "{}", stderr(&o));
+
+    let missing = dir.path().join("nope.toml");
+    let o = handover(&["check-config", missing.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("nope.toml: cannot read the file"),
+        "{}",
+        stderr(&o)
+    );
+
+    let o = handover(&["check-config"]);
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "a missing argument is a usage error"
+    );
+}
