@@ -11,7 +11,6 @@ use core::hash::Hasher as _;
 
 use rand_core::RngCore;
 use siphasher::sip::SipHasher13;
-use siphasher::sip128::Hasher128 as _;
 
 use crate::scan::Message;
 use crate::via::MAGIC_COOKIE;
@@ -146,36 +145,86 @@ impl Hashing {
     }
 
     /// The branch a stateless proxy puts in its own Via (RFC 3261 §16.11):
-    /// a retransmission, the CANCEL of an INVITE and the ACK of a non-2xx
-    /// final response all get the same branch as the original request.
+    /// `z9hG4bK-hx` + 16 hex digits of [`Hashing::transaction_hash`] + `.` +
+    /// 8 hex digits of [`Hashing::loop_hash`]. A retransmission, the CANCEL
+    /// of an INVITE and the ACK of a non-2xx final response get the same
+    /// branch as the original request.
     pub fn stateless_branch(&self, msg: &Message<'_>) -> Token {
-        //= https://www.rfc-editor.org/rfc/rfc3261#section-16.11
-        //# If it begins with the magic cookie, the first component of the
-        //# branch ID of the outgoing request is computed as a hash of the
-        //# received branch ID.  Otherwise, the branch ID is computed as a hash
-        //# of the received Via, the tag in the To header field, the tag in the
-        //# From header field, the Call-ID header field, the CSeq number (but
-        //# not method), and the Request-URI from the received request.
-        let mut h = siphasher::sip128::SipHasher13::new_with_keys(self.k0, self.k1);
-        let via = msg.top_via();
-        // The sent-by goes in too, so two clients that pick the same branch
-        // (a bad RNG) still get different branches here.
+        let t = hex_u64(self.transaction_hash(msg.top_via(), msg));
+        let l = hex_u64(u64::from(self.loop_hash(msg)));
+        Token::new(&[MAGIC_COOKIE, b"-hx", &t, b".", &l[8..]])
+    }
+
+    /// Hash naming the transaction of `msg` as seen from the Via `via`
+    /// (the sender's): its sent-by and branch, From tag, Call-ID and CSeq
+    /// number. Every input is also in the responses, where `via` is the Via
+    /// below ours, so [`Hashing::verify_response`] can check that a
+    /// response answers a request this proxy forwarded.
+    //= https://www.rfc-editor.org/rfc/rfc3261#section-16.11
+    //# If it begins with the magic cookie, the first component of the
+    //# branch ID of the outgoing request is computed as a hash of the
+    //# received branch ID.  Otherwise, the branch ID is computed as a hash
+    //# of the received Via, the tag in the To header field, the tag in the
+    //# From header field, the Call-ID header field, the CSeq number (but
+    //# not method), and the Request-URI from the received request.
+    // Deviation, on purpose: To tag and Request-URI are left out for
+    // pre-3261 clients, since responses do not carry them unchanged; sent-by,
+    // From tag, Call-ID and CSeq number still tell transactions apart, and
+    // the CANCEL and non-2xx ACK still match their INVITE.
+    pub fn transaction_hash(&self, via: &crate::Via<'_>, msg: &Message<'_>) -> u64 {
+        let mut h = SipHasher13::new_with_keys(self.k0, self.k1);
         h.write(via.host());
         h.write(&via.port().unwrap_or(0).to_be_bytes());
-        if via.is_rfc3261_branch() {
-            h.write(via.branch().unwrap_or_default());
-        } else {
-            h.write(via.span().of(msg.buf()));
-            h.write(msg.to_tag().unwrap_or_default());
-            h.write(&[0]);
-            h.write(msg.from_tag().unwrap_or_default());
-            h.write(&[0]);
-            h.write(msg.call_id());
-            h.write(&msg.cseq().seq.to_be_bytes());
-            h.write(msg.request_uri().map_or(&b""[..], |u| u.as_bytes()));
-        }
-        let v = h.finish128();
-        Token::new(&[MAGIC_COOKIE, b"-hx", &hex_u64(v.h1), &hex_u64(v.h2)])
+        h.write(via.branch().unwrap_or_default());
+        h.write(&[0]);
+        h.write(msg.from_tag().unwrap_or_default());
+        h.write(&[0]);
+        h.write(msg.call_id());
+        h.write(&msg.cseq().seq.to_be_bytes());
+        h.finish()
+    }
+
+    /// True when `resp`'s top Via branch is the stateless branch this proxy
+    /// (with this key) made for the request it answers. A forged or stray
+    /// response fails, so it cannot be reflected to the address in the Via
+    /// below.
+    pub fn verify_response(&self, resp: &Message<'_>) -> bool {
+        let Some(ours) = resp.top_via().branch() else {
+            return false;
+        };
+        let Some(next) = resp.vias().nth(1) else {
+            return false;
+        };
+        let t = hex_u64(self.transaction_hash(&next, resp));
+        ours.len() == 7 + 3 + 16 + 1 + 8 && ours[10..26] == t
+    }
+
+    /// A hash of what stays the same when a request loops back to this
+    /// proxy unchanged: Request-URI, Call-ID, CSeq number and From tag (not
+    /// the To tag, so the ACK of a non-2xx keeps the INVITE's branch).
+    pub fn loop_hash(&self, msg: &Message<'_>) -> u32 {
+        let mut h = SipHasher13::new_with_keys(self.k1, self.k0);
+        h.write(msg.request_uri().map_or(&b""[..], |u| u.as_bytes()));
+        h.write(&[0]);
+        h.write(msg.call_id());
+        h.write(&msg.cseq().seq.to_be_bytes());
+        h.write(msg.from_tag().unwrap_or_default());
+        h.finish() as u32
+    }
+
+    /// RFC 3261 §16.3 step 4: true when `msg` carries a Via placed by this
+    /// proxy (`is_ours` says which sent-by is ours) whose branch has the loop
+    /// hash `msg` has now: the request came back unchanged, a loop. A
+    /// request that changed on the way (a spiral) passes.
+    pub fn is_loop(&self, msg: &Message<'_>, is_ours: impl Fn(&crate::Via<'_>) -> bool) -> bool {
+        let l = hex_u64(u64::from(self.loop_hash(msg)));
+        let tail = &l[8..];
+        msg.vias().any(|v| {
+            is_ours(&v)
+                && v.branch().is_some_and(|b| {
+                    b.len() > 9 && b[b.len() - 9] == b'.' && &b[b.len() - 8..] == tail
+                })
+        })
     }
 }
 
@@ -250,7 +299,7 @@ From: <sip:a@x>;tag=1\r\nTo: <sip:b@x>\r\nCall-ID: c\r\nCSeq: 1 {method}\r\n\r\n
         );
         assert_ne!(b1, h.stateless_branch(&scan(&other).unwrap()));
         assert!(b1.as_bytes().starts_with(MAGIC_COOKIE));
-        // RFC 2543 clients (no cookie): hash of Via, tags, Call-ID, CSeq number, R-URI.
+        // RFC 2543 clients (no cookie): sent-by, From tag, Call-ID, CSeq number.
         let old1 = req("1", "INVITE");
         let old2 = req("1", "CANCEL");
         assert_eq!(
@@ -261,6 +310,47 @@ From: <sip:a@x>;tag=1\r\nTo: <sip:b@x>\r\nCall-ID: c\r\nCSeq: 1 {method}\r\n\r\n
             Hashing::with_key(1, 2).stateless_branch(&scan(&inv).unwrap()),
             b1
         );
+        assert_eq!(b1.as_bytes().len(), 7 + 3 + 16 + 1 + 8);
+    }
+
+    #[test]
+    fn responses_are_verified_against_the_branch() {
+        let h = Hashing::default();
+        let inv = req("z9hG4bK1", "INVITE");
+        let b = h.stateless_branch(&scan(&inv).unwrap());
+        let resp = |branch: &str, sender_branch: &str| {
+            format!(
+                "SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP edge;branch={branch}\r\n\
+Via: SIP/2.0/UDP a:5060;branch={sender_branch};received=192.0.2.1\r\n\
+From: <sip:a@x>;tag=1\r\nTo: <sip:b@x>;tag=2\r\nCall-ID: c\r\nCSeq: 1 INVITE\r\n\r\n"
+            )
+        };
+        assert!(h.verify_response(&scan(resp(b.as_str(), "z9hG4bK1").as_bytes()).unwrap()));
+        // Forged: the attacker put another address (and branch) below ours.
+        assert!(!h.verify_response(&scan(resp(b.as_str(), "z9hG4bKevil").as_bytes()).unwrap()));
+        assert!(!h.verify_response(&scan(resp("z9hG4bK-hx0000000000000000.00000000", "z9hG4bK1").as_bytes()).unwrap()));
+        let other_key = Hashing::with_key(9, 9).stateless_branch(&scan(&inv).unwrap());
+        assert!(!h.verify_response(&scan(resp(other_key.as_str(), "z9hG4bK1").as_bytes()).unwrap()));
+    }
+
+    #[test]
+    fn rfc3261_16_3_loop_detected_spiral_passes() {
+        let h = Hashing::default();
+        let first = req("z9hG4bK1", "INVITE");
+        let m = scan(&first).unwrap();
+        let ours = h.stateless_branch(&m);
+        // The same request comes back with our Via under another hop's Via.
+        let back = String::from_utf8(first.clone()).unwrap().replacen(
+            "Via: ",
+            &format!("Via: SIP/2.0/UDP other:5060;branch=z9hG4bKo\r\nVia: SIP/2.0/UDP edge:5060;branch={ours}\r\nVia: "),
+            1,
+        );
+        let is_edge = |v: &crate::Via<'_>| v.host() == b"edge";
+        assert!(h.is_loop(&scan(back.as_bytes()).unwrap(), is_edge));
+        // Spiral: the Request-URI changed on the way.
+        let spiral = back.replacen("INVITE sip:b@x", "INVITE sip:c@x", 1);
+        assert!(!h.is_loop(&scan(spiral.as_bytes()).unwrap(), is_edge));
+        assert!(!h.is_loop(&m, is_edge));
     }
 
     #[test]

@@ -230,6 +230,7 @@ proptest! {
             s.call_id, s.method
         );
         let r = scan(resp.as_bytes()).unwrap();
+        prop_assert!(h.verify_response(&r), "the response to our own forward verifies");
         let mut rw = Rewrite::new(&r);
         rw.remove_top_via().unwrap();
         let n = rw.write_to(&mut out).unwrap();
