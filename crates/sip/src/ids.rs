@@ -328,9 +328,13 @@ From: <sip:a@x>;tag=1\r\nTo: <sip:b@x>;tag=2\r\nCall-ID: c\r\nCSeq: 1 INVITE\r\n
         assert!(h.verify_response(&scan(resp(b.as_str(), "z9hG4bK1").as_bytes()).unwrap()));
         // Forged: the attacker put another address (and branch) below ours.
         assert!(!h.verify_response(&scan(resp(b.as_str(), "z9hG4bKevil").as_bytes()).unwrap()));
-        assert!(!h.verify_response(&scan(resp("z9hG4bK-hx0000000000000000.00000000", "z9hG4bK1").as_bytes()).unwrap()));
+        assert!(!h.verify_response(
+            &scan(resp("z9hG4bK-hx0000000000000000.00000000", "z9hG4bK1").as_bytes()).unwrap()
+        ));
         let other_key = Hashing::with_key(9, 9).stateless_branch(&scan(&inv).unwrap());
-        assert!(!h.verify_response(&scan(resp(other_key.as_str(), "z9hG4bK1").as_bytes()).unwrap()));
+        assert!(
+            !h.verify_response(&scan(resp(other_key.as_str(), "z9hG4bK1").as_bytes()).unwrap())
+        );
     }
 
     #[test]

@@ -224,10 +224,10 @@ proptest! {
         }
         // The response path: popping our Via gives back the sender's Via.
         let resp = format!(
-            "SIP/2.0 200 OK\r\nVia: {}\r\nVia: {}\r\nFrom: <sip:a@b>;tag=1\r\nTo: <sip:c@d>;tag=2\r\nCall-ID: {}\r\nCSeq: 1 {}\r\n\r\n",
+            "SIP/2.0 200 OK\r\nVia: {}\r\nVia: {}\r\nFrom: <sip:a@b>;tag={}\r\nTo: <sip:c@d>;tag=2\r\nCall-ID: {}\r\nCSeq: {} {}\r\n\r\n",
             String::from_utf8_lossy(vias[0].span().of(f.buf())),
             String::from_utf8_lossy(vias[1].span().of(f.buf())),
-            s.call_id, s.method
+            s.from_tag, s.call_id, s.cseq, s.method
         );
         let r = scan(resp.as_bytes()).unwrap();
         prop_assert!(h.verify_response(&r), "the response to our own forward verifies");
