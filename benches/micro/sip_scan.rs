@@ -44,15 +44,41 @@ Content-Length: {}\r\n\r\n{SDP}",
     .into_bytes()
 }
 
+/// A 200 OK answering that INVITE, as a callee sends it back through the
+/// edge: our Via on top, SDP answer.
 fn ok200() -> Vec<u8> {
-    b"SIP/2.0 200 OK\r\n\
-Via: SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bK-hx4f1c;k=5d2c8e1b9a0f4c37\r\n\
+    let sdp = "v=0\r\no=bob 2808844564 2808844564 IN IP4 192.0.2.4\r\ns=-\r\n\
+c=IN IP4 192.0.2.4\r\nt=0 0\r\nm=audio 3456 RTP/AVP 0 101\r\na=rtpmap:0 PCMU/8000\r\n\
+a=rtpmap:101 telephone-event/8000\r\na=sendrecv\r\n";
+    format!(
+        "SIP/2.0 200 OK\r\n\
+Via: SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bK-hx5d2c8e1b9a0f4c37.0a1b2c3d;k=5d2c8e1b9a0f4c37\r\n\
 Via: SIP/2.0/UDP 192.0.2.101:5060;branch=z9hG4bK74bf9;rport=5060;received=192.0.2.101\r\n\
+Record-Route: <sip:192.0.2.1:5060;lr;k=5d2c8e1b9a0f4c37>\r\n\
 From: \"Alice\" <sip:alice@atlanta.example.com>;tag=9fxced76sl\r\n\
 To: \"Bob\" <sip:bob@biloxi.example.com>;tag=8321234356\r\n\
 Call-ID: 3848276298220188511@atlanta.example.com\r\n\
 CSeq: 31862 INVITE\r\n\
 Contact: <sip:bob@192.0.2.4:5060>\r\n\
+Allow: INVITE, ACK, CANCEL, BYE, REFER, NOTIFY, OPTIONS, UPDATE\r\n\
+Supported: replaces, timer\r\n\
+Server: PBX/7.1\r\n\
+Content-Type: application/sdp\r\n\
+Content-Length: {}\r\n\r\n{sdp}",
+        sdp.len()
+    )
+    .into_bytes()
+}
+
+/// A bare 200 OK (no body, few headers): a BYE's answer.
+fn ok200_bare() -> Vec<u8> {
+    b"SIP/2.0 200 OK\r\n\
+Via: SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bK-hx5d2c8e1b9a0f4c37.0a1b2c3d;k=5d2c8e1b9a0f4c37\r\n\
+Via: SIP/2.0/UDP 192.0.2.101:5060;branch=z9hG4bK74bf9;rport=5060;received=192.0.2.101\r\n\
+From: \"Alice\" <sip:alice@atlanta.example.com>;tag=9fxced76sl\r\n\
+To: \"Bob\" <sip:bob@biloxi.example.com>;tag=8321234356\r\n\
+Call-ID: 3848276298220188511@atlanta.example.com\r\n\
+CSeq: 31863 BYE\r\n\
 Content-Length: 0\r\n\r\n"
         .to_vec()
 }
@@ -102,7 +128,11 @@ fn rsip_typed(b: &[u8]) -> u32 {
 
 fn bench(c: &mut Criterion) {
     let h = Hashing::default();
-    let msgs = [("invite", invite()), ("ok200", ok200())];
+    let msgs = [
+        ("invite", invite()),
+        ("ok200", ok200()),
+        ("ok200_bare", ok200_bare()),
+    ];
     let mut out = vec![0u8; 4096];
     for (name, b) in &msgs {
         assert!(rsip::SipMessage::try_from(b.as_slice()).is_ok());

@@ -63,6 +63,9 @@ pub enum Reason {
     /// Proxy-Require names an extension handover does not support (§16.3 step 5).
     #[error("Bad Extension")]
     BadExtension,
+    /// No backend or worker is up to take the request.
+    #[error("Service Unavailable")]
+    NoBackend,
 }
 
 impl Reason {
@@ -76,6 +79,7 @@ impl Reason {
             Self::TooManyHops => 483,
             Self::LoopDetected => 482,
             Self::BadExtension => 420,
+            Self::NoBackend => 503,
             _ => 400,
         }
     }
@@ -101,6 +105,7 @@ impl Reason {
             Self::TooManyHops => "too_many_hops",
             Self::LoopDetected => "loop_detected",
             Self::BadExtension => "bad_extension",
+            Self::NoBackend => "no_backend",
         }
     }
 }

@@ -90,42 +90,81 @@ impl HeaderName {
                 _ => Self::Other,
             };
         }
-        // Candidates by length first, so most names cost one comparison.
-        let candidates: &[Self] = match name.len() {
-            2 => &[Self::To],
-            3 => &[Self::Via],
-            4 => &[Self::CSeq, Self::From],
-            5 => &[Self::Route, Self::Allow, Self::Event],
-            6 => &[Self::MinSe],
-            7 => &[
-                Self::CallId,
-                Self::Contact,
-                Self::Subject,
-                Self::Require,
-                Self::Expires,
-            ],
-            8 => &[Self::Replaces, Self::ReferTo],
-            9 => &[Self::Supported, Self::Timestamp],
-            11 => &[Self::Unsupported, Self::ReferredBy],
-            12 => &[
-                Self::MaxForwards,
-                Self::RecordRoute,
-                Self::ContentType,
-                Self::AllowEvents,
-            ],
-            13 => &[Self::ProxyRequire],
-            14 => &[Self::ContentLength],
-            15 => &[Self::SessionExpires],
-            16 => &[Self::ContentEncoding],
-            18 => &[Self::SubscriptionState],
-            _ => &[],
+        // (length, first, last) picks the one candidate; one comparison
+        // confirms it.
+        let first = name[0] | 0x20;
+        let last = name[name.len() - 1] | 0x20;
+        let candidate = match (name.len(), first, last) {
+            (2, b't', b'o') => Self::To,
+            (3, b'v', b'a') => Self::Via,
+            (4, b'c', b'q') => Self::CSeq,
+            (4, b'f', b'm') => Self::From,
+            (5, b'r', b'e') => Self::Route,
+            (5, b'a', b'w') => Self::Allow,
+            (5, b'e', b't') => Self::Event,
+            (6, b'm', b'e') => Self::MinSe,
+            (7, b'c', b'd') => Self::CallId,
+            (7, b'c', b't') => Self::Contact,
+            (7, b's', b't') => Self::Subject,
+            (7, b'r', b'e') => Self::Require,
+            (7, b'e', b's') => Self::Expires,
+            (8, b'r', b's') => Self::Replaces,
+            (8, b'r', b'o') => Self::ReferTo,
+            (9, b's', b'd') => Self::Supported,
+            (9, b't', b'p') => Self::Timestamp,
+            (11, b'u', b'd') => Self::Unsupported,
+            (11, b'r', b'y') => Self::ReferredBy,
+            (12, b'm', b's') => Self::MaxForwards,
+            (12, b'r', b'e') => Self::RecordRoute,
+            (12, b'c', b'e') => Self::ContentType,
+            (12, b'a', b's') => Self::AllowEvents,
+            (13, b'p', b'e') => Self::ProxyRequire,
+            (14, b'c', b'h') => Self::ContentLength,
+            (15, b's', b's') => Self::SessionExpires,
+            (16, b'c', b'g') => Self::ContentEncoding,
+            (18, b's', b'e') => Self::SubscriptionState,
+            _ => return Self::Other,
         };
-        for &c in candidates {
-            if c.as_str().as_bytes().eq_ignore_ascii_case(name) {
-                return c;
-            }
+        if eq_folded(name, candidate.lower()) {
+            candidate
+        } else {
+            Self::Other
         }
-        Self::Other
+    }
+
+    /// The long form in lower case.
+    const fn lower(self) -> &'static [u8] {
+        match self {
+            Self::Via => b"via",
+            Self::CallId => b"call-id",
+            Self::CSeq => b"cseq",
+            Self::MaxForwards => b"max-forwards",
+            Self::Route => b"route",
+            Self::RecordRoute => b"record-route",
+            Self::ContentLength => b"content-length",
+            Self::ContentType => b"content-type",
+            Self::To => b"to",
+            Self::From => b"from",
+            Self::Contact => b"contact",
+            Self::Supported => b"supported",
+            Self::Subject => b"subject",
+            Self::ContentEncoding => b"content-encoding",
+            Self::Event => b"event",
+            Self::ReferTo => b"refer-to",
+            Self::AllowEvents => b"allow-events",
+            Self::SessionExpires => b"session-expires",
+            Self::ReferredBy => b"referred-by",
+            Self::Require => b"require",
+            Self::ProxyRequire => b"proxy-require",
+            Self::Unsupported => b"unsupported",
+            Self::Allow => b"allow",
+            Self::Replaces => b"replaces",
+            Self::Timestamp => b"timestamp",
+            Self::SubscriptionState => b"subscription-state",
+            Self::MinSe => b"min-se",
+            Self::Expires => b"expires",
+            Self::Other => b"",
+        }
     }
 
     /// Canonical long form, as handover writes it.
@@ -182,6 +221,30 @@ impl HeaderName {
     }
 }
 
+/// `name` equals `lower` ignoring ASCII case. Header names are letters
+/// and `-`, which already has the 0x20 bit, so OR-ing 0x20 folds case;
+/// eight bytes at a time. A byte that differs only in the 0x20 bit from a
+/// non-letter (`\r` vs `-`…) cannot reach here: the name is a token.
+#[inline]
+fn eq_folded(name: &[u8], lower: &[u8]) -> bool {
+    if name.len() != lower.len() {
+        return false;
+    }
+    let mut a = name.chunks_exact(8);
+    let mut b = lower.chunks_exact(8);
+    for (x, y) in (&mut a).zip(&mut b) {
+        let x = u64::from_le_bytes(x.try_into().expect("8 bytes"));
+        let y = u64::from_le_bytes(y.try_into().expect("8 bytes"));
+        if x | 0x2020_2020_2020_2020 != y {
+            return false;
+        }
+    }
+    a.remainder()
+        .iter()
+        .zip(b.remainder())
+        .all(|(x, y)| x | 0x20 == *y)
+}
+
 #[cfg(test)]
 mod tests {
     use super::HeaderName as H;
@@ -215,6 +278,8 @@ mod tests {
             (b"Route", H::Route),
             (b"Subscription-State", H::SubscriptionState),
             (b"Min-SE", H::MinSe),
+            (b"Call-IX", H::Other),
+            (b"Vie", H::Other),
         ] {
             assert_eq!(
                 H::from_bytes(wire),

@@ -199,6 +199,14 @@ impl Hashing {
         ours.len() == 7 + 3 + 16 + 1 + 8 && ours[10..26] == t
     }
 
+    /// Rendezvous weight of `member` for `shard` (highest wins).
+    pub fn rendezvous(&self, shard: u32, member: &[u8]) -> u64 {
+        let mut h = SipHasher13::new_with_keys(self.k0 ^ 0x5a5a, self.k1);
+        h.write(&shard.to_be_bytes());
+        h.write(member);
+        h.finish()
+    }
+
     /// A hash of what stays the same when a request loops back to this
     /// proxy unchanged: Request-URI, Call-ID, CSeq number and From tag (not
     /// the To tag, so the ACK of a non-2xx keeps the INVITE's branch).

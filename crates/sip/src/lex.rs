@@ -44,14 +44,38 @@ pub(crate) fn is_lws(b: u8) -> bool {
     matches!(b, b' ' | b'\t' | b'\r' | b'\n')
 }
 
+const fn class_table(token: bool) -> [bool; 256] {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        t[b] = c.is_ascii_alphanumeric()
+            || if token {
+                matches!(
+                    c,
+                    b'-' | b'.' | b'!' | b'%' | b'*' | b'_' | b'+' | b'`' | b'\'' | b'~'
+                )
+            } else {
+                matches!(c, b'-' | b'.' | b'_')
+            };
+        b += 1;
+    }
+    t
+}
+
+static TOKEN: [bool; 256] = class_table(true);
+static HOSTNAME: [bool; 256] = class_table(false);
+
 /// RFC 3261 §25.1 `token` characters.
 #[inline]
 pub(crate) fn is_token(b: u8) -> bool {
-    b.is_ascii_alphanumeric()
-        || matches!(
-            b,
-            b'-' | b'.' | b'!' | b'%' | b'*' | b'_' | b'+' | b'`' | b'\'' | b'~'
-        )
+    TOKEN[usize::from(b)]
+}
+
+/// Characters of a hostname or IPv4 address.
+#[inline]
+pub(crate) fn is_host_char(b: u8) -> bool {
+    HOSTNAME[usize::from(b)]
 }
 
 /// Shrinks `s` to drop leading and trailing LWS.
@@ -68,6 +92,15 @@ pub(crate) fn trim(buf: &[u8], mut s: Span) -> Span {
 /// Position of the first `needle` in `buf[from..to]` that is outside a
 /// quoted string and outside `<…>`.
 pub(crate) fn find_unquoted(buf: &[u8], from: usize, to: usize, needle: u8) -> Option<usize> {
+    // Fast path: no quote or bracket before the needle (nearly always).
+    let i = from + memchr::memchr3(needle, b'"', b'<', &buf[from..to])?;
+    if buf[i] == needle {
+        return Some(i);
+    }
+    find_unquoted_slow(buf, i, to, needle)
+}
+
+fn find_unquoted_slow(buf: &[u8], from: usize, to: usize, needle: u8) -> Option<usize> {
     let mut i = from;
     let mut quoted = false;
     let mut angle = false;

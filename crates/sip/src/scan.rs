@@ -205,14 +205,15 @@ pub struct Message<'a> {
     top_via: Via<'a>,
     call_id: Field,
     cseq: (Field, CSeq),
-    from: (Field, NameAddr<'a>),
-    to: (Field, NameAddr<'a>),
+    from: Field,
+    to: Field,
     max_forwards: Option<(Field, u32)>,
     content_length: Option<Field>,
     content_type: Option<Field>,
     route: Option<Field>,
     record_route: Option<Field>,
     contact: Option<Field>,
+    timestamp: Option<Field>,
     request_uri: Option<Uri<'a>>,
 }
 
@@ -315,46 +316,76 @@ pub fn scan_with<'a>(buf: &'a [u8], limits: &Limits) -> Result<Message<'a>, Scan
         }
     };
 
-    // Headers.
+    // Headers: one SIMD pass finds every line end; folded lines (next line
+    // starts with SP/HT) join the header above.
     let headers_start = next;
     let mut pos = next;
     let mut body_start = None;
-    while pos < buf.len() {
-        let (ce, next, _) = read_line(buf, pos);
+    let mut lfs = memchr::memchr_iter(b'\n', &buf[headers_start..]).map(|i| i + headers_start);
+    loop {
+        let Some(mut lf) = lfs.next() else {
+            // No line end left: the datagram was cut inside the headers.
+            if pos < buf.len() {
+                found.error(Reason::Truncated);
+            }
+            pos = buf.len();
+            break;
+        };
+        let ce = if lf > pos && buf[lf - 1] == b'\r' {
+            lf - 1
+        } else {
+            lf
+        };
         if ce == pos {
-            body_start = Some(next);
+            body_start = Some(lf + 1);
             break;
         }
-        let (h, term) = read_header(buf, pos);
-        let h = match h {
-            Ok(h) => h,
-            // An unterminated last line is a cut datagram, not a bad header.
-            Err(next) => {
-                found.error(if term {
-                    Reason::MalformedHeaderLine
-                } else {
-                    Reason::Truncated
-                });
-                pos = next;
-                continue;
+        let mut vend = ce;
+        while lf + 1 < buf.len() && matches!(buf[lf + 1], b' ' | b'\t') {
+            match lfs.next() {
+                Some(next_lf) => {
+                    lf = next_lf;
+                    vend = if buf[lf - 1] == b'\r' { lf - 1 } else { lf };
+                }
+                None => {
+                    lf = buf.len() - 1;
+                    vend = buf.len();
+                    found.error(Reason::Truncated);
+                }
             }
-        };
+        }
+        let line_end = lf + 1;
+        // name: token, optional SP/HT, ':'.
+        let mut i = pos;
+        while i < vend && is_token(buf[i]) {
+            i += 1;
+        }
+        let name_span = Span::new(pos, i);
+        while i < vend && matches!(buf[i], b' ' | b'\t') {
+            i += 1;
+        }
+        if name_span.is_empty() || i >= vend || buf[i] != b':' {
+            found.error(Reason::MalformedHeaderLine);
+            pos = line_end;
+            continue;
+        }
         let f = Field {
-            line: h.line,
-            value: h.value,
+            line: Span::new(pos, line_end),
+            value: trim(buf, Span::new(i + 1, vend)),
         };
+        let name = HeaderName::from_bytes(name_span.of(buf));
         let err = &mut found.first_error;
-        match h.name {
+        match name {
             HeaderName::Via => {
                 found.via.get_or_insert(f);
             }
-            HeaderName::CallId => Found::once(&mut found.call_id, f, h.name, err),
-            HeaderName::CSeq => Found::once(&mut found.cseq, f, h.name, err),
-            HeaderName::From => Found::once(&mut found.from, f, h.name, err),
-            HeaderName::To => Found::once(&mut found.to, f, h.name, err),
-            HeaderName::MaxForwards => Found::once(&mut found.max_forwards, f, h.name, err),
-            HeaderName::ContentLength => Found::once(&mut found.content_length, f, h.name, err),
-            HeaderName::ContentType => Found::once(&mut found.content_type, f, h.name, err),
+            HeaderName::CallId => Found::once(&mut found.call_id, f, name, err),
+            HeaderName::CSeq => Found::once(&mut found.cseq, f, name, err),
+            HeaderName::From => Found::once(&mut found.from, f, name, err),
+            HeaderName::To => Found::once(&mut found.to, f, name, err),
+            HeaderName::MaxForwards => Found::once(&mut found.max_forwards, f, name, err),
+            HeaderName::ContentLength => Found::once(&mut found.content_length, f, name, err),
+            HeaderName::ContentType => Found::once(&mut found.content_type, f, name, err),
             HeaderName::Route => {
                 found.route.get_or_insert(f);
             }
@@ -369,10 +400,7 @@ pub fn scan_with<'a>(buf: &'a [u8], limits: &Limits) -> Result<Message<'a>, Scan
             }
             _ => {}
         }
-        pos = h.line.end;
-        if !term {
-            break;
-        }
+        pos = line_end;
     }
     let headers_end = match body_start {
         Some(b) => b,
@@ -389,11 +417,9 @@ pub fn scan_with<'a>(buf: &'a [u8], limits: &Limits) -> Result<Message<'a>, Scan
 
     // Can this be answered? Only requests other than ACK, and only with a
     // top Via to send the answer along (RFC 3261 §8.2.6, §18.2.2).
-    let top_via = found.via.and_then(|f| {
-        CommaValues::new(buf, f.value)
-            .next()
-            .and_then(|v| Via::parse(buf, v))
-    });
+    let top_via = found
+        .via
+        .and_then(|f| Via::parse(buf, first_value(buf, f.value)));
     let answerable = matches!(start, StartLine::Request { method, .. } if method != Method::Ack)
         && top_via.is_some();
     let reject = |reason: Reason| ScanError {
@@ -414,20 +440,20 @@ pub fn scan_with<'a>(buf: &'a [u8], limits: &Limits) -> Result<Message<'a>, Scan
     }
     let via = found
         .via
-        .ok_or(reject(Reason::MissingHeader(HeaderName::Via)))?;
-    let top_via = top_via.ok_or(reject(Reason::MalformedHeader(HeaderName::Via)))?;
+        .ok_or_else(|| reject(Reason::MissingHeader(HeaderName::Via)))?;
+    let top_via = top_via.ok_or_else(|| reject(Reason::MalformedHeader(HeaderName::Via)))?;
     let from = found
         .from
-        .ok_or(reject(Reason::MissingHeader(HeaderName::From)))?;
+        .ok_or_else(|| reject(Reason::MissingHeader(HeaderName::From)))?;
     let to = found
         .to
-        .ok_or(reject(Reason::MissingHeader(HeaderName::To)))?;
+        .ok_or_else(|| reject(Reason::MissingHeader(HeaderName::To)))?;
     let call_id = found
         .call_id
-        .ok_or(reject(Reason::MissingHeader(HeaderName::CallId)))?;
+        .ok_or_else(|| reject(Reason::MissingHeader(HeaderName::CallId)))?;
     let cseq_f = found
         .cseq
-        .ok_or(reject(Reason::MissingHeader(HeaderName::CSeq)))?;
+        .ok_or_else(|| reject(Reason::MissingHeader(HeaderName::CSeq)))?;
 
     // §18.3: a body shorter than Content-Length is an error; extra bytes are
     // discarded. Without Content-Length (UDP only) the body runs to the end.
@@ -436,7 +462,7 @@ pub fn scan_with<'a>(buf: &'a [u8], limits: &Limits) -> Result<Message<'a>, Scan
     let body = match found.content_length {
         Some(f) => {
             let n = parse_u64(f.value.of(buf), u64::MAX)
-                .ok_or(reject(Reason::MalformedHeader(HeaderName::ContentLength)))?;
+                .ok_or_else(|| reject(Reason::MalformedHeader(HeaderName::ContentLength)))?;
             if n > available as u64 {
                 return Err(reject(Reason::BodyTooShort));
             }
@@ -445,8 +471,8 @@ pub fn scan_with<'a>(buf: &'a [u8], limits: &Limits) -> Result<Message<'a>, Scan
         None => Span::new(body_start, buf.len()),
     };
 
-    let cseq =
-        CSeq::parse(buf, cseq_f.value).ok_or(reject(Reason::MalformedHeader(HeaderName::CSeq)))?;
+    let cseq = CSeq::parse(buf, cseq_f.value)
+        .ok_or_else(|| reject(Reason::MalformedHeader(HeaderName::CSeq)))?;
     if let StartLine::Request { method_span, .. } = start
         && cseq.method_span.of(buf) != method_span.of(buf)
     {
@@ -456,14 +482,16 @@ pub fn scan_with<'a>(buf: &'a [u8], limits: &Limits) -> Result<Message<'a>, Scan
     if cid.is_empty() || cid.iter().any(|&b| is_lws(b) || b < 0x21 || b == 0x7f) {
         return Err(reject(Reason::MalformedHeader(HeaderName::CallId)));
     }
-    let from_na = NameAddr::parse(buf, from.value)
-        .map_err(|_| reject(Reason::MalformedHeader(HeaderName::From)))?;
-    let to_na = NameAddr::parse(buf, to.value)
-        .map_err(|_| reject(Reason::MalformedHeader(HeaderName::To)))?;
+    if from.value.is_empty() {
+        return Err(reject(Reason::MalformedHeader(HeaderName::From)));
+    }
+    if to.value.is_empty() {
+        return Err(reject(Reason::MalformedHeader(HeaderName::To)));
+    }
     let max_forwards = match found.max_forwards {
         Some(f) => {
             let n = parse_u64(f.value.of(buf), u64::from(u32::MAX))
-                .ok_or(reject(Reason::MalformedHeader(HeaderName::MaxForwards)))?;
+                .ok_or_else(|| reject(Reason::MalformedHeader(HeaderName::MaxForwards)))?;
             Some((f, n as u32))
         }
         None => None,
@@ -492,16 +520,41 @@ pub fn scan_with<'a>(buf: &'a [u8], limits: &Limits) -> Result<Message<'a>, Scan
         top_via,
         call_id,
         cseq: (cseq_f, cseq),
-        from: (from, from_na),
-        to: (to, to_na),
+        from,
+        to,
         max_forwards,
         content_length: found.content_length,
         content_type: found.content_type,
         route: found.route,
         record_route: found.record_route,
         contact: found.contact,
+        timestamp: found.timestamp,
         request_uri,
     })
+}
+
+/// The first value of a comma list, fast when there are no quotes before
+/// the first comma (the common case).
+#[inline]
+fn first_value(buf: &[u8], v: Span) -> Span {
+    match memchr::memchr2(b',', b'"', v.of(buf)) {
+        None => v,
+        Some(i) if buf[v.start + i] == b',' => trim(buf, Span::new(v.start, v.start + i)),
+        Some(_) => CommaValues::new(buf, v).next().unwrap_or(v),
+    }
+}
+
+/// The `tag` parameter of a From or To value, without parsing the URI: the
+/// header parameters start after `>` (name-addr) or at the first `;`
+/// (addr-spec, RFC 3261 §20.10).
+fn tag_of(buf: &[u8], v: Span) -> Option<&[u8]> {
+    let s = v.of(buf);
+    let params_at = match crate::lex::find_unquoted(buf, v.start, v.end, b'<') {
+        Some(lt) => memchr::memchr(b'>', &buf[lt..v.end])? + lt + 1,
+        None => v.start + memchr::memchr(b';', s)?,
+    };
+    let p = crate::lex::Params::new(buf, Span::new(params_at, v.end)).get(b"tag")?;
+    p.value.map(|t| t.of(buf)).filter(|t| !t.is_empty())
 }
 
 fn parse_status_line(buf: &[u8], span: Span) -> Option<StartLine> {
@@ -643,29 +696,49 @@ impl<'a> Message<'a> {
         self.cseq.1
     }
 
-    /// The From value.
-    pub fn from(&self) -> &NameAddr<'a> {
-        &self.from.1
+    /// The From value, parsed (RFC 3261 §16.3: a proxy only checks what it
+    /// uses, so `scan` does not parse From; a UA calls [`Message::ua_check`]).
+    pub fn from(&self) -> Result<NameAddr<'a>, crate::uri::UriError> {
+        NameAddr::parse(self.buf, self.from.value)
     }
 
-    /// The To value.
-    pub fn to(&self) -> &NameAddr<'a> {
-        &self.to.1
+    /// The To value, parsed (see [`Message::from`]).
+    pub fn to(&self) -> Result<NameAddr<'a>, crate::uri::UriError> {
+        NameAddr::parse(self.buf, self.to.value)
     }
 
-    /// The From tag.
+    /// The From tag, found without parsing the URI.
     pub fn from_tag(&self) -> Option<&'a [u8]> {
-        self.from.1.tag()
+        tag_of(self.buf, self.from.value)
     }
 
-    /// The To tag.
+    /// The To tag, found without parsing the URI.
     pub fn to_tag(&self) -> Option<&'a [u8]> {
-        self.to.1.tag()
+        tag_of(self.buf, self.to.value)
+    }
+
+    /// The From header.
+    pub fn from_field(&self) -> Field {
+        self.from
     }
 
     /// The To header.
     pub fn to_field(&self) -> Field {
-        self.to.0
+        self.to
+    }
+
+    /// The checks a user agent (the B2BUA) adds to [`scan`]'s proxy-grade
+    /// ones: From, To and Contact must parse. The reason's status is the
+    /// answer (400 naming the header).
+    pub fn ua_check(&self) -> Result<(), Reason> {
+        self.from()
+            .map_err(|_| Reason::MalformedHeader(HeaderName::From))?;
+        self.to()
+            .map_err(|_| Reason::MalformedHeader(HeaderName::To))?;
+        if let Some(Err(_)) = self.contact() {
+            return Err(Reason::MalformedHeader(HeaderName::Contact));
+        }
+        Ok(())
     }
 
     /// Max-Forwards, when present.
@@ -739,11 +812,11 @@ impl<'a> Message<'a> {
         ReplyParts {
             buf: self.buf,
             headers: self.headers,
-            from: Some(self.from.0.value),
-            to: Some(self.to.0.value),
+            from: Some(self.from.value),
+            to: Some(self.to.value),
             call_id: Some(self.call_id.value),
             cseq: Some(self.cseq.0.value),
-            timestamp: self.header(HeaderName::Timestamp).map(|h| h.value),
+            timestamp: self.timestamp.map(|f| f.value),
         }
     }
 }

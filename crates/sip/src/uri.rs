@@ -2,7 +2,20 @@
 //! datagram. Only what routing and rewriting need is split out; the rest is
 //! kept verbatim.
 
-use crate::lex::{Params, Span, is_lws, parse_u64};
+use crate::lex::{Params, Span, parse_u64};
+
+/// Bytes never allowed unescaped in a URI: controls, space, DEL, and the
+/// delimiters `<`, `>` and `"`.
+static BAD_URI_BYTE: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        t[b] =
+            b < 0x21 || b == 0x7f || b == b'<' as usize || b == b'>' as usize || b == b'"' as usize;
+        b += 1;
+    }
+    t
+};
 
 /// URI scheme.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,9 +67,7 @@ impl<'a> Uri<'a> {
         // `<`, `>` and `"` delimit name-addr values and are never legal
         // unescaped in a URI (RFC 3261 §25.1); letting them through would
         // let a parameter hide the ones after it.
-        if s.iter()
-            .any(|&b| is_lws(b) || b < 0x21 || b == 0x7f || matches!(b, b'<' | b'>' | b'"'))
-        {
+        if s.iter().any(|&b| BAD_URI_BYTE[usize::from(b)]) {
             return Err(UriError::BadByte);
         }
         let colon = memchr::memchr(b':', s).ok_or(UriError::NoScheme)?;
@@ -221,9 +232,7 @@ fn valid_host(h: &[u8]) -> bool {
                     .iter()
                     .all(|&b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
         }
-        _ => h
-            .iter()
-            .all(|&b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_'),
+        _ => h.iter().all(|&b| crate::lex::is_host_char(b)),
     }
 }
 

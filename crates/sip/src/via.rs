@@ -1,6 +1,6 @@
 //! One Via value (RFC 3261 §20.42, RFC 3581 `rport`).
 
-use crate::lex::{Param, Params, Span, is_lws, is_token, parse_u64, trim};
+use crate::lex::{Param, Params, Span, is_host_char, is_lws, is_token, parse_u64, trim};
 
 /// The RFC 3261 branch prefix (§8.1.1.7).
 pub const MAGIC_COOKIE: &[u8] = b"z9hG4bK";
@@ -32,8 +32,23 @@ impl<'a> Via<'a> {
     /// comma list). `None` when it is not a SIP/2.0 Via with a valid sent-by.
     pub fn parse(buf: &'a [u8], span: Span) -> Option<Self> {
         let span = trim(buf, span);
-        let mut p = span.start;
         let end = span.end;
+        // Fast path for the usual shape, `SIP/2.0/UDP host...`: no LWS
+        // inside the protocol; the general grammar below handles the rest.
+        let v = span.of(buf);
+        let mut p = span.start;
+        let mut transport = None;
+        if v.len() > 12 && v[..8].eq_ignore_ascii_case(b"SIP/2.0/") {
+            let t0 = span.start + 8;
+            let mut t1 = t0;
+            while t1 < end && is_token(buf[t1]) {
+                t1 += 1;
+            }
+            if t1 > t0 && t1 < end && buf[t1] == b' ' {
+                transport = Some(Span::new(t0, t1));
+                p = t1;
+            }
+        }
         let token = |p: &mut usize| -> Option<Span> {
             while *p < end && is_lws(buf[*p]) {
                 *p += 1;
@@ -50,14 +65,20 @@ impl<'a> Via<'a> {
             }
             (*p < end && buf[*p] == b'/').then(|| *p += 1)
         };
-        let proto = token(&mut p)?;
-        slash(&mut p)?;
-        let version = token(&mut p)?;
-        slash(&mut p)?;
-        let transport = token(&mut p)?;
-        if !proto.of(buf).eq_ignore_ascii_case(b"SIP") || version.of(buf) != b"2.0" {
-            return None;
-        }
+        let transport = match transport {
+            Some(t) => t,
+            None => {
+                let proto = token(&mut p)?;
+                slash(&mut p)?;
+                let version = token(&mut p)?;
+                slash(&mut p)?;
+                let transport = token(&mut p)?;
+                if !proto.of(buf).eq_ignore_ascii_case(b"SIP") || version.of(buf) != b"2.0" {
+                    return None;
+                }
+                transport
+            }
+        };
         // sent-by: LWS, then host[:port] up to ';' or LWS or end.
         let before = p;
         while p < end && is_lws(buf[p]) {
@@ -85,9 +106,7 @@ impl<'a> Via<'a> {
                         .iter()
                         .all(|&b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
             }
-            _ => h
-                .iter()
-                .all(|&b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_'),
+            _ => h.iter().all(|&b| is_host_char(b)),
         };
         if !host_ok {
             return None;
@@ -122,16 +141,16 @@ impl<'a> Via<'a> {
             port,
             params: Span::new(p, end),
         };
-        // Every parameter needs a name; branch, if present, needs a value.
+        // One pass: every parameter needs a token name; branch, if present,
+        // needs a value.
         for prm in via.params() {
-            if !prm.name.of(buf).iter().all(|&b| is_token(b)) {
+            let name = prm.name.of(buf);
+            if !name.iter().all(|&b| is_token(b)) {
                 return None;
             }
-        }
-        if let Some(b) = via.params().get(b"branch")
-            && b.value.is_none_or(|v| v.is_empty())
-        {
-            return None;
+            if name.eq_ignore_ascii_case(b"branch") && prm.value.is_none_or(|v| v.is_empty()) {
+                return None;
+            }
         }
         Some(via)
     }

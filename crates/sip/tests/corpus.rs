@@ -1,7 +1,9 @@
 //! The message corpus: every file in `testdata/corpus` carries its expected
 //! verdict; generated cases cover what is too big or too binary for a file.
 //!
-//! File format: `# expect: ok | reply STATUS LABEL | drop LABEL`, optional
+//! File format: `# expect: ok | reply STATUS LABEL | drop LABEL` (what
+//! `scan`, the proxy-grade check, says), optional `# ua: …` (what a user
+//! agent's `ua_check` adds; `ok` when absent), optional
 //! `# field: name=value` checks, `# eol: lf` to keep bare LFs,
 //! `# trailing: none` to strip the final line end; a blank line; then the
 //! message with LF line ends (turned into CRLF) and `\xHH` escapes.
@@ -15,6 +17,7 @@ use rand::{Rng, SeedableRng, rngs::SmallRng};
 struct Case {
     name: String,
     expect: String,
+    ua: String,
     fields: Vec<(String, String)>,
     bytes: Vec<u8>,
 }
@@ -45,6 +48,7 @@ fn load(path: &Path) -> Case {
         .split_once("\n\n")
         .expect("header block, blank line, message");
     let mut expect = None;
+    let mut ua = "ok".to_string();
     let mut fields = Vec::new();
     let mut crlf = true;
     let mut trailing = true;
@@ -55,6 +59,7 @@ fn load(path: &Path) -> Case {
         let (k, v) = line.split_once(": ").unwrap();
         match k {
             "expect" => expect = Some(v.to_string()),
+            "ua" => ua = v.to_string(),
             "field" => {
                 let (n, val) = v.split_once('=').unwrap();
                 fields.push((n.to_string(), val.to_string()));
@@ -79,6 +84,7 @@ fn load(path: &Path) -> Case {
     Case {
         name: path.file_stem().unwrap().to_string_lossy().into_owned(),
         expect: expect.expect("# expect line"),
+        ua,
         fields,
         bytes: unescape(&body),
     }
@@ -110,7 +116,7 @@ fn field(m: &Message<'_>, name: &str) -> String {
         "max_forwards" => m.max_forwards().unwrap().to_string(),
         "from_tag" => s(m.from_tag().unwrap()),
         "to_tag" => s(m.to_tag().unwrap()),
-        "to_host" => s(m.to().uri().host()),
+        "to_host" => s(m.to().unwrap().uri().host()),
         "contact_host" => s(m.contact().unwrap().unwrap().uri().host()),
         "status" => m.status().unwrap().to_string(),
         "via_count" => m.vias().count().to_string(),
@@ -180,6 +186,11 @@ fn corpus_files_get_their_expected_verdicts() {
         check(&case.name, &case.bytes, &case.expect, &Limits::default());
         if case.expect == "ok" {
             let m = scan(&case.bytes).unwrap();
+            let ua = match m.ua_check() {
+                Ok(()) => "ok".to_string(),
+                Err(r) => format!("reply {} {}", r.status(), r.label()),
+            };
+            assert_eq!(ua, case.ua, "case {}: ua_check", case.name);
             for (k, v) in &case.fields {
                 assert_eq!(&field(&m, k), v, "case {}: field {k}", case.name);
             }
