@@ -1,1 +1,528 @@
-//! x
+//! The handover edge: the stateless front door (ARCHITECTURE §2–3).
+//!
+//! It owns the UDP data plane (one `SO_REUSEPORT` socket and one loop per
+//! thread, io_uring or epoll + recvmmsg), the routing table of shards to
+//! backends, and the OPTIONS health probes that keep that table true. It
+//! keeps no per-call state. What to do with each datagram is decided by the
+//! sans-IO [`proxy::Proxy`]; the platform I/O is in `sys`, the only module
+//! of handover with `unsafe` code.
+//!
+//! Order of use: [`Edge::start`] binds and starts the data plane; run
+//! [`Edge::health_loop`] on a tokio runtime; [`Edge::shutdown`] stops.
+#![deny(unsafe_code)]
+
+pub mod health;
+pub mod metrics;
+pub mod proxy;
+pub mod routing;
+#[allow(unsafe_code)]
+mod sys;
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+
+use arc_swap::ArcSwap;
+use handover_sip::Limits;
+use handover_sip::build::{Request, reason_phrase};
+use handover_sip::ids::Hashing;
+use tokio::time::Instant;
+
+pub use health::{Health, HealthConfig};
+pub use proxy::{BadInputLimiter, Drop, Outcome, Peer, Proxy};
+pub use routing::{SHARDS, Table};
+
+/// How the data plane does I/O.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IoMode {
+    /// io_uring when the kernel and seccomp allow it, else epoll.
+    Auto,
+    /// io_uring, or fail to start.
+    Uring,
+    /// epoll + recvmmsg/sendmmsg.
+    Epoll,
+}
+
+impl IoMode {
+    /// Name as in the configuration and the `io_mode` metric.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IoMode::Auto => "auto",
+            IoMode::Uring => "uring",
+            IoMode::Epoll => "epoll",
+        }
+    }
+}
+
+/// Everything the edge needs to start.
+#[derive(Debug, Clone)]
+pub struct EdgeConfig {
+    /// Address to receive SIP on.
+    pub listen: SocketAddr,
+    /// Address written into Via and Record-Route (defaults to `listen`).
+    pub advertise: Option<SocketAddr>,
+    /// The SIP servers behind the edge.
+    pub backends: Vec<SocketAddr>,
+    /// Data-plane threads (0 = one per CPU).
+    pub threads: usize,
+    /// I/O mode.
+    pub io: IoMode,
+    /// `SO_RCVBUF` per socket (bursts overflow small buffers silently).
+    pub recv_buffer_bytes: usize,
+    /// `SO_SNDBUF` per socket.
+    pub send_buffer_bytes: usize,
+    /// Record-Route dialog-creating requests so in-dialog requests come
+    /// back through the edge.
+    pub record_route: bool,
+    /// Refused datagrams allowed per source address per second (0 = no limit).
+    pub bad_input_per_source: u32,
+    /// Health probes.
+    pub health: HealthConfig,
+    /// Cluster hash key.
+    pub hashing: Hashing,
+    /// SIP limits.
+    pub limits: Limits,
+}
+
+impl Default for EdgeConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 5060)),
+            advertise: None,
+            backends: Vec::new(),
+            threads: 0,
+            io: IoMode::Auto,
+            recv_buffer_bytes: 8 << 20,
+            send_buffer_bytes: 8 << 20,
+            record_route: true,
+            bad_input_per_source: 100,
+            health: HealthConfig::default(),
+            hashing: Hashing::default(),
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// Why the edge could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The listen address is taken.
+    #[error("{0} is already in use: stop what listens there or pick another address with --listen")]
+    AddressInUse(SocketAddr),
+    /// Binding or configuring a socket failed.
+    #[error("cannot open UDP socket on {addr}: {source}")]
+    Socket {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// io_uring was required and is refused here.
+    #[error("io_uring is not available here ({0}); use --io epoll or --io auto")]
+    UringUnavailable(std::io::Error),
+    /// No backends.
+    #[error("no backends: give at least one --backend HOST:PORT")]
+    NoBackends,
+    /// A backend listed twice.
+    #[error("backend {0} is listed twice")]
+    DuplicateBackend(SocketAddr),
+    /// Health settings broken.
+    #[error("health settings: {0}")]
+    Health(&'static str),
+}
+
+struct Shared {
+    proxy: Proxy,
+    table: ArcSwap<Table>,
+    stop: AtomicBool,
+}
+
+/// A running edge.
+#[derive(Debug)]
+pub struct Edge {
+    shared: Arc<Shared>,
+    threads: Vec<JoinHandle<()>>,
+    local: SocketAddr,
+    mode: IoMode,
+    cfg: EdgeConfig,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared").finish_non_exhaustive()
+    }
+}
+
+impl Edge {
+    /// Binds the sockets, picks the I/O mode and starts the data plane.
+    pub fn start(cfg: EdgeConfig) -> Result<Self, StartError> {
+        if cfg.backends.is_empty() {
+            return Err(StartError::NoBackends);
+        }
+        for (i, b) in cfg.backends.iter().enumerate() {
+            if cfg.backends[..i].contains(b) {
+                return Err(StartError::DuplicateBackend(*b));
+            }
+        }
+        cfg.health.validate().map_err(StartError::Health)?;
+        let threads = if cfg.threads == 0 {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        } else {
+            cfg.threads
+        };
+        let mode = match cfg.io {
+            IoMode::Epoll => IoMode::Epoll,
+            IoMode::Uring => {
+                sys::uring::available().map_err(StartError::UringUnavailable)?;
+                IoMode::Uring
+            }
+            IoMode::Auto => match sys::uring::available() {
+                Ok(()) => IoMode::Uring,
+                Err(e) => {
+                    tracing::warn!(error = %e, "io_uring refused here (old kernel or seccomp); using epoll + recvmmsg");
+                    IoMode::Epoll
+                }
+            },
+        };
+
+        // A plain bind first: SO_REUSEPORT would otherwise let us share a
+        // port another process of ours already serves, silently.
+        let mut listen = cfg.listen;
+        if listen.port() != 0 {
+            match std::net::UdpSocket::bind(listen) {
+                Ok(s) => drop(s),
+                Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                    return Err(StartError::AddressInUse(listen));
+                }
+                Err(source) => {
+                    return Err(StartError::Socket {
+                        addr: listen,
+                        source,
+                    });
+                }
+            }
+        }
+        let mut sockets = Vec::with_capacity(threads);
+        for _ in 0..threads {
+            let s = sys::bind_reuseport(listen, cfg.recv_buffer_bytes, cfg.send_buffer_bytes)
+                .map_err(|source| StartError::Socket {
+                    addr: listen,
+                    source,
+                })?;
+            if listen.port() == 0 {
+                listen =
+                    s.local_addr()
+                        .ok()
+                        .and_then(|a| a.as_socket())
+                        .ok_or(StartError::Socket {
+                            addr: listen,
+                            source: std::io::Error::other("no local address"),
+                        })?;
+            }
+            sockets.push(s);
+        }
+        if let Some(s) = sockets.first() {
+            tracing::info!(
+                recv_buffer = s.recv_buffer_size().unwrap_or(0),
+                send_buffer = s.send_buffer_size().unwrap_or(0),
+                "socket buffers (the kernel caps them at net.core.rmem_max/wmem_max)"
+            );
+        }
+        let advertised = cfg.advertise.unwrap_or(listen);
+        let proxy = Proxy::new(advertised, cfg.hashing, cfg.limits, cfg.record_route);
+        let table = Table::new(
+            cfg.backends.clone(),
+            vec![true; cfg.backends.len()],
+            1,
+            &cfg.hashing,
+        );
+        metrics::backend_gauges(table.backends(), table.up(), table.epoch());
+        metrics::mode_gauges(mode.as_str(), threads);
+        let shared = Arc::new(Shared {
+            proxy,
+            table: ArcSwap::from_pointee(table),
+            stop: AtomicBool::new(false),
+        });
+        tracing::info!(%listen, %advertised, threads, io = mode.as_str(), backends = cfg.backends.len(), "edge started");
+
+        let mut handles = Vec::with_capacity(threads);
+        for (i, sock) in sockets.into_iter().enumerate() {
+            let shared = Arc::clone(&shared);
+            let backends = cfg.backends.len();
+            let limit = cfg.bad_input_per_source;
+            let h = std::thread::Builder::new()
+                .name(format!("edge-{i}"))
+                .spawn(move || {
+                    let mut t = Thread::new(shared, backends, limit);
+                    let r = match mode {
+                        IoMode::Uring => sys::uring::run(&sock, &mut t),
+                        _ => sys::mmsg::run(&sock, &mut t),
+                    };
+                    t.local.flush(&t.handles);
+                    if let Err(e) = r {
+                        tracing::error!(error = %e, thread = i, "edge data-plane thread stopped");
+                    }
+                })
+                .map_err(|source| StartError::Socket {
+                    addr: listen,
+                    source,
+                })?;
+            handles.push(h);
+        }
+        Ok(Self {
+            shared,
+            threads: handles,
+            local: listen,
+            mode,
+            cfg,
+        })
+    }
+
+    /// The address the edge receives on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// The I/O mode in use.
+    pub fn io_mode(&self) -> IoMode {
+        self.mode
+    }
+
+    /// Ready to take traffic: at least one backend is up.
+    pub fn ready(&self) -> bool {
+        !self.shared.stop.load(Ordering::Relaxed)
+            && self.shared.table.load().up().iter().any(|u| *u)
+    }
+
+    /// A closure answering [`Edge::ready`], for the admin server.
+    pub fn ready_fn(&self) -> impl Fn() -> bool + Send + Sync + 'static {
+        let shared = Arc::clone(&self.shared);
+        move || !shared.stop.load(Ordering::Relaxed) && shared.table.load().up().iter().any(|u| *u)
+    }
+
+    /// Probes every backend with OPTIONS and swaps the routing table when
+    /// one goes down or comes back. Returns when the edge stops, or at once
+    /// when probing is off (`interval_ms = 0`).
+    pub async fn health_loop(&self) -> std::io::Result<()> {
+        let hc = self.cfg.health;
+        if hc.interval_ms == 0 {
+            return Ok(());
+        }
+        let bind_ip = match self.local.ip() {
+            IpAddr::V4(a) if a.is_unspecified() => IpAddr::from([127, 0, 0, 1]),
+            ip => ip,
+        };
+        let sock = tokio::net::UdpSocket::bind(SocketAddr::new(bind_ip, 0)).await?;
+        let me = sock.local_addr()?;
+        let backends = self.cfg.backends.clone();
+        let mut health = Health::new(hc, backends.len());
+        let mut epoch = 1u64;
+        let mut round = 0u64;
+        let mut buf = vec![0u8; 65_536];
+        let mut tick = tokio::time::interval(std::time::Duration::from_millis(hc.interval_ms));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        while !self.shared.stop.load(Ordering::Relaxed) {
+            tick.tick().await;
+            round += 1;
+            for (i, b) in backends.iter().enumerate() {
+                let msg = probe(me, *b, i, round);
+                if let Err(e) = sock.send_to(&msg, b).await {
+                    tracing::debug!(backend = %b, error = %e, "probe not sent");
+                }
+            }
+            let mut answers: Vec<Option<u16>> = vec![None; backends.len()];
+            let deadline = Instant::now() + std::time::Duration::from_millis(hc.timeout_ms);
+            while answers.iter().any(Option::is_none) {
+                let Ok(r) = tokio::time::timeout_at(deadline, sock.recv_from(&mut buf)).await
+                else {
+                    break;
+                };
+                let Ok((n, _)) = r else { continue };
+                if let Some((i, status)) = probe_answer(&buf[..n], round)
+                    && i < answers.len()
+                    && status >= 200
+                {
+                    answers[i] = Some(status);
+                }
+            }
+            let mut changed = false;
+            for (i, a) in answers.iter().enumerate() {
+                if let Some(up) = health.record(i, *a) {
+                    changed = true;
+                    if up {
+                        tracing::warn!(backend = %backends[i], "backend is up again");
+                    } else {
+                        tracing::warn!(backend = %backends[i], "backend is down: no answer to {} probes", hc.down_after);
+                    }
+                }
+            }
+            if changed {
+                epoch += 1;
+                let t = Table::new(
+                    backends.clone(),
+                    health.up().to_vec(),
+                    epoch,
+                    &self.cfg.hashing,
+                );
+                metrics::backend_gauges(t.backends(), t.up(), epoch);
+                self.shared.table.store(Arc::new(t));
+            }
+        }
+        Ok(())
+    }
+
+    /// Stops the data plane and waits for its threads.
+    pub fn shutdown(mut self) {
+        self.shared.stop.store(true, Ordering::Relaxed);
+        for h in self.threads.drain(..) {
+            let _ = h.join();
+        }
+    }
+
+    /// Asks the data plane to stop without waiting.
+    pub fn stop(&self) {
+        self.shared.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// The OPTIONS probe for backend `i` in round `round`. The branch names
+/// both, so a late answer from an earlier round is not counted.
+fn probe(me: SocketAddr, backend: SocketAddr, i: usize, round: u64) -> Vec<u8> {
+    let via = format!("SIP/2.0/UDP {me};branch=z9hG4bK-probe-{i}-{round}");
+    let uri = format!("sip:{backend}");
+    let to = format!("<{uri}>");
+    let cid = format!("probe-{i}-{round}-{}", me.port());
+    Request {
+        method: "OPTIONS",
+        uri: uri.as_bytes(),
+        via: &[via.as_bytes()],
+        from: b"<sip:edge@handover.invalid>",
+        from_tag: b"probe",
+        to: to.as_bytes(),
+        call_id: cid.as_bytes(),
+        cseq: 1,
+        max_forwards: 1,
+        ..Request::default()
+    }
+    .to_vec()
+}
+
+/// (backend index, status) of an answer to a probe of `round`.
+fn probe_answer(b: &[u8], round: u64) -> Option<(usize, u16)> {
+    let m = handover_sip::scan(b).ok()?;
+    let status = m.status()?;
+    let branch = core::str::from_utf8(m.top_via().branch()?).ok()?;
+    let rest = branch.strip_prefix("z9hG4bK-probe-")?;
+    let (i, r) = rest.split_once('-')?;
+    (r.parse::<u64>().ok()? == round).then_some((i.parse().ok()?, status))
+}
+
+/// One data-plane thread's state: the [`sys::Handler`] its loop calls.
+struct Thread {
+    shared: Arc<Shared>,
+    limiter: BadInputLimiter,
+    handles: metrics::Handles,
+    local: metrics::Local,
+    start: Instant,
+    now_sec: u32,
+    last_flush: Instant,
+}
+
+impl Thread {
+    fn new(shared: Arc<Shared>, backends: usize, limit: u32) -> Self {
+        let now = Instant::now();
+        Self {
+            shared,
+            limiter: BadInputLimiter::new(limit, 12),
+            handles: metrics::Handles::new(backends),
+            local: metrics::Local {
+                forwards: vec![0; backends],
+                ..Default::default()
+            },
+            start: now,
+            now_sec: 0,
+            last_flush: now,
+        }
+    }
+}
+
+impl sys::Handler for Thread {
+    fn datagram(
+        &mut self,
+        from: SocketAddr,
+        data: &[u8],
+        out: &mut [u8],
+    ) -> Option<(SocketAddr, usize)> {
+        let table = self.shared.table.load();
+        let from_backend = table.backend_index(from).is_some();
+        self.local.received[usize::from(from_backend)] += 1;
+        self.local.since_flush += 1;
+        let o = self
+            .shared
+            .proxy
+            .handle(&table, &mut self.limiter, self.now_sec, from, data, out);
+        match o {
+            Outcome::Forward {
+                to,
+                len,
+                peer,
+                request,
+            } => {
+                let p = match peer {
+                    Peer::Client => 0,
+                    Peer::Backend(i) => {
+                        if request {
+                            self.local.forwards[i] += 1;
+                        }
+                        1
+                    }
+                };
+                self.local.sent[p][usize::from(!request)] += 1;
+                Some((to, len))
+            }
+            Outcome::Reply { to, len, status } => {
+                self.local.reply(status);
+                self.local.sent[usize::from(from_backend)][2] += 1;
+                Some((to, len))
+            }
+            Outcome::Drop(d) => {
+                self.local.drop_reason(d.label());
+                None
+            }
+        }
+    }
+
+    fn rx_dropped(&mut self, total: u32) {
+        self.local.rx_total = Some(total);
+    }
+
+    fn tick(&mut self) -> bool {
+        let now = Instant::now();
+        self.now_sec = (now - self.start).as_secs() as u32;
+        if self.local.since_flush >= 4096
+            || now - self.last_flush >= std::time::Duration::from_millis(100)
+        {
+            self.local.flush(&self.handles);
+            self.last_flush = now;
+        }
+        !self.shared.stop.load(Ordering::Relaxed)
+    }
+
+    fn send_failed(&mut self) {
+        self.local.send_errors += 1;
+    }
+
+    fn enobufs(&mut self) {
+        self.local.enobufs += 1;
+    }
+
+    fn truncated(&mut self) {
+        self.local.drop_reason("truncated_datagram");
+    }
+}
+
+/// The standard reason phrase (re-exported for tools that build answers).
+pub fn phrase(status: u16) -> &'static str {
+    reason_phrase(status)
+}

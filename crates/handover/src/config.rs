@@ -22,6 +22,46 @@ pub(crate) struct File {
     sip: SipSection,
     #[serde(default)]
     cluster: ClusterSection,
+    #[serde(default)]
+    edge: EdgeSection,
+}
+
+/// `[edge]`: the stateless front door (`handover edge`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EdgeSection {
+    /// Address to receive SIP on (`IP:PORT`).
+    listen: Option<Spanned<String>>,
+    /// Address written into Via and Record-Route, when it differs from `listen`.
+    advertise: Option<Spanned<String>>,
+    /// SIP servers behind the edge (`["IP:PORT", …]`).
+    backends: Option<Spanned<Vec<String>>>,
+    /// Data-plane threads; 0 = one per CPU.
+    threads: Option<usize>,
+    /// `auto`, `uring` or `epoll`.
+    io: Option<Spanned<String>>,
+    /// Admin HTTP address (`/metrics`, `/healthz`, `/readyz`).
+    admin: Option<Spanned<String>>,
+    /// SO_RCVBUF per socket, bytes.
+    recv_buffer_bytes: Option<usize>,
+    /// SO_SNDBUF per socket, bytes.
+    send_buffer_bytes: Option<usize>,
+    /// Record-Route dialog-creating requests.
+    record_route: Option<bool>,
+    /// Refused datagrams allowed per source address per second; 0 = no limit.
+    bad_input_per_source: Option<u32>,
+    #[serde(default)]
+    health: HealthSection,
+}
+
+/// `[edge.health]`: OPTIONS probes of the backends.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HealthSection {
+    interval_ms: Option<u64>,
+    timeout_ms: Option<Spanned<u64>>,
+    down_after: Option<Spanned<u32>>,
+    up_after: Option<Spanned<u32>>,
 }
 
 /// `[sip]`: limits of the SIP message layer.
@@ -51,6 +91,34 @@ pub(crate) struct Config {
     pub(crate) sip: SipConfig,
     /// `[cluster]`
     pub(crate) cluster: ClusterConfig,
+    /// `[edge]`
+    pub(crate) edge: EdgeConfig,
+}
+
+/// Effective `[edge]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub(crate) struct EdgeConfig {
+    pub(crate) listen: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) advertise: Option<String>,
+    pub(crate) backends: Vec<String>,
+    pub(crate) threads: usize,
+    pub(crate) io: String,
+    pub(crate) admin: String,
+    pub(crate) recv_buffer_bytes: usize,
+    pub(crate) send_buffer_bytes: usize,
+    pub(crate) record_route: bool,
+    pub(crate) bad_input_per_source: u32,
+    pub(crate) health: HealthConfig,
+}
+
+/// Effective `[edge.health]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub(crate) struct HealthConfig {
+    pub(crate) interval_ms: u64,
+    pub(crate) timeout_ms: u64,
+    pub(crate) down_after: u32,
+    pub(crate) up_after: u32,
 }
 
 /// Effective `[sip]`.
@@ -125,6 +193,11 @@ fn locate(src: &str, at: usize) -> (usize, usize, String) {
 }
 
 impl Config {
+    /// Defaults, as for an empty file.
+    pub(crate) fn defaults() -> Self {
+        Self::parse(Path::new("<defaults>"), "").expect("defaults are valid")
+    }
+
     /// Reads and validates `path`.
     pub(crate) fn load(path: &Path) -> Result<Self, ConfigError> {
         let src = std::fs::read_to_string(path).map_err(|e| ConfigError {
@@ -204,7 +277,112 @@ impl Config {
                 Some((k0, k1))
             }
         };
+        let e = &file.edge;
+        let addr = |v: &Option<Spanned<String>>,
+                    key: &'static str,
+                    default: &str|
+         -> Result<String, ConfigError> {
+            match v {
+                None => Ok(default.to_string()),
+                Some(s) => match s.get_ref().parse::<std::net::SocketAddr>() {
+                    Ok(_) => Ok(s.get_ref().clone()),
+                    Err(_) => Err(err(
+                        Some(s.span()),
+                        Some(key),
+                        format!(
+                            "`{}` is not an IP:PORT address (host names are not resolved)",
+                            s.get_ref()
+                        ),
+                    )),
+                },
+            }
+        };
+        let listen = addr(&e.listen, "edge.listen", "127.0.0.1:5060")?;
+        let advertise = match &e.advertise {
+            None => None,
+            Some(_) => Some(addr(&e.advertise, "edge.advertise", "")?),
+        };
+        let admin = addr(&e.admin, "edge.admin", "127.0.0.1:9100")?;
+        let mut backends = Vec::new();
+        if let Some(b) = &e.backends {
+            for v in b.get_ref() {
+                if v.parse::<std::net::SocketAddr>().is_err() {
+                    return Err(err(
+                        Some(b.span()),
+                        Some("edge.backends"),
+                        format!("`{v}` is not an IP:PORT address (host names are not resolved)"),
+                    ));
+                }
+                backends.push(v.clone());
+            }
+        }
+        let io = match &e.io {
+            None => "auto".to_string(),
+            Some(s) if matches!(s.get_ref().as_str(), "auto" | "uring" | "epoll") => {
+                s.get_ref().clone()
+            }
+            Some(s) => {
+                return Err(err(
+                    Some(s.span()),
+                    Some("edge.io"),
+                    format!("`{}` is not one of auto, uring, epoll", s.get_ref()),
+                ));
+            }
+        };
+        let hd = handover_edge::HealthConfig::default();
+        let h = &e.health;
+        let health = HealthConfig {
+            interval_ms: h.interval_ms.unwrap_or(hd.interval_ms),
+            timeout_ms: h
+                .timeout_ms
+                .as_ref()
+                .map_or(hd.timeout_ms, |v| *v.get_ref()),
+            down_after: h
+                .down_after
+                .as_ref()
+                .map_or(hd.down_after, |v| *v.get_ref()),
+            up_after: h.up_after.as_ref().map_or(hd.up_after, |v| *v.get_ref()),
+        };
+        if health.interval_ms != 0 && health.timeout_ms > health.interval_ms {
+            return Err(err(
+                h.timeout_ms.as_ref().map(Spanned::span),
+                Some("edge.health.timeout_ms"),
+                format!(
+                    "{} must not exceed edge.health.interval_ms ({})",
+                    health.timeout_ms, health.interval_ms
+                ),
+            ));
+        }
+        for (v, key) in [
+            (&h.down_after, "edge.health.down_after"),
+            (&h.up_after, "edge.health.up_after"),
+        ] {
+            if let Some(v) = v
+                && *v.get_ref() == 0
+            {
+                return Err(err(
+                    Some(v.span()),
+                    Some(key),
+                    "must be at least 1".to_string(),
+                ));
+            }
+        }
+        let ed = handover_edge::EdgeConfig::default();
+        let edge = EdgeConfig {
+            listen,
+            advertise,
+            backends,
+            threads: e.threads.unwrap_or(0),
+            io,
+            admin,
+            recv_buffer_bytes: e.recv_buffer_bytes.unwrap_or(ed.recv_buffer_bytes),
+            send_buffer_bytes: e.send_buffer_bytes.unwrap_or(ed.send_buffer_bytes),
+            record_route: e.record_route.unwrap_or(ed.record_route),
+            bad_input_per_source: e.bad_input_per_source.unwrap_or(ed.bad_input_per_source),
+            health,
+        };
         Ok(Config {
+            edge,
             sip,
             cluster: ClusterConfig {
                 hash_key: if hash_key_value.is_some() {
@@ -273,6 +451,40 @@ mod tests {
             Some((0x0001020304050607, 0x08090a0b0c0d0e0f))
         );
         assert!(!c.to_toml().contains("0001"), "the secret is never printed");
+        let e = parse("[cluster]\nhash_key = \"xyz\"\n").unwrap_err();
+        assert!(
+            e.contains("t.toml:2:12: key `cluster.hash_key`: must be exactly 32 hex digits"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn edge_section() {
+        let c = parse("[edge]\nlisten = \"127.0.0.1:5080\"\nbackends = [\"127.0.0.1:5070\"]\nio = \"epoll\"\n[edge.health]\ninterval_ms = 200\ntimeout_ms = 100\n").unwrap();
+        assert_eq!(c.edge.listen, "127.0.0.1:5080");
+        assert_eq!(c.edge.backends, vec!["127.0.0.1:5070".to_string()]);
+        assert_eq!(c.edge.health.interval_ms, 200);
+        let e = parse("[edge]\nbackends = [\"pbx.example:5060\"]\n").unwrap_err();
+        assert!(
+            e.contains("t.toml:2:12: key `edge.backends`: `pbx.example:5060` is not an IP:PORT"),
+            "{e}"
+        );
+        let e = parse("[edge]\nio = \"kqueue\"\n").unwrap_err();
+        assert!(
+            e.contains("key `edge.io`: `kqueue` is not one of auto, uring, epoll"),
+            "{e}"
+        );
+        let e = parse("[edge.health]\ninterval_ms = 100\ntimeout_ms = 500\n").unwrap_err();
+        assert!(
+            e.contains("t.toml:3:14: key `edge.health.timeout_ms`"),
+            "{e}"
+        );
+        let e = parse("[edge]\nlisten_on = \"x\"\n").unwrap_err();
+        assert!(e.contains("t.toml:2:1: unknown field `listen_on`"), "{e}");
+    }
+
+    #[test]
+    fn hash_key_bad() {
         let e = parse("[cluster]\nhash_key = \"xyz\"\n").unwrap_err();
         assert!(
             e.contains("t.toml:2:12: key `cluster.hash_key`: must be exactly 32 hex digits"),

@@ -4,7 +4,9 @@
 //! roles are built; see `docs/architecture.md`.
 #![forbid(unsafe_code)]
 
+mod admin;
 mod config;
+mod edge;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -31,6 +33,13 @@ enum Command {
         /// The configuration file.
         file: PathBuf,
     },
+    /// Run a stateless edge: route every datagram of a call to one backend.
+    ///
+    /// Requests from outside go to the backend that owns the call's shard
+    /// (consistent hashing of the Call-ID, or the `k` key in our own Route or
+    /// Request-URI); responses follow their Via. Flags override the
+    /// `[edge]` section of --config.
+    Edge(edge::EdgeArgs),
 }
 
 fn main() -> ExitCode {
@@ -47,5 +56,22 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Edge(args) => match edge::run(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
     }
+}
+
+/// Logs to stderr; `RUST_LOG` overrides the default level (info).
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }

@@ -1,0 +1,449 @@
+//! What the edge does with one datagram: the stateless proxy of RFC 3261
+//! §16.11 with RFC 3581, and the routing of ARCHITECTURE §2. Sans-IO: bytes
+//! and a source address in, an [`Outcome`] and the bytes to send out.
+//!
+//! Requests from outside go to the backend that owns their key's shard. The
+//! key comes from our own Route or Request-URI (`k` parameter), else from
+//! the Call-ID. Requests from a backend go out to their next Route or
+//! Request-URI. Responses go to the Via below ours, and only when our Via's
+//! branch proves we forwarded the request (no reflection of forged
+//! responses).
+
+use std::net::{IpAddr, SocketAddr};
+
+use handover_sip::build::{SliceSink, error_response, response};
+use handover_sip::ids::{Hashing, hex_u64, parse_hex_u64};
+use handover_sip::{
+    HeaderName, Limits, Message, Method, NameAddr, Reason, Rewrite, Rport, Uri, Verdict, Via,
+    scan_with,
+};
+
+use crate::routing::Table;
+
+/// Why a datagram was dropped. Every drop is counted by reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Drop {
+    /// CRLF keepalive (RFC 5626 style) or an empty datagram.
+    Keepalive,
+    /// Not answerable and not SIP enough: the scanner's reason.
+    Malformed(Reason),
+    /// A response whose top Via is not ours.
+    NotOurs,
+    /// A response whose branch does not prove we forwarded its request.
+    Forged,
+    /// No usable next hop (no Via below ours, or a host name we do not
+    /// resolve: handover forwards to IP literals only).
+    Unroutable,
+    /// An ACK or a refused request's answer that would need a backend, and
+    /// none is up; or a limit we do not answer (ACK over Max-Forwards).
+    NoAnswerForAck,
+    /// The source sent too much bad input this second.
+    RateLimited,
+    /// The rewritten message does not fit the send buffer.
+    TooLarge,
+}
+
+impl Drop {
+    /// Label value for `handover_edge_drops_total{reason}`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Drop::Keepalive => "keepalive",
+            Drop::Malformed(r) => r.label(),
+            Drop::NotOurs => "response_not_ours",
+            Drop::Forged => "response_forged",
+            Drop::Unroutable => "unroutable",
+            Drop::NoAnswerForAck => "ack_not_answerable",
+            Drop::RateLimited => "rate_limited",
+            Drop::TooLarge => "too_large",
+        }
+    }
+}
+
+/// Who a datagram came from or goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Peer {
+    /// A user agent, trunk or anything that is not a backend.
+    Client,
+    /// Backend number `i` of the table.
+    Backend(usize),
+}
+
+/// What to do with one datagram.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Send `len` bytes of the output buffer to `to`.
+    Forward {
+        /// Destination.
+        to: SocketAddr,
+        /// Bytes of the output buffer.
+        len: usize,
+        /// Where it goes.
+        peer: Peer,
+        /// True for a request, false for a response.
+        request: bool,
+    },
+    /// Answer the sender: `len` bytes of the output buffer, status `status`.
+    Reply {
+        /// The sender.
+        to: SocketAddr,
+        /// Bytes of the output buffer.
+        len: usize,
+        /// Status code sent.
+        status: u16,
+    },
+    /// Drop and count.
+    Drop(Drop),
+}
+
+/// Per-source budget for bad input, so one source's junk cannot make the
+/// edge spend its time scanning and answering it.
+#[derive(Debug)]
+pub struct BadInputLimiter {
+    per_sec: u32,
+    slots: Box<[(u128, u32, u32)]>, // (ip, second, count)
+}
+
+impl BadInputLimiter {
+    /// Allows `per_sec` refused datagrams per source address per second
+    /// (0 = no limit). Sources share `2^bits` slots.
+    pub fn new(per_sec: u32, bits: u32) -> Self {
+        Self {
+            per_sec,
+            slots: vec![(0, 0, 0); 1 << bits].into_boxed_slice(),
+        }
+    }
+
+    fn slot(&self, ip: IpAddr) -> (usize, u128) {
+        let v = match ip {
+            IpAddr::V4(a) => u128::from(a.to_bits()),
+            IpAddr::V6(a) => a.to_bits(),
+        };
+        let h = (v as u64 ^ (v >> 64) as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        ((h >> 40) as usize & (self.slots.len() - 1), v)
+    }
+
+    /// True when `ip` is over its budget this second.
+    fn limited(&self, ip: IpAddr, now_sec: u32) -> bool {
+        if self.per_sec == 0 {
+            return false;
+        }
+        let (i, v) = self.slot(ip);
+        let (ip0, sec, n) = self.slots[i];
+        ip0 == v && sec == now_sec && n >= self.per_sec
+    }
+
+    fn charge(&mut self, ip: IpAddr, now_sec: u32) {
+        if self.per_sec == 0 {
+            return;
+        }
+        let (i, v) = self.slot(ip);
+        let s = &mut self.slots[i];
+        if s.0 != v || s.1 != now_sec {
+            *s = (v, now_sec, 0);
+        }
+        s.2 = s.2.saturating_add(1);
+    }
+}
+
+/// The edge's stateless proxy for one advertised address.
+#[derive(Debug, Clone)]
+pub struct Proxy {
+    advertised: SocketAddr,
+    host: Vec<u8>,
+    via_prefix: Vec<u8>,
+    rr_prefix: Vec<u8>,
+    hashing: Hashing,
+    limits: Limits,
+    record_route: bool,
+    tag: [u8; 16],
+}
+
+impl Proxy {
+    /// A proxy that names itself `advertised` in Via and Record-Route.
+    pub fn new(
+        advertised: SocketAddr,
+        hashing: Hashing,
+        limits: Limits,
+        record_route: bool,
+    ) -> Self {
+        let host = match advertised.ip() {
+            IpAddr::V4(a) => a.to_string(),
+            IpAddr::V6(a) => format!("[{a}]"),
+        };
+        let hostport = format!("{host}:{}", advertised.port());
+        Self {
+            advertised,
+            host: host.into_bytes(),
+            via_prefix: format!("SIP/2.0/UDP {hostport};branch=").into_bytes(),
+            rr_prefix: format!("Record-Route: <sip:{hostport};lr;k=").into_bytes(),
+            tag: hex_u64(hashing.affinity_key(hostport.as_bytes())),
+            hashing,
+            limits,
+            record_route,
+        }
+    }
+
+    /// The advertised address.
+    pub fn advertised(&self) -> SocketAddr {
+        self.advertised
+    }
+
+    fn names_us(&self, host: &[u8], port: Option<u16>) -> bool {
+        host.eq_ignore_ascii_case(&self.host) && port.unwrap_or(5060) == self.advertised.port()
+    }
+
+    fn via_is_ours(&self, v: &Via<'_>) -> bool {
+        self.names_us(v.host(), v.port())
+    }
+
+    fn uri_is_ours(&self, u: &Uri<'_>) -> bool {
+        self.names_us(u.host(), u.port())
+    }
+
+    /// Handles one datagram from `from`, writing what to send into `out`.
+    pub fn handle(
+        &self,
+        table: &Table,
+        limiter: &mut BadInputLimiter,
+        now_sec: u32,
+        from: SocketAddr,
+        dgram: &[u8],
+        out: &mut [u8],
+    ) -> Outcome {
+        if dgram.iter().all(|&b| matches!(b, b'\r' | b'\n')) {
+            return Outcome::Drop(Drop::Keepalive);
+        }
+        if limiter.limited(from.ip(), now_sec) {
+            return Outcome::Drop(Drop::RateLimited);
+        }
+        let m = match scan_with(dgram, &self.limits) {
+            Ok(m) => m,
+            Err(e) => {
+                limiter.charge(from.ip(), now_sec);
+                return match e.verdict() {
+                    Verdict::Reply(status) => {
+                        let mut sink = SliceSink::new(out);
+                        error_response(&e, Some(&self.tag), &mut sink);
+                        match sink.finish() {
+                            Some(len) => Outcome::Reply {
+                                to: from,
+                                len,
+                                status,
+                            },
+                            None => Outcome::Drop(Drop::TooLarge),
+                        }
+                    }
+                    Verdict::Drop => Outcome::Drop(Drop::Malformed(e.reason)),
+                };
+            }
+        };
+        if m.is_request() {
+            self.request(table, limiter, now_sec, from, &m, out)
+        } else {
+            self.response(table, from, &m, out)
+        }
+    }
+
+    fn reply(&self, m: &Message<'_>, from: SocketAddr, reason: Reason, out: &mut [u8]) -> Outcome {
+        if m.method() == Some(Method::Ack) {
+            return Outcome::Drop(Drop::NoAnswerForAck);
+        }
+        let status = reason.status();
+        let mut sink = SliceSink::new(out);
+        response(
+            &m.reply_parts(),
+            status,
+            Some(&reason),
+            Some(&self.tag),
+            &[],
+            &mut sink,
+        );
+        match sink.finish() {
+            Some(len) => Outcome::Reply {
+                to: from,
+                len,
+                status,
+            },
+            None => Outcome::Drop(Drop::TooLarge),
+        }
+    }
+
+    fn request(
+        &self,
+        table: &Table,
+        limiter: &mut BadInputLimiter,
+        now_sec: u32,
+        from: SocketAddr,
+        m: &Message<'_>,
+        out: &mut [u8],
+    ) -> Outcome {
+        //= https://www.rfc-editor.org/rfc/rfc3261#section-16.3
+        //# 4. Optional Loop Detection check
+        if self.hashing.is_loop(m, |v| self.via_is_ours(v)) {
+            limiter.charge(from.ip(), now_sec);
+            return self.reply(m, from, Reason::LoopDetected, out);
+        }
+        // §16.4: a top Route naming us is ours to remove; its `k` is the key.
+        let top_route = m.top_route().and_then(Result::ok);
+        let strip_route = top_route.is_some_and(|r| self.uri_is_ours(r.uri()));
+        let mut key = None;
+        if strip_route {
+            key = top_route
+                .and_then(|r| r.uri().param(b"k"))
+                .and_then(parse_hex_u64);
+        }
+        let ruri = m.request_uri().expect("requests have one");
+        if key.is_none() && self.uri_is_ours(ruri) {
+            key = ruri.param(b"k").and_then(parse_hex_u64);
+        }
+        let key = key.unwrap_or_else(|| self.hashing.affinity_key(m.call_id()));
+
+        let from_backend = table.backend_index(from);
+        let (to, peer) = match from_backend {
+            None => match table.route(key) {
+                Some((i, addr)) => (addr, Peer::Backend(i)),
+                None => return self.reply(m, from, Reason::NoBackend, out),
+            },
+            Some(_) => {
+                // Out to the world: the next Route, else the Request-URI.
+                let next: Option<NameAddr<'_>> = if strip_route {
+                    m.values(HeaderName::Route)
+                        .nth(1)
+                        .and_then(|v| NameAddr::parse(m.buf(), v).ok())
+                } else {
+                    top_route
+                };
+                let target = next.as_ref().map_or(ruri, |n| n.uri());
+                if self.uri_is_ours(target) {
+                    // Addressed to us again: route by key like any request.
+                    match table.route(key) {
+                        Some((i, addr)) => (addr, Peer::Backend(i)),
+                        None => return self.reply(m, from, Reason::NoBackend, out),
+                    }
+                } else {
+                    match uri_target(target) {
+                        Some(addr) => (addr, Peer::Client),
+                        None => return Outcome::Drop(Drop::Unroutable),
+                    }
+                }
+            }
+        };
+
+        let mut rw = Rewrite::new(m);
+        let ok = (|| {
+            rw.set_received(from)?;
+            if let Err(r) = rw.decrement_max_forwards()? {
+                return Ok(Err(r));
+            }
+            if strip_route {
+                rw.remove_top_route()?;
+            }
+            let khex = hex_u64(key);
+            let branch = self.hashing.stateless_branch(m);
+            rw.prepend_via(&[&self.via_prefix, branch.as_bytes(), b";k=", &khex])?;
+            let dialog_creating = matches!(
+                m.method(),
+                Some(Method::Invite | Method::Subscribe | Method::Refer)
+            );
+            if self.record_route && dialog_creating && m.to_tag().is_none() {
+                // Requests a backend sends out carry a key it owns, so the
+                // answers' in-dialog requests come back to it.
+                let rr_key = from_backend
+                    .and_then(|i| table.key_for_backend(i))
+                    .unwrap_or(key);
+                let at = m
+                    .record_route_field()
+                    .map_or(m.header_block().end, |f| f.line.start);
+                rw.insert(at, &[&self.rr_prefix, &hex_u64(rr_key), b">\r\n"])?;
+            }
+            Ok(Ok(()))
+        })();
+        match ok {
+            Ok(Ok(())) => {}
+            Ok(Err(reason)) => return self.reply(m, from, reason, out),
+            Err(
+                handover_sip::RewriteError::OutputTooSmall
+                | handover_sip::RewriteError::ScratchFull,
+            ) => {
+                return Outcome::Drop(Drop::TooLarge);
+            }
+            Err(_) => return Outcome::Drop(Drop::Malformed(Reason::MalformedHeaderLine)),
+        }
+        match rw.write_to(out) {
+            Ok(len) => Outcome::Forward {
+                to,
+                len,
+                peer,
+                request: true,
+            },
+            Err(_) => Outcome::Drop(Drop::TooLarge),
+        }
+    }
+
+    fn response(
+        &self,
+        table: &Table,
+        _from: SocketAddr,
+        m: &Message<'_>,
+        out: &mut [u8],
+    ) -> Outcome {
+        if !self.via_is_ours(m.top_via()) {
+            return Outcome::Drop(Drop::NotOurs);
+        }
+        if !self.hashing.verify_response(m) {
+            return Outcome::Drop(Drop::Forged);
+        }
+        let Some(next) = m.vias().nth(1) else {
+            return Outcome::Drop(Drop::Unroutable);
+        };
+        let Some(to) = via_target(&next) else {
+            return Outcome::Drop(Drop::Unroutable);
+        };
+        let mut rw = Rewrite::new(m);
+        if rw.remove_top_via().is_err() {
+            return Outcome::Drop(Drop::Unroutable);
+        }
+        let peer = table.backend_index(to).map_or(Peer::Client, Peer::Backend);
+        match rw.write_to(out) {
+            Ok(len) => Outcome::Forward {
+                to,
+                len,
+                peer,
+                request: false,
+            },
+            Err(_) => Outcome::Drop(Drop::TooLarge),
+        }
+    }
+}
+
+fn parse_ip(host: &[u8]) -> Option<IpAddr> {
+    let h = host
+        .strip_prefix(b"[")
+        .and_then(|h| h.strip_suffix(b"]"))
+        .unwrap_or(host);
+    core::str::from_utf8(h).ok()?.parse().ok()
+}
+
+/// Where a response goes (RFC 3261 §18.2.2, RFC 3581 §4): `received` (or
+/// the sent-by IP) and `rport` (or the sent-by port, or 5060).
+fn via_target(v: &Via<'_>) -> Option<SocketAddr> {
+    let ip = v
+        .received()
+        .and_then(parse_ip)
+        .or_else(|| parse_ip(v.host()))?;
+    let port = match v.rport() {
+        Rport::Value(p) => p,
+        _ => v.port().unwrap_or(5060),
+    };
+    Some(SocketAddr::new(ip, port))
+}
+
+/// Where a request for `u` goes: its IP literal host and port (5060 when
+/// absent). Host names are not resolved by the edge.
+fn uri_target(u: &Uri<'_>) -> Option<SocketAddr> {
+    let ip = u
+        .param(b"maddr")
+        .and_then(parse_ip)
+        .or_else(|| parse_ip(u.host()))?;
+    Some(SocketAddr::new(ip, u.port().unwrap_or(5060)))
+}

@@ -1,0 +1,160 @@
+//! Platform UDP I/O for the edge: the only module of handover with
+//! `unsafe` code (system calls, io_uring rings, raw message headers). Each
+//! backend runs one thread's loop over one `SO_REUSEPORT` socket and calls a
+//! [`Handler`] per datagram; the kernel spreads flows over the sockets by
+//! their 4-tuple, so one flow always lands on one thread and nothing is
+//! reordered inside the edge.
+//!
+//! - [`mmsg`]: epoll + `recvmmsg`/`sendmmsg`, batches of 64.
+//! - [`uring`]: io_uring with a multishot `RecvMsg` on a provided-buffer
+//!   ring and `SendMsg`s submitted per completion round.
+
+pub(crate) mod mmsg;
+pub(crate) mod uring;
+
+use std::io;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::os::fd::AsRawFd;
+
+use socket2::{Domain, Protocol, Socket, Type};
+
+/// Largest datagram handled (the UDP maximum plus slack).
+pub(crate) const DGRAM_MAX: usize = 65_536;
+
+/// Room for the control messages we ask for (`SO_RXQ_OVFL`).
+pub(crate) const CONTROL_LEN: usize = 64;
+
+/// What a loop calls.
+pub(crate) trait Handler {
+    /// One datagram in. Writes what to send into `out` and returns the
+    /// destination and length, or `None` to send nothing.
+    fn datagram(
+        &mut self,
+        from: SocketAddr,
+        data: &[u8],
+        out: &mut [u8],
+    ) -> Option<(SocketAddr, usize)>;
+    /// The kernel's cumulative count of datagrams it dropped on this
+    /// socket because the receive buffer was full (`SO_RXQ_OVFL`).
+    fn rx_dropped(&mut self, total: u32);
+    /// Called at least every 100 ms; returning false ends the loop.
+    fn tick(&mut self) -> bool;
+    /// A send failed or could not be queued.
+    fn send_failed(&mut self);
+    /// io_uring's provided buffers ran out (`ENOBUFS`); the receive is re-armed.
+    fn enobufs(&mut self);
+    /// A datagram larger than the buffers was cut.
+    fn truncated(&mut self);
+}
+
+/// Opens one UDP socket of a `SO_REUSEPORT` group on `addr`.
+pub(crate) fn bind_reuseport(addr: SocketAddr, rcvbuf: usize, sndbuf: usize) -> io::Result<Socket> {
+    let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    s.set_reuse_port(true)?;
+    // The kernel caps these at net.core.{r,w}mem_max; the effective size is logged.
+    s.set_recv_buffer_size(rcvbuf)?;
+    s.set_send_buffer_size(sndbuf)?;
+    let one: libc::c_int = 1;
+    // SAFETY: `s` is an open socket; the option value is a live c_int whose
+    // size is passed alongside.
+    let r = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RXQ_OVFL,
+            (&raw const one).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    Ok(s)
+}
+
+/// Reads a `sockaddr_in`/`sockaddr_in6` from raw bytes.
+pub(crate) fn sockaddr_from_bytes(b: &[u8]) -> Option<SocketAddr> {
+    let family = i32::from(u16::from_ne_bytes(b.get(0..2)?.try_into().ok()?));
+    let port = u16::from_be_bytes(b.get(2..4)?.try_into().ok()?);
+    match family {
+        libc::AF_INET => {
+            let ip: [u8; 4] = b.get(4..8)?.try_into().ok()?;
+            Some(SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::from(ip), port)))
+        }
+        libc::AF_INET6 => {
+            let flow = u32::from_ne_bytes(b.get(4..8)?.try_into().ok()?);
+            let ip: [u8; 16] = b.get(8..24)?.try_into().ok()?;
+            let scope = u32::from_ne_bytes(b.get(24..28)?.try_into().ok()?);
+            Some(SocketAddr::V6(SocketAddrV6::new(
+                Ipv6Addr::from(ip),
+                port,
+                flow,
+                scope,
+            )))
+        }
+        _ => None,
+    }
+}
+
+/// Finds `SO_RXQ_OVFL` in a control-message buffer (Linux `cmsghdr`
+/// layout: `size_t len; int level; int type;` then data, 8-byte aligned).
+pub(crate) fn rxq_ovfl(control: &[u8]) -> Option<u32> {
+    const HDR: usize = size_of::<usize>() + 8;
+    let mut off = 0;
+    while off + HDR <= control.len() {
+        let len = usize::from_ne_bytes(control[off..off + size_of::<usize>()].try_into().ok()?);
+        let at = off + size_of::<usize>();
+        let level = i32::from_ne_bytes(control[at..at + 4].try_into().ok()?);
+        let ty = i32::from_ne_bytes(control[at + 4..at + 8].try_into().ok()?);
+        if len < HDR || off + len > control.len() {
+            return None;
+        }
+        if level == libc::SOL_SOCKET && ty == libc::SO_RXQ_OVFL && len >= HDR + 4 {
+            return Some(u32::from_ne_bytes(
+                control[off + HDR..off + HDR + 4].try_into().ok()?,
+            ));
+        }
+        off += (len + 7) & !7;
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sockaddr_bytes() {
+        let mut v4 = vec![0u8; 16];
+        v4[..2].copy_from_slice(&(libc::AF_INET as u16).to_ne_bytes());
+        v4[2..4].copy_from_slice(&5060u16.to_be_bytes());
+        v4[4..8].copy_from_slice(&[192, 0, 2, 7]);
+        assert_eq!(
+            sockaddr_from_bytes(&v4),
+            Some("192.0.2.7:5060".parse().unwrap())
+        );
+        let mut v6 = vec![0u8; 28];
+        v6[..2].copy_from_slice(&(libc::AF_INET6 as u16).to_ne_bytes());
+        v6[2..4].copy_from_slice(&5070u16.to_be_bytes());
+        v6[8..24].copy_from_slice(&"2001:db8::1".parse::<Ipv6Addr>().unwrap().octets());
+        assert_eq!(
+            sockaddr_from_bytes(&v6),
+            Some("[2001:db8::1]:5070".parse().unwrap())
+        );
+        assert_eq!(sockaddr_from_bytes(&v6[..10]), None);
+    }
+
+    #[test]
+    fn cmsg_parse() {
+        let mut c = vec![0u8; 32];
+        c[..8].copy_from_slice(&20usize.to_ne_bytes());
+        c[8..12].copy_from_slice(&libc::SOL_SOCKET.to_ne_bytes());
+        c[12..16].copy_from_slice(&libc::SO_RXQ_OVFL.to_ne_bytes());
+        c[16..20].copy_from_slice(&7u32.to_ne_bytes());
+        assert_eq!(rxq_ovfl(&c), Some(7));
+        assert_eq!(rxq_ovfl(&c[..10]), None);
+        assert_eq!(rxq_ovfl(&[]), None);
+    }
+}

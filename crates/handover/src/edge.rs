@@ -1,0 +1,159 @@
+//! `handover edge`: flags, configuration, and the process around
+//! [`handover_edge::Edge`] (admin port, signals).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use clap::{Args, ValueEnum};
+use handover_edge::{Edge, EdgeConfig, HealthConfig, IoMode};
+use handover_sip::ids::Hashing;
+
+use crate::config::Config;
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub(crate) enum Io {
+    /// io_uring where the kernel and seccomp allow it, else epoll.
+    Auto,
+    /// io_uring or fail.
+    Uring,
+    /// epoll + recvmmsg/sendmmsg.
+    Epoll,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct EdgeArgs {
+    /// TOML configuration file (its `[edge]` section; flags override it).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Address to receive SIP on [default: 127.0.0.1:5060].
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Address to name in Via and Record-Route, if not --listen.
+    #[arg(long)]
+    advertise: Option<SocketAddr>,
+    /// A SIP server behind the edge (repeat for each).
+    #[arg(long = "backend", value_name = "IP:PORT")]
+    backends: Vec<SocketAddr>,
+    /// Data-plane threads (0 = one per CPU).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// I/O mode.
+    #[arg(long, value_enum)]
+    io: Option<Io>,
+    /// Admin HTTP address for /metrics, /healthz, /readyz [default: 127.0.0.1:9100].
+    #[arg(long)]
+    admin: Option<SocketAddr>,
+    /// Milliseconds between OPTIONS probes of each backend (0 = off).
+    #[arg(long)]
+    probe_interval_ms: Option<u64>,
+    /// Milliseconds to wait for a probe's answer.
+    #[arg(long)]
+    probe_timeout_ms: Option<u64>,
+    /// Unanswered probes in a row before a backend is down.
+    #[arg(long)]
+    down_after: Option<u32>,
+    /// Answered probes in a row before a backend is up again.
+    #[arg(long)]
+    up_after: Option<u32>,
+    /// Do not add Record-Route (in-dialog requests then go straight to the backend).
+    #[arg(long)]
+    no_record_route: bool,
+    /// Refused datagrams allowed per source address per second (0 = no limit).
+    #[arg(long)]
+    bad_input_per_source: Option<u32>,
+}
+
+/// Builds the edge's settings: file (or defaults), then flags.
+fn settings(a: &EdgeArgs) -> anyhow::Result<(EdgeConfig, SocketAddr)> {
+    let file = match &a.config {
+        Some(p) => Config::load(p)?,
+        None => Config::defaults(),
+    };
+    let e = &file.edge;
+    let parse = |s: &str| s.parse::<SocketAddr>().expect("validated by config");
+    let backends = if a.backends.is_empty() {
+        e.backends.iter().map(|b| parse(b)).collect()
+    } else {
+        a.backends.clone()
+    };
+    let io = match a.io {
+        Some(Io::Auto) => IoMode::Auto,
+        Some(Io::Uring) => IoMode::Uring,
+        Some(Io::Epoll) => IoMode::Epoll,
+        None => match e.io.as_str() {
+            "uring" => IoMode::Uring,
+            "epoll" => IoMode::Epoll,
+            _ => IoMode::Auto,
+        },
+    };
+    let health = HealthConfig {
+        interval_ms: a.probe_interval_ms.unwrap_or(e.health.interval_ms),
+        timeout_ms: a.probe_timeout_ms.unwrap_or(e.health.timeout_ms),
+        down_after: a.down_after.unwrap_or(e.health.down_after),
+        up_after: a.up_after.unwrap_or(e.health.up_after),
+    };
+    health
+        .validate()
+        .map_err(|m| anyhow::anyhow!("probe settings: {m} (--probe-interval-ms, --probe-timeout-ms, --down-after, --up-after)"))?;
+    let hashing = match file.cluster.hash_key_value {
+        Some((k0, k1)) => Hashing::with_key(k0, k1),
+        None => Hashing::default(),
+    };
+    let cfg = EdgeConfig {
+        listen: a.listen.unwrap_or_else(|| parse(&e.listen)),
+        advertise: a.advertise.or_else(|| e.advertise.as_deref().map(parse)),
+        backends,
+        threads: a.threads.unwrap_or(e.threads),
+        io,
+        recv_buffer_bytes: e.recv_buffer_bytes,
+        send_buffer_bytes: e.send_buffer_bytes,
+        record_route: e.record_route && !a.no_record_route,
+        bad_input_per_source: a.bad_input_per_source.unwrap_or(e.bad_input_per_source),
+        health,
+        hashing,
+        limits: file.sip.limits(),
+    };
+    Ok((cfg, a.admin.unwrap_or_else(|| parse(&e.admin))))
+}
+
+pub(crate) fn run(args: EdgeArgs) -> anyhow::Result<()> {
+    crate::init_tracing();
+    let (cfg, admin_addr) = settings(&args)?;
+    let handle = crate::admin::install_recorder("edge")?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the runtime")?;
+    rt.block_on(async move {
+        let listener = crate::admin::bind(admin_addr).await?;
+        let admin_local = listener.local_addr()?;
+        let edge = Edge::start(cfg)?;
+        println!(
+            "handover edge listening on udp {} (io: {})",
+            edge.local_addr(),
+            edge.io_mode().as_str()
+        );
+        println!("metrics: http://{admin_local}/metrics");
+        let ready: Arc<dyn Fn() -> bool + Send + Sync> = Arc::new(edge.ready_fn());
+        let admin = tokio::spawn(crate::admin::serve(listener, handle, ready));
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        // The probe loop never ends the process: only a signal does.
+        let health = async {
+            if let Err(e) = edge.health_loop().await {
+                tracing::error!(error = %e, "health probes stopped; backends stay as they are");
+            }
+            std::future::pending::<()>().await
+        };
+        tokio::select! {
+            () = health => {}
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        tracing::info!("stopping");
+        admin.abort();
+        edge.shutdown();
+        Ok(())
+    })
+}
