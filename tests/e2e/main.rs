@@ -5,4 +5,5 @@
 //! gets its own temporary directory; nothing uses fixed paths or ports.
 
 mod cli;
+mod edge;
 mod support;

@@ -1,7 +1,11 @@
-//! Helpers shared by the end-to-end tests.
+//! Helpers shared by the end-to-end tests: processes that are killed when
+//! dropped, free loopback ports, SIPp, metrics scraping.
 
-use std::path::Path;
-use std::process::{Command, Output};
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 /// Runs the handover binary with `args` and returns what it did.
 pub(crate) fn handover(args: &[&str]) -> Output {
@@ -26,4 +30,253 @@ pub(crate) fn stdout(o: &Output) -> String {
 /// Standard error as text.
 pub(crate) fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A child process killed (SIGKILL) and reaped when dropped.
+pub(crate) struct Proc(pub(crate) Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A UDP port on 127.0.0.1 that was free a moment ago.
+pub(crate) fn free_udp_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The SIPp scenarios in `tests/sipp` (copied from the project's shared set).
+pub(crate) fn scenario(name: &str) -> PathBuf {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/sipp")
+        .join(name);
+    assert!(p.exists(), "missing SIPp scenario {}", p.display());
+    p
+}
+
+/// Fails the test with what to install when `sipp` is missing.
+pub(crate) fn require_sipp() {
+    let ok = Command::new("sipp").arg("-v").output().is_ok();
+    assert!(
+        ok,
+        "sipp is not installed: run scripts/install-deps.sh (Debian package sip-tester)"
+    );
+}
+
+/// Starts a SIPp UAS on `port` answering calls with `uas.xml` and OPTIONS
+/// automatically (`-aa`). Errors go to `dir/uas-PORT.err`.
+pub(crate) fn sipp_uas(dir: &Path, port: u16) -> Proc {
+    require_sipp();
+    let err = dir.join(format!("uas-{port}.err"));
+    let child = Command::new("sipp")
+        .args(["-sf"])
+        .arg(scenario("uas.xml"))
+        .args([
+            "-i",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-aa",
+            "-nostdin",
+            "-trace_err",
+            "-error_file",
+        ])
+        .arg(&err)
+        .current_dir(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("sipp starts");
+    Proc(child)
+}
+
+/// Result of a SIPp UAC run.
+#[derive(Debug)]
+pub(crate) struct UacResult {
+    pub(crate) exit: Option<i32>,
+    pub(crate) successful: u64,
+    pub(crate) failed: u64,
+}
+
+/// Starts a SIPp UAC (`uac.xml`) calling user `b` through `target`.
+pub(crate) fn sipp_uac(
+    dir: &Path,
+    target: SocketAddr,
+    rate: u32,
+    calls: u32,
+    pause_ms: u32,
+) -> (Proc, PathBuf) {
+    require_sipp();
+    let port = free_udp_port();
+    let stat = dir.join(format!("uac-{port}.csv"));
+    let child = Command::new("sipp")
+        .args(["-sf"])
+        .arg(scenario("uac.xml"))
+        .args(["-i", "127.0.0.1", "-p", &port.to_string(), "-s", "b"])
+        .args([
+            "-r",
+            &rate.to_string(),
+            "-m",
+            &calls.to_string(),
+            "-d",
+            &pause_ms.to_string(),
+        ])
+        .args([
+            "-nostdin",
+            "-timeout",
+            "60s",
+            "-trace_stat",
+            "-fd",
+            "1",
+            "-stf",
+        ])
+        .arg(&stat)
+        .args(["-trace_err", "-error_file"])
+        .arg(dir.join(format!("uac-{port}.err")))
+        .arg(target.to_string())
+        .current_dir(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("sipp starts");
+    (Proc(child), stat)
+}
+
+/// Waits for a UAC to finish and reads its final counts.
+pub(crate) fn finish_uac(mut p: Proc, stat: &Path) -> UacResult {
+    let status = p.0.wait().expect("sipp runs");
+    let text = std::fs::read_to_string(stat).unwrap_or_default();
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().unwrap_or("").split(';').collect();
+    let last: Vec<&str> = lines.last().unwrap_or("").split(';').collect();
+    let col = |name: &str| {
+        header
+            .iter()
+            .position(|h| *h == name)
+            .and_then(|i| last.get(i))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    UacResult {
+        exit: status.code(),
+        successful: col("SuccessfulCall(C)"),
+        failed: col("FailedCall(C)"),
+    }
+}
+
+/// A running `handover edge`.
+pub(crate) struct EdgeProc {
+    pub(crate) _proc: Proc,
+    pub(crate) sip: SocketAddr,
+    pub(crate) admin: String,
+}
+
+/// Starts `handover edge` on free ports with `args` added; waits until it
+/// prints its addresses.
+pub(crate) fn spawn_edge(args: &[&str]) -> EdgeProc {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_handover"))
+        .args(["edge", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("handover edge starts");
+    let out = child.stdout.take().unwrap();
+    let mut lines = BufReader::new(out).lines();
+    let mut sip = None;
+    let mut admin = None;
+    while sip.is_none() || admin.is_none() {
+        let line = lines.next().expect("edge prints its addresses").unwrap();
+        if let Some(rest) = line.strip_prefix("handover edge listening on udp ") {
+            sip = rest.split_whitespace().next().map(|a| a.parse().unwrap());
+        }
+        if let Some(rest) = line.strip_prefix("metrics: ") {
+            admin = Some(rest.trim_end_matches("/metrics").to_string());
+        }
+    }
+    EdgeProc {
+        _proc: Proc(child),
+        sip: sip.unwrap(),
+        admin: admin.unwrap(),
+    }
+}
+
+/// GETs `url` and returns (status, body).
+pub(crate) fn http_get(url: &str) -> (u16, String) {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let mut r = agent.get(url).call().expect("admin port answers");
+    let status = r.status().as_u16();
+    (status, r.body_mut().read_to_string().unwrap_or_default())
+}
+
+/// The value of one Prometheus sample, e.g. `metric(&text, "x_total{a=\"b\"}")`.
+pub(crate) fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|r| r.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Scrapes the edge's metrics.
+pub(crate) fn scrape(e: &EdgeProc) -> String {
+    http_get(&format!("{}/metrics", e.admin)).1
+}
+
+/// Waits up to `limit` for `f` to hold.
+pub(crate) fn wait_for(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + limit;
+    while Instant::now() < end {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    f()
+}
+
+/// The call failures a SIPp error file reports (absent file = none).
+/// SIPp also logs there, as events, that it auto-answered OPTIONS (`-aa`,
+/// our health probes): those are not failures.
+pub(crate) fn error_lines(p: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string(p).unwrap_or_default();
+    [
+        "Aborting call",
+        "unexpected message",
+        "Dead call",
+        "Unexpected",
+        "timeout",
+        "Timeout",
+    ]
+    .iter()
+    .filter(|w| text.contains(**w))
+    .map(|w| {
+        format!(
+            "{w}: {}",
+            &text[text.find(*w).unwrap()..]
+                .chars()
+                .take(300)
+                .collect::<String>()
+        )
+    })
+    .collect()
+}
+
+/// SIPp load tests share two cores: run them one at a time.
+pub(crate) fn serial() -> std::sync::MutexGuard<'static, ()> {
+    #[expect(
+        clippy::disallowed_types,
+        reason = "test-only lock serialising SIPp runs; no async here"
+    )]
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }

@@ -447,3 +447,271 @@ fn uri_target(u: &Uri<'_>) -> Option<SocketAddr> {
         .or_else(|| parse_ip(u.host()))?;
     Some(SocketAddr::new(ip, u.port().unwrap_or(5060)))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use handover_sip::scan;
+
+    const EDGE: &str = "192.0.2.1:5060";
+    const UA: &str = "198.51.100.7:33333";
+
+    fn setup() -> (Proxy, Table, BadInputLimiter) {
+        let h = Hashing::default();
+        let backends: Vec<SocketAddr> = vec![
+            "10.0.0.1:5070".parse().unwrap(),
+            "10.0.0.2:5070".parse().unwrap(),
+        ];
+        let t = Table::new(backends, vec![true, true], 1, &h);
+        (
+            Proxy::new(EDGE.parse().unwrap(), h, Limits::default(), true),
+            t,
+            BadInputLimiter::new(3, 4),
+        )
+    }
+
+    fn invite(mf: u32, call_id: &str) -> Vec<u8> {
+        format!(
+            "INVITE sip:bob@biloxi.example SIP/2.0\r\nVia: SIP/2.0/UDP 10.9.9.9:5060;branch=z9hG4bKa1;rport\r\n\
+Max-Forwards: {mf}\r\nTo: <sip:bob@biloxi.example>\r\nFrom: <sip:alice@a.example>;tag=f1\r\n\
+Call-ID: {call_id}\r\nCSeq: 1 INVITE\r\nContact: <sip:alice@10.9.9.9:5060>\r\nContent-Length: 0\r\n\r\n"
+        )
+        .into_bytes()
+    }
+
+    fn run(
+        p: &Proxy,
+        t: &Table,
+        l: &mut BadInputLimiter,
+        from: &str,
+        b: &[u8],
+    ) -> (Outcome, Vec<u8>) {
+        let mut out = vec![0u8; 65_536];
+        let o = p.handle(t, l, 0, from.parse().unwrap(), b, &mut out);
+        let n = match o {
+            Outcome::Forward { len, .. } | Outcome::Reply { len, .. } => len,
+            Outcome::Drop(_) => 0,
+        };
+        out.truncate(n);
+        (o, out)
+    }
+
+    #[test]
+    fn rfc3261_16_11_request_goes_to_the_shard_owner_with_via_and_record_route() {
+        let (p, t, mut l) = setup();
+        let (o, out) = run(&p, &t, &mut l, UA, &invite(70, "call-1@x"));
+        let key = Hashing::default().affinity_key(b"call-1@x");
+        let (i, owner) = t.route(key).unwrap();
+        assert_eq!(
+            o,
+            Outcome::Forward {
+                to: owner,
+                len: out.len(),
+                peer: Peer::Backend(i),
+                request: true
+            }
+        );
+        let m = scan(&out).unwrap();
+        let vias: Vec<_> = m.vias().collect();
+        assert_eq!(vias[0].host(), b"192.0.2.1");
+        assert_eq!(
+            vias[0].param(b"k").unwrap().value.unwrap().of(&out),
+            &hex_u64(key)[..]
+        );
+        assert_eq!(
+            vias[1].received(),
+            Some(&b"198.51.100.7"[..]),
+            "RFC 3581 received"
+        );
+        assert_eq!(vias[1].rport(), Rport::Value(33333));
+        assert_eq!(m.max_forwards(), Some(69));
+        let rr = m.record_routes().next().unwrap();
+        assert_eq!(rr.uri().host(), b"192.0.2.1");
+        assert_eq!(rr.uri().param(b"k"), Some(&hex_u64(key)[..]));
+        assert!(rr.uri().param(b"lr").is_some());
+        // A retransmission goes the same way with the same branch (§16.11).
+        let (o2, out2) = run(&p, &t, &mut l, UA, &invite(70, "call-1@x"));
+        assert_eq!(o, o2);
+        assert_eq!(out, out2);
+    }
+
+    #[test]
+    fn in_dialog_request_with_our_route_uses_its_key() {
+        let (p, t, mut l) = setup();
+        // Pick a key owned by backend 1 and put it in our Route.
+        let k = t.key_for_backend(1).unwrap();
+        let bye = format!(
+            "BYE sip:bob@10.0.0.2:5070 SIP/2.0\r\nVia: SIP/2.0/UDP 10.9.9.9:5060;branch=z9hG4bKb1\r\n\
+Route: <sip:192.0.2.1:5060;lr;k={}>\r\nMax-Forwards: 70\r\nTo: <sip:bob@biloxi.example>;tag=t\r\n\
+From: <sip:alice@a.example>;tag=f1\r\nCall-ID: other-hash@x\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n",
+            String::from_utf8(hex_u64(k).to_vec()).unwrap()
+        );
+        let (o, out) = run(&p, &t, &mut l, UA, bye.as_bytes());
+        assert!(
+            matches!(
+                o,
+                Outcome::Forward {
+                    peer: Peer::Backend(1),
+                    ..
+                }
+            ),
+            "{o:?}"
+        );
+        let m = scan(&out).unwrap();
+        assert!(m.route_field().is_none(), "our Route is removed (§16.4)");
+        assert!(
+            m.record_route_field().is_none(),
+            "no Record-Route on in-dialog requests"
+        );
+    }
+
+    #[test]
+    fn responses_follow_via_only_when_our_branch_proves_it() {
+        let (p, t, mut l) = setup();
+        let (_, fwd) = run(&p, &t, &mut l, UA, &invite(70, "call-2@x"));
+        let m = scan(&fwd).unwrap();
+        let ours = String::from_utf8(m.vias().next().unwrap().span().of(&fwd).to_vec()).unwrap();
+        let theirs = String::from_utf8(m.vias().nth(1).unwrap().span().of(&fwd).to_vec()).unwrap();
+        let resp = |top: &str, next: &str| {
+            format!(
+                "SIP/2.0 180 Ringing\r\nVia: {top}\r\nVia: {next}\r\nTo: <sip:bob@biloxi.example>;tag=t\r\n\
+From: <sip:alice@a.example>;tag=f1\r\nCall-ID: call-2@x\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n"
+            )
+        };
+        let (o, out) = run(
+            &p,
+            &t,
+            &mut l,
+            "10.0.0.1:5070",
+            resp(&ours, &theirs).as_bytes(),
+        );
+        assert!(
+            matches!(o, Outcome::Forward { to, request: false, .. } if to == UA.parse().unwrap()),
+            "{o:?}"
+        );
+        assert_eq!(scan(&out).unwrap().vias().count(), 1);
+        // Forged: same Via of ours, a victim's address below it.
+        let victim = "SIP/2.0/UDP 203.0.113.9:5060;branch=z9hG4bKv;received=203.0.113.9";
+        let (o, _) = run(
+            &p,
+            &t,
+            &mut l,
+            "10.0.0.1:5070",
+            resp(&ours, victim).as_bytes(),
+        );
+        assert_eq!(o, Outcome::Drop(Drop::Forged));
+        let (o, _) = run(
+            &p,
+            &t,
+            &mut l,
+            "10.0.0.1:5070",
+            resp(&theirs, victim).as_bytes(),
+        );
+        assert_eq!(o, Outcome::Drop(Drop::NotOurs));
+    }
+
+    #[test]
+    fn rfc3261_16_3_limits_and_loops_are_answered() {
+        let (p, t, mut l) = setup();
+        let (o, out) = run(&p, &t, &mut l, UA, &invite(0, "mf0@x"));
+        assert!(matches!(o, Outcome::Reply { status: 483, .. }), "{o:?}");
+        assert!(out.starts_with(b"SIP/2.0 483 Too Many Hops\r\n"));
+        // Our own forward comes back unchanged: 482.
+        let mut l2 = BadInputLimiter::new(0, 4);
+        let (_, fwd) = run(&p, &t, &mut l2, UA, &invite(70, "loop@x"));
+        let looped = String::from_utf8(fwd).unwrap().replacen(
+            "Via: ",
+            "Via: SIP/2.0/UDP 10.0.0.1:5070;branch=z9hG4bKx\r\nVia: ",
+            1,
+        );
+        let (o, _) = run(&p, &t, &mut l2, "10.0.0.1:5070", looped.as_bytes());
+        assert!(matches!(o, Outcome::Reply { status: 482, .. }), "{o:?}");
+        // Nothing up: 503.
+        let none = Table::new(
+            t.backends().to_vec(),
+            vec![false, false],
+            2,
+            &Hashing::default(),
+        );
+        let (o, _) = run(&p, &none, &mut l2, UA, &invite(70, "n@x"));
+        assert!(matches!(o, Outcome::Reply { status: 503, .. }), "{o:?}");
+    }
+
+    #[test]
+    fn keepalives_junk_and_the_per_source_limit() {
+        let (p, t, mut l) = setup();
+        assert_eq!(
+            run(&p, &t, &mut l, UA, b"\r\n\r\n").0,
+            Outcome::Drop(Drop::Keepalive)
+        );
+        // Three bad datagrams are answered or dropped; the fourth is limited.
+        for _ in 0..3 {
+            let (o, _) = run(&p, &t, &mut l, UA, b"\x00\x01garbage");
+            assert_eq!(o, Outcome::Drop(Drop::Malformed(Reason::NotSip)));
+        }
+        assert_eq!(
+            run(&p, &t, &mut l, UA, &invite(70, "ok@x")).0,
+            Outcome::Drop(Drop::RateLimited)
+        );
+        // Another source is not affected.
+        assert!(matches!(
+            run(&p, &t, &mut l, "198.51.100.8:5060", &invite(70, "ok@x")).0,
+            Outcome::Forward { .. }
+        ));
+        // A bad request with a usable Via gets 400 naming the header.
+        let (p, t, mut l) = setup();
+        let bad = String::from_utf8(invite(70, "b@x"))
+            .unwrap()
+            .replace("CSeq: 1 INVITE", "CSeq: 1 BYE");
+        let (o, out) = run(&p, &t, &mut l, UA, bad.as_bytes());
+        assert!(matches!(o, Outcome::Reply { status: 400, to, .. } if to == UA.parse().unwrap()));
+        assert!(out.starts_with(b"SIP/2.0 400 CSeq method does not match request method\r\n"));
+    }
+
+    #[test]
+    fn requests_from_a_backend_go_out_by_route_or_request_uri() {
+        let (p, t, mut l) = setup();
+        let bye = "BYE sip:alice@198.51.100.7:33333 SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.1:5070;branch=z9hG4bKs1\r\n\
+Route: <sip:192.0.2.1:5060;lr;k=0000000000000001>\r\nMax-Forwards: 70\r\nTo: <sip:alice@a.example>;tag=f1\r\n\
+From: <sip:bob@biloxi.example>;tag=t\r\nCall-ID: c@x\r\nCSeq: 1 BYE\r\nContent-Length: 0\r\n\r\n";
+        let (o, out) = run(&p, &t, &mut l, "10.0.0.1:5070", bye.as_bytes());
+        assert!(
+            matches!(o, Outcome::Forward { to, peer: Peer::Client, .. } if to == UA.parse().unwrap()),
+            "{o:?}"
+        );
+        assert!(scan(&out).unwrap().route_field().is_none());
+        // A backend's new INVITE is record-routed with a key it owns.
+        let inv = String::from_utf8(invite(70, "out@x"))
+            .unwrap()
+            .replace(
+                "INVITE sip:bob@biloxi.example",
+                "INVITE sip:carol@203.0.113.5:5060",
+            )
+            .replace("10.9.9.9:5060;branch", "10.0.0.2:5070;branch");
+        let (o, out) = run(&p, &t, &mut l, "10.0.0.2:5070", inv.as_bytes());
+        assert!(
+            matches!(
+                o,
+                Outcome::Forward {
+                    peer: Peer::Client,
+                    ..
+                }
+            ),
+            "{o:?}"
+        );
+        let m = scan(&out).unwrap();
+        let k =
+            parse_hex_u64(m.record_routes().next().unwrap().uri().param(b"k").unwrap()).unwrap();
+        assert_eq!(
+            t.route(k).unwrap().0,
+            1,
+            "answers come back to the backend that called"
+        );
+        // A host name cannot be forwarded to.
+        let named = inv.replace("carol@203.0.113.5:5060", "carol@pbx.example");
+        assert_eq!(
+            run(&p, &t, &mut l, "10.0.0.2:5070", named.as_bytes()).0,
+            Outcome::Drop(Drop::Unroutable)
+        );
+    }
+}

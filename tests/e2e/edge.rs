@@ -1,0 +1,353 @@
+//! `handover edge` with real SIPp user agents on loopback, in both I/O
+//! modes: calls spread over backends with every in-dialog request at the
+//! backend that got the INVITE; a backend killed and restarted; malformed
+//! input answered or dropped while calls go on; a junk flood from another
+//! source.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::path::Path;
+use std::time::Duration;
+
+use crate::support::*;
+
+fn start_backends(dir: &Path, n: usize) -> (Vec<Proc>, Vec<u16>) {
+    let ports: Vec<u16> = (0..n).map(|_| free_udp_port()).collect();
+    let procs = ports.iter().map(|&p| sipp_uas(dir, p)).collect();
+    std::thread::sleep(Duration::from_millis(300));
+    (procs, ports)
+}
+
+fn backend_args(ports: &[u16]) -> Vec<String> {
+    ports
+        .iter()
+        .flat_map(|p| ["--backend".to_string(), format!("127.0.0.1:{p}")])
+        .collect()
+}
+
+fn edge_with(io: &str, ports: &[u16], extra: &[&str]) -> EdgeProc {
+    let mut args: Vec<String> = vec!["--io".into(), io.into(), "--threads".into(), "2".into()];
+    args.extend(backend_args(ports));
+    let mut a: Vec<&str> = args.iter().map(String::as_str).collect();
+    a.extend_from_slice(extra);
+    spawn_edge(&a)
+}
+
+fn spread_and_dialogs(io: &str) {
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let (_uas, ports) = start_backends(dir.path(), 3);
+    let edge = edge_with(
+        io,
+        &ports,
+        &["--probe-interval-ms", "500", "--probe-timeout-ms", "300"],
+    );
+    let text = scrape(&edge);
+    assert_eq!(
+        metric(&text, &format!("handover_edge_io_mode{{mode=\"{io}\"}}")),
+        1.0,
+        "{text}"
+    );
+
+    let calls = 900;
+    let (uac, stat) = sipp_uac(dir.path(), edge.sip, 300, calls, 0);
+    let r = finish_uac(uac, &stat);
+    assert_eq!(r.exit, Some(0), "every call succeeded: {r:?}");
+    assert_eq!((r.successful, r.failed), (u64::from(calls), 0));
+    // A BYE or ACK at the wrong UAS would be an unexpected message there.
+    for p in &ports {
+        let errs = error_lines(&dir.path().join(format!("uas-{p}.err")));
+        assert!(errs.is_empty(), "UAS {p} saw errors: {errs:?}");
+    }
+    // Spread: INVITE, ACK and BYE of a call go to one backend, so each
+    // backend gets three requests per call it owns; each owns about a third.
+    assert!(wait_for(Duration::from_secs(2), || {
+        let t = scrape(&edge);
+        (0..3)
+            .map(|i| {
+                metric(
+                    &t,
+                    &format!("handover_edge_backend_forwards_total{{backend=\"{i}\"}}"),
+                )
+            })
+            .sum::<f64>()
+            >= f64::from(calls * 3)
+    }));
+    let text = scrape(&edge);
+    let per: Vec<f64> = (0..3)
+        .map(|i| {
+            metric(
+                &text,
+                &format!("handover_edge_backend_forwards_total{{backend=\"{i}\"}}"),
+            )
+        })
+        .collect();
+    let total: f64 = per.iter().sum();
+    assert_eq!(
+        total,
+        f64::from(calls * 3),
+        "INVITE, ACK and BYE each forwarded once: {per:?}"
+    );
+    for (i, n) in per.iter().enumerate() {
+        assert_eq!(n % 3.0, 0.0, "backend {i} got whole calls only: {per:?}");
+        let share = n / total;
+        assert!(
+            (0.23..=0.43).contains(&share),
+            "backend {i} share {share:.3} outside 1/3 ± 0.10: {per:?}"
+        );
+    }
+    println!("{io}: {calls} calls, per-backend requests {per:?}");
+}
+
+#[test]
+fn edge_spreads_calls_and_keeps_dialogs_together_uring() {
+    spread_and_dialogs("uring");
+}
+
+#[test]
+fn edge_spreads_calls_and_keeps_dialogs_together_epoll() {
+    spread_and_dialogs("epoll");
+}
+
+#[test]
+fn edge_routes_around_a_dead_backend_and_takes_it_back() {
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let (mut uas, ports) = start_backends(dir.path(), 3);
+    let edge = edge_with(
+        "auto",
+        &ports,
+        &[
+            "--probe-interval-ms",
+            "200",
+            "--probe-timeout-ms",
+            "150",
+            "--down-after",
+            "2",
+            "--up-after",
+            "2",
+        ],
+    );
+    let fwd = |i: usize| {
+        metric(
+            &scrape(&edge),
+            &format!("handover_edge_backend_forwards_total{{backend=\"{i}\"}}"),
+        )
+    };
+    let up = |i: usize| {
+        metric(
+            &scrape(&edge),
+            &format!("handover_edge_backend_up{{backend=\"{i}\"}}"),
+        )
+    };
+    // 100 calls a second for 12 s, each held 500 ms.
+    let (uac, stat) = sipp_uac(dir.path(), edge.sip, 100, 1200, 500);
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(fwd(1) > 0.0, "backend 1 took calls before it died");
+    drop(uas.remove(1)); // SIGKILL
+    assert!(
+        wait_for(Duration::from_secs(3), || up(1) == 0.0),
+        "backend 1 marked down"
+    );
+    // Threads flush their counters every 100 ms: let the last ones land.
+    std::thread::sleep(Duration::from_millis(300));
+    let at_down = fwd(1);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        fwd(1),
+        at_down,
+        "nothing is sent to a backend while it is down"
+    );
+    // Back on the same port.
+    uas.push(sipp_uas(dir.path(), ports[1]));
+    assert!(
+        wait_for(Duration::from_secs(3), || up(1) == 1.0),
+        "backend 1 marked up again"
+    );
+    assert!(
+        wait_for(Duration::from_secs(3), || fwd(1) > at_down),
+        "backend 1 takes its shards back"
+    );
+    let r = finish_uac(uac, &stat);
+    assert_eq!(r.successful + r.failed, 1200, "{r:?}");
+    assert!(
+        r.failed <= 120,
+        "at most the dead backend's share of ~1.5 s of calls fails: {r:?}"
+    );
+    // The calls that were up at backend 1 when it died lost their callee
+    // (plain backends keep no shared state). Their BYE retransmissions were
+    // not sent to the dead backend forever: once it was marked down they
+    // went to a survivor, which (SIPp) answers an unknown BYE with 200 and
+    // logs it. That is why the UAC can count such calls as successful.
+    let rerouted: usize = [ports[0], ports[2]]
+        .iter()
+        .map(|p| {
+            std::fs::read_to_string(dir.path().join(format!("uas-{p}.err")))
+                .unwrap_or_default()
+                .matches("unexpected BYE")
+                .count()
+        })
+        .sum();
+    assert!(
+        rerouted > 0,
+        "in-dialog requests of the dead backend's calls reached a survivor"
+    );
+    println!(
+        "kill/restart: {r:?}; BYEs of the dead backend's calls rerouted to survivors: {rerouted}"
+    );
+}
+
+/// Loads the corpus files of `handover-sip` with a refusal verdict.
+fn refused_corpus() -> Vec<(String, String, Vec<u8>)> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../sip/testdata/corpus");
+    let mut out = Vec::new();
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    for path in files {
+        let text = std::fs::read_to_string(&path).unwrap();
+        let (head, body) = text.split_once("\n\n").unwrap();
+        let expect = head
+            .lines()
+            .find_map(|l| l.strip_prefix("# expect: "))
+            .unwrap()
+            .to_string();
+        if expect == "ok" {
+            continue;
+        }
+        let crlf = !head.contains("# eol: lf");
+        let mut body = body.to_string();
+        if crlf {
+            body = body.replace('\n', "\r\n");
+        }
+        let mut bytes = Vec::new();
+        let b = body.as_bytes();
+        let mut i = 0;
+        while i < b.len() {
+            if b[i] == b'\\' && b.get(i + 1) == Some(&b'x') && i + 3 < b.len() {
+                if let Ok(v) = u8::from_str_radix(&body[i + 2..i + 4], 16) {
+                    bytes.push(v);
+                    i += 4;
+                    continue;
+                }
+            }
+            bytes.push(b[i]);
+            i += 1;
+        }
+        out.push((
+            path.file_stem().unwrap().to_string_lossy().into_owned(),
+            expect,
+            bytes,
+        ));
+    }
+    out
+}
+
+fn malformed_input(io: &str) {
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let (_uas, ports) = start_backends(dir.path(), 2);
+    let edge = edge_with(io, &ports, &["--probe-interval-ms", "0"]);
+    let (uac, stat) = sipp_uac(dir.path(), edge.sip, 100, 400, 0);
+
+    // Our own socket on another loopback address, so the junk does not
+    // count against the UAC's source.
+    let sock = UdpSocket::bind("127.0.0.3:0").unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(400)))
+        .unwrap();
+    let mut buf = vec![0u8; 70_000];
+    let corpus = refused_corpus();
+    assert!(corpus.len() >= 25, "{}", corpus.len());
+    for (name, expect, bytes) in &corpus {
+        sock.send_to(bytes, edge.sip).unwrap();
+        let got = sock.recv_from(&mut buf);
+        if let Some(status) = expect
+            .strip_prefix("reply ")
+            .and_then(|r| r.split(' ').next())
+        {
+            let (n, from) =
+                got.unwrap_or_else(|e| panic!("{name}: expected a {status} answer, got {e}"));
+            assert_eq!(from, edge.sip);
+            let line = String::from_utf8_lossy(&buf[..n])
+                .lines()
+                .next()
+                .unwrap_or("")
+                .to_string();
+            assert!(
+                line.starts_with(&format!("SIP/2.0 {status} ")),
+                "{name}: got {line:?}"
+            );
+        } else {
+            assert!(
+                got.is_err(),
+                "{name}: expected a silent drop, got an answer"
+            );
+        }
+        // Stay under the per-source budget of bad input (100 a second).
+        std::thread::sleep(Duration::from_millis(15));
+    }
+    // A flood of junk from one more source is cut off by its budget.
+    let flood = UdpSocket::bind("127.0.0.4:0").unwrap();
+    for i in 0..20_000u32 {
+        let _ = flood.send_to(&i.to_le_bytes().repeat(50), edge.sip);
+    }
+    let r = finish_uac(uac, &stat);
+    assert_eq!(r.exit, Some(0), "calls are unharmed: {r:?}");
+    assert_eq!((r.successful, r.failed), (400, 0));
+    let text = scrape(&edge);
+    let drops = |reason: &str| {
+        metric(
+            &text,
+            &format!("handover_edge_drops_total{{reason=\"{reason}\"}}"),
+        )
+    };
+    assert!(drops("not_sip") >= 3.0, "{text}");
+    assert!(
+        drops("rate_limited") > 1000.0,
+        "the flood hit its source's limit: {}",
+        drops("rate_limited")
+    );
+    assert!(metric(&text, "handover_edge_replies_total{status=\"400\"}") >= 15.0);
+    assert!(metric(&text, "handover_edge_replies_total{status=\"505\"}") >= 1.0);
+}
+
+#[test]
+fn edge_answers_or_drops_malformed_input_while_calls_go_on_uring() {
+    malformed_input("uring");
+}
+
+#[test]
+fn edge_answers_or_drops_malformed_input_while_calls_go_on_epoll() {
+    malformed_input("epoll");
+}
+
+#[test]
+fn edge_admin_endpoints_and_startup_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_uas, ports) = start_backends(dir.path(), 1);
+    let edge = edge_with("auto", &ports, &["--probe-interval-ms", "0"]);
+    assert_eq!(http_get(&format!("{}/healthz", edge.admin)).0, 200);
+    assert_eq!(http_get(&format!("{}/readyz", edge.admin)).0, 200);
+    assert_eq!(http_get(&format!("{}/nope", edge.admin)).0, 404);
+    let text = scrape(&edge);
+    assert!(text.contains("handover_build_info{"), "{text}");
+    // The same UDP port again: a clear error, not a silent share.
+    let port = edge.sip.port().to_string();
+    let o = handover(&[
+        "edge",
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--admin",
+        "127.0.0.1:0",
+        "--backend",
+        "127.0.0.1:9",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("already in use"), "{}", stderr(&o));
+    let o = handover(&["edge", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"]);
+    assert!(stderr(&o).contains("no backends"), "{}", stderr(&o));
+    let o = handover(&["edge", "--backend", "pbx.example:5060"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let _: SocketAddr = edge.sip;
+}
