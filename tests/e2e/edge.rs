@@ -225,12 +225,14 @@ fn refused_corpus() -> Vec<(String, String, Vec<u8>)> {
         let b = body.as_bytes();
         let mut i = 0;
         while i < b.len() {
-            if b[i] == b'\\' && b.get(i + 1) == Some(&b'x') && i + 3 < b.len() {
-                if let Ok(v) = u8::from_str_radix(&body[i + 2..i + 4], 16) {
-                    bytes.push(v);
-                    i += 4;
-                    continue;
-                }
+            if b[i] == b'\\'
+                && b.get(i + 1) == Some(&b'x')
+                && i + 3 < b.len()
+                && let Ok(v) = u8::from_str_radix(&body[i + 2..i + 4], 16)
+            {
+                bytes.push(v);
+                i += 4;
+                continue;
             }
             bytes.push(b[i]);
             i += 1;

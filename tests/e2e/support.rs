@@ -5,7 +5,9 @@ use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 /// Runs the handover binary with `args` and returns what it did.
 pub(crate) fn handover(args: &[&str]) -> Output {
