@@ -30,6 +30,26 @@ use handover_sip::ids::Hashing;
 use tokio::time::Instant;
 
 pub use health::{Health, HealthConfig};
+
+/// The data plane's I/O loops without the SIP work, for tools that must do
+/// exactly the edge's I/O (the UDP floor benchmark in `benches/`).
+pub mod io {
+    pub use crate::sys::{Handler, bind_reuseport};
+    use crate::IoMode;
+
+    /// Runs one thread's loop over `sock` in `mode` (`Auto` picks io_uring
+    /// when available) until the handler's `tick` returns false.
+    pub fn run(sock: &socket2::Socket, mode: IoMode, h: &mut impl Handler) -> std::io::Result<()> {
+        match mode {
+            IoMode::Epoll => crate::sys::mmsg::run(sock, h),
+            IoMode::Uring => crate::sys::uring::run(sock, h),
+            IoMode::Auto => match crate::sys::uring::available() {
+                Ok(()) => crate::sys::uring::run(sock, h),
+                Err(_) => crate::sys::mmsg::run(sock, h),
+            },
+        }
+    }
+}
 pub use proxy::{BadInputLimiter, Drop, Outcome, Peer, Proxy};
 pub use routing::{SHARDS, Table};
 

@@ -25,7 +25,7 @@ pub(crate) const DGRAM_MAX: usize = 65_536;
 pub(crate) const CONTROL_LEN: usize = 64;
 
 /// What a loop calls.
-pub(crate) trait Handler {
+pub trait Handler {
     /// One datagram in. Writes what to send into `out` and returns the
     /// destination and length, or `None` to send nothing.
     fn datagram(
@@ -48,7 +48,7 @@ pub(crate) trait Handler {
 }
 
 /// Opens one UDP socket of a `SO_REUSEPORT` group on `addr`.
-pub(crate) fn bind_reuseport(addr: SocketAddr, rcvbuf: usize, sndbuf: usize) -> io::Result<Socket> {
+pub fn bind_reuseport(addr: SocketAddr, rcvbuf: usize, sndbuf: usize) -> io::Result<Socket> {
     let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
     s.set_reuse_port(true)?;
     // The kernel caps these at net.core.{r,w}mem_max; the effective size is logged.
