@@ -18,7 +18,12 @@ struct Forward {
 }
 
 impl Handler for Forward {
-    fn datagram(&mut self, from: SocketAddr, data: &[u8], out: &mut [u8]) -> Option<(SocketAddr, usize)> {
+    fn datagram(
+        &mut self,
+        from: SocketAddr,
+        data: &[u8],
+        out: &mut [u8],
+    ) -> Option<(SocketAddr, usize)> {
         let to = if from == self.backend {
             self.client?
         } else {
@@ -33,7 +38,13 @@ impl Handler for Forward {
     fn tick(&mut self) -> bool {
         // Report the datagrams forwarded (for benches/compare_edge.py).
         let now = std::time::SystemTime::now();
-        if self.count != self.printed && now.duration_since(self.last).unwrap_or_default().as_millis() >= 200 {
+        if self.count != self.printed
+            && now
+                .duration_since(self.last)
+                .unwrap_or_default()
+                .as_millis()
+                >= 200
+        {
             println!("forwarded {}", self.count);
             self.printed = self.count;
             self.last = now;

@@ -34,8 +34,8 @@ pub use health::{Health, HealthConfig};
 /// The data plane's I/O loops without the SIP work, for tools that must do
 /// exactly the edge's I/O (the UDP floor benchmark in `benches/`).
 pub mod io {
-    pub use crate::sys::{Handler, bind_reuseport};
     use crate::IoMode;
+    pub use crate::sys::{Handler, bind_reuseport};
 
     /// Runs one thread's loop over `sock` in `mode` (`Auto` picks io_uring
     /// when available) until the handler's `tick` returns false.
