@@ -1,6 +1,6 @@
 //! Metric names and the per-thread counters of the data plane.
 //!
-//! Hot-path counting is a plain `u64` add in the thread's own [`Local`]
+//! Hot-path counting is a plain `u64` add in the thread's own `Local`
 //! struct; each thread flushes its counts into the shared handles every
 //! 100 ms or 4096 datagrams, so no datagram touches a shared cache line or
 //! looks a name up.
