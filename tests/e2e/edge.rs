@@ -1,5 +1,5 @@
 //! `handover edge` with real SIPp user agents on loopback, in both I/O
-//! modes: calls spread over backends with every in-dialog request at the
+//! modes: 2,000 calls spread over backends with every in-dialog request at the
 //! backend that got the INVITE; a backend killed and restarted; malformed
 //! input answered or dropped while calls go on; a junk flood from another
 //! source.
@@ -48,8 +48,8 @@ fn spread_and_dialogs(io: &str) {
         "{text}"
     );
 
-    let calls = 900;
-    let (uac, stat) = sipp_uac(dir.path(), edge.sip, 300, calls, 0);
+    let calls = 2000;
+    let (uac, stat) = sipp_uac(dir.path(), edge.sip, 500, calls, 0);
     let r = finish_uac(uac, &stat);
     assert_eq!(r.exit, Some(0), "every call succeeded: {r:?}");
     assert_eq!((r.successful, r.failed), (u64::from(calls), 0));
