@@ -306,6 +306,35 @@ impl Request<'_> {
     }
 }
 
+/// The ACK a client INVITE transaction sends for a non-2xx final response
+/// (RFC 3261 §17.1.1.3): Request-URI, Call-ID, From and the CSeq number of
+/// the original request, To of the response, the request's top Via only,
+/// and its Route headers.
+pub fn ack_for_non_2xx(request: &crate::Message<'_>, response: &crate::Message<'_>) -> Vec<u8> {
+    //= https://www.rfc-editor.org/rfc/rfc3261#section-17.1.1.3
+    //# The ACK MUST contain a single Via header field, and
+    //# this MUST be equal to the top Via header field of the original
+    //# request.
+    let buf = request.buf();
+    let mut out = Vec::with_capacity(request.as_bytes().len());
+    out.put(b"ACK ");
+    out.put(request.request_uri().map_or(&b""[..], |u| u.as_bytes()));
+    out.put(b" SIP/2.0\r\n");
+    line(&mut out, "Via", request.top_via().span().of(buf));
+    for h in request.headers() {
+        if h.name == crate::HeaderName::Route {
+            line(&mut out, "Route", h.value.of(buf));
+        }
+    }
+    out.put(b"Max-Forwards: 70\r\n");
+    line(&mut out, "From", request.from_field().value.of(buf));
+    line(&mut out, "To", response.to_field().value.of(response.buf()));
+    line(&mut out, "Call-ID", request.call_id());
+    let _ = write!(Fmt(&mut out), "CSeq: {} ACK\r\n", request.cseq().seq);
+    out.put(b"Content-Length: 0\r\n\r\n");
+    out
+}
+
 /// Span helper for callers that hold a span and its buffer.
 pub fn slice(buf: &[u8], s: Span) -> &[u8] {
     s.of(buf)
@@ -386,6 +415,28 @@ Content-Length: 0\r\n\r\n";
             String::from_utf8_lossy(&out)
                 .contains("Via: SIP/2.0/UDP p1.example;branch=z9hG4bKp1\r\n")
         );
+    }
+
+    #[test]
+    fn rfc3261_17_1_1_3_ack_for_non_2xx() {
+        let inv =
+            b"INVITE sip:bob@b.example SIP/2.0\r\nVia: SIP/2.0/UDP a.example;branch=z9hG4bKa\r\n\
+Via: SIP/2.0/UDP p.example;branch=z9hG4bKp\r\nRoute: <sip:p1;lr>\r\nRoute: <sip:p2;lr>\r\n\
+Max-Forwards: 70\r\nTo: <sip:bob@b.example>\r\nFrom: <sip:a@a.example>;tag=1\r\nCall-ID: c\r\n\
+CSeq: 9 INVITE\r\nContent-Length: 0\r\n\r\n";
+        let resp = b"SIP/2.0 486 Busy Here\r\nVia: SIP/2.0/UDP a.example;branch=z9hG4bKa\r\n\
+To: <sip:bob@b.example>;tag=xyz\r\nFrom: <sip:a@a.example>;tag=1\r\nCall-ID: c\r\nCSeq: 9 INVITE\r\n\r\n";
+        let (i, r) = (scan(inv).unwrap(), scan(resp).unwrap());
+        let ack = ack_for_non_2xx(&i, &r);
+        let a = scan(&ack).unwrap();
+        assert_eq!(a.method(), Some(crate::Method::Ack));
+        assert_eq!(a.request_uri().unwrap().as_bytes(), b"sip:bob@b.example");
+        assert_eq!(a.vias().count(), 1);
+        assert_eq!(a.top_via().branch(), Some(&b"z9hG4bKa"[..]));
+        assert_eq!(a.values(HeaderName::Route).count(), 2);
+        assert_eq!(a.to_tag(), Some(&b"xyz"[..]));
+        assert_eq!(a.from_tag(), Some(&b"1"[..]));
+        assert_eq!((a.cseq().seq, a.cseq().method), (9, crate::Method::Ack));
     }
 
     #[test]

@@ -1,0 +1,316 @@
+//! Client transactions (RFC 3261 §17.1): INVITE (with RFC 6026's Accepted
+//! state) and non-INVITE. Over UDP only: the reliable-transport shortcuts
+//! (timers A, D, E, K at zero) are not needed yet.
+//!
+//! Calling order: `new` (queues the request), then any order of
+//! `handle_response`, `handle_timeout`, `handle_transport_error`; after each,
+//! drain `poll_transmit` and `poll_event`, and wake at `poll_timeout`.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use handover_sip::build::ack_for_non_2xx;
+use handover_sip::{Message, scan};
+
+use crate::Event;
+use crate::time::{Instant, Timer, TimerConfig, TimerTable};
+
+/// States of a client INVITE transaction (RFC 3261 fig. 5, RFC 6026 fig. 3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InviteState {
+    /// Request sent, nothing heard.
+    Calling,
+    /// A provisional response arrived.
+    Proceeding,
+    /// A 2xx arrived; later 2xx retransmissions still go to the TU.
+    Accepted,
+    /// A 300–699 arrived and was ACKed.
+    Completed,
+    /// Done.
+    Terminated,
+}
+
+/// A client INVITE transaction.
+#[derive(Debug)]
+pub struct ClientInvite {
+    cfg: TimerConfig,
+    state: InviteState,
+    request: Vec<u8>,
+    ack: Option<Vec<u8>>,
+    a_interval: Duration,
+    timers: TimerTable,
+    transmit: VecDeque<Vec<u8>>,
+    events: VecDeque<Event>,
+}
+
+impl ClientInvite {
+    /// Starts the transaction for `request` (an INVITE the caller built and
+    /// scanned); the request is queued for sending.
+    pub fn new(now: Instant, cfg: TimerConfig, request: Vec<u8>) -> Self {
+        let mut t = Self {
+            cfg,
+            state: InviteState::Calling,
+            request,
+            ack: None,
+            a_interval: cfg.t1,
+            timers: TimerTable::default(),
+            transmit: VecDeque::new(),
+            events: VecDeque::new(),
+        };
+        //= https://www.rfc-editor.org/rfc/rfc3261#section-17.1.1.2
+        //# For unreliable transports, the client transaction MUST
+        //# start timer A with a value of T1.
+        t.transmit.push_back(t.request.clone());
+        t.timers.set(Timer::A, now + cfg.t1);
+        t.timers.set(Timer::B, now + cfg.t1x64());
+        t
+    }
+
+    /// The current state.
+    pub fn state(&self) -> InviteState {
+        self.state
+    }
+
+    /// A response matched to this transaction arrived.
+    pub fn handle_response(&mut self, now: Instant, resp: &Message<'_>) {
+        let Some(status) = resp.status() else { return };
+        let up = || Event::Response {
+            status,
+            message: resp.as_bytes().to_vec(),
+        };
+        match (self.state, status) {
+            (InviteState::Calling | InviteState::Proceeding, 100..=199) => {
+                self.state = InviteState::Proceeding;
+                self.timers.stop(Timer::A);
+                self.timers.stop(Timer::B);
+                self.events.push_back(up());
+            }
+            (InviteState::Calling | InviteState::Proceeding, 200..=299) => {
+                //= https://www.rfc-editor.org/rfc/rfc6026#section-7.2
+                //# If a 2xx response is received while the client INVITE state
+                //# machine is in the "Calling" or "Proceeding" states, it MUST
+                //# transition to the "Accepted" state, pass the 2xx response to
+                //# the TU, and set Timer M to 64*T1.
+                self.state = InviteState::Accepted;
+                self.timers.clear();
+                self.timers.set(Timer::M, now + self.cfg.t1x64());
+                self.events.push_back(up());
+            }
+            (InviteState::Accepted, 200..=299) => self.events.push_back(up()),
+            (InviteState::Calling | InviteState::Proceeding, 300..=699) => {
+                let ack = scan(&self.request)
+                    .map(|req| ack_for_non_2xx(&req, resp))
+                    .unwrap_or_default();
+                self.transmit.push_back(ack.clone());
+                self.ack = Some(ack);
+                self.state = InviteState::Completed;
+                self.timers.clear();
+                //= https://www.rfc-editor.org/rfc/rfc3261#section-17.1.1.2
+                //# The client transaction SHOULD start timer D when it enters
+                //# the "Completed" state, with a value of at least 32 seconds
+                //# for unreliable transports
+                self.timers.set(
+                    Timer::D,
+                    now + Duration::from_secs(32).max(self.cfg.t1x64()),
+                );
+                self.events.push_back(up());
+            }
+            (InviteState::Completed, 300..=699) => {
+                //# Any retransmissions of the final response that are received
+                //# while in the "Completed" state MUST cause the ACK to be
+                //# re-passed to the transport layer for retransmission, but the
+                //# newly received response MUST NOT be passed up to the TU.
+                if let Some(ack) = &self.ack {
+                    self.transmit.push_back(ack.clone());
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Runs every timer due at `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        while let Some(t) = self.timers.take_due(now) {
+            match t {
+                Timer::A if self.state == InviteState::Calling => {
+                    self.transmit.push_back(self.request.clone());
+                    self.a_interval *= 2;
+                    self.timers.set(Timer::A, now + self.a_interval);
+                }
+                Timer::B if self.state == InviteState::Calling => {
+                    self.events.push_back(Event::Timeout);
+                    self.terminate();
+                }
+                Timer::D | Timer::M => self.terminate(),
+                _ => {}
+            }
+        }
+    }
+
+    /// The transport could not send (RFC 3261 §17.1.1.2): the transaction
+    /// ends and the TU is told.
+    pub fn handle_transport_error(&mut self) {
+        if self.state != InviteState::Terminated {
+            self.events.push_back(Event::TransportError);
+            self.terminate();
+        }
+    }
+
+    fn terminate(&mut self) {
+        self.state = InviteState::Terminated;
+        self.timers.clear();
+        self.events.push_back(Event::Terminated);
+    }
+
+    /// The next datagram to send.
+    pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
+        self.transmit.pop_front()
+    }
+
+    /// The next event for the TU.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// When to call `handle_timeout` next.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.timers.next()
+    }
+}
+
+/// States of a client non-INVITE transaction (RFC 3261 fig. 6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NonInviteState {
+    /// Request sent, nothing heard.
+    Trying,
+    /// A provisional response arrived.
+    Proceeding,
+    /// A final response arrived.
+    Completed,
+    /// Done.
+    Terminated,
+}
+
+/// A client non-INVITE transaction.
+#[derive(Debug)]
+pub struct ClientNonInvite {
+    cfg: TimerConfig,
+    state: NonInviteState,
+    request: Vec<u8>,
+    e_interval: Duration,
+    timers: TimerTable,
+    transmit: VecDeque<Vec<u8>>,
+    events: VecDeque<Event>,
+}
+
+impl ClientNonInvite {
+    /// Starts the transaction for `request`, queued for sending.
+    pub fn new(now: Instant, cfg: TimerConfig, request: Vec<u8>) -> Self {
+        let mut t = Self {
+            cfg,
+            state: NonInviteState::Trying,
+            request,
+            e_interval: cfg.t1,
+            timers: TimerTable::default(),
+            transmit: VecDeque::new(),
+            events: VecDeque::new(),
+        };
+        t.transmit.push_back(t.request.clone());
+        t.timers.set(Timer::E, now + cfg.t1);
+        t.timers.set(Timer::F, now + cfg.t1x64());
+        t
+    }
+
+    /// The current state.
+    pub fn state(&self) -> NonInviteState {
+        self.state
+    }
+
+    /// A response matched to this transaction arrived.
+    pub fn handle_response(&mut self, now: Instant, resp: &Message<'_>) {
+        let Some(status) = resp.status() else { return };
+        let up = Event::Response {
+            status,
+            message: resp.as_bytes().to_vec(),
+        };
+        match (self.state, status) {
+            (NonInviteState::Trying | NonInviteState::Proceeding, 100..=199) => {
+                self.state = NonInviteState::Proceeding;
+                self.events.push_back(up);
+            }
+            (NonInviteState::Trying | NonInviteState::Proceeding, 200..=699) => {
+                self.state = NonInviteState::Completed;
+                self.timers.clear();
+                //= https://www.rfc-editor.org/rfc/rfc3261#section-17.1.2.2
+                //# Once the client transaction enters the "Completed" state, it
+                //# MUST set Timer K to fire in T4 seconds for unreliable
+                //# transports
+                self.timers.set(Timer::K, now + self.cfg.t4);
+                self.events.push_back(up);
+            }
+            _ => {}
+        }
+    }
+
+    /// Runs every timer due at `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        while let Some(t) = self.timers.take_due(now) {
+            match t {
+                Timer::E
+                    if matches!(
+                        self.state,
+                        NonInviteState::Trying | NonInviteState::Proceeding
+                    ) =>
+                {
+                    self.transmit.push_back(self.request.clone());
+                    //= https://www.rfc-editor.org/rfc/rfc3261#section-17.1.2.2
+                    //# If Timer E fires while in the "Proceeding" state, the
+                    //# request MUST be passed to the transport layer for
+                    //# retransmission, and Timer E MUST be reset with a value of T2
+                    //# seconds.
+                    self.e_interval = if self.state == NonInviteState::Proceeding {
+                        self.cfg.t2
+                    } else {
+                        (self.e_interval * 2).min(self.cfg.t2)
+                    };
+                    self.timers.set(Timer::E, now + self.e_interval);
+                }
+                Timer::F => {
+                    self.events.push_back(Event::Timeout);
+                    self.terminate();
+                }
+                Timer::K => self.terminate(),
+                _ => {}
+            }
+        }
+    }
+
+    /// The transport could not send.
+    pub fn handle_transport_error(&mut self) {
+        if self.state != NonInviteState::Terminated {
+            self.events.push_back(Event::TransportError);
+            self.terminate();
+        }
+    }
+
+    fn terminate(&mut self) {
+        self.state = NonInviteState::Terminated;
+        self.timers.clear();
+        self.events.push_back(Event::Terminated);
+    }
+
+    /// The next datagram to send.
+    pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
+        self.transmit.pop_front()
+    }
+
+    /// The next event for the TU.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// When to call `handle_timeout` next.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.timers.next()
+    }
+}

@@ -1,0 +1,282 @@
+//! Server transactions (RFC 3261 §17.2): INVITE (with RFC 6026's Accepted
+//! state) and non-INVITE, over UDP.
+//!
+//! Calling order: `new` with the request that created it (an INVITE server
+//! transaction queues 100 Trying at once), then `handle_request` for every
+//! retransmission or ACK matched to it, `send_response` for each response
+//! of the TU, `handle_timeout`; after each, drain `poll_transmit` and
+//! `poll_event`, and wake at `poll_timeout`.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use handover_sip::build::response;
+use handover_sip::{Message, Method};
+
+use crate::Event;
+use crate::time::{Instant, Timer, TimerConfig, TimerTable};
+
+/// States of a server INVITE transaction (RFC 3261 fig. 7, RFC 6026 fig. 5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServerInviteState {
+    /// Provisional responses only, so far.
+    Proceeding,
+    /// A 2xx was sent; the ACK goes to the TU.
+    Accepted,
+    /// A 300–699 was sent; waiting for the ACK.
+    Completed,
+    /// The ACK for the non-2xx arrived.
+    Confirmed,
+    /// Done.
+    Terminated,
+}
+
+/// A server INVITE transaction.
+#[derive(Debug)]
+pub struct ServerInvite {
+    cfg: TimerConfig,
+    state: ServerInviteState,
+    last: Option<Vec<u8>>,
+    g_interval: Duration,
+    timers: TimerTable,
+    transmit: VecDeque<Vec<u8>>,
+    events: VecDeque<Event>,
+}
+
+impl ServerInvite {
+    /// Starts the transaction for `invite` and queues 100 Trying.
+    pub fn new(_now: Instant, cfg: TimerConfig, invite: &Message<'_>) -> Self {
+        //= https://www.rfc-editor.org/rfc/rfc3261#section-17.2.1
+        //# The server transaction MUST generate a 100
+        //# (Trying) response unless it knows that the TU will generate a
+        //# provisional or final response within 200 ms
+        let mut trying = Vec::with_capacity(512);
+        response(&invite.reply_parts(), 100, None, None, &[], &mut trying);
+        let mut t = Self {
+            cfg,
+            state: ServerInviteState::Proceeding,
+            last: Some(trying.clone()),
+            g_interval: cfg.t1,
+            timers: TimerTable::default(),
+            transmit: VecDeque::new(),
+            events: VecDeque::new(),
+        };
+        t.transmit.push_back(trying);
+        t
+    }
+
+    /// The current state.
+    pub fn state(&self) -> ServerInviteState {
+        self.state
+    }
+
+    /// A request matched to this transaction: a retransmitted INVITE or an ACK.
+    pub fn handle_request(&mut self, now: Instant, req: &Message<'_>) {
+        match (req.method(), self.state) {
+            (
+                Some(Method::Invite),
+                ServerInviteState::Proceeding | ServerInviteState::Completed,
+            ) => {
+                //# If a request retransmission is received while in the
+                //# "Proceeding" state, the most recent provisional response that
+                //# was received from the TU MUST be passed to the transport layer
+                //# for retransmission.
+                if let Some(l) = &self.last {
+                    self.transmit.push_back(l.clone());
+                }
+            }
+            (Some(Method::Ack), ServerInviteState::Completed) => {
+                //# If an ACK is received while the server transaction is in the
+                //# "Completed" state, the server transaction MUST transition to
+                //# the "Confirmed" state.  As Timer G is ignored in this state,
+                //# any retransmissions of the response will cease.
+                self.state = ServerInviteState::Confirmed;
+                self.timers.clear();
+                self.timers.set(Timer::I, now + self.cfg.t4);
+            }
+            (Some(Method::Ack), ServerInviteState::Accepted) => {
+                //= https://www.rfc-editor.org/rfc/rfc6026#section-8.7
+                //# the server transaction MUST pass the ACK to the TU
+                self.events.push_back(Event::Ack(req.as_bytes().to_vec()));
+            }
+            _ => {}
+        }
+    }
+
+    /// The TU sends `bytes`, a response with `status`.
+    pub fn send_response(&mut self, now: Instant, status: u16, bytes: Vec<u8>) {
+        if self.state != ServerInviteState::Proceeding {
+            return;
+        }
+        self.transmit.push_back(bytes.clone());
+        match status {
+            100..=199 => self.last = Some(bytes),
+            200..=299 => {
+                self.state = ServerInviteState::Accepted;
+                self.last = None;
+                self.timers.set(Timer::L, now + self.cfg.t1x64());
+            }
+            _ => {
+                self.state = ServerInviteState::Completed;
+                self.last = Some(bytes);
+                self.g_interval = self.cfg.t1;
+                self.timers.set(Timer::G, now + self.cfg.t1);
+                self.timers.set(Timer::H, now + self.cfg.t1x64());
+            }
+        }
+    }
+
+    /// Runs every timer due at `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        while let Some(t) = self.timers.take_due(now) {
+            match t {
+                Timer::G if self.state == ServerInviteState::Completed => {
+                    if let Some(l) = &self.last {
+                        self.transmit.push_back(l.clone());
+                    }
+                    //= https://www.rfc-editor.org/rfc/rfc3261#section-17.2.1
+                    //# Furthermore,
+                    //# timer G is reset with a value of MIN(2*T1, T2).
+                    self.g_interval = (self.g_interval * 2).min(self.cfg.t2);
+                    self.timers.set(Timer::G, now + self.g_interval);
+                }
+                Timer::H => {
+                    self.events.push_back(Event::Timeout);
+                    self.terminate();
+                }
+                Timer::I | Timer::L => self.terminate(),
+                _ => {}
+            }
+        }
+    }
+
+    fn terminate(&mut self) {
+        self.state = ServerInviteState::Terminated;
+        self.timers.clear();
+        self.events.push_back(Event::Terminated);
+    }
+
+    /// The transport could not send a response.
+    pub fn handle_transport_error(&mut self) {
+        if self.state != ServerInviteState::Terminated {
+            self.events.push_back(Event::TransportError);
+            self.terminate();
+        }
+    }
+
+    /// The next datagram to send.
+    pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
+        self.transmit.pop_front()
+    }
+
+    /// The next event for the TU.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// When to call `handle_timeout` next.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.timers.next()
+    }
+}
+
+/// States of a server non-INVITE transaction (RFC 3261 fig. 8).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServerNonInviteState {
+    /// Nothing sent yet.
+    Trying,
+    /// A provisional response was sent.
+    Proceeding,
+    /// A final response was sent.
+    Completed,
+    /// Done.
+    Terminated,
+}
+
+/// A server non-INVITE transaction.
+#[derive(Debug)]
+pub struct ServerNonInvite {
+    cfg: TimerConfig,
+    state: ServerNonInviteState,
+    last: Option<Vec<u8>>,
+    timers: TimerTable,
+    transmit: VecDeque<Vec<u8>>,
+    events: VecDeque<Event>,
+}
+
+impl ServerNonInvite {
+    /// Starts the transaction for a request.
+    pub fn new(_now: Instant, cfg: TimerConfig) -> Self {
+        Self {
+            cfg,
+            state: ServerNonInviteState::Trying,
+            last: None,
+            timers: TimerTable::default(),
+            transmit: VecDeque::new(),
+            events: VecDeque::new(),
+        }
+    }
+
+    /// The current state.
+    pub fn state(&self) -> ServerNonInviteState {
+        self.state
+    }
+
+    /// A retransmission of the request arrived.
+    pub fn handle_request(&mut self, _now: Instant) {
+        //= https://www.rfc-editor.org/rfc/rfc3261#section-17.2.2
+        //# Once in the "Trying" state, any further request
+        //# retransmissions are discarded.
+        if matches!(
+            self.state,
+            ServerNonInviteState::Proceeding | ServerNonInviteState::Completed
+        ) && let Some(l) = &self.last
+        {
+            self.transmit.push_back(l.clone());
+        }
+    }
+
+    /// The TU sends `bytes`, a response with `status`.
+    pub fn send_response(&mut self, now: Instant, status: u16, bytes: Vec<u8>) {
+        if matches!(
+            self.state,
+            ServerNonInviteState::Completed | ServerNonInviteState::Terminated
+        ) {
+            return;
+        }
+        self.transmit.push_back(bytes.clone());
+        self.last = Some(bytes);
+        if status < 200 {
+            self.state = ServerNonInviteState::Proceeding;
+        } else {
+            self.state = ServerNonInviteState::Completed;
+            self.timers.set(Timer::J, now + self.cfg.t1x64());
+        }
+    }
+
+    /// Runs every timer due at `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        while let Some(t) = self.timers.take_due(now) {
+            if t == Timer::J {
+                self.state = ServerNonInviteState::Terminated;
+                self.timers.clear();
+                self.events.push_back(Event::Terminated);
+            }
+        }
+    }
+
+    /// The next datagram to send.
+    pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
+        self.transmit.pop_front()
+    }
+
+    /// The next event for the TU.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// When to call `handle_timeout` next.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.timers.next()
+    }
+}
