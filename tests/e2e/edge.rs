@@ -196,54 +196,14 @@ fn edge_routes_around_a_dead_backend_and_takes_it_back() {
     );
 }
 
-/// Loads the corpus files of `handover-sip` with a refusal verdict.
+/// The corpus files of `handover-sip` with a refusal verdict.
 fn refused_corpus() -> Vec<(String, String, Vec<u8>)> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../sip/testdata/corpus");
-    let mut out = Vec::new();
-    let mut files: Vec<_> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    files.sort();
-    for path in files {
-        let text = std::fs::read_to_string(&path).unwrap();
-        let (head, body) = text.split_once("\n\n").unwrap();
-        let expect = head
-            .lines()
-            .find_map(|l| l.strip_prefix("# expect: "))
-            .unwrap()
-            .to_string();
-        if expect == "ok" {
-            continue;
-        }
-        let crlf = !head.contains("# eol: lf");
-        let mut body = body.to_string();
-        if crlf {
-            body = body.replace('\n', "\r\n");
-        }
-        let mut bytes = Vec::new();
-        let b = body.as_bytes();
-        let mut i = 0;
-        while i < b.len() {
-            if b[i] == b'\\'
-                && b.get(i + 1) == Some(&b'x')
-                && i + 3 < b.len()
-                && let Ok(v) = u8::from_str_radix(&body[i + 2..i + 4], 16)
-            {
-                bytes.push(v);
-                i += 4;
-                continue;
-            }
-            bytes.push(b[i]);
-            i += 1;
-        }
-        out.push((
-            path.file_stem().unwrap().to_string_lossy().into_owned(),
-            expect,
-            bytes,
-        ));
-    }
-    out
+    crate::corpus_format::load_dir(&dir)
+        .into_iter()
+        .filter(|c| c.expect != "ok")
+        .map(|c| (c.name, c.expect, c.bytes))
+        .collect()
 }
 
 fn malformed_input(io: &str) {

@@ -4,6 +4,9 @@
 //! the `handover` package so Cargo hands it the binary's path). Each test
 //! gets its own temporary directory; nothing uses fixed paths or ports.
 
+#[path = "../../crates/sip/testdata/corpus_format.rs"]
+mod corpus_format;
+
 mod cli;
 mod edge;
 mod support;

@@ -78,6 +78,22 @@ pub(crate) fn is_host_char(b: u8) -> bool {
     HOSTNAME[usize::from(b)]
 }
 
+/// hostname / IPv4address / IPv6reference (RFC 3261 §25.1), checked
+/// loosely: the right alphabet and shape, not every numeric range.
+pub(crate) fn valid_host(h: &[u8]) -> bool {
+    match h {
+        [] => false,
+        [b'[', inner @ .., b']'] => {
+            !inner.is_empty()
+                && inner.contains(&b':')
+                && inner
+                    .iter()
+                    .all(|&b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
+        }
+        _ => h.iter().all(|&b| is_host_char(b)),
+    }
+}
+
 /// Shrinks `s` to drop leading and trailing LWS.
 pub(crate) fn trim(buf: &[u8], mut s: Span) -> Span {
     while s.start < s.end && is_lws(buf[s.start]) {

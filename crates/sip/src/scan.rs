@@ -107,6 +107,21 @@ fn read_line(buf: &[u8], pos: usize) -> (usize, usize, bool) {
     }
 }
 
+/// `name: ` at the start of a header line ending at `end`: a token, optional
+/// SP/HT, then `:`. Returns the name and the position of the colon.
+#[inline]
+fn header_name(buf: &[u8], pos: usize, end: usize) -> Option<(Span, usize)> {
+    let mut i = pos;
+    while i < end && is_token(buf[i]) {
+        i += 1;
+    }
+    let name = Span::new(pos, i);
+    while i < end && matches!(buf[i], b' ' | b'\t') {
+        i += 1;
+    }
+    (!name.is_empty() && i < end && buf[i] == b':').then_some((name, i))
+}
+
 /// Reads one header at `pos` (which is not an empty line), joining folded
 /// continuation lines. `Err(next)` for a line that is not `name: value`
 /// (the caller may skip to `next`).
@@ -119,18 +134,10 @@ fn read_header(buf: &[u8], pos: usize) -> (Result<Header, usize>, bool) {
         next = n2;
         term = t2;
     }
-    let mut i = pos;
-    while i < ce && is_token(buf[i]) {
-        i += 1;
-    }
-    let name_span = Span::new(pos, i);
-    while i < ce && matches!(buf[i], b' ' | b'\t') {
-        i += 1;
-    }
-    if name_span.is_empty() || i >= ce || buf[i] != b':' {
+    let Some((name_span, colon)) = header_name(buf, pos, ce) else {
         return (Err(next), term);
-    }
-    let value = trim(buf, Span::new(i + 1, ce));
+    };
+    let value = trim(buf, Span::new(colon + 1, ce));
     (
         Ok(Header {
             name: HeaderName::from_bytes(name_span.of(buf)),
@@ -355,23 +362,14 @@ pub fn scan_with<'a>(buf: &'a [u8], limits: &Limits) -> Result<Message<'a>, Scan
             }
         }
         let line_end = lf + 1;
-        // name: token, optional SP/HT, ':'.
-        let mut i = pos;
-        while i < vend && is_token(buf[i]) {
-            i += 1;
-        }
-        let name_span = Span::new(pos, i);
-        while i < vend && matches!(buf[i], b' ' | b'\t') {
-            i += 1;
-        }
-        if name_span.is_empty() || i >= vend || buf[i] != b':' {
+        let Some((name_span, colon)) = header_name(buf, pos, vend) else {
             found.error(Reason::MalformedHeaderLine);
             pos = line_end;
             continue;
-        }
+        };
         let f = Field {
             line: Span::new(pos, line_end),
-            value: trim(buf, Span::new(i + 1, vend)),
+            value: trim(buf, Span::new(colon + 1, vend)),
         };
         let name = HeaderName::from_bytes(name_span.of(buf));
         let err = &mut found.first_error;

@@ -2,7 +2,7 @@
 //! datagram. Only what routing and rewriting need is split out; the rest is
 //! kept verbatim.
 
-use crate::lex::{Params, Span, parse_u64};
+use crate::lex::{Params, Span, parse_u64, valid_host};
 
 /// Bytes never allowed unescaped in a URI: controls, space, DEL, and the
 /// delimiters `<`, `>` and `"`.
@@ -217,22 +217,6 @@ impl<'a> Uri<'a> {
     /// The headers part after `?`, if any.
     pub fn headers(&self) -> Option<&'a [u8]> {
         self.headers.map(|s| s.of(self.buf))
-    }
-}
-
-/// hostname / IPv4address / IPv6reference (RFC 3261 §25.1), checked loosely:
-/// the right alphabet and shape, not every numeric range.
-fn valid_host(h: &[u8]) -> bool {
-    match h {
-        [] => false,
-        [b'[', inner @ .., b']'] => {
-            !inner.is_empty()
-                && inner.contains(&b':')
-                && inner
-                    .iter()
-                    .all(|&b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
-        }
-        _ => h.iter().all(|&b| crate::lex::is_host_char(b)),
     }
 }
 

@@ -1,6 +1,6 @@
 //! One Via value (RFC 3261 §20.42, RFC 3581 `rport`).
 
-use crate::lex::{Param, Params, Span, is_host_char, is_lws, is_token, parse_u64, trim};
+use crate::lex::{Param, Params, Span, is_lws, is_token, parse_u64, trim, valid_host};
 
 /// The RFC 3261 branch prefix (§8.1.1.7).
 pub const MAGIC_COOKIE: &[u8] = b"z9hG4bK";
@@ -97,17 +97,7 @@ impl<'a> Via<'a> {
             }
             (Span::new(sb_start, p), p)
         };
-        let h = host.of(buf);
-        let host_ok = match h {
-            [] => false,
-            [b'[', inner @ .., b']'] => {
-                inner.contains(&b':')
-                    && inner
-                        .iter()
-                        .all(|&b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
-            }
-            _ => h.iter().all(|&b| is_host_char(b)),
-        };
+        let host_ok = valid_host(host.of(buf));
         if !host_ok {
             return None;
         }

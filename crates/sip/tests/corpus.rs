@@ -10,85 +10,12 @@
 
 use std::path::Path;
 
+#[path = "../testdata/corpus_format.rs"]
+mod corpus_format;
+
 use handover_sip::build::error_response;
 use handover_sip::{Limits, Message, Reason, Scheme, Verdict, scan, scan_with};
 use rand::{Rng, SeedableRng, rngs::SmallRng};
-
-struct Case {
-    name: String,
-    expect: String,
-    ua: String,
-    fields: Vec<(String, String)>,
-    bytes: Vec<u8>,
-}
-
-fn unescape(s: &str) -> Vec<u8> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\'
-            && b.get(i + 1) == Some(&b'x')
-            && i + 3 < b.len()
-            && let Ok(v) = u8::from_str_radix(&s[i + 2..i + 4], 16)
-        {
-            out.push(v);
-            i += 4;
-            continue;
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    out
-}
-
-fn load(path: &Path) -> Case {
-    let text = std::fs::read_to_string(path).unwrap();
-    let (head, body) = text
-        .split_once("\n\n")
-        .expect("header block, blank line, message");
-    let mut expect = None;
-    let mut ua = "ok".to_string();
-    let mut fields = Vec::new();
-    let mut crlf = true;
-    let mut trailing = true;
-    for line in head.lines() {
-        let line = line
-            .strip_prefix("# ")
-            .expect("header lines start with '# '");
-        let (k, v) = line.split_once(": ").unwrap();
-        match k {
-            "expect" => expect = Some(v.to_string()),
-            "ua" => ua = v.to_string(),
-            "field" => {
-                let (n, val) = v.split_once('=').unwrap();
-                fields.push((n.to_string(), val.to_string()));
-            }
-            "eol" => crlf = v != "lf",
-            "trailing" => trailing = v != "none",
-            "note" => {}
-            other => panic!("{}: unknown key {other}", path.display()),
-        }
-    }
-    let mut body = body.to_string();
-    let _ = &mut body;
-    // `trailing: none` files end without a final line end on purpose.
-    assert!(
-        trailing || !body.ends_with('\n'),
-        "{}: trailing line end",
-        path.display()
-    );
-    if crlf {
-        body = body.replace('\n', "\r\n");
-    }
-    Case {
-        name: path.file_stem().unwrap().to_string_lossy().into_owned(),
-        expect: expect.expect("# expect line"),
-        ua,
-        fields,
-        bytes: unescape(&body),
-    }
-}
 
 fn field(m: &Message<'_>, name: &str) -> String {
     let s = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
@@ -176,13 +103,7 @@ fn check(name: &str, bytes: &[u8], expect: &str, limits: &Limits) -> Option<()> 
 fn corpus_files_get_their_expected_verdicts() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/corpus");
     let mut n = 0;
-    let mut entries: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    entries.sort();
-    for path in entries {
-        let case = load(&path);
+    for case in corpus_format::load_dir(&dir) {
         check(&case.name, &case.bytes, &case.expect, &Limits::default());
         if case.expect == "ok" {
             let m = scan(&case.bytes).unwrap();

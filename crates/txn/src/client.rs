@@ -6,14 +6,14 @@
 //! `handle_response`, `handle_timeout`, `handle_transport_error`; after each,
 //! drain `poll_transmit` and `poll_event`, and wake at `poll_timeout`.
 
-use std::collections::VecDeque;
 use std::time::Duration;
 
 use handover_sip::build::ack_for_non_2xx;
 use handover_sip::{Message, scan};
 
 use crate::Event;
-use crate::time::{Instant, Timer, TimerConfig, TimerTable};
+use crate::outbox::{Outbox, poll_methods};
+use crate::time::{Instant, Timer, TimerConfig};
 
 /// States of a client INVITE transaction (RFC 3261 fig. 5, RFC 6026 fig. 3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,9 +38,7 @@ pub struct ClientInvite {
     request: Vec<u8>,
     ack: Option<Vec<u8>>,
     a_interval: Duration,
-    timers: TimerTable,
-    transmit: VecDeque<Vec<u8>>,
-    events: VecDeque<Event>,
+    out: Outbox,
 }
 
 impl ClientInvite {
@@ -53,16 +51,14 @@ impl ClientInvite {
             request,
             ack: None,
             a_interval: cfg.t1,
-            timers: TimerTable::default(),
-            transmit: VecDeque::new(),
-            events: VecDeque::new(),
+            out: Outbox::default(),
         };
         //= https://www.rfc-editor.org/rfc/rfc3261#section-17.1.1.2
         //# For unreliable transports, the client transaction MUST
         //# start timer A with a value of T1.
-        t.transmit.push_back(t.request.clone());
-        t.timers.set(Timer::A, now + cfg.t1);
-        t.timers.set(Timer::B, now + cfg.t1x64());
+        t.out.send(t.request.clone());
+        t.out.timers.set(Timer::A, now + cfg.t1);
+        t.out.timers.set(Timer::B, now + cfg.t1x64());
         t
     }
 
@@ -81,9 +77,9 @@ impl ClientInvite {
         match (self.state, status) {
             (InviteState::Calling | InviteState::Proceeding, 100..=199) => {
                 self.state = InviteState::Proceeding;
-                self.timers.stop(Timer::A);
-                self.timers.stop(Timer::B);
-                self.events.push_back(up());
+                self.out.timers.stop(Timer::A);
+                self.out.timers.stop(Timer::B);
+                self.out.event(up());
             }
             (InviteState::Calling | InviteState::Proceeding, 200..=299) => {
                 //= https://www.rfc-editor.org/rfc/rfc6026#section-7.2
@@ -92,28 +88,28 @@ impl ClientInvite {
                 //# transition to the "Accepted" state, pass the 2xx response to
                 //# the TU, and set Timer M to 64*T1.
                 self.state = InviteState::Accepted;
-                self.timers.clear();
-                self.timers.set(Timer::M, now + self.cfg.t1x64());
-                self.events.push_back(up());
+                self.out.timers.clear();
+                self.out.timers.set(Timer::M, now + self.cfg.t1x64());
+                self.out.event(up());
             }
-            (InviteState::Accepted, 200..=299) => self.events.push_back(up()),
+            (InviteState::Accepted, 200..=299) => self.out.event(up()),
             (InviteState::Calling | InviteState::Proceeding, 300..=699) => {
                 let ack = scan(&self.request)
                     .map(|req| ack_for_non_2xx(&req, resp))
                     .unwrap_or_default();
-                self.transmit.push_back(ack.clone());
+                self.out.send(ack.clone());
                 self.ack = Some(ack);
                 self.state = InviteState::Completed;
-                self.timers.clear();
+                self.out.timers.clear();
                 //= https://www.rfc-editor.org/rfc/rfc3261#section-17.1.1.2
                 //# The client transaction SHOULD start timer D when it enters
                 //# the "Completed" state, with a value of at least 32 seconds
                 //# for unreliable transports
-                self.timers.set(
+                self.out.timers.set(
                     Timer::D,
                     now + Duration::from_secs(32).max(self.cfg.t1x64()),
                 );
-                self.events.push_back(up());
+                self.out.event(up());
             }
             (InviteState::Completed, 300..=699) => {
                 //# Any retransmissions of the final response that are received
@@ -121,7 +117,7 @@ impl ClientInvite {
                 //# re-passed to the transport layer for retransmission, but the
                 //# newly received response MUST NOT be passed up to the TU.
                 if let Some(ack) = &self.ack {
-                    self.transmit.push_back(ack.clone());
+                    self.out.send(ack.clone());
                 }
             }
             _ => {}
@@ -130,15 +126,15 @@ impl ClientInvite {
 
     /// Runs every timer due at `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
-        while let Some(t) = self.timers.take_due(now) {
+        while let Some(t) = self.out.timers.take_due(now) {
             match t {
                 Timer::A if self.state == InviteState::Calling => {
-                    self.transmit.push_back(self.request.clone());
+                    self.out.send(self.request.clone());
                     self.a_interval *= 2;
-                    self.timers.set(Timer::A, now + self.a_interval);
+                    self.out.timers.set(Timer::A, now + self.a_interval);
                 }
                 Timer::B if self.state == InviteState::Calling => {
-                    self.events.push_back(Event::Timeout);
+                    self.out.event(Event::Timeout);
                     self.terminate();
                 }
                 Timer::D | Timer::M => self.terminate(),
@@ -151,31 +147,17 @@ impl ClientInvite {
     /// ends and the TU is told.
     pub fn handle_transport_error(&mut self) {
         if self.state != InviteState::Terminated {
-            self.events.push_back(Event::TransportError);
+            self.out.event(Event::TransportError);
             self.terminate();
         }
     }
 
     fn terminate(&mut self) {
         self.state = InviteState::Terminated;
-        self.timers.clear();
-        self.events.push_back(Event::Terminated);
+        self.out.terminated();
     }
 
-    /// The next datagram to send.
-    pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
-        self.transmit.pop_front()
-    }
-
-    /// The next event for the TU.
-    pub fn poll_event(&mut self) -> Option<Event> {
-        self.events.pop_front()
-    }
-
-    /// When to call `handle_timeout` next.
-    pub fn poll_timeout(&self) -> Option<Instant> {
-        self.timers.next()
-    }
+    poll_methods!();
 }
 
 /// States of a client non-INVITE transaction (RFC 3261 fig. 6).
@@ -198,9 +180,7 @@ pub struct ClientNonInvite {
     state: NonInviteState,
     request: Vec<u8>,
     e_interval: Duration,
-    timers: TimerTable,
-    transmit: VecDeque<Vec<u8>>,
-    events: VecDeque<Event>,
+    out: Outbox,
 }
 
 impl ClientNonInvite {
@@ -211,13 +191,11 @@ impl ClientNonInvite {
             state: NonInviteState::Trying,
             request,
             e_interval: cfg.t1,
-            timers: TimerTable::default(),
-            transmit: VecDeque::new(),
-            events: VecDeque::new(),
+            out: Outbox::default(),
         };
-        t.transmit.push_back(t.request.clone());
-        t.timers.set(Timer::E, now + cfg.t1);
-        t.timers.set(Timer::F, now + cfg.t1x64());
+        t.out.send(t.request.clone());
+        t.out.timers.set(Timer::E, now + cfg.t1);
+        t.out.timers.set(Timer::F, now + cfg.t1x64());
         t
     }
 
@@ -236,17 +214,17 @@ impl ClientNonInvite {
         match (self.state, status) {
             (NonInviteState::Trying | NonInviteState::Proceeding, 100..=199) => {
                 self.state = NonInviteState::Proceeding;
-                self.events.push_back(up);
+                self.out.event(up);
             }
             (NonInviteState::Trying | NonInviteState::Proceeding, 200..=699) => {
                 self.state = NonInviteState::Completed;
-                self.timers.clear();
+                self.out.timers.clear();
                 //= https://www.rfc-editor.org/rfc/rfc3261#section-17.1.2.2
                 //# Once the client transaction enters the "Completed" state, it
                 //# MUST set Timer K to fire in T4 seconds for unreliable
                 //# transports
-                self.timers.set(Timer::K, now + self.cfg.t4);
-                self.events.push_back(up);
+                self.out.timers.set(Timer::K, now + self.cfg.t4);
+                self.out.event(up);
             }
             _ => {}
         }
@@ -254,7 +232,7 @@ impl ClientNonInvite {
 
     /// Runs every timer due at `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
-        while let Some(t) = self.timers.take_due(now) {
+        while let Some(t) = self.out.timers.take_due(now) {
             match t {
                 Timer::E
                     if matches!(
@@ -262,7 +240,7 @@ impl ClientNonInvite {
                         NonInviteState::Trying | NonInviteState::Proceeding
                     ) =>
                 {
-                    self.transmit.push_back(self.request.clone());
+                    self.out.send(self.request.clone());
                     //= https://www.rfc-editor.org/rfc/rfc3261#section-17.1.2.2
                     //# If Timer E fires while in the "Proceeding" state, the
                     //# request MUST be passed to the transport layer for
@@ -273,10 +251,10 @@ impl ClientNonInvite {
                     } else {
                         (self.e_interval * 2).min(self.cfg.t2)
                     };
-                    self.timers.set(Timer::E, now + self.e_interval);
+                    self.out.timers.set(Timer::E, now + self.e_interval);
                 }
                 Timer::F => {
-                    self.events.push_back(Event::Timeout);
+                    self.out.event(Event::Timeout);
                     self.terminate();
                 }
                 Timer::K => self.terminate(),
@@ -288,29 +266,15 @@ impl ClientNonInvite {
     /// The transport could not send.
     pub fn handle_transport_error(&mut self) {
         if self.state != NonInviteState::Terminated {
-            self.events.push_back(Event::TransportError);
+            self.out.event(Event::TransportError);
             self.terminate();
         }
     }
 
     fn terminate(&mut self) {
         self.state = NonInviteState::Terminated;
-        self.timers.clear();
-        self.events.push_back(Event::Terminated);
+        self.out.terminated();
     }
 
-    /// The next datagram to send.
-    pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
-        self.transmit.pop_front()
-    }
-
-    /// The next event for the TU.
-    pub fn poll_event(&mut self) -> Option<Event> {
-        self.events.pop_front()
-    }
-
-    /// When to call `handle_timeout` next.
-    pub fn poll_timeout(&self) -> Option<Instant> {
-        self.timers.next()
-    }
+    poll_methods!();
 }

@@ -19,6 +19,7 @@
 
 mod client;
 mod key;
+mod outbox;
 mod server;
 mod time;
 

@@ -7,14 +7,14 @@
 //! of the TU, `handle_timeout`; after each, drain `poll_transmit` and
 //! `poll_event`, and wake at `poll_timeout`.
 
-use std::collections::VecDeque;
 use std::time::Duration;
 
 use handover_sip::build::response;
 use handover_sip::{Message, Method};
 
 use crate::Event;
-use crate::time::{Instant, Timer, TimerConfig, TimerTable};
+use crate::outbox::{Outbox, poll_methods};
+use crate::time::{Instant, Timer, TimerConfig};
 
 /// States of a server INVITE transaction (RFC 3261 fig. 7, RFC 6026 fig. 5).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,9 +38,7 @@ pub struct ServerInvite {
     state: ServerInviteState,
     last: Option<Vec<u8>>,
     g_interval: Duration,
-    timers: TimerTable,
-    transmit: VecDeque<Vec<u8>>,
-    events: VecDeque<Event>,
+    out: Outbox,
 }
 
 impl ServerInvite {
@@ -57,11 +55,9 @@ impl ServerInvite {
             state: ServerInviteState::Proceeding,
             last: Some(trying.clone()),
             g_interval: cfg.t1,
-            timers: TimerTable::default(),
-            transmit: VecDeque::new(),
-            events: VecDeque::new(),
+            out: Outbox::default(),
         };
-        t.transmit.push_back(trying);
+        t.out.send(trying);
         t
     }
 
@@ -82,7 +78,7 @@ impl ServerInvite {
                 //# was received from the TU MUST be passed to the transport layer
                 //# for retransmission.
                 if let Some(l) = &self.last {
-                    self.transmit.push_back(l.clone());
+                    self.out.send(l.clone());
                 }
             }
             (Some(Method::Ack), ServerInviteState::Completed) => {
@@ -91,13 +87,13 @@ impl ServerInvite {
                 //# the "Confirmed" state.  As Timer G is ignored in this state,
                 //# any retransmissions of the response will cease.
                 self.state = ServerInviteState::Confirmed;
-                self.timers.clear();
-                self.timers.set(Timer::I, now + self.cfg.t4);
+                self.out.timers.clear();
+                self.out.timers.set(Timer::I, now + self.cfg.t4);
             }
             (Some(Method::Ack), ServerInviteState::Accepted) => {
                 //= https://www.rfc-editor.org/rfc/rfc6026#section-8.7
                 //# the server transaction MUST pass the ACK to the TU
-                self.events.push_back(Event::Ack(req.as_bytes().to_vec()));
+                self.out.event(Event::Ack(req.as_bytes().to_vec()));
             }
             _ => {}
         }
@@ -108,40 +104,40 @@ impl ServerInvite {
         if self.state != ServerInviteState::Proceeding {
             return;
         }
-        self.transmit.push_back(bytes.clone());
+        self.out.send(bytes.clone());
         match status {
             100..=199 => self.last = Some(bytes),
             200..=299 => {
                 self.state = ServerInviteState::Accepted;
                 self.last = None;
-                self.timers.set(Timer::L, now + self.cfg.t1x64());
+                self.out.timers.set(Timer::L, now + self.cfg.t1x64());
             }
             _ => {
                 self.state = ServerInviteState::Completed;
                 self.last = Some(bytes);
                 self.g_interval = self.cfg.t1;
-                self.timers.set(Timer::G, now + self.cfg.t1);
-                self.timers.set(Timer::H, now + self.cfg.t1x64());
+                self.out.timers.set(Timer::G, now + self.cfg.t1);
+                self.out.timers.set(Timer::H, now + self.cfg.t1x64());
             }
         }
     }
 
     /// Runs every timer due at `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
-        while let Some(t) = self.timers.take_due(now) {
+        while let Some(t) = self.out.timers.take_due(now) {
             match t {
                 Timer::G if self.state == ServerInviteState::Completed => {
                     if let Some(l) = &self.last {
-                        self.transmit.push_back(l.clone());
+                        self.out.send(l.clone());
                     }
                     //= https://www.rfc-editor.org/rfc/rfc3261#section-17.2.1
                     //# Furthermore,
                     //# timer G is reset with a value of MIN(2*T1, T2).
                     self.g_interval = (self.g_interval * 2).min(self.cfg.t2);
-                    self.timers.set(Timer::G, now + self.g_interval);
+                    self.out.timers.set(Timer::G, now + self.g_interval);
                 }
                 Timer::H => {
-                    self.events.push_back(Event::Timeout);
+                    self.out.event(Event::Timeout);
                     self.terminate();
                 }
                 Timer::I | Timer::L => self.terminate(),
@@ -152,32 +148,18 @@ impl ServerInvite {
 
     fn terminate(&mut self) {
         self.state = ServerInviteState::Terminated;
-        self.timers.clear();
-        self.events.push_back(Event::Terminated);
+        self.out.terminated();
     }
 
     /// The transport could not send a response.
     pub fn handle_transport_error(&mut self) {
         if self.state != ServerInviteState::Terminated {
-            self.events.push_back(Event::TransportError);
+            self.out.event(Event::TransportError);
             self.terminate();
         }
     }
 
-    /// The next datagram to send.
-    pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
-        self.transmit.pop_front()
-    }
-
-    /// The next event for the TU.
-    pub fn poll_event(&mut self) -> Option<Event> {
-        self.events.pop_front()
-    }
-
-    /// When to call `handle_timeout` next.
-    pub fn poll_timeout(&self) -> Option<Instant> {
-        self.timers.next()
-    }
+    poll_methods!();
 }
 
 /// States of a server non-INVITE transaction (RFC 3261 fig. 8).
@@ -199,9 +181,7 @@ pub struct ServerNonInvite {
     cfg: TimerConfig,
     state: ServerNonInviteState,
     last: Option<Vec<u8>>,
-    timers: TimerTable,
-    transmit: VecDeque<Vec<u8>>,
-    events: VecDeque<Event>,
+    out: Outbox,
 }
 
 impl ServerNonInvite {
@@ -211,9 +191,7 @@ impl ServerNonInvite {
             cfg,
             state: ServerNonInviteState::Trying,
             last: None,
-            timers: TimerTable::default(),
-            transmit: VecDeque::new(),
-            events: VecDeque::new(),
+            out: Outbox::default(),
         }
     }
 
@@ -232,7 +210,7 @@ impl ServerNonInvite {
             ServerNonInviteState::Proceeding | ServerNonInviteState::Completed
         ) && let Some(l) = &self.last
         {
-            self.transmit.push_back(l.clone());
+            self.out.send(l.clone());
         }
     }
 
@@ -244,39 +222,26 @@ impl ServerNonInvite {
         ) {
             return;
         }
-        self.transmit.push_back(bytes.clone());
+        self.out.send(bytes.clone());
         self.last = Some(bytes);
         if status < 200 {
             self.state = ServerNonInviteState::Proceeding;
         } else {
             self.state = ServerNonInviteState::Completed;
-            self.timers.set(Timer::J, now + self.cfg.t1x64());
+            self.out.timers.set(Timer::J, now + self.cfg.t1x64());
         }
     }
 
     /// Runs every timer due at `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
-        while let Some(t) = self.timers.take_due(now) {
+        while let Some(t) = self.out.timers.take_due(now) {
             if t == Timer::J {
                 self.state = ServerNonInviteState::Terminated;
-                self.timers.clear();
-                self.events.push_back(Event::Terminated);
+                self.out.timers.clear();
+                self.out.event(Event::Terminated);
             }
         }
     }
 
-    /// The next datagram to send.
-    pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
-        self.transmit.pop_front()
-    }
-
-    /// The next event for the TU.
-    pub fn poll_event(&mut self) -> Option<Event> {
-        self.events.pop_front()
-    }
-
-    /// When to call `handle_timeout` next.
-    pub fn poll_timeout(&self) -> Option<Instant> {
-        self.timers.next()
-    }
+    poll_methods!();
 }

@@ -1,0 +1,63 @@
+//! What every transaction hands back to its caller: datagrams to send,
+//! events for the TU, and its armed timers.
+
+use std::collections::VecDeque;
+
+use crate::Event;
+use crate::time::{Instant, TimerTable};
+
+#[derive(Debug, Default)]
+pub(crate) struct Outbox {
+    pub(crate) timers: TimerTable,
+    transmit: VecDeque<Vec<u8>>,
+    events: VecDeque<Event>,
+}
+
+impl Outbox {
+    pub(crate) fn send(&mut self, bytes: Vec<u8>) {
+        self.transmit.push_back(bytes);
+    }
+
+    pub(crate) fn event(&mut self, e: Event) {
+        self.events.push_back(e);
+    }
+
+    /// Stops every timer and tells the TU the transaction is over.
+    pub(crate) fn terminated(&mut self) {
+        self.timers.clear();
+        self.events.push_back(Event::Terminated);
+    }
+
+    pub(crate) fn poll_transmit(&mut self) -> Option<Vec<u8>> {
+        self.transmit.pop_front()
+    }
+
+    pub(crate) fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    pub(crate) fn poll_timeout(&self) -> Option<Instant> {
+        self.timers.next()
+    }
+}
+
+/// The three `poll_*` methods of a transaction, read from its `out`.
+macro_rules! poll_methods {
+    () => {
+        /// The next datagram to send.
+        pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
+            self.out.poll_transmit()
+        }
+
+        /// The next event for the TU.
+        pub fn poll_event(&mut self) -> Option<$crate::Event> {
+            self.out.poll_event()
+        }
+
+        /// When to call `handle_timeout` next.
+        pub fn poll_timeout(&self) -> Option<$crate::Instant> {
+            self.out.poll_timeout()
+        }
+    };
+}
+pub(crate) use poll_methods;
