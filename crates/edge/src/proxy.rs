@@ -8,6 +8,11 @@
 //! Request-URI. Responses go to the Via below ours, and only when our Via's
 //! branch proves we forwarded the request (no reflection of forged
 //! responses).
+//!
+//! Worker mode: a worker's own requests carry a top Via that already names
+//! the edge, with the call's key (`k`), and a Contact naming the edge; they
+//! go out with no Via of ours, so a callee sees only the edge. Their
+//! responses (our Via alone) go to the current owner of the key's shard.
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -329,8 +334,22 @@ impl Proxy {
             }
         };
 
+        // A worker's own request (a B2BUA leg it originates) carries a top
+        // Via that already names this edge, with the call's key: the worker
+        // delegated its Via to us so the callee sees only the edge. It goes
+        // out without a Via of ours, and its responses come back by key.
+        let delegated = from_backend.is_some() && self.via_is_ours(m.top_via());
         let mut rw = Rewrite::new(m);
         let ok = (|| {
+            if delegated {
+                if let Err(r) = rw.decrement_max_forwards()? {
+                    return Ok(Err(r));
+                }
+                if strip_route {
+                    rw.remove_top_route()?;
+                }
+                return Ok(Ok(()));
+            }
             rw.set_received(from)?;
             if let Err(r) = rw.decrement_max_forwards()? {
                 return Ok(Err(r));
@@ -389,6 +408,30 @@ impl Proxy {
     ) -> Outcome {
         if !self.via_is_ours(m.top_via()) {
             return Outcome::Drop(Drop::NotOurs);
+        }
+        if m.vias().nth(1).is_none() {
+            // Our Via alone: the answer to a worker's delegated request.
+            // It goes, unchanged, to whichever worker owns the key now
+            // (ARCHITECTURE §2: so it survives the death of the sender).
+            let key = m
+                .top_via()
+                .param(b"k")
+                .and_then(|p| p.value)
+                .and_then(|v| parse_hex_u64(v.of(m.buf())));
+            let Some((i, to)) = key.and_then(|k| table.route(k)) else {
+                return Outcome::Drop(Drop::Unroutable);
+            };
+            let len = m.as_bytes().len();
+            if len > out.len() {
+                return Outcome::Drop(Drop::TooLarge);
+            }
+            out[..len].copy_from_slice(m.as_bytes());
+            return Outcome::Forward {
+                to,
+                len,
+                peer: Peer::Backend(i),
+                request: false,
+            };
         }
         if !self.hashing.verify_response(m) {
             return Outcome::Drop(Drop::Forged);
@@ -666,6 +709,81 @@ From: <sip:alice@a.example>;tag=f1\r\nCall-ID: call-2@x\r\nCSeq: 1 INVITE\r\nCon
         let (o, out) = run(&p, &t, &mut l, UA, bad.as_bytes());
         assert!(matches!(o, Outcome::Reply { status: 400, to, .. } if to == UA.parse().unwrap()));
         assert!(out.starts_with(b"SIP/2.0 400 CSeq method does not match request method\r\n"));
+    }
+
+    #[test]
+    fn worker_delegated_via_goes_out_alone_and_answers_come_back_by_key() {
+        let (p, t, mut l) = setup();
+        let k = t.key_for_backend(1).unwrap();
+        let kh = String::from_utf8(hex_u64(k).to_vec()).unwrap();
+        let inv = format!(
+            "INVITE sip:carol@203.0.113.5:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bKw1;k={kh}\r\n\
+Max-Forwards: 70\r\nTo: <sip:carol@c.example>\r\nFrom: <sip:b2bua@192.0.2.1>;tag=w\r\nCall-ID: leg-b@x\r\n\
+CSeq: 1 INVITE\r\nContact: <sip:b2bua@192.0.2.1:5060;k={kh}>\r\nContent-Length: 0\r\n\r\n"
+        );
+        let (o, out) = run(&p, &t, &mut l, "10.0.0.2:5070", inv.as_bytes());
+        assert!(
+            matches!(o, Outcome::Forward { peer: Peer::Client, request: true, to, .. } if to == "203.0.113.5:5060".parse().unwrap()),
+            "{o:?}"
+        );
+        let m = scan(&out).unwrap();
+        assert_eq!(
+            m.vias().count(),
+            1,
+            "the callee sees the edge's address only"
+        );
+        assert_eq!(m.top_via().branch(), Some(&b"z9hG4bKw1"[..]));
+        assert!(m.record_route_field().is_none());
+        assert_eq!(m.max_forwards(), Some(69));
+        // The 180 from the callee: our Via alone, routed by k to the owner.
+        let ringing = format!(
+            "SIP/2.0 180 Ringing\r\nVia: SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bKw1;k={kh};received=192.0.2.1\r\n\
+To: <sip:carol@c.example>;tag=c\r\nFrom: <sip:b2bua@192.0.2.1>;tag=w\r\nCall-ID: leg-b@x\r\nCSeq: 1 INVITE\r\n\
+Content-Length: 0\r\n\r\n"
+        );
+        let (o, out) = run(&p, &t, &mut l, "203.0.113.5:5060", ringing.as_bytes());
+        assert!(
+            matches!(
+                o,
+                Outcome::Forward {
+                    peer: Peer::Backend(1),
+                    request: false,
+                    ..
+                }
+            ),
+            "{o:?}"
+        );
+        assert_eq!(out, ringing.as_bytes(), "passed on unchanged");
+        // After a failover the same key goes to the new owner.
+        let one_down = Table::new(
+            t.backends().to_vec(),
+            vec![true, false],
+            2,
+            &Hashing::default(),
+        );
+        let (o, _) = run(
+            &p,
+            &one_down,
+            &mut l,
+            "203.0.113.5:5060",
+            ringing.as_bytes(),
+        );
+        assert!(
+            matches!(
+                o,
+                Outcome::Forward {
+                    peer: Peer::Backend(0),
+                    ..
+                }
+            ),
+            "{o:?}"
+        );
+        // Our Via alone without a key cannot be routed.
+        let no_k = ringing.replace(&format!(";k={kh}"), "");
+        assert_eq!(
+            run(&p, &t, &mut l, "203.0.113.5:5060", no_k.as_bytes()).0,
+            Outcome::Drop(Drop::Unroutable)
+        );
     }
 
     #[test]
