@@ -1,9 +1,12 @@
-//! The B2BUA's call state, sans-IO. Today: dialogs (RFC 3261 §12). The
-//! call (two legs bridged), re-INVITE and glare, and transfer (REFER,
-//! NOTIFY, Replaces) come next, on top of `handover-txn`.
+//! The B2BUA's call state, sans-IO: dialogs (RFC 3261 §12) and the basic
+//! call (two legs bridged: INVITE, 1xx/2xx/errors, ACK per leg, BYE,
+//! CANCEL), on top of `handover-txn`. Re-INVITE and glare, and transfer
+//! (REFER, NOTIFY, Replaces) come next.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod b2bua;
 mod dialog;
 
+pub use b2bua::{B2bua, Config, Routes, Stats};
 pub use dialog::{Dialog, DialogError, DialogId, DialogState};

@@ -128,6 +128,19 @@ pub fn response(
     extra: Extra<'_>,
     out: &mut (impl Sink + ?Sized),
 ) {
+    response_with_body(parts, status, reason, to_tag, extra, None, out);
+}
+
+/// [`response`] with a body and its Content-Type (a B2BUA relaying SDP).
+pub fn response_with_body(
+    parts: &ReplyParts<'_>,
+    status: u16,
+    reason: Option<&dyn fmt::Display>,
+    to_tag: Option<&[u8]>,
+    extra: Extra<'_>,
+    body: Option<(&[u8], &[u8])>,
+    out: &mut (impl Sink + ?Sized),
+) {
     let _ = write!(Fmt(out), "SIP/2.0 {status} ");
     match reason {
         Some(r) => {
@@ -167,7 +180,14 @@ pub fn response(
     for (n, v) in extra {
         line(out, n, v);
     }
-    out.put(b"Content-Length: 0\r\n\r\n");
+    match body {
+        Some((ct, b)) if !b.is_empty() => {
+            line(out, "Content-Type", ct);
+            let _ = write!(Fmt(out), "Content-Length: {}\r\n\r\n", b.len());
+            out.put(b);
+        }
+        _ => out.put(b"Content-Length: 0\r\n\r\n"),
+    }
 }
 
 /// Writes the answer a refused request gets ([`crate::Verdict::Reply`]):
@@ -331,6 +351,30 @@ pub fn ack_for_non_2xx(request: &crate::Message<'_>, response: &crate::Message<'
     line(&mut out, "To", response.to_field().value.of(response.buf()));
     line(&mut out, "Call-ID", request.call_id());
     let _ = write!(Fmt(&mut out), "CSeq: {} ACK\r\n", request.cseq().seq);
+    out.put(b"Content-Length: 0\r\n\r\n");
+    out
+}
+
+/// The CANCEL of an INVITE we sent (RFC 3261 §9.1): the same Request-URI,
+/// Call-ID, From, To, top Via (so the same branch) and CSeq number, with
+/// the method CANCEL, and the INVITE's Route headers.
+pub fn cancel_for(invite: &crate::Message<'_>) -> Vec<u8> {
+    let buf = invite.buf();
+    let mut out = Vec::with_capacity(invite.as_bytes().len());
+    out.put(b"CANCEL ");
+    out.put(invite.request_uri().map_or(&b""[..], |u| u.as_bytes()));
+    out.put(b" SIP/2.0\r\n");
+    line(&mut out, "Via", invite.top_via().span().of(buf));
+    for h in invite.headers() {
+        if h.name == crate::HeaderName::Route {
+            line(&mut out, "Route", h.value.of(buf));
+        }
+    }
+    out.put(b"Max-Forwards: 70\r\n");
+    line(&mut out, "From", invite.from_field().value.of(buf));
+    line(&mut out, "To", invite.to_field().value.of(buf));
+    line(&mut out, "Call-ID", invite.call_id());
+    let _ = write!(Fmt(&mut out), "CSeq: {} CANCEL\r\n", invite.cseq().seq);
     out.put(b"Content-Length: 0\r\n\r\n");
     out
 }

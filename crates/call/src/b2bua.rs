@@ -1,0 +1,717 @@
+//! The B2BUA's basic call, sans-IO (RFC 3261 §13–15 as a UAS on leg A and
+//! a UAC on leg B): an INVITE from A becomes a new INVITE to the routed
+//! target B (new Call-ID, tags and CSeq space, same affinity key, SDP
+//! passed through); 1xx/2xx/errors are relayed back; each leg gets its own
+//! ACK; a BYE from either side ends both; CANCEL from A cancels B.
+//!
+//! Scope today: basic calls only. In-dialog re-INVITE, UPDATE, INFO and the
+//! other requests are answered 501 until relaying them lands (issue 4).
+//!
+//! Every request of ours goes out through the edge (its Via and Contact
+//! name the edge's advertised address and carry the key `k`, so the callee
+//! sees only the edge and answers come back to the key's owner); every
+//! response goes to the top Via of the request it answers.
+//!
+//! Call order: `handle_datagram` for each datagram, `handle_timeout` at
+//! `poll_timeout`; after each, drain `poll_transmit`.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use handover_sip::build::{cancel_for, error_response, response, response_with_body};
+use handover_sip::ids::{Hashing, IdGen, Token, hex_u64};
+use handover_sip::{Message, Method, Rport, scan};
+use handover_txn::{
+    ClientInvite, ClientNonInvite, Event, Instant, InviteState, Key, ServerInvite,
+    ServerInviteState, ServerNonInvite, TimerConfig,
+};
+use rand_core::RngCore;
+
+use crate::dialog::{Dialog, DialogState};
+
+/// Where a call for a user goes: `user=HOST:PORT`, `*` for any user.
+#[derive(Debug, Clone, Default)]
+pub struct Routes(Vec<(Option<String>, String)>);
+
+impl Routes {
+    /// Parses `USER=HOST:PORT` (or `*=HOST:PORT`); the error says why.
+    pub fn add(&mut self, spec: &str) -> Result<(), String> {
+        let (user, target) = spec
+            .split_once('=')
+            .ok_or_else(|| format!("route `{spec}` is not USER=HOST:PORT"))?;
+        target
+            .parse::<SocketAddr>()
+            .map_err(|_| format!("route `{spec}`: `{target}` is not an IP:PORT address"))?;
+        let user = (user != "*").then(|| user.to_string());
+        self.0.push((user, target.to_string()));
+        Ok(())
+    }
+
+    /// The target for `user`: an exact match, else the `*` route.
+    pub fn target(&self, user: &[u8]) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(u, _)| u.as_deref().map(str::as_bytes) == Some(user))
+            .or_else(|| self.0.iter().find(|(u, _)| u.is_none()))
+            .map(|(_, t)| t.as_str())
+    }
+
+    /// True when no route is configured.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// Settings of the B2BUA.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The edge's advertised `IP:PORT`, named in our Via and Contact.
+    pub advertised: String,
+    /// Transaction timers.
+    pub timers: TimerConfig,
+    /// The cluster's hashing (affinity keys).
+    pub hashing: Hashing,
+    /// Where calls go.
+    pub routes: Routes,
+}
+
+/// Counters the shell exports.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Calls that arrived (INVITE from A).
+    pub started: u64,
+    /// Calls answered 2xx by B.
+    pub answered: u64,
+    /// Calls that ended after being answered (BYE).
+    pub hung_up: u64,
+    /// Calls that ended without an answer (error, cancel, timeout).
+    pub failed: u64,
+}
+
+/// One non-INVITE transaction of a call.
+#[derive(Debug)]
+enum Nit {
+    Client(Key, ClientNonInvite),
+    Server(Key, ServerNonInvite),
+}
+
+#[derive(Debug)]
+struct Call {
+    khex: [u8; 16],
+    a_call_id: Vec<u8>,
+    a_invite: Vec<u8>,
+    a_tag: Token,
+    a_srv: ServerInvite,
+    a_key: Key,
+    a_dialog: Option<Dialog>,
+    /// Our 2xx to A, resent (T1 doubling to T2) until A's ACK (§13.3.1.4).
+    a_ok: Option<(Vec<u8>, Instant, Duration, Instant)>,
+    b_call_id: Vec<u8>,
+    b_invite: Vec<u8>,
+    b_cli: ClientInvite,
+    b_dialog: Option<Dialog>,
+    b_ack: Option<Vec<u8>>,
+    cancelled: bool,
+    answered: bool,
+    over: bool,
+    nits: Vec<Nit>,
+}
+
+/// All calls of one worker.
+#[derive(Debug)]
+pub struct B2bua<R> {
+    cfg: Config,
+    ids: IdGen<R>,
+    calls: HashMap<u64, Call>,
+    by_call_id: HashMap<Vec<u8>, u64>,
+    next_ref: u64,
+    out: VecDeque<(Option<SocketAddr>, Vec<u8>)>,
+    stats: Stats,
+}
+
+/// Where a response goes: the top Via's received/rport or sent-by.
+fn via_target(m: &Message<'_>) -> Option<SocketAddr> {
+    let v = m.top_via();
+    let host = v.received().unwrap_or(v.host());
+    let host = host
+        .strip_prefix(b"[")
+        .and_then(|h| h.strip_suffix(b"]"))
+        .unwrap_or(host);
+    let ip: IpAddr = core::str::from_utf8(host).ok()?.parse().ok()?;
+    let port = match v.rport() {
+        Rport::Value(p) => p,
+        _ => v.port().unwrap_or(5060),
+    };
+    Some(SocketAddr::new(ip, port))
+}
+
+impl<R: RngCore> B2bua<R> {
+    /// A B2BUA with `rng` for branches, tags and Call-IDs.
+    pub fn new(cfg: Config, rng: R) -> Self {
+        Self {
+            cfg,
+            ids: IdGen::new(rng),
+            calls: HashMap::new(),
+            by_call_id: HashMap::new(),
+            next_ref: 1,
+            out: VecDeque::new(),
+            stats: Stats::default(),
+        }
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> Stats {
+        self.stats
+    }
+
+    /// Calls in progress.
+    pub fn calls_active(&self) -> usize {
+        self.calls.len()
+    }
+
+    /// The next datagram: `None` as destination means "to the edge".
+    pub fn poll_transmit(&mut self) -> Option<(Option<SocketAddr>, Vec<u8>)> {
+        self.out.pop_front()
+    }
+
+    /// When to call `handle_timeout` next.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.calls
+            .values()
+            .flat_map(|c| {
+                let nits = c.nits.iter().filter_map(|n| match n {
+                    Nit::Client(_, t) => t.poll_timeout(),
+                    Nit::Server(_, t) => t.poll_timeout(),
+                });
+                [
+                    c.a_srv.poll_timeout(),
+                    c.b_cli.poll_timeout(),
+                    c.a_ok.as_ref().map(|o| o.1),
+                ]
+                .into_iter()
+                .flatten()
+                .chain(nits)
+            })
+            .min()
+    }
+
+    fn respond(&mut self, m: &Message<'_>, status: u16, to_tag: Option<&[u8]>) {
+        let mut b = Vec::new();
+        response(&m.reply_parts(), status, None, to_tag, &[], &mut b);
+        self.out.push_back((via_target(m), b));
+    }
+
+    fn via(&mut self, khex: &[u8; 16]) -> Vec<u8> {
+        let branch = self.ids.branch();
+        format!(
+            "SIP/2.0/UDP {};branch={};k={}",
+            self.cfg.advertised,
+            branch,
+            core::str::from_utf8(khex).unwrap_or_default()
+        )
+        .into_bytes()
+    }
+
+    fn contact(&self, khex: &[u8; 16]) -> Vec<u8> {
+        format!(
+            "<sip:b2bua@{};k={}>",
+            self.cfg.advertised,
+            core::str::from_utf8(khex).unwrap_or_default()
+        )
+        .into_bytes()
+    }
+
+    /// One datagram from the edge (or a probe).
+    pub fn handle_datagram(&mut self, now: Instant, bytes: &[u8]) {
+        let m = match scan(bytes) {
+            Ok(m) => m,
+            Err(e) => {
+                let mut b = Vec::new();
+                let tag = self.ids.tag();
+                if error_response(&e, Some(tag.as_bytes()), &mut b)
+                    && let Some(parts) = e.reply_parts()
+                {
+                    let _ = parts;
+                    // The answer goes back the way the request came: the edge.
+                    self.out.push_back((None, b));
+                }
+                return;
+            }
+        };
+        let cref = self.by_call_id.get(m.call_id()).copied();
+        match (m.is_request(), cref) {
+            (true, Some(c)) => self.in_call_request(now, c, &m),
+            (false, Some(c)) => self.in_call_response(now, c, &m),
+            (true, None) => self.new_request(now, &m),
+            (false, None) => {}
+        }
+        self.sweep(now);
+    }
+
+    fn new_request(&mut self, now: Instant, m: &Message<'_>) {
+        match m.method() {
+            Some(Method::Invite) if m.to_tag().is_none() => self.new_call(now, m),
+            Some(Method::Ack) => {}
+            Some(Method::Options) => {
+                let t = self.ids.tag();
+                self.respond(m, 200, Some(t.as_bytes()));
+            }
+            _ if m.to_tag().is_some() => self.respond(m, 481, None),
+            _ => {
+                let t = self.ids.tag();
+                self.respond(m, 501, Some(t.as_bytes()));
+            }
+        }
+    }
+
+    fn new_call(&mut self, now: Instant, m: &Message<'_>) {
+        if let Err(r) = m.ua_check() {
+            let t = self.ids.tag();
+            let mut b = Vec::new();
+            response(
+                &m.reply_parts(),
+                r.status(),
+                Some(&r),
+                Some(t.as_bytes()),
+                &[],
+                &mut b,
+            );
+            self.out.push_back((via_target(m), b));
+            return;
+        }
+        let user = m.request_uri().and_then(|u| u.user()).unwrap_or_default();
+        let Some(target) = self.cfg.routes.target(user).map(str::to_string) else {
+            let t = self.ids.tag();
+            self.respond(m, 404, Some(t.as_bytes()));
+            return;
+        };
+        self.stats.started += 1;
+        let key = self.cfg.hashing.affinity_key(m.call_id());
+        let khex = hex_u64(key);
+        let a_tag = self.ids.tag();
+        let a_srv = ServerInvite::new(now, self.cfg.timers, m);
+        let b_call_id = self.ids.call_id().as_bytes().to_vec();
+        let b_tag = self.ids.tag();
+        let via = self.via(&khex);
+        let contact = self.contact(&khex);
+        let uri = format!("sip:{}@{}", String::from_utf8_lossy(user), target);
+        let to = format!("<{uri}>");
+        let from = m.from().map(|f| {
+            let s = f.span();
+            let p = f.params_span();
+            m.buf()[s.start..if p.is_empty() { s.end } else { p.start }].to_vec()
+        });
+        let from = from.unwrap_or_else(|_| b"<sip:anonymous@anonymous.invalid>".to_vec());
+        let body = m.content_type().map(|ct| (ct, m.body()));
+        let mf = m.max_forwards().unwrap_or(70).saturating_sub(1).min(255) as u8;
+        let b_invite = handover_sip::build::Request {
+            method: "INVITE",
+            uri: uri.as_bytes(),
+            via: &[&via],
+            from: &from,
+            from_tag: b_tag.as_bytes(),
+            to: to.as_bytes(),
+            call_id: &b_call_id,
+            cseq: 1,
+            max_forwards: mf,
+            contact: Some(&contact),
+            body,
+            ..Default::default()
+        }
+        .to_vec();
+        let b_cli = ClientInvite::new(now, self.cfg.timers, b_invite.clone());
+        let cref = self.next_ref;
+        self.next_ref += 1;
+        self.by_call_id.insert(m.call_id().to_vec(), cref);
+        self.by_call_id.insert(b_call_id.clone(), cref);
+        self.calls.insert(
+            cref,
+            Call {
+                khex,
+                a_call_id: m.call_id().to_vec(),
+                a_invite: m.as_bytes().to_vec(),
+                a_tag,
+                a_srv,
+                a_key: Key::server(m),
+                a_dialog: None,
+                a_ok: None,
+                b_call_id,
+                b_invite,
+                b_cli,
+                b_dialog: None,
+                b_ack: None,
+                cancelled: false,
+                answered: false,
+                over: false,
+                nits: Vec::new(),
+            },
+        );
+        self.drain(now, cref);
+    }
+
+    fn in_call_request(&mut self, now: Instant, cref: u64, m: &Message<'_>) {
+        let Some(call) = self.calls.get_mut(&cref) else {
+            return;
+        };
+        let from_a = m.call_id() == call.a_call_id.as_slice();
+        let key = Key::server(m);
+        // A retransmission of a non-INVITE request we already handle.
+        for n in &mut call.nits {
+            if let Nit::Server(k, t) = n
+                && *k == key
+            {
+                t.handle_request(now);
+                self.drain(now, cref);
+                return;
+            }
+        }
+        match (m.method(), from_a) {
+            (Some(Method::Invite), true) if key == call.a_key => call.a_srv.handle_request(now, m),
+            (Some(Method::Ack), true) => {
+                if key == call.a_key {
+                    call.a_srv.handle_request(now, m); // ACK of our non-2xx
+                } else {
+                    call.a_ok = None; // ACK of our 2xx: stop resending it
+                }
+            }
+            (Some(Method::Ack), false) => {}
+            (Some(Method::Cancel), true) => {
+                let mut ok = Vec::new();
+                response(
+                    &m.reply_parts(),
+                    200,
+                    None,
+                    Some(call.a_tag.as_bytes()),
+                    &[],
+                    &mut ok,
+                );
+                let mut t = ServerNonInvite::new(now, self.cfg.timers);
+                t.send_response(now, 200, ok);
+                call.nits.push(Nit::Server(key, t));
+                if Key::cancel_target(m) == call.a_key
+                    && call.a_srv.state() == ServerInviteState::Proceeding
+                {
+                    call.cancelled = true;
+                    let mut r = Vec::new();
+                    let inv = call.a_invite.clone();
+                    if let Ok(a) = scan(&inv) {
+                        response(
+                            &a.reply_parts(),
+                            487,
+                            None,
+                            Some(call.a_tag.as_bytes()),
+                            &[],
+                            &mut r,
+                        );
+                        call.a_srv.send_response(now, 487, r);
+                    }
+                    if matches!(
+                        call.b_cli.state(),
+                        InviteState::Calling | InviteState::Proceeding
+                    ) {
+                        let cancel = scan(&call.b_invite)
+                            .map(|i| cancel_for(&i))
+                            .unwrap_or_default();
+                        let ck = scan(&cancel).map(|c| Key::server(&c));
+                        if let Ok(ck) = ck {
+                            call.nits.push(Nit::Client(
+                                ck,
+                                ClientNonInvite::new(now, self.cfg.timers, cancel),
+                            ));
+                        }
+                    }
+                }
+            }
+            (Some(Method::Bye), _) => {
+                let mut ok = Vec::new();
+                response(&m.reply_parts(), 200, None, None, &[], &mut ok);
+                let mut t = ServerNonInvite::new(now, self.cfg.timers);
+                t.send_response(now, 200, ok);
+                call.nits.push(Nit::Server(key, t));
+                if let Some(d) = if from_a {
+                    &mut call.a_dialog
+                } else {
+                    &mut call.b_dialog
+                } {
+                    let _ = d.handle_request(m);
+                }
+                let khex = call.khex;
+                let via = self.via(&khex);
+                let Some(call) = self.calls.get_mut(&cref) else {
+                    return;
+                };
+                let other = if from_a {
+                    call.b_dialog.as_mut()
+                } else {
+                    call.a_dialog.as_mut()
+                };
+                if let Some(d) = other {
+                    let bye = d.request("BYE", None, &via, None, &[], None);
+                    if let Ok(b) = scan(&bye) {
+                        let k = Key::server(&b);
+                        call.nits.push(Nit::Client(
+                            k,
+                            ClientNonInvite::new(now, self.cfg.timers, bye),
+                        ));
+                    }
+                }
+                if !call.over {
+                    call.over = true;
+                    call.a_ok = None;
+                    self.stats.hung_up += 1;
+                }
+            }
+            _ => {
+                let mut r = Vec::new();
+                let tag = if from_a {
+                    call.a_tag.as_bytes().to_vec()
+                } else {
+                    Vec::new()
+                };
+                response(&m.reply_parts(), 501, None, Some(&tag), &[], &mut r);
+                self.out.push_back((via_target(m), r));
+            }
+        }
+        self.drain(now, cref);
+    }
+
+    fn in_call_response(&mut self, now: Instant, cref: u64, m: &Message<'_>) {
+        let Some(call) = self.calls.get_mut(&cref) else {
+            return;
+        };
+        let key = Key::client(m);
+        for n in &mut call.nits {
+            if let Nit::Client(k, t) = n
+                && *k == key
+            {
+                t.handle_response(now, m);
+                self.drain(now, cref);
+                return;
+            }
+        }
+        if m.call_id() == call.b_call_id.as_slice() && m.cseq().method == Method::Invite {
+            call.b_cli.handle_response(now, m);
+        }
+        self.drain(now, cref);
+    }
+
+    /// Moves every transaction's output of call `cref` out, and acts on
+    /// their events.
+    fn drain(&mut self, now: Instant, cref: u64) {
+        let Some(call) = self.calls.get_mut(&cref) else {
+            return;
+        };
+        let a_target = scan(&call.a_invite).ok().and_then(|m| via_target(&m));
+        while let Some(b) = call.a_srv.poll_transmit() {
+            self.out.push_back((a_target, b));
+        }
+        while let Some(b) = call.b_cli.poll_transmit() {
+            self.out.push_back((None, b));
+        }
+        for n in &mut call.nits {
+            match n {
+                Nit::Client(_, t) => {
+                    while let Some(b) = t.poll_transmit() {
+                        self.out.push_back((None, b));
+                    }
+                    while t.poll_event().is_some() {}
+                }
+                Nit::Server(_, t) => {
+                    // Responses to requests that came through the edge.
+                    while let Some(b) = t.poll_transmit() {
+                        let to = scan(&b).ok().and_then(|m| via_target(&m));
+                        self.out.push_back((to, b));
+                    }
+                    while t.poll_event().is_some() {}
+                }
+            }
+        }
+        while let Some(e) = call.a_srv.poll_event() {
+            if let Event::Ack(_) = e {
+                call.a_ok = None;
+            }
+        }
+        let mut events = Vec::new();
+        while let Some(e) = call.b_cli.poll_event() {
+            events.push(e);
+        }
+        for e in events {
+            self.on_b_event(now, cref, e);
+        }
+    }
+
+    fn on_b_event(&mut self, now: Instant, cref: u64, e: Event) {
+        let (khex, contact) = match self.calls.get(&cref) {
+            Some(c) => (c.khex, self.contact(&c.khex)),
+            None => return,
+        };
+        let ack_via = self.via(&khex);
+        let Some(call) = self.calls.get_mut(&cref) else {
+            return;
+        };
+        let Ok(a) = scan(&call.a_invite).map(|m| m.as_bytes().to_vec()) else {
+            return;
+        };
+        let a = scan(&a).expect("scanned before");
+        let a_target = via_target(&a);
+        let (status, msg) = match e {
+            Event::Response { status, message } => (status, message),
+            Event::Timeout => (408, Vec::new()),
+            Event::TransportError => (503, Vec::new()),
+            _ => return,
+        };
+        let resp = scan(&msg).ok();
+        let body = resp
+            .as_ref()
+            .and_then(|r| r.content_type().map(|ct| (ct.to_vec(), r.body().to_vec())));
+        let body_ref = body.as_ref().map(|(c, b)| (c.as_slice(), b.as_slice()));
+        let tag = call.a_tag;
+        match status {
+            100 => {}
+            101..=199 if !call.cancelled => {
+                let mut r = Vec::new();
+                response_with_body(
+                    &a.reply_parts(),
+                    status,
+                    None,
+                    Some(tag.as_bytes()),
+                    &[("Contact", &contact)],
+                    body_ref,
+                    &mut r,
+                );
+                call.a_srv.send_response(now, status, r);
+            }
+            200..=299 => {
+                let Some(resp) = resp else { return };
+                if call.b_dialog.is_none() {
+                    let inv = call.b_invite.clone();
+                    if let (Ok(bi), Ok(mut d)) =
+                        (scan(&inv), Dialog::uac(&scan(&inv).expect("ours"), &resp))
+                    {
+                        let _ = bi;
+                        let ack = d.request("ACK", Some(1), &ack_via, None, &[], None);
+                        call.b_ack = Some(ack);
+                        call.b_dialog = Some(d);
+                    }
+                }
+                if let Some(ack) = &call.b_ack {
+                    self.out.push_back((None, ack.clone()));
+                }
+                let Some(call) = self.calls.get_mut(&cref) else {
+                    return;
+                };
+                if call.cancelled || call.answered {
+                    return;
+                }
+                call.answered = true;
+                self.stats.answered += 1;
+                let mut r = Vec::new();
+                response_with_body(
+                    &a.reply_parts(),
+                    status,
+                    None,
+                    Some(tag.as_bytes()),
+                    &[("Contact", &contact)],
+                    body_ref,
+                    &mut r,
+                );
+                call.a_srv.send_response(now, status, r.clone());
+                call.a_dialog = Dialog::uas(&a, tag.as_bytes(), DialogState::Confirmed).ok();
+                let t1 = self.cfg.timers.t1;
+                call.a_ok = Some((r, now + t1, t1, now + self.cfg.timers.t1x64()));
+            }
+            _ if status >= 300 || status == 408 => {
+                if !call.cancelled && !call.answered {
+                    let mut r = Vec::new();
+                    response(
+                        &a.reply_parts(),
+                        status,
+                        None,
+                        Some(tag.as_bytes()),
+                        &[],
+                        &mut r,
+                    );
+                    call.a_srv.send_response(now, status, r);
+                }
+                if !call.over {
+                    call.over = true;
+                    self.stats.failed += 1;
+                }
+            }
+            _ => {}
+        }
+        let _ = a_target;
+        self.drain_outputs(cref);
+    }
+
+    fn drain_outputs(&mut self, cref: u64) {
+        let Some(call) = self.calls.get_mut(&cref) else {
+            return;
+        };
+        let a_target = scan(&call.a_invite).ok().and_then(|m| via_target(&m));
+        while let Some(b) = call.a_srv.poll_transmit() {
+            self.out.push_back((a_target, b));
+        }
+        while let Some(b) = call.b_cli.poll_transmit() {
+            self.out.push_back((None, b));
+        }
+    }
+
+    /// Runs timers due at `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let refs: Vec<u64> = self.calls.keys().copied().collect();
+        for cref in refs {
+            let Some(call) = self.calls.get_mut(&cref) else {
+                continue;
+            };
+            call.a_srv.handle_timeout(now);
+            call.b_cli.handle_timeout(now);
+            for n in &mut call.nits {
+                match n {
+                    Nit::Client(_, t) => t.handle_timeout(now),
+                    Nit::Server(_, t) => t.handle_timeout(now),
+                }
+            }
+            let a_target = scan(&call.a_invite).ok().and_then(|m| via_target(&m));
+            if let Some((ok, next, interval, give_up)) = &mut call.a_ok
+                && *next <= now
+            {
+                if now >= *give_up {
+                    call.a_ok = None;
+                } else {
+                    self.out.push_back((a_target, ok.clone()));
+                    *interval = (*interval * 2).min(self.cfg.timers.t2);
+                    *next = now + *interval;
+                }
+            }
+            self.drain(now, cref);
+        }
+        self.sweep(now);
+    }
+
+    /// Forgets calls that are over and whose transactions have all ended.
+    fn sweep(&mut self, _now: Instant) {
+        let done: Vec<u64> = self
+            .calls
+            .iter()
+            .filter(|(_, c)| {
+                c.over
+                    && c.a_srv.poll_timeout().is_none()
+                    && c.b_cli.poll_timeout().is_none()
+                    && c.nits.iter().all(|n| match n {
+                        Nit::Client(_, t) => t.poll_timeout().is_none(),
+                        Nit::Server(_, t) => t.poll_timeout().is_none(),
+                    })
+            })
+            .map(|(k, _)| *k)
+            .collect();
+        for cref in done {
+            if let Some(c) = self.calls.remove(&cref) {
+                self.by_call_id.remove(&c.a_call_id);
+                self.by_call_id.remove(&c.b_call_id);
+            }
+        }
+    }
+}

@@ -1,0 +1,373 @@
+//! A whole basic call through the B2BUA core, on a virtual clock, with the
+//! messages the edge would deliver.
+
+use std::time::Duration;
+
+use handover_call::{B2bua, Config, Routes};
+use handover_sip::ids::Hashing;
+use handover_sip::{HeaderName, Message, Method, scan};
+use handover_txn::{Instant, TimerConfig};
+
+struct Seq(u64);
+impl rand_core::RngCore for Seq {
+    fn next_u32(&mut self) -> u32 {
+        self.next_u64() as u32
+    }
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        self.0
+    }
+    fn fill_bytes(&mut self, d: &mut [u8]) {
+        rand_core::impls::fill_bytes_via_next(self, d)
+    }
+}
+
+fn at(ms: u64) -> Instant {
+    Instant::from_epoch(Duration::from_millis(ms))
+}
+
+fn b2bua() -> B2bua<Seq> {
+    let mut routes = Routes::default();
+    routes.add("b=127.0.0.1:5071").unwrap();
+    B2bua::new(
+        Config {
+            advertised: "127.0.0.1:5060".into(),
+            timers: TimerConfig::default(),
+            hashing: Hashing::default(),
+            routes,
+        },
+        Seq(7),
+    )
+}
+
+const SDP_A: &str = "v=0\r\no=a 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 6000 RTP/AVP 0\r\n";
+const SDP_B: &str = "v=0\r\no=b 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 7000 RTP/AVP 0\r\n";
+
+/// A's INVITE as the edge forwards it: the edge's Via on top, its Record-Route.
+fn a_invite() -> String {
+    format!(
+        "INVITE sip:b@127.0.0.1:5060 SIP/2.0\r\n\
+Via: SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bK-hxedge;k=1\r\n\
+Via: SIP/2.0/UDP 127.0.0.1:5061;branch=z9hG4bKa1;received=127.0.0.1;rport=5061\r\n\
+Record-Route: <sip:127.0.0.1:5060;lr;k=1>\r\nMax-Forwards: 69\r\n\
+From: <sip:alice@127.0.0.1:5061>;tag=at\r\nTo: <sip:b@127.0.0.1:5060>\r\nCall-ID: a-call\r\nCSeq: 1 INVITE\r\n\
+Contact: <sip:alice@127.0.0.1:5061>\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{SDP_A}",
+        SDP_A.len()
+    )
+}
+
+fn out(b: &mut B2bua<Seq>) -> Vec<(Option<std::net::SocketAddr>, Vec<u8>)> {
+    std::iter::from_fn(|| b.poll_transmit()).collect()
+}
+
+fn first_line(b: &[u8]) -> String {
+    String::from_utf8_lossy(b)
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_string()
+}
+
+/// B's response to our INVITE (as the callee sends it to the edge's Via).
+fn b_resp(inv: &Message<'_>, status: &str, to_tag: &str, sdp: Option<&str>) -> String {
+    let via = String::from_utf8_lossy(inv.top_via().span().of(inv.buf())).into_owned();
+    let from = String::from_utf8_lossy(inv.from_field().value.of(inv.buf())).into_owned();
+    let to = String::from_utf8_lossy(inv.to_field().value.of(inv.buf())).into_owned();
+    let cid = String::from_utf8_lossy(inv.call_id()).into_owned();
+    let body = sdp.unwrap_or("");
+    let ct = if sdp.is_some() {
+        "Content-Type: application/sdp\r\n"
+    } else {
+        ""
+    };
+    format!(
+        "SIP/2.0 {status}\r\nVia: {via}\r\nFrom: {from}\r\nTo: {to};tag={to_tag}\r\nCall-ID: {cid}\r\nCSeq: {} {}\r\n\
+Contact: <sip:b@127.0.0.1:5071>\r\n{ct}Content-Length: {}\r\n\r\n{body}",
+        inv.cseq().seq,
+        String::from_utf8_lossy(inv.method_bytes()),
+        body.len()
+    )
+}
+
+#[test]
+fn basic_call_both_legs_and_bye_from_a() {
+    let mut b = b2bua();
+    let inv = a_invite();
+    b.handle_datagram(at(0), inv.as_bytes());
+    let sent = out(&mut b);
+    assert_eq!(first_line(&sent[0].1), "SIP/2.0 100 Trying");
+    assert_eq!(
+        sent[0].0,
+        Some("127.0.0.1:5060".parse().unwrap()),
+        "answers go to the edge's Via"
+    );
+    let b_inv_bytes = sent[1].1.clone();
+    assert_eq!(sent[1].0, None, "requests go to the edge");
+    let bi = scan(&b_inv_bytes).unwrap();
+    assert_eq!(
+        bi.request_uri().unwrap().as_bytes(),
+        b"sip:b@127.0.0.1:5071"
+    );
+    assert_ne!(bi.call_id(), b"a-call", "leg B has its own Call-ID");
+    assert_eq!(bi.vias().count(), 1);
+    assert_eq!(bi.top_via().host(), b"127.0.0.1", "our Via names the edge");
+    assert_eq!(bi.top_via().port(), Some(5060));
+    let k = Hashing::default().affinity_key(b"a-call");
+    assert_eq!(
+        bi.top_via()
+            .param(b"k")
+            .unwrap()
+            .value
+            .unwrap()
+            .of(&b_inv_bytes),
+        &handover_sip::ids::hex_u64(k)[..]
+    );
+    assert_eq!(
+        bi.contact().unwrap().unwrap().uri().port(),
+        Some(5060),
+        "Contact names the edge"
+    );
+    assert_eq!(bi.body(), SDP_A.as_bytes(), "SDP passed through");
+    assert_eq!(bi.max_forwards(), Some(68));
+
+    // B rings, then answers.
+    b.handle_datagram(at(100), b_resp(&bi, "180 Ringing", "bt", None).as_bytes());
+    let sent = out(&mut b);
+    assert_eq!(first_line(&sent[0].1), "SIP/2.0 180 Ringing");
+    let r = scan(&sent[0].1).unwrap();
+    let a_tag = r.to_tag().unwrap().to_vec();
+    assert_eq!(r.call_id(), b"a-call");
+    assert_eq!(r.vias().count(), 2, "A's Vias copied");
+    b.handle_datagram(at(200), b_resp(&bi, "200 OK", "bt", Some(SDP_B)).as_bytes());
+    let sent = out(&mut b);
+    let ack_b = sent
+        .iter()
+        .find(|(_, m)| first_line(m).starts_with("ACK "))
+        .expect("ACK to B");
+    let ack = scan(&ack_b.1).unwrap();
+    assert_eq!(
+        ack.request_uri().unwrap().as_bytes(),
+        b"sip:b@127.0.0.1:5071",
+        "to B's Contact"
+    );
+    assert_eq!(ack.cseq().seq, 1);
+    assert_eq!(ack.to_tag(), Some(&b"bt"[..]));
+    let ok_a = sent
+        .iter()
+        .find(|(_, m)| first_line(m) == "SIP/2.0 200 OK")
+        .expect("200 to A");
+    let ok = scan(&ok_a.1).unwrap();
+    assert_eq!(ok.body(), SDP_B.as_bytes());
+    assert_eq!(ok.to_tag(), Some(&a_tag[..]), "one tag per leg");
+    assert_eq!(
+        ok.contact().unwrap().unwrap().uri().param(b"k"),
+        Some(&handover_sip::ids::hex_u64(k)[..])
+    );
+
+    // No ACK yet: the 200 is resent at T1.
+    b.handle_timeout(at(700));
+    assert!(
+        out(&mut b)
+            .iter()
+            .any(|(_, m)| first_line(m) == "SIP/2.0 200 OK")
+    );
+    // A's ACK stops it.
+    let a_ack = format!(
+        "ACK sip:b2bua@127.0.0.1:5060;k=1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bK-hxack;k=1\r\n\
+Via: SIP/2.0/UDP 127.0.0.1:5061;branch=z9hG4bKa2\r\nMax-Forwards: 69\r\nFrom: <sip:alice@127.0.0.1:5061>;tag=at\r\n\
+To: <sip:b@127.0.0.1:5060>;tag={}\r\nCall-ID: a-call\r\nCSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n",
+        String::from_utf8_lossy(&a_tag)
+    );
+    b.handle_datagram(at(800), a_ack.as_bytes());
+    b.handle_timeout(at(5000));
+    assert!(
+        !out(&mut b)
+            .iter()
+            .any(|(_, m)| first_line(m) == "SIP/2.0 200 OK"),
+        "no resend after the ACK"
+    );
+    assert_eq!(b.stats().answered, 1);
+
+    // A hangs up: 200 to A, BYE to B.
+    let bye = a_ack
+        .replace("ACK sip:", "BYE sip:")
+        .replace("1 ACK", "2 BYE")
+        .replace("z9hG4bKa2", "z9hG4bKa3")
+        .replace("hxack", "hxbye");
+    b.handle_datagram(at(6000), bye.as_bytes());
+    let sent = out(&mut b);
+    assert!(sent.iter().any(|(to, m)| first_line(m) == "SIP/2.0 200 OK"
+        && scan(m).unwrap().cseq().method == Method::Bye
+        && to.is_some()));
+    let bye_b = sent
+        .iter()
+        .find(|(_, m)| first_line(m).starts_with("BYE "))
+        .expect("BYE to B");
+    let bb = scan(&bye_b.1).unwrap();
+    assert_eq!(bb.call_id(), bi.call_id());
+    assert_eq!(bb.cseq().seq, 2);
+    assert_eq!(
+        bb.request_uri().unwrap().as_bytes(),
+        b"sip:b@127.0.0.1:5071"
+    );
+    assert!(bb.header(HeaderName::Route).is_none());
+    b.handle_datagram(at(6100), b_resp(&bb, "200 OK", "bt", None).as_bytes());
+    assert_eq!(b.stats().hung_up, 1);
+    b.handle_timeout(at(60_000));
+    assert_eq!(
+        b.calls_active(),
+        0,
+        "the call is forgotten once its transactions end"
+    );
+}
+
+#[test]
+fn busy_callee_is_relayed_and_acked_bye_from_b_reaches_a() {
+    let mut b = b2bua();
+    b.handle_datagram(at(0), a_invite().as_bytes());
+    let sent = out(&mut b);
+    let bi_bytes = sent[1].1.clone();
+    let bi = scan(&bi_bytes).unwrap();
+    b.handle_datagram(at(50), b_resp(&bi, "486 Busy Here", "bt", None).as_bytes());
+    let sent = out(&mut b);
+    assert!(
+        sent.iter().any(|(_, m)| first_line(m).starts_with("ACK ")),
+        "the transaction ACKs B's 486"
+    );
+    assert!(
+        sent.iter()
+            .any(|(_, m)| first_line(m) == "SIP/2.0 486 Busy Here"),
+        "A hears 486"
+    );
+    assert_eq!(b.stats().failed, 1);
+
+    // A second call, answered, then B hangs up: A gets a BYE through the edge.
+    let inv2 = a_invite().replace("a-call", "a-call-2");
+    b.handle_datagram(at(1000), inv2.as_bytes());
+    let sent = out(&mut b);
+    let bi2_bytes = sent
+        .iter()
+        .find(|(_, m)| first_line(m).starts_with("INVITE "))
+        .unwrap()
+        .1
+        .clone();
+    let bi2 = scan(&bi2_bytes).unwrap();
+    b.handle_datagram(
+        at(1100),
+        b_resp(&bi2, "200 OK", "bt2", Some(SDP_B)).as_bytes(),
+    );
+    let _ = out(&mut b);
+    let b_bye = format!(
+        "BYE sip:b2bua@127.0.0.1:5060;k=1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bK-hxbb;k=1\r\n\
+Via: SIP/2.0/UDP 127.0.0.1:5071;branch=z9hG4bKb1\r\nMax-Forwards: 69\r\nFrom: {};tag=bt2\r\nTo: {}\r\n\
+Call-ID: {}\r\nCSeq: 1 BYE\r\nContent-Length: 0\r\n\r\n",
+        String::from_utf8_lossy(bi2.to_field().value.of(bi2.buf())),
+        String::from_utf8_lossy(bi2.from_field().value.of(bi2.buf())),
+        String::from_utf8_lossy(bi2.call_id()),
+    );
+    b.handle_datagram(at(2000), b_bye.as_bytes());
+    let sent = out(&mut b);
+    let to_a = sent
+        .iter()
+        .find(|(_, m)| first_line(m).starts_with("BYE "))
+        .expect("BYE to A");
+    let m = scan(&to_a.1).unwrap();
+    assert_eq!(m.call_id(), b"a-call-2");
+    assert_eq!(
+        m.request_uri().unwrap().as_bytes(),
+        b"sip:alice@127.0.0.1:5061",
+        "A's Contact"
+    );
+    let routes: Vec<_> = m
+        .values(HeaderName::Route)
+        .map(|v| v.of(m.buf()).to_vec())
+        .collect();
+    assert_eq!(
+        routes,
+        vec![b"<sip:127.0.0.1:5060;lr;k=1>".to_vec()],
+        "through the edge (its Record-Route)"
+    );
+    assert!(
+        sent.iter().any(|(_, m)| first_line(m) == "SIP/2.0 200 OK"),
+        "B's BYE answered"
+    );
+}
+
+#[test]
+fn cancel_from_a_cancels_b_and_a_gets_487() {
+    let mut b = b2bua();
+    let inv = a_invite();
+    b.handle_datagram(at(0), inv.as_bytes());
+    let sent = out(&mut b);
+    let bi_bytes = sent[1].1.clone();
+    let bi = scan(&bi_bytes).unwrap();
+    b.handle_datagram(at(100), b_resp(&bi, "180 Ringing", "bt", None).as_bytes());
+    let _ = out(&mut b);
+    let cancel = inv
+        .replacen("INVITE sip:", "CANCEL sip:", 1)
+        .replace("1 INVITE", "1 CANCEL")
+        .replace(
+            &format!(
+                "Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{SDP_A}",
+                SDP_A.len()
+            ),
+            "Content-Length: 0\r\n\r\n",
+        );
+    b.handle_datagram(at(500), cancel.as_bytes());
+    let sent = out(&mut b);
+    let lines: Vec<String> = sent.iter().map(|(_, m)| first_line(m)).collect();
+    assert!(lines.iter().any(|l| l == "SIP/2.0 200 OK"), "{lines:?}");
+    assert!(
+        lines.iter().any(|l| l == "SIP/2.0 487 Request Terminated"),
+        "{lines:?}"
+    );
+    let c = sent
+        .iter()
+        .find(|(_, m)| first_line(m).starts_with("CANCEL "))
+        .expect("CANCEL to B");
+    let cm = scan(&c.1).unwrap();
+    assert_eq!(
+        cm.top_via().branch(),
+        bi.top_via().branch(),
+        "§9.1: same branch as the INVITE"
+    );
+    assert_eq!(cm.call_id(), bi.call_id());
+}
+
+#[test]
+fn probes_unknown_dialogs_and_unrouted_users() {
+    let mut b = b2bua();
+    let opt = "OPTIONS sip:127.0.0.1:5080 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:40000;branch=z9hG4bK-probe-0-1\r\n\
+From: <sip:edge@handover.invalid>;tag=probe\r\nTo: <sip:127.0.0.1:5080>\r\nCall-ID: p\r\nCSeq: 1 OPTIONS\r\n\r\n";
+    b.handle_datagram(at(0), opt.as_bytes());
+    let sent = out(&mut b);
+    assert_eq!(first_line(&sent[0].1), "SIP/2.0 200 OK");
+    assert_eq!(
+        sent[0].0,
+        Some("127.0.0.1:40000".parse().unwrap()),
+        "straight back to the prober"
+    );
+    let bye = opt
+        .replace("OPTIONS", "BYE")
+        .replace("To: <sip:127.0.0.1:5080>", "To: <sip:x@y>;tag=zz");
+    b.handle_datagram(at(0), bye.as_bytes());
+    assert_eq!(
+        first_line(&out(&mut b)[0].1),
+        "SIP/2.0 481 Call/Transaction Does Not Exist"
+    );
+    let nobody = a_invite().replace("INVITE sip:b@", "INVITE sip:nobody@");
+    let mut empty = B2bua::new(
+        Config {
+            advertised: "127.0.0.1:5060".into(),
+            timers: TimerConfig::default(),
+            hashing: Hashing::default(),
+            routes: Routes::default(),
+        },
+        Seq(1),
+    );
+    empty.handle_datagram(at(0), nobody.as_bytes());
+    assert_eq!(first_line(&out(&mut empty)[0].1), "SIP/2.0 404 Not Found");
+}
