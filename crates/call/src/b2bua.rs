@@ -230,11 +230,8 @@ impl<R: RngCore> B2bua<R> {
             Err(e) => {
                 let mut b = Vec::new();
                 let tag = self.ids.tag();
-                if error_response(&e, Some(tag.as_bytes()), &mut b)
-                    && let Some(parts) = e.reply_parts()
-                {
-                    let _ = parts;
-                    // The answer goes back the way the request came: the edge.
+                // The answer goes back the way the request came: the edge.
+                if error_response(&e, Some(tag.as_bytes()), &mut b) {
                     self.out.push_back((None, b));
                 }
                 return;
@@ -551,11 +548,8 @@ impl<R: RngCore> B2bua<R> {
         let Some(call) = self.calls.get_mut(&cref) else {
             return;
         };
-        let Ok(a) = scan(&call.a_invite).map(|m| m.as_bytes().to_vec()) else {
-            return;
-        };
-        let a = scan(&a).expect("scanned before");
-        let a_target = via_target(&a);
+        let a_bytes = call.a_invite.clone();
+        let Ok(a) = scan(&a_bytes) else { return };
         let (status, msg) = match e {
             Event::Response { status, message } => (status, message),
             Event::Timeout => (408, Vec::new()),
@@ -587,10 +581,8 @@ impl<R: RngCore> B2bua<R> {
                 let Some(resp) = resp else { return };
                 if call.b_dialog.is_none() {
                     let inv = call.b_invite.clone();
-                    if let (Ok(bi), Ok(mut d)) =
-                        (scan(&inv), Dialog::uac(&scan(&inv).expect("ours"), &resp))
-                    {
-                        let _ = bi;
+                    let dialog = scan(&inv).ok().and_then(|bi| Dialog::uac(&bi, &resp).ok());
+                    if let Some(mut d) = dialog {
                         let ack = d.request("ACK", Some(1), &ack_via, None, &[], None);
                         call.b_ack = Some(ack);
                         call.b_dialog = Some(d);
@@ -642,7 +634,6 @@ impl<R: RngCore> B2bua<R> {
             }
             _ => {}
         }
-        let _ = a_target;
         self.drain_outputs(cref);
     }
 
