@@ -10,3 +10,4 @@ mod corpus_format;
 mod cli;
 mod edge;
 mod support;
+mod up;

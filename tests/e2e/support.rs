@@ -282,3 +282,89 @@ pub(crate) fn serial() -> std::sync::MutexGuard<'static, ()> {
     LOCK.lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
+
+/// A `handover up` cluster; stopped with SIGTERM (so it stops its children)
+/// when dropped.
+pub(crate) struct UpProc {
+    child: Child,
+}
+
+impl Drop for UpProc {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .arg(self.child.id().to_string())
+            .status();
+        let end = std::time::SystemTime::now() + Duration::from_secs(5);
+        while std::time::SystemTime::now() < end {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `handover up` with `args`; returns once its edge is ready.
+pub(crate) fn spawn_up(args: &[&str], edge_admin: &str) -> UpProc {
+    let child = Command::new(env!("CARGO_BIN_EXE_handover"))
+        .arg("up")
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("handover up starts");
+    let up = UpProc { child };
+    let ready = wait_for(Duration::from_secs(10), || {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build()
+            .into();
+        agent
+            .get(&format!("http://{edge_admin}/readyz"))
+            .call()
+            .is_ok_and(|r| r.status().as_u16() == 200)
+    });
+    assert!(ready, "the cluster became ready");
+    up
+}
+
+/// Starts a SIPp UAS that also logs every message (`-trace_msg`).
+pub(crate) fn sipp_uas_traced(dir: &Path, port: u16) -> Proc {
+    require_sipp();
+    let err = dir.join(format!("uas-{port}.err"));
+    let child = Command::new("sipp")
+        .args(["-sf"])
+        .arg(scenario("uas.xml"))
+        .args([
+            "-i",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-aa",
+            "-nostdin",
+            "-trace_msg",
+            "-trace_err",
+            "-error_file",
+        ])
+        .arg(&err)
+        .current_dir(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("sipp starts");
+    Proc(child)
+}
+
+/// Every SIPp message log (`*_messages.log`) in `dir`, concatenated.
+pub(crate) fn sipp_message_logs(dir: &Path) -> String {
+    let mut all = String::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.to_string_lossy().ends_with("_messages.log") {
+            all += &std::fs::read_to_string(&p).unwrap_or_default();
+        }
+    }
+    all
+}

@@ -166,8 +166,14 @@ impl<R: RngCore> B2bua<R> {
         self.stats
     }
 
-    /// Calls in progress.
+    /// Calls in progress (not yet hung up or failed).
     pub fn calls_active(&self) -> usize {
+        self.calls.values().filter(|c| !c.over).count()
+    }
+
+    /// Calls held in memory: active ones, and ended ones whose
+    /// transactions still absorb retransmissions.
+    pub fn calls_held(&self) -> usize {
         self.calls.len()
     }
 

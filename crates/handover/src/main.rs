@@ -7,6 +7,8 @@
 mod admin;
 mod config;
 mod edge;
+mod up;
+mod worker;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -40,6 +42,10 @@ enum Command {
     /// Request-URI); responses follow their Via. Flags override the
     /// `[edge]` section of --config.
     Edge(edge::EdgeArgs),
+    /// Run a B2BUA worker behind an edge (basic calls today).
+    Worker(worker::WorkerArgs),
+    /// Run a whole local cluster (an edge and a worker) in the foreground.
+    Up(up::UpArgs),
 }
 
 fn main() -> ExitCode {
@@ -53,6 +59,20 @@ fn main() -> ExitCode {
             }
             Err(e) => {
                 eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Worker(args) => match worker::run(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Up(args) => match up::run(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
                 ExitCode::FAILURE
             }
         },

@@ -1,0 +1,121 @@
+//! `handover worker`: the B2BUA process. A thin shell around
+//! [`handover_call::B2bua`]: one UDP socket, one timer, the admin port.
+//! Requests it originates go to the edge; responses go to their top Via.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Args;
+use handover_call::{B2bua, Config, Routes};
+use handover_sip::ids::Hashing;
+use handover_txn::{Instant, TimerConfig};
+use tokio::net::UdpSocket;
+
+/// Metric names of the worker.
+const CALLS_ACTIVE: &str = "handover_calls_active";
+const CALLS_STARTED: &str = "handover_calls_started_total";
+const CALLS_ANSWERED: &str = "handover_calls_answered_total";
+const CALLS_ENDED: &str = "handover_calls_ended_total";
+
+#[derive(Debug, Args)]
+pub(crate) struct WorkerArgs {
+    /// Address to receive SIP from the edge on.
+    #[arg(long, default_value = "127.0.0.1:5080")]
+    listen: SocketAddr,
+    /// The edge: where requests this worker originates are sent.
+    #[arg(long, default_value = "127.0.0.1:5060")]
+    edge: SocketAddr,
+    /// The edge's advertised address, named in our Via and Contact
+    /// [default: --edge].
+    #[arg(long)]
+    advertise: Option<SocketAddr>,
+    /// Where calls for a user go: USER=IP:PORT, `*` for any user (repeat).
+    #[arg(long = "route", value_name = "USER=IP:PORT")]
+    routes: Vec<String>,
+    /// Admin HTTP address for /metrics, /healthz, /readyz.
+    #[arg(long, default_value = "127.0.0.1:9101")]
+    admin: SocketAddr,
+}
+
+pub(crate) fn run(args: WorkerArgs) -> anyhow::Result<()> {
+    crate::init_tracing();
+    let mut routes = Routes::default();
+    for r in &args.routes {
+        routes.add(r).map_err(|e| anyhow::anyhow!("--route: {e}"))?;
+    }
+    if routes.is_empty() {
+        anyhow::bail!("no route configured: give at least one --route USER=IP:PORT (or *=IP:PORT)");
+    }
+    let handle = crate::admin::install_recorder("worker")?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the runtime")?;
+    rt.block_on(async move {
+        let listener = crate::admin::bind(args.admin).await?;
+        let admin_local = listener.local_addr()?;
+        let sock = UdpSocket::bind(args.listen).await.map_err(|e| {
+            if e.kind() == std::io::ErrorKind::AddrInUse {
+                anyhow::anyhow!(
+                    "{} is already in use: pick another address with --listen",
+                    args.listen
+                )
+            } else {
+                anyhow::anyhow!("cannot open UDP socket on {}: {e}", args.listen)
+            }
+        })?;
+        println!("handover worker listening on udp {}", sock.local_addr()?);
+        println!("metrics: http://{admin_local}/metrics");
+        tokio::spawn(crate::admin::serve(listener, handle, Arc::new(|| true)));
+        let cfg = Config {
+            advertised: args.advertise.unwrap_or(args.edge).to_string(),
+            timers: TimerConfig::default(),
+            hashing: Hashing::default(),
+            routes,
+        };
+        let mut b2b = B2bua::new(cfg, rand_core::UnwrapErr(rand_core::OsRng));
+        let start = tokio::time::Instant::now();
+        let now = move || Instant::from_epoch(start.elapsed());
+        let mut buf = vec![0u8; 65_536];
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let started = metrics::counter!(CALLS_STARTED);
+        let answered = metrics::counter!(CALLS_ANSWERED);
+        let hung_up = metrics::counter!(CALLS_ENDED, "cause" => "hangup");
+        let failed = metrics::counter!(CALLS_ENDED, "cause" => "failed");
+        let active = metrics::gauge!(CALLS_ACTIVE);
+        let mut last = handover_call::Stats::default();
+        loop {
+            let wake = b2b
+                .poll_timeout()
+                .map_or(start + Duration::from_secs(3600), |t| {
+                    start + t.since_epoch()
+                });
+            tokio::select! {
+                r = sock.recv_from(&mut buf) => match r {
+                    Ok((n, _)) => b2b.handle_datagram(now(), &buf[..n]),
+                    Err(e) => tracing::debug!(error = %e, "receive failed"),
+                },
+                () = tokio::time::sleep_until(wake) => b2b.handle_timeout(now()),
+                _ = tokio::signal::ctrl_c() => break,
+                _ = term.recv() => break,
+            }
+            while let Some((to, bytes)) = b2b.poll_transmit() {
+                let to = to.unwrap_or(args.edge);
+                if let Err(e) = sock.send_to(&bytes, to).await {
+                    tracing::debug!(%to, error = %e, "send failed");
+                }
+            }
+            let s = b2b.stats();
+            started.increment(s.started - last.started);
+            answered.increment(s.answered - last.answered);
+            hung_up.increment(s.hung_up - last.hung_up);
+            failed.increment(s.failed - last.failed);
+            active.set(b2b.calls_active() as f64);
+            last = s;
+        }
+        tracing::info!("stopping");
+        Ok(())
+    })
+}

@@ -1,0 +1,80 @@
+//! `handover up` (an edge and a B2BUA worker) with SIPp as caller and
+//! callee: basic calls end to end, and nothing either side sees names the
+//! worker.
+
+use std::time::Duration;
+
+use crate::support::*;
+
+#[test]
+fn up_carries_basic_calls_and_hides_the_worker() {
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let uas_port = free_udp_port();
+    let _uas = sipp_uas_traced(dir.path(), uas_port);
+    let (sip, worker) = (free_udp_port(), free_udp_port());
+    let (admin, worker_admin) = (
+        format!("127.0.0.1:{}", free_udp_port()),
+        format!("127.0.0.1:{}", free_udp_port()),
+    );
+    let _up = spawn_up(
+        &[
+            "--listen",
+            &format!("127.0.0.1:{sip}"),
+            "--worker-listen",
+            &format!("127.0.0.1:{worker}"),
+            "--admin",
+            &admin,
+            "--worker-admin",
+            &worker_admin,
+            "--route",
+            &format!("b=127.0.0.1:{uas_port}"),
+        ],
+        &admin,
+    );
+    let calls = 300;
+    let (uac, stat) = sipp_uac(
+        dir.path(),
+        format!("127.0.0.1:{sip}").parse().unwrap(),
+        100,
+        calls,
+        0,
+    );
+    let r = finish_uac(uac, &stat);
+    assert_eq!(r.exit, Some(0), "every call succeeded: {r:?}");
+    assert_eq!((r.successful, r.failed), (u64::from(calls), 0));
+    let errs = error_lines(&dir.path().join(format!("uas-{uas_port}.err")));
+    assert!(errs.is_empty(), "the callee saw errors: {errs:?}");
+
+    let m = |text: &str, s: &str| metric(text, s);
+    assert!(wait_for(Duration::from_secs(2), || {
+        m(
+            &http_get(&format!("http://{worker_admin}/metrics")).1,
+            "handover_calls_ended_total{cause=\"hangup\"}",
+        ) >= f64::from(calls)
+    }));
+    let text = http_get(&format!("http://{worker_admin}/metrics")).1;
+    assert_eq!(m(&text, "handover_calls_started_total"), f64::from(calls));
+    assert_eq!(m(&text, "handover_calls_answered_total"), f64::from(calls));
+    assert_eq!(
+        m(&text, "handover_calls_ended_total{cause=\"failed\"}"),
+        0.0
+    );
+    assert_eq!(m(&text, "handover_calls_active"), 0.0);
+
+    // Topology hiding: caller and callee only ever see the edge's address.
+    let logs = sipp_message_logs(dir.path());
+    assert!(
+        logs.len() > 10_000,
+        "SIPp logged the messages ({} bytes)",
+        logs.len()
+    );
+    assert!(
+        !logs.contains(&format!(":{worker}")),
+        "a message named the worker's port {worker}"
+    );
+    assert!(
+        logs.contains(&format!("127.0.0.1:{sip}")),
+        "the edge's address is what they see"
+    );
+}
