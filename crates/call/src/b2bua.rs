@@ -4,8 +4,10 @@
 //! passed through); 1xx/2xx/errors are relayed back; each leg gets its own
 //! ACK; a BYE from either side ends both; CANCEL from A cancels B.
 //!
-//! Scope today: basic calls only. In-dialog re-INVITE, UPDATE, INFO and the
-//! other requests are answered 501 until relaying them lands (issue 4).
+//! In-dialog re-INVITE, UPDATE, INFO, OPTIONS and MESSAGE are relayed to
+//! the other leg in its own dialog (own CSeq), answers relayed back;
+//! crossing re-INVITEs get 491 (RFC 3261 §14.2). REFER, NOTIFY, SUBSCRIBE
+//! and PRACK are answered 501 until transfer lands (issue 5).
 //!
 //! Every request of ours goes out through the edge (its Via and Contact
 //! name the edge's advertised address and carry the key `k`, so the callee
@@ -97,6 +99,54 @@ enum Nit {
     Server(Key, ServerNonInvite),
 }
 
+/// The server side of a relayed in-dialog request.
+#[derive(Debug)]
+enum Srv {
+    Invite(ServerInvite),
+    Other(ServerNonInvite),
+}
+
+/// The client side of a relayed in-dialog request.
+#[derive(Debug)]
+enum Cli {
+    Invite(ClientInvite),
+    Other(ClientNonInvite),
+}
+
+/// An in-dialog request relayed from one leg to the other (re-INVITE,
+/// UPDATE, INFO, OPTIONS, MESSAGE): answered on its own leg with what the
+/// other leg answers.
+#[derive(Debug)]
+struct Relay {
+    /// It came from A (and went to B).
+    from_a: bool,
+    /// The request as received; a response to it copies from it.
+    req: Vec<u8>,
+    srv_key: Key,
+    srv: Srv,
+    cli_key: Key,
+    cli: Cli,
+    /// The relayed request, for the ACK of its 2xx.
+    out: Vec<u8>,
+    /// Our ACK of the other leg's 2xx (resent when the 2xx is).
+    ack: Option<Vec<u8>>,
+    relayed_final: bool,
+}
+
+impl Relay {
+    fn timeouts(&self) -> impl Iterator<Item = Instant> + use<> {
+        let c = match &self.cli {
+            Cli::Invite(c) => c.poll_timeout(),
+            Cli::Other(c) => c.poll_timeout(),
+        };
+        let s = match &self.srv {
+            Srv::Invite(s) => s.poll_timeout(),
+            Srv::Other(s) => s.poll_timeout(),
+        };
+        [c, s].into_iter().flatten()
+    }
+}
+
 #[derive(Debug)]
 struct Call {
     khex: [u8; 16],
@@ -117,6 +167,7 @@ struct Call {
     answered: bool,
     over: bool,
     nits: Vec<Nit>,
+    relays: Vec<Relay>,
 }
 
 /// All calls of one worker.
@@ -199,6 +250,7 @@ impl<R: RngCore> B2bua<R> {
                 .into_iter()
                 .flatten()
                 .chain(nits)
+                .chain(c.relays.iter().flat_map(Relay::timeouts))
             })
             .min()
     }
@@ -349,6 +401,7 @@ impl<R: RngCore> B2bua<R> {
                 answered: false,
                 over: false,
                 nits: Vec::new(),
+                relays: Vec::new(),
             },
         );
         self.drain(now, cref);
@@ -366,6 +419,16 @@ impl<R: RngCore> B2bua<R> {
                 && *k == key
             {
                 t.handle_request(now);
+                self.drain(now, cref);
+                return;
+            }
+        }
+        for r in &mut call.relays {
+            if r.srv_key == key {
+                match &mut r.srv {
+                    Srv::Invite(t) => t.handle_request(now, m),
+                    Srv::Other(t) => t.handle_request(now),
+                }
                 self.drain(now, cref);
                 return;
             }
@@ -466,6 +529,19 @@ impl<R: RngCore> B2bua<R> {
                     self.stats.hung_up += 1;
                 }
             }
+            (
+                Some(
+                    Method::Invite
+                    | Method::Update
+                    | Method::Info
+                    | Method::Options
+                    | Method::Message,
+                ),
+                _,
+            ) if m.to_tag().is_some() => {
+                self.relay(now, cref, m, from_a);
+                return;
+            }
             _ => {
                 let mut r = Vec::new();
                 let tag = if from_a {
@@ -480,6 +556,234 @@ impl<R: RngCore> B2bua<R> {
         self.drain(now, cref);
     }
 
+    /// Relays an in-dialog request from one leg to the other (RFC 3261
+    /// §12.2, §14 for re-INVITE): the request goes out in the other leg's
+    /// dialog with that leg's next CSeq, and its answers come back.
+    fn relay(&mut self, now: Instant, cref: u64, m: &Message<'_>, from_a: bool) {
+        let Some(call) = self.calls.get(&cref) else {
+            return;
+        };
+        let khex = call.khex;
+        let via = self.via(&khex);
+        let contact = self.contact(&khex);
+        let timers = self.cfg.timers;
+        let Some(call) = self.calls.get_mut(&cref) else {
+            return;
+        };
+        let is_invite = m.method() == Some(Method::Invite);
+        let reply = |status: u16, out: &mut VecDeque<(Option<SocketAddr>, Vec<u8>)>| {
+            let mut r = Vec::new();
+            response(&m.reply_parts(), status, None, None, &[], &mut r);
+            out.push_back((via_target(m), r));
+        };
+        if is_invite {
+            let pending_to_x = call.relays.iter().any(|r| {
+                r.from_a != from_a
+                    && matches!(&r.cli, Cli::Invite(c) if matches!(c.state(), InviteState::Calling | InviteState::Proceeding))
+            });
+            //= https://www.rfc-editor.org/rfc/rfc3261#section-14.2
+            //# A UAS that receives an INVITE on a dialog while an INVITE it had sent
+            //# on that dialog is in progress MUST return a 491 (Request Pending)
+            //# response to the received INVITE.
+            if pending_to_x {
+                reply(491, &mut self.out);
+                return;
+            }
+            let pending_from_x = call.relays.iter().any(|r| {
+                r.from_a == from_a
+                    && matches!(&r.srv, Srv::Invite(s) if s.state() == ServerInviteState::Proceeding)
+            });
+            //# A UAS that receives a second INVITE before it sends the final
+            //# response to a first INVITE with a lower CSeq sequence number on the
+            //# same dialog MUST return a 500 (Server Internal Error) response
+            if pending_from_x {
+                reply(500, &mut self.out);
+                return;
+            }
+        }
+        let (x, y) = if from_a {
+            (&mut call.a_dialog, &mut call.b_dialog)
+        } else {
+            (&mut call.b_dialog, &mut call.a_dialog)
+        };
+        let (Some(x), Some(y)) = (x.as_mut(), y.as_mut()) else {
+            // Not answered yet: early-dialog requests are not relayed.
+            reply(501, &mut self.out);
+            return;
+        };
+        if let Err(e) = x.handle_request(m) {
+            reply(e.status(), &mut self.out);
+            return;
+        }
+        let method = core::str::from_utf8(m.method_bytes()).unwrap_or("INFO");
+        let body = m.content_type().map(|ct| (ct, m.body()));
+        let refresh = matches!(m.method(), Some(Method::Invite | Method::Update));
+        let out = y.request(
+            method,
+            None,
+            &via,
+            refresh.then_some(contact.as_slice()),
+            &[],
+            body,
+        );
+        let Ok(cli_key) = scan(&out).map(|o| Key::server(&o)) else {
+            return;
+        };
+        let (srv, cli) = if is_invite {
+            (
+                Srv::Invite(ServerInvite::new(now, timers, m)),
+                Cli::Invite(ClientInvite::new(now, timers, out.clone())),
+            )
+        } else {
+            (
+                Srv::Other(ServerNonInvite::new(now, timers)),
+                Cli::Other(ClientNonInvite::new(now, timers, out.clone())),
+            )
+        };
+        call.relays.push(Relay {
+            from_a,
+            req: m.as_bytes().to_vec(),
+            srv_key: Key::server(m),
+            srv,
+            cli_key,
+            cli,
+            out,
+            ack: None,
+            relayed_final: false,
+        });
+        self.drain(now, cref);
+    }
+
+    /// The ACK of the 2xx to our relayed re-INVITE `out` (a new branch,
+    /// derived from the INVITE's, and the INVITE's CSeq number).
+    fn ack_of(y: &mut Dialog, out: &[u8]) -> Option<Vec<u8>> {
+        let o = scan(out).ok()?;
+        let v = o.top_via();
+        let mut via = o.buf()[v.span().start..v.params_span().start].to_vec();
+        via.extend_from_slice(b";branch=");
+        via.extend_from_slice(v.branch()?);
+        via.extend_from_slice(b"-ack");
+        if let Some(k) = v.param(b"k").and_then(|p| p.value) {
+            via.extend_from_slice(b";k=");
+            via.extend_from_slice(k.of(o.buf()));
+        }
+        Some(y.request("ACK", Some(o.cseq().seq), &via, None, &[], None))
+    }
+
+    /// Moves the relays' output out and relays their answers back.
+    fn drain_relays(&mut self, now: Instant, cref: u64) {
+        let Some(call) = self.calls.get(&cref) else {
+            return;
+        };
+        let contact = self.contact(&call.khex);
+        let Some(call) = self.calls.get_mut(&cref) else {
+            return;
+        };
+        let Call {
+            relays,
+            a_dialog,
+            b_dialog,
+            ..
+        } = call;
+        for r in relays.iter_mut() {
+            let back = scan(&r.req).ok().and_then(|m| via_target(&m));
+            let mut events = Vec::new();
+            match &mut r.cli {
+                Cli::Invite(c) => {
+                    while let Some(b) = c.poll_transmit() {
+                        self.out.push_back((None, b));
+                    }
+                    while let Some(e) = c.poll_event() {
+                        events.push(e);
+                    }
+                }
+                Cli::Other(c) => {
+                    while let Some(b) = c.poll_transmit() {
+                        self.out.push_back((None, b));
+                    }
+                    while let Some(e) = c.poll_event() {
+                        events.push(e);
+                    }
+                }
+            }
+            let is_invite = matches!(r.cli, Cli::Invite(_));
+            for e in events {
+                let (status, msg) = match e {
+                    Event::Response { status, message } => (status, message),
+                    Event::Timeout => (408, Vec::new()),
+                    Event::TransportError => (503, Vec::new()),
+                    _ => continue,
+                };
+                if status == 100 {
+                    continue;
+                }
+                let resp = scan(&msg).ok();
+                if is_invite && (200..300).contains(&status) {
+                    // The 2xx of our re-INVITE: ACK it on its leg (again for
+                    // a retransmitted 2xx) and take its new target.
+                    let y = if r.from_a {
+                        b_dialog.as_mut()
+                    } else {
+                        a_dialog.as_mut()
+                    };
+                    if let (Some(y), Some(p)) = (y, resp.as_ref()) {
+                        y.handle_response(p);
+                        if r.ack.is_none() {
+                            r.ack = Self::ack_of(y, &r.out);
+                        }
+                    }
+                    if let Some(a) = &r.ack {
+                        self.out.push_back((None, a.clone()));
+                    }
+                }
+                if r.relayed_final {
+                    continue;
+                }
+                let Ok(req) = scan(&r.req) else { continue };
+                let body = resp
+                    .as_ref()
+                    .and_then(|p| p.content_type().map(|ct| (ct.to_vec(), p.body().to_vec())));
+                let body = body.as_ref().map(|(c, b)| (c.as_slice(), b.as_slice()));
+                let extra: &[(&str, &[u8])] = if is_invite && status < 300 {
+                    &[("Contact", &contact)]
+                } else {
+                    &[]
+                };
+                let mut out = Vec::new();
+                response_with_body(
+                    &req.reply_parts(),
+                    status,
+                    None,
+                    None,
+                    extra,
+                    body,
+                    &mut out,
+                );
+                match &mut r.srv {
+                    Srv::Invite(s) => s.send_response(now, status, out),
+                    Srv::Other(s) => s.send_response(now, status, out),
+                }
+                if status >= 200 {
+                    r.relayed_final = true;
+                }
+            }
+            match &mut r.srv {
+                Srv::Invite(s) => {
+                    while let Some(b) = s.poll_transmit() {
+                        self.out.push_back((back, b));
+                    }
+                    while s.poll_event().is_some() {}
+                }
+                Srv::Other(s) => {
+                    while let Some(b) = s.poll_transmit() {
+                        self.out.push_back((back, b));
+                    }
+                    while s.poll_event().is_some() {}
+                }
+            }
+        }
+    }
+
     fn in_call_response(&mut self, now: Instant, cref: u64, m: &Message<'_>) {
         let Some(call) = self.calls.get_mut(&cref) else {
             return;
@@ -490,6 +794,16 @@ impl<R: RngCore> B2bua<R> {
                 && *k == key
             {
                 t.handle_response(now, m);
+                self.drain(now, cref);
+                return;
+            }
+        }
+        for r in &mut call.relays {
+            if r.cli_key == key {
+                match &mut r.cli {
+                    Cli::Invite(c) => c.handle_response(now, m),
+                    Cli::Other(c) => c.handle_response(now, m),
+                }
                 self.drain(now, cref);
                 return;
             }
@@ -543,6 +857,7 @@ impl<R: RngCore> B2bua<R> {
         for e in events {
             self.on_b_event(now, cref, e);
         }
+        self.drain_relays(now, cref);
     }
 
     fn on_b_event(&mut self, now: Instant, cref: u64, e: Event) {
@@ -671,6 +986,16 @@ impl<R: RngCore> B2bua<R> {
                     Nit::Server(_, t) => t.handle_timeout(now),
                 }
             }
+            for r in &mut call.relays {
+                match &mut r.cli {
+                    Cli::Invite(c) => c.handle_timeout(now),
+                    Cli::Other(c) => c.handle_timeout(now),
+                }
+                match &mut r.srv {
+                    Srv::Invite(s) => s.handle_timeout(now),
+                    Srv::Other(s) => s.handle_timeout(now),
+                }
+            }
             let a_target = scan(&call.a_invite).ok().and_then(|m| via_target(&m));
             if let Some((ok, next, interval, give_up)) = &mut call.a_ok
                 && *next <= now
@@ -701,6 +1026,7 @@ impl<R: RngCore> B2bua<R> {
                         Nit::Client(_, t) => t.poll_timeout().is_none(),
                         Nit::Server(_, t) => t.poll_timeout().is_none(),
                     })
+                    && c.relays.iter().all(|r| r.timeouts().next().is_none())
             })
             .map(|(k, _)| *k)
             .collect();

@@ -371,3 +371,166 @@ From: <sip:edge@handover.invalid>;tag=probe\r\nTo: <sip:127.0.0.1:5080>\r\nCall-
     empty.handle_datagram(at(0), nobody.as_bytes());
     assert_eq!(first_line(&out(&mut empty)[0].1), "SIP/2.0 404 Not Found");
 }
+
+/// An answered call: (b2bua, A's tag as the B2BUA set it, B's INVITE).
+fn answered() -> (B2bua<Seq>, String, Vec<u8>) {
+    let mut b = b2bua();
+    b.handle_datagram(at(0), a_invite().as_bytes());
+    let sent = out(&mut b);
+    let bi = sent[1].1.clone();
+    let m = scan(&bi).unwrap();
+    b.handle_datagram(at(100), b_resp(&m, "200 OK", "bt", Some(SDP_B)).as_bytes());
+    let sent = out(&mut b);
+    let ok = sent
+        .iter()
+        .find(|(_, m)| first_line(m) == "SIP/2.0 200 OK")
+        .unwrap();
+    let a_tag = String::from_utf8(scan(&ok.1).unwrap().to_tag().unwrap().to_vec()).unwrap();
+    (b, a_tag, bi)
+}
+
+/// An in-dialog request from A (through the edge).
+fn from_a(method: &str, seq: u32, branch: &str, a_tag: &str, sdp: Option<&str>) -> String {
+    let body = sdp.unwrap_or("");
+    let ct = if sdp.is_some() {
+        "Content-Type: application/sdp\r\n"
+    } else {
+        ""
+    };
+    format!(
+        "{method} sip:b2bua@127.0.0.1:5060;k=1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bK-hx{branch};k=1\r\n\
+Via: SIP/2.0/UDP 127.0.0.1:5061;branch=z9hG4bK{branch}\r\nMax-Forwards: 69\r\nFrom: <sip:alice@127.0.0.1:5061>;tag=at\r\n\
+To: <sip:b@127.0.0.1:5060>;tag={a_tag}\r\nCall-ID: a-call\r\nCSeq: {seq} {method}\r\nContact: <sip:alice@127.0.0.1:5061>\r\n\
+{ct}Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+/// An in-dialog request from B, in B's dialog (B's INVITE `bi` made it).
+fn from_b(bi: &Message<'_>, method: &str, seq: u32, branch: &str) -> String {
+    format!(
+        "{method} sip:b2bua@127.0.0.1:5060;k=1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bK-hx{branch};k=1\r\n\
+Via: SIP/2.0/UDP 127.0.0.1:5071;branch=z9hG4bK{branch}\r\nMax-Forwards: 69\r\nFrom: {};tag=bt\r\nTo: {}\r\n\
+Call-ID: {}\r\nCSeq: {seq} {method}\r\nContact: <sip:b@127.0.0.1:5071>\r\nContent-Length: 0\r\n\r\n",
+        String::from_utf8_lossy(bi.to_field().value.of(bi.buf())),
+        String::from_utf8_lossy(bi.from_field().value.of(bi.buf())),
+        String::from_utf8_lossy(bi.call_id()),
+    )
+}
+
+const SDP_HOLD: &str = "v=0\r\no=a 1 2 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 6000 RTP/AVP 0\r\na=sendonly\r\n";
+const SDP_HELD: &str = "v=0\r\no=b 1 2 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 7000 RTP/AVP 0\r\na=recvonly\r\n";
+
+#[test]
+fn rfc3261_14_reinvite_hold_is_relayed_with_each_legs_own_cseq() {
+    let (mut b, a_tag, bi) = answered();
+    let bim = scan(&bi).unwrap();
+    let reinv = from_a("INVITE", 2, "r1", &a_tag, Some(SDP_HOLD));
+    b.handle_datagram(at(1000), reinv.as_bytes());
+    let sent = out(&mut b);
+    assert!(
+        sent.iter()
+            .any(|(_, m)| first_line(m) == "SIP/2.0 100 Trying")
+    );
+    let to_b = sent
+        .iter()
+        .find(|(_, m)| first_line(m).starts_with("INVITE "))
+        .expect("re-INVITE to B");
+    let rb = scan(&to_b.1).unwrap();
+    assert_eq!(rb.call_id(), bim.call_id(), "in B's dialog");
+    assert_eq!(rb.cseq().seq, 2, "B's own CSeq space: 1 was the INVITE");
+    assert_eq!(rb.to_tag(), Some(&b"bt"[..]));
+    assert_eq!(
+        rb.body(),
+        SDP_HOLD.as_bytes(),
+        "the offer is passed through"
+    );
+    assert_eq!(
+        rb.request_uri().unwrap().as_bytes(),
+        b"sip:b@127.0.0.1:5071"
+    );
+    // B accepts the hold.
+    b.handle_datagram(
+        at(1100),
+        b_resp(&rb, "200 OK", "bt", Some(SDP_HELD)).as_bytes(),
+    );
+    let sent = out(&mut b);
+    let ack = sent
+        .iter()
+        .find(|(_, m)| first_line(m).starts_with("ACK "))
+        .expect("ACK of B's 2xx");
+    let am = scan(&ack.1).unwrap();
+    assert_eq!((am.cseq().seq, am.cseq().method), (2, Method::Ack));
+    assert_ne!(
+        am.top_via().branch(),
+        rb.top_via().branch(),
+        "the ACK of a 2xx is a new transaction"
+    );
+    let ok = sent
+        .iter()
+        .find(|(_, m)| first_line(m) == "SIP/2.0 200 OK")
+        .expect("200 to A");
+    let om = scan(&ok.1).unwrap();
+    assert_eq!(om.cseq().seq, 2, "A's CSeq");
+    assert_eq!(om.call_id(), b"a-call");
+    assert_eq!(om.body(), SDP_HELD.as_bytes(), "the answer is passed back");
+    // B's 200 again: ACKed again, not relayed twice.
+    b.handle_datagram(
+        at(1600),
+        b_resp(&rb, "200 OK", "bt", Some(SDP_HELD)).as_bytes(),
+    );
+    let sent = out(&mut b);
+    assert!(sent.iter().any(|(_, m)| first_line(m).starts_with("ACK ")));
+    assert!(!sent.iter().any(|(_, m)| first_line(m) == "SIP/2.0 200 OK"));
+}
+
+#[test]
+fn rfc3261_14_2_crossing_reinvites_get_491() {
+    let (mut b, a_tag, bi) = answered();
+    let bim = scan(&bi).unwrap();
+    b.handle_datagram(
+        at(1000),
+        from_a("INVITE", 2, "r1", &a_tag, Some(SDP_HOLD)).as_bytes(),
+    );
+    let _ = out(&mut b);
+    // B sends its own re-INVITE before answering ours.
+    b.handle_datagram(at(1050), from_b(&bim, "INVITE", 1, "rb1").as_bytes());
+    let sent = out(&mut b);
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert_eq!(first_line(&sent[0].1), "SIP/2.0 491 Request Pending");
+    assert_eq!(sent[0].0, Some("127.0.0.1:5060".parse().unwrap()));
+}
+
+#[test]
+fn info_from_b_reaches_a_in_as_own_dialog() {
+    let (mut b, _a_tag, bi) = answered();
+    let bim = scan(&bi).unwrap();
+    b.handle_datagram(at(1000), from_b(&bim, "INFO", 1, "i1").as_bytes());
+    let sent = out(&mut b);
+    let to_a = sent
+        .iter()
+        .find(|(_, m)| first_line(m).starts_with("INFO "))
+        .expect("INFO to A");
+    let m = scan(&to_a.1).unwrap();
+    assert_eq!(m.call_id(), b"a-call");
+    assert_eq!(m.cseq().seq, 1, "the B2BUA's first request on leg A");
+    assert_eq!(
+        m.request_uri().unwrap().as_bytes(),
+        b"sip:alice@127.0.0.1:5061"
+    );
+    // A answers; B gets the 200.
+    let resp = format!(
+        "SIP/2.0 200 OK\r\nVia: {}\r\nFrom: {}\r\nTo: {}\r\nCall-ID: a-call\r\nCSeq: 1 INFO\r\nContent-Length: 0\r\n\r\n",
+        String::from_utf8_lossy(m.top_via().span().of(m.buf())),
+        String::from_utf8_lossy(m.from_field().value.of(m.buf())),
+        String::from_utf8_lossy(m.to_field().value.of(m.buf())),
+    );
+    b.handle_datagram(at(1100), resp.as_bytes());
+    let sent = out(&mut b);
+    let back = sent
+        .iter()
+        .find(|(_, m)| first_line(m) == "SIP/2.0 200 OK")
+        .expect("200 to B");
+    assert_eq!(scan(&back.1).unwrap().cseq().method, Method::Info);
+    assert_eq!(back.0, Some("127.0.0.1:5060".parse().unwrap()));
+}
