@@ -114,13 +114,26 @@ pub(crate) fn sipp_uac(
     calls: u32,
     pause_ms: u32,
 ) -> (Proc, PathBuf) {
+    sipp_uac_with(dir, "uac.xml", "b", target, rate, calls, pause_ms)
+}
+
+/// Starts a SIPp UAC running `scenario` (in `tests/sipp`) calling `user`.
+pub(crate) fn sipp_uac_with(
+    dir: &Path,
+    scenario_file: &str,
+    user: &str,
+    target: SocketAddr,
+    rate: u32,
+    calls: u32,
+    pause_ms: u32,
+) -> (Proc, PathBuf) {
     require_sipp();
     let port = free_udp_port();
     let stat = dir.join(format!("uac-{port}.csv"));
     let child = Command::new("sipp")
         .args(["-sf"])
-        .arg(scenario("uac.xml"))
-        .args(["-i", "127.0.0.1", "-p", &port.to_string(), "-s", "b"])
+        .arg(scenario(scenario_file))
+        .args(["-i", "127.0.0.1", "-p", &port.to_string(), "-s", user])
         .args([
             "-r",
             &rate.to_string(),
@@ -133,6 +146,7 @@ pub(crate) fn sipp_uac(
             "-nostdin",
             "-timeout",
             "60s",
+            "-trace_msg",
             "-trace_stat",
             "-fd",
             "1",
@@ -148,6 +162,32 @@ pub(crate) fn sipp_uac(
         .spawn()
         .expect("sipp starts");
     (Proc(child), stat)
+}
+
+/// Starts a SIPp UAS running `scenario` (in `tests/sipp`) on `port`.
+pub(crate) fn sipp_uas_with(dir: &Path, scenario_file: &str, port: u16) -> Proc {
+    require_sipp();
+    let err = dir.join(format!("uas-{port}.err"));
+    let child = Command::new("sipp")
+        .args(["-sf"])
+        .arg(scenario(scenario_file))
+        .args([
+            "-i",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-aa",
+            "-nostdin",
+            "-trace_err",
+            "-error_file",
+        ])
+        .arg(&err)
+        .current_dir(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("sipp starts");
+    Proc(child)
 }
 
 /// Waits for a UAC to finish and reads its final counts.

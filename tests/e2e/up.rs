@@ -78,3 +78,72 @@ fn up_carries_basic_calls_and_hides_the_worker() {
         "the edge's address is what they see"
     );
 }
+
+#[test]
+fn up_relays_hold_and_resume_busy_and_cancel() {
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let (held, busy, ring) = (free_udp_port(), free_udp_port(), free_udp_port());
+    let _uas = [
+        sipp_uas_with(dir.path(), "uas_held.xml", held),
+        sipp_uas_with(dir.path(), "uas_busy.xml", busy),
+        sipp_uas_with(dir.path(), "uas_ring.xml", ring),
+    ];
+    let (sip, worker) = (free_udp_port(), free_udp_port());
+    let (admin, worker_admin) = (
+        format!("127.0.0.1:{}", free_udp_port()),
+        format!("127.0.0.1:{}", free_udp_port()),
+    );
+    let _up = spawn_up(
+        &[
+            "--listen",
+            &format!("127.0.0.1:{sip}"),
+            "--worker-listen",
+            &format!("127.0.0.1:{worker}"),
+            "--admin",
+            &admin,
+            "--worker-admin",
+            &worker_admin,
+            "--route",
+            &format!("held=127.0.0.1:{held}"),
+            "--route",
+            &format!("busy=127.0.0.1:{busy}"),
+            "--route",
+            &format!("ring=127.0.0.1:{ring}"),
+        ],
+        &admin,
+    );
+    let edge: std::net::SocketAddr = format!("127.0.0.1:{sip}").parse().unwrap();
+    // Each flow: the caller's scenario checks every step (the SDP direction
+    // attributes of hold and resume included); exit 0 means all calls did.
+    for (scenario, user, calls) in [
+        ("uac_hold.xml", "held", 40),
+        ("uac_busy.xml", "busy", 40),
+        ("uac_cancel.xml", "ring", 40),
+    ] {
+        let (uac, stat) = sipp_uac_with(dir.path(), scenario, user, edge, 20, calls, 0);
+        let r = finish_uac(uac, &stat);
+        assert_eq!(r.exit, Some(0), "{scenario}: {r:?}");
+        assert_eq!(
+            (r.successful, r.failed),
+            (u64::from(calls), 0),
+            "{scenario}"
+        );
+    }
+    for p in [held, busy, ring] {
+        let errs = error_lines(&dir.path().join(format!("uas-{p}.err")));
+        assert!(errs.is_empty(), "callee on {p} saw errors: {errs:?}");
+    }
+    let text = http_get(&format!("http://{worker_admin}/metrics")).1;
+    assert_eq!(metric(&text, "handover_calls_started_total"), 120.0);
+    assert_eq!(
+        metric(&text, "handover_calls_answered_total"),
+        40.0,
+        "only the held calls were answered"
+    );
+    assert_eq!(
+        metric(&text, "handover_calls_ended_total{cause=\"failed\"}"),
+        80.0,
+        "busy and cancelled"
+    );
+}

@@ -455,6 +455,11 @@ impl<R: RngCore> B2bua<R> {
                 );
                 let mut t = ServerNonInvite::new(now, self.cfg.timers);
                 t.send_response(now, 200, ok);
+                // The CANCEL's 200 goes before the INVITE's 487 (RFC 3261
+                // §9.2 answers the CANCEL first; phones expect that order).
+                while let Some(b) = t.poll_transmit() {
+                    self.out.push_back((via_target(m), b));
+                }
                 call.nits.push(Nit::Server(key, t));
                 if Key::cancel_target(m) == call.a_key
                     && call.a_srv.state() == ServerInviteState::Proceeding
