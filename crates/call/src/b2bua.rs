@@ -17,7 +17,8 @@
 //! Call order: `handle_datagram` for each datagram, `handle_timeout` at
 //! `poll_timeout`; after each, drain `poll_transmit`.
 
-use std::collections::{HashMap, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
@@ -76,6 +77,9 @@ pub struct Config {
     pub hashing: Hashing,
     /// Where calls go.
     pub routes: Routes,
+    /// A call answered this long ago is hung up on both legs, so no call
+    /// whose phones vanished lives forever.
+    pub max_call_age: Duration,
 }
 
 /// Counters the shell exports.
@@ -90,6 +94,9 @@ pub struct Stats {
     pub hung_up: u64,
     /// Calls that ended without an answer (error, cancel, timeout).
     pub failed: u64,
+    /// Answered calls the B2BUA hung up itself: maximum call age reached,
+    /// or a leg answered 408/481 to an in-dialog request.
+    pub torn_down: u64,
 }
 
 /// One non-INVITE transaction of a call.
@@ -165,9 +172,34 @@ struct Call {
     b_ack: Option<Vec<u8>>,
     cancelled: bool,
     answered: bool,
+    /// When an answered call reaches the maximum call age.
+    answered_at: Option<Instant>,
     over: bool,
     nits: Vec<Nit>,
     relays: Vec<Relay>,
+}
+
+impl Call {
+    /// The earliest deadline of any of the call's transactions or of the
+    /// 2xx it resends to A.
+    fn next_timeout(&self) -> Option<Instant> {
+        let nits = self.nits.iter().filter_map(|n| match n {
+            Nit::Client(_, t) => t.poll_timeout(),
+            Nit::Server(_, t) => t.poll_timeout(),
+        });
+        let too_old = if self.over { None } else { self.answered_at };
+        [
+            self.a_srv.poll_timeout(),
+            self.b_cli.poll_timeout(),
+            self.a_ok.as_ref().map(|o| o.1),
+            too_old,
+        ]
+        .into_iter()
+        .flatten()
+        .chain(nits)
+        .chain(self.relays.iter().flat_map(Relay::timeouts))
+        .min()
+    }
 }
 
 /// All calls of one worker.
@@ -178,6 +210,9 @@ pub struct B2bua<R> {
     calls: HashMap<u64, Call>,
     by_call_id: HashMap<Vec<u8>, u64>,
     next_ref: u64,
+    /// (deadline, call), earliest first; entries go stale when a call's
+    /// deadline moves and are skipped when popped.
+    timers: BinaryHeap<Reverse<(Instant, u64)>>,
     out: VecDeque<(Option<SocketAddr>, Vec<u8>)>,
     stats: Stats,
 }
@@ -207,6 +242,7 @@ impl<R: RngCore> B2bua<R> {
             calls: HashMap::new(),
             by_call_id: HashMap::new(),
             next_ref: 1,
+            timers: BinaryHeap::new(),
             out: VecDeque::new(),
             stats: Stats::default(),
         }
@@ -235,24 +271,25 @@ impl<R: RngCore> B2bua<R> {
 
     /// When to call `handle_timeout` next.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.calls
-            .values()
-            .flat_map(|c| {
-                let nits = c.nits.iter().filter_map(|n| match n {
-                    Nit::Client(_, t) => t.poll_timeout(),
-                    Nit::Server(_, t) => t.poll_timeout(),
-                });
-                [
-                    c.a_srv.poll_timeout(),
-                    c.b_cli.poll_timeout(),
-                    c.a_ok.as_ref().map(|o| o.1),
-                ]
-                .into_iter()
-                .flatten()
-                .chain(nits)
-                .chain(c.relays.iter().flat_map(Relay::timeouts))
-            })
-            .min()
+        self.timers.peek().map(|Reverse((t, _))| *t)
+    }
+
+    /// Files call `cref`'s next deadline, or forgets the call when it is
+    /// over and nothing of it is still running.
+    fn schedule(&mut self, cref: u64) {
+        let Some(c) = self.calls.get(&cref) else {
+            return;
+        };
+        match c.next_timeout() {
+            Some(t) => self.timers.push(Reverse((t, cref))),
+            None if c.over => {
+                if let Some(c) = self.calls.remove(&cref) {
+                    self.by_call_id.remove(&c.a_call_id);
+                    self.by_call_id.remove(&c.b_call_id);
+                }
+            }
+            None => {}
+        }
     }
 
     fn respond(&mut self, m: &Message<'_>, status: u16, to_tag: Option<&[u8]>) {
@@ -296,18 +333,26 @@ impl<R: RngCore> B2bua<R> {
             }
         };
         let cref = self.by_call_id.get(m.call_id()).copied();
-        match (m.is_request(), cref) {
-            (true, Some(c)) => self.in_call_request(now, c, &m),
-            (false, Some(c)) => self.in_call_response(now, c, &m),
+        let touched = match (m.is_request(), cref) {
+            (true, Some(c)) => {
+                self.in_call_request(now, c, &m);
+                Some(c)
+            }
+            (false, Some(c)) => {
+                self.in_call_response(now, c, &m);
+                Some(c)
+            }
             (true, None) => self.new_request(now, &m),
-            (false, None) => {}
+            (false, None) => None,
+        };
+        if let Some(c) = touched {
+            self.schedule(c);
         }
-        self.sweep(now);
     }
 
-    fn new_request(&mut self, now: Instant, m: &Message<'_>) {
+    fn new_request(&mut self, now: Instant, m: &Message<'_>) -> Option<u64> {
         match m.method() {
-            Some(Method::Invite) if m.to_tag().is_none() => self.new_call(now, m),
+            Some(Method::Invite) if m.to_tag().is_none() => return self.new_call(now, m),
             Some(Method::Ack) => {}
             Some(Method::Options) => {
                 let t = self.ids.tag();
@@ -319,9 +364,10 @@ impl<R: RngCore> B2bua<R> {
                 self.respond(m, 501, Some(t.as_bytes()));
             }
         }
+        None
     }
 
-    fn new_call(&mut self, now: Instant, m: &Message<'_>) {
+    fn new_call(&mut self, now: Instant, m: &Message<'_>) -> Option<u64> {
         if let Err(r) = m.ua_check() {
             let t = self.ids.tag();
             let mut b = Vec::new();
@@ -334,13 +380,13 @@ impl<R: RngCore> B2bua<R> {
                 &mut b,
             );
             self.out.push_back((via_target(m), b));
-            return;
+            return None;
         }
         let user = m.request_uri().and_then(|u| u.user()).unwrap_or_default();
         let Some(target) = self.cfg.routes.target(user).map(str::to_string) else {
             let t = self.ids.tag();
             self.respond(m, 404, Some(t.as_bytes()));
-            return;
+            return None;
         };
         self.stats.started += 1;
         let key = self.cfg.hashing.affinity_key(m.call_id());
@@ -399,12 +445,14 @@ impl<R: RngCore> B2bua<R> {
                 b_ack: None,
                 cancelled: false,
                 answered: false,
+                answered_at: None,
                 over: false,
                 nits: Vec::new(),
                 relays: Vec::new(),
             },
         );
         self.drain(now, cref);
+        Some(cref)
     }
 
     fn in_call_request(&mut self, now: Instant, cref: u64, m: &Message<'_>) {
@@ -690,6 +738,7 @@ impl<R: RngCore> B2bua<R> {
             b_dialog,
             ..
         } = call;
+        let mut dead_leg = false;
         for r in relays.iter_mut() {
             let back = scan(&r.req).ok().and_then(|m| via_target(&m));
             let mut events = Vec::new();
@@ -771,6 +820,9 @@ impl<R: RngCore> B2bua<R> {
                 if status >= 200 {
                     r.relayed_final = true;
                 }
+                if status == 408 || status == 481 {
+                    dead_leg = true;
+                }
             }
             match &mut r.srv {
                 Srv::Invite(s) => {
@@ -786,6 +838,13 @@ impl<R: RngCore> B2bua<R> {
                     while s.poll_event().is_some() {}
                 }
             }
+        }
+        //= https://www.rfc-editor.org/rfc/rfc3261#section-12.2.1.2
+        //# If the response for a request within a dialog is a 481
+        //# (Call/Transaction Does Not Exist) or a 408 (Request Timeout), the UAC
+        //# SHOULD terminate the dialog.
+        if dead_leg {
+            self.tear_down(now, cref);
         }
     }
 
@@ -924,6 +983,7 @@ impl<R: RngCore> B2bua<R> {
                     return;
                 }
                 call.answered = true;
+                call.answered_at = Some(now + self.cfg.max_call_age);
                 self.stats.answered += 1;
                 let mut r = Vec::new();
                 response_with_body(
@@ -976,70 +1036,96 @@ impl<R: RngCore> B2bua<R> {
         }
     }
 
-    /// Runs timers due at `now`.
-    pub fn handle_timeout(&mut self, now: Instant) {
-        let refs: Vec<u64> = self.calls.keys().copied().collect();
-        for cref in refs {
-            let Some(call) = self.calls.get_mut(&cref) else {
-                continue;
-            };
-            call.a_srv.handle_timeout(now);
-            call.b_cli.handle_timeout(now);
-            for n in &mut call.nits {
-                match n {
-                    Nit::Client(_, t) => t.handle_timeout(now),
-                    Nit::Server(_, t) => t.handle_timeout(now),
-                }
-            }
-            for r in &mut call.relays {
-                match &mut r.cli {
-                    Cli::Invite(c) => c.handle_timeout(now),
-                    Cli::Other(c) => c.handle_timeout(now),
-                }
-                match &mut r.srv {
-                    Srv::Invite(s) => s.handle_timeout(now),
-                    Srv::Other(s) => s.handle_timeout(now),
-                }
-            }
-            let a_target = scan(&call.a_invite).ok().and_then(|m| via_target(&m));
-            if let Some((ok, next, interval, give_up)) = &mut call.a_ok
-                && *next <= now
-            {
-                if now >= *give_up {
-                    call.a_ok = None;
-                } else {
-                    self.out.push_back((a_target, ok.clone()));
-                    *interval = (*interval * 2).min(self.cfg.timers.t2);
-                    *next = now + *interval;
-                }
-            }
-            self.drain(now, cref);
+    /// Hangs up both legs of an answered call (BYE in each dialog).
+    fn tear_down(&mut self, now: Instant, cref: u64) {
+        let Some(call) = self.calls.get(&cref) else {
+            return;
+        };
+        if call.over {
+            return;
         }
-        self.sweep(now);
+        let khex = call.khex;
+        let vias = [self.via(&khex), self.via(&khex)];
+        let timers = self.cfg.timers;
+        let Some(call) = self.calls.get_mut(&cref) else {
+            return;
+        };
+        call.over = true;
+        call.a_ok = None;
+        let reason: &[u8] = b"SIP;cause=408;text=\"handover ended the call\"";
+        for (d, via) in [call.a_dialog.as_mut(), call.b_dialog.as_mut()]
+            .into_iter()
+            .zip(&vias)
+        {
+            if let Some(d) = d {
+                let bye = d.request("BYE", None, via, None, &[("Reason", reason)], None);
+                if let Ok(b) = scan(&bye) {
+                    let k = Key::server(&b);
+                    call.nits
+                        .push(Nit::Client(k, ClientNonInvite::new(now, timers, bye)));
+                }
+            }
+        }
+        self.stats.torn_down += 1;
+        self.drain(now, cref);
     }
 
-    /// Forgets calls that are over and whose transactions have all ended.
-    fn sweep(&mut self, _now: Instant) {
-        let done: Vec<u64> = self
-            .calls
-            .iter()
-            .filter(|(_, c)| {
-                c.over
-                    && c.a_srv.poll_timeout().is_none()
-                    && c.b_cli.poll_timeout().is_none()
-                    && c.nits.iter().all(|n| match n {
-                        Nit::Client(_, t) => t.poll_timeout().is_none(),
-                        Nit::Server(_, t) => t.poll_timeout().is_none(),
-                    })
-                    && c.relays.iter().all(|r| r.timeouts().next().is_none())
-            })
-            .map(|(k, _)| *k)
-            .collect();
-        for cref in done {
-            if let Some(c) = self.calls.remove(&cref) {
-                self.by_call_id.remove(&c.a_call_id);
-                self.by_call_id.remove(&c.b_call_id);
+    /// Runs timers due at `now` (only the calls whose deadline has come).
+    pub fn handle_timeout(&mut self, now: Instant) {
+        while let Some(&Reverse((t, cref))) = self.timers.peek() {
+            if t > now {
+                break;
+            }
+            self.timers.pop();
+            if !self.calls.contains_key(&cref) {
+                continue;
+            }
+            self.run_timers(now, cref);
+            self.schedule(cref);
+        }
+    }
+
+    fn run_timers(&mut self, now: Instant, cref: u64) {
+        let Some(call) = self.calls.get_mut(&cref) else {
+            return;
+        };
+        call.a_srv.handle_timeout(now);
+        call.b_cli.handle_timeout(now);
+        for n in &mut call.nits {
+            match n {
+                Nit::Client(_, t) => t.handle_timeout(now),
+                Nit::Server(_, t) => t.handle_timeout(now),
             }
         }
+        for r in &mut call.relays {
+            match &mut r.cli {
+                Cli::Invite(c) => c.handle_timeout(now),
+                Cli::Other(c) => c.handle_timeout(now),
+            }
+            match &mut r.srv {
+                Srv::Invite(s) => s.handle_timeout(now),
+                Srv::Other(s) => s.handle_timeout(now),
+            }
+        }
+        if !call.over && call.answered_at.is_some_and(|t| t <= now) {
+            self.tear_down(now, cref);
+            return;
+        }
+        let Some(call) = self.calls.get_mut(&cref) else {
+            return;
+        };
+        let a_target = scan(&call.a_invite).ok().and_then(|m| via_target(&m));
+        if let Some((ok, next, interval, give_up)) = &mut call.a_ok
+            && *next <= now
+        {
+            if now >= *give_up {
+                call.a_ok = None;
+            } else {
+                self.out.push_back((a_target, ok.clone()));
+                *interval = (*interval * 2).min(self.cfg.timers.t2);
+                *next = now + *interval;
+            }
+        }
+        self.drain(now, cref);
     }
 }

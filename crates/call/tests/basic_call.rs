@@ -38,6 +38,7 @@ fn b2bua() -> B2bua<Seq> {
             timers: TimerConfig::default(),
             hashing: Hashing::default(),
             routes,
+            max_call_age: Duration::from_secs(3600),
         },
         Seq(7),
     )
@@ -365,6 +366,7 @@ From: <sip:edge@handover.invalid>;tag=probe\r\nTo: <sip:127.0.0.1:5080>\r\nCall-
             timers: TimerConfig::default(),
             hashing: Hashing::default(),
             routes: Routes::default(),
+            max_call_age: Duration::from_secs(3600),
         },
         Seq(1),
     );
@@ -533,4 +535,67 @@ fn info_from_b_reaches_a_in_as_own_dialog() {
         .expect("200 to B");
     assert_eq!(scan(&back.1).unwrap().cseq().method, Method::Info);
     assert_eq!(back.0, Some("127.0.0.1:5060".parse().unwrap()));
+}
+
+#[test]
+fn maximum_call_age_hangs_up_both_legs() {
+    let (mut b, _a_tag, bi) = answered();
+    let bim = scan(&bi).unwrap();
+    // Answered at 100 ms; an hour later both legs get a BYE.
+    b.handle_timeout(at(3_600_099));
+    assert!(
+        out(&mut b)
+            .iter()
+            .all(|(_, m)| !first_line(m).starts_with("BYE ")),
+        "not yet"
+    );
+    b.handle_timeout(at(3_600_100));
+    let sent = out(&mut b);
+    let byes: Vec<_> = sent
+        .iter()
+        .filter(|(_, m)| first_line(m).starts_with("BYE "))
+        .collect();
+    assert_eq!(byes.len(), 2, "{sent:?}");
+    let call_ids: Vec<Vec<u8>> = byes
+        .iter()
+        .map(|(_, m)| scan(m).unwrap().call_id().to_vec())
+        .collect();
+    assert!(call_ids.contains(&b"a-call".to_vec()) && call_ids.contains(&bim.call_id().to_vec()));
+    assert_eq!(b.stats().torn_down, 1);
+    assert_eq!(b.calls_active(), 0);
+}
+
+#[test]
+fn rfc3261_12_2_1_2_a_481_to_a_relayed_request_ends_the_call() {
+    let (mut b, _a_tag, bi) = answered();
+    let bim = scan(&bi).unwrap();
+    b.handle_datagram(at(1000), from_b(&bim, "INFO", 1, "i1").as_bytes());
+    let sent = out(&mut b);
+    let to_a = sent
+        .iter()
+        .find(|(_, m)| first_line(m).starts_with("INFO "))
+        .unwrap();
+    let m = scan(&to_a.1).unwrap();
+    // A no longer knows the call.
+    let resp = format!(
+        "SIP/2.0 481 Call/Transaction Does Not Exist\r\nVia: {}\r\nFrom: {}\r\nTo: {}\r\nCall-ID: a-call\r\nCSeq: 1 INFO\r\nContent-Length: 0\r\n\r\n",
+        String::from_utf8_lossy(m.top_via().span().of(m.buf())),
+        String::from_utf8_lossy(m.from_field().value.of(m.buf())),
+        String::from_utf8_lossy(m.to_field().value.of(m.buf())),
+    );
+    b.handle_datagram(at(1100), resp.as_bytes());
+    let sent = out(&mut b);
+    assert!(
+        sent.iter()
+            .any(|(_, m)| first_line(m).starts_with("SIP/2.0 481")),
+        "B hears the 481"
+    );
+    assert_eq!(
+        sent.iter()
+            .filter(|(_, m)| first_line(m).starts_with("BYE "))
+            .count(),
+        2,
+        "both legs hung up"
+    );
+    assert_eq!(b.stats().torn_down, 1);
 }

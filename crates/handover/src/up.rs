@@ -25,6 +25,9 @@ pub(crate) struct UpArgs {
     /// The worker's admin address.
     #[arg(long, default_value = "127.0.0.1:9101")]
     worker_admin: SocketAddr,
+    /// Seconds after its answer at which a call is hung up on both legs.
+    #[arg(long, default_value_t = 14_400)]
+    max_call_age_s: u64,
 }
 
 struct Kids(Vec<Child>);
@@ -62,6 +65,7 @@ pub(crate) fn run(a: UpArgs) -> anyhow::Result<()> {
     for r in &a.routes {
         worker.args(["--route", r]);
     }
+    worker.args(["--max-call-age-s", &a.max_call_age_s.to_string()]);
     let mut edge = Command::new(&exe);
     edge.arg("edge").args([
         "--listen",

@@ -37,6 +37,14 @@ pub(crate) struct WorkerArgs {
     /// Admin HTTP address for /metrics, /healthz, /readyz.
     #[arg(long, default_value = "127.0.0.1:9101")]
     admin: SocketAddr,
+    /// Seconds after its answer at which a call is hung up on both legs
+    /// (no call whose phones vanished lives forever).
+    #[arg(long, default_value_t = 14_400)]
+    max_call_age_s: u64,
+    /// SIP timer T1 in milliseconds (RFC 3261: 500; lower only on a network
+    /// known to be faster).
+    #[arg(long, default_value_t = 500)]
+    t1_ms: u64,
 }
 
 pub(crate) fn run(args: WorkerArgs) -> anyhow::Result<()> {
@@ -69,11 +77,20 @@ pub(crate) fn run(args: WorkerArgs) -> anyhow::Result<()> {
         println!("handover worker listening on udp {}", sock.local_addr()?);
         println!("metrics: http://{admin_local}/metrics");
         tokio::spawn(crate::admin::serve(listener, handle, Arc::new(|| true)));
+        let timers = TimerConfig {
+            t1: Duration::from_millis(args.t1_ms),
+            t2: Duration::from_secs(4).max(Duration::from_millis(args.t1_ms)),
+            ..TimerConfig::default()
+        };
+        timers
+            .validate()
+            .map_err(|e| anyhow::anyhow!("--t1-ms: {e}"))?;
         let cfg = Config {
             advertised: args.advertise.unwrap_or(args.edge).to_string(),
-            timers: TimerConfig::default(),
+            timers,
             hashing: Hashing::default(),
             routes,
+            max_call_age: Duration::from_secs(args.max_call_age_s),
         };
         let mut b2b = B2bua::new(cfg, rand_core::UnwrapErr(rand_core::OsRng));
         let start = tokio::time::Instant::now();
@@ -84,6 +101,7 @@ pub(crate) fn run(args: WorkerArgs) -> anyhow::Result<()> {
         let answered = metrics::counter!(CALLS_ANSWERED);
         let hung_up = metrics::counter!(CALLS_ENDED, "cause" => "hangup");
         let failed = metrics::counter!(CALLS_ENDED, "cause" => "failed");
+        let torn_down = metrics::counter!(CALLS_ENDED, "cause" => "torn_down");
         let active = metrics::gauge!(CALLS_ACTIVE);
         let mut last = handover_call::Stats::default();
         loop {
@@ -112,6 +130,7 @@ pub(crate) fn run(args: WorkerArgs) -> anyhow::Result<()> {
             answered.increment(s.answered - last.answered);
             hung_up.increment(s.hung_up - last.hung_up);
             failed.increment(s.failed - last.failed);
+            torn_down.increment(s.torn_down - last.torn_down);
             active.set(b2b.calls_active() as f64);
             last = s;
         }
