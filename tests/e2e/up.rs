@@ -147,3 +147,46 @@ fn up_relays_hold_and_resume_busy_and_cancel() {
         "busy and cancelled"
     );
 }
+
+#[test]
+fn up_hangs_up_calls_at_the_maximum_call_age() {
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let uas_port = free_udp_port();
+    let _uas = sipp_uas_with(dir.path(), "uas.xml", uas_port);
+    let (sip, worker) = (free_udp_port(), free_udp_port());
+    let (admin, worker_admin) = (
+        format!("127.0.0.1:{}", free_udp_port()),
+        format!("127.0.0.1:{}", free_udp_port()),
+    );
+    let _up = spawn_up(
+        &[
+            "--listen",
+            &format!("127.0.0.1:{sip}"),
+            "--worker-listen",
+            &format!("127.0.0.1:{worker}"),
+            "--admin",
+            &admin,
+            "--worker-admin",
+            &worker_admin,
+            "--route",
+            &format!("b=127.0.0.1:{uas_port}"),
+            "--max-call-age-s",
+            "1",
+        ],
+        &admin,
+    );
+    // Neither phone hangs up: the worker does, on both legs, after 1 s.
+    let edge: std::net::SocketAddr = format!("127.0.0.1:{sip}").parse().unwrap();
+    let (uac, stat) = sipp_uac_with(dir.path(), "uac_wait_bye.xml", "b", edge, 10, 20, 0);
+    let r = finish_uac(uac, &stat);
+    assert_eq!(r.exit, Some(0), "every caller got its BYE: {r:?}");
+    assert_eq!((r.successful, r.failed), (20, 0));
+    let errs = error_lines(&dir.path().join(format!("uas-{uas_port}.err")));
+    assert!(errs.is_empty(), "every callee got its BYE: {errs:?}");
+    let text = http_get(&format!("http://{worker_admin}/metrics")).1;
+    assert_eq!(
+        metric(&text, "handover_calls_ended_total{cause=\"torn_down\"}"),
+        20.0
+    );
+}
