@@ -32,15 +32,17 @@ fn up_carries_basic_calls_and_hides_the_worker() {
         ],
         &admin,
     );
-    let calls = 300;
+    // Several hundred calls a second, as the worker issue asks.
+    let calls = 2000;
     let (uac, stat) = sipp_uac(
         dir.path(),
         format!("127.0.0.1:{sip}").parse().unwrap(),
-        100,
+        400,
         calls,
         0,
     );
     let r = finish_uac(uac, &stat);
+    println!("up: {r:?}");
     assert_eq!(r.exit, Some(0), "every call succeeded: {r:?}");
     assert_eq!((r.successful, r.failed), (u64::from(calls), 0));
     let errs = error_lines(&dir.path().join(format!("uas-{uas_port}.err")));
@@ -61,6 +63,21 @@ fn up_carries_basic_calls_and_hides_the_worker() {
         0.0
     );
     assert_eq!(m(&text, "handover_calls_active"), 0.0);
+    // Call-setup latency histograms: one sample per call each.
+    assert_eq!(
+        m(&text, "handover_invite_answer_seconds_count"),
+        f64::from(calls)
+    );
+    assert_eq!(
+        m(&text, "handover_invite_first_response_seconds_count"),
+        f64::from(calls)
+    );
+    assert!(
+        text.contains("handover_invite_answer_seconds_bucket{le=\"0.1\"}"),
+        "buckets, not a summary"
+    );
+    assert!(text.contains("handover_retransmissions_total"), "{text}");
+    assert!(text.contains("handover_transactions_active"), "{text}");
 
     // Topology hiding: caller and callee only ever see the edge's address.
     let logs = sipp_message_logs(dir.path());

@@ -97,6 +97,18 @@ pub struct Stats {
     /// Answered calls the B2BUA hung up itself: maximum call age reached,
     /// or a leg answered 408/481 to an in-dialog request.
     pub torn_down: u64,
+    /// Datagrams resent because a timer fired (requests and 2xx responses
+    /// retransmitted over UDP).
+    pub retransmissions: u64,
+}
+
+/// What a latency sample measures, from the INVITE's arrival.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Latency {
+    /// Until the callee's first response (provisional or final), relayed.
+    FirstResponse,
+    /// Until the callee's 2xx, relayed.
+    Answer,
 }
 
 /// One non-INVITE transaction of a call.
@@ -174,6 +186,10 @@ struct Call {
     answered: bool,
     /// When an answered call reaches the maximum call age.
     answered_at: Option<Instant>,
+    /// When A's INVITE arrived.
+    started_at: Instant,
+    /// The callee's first response has been relayed.
+    heard: bool,
     over: bool,
     nits: Vec<Nit>,
     relays: Vec<Relay>,
@@ -214,6 +230,7 @@ pub struct B2bua<R> {
     /// deadline moves and are skipped when popped.
     timers: BinaryHeap<Reverse<(Instant, u64)>>,
     out: VecDeque<(Option<SocketAddr>, Vec<u8>)>,
+    latencies: VecDeque<(Latency, Duration)>,
     stats: Stats,
 }
 
@@ -244,6 +261,7 @@ impl<R: RngCore> B2bua<R> {
             next_ref: 1,
             timers: BinaryHeap::new(),
             out: VecDeque::new(),
+            latencies: VecDeque::new(),
             stats: Stats::default(),
         }
     }
@@ -267,6 +285,36 @@ impl<R: RngCore> B2bua<R> {
     /// The next datagram: `None` as destination means "to the edge".
     pub fn poll_transmit(&mut self) -> Option<(Option<SocketAddr>, Vec<u8>)> {
         self.out.pop_front()
+    }
+
+    /// The next latency sample (for the shell's histograms).
+    pub fn poll_latency(&mut self) -> Option<(Latency, Duration)> {
+        self.latencies.pop_front()
+    }
+
+    /// Transactions not yet terminated, over all calls. Walks every call:
+    /// call it from a periodic gauge update, not per datagram.
+    pub fn transactions_active(&self) -> usize {
+        self.calls
+            .values()
+            .map(|c| {
+                usize::from(
+                    c.a_srv.poll_timeout().is_some()
+                        || c.a_srv.state() == ServerInviteState::Proceeding,
+                ) + usize::from(c.b_cli.state() != InviteState::Terminated)
+                    + c.nits
+                        .iter()
+                        .filter(|n| match n {
+                            Nit::Client(_, t) => t.poll_timeout().is_some(),
+                            Nit::Server(_, t) => t.poll_timeout().is_some(),
+                        })
+                        .count()
+                    + c.relays
+                        .iter()
+                        .filter(|r| r.timeouts().next().is_some())
+                        .count()
+            })
+            .sum()
     }
 
     /// When to call `handle_timeout` next.
@@ -446,6 +494,8 @@ impl<R: RngCore> B2bua<R> {
                 cancelled: false,
                 answered: false,
                 answered_at: None,
+                started_at: now,
+                heard: false,
                 over: false,
                 nits: Vec::new(),
                 relays: Vec::new(),
@@ -947,6 +997,15 @@ impl<R: RngCore> B2bua<R> {
             .and_then(|r| r.content_type().map(|ct| (ct.to_vec(), r.body().to_vec())));
         let body_ref = body.as_ref().map(|(c, b)| (c.as_slice(), b.as_slice()));
         let tag = call.a_tag;
+        if status > 100 && !call.heard && !call.cancelled {
+            call.heard = true;
+            self.latencies
+                .push_back((Latency::FirstResponse, now - call.started_at));
+        }
+        if (200..300).contains(&status) && !call.answered && !call.cancelled {
+            self.latencies
+                .push_back((Latency::Answer, now - call.started_at));
+        }
         match status {
             100 => {}
             101..=199 if !call.cancelled => {
@@ -1080,7 +1139,13 @@ impl<R: RngCore> B2bua<R> {
             if !self.calls.contains_key(&cref) {
                 continue;
             }
+            let (before, torn) = (self.out.len(), self.stats.torn_down);
             self.run_timers(now, cref);
+            if self.stats.torn_down == torn {
+                // Everything a timer sends, short of a teardown's BYEs, is a
+                // retransmission (timers A, E, G and the 2xx resend).
+                self.stats.retransmissions += (self.out.len() - before) as u64;
+            }
             self.schedule(cref);
         }
     }

@@ -8,5 +8,5 @@
 mod b2bua;
 mod dialog;
 
-pub use b2bua::{B2bua, Config, Routes, Stats};
+pub use b2bua::{B2bua, Config, Latency, Routes, Stats};
 pub use dialog::{Dialog, DialogError, DialogId, DialogState};

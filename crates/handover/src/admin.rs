@@ -9,13 +9,22 @@ use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
 
 /// Installs the Prometheus recorder for this process and sets
 /// `handover_build_info`. Only the binary installs a recorder.
 pub(crate) fn install_recorder(role: &'static str) -> anyhow::Result<PrometheusHandle> {
+    // Call-setup latency: a local answer takes milliseconds, a PSTN
+    // post-dial delay seconds, and an answer waits on a person (up to
+    // tens of seconds). Without buckets the exporter would render
+    // summaries, which cannot be aggregated across workers.
+    let setup_buckets = [
+        0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+    ];
     let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Prefix("handover_invite_".into()), &setup_buckets)
+        .map_err(|e| anyhow::anyhow!("metric buckets: {e}"))?
         .install_recorder()
         .map_err(|e| anyhow::anyhow!("cannot install the metrics recorder: {e}"))?;
     metrics::gauge!("handover_build_info", "version" => env!("CARGO_PKG_VERSION"), "role" => role)

@@ -18,6 +18,10 @@ const CALLS_ACTIVE: &str = "handover_calls_active";
 const CALLS_STARTED: &str = "handover_calls_started_total";
 const CALLS_ANSWERED: &str = "handover_calls_answered_total";
 const CALLS_ENDED: &str = "handover_calls_ended_total";
+const TXNS_ACTIVE: &str = "handover_transactions_active";
+const RETRANSMISSIONS: &str = "handover_retransmissions_total";
+const FIRST_RESPONSE: &str = "handover_invite_first_response_seconds";
+const ANSWER: &str = "handover_invite_answer_seconds";
 
 #[derive(Debug, Args)]
 pub(crate) struct WorkerArgs {
@@ -103,6 +107,11 @@ pub(crate) fn run(args: WorkerArgs) -> anyhow::Result<()> {
         let failed = metrics::counter!(CALLS_ENDED, "cause" => "failed");
         let torn_down = metrics::counter!(CALLS_ENDED, "cause" => "torn_down");
         let active = metrics::gauge!(CALLS_ACTIVE);
+        let txns = metrics::gauge!(TXNS_ACTIVE);
+        let retrans = metrics::counter!(RETRANSMISSIONS);
+        let first_response = metrics::histogram!(FIRST_RESPONSE);
+        let answer = metrics::histogram!(ANSWER);
+        let mut txns_at = start;
         let mut last = handover_call::Stats::default();
         loop {
             let wake = b2b
@@ -131,6 +140,18 @@ pub(crate) fn run(args: WorkerArgs) -> anyhow::Result<()> {
             hung_up.increment(s.hung_up - last.hung_up);
             failed.increment(s.failed - last.failed);
             torn_down.increment(s.torn_down - last.torn_down);
+            retrans.increment(s.retransmissions - last.retransmissions);
+            while let Some((kind, d)) = b2b.poll_latency() {
+                match kind {
+                    handover_call::Latency::FirstResponse => first_response.record(d.as_secs_f64()),
+                    handover_call::Latency::Answer => answer.record(d.as_secs_f64()),
+                }
+            }
+            // Walks every call: once a second, not per datagram.
+            if txns_at.elapsed() >= Duration::from_secs(1) {
+                txns.set(b2b.transactions_active() as f64);
+                txns_at = tokio::time::Instant::now();
+            }
             active.set(b2b.calls_active() as f64);
             last = s;
         }
