@@ -207,3 +207,46 @@ fn up_hangs_up_calls_at_the_maximum_call_age() {
         20.0
     );
 }
+
+#[test]
+fn up_recovers_lost_packets_by_retransmission() {
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let uas_port = free_udp_port();
+    let _uas = sipp_uas_with(dir.path(), "uas_lossy.xml", uas_port);
+    let (sip, worker) = (free_udp_port(), free_udp_port());
+    let (admin, worker_admin) = (
+        format!("127.0.0.1:{}", free_udp_port()),
+        format!("127.0.0.1:{}", free_udp_port()),
+    );
+    let _up = spawn_up(
+        &[
+            "--listen",
+            &format!("127.0.0.1:{sip}"),
+            "--worker-listen",
+            &format!("127.0.0.1:{worker}"),
+            "--admin",
+            &admin,
+            "--worker-admin",
+            &worker_admin,
+            "--route",
+            &format!("b=127.0.0.1:{uas_port}"),
+        ],
+        &admin,
+    );
+    // 10% of INVITEs, 200s and BYEs lost at either phone, each way: every
+    // call still completes, through the phones' retransmissions and ours.
+    let edge: std::net::SocketAddr = format!("127.0.0.1:{sip}").parse().unwrap();
+    let (uac, stat) = sipp_uac_with(dir.path(), "uac_lossy.xml", "b", edge, 20, 100, 0);
+    let r = finish_uac(uac, &stat);
+    println!("lossy: {r:?}");
+    assert_eq!(r.exit, Some(0), "{r:?}");
+    assert_eq!((r.successful, r.failed), (100, 0));
+    let text = http_get(&format!("http://{worker_admin}/metrics")).1;
+    let retrans = metric(&text, "handover_retransmissions_total");
+    println!("worker retransmissions: {retrans}");
+    assert!(
+        retrans > 0.0,
+        "handover's own timers resent what the phones dropped"
+    );
+}
