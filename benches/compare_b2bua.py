@@ -1,0 +1,166 @@
+#!/usr/bin/env python3
+"""B2BUA benchmark: calls per CPU-second of `handover up` (edge + worker,
+CPU of both processes) against Kamailio as a stateful proxy (tm + dialog +
+record_route; a B2BUA does about twice a proxy's work per call), same SIPp
+load, one run each; then memory per active call of the worker, holding many
+long calls.
+
+    benches/compare_b2bua.py [--rate 1000] [--seconds 10] [--hold 20000]
+
+Loopback only; every run bounded. Needs sipp, kamailio and a release build
+(cargo build --release -p handover).
+"""
+import argparse, os, shutil, subprocess, sys, tempfile, time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import compare_edge as ce  # noqa: E402  (helpers: ports, CPU, SIPp runs)
+
+
+def kamailio_stateful_cfg(tmp, port, backend):
+    cfg = os.path.join(tmp, "kamailio-stateful.cfg")
+    with open(cfg, "w") as f:
+        f.write(f"""#!KAMAILIO
+debug=0
+log_stderror=yes
+fork=yes
+children=1
+listen=udp:127.0.0.1:{port}
+disable_tcp=yes
+auto_aliases=no
+mpath="/usr/lib/x86_64-linux-gnu/kamailio/modules/"
+loadmodule "pv.so"
+loadmodule "sl.so"
+loadmodule "tm.so"
+loadmodule "rr.so"
+loadmodule "maxfwd.so"
+loadmodule "siputils.so"
+loadmodule "textops.so"
+loadmodule "dialog.so"
+request_route {{
+    if (!mf_process_maxfwd_header("10")) {{ sl_send_reply("483", "Too Many Hops"); exit; }}
+    if (has_totag()) {{
+        if (loose_route()) {{ t_relay(); exit; }}
+        if (is_method("ACK")) {{ if (t_check_trans()) {{ t_relay(); }} exit; }}
+        sl_send_reply("404", "Not here"); exit;
+    }}
+    if (is_method("CANCEL")) {{ if (t_check_trans()) {{ t_relay(); }} exit; }}
+    t_check_trans();
+    if (is_method("INVITE")) {{ record_route(); dlg_manage(); }}
+    $du = "sip:127.0.0.1:{backend}";
+    t_relay();
+    exit;
+}}
+""")
+    return cfg
+
+
+def rss_kb(pid):
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def start(system, tmp, port, admin, worker_admin, backend):
+    if system == "handover-up":
+        p = subprocess.Popen(
+            [ce.HANDOVER, "up", "--listen", f"127.0.0.1:{port}", "--worker-listen", f"127.0.0.1:{ce.free_port()}",
+             "--admin", admin, "--worker-admin", worker_admin, "--route", f"b=127.0.0.1:{backend}"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    else:
+        p = subprocess.Popen(["kamailio", "-f", kamailio_stateful_cfg(tmp, port, backend), "-DD", "-E",
+                              "-x", "tlsf", "-m", "1024", "-M", "64", "-w", tmp, "-Y", tmp],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(2.0)
+    return p
+
+
+def throughput(system, args, tmp):
+    b = ce.free_port()
+    uas = ce.uas(tmp, b)
+    port, admin, wadmin = ce.free_port(), f"127.0.0.1:{ce.free_port()}", f"127.0.0.1:{ce.free_port()}"
+    p = start(system, tmp, port, admin, wadmin, b)
+    try:
+        pids = ce.tree(p.pid)
+        if system == "handover-up":
+            pids = [x for x in pids if x != p.pid]  # edge and worker, not the supervisor
+        c0 = ce.cpu_seconds(pids)
+        r = ce.uac(tmp, ("127.0.0.1", port), args.rate, args.rate * args.seconds, args.seconds + 40)
+        time.sleep(0.3)
+        r["cpu"] = ce.cpu_seconds(pids) - c0
+        return r
+    finally:
+        for x in (uas, p):
+            x.terminate()
+        for x in (uas, p):
+            try:
+                x.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                x.kill()
+
+
+def memory(args, tmp):
+    """Worker RSS per call with `--hold` calls up at once (long calls)."""
+    b = ce.free_port()
+    uas = ce.uas(tmp, b)
+    port, admin, wadmin = ce.free_port(), f"127.0.0.1:{ce.free_port()}", f"127.0.0.1:{ce.free_port()}"
+    p = start("handover-up", tmp, port, admin, wadmin, b)
+    try:
+        worker = [x for x in ce.tree(p.pid) if x != p.pid and "worker" in open(f"/proc/{x}/cmdline").read()][0]
+        base = rss_kb(worker)
+        rate = 2000
+        seconds = args.hold // rate + 1
+        uac = subprocess.Popen(
+            ["sipp", "-sf", os.path.join(ce.SIPP, "uac.xml"), "-i", "127.0.0.1", "-p", str(ce.free_port()),
+             "-s", "b", "-r", str(rate), "-m", str(args.hold), "-d", "600000", "-nostdin", "-buff_size", "4194304",
+             "-timeout", f"{seconds + 60}s", f"127.0.0.1:{port}"],
+            cwd=tmp, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + seconds + 40
+        active = 0
+        while time.time() < deadline:
+            time.sleep(2)
+            text = ce.urllib.request.urlopen(f"http://{wadmin}/metrics", timeout=5).read().decode()
+            active = next((float(l.split()[-1]) for l in text.splitlines() if l.startswith("handover_calls_active ")), 0)
+            if active >= args.hold:
+                break
+        time.sleep(2)
+        peak = rss_kb(worker)
+        uac.kill()
+        return {"calls": int(active), "rss_base_kb": base, "rss_kb": peak,
+                "bytes_per_call": (peak - base) * 1024 / max(active, 1)}
+    finally:
+        uas.kill()
+        p.terminate()
+        p.wait(timeout=10)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rate", type=int, default=1000)
+    ap.add_argument("--seconds", type=int, default=10)
+    ap.add_argument("--hold", type=int, default=20000, help="calls held at once for the memory figure")
+    args = ap.parse_args()
+    for tool in ["sipp", "kamailio"]:
+        if not shutil.which(tool):
+            sys.exit(f"{tool} is not installed")
+    rows = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for s in ["handover-up", "kamailio-stateful"]:
+            rows[s] = throughput(s, args, tmp)
+            print(s, rows[s], flush=True)
+        mem = memory(args, tmp)
+        print("memory", mem, flush=True)
+    k = rows["kamailio-stateful"]
+    kcps = k["ok"] / k["cpu"] if k["cpu"] else 0
+    print(f"\nOffered {args.rate} calls/s for {args.seconds} s; SIPp uac.xml -> system -> uas.xml; {time.strftime('%Y-%m-%d')}\n")
+    print("| system | calls ok | failed | retransmissions | CPU s | calls / CPU-s | vs Kamailio stateful |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for s, r in rows.items():
+        cps = r["ok"] / r["cpu"] if r["cpu"] else 0
+        print(f"| {s} | {r['ok']} | {r['failed']} | {r['retrans']} | {r['cpu']:.2f} | {cps:,.0f} | {cps / kcps:.2f}x |")
+    print(f"\nWorker memory: {mem['calls']} calls up, RSS {mem['rss_base_kb']} kB idle -> {mem['rss_kb']} kB, "
+          f"{mem['bytes_per_call']:,.0f} bytes per active call")
+
+
+if __name__ == "__main__":
+    main()
