@@ -250,3 +250,80 @@ fn up_recovers_lost_packets_by_retransmission() {
         "handover's own timers resent what the phones dropped"
     );
 }
+
+#[test]
+fn up_answers_bad_input_and_other_calls_are_unharmed() {
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let uas_port = free_udp_port();
+    let _uas = sipp_uas_with(dir.path(), "uas.xml", uas_port);
+    let (sip, worker) = (free_udp_port(), free_udp_port());
+    let (admin, worker_admin) = (
+        format!("127.0.0.1:{}", free_udp_port()),
+        format!("127.0.0.1:{}", free_udp_port()),
+    );
+    let _up = spawn_up(
+        &[
+            "--listen",
+            &format!("127.0.0.1:{sip}"),
+            "--worker-listen",
+            &format!("127.0.0.1:{worker}"),
+            "--admin",
+            &admin,
+            "--worker-admin",
+            &worker_admin,
+            "--route",
+            &format!("b=127.0.0.1:{uas_port}"),
+        ],
+        &admin,
+    );
+    let edge: std::net::SocketAddr = format!("127.0.0.1:{sip}").parse().unwrap();
+    let (uac, stat) = sipp_uac(dir.path(), edge, 50, 200, 0);
+
+    let s = std::net::UdpSocket::bind("127.0.0.5:0").unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let me = s.local_addr().unwrap();
+    let ask = |msg: String| -> String {
+        s.send_to(msg.as_bytes(), edge).unwrap();
+        let mut buf = [0u8; 4096];
+        loop {
+            let (n, _) = s.recv_from(&mut buf).expect("an answer");
+            let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+            if !text.starts_with("SIP/2.0 100") {
+                return text.lines().next().unwrap_or("").to_string();
+            }
+        }
+    };
+    let base = |method: &str, extra: &str, cid: &str| {
+        format!(
+            "{method} sip:b@{edge} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bK{cid}\r\nMax-Forwards: 70\r\n\
+From: <sip:x@{me}>;tag=x\r\nTo: <sip:b@{edge}>{extra}\r\nCall-ID: {cid}\r\nCSeq: 1 {method}\r\nContent-Length: 0\r\n\r\n"
+        )
+    };
+    // A BYE for a dialog nobody has: the worker says 481.
+    assert_eq!(
+        ask(base("BYE", ";tag=nobody", "bad-bye")),
+        "SIP/2.0 481 Call/Transaction Does Not Exist"
+    );
+    // OPTIONS outside a dialog: 200 from the worker.
+    assert_eq!(ask(base("OPTIONS", "", "opt-1")), "SIP/2.0 200 OK");
+    // No Call-ID: the edge answers 400 naming the header; it never reaches a worker.
+    let no_cid = base("OPTIONS", "", "nocid").replace("Call-ID: nocid\r\n", "");
+    assert_eq!(ask(no_cid), "SIP/2.0 400 Missing Call-ID header");
+    // CSeq method not the request's: 400.
+    let bad_cseq = base("OPTIONS", "", "cseq-1").replace("CSeq: 1 OPTIONS", "CSeq: 1 INVITE");
+    assert_eq!(
+        ask(bad_cseq),
+        "SIP/2.0 400 CSeq method does not match request method"
+    );
+    // Junk: dropped, nothing comes back.
+    s.send_to(b"\x00\x01\x02 junk", edge).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let mut buf = [0u8; 512];
+    assert!(s.recv_from(&mut buf).is_err(), "junk is not answered");
+
+    let r = finish_uac(uac, &stat);
+    assert_eq!(r.exit, Some(0), "the calls around it are unharmed: {r:?}");
+    assert_eq!((r.successful, r.failed), (200, 0));
+}

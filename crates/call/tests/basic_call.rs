@@ -599,3 +599,24 @@ fn rfc3261_12_2_1_2_a_481_to_a_relayed_request_ends_the_call() {
     );
     assert_eq!(b.stats().torn_down, 1);
 }
+
+#[test]
+fn malformed_sdp_is_passed_through_untouched() {
+    let mut b = b2bua();
+    let junk = "this is not SDP \u{1}\u{2} at all\r\nm=audio banana\r\n";
+    let inv = a_invite().replace(
+        &format!("Content-Length: {}\r\n\r\n{SDP_A}", SDP_A.len()),
+        &format!("Content-Length: {}\r\n\r\n{junk}", junk.len()),
+    );
+    b.handle_datagram(at(0), inv.as_bytes());
+    let sent = out(&mut b);
+    let bi = sent
+        .iter()
+        .find(|(_, m)| first_line(m).starts_with("INVITE "))
+        .expect("relayed");
+    assert_eq!(
+        scan(&bi.1).unwrap().body(),
+        junk.as_bytes(),
+        "the B2BUA does not judge SDP"
+    );
+}
