@@ -126,3 +126,28 @@ fn check_config_reports_syntax_errors_and_missing_files() {
         "a missing argument is a usage error"
     );
 }
+
+#[test]
+fn check_config_reads_worker_routes() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = write(
+        dir.path(),
+        "w.toml",
+        "[worker]\nmax_call_age_s = 600\n\n[[worker.routes]]\nprefix = \"+4420\"\ntargets = [\"127.0.0.1:5071*3\", \"127.0.0.1:5072\"]\n\n[[worker.routes]]\ntargets = [\"127.0.0.1:5079\"]\n",
+    );
+    let o = handover(&["check-config", &f]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(
+        out.contains("\"+4420*=127.0.0.1:5071*3,127.0.0.1:5072\""),
+        "{out}"
+    );
+    assert!(out.contains("\"*=127.0.0.1:5079\""), "{out}");
+    let bad = write(
+        dir.path(),
+        "b.toml",
+        "[[worker.routes]]\ntargets = [\"127.0.0.1:5071*0\"]\n",
+    );
+    let e = stderr(&handover(&["check-config", &bad]));
+    assert!(e.contains("b.toml:2:11: key `worker.routes.targets`: route 1: a target's weight must be at least 1"), "{e}");
+}

@@ -327,3 +327,48 @@ From: <sip:x@{me}>;tag=x\r\nTo: <sip:b@{edge}>{extra}\r\nCall-ID: {cid}\r\nCSeq:
     assert_eq!(r.exit, Some(0), "the calls around it are unharmed: {r:?}");
     assert_eq!((r.successful, r.failed), (200, 0));
 }
+
+#[test]
+fn up_fails_over_to_the_next_target_on_503() {
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let (down, ok) = (free_udp_port(), free_udp_port());
+    let _uas = [
+        sipp_uas_with(dir.path(), "uas_unavailable.xml", down),
+        sipp_uas_with(dir.path(), "uas.xml", ok),
+    ];
+    let (sip, worker) = (free_udp_port(), free_udp_port());
+    let (admin, worker_admin) = (
+        format!("127.0.0.1:{}", free_udp_port()),
+        format!("127.0.0.1:{}", free_udp_port()),
+    );
+    let _up = spawn_up(
+        &[
+            "--listen",
+            &format!("127.0.0.1:{sip}"),
+            "--worker-listen",
+            &format!("127.0.0.1:{worker}"),
+            "--admin",
+            &admin,
+            "--worker-admin",
+            &worker_admin,
+            "--route",
+            &format!("b=127.0.0.1:{down},127.0.0.1:{ok}"),
+        ],
+        &admin,
+    );
+    // Half the calls pick the out-of-service target first (equal weights):
+    // they fail over to the other, and every call connects.
+    let edge: std::net::SocketAddr = format!("127.0.0.1:{sip}").parse().unwrap();
+    let (uac, stat) = sipp_uac(dir.path(), edge, 20, 60, 0);
+    let r = finish_uac(uac, &stat);
+    assert_eq!(r.exit, Some(0), "{r:?}");
+    assert_eq!((r.successful, r.failed), (60, 0));
+    let text = http_get(&format!("http://{worker_admin}/metrics")).1;
+    let failovers = metric(&text, "handover_route_failovers_total");
+    println!("failovers: {failovers}");
+    assert!(
+        (10.0..=50.0).contains(&failovers),
+        "about half of 60 calls failed over: {failovers}"
+    );
+}

@@ -32,39 +32,7 @@ use handover_txn::{
 use rand_core::RngCore;
 
 use crate::dialog::{Dialog, DialogState};
-
-/// Where a call for a user goes: `user=HOST:PORT`, `*` for any user.
-#[derive(Debug, Clone, Default)]
-pub struct Routes(Vec<(Option<String>, String)>);
-
-impl Routes {
-    /// Parses `USER=HOST:PORT` (or `*=HOST:PORT`); the error says why.
-    pub fn add(&mut self, spec: &str) -> Result<(), String> {
-        let (user, target) = spec
-            .split_once('=')
-            .ok_or_else(|| format!("route `{spec}` is not USER=HOST:PORT"))?;
-        target
-            .parse::<SocketAddr>()
-            .map_err(|_| format!("route `{spec}`: `{target}` is not an IP:PORT address"))?;
-        let user = (user != "*").then(|| user.to_string());
-        self.0.push((user, target.to_string()));
-        Ok(())
-    }
-
-    /// The target for `user`: an exact match, else the `*` route.
-    pub fn target(&self, user: &[u8]) -> Option<&str> {
-        self.0
-            .iter()
-            .find(|(u, _)| u.as_deref().map(str::as_bytes) == Some(user))
-            .or_else(|| self.0.iter().find(|(u, _)| u.is_none()))
-            .map(|(_, t)| t.as_str())
-    }
-
-    /// True when no route is configured.
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-}
+use crate::routing::Routes;
 
 /// Settings of the B2BUA.
 #[derive(Debug, Clone)]
@@ -97,6 +65,8 @@ pub struct Stats {
     /// Answered calls the B2BUA hung up itself: maximum call age reached,
     /// or a leg answered 408/481 to an in-dialog request.
     pub torn_down: u64,
+    /// New B legs to a route's next target after 408, 503 or no answer.
+    pub failovers: u64,
     /// Datagrams resent because a timer fired (requests and 2xx responses
     /// retransmitted over UDP).
     pub retransmissions: u64,
@@ -190,6 +160,10 @@ struct Call {
     started_at: Instant,
     /// The callee's first response has been relayed.
     heard: bool,
+    /// The route's targets, in the order to try them.
+    targets: Vec<SocketAddr>,
+    /// How many of them have been tried.
+    tried: usize,
     over: bool,
     nits: Vec<Nit>,
     relays: Vec<Relay>,
@@ -415,6 +389,77 @@ impl<R: RngCore> B2bua<R> {
         None
     }
 
+    /// The INVITE of a new B leg to `target` for A's INVITE `m`: its own
+    /// Call-ID, tag and CSeq; A's From and SDP; Via and Contact naming the
+    /// edge with the call's key.
+    fn leg_b_invite(
+        &mut self,
+        m: &Message<'_>,
+        khex: &[u8; 16],
+        target: SocketAddr,
+    ) -> (Vec<u8>, Vec<u8>) {
+        let user = m.request_uri().and_then(|u| u.user()).unwrap_or_default();
+        let b_call_id = self.ids.call_id().as_bytes().to_vec();
+        let b_tag = self.ids.tag();
+        let via = self.via(khex);
+        let contact = self.contact(khex);
+        let uri = format!("sip:{}@{}", String::from_utf8_lossy(user), target);
+        let to = format!("<{uri}>");
+        let from = m.from().map(|f| {
+            let s = f.span();
+            let p = f.params_span();
+            m.buf()[s.start..if p.is_empty() { s.end } else { p.start }].to_vec()
+        });
+        let from = from.unwrap_or_else(|_| b"<sip:anonymous@anonymous.invalid>".to_vec());
+        let body = m.content_type().map(|ct| (ct, m.body()));
+        let mf = m.max_forwards().unwrap_or(70).saturating_sub(1).min(255) as u8;
+        let invite = handover_sip::build::Request {
+            method: "INVITE",
+            uri: uri.as_bytes(),
+            via: &[&via],
+            from: &from,
+            from_tag: b_tag.as_bytes(),
+            to: to.as_bytes(),
+            call_id: &b_call_id,
+            cseq: 1,
+            max_forwards: mf,
+            contact: Some(&contact),
+            body,
+            ..Default::default()
+        }
+        .to_vec();
+        (b_call_id, invite)
+    }
+
+    /// After 408, 503 or no answer from the current target, starts a new B
+    /// leg to the route's next target. False when there is none left.
+    fn fail_over(&mut self, now: Instant, cref: u64) -> bool {
+        let Some(call) = self.calls.get_mut(&cref) else {
+            return false;
+        };
+        if call.cancelled || call.answered || call.tried >= call.targets.len() {
+            return false;
+        }
+        let target = call.targets[call.tried];
+        call.tried += 1;
+        let (a_bytes, khex, old) = (call.a_invite.clone(), call.khex, call.b_call_id.clone());
+        let Ok(a) = scan(&a_bytes) else { return false };
+        let (cid, invite) = self.leg_b_invite(&a, &khex, target);
+        let timers = self.cfg.timers;
+        let Some(call) = self.calls.get_mut(&cref) else {
+            return false;
+        };
+        call.b_call_id = cid.clone();
+        call.b_invite = invite.clone();
+        call.b_cli = ClientInvite::new(now, timers, invite);
+        call.heard = false;
+        self.by_call_id.remove(&old);
+        self.by_call_id.insert(cid, cref);
+        self.stats.failovers += 1;
+        self.drain_outputs(cref);
+        true
+    }
+
     fn new_call(&mut self, now: Instant, m: &Message<'_>) -> Option<u64> {
         if let Err(r) = m.ua_check() {
             let t = self.ids.tag();
@@ -431,45 +476,19 @@ impl<R: RngCore> B2bua<R> {
             return None;
         }
         let user = m.request_uri().and_then(|u| u.user()).unwrap_or_default();
-        let Some(target) = self.cfg.routes.target(user).map(str::to_string) else {
+        let host = m.request_uri().map_or(&b""[..], |u| u.host());
+        let key = self.cfg.hashing.affinity_key(m.call_id());
+        let targets = self.cfg.routes.targets(user, host, key);
+        let Some(&target) = targets.first() else {
             let t = self.ids.tag();
             self.respond(m, 404, Some(t.as_bytes()));
             return None;
         };
         self.stats.started += 1;
-        let key = self.cfg.hashing.affinity_key(m.call_id());
         let khex = hex_u64(key);
         let a_tag = self.ids.tag();
         let a_srv = ServerInvite::new(now, self.cfg.timers, m);
-        let b_call_id = self.ids.call_id().as_bytes().to_vec();
-        let b_tag = self.ids.tag();
-        let via = self.via(&khex);
-        let contact = self.contact(&khex);
-        let uri = format!("sip:{}@{}", String::from_utf8_lossy(user), target);
-        let to = format!("<{uri}>");
-        let from = m.from().map(|f| {
-            let s = f.span();
-            let p = f.params_span();
-            m.buf()[s.start..if p.is_empty() { s.end } else { p.start }].to_vec()
-        });
-        let from = from.unwrap_or_else(|_| b"<sip:anonymous@anonymous.invalid>".to_vec());
-        let body = m.content_type().map(|ct| (ct, m.body()));
-        let mf = m.max_forwards().unwrap_or(70).saturating_sub(1).min(255) as u8;
-        let b_invite = handover_sip::build::Request {
-            method: "INVITE",
-            uri: uri.as_bytes(),
-            via: &[&via],
-            from: &from,
-            from_tag: b_tag.as_bytes(),
-            to: to.as_bytes(),
-            call_id: &b_call_id,
-            cseq: 1,
-            max_forwards: mf,
-            contact: Some(&contact),
-            body,
-            ..Default::default()
-        }
-        .to_vec();
+        let (b_call_id, b_invite) = self.leg_b_invite(m, &khex, target);
         let b_cli = ClientInvite::new(now, self.cfg.timers, b_invite.clone());
         let cref = self.next_ref;
         self.next_ref += 1;
@@ -496,6 +515,8 @@ impl<R: RngCore> B2bua<R> {
                 answered_at: None,
                 started_at: now,
                 heard: false,
+                targets,
+                tried: 1,
                 over: false,
                 nits: Vec::new(),
                 relays: Vec::new(),
@@ -1060,6 +1081,12 @@ impl<R: RngCore> B2bua<R> {
                 call.a_ok = Some((r, now + t1, t1, now + self.cfg.timers.t1x64()));
             }
             _ if status >= 300 || status == 408 => {
+                if matches!(status, 408 | 503) && self.fail_over(now, cref) {
+                    return;
+                }
+                let Some(call) = self.calls.get_mut(&cref) else {
+                    return;
+                };
                 if !call.cancelled && !call.answered {
                     let mut r = Vec::new();
                     response(

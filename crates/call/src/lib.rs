@@ -7,6 +7,8 @@
 
 mod b2bua;
 mod dialog;
+mod routing;
 
-pub use b2bua::{B2bua, Config, Latency, Routes, Stats};
+pub use b2bua::{B2bua, Config, Latency, Stats};
 pub use dialog::{Dialog, DialogError, DialogId, DialogState};
+pub use routing::{Match, Route, Routes};

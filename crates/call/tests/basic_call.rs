@@ -620,3 +620,168 @@ fn malformed_sdp_is_passed_through_untouched() {
         "the B2BUA does not judge SDP"
     );
 }
+
+#[test]
+fn failover_to_the_next_target_on_503_and_no_answer() {
+    let mut routes = Routes::default();
+    routes
+        .add("b=127.0.0.1:5071,127.0.0.1:5072,127.0.0.1:5073")
+        .unwrap();
+    let mut b = B2bua::new(
+        Config {
+            advertised: "127.0.0.1:5060".into(),
+            timers: TimerConfig::default(),
+            hashing: Hashing::default(),
+            routes,
+            max_call_age: Duration::from_secs(3600),
+        },
+        Seq(3),
+    );
+    b.handle_datagram(at(0), a_invite().as_bytes());
+    let first = out(&mut b)
+        .into_iter()
+        .find(|(_, m)| first_line(m).starts_with("INVITE "))
+        .unwrap()
+        .1;
+    let f = scan(&first).unwrap();
+    // The first target is out of service.
+    b.handle_datagram(
+        at(100),
+        b_resp(&f, "503 Service Unavailable", "x1", None).as_bytes(),
+    );
+    let sent = out(&mut b);
+    assert!(
+        !sent
+            .iter()
+            .any(|(_, m)| first_line(m).starts_with("SIP/2.0 503")),
+        "A does not hear the 503"
+    );
+    let second = sent
+        .iter()
+        .find(|(_, m)| first_line(m).starts_with("INVITE "))
+        .expect("next target")
+        .1
+        .clone();
+    let s2 = scan(&second).unwrap();
+    assert_ne!(
+        s2.request_uri().unwrap().port(),
+        f.request_uri().unwrap().port(),
+        "another target"
+    );
+    assert_ne!(s2.call_id(), f.call_id(), "a new leg");
+    // The second never answers: timer B (64*T1) ends it, and the third is tried.
+    b.handle_timeout(at(100 + 32_000));
+    let sent = out(&mut b);
+    let third = sent
+        .iter()
+        // (Timer A's retransmissions of the second INVITE come out too.)
+        .find(|(_, m)| {
+            first_line(m).starts_with("INVITE ") && scan(m).unwrap().call_id() != s2.call_id()
+        })
+        .expect("third target")
+        .1
+        .clone();
+    let s3 = scan(&third).unwrap();
+    let ports: std::collections::HashSet<_> = [&f, &s2, &s3]
+        .iter()
+        .map(|m| m.request_uri().unwrap().port())
+        .collect();
+    assert_eq!(ports.len(), 3, "each target once");
+    b.handle_datagram(
+        at(40_000),
+        b_resp(&s3, "200 OK", "x3", Some(SDP_B)).as_bytes(),
+    );
+    let sent = out(&mut b);
+    assert!(
+        sent.iter().any(|(_, m)| first_line(m) == "SIP/2.0 200 OK"),
+        "A is connected to the third"
+    );
+    assert_eq!(b.stats().failovers, 2);
+    assert_eq!(b.stats().answered, 1);
+}
+
+#[test]
+fn every_target_failing_relays_the_last_answer() {
+    let mut routes = Routes::default();
+    routes.add("b=127.0.0.1:5071,127.0.0.1:5072").unwrap();
+    let mut b = B2bua::new(
+        Config {
+            advertised: "127.0.0.1:5060".into(),
+            timers: TimerConfig::default(),
+            hashing: Hashing::default(),
+            routes,
+            max_call_age: Duration::from_secs(3600),
+        },
+        Seq(3),
+    );
+    b.handle_datagram(at(0), a_invite().as_bytes());
+    let first = out(&mut b)
+        .into_iter()
+        .find(|(_, m)| first_line(m).starts_with("INVITE "))
+        .unwrap()
+        .1;
+    b.handle_datagram(
+        at(100),
+        b_resp(
+            &scan(&first).unwrap(),
+            "503 Service Unavailable",
+            "x1",
+            None,
+        )
+        .as_bytes(),
+    );
+    let second = out(&mut b)
+        .into_iter()
+        .find(|(_, m)| first_line(m).starts_with("INVITE "))
+        .unwrap()
+        .1;
+    b.handle_datagram(
+        at(200),
+        b_resp(
+            &scan(&second).unwrap(),
+            "503 Service Unavailable",
+            "x2",
+            None,
+        )
+        .as_bytes(),
+    );
+    let sent = out(&mut b);
+    assert!(
+        sent.iter()
+            .any(|(_, m)| first_line(m) == "SIP/2.0 503 Service Unavailable"),
+        "A hears the last 503"
+    );
+    // A 486 is an answer, not an outage: no failover.
+    let mut routes = Routes::default();
+    routes.add("b=127.0.0.1:5071,127.0.0.1:5072").unwrap();
+    let mut c = B2bua::new(
+        Config {
+            advertised: "127.0.0.1:5060".into(),
+            timers: TimerConfig::default(),
+            hashing: Hashing::default(),
+            routes,
+            max_call_age: Duration::from_secs(60),
+        },
+        Seq(4),
+    );
+    c.handle_datagram(at(0), a_invite().as_bytes());
+    let first = out(&mut c)
+        .into_iter()
+        .find(|(_, m)| first_line(m).starts_with("INVITE "))
+        .unwrap()
+        .1;
+    c.handle_datagram(
+        at(100),
+        b_resp(&scan(&first).unwrap(), "486 Busy Here", "x1", None).as_bytes(),
+    );
+    let sent = out(&mut c);
+    assert!(
+        sent.iter()
+            .any(|(_, m)| first_line(m) == "SIP/2.0 486 Busy Here")
+    );
+    assert!(
+        !sent
+            .iter()
+            .any(|(_, m)| first_line(m).starts_with("INVITE "))
+    );
+}

@@ -24,6 +24,40 @@ pub(crate) struct File {
     cluster: ClusterSection,
     #[serde(default)]
     edge: EdgeSection,
+    #[serde(default)]
+    worker: WorkerSection,
+}
+
+/// `[worker]`: the B2BUA (`handover worker`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WorkerSection {
+    /// Address to receive SIP from the edge on.
+    listen: Option<Spanned<String>>,
+    /// The edge: where requests the worker originates go.
+    edge: Option<Spanned<String>>,
+    /// The edge's advertised address, if not `edge`.
+    advertise: Option<Spanned<String>>,
+    /// Admin HTTP address.
+    admin: Option<Spanned<String>>,
+    /// Seconds after its answer at which a call is hung up on both legs.
+    max_call_age_s: Option<u64>,
+    /// SIP timer T1, milliseconds.
+    t1_ms: Option<Spanned<u64>>,
+    /// Where calls go, tried in order.
+    #[serde(default)]
+    routes: Vec<RouteSection>,
+}
+
+/// `[[worker.routes]]`: one route; at most one of `user`, `prefix`,
+/// `domain` (none: any call), and its targets (`IP:PORT` or `IP:PORT*WEIGHT`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RouteSection {
+    user: Option<String>,
+    prefix: Option<String>,
+    domain: Option<String>,
+    targets: Spanned<Vec<String>>,
 }
 
 /// `[edge]`: the stateless front door (`handover edge`).
@@ -93,6 +127,22 @@ pub(crate) struct Config {
     pub(crate) cluster: ClusterConfig,
     /// `[edge]`
     pub(crate) edge: EdgeConfig,
+    /// `[worker]`
+    pub(crate) worker: WorkerConfig,
+}
+
+/// Effective `[worker]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub(crate) struct WorkerConfig {
+    pub(crate) listen: String,
+    pub(crate) edge: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) advertise: Option<String>,
+    pub(crate) admin: String,
+    pub(crate) max_call_age_s: u64,
+    pub(crate) t1_ms: u64,
+    /// Routes in the command-line form (`MATCH=TARGET[,TARGET…]`).
+    pub(crate) routes: Vec<String>,
 }
 
 /// Effective `[edge]`.
@@ -367,6 +417,54 @@ impl Config {
                 ));
             }
         }
+        let w = &file.worker;
+        let mut routes = Vec::new();
+        let mut check = handover_call::Routes::default();
+        for (i, r) in w.routes.iter().enumerate() {
+            let key = "worker.routes.targets";
+            let m = match (&r.user, &r.prefix, &r.domain) {
+                (None, None, None) => "*".to_string(),
+                (Some(u), None, None) => u.clone(),
+                (None, Some(p), None) => format!("{p}*"),
+                (None, None, Some(d)) => format!("@{d}"),
+                _ => {
+                    return Err(err(
+                        Some(r.targets.span()),
+                        Some("worker.routes"),
+                        format!("route {} sets more than one of user, prefix, domain", i + 1),
+                    ));
+                }
+            };
+            let spec = format!("{m}={}", r.targets.get_ref().join(","));
+            check.add(&spec).map_err(|e| {
+                err(
+                    Some(r.targets.span()),
+                    Some(key),
+                    format!("route {}: {e}", i + 1),
+                )
+            })?;
+            routes.push(spec);
+        }
+        let t1_ms = w.t1_ms.as_ref().map_or(500, |v| *v.get_ref());
+        if !(1..=4000).contains(&t1_ms) {
+            return Err(err(
+                w.t1_ms.as_ref().map(Spanned::span),
+                Some("worker.t1_ms"),
+                format!("{t1_ms} is out of range: 1..=4000 ms (T2 is 4 s)"),
+            ));
+        }
+        let worker = WorkerConfig {
+            listen: addr(&w.listen, "worker.listen", "127.0.0.1:5080")?,
+            edge: addr(&w.edge, "worker.edge", "127.0.0.1:5060")?,
+            advertise: match &w.advertise {
+                None => None,
+                Some(_) => Some(addr(&w.advertise, "worker.advertise", "")?),
+            },
+            admin: addr(&w.admin, "worker.admin", "127.0.0.1:9101")?,
+            max_call_age_s: w.max_call_age_s.unwrap_or(14_400),
+            t1_ms,
+            routes,
+        };
         let ed = handover_edge::EdgeConfig::default();
         let edge = EdgeConfig {
             listen,
@@ -382,6 +480,7 @@ impl Config {
             health,
         };
         Ok(Config {
+            worker,
             edge,
             sip,
             cluster: ClusterConfig {
@@ -481,6 +580,33 @@ mod tests {
         );
         let e = parse("[edge]\nlisten_on = \"x\"\n").unwrap_err();
         assert!(e.contains("t.toml:2:1: unknown field `listen_on`"), "{e}");
+    }
+
+    #[test]
+    fn worker_section_and_routes() {
+        let c = parse("[worker]\nmax_call_age_s = 60\n[[worker.routes]]\nuser = \"b\"\ntargets = [\"127.0.0.1:5071*2\", \"127.0.0.1:5072\"]\n[[worker.routes]]\ntargets = [\"127.0.0.1:5079\"]\n").unwrap();
+        assert_eq!(
+            c.worker.routes,
+            vec![
+                "b=127.0.0.1:5071*2,127.0.0.1:5072".to_string(),
+                "*=127.0.0.1:5079".to_string()
+            ]
+        );
+        assert_eq!(c.worker.max_call_age_s, 60);
+        let e =
+            parse("[[worker.routes]]\nprefix = \"+44\"\ntargets = [\"pbx:5060\"]\n").unwrap_err();
+        assert!(
+            e.contains("t.toml:3:11: key `worker.routes.targets`: route 1:"),
+            "{e}"
+        );
+        let e =
+            parse("[[worker.routes]]\nuser = \"a\"\ndomain = \"x\"\ntargets = [\"127.0.0.1:1\"]\n")
+                .unwrap_err();
+        assert!(e.contains("more than one of user, prefix, domain"), "{e}");
+        let e = parse("[[worker.routes]]\nusr = \"a\"\ntargets = [\"127.0.0.1:1\"]\n").unwrap_err();
+        assert!(e.contains("unknown field `usr`"), "{e}");
+        let e = parse("[worker]\nt1_ms = 0\n").unwrap_err();
+        assert!(e.contains("key `worker.t1_ms`"), "{e}");
     }
 
     #[test]

@@ -20,45 +20,87 @@ const CALLS_ANSWERED: &str = "handover_calls_answered_total";
 const CALLS_ENDED: &str = "handover_calls_ended_total";
 const TXNS_ACTIVE: &str = "handover_transactions_active";
 const RETRANSMISSIONS: &str = "handover_retransmissions_total";
+const FAILOVERS: &str = "handover_route_failovers_total";
 const FIRST_RESPONSE: &str = "handover_invite_first_response_seconds";
 const ANSWER: &str = "handover_invite_answer_seconds";
 
 #[derive(Debug, Args)]
 pub(crate) struct WorkerArgs {
-    /// Address to receive SIP from the edge on.
-    #[arg(long, default_value = "127.0.0.1:5080")]
-    listen: SocketAddr,
-    /// The edge: where requests this worker originates are sent.
-    #[arg(long, default_value = "127.0.0.1:5060")]
-    edge: SocketAddr,
+    /// TOML configuration file (its `[worker]` section; flags override it).
+    #[arg(long)]
+    config: Option<std::path::PathBuf>,
+    /// Address to receive SIP from the edge on [default: 127.0.0.1:5080].
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// The edge: where requests this worker originates are sent
+    /// [default: 127.0.0.1:5060].
+    #[arg(long)]
+    edge: Option<SocketAddr>,
     /// The edge's advertised address, named in our Via and Contact
     /// [default: --edge].
     #[arg(long)]
     advertise: Option<SocketAddr>,
-    /// Where calls for a user go: USER=IP:PORT, `*` for any user (repeat).
-    #[arg(long = "route", value_name = "USER=IP:PORT")]
+    /// Where calls go: MATCH=IP:PORT[*WEIGHT][,IP:PORT…] where MATCH is a
+    /// user, PREFIX*, @DOMAIN or * (repeat; replaces the file's routes).
+    #[arg(long = "route", value_name = "MATCH=IP:PORT")]
     routes: Vec<String>,
-    /// Admin HTTP address for /metrics, /healthz, /readyz.
-    #[arg(long, default_value = "127.0.0.1:9101")]
-    admin: SocketAddr,
+    /// Admin HTTP address for /metrics, /healthz, /readyz [default: 127.0.0.1:9101].
+    #[arg(long)]
+    admin: Option<SocketAddr>,
     /// Seconds after its answer at which a call is hung up on both legs
-    /// (no call whose phones vanished lives forever).
-    #[arg(long, default_value_t = 14_400)]
-    max_call_age_s: u64,
+    /// (no call whose phones vanished lives forever) [default: 14400].
+    #[arg(long)]
+    max_call_age_s: Option<u64>,
     /// SIP timer T1 in milliseconds (RFC 3261: 500; lower only on a network
-    /// known to be faster).
-    #[arg(long, default_value_t = 500)]
+    /// known to be faster) [default: 500].
+    #[arg(long)]
+    t1_ms: Option<u64>,
+}
+
+/// The effective settings: file (or defaults), then flags.
+struct Settings {
+    listen: SocketAddr,
+    edge: SocketAddr,
+    advertise: Option<SocketAddr>,
+    admin: SocketAddr,
+    routes: Vec<String>,
+    max_call_age_s: u64,
     t1_ms: u64,
+}
+
+fn settings(a: WorkerArgs) -> anyhow::Result<Settings> {
+    let file = match &a.config {
+        Some(p) => crate::config::Config::load(p)?,
+        None => crate::config::Config::defaults(),
+    };
+    let w = file.worker;
+    let parse = |s: &str| s.parse::<SocketAddr>().expect("validated by config");
+    Ok(Settings {
+        listen: a.listen.unwrap_or_else(|| parse(&w.listen)),
+        edge: a.edge.unwrap_or_else(|| parse(&w.edge)),
+        advertise: a.advertise.or_else(|| w.advertise.as_deref().map(parse)),
+        admin: a.admin.unwrap_or_else(|| parse(&w.admin)),
+        routes: if a.routes.is_empty() {
+            w.routes
+        } else {
+            a.routes
+        },
+        max_call_age_s: a.max_call_age_s.unwrap_or(w.max_call_age_s),
+        t1_ms: a.t1_ms.unwrap_or(w.t1_ms),
+    })
 }
 
 pub(crate) fn run(args: WorkerArgs) -> anyhow::Result<()> {
     crate::init_tracing();
+    let args = settings(args)?;
     let mut routes = Routes::default();
     for r in &args.routes {
         routes.add(r).map_err(|e| anyhow::anyhow!("--route: {e}"))?;
     }
     if routes.is_empty() {
-        anyhow::bail!("no route configured: give at least one --route USER=IP:PORT (or *=IP:PORT)");
+        anyhow::bail!(
+            "no route configured: give at least one --route USER=IP:PORT (or *=IP:PORT), or [[worker.routes]] in --config"
+        );
     }
     let handle = crate::admin::install_recorder("worker")?;
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -109,6 +151,7 @@ pub(crate) fn run(args: WorkerArgs) -> anyhow::Result<()> {
         let active = metrics::gauge!(CALLS_ACTIVE);
         let txns = metrics::gauge!(TXNS_ACTIVE);
         let retrans = metrics::counter!(RETRANSMISSIONS);
+        let failovers = metrics::counter!(FAILOVERS);
         let first_response = metrics::histogram!(FIRST_RESPONSE);
         let answer = metrics::histogram!(ANSWER);
         let mut txns_at = start;
@@ -141,6 +184,7 @@ pub(crate) fn run(args: WorkerArgs) -> anyhow::Result<()> {
             failed.increment(s.failed - last.failed);
             torn_down.increment(s.torn_down - last.torn_down);
             retrans.increment(s.retransmissions - last.retransmissions);
+            failovers.increment(s.failovers - last.failovers);
             while let Some((kind, d)) = b2b.poll_latency() {
                 match kind {
                     handover_call::Latency::FirstResponse => first_response.record(d.as_secs_f64()),

@@ -1,0 +1,182 @@
+//! Where a new call goes: routes matched in configuration order on the
+//! Request-URI's user (exactly or by prefix) or domain, each with one or
+//! more weighted targets. The first target of a call is picked by weight,
+//! keyed by the call's affinity key (so the choice is the same on every
+//! worker); the others follow, for failover on 408, 503 or no answer.
+
+use std::net::SocketAddr;
+
+/// What a route matches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Match {
+    /// The Request-URI user, exactly.
+    User(String),
+    /// The Request-URI user starts with this (dial plans: `+4420`, `9`).
+    Prefix(String),
+    /// The Request-URI host, ASCII case-insensitively.
+    Domain(String),
+    /// Anything (the default route).
+    Any,
+}
+
+/// One route: a match and its targets with weights.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    /// What it matches.
+    pub matcher: Match,
+    /// `(IP:PORT, weight)`, weight ≥ 1.
+    pub targets: Vec<(SocketAddr, u32)>,
+}
+
+/// The routes of a worker, in the order they are tried.
+#[derive(Debug, Clone, Default)]
+pub struct Routes(Vec<Route>);
+
+impl Routes {
+    /// Adds a route given on the command line:
+    /// `MATCH=IP:PORT[*WEIGHT][,IP:PORT[*WEIGHT]…]`, where MATCH is a user,
+    /// `PREFIX*` for a prefix, `@DOMAIN` for a domain, or `*` for any.
+    pub fn add(&mut self, spec: &str) -> Result<(), String> {
+        let (m, targets) = spec
+            .split_once('=')
+            .ok_or_else(|| format!("route `{spec}` is not MATCH=IP:PORT"))?;
+        let matcher = if m == "*" {
+            Match::Any
+        } else if let Some(d) = m.strip_prefix('@') {
+            Match::Domain(d.to_string())
+        } else if let Some(p) = m.strip_suffix('*') {
+            Match::Prefix(p.to_string())
+        } else {
+            Match::User(m.to_string())
+        };
+        let mut list = Vec::new();
+        for t in targets.split(',') {
+            let (addr, w) = match t.split_once('*') {
+                Some((a, w)) => (
+                    a,
+                    w.parse::<u32>()
+                        .map_err(|_| format!("route `{spec}`: weight `{w}` is not a number"))?,
+                ),
+                None => (t, 1),
+            };
+            let addr = addr
+                .parse::<SocketAddr>()
+                .map_err(|_| format!("route `{spec}`: `{addr}` is not an IP:PORT address"))?;
+            list.push((addr, w));
+        }
+        self.push(Route {
+            matcher,
+            targets: list,
+        })
+    }
+
+    /// Adds a route; the error names the broken rule.
+    pub fn push(&mut self, r: Route) -> Result<(), String> {
+        if r.targets.is_empty() {
+            return Err("a route needs at least one target".into());
+        }
+        if r.targets.iter().any(|(_, w)| *w == 0) {
+            return Err("a target's weight must be at least 1".into());
+        }
+        self.0.push(r);
+        Ok(())
+    }
+
+    /// True when no route is configured.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The targets of the first route matching `user`@`host`, in the order
+    /// to try them: the first picked by weight from `key`, then the rest in
+    /// configuration order. Empty when nothing matches.
+    pub fn targets(&self, user: &[u8], host: &[u8], key: u64) -> Vec<SocketAddr> {
+        let Some(r) = self.0.iter().find(|r| match &r.matcher {
+            Match::User(u) => u.as_bytes() == user,
+            Match::Prefix(p) => user.starts_with(p.as_bytes()),
+            Match::Domain(d) => d.as_bytes().eq_ignore_ascii_case(host),
+            Match::Any => true,
+        }) else {
+            return Vec::new();
+        };
+        let total: u64 = r.targets.iter().map(|(_, w)| u64::from(*w)).sum();
+        let mut at = key % total;
+        let first = r
+            .targets
+            .iter()
+            .position(|(_, w)| {
+                if at < u64::from(*w) {
+                    true
+                } else {
+                    at -= u64::from(*w);
+                    false
+                }
+            })
+            .unwrap_or(0);
+        let n = r.targets.len();
+        (0..n).map(|i| r.targets[(first + i) % n].0).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn a(p: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], p))
+    }
+
+    #[test]
+    fn matching_order_user_prefix_domain_default() {
+        let mut r = Routes::default();
+        r.add("alice=127.0.0.1:1").unwrap();
+        r.add("+4420*=127.0.0.1:2").unwrap();
+        r.add("@pbx.example=127.0.0.1:3").unwrap();
+        r.add("*=127.0.0.1:4").unwrap();
+        assert_eq!(r.targets(b"alice", b"x", 0), vec![a(1)]);
+        assert_eq!(r.targets(b"+442079460000", b"x", 0), vec![a(2)]);
+        assert_eq!(r.targets(b"bob", b"PBX.example", 0), vec![a(3)]);
+        assert_eq!(r.targets(b"bob", b"other", 0), vec![a(4)]);
+        let mut none = Routes::default();
+        none.add("alice=127.0.0.1:1").unwrap();
+        assert!(none.targets(b"bob", b"x", 0).is_empty());
+    }
+
+    #[test]
+    fn weights_pick_the_first_target_and_the_rest_follow() {
+        let mut r = Routes::default();
+        r.add("*=127.0.0.1:1*3,127.0.0.1:2*1").unwrap();
+        let mut first = [0u32; 2];
+        for key in 0..4000u64 {
+            let t = r.targets(b"u", b"h", key.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            assert_eq!(t.len(), 2, "every target is a fallback");
+            first[usize::from(t[0] == a(2))] += 1;
+        }
+        let share = f64::from(first[0]) / 4000.0;
+        assert!(
+            (share - 0.75).abs() < 0.03,
+            "weight 3:1 gives ~75%: {share}"
+        );
+    }
+
+    #[test]
+    fn bad_routes_are_named() {
+        let mut r = Routes::default();
+        assert!(r.add("alice").unwrap_err().contains("is not MATCH=IP:PORT"));
+        assert!(
+            r.add("alice=pbx:5060")
+                .unwrap_err()
+                .contains("`pbx:5060` is not an IP:PORT")
+        );
+        assert!(
+            r.add("alice=127.0.0.1:1*x")
+                .unwrap_err()
+                .contains("weight `x`")
+        );
+        assert!(
+            r.add("alice=127.0.0.1:1*0")
+                .unwrap_err()
+                .contains("at least 1")
+        );
+    }
+}
