@@ -10,4 +10,5 @@ mod corpus_format;
 mod cli;
 mod edge;
 mod support;
+mod transfer;
 mod up;

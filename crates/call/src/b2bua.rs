@@ -6,8 +6,11 @@
 //!
 //! In-dialog re-INVITE, UPDATE, INFO, OPTIONS and MESSAGE are relayed to
 //! the other leg in its own dialog (own CSeq), answers relayed back;
-//! crossing re-INVITEs get 491 (RFC 3261 §14.2). REFER, NOTIFY, SUBSCRIBE
-//! and PRACK are answered 501 until transfer lands (issue 5).
+//! crossing re-INVITEs get 491 (RFC 3261 §14.2). REFER, NOTIFY and
+//! SUBSCRIBE are relayed the same way (transfer in passthrough mode: the
+//! phones do the transfer), with their end-to-end headers (Refer-To,
+//! Referred-By, Event, Subscription-State) unchanged. PRACK is answered
+//! 501.
 //!
 //! Every request of ours goes out through the edge (its Via and Contact
 //! name the edge's advertised address and carry the key `k`, so the callee
@@ -24,7 +27,7 @@ use std::time::Duration;
 
 use handover_sip::build::{cancel_for, error_response, response, response_with_body};
 use handover_sip::ids::{Hashing, IdGen, Token, hex_u64};
-use handover_sip::{Message, Method, Rport, scan};
+use handover_sip::{HeaderName, Message, Method, Rport, scan};
 use handover_txn::{
     ClientInvite, ClientNonInvite, Event, Instant, InviteState, Key, ServerInvite,
     ServerInviteState, ServerNonInvite, TimerConfig,
@@ -206,6 +209,41 @@ pub struct B2bua<R> {
     out: VecDeque<(Option<SocketAddr>, Vec<u8>)>,
     latencies: VecDeque<(Latency, Duration)>,
     stats: Stats,
+}
+
+/// The headers a B2BUA passes from one leg to the other unchanged: all but
+/// those each leg has of its own (dialog and transaction: From, To,
+/// Call-ID, CSeq; transport and routing: Via, Route, Record-Route,
+/// Max-Forwards, Contact; the body's, which the builder writes). Refer-To,
+/// Referred-By, Event, Subscription-State, Replaces, Supported, Allow, …
+/// pass through; Via, Route, Record-Route and Contact never do, so no
+/// internal address leaks.
+fn end_to_end_headers<'m>(m: &Message<'m>) -> Vec<(&'m str, &'m [u8])> {
+    let buf = m.buf();
+    m.headers()
+        .filter(|h| {
+            !matches!(
+                h.name,
+                HeaderName::Via
+                    | HeaderName::Route
+                    | HeaderName::RecordRoute
+                    | HeaderName::From
+                    | HeaderName::To
+                    | HeaderName::CallId
+                    | HeaderName::CSeq
+                    | HeaderName::MaxForwards
+                    | HeaderName::Contact
+                    | HeaderName::ContentLength
+                    | HeaderName::ContentType
+            )
+        })
+        .filter_map(|h| {
+            Some((
+                core::str::from_utf8(h.name_span.of(buf)).ok()?,
+                h.value.of(buf),
+            ))
+        })
+        .collect()
 }
 
 /// Where a response goes: the top Via's received/rport or sent-by.
@@ -413,6 +451,7 @@ impl<R: RngCore> B2bua<R> {
         let from = from.unwrap_or_else(|_| b"<sip:anonymous@anonymous.invalid>".to_vec());
         let body = m.content_type().map(|ct| (ct, m.body()));
         let mf = m.max_forwards().unwrap_or(70).saturating_sub(1).min(255) as u8;
+        let headers = end_to_end_headers(m);
         let invite = handover_sip::build::Request {
             method: "INVITE",
             uri: uri.as_bytes(),
@@ -424,6 +463,7 @@ impl<R: RngCore> B2bua<R> {
             cseq: 1,
             max_forwards: mf,
             contact: Some(&contact),
+            headers: &headers,
             body,
             ..Default::default()
         }
@@ -659,7 +699,10 @@ impl<R: RngCore> B2bua<R> {
                     | Method::Update
                     | Method::Info
                     | Method::Options
-                    | Method::Message,
+                    | Method::Message
+                    | Method::Refer
+                    | Method::Notify
+                    | Method::Subscribe,
                 ),
                 _,
             ) if m.to_tag().is_some() => {
@@ -742,12 +785,13 @@ impl<R: RngCore> B2bua<R> {
         let method = core::str::from_utf8(m.method_bytes()).unwrap_or("INFO");
         let body = m.content_type().map(|ct| (ct, m.body()));
         let refresh = matches!(m.method(), Some(Method::Invite | Method::Update));
+        let headers = end_to_end_headers(m);
         let out = y.request(
             method,
             None,
             &via,
             refresh.then_some(contact.as_slice()),
-            &[],
+            &headers,
             body,
         );
         let Ok(cli_key) = scan(&out).map(|o| Key::server(&o)) else {

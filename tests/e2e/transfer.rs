@@ -1,0 +1,158 @@
+//! The flow that started the project: a handset admin guide's blind
+//! transfer, through `handover up`. B (talking to A) sends REFER
+//! (Refer-To: C); A answers 202 and NOTIFYs; B hangs up; A calls C, who
+//! answers. The B2BUA relays REFER and NOTIFY between the legs
+//! (passthrough mode); A's new call to C is a new call through the cluster.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use crate::support::*;
+
+fn sipp(dir: &Path, args: &[&str]) -> Proc {
+    require_sipp();
+    Proc(
+        Command::new("sipp")
+            .args(args)
+            .args(["-nostdin", "-trace_msg", "-trace_err"])
+            .current_dir(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("sipp starts"),
+    )
+}
+
+fn run_transfers(
+    dir: &Path,
+    edge: &str,
+    b_port: u16,
+    a_port: u16,
+    calls: u32,
+    rate: u32,
+) -> (Option<i32>, Option<i32>) {
+    let target = format!("sip:c@{edge}");
+    let sf = |f: &str| scenario(f).to_string_lossy().into_owned();
+    let (m, r) = (calls.to_string(), rate.to_string());
+    let mut b = sipp(
+        dir,
+        &[
+            "-sf",
+            &sf("transfer_b.xml"),
+            "-i",
+            "127.0.0.1",
+            "-p",
+            &b_port.to_string(),
+            "-m",
+            &m,
+            "-key",
+            "target",
+            &target,
+            edge,
+        ],
+    );
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let mut a = sipp(
+        dir,
+        &[
+            "-sf",
+            &sf("transfer_a.xml"),
+            "-i",
+            "127.0.0.1",
+            "-p",
+            &a_port.to_string(),
+            "-s",
+            "b",
+            "-m",
+            &m,
+            "-r",
+            &r,
+            edge,
+        ],
+    );
+    let a_exit = a.0.wait().unwrap().code();
+    let b_exit = b.0.wait().unwrap().code();
+    (a_exit, b_exit)
+}
+
+#[test]
+fn blind_transfer_through_up_one_then_a_hundred_concurrently() {
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let (b_port, c_port) = (free_udp_port(), free_udp_port());
+    let _c = sipp_uas_traced(dir.path(), c_port);
+    let (sip, worker) = (free_udp_port(), free_udp_port());
+    let (admin, worker_admin) = (
+        format!("127.0.0.1:{}", free_udp_port()),
+        format!("127.0.0.1:{}", free_udp_port()),
+    );
+    let _up = spawn_up(
+        &[
+            "--listen",
+            &format!("127.0.0.1:{sip}"),
+            "--worker-listen",
+            &format!("127.0.0.1:{worker}"),
+            "--admin",
+            &admin,
+            "--worker-admin",
+            &worker_admin,
+            "--route",
+            &format!("b=127.0.0.1:{b_port}"),
+            "--route",
+            &format!("c=127.0.0.1:{c_port}"),
+        ],
+        &admin,
+    );
+    let edge = format!("127.0.0.1:{sip}");
+    // One transfer.
+    let (a, b) = run_transfers(dir.path(), &edge, b_port, free_udp_port(), 1, 1);
+    assert_eq!((a, b), (Some(0), Some(0)), "A and B completed the flow");
+    // Then a hundred, up to twenty starting each second.
+    let (a, b) = run_transfers(
+        dir.path(),
+        &edge,
+        free_udp_port_for_b(b_port),
+        free_udp_port(),
+        100,
+        20,
+    );
+    assert_eq!((a, b), (Some(0), Some(0)), "every transfer completed");
+
+    let logs = sipp_message_logs(dir.path());
+    assert!(
+        !logs.contains(&format!(":{worker}")),
+        "nothing anyone saw names the worker"
+    );
+    // At C: 101 INVITEs, each with Referred-By, each naming only the edge.
+    let c_log = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            p.to_string_lossy().contains("uas_") && p.to_string_lossy().ends_with("_messages.log")
+        })
+        .expect("C's message log");
+    let c = std::fs::read_to_string(c_log).unwrap();
+    let invites: Vec<&str> = c.split("INVITE sip:").skip(1).collect();
+    assert_eq!(invites.len(), 101, "C got every transferred call");
+    for inv in &invites {
+        let head = inv.split("\r\n\r\n").next().unwrap_or("");
+        assert!(
+            head.contains("Referred-By:"),
+            "INVITE at C carries Referred-By:\n{head}"
+        );
+        assert!(
+            head.contains(&format!("Via: SIP/2.0/UDP {edge};")),
+            "Via names the edge:\n{head}"
+        );
+    }
+    let text = http_get(&format!("http://{worker_admin}/metrics")).1;
+    assert_eq!(
+        metric(&text, "handover_calls_answered_total"),
+        202.0,
+        "A-B and A-C, 101 times"
+    );
+    assert_eq!(
+        metric(&text, "handover_calls_ended_total{cause=\"failed\"}"),
+        0.0
+    );
+}
