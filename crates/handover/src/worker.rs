@@ -40,7 +40,7 @@ pub(crate) struct WorkerArgs {
     /// [default: --edge].
     #[arg(long)]
     advertise: Option<SocketAddr>,
-    /// Where calls go: MATCH=IP:PORT[*WEIGHT][,IP:PORT…] where MATCH is a
+    /// Where calls go: `MATCH=IP:PORT[*WEIGHT][,IP:PORT…]` where MATCH is a
     /// user, PREFIX*, @DOMAIN or * (repeat; replaces the file's routes).
     #[arg(long = "route", value_name = "MATCH=IP:PORT")]
     routes: Vec<String>,
