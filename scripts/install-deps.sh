@@ -3,11 +3,13 @@
 # that is already there. Safe to run again.
 #   - sipp (Debian package sip-tester): the real user agents of the
 #     end-to-end and interop tests.
+#   - prometheus: the real server that scrapes /metrics in the metrics tests.
 #   - rustfmt and clippy for the pinned toolchain (rust-toolchain.toml).
 set -euo pipefail
 
 need_apt=()
 command -v sipp >/dev/null 2>&1 || need_apt+=(sip-tester)
+command -v prometheus >/dev/null 2>&1 || need_apt+=(prometheus)
 
 if ((${#need_apt[@]})); then
   echo "install-deps: installing ${need_apt[*]}" >&2
@@ -18,7 +20,7 @@ if ((${#need_apt[@]})); then
   fi
   export DEBIAN_FRONTEND=noninteractive
   $sudo apt-get update -qq
-  $sudo apt-get install -y -qq "${need_apt[@]}" >/dev/null
+  $sudo apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
 fi
 
 if command -v rustup >/dev/null 2>&1; then

@@ -9,6 +9,7 @@ mod corpus_format;
 
 mod cli;
 mod edge;
+mod prometheus;
 mod support;
 mod transfer;
 mod up;
