@@ -9,6 +9,7 @@ mod corpus_format;
 
 mod cli;
 mod edge;
+mod ops;
 mod prometheus;
 mod support;
 mod transfer;

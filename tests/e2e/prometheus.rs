@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use crate::support::*;
 
-fn require_prometheus() {
+pub(crate) fn require_prometheus() {
     let ok = Command::new("prometheus").arg("--version").output().is_ok();
     assert!(
         ok,
@@ -16,7 +16,7 @@ fn require_prometheus() {
     );
 }
 
-fn start_prometheus(dir: &Path, targets: &[(&str, &str)]) -> (Proc, String) {
+pub(crate) fn start_prometheus(dir: &Path, targets: &[(&str, &str)]) -> (Proc, String) {
     require_prometheus();
     let port = free_udp_port();
     let mut cfg = String::from(
