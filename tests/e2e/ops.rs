@@ -75,8 +75,8 @@ fn dashboard_and_rules_use_only_exported_metrics() {
     let _uas = sipp_uas_with(dir.path(), "uas.xml", uas_port);
     let (sip, worker) = (free_udp_port(), free_udp_port());
     let (admin, worker_admin) = (
-        format!("127.0.0.1:{}", free_udp_port()),
-        format!("127.0.0.1:{}", free_udp_port()),
+        format!("127.0.0.1:{}", free_tcp_port()),
+        format!("127.0.0.1:{}", free_tcp_port()),
     );
     let _up = spawn_up(
         &[

@@ -18,7 +18,7 @@ pub(crate) fn require_prometheus() {
 
 pub(crate) fn start_prometheus(dir: &Path, targets: &[(&str, &str)]) -> (Proc, String) {
     require_prometheus();
-    let port = free_udp_port();
+    let port = free_tcp_port();
     let mut cfg = String::from(
         "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n",
     );
@@ -84,8 +84,8 @@ fn prometheus_scrapes_edge_and_worker_during_calls() {
     let _uas = sipp_uas_with(dir.path(), "uas.xml", uas_port);
     let (sip, worker) = (free_udp_port(), free_udp_port());
     let (admin, worker_admin) = (
-        format!("127.0.0.1:{}", free_udp_port()),
-        format!("127.0.0.1:{}", free_udp_port()),
+        format!("127.0.0.1:{}", free_tcp_port()),
+        format!("127.0.0.1:{}", free_tcp_port()),
     );
     let _up = spawn_up(
         &[
@@ -125,19 +125,18 @@ fn prometheus_scrapes_edge_and_worker_during_calls() {
     assert!(rate > 0.0, "a non-zero call rate: {rate}");
     let r = finish_uac(uac, &stat);
     assert_eq!((r.successful, r.failed), (50, 0), "{r:?}");
-    // Totals once the last scrape has seen the end.
+    // Totals once the last scrapes of both processes have seen the end
+    // (they are scraped at different moments, so wait for all at once).
+    // The edge forwarded each call's INVITE, ACK and BYE to the worker.
     assert!(
         wait_for(Duration::from_secs(10), || {
             query(&base, "handover_calls_ended_total{cause=\"hangup\"}") == Some(50.0)
                 && query(&base, "handover_calls_active") == Some(0.0)
+                && query(&base, "sum(handover_edge_backend_forwards_total)") == Some(150.0)
         }),
-        "ended calls: {:?}",
-        query(&base, "handover_calls_ended_total{cause=\"hangup\"}")
-    );
-    // The edge forwarded each call's INVITE, ACK and BYE to the worker.
-    assert_eq!(
-        query(&base, "sum(handover_edge_backend_forwards_total)"),
-        Some(150.0)
+        "ended calls {:?}, forwards {:?}",
+        query(&base, "handover_calls_ended_total{cause=\"hangup\"}"),
+        query(&base, "sum(handover_edge_backend_forwards_total)")
     );
     assert_eq!(
         query(&base, "handover_invite_answer_seconds_count"),

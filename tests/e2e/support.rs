@@ -44,6 +44,16 @@ impl Drop for Proc {
     }
 }
 
+/// A TCP port on 127.0.0.1 that was free a moment ago (for HTTP listeners:
+/// a UDP-free port may be taken for TCP).
+pub(crate) fn free_tcp_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// A UDP port on 127.0.0.1 that was free a moment ago.
 pub(crate) fn free_udp_port() -> u16 {
     UdpSocket::bind("127.0.0.1:0")
@@ -355,7 +365,7 @@ pub(crate) fn spawn_up(args: &[&str], edge_admin: &str) -> UpProc {
         .stderr(Stdio::inherit())
         .spawn()
         .expect("handover up starts");
-    let up = UpProc { child };
+    let mut up = UpProc { child };
     let ready = wait_for(Duration::from_secs(10), || {
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
@@ -366,7 +376,11 @@ pub(crate) fn spawn_up(args: &[&str], edge_admin: &str) -> UpProc {
             .call()
             .is_ok_and(|r| r.status().as_u16() == 200)
     });
-    assert!(ready, "the cluster became ready");
+    let exited = up.child.try_wait().ok().flatten();
+    assert!(
+        ready,
+        "the cluster became ready (handover up exited: {exited:?}; its stderr is above)"
+    );
     up
 }
 

@@ -83,8 +83,8 @@ fn blind_transfer_through_up_one_then_a_hundred_concurrently() {
     let _c = sipp_uas_traced(dir.path(), c_port);
     let (sip, worker) = (free_udp_port(), free_udp_port());
     let (admin, worker_admin) = (
-        format!("127.0.0.1:{}", free_udp_port()),
-        format!("127.0.0.1:{}", free_udp_port()),
+        format!("127.0.0.1:{}", free_tcp_port()),
+        format!("127.0.0.1:{}", free_tcp_port()),
     );
     let _up = spawn_up(
         &[

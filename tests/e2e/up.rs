@@ -14,8 +14,8 @@ fn up_carries_basic_calls_and_hides_the_worker() {
     let _uas = sipp_uas_traced(dir.path(), uas_port);
     let (sip, worker) = (free_udp_port(), free_udp_port());
     let (admin, worker_admin) = (
-        format!("127.0.0.1:{}", free_udp_port()),
-        format!("127.0.0.1:{}", free_udp_port()),
+        format!("127.0.0.1:{}", free_tcp_port()),
+        format!("127.0.0.1:{}", free_tcp_port()),
     );
     let _up = spawn_up(
         &[
@@ -108,8 +108,8 @@ fn up_relays_hold_and_resume_busy_and_cancel() {
     ];
     let (sip, worker) = (free_udp_port(), free_udp_port());
     let (admin, worker_admin) = (
-        format!("127.0.0.1:{}", free_udp_port()),
-        format!("127.0.0.1:{}", free_udp_port()),
+        format!("127.0.0.1:{}", free_tcp_port()),
+        format!("127.0.0.1:{}", free_tcp_port()),
     );
     let _up = spawn_up(
         &[
@@ -173,8 +173,8 @@ fn up_hangs_up_calls_at_the_maximum_call_age() {
     let _uas = sipp_uas_with(dir.path(), "uas.xml", uas_port);
     let (sip, worker) = (free_udp_port(), free_udp_port());
     let (admin, worker_admin) = (
-        format!("127.0.0.1:{}", free_udp_port()),
-        format!("127.0.0.1:{}", free_udp_port()),
+        format!("127.0.0.1:{}", free_tcp_port()),
+        format!("127.0.0.1:{}", free_tcp_port()),
     );
     let _up = spawn_up(
         &[
@@ -216,8 +216,8 @@ fn up_recovers_lost_packets_by_retransmission() {
     let _uas = sipp_uas_with(dir.path(), "uas_lossy.xml", uas_port);
     let (sip, worker) = (free_udp_port(), free_udp_port());
     let (admin, worker_admin) = (
-        format!("127.0.0.1:{}", free_udp_port()),
-        format!("127.0.0.1:{}", free_udp_port()),
+        format!("127.0.0.1:{}", free_tcp_port()),
+        format!("127.0.0.1:{}", free_tcp_port()),
     );
     let _up = spawn_up(
         &[
@@ -259,8 +259,8 @@ fn up_answers_bad_input_and_other_calls_are_unharmed() {
     let _uas = sipp_uas_with(dir.path(), "uas.xml", uas_port);
     let (sip, worker) = (free_udp_port(), free_udp_port());
     let (admin, worker_admin) = (
-        format!("127.0.0.1:{}", free_udp_port()),
-        format!("127.0.0.1:{}", free_udp_port()),
+        format!("127.0.0.1:{}", free_tcp_port()),
+        format!("127.0.0.1:{}", free_tcp_port()),
     );
     let _up = spawn_up(
         &[
@@ -339,8 +339,8 @@ fn up_fails_over_to_the_next_target_on_503() {
     ];
     let (sip, worker) = (free_udp_port(), free_udp_port());
     let (admin, worker_admin) = (
-        format!("127.0.0.1:{}", free_udp_port()),
-        format!("127.0.0.1:{}", free_udp_port()),
+        format!("127.0.0.1:{}", free_tcp_port()),
+        format!("127.0.0.1:{}", free_tcp_port()),
     );
     let _up = spawn_up(
         &[

@@ -159,6 +159,9 @@ struct Call {
     answered: bool,
     /// When an answered call reaches the maximum call age.
     answered_at: Option<Instant>,
+    /// When the session expires unless refreshed (RFC 4028), if the
+    /// parties agreed on a session timer.
+    session_expires: Option<Instant>,
     /// When A's INVITE arrived.
     started_at: Instant,
     /// The callee's first response has been relayed.
@@ -180,7 +183,14 @@ impl Call {
             Nit::Client(_, t) => t.poll_timeout(),
             Nit::Server(_, t) => t.poll_timeout(),
         });
-        let too_old = if self.over { None } else { self.answered_at };
+        let too_old = if self.over {
+            None
+        } else {
+            match (self.answered_at, self.session_expires) {
+                (Some(a), Some(e)) => Some(a.min(e)),
+                (a, e) => a.or(e),
+            }
+        };
         [
             self.a_srv.poll_timeout(),
             self.b_cli.poll_timeout(),
@@ -244,6 +254,15 @@ fn end_to_end_headers<'m>(m: &Message<'m>) -> Vec<(&'m str, &'m [u8])> {
             ))
         })
         .collect()
+}
+
+/// The session interval a 2xx agrees on (RFC 4028 `Session-Expires:
+/// delta-seconds[;refresher=…]`).
+fn session_interval(m: &Message<'_>) -> Option<Duration> {
+    let v = m.header(HeaderName::SessionExpires)?.value.of(m.buf());
+    let digits = v.iter().take_while(|b| b.is_ascii_digit()).count();
+    let secs: u64 = core::str::from_utf8(&v[..digits]).ok()?.parse().ok()?;
+    (secs > 0).then(|| Duration::from_secs(secs))
 }
 
 /// Where a response goes: the top Via's received/rport or sent-by.
@@ -553,6 +572,7 @@ impl<R: RngCore> B2bua<R> {
                 cancelled: false,
                 answered: false,
                 answered_at: None,
+                session_expires: None,
                 started_at: now,
                 heard: false,
                 targets,
@@ -851,6 +871,7 @@ impl<R: RngCore> B2bua<R> {
             relays,
             a_dialog,
             b_dialog,
+            session_expires,
             ..
         } = call;
         let mut dead_leg = false;
@@ -913,18 +934,25 @@ impl<R: RngCore> B2bua<R> {
                     .as_ref()
                     .and_then(|p| p.content_type().map(|ct| (ct.to_vec(), p.body().to_vec())));
                 let body = body.as_ref().map(|(c, b)| (c.as_slice(), b.as_slice()));
-                let extra: &[(&str, &[u8])] = if is_invite && status < 300 {
-                    &[("Contact", &contact)]
-                } else {
-                    &[]
-                };
+                let mut extra = resp.as_ref().map(end_to_end_headers).unwrap_or_default();
+                if is_invite && status < 300 {
+                    extra.push(("Contact", &contact));
+                }
+                // A refresh (re-INVITE or UPDATE answered 2xx) restarts the
+                // session timer with the interval it agreed on.
+                if (200..300).contains(&status)
+                    && matches!(req.method(), Some(Method::Invite | Method::Update))
+                    && let Some(i) = resp.as_ref().and_then(session_interval)
+                {
+                    *session_expires = Some(now + i);
+                }
                 let mut out = Vec::new();
                 response_with_body(
                     &req.reply_parts(),
                     status,
                     None,
                     None,
-                    extra,
+                    &extra,
                     body,
                     &mut out,
                 );
@@ -1074,13 +1102,15 @@ impl<R: RngCore> B2bua<R> {
         match status {
             100 => {}
             101..=199 if !call.cancelled => {
+                let mut extra = resp.as_ref().map(end_to_end_headers).unwrap_or_default();
+                extra.push(("Contact", &contact));
                 let mut r = Vec::new();
                 response_with_body(
                     &a.reply_parts(),
                     status,
                     None,
                     Some(tag.as_bytes()),
-                    &[("Contact", &contact)],
+                    &extra,
                     body_ref,
                     &mut r,
                 );
@@ -1108,14 +1138,17 @@ impl<R: RngCore> B2bua<R> {
                 }
                 call.answered = true;
                 call.answered_at = Some(now + self.cfg.max_call_age);
+                call.session_expires = session_interval(&resp).map(|i| now + i);
                 self.stats.answered += 1;
+                let mut extra = end_to_end_headers(&resp);
+                extra.push(("Contact", &contact));
                 let mut r = Vec::new();
                 response_with_body(
                     &a.reply_parts(),
                     status,
                     None,
                     Some(tag.as_bytes()),
-                    &[("Contact", &contact)],
+                    &extra,
                     body_ref,
                     &mut r,
                 );
@@ -1243,7 +1276,13 @@ impl<R: RngCore> B2bua<R> {
                 Srv::Other(s) => s.handle_timeout(now),
             }
         }
-        if !call.over && call.answered_at.is_some_and(|t| t <= now) {
+        //= https://www.rfc-editor.org/rfc/rfc4028#section-10
+        //# If the session refresh request is not received before the
+        //# interval passes, the session is considered terminated.
+        if !call.over
+            && (call.answered_at.is_some_and(|t| t <= now)
+                || call.session_expires.is_some_and(|t| t <= now))
+        {
             self.tear_down(now, cref);
             return;
         }

@@ -785,3 +785,101 @@ fn every_target_failing_relays_the_last_answer() {
             .any(|(_, m)| first_line(m).starts_with("INVITE "))
     );
 }
+
+fn with_session_timer(resp: String, secs: u32) -> String {
+    resp.replacen(
+        "Contact: ",
+        &format!("Session-Expires: {secs};refresher=uac\r\nRequire: timer\r\nContact: "),
+        1,
+    )
+}
+
+#[test]
+fn rfc4028_session_expires_without_refresh_ends_the_call() {
+    let mut b = b2bua();
+    b.handle_datagram(at(0), a_invite().as_bytes());
+    let bi = out(&mut b)[1].1.clone();
+    let bim = scan(&bi).unwrap();
+    b.handle_datagram(
+        at(100),
+        with_session_timer(b_resp(&bim, "200 OK", "bt", Some(SDP_B)), 90).as_bytes(),
+    );
+    let sent = out(&mut b);
+    let ok = sent
+        .iter()
+        .find(|(_, m)| first_line(m) == "SIP/2.0 200 OK")
+        .expect("200 to A");
+    let text = String::from_utf8_lossy(&ok.1);
+    assert!(
+        text.contains("Session-Expires: 90;refresher=uac\r\n"),
+        "the agreed interval reaches A:\n{text}"
+    );
+    assert!(text.contains("Require: timer\r\n"), "{text}");
+    b.handle_timeout(at(90_099));
+    assert!(
+        !out(&mut b)
+            .iter()
+            .any(|(_, m)| first_line(m).starts_with("BYE ")),
+        "not yet"
+    );
+    b.handle_timeout(at(90_100));
+    let byes = out(&mut b)
+        .into_iter()
+        .filter(|(_, m)| first_line(m).starts_with("BYE "))
+        .count();
+    assert_eq!(byes, 2, "no refresh within 90 s: both legs hung up");
+    assert_eq!(b.stats().torn_down, 1);
+}
+
+#[test]
+fn rfc4028_a_refresh_restarts_the_session_timer() {
+    let mut b = b2bua();
+    b.handle_datagram(at(0), a_invite().as_bytes());
+    let bi = out(&mut b)[1].1.clone();
+    let bim = scan(&bi).unwrap();
+    b.handle_datagram(
+        at(100),
+        with_session_timer(b_resp(&bim, "200 OK", "bt", Some(SDP_B)), 90).as_bytes(),
+    );
+    let sent = out(&mut b);
+    let ok = sent
+        .iter()
+        .find(|(_, m)| first_line(m) == "SIP/2.0 200 OK")
+        .unwrap();
+    let a_tag = String::from_utf8(scan(&ok.1).unwrap().to_tag().unwrap().to_vec()).unwrap();
+    // A refreshes at 60 s with a re-INVITE; B agrees on 90 s again.
+    b.handle_datagram(
+        at(60_000),
+        from_a("INVITE", 2, "rf", &a_tag, Some(SDP_A)).as_bytes(),
+    );
+    let to_b = out(&mut b)
+        .into_iter()
+        .find(|(_, m)| first_line(m).starts_with("INVITE "))
+        .unwrap()
+        .1;
+    b.handle_datagram(
+        at(60_100),
+        with_session_timer(
+            b_resp(&scan(&to_b).unwrap(), "200 OK", "bt", Some(SDP_B)),
+            90,
+        )
+        .as_bytes(),
+    );
+    let _ = out(&mut b);
+    b.handle_timeout(at(90_100));
+    assert!(
+        !out(&mut b)
+            .iter()
+            .any(|(_, m)| first_line(m).starts_with("BYE ")),
+        "refreshed: still up at 90 s"
+    );
+    b.handle_timeout(at(150_100));
+    assert_eq!(
+        out(&mut b)
+            .iter()
+            .filter(|(_, m)| first_line(m).starts_with("BYE "))
+            .count(),
+        2,
+        "expires 90 s after the refresh"
+    );
+}
