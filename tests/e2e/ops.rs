@@ -73,26 +73,9 @@ fn dashboard_and_rules_use_only_exported_metrics() {
     let dir = tempfile::tempdir().unwrap();
     let uas_port = free_udp_port();
     let _uas = sipp_uas_with(dir.path(), "uas.xml", uas_port);
-    let (sip, worker) = (free_udp_port(), free_udp_port());
-    let (admin, worker_admin) = (
-        format!("127.0.0.1:{}", free_tcp_port()),
-        format!("127.0.0.1:{}", free_tcp_port()),
-    );
-    let _up = spawn_up(
-        &[
-            "--listen",
-            &format!("127.0.0.1:{sip}"),
-            "--worker-listen",
-            &format!("127.0.0.1:{worker}"),
-            "--admin",
-            &admin,
-            "--worker-admin",
-            &worker_admin,
-            "--route",
-            &format!("b=127.0.0.1:{uas_port}"),
-        ],
-        &admin,
-    );
+    let c = cluster(&[format!("b=127.0.0.1:{uas_port}")], &[]);
+    let (sip, _worker, admin, worker_admin) =
+        (c.sip, c.worker, c.admin.clone(), c.worker_admin.clone());
     // Traffic, and a drop, so that every series exists.
     let edge: std::net::SocketAddr = format!("127.0.0.1:{sip}").parse().unwrap();
     let (uac, stat) = sipp_uac(dir.path(), edge, 20, 20, 0);

@@ -82,26 +82,9 @@ fn prometheus_scrapes_edge_and_worker_during_calls() {
     let dir = tempfile::tempdir().unwrap();
     let uas_port = free_udp_port();
     let _uas = sipp_uas_with(dir.path(), "uas.xml", uas_port);
-    let (sip, worker) = (free_udp_port(), free_udp_port());
-    let (admin, worker_admin) = (
-        format!("127.0.0.1:{}", free_tcp_port()),
-        format!("127.0.0.1:{}", free_tcp_port()),
-    );
-    let _up = spawn_up(
-        &[
-            "--listen",
-            &format!("127.0.0.1:{sip}"),
-            "--worker-listen",
-            &format!("127.0.0.1:{worker}"),
-            "--admin",
-            &admin,
-            "--worker-admin",
-            &worker_admin,
-            "--route",
-            &format!("b=127.0.0.1:{uas_port}"),
-        ],
-        &admin,
-    );
+    let c = cluster(&[format!("b=127.0.0.1:{uas_port}")], &[]);
+    let (sip, _worker, admin, worker_admin) =
+        (c.sip, c.worker, c.admin.clone(), c.worker_admin.clone());
     let (_prom, base) =
         start_prometheus(dir.path(), &[("edge", &admin), ("worker", &worker_admin)]);
     assert!(

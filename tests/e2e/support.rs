@@ -84,11 +84,17 @@ pub(crate) fn require_sipp() {
 /// Starts a SIPp UAS on `port` answering calls with `uas.xml` and OPTIONS
 /// automatically (`-aa`). Errors go to `dir/uas-PORT.err`.
 pub(crate) fn sipp_uas(dir: &Path, port: u16) -> Proc {
+    uas(dir, "uas.xml", port, false)
+}
+
+/// One SIPp UAS: `scenario` (in `tests/sipp`) on `port`, OPTIONS answered
+/// (`-aa`), errors in `dir/uas-PORT.err`, every message logged if `trace`.
+fn uas(dir: &Path, scenario_file: &str, port: u16, trace: bool) -> Proc {
     require_sipp();
     let err = dir.join(format!("uas-{port}.err"));
-    let child = Command::new("sipp")
-        .args(["-sf"])
-        .arg(scenario("uas.xml"))
+    let mut cmd = Command::new("sipp");
+    cmd.args(["-sf"])
+        .arg(scenario(scenario_file))
         .args([
             "-i",
             "127.0.0.1",
@@ -99,7 +105,11 @@ pub(crate) fn sipp_uas(dir: &Path, port: u16) -> Proc {
             "-trace_err",
             "-error_file",
         ])
-        .arg(&err)
+        .arg(&err);
+    if trace {
+        cmd.arg("-trace_msg");
+    }
+    let child = cmd
         .current_dir(dir)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -176,28 +186,7 @@ pub(crate) fn sipp_uac_with(
 
 /// Starts a SIPp UAS running `scenario` (in `tests/sipp`) on `port`.
 pub(crate) fn sipp_uas_with(dir: &Path, scenario_file: &str, port: u16) -> Proc {
-    require_sipp();
-    let err = dir.join(format!("uas-{port}.err"));
-    let child = Command::new("sipp")
-        .args(["-sf"])
-        .arg(scenario(scenario_file))
-        .args([
-            "-i",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-            "-aa",
-            "-nostdin",
-            "-trace_err",
-            "-error_file",
-        ])
-        .arg(&err)
-        .current_dir(dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("sipp starts");
-    Proc(child)
+    uas(dir, scenario_file, port, false)
 }
 
 /// Waits for a UAC to finish and reads its final counts.
@@ -356,6 +345,49 @@ impl Drop for UpProc {
     }
 }
 
+/// A running `handover up` on free ports: SIP port, worker port, admin
+/// addresses of edge and worker.
+pub(crate) struct Cluster {
+    _up: UpProc,
+    pub(crate) sip: u16,
+    pub(crate) worker: u16,
+    pub(crate) admin: String,
+    pub(crate) worker_admin: String,
+}
+
+/// Starts `handover up` with these `--route`s and `extra` flags on free
+/// ports; returns once its edge is ready.
+pub(crate) fn cluster(routes: &[String], extra: &[&str]) -> Cluster {
+    let (sip, worker) = (free_udp_port(), free_udp_port());
+    let (admin, worker_admin) = (
+        format!("127.0.0.1:{}", free_tcp_port()),
+        format!("127.0.0.1:{}", free_tcp_port()),
+    );
+    let (listen, worker_listen) = (format!("127.0.0.1:{sip}"), format!("127.0.0.1:{worker}"));
+    let mut args: Vec<&str> = vec![
+        "--listen",
+        &listen,
+        "--worker-listen",
+        &worker_listen,
+        "--admin",
+        &admin,
+        "--worker-admin",
+        &worker_admin,
+    ];
+    for r in routes {
+        args.extend(["--route", r.as_str()]);
+    }
+    args.extend_from_slice(extra);
+    let up = spawn_up(&args, &admin);
+    Cluster {
+        _up: up,
+        sip,
+        worker,
+        admin,
+        worker_admin,
+    }
+}
+
 /// Starts `handover up` with `args`; returns once its edge is ready.
 pub(crate) fn spawn_up(args: &[&str], edge_admin: &str) -> UpProc {
     let child = Command::new(env!("CARGO_BIN_EXE_handover"))
@@ -384,31 +416,9 @@ pub(crate) fn spawn_up(args: &[&str], edge_admin: &str) -> UpProc {
     up
 }
 
-/// Starts a SIPp UAS that also logs every message (`-trace_msg`).
+/// Starts a SIPp UAS (`uas.xml`) that also logs every message (`-trace_msg`).
 pub(crate) fn sipp_uas_traced(dir: &Path, port: u16) -> Proc {
-    require_sipp();
-    let err = dir.join(format!("uas-{port}.err"));
-    let child = Command::new("sipp")
-        .args(["-sf"])
-        .arg(scenario("uas.xml"))
-        .args([
-            "-i",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-            "-aa",
-            "-nostdin",
-            "-trace_msg",
-            "-trace_err",
-            "-error_file",
-        ])
-        .arg(&err)
-        .current_dir(dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("sipp starts");
-    Proc(child)
+    uas(dir, "uas.xml", port, true)
 }
 
 /// Every SIPp message log (`*_messages.log`) in `dir`, concatenated.

@@ -81,28 +81,15 @@ fn blind_transfer_through_up_one_then_a_hundred_concurrently() {
     let dir = tempfile::tempdir().unwrap();
     let (b_port, c_port) = (free_udp_port(), free_udp_port());
     let _c = sipp_uas_traced(dir.path(), c_port);
-    let (sip, worker) = (free_udp_port(), free_udp_port());
-    let (admin, worker_admin) = (
-        format!("127.0.0.1:{}", free_tcp_port()),
-        format!("127.0.0.1:{}", free_tcp_port()),
-    );
-    let _up = spawn_up(
+    let c = cluster(
         &[
-            "--listen",
-            &format!("127.0.0.1:{sip}"),
-            "--worker-listen",
-            &format!("127.0.0.1:{worker}"),
-            "--admin",
-            &admin,
-            "--worker-admin",
-            &worker_admin,
-            "--route",
-            &format!("b=127.0.0.1:{b_port}"),
-            "--route",
-            &format!("c=127.0.0.1:{c_port}"),
+            format!("b=127.0.0.1:{b_port}"),
+            format!("c=127.0.0.1:{c_port}"),
         ],
-        &admin,
+        &[],
     );
+    let (sip, worker, _admin, worker_admin) =
+        (c.sip, c.worker, c.admin.clone(), c.worker_admin.clone());
     let edge = format!("127.0.0.1:{sip}");
     // One transfer.
     let (a, b) = run_transfers(dir.path(), &edge, b_port, free_udp_port(), 1, 1);

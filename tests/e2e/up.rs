@@ -12,26 +12,9 @@ fn up_carries_basic_calls_and_hides_the_worker() {
     let dir = tempfile::tempdir().unwrap();
     let uas_port = free_udp_port();
     let _uas = sipp_uas_traced(dir.path(), uas_port);
-    let (sip, worker) = (free_udp_port(), free_udp_port());
-    let (admin, worker_admin) = (
-        format!("127.0.0.1:{}", free_tcp_port()),
-        format!("127.0.0.1:{}", free_tcp_port()),
-    );
-    let _up = spawn_up(
-        &[
-            "--listen",
-            &format!("127.0.0.1:{sip}"),
-            "--worker-listen",
-            &format!("127.0.0.1:{worker}"),
-            "--admin",
-            &admin,
-            "--worker-admin",
-            &worker_admin,
-            "--route",
-            &format!("b=127.0.0.1:{uas_port}"),
-        ],
-        &admin,
-    );
+    let c = cluster(&[format!("b=127.0.0.1:{uas_port}")], &[]);
+    let (sip, worker, _admin, worker_admin) =
+        (c.sip, c.worker, c.admin.clone(), c.worker_admin.clone());
     // Several hundred calls a second, as the worker issue asks.
     let calls = 2000;
     let (uac, stat) = sipp_uac(
@@ -106,30 +89,16 @@ fn up_relays_hold_and_resume_busy_and_cancel() {
         sipp_uas_with(dir.path(), "uas_busy.xml", busy),
         sipp_uas_with(dir.path(), "uas_ring.xml", ring),
     ];
-    let (sip, worker) = (free_udp_port(), free_udp_port());
-    let (admin, worker_admin) = (
-        format!("127.0.0.1:{}", free_tcp_port()),
-        format!("127.0.0.1:{}", free_tcp_port()),
-    );
-    let _up = spawn_up(
+    let c = cluster(
         &[
-            "--listen",
-            &format!("127.0.0.1:{sip}"),
-            "--worker-listen",
-            &format!("127.0.0.1:{worker}"),
-            "--admin",
-            &admin,
-            "--worker-admin",
-            &worker_admin,
-            "--route",
-            &format!("held=127.0.0.1:{held}"),
-            "--route",
-            &format!("busy=127.0.0.1:{busy}"),
-            "--route",
-            &format!("ring=127.0.0.1:{ring}"),
+            format!("held=127.0.0.1:{held}"),
+            format!("busy=127.0.0.1:{busy}"),
+            format!("ring=127.0.0.1:{ring}"),
         ],
-        &admin,
+        &[],
     );
+    let (sip, _worker, _admin, worker_admin) =
+        (c.sip, c.worker, c.admin.clone(), c.worker_admin.clone());
     let edge: std::net::SocketAddr = format!("127.0.0.1:{sip}").parse().unwrap();
     // Each flow: the caller's scenario checks every step (the SDP direction
     // attributes of hold and resume included); exit 0 means all calls did.
@@ -171,28 +140,12 @@ fn up_hangs_up_calls_at_the_maximum_call_age() {
     let dir = tempfile::tempdir().unwrap();
     let uas_port = free_udp_port();
     let _uas = sipp_uas_with(dir.path(), "uas.xml", uas_port);
-    let (sip, worker) = (free_udp_port(), free_udp_port());
-    let (admin, worker_admin) = (
-        format!("127.0.0.1:{}", free_tcp_port()),
-        format!("127.0.0.1:{}", free_tcp_port()),
+    let c = cluster(
+        &[format!("b=127.0.0.1:{uas_port}")],
+        &["--max-call-age-s", "1"],
     );
-    let _up = spawn_up(
-        &[
-            "--listen",
-            &format!("127.0.0.1:{sip}"),
-            "--worker-listen",
-            &format!("127.0.0.1:{worker}"),
-            "--admin",
-            &admin,
-            "--worker-admin",
-            &worker_admin,
-            "--route",
-            &format!("b=127.0.0.1:{uas_port}"),
-            "--max-call-age-s",
-            "1",
-        ],
-        &admin,
-    );
+    let (sip, _worker, _admin, worker_admin) =
+        (c.sip, c.worker, c.admin.clone(), c.worker_admin.clone());
     // Neither phone hangs up: the worker does, on both legs, after 1 s.
     let edge: std::net::SocketAddr = format!("127.0.0.1:{sip}").parse().unwrap();
     let (uac, stat) = sipp_uac_with(dir.path(), "uac_wait_bye.xml", "b", edge, 10, 20, 0);
@@ -214,26 +167,9 @@ fn up_recovers_lost_packets_by_retransmission() {
     let dir = tempfile::tempdir().unwrap();
     let uas_port = free_udp_port();
     let _uas = sipp_uas_with(dir.path(), "uas_lossy.xml", uas_port);
-    let (sip, worker) = (free_udp_port(), free_udp_port());
-    let (admin, worker_admin) = (
-        format!("127.0.0.1:{}", free_tcp_port()),
-        format!("127.0.0.1:{}", free_tcp_port()),
-    );
-    let _up = spawn_up(
-        &[
-            "--listen",
-            &format!("127.0.0.1:{sip}"),
-            "--worker-listen",
-            &format!("127.0.0.1:{worker}"),
-            "--admin",
-            &admin,
-            "--worker-admin",
-            &worker_admin,
-            "--route",
-            &format!("b=127.0.0.1:{uas_port}"),
-        ],
-        &admin,
-    );
+    let c = cluster(&[format!("b=127.0.0.1:{uas_port}")], &[]);
+    let (sip, _worker, _admin, worker_admin) =
+        (c.sip, c.worker, c.admin.clone(), c.worker_admin.clone());
     // 10% of INVITEs, 200s and BYEs lost at either phone, each way: every
     // call still completes, through the phones' retransmissions and ours.
     let edge: std::net::SocketAddr = format!("127.0.0.1:{sip}").parse().unwrap();
@@ -257,26 +193,9 @@ fn up_answers_bad_input_and_other_calls_are_unharmed() {
     let dir = tempfile::tempdir().unwrap();
     let uas_port = free_udp_port();
     let _uas = sipp_uas_with(dir.path(), "uas.xml", uas_port);
-    let (sip, worker) = (free_udp_port(), free_udp_port());
-    let (admin, worker_admin) = (
-        format!("127.0.0.1:{}", free_tcp_port()),
-        format!("127.0.0.1:{}", free_tcp_port()),
-    );
-    let _up = spawn_up(
-        &[
-            "--listen",
-            &format!("127.0.0.1:{sip}"),
-            "--worker-listen",
-            &format!("127.0.0.1:{worker}"),
-            "--admin",
-            &admin,
-            "--worker-admin",
-            &worker_admin,
-            "--route",
-            &format!("b=127.0.0.1:{uas_port}"),
-        ],
-        &admin,
-    );
+    let c = cluster(&[format!("b=127.0.0.1:{uas_port}")], &[]);
+    let (sip, _worker, _admin, _worker_admin) =
+        (c.sip, c.worker, c.admin.clone(), c.worker_admin.clone());
     let edge: std::net::SocketAddr = format!("127.0.0.1:{sip}").parse().unwrap();
     let (uac, stat) = sipp_uac(dir.path(), edge, 50, 200, 0);
 
@@ -337,26 +256,9 @@ fn up_fails_over_to_the_next_target_on_503() {
         sipp_uas_with(dir.path(), "uas_unavailable.xml", down),
         sipp_uas_with(dir.path(), "uas.xml", ok),
     ];
-    let (sip, worker) = (free_udp_port(), free_udp_port());
-    let (admin, worker_admin) = (
-        format!("127.0.0.1:{}", free_tcp_port()),
-        format!("127.0.0.1:{}", free_tcp_port()),
-    );
-    let _up = spawn_up(
-        &[
-            "--listen",
-            &format!("127.0.0.1:{sip}"),
-            "--worker-listen",
-            &format!("127.0.0.1:{worker}"),
-            "--admin",
-            &admin,
-            "--worker-admin",
-            &worker_admin,
-            "--route",
-            &format!("b=127.0.0.1:{down},127.0.0.1:{ok}"),
-        ],
-        &admin,
-    );
+    let c = cluster(&[format!("b=127.0.0.1:{down},127.0.0.1:{ok}")], &[]);
+    let (sip, _worker, _admin, worker_admin) =
+        (c.sip, c.worker, c.admin.clone(), c.worker_admin.clone());
     // Half the calls pick the out-of-service target first (equal weights):
     // they fail over to the other, and every call connects.
     let edge: std::net::SocketAddr = format!("127.0.0.1:{sip}").parse().unwrap();

@@ -30,8 +30,15 @@ fn at(ms: u64) -> Instant {
 }
 
 fn b2bua() -> B2bua<Seq> {
+    b2bua_routed(&["b=127.0.0.1:5071"], 7)
+}
+
+/// A B2BUA with these routes (command-line form) and RNG seed.
+fn b2bua_routed(specs: &[&str], seed: u64) -> B2bua<Seq> {
     let mut routes = Routes::default();
-    routes.add("b=127.0.0.1:5071").unwrap();
+    for r in specs {
+        routes.add(r).unwrap();
+    }
     B2bua::new(
         Config {
             advertised: "127.0.0.1:5060".into(),
@@ -40,7 +47,7 @@ fn b2bua() -> B2bua<Seq> {
             routes,
             max_call_age: Duration::from_secs(3600),
         },
-        Seq(7),
+        Seq(seed),
     )
 }
 
@@ -360,16 +367,7 @@ From: <sip:edge@handover.invalid>;tag=probe\r\nTo: <sip:127.0.0.1:5080>\r\nCall-
         "SIP/2.0 481 Call/Transaction Does Not Exist"
     );
     let nobody = a_invite().replace("INVITE sip:b@", "INVITE sip:nobody@");
-    let mut empty = B2bua::new(
-        Config {
-            advertised: "127.0.0.1:5060".into(),
-            timers: TimerConfig::default(),
-            hashing: Hashing::default(),
-            routes: Routes::default(),
-            max_call_age: Duration::from_secs(3600),
-        },
-        Seq(1),
-    );
+    let mut empty = b2bua_routed(&[], 1);
     empty.handle_datagram(at(0), nobody.as_bytes());
     assert_eq!(first_line(&out(&mut empty)[0].1), "SIP/2.0 404 Not Found");
 }
@@ -623,20 +621,7 @@ fn malformed_sdp_is_passed_through_untouched() {
 
 #[test]
 fn failover_to_the_next_target_on_503_and_no_answer() {
-    let mut routes = Routes::default();
-    routes
-        .add("b=127.0.0.1:5071,127.0.0.1:5072,127.0.0.1:5073")
-        .unwrap();
-    let mut b = B2bua::new(
-        Config {
-            advertised: "127.0.0.1:5060".into(),
-            timers: TimerConfig::default(),
-            hashing: Hashing::default(),
-            routes,
-            max_call_age: Duration::from_secs(3600),
-        },
-        Seq(3),
-    );
+    let mut b = b2bua_routed(&["b=127.0.0.1:5071,127.0.0.1:5072,127.0.0.1:5073"], 3);
     b.handle_datagram(at(0), a_invite().as_bytes());
     let first = out(&mut b)
         .into_iter()
@@ -702,18 +687,7 @@ fn failover_to_the_next_target_on_503_and_no_answer() {
 
 #[test]
 fn every_target_failing_relays_the_last_answer() {
-    let mut routes = Routes::default();
-    routes.add("b=127.0.0.1:5071,127.0.0.1:5072").unwrap();
-    let mut b = B2bua::new(
-        Config {
-            advertised: "127.0.0.1:5060".into(),
-            timers: TimerConfig::default(),
-            hashing: Hashing::default(),
-            routes,
-            max_call_age: Duration::from_secs(3600),
-        },
-        Seq(3),
-    );
+    let mut b = b2bua_routed(&["b=127.0.0.1:5071,127.0.0.1:5072"], 3);
     b.handle_datagram(at(0), a_invite().as_bytes());
     let first = out(&mut b)
         .into_iter()
@@ -752,18 +726,7 @@ fn every_target_failing_relays_the_last_answer() {
         "A hears the last 503"
     );
     // A 486 is an answer, not an outage: no failover.
-    let mut routes = Routes::default();
-    routes.add("b=127.0.0.1:5071,127.0.0.1:5072").unwrap();
-    let mut c = B2bua::new(
-        Config {
-            advertised: "127.0.0.1:5060".into(),
-            timers: TimerConfig::default(),
-            hashing: Hashing::default(),
-            routes,
-            max_call_age: Duration::from_secs(60),
-        },
-        Seq(4),
-    );
+    let mut c = b2bua_routed(&["b=127.0.0.1:5071,127.0.0.1:5072"], 4);
     c.handle_datagram(at(0), a_invite().as_bytes());
     let first = out(&mut c)
         .into_iter()
