@@ -1,8 +1,16 @@
 #!/usr/bin/env bash
 # Runs every test of handover: installs what a fresh machine lacks, then the
 # whole workspace suite (unit, corpus, property, differential, allocation,
-# and end-to-end tests against the real binary).
+# and end-to-end tests with SIPp and Prometheus against the real binaries),
+# and ends with one line of totals.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
-cargo test --workspace --locked "$@"
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+status=0
+cargo test --workspace --locked "$@" 2>&1 | tee "$log" || status=$?
+# cargo prints one "test result:" line per test binary; add them up.
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed;?$/) p += $(i-1); if ($i ~ /^failed;?$/) f += $(i-1) } }
+     END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
+exit "$status"
