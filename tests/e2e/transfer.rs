@@ -135,4 +135,12 @@ fn blind_transfer_through_up_one_then_a_hundred_concurrently() {
         metric(&text, "handover_calls_ended_total{cause=\"failed\"}"),
         0.0
     );
+    assert_eq!(
+        metric(
+            &text,
+            "handover_transfers_total{kind=\"blind\",mode=\"passthrough\",result=\"accepted\"}"
+        ),
+        101.0,
+        "every REFER accepted, counted: {text}"
+    );
 }

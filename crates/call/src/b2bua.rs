@@ -75,6 +75,31 @@ pub struct Stats {
     pub retransmissions: u64,
 }
 
+/// How a transfer the B2BUA relayed went (passthrough mode: the phones
+/// transfer, the B2BUA relays REFER and NOTIFY and reports what it saw).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransferResult {
+    /// The transferee accepted the REFER (2xx).
+    Accepted,
+    /// The transferee refused the REFER (3xx–6xx).
+    Rejected,
+    /// A final NOTIFY reported the new call answered (sipfrag 2xx).
+    Succeeded,
+    /// A final NOTIFY reported the new call failed (sipfrag 3xx–6xx).
+    Failed,
+}
+
+/// One transfer report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TransferEvent {
+    /// Attended (`Replaces` in the Refer-To) rather than blind.
+    pub attended: bool,
+    /// What happened.
+    pub result: TransferResult,
+    /// Since the REFER arrived.
+    pub elapsed: Duration,
+}
+
 /// What a latency sample measures, from the INVITE's arrival.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Latency {
@@ -166,6 +191,8 @@ struct Call {
     started_at: Instant,
     /// The callee's first response has been relayed.
     heard: bool,
+    /// The last REFER relayed: when, and whether it was attended.
+    refer: Option<(Instant, bool)>,
     /// The route's targets, in the order to try them.
     targets: Vec<SocketAddr>,
     /// How many of them have been tried.
@@ -218,6 +245,7 @@ pub struct B2bua<R> {
     timers: BinaryHeap<Reverse<(Instant, u64)>>,
     out: VecDeque<(Option<SocketAddr>, Vec<u8>)>,
     latencies: VecDeque<(Latency, Duration)>,
+    transfers: VecDeque<TransferEvent>,
     stats: Stats,
 }
 
@@ -293,6 +321,7 @@ impl<R: RngCore> B2bua<R> {
             timers: BinaryHeap::new(),
             out: VecDeque::new(),
             latencies: VecDeque::new(),
+            transfers: VecDeque::new(),
             stats: Stats::default(),
         }
     }
@@ -316,6 +345,11 @@ impl<R: RngCore> B2bua<R> {
     /// The next datagram: `None` as destination means "to the edge".
     pub fn poll_transmit(&mut self) -> Option<(Option<SocketAddr>, Vec<u8>)> {
         self.out.pop_front()
+    }
+
+    /// The next transfer report (for the shell's counters).
+    pub fn poll_transfer(&mut self) -> Option<TransferEvent> {
+        self.transfers.pop_front()
     }
 
     /// The next latency sample (for the shell's histograms).
@@ -575,6 +609,7 @@ impl<R: RngCore> B2bua<R> {
                 session_expires: None,
                 started_at: now,
                 heard: false,
+                refer: None,
                 targets,
                 tried: 1,
                 over: false,
@@ -802,6 +837,43 @@ impl<R: RngCore> B2bua<R> {
             reply(e.status(), &mut self.out);
             return;
         }
+        match m.method() {
+            Some(Method::Refer) => {
+                let attended = m.header(HeaderName::ReferTo).is_some_and(|h| {
+                    h.value
+                        .of(m.buf())
+                        .windows(8)
+                        .any(|w| w.eq_ignore_ascii_case(b"replaces"))
+                });
+                call.refer = Some((now, attended));
+            }
+            //= https://www.rfc-editor.org/rfc/rfc3515#section-2.4.5
+            //# The body of a NOTIFY MUST begin with a SIP Response Status-Line
+            Some(Method::Notify) => {
+                let terminated = m
+                    .header(HeaderName::SubscriptionState)
+                    .is_some_and(|h| h.value.of(m.buf()).starts_with(b"terminated"));
+                let status = m
+                    .body()
+                    .strip_prefix(b"SIP/2.0 ")
+                    .and_then(|b| core::str::from_utf8(b.get(..3)?).ok()?.parse::<u16>().ok());
+                if let (true, Some(st), Some((at, attended))) = (terminated, status, call.refer)
+                    && st >= 200
+                {
+                    let result = if st < 300 {
+                        TransferResult::Succeeded
+                    } else {
+                        TransferResult::Failed
+                    };
+                    self.transfers.push_back(TransferEvent {
+                        attended,
+                        result,
+                        elapsed: now - at,
+                    });
+                }
+            }
+            _ => {}
+        }
         let method = core::str::from_utf8(m.method_bytes()).unwrap_or("INFO");
         let body = m.content_type().map(|ct| (ct, m.body()));
         let refresh = matches!(m.method(), Some(Method::Invite | Method::Update));
@@ -872,6 +944,7 @@ impl<R: RngCore> B2bua<R> {
             a_dialog,
             b_dialog,
             session_expires,
+            refer,
             ..
         } = call;
         let mut dead_leg = false;
@@ -962,6 +1035,20 @@ impl<R: RngCore> B2bua<R> {
                 }
                 if status >= 200 {
                     r.relayed_final = true;
+                    if req.method() == Some(Method::Refer)
+                        && let Some((at, attended)) = *refer
+                    {
+                        let result = if status < 300 {
+                            TransferResult::Accepted
+                        } else {
+                            TransferResult::Rejected
+                        };
+                        self.transfers.push_back(TransferEvent {
+                            attended,
+                            result,
+                            elapsed: now - at,
+                        });
+                    }
                 }
                 if status == 408 || status == 481 {
                     dead_leg = true;

@@ -9,6 +9,6 @@ mod b2bua;
 mod dialog;
 mod routing;
 
-pub use b2bua::{B2bua, Config, Latency, Stats};
+pub use b2bua::{B2bua, Config, Latency, Stats, TransferEvent, TransferResult};
 pub use dialog::{Dialog, DialogError, DialogId, DialogState};
 pub use routing::{Match, Route, Routes};

@@ -846,3 +846,71 @@ fn rfc4028_a_refresh_restarts_the_session_timer() {
         "expires 90 s after the refresh"
     );
 }
+
+#[test]
+fn rfc3515_transfer_reports_accepted_then_succeeded() {
+    let (mut b, _a_tag, bi) = answered();
+    let bim = scan(&bi).unwrap();
+    let refer = from_b(&bim, "REFER", 1, "rf1").replace(
+        "Contact: <sip:b@127.0.0.1:5071>\r\n",
+        "Contact: <sip:b@127.0.0.1:5071>\r\nRefer-To: <sip:c@127.0.0.1:5060>\r\nReferred-By: <sip:b@127.0.0.1:5071>\r\n",
+    );
+    b.handle_datagram(at(1000), refer.as_bytes());
+    let to_a = out(&mut b)
+        .into_iter()
+        .find(|(_, m)| first_line(m).starts_with("REFER "))
+        .expect("REFER to A")
+        .1;
+    let ra = scan(&to_a).unwrap();
+    let text = String::from_utf8_lossy(&to_a).into_owned();
+    assert!(
+        text.contains("Refer-To: <sip:c@127.0.0.1:5060>\r\n") && text.contains("Referred-By: "),
+        "{text}"
+    );
+    // A accepts.
+    let accepted = format!(
+        "SIP/2.0 202 Accepted\r\nVia: {}\r\nFrom: {}\r\nTo: {}\r\nCall-ID: a-call\r\nCSeq: {} REFER\r\nContent-Length: 0\r\n\r\n",
+        String::from_utf8_lossy(ra.top_via().span().of(ra.buf())),
+        String::from_utf8_lossy(ra.from_field().value.of(ra.buf())),
+        String::from_utf8_lossy(ra.to_field().value.of(ra.buf())),
+        ra.cseq().seq
+    );
+    b.handle_datagram(at(1100), accepted.as_bytes());
+    assert!(
+        out(&mut b)
+            .iter()
+            .any(|(_, m)| first_line(m) == "SIP/2.0 202 Accepted"),
+        "B hears 202"
+    );
+    let e = b.poll_transfer().expect("accepted reported");
+    assert_eq!(
+        (e.attended, e.result),
+        (false, handover_call::TransferResult::Accepted)
+    );
+    // A's final NOTIFY: the new call was answered.
+    let a_tag = String::from_utf8(ra.from_tag().unwrap().to_vec()).unwrap();
+    let body = "SIP/2.0 200 OK\r\n";
+    let notify = from_a("NOTIFY", 2, "n1", &a_tag, None).replace(
+        "Content-Length: 0\r\n\r\n",
+        &format!(
+            "Event: refer\r\nSubscription-State: terminated;reason=noresource\r\nContent-Type: message/sipfrag;version=2.0\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        ),
+    );
+    b.handle_datagram(at(3000), notify.as_bytes());
+    let sent = out(&mut b);
+    let to_b = sent
+        .iter()
+        .find(|(_, m)| first_line(m).starts_with("NOTIFY "))
+        .expect("NOTIFY to B");
+    let nb = scan(&to_b.1).unwrap();
+    assert_eq!(nb.body(), body.as_bytes(), "the sipfrag passes through");
+    assert_eq!(nb.call_id(), bim.call_id(), "in B's dialog");
+    let e = b.poll_transfer().expect("outcome reported");
+    assert_eq!(e.result, handover_call::TransferResult::Succeeded);
+    assert_eq!(
+        e.elapsed,
+        Duration::from_millis(2000),
+        "REFER to final NOTIFY"
+    );
+}

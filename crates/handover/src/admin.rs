@@ -25,6 +25,11 @@ pub(crate) fn install_recorder(role: &'static str) -> anyhow::Result<PrometheusH
     let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Prefix("handover_invite_".into()), &setup_buckets)
         .map_err(|e| anyhow::anyhow!("metric buckets: {e}"))?
+        .set_buckets_for_metric(
+            Matcher::Full("handover_transfer_seconds".into()),
+            &setup_buckets,
+        )
+        .map_err(|e| anyhow::anyhow!("metric buckets: {e}"))?
         .install_recorder()
         .map_err(|e| anyhow::anyhow!("cannot install the metrics recorder: {e}"))?;
     metrics::gauge!("handover_build_info", "version" => env!("CARGO_PKG_VERSION"), "role" => role)

@@ -23,6 +23,8 @@ const RETRANSMISSIONS: &str = "handover_retransmissions_total";
 const FAILOVERS: &str = "handover_route_failovers_total";
 const FIRST_RESPONSE: &str = "handover_invite_first_response_seconds";
 const ANSWER: &str = "handover_invite_answer_seconds";
+const TRANSFERS: &str = "handover_transfers_total";
+const TRANSFER_TIME: &str = "handover_transfer_seconds";
 
 #[derive(Debug, Args)]
 pub(crate) struct WorkerArgs {
@@ -185,6 +187,21 @@ pub(crate) fn run(args: WorkerArgs) -> anyhow::Result<()> {
             torn_down.increment(s.torn_down - last.torn_down);
             retrans.increment(s.retransmissions - last.retransmissions);
             failovers.increment(s.failovers - last.failovers);
+            while let Some(t) = b2b.poll_transfer() {
+                use handover_call::TransferResult as R;
+                let kind = if t.attended { "attended" } else { "blind" };
+                let result = match t.result {
+                    R::Accepted => "accepted",
+                    R::Rejected => "rejected",
+                    R::Succeeded => "succeeded",
+                    R::Failed => "failed",
+                };
+                // Once per transfer, not per datagram: a name lookup is fine.
+                metrics::counter!(TRANSFERS, "kind" => kind, "mode" => "passthrough", "result" => result).increment(1);
+                if matches!(t.result, R::Succeeded | R::Failed) {
+                    metrics::histogram!(TRANSFER_TIME, "kind" => kind).record(t.elapsed.as_secs_f64());
+                }
+            }
             while let Some((kind, d)) = b2b.poll_latency() {
                 match kind {
                     handover_call::Latency::FirstResponse => first_response.record(d.as_secs_f64()),
