@@ -113,7 +113,8 @@ pub enum Latency {
 #[derive(Debug)]
 enum Nit {
     Client(Key, ClientNonInvite),
-    Server(Key, ServerNonInvite),
+    /// The transaction, and where its responses go (the request's top Via).
+    Server(Key, ServerNonInvite, Option<SocketAddr>),
 }
 
 /// The server side of a relayed in-dialog request.
@@ -139,6 +140,8 @@ struct Relay {
     from_a: bool,
     /// The request as received; a response to it copies from it.
     req: Vec<u8>,
+    /// Where its responses go: its top Via.
+    back: Option<SocketAddr>,
     srv_key: Key,
     srv: Srv,
     cli_key: Key,
@@ -169,6 +172,8 @@ struct Call {
     khex: [u8; 16],
     a_call_id: Vec<u8>,
     a_invite: Vec<u8>,
+    /// Where answers to A go: the top Via of A's INVITE (the edge).
+    a_target: Option<SocketAddr>,
     a_tag: Token,
     a_srv: ServerInvite,
     a_key: Key,
@@ -208,7 +213,7 @@ impl Call {
     fn next_timeout(&self) -> Option<Instant> {
         let nits = self.nits.iter().filter_map(|n| match n {
             Nit::Client(_, t) => t.poll_timeout(),
-            Nit::Server(_, t) => t.poll_timeout(),
+            Nit::Server(_, t, _) => t.poll_timeout(),
         });
         let too_old = if self.over {
             None
@@ -371,7 +376,7 @@ impl<R: RngCore> B2bua<R> {
                         .iter()
                         .filter(|n| match n {
                             Nit::Client(_, t) => t.poll_timeout().is_some(),
-                            Nit::Server(_, t) => t.poll_timeout().is_some(),
+                            Nit::Server(_, t, _) => t.poll_timeout().is_some(),
                         })
                         .count()
                     + c.relays
@@ -593,6 +598,7 @@ impl<R: RngCore> B2bua<R> {
                 khex,
                 a_call_id: m.call_id().to_vec(),
                 a_invite: m.as_bytes().to_vec(),
+                a_target: via_target(m),
                 a_tag,
                 a_srv,
                 a_key: Key::server(m),
@@ -629,7 +635,7 @@ impl<R: RngCore> B2bua<R> {
         let key = Key::server(m);
         // A retransmission of a non-INVITE request we already handle.
         for n in &mut call.nits {
-            if let Nit::Server(k, t) = n
+            if let Nit::Server(k, t, _) = n
                 && *k == key
             {
                 t.handle_request(now);
@@ -674,7 +680,7 @@ impl<R: RngCore> B2bua<R> {
                 while let Some(b) = t.poll_transmit() {
                     self.out.push_back((via_target(m), b));
                 }
-                call.nits.push(Nit::Server(key, t));
+                call.nits.push(Nit::Server(key, t, via_target(m)));
                 if Key::cancel_target(m) == call.a_key
                     && call.a_srv.state() == ServerInviteState::Proceeding
                 {
@@ -714,7 +720,7 @@ impl<R: RngCore> B2bua<R> {
                 response(&m.reply_parts(), 200, None, None, &[], &mut ok);
                 let mut t = ServerNonInvite::new(now, self.cfg.timers);
                 t.send_response(now, 200, ok);
-                call.nits.push(Nit::Server(key, t));
+                call.nits.push(Nit::Server(key, t, via_target(m)));
                 if let Some(d) = if from_a {
                     &mut call.a_dialog
                 } else {
@@ -903,6 +909,7 @@ impl<R: RngCore> B2bua<R> {
         call.relays.push(Relay {
             from_a,
             req: m.as_bytes().to_vec(),
+            back: via_target(m),
             srv_key: Key::server(m),
             srv,
             cli_key,
@@ -949,7 +956,7 @@ impl<R: RngCore> B2bua<R> {
         } = call;
         let mut dead_leg = false;
         for r in relays.iter_mut() {
-            let back = scan(&r.req).ok().and_then(|m| via_target(&m));
+            let back = r.back;
             let mut events = Vec::new();
             match &mut r.cli {
                 Cli::Invite(c) => {
@@ -1111,16 +1118,10 @@ impl<R: RngCore> B2bua<R> {
     /// Moves every transaction's output of call `cref` out, and acts on
     /// their events.
     fn drain(&mut self, now: Instant, cref: u64) {
+        self.drain_outputs(cref);
         let Some(call) = self.calls.get_mut(&cref) else {
             return;
         };
-        let a_target = scan(&call.a_invite).ok().and_then(|m| via_target(&m));
-        while let Some(b) = call.a_srv.poll_transmit() {
-            self.out.push_back((a_target, b));
-        }
-        while let Some(b) = call.b_cli.poll_transmit() {
-            self.out.push_back((None, b));
-        }
         for n in &mut call.nits {
             match n {
                 Nit::Client(_, t) => {
@@ -1129,11 +1130,9 @@ impl<R: RngCore> B2bua<R> {
                     }
                     while t.poll_event().is_some() {}
                 }
-                Nit::Server(_, t) => {
-                    // Responses to requests that came through the edge.
+                Nit::Server(_, t, to) => {
                     while let Some(b) = t.poll_transmit() {
-                        let to = scan(&b).ok().and_then(|m| via_target(&m));
-                        self.out.push_back((to, b));
+                        self.out.push_back((*to, b));
                     }
                     while t.poll_event().is_some() {}
                 }
@@ -1273,13 +1272,13 @@ impl<R: RngCore> B2bua<R> {
         self.drain_outputs(cref);
     }
 
+    /// Moves the INVITE transactions' output of call `cref` out.
     fn drain_outputs(&mut self, cref: u64) {
         let Some(call) = self.calls.get_mut(&cref) else {
             return;
         };
-        let a_target = scan(&call.a_invite).ok().and_then(|m| via_target(&m));
         while let Some(b) = call.a_srv.poll_transmit() {
-            self.out.push_back((a_target, b));
+            self.out.push_back((call.a_target, b));
         }
         while let Some(b) = call.b_cli.poll_transmit() {
             self.out.push_back((None, b));
@@ -1350,7 +1349,7 @@ impl<R: RngCore> B2bua<R> {
         for n in &mut call.nits {
             match n {
                 Nit::Client(_, t) => t.handle_timeout(now),
-                Nit::Server(_, t) => t.handle_timeout(now),
+                Nit::Server(_, t, _) => t.handle_timeout(now),
             }
         }
         for r in &mut call.relays {
@@ -1376,7 +1375,7 @@ impl<R: RngCore> B2bua<R> {
         let Some(call) = self.calls.get_mut(&cref) else {
             return;
         };
-        let a_target = scan(&call.a_invite).ok().and_then(|m| via_target(&m));
+        let a_target = call.a_target;
         if let Some((ok, next, interval, give_up)) = &mut call.a_ok
             && *next <= now
         {
