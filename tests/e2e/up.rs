@@ -274,3 +274,61 @@ fn up_fails_over_to_the_next_target_on_503() {
         "about half of 60 calls failed over: {failovers}"
     );
 }
+
+#[test]
+fn up_relays_callee_hold_callee_bye_glare_and_no_answer() {
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let (holds, glare, ring) = (free_udp_port(), free_udp_port(), free_udp_port());
+    let _uas = [
+        sipp_uas_with(dir.path(), "uas_holds.xml", holds),
+        sipp_uas_with(dir.path(), "uas_glare.xml", glare),
+        sipp_uas_with(dir.path(), "uas_ring.xml", ring),
+    ];
+    let c = cluster(
+        &[
+            format!("holds=127.0.0.1:{holds}"),
+            format!("glare=127.0.0.1:{glare}"),
+            format!("ring=127.0.0.1:{ring}"),
+        ],
+        &["--ring-timeout-s", "1"],
+    );
+    let edge: std::net::SocketAddr = format!("127.0.0.1:{}", c.sip).parse().unwrap();
+    // The callee holds (a=sendonly, expects a=recvonly), resumes and hangs
+    // up; both re-INVITEs of a glare get through after the B2BUA's 491 and
+    // a retry; a callee that only rings is cancelled after the ring timeout
+    // and the caller hears 408. Each scenario checks every step on its side
+    // (SDP directions included); exit 0 means every call did.
+    for (scenario, user, calls) in [
+        ("uac_held.xml", "holds", 30),
+        ("uac_glare.xml", "glare", 30),
+        ("uac_noanswer.xml", "ring", 10),
+    ] {
+        let (uac, stat) = sipp_uac_with(dir.path(), scenario, user, edge, 10, calls, 0);
+        let r = finish_uac(uac, &stat);
+        assert_eq!(r.exit, Some(0), "{scenario}: {r:?}");
+        assert_eq!(
+            (r.successful, r.failed),
+            (u64::from(calls), 0),
+            "{scenario}"
+        );
+    }
+    for p in [holds, glare, ring] {
+        let errs = error_lines(&dir.path().join(format!("uas-{p}.err")));
+        assert!(errs.is_empty(), "callee on {p} saw errors: {errs:?}");
+    }
+    let text = http_get(&format!("http://{}/metrics", c.worker_admin)).1;
+    assert_eq!(metric(&text, "handover_calls_started_total"), 70.0);
+    assert_eq!(metric(&text, "handover_calls_answered_total"), 60.0);
+    assert_eq!(
+        metric(&text, "handover_calls_ended_total{cause=\"hangup\"}"),
+        60.0
+    );
+    assert_eq!(
+        metric(&text, "handover_calls_ended_total{cause=\"failed\"}"),
+        10.0,
+        "the unanswered calls"
+    );
+    assert_eq!(metric(&text, "handover_calls_unanswered_total"), 10.0);
+    assert_eq!(metric(&text, "handover_calls_active"), 0.0);
+}

@@ -51,6 +51,9 @@ pub struct Config {
     /// A call answered this long ago is hung up on both legs, so no call
     /// whose phones vanished lives forever.
     pub max_call_age: Duration,
+    /// A callee that rings this long without answering is cancelled; the
+    /// route's next target is tried, or the caller gets 408 (no answer).
+    pub ring_timeout: Duration,
 }
 
 /// Counters the shell exports.
@@ -70,6 +73,8 @@ pub struct Stats {
     pub torn_down: u64,
     /// New B legs to a route's next target after 408, 503 or no answer.
     pub failovers: u64,
+    /// Callees cancelled after ringing for the whole ring timeout.
+    pub unanswered: u64,
     /// Datagrams resent because a timer fired (requests and 2xx responses
     /// retransmitted over UDP).
     pub retransmissions: u64,
@@ -196,6 +201,11 @@ struct Call {
     started_at: Instant,
     /// The callee's first response has been relayed.
     heard: bool,
+    /// When the current target counts as not answering.
+    ring_deadline: Option<Instant>,
+    /// The current target was cancelled for not answering: its 487 means
+    /// 408 (and failover) to us.
+    no_answer: bool,
     /// The last REFER relayed: when, and whether it was attended.
     refer: Option<(Instant, bool)>,
     /// The route's targets, in the order to try them.
@@ -215,6 +225,9 @@ impl Call {
             Nit::Client(_, t) => t.poll_timeout(),
             Nit::Server(_, t, _) => t.poll_timeout(),
         });
+        let ring = self
+            .ring_deadline
+            .filter(|_| !self.over && !self.answered && !self.cancelled);
         let too_old = if self.over {
             None
         } else {
@@ -228,6 +241,7 @@ impl Call {
             self.b_cli.poll_timeout(),
             self.a_ok.as_ref().map(|o| o.1),
             too_old,
+            ring,
         ]
         .into_iter()
         .flatten()
@@ -551,6 +565,8 @@ impl<R: RngCore> B2bua<R> {
         call.b_invite = invite.clone();
         call.b_cli = ClientInvite::new(now, timers, invite);
         call.heard = false;
+        call.no_answer = false;
+        call.ring_deadline = Some(now + self.cfg.ring_timeout);
         self.by_call_id.remove(&old);
         self.by_call_id.insert(cid, cref);
         self.stats.failovers += 1;
@@ -615,6 +631,8 @@ impl<R: RngCore> B2bua<R> {
                 session_expires: None,
                 started_at: now,
                 heard: false,
+                ring_deadline: Some(now + self.cfg.ring_timeout),
+                no_answer: false,
                 refer: None,
                 targets,
                 tried: 1,
@@ -698,21 +716,7 @@ impl<R: RngCore> B2bua<R> {
                         );
                         call.a_srv.send_response(now, 487, r);
                     }
-                    if matches!(
-                        call.b_cli.state(),
-                        InviteState::Calling | InviteState::Proceeding
-                    ) {
-                        let cancel = scan(&call.b_invite)
-                            .map(|i| cancel_for(&i))
-                            .unwrap_or_default();
-                        let ck = scan(&cancel).map(|c| Key::server(&c));
-                        if let Ok(ck) = ck {
-                            call.nits.push(Nit::Client(
-                                ck,
-                                ClientNonInvite::new(now, self.cfg.timers, cancel),
-                            ));
-                        }
-                    }
+                    Self::cancel_b(call, now, self.cfg.timers);
                 }
             }
             (Some(Method::Bye), _) => {
@@ -782,6 +786,24 @@ impl<R: RngCore> B2bua<R> {
             }
         }
         self.drain(now, cref);
+    }
+
+    /// Cancels the B leg's INVITE if it has no final response yet (RFC 3261
+    /// §9.1; also sent before a provisional, where the callee has been
+    /// silent for the whole ring timeout).
+    fn cancel_b(call: &mut Call, now: Instant, timers: TimerConfig) {
+        if matches!(
+            call.b_cli.state(),
+            InviteState::Calling | InviteState::Proceeding
+        ) {
+            let cancel = scan(&call.b_invite)
+                .map(|i| cancel_for(&i))
+                .unwrap_or_default();
+            if let Ok(ck) = scan(&cancel).map(|c| Key::server(&c)) {
+                call.nits
+                    .push(Nit::Client(ck, ClientNonInvite::new(now, timers, cancel)));
+            }
+        }
     }
 
     /// Relays an in-dialog request from one leg to the other (RFC 3261
@@ -1170,6 +1192,15 @@ impl<R: RngCore> B2bua<R> {
             Event::TransportError => (503, Vec::new()),
             _ => return,
         };
+        if status >= 200 {
+            call.ring_deadline = None;
+        }
+        // The 487 of our own CANCEL after the ring timeout: no answer.
+        let status = if call.no_answer && status == 487 {
+            408
+        } else {
+            status
+        };
         let resp = scan(&msg).ok();
         let body = resp
             .as_ref()
@@ -1329,11 +1360,13 @@ impl<R: RngCore> B2bua<R> {
             if !self.calls.contains_key(&cref) {
                 continue;
             }
-            let (before, torn) = (self.out.len(), self.stats.torn_down);
+            let (before, torn, unanswered) =
+                (self.out.len(), self.stats.torn_down, self.stats.unanswered);
             self.run_timers(now, cref);
-            if self.stats.torn_down == torn {
-                // Everything a timer sends, short of a teardown's BYEs, is a
-                // retransmission (timers A, E, G and the 2xx resend).
+            if self.stats.torn_down == torn && self.stats.unanswered == unanswered {
+                // Everything a timer sends, short of a teardown's BYEs and a
+                // ring timeout's CANCEL, is a retransmission (timers A, E, G
+                // and the 2xx resend).
                 self.stats.retransmissions += (self.out.len() - before) as u64;
             }
             self.schedule(cref);
@@ -1375,6 +1408,16 @@ impl<R: RngCore> B2bua<R> {
         let Some(call) = self.calls.get_mut(&cref) else {
             return;
         };
+        if !call.over
+            && !call.answered
+            && !call.cancelled
+            && call.ring_deadline.is_some_and(|t| t <= now)
+        {
+            call.ring_deadline = None;
+            call.no_answer = true;
+            self.stats.unanswered += 1;
+            Self::cancel_b(call, now, self.cfg.timers);
+        }
         let a_target = call.a_target;
         if let Some((ok, next, interval, give_up)) = &mut call.a_ok
             && *next <= now

@@ -46,6 +46,7 @@ fn b2bua_routed(specs: &[&str], seed: u64) -> B2bua<Seq> {
             hashing: Hashing::default(),
             routes,
             max_call_age: Duration::from_secs(3600),
+            ring_timeout: Duration::from_secs(60),
         },
         Seq(seed),
     )
@@ -913,4 +914,133 @@ fn rfc3515_transfer_reports_accepted_then_succeeded() {
         Duration::from_millis(2000),
         "REFER to final NOTIFY"
     );
+}
+
+/// The CANCEL the B2BUA sent for `inv`, if any.
+fn cancel_of<'a>(
+    sent: &'a [(Option<std::net::SocketAddr>, Vec<u8>)],
+    inv: &Message<'_>,
+) -> Option<&'a Vec<u8>> {
+    sent.iter().map(|(_, m)| m).find(|m| {
+        first_line(m).starts_with("CANCEL ")
+            && scan(m).unwrap().call_id() == inv.call_id()
+            && scan(m).unwrap().top_via().branch() == inv.top_via().branch()
+    })
+}
+
+#[test]
+fn a_callee_ringing_past_the_ring_timeout_is_cancelled_and_a_hears_408() {
+    let mut b = b2bua();
+    b.handle_datagram(at(0), a_invite().as_bytes());
+    let inv = out(&mut b)
+        .into_iter()
+        .find(|(_, m)| first_line(m).starts_with("INVITE "))
+        .unwrap()
+        .1;
+    let i = scan(&inv).unwrap();
+    b.handle_datagram(at(50), b_resp(&i, "180 Ringing", "r1", None).as_bytes());
+    let sent = out(&mut b);
+    assert!(
+        sent.iter()
+            .any(|(_, m)| first_line(m) == "SIP/2.0 180 Ringing")
+    );
+    // Ringing is not answering: nothing happens before the ring timeout.
+    b.handle_timeout(at(59_999));
+    assert!(cancel_of(&out(&mut b), &i).is_none());
+    b.handle_timeout(at(60_000));
+    let sent = out(&mut b);
+    let cancel = cancel_of(&sent, &i).expect("the callee is cancelled");
+    assert!(
+        !sent
+            .iter()
+            .any(|(_, m)| first_line(m).starts_with("SIP/2.0 4")),
+        "A waits for the callee's 487"
+    );
+    let c = scan(cancel).unwrap();
+    assert_eq!(c.cseq().seq, i.cseq().seq);
+    // The callee answers the CANCEL and its INVITE (487).
+    b.handle_datagram(at(60_010), b_resp(&c, "200 OK", "r1", None).as_bytes());
+    b.handle_datagram(
+        at(60_020),
+        b_resp(&i, "487 Request Terminated", "r1", None).as_bytes(),
+    );
+    let sent = out(&mut b);
+    assert!(
+        sent.iter().any(|(_, m)| first_line(m).starts_with("ACK ")),
+        "the 487 is ACKed"
+    );
+    let to_a = sent
+        .iter()
+        .find(|(_, m)| first_line(m).starts_with("SIP/2.0 4"))
+        .expect("A hears the outcome");
+    assert_eq!(first_line(&to_a.1), "SIP/2.0 408 Request Timeout");
+    assert_eq!(b.stats().unanswered, 1);
+    assert_eq!(b.stats().failed, 1);
+    assert_eq!(
+        b.stats().retransmissions,
+        0,
+        "a CANCEL is not a retransmission"
+    );
+    assert_eq!(b.calls_active(), 0);
+}
+
+#[test]
+fn no_answer_fails_over_to_the_next_target() {
+    let mut b = b2bua_routed(&["b=127.0.0.1:5071,127.0.0.1:5072"], 3);
+    b.handle_datagram(at(0), a_invite().as_bytes());
+    let first = out(&mut b)
+        .into_iter()
+        .find(|(_, m)| first_line(m).starts_with("INVITE "))
+        .unwrap()
+        .1;
+    let f = scan(&first).unwrap();
+    b.handle_datagram(at(50), b_resp(&f, "180 Ringing", "r1", None).as_bytes());
+    out(&mut b);
+    b.handle_timeout(at(60_000));
+    let c = cancel_of(&out(&mut b), &f).expect("cancelled").clone();
+    b.handle_datagram(
+        at(60_010),
+        b_resp(&scan(&c).unwrap(), "200 OK", "r1", None).as_bytes(),
+    );
+    b.handle_datagram(
+        at(60_020),
+        b_resp(&f, "487 Request Terminated", "r1", None).as_bytes(),
+    );
+    let sent = out(&mut b);
+    assert!(
+        !sent
+            .iter()
+            .any(|(_, m)| first_line(m).starts_with("SIP/2.0 4")),
+        "A does not hear the first target's failure"
+    );
+    let second = sent
+        .iter()
+        .find(|(_, m)| first_line(m).starts_with("INVITE "))
+        .expect("the next target is tried")
+        .1
+        .clone();
+    let s = scan(&second).unwrap();
+    assert_ne!(
+        s.request_uri().unwrap().port(),
+        f.request_uri().unwrap().port()
+    );
+    // The second target gets a full ring timeout of its own, and answers.
+    b.handle_datagram(at(60_100), b_resp(&s, "180 Ringing", "x2", None).as_bytes());
+    b.handle_timeout(at(60_020 + 59_000));
+    assert!(cancel_of(&out(&mut b), &s).is_none());
+    b.handle_datagram(
+        at(60_020 + 59_500),
+        b_resp(&s, "200 OK", "x2", Some(SDP_B)).as_bytes(),
+    );
+    assert!(
+        out(&mut b)
+            .iter()
+            .any(|(_, m)| first_line(m) == "SIP/2.0 200 OK")
+    );
+    assert_eq!(b.stats().failovers, 1);
+    assert_eq!(b.stats().answered, 1);
+    // Answered: the ring timeout no longer applies.
+    b.handle_timeout(at(200_000));
+    assert!(cancel_of(&out(&mut b), &s).is_none());
+    assert_eq!(b.calls_active(), 1);
 }

@@ -42,6 +42,8 @@ struct WorkerSection {
     admin: Option<Spanned<String>>,
     /// Seconds after its answer at which a call is hung up on both legs.
     max_call_age_s: Option<u64>,
+    /// Seconds a callee may ring before it counts as not answering.
+    ring_timeout_s: Option<Spanned<u64>>,
     /// SIP timer T1, milliseconds.
     t1_ms: Option<Spanned<u64>>,
     /// Where calls go, tried in order.
@@ -140,6 +142,7 @@ pub(crate) struct WorkerConfig {
     pub(crate) advertise: Option<String>,
     pub(crate) admin: String,
     pub(crate) max_call_age_s: u64,
+    pub(crate) ring_timeout_s: u64,
     pub(crate) t1_ms: u64,
     /// Routes in the command-line form (`MATCH=TARGET[,TARGET…]`).
     pub(crate) routes: Vec<String>,
@@ -453,6 +456,14 @@ impl Config {
                 format!("{t1_ms} is out of range: 1..=4000 ms (T2 is 4 s)"),
             ));
         }
+        let ring_timeout_s = w.ring_timeout_s.as_ref().map_or(120, |s| *s.get_ref());
+        if !(1..=3600).contains(&ring_timeout_s) {
+            return Err(err(
+                w.ring_timeout_s.as_ref().map(Spanned::span),
+                Some("worker.ring_timeout_s"),
+                format!("{ring_timeout_s} is out of range: 1..=3600 seconds"),
+            ));
+        }
         let worker = WorkerConfig {
             listen: addr(&w.listen, "worker.listen", "127.0.0.1:5080")?,
             edge: addr(&w.edge, "worker.edge", "127.0.0.1:5060")?,
@@ -462,6 +473,7 @@ impl Config {
             },
             admin: addr(&w.admin, "worker.admin", "127.0.0.1:9101")?,
             max_call_age_s: w.max_call_age_s.unwrap_or(14_400),
+            ring_timeout_s,
             t1_ms,
             routes,
         };
@@ -607,6 +619,11 @@ mod tests {
         assert!(e.contains("unknown field `usr`"), "{e}");
         let e = parse("[worker]\nt1_ms = 0\n").unwrap_err();
         assert!(e.contains("key `worker.t1_ms`"), "{e}");
+        let e = parse("[worker]\nring_timeout_s = 0\n").unwrap_err();
+        assert!(
+            e.contains("t.toml:2:18: key `worker.ring_timeout_s`: 0 is out of range"),
+            "{e}"
+        );
     }
 
     #[test]

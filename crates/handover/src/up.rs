@@ -28,6 +28,9 @@ pub(crate) struct UpArgs {
     /// Seconds after its answer at which a call is hung up on both legs.
     #[arg(long, default_value_t = 14_400)]
     max_call_age_s: u64,
+    /// Seconds a callee may ring unanswered (then the next target, or 408).
+    #[arg(long, default_value_t = 120)]
+    ring_timeout_s: u64,
 }
 
 struct Kids(Vec<Child>);
@@ -66,6 +69,7 @@ pub(crate) fn run(a: UpArgs) -> anyhow::Result<()> {
         worker.args(["--route", r]);
     }
     worker.args(["--max-call-age-s", &a.max_call_age_s.to_string()]);
+    worker.args(["--ring-timeout-s", &a.ring_timeout_s.to_string()]);
     let mut edge = Command::new(&exe);
     edge.arg("edge").args([
         "--listen",

@@ -21,6 +21,7 @@ const CALLS_ENDED: &str = "handover_calls_ended_total";
 const TXNS_ACTIVE: &str = "handover_transactions_active";
 const RETRANSMISSIONS: &str = "handover_retransmissions_total";
 const FAILOVERS: &str = "handover_route_failovers_total";
+const UNANSWERED: &str = "handover_calls_unanswered_total";
 const FIRST_RESPONSE: &str = "handover_invite_first_response_seconds";
 const ANSWER: &str = "handover_invite_answer_seconds";
 const TRANSFERS: &str = "handover_transfers_total";
@@ -53,6 +54,11 @@ pub(crate) struct WorkerArgs {
     /// (no call whose phones vanished lives forever) [default: 14400].
     #[arg(long)]
     max_call_age_s: Option<u64>,
+    /// Seconds a callee may ring unanswered before it is cancelled and the
+    /// route's next target tried (the caller gets 408 when none is left)
+    /// [default: 120].
+    #[arg(long)]
+    ring_timeout_s: Option<u64>,
     /// SIP timer T1 in milliseconds (RFC 3261: 500; lower only on a network
     /// known to be faster) [default: 500].
     #[arg(long)]
@@ -67,6 +73,7 @@ struct Settings {
     admin: SocketAddr,
     routes: Vec<String>,
     max_call_age_s: u64,
+    ring_timeout_s: u64,
     t1_ms: u64,
 }
 
@@ -88,6 +95,7 @@ fn settings(a: WorkerArgs) -> anyhow::Result<Settings> {
             a.routes
         },
         max_call_age_s: a.max_call_age_s.unwrap_or(w.max_call_age_s),
+        ring_timeout_s: a.ring_timeout_s.unwrap_or(w.ring_timeout_s),
         t1_ms: a.t1_ms.unwrap_or(w.t1_ms),
     })
 }
@@ -139,6 +147,7 @@ pub(crate) fn run(args: WorkerArgs) -> anyhow::Result<()> {
             hashing: Hashing::default(),
             routes,
             max_call_age: Duration::from_secs(args.max_call_age_s),
+            ring_timeout: Duration::from_secs(args.ring_timeout_s),
         };
         let mut b2b = B2bua::new(cfg, rand_core::UnwrapErr(rand_core::OsRng));
         let start = tokio::time::Instant::now();
@@ -154,6 +163,7 @@ pub(crate) fn run(args: WorkerArgs) -> anyhow::Result<()> {
         let txns = metrics::gauge!(TXNS_ACTIVE);
         let retrans = metrics::counter!(RETRANSMISSIONS);
         let failovers = metrics::counter!(FAILOVERS);
+        let unanswered = metrics::counter!(UNANSWERED);
         let first_response = metrics::histogram!(FIRST_RESPONSE);
         let answer = metrics::histogram!(ANSWER);
         let mut txns_at = start;
@@ -187,6 +197,7 @@ pub(crate) fn run(args: WorkerArgs) -> anyhow::Result<()> {
             torn_down.increment(s.torn_down - last.torn_down);
             retrans.increment(s.retransmissions - last.retransmissions);
             failovers.increment(s.failovers - last.failovers);
+            unanswered.increment(s.unanswered - last.unanswered);
             while let Some(t) = b2b.poll_transfer() {
                 use handover_call::TransferResult as R;
                 let kind = if t.attended { "attended" } else { "blind" };
