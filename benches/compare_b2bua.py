@@ -139,7 +139,14 @@ def main():
     ap.add_argument("--rate", type=int, default=1000)
     ap.add_argument("--seconds", type=int, default=10)
     ap.add_argument("--hold", type=int, default=20000, help="calls held at once for the memory figure")
+    ap.add_argument("--memory-only", action="store_true", help="only the memory figure (no Kamailio needed)")
     args = ap.parse_args()
+    if args.memory_only:
+        with tempfile.TemporaryDirectory() as tmp:
+            mem = memory(args, tmp)
+        print(f"Worker memory: {mem['calls']} calls up, RSS {mem['rss_base_kb']} kB idle -> {mem['rss_kb']} kB, "
+              f"{mem['bytes_per_call']:,.0f} bytes per active call")
+        return
     for tool in ["sipp", "kamailio"]:
         if not shutil.which(tool):
             sys.exit(f"{tool} is not installed")

@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use handover_sip::build::{cancel_for, error_response, response, response_with_body};
 use handover_sip::ids::{Hashing, IdGen, Token, hex_u64};
-use handover_sip::{HeaderName, Message, Method, Rport, scan};
+use handover_sip::{HeaderName, Message, Method, NameAddr, Rport, scan};
 use handover_txn::{
     ClientInvite, ClientNonInvite, Event, Instant, InviteState, Key, ServerInvite,
     ServerInviteState, ServerNonInvite, TimerConfig,
@@ -36,6 +36,7 @@ use rand_core::RngCore;
 
 use crate::dialog::{Dialog, DialogState};
 use crate::routing::Routes;
+use crate::transfer::{self, Replaces};
 
 /// Settings of the B2BUA.
 #[derive(Debug, Clone)]
@@ -172,6 +173,50 @@ impl Relay {
     }
 }
 
+/// A REFER the B2BUA relayed (passthrough mode) and the subscription it
+/// created (RFC 3515 §2.4.4): NOTIFYs for it are relayed back until one
+/// says `terminated`, the REFER is refused, or the subscription expires.
+#[derive(Debug)]
+struct Transfer {
+    at: Instant,
+    attended: bool,
+    /// The REFER came from A (so its NOTIFYs come from B).
+    from_a: bool,
+    /// CSeq of the REFER as the transferor sent it, and of ours to the
+    /// transferee: a NOTIFY's `Event: refer;id=` names ours and is
+    /// translated back.
+    cseq_in: u32,
+    cseq_out: u32,
+    /// The subscription ends here unless a NOTIFY extends it.
+    until: Instant,
+    done: bool,
+}
+
+impl Transfer {
+    /// How long a REFER's subscription lasts before a NOTIFY says (RFC
+    /// 3515 leaves it to the notifier; phones say 60 s).
+    const DEFAULT_EXPIRY: Duration = Duration::from_secs(60);
+
+    fn pending(&self, now: Instant) -> bool {
+        !self.done && now < self.until
+    }
+}
+
+/// The `expires=` of a Subscription-State value.
+fn sub_expires(v: &[u8]) -> Option<Duration> {
+    let i = v
+        .windows(8)
+        .position(|w| w.eq_ignore_ascii_case(b"expires="))?;
+    let d: Vec<u8> = v[i + 8..]
+        .iter()
+        .copied()
+        .take_while(u8::is_ascii_digit)
+        .collect();
+    Some(Duration::from_secs(
+        core::str::from_utf8(&d).ok()?.parse().ok()?,
+    ))
+}
+
 #[derive(Debug)]
 struct Call {
     khex: [u8; 16],
@@ -206,8 +251,8 @@ struct Call {
     /// The current target was cancelled for not answering: its 487 means
     /// 408 (and failover) to us.
     no_answer: bool,
-    /// The last REFER relayed: when, and whether it was attended.
-    refer: Option<(Instant, bool)>,
+    /// The last REFER relayed and its implicit subscription.
+    transfer: Option<Transfer>,
     /// The route's targets, in the order to try them.
     targets: Vec<SocketAddr>,
     /// How many of them have been tried.
@@ -225,6 +270,7 @@ impl Call {
             Nit::Client(_, t) => t.poll_timeout(),
             Nit::Server(_, t, _) => t.poll_timeout(),
         });
+        let sub = self.transfer.as_ref().filter(|t| !t.done).map(|t| t.until);
         let ring = self
             .ring_deadline
             .filter(|_| !self.over && !self.answered && !self.cancelled);
@@ -242,6 +288,7 @@ impl Call {
             self.a_ok.as_ref().map(|o| o.1),
             too_old,
             ring,
+            sub,
         ]
         .into_iter()
         .flatten()
@@ -350,9 +397,14 @@ impl<R: RngCore> B2bua<R> {
         self.stats
     }
 
-    /// Calls in progress (not yet hung up or failed).
+    /// Calls in progress (not yet hung up or failed). Constant time (each
+    /// call ends once, in exactly one of the ending counters), so the shell
+    /// may read it after every datagram.
     pub fn calls_active(&self) -> usize {
-        self.calls.values().filter(|c| !c.over).count()
+        let s = &self.stats;
+        let active = (s.started - s.hung_up - s.failed - s.torn_down) as usize;
+        debug_assert_eq!(active, self.calls.values().filter(|c| !c.over).count());
+        active
     }
 
     /// Calls held in memory: active ones, and ended ones whose
@@ -574,6 +626,28 @@ impl<R: RngCore> B2bua<R> {
         true
     }
 
+    /// Where an INVITE with `Replaces` (RFC 3891) goes when it names a
+    /// dialog of ours as the party there knows it (`to-tag` theirs,
+    /// `from-tag` ours): to that party's current target, whatever the
+    /// routes say, so the new call reaches the dialog it replaces.
+    fn replaced_target(&self, m: &Message<'_>) -> Option<SocketAddr> {
+        let v = m.header(HeaderName::Replaces)?.value.of(m.buf());
+        let r = Replaces::parse(v)?;
+        let call = self.calls.get(self.by_call_id.get(&r.call_id)?)?;
+        let d = [call.a_dialog.as_ref(), call.b_dialog.as_ref()]
+            .into_iter()
+            .flatten()
+            .find(|d| {
+                d.id.call_id == r.call_id
+                    && d.id.remote_tag == r.to_tag
+                    && d.id.local_tag == r.from_tag
+            })?;
+        let t = &d.remote_target;
+        let u = handover_sip::Uri::parse(t, handover_sip::Span::new(0, t.len())).ok()?;
+        let ip: IpAddr = core::str::from_utf8(u.host()).ok()?.parse().ok()?;
+        Some(SocketAddr::new(ip, u.port().unwrap_or(5060)))
+    }
+
     fn new_call(&mut self, now: Instant, m: &Message<'_>) -> Option<u64> {
         if let Err(r) = m.ua_check() {
             let t = self.ids.tag();
@@ -592,7 +666,10 @@ impl<R: RngCore> B2bua<R> {
         let user = m.request_uri().and_then(|u| u.user()).unwrap_or_default();
         let host = m.request_uri().map_or(&b""[..], |u| u.host());
         let key = self.cfg.hashing.affinity_key(m.call_id());
-        let targets = self.cfg.routes.targets(user, host, key);
+        let targets = match self.replaced_target(m) {
+            Some(t) => vec![t],
+            None => self.cfg.routes.targets(user, host, key),
+        };
         let Some(&target) = targets.first() else {
             let t = self.ids.tag();
             self.respond(m, 404, Some(t.as_bytes()));
@@ -633,7 +710,7 @@ impl<R: RngCore> B2bua<R> {
                 heard: false,
                 ring_deadline: Some(now + self.cfg.ring_timeout),
                 no_answer: false,
-                refer: None,
+                transfer: None,
                 targets,
                 tried: 1,
                 over: false,
@@ -806,6 +883,107 @@ impl<R: RngCore> B2bua<R> {
         }
     }
 
+    /// The dialog that a `Replaces` from the transferor names (its dialog
+    /// with the cluster on another call: `to-tag` is ours, `from-tag`
+    /// theirs), translated to the dialog the cluster has with the party on
+    /// the other side of that call, as that party knows it. `None` when no
+    /// call of this worker has it.
+    //
+    // One worker holds both calls today (its own table). With several
+    // workers the other call may be owned elsewhere: the lookup then reads
+    // the replicated call table (every worker has a committed copy), so it
+    // stays a local read keyed by Call-ID.
+    fn translate_replaces(&self, r: &Replaces) -> Option<Replaces> {
+        let call = self.calls.get(self.by_call_id.get(&r.call_id)?)?;
+        let (x, y) = if r.call_id == call.a_call_id {
+            (call.a_dialog.as_ref()?, call.b_dialog.as_ref()?)
+        } else {
+            (call.b_dialog.as_ref()?, call.a_dialog.as_ref()?)
+        };
+        (x.id.call_id == r.call_id && x.id.local_tag == r.to_tag && x.id.remote_tag == r.from_tag)
+            .then(|| Replaces {
+                call_id: y.id.call_id.clone(),
+                to_tag: y.id.remote_tag.clone(),
+                from_tag: y.id.local_tag.clone(),
+                early_only: r.early_only,
+            })
+    }
+
+    /// Checks a REFER or a NOTIFY of the refer event package before it is
+    /// relayed (RFC 3515): the header values to send instead of the
+    /// received ones, or the status to answer with.
+    #[allow(clippy::type_complexity)]
+    fn transfer_check(
+        &self,
+        now: Instant,
+        call: &Call,
+        m: &Message<'_>,
+        from_a: bool,
+    ) -> Result<Vec<(HeaderName, Vec<u8>)>, (u16, &'static str)> {
+        let buf = m.buf();
+        let mut put = Vec::new();
+        match m.method() {
+            Some(Method::Refer) => {
+                //= https://www.rfc-editor.org/rfc/rfc3515#section-2.4.1
+                //# A REFER request MUST contain exactly one Refer-To header field value.
+                let rt = transfer::refer_to(m).map_err(|e| (400, e.reason()))?;
+                // One transfer at a time per call: a second REFER while the
+                // first one's subscription runs is answered 491 (the
+                // transferor may retry once the first has ended).
+                if call.transfer.as_ref().is_some_and(|t| t.pending(now)) {
+                    return Err((491, "Request Pending"));
+                }
+                let replaces = rt
+                    .replaces
+                    .as_ref()
+                    .and_then(|r| self.translate_replaces(r));
+                put.push((
+                    HeaderName::ReferTo,
+                    rt.rewritten(&self.cfg.advertised, replaces.as_ref()),
+                ));
+                if let Some(h) = m.header(HeaderName::ReferredBy)
+                    && let Ok(na) = NameAddr::parse(buf, h.value)
+                {
+                    put.push((
+                        HeaderName::ReferredBy,
+                        transfer::rewrite_name_addr(buf, &na, &self.cfg.advertised, None),
+                    ));
+                }
+            }
+            Some(Method::Notify) => {
+                let Some(ev) = m.header(HeaderName::Event).map(|h| h.value.of(buf)) else {
+                    return Ok(put);
+                };
+                let package = ev.split(|&b| b == b';').next().unwrap_or_default();
+                if !package.trim_ascii().eq_ignore_ascii_case(b"refer") {
+                    return Ok(put);
+                }
+                //= https://www.rfc-editor.org/rfc/rfc6665#section-4.1.3
+                //# If the "Event" header field does not match an active
+                //# subscription, the subscriber MUST return a 481
+                let t = call
+                    .transfer
+                    .as_ref()
+                    .filter(|t| t.from_a != from_a && t.pending(now))
+                    .ok_or((481, "Subscription Does Not Exist"))?;
+                // `id=` names the REFER's CSeq on the transferee's leg (ours):
+                // the transferor knows its own.
+                let id = format!(";id={}", t.cseq_out);
+                if let Some(i) = ev
+                    .windows(id.len())
+                    .position(|w| w.eq_ignore_ascii_case(id.as_bytes()))
+                {
+                    let mut v = ev[..i].to_vec();
+                    v.extend_from_slice(format!(";id={}", t.cseq_in).as_bytes());
+                    v.extend_from_slice(&ev[i + id.len()..]);
+                    put.push((HeaderName::Event, v));
+                }
+            }
+            _ => {}
+        }
+        Ok(put)
+    }
+
     /// Relays an in-dialog request from one leg to the other (RFC 3261
     /// §12.2, §14 for re-INVITE): the request goes out in the other leg's
     /// dialog with that leg's next CSeq, and its answers come back.
@@ -814,6 +992,27 @@ impl<R: RngCore> B2bua<R> {
             return;
         };
         let khex = call.khex;
+        let reply = |status: u16,
+                     phrase: Option<&'static str>,
+                     out: &mut VecDeque<(Option<SocketAddr>, Vec<u8>)>| {
+            let mut r = Vec::new();
+            let phrase = phrase.as_ref().map(|p| p as &dyn core::fmt::Display);
+            response(&m.reply_parts(), status, phrase, None, &[], &mut r);
+            out.push_back((via_target(m), r));
+        };
+        // After a BYE only the transfer's NOTIFYs still flow (the REFER's
+        // subscription outlives the call, RFC 5057 §5.2).
+        if call.over && m.method() != Some(Method::Notify) {
+            reply(481, None, &mut self.out);
+            return;
+        }
+        let put = match self.transfer_check(now, call, m, from_a) {
+            Ok(p) => p,
+            Err((status, phrase)) => {
+                reply(status, Some(phrase), &mut self.out);
+                return;
+            }
+        };
         let via = self.via(&khex);
         let contact = self.contact(&khex);
         let timers = self.cfg.timers;
@@ -821,11 +1020,6 @@ impl<R: RngCore> B2bua<R> {
             return;
         };
         let is_invite = m.method() == Some(Method::Invite);
-        let reply = |status: u16, out: &mut VecDeque<(Option<SocketAddr>, Vec<u8>)>| {
-            let mut r = Vec::new();
-            response(&m.reply_parts(), status, None, None, &[], &mut r);
-            out.push_back((via_target(m), r));
-        };
         if is_invite {
             let pending_to_x = call.relays.iter().any(|r| {
                 r.from_a != from_a
@@ -836,7 +1030,7 @@ impl<R: RngCore> B2bua<R> {
             //# on that dialog is in progress MUST return a 491 (Request Pending)
             //# response to the received INVITE.
             if pending_to_x {
-                reply(491, &mut self.out);
+                reply(491, None, &mut self.out);
                 return;
             }
             let pending_from_x = call.relays.iter().any(|r| {
@@ -847,7 +1041,7 @@ impl<R: RngCore> B2bua<R> {
             //# response to a first INVITE with a lower CSeq sequence number on the
             //# same dialog MUST return a 500 (Server Internal Error) response
             if pending_from_x {
-                reply(500, &mut self.out);
+                reply(500, None, &mut self.out);
                 return;
             }
         }
@@ -858,54 +1052,25 @@ impl<R: RngCore> B2bua<R> {
         };
         let (Some(x), Some(y)) = (x.as_mut(), y.as_mut()) else {
             // Not answered yet: early-dialog requests are not relayed.
-            reply(501, &mut self.out);
+            reply(501, None, &mut self.out);
             return;
         };
         if let Err(e) = x.handle_request(m) {
-            reply(e.status(), &mut self.out);
+            reply(e.status(), None, &mut self.out);
             return;
-        }
-        match m.method() {
-            Some(Method::Refer) => {
-                let attended = m.header(HeaderName::ReferTo).is_some_and(|h| {
-                    h.value
-                        .of(m.buf())
-                        .windows(8)
-                        .any(|w| w.eq_ignore_ascii_case(b"replaces"))
-                });
-                call.refer = Some((now, attended));
-            }
-            //= https://www.rfc-editor.org/rfc/rfc3515#section-2.4.5
-            //# The body of a NOTIFY MUST begin with a SIP Response Status-Line
-            Some(Method::Notify) => {
-                let terminated = m
-                    .header(HeaderName::SubscriptionState)
-                    .is_some_and(|h| h.value.of(m.buf()).starts_with(b"terminated"));
-                let status = m
-                    .body()
-                    .strip_prefix(b"SIP/2.0 ")
-                    .and_then(|b| core::str::from_utf8(b.get(..3)?).ok()?.parse::<u16>().ok());
-                if let (true, Some(st), Some((at, attended))) = (terminated, status, call.refer)
-                    && st >= 200
-                {
-                    let result = if st < 300 {
-                        TransferResult::Succeeded
-                    } else {
-                        TransferResult::Failed
-                    };
-                    self.transfers.push_back(TransferEvent {
-                        attended,
-                        result,
-                        elapsed: now - at,
-                    });
-                }
-            }
-            _ => {}
         }
         let method = core::str::from_utf8(m.method_bytes()).unwrap_or("INFO");
         let body = m.content_type().map(|ct| (ct, m.body()));
         let refresh = matches!(m.method(), Some(Method::Invite | Method::Update));
-        let headers = end_to_end_headers(m);
+        let mut headers = end_to_end_headers(m);
+        for (name, value) in &put {
+            for h in m.headers().filter(|h| h.name == *name) {
+                let was = h.value.of(m.buf());
+                if let Some(slot) = headers.iter_mut().find(|(_, v)| core::ptr::eq(*v, was)) {
+                    slot.1 = value;
+                }
+            }
+        }
         let out = y.request(
             method,
             None,
@@ -914,6 +1079,59 @@ impl<R: RngCore> B2bua<R> {
             &headers,
             body,
         );
+        let out_seq = y.local_seq;
+        match m.method() {
+            Some(Method::Refer) => {
+                call.transfer = Some(Transfer {
+                    at: now,
+                    attended: m
+                        .header(HeaderName::ReferTo)
+                        .and_then(|h| NameAddr::parse(m.buf(), h.value).ok())
+                        .and_then(|na| na.uri().headers())
+                        .is_some_and(|h| {
+                            h.windows(9).any(|w| w.eq_ignore_ascii_case(b"replaces="))
+                        }),
+                    from_a,
+                    cseq_in: m.cseq().seq,
+                    cseq_out: out_seq,
+                    until: now + Transfer::DEFAULT_EXPIRY,
+                    done: false,
+                });
+            }
+            //= https://www.rfc-editor.org/rfc/rfc3515#section-2.4.5
+            //# The body of a NOTIFY MUST begin with a SIP Response Status-Line
+            Some(Method::Notify) => {
+                let state = m
+                    .header(HeaderName::SubscriptionState)
+                    .map(|h| h.value.of(m.buf()));
+                let terminated = state.is_some_and(|v| v.starts_with(b"terminated"));
+                let status = m
+                    .body()
+                    .strip_prefix(b"SIP/2.0 ")
+                    .and_then(|b| core::str::from_utf8(b.get(..3)?).ok()?.parse::<u16>().ok());
+                if let Some(t) = call.transfer.as_mut().filter(|t| t.from_a != from_a) {
+                    if let Some(e) = state.and_then(sub_expires) {
+                        t.until = now + e;
+                    }
+                    if terminated && !t.done {
+                        t.done = true;
+                        if let Some(st) = status.filter(|s| *s >= 200) {
+                            let result = if st < 300 {
+                                TransferResult::Succeeded
+                            } else {
+                                TransferResult::Failed
+                            };
+                            self.transfers.push_back(TransferEvent {
+                                attended: t.attended,
+                                result,
+                                elapsed: now - t.at,
+                            });
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
         let Ok(cli_key) = scan(&out).map(|o| Key::server(&o)) else {
             return;
         };
@@ -973,7 +1191,7 @@ impl<R: RngCore> B2bua<R> {
             a_dialog,
             b_dialog,
             session_expires,
-            refer,
+            transfer,
             ..
         } = call;
         let mut dead_leg = false;
@@ -1065,17 +1283,19 @@ impl<R: RngCore> B2bua<R> {
                 if status >= 200 {
                     r.relayed_final = true;
                     if req.method() == Some(Method::Refer)
-                        && let Some((at, attended)) = *refer
+                        && let Some(t) = transfer.as_mut()
                     {
                         let result = if status < 300 {
                             TransferResult::Accepted
                         } else {
+                            // Refused: no subscription (RFC 3515 §2.4.2).
+                            t.done = true;
                             TransferResult::Rejected
                         };
                         self.transfers.push_back(TransferEvent {
-                            attended,
+                            attended: t.attended,
                             result,
-                            elapsed: now - at,
+                            elapsed: now - t.at,
                         });
                     }
                 }
@@ -1408,6 +1628,12 @@ impl<R: RngCore> B2bua<R> {
         let Some(call) = self.calls.get_mut(&cref) else {
             return;
         };
+        if let Some(t) = call.transfer.as_mut()
+            && !t.done
+            && t.until <= now
+        {
+            t.done = true;
+        }
         if !call.over
             && !call.answered
             && !call.cancelled

@@ -1,13 +1,15 @@
-//! The B2BUA's call state, sans-IO: dialogs (RFC 3261 §12) and the basic
-//! call (two legs bridged: INVITE, 1xx/2xx/errors, ACK per leg, BYE,
-//! CANCEL), on top of `handover-txn`. Re-INVITE and glare, and transfer
-//! (REFER, NOTIFY, Replaces) come next.
+//! The B2BUA's call state, sans-IO: dialogs (RFC 3261 §12), the basic call
+//! (two legs bridged: INVITE, 1xx/2xx/errors, ACK per leg, BYE, CANCEL),
+//! in-dialog relay (re-INVITE with glare, UPDATE, INFO, …) and transfer in
+//! passthrough mode (REFER and NOTIFY relayed, Refer-To and Replaces
+//! rewritten), on top of `handover-txn`.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 mod b2bua;
 mod dialog;
 mod routing;
+pub mod transfer;
 
 pub use b2bua::{B2bua, Config, Latency, Stats, TransferEvent, TransferResult};
 pub use dialog::{Dialog, DialogError, DialogId, DialogState};

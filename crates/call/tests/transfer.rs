@@ -1,0 +1,472 @@
+//! Transfer through the B2BUA core in passthrough mode (RFC 3515 REFER and
+//! NOTIFY, RFC 3891 Replaces), on a virtual clock: what each party
+//! receives, and what the B2BUA refuses.
+
+#![allow(clippy::too_many_arguments)] // test helpers spell out each party
+
+use handover_call::TransferResult;
+use handover_sip::{HeaderName, Message, scan};
+
+mod common;
+use common::*;
+
+/// A new call's INVITE as the edge delivers it.
+fn invite(call_id: &str, from: &str, port: u16, to_user: &str, extra: &str) -> String {
+    format!(
+        "INVITE sip:{to_user}@127.0.0.1:5060 SIP/2.0\r\n\
+Via: SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bK-hx{call_id};k=1\r\n\
+Via: SIP/2.0/UDP 127.0.0.1:{port};branch=z9hG4bK{call_id};received=127.0.0.1;rport={port}\r\n\
+Max-Forwards: 69\r\nFrom: <sip:{from}@127.0.0.1:{port}>;tag={from}t\r\nTo: <sip:{to_user}@127.0.0.1:5060>\r\n\
+Call-ID: {call_id}\r\nCSeq: 1 INVITE\r\nContact: <sip:{from}@127.0.0.1:{port}>\r\n{extra}\
+Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{SDP_A}",
+        SDP_A.len()
+    )
+}
+
+fn find(sent: &[(Option<std::net::SocketAddr>, Vec<u8>)], start: &str) -> Option<Vec<u8>> {
+    sent.iter()
+        .map(|(_, m)| m)
+        .find(|m| first_line(m).starts_with(start))
+        .cloned()
+}
+
+fn header(m: &[u8], name: HeaderName) -> String {
+    let s = scan(m).unwrap();
+    String::from_utf8_lossy(s.header(name).expect("header present").value.of(m)).into_owned()
+}
+
+/// A call from `from` (port `port`, Call-ID `cid`) to `to_user`, answered
+/// by the callee with tag `callee_tag` and Contact on `callee_port`.
+/// Returns the B2BUA's tag toward the caller and the callee leg's INVITE.
+fn call(
+    b: &mut handover_call::B2bua<Seq>,
+    t: u64,
+    cid: &str,
+    from: &str,
+    port: u16,
+    to_user: &str,
+    callee_tag: &str,
+    callee_port: u16,
+) -> (String, Vec<u8>) {
+    b.handle_datagram(at(t), invite(cid, from, port, to_user, "").as_bytes());
+    let leg = find(&out(b), "INVITE ").expect("callee leg");
+    let m = scan(&leg).unwrap();
+    let ok = b_resp(&m, "200 OK", callee_tag, Some(SDP_B)).replace(
+        "Contact: <sip:b@127.0.0.1:5071>",
+        &format!("Contact: <sip:{to_user}@127.0.0.1:{callee_port}>"),
+    );
+    b.handle_datagram(at(t + 10), ok.as_bytes());
+    let ok = find(&out(b), "SIP/2.0 200").expect("caller hears 200");
+    let tag = String::from_utf8(scan(&ok).unwrap().to_tag().unwrap().to_vec()).unwrap();
+    (tag, leg)
+}
+
+/// An in-dialog request from the callee of leg `leg` (the B2BUA's INVITE).
+fn from_callee(
+    leg: &Message<'_>,
+    tag: &str,
+    port: u16,
+    method: &str,
+    seq: u32,
+    extra: &str,
+    body: Option<(&str, &str)>,
+) -> String {
+    let (ct, body) = match body {
+        Some((ct, b)) => (format!("Content-Type: {ct}\r\n"), b),
+        None => (String::new(), ""),
+    };
+    format!(
+        "{method} sip:b2bua@127.0.0.1:5060;k=1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bK-hx{method}{seq}{port};k=1\r\n\
+Via: SIP/2.0/UDP 127.0.0.1:{port};branch=z9hG4bK{method}{seq}{port}\r\nMax-Forwards: 69\r\nFrom: {};tag={tag}\r\nTo: {}\r\n\
+Call-ID: {}\r\nCSeq: {seq} {method}\r\nContact: <sip:x@127.0.0.1:{port}>\r\n{extra}{ct}Content-Length: {}\r\n\r\n{body}",
+        String::from_utf8_lossy(leg.to_field().value.of(leg.buf())),
+        String::from_utf8_lossy(leg.from_field().value.of(leg.buf())),
+        String::from_utf8_lossy(leg.call_id()),
+        body.len()
+    )
+}
+
+/// An in-dialog request from a caller (`cid`, tag `{from}t`) whose leg the
+/// B2BUA tagged `our_tag`.
+fn from_caller(
+    cid: &str,
+    from: &str,
+    port: u16,
+    to_user: &str,
+    our_tag: &str,
+    method: &str,
+    seq: u32,
+    extra: &str,
+    body: Option<(&str, &str)>,
+) -> String {
+    let (ct, body) = match body {
+        Some((ct, b)) => (format!("Content-Type: {ct}\r\n"), b),
+        None => (String::new(), ""),
+    };
+    format!(
+        "{method} sip:b2bua@127.0.0.1:5060;k=1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bK-hx{method}{seq}{cid};k=1\r\n\
+Via: SIP/2.0/UDP 127.0.0.1:{port};branch=z9hG4bK{method}{seq}{cid}\r\nMax-Forwards: 69\r\n\
+From: <sip:{from}@127.0.0.1:{port}>;tag={from}t\r\nTo: <sip:{to_user}@127.0.0.1:5060>;tag={our_tag}\r\n\
+Call-ID: {cid}\r\nCSeq: {seq} {method}\r\nContact: <sip:{from}@127.0.0.1:{port}>\r\n{extra}{ct}Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+/// The answer of whoever received request `r` (as the B2BUA sent it).
+fn answer(r: &[u8], status: &str) -> String {
+    let m = scan(r).unwrap();
+    format!(
+        "SIP/2.0 {status}\r\nVia: {}\r\nFrom: {}\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: {} {}\r\nContent-Length: 0\r\n\r\n",
+        String::from_utf8_lossy(m.top_via().span().of(r)),
+        String::from_utf8_lossy(m.from_field().value.of(r)),
+        String::from_utf8_lossy(m.to_field().value.of(r)),
+        String::from_utf8_lossy(m.call_id()),
+        m.cseq().seq,
+        String::from_utf8_lossy(m.method_bytes()),
+    )
+}
+
+fn sipfrag(status: &str, state: &str) -> (String, (&'static str, String)) {
+    (
+        format!("Event: refer\r\nSubscription-State: {state}\r\n"),
+        (
+            "message/sipfrag;version=2.0",
+            format!("SIP/2.0 {status}\r\n"),
+        ),
+    )
+}
+
+/// Alice (caller, 5061) calls Bob (user b, 5071); Bob is the transferor.
+struct Scene {
+    b: handover_call::B2bua<Seq>,
+    /// The B2BUA's tag toward Alice.
+    a_tag: String,
+    /// The B2BUA's INVITE to Bob.
+    bob_leg: Vec<u8>,
+}
+
+fn scene() -> Scene {
+    let mut b = b2bua_routed(&["b=127.0.0.1:5071", "c=127.0.0.1:5072"], 7);
+    let (a_tag, bob_leg) = call(&mut b, 0, "a-call", "alice", 5061, "b", "bt", 5071);
+    Scene { b, a_tag, bob_leg }
+}
+
+impl Scene {
+    /// Bob sends REFER number `seq` with these extra headers; returns what
+    /// the B2BUA sent.
+    fn bob(
+        &mut self,
+        t: u64,
+        method: &str,
+        seq: u32,
+        extra: &str,
+        body: Option<(&str, &str)>,
+    ) -> Vec<(Option<std::net::SocketAddr>, Vec<u8>)> {
+        let leg = self.bob_leg.clone();
+        let r = from_callee(&scan(&leg).unwrap(), "bt", 5071, method, seq, extra, body);
+        self.b.handle_datagram(at(t), r.as_bytes());
+        out(&mut self.b)
+    }
+
+    fn alice(
+        &mut self,
+        t: u64,
+        method: &str,
+        seq: u32,
+        extra: &str,
+        body: Option<(&str, &str)>,
+    ) -> Vec<(Option<std::net::SocketAddr>, Vec<u8>)> {
+        let r = from_caller(
+            "a-call",
+            "alice",
+            5061,
+            "b",
+            &self.a_tag.clone(),
+            method,
+            seq,
+            extra,
+            body,
+        );
+        self.b.handle_datagram(at(t), r.as_bytes());
+        out(&mut self.b)
+    }
+
+    fn feed(&mut self, t: u64, m: &str) -> Vec<(Option<std::net::SocketAddr>, Vec<u8>)> {
+        self.b.handle_datagram(at(t), m.as_bytes());
+        out(&mut self.b)
+    }
+
+    /// Bob refers Alice to `target`; Alice's 202; returns the REFER Alice got.
+    fn refer_accepted(&mut self, t: u64, seq: u32, target: &str) -> Vec<u8> {
+        let sent = self.bob(
+            t,
+            "REFER",
+            seq,
+            &format!("Refer-To: {target}\r\nReferred-By: <sip:b@10.9.9.9:5071>\r\n"),
+            None,
+        );
+        let to_a = find(&sent, "REFER ").expect("REFER relayed to Alice");
+        let sent = self.feed(t + 5, &answer(&to_a, "202 Accepted"));
+        assert!(find(&sent, "SIP/2.0 202").is_some(), "Bob hears 202");
+        to_a
+    }
+}
+
+#[test]
+fn refer_to_and_referred_by_name_only_the_edge() {
+    let mut s = scene();
+    let to_a = s.refer_accepted(1000, 1, "<sip:carol@10.1.2.3:5072;transport=udp>");
+    assert_eq!(
+        header(&to_a, HeaderName::ReferTo),
+        "<sip:carol@127.0.0.1:5060;transport=udp>"
+    );
+    assert_eq!(
+        header(&to_a, HeaderName::ReferredBy),
+        "<sip:b@127.0.0.1:5060>"
+    );
+    let text = String::from_utf8_lossy(&to_a);
+    assert!(
+        !text.contains("10.1.2.3") && !text.contains("10.9.9.9"),
+        "{text}"
+    );
+    assert_eq!(
+        scan(&to_a).unwrap().call_id(),
+        b"a-call",
+        "in Alice's dialog"
+    );
+    let e = s.b.poll_transfer().unwrap();
+    assert_eq!((e.attended, e.result), (false, TransferResult::Accepted));
+}
+
+#[test]
+fn bad_refers_get_400_and_are_not_relayed() {
+    let mut s = scene();
+    for (seq, extra, phrase) in [
+        (1, "", "400 Missing Refer-To"),
+        (
+            2,
+            "Refer-To: <http://example.com/>\r\n",
+            "400 Unsupported Refer-To URI",
+        ),
+        (
+            3,
+            "Refer-To: <sip:c@10.0.0.1>\r\nRefer-To: <sip:d@10.0.0.1>\r\n",
+            "400 More Than One Refer-To",
+        ),
+    ] {
+        let sent = s.bob(1000 + u64::from(seq), "REFER", seq, extra, None);
+        assert!(find(&sent, "REFER ").is_none(), "not relayed: {phrase}");
+        let r = find(&sent, "SIP/2.0 4").expect("answered");
+        assert_eq!(first_line(&r), format!("SIP/2.0 {phrase}"));
+    }
+    assert!(s.b.poll_transfer().is_none());
+    // The call is unharmed: Bob's next REFER goes through.
+    s.refer_accepted(2000, 4, "<sip:c@127.0.0.1:5060>");
+}
+
+#[test]
+fn a_second_refer_while_one_runs_gets_491_until_the_final_notify() {
+    let mut s = scene();
+    let to_a = s.refer_accepted(1000, 1, "<sip:c@127.0.0.1:5060>");
+    let sent = s.bob(
+        1100,
+        "REFER",
+        2,
+        "Refer-To: <sip:d@127.0.0.1:5060>\r\n",
+        None,
+    );
+    assert!(find(&sent, "REFER ").is_none());
+    assert_eq!(
+        first_line(&find(&sent, "SIP/2.0").unwrap()),
+        "SIP/2.0 491 Request Pending"
+    );
+    // Alice's NOTIFY names the REFER she got (id = its CSeq on her leg);
+    // Bob's copy names the REFER he sent.
+    let her_id = scan(&to_a).unwrap().cseq().seq;
+    let (h, (ct, body)) = sipfrag("200 OK", "terminated;reason=noresource");
+    let h = h.replace("Event: refer", &format!("Event: refer;id={her_id}"));
+    let sent = s.alice(3000, "NOTIFY", 2, &h, Some((ct, &body)));
+    let n = find(&sent, "NOTIFY ").expect("relayed to Bob");
+    assert_eq!(header(&n, HeaderName::Event), "refer;id=1");
+    assert_eq!(scan(&n).unwrap().body(), body.as_bytes());
+    s.feed(3010, &answer(&n, "200 OK"));
+    // Over: a new REFER is relayed.
+    let sent = s.bob(
+        4000,
+        "REFER",
+        3,
+        "Refer-To: <sip:d@127.0.0.1:5060>\r\n",
+        None,
+    );
+    assert!(find(&sent, "REFER ").is_some());
+}
+
+#[test]
+fn notify_for_no_subscription_gets_481_other_packages_pass() {
+    let mut s = scene();
+    let (h, (ct, body)) = sipfrag("200 OK", "active;expires=60");
+    let sent = s.alice(1000, "NOTIFY", 2, &h, Some((ct, &body)));
+    assert!(find(&sent, "NOTIFY ").is_none());
+    assert_eq!(
+        first_line(&find(&sent, "SIP/2.0").unwrap()),
+        "SIP/2.0 481 Subscription Does Not Exist"
+    );
+    // The transferor itself cannot NOTIFY about its own REFER either.
+    s.refer_accepted(2000, 1, "<sip:c@127.0.0.1:5060>");
+    let sent = s.bob(2100, "NOTIFY", 2, &h, Some((ct, &body)));
+    assert!(first_line(&find(&sent, "SIP/2.0").unwrap()).starts_with("SIP/2.0 481"));
+    // Another event package (a subscription the phones made) is relayed.
+    let sent = s.alice(
+        2200,
+        "NOTIFY",
+        3,
+        "Event: dialog\r\nSubscription-State: active\r\n",
+        None,
+    );
+    assert!(find(&sent, "NOTIFY ").is_some());
+}
+
+#[test]
+fn a_refused_refer_is_relayed_and_ends_the_transfer() {
+    let mut s = scene();
+    for (i, status) in [
+        "403 Forbidden",
+        "405 Method Not Allowed",
+        "501 Not Implemented",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let seq = i as u32 + 1;
+        let t = 1000 * u64::from(seq);
+        let sent = s.bob(
+            t,
+            "REFER",
+            seq,
+            "Refer-To: <sip:c@127.0.0.1:5060>\r\n",
+            None,
+        );
+        let to_a = find(&sent, "REFER ").expect("relayed");
+        let sent = s.feed(t + 5, &answer(&to_a, status));
+        assert_eq!(
+            first_line(&find(&sent, "SIP/2.0").unwrap()),
+            format!("SIP/2.0 {status}")
+        );
+        let e = s.b.poll_transfer().unwrap();
+        assert_eq!(e.result, TransferResult::Rejected);
+    }
+    assert_eq!(s.b.calls_active(), 1, "the call stays up");
+}
+
+#[test]
+fn a_failed_transfer_keeps_the_call_and_it_can_be_resumed() {
+    let mut s = scene();
+    s.refer_accepted(1000, 1, "<sip:c@127.0.0.1:5060>");
+    let (h, (ct, body)) = sipfrag("486 Busy Here", "terminated;reason=noresource");
+    let sent = s.alice(3000, "NOTIFY", 2, &h, Some((ct, &body)));
+    let n = find(&sent, "NOTIFY ").expect("Bob hears the failure");
+    assert_eq!(scan(&n).unwrap().body(), b"SIP/2.0 486 Busy Here\r\n");
+    s.feed(3010, &answer(&n, "200 OK"));
+    s.b.poll_transfer();
+    assert_eq!(s.b.poll_transfer().unwrap().result, TransferResult::Failed);
+    // Bob takes Alice off hold: the re-INVITE reaches her.
+    let sdp = SDP_B;
+    let sent = s.bob(4000, "INVITE", 2, "", Some(("application/sdp", sdp)));
+    let re = find(&sent, "INVITE ").expect("re-INVITE relayed to Alice");
+    assert_eq!(scan(&re).unwrap().call_id(), b"a-call");
+    assert_eq!(scan(&re).unwrap().body(), sdp.as_bytes());
+}
+
+#[test]
+fn the_transferor_hanging_up_right_after_202_still_hears_the_notifies() {
+    let mut s = scene();
+    s.refer_accepted(1000, 1, "<sip:c@127.0.0.1:5060>");
+    let sent = s.bob(1100, "BYE", 2, "", None);
+    let bye = find(&sent, "BYE ").expect("BYE relayed to Alice");
+    s.feed(1110, &answer(&bye, "200 OK"));
+    assert_eq!(s.b.calls_active(), 0);
+    // Alice's NOTIFYs come after the BYE, one well after its transaction
+    // ended: the REFER's subscription outlives the call (it says 120 s).
+    let (h, (ct, body)) = sipfrag("100 Trying", "active;expires=120");
+    let sent = s.alice(2000, "NOTIFY", 2, &h, Some((ct, &body)));
+    let n = find(&sent, "NOTIFY ").expect("relayed after the BYE");
+    s.feed(2010, &answer(&n, "200 OK"));
+    s.b.handle_timeout(at(70_000));
+    out(&mut s.b);
+    let (h, (ct, body)) = sipfrag("200 OK", "terminated;reason=noresource");
+    let sent = s.alice(75_000, "NOTIFY", 3, &h, Some((ct, &body)));
+    let n = find(&sent, "NOTIFY ").expect("the final NOTIFY reaches Bob");
+    s.feed(75_010, &answer(&n, "200 OK"));
+    s.b.poll_transfer();
+    assert_eq!(
+        s.b.poll_transfer().unwrap().result,
+        TransferResult::Succeeded
+    );
+    // Nothing but NOTIFY lives on after the BYE.
+    let sent = s.alice(75_100, "INFO", 4, "", None);
+    assert!(first_line(&find(&sent, "SIP/2.0").unwrap()).starts_with("SIP/2.0 481"));
+    // And once the subscription and the transactions are over, the call
+    // is forgotten.
+    s.b.handle_timeout(at(200_000));
+    out(&mut s.b);
+    assert_eq!(s.b.calls_held(), 0);
+}
+
+#[test]
+fn attended_transfer_translates_replaces_and_the_new_call_reaches_the_replaced_dialog() {
+    let mut s = scene();
+    // Bob's second call: Bob (caller, 5071) calls Carol (user c, 5072).
+    let (our_tag_to_bob, carol_leg) = call(&mut s.b, 500, "bob-2", "bob", 5071, "c", "ct", 5072);
+    let cl = scan(&carol_leg).unwrap();
+    // Bob refers Alice to Carol, replacing his dialog with the cluster on
+    // that call: Call-ID bob-2, to-tag ours, from-tag his.
+    let target = format!(
+        "<sip:c@127.0.0.1:5060?Replaces=bob-2%3Bto-tag%3D{our_tag_to_bob}%3Bfrom-tag%3Dbobt>"
+    );
+    let to_a = s.refer_accepted(1000, 1, &target);
+    let rt = header(&to_a, HeaderName::ReferTo);
+    // Alice is told the dialog Carol knows: the leg to Carol's Call-ID, her
+    // tag as to-tag, ours on that leg as from-tag.
+    let want = format!(
+        "Replaces={}%3Bto-tag%3Dct%3Bfrom-tag%3D{}",
+        String::from_utf8_lossy(cl.call_id()),
+        String::from_utf8_lossy(cl.from_tag().unwrap())
+    );
+    assert!(rt.contains(&want), "{rt} lacks {want}");
+    assert!(s.b.poll_transfer().unwrap().attended);
+    // Alice's INVITE with that Replaces goes to Carol's Contact (the
+    // replaced dialog's target), with the Replaces header unchanged.
+    let replaces = format!(
+        "{};to-tag=ct;from-tag={}",
+        String::from_utf8_lossy(cl.call_id()),
+        String::from_utf8_lossy(cl.from_tag().unwrap())
+    );
+    s.b.handle_datagram(
+        at(2000),
+        invite(
+            "a-2",
+            "alice",
+            5061,
+            "c",
+            &format!("Replaces: {replaces}\r\n"),
+        )
+        .as_bytes(),
+    );
+    let inv = find(&out(&mut s.b), "INVITE ").expect("to Carol");
+    let m = scan(&inv).unwrap();
+    assert_eq!(m.request_uri().unwrap().port(), Some(5072));
+    assert_eq!(header(&inv, HeaderName::Replaces), replaces);
+    assert_ne!(m.call_id(), cl.call_id(), "a new dialog with Carol");
+    // A Replaces naming no dialog we know is left for the callee to judge.
+    let sent = s.bob(
+        3000,
+        "REFER",
+        2,
+        "Refer-To: <sip:c@127.0.0.1:5060?Replaces=nope%3Bto-tag%3D1%3Bfrom-tag%3D2>\r\n",
+        None,
+    );
+    assert!(
+        find(&sent, "SIP/2.0 491").is_some(),
+        "one transfer at a time"
+    );
+}
