@@ -26,12 +26,12 @@ fn sipp(dir: &Path, args: &[&str]) -> Proc {
 fn run_transfers(
     dir: &Path,
     edge: &str,
+    target: &str,
     b_port: u16,
     a_port: u16,
     calls: u32,
     rate: u32,
 ) -> (Option<i32>, Option<i32>) {
-    let target = format!("sip:c@{edge}");
     let sf = |f: &str| scenario(f).to_string_lossy().into_owned();
     let (m, r) = (calls.to_string(), rate.to_string());
     let mut b = sipp(
@@ -47,7 +47,7 @@ fn run_transfers(
             &m,
             "-key",
             "target",
-            &target,
+            target,
             edge,
         ],
     );
@@ -91,17 +91,40 @@ fn blind_transfer_through_up_one_then_a_hundred_concurrently() {
     let (sip, worker, _admin, worker_admin) =
         (c.sip, c.worker, c.admin.clone(), c.worker_admin.clone());
     let edge = format!("127.0.0.1:{sip}");
+    // B names C by C's own address, as a phone that knows C would: A must
+    // be told only the edge's.
+    let target = format!("sip:c@127.0.0.1:{c_port}");
     // One transfer.
-    let (a, b) = run_transfers(dir.path(), &edge, b_port, free_udp_port(), 1, 1);
+    let (a, b) = run_transfers(dir.path(), &edge, &target, b_port, free_udp_port(), 1, 1);
     assert_eq!((a, b), (Some(0), Some(0)), "A and B completed the flow");
     // Then a hundred, up to twenty starting each second.
-    let (a, b) = run_transfers(dir.path(), &edge, b_port, free_udp_port(), 100, 20);
+    let (a, b) = run_transfers(dir.path(), &edge, &target, b_port, free_udp_port(), 100, 20);
     assert_eq!((a, b), (Some(0), Some(0)), "every transfer completed");
 
     let logs = sipp_message_logs(dir.path());
     assert!(
         !logs.contains(&format!(":{worker}")),
         "nothing anyone saw names the worker"
+    );
+    let refer_tos: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.starts_with("Refer-To:"))
+        .collect();
+    // B logs the 101 it sent; A logs the 101 it received, rewritten.
+    assert_eq!(refer_tos.len(), 202, "{refer_tos:?}");
+    assert_eq!(
+        refer_tos
+            .iter()
+            .filter(|l| **l == format!("Refer-To: <sip:c@{edge}>"))
+            .count(),
+        101,
+        "every REFER reached A naming the edge, not C"
+    );
+    let b_named = format!("Referred-By: <sip:b@127.0.0.1:{b_port}>");
+    assert_eq!(
+        logs.lines().filter(|l| *l == b_named).count(),
+        101,
+        "only B's own log names B in Referred-By; A saw the edge"
     );
     // At C: 101 INVITEs, each with Referred-By, each naming only the edge.
     let c_log = std::fs::read_dir(dir.path())
@@ -124,6 +147,10 @@ fn blind_transfer_through_up_one_then_a_hundred_concurrently() {
             head.contains(&format!("Via: SIP/2.0/UDP {edge};")),
             "Via names the edge:\n{head}"
         );
+        assert!(
+            !head.contains(&format!(":{b_port}")),
+            "nothing at C names B's address (Referred-By rewritten):\n{head}"
+        );
     }
     let text = http_get(&format!("http://{worker_admin}/metrics")).1;
     assert_eq!(
@@ -143,4 +170,88 @@ fn blind_transfer_through_up_one_then_a_hundred_concurrently() {
         101.0,
         "every REFER accepted, counted: {text}"
     );
+}
+
+#[test]
+fn transfer_failure_paths_through_up() {
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let (b_port, busy_port) = (free_udp_port(), free_udp_port());
+    let _busy = sipp_uas_with(dir.path(), "uas_busy.xml", busy_port);
+    let c = cluster(
+        &[
+            format!("b=127.0.0.1:{b_port}"),
+            format!("busy=127.0.0.1:{busy_port}"),
+        ],
+        &[],
+    );
+    let edge = format!("127.0.0.1:{}", c.sip);
+    let sf = |f: &str| scenario(f).to_string_lossy().into_owned();
+    let target = format!("sip:busy@127.0.0.1:{busy_port}");
+    let calls = "10";
+    let mut b = sipp(
+        dir.path(),
+        &[
+            "-sf",
+            &sf("transfer_b_fail.xml"),
+            "-i",
+            "127.0.0.1",
+            "-p",
+            &b_port.to_string(),
+            "-m",
+            calls,
+            "-key",
+            "target",
+            &target,
+            &edge,
+        ],
+    );
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let a_port = free_udp_port();
+    let mut a = sipp(
+        dir.path(),
+        &[
+            "-sf",
+            &sf("transfer_a_fail.xml"),
+            "-i",
+            "127.0.0.1",
+            "-p",
+            &a_port.to_string(),
+            "-s",
+            "b",
+            "-m",
+            calls,
+            "-r",
+            "5",
+            &edge,
+        ],
+    );
+    // Each scenario checks every answer it expects (400, 400, 481, 403, 202,
+    // 491, the NOTIFYs' sipfrags, the re-INVITE's 200, the NOTIFY after the
+    // BYE); exit 0 means all ten calls went exactly so on both sides.
+    let a_exit = a.0.wait().unwrap().code();
+    let b_exit = b.0.wait().unwrap().code();
+    let errs: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().ends_with("_errors.log"))
+        .flat_map(|p| error_lines(&p))
+        .collect();
+    assert_eq!((a_exit, b_exit), (Some(0), Some(0)), "errors: {errs:?}");
+    let text = http_get(&format!("http://{}/metrics", c.worker_admin)).1;
+    let t = |result: &str| {
+        metric(
+            &text,
+            &format!(
+                "handover_transfers_total{{kind=\"blind\",mode=\"passthrough\",result=\"{result}\"}}"
+            ),
+        )
+    };
+    // Per call: one refused (403), two accepted; two final NOTIFYs, both
+    // failures (486, 603). The 400s and the 491 never reached A.
+    assert_eq!(t("rejected"), 10.0);
+    assert_eq!(t("accepted"), 20.0);
+    assert_eq!(t("failed"), 20.0);
+    assert_eq!(t("succeeded"), 0.0);
+    assert_eq!(metric(&text, "handover_calls_active"), 0.0);
 }
