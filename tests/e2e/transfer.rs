@@ -255,3 +255,145 @@ fn transfer_failure_paths_through_up() {
     assert_eq!(t("succeeded"), 0.0);
     assert_eq!(metric(&text, "handover_calls_active"), 0.0);
 }
+
+/// The value of `name` in the first SIP message of `log` (a SIPp message
+/// log) whose first line starts with `first`, and that message's headers.
+fn logged_header(log: &str, first: &str, name: &str) -> Option<String> {
+    let at = log.find(&format!("\n{first}"))?;
+    log[at + 1..]
+        .lines()
+        .take_while(|l| !l.is_empty())
+        .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+        .map(str::to_string)
+}
+
+fn tag_of(v: &str) -> String {
+    v.split(";tag=")
+        .nth(1)
+        .unwrap_or("")
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .to_string()
+}
+
+fn log_of(dir: &Path, prefix: &str) -> String {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            let n = p.file_name().unwrap().to_string_lossy().into_owned();
+            n.starts_with(prefix) && n.ends_with("_messages.log")
+        })
+        .map(|p| std::fs::read_to_string(p).unwrap_or_default())
+        .collect()
+}
+
+#[test]
+fn attended_transfer_through_up_reaches_the_replaced_dialog() {
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let (b_port, c_port) = (free_udp_port(), free_udp_port());
+    let _c = sipp_uas_traced(dir.path(), c_port);
+    // No route for "desk": only the Replaces can take A's new call to C.
+    let c = cluster(
+        &[
+            format!("b=127.0.0.1:{b_port}"),
+            format!("c=127.0.0.1:{c_port}"),
+        ],
+        &[],
+    );
+    let edge_addr: std::net::SocketAddr = format!("127.0.0.1:{}", c.sip).parse().unwrap();
+    let edge = edge_addr.to_string();
+    // B's second call: B (as a caller) talks to C through the cluster and
+    // hangs up after 6 s.
+    let (b2, b2_stat) = sipp_uac_with(dir.path(), "uac.xml", "c", edge_addr, 1, 1, 6000);
+    assert!(
+        wait_for(std::time::Duration::from_secs(5), || {
+            logged_header(&log_of(dir.path(), "uac_"), "SIP/2.0 200", "To").is_some()
+        }),
+        "B's call to C was answered"
+    );
+    let b2_log = log_of(dir.path(), "uac_");
+    let cid = logged_header(&b2_log, "SIP/2.0 200", "Call-ID").unwrap();
+    let ours = tag_of(&logged_header(&b2_log, "SIP/2.0 200", "To").unwrap());
+    let bs = tag_of(&logged_header(&b2_log, "SIP/2.0 200", "From").unwrap());
+    // B refers A to C, replacing B's dialog with the cluster (B's view:
+    // to-tag the cluster's, from-tag B's own).
+    let esc = |s: &str| s.replace('@', "%40");
+    let target = format!(
+        "sip:desk@127.0.0.1:{c_port}?Replaces={}%3Bto-tag%3D{ours}%3Bfrom-tag%3D{bs}",
+        esc(&cid)
+    );
+    let sf = |f: &str| scenario(f).to_string_lossy().into_owned();
+    let mut b = sipp(
+        dir.path(),
+        &[
+            "-sf",
+            &sf("transfer_b.xml"),
+            "-i",
+            "127.0.0.1",
+            "-p",
+            &b_port.to_string(),
+            "-m",
+            "1",
+            "-key",
+            "target",
+            &target,
+            &edge,
+        ],
+    );
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let mut a = sipp(
+        dir.path(),
+        &[
+            "-sf",
+            &sf("transfer_a_attended.xml"),
+            "-i",
+            "127.0.0.1",
+            "-p",
+            &free_udp_port().to_string(),
+            "-s",
+            "b",
+            "-m",
+            "1",
+            &edge,
+        ],
+    );
+    let (a_exit, b_exit) = (a.0.wait().unwrap().code(), b.0.wait().unwrap().code());
+    let b2 = finish_uac(b2, &b2_stat);
+    assert_eq!(
+        (a_exit, b_exit, b2.exit),
+        (Some(0), Some(0), Some(0)),
+        "A, B and B's second call completed"
+    );
+    // At C: the first INVITE is B's call; the second is A's, and its
+    // Replaces names C's dialog of B's call exactly as C knows it.
+    let c_log = log_of(dir.path(), "uas_");
+    let invites: Vec<&str> = c_log.split("\nINVITE sip:").skip(1).collect();
+    assert_eq!(invites.len(), 2, "C got B's call and A's");
+    let field = |m: &str, name: &str| {
+        m.lines()
+            .take_while(|l| !l.is_empty())
+            .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+            .map(str::to_string)
+    };
+    let first_cid = field(invites[0], "Call-ID").unwrap();
+    let first_from_tag = tag_of(&field(invites[0], "From").unwrap());
+    let c_tag = tag_of(&logged_header(&c_log, "SIP/2.0 200", "To").unwrap());
+    assert_eq!(
+        field(invites[1], "Replaces").as_deref(),
+        Some(format!("{first_cid};to-tag={c_tag};from-tag={first_from_tag}").as_str()),
+        "A's INVITE at C:\n{}",
+        invites[1]
+    );
+    assert_ne!(field(invites[1], "Call-ID").unwrap(), first_cid);
+    let text = http_get(&format!("http://{}/metrics", c.worker_admin)).1;
+    assert_eq!(
+        metric(
+            &text,
+            "handover_transfers_total{kind=\"attended\",mode=\"passthrough\",result=\"accepted\"}"
+        ),
+        1.0
+    );
+}
