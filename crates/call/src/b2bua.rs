@@ -35,7 +35,10 @@ use handover_txn::{
 use rand_core::RngCore;
 
 use crate::dialog::{Dialog, DialogState};
-use crate::routing::Routes;
+use crate::routing::{Routes, TransferMode};
+
+mod local;
+use local::Local;
 use crate::transfer::{self, Replaces};
 
 /// Settings of the B2BUA.
@@ -55,6 +58,8 @@ pub struct Config {
     /// A callee that rings this long without answering is cancelled; the
     /// route's next target is tried, or the caller gets 408 (no answer).
     pub ring_timeout: Duration,
+    /// Transfer mode of calls whose route does not set one.
+    pub transfer_mode: TransferMode,
 }
 
 /// Counters the shell exports.
@@ -100,6 +105,8 @@ pub enum TransferResult {
 pub struct TransferEvent {
     /// Attended (`Replaces` in the Refer-To) rather than blind.
     pub attended: bool,
+    /// Carried out by the B2BUA (local mode) rather than relayed.
+    pub local: bool,
     /// What happened.
     pub result: TransferResult,
     /// Since the REFER arrived.
@@ -253,6 +260,13 @@ struct Call {
     no_answer: bool,
     /// The last REFER relayed and its implicit subscription.
     transfer: Option<Transfer>,
+    /// REFERs on this call are carried out by the B2BUA (local mode).
+    local_mode: bool,
+    /// The last transfer carried out by the B2BUA.
+    local: Option<Local>,
+    /// Call-IDs of legs this call had before a transfer (still mapped to
+    /// it while their transactions end).
+    old_ids: Vec<Vec<u8>>,
     /// The route's targets, in the order to try them.
     targets: Vec<SocketAddr>,
     /// How many of them have been tried.
@@ -294,6 +308,7 @@ impl Call {
         .flatten()
         .chain(nits)
         .chain(self.relays.iter().flat_map(Relay::timeouts))
+        .chain(self.local.iter().flat_map(Local::timeouts))
         .min()
     }
 }
@@ -468,8 +483,18 @@ impl<R: RngCore> B2bua<R> {
             Some(t) => self.timers.push(Reverse((t, cref))),
             None if c.over => {
                 if let Some(c) = self.calls.remove(&cref) {
-                    self.by_call_id.remove(&c.a_call_id);
-                    self.by_call_id.remove(&c.b_call_id);
+                    let local = c.local.as_ref().map(|l| &l.t_call_id);
+                    for id in [&c.a_call_id, &c.b_call_id]
+                        .into_iter()
+                        .chain(&c.old_ids)
+                        .chain(local)
+                    {
+                        // Only this call's: a failed attended transfer
+                        // gave the target's Call-ID back to its own call.
+                        if self.by_call_id.get(id) == Some(&cref) {
+                            self.by_call_id.remove(id);
+                        }
+                    }
                 }
             }
             None => {}
@@ -666,10 +691,11 @@ impl<R: RngCore> B2bua<R> {
         let user = m.request_uri().and_then(|u| u.user()).unwrap_or_default();
         let host = m.request_uri().map_or(&b""[..], |u| u.host());
         let key = self.cfg.hashing.affinity_key(m.call_id());
-        let targets = match self.replaced_target(m) {
-            Some(t) => vec![t],
-            None => self.cfg.routes.targets(user, host, key),
+        let (targets, mode) = match self.replaced_target(m) {
+            Some(t) => (vec![t], None),
+            None => self.cfg.routes.lookup(user, host, key),
         };
+        let local_mode = mode.unwrap_or(self.cfg.transfer_mode) == TransferMode::Local;
         let Some(&target) = targets.first() else {
             let t = self.ids.tag();
             self.respond(m, 404, Some(t.as_bytes()));
@@ -711,6 +737,9 @@ impl<R: RngCore> B2bua<R> {
                 ring_deadline: Some(now + self.cfg.ring_timeout),
                 no_answer: false,
                 transfer: None,
+                local_mode,
+                local: None,
+                old_ids: Vec::new(),
                 targets,
                 tried: 1,
                 over: false,
@@ -748,6 +777,13 @@ impl<R: RngCore> B2bua<R> {
                 return;
             }
         }
+        if self.local_request(now, cref, m) {
+            self.drain(now, cref);
+            return;
+        }
+        let Some(call) = self.calls.get_mut(&cref) else {
+            return;
+        };
         match (m.method(), from_a) {
             (Some(Method::Invite), true) if key == call.a_key => call.a_srv.handle_request(now, m),
             (Some(Method::Ack), true) => {
@@ -930,7 +966,9 @@ impl<R: RngCore> B2bua<R> {
                 // One transfer at a time per call: a second REFER while the
                 // first one's subscription runs is answered 491 (the
                 // transferor may retry once the first has ended).
-                if call.transfer.as_ref().is_some_and(|t| t.pending(now)) {
+                if call.transfer.as_ref().is_some_and(|t| t.pending(now))
+                    || call.local.as_ref().is_some_and(Local::pending)
+                {
                     return Err((491, "Request Pending"));
                 }
                 let replaces = rt
@@ -1059,6 +1097,11 @@ impl<R: RngCore> B2bua<R> {
             reply(e.status(), None, &mut self.out);
             return;
         }
+        if m.method() == Some(Method::Refer) && call.local_mode {
+            self.local_refer(now, cref, m, from_a);
+            self.drain(now, cref);
+            return;
+        }
         let method = core::str::from_utf8(m.method_bytes()).unwrap_or("INFO");
         let body = m.content_type().map(|ct| (ct, m.body()));
         let refresh = matches!(m.method(), Some(Method::Invite | Method::Update));
@@ -1123,6 +1166,7 @@ impl<R: RngCore> B2bua<R> {
                             };
                             self.transfers.push_back(TransferEvent {
                                 attended: t.attended,
+                                local: false,
                                 result,
                                 elapsed: now - t.at,
                             });
@@ -1294,6 +1338,7 @@ impl<R: RngCore> B2bua<R> {
                         };
                         self.transfers.push_back(TransferEvent {
                             attended: t.attended,
+                            local: false,
                             result,
                             elapsed: now - t.at,
                         });
@@ -1351,6 +1396,13 @@ impl<R: RngCore> B2bua<R> {
                 return;
             }
         }
+        if self.local_response(now, cref, m) {
+            self.drain(now, cref);
+            return;
+        }
+        let Some(call) = self.calls.get_mut(&cref) else {
+            return;
+        };
         if m.call_id() == call.b_call_id.as_slice() && m.cseq().method == Method::Invite {
             call.b_cli.handle_response(now, m);
         }
@@ -1361,6 +1413,25 @@ impl<R: RngCore> B2bua<R> {
     /// their events.
     fn drain(&mut self, now: Instant, cref: u64) {
         self.drain_outputs(cref);
+        let Some(call) = self.calls.get_mut(&cref) else {
+            return;
+        };
+        while let Some(e) = call.a_srv.poll_event() {
+            if let Event::Ack(_) = e {
+                call.a_ok = None;
+            }
+        }
+        let mut events = Vec::new();
+        while let Some(e) = call.b_cli.poll_event() {
+            events.push(e);
+        }
+        for e in events {
+            self.on_b_event(now, cref, e);
+        }
+        self.drain_relays(now, cref);
+        self.drain_local(now, cref);
+        // Last: what the steps above queued (BYEs, NOTIFYs, answers) goes
+        // out in the order it was queued.
         let Some(call) = self.calls.get_mut(&cref) else {
             return;
         };
@@ -1380,19 +1451,6 @@ impl<R: RngCore> B2bua<R> {
                 }
             }
         }
-        while let Some(e) = call.a_srv.poll_event() {
-            if let Event::Ack(_) = e {
-                call.a_ok = None;
-            }
-        }
-        let mut events = Vec::new();
-        while let Some(e) = call.b_cli.poll_event() {
-            events.push(e);
-        }
-        for e in events {
-            self.on_b_event(now, cref, e);
-        }
-        self.drain_relays(now, cref);
     }
 
     fn on_b_event(&mut self, now: Instant, cref: u64, e: Event) {
@@ -1615,6 +1673,10 @@ impl<R: RngCore> B2bua<R> {
                 Srv::Other(s) => s.handle_timeout(now),
             }
         }
+        self.local_timers(now, cref);
+        let Some(call) = self.calls.get_mut(&cref) else {
+            return;
+        };
         //= https://www.rfc-editor.org/rfc/rfc4028#section-10
         //# If the session refresh request is not received before the
         //# interval passes, the session is considered terminated.

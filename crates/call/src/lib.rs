@@ -13,4 +13,4 @@ pub mod transfer;
 
 pub use b2bua::{B2bua, Config, Latency, Stats, TransferEvent, TransferResult};
 pub use dialog::{Dialog, DialogError, DialogId, DialogState};
-pub use routing::{Match, Route, Routes};
+pub use routing::{Match, Route, Routes, TransferMode};

@@ -19,6 +19,30 @@ pub enum Match {
     Any,
 }
 
+/// Who carries out a transfer (REFER) on a call of a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TransferMode {
+    /// The phones: REFER and NOTIFY are relayed between the legs.
+    #[default]
+    Passthrough,
+    /// The B2BUA: it answers the REFER, calls the target and re-INVITEs
+    /// the transferee; the transferee never sees a REFER.
+    Local,
+}
+
+impl core::str::FromStr for TransferMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "passthrough" => Ok(Self::Passthrough),
+            "local" => Ok(Self::Local),
+            _ => Err(format!(
+                "transfer mode `{s}` is not one of: passthrough, local"
+            )),
+        }
+    }
+}
+
 /// One route: a match and its targets with weights.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Route {
@@ -26,6 +50,8 @@ pub struct Route {
     pub matcher: Match,
     /// `(IP:PORT, weight)`, weight ≥ 1.
     pub targets: Vec<(SocketAddr, u32)>,
+    /// Transfer mode of its calls; `None`: the worker's default.
+    pub transfer: Option<TransferMode>,
 }
 
 /// The routes of a worker, in the order they are tried.
@@ -34,10 +60,20 @@ pub struct Routes(Vec<Route>);
 
 impl Routes {
     /// Adds a route given on the command line:
-    /// `MATCH=IP:PORT[*WEIGHT][,IP:PORT[*WEIGHT]…]`, where MATCH is a user,
-    /// `PREFIX*` for a prefix, `@DOMAIN` for a domain, or `*` for any.
+    /// `MATCH=IP:PORT[*WEIGHT][,IP:PORT[*WEIGHT]…][;transfer=MODE]`, where
+    /// MATCH is a user, `PREFIX*` for a prefix, `@DOMAIN` for a domain, or
+    /// `*` for any, and MODE `passthrough` or `local`.
     pub fn add(&mut self, spec: &str) -> Result<(), String> {
-        let (m, targets) = spec
+        let (spec_main, transfer) = match spec.split_once(';') {
+            Some((main, opt)) => {
+                let mode = opt.strip_prefix("transfer=").ok_or_else(|| {
+                    format!("route `{spec}`: `;{opt}` is not `;transfer=passthrough|local`")
+                })?;
+                (main, Some(mode.parse().map_err(|e| format!("route `{spec}`: {e}"))?))
+            }
+            None => (spec, None),
+        };
+        let (m, targets) = spec_main
             .split_once('=')
             .ok_or_else(|| format!("route `{spec}` is not MATCH=IP:PORT"))?;
         let matcher = if m == "*" {
@@ -67,6 +103,7 @@ impl Routes {
         self.push(Route {
             matcher,
             targets: list,
+            transfer,
         })
     }
 
@@ -91,13 +128,23 @@ impl Routes {
     /// to try them: the first picked by weight from `key`, then the rest in
     /// configuration order. Empty when nothing matches.
     pub fn targets(&self, user: &[u8], host: &[u8], key: u64) -> Vec<SocketAddr> {
+        self.lookup(user, host, key).0
+    }
+
+    /// [`Routes::targets`], and the matching route's transfer mode.
+    pub fn lookup(
+        &self,
+        user: &[u8],
+        host: &[u8],
+        key: u64,
+    ) -> (Vec<SocketAddr>, Option<TransferMode>) {
         let Some(r) = self.0.iter().find(|r| match &r.matcher {
             Match::User(u) => u.as_bytes() == user,
             Match::Prefix(p) => user.starts_with(p.as_bytes()),
             Match::Domain(d) => d.as_bytes().eq_ignore_ascii_case(host),
             Match::Any => true,
         }) else {
-            return Vec::new();
+            return (Vec::new(), None);
         };
         let total: u64 = r.targets.iter().map(|(_, w)| u64::from(*w)).sum();
         let mut at = key % total;
@@ -114,7 +161,10 @@ impl Routes {
             })
             .unwrap_or(0);
         let n = r.targets.len();
-        (0..n).map(|i| r.targets[(first + i) % n].0).collect()
+        (
+            (0..n).map(|i| r.targets[(first + i) % n].0).collect(),
+            r.transfer,
+        )
     }
 }
 
@@ -178,5 +228,24 @@ mod tests {
                 .unwrap_err()
                 .contains("at least 1")
         );
+        assert!(
+            r.add("alice=127.0.0.1:1;transfer=magic")
+                .unwrap_err()
+                .contains("`magic` is not one of: passthrough, local")
+        );
+        assert!(
+            r.add("alice=127.0.0.1:1;mode=local")
+                .unwrap_err()
+                .contains("is not `;transfer=passthrough|local`")
+        );
+    }
+
+    #[test]
+    fn a_route_may_set_its_transfer_mode() {
+        let mut r = Routes::default();
+        r.add("alice=127.0.0.1:1;transfer=local").unwrap();
+        r.add("*=127.0.0.1:2").unwrap();
+        assert_eq!(r.lookup(b"alice", b"x", 0).1, Some(TransferMode::Local));
+        assert_eq!(r.lookup(b"bob", b"x", 0).1, None);
     }
 }

@@ -191,7 +191,12 @@ fn is_ip(host: &[u8]) -> bool {
         || core::str::from_utf8(host).is_ok_and(|h| h.parse::<std::net::Ipv4Addr>().is_ok())
 }
 
-impl ReferTo<'_> {
+impl<'a> ReferTo<'a> {
+    /// The target URI.
+    pub fn uri(&self) -> &handover_sip::Uri<'a> {
+        self.na.uri()
+    }
+
     /// Whether the transfer is attended (a `Replaces` in the target).
     pub fn attended(&self) -> bool {
         self.replaces.is_some()

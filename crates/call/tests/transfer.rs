@@ -146,7 +146,16 @@ struct Scene {
 }
 
 fn scene() -> Scene {
-    let mut b = b2bua_routed(&["b=127.0.0.1:5071", "c=127.0.0.1:5072"], 7);
+    scene_with(&["b=127.0.0.1:5071", "c=127.0.0.1:5072"])
+}
+
+/// The same, Bob's route in local mode.
+fn local_scene() -> Scene {
+    scene_with(&["b=127.0.0.1:5071;transfer=local", "c=127.0.0.1:5072"])
+}
+
+fn scene_with(routes: &[&str]) -> Scene {
+    let mut b = b2bua_routed(routes, 7);
     let (a_tag, bob_leg) = call(&mut b, 0, "a-call", "alice", 5061, "b", "bt", 5071);
     Scene { b, a_tag, bob_leg }
 }
@@ -469,4 +478,211 @@ fn attended_transfer_translates_replaces_and_the_new_call_reaches_the_replaced_d
         find(&sent, "SIP/2.0 491").is_some(),
         "one transfer at a time"
     );
+}
+
+const SDP_C: &str = "v=0\r\no=carol 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 8000 RTP/AVP 0\r\n";
+const SDP_A2: &str = "v=0\r\no=a 1 2 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 6000 RTP/AVP 0\r\n";
+
+/// A 2xx (or other answer) to request `r` from its callee, with `tag` and
+/// optionally a body.
+fn answer_with(r: &[u8], status: &str, tag: Option<&str>, contact_port: u16, sdp: Option<&str>) -> String {
+    let m = scan(r).unwrap();
+    let to = String::from_utf8_lossy(m.to_field().value.of(r)).into_owned();
+    let to = match tag {
+        Some(t) if m.to_tag().is_none() => format!("{to};tag={t}"),
+        _ => to,
+    };
+    let (ct, body) = match sdp {
+        Some(b) => ("Content-Type: application/sdp\r\n", b),
+        None => ("", ""),
+    };
+    format!(
+        "SIP/2.0 {status}\r\nVia: {}\r\nFrom: {}\r\nTo: {to}\r\nCall-ID: {}\r\nCSeq: {} {}\r\n\
+Contact: <sip:x@127.0.0.1:{contact_port}>\r\n{ct}Content-Length: {}\r\n\r\n{body}",
+        String::from_utf8_lossy(m.top_via().span().of(r)),
+        String::from_utf8_lossy(m.from_field().value.of(r)),
+        String::from_utf8_lossy(m.call_id()),
+        m.cseq().seq,
+        String::from_utf8_lossy(m.method_bytes()),
+        body.len()
+    )
+}
+
+fn all(sent: &[(Option<std::net::SocketAddr>, Vec<u8>)], start: &str) -> Vec<Vec<u8>> {
+    sent.iter()
+        .map(|(_, m)| m)
+        .filter(|m| first_line(m).starts_with(start))
+        .cloned()
+        .collect()
+}
+
+fn frag(n: &[u8]) -> String {
+    String::from_utf8_lossy(scan(n).unwrap().body()).into_owned()
+}
+
+#[test]
+fn local_blind_transfer_calls_the_target_and_reinvites_the_transferee() {
+    let mut s = local_scene();
+    let sent = s.bob(
+        1000,
+        "REFER",
+        1,
+        "Refer-To: <sip:c@10.1.2.3>\r\nReferred-By: <sip:b@10.9.9.9:5071>\r\n",
+        None,
+    );
+    // Bob: 202 and NOTIFY 100 Trying, from the B2BUA itself.
+    assert!(find(&sent, "SIP/2.0 202").is_some());
+    let n = find(&sent, "NOTIFY ").expect("NOTIFY 100");
+    assert_eq!(frag(&n), "SIP/2.0 100 Trying\r\n");
+    assert_eq!(header(&n, HeaderName::Event), "refer;id=1");
+    assert!(header(&n, HeaderName::SubscriptionState).starts_with("active"));
+    s.feed(1010, &answer(&n, "200 OK"));
+    // Alice never sees a REFER.
+    assert!(find(&sent, "REFER ").is_none());
+    // Carol: an offerless INVITE from Alice, referred by Bob (the edge).
+    let inv = find(&sent, "INVITE ").expect("INVITE to Carol");
+    let im = scan(&inv).unwrap();
+    assert_eq!(im.request_uri().unwrap().port(), Some(5072));
+    assert!(im.body().is_empty(), "offerless");
+    assert!(header(&inv, HeaderName::From).starts_with("<sip:alice@127.0.0.1:5061>"));
+    assert_eq!(header(&inv, HeaderName::ReferredBy), "<sip:b@127.0.0.1:5060>");
+    // Carol answers with her offer: Alice is re-INVITEd with it.
+    s.feed(1100, &answer_with(&inv, "180 Ringing", Some("ct"), 5072, None));
+    let sent = s.feed(1200, &answer_with(&inv, "200 OK", Some("ct"), 5072, Some(SDP_C)));
+    assert!(find(&sent, "ACK ").is_none(), "Carol's ACK waits for Alice's answer");
+    let re = find(&sent, "INVITE ").expect("re-INVITE to Alice");
+    let rm = scan(&re).unwrap();
+    assert_eq!(rm.call_id(), b"a-call");
+    assert_eq!(rm.body(), SDP_C.as_bytes(), "Carol's offer");
+    // Alice answers: both 2xx are ACKed, Carol's with Alice's answer.
+    let sent = s.feed(1300, &answer_with(&re, "200 OK", None, 5061, Some(SDP_A2)));
+    let acks = all(&sent, "ACK ");
+    assert_eq!(acks.len(), 2, "{:?}", acks.iter().map(|a| first_line(a)).collect::<Vec<_>>());
+    let to_carol = acks
+        .iter()
+        .find(|a| scan(a).unwrap().call_id() == im.call_id())
+        .expect("ACK to Carol");
+    assert_eq!(scan(to_carol).unwrap().body(), SDP_A2.as_bytes());
+    // Bob: NOTIFY 200 (terminated), then BYE.
+    let n = find(&sent, "NOTIFY ").expect("final NOTIFY");
+    assert_eq!(frag(&n), "SIP/2.0 200 OK\r\n");
+    assert!(header(&n, HeaderName::SubscriptionState).starts_with("terminated"));
+    let bye = find(&sent, "BYE ").expect("BYE to Bob");
+    assert_eq!(scan(&bye).unwrap().call_id(), scan(&s.bob_leg).unwrap().call_id());
+    s.feed(1310, &answer(&n, "200 OK"));
+    s.feed(1320, &answer(&bye, "200 OK"));
+    // Bob's late BYE retransmission or request on the old leg: 481.
+    let sent = s.bob(1400, "INFO", 9, "", None);
+    assert!(first_line(&find(&sent, "SIP/2.0").unwrap()).starts_with("SIP/2.0 481"));
+    // Alice and Carol are talking: Alice's BYE reaches Carol.
+    let sent = s.alice(5000, "BYE", 3, "", None);
+    let bye = find(&sent, "BYE ").expect("BYE to Carol");
+    assert_eq!(scan(&bye).unwrap().call_id(), im.call_id());
+    let evs: Vec<_> = std::iter::from_fn(|| s.b.poll_transfer()).collect();
+    assert_eq!(
+        evs.iter().map(|e| (e.local, e.result)).collect::<Vec<_>>(),
+        [(true, TransferResult::Accepted), (true, TransferResult::Succeeded)]
+    );
+    assert_eq!(s.b.calls_active(), 0);
+}
+
+#[test]
+fn local_transfer_to_a_busy_target_keeps_the_call() {
+    let mut s = local_scene();
+    let sent = s.bob(1000, "REFER", 1, "Refer-To: <sip:c@127.0.0.1:5060>\r\n", None);
+    let inv = find(&sent, "INVITE ").unwrap();
+    let sent = s.feed(1100, &answer_with(&inv, "486 Busy Here", Some("ct"), 5072, None));
+    assert!(find(&sent, "ACK ").is_some(), "the 486 is ACKed");
+    let n = find(&sent, "NOTIFY ").expect("failure NOTIFY");
+    assert_eq!(frag(&n), "SIP/2.0 486 Busy Here\r\n");
+    assert!(header(&n, HeaderName::SubscriptionState).starts_with("terminated"));
+    assert!(find(&sent, "BYE ").is_none(), "nobody is hung up");
+    // Bob resumes the call: his re-INVITE reaches Alice.
+    let sent = s.bob(2000, "INVITE", 2, "", Some(("application/sdp", SDP_B)));
+    assert!(find(&sent, "INVITE ").is_some_and(|r| scan(&r).unwrap().call_id() == b"a-call"));
+    let evs: Vec<_> = std::iter::from_fn(|| s.b.poll_transfer()).collect();
+    assert_eq!(evs.last().unwrap().result, TransferResult::Failed);
+    // Another REFER may follow (the first one is over).
+    let sent = s.bob(3000, "REFER", 3, "Refer-To: <sip:nobody@127.0.0.1:5060>\r\n", None);
+    assert!(find(&sent, "SIP/2.0 202").is_some());
+    let n = find(&sent, "NOTIFY ").unwrap();
+    assert_eq!(frag(&n), "SIP/2.0 404 Not Found\r\n", "no route for the target");
+}
+
+#[test]
+fn local_transfer_target_not_answering_is_cancelled_at_the_ring_timeout() {
+    let mut s = local_scene();
+    let sent = s.bob(1000, "REFER", 1, "Refer-To: <sip:c@127.0.0.1:5060>\r\n", None);
+    let inv = find(&sent, "INVITE ").unwrap();
+    s.feed(1100, &answer_with(&inv, "180 Ringing", Some("ct"), 5072, None));
+    s.b.handle_timeout(at(61_000));
+    let sent = out(&mut s.b);
+    let cancel = find(&sent, "CANCEL ").expect("CANCEL to Carol");
+    s.feed(61_010, &answer_with(&cancel, "200 OK", Some("ct"), 5072, None));
+    let sent = s.feed(61_020, &answer_with(&inv, "487 Request Terminated", Some("ct"), 5072, None));
+    let n = find(&sent, "NOTIFY ").expect("failure NOTIFY");
+    assert_eq!(frag(&n), "SIP/2.0 408 Request Timeout\r\n");
+    assert_eq!(s.b.calls_active(), 1);
+}
+
+#[test]
+fn local_transfer_refused_by_the_transferee_hangs_up_the_target() {
+    let mut s = local_scene();
+    let sent = s.bob(1000, "REFER", 1, "Refer-To: <sip:c@127.0.0.1:5060>\r\n", None);
+    let inv = find(&sent, "INVITE ").unwrap();
+    let sent = s.feed(1200, &answer_with(&inv, "200 OK", Some("ct"), 5072, Some(SDP_C)));
+    let re = find(&sent, "INVITE ").unwrap();
+    let sent = s.feed(1300, &answer_with(&re, "488 Not Acceptable Here", None, 5061, None));
+    let acks = all(&sent, "ACK ");
+    assert_eq!(acks.len(), 2, "Alice's 488 and Carol's 200 are ACKed");
+    let bye = find(&sent, "BYE ").expect("Carol is hung up");
+    assert_eq!(scan(&bye).unwrap().call_id(), scan(&inv).unwrap().call_id());
+    let n = find(&sent, "NOTIFY ").unwrap();
+    assert_eq!(frag(&n), "SIP/2.0 488 Not Acceptable Here\r\n");
+    // Alice and Bob are still connected.
+    let sent = s.alice(2000, "INFO", 2, "", None);
+    assert!(find(&sent, "INFO ").is_some_and(|r| scan(&r).unwrap().call_id() == scan(&s.bob_leg).unwrap().call_id()));
+}
+
+#[test]
+fn local_attended_transfer_bridges_the_transferee_with_the_target() {
+    let mut s = local_scene();
+    // Bob's second call, to Carol; Bob's route (the first call's) is local.
+    let (our_tag_to_bob, carol_leg) = call(&mut s.b, 500, "bob-2", "bob", 5071, "c", "ct", 5072);
+    let cl = scan(&carol_leg).unwrap();
+    let target = format!(
+        "<sip:c@127.0.0.1:5060?Replaces=bob-2%3Bto-tag%3D{our_tag_to_bob}%3Bfrom-tag%3Dbobt>"
+    );
+    let sent = s.bob(1000, "REFER", 1, &format!("Refer-To: {target}\r\n"), None);
+    assert!(find(&sent, "SIP/2.0 202").is_some());
+    // Carol: an offerless re-INVITE in the dialog she has (no new call).
+    let re_c = find(&sent, "INVITE ").expect("re-INVITE to Carol");
+    let rc = scan(&re_c).unwrap();
+    assert_eq!(rc.call_id(), cl.call_id());
+    assert!(rc.to_tag().is_some() && rc.body().is_empty());
+    let sent = s.feed(1100, &answer_with(&re_c, "200 OK", None, 5072, Some(SDP_C)));
+    let re_a = find(&sent, "INVITE ").expect("re-INVITE to Alice");
+    assert_eq!(scan(&re_a).unwrap().call_id(), b"a-call");
+    assert_eq!(scan(&re_a).unwrap().body(), SDP_C.as_bytes());
+    let sent = s.feed(1200, &answer_with(&re_a, "200 OK", None, 5061, Some(SDP_A2)));
+    let ack_c = all(&sent, "ACK ")
+        .into_iter()
+        .find(|a| scan(a).unwrap().call_id() == cl.call_id())
+        .expect("ACK to Carol");
+    assert_eq!(scan(&ack_c).unwrap().body(), SDP_A2.as_bytes());
+    // Bob is hung up on both of his calls, after NOTIFY 200.
+    let byes = all(&sent, "BYE ");
+    let ids: std::collections::HashSet<Vec<u8>> =
+        byes.iter().map(|b| scan(b).unwrap().call_id().to_vec()).collect();
+    assert_eq!(ids.len(), 2, "one BYE per call of Bob's");
+    assert!(ids.contains(b"bob-2".as_slice()));
+    assert!(ids.contains(scan(&s.bob_leg).unwrap().call_id()));
+    assert!(!ids.contains(cl.call_id()), "Carol stays");
+    assert!(find(&sent, "NOTIFY ").is_some_and(|n| frag(&n) == "SIP/2.0 200 OK\r\n"));
+    // Carol's BYE reaches Alice.
+    let bye = from_callee(&cl, "ct", 5072, "BYE", 1, "", None);
+    let sent = s.feed(5000, &bye);
+    let to_alice = find(&sent, "BYE ").expect("BYE to Alice");
+    assert_eq!(scan(&to_alice).unwrap().call_id(), b"a-call");
+    assert_eq!(s.b.calls_active(), 0);
 }

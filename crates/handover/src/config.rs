@@ -44,6 +44,8 @@ struct WorkerSection {
     max_call_age_s: Option<u64>,
     /// Seconds a callee may ring before it counts as not answering.
     ring_timeout_s: Option<Spanned<u64>>,
+    /// Transfer mode of routes that do not set one.
+    transfer_mode: Option<Spanned<String>>,
     /// SIP timer T1, milliseconds.
     t1_ms: Option<Spanned<u64>>,
     /// Where calls go, tried in order.
@@ -60,6 +62,8 @@ struct RouteSection {
     prefix: Option<String>,
     domain: Option<String>,
     targets: Spanned<Vec<String>>,
+    /// `passthrough` or `local` (default: `[worker] transfer_mode`).
+    transfer: Option<Spanned<String>>,
 }
 
 /// `[edge]`: the stateless front door (`handover edge`).
@@ -133,6 +137,16 @@ pub(crate) struct Config {
     pub(crate) worker: WorkerConfig,
 }
 
+fn mode_name<S: serde::Serializer>(
+    m: &handover_call::TransferMode,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    s.serialize_str(match m {
+        handover_call::TransferMode::Passthrough => "passthrough",
+        handover_call::TransferMode::Local => "local",
+    })
+}
+
 /// Effective `[worker]`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub(crate) struct WorkerConfig {
@@ -143,6 +157,8 @@ pub(crate) struct WorkerConfig {
     pub(crate) admin: String,
     pub(crate) max_call_age_s: u64,
     pub(crate) ring_timeout_s: u64,
+    #[serde(serialize_with = "mode_name")]
+    pub(crate) transfer_mode: handover_call::TransferMode,
     pub(crate) t1_ms: u64,
     /// Routes in the command-line form (`MATCH=TARGET[,TARGET…]`).
     pub(crate) routes: Vec<String>,
@@ -438,7 +454,13 @@ impl Config {
                     ));
                 }
             };
-            let spec = format!("{m}={}", r.targets.get_ref().join(","));
+            let mut spec = format!("{m}={}", r.targets.get_ref().join(","));
+            if let Some(t) = &r.transfer {
+                t.get_ref()
+                    .parse::<handover_call::TransferMode>()
+                    .map_err(|e| err(Some(t.span()), Some("worker.routes.transfer"), e))?;
+                spec += &format!(";transfer={}", t.get_ref());
+            }
             check.add(&spec).map_err(|e| {
                 err(
                     Some(r.targets.span()),
@@ -456,6 +478,13 @@ impl Config {
                 format!("{t1_ms} is out of range: 1..=4000 ms (T2 is 4 s)"),
             ));
         }
+        let transfer_mode = match &w.transfer_mode {
+            None => handover_call::TransferMode::default(),
+            Some(t) => t
+                .get_ref()
+                .parse()
+                .map_err(|e| err(Some(t.span()), Some("worker.transfer_mode"), e))?,
+        };
         let ring_timeout_s = w.ring_timeout_s.as_ref().map_or(120, |s| *s.get_ref());
         if !(1..=3600).contains(&ring_timeout_s) {
             return Err(err(
@@ -474,6 +503,7 @@ impl Config {
             admin: addr(&w.admin, "worker.admin", "127.0.0.1:9101")?,
             max_call_age_s: w.max_call_age_s.unwrap_or(14_400),
             ring_timeout_s,
+            transfer_mode,
             t1_ms,
             routes,
         };
@@ -619,6 +649,17 @@ mod tests {
         assert!(e.contains("unknown field `usr`"), "{e}");
         let e = parse("[worker]\nt1_ms = 0\n").unwrap_err();
         assert!(e.contains("key `worker.t1_ms`"), "{e}");
+        let e = parse("[worker]\ntransfer_mode = \"magic\"\n").unwrap_err();
+        assert!(
+            e.contains("key `worker.transfer_mode`: transfer mode `magic` is not one of: passthrough, local"),
+            "{e}"
+        );
+        let e = parse("[[worker.routes]]\ntargets = [\"127.0.0.1:1\"]\ntransfer = \"lokal\"\n")
+            .unwrap_err();
+        assert!(e.contains("key `worker.routes.transfer`"), "{e}");
+        let c = parse("[worker]\ntransfer_mode = \"local\"\n[[worker.routes]]\nuser = \"b\"\ntargets = [\"127.0.0.1:1\"]\ntransfer = \"passthrough\"\n").unwrap();
+        assert_eq!(c.worker.transfer_mode, handover_call::TransferMode::Local);
+        assert_eq!(c.worker.routes, ["b=127.0.0.1:1;transfer=passthrough"]);
         let e = parse("[worker]\nring_timeout_s = 0\n").unwrap_err();
         assert!(
             e.contains("t.toml:2:18: key `worker.ring_timeout_s`: 0 is out of range"),

@@ -13,7 +13,8 @@ pub(crate) struct UpArgs {
     /// Where phones and trunks send SIP (the edge).
     #[arg(long, default_value = "127.0.0.1:5060")]
     listen: SocketAddr,
-    /// Where calls for a user go: USER=IP:PORT, `*` for any user (repeat).
+    /// Where calls for a user go: USER=IP:PORT, `*` for any user (repeat);
+    /// `;transfer=local` makes the B2BUA carry out its calls' transfers.
     #[arg(long = "route", value_name = "USER=IP:PORT")]
     routes: Vec<String>,
     /// The worker's SIP address (between edge and worker).
@@ -31,6 +32,11 @@ pub(crate) struct UpArgs {
     /// Seconds a callee may ring unanswered (then the next target, or 408).
     #[arg(long, default_value_t = 120)]
     ring_timeout_s: u64,
+    /// Who carries out transfers on routes that do not say (a route says
+    /// with `;transfer=MODE`): `passthrough` (the phones) or `local` (the
+    /// B2BUA).
+    #[arg(long, default_value = "passthrough", value_parser = ["passthrough", "local"])]
+    transfer_mode: String,
 }
 
 struct Kids(Vec<Child>);
@@ -70,6 +76,7 @@ pub(crate) fn run(a: UpArgs) -> anyhow::Result<()> {
     }
     worker.args(["--max-call-age-s", &a.max_call_age_s.to_string()]);
     worker.args(["--ring-timeout-s", &a.ring_timeout_s.to_string()]);
+    worker.args(["--transfer-mode", &a.transfer_mode]);
     let mut edge = Command::new(&exe);
     edge.arg("edge").args([
         "--listen",

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Args;
-use handover_call::{B2bua, Config, Routes};
+use handover_call::{B2bua, Config, Routes, TransferMode};
 use handover_sip::ids::Hashing;
 use handover_txn::{Instant, TimerConfig};
 use tokio::net::UdpSocket;
@@ -59,6 +59,12 @@ pub(crate) struct WorkerArgs {
     /// [default: 120].
     #[arg(long)]
     ring_timeout_s: Option<u64>,
+    /// Who carries out transfers (REFER) on routes that do not say:
+    /// `passthrough` (the phones; REFER and NOTIFY relayed) or `local` (the
+    /// B2BUA calls the target and re-INVITEs the transferee)
+    /// [default: passthrough].
+    #[arg(long)]
+    transfer_mode: Option<TransferMode>,
     /// SIP timer T1 in milliseconds (RFC 3261: 500; lower only on a network
     /// known to be faster) [default: 500].
     #[arg(long)]
@@ -74,6 +80,7 @@ struct Settings {
     routes: Vec<String>,
     max_call_age_s: u64,
     ring_timeout_s: u64,
+    transfer_mode: TransferMode,
     t1_ms: u64,
 }
 
@@ -96,6 +103,7 @@ fn settings(a: WorkerArgs) -> anyhow::Result<Settings> {
         },
         max_call_age_s: a.max_call_age_s.unwrap_or(w.max_call_age_s),
         ring_timeout_s: a.ring_timeout_s.unwrap_or(w.ring_timeout_s),
+        transfer_mode: a.transfer_mode.unwrap_or(w.transfer_mode),
         t1_ms: a.t1_ms.unwrap_or(w.t1_ms),
     })
 }
@@ -148,6 +156,7 @@ pub(crate) fn run(args: WorkerArgs) -> anyhow::Result<()> {
             routes,
             max_call_age: Duration::from_secs(args.max_call_age_s),
             ring_timeout: Duration::from_secs(args.ring_timeout_s),
+            transfer_mode: args.transfer_mode,
         };
         let mut b2b = B2bua::new(cfg, rand_core::UnwrapErr(rand_core::OsRng));
         let start = tokio::time::Instant::now();
@@ -208,9 +217,10 @@ pub(crate) fn run(args: WorkerArgs) -> anyhow::Result<()> {
                     R::Failed => "failed",
                 };
                 // Once per transfer, not per datagram: a name lookup is fine.
-                metrics::counter!(TRANSFERS, "kind" => kind, "mode" => "passthrough", "result" => result).increment(1);
+                let mode = if t.local { "local" } else { "passthrough" };
+                metrics::counter!(TRANSFERS, "kind" => kind, "mode" => mode, "result" => result).increment(1);
                 if matches!(t.result, R::Succeeded | R::Failed) {
-                    metrics::histogram!(TRANSFER_TIME, "kind" => kind).record(t.elapsed.as_secs_f64());
+                    metrics::histogram!(TRANSFER_TIME, "kind" => kind, "mode" => mode).record(t.elapsed.as_secs_f64());
                 }
             }
             while let Some((kind, d)) = b2b.poll_latency() {

@@ -48,6 +48,7 @@ pub(crate) fn b2bua_routed(specs: &[&str], seed: u64) -> B2bua<Seq> {
             routes,
             max_call_age: Duration::from_secs(3600),
             ring_timeout: Duration::from_secs(60),
+            transfer_mode: Default::default(),
         },
         Seq(seed),
     )

@@ -1,0 +1,676 @@
+//! Transfer in local mode: the B2BUA carries out the REFER itself, so the
+//! transferee never sees a REFER (phones and trunks without REFER work).
+//!
+//! 1. The REFER is answered 202 and the transferor gets NOTIFY
+//!    `SIP/2.0 100 Trying` (`Subscription-State: active`).
+//! 2. Blind: an offerless INVITE to the Refer-To target, routed like a new
+//!    call (ring timeout included). Attended (a `Replaces` naming one of
+//!    our dialogs): an offerless re-INVITE to the party on the other side
+//!    of that call, in the dialog it already has.
+//! 3. The target's 2xx carries an offer; the transferee is re-INVITEd with
+//!    it; the transferee's answer goes to the target in our ACK (RFC 3725
+//!    flow I: the target's offer, the transferee's answer).
+//! 4. The transferor gets NOTIFY `SIP/2.0 200 OK` with the subscription
+//!    terminated, then BYE; the target takes the transferor's place in the
+//!    call. Attended: the replaced call's other leg (the transferor again)
+//!    gets BYE too.
+//!
+//! Failure (target busy, no answer within the ring timeout, unreachable,
+//! or the transferee refusing the new media): the transferor gets NOTIFY
+//! with that status and the subscription terminated; the call stays as it
+//! was, and can be resumed with a re-INVITE. While a transfer runs, the
+//! target's requests other than BYE get 491.
+
+use super::*;
+
+/// Where a local transfer is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Stage {
+    /// Waiting for the target's 2xx (its offer).
+    Target,
+    /// Waiting for the transferee's 2xx to our re-INVITE (its answer).
+    Transferee,
+    /// Succeeded or failed; transactions may still absorb retransmissions.
+    Done,
+}
+
+/// A transfer the B2BUA carries out itself.
+#[derive(Debug)]
+pub(super) struct Local {
+    pub(super) at: Instant,
+    pub(super) attended: bool,
+    /// The transferor is the party in slot A.
+    pub(super) transferor_a: bool,
+    /// The REFER's CSeq as the transferor sent it (`Event: refer;id=`).
+    pub(super) refer_seq: u32,
+    pub(super) stage: Stage,
+    /// Our INVITE (or re-INVITE) to the target, its key and transaction.
+    pub(super) t_out: Vec<u8>,
+    pub(super) t_key: Key,
+    pub(super) t_cli: ClientInvite,
+    pub(super) t_call_id: Vec<u8>,
+    /// The target's dialog: from its 2xx (blind), or the replaced call's.
+    pub(super) t_dialog: Option<Dialog>,
+    /// Our ACK to the target's 2xx, with the transferee's answer.
+    pub(super) t_ack: Option<Vec<u8>>,
+    pub(super) ring_deadline: Option<Instant>,
+    pub(super) no_answer: bool,
+    /// Our re-INVITE to the transferee: request, key, transaction.
+    pub(super) r: Option<(Vec<u8>, Key, ClientInvite)>,
+    pub(super) r_ack: Option<Vec<u8>>,
+    /// Attended: the call whose dialog with the target is taken over.
+    pub(super) replaced: Option<u64>,
+}
+
+impl Local {
+    pub(super) fn timeouts(&self) -> impl Iterator<Item = Instant> + use<> {
+        let ring = self.ring_deadline.filter(|_| self.stage == Stage::Target);
+        [
+            self.t_cli.poll_timeout(),
+            self.r.as_ref().and_then(|r| r.2.poll_timeout()),
+            ring,
+        ]
+        .into_iter()
+        .flatten()
+    }
+
+    pub(super) fn pending(&self) -> bool {
+        self.stage != Stage::Done
+    }
+}
+
+/// A status line for a sipfrag body.
+fn sipfrag(status: u16) -> Vec<u8> {
+    let reason = match status {
+        100 => "Trying",
+        200 => "OK",
+        404 => "Not Found",
+        408 => "Request Timeout",
+        480 => "Temporarily Unavailable",
+        481 => "Call/Transaction Does Not Exist",
+        486 => "Busy Here",
+        487 => "Request Terminated",
+        488 => "Not Acceptable Here",
+        500 => "Server Internal Error",
+        503 => "Service Unavailable",
+        600 => "Busy Everywhere",
+        603 => "Decline",
+        _ => "Failed",
+    };
+    format!("SIP/2.0 {status} {reason}\r\n").into_bytes()
+}
+
+impl<R: RngCore> B2bua<R> {
+    /// A REFER on a call of a local-mode route (already checked: Refer-To
+    /// usable, no transfer running, CSeq in order).
+    pub(super) fn local_refer(&mut self, now: Instant, cref: u64, m: &Message<'_>, from_a: bool) {
+        let Some(call) = self.calls.get_mut(&cref) else {
+            return;
+        };
+        let key = Key::server(m);
+        let mut ok = Vec::new();
+        response(&m.reply_parts(), 202, None, None, &[], &mut ok);
+        let mut t = ServerNonInvite::new(now, self.cfg.timers);
+        t.send_response(now, 202, ok);
+        call.nits.push(Nit::Server(key, t, via_target(m)));
+        let Ok(rt) = transfer::refer_to(m) else {
+            return;
+        };
+        let attended = rt.attended();
+        self.transfers.push_back(TransferEvent {
+            attended,
+            local: true,
+            result: TransferResult::Accepted,
+            elapsed: Duration::ZERO,
+        });
+        let referred_by = m
+            .header(HeaderName::ReferredBy)
+            .and_then(|h| NameAddr::parse(m.buf(), h.value).ok())
+            .map(|na| transfer::rewrite_name_addr(m.buf(), &na, &self.cfg.advertised, None));
+        let khex = call.khex;
+        let (via, contact) = (self.via(&khex), self.contact(&khex));
+        let timers = self.cfg.timers;
+        // The target: the replaced call's other party, or a routed new leg.
+        let (out, t_call_id, t_dialog, replaced, ring_deadline) = if let Some(r) = &rt.replaces {
+            let Some((cref2, mut d)) = self.replaced_dialog(cref, r) else {
+                self.local_start_failed(now, cref, from_a, m.cseq().seq, attended, 481);
+                return;
+            };
+            let out = d.request("INVITE", None, &via, Some(&contact), &[], None);
+            (out, d.id.call_id.clone(), Some(d), Some(cref2), None)
+        } else {
+            let u = rt.uri();
+            let user = u.user().unwrap_or_default().to_vec();
+            let key = self.cfg.hashing.affinity_key(m.call_id());
+            let targets = self.cfg.routes.targets(&user, u.host(), key);
+            let Some(&target) = targets.first() else {
+                self.local_start_failed(now, cref, from_a, m.cseq().seq, attended, 404);
+                return;
+            };
+            let Some(call) = self.calls.get(&cref) else {
+                return;
+            };
+            // The new leg is the transferee calling the target.
+            let transferee = if from_a { &call.b_dialog } else { &call.a_dialog };
+            let from = transferee
+                .as_ref()
+                .map(|d| d.remote_uri.clone())
+                .unwrap_or_else(|| b"<sip:anonymous@anonymous.invalid>".to_vec());
+            let t_call_id = self.ids.call_id().as_bytes().to_vec();
+            let tag = self.ids.tag();
+            let uri = format!("sip:{}@{target}", String::from_utf8_lossy(&user));
+            let to = format!("<{uri}>");
+            let headers: Vec<(&str, &[u8])> = referred_by
+                .as_deref()
+                .map(|v| ("Referred-By", v))
+                .into_iter()
+                .collect();
+            let out = handover_sip::build::Request {
+                method: "INVITE",
+                uri: uri.as_bytes(),
+                via: &[&via],
+                from: &from,
+                from_tag: tag.as_bytes(),
+                to: to.as_bytes(),
+                call_id: &t_call_id,
+                cseq: 1,
+                max_forwards: 70,
+                contact: Some(&contact),
+                headers: &headers,
+                ..Default::default()
+            }
+            .to_vec();
+            (out, t_call_id, None, None, Some(now + self.cfg.ring_timeout))
+        };
+        let Ok(t_key) = scan(&out).map(|o| Key::server(&o)) else {
+            return;
+        };
+        self.by_call_id.insert(t_call_id.clone(), cref);
+        let Some(call) = self.calls.get_mut(&cref) else {
+            return;
+        };
+        call.local = Some(Local {
+            at: now,
+            attended,
+            transferor_a: from_a,
+            refer_seq: m.cseq().seq,
+            stage: Stage::Target,
+            t_cli: ClientInvite::new(now, timers, out.clone()),
+            t_out: out,
+            t_key,
+            t_call_id,
+            t_dialog,
+            t_ack: None,
+            ring_deadline,
+            no_answer: false,
+            r: None,
+            r_ack: None,
+            replaced,
+        });
+        self.local_notify(now, cref, 100, false);
+    }
+
+    /// The dialog with the party on the other side of the call that a
+    /// transferor's `Replaces` names (its call, and a copy of the dialog).
+    fn replaced_dialog(&self, cref: u64, r: &Replaces) -> Option<(u64, Dialog)> {
+        let cref2 = *self.by_call_id.get(&r.call_id)?;
+        let t = self.translate_replaces(r)?;
+        if cref2 == cref {
+            return None; // a call cannot replace itself
+        }
+        let call = self.calls.get(&cref2)?;
+        [call.a_dialog.as_ref(), call.b_dialog.as_ref()]
+            .into_iter()
+            .flatten()
+            .find(|d| d.id.call_id == t.call_id)
+            .map(|d| (cref2, d.clone()))
+    }
+
+    /// A local transfer that could not even start: NOTIFY the failure.
+    fn local_start_failed(
+        &mut self,
+        now: Instant,
+        cref: u64,
+        from_a: bool,
+        refer_seq: u32,
+        attended: bool,
+        status: u16,
+    ) {
+        self.local_notify_raw(now, cref, from_a, refer_seq, status, true);
+        self.transfers.push_back(TransferEvent {
+            attended,
+            local: true,
+            result: TransferResult::Failed,
+            elapsed: Duration::ZERO,
+        });
+    }
+
+    /// NOTIFY to the transferor of call `cref`'s transfer: `status` as a
+    /// sipfrag, the subscription `terminated` or active.
+    fn local_notify(&mut self, now: Instant, cref: u64, status: u16, terminated: bool) {
+        let Some(l) = self.calls.get(&cref).and_then(|c| c.local.as_ref()) else {
+            return;
+        };
+        let (from_a, seq) = (l.transferor_a, l.refer_seq);
+        self.local_notify_raw(now, cref, from_a, seq, status, terminated);
+    }
+
+    fn local_notify_raw(
+        &mut self,
+        now: Instant,
+        cref: u64,
+        transferor_a: bool,
+        refer_seq: u32,
+        status: u16,
+        terminated: bool,
+    ) {
+        let Some(call) = self.calls.get(&cref) else {
+            return;
+        };
+        let khex = call.khex;
+        let (via, contact) = (self.via(&khex), self.contact(&khex));
+        let timers = self.cfg.timers;
+        let Some(call) = self.calls.get_mut(&cref) else {
+            return;
+        };
+        let d = if transferor_a {
+            call.a_dialog.as_mut()
+        } else {
+            call.b_dialog.as_mut()
+        };
+        let Some(d) = d else { return };
+        let event = format!("refer;id={refer_seq}");
+        let state: &[u8] = if terminated {
+            b"terminated;reason=noresource"
+        } else {
+            b"active;expires=60"
+        };
+        let body = sipfrag(status);
+        let n = d.request(
+            "NOTIFY",
+            None,
+            &via,
+            Some(&contact),
+            &[("Event", event.as_bytes()), ("Subscription-State", state)],
+            Some((b"message/sipfrag;version=2.0", &body)),
+        );
+        if let Ok(k) = scan(&n).map(|x| Key::server(&x)) {
+            call.nits
+                .push(Nit::Client(k, ClientNonInvite::new(now, timers, n)));
+        }
+    }
+
+    /// A response on call `cref` to one of the local transfer's INVITEs;
+    /// false when it is not theirs.
+    pub(super) fn local_response(&mut self, now: Instant, cref: u64, m: &Message<'_>) -> bool {
+        let Some(l) = self.calls.get_mut(&cref).and_then(|c| c.local.as_mut()) else {
+            return false;
+        };
+        let key = Key::client(m);
+        if key == l.t_key {
+            l.t_cli.handle_response(now, m);
+        } else if let Some(r) = l.r.as_mut().filter(|r| r.1 == key) {
+            r.2.handle_response(now, m);
+        } else {
+            return false;
+        }
+        true
+    }
+
+    /// A request on call `cref` from a leg the local transfer has to do
+    /// with: the target's during the transfer, the replaced transferor's
+    /// after it. True when handled here.
+    pub(super) fn local_request(&mut self, now: Instant, cref: u64, m: &Message<'_>) -> bool {
+        let Some(call) = self.calls.get(&cref) else {
+            return false;
+        };
+        let from_target = call
+            .local
+            .as_ref()
+            .is_some_and(|l| l.pending() && m.call_id() == l.t_call_id.as_slice());
+        let from_old = call.old_ids.iter().any(|c| c.as_slice() == m.call_id());
+        if !from_target && !from_old {
+            return false;
+        }
+        match m.method() {
+            Some(Method::Ack) => {}
+            Some(Method::Bye) => {
+                self.answer_nit(now, cref, m, 200);
+                if from_target {
+                    // The target hung up before the transfer completed.
+                    self.local_fail(now, cref, 487);
+                }
+            }
+            _ if from_target => self.answer_nit(now, cref, m, 491),
+            _ => self.answer_nit(now, cref, m, 481),
+        }
+        true
+    }
+
+    /// Answers a non-INVITE request through a server transaction of call
+    /// `cref` (so retransmissions get the same answer).
+    fn answer_nit(&mut self, now: Instant, cref: u64, m: &Message<'_>, status: u16) {
+        let Some(call) = self.calls.get_mut(&cref) else {
+            return;
+        };
+        let mut r = Vec::new();
+        response(&m.reply_parts(), status, None, None, &[], &mut r);
+        let mut t = ServerNonInvite::new(now, self.cfg.timers);
+        t.send_response(now, status, r);
+        call.nits
+            .push(Nit::Server(Key::server(m), t, via_target(m)));
+    }
+
+    /// The transfer failed with `status`: the target's leg is let go, the
+    /// transferor hears it, the call stays as it was.
+    fn local_fail(&mut self, now: Instant, cref: u64, status: u16) {
+        let Some(call) = self.calls.get_mut(&cref) else {
+            return;
+        };
+        let Some(l) = call.local.as_mut().filter(|l| l.pending()) else {
+            return;
+        };
+        l.stage = Stage::Done;
+        let (attended, at) = (l.attended, l.at);
+        let (t_call_id, replaced) = (l.t_call_id.clone(), l.replaced);
+        // Requests of the target's leg go back to the call they belong to.
+        match replaced {
+            Some(cref2) => {
+                self.by_call_id.insert(t_call_id, cref2);
+            }
+            None => call.old_ids.push(t_call_id),
+        }
+        self.local_notify(now, cref, status, true);
+        self.transfers.push_back(TransferEvent {
+            attended,
+            local: true,
+            result: TransferResult::Failed,
+            elapsed: now - at,
+        });
+    }
+
+    /// Sends a BYE in dialog `d` through a client transaction of `cref`.
+    fn bye_in(&mut self, now: Instant, cref: u64, d: &mut Dialog) {
+        let Some(call) = self.calls.get(&cref) else {
+            return;
+        };
+        let khex = call.khex;
+        let via = self.via(&khex);
+        let bye = d.request("BYE", None, &via, None, &[], None);
+        if let (Ok(k), Some(call)) = (scan(&bye).map(|b| Key::server(&b)), self.calls.get_mut(&cref)) {
+            call.nits
+                .push(Nit::Client(k, ClientNonInvite::new(now, self.cfg.timers, bye)));
+        }
+    }
+
+    /// Moves the local transfer's output out and acts on its events.
+    pub(super) fn drain_local(&mut self, now: Instant, cref: u64) {
+        let Some(l) = self.calls.get_mut(&cref).and_then(|c| c.local.as_mut()) else {
+            return;
+        };
+        let mut t_events = Vec::new();
+        while let Some(b) = l.t_cli.poll_transmit() {
+            self.out.push_back((None, b));
+        }
+        while let Some(e) = l.t_cli.poll_event() {
+            t_events.push(e);
+        }
+        let mut r_events = Vec::new();
+        if let Some(r) = l.r.as_mut() {
+            while let Some(b) = r.2.poll_transmit() {
+                self.out.push_back((None, b));
+            }
+            while let Some(e) = r.2.poll_event() {
+                r_events.push(e);
+            }
+        }
+        for e in t_events {
+            self.on_target_event(now, cref, e);
+        }
+        for e in r_events {
+            self.on_transferee_event(now, cref, e);
+        }
+    }
+
+    fn on_target_event(&mut self, now: Instant, cref: u64, e: Event) {
+        let (status, msg) = match e {
+            Event::Response { status, message } => (status, message),
+            Event::Timeout => (408, Vec::new()),
+            Event::TransportError => (503, Vec::new()),
+            _ => return,
+        };
+        let Some(call) = self.calls.get(&cref) else {
+            return;
+        };
+        let khex = call.khex;
+        let (via, contact) = (self.via(&khex), self.contact(&khex));
+        let timers = self.cfg.timers;
+        let Some(call) = self.calls.get_mut(&cref) else {
+            return;
+        };
+        let Some(l) = call.local.as_mut() else { return };
+        match status {
+            100..=199 => {}
+            200..=299 => {
+                if let Some(a) = &l.t_ack {
+                    // A retransmitted 2xx: our ACK again.
+                    self.out.push_back((None, a.clone()));
+                    return;
+                }
+                if l.stage != Stage::Target {
+                    return;
+                }
+                let Ok(resp) = scan(&msg) else { return };
+                match l.t_dialog.as_mut() {
+                    Some(d) => d.handle_response(&resp),
+                    None => {
+                        l.t_dialog = scan(&l.t_out).ok().and_then(|o| Dialog::uac(&o, &resp).ok());
+                    }
+                }
+                let offer = resp
+                    .content_type()
+                    .filter(|_| !resp.body().is_empty())
+                    .map(|ct| (ct.to_vec(), resp.body().to_vec()));
+                let Some((ct, sdp)) = offer else {
+                    // An answer to an offerless INVITE must offer (RFC 3264
+                    // §5); without one there is nothing to give the
+                    // transferee: ACK, hang up, and report 488.
+                    let seq = scan(&l.t_out).map(|o| o.cseq().seq).unwrap_or(1);
+                    if let Some(d) = l.t_dialog.as_mut() {
+                        let ack = d.request("ACK", Some(seq), &via, None, &[], None);
+                        self.out.push_back((None, ack.clone()));
+                        l.t_ack = Some(ack);
+                        let mut d = d.clone();
+                        self.bye_in(now, cref, &mut d);
+                    }
+                    self.local_fail(now, cref, 488);
+                    return;
+                };
+                l.stage = Stage::Transferee;
+                let transferee = if l.transferor_a {
+                    call.b_dialog.as_mut()
+                } else {
+                    call.a_dialog.as_mut()
+                };
+                let Some(y) = transferee else { return };
+                let re = y.request("INVITE", None, &via, Some(&contact), &[], Some((&ct, &sdp)));
+                if let Ok(k) = scan(&re).map(|o| Key::server(&o)) {
+                    l.r = Some((re.clone(), k, ClientInvite::new(now, timers, re)));
+                }
+                self.drain_local(now, cref);
+            }
+            _ => {
+                if l.stage != Stage::Target {
+                    return;
+                }
+                let status = if l.no_answer && status == 487 { 408 } else { status };
+                self.local_fail(now, cref, status);
+            }
+        }
+    }
+
+    fn on_transferee_event(&mut self, now: Instant, cref: u64, e: Event) {
+        let (status, msg) = match e {
+            Event::Response { status, message } => (status, message),
+            Event::Timeout => (408, Vec::new()),
+            Event::TransportError => (503, Vec::new()),
+            _ => return,
+        };
+        let Some(call) = self.calls.get(&cref) else {
+            return;
+        };
+        let khex = call.khex;
+        let via = self.via(&khex);
+        let Some(call) = self.calls.get_mut(&cref) else {
+            return;
+        };
+        let Call {
+            local,
+            a_dialog,
+            b_dialog,
+            ..
+        } = call;
+        let Some(l) = local.as_mut() else { return };
+        let transferee = if l.transferor_a {
+            b_dialog.as_mut()
+        } else {
+            a_dialog.as_mut()
+        };
+        match status {
+            100..=199 => {}
+            200..=299 => {
+                let Ok(resp) = scan(&msg) else { return };
+                if let Some(y) = transferee {
+                    y.handle_response(&resp);
+                    if l.r_ack.is_none() {
+                        l.r_ack = l.r.as_ref().and_then(|r| Self::ack_of(y, &r.0));
+                    }
+                }
+                if let Some(a) = &l.r_ack {
+                    self.out.push_back((None, a.clone()));
+                }
+                if l.stage != Stage::Transferee {
+                    return;
+                }
+                // The transferee's answer goes to the target in our ACK.
+                let seq = scan(&l.t_out).map(|o| o.cseq().seq).unwrap_or(1);
+                let answer = resp
+                    .content_type()
+                    .map(|ct| (ct.to_vec(), resp.body().to_vec()));
+                if let Some(d) = l.t_dialog.as_mut() {
+                    let body = answer.as_ref().map(|(c, b)| (c.as_slice(), b.as_slice()));
+                    let ack = d.request("ACK", Some(seq), &via, None, &[], body);
+                    self.out.push_back((None, ack.clone()));
+                    l.t_ack = Some(ack);
+                }
+                self.local_complete(now, cref);
+            }
+            _ => {
+                if l.stage != Stage::Transferee {
+                    return;
+                }
+                // The transferee refused the target's media: the target
+                // has answered, so it is ACKed (without an answer) and
+                // hung up.
+                let seq = scan(&l.t_out).map(|o| o.cseq().seq).unwrap_or(1);
+                if let Some(d) = l.t_dialog.as_mut() {
+                    let ack = d.request("ACK", Some(seq), &via, None, &[], None);
+                    self.out.push_back((None, ack.clone()));
+                    l.t_ack = Some(ack);
+                    let mut d = d.clone();
+                    self.bye_in(now, cref, &mut d);
+                }
+                self.local_fail(now, cref, status);
+            }
+        }
+    }
+
+    /// The transfer succeeded: the transferor hears 200 and is hung up;
+    /// the target takes its place in the call.
+    fn local_complete(&mut self, now: Instant, cref: u64) {
+        self.local_notify(now, cref, 200, true);
+        let Some(call) = self.calls.get_mut(&cref) else {
+            return;
+        };
+        let Some(l) = call.local.as_mut() else { return };
+        l.stage = Stage::Done;
+        let (attended, at, transferor_a, replaced) = (l.attended, l.at, l.transferor_a, l.replaced);
+        let (t_dialog, t_call_id) = (l.t_dialog.take(), l.t_call_id.clone());
+        let (slot, id) = if transferor_a {
+            (&mut call.a_dialog, &mut call.a_call_id)
+        } else {
+            (&mut call.b_dialog, &mut call.b_call_id)
+        };
+        let old = core::mem::replace(slot, t_dialog);
+        let old_id = core::mem::replace(id, t_call_id);
+        call.old_ids.push(old_id);
+        if let Some(mut old) = old {
+            self.bye_in(now, cref, &mut old);
+        }
+        // Attended: the replaced call ends; its leg to the target now
+        // belongs to this call, so only the transferor's leg gets BYE.
+        if let Some(cref2) = replaced {
+            let target_cid = self
+                .calls
+                .get(&cref)
+                .and_then(|c| {
+                    if transferor_a {
+                        c.a_dialog.as_ref()
+                    } else {
+                        c.b_dialog.as_ref()
+                    }
+                })
+                .map(|d| d.id.call_id.clone())
+                .unwrap_or_default();
+            if let Some(c2) = self.calls.get_mut(&cref2) {
+                let other = if c2.a_call_id == target_cid {
+                    c2.a_dialog = None;
+                    c2.b_dialog.take()
+                } else {
+                    c2.b_dialog = None;
+                    c2.a_dialog.take()
+                };
+                if !c2.over {
+                    c2.over = true;
+                    c2.a_ok = None;
+                    self.stats.hung_up += 1;
+                }
+                if let Some(mut o) = other {
+                    self.bye_in(now, cref2, &mut o);
+                }
+                self.drain(now, cref2);
+                self.schedule(cref2);
+            }
+        }
+        self.transfers.push_back(TransferEvent {
+            attended,
+            local: true,
+            result: TransferResult::Succeeded,
+            elapsed: now - at,
+        });
+    }
+
+    /// Runs the local transfer's timers, the ring timeout included.
+    pub(super) fn local_timers(&mut self, now: Instant, cref: u64) {
+        let Some(call) = self.calls.get_mut(&cref) else {
+            return;
+        };
+        let Some(l) = call.local.as_mut() else { return };
+        l.t_cli.handle_timeout(now);
+        if let Some(r) = l.r.as_mut() {
+            r.2.handle_timeout(now);
+        }
+        if l.stage == Stage::Target && l.ring_deadline.is_some_and(|t| t <= now) {
+            l.ring_deadline = None;
+            l.no_answer = true;
+            self.stats.unanswered += 1;
+            if matches!(l.t_cli.state(), InviteState::Calling | InviteState::Proceeding) {
+                let cancel = scan(&l.t_out).map(|i| cancel_for(&i)).unwrap_or_default();
+                if let Ok(ck) = scan(&cancel).map(|c| Key::server(&c)) {
+                    call.nits
+                        .push(Nit::Client(ck, ClientNonInvite::new(now, self.cfg.timers, cancel)));
+                }
+            }
+        }
+    }
+}
