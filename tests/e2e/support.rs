@@ -296,6 +296,8 @@ pub(crate) fn error_lines(p: &Path) -> Vec<String> {
         "Unexpected",
         "timeout",
         "Timeout",
+        // A scenario's `check_it` that did not match.
+        "regexp",
     ]
     .iter()
     .filter(|w| text.contains(**w))

@@ -397,3 +397,84 @@ fn attended_transfer_through_up_reaches_the_replaced_dialog() {
         1.0
     );
 }
+
+#[test]
+fn local_mode_transfers_a_transferee_without_refer_support() {
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let (b_port, c_port) = (free_udp_port(), free_udp_port());
+    let _c = sipp_uas_with(dir.path(), "uas_target.xml", c_port);
+    let c = cluster(
+        &[
+            format!("b=127.0.0.1:{b_port};transfer=local"),
+            format!("c=127.0.0.1:{c_port}"),
+        ],
+        &[],
+    );
+    let edge = format!("127.0.0.1:{}", c.sip);
+    let sf = |f: &str| scenario(f).to_string_lossy().into_owned();
+    let target = format!("sip:c@127.0.0.1:{c_port}");
+    for (calls, rate) in [("1", "1"), ("50", "10")] {
+        let mut b = sipp(
+            dir.path(),
+            &[
+                "-sf",
+                &sf("transfer_b_local.xml"),
+                "-i",
+                "127.0.0.1",
+                "-p",
+                &b_port.to_string(),
+                "-m",
+                calls,
+                "-key",
+                "target",
+                &target,
+                &edge,
+            ],
+        );
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let mut a = sipp(
+            dir.path(),
+            &[
+                "-sf",
+                &sf("uac_transferee.xml"),
+                "-i",
+                "127.0.0.1",
+                "-p",
+                &free_udp_port().to_string(),
+                "-s",
+                "b",
+                "-m",
+                calls,
+                "-r",
+                rate,
+                &edge,
+            ],
+        );
+        // A checks it got a re-INVITE with C's offer (never a REFER) and its
+        // BYE is answered; B checks 202, NOTIFY 100, NOTIFY 200 terminated,
+        // then the B2BUA's BYE; C (below) that the INVITE had no offer and
+        // the ACK brought A's answer.
+        let (a_exit, b_exit) = (a.0.wait().unwrap().code(), b.0.wait().unwrap().code());
+        assert_eq!((a_exit, b_exit), (Some(0), Some(0)), "{calls} transfer(s)");
+    }
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let errs = error_lines(&dir.path().join(format!("uas-{c_port}.err")));
+    assert!(errs.is_empty(), "the target saw errors: {errs:?}");
+    let text = http_get(&format!("http://{}/metrics", c.worker_admin)).1;
+    let t = |result: &str| {
+        metric(
+            &text,
+            &format!(
+                "handover_transfers_total{{kind=\"blind\",mode=\"local\",result=\"{result}\"}}"
+            ),
+        )
+    };
+    assert_eq!(t("accepted"), 51.0);
+    assert_eq!(t("succeeded"), 51.0);
+    assert_eq!(metric(&text, "handover_calls_active"), 0.0);
+    assert_eq!(
+        metric(&text, "handover_transfer_seconds_count{kind=\"blind\",mode=\"local\"}"),
+        51.0
+    );
+}
