@@ -423,6 +423,11 @@ pub(crate) fn sipp_uas_traced(dir: &Path, port: u16) -> Proc {
     uas(dir, "uas.xml", port, true)
 }
 
+/// Starts a SIPp UAS running `scenario` that logs every message.
+pub(crate) fn sipp_uas_traced_with(dir: &Path, scenario_file: &str, port: u16) -> Proc {
+    uas(dir, scenario_file, port, true)
+}
+
 /// Every SIPp message log (`*_messages.log`) in `dir`, concatenated.
 pub(crate) fn sipp_message_logs(dir: &Path) -> String {
     let mut all = String::new();

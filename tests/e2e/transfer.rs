@@ -478,3 +478,101 @@ fn local_mode_transfers_a_transferee_without_refer_support() {
         51.0
     );
 }
+
+#[test]
+fn local_mode_attended_transfer_bridges_a_with_c_and_hangs_up_b_twice() {
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let (b_port, c_port) = (free_udp_port(), free_udp_port());
+    let _c = sipp_uas_traced_with(dir.path(), "uas_target_reinvite.xml", c_port);
+    let c = cluster(
+        &[
+            format!("b=127.0.0.1:{b_port};transfer=local"),
+            format!("c=127.0.0.1:{c_port}"),
+        ],
+        &[],
+    );
+    let edge_addr: std::net::SocketAddr = format!("127.0.0.1:{}", c.sip).parse().unwrap();
+    let edge = edge_addr.to_string();
+    // B's second call: B calls C and waits for the B2BUA to hang it up.
+    let (b2, b2_stat) = sipp_uac_with(dir.path(), "uac_wait_bye.xml", "c", edge_addr, 1, 1, 0);
+    assert!(
+        wait_for(std::time::Duration::from_secs(5), || {
+            logged_header(&log_of(dir.path(), "uac_"), "SIP/2.0 200", "To").is_some()
+        }),
+        "B's call to C was answered"
+    );
+    let b2_log = log_of(dir.path(), "uac_");
+    let cid = logged_header(&b2_log, "SIP/2.0 200", "Call-ID").unwrap();
+    let ours = tag_of(&logged_header(&b2_log, "SIP/2.0 200", "To").unwrap());
+    let bs = tag_of(&logged_header(&b2_log, "SIP/2.0 200", "From").unwrap());
+    let target = format!(
+        "sip:c@127.0.0.1:{c_port}?Replaces={}%3Bto-tag%3D{ours}%3Bfrom-tag%3D{bs}",
+        cid.replace('@', "%40")
+    );
+    let sf = |f: &str| scenario(f).to_string_lossy().into_owned();
+    let mut b = sipp(
+        dir.path(),
+        &[
+            "-sf",
+            &sf("transfer_b_local.xml"),
+            "-i",
+            "127.0.0.1",
+            "-p",
+            &b_port.to_string(),
+            "-m",
+            "1",
+            "-key",
+            "target",
+            &target,
+            &edge,
+        ],
+    );
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let mut a = sipp(
+        dir.path(),
+        &[
+            "-sf",
+            &sf("uac_transferee.xml"),
+            "-i",
+            "127.0.0.1",
+            "-p",
+            &free_udp_port().to_string(),
+            "-s",
+            "b",
+            "-m",
+            "1",
+            &edge,
+        ],
+    );
+    // A: a re-INVITE with C's offer, then its BYE answered. B: 202, NOTIFY
+    // 100 and 200, BYE on this call; B's other call: BYE too. C: an
+    // offerless re-INVITE in the dialog it had with B, A's answer in the
+    // ACK, then A's BYE.
+    let (a_exit, b_exit) = (a.0.wait().unwrap().code(), b.0.wait().unwrap().code());
+    let b2 = finish_uac(b2, &b2_stat);
+    assert_eq!(
+        (a_exit, b_exit, b2.exit),
+        (Some(0), Some(0), Some(0)),
+        "A, B, and B's call to C"
+    );
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let errs = error_lines(&dir.path().join(format!("uas-{c_port}.err")));
+    assert!(errs.is_empty(), "C saw errors: {errs:?}");
+    let c_log = log_of(dir.path(), "uas_");
+    assert_eq!(
+        c_log.matches("\nINVITE sip:").count(),
+        2,
+        "C got B's call and the B2BUA's re-INVITE, no new call"
+    );
+    assert!(c_log.contains("\nBYE sip:"), "A's BYE reached C");
+    let text = http_get(&format!("http://{}/metrics", c.worker_admin)).1;
+    assert_eq!(
+        metric(
+            &text,
+            "handover_transfers_total{kind=\"attended\",mode=\"local\",result=\"succeeded\"}"
+        ),
+        1.0
+    );
+    assert_eq!(metric(&text, "handover_calls_active"), 0.0);
+}
