@@ -474,7 +474,10 @@ fn local_mode_transfers_a_transferee_without_refer_support() {
     assert_eq!(t("succeeded"), 51.0);
     assert_eq!(metric(&text, "handover_calls_active"), 0.0);
     assert_eq!(
-        metric(&text, "handover_transfer_seconds_count{kind=\"blind\",mode=\"local\"}"),
+        metric(
+            &text,
+            "handover_transfer_seconds_count{kind=\"blind\",mode=\"local\"}"
+        ),
         51.0
     );
 }

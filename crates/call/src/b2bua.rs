@@ -38,8 +38,8 @@ use crate::dialog::{Dialog, DialogState};
 use crate::routing::{Routes, TransferMode};
 
 mod local;
-use local::Local;
 use crate::transfer::{self, Replaces};
+use local::Local;
 
 /// Settings of the B2BUA.
 #[derive(Debug, Clone)]

@@ -69,7 +69,10 @@ impl Routes {
                 let mode = opt.strip_prefix("transfer=").ok_or_else(|| {
                     format!("route `{spec}`: `;{opt}` is not `;transfer=passthrough|local`")
                 })?;
-                (main, Some(mode.parse().map_err(|e| format!("route `{spec}`: {e}"))?))
+                (
+                    main,
+                    Some(mode.parse().map_err(|e| format!("route `{spec}`: {e}"))?),
+                )
             }
             None => (spec, None),
         };

@@ -485,7 +485,13 @@ const SDP_A2: &str = "v=0\r\no=a 1 2 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0
 
 /// A 2xx (or other answer) to request `r` from its callee, with `tag` and
 /// optionally a body.
-fn answer_with(r: &[u8], status: &str, tag: Option<&str>, contact_port: u16, sdp: Option<&str>) -> String {
+fn answer_with(
+    r: &[u8],
+    status: &str,
+    tag: Option<&str>,
+    contact_port: u16,
+    sdp: Option<&str>,
+) -> String {
     let m = scan(r).unwrap();
     let to = String::from_utf8_lossy(m.to_field().value.of(r)).into_owned();
     let to = match tag {
@@ -545,11 +551,23 @@ fn local_blind_transfer_calls_the_target_and_reinvites_the_transferee() {
     assert_eq!(im.request_uri().unwrap().port(), Some(5072));
     assert!(im.body().is_empty(), "offerless");
     assert!(header(&inv, HeaderName::From).starts_with("<sip:alice@127.0.0.1:5061>"));
-    assert_eq!(header(&inv, HeaderName::ReferredBy), "<sip:b@127.0.0.1:5060>");
+    assert_eq!(
+        header(&inv, HeaderName::ReferredBy),
+        "<sip:b@127.0.0.1:5060>"
+    );
     // Carol answers with her offer: Alice is re-INVITEd with it.
-    s.feed(1100, &answer_with(&inv, "180 Ringing", Some("ct"), 5072, None));
-    let sent = s.feed(1200, &answer_with(&inv, "200 OK", Some("ct"), 5072, Some(SDP_C)));
-    assert!(find(&sent, "ACK ").is_none(), "Carol's ACK waits for Alice's answer");
+    s.feed(
+        1100,
+        &answer_with(&inv, "180 Ringing", Some("ct"), 5072, None),
+    );
+    let sent = s.feed(
+        1200,
+        &answer_with(&inv, "200 OK", Some("ct"), 5072, Some(SDP_C)),
+    );
+    assert!(
+        find(&sent, "ACK ").is_none(),
+        "Carol's ACK waits for Alice's answer"
+    );
     let re = find(&sent, "INVITE ").expect("re-INVITE to Alice");
     let rm = scan(&re).unwrap();
     assert_eq!(rm.call_id(), b"a-call");
@@ -557,7 +575,12 @@ fn local_blind_transfer_calls_the_target_and_reinvites_the_transferee() {
     // Alice answers: both 2xx are ACKed, Carol's with Alice's answer.
     let sent = s.feed(1300, &answer_with(&re, "200 OK", None, 5061, Some(SDP_A2)));
     let acks = all(&sent, "ACK ");
-    assert_eq!(acks.len(), 2, "{:?}", acks.iter().map(|a| first_line(a)).collect::<Vec<_>>());
+    assert_eq!(
+        acks.len(),
+        2,
+        "{:?}",
+        acks.iter().map(|a| first_line(a)).collect::<Vec<_>>()
+    );
     let to_carol = acks
         .iter()
         .find(|a| scan(a).unwrap().call_id() == im.call_id())
@@ -568,7 +591,10 @@ fn local_blind_transfer_calls_the_target_and_reinvites_the_transferee() {
     assert_eq!(frag(&n), "SIP/2.0 200 OK\r\n");
     assert!(header(&n, HeaderName::SubscriptionState).starts_with("terminated"));
     let bye = find(&sent, "BYE ").expect("BYE to Bob");
-    assert_eq!(scan(&bye).unwrap().call_id(), scan(&s.bob_leg).unwrap().call_id());
+    assert_eq!(
+        scan(&bye).unwrap().call_id(),
+        scan(&s.bob_leg).unwrap().call_id()
+    );
     s.feed(1310, &answer(&n, "200 OK"));
     s.feed(1320, &answer(&bye, "200 OK"));
     // Bob's late BYE retransmission or request on the old leg: 481.
@@ -581,7 +607,10 @@ fn local_blind_transfer_calls_the_target_and_reinvites_the_transferee() {
     let evs: Vec<_> = std::iter::from_fn(|| s.b.poll_transfer()).collect();
     assert_eq!(
         evs.iter().map(|e| (e.local, e.result)).collect::<Vec<_>>(),
-        [(true, TransferResult::Accepted), (true, TransferResult::Succeeded)]
+        [
+            (true, TransferResult::Accepted),
+            (true, TransferResult::Succeeded)
+        ]
     );
     assert_eq!(s.b.calls_active(), 0);
 }
@@ -589,9 +618,18 @@ fn local_blind_transfer_calls_the_target_and_reinvites_the_transferee() {
 #[test]
 fn local_transfer_to_a_busy_target_keeps_the_call() {
     let mut s = local_scene();
-    let sent = s.bob(1000, "REFER", 1, "Refer-To: <sip:c@127.0.0.1:5060>\r\n", None);
+    let sent = s.bob(
+        1000,
+        "REFER",
+        1,
+        "Refer-To: <sip:c@127.0.0.1:5060>\r\n",
+        None,
+    );
     let inv = find(&sent, "INVITE ").unwrap();
-    let sent = s.feed(1100, &answer_with(&inv, "486 Busy Here", Some("ct"), 5072, None));
+    let sent = s.feed(
+        1100,
+        &answer_with(&inv, "486 Busy Here", Some("ct"), 5072, None),
+    );
     assert!(find(&sent, "ACK ").is_some(), "the 486 is ACKed");
     let n = find(&sent, "NOTIFY ").expect("failure NOTIFY");
     assert_eq!(frag(&n), "SIP/2.0 486 Busy Here\r\n");
@@ -603,23 +641,48 @@ fn local_transfer_to_a_busy_target_keeps_the_call() {
     let evs: Vec<_> = std::iter::from_fn(|| s.b.poll_transfer()).collect();
     assert_eq!(evs.last().unwrap().result, TransferResult::Failed);
     // Another REFER may follow (the first one is over).
-    let sent = s.bob(3000, "REFER", 3, "Refer-To: <sip:nobody@127.0.0.1:5060>\r\n", None);
+    let sent = s.bob(
+        3000,
+        "REFER",
+        3,
+        "Refer-To: <sip:nobody@127.0.0.1:5060>\r\n",
+        None,
+    );
     assert!(find(&sent, "SIP/2.0 202").is_some());
     let n = find(&sent, "NOTIFY ").unwrap();
-    assert_eq!(frag(&n), "SIP/2.0 404 Not Found\r\n", "no route for the target");
+    assert_eq!(
+        frag(&n),
+        "SIP/2.0 404 Not Found\r\n",
+        "no route for the target"
+    );
 }
 
 #[test]
 fn local_transfer_target_not_answering_is_cancelled_at_the_ring_timeout() {
     let mut s = local_scene();
-    let sent = s.bob(1000, "REFER", 1, "Refer-To: <sip:c@127.0.0.1:5060>\r\n", None);
+    let sent = s.bob(
+        1000,
+        "REFER",
+        1,
+        "Refer-To: <sip:c@127.0.0.1:5060>\r\n",
+        None,
+    );
     let inv = find(&sent, "INVITE ").unwrap();
-    s.feed(1100, &answer_with(&inv, "180 Ringing", Some("ct"), 5072, None));
+    s.feed(
+        1100,
+        &answer_with(&inv, "180 Ringing", Some("ct"), 5072, None),
+    );
     s.b.handle_timeout(at(61_000));
     let sent = out(&mut s.b);
     let cancel = find(&sent, "CANCEL ").expect("CANCEL to Carol");
-    s.feed(61_010, &answer_with(&cancel, "200 OK", Some("ct"), 5072, None));
-    let sent = s.feed(61_020, &answer_with(&inv, "487 Request Terminated", Some("ct"), 5072, None));
+    s.feed(
+        61_010,
+        &answer_with(&cancel, "200 OK", Some("ct"), 5072, None),
+    );
+    let sent = s.feed(
+        61_020,
+        &answer_with(&inv, "487 Request Terminated", Some("ct"), 5072, None),
+    );
     let n = find(&sent, "NOTIFY ").expect("failure NOTIFY");
     assert_eq!(frag(&n), "SIP/2.0 408 Request Timeout\r\n");
     assert_eq!(s.b.calls_active(), 1);
@@ -628,11 +691,23 @@ fn local_transfer_target_not_answering_is_cancelled_at_the_ring_timeout() {
 #[test]
 fn local_transfer_refused_by_the_transferee_hangs_up_the_target() {
     let mut s = local_scene();
-    let sent = s.bob(1000, "REFER", 1, "Refer-To: <sip:c@127.0.0.1:5060>\r\n", None);
+    let sent = s.bob(
+        1000,
+        "REFER",
+        1,
+        "Refer-To: <sip:c@127.0.0.1:5060>\r\n",
+        None,
+    );
     let inv = find(&sent, "INVITE ").unwrap();
-    let sent = s.feed(1200, &answer_with(&inv, "200 OK", Some("ct"), 5072, Some(SDP_C)));
+    let sent = s.feed(
+        1200,
+        &answer_with(&inv, "200 OK", Some("ct"), 5072, Some(SDP_C)),
+    );
     let re = find(&sent, "INVITE ").unwrap();
-    let sent = s.feed(1300, &answer_with(&re, "488 Not Acceptable Here", None, 5061, None));
+    let sent = s.feed(
+        1300,
+        &answer_with(&re, "488 Not Acceptable Here", None, 5061, None),
+    );
     let acks = all(&sent, "ACK ");
     assert_eq!(acks.len(), 2, "Alice's 488 and Carol's 200 are ACKed");
     let bye = find(&sent, "BYE ").expect("Carol is hung up");
@@ -641,7 +716,10 @@ fn local_transfer_refused_by_the_transferee_hangs_up_the_target() {
     assert_eq!(frag(&n), "SIP/2.0 488 Not Acceptable Here\r\n");
     // Alice and Bob are still connected.
     let sent = s.alice(2000, "INFO", 2, "", None);
-    assert!(find(&sent, "INFO ").is_some_and(|r| scan(&r).unwrap().call_id() == scan(&s.bob_leg).unwrap().call_id()));
+    assert!(
+        find(&sent, "INFO ")
+            .is_some_and(|r| scan(&r).unwrap().call_id() == scan(&s.bob_leg).unwrap().call_id())
+    );
 }
 
 #[test]
@@ -664,7 +742,10 @@ fn local_attended_transfer_bridges_the_transferee_with_the_target() {
     let re_a = find(&sent, "INVITE ").expect("re-INVITE to Alice");
     assert_eq!(scan(&re_a).unwrap().call_id(), b"a-call");
     assert_eq!(scan(&re_a).unwrap().body(), SDP_C.as_bytes());
-    let sent = s.feed(1200, &answer_with(&re_a, "200 OK", None, 5061, Some(SDP_A2)));
+    let sent = s.feed(
+        1200,
+        &answer_with(&re_a, "200 OK", None, 5061, Some(SDP_A2)),
+    );
     let ack_c = all(&sent, "ACK ")
         .into_iter()
         .find(|a| scan(a).unwrap().call_id() == cl.call_id())
@@ -672,8 +753,10 @@ fn local_attended_transfer_bridges_the_transferee_with_the_target() {
     assert_eq!(scan(&ack_c).unwrap().body(), SDP_A2.as_bytes());
     // Bob is hung up on both of his calls, after NOTIFY 200.
     let byes = all(&sent, "BYE ");
-    let ids: std::collections::HashSet<Vec<u8>> =
-        byes.iter().map(|b| scan(b).unwrap().call_id().to_vec()).collect();
+    let ids: std::collections::HashSet<Vec<u8>> = byes
+        .iter()
+        .map(|b| scan(b).unwrap().call_id().to_vec())
+        .collect();
     assert_eq!(ids.len(), 2, "one BYE per call of Bob's");
     assert!(ids.contains(b"bob-2".as_slice()));
     assert!(ids.contains(scan(&s.bob_leg).unwrap().call_id()));

@@ -218,9 +218,11 @@ pub(crate) fn run(args: WorkerArgs) -> anyhow::Result<()> {
                 };
                 // Once per transfer, not per datagram: a name lookup is fine.
                 let mode = if t.local { "local" } else { "passthrough" };
-                metrics::counter!(TRANSFERS, "kind" => kind, "mode" => mode, "result" => result).increment(1);
+                metrics::counter!(TRANSFERS, "kind" => kind, "mode" => mode, "result" => result)
+                    .increment(1);
                 if matches!(t.result, R::Succeeded | R::Failed) {
-                    metrics::histogram!(TRANSFER_TIME, "kind" => kind, "mode" => mode).record(t.elapsed.as_secs_f64());
+                    metrics::histogram!(TRANSFER_TIME, "kind" => kind, "mode" => mode)
+                        .record(t.elapsed.as_secs_f64());
                 }
             }
             while let Some((kind, d)) = b2b.poll_latency() {

@@ -151,7 +151,11 @@ impl<R: RngCore> B2bua<R> {
                 return;
             };
             // The new leg is the transferee calling the target.
-            let transferee = if from_a { &call.b_dialog } else { &call.a_dialog };
+            let transferee = if from_a {
+                &call.b_dialog
+            } else {
+                &call.a_dialog
+            };
             let from = transferee
                 .as_ref()
                 .map(|d| d.remote_uri.clone())
@@ -180,7 +184,13 @@ impl<R: RngCore> B2bua<R> {
                 ..Default::default()
             }
             .to_vec();
-            (out, t_call_id, None, None, Some(now + self.cfg.ring_timeout))
+            (
+                out,
+                t_call_id,
+                None,
+                None,
+                Some(now + self.cfg.ring_timeout),
+            )
         };
         let Ok(t_key) = scan(&out).map(|o| Key::server(&o)) else {
             return;
@@ -397,9 +407,14 @@ impl<R: RngCore> B2bua<R> {
         let khex = call.khex;
         let via = self.via(&khex);
         let bye = d.request("BYE", None, &via, None, &[], None);
-        if let (Ok(k), Some(call)) = (scan(&bye).map(|b| Key::server(&b)), self.calls.get_mut(&cref)) {
-            call.nits
-                .push(Nit::Client(k, ClientNonInvite::new(now, self.cfg.timers, bye)));
+        if let (Ok(k), Some(call)) = (
+            scan(&bye).map(|b| Key::server(&b)),
+            self.calls.get_mut(&cref),
+        ) {
+            call.nits.push(Nit::Client(
+                k,
+                ClientNonInvite::new(now, self.cfg.timers, bye),
+            ));
         }
     }
 
@@ -464,7 +479,9 @@ impl<R: RngCore> B2bua<R> {
                 match l.t_dialog.as_mut() {
                     Some(d) => d.handle_response(&resp),
                     None => {
-                        l.t_dialog = scan(&l.t_out).ok().and_then(|o| Dialog::uac(&o, &resp).ok());
+                        l.t_dialog = scan(&l.t_out)
+                            .ok()
+                            .and_then(|o| Dialog::uac(&o, &resp).ok());
                     }
                 }
                 let offer = resp
@@ -503,7 +520,11 @@ impl<R: RngCore> B2bua<R> {
                 if l.stage != Stage::Target {
                     return;
                 }
-                let status = if l.no_answer && status == 487 { 408 } else { status };
+                let status = if l.no_answer && status == 487 {
+                    408
+                } else {
+                    status
+                };
                 self.local_fail(now, cref, status);
             }
         }
@@ -664,11 +685,16 @@ impl<R: RngCore> B2bua<R> {
             l.ring_deadline = None;
             l.no_answer = true;
             self.stats.unanswered += 1;
-            if matches!(l.t_cli.state(), InviteState::Calling | InviteState::Proceeding) {
+            if matches!(
+                l.t_cli.state(),
+                InviteState::Calling | InviteState::Proceeding
+            ) {
                 let cancel = scan(&l.t_out).map(|i| cancel_for(&i)).unwrap_or_default();
                 if let Ok(ck) = scan(&cancel).map(|c| Key::server(&c)) {
-                    call.nits
-                        .push(Nit::Client(ck, ClientNonInvite::new(now, self.cfg.timers, cancel)));
+                    call.nits.push(Nit::Client(
+                        ck,
+                        ClientNonInvite::new(now, self.cfg.timers, cancel),
+                    ));
                 }
             }
         }
