@@ -579,3 +579,87 @@ fn local_mode_attended_transfer_bridges_a_with_c_and_hangs_up_b_twice() {
     );
     assert_eq!(metric(&text, "handover_calls_active"), 0.0);
 }
+
+#[test]
+fn local_mode_failed_transfers_keep_the_call() {
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let (b_port, busy, ring) = (free_udp_port(), free_udp_port(), free_udp_port());
+    let _targets = [
+        sipp_uas_with(dir.path(), "uas_busy.xml", busy),
+        sipp_uas_with(dir.path(), "uas_ring.xml", ring),
+    ];
+    let c = cluster(
+        &[
+            format!("b=127.0.0.1:{b_port};transfer=local"),
+            format!("busy=127.0.0.1:{busy}"),
+            format!("ring=127.0.0.1:{ring}"),
+        ],
+        &["--ring-timeout-s", "1"],
+    );
+    let edge = format!("127.0.0.1:{}", c.sip);
+    let sf = |f: &str| scenario(f).to_string_lossy().into_owned();
+    // A busy target, then one that only rings (cancelled at the ring
+    // timeout): each time B hears NOTIFY 100 then the failure, resumes the
+    // call with a re-INVITE that reaches A, and hangs up.
+    for user in ["busy", "ring"] {
+        let target = format!("sip:{user}@127.0.0.1:5060");
+        let mut b = sipp(
+            dir.path(),
+            &[
+                "-sf",
+                &sf("transfer_b_local_fail.xml"),
+                "-i",
+                "127.0.0.1",
+                "-p",
+                &b_port.to_string(),
+                "-m",
+                "5",
+                "-key",
+                "target",
+                &target,
+                &edge,
+            ],
+        );
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let mut a = sipp(
+            dir.path(),
+            &[
+                "-sf",
+                &sf("uac_transferee_fail.xml"),
+                "-i",
+                "127.0.0.1",
+                "-p",
+                &free_udp_port().to_string(),
+                "-s",
+                "b",
+                "-m",
+                "5",
+                "-r",
+                "5",
+                &edge,
+            ],
+        );
+        let (a_exit, b_exit) = (a.0.wait().unwrap().code(), b.0.wait().unwrap().code());
+        assert_eq!((a_exit, b_exit), (Some(0), Some(0)), "target {user}");
+    }
+    for p in [busy, ring] {
+        let errs = error_lines(&dir.path().join(format!("uas-{p}.err")));
+        assert!(errs.is_empty(), "target on {p} saw errors: {errs:?}");
+    }
+    let text = http_get(&format!("http://{}/metrics", c.worker_admin)).1;
+    let t = |result: &str| {
+        metric(
+            &text,
+            &format!(
+                "handover_transfers_total{{kind=\"blind\",mode=\"local\",result=\"{result}\"}}"
+            ),
+        )
+    };
+    assert_eq!(
+        (t("accepted"), t("failed"), t("succeeded")),
+        (10.0, 10.0, 0.0)
+    );
+    assert_eq!(metric(&text, "handover_calls_unanswered_total"), 5.0);
+    assert_eq!(metric(&text, "handover_calls_active"), 0.0);
+}

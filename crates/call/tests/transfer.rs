@@ -769,3 +769,27 @@ fn local_attended_transfer_bridges_the_transferee_with_the_target() {
     assert_eq!(scan(&to_alice).unwrap().call_id(), b"a-call");
     assert_eq!(s.b.calls_active(), 0);
 }
+
+#[test]
+fn local_transfer_to_an_unreachable_target_reports_408_and_keeps_the_call() {
+    let mut s = local_scene();
+    let sent = s.bob(
+        1000,
+        "REFER",
+        1,
+        "Refer-To: <sip:c@127.0.0.1:5060>\r\n",
+        None,
+    );
+    assert!(find(&sent, "INVITE ").is_some());
+    let trying = find(&sent, "NOTIFY ").unwrap();
+    s.feed(1010, &answer(&trying, "200 OK"));
+    // Nothing ever answers: timer B (64*T1) ends the INVITE.
+    s.b.handle_timeout(at(1000 + 32_000));
+    let sent = out(&mut s.b);
+    let n = find(&sent, "NOTIFY ").expect("failure NOTIFY");
+    assert_eq!(frag(&n), "SIP/2.0 408 Request Timeout\r\n");
+    assert!(find(&sent, "BYE ").is_none());
+    assert_eq!(s.b.calls_active(), 1);
+    let evs: Vec<_> = std::iter::from_fn(|| s.b.poll_transfer()).collect();
+    assert_eq!(evs.last().unwrap().result, TransferResult::Failed);
+}
