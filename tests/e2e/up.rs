@@ -332,3 +332,37 @@ fn up_relays_callee_hold_callee_bye_glare_and_no_answer() {
     assert_eq!(metric(&text, "handover_calls_unanswered_total"), 10.0);
     assert_eq!(metric(&text, "handover_calls_active"), 0.0);
 }
+
+#[test]
+fn up_with_three_workers_spreads_calls_and_keeps_each_on_one_worker() {
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let b = free_udp_port();
+    let _uas = sipp_uas(dir.path(), b);
+    let c = cluster(&[format!("b=127.0.0.1:{b}")], &["--workers", "3"]);
+    let edge: std::net::SocketAddr = format!("127.0.0.1:{}", c.sip).parse().unwrap();
+    let (uac, stat) = sipp_uac(dir.path(), edge, 100, 300, 0);
+    let r = finish_uac(uac, &stat);
+    assert_eq!((r.exit, r.successful, r.failed), (Some(0), 300, 0), "{r:?}");
+    // Worker i's admin is on the first one's port + i.
+    let (host, port) = c.worker_admin.rsplit_once(':').unwrap();
+    let port: u16 = port.parse().unwrap();
+    let per: Vec<f64> = (0..3)
+        .map(|i| {
+            let text = http_get(&format!("http://{host}:{}/metrics", port + i)).1;
+            // Every call a worker started, it also ended: both legs of a
+            // call stayed on that worker.
+            assert_eq!(
+                metric(&text, "handover_calls_started_total"),
+                metric(&text, "handover_calls_ended_total{cause=\"hangup\"}"),
+                "worker {i}"
+            );
+            metric(&text, "handover_calls_started_total")
+        })
+        .collect();
+    assert_eq!(per.iter().sum::<f64>(), 300.0, "{per:?}");
+    assert!(
+        per.iter().all(|n| *n >= 50.0),
+        "each worker takes a share: {per:?}"
+    );
+}

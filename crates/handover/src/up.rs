@@ -1,6 +1,9 @@
 //! `handover up`: a whole local cluster in one command, in the foreground:
-//! an edge and a worker, each a child process running this binary, wired to
-//! each other. Ctrl-C (or SIGTERM) stops both.
+//! an edge and one or more workers (`--workers N`), each a child process
+//! running this binary, wired to each other. Ctrl-C (or SIGTERM) stops them
+//! all. A worker that dies is reported and the others carry on (the edge's
+//! probes take it out of rotation); its calls are lost until replication
+//! exists.
 
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
@@ -17,13 +20,17 @@ pub(crate) struct UpArgs {
     /// `;transfer=local` makes the B2BUA carry out its calls' transfers.
     #[arg(long = "route", value_name = "USER=IP:PORT")]
     routes: Vec<String>,
-    /// The worker's SIP address (between edge and worker).
+    /// The worker's SIP address (between edge and worker); worker i of
+    /// `--workers` listens on this port + i.
     #[arg(long, default_value = "127.0.0.1:5080")]
     worker_listen: SocketAddr,
+    /// How many worker processes share the calls (by affinity key).
+    #[arg(long, default_value_t = 1)]
+    workers: u16,
     /// The edge's admin address.
     #[arg(long, default_value = "127.0.0.1:9100")]
     admin: SocketAddr,
-    /// The worker's admin address.
+    /// The worker's admin address (worker i: this port + i).
     #[arg(long, default_value = "127.0.0.1:9101")]
     worker_admin: SocketAddr,
     /// Seconds after its answer at which a call is hung up on both legs.
@@ -60,38 +67,56 @@ pub(crate) fn run(a: UpArgs) -> anyhow::Result<()> {
             "no route configured: give at least one --route USER=IP:PORT, e.g. --route b=127.0.0.1:5071"
         );
     }
-    let exe = std::env::current_exe().context("cannot find this binary")?;
-    let mut worker = Command::new(&exe);
-    worker
-        .arg("worker")
-        .args(["--listen", &a.worker_listen.to_string()]);
-    worker.args([
-        "--edge",
-        &a.listen.to_string(),
-        "--admin",
-        &a.worker_admin.to_string(),
-    ]);
-    for r in &a.routes {
-        worker.args(["--route", r]);
+    if !(1..=16).contains(&a.workers) {
+        anyhow::bail!("--workers {} is out of range: 1..=16", a.workers);
     }
-    worker.args(["--max-call-age-s", &a.max_call_age_s.to_string()]);
-    worker.args(["--ring-timeout-s", &a.ring_timeout_s.to_string()]);
-    worker.args(["--transfer-mode", &a.transfer_mode]);
+    let exe = std::env::current_exe().context("cannot find this binary")?;
+    // Worker i listens on --worker-listen's port + i, its admin on
+    // --worker-admin's port + i.
+    let nth = |base: SocketAddr, i: u16| -> anyhow::Result<SocketAddr> {
+        let port = base
+            .port()
+            .checked_add(i)
+            .with_context(|| format!("{base} + {i}: no such port for worker {}", i + 1))?;
+        Ok(SocketAddr::new(base.ip(), port))
+    };
+    let mut kids = Kids(Vec::new());
     let mut edge = Command::new(&exe);
     edge.arg("edge").args([
         "--listen",
         &a.listen.to_string(),
         "--admin",
         &a.admin.to_string(),
+        "--threads",
+        "1",
     ]);
-    edge.args(["--backend", &a.worker_listen.to_string(), "--threads", "1"]);
-    let mut kids = Kids(Vec::new());
-    kids.0.push(
-        worker
-            .stdout(Stdio::null())
-            .spawn()
-            .context("cannot start the worker")?,
-    );
+    let mut worker_admins = Vec::new();
+    for i in 0..a.workers {
+        let (listen, admin) = (nth(a.worker_listen, i)?, nth(a.worker_admin, i)?);
+        let mut worker = Command::new(&exe);
+        worker.arg("worker").args([
+            "--listen",
+            &listen.to_string(),
+            "--edge",
+            &a.listen.to_string(),
+            "--admin",
+            &admin.to_string(),
+        ]);
+        for r in &a.routes {
+            worker.args(["--route", r]);
+        }
+        worker.args(["--max-call-age-s", &a.max_call_age_s.to_string()]);
+        worker.args(["--ring-timeout-s", &a.ring_timeout_s.to_string()]);
+        worker.args(["--transfer-mode", &a.transfer_mode]);
+        kids.0.push(
+            worker
+                .stdout(Stdio::null())
+                .spawn()
+                .with_context(|| format!("cannot start worker {}", i + 1))?,
+        );
+        edge.args(["--backend", &listen.to_string()]);
+        worker_admins.push(admin);
+    }
     kids.0.push(
         edge.stdout(Stdio::null())
             .spawn()
@@ -99,22 +124,43 @@ pub(crate) fn run(a: UpArgs) -> anyhow::Result<()> {
     );
     println!("handover up: SIP on udp {}", a.listen);
     println!("edge metrics: http://{}/metrics", a.admin);
-    println!("worker metrics: http://{}/metrics", a.worker_admin);
+    for (i, w) in worker_admins.iter().enumerate() {
+        println!("worker {} metrics: http://{w}/metrics", i + 1);
+    }
+    if a.workers > 1 {
+        println!(
+            "{} workers share the calls by affinity key; calls are not replicated yet, so a worker's death loses its calls",
+            a.workers
+        );
+    }
     println!("Ctrl-C stops the cluster.");
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    let n = kids.0.len();
     rt.block_on(async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         let mut tick = tokio::time::interval(std::time::Duration::from_millis(200));
+        let mut dead = vec![false; n];
         loop {
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => break,
                 _ = term.recv() => break,
                 _ = tick.tick() => {
-                    for c in &mut kids.0 {
+                    for (i, c) in kids.0.iter_mut().enumerate() {
+                        if dead[i] {
+                            continue;
+                        }
                         if let Some(s) = c.try_wait()? {
-                            anyhow::bail!("a cluster process exited ({s}); see its error above");
+                            dead[i] = true;
+                            if i == n - 1 {
+                                anyhow::bail!("the edge exited ({s}); see its error above");
+                            }
+                            if dead[..n - 1].iter().all(|d| *d) {
+                                anyhow::bail!("every worker exited (the last: {s}); see the errors above");
+                            }
+                            // The edge's probes take the worker out of rotation.
+                            eprintln!("handover up: worker {} exited ({s}); its calls are lost, new calls go to the others", i + 1);
                         }
                     }
                 }
