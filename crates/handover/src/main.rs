@@ -7,6 +7,7 @@
 mod admin;
 mod config;
 mod edge;
+mod load;
 mod up;
 mod worker;
 
@@ -42,10 +43,15 @@ enum Command {
     /// Request-URI); responses follow their Via. Flags override the
     /// `[edge]` section of --config.
     Edge(edge::EdgeArgs),
-    /// Run a B2BUA worker behind an edge (basic calls today).
+    /// Run a B2BUA worker behind an edge.
     Worker(worker::WorkerArgs),
-    /// Run a whole local cluster (an edge and a worker) in the foreground.
+    /// Run a whole local cluster (an edge and workers) in the foreground.
     Up(up::UpArgs),
+    /// Generate SIP load: play callers, callees and transfer targets
+    /// against a SIP system and report rates, latency and failures.
+    ///
+    /// Exits 0 when every call succeeded, 1 otherwise.
+    Load(load::LoadArgs),
 }
 
 fn main() -> ExitCode {
@@ -67,6 +73,14 @@ fn main() -> ExitCode {
             Err(e) => {
                 eprintln!("error: {e:#}");
                 ExitCode::FAILURE
+            }
+        },
+        Command::Load(args) => match load::run(&args) {
+            Ok(true) => ExitCode::SUCCESS,
+            Ok(false) => ExitCode::FAILURE,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::from(2)
             }
         },
         Command::Up(args) => match up::run(args) {

@@ -1,0 +1,195 @@
+//! `handover load`: the load generator's command line, progress line and
+//! report (the engine is `handover-load`).
+
+use std::io::IsTerminal as _;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use clap::Args;
+use handover_load::{Mix, Options, Progress, Report};
+
+#[derive(Debug, Args)]
+pub(crate) struct LoadArgs {
+    /// The system under test (an edge, `handover up`, or any SIP server).
+    #[arg(long, default_value = "127.0.0.1:5060")]
+    pub(crate) target: SocketAddr,
+    /// Our address: the system under test must route the users `b`, `xb`,
+    /// `ab` and `c` here (e.g. `handover up --route '*=127.0.0.1:5070'`).
+    #[arg(long, default_value = "127.0.0.1:5070")]
+    pub(crate) listen: SocketAddr,
+    /// New calls per second.
+    #[arg(long, default_value_t = 10.0)]
+    pub(crate) rate: f64,
+    /// Calls in all.
+    #[arg(long, default_value_t = 100)]
+    pub(crate) calls: u64,
+    /// Stop starting calls after this many seconds (even if --calls is not
+    /// reached).
+    #[arg(long)]
+    pub(crate) duration_s: Option<f64>,
+    /// How long each call stays up, milliseconds.
+    #[arg(long, default_value_t = 1000)]
+    pub(crate) hold_ms: u64,
+    /// At most this many calls at once.
+    #[arg(long, default_value_t = 10_000)]
+    pub(crate) max_concurrent: u64,
+    /// Scenario mix: NAME[=WEIGHT],… of basic, hold, blind, attended.
+    #[arg(long, default_value = "basic")]
+    pub(crate) mix: String,
+    /// SIP timer T1, milliseconds.
+    #[arg(long, default_value_t = 500)]
+    pub(crate) t1_ms: u64,
+    /// Print the report as JSON (and no progress line).
+    #[arg(long)]
+    pub(crate) json: bool,
+    /// Allow addresses outside 127.0.0.0/8 (load tests stay on loopback
+    /// unless told otherwise).
+    #[arg(long)]
+    pub(crate) allow_remote: bool,
+}
+
+impl LoadArgs {
+    /// The run's options, or a one-line reason why not.
+    pub(crate) fn options(&self) -> anyhow::Result<Options> {
+        for (what, a) in [("--target", self.target), ("--listen", self.listen)] {
+            if !a.ip().is_loopback() && !self.allow_remote {
+                anyhow::bail!(
+                    "{what} {a} is not a loopback address: load tests stay on 127.0.0.0/8 unless you add --allow-remote"
+                );
+            }
+        }
+        if !(self.rate > 0.0 && self.rate <= 100_000.0) {
+            anyhow::bail!(
+                "--rate {} is out of range: above 0, at most 100000",
+                self.rate
+            );
+        }
+        if self.calls == 0 {
+            anyhow::bail!("--calls 0: nothing to do");
+        }
+        if !(1..=4000).contains(&self.t1_ms) {
+            anyhow::bail!("--t1-ms {} is out of range: 1..=4000", self.t1_ms);
+        }
+        let mix: Mix = self
+            .mix
+            .parse()
+            .map_err(|e| anyhow::anyhow!("--mix: {e}"))?;
+        Ok(Options {
+            listen: self.listen,
+            target: self.target,
+            rate: self.rate,
+            calls: self.calls,
+            duration: self.duration_s.map(Duration::from_secs_f64),
+            hold: Duration::from_millis(self.hold_ms),
+            max_concurrent: self.max_concurrent.max(1),
+            mix,
+            t1: Duration::from_millis(self.t1_ms),
+        })
+    }
+}
+
+/// A stop flag raised by Ctrl-C or SIGTERM.
+pub(crate) fn stop_on_signal() -> Arc<AtomicBool> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let s = stop.clone();
+    std::thread::spawn(move || {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            return;
+        };
+        rt.block_on(async {
+            let Ok(mut term) =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            else {
+                return;
+            };
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        });
+        s.store(true, Ordering::Relaxed);
+    });
+    stop
+}
+
+/// The progress line.
+pub(crate) fn progress_line(p: &Progress) -> String {
+    let c = p.counts;
+    format!(
+        "{:6.1}s  started {:>7}  up {:>6}  ok {:>7}  failed {:>5}  {:>7.1} calls/s  retransmissions {}",
+        p.elapsed_s, c.started, p.active, c.succeeded, c.failed, p.rate, c.retransmissions
+    )
+}
+
+/// The summary table.
+pub(crate) fn summary(r: &Report) -> String {
+    let c = r.counts;
+    let mut s = String::new();
+    s += &format!(
+        "calls: {} started, {} answered, {} succeeded, {} failed\n",
+        c.started, c.established, c.succeeded, c.failed
+    );
+    s += &format!(
+        "rate: {:.1} calls/s offered, {:.1} achieved; {:.1} s in all\n",
+        r.offered_rate, r.achieved_rate, r.elapsed_s
+    );
+    let l = r.setup_latency;
+    s += &format!(
+        "setup latency (INVITE to 2xx): p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms, max {:.1} ms\n",
+        l.p50_ms, l.p90_ms, l.p99_ms, l.max_ms
+    );
+    s += &format!("retransmissions: {}\n", c.retransmissions);
+    s += "\n| scenario | succeeded | failed |\n| --- | ---: | ---: |\n";
+    for (name, (ok, bad)) in &r.by_scenario {
+        s += &format!("| {name} | {ok} | {bad} |\n");
+    }
+    if !r.failures.is_empty() {
+        s += "\n| failure cause | calls |\n| --- | ---: |\n";
+        for (cause, n) in &r.failures {
+            s += &format!("| {cause} | {n} |\n");
+        }
+    }
+    s
+}
+
+/// Runs a load and prints its report; true when every call succeeded.
+pub(crate) fn run(args: &LoadArgs) -> anyhow::Result<bool> {
+    let opts = args.options()?;
+    let stop = stop_on_signal();
+    let tty = std::io::stderr().is_terminal();
+    let json = args.json;
+    let report = handover_load::run(&opts, &stop, |p| {
+        if json {
+            return;
+        }
+        if tty {
+            eprint!("\r{}", progress_line(p));
+        } else {
+            eprintln!("{}", progress_line(p));
+        }
+    })
+    .map_err(|e| {
+        if e.kind() == std::io::ErrorKind::AddrInUse {
+            anyhow::anyhow!(
+                "{} is already in use: pick another address with --listen",
+                opts.listen
+            )
+        } else {
+            anyhow::anyhow!("load on {} failed: {e}", opts.listen)
+        }
+    })?;
+    if tty && !json {
+        eprintln!();
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", summary(&report));
+    }
+    Ok(report.counts.failed == 0)
+}

@@ -1,0 +1,1482 @@
+//! `handover load`: a SIP load generator that plays every party of its
+//! scenarios itself over one UDP socket: the caller (A), the callee (B),
+//! and the transfer target (C). The system under test routes the users it
+//! calls (`b`, `xb`, `ab`, `c`) back to the generator's own address.
+//!
+//! Scenarios (mixed by weight):
+//! - `basic`: INVITE, 180/200, ACK, hold time, BYE.
+//! - `hold`: the same with re-INVITE a=sendonly (expects a=recvonly back)
+//!   and a=sendrecv during the call.
+//! - `blind`: B sends REFER (Refer-To: C) after answering; A obeys (202,
+//!   NOTIFY 100, INVITE to C with Referred-By, NOTIFY 200 when C answers);
+//!   B hangs up after the final NOTIFY; A and C talk, then A hangs up. With
+//!   a B2BUA in local mode A sees a re-INVITE instead, and B the B2BUA's
+//!   NOTIFYs and BYE: both are played.
+//! - `attended`: B first calls C itself, then REFERs A with a Replaces
+//!   naming that call; A's INVITE carries the Replaces, and C hangs up the
+//!   replaced dialog once A's call is up (or, in local mode, C takes the
+//!   B2BUA's re-INVITE).
+//!
+//! Every transaction runs through `handover-txn` (retransmissions with T1
+//! doubling, absorption of the peer's retransmissions), and every dialog
+//! through `handover-call`'s `Dialog`. A call succeeds when its last BYE is
+//! answered 2xx (and, for transfers, the transferor heard a 2xx sipfrag);
+//! anything else fails it, once, with a cause: the status line that ended
+//! it, `timeout (METHOD)`, or what was unexpected.
+//!
+//! The engine is sans-IO ([`Engine`]); [`run`] is the socket shell.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
+use std::net::{SocketAddr, UdpSocket};
+use std::time::Duration;
+
+use handover_call::transfer::{self, Replaces};
+use handover_call::{Dialog, DialogState};
+use handover_sip::build::{Request, response, response_with_body};
+use handover_sip::ids::IdGen;
+use handover_sip::{HeaderName, Message, Method, scan};
+use handover_txn::{
+    ClientInvite, ClientNonInvite, Event, Instant, Key, ServerInvite, ServerNonInvite, TimerConfig,
+};
+use rand_core::RngCore;
+
+/// A call flow of the mix.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Scenario {
+    /// INVITE, answer, hold time, BYE.
+    Basic,
+    /// A basic call with re-INVITE hold and resume.
+    Hold,
+    /// Blind transfer (REFER, NOTIFY, the transferee calls the target).
+    Blind,
+    /// Attended transfer (REFER with Replaces).
+    Attended,
+}
+
+impl Scenario {
+    const ALL: [Scenario; 4] = [
+        Scenario::Basic,
+        Scenario::Hold,
+        Scenario::Blind,
+        Scenario::Attended,
+    ];
+
+    /// Its name on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Basic => "basic",
+            Self::Hold => "hold",
+            Self::Blind => "blind",
+            Self::Attended => "attended",
+        }
+    }
+
+    /// The user the caller calls (the callee's behaviour).
+    fn callee(self) -> &'static str {
+        match self {
+            Self::Basic | Self::Hold => "b",
+            Self::Blind => "xb",
+            Self::Attended => "ab",
+        }
+    }
+}
+
+/// Weights of the scenarios, e.g. `basic=70,hold=10,blind=10,attended=10`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mix(Vec<(Scenario, u32)>);
+
+impl Default for Mix {
+    fn default() -> Self {
+        Self(vec![(Scenario::Basic, 1)])
+    }
+}
+
+impl core::str::FromStr for Mix {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let mut v = Vec::new();
+        for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (name, w) = part.split_once('=').unwrap_or((part, "1"));
+            let sc = Scenario::ALL
+                .into_iter()
+                .find(|x| x.name() == name)
+                .ok_or_else(|| {
+                    format!("scenario `{name}` is not one of: basic, hold, blind, attended")
+                })?;
+            let w: u32 = w
+                .parse()
+                .map_err(|_| format!("weight `{w}` of `{name}` is not a whole number"))?;
+            if w > 0 {
+                v.push((sc, w));
+            }
+        }
+        if v.is_empty() {
+            return Err("the mix has no scenario with a weight above 0".into());
+        }
+        Ok(Self(v))
+    }
+}
+
+impl Mix {
+    /// The scenario of call number `n`: weights respected over any run of
+    /// calls, interleaved rather than in blocks.
+    pub fn pick(&self, n: u64) -> Scenario {
+        let total: u64 = self.0.iter().map(|(_, w)| u64::from(*w)).sum();
+        // A low-discrepancy walk (golden ratio) spreads each scenario out.
+        let mut at = (n.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 11) % total;
+        for (s, w) in &self.0 {
+            if at < u64::from(*w) {
+                return *s;
+            }
+            at -= u64::from(*w);
+        }
+        self.0[0].0
+    }
+}
+
+/// Why a call failed, or that it is still running.
+type Outcome = Option<Result<(), String>>;
+
+#[derive(Debug)]
+struct Rec {
+    scenario: Scenario,
+    started: Instant,
+    established: bool,
+    outcome: Outcome,
+    /// The transferor heard a 2xx sipfrag.
+    transfer_ok: bool,
+    /// The leg whose BYE ends the call (A's, or A's call to C).
+    last_leg: usize,
+    /// B's leg (the transferor's, with A).
+    b_leg: Option<usize>,
+    /// B's own call to C (attended).
+    b2_leg: Option<usize>,
+}
+
+/// What a leg of ours is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// A, calling.
+    A,
+    /// A calling the transfer target.
+    A2,
+    /// B calling C (attended transfer).
+    B2,
+    /// Answering a call for this user (`b`, `xb`, `ab`, `c`).
+    Callee(Callee),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Callee {
+    B,
+    XferB,
+    AttB,
+    C,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wake {
+    Bye,
+    Hold,
+    Resume,
+    Refer,
+    CallC,
+}
+
+/// A 2xx we resend (T1 doubling to T2) until its ACK.
+#[derive(Debug)]
+struct Resend {
+    bytes: Vec<u8>,
+    next: Instant,
+    interval: Duration,
+    give_up: Instant,
+}
+
+#[derive(Debug)]
+enum Nit {
+    Client(Key, ClientNonInvite, &'static str),
+    Server(Key, ServerNonInvite),
+}
+
+#[derive(Debug)]
+struct Leg {
+    rec: usize,
+    kind: Kind,
+    call_id: Vec<u8>,
+    dialog: Option<Dialog>,
+    /// Our INVITE or re-INVITE: request, key, transaction, what it was for.
+    cli: Option<(Vec<u8>, Key, ClientInvite, Wake)>,
+    ack: Option<Vec<u8>>,
+    srv: Option<(Key, ServerInvite)>,
+    ok: Option<Resend>,
+    nits: Vec<Nit>,
+    wake: Option<(Instant, Wake)>,
+    /// C: the leg (of ours) this call replaces, hung up after the ACK;
+    /// A2: A's leg with the transferor, to NOTIFY.
+    replaces: Option<usize>,
+    /// Our first 2xx was ACKed (later ACKs are of re-INVITEs).
+    acked: bool,
+    over: bool,
+}
+
+impl Leg {
+    fn next_timeout(&self) -> Option<Instant> {
+        let nits = self.nits.iter().filter_map(|n| match n {
+            Nit::Client(_, t, _) => t.poll_timeout(),
+            Nit::Server(_, t) => t.poll_timeout(),
+        });
+        [
+            self.cli.as_ref().and_then(|c| c.2.poll_timeout()),
+            self.srv.as_ref().and_then(|s| s.1.poll_timeout()),
+            self.ok.as_ref().map(|o| o.next),
+            self.wake.map(|w| w.0),
+        ]
+        .into_iter()
+        .flatten()
+        .chain(nits)
+        .min()
+    }
+}
+
+/// Settings of an engine.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Our address (Via, Contact, From).
+    pub local: SocketAddr,
+    /// The system under test: every request and response goes there.
+    pub target: SocketAddr,
+    /// How long a call stays up once answered.
+    pub hold: Duration,
+    /// Transaction timers.
+    pub timers: TimerConfig,
+}
+
+/// Counts so far.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Counts {
+    /// Calls started.
+    pub started: u64,
+    /// Calls answered.
+    pub established: u64,
+    /// Calls that ended well.
+    pub succeeded: u64,
+    /// Calls that failed.
+    pub failed: u64,
+    /// Datagrams resent by timers.
+    pub retransmissions: u64,
+}
+
+/// The load generator's calls, sans-IO.
+#[derive(Debug)]
+pub struct Engine<R> {
+    cfg: EngineConfig,
+    ids: IdGen<R>,
+    recs: Vec<Rec>,
+    legs: HashMap<usize, Leg>,
+    next_leg: usize,
+    by_call_id: HashMap<Vec<u8>, usize>,
+    timers: BinaryHeap<Reverse<(Instant, usize)>>,
+    out: Vec<Vec<u8>>,
+    counts: Counts,
+    failures: BTreeMap<String, u64>,
+    setup: Vec<u32>,
+    by_scenario: BTreeMap<Scenario, (u64, u64)>,
+}
+
+const SDP_DIRS: [&str; 4] = ["sendrecv", "sendonly", "recvonly", "inactive"];
+
+fn sdp(who: &str, local: SocketAddr, ver: u32, dir: &str) -> Vec<u8> {
+    format!(
+        "v=0\r\no={who} 1 {ver} IN IP4 {ip}\r\ns=-\r\nc=IN IP4 {ip}\r\nt=0 0\r\nm=audio 9 RTP/AVP 0\r\na={dir}\r\n",
+        ip = local.ip()
+    )
+    .into_bytes()
+}
+
+/// The direction that answers an offer's (RFC 3264 §6.1).
+fn answer_dir(offer: &[u8]) -> &'static str {
+    let dir = SDP_DIRS
+        .into_iter()
+        .find(|d| {
+            offer
+                .windows(d.len() + 2)
+                .any(|w| w.starts_with(b"a=") && &w[2..] == d.as_bytes())
+        })
+        .unwrap_or("sendrecv");
+    match dir {
+        "sendonly" => "recvonly",
+        "recvonly" => "sendonly",
+        "inactive" => "inactive",
+        _ => "sendrecv",
+    }
+}
+
+/// The user of a From value `<sip:a123@…>` as (letter, call number).
+fn from_user(m: &Message<'_>) -> Option<(u8, usize)> {
+    let f = m.from().ok()?;
+    let u = f.uri().user()?;
+    let (&c, num) = u.split_first()?;
+    Some((c, core::str::from_utf8(num).ok()?.parse().ok()?))
+}
+
+impl<R: RngCore> Engine<R> {
+    /// An engine with `rng` for tags, branches and Call-IDs.
+    pub fn new(cfg: EngineConfig, rng: R) -> Self {
+        Self {
+            cfg,
+            ids: IdGen::new(rng),
+            recs: Vec::new(),
+            legs: HashMap::new(),
+            next_leg: 0,
+            by_call_id: HashMap::new(),
+            timers: BinaryHeap::new(),
+            out: Vec::new(),
+            counts: Counts::default(),
+            failures: BTreeMap::new(),
+            setup: Vec::new(),
+            by_scenario: BTreeMap::new(),
+        }
+    }
+
+    /// Counts so far.
+    pub fn counts(&self) -> Counts {
+        self.counts
+    }
+
+    /// Calls started and not yet ended.
+    pub fn active(&self) -> u64 {
+        self.counts.started - self.counts.succeeded - self.counts.failed
+    }
+
+    /// Failures by cause.
+    pub fn failures(&self) -> &BTreeMap<String, u64> {
+        &self.failures
+    }
+
+    /// (succeeded, failed) per scenario.
+    pub fn by_scenario(&self) -> &BTreeMap<Scenario, (u64, u64)> {
+        &self.by_scenario
+    }
+
+    /// Setup latencies (INVITE to 2xx), microseconds, in arrival order.
+    pub fn setup_latencies(&self) -> &[u32] {
+        &self.setup
+    }
+
+    /// The next datagram to send to the target.
+    pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
+        self.out.pop()
+    }
+
+    /// All datagrams to send, in order.
+    pub fn drain_transmit(&mut self) -> std::vec::Drain<'_, Vec<u8>> {
+        self.out.drain(..)
+    }
+
+    /// When to call [`Engine::handle_timeout`] next.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.timers.peek().map(|Reverse((t, _))| *t)
+    }
+
+    /// Fails every call still running with `cause` (the run's deadline).
+    pub fn abandon(&mut self, cause: &str) {
+        for i in 0..self.recs.len() {
+            if self.recs[i].outcome.is_none() {
+                self.finish(i, Err(cause.to_string()));
+            }
+        }
+    }
+
+    fn finish(&mut self, rec: usize, outcome: Result<(), String>) {
+        let r = &mut self.recs[rec];
+        if r.outcome.is_some() {
+            return;
+        }
+        let e = self.by_scenario.entry(r.scenario).or_default();
+        match &outcome {
+            Ok(()) => {
+                self.counts.succeeded += 1;
+                e.0 += 1;
+            }
+            Err(cause) => {
+                self.counts.failed += 1;
+                e.1 += 1;
+                *self.failures.entry(cause.clone()).or_default() += 1;
+            }
+        }
+        r.outcome = Some(outcome);
+    }
+
+    fn via(&mut self) -> Vec<u8> {
+        format!(
+            "SIP/2.0/UDP {};branch={};rport",
+            self.cfg.local,
+            self.ids.branch()
+        )
+        .into_bytes()
+    }
+
+    fn contact(&self, user: &str) -> Vec<u8> {
+        format!("<sip:{user}@{}>", self.cfg.local).into_bytes()
+    }
+
+    fn schedule(&mut self, leg: usize) {
+        if let Some(t) = self.legs.get(&leg).and_then(Leg::next_timeout) {
+            self.timers.push(Reverse((t, leg)));
+        }
+    }
+
+    fn new_leg(&mut self, rec: usize, kind: Kind, call_id: Vec<u8>) -> usize {
+        let id = self.next_leg;
+        self.next_leg += 1;
+        self.by_call_id.insert(call_id.clone(), id);
+        self.legs.insert(
+            id,
+            Leg {
+                rec,
+                kind,
+                call_id,
+                dialog: None,
+                cli: None,
+                ack: None,
+                srv: None,
+                ok: None,
+                nits: Vec::new(),
+                wake: None,
+                replaces: None,
+                acked: false,
+                over: false,
+            },
+        );
+        id
+    }
+
+    /// Starts call number `n` of scenario `s`.
+    pub fn start_call(&mut self, now: Instant, s: Scenario) {
+        let rec = self.recs.len();
+        self.recs.push(Rec {
+            scenario: s,
+            started: now,
+            established: false,
+            outcome: None,
+            transfer_ok: false,
+            last_leg: 0,
+            b_leg: None,
+            b2_leg: None,
+        });
+        self.counts.started += 1;
+        let leg = self.invite(now, rec, Kind::A, &format!("a{rec}"), s.callee(), &[]);
+        self.recs[rec].last_leg = leg;
+    }
+
+    /// A new outgoing call leg: INVITE from `from_user` to `to_user` at the
+    /// target, with our offer.
+    fn invite(
+        &mut self,
+        now: Instant,
+        rec: usize,
+        kind: Kind,
+        from_user: &str,
+        to_user: &str,
+        headers: &[(&str, &[u8])],
+    ) -> usize {
+        let call_id = self.ids.call_id().as_bytes().to_vec();
+        let tag = self.ids.tag();
+        let via = self.via();
+        let uri = format!("sip:{to_user}@{}", self.cfg.target);
+        let to = format!("<{uri}>");
+        let from = format!("<sip:{from_user}@{}>", self.cfg.local);
+        let contact = self.contact(from_user);
+        let body = sdp(from_user, self.cfg.local, 1, "sendrecv");
+        let inv = Request {
+            method: "INVITE",
+            uri: uri.as_bytes(),
+            via: &[&via],
+            from: from.as_bytes(),
+            from_tag: tag.as_bytes(),
+            to: to.as_bytes(),
+            call_id: &call_id,
+            cseq: 1,
+            max_forwards: 70,
+            contact: Some(&contact),
+            headers,
+            body: Some((b"application/sdp", &body)),
+            ..Default::default()
+        }
+        .to_vec();
+        let leg = self.new_leg(rec, kind, call_id);
+        if let Ok(k) = scan(&inv).map(|m| Key::server(&m)) {
+            let t = ClientInvite::new(now, self.cfg.timers, inv.clone());
+            if let Some(l) = self.legs.get_mut(&leg) {
+                l.cli = Some((inv, k, t, Wake::Bye));
+            }
+        }
+        self.drain_leg(now, leg);
+        leg
+    }
+
+    /// One datagram from the target.
+    pub fn handle_datagram(&mut self, now: Instant, bytes: &[u8]) {
+        let Ok(m) = scan(bytes) else { return };
+        let leg = self.by_call_id.get(m.call_id()).copied();
+        match (m.is_request(), leg) {
+            (true, Some(l)) => self.request(now, l, &m),
+            (true, None) => self.new_request(now, &m),
+            (false, Some(l)) => self.response(now, l, &m),
+            (false, None) => {}
+        }
+    }
+
+    fn reply(&mut self, m: &Message<'_>, status: u16) {
+        let mut r = Vec::new();
+        response(&m.reply_parts(), status, None, None, &[], &mut r);
+        self.out.push(r);
+    }
+
+    fn new_request(&mut self, now: Instant, m: &Message<'_>) {
+        if m.method() != Some(Method::Invite) || m.to_tag().is_some() {
+            if m.method() != Some(Method::Ack) {
+                self.reply(m, 481);
+            }
+            return;
+        }
+        let user = m.request_uri().and_then(|u| u.user()).unwrap_or_default();
+        let callee = match user {
+            b"b" => Callee::B,
+            b"xb" => Callee::XferB,
+            b"ab" => Callee::AttB,
+            b"c" => Callee::C,
+            _ => {
+                self.reply(m, 404);
+                return;
+            }
+        };
+        let Some((_, rec)) = from_user(m).filter(|(_, r)| *r < self.recs.len()) else {
+            self.reply(m, 404);
+            return;
+        };
+        let leg = self.new_leg(rec, Kind::Callee(callee), m.call_id().to_vec());
+        if callee != Callee::C {
+            self.recs[rec].b_leg = Some(leg);
+        }
+        // C answering an INVITE with Replaces: the replaced dialog is one
+        // of ours (C's leg of B's call); it is hung up once this one is up.
+        let replaced = m
+            .header(HeaderName::Replaces)
+            .and_then(|h| Replaces::parse(h.value.of(m.buf())))
+            .and_then(|r| self.by_call_id.get(&r.call_id).copied());
+        if let Some(l) = self.legs.get_mut(&leg) {
+            l.replaces = replaced;
+        }
+        self.answer_invite(now, leg, m, true);
+        self.drain_leg(now, leg);
+    }
+
+    /// Answers an INVITE (new or re-INVITE) on `leg`: 180 for a new call,
+    /// then 200 with SDP answering its offer (or offering, if it had none).
+    fn answer_invite(&mut self, now: Instant, leg: usize, m: &Message<'_>, new: bool) {
+        let tag = self.ids.tag();
+        let local = self.cfg.local;
+        let timers = self.cfg.timers;
+        let contact = self.contact("uas");
+        let Some(l) = self.legs.get_mut(&leg) else {
+            return;
+        };
+        let mut srv = ServerInvite::new(now, timers, m);
+        let tag = match &l.dialog {
+            Some(d) => d.id.local_tag.clone(),
+            None => tag.as_bytes().to_vec(),
+        };
+        if new {
+            l.dialog = Dialog::uas(m, &tag, DialogState::Confirmed).ok();
+            let mut r = Vec::new();
+            response(
+                &m.reply_parts(),
+                180,
+                None,
+                Some(&tag),
+                &[("Contact", &contact)],
+                &mut r,
+            );
+            srv.send_response(now, 180, r);
+        } else if let Some(d) = l.dialog.as_mut()
+            && let Err(e) = d.handle_request(m)
+        {
+            let mut r = Vec::new();
+            response(&m.reply_parts(), e.status(), None, None, &[], &mut r);
+            srv.send_response(now, e.status(), r);
+            l.srv = Some((Key::server(m), srv));
+            return;
+        }
+        let dir = answer_dir(m.body());
+        let body = sdp("uas", local, 2, dir);
+        let mut ok = Vec::new();
+        response_with_body(
+            &m.reply_parts(),
+            200,
+            None,
+            Some(&tag),
+            &[("Contact", &contact)],
+            Some((b"application/sdp", &body)),
+            &mut ok,
+        );
+        srv.send_response(now, 200, ok.clone());
+        l.srv = Some((Key::server(m), srv));
+        l.ok = Some(Resend {
+            bytes: ok,
+            next: now + timers.t1,
+            interval: timers.t1,
+            give_up: now + timers.t1x64(),
+        });
+    }
+
+    fn server_nit(&mut self, now: Instant, leg: usize, m: &Message<'_>, status: u16) {
+        let mut r = Vec::new();
+        response(&m.reply_parts(), status, None, None, &[], &mut r);
+        let mut t = ServerNonInvite::new(now, self.cfg.timers);
+        t.send_response(now, status, r);
+        if let Some(l) = self.legs.get_mut(&leg) {
+            l.nits.push(Nit::Server(Key::server(m), t));
+        }
+    }
+
+    /// An in-dialog request from us on `leg` (NIT), with `headers`, `body`.
+    fn send_nit(
+        &mut self,
+        now: Instant,
+        leg: usize,
+        method: &'static str,
+        headers: &[(&str, &[u8])],
+        body: Option<(&[u8], &[u8])>,
+    ) {
+        let via = self.via();
+        let contact = self.contact("ua");
+        let timers = self.cfg.timers;
+        let Some(l) = self.legs.get_mut(&leg) else {
+            return;
+        };
+        let Some(d) = l.dialog.as_mut() else { return };
+        let with_contact = matches!(method, "REFER" | "NOTIFY");
+        let req = d.request(
+            method,
+            None,
+            &via,
+            with_contact.then_some(contact.as_slice()),
+            headers,
+            body,
+        );
+        if let Ok(k) = scan(&req).map(|m| Key::server(&m)) {
+            l.nits.push(Nit::Client(
+                k,
+                ClientNonInvite::new(now, timers, req),
+                method,
+            ));
+        }
+        if method == "BYE" {
+            l.over = true;
+        }
+    }
+
+    fn notify(&mut self, now: Instant, leg: usize, status: &str, terminated: bool) {
+        let state: &[u8] = if terminated {
+            b"terminated;reason=noresource"
+        } else {
+            b"active;expires=60"
+        };
+        let frag = format!("SIP/2.0 {status}\r\n");
+        self.send_nit(
+            now,
+            leg,
+            "NOTIFY",
+            &[("Event", b"refer"), ("Subscription-State", state)],
+            Some((b"message/sipfrag;version=2.0", frag.as_bytes())),
+        );
+    }
+
+    fn request(&mut self, now: Instant, leg: usize, m: &Message<'_>) {
+        let key = Key::server(m);
+        let Some(l) = self.legs.get_mut(&leg) else {
+            return;
+        };
+        // Retransmissions: the transaction answers them again.
+        for n in &mut l.nits {
+            if let Nit::Server(k, t) = n
+                && *k == key
+            {
+                t.handle_request(now);
+                self.drain_leg(now, leg);
+                return;
+            }
+        }
+        if let Some((k, s)) = l.srv.as_mut()
+            && *k == key
+            && m.method() == Some(Method::Invite)
+        {
+            s.handle_request(now, m);
+            self.drain_leg(now, leg);
+            return;
+        }
+        let (rec, kind) = (l.rec, l.kind);
+        match m.method() {
+            Some(Method::Ack) => {
+                let was_waiting = l.ok.take().is_some();
+                if was_waiting {
+                    self.after_ack(now, leg);
+                }
+            }
+            Some(Method::Invite) => self.answer_invite(now, leg, m, false),
+            Some(Method::Bye) => {
+                let over = l.over;
+                l.over = true;
+                l.wake = None;
+                self.server_nit(now, leg, m, 200);
+                if !over {
+                    self.peer_hung_up(leg, rec, kind);
+                }
+            }
+            Some(Method::Refer) if kind == Kind::A => self.obey_refer(now, leg, m),
+            Some(Method::Notify) => {
+                self.server_nit(now, leg, m, 200);
+                self.transfer_progress(now, leg, rec, m);
+            }
+            Some(Method::Cancel) => self.server_nit(now, leg, m, 200),
+            _ => {
+                let status = if l.over { 481 } else { 200 };
+                self.server_nit(now, leg, m, status);
+            }
+        }
+        self.drain_leg(now, leg);
+    }
+
+    /// The far end hung up `leg`: fine where the scenario expects it.
+    fn peer_hung_up(&mut self, leg: usize, rec: usize, kind: Kind) {
+        let r = &self.recs[rec];
+        let expected = match kind {
+            // The callee of a basic call hears A's BYE; the transferor and
+            // C of an attended call are hung up by the B2BUA or by C.
+            Kind::Callee(_) | Kind::B2 => true,
+            // A's leg with B ends by B's BYE after a passthrough transfer.
+            Kind::A => r.last_leg != leg,
+            Kind::A2 => false,
+        };
+        if !expected {
+            self.finish(rec, Err(format!("BYE from the peer ({kind:?})")));
+        }
+    }
+
+    /// A as the transferee: 202, NOTIFY 100, a new call to the target.
+    fn obey_refer(&mut self, now: Instant, leg: usize, m: &Message<'_>) {
+        self.server_nit(now, leg, m, 202);
+        let Ok(rt) = transfer::refer_to(m) else {
+            return;
+        };
+        let rec = self.legs.get(&leg).map(|l| l.rec).unwrap_or(0);
+        if let Some(l) = self.legs.get_mut(&leg) {
+            l.wake = None; // B will hang this leg up
+        }
+        self.notify(now, leg, "100 Trying", false);
+        let user = String::from_utf8_lossy(rt.uri().user().unwrap_or(b"c")).into_owned();
+        let referred_by = m
+            .header(HeaderName::ReferredBy)
+            .map(|h| h.value.of(m.buf()).to_vec());
+        let replaces = rt.replaces.as_ref().map(Replaces::to_value);
+        let mut headers: Vec<(&str, &[u8])> = Vec::new();
+        if let Some(rb) = &referred_by {
+            headers.push(("Referred-By", rb));
+        }
+        if let Some(r) = &replaces {
+            headers.push(("Replaces", r));
+        }
+        let a2 = self.invite(now, rec, Kind::A2, &format!("a{rec}"), &user, &headers);
+        self.recs[rec].last_leg = a2;
+        // Remember which leg to NOTIFY when the new call is answered.
+        if let Some(l) = self.legs.get_mut(&a2) {
+            l.replaces = Some(leg);
+        }
+    }
+
+    /// B hears how the transfer goes.
+    fn transfer_progress(&mut self, now: Instant, leg: usize, rec: usize, m: &Message<'_>) {
+        let terminated = m
+            .header(HeaderName::SubscriptionState)
+            .is_some_and(|h| h.value.of(m.buf()).starts_with(b"terminated"));
+        let status = m
+            .body()
+            .strip_prefix(b"SIP/2.0 ")
+            .and_then(|b| core::str::from_utf8(b.get(..3)?).ok()?.parse::<u16>().ok());
+        let Some(st) = status.filter(|s| *s >= 200 && terminated) else {
+            return;
+        };
+        if st < 300 {
+            self.recs[rec].transfer_ok = true;
+        } else {
+            let line = String::from_utf8_lossy(m.body()).trim().to_string();
+            self.finish(rec, Err(format!("transfer failed: {line}")));
+        }
+        // The transferor hangs up its call(s) unless the B2BUA already did.
+        let b2 = self.recs[rec].b2_leg;
+        for l in [Some(leg), b2].into_iter().flatten() {
+            if self
+                .legs
+                .get(&l)
+                .is_some_and(|x| !x.over && x.dialog.is_some())
+            {
+                self.send_nit(now, l, "BYE", &[], None);
+                self.drain_leg(now, l);
+            }
+        }
+    }
+
+    /// Our 2xx on `leg` was ACKed.
+    fn after_ack(&mut self, now: Instant, leg: usize) {
+        let Some(l) = self.legs.get_mut(&leg) else {
+            return;
+        };
+        if core::mem::replace(&mut l.acked, true) {
+            return;
+        }
+        let (rec, kind, replaced) = (l.rec, l.kind, l.replaces.take());
+        match kind {
+            Kind::Callee(Callee::XferB) if self.recs[rec].b2_leg.is_none() => {
+                l.wake = Some((now + Duration::from_millis(100), Wake::Refer));
+            }
+            Kind::Callee(Callee::AttB) if self.recs[rec].b2_leg.is_none() => {
+                l.wake = Some((now + Duration::from_millis(100), Wake::CallC));
+            }
+            Kind::Callee(Callee::C) => {
+                if let Some(r) = replaced
+                    && self.legs.get(&r).is_some_and(|x| !x.over)
+                {
+                    self.send_nit(now, r, "BYE", &[], None);
+                    self.drain_leg(now, r);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn response(&mut self, now: Instant, leg: usize, m: &Message<'_>) {
+        let key = Key::client(m);
+        let Some(l) = self.legs.get_mut(&leg) else {
+            return;
+        };
+        if let Some(c) = l.cli.as_mut().filter(|c| c.1 == key) {
+            c.2.handle_response(now, m);
+        } else {
+            for n in &mut l.nits {
+                if let Nit::Client(k, t, _) = n
+                    && *k == key
+                {
+                    t.handle_response(now, m);
+                }
+            }
+        }
+        self.drain_leg(now, leg);
+    }
+
+    /// Sends what `leg`'s transactions queued and acts on their events.
+    fn drain_leg(&mut self, now: Instant, leg: usize) {
+        let Some(l) = self.legs.get_mut(&leg) else {
+            return;
+        };
+        let mut inv_events = Vec::new();
+        if let Some(c) = l.cli.as_mut() {
+            while let Some(b) = c.2.poll_transmit() {
+                self.out.push(b);
+            }
+            while let Some(e) = c.2.poll_event() {
+                inv_events.push(e);
+            }
+        }
+        if let Some((_, s)) = l.srv.as_mut() {
+            while let Some(b) = s.poll_transmit() {
+                self.out.push(b);
+            }
+            while s.poll_event().is_some() {}
+        }
+        let mut nit_events = Vec::new();
+        for n in &mut l.nits {
+            match n {
+                Nit::Client(_, t, what) => {
+                    while let Some(b) = t.poll_transmit() {
+                        self.out.push(b);
+                    }
+                    while let Some(e) = t.poll_event() {
+                        nit_events.push((*what, e));
+                    }
+                }
+                Nit::Server(_, t) => {
+                    while let Some(b) = t.poll_transmit() {
+                        self.out.push(b);
+                    }
+                    while t.poll_event().is_some() {}
+                }
+            }
+        }
+        for e in inv_events {
+            self.on_invite_event(now, leg, e);
+        }
+        for (what, e) in nit_events {
+            self.on_nit_event(leg, what, e);
+        }
+        self.schedule(leg);
+    }
+
+    fn on_invite_event(&mut self, now: Instant, leg: usize, e: Event) {
+        let (status, msg) = match e {
+            Event::Response { status, message } => (status, message),
+            Event::Timeout => (408, Vec::new()),
+            Event::TransportError => (503, Vec::new()),
+            _ => return,
+        };
+        if status < 200 {
+            return;
+        }
+        let via = self.via();
+        let Some(l) = self.legs.get_mut(&leg) else {
+            return;
+        };
+        let (rec, kind) = (l.rec, l.kind);
+        let Some((req, _, _, purpose)) = l.cli.as_ref() else {
+            return;
+        };
+        let purpose = *purpose;
+        if status >= 300 {
+            let line = scan(&msg)
+                .ok()
+                .and_then(|r| {
+                    let b = r.buf();
+                    let end = b.iter().position(|&c| c == b'\r').unwrap_or(b.len());
+                    Some(String::from_utf8_lossy(b.get(8..end)?).into_owned())
+                })
+                .unwrap_or_else(|| "timeout".into());
+            let what = if status == 408 && msg.is_empty() {
+                "timeout (INVITE)".to_string()
+            } else {
+                line
+            };
+            match kind {
+                Kind::A2 => {
+                    if let Some(a) = l.replaces {
+                        self.notify(now, a, &what, true);
+                        self.drain_leg(now, a);
+                    }
+                    self.finish(rec, Err(format!("transfer target: {what}")));
+                }
+                _ => self.finish(rec, Err(what)),
+            }
+            return;
+        }
+        // 2xx: ACK it (again, for a retransmission).
+        let Ok(resp) = scan(&msg) else { return };
+        if let Some(a) = &l.ack {
+            self.out.push(a.clone());
+            return;
+        }
+        let seq = scan(req).map(|r| r.cseq().seq).unwrap_or(1);
+        match l.dialog.as_mut() {
+            Some(d) => d.handle_response(&resp),
+            None => l.dialog = scan(req).ok().and_then(|r| Dialog::uac(&r, &resp).ok()),
+        }
+        let Some(d) = l.dialog.as_mut() else { return };
+        let ack = d.request("ACK", Some(seq), &via, None, &[], None);
+        self.out.push(ack.clone());
+        l.ack = Some(ack);
+        let hold = self.cfg.hold;
+        let r = &mut self.recs[rec];
+        match (kind, purpose) {
+            (Kind::A, Wake::Bye) => {
+                if !r.established {
+                    r.established = true;
+                    self.counts.established += 1;
+                    let us = (now - r.started).as_micros().min(u128::from(u32::MAX)) as u32;
+                    self.setup.push(us);
+                }
+                let next = if r.scenario == Scenario::Hold {
+                    (hold / 3, Wake::Hold)
+                } else {
+                    (hold, Wake::Bye)
+                };
+                l.wake = Some((now + next.0, next.1));
+            }
+            (Kind::A, Wake::Hold) => {
+                if !resp.body().windows(10).any(|w| w == b"a=recvonly") {
+                    self.finish(rec, Err("hold answered without a=recvonly".into()));
+                    return;
+                }
+                l.wake = Some((now + hold / 3, Wake::Resume));
+            }
+            (Kind::A, Wake::Resume) => l.wake = Some((now + hold / 3, Wake::Bye)),
+            (Kind::A2, _) => {
+                l.wake = Some((now + hold, Wake::Bye));
+                if let Some(a) = l.replaces {
+                    self.notify(now, a, "200 OK", true);
+                    self.drain_leg(now, a);
+                }
+            }
+            (Kind::B2, _) => {
+                // B's call to C is up: B refers A to C, replacing it.
+                if let Some(b) = r.b_leg {
+                    if let Some(x) = self.legs.get_mut(&b) {
+                        x.wake = Some((now, Wake::Refer));
+                    }
+                    self.schedule(b);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn on_nit_event(&mut self, leg: usize, what: &'static str, e: Event) {
+        let Some(l) = self.legs.get(&leg) else { return };
+        let (rec, kind) = (l.rec, l.kind);
+        let status = match e {
+            Event::Response { status, .. } => status,
+            Event::Timeout => {
+                self.finish(rec, Err(format!("timeout ({what})")));
+                return;
+            }
+            _ => return,
+        };
+        if status < 200 {
+            return;
+        }
+        match what {
+            "BYE" if self.recs[rec].last_leg == leg && matches!(kind, Kind::A | Kind::A2) => {
+                let r = &self.recs[rec];
+                let needs_transfer = matches!(r.scenario, Scenario::Blind | Scenario::Attended);
+                let out = if status >= 300 {
+                    Err(format!("BYE answered {status}"))
+                } else if needs_transfer && !r.transfer_ok {
+                    Err("transfer not completed".into())
+                } else {
+                    Ok(())
+                };
+                self.finish(rec, out);
+            }
+            "REFER" if status >= 300 => self.finish(rec, Err(format!("REFER answered {status}"))),
+            _ => {}
+        }
+    }
+
+    /// Runs what is due at `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        while let Some(&Reverse((t, leg))) = self.timers.peek() {
+            if t > now {
+                break;
+            }
+            self.timers.pop();
+            let before = self.out.len();
+            let acted = self.run_leg(now, leg);
+            if !acted {
+                self.counts.retransmissions += (self.out.len() - before) as u64;
+            }
+            self.drain_leg(now, leg);
+        }
+    }
+
+    /// Timers of one leg; true when a scheduled action ran (not a resend).
+    fn run_leg(&mut self, now: Instant, leg: usize) -> bool {
+        let Some(l) = self.legs.get_mut(&leg) else {
+            return false;
+        };
+        if let Some(c) = l.cli.as_mut() {
+            c.2.handle_timeout(now);
+        }
+        if let Some(s) = l.srv.as_mut() {
+            s.1.handle_timeout(now);
+        }
+        for n in &mut l.nits {
+            match n {
+                Nit::Client(_, t, _) => t.handle_timeout(now),
+                Nit::Server(_, t) => t.handle_timeout(now),
+            }
+        }
+        if let Some(o) = l.ok.as_mut()
+            && o.next <= now
+        {
+            if now >= o.give_up {
+                l.ok = None;
+            } else {
+                self.out.push(o.bytes.clone());
+                o.interval = (o.interval * 2).min(self.cfg.timers.t2);
+                o.next = now + o.interval;
+            }
+        }
+        let Some((at, wake)) = l.wake.filter(|w| w.0 <= now) else {
+            return false;
+        };
+        let _ = at;
+        l.wake = None;
+        let rec = l.rec;
+        if self.recs[rec].outcome.is_some() && wake != Wake::Bye {
+            // A failed call is only hung up.
+            return true;
+        }
+        match wake {
+            Wake::Bye => {
+                if !self.legs.get(&leg).is_some_and(|x| x.over) {
+                    self.send_nit(now, leg, "BYE", &[], None);
+                }
+            }
+            Wake::Hold | Wake::Resume => {
+                let dir = if wake == Wake::Hold {
+                    "sendonly"
+                } else {
+                    "sendrecv"
+                };
+                self.reinvite(now, leg, dir, wake);
+            }
+            Wake::Refer => self.send_refer(now, leg, rec),
+            Wake::CallC => {
+                let b2 = self.invite(now, rec, Kind::B2, &format!("b{rec}"), "c", &[]);
+                self.recs[rec].b2_leg = Some(b2);
+            }
+        }
+        true
+    }
+
+    fn reinvite(&mut self, now: Instant, leg: usize, dir: &str, purpose: Wake) {
+        let via = self.via();
+        let contact = self.contact("a");
+        let timers = self.cfg.timers;
+        let body = sdp("a", self.cfg.local, 2, dir);
+        let Some(l) = self.legs.get_mut(&leg) else {
+            return;
+        };
+        let Some(d) = l.dialog.as_mut() else { return };
+        let re = d.request(
+            "INVITE",
+            None,
+            &via,
+            Some(&contact),
+            &[],
+            Some((b"application/sdp", &body)),
+        );
+        if let Ok(k) = scan(&re).map(|m| Key::server(&m)) {
+            l.ack = None;
+            l.cli = Some((re.clone(), k, ClientInvite::new(now, timers, re), purpose));
+        }
+    }
+
+    /// B refers A: to C (blind), or to C replacing B's own call (attended).
+    fn send_refer(&mut self, now: Instant, leg: usize, rec: usize) {
+        let target = self.cfg.target;
+        let mut refer_to = format!("<sip:c@{target}");
+        if let Some(d) = self.recs[rec]
+            .b2_leg
+            .and_then(|b2| self.legs.get(&b2))
+            .and_then(|l| l.dialog.as_ref())
+        {
+            let r = Replaces {
+                call_id: d.id.call_id.clone(),
+                to_tag: d.id.remote_tag.clone(),
+                from_tag: d.id.local_tag.clone(),
+                early_only: false,
+            };
+            let mut esc = Vec::new();
+            transfer::escape(&r.to_value(), &mut esc);
+            refer_to += "?Replaces=";
+            refer_to += &String::from_utf8_lossy(&esc);
+        }
+        refer_to.push('>');
+        let by = format!("<sip:b{rec}@{}>", self.cfg.local);
+        self.send_nit(
+            now,
+            leg,
+            "REFER",
+            &[
+                ("Refer-To", refer_to.as_bytes()),
+                ("Referred-By", by.as_bytes()),
+            ],
+            None,
+        );
+    }
+
+    /// Forgets legs of ended calls whose transactions are over (bounded
+    /// memory in long runs). Walks every leg: call it once a second.
+    pub fn sweep(&mut self) {
+        let dead: Vec<usize> = self
+            .legs
+            .iter()
+            .filter(|(_, l)| {
+                self.recs[l.rec].outcome.is_some()
+                    && l.next_timeout().is_none()
+                    && (l.over || l.dialog.is_none())
+            })
+            .map(|(k, _)| *k)
+            .collect();
+        for k in dead {
+            if let Some(l) = self.legs.remove(&k) {
+                self.by_call_id.remove(&l.call_id);
+            }
+        }
+    }
+}
+
+/// What a run is told.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Our UDP address; the system under test routes `b`, `xb`, `ab`, `c`
+    /// here.
+    pub listen: SocketAddr,
+    /// The system under test.
+    pub target: SocketAddr,
+    /// New calls per second.
+    pub rate: f64,
+    /// Calls in all (the run stops starting calls after this many).
+    pub calls: u64,
+    /// Or after this long, whichever comes first.
+    pub duration: Option<Duration>,
+    /// How long each call stays up.
+    pub hold: Duration,
+    /// At most this many calls at once.
+    pub max_concurrent: u64,
+    /// The scenario mix.
+    pub mix: Mix,
+    /// SIP timer T1.
+    pub t1: Duration,
+}
+
+/// One line of progress.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct Progress {
+    /// Seconds since the start.
+    pub elapsed_s: f64,
+    /// Counts so far.
+    pub counts: Counts,
+    /// Calls up now.
+    pub active: u64,
+    /// Calls started in the last second.
+    pub rate: f64,
+}
+
+/// Latency percentiles, milliseconds.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct Latency {
+    /// Median.
+    pub p50_ms: f64,
+    /// 90th percentile.
+    pub p90_ms: f64,
+    /// 99th percentile.
+    pub p99_ms: f64,
+    /// Largest.
+    pub max_ms: f64,
+}
+
+/// The end of a run.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Report {
+    /// Calls offered per second.
+    pub offered_rate: f64,
+    /// Calls started per second, over the starting period.
+    pub achieved_rate: f64,
+    /// Seconds from the first call to the last one ending.
+    pub elapsed_s: f64,
+    /// Counts.
+    pub counts: Counts,
+    /// Setup latency (INVITE to 2xx at the caller).
+    pub setup_latency: Latency,
+    /// Failures by cause.
+    pub failures: BTreeMap<String, u64>,
+    /// (succeeded, failed) by scenario.
+    pub by_scenario: BTreeMap<String, (u64, u64)>,
+}
+
+fn percentiles(v: &mut [u32]) -> Latency {
+    if v.is_empty() {
+        return Latency::default();
+    }
+    v.sort_unstable();
+    let at = |q: f64| f64::from(v[((v.len() - 1) as f64 * q).round() as usize]) / 1000.0;
+    Latency {
+        p50_ms: at(0.5),
+        p90_ms: at(0.9),
+        p99_ms: at(0.99),
+        max_ms: at(1.0),
+    }
+}
+
+/// Runs a load: binds `listen`, starts calls at the rate until the count
+/// or the duration is reached, waits for every call to end (at most hold
+/// time + 40 s more), and reports. `progress` is called about once a
+/// second; `stop` ends the run early (calls still up are counted failed).
+// The shell is a blocking socket loop on one thread (no runtime: fewer
+// wake-ups per datagram than an async one), so it reads the wall clock
+// itself; the engine still takes `now` as an argument.
+#[allow(clippy::disallowed_types)]
+pub fn run(
+    opts: &Options,
+    stop: &std::sync::atomic::AtomicBool,
+    mut progress: impl FnMut(&Progress),
+) -> std::io::Result<Report> {
+    use std::sync::atomic::Ordering;
+    let sock = UdpSocket::bind(opts.listen)?;
+    let local = sock.local_addr()?;
+    let timers = TimerConfig {
+        t1: opts.t1,
+        ..TimerConfig::default()
+    };
+    let mut e = Engine::new(
+        EngineConfig {
+            local,
+            target: opts.target,
+            hold: opts.hold,
+            timers,
+        },
+        rand_core::UnwrapErr(rand_core::OsRng),
+    );
+    let t0 = std::time::Instant::now();
+    let now = || Instant::from_epoch(t0.elapsed());
+    let mut buf = vec![0u8; 65_536];
+    let mut started = 0u64;
+    let mut last_tick = t0;
+    let mut last_started = 0u64;
+    let mut sweep_at = t0;
+    let mut read_timeout = Duration::ZERO;
+    let start_deadline = opts.duration.map(|d| t0 + d);
+    let mut starting_ended: Option<std::time::Instant> = None;
+    let mut final_deadline: Option<std::time::Instant> = None;
+    loop {
+        let wall = std::time::Instant::now();
+        // Start what is due.
+        if starting_ended.is_none() {
+            let due = (wall - t0).as_secs_f64() * opts.rate;
+            while started < opts.calls && (started as f64) < due && e.active() < opts.max_concurrent
+            {
+                e.start_call(now(), opts.mix.pick(started));
+                started += 1;
+            }
+            if started >= opts.calls
+                || start_deadline.is_some_and(|d| wall >= d)
+                || stop.load(Ordering::Relaxed)
+            {
+                starting_ended = Some(wall);
+                final_deadline = Some(wall + opts.hold * 3 + Duration::from_secs(40));
+            }
+        }
+        e.handle_timeout(now());
+        for d in e.drain_transmit() {
+            let _ = sock.send_to(&d, opts.target);
+        }
+        if wall.duration_since(last_tick) >= Duration::from_secs(1) {
+            let c = e.counts();
+            progress(&Progress {
+                elapsed_s: (wall - t0).as_secs_f64(),
+                counts: c,
+                active: e.active(),
+                rate: (c.started - last_started) as f64 / (wall - last_tick).as_secs_f64(),
+            });
+            last_started = c.started;
+            last_tick = wall;
+        }
+        if wall.duration_since(sweep_at) >= Duration::from_secs(1) {
+            e.sweep();
+            sweep_at = wall;
+        }
+        if starting_ended.is_some() && e.active() == 0 {
+            break;
+        }
+        if final_deadline.is_some_and(|d| wall >= d)
+            || (stop.load(Ordering::Relaxed)
+                && starting_ended.is_some_and(|s| wall >= s + Duration::from_secs(2)))
+        {
+            e.abandon("unfinished at the end of the run");
+            break;
+        }
+        // Wait for a datagram until the next thing to do.
+        let next_start = if starting_ended.is_none() && e.active() < opts.max_concurrent {
+            Some(t0 + Duration::from_secs_f64((started as f64 + 1.0) / opts.rate))
+        } else {
+            None
+        };
+        let next_timer = e.poll_timeout().map(|t| t0 + t.since_epoch());
+        let wake = [
+            next_start,
+            next_timer,
+            Some(wall + Duration::from_millis(100)),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .unwrap_or(wall);
+        let wait = wake
+            .saturating_duration_since(std::time::Instant::now())
+            .max(Duration::from_micros(100));
+        if wait.abs_diff(read_timeout) > Duration::from_micros(500) {
+            sock.set_read_timeout(Some(wait))?;
+            read_timeout = wait;
+        }
+        match sock.recv_from(&mut buf) {
+            Ok((n, _)) => {
+                e.handle_datagram(now(), &buf[..n]);
+                // Drain what else is queued without waiting.
+                sock.set_nonblocking(true)?;
+                for _ in 0..256 {
+                    match sock.recv_from(&mut buf) {
+                        Ok((n, _)) => e.handle_datagram(now(), &buf[..n]),
+                        Err(_) => break,
+                    }
+                }
+                sock.set_nonblocking(false)?;
+            }
+            Err(err)
+                if matches!(
+                    err.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(err) if err.kind() == std::io::ErrorKind::ConnectionRefused => {}
+            Err(err) => return Err(err),
+        }
+    }
+    let elapsed = t0.elapsed();
+    let start_period = starting_ended.map_or(elapsed, |s| s - t0);
+    let c = e.counts();
+    let mut lat = e.setup_latencies().to_vec();
+    Ok(Report {
+        offered_rate: opts.rate,
+        achieved_rate: c.started as f64 / start_period.as_secs_f64().max(1e-9),
+        elapsed_s: elapsed.as_secs_f64(),
+        counts: c,
+        setup_latency: percentiles(&mut lat),
+        failures: e.failures().clone(),
+        by_scenario: e
+            .by_scenario()
+            .iter()
+            .map(|(k, v)| (k.name().to_string(), *v))
+            .collect(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mixes_parse_and_keep_their_weights() {
+        let m: Mix = "basic=70,hold=10,blind=10,attended=10".parse().unwrap();
+        let mut n = BTreeMap::new();
+        for i in 0..10_000 {
+            *n.entry(m.pick(i)).or_insert(0u32) += 1;
+        }
+        assert!((6800..7200).contains(&n[&Scenario::Basic]), "{n:?}");
+        assert!((800..1200).contains(&n[&Scenario::Attended]), "{n:?}");
+        assert!(
+            "basic,fax".parse::<Mix>().unwrap_err().contains("`fax`"),
+            "names the bad scenario"
+        );
+        assert!("basic=x".parse::<Mix>().unwrap_err().contains("weight `x`"));
+        assert!("basic=0".parse::<Mix>().is_err());
+    }
+
+    #[test]
+    fn answers_mirror_the_offer_direction() {
+        assert_eq!(answer_dir(b"v=0\r\na=sendonly\r\n"), "recvonly");
+        assert_eq!(answer_dir(b"v=0\r\na=inactive\r\n"), "inactive");
+        assert_eq!(answer_dir(b""), "sendrecv");
+    }
+}
