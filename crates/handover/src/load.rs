@@ -41,6 +41,11 @@ pub(crate) struct LoadArgs {
     /// SIP timer T1, milliseconds.
     #[arg(long, default_value_t = 500)]
     pub(crate) t1_ms: u64,
+    /// The user that basic and hold calls call: `b` is answered by this
+    /// generator itself; another user reaches a callee of the system under
+    /// test's (a PBX, a SIPp UAS).
+    #[arg(long, default_value = "b")]
+    pub(crate) callee: String,
     /// Print the report as JSON (and no progress line).
     #[arg(long)]
     pub(crate) json: bool,
@@ -86,6 +91,7 @@ impl LoadArgs {
             max_concurrent: self.max_concurrent.max(1),
             mix,
             t1: Duration::from_millis(self.t1_ms),
+            callee: self.callee.clone(),
         })
     }
 }

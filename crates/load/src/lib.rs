@@ -207,6 +207,11 @@ struct Leg {
     rec: usize,
     kind: Kind,
     call_id: Vec<u8>,
+    /// Our tag: with the Call-ID, what finds this leg (one process plays
+    /// both ends of a dialog when it calls itself).
+    local_tag: Vec<u8>,
+    /// A callee's: the caller's tag, which finds it before it has ours.
+    remote_tag: Option<Vec<u8>>,
     dialog: Option<Dialog>,
     /// Our INVITE or re-INVITE: request, key, transaction, what it was for.
     cli: Option<(Vec<u8>, Key, ClientInvite, Wake)>,
@@ -253,6 +258,10 @@ pub struct EngineConfig {
     pub hold: Duration,
     /// Transaction timers.
     pub timers: TimerConfig,
+    /// The user that basic and hold calls call (`b`: the generator
+    /// answers them itself; another user: a callee of the system under
+    /// test's, such as a PBX or a SIPp UAS).
+    pub callee: String,
 }
 
 /// Counts so far.
@@ -276,9 +285,15 @@ pub struct Engine<R> {
     cfg: EngineConfig,
     ids: IdGen<R>,
     recs: Vec<Rec>,
+    /// Every call before this one has ended.
+    first_open: usize,
     legs: HashMap<usize, Leg>,
     next_leg: usize,
-    by_call_id: HashMap<Vec<u8>, usize>,
+    /// (Call-ID, our tag) → leg.
+    by_dialog: HashMap<(Vec<u8>, Vec<u8>), usize>,
+    /// (Call-ID, the caller's tag) → callee leg, for requests without our
+    /// tag yet (INVITE retransmissions, CANCEL).
+    by_remote: HashMap<(Vec<u8>, Vec<u8>), usize>,
     timers: BinaryHeap<Reverse<(Instant, usize)>>,
     out: Vec<Vec<u8>>,
     counts: Counts,
@@ -330,9 +345,11 @@ impl<R: RngCore> Engine<R> {
             cfg,
             ids: IdGen::new(rng),
             recs: Vec::new(),
+            first_open: 0,
             legs: HashMap::new(),
             next_leg: 0,
-            by_call_id: HashMap::new(),
+            by_dialog: HashMap::new(),
+            by_remote: HashMap::new(),
             timers: BinaryHeap::new(),
             out: Vec::new(),
             counts: Counts::default(),
@@ -365,11 +382,6 @@ impl<R: RngCore> Engine<R> {
     /// Setup latencies (INVITE to 2xx), microseconds, in arrival order.
     pub fn setup_latencies(&self) -> &[u32] {
         &self.setup
-    }
-
-    /// The next datagram to send to the target.
-    pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
-        self.out.pop()
     }
 
     /// All datagrams to send, in order.
@@ -430,16 +442,29 @@ impl<R: RngCore> Engine<R> {
         }
     }
 
-    fn new_leg(&mut self, rec: usize, kind: Kind, call_id: Vec<u8>) -> usize {
+    fn new_leg(
+        &mut self,
+        rec: usize,
+        kind: Kind,
+        call_id: Vec<u8>,
+        local_tag: Vec<u8>,
+        remote_tag: Option<Vec<u8>>,
+    ) -> usize {
         let id = self.next_leg;
         self.next_leg += 1;
-        self.by_call_id.insert(call_id.clone(), id);
+        self.by_dialog
+            .insert((call_id.clone(), local_tag.clone()), id);
+        if let Some(r) = &remote_tag {
+            self.by_remote.insert((call_id.clone(), r.clone()), id);
+        }
         self.legs.insert(
             id,
             Leg {
                 rec,
                 kind,
                 call_id,
+                local_tag,
+                remote_tag,
                 dialog: None,
                 cli: None,
                 ack: None,
@@ -469,7 +494,11 @@ impl<R: RngCore> Engine<R> {
             b2_leg: None,
         });
         self.counts.started += 1;
-        let leg = self.invite(now, rec, Kind::A, &format!("a{rec}"), s.callee(), &[]);
+        let user = match s {
+            Scenario::Basic | Scenario::Hold => self.cfg.callee.clone(),
+            _ => s.callee().to_string(),
+        };
+        let leg = self.invite(now, rec, Kind::A, &format!("a{rec}"), &user, &[]);
         self.recs[rec].last_leg = leg;
     }
 
@@ -508,7 +537,7 @@ impl<R: RngCore> Engine<R> {
             ..Default::default()
         }
         .to_vec();
-        let leg = self.new_leg(rec, kind, call_id);
+        let leg = self.new_leg(rec, kind, call_id, tag.as_bytes().to_vec(), None);
         if let Ok(k) = scan(&inv).map(|m| Key::server(&m)) {
             let t = ClientInvite::new(now, self.cfg.timers, inv.clone());
             if let Some(l) = self.legs.get_mut(&leg) {
@@ -522,7 +551,18 @@ impl<R: RngCore> Engine<R> {
     /// One datagram from the target.
     pub fn handle_datagram(&mut self, now: Instant, bytes: &[u8]) {
         let Ok(m) = scan(bytes) else { return };
-        let leg = self.by_call_id.get(m.call_id()).copied();
+        let cid = m.call_id().to_vec();
+        let leg = if m.is_request() {
+            match m.to_tag() {
+                Some(t) => self.by_dialog.get(&(cid, t.to_vec())).copied(),
+                None => m
+                    .from_tag()
+                    .and_then(|f| self.by_remote.get(&(cid, f.to_vec())).copied()),
+            }
+        } else {
+            m.from_tag()
+                .and_then(|f| self.by_dialog.get(&(cid, f.to_vec())).copied())
+        };
         match (m.is_request(), leg) {
             (true, Some(l)) => self.request(now, l, &m),
             (true, None) => self.new_request(now, &m),
@@ -559,7 +599,9 @@ impl<R: RngCore> Engine<R> {
             self.reply(m, 404);
             return;
         };
-        let leg = self.new_leg(rec, Kind::Callee(callee), m.call_id().to_vec());
+        let tag = self.ids.tag().as_bytes().to_vec();
+        let remote = m.from_tag().map(<[u8]>::to_vec);
+        let leg = self.new_leg(rec, Kind::Callee(callee), m.call_id().to_vec(), tag, remote);
         if callee != Callee::C {
             self.recs[rec].b_leg = Some(leg);
         }
@@ -568,7 +610,7 @@ impl<R: RngCore> Engine<R> {
         let replaced = m
             .header(HeaderName::Replaces)
             .and_then(|h| Replaces::parse(h.value.of(m.buf())))
-            .and_then(|r| self.by_call_id.get(&r.call_id).copied());
+            .and_then(|r| self.by_dialog.get(&(r.call_id, r.to_tag)).copied());
         if let Some(l) = self.legs.get_mut(&leg) {
             l.replaces = replaced;
         }
@@ -579,7 +621,6 @@ impl<R: RngCore> Engine<R> {
     /// Answers an INVITE (new or re-INVITE) on `leg`: 180 for a new call,
     /// then 200 with SDP answering its offer (or offering, if it had none).
     fn answer_invite(&mut self, now: Instant, leg: usize, m: &Message<'_>, new: bool) {
-        let tag = self.ids.tag();
         let local = self.cfg.local;
         let timers = self.cfg.timers;
         let contact = self.contact("uas");
@@ -587,10 +628,7 @@ impl<R: RngCore> Engine<R> {
             return;
         };
         let mut srv = ServerInvite::new(now, timers, m);
-        let tag = match &l.dialog {
-            Some(d) => d.id.local_tag.clone(),
-            None => tag.as_bytes().to_vec(),
-        };
+        let tag = l.local_tag.clone();
         if new {
             l.dialog = Dialog::uas(m, &tag, DialogState::Confirmed).ok();
             let mut r = Vec::new();
@@ -1072,10 +1110,12 @@ impl<R: RngCore> Engine<R> {
             self.timers.pop();
             let before = self.out.len();
             let acted = self.run_leg(now, leg);
+            self.drain_leg(now, leg);
             if !acted {
+                // Only resends: timers A, E and our 2xx's (a scheduled
+                // action's new request is not one).
                 self.counts.retransmissions += (self.out.len() - before) as u64;
             }
-            self.drain_leg(now, leg);
         }
     }
 
@@ -1197,6 +1237,42 @@ impl<R: RngCore> Engine<R> {
         );
     }
 
+    /// Fails calls that can no longer end well: no final answer within
+    /// 64*T1 of their INVITE (a proxy's timer C would have given up), or
+    /// still running long after their hold time. Walks every call still
+    /// running: call it once a second.
+    pub fn expire(&mut self, now: Instant) {
+        let t1x64 = self.cfg.timers.t1x64();
+        let limit = self.cfg.hold * 3 + t1x64 * 2;
+        while self
+            .recs
+            .get(self.first_open)
+            .is_some_and(|r| r.outcome.is_some())
+        {
+            self.first_open += 1;
+        }
+        let stuck: Vec<(usize, &'static str)> = self
+            .recs
+            .iter()
+            .enumerate()
+            .skip(self.first_open)
+            .filter(|(_, r)| r.outcome.is_none())
+            .filter_map(|(i, r)| {
+                let age = now - r.started;
+                if !r.established && age > t1x64 {
+                    Some((i, "no final answer within 64*T1"))
+                } else if age > limit {
+                    Some((i, "call did not end in time"))
+                } else {
+                    None
+                }
+            })
+            .collect();
+        for (i, why) in stuck {
+            self.finish(i, Err(why.into()));
+        }
+    }
+
     /// Forgets legs of ended calls whose transactions are over (bounded
     /// memory in long runs). Walks every leg: call it once a second.
     pub fn sweep(&mut self) {
@@ -1212,7 +1288,10 @@ impl<R: RngCore> Engine<R> {
             .collect();
         for k in dead {
             if let Some(l) = self.legs.remove(&k) {
-                self.by_call_id.remove(&l.call_id);
+                self.by_dialog.remove(&(l.call_id.clone(), l.local_tag));
+                if let Some(r) = l.remote_tag {
+                    self.by_remote.remove(&(l.call_id, r));
+                }
             }
         }
     }
@@ -1238,6 +1317,8 @@ pub struct Options {
     pub max_concurrent: u64,
     /// The scenario mix.
     pub mix: Mix,
+    /// The user basic and hold calls call (see [`EngineConfig::callee`]).
+    pub callee: String,
     /// SIP timer T1.
     pub t1: Duration,
 }
@@ -1283,6 +1364,10 @@ pub struct Report {
     pub setup_latency: Latency,
     /// Failures by cause.
     pub failures: BTreeMap<String, u64>,
+    /// Datagrams the generator sent and received.
+    pub datagrams_sent: u64,
+    /// See `datagrams_sent`.
+    pub datagrams_received: u64,
     /// (succeeded, failed) by scenario.
     pub by_scenario: BTreeMap<String, (u64, u64)>,
 }
@@ -1315,7 +1400,18 @@ pub fn run(
     mut progress: impl FnMut(&Progress),
 ) -> std::io::Result<Report> {
     use std::sync::atomic::Ordering;
-    let sock = UdpSocket::bind(opts.listen)?;
+    // Large socket buffers (the kernel caps them at net.core.rmem_max /
+    // wmem_max): a burst of answers must not be dropped while the loop
+    // is busy, or the generator measures its own losses.
+    let s2 = socket2::Socket::new(
+        socket2::Domain::for_address(opts.listen),
+        socket2::Type::DGRAM,
+        Some(socket2::Protocol::UDP),
+    )?;
+    let _ = s2.set_recv_buffer_size(8 << 20);
+    let _ = s2.set_send_buffer_size(8 << 20);
+    s2.bind(&opts.listen.into())?;
+    let sock: UdpSocket = s2.into();
     let local = sock.local_addr()?;
     let timers = TimerConfig {
         t1: opts.t1,
@@ -1327,17 +1423,20 @@ pub fn run(
             target: opts.target,
             hold: opts.hold,
             timers,
+            callee: opts.callee.clone(),
         },
         rand_core::UnwrapErr(rand_core::OsRng),
     );
     let t0 = std::time::Instant::now();
     let now = || Instant::from_epoch(t0.elapsed());
     let mut buf = vec![0u8; 65_536];
+    let (mut sent, mut received) = (0u64, 0u64);
     let mut started = 0u64;
     let mut last_tick = t0;
     let mut last_started = 0u64;
     let mut sweep_at = t0;
-    let mut read_timeout = Duration::ZERO;
+    // The socket's read timeout as last set (None: never set, so blocking).
+    let mut read_timeout: Option<Duration> = None;
     let start_deadline = opts.duration.map(|d| t0 + d);
     let mut starting_ended: Option<std::time::Instant> = None;
     let mut final_deadline: Option<std::time::Instant> = None;
@@ -1361,7 +1460,9 @@ pub fn run(
         }
         e.handle_timeout(now());
         for d in e.drain_transmit() {
-            let _ = sock.send_to(&d, opts.target);
+            if sock.send_to(&d, opts.target).is_ok() {
+                sent += 1;
+            }
         }
         if wall.duration_since(last_tick) >= Duration::from_secs(1) {
             let c = e.counts();
@@ -1375,6 +1476,7 @@ pub fn run(
             last_tick = wall;
         }
         if wall.duration_since(sweep_at) >= Duration::from_secs(1) {
+            e.expire(now());
             e.sweep();
             sweep_at = wall;
         }
@@ -1407,18 +1509,22 @@ pub fn run(
         let wait = wake
             .saturating_duration_since(std::time::Instant::now())
             .max(Duration::from_micros(100));
-        if wait.abs_diff(read_timeout) > Duration::from_micros(500) {
+        if read_timeout.is_none_or(|r| wait.abs_diff(r) > Duration::from_micros(500)) {
             sock.set_read_timeout(Some(wait))?;
-            read_timeout = wait;
+            read_timeout = Some(wait);
         }
         match sock.recv_from(&mut buf) {
             Ok((n, _)) => {
+                received += 1;
                 e.handle_datagram(now(), &buf[..n]);
                 // Drain what else is queued without waiting.
                 sock.set_nonblocking(true)?;
                 for _ in 0..256 {
                     match sock.recv_from(&mut buf) {
-                        Ok((n, _)) => e.handle_datagram(now(), &buf[..n]),
+                        Ok((n, _)) => {
+                            received += 1;
+                            e.handle_datagram(now(), &buf[..n]);
+                        }
                         Err(_) => break,
                     }
                 }
@@ -1444,6 +1550,8 @@ pub fn run(
         counts: c,
         setup_latency: percentiles(&mut lat),
         failures: e.failures().clone(),
+        datagrams_sent: sent,
+        datagrams_received: received,
         by_scenario: e
             .by_scenario()
             .iter()

@@ -1,0 +1,144 @@
+//! `handover load`: every scenario of the mix through `handover up` with
+//! zero failures in both transfer modes, and its failure counting against
+//! SIPp callees that reject, drop and delay on purpose.
+
+use std::process::Command;
+
+use crate::support::*;
+
+/// Runs `handover load ARGS --json`; (exit code, report).
+fn load(args: &[&str]) -> (Option<i32>, serde_json::Value) {
+    let out = Command::new(env!("CARGO_BIN_EXE_handover"))
+        .arg("load")
+        .args(args)
+        .arg("--json")
+        .output()
+        .expect("handover load runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let report = serde_json::from_str(&text).unwrap_or_else(|e| {
+        panic!(
+            "load printed no JSON report ({e}):\n{text}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (out.status.code(), report)
+}
+
+fn n(v: &serde_json::Value, path: &[&str]) -> u64 {
+    let mut x = v;
+    for p in path {
+        x = &x[*p];
+    }
+    x.as_u64().unwrap_or_else(|| panic!("{path:?} in {v}"))
+}
+
+#[test]
+fn load_plays_every_scenario_through_up_in_both_transfer_modes() {
+    let _g = serial();
+    for mode in ["passthrough", "local"] {
+        let lp = free_udp_port();
+        let c = cluster(
+            &[format!("*=127.0.0.1:{lp}")],
+            &["--transfer-mode", mode],
+        );
+        let (target, listen) = (format!("127.0.0.1:{}", c.sip), format!("127.0.0.1:{lp}"));
+        let (code, r) = load(&[
+            "--target",
+            &target,
+            "--listen",
+            &listen,
+            "--rate",
+            "40",
+            "--calls",
+            "80",
+            "--hold-ms",
+            "300",
+            "--mix",
+            "basic=1,hold=1,blind=1,attended=1",
+        ]);
+        assert_eq!(code, Some(0), "{mode}: {r:#}");
+        assert_eq!(
+            (n(&r, &["counts", "succeeded"]), n(&r, &["counts", "failed"])),
+            (80, 0),
+            "{mode}: {r:#}"
+        );
+        for s in ["basic", "hold", "blind", "attended"] {
+            assert_eq!(r["by_scenario"][s][0].as_u64(), Some(20), "{mode} {s}: {r:#}");
+        }
+        // The worker saw the transfers the generator played, in this mode.
+        let text = http_get(&format!("http://{}/metrics", c.worker_admin)).1;
+        for kind in ["blind", "attended"] {
+            assert_eq!(
+                metric(
+                    &text,
+                    &format!(
+                        "handover_transfers_total{{kind=\"{kind}\",mode=\"{mode}\",result=\"succeeded\"}}"
+                    )
+                ),
+                20.0,
+                "{mode} {kind}"
+            );
+        }
+        assert_eq!(metric(&text, "handover_calls_active"), 0.0);
+    }
+}
+
+#[test]
+fn load_counts_failures_by_cause_against_callees_that_reject_drop_and_delay() {
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let (busy, lossy, slow) = (free_udp_port(), free_udp_port(), free_udp_port());
+    let _uas = [
+        sipp_uas_with(dir.path(), "uas_busy.xml", busy),
+        sipp_uas_with(dir.path(), "uas_lossy.xml", lossy),
+        sipp_uas_with(dir.path(), "uas_slow.xml", slow),
+    ];
+    let run = |port: u16, calls: &str| {
+        let (target, listen) = (
+            format!("127.0.0.1:{port}"),
+            format!("127.0.0.1:{}", free_udp_port()),
+        );
+        load(&[
+            "--target", &target, "--listen", &listen, "--callee", "x", "--rate", "20",
+            "--calls", calls, "--hold-ms", "100", "--t1-ms", "100",
+        ])
+    };
+    // Rejected: every call fails, with the status line as its cause.
+    let (code, r) = run(busy, "20");
+    assert_eq!(code, Some(1), "failures make the exit code 1");
+    assert_eq!(n(&r, &["counts", "failed"]), 20, "{r:#}");
+    assert_eq!(r["failures"]["486 Busy Here"].as_u64(), Some(20), "{r:#}");
+    // Dropped (10% of INVITEs and of 200s lost at the callee): the
+    // generator retransmits and re-ACKs; every call succeeds.
+    let (code, r) = run(lossy, "60");
+    assert_eq!(code, Some(0), "{r:#}");
+    assert_eq!(n(&r, &["counts", "succeeded"]), 60, "{r:#}");
+    assert!(n(&r, &["counts", "retransmissions"]) > 0, "{r:#}");
+    // Delayed 300 ms before the 200: the setup latency says so.
+    let (code, r) = run(slow, "10");
+    assert_eq!(code, Some(0), "{r:#}");
+    let p50 = r["setup_latency"]["p50_ms"].as_f64().unwrap();
+    assert!((300.0..1000.0).contains(&p50), "p50 {p50} ms: {r:#}");
+}
+
+#[test]
+fn load_refuses_what_it_should_not_do() {
+    for (args, says) in [
+        (
+            vec!["--target", "10.1.2.3:5060"],
+            "--target 10.1.2.3:5060 is not a loopback address",
+        ),
+        (vec!["--mix", "basic,fax"], "--mix: scenario `fax` is not one of"),
+        (vec!["--rate", "0"], "--rate 0 is out of range"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_handover"))
+            .arg("load")
+            .args(&args)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(says), "{args:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "one line: {err}");
+    }
+}
