@@ -130,6 +130,10 @@ fn load_refuses_what_it_should_not_do() {
         ),
         (vec!["--mix", "basic,fax"], "--mix: scenario `fax` is not one of"),
         (vec!["--rate", "0"], "--rate 0 is out of range"),
+        (
+            vec!["--threads", "2", "--mix", "basic,blind"],
+            "--threads 2 plays only basic and hold calls",
+        ),
     ] {
         let out = Command::new(env!("CARGO_BIN_EXE_handover"))
             .arg("load")

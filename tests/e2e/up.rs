@@ -366,3 +366,92 @@ fn up_with_three_workers_spreads_calls_and_keeps_each_on_one_worker() {
         "each worker takes a share: {per:?}"
     );
 }
+
+#[test]
+fn up_demo_plays_calls_and_transfers_and_prints_a_summary() {
+    let _g = serial();
+    let (sip, worker, demo) = (free_udp_port(), free_udp_port(), free_udp_port());
+    let (admin, worker_admin) = (free_tcp_port(), free_tcp_port());
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_handover"))
+        .arg("up")
+        .arg("--demo")
+        .args(["--listen", &format!("127.0.0.1:{sip}")])
+        .args(["--worker-listen", &format!("127.0.0.1:{worker}")])
+        .args(["--admin", &format!("127.0.0.1:{admin}")])
+        .args(["--worker-admin", &format!("127.0.0.1:{worker_admin}")])
+        .args(["--demo-listen", &format!("127.0.0.1:{demo}")])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let out = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    while std::time::Instant::now() < deadline {
+        match rx.recv_timeout(Duration::from_secs(1)) {
+            Ok(l) => {
+                let done = l.starts_with("demo: every call") || l.starts_with("demo: some calls");
+                seen.push(l);
+                if done {
+                    break;
+                }
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            Err(_) => break,
+        }
+    }
+    let _ = std::process::Command::new("kill")
+        .arg(child.id().to_string())
+        .status();
+    let _ = child.wait();
+    let text = seen.join("\n");
+    assert!(
+        text.contains(&format!("edge metrics: http://127.0.0.1:{admin}/metrics")),
+        "{text}"
+    );
+    assert!(
+        text.contains("calls: 200 started, 200 answered, 200 succeeded, 0 failed"),
+        "{text}"
+    );
+    for s in ["| basic |", "| hold |", "| blind |", "| attended |"] {
+        assert!(text.contains(s), "{s} in the summary:\n{text}");
+    }
+    assert!(text.contains("demo: every call succeeded"), "{text}");
+}
+
+#[test]
+fn up_names_a_port_in_use_and_the_flag_that_moves_it() {
+    let taken = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let out = handover(&[
+        "up",
+        "--route",
+        "b=127.0.0.1:5071",
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!(
+            "udp 127.0.0.1:{port} is already in use: pick another address with --listen"
+        )),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "{err}");
+    let out = handover(&["up"]);
+    assert!(
+        stderr(&out).contains("no route configured: give at least one --route"),
+        "{}",
+        stderr(&out)
+    );
+}

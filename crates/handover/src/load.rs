@@ -46,6 +46,10 @@ pub(crate) struct LoadArgs {
     /// test's (a PBX, a SIPp UAS).
     #[arg(long, default_value = "b")]
     pub(crate) callee: String,
+    /// Threads, each on its own port (--listen's port + i) with an equal
+    /// share of the calls; above 1, only basic and hold calls.
+    #[arg(long, default_value_t = 1)]
+    pub(crate) threads: usize,
     /// Print the report as JSON (and no progress line).
     #[arg(long)]
     pub(crate) json: bool,
@@ -81,6 +85,15 @@ impl LoadArgs {
             .mix
             .parse()
             .map_err(|e| anyhow::anyhow!("--mix: {e}"))?;
+        if !(1..=64).contains(&self.threads) {
+            anyhow::bail!("--threads {} is out of range: 1..=64", self.threads);
+        }
+        if self.threads > 1 && mix.has_transfers() {
+            anyhow::bail!(
+                "--threads {} plays only basic and hold calls (a transfer's parties share one thread): use --threads 1 with blind or attended",
+                self.threads
+            );
+        }
         Ok(Options {
             listen: self.listen,
             target: self.target,
@@ -92,6 +105,7 @@ impl LoadArgs {
             mix,
             t1: Duration::from_millis(self.t1_ms),
             callee: self.callee.clone(),
+            threads: self.threads,
         })
     }
 }

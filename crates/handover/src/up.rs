@@ -44,6 +44,14 @@ pub(crate) struct UpArgs {
     /// B2BUA).
     #[arg(long, default_value = "passthrough", value_parser = ["passthrough", "local"])]
     transfer_mode: String,
+    /// Play a built-in mix of calls and transfers against the cluster with
+    /// `handover load` (it answers as every callee: routes default to it),
+    /// show progress and a summary, then keep the cluster up.
+    #[arg(long)]
+    demo: bool,
+    /// The demo's load generator address.
+    #[arg(long, default_value = "127.0.0.1:5070")]
+    demo_listen: SocketAddr,
 }
 
 struct Kids(Vec<Child>);
@@ -60,8 +68,11 @@ impl Drop for Kids {
     }
 }
 
-pub(crate) fn run(a: UpArgs) -> anyhow::Result<()> {
+pub(crate) fn run(mut a: UpArgs) -> anyhow::Result<()> {
     crate::init_tracing();
+    if a.demo && a.routes.is_empty() {
+        a.routes.push(format!("*={}", a.demo_listen));
+    }
     if a.routes.is_empty() {
         anyhow::bail!(
             "no route configured: give at least one --route USER=IP:PORT, e.g. --route b=127.0.0.1:5071"
@@ -80,6 +91,30 @@ pub(crate) fn run(a: UpArgs) -> anyhow::Result<()> {
             .with_context(|| format!("{base} + {i}: no such port for worker {}", i + 1))?;
         Ok(SocketAddr::new(base.ip(), port))
     };
+    // Every address is checked before anything starts, so a port in use
+    // is one line naming it and the flag that moves it.
+    let mut wanted: Vec<(SocketAddr, bool, &str)> = vec![(a.listen, true, "--listen"), (a.admin, false, "--admin")];
+    for i in 0..a.workers {
+        wanted.push((nth(a.worker_listen, i)?, true, "--worker-listen"));
+        wanted.push((nth(a.worker_admin, i)?, false, "--worker-admin"));
+    }
+    if a.demo {
+        wanted.push((a.demo_listen, true, "--demo-listen"));
+    }
+    for (addr, udp, flag) in wanted {
+        let taken = if udp {
+            std::net::UdpSocket::bind(addr).err()
+        } else {
+            std::net::TcpListener::bind(addr).err()
+        };
+        if let Some(e) = taken {
+            let proto = if udp { "udp" } else { "tcp" };
+            if e.kind() == std::io::ErrorKind::AddrInUse {
+                anyhow::bail!("{proto} {addr} is already in use: pick another address with {flag}");
+            }
+            anyhow::bail!("cannot use {proto} {addr} ({e}): pick another address with {flag}");
+        }
+    }
     let mut kids = Kids(Vec::new());
     let mut edge = Command::new(&exe);
     edge.arg("edge").args([
@@ -138,6 +173,9 @@ pub(crate) fn run(a: UpArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let n = kids.0.len();
+    if a.demo {
+        demo(&a, &mut kids)?;
+    }
     rt.block_on(async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         let mut tick = tokio::time::interval(std::time::Duration::from_millis(200));
@@ -169,5 +207,45 @@ pub(crate) fn run(a: UpArgs) -> anyhow::Result<()> {
         anyhow::Ok(())
     })?;
     drop(kids);
+    Ok(())
+}
+
+/// The demo: waits for the cluster, plays calls and transfers against it,
+/// prints the summary and where to look next.
+fn demo(a: &UpArgs, kids: &mut Kids) -> anyhow::Result<()> {
+    // Give the children a moment to bind; a child that fails to start
+    // (a port in use) has said why on stderr by then.
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    for c in &mut kids.0 {
+        if let Some(s) = c.try_wait()? {
+            anyhow::bail!("a cluster process exited ({s}) before the demo could start; see its error above");
+        }
+    }
+    let args = crate::load::LoadArgs {
+        target: a.listen,
+        listen: a.demo_listen,
+        rate: 20.0,
+        calls: 200,
+        duration_s: None,
+        hold_ms: 1500,
+        max_concurrent: 1000,
+        mix: "basic=6,hold=2,blind=1,attended=1".into(),
+        t1_ms: 500,
+        json: false,
+        allow_remote: false,
+        callee: "b".into(),
+        threads: 1,
+    };
+    println!(
+        "demo: 200 calls at 20/s (basic, hold/resume, blind and attended transfers), the load generator on {}",
+        a.demo_listen
+    );
+    let ok = crate::load::run(&args)?;
+    println!(
+        "demo: {}. Look at http://{}/metrics and http://{}/metrics (edge, first worker); the cluster stays up until Ctrl-C.",
+        if ok { "every call succeeded" } else { "some calls failed (causes above)" },
+        a.admin,
+        a.worker_admin
+    );
     Ok(())
 }

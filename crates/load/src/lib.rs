@@ -122,6 +122,13 @@ impl core::str::FromStr for Mix {
 }
 
 impl Mix {
+    /// Whether it plays transfers (whose parties must share one engine).
+    pub fn has_transfers(&self) -> bool {
+        self.0
+            .iter()
+            .any(|(s, _)| matches!(s, Scenario::Blind | Scenario::Attended))
+    }
+
     /// The scenario of call number `n`: weights respected over any run of
     /// calls, interleaved rather than in blocks.
     pub fn pick(&self, n: u64) -> Scenario {
@@ -287,6 +294,8 @@ pub struct Engine<R> {
     recs: Vec<Rec>,
     /// Every call before this one has ended.
     first_open: usize,
+    /// See [`Engine::foreign_rec`].
+    foreign: Option<usize>,
     legs: HashMap<usize, Leg>,
     next_leg: usize,
     /// (Call-ID, our tag) → leg.
@@ -346,6 +355,7 @@ impl<R: RngCore> Engine<R> {
             ids: IdGen::new(rng),
             recs: Vec::new(),
             first_open: 0,
+            foreign: None,
             legs: HashMap::new(),
             next_leg: 0,
             by_dialog: HashMap::new(),
@@ -401,6 +411,27 @@ impl<R: RngCore> Engine<R> {
                 self.finish(i, Err(cause.to_string()));
             }
         }
+    }
+
+    /// A call record for callee legs of calls this engine did not start:
+    /// already ended, so it is never counted.
+    fn foreign_rec(&mut self) -> usize {
+        if let Some(i) = self.foreign {
+            return i;
+        }
+        let now = Instant::from_epoch(Duration::ZERO);
+        self.recs.push(Rec {
+            scenario: Scenario::Basic,
+            started: now,
+            established: true,
+            outcome: Some(Ok(())),
+            transfer_ok: false,
+            last_leg: usize::MAX,
+            b_leg: None,
+            b2_leg: None,
+        });
+        self.foreign = Some(self.recs.len() - 1);
+        self.recs.len() - 1
     }
 
     fn finish(&mut self, rec: usize, outcome: Result<(), String>) {
@@ -578,6 +609,11 @@ impl<R: RngCore> Engine<R> {
     }
 
     fn new_request(&mut self, now: Instant, m: &Message<'_>) {
+        if m.method() == Some(Method::Options) {
+            // A health probe (the edge's): we are up.
+            self.reply(m, 200);
+            return;
+        }
         if m.method() != Some(Method::Invite) || m.to_tag().is_some() {
             if m.method() != Some(Method::Ack) {
                 self.reply(m, 481);
@@ -595,9 +631,16 @@ impl<R: RngCore> Engine<R> {
                 return;
             }
         };
-        let Some((_, rec)) = from_user(m).filter(|(_, r)| *r < self.recs.len()) else {
-            self.reply(m, 404);
-            return;
+        let rec = match from_user(m).filter(|(_, r)| *r < self.recs.len()) {
+            Some((_, r)) => r,
+            // A plain callee answers calls of any generator (another thread
+            // of ours behind the same system): they count on the caller's
+            // side, so its leg hangs off a call record that counts nothing.
+            None if callee == Callee::B => self.foreign_rec(),
+            None => {
+                self.reply(m, 404);
+                return;
+            }
         };
         let tag = self.ids.tag().as_bytes().to_vec();
         let remote = m.from_tag().map(<[u8]>::to_vec);
@@ -629,17 +672,18 @@ impl<R: RngCore> Engine<R> {
         };
         let mut srv = ServerInvite::new(now, timers, m);
         let tag = l.local_tag.clone();
+        // A UAS copies Record-Route into its 1xx/2xx (RFC 3261 §12.1.1), so
+        // the caller's in-dialog requests keep to the proxies' path.
+        let mut extra: Vec<(&str, &[u8])> = m
+            .headers()
+            .filter(|h| h.name == HeaderName::RecordRoute)
+            .map(|h| ("Record-Route", h.value.of(m.buf())))
+            .collect();
+        extra.push(("Contact", &contact));
         if new {
             l.dialog = Dialog::uas(m, &tag, DialogState::Confirmed).ok();
             let mut r = Vec::new();
-            response(
-                &m.reply_parts(),
-                180,
-                None,
-                Some(&tag),
-                &[("Contact", &contact)],
-                &mut r,
-            );
+            response(&m.reply_parts(), 180, None, Some(&tag), &extra, &mut r);
             srv.send_response(now, 180, r);
         } else if let Some(d) = l.dialog.as_mut()
             && let Err(e) = d.handle_request(m)
@@ -658,7 +702,7 @@ impl<R: RngCore> Engine<R> {
             200,
             None,
             Some(&tag),
-            &[("Contact", &contact)],
+            &extra,
             Some((b"application/sdp", &body)),
             &mut ok,
         );
@@ -1319,6 +1363,10 @@ pub struct Options {
     pub mix: Mix,
     /// The user basic and hold calls call (see [`EngineConfig::callee`]).
     pub callee: String,
+    /// Threads, each with its own socket (`listen` port + i) and an equal
+    /// share of the rate and calls. Above 1 only basic and hold calls can
+    /// be played (a transfer's parties must share one engine).
+    pub threads: usize,
     /// SIP timer T1.
     pub t1: Duration,
 }
@@ -1386,19 +1434,16 @@ fn percentiles(v: &mut [u32]) -> Latency {
     }
 }
 
-/// Runs a load: binds `listen`, starts calls at the rate until the count
-/// or the duration is reached, waits for every call to end (at most hold
-/// time + 40 s more), and reports. `progress` is called about once a
-/// second; `stop` ends the run early (calls still up are counted failed).
+/// One thread's run (see [`run`]).
 // The shell is a blocking socket loop on one thread (no runtime: fewer
 // wake-ups per datagram than an async one), so it reads the wall clock
 // itself; the engine still takes `now` as an argument.
 #[allow(clippy::disallowed_types)]
-pub fn run(
+fn run_one(
     opts: &Options,
     stop: &std::sync::atomic::AtomicBool,
     mut progress: impl FnMut(&Progress),
-) -> std::io::Result<Report> {
+) -> std::io::Result<(Report, Vec<u32>)> {
     use std::sync::atomic::Ordering;
     // Large socket buffers (the kernel caps them at net.core.rmem_max /
     // wmem_max): a burst of answers must not be dropped while the loop
@@ -1435,8 +1480,8 @@ pub fn run(
     let mut last_tick = t0;
     let mut last_started = 0u64;
     let mut sweep_at = t0;
-    // The socket's read timeout as last set (None: never set, so blocking).
-    let mut read_timeout: Option<Duration> = None;
+    const TICK: Duration = Duration::from_micros(200);
+    sock.set_read_timeout(Some(TICK))?;
     let start_deadline = opts.duration.map(|d| t0 + d);
     let mut starting_ended: Option<std::time::Instant> = None;
     let mut final_deadline: Option<std::time::Instant> = None;
@@ -1490,65 +1535,45 @@ pub fn run(
             e.abandon("unfinished at the end of the run");
             break;
         }
-        // Wait for a datagram until the next thing to do.
-        let next_start = if starting_ended.is_none() && e.active() < opts.max_concurrent {
-            Some(t0 + Duration::from_secs_f64((started as f64 + 1.0) / opts.rate))
-        } else {
-            None
-        };
-        let next_timer = e.poll_timeout().map(|t| t0 + t.since_epoch());
-        let wake = [
-            next_start,
-            next_timer,
-            Some(wall + Duration::from_millis(100)),
-        ]
-        .into_iter()
-        .flatten()
-        .min()
-        .unwrap_or(wall);
-        let wait = wake
-            .saturating_duration_since(std::time::Instant::now())
-            .max(Duration::from_micros(100));
-        if read_timeout.is_none_or(|r| wait.abs_diff(r) > Duration::from_micros(500)) {
-            sock.set_read_timeout(Some(wait))?;
-            read_timeout = Some(wait);
-        }
-        match sock.recv_from(&mut buf) {
-            Ok((n, _)) => {
-                received += 1;
-                e.handle_datagram(now(), &buf[..n]);
-                // Drain what else is queued without waiting.
-                sock.set_nonblocking(true)?;
-                for _ in 0..256 {
-                    match sock.recv_from(&mut buf) {
-                        Ok((n, _)) => {
-                            received += 1;
-                            e.handle_datagram(now(), &buf[..n]);
+        // Take datagrams as they come: a blocking receive returns as soon as
+        // one is there and gives up after `TICK` when none is, so starts and
+        // timers are never more than a tick late, with no mode switching.
+        for _ in 0..64 {
+            match sock.recv_from(&mut buf) {
+                Ok((n, _)) => {
+                    received += 1;
+                    e.handle_datagram(now(), &buf[..n]);
+                    for d in e.drain_transmit() {
+                        if sock.send_to(&d, opts.target).is_ok() {
+                            sent += 1;
                         }
-                        Err(_) => break,
                     }
                 }
-                sock.set_nonblocking(false)?;
+                Err(err)
+                    if matches!(
+                        err.kind(),
+                        std::io::ErrorKind::WouldBlock
+                            | std::io::ErrorKind::TimedOut
+                            | std::io::ErrorKind::ConnectionRefused
+                    ) =>
+                {
+                    break;
+                }
+                Err(err) => return Err(err),
             }
-            Err(err)
-                if matches!(
-                    err.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) => {}
-            Err(err) if err.kind() == std::io::ErrorKind::ConnectionRefused => {}
-            Err(err) => return Err(err),
         }
     }
     let elapsed = t0.elapsed();
     let start_period = starting_ended.map_or(elapsed, |s| s - t0);
     let c = e.counts();
-    let mut lat = e.setup_latencies().to_vec();
-    Ok(Report {
+    let lat = e.setup_latencies().to_vec();
+    let mut sorted = lat.clone();
+    Ok((Report {
         offered_rate: opts.rate,
         achieved_rate: c.started as f64 / start_period.as_secs_f64().max(1e-9),
         elapsed_s: elapsed.as_secs_f64(),
         counts: c,
-        setup_latency: percentiles(&mut lat),
+        setup_latency: percentiles(&mut sorted),
         failures: e.failures().clone(),
         datagrams_sent: sent,
         datagrams_received: received,
@@ -1557,7 +1582,113 @@ pub fn run(
             .iter()
             .map(|(k, v)| (k.name().to_string(), *v))
             .collect(),
-    })
+    }, lat))
+}
+
+/// Runs a load: binds `listen` (and the next ports, one per thread),
+/// starts calls at the rate until the count or the duration is reached,
+/// waits for every call to end (at most three hold times + 128*T1 more),
+/// and reports. `progress` is called about once a second with the sum
+/// over threads; `stop` ends the run early (calls still up count failed).
+pub fn run(
+    opts: &Options,
+    stop: &std::sync::atomic::AtomicBool,
+    mut progress: impl FnMut(&Progress),
+) -> std::io::Result<Report> {
+    let n = opts.threads.max(1);
+    if n == 1 {
+        return run_one(opts, stop, progress).map(|r| r.0);
+    }
+    let shares: Vec<Options> = (0..n)
+        .map(|i| {
+            let mut o = opts.clone();
+            o.threads = 1;
+            o.listen.set_port(opts.listen.port().wrapping_add(i as u16));
+            if opts.target == opts.listen {
+                o.target = o.listen; // calling itself
+            }
+            o.rate = opts.rate / n as f64;
+            o.calls = opts.calls / n as u64 + u64::from((i as u64) < opts.calls % n as u64);
+            o.max_concurrent = (opts.max_concurrent / n as u64).max(1);
+            o
+        })
+        .collect();
+    let latest = std::sync::Mutex::new(vec![None::<Progress>; n]);
+    let results = std::thread::scope(|sc| {
+        let handles: Vec<_> = shares
+            .iter()
+            .enumerate()
+            .map(|(i, o)| {
+                let latest = &latest;
+                sc.spawn(move || {
+                    run_one(o, stop, |p| {
+                        if let Ok(mut l) = latest.lock() {
+                            l[i] = Some(*p);
+                        }
+                    })
+                })
+            })
+            .collect();
+        // Thread 0's pace is the clock of the summed progress line.
+        let mut last = std::time::Duration::ZERO;
+        while handles.iter().any(|h| !h.is_finished()) {
+            std::thread::sleep(Duration::from_millis(100));
+            if let Ok(l) = latest.lock()
+                && let Some(p0) = l[0]
+                && p0.elapsed_s > last.as_secs_f64()
+            {
+                last = Duration::from_secs_f64(p0.elapsed_s);
+                let mut sum = p0;
+                for p in l.iter().skip(1).flatten() {
+                    sum.counts.started += p.counts.started;
+                    sum.counts.established += p.counts.established;
+                    sum.counts.succeeded += p.counts.succeeded;
+                    sum.counts.failed += p.counts.failed;
+                    sum.counts.retransmissions += p.counts.retransmissions;
+                    sum.active += p.active;
+                    sum.rate += p.rate;
+                }
+                progress(&sum);
+            }
+        }
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| Err(std::io::Error::other("a load thread panicked"))))
+            .collect::<Vec<_>>()
+    });
+    let mut total: Option<Report> = None;
+    let mut lat = Vec::new();
+    for r in results {
+        let (r, l) = r?;
+        lat.extend(l);
+        total = Some(match total {
+            None => r,
+            Some(mut t) => {
+                t.achieved_rate += r.achieved_rate;
+                t.elapsed_s = t.elapsed_s.max(r.elapsed_s);
+                t.counts.started += r.counts.started;
+                t.counts.established += r.counts.established;
+                t.counts.succeeded += r.counts.succeeded;
+                t.counts.failed += r.counts.failed;
+                t.counts.retransmissions += r.counts.retransmissions;
+                t.datagrams_sent += r.datagrams_sent;
+                t.datagrams_received += r.datagrams_received;
+                for (k, v) in r.failures {
+                    *t.failures.entry(k).or_default() += v;
+                }
+                for (k, (a, b)) in r.by_scenario {
+                    let e = t.by_scenario.entry(k).or_default();
+                    e.0 += a;
+                    e.1 += b;
+                }
+                t
+            }
+        });
+    }
+    let mut t = total.ok_or_else(|| std::io::Error::other("no load thread ran"))?;
+    t.offered_rate = opts.rate;
+    t.setup_latency = percentiles(&mut lat);
+    Ok(t)
 }
 
 #[cfg(test)]
