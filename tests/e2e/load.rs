@@ -37,10 +37,7 @@ fn load_plays_every_scenario_through_up_in_both_transfer_modes() {
     let _g = serial();
     for mode in ["passthrough", "local"] {
         let lp = free_udp_port();
-        let c = cluster(
-            &[format!("*=127.0.0.1:{lp}")],
-            &["--transfer-mode", mode],
-        );
+        let c = cluster(&[format!("*=127.0.0.1:{lp}")], &["--transfer-mode", mode]);
         let (target, listen) = (format!("127.0.0.1:{}", c.sip), format!("127.0.0.1:{lp}"));
         let (code, r) = load(&[
             "--target",
@@ -58,12 +55,19 @@ fn load_plays_every_scenario_through_up_in_both_transfer_modes() {
         ]);
         assert_eq!(code, Some(0), "{mode}: {r:#}");
         assert_eq!(
-            (n(&r, &["counts", "succeeded"]), n(&r, &["counts", "failed"])),
+            (
+                n(&r, &["counts", "succeeded"]),
+                n(&r, &["counts", "failed"])
+            ),
             (80, 0),
             "{mode}: {r:#}"
         );
         for s in ["basic", "hold", "blind", "attended"] {
-            assert_eq!(r["by_scenario"][s][0].as_u64(), Some(20), "{mode} {s}: {r:#}");
+            assert_eq!(
+                r["by_scenario"][s][0].as_u64(),
+                Some(20),
+                "{mode} {s}: {r:#}"
+            );
         }
         // The worker saw the transfers the generator played, in this mode.
         let text = http_get(&format!("http://{}/metrics", c.worker_admin)).1;
@@ -99,8 +103,20 @@ fn load_counts_failures_by_cause_against_callees_that_reject_drop_and_delay() {
             format!("127.0.0.1:{}", free_udp_port()),
         );
         load(&[
-            "--target", &target, "--listen", &listen, "--callee", "x", "--rate", "20",
-            "--calls", calls, "--hold-ms", "100", "--t1-ms", "100",
+            "--target",
+            &target,
+            "--listen",
+            &listen,
+            "--callee",
+            "x",
+            "--rate",
+            "20",
+            "--calls",
+            calls,
+            "--hold-ms",
+            "100",
+            "--t1-ms",
+            "100",
         ])
     };
     // Rejected: every call fails, with the status line as its cause.
@@ -128,7 +144,10 @@ fn load_refuses_what_it_should_not_do() {
             vec!["--target", "10.1.2.3:5060"],
             "--target 10.1.2.3:5060 is not a loopback address",
         ),
-        (vec!["--mix", "basic,fax"], "--mix: scenario `fax` is not one of"),
+        (
+            vec!["--mix", "basic,fax"],
+            "--mix: scenario `fax` is not one of",
+        ),
         (vec!["--rate", "0"], "--rate 0 is out of range"),
         (
             vec!["--threads", "2", "--mix", "basic,blind"],

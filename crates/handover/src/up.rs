@@ -93,7 +93,8 @@ pub(crate) fn run(mut a: UpArgs) -> anyhow::Result<()> {
     };
     // Every address is checked before anything starts, so a port in use
     // is one line naming it and the flag that moves it.
-    let mut wanted: Vec<(SocketAddr, bool, &str)> = vec![(a.listen, true, "--listen"), (a.admin, false, "--admin")];
+    let mut wanted: Vec<(SocketAddr, bool, &str)> =
+        vec![(a.listen, true, "--listen"), (a.admin, false, "--admin")];
     for i in 0..a.workers {
         wanted.push((nth(a.worker_listen, i)?, true, "--worker-listen"));
         wanted.push((nth(a.worker_admin, i)?, false, "--worker-admin"));
@@ -218,7 +219,9 @@ fn demo(a: &UpArgs, kids: &mut Kids) -> anyhow::Result<()> {
     std::thread::sleep(std::time::Duration::from_millis(1500));
     for c in &mut kids.0 {
         if let Some(s) = c.try_wait()? {
-            anyhow::bail!("a cluster process exited ({s}) before the demo could start; see its error above");
+            anyhow::bail!(
+                "a cluster process exited ({s}) before the demo could start; see its error above"
+            );
         }
     }
     let args = crate::load::LoadArgs {
@@ -243,7 +246,11 @@ fn demo(a: &UpArgs, kids: &mut Kids) -> anyhow::Result<()> {
     let ok = crate::load::run(&args)?;
     println!(
         "demo: {}. Look at http://{}/metrics and http://{}/metrics (edge, first worker); the cluster stays up until Ctrl-C.",
-        if ok { "every call succeeded" } else { "some calls failed (causes above)" },
+        if ok {
+            "every call succeeded"
+        } else {
+            "some calls failed (causes above)"
+        },
         a.admin,
         a.worker_admin
     );

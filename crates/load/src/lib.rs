@@ -1568,21 +1568,24 @@ fn run_one(
     let c = e.counts();
     let lat = e.setup_latencies().to_vec();
     let mut sorted = lat.clone();
-    Ok((Report {
-        offered_rate: opts.rate,
-        achieved_rate: c.started as f64 / start_period.as_secs_f64().max(1e-9),
-        elapsed_s: elapsed.as_secs_f64(),
-        counts: c,
-        setup_latency: percentiles(&mut sorted),
-        failures: e.failures().clone(),
-        datagrams_sent: sent,
-        datagrams_received: received,
-        by_scenario: e
-            .by_scenario()
-            .iter()
-            .map(|(k, v)| (k.name().to_string(), *v))
-            .collect(),
-    }, lat))
+    Ok((
+        Report {
+            offered_rate: opts.rate,
+            achieved_rate: c.started as f64 / start_period.as_secs_f64().max(1e-9),
+            elapsed_s: elapsed.as_secs_f64(),
+            counts: c,
+            setup_latency: percentiles(&mut sorted),
+            failures: e.failures().clone(),
+            datagrams_sent: sent,
+            datagrams_received: received,
+            by_scenario: e
+                .by_scenario()
+                .iter()
+                .map(|(k, v)| (k.name().to_string(), *v))
+                .collect(),
+        },
+        lat,
+    ))
 }
 
 /// Runs a load: binds `listen` (and the next ports, one per thread),
@@ -1653,7 +1656,10 @@ pub fn run(
         }
         handles
             .into_iter()
-            .map(|h| h.join().unwrap_or_else(|_| Err(std::io::Error::other("a load thread panicked"))))
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(std::io::Error::other("a load thread panicked")))
+            })
             .collect::<Vec<_>>()
     });
     let mut total: Option<Report> = None;
