@@ -1616,32 +1616,31 @@ pub fn run(
             o
         })
         .collect();
-    let latest = std::sync::Mutex::new(vec![None::<Progress>; n]);
+    // Each thread sends its progress here; thread 0's reports pace the
+    // summed line.
+    let (tx, rx) = std::sync::mpsc::channel::<(usize, Progress)>();
+    let mut latest = vec![None::<Progress>; n];
     let results = std::thread::scope(|sc| {
         let handles: Vec<_> = shares
             .iter()
             .enumerate()
             .map(|(i, o)| {
-                let latest = &latest;
+                let tx = tx.clone();
                 sc.spawn(move || {
                     run_one(o, stop, |p| {
-                        if let Ok(mut l) = latest.lock() {
-                            l[i] = Some(*p);
-                        }
+                        let _ = tx.send((i, *p));
                     })
                 })
             })
             .collect();
-        // Thread 0's pace is the clock of the summed progress line.
-        let mut last = std::time::Duration::ZERO;
         while handles.iter().any(|h| !h.is_finished()) {
-            std::thread::sleep(Duration::from_millis(100));
-            if let Ok(l) = latest.lock()
-                && let Some(p0) = l[0]
-                && p0.elapsed_s > last.as_secs_f64()
-            {
-                last = Duration::from_secs_f64(p0.elapsed_s);
-                let mut sum = p0;
+            let Ok((i, p)) = rx.recv_timeout(Duration::from_millis(100)) else {
+                continue;
+            };
+            latest[i] = Some(p);
+            if i == 0 {
+                let l = &latest;
+                let mut sum = p;
                 for p in l.iter().skip(1).flatten() {
                     sum.counts.started += p.counts.started;
                     sum.counts.established += p.counts.established;
