@@ -395,8 +395,8 @@ fn up_demo_plays_calls_and_transfers_and_prints_a_summary() {
         }
     });
     let mut seen = Vec::new();
-    let deadline = std::time::Instant::now() + Duration::from_secs(90);
-    while std::time::Instant::now() < deadline {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    while tokio::time::Instant::now() < deadline {
         match rx.recv_timeout(Duration::from_secs(1)) {
             Ok(l) => {
                 let done = l.starts_with("demo: every call") || l.starts_with("demo: some calls");
