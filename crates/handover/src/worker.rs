@@ -158,7 +158,11 @@ pub(crate) fn run(args: WorkerArgs) -> anyhow::Result<()> {
             ring_timeout: Duration::from_secs(args.ring_timeout_s),
             transfer_mode: args.transfer_mode,
         };
-        let mut b2b = B2bua::new(cfg, rand_core::UnwrapErr(rand_core::OsRng));
+        // Branches, tags and Call-IDs from a ChaCha12 stream seeded by the OS
+        // once: unpredictable, without a getrandom system call per id.
+        let rng = <rand_chacha::ChaCha12Rng as rand_core::SeedableRng>::try_from_os_rng()
+            .context("cannot seed the random number generator")?;
+        let mut b2b = B2bua::new(cfg, rng);
         let start = tokio::time::Instant::now();
         let now = move || Instant::from_epoch(start.elapsed());
         let mut buf = vec![0u8; 65_536];

@@ -1470,7 +1470,8 @@ fn run_one(
             timers,
             callee: opts.callee.clone(),
         },
-        rand_core::UnwrapErr(rand_core::OsRng),
+        // Seeded by the OS once: no getrandom system call per id.
+        <rand_chacha::ChaCha12Rng as rand_core::SeedableRng>::try_from_os_rng()?,
     );
     let t0 = std::time::Instant::now();
     let now = || Instant::from_epoch(t0.elapsed());
