@@ -16,11 +16,6 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-/// mimalloc: the worker and the load generator allocate and free small
-/// buffers per message; glibc's malloc spent ~15% of the generator's time.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// Clustered SIP load balancer and B2BUA: edges route every datagram of a
 /// call to the worker that owns it; workers bridge calls and transfers and
 /// replicate them with Raft.
