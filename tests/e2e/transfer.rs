@@ -23,28 +23,31 @@ fn sipp(dir: &Path, args: &[&str]) -> Proc {
     )
 }
 
-fn run_transfers(
+/// One transfer flow through `edge`: B runs `scenarios.0` on `b_port`
+/// (`-key target TARGET`) and answers; 300 ms later A runs `scenarios.1`
+/// calling user b, `calls.0` calls at `calls.1` per second. Returns (A's
+/// exit code, B's): 0 when every call went as its scenario says.
+fn flow(
     dir: &Path,
     edge: &str,
+    scenarios: (&str, &str),
     target: &str,
     b_port: u16,
-    a_port: u16,
-    calls: u32,
-    rate: u32,
+    calls: (&str, &str),
 ) -> (Option<i32>, Option<i32>) {
     let sf = |f: &str| scenario(f).to_string_lossy().into_owned();
-    let (m, r) = (calls.to_string(), rate.to_string());
+    let b_port = b_port.to_string();
     let mut b = sipp(
         dir,
         &[
             "-sf",
-            &sf("transfer_b.xml"),
+            &sf(scenarios.0),
             "-i",
             "127.0.0.1",
             "-p",
-            &b_port.to_string(),
+            &b_port,
             "-m",
-            &m,
+            calls.0,
             "-key",
             "target",
             target,
@@ -52,21 +55,22 @@ fn run_transfers(
         ],
     );
     std::thread::sleep(std::time::Duration::from_millis(300));
+    let a_port = free_udp_port().to_string();
     let mut a = sipp(
         dir,
         &[
             "-sf",
-            &sf("transfer_a.xml"),
+            &sf(scenarios.1),
             "-i",
             "127.0.0.1",
             "-p",
-            &a_port.to_string(),
+            &a_port,
             "-s",
             "b",
             "-m",
-            &m,
+            calls.0,
             "-r",
-            &r,
+            calls.1,
             edge,
         ],
     );
@@ -95,10 +99,11 @@ fn blind_transfer_through_up_one_then_a_hundred_concurrently() {
     // be told only the edge's.
     let target = format!("sip:c@127.0.0.1:{c_port}");
     // One transfer.
-    let (a, b) = run_transfers(dir.path(), &edge, &target, b_port, free_udp_port(), 1, 1);
+    let seed = ("transfer_b.xml", "transfer_a.xml");
+    let (a, b) = flow(dir.path(), &edge, seed, &target, b_port, ("1", "1"));
     assert_eq!((a, b), (Some(0), Some(0)), "A and B completed the flow");
     // Then a hundred, up to twenty starting each second.
-    let (a, b) = run_transfers(dir.path(), &edge, &target, b_port, free_udp_port(), 100, 20);
+    let (a, b) = flow(dir.path(), &edge, seed, &target, b_port, ("100", "20"));
     assert_eq!((a, b), (Some(0), Some(0)), "every transfer completed");
 
     let logs = sipp_message_logs(dir.path());
@@ -186,51 +191,19 @@ fn transfer_failure_paths_through_up() {
         &[],
     );
     let edge = format!("127.0.0.1:{}", c.sip);
-    let sf = |f: &str| scenario(f).to_string_lossy().into_owned();
     let target = format!("sip:busy@127.0.0.1:{busy_port}");
     let calls = "10";
-    let mut b = sipp(
+    let (a_exit, b_exit) = flow(
         dir.path(),
-        &[
-            "-sf",
-            &sf("transfer_b_fail.xml"),
-            "-i",
-            "127.0.0.1",
-            "-p",
-            &b_port.to_string(),
-            "-m",
-            calls,
-            "-key",
-            "target",
-            &target,
-            &edge,
-        ],
-    );
-    std::thread::sleep(std::time::Duration::from_millis(300));
-    let a_port = free_udp_port();
-    let mut a = sipp(
-        dir.path(),
-        &[
-            "-sf",
-            &sf("transfer_a_fail.xml"),
-            "-i",
-            "127.0.0.1",
-            "-p",
-            &a_port.to_string(),
-            "-s",
-            "b",
-            "-m",
-            calls,
-            "-r",
-            "5",
-            &edge,
-        ],
+        &edge,
+        ("transfer_b_fail.xml", "transfer_a_fail.xml"),
+        &target,
+        b_port,
+        (calls, "5"),
     );
     // Each scenario checks every answer it expects (400, 400, 481, 403, 202,
     // 491, the NOTIFYs' sipfrags, the re-INVITE's 200, the NOTIFY after the
     // BYE); exit 0 means all ten calls went exactly so on both sides.
-    let a_exit = a.0.wait().unwrap().code();
-    let b_exit = b.0.wait().unwrap().code();
     let errs: Vec<String> = std::fs::read_dir(dir.path())
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -325,42 +298,14 @@ fn attended_transfer_through_up_reaches_the_replaced_dialog() {
         "sip:desk@127.0.0.1:{c_port}?Replaces={}%3Bto-tag%3D{ours}%3Bfrom-tag%3D{bs}",
         esc(&cid)
     );
-    let sf = |f: &str| scenario(f).to_string_lossy().into_owned();
-    let mut b = sipp(
+    let (a_exit, b_exit) = flow(
         dir.path(),
-        &[
-            "-sf",
-            &sf("transfer_b.xml"),
-            "-i",
-            "127.0.0.1",
-            "-p",
-            &b_port.to_string(),
-            "-m",
-            "1",
-            "-key",
-            "target",
-            &target,
-            &edge,
-        ],
+        &edge,
+        ("transfer_b.xml", "transfer_a_attended.xml"),
+        &target,
+        b_port,
+        ("1", "10"),
     );
-    std::thread::sleep(std::time::Duration::from_millis(300));
-    let mut a = sipp(
-        dir.path(),
-        &[
-            "-sf",
-            &sf("transfer_a_attended.xml"),
-            "-i",
-            "127.0.0.1",
-            "-p",
-            &free_udp_port().to_string(),
-            "-s",
-            "b",
-            "-m",
-            "1",
-            &edge,
-        ],
-    );
-    let (a_exit, b_exit) = (a.0.wait().unwrap().code(), b.0.wait().unwrap().code());
     let b2 = finish_uac(b2, &b2_stat);
     assert_eq!(
         (a_exit, b_exit, b2.exit),
@@ -412,50 +357,20 @@ fn local_mode_transfers_a_transferee_without_refer_support() {
         &[],
     );
     let edge = format!("127.0.0.1:{}", c.sip);
-    let sf = |f: &str| scenario(f).to_string_lossy().into_owned();
     let target = format!("sip:c@127.0.0.1:{c_port}");
     for (calls, rate) in [("1", "1"), ("50", "10")] {
-        let mut b = sipp(
+        let (a_exit, b_exit) = flow(
             dir.path(),
-            &[
-                "-sf",
-                &sf("transfer_b_local.xml"),
-                "-i",
-                "127.0.0.1",
-                "-p",
-                &b_port.to_string(),
-                "-m",
-                calls,
-                "-key",
-                "target",
-                &target,
-                &edge,
-            ],
-        );
-        std::thread::sleep(std::time::Duration::from_millis(300));
-        let mut a = sipp(
-            dir.path(),
-            &[
-                "-sf",
-                &sf("uac_transferee.xml"),
-                "-i",
-                "127.0.0.1",
-                "-p",
-                &free_udp_port().to_string(),
-                "-s",
-                "b",
-                "-m",
-                calls,
-                "-r",
-                rate,
-                &edge,
-            ],
+            &edge,
+            ("transfer_b_local.xml", "uac_transferee.xml"),
+            &target,
+            b_port,
+            (calls, rate),
         );
         // A checks it got a re-INVITE with C's offer (never a REFER) and its
         // BYE is answered; B checks 202, NOTIFY 100, NOTIFY 200 terminated,
         // then the B2BUA's BYE; C (below) that the INVITE had no offer and
         // the ACK brought A's answer.
-        let (a_exit, b_exit) = (a.0.wait().unwrap().code(), b.0.wait().unwrap().code());
         assert_eq!((a_exit, b_exit), (Some(0), Some(0)), "{calls} transfer(s)");
     }
     std::thread::sleep(std::time::Duration::from_millis(500));
@@ -513,46 +428,18 @@ fn local_mode_attended_transfer_bridges_a_with_c_and_hangs_up_b_twice() {
         "sip:c@127.0.0.1:{c_port}?Replaces={}%3Bto-tag%3D{ours}%3Bfrom-tag%3D{bs}",
         cid.replace('@', "%40")
     );
-    let sf = |f: &str| scenario(f).to_string_lossy().into_owned();
-    let mut b = sipp(
+    let (a_exit, b_exit) = flow(
         dir.path(),
-        &[
-            "-sf",
-            &sf("transfer_b_local.xml"),
-            "-i",
-            "127.0.0.1",
-            "-p",
-            &b_port.to_string(),
-            "-m",
-            "1",
-            "-key",
-            "target",
-            &target,
-            &edge,
-        ],
-    );
-    std::thread::sleep(std::time::Duration::from_millis(300));
-    let mut a = sipp(
-        dir.path(),
-        &[
-            "-sf",
-            &sf("uac_transferee.xml"),
-            "-i",
-            "127.0.0.1",
-            "-p",
-            &free_udp_port().to_string(),
-            "-s",
-            "b",
-            "-m",
-            "1",
-            &edge,
-        ],
+        &edge,
+        ("transfer_b_local.xml", "uac_transferee.xml"),
+        &target,
+        b_port,
+        ("1", "10"),
     );
     // A: a re-INVITE with C's offer, then its BYE answered. B: 202, NOTIFY
     // 100 and 200, BYE on this call; B's other call: BYE too. C: an
     // offerless re-INVITE in the dialog it had with B, A's answer in the
     // ACK, then A's BYE.
-    let (a_exit, b_exit) = (a.0.wait().unwrap().code(), b.0.wait().unwrap().code());
     let b2 = finish_uac(b2, &b2_stat);
     assert_eq!(
         (a_exit, b_exit, b2.exit),
@@ -598,49 +485,19 @@ fn local_mode_failed_transfers_keep_the_call() {
         &["--ring-timeout-s", "1"],
     );
     let edge = format!("127.0.0.1:{}", c.sip);
-    let sf = |f: &str| scenario(f).to_string_lossy().into_owned();
     // A busy target, then one that only rings (cancelled at the ring
     // timeout): each time B hears NOTIFY 100 then the failure, resumes the
     // call with a re-INVITE that reaches A, and hangs up.
     for user in ["busy", "ring"] {
         let target = format!("sip:{user}@127.0.0.1:5060");
-        let mut b = sipp(
+        let (a_exit, b_exit) = flow(
             dir.path(),
-            &[
-                "-sf",
-                &sf("transfer_b_local_fail.xml"),
-                "-i",
-                "127.0.0.1",
-                "-p",
-                &b_port.to_string(),
-                "-m",
-                "5",
-                "-key",
-                "target",
-                &target,
-                &edge,
-            ],
+            &edge,
+            ("transfer_b_local_fail.xml", "uac_transferee_fail.xml"),
+            &target,
+            b_port,
+            ("5", "5"),
         );
-        std::thread::sleep(std::time::Duration::from_millis(300));
-        let mut a = sipp(
-            dir.path(),
-            &[
-                "-sf",
-                &sf("uac_transferee_fail.xml"),
-                "-i",
-                "127.0.0.1",
-                "-p",
-                &free_udp_port().to_string(),
-                "-s",
-                "b",
-                "-m",
-                "5",
-                "-r",
-                "5",
-                &edge,
-            ],
-        );
-        let (a_exit, b_exit) = (a.0.wait().unwrap().code(), b.0.wait().unwrap().code());
         assert_eq!((a_exit, b_exit), (Some(0), Some(0)), "target {user}");
     }
     for p in [busy, ring] {
