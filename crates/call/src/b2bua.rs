@@ -1262,11 +1262,8 @@ impl<R: RngCore> B2bua<R> {
             }
             let is_invite = matches!(r.cli, Cli::Invite(_));
             for e in events {
-                let (status, msg) = match e {
-                    Event::Response { status, message } => (status, message),
-                    Event::Timeout => (408, Vec::new()),
-                    Event::TransportError => (503, Vec::new()),
-                    _ => continue,
+                let Some((status, msg)) = e.into_response() else {
+                    continue;
                 };
                 if status == 100 {
                     continue;
@@ -1464,11 +1461,8 @@ impl<R: RngCore> B2bua<R> {
         };
         let a_bytes = call.a_invite.clone();
         let Ok(a) = scan(&a_bytes) else { return };
-        let (status, msg) = match e {
-            Event::Response { status, message } => (status, message),
-            Event::Timeout => (408, Vec::new()),
-            Event::TransportError => (503, Vec::new()),
-            _ => return,
+        let Some((status, msg)) = e.into_response() else {
+            return;
         };
         if status >= 200 {
             call.ring_deadline = None;

@@ -1009,11 +1009,8 @@ impl<R: RngCore> Engine<R> {
     }
 
     fn on_invite_event(&mut self, now: Instant, leg: usize, e: Event) {
-        let (status, msg) = match e {
-            Event::Response { status, message } => (status, message),
-            Event::Timeout => (408, Vec::new()),
-            Event::TransportError => (503, Vec::new()),
-            _ => return,
+        let Some((status, msg)) = e.into_response() else {
+            return;
         };
         if status < 200 {
             return;

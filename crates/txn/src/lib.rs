@@ -47,3 +47,18 @@ pub enum Event {
     /// The transaction is over; drop it.
     Terminated,
 }
+
+impl Event {
+    /// A client transaction's event as its TU reads it (RFC 3261 §8.1.3.1:
+    /// a timeout is treated as 408, a transport error as 503): the status
+    /// and the message (empty for the synthesized ones); `None` for events
+    /// that are not an outcome.
+    pub fn into_response(self) -> Option<(u16, Vec<u8>)> {
+        match self {
+            Event::Response { status, message } => Some((status, message)),
+            Event::Timeout => Some((408, Vec::new())),
+            Event::TransportError => Some((503, Vec::new())),
+            _ => None,
+        }
+    }
+}

@@ -448,11 +448,8 @@ impl<R: RngCore> B2bua<R> {
     }
 
     fn on_target_event(&mut self, now: Instant, cref: u64, e: Event) {
-        let (status, msg) = match e {
-            Event::Response { status, message } => (status, message),
-            Event::Timeout => (408, Vec::new()),
-            Event::TransportError => (503, Vec::new()),
-            _ => return,
+        let Some((status, msg)) = e.into_response() else {
+            return;
         };
         let Some(call) = self.calls.get(&cref) else {
             return;
@@ -531,11 +528,8 @@ impl<R: RngCore> B2bua<R> {
     }
 
     fn on_transferee_event(&mut self, now: Instant, cref: u64, e: Event) {
-        let (status, msg) = match e {
-            Event::Response { status, message } => (status, message),
-            Event::Timeout => (408, Vec::new()),
-            Event::TransportError => (503, Vec::new()),
-            _ => return,
+        let Some((status, msg)) = e.into_response() else {
+            return;
         };
         let Some(call) = self.calls.get(&cref) else {
             return;
