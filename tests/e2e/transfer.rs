@@ -250,6 +250,27 @@ fn tag_of(v: &str) -> String {
         .to_string()
 }
 
+/// Waits until B's own call to C (a SIPp UAC logging to `uac_*`) is
+/// answered, then writes the Refer-To B sends: `uri` with a Replaces naming
+/// B's dialog with the cluster as B knows it (to-tag the cluster's,
+/// from-tag B's own), escaped.
+fn replacing_b2(dir: &Path, uri: &str) -> String {
+    assert!(
+        wait_for(std::time::Duration::from_secs(5), || {
+            logged_header(&log_of(dir, "uac_"), "SIP/2.0 200", "To").is_some()
+        }),
+        "B's call to C was answered"
+    );
+    let log = log_of(dir, "uac_");
+    let cid = logged_header(&log, "SIP/2.0 200", "Call-ID").unwrap();
+    let ours = tag_of(&logged_header(&log, "SIP/2.0 200", "To").unwrap());
+    let bs = tag_of(&logged_header(&log, "SIP/2.0 200", "From").unwrap());
+    format!(
+        "{uri}?Replaces={}%3Bto-tag%3D{ours}%3Bfrom-tag%3D{bs}",
+        cid.replace('@', "%40")
+    )
+}
+
 fn log_of(dir: &Path, prefix: &str) -> String {
     std::fs::read_dir(dir)
         .unwrap()
@@ -281,23 +302,7 @@ fn attended_transfer_through_up_reaches_the_replaced_dialog() {
     // B's second call: B (as a caller) talks to C through the cluster and
     // hangs up after 6 s.
     let (b2, b2_stat) = sipp_uac_with(dir.path(), "uac.xml", "c", edge_addr, 1, 1, 6000);
-    assert!(
-        wait_for(std::time::Duration::from_secs(5), || {
-            logged_header(&log_of(dir.path(), "uac_"), "SIP/2.0 200", "To").is_some()
-        }),
-        "B's call to C was answered"
-    );
-    let b2_log = log_of(dir.path(), "uac_");
-    let cid = logged_header(&b2_log, "SIP/2.0 200", "Call-ID").unwrap();
-    let ours = tag_of(&logged_header(&b2_log, "SIP/2.0 200", "To").unwrap());
-    let bs = tag_of(&logged_header(&b2_log, "SIP/2.0 200", "From").unwrap());
-    // B refers A to C, replacing B's dialog with the cluster (B's view:
-    // to-tag the cluster's, from-tag B's own).
-    let esc = |s: &str| s.replace('@', "%40");
-    let target = format!(
-        "sip:desk@127.0.0.1:{c_port}?Replaces={}%3Bto-tag%3D{ours}%3Bfrom-tag%3D{bs}",
-        esc(&cid)
-    );
+    let target = replacing_b2(dir.path(), &format!("sip:desk@127.0.0.1:{c_port}"));
     let (a_exit, b_exit) = flow(
         dir.path(),
         &edge,
@@ -414,20 +419,7 @@ fn local_mode_attended_transfer_bridges_a_with_c_and_hangs_up_b_twice() {
     let edge = edge_addr.to_string();
     // B's second call: B calls C and waits for the B2BUA to hang it up.
     let (b2, b2_stat) = sipp_uac_with(dir.path(), "uac_wait_bye.xml", "c", edge_addr, 1, 1, 0);
-    assert!(
-        wait_for(std::time::Duration::from_secs(5), || {
-            logged_header(&log_of(dir.path(), "uac_"), "SIP/2.0 200", "To").is_some()
-        }),
-        "B's call to C was answered"
-    );
-    let b2_log = log_of(dir.path(), "uac_");
-    let cid = logged_header(&b2_log, "SIP/2.0 200", "Call-ID").unwrap();
-    let ours = tag_of(&logged_header(&b2_log, "SIP/2.0 200", "To").unwrap());
-    let bs = tag_of(&logged_header(&b2_log, "SIP/2.0 200", "From").unwrap());
-    let target = format!(
-        "sip:c@127.0.0.1:{c_port}?Replaces={}%3Bto-tag%3D{ours}%3Bfrom-tag%3D{bs}",
-        cid.replace('@', "%40")
-    );
+    let target = replacing_b2(dir.path(), &format!("sip:c@127.0.0.1:{c_port}"));
     let (a_exit, b_exit) = flow(
         dir.path(),
         &edge,
