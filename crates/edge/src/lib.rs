@@ -37,6 +37,11 @@ pub mod io {
     use crate::IoMode;
     pub use crate::sys::{Handler, bind_reuseport};
 
+    /// Whether this kernel (and seccomp profile) lets us set up io_uring.
+    pub fn uring_available() -> bool {
+        crate::sys::uring::available().is_ok()
+    }
+
     /// Runs one thread's loop over `sock` in `mode` (`Auto` picks io_uring
     /// when available) until the handler's `tick` returns false.
     pub fn run(sock: &socket2::Socket, mode: IoMode, h: &mut impl Handler) -> std::io::Result<()> {

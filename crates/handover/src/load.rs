@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use clap::Args;
-use handover_load::{Mix, Options, Progress, Report};
+use handover_load::{IoMode, Mix, Options, Progress, Report};
 
 #[derive(Debug, Args)]
 pub(crate) struct LoadArgs {
@@ -50,6 +50,11 @@ pub(crate) struct LoadArgs {
     /// share of the calls; above 1, only basic and hold calls.
     #[arg(long, default_value_t = 1)]
     pub(crate) threads: usize,
+    /// Socket loop: epoll (recvmmsg/sendmmsg), uring (io_uring; refused
+    /// with a clear error where the kernel forbids it), or auto (epoll,
+    /// which measured better past saturation: docs/benchmarks.md).
+    #[arg(long, default_value = "auto")]
+    pub(crate) io: String,
     /// Print the report as JSON (and no progress line).
     #[arg(long)]
     pub(crate) json: bool,
@@ -94,7 +99,19 @@ impl LoadArgs {
                 self.threads
             );
         }
+        let io = match self.io.as_str() {
+            "auto" => IoMode::Auto,
+            "uring" => IoMode::Uring,
+            "epoll" => IoMode::Epoll,
+            other => anyhow::bail!("--io {other}: expected auto, uring or epoll"),
+        };
+        if io == IoMode::Uring && !handover_edge::io::uring_available() {
+            anyhow::bail!(
+                "--io uring: this kernel or its seccomp profile refuses io_uring; use --io epoll (or auto)"
+            );
+        }
         Ok(Options {
+            io,
             listen: self.listen,
             target: self.target,
             rate: self.rate,
@@ -163,7 +180,16 @@ pub(crate) fn summary(r: &Report) -> String {
         "setup latency (INVITE to 2xx): p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms, max {:.1} ms\n",
         l.p50_ms, l.p90_ms, l.p99_ms, l.max_ms
     );
-    s += &format!("retransmissions: {}\n", c.retransmissions);
+    s += &format!(
+        "datagrams: {} sent, {} received, {} send errors ({}); retransmissions: {}\n",
+        r.datagrams_sent, r.datagrams_received, r.send_errors, r.io_mode, c.retransmissions
+    );
+    if r.starts_skipped > 0 {
+        s += &format!(
+            "the generator fell behind: {} calls were not started on time (the offered rate was lowered, not burst)\n",
+            r.starts_skipped
+        );
+    }
     s += "\n| scenario | succeeded | failed |\n| --- | ---: | ---: |\n";
     for (name, (ok, bad)) in &r.by_scenario {
         s += &format!("| {name} | {ok} | {bad} |\n");

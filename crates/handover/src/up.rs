@@ -238,6 +238,7 @@ fn demo(a: &UpArgs, kids: &mut Kids) -> anyhow::Result<()> {
         allow_remote: false,
         callee: "b".into(),
         threads: 1,
+        io: "auto".into(),
     };
     println!(
         "demo: 200 calls at 20/s (basic, hold/resume, blind and attended transfers), the load generator on {}",

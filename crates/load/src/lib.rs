@@ -27,17 +27,20 @@
 //! The engine is sans-IO ([`Engine`]); [`run`] is the socket shell.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashMap};
-use std::net::{SocketAddr, UdpSocket};
+use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet, VecDeque};
+use std::hash::{Hash, Hasher};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use handover_call::transfer::{self, Replaces};
 use handover_call::{Dialog, DialogState};
+pub use handover_edge::IoMode;
 use handover_sip::build::{Request, response, response_with_body};
 use handover_sip::ids::IdGen;
 use handover_sip::{HeaderName, Message, Method, scan};
 use handover_txn::{
-    ClientInvite, ClientNonInvite, Event, Instant, Key, ServerInvite, ServerNonInvite, TimerConfig,
+    ClientInvite, ClientNonInvite, Event, Instant, InviteState, Key, NonInviteState, ServerInvite,
+    ServerNonInvite, ServerNonInviteState, TimerConfig,
 };
 use rand_core::RngCore;
 
@@ -162,6 +165,8 @@ struct Rec {
     b_leg: Option<usize>,
     /// B's own call to C (attended).
     b2_leg: Option<usize>,
+    /// Every leg of this call (checked for retirement when it ends).
+    legs: Vec<usize>,
 }
 
 /// What a leg of ours is.
@@ -286,6 +291,23 @@ pub struct Counts {
     pub retransmissions: u64,
 }
 
+/// One map key for (Call-ID, tag): both joined by a line feed, which
+/// neither may contain.
+fn dialog_key(out: &mut Vec<u8>, call_id: &[u8], tag: &[u8]) {
+    out.clear();
+    out.extend_from_slice(call_id);
+    out.push(b'\n');
+    out.extend_from_slice(tag);
+}
+
+/// A retired leg's hash: fixed keys, so equal in every run.
+fn retired_hash(call_id: &[u8], tag: &[u8]) -> u64 {
+    let mut h = std::hash::DefaultHasher::new();
+    call_id.hash(&mut h);
+    tag.hash(&mut h);
+    h.finish()
+}
+
 /// The load generator's calls, sans-IO.
 #[derive(Debug)]
 pub struct Engine<R> {
@@ -298,14 +320,24 @@ pub struct Engine<R> {
     foreign: Option<usize>,
     legs: HashMap<usize, Leg>,
     next_leg: usize,
-    /// (Call-ID, our tag) → leg.
-    by_dialog: HashMap<(Vec<u8>, Vec<u8>), usize>,
-    /// (Call-ID, the caller's tag) → callee leg, for requests without our
-    /// tag yet (INVITE retransmissions, CANCEL).
-    by_remote: HashMap<(Vec<u8>, Vec<u8>), usize>,
+    /// [`dialog_key`] of (Call-ID, our tag) → leg.
+    by_dialog: HashMap<Vec<u8>, usize>,
+    /// [`dialog_key`] of (Call-ID, the caller's tag) → callee leg, for
+    /// requests without our tag yet (INVITE retransmissions, CANCEL).
+    by_remote: HashMap<Vec<u8>, usize>,
+    /// Legs of calls that just ended, to retire if they can be.
+    ended: Vec<usize>,
+    /// Where lookups build their key: no allocation per datagram.
+    scratch: Vec<u8>,
+    /// Hashes of (Call-ID, our tag) of legs retired by [`Engine::retire`],
+    /// and when each may be forgotten (64*T1 after retirement).
+    retired: HashSet<u64>,
+    retired_q: VecDeque<(Instant, u64)>,
     timers: BinaryHeap<Reverse<(Instant, usize)>>,
     out: Vec<Vec<u8>>,
     counts: Counts,
+    /// Calls started, not yet answered, not yet ended.
+    setting_up: u64,
     failures: BTreeMap<String, u64>,
     setup: Vec<u32>,
     by_scenario: BTreeMap<Scenario, (u64, u64)>,
@@ -360,9 +392,14 @@ impl<R: RngCore> Engine<R> {
             next_leg: 0,
             by_dialog: HashMap::new(),
             by_remote: HashMap::new(),
+            ended: Vec::new(),
+            scratch: Vec::new(),
+            retired: HashSet::new(),
+            retired_q: VecDeque::new(),
             timers: BinaryHeap::new(),
             out: Vec::new(),
             counts: Counts::default(),
+            setting_up: 0,
             failures: BTreeMap::new(),
             setup: Vec::new(),
             by_scenario: BTreeMap::new(),
@@ -377,6 +414,16 @@ impl<R: RngCore> Engine<R> {
     /// Calls started and not yet ended.
     pub fn active(&self) -> u64 {
         self.counts.started - self.counts.succeeded - self.counts.failed
+    }
+
+    /// Legs held in memory (retired legs are not).
+    pub fn legs(&self) -> usize {
+        self.legs.len()
+    }
+
+    /// Calls started and not yet answered (nor ended).
+    pub fn setting_up(&self) -> u64 {
+        self.setting_up
     }
 
     /// Failures by cause.
@@ -429,6 +476,7 @@ impl<R: RngCore> Engine<R> {
             last_leg: usize::MAX,
             b_leg: None,
             b2_leg: None,
+            legs: Vec::new(),
         });
         self.foreign = Some(self.recs.len() - 1);
         self.recs.len() - 1
@@ -438,6 +486,9 @@ impl<R: RngCore> Engine<R> {
         let r = &mut self.recs[rec];
         if r.outcome.is_some() {
             return;
+        }
+        if !r.established {
+            self.setting_up -= 1;
         }
         let e = self.by_scenario.entry(r.scenario).or_default();
         match &outcome {
@@ -452,6 +503,8 @@ impl<R: RngCore> Engine<R> {
             }
         }
         r.outcome = Some(outcome);
+        // Its legs may now be retired (see `retire_ended`).
+        self.ended.append(&mut r.legs);
     }
 
     fn via(&mut self) -> Vec<u8> {
@@ -483,10 +536,16 @@ impl<R: RngCore> Engine<R> {
     ) -> usize {
         let id = self.next_leg;
         self.next_leg += 1;
-        self.by_dialog
-            .insert((call_id.clone(), local_tag.clone()), id);
+        if self.recs[rec].outcome.is_none() {
+            self.recs[rec].legs.push(id);
+        }
+        let mut k = Vec::with_capacity(call_id.len() + 1 + local_tag.len());
+        dialog_key(&mut k, &call_id, &local_tag);
+        self.by_dialog.insert(k, id);
         if let Some(r) = &remote_tag {
-            self.by_remote.insert((call_id.clone(), r.clone()), id);
+            let mut k = Vec::with_capacity(call_id.len() + 1 + r.len());
+            dialog_key(&mut k, &call_id, r);
+            self.by_remote.insert(k, id);
         }
         self.legs.insert(
             id,
@@ -523,8 +582,10 @@ impl<R: RngCore> Engine<R> {
             last_leg: 0,
             b_leg: None,
             b2_leg: None,
+            legs: Vec::new(),
         });
         self.counts.started += 1;
+        self.setting_up += 1;
         let user = match s {
             Scenario::Basic | Scenario::Hold => self.cfg.callee.clone(),
             _ => s.callee().to_string(),
@@ -582,24 +643,59 @@ impl<R: RngCore> Engine<R> {
     /// One datagram from the target.
     pub fn handle_datagram(&mut self, now: Instant, bytes: &[u8]) {
         let Ok(m) = scan(bytes) else { return };
-        let cid = m.call_id().to_vec();
+        let cid = m.call_id();
         let leg = if m.is_request() {
             match m.to_tag() {
-                Some(t) => self.by_dialog.get(&(cid, t.to_vec())).copied(),
-                None => m
-                    .from_tag()
-                    .and_then(|f| self.by_remote.get(&(cid, f.to_vec())).copied()),
+                Some(t) => self.lookup(false, cid, t),
+                None => m.from_tag().and_then(|f| self.lookup(true, cid, f)),
             }
         } else {
-            m.from_tag()
-                .and_then(|f| self.by_dialog.get(&(cid, f.to_vec())).copied())
+            m.from_tag().and_then(|f| self.lookup(false, cid, f))
         };
         match (m.is_request(), leg) {
             (true, Some(l)) => self.request(now, l, &m),
-            (true, None) => self.new_request(now, &m),
+            (true, None) => {
+                if let Some(t) = m.to_tag()
+                    && self.retired.contains(&retired_hash(cid, t))
+                {
+                    // A request in a dialog we have retired: a BYE resent
+                    // because our 200 was lost is answered again (the 200
+                    // is rebuilt from the request), the rest as unknown.
+                    match m.method() {
+                        Some(Method::Ack) => {}
+                        Some(Method::Bye) => self.reply(&m, 200),
+                        _ => self.reply(&m, 481),
+                    }
+                    return;
+                }
+                self.new_request(now, &m)
+            }
             (false, Some(l)) => self.response(now, l, &m),
             (false, None) => {}
         }
+        self.retire_ended(now);
+    }
+
+    /// Retires what it can of the legs of calls that ended; the others go
+    /// when their own last transaction is drained (or by `sweep`).
+    fn retire_ended(&mut self, now: Instant) {
+        while let Some(leg) = self.ended.pop() {
+            if self.retirable(leg) {
+                self.retire(now, leg);
+            }
+        }
+    }
+
+    /// The leg of (Call-ID, tag): ours when `remote` is false, the caller's
+    /// (callee legs only) when true.
+    fn lookup(&mut self, remote: bool, call_id: &[u8], tag: &[u8]) -> Option<usize> {
+        dialog_key(&mut self.scratch, call_id, tag);
+        let map = if remote {
+            &self.by_remote
+        } else {
+            &self.by_dialog
+        };
+        map.get(self.scratch.as_slice()).copied()
     }
 
     fn reply(&mut self, m: &Message<'_>, status: u16) {
@@ -653,7 +749,7 @@ impl<R: RngCore> Engine<R> {
         let replaced = m
             .header(HeaderName::Replaces)
             .and_then(|h| Replaces::parse(h.value.of(m.buf())))
-            .and_then(|r| self.by_dialog.get(&(r.call_id, r.to_tag)).copied());
+            .and_then(|r| self.lookup(false, &r.call_id, &r.to_tag));
         if let Some(l) = self.legs.get_mut(&leg) {
             l.replaces = replaced;
         }
@@ -1005,7 +1101,59 @@ impl<R: RngCore> Engine<R> {
         for (what, e) in nit_events {
             self.on_nit_event(leg, what, e);
         }
-        self.schedule(leg);
+        if self.retirable(leg) {
+            self.retire(now, leg);
+        } else {
+            self.schedule(leg);
+        }
+    }
+
+    /// A leg whose call has ended, whose dialog is over, and whose timers
+    /// would only absorb retransmissions (Timers D, J, K and the Accepted
+    /// state): nothing is left for it to send.
+    fn retirable(&self, leg: usize) -> bool {
+        let Some(l) = self.legs.get(&leg) else {
+            return false;
+        };
+        self.recs[l.rec].outcome.is_some()
+            && (l.over || l.dialog.is_none())
+            && l.wake.is_none()
+            && l.ok.is_none()
+            && l.cli.as_ref().is_none_or(|c| {
+                !matches!(c.2.state(), InviteState::Calling | InviteState::Proceeding)
+            })
+            && l.nits.iter().all(|n| match n {
+                Nit::Client(_, t, _) => !matches!(
+                    t.state(),
+                    NonInviteState::Trying | NonInviteState::Proceeding
+                ),
+                Nit::Server(_, t) => matches!(
+                    t.state(),
+                    ServerNonInviteState::Completed | ServerNonInviteState::Terminated
+                ),
+            })
+    }
+
+    /// Forgets a finished leg at once, keeping only a hash of its dialog
+    /// for 64*T1 so that a resent BYE is still answered 200 (the memory
+    /// of a long run stays bounded by the rate, not the call count).
+    fn retire(&mut self, now: Instant, leg: usize) {
+        let Some(l) = self.legs.remove(&leg) else {
+            return;
+        };
+        self.forget_keys(&l);
+        let h = retired_hash(&l.call_id, &l.local_tag);
+        self.retired.insert(h);
+        self.retired_q.push_back((now + self.cfg.timers.t1x64(), h));
+    }
+
+    fn forget_keys(&mut self, l: &Leg) {
+        dialog_key(&mut self.scratch, &l.call_id, &l.local_tag);
+        self.by_dialog.remove(self.scratch.as_slice());
+        if let Some(r) = &l.remote_tag {
+            dialog_key(&mut self.scratch, &l.call_id, r);
+            self.by_remote.remove(self.scratch.as_slice());
+        }
     }
 
     fn on_invite_event(&mut self, now: Instant, leg: usize, e: Event) {
@@ -1072,6 +1220,9 @@ impl<R: RngCore> Engine<R> {
                 if !r.established {
                     r.established = true;
                     self.counts.established += 1;
+                    if r.outcome.is_none() {
+                        self.setting_up -= 1;
+                    }
                     let us = (now - r.started).as_micros().min(u128::from(u32::MAX)) as u32;
                     self.setup.push(us);
                 }
@@ -1158,6 +1309,7 @@ impl<R: RngCore> Engine<R> {
                 self.counts.retransmissions += (self.out.len() - before) as u64;
             }
         }
+        self.retire_ended(now);
     }
 
     /// Timers of one leg; true when a scheduled action ran (not a resend).
@@ -1283,6 +1435,12 @@ impl<R: RngCore> Engine<R> {
     /// still running long after their hold time. Walks every call still
     /// running: call it once a second.
     pub fn expire(&mut self, now: Instant) {
+        while let Some(&(t, h)) = self.retired_q.front()
+            && t <= now
+        {
+            self.retired_q.pop_front();
+            self.retired.remove(&h);
+        }
         let t1x64 = self.cfg.timers.t1x64();
         let limit = self.cfg.hold * 3 + t1x64 * 2;
         while self
@@ -1312,6 +1470,7 @@ impl<R: RngCore> Engine<R> {
         for (i, why) in stuck {
             self.finish(i, Err(why.into()));
         }
+        self.retire_ended(now);
     }
 
     /// Forgets legs of ended calls whose transactions are over (bounded
@@ -1329,10 +1488,7 @@ impl<R: RngCore> Engine<R> {
             .collect();
         for k in dead {
             if let Some(l) = self.legs.remove(&k) {
-                self.by_dialog.remove(&(l.call_id.clone(), l.local_tag));
-                if let Some(r) = l.remote_tag {
-                    self.by_remote.remove(&(l.call_id, r));
-                }
+                self.forget_keys(&l);
             }
         }
     }
@@ -1366,6 +1522,9 @@ pub struct Options {
     pub threads: usize,
     /// SIP timer T1.
     pub t1: Duration,
+    /// The socket loop: io_uring or epoll + recvmmsg/sendmmsg (the
+    /// edge's own loops; `Auto` is epoll, see `run_one`).
+    pub io: IoMode,
 }
 
 /// One line of progress.
@@ -1415,6 +1574,14 @@ pub struct Report {
     pub datagrams_received: u64,
     /// (succeeded, failed) by scenario.
     pub by_scenario: BTreeMap<String, (u64, u64)>,
+    /// Datagrams the kernel refused to send.
+    pub send_errors: u64,
+    /// The socket loop used: `uring` or `epoll`.
+    pub io_mode: String,
+    /// Calls not started on time because the generator was behind (its
+    /// own limit, not the system's): the offered rate was lowered by this
+    /// many calls rather than bursting them later.
+    pub starts_skipped: u64,
 }
 
 fn percentiles(v: &mut [u32]) -> Latency {
@@ -1431,35 +1598,192 @@ fn percentiles(v: &mut [u32]) -> Latency {
     }
 }
 
+/// One thread's run: the engine behind the edge's socket loop.
+// The shell runs inside a blocking socket loop on one thread (no runtime:
+// fewer wake-ups per datagram than an async one), so it reads the wall
+// clock itself; the engine still takes `now` as an argument.
+#[allow(clippy::disallowed_types)]
+struct Shell<'a, P> {
+    opts: &'a Options,
+    stop: &'a std::sync::atomic::AtomicBool,
+    progress: P,
+    e: Engine<rand_chacha::ChaCha12Rng>,
+    out: VecDeque<Vec<u8>>,
+    t0: std::time::Instant,
+    /// Seconds the start schedule was moved back (see `starts_skipped`).
+    lag: f64,
+    started: u64,
+    skipped: u64,
+    sent: u64,
+    received: u64,
+    send_errors: u64,
+    /// Datagrams handled since the last tick.
+    since_tick: u32,
+    last_tick: std::time::Instant,
+    last_started: u64,
+    sweep_at: std::time::Instant,
+    start_deadline: Option<std::time::Instant>,
+    starting_ended: Option<std::time::Instant>,
+    final_deadline: Option<std::time::Instant>,
+}
+
+impl<P: FnMut(&Progress)> Shell<'_, P> {
+    fn now(&self) -> Instant {
+        Instant::from_epoch(self.t0.elapsed())
+    }
+
+    fn take_output(&mut self) {
+        self.out.extend(self.e.drain_transmit());
+    }
+}
+
+#[allow(clippy::disallowed_types)]
+impl<P: FnMut(&Progress)> handover_edge::io::Handler for Shell<'_, P> {
+    fn datagram(
+        &mut self,
+        _: SocketAddr,
+        data: &[u8],
+        _: &mut [u8],
+    ) -> Option<(SocketAddr, usize)> {
+        self.received += 1;
+        self.since_tick += 1;
+        let now = self.now();
+        self.e.handle_datagram(now, data);
+        self.take_output();
+        None
+    }
+
+    fn poll_transmit(&mut self, out: &mut [u8]) -> Option<(SocketAddr, usize)> {
+        loop {
+            let d = self.out.pop_front()?;
+            if d.len() <= out.len() {
+                out[..d.len()].copy_from_slice(&d);
+                self.sent += 1;
+                return Some((self.opts.target, d.len()));
+            }
+            self.send_errors += 1;
+        }
+    }
+
+    fn tick_interval(&self) -> Duration {
+        Duration::from_millis(1)
+    }
+
+    fn tick(&mut self) -> bool {
+        use std::sync::atomic::Ordering;
+        let opts = self.opts;
+        let wall = std::time::Instant::now();
+        // Input first: a round that brought many datagrams means answers
+        // are queued; new calls wait for the next round.
+        let behind = std::mem::take(&mut self.since_tick) >= 256;
+        if self.starting_ended.is_none() {
+            // Start what is due. When the loop is behind (its input comes
+            // first), at most 50 ms of calls are owed: the schedule moves
+            // back instead of bursting, and the report says by how much.
+            let cap = (opts.rate * 0.05).max(1.0);
+            let mut due = ((wall - self.t0).as_secs_f64() - self.lag) * opts.rate;
+            let owed = due - self.started as f64;
+            if owed > cap {
+                self.lag += (owed - cap) / opts.rate;
+                self.skipped += (owed - cap) as u64;
+                due = self.started as f64 + cap;
+            }
+            // And at most a quarter second of calls (256 at least) wait
+            // for their answer: past that the answers are queued behind
+            // new calls (ours or the system's), and retransmissions would
+            // follow.
+            let window = ((opts.rate * 0.25) as u64).max(256);
+            while self.started < opts.calls
+                && (self.started as f64) < due
+                && self.e.active() < opts.max_concurrent
+                && self.e.setting_up() < window
+                && !behind
+            {
+                let now = self.now();
+                self.e.start_call(now, opts.mix.pick(self.started));
+                self.started += 1;
+            }
+            if self.started >= opts.calls
+                || self.start_deadline.is_some_and(|d| wall >= d)
+                || self.stop.load(Ordering::Relaxed)
+            {
+                self.starting_ended = Some(wall);
+                self.final_deadline = Some(wall + opts.hold * 3 + Duration::from_secs(40));
+            }
+        }
+        let now = self.now();
+        self.e.handle_timeout(now);
+        self.take_output();
+        if wall.duration_since(self.last_tick) >= Duration::from_secs(1) {
+            let c = self.e.counts();
+            (self.progress)(&Progress {
+                elapsed_s: (wall - self.t0).as_secs_f64(),
+                counts: c,
+                active: self.e.active(),
+                rate: (c.started - self.last_started) as f64
+                    / (wall - self.last_tick).as_secs_f64(),
+            });
+            self.last_started = c.started;
+            self.last_tick = wall;
+        }
+        if wall.duration_since(self.sweep_at) >= Duration::from_secs(1) {
+            self.e.expire(now);
+            self.e.sweep();
+            self.sweep_at = wall;
+        }
+        if self.starting_ended.is_some() && self.e.active() == 0 && self.out.is_empty() {
+            return false;
+        }
+        if self.final_deadline.is_some_and(|d| wall >= d)
+            || (self.stop.load(Ordering::Relaxed)
+                && self
+                    .starting_ended
+                    .is_some_and(|s| wall >= s + Duration::from_secs(2)))
+        {
+            self.e.abandon("unfinished at the end of the run");
+            return false;
+        }
+        true
+    }
+
+    fn rx_dropped(&mut self, _: u32) {}
+
+    fn send_failed(&mut self) {
+        self.send_errors += 1;
+    }
+
+    fn enobufs(&mut self) {}
+
+    fn truncated(&mut self) {}
+}
+
 /// One thread's run (see [`run`]).
-// The shell is a blocking socket loop on one thread (no runtime: fewer
-// wake-ups per datagram than an async one), so it reads the wall clock
-// itself; the engine still takes `now` as an argument.
 #[allow(clippy::disallowed_types)]
 fn run_one(
     opts: &Options,
     stop: &std::sync::atomic::AtomicBool,
-    mut progress: impl FnMut(&Progress),
+    progress: impl FnMut(&Progress),
 ) -> std::io::Result<(Report, Vec<u32>)> {
-    use std::sync::atomic::Ordering;
     // Large socket buffers (the kernel caps them at net.core.rmem_max /
     // wmem_max): a burst of answers must not be dropped while the loop
     // is busy, or the generator measures its own losses.
-    let s2 = socket2::Socket::new(
+    let sock = socket2::Socket::new(
         socket2::Domain::for_address(opts.listen),
         socket2::Type::DGRAM,
         Some(socket2::Protocol::UDP),
     )?;
-    let _ = s2.set_recv_buffer_size(8 << 20);
-    let _ = s2.set_send_buffer_size(8 << 20);
-    s2.bind(&opts.listen.into())?;
-    let sock: UdpSocket = s2.into();
-    let local = sock.local_addr()?;
+    let _ = sock.set_recv_buffer_size(8 << 20);
+    let _ = sock.set_send_buffer_size(8 << 20);
+    sock.bind(&opts.listen.into())?;
+    let local = sock
+        .local_addr()?
+        .as_socket()
+        .ok_or_else(|| std::io::Error::other("not an IP socket"))?;
     let timers = TimerConfig {
         t1: opts.t1,
         ..TimerConfig::default()
     };
-    let mut e = Engine::new(
+    let e = Engine::new(
         EngineConfig {
             local,
             target: opts.target,
@@ -1470,99 +1794,41 @@ fn run_one(
         // Seeded by the OS once: no getrandom system call per id.
         <rand_chacha::ChaCha12Rng as rand_core::SeedableRng>::try_from_os_rng()?,
     );
+    // `Auto` is epoll here: measured side by side (docs/benchmarks.md),
+    // both loops cost the same CPU per call below saturation, and past it
+    // epoll's input-first loop (timers and new calls only once the socket
+    // is drained) plateaus where io_uring's bounded send slots let the
+    // generator's own queue grow until retransmissions take over.
+    let mode = match opts.io {
+        IoMode::Auto => IoMode::Epoll,
+        m => m,
+    };
     let t0 = std::time::Instant::now();
-    let now = || Instant::from_epoch(t0.elapsed());
-    let mut buf = vec![0u8; 65_536];
-    let (mut sent, mut received) = (0u64, 0u64);
-    let mut started = 0u64;
-    let mut last_tick = t0;
-    let mut last_started = 0u64;
-    let mut sweep_at = t0;
-    const TICK: Duration = Duration::from_micros(200);
-    sock.set_read_timeout(Some(TICK))?;
-    let start_deadline = opts.duration.map(|d| t0 + d);
-    let mut starting_ended: Option<std::time::Instant> = None;
-    let mut final_deadline: Option<std::time::Instant> = None;
-    loop {
-        let wall = std::time::Instant::now();
-        // Start what is due.
-        if starting_ended.is_none() {
-            let due = (wall - t0).as_secs_f64() * opts.rate;
-            while started < opts.calls && (started as f64) < due && e.active() < opts.max_concurrent
-            {
-                e.start_call(now(), opts.mix.pick(started));
-                started += 1;
-            }
-            if started >= opts.calls
-                || start_deadline.is_some_and(|d| wall >= d)
-                || stop.load(Ordering::Relaxed)
-            {
-                starting_ended = Some(wall);
-                final_deadline = Some(wall + opts.hold * 3 + Duration::from_secs(40));
-            }
-        }
-        e.handle_timeout(now());
-        for d in e.drain_transmit() {
-            if sock.send_to(&d, opts.target).is_ok() {
-                sent += 1;
-            }
-        }
-        if wall.duration_since(last_tick) >= Duration::from_secs(1) {
-            let c = e.counts();
-            progress(&Progress {
-                elapsed_s: (wall - t0).as_secs_f64(),
-                counts: c,
-                active: e.active(),
-                rate: (c.started - last_started) as f64 / (wall - last_tick).as_secs_f64(),
-            });
-            last_started = c.started;
-            last_tick = wall;
-        }
-        if wall.duration_since(sweep_at) >= Duration::from_secs(1) {
-            e.expire(now());
-            e.sweep();
-            sweep_at = wall;
-        }
-        if starting_ended.is_some() && e.active() == 0 {
-            break;
-        }
-        if final_deadline.is_some_and(|d| wall >= d)
-            || (stop.load(Ordering::Relaxed)
-                && starting_ended.is_some_and(|s| wall >= s + Duration::from_secs(2)))
-        {
-            e.abandon("unfinished at the end of the run");
-            break;
-        }
-        // Take datagrams as they come: a blocking receive returns as soon as
-        // one is there and gives up after `TICK` when none is, so starts and
-        // timers are never more than a tick late, with no mode switching.
-        for _ in 0..64 {
-            match sock.recv_from(&mut buf) {
-                Ok((n, _)) => {
-                    received += 1;
-                    e.handle_datagram(now(), &buf[..n]);
-                    for d in e.drain_transmit() {
-                        if sock.send_to(&d, opts.target).is_ok() {
-                            sent += 1;
-                        }
-                    }
-                }
-                Err(err)
-                    if matches!(
-                        err.kind(),
-                        std::io::ErrorKind::WouldBlock
-                            | std::io::ErrorKind::TimedOut
-                            | std::io::ErrorKind::ConnectionRefused
-                    ) =>
-                {
-                    break;
-                }
-                Err(err) => return Err(err),
-            }
-        }
-    }
+    let mut sh = Shell {
+        opts,
+        stop,
+        progress,
+        e,
+        out: VecDeque::new(),
+        t0,
+        lag: 0.0,
+        started: 0,
+        skipped: 0,
+        sent: 0,
+        received: 0,
+        send_errors: 0,
+        since_tick: 0,
+        last_tick: t0,
+        last_started: 0,
+        sweep_at: t0,
+        start_deadline: opts.duration.map(|d| t0 + d),
+        starting_ended: None,
+        final_deadline: None,
+    };
+    handover_edge::io::run(&sock, mode, &mut sh)?;
     let elapsed = t0.elapsed();
-    let start_period = starting_ended.map_or(elapsed, |s| s - t0);
+    let start_period = sh.starting_ended.map_or(elapsed, |s| s - t0);
+    let e = &sh.e;
     let c = e.counts();
     let lat = e.setup_latencies().to_vec();
     let mut sorted = lat.clone();
@@ -1574,13 +1840,16 @@ fn run_one(
             counts: c,
             setup_latency: percentiles(&mut sorted),
             failures: e.failures().clone(),
-            datagrams_sent: sent,
-            datagrams_received: received,
+            datagrams_sent: sh.sent.saturating_sub(sh.send_errors),
+            datagrams_received: sh.received,
             by_scenario: e
                 .by_scenario()
                 .iter()
                 .map(|(k, v)| (k.name().to_string(), *v))
                 .collect(),
+            send_errors: sh.send_errors,
+            io_mode: mode.as_str().to_string(),
+            starts_skipped: sh.skipped,
         },
         lat,
     ))
@@ -1676,6 +1945,8 @@ pub fn run(
                 t.counts.retransmissions += r.counts.retransmissions;
                 t.datagrams_sent += r.datagrams_sent;
                 t.datagrams_received += r.datagrams_received;
+                t.send_errors += r.send_errors;
+                t.starts_skipped += r.starts_skipped;
                 for (k, v) in r.failures {
                     *t.failures.entry(k).or_default() += v;
                 }
@@ -1713,6 +1984,105 @@ mod tests {
         );
         assert!("basic=x".parse::<Mix>().unwrap_err().contains("weight `x`"));
         assert!("basic=0".parse::<Mix>().is_err());
+    }
+
+    /// Plays `n` calls of the engine with itself, in memory: every
+    /// datagram it sends comes straight back (a loopback with no system
+    /// between), and time moves 1 ms per round. Returns what was sent.
+    fn play_alone(e: &mut Engine<rand_chacha::ChaCha12Rng>, s: Scenario, n: usize) -> Vec<Vec<u8>> {
+        let mut now = Instant::from_epoch(Duration::ZERO);
+        let mut sent = Vec::new();
+        for _ in 0..n {
+            e.start_call(now, s);
+        }
+        for _ in 0..10_000 {
+            let out: Vec<Vec<u8>> = e.drain_transmit().collect();
+            for d in &out {
+                e.handle_datagram(now, d);
+            }
+            sent.extend(out);
+            now = now + Duration::from_millis(1);
+            e.handle_timeout(now);
+            if e.active() == 0 && e.out.is_empty() {
+                break;
+            }
+        }
+        sent
+    }
+
+    fn engine() -> Engine<rand_chacha::ChaCha12Rng> {
+        let a: SocketAddr = "127.0.0.1:5070".parse().unwrap();
+        Engine::new(
+            EngineConfig {
+                local: a,
+                target: a,
+                hold: Duration::from_millis(1000),
+                timers: TimerConfig::default(),
+                callee: "b".into(),
+            },
+            <rand_chacha::ChaCha12Rng as rand_core::SeedableRng>::seed_from_u64(7),
+        )
+    }
+
+    #[test]
+    fn finished_legs_are_retired_at_once_and_a_resent_bye_is_still_answered() {
+        let mut e = engine();
+        let sent = play_alone(&mut e, Scenario::Basic, 50);
+        let c = e.counts();
+        assert_eq!((c.succeeded, c.failed, c.retransmissions), (50, 0, 0));
+        assert_eq!(e.setting_up(), 0);
+        // Both legs of every call are gone, with nothing left to resend.
+        assert_eq!(e.legs(), 0, "every finished leg is retired");
+        // A BYE resent after its 200 was lost is answered 200 again (the
+        // leg is gone; the 200 is rebuilt from the request); any other
+        // request in that dialog gets 481.
+        let bye = sent
+            .iter()
+            .find(|d| d.starts_with(b"BYE "))
+            .expect("a BYE was sent")
+            .clone();
+        let now = Instant::from_epoch(Duration::from_secs(20));
+        e.handle_datagram(now, &bye);
+        let answers: Vec<Vec<u8>> = e.drain_transmit().collect();
+        assert_eq!(answers.len(), 1);
+        assert!(
+            answers[0].starts_with(b"SIP/2.0 200 "),
+            "{}",
+            String::from_utf8_lossy(&answers[0])
+        );
+        let info = String::from_utf8_lossy(&bye)
+            .replacen("BYE ", "INFO ", 1)
+            .replace(" BYE\r\n", " INFO\r\n");
+        e.handle_datagram(now, info.as_bytes());
+        let answers: Vec<Vec<u8>> = e.drain_transmit().collect();
+        assert!(answers[0].starts_with(b"SIP/2.0 481 "));
+        // After 64*T1 the dialog is forgotten entirely: a BYE is then an
+        // unknown dialog's (481).
+        e.expire(now + TimerConfig::default().t1x64() * 2);
+        e.handle_datagram(now, &bye);
+        let answers: Vec<Vec<u8>> = e.drain_transmit().collect();
+        assert!(answers[0].starts_with(b"SIP/2.0 481 "));
+    }
+
+    #[test]
+    fn every_scenario_plays_against_itself_in_memory() {
+        for s in [
+            Scenario::Basic,
+            Scenario::Hold,
+            Scenario::Blind,
+            Scenario::Attended,
+        ] {
+            let mut e = engine();
+            play_alone(&mut e, s, 20);
+            let c = e.counts();
+            assert_eq!(
+                (c.succeeded, c.failed),
+                (20, 0),
+                "{s:?}: {:?}",
+                e.failures()
+            );
+            assert_eq!(e.legs(), 0, "{s:?}: legs left");
+        }
     }
 
     #[test]

@@ -47,24 +47,13 @@ pub(crate) fn run(sock: &Socket, h: &mut impl Handler) -> io::Result<()> {
     // SAFETY: mmsghdr is plain old data; all-zero is valid and filled below.
     let mut rmsgs: Vec<libc::mmsghdr> = (0..BATCH).map(|_| unsafe { std::mem::zeroed() }).collect();
 
-    // Send side.
-    let mut sbufs = vec![0u8; BATCH * DGRAM_MAX];
-    let mut saddrs: Vec<SockAddr> = (0..BATCH)
-        .map(|_| SockAddr::from(std::net::SocketAddr::from(([0, 0, 0, 0], 0))))
-        .collect();
-    let mut siov: Vec<libc::iovec> = (0..BATCH)
-        .map(|_| libc::iovec {
-            iov_base: std::ptr::null_mut(),
-            iov_len: 0,
-        })
-        .collect();
-    // SAFETY: as above.
-    let mut smsgs: Vec<libc::mmsghdr> = (0..BATCH).map(|_| unsafe { std::mem::zeroed() }).collect();
-
+    let mut batch = SendBatch::new();
     let mut events = [libc::epoll_event { events: 0, u64: 0 }; 1];
     while h.tick() {
+        own(fd, h, &mut batch);
+        let wait = h.tick_interval().as_micros().div_ceil(1000).clamp(1, 1000) as libc::c_int;
         // SAFETY: `ep` is open; `events` has room for one event.
-        let r = unsafe { libc::epoll_wait(ep, events.as_mut_ptr(), 1, 100) };
+        let r = unsafe { libc::epoll_wait(ep, events.as_mut_ptr(), 1, wait) };
         if r < 0 {
             let e = io::Error::last_os_error();
             if e.kind() == io::ErrorKind::Interrupted {
@@ -104,7 +93,6 @@ pub(crate) fn run(sock: &Socket, h: &mut impl Handler) -> io::Result<()> {
                 }
             }
             let n = n as usize;
-            let mut ns = 0;
             for i in 0..n {
                 let hdr = &rmsgs[i].msg_hdr;
                 let len = rmsgs[i].msg_len as usize;
@@ -136,30 +124,101 @@ pub(crate) fn run(sock: &Socket, h: &mut impl Handler) -> io::Result<()> {
                     continue;
                 };
                 let data = &rbufs[i * DGRAM_MAX..i * DGRAM_MAX + len];
-                let out = &mut sbufs[ns * DGRAM_MAX..(ns + 1) * DGRAM_MAX];
-                if let Some((to, slen)) = h.datagram(from, data, out) {
-                    saddrs[ns] = SockAddr::from(to);
-                    siov[ns] = libc::iovec {
-                        iov_base: out.as_mut_ptr().cast(),
-                        iov_len: slen,
-                    };
-                    let m = &mut smsgs[ns].msg_hdr;
-                    m.msg_name = saddrs[ns].as_ptr() as *mut libc::c_void;
-                    m.msg_namelen = saddrs[ns].len();
-                    m.msg_iov = &raw mut siov[ns];
-                    m.msg_iovlen = 1;
-                    m.msg_control = std::ptr::null_mut();
-                    m.msg_controllen = 0;
-                    ns += 1;
+                if let Some((to, slen)) = h.datagram(from, data, batch.next_buf()) {
+                    batch.commit(to, slen);
                 }
             }
-            send_all(fd, &mut smsgs[..ns], h);
+            // The answers of this round (at most BATCH, one per datagram)
+            // and the handler's own datagrams, in as few sendmmsg calls as
+            // fit.
+            own(fd, h, &mut batch);
             if n < BATCH {
                 break;
             }
         }
     }
     Ok(())
+}
+
+/// Up to BATCH prepared outgoing datagrams: buffers, addresses, iovecs and
+/// the headers that point at them (the vectors never grow, so the
+/// pointers stay valid).
+struct SendBatch {
+    bufs: Vec<u8>,
+    addrs: Vec<SockAddr>,
+    iov: Vec<libc::iovec>,
+    msgs: Vec<libc::mmsghdr>,
+    n: usize,
+}
+
+impl SendBatch {
+    fn new() -> Self {
+        Self {
+            bufs: vec![0u8; BATCH * DGRAM_MAX],
+            addrs: (0..BATCH)
+                .map(|_| SockAddr::from(std::net::SocketAddr::from(([0, 0, 0, 0], 0))))
+                .collect(),
+            iov: (0..BATCH)
+                .map(|_| libc::iovec {
+                    iov_base: std::ptr::null_mut(),
+                    iov_len: 0,
+                })
+                .collect(),
+            // SAFETY: mmsghdr is plain old data; all-zero is valid and
+            // filled by `commit`.
+            msgs: (0..BATCH).map(|_| unsafe { std::mem::zeroed() }).collect(),
+            n: 0,
+        }
+    }
+
+    fn full(&self) -> bool {
+        self.n == BATCH
+    }
+
+    /// The buffer the next datagram is written into (not full).
+    fn next_buf(&mut self) -> &mut [u8] {
+        &mut self.bufs[self.n * DGRAM_MAX..(self.n + 1) * DGRAM_MAX]
+    }
+
+    /// Takes the datagram written into `next_buf` (`len` bytes, to `to`).
+    fn commit(&mut self, to: std::net::SocketAddr, len: usize) {
+        let i = self.n;
+        self.addrs[i] = SockAddr::from(to);
+        self.iov[i] = libc::iovec {
+            iov_base: self.bufs[i * DGRAM_MAX..].as_mut_ptr().cast(),
+            iov_len: len.min(DGRAM_MAX),
+        };
+        let m = &mut self.msgs[i].msg_hdr;
+        m.msg_name = self.addrs[i].as_ptr() as *mut libc::c_void;
+        m.msg_namelen = self.addrs[i].len();
+        m.msg_iov = &raw mut self.iov[i];
+        m.msg_iovlen = 1;
+        m.msg_control = std::ptr::null_mut();
+        m.msg_controllen = 0;
+        self.n += 1;
+    }
+
+    fn flush(&mut self, fd: libc::c_int, h: &mut impl Handler) {
+        send_all(fd, &mut self.msgs[..self.n], h);
+        self.n = 0;
+    }
+}
+
+/// Adds the handler's own datagrams to `batch` and sends everything,
+/// a full batch at a time.
+fn own(fd: libc::c_int, h: &mut impl Handler, batch: &mut SendBatch) {
+    loop {
+        if batch.full() {
+            batch.flush(fd, h);
+        }
+        match h.poll_transmit(batch.next_buf()) {
+            Some((to, len)) => batch.commit(to, len),
+            None => break,
+        }
+    }
+    if batch.n > 0 {
+        batch.flush(fd, h);
+    }
 }
 
 /// Sends every prepared message, waiting briefly for room when the socket

@@ -45,6 +45,19 @@ pub trait Handler {
     fn enobufs(&mut self);
     /// A datagram larger than the buffers was cut.
     fn truncated(&mut self);
+    /// How long the loop may wait for a datagram before calling `tick`
+    /// again (rounded up to whole milliseconds under epoll).
+    fn tick_interval(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(100)
+    }
+    /// A datagram of the handler's own, not an answer to one received (a
+    /// load generator's new calls and timer resends), written into `out`.
+    /// Polled after each `tick` and each round of received datagrams until
+    /// it returns `None` or no send buffer is free (then the rest waits for
+    /// the next round). The edge sends none of its own.
+    fn poll_transmit(&mut self, _out: &mut [u8]) -> Option<(SocketAddr, usize)> {
+        None
+    }
 }
 
 /// Opens one UDP socket of a `SO_REUSEPORT` group on `addr`.

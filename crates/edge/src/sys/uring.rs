@@ -90,6 +90,21 @@ struct SendSlot {
     hdr: libc::msghdr,
 }
 
+impl SendSlot {
+    /// Points the header at this slot's first `len` bytes, to `to`.
+    fn prepare(&mut self, to: std::net::SocketAddr, len: usize) {
+        self.addr = SockAddr::from(to);
+        self.iov = libc::iovec {
+            iov_base: self.buf.as_mut_ptr().cast(),
+            iov_len: len.min(self.buf.len()),
+        };
+        self.hdr.msg_name = self.addr.as_ptr() as *mut libc::c_void;
+        self.hdr.msg_namelen = self.addr.len();
+        self.hdr.msg_iov = &raw mut self.iov;
+        self.hdr.msg_iovlen = 1;
+    }
+}
+
 /// Creates a ring, preferring `DEFER_TASKRUN` (kernel 6.1+).
 pub(crate) fn new_ring() -> io::Result<IoUring> {
     IoUring::builder()
@@ -166,10 +181,13 @@ pub(crate) fn run(sock: &Socket, h: &mut impl Handler) -> io::Result<()> {
     unsafe { ring.submission().push(&recv) }
         .map_err(|_| io::Error::other("submission queue full"))?;
 
-    let ts = Timespec::new().nsec(100_000_000);
-    let args = SubmitArgs::new().timespec(&ts);
     let mut pending: Vec<usize> = Vec::with_capacity(NSEND);
     while h.tick() {
+        let wait = h.tick_interval();
+        let ts = Timespec::new()
+            .sec(wait.as_secs())
+            .nsec(wait.subsec_nanos());
+        let args = SubmitArgs::new().timespec(&ts);
         match ring.submitter().submit_with_args(1, &args) {
             Ok(_) => {}
             Err(e)
@@ -222,15 +240,7 @@ pub(crate) fn run(sock: &Socket, h: &mut impl Handler) -> io::Result<()> {
                                 let s = &mut slots[slot];
                                 match h.datagram(from, msg.payload_data(), &mut s.buf) {
                                     Some((to, len)) => {
-                                        s.addr = SockAddr::from(to);
-                                        s.iov = libc::iovec {
-                                            iov_base: s.buf.as_mut_ptr().cast(),
-                                            iov_len: len,
-                                        };
-                                        s.hdr.msg_name = s.addr.as_ptr() as *mut libc::c_void;
-                                        s.hdr.msg_namelen = s.addr.len();
-                                        s.hdr.msg_iov = &raw mut s.iov;
-                                        s.hdr.msg_iovlen = 1;
+                                        s.prepare(to, len);
                                         pending.push(slot);
                                     }
                                     None => free.push(slot),
@@ -247,6 +257,20 @@ pub(crate) fn run(sock: &Socket, h: &mut impl Handler) -> io::Result<()> {
         }
         if returned {
             br.publish();
+        }
+        // The handler's own datagrams, as long as send slots are free.
+        while let Some(slot) = free.pop() {
+            let s = &mut slots[slot];
+            match h.poll_transmit(&mut s.buf) {
+                Some((to, len)) => {
+                    s.prepare(to, len);
+                    pending.push(slot);
+                }
+                None => {
+                    free.push(slot);
+                    break;
+                }
+            }
         }
         let mut sq = ring.submission();
         for slot in pending.drain(..) {
