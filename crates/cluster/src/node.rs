@@ -1,0 +1,605 @@
+//! One worker's replica: a raft-rs `RawNode` over a [`Store`], the applied
+//! [`Table`], and the ownership lease, driven without I/O.
+//!
+//! The shell calls [`Node::tick`] every tick (100 ms in a worker), hands
+//! every message from a peer to [`Node::step`], sends what
+//! [`Node::take_messages`] returns, persists [`Node::store`] and reads
+//! [`Node::poll_event`]. Time is a tick count; randomness (raft's election
+//! timeouts) comes from a seed, so a simulation run is repeatable.
+//!
+//! # Ownership and its lease
+//!
+//! A worker serves shard `s` only while all three hold:
+//! 1. the applied map names it owner of `s`;
+//! 2. its lease is live: it proposed a `Renew` at local time `t`, saw it
+//!    applied, and `now < t + lease`;
+//! 3. if it gained `s` from another worker, `lease` ticks have passed since
+//!    it applied that map change.
+//!
+//! The old owner's last useful `Renew` was proposed before the map change
+//! was committed (had it applied the change first, it would have stopped),
+//! so its lease ends before `apply time + lease` on the new owner: two
+//! workers never serve one shard at once, whatever the network does
+//! (assuming clocks that run at the same rate, within the margin between
+//! `lease` and `dead_after`). The leader declares a worker dead when none of
+//! its renewals has been applied for `dead_after` ticks, and the state
+//! machine spreads its shards over the others.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+
+use prost::Message as _;
+use raft::eraftpb::{Entry, EntryType, Message, MessageType};
+use raft::{RawNode, SnapshotStatus, StateRole};
+
+use crate::pb;
+use crate::store::Store;
+use crate::table::{Change, Table};
+
+/// Timing and sizes of a replica, in ticks and counts.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// This worker's Raft id (not 0).
+    pub id: u64,
+    /// Every voter's id, this one included.
+    pub voters: Vec<u64>,
+    /// Shards in the map (fixed for the life of the cluster).
+    pub shards: usize,
+    /// Election after this many ticks without a leader (raft-rs: the
+    /// timeout is random in `[election, 2 * election)`).
+    pub election_ticks: usize,
+    pub heartbeat_ticks: usize,
+    /// How long a committed renewal lets the owner serve.
+    pub lease_ticks: u64,
+    /// A worker whose renewals stop for this long is declared dead.
+    /// Must exceed `lease_ticks` by the clocks' worst disagreement.
+    pub dead_after_ticks: u64,
+    /// How often an owner proposes a renewal.
+    pub renew_ticks: u64,
+    /// A proposal not applied after this long is proposed again (a
+    /// follower's forwarded proposal is lost when the leader changes).
+    pub repropose_ticks: u64,
+    /// Take a snapshot and compact the log once it holds this many entries.
+    pub compact_after: usize,
+    /// At most this many commands per log entry.
+    pub max_batch: usize,
+}
+
+impl Config {
+    /// The worker's defaults for a 100 ms tick: elections after 1–2 s,
+    /// lease 2 s, declared dead after 3 s.
+    pub fn new(id: u64, voters: Vec<u64>, shards: usize) -> Self {
+        Self {
+            id,
+            voters,
+            shards,
+            election_ticks: 10,
+            heartbeat_ticks: 2,
+            lease_ticks: 20,
+            dead_after_ticks: 30,
+            renew_ticks: 5,
+            repropose_ticks: 20,
+            compact_after: 10_000,
+            max_batch: 512,
+        }
+    }
+}
+
+/// What the shell hears about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A call this worker proposed is committed at `version`.
+    Committed { call_id: Vec<u8>, version: u64 },
+    /// A call removal this worker proposed is committed.
+    Removed { call_id: Vec<u8> },
+    /// A call this worker proposed was refused: it no longer owns the
+    /// shard, or the table already holds that version.
+    Refused { call_id: Vec<u8> },
+    /// The map moved to `epoch`; `gained` shards are served once their
+    /// handover wait has passed, `lost` ones no longer.
+    Map {
+        epoch: u64,
+        gained: Vec<usize>,
+        lost: Vec<usize>,
+    },
+    /// Raft's leader changed (0: none known).
+    Leader { id: u64, term: u64 },
+}
+
+/// Why a replica cannot run.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("raft: {0}")]
+    Raft(#[from] raft::Error),
+    #[error("corrupt snapshot: {0}")]
+    Snapshot(#[from] prost::DecodeError),
+}
+
+/// A read-only view for `handover status` and the metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Status {
+    pub id: u64,
+    pub leader: u64,
+    pub term: u64,
+    pub commit: u64,
+    pub applied: u64,
+    pub epoch: u64,
+    pub calls: usize,
+    pub owned_shards: usize,
+    pub serving_shards: usize,
+    pub lease_live: bool,
+}
+
+/// splitmix64: raft's election timeouts from a seed (see [`Node::reseed`]).
+#[derive(Debug, Clone)]
+struct Seeded(u64);
+
+impl Seeded {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+}
+
+/// See the module docs.
+pub struct Node {
+    cfg: Config,
+    raw: RawNode<Store>,
+    table: Table,
+    rng: Seeded,
+    now: u64,
+    applied: u64,
+    /// Serving ends at this tick (see the module docs).
+    lease_until: u64,
+    /// Per shard: serving may start at this tick.
+    serve_from: Vec<u64>,
+    renew_seq: u64,
+    /// Renewals in flight: seq -> tick proposed.
+    renew_sent: BTreeMap<u64, u64>,
+    last_renew: u64,
+    /// Commands waiting for the next batch.
+    queued: Vec<pb::Command>,
+    next_seq: u64,
+    /// Batches proposed and not yet applied: seq -> (commands, tick).
+    inflight: BTreeMap<u64, (Vec<pb::Command>, u64)>,
+    /// As leader: the tick each member's last renewal was applied.
+    heard: HashMap<u64, u64>,
+    /// As leader: members declared dead, not yet applied.
+    downing: HashMap<u64, u64>,
+    leader: u64,
+    draining: bool,
+    outbox: Vec<Message>,
+    events: VecDeque<Event>,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("status", &self.status())
+            .finish()
+    }
+}
+
+impl Node {
+    /// Starts (or restarts, from what `store` persisted) a replica.
+    pub fn new(cfg: Config, store: Store, seed: u64) -> Result<Self, Error> {
+        let table = Table::decode(store.snapshot_data(), cfg.shards)?;
+        let applied = store.snapshot_index();
+        let rc = raft::Config {
+            id: cfg.id,
+            election_tick: cfg.election_ticks,
+            heartbeat_tick: cfg.heartbeat_ticks,
+            applied,
+            max_size_per_msg: 1 << 20,
+            max_inflight_msgs: 256,
+            check_quorum: true,
+            pre_vote: true,
+            batch_append: true,
+            ..Default::default()
+        };
+        let logger = slog::Logger::root(slog::Discard, slog::o!());
+        let raw = RawNode::new(&rc, store, &logger)?;
+        let shards = table.shards();
+        let mut node = Self {
+            raw,
+            table,
+            rng: Seeded(seed ^ cfg.id.wrapping_mul(0x2545_F491_4F6C_DD1D)),
+            now: 0,
+            applied,
+            lease_until: 0,
+            // After a restart, wait out any lease this worker's previous
+            // life may not have seen end.
+            serve_from: vec![cfg.lease_ticks; shards],
+            renew_seq: 0,
+            renew_sent: BTreeMap::new(),
+            last_renew: 0,
+            queued: Vec::new(),
+            next_seq: 1,
+            inflight: BTreeMap::new(),
+            heard: HashMap::new(),
+            downing: HashMap::new(),
+            leader: 0,
+            draining: false,
+            outbox: Vec::new(),
+            events: VecDeque::new(),
+            cfg,
+        };
+        node.reseed();
+        // Proposal numbers start at random, so a restarted worker's new
+        // batches are never mistaken for its previous life's.
+        node.next_seq = node.rng.next() >> 2;
+        Ok(node)
+    }
+
+    /// raft-rs draws election timeouts from the thread's RNG whenever it
+    /// resets its election clock; replace each draw with one from our seed.
+    fn reseed(&mut self) {
+        if self.raw.raft.election_elapsed == 0 {
+            let e = self.cfg.election_ticks as u64;
+            let t = e + self.rng.next() % e;
+            self.raw.raft.set_randomized_election_timeout(t as usize);
+        }
+    }
+
+    pub fn id(&self) -> u64 {
+        self.cfg.id
+    }
+
+    pub fn now(&self) -> u64 {
+        self.now
+    }
+
+    pub fn table(&self) -> &Table {
+        &self.table
+    }
+
+    pub fn store(&self) -> &Store {
+        self.raw.store()
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.raw.raft.state == StateRole::Leader
+    }
+
+    /// Whether this worker may serve `shard` now (see the module docs).
+    pub fn serves(&self, shard: usize) -> bool {
+        self.now < self.lease_until
+            && self.table.owners().get(shard) == Some(&self.cfg.id)
+            && self.now >= self.serve_from[shard]
+    }
+
+    pub fn status(&self) -> Status {
+        let owned = self
+            .table
+            .owners()
+            .iter()
+            .filter(|&&o| o == self.cfg.id)
+            .count();
+        Status {
+            id: self.cfg.id,
+            leader: self.raw.raft.leader_id,
+            term: self.raw.raft.term,
+            commit: self.raw.raft.raft_log.committed,
+            applied: self.applied,
+            epoch: self.table.epoch(),
+            calls: self.table.call_count(),
+            owned_shards: owned,
+            serving_shards: (0..self.table.shards()).filter(|&s| self.serves(s)).count(),
+            lease_live: self.now < self.lease_until,
+        }
+    }
+
+    /// Replicates a call record; [`Event::Committed`] follows once applied.
+    pub fn upsert(&mut self, call_id: Vec<u8>, key: u64, version: u64, record: Vec<u8>) {
+        self.queue(pb::command::Command::Upsert(pb::CallUpsert {
+            call_id,
+            key,
+            version,
+            owner: self.cfg.id,
+            record,
+        }));
+    }
+
+    /// Forgets a call that ended.
+    pub fn remove(&mut self, call_id: Vec<u8>, key: u64, version: u64) {
+        self.queue(pb::command::Command::Remove(pb::CallRemove {
+            call_id,
+            key,
+            version,
+            owner: self.cfg.id,
+        }));
+    }
+
+    /// Graceful leave: hands every shard to the others and stops renewing.
+    pub fn drain(&mut self) {
+        self.draining = true;
+        self.queue(pb::command::Command::Down(pb::MemberDown {
+            node: self.cfg.id,
+            drained: true,
+        }));
+    }
+
+    /// True once a drain has been applied: nothing is left to hand over.
+    pub fn drained(&self) -> bool {
+        self.draining && !self.table.is_up(self.cfg.id)
+    }
+
+    fn queue(&mut self, c: pb::command::Command) {
+        self.queued.push(pb::Command { command: Some(c) });
+    }
+
+    /// Messages for peers, in order.
+    ///
+    /// A snapshot handed to the transport is reported finished at once:
+    /// raft-rs otherwise waits for that report forever if the message is
+    /// lost, and if the follower did not get it, it refuses the next append
+    /// and the leader sends the snapshot again.
+    pub fn take_messages(&mut self) -> Vec<Message> {
+        let out = std::mem::take(&mut self.outbox);
+        for m in &out {
+            if m.get_msg_type() == MessageType::MsgSnapshot {
+                self.raw.report_snapshot(m.to, SnapshotStatus::Finish);
+            }
+        }
+        out
+    }
+
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// A message from a peer. Errors from raft about a message (an unknown
+    /// peer, a stale term) drop that message only.
+    pub fn step(&mut self, m: Message) -> Result<(), Error> {
+        let _ = self.raw.step(m);
+        self.reseed();
+        self.run()
+    }
+
+    /// One tick of time: elections, heartbeats, renewals, failure
+    /// detection, re-proposals, then the batch of queued commands.
+    pub fn tick(&mut self) -> Result<(), Error> {
+        self.now += 1;
+        self.raw.tick();
+        self.reseed();
+        self.watch_leader();
+        if !self.draining
+            && self.now >= self.last_renew + self.cfg.renew_ticks
+            && self.raw.raft.leader_id != 0
+        {
+            self.last_renew = self.now;
+            self.renew_seq += 1;
+            self.renew_sent.insert(self.renew_seq, self.now);
+            // Renewals older than a lease can no longer extend it.
+            let horizon = self.now.saturating_sub(self.cfg.lease_ticks);
+            self.renew_sent.retain(|_, &mut t| t >= horizon);
+            self.queue(pb::command::Command::Renew(pb::Renew {
+                node: self.cfg.id,
+                seq: self.renew_seq,
+            }));
+        }
+        // Back after a crash or a partition that declared it dead: rejoin.
+        let joining = self.inflight.values().any(|(cmds, _)| {
+            cmds.iter()
+                .any(|c| matches!(c.command, Some(pb::command::Command::Up(_))))
+        }) || self
+            .queued
+            .iter()
+            .any(|c| matches!(c.command, Some(pb::command::Command::Up(_))));
+        if !self.draining
+            && !joining
+            && self.raw.raft.leader_id != 0
+            && self.caught_up()
+            && !self.table.is_up(self.cfg.id)
+        {
+            self.queue(pb::command::Command::Up(pb::MemberUp { node: self.cfg.id }));
+        }
+        if self.is_leader() {
+            self.detect_failures();
+        }
+        let stale: Vec<u64> = self
+            .inflight
+            .iter()
+            .filter(|(_, (_, t))| self.now >= t + self.cfg.repropose_ticks)
+            .map(|(&seq, _)| seq)
+            .collect();
+        for seq in stale {
+            if let Some((cmds, _)) = self.inflight.remove(&seq) {
+                self.propose_batch(seq, cmds);
+            }
+        }
+        self.flush();
+        self.run()
+    }
+
+    /// Whether this replica has applied all it knows to be committed.
+    pub fn caught_up(&self) -> bool {
+        self.applied >= self.raw.raft.raft_log.committed
+    }
+
+    fn watch_leader(&mut self) {
+        let leader = self.raw.raft.leader_id;
+        if leader != self.leader {
+            self.leader = leader;
+            if leader == self.cfg.id {
+                // A new leader knows nothing of renewals before its term:
+                // give every member a full dead_after from now.
+                self.heard.clear();
+                self.downing.clear();
+            }
+            self.events.push_back(Event::Leader {
+                id: leader,
+                term: self.raw.raft.term,
+            });
+        }
+    }
+
+    fn detect_failures(&mut self) {
+        let members: Vec<u64> = self.table.members_up().collect();
+        for m in members {
+            let heard = *self.heard.entry(m).or_insert(self.now);
+            if m == self.cfg.id || self.now < heard + self.cfg.dead_after_ticks {
+                continue;
+            }
+            let due = self
+                .downing
+                .get(&m)
+                .is_none_or(|&t| self.now >= t + self.cfg.repropose_ticks);
+            if due {
+                self.downing.insert(m, self.now);
+                self.queue(pb::command::Command::Down(pb::MemberDown {
+                    node: m,
+                    drained: false,
+                }));
+            }
+        }
+    }
+
+    fn flush(&mut self) {
+        while !self.queued.is_empty() {
+            let n = self.queued.len().min(self.cfg.max_batch);
+            let cmds: Vec<pb::Command> = self.queued.drain(..n).collect();
+            let seq = self.next_seq;
+            self.next_seq += 1;
+            self.propose_batch(seq, cmds);
+        }
+    }
+
+    fn propose_batch(&mut self, seq: u64, commands: Vec<pb::Command>) {
+        let batch = pb::Batch {
+            proposer: self.cfg.id,
+            seq,
+            commands,
+        };
+        // Without a leader raft drops the proposal; it stays in flight and
+        // is proposed again after repropose_ticks.
+        let _ = self.raw.propose(Vec::new(), batch.encode_to_vec());
+        self.inflight.insert(seq, (batch.commands, self.now));
+    }
+
+    /// The Ready loop (raft-rs 0.7's order): send, snapshot, apply
+    /// committed, append, hard state, send persisted, advance, repeat.
+    fn run(&mut self) -> Result<(), Error> {
+        while self.raw.has_ready() {
+            let mut rd = self.raw.ready();
+            self.outbox.extend(rd.take_messages());
+            if !rd.snapshot().is_empty() {
+                let snap = rd.snapshot().clone();
+                self.table = Table::decode(&snap.data, self.cfg.shards)?;
+                self.applied = snap.get_metadata().index;
+                self.raw.mut_store().apply_snapshot(snap);
+                // Shards may have come from anyone: wait out their leases.
+                let wait = self.now + self.cfg.lease_ticks;
+                self.serve_from.iter_mut().for_each(|s| *s = wait);
+                self.events.push_back(Event::Map {
+                    epoch: self.table.epoch(),
+                    gained: Vec::new(),
+                    lost: Vec::new(),
+                });
+            }
+            let committed = rd.take_committed_entries();
+            self.apply(committed)?;
+            if !rd.entries().is_empty() {
+                let ents = rd.take_entries();
+                self.raw.mut_store().append(&ents);
+            }
+            if let Some(hs) = rd.hs() {
+                self.raw.mut_store().set_hard_state(hs.clone());
+            }
+            self.outbox.extend(rd.take_persisted_messages());
+            let mut light = self.raw.advance(rd);
+            if let Some(c) = light.commit_index() {
+                self.raw.mut_store().set_commit(c);
+            }
+            self.outbox.extend(light.take_messages());
+            let committed = light.take_committed_entries();
+            self.apply(committed)?;
+            self.raw.advance_apply();
+        }
+        self.watch_leader();
+        self.compact();
+        Ok(())
+    }
+
+    fn apply(&mut self, entries: Vec<Entry>) -> Result<(), Error> {
+        for e in entries {
+            self.applied = e.index;
+            if e.get_entry_type() != EntryType::EntryNormal || e.data.is_empty() {
+                continue;
+            }
+            // Every replica decodes the same bytes: an entry that does not
+            // decode was never proposed by a worker of ours; skip it on all.
+            let Ok(batch) = pb::Batch::decode(&e.data[..]) else {
+                continue;
+            };
+            // Ours only if this life proposed it: a restarted worker replays
+            // its previous life's batches without hearing about them again.
+            let mine = batch.proposer == self.cfg.id && self.inflight.remove(&batch.seq).is_some();
+            for cmd in batch.commands {
+                let Some(c) = cmd.command else { continue };
+                let Some(change) = self.table.apply(c) else {
+                    continue;
+                };
+                self.on_change(change, mine);
+            }
+        }
+        Ok(())
+    }
+
+    fn on_change(&mut self, change: Change, mine: bool) {
+        match change {
+            Change::Stored { call_id, version } if mine => {
+                self.events.push_back(Event::Committed { call_id, version });
+            }
+            Change::Removed { call_id } if mine => {
+                self.events.push_back(Event::Removed { call_id });
+            }
+            Change::Refused { call_id, owner } if mine && owner == self.cfg.id => {
+                self.events.push_back(Event::Refused { call_id });
+            }
+            Change::Renewed { node, seq } => {
+                if node == self.cfg.id {
+                    if let Some(&t) = self.renew_sent.get(&seq) {
+                        self.lease_until = self.lease_until.max(t + self.cfg.lease_ticks);
+                    }
+                } else {
+                    self.heard.insert(node, self.now);
+                }
+            }
+            Change::Map { epoch, moves } => {
+                let mut gained = Vec::new();
+                let mut lost = Vec::new();
+                for m in moves {
+                    if m.to == self.cfg.id {
+                        self.serve_from[m.shard] = if m.from == 0 {
+                            self.now
+                        } else {
+                            self.now + self.cfg.lease_ticks
+                        };
+                        gained.push(m.shard);
+                    } else if m.from == self.cfg.id {
+                        lost.push(m.shard);
+                    }
+                    self.downing.remove(&m.from);
+                }
+                self.events.push_back(Event::Map {
+                    epoch,
+                    gained,
+                    lost,
+                });
+            }
+            _ => {}
+        }
+    }
+
+    fn compact(&mut self) {
+        if self.raw.store().len() < self.cfg.compact_after {
+            return;
+        }
+        let data = self.table.encode();
+        let applied = self.applied;
+        self.raw.mut_store().compact(applied, data);
+    }
+}

@@ -1,0 +1,179 @@
+//! The Raft log image: hard state, entries after the last snapshot, and that
+//! snapshot with its data (the applied [`crate::Table`] at its index).
+//!
+//! raft-rs's `MemStorage` keeps snapshot metadata only and forgets the term
+//! of the last compacted entry on `compact()`, so it cannot hand a lagging
+//! follower the call table; this store keeps both. It is the in-memory image
+//! of what a worker persists: the simulation keeps it across a "crash" as the
+//! disk would, and the worker's durable log writes through it.
+
+use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
+use raft::{GetEntriesContext, RaftState, Storage, StorageError};
+
+/// See the module docs.
+#[derive(Debug, Clone)]
+pub struct Store {
+    hard: HardState,
+    conf: ConfState,
+    /// Metadata (index, term, conf state) and data of the latest snapshot.
+    snap: Snapshot,
+    /// Entries `snap.index + 1 ..= last_index`.
+    entries: Vec<Entry>,
+}
+
+impl Store {
+    /// A fresh log for a group whose voters are `voters`.
+    pub fn new(voters: &[u64]) -> Self {
+        let conf = ConfState {
+            voters: voters.to_vec(),
+            ..Default::default()
+        };
+        let mut snap = Snapshot::default();
+        snap.mut_metadata().set_conf_state(conf.clone());
+        Self {
+            hard: HardState::default(),
+            conf,
+            snap,
+            entries: Vec::new(),
+        }
+    }
+
+    pub fn hard_state(&self) -> &HardState {
+        &self.hard
+    }
+
+    pub fn snapshot_index(&self) -> u64 {
+        self.snap.get_metadata().index
+    }
+
+    /// The data of the latest snapshot (empty before the first).
+    pub fn snapshot_data(&self) -> &[u8] {
+        &self.snap.data
+    }
+
+    /// How many entries the log holds after its snapshot.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    fn first(&self) -> u64 {
+        self.snap.get_metadata().index + 1
+    }
+
+    fn last(&self) -> u64 {
+        self.snap.get_metadata().index + self.entries.len() as u64
+    }
+
+    pub fn set_hard_state(&mut self, hs: HardState) {
+        self.hard = hs;
+    }
+
+    pub fn set_commit(&mut self, commit: u64) {
+        self.hard.commit = commit;
+    }
+
+    /// Appends `ents`, first dropping any suffix they overwrite (a new
+    /// leader's log wins over an old one's uncommitted tail).
+    pub fn append(&mut self, ents: &[Entry]) {
+        let Some(head) = ents.first() else { return };
+        // raft-rs never hands entries below the snapshot or past a gap;
+        // if it did, the log would be corrupt: refuse loudly.
+        assert!(
+            head.index >= self.first() && head.index <= self.last() + 1,
+            "raft appended entries {}.. to a log holding {}..={}",
+            head.index,
+            self.first(),
+            self.last()
+        );
+        let keep = (head.index - self.first()) as usize;
+        self.entries.truncate(keep);
+        self.entries.extend_from_slice(ents);
+    }
+
+    /// Replaces the log with a snapshot received from the leader.
+    pub fn apply_snapshot(&mut self, snap: Snapshot) {
+        let meta = snap.get_metadata();
+        self.hard.term = self.hard.term.max(meta.term);
+        self.hard.commit = meta.index;
+        self.conf = meta.get_conf_state().clone();
+        self.entries.clear();
+        self.snap = snap;
+    }
+
+    /// Takes a snapshot at `index` (applied, so in the log) holding `data`,
+    /// and drops the entries it covers.
+    pub fn compact(&mut self, index: u64, data: Vec<u8>) {
+        if index < self.first() || index > self.last() {
+            return;
+        }
+        let term = self.entries[(index - self.first()) as usize].term;
+        let drop = (index + 1 - self.first()) as usize;
+        self.entries.drain(..drop);
+        let meta = self.snap.mut_metadata();
+        meta.index = index;
+        meta.term = term;
+        meta.set_conf_state(self.conf.clone());
+        self.snap.data = data.into();
+    }
+}
+
+impl Storage for Store {
+    fn initial_state(&self) -> raft::Result<RaftState> {
+        Ok(RaftState::new(self.hard.clone(), self.conf.clone()))
+    }
+
+    fn entries(
+        &self,
+        low: u64,
+        high: u64,
+        max_size: impl Into<Option<u64>>,
+        _context: GetEntriesContext,
+    ) -> raft::Result<Vec<Entry>> {
+        if low < self.first() {
+            return Err(raft::Error::Store(StorageError::Compacted));
+        }
+        if high > self.last() + 1 {
+            return Err(raft::Error::Store(StorageError::Unavailable));
+        }
+        let lo = (low - self.first()) as usize;
+        let hi = (high - self.first()) as usize;
+        let mut ents = self.entries[lo..hi].to_vec();
+        raft::util::limit_size(&mut ents, max_size.into());
+        Ok(ents)
+    }
+
+    fn term(&self, idx: u64) -> raft::Result<u64> {
+        let meta = self.snap.get_metadata();
+        if idx == meta.index {
+            return Ok(meta.term);
+        }
+        if idx < self.first() {
+            return Err(raft::Error::Store(StorageError::Compacted));
+        }
+        if idx > self.last() {
+            return Err(raft::Error::Store(StorageError::Unavailable));
+        }
+        Ok(self.entries[(idx - self.first()) as usize].term)
+    }
+
+    fn first_index(&self) -> raft::Result<u64> {
+        Ok(self.first())
+    }
+
+    fn last_index(&self) -> raft::Result<u64> {
+        Ok(self.last())
+    }
+
+    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        if self.snap.get_metadata().index < request_index {
+            return Err(raft::Error::Store(
+                StorageError::SnapshotTemporarilyUnavailable,
+            ));
+        }
+        Ok(self.snap.clone())
+    }
+}

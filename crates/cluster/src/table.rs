@@ -1,0 +1,401 @@
+//! The replicated state machine: members, the shard map, and the call table.
+//!
+//! Every replica applies the same commands in log order and so reaches the
+//! same table; nothing here reads a clock or a random number. The shard map
+//! changes only here, when a `MemberUp` or `MemberDown` is applied, so two
+//! leaders can never commit two different maps for one epoch.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+
+use prost::Message as _;
+
+use crate::pb;
+
+/// Removed calls remembered so a late duplicate of an older upsert (a
+/// proposal re-sent after a leader change) cannot bring a call back.
+const TOMBSTONES: usize = 65_536;
+
+/// The shard of an affinity key.
+pub fn shard_of(key: u64, shards: usize) -> usize {
+    (key % shards as u64) as usize
+}
+
+/// One shard changing hands at an epoch (`from` or `to` 0: nobody).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Move {
+    pub shard: usize,
+    pub from: u64,
+    pub to: u64,
+}
+
+/// What applying one command changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// A call record was stored at `version`.
+    Stored { call_id: Vec<u8>, version: u64 },
+    /// A call was removed.
+    Removed { call_id: Vec<u8> },
+    /// An upsert or remove changed nothing: its proposer did not own the
+    /// call's shard at apply time, or the table already held that version.
+    Refused { call_id: Vec<u8>, owner: u64 },
+    /// The map moved to a new epoch.
+    Map { epoch: u64, moves: Vec<Move> },
+    /// A lease renewal of `node` was committed.
+    Renewed { node: u64, seq: u64 },
+}
+
+/// See the module docs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Table {
+    up: BTreeSet<u64>,
+    epoch: u64,
+    owners: Vec<u64>,
+    calls: BTreeMap<Vec<u8>, pb::CallUpsert>,
+    tomb_order: VecDeque<Vec<u8>>,
+    tombs: HashMap<Vec<u8>, u64>,
+}
+
+impl Table {
+    pub fn new(shards: usize) -> Self {
+        Self {
+            up: BTreeSet::new(),
+            epoch: 0,
+            owners: vec![0; shards.max(1)],
+            calls: BTreeMap::new(),
+            tomb_order: VecDeque::new(),
+            tombs: HashMap::new(),
+        }
+    }
+
+    pub fn shards(&self) -> usize {
+        self.owners.len()
+    }
+
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// shard -> owner (0: none) at [`Self::epoch`].
+    pub fn owners(&self) -> &[u64] {
+        &self.owners
+    }
+
+    pub fn owner_of_key(&self, key: u64) -> u64 {
+        self.owners[shard_of(key, self.shards())]
+    }
+
+    pub fn members_up(&self) -> impl Iterator<Item = u64> + '_ {
+        self.up.iter().copied()
+    }
+
+    pub fn is_up(&self, node: u64) -> bool {
+        self.up.contains(&node)
+    }
+
+    pub fn call(&self, call_id: &[u8]) -> Option<&pb::CallUpsert> {
+        self.calls.get(call_id)
+    }
+
+    pub fn calls(&self) -> impl Iterator<Item = &pb::CallUpsert> {
+        self.calls.values()
+    }
+
+    pub fn call_count(&self) -> usize {
+        self.calls.len()
+    }
+
+    /// Applies one command; returns what it changed, if anything.
+    pub fn apply(&mut self, cmd: pb::command::Command) -> Option<Change> {
+        use pb::command::Command as C;
+        match cmd {
+            C::Upsert(u) => Some(self.upsert(u)),
+            C::Remove(r) => Some(self.remove(r)),
+            C::Up(m) => self.member_up(m.node),
+            C::Down(m) => self.member_down(m.node),
+            C::Renew(r) => Some(Change::Renewed {
+                node: r.node,
+                seq: r.seq,
+            }),
+        }
+    }
+
+    fn upsert(&mut self, u: pb::CallUpsert) -> Change {
+        let stale = self
+            .calls
+            .get(&u.call_id)
+            .is_some_and(|c| c.version >= u.version)
+            || self.tombs.get(&u.call_id).is_some_and(|&v| v >= u.version);
+        if u.owner == 0 || self.owner_of_key(u.key) != u.owner || stale {
+            return Change::Refused {
+                call_id: u.call_id,
+                owner: u.owner,
+            };
+        }
+        let change = Change::Stored {
+            call_id: u.call_id.clone(),
+            version: u.version,
+        };
+        self.calls.insert(u.call_id.clone(), u);
+        change
+    }
+
+    fn remove(&mut self, r: pb::CallRemove) -> Change {
+        if r.owner == 0 || self.owner_of_key(r.key) != r.owner {
+            return Change::Refused {
+                call_id: r.call_id,
+                owner: r.owner,
+            };
+        }
+        self.calls.remove(&r.call_id);
+        self.tomb(r.call_id.clone(), r.version);
+        Change::Removed { call_id: r.call_id }
+    }
+
+    fn tomb(&mut self, call_id: Vec<u8>, version: u64) {
+        if self.tombs.insert(call_id.clone(), version).is_none() {
+            self.tomb_order.push_back(call_id);
+        }
+        while self.tomb_order.len() > TOMBSTONES {
+            if let Some(old) = self.tomb_order.pop_front() {
+                self.tombs.remove(&old);
+            }
+        }
+    }
+
+    fn loads(&self) -> BTreeMap<u64, usize> {
+        let mut loads: BTreeMap<u64, usize> = self.up.iter().map(|&n| (n, 0)).collect();
+        for o in &self.owners {
+            if let Some(n) = loads.get_mut(o) {
+                *n += 1;
+            }
+        }
+        loads
+    }
+
+    /// The member with the fewest shards (ties: the lowest id).
+    fn least_loaded(loads: &BTreeMap<u64, usize>) -> Option<u64> {
+        loads.iter().min_by_key(|&(&n, &c)| (c, n)).map(|(&n, _)| n)
+    }
+
+    /// Gives every unowned shard to the least loaded member.
+    fn fill(&mut self, moves: &mut Vec<Move>) {
+        let mut loads = self.loads();
+        for shard in 0..self.owners.len() {
+            if self.owners[shard] != 0 {
+                continue;
+            }
+            let Some(to) = Self::least_loaded(&loads) else {
+                return;
+            };
+            *loads.entry(to).or_default() += 1;
+            self.owners[shard] = to;
+            moves.push(Move { shard, from: 0, to });
+        }
+    }
+
+    fn member_up(&mut self, node: u64) -> Option<Change> {
+        if node == 0 || !self.up.insert(node) {
+            return None;
+        }
+        let mut moves = Vec::new();
+        self.fill(&mut moves);
+        // Rebalance: the newcomer takes shards, one at a time, from the most
+        // loaded member until it has its fair share. Few shards move, and
+        // each moves once.
+        let target = self.owners.len() / self.up.len();
+        let mut loads = self.loads();
+        while loads[&node] < target {
+            let Some((&from, _)) = loads
+                .iter()
+                .filter(|&(&n, _)| n != node)
+                .max_by_key(|&(&n, &c)| (c, std::cmp::Reverse(n)))
+            else {
+                break;
+            };
+            let Some(shard) = (0..self.owners.len())
+                .rev()
+                .find(|&s| self.owners[s] == from)
+            else {
+                break;
+            };
+            self.owners[shard] = node;
+            *loads.get_mut(&from).expect("member") -= 1;
+            *loads.get_mut(&node).expect("member") += 1;
+            moves.push(Move {
+                shard,
+                from,
+                to: node,
+            });
+        }
+        Some(self.new_epoch(moves))
+    }
+
+    fn member_down(&mut self, node: u64) -> Option<Change> {
+        if !self.up.remove(&node) {
+            return None;
+        }
+        let mut moves = Vec::new();
+        for o in self.owners.iter_mut().filter(|o| **o == node) {
+            *o = 0;
+        }
+        self.fill(&mut moves);
+        for m in &mut moves {
+            m.from = node;
+        }
+        // With nobody left up, the shards stay unowned (moves to 0).
+        if self.up.is_empty() {
+            moves.extend(
+                (0..self.owners.len())
+                    .filter(|&s| self.owners[s] == 0)
+                    .map(|shard| Move {
+                        shard,
+                        from: node,
+                        to: 0,
+                    }),
+            );
+        }
+        Some(self.new_epoch(moves))
+    }
+
+    fn new_epoch(&mut self, moves: Vec<Move>) -> Change {
+        self.epoch += 1;
+        Change::Map {
+            epoch: self.epoch,
+            moves,
+        }
+    }
+
+    /// The table as a snapshot's data.
+    pub fn encode(&self) -> Vec<u8> {
+        pb::State {
+            members_up: self.up.iter().copied().collect(),
+            map: Some(pb::ShardMap {
+                epoch: self.epoch,
+                owners: self.owners.clone(),
+            }),
+            calls: self.calls.values().cloned().collect(),
+            tombstones: self
+                .tomb_order
+                .iter()
+                .map(|id| pb::Tombstone {
+                    call_id: id.clone(),
+                    version: self.tombs[id],
+                })
+                .collect(),
+        }
+        .encode_to_vec()
+    }
+
+    /// A table from a snapshot's data (empty data: a fresh table).
+    pub fn decode(data: &[u8], shards: usize) -> Result<Self, prost::DecodeError> {
+        let mut t = Self::new(shards);
+        if data.is_empty() {
+            return Ok(t);
+        }
+        let s = pb::State::decode(data)?;
+        t.up = s.members_up.into_iter().collect();
+        if let Some(map) = s.map {
+            t.epoch = map.epoch;
+            if !map.owners.is_empty() {
+                t.owners = map.owners;
+            }
+        }
+        t.calls = s
+            .calls
+            .into_iter()
+            .map(|c| (c.call_id.clone(), c))
+            .collect();
+        for tomb in s.tombstones {
+            t.tomb(tomb.call_id, tomb.version);
+        }
+        Ok(t)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pb::command::Command as C;
+
+    fn up(t: &mut Table, n: u64) -> Vec<Move> {
+        match t.apply(C::Up(pb::MemberUp { node: n })) {
+            Some(Change::Map { moves, .. }) => moves,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn count(t: &Table, n: u64) -> usize {
+        t.owners().iter().filter(|&&o| o == n).count()
+    }
+
+    #[test]
+    fn members_share_the_shards_and_a_dead_members_shards_spread_over_the_rest() {
+        let mut t = Table::new(64);
+        assert_eq!(up(&mut t, 1).len(), 64);
+        assert_eq!(up(&mut t, 2).len(), 32);
+        assert_eq!(up(&mut t, 3).len(), 21);
+        assert_eq!((count(&t, 1), count(&t, 2), count(&t, 3)), (21, 22, 21));
+        assert_eq!(t.epoch(), 3);
+        let Some(Change::Map { epoch, moves }) = t.apply(C::Down(pb::MemberDown {
+            node: 2,
+            drained: false,
+        })) else {
+            panic!()
+        };
+        assert_eq!((epoch, moves.len()), (4, 22));
+        assert!(moves.iter().all(|m| m.from == 2 && m.to != 2 && m.to != 0));
+        assert_eq!(count(&t, 1) + count(&t, 3), 64);
+        assert!(count(&t, 1).abs_diff(count(&t, 3)) <= 1);
+        // Up twice, down twice: no new epoch.
+        assert_eq!(t.apply(C::Up(pb::MemberUp { node: 1 })), None);
+        assert_eq!(
+            t.apply(C::Down(pb::MemberDown {
+                node: 2,
+                drained: true
+            })),
+            None
+        );
+    }
+
+    #[test]
+    fn only_the_shards_owner_writes_and_old_versions_never_return() {
+        let mut t = Table::new(4);
+        up(&mut t, 7);
+        let call = |version, owner| pb::CallUpsert {
+            call_id: b"c1".to_vec(),
+            key: 5,
+            version,
+            owner,
+            record: vec![version as u8],
+        };
+        assert!(matches!(
+            t.apply(C::Upsert(call(1, 8))),
+            Some(Change::Refused { .. })
+        ));
+        assert!(matches!(
+            t.apply(C::Upsert(call(2, 7))),
+            Some(Change::Stored { .. })
+        ));
+        assert!(matches!(
+            t.apply(C::Upsert(call(1, 7))),
+            Some(Change::Refused { .. })
+        ));
+        t.apply(C::Remove(pb::CallRemove {
+            call_id: b"c1".to_vec(),
+            key: 5,
+            version: 2,
+            owner: 7,
+        }));
+        assert!(matches!(
+            t.apply(C::Upsert(call(2, 7))),
+            Some(Change::Refused { .. })
+        ));
+        assert_eq!(t.call_count(), 0);
+        assert!(matches!(
+            t.apply(C::Upsert(call(3, 7))),
+            Some(Change::Stored { .. })
+        ));
+        let back = Table::decode(&t.encode(), 4).unwrap();
+        assert_eq!(back, t);
+    }
+}
