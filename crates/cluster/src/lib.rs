@@ -8,10 +8,12 @@
 //! raft-rs's messages (protobuf 2, `raft::eraftpb`) are not prost types:
 //! the transport carries them as bytes (see `encode_message`).
 
+mod disk;
 mod node;
 mod store;
 mod table;
 
+pub use disk::{Disk, DiskError};
 pub use node::{Config, Error, Event, Node, Status};
 pub use raft::eraftpb::Message;
 pub use store::Store;

@@ -31,6 +31,7 @@ use prost::Message as _;
 use raft::eraftpb::{Entry, EntryType, Message, MessageType};
 use raft::{RawNode, SnapshotStatus, StateRole};
 
+use crate::disk::{Disk, DiskError};
 use crate::pb;
 use crate::store::Store;
 use crate::table::{Change, Table};
@@ -112,6 +113,8 @@ pub enum Error {
     Raft(#[from] raft::Error),
     #[error("corrupt snapshot: {0}")]
     Snapshot(#[from] prost::DecodeError),
+    #[error(transparent)]
+    Disk(#[from] DiskError),
 }
 
 /// A read-only view for `handover status` and the metrics.
@@ -172,6 +175,9 @@ pub struct Node {
     draining: bool,
     outbox: Vec<Message>,
     events: VecDeque<Event>,
+    /// Where the log is made durable (none in simulations, whose "disk" is
+    /// the [`Store`] kept across a crash).
+    disk: Option<Disk>,
 }
 
 impl std::fmt::Debug for Node {
@@ -224,6 +230,7 @@ impl Node {
             draining: false,
             outbox: Vec::new(),
             events: VecDeque::new(),
+            disk: None,
             cfg,
         };
         node.reseed();
@@ -231,6 +238,23 @@ impl Node {
         // batches are never mistaken for its previous life's.
         node.next_seq = node.rng.next() >> 2;
         Ok(node)
+    }
+
+    /// Starts (or restarts) a replica whose log lives in `disk`.
+    pub fn with_disk(cfg: Config, disk: Disk, store: Store, seed: u64) -> Result<Self, Error> {
+        let mut node = Self::new(cfg, store, seed)?;
+        node.disk = Some(disk);
+        Ok(node)
+    }
+
+    fn sync(&mut self, always: bool) -> Result<(), Error> {
+        if let Some(disk) = &mut self.disk {
+            let store = self.raw.mut_store();
+            if always || store.must_sync() {
+                disk.sync(store)?;
+            }
+        }
+        Ok(())
     }
 
     /// raft-rs draws election timeouts from the thread's RNG whenever it
@@ -508,6 +532,8 @@ impl Node {
             if let Some(hs) = rd.hs() {
                 self.raw.mut_store().set_hard_state(hs.clone());
             }
+            // Durable before a vote or an append is acknowledged.
+            self.sync(true)?;
             self.outbox.extend(rd.take_persisted_messages());
             let mut light = self.raw.advance(rd);
             if let Some(c) = light.commit_index() {
@@ -520,7 +546,7 @@ impl Node {
         }
         self.watch_leader();
         self.compact();
-        Ok(())
+        self.sync(false)
     }
 
     fn apply(&mut self, entries: Vec<Entry>) -> Result<(), Error> {

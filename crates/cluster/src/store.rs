@@ -19,6 +19,17 @@ pub struct Store {
     snap: Snapshot,
     /// Entries `snap.index + 1 ..= last_index`.
     entries: Vec<Entry>,
+    /// What changed since the disk last synced.
+    dirty: Dirty,
+}
+
+/// What a [`Store`] changed since [`Store::take_dirty`] was last called.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Dirty {
+    pub(crate) hard: bool,
+    pub(crate) snapshot: bool,
+    /// Entries from this index on were rewritten (everything after is new).
+    pub(crate) entries_from: Option<u64>,
 }
 
 impl Store {
@@ -35,7 +46,38 @@ impl Store {
             conf,
             snap,
             entries: Vec::new(),
+            dirty: Dirty::default(),
         }
+    }
+
+    /// What changed since the last call, if anything.
+    pub(crate) fn take_dirty(&mut self) -> Option<Dirty> {
+        let d = std::mem::take(&mut self.dirty);
+        (d != Dirty::default()).then_some(d)
+    }
+
+    /// Whether something beyond the commit index waits to be written.
+    pub(crate) fn must_sync(&self) -> bool {
+        self.dirty.snapshot || self.dirty.entries_from.is_some()
+    }
+
+    /// Forgets changes (the store was just read from disk).
+    pub(crate) fn clean(&mut self) {
+        self.dirty = Dirty::default();
+    }
+
+    pub(crate) fn snapshot_ref(&self) -> &Snapshot {
+        &self.snap
+    }
+
+    /// The entries from `index` on.
+    pub(crate) fn entries_from(&self, index: u64) -> &[Entry] {
+        let skip = index.saturating_sub(self.first()) as usize;
+        self.entries.get(skip..).unwrap_or(&[])
+    }
+
+    fn touch_entries(&mut self, from: u64) {
+        self.dirty.entries_from = Some(self.dirty.entries_from.map_or(from, |f| f.min(from)));
     }
 
     pub fn hard_state(&self) -> &HardState {
@@ -70,10 +112,14 @@ impl Store {
 
     pub fn set_hard_state(&mut self, hs: HardState) {
         self.hard = hs;
+        self.dirty.hard = true;
     }
 
     pub fn set_commit(&mut self, commit: u64) {
-        self.hard.commit = commit;
+        if self.hard.commit != commit {
+            self.hard.commit = commit;
+            self.dirty.hard = true;
+        }
     }
 
     /// Appends `ents`, first dropping any suffix they overwrite (a new
@@ -92,6 +138,7 @@ impl Store {
         let keep = (head.index - self.first()) as usize;
         self.entries.truncate(keep);
         self.entries.extend_from_slice(ents);
+        self.touch_entries(head.index);
     }
 
     /// Replaces the log with a snapshot received from the leader.
@@ -102,6 +149,10 @@ impl Store {
         self.conf = meta.get_conf_state().clone();
         self.entries.clear();
         self.snap = snap;
+        self.dirty.hard = true;
+        self.dirty.snapshot = true;
+        let after = self.snap.get_metadata().index + 1;
+        self.touch_entries(after);
     }
 
     /// Takes a snapshot at `index` (applied, so in the log) holding `data`,
@@ -118,6 +169,7 @@ impl Store {
         meta.term = term;
         meta.set_conf_state(self.conf.clone());
         self.snap.data = data.into();
+        self.dirty.snapshot = true;
     }
 }
 

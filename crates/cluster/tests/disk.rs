@@ -1,0 +1,112 @@
+//! The log on disk: a cluster whose every worker stops at once (power cut)
+//! comes back from its redb files with every committed call, its map and
+//! its term, and goes on committing.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use handover_cluster::{Config, Disk, Event, Message, Node, shard_of};
+
+const IDS: [u64; 3] = [1, 2, 3];
+const SHARDS: usize = 8;
+
+fn open(dir: &Path, id: u64, seed: u64) -> Node {
+    let mut cfg = Config::new(id, IDS.to_vec(), SHARDS);
+    cfg.compact_after = 50;
+    let (disk, store) = Disk::open(&dir.join(format!("raft-{id}.redb")), &IDS).expect("open log");
+    Node::with_disk(cfg, disk, store, seed).expect("node")
+}
+
+/// Ticks every node and delivers every message at once, `ticks` times;
+/// returns the calls acknowledged.
+fn run(
+    nodes: &mut BTreeMap<u64, Node>,
+    ticks: u64,
+    new_calls: u64,
+    next: &mut u64,
+) -> Vec<Vec<u8>> {
+    let mut acked = Vec::new();
+    for t in 0..ticks {
+        let mut wire: Vec<Message> = Vec::new();
+        for n in nodes.values_mut() {
+            n.tick().expect("tick");
+            wire.extend(n.take_messages());
+        }
+        if t % 2 == 0 && new_calls > 0 && (acked.len() as u64) < new_calls {
+            *next += 1;
+            let key = next.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            if let Some(n) = nodes.values_mut().find(|n| n.serves(shard_of(key, SHARDS))) {
+                n.upsert(
+                    format!("call-{next}").into_bytes(),
+                    key,
+                    1,
+                    b"record".to_vec(),
+                );
+            }
+        }
+        while !wire.is_empty() {
+            let mut next_wire = Vec::new();
+            for m in wire {
+                if let Some(n) = nodes.get_mut(&m.to) {
+                    n.step(m).expect("step");
+                    next_wire.extend(n.take_messages());
+                }
+            }
+            wire = next_wire;
+        }
+        for n in nodes.values_mut() {
+            while let Some(e) = n.poll_event() {
+                if let Event::Committed { call_id, .. } = e {
+                    acked.push(call_id);
+                }
+            }
+        }
+    }
+    acked
+}
+
+#[test]
+fn a_cluster_stopped_at_once_comes_back_from_disk_with_every_committed_call() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut nodes: BTreeMap<u64, Node> = IDS
+        .iter()
+        .map(|&id| (id, open(dir.path(), id, 1)))
+        .collect();
+    let mut next = 0;
+    let acked = run(&mut nodes, 400, 150, &mut next);
+    assert!(acked.len() >= 100, "only {} calls committed", acked.len());
+    let before: Vec<_> = nodes
+        .values()
+        .map(|n| (n.status().term, n.table().epoch()))
+        .collect();
+    // The log was compacted into snapshots on the way (compact_after 50).
+    assert!(nodes.values().all(|n| n.store().snapshot_index() > 0));
+    drop(nodes);
+
+    let mut nodes: BTreeMap<u64, Node> = IDS
+        .iter()
+        .map(|&id| (id, open(dir.path(), id, 2)))
+        .collect();
+    for n in nodes.values() {
+        let t = n.table();
+        for c in &acked {
+            assert!(t.call(c).is_some() || n.status().applied < n.store().hard_state().commit);
+        }
+        let (term, _) = before[(n.id() - 1) as usize];
+        assert!(n.store().hard_state().term >= term, "term survives");
+    }
+    // Once re-elected and re-applied, every replica holds every call, and
+    // new calls commit.
+    let more = run(&mut nodes, 300, 20, &mut next);
+    assert!(!more.is_empty(), "no call committed after the restart");
+    for n in nodes.values() {
+        for c in acked.iter().chain(&more) {
+            assert!(
+                n.table().call(c).is_some(),
+                "{} lost {}",
+                n.id(),
+                String::from_utf8_lossy(c)
+            );
+        }
+    }
+}
