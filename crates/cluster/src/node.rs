@@ -565,6 +565,11 @@ impl Node {
             let mine = batch.proposer == self.cfg.id && self.inflight.remove(&batch.seq).is_some();
             for cmd in batch.commands {
                 let Some(c) = cmd.command else { continue };
+                // A member that (re)joins gets a full dead_after from now,
+                // not from its renewals of a previous life.
+                if let pb::command::Command::Up(m) = &c {
+                    self.heard.insert(m.node, self.now);
+                }
                 let Some(change) = self.table.apply(c) else {
                     continue;
                 };

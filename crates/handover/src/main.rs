@@ -5,9 +5,12 @@
 #![forbid(unsafe_code)]
 
 mod admin;
+mod cluster;
 mod config;
 mod edge;
 mod load;
+mod rpc;
+mod status;
 mod up;
 mod worker;
 
@@ -52,6 +55,9 @@ enum Command {
     ///
     /// Exits 0 when every call succeeded, 1 otherwise.
     Load(load::LoadArgs),
+    /// Show a replicated cluster: members, leader, term, commit index,
+    /// shard-map epoch and calls per worker, from any worker's gRPC port.
+    Status(status::StatusArgs),
 }
 
 fn main() -> ExitCode {
@@ -81,6 +87,13 @@ fn main() -> ExitCode {
             Err(e) => {
                 eprintln!("error: {e:#}");
                 ExitCode::from(2)
+            }
+        },
+        Command::Status(args) => match status::run(&args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("handover status: {e:#}");
+                ExitCode::FAILURE
             }
         },
         Command::Up(args) => match up::run(args) {

@@ -69,6 +69,8 @@ pub(crate) struct WorkerArgs {
     /// known to be faster) [default: 500].
     #[arg(long)]
     t1_ms: Option<u64>,
+    #[command(flatten)]
+    cluster: crate::cluster::ClusterArgs,
 }
 
 /// The effective settings: file (or defaults), then flags.
@@ -82,6 +84,7 @@ struct Settings {
     ring_timeout_s: u64,
     transfer_mode: TransferMode,
     t1_ms: u64,
+    cluster: crate::cluster::ClusterArgs,
 }
 
 fn settings(a: WorkerArgs) -> anyhow::Result<Settings> {
@@ -105,6 +108,7 @@ fn settings(a: WorkerArgs) -> anyhow::Result<Settings> {
         ring_timeout_s: a.ring_timeout_s.unwrap_or(w.ring_timeout_s),
         transfer_mode: a.transfer_mode.unwrap_or(w.transfer_mode),
         t1_ms: a.t1_ms.unwrap_or(w.t1_ms),
+        cluster: a.cluster,
     })
 }
 
@@ -120,7 +124,25 @@ pub(crate) fn run(args: WorkerArgs) -> anyhow::Result<()> {
             "no route configured: give at least one --route USER=IP:PORT (or *=IP:PORT), or [[worker.routes]] in --config"
         );
     }
+    let replication = crate::cluster::configured(&args.cluster)?;
     let handle = crate::admin::install_recorder("worker")?;
+    let mut replica = match replication {
+        Some((id, peers)) => {
+            let data = args
+                .cluster
+                .data
+                .clone()
+                .unwrap_or_else(|| std::path::PathBuf::from("handover-data"));
+            let r = crate::cluster::start(id, peers, data)?;
+            println!(
+                "replication: raft id {id}, gRPC on {}, log in {}",
+                r.grpc,
+                r.data.display()
+            );
+            Some(r)
+        }
+        None => None,
+    };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -1,0 +1,596 @@
+//! The worker's replication shell: a [`handover_cluster::Node`] on its own
+//! thread, its log in redb under `--data`, raft messages over gRPC (tonic
+//! client streams, one per peer, batched), and the `Admin` service
+//! (`handover status`, the edges' map watch, drain).
+//!
+//! The SIP loop talks to it through channels only: it sends call records
+//! ([`Cmd`]) and hears which shards it serves, with the replicated calls of
+//! each shard it takes over ([`Note`]). Nothing on the SIP path waits for
+//! Raft.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Args;
+use handover_cluster::{Config, Disk, Event, Message, Node, pb as cpb, shard_of};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_stream::StreamExt as _;
+
+use crate::rpc::pb;
+
+/// Shards of the cluster map (fixed for the life of a cluster; the edge's
+/// table has as many).
+pub(crate) const SHARDS: usize = handover_edge::routing::SHARDS as usize;
+
+/// One Raft tick.
+const TICK: Duration = Duration::from_millis(100);
+
+const RAFT_TERM: &str = "handover_raft_term";
+const RAFT_LEADER: &str = "handover_raft_leader";
+const RAFT_IS_LEADER: &str = "handover_raft_is_leader";
+const RAFT_COMMIT: &str = "handover_raft_commit_index";
+const RAFT_APPLY_LAG: &str = "handover_raft_apply_lag";
+const RAFT_COMMIT_TIME: &str = "handover_raft_commit_seconds";
+const RAFT_PROPOSALS: &str = "handover_raft_proposals_total";
+const MAP_EPOCH: &str = "handover_shard_map_epoch";
+const SHARDS_SERVED: &str = "handover_shards_served";
+const REPLICATED_CALLS: &str = "handover_replicated_calls";
+const MAP_CHANGES: &str = "handover_shard_map_changes_total";
+
+/// Replication flags of `handover worker`.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct ClusterArgs {
+    /// This worker's id in the cluster (1, 2, …). With --peer, turns
+    /// replication on.
+    #[arg(long)]
+    pub(crate) id: Option<u64>,
+    /// Every worker of the cluster, this one included, the same list on
+    /// each: `ID=GRPC_ADDR,SIP_ADDR` (repeat).
+    #[arg(long = "peer", value_name = "ID=GRPC,SIP")]
+    pub(crate) peers: Vec<String>,
+    /// Directory for this worker's Raft log [default: ./handover-data].
+    #[arg(long)]
+    pub(crate) data: Option<PathBuf>,
+}
+
+/// A member of the cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Peer {
+    pub(crate) id: u64,
+    pub(crate) grpc: SocketAddr,
+    pub(crate) sip: SocketAddr,
+}
+
+/// Parses `ID=GRPC_ADDR,SIP_ADDR`.
+pub(crate) fn parse_peer(s: &str) -> anyhow::Result<Peer> {
+    let bad = || {
+        anyhow::anyhow!("--peer {s:?}: expected ID=GRPC_ADDR,SIP_ADDR, e.g. 1=127.0.0.1:7001,127.0.0.1:5081")
+    };
+    let (id, rest) = s.split_once('=').ok_or_else(bad)?;
+    let (grpc, sip) = rest.split_once(',').ok_or_else(bad)?;
+    let id: u64 = id.trim().parse().map_err(|_| bad())?;
+    if id == 0 {
+        anyhow::bail!("--peer {s:?}: ids start at 1");
+    }
+    Ok(Peer {
+        id,
+        grpc: grpc.trim().parse().map_err(|_| bad())?,
+        sip: sip.trim().parse().map_err(|_| bad())?,
+    })
+}
+
+/// What the SIP loop asks of the replica.
+#[derive(Debug)]
+pub(crate) enum Cmd {
+    Upsert {
+        call_id: Vec<u8>,
+        key: u64,
+        version: u64,
+        record: Vec<u8>,
+    },
+    Remove {
+        call_id: Vec<u8>,
+        key: u64,
+        version: u64,
+    },
+    Drain(oneshot::Sender<bool>),
+}
+
+/// What the replica tells the SIP loop.
+#[derive(Debug)]
+pub(crate) enum Note {
+    /// This worker now serves `shard`; `calls` are its replicated calls.
+    Serving {
+        shard: usize,
+        calls: Vec<cpb::CallUpsert>,
+    },
+    /// This worker no longer serves `shard`.
+    Stopped { shard: usize },
+}
+
+/// The SIP loop's side of the replica.
+#[derive(Debug)]
+pub(crate) struct Handle {
+    pub(crate) cmd: mpsc::UnboundedSender<Cmd>,
+    pub(crate) notes: mpsc::UnboundedReceiver<Note>,
+    /// The gRPC address actually bound.
+    pub(crate) grpc: SocketAddr,
+    pub(crate) data: PathBuf,
+    /// True once this worker has a map and has applied what it knows is
+    /// committed.
+    pub(crate) ready: watch::Receiver<bool>,
+}
+
+/// Validates the flags: `None` when replication is off.
+pub(crate) fn configured(a: &ClusterArgs) -> anyhow::Result<Option<(u64, Vec<Peer>)>> {
+    match (a.id, a.peers.is_empty()) {
+        (None, true) => Ok(None),
+        (None, false) => anyhow::bail!("--peer needs --id: which of the peers is this worker?"),
+        (Some(_), true) => anyhow::bail!("--id needs the cluster's members: give --peer ID=GRPC,SIP for each, this one included"),
+        (Some(id), false) => {
+            let peers = a
+                .peers
+                .iter()
+                .map(|p| parse_peer(p))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let mut ids: Vec<u64> = peers.iter().map(|p| p.id).collect();
+            ids.sort_unstable();
+            if ids.windows(2).any(|w| w[0] == w[1]) {
+                anyhow::bail!("--peer: an id is given twice");
+            }
+            if !ids.contains(&id) {
+                anyhow::bail!("--id {id} is not among the --peer ids {ids:?}");
+            }
+            Ok(Some((id, peers)))
+        }
+    }
+}
+
+/// Opens the log, binds the gRPC port and starts the replica's thread.
+pub(crate) fn start(id: u64, peers: Vec<Peer>, data: PathBuf) -> anyhow::Result<Handle> {
+    let me = *peers.iter().find(|p| p.id == id).expect("validated");
+    std::fs::create_dir_all(&data)
+        .with_context(|| format!("cannot create the data directory {}", data.display()))?;
+    let voters: Vec<u64> = peers.iter().map(|p| p.id).collect();
+    let path = data.join(format!("raft-{id}.redb"));
+    let (disk, store) = Disk::open(&path, &voters)
+        .with_context(|| format!("cannot open the Raft log {}", path.display()))?;
+    let listener = std::net::TcpListener::bind(me.grpc).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::AddrInUse {
+            anyhow::anyhow!("{} (gRPC of --peer {id}) is already in use: pick another port", me.grpc)
+        } else {
+            anyhow::anyhow!("cannot listen for gRPC on {}: {e}", me.grpc)
+        }
+    })?;
+    listener.set_nonblocking(true)?;
+    let grpc = listener.local_addr()?;
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let node = Node::with_disk(Config::new(id, voters, SHARDS), disk, store, seed)
+        .context("cannot start the Raft replica")?;
+    let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
+    let (note_tx, note_rx) = mpsc::unbounded_channel();
+    let (ready_tx, ready_rx) = watch::channel(false);
+    std::thread::Builder::new()
+        .name("raft".into())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot start the Raft runtime");
+                    return;
+                }
+            };
+            rt.block_on(async move {
+                let listener = match tokio::net::TcpListener::from_std(listener) {
+                    Ok(l) => l,
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot use the gRPC listener");
+                        return;
+                    }
+                };
+                Replica::new(node, peers, cmd_rx, note_tx, ready_tx)
+                    .run(listener)
+                    .await;
+            });
+        })
+        .context("cannot start the Raft thread")?;
+    Ok(Handle {
+        cmd: cmd_tx,
+        notes: note_rx,
+        grpc,
+        data,
+        ready: ready_rx,
+    })
+}
+
+/// What the gRPC services read, refreshed by the replica's loop.
+#[derive(Debug, Clone, Default)]
+struct Shared {
+    status: pb::ClusterStatus,
+    map: pb::MapView,
+}
+
+struct Replica {
+    node: Node,
+    peers: Vec<Peer>,
+    cmds: mpsc::UnboundedReceiver<Cmd>,
+    notes: mpsc::UnboundedSender<Note>,
+    ready: watch::Sender<bool>,
+    served: Vec<bool>,
+    /// Call-ID -> when its upsert was handed to Raft (commit latency).
+    pending: HashMap<Vec<u8>, std::time::Instant>,
+    drains: Vec<oneshot::Sender<bool>>,
+}
+
+impl Replica {
+    fn new(
+        node: Node,
+        peers: Vec<Peer>,
+        cmds: mpsc::UnboundedReceiver<Cmd>,
+        notes: mpsc::UnboundedSender<Note>,
+        ready: watch::Sender<bool>,
+    ) -> Self {
+        Self {
+            node,
+            peers,
+            cmds,
+            notes,
+            ready,
+            served: vec![false; SHARDS],
+            pending: HashMap::new(),
+            drains: Vec::new(),
+        }
+    }
+
+    async fn run(mut self, listener: tokio::net::TcpListener) {
+        let (inbox_tx, mut inbox) = mpsc::unbounded_channel::<Message>();
+        let (shared_tx, shared_rx) = watch::channel(Shared::default());
+        let (drain_tx, mut drain_rx) = mpsc::unbounded_channel::<oneshot::Sender<bool>>();
+        let services = Services {
+            inbox: inbox_tx,
+            shared: shared_rx,
+            drain: drain_tx,
+        };
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        tokio::spawn(async move {
+            let r = tonic::transport::Server::builder()
+                .add_service(
+                    pb::raft_server::RaftServer::new(services.clone())
+                        .max_decoding_message_size(64 << 20),
+                )
+                .add_service(pb::admin_server::AdminServer::new(services))
+                .serve_with_incoming(incoming)
+                .await;
+            if let Err(e) = r {
+                tracing::error!(error = %e, "gRPC server stopped");
+            }
+        });
+        let mut outs: BTreeMap<u64, mpsc::UnboundedSender<Vec<Message>>> = BTreeMap::new();
+        for p in self.peers.iter().filter(|p| p.id != self.node.id()) {
+            let (tx, rx) = mpsc::unbounded_channel();
+            tokio::spawn(sender(p.grpc, rx));
+            outs.insert(p.id, tx);
+        }
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let proposals = metrics::counter!(RAFT_PROPOSALS);
+        loop {
+            let mut ticked = false;
+            let r = tokio::select! {
+                _ = tick.tick() => { ticked = true; self.node.tick() }
+                Some(m) = inbox.recv() => {
+                    let mut r = self.node.step(m);
+                    // Take whatever else arrived in the same breath.
+                    while r.is_ok() {
+                        match inbox.try_recv() {
+                            Ok(m) => r = self.node.step(m),
+                            Err(_) => break,
+                        }
+                    }
+                    r
+                }
+                Some(c) = self.cmds.recv() => {
+                    self.command(c, &proposals);
+                    while let Ok(c) = self.cmds.try_recv() {
+                        self.command(c, &proposals);
+                    }
+                    Ok(())
+                }
+                Some(d) = drain_rx.recv() => {
+                    self.command(Cmd::Drain(d), &proposals);
+                    Ok(())
+                }
+            };
+            if let Err(e) = r {
+                // The log cannot be written: this replica must not go on
+                // acknowledging anything. Exit; the others carry on.
+                tracing::error!(error = %e, "Raft replica failed; exiting");
+                std::process::exit(70);
+            }
+            let mut per: BTreeMap<u64, Vec<Message>> = BTreeMap::new();
+            for m in self.node.take_messages() {
+                per.entry(m.to).or_default().push(m);
+            }
+            for (to, msgs) in per {
+                if let Some(tx) = outs.get(&to) {
+                    let _ = tx.send(msgs);
+                }
+            }
+            let mut map_changed = false;
+            while let Some(e) = self.node.poll_event() {
+                match e {
+                    Event::Committed { call_id, .. } => {
+                        if let Some(t) = self.pending.remove(&call_id) {
+                            metrics::histogram!(RAFT_COMMIT_TIME).record(t.elapsed().as_secs_f64());
+                        }
+                    }
+                    Event::Removed { call_id } | Event::Refused { call_id } => {
+                        self.pending.remove(&call_id);
+                    }
+                    Event::Map { .. } => {
+                        map_changed = true;
+                        metrics::counter!(MAP_CHANGES).increment(1);
+                    }
+                    Event::Leader { id, term } => {
+                        tracing::info!(leader = id, term, "Raft leader");
+                    }
+                }
+            }
+            if ticked || map_changed {
+                self.refresh(&shared_tx);
+            }
+            if self.node.drained() {
+                for d in self.drains.drain(..) {
+                    let _ = d.send(true);
+                }
+            }
+        }
+    }
+
+    fn command(&mut self, c: Cmd, proposals: &metrics::Counter) {
+        proposals.increment(1);
+        match c {
+            Cmd::Upsert {
+                call_id,
+                key,
+                version,
+                record,
+            } => {
+                if self.pending.len() < 1_000_000 {
+                    self.pending.insert(call_id.clone(), std::time::Instant::now());
+                }
+                self.node.upsert(call_id, key, version, record);
+            }
+            Cmd::Remove {
+                call_id,
+                key,
+                version,
+            } => self.node.remove(call_id, key, version),
+            Cmd::Drain(reply) => {
+                self.node.drain();
+                self.drains.push(reply);
+            }
+        }
+    }
+
+    /// Serving changes, the status and map the services show, gauges.
+    fn refresh(&mut self, shared: &watch::Sender<Shared>) {
+        let mut gained = Vec::new();
+        for shard in 0..SHARDS {
+            let now = self.node.serves(shard);
+            if now != self.served[shard] {
+                self.served[shard] = now;
+                if now {
+                    gained.push(shard);
+                } else {
+                    let _ = self.notes.send(Note::Stopped { shard });
+                }
+            }
+        }
+        if !gained.is_empty() {
+            let mut calls: BTreeMap<usize, Vec<cpb::CallUpsert>> =
+                gained.iter().map(|&s| (s, Vec::new())).collect();
+            for c in self.node.table().calls() {
+                if let Some(v) = calls.get_mut(&shard_of(c.key, SHARDS)) {
+                    v.push(c.clone());
+                }
+            }
+            for (shard, calls) in calls {
+                let _ = self.notes.send(Note::Serving { shard, calls });
+            }
+        }
+        let s = self.node.status();
+        let t = self.node.table();
+        let mut per: HashMap<u64, u64> = HashMap::new();
+        for c in t.calls() {
+            *per.entry(t.owner_of_key(c.key)).or_default() += 1;
+        }
+        let status = pb::ClusterStatus {
+            id: s.id,
+            leader: s.leader,
+            term: s.term,
+            commit: s.commit,
+            applied: s.applied,
+            epoch: s.epoch,
+            calls: s.calls as u64,
+            owned_shards: s.owned_shards as u64,
+            serving_shards: s.serving_shards as u64,
+            members_up: t.members_up().collect(),
+            calls_per_worker: per,
+        };
+        let map = pb::MapView {
+            map: Some(cpb::ShardMap {
+                epoch: t.epoch(),
+                owners: t.owners().to_vec(),
+            }),
+            sip: self.peers.iter().map(|p| (p.id, p.sip.to_string())).collect(),
+        };
+        metrics::gauge!(RAFT_TERM).set(s.term as f64);
+        metrics::gauge!(RAFT_LEADER).set(s.leader as f64);
+        metrics::gauge!(RAFT_IS_LEADER).set(f64::from(u8::from(s.leader == s.id)));
+        metrics::gauge!(RAFT_COMMIT).set(s.commit as f64);
+        metrics::gauge!(RAFT_APPLY_LAG).set(s.commit.saturating_sub(s.applied) as f64);
+        metrics::gauge!(MAP_EPOCH).set(s.epoch as f64);
+        metrics::gauge!(SHARDS_SERVED).set(s.serving_shards as f64);
+        metrics::gauge!(REPLICATED_CALLS).set(s.calls as f64);
+        let ready = s.epoch > 0 && s.leader != 0 && self.node.caught_up();
+        self.ready.send_if_modified(|r| std::mem::replace(r, ready) != ready);
+        shared.send_modify(|sh| {
+            let epoch_moved = sh.map.map.as_ref().map(|m| m.epoch) != Some(t.epoch());
+            sh.status = status;
+            if epoch_moved {
+                sh.map = map;
+            }
+        });
+    }
+}
+
+/// Sends raft messages to one peer over a client stream, reconnecting
+/// whenever it breaks. Messages that find no connection are dropped: raft
+/// resends what matters.
+async fn sender(to: SocketAddr, mut rx: mpsc::UnboundedReceiver<Vec<Message>>) {
+    let url = format!("http://{to}");
+    loop {
+        let client = match pb::raft_client::RaftClient::connect(url.clone()).await {
+            Ok(c) => c.max_encoding_message_size(64 << 20),
+            Err(_) => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                // Drop what queued while the peer was away.
+                while rx.try_recv().is_ok() {}
+                continue;
+            }
+        };
+        let (tx, srx) = mpsc::channel::<pb::RaftBatch>(1024);
+        let mut client = client;
+        let mut call = Box::pin(async move {
+            client
+                .send(tokio_stream::wrappers::ReceiverStream::new(srx))
+                .await
+        });
+        loop {
+            tokio::select! {
+                batch = rx.recv() => {
+                    let Some(msgs) = batch else { return };
+                    let batch = pb::RaftBatch {
+                        group: 1,
+                        messages: msgs.iter().map(handover_cluster::encode_message).collect(),
+                    };
+                    if tx.send(batch).await.is_err() {
+                        break;
+                    }
+                }
+                _ = &mut call => break,
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[derive(Clone)]
+struct Services {
+    inbox: mpsc::UnboundedSender<Message>,
+    shared: watch::Receiver<Shared>,
+    drain: mpsc::UnboundedSender<oneshot::Sender<bool>>,
+}
+
+#[tonic::async_trait]
+impl pb::raft_server::Raft for Services {
+    async fn send(
+        &self,
+        request: tonic::Request<tonic::Streaming<pb::RaftBatch>>,
+    ) -> Result<tonic::Response<pb::Ack>, tonic::Status> {
+        let mut stream = request.into_inner();
+        while let Some(batch) = stream.next().await {
+            let batch = batch?;
+            if batch.group != 1 {
+                return Err(tonic::Status::invalid_argument(format!(
+                    "unknown Raft group {}",
+                    batch.group
+                )));
+            }
+            for bytes in &batch.messages {
+                match handover_cluster::decode_message(bytes) {
+                    Some(m) => {
+                        if self.inbox.send(m).is_err() {
+                            return Err(tonic::Status::unavailable("replica stopped"));
+                        }
+                    }
+                    None => return Err(tonic::Status::invalid_argument("undecodable raft message")),
+                }
+            }
+        }
+        Ok(tonic::Response::new(pb::Ack {}))
+    }
+}
+
+#[tonic::async_trait]
+impl pb::admin_server::Admin for Services {
+    async fn status(
+        &self,
+        _: tonic::Request<pb::StatusRequest>,
+    ) -> Result<tonic::Response<pb::ClusterStatus>, tonic::Status> {
+        Ok(tonic::Response::new(self.shared.borrow().status.clone()))
+    }
+
+    type WatchMapStream = std::pin::Pin<
+        Box<dyn tokio_stream::Stream<Item = Result<pb::MapView, tonic::Status>> + Send>,
+    >;
+
+    async fn watch_map(
+        &self,
+        _: tonic::Request<pb::WatchRequest>,
+    ) -> Result<tonic::Response<Self::WatchMapStream>, tonic::Status> {
+        let mut rx = self.shared.clone();
+        let stream = async_stream(move |tx| async move {
+            let mut last = None;
+            loop {
+                let view = rx.borrow_and_update().map.clone();
+                let epoch = view.map.as_ref().map(|m| m.epoch);
+                if epoch != last && epoch.is_some_and(|e| e > 0) {
+                    last = epoch;
+                    if tx.send(Ok(view)).await.is_err() {
+                        return;
+                    }
+                }
+                if rx.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(tonic::Response::new(stream))
+    }
+
+    async fn drain(
+        &self,
+        _: tonic::Request<pb::DrainRequest>,
+    ) -> Result<tonic::Response<pb::DrainReply>, tonic::Status> {
+        let (tx, rx) = oneshot::channel();
+        self.drain
+            .send(tx)
+            .map_err(|_| tonic::Status::unavailable("replica stopped"))?;
+        let drained = tokio::time::timeout(Duration::from_secs(10), rx)
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or(false);
+        Ok(tonic::Response::new(pb::DrainReply { drained }))
+    }
+}
+
+/// A stream fed by a task through a channel (what `async-stream` would
+/// do, with what tokio already gives).
+fn async_stream<T, F, Fut>(f: F) -> std::pin::Pin<Box<dyn tokio_stream::Stream<Item = T> + Send>>
+where
+    T: Send + 'static,
+    F: FnOnce(mpsc::Sender<T>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (tx, rx) = mpsc::channel(16);
+    tokio::spawn(f(tx));
+    Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
+}
