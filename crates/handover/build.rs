@@ -2,7 +2,10 @@
 //! (pure Rust: no system `protoc`); the messages of `cluster.proto` it
 //! imports are `handover_cluster::pb`'s, not generated twice.
 fn main() {
-    for p in ["../../proto/cluster_service.proto", "../../proto/cluster.proto"] {
+    for p in [
+        "../../proto/cluster_service.proto",
+        "../../proto/cluster.proto",
+    ] {
         println!("cargo:rerun-if-changed={p}");
     }
     let mut compiler = protox::Compiler::new(["../../proto"]).expect("proto/ is readable");

@@ -9,6 +9,7 @@ mod corpus_format;
 
 mod cli;
 mod edge;
+mod failover;
 mod load;
 mod ops;
 mod prometheus;

@@ -44,6 +44,27 @@ impl Drop for Proc {
     }
 }
 
+/// The first of `n` consecutive TCP ports on 127.0.0.1 that were free a
+/// moment ago, below the kernel's ephemeral range (32768 and up), so an
+/// outgoing connection's port cannot take one in between.
+pub(crate) fn free_tcp_ports(n: u16) -> u16 {
+    let seed = std::process::id() as u64
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+    for i in 0..1000u64 {
+        let base = 20_000
+            + ((seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(i * 7919))
+                % 12_000) as u16;
+        if (0..n).all(|k| std::net::TcpListener::bind(("127.0.0.1", base + k)).is_ok()) {
+            return base;
+        }
+    }
+    panic!("no {n} consecutive free TCP ports in 20000..32000");
+}
+
 /// A TCP port on 127.0.0.1 that was free a moment ago (for HTTP listeners:
 /// a UDP-free port may be taken for TCP).
 pub(crate) fn free_tcp_port() -> u16 {
@@ -190,8 +211,22 @@ pub(crate) fn sipp_uas_with(dir: &Path, scenario_file: &str, port: u16) -> Proc 
 }
 
 /// Waits for a UAC to finish and reads its final counts.
+///
+/// Bounded: a UAC still running after 150 s (SIPp's own `-timeout` does not
+/// end a call stuck waiting for a request) is killed, and its exit is then
+/// `None`.
 pub(crate) fn finish_uac(mut p: Proc, stat: &Path) -> UacResult {
-    let status = p.0.wait().expect("sipp runs");
+    let end = std::time::SystemTime::now() + Duration::from_secs(150);
+    let status = loop {
+        if let Some(s) = p.0.try_wait().expect("sipp runs") {
+            break s;
+        }
+        if std::time::SystemTime::now() > end {
+            let _ = p.0.kill();
+            break p.0.wait().expect("sipp runs");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
     let text = std::fs::read_to_string(stat).unwrap_or_default();
     let mut lines = text.lines();
     let header: Vec<&str> = lines.next().unwrap_or("").split(';').collect();
@@ -355,16 +390,20 @@ pub(crate) struct Cluster {
     pub(crate) worker: u16,
     pub(crate) admin: String,
     pub(crate) worker_admin: String,
+    /// The first worker's gRPC address (replicated clusters).
+    pub(crate) grpc: String,
 }
 
 /// Starts `handover up` with these `--route`s and `extra` flags on free
 /// ports; returns once its edge is ready.
 pub(crate) fn cluster(routes: &[String], extra: &[&str]) -> Cluster {
     let (sip, worker) = (free_udp_port(), free_udp_port());
+    // Worker i's admin and gRPC ports are the first's + i.
     let (admin, worker_admin) = (
         format!("127.0.0.1:{}", free_tcp_port()),
-        format!("127.0.0.1:{}", free_tcp_port()),
+        format!("127.0.0.1:{}", free_tcp_ports(4)),
     );
+    let grpc = format!("127.0.0.1:{}", free_tcp_ports(4));
     let (listen, worker_listen) = (format!("127.0.0.1:{sip}"), format!("127.0.0.1:{worker}"));
     let mut args: Vec<&str> = vec![
         "--listen",
@@ -379,6 +418,13 @@ pub(crate) fn cluster(routes: &[String], extra: &[&str]) -> Cluster {
     for r in routes {
         args.extend(["--route", r.as_str()]);
     }
+    let grpc = match extra.iter().position(|a| *a == "--worker-grpc") {
+        Some(i) => extra[i + 1].to_string(),
+        None => {
+            args.extend(["--worker-grpc", grpc.as_str()]);
+            grpc.clone()
+        }
+    };
     args.extend_from_slice(extra);
     let up = spawn_up(&args, &admin);
     Cluster {
@@ -387,7 +433,19 @@ pub(crate) fn cluster(routes: &[String], extra: &[&str]) -> Cluster {
         worker,
         admin,
         worker_admin,
+        grpc,
     }
+}
+
+/// Waits until a replicated cluster's shard map has `n` members up (so no
+/// shard moves while a test's calls are set up).
+pub(crate) fn wait_members(grpc: &str, n: usize) {
+    let ok = wait_for(Duration::from_secs(15), || {
+        let o = handover(&["status", "--grpc", grpc, "--json"]);
+        serde_json::from_slice::<serde_json::Value>(&o.stdout)
+            .is_ok_and(|v| v["members_up"].as_array().is_some_and(|m| m.len() == n))
+    });
+    assert!(ok, "{n} workers in the shard map within 15 s");
 }
 
 /// Starts `handover up` with `args`; returns once its edge is ready.

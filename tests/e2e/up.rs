@@ -344,6 +344,7 @@ fn up_with_three_workers_spreads_calls_and_keeps_each_on_one_worker() {
     let b = free_udp_port();
     let _uas = sipp_uas(dir.path(), b);
     let c = cluster(&[format!("b=127.0.0.1:{b}")], &["--workers", "3"]);
+    wait_members(&c.grpc, 3);
     let edge: std::net::SocketAddr = format!("127.0.0.1:{}", c.sip).parse().unwrap();
     let (uac, stat) = sipp_uac(dir.path(), edge, 100, 300, 0);
     let r = finish_uac(uac, &stat);

@@ -26,7 +26,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use handover_sip::build::{cancel_for, error_response, response, response_with_body};
-use handover_sip::ids::{Hashing, IdGen, Token, hex_u64};
+use handover_sip::ids::{Hashing, IdGen, Token, hex_u64, parse_hex_u64};
 use handover_sip::{HeaderName, Message, Method, NameAddr, Rport, scan};
 use handover_txn::{
     ClientInvite, ClientNonInvite, Event, Instant, InviteState, Key, ServerInvite,
@@ -38,8 +38,10 @@ use crate::dialog::{Dialog, DialogState};
 use crate::routing::{Routes, TransferMode};
 
 mod local;
+mod replica;
 use crate::transfer::{self, Replaces};
 use local::Local;
+pub use replica::{CallRecord, Replication};
 
 /// Settings of the B2BUA.
 #[derive(Debug, Clone)]
@@ -84,6 +86,14 @@ pub struct Stats {
     /// Datagrams resent because a timer fired (requests and 2xx responses
     /// retransmitted over UDP).
     pub retransmissions: u64,
+    /// Calls taken over from their replica (counted in `started` too).
+    pub adopted: u64,
+    /// Replicated calls whose 2xx went to A without a commit (after the
+    /// hold limit).
+    pub unreplicated: u64,
+    /// Calls handed over to another worker (their shard moved there; it
+    /// carries them on from the replica).
+    pub handed_over: u64,
 }
 
 /// How a transfer the B2BUA relayed went (passthrough mode: the phones
@@ -274,6 +284,10 @@ struct Call {
     over: bool,
     nits: Vec<Nit>,
     relays: Vec<Relay>,
+    /// Version and fingerprint of the state last queued for replication.
+    replicated: Option<(u64, u64)>,
+    /// The 2xx for A, held until the call is committed (or the deadline).
+    held_ok: Option<(u16, Vec<u8>, Instant)>,
 }
 
 impl Call {
@@ -300,6 +314,7 @@ impl Call {
             self.a_srv.poll_timeout(),
             self.b_cli.poll_timeout(),
             self.a_ok.as_ref().map(|o| o.1),
+            self.held_ok.as_ref().map(|o| o.2),
             too_old,
             ring,
             sub,
@@ -328,6 +343,8 @@ pub struct B2bua<R> {
     latencies: VecDeque<(Latency, Duration)>,
     transfers: VecDeque<TransferEvent>,
     stats: Stats,
+    replicate: bool,
+    replication: VecDeque<Replication>,
 }
 
 /// The headers a B2BUA passes from one leg to the other unchanged: all but
@@ -404,6 +421,8 @@ impl<R: RngCore> B2bua<R> {
             latencies: VecDeque::new(),
             transfers: VecDeque::new(),
             stats: Stats::default(),
+            replicate: false,
+            replication: VecDeque::new(),
         }
     }
 
@@ -417,7 +436,7 @@ impl<R: RngCore> B2bua<R> {
     /// may read it after every datagram.
     pub fn calls_active(&self) -> usize {
         let s = &self.stats;
-        let active = (s.started - s.hung_up - s.failed - s.torn_down) as usize;
+        let active = (s.started - s.hung_up - s.failed - s.torn_down - s.handed_over) as usize;
         debug_assert_eq!(active, self.calls.values().filter(|c| !c.over).count());
         active
     }
@@ -476,6 +495,7 @@ impl<R: RngCore> B2bua<R> {
     /// Files call `cref`'s next deadline, or forgets the call when it is
     /// over and nothing of it is still running.
     fn schedule(&mut self, cref: u64) {
+        self.replicate_call(cref);
         let Some(c) = self.calls.get(&cref) else {
             return;
         };
@@ -745,6 +765,8 @@ impl<R: RngCore> B2bua<R> {
                 over: false,
                 nits: Vec::new(),
                 relays: Vec::new(),
+                replicated: None,
+                held_ok: None,
             },
         );
         self.drain(now, cref);
@@ -1541,10 +1563,15 @@ impl<R: RngCore> B2bua<R> {
                     body_ref,
                     &mut r,
                 );
-                call.a_srv.send_response(now, status, r.clone());
                 call.a_dialog = Dialog::uas(&a, tag.as_bytes(), DialogState::Confirmed).ok();
-                let t1 = self.cfg.timers.t1;
-                call.a_ok = Some((r, now + t1, t1, now + self.cfg.timers.t1x64()));
+                if self.replicate && call.a_dialog.is_some() && call.b_dialog.is_some() {
+                    // Replicated calls: the 2xx that confirms the call to A
+                    // waits until the call is committed (`committed`), so a
+                    // call A believes up is never lost with this worker.
+                    call.held_ok = Some((status, r, now + Self::HOLD_OK_LIMIT));
+                } else {
+                    Self::send_ok(call, now, status, r, self.cfg.timers);
+                }
             }
             _ if status >= 300 || status == 408 => {
                 if matches!(status, 408 | 503) && self.fail_over(now, cref) {
@@ -1573,6 +1600,35 @@ impl<R: RngCore> B2bua<R> {
             _ => {}
         }
         self.drain_outputs(cref);
+    }
+
+    /// How long a 2xx waits for its call's commit before it goes to A
+    /// anyway (the call then lives unreplicated until its next change).
+    const HOLD_OK_LIMIT: Duration = Duration::from_secs(4);
+
+    /// Sends the 2xx that confirms the call to A and resends it until A's
+    /// ACK (§13.3.1.4).
+    fn send_ok(call: &mut Call, now: Instant, status: u16, r: Vec<u8>, timers: TimerConfig) {
+        call.a_srv.send_response(now, status, r.clone());
+        let t1 = timers.t1;
+        call.a_ok = Some((r, now + t1, t1, now + timers.t1x64()));
+    }
+
+    /// A call's record is committed (the shell heard it from the replica):
+    /// the 2xx held for it goes to A.
+    pub fn committed(&mut self, now: Instant, a_call_id: &[u8]) {
+        let Some(&cref) = self.by_call_id.get(a_call_id) else {
+            return;
+        };
+        let timers = self.cfg.timers;
+        let Some(call) = self.calls.get_mut(&cref) else {
+            return;
+        };
+        if let Some((status, r, _)) = call.held_ok.take() {
+            Self::send_ok(call, now, status, r, timers);
+            self.drain_outputs(cref);
+            self.schedule(cref);
+        }
     }
 
     /// Moves the INVITE transactions' output of call `cref` out.
@@ -1671,6 +1727,13 @@ impl<R: RngCore> B2bua<R> {
         let Some(call) = self.calls.get_mut(&cref) else {
             return;
         };
+        if call.held_ok.as_ref().is_some_and(|h| h.2 <= now)
+            && let Some((status, r, _)) = call.held_ok.take()
+        {
+            // No commit in time (no quorum?): connect the call anyway.
+            self.stats.unreplicated += 1;
+            Self::send_ok(call, now, status, r, self.cfg.timers);
+        }
         //= https://www.rfc-editor.org/rfc/rfc4028#section-10
         //# If the session refresh request is not received before the
         //# interval passes, the session is considered terminated.

@@ -11,6 +11,8 @@ mod dialog;
 mod routing;
 pub mod transfer;
 
-pub use b2bua::{B2bua, Config, Latency, Stats, TransferEvent, TransferResult};
+pub use b2bua::{
+    B2bua, CallRecord, Config, Latency, Replication, Stats, TransferEvent, TransferResult,
+};
 pub use dialog::{Dialog, DialogError, DialogId, DialogState};
 pub use routing::{Match, Route, Routes, TransferMode};

@@ -90,6 +90,9 @@ impl Config {
 pub enum Event {
     /// A call this worker proposed is committed at `version`.
     Committed { call_id: Vec<u8>, version: u64 },
+    /// A call of a shard this worker owns was confirmed by the shard's
+    /// previous owner (see `Table`): take it over from the table.
+    HandedOver { call_id: Vec<u8> },
     /// A call removal this worker proposed is committed.
     Removed { call_id: Vec<u8> },
     /// A call this worker proposed was refused: it no longer owns the
@@ -581,8 +584,19 @@ impl Node {
 
     fn on_change(&mut self, change: Change, mine: bool) {
         match change {
-            Change::Stored { call_id, version } if mine => {
-                self.events.push_back(Event::Committed { call_id, version });
+            Change::Stored {
+                call_id,
+                version,
+                key,
+                owner,
+            } => {
+                if mine {
+                    self.events.push_back(Event::Committed { call_id, version });
+                } else if owner != self.cfg.id && self.table.owner_of_key(key) == self.cfg.id {
+                    // Confirmed by the shard's previous owner after the
+                    // shard came here: ours to carry on.
+                    self.events.push_back(Event::HandedOver { call_id });
+                }
             }
             Change::Removed { call_id } if mine => {
                 self.events.push_back(Event::Removed { call_id });

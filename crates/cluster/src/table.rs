@@ -31,8 +31,14 @@ pub struct Move {
 /// What applying one command changed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {
-    /// A call record was stored at `version`.
-    Stored { call_id: Vec<u8>, version: u64 },
+    /// A call record was stored at `version` (proposed by `owner`; its
+    /// shard's owner now may be another, see `upsert`).
+    Stored {
+        call_id: Vec<u8>,
+        version: u64,
+        key: u64,
+        owner: u64,
+    },
     /// A call was removed.
     Removed { call_id: Vec<u8> },
     /// An upsert or remove changed nothing: its proposer did not own the
@@ -125,7 +131,14 @@ impl Table {
             .get(&u.call_id)
             .is_some_and(|c| c.version >= u.version)
             || self.tombs.get(&u.call_id).is_some_and(|&v| v >= u.version);
-        if u.owner == 0 || self.owner_of_key(u.key) != u.owner || stale {
+        // The shard's owner writes its calls. A worker that just lost the
+        // shard may still confirm a call it set up before (its first
+        // version, which nobody else can have written): kept, and the new
+        // owner takes it over. Anything later from it is refused, so a
+        // deposed owner never overwrites the new owner's state.
+        let owner = self.owner_of_key(u.key);
+        let handed_over = u.version == 1 && !self.calls.contains_key(&u.call_id);
+        if u.owner == 0 || owner == 0 || stale || (owner != u.owner && !handed_over) {
             return Change::Refused {
                 call_id: u.call_id,
                 owner: u.owner,
@@ -134,6 +147,8 @@ impl Table {
         let change = Change::Stored {
             call_id: u.call_id.clone(),
             version: u.version,
+            key: u.key,
+            owner: u.owner,
         };
         self.calls.insert(u.call_id.clone(), u);
         change
@@ -369,13 +384,31 @@ mod tests {
             record: vec![version as u8],
         };
         assert!(matches!(
-            t.apply(C::Upsert(call(1, 8))),
+            t.apply(C::Upsert(call(2, 8))),
             Some(Change::Refused { .. })
         ));
         assert!(matches!(
             t.apply(C::Upsert(call(2, 7))),
             Some(Change::Stored { .. })
         ));
+        // A previous owner's first version of a call nobody wrote is kept.
+        let mut late = call(1, 8);
+        late.call_id = b"c2".to_vec();
+        assert!(matches!(
+            t.apply(C::Upsert(late.clone())),
+            Some(Change::Stored { owner: 8, .. })
+        ));
+        late.version = 2;
+        assert!(matches!(
+            t.apply(C::Upsert(late)),
+            Some(Change::Refused { .. })
+        ));
+        t.apply(C::Remove(pb::CallRemove {
+            call_id: b"c2".to_vec(),
+            key: 5,
+            version: 3,
+            owner: 7,
+        }));
         assert!(matches!(
             t.apply(C::Upsert(call(1, 7))),
             Some(Change::Refused { .. })

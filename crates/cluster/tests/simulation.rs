@@ -180,7 +180,10 @@ impl Sim {
                     }
                     // A removal stays "maybe done" until acknowledged: its
                     // proposer may crash after the commit, before hearing.
-                    Event::Refused { .. } | Event::Map { .. } | Event::Leader { .. } => {}
+                    Event::Refused { .. }
+                    | Event::Map { .. }
+                    | Event::Leader { .. }
+                    | Event::HandedOver { .. } => {}
                 }
             }
         }

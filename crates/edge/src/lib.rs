@@ -326,6 +326,32 @@ impl Edge {
         move || !shared.stop.load(Ordering::Relaxed) && shared.table.load().up().iter().any(|u| *u)
     }
 
+    /// Routes by a cluster's shard map from now on: `owners[shard]` is the
+    /// address of its owner (one of the backends), `None` for nobody.
+    /// Owners that are not backends count as nobody (and are logged).
+    /// Leave health probing off when the map decides.
+    pub fn set_owners(&self, owners: &[Option<SocketAddr>], epoch: u64) {
+        let backends = self.cfg.backends.clone();
+        let mut unknown = None;
+        let idx: Vec<Option<usize>> = owners
+            .iter()
+            .map(|o| {
+                let a = (*o)?;
+                let i = backends.iter().position(|b| *b == a);
+                if i.is_none() {
+                    unknown = Some(a);
+                }
+                i
+            })
+            .collect();
+        if let Some(a) = unknown {
+            tracing::warn!(owner = %a, "the shard map names a worker that is not a --backend of this edge; its shards are unroutable");
+        }
+        let t = Table::from_owners(backends, &idx, epoch);
+        metrics::backend_gauges(t.backends(), t.up(), epoch);
+        self.shared.table.store(Arc::new(t));
+    }
+
     /// Probes every backend with OPTIONS and swaps the routing table when
     /// one goes down or comes back. Returns when the edge stops, or at once
     /// when probing is off (`interval_ms = 0`).

@@ -67,6 +67,39 @@ impl Table {
         }
     }
 
+    /// The table of a cluster's shard map (ARCHITECTURE §2): `owners[shard]`
+    /// is the index of the backend that owns it, `None` for nobody. A
+    /// backend is up when it owns a shard.
+    ///
+    /// # Panics
+    /// If `owners` does not hold [`SHARDS`] entries or names a backend
+    /// beyond `backends`.
+    pub fn from_owners(backends: Vec<SocketAddr>, owners: &[Option<usize>], epoch: u64) -> Self {
+        assert_eq!(owners.len(), SHARDS as usize);
+        assert!(backends.len() < usize::from(NONE));
+        let mut up = vec![false; backends.len()];
+        let mut own_key = vec![None; backends.len()];
+        let owner: Box<[u16]> = owners
+            .iter()
+            .enumerate()
+            .map(|(shard, o)| match *o {
+                Some(i) => {
+                    up[i] = true;
+                    own_key[i].get_or_insert(shard as u64);
+                    i as u16
+                }
+                None => NONE,
+            })
+            .collect();
+        Self {
+            backends,
+            up,
+            owner,
+            own_key,
+            epoch,
+        }
+    }
+
     /// The backend that owns `key`'s shard: its index and address.
     #[inline]
     pub fn route(&self, key: u64) -> Option<(usize, SocketAddr)> {
@@ -121,6 +154,21 @@ mod tests {
         (0..SHARDS)
             .filter(|&s| a.owner_of_shard(s) != b.owner_of_shard(s))
             .count()
+    }
+
+    #[test]
+    fn a_cluster_map_routes_each_shard_to_its_owner() {
+        let b = addrs(3);
+        let owners: Vec<Option<usize>> = (0..SHARDS as usize)
+            .map(|s| if s % 2 == 0 { Some(2) } else { None })
+            .collect();
+        let t = Table::from_owners(b.clone(), &owners, 9);
+        assert_eq!(t.route(4), Some((2, b[2])));
+        assert_eq!(t.route(4 + u64::from(SHARDS)), Some((2, b[2])));
+        assert_eq!(t.route(5), None);
+        assert_eq!(t.up(), &[false, false, true]);
+        assert_eq!(t.key_for_backend(2), Some(0));
+        assert_eq!(t.epoch(), 9);
     }
 
     #[test]

@@ -67,7 +67,9 @@ pub(crate) struct Peer {
 /// Parses `ID=GRPC_ADDR,SIP_ADDR`.
 pub(crate) fn parse_peer(s: &str) -> anyhow::Result<Peer> {
     let bad = || {
-        anyhow::anyhow!("--peer {s:?}: expected ID=GRPC_ADDR,SIP_ADDR, e.g. 1=127.0.0.1:7001,127.0.0.1:5081")
+        anyhow::anyhow!(
+            "--peer {s:?}: expected ID=GRPC_ADDR,SIP_ADDR, e.g. 1=127.0.0.1:7001,127.0.0.1:5081"
+        )
     };
     let (id, rest) = s.split_once('=').ok_or_else(bad)?;
     let (grpc, sip) = rest.split_once(',').ok_or_else(bad)?;
@@ -102,6 +104,9 @@ pub(crate) enum Cmd {
 /// What the replica tells the SIP loop.
 #[derive(Debug)]
 pub(crate) enum Note {
+    /// A call record this worker proposed is committed (or was refused:
+    /// either way the call's held 2xx may go).
+    Committed { call_id: Vec<u8> },
     /// This worker now serves `shard`; `calls` are its replicated calls.
     Serving {
         shard: usize,
@@ -129,7 +134,9 @@ pub(crate) fn configured(a: &ClusterArgs) -> anyhow::Result<Option<(u64, Vec<Pee
     match (a.id, a.peers.is_empty()) {
         (None, true) => Ok(None),
         (None, false) => anyhow::bail!("--peer needs --id: which of the peers is this worker?"),
-        (Some(_), true) => anyhow::bail!("--id needs the cluster's members: give --peer ID=GRPC,SIP for each, this one included"),
+        (Some(_), true) => anyhow::bail!(
+            "--id needs the cluster's members: give --peer ID=GRPC,SIP for each, this one included"
+        ),
         (Some(id), false) => {
             let peers = a
                 .peers
@@ -160,7 +167,10 @@ pub(crate) fn start(id: u64, peers: Vec<Peer>, data: PathBuf) -> anyhow::Result<
         .with_context(|| format!("cannot open the Raft log {}", path.display()))?;
     let listener = std::net::TcpListener::bind(me.grpc).map_err(|e| {
         if e.kind() == std::io::ErrorKind::AddrInUse {
-            anyhow::anyhow!("{} (gRPC of --peer {id}) is already in use: pick another port", me.grpc)
+            anyhow::anyhow!(
+                "{} (gRPC of --peer {id}) is already in use: pick another port",
+                me.grpc
+            )
         } else {
             anyhow::anyhow!("cannot listen for gRPC on {}: {e}", me.grpc)
         }
@@ -178,7 +188,10 @@ pub(crate) fn start(id: u64, peers: Vec<Peer>, data: PathBuf) -> anyhow::Result<
     std::thread::Builder::new()
         .name("raft".into())
         .spawn(move || {
-            let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
                 Ok(rt) => rt,
                 Err(e) => {
                     tracing::error!(error = %e, "cannot start the Raft runtime");
@@ -223,7 +236,7 @@ struct Replica {
     ready: watch::Sender<bool>,
     served: Vec<bool>,
     /// Call-ID -> when its upsert was handed to Raft (commit latency).
-    pending: HashMap<Vec<u8>, std::time::Instant>,
+    pending: HashMap<Vec<u8>, tokio::time::Instant>,
     drains: Vec<oneshot::Sender<bool>>,
 }
 
@@ -328,9 +341,27 @@ impl Replica {
                         if let Some(t) = self.pending.remove(&call_id) {
                             metrics::histogram!(RAFT_COMMIT_TIME).record(t.elapsed().as_secs_f64());
                         }
+                        let _ = self.notes.send(Note::Committed { call_id });
                     }
-                    Event::Removed { call_id } | Event::Refused { call_id } => {
+                    Event::Refused { call_id } => {
+                        tracing::debug!(call_id = %String::from_utf8_lossy(&call_id), "call record refused: this worker no longer owns its shard");
                         self.pending.remove(&call_id);
+                        let _ = self.notes.send(Note::Committed { call_id });
+                    }
+                    Event::Removed { call_id } => {
+                        self.pending.remove(&call_id);
+                    }
+                    Event::HandedOver { call_id } => {
+                        if let Some(c) = self.node.table().call(&call_id) {
+                            let shard = shard_of(c.key, SHARDS);
+                            // Not served yet: taken over with the shard.
+                            if self.served[shard] {
+                                let _ = self.notes.send(Note::Serving {
+                                    shard,
+                                    calls: vec![c.clone()],
+                                });
+                            }
+                        }
                     }
                     Event::Map { .. } => {
                         map_changed = true;
@@ -362,7 +393,8 @@ impl Replica {
                 record,
             } => {
                 if self.pending.len() < 1_000_000 {
-                    self.pending.insert(call_id.clone(), std::time::Instant::now());
+                    self.pending
+                        .insert(call_id.clone(), tokio::time::Instant::now());
                 }
                 self.node.upsert(call_id, key, version, record);
             }
@@ -428,7 +460,11 @@ impl Replica {
                 epoch: t.epoch(),
                 owners: t.owners().to_vec(),
             }),
-            sip: self.peers.iter().map(|p| (p.id, p.sip.to_string())).collect(),
+            sip: self
+                .peers
+                .iter()
+                .map(|p| (p.id, p.sip.to_string()))
+                .collect(),
         };
         metrics::gauge!(RAFT_TERM).set(s.term as f64);
         metrics::gauge!(RAFT_LEADER).set(s.leader as f64);
@@ -439,7 +475,8 @@ impl Replica {
         metrics::gauge!(SHARDS_SERVED).set(s.serving_shards as f64);
         metrics::gauge!(REPLICATED_CALLS).set(s.calls as f64);
         let ready = s.epoch > 0 && s.leader != 0 && self.node.caught_up();
-        self.ready.send_if_modified(|r| std::mem::replace(r, ready) != ready);
+        self.ready
+            .send_if_modified(|r| std::mem::replace(r, ready) != ready);
         shared.send_modify(|sh| {
             let epoch_moved = sh.map.map.as_ref().map(|m| m.epoch) != Some(t.epoch());
             sh.status = status;
@@ -520,7 +557,9 @@ impl pb::raft_server::Raft for Services {
                             return Err(tonic::Status::unavailable("replica stopped"));
                         }
                     }
-                    None => return Err(tonic::Status::invalid_argument("undecodable raft message")),
+                    None => {
+                        return Err(tonic::Status::invalid_argument("undecodable raft message"));
+                    }
                 }
             }
         }

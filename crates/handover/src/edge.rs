@@ -63,6 +63,11 @@ pub(crate) struct EdgeArgs {
     /// Refused datagrams allowed per source address per second (0 = no limit).
     #[arg(long)]
     bad_input_per_source: Option<u32>,
+    /// A replicated worker's gRPC address (repeat for each): the edge then
+    /// routes by the cluster's shard map, watched from the first that
+    /// answers, instead of hashing over probed backends (probes are off).
+    #[arg(long = "cluster", value_name = "GRPC_ADDR")]
+    cluster: Vec<SocketAddr>,
 }
 
 /// Builds the edge's settings: file (or defaults), then flags.
@@ -89,7 +94,12 @@ fn settings(a: &EdgeArgs) -> anyhow::Result<(EdgeConfig, SocketAddr)> {
         },
     };
     let health = HealthConfig {
-        interval_ms: a.probe_interval_ms.unwrap_or(e.health.interval_ms),
+        // With a cluster, the shard map says who is up, not probes.
+        interval_ms: if a.cluster.is_empty() {
+            a.probe_interval_ms.unwrap_or(e.health.interval_ms)
+        } else {
+            0
+        },
         timeout_ms: a.probe_timeout_ms.unwrap_or(e.health.timeout_ms),
         down_after: a.down_after.unwrap_or(e.health.down_after),
         up_after: a.up_after.unwrap_or(e.health.up_after),
@@ -136,6 +146,11 @@ pub(crate) fn run(args: EdgeArgs) -> anyhow::Result<()> {
             edge.io_mode().as_str()
         );
         println!("metrics: http://{admin_local}/metrics");
+        if !args.cluster.is_empty() {
+            // Nobody owns anything until the first map arrives.
+            edge.set_owners(&vec![None; crate::cluster::SHARDS], 0);
+            println!("routing by the cluster's shard map from {:?}", args.cluster);
+        }
         let ready: Arc<dyn Fn() -> bool + Send + Sync> = Arc::new(edge.ready_fn());
         let admin = tokio::spawn(crate::admin::serve(listener, handle, ready));
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -146,8 +161,15 @@ pub(crate) fn run(args: EdgeArgs) -> anyhow::Result<()> {
             }
             std::future::pending::<()>().await
         };
+        let watch = async {
+            if args.cluster.is_empty() {
+                std::future::pending::<()>().await;
+            }
+            watch_map(&edge, &args.cluster).await;
+        };
         tokio::select! {
             () = health => {}
+            () = watch => {}
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}
         }
@@ -156,4 +178,55 @@ pub(crate) fn run(args: EdgeArgs) -> anyhow::Result<()> {
         edge.shutdown();
         Ok(())
     })
+}
+
+/// Follows the cluster's shard map: a `WatchMap` stream from the first
+/// worker that answers, and the next one whenever it breaks. Never returns.
+async fn watch_map(edge: &Edge, cluster: &[SocketAddr]) {
+    use tokio_stream::StreamExt as _;
+    let mut i = 0;
+    loop {
+        let addr = cluster[i % cluster.len()];
+        i += 1;
+        let client =
+            crate::rpc::pb::admin_client::AdminClient::connect(format!("http://{addr}")).await;
+        let stream = match client {
+            Ok(mut c) => c.watch_map(crate::rpc::pb::WatchRequest {}).await,
+            Err(e) => {
+                tracing::debug!(%addr, error = %e, "cluster member not reachable");
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                continue;
+            }
+        };
+        let mut stream = match stream {
+            Ok(s) => s.into_inner(),
+            Err(e) => {
+                tracing::debug!(%addr, error = %e, "map watch refused");
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                continue;
+            }
+        };
+        tracing::info!(%addr, "watching the shard map");
+        while let Some(Ok(view)) = stream.next().await {
+            let Some(map) = view.map else { continue };
+            if map.owners.len() != crate::cluster::SHARDS {
+                tracing::warn!(
+                    shards = map.owners.len(),
+                    "a shard map of the wrong size; ignored"
+                );
+                continue;
+            }
+            let sip: std::collections::HashMap<u64, SocketAddr> = view
+                .sip
+                .iter()
+                .filter_map(|(id, a)| Some((*id, a.parse().ok()?)))
+                .collect();
+            let owners: Vec<Option<SocketAddr>> =
+                map.owners.iter().map(|o| sip.get(o).copied()).collect();
+            edge.set_owners(&owners, map.epoch);
+            tracing::info!(epoch = map.epoch, "shard map applied");
+        }
+        tracing::warn!(%addr, "map watch ended; trying the next member");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
 }

@@ -9,6 +9,7 @@ mod cluster;
 mod config;
 mod edge;
 mod load;
+mod replica_record;
 mod rpc;
 mod status;
 mod up;

@@ -30,8 +30,16 @@ pub(crate) fn run(a: &StatusArgs) -> anyhow::Result<()> {
         )
         .await
         .map_err(|_| anyhow::anyhow!("no answer from {} within 3 s", a.grpc))?
-        .with_context(|| format!("cannot reach a worker's gRPC at {} (is it a replicated worker's --peer address?)", a.grpc))?;
-        let s = c.status(pb::StatusRequest {}).await.context("status call failed")?;
+        .with_context(|| {
+            format!(
+                "cannot reach a worker's gRPC at {} (is it a replicated worker's --peer address?)",
+                a.grpc
+            )
+        })?;
+        let s = c
+            .status(pb::StatusRequest {})
+            .await
+            .context("status call failed")?;
         anyhow::Ok(s.into_inner())
     })?;
     if a.json {
@@ -50,7 +58,14 @@ pub(crate) fn run(a: &StatusArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     println!("asked worker   {} ({})", s.id, a.grpc);
-    println!("leader         {}", if s.leader == 0 { "none".to_string() } else { s.leader.to_string() });
+    println!(
+        "leader         {}",
+        if s.leader == 0 {
+            "none".to_string()
+        } else {
+            s.leader.to_string()
+        }
+    );
     println!("term           {}", s.term);
     println!("commit index   {} (applied here: {})", s.commit, s.applied);
     println!("shard map      epoch {}", s.epoch);
@@ -61,6 +76,9 @@ pub(crate) fn run(a: &StatusArgs) -> anyhow::Result<()> {
     for (w, n) in per {
         println!("  worker {w:<6} {n} calls");
     }
-    println!("this worker    owns {} shards, serves {}", s.owned_shards, s.serving_shards);
+    println!(
+        "this worker    owns {} shards, serves {}",
+        s.owned_shards, s.serving_shards
+    );
     Ok(())
 }

@@ -1,9 +1,11 @@
 //! `handover up`: a whole local cluster in one command, in the foreground:
 //! an edge and one or more workers (`--workers N`), each a child process
 //! running this binary, wired to each other. Ctrl-C (or SIGTERM) stops them
-//! all. A worker that dies is reported and the others carry on (the edge's
-//! probes take it out of rotation); its calls are lost until replication
-//! exists.
+//! all. With two or more workers, calls are replicated (Raft over gRPC,
+//! logs under `--data`): a worker that dies is reported, the cluster
+//! declares it dead and its shards and calls move to the others. With
+//! `--no-replication` the edge's probes take it out of rotation and its
+//! calls are lost.
 
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
@@ -52,6 +54,17 @@ pub(crate) struct UpArgs {
     /// The demo's load generator address.
     #[arg(long, default_value = "127.0.0.1:5070")]
     demo_listen: SocketAddr,
+    /// The workers' gRPC address for replication (worker i: this port + i).
+    #[arg(long, default_value = "127.0.0.1:7001")]
+    worker_grpc: SocketAddr,
+    /// Where the workers keep their Raft logs [default: a new directory
+    /// under the system's temporary directory, printed at start].
+    #[arg(long)]
+    data: Option<std::path::PathBuf>,
+    /// Do not replicate calls (with two or more workers they are by
+    /// default: a worker's death then loses none).
+    #[arg(long)]
+    no_replication: bool,
 }
 
 struct Kids(Vec<Child>);
@@ -95,9 +108,13 @@ pub(crate) fn run(mut a: UpArgs) -> anyhow::Result<()> {
     // is one line naming it and the flag that moves it.
     let mut wanted: Vec<(SocketAddr, bool, &str)> =
         vec![(a.listen, true, "--listen"), (a.admin, false, "--admin")];
+    let replicate = a.workers >= 2 && !a.no_replication;
     for i in 0..a.workers {
         wanted.push((nth(a.worker_listen, i)?, true, "--worker-listen"));
         wanted.push((nth(a.worker_admin, i)?, false, "--worker-admin"));
+        if replicate {
+            wanted.push((nth(a.worker_grpc, i)?, false, "--worker-grpc"));
+        }
     }
     if a.demo {
         wanted.push((a.demo_listen, true, "--demo-listen"));
@@ -126,6 +143,28 @@ pub(crate) fn run(mut a: UpArgs) -> anyhow::Result<()> {
         "--threads",
         "1",
     ]);
+    let data = match &a.data {
+        Some(d) => d.clone(),
+        None => std::env::temp_dir().join(format!("handover-up-{}", std::process::id())),
+    };
+    let mut peers = Vec::new();
+    if replicate {
+        std::fs::create_dir_all(&data).with_context(|| {
+            format!(
+                "cannot create the data directory {} (--data)",
+                data.display()
+            )
+        })?;
+        for i in 0..a.workers {
+            peers.push(format!(
+                "{}={},{}",
+                i + 1,
+                nth(a.worker_grpc, i)?,
+                nth(a.worker_listen, i)?
+            ));
+            edge.args(["--cluster", &nth(a.worker_grpc, i)?.to_string()]);
+        }
+    }
     let mut worker_admins = Vec::new();
     for i in 0..a.workers {
         let (listen, admin) = (nth(a.worker_listen, i)?, nth(a.worker_admin, i)?);
@@ -144,6 +183,15 @@ pub(crate) fn run(mut a: UpArgs) -> anyhow::Result<()> {
         worker.args(["--max-call-age-s", &a.max_call_age_s.to_string()]);
         worker.args(["--ring-timeout-s", &a.ring_timeout_s.to_string()]);
         worker.args(["--transfer-mode", &a.transfer_mode]);
+        if replicate {
+            worker.args(["--id", &(i + 1).to_string()]);
+            for p in &peers {
+                worker.args(["--peer", p]);
+            }
+            worker
+                .arg("--data")
+                .arg(data.join(format!("worker-{}", i + 1)));
+        }
         kids.0.push(
             worker
                 .stdout(Stdio::null())
@@ -163,9 +211,25 @@ pub(crate) fn run(mut a: UpArgs) -> anyhow::Result<()> {
     for (i, w) in worker_admins.iter().enumerate() {
         println!("worker {} metrics: http://{w}/metrics", i + 1);
     }
-    if a.workers > 1 {
+    if replicate {
         println!(
-            "{} workers share the calls by affinity key; calls are not replicated yet, so a worker's death loses its calls",
+            "{} workers share the calls by shard and replicate them with Raft (gRPC on {}+); Raft logs under {}",
+            a.workers,
+            a.worker_grpc,
+            data.display()
+        );
+        println!(
+            "status: handover status --grpc {} (any worker)",
+            a.worker_grpc
+        );
+        if a.workers == 2 {
+            println!(
+                "two workers cannot lose one and keep a quorum: use --workers 3 to survive a worker's death"
+            );
+        }
+    } else if a.workers > 1 {
+        println!(
+            "{} workers share the calls by affinity key, not replicated (--no-replication): a worker's death loses its calls",
             a.workers
         );
     }
@@ -198,8 +262,12 @@ pub(crate) fn run(mut a: UpArgs) -> anyhow::Result<()> {
                             if dead[..n - 1].iter().all(|d| *d) {
                                 anyhow::bail!("every worker exited (the last: {s}); see the errors above");
                             }
-                            // The edge's probes take the worker out of rotation.
-                            eprintln!("handover up: worker {} exited ({s}); its calls are lost, new calls go to the others", i + 1);
+                            if replicate {
+                                eprintln!("handover up: worker {} exited ({s}); once the cluster declares it dead its shards and calls move to the others", i + 1);
+                            } else {
+                                // The edge's probes take the worker out of rotation.
+                                eprintln!("handover up: worker {} exited ({s}); its calls are lost, new calls go to the others", i + 1);
+                            }
                         }
                     }
                 }

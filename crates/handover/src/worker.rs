@@ -26,6 +26,10 @@ const FIRST_RESPONSE: &str = "handover_invite_first_response_seconds";
 const ANSWER: &str = "handover_invite_answer_seconds";
 const TRANSFERS: &str = "handover_transfers_total";
 const TRANSFER_TIME: &str = "handover_transfer_seconds";
+const ADOPTED: &str = "handover_calls_adopted_total";
+const NOT_SERVED: &str = "handover_worker_not_served_total";
+const UNREPLICATED: &str = "handover_calls_unreplicated_total";
+const HANDED_OVER: &str = "handover_calls_handed_over_total";
 
 #[derive(Debug, Args)]
 pub(crate) struct WorkerArgs {
@@ -162,7 +166,11 @@ pub(crate) fn run(args: WorkerArgs) -> anyhow::Result<()> {
         })?;
         println!("handover worker listening on udp {}", sock.local_addr()?);
         println!("metrics: http://{admin_local}/metrics");
-        tokio::spawn(crate::admin::serve(listener, handle, Arc::new(|| true)));
+        let ready_rx = replica.as_ref().map(|r| r.ready.clone());
+        // Ready when replication is off, or once the replica has a map and
+        // has applied what it knows is committed.
+        let ready = move || ready_rx.as_ref().is_none_or(|r| *r.borrow());
+        tokio::spawn(crate::admin::serve(listener, handle, Arc::new(ready)));
         let timers = TimerConfig {
             t1: Duration::from_millis(args.t1_ms),
             t2: Duration::from_secs(4).max(Duration::from_millis(args.t1_ms)),
@@ -185,6 +193,16 @@ pub(crate) fn run(args: WorkerArgs) -> anyhow::Result<()> {
         let rng = <rand_chacha::ChaCha12Rng as rand_core::SeedableRng>::try_from_os_rng()
             .context("cannot seed the random number generator")?;
         let mut b2b = B2bua::new(cfg, rng);
+        // Which shards this worker serves: all without replication; with
+        // it, those the cluster's map and lease give it (see cluster.rs).
+        let mut served = vec![replica.is_none(); crate::cluster::SHARDS];
+        if replica.is_some() {
+            b2b.set_replication(true);
+        }
+        let adopted = metrics::counter!(ADOPTED);
+        let not_served = metrics::counter!(NOT_SERVED);
+        let unreplicated = metrics::counter!(UNREPLICATED);
+        let handed_over = metrics::counter!(HANDED_OVER);
         let start = tokio::time::Instant::now();
         let now = move || Instant::from_epoch(start.elapsed());
         let mut buf = vec![0u8; 65_536];
@@ -209,14 +227,80 @@ pub(crate) fn run(args: WorkerArgs) -> anyhow::Result<()> {
                 .map_or(start + Duration::from_secs(3600), |t| {
                     start + t.since_epoch()
                 });
+            let note = async {
+                match replica.as_mut() {
+                    Some(r) => r.notes.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 r = sock.recv_from(&mut buf) => match r {
-                    Ok((n, _)) => b2b.handle_datagram(now(), &buf[..n]),
+                    Ok((n, _)) => {
+                        if served_or_known(&buf[..n], &b2b, &served) {
+                            b2b.handle_datagram(now(), &buf[..n]);
+                        } else {
+                            // Not ours (yet): the sender retransmits, and
+                            // by then the edge routes to the owner, or we
+                            // are it. A 481 here would end the call.
+                            not_served.increment(1);
+                        }
+                    }
                     Err(e) => tracing::debug!(error = %e, "receive failed"),
+                },
+                Some(n) = note => match n {
+                    crate::cluster::Note::Serving { shard, calls } => {
+                        served[shard] = true;
+                        let t = now();
+                        for c in &calls {
+                            match crate::replica_record::decode(c) {
+                                Some(rec) => {
+                                    if b2b.adopt(t, rec) {
+                                        adopted.increment(1);
+                                    }
+                                }
+                                None => tracing::warn!("a replicated call record does not decode; skipped"),
+                            }
+                        }
+                        if !calls.is_empty() {
+                            tracing::info!(shard, calls = calls.len(), "serving a shard taken over");
+                        }
+                    }
+                    crate::cluster::Note::Stopped { shard } => {
+                        served[shard] = false;
+                        let n = b2b.hand_over(|k| k % crate::cluster::SHARDS as u64 == shard as u64);
+                        handed_over.increment(n as u64);
+                    }
+                    crate::cluster::Note::Committed { call_id } => {
+                        b2b.committed(now(), &call_id);
+                        // Confirmed here after its shard moved: the new
+                        // owner has it from the replica.
+                        if let Some(k) = b2b.key_of(&call_id)
+                            && !served[(k % crate::cluster::SHARDS as u64) as usize]
+                        {
+                            let n = b2b.hand_over(|x| x == k);
+                            handed_over.increment(n as u64);
+                        }
+                    }
                 },
                 () = tokio::time::sleep_until(wake) => b2b.handle_timeout(now()),
                 _ = tokio::signal::ctrl_c() => break,
                 _ = term.recv() => break,
+            }
+            if let Some(r) = &replica {
+                while let Some(rep) = b2b.poll_replication() {
+                    let cmd = match rep {
+                        handover_call::Replication::Upsert(rec) => crate::cluster::Cmd::Upsert {
+                            record: crate::replica_record::encode(&rec),
+                            call_id: rec.a_call_id,
+                            key: rec.key,
+                            version: rec.version,
+                        },
+                        handover_call::Replication::Remove { a_call_id, key, version } => {
+                            crate::cluster::Cmd::Remove { call_id: a_call_id, key, version }
+                        }
+                    };
+                    let _ = r.cmd.send(cmd);
+                }
             }
             while let Some((to, bytes)) = b2b.poll_transmit() {
                 let to = to.unwrap_or(args.edge);
@@ -233,6 +317,7 @@ pub(crate) fn run(args: WorkerArgs) -> anyhow::Result<()> {
             retrans.increment(s.retransmissions - last.retransmissions);
             failovers.increment(s.failovers - last.failovers);
             unanswered.increment(s.unanswered - last.unanswered);
+            unreplicated.increment(s.unreplicated - last.unreplicated);
             while let Some(t) = b2b.poll_transfer() {
                 use handover_call::TransferResult as R;
                 let kind = if t.attended { "attended" } else { "blind" };
@@ -268,4 +353,22 @@ pub(crate) fn run(args: WorkerArgs) -> anyhow::Result<()> {
         tracing::info!("stopping");
         Ok(())
     })
+}
+
+/// Whether a datagram is for a shard this worker serves, or for a call it
+/// holds. Every datagram from the edge carries the call's key in its top
+/// Via (`k=`); one without (a probe, bad input) is handled as usual.
+fn served_or_known<R: rand_core::RngCore>(bytes: &[u8], b2b: &B2bua<R>, served: &[bool]) -> bool {
+    let Ok(m) = handover_sip::scan(bytes) else {
+        return true;
+    };
+    let key = m
+        .top_via()
+        .param(b"k")
+        .and_then(|p| p.value)
+        .and_then(|v| handover_sip::ids::parse_hex_u64(v.of(m.buf())));
+    match key {
+        None => true,
+        Some(k) => served[(k % served.len() as u64) as usize] || b2b.knows(m.call_id()),
+    }
 }

@@ -36,6 +36,12 @@ impl Token {
         t
     }
 
+    /// A token of ours read back (from a replica); `None` if longer than
+    /// any we make.
+    pub fn from_bytes(b: &[u8]) -> Option<Self> {
+        (b.len() <= 48).then(|| Self::new(&[b]))
+    }
+
     /// The identifier's bytes.
     pub fn as_bytes(&self) -> &[u8] {
         &self.buf[..usize::from(self.len)]

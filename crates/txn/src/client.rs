@@ -62,6 +62,20 @@ impl ClientInvite {
         t
     }
 
+    /// A transaction that ended elsewhere: the INVITE of a call restored
+    /// from its replica after its worker died (its 2xx was ACKed there).
+    /// Sends nothing, absorbs nothing.
+    pub fn ended(cfg: TimerConfig, request: Vec<u8>) -> Self {
+        Self {
+            cfg,
+            state: InviteState::Terminated,
+            request,
+            ack: None,
+            a_interval: cfg.t1,
+            out: Outbox::default(),
+        }
+    }
+
     /// The current state.
     pub fn state(&self) -> InviteState {
         self.state

@@ -61,6 +61,17 @@ impl ServerInvite {
         t
     }
 
+    /// A transaction that ended elsewhere (see `ClientInvite::ended`).
+    pub fn ended(cfg: TimerConfig) -> Self {
+        Self {
+            cfg,
+            state: ServerInviteState::Terminated,
+            last: None,
+            g_interval: cfg.t1,
+            out: Outbox::default(),
+        }
+    }
+
     /// The current state.
     pub fn state(&self) -> ServerInviteState {
         self.state

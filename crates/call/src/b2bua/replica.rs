@@ -1,0 +1,247 @@
+//! Calls as their replicas keep them (ARCHITECTURE §5): what a confirmed
+//! call needs to go on after its worker dies (both legs' dialogs, the
+//! INVITEs they came from, where A's answers go), handed to the shell as
+//! [`Replication`] whenever it changes, and restored with
+//! [`B2bua::adopt`] by the worker that takes its shard over.
+//!
+//! What is not kept: transactions in flight (a re-INVITE or a REFER under
+//! way when the worker dies is retried by the phone, which gets its answer
+//! from the new owner), an attended or local transfer half done, the
+//! session timer and the maximum call age (both restart at adoption).
+
+use std::hash::{DefaultHasher, Hash, Hasher};
+
+use super::*;
+
+/// A confirmed call's replicated state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallRecord {
+    /// The call's affinity key.
+    pub key: u64,
+    /// Bumped at every change; a replica keeps the highest.
+    pub version: u64,
+    /// Leg A's Call-ID (the caller's).
+    pub a_call_id: Vec<u8>,
+    /// A's INVITE as received (responses to A copy from it).
+    pub a_invite: Vec<u8>,
+    /// Where answers to A go (A's INVITE's top Via: the edge).
+    pub a_target: Option<SocketAddr>,
+    /// Our tag on leg A.
+    pub a_tag: Vec<u8>,
+    /// Leg A's dialog (we are its UAS).
+    pub a_dialog: Dialog,
+    /// Leg B's Call-ID (ours).
+    pub b_call_id: Vec<u8>,
+    /// Our INVITE on leg B.
+    pub b_invite: Vec<u8>,
+    /// Leg B's dialog (we are its UAC).
+    pub b_dialog: Dialog,
+    /// REFERs on this call are carried out by the B2BUA.
+    pub local_mode: bool,
+}
+
+/// What the shell replicates.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Replication {
+    /// A call was confirmed, or changed (re-INVITE, transfer, any in-dialog
+    /// request that moved a CSeq or a target).
+    Upsert(Box<CallRecord>),
+    /// A replicated call ended.
+    Remove {
+        /// Leg A's Call-ID.
+        a_call_id: Vec<u8>,
+        /// The call's affinity key.
+        key: u64,
+        /// One more than the last upsert's.
+        version: u64,
+    },
+}
+
+fn hash_dialog(d: &Dialog, h: &mut DefaultHasher) {
+    d.id.call_id.hash(h);
+    d.id.local_tag.hash(h);
+    d.id.remote_tag.hash(h);
+    d.local_seq.hash(h);
+    d.remote_seq.hash(h);
+    d.remote_target.hash(h);
+    d.route_set.hash(h);
+}
+
+impl<R: RngCore> B2bua<R> {
+    /// Turns replication on: from now on confirmed calls and their changes
+    /// are queued for [`Self::poll_replication`].
+    pub fn set_replication(&mut self, on: bool) {
+        self.replicate = on;
+    }
+
+    /// The next change to replicate.
+    pub fn poll_replication(&mut self) -> Option<Replication> {
+        self.replication.pop_front()
+    }
+
+    /// Whether a call (by either leg's Call-ID) is held here.
+    pub fn knows(&self, call_id: &[u8]) -> bool {
+        self.by_call_id.contains_key(call_id)
+    }
+
+    /// Queues call `cref`'s state if it changed since it was last queued
+    /// (called whenever the call was touched).
+    pub(super) fn replicate_call(&mut self, cref: u64) {
+        if !self.replicate {
+            return;
+        }
+        let Some(call) = self.calls.get_mut(&cref) else {
+            return;
+        };
+        let key = parse_hex_u64(&call.khex).unwrap_or_default();
+        if call.over {
+            if let Some((version, _)) = call.replicated.take() {
+                self.replication.push_back(Replication::Remove {
+                    a_call_id: call.a_call_id.clone(),
+                    key,
+                    version: version + 1,
+                });
+            }
+            return;
+        }
+        let (Some(a), Some(b)) = (&call.a_dialog, &call.b_dialog) else {
+            return;
+        };
+        if !call.answered || call.local.as_ref().is_some_and(Local::pending) {
+            return;
+        }
+        let mut h = DefaultHasher::new();
+        hash_dialog(a, &mut h);
+        hash_dialog(b, &mut h);
+        call.local_mode.hash(&mut h);
+        let print = h.finish();
+        let version = match call.replicated {
+            Some((_, p)) if p == print => return,
+            Some((v, _)) => v + 1,
+            None => 1,
+        };
+        call.replicated = Some((version, print));
+        self.replication
+            .push_back(Replication::Upsert(Box::new(CallRecord {
+                key,
+                version,
+                a_call_id: call.a_call_id.clone(),
+                a_invite: call.a_invite.clone(),
+                a_target: call.a_target,
+                a_tag: call.a_tag.as_bytes().to_vec(),
+                a_dialog: a.clone(),
+                b_call_id: call.b_call_id.clone(),
+                b_invite: call.b_invite.clone(),
+                b_dialog: b.clone(),
+                local_mode: call.local_mode,
+            })));
+    }
+
+    /// The affinity key of a call held here (by either leg's Call-ID).
+    pub fn key_of(&self, call_id: &[u8]) -> Option<u64> {
+        let call = self.calls.get(self.by_call_id.get(call_id)?)?;
+        parse_hex_u64(&call.khex)
+    }
+
+    /// Forgets the replicated calls whose key is `gone` (their shard moved
+    /// to another worker, which carries them on from the replica): nothing
+    /// is sent, nothing counts as ended. Calls not replicated (in setup, or
+    /// whose 2xx still waits for its commit) stay. Returns how many went.
+    pub fn hand_over(&mut self, gone: impl Fn(u64) -> bool) -> usize {
+        let refs: Vec<u64> = self
+            .calls
+            .iter()
+            .filter(|(_, c)| {
+                !c.over
+                    && c.replicated.is_some()
+                    && c.held_ok.is_none()
+                    && parse_hex_u64(&c.khex).is_some_and(&gone)
+            })
+            .map(|(&r, _)| r)
+            .collect();
+        for cref in &refs {
+            if let Some(c) = self.calls.remove(cref) {
+                let local = c.local.as_ref().map(|l| &l.t_call_id);
+                for id in [&c.a_call_id, &c.b_call_id]
+                    .into_iter()
+                    .chain(&c.old_ids)
+                    .chain(local)
+                {
+                    if self.by_call_id.get(id) == Some(cref) {
+                        self.by_call_id.remove(id);
+                    }
+                }
+            }
+        }
+        self.stats.handed_over += refs.len() as u64;
+        refs.len()
+    }
+
+    /// Takes over a call from its replica (its worker died or handed its
+    /// shard over). False when the call is already held here or the record
+    /// is unusable (A's INVITE does not scan, or a tag is not ours).
+    pub fn adopt(&mut self, now: Instant, rec: CallRecord) -> bool {
+        if self.by_call_id.contains_key(&rec.a_call_id) {
+            return false;
+        }
+        let Ok(a) = scan(&rec.a_invite) else {
+            return false;
+        };
+        let Some(a_tag) = Token::from_bytes(&rec.a_tag) else {
+            return false;
+        };
+        let a_key = Key::server(&a);
+        let timers = self.cfg.timers;
+        let cref = self.next_ref;
+        self.next_ref += 1;
+        self.by_call_id.insert(rec.a_call_id.clone(), cref);
+        self.by_call_id.insert(rec.b_call_id.clone(), cref);
+        self.stats.started += 1;
+        self.stats.adopted += 1;
+        let mut h = DefaultHasher::new();
+        hash_dialog(&rec.a_dialog, &mut h);
+        hash_dialog(&rec.b_dialog, &mut h);
+        rec.local_mode.hash(&mut h);
+        let print = h.finish();
+        self.calls.insert(
+            cref,
+            Call {
+                khex: hex_u64(rec.key),
+                a_call_id: rec.a_call_id,
+                a_invite: rec.a_invite,
+                a_target: rec.a_target,
+                a_tag,
+                a_srv: ServerInvite::ended(timers),
+                a_key,
+                a_dialog: Some(rec.a_dialog),
+                a_ok: None,
+                b_call_id: rec.b_call_id,
+                b_cli: ClientInvite::ended(timers, rec.b_invite.clone()),
+                b_invite: rec.b_invite,
+                b_dialog: Some(rec.b_dialog),
+                b_ack: None,
+                cancelled: false,
+                answered: true,
+                answered_at: Some(now + self.cfg.max_call_age),
+                session_expires: None,
+                started_at: now,
+                heard: true,
+                ring_deadline: None,
+                no_answer: false,
+                transfer: None,
+                local_mode: rec.local_mode,
+                local: None,
+                old_ids: Vec::new(),
+                targets: Vec::new(),
+                tried: 0,
+                over: false,
+                nits: Vec::new(),
+                relays: Vec::new(),
+                replicated: self.replicate.then_some((rec.version, print)),
+                held_ok: None,
+            },
+        );
+        self.schedule(cref);
+        true
+    }
+}

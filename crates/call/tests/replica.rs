@@ -1,0 +1,151 @@
+//! Calls carried on by another worker (ARCHITECTURE §5): a confirmed call's
+//! record, queued for replication, is adopted by a second B2BUA, which then
+//! relays a re-INVITE in both legs' own CSeq spaces and a BYE to the other
+//! party, as the first would have.
+
+mod common;
+
+use common::*;
+use handover_call::Replication;
+use handover_sip::{Method, scan};
+
+#[test]
+fn a_call_adopted_from_its_replica_is_reinvited_and_hung_up_by_the_new_worker() {
+    let mut w1 = b2bua();
+    w1.set_replication(true);
+    w1.handle_datagram(at(0), a_invite().as_bytes());
+    let sent = out(&mut w1);
+    let bi = sent[1].1.clone();
+    let bim = scan(&bi).unwrap();
+    assert_eq!(
+        w1.poll_replication(),
+        None,
+        "early dialogs are not replicated"
+    );
+    w1.handle_datagram(
+        at(100),
+        b_resp(&bim, "200 OK", "bt", Some(SDP_B)).as_bytes(),
+    );
+    let sent = out(&mut w1);
+    assert!(
+        sent.iter().any(|(_, m)| first_line(m).starts_with("ACK ")),
+        "B's 2xx is ACKed"
+    );
+    assert!(
+        !sent.iter().any(|(_, m)| first_line(m) == "SIP/2.0 200 OK"),
+        "the 2xx waits for the commit"
+    );
+    let Some(Replication::Upsert(rec)) = w1.poll_replication() else {
+        panic!("a confirmed call is replicated")
+    };
+    w1.committed(at(110), b"a-call");
+    let sent = out(&mut w1);
+    let ok = sent
+        .iter()
+        .find(|(_, m)| first_line(m) == "SIP/2.0 200 OK")
+        .expect("the 2xx goes to A once committed");
+    let a_tag = String::from_utf8(scan(&ok.1).unwrap().to_tag().unwrap().to_vec()).unwrap();
+    assert_eq!(rec.version, 1);
+    assert_eq!(rec.a_call_id, b"a-call");
+    assert_eq!(rec.b_call_id, bim.call_id());
+    // Retransmissions and the ACK change nothing worth replicating.
+    w1.handle_datagram(at(150), from_a("ACK", 1, "ack1", &a_tag, None).as_bytes());
+    assert_eq!(w1.poll_replication(), None);
+
+    // Worker 1 dies; worker 2 takes the shard over from its replica.
+    let mut w2 = b2bua_routed(&["b=127.0.0.1:5071"], 99);
+    w2.set_replication(true);
+    assert!(w2.adopt(at(5000), (*rec).clone()));
+    assert!(!w2.adopt(at(5000), (*rec).clone()), "adopted once");
+    assert!(w2.knows(b"a-call") && w2.knows(bim.call_id()));
+    assert_eq!(w2.calls_active(), 1);
+
+    // A puts B on hold: relayed in B's dialog with B's next CSeq.
+    let reinv = from_a("INVITE", 2, "r1", &a_tag, Some(SDP_A));
+    w2.handle_datagram(at(6000), reinv.as_bytes());
+    let sent = out(&mut w2);
+    let to_b = sent
+        .iter()
+        .find(|(_, m)| first_line(m).starts_with("INVITE "))
+        .expect("the re-INVITE reaches B");
+    let rb = scan(&to_b.1).unwrap();
+    assert_eq!(rb.call_id(), bim.call_id());
+    assert_eq!(rb.cseq().seq, 2, "B's CSeq space goes on from the replica");
+    assert_eq!(rb.to_tag(), Some(&b"bt"[..]));
+    assert_eq!(rb.from_tag(), bim.from_tag(), "our tag on leg B is kept");
+    w2.handle_datagram(
+        at(6100),
+        b_resp(&rb, "200 OK", "bt", Some(SDP_B)).as_bytes(),
+    );
+    let sent = out(&mut w2);
+    assert!(sent.iter().any(|(_, m)| first_line(m).starts_with("ACK ")));
+    let ok = sent
+        .iter()
+        .find(|(_, m)| first_line(m) == "SIP/2.0 200 OK")
+        .expect("A hears B's answer");
+    let om = scan(&ok.1).unwrap();
+    assert_eq!(
+        om.to_tag(),
+        Some(a_tag.as_bytes()),
+        "our tag on leg A is kept"
+    );
+    assert_eq!(om.cseq().seq, 2);
+    let Some(Replication::Upsert(rec2)) = w2.poll_replication() else {
+        panic!("the completed re-INVITE is replicated")
+    };
+    assert_eq!(rec2.version, 2);
+    assert_eq!(rec2.b_dialog.local_seq, 2);
+
+    // B hangs up: 200 to B, BYE to A in A's dialog, the record removed.
+    let bye = from_b(&bim, "BYE", 5, "bye1");
+    w2.handle_datagram(at(7000), bye.as_bytes());
+    let sent = out(&mut w2);
+    assert!(sent.iter().any(|(_, m)| first_line(m) == "SIP/2.0 200 OK"));
+    let to_a = sent
+        .iter()
+        .find(|(_, m)| first_line(m).starts_with("BYE "))
+        .expect("BYE to A");
+    let ba = scan(&to_a.1).unwrap();
+    assert_eq!(ba.call_id(), b"a-call");
+    assert_eq!(ba.from_tag(), Some(a_tag.as_bytes()));
+    assert_eq!(ba.cseq().method, Method::Bye);
+    assert!(matches!(
+        w2.poll_replication(),
+        Some(Replication::Remove { version: 3, .. })
+    ));
+    assert_eq!(w2.calls_active(), 0);
+}
+
+#[test]
+fn without_replication_nothing_is_queued() {
+    let (mut b, _, _) = answered();
+    assert_eq!(b.poll_replication(), None);
+}
+
+#[test]
+fn a_2xx_whose_commit_never_comes_goes_to_a_after_the_hold_limit() {
+    let mut w = b2bua();
+    w.set_replication(true);
+    w.handle_datagram(at(0), a_invite().as_bytes());
+    let bi = out(&mut w)[1].1.clone();
+    let bim = scan(&bi).unwrap();
+    w.handle_datagram(
+        at(100),
+        b_resp(&bim, "200 OK", "bt", Some(SDP_B)).as_bytes(),
+    );
+    out(&mut w);
+    w.handle_timeout(at(3_000));
+    assert!(
+        !out(&mut w)
+            .iter()
+            .any(|(_, m)| first_line(m) == "SIP/2.0 200 OK")
+    );
+    w.handle_timeout(at(4_200));
+    assert!(
+        out(&mut w)
+            .iter()
+            .any(|(_, m)| first_line(m) == "SIP/2.0 200 OK"),
+        "connected unreplicated rather than not at all"
+    );
+    assert_eq!(w.stats().unreplicated, 1);
+}
