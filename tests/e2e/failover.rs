@@ -136,3 +136,202 @@ fn a_killed_workers_calls_are_reinvited_and_hung_up_from_both_sides() {
     let left: f64 = survivors.iter().map(|&i| active(host, port, i)).sum();
     assert_eq!(left, 0.0, "calls still up after every BYE");
 }
+
+/// `handover status --json` of the worker at `grpc`.
+fn status(grpc: &str) -> Option<serde_json::Value> {
+    let o = handover(&["status", "--grpc", grpc, "--json"]);
+    serde_json::from_slice(&o.stdout).ok()
+}
+
+/// The pid of the worker listening for SIP on `port`.
+fn worker_pid(port: u16) -> u32 {
+    let o = std::process::Command::new("pgrep")
+        .args(["-f", "--", &format!("worker --listen 127.0.0.1:{port} ")])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .next()
+        .and_then(|l| l.trim().parse().ok())
+        .unwrap_or_else(|| panic!("a worker on port {port}"))
+}
+
+fn hangups(host: &str, port: u16, i: u16) -> f64 {
+    let (_, text) = http_get(&format!("http://{host}:{}/metrics", port + i));
+    metric(&text, "handover_calls_ended_total{cause=\"hangup\"}")
+}
+
+#[test]
+fn the_raft_leader_killed_under_calls_comes_back_and_catches_up() {
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let b = free_udp_port();
+    let _uas = sipp_uas(dir.path(), b);
+    let base = free_tcp_ports(3);
+    let grpc = |i: u16| format!("127.0.0.1:{}", base + i);
+    let data = dir.path().join("data");
+    let c = cluster(
+        &[format!("b=127.0.0.1:{b}")],
+        &[
+            "--workers",
+            "3",
+            "--worker-grpc",
+            &grpc(0),
+            "--data",
+            data.to_str().unwrap(),
+        ],
+    );
+    wait_members(&grpc(0), 3);
+    let leader = status(&grpc(0)).unwrap()["leader"].as_u64().unwrap() as u16;
+    assert!((1..=3).contains(&leader));
+    let li = leader - 1;
+    let edge: std::net::SocketAddr = format!("127.0.0.1:{}", c.sip).parse().unwrap();
+    // 100 calls of 6 s at 25/s: the leader dies while they are set up.
+    let (uac, stat) = sipp_uac(dir.path(), edge, 25, 100, 6_000);
+    std::thread::sleep(Duration::from_millis(1500));
+    let pid = worker_pid(c.worker + li);
+    let argv: Vec<String> = std::fs::read(format!("/proc/{pid}/cmdline"))
+        .unwrap()
+        .split(|b| *b == 0)
+        .filter(|a| !a.is_empty())
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    let killed = std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let t0 = Instant::now();
+    let other = grpc(if li == 0 { 1 } else { 0 });
+    assert!(
+        wait_for(Duration::from_secs(10), || status(&other).is_some_and(
+            |s| {
+                let l = s["leader"].as_u64().unwrap_or(0);
+                l != 0 && l != u64::from(leader)
+            }
+        )),
+        "a new leader"
+    );
+    let election = t0.elapsed();
+    let r = finish_uac(uac, &stat);
+    assert_eq!((r.exit, r.successful, r.failed), (Some(0), 100, 0), "{r:?}");
+    // The killed worker comes back with its log and catches up.
+    let commit = status(&other).unwrap()["commit"].as_u64().unwrap();
+    let _back = Proc(
+        std::process::Command::new(&argv[0])
+            .args(&argv[1..])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let t1 = Instant::now();
+    assert!(
+        wait_for(Duration::from_secs(15), || status(&grpc(li)).is_some_and(
+            |s| {
+                s["applied"].as_u64().unwrap_or(0) >= commit
+                    && s["members_up"].as_array().is_some_and(|m| m.len() == 3)
+            }
+        )),
+        "the restarted worker caught up to commit {commit} and rejoined"
+    );
+    let catch_up = t1.elapsed();
+    let (a, o) = (status(&grpc(li)).unwrap(), status(&other).unwrap());
+    assert_eq!(a["calls"], o["calls"], "the same call table");
+    assert_eq!(a["epoch"], o["epoch"], "the same map");
+    eprintln!(
+        "leader failover: worker {leader} (the leader) killed during setup; new leader after {:.1} s; \
+         100/100 calls ok; restarted, it caught up to commit {commit} and rejoined in {:.1} s",
+        election.as_secs_f64(),
+        catch_up.as_secs_f64()
+    );
+}
+
+#[test]
+fn a_worker_paused_past_its_lease_serves_nothing_when_it_wakes() {
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let b = free_udp_port();
+    let _uas = sipp_uas(dir.path(), b);
+    let base = free_tcp_ports(3);
+    let grpc0 = format!("127.0.0.1:{base}");
+    let c = cluster(
+        &[format!("b=127.0.0.1:{b}")],
+        &["--workers", "3", "--worker-grpc", &grpc0],
+    );
+    wait_members(&grpc0, 3);
+    let (host, port) = c.worker_admin.rsplit_once(':').unwrap();
+    let port: u16 = port.parse().unwrap();
+    let edge: std::net::SocketAddr = format!("127.0.0.1:{}", c.sip).parse().unwrap();
+    // 45 calls hung up by the caller 4 s after the answer.
+    let (uac, stat) = sipp_uac(dir.path(), edge, 30, 45, 4_000);
+    assert!(
+        wait_for(Duration::from_secs(10), || (0..3)
+            .map(|i| active(host, port, i))
+            .sum::<f64>()
+            >= 45.0),
+        "all calls up"
+    );
+    let per: Vec<f64> = (0..3).map(|i| active(host, port, i)).collect();
+    let w = (0..3u16)
+        .max_by(|&a, &b| per[a as usize].total_cmp(&per[b as usize]))
+        .unwrap();
+    let before = hangups(host, port, w);
+    let pid = worker_pid(c.worker + w).to_string();
+    // Frozen (a long GC pause, a stalled VM, a cut network): its calls'
+    // BYEs queue in its socket until the cluster gives its shards away.
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-STOP", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let r = finish_uac(uac, &stat);
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-CONT", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    assert_eq!(
+        (r.exit, r.successful, r.failed),
+        (Some(0), 45, 0),
+        "{r:?}: {}",
+        sipp_errors(dir.path())
+    );
+    // Awake: its lease ended long ago, so the queued BYEs are dropped, not
+    // relayed a second time behind the new owner's back.
+    std::thread::sleep(Duration::from_millis(1500));
+    let (_, text) = http_get(&format!("http://{host}:{}/metrics", port + w));
+    assert_eq!(
+        metric(&text, "handover_calls_ended_total{cause=\"hangup\"}"),
+        before,
+        "the paused worker hung up nothing after waking"
+    );
+    assert!(
+        metric(&text, "handover_worker_not_served_total") > 0.0,
+        "it dropped what queued while it was frozen"
+    );
+    // And it rejoins.
+    wait_members(&grpc0, 3);
+    eprintln!(
+        "pause: worker {} frozen with {} calls; 45/45 calls hung up through the others; on waking it dropped {} queued datagrams and rejoined",
+        w + 1,
+        per[w as usize],
+        metric(&text, "handover_worker_not_served_total")
+    );
+}
+
+/// The first lines of every SIPp error file in `dir`.
+fn sipp_errors(dir: &std::path::Path) -> String {
+    let mut out = String::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        if e.path().extension().is_some_and(|x| x == "err") {
+            let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+            out.push_str(&text.lines().take(12).collect::<Vec<_>>().join("\n"));
+        }
+    }
+    out
+}

@@ -290,6 +290,13 @@ impl Node {
         self.raw.raft.state == StateRole::Leader
     }
 
+    /// Ticks left on this worker's lease (0: expired). A shell whose ticks
+    /// can stall (a paused process) turns this into a wall-clock deadline
+    /// and checks it too: see `handover::cluster`.
+    pub fn lease_ticks_left(&self) -> u64 {
+        self.lease_until.saturating_sub(self.now)
+    }
+
     /// Whether this worker may serve `shard` now (see the module docs).
     pub fn serves(&self, shard: usize) -> bool {
         self.now < self.lease_until

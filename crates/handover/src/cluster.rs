@@ -127,6 +127,27 @@ pub(crate) struct Handle {
     /// True once this worker has a map and has applied what it knows is
     /// committed.
     pub(crate) ready: watch::Receiver<bool>,
+    /// Until when this worker's lease lets it serve.
+    pub(crate) lease: Lease,
+}
+
+/// The replica's lease as a wall-clock deadline, shared with the SIP loop.
+#[derive(Debug, Clone)]
+pub(crate) struct Lease {
+    at: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    epoch: tokio::time::Instant,
+}
+
+impl Lease {
+    /// Whether the lease is live now.
+    pub(crate) fn live(&self) -> bool {
+        nanos_since(self.epoch, tokio::time::Instant::now())
+            < self.at.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+fn nanos_since(epoch: tokio::time::Instant, t: tokio::time::Instant) -> u64 {
+    u64::try_from(t.saturating_duration_since(epoch).as_nanos()).unwrap_or(u64::MAX)
 }
 
 /// Validates the flags: `None` when replication is off.
@@ -185,6 +206,9 @@ pub(crate) fn start(id: u64, peers: Vec<Peer>, data: PathBuf) -> anyhow::Result<
     let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
     let (note_tx, note_rx) = mpsc::unbounded_channel();
     let (ready_tx, ready_rx) = watch::channel(false);
+    let lease = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let lease2 = std::sync::Arc::clone(&lease);
+    let epoch = tokio::time::Instant::now();
     std::thread::Builder::new()
         .name("raft".into())
         .spawn(move || {
@@ -206,13 +230,14 @@ pub(crate) fn start(id: u64, peers: Vec<Peer>, data: PathBuf) -> anyhow::Result<
                         return;
                     }
                 };
-                Replica::new(node, peers, cmd_rx, note_tx, ready_tx)
+                Replica::new(node, peers, cmd_rx, note_tx, ready_tx, (lease2, epoch))
                     .run(listener)
                     .await;
             });
         })
         .context("cannot start the Raft thread")?;
     Ok(Handle {
+        lease: Lease { at: lease, epoch },
         cmd: cmd_tx,
         notes: note_rx,
         grpc,
@@ -235,6 +260,9 @@ struct Replica {
     notes: mpsc::UnboundedSender<Note>,
     ready: watch::Sender<bool>,
     served: Vec<bool>,
+    /// The lease's end, in nanoseconds after `epoch` (see `Handle::lease`).
+    lease: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    epoch: tokio::time::Instant,
     /// Call-ID -> when its upsert was handed to Raft (commit latency).
     pending: HashMap<Vec<u8>, tokio::time::Instant>,
     drains: Vec<oneshot::Sender<bool>>,
@@ -247,6 +275,10 @@ impl Replica {
         cmds: mpsc::UnboundedReceiver<Cmd>,
         notes: mpsc::UnboundedSender<Note>,
         ready: watch::Sender<bool>,
+        (lease, epoch): (
+            std::sync::Arc<std::sync::atomic::AtomicU64>,
+            tokio::time::Instant,
+        ),
     ) -> Self {
         Self {
             node,
@@ -255,6 +287,8 @@ impl Replica {
             notes,
             ready,
             served: vec![false; SHARDS],
+            lease,
+            epoch,
             pending: HashMap::new(),
             drains: Vec::new(),
         }
@@ -290,12 +324,16 @@ impl Replica {
             outs.insert(p.id, tx);
         }
         let mut tick = tokio::time::interval(TICK);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // After a stall (a paused process, a starved thread) the missed
+        // ticks all run at once, so the replica's clock keeps up with the
+        // wall clock and its lease ends when it should.
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        let mut last_tick = tokio::time::Instant::now();
         let proposals = metrics::counter!(RAFT_PROPOSALS);
         loop {
             let mut ticked = false;
             let r = tokio::select! {
-                _ = tick.tick() => { ticked = true; self.node.tick() }
+                t = tick.tick() => { ticked = true; last_tick = t; self.node.tick() }
                 Some(m) = inbox.recv() => {
                     let mut r = self.node.step(m);
                     // Take whatever else arrived in the same breath.
@@ -375,6 +413,14 @@ impl Replica {
             if ticked || map_changed {
                 self.refresh(&shared_tx);
             }
+            // The lease as a wall-clock deadline for the SIP loop, which
+            // checks it per datagram: a worker that was paused past its
+            // lease serves nothing before this thread catches up.
+            let left = TICK * u32::try_from(self.node.lease_ticks_left()).unwrap_or(u32::MAX);
+            self.lease.store(
+                nanos_since(self.epoch, last_tick + left),
+                std::sync::atomic::Ordering::Relaxed,
+            );
             if self.node.drained() {
                 for d in self.drains.drain(..) {
                     let _ = d.send(true);

@@ -180,18 +180,57 @@ pub(crate) fn run(args: EdgeArgs) -> anyhow::Result<()> {
     })
 }
 
-/// Follows the cluster's shard map: a `WatchMap` stream from the first
-/// worker that answers, and the next one whenever it breaks. Never returns.
+/// Follows the cluster's shard map: a `WatchMap` stream from every member
+/// at once (each reconnecting when it breaks), applying each map newer than
+/// the last. A member that is cut off or frozen goes silent or stale; the
+/// others still bring the new epoch. Never returns.
 async fn watch_map(edge: &Edge, cluster: &[SocketAddr]) {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<crate::rpc::pb::MapView>(64);
+    for &addr in cluster {
+        tokio::spawn(watch_member(addr, tx.clone()));
+    }
+    let mut epoch = 0;
+    while let Some(view) = rx.recv().await {
+        let Some(map) = view.map else { continue };
+        if map.epoch <= epoch {
+            continue;
+        }
+        if map.owners.len() != crate::cluster::SHARDS {
+            tracing::warn!(
+                shards = map.owners.len(),
+                "a shard map of the wrong size; ignored"
+            );
+            continue;
+        }
+        let sip: std::collections::HashMap<u64, SocketAddr> = view
+            .sip
+            .iter()
+            .filter_map(|(id, a)| Some((*id, a.parse().ok()?)))
+            .collect();
+        let owners: Vec<Option<SocketAddr>> =
+            map.owners.iter().map(|o| sip.get(o).copied()).collect();
+        edge.set_owners(&owners, map.epoch);
+        epoch = map.epoch;
+        tracing::info!(epoch, "shard map applied");
+    }
+}
+
+/// One member's map stream, forwarded to `tx`; reconnects forever.
+async fn watch_member(addr: SocketAddr, tx: tokio::sync::mpsc::Sender<crate::rpc::pb::MapView>) {
     use tokio_stream::StreamExt as _;
-    let mut i = 0;
     loop {
-        let addr = cluster[i % cluster.len()];
-        i += 1;
-        let client =
-            crate::rpc::pb::admin_client::AdminClient::connect(format!("http://{addr}")).await;
-        let stream = match client {
-            Ok(mut c) => c.watch_map(crate::rpc::pb::WatchRequest {}).await,
+        // HTTP/2 pings find a frozen member (its TCP connection stays open).
+        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .expect("a valid URI")
+            .connect_timeout(std::time::Duration::from_secs(1))
+            .http2_keep_alive_interval(std::time::Duration::from_secs(1))
+            .keep_alive_timeout(std::time::Duration::from_secs(2));
+        let stream = match endpoint.connect().await {
+            Ok(ch) => {
+                crate::rpc::pb::admin_client::AdminClient::new(ch)
+                    .watch_map(crate::rpc::pb::WatchRequest {})
+                    .await
+            }
             Err(e) => {
                 tracing::debug!(%addr, error = %e, "cluster member not reachable");
                 tokio::time::sleep(std::time::Duration::from_millis(200)).await;
@@ -206,27 +245,13 @@ async fn watch_map(edge: &Edge, cluster: &[SocketAddr]) {
                 continue;
             }
         };
-        tracing::info!(%addr, "watching the shard map");
+        tracing::debug!(%addr, "watching the shard map");
         while let Some(Ok(view)) = stream.next().await {
-            let Some(map) = view.map else { continue };
-            if map.owners.len() != crate::cluster::SHARDS {
-                tracing::warn!(
-                    shards = map.owners.len(),
-                    "a shard map of the wrong size; ignored"
-                );
-                continue;
+            if tx.send(view).await.is_err() {
+                return;
             }
-            let sip: std::collections::HashMap<u64, SocketAddr> = view
-                .sip
-                .iter()
-                .filter_map(|(id, a)| Some((*id, a.parse().ok()?)))
-                .collect();
-            let owners: Vec<Option<SocketAddr>> =
-                map.owners.iter().map(|o| sip.get(o).copied()).collect();
-            edge.set_owners(&owners, map.epoch);
-            tracing::info!(epoch = map.epoch, "shard map applied");
         }
-        tracing::warn!(%addr, "map watch ended; trying the next member");
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        tracing::debug!(%addr, "map watch ended; reconnecting");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
 }

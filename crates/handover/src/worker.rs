@@ -236,7 +236,8 @@ pub(crate) fn run(args: WorkerArgs) -> anyhow::Result<()> {
             tokio::select! {
                 r = sock.recv_from(&mut buf) => match r {
                     Ok((n, _)) => {
-                        if served_or_known(&buf[..n], &b2b, &served) {
+                        let lease_live = replica.as_ref().is_none_or(|r| r.lease.live());
+                        if lease_live && served_or_known(&buf[..n], &b2b, &served) {
                             b2b.handle_datagram(now(), &buf[..n]);
                         } else {
                             // Not ours (yet): the sender retransmits, and
