@@ -73,7 +73,9 @@ fn dashboard_and_rules_use_only_exported_metrics() {
     let dir = tempfile::tempdir().unwrap();
     let uas_port = free_udp_port();
     let _uas = sipp_uas_with(dir.path(), "uas.xml", uas_port);
-    let c = cluster(&[format!("b=127.0.0.1:{uas_port}")], &[]);
+    // Three workers: replicated, so the Raft series exist too.
+    let c = cluster(&[format!("b=127.0.0.1:{uas_port}")], &["--workers", "3"]);
+    wait_members(&c.grpc, 3);
     let (sip, _worker, admin, worker_admin) =
         (c.sip, c.worker, c.admin.clone(), c.worker_admin.clone());
     // Traffic, and a drop, so that every series exists.

@@ -105,6 +105,9 @@ pub enum Event {
         gained: Vec<usize>,
         lost: Vec<usize>,
     },
+    /// A member left the map: declared dead by the leader (a failover), or
+    /// drained.
+    MemberDown { node: u64, drained: bool },
     /// Raft's leader changed (0: none known).
     Leader { id: u64, term: u64 },
 }
@@ -178,6 +181,8 @@ pub struct Node {
     draining: bool,
     outbox: Vec<Message>,
     events: VecDeque<Event>,
+    /// Commands per batch proposed since [`Node::take_batch_sizes`].
+    batch_sizes: Vec<usize>,
     /// Where the log is made durable (none in simulations, whose "disk" is
     /// the [`Store`] kept across a crash).
     disk: Option<Disk>,
@@ -234,6 +239,7 @@ impl Node {
             outbox: Vec::new(),
             events: VecDeque::new(),
             disk: None,
+            batch_sizes: Vec::new(),
             cfg,
         };
         node.reseed();
@@ -380,6 +386,11 @@ impl Node {
         out
     }
 
+    /// Commands per batch proposed since the last call (for a metric).
+    pub fn take_batch_sizes(&mut self) -> Vec<usize> {
+        std::mem::take(&mut self.batch_sizes)
+    }
+
     pub fn poll_event(&mut self) -> Option<Event> {
         self.events.pop_front()
     }
@@ -491,6 +502,19 @@ impl Node {
         }
     }
 
+    /// Commands queued for the next batch.
+    pub fn queued(&self) -> usize {
+        self.queued.len()
+    }
+
+    /// Proposes the queued commands now (as one or more batches), rather
+    /// than at the next tick: the shell calls it after taking every command
+    /// that arrived together, so a burst still goes as one entry.
+    pub fn propose_queued(&mut self) -> Result<(), Error> {
+        self.flush();
+        self.run()
+    }
+
     fn flush(&mut self) {
         while !self.queued.is_empty() {
             let n = self.queued.len().min(self.cfg.max_batch);
@@ -510,6 +534,7 @@ impl Node {
         // Without a leader raft drops the proposal; it stays in flight and
         // is proposed again after repropose_ticks.
         let _ = self.raw.propose(Vec::new(), batch.encode_to_vec());
+        self.batch_sizes.push(batch.commands.len());
         self.inflight.insert(seq, (batch.commands, self.now));
     }
 
@@ -579,6 +604,14 @@ impl Node {
                 // not from its renewals of a previous life.
                 if let pb::command::Command::Up(m) = &c {
                     self.heard.insert(m.node, self.now);
+                }
+                if let pb::command::Command::Down(m) = &c
+                    && self.table.is_up(m.node)
+                {
+                    self.events.push_back(Event::MemberDown {
+                        node: m.node,
+                        drained: m.drained,
+                    });
                 }
                 let Some(change) = self.table.apply(c) else {
                     continue;

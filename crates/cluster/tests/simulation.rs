@@ -183,7 +183,8 @@ impl Sim {
                     Event::Refused { .. }
                     | Event::Map { .. }
                     | Event::Leader { .. }
-                    | Event::HandedOver { .. } => {}
+                    | Event::HandedOver { .. }
+                    | Event::MemberDown { .. } => {}
                 }
             }
         }

@@ -30,6 +30,18 @@ pub(crate) fn install_recorder(role: &'static str) -> anyhow::Result<PrometheusH
             &setup_buckets,
         )
         .map_err(|e| anyhow::anyhow!("metric buckets: {e}"))?
+        .set_buckets_for_metric(
+            Matcher::Full("handover_raft_commit_seconds".into()),
+            &[
+                0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+            ],
+        )
+        .map_err(|e| anyhow::anyhow!("metric buckets: {e}"))?
+        .set_buckets_for_metric(
+            Matcher::Full("handover_raft_batch_commands".into()),
+            &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0],
+        )
+        .map_err(|e| anyhow::anyhow!("metric buckets: {e}"))?
         .install_recorder()
         .map_err(|e| anyhow::anyhow!("cannot install the metrics recorder: {e}"))?;
     metrics::gauge!("handover_build_info", "version" => env!("CARGO_PKG_VERSION"), "role" => role)

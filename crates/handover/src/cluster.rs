@@ -39,6 +39,8 @@ const MAP_EPOCH: &str = "handover_shard_map_epoch";
 const SHARDS_SERVED: &str = "handover_shards_served";
 const REPLICATED_CALLS: &str = "handover_replicated_calls";
 const MAP_CHANGES: &str = "handover_shard_map_changes_total";
+const MEMBERS_DOWN: &str = "handover_cluster_members_down_total";
+const RAFT_BATCH: &str = "handover_raft_batch_commands";
 
 /// Replication flags of `handover worker`.
 #[derive(Debug, Clone, Args)]
@@ -330,6 +332,12 @@ impl Replica {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
         let mut last_tick = tokio::time::Instant::now();
         let proposals = metrics::counter!(RAFT_PROPOSALS);
+        let batch_hist = metrics::histogram!(RAFT_BATCH);
+        // Exported from the start, so a dashboard sees 0, not "no data".
+        for cause in ["dead", "drained"] {
+            metrics::counter!(MEMBERS_DOWN, "cause" => cause).increment(0);
+        }
+        metrics::counter!(MAP_CHANGES).increment(0);
         loop {
             let mut ticked = false;
             let r = tokio::select! {
@@ -346,11 +354,22 @@ impl Replica {
                     r
                 }
                 Some(c) = self.cmds.recv() => {
-                    self.command(c, &proposals);
+                    // Group commit: a new call's record (its 2xx waits for
+                    // the commit) is proposed at once when nothing else is
+                    // awaiting its commit; otherwise it joins the batch
+                    // that goes when that commit lands. Updates and removes
+                    // wait for the next tick or the next batch. Every
+                    // batch costs each replica a disk sync.
+                    let idle = self.pending.is_empty();
+                    let mut urgent = self.command(c, &proposals);
                     while let Ok(c) = self.cmds.try_recv() {
-                        self.command(c, &proposals);
+                        urgent |= self.command(c, &proposals);
                     }
-                    Ok(())
+                    if urgent && idle {
+                        self.node.propose_queued()
+                    } else {
+                        Ok(())
+                    }
                 }
                 Some(d) = drain_rx.recv() => {
                     self.command(Cmd::Drain(d), &proposals);
@@ -372,6 +391,7 @@ impl Replica {
                     let _ = tx.send(msgs);
                 }
             }
+            let awaiting = self.pending.len();
             let mut map_changed = false;
             while let Some(e) = self.node.poll_event() {
                 match e {
@@ -405,10 +425,38 @@ impl Replica {
                         map_changed = true;
                         metrics::counter!(MAP_CHANGES).increment(1);
                     }
+                    Event::MemberDown { node, drained } => {
+                        let cause = if drained { "drained" } else { "dead" };
+                        tracing::warn!(
+                            worker = node,
+                            cause,
+                            "worker left the shard map; its shards move to the others"
+                        );
+                        metrics::counter!(MEMBERS_DOWN, "cause" => cause).increment(1);
+                    }
                     Event::Leader { id, term } => {
                         tracing::info!(leader = id, term, "Raft leader");
                     }
                 }
+            }
+            // The batch in flight committed: what queued behind it goes.
+            if awaiting > 0 && self.pending.len() < awaiting && self.node.queued() > 0 {
+                if let Err(e) = self.node.propose_queued() {
+                    tracing::error!(error = %e, "Raft replica failed; exiting");
+                    std::process::exit(70);
+                }
+                let mut per: BTreeMap<u64, Vec<Message>> = BTreeMap::new();
+                for m in self.node.take_messages() {
+                    per.entry(m.to).or_default().push(m);
+                }
+                for (to, msgs) in per {
+                    if let Some(tx) = outs.get(&to) {
+                        let _ = tx.send(msgs);
+                    }
+                }
+            }
+            for n in self.node.take_batch_sizes() {
+                batch_hist.record(n as f64);
             }
             if ticked || map_changed {
                 self.refresh(&shared_tx);
@@ -429,8 +477,10 @@ impl Replica {
         }
     }
 
-    fn command(&mut self, c: Cmd, proposals: &metrics::Counter) {
+    /// Queues a command; true when a caller waits on its commit.
+    fn command(&mut self, c: Cmd, proposals: &metrics::Counter) -> bool {
         proposals.increment(1);
+        let urgent = matches!(c, Cmd::Upsert { version: 1, .. });
         match c {
             Cmd::Upsert {
                 call_id,
@@ -438,7 +488,8 @@ impl Replica {
                 version,
                 record,
             } => {
-                if self.pending.len() < 1_000_000 {
+                // Awaited: a new call's record (its 2xx is held).
+                if urgent && self.pending.len() < 1_000_000 {
                     self.pending
                         .insert(call_id.clone(), tokio::time::Instant::now());
                 }
@@ -452,8 +503,10 @@ impl Replica {
             Cmd::Drain(reply) => {
                 self.node.drain();
                 self.drains.push(reply);
+                return true;
             }
         }
+        urgent
     }
 
     /// Serving changes, the status and map the services show, gauges.
