@@ -335,3 +335,81 @@ fn sipp_errors(dir: &std::path::Path) -> String {
     }
     out
 }
+
+#[test]
+fn sigterm_drains_a_worker_and_its_calls_go_on_elsewhere() {
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let b = free_udp_port();
+    let _uas = sipp_uas(dir.path(), b);
+    let base = free_tcp_ports(3);
+    let grpc0 = format!("127.0.0.1:{base}");
+    let c = cluster(
+        &[format!("b=127.0.0.1:{b}")],
+        &["--workers", "3", "--worker-grpc", &grpc0],
+    );
+    wait_members(&grpc0, 3);
+    let (host, port) = c.worker_admin.rsplit_once(':').unwrap();
+    let port: u16 = port.parse().unwrap();
+    let edge: std::net::SocketAddr = format!("127.0.0.1:{}", c.sip).parse().unwrap();
+    // 60 calls hung up by the caller 8 s after the answer.
+    let (uac, stat) = sipp_uac(dir.path(), edge, 30, 60, 8_000);
+    assert!(
+        wait_for(Duration::from_secs(10), || (0..3)
+            .map(|i| active(host, port, i))
+            .sum::<f64>()
+            >= 60.0),
+        "all calls up"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let per: Vec<f64> = (0..3).map(|i| active(host, port, i)).collect();
+    let w = (0..3u16)
+        .max_by(|&a, &b| per[a as usize].total_cmp(&per[b as usize]))
+        .unwrap();
+    let pid = worker_pid(c.worker + w);
+    let t0 = Instant::now();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    // It hands its shards over, then exits on its own.
+    assert!(
+        wait_for(Duration::from_secs(15), || !std::path::Path::new(&format!(
+            "/proc/{pid}"
+        ))
+        .exists()
+            || std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .is_ok_and(|s| s.contains(") Z "))),
+        "the worker exited after draining"
+    );
+    let took = t0.elapsed();
+    let survivors: Vec<u16> = (0..3).filter(|&i| i != w).collect();
+    // They serve its shards once the handover wait (a lease) has passed.
+    assert!(
+        wait_for(Duration::from_secs(10), || {
+            survivors
+                .iter()
+                .map(|&i| adopted(host, port, i))
+                .sum::<f64>()
+                >= per[w as usize]
+        }),
+        "the others took over all its {} calls",
+        per[w as usize]
+    );
+    let r = finish_uac(uac, &stat);
+    assert_eq!(
+        (r.exit, r.successful, r.failed),
+        (Some(0), 60, 0),
+        "{r:?}: {}",
+        sipp_errors(dir.path())
+    );
+    eprintln!(
+        "drain: worker {} (SIGTERM) handed over {} calls and exited in {:.1} s; 60/60 calls hung up through the others",
+        w + 1,
+        per[w as usize],
+        took.as_secs_f64()
+    );
+}

@@ -72,8 +72,12 @@ struct Kids(Vec<Child>);
 impl Drop for Kids {
     fn drop(&mut self) {
         for c in &mut self.0 {
-            // SIGTERM first so each stops cleanly, then reap.
-            let _ = Command::new("kill").arg(c.id().to_string()).status();
+            // SIGINT: each stops at once (SIGTERM would make a replicated
+            // worker hand its shards to the others first, which a whole
+            // cluster stopping together does not need), then reap.
+            let _ = Command::new("kill")
+                .args(["-INT", &c.id().to_string()])
+                .status();
         }
         for c in &mut self.0 {
             let _ = c.wait();

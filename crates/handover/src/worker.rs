@@ -169,7 +169,12 @@ pub(crate) fn run(args: WorkerArgs) -> anyhow::Result<()> {
         let ready_rx = replica.as_ref().map(|r| r.ready.clone());
         // Ready when replication is off, or once the replica has a map and
         // has applied what it knows is committed.
-        let ready = move || ready_rx.as_ref().is_none_or(|r| *r.borrow());
+        let draining = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let draining_r = Arc::clone(&draining);
+        let ready = move || {
+            !draining_r.load(std::sync::atomic::Ordering::Relaxed)
+                && ready_rx.as_ref().is_none_or(|r| *r.borrow())
+        };
         tokio::spawn(crate::admin::serve(listener, handle, Arc::new(ready)));
         let timers = TimerConfig {
             t1: Duration::from_millis(args.t1_ms),
@@ -220,6 +225,9 @@ pub(crate) fn run(args: WorkerArgs) -> anyhow::Result<()> {
         let first_response = metrics::histogram!(FIRST_RESPONSE);
         let answer = metrics::histogram!(ANSWER);
         let mut txns_at = start;
+        // A drain under way (its reply, its start), and when to exit after.
+        let mut drain: Option<(tokio::sync::oneshot::Receiver<bool>, tokio::time::Instant)> = None;
+        let mut drain_exit: Option<tokio::time::Instant> = None;
         let mut last = handover_call::Stats::default();
         loop {
             let wake = b2b
@@ -285,7 +293,41 @@ pub(crate) fn run(args: WorkerArgs) -> anyhow::Result<()> {
                 },
                 () = tokio::time::sleep_until(wake) => b2b.handle_timeout(now()),
                 _ = tokio::signal::ctrl_c() => break,
-                _ = term.recv() => break,
+                _ = term.recv() => match &replica {
+                    // SIGTERM (Kubernetes' stop): hand the shards over first.
+                    Some(r) if drain.is_none() && drain_exit.is_none() => {
+                        let (tx, rx) = tokio::sync::oneshot::channel();
+                        let _ = r.cmd.send(crate::cluster::Cmd::Drain(tx));
+                        draining.store(true, std::sync::atomic::Ordering::Relaxed);
+                        tracing::info!("SIGTERM: draining (handing this worker's shards and calls to the others)");
+                        drain = Some((rx, tokio::time::Instant::now()));
+                    }
+                    _ => break,
+                },
+                done = async {
+                    match drain.as_mut() {
+                        Some((rx, t0)) => {
+                            let deadline = *t0 + Duration::from_secs(10);
+                            matches!(tokio::time::timeout_at(deadline, rx).await, Ok(Ok(true)))
+                        }
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    let took = drain.take().map(|(_, t)| t.elapsed()).unwrap_or_default();
+                    if done {
+                        tracing::info!(seconds = took.as_secs_f64(), calls_left = b2b.calls_active(), "drained: every shard handed over");
+                    } else {
+                        tracing::warn!("drain did not complete within 10 s (no quorum?); stopping anyway");
+                    }
+                    // Let what is in flight (2xx resends, BYEs) finish.
+                    drain_exit = Some(tokio::time::Instant::now() + Duration::from_secs(1));
+                }
+                () = async {
+                    match drain_exit {
+                        Some(t) => tokio::time::sleep_until(t).await,
+                        None => std::future::pending().await,
+                    }
+                } => break,
             }
             if let Some(r) = &replica {
                 while let Some(rep) = b2b.poll_replication() {
