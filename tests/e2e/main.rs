@@ -10,6 +10,7 @@ mod corpus_format;
 mod cli;
 mod edge;
 mod failover;
+mod kube;
 mod load;
 mod ops;
 mod prometheus;

@@ -326,27 +326,28 @@ impl Edge {
         move || !shared.stop.load(Ordering::Relaxed) && shared.table.load().up().iter().any(|u| *u)
     }
 
-    /// Routes by a cluster's shard map from now on: `owners[shard]` is the
-    /// address of its owner (one of the backends), `None` for nobody.
-    /// Owners that are not backends count as nobody (and are logged).
-    /// Leave health probing off when the map decides.
-    pub fn set_owners(&self, owners: &[Option<SocketAddr>], epoch: u64) {
-        let backends = self.cfg.backends.clone();
-        let mut unknown = None;
-        let idx: Vec<Option<usize>> = owners
-            .iter()
-            .map(|o| {
-                let a = (*o)?;
-                let i = backends.iter().position(|b| *b == a);
-                if i.is_none() {
-                    unknown = Some(a);
-                }
-                i
-            })
-            .collect();
-        if let Some(a) = unknown {
-            tracing::warn!(owner = %a, "the shard map names a worker that is not a --backend of this edge; its shards are unroutable");
+    /// Routes by a cluster's shard map from now on: `members` are the
+    /// cluster's workers' SIP addresses, one per backend slot in a stable
+    /// order (a slot keeps its metrics label while its address changes, as
+    /// a restarted pod's does); `owners[shard]` indexes `members`, `None`
+    /// for nobody. Members beyond the slots (`--backend`/`--cluster`
+    /// count) are unroutable and logged. Leave health probing off when the
+    /// map decides.
+    pub fn set_members(&self, members: &[SocketAddr], owners: &[Option<usize>], epoch: u64) {
+        let slots = self.cfg.backends.len();
+        if members.len() > slots {
+            tracing::warn!(
+                members = members.len(),
+                slots,
+                "the shard map names more workers than this edge has backend slots; the extra ones are unroutable"
+            );
         }
+        // Unused slots hold an address no datagram comes from.
+        let unused = SocketAddr::from(([0, 0, 0, 0], 0));
+        let backends: Vec<SocketAddr> = (0..slots)
+            .map(|i| members.get(i).copied().unwrap_or(unused))
+            .collect();
+        let idx: Vec<Option<usize>> = owners.iter().map(|o| o.filter(|&i| i < slots)).collect();
         let t = Table::from_owners(backends, &idx, epoch);
         metrics::backend_gauges(t.backends(), t.up(), epoch);
         self.shared.table.store(Arc::new(t));

@@ -47,30 +47,117 @@ const RAFT_BATCH: &str = "handover_raft_batch_commands";
 pub(crate) struct ClusterArgs {
     /// This worker's id in the cluster (1, 2, …). With --peer, turns
     /// replication on.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "id_from_hostname")]
     pub(crate) id: Option<u64>,
+    /// Take the id from the host name's trailing `-N` plus one (a
+    /// Kubernetes StatefulSet's pod `handover-worker-0` is id 1).
+    #[arg(long)]
+    pub(crate) id_from_hostname: bool,
     /// Every worker of the cluster, this one included, the same list on
-    /// each: `ID=GRPC_ADDR,SIP_ADDR` (repeat).
+    /// each: `ID=GRPC_ADDR,SIP_ADDR` (repeat). Addresses are `IP:PORT` or
+    /// `HOST:PORT`; host names are looked up at each connection (gRPC) and
+    /// by the edges at each map and every few seconds (SIP), so a pod that
+    /// comes back with a new IP is found again.
     #[arg(long = "peer", value_name = "ID=GRPC,SIP")]
     pub(crate) peers: Vec<String>,
+    /// Address to bind gRPC on [default: this worker's --peer gRPC
+    /// address]; `0.0.0.0:PORT` where that address is a name.
+    #[arg(long)]
+    pub(crate) grpc_listen: Option<SocketAddr>,
     /// Directory for this worker's Raft log [default: ./handover-data].
     #[arg(long)]
     pub(crate) data: Option<PathBuf>,
 }
 
-/// A member of the cluster.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A member of the cluster. Addresses are kept as given (`HOST:PORT` or
+/// `IP:PORT`) and looked up where they are used.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Peer {
     pub(crate) id: u64,
-    pub(crate) grpc: SocketAddr,
-    pub(crate) sip: SocketAddr,
+    pub(crate) grpc: String,
+    pub(crate) sip: String,
+}
+
+/// Checks `HOST:PORT` or `IP:PORT` (IPv6 in brackets) without looking the
+/// host up: a name may not resolve yet when a pod starts.
+pub(crate) fn host_port(s: &str) -> Option<String> {
+    let s = s.trim();
+    if s.parse::<SocketAddr>().is_ok() {
+        return Some(s.to_owned());
+    }
+    let (host, port) = s.rsplit_once(':')?;
+    port.parse::<u16>().ok().filter(|&p| p != 0)?;
+    let name_ok = !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        });
+    name_ok.then(|| s.to_owned())
+}
+
+/// The first address `HOST:PORT` resolves to (blocking; IPv4 first).
+pub(crate) fn resolve_now(s: &str) -> std::io::Result<SocketAddr> {
+    use std::net::ToSocketAddrs;
+    let all: Vec<SocketAddr> = s.to_socket_addrs()?.collect();
+    all.iter()
+        .find(|a| a.is_ipv4())
+        .or(all.first())
+        .copied()
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "no address"))
+}
+
+/// Like [`resolve_now`], retried for up to `wait` (a Kubernetes Service's
+/// or pod's DNS record can lag its start).
+pub(crate) fn resolve_waiting(s: &str, wait: Duration) -> anyhow::Result<SocketAddr> {
+    let step = Duration::from_millis(500);
+    let tries = (wait.as_millis() / step.as_millis()).max(1);
+    let mut tried = 0;
+    loop {
+        tried += 1;
+        match resolve_now(s) {
+            Ok(a) => return Ok(a),
+            Err(e) if tried >= tries => {
+                anyhow::bail!("cannot resolve {s} (waited {} s): {e}", wait.as_secs())
+            }
+            Err(_) => std::thread::sleep(step),
+        }
+    }
+}
+
+/// The id of a StatefulSet pod: `NAME-N` is `N + 1` (raft ids start at 1).
+pub(crate) fn id_from_hostname(host: &str) -> anyhow::Result<u64> {
+    let n = host
+        .trim()
+        .rsplit_once('-')
+        .and_then(|(_, n)| n.parse::<u64>().ok())
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "--id-from-hostname: host name {host:?} does not end in -N (a StatefulSet pod's does)"
+            )
+        })?;
+    Ok(n + 1)
+}
+
+fn hostname() -> anyhow::Result<String> {
+    if let Ok(h) = std::env::var("HOSTNAME")
+        && !h.is_empty()
+    {
+        return Ok(h);
+    }
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .context("--id-from-hostname: cannot read the host name")
 }
 
 /// Parses `ID=GRPC_ADDR,SIP_ADDR`.
 pub(crate) fn parse_peer(s: &str) -> anyhow::Result<Peer> {
     let bad = || {
         anyhow::anyhow!(
-            "--peer {s:?}: expected ID=GRPC_ADDR,SIP_ADDR, e.g. 1=127.0.0.1:7001,127.0.0.1:5081"
+            "--peer {s:?}: expected ID=GRPC_ADDR,SIP_ADDR (IP:PORT or HOST:PORT), e.g. 1=127.0.0.1:7001,127.0.0.1:5081"
         )
     };
     let (id, rest) = s.split_once('=').ok_or_else(bad)?;
@@ -81,8 +168,8 @@ pub(crate) fn parse_peer(s: &str) -> anyhow::Result<Peer> {
     }
     Ok(Peer {
         id,
-        grpc: grpc.trim().parse().map_err(|_| bad())?,
-        sip: sip.trim().parse().map_err(|_| bad())?,
+        grpc: host_port(grpc).ok_or_else(bad)?,
+        sip: host_port(sip).ok_or_else(bad)?,
     })
 }
 
@@ -154,7 +241,12 @@ fn nanos_since(epoch: tokio::time::Instant, t: tokio::time::Instant) -> u64 {
 
 /// Validates the flags: `None` when replication is off.
 pub(crate) fn configured(a: &ClusterArgs) -> anyhow::Result<Option<(u64, Vec<Peer>)>> {
-    match (a.id, a.peers.is_empty()) {
+    let id = if a.id_from_hostname {
+        Some(id_from_hostname(&hostname()?)?)
+    } else {
+        a.id
+    };
+    match (id, a.peers.is_empty()) {
         (None, true) => Ok(None),
         (None, false) => anyhow::bail!("--peer needs --id: which of the peers is this worker?"),
         (Some(_), true) => anyhow::bail!(
@@ -180,22 +272,37 @@ pub(crate) fn configured(a: &ClusterArgs) -> anyhow::Result<Option<(u64, Vec<Pee
 }
 
 /// Opens the log, binds the gRPC port and starts the replica's thread.
-pub(crate) fn start(id: u64, peers: Vec<Peer>, data: PathBuf) -> anyhow::Result<Handle> {
-    let me = *peers.iter().find(|p| p.id == id).expect("validated");
+pub(crate) fn start(
+    id: u64,
+    peers: Vec<Peer>,
+    data: PathBuf,
+    grpc_listen: Option<SocketAddr>,
+) -> anyhow::Result<Handle> {
+    let me = peers
+        .iter()
+        .find(|p| p.id == id)
+        .expect("validated")
+        .clone();
+    let bind = match grpc_listen {
+        Some(a) => a,
+        None => resolve_now(&me.grpc).map_err(|e| {
+            anyhow::anyhow!(
+                "cannot resolve this worker's gRPC address {} ({e}): give --grpc-listen 0.0.0.0:PORT",
+                me.grpc
+            )
+        })?,
+    };
     std::fs::create_dir_all(&data)
         .with_context(|| format!("cannot create the data directory {}", data.display()))?;
     let voters: Vec<u64> = peers.iter().map(|p| p.id).collect();
     let path = data.join(format!("raft-{id}.redb"));
     let (disk, store) = Disk::open(&path, &voters)
         .with_context(|| format!("cannot open the Raft log {}", path.display()))?;
-    let listener = std::net::TcpListener::bind(me.grpc).map_err(|e| {
+    let listener = std::net::TcpListener::bind(bind).map_err(|e| {
         if e.kind() == std::io::ErrorKind::AddrInUse {
-            anyhow::anyhow!(
-                "{} (gRPC of --peer {id}) is already in use: pick another port",
-                me.grpc
-            )
+            anyhow::anyhow!("{bind} (gRPC of --peer {id}) is already in use: pick another port")
         } else {
-            anyhow::anyhow!("cannot listen for gRPC on {}: {e}", me.grpc)
+            anyhow::anyhow!("cannot listen for gRPC on {bind}: {e}")
         }
     })?;
     listener.set_nonblocking(true)?;
@@ -322,7 +429,7 @@ impl Replica {
         let mut outs: BTreeMap<u64, mpsc::UnboundedSender<Vec<Message>>> = BTreeMap::new();
         for p in self.peers.iter().filter(|p| p.id != self.node.id()) {
             let (tx, rx) = mpsc::unbounded_channel();
-            tokio::spawn(sender(p.grpc, rx));
+            tokio::spawn(sender(p.grpc.clone(), rx));
             outs.insert(p.id, tx);
         }
         let mut tick = tokio::time::interval(TICK);
@@ -559,11 +666,7 @@ impl Replica {
                 epoch: t.epoch(),
                 owners: t.owners().to_vec(),
             }),
-            sip: self
-                .peers
-                .iter()
-                .map(|p| (p.id, p.sip.to_string()))
-                .collect(),
+            sip: self.peers.iter().map(|p| (p.id, p.sip.clone())).collect(),
         };
         metrics::gauge!(RAFT_TERM).set(s.term as f64);
         metrics::gauge!(RAFT_LEADER).set(s.leader as f64);
@@ -589,7 +692,7 @@ impl Replica {
 /// Sends raft messages to one peer over a client stream, reconnecting
 /// whenever it breaks. Messages that find no connection are dropped: raft
 /// resends what matters.
-async fn sender(to: SocketAddr, mut rx: mpsc::UnboundedReceiver<Vec<Message>>) {
+async fn sender(to: String, mut rx: mpsc::UnboundedReceiver<Vec<Message>>) {
     let url = format!("http://{to}");
     loop {
         let client = match pb::raft_client::RaftClient::connect(url.clone()).await {
@@ -731,4 +834,76 @@ where
     let (tx, rx) = mpsc::channel(16);
     tokio::spawn(f(tx));
     Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_are_ip_port_or_host_port() {
+        for ok in [
+            "127.0.0.1:7001",
+            "[::1]:7001",
+            "localhost:7001",
+            "handover-worker-0.handover-worker:7001",
+            "handover-worker-0.handover-worker.voice.svc.cluster.local:5080",
+        ] {
+            assert_eq!(host_port(ok).as_deref(), Some(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "7001",
+            "localhost",
+            "localhost:0",
+            "localhost:70000",
+            ":7001",
+            "-bad.example:7001",
+            "a..b:7001",
+            "under_score:7001",
+            "::1:7001",
+        ] {
+            assert_eq!(host_port(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn statefulset_ordinals_are_ids_from_one() {
+        assert_eq!(id_from_hostname("handover-worker-0").unwrap(), 1);
+        assert_eq!(id_from_hostname("handover-worker-12\n").unwrap(), 13);
+        let e = id_from_hostname("worker").unwrap_err().to_string();
+        assert!(e.contains("does not end in -N"), "{e}");
+        assert!(id_from_hostname("handover-worker-x").is_err());
+    }
+
+    #[test]
+    fn peers_take_names_and_say_what_is_wrong() {
+        let p = parse_peer(
+            "2=handover-worker-1.handover-worker:7001,handover-worker-1.handover-worker:5080",
+        )
+        .unwrap();
+        assert_eq!(p.id, 2);
+        assert_eq!(p.grpc, "handover-worker-1.handover-worker:7001");
+        assert_eq!(p.sip, "handover-worker-1.handover-worker:5080");
+        let e = parse_peer("1=localhost:7001").unwrap_err().to_string();
+        assert!(e.contains("expected ID=GRPC_ADDR,SIP_ADDR"), "{e}");
+        let e = parse_peer("0=localhost:7001,localhost:5080")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("ids start at 1"), "{e}");
+        assert!(parse_peer("1=localhost:7001,local host:5080").is_err());
+    }
+
+    #[test]
+    fn names_resolve_ipv4_first() {
+        let a = resolve_now("localhost:5080").unwrap();
+        assert_eq!(a, "127.0.0.1:5080".parse::<SocketAddr>().unwrap());
+        let e = resolve_waiting("no-such-host.invalid:5080", Duration::from_millis(600))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("cannot resolve no-such-host.invalid:5080"),
+            "{e}"
+        );
+    }
 }

@@ -495,7 +495,18 @@ impl Config {
         }
         let worker = WorkerConfig {
             listen: addr(&w.listen, "worker.listen", "127.0.0.1:5080")?,
-            edge: addr(&w.edge, "worker.edge", "127.0.0.1:5060")?,
+            edge: match &w.edge {
+                // A name (a Kubernetes Service's) is looked up when the
+                // worker starts.
+                Some(s) => crate::cluster::host_port(s.get_ref()).ok_or_else(|| {
+                    err(
+                        Some(s.span()),
+                        Some("worker.edge"),
+                        format!("`{}` is not an IP:PORT or HOST:PORT address", s.get_ref()),
+                    )
+                })?,
+                None => "127.0.0.1:5060".to_string(),
+            },
             advertise: match &w.advertise {
                 None => None,
                 Some(_) => Some(addr(&w.advertise, "worker.advertise", "")?),
@@ -622,6 +633,19 @@ mod tests {
         );
         let e = parse("[edge]\nlisten_on = \"x\"\n").unwrap_err();
         assert!(e.contains("t.toml:2:1: unknown field `listen_on`"), "{e}");
+    }
+
+    #[test]
+    fn worker_edge_may_be_a_name() {
+        let c = parse("[worker]\nedge = \"handover-edge-internal:5060\"\n").unwrap();
+        assert_eq!(c.worker.edge, "handover-edge-internal:5060");
+        let e = parse("[worker]\nedge = \"handover edge\"\n").unwrap_err();
+        assert!(
+            e.contains(
+                "t.toml:2:8: key `worker.edge`: `handover edge` is not an IP:PORT or HOST:PORT"
+            ),
+            "{e}"
+        );
     }
 
     #[test]

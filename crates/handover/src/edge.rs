@@ -66,8 +66,15 @@ pub(crate) struct EdgeArgs {
     /// A replicated worker's gRPC address (repeat for each): the edge then
     /// routes by the cluster's shard map, watched from the first that
     /// answers, instead of hashing over probed backends (probes are off).
-    #[arg(long = "cluster", value_name = "GRPC_ADDR")]
-    cluster: Vec<SocketAddr>,
+    /// `IP:PORT` or `HOST:PORT`; the workers' SIP addresses come with the
+    /// map (names looked up again every few seconds), so `--backend` is
+    /// not needed then.
+    #[arg(long = "cluster", value_name = "GRPC_ADDR", value_parser = grpc_addr)]
+    cluster: Vec<String>,
+    /// Seconds to keep serving after SIGTERM with /readyz failing, so the
+    /// load balancer stops sending here first (0: stop at once).
+    #[arg(long, default_value_t = 5)]
+    drain_s: u64,
 }
 
 /// Builds the edge's settings: file (or defaults), then flags.
@@ -78,11 +85,16 @@ fn settings(a: &EdgeArgs) -> anyhow::Result<(EdgeConfig, SocketAddr)> {
     };
     let e = &file.edge;
     let parse = |s: &str| s.parse::<SocketAddr>().expect("validated by config");
-    let backends = if a.backends.is_empty() {
+    let mut backends: Vec<SocketAddr> = if a.backends.is_empty() {
         e.backends.iter().map(|b| parse(b)).collect()
     } else {
         a.backends.clone()
     };
+    // With a cluster the map fills the slots; one per member it watches.
+    // Until then a slot holds an address no datagram comes from.
+    while backends.len() < a.cluster.len() {
+        backends.push(SocketAddr::from(([0, 0, 0, 0], backends.len() as u16 + 1)));
+    }
     let io = match a.io {
         Some(Io::Auto) => IoMode::Auto,
         Some(Io::Uring) => IoMode::Uring,
@@ -148,30 +160,57 @@ pub(crate) fn run(args: EdgeArgs) -> anyhow::Result<()> {
         println!("metrics: http://{admin_local}/metrics");
         if !args.cluster.is_empty() {
             // Nobody owns anything until the first map arrives.
-            edge.set_owners(&vec![None; crate::cluster::SHARDS], 0);
+            edge.set_members(&[], &vec![None; crate::cluster::SHARDS], 0);
             println!("routing by the cluster's shard map from {:?}", args.cluster);
         }
-        let ready: Arc<dyn Fn() -> bool + Send + Sync> = Arc::new(edge.ready_fn());
+        // Ready while the edge routes somewhere and is not draining.
+        let draining = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let ready: Arc<dyn Fn() -> bool + Send + Sync> = {
+            let routes = edge.ready_fn();
+            let draining = Arc::clone(&draining);
+            Arc::new(move || !draining.load(std::sync::atomic::Ordering::Relaxed) && routes())
+        };
         let admin = tokio::spawn(crate::admin::serve(listener, handle, ready));
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        // The probe loop never ends the process: only a signal does.
-        let health = async {
-            if let Err(e) = edge.health_loop().await {
-                tracing::error!(error = %e, "health probes stopped; backends stay as they are");
+        // The futures below borrow the edge: done with them before it stops.
+        {
+            // The probe loop never ends the process: only a signal does.
+            let health = async {
+                if let Err(e) = edge.health_loop().await {
+                    tracing::error!(error = %e, "health probes stopped; backends stay as they are");
+                }
+                std::future::pending::<()>().await
+            };
+            let watch = async {
+                if args.cluster.is_empty() {
+                    std::future::pending::<()>().await;
+                }
+                watch_map(&edge, &args.cluster).await;
+            };
+            tokio::pin!(health, watch);
+            let drain = tokio::select! {
+                () = &mut health => false,
+                () = &mut watch => false,
+                _ = tokio::signal::ctrl_c() => false,
+                _ = term.recv() => true,
+            };
+            if drain && args.drain_s > 0 {
+                // SIGTERM (Kubernetes' stop): fail /readyz so the Service and
+                // the load balancer take this edge out, keep forwarding what
+                // still arrives meanwhile, then stop.
+                draining.store(true, std::sync::atomic::Ordering::Relaxed);
+                tracing::info!(
+                    seconds = args.drain_s,
+                    "draining: not ready, still forwarding"
+                );
+                println!("draining for {} s (SIGINT stops at once)", args.drain_s);
+                tokio::select! {
+                    () = tokio::time::sleep(std::time::Duration::from_secs(args.drain_s)) => {}
+                    () = &mut health => {}
+                    () = &mut watch => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
             }
-            std::future::pending::<()>().await
-        };
-        let watch = async {
-            if args.cluster.is_empty() {
-                std::future::pending::<()>().await;
-            }
-            watch_map(&edge, &args.cluster).await;
-        };
-        tokio::select! {
-            () = health => {}
-            () = watch => {}
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
         }
         tracing::info!("stopping");
         admin.abort();
@@ -183,40 +222,88 @@ pub(crate) fn run(args: EdgeArgs) -> anyhow::Result<()> {
 /// Follows the cluster's shard map: a `WatchMap` stream from every member
 /// at once (each reconnecting when it breaks), applying each map newer than
 /// the last. A member that is cut off or frozen goes silent or stale; the
-/// others still bring the new epoch. Never returns.
-async fn watch_map(edge: &Edge, cluster: &[SocketAddr]) {
+/// others still bring the new epoch. The members' SIP addresses are looked
+/// up at each map and again every few seconds, so a worker that comes
+/// back under the same name with a new IP (a rescheduled pod) is reached.
+/// Never returns.
+async fn watch_map(edge: &Edge, cluster: &[String]) {
     let (tx, mut rx) = tokio::sync::mpsc::channel::<crate::rpc::pb::MapView>(64);
-    for &addr in cluster {
-        tokio::spawn(watch_member(addr, tx.clone()));
+    for addr in cluster {
+        tokio::spawn(watch_member(addr.clone(), tx.clone()));
     }
-    let mut epoch = 0;
-    while let Some(view) = rx.recv().await {
-        let Some(map) = view.map else { continue };
-        if map.epoch <= epoch {
-            continue;
+    let mut current: Option<crate::rpc::pb::MapView> = None;
+    let mut resolved: std::collections::HashMap<u64, SocketAddr> = Default::default();
+    let mut applied: Option<(u64, Vec<SocketAddr>)> = None;
+    let mut every = tokio::time::interval(std::time::Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            view = rx.recv() => {
+                let Some(view) = view else { return };
+                let Some(map) = &view.map else { continue };
+                let epoch = current.as_ref().and_then(|v| v.map.as_ref()).map_or(0, |m| m.epoch);
+                if map.epoch <= epoch {
+                    continue;
+                }
+                if map.owners.len() != crate::cluster::SHARDS {
+                    tracing::warn!(shards = map.owners.len(), "a shard map of the wrong size; ignored");
+                    continue;
+                }
+                current = Some(view);
+            }
+            _ = every.tick() => {}
         }
-        if map.owners.len() != crate::cluster::SHARDS {
-            tracing::warn!(
-                shards = map.owners.len(),
-                "a shard map of the wrong size; ignored"
-            );
-            continue;
+        let Some(view) = &current else { continue };
+        let Some(map) = &view.map else { continue };
+        let mut ids: Vec<u64> = view.sip.keys().copied().collect();
+        ids.sort_unstable();
+        for id in &ids {
+            let name = &view.sip[id];
+            let found = tokio::time::timeout(
+                std::time::Duration::from_secs(2),
+                tokio::net::lookup_host(name.as_str()),
+            )
+            .await;
+            match found {
+                Ok(Ok(addrs)) => {
+                    // IPv4 first, as the workers' own lookups do.
+                    let all: Vec<SocketAddr> = addrs.collect();
+                    if let Some(a) = all.iter().find(|a| a.is_ipv4()).or(all.first()) {
+                        resolved.insert(*id, *a);
+                    }
+                }
+                // Keep the last address a name had.
+                _ => tracing::debug!(worker = id, %name, "cannot look the worker's SIP address up"),
+            }
         }
-        let sip: std::collections::HashMap<u64, SocketAddr> = view
-            .sip
+        let unknown = SocketAddr::from(([0, 0, 0, 0], 0));
+        let members: Vec<SocketAddr> = ids
             .iter()
-            .filter_map(|(id, a)| Some((*id, a.parse().ok()?)))
+            .map(|id| resolved.get(id).copied().unwrap_or(unknown))
             .collect();
-        let owners: Vec<Option<SocketAddr>> =
-            map.owners.iter().map(|o| sip.get(o).copied()).collect();
-        edge.set_owners(&owners, map.epoch);
-        epoch = map.epoch;
-        tracing::info!(epoch, "shard map applied");
+        if applied.as_ref() == Some(&(map.epoch, members.clone())) {
+            continue;
+        }
+        let owners: Vec<Option<usize>> = map
+            .owners
+            .iter()
+            .map(|o| {
+                let i = ids.iter().position(|id| id == o)?;
+                (members[i] != unknown).then_some(i)
+            })
+            .collect();
+        edge.set_members(&members, &owners, map.epoch);
+        tracing::info!(epoch = map.epoch, ?members, "shard map applied");
+        applied = Some((map.epoch, members));
     }
 }
 
+fn grpc_addr(s: &str) -> Result<String, String> {
+    crate::cluster::host_port(s)
+        .ok_or_else(|| format!("`{s}` is not an IP:PORT or HOST:PORT address"))
+}
+
 /// One member's map stream, forwarded to `tx`; reconnects forever.
-async fn watch_member(addr: SocketAddr, tx: tokio::sync::mpsc::Sender<crate::rpc::pb::MapView>) {
+async fn watch_member(addr: String, tx: tokio::sync::mpsc::Sender<crate::rpc::pb::MapView>) {
     use tokio_stream::StreamExt as _;
     loop {
         // HTTP/2 pings find a frozen member (its TCP connection stays open).

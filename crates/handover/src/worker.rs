@@ -39,10 +39,11 @@ pub(crate) struct WorkerArgs {
     /// Address to receive SIP from the edge on [default: 127.0.0.1:5080].
     #[arg(long)]
     listen: Option<SocketAddr>,
-    /// The edge: where requests this worker originates are sent
+    /// The edge: where requests this worker originates are sent, `IP:PORT`
+    /// or `HOST:PORT` (looked up at start, waiting up to 60 s for the name)
     /// [default: 127.0.0.1:5060].
-    #[arg(long)]
-    edge: Option<SocketAddr>,
+    #[arg(long, value_parser = edge_addr)]
+    edge: Option<String>,
     /// The edge's advertised address, named in our Via and Contact
     /// [default: --edge].
     #[arg(long)]
@@ -77,6 +78,11 @@ pub(crate) struct WorkerArgs {
     cluster: crate::cluster::ClusterArgs,
 }
 
+fn edge_addr(s: &str) -> Result<String, String> {
+    crate::cluster::host_port(s)
+        .ok_or_else(|| format!("`{s}` is not an IP:PORT or HOST:PORT address"))
+}
+
 /// The effective settings: file (or defaults), then flags.
 struct Settings {
     listen: SocketAddr,
@@ -88,6 +94,7 @@ struct Settings {
     ring_timeout_s: u64,
     transfer_mode: TransferMode,
     t1_ms: u64,
+    hashing: Hashing,
     cluster: crate::cluster::ClusterArgs,
 }
 
@@ -100,7 +107,11 @@ fn settings(a: WorkerArgs) -> anyhow::Result<Settings> {
     let parse = |s: &str| s.parse::<SocketAddr>().expect("validated by config");
     Ok(Settings {
         listen: a.listen.unwrap_or_else(|| parse(&w.listen)),
-        edge: a.edge.unwrap_or_else(|| parse(&w.edge)),
+        edge: crate::cluster::resolve_waiting(
+            a.edge.as_deref().unwrap_or(&w.edge),
+            Duration::from_secs(60),
+        )
+        .context("--edge")?,
         advertise: a.advertise.or_else(|| w.advertise.as_deref().map(parse)),
         admin: a.admin.unwrap_or_else(|| parse(&w.admin)),
         routes: if a.routes.is_empty() {
@@ -112,6 +123,11 @@ fn settings(a: WorkerArgs) -> anyhow::Result<Settings> {
         ring_timeout_s: a.ring_timeout_s.unwrap_or(w.ring_timeout_s),
         transfer_mode: a.transfer_mode.unwrap_or(w.transfer_mode),
         t1_ms: a.t1_ms.unwrap_or(w.t1_ms),
+        // The edge's key: a call's shard must be the one the edge routes by.
+        hashing: match file.cluster.hash_key_value {
+            Some((k0, k1)) => Hashing::with_key(k0, k1),
+            None => Hashing::default(),
+        },
         cluster: a.cluster,
     })
 }
@@ -137,7 +153,7 @@ pub(crate) fn run(args: WorkerArgs) -> anyhow::Result<()> {
                 .data
                 .clone()
                 .unwrap_or_else(|| std::path::PathBuf::from("handover-data"));
-            let r = crate::cluster::start(id, peers, data)?;
+            let r = crate::cluster::start(id, peers, data, args.cluster.grpc_listen)?;
             println!(
                 "replication: raft id {id}, gRPC on {}, log in {}",
                 r.grpc,
@@ -187,7 +203,7 @@ pub(crate) fn run(args: WorkerArgs) -> anyhow::Result<()> {
         let cfg = Config {
             advertised: args.advertise.unwrap_or(args.edge).to_string(),
             timers,
-            hashing: Hashing::default(),
+            hashing: args.hashing,
             routes,
             max_call_age: Duration::from_secs(args.max_call_age_s),
             ring_timeout: Duration::from_secs(args.ring_timeout_s),

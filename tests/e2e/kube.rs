@@ -1,0 +1,225 @@
+//! The cluster as Kubernetes runs it (deploy/k8s): workers started on their
+//! own, each finding its Raft id in its host name (a StatefulSet pod's
+//! `handover-worker-N`) and its peers and edge by DNS name; an edge given
+//! only the workers' gRPC names (no `--backend`: their SIP addresses come
+//! with the shard map); and an edge that gets SIGTERM failing /readyz at
+//! once while it still forwards calls, then exiting. And the deployment
+//! files themselves pass their checks (`deploy/check`).
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use crate::support::*;
+
+/// Starts worker `i` (0-based) of three as a StatefulSet pod would be.
+fn pod(
+    i: u16,
+    grpc: u16,
+    sip: u16,
+    admin: u16,
+    edge: u16,
+    uas: u16,
+    data: &std::path::Path,
+) -> Proc {
+    let peers: Vec<String> = (0..3)
+        .map(|k| {
+            format!(
+                "--peer={}=localhost:{},localhost:{}",
+                k + 1,
+                grpc + k,
+                sip + k
+            )
+        })
+        .collect();
+    let child = Command::new(env!("CARGO_BIN_EXE_handover"))
+        .env("HOSTNAME", format!("handover-worker-{i}"))
+        .args(["worker", "--id-from-hostname"])
+        .args(&peers)
+        .arg(format!("--grpc-listen=127.0.0.1:{}", grpc + i))
+        .arg(format!("--listen=127.0.0.1:{}", sip + i))
+        .arg(format!("--admin=127.0.0.1:{}", admin + i))
+        .arg(format!("--edge=localhost:{edge}"))
+        .arg(format!("--route=*=127.0.0.1:{uas}"))
+        .arg(format!("--data={}", data.display()))
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("handover worker starts");
+    Proc(child)
+}
+
+#[test]
+fn workers_found_by_name_carry_calls_and_an_edge_drains_on_sigterm() {
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let uas = free_udp_port();
+    let _uas = sipp_uas(dir.path(), uas);
+    let (grpc, admin) = (free_tcp_ports(3), free_tcp_ports(3));
+    // Three consecutive UDP ports below the ephemeral range (free as TCP
+    // ports a moment ago; the test says which one clashed if one did).
+    let sip = free_tcp_ports(3);
+    let edge_port = free_udp_port();
+    let _workers: Vec<Proc> = (0..3)
+        .map(|i| pod(i, grpc, sip, admin, edge_port, uas, dir.path()))
+        .collect();
+    let edge_listen = format!("127.0.0.1:{edge_port}");
+    let mut edge_args = vec!["--drain-s", "4", "--probe-interval-ms", "0"];
+    let clusters: Vec<String> = (0..3).map(|k| format!("localhost:{}", grpc + k)).collect();
+    for c in &clusters {
+        edge_args.extend(["--cluster", c.as_str()]);
+    }
+    let child = Command::new(env!("CARGO_BIN_EXE_handover"))
+        .args(["edge", "--listen", &edge_listen, "--admin", "127.0.0.1:0"])
+        .args(&edge_args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("handover edge starts");
+    let mut edge = Proc(child);
+    let admin_url = {
+        use std::io::BufRead;
+        let out = edge.0.stdout.take().unwrap();
+        let mut lines = std::io::BufReader::new(out).lines();
+        let url = loop {
+            let line = lines.next().expect("edge prints its addresses").unwrap();
+            if let Some(rest) = line.strip_prefix("metrics: ") {
+                break rest.trim_end_matches("/metrics").to_string();
+            }
+        };
+        // Keep reading: the edge prints more (its drain among them).
+        std::thread::spawn(move || lines.for_each(drop));
+        url
+    };
+    // Every worker took the id its host name gives and all three are in
+    // the map; every worker ready, the edge ready.
+    wait_members(&format!("127.0.0.1:{grpc}"), 3);
+    for i in 0..3u16 {
+        let o = handover(&[
+            "status",
+            "--grpc",
+            &format!("127.0.0.1:{}", grpc + i),
+            "--json",
+        ]);
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("status --json");
+        assert_eq!(
+            v["id"],
+            u64::from(i) + 1,
+            "handover-worker-{i} is raft id {}",
+            i + 1
+        );
+    }
+    assert!(
+        wait_for(Duration::from_secs(15), || {
+            (0..3).all(|i| http_get(&format!("http://127.0.0.1:{}/readyz", admin + i)).0 == 200)
+                && http_get(&format!("{admin_url}/readyz")).0 == 200
+        }),
+        "workers and edge ready within 15 s"
+    );
+    // The edge learned the workers' SIP addresses from the map by name.
+    let text = http_get(&format!("{admin_url}/metrics")).1;
+    for k in 0..3 {
+        let series = format!("address=\"127.0.0.1:{}\"", sip + k);
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with("handover_edge_backend_info") && l.contains(&series)),
+            "the edge routes to worker {} at 127.0.0.1:{} (resolved from localhost):\n{}",
+            k + 1,
+            sip + k,
+            text.lines()
+                .filter(|l| l.starts_with("handover_edge_backend"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+    }
+    let target: std::net::SocketAddr = edge_listen.parse().unwrap();
+    let (uac, stat) = sipp_uac(dir.path(), target, 20, 40, 200);
+    let r = finish_uac(uac, &stat);
+    assert_eq!(
+        (r.exit, r.successful, r.failed),
+        (Some(0), 40, 0),
+        "40 calls through workers found by name: {r:?}"
+    );
+    let per: Vec<f64> = (0..3)
+        .map(|i| {
+            let t = http_get(&format!("http://127.0.0.1:{}/metrics", admin + i)).1;
+            metric(&t, "handover_calls_answered_total")
+        })
+        .collect();
+    assert_eq!(per.iter().sum::<f64>(), 40.0, "answered per worker {per:?}");
+    assert!(
+        per.iter().filter(|n| **n > 0.0).count() >= 2,
+        "calls spread over the workers by shard: {per:?}"
+    );
+
+    // SIGTERM: not ready at once, still forwarding, gone after the drain.
+    let t0 = tokio::time::Instant::now();
+    let killed = Command::new("kill")
+        .args(["-TERM", &edge.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    assert!(
+        wait_for(Duration::from_secs(1), || http_get(&format!(
+            "{admin_url}/readyz"
+        ))
+        .0 == 503),
+        "/readyz fails within 1 s of SIGTERM"
+    );
+    let (uac, stat) = sipp_uac(dir.path(), target, 20, 10, 0);
+    let r = finish_uac(uac, &stat);
+    assert_eq!(
+        (r.exit, r.successful, r.failed),
+        (Some(0), 10, 0),
+        "calls placed while the edge drains still go through: {r:?}"
+    );
+    assert!(
+        t0.elapsed() < Duration::from_secs(4),
+        "those calls ran inside the drain (took {:?}); the test needs a longer --drain-s",
+        t0.elapsed()
+    );
+    assert!(
+        wait_for(Duration::from_secs(8), || edge
+            .0
+            .try_wait()
+            .ok()
+            .flatten()
+            .is_some()),
+        "the edge exits after its drain"
+    );
+    let gone = t0.elapsed();
+    assert!(
+        gone >= Duration::from_secs(4),
+        "the edge kept serving for --drain-s 4 (exited after {gone:?})"
+    );
+    eprintln!(
+        "kube: 3 workers by name (ids from host names), 40/40 calls ({per:?} per worker); edge not ready on SIGTERM, 10/10 calls during drain, exited after {:.1} s",
+        gone.as_secs_f64()
+    );
+}
+
+#[test]
+fn deployment_files_pass_their_checks() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let o = Command::new(root.join("deploy/check"))
+        .env("HANDOVER", env!("CARGO_BIN_EXE_handover"))
+        .current_dir(&root)
+        .output()
+        .expect("deploy/check runs");
+    let (out, err) = (
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr),
+    );
+    assert!(o.status.success(), "deploy/check failed:\n{out}\n{err}");
+    for line in [
+        "rendered deploy/k8s/overlays/small",
+        "kubernetes-validate: deploy/k8s/overlays/small",
+        "checkov kubernetes: deploy/k8s/overlays/small",
+        "peers: deploy/k8s/overlays/small: 3 workers",
+        "check-config: deploy/k8s/overlays/small/handover.toml",
+        "hadolint: Dockerfile",
+        "checkov dockerfile: Dockerfile",
+        "promtool: deploy/prometheus/scrape.yml",
+    ] {
+        assert!(out.contains(line), "deploy/check says `{line}`:\n{out}");
+    }
+}
