@@ -413,3 +413,306 @@ fn sigterm_drains_a_worker_and_its_calls_go_on_elsewhere() {
         took.as_secs_f64()
     );
 }
+
+/// `metric` summed over the workers in `which`.
+fn summed(host: &str, port: u16, which: &[u16], series: &str) -> f64 {
+    which
+        .iter()
+        .map(|&i| {
+            let (code, text) = http_get(&format!("http://{host}:{}/metrics", port + i));
+            if code == 200 {
+                metric(&text, series)
+            } else {
+                0.0
+            }
+        })
+        .sum()
+}
+
+/// The project's seed flow after a failover: A calls B; the worker with
+/// the most of these calls is SIGKILLed; then B sends REFER (Refer-To: C)
+/// on its call, A answers 202 and NOTIFYs, B hangs up, A calls C, who
+/// answers. The REFER, NOTIFY and BYE of the killed worker's calls go
+/// through the workers that took its shards over.
+#[test]
+fn a_killed_workers_calls_are_transferred_through_the_others() {
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let (b_port, c_port) = (free_udp_port(), free_udp_port());
+    let _c = sipp_uas_traced(dir.path(), c_port);
+    let grpc = format!("127.0.0.1:{}", free_tcp_ports(3));
+    let data = dir.path().join("data");
+    let c = cluster(
+        &[
+            format!("b=127.0.0.1:{b_port}"),
+            format!("c=127.0.0.1:{c_port}"),
+        ],
+        &[
+            "--workers",
+            "3",
+            "--worker-grpc",
+            &grpc,
+            "--data",
+            data.to_str().unwrap(),
+        ],
+    );
+    let (host, port) = c.worker_admin.rsplit_once(':').unwrap();
+    let port: u16 = port.parse().unwrap();
+    assert!(
+        wait_for(Duration::from_secs(15), || (0..3)
+            .all(|i| http_get(&format!("http://{host}:{}/readyz", port + i))
+                .0
+                == 200)),
+        "the three workers became ready"
+    );
+    wait_members(&grpc, 3);
+    let edge = format!("127.0.0.1:{}", c.sip);
+    let sf = |f: &str| scenario(f).to_string_lossy().into_owned();
+    let sipp = |args: &[&str]| {
+        require_sipp();
+        Proc(
+            std::process::Command::new("sipp")
+                .args(args)
+                // Its message log's times in UTC, like the test's clock.
+                .env("TZ", "UTC")
+                .args(["-nostdin", "-trace_err", "-trace_msg"])
+                .current_dir(dir.path())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("sipp starts"),
+        )
+    };
+    let calls = 30;
+    let target = format!("sip:c@127.0.0.1:{c_port}");
+    let mut b = sipp(&[
+        "-sf",
+        &sf("transfer_b_later.xml"),
+        "-i",
+        "127.0.0.1",
+        "-p",
+        &b_port.to_string(),
+        "-m",
+        &calls.to_string(),
+        // REFER 4 s after each answer: just after the kill below.
+        "-d",
+        "4000",
+        "-key",
+        "target",
+        &target,
+        &edge,
+    ]);
+    std::thread::sleep(Duration::from_millis(300));
+    let a_port = free_udp_port().to_string();
+    let mut a = sipp(&[
+        "-sf",
+        &sf("transfer_a.xml"),
+        "-i",
+        "127.0.0.1",
+        "-p",
+        &a_port,
+        "-s",
+        "b",
+        "-m",
+        &calls.to_string(),
+        "-r",
+        "30",
+        &edge,
+    ]);
+    // Answered calls per worker (a counter: the calls end soon after).
+    let answered = |i: u16| summed(host, port, &[i], "handover_calls_answered_total");
+    let up = wait_for(Duration::from_secs(8), || {
+        (0..3).map(answered).sum::<f64>() >= f64::from(calls)
+    });
+    // Let the last answers reach the callers; the first REFERs go 4 s
+    // after their answers, after the kill.
+    std::thread::sleep(Duration::from_millis(300));
+    let per: Vec<f64> = (0..3).map(answered).collect();
+    if !up {
+        // What the phones saw, for the failure message.
+        for e in std::fs::read_dir(dir.path()).unwrap() {
+            let p = e.unwrap().path();
+            let name = p.to_string_lossy().into_owned();
+            if name.ends_with("errors.log") || name.ends_with("messages.log") {
+                let text = std::fs::read_to_string(&p).unwrap_or_default();
+                eprintln!("{name}:\n{}", &text[..text.len().min(3000)]);
+            }
+        }
+    }
+    assert!(
+        up,
+        "all {calls} A-B calls answered before the kill: {per:?}"
+    );
+    let victim = (0..3u16)
+        .max_by(|&x, &y| per[x as usize].total_cmp(&per[y as usize]))
+        .unwrap();
+    let victim_calls = per[victim as usize];
+    assert!(victim_calls > 0.0, "{per:?}");
+    let killed = std::process::Command::new("pkill")
+        .args([
+            "-9",
+            "-f",
+            "--",
+            &format!("worker --listen 127.0.0.1:{}", c.worker + victim),
+        ])
+        .status()
+        .unwrap();
+    assert!(killed.success(), "worker {victim} killed");
+    let t0 = Instant::now();
+    let killed_at = day_seconds(std::time::SystemTime::now());
+    let survivors: Vec<u16> = (0..3).filter(|&i| i != victim).collect();
+    let took_over = wait_for(Duration::from_secs(10), || {
+        summed(host, port, &survivors, "handover_calls_adopted_total") >= victim_calls
+    });
+    let takeover = t0.elapsed();
+    assert!(
+        took_over,
+        "the survivors took over the victim's {victim_calls} calls"
+    );
+    let end = std::time::SystemTime::now() + Duration::from_secs(90);
+    let (a_exit, b_exit) = loop {
+        if let (Some(x), Some(y)) = (a.0.try_wait().unwrap(), b.0.try_wait().unwrap()) {
+            break (x.code(), y.code());
+        }
+        assert!(
+            std::time::SystemTime::now() < end,
+            "A and B finish within 90 s"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let series =
+        "handover_transfers_total{kind=\"blind\",mode=\"passthrough\",result=\"accepted\"}";
+    // Counters reach /metrics at the workers' next stats flush.
+    wait_for(Duration::from_secs(3), || {
+        summed(host, port, &survivors, series) >= f64::from(calls)
+    });
+    let accepted = summed(host, port, &survivors, series);
+    if accepted < f64::from(calls) {
+        for &i in &survivors {
+            let text = http_get(&format!("http://{host}:{}/metrics", port + i)).1;
+            eprintln!(
+                "worker {i}: {}",
+                text.lines()
+                    .filter(|l| l.starts_with("handover_transfers_total")
+                        || l.starts_with("handover_calls_adopted")
+                        || l.starts_with("handover_calls_answered"))
+                    .collect::<Vec<_>>()
+                    .join(" | ")
+            );
+        }
+    }
+    let c_invites = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            let s = p.to_string_lossy();
+            s.contains("uas_") && s.ends_with("_messages.log")
+        })
+        .map(|p| {
+            std::fs::read_to_string(p)
+                .unwrap_or_default()
+                .matches("INVITE sip:")
+                .count()
+        })
+        .sum::<usize>();
+    // From B's message log: when each call's REFER first went out and
+    // when its 202 came back. Calls of the killed worker wait for the
+    // takeover (B retransmits); the others are answered at once.
+    let b_log = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            let s = p.to_string_lossy();
+            s.contains("transfer_b_later_") && s.ends_with("_messages.log")
+        })
+        .expect("B's message log");
+    let msgs = sipp_log(&std::fs::read_to_string(b_log).unwrap());
+    let mut waits: Vec<(f64, f64)> = Vec::new(); // (first REFER, 202), day seconds
+    let mut sent: std::collections::HashMap<&str, f64> = Default::default();
+    for (t, out, first, call_id) in &msgs {
+        if *out && first.starts_with("REFER ") {
+            sent.entry(call_id.as_str()).or_insert(*t);
+        } else if !*out
+            && first.starts_with("SIP/2.0 202")
+            && let Some(s0) = sent.remove(call_id.as_str())
+        {
+            waits.push((s0, *t));
+        }
+    }
+    assert_eq!(
+        waits.len(),
+        calls as usize,
+        "every REFER answered 202 (B's log)"
+    );
+    let delayed: Vec<&(f64, f64)> = waits.iter().filter(|(s0, t)| t - s0 > 0.5).collect();
+    let first_after = delayed
+        .iter()
+        .map(|(_, t)| t - killed_at)
+        .fold(f64::INFINITY, f64::min);
+    let longest = waits.iter().map(|(s0, t)| t - s0).fold(0.0, f64::max);
+    eprintln!(
+        "failover transfer: worker {} killed with {victim_calls} of {calls} calls up, adopted {:.1} s after the kill; \
+         {} REFERs waited for the takeover (B retransmitting), the first answered {:.1} s after the kill, the longest wait {:.1} s; \
+         {accepted} REFERs accepted by the survivors, C got {c_invites} INVITEs; A exit {a_exit:?}, B exit {b_exit:?}",
+        victim + 1,
+        takeover.as_secs_f64(),
+        delayed.len(),
+        first_after,
+        longest
+    );
+    assert_eq!(
+        (a_exit, b_exit),
+        (Some(0), Some(0)),
+        "every transfer completed on both sides (A: 202, NOTIFY, BYE from B, C answers; B: 202, NOTIFY)"
+    );
+    assert_eq!(
+        accepted,
+        f64::from(calls),
+        "every REFER went through a survivor, the killed worker's calls' too"
+    );
+    assert!(
+        c_invites >= calls as usize,
+        "C was called {calls} times (got {c_invites} INVITEs)"
+    );
+    let left: f64 = survivors.iter().map(|&i| active(host, port, i)).sum();
+    assert_eq!(left, 0.0, "calls still up after every BYE");
+}
+
+/// Seconds since midnight UTC.
+fn day_seconds(t: std::time::SystemTime) -> f64 {
+    let d = t.duration_since(std::time::UNIX_EPOCH).unwrap();
+    (d.as_secs() % 86_400) as f64 + f64::from(d.subsec_micros()) / 1e6
+}
+
+/// Every message of a SIPp `-trace_msg` log (written with TZ=UTC): its
+/// time in seconds since midnight, whether SIPp sent it, its first line
+/// and its Call-ID.
+fn sipp_log(text: &str) -> Vec<(f64, bool, String, String)> {
+    let mut out = Vec::new();
+    for block in text
+        .split("----------------------------------------------- ")
+        .skip(1)
+    {
+        let mut lines = block.lines();
+        let stamp = lines.next().unwrap_or("");
+        let Some(clock) = stamp.split_whitespace().nth(1) else {
+            continue;
+        };
+        let parts: Vec<f64> = clock.split(':').filter_map(|x| x.parse().ok()).collect();
+        if parts.len() != 3 {
+            continue;
+        }
+        let t = parts[0] * 3600.0 + parts[1] * 60.0 + parts[2];
+        let what = lines.next().unwrap_or("");
+        let body: Vec<&str> = lines.skip_while(|l| l.is_empty()).collect();
+        let first = body.first().copied().unwrap_or("").to_string();
+        let call_id = body
+            .iter()
+            .find_map(|l| l.strip_prefix("Call-ID:"))
+            .unwrap_or("")
+            .trim()
+            .to_string();
+        out.push((t, what.contains("sent"), first, call_id));
+    }
+    out
+}

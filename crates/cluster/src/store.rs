@@ -21,12 +21,17 @@ pub struct Store {
     entries: Vec<Entry>,
     /// What changed since the disk last synced.
     dirty: Dirty,
+    /// The commit index as of the last write (what a disk holds; see
+    /// [`Store::persisted`]).
+    persisted_commit: u64,
 }
 
 /// What a [`Store`] changed since [`Store::take_dirty`] was last called.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct Dirty {
     pub(crate) hard: bool,
+    /// The term or the vote changed (not just the commit index).
+    pub(crate) vote: bool,
     pub(crate) snapshot: bool,
     /// Entries from this index on were rewritten (everything after is new).
     pub(crate) entries_from: Option<u64>,
@@ -47,23 +52,36 @@ impl Store {
             snap,
             entries: Vec::new(),
             dirty: Dirty::default(),
+            persisted_commit: 0,
         }
     }
 
     /// What changed since the last call, if anything.
     pub(crate) fn take_dirty(&mut self) -> Option<Dirty> {
+        self.persisted_commit = self.hard.commit;
         let d = std::mem::take(&mut self.dirty);
         (d != Dirty::default()).then_some(d)
     }
 
     /// Whether something beyond the commit index waits to be written.
     pub(crate) fn must_sync(&self) -> bool {
-        self.dirty.snapshot || self.dirty.entries_from.is_some()
+        self.dirty.snapshot || self.dirty.entries_from.is_some() || self.dirty.vote
     }
 
     /// Forgets changes (the store was just read from disk).
     pub(crate) fn clean(&mut self) {
         self.dirty = Dirty::default();
+        self.persisted_commit = self.hard.commit;
+    }
+
+    /// What a disk holds of this store after its last write: everything
+    /// but a commit index moved since (a Ready that only commits writes
+    /// nothing). The simulation restarts crashed workers from this.
+    pub fn persisted(&self) -> Store {
+        let mut s = self.clone();
+        s.hard.commit = self.persisted_commit;
+        s.dirty = Dirty::default();
+        s
     }
 
     pub(crate) fn snapshot_ref(&self) -> &Snapshot {
@@ -111,6 +129,9 @@ impl Store {
     }
 
     pub fn set_hard_state(&mut self, hs: HardState) {
+        if hs.term != self.hard.term || hs.vote != self.hard.vote {
+            self.dirty.vote = true;
+        }
         self.hard = hs;
         self.dirty.hard = true;
     }
