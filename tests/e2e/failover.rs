@@ -716,3 +716,93 @@ fn sipp_log(text: &str) -> Vec<(f64, bool, String, String)> {
     }
     out
 }
+
+/// A partition, not a crash: the worker with the most calls keeps running
+/// (SIP, admin) while every Raft message to and from it is dropped
+/// (`--fault-injection`, `handover fault --isolate-ms`). Its lease runs
+/// out, the others declare it dead and take its shards; at no sample do
+/// the workers serve more than the 4096 shards between them, the cut-off
+/// worker hangs up nothing once its lease is over, every call is hung up
+/// through the others, and it rejoins when the partition heals.
+#[test]
+fn a_partitioned_worker_gives_its_shards_up_and_no_shard_has_two_servers() {
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let b = free_udp_port();
+    let _uas = sipp_uas(dir.path(), b);
+    let c = crate::kube::by_name(dir.path(), b, &["--fault-injection"]);
+    let host = "127.0.0.1";
+    // 60 calls hung up by the caller 4 s after the answer: after the
+    // partitioned worker's lease (2 s) is over, before the cluster moves
+    // its shards (3 s without its renewals, then a 2 s handover wait).
+    let (uac, stat) = sipp_uac(dir.path(), c.edge_sip, 40, 60, 4_000);
+    assert!(
+        wait_for(Duration::from_secs(10), || (0..3)
+            .map(|i| active(host, c.admin, i))
+            .sum::<f64>()
+            >= 60.0),
+        "all calls up"
+    );
+    let per: Vec<f64> = (0..3).map(|i| active(host, c.admin, i)).collect();
+    let w = (0..3u16)
+        .max_by(|&x, &y| per[x as usize].total_cmp(&per[y as usize]))
+        .unwrap();
+    let grpc = |i: u16| format!("127.0.0.1:{}", c.grpc + i);
+    let o = handover(&["fault", "--grpc", &grpc(w), "--isolate-ms", "12000"]);
+    assert!(o.status.success(), "isolate: {}", stderr(&o));
+    let t0 = Instant::now();
+    let mut hangups_after_lease = None;
+    let (mut most, mut survivors_most) = (0u64, 0u64);
+    while t0.elapsed() < Duration::from_secs(11) {
+        let serving: Vec<u64> = (0..3)
+            .map(|i| status(&grpc(i)).map_or(0, |s| s["serving_shards"].as_u64().unwrap_or(0)))
+            .collect();
+        most = most.max(serving.iter().sum());
+        survivors_most = survivors_most.max(
+            (0..3u16)
+                .filter(|&i| i != w)
+                .map(|i| serving[i as usize])
+                .sum(),
+        );
+        if hangups_after_lease.is_none() && t0.elapsed() > Duration::from_millis(2500) {
+            hangups_after_lease = Some(hangups(host, c.admin, w));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let r = finish_uac(uac, &stat);
+    let h = hangups(host, c.admin, w);
+    let (_, text) = http_get(&format!("http://{host}:{}/metrics", c.admin + w));
+    let dropped = metric(&text, "handover_worker_not_served_total");
+    // Healed at 12 s: it rejoins.
+    wait_members(&grpc(0), 3);
+    let left: f64 = (0..3).map(|i| active(host, c.admin, i)).sum();
+    eprintln!(
+        "partition: worker {} cut off with {} of 60 calls; workers served at most {most} shards between them, \
+         the others {survivors_most}; it hung up {} calls after its lease ended, dropped {dropped} datagrams; \
+         {}/60 calls hung up; {left} calls left up; it rejoined",
+        w + 1,
+        per[w as usize],
+        h - hangups_after_lease.unwrap_or(h),
+        r.successful
+    );
+    assert!(
+        most <= 4096,
+        "no shard had two servers: at most 4096 served at every sample, saw {most}"
+    );
+    assert_eq!(
+        survivors_most, 4096,
+        "the others took every shard of the cut-off worker"
+    );
+    assert_eq!(
+        Some(h),
+        hangups_after_lease,
+        "the cut-off worker hung up nothing after its lease ended"
+    );
+    assert_eq!(
+        (r.exit, r.successful, r.failed),
+        (Some(0), 60, 0),
+        "{r:?}: {}",
+        sipp_errors(dir.path())
+    );
+    assert_eq!(left, 0.0, "no call left up anywhere after every BYE");
+}

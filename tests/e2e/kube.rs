@@ -11,16 +11,26 @@ use std::time::Duration;
 
 use crate::support::*;
 
-/// Starts worker `i` (0-based) of three as a StatefulSet pod would be.
-fn pod(
-    i: u16,
+/// The ports of a cluster started by [`by_name`]: worker i's gRPC, SIP
+/// and admin ports are the first + i.
+#[derive(Clone, Copy)]
+struct Ports {
     grpc: u16,
     sip: u16,
     admin: u16,
     edge: u16,
     uas: u16,
-    data: &std::path::Path,
-) -> Proc {
+}
+
+/// Starts worker `i` (0-based) of three as a StatefulSet pod would be.
+fn pod(i: u16, p: Ports, data: &std::path::Path, extra: &[&str]) -> Proc {
+    let Ports {
+        grpc,
+        sip,
+        admin,
+        edge,
+        uas,
+    } = p;
     let peers: Vec<String> = (0..3)
         .map(|k| {
             format!(
@@ -41,6 +51,7 @@ fn pod(
         .arg(format!("--edge=localhost:{edge}"))
         .arg(format!("--route=*=127.0.0.1:{uas}"))
         .arg(format!("--data={}", data.display()))
+        .args(extra)
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()
@@ -48,19 +59,36 @@ fn pod(
     Proc(child)
 }
 
-#[test]
-fn workers_found_by_name_carry_calls_and_an_edge_drains_on_sigterm() {
-    let _g = serial();
-    let dir = tempfile::tempdir().unwrap();
-    let uas = free_udp_port();
-    let _uas = sipp_uas(dir.path(), uas);
+/// Three workers and an edge started as the Kubernetes manifests start
+/// them (see [`pod`]), routing every call to `uas`.
+pub(crate) struct ByName {
+    pub(crate) _workers: Vec<Proc>,
+    pub(crate) edge: Proc,
+    pub(crate) edge_sip: std::net::SocketAddr,
+    pub(crate) edge_admin: String,
+    /// Worker i's gRPC, admin and SIP ports are these + i.
+    pub(crate) grpc: u16,
+    pub(crate) admin: u16,
+    pub(crate) sip: u16,
+}
+
+pub(crate) fn by_name(dir: &std::path::Path, uas: u16, worker_extra: &[&str]) -> ByName {
     let (grpc, admin) = (free_tcp_ports(3), free_tcp_ports(3));
     // Three consecutive UDP ports below the ephemeral range (free as TCP
     // ports a moment ago; the test says which one clashed if one did).
     let sip = free_tcp_ports(3);
     let edge_port = free_udp_port();
-    let _workers: Vec<Proc> = (0..3)
-        .map(|i| pod(i, grpc, sip, admin, edge_port, uas, dir.path()))
+    let workers: Vec<Proc> = (0..3)
+        .map(|i| {
+            let p = Ports {
+                grpc,
+                sip,
+                admin,
+                edge: edge_port,
+                uas,
+            };
+            pod(i, p, dir, worker_extra)
+        })
         .collect();
     let edge_listen = format!("127.0.0.1:{edge_port}");
     let mut edge_args = vec!["--drain-s", "4", "--probe-interval-ms", "0"];
@@ -76,7 +104,7 @@ fn workers_found_by_name_carry_calls_and_an_edge_drains_on_sigterm() {
         .spawn()
         .expect("handover edge starts");
     let mut edge = Proc(child);
-    let admin_url = {
+    let edge_admin = {
         use std::io::BufRead;
         let out = edge.0.stdout.take().unwrap();
         let mut lines = std::io::BufReader::new(out).lines();
@@ -90,6 +118,34 @@ fn workers_found_by_name_carry_calls_and_an_edge_drains_on_sigterm() {
         std::thread::spawn(move || lines.for_each(drop));
         url
     };
+    wait_members(&format!("127.0.0.1:{grpc}"), 3);
+    assert!(
+        wait_for(Duration::from_secs(15), || {
+            (0..3).all(|i| http_get(&format!("http://127.0.0.1:{}/readyz", admin + i)).0 == 200)
+                && http_get(&format!("{edge_admin}/readyz")).0 == 200
+        }),
+        "workers and edge ready within 15 s"
+    );
+    ByName {
+        _workers: workers,
+        edge,
+        edge_sip: edge_listen.parse().unwrap(),
+        edge_admin,
+        grpc,
+        admin,
+        sip,
+    }
+}
+
+#[test]
+fn workers_found_by_name_carry_calls_and_an_edge_drains_on_sigterm() {
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let uas = free_udp_port();
+    let _uas = sipp_uas(dir.path(), uas);
+    let c = by_name(dir.path(), uas, &[]);
+    let (grpc, admin, sip, admin_url) = (c.grpc, c.admin, c.sip, c.edge_admin.clone());
+    let mut edge = c.edge;
     // Every worker took the id its host name gives and all three are in
     // the map; every worker ready, the edge ready.
     wait_members(&format!("127.0.0.1:{grpc}"), 3);
@@ -108,13 +164,6 @@ fn workers_found_by_name_carry_calls_and_an_edge_drains_on_sigterm() {
             i + 1
         );
     }
-    assert!(
-        wait_for(Duration::from_secs(15), || {
-            (0..3).all(|i| http_get(&format!("http://127.0.0.1:{}/readyz", admin + i)).0 == 200)
-                && http_get(&format!("{admin_url}/readyz")).0 == 200
-        }),
-        "workers and edge ready within 15 s"
-    );
     // The edge learned the workers' SIP addresses from the map by name.
     let text = http_get(&format!("{admin_url}/metrics")).1;
     for k in 0..3 {
@@ -131,7 +180,7 @@ fn workers_found_by_name_carry_calls_and_an_edge_drains_on_sigterm() {
                 .join("\n")
         );
     }
-    let target: std::net::SocketAddr = edge_listen.parse().unwrap();
+    let target = c.edge_sip;
     let (uac, stat) = sipp_uac(dir.path(), target, 20, 40, 200);
     let r = finish_uac(uac, &stat);
     assert_eq!(

@@ -64,6 +64,10 @@ pub(crate) struct ClusterArgs {
     /// address]; `0.0.0.0:PORT` where that address is a name.
     #[arg(long)]
     pub(crate) grpc_listen: Option<SocketAddr>,
+    /// Tests only: let `Admin.Isolate` (`handover fault isolate`) cut this
+    /// worker's Raft traffic, to partition it from the others.
+    #[arg(long)]
+    pub(crate) fault_injection: bool,
     /// Directory for this worker's Raft log [default: ./handover-data].
     #[arg(long)]
     pub(crate) data: Option<PathBuf>,
@@ -277,6 +281,7 @@ pub(crate) fn start(
     peers: Vec<Peer>,
     data: PathBuf,
     grpc_listen: Option<SocketAddr>,
+    fault_injection: bool,
 ) -> anyhow::Result<Handle> {
     let me = peers
         .iter()
@@ -339,8 +344,9 @@ pub(crate) fn start(
                         return;
                     }
                 };
+                let isolation = fault_injection.then(Isolation::default);
                 Replica::new(node, peers, cmd_rx, note_tx, ready_tx, (lease2, epoch))
-                    .run(listener)
+                    .run(listener, isolation)
                     .await;
             });
         })
@@ -353,6 +359,38 @@ pub(crate) fn start(
         data,
         ready: ready_rx,
     })
+}
+
+/// Fault injection (`--fault-injection`): until when this worker's Raft
+/// messages are dropped both ways.
+#[derive(Debug, Clone)]
+struct Isolation {
+    /// Nanoseconds after `epoch`; 0: not isolated.
+    until: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    epoch: tokio::time::Instant,
+}
+
+impl Default for Isolation {
+    fn default() -> Self {
+        Self {
+            until: Default::default(),
+            epoch: tokio::time::Instant::now(),
+        }
+    }
+}
+
+impl Isolation {
+    fn now(&self) -> bool {
+        nanos_since(self.epoch, tokio::time::Instant::now())
+            < self.until.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn until(&self, t: tokio::time::Instant) {
+        self.until.store(
+            nanos_since(self.epoch, t),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
 }
 
 /// What the gRPC services read, refreshed by the replica's loop.
@@ -403,7 +441,7 @@ impl Replica {
         }
     }
 
-    async fn run(mut self, listener: tokio::net::TcpListener) {
+    async fn run(mut self, listener: tokio::net::TcpListener, isolation: Option<Isolation>) {
         let (inbox_tx, mut inbox) = mpsc::unbounded_channel::<Message>();
         let (shared_tx, shared_rx) = watch::channel(Shared::default());
         let (drain_tx, mut drain_rx) = mpsc::unbounded_channel::<oneshot::Sender<bool>>();
@@ -411,7 +449,9 @@ impl Replica {
             inbox: inbox_tx,
             shared: shared_rx,
             drain: drain_tx,
+            isolation: isolation.clone(),
         };
+        let isolated = move || isolation.as_ref().is_some_and(Isolation::now);
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
         tokio::spawn(async move {
             let r = tonic::transport::Server::builder()
@@ -494,6 +534,9 @@ impl Replica {
                 per.entry(m.to).or_default().push(m);
             }
             for (to, msgs) in per {
+                if isolated() {
+                    break;
+                }
                 if let Some(tx) = outs.get(&to) {
                     let _ = tx.send(msgs);
                 }
@@ -557,6 +600,9 @@ impl Replica {
                     per.entry(m.to).or_default().push(m);
                 }
                 for (to, msgs) in per {
+                    if isolated() {
+                        break;
+                    }
                     if let Some(tx) = outs.get(&to) {
                         let _ = tx.send(msgs);
                     }
@@ -735,6 +781,7 @@ struct Services {
     inbox: mpsc::UnboundedSender<Message>,
     shared: watch::Receiver<Shared>,
     drain: mpsc::UnboundedSender<oneshot::Sender<bool>>,
+    isolation: Option<Isolation>,
 }
 
 #[tonic::async_trait]
@@ -751,6 +798,9 @@ impl pb::raft_server::Raft for Services {
                     "unknown Raft group {}",
                     batch.group
                 )));
+            }
+            if self.isolation.as_ref().is_some_and(Isolation::now) {
+                continue;
             }
             for bytes in &batch.messages {
                 match handover_cluster::decode_message(bytes) {
@@ -820,6 +870,21 @@ impl pb::admin_server::Admin for Services {
             .and_then(Result::ok)
             .unwrap_or(false);
         Ok(tonic::Response::new(pb::DrainReply { drained }))
+    }
+
+    async fn isolate(
+        &self,
+        req: tonic::Request<pb::IsolateRequest>,
+    ) -> Result<tonic::Response<pb::IsolateReply>, tonic::Status> {
+        let Some(iso) = &self.isolation else {
+            return Err(tonic::Status::failed_precondition(
+                "fault injection is off: start the worker with --fault-injection",
+            ));
+        };
+        let ms = req.into_inner().millis.min(600_000);
+        iso.until(tokio::time::Instant::now() + Duration::from_millis(ms));
+        tracing::warn!(ms, "fault injection: Raft traffic cut both ways");
+        Ok(tonic::Response::new(pb::IsolateReply {}))
     }
 }
 

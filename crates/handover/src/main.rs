@@ -59,6 +59,9 @@ enum Command {
     /// Show a replicated cluster: members, leader, term, commit index,
     /// shard-map epoch and calls per worker, from any worker's gRPC port.
     Status(status::StatusArgs),
+    /// Fault injection for tests (workers started with --fault-injection).
+    #[command(hide = true)]
+    Fault(status::FaultArgs),
 }
 
 fn main() -> ExitCode {
@@ -94,6 +97,13 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("handover status: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Fault(args) => match status::fault(&args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("handover fault: {e:#}");
                 ExitCode::FAILURE
             }
         },

@@ -82,3 +82,32 @@ pub(crate) fn run(a: &StatusArgs) -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// `handover fault isolate`: tests' fault injection.
+#[derive(Debug, Args)]
+pub(crate) struct FaultArgs {
+    /// The worker's gRPC address.
+    #[arg(long)]
+    grpc: SocketAddr,
+    /// Cut the worker's Raft traffic both ways for this many milliseconds.
+    #[arg(long)]
+    isolate_ms: u64,
+}
+
+pub(crate) fn fault(a: &FaultArgs) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the runtime")?;
+    rt.block_on(async {
+        let mut c = pb::admin_client::AdminClient::connect(format!("http://{}", a.grpc))
+            .await
+            .with_context(|| format!("cannot reach a worker's gRPC at {}", a.grpc))?;
+        c.isolate(pb::IsolateRequest {
+            millis: a.isolate_ms,
+        })
+        .await
+        .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
+        anyhow::Ok(())
+    })
+}

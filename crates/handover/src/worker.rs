@@ -153,7 +153,13 @@ pub(crate) fn run(args: WorkerArgs) -> anyhow::Result<()> {
                 .data
                 .clone()
                 .unwrap_or_else(|| std::path::PathBuf::from("handover-data"));
-            let r = crate::cluster::start(id, peers, data, args.cluster.grpc_listen)?;
+            let r = crate::cluster::start(
+                id,
+                peers,
+                data,
+                args.cluster.grpc_listen,
+                args.cluster.fault_injection,
+            )?;
             println!(
                 "replication: raft id {id}, gRPC on {}, log in {}",
                 r.grpc,
