@@ -64,6 +64,13 @@ pub(crate) struct ClusterArgs {
     /// address]; `0.0.0.0:PORT` where that address is a name.
     #[arg(long)]
     pub(crate) grpc_listen: Option<SocketAddr>,
+    /// Group commit: a new call's record (its 2xx held until committed)
+    /// waits this long for others to share its Raft round, since each
+    /// round costs every replica a disk sync and wakes three processes; 0
+    /// proposes it at once when no round is in flight (lowest latency,
+    /// about 1.5-2x the CPU: docs/benchmarks.md).
+    #[arg(long, default_value_t = 25)]
+    pub(crate) commit_window_ms: u64,
     /// Tests only: let `Admin.Isolate` (`handover fault isolate`) cut this
     /// worker's Raft traffic, to partition it from the others.
     #[arg(long)]
@@ -282,6 +289,7 @@ pub(crate) fn start(
     data: PathBuf,
     grpc_listen: Option<SocketAddr>,
     fault_injection: bool,
+    window: Duration,
 ) -> anyhow::Result<Handle> {
     let me = peers
         .iter()
@@ -345,9 +353,10 @@ pub(crate) fn start(
                     }
                 };
                 let isolation = fault_injection.then(Isolation::default);
-                Replica::new(node, peers, cmd_rx, note_tx, ready_tx, (lease2, epoch))
-                    .run(listener, isolation)
-                    .await;
+                let mut replica =
+                    Replica::new(node, peers, cmd_rx, note_tx, ready_tx, (lease2, epoch));
+                replica.window = window;
+                replica.run(listener, isolation).await;
             });
         })
         .context("cannot start the Raft thread")?;
@@ -413,6 +422,8 @@ struct Replica {
     /// Call-ID -> when its upsert was handed to Raft (commit latency).
     pending: HashMap<Vec<u8>, tokio::time::Instant>,
     drains: Vec<oneshot::Sender<bool>>,
+    /// Group commit window (`--commit-window-ms`).
+    window: Duration,
 }
 
 impl Replica {
@@ -438,6 +449,7 @@ impl Replica {
             epoch,
             pending: HashMap::new(),
             drains: Vec::new(),
+            window: Duration::ZERO,
         }
     }
 
@@ -485,9 +497,15 @@ impl Replica {
             metrics::counter!(MEMBERS_DOWN, "cause" => cause).increment(0);
         }
         metrics::counter!(MAP_CHANGES).increment(0);
+        // When the open group-commit window closes (`--commit-window-ms`).
+        let mut flush_at: Option<tokio::time::Instant> = None;
         loop {
             let mut ticked = false;
             let r = tokio::select! {
+                () = sleep_until_some(flush_at) => {
+                    flush_at = None;
+                    self.node.propose_queued()
+                }
                 t = tick.tick() => { ticked = true; last_tick = t; self.node.tick() }
                 Some(m) = inbox.recv() => {
                     let mut r = self.node.step(m);
@@ -502,17 +520,22 @@ impl Replica {
                 }
                 Some(c) = self.cmds.recv() => {
                     // Group commit: a new call's record (its 2xx waits for
-                    // the commit) is proposed at once when nothing else is
-                    // awaiting its commit; otherwise it joins the batch
-                    // that goes when that commit lands. Updates and removes
-                    // wait for the next tick or the next batch. Every
-                    // batch costs each replica a disk sync.
+                    // the commit) opens a window of --commit-window-ms;
+                    // everything queued by its end goes in one batch. With
+                    // no window it is proposed at once when nothing else
+                    // awaits a commit, else with the batch that goes when
+                    // that commit lands. Updates and removes wait for the
+                    // next tick or the next batch. Every batch costs each
+                    // replica a disk sync.
                     let idle = self.pending.is_empty();
                     let mut urgent = self.command(c, &proposals);
                     while let Ok(c) = self.cmds.try_recv() {
                         urgent |= self.command(c, &proposals);
                     }
-                    if urgent && idle {
+                    if urgent && !self.window.is_zero() {
+                        flush_at.get_or_insert_with(|| tokio::time::Instant::now() + self.window);
+                        Ok(())
+                    } else if urgent && idle {
                         self.node.propose_queued()
                     } else {
                         Ok(())
@@ -590,7 +613,11 @@ impl Replica {
                 }
             }
             // The batch in flight committed: what queued behind it goes.
-            if awaiting > 0 && self.pending.len() < awaiting && self.node.queued() > 0 {
+            if self.window.is_zero()
+                && awaiting > 0
+                && self.pending.len() < awaiting
+                && self.node.queued() > 0
+            {
                 if let Err(e) = self.node.propose_queued() {
                     tracing::error!(error = %e, "Raft replica failed; exiting");
                     std::process::exit(70);
@@ -732,6 +759,14 @@ impl Replica {
                 sh.map = map;
             }
         });
+    }
+}
+
+/// Sleeps until `t`, or forever without one.
+async fn sleep_until_some(t: Option<tokio::time::Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
     }
 }
 

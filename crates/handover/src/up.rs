@@ -65,6 +65,10 @@ pub(crate) struct UpArgs {
     /// default: a worker's death then loses none).
     #[arg(long)]
     no_replication: bool,
+    /// Workers' group-commit window in milliseconds (`worker
+    /// --commit-window-ms`).
+    #[arg(long, default_value_t = 25)]
+    commit_window_ms: u64,
 }
 
 struct Kids(Vec<Child>);
@@ -195,6 +199,7 @@ pub(crate) fn run(mut a: UpArgs) -> anyhow::Result<()> {
             worker
                 .arg("--data")
                 .arg(data.join(format!("worker-{}", i + 1)));
+            worker.args(["--commit-window-ms", &a.commit_window_ms.to_string()]);
         }
         kids.0.push(
             worker

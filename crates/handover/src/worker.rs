@@ -83,6 +83,21 @@ fn edge_addr(s: &str) -> Result<String, String> {
         .ok_or_else(|| format!("`{s}` is not an IP:PORT or HOST:PORT address"))
 }
 
+/// When the SIP loop must next run the B2BUA's timers: its next deadline,
+/// or an hour from now when it has none. (An hour from the worker's start
+/// was a deadline in the past once the worker had run an hour, so an idle
+/// worker spun.)
+fn next_wake(
+    start: tokio::time::Instant,
+    now: tokio::time::Instant,
+    deadline: Option<Instant>,
+) -> tokio::time::Instant {
+    match deadline {
+        Some(t) => start + t.since_epoch(),
+        None => now + Duration::from_secs(3600),
+    }
+}
+
 /// The effective settings: file (or defaults), then flags.
 struct Settings {
     listen: SocketAddr,
@@ -159,6 +174,7 @@ pub(crate) fn run(args: WorkerArgs) -> anyhow::Result<()> {
                 data,
                 args.cluster.grpc_listen,
                 args.cluster.fault_injection,
+                Duration::from_millis(args.cluster.commit_window_ms),
             )?;
             println!(
                 "replication: raft id {id}, gRPC on {}, log in {}",
@@ -252,11 +268,7 @@ pub(crate) fn run(args: WorkerArgs) -> anyhow::Result<()> {
         let mut drain_exit: Option<tokio::time::Instant> = None;
         let mut last = handover_call::Stats::default();
         loop {
-            let wake = b2b
-                .poll_timeout()
-                .map_or(start + Duration::from_secs(3600), |t| {
-                    start + t.since_epoch()
-                });
+            let wake = next_wake(start, tokio::time::Instant::now(), b2b.poll_timeout());
             let note = async {
                 match replica.as_mut() {
                     Some(r) => r.notes.recv().await,
@@ -435,5 +447,27 @@ fn served_or_known<R: rand_core::RngCore>(bytes: &[u8], b2b: &B2bua<R>, served: 
     match key {
         None => true,
         Some(k) => served[(k % served.len() as u64) as usize] || b2b.knows(m.call_id()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_idle_worker_sleeps_however_long_it_has_run() {
+        let start = tokio::time::Instant::now();
+        for up in [0, 3_599, 3_600, 7_200, 86_400 * 30] {
+            let now = start + Duration::from_secs(up);
+            assert!(
+                next_wake(start, now, None) > now + Duration::from_secs(3_000),
+                "idle after {up} s: the next wake is an hour away, not in the past"
+            );
+        }
+        let t = Instant::from_epoch(Duration::from_millis(7_200_500));
+        assert_eq!(
+            next_wake(start, start + Duration::from_secs(7_200), Some(t)),
+            start + Duration::from_millis(7_200_500)
+        );
     }
 }
