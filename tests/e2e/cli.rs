@@ -151,3 +151,58 @@ fn check_config_reads_worker_routes() {
     let e = stderr(&handover(&["check-config", &bad]));
     assert!(e.contains("b.toml:2:11: key `worker.routes.targets`: route 1: a target's weight must be at least 1"), "{e}");
 }
+
+/// SIGINT stops a worker at once even while it is busy: the signal must
+/// not be lost between two turns of its loop (it was, when the loop made
+/// a new `ctrl_c()` each turn, and a busy worker then never stopped).
+#[test]
+fn a_busy_worker_stops_on_sigint() {
+    use std::process::{Command, Stdio};
+    use std::time::Duration;
+    for round in 0..3 {
+        let port = crate::support::free_udp_port();
+        let mut w = crate::support::Proc(
+            Command::new(env!("CARGO_BIN_EXE_handover"))
+                .args(["worker", "--listen", &format!("127.0.0.1:{port}")])
+                .args(["--admin", "127.0.0.1:0", "--route", "*=127.0.0.1:9"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("handover worker starts"),
+        );
+        // Keep it busy: OPTIONS as fast as one socket sends them.
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flood = {
+            let stop = std::sync::Arc::clone(&stop);
+            std::thread::spawn(move || {
+                let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+                let me = s.local_addr().unwrap();
+                let mut n = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    n += 1;
+                    let m = format!(
+                        "OPTIONS sip:w@127.0.0.1:{port} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bK{n}\r\n\
+                         Max-Forwards: 70\r\nFrom: <sip:t@{me}>;tag=1\r\nTo: <sip:w@127.0.0.1>\r\n\
+                         Call-ID: busy-{n}\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+                    );
+                    let _ = s.send_to(m.as_bytes(), ("127.0.0.1", port));
+                }
+            })
+        };
+        std::thread::sleep(Duration::from_millis(700));
+        let sent = Command::new("kill")
+            .args(["-INT", &w.0.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+        let stopped = crate::support::wait_for(Duration::from_secs(3), || {
+            w.0.try_wait().ok().flatten().is_some()
+        });
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        flood.join().unwrap();
+        assert!(
+            stopped,
+            "round {round}: the busy worker did not stop within 3 s of SIGINT"
+        );
+    }
+}

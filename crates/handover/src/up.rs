@@ -252,11 +252,15 @@ pub(crate) fn run(mut a: UpArgs) -> anyhow::Result<()> {
     }
     rt.block_on(async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        // Once, before the loop: a `ctrl_c()` made anew in each turn of
+        // the loop misses a SIGINT that lands between two turns (a busy
+        // worker then never stopped).
+        let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
         let mut tick = tokio::time::interval(std::time::Duration::from_millis(200));
         let mut dead = vec![false; n];
         loop {
             tokio::select! {
-                _ = tokio::signal::ctrl_c() => break,
+                _ = int.recv() => break,
                 _ = term.recv() => break,
                 _ = tick.tick() => {
                     for (i, c) in kids.0.iter_mut().enumerate() {

@@ -250,6 +250,10 @@ pub(crate) fn run(args: WorkerArgs) -> anyhow::Result<()> {
         let now = move || Instant::from_epoch(start.elapsed());
         let mut buf = vec![0u8; 65_536];
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        // Once, before the loop: a `ctrl_c()` made anew in each turn of
+        // the loop misses a SIGINT that lands between two turns (a busy
+        // worker then never stopped).
+        let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
         let started = metrics::counter!(CALLS_STARTED);
         let answered = metrics::counter!(CALLS_ANSWERED);
         let hung_up = metrics::counter!(CALLS_ENDED, "cause" => "hangup");
@@ -326,7 +330,7 @@ pub(crate) fn run(args: WorkerArgs) -> anyhow::Result<()> {
                     }
                 },
                 () = tokio::time::sleep_until(wake) => b2b.handle_timeout(now()),
-                _ = tokio::signal::ctrl_c() => break,
+                _ = int.recv() => break,
                 _ = term.recv() => match &replica {
                     // SIGTERM (Kubernetes' stop): hand the shards over first.
                     Some(r) if drain.is_none() && drain_exit.is_none() => {
