@@ -27,20 +27,16 @@ fn adopted(host: &str, port: u16, i: u16) -> f64 {
     metric(&text, "handover_calls_adopted_total")
 }
 
-#[test]
-fn a_killed_workers_calls_are_reinvited_and_hung_up_from_both_sides() {
-    let _g = serial();
-    let dir = tempfile::tempdir().unwrap();
-    let (held, holds) = (free_udp_port(), free_udp_port());
-    let _uas_held = sipp_uas_with(dir.path(), "uas_held.xml", held);
-    let _uas_holds = sipp_uas_with(dir.path(), "uas_holds_later.xml", holds);
+/// `handover up --workers 3` (replicated, its data under `dir`) with these
+/// routes, once every worker is ready (it has the map and has caught up)
+/// and all three are in the map, so no shard moves while calls are set
+/// up. Returns the cluster and its first worker's admin host and port
+/// (worker i's is port + i).
+fn three_workers(dir: &std::path::Path, routes: &[String]) -> (Cluster, String, u16) {
     let grpc = format!("127.0.0.1:{}", free_tcp_ports(3));
-    let data = dir.path().join("data");
+    let data = dir.join("data");
     let c = cluster(
-        &[
-            format!("held=127.0.0.1:{held}"),
-            format!("holds=127.0.0.1:{holds}"),
-        ],
+        routes,
         &[
             "--workers",
             "3",
@@ -51,9 +47,7 @@ fn a_killed_workers_calls_are_reinvited_and_hung_up_from_both_sides() {
         ],
     );
     let (host, port) = c.worker_admin.rsplit_once(':').unwrap();
-    let port: u16 = port.parse().unwrap();
-    // Every worker ready (it has the map and has caught up), and all three
-    // in the map, so no shard moves while calls are set up.
+    let (host, port) = (host.to_string(), port.parse::<u16>().unwrap());
     assert!(
         wait_for(Duration::from_secs(15), || (0..3)
             .all(|i| http_get(&format!("http://{host}:{}/readyz", port + i))
@@ -62,6 +56,24 @@ fn a_killed_workers_calls_are_reinvited_and_hung_up_from_both_sides() {
         "the three workers became ready"
     );
     wait_members(&grpc, 3);
+    (c, host, port)
+}
+
+#[test]
+fn a_killed_workers_calls_are_reinvited_and_hung_up_from_both_sides() {
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let (held, holds) = (free_udp_port(), free_udp_port());
+    let _uas_held = sipp_uas_with(dir.path(), "uas_held.xml", held);
+    let _uas_holds = sipp_uas_with(dir.path(), "uas_holds_later.xml", holds);
+    let (c, host, port) = three_workers(
+        dir.path(),
+        &[
+            format!("held=127.0.0.1:{held}"),
+            format!("holds=127.0.0.1:{holds}"),
+        ],
+    );
+    let host = host.as_str();
     let edge: std::net::SocketAddr = format!("127.0.0.1:{}", c.sip).parse().unwrap();
     // 60 calls where the caller holds, resumes and hangs up 15 s after the
     // answer; 60 where the callee does, 15 s after its answer.
@@ -453,49 +465,18 @@ fn a_killed_workers_calls_are_transferred_through_the_others() {
     let dir = tempfile::tempdir().unwrap();
     let (b_port, c_port) = (free_udp_port(), free_udp_port());
     let _c = sipp_uas_traced(dir.path(), c_port);
-    let grpc = format!("127.0.0.1:{}", free_tcp_ports(3));
-    let data = dir.path().join("data");
-    let c = cluster(
+    let (c, host, port) = three_workers(
+        dir.path(),
         &[
             format!("b=127.0.0.1:{b_port}"),
             format!("c=127.0.0.1:{c_port}"),
         ],
-        &[
-            "--workers",
-            "3",
-            "--worker-grpc",
-            &grpc,
-            "--data",
-            data.to_str().unwrap(),
-        ],
     );
-    let (host, port) = c.worker_admin.rsplit_once(':').unwrap();
-    let port: u16 = port.parse().unwrap();
-    assert!(
-        wait_for(Duration::from_secs(15), || (0..3)
-            .all(|i| http_get(&format!("http://{host}:{}/readyz", port + i))
-                .0
-                == 200)),
-        "the three workers became ready"
-    );
-    wait_members(&grpc, 3);
+    let host = host.as_str();
     let edge = format!("127.0.0.1:{}", c.sip);
     let sf = |f: &str| scenario(f).to_string_lossy().into_owned();
-    let sipp = |args: &[&str]| {
-        require_sipp();
-        Proc(
-            std::process::Command::new("sipp")
-                .args(args)
-                // Its message log's times in UTC, like the test's clock.
-                .env("TZ", "UTC")
-                .args(["-nostdin", "-trace_err", "-trace_msg"])
-                .current_dir(dir.path())
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .spawn()
-                .expect("sipp starts"),
-        )
-    };
+    // Its message log's times are in UTC, like the test's clock.
+    let sipp = |args: &[&str]| sipp(dir.path(), args);
     let calls = 30;
     let target = format!("sip:c@127.0.0.1:{c_port}");
     let mut b = sipp(&[

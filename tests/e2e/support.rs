@@ -497,3 +497,20 @@ pub(crate) fn sipp_message_logs(dir: &Path) -> String {
     }
     all
 }
+
+/// Starts SIPp with `args` in `dir`, logging every message and error
+/// (`-trace_msg`, `-trace_err`; the message log's times in UTC).
+pub(crate) fn sipp(dir: &Path, args: &[&str]) -> Proc {
+    require_sipp();
+    Proc(
+        Command::new("sipp")
+            .args(args)
+            .env("TZ", "UTC")
+            .args(["-nostdin", "-trace_msg", "-trace_err"])
+            .current_dir(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("sipp starts"),
+    )
+}

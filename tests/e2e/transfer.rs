@@ -5,23 +5,8 @@
 //! (passthrough mode); A's new call to C is a new call through the cluster.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
 
 use crate::support::*;
-
-fn sipp(dir: &Path, args: &[&str]) -> Proc {
-    require_sipp();
-    Proc(
-        Command::new("sipp")
-            .args(args)
-            .args(["-nostdin", "-trace_msg", "-trace_err"])
-            .current_dir(dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("sipp starts"),
-    )
-}
 
 /// One transfer flow through `edge`: B runs `scenarios.0` on `b_port`
 /// (`-key target TARGET`) and answers; 300 ms later A runs `scenarios.1`
