@@ -595,32 +595,15 @@ fn a_killed_workers_calls_are_transferred_through_the_others() {
             );
         }
     }
-    let c_invites = std::fs::read_dir(dir.path())
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| {
-            let s = p.to_string_lossy();
-            s.contains("uas_") && s.ends_with("_messages.log")
-        })
-        .map(|p| {
-            std::fs::read_to_string(p)
-                .unwrap_or_default()
-                .matches("INVITE sip:")
-                .count()
-        })
-        .sum::<usize>();
+    let c_invites = sipp_message_logs_of(dir.path(), "uas_")
+        .matches("INVITE sip:")
+        .count();
     // From B's message log: when each call's REFER first went out and
     // when its 202 came back. Calls of the killed worker wait for the
     // takeover (B retransmits); the others are answered at once.
-    let b_log = std::fs::read_dir(dir.path())
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| {
-            let s = p.to_string_lossy();
-            s.contains("transfer_b_later_") && s.ends_with("_messages.log")
-        })
-        .expect("B's message log");
-    let msgs = sipp_log(&std::fs::read_to_string(b_log).unwrap());
+    let b_log = sipp_message_logs_of(dir.path(), "transfer_b_later_");
+    assert!(!b_log.is_empty(), "B's message log");
+    let msgs = sipp_log(&b_log);
     let mut waits: Vec<(f64, f64)> = Vec::new(); // (first REFER, 202), day seconds
     let mut sent: std::collections::HashMap<&str, f64> = Default::default();
     for (t, out, first, call_id) in &msgs {

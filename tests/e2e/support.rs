@@ -488,10 +488,18 @@ pub(crate) fn sipp_uas_traced_with(dir: &Path, scenario_file: &str, port: u16) -
 
 /// Every SIPp message log (`*_messages.log`) in `dir`, concatenated.
 pub(crate) fn sipp_message_logs(dir: &Path) -> String {
+    sipp_message_logs_of(dir, "")
+}
+
+/// The SIPp message logs in `dir` whose file name starts with `prefix`
+/// (SIPp names them after the scenario: `uas_`, `transfer_b_…`),
+/// concatenated.
+pub(crate) fn sipp_message_logs_of(dir: &Path, prefix: &str) -> String {
     let mut all = String::new();
     for e in std::fs::read_dir(dir).unwrap() {
         let p = e.unwrap().path();
-        if p.to_string_lossy().ends_with("_messages.log") {
+        let name = p.file_name().unwrap().to_string_lossy().into_owned();
+        if name.starts_with(prefix) && name.ends_with("_messages.log") {
             all += &std::fs::read_to_string(&p).unwrap_or_default();
         }
     }

@@ -242,11 +242,11 @@ fn tag_of(v: &str) -> String {
 fn replacing_b2(dir: &Path, uri: &str) -> String {
     assert!(
         wait_for(std::time::Duration::from_secs(5), || {
-            logged_header(&log_of(dir, "uac_"), "SIP/2.0 200", "To").is_some()
+            logged_header(&sipp_message_logs_of(dir, "uac_"), "SIP/2.0 200", "To").is_some()
         }),
         "B's call to C was answered"
     );
-    let log = log_of(dir, "uac_");
+    let log = sipp_message_logs_of(dir, "uac_");
     let cid = logged_header(&log, "SIP/2.0 200", "Call-ID").unwrap();
     let ours = tag_of(&logged_header(&log, "SIP/2.0 200", "To").unwrap());
     let bs = tag_of(&logged_header(&log, "SIP/2.0 200", "From").unwrap());
@@ -254,18 +254,6 @@ fn replacing_b2(dir: &Path, uri: &str) -> String {
         "{uri}?Replaces={}%3Bto-tag%3D{ours}%3Bfrom-tag%3D{bs}",
         cid.replace('@', "%40")
     )
-}
-
-fn log_of(dir: &Path, prefix: &str) -> String {
-    std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| {
-            let n = p.file_name().unwrap().to_string_lossy().into_owned();
-            n.starts_with(prefix) && n.ends_with("_messages.log")
-        })
-        .map(|p| std::fs::read_to_string(p).unwrap_or_default())
-        .collect()
 }
 
 #[test]
@@ -304,7 +292,7 @@ fn attended_transfer_through_up_reaches_the_replaced_dialog() {
     );
     // At C: the first INVITE is B's call; the second is A's, and its
     // Replaces names C's dialog of B's call exactly as C knows it.
-    let c_log = log_of(dir.path(), "uas_");
+    let c_log = sipp_message_logs_of(dir.path(), "uas_");
     let invites: Vec<&str> = c_log.split("\nINVITE sip:").skip(1).collect();
     assert_eq!(invites.len(), 2, "C got B's call and A's");
     let field = |m: &str, name: &str| {
@@ -426,7 +414,7 @@ fn local_mode_attended_transfer_bridges_a_with_c_and_hangs_up_b_twice() {
     std::thread::sleep(std::time::Duration::from_millis(500));
     let errs = error_lines(&dir.path().join(format!("uas-{c_port}.err")));
     assert!(errs.is_empty(), "C saw errors: {errs:?}");
-    let c_log = log_of(dir.path(), "uas_");
+    let c_log = sipp_message_logs_of(dir.path(), "uas_");
     assert_eq!(
         c_log.matches("\nINVITE sip:").count(),
         2,
