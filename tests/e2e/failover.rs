@@ -286,8 +286,12 @@ fn a_worker_paused_past_its_lease_serves_nothing_when_it_wakes() {
     let (host, port) = c.worker_admin.rsplit_once(':').unwrap();
     let port: u16 = port.parse().unwrap();
     let edge: std::net::SocketAddr = format!("127.0.0.1:{}", c.sip).parse().unwrap();
-    // 45 calls hung up by the caller 4 s after the answer.
-    let (uac, stat) = sipp_uac(dir.path(), edge, 30, 45, 4_000);
+    // 45 calls hung up by the caller 12 s after the answer: the freeze
+    // below comes within a few seconds of the answers, so no BYE can reach
+    // the worker between reading its hangup count and stopping it (with a
+    // 4 s hold a slow CI machine had BYEs flowing at that moment and one
+    // slipped in between the two).
+    let (uac, stat) = sipp_uac(dir.path(), edge, 30, 45, 12_000);
     assert!(
         wait_for(Duration::from_secs(10), || (0..3)
             .map(|i| active(host, port, i))
