@@ -59,12 +59,23 @@ fn three_workers(dir: &std::path::Path, routes: &[String]) -> (Cluster, String, 
     (c, host, port)
 }
 
+/// Issue 6's failover test: hundreds of calls up over three replicated
+/// workers, the one with the most calls SIGKILLed, and every call carried
+/// on through the survivors. 150 calls are held, resumed and hung up by
+/// the caller, starting 6 s after each answer (so the first re-INVITEs of
+/// the dead worker's calls go out just after the kill, while nobody serves
+/// them: SIPp retransmits until a survivor takes over, and the time from
+/// the kill to the first of them answered is what a user waits); 150 are
+/// held, resumed and hung up by the callee 15 s after its answer. Each BYE
+/// must reach the other party: the callers' callee logs a BYE for each of
+/// its 150 calls, and the callees' callers only finish on one.
 #[test]
 fn a_killed_workers_calls_are_reinvited_and_hung_up_from_both_sides() {
+    const CALLS: u32 = 150;
     let _g = serial();
     let dir = tempfile::tempdir().unwrap();
     let (held, holds) = (free_udp_port(), free_udp_port());
-    let _uas_held = sipp_uas_with(dir.path(), "uas_held.xml", held);
+    let _uas_held = sipp_uas_traced_with(dir.path(), "uas_held.xml", held);
     let _uas_holds = sipp_uas_with(dir.path(), "uas_holds_later.xml", holds);
     let (c, host, port) = three_workers(
         dir.path(),
@@ -75,27 +86,26 @@ fn a_killed_workers_calls_are_reinvited_and_hung_up_from_both_sides() {
     );
     let host = host.as_str();
     let edge: std::net::SocketAddr = format!("127.0.0.1:{}", c.sip).parse().unwrap();
-    // 60 calls where the caller holds, resumes and hangs up 15 s after the
-    // answer; 60 where the callee does, 15 s after its answer.
     let (uac_a, stat_a) = sipp_uac_with(
         dir.path(),
         "uac_hold_later.xml",
         "held",
         edge,
-        40,
         60,
-        15_000,
+        CALLS,
+        6_000,
     );
-    let (uac_b, stat_b) = sipp_uac_with(dir.path(), "uac_held.xml", "holds", edge, 40, 60, 0);
-    let up = wait_for(Duration::from_secs(10), || {
-        (0..3).map(|i| active(host, port, i)).sum::<f64>() >= 120.0
+    let (uac_b, stat_b) = sipp_uac_with(dir.path(), "uac_held.xml", "holds", edge, 60, CALLS, 0);
+    let all = f64::from(2 * CALLS);
+    let up = wait_for(Duration::from_secs(12), || {
+        (0..3).map(|i| active(host, port, i)).sum::<f64>() >= all
     });
     // Let the last answers reach the callers: a call in setup when its
     // worker dies is the caller's to retry (its INVITE is retransmitted to
     // the new owner), not one to take over.
-    std::thread::sleep(Duration::from_millis(1000));
+    std::thread::sleep(Duration::from_millis(500));
     let per: Vec<f64> = (0..3).map(|i| active(host, port, i)).collect();
-    assert!(up, "all 120 calls were answered before the kill: {per:?}");
+    assert!(up, "all {all} calls were answered before the kill: {per:?}");
     let victim = (0..3u16)
         .max_by(|&a, &b| per[a as usize].total_cmp(&per[b as usize]))
         .unwrap();
@@ -110,6 +120,7 @@ fn a_killed_workers_calls_are_reinvited_and_hung_up_from_both_sides() {
         .unwrap();
     assert!(killed.success(), "worker {victim} killed");
     let t0 = Instant::now();
+    let killed_at = day_seconds(std::time::SystemTime::now());
     let survivors: Vec<u16> = (0..3).filter(|&i| i != victim).collect();
     let took_over = wait_for(Duration::from_secs(14), || {
         survivors
@@ -126,23 +137,76 @@ fn a_killed_workers_calls_are_reinvited_and_hung_up_from_both_sides() {
     );
     let a = finish_uac(uac_a, &stat_a);
     let b = finish_uac(uac_b, &stat_b);
+    // From the callers' message log: each call's first hold re-INVITE and
+    // the 200 that answered it. Those of the dead worker's calls sent
+    // before the takeover wait for it; the others are answered at once.
+    let msgs = sipp_log(&sipp_message_logs_of(dir.path(), "uac_hold_later_"));
+    // Per call: 0 until the INVITE's 200, 1 until the hold goes out, 2 (with
+    // its first send time) until its 200, then 3. Retransmissions of the
+    // INVITE fall in 0, of the hold in 2.
+    let mut phase: std::collections::HashMap<&str, (u8, f64)> = Default::default();
+    let mut waits: Vec<(f64, f64)> = Vec::new(); // (first re-INVITE, its 200), day seconds
+    for (t, out, first, call_id) in &msgs {
+        let e = phase.entry(call_id.as_str()).or_insert((0, 0.0));
+        match (e.0, *out) {
+            (0, false) if first.starts_with("SIP/2.0 200") => e.0 = 1,
+            (1, true) if first.starts_with("INVITE ") => *e = (2, *t),
+            (2, false) if first.starts_with("SIP/2.0 200") => {
+                waits.push((e.1, *t));
+                e.0 = 3;
+            }
+            _ => {}
+        }
+    }
+    let delayed: Vec<&(f64, f64)> = waits.iter().filter(|(s0, t)| t - s0 > 0.5).collect();
+    let first_after = delayed
+        .iter()
+        .map(|(_, t)| t - killed_at)
+        .fold(f64::INFINITY, f64::min);
+    let longest = waits.iter().map(|(s0, t)| t - s0).fold(0.0, f64::max);
+    // The BYEs that reached the callers' callee, one per call.
+    let byes: std::collections::HashSet<String> =
+        sipp_log(&sipp_message_logs_of(dir.path(), "uas_held_"))
+            .into_iter()
+            .filter(|(_, out, first, _)| !*out && first.starts_with("BYE "))
+            .map(|(_, _, _, call_id)| call_id)
+            .collect();
     eprintln!(
-        "failover: worker {} killed with {victim_calls} of 120 calls up; all adopted {:.1} s after the kill; \
-         callers' hold/resume/BYE: {}/60 ok, callees' hold/resume/BYE: {}/60 ok",
+        "failover: worker {} killed with {victim_calls} of {all} calls up; all adopted {:.1} s after the kill; \
+         {} hold re-INVITEs waited for the takeover, the first answered {:.1} s after the kill (longest wait {:.1} s); \
+         callers' hold/resume/BYE: {}/{CALLS} ok, callees' hold/resume/BYE: {}/{CALLS} ok; BYEs at the callee: {}",
         victim + 1,
         takeover.as_secs_f64(),
+        delayed.len(),
+        first_after,
+        longest,
         a.successful,
-        b.successful
+        b.successful,
+        byes.len()
     );
     assert_eq!(
         (a.exit, a.successful, a.failed),
-        (Some(0), 60, 0),
+        (Some(0), u64::from(CALLS), 0),
         "callers: {a:?}"
     );
     assert_eq!(
         (b.exit, b.successful, b.failed),
-        (Some(0), 60, 0),
+        (Some(0), u64::from(CALLS), 0),
         "callees' side: {b:?}"
+    );
+    assert_eq!(
+        waits.len(),
+        CALLS as usize,
+        "every hold re-INVITE answered (callers' log)"
+    );
+    assert!(
+        !delayed.is_empty(),
+        "some of the dead worker's calls sent their re-INVITE before the takeover: {waits:?}"
+    );
+    assert_eq!(
+        byes.len(),
+        CALLS as usize,
+        "each caller's BYE reached its callee"
     );
     // Every call ended on a survivor: none is left up.
     let left: f64 = survivors.iter().map(|&i| active(host, port, i)).sum();

@@ -131,6 +131,7 @@ fn uas(dir: &Path, scenario_file: &str, port: u16, trace: bool) -> Proc {
         cmd.arg("-trace_msg");
     }
     let child = cmd
+        .env("TZ", "UTC")
         .current_dir(dir)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -197,6 +198,7 @@ pub(crate) fn sipp_uac_with(
         .args(["-trace_err", "-error_file"])
         .arg(dir.join(format!("uac-{port}.err")))
         .arg(target.to_string())
+        .env("TZ", "UTC")
         .current_dir(dir)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
