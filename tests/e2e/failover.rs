@@ -62,7 +62,7 @@ fn three_workers(dir: &std::path::Path, routes: &[String]) -> (Cluster, String, 
 /// Issue 6's failover test: hundreds of calls up over three replicated
 /// workers, the one with the most calls SIGKILLed, and every call carried
 /// on through the survivors. 150 calls are held, resumed and hung up by
-/// the caller, starting 6 s after each answer (so the first re-INVITEs of
+/// the caller, starting 4.5 s after each answer (so the first re-INVITEs of
 /// the dead worker's calls go out just after the kill, while nobody serves
 /// them: SIPp retransmits until a survivor takes over, and the time from
 /// the kill to the first of them answered is what a user waits); 150 are
@@ -91,11 +91,11 @@ fn a_killed_workers_calls_are_reinvited_and_hung_up_from_both_sides() {
         "uac_hold_later.xml",
         "held",
         edge,
-        60,
+        100,
         CALLS,
-        6_000,
+        4_500,
     );
-    let (uac_b, stat_b) = sipp_uac_with(dir.path(), "uac_held.xml", "holds", edge, 60, CALLS, 0);
+    let (uac_b, stat_b) = sipp_uac_with(dir.path(), "uac_held.xml", "holds", edge, 100, CALLS, 0);
     let all = f64::from(2 * CALLS);
     let up = wait_for(Duration::from_secs(12), || {
         (0..3).map(|i| active(host, port, i)).sum::<f64>() >= all
@@ -158,6 +158,12 @@ fn a_killed_workers_calls_are_reinvited_and_hung_up_from_both_sides() {
             _ => {}
         }
     }
+    let first_hold = waits.iter().map(|w| w.0).fold(f64::INFINITY, f64::min);
+    assert!(
+        killed_at < first_hold,
+        "the kill ({killed_at:.3}) came before the first hold re-INVITE ({first_hold:.3}): \
+         the calls were slow to come up on this machine"
+    );
     let delayed: Vec<&(f64, f64)> = waits.iter().filter(|(s0, t)| t - s0 > 0.5).collect();
     let first_after = delayed
         .iter()
@@ -688,6 +694,12 @@ fn a_killed_workers_calls_are_transferred_through_the_others() {
         waits.len(),
         calls as usize,
         "every REFER answered 202 (B's log)"
+    );
+    let first_hold = waits.iter().map(|w| w.0).fold(f64::INFINITY, f64::min);
+    assert!(
+        killed_at < first_hold,
+        "the kill ({killed_at:.3}) came before the first hold re-INVITE ({first_hold:.3}): \
+         the calls were slow to come up on this machine"
     );
     let delayed: Vec<&(f64, f64)> = waits.iter().filter(|(s0, t)| t - s0 > 0.5).collect();
     let first_after = delayed

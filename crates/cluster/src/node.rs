@@ -14,7 +14,10 @@
 //! 2. its lease is live: it proposed a `Renew` at local time `t`, saw it
 //!    applied, and `now < t + lease`;
 //! 3. if it gained `s` from another worker, `lease` ticks have passed since
-//!    it applied that map change.
+//!    it applied that map change, unless the change is a death the leader
+//!    proposed with its whole log applied (`MemberDown.lease_over`, set in
+//!    `propose_batch`): then the dead worker's last renewal was applied
+//!    `dead_after` before, its lease is over, and `s` is served at once.
 //!
 //! The old owner's last useful `Renew` was proposed before the map change
 //! was committed (had it applied the change first, it would have stopped),
@@ -365,6 +368,7 @@ impl Node {
         self.queue(pb::command::Command::Down(pb::MemberDown {
             node: self.cfg.id,
             drained: true,
+            lease_over: false,
         }));
     }
 
@@ -504,6 +508,8 @@ impl Node {
                 self.queue(pb::command::Command::Down(pb::MemberDown {
                     node: m,
                     drained: false,
+                    // Decided when the batch is proposed: propose_batch.
+                    lease_over: false,
                 }));
             }
         }
@@ -532,7 +538,25 @@ impl Node {
         }
     }
 
-    fn propose_batch(&mut self, seq: u64, commands: Vec<pb::Command>) {
+    fn propose_batch(&mut self, seq: u64, mut commands: Vec<pb::Command>) {
+        // A leader appends its proposal to its log right here, so what
+        // stands before it in the log is what the log holds now: with all
+        // of it applied and still no renewal of a dead member applied for
+        // dead_after, that member's lease is over (see MemberDown in
+        // proto/cluster.proto). Decided at every proposal, re-proposals
+        // included; a follower's forwarded proposal never claims it.
+        let settled = self.is_leader() && self.applied >= self.raw.raft.raft_log.last_index();
+        for c in &mut commands {
+            if let Some(pb::command::Command::Down(d)) = &mut c.command
+                && !d.drained
+            {
+                d.lease_over = settled
+                    && self
+                        .heard
+                        .get(&d.node)
+                        .is_some_and(|&h| self.now >= h + self.cfg.dead_after_ticks);
+            }
+        }
         let batch = pb::Batch {
             proposer: self.cfg.id,
             seq,
@@ -669,7 +693,7 @@ impl Node {
                 let mut lost = Vec::new();
                 for m in moves {
                     if m.to == self.cfg.id {
-                        self.serve_from[m.shard] = if m.from == 0 {
+                        self.serve_from[m.shard] = if m.from == 0 || m.lease_over {
                             self.now
                         } else {
                             self.now + self.cfg.lease_ticks

@@ -26,6 +26,10 @@ pub struct Move {
     pub shard: usize,
     pub from: u64,
     pub to: u64,
+    /// `from`'s lease is known to be over (a death the leader proposed
+    /// with nothing of `from`'s left unapplied: `MemberDown.lease_over`),
+    /// so `to` need not wait one out.
+    pub lease_over: bool,
 }
 
 /// What applying one command changed.
@@ -117,7 +121,7 @@ impl Table {
             C::Upsert(u) => Some(self.upsert(u)),
             C::Remove(r) => Some(self.remove(r)),
             C::Up(m) => self.member_up(m.node),
-            C::Down(m) => self.member_down(m.node),
+            C::Down(m) => self.member_down(m.node, m.lease_over && !m.drained),
             C::Renew(r) => Some(Change::Renewed {
                 node: r.node,
                 seq: r.seq,
@@ -204,7 +208,12 @@ impl Table {
             };
             *loads.entry(to).or_default() += 1;
             self.owners[shard] = to;
-            moves.push(Move { shard, from: 0, to });
+            moves.push(Move {
+                shard,
+                from: 0,
+                to,
+                lease_over: false,
+            });
         }
     }
 
@@ -240,12 +249,13 @@ impl Table {
                 shard,
                 from,
                 to: node,
+                lease_over: false,
             });
         }
         Some(self.new_epoch(moves))
     }
 
-    fn member_down(&mut self, node: u64) -> Option<Change> {
+    fn member_down(&mut self, node: u64, lease_over: bool) -> Option<Change> {
         if !self.up.remove(&node) {
             return None;
         }
@@ -256,6 +266,7 @@ impl Table {
         self.fill(&mut moves);
         for m in &mut moves {
             m.from = node;
+            m.lease_over = lease_over;
         }
         // With nobody left up, the shards stay unowned (moves to 0).
         if self.up.is_empty() {
@@ -266,6 +277,7 @@ impl Table {
                         shard,
                         from: node,
                         to: 0,
+                        lease_over,
                     }),
             );
         }
@@ -354,11 +366,14 @@ mod tests {
         let Some(Change::Map { epoch, moves }) = t.apply(C::Down(pb::MemberDown {
             node: 2,
             drained: false,
+            lease_over: true,
         })) else {
             panic!()
         };
         assert_eq!((epoch, moves.len()), (4, 22));
         assert!(moves.iter().all(|m| m.from == 2 && m.to != 2 && m.to != 0));
+        // A death the leader knows is past its lease: served at once.
+        assert!(moves.iter().all(|m| m.lease_over));
         assert_eq!(count(&t, 1) + count(&t, 3), 64);
         assert!(count(&t, 1).abs_diff(count(&t, 3)) <= 1);
         // Up twice, down twice: no new epoch.
@@ -366,7 +381,8 @@ mod tests {
         assert_eq!(
             t.apply(C::Down(pb::MemberDown {
                 node: 2,
-                drained: true
+                drained: true,
+                lease_over: true,
             })),
             None
         );

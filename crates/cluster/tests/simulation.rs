@@ -472,8 +472,19 @@ fn a_killed_owners_shards_move_and_its_calls_stay_writable() {
     }
     let took = all_served.expect("shards served again");
     let cfg = config(1);
-    // Declared dead after dead_after, served after a further lease.
-    assert!(took >= cfg.dead_after_ticks, "{took}");
+    // Declared dead dead_after after its last renewal was applied (at most
+    // renew_ticks before the kill, plus a round trip), and served as soon
+    // as the death commits: the leader proposed it with nothing of the
+    // victim's unapplied, so the victim's lease is known to be over and
+    // nobody waits out another one.
+    assert!(
+        took + cfg.renew_ticks >= cfg.dead_after_ticks,
+        "not served before the victim could be declared dead: {took}"
+    );
+    assert!(
+        took < cfg.dead_after_ticks + cfg.lease_ticks,
+        "served without waiting out a further lease: {took}"
+    );
     assert!(sim.max_epoch() > epoch);
     // Every acknowledged call of the victim is in the survivors' tables
     // and each can be updated by its new owner.
