@@ -161,8 +161,8 @@ fn a_killed_workers_calls_are_reinvited_and_hung_up_from_both_sides() {
     let first_hold = waits.iter().map(|w| w.0).fold(f64::INFINITY, f64::min);
     assert!(
         killed_at < first_hold,
-        "the kill ({killed_at:.3}) came before the first hold re-INVITE ({first_hold:.3}): \
-         the calls were slow to come up on this machine"
+        "the kill ({killed_at:.3}) must come before the first hold re-INVITE ({first_hold:.3}); \
+         here the calls were too slow to come up"
     );
     let (delayed, first_after, longest) = gap_waits(&waits, killed_at);
     // The BYEs that reached the callers' callee, one per call.
