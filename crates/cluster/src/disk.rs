@@ -118,7 +118,11 @@ impl Disk {
                     entries.insert(e.index, e.write_to_bytes()?.as_slice())?;
                 }
             }
-            if dirty.hard {
+            // The hard state goes when its term or vote changed (and with a
+            // snapshot), not for a commit index alone: that is learnt
+            // again from the leader, and the write was a second B-tree of
+            // every append's commit (see `Store::take_dirty`).
+            if dirty.vote || dirty.snapshot {
                 meta.insert("hard", store.hard_state().write_to_bytes()?.as_slice())?;
             }
         }

@@ -66,6 +66,13 @@ pub struct Config {
     pub compact_after: usize,
     /// At most this many commands per log entry.
     pub max_batch: usize,
+    /// Group commit by the shell: a tick does not propose the queued
+    /// commands (the shell calls [`Node::propose_queued`] when its window
+    /// closes), and a leader holds proposals forwarded by followers in its
+    /// log without writing or sending them until then (or until anything
+    /// else runs a Ready), so every worker's batch of one window goes in
+    /// one disk write and one append per follower.
+    pub group_commit: bool,
 }
 
 impl Config {
@@ -84,6 +91,7 @@ impl Config {
             repropose_ticks: 20,
             compact_after: 10_000,
             max_batch: 512,
+            group_commit: false,
         }
     }
 }
@@ -181,6 +189,10 @@ pub struct Node {
     /// As leader: members declared dead, not yet applied.
     downing: HashMap<u64, u64>,
     leader: u64,
+    /// The tick the current leader became known: batches proposed before
+    /// it may have been forwarded to a leader that is gone, so they are
+    /// proposed again at the next tick rather than after repropose_ticks.
+    leader_since: u64,
     draining: bool,
     outbox: Vec<Message>,
     events: VecDeque<Event>,
@@ -189,6 +201,9 @@ pub struct Node {
     /// Where the log is made durable (none in simulations, whose "disk" is
     /// the [`Store`] kept across a crash).
     disk: Option<Disk>,
+    /// As leader with `group_commit`: forwarded proposals stepped and not
+    /// yet through a Ready.
+    deferred: bool,
 }
 
 impl std::fmt::Debug for Node {
@@ -213,7 +228,17 @@ impl Node {
             max_inflight_msgs: 256,
             check_quorum: true,
             pre_vote: true,
-            batch_append: true,
+            // Off: raft-rs 0.7's `try_batching` appends new entries to any
+            // queued MsgAppend to the same peer whose entries they follow,
+            // and one with no entries (a commit-only append) "follows"
+            // anything: after a rejection the resent entries ride under the
+            // wrong index and the follower panics (to_commit out of range).
+            // A leader holding proposals for group commit queues several
+            // appends per peer, which the simulation showed at once.
+            // Without it each proposal is its own MsgAppend; the shell sends
+            // them in one gRPC batch and the follower steps them before one
+            // Ready (`Node::step_all`), so the disk cost is the same.
+            batch_append: false,
             ..Default::default()
         };
         let logger = slog::Logger::root(slog::Discard, slog::o!());
@@ -238,11 +263,13 @@ impl Node {
             heard: HashMap::new(),
             downing: HashMap::new(),
             leader: 0,
+            leader_since: 0,
             draining: false,
             outbox: Vec::new(),
             events: VecDeque::new(),
             disk: None,
             batch_sizes: Vec::new(),
+            deferred: false,
             cfg,
         };
         node.reseed();
@@ -409,9 +436,34 @@ impl Node {
     /// A message from a peer. Errors from raft about a message (an unknown
     /// peer, a stale term) drop that message only.
     pub fn step(&mut self, m: Message) -> Result<(), Error> {
-        let _ = self.raw.step(m);
-        self.reseed();
-        self.run()
+        self.step_all(std::iter::once(m))
+    }
+
+    /// Messages that arrived together, stepped before one Ready: a burst
+    /// of appends costs a follower one disk write, not one each. With
+    /// `group_commit`, a leader stepping only forwarded proposals runs no
+    /// Ready (see [`Node::deferred`]).
+    pub fn step_all(&mut self, msgs: impl IntoIterator<Item = Message>) -> Result<(), Error> {
+        let mut ready = false;
+        for m in msgs {
+            let hold = self.cfg.group_commit
+                && m.get_msg_type() == MessageType::MsgPropose
+                && self.is_leader();
+            let _ = self.raw.step(m);
+            self.reseed();
+            if hold {
+                self.deferred = true;
+            } else {
+                ready = true;
+            }
+        }
+        if ready { self.run() } else { Ok(()) }
+    }
+
+    /// As leader with `group_commit`: forwarded proposals wait for
+    /// [`Node::propose_queued`] (or any other step or tick).
+    pub fn deferred(&self) -> bool {
+        self.deferred
     }
 
     /// One tick of time: elections, heartbeats, renewals, failure
@@ -458,7 +510,10 @@ impl Node {
         let stale: Vec<u64> = self
             .inflight
             .iter()
-            .filter(|(_, (_, t))| self.now >= t + self.cfg.repropose_ticks)
+            .filter(|(_, (_, t))| {
+                self.now >= t + self.cfg.repropose_ticks
+                    || (self.leader != 0 && *t < self.leader_since)
+            })
             .map(|(&seq, _)| seq)
             .collect();
         for seq in stale {
@@ -466,7 +521,9 @@ impl Node {
                 self.propose_batch(seq, cmds);
             }
         }
-        self.flush();
+        if !self.cfg.group_commit {
+            self.flush();
+        }
         self.run()
     }
 
@@ -479,6 +536,7 @@ impl Node {
         let leader = self.raw.raft.leader_id;
         if leader != self.leader {
             self.leader = leader;
+            self.leader_since = self.now;
             if leader == self.cfg.id {
                 // A new leader knows nothing of renewals before its term:
                 // give every member a full dead_after from now.
@@ -572,6 +630,7 @@ impl Node {
     /// The Ready loop (raft-rs 0.7's order): send, snapshot, apply
     /// committed, append, hard state, send persisted, advance, repeat.
     fn run(&mut self) -> Result<(), Error> {
+        self.deferred = false;
         while self.raw.has_ready() {
             let mut rd = self.raw.ready();
             self.outbox.extend(rd.take_messages());

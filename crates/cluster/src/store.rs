@@ -58,8 +58,12 @@ impl Store {
 
     /// What changed since the last call, if anything.
     pub(crate) fn take_dirty(&mut self) -> Option<Dirty> {
-        self.persisted_commit = self.hard.commit;
         let d = std::mem::take(&mut self.dirty);
+        // The disk writes the hard state (and so the commit index) only
+        // with a new term or vote, or a snapshot (`Disk::sync`).
+        if d.vote || d.snapshot {
+            self.persisted_commit = self.hard.commit;
+        }
         (d != Dirty::default()).then_some(d)
     }
 
@@ -75,8 +79,9 @@ impl Store {
     }
 
     /// What a disk holds of this store after its last write: everything
-    /// but a commit index moved since (a Ready that only commits writes
-    /// nothing). The simulation restarts crashed workers from this.
+    /// but a commit index moved since the hard state was last written
+    /// (only a new term or vote, or a snapshot, writes it). The simulation
+    /// restarts crashed workers from this.
     pub fn persisted(&self) -> Store {
         let mut s = self.clone();
         s.hard.commit = self.persisted_commit;

@@ -54,6 +54,10 @@ struct Sim {
     removing: BTreeSet<Vec<u8>>,
     next_call: u64,
     stats: Stats,
+    /// Odd seeds run as the workers do: group commit (`Config::group_
+    /// commit`), each node closing its window at random ticks and the
+    /// messages that reach a node together stepped together.
+    group: bool,
 }
 
 #[derive(Debug, Default)]
@@ -65,11 +69,12 @@ struct Stats {
     failovers: u64,
 }
 
-fn config(id: u64) -> Config {
+fn config(id: u64, group_commit: bool) -> Config {
     let mut c = Config::new(id, IDS.to_vec(), SHARDS);
     // Small enough that runs take snapshots and restarted nodes need them.
     c.compact_after = 64;
     c.max_batch = 8;
+    c.group_commit = group_commit;
     c
 }
 
@@ -86,7 +91,7 @@ impl Sim {
             .map(|&id| {
                 (
                     id,
-                    Node::new(config(id), Store::new(&IDS), seed).expect("node"),
+                    Node::new(config(id, seed % 2 == 1), Store::new(&IDS), seed).expect("node"),
                 )
             })
             .collect();
@@ -106,6 +111,7 @@ impl Sim {
             removing: BTreeSet::new(),
             next_call: 0,
             stats: Stats::default(),
+            group: seed % 2 == 1,
         }
     }
 
@@ -150,11 +156,25 @@ impl Sim {
                 return;
             }
             due.sort_by_key(|w| w.1);
-            for (_, _, _, to, m) in due {
-                if let Some(node) = self.nodes.get_mut(&to) {
-                    node.step(m).expect("step");
-                    let out = node.take_messages();
-                    self.send(to, out, faulty);
+            if self.group {
+                let mut per: BTreeMap<u64, Vec<Message>> = BTreeMap::new();
+                for (_, _, _, to, m) in due {
+                    per.entry(to).or_default().push(m);
+                }
+                for (to, msgs) in per {
+                    if let Some(node) = self.nodes.get_mut(&to) {
+                        node.step_all(msgs).expect("step");
+                        let out = node.take_messages();
+                        self.send(to, out, faulty);
+                    }
+                }
+            } else {
+                for (_, _, _, to, m) in due {
+                    if let Some(node) = self.nodes.get_mut(&to) {
+                        node.step(m).expect("step");
+                        let out = node.take_messages();
+                        self.send(to, out, faulty);
+                    }
                 }
             }
             self.drain_events();
@@ -285,7 +305,8 @@ impl Sim {
             .collect();
         for id in back {
             let (store, _) = self.down.remove(&id).expect("down");
-            let node = Node::new(config(id), store, self.seed ^ self.now).expect("restart");
+            let node =
+                Node::new(config(id, self.group), store, self.seed ^ self.now).expect("restart");
             self.nodes.insert(id, node);
         }
         // Partitions: one worker cut off both ways, or only one way.
@@ -313,8 +334,14 @@ impl Sim {
         }
         let ids: Vec<u64> = self.nodes.keys().copied().collect();
         for id in ids {
+            // A window closes (the worker's flush timer): what is queued
+            // goes, and a leader writes and sends what it held.
+            let close = self.group && (!load || self.rng.random_bool(0.5));
             let node = self.nodes.get_mut(&id).expect("node");
             node.tick().expect("tick");
+            if close {
+                node.propose_queued().expect("propose");
+            }
             let out = node.take_messages();
             self.send(id, out, faulty);
         }
@@ -336,7 +363,8 @@ impl Sim {
         // but proposals in flight settle.
         self.cut.clear();
         for (id, (store, _)) in std::mem::take(&mut self.down) {
-            let node = Node::new(config(id), store, self.seed ^ self.now).expect("restart");
+            let node =
+                Node::new(config(id, self.group), store, self.seed ^ self.now).expect("restart");
             self.nodes.insert(id, node);
         }
         for _ in 0..400 {
@@ -471,7 +499,7 @@ fn a_killed_owners_shards_move_and_its_calls_stay_writable() {
         }
     }
     let took = all_served.expect("shards served again");
-    let cfg = config(1);
+    let cfg = config(1, false);
     // Declared dead dead_after after its last renewal was applied (at most
     // renew_ticks before the kill, plus a round trip), and served as soon
     // as the death commits: the leader proposed it with nothing of the

@@ -64,11 +64,13 @@ pub(crate) struct ClusterArgs {
     /// address]; `0.0.0.0:PORT` where that address is a name.
     #[arg(long)]
     pub(crate) grpc_listen: Option<SocketAddr>,
-    /// Group commit: a new call's record (its 2xx held until committed)
-    /// waits this long for others to share its Raft round, since each
-    /// round costs every replica a disk sync and wakes three processes; 0
-    /// proposes it at once when no round is in flight (lowest latency,
-    /// about 1.5-2x the CPU: docs/benchmarks.md).
+    /// Group commit: call records are proposed in windows of this length,
+    /// aligned on the wall clock (multiples of it since the Unix epoch), so
+    /// every worker's batch of a window goes in one Raft round; each round
+    /// costs every replica a disk sync and wakes three processes. A new
+    /// call's 2xx waits for its window (half of it on average) plus the
+    /// round. 0 proposes a new call's record at once when no round is in
+    /// flight (lowest latency, more CPU: docs/benchmarks.md).
     #[arg(long, default_value_t = 25)]
     pub(crate) commit_window_ms: u64,
     /// Tests only: let `Admin.Isolate` (`handover fault isolate`) cut this
@@ -216,10 +218,47 @@ pub(crate) enum Note {
     Stopped { shard: usize },
 }
 
+/// Commands from the SIP loop to the replica's thread: a queue under a
+/// lock that wakes the replica only when it stops being empty. With group
+/// commit the replica leaves the queue alone until its window closes, so
+/// a window's commands cost its thread one wake-up, not one each (the
+/// cross-thread wake was a tenth of replication's CPU at 500 calls/s).
+#[derive(Debug, Default)]
+pub(crate) struct Cmds {
+    /// Each command with when it was queued (commit latency counts from
+    /// there).
+    queue: parking_lot::Mutex<Vec<(Cmd, tokio::time::Instant)>>,
+    wake: tokio::sync::Notify,
+}
+
+impl Cmds {
+    /// Queues `cmds`, waking the replica if the queue was empty.
+    pub(crate) fn send_all(&self, cmds: impl IntoIterator<Item = Cmd>) {
+        let now = tokio::time::Instant::now();
+        let was_empty = {
+            let mut q = self.queue.lock();
+            let was_empty = q.is_empty();
+            q.extend(cmds.into_iter().map(|c| (c, now)));
+            was_empty && !q.is_empty()
+        };
+        if was_empty {
+            self.wake.notify_one();
+        }
+    }
+
+    pub(crate) fn send(&self, cmd: Cmd) {
+        self.send_all(std::iter::once(cmd));
+    }
+
+    fn take(&self) -> Vec<(Cmd, tokio::time::Instant)> {
+        std::mem::take(&mut *self.queue.lock())
+    }
+}
+
 /// The SIP loop's side of the replica.
 #[derive(Debug)]
 pub(crate) struct Handle {
-    pub(crate) cmd: mpsc::UnboundedSender<Cmd>,
+    pub(crate) cmd: std::sync::Arc<Cmds>,
     pub(crate) notes: mpsc::UnboundedReceiver<Note>,
     /// The gRPC address actually bound.
     pub(crate) grpc: SocketAddr,
@@ -323,9 +362,11 @@ pub(crate) fn start(
     let seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64);
-    let node = Node::with_disk(Config::new(id, voters, SHARDS), disk, store, seed)
-        .context("cannot start the Raft replica")?;
-    let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
+    let mut cfg = Config::new(id, voters, SHARDS);
+    cfg.group_commit = !window.is_zero();
+    let node = Node::with_disk(cfg, disk, store, seed).context("cannot start the Raft replica")?;
+    let cmd_tx = std::sync::Arc::new(Cmds::default());
+    let cmd_rx = std::sync::Arc::clone(&cmd_tx);
     let (note_tx, note_rx) = mpsc::unbounded_channel();
     let (ready_tx, ready_rx) = watch::channel(false);
     let lease = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
@@ -412,7 +453,7 @@ struct Shared {
 struct Replica {
     node: Node,
     peers: Vec<Peer>,
-    cmds: mpsc::UnboundedReceiver<Cmd>,
+    cmds: std::sync::Arc<Cmds>,
     notes: mpsc::UnboundedSender<Note>,
     ready: watch::Sender<bool>,
     served: Vec<bool>,
@@ -430,7 +471,7 @@ impl Replica {
     fn new(
         node: Node,
         peers: Vec<Peer>,
-        cmds: mpsc::UnboundedReceiver<Cmd>,
+        cmds: std::sync::Arc<Cmds>,
         notes: mpsc::UnboundedSender<Note>,
         ready: watch::Sender<bool>,
         (lease, epoch): (
@@ -466,7 +507,14 @@ impl Replica {
         let isolated = move || isolation.as_ref().is_some_and(Isolation::now);
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
         tokio::spawn(async move {
+            // Large HTTP/2 windows: with the default 64 KiB, the receiver
+            // sends a WINDOW_UPDATE every few appends (a write and a wake
+            // on both ends); Raft's own flow control bounds what is in
+            // flight.
             let r = tonic::transport::Server::builder()
+                .initial_stream_window_size(Some(8 << 20))
+                .initial_connection_window_size(Some(16 << 20))
+                .tcp_nodelay(true)
                 .add_service(
                     pb::raft_server::RaftServer::new(services.clone())
                         .max_decoding_message_size(64 << 20),
@@ -499,50 +547,60 @@ impl Replica {
         metrics::counter!(MAP_CHANGES).increment(0);
         // When the open group-commit window closes (`--commit-window-ms`).
         let mut flush_at: Option<tokio::time::Instant> = None;
+        let window = Window::new(self.window);
         loop {
             let mut ticked = false;
             let r = tokio::select! {
                 () = sleep_until_some(flush_at) => {
                     flush_at = None;
+                    for (c, at) in self.cmds.take() {
+                        self.command(c, at, &proposals);
+                    }
                     self.node.propose_queued()
                 }
                 t = tick.tick() => { ticked = true; last_tick = t; self.node.tick() }
                 Some(m) = inbox.recv() => {
-                    let mut r = self.node.step(m);
-                    // Take whatever else arrived in the same breath.
-                    while r.is_ok() {
-                        match inbox.try_recv() {
-                            Ok(m) => r = self.node.step(m),
-                            Err(_) => break,
-                        }
+                    // Whatever else arrived in the same breath goes
+                    // through the same Ready (one disk write).
+                    let mut msgs = vec![m];
+                    while let Ok(m) = inbox.try_recv() {
+                        msgs.push(m);
+                    }
+                    let r = self.node.step_all(msgs);
+                    // A leader holding followers' proposals writes and
+                    // sends them when its window closes.
+                    if r.is_ok() && self.node.deferred() {
+                        let at = window.leader_close(tokio::time::Instant::now());
+                        flush_at = Some(flush_at.map_or(at, |f| f.min(at)));
                     }
                     r
                 }
-                Some(c) = self.cmds.recv() => {
-                    // Group commit: a new call's record (its 2xx waits for
-                    // the commit) opens a window of --commit-window-ms;
-                    // everything queued by its end goes in one batch. With
-                    // no window it is proposed at once when nothing else
-                    // awaits a commit, else with the batch that goes when
-                    // that commit lands. Updates and removes wait for the
-                    // next tick or the next batch. Every batch costs each
-                    // replica a disk sync.
-                    let idle = self.pending.is_empty();
-                    let mut urgent = self.command(c, &proposals);
-                    while let Ok(c) = self.cmds.try_recv() {
-                        urgent |= self.command(c, &proposals);
-                    }
-                    if urgent && !self.window.is_zero() {
-                        flush_at.get_or_insert_with(|| tokio::time::Instant::now() + self.window);
+                () = self.cmds.wake.notified() => {
+                    // Group commit (see `Window`): whatever is queued goes
+                    // when the current window closes, taken from the queue
+                    // only then. With no window a new call's record (its
+                    // 2xx waits for the commit) is proposed at once when
+                    // nothing else awaits a commit, else with the batch
+                    // that goes when that commit lands; updates and
+                    // removes wait for the next tick or the next batch.
+                    if window.on() {
+                        flush_at.get_or_insert_with(|| window.close(tokio::time::Instant::now(), self.node.is_leader()));
                         Ok(())
-                    } else if urgent && idle {
+                    } else {
+                    let idle = self.pending.is_empty();
+                    let mut urgent = false;
+                    for (c, at) in self.cmds.take() {
+                        urgent |= self.command(c, at, &proposals);
+                    }
+                    if urgent && idle {
                         self.node.propose_queued()
                     } else {
                         Ok(())
                     }
+                    }
                 }
                 Some(d) = drain_rx.recv() => {
-                    self.command(Cmd::Drain(d), &proposals);
+                    self.command(Cmd::Drain(d), tokio::time::Instant::now(), &proposals);
                     Ok(())
                 }
             };
@@ -635,6 +693,11 @@ impl Replica {
                     }
                 }
             }
+            // Renewals and membership changes queued by a tick go with
+            // the window too.
+            if window.on() && flush_at.is_none() && self.node.queued() > 0 {
+                flush_at = Some(window.close(tokio::time::Instant::now(), self.node.is_leader()));
+            }
             for n in self.node.take_batch_sizes() {
                 batch_hist.record(n as f64);
             }
@@ -658,7 +721,7 @@ impl Replica {
     }
 
     /// Queues a command; true when a caller waits on its commit.
-    fn command(&mut self, c: Cmd, proposals: &metrics::Counter) -> bool {
+    fn command(&mut self, c: Cmd, at: tokio::time::Instant, proposals: &metrics::Counter) -> bool {
         proposals.increment(1);
         let urgent = matches!(c, Cmd::Upsert { version: 1, .. });
         match c {
@@ -670,8 +733,7 @@ impl Replica {
             } => {
                 // Awaited: a new call's record (its 2xx is held).
                 if urgent && self.pending.len() < 1_000_000 {
-                    self.pending
-                        .insert(call_id.clone(), tokio::time::Instant::now());
+                    self.pending.insert(call_id.clone(), at);
                 }
                 self.node.upsert(call_id, key, version, record);
             }
@@ -734,13 +796,6 @@ impl Replica {
             members_up: t.members_up().collect(),
             calls_per_worker: per,
         };
-        let map = pb::MapView {
-            map: Some(cpb::ShardMap {
-                epoch: t.epoch(),
-                owners: t.owners().to_vec(),
-            }),
-            sip: self.peers.iter().map(|p| (p.id, p.sip.clone())).collect(),
-        };
         metrics::gauge!(RAFT_TERM).set(s.term as f64);
         metrics::gauge!(RAFT_LEADER).set(s.leader as f64);
         metrics::gauge!(RAFT_IS_LEADER).set(f64::from(u8::from(s.leader == s.id)));
@@ -752,13 +807,86 @@ impl Replica {
         let ready = s.epoch > 0 && s.leader != 0 && self.node.caught_up();
         self.ready
             .send_if_modified(|r| std::mem::replace(r, ready) != ready);
-        shared.send_modify(|sh| {
-            let epoch_moved = sh.map.map.as_ref().map(|m| m.epoch) != Some(t.epoch());
+        // Status readers take the latest when they ask; map watchers
+        // (edges) are woken only by a new epoch, not by every tick.
+        shared.send_if_modified(|sh| {
             sh.status = status;
-            if epoch_moved {
-                sh.map = map;
+            if sh.map.map.as_ref().map(|m| m.epoch) == Some(t.epoch()) {
+                return false;
             }
+            sh.map = pb::MapView {
+                map: Some(cpb::ShardMap {
+                    epoch: t.epoch(),
+                    owners: t.owners().to_vec(),
+                }),
+                sip: self.peers.iter().map(|p| (p.id, p.sip.clone())).collect(),
+            };
+            true
         });
+    }
+}
+
+/// Group commit windows (`--commit-window-ms`), aligned on the wall clock
+/// so that the workers' windows close together without talking: a
+/// follower proposes what it queued at the window's end, and the leader
+/// takes the followers' forwarded proposals and its own a little later
+/// (`LAG`) into one Ready: one disk write per replica and one append per
+/// follower for the whole cluster's window, where unaligned windows cost a
+/// round per worker. Clocks that disagree by more than the lag cost rounds
+/// and latency, never safety: a proposal the leader gets late goes at once.
+#[derive(Debug, Clone, Copy)]
+struct Window {
+    len: Duration,
+    /// How long after the window's end the leader proposes (loopback or a
+    /// LAN carries a follower's proposal well within it).
+    lag: Duration,
+}
+
+impl Window {
+    fn new(len: Duration) -> Self {
+        Self {
+            len,
+            lag: (len / 4).min(Duration::from_millis(3)),
+        }
+    }
+
+    fn on(&self) -> bool {
+        !self.len.is_zero()
+    }
+
+    /// Time since the start of the current window, from the wall clock.
+    fn elapsed_in_window(&self) -> Duration {
+        let since = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let len = self.len.as_nanos().max(1);
+        Duration::from_nanos((since.as_nanos() % len) as u64)
+    }
+
+    /// When what is queued now goes: the end of the current window for a
+    /// follower; for the leader, `lag` after the end of the window whose
+    /// followers' proposals it still waits for.
+    fn close(&self, now: tokio::time::Instant, leader: bool) -> tokio::time::Instant {
+        let into = self.elapsed_in_window();
+        if !leader {
+            return now + (self.len - into);
+        }
+        if into < self.lag {
+            now + (self.lag - into)
+        } else {
+            now + (self.len - into) + self.lag
+        }
+    }
+
+    /// As leader, when forwarded proposals that arrived now go: with the
+    /// current window's, or at once if they came after it closed.
+    fn leader_close(&self, now: tokio::time::Instant) -> tokio::time::Instant {
+        let into = self.elapsed_in_window();
+        if into < self.lag {
+            now + (self.lag - into)
+        } else {
+            now
+        }
     }
 }
 

@@ -335,7 +335,7 @@ pub(crate) fn run(args: WorkerArgs) -> anyhow::Result<()> {
                     // SIGTERM (Kubernetes' stop): hand the shards over first.
                     Some(r) if drain.is_none() && drain_exit.is_none() => {
                         let (tx, rx) = tokio::sync::oneshot::channel();
-                        let _ = r.cmd.send(crate::cluster::Cmd::Drain(tx));
+                        r.cmd.send(crate::cluster::Cmd::Drain(tx));
                         draining.store(true, std::sync::atomic::Ordering::Relaxed);
                         tracing::info!("SIGTERM: draining (handing this worker's shards and calls to the others)");
                         drain = Some((rx, tokio::time::Instant::now()));
@@ -368,8 +368,9 @@ pub(crate) fn run(args: WorkerArgs) -> anyhow::Result<()> {
                 } => break,
             }
             if let Some(r) = &replica {
+                let mut cmds = Vec::new();
                 while let Some(rep) = b2b.poll_replication() {
-                    let cmd = match rep {
+                    cmds.push(match rep {
                         handover_call::Replication::Upsert(rec) => crate::cluster::Cmd::Upsert {
                             record: crate::replica_record::encode(&rec),
                             call_id: rec.a_call_id,
@@ -379,8 +380,10 @@ pub(crate) fn run(args: WorkerArgs) -> anyhow::Result<()> {
                         handover_call::Replication::Remove { a_call_id, key, version } => {
                             crate::cluster::Cmd::Remove { call_id: a_call_id, key, version }
                         }
-                    };
-                    let _ = r.cmd.send(cmd);
+                    });
+                }
+                if !cmds.is_empty() {
+                    r.cmd.send_all(cmds);
                 }
             }
             while let Some((to, bytes)) = b2b.poll_transmit() {
