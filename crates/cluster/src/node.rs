@@ -2,10 +2,12 @@
 //! [`Table`], and the ownership lease, driven without I/O.
 //!
 //! The shell calls [`Node::tick`] every tick (100 ms in a worker), hands
-//! every message from a peer to [`Node::step`], sends what
-//! [`Node::take_messages`] returns, persists [`Node::store`] and reads
-//! [`Node::poll_event`]. Time is a tick count; randomness (raft's election
-//! timeouts) comes from a seed, so a simulation run is repeatable.
+//! the messages from peers to [`Node::step_all`] (those that arrived
+//! together at once), sends what [`Node::take_messages`] returns and reads
+//! [`Node::poll_event`]; with [`Config::group_commit`] it also calls
+//! [`Node::propose_queued`] when its commit window closes. Time is a tick
+//! count; randomness (raft's election timeouts) comes from a seed, so a
+//! simulation run is repeatable.
 //!
 //! # Ownership and its lease
 //!

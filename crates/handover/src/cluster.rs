@@ -71,7 +71,7 @@ pub(crate) struct ClusterArgs {
     /// call's 2xx waits for its window (half of it on average) plus the
     /// round. 0 proposes a new call's record at once when no round is in
     /// flight (lowest latency, more CPU: docs/benchmarks.md).
-    #[arg(long, default_value_t = 25)]
+    #[arg(long, default_value_t = 40)]
     pub(crate) commit_window_ms: u64,
     /// Tests only: let `Admin.Isolate` (`handover fault isolate`) cut this
     /// worker's Raft traffic, to partition it from the others.

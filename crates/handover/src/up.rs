@@ -67,7 +67,7 @@ pub(crate) struct UpArgs {
     no_replication: bool,
     /// Workers' group-commit window in milliseconds (`worker
     /// --commit-window-ms`).
-    #[arg(long, default_value_t = 25)]
+    #[arg(long, default_value_t = 40)]
     commit_window_ms: u64,
 }
 
