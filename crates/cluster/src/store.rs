@@ -29,7 +29,6 @@ pub struct Store {
 /// What a [`Store`] changed since [`Store::take_dirty`] was last called.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct Dirty {
-    pub(crate) hard: bool,
     /// The term or the vote changed (not just the commit index).
     pub(crate) vote: bool,
     pub(crate) snapshot: bool,
@@ -138,14 +137,12 @@ impl Store {
             self.dirty.vote = true;
         }
         self.hard = hs;
-        self.dirty.hard = true;
     }
 
+    /// A commit index alone makes nothing dirty: it is written with the
+    /// next new term, vote or snapshot (`Disk::sync`).
     pub fn set_commit(&mut self, commit: u64) {
-        if self.hard.commit != commit {
-            self.hard.commit = commit;
-            self.dirty.hard = true;
-        }
+        self.hard.commit = commit;
     }
 
     /// Appends `ents`, first dropping any suffix they overwrite (a new
@@ -175,7 +172,6 @@ impl Store {
         self.conf = meta.get_conf_state().clone();
         self.entries.clear();
         self.snap = snap;
-        self.dirty.hard = true;
         self.dirty.snapshot = true;
         let after = self.snap.get_metadata().index + 1;
         self.touch_entries(after);
