@@ -610,18 +610,7 @@ impl Replica {
                 tracing::error!(error = %e, "Raft replica failed; exiting");
                 std::process::exit(70);
             }
-            let mut per: BTreeMap<u64, Vec<Message>> = BTreeMap::new();
-            for m in self.node.take_messages() {
-                per.entry(m.to).or_default().push(m);
-            }
-            for (to, msgs) in per {
-                if isolated() {
-                    break;
-                }
-                if let Some(tx) = outs.get(&to) {
-                    let _ = tx.send(msgs);
-                }
-            }
+            send_out(&mut self.node, &outs, isolated());
             let awaiting = self.pending.len();
             let mut map_changed = false;
             while let Some(e) = self.node.poll_event() {
@@ -680,18 +669,7 @@ impl Replica {
                     tracing::error!(error = %e, "Raft replica failed; exiting");
                     std::process::exit(70);
                 }
-                let mut per: BTreeMap<u64, Vec<Message>> = BTreeMap::new();
-                for m in self.node.take_messages() {
-                    per.entry(m.to).or_default().push(m);
-                }
-                for (to, msgs) in per {
-                    if isolated() {
-                        break;
-                    }
-                    if let Some(tx) = outs.get(&to) {
-                        let _ = tx.send(msgs);
-                    }
-                }
+                send_out(&mut self.node, &outs, isolated());
             }
             // Renewals and membership changes queued by a tick go with
             // the window too.
@@ -886,6 +864,27 @@ impl Window {
             now + (self.lag - into)
         } else {
             now
+        }
+    }
+}
+
+/// Hands the node's messages to the peers' senders, one batch per peer
+/// (nothing while isolated by fault injection).
+fn send_out(
+    node: &mut Node,
+    outs: &BTreeMap<u64, mpsc::UnboundedSender<Vec<Message>>>,
+    isolated: bool,
+) {
+    let mut per: BTreeMap<u64, Vec<Message>> = BTreeMap::new();
+    for m in node.take_messages() {
+        per.entry(m.to).or_default().push(m);
+    }
+    if isolated {
+        return;
+    }
+    for (to, msgs) in per {
+        if let Some(tx) = outs.get(&to) {
+            let _ = tx.send(msgs);
         }
     }
 }
