@@ -372,8 +372,11 @@ fn a_worker_paused_past_its_lease_serves_nothing_when_it_wakes() {
         .unwrap();
     let before = hangups(host, port, w);
     let pid = worker_pid(c.worker + w).to_string();
-    // Frozen (a long GC pause, a stalled VM, a cut network): its calls'
-    // BYEs queue in its socket until the cluster gives its shards away.
+    // Frozen (a long GC pause, a stalled VM, a cut network): what reaches
+    // it queues in its socket until the cluster gives its shards away. The
+    // callers' BYEs come after the takeover, so they reach it only if the
+    // edge happened to follow the map from this very worker; a request
+    // sent straight to it stands for what any peer had in flight.
     assert!(
         std::process::Command::new("kill")
             .args(["-STOP", &pid])
@@ -381,6 +384,16 @@ fn a_worker_paused_past_its_lease_serves_nothing_when_it_wakes() {
             .unwrap()
             .success()
     );
+    let probe = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let me = probe.local_addr().unwrap();
+    let options = format!(
+        "OPTIONS sip:{edge} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bK-frozen-1\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:probe@{me}>;tag=frozen\r\nTo: <sip:{edge}>\r\n\
+         Call-ID: frozen-probe-1\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+    );
+    probe
+        .send_to(options.as_bytes(), ("127.0.0.1", c.worker + w))
+        .unwrap();
     let r = finish_uac(uac, &stat);
     assert!(
         std::process::Command::new("kill")
@@ -407,6 +420,14 @@ fn a_worker_paused_past_its_lease_serves_nothing_when_it_wakes() {
     assert!(
         metric(&text, "handover_worker_not_served_total") > 0.0,
         "it dropped what queued while it was frozen"
+    );
+    probe
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let mut buf = [0u8; 2048];
+    assert!(
+        probe.recv_from(&mut buf).is_err(),
+        "the woken worker answered a request that queued while its lease ran out"
     );
     // And it rejoins.
     wait_members(&grpc0, 3);
