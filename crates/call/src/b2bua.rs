@@ -229,10 +229,18 @@ fn sub_expires(v: &[u8]) -> Option<Duration> {
         .copied()
         .take_while(u8::is_ascii_digit)
         .collect();
-    Some(Duration::from_secs(
-        core::str::from_utf8(&d).ok()?.parse().ok()?,
-    ))
+    if d.is_empty() {
+        return None;
+    }
+    // Clamped: a notifier may say any number; a day bounds how long a
+    // subscription's state is kept (RFC 6665 lets the subscriber shorten it).
+    let secs: u64 = core::str::from_utf8(&d).ok()?.parse().unwrap_or(u64::MAX);
+    Some(Duration::from_secs(secs.min(MAX_PEER_SECS)))
 }
+
+/// The longest interval a peer's number of seconds is taken for (one day):
+/// the maximum call age ends calls long before in practice.
+const MAX_PEER_SECS: u64 = 86_400;
 
 #[derive(Debug)]
 struct Call {
@@ -387,8 +395,15 @@ fn end_to_end_headers<'m>(m: &Message<'m>) -> Vec<(&'m str, &'m [u8])> {
 fn session_interval(m: &Message<'_>) -> Option<Duration> {
     let v = m.header(HeaderName::SessionExpires)?.value.of(m.buf());
     let digits = v.iter().take_while(|b| b.is_ascii_digit()).count();
-    let secs: u64 = core::str::from_utf8(&v[..digits]).ok()?.parse().ok()?;
-    (secs > 0).then(|| Duration::from_secs(secs))
+    if digits == 0 {
+        return None;
+    }
+    // More digits than a u64 holds is as good as forever: clamped too.
+    let secs: u64 = core::str::from_utf8(&v[..digits])
+        .ok()?
+        .parse()
+        .unwrap_or(u64::MAX);
+    (secs > 0).then(|| Duration::from_secs(secs.min(MAX_PEER_SECS)))
 }
 
 /// Where a response goes: the top Via's received/rport or sent-by.

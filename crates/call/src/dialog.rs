@@ -260,7 +260,8 @@ impl Dialog {
         let seq = match cseq {
             Some(s) => s,
             None => {
-                self.local_seq += 1;
+                // Saturating: an adopted dialog's CSeq came from a record.
+                self.local_seq = self.local_seq.saturating_add(1);
                 self.local_seq
             }
         };

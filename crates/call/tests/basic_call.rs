@@ -906,3 +906,57 @@ fn no_answer_fails_over_to_the_next_target() {
     assert!(cancel_of(&out(&mut b), &s).is_none());
     assert_eq!(b.calls_active(), 1);
 }
+
+/// Numbers a peer sends are taken with checked arithmetic: a Session-Expires
+/// or a subscription `expires=` of u64::MAX seconds (or more digits than a
+/// u64 holds) is clamped, the worker's deadlines do not overflow, and the
+/// call goes on to a normal BYE.
+#[test]
+fn extreme_peer_numbers_crash_nothing_and_the_call_goes_on() {
+    for huge in ["18446744073709551615", "99999999999999999999999999"] {
+        let mut b = b2bua();
+        b.handle_datagram(at(0), a_invite().as_bytes());
+        let bi = out(&mut b)[1].1.clone();
+        let bim = scan(&bi).unwrap();
+        let ok = b_resp(&bim, "200 OK", "bt", Some(SDP_B)).replacen(
+            "Contact: ",
+            &format!("Session-Expires: {huge};refresher=uac\r\nRequire: timer\r\nContact: "),
+            1,
+        );
+        b.handle_datagram(at(100), ok.as_bytes());
+        let sent = out(&mut b);
+        let ok = sent
+            .iter()
+            .find(|(_, m)| first_line(m) == "SIP/2.0 200 OK")
+            .expect("the 200 reaches A");
+        let a_tag = String::from_utf8(scan(&ok.1).unwrap().to_tag().unwrap().to_vec()).unwrap();
+        assert!(b.poll_timeout().is_some(), "a deadline, not an overflow");
+        // B sends REFER; A's NOTIFY claims a subscription of `huge` seconds.
+        let refer = from_b(&bim, "REFER", 2, "rf1").replace(
+            "Contact: <sip:b@127.0.0.1:5071>\r\n",
+            "Contact: <sip:b@127.0.0.1:5071>\r\nRefer-To: <sip:c@127.0.0.1:5060>\r\n",
+        );
+        b.handle_datagram(at(1000), refer.as_bytes());
+        let _ = out(&mut b);
+        let notify = from_a("NOTIFY", 2, "n1", &a_tag, None).replace(
+            "Content-Length: 0\r\n\r\n",
+            &format!(
+                "Event: refer\r\nSubscription-State: active;expires={huge}\r\nContent-Type: message/sipfrag;version=2.0\r\nContent-Length: 22\r\n\r\nSIP/2.0 100 Trying\r\n\r\n"
+            ),
+        );
+        b.handle_datagram(at(1100), notify.as_bytes());
+        let _ = out(&mut b);
+        // A hangs up: the call ends as any other.
+        b.handle_datagram(at(2000), from_a("BYE", 3, "by", &a_tag, None).as_bytes());
+        let sent = out(&mut b);
+        assert!(
+            sent.iter().any(|(_, m)| first_line(m) == "SIP/2.0 200 OK")
+                && sent.iter().any(|(_, m)| first_line(m).starts_with("BYE ")),
+            "A's BYE answered and relayed to B: {:?}",
+            sent.iter().map(|(_, m)| first_line(m)).collect::<Vec<_>>()
+        );
+        // Every timer still runs, far in the future, without a panic.
+        b.handle_timeout(at(u64::MAX / 2));
+        let _ = out(&mut b);
+    }
+}

@@ -92,10 +92,12 @@ fn next_wake(
     now: tokio::time::Instant,
     deadline: Option<Instant>,
 ) -> tokio::time::Instant {
-    match deadline {
-        Some(t) => start + t.since_epoch(),
-        None => now + Duration::from_secs(3600),
-    }
+    let idle = now + Duration::from_secs(3600);
+    // A deadline a peer pushed far out (a huge Session-Expires) would
+    // overflow `Instant + Duration`: the hour's wake covers it.
+    deadline
+        .and_then(|t| start.checked_add(t.since_epoch()))
+        .map_or(idle, |t| t.min(idle))
 }
 
 /// The effective settings: file (or defaults), then flags.

@@ -22,10 +22,13 @@ impl Instant {
     }
 }
 
+/// Saturating: deadlines are often a peer's number of seconds away
+/// (Session-Expires, a subscription's `expires=`), and `u64::MAX` seconds
+/// must give a deadline that never comes, not a panic in the worker's loop.
 impl Add<Duration> for Instant {
     type Output = Instant;
     fn add(self, d: Duration) -> Instant {
-        Instant(self.0 + d)
+        Instant(self.0.saturating_add(d))
     }
 }
 
