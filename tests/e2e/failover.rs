@@ -75,8 +75,8 @@ fn a_killed_workers_calls_are_reinvited_and_hung_up_from_both_sides() {
     let _g = serial();
     let dir = tempfile::tempdir().unwrap();
     let (held, holds) = (free_udp_port(), free_udp_port());
-    let _uas_held = sipp_uas_traced_with(dir.path(), "uas_held.xml", held);
-    let _uas_holds = sipp_uas_with(dir.path(), "uas_holds_later.xml", holds);
+    let mut uas_held = sipp_uas_traced_with(dir.path(), "uas_held.xml", held);
+    let mut uas_holds = sipp_uas_with(dir.path(), "uas_holds_later.xml", holds);
     let (c, host, port) = three_workers(
         dir.path(),
         &[
@@ -209,9 +209,32 @@ fn a_killed_workers_calls_are_reinvited_and_hung_up_from_both_sides() {
         CALLS as usize,
         "each caller's BYE reached its callee"
     );
+    // Both callees finished every call as their scenarios say (the
+    // callers' BYEs at one, the callee-side hold, resume and BYE at the
+    // other), and each call got exactly one BYE.
+    uas_held.expect_calls(u64::from(CALLS));
+    uas_holds.expect_calls(u64::from(CALLS));
+    assert_one_bye_per_call(
+        &sipp_message_logs_of(dir.path(), "uas_held_"),
+        CALLS as usize,
+    );
     // Every call ended on a survivor: none is left up.
     let left: f64 = survivors.iter().map(|&i| active(host, port, i)).sum();
     assert_eq!(left, 0.0, "calls still up after every BYE");
+}
+
+/// Asserts, from a callee's SIPp message log, that `calls` calls each got
+/// exactly one BYE transaction (retransmissions share a branch): a BYE
+/// relayed twice, by a worker that lost its lease and by the new owner,
+/// would show up as a second one.
+fn assert_one_bye_per_call(log: &str, calls: usize) {
+    let per = bye_branches_per_call(log);
+    let twice: Vec<_> = per.iter().filter(|(_, b)| b.len() != 1).collect();
+    assert!(
+        twice.is_empty(),
+        "calls with more than one BYE at the callee: {twice:?}"
+    );
+    assert_eq!(per.len(), calls, "calls that got their BYE at the callee");
 }
 
 /// `handover status --json` of the worker at `grpc`.
@@ -243,7 +266,7 @@ fn the_raft_leader_killed_under_calls_comes_back_and_catches_up() {
     let _g = serial();
     let dir = tempfile::tempdir().unwrap();
     let b = free_udp_port();
-    let _uas = sipp_uas(dir.path(), b);
+    let mut uas = sipp_uas(dir.path(), b);
     let base = free_tcp_ports(3);
     let grpc = |i: u16| format!("127.0.0.1:{}", base + i);
     let data = dir.path().join("data");
@@ -303,6 +326,7 @@ fn the_raft_leader_killed_under_calls_comes_back_and_catches_up() {
     let election = t0.elapsed();
     let r = finish_uac(uac, &stat);
     assert_eq!((r.exit, r.successful, r.failed), (Some(0), 100, 0), "{r:?}");
+    uas.expect_calls(100);
     // The killed worker comes back with its log and catches up.
     let commit = status(&other).unwrap()["commit"].as_u64().unwrap();
     let _back = Proc(
@@ -340,7 +364,7 @@ fn a_worker_paused_past_its_lease_serves_nothing_when_it_wakes() {
     let _g = serial();
     let dir = tempfile::tempdir().unwrap();
     let b = free_udp_port();
-    let _uas = sipp_uas(dir.path(), b);
+    let mut uas = sipp_uas_traced(dir.path(), b);
     let base = free_tcp_ports(3);
     let grpc0 = format!("127.0.0.1:{base}");
     let c = cluster(
@@ -429,6 +453,11 @@ fn a_worker_paused_past_its_lease_serves_nothing_when_it_wakes() {
         probe.recv_from(&mut buf).is_err(),
         "the woken worker answered a request that queued while its lease ran out"
     );
+    // The callee's view: every call ended once, with one BYE, and nothing
+    // reached it from the woken worker (a request of a call that is over
+    // would be a dead-call or unexpected event in its log).
+    uas.expect_calls(45);
+    assert_one_bye_per_call(&sipp_message_logs_of(dir.path(), "uas_"), 45);
     // And it rejoins.
     wait_members(&grpc0, 3);
     eprintln!(
@@ -456,7 +485,7 @@ fn sigterm_drains_a_worker_and_its_calls_go_on_elsewhere() {
     let _g = serial();
     let dir = tempfile::tempdir().unwrap();
     let b = free_udp_port();
-    let _uas = sipp_uas(dir.path(), b);
+    let mut uas = sipp_uas(dir.path(), b);
     let base = free_tcp_ports(3);
     let grpc0 = format!("127.0.0.1:{base}");
     let c = cluster(
@@ -521,6 +550,7 @@ fn sigterm_drains_a_worker_and_its_calls_go_on_elsewhere() {
         "{r:?}: {}",
         sipp_errors(dir.path())
     );
+    uas.expect_calls(60);
     eprintln!(
         "drain: worker {} (SIGTERM) handed over {} calls and exited in {:.1} s; 60/60 calls hung up through the others",
         w + 1,
@@ -554,7 +584,7 @@ fn a_killed_workers_calls_are_transferred_through_the_others() {
     let _g = serial();
     let dir = tempfile::tempdir().unwrap();
     let (b_port, c_port) = (free_udp_port(), free_udp_port());
-    let _c = sipp_uas_traced(dir.path(), c_port);
+    let mut c_uas = sipp_uas_traced(dir.path(), c_port);
     let (c, host, port) = three_workers(
         dir.path(),
         &[
@@ -685,9 +715,13 @@ fn a_killed_workers_calls_are_transferred_through_the_others() {
             );
         }
     }
-    let c_invites = sipp_message_logs_of(dir.path(), "uas_")
-        .matches("INVITE sip:")
-        .count();
+    // Calls C got: distinct Call-IDs of the INVITEs in its log.
+    let c_invites = sipp_log(&sipp_message_logs_of(dir.path(), "uas_"))
+        .into_iter()
+        .filter(|(_, out, first, _)| !*out && first.starts_with("INVITE "))
+        .map(|(_, _, _, call_id)| call_id)
+        .collect::<std::collections::HashSet<_>>()
+        .len();
     // From B's message log: when each call's REFER first went out and
     // when its 202 came back. Calls of the killed worker wait for the
     // takeover (B retransmits); the others are answered at once.
@@ -732,10 +766,13 @@ fn a_killed_workers_calls_are_transferred_through_the_others() {
         f64::from(calls),
         "every REFER went through a survivor, the killed worker's calls' too"
     );
-    assert!(
-        c_invites >= calls as usize,
-        "C was called {calls} times (got {c_invites} INVITEs)"
+    assert_eq!(
+        c_invites, calls as usize,
+        "C was called once per transfer (calls with an INVITE at C)"
     );
+    // C finished every call, A's BYE included; A's and B's logs are clean.
+    c_uas.expect_calls(calls as u64);
+    assert_sipp_logs_clean(dir.path());
     let left: f64 = survivors.iter().map(|&i| active(host, port, i)).sum();
     assert_eq!(left, 0.0, "calls still up after every BYE");
 }
@@ -805,7 +842,7 @@ fn a_partitioned_worker_gives_its_shards_up_and_no_shard_has_two_servers() {
     let _g = serial();
     let dir = tempfile::tempdir().unwrap();
     let b = free_udp_port();
-    let _uas = sipp_uas(dir.path(), b);
+    let mut uas = sipp_uas_traced(dir.path(), b);
     let c = crate::kube::by_name(dir.path(), b, &["--fault-injection"]);
     let host = "127.0.0.1";
     // 60 calls hung up by the caller 6 s after the answer: after the
@@ -887,4 +924,8 @@ fn a_partitioned_worker_gives_its_shards_up_and_no_shard_has_two_servers() {
         sipp_errors(dir.path())
     );
     assert_eq!(left, 0.0, "no call left up anywhere after every BYE");
+    // The callee's view: every call ended once, with exactly one BYE;
+    // nothing reached it twice from the cut-off worker and the new owner.
+    uas.expect_calls(60);
+    assert_one_bye_per_call(&sipp_message_logs_of(dir.path(), "uas_"), 60);
 }

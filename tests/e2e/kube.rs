@@ -142,7 +142,7 @@ fn workers_found_by_name_carry_calls_and_an_edge_drains_on_sigterm() {
     let _g = serial();
     let dir = tempfile::tempdir().unwrap();
     let uas = free_udp_port();
-    let _uas = sipp_uas(dir.path(), uas);
+    let mut callee = sipp_uas(dir.path(), uas);
     let c = by_name(dir.path(), uas, &[]);
     let (grpc, admin, sip, admin_url) = (c.grpc, c.admin, c.sip, c.edge_admin.clone());
     let mut edge = c.edge;
@@ -195,6 +195,7 @@ fn workers_found_by_name_carry_calls_and_an_edge_drains_on_sigterm() {
         })
         .collect();
     assert_eq!(per.iter().sum::<f64>(), 40.0, "answered per worker {per:?}");
+    callee.expect_calls(40);
     assert!(
         per.iter().filter(|n| **n > 0.0).count() >= 2,
         "calls spread over the workers by shard: {per:?}"

@@ -92,7 +92,7 @@ fn load_counts_failures_by_cause_against_callees_that_reject_drop_and_delay() {
     let _g = serial();
     let dir = tempfile::tempdir().unwrap();
     let (busy, lossy, slow) = (free_udp_port(), free_udp_port(), free_udp_port());
-    let _uas = [
+    let [mut busy_uas, mut lossy_uas, mut slow_uas] = [
         sipp_uas_with(dir.path(), "uas_busy.xml", busy),
         sipp_uas_with(dir.path(), "uas_lossy.xml", lossy),
         sipp_uas_with(dir.path(), "uas_slow.xml", slow),
@@ -135,6 +135,10 @@ fn load_counts_failures_by_cause_against_callees_that_reject_drop_and_delay() {
     assert_eq!(code, Some(0), "{r:#}");
     let p50 = r["setup_latency"]["p50_ms"].as_f64().unwrap();
     assert!((300.0..1000.0).contains(&p50), "p50 {p50} ms: {r:#}");
+    // What each callee saw: 20 refused, 60 and 10 answered and hung up.
+    busy_uas.expect_calls(20);
+    lossy_uas.expect_calls(60);
+    slow_uas.expect_calls(10);
 }
 
 #[test]

@@ -72,7 +72,7 @@ fn dashboard_and_rules_use_only_exported_metrics() {
     let _g = serial();
     let dir = tempfile::tempdir().unwrap();
     let uas_port = free_udp_port();
-    let _uas = sipp_uas_with(dir.path(), "uas.xml", uas_port);
+    let mut uas = sipp_uas_with(dir.path(), "uas.xml", uas_port);
     // Three workers: replicated, so the Raft series exist too.
     let c = cluster(&[format!("b=127.0.0.1:{uas_port}")], &["--workers", "3"]);
     wait_members(&c.grpc, 3);
@@ -84,7 +84,9 @@ fn dashboard_and_rules_use_only_exported_metrics() {
     let _ = std::net::UdpSocket::bind("127.0.0.6:0")
         .unwrap()
         .send_to(b"junk", edge);
-    assert_eq!(finish_uac(uac, &stat).failed, 0);
+    let r = finish_uac(uac, &stat);
+    assert_eq!((r.exit, r.successful, r.failed), (Some(0), 20, 0), "{r:?}");
+    uas.expect_calls(20);
     std::thread::sleep(Duration::from_millis(300));
     let exported: BTreeSet<String> = [&admin, &worker_admin]
         .iter()

@@ -81,7 +81,7 @@ fn prometheus_scrapes_edge_and_worker_during_calls() {
     let _g = serial();
     let dir = tempfile::tempdir().unwrap();
     let uas_port = free_udp_port();
-    let _uas = sipp_uas_with(dir.path(), "uas.xml", uas_port);
+    let mut uas = sipp_uas_with(dir.path(), "uas.xml", uas_port);
     let c = cluster(&[format!("b=127.0.0.1:{uas_port}")], &[]);
     let (sip, _worker, admin, worker_admin) =
         (c.sip, c.worker, c.admin.clone(), c.worker_admin.clone());
@@ -107,7 +107,8 @@ fn prometheus_scrapes_edge_and_worker_during_calls() {
     let rate = query(&base, "rate(handover_calls_started_total[10s])").unwrap_or(0.0);
     assert!(rate > 0.0, "a non-zero call rate: {rate}");
     let r = finish_uac(uac, &stat);
-    assert_eq!((r.successful, r.failed), (50, 0), "{r:?}");
+    assert_eq!((r.exit, r.successful, r.failed), (Some(0), 50, 0), "{r:?}");
+    uas.expect_calls(50);
     // Totals once the last scrapes of both processes have seen the end
     // (they are scraped at different moments, so wait for all at once).
     // The edge forwarded each call's INVITE, ACK and BYE to the worker.

@@ -102,17 +102,157 @@ pub(crate) fn require_sipp() {
     );
 }
 
-/// Starts a SIPp UAS on `port` answering calls with `uas.xml` and OPTIONS
-/// automatically (`-aa`). Errors go to `dir/uas-PORT.err`.
-pub(crate) fn sipp_uas(dir: &Path, port: u16) -> Proc {
+/// Starts a SIPp UAS on `port` answering calls with `uas.xml`. Errors go
+/// to `dir/uas-PORT.err`, statistics to `dir/uas-PORT.csv`; the test must
+/// account for its calls ([`Uas::expect_calls`]).
+pub(crate) fn sipp_uas(dir: &Path, port: u16) -> Uas {
     uas(dir, "uas.xml", port, false)
 }
 
-/// One SIPp UAS: `scenario` (in `tests/sipp`) on `port`, OPTIONS answered
-/// (`-aa`), errors in `dir/uas-PORT.err`, every message logged if `trace`.
-fn uas(dir: &Path, scenario_file: &str, port: u16, trace: bool) -> Proc {
+/// A SIPp callee that must be accounted for: dropping it without a call to
+/// [`Uas::expect_calls`] (or [`expect_calls_total`]) fails the test, so no
+/// test can start a callee and forget to ask what it saw.
+pub(crate) struct Uas {
+    proc: Proc,
+    pub(crate) port: u16,
+    stat: PathBuf,
+    err: PathBuf,
+    scenario: String,
+    accounted: bool,
+}
+
+impl Drop for Uas {
+    fn drop(&mut self) {
+        let _ = self.proc.0.kill();
+        let _ = self.proc.0.wait();
+        if !self.accounted && !std::thread::panicking() {
+            panic!(
+                "the callee {} on port {} was never asked how many calls it saw (Uas::expect_calls)",
+                self.scenario, self.port
+            );
+        }
+    }
+}
+
+impl Uas {
+    /// (successful, failed) calls from the latest statistics dump (SIPp
+    /// writes one a second, and one when it stops).
+    pub(crate) fn counts(&self) -> (u64, u64) {
+        let (s, f, _) = read_sipp_stats(&self.stat);
+        (s, f)
+    }
+
+    /// Waits (up to 45 s) until this callee has finished exactly `n`
+    /// calls as its scenario says, BYE or CANCEL included, with none
+    /// failed, and its error log holds no unexpected, automatic-response,
+    /// discarded or dead-call event. A call whose BYE never came stays
+    /// open (or fails at the receive timeout) and fails the test, naming
+    /// this callee.
+    pub(crate) fn expect_calls(&mut self, n: u64) {
+        expect_calls_total(&mut [self], n);
+    }
+
+    /// For the one test whose callees are meant to see unexpected
+    /// messages (a backend killed under the edge): the test reads their
+    /// logs itself; `why` says what it checks instead.
+    pub(crate) fn checked_by_test(&mut self, why: &str) {
+        assert!(!why.is_empty());
+        self.accounted = true;
+    }
+
+    /// Marks this callee as one that must see no call at all, checked.
+    pub(crate) fn expect_no_calls(&mut self) {
+        self.expect_calls(0);
+    }
+}
+
+/// Waits (up to 45 s) until `callees` together finished exactly `n` calls
+/// with none failed (for calls spread over several callees), then checks
+/// each one's error log as [`Uas::expect_calls`] does.
+pub(crate) fn expect_calls_total(callees: &mut [&mut Uas], n: u64) {
+    let total = |cs: &[&mut Uas]| {
+        cs.iter().fold((0, 0), |(s, f), c| {
+            let (a, b) = c.counts();
+            (s + a, f + b)
+        })
+    };
+    wait_for(Duration::from_secs(45), || {
+        let (s, f) = total(callees);
+        s + f >= n
+    });
+    // One more statistics dump: a call beyond `n` shows up too.
+    std::thread::sleep(Duration::from_millis(1100));
+    let (s, f) = total(callees);
+    let names: Vec<String> = callees
+        .iter()
+        .map(|c| {
+            let (a, b) = c.counts();
+            format!("{} on {}: {a} ok, {b} failed", c.scenario, c.port)
+        })
+        .collect();
+    for c in callees.iter_mut() {
+        c.accounted = true;
+    }
+    assert_eq!(
+        (s, f),
+        (n, 0),
+        "the callees should have finished exactly {n} calls as their scenarios expect (BYE included): {names:?}"
+    );
+    for c in callees.iter() {
+        let errs = error_lines(&c.err);
+        assert!(
+            errs.is_empty(),
+            "the callee {} on port {} saw: {errs:#?}",
+            c.scenario,
+            c.port
+        );
+    }
+}
+
+/// (SuccessfulCall, FailedCall, CurrentCall) of a SIPp statistics file's
+/// last line (all 0 when it has none yet).
+pub(crate) fn read_sipp_stats(stat: &Path) -> (u64, u64, u64) {
+    let text = std::fs::read_to_string(stat).unwrap_or_default();
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().unwrap_or("").split(';').collect();
+    let last: Vec<&str> = lines.last().unwrap_or("").split(';').collect();
+    let col = |name: &str| {
+        header
+            .iter()
+            .position(|h| *h == name)
+            .and_then(|i| last.get(i))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    (
+        col("SuccessfulCall(C)"),
+        col("FailedCall(C)"),
+        col("CurrentCall"),
+    )
+}
+
+/// One SIPp UAS: `scenario` (in `tests/sipp`) on `port`, errors in
+/// `dir/uas-PORT.err`, statistics every second in `dir/uas-PORT.csv`, every
+/// message logged if `trace`. A request it waits for that does not come
+/// within 30 s fails the call (`-recv_timeout`). No `-aa`: an INFO, NOTIFY,
+/// OPTIONS or UPDATE the scenario does not expect is an unexpected message,
+/// not a silent 200 (only the edge's own tests, whose backends get the
+/// edge's OPTIONS health probes, use [`sipp_uas_probed`]).
+fn uas(dir: &Path, scenario_file: &str, port: u16, trace: bool) -> Uas {
+    uas_with(dir, scenario_file, port, trace, false)
+}
+
+/// A SIPp UAS that answers the edge's OPTIONS health probes (`-aa`: the
+/// probes are out-of-dialog OPTIONS; [`error_lines`] accepts the automatic
+/// answer only for a probe's Call-ID).
+pub(crate) fn sipp_uas_probed(dir: &Path, port: u16) -> Uas {
+    uas_with(dir, "uas.xml", port, false, true)
+}
+
+fn uas_with(dir: &Path, scenario_file: &str, port: u16, trace: bool, probed: bool) -> Uas {
     require_sipp();
     let err = dir.join(format!("uas-{port}.err"));
+    let stat = dir.join(format!("uas-{port}.csv"));
     let mut cmd = Command::new("sipp");
     cmd.args(["-sf"])
         .arg(scenario(scenario_file))
@@ -121,12 +261,20 @@ fn uas(dir: &Path, scenario_file: &str, port: u16, trace: bool) -> Proc {
             "127.0.0.1",
             "-p",
             &port.to_string(),
-            "-aa",
             "-nostdin",
-            "-trace_err",
-            "-error_file",
+            "-recv_timeout",
+            "30s",
+            "-trace_stat",
+            "-fd",
+            "1",
+            "-stf",
         ])
+        .arg(&stat)
+        .args(["-trace_err", "-error_file"])
         .arg(&err);
+    if probed {
+        cmd.arg("-aa");
+    }
     if trace {
         cmd.arg("-trace_msg");
     }
@@ -137,7 +285,14 @@ fn uas(dir: &Path, scenario_file: &str, port: u16, trace: bool) -> Proc {
         .stderr(Stdio::null())
         .spawn()
         .expect("sipp starts");
-    Proc(child)
+    Uas {
+        proc: Proc(child),
+        port,
+        stat,
+        err,
+        scenario: scenario_file.to_string(),
+        accounted: false,
+    }
 }
 
 /// Result of a SIPp UAC run.
@@ -146,6 +301,21 @@ pub(crate) struct UacResult {
     pub(crate) exit: Option<i32>,
     pub(crate) successful: u64,
     pub(crate) failed: u64,
+}
+
+impl UacResult {
+    /// Asserts the caller's error log (`uac-PORT.err` beside `stat`) holds
+    /// no unexpected, discarded or dead-call event: a response or request
+    /// with a wrong Call-ID or tag, which SIPp otherwise only logs.
+    pub(crate) fn assert_clean(&self, stat: &Path) {
+        let err = stat.with_extension("err");
+        let errs = error_lines(&err);
+        assert!(
+            errs.is_empty(),
+            "the caller ({}) saw: {errs:#?}",
+            err.display()
+        );
+    }
 }
 
 /// Starts a SIPp UAC (`uac.xml`) calling user `b` through `target`.
@@ -208,16 +378,25 @@ pub(crate) fn sipp_uac_with(
 }
 
 /// Starts a SIPp UAS running `scenario` (in `tests/sipp`) on `port`.
-pub(crate) fn sipp_uas_with(dir: &Path, scenario_file: &str, port: u16) -> Proc {
+pub(crate) fn sipp_uas_with(dir: &Path, scenario_file: &str, port: u16) -> Uas {
     uas(dir, scenario_file, port, false)
 }
 
-/// Waits for a UAC to finish and reads its final counts.
+/// Waits for a UAC to finish, reads its final counts, and asserts its
+/// error log is clean ([`UacResult::assert_clean`]).
 ///
 /// Bounded: a UAC still running after 150 s (SIPp's own `-timeout` does not
 /// end a call stuck waiting for a request) is killed, and its exit is then
 /// `None`.
-pub(crate) fn finish_uac(mut p: Proc, stat: &Path) -> UacResult {
+pub(crate) fn finish_uac(p: Proc, stat: &Path) -> UacResult {
+    let r = finish_uac_unchecked(p, stat);
+    r.assert_clean(stat);
+    r
+}
+
+/// [`finish_uac`] without the error-log check, for tests that read the log
+/// themselves.
+pub(crate) fn finish_uac_unchecked(mut p: Proc, stat: &Path) -> UacResult {
     let end = std::time::SystemTime::now() + Duration::from_secs(150);
     let status = loop {
         if let Some(s) = p.0.try_wait().expect("sipp runs") {
@@ -229,22 +408,16 @@ pub(crate) fn finish_uac(mut p: Proc, stat: &Path) -> UacResult {
         }
         std::thread::sleep(Duration::from_millis(50));
     };
-    let text = std::fs::read_to_string(stat).unwrap_or_default();
-    let mut lines = text.lines();
-    let header: Vec<&str> = lines.next().unwrap_or("").split(';').collect();
-    let last: Vec<&str> = lines.last().unwrap_or("").split(';').collect();
-    let col = |name: &str| {
-        header
-            .iter()
-            .position(|h| *h == name)
-            .and_then(|i| last.get(i))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0)
-    };
+    assert!(
+        stat.exists(),
+        "SIPp wrote no statistics file {}: its counts cannot be read",
+        stat.display()
+    );
+    let (successful, failed, _) = read_sipp_stats(stat);
     UacResult {
         exit: status.code(),
-        successful: col("SuccessfulCall(C)"),
-        failed: col("FailedCall(C)"),
+        successful,
+        failed,
     }
 }
 
@@ -321,33 +494,64 @@ pub(crate) fn wait_for(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
     f()
 }
 
-/// The call failures a SIPp error file reports (absent file = none).
-/// SIPp also logs there, as events, that it auto-answered OPTIONS (`-aa`,
-/// our health probes): those are not failures.
+/// Every event in a SIPp error log (absent file = none) except the
+/// automatic 200 to one of the edge's OPTIONS health probes (Call-ID
+/// `probe-…`, under `-aa`). SIPp writes an entry per event, each starting
+/// with a date; any other entry is a finding: a call aborted on an
+/// unexpected message, an automatic answer to an INFO, NOTIFY, OPTIONS or
+/// UPDATE the scenario did not expect, a message it could not map to a
+/// call (wrong Call-ID), a dead call that got a message, a timeout, or a
+/// `check_it` regexp that did not match.
 pub(crate) fn error_lines(p: &Path) -> Vec<String> {
     let text = std::fs::read_to_string(p).unwrap_or_default();
-    [
-        "Aborting call",
-        "unexpected message",
-        "Dead call",
-        "Unexpected",
-        "timeout",
-        "Timeout",
-        // A scenario's `check_it` that did not match.
-        "regexp",
-    ]
-    .iter()
-    .filter(|w| text.contains(**w))
-    .map(|w| {
-        format!(
-            "{w}: {}",
-            &text[text.find(*w).unwrap()..]
-                .chars()
-                .take(300)
-                .collect::<String>()
-        )
-    })
-    .collect()
+    sipp_error_entries(&text)
+}
+
+/// The entries of a SIPp error log's text that are findings (see
+/// [`error_lines`]).
+pub(crate) fn sipp_error_entries(text: &str) -> Vec<String> {
+    let starts_entry = |l: &str| {
+        let b = l.as_bytes();
+        b.len() > 10 && b[..4].iter().all(u8::is_ascii_digit) && b[4] == b'-' && b[7] == b'-'
+    };
+    let mut entries: Vec<String> = Vec::new();
+    for line in text.lines() {
+        match entries.last_mut() {
+            Some(e) if !starts_entry(line) => {
+                e.push('\n');
+                e.push_str(line);
+            }
+            _ => entries.push(line.to_string()),
+        }
+    }
+    entries
+        .into_iter()
+        .filter(|e| !e.trim().is_empty())
+        // SIPp's heading above the entries.
+        .filter(|e| !e.starts_with("The following events occurred"))
+        .filter(|e| {
+            !e.contains(
+                "Automatic response mode for an unexpected INFO, NOTIFY, OPTIONS or UPDATE for call: probe-",
+            )
+        })
+        .map(|e| e.chars().take(600).collect())
+        .collect()
+}
+
+/// Every SIPp error log in `dir` (`*.err`, and `*_errors.log` of processes
+/// started with [`sipp`]) with its findings; asserts there are none.
+pub(crate) fn assert_sipp_logs_clean(dir: &Path) {
+    let mut found = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        let name = p.file_name().unwrap().to_string_lossy().into_owned();
+        if name.ends_with(".err") || name.ends_with("_errors.log") {
+            for x in error_lines(&p) {
+                found.push(format!("{name}: {x}"));
+            }
+        }
+    }
+    assert!(found.is_empty(), "SIPp peers saw: {found:#?}");
 }
 
 /// SIPp load tests share two cores: run them one at a time.
@@ -479,12 +683,12 @@ pub(crate) fn spawn_up(args: &[&str], edge_admin: &str) -> UpProc {
 }
 
 /// Starts a SIPp UAS (`uas.xml`) that also logs every message (`-trace_msg`).
-pub(crate) fn sipp_uas_traced(dir: &Path, port: u16) -> Proc {
+pub(crate) fn sipp_uas_traced(dir: &Path, port: u16) -> Uas {
     uas(dir, "uas.xml", port, true)
 }
 
 /// Starts a SIPp UAS running `scenario` that logs every message.
-pub(crate) fn sipp_uas_traced_with(dir: &Path, scenario_file: &str, port: u16) -> Proc {
+pub(crate) fn sipp_uas_traced_with(dir: &Path, scenario_file: &str, port: u16) -> Uas {
     uas(dir, scenario_file, port, true)
 }
 
@@ -523,4 +727,46 @@ pub(crate) fn sipp(dir: &Path, args: &[&str]) -> Proc {
             .spawn()
             .expect("sipp starts"),
     )
+}
+
+/// From a SIPp `-trace_msg` log: for each Call-ID that received a BYE, the
+/// set of top-Via branches of the BYEs it received (one per transaction;
+/// retransmissions repeat their branch).
+pub(crate) fn bye_branches_per_call(
+    log: &str,
+) -> std::collections::HashMap<String, std::collections::HashSet<String>> {
+    let mut per: std::collections::HashMap<String, std::collections::HashSet<String>> =
+        Default::default();
+    for block in log
+        .split("----------------------------------------------- ")
+        .skip(1)
+    {
+        let mut lines = block.lines();
+        let _stamp = lines.next();
+        let what = lines.next().unwrap_or("");
+        if !what.contains("received") {
+            continue;
+        }
+        let body: Vec<&str> = lines.skip_while(|l| l.is_empty()).collect();
+        if !body.first().is_some_and(|l| l.starts_with("BYE ")) {
+            continue;
+        }
+        let header = |name: &str| {
+            body.iter()
+                .find_map(|l| {
+                    l.split_once(':')
+                        .filter(|(n, _)| n.trim().eq_ignore_ascii_case(name))
+                        .map(|(_, v)| v.trim().to_string())
+                })
+                .unwrap_or_default()
+        };
+        let via = header("Via");
+        let branch = via
+            .split(';')
+            .find_map(|p| p.trim().strip_prefix("branch="))
+            .unwrap_or("")
+            .to_string();
+        per.entry(header("Call-ID")).or_default().insert(branch);
+    }
+    per
 }
