@@ -171,6 +171,12 @@ pub(crate) fn summary(r: &Report) -> String {
         "calls: {} started, {} answered, {} succeeded, {} failed\n",
         c.started, c.established, c.succeeded, c.failed
     );
+    if c.callee_legs_failed > 0 {
+        s += &format!(
+            "callee legs of other threads' calls that never got their BYE: {}\n",
+            c.callee_legs_failed
+        );
+    }
     s += &format!(
         "rate: {:.1} calls/s offered, {:.1} achieved; {:.1} s in all\n",
         r.offered_rate, r.achieved_rate, r.elapsed_s
@@ -237,5 +243,5 @@ pub(crate) fn run(args: &LoadArgs) -> anyhow::Result<bool> {
     } else {
         print!("{}", summary(&report));
     }
-    Ok(report.counts.failed == 0)
+    Ok(report.counts.all_ok())
 }

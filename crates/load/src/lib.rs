@@ -238,6 +238,15 @@ struct Leg {
     /// Our first 2xx was ACKed (later ACKs are of re-INVITEs).
     acked: bool,
     over: bool,
+    /// The dialog ended as the role expects: our BYE was answered 2xx, or
+    /// the peer's BYE came where the scenario has the peer hang up. A
+    /// call succeeds only once every leg of it with a dialog has this.
+    ended_ok: bool,
+    /// This leg sent a REFER (the transferor's): only it takes NOTIFYs.
+    referred: bool,
+    /// A status other than 2xx that answered our BYE (the call fails with
+    /// it unless the peer's own BYE ends the dialog meanwhile).
+    bye_refused: Option<u16>,
 }
 
 impl Leg {
@@ -289,6 +298,27 @@ pub struct Counts {
     pub failed: u64,
     /// Datagrams resent by timers.
     pub retransmissions: u64,
+    /// Callee legs of calls another thread started (so counted there as
+    /// calls) that never got their BYE: the caller's side may have called
+    /// the call a success, the callee's did not.
+    pub callee_legs_failed: u64,
+}
+
+impl Counts {
+    /// Adds another thread's counts.
+    pub fn add(&mut self, o: &Counts) {
+        self.started += o.started;
+        self.established += o.established;
+        self.succeeded += o.succeeded;
+        self.failed += o.failed;
+        self.retransmissions += o.retransmissions;
+        self.callee_legs_failed += o.callee_legs_failed;
+    }
+
+    /// Every call, and every callee leg of it, ended as it should.
+    pub fn all_ok(&self) -> bool {
+        self.failed == 0 && self.callee_legs_failed == 0
+    }
 }
 
 /// One map key for (Call-ID, tag): both joined by a line feed, which
@@ -318,6 +348,9 @@ pub struct Engine<R> {
     first_open: usize,
     /// See [`Engine::foreign_rec`].
     foreign: Option<usize>,
+    /// Callee legs of other threads' calls not yet ended, with when they
+    /// started: judged here, since their caller cannot see them.
+    foreign_open: HashMap<usize, Instant>,
     legs: HashMap<usize, Leg>,
     next_leg: usize,
     /// [`dialog_key`] of (Call-ID, our tag) → leg.
@@ -379,6 +412,24 @@ fn from_user(m: &Message<'_>) -> Option<(u8, usize)> {
     Some((c, core::str::from_utf8(num).ok()?.parse().ok()?))
 }
 
+/// A leg's party in failure causes.
+fn role(kind: Kind) -> &'static str {
+    match kind {
+        Kind::A => "A",
+        Kind::A2 => "A (to C)",
+        Kind::B2 => "B (to C)",
+        Kind::Callee(Callee::C) => "C",
+        Kind::Callee(_) => "B",
+    }
+}
+
+/// The event package of a NOTIFY's Event header (`refer;id=5` → `refer`).
+fn event_package(m: &Message<'_>) -> Option<Vec<u8>> {
+    let v = m.header(HeaderName::Event)?.value.of(m.buf());
+    let end = v.iter().position(|&c| c == b';').unwrap_or(v.len());
+    Some(v[..end].trim_ascii().to_ascii_lowercase())
+}
+
 impl<R: RngCore> Engine<R> {
     /// An engine with `rng` for tags, branches and Call-IDs.
     pub fn new(cfg: EngineConfig, rng: R) -> Self {
@@ -388,6 +439,7 @@ impl<R: RngCore> Engine<R> {
             recs: Vec::new(),
             first_open: 0,
             foreign: None,
+            foreign_open: HashMap::new(),
             legs: HashMap::new(),
             next_leg: 0,
             by_dialog: HashMap::new(),
@@ -411,9 +463,11 @@ impl<R: RngCore> Engine<R> {
         self.counts
     }
 
-    /// Calls started and not yet ended.
+    /// Calls started and not yet ended, and callee legs of other
+    /// threads' calls still waiting for their BYE.
     pub fn active(&self) -> u64 {
         self.counts.started - self.counts.succeeded - self.counts.failed
+            + self.foreign_open.len() as u64
     }
 
     /// Legs held in memory (retired legs are not).
@@ -455,8 +509,60 @@ impl<R: RngCore> Engine<R> {
     pub fn abandon(&mut self, cause: &str) {
         for i in 0..self.recs.len() {
             if self.recs[i].outcome.is_none() {
-                self.finish(i, Err(cause.to_string()));
+                let why = self.unended(i).map_or_else(
+                    || cause.to_string(),
+                    |role| format!("{cause}: {role} leg never got its BYE"),
+                );
+                self.finish(i, Err(why));
             }
+        }
+        let open: Vec<usize> = self.foreign_open.drain().map(|(l, _)| l).collect();
+        for leg in open {
+            self.foreign_failed(leg, cause);
+        }
+    }
+
+    /// A callee leg of another thread's call that did not end well.
+    fn foreign_failed(&mut self, leg: usize, why: &str) {
+        self.counts.callee_legs_failed += 1;
+        let role = self.legs.get(&leg).map_or("B", |l| role(l.kind));
+        *self
+            .failures
+            .entry(format!(
+                "{why}: {role} leg (another thread's call) never got its BYE"
+            ))
+            .or_default() += 1;
+        if let Some(l) = self.legs.remove(&leg) {
+            self.forget_keys(&l);
+        }
+    }
+
+    /// The role of the first leg of call `rec` whose dialog has not ended
+    /// as the scenario expects, if any.
+    fn unended(&self, rec: usize) -> Option<&'static str> {
+        self.recs[rec]
+            .legs
+            .iter()
+            .filter_map(|l| self.legs.get(l))
+            .find(|l| l.dialog.is_some() && !l.ended_ok)
+            .map(|l| role(l.kind))
+    }
+
+    /// Ends call `rec` well if every party is done: its last leg's BYE
+    /// answered 2xx, every other leg with a dialog ended as its role
+    /// expects (BYE sent and answered, or received), and a transfer's
+    /// transferor heard a 2xx sipfrag.
+    fn check_complete(&mut self, rec: usize) {
+        let r = &self.recs[rec];
+        if r.outcome.is_some() || !self.legs.get(&r.last_leg).is_some_and(|l| l.ended_ok) {
+            return;
+        }
+        if matches!(r.scenario, Scenario::Blind | Scenario::Attended) && !r.transfer_ok {
+            self.finish(rec, Err("transfer not completed".into()));
+            return;
+        }
+        if self.unended(rec).is_none() {
+            self.finish(rec, Ok(()));
         }
     }
 
@@ -565,6 +671,9 @@ impl<R: RngCore> Engine<R> {
                 replaces: None,
                 acked: false,
                 over: false,
+                ended_ok: false,
+                referred: false,
+                bye_refused: None,
             },
         );
         id
@@ -705,7 +814,7 @@ impl<R: RngCore> Engine<R> {
     }
 
     fn new_request(&mut self, now: Instant, m: &Message<'_>) {
-        if m.method() == Some(Method::Options) {
+        if m.method() == Some(Method::Options) && m.to_tag().is_none() {
             // A health probe (the edge's): we are up.
             self.reply(m, 200);
             return;
@@ -727,11 +836,26 @@ impl<R: RngCore> Engine<R> {
                 return;
             }
         };
+        // An INVITE with Replaces must name a dialog of ours exactly, as
+        // a phone checks it (RFC 3891 §3); the replaced dialog is hung up
+        // once this call is up.
+        let replaced = match m.header(HeaderName::Replaces) {
+            None => None,
+            Some(h) => match self.replaces_check(h.value.of(m.buf())) {
+                Ok(leg) => Some(leg),
+                Err(status) => {
+                    self.reply(m, status);
+                    return;
+                }
+            },
+        };
+        let foreign = from_user(m).filter(|(_, r)| *r < self.recs.len()).is_none();
         let rec = match from_user(m).filter(|(_, r)| *r < self.recs.len()) {
             Some((_, r)) => r,
             // A plain callee answers calls of any generator (another thread
             // of ours behind the same system): they count on the caller's
-            // side, so its leg hangs off a call record that counts nothing.
+            // side, so its leg hangs off a call record that counts nothing,
+            // and is judged here (`foreign_open`).
             None if callee == Callee::B => self.foreign_rec(),
             None => {
                 self.reply(m, 404);
@@ -741,20 +865,46 @@ impl<R: RngCore> Engine<R> {
         let tag = self.ids.tag().as_bytes().to_vec();
         let remote = m.from_tag().map(<[u8]>::to_vec);
         let leg = self.new_leg(rec, Kind::Callee(callee), m.call_id().to_vec(), tag, remote);
+        if foreign {
+            self.foreign_open.insert(leg, now);
+        }
         if callee != Callee::C {
             self.recs[rec].b_leg = Some(leg);
         }
-        // C answering an INVITE with Replaces: the replaced dialog is one
-        // of ours (C's leg of B's call); it is hung up once this one is up.
-        let replaced = m
-            .header(HeaderName::Replaces)
-            .and_then(|h| Replaces::parse(h.value.of(m.buf())))
-            .and_then(|r| self.lookup(false, &r.call_id, &r.to_tag));
         if let Some(l) = self.legs.get_mut(&leg) {
             l.replaces = replaced;
         }
         self.answer_invite(now, leg, m, true);
         self.drain_leg(now, leg);
+    }
+
+    /// The leg a `Replaces` value names, or the status that refuses it
+    /// (RFC 3891 §3): 481 when no dialog of ours has that Call-ID, our tag
+    /// as to-tag and the peer's as from-tag, or when it names an early
+    /// dialog we did not originate (a callee leg not yet ACKed); 603 when
+    /// that dialog has ended; 486 for `early-only` and a confirmed dialog.
+    fn replaces_check(&mut self, value: &[u8]) -> Result<usize, u16> {
+        let r = Replaces::parse(value).ok_or(400u16)?;
+        let Some(leg) = self.lookup(false, &r.call_id, &r.to_tag) else {
+            // A dialog of ours that ended and was retired: terminated.
+            let gone = self.retired.contains(&retired_hash(&r.call_id, &r.to_tag));
+            return Err(if gone { 603 } else { 481 });
+        };
+        let l = self.legs.get(&leg).ok_or(481u16)?;
+        let d = l.dialog.as_ref().ok_or(481u16)?;
+        if d.id.remote_tag != r.from_tag {
+            return Err(481);
+        }
+        if l.over {
+            return Err(603);
+        }
+        if matches!(l.kind, Kind::Callee(_)) && !l.acked {
+            return Err(481);
+        }
+        if r.early_only {
+            return Err(486);
+        }
+        Ok(leg)
     }
 
     /// Answers an INVITE (new or re-INVITE) on `leg`: 180 for a new call,
@@ -899,13 +1049,40 @@ impl<R: RngCore> Engine<R> {
             return;
         }
         let (rec, kind) = (l.rec, l.kind);
-        match m.method() {
+        let method = m.method();
+        // A dialog is Call-ID and both tags (RFC 3261 §12.2.2): the lookup
+        // matched Call-ID and our tag; the peer's tag must match too, and
+        // a request before the dialog exists matches none. ACK and CANCEL
+        // belong to their INVITE's transaction.
+        if !matches!(method, Some(Method::Ack | Method::Cancel)) {
+            let matches = l
+                .dialog
+                .as_ref()
+                .is_some_and(|d| Some(d.id.remote_tag.as_slice()) == m.from_tag());
+            if !matches {
+                self.server_nit(now, leg, m, 481);
+                self.drain_leg(now, leg);
+                return;
+            }
+        }
+        // CSeq order (§12.2.2: lower than the last is refused 500); the
+        // re-INVITE's check is in `answer_invite`.
+        if !matches!(method, Some(Method::Invite))
+            && let Some(d) = l.dialog.as_mut()
+            && let Err(e) = d.handle_request(m)
+        {
+            self.server_nit(now, leg, m, e.status());
+            self.drain_leg(now, leg);
+            return;
+        }
+        match method {
             Some(Method::Ack) => {
                 let was_waiting = l.ok.take().is_some();
                 if was_waiting {
                     self.after_ack(now, leg);
                 }
             }
+            Some(Method::Invite) if l.over => self.server_invite_refusal(now, leg, m, 481),
             Some(Method::Invite) => self.answer_invite(now, leg, m, false),
             Some(Method::Bye) => {
                 let over = l.over;
@@ -915,19 +1092,69 @@ impl<R: RngCore> Engine<R> {
                 if !over {
                     self.peer_hung_up(leg, rec, kind);
                 }
+                // Whoever sent it first, the dialog is over for both.
+                if let Some(l) = self.legs.get_mut(&leg) {
+                    l.ended_ok = true;
+                }
+                self.foreign_open.remove(&leg);
+                self.check_complete(rec);
             }
+            _ if l.over => self.server_nit(now, leg, m, 481),
             Some(Method::Refer) if kind == Kind::A => self.obey_refer(now, leg, m),
+            // Only the transferee takes a REFER (RFC 3261 §8.2.1: 405 with
+            // Allow for a method known but not allowed here).
+            Some(Method::Refer) => self.refuse_method(now, leg, m, 405),
             Some(Method::Notify) => {
-                self.server_nit(now, leg, m, 200);
-                self.transfer_progress(now, leg, rec, m);
+                // Only the refer event package, and only on the leg that
+                // sent a REFER: 489 Bad Event (RFC 6665 §4.2.2), 481 for
+                // no subscription.
+                if event_package(m).as_deref() != Some(b"refer".as_slice()) {
+                    self.server_nit(now, leg, m, 489);
+                } else if !l.referred {
+                    self.server_nit(now, leg, m, 481);
+                } else {
+                    self.server_nit(now, leg, m, 200);
+                    self.transfer_progress(now, leg, rec, m);
+                }
             }
             Some(Method::Cancel) => self.server_nit(now, leg, m, 200),
-            _ => {
-                let status = if l.over { 481 } else { 200 };
-                self.server_nit(now, leg, m, status);
-            }
+            Some(Method::Options) => self.server_nit(now, leg, m, 200),
+            // UPDATE, INFO, MESSAGE, SUBSCRIBE, PRACK, PUBLISH, REGISTER and
+            // methods we do not know: this phone implements none of them.
+            _ => self.server_nit(now, leg, m, 501),
         }
         self.drain_leg(now, leg);
+    }
+
+    /// A 405 that says what this leg does take (RFC 3261 §8.2.1).
+    fn refuse_method(&mut self, now: Instant, leg: usize, m: &Message<'_>, status: u16) {
+        let mut r = Vec::new();
+        response(
+            &m.reply_parts(),
+            status,
+            None,
+            None,
+            &[("Allow", b"INVITE, ACK, CANCEL, BYE, OPTIONS, NOTIFY")],
+            &mut r,
+        );
+        let mut t = ServerNonInvite::new(now, self.cfg.timers);
+        t.send_response(now, status, r);
+        if let Some(l) = self.legs.get_mut(&leg) {
+            l.nits.push(Nit::Server(Key::server(m), t));
+        }
+    }
+
+    /// A final non-2xx to an INVITE in a dialog that cannot take it.
+    fn server_invite_refusal(&mut self, now: Instant, leg: usize, m: &Message<'_>, status: u16) {
+        let timers = self.cfg.timers;
+        let Some(l) = self.legs.get_mut(&leg) else {
+            return;
+        };
+        let mut srv = ServerInvite::new(now, timers, m);
+        let mut r = Vec::new();
+        response(&m.reply_parts(), status, None, None, &[], &mut r);
+        srv.send_response(now, status, r);
+        l.srv = Some((Key::server(m), srv));
     }
 
     /// The far end hung up `leg`: fine where the scenario expects it.
@@ -995,17 +1222,17 @@ impl<R: RngCore> Engine<R> {
             let line = String::from_utf8_lossy(m.body()).trim().to_string();
             self.finish(rec, Err(format!("transfer failed: {line}")));
         }
-        // The transferor hangs up its call(s) unless the B2BUA already did.
-        let b2 = self.recs[rec].b2_leg;
-        for l in [Some(leg), b2].into_iter().flatten() {
-            if self
-                .legs
-                .get(&l)
-                .is_some_and(|x| !x.over && x.dialog.is_some())
-            {
-                self.send_nit(now, l, "BYE", &[], None);
-                self.drain_leg(now, l);
-            }
+        // The transferor hangs up its call with the transferee unless the
+        // B2BUA already did. Its call with C (attended) is ended by C,
+        // which replaced it (RFC 3891 §3: the UA that accepts the Replaces
+        // sends the BYE), or by the B2BUA in local mode.
+        if self
+            .legs
+            .get(&leg)
+            .is_some_and(|x| !x.over && x.dialog.is_some())
+        {
+            self.send_nit(now, leg, "BYE", &[], None);
+            self.drain_leg(now, leg);
         }
     }
 
@@ -1276,17 +1503,23 @@ impl<R: RngCore> Engine<R> {
             return;
         }
         match what {
-            "BYE" if self.recs[rec].last_leg == leg && matches!(kind, Kind::A | Kind::A2) => {
-                let r = &self.recs[rec];
-                let needs_transfer = matches!(r.scenario, Scenario::Blind | Scenario::Attended);
-                let out = if status >= 300 {
-                    Err(format!("BYE answered {status}"))
-                } else if needs_transfer && !r.transfer_ok {
-                    Err("transfer not completed".into())
-                } else {
-                    Ok(())
-                };
-                self.finish(rec, out);
+            "BYE" if status >= 300 => {
+                let last = self.recs[rec].last_leg == leg && matches!(kind, Kind::A | Kind::A2);
+                if let Some(l) = self.legs.get_mut(&leg) {
+                    l.bye_refused = Some(status);
+                }
+                // The last leg's refusal fails the call at once; another
+                // leg's may yet be ended by the peer's own crossing BYE.
+                if last && !self.legs.get(&leg).is_some_and(|l| l.ended_ok) {
+                    self.finish(rec, Err(format!("BYE answered {status}")));
+                }
+            }
+            "BYE" => {
+                if let Some(l) = self.legs.get_mut(&leg) {
+                    l.ended_ok = true;
+                }
+                self.foreign_open.remove(&leg);
+                self.check_complete(rec);
             }
             "REFER" if status >= 300 => self.finish(rec, Err(format!("REFER answered {status}"))),
             _ => {}
@@ -1418,6 +1651,9 @@ impl<R: RngCore> Engine<R> {
         }
         refer_to.push('>');
         let by = format!("<sip:b{rec}@{}>", self.cfg.local);
+        if let Some(l) = self.legs.get_mut(&leg) {
+            l.referred = true;
+        }
         self.send_nit(
             now,
             leg,
@@ -1468,7 +1704,31 @@ impl<R: RngCore> Engine<R> {
             })
             .collect();
         for (i, why) in stuck {
-            self.finish(i, Err(why.into()));
+            // Name the party that is not done, and how its BYE went.
+            let leg = self.recs[i]
+                .legs
+                .iter()
+                .filter_map(|l| self.legs.get(l))
+                .find(|l| l.dialog.is_some() && !l.ended_ok);
+            let why = match leg {
+                Some(l) if self.recs[i].established => match l.bye_refused {
+                    Some(st) => format!("{}: {} leg's BYE answered {st}", why, role(l.kind)),
+                    None => format!("{}: {} leg never got its BYE", why, role(l.kind)),
+                },
+                _ => why.to_string(),
+            };
+            self.finish(i, Err(why));
+        }
+        // Callee legs of other threads' calls: the same deadline.
+        let late: Vec<usize> = self
+            .foreign_open
+            .iter()
+            .filter(|&(_, t)| now - *t > limit)
+            .map(|(l, _)| *l)
+            .collect();
+        for leg in late {
+            self.foreign_open.remove(&leg);
+            self.foreign_failed(leg, "call did not end in time");
         }
         self.retire_ended(now);
     }
@@ -1909,11 +2169,7 @@ pub fn run(
                 let l = &latest;
                 let mut sum = p;
                 for p in l.iter().skip(1).flatten() {
-                    sum.counts.started += p.counts.started;
-                    sum.counts.established += p.counts.established;
-                    sum.counts.succeeded += p.counts.succeeded;
-                    sum.counts.failed += p.counts.failed;
-                    sum.counts.retransmissions += p.counts.retransmissions;
+                    sum.counts.add(&p.counts);
                     sum.active += p.active;
                     sum.rate += p.rate;
                 }
@@ -1938,11 +2194,7 @@ pub fn run(
             Some(mut t) => {
                 t.achieved_rate += r.achieved_rate;
                 t.elapsed_s = t.elapsed_s.max(r.elapsed_s);
-                t.counts.started += r.counts.started;
-                t.counts.established += r.counts.established;
-                t.counts.succeeded += r.counts.succeeded;
-                t.counts.failed += r.counts.failed;
-                t.counts.retransmissions += r.counts.retransmissions;
+                t.counts.add(&r.counts);
                 t.datagrams_sent += r.datagrams_sent;
                 t.datagrams_received += r.datagrams_received;
                 t.send_errors += r.send_errors;
@@ -2083,6 +2335,241 @@ mod tests {
             );
             assert_eq!(e.legs(), 0, "{s:?}: legs left");
         }
+    }
+
+    /// A peer (standing for the system under test) that calls the
+    /// engine's user `user`: sends the INVITE, reads the 200, ACKs it.
+    /// Returns the engine's tag.
+    fn peer_calls(e: &mut Engine<rand_chacha::ChaCha12Rng>, user: &str, cid: &str) -> String {
+        let now = Instant::from_epoch(Duration::from_secs(1));
+        let inv = peer_request("INVITE", user, cid, None, 1, "") + &sdp_body();
+        e.handle_datagram(now, inv.as_bytes());
+        let ok = e
+            .drain_transmit()
+            .find(|d| d.starts_with(b"SIP/2.0 200 "))
+            .expect("the callee answers 200");
+        let tag = String::from_utf8(scan(&ok).unwrap().to_tag().unwrap().to_vec()).unwrap();
+        let ack = peer_request("ACK", user, cid, Some(&tag), 1, "");
+        e.handle_datagram(now, ack.as_bytes());
+        let _ = e.drain_transmit().count();
+        tag
+    }
+
+    fn sdp_body() -> String {
+        "v=0\r\no=p 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 9 RTP/AVP 0\r\n".into()
+    }
+
+    /// A request from the peer (From-tag `peer`) in Call-ID `cid`, with
+    /// `extra` header lines; an INVITE carries an SDP body (appended by
+    /// the caller), everything else none.
+    fn peer_request(
+        method: &str,
+        user: &str,
+        cid: &str,
+        to_tag: Option<&str>,
+        cseq: u32,
+        extra: &str,
+    ) -> String {
+        let to_tag = to_tag.map(|t| format!(";tag={t}")).unwrap_or_default();
+        let (ct, len) = if method == "INVITE" {
+            ("Content-Type: application/sdp\r\n", sdp_body().len())
+        } else {
+            ("", 0)
+        };
+        format!(
+            "{method} sip:{user}@127.0.0.1:5070 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bK-{method}-{cid}-{cseq}\r\n\
+Max-Forwards: 70\r\nFrom: <sip:a1@127.0.0.1:5060>;tag=peer\r\nTo: <sip:{user}@127.0.0.1:5070>{to_tag}\r\n\
+Call-ID: {cid}\r\nCSeq: {cseq} {method}\r\nContact: <sip:p@127.0.0.1:5060>\r\n{extra}{ct}Content-Length: {len}\r\n\r\n"
+        )
+    }
+
+    /// The status lines the engine sent for `msg`.
+    fn answers(e: &mut Engine<rand_chacha::ChaCha12Rng>, msg: &str) -> Vec<String> {
+        let now = Instant::from_epoch(Duration::from_secs(2));
+        e.handle_datagram(now, msg.as_bytes());
+        e.drain_transmit()
+            .map(|d| {
+                String::from_utf8_lossy(&d)
+                    .lines()
+                    .next()
+                    .unwrap_or("")
+                    .to_string()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn rfc3261_12_2_2_a_request_must_match_the_whole_dialog_and_its_cseq_order() {
+        let mut e = engine();
+        let tag = peer_calls(&mut e, "b", "d1");
+        // Right Call-ID and our tag, but another From-tag: no such dialog.
+        let wrong = peer_request("OPTIONS", "b", "d1", Some(&tag), 2, "")
+            .replace(";tag=peer", ";tag=other");
+        assert_eq!(
+            answers(&mut e, &wrong),
+            ["SIP/2.0 481 Call/Transaction Does Not Exist"]
+        );
+        // An unknown To-tag: 481 too.
+        let unknown = peer_request("OPTIONS", "b", "d1", Some("nobody"), 2, "");
+        assert_eq!(
+            answers(&mut e, &unknown),
+            ["SIP/2.0 481 Call/Transaction Does Not Exist"]
+        );
+        // CSeq 5, then 3: out of order, 500.
+        let five = peer_request("OPTIONS", "b", "d1", Some(&tag), 5, "");
+        assert_eq!(answers(&mut e, &five), ["SIP/2.0 200 OK"]);
+        let three = peer_request("OPTIONS", "b", "d1", Some(&tag), 3, "");
+        assert_eq!(
+            answers(&mut e, &three),
+            ["SIP/2.0 500 Server Internal Error"]
+        );
+    }
+
+    #[test]
+    fn methods_a_role_does_not_take_are_refused_405_or_501() {
+        let mut e = engine();
+        let tag = peer_calls(&mut e, "b", "m1");
+        // A callee is no transferee: REFER is 405, with Allow.
+        let refer = peer_request(
+            "REFER",
+            "b",
+            "m1",
+            Some(&tag),
+            2,
+            "Refer-To: <sip:c@127.0.0.1>\r\n",
+        );
+        e.handle_datagram(
+            Instant::from_epoch(Duration::from_secs(2)),
+            refer.as_bytes(),
+        );
+        let out: Vec<Vec<u8>> = e.drain_transmit().collect();
+        let text = String::from_utf8_lossy(&out[0]).into_owned();
+        assert!(text.starts_with("SIP/2.0 405 "), "{text}");
+        assert!(
+            text.contains("Allow: INVITE, ACK, CANCEL, BYE, OPTIONS, NOTIFY\r\n"),
+            "{text}"
+        );
+        for (i, m) in ["INFO", "UPDATE", "MESSAGE", "SUBSCRIBE"]
+            .iter()
+            .enumerate()
+        {
+            let r = peer_request(m, "b", "m1", Some(&tag), 3 + i as u32, "");
+            assert_eq!(answers(&mut e, &r), ["SIP/2.0 501 Not Implemented"], "{m}");
+        }
+    }
+
+    #[test]
+    fn rfc6665_a_notify_needs_the_refer_event_and_a_subscription() {
+        let mut e = engine();
+        let tag = peer_calls(&mut e, "b", "n1");
+        let frag = "Content-Type: message/sipfrag\r\nSubscription-State: active\r\n";
+        // Another event package: 489 Bad Event.
+        let presence = peer_request(
+            "NOTIFY",
+            "b",
+            "n1",
+            Some(&tag),
+            2,
+            &format!("Event: presence\r\n{frag}"),
+        );
+        assert_eq!(answers(&mut e, &presence), ["SIP/2.0 489 Bad Event"]);
+        // The refer package on a leg that sent no REFER: no subscription.
+        let refer = peer_request(
+            "NOTIFY",
+            "b",
+            "n1",
+            Some(&tag),
+            3,
+            &format!("Event: refer\r\n{frag}"),
+        );
+        assert_eq!(
+            answers(&mut e, &refer),
+            ["SIP/2.0 481 Call/Transaction Does Not Exist"]
+        );
+        // No Event at all: 489 too.
+        let none = peer_request("NOTIFY", "b", "n1", Some(&tag), 4, frag);
+        assert_eq!(answers(&mut e, &none), ["SIP/2.0 489 Bad Event"]);
+    }
+
+    #[test]
+    fn rfc3891_3_a_replaces_must_name_a_live_dialog_of_ours_exactly() {
+        let mut e = engine();
+        let tag = peer_calls(&mut e, "b", "r1");
+        let invite = |cid: &str, replaces: &str| {
+            peer_request(
+                "INVITE",
+                "b",
+                cid,
+                None,
+                1,
+                &format!("Replaces: {replaces}\r\n"),
+            ) + &sdp_body()
+        };
+        let first = |v: Vec<String>| {
+            v.into_iter()
+                .find(|l| !l.starts_with("SIP/2.0 100"))
+                .unwrap_or_default()
+        };
+        // No such Call-ID, or our tag wrong, or the peer's tag wrong: 481.
+        for (cid, r) in [
+            ("x1", "nope;to-tag=a;from-tag=b".to_string()),
+            ("x2", "r1;to-tag=wrong;from-tag=peer".to_string()),
+            ("x3", format!("r1;to-tag={tag};from-tag=wrong")),
+        ] {
+            assert_eq!(
+                first(answers(&mut e, &invite(cid, &r))),
+                "SIP/2.0 481 Call/Transaction Does Not Exist",
+                "{r}"
+            );
+        }
+        // early-only naming a confirmed dialog: 486.
+        let r = format!("r1;to-tag={tag};from-tag=peer;early-only");
+        assert_eq!(
+            first(answers(&mut e, &invite("x4", &r))),
+            "SIP/2.0 486 Busy Here"
+        );
+        // The dialog ended (the peer hung it up): 603.
+        let bye = peer_request("BYE", "b", "r1", Some(&tag), 2, "");
+        assert_eq!(answers(&mut e, &bye), ["SIP/2.0 200 OK"]);
+        let r = format!("r1;to-tag={tag};from-tag=peer");
+        assert_eq!(
+            first(answers(&mut e, &invite("x5", &r))),
+            "SIP/2.0 603 Decline"
+        );
+    }
+
+    #[test]
+    fn a_callee_that_never_gets_its_bye_fails_the_call_naming_its_leg() {
+        // A B2BUA that answers A's BYE itself and never relays it: A's
+        // side looks fine, B's leg never ends.
+        let mut e = engine();
+        let mut now = Instant::from_epoch(Duration::ZERO);
+        e.start_call(now, Scenario::Basic);
+        for _ in 0..20_000 {
+            let out: Vec<Vec<u8>> = e.drain_transmit().collect();
+            for d in &out {
+                if d.starts_with(b"BYE ") {
+                    let m = scan(d).unwrap();
+                    let mut ok = Vec::new();
+                    response(&m.reply_parts(), 200, None, None, &[], &mut ok);
+                    e.handle_datagram(now, &ok);
+                } else {
+                    e.handle_datagram(now, d);
+                }
+            }
+            now = now + Duration::from_millis(10);
+            e.handle_timeout(now);
+            e.expire(now);
+            if e.active() == 0 {
+                break;
+            }
+        }
+        let c = e.counts();
+        assert_eq!((c.succeeded, c.failed), (0, 1), "{:?}", e.failures());
+        assert_eq!(
+            e.failures().keys().collect::<Vec<_>>(),
+            ["call did not end in time: B leg never got its BYE"]
+        );
     }
 
     #[test]
