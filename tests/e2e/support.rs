@@ -510,31 +510,40 @@ pub(crate) fn error_lines(p: &Path) -> Vec<String> {
 /// The entries of a SIPp error log's text that are findings (see
 /// [`error_lines`]).
 pub(crate) fn sipp_error_entries(text: &str) -> Vec<String> {
-    let starts_entry = |l: &str| {
-        let b = l.as_bytes();
-        b.len() > 10 && b[..4].iter().all(u8::is_ascii_digit) && b[4] == b'-' && b[7] == b'-'
+    // SIPp writes "YYYY-MM-DD\tHH:MM:SS.micros\tEPOCH: message", often
+    // with no line feed between two entries: split at every date stamp.
+    let b = text.as_bytes();
+    let stamp_at = |i: usize| {
+        b.len() > i + 11
+            && b[i..i + 4].iter().all(u8::is_ascii_digit)
+            && b[i + 4] == b'-'
+            && b[i + 5..i + 7].iter().all(u8::is_ascii_digit)
+            && b[i + 7] == b'-'
+            && b[i + 8..i + 10].iter().all(u8::is_ascii_digit)
+            && b[i + 10] == b'\t'
     };
-    let mut entries: Vec<String> = Vec::new();
-    for line in text.lines() {
-        match entries.last_mut() {
-            Some(e) if !starts_entry(line) => {
-                e.push('\n');
-                e.push_str(line);
-            }
-            _ => entries.push(line.to_string()),
-        }
+    let starts: Vec<usize> = (0..b.len()).filter(|&i| stamp_at(i)).collect();
+    let rest = text
+        .trim()
+        .trim_start_matches("The following events occurred:")
+        .trim();
+    if starts.is_empty() && !rest.is_empty() {
+        // Not the format we know: a finding as it stands, not a pass.
+        return vec![rest.chars().take(600).collect()];
+    }
+    let mut entries: Vec<&str> = Vec::new();
+    for (k, &i) in starts.iter().enumerate() {
+        let end = starts.get(k + 1).copied().unwrap_or(b.len());
+        entries.push(&text[i..end]);
     }
     entries
         .into_iter()
-        .filter(|e| !e.trim().is_empty())
-        // SIPp's heading above the entries.
-        .filter(|e| !e.starts_with("The following events occurred"))
         .filter(|e| {
             !e.contains(
                 "Automatic response mode for an unexpected INFO, NOTIFY, OPTIONS or UPDATE for call: probe-",
             )
         })
-        .map(|e| e.chars().take(600).collect())
+        .map(|e| e.trim().chars().take(600).collect())
         .collect()
 }
 
@@ -769,4 +778,18 @@ pub(crate) fn bye_branches_per_call(
         per.entry(header("Call-ID")).or_default().insert(branch);
     }
     per
+}
+
+#[test]
+fn sipp_error_logs_are_split_into_entries_and_only_probe_answers_pass() {
+    let probe = "2026-12-03\t09:07:51.785498\t1796288871.785498: Automatic response mode for an unexpected INFO, NOTIFY, OPTIONS or UPDATE for call: probe-0-3-5060";
+    let bye = "2026-12-03\t09:07:51.881513\t1796288871.881513: Aborting call on an unexpected BYE for call: 2-1@127.0.0.1";
+    // Entries glued together without a line feed, as SIPp writes them.
+    let text = format!("The following events occurred:\n{probe}{bye}\n{probe}\n");
+    let found = sipp_error_entries(&text);
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert!(found[0].contains("unexpected BYE"));
+    assert!(sipp_error_entries(&format!("The following events occurred:\n{probe}\n")).is_empty());
+    assert!(sipp_error_entries("").is_empty());
+    assert_eq!(sipp_error_entries("something else entirely").len(), 1);
 }
