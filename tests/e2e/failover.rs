@@ -418,6 +418,18 @@ fn a_worker_paused_past_its_lease_serves_nothing_when_it_wakes() {
     probe
         .send_to(options.as_bytes(), ("127.0.0.1", c.worker + w))
         .unwrap();
+    // And a BYE for every call, as the edge would forward the caller's,
+    // straight to the frozen worker: it owns some of these calls, and
+    // when it wakes its lease is long over. Relayed, one would reach the
+    // callee before the caller's own BYE (through the new owner), which
+    // the callee's log shows as a second BYE or a dead call's message.
+    let byes = inflight_byes(&sipp_message_logs_of(dir.path(), "uac_"), edge, me);
+    assert_eq!(byes.len(), 45, "a BYE for each call from the callers' log");
+    for bye in &byes {
+        probe
+            .send_to(bye.as_bytes(), ("127.0.0.1", c.worker + w))
+            .unwrap();
+    }
     let r = finish_uac(uac, &stat);
     assert!(
         std::process::Command::new("kill")
@@ -432,9 +444,25 @@ fn a_worker_paused_past_its_lease_serves_nothing_when_it_wakes() {
         "{r:?}: {}",
         sipp_errors(dir.path())
     );
-    // Awake: its lease ended long ago, so the queued BYEs are dropped, not
-    // relayed a second time behind the new owner's back.
+    // Awake: its lease ended long ago, so what queued is dropped, not
+    // relayed behind the new owner's back. Judged by the peers first: the
+    // callee got exactly one BYE per call and nothing a finished call
+    // should not get (a dead-call or unexpected event in its log), and
+    // nothing answered the requests sent to the frozen worker.
     std::thread::sleep(Duration::from_millis(1500));
+    uas.expect_calls(45);
+    assert_one_bye_per_call(&sipp_message_logs_of(dir.path(), "uas_"), 45);
+    probe
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let mut buf = [0u8; 2048];
+    if let Ok((n, _)) = probe.recv_from(&mut buf) {
+        panic!(
+            "the woken worker answered a request that queued while its lease ran out:\n{}",
+            String::from_utf8_lossy(&buf[..n])
+        );
+    }
+    // Its own account agrees.
     let (_, text) = http_get(&format!("http://{host}:{}/metrics", port + w));
     assert_eq!(
         metric(&text, "handover_calls_ended_total{cause=\"hangup\"}"),
@@ -442,22 +470,9 @@ fn a_worker_paused_past_its_lease_serves_nothing_when_it_wakes() {
         "the paused worker hung up nothing after waking"
     );
     assert!(
-        metric(&text, "handover_worker_not_served_total") > 0.0,
-        "it dropped what queued while it was frozen"
+        metric(&text, "handover_worker_not_served_total") >= 46.0,
+        "it dropped what queued while it was frozen (the OPTIONS and 45 BYEs at least)"
     );
-    probe
-        .set_read_timeout(Some(Duration::from_millis(300)))
-        .unwrap();
-    let mut buf = [0u8; 2048];
-    assert!(
-        probe.recv_from(&mut buf).is_err(),
-        "the woken worker answered a request that queued while its lease ran out"
-    );
-    // The callee's view: every call ended once, with one BYE, and nothing
-    // reached it from the woken worker (a request of a call that is over
-    // would be a dead-call or unexpected event in its log).
-    uas.expect_calls(45);
-    assert_one_bye_per_call(&sipp_message_logs_of(dir.path(), "uas_"), 45);
     // And it rejoins.
     wait_members(&grpc0, 3);
     eprintln!(
@@ -466,6 +481,73 @@ fn a_worker_paused_past_its_lease_serves_nothing_when_it_wakes() {
         per[w as usize],
         metric(&text, "handover_worker_not_served_total")
     );
+}
+
+/// One BYE per call in a UAC's message log (`uac.xml`: its INVITE's 200
+/// gives the dialog), as the edge forwards a caller's BYE to a worker: the
+/// edge's Via with the call's key on top, then a Via naming `reply_to`
+/// (so an answer, if any comes, reaches the test).
+fn inflight_byes(
+    log: &str,
+    edge: std::net::SocketAddr,
+    reply_to: std::net::SocketAddr,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for block in log
+        .split("----------------------------------------------- ")
+        .skip(1)
+    {
+        let lines: Vec<&str> = block.lines().collect();
+        if !lines.get(1).is_some_and(|l| l.contains("received")) {
+            continue;
+        }
+        let body: Vec<&str> = lines[2..]
+            .iter()
+            .copied()
+            .skip_while(|l| l.is_empty())
+            .collect();
+        let header = |name: &str| {
+            body.iter()
+                .take_while(|l| !l.is_empty())
+                .find_map(|l| l.strip_prefix(&format!("{name}:")))
+                .map(|v| v.trim().to_string())
+        };
+        if !body.first().is_some_and(|l| l.starts_with("SIP/2.0 200"))
+            || !header("CSeq").is_some_and(|c| c.ends_with("INVITE"))
+        {
+            continue;
+        }
+        let (Some(cid), Some(from), Some(to), Some(contact)) = (
+            header("Call-ID"),
+            header("From"),
+            header("To"),
+            header("Contact"),
+        ) else {
+            continue;
+        };
+        if !seen.insert(cid.clone()) {
+            continue;
+        }
+        let uri = contact
+            .trim_start_matches('<')
+            .split('>')
+            .next()
+            .unwrap_or("")
+            .to_string();
+        let k = uri
+            .split(";k=")
+            .nth(1)
+            .map(|k| k.split([';', '>']).next().unwrap_or(""))
+            .unwrap_or("");
+        out.push(format!(
+            "BYE {uri} SIP/2.0\r\nVia: SIP/2.0/UDP {edge};branch=z9hG4bK-inflight-{n};k={k}\r\n\
+             Via: SIP/2.0/UDP {reply_to};branch=z9hG4bK-inflight-a-{n}\r\nMax-Forwards: 69\r\n\
+             From: {from}\r\nTo: {to}\r\nCall-ID: {cid}\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n",
+            n = out.len()
+        ));
+    }
+    out
 }
 
 /// The first lines of every SIPp error file in `dir`.
