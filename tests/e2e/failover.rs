@@ -859,6 +859,69 @@ fn a_killed_workers_calls_are_transferred_through_the_others() {
     assert_eq!(left, 0.0, "calls still up after every BYE");
 }
 
+/// What one `handover status` answer says a worker served: these shards
+/// (a bitmap), over `from..=to` in wall-clock milliseconds (from the last
+/// change of the set to the answer, or to its lease's end if earlier).
+struct Held {
+    worker: u16,
+    map: Vec<u8>,
+    from: u64,
+    to: u64,
+}
+
+impl Held {
+    fn of(worker: u16, s: &serde_json::Value) -> Self {
+        let hex = s["serving_map"].as_str().expect("status has serving_map");
+        let map = (0..hex.len() / 2)
+            .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap())
+            .collect();
+        let ms = |k: &str| {
+            s[k].as_u64()
+                .unwrap_or_else(|| panic!("status has {k}: {s}"))
+        };
+        Self {
+            worker,
+            map,
+            from: ms("serving_since_unix_ms"),
+            to: ms("at_unix_ms").min(ms("lease_until_unix_ms")),
+        }
+    }
+
+    fn serves_any(&self) -> bool {
+        self.map.iter().any(|b| *b != 0)
+    }
+}
+
+/// A shard two workers served at one moment: (shard, worker index, worker
+/// index, unix ms).
+type TwoServers = (usize, u16, u16, u64);
+
+/// Compares every two answers of different workers whose stretches share
+/// a moment: (pairs compared, of those with `cut_off` serving something,
+/// shards both served with the moment).
+fn overlaps(held: &[Held], cut_off: u16) -> (usize, usize, Vec<TwoServers>) {
+    let (mut compared, mut with_cut_off, mut both) = (0, 0, Vec::new());
+    for (i, a) in held.iter().enumerate() {
+        for b in &held[i + 1..] {
+            let (lo, hi) = (a.from.max(b.from), a.to.min(b.to));
+            if a.worker == b.worker || lo > hi {
+                continue;
+            }
+            compared += 1;
+            if (a.worker == cut_off && a.serves_any()) || (b.worker == cut_off && b.serves_any()) {
+                with_cut_off += 1;
+            }
+            for (k, (x, y)) in a.map.iter().zip(&b.map).enumerate() {
+                let common = x & y;
+                for bit in (0..8).filter(|bit| common & (1 << bit) != 0) {
+                    both.push((k * 8 + bit, a.worker, b.worker, lo));
+                }
+            }
+        }
+    }
+    (compared, with_cut_off, both)
+}
+
 /// Of requests sent around a kill at `killed_at` (each its first send and
 /// its answer, in day seconds): how many waited for the takeover (over
 /// 0.5 s), how long after the kill the first of those was answered, and
@@ -953,12 +1016,25 @@ fn a_partitioned_worker_gives_its_shards_up_and_no_shard_has_two_servers() {
     assert!(o.status.success(), "isolate: {}", stderr(&o));
     let t0 = Instant::now();
     let mut hangups_after_lease = None;
-    let (mut most, mut survivors_most) = (0u64, 0u64);
+    let mut survivors_most = 0u64;
+    // Every answer says which shards its worker served over which stretch
+    // of wall-clock time; answers read one after another are compared
+    // over the time they share.
+    let mut held: Vec<Held> = Vec::new();
     while t0.elapsed() < Duration::from_secs(11) {
-        let serving: Vec<u64> = (0..3)
-            .map(|i| status(&grpc(i)).map_or(0, |s| s["serving_shards"].as_u64().unwrap_or(0)))
+        let answers: Vec<Option<serde_json::Value>> = (0..3).map(|i| status(&grpc(i))).collect();
+        for (i, a) in answers.iter().enumerate() {
+            if let Some(a) = a {
+                held.push(Held::of(i as u16, a));
+            }
+        }
+        let serving: Vec<u64> = answers
+            .iter()
+            .map(|a| {
+                a.as_ref()
+                    .map_or(0, |s| s["serving_shards"].as_u64().unwrap_or(0))
+            })
             .collect();
-        most = most.max(serving.iter().sum());
         survivors_most = survivors_most.max(
             (0..3u16)
                 .filter(|&i| i != w)
@@ -978,17 +1054,27 @@ fn a_partitioned_worker_gives_its_shards_up_and_no_shard_has_two_servers() {
     wait_members(&grpc(0), 3);
     let left: f64 = (0..3).map(|i| active(host, c.admin, i)).sum();
     eprintln!(
-        "partition: worker {} cut off with {} of 60 calls; workers served at most {most} shards between them, \
-         the others {survivors_most}; it hung up {} calls after its lease ended, dropped {dropped} datagrams; \
+        "partition: worker {} cut off with {} of 60 calls; the others served up to {survivors_most} shards; it hung up {} calls after its lease ended, dropped {dropped} datagrams; \
          {}/60 calls hung up; {left} calls left up; it rejoined",
         w + 1,
         per[w as usize],
         h - hangups_after_lease.unwrap_or(h),
         r.successful
     );
+    let (compared, with_cut_off, two_servers) = overlaps(&held, w);
+    eprintln!(
+        "partition: {compared} pairs of answers shared a moment ({with_cut_off} with the cut-off worker serving); {} shard-moments with two servers",
+        two_servers.len()
+    );
     assert!(
-        most <= 4096,
-        "no shard had two servers: at most 4096 served at every sample, saw {most}"
+        two_servers.is_empty(),
+        "no shard had two servers at one moment; (shard, worker index, worker index, unix ms): {:?} of {}",
+        &two_servers[..two_servers.len().min(10)],
+        two_servers.len()
+    );
+    assert!(
+        with_cut_off > 0,
+        "the check compared the cut-off worker while it still served with the others"
     );
     assert_eq!(
         survivors_most, 4096,

@@ -457,6 +457,8 @@ struct Replica {
     notes: mpsc::UnboundedSender<Note>,
     ready: watch::Sender<bool>,
     served: Vec<bool>,
+    /// When `served` last changed (wall clock, for `handover status`).
+    served_since: std::time::SystemTime,
     /// The lease's end, in nanoseconds after `epoch` (see `Handle::lease`).
     lease: std::sync::Arc<std::sync::atomic::AtomicU64>,
     epoch: tokio::time::Instant,
@@ -486,6 +488,7 @@ impl Replica {
             notes,
             ready,
             served: vec![false; SHARDS],
+            served_since: std::time::SystemTime::now(),
             lease,
             epoch,
             pending: HashMap::new(),
@@ -679,9 +682,6 @@ impl Replica {
             for n in self.node.take_batch_sizes() {
                 batch_hist.record(n as f64);
             }
-            if ticked || map_changed {
-                self.refresh(&shared_tx);
-            }
             // The lease as a wall-clock deadline for the SIP loop, which
             // checks it per datagram: a worker that was paused past its
             // lease serves nothing before this thread catches up.
@@ -690,6 +690,9 @@ impl Replica {
                 nanos_since(self.epoch, last_tick + left),
                 std::sync::atomic::Ordering::Relaxed,
             );
+            if ticked || map_changed {
+                self.refresh(&shared_tx);
+            }
             if self.node.drained() {
                 for d in self.drains.drain(..) {
                     let _ = d.send(true);
@@ -732,10 +735,12 @@ impl Replica {
     /// Serving changes, the status and map the services show, gauges.
     fn refresh(&mut self, shared: &watch::Sender<Shared>) {
         let mut gained = Vec::new();
+        let wall = std::time::SystemTime::now();
         for shard in 0..SHARDS {
             let now = self.node.serves(shard);
             if now != self.served[shard] {
                 self.served[shard] = now;
+                self.served_since = wall;
                 if now {
                     gained.push(shard);
                 } else {
@@ -773,6 +778,16 @@ impl Replica {
             serving_shards: s.serving_shards as u64,
             members_up: t.members_up().collect(),
             calls_per_worker: per,
+            serving_map: serving_map(&self.served),
+            serving_since_unix_ms: unix_ms(self.served_since),
+            at_unix_ms: unix_ms(wall),
+            lease_until_unix_ms: {
+                // The SIP loop's deadline (stored just before this), as
+                // wall-clock time.
+                let at = self.epoch
+                    + Duration::from_nanos(self.lease.load(std::sync::atomic::Ordering::Relaxed));
+                unix_ms(wall + at.saturating_duration_since(tokio::time::Instant::now()))
+            },
         };
         metrics::gauge!(RAFT_TERM).set(s.term as f64);
         metrics::gauge!(RAFT_LEADER).set(s.leader as f64);
@@ -1063,9 +1078,34 @@ where
     Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
 }
 
+/// `served` as a bitmap: bit s of byte s/8, least significant first.
+fn serving_map(served: &[bool]) -> Vec<u8> {
+    let mut m = vec![0u8; served.len().div_ceil(8)];
+    for (s, _) in served.iter().enumerate().filter(|(_, on)| **on) {
+        m[s / 8] |= 1 << (s % 8);
+    }
+    m
+}
+
+/// Milliseconds since the Unix epoch (0 for a time before it).
+fn unix_ms(t: std::time::SystemTime) -> u64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_serving_map_has_one_bit_per_shard_least_significant_first() {
+        let mut served = vec![false; 16];
+        served[0] = true;
+        served[9] = true;
+        served[15] = true;
+        assert_eq!(serving_map(&served), [0b0000_0001, 0b1000_0010]);
+        assert_eq!(serving_map(&[false; 4096]).len(), 512);
+    }
 
     #[test]
     fn addresses_are_ip_port_or_host_port() {

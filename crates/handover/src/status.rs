@@ -53,6 +53,9 @@ pub(crate) fn run(a: &StatusArgs) -> anyhow::Result<()> {
             "applied": s.applied, "epoch": s.epoch, "calls": s.calls,
             "owned_shards": s.owned_shards, "serving_shards": s.serving_shards,
             "members_up": s.members_up, "calls_per_worker": per,
+            "serving_map": s.serving_map.iter().map(|b| format!("{b:02x}")).collect::<String>(),
+            "serving_since_unix_ms": s.serving_since_unix_ms, "at_unix_ms": s.at_unix_ms,
+            "lease_until_unix_ms": s.lease_until_unix_ms,
         });
         println!("{v}");
         return Ok(());
