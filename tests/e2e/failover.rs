@@ -300,6 +300,12 @@ fn the_raft_leader_killed_under_calls_comes_back_and_catches_up() {
         "all calls up"
     );
     std::thread::sleep(Duration::from_millis(500));
+    // The premise: the leader carries calls of its own when it dies.
+    let leader_calls = active(host, port, li);
+    assert!(
+        leader_calls > 0.0,
+        "the leader (worker {leader}) had calls up when it was killed"
+    );
     let pid = worker_pid(c.worker + li);
     let argv: Vec<String> = std::fs::read(format!("/proc/{pid}/cmdline"))
         .unwrap()
@@ -352,7 +358,7 @@ fn the_raft_leader_killed_under_calls_comes_back_and_catches_up() {
     assert_eq!(a["calls"], o["calls"], "the same call table");
     assert_eq!(a["epoch"], o["epoch"], "the same map");
     eprintln!(
-        "leader failover: worker {leader} (the leader) killed with calls up; new leader after {:.1} s; \
+        "leader failover: worker {leader} (the leader) killed with {leader_calls} calls up; new leader after {:.1} s; \
          100/100 calls ok; restarted, it caught up to commit {commit} and rejoined in {:.1} s",
         election.as_secs_f64(),
         catch_up.as_secs_f64()
