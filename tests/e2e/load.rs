@@ -87,6 +87,74 @@ fn load_plays_every_scenario_through_up_in_both_transfer_modes() {
     }
 }
 
+/// Issue 22: attended transfers through three replicated workers, where
+/// the transferor's two calls usually live on two workers (two in three),
+/// in both modes, against the generator's strict peers (C answers 481 to
+/// a Replaces that is not exactly its dialog). Every transfer succeeds,
+/// and the workers say how many REFERs named a call of another worker.
+#[test]
+fn attended_transfers_across_three_workers_in_both_modes() {
+    let _g = serial();
+    for mode in ["passthrough", "local"] {
+        let lp = free_udp_port();
+        let c = cluster(
+            &[format!("*=127.0.0.1:{lp}")],
+            &["--workers", "3", "--transfer-mode", mode],
+        );
+        wait_members(&c.grpc, 3);
+        wait_all_shards_served(&c.grpc, 3);
+        let (target, listen) = (format!("127.0.0.1:{}", c.sip), format!("127.0.0.1:{lp}"));
+        let (code, r) = load(&[
+            "--target",
+            &target,
+            "--listen",
+            &listen,
+            "--rate",
+            "25",
+            "--calls",
+            "200",
+            "--hold-ms",
+            "1000",
+            "--mix",
+            "attended=1",
+        ]);
+        assert_eq!(code, Some(0), "{mode}: {r:#}");
+        assert_eq!(
+            (
+                n(&r, &["counts", "succeeded"]),
+                n(&r, &["counts", "failed"])
+            ),
+            (200, 0),
+            "{mode}: {r:#}"
+        );
+        let (host, port) = c.worker_admin.rsplit_once(':').unwrap();
+        let port: u16 = port.parse().unwrap();
+        let sum = |series: &str| -> f64 {
+            (0..3)
+                .map(|i| {
+                    metric(
+                        &http_get(&format!("http://{host}:{}/metrics", port + i)).1,
+                        series,
+                    )
+                })
+                .sum()
+        };
+        let across = sum("handover_replaces_elsewhere_total{request=\"refer\"}");
+        let succeeded = sum(&format!(
+            "handover_transfers_total{{kind=\"attended\",mode=\"{mode}\",result=\"succeeded\"}}"
+        ));
+        eprintln!("{mode}: 200 attended transfers, {across} with their two calls on two workers");
+        assert_eq!(
+            succeeded, 200.0,
+            "{mode}: the workers saw every transfer succeed"
+        );
+        assert!(
+            across >= 100.0,
+            "{mode}: at least 100 transfers had their two calls on two workers: {across}"
+        );
+    }
+}
+
 #[test]
 fn load_counts_failures_by_cause_against_callees_that_reject_drop_and_delay() {
     let _g = serial();

@@ -663,6 +663,32 @@ pub(crate) fn wait_members(grpc: &str, n: usize) {
     assert!(ok, "{n} workers in the shard map within 15 s");
 }
 
+/// Waits until `n` workers (gRPC on `grpc`'s port + i) serve every shard
+/// between them: past the handover wait that follows a start, so no
+/// request of a test is dropped for a shard nobody serves yet.
+pub(crate) fn wait_all_shards_served(grpc: &str, n: u16) {
+    let (host, port) = grpc.rsplit_once(':').unwrap();
+    let port: u16 = port.parse().unwrap();
+    let ok = wait_for(Duration::from_secs(15), || {
+        (0..n)
+            .map(|i| {
+                let o = handover(&[
+                    "status",
+                    "--grpc",
+                    &format!("{host}:{}", port + i),
+                    "--json",
+                ]);
+                serde_json::from_slice::<serde_json::Value>(&o.stdout)
+                    .ok()
+                    .and_then(|v| v["serving_shards"].as_u64())
+                    .unwrap_or(0)
+            })
+            .sum::<u64>()
+            == 4096
+    });
+    assert!(ok, "the {n} workers serve all 4096 shards within 15 s");
+}
+
 /// Starts `handover up` with `args`; returns once its edge is ready.
 pub(crate) fn spawn_up(args: &[&str], edge_admin: &str) -> UpProc {
     let child = Command::new(env!("CARGO_BIN_EXE_handover"))

@@ -145,6 +145,25 @@ fn blind_transfer_through_up_one_then_a_hundred_concurrently() {
             "nothing at C names B's address (Referred-By rewritten):\n{head}"
         );
     }
+    // Every REFER A got and every NOTIFY B got carries a Contact, and it
+    // names the edge with the call's key (RFC 3515 §2.1, RFC 6665), never
+    // the phone on the other leg.
+    for (prefix, method, n) in [
+        ("transfer_a_", "REFER", 101),
+        ("transfer_b_", "NOTIFY", 101),
+    ] {
+        let got = received_headers(&sipp_message_logs_of(dir.path(), prefix), method, "Contact");
+        assert_eq!(got.len(), n, "{method}s received");
+        for c in &got {
+            let c = c
+                .as_deref()
+                .unwrap_or_else(|| panic!("a {method} without Contact"));
+            assert!(
+                c.contains(&format!("@{edge};k=")) || c.contains(&format!("<sip:{edge};k=")),
+                "{method} Contact names the edge with a key: {c}"
+            );
+        }
+    }
     let text = http_get(&format!("http://{worker_admin}/metrics")).1;
     assert_eq!(
         metric(&text, "handover_calls_answered_total"),
@@ -230,6 +249,34 @@ fn logged_header(log: &str, first: &str, name: &str) -> Option<String> {
         .take_while(|l| !l.is_empty())
         .find_map(|l| l.strip_prefix(&format!("{name}: ")))
         .map(str::to_string)
+}
+
+/// For every `method` request a SIPp message log shows as received, the
+/// value of its header `name` (None when it has none).
+fn received_headers(log: &str, method: &str, name: &str) -> Vec<Option<String>> {
+    log.split("----------------------------------------------- ")
+        .skip(1)
+        .filter_map(|block| {
+            let mut lines = block.lines();
+            let _stamp = lines.next();
+            if !lines.next().is_some_and(|w| w.contains("received")) {
+                return None;
+            }
+            let body: Vec<&str> = lines.skip_while(|l| l.is_empty()).collect();
+            if !body
+                .first()
+                .is_some_and(|l| l.starts_with(&format!("{method} ")))
+            {
+                return None;
+            }
+            Some(
+                body.iter()
+                    .take_while(|l| !l.is_empty())
+                    .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+                    .map(str::to_string),
+            )
+        })
+        .collect()
 }
 
 fn tag_of(v: &str) -> String {
@@ -318,6 +365,19 @@ fn attended_transfer_through_up_reaches_the_replaced_dialog() {
         invites[1]
     );
     assert_ne!(field(invites[1], "Call-ID").unwrap(), first_cid);
+    // Nothing A saw names B's call: not its Call-ID on either leg.
+    let a_log = sipp_message_logs_of(dir.path(), "transfer_a_attended_");
+    let b2_cid = logged_header(
+        &sipp_message_logs_of(dir.path(), "uac_"),
+        "SIP/2.0 200",
+        "Call-ID",
+    )
+    .unwrap();
+    assert!(!a_log.is_empty());
+    assert!(
+        !a_log.contains(&b2_cid) && !a_log.contains(&b2_cid.replace('@', "%40")),
+        "A saw B's own Call-ID {b2_cid}"
+    );
     let text = http_get(&format!("http://{}/metrics", c.worker_admin)).1;
     assert_eq!(
         metric(

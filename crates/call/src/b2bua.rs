@@ -38,6 +38,7 @@ use crate::dialog::{Dialog, DialogState};
 use crate::routing::{Routes, TransferMode};
 
 mod local;
+mod remote;
 mod replica;
 use crate::transfer::{self, Replaces};
 use local::Local;
@@ -94,6 +95,9 @@ pub struct Stats {
     /// Calls handed over to another worker (their shard moved there; it
     /// carries them on from the replica).
     pub handed_over: u64,
+    /// `Replaces` (in a REFER's Refer-To or an INVITE) naming a call of
+    /// another worker, resolved from its replicated record.
+    pub replaces_elsewhere: u64,
 }
 
 /// How a transfer the B2BUA relayed went (passthrough mode: the phones
@@ -353,6 +357,8 @@ pub struct B2bua<R> {
     stats: Stats,
     replicate: bool,
     replication: VecDeque<Replication>,
+    /// Calls of other workers, learnt for one datagram (`remote.rs`).
+    remote: Vec<CallRecord>,
 }
 
 /// The headers a B2BUA passes from one leg to the other unchanged: all but
@@ -438,6 +444,7 @@ impl<R: RngCore> B2bua<R> {
             stats: Stats::default(),
             replicate: false,
             replication: VecDeque::new(),
+            remote: Vec::new(),
         }
     }
 
@@ -693,15 +700,10 @@ impl<R: RngCore> B2bua<R> {
     fn replaced_target(&self, m: &Message<'_>) -> Option<SocketAddr> {
         let v = m.header(HeaderName::Replaces)?.value.of(m.buf());
         let r = Replaces::parse(v)?;
-        let call = self.calls.get(self.by_call_id.get(&r.call_id)?)?;
-        let d = [call.a_dialog.as_ref(), call.b_dialog.as_ref()]
-            .into_iter()
-            .flatten()
-            .find(|d| {
-                d.id.call_id == r.call_id
-                    && d.id.remote_tag == r.to_tag
-                    && d.id.local_tag == r.from_tag
-            })?;
+        let (_, a, b) = self.dialogs_of(&r.call_id)?;
+        let d = [a, b].into_iter().find(|d| {
+            d.id.call_id == r.call_id && d.id.remote_tag == r.to_tag && d.id.local_tag == r.from_tag
+        })?;
         let t = &d.remote_target;
         let u = handover_sip::Uri::parse(t, handover_sip::Span::new(0, t.len())).ok()?;
         let ip: IpAddr = core::str::from_utf8(u.host()).ok()?.parse().ok()?;
@@ -962,16 +964,15 @@ impl<R: RngCore> B2bua<R> {
     /// the other side of that call, as that party knows it. `None` when no
     /// call of this worker has it.
     //
-    // One worker holds both calls today (its own table). With several
-    // workers the other call may be owned elsewhere: the lookup then reads
-    // the replicated call table (every worker has a committed copy), so it
-    // stays a local read keyed by Call-ID.
+    //
+    // The other call may be held by another worker: then its committed
+    // record, read from the replicated table, stands in (`remote.rs`).
     fn translate_replaces(&self, r: &Replaces) -> Option<Replaces> {
-        let call = self.calls.get(self.by_call_id.get(&r.call_id)?)?;
-        let (x, y) = if r.call_id == call.a_call_id {
-            (call.a_dialog.as_ref()?, call.b_dialog.as_ref()?)
+        let (_, a, b) = self.dialogs_of(&r.call_id)?;
+        let (x, y) = if a.id.call_id == r.call_id {
+            (a, b)
         } else {
-            (call.b_dialog.as_ref()?, call.a_dialog.as_ref()?)
+            (b, a)
         };
         (x.id.call_id == r.call_id && x.id.local_tag == r.to_tag && x.id.remote_tag == r.from_tag)
             .then(|| Replaces {
@@ -1008,10 +1009,17 @@ impl<R: RngCore> B2bua<R> {
                 {
                     return Err((491, "Request Pending"));
                 }
-                let replaces = rt
-                    .replaces
-                    .as_ref()
-                    .and_then(|r| self.translate_replaces(r));
+                // A Replaces is translated to the dialog the other party
+                // knows, or the REFER refused: relayed as it came, it
+                // would hand the transferor's Call-ID and tags to the
+                // other side, naming a dialog that party never had.
+                let replaces = match rt.replaces.as_ref() {
+                    None => None,
+                    Some(r) => Some(
+                        self.translate_replaces(r)
+                            .ok_or((400, "Replaces names no confirmed call"))?,
+                    ),
+                };
                 put.push((
                     HeaderName::ReferTo,
                     rt.rewritten(&self.cfg.advertised, replaces.as_ref()),
@@ -1155,7 +1163,16 @@ impl<R: RngCore> B2bua<R> {
             method,
             None,
             &via,
-            refresh.then_some(contact.as_slice()),
+            // Target refreshes carry our Contact, and so do REFER, NOTIFY
+            // and SUBSCRIBE (a dialog usage's requests: RFC 3515 §2.1,
+            // RFC 6665 §4.1.2.1 and §4.2.1): it names the edge with the
+            // call's key, never the phone on the other leg.
+            (refresh
+                || matches!(
+                    m.method(),
+                    Some(Method::Refer | Method::Notify | Method::Subscribe)
+                ))
+            .then_some(contact.as_slice()),
             &headers,
             body,
         );

@@ -730,6 +730,12 @@ fn rfc3515_transfer_reports_accepted_then_succeeded() {
         text.contains("Refer-To: <sip:c@127.0.0.1:5060>\r\n") && text.contains("Referred-By: "),
         "{text}"
     );
+    // RFC 3515 §2.1: the REFER carries a Contact, ours (the edge, with the
+    // call's key), not B's.
+    let contact = ra.contact().expect("a Contact").unwrap();
+    assert_eq!(contact.uri().host(), b"127.0.0.1");
+    assert_eq!(contact.uri().port(), Some(5060));
+    assert!(text.contains(";k="), "{text}");
     // A accepts.
     let accepted = format!(
         "SIP/2.0 202 Accepted\r\nVia: {}\r\nFrom: {}\r\nTo: {}\r\nCall-ID: a-call\r\nCSeq: {} REFER\r\nContent-Length: 0\r\n\r\n",
@@ -768,6 +774,9 @@ fn rfc3515_transfer_reports_accepted_then_succeeded() {
         .expect("NOTIFY to B");
     let nb = scan(&to_b.1).unwrap();
     assert_eq!(nb.body(), body.as_bytes(), "the sipfrag passes through");
+    // RFC 6665 §4.2.1: so does the NOTIFY, naming the edge, not A.
+    let contact = nb.contact().expect("a Contact").unwrap();
+    assert_eq!(contact.uri().port(), Some(5060));
     assert_eq!(nb.call_id(), bim.call_id(), "in B's dialog");
     let e = b.poll_transfer().expect("outcome reported");
     assert_eq!(e.result, handover_call::TransferResult::Succeeded);

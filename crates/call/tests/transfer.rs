@@ -793,3 +793,106 @@ fn local_transfer_to_an_unreachable_target_reports_408_and_keeps_the_call() {
     let evs: Vec<_> = std::iter::from_fn(|| s.b.poll_transfer()).collect();
     assert_eq!(evs.last().unwrap().result, TransferResult::Failed);
 }
+
+/// The two calls of an attended transfer on different workers (with three
+/// workers, two transfers in three): worker 2 holds Bob's call to Carol,
+/// worker 1 the call Bob refers Alice on, worker 3 gets Alice's new call.
+/// Each reads the other call from its committed record (what every
+/// worker's replica holds), handed over for the one datagram.
+#[test]
+fn attended_transfer_across_workers_reads_the_other_call_from_its_record() {
+    let routes = ["b=127.0.0.1:5071", "c=127.0.0.1:5072"];
+    let mut w2 = b2bua_routed(&routes, 9);
+    w2.set_replication(true);
+    w2.handle_datagram(at(500), invite("bob-2", "bob", 5071, "c", "").as_bytes());
+    let carol_leg = find(&out(&mut w2), "INVITE ").expect("Carol's leg");
+    let cl = scan(&carol_leg).unwrap();
+    let ok = b_resp(&cl, "200 OK", "ct", Some(SDP_B)).replace(
+        "Contact: <sip:b@127.0.0.1:5071>",
+        "Contact: <sip:c@127.0.0.1:5072>",
+    );
+    w2.handle_datagram(at(510), ok.as_bytes());
+    let record = std::iter::from_fn(|| w2.poll_replication())
+        .find_map(|r| match r {
+            handover_call::Replication::Upsert(r) => Some(*r),
+            handover_call::Replication::Remove { .. } => None,
+        })
+        .expect("the confirmed call's record");
+    w2.committed(at(520), b"bob-2");
+    let ok = find(&out(&mut w2), "SIP/2.0 200").expect("Bob hears 200 once committed");
+    let our_tag_to_bob = String::from_utf8(scan(&ok).unwrap().to_tag().unwrap().to_vec()).unwrap();
+
+    let mut w1 = scene();
+    let bob_leg = w1.bob_leg.clone();
+    let refer = |seq: u32| {
+        from_callee(
+            &scan(&bob_leg).unwrap(),
+            "bt",
+            5071,
+            "REFER",
+            seq,
+            &format!(
+                "Refer-To: <sip:c@127.0.0.1:5060?Replaces=bob-2%3Bto-tag%3D{our_tag_to_bob}%3Bfrom-tag%3Dbobt>\r\n"
+            ),
+            None,
+        )
+    };
+    // Without the record (a call not committed yet, or unknown): refused,
+    // and nothing of Bob's dialog reaches Alice.
+    let r1 = refer(1);
+    assert_eq!(w1.b.named_elsewhere(r1.as_bytes()), Some(b"bob-2".to_vec()));
+    let sent = w1.feed(1000, &r1);
+    assert!(find(&sent, "REFER ").is_none(), "not relayed untranslated");
+    let refused = find(&sent, "SIP/2.0 ").expect("an answer to Bob");
+    assert_eq!(
+        first_line(&refused),
+        "SIP/2.0 400 Replaces names no confirmed call"
+    );
+    // With it: Alice is told the dialog Carol knows.
+    let r2 = refer(2);
+    w1.b.learn_remote(record.clone());
+    let sent = w1.feed(1100, &r2);
+    w1.b.forget_remote();
+    let to_a = find(&sent, "REFER ").expect("REFER relayed to Alice");
+    let want = format!(
+        "Replaces={}%3Bto-tag%3Dct%3Bfrom-tag%3D{}",
+        String::from_utf8_lossy(cl.call_id()),
+        String::from_utf8_lossy(cl.from_tag().unwrap())
+    );
+    let rt = header(&to_a, HeaderName::ReferTo);
+    assert!(rt.contains(&want), "{rt} lacks {want}");
+    assert!(
+        !rt.contains("bob-2"),
+        "Bob's Call-ID never reaches Alice: {rt}"
+    );
+    assert_eq!(w1.b.stats().replaces_elsewhere, 1);
+
+    // Alice's INVITE with that Replaces lands on a third worker: it finds
+    // Carol's dialog by that leg's Call-ID and sends the call to her.
+    let replaces = format!(
+        "{};to-tag=ct;from-tag={}",
+        String::from_utf8_lossy(cl.call_id()),
+        String::from_utf8_lossy(cl.from_tag().unwrap())
+    );
+    let mut w3 = b2bua_routed(&routes, 11);
+    let inv = invite(
+        "a-2",
+        "alice",
+        5061,
+        "nobody",
+        &format!("Replaces: {replaces}\r\n"),
+    );
+    assert_eq!(
+        w3.named_elsewhere(inv.as_bytes()),
+        Some(cl.call_id().to_vec())
+    );
+    w3.learn_remote(record);
+    w3.handle_datagram(at(2000), inv.as_bytes());
+    w3.forget_remote();
+    let to_c = find(&out(&mut w3), "INVITE ").expect("to Carol, with no route for `nobody`");
+    assert_eq!(
+        scan(&to_c).unwrap().request_uri().unwrap().port(),
+        Some(5072)
+    );
+    assert_eq!(header(&to_c, HeaderName::Replaces), replaces);
+}

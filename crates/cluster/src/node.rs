@@ -372,12 +372,26 @@ impl Node {
 
     /// Replicates a call record; [`Event::Committed`] follows once applied.
     pub fn upsert(&mut self, call_id: Vec<u8>, key: u64, version: u64, record: Vec<u8>) {
+        self.upsert_legs(call_id, Vec::new(), key, version, record);
+    }
+
+    /// [`Node::upsert`] with the call's other leg's Call-ID, so that
+    /// [`Table::call_by_leg`] finds it by either.
+    pub fn upsert_legs(
+        &mut self,
+        call_id: Vec<u8>,
+        other_call_id: Vec<u8>,
+        key: u64,
+        version: u64,
+        record: Vec<u8>,
+    ) {
         self.queue(pb::command::Command::Upsert(pb::CallUpsert {
             call_id,
             key,
             version,
             owner: self.cfg.id,
             record,
+            other_call_id,
         }));
     }
 

@@ -61,6 +61,9 @@ pub struct Table {
     epoch: u64,
     owners: Vec<u64>,
     calls: BTreeMap<Vec<u8>, pb::CallUpsert>,
+    /// `other_call_id` -> `call_id` of the calls that have one (derived
+    /// from `calls`, rebuilt on decode).
+    legs: HashMap<Vec<u8>, Vec<u8>>,
     tomb_order: VecDeque<Vec<u8>>,
     tombs: HashMap<Vec<u8>, u64>,
 }
@@ -72,6 +75,7 @@ impl Table {
             epoch: 0,
             owners: vec![0; shards.max(1)],
             calls: BTreeMap::new(),
+            legs: HashMap::new(),
             tomb_order: VecDeque::new(),
             tombs: HashMap::new(),
         }
@@ -104,6 +108,14 @@ impl Table {
 
     pub fn call(&self, call_id: &[u8]) -> Option<&pb::CallUpsert> {
         self.calls.get(call_id)
+    }
+
+    /// The call one of whose legs has `call_id` (its own, or its
+    /// `other_call_id`): a Replaces may name either.
+    pub fn call_by_leg(&self, call_id: &[u8]) -> Option<&pb::CallUpsert> {
+        self.calls
+            .get(call_id)
+            .or_else(|| self.calls.get(self.legs.get(call_id)?))
     }
 
     pub fn calls(&self) -> impl Iterator<Item = &pb::CallUpsert> {
@@ -154,8 +166,22 @@ impl Table {
             key: u.key,
             owner: u.owner,
         };
+        self.index_legs(&u);
         self.calls.insert(u.call_id.clone(), u);
         change
+    }
+
+    /// Keeps `legs` in step with an upsert (a local transfer may give a
+    /// call a new other leg).
+    fn index_legs(&mut self, u: &pb::CallUpsert) {
+        if let Some(old) = self.calls.get(&u.call_id)
+            && old.other_call_id != u.other_call_id
+        {
+            self.legs.remove(&old.other_call_id);
+        }
+        if !u.other_call_id.is_empty() {
+            self.legs.insert(u.other_call_id.clone(), u.call_id.clone());
+        }
     }
 
     fn remove(&mut self, r: pb::CallRemove) -> Change {
@@ -165,7 +191,9 @@ impl Table {
                 owner: r.owner,
             };
         }
-        self.calls.remove(&r.call_id);
+        if let Some(old) = self.calls.remove(&r.call_id) {
+            self.legs.remove(&old.other_call_id);
+        }
         self.tomb(r.call_id.clone(), r.version);
         Change::Removed { call_id: r.call_id }
     }
@@ -332,6 +360,12 @@ impl Table {
             .into_iter()
             .map(|c| (c.call_id.clone(), c))
             .collect();
+        t.legs = t
+            .calls
+            .values()
+            .filter(|c| !c.other_call_id.is_empty())
+            .map(|c| (c.other_call_id.clone(), c.call_id.clone()))
+            .collect();
         for tomb in s.tombstones {
             t.tomb(tomb.call_id, tomb.version);
         }
@@ -343,6 +377,38 @@ impl Table {
 mod tests {
     use super::*;
     use pb::command::Command as C;
+
+    #[test]
+    fn a_call_is_found_by_either_legs_call_id_through_changes_and_snapshots() {
+        let mut t = Table::new(4);
+        up(&mut t, 1);
+        let put = |t: &mut Table, other: &[u8], version: u64| {
+            t.apply(C::Upsert(pb::CallUpsert {
+                call_id: b"a".to_vec(),
+                key: 0,
+                version,
+                owner: 1,
+                record: vec![],
+                other_call_id: other.to_vec(),
+            }))
+        };
+        put(&mut t, b"b", 1);
+        assert_eq!(t.call_by_leg(b"a").map(|c| c.version), Some(1));
+        assert_eq!(t.call_by_leg(b"b").map(|c| c.version), Some(1));
+        // A local transfer gave the call a new other leg.
+        put(&mut t, b"b2", 2);
+        assert!(t.call_by_leg(b"b").is_none());
+        assert_eq!(t.call_by_leg(b"b2").map(|c| c.version), Some(2));
+        let back = Table::decode(&t.encode(), 4).unwrap();
+        assert_eq!(back, t, "the index is rebuilt from a snapshot");
+        t.apply(C::Remove(pb::CallRemove {
+            call_id: b"a".to_vec(),
+            key: 0,
+            version: 3,
+            owner: 1,
+        }));
+        assert!(t.call_by_leg(b"b2").is_none() && t.call_by_leg(b"a").is_none());
+    }
 
     fn up(t: &mut Table, n: u64) -> Vec<Move> {
         match t.apply(C::Up(pb::MemberUp { node: n })) {
@@ -398,6 +464,7 @@ mod tests {
             version,
             owner,
             record: vec![version as u8],
+            other_call_id: Vec::new(),
         };
         assert!(matches!(
             t.apply(C::Upsert(call(2, 8))),

@@ -191,6 +191,8 @@ pub(crate) fn parse_peer(s: &str) -> anyhow::Result<Peer> {
 pub(crate) enum Cmd {
     Upsert {
         call_id: Vec<u8>,
+        /// The other leg's (see `CallUpsert.other_call_id`).
+        other_call_id: Vec<u8>,
         key: u64,
         version: u64,
         record: Vec<u8>,
@@ -268,6 +270,17 @@ pub(crate) struct Handle {
     pub(crate) ready: watch::Receiver<bool>,
     /// Until when this worker's lease lets it serve.
     pub(crate) lease: Lease,
+    /// Look-ups of calls in the replicated table (any worker's), by
+    /// either leg's Call-ID: what a Replaces names may live elsewhere.
+    pub(crate) lookup: mpsc::UnboundedSender<Lookup>,
+}
+
+/// A question to the replica's thread: the committed record of the call
+/// one of whose legs has `call_id`.
+#[derive(Debug)]
+pub(crate) struct Lookup {
+    pub(crate) call_id: Vec<u8>,
+    pub(crate) reply: oneshot::Sender<Option<cpb::CallUpsert>>,
 }
 
 /// The replica's lease as a wall-clock deadline, shared with the SIP loop.
@@ -368,6 +381,7 @@ pub(crate) fn start(
     let cmd_tx = std::sync::Arc::new(Cmds::default());
     let cmd_rx = std::sync::Arc::clone(&cmd_tx);
     let (note_tx, note_rx) = mpsc::unbounded_channel();
+    let (lookup_tx, lookup_rx) = mpsc::unbounded_channel();
     let (ready_tx, ready_rx) = watch::channel(false);
     let lease = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let lease2 = std::sync::Arc::clone(&lease);
@@ -397,12 +411,13 @@ pub(crate) fn start(
                 let mut replica =
                     Replica::new(node, peers, cmd_rx, note_tx, ready_tx, (lease2, epoch));
                 replica.window = window;
-                replica.run(listener, isolation).await;
+                replica.run(listener, isolation, lookup_rx).await;
             });
         })
         .context("cannot start the Raft thread")?;
     Ok(Handle {
         lease: Lease { at: lease, epoch },
+        lookup: lookup_tx,
         cmd: cmd_tx,
         notes: note_rx,
         grpc,
@@ -497,7 +512,12 @@ impl Replica {
         }
     }
 
-    async fn run(mut self, listener: tokio::net::TcpListener, isolation: Option<Isolation>) {
+    async fn run(
+        mut self,
+        listener: tokio::net::TcpListener,
+        isolation: Option<Isolation>,
+        mut lookups: mpsc::UnboundedReceiver<Lookup>,
+    ) {
         let (inbox_tx, mut inbox) = mpsc::unbounded_channel::<Message>();
         let (shared_tx, shared_rx) = watch::channel(Shared::default());
         let (drain_tx, mut drain_rx) = mpsc::unbounded_channel::<oneshot::Sender<bool>>();
@@ -606,6 +626,11 @@ impl Replica {
                     self.command(Cmd::Drain(d), tokio::time::Instant::now(), &proposals);
                     Ok(())
                 }
+                Some(l) = lookups.recv() => {
+                    // A read of what this replica applied: committed state.
+                    let _ = l.reply.send(self.node.table().call_by_leg(&l.call_id).cloned());
+                    Ok(())
+                }
             };
             if let Err(e) = r {
                 // The log cannot be written: this replica must not go on
@@ -708,6 +733,7 @@ impl Replica {
         match c {
             Cmd::Upsert {
                 call_id,
+                other_call_id,
                 key,
                 version,
                 record,
@@ -716,7 +742,8 @@ impl Replica {
                 if urgent && self.pending.len() < 1_000_000 {
                     self.pending.insert(call_id.clone(), at);
                 }
-                self.node.upsert(call_id, key, version, record);
+                self.node
+                    .upsert_legs(call_id, other_call_id, key, version, record);
             }
             Cmd::Remove {
                 call_id,

@@ -30,6 +30,7 @@ const ADOPTED: &str = "handover_calls_adopted_total";
 const NOT_SERVED: &str = "handover_worker_not_served_total";
 const UNREPLICATED: &str = "handover_calls_unreplicated_total";
 const HANDED_OVER: &str = "handover_calls_handed_over_total";
+const REPLACES_ELSEWHERE: &str = "handover_replaces_elsewhere_total";
 
 #[derive(Debug, Args)]
 pub(crate) struct WorkerArgs {
@@ -248,6 +249,16 @@ pub(crate) fn run(args: WorkerArgs) -> anyhow::Result<()> {
         let not_served = metrics::counter!(NOT_SERVED);
         let unreplicated = metrics::counter!(UNREPLICATED);
         let handed_over = metrics::counter!(HANDED_OVER);
+        // By request: a REFER's Refer-To (the transfer's two calls are on
+        // two workers), or the INVITE of the transferee's new call.
+        let replaces_elsewhere = [
+            metrics::counter!(REPLACES_ELSEWHERE, "request" => "refer"),
+            metrics::counter!(REPLACES_ELSEWHERE, "request" => "invite"),
+        ];
+        // Datagrams whose Replaces names another worker's call, back with
+        // that call's committed record (see `B2bua::named_elsewhere`).
+        let (resolved_tx, mut resolved_rx) =
+            tokio::sync::mpsc::unbounded_channel::<(Vec<u8>, Option<handover_call::CallRecord>)>();
         let start = tokio::time::Instant::now();
         let now = move || Instant::from_epoch(start.elapsed());
         let mut buf = vec![0u8; 65_536];
@@ -286,7 +297,15 @@ pub(crate) fn run(args: WorkerArgs) -> anyhow::Result<()> {
                     Ok((n, _)) => {
                         let lease_live = replica.as_ref().is_none_or(|r| r.lease.live());
                         if lease_live && served_or_known(&buf[..n], &b2b, &served) {
-                            b2b.handle_datagram(now(), &buf[..n]);
+                            match (replica.as_ref(), b2b.named_elsewhere(&buf[..n])) {
+                                // The call a Replaces names is another
+                                // worker's: read its record from the
+                                // replica, then handle the datagram (below).
+                                (Some(r), Some(call_id)) => {
+                                    lookup_then(&r.lookup, call_id, buf[..n].to_vec(), &resolved_tx);
+                                }
+                                _ => b2b.handle_datagram(now(), &buf[..n]),
+                            }
                         } else {
                             // Not ours (yet): the sender retransmits, and
                             // by then the edge routes to the owner, or we
@@ -296,6 +315,20 @@ pub(crate) fn run(args: WorkerArgs) -> anyhow::Result<()> {
                     }
                     Err(e) => tracing::debug!(error = %e, "receive failed"),
                 },
+                Some((bytes, record)) = resolved_rx.recv() => {
+                    let lease_live = replica.as_ref().is_none_or(|r| r.lease.live());
+                    if lease_live && served_or_known(&bytes, &b2b, &served) {
+                        if let Some(r) = record {
+                            replaces_elsewhere[usize::from(!bytes.starts_with(b"REFER "))]
+                                .increment(1);
+                            b2b.learn_remote(r);
+                        }
+                        b2b.handle_datagram(now(), &bytes);
+                        b2b.forget_remote();
+                    } else {
+                        not_served.increment(1);
+                    }
+                }
                 Some(n) = note => match n {
                     crate::cluster::Note::Serving { shard, calls } => {
                         served[shard] = true;
@@ -376,6 +409,7 @@ pub(crate) fn run(args: WorkerArgs) -> anyhow::Result<()> {
                         handover_call::Replication::Upsert(rec) => crate::cluster::Cmd::Upsert {
                             record: crate::replica_record::encode(&rec),
                             call_id: rec.a_call_id,
+                            other_call_id: rec.b_call_id,
                             key: rec.key,
                             version: rec.version,
                         },
@@ -439,6 +473,47 @@ pub(crate) fn run(args: WorkerArgs) -> anyhow::Result<()> {
         tracing::info!("stopping");
         Ok(())
     })
+}
+
+/// Asks the replica for the committed record of the call `call_id` names
+/// and sends `bytes` back with it (or without) on `done`, without blocking
+/// the SIP loop meanwhile. A call committed on its owner reaches this
+/// replica a round later (the leader's next append carries the commit
+/// index), and a transferor sends its REFER as soon as its other call is
+/// answered: so a miss is asked again, four times over 300 ms, before the
+/// datagram goes on without the record.
+fn lookup_then(
+    lookup: &tokio::sync::mpsc::UnboundedSender<crate::cluster::Lookup>,
+    call_id: Vec<u8>,
+    bytes: Vec<u8>,
+    done: &tokio::sync::mpsc::UnboundedSender<(Vec<u8>, Option<handover_call::CallRecord>)>,
+) {
+    let lookup = lookup.clone();
+    let done = done.clone();
+    tokio::spawn(async move {
+        let mut record = None;
+        for wait in [0, 30, 60, 90, 120] {
+            tokio::time::sleep(Duration::from_millis(wait)).await;
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let ask = crate::cluster::Lookup {
+                call_id: call_id.clone(),
+                reply: tx,
+            };
+            if lookup.send(ask).is_err() {
+                break;
+            }
+            record = tokio::time::timeout(Duration::from_millis(200), rx)
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .flatten()
+                .and_then(|u| crate::replica_record::decode(&u));
+            if record.is_some() {
+                break;
+            }
+        }
+        let _ = done.send((bytes, record));
+    });
 }
 
 /// Whether a datagram is for a shard this worker serves, or for a call it

@@ -825,17 +825,6 @@ impl<R: RngCore> Engine<R> {
             }
             return;
         }
-        let user = m.request_uri().and_then(|u| u.user()).unwrap_or_default();
-        let callee = match user {
-            b"b" => Callee::B,
-            b"xb" => Callee::XferB,
-            b"ab" => Callee::AttB,
-            b"c" => Callee::C,
-            _ => {
-                self.reply(m, 404);
-                return;
-            }
-        };
         // An INVITE with Replaces must name a dialog of ours exactly, as
         // a phone checks it (RFC 3891 §3); the replaced dialog is hung up
         // once this call is up.
@@ -848,6 +837,24 @@ impl<R: RngCore> Engine<R> {
                     return;
                 }
             },
+        };
+        // Who answers: the party of the replaced dialog (the INVITE may be
+        // addressed to that dialog's Contact, as RFC 3891 flows do), or the
+        // user of the Request-URI.
+        let user = m.request_uri().and_then(|u| u.user()).unwrap_or_default();
+        let callee = match (
+            replaced.and_then(|l| self.legs.get(&l)).map(|l| l.kind),
+            user,
+        ) {
+            (Some(Kind::Callee(c)), _) => c,
+            (_, b"b") => Callee::B,
+            (_, b"xb") => Callee::XferB,
+            (_, b"ab") => Callee::AttB,
+            (_, b"c") => Callee::C,
+            _ => {
+                self.reply(m, 404);
+                return;
+            }
         };
         let foreign = from_user(m).filter(|(_, r)| *r < self.recs.len()).is_none();
         let rec = match from_user(m).filter(|(_, r)| *r < self.recs.len()) {

@@ -130,68 +130,99 @@ impl<R: RngCore> B2bua<R> {
         let khex = call.khex;
         let (via, contact) = (self.via(&khex), self.contact(&khex));
         let timers = self.cfg.timers;
-        // The target: the replaced call's other party, or a routed new leg.
-        let (out, t_call_id, t_dialog, replaced, ring_deadline) = if let Some(r) = &rt.replaces {
-            let Some((cref2, mut d)) = self.replaced_dialog(cref, r) else {
-                self.local_start_failed(now, cref, from_a, m.cseq().seq, attended, 481);
-                return;
-            };
-            let out = d.request("INVITE", None, &via, Some(&contact), &[], None);
-            (out, d.id.call_id.clone(), Some(d), Some(cref2), None)
-        } else {
-            let u = rt.uri();
-            let user = u.user().unwrap_or_default().to_vec();
-            let key = self.cfg.hashing.affinity_key(m.call_id());
-            let targets = self.cfg.routes.targets(&user, u.host(), key);
-            let Some(&target) = targets.first() else {
-                self.local_start_failed(now, cref, from_a, m.cseq().seq, attended, 404);
-                return;
-            };
-            let Some(call) = self.calls.get(&cref) else {
-                return;
-            };
-            // The new leg is the transferee calling the target.
-            let transferee = if from_a {
-                &call.b_dialog
+        // The target: the replaced call's other party in the dialog this
+        // worker has with it; or a new leg, to that party with a Replaces
+        // (the replaced call is another worker's, see `remote.rs`) or to a
+        // routed target (blind).
+        let local_replaced = rt
+            .replaces
+            .as_ref()
+            .map(|r| self.replaced_dialog(cref, r).ok_or(r));
+        let (out, t_call_id, t_dialog, replaced, ring_deadline) =
+            if let Some(Ok((cref2, mut d))) = local_replaced {
+                let out = d.request("INVITE", None, &via, Some(&contact), &[], None);
+                (out, d.id.call_id.clone(), Some(d), Some(cref2), None)
             } else {
-                &call.a_dialog
+                // (Request-URI, To, Replaces) of the new leg.
+                let (uri, to, replaces) = match local_replaced {
+                    Some(Err(r)) => {
+                        let elsewhere = self
+                            .dialogs_of(&r.call_id)
+                            .is_some_and(|(c, ..)| c.is_none());
+                        let found = elsewhere
+                            .then(|| self.translate_replaces(r))
+                            .flatten()
+                            .and_then(|t| {
+                                let (_, a, b) = self.dialogs_of(&r.call_id)?;
+                                let d = [a, b].into_iter().find(|d| d.id.call_id == t.call_id)?;
+                                Some((d.remote_target.clone(), d.remote_uri.clone(), t))
+                            });
+                        let Some((uri, to, t)) = found else {
+                            self.local_start_failed(now, cref, from_a, m.cseq().seq, attended, 481);
+                            return;
+                        };
+                        (uri, to, Some(t.to_value()))
+                    }
+                    _ => {
+                        let u = rt.uri();
+                        let user = u.user().unwrap_or_default().to_vec();
+                        let key = self.cfg.hashing.affinity_key(m.call_id());
+                        let targets = self.cfg.routes.targets(&user, u.host(), key);
+                        let Some(&target) = targets.first() else {
+                            self.local_start_failed(now, cref, from_a, m.cseq().seq, attended, 404);
+                            return;
+                        };
+                        let uri = format!("sip:{}@{target}", String::from_utf8_lossy(&user));
+                        let to = format!("<{uri}>").into_bytes();
+                        (uri.into_bytes(), to, None)
+                    }
+                };
+                let Some(call) = self.calls.get(&cref) else {
+                    return;
+                };
+                // The new leg is the transferee calling the target.
+                let transferee = if from_a {
+                    &call.b_dialog
+                } else {
+                    &call.a_dialog
+                };
+                let from = transferee
+                    .as_ref()
+                    .map(|d| d.remote_uri.clone())
+                    .unwrap_or_else(|| b"<sip:anonymous@anonymous.invalid>".to_vec());
+                let t_call_id = self.ids.call_id().as_bytes().to_vec();
+                let tag = self.ids.tag();
+                let mut headers: Vec<(&str, &[u8])> = referred_by
+                    .as_deref()
+                    .map(|v| ("Referred-By", v))
+                    .into_iter()
+                    .collect();
+                if let Some(v) = &replaces {
+                    headers.push(("Replaces", v));
+                }
+                let out = handover_sip::build::Request {
+                    method: "INVITE",
+                    uri: &uri,
+                    via: &[&via],
+                    from: &from,
+                    from_tag: tag.as_bytes(),
+                    to: &to,
+                    call_id: &t_call_id,
+                    cseq: 1,
+                    max_forwards: 70,
+                    contact: Some(&contact),
+                    headers: &headers,
+                    ..Default::default()
+                }
+                .to_vec();
+                (
+                    out,
+                    t_call_id,
+                    None,
+                    None,
+                    Some(now + self.cfg.ring_timeout),
+                )
             };
-            let from = transferee
-                .as_ref()
-                .map(|d| d.remote_uri.clone())
-                .unwrap_or_else(|| b"<sip:anonymous@anonymous.invalid>".to_vec());
-            let t_call_id = self.ids.call_id().as_bytes().to_vec();
-            let tag = self.ids.tag();
-            let uri = format!("sip:{}@{target}", String::from_utf8_lossy(&user));
-            let to = format!("<{uri}>");
-            let headers: Vec<(&str, &[u8])> = referred_by
-                .as_deref()
-                .map(|v| ("Referred-By", v))
-                .into_iter()
-                .collect();
-            let out = handover_sip::build::Request {
-                method: "INVITE",
-                uri: uri.as_bytes(),
-                via: &[&via],
-                from: &from,
-                from_tag: tag.as_bytes(),
-                to: to.as_bytes(),
-                call_id: &t_call_id,
-                cseq: 1,
-                max_forwards: 70,
-                contact: Some(&contact),
-                headers: &headers,
-                ..Default::default()
-            }
-            .to_vec();
-            (
-                out,
-                t_call_id,
-                None,
-                None,
-                Some(now + self.cfg.ring_timeout),
-            )
-        };
         let Ok(t_key) = scan(&out).map(|o| Key::server(&o)) else {
             return;
         };

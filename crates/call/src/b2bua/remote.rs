@@ -1,0 +1,64 @@
+//! Calls held by other workers. A `Replaces` (RFC 3891) names a dialog of
+//! any call of the cluster: the transferor's other call in an attended
+//! transfer is owned by whichever worker its key hashes to, two times in
+//! three with three workers. Every worker holds a committed copy of every
+//! confirmed call in the replicated table, so the dialog is read from
+//! there rather than the request handed to the owner: a read of committed
+//! state, no extra hop, and the same answer on every worker.
+//!
+//! The core does no I/O, so the shell asks: for a datagram that mentions
+//! Replaces, [`B2bua::named_elsewhere`] says which Call-ID it needs; the
+//! shell reads that call's record from its replica, hands it over with
+//! [`B2bua::learn_remote`], then the datagram, then
+//! [`B2bua::forget_remote`]. A call set up but not yet committed is in no
+//! table: the REFER that names it is refused (400, see `transfer_check`),
+//! and an INVITE that names it is routed as any new call.
+
+use super::*;
+
+impl<R: RngCore> B2bua<R> {
+    /// The Call-ID named by a `Replaces` in `bytes` (an INVITE's header, or
+    /// a REFER's Refer-To) when no call of this worker has it: the shell
+    /// then looks it up in the replicated table. A cheap test first: the
+    /// bytes must contain `eplaces` or `EPLACES` (the header's name or the
+    /// URI header's, in the cases phones write), so other datagrams are not
+    /// scanned a second time.
+    pub fn named_elsewhere(&self, bytes: &[u8]) -> Option<Vec<u8>> {
+        memchr::memmem::find(bytes, b"eplaces")
+            .or_else(|| memchr::memmem::find(bytes, b"EPLACES"))?;
+        let m = scan(bytes).ok()?;
+        let r = match m.method()? {
+            Method::Invite if m.to_tag().is_none() => {
+                Replaces::parse(m.header(HeaderName::Replaces)?.value.of(m.buf()))?
+            }
+            Method::Refer => transfer::refer_to(&m).ok()?.replaces?,
+            _ => return None,
+        };
+        (!self.by_call_id.contains_key(&r.call_id)).then_some(r.call_id)
+    }
+
+    /// A call of another worker, as committed, for the next datagram.
+    pub fn learn_remote(&mut self, record: CallRecord) {
+        self.stats.replaces_elsewhere += 1;
+        self.remote.push(record);
+    }
+
+    /// Forgets what [`Self::learn_remote`] gave (the record may change on
+    /// its owner at any time: it is read again for the next request).
+    pub fn forget_remote(&mut self) {
+        self.remote.clear();
+    }
+
+    /// Both dialogs (A's, B's) of the call one of whose legs has
+    /// `call_id`, and the call's reference when this worker holds it.
+    pub(super) fn dialogs_of(&self, call_id: &[u8]) -> Option<(Option<u64>, &Dialog, &Dialog)> {
+        if let Some(&cref) = self.by_call_id.get(call_id) {
+            let call = self.calls.get(&cref)?;
+            return Some((Some(cref), call.a_dialog.as_ref()?, call.b_dialog.as_ref()?));
+        }
+        self.remote
+            .iter()
+            .find(|r| r.a_call_id == call_id || r.b_call_id == call_id)
+            .map(|r| (None, &r.a_dialog, &r.b_dialog))
+    }
+}
