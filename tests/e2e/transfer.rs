@@ -423,6 +423,17 @@ fn local_mode_transfers_a_transferee_without_refer_support() {
     // The target finished all 51 calls (offerless INVITE, A's answer in
     // the ACK, A's BYE).
     c_uas.expect_calls(51);
+    // A's re-INVITE tells it who it now talks to: C, not B.
+    let pai = received_headers(
+        &sipp_message_logs_of(dir.path(), "uac_transferee_"),
+        "INVITE",
+        "P-Asserted-Identity",
+    );
+    assert_eq!(pai.len(), 51, "a re-INVITE per transfer at A");
+    for p in &pai {
+        let p = p.as_deref().expect("the re-INVITE names the new party");
+        assert!(p.starts_with("<sip:c@"), "names C: {p}");
+    }
     let text = http_get(&format!("http://{}/metrics", c.worker_admin)).1;
     let t = |result: &str| {
         metric(
@@ -482,6 +493,30 @@ fn local_mode_attended_transfer_bridges_a_with_c_and_hangs_up_b_twice() {
     );
     // C: one call (B's), re-INVITEd, ended by A's BYE.
     c_uas.expect_calls(1);
+    // Each remaining party is told who it now talks to: C's re-INVITE (in
+    // the dialog it had with B) names A, A's names C.
+    let c_pai = received_headers(
+        &sipp_message_logs_of(dir.path(), "uas_"),
+        "INVITE",
+        "P-Asserted-Identity",
+    );
+    assert_eq!(c_pai.len(), 2, "B's call, then the re-INVITE");
+    let p = c_pai[1]
+        .as_deref()
+        .expect("C's re-INVITE names the new party");
+    assert!(
+        !p.contains(&format!(":{b_port}")) && !p.starts_with("<sip:b"),
+        "not B: {p}"
+    );
+    let a_pai = received_headers(
+        &sipp_message_logs_of(dir.path(), "uac_transferee_"),
+        "INVITE",
+        "P-Asserted-Identity",
+    );
+    let p = a_pai[0]
+        .as_deref()
+        .expect("A's re-INVITE names the new party");
+    assert!(p.starts_with("<sip:c@"), "names C: {p}");
     let c_log = sipp_message_logs_of(dir.path(), "uas_");
     assert_eq!(
         c_log.matches("\nINVITE sip:").count(),

@@ -140,7 +140,18 @@ impl<R: RngCore> B2bua<R> {
             .map(|r| self.replaced_dialog(cref, r).ok_or(r));
         let (out, t_call_id, t_dialog, replaced, ring_deadline) =
             if let Some(Ok((cref2, mut d))) = local_replaced {
-                let out = d.request("INVITE", None, &via, Some(&contact), &[], None);
+                // The party re-INVITEd in its dialog is told who it is now
+                // connected to (its dialog still names the transferor).
+                let pai = self.calls.get(&cref).and_then(|c| {
+                    let t = if from_a { &c.b_dialog } else { &c.a_dialog };
+                    t.as_ref().map(|t| t.remote_uri.clone())
+                });
+                let headers: Vec<(&str, &[u8])> = pai
+                    .as_deref()
+                    .map(|v| ("P-Asserted-Identity", v))
+                    .into_iter()
+                    .collect();
+                let out = d.request("INVITE", None, &via, Some(&contact), &headers, None);
                 (out, d.id.call_id.clone(), Some(d), Some(cref2), None)
             } else {
                 // (Request-URI, To, Replaces) of the new leg.
@@ -538,7 +549,21 @@ impl<R: RngCore> B2bua<R> {
                     call.a_dialog.as_mut()
                 };
                 let Some(y) = transferee else { return };
-                let re = y.request("INVITE", None, &via, Some(&contact), &[], Some((&ct, &sdp)));
+                // The transferee learns who it now talks to: the target.
+                let pai = l.t_dialog.as_ref().map(|d| d.remote_uri.clone());
+                let headers: Vec<(&str, &[u8])> = pai
+                    .as_deref()
+                    .map(|v| ("P-Asserted-Identity", v))
+                    .into_iter()
+                    .collect();
+                let re = y.request(
+                    "INVITE",
+                    None,
+                    &via,
+                    Some(&contact),
+                    &headers,
+                    Some((&ct, &sdp)),
+                );
                 if let Ok(k) = scan(&re).map(|o| Key::server(&o)) {
                     l.r = Some((re.clone(), k, ClientInvite::new(now, timers, re)));
                 }
