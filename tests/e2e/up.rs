@@ -255,6 +255,39 @@ From: <sip:x@{me}>;tag=x\r\nTo: <sip:b@{edge}>{extra}\r\nCall-ID: {cid}\r\nCSeq:
     uas.expect_calls(200);
 }
 
+/// A callee whose 200 says `Session-Expires: 18446744073709551615` once
+/// crashed the worker (`Instant + Duration` overflowed) and, replicated,
+/// the next owner too. Now the interval is clamped: every call goes on to
+/// its BYE, and calls after them still work.
+#[test]
+fn up_survives_a_session_timer_of_u64_max_seconds() {
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let (huge, ok) = (free_udp_port(), free_udp_port());
+    let mut huge_uas = sipp_uas_with(dir.path(), "uas_huge_timer.xml", huge);
+    let mut ok_uas = sipp_uas_with(dir.path(), "uas.xml", ok);
+    let c = cluster(
+        &[
+            format!("huge=127.0.0.1:{huge}"),
+            format!("b=127.0.0.1:{ok}"),
+        ],
+        &[],
+    );
+    let edge: std::net::SocketAddr = format!("127.0.0.1:{}", c.sip).parse().unwrap();
+    let (uac, stat) = sipp_uac_with(dir.path(), "uac.xml", "huge", edge, 10, 10, 500);
+    let r = finish_uac(uac, &stat);
+    assert_eq!((r.exit, r.successful, r.failed), (Some(0), 10, 0), "{r:?}");
+    let (uac, stat) = sipp_uac(dir.path(), edge, 10, 10, 0);
+    let r = finish_uac(uac, &stat);
+    assert_eq!(
+        (r.exit, r.successful, r.failed),
+        (Some(0), 10, 0),
+        "the worker is still up: {r:?}"
+    );
+    huge_uas.expect_calls(10);
+    ok_uas.expect_calls(10);
+}
+
 #[test]
 fn up_fails_over_to_the_next_target_on_503() {
     let _g = serial();
