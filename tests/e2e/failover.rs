@@ -1103,3 +1103,66 @@ fn a_partitioned_worker_gives_its_shards_up_and_no_shard_has_two_servers() {
     uas.expect_calls(60);
     assert_one_bye_per_call(&sipp_message_logs_of(dir.path(), "uas_"), 60);
 }
+
+/// A replica thread that dies (a panic in raft-rs, a bug of ours) must not
+/// leave its worker serving calls it can no longer replicate while its
+/// health checks answer 200: the worker exits (70), the others take its
+/// shards and calls over, and every call is hung up on both sides.
+#[test]
+fn a_worker_whose_replica_thread_dies_exits_and_the_others_carry_its_calls() {
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let b = free_udp_port();
+    let mut uas = sipp_uas(dir.path(), b);
+    let mut c = crate::kube::by_name(dir.path(), b, &["--fault-injection"]);
+    let host = "127.0.0.1";
+    // 40 calls hung up by the caller 10 s after the answer.
+    let (uac, stat) = sipp_uac(dir.path(), c.edge_sip, 20, 40, 10_000);
+    assert!(
+        wait_for(Duration::from_secs(10), || (0..3)
+            .map(|i| active(host, c.admin, i))
+            .sum::<f64>()
+            >= 40.0),
+        "all calls up"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let per: Vec<f64> = (0..3).map(|i| active(host, c.admin, i)).collect();
+    let w = (0..3u16)
+        .max_by(|&x, &y| per[x as usize].total_cmp(&per[y as usize]))
+        .unwrap();
+    let o = handover(&[
+        "fault",
+        "--grpc",
+        &format!("127.0.0.1:{}", c.grpc + w),
+        "--panic-replica",
+    ]);
+    assert!(o.status.success(), "fault: {}", stderr(&o));
+    let mut exit = None;
+    assert!(
+        wait_for(Duration::from_secs(5), || {
+            exit = c._workers[w as usize].0.try_wait().unwrap();
+            exit.is_some()
+        }),
+        "the worker whose replica died exited"
+    );
+    assert_eq!(exit.unwrap().code(), Some(70), "exit status 70");
+    let survivors: Vec<u16> = (0..3).filter(|&i| i != w).collect();
+    assert!(
+        wait_for(Duration::from_secs(10), || summed(
+            host,
+            c.admin,
+            &survivors,
+            "handover_calls_adopted_total"
+        ) >= per[w as usize]),
+        "the others took over its {} calls",
+        per[w as usize]
+    );
+    let r = finish_uac(uac, &stat);
+    assert_eq!((r.exit, r.successful, r.failed), (Some(0), 40, 0), "{r:?}");
+    uas.expect_calls(40);
+    eprintln!(
+        "replica panic: worker {} exited 70 with {} calls up; the others carried all 40 to their BYE",
+        w + 1,
+        per[w as usize]
+    );
+}

@@ -389,30 +389,44 @@ pub(crate) fn start(
     std::thread::Builder::new()
         .name("raft".into())
         .spawn(move || {
-            let rt = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot start the Raft runtime");
-                    return;
-                }
-            };
-            rt.block_on(async move {
-                let listener = match tokio::net::TcpListener::from_std(listener) {
-                    Ok(l) => l,
+            let run = std::panic::AssertUnwindSafe(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
                     Err(e) => {
-                        tracing::error!(error = %e, "cannot use the gRPC listener");
+                        tracing::error!(error = %e, "cannot start the Raft runtime");
                         return;
                     }
                 };
-                let isolation = fault_injection.then(Isolation::default);
-                let mut replica =
-                    Replica::new(node, peers, cmd_rx, note_tx, ready_tx, (lease2, epoch));
-                replica.window = window;
-                replica.run(listener, isolation, lookup_rx).await;
+                rt.block_on(async move {
+                    let listener = match tokio::net::TcpListener::from_std(listener) {
+                        Ok(l) => l,
+                        Err(e) => {
+                            tracing::error!(error = %e, "cannot use the gRPC listener");
+                            return;
+                        }
+                    };
+                    let isolation = fault_injection.then(Isolation::default);
+                    let mut replica =
+                        Replica::new(node, peers, cmd_rx, note_tx, ready_tx, (lease2, epoch));
+                    replica.window = window;
+                    replica.run(listener, isolation, lookup_rx).await;
+                });
             });
+            // The replica only stops by failing. A worker must not go on
+            // without it: it would serve calls it cannot replicate while
+            // its health checks said all is well. Exit, so the others take
+            // its shards over and the orchestrator restarts it (the panic's
+            // own message is printed above by the panic hook).
+            let how = if std::panic::catch_unwind(run).is_ok() {
+                "stopped"
+            } else {
+                "panicked"
+            };
+            tracing::error!(how, "the Raft replica thread ended; exiting");
+            std::process::exit(70);
         })
         .context("cannot start the Raft thread")?;
     Ok(Handle {
@@ -427,12 +441,14 @@ pub(crate) fn start(
 }
 
 /// Fault injection (`--fault-injection`): until when this worker's Raft
-/// messages are dropped both ways.
+/// messages are dropped both ways, and whether its replica thread is to
+/// panic (tests of what a dead replica does to its worker).
 #[derive(Debug, Clone)]
 struct Isolation {
     /// Nanoseconds after `epoch`; 0: not isolated.
     until: std::sync::Arc<std::sync::atomic::AtomicU64>,
     epoch: tokio::time::Instant,
+    panic: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Default for Isolation {
@@ -440,6 +456,7 @@ impl Default for Isolation {
         Self {
             until: Default::default(),
             epoch: tokio::time::Instant::now(),
+            panic: Default::default(),
         }
     }
 }
@@ -527,6 +544,7 @@ impl Replica {
             drain: drain_tx,
             isolation: isolation.clone(),
         };
+        let panic_asked = isolation.as_ref().map(|i| std::sync::Arc::clone(&i.panic));
         let isolated = move || isolation.as_ref().is_some_and(Isolation::now);
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
         tokio::spawn(async move {
@@ -572,6 +590,12 @@ impl Replica {
         let mut flush_at: Option<tokio::time::Instant> = None;
         let window = Window::new(self.window);
         loop {
+            if panic_asked
+                .as_ref()
+                .is_some_and(|p| p.load(std::sync::atomic::Ordering::Relaxed))
+            {
+                panic!("fault injection: the Raft replica thread panics");
+            }
             let mut ticked = false;
             let r = tokio::select! {
                 () = sleep_until_some(flush_at) => {
@@ -1085,7 +1109,13 @@ impl pb::admin_server::Admin for Services {
                 "fault injection is off: start the worker with --fault-injection",
             ));
         };
-        let ms = req.into_inner().millis.min(600_000);
+        let req = req.into_inner();
+        if req.panic_replica {
+            tracing::warn!("fault injection: the replica thread will panic");
+            iso.panic.store(true, std::sync::atomic::Ordering::Relaxed);
+            return Ok(tonic::Response::new(pb::IsolateReply {}));
+        }
+        let ms = req.millis.min(600_000);
         iso.until(tokio::time::Instant::now() + Duration::from_millis(ms));
         tracing::warn!(ms, "fault injection: Raft traffic cut both ways");
         Ok(tonic::Response::new(pb::IsolateReply {}))

@@ -93,8 +93,11 @@ pub(crate) struct FaultArgs {
     #[arg(long)]
     grpc: SocketAddr,
     /// Cut the worker's Raft traffic both ways for this many milliseconds.
-    #[arg(long)]
+    #[arg(long, default_value_t = 0)]
     isolate_ms: u64,
+    /// Make the worker's Raft replica thread panic instead.
+    #[arg(long)]
+    panic_replica: bool,
 }
 
 pub(crate) fn fault(a: &FaultArgs) -> anyhow::Result<()> {
@@ -108,6 +111,7 @@ pub(crate) fn fault(a: &FaultArgs) -> anyhow::Result<()> {
             .with_context(|| format!("cannot reach a worker's gRPC at {}", a.grpc))?;
         c.isolate(pb::IsolateRequest {
             millis: a.isolate_ms,
+            panic_replica: a.panic_replica,
         })
         .await
         .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
