@@ -206,6 +206,8 @@ pub struct Node {
     /// As leader with `group_commit`: forwarded proposals stepped and not
     /// yet through a Ready.
     deferred: bool,
+    /// Peer messages refused by [`Node::admissible`].
+    refused: u64,
 }
 
 impl std::fmt::Debug for Node {
@@ -272,6 +274,7 @@ impl Node {
             disk: None,
             batch_sizes: Vec::new(),
             deferred: false,
+            refused: 0,
             cfg,
         };
         node.reseed();
@@ -461,7 +464,11 @@ impl Node {
     /// Ready (see [`Node::deferred`]).
     pub fn step_all(&mut self, msgs: impl IntoIterator<Item = Message>) -> Result<(), Error> {
         let mut ready = false;
-        for m in msgs {
+        for mut m in msgs {
+            if !self.admissible(&mut m) {
+                self.refused += 1;
+                continue;
+            }
             let hold = self.cfg.group_commit
                 && m.get_msg_type() == MessageType::MsgPropose
                 && self.is_leader();
@@ -474,6 +481,54 @@ impl Node {
             }
         }
         if ready { self.run() } else { Ok(()) }
+    }
+
+    /// Peer messages refused so far (see [`Node::admissible`]).
+    pub fn refused(&self) -> u64 {
+        self.refused
+    }
+
+    /// Checks a peer's message for what would make raft-rs 0.7 panic (it
+    /// trusts its peers: a panic on a bad message is its way to report a
+    /// bug), since a replica that panics takes its worker down: refused
+    /// (false), or made harmless. Not an authentication: who may send is
+    /// the transport's to decide.
+    ///
+    /// - It must be addressed to this replica from another voter.
+    /// - A proposal must carry entries ("stepped empty MsgProp").
+    /// - A heartbeat's commit index is clamped to this log's last index: a
+    ///   leader sends at most what the follower has (`commit_to` panics on
+    ///   more).
+    /// - An append may not contradict an entry this replica has committed
+    ///   (a conflict at or below the commit index is fatal to raft-rs),
+    ///   and its entries must follow each other and its index.
+    /// - A snapshot's data must decode as a table (a corrupt one stops the
+    ///   replica when applied).
+    fn admissible(&self, m: &mut Message) -> bool {
+        if m.to != self.cfg.id || m.from == self.cfg.id || !self.cfg.voters.contains(&m.from) {
+            return false;
+        }
+        let log = &self.raw.raft.raft_log;
+        match m.get_msg_type() {
+            MessageType::MsgPropose => !m.entries.is_empty(),
+            MessageType::MsgHeartbeat => {
+                m.commit = m.commit.min(log.last_index());
+                true
+            }
+            MessageType::MsgAppend => {
+                let mut want = m.index.checked_add(1);
+                m.entries.iter().all(|e| {
+                    let follows = want == Some(e.index);
+                    want = e.index.checked_add(1);
+                    follows && (e.index > log.committed || log.term(e.index).ok() == Some(e.term))
+                })
+            }
+            MessageType::MsgSnapshot => m
+                .snapshot
+                .as_ref()
+                .is_some_and(|s| Table::decode(&s.data, self.cfg.shards).is_ok()),
+            _ => true,
+        }
     }
 
     /// As leader with `group_commit`: forwarded proposals wait for
@@ -796,5 +851,62 @@ impl Node {
         let data = self.table.encode();
         let applied = self.applied;
         self.raw.mut_store().compact(applied, data);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A fresh replica 1 of three, and a message to it from `from`.
+    fn node() -> Node {
+        Node::new(Config::new(1, vec![1, 2, 3], 16), Store::new(&[1, 2, 3]), 7).unwrap()
+    }
+
+    fn msg(t: MessageType, from: u64, term: u64) -> Message {
+        let mut m = Message::default();
+        m.set_msg_type(t);
+        m.from = from;
+        m.to = 1;
+        m.term = term;
+        m
+    }
+
+    #[test]
+    fn peers_messages_that_would_panic_raft_rs_are_refused_or_made_harmless() {
+        let mut n = node();
+        // A heartbeat whose commit index is far past the log's end.
+        let mut hb = msg(MessageType::MsgHeartbeat, 2, 1);
+        hb.commit = u64::MAX;
+        n.step(hb).unwrap();
+        assert_eq!(n.status().commit, 0, "clamped to the log's last index");
+        // An empty proposal.
+        n.step(msg(MessageType::MsgPropose, 2, 1)).unwrap();
+        // From nobody in the group, or addressed to another replica.
+        n.step(msg(MessageType::MsgHeartbeat, 9, 1)).unwrap();
+        let mut other = msg(MessageType::MsgHeartbeat, 2, 1);
+        other.to = 3;
+        n.step(other).unwrap();
+        // An append whose entries do not follow its index.
+        let mut app = msg(MessageType::MsgAppend, 2, 1);
+        app.index = 0;
+        let mut e = Entry::default();
+        e.index = 5;
+        e.term = 1;
+        app.entries.push(e);
+        n.step(app).unwrap();
+        // A snapshot whose data is not a table.
+        let mut snap = msg(MessageType::MsgSnapshot, 2, 1);
+        let mut s = raft::eraftpb::Snapshot::default();
+        s.data = vec![0xff; 64].into();
+        s.mut_metadata().index = 10;
+        s.mut_metadata().term = 1;
+        snap.snapshot = Some(s).into();
+        n.step(snap).unwrap();
+        assert_eq!(n.refused(), 5);
+        // And the replica still works.
+        for _ in 0..50 {
+            n.tick().unwrap();
+        }
     }
 }
