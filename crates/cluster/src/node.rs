@@ -890,15 +890,18 @@ mod tests {
         // An append whose entries do not follow its index.
         let mut app = msg(MessageType::MsgAppend, 2, 1);
         app.index = 0;
-        let mut e = Entry::default();
-        e.index = 5;
-        e.term = 1;
-        app.entries.push(e);
+        app.entries.push(Entry {
+            index: 5,
+            term: 1,
+            ..Default::default()
+        });
         n.step(app).unwrap();
         // A snapshot whose data is not a table.
         let mut snap = msg(MessageType::MsgSnapshot, 2, 1);
-        let mut s = raft::eraftpb::Snapshot::default();
-        s.data = vec![0xff; 64].into();
+        let mut s = raft::eraftpb::Snapshot {
+            data: vec![0xff; 64].into(),
+            ..Default::default()
+        };
         s.mut_metadata().index = 10;
         s.mut_metadata().term = 1;
         snap.snapshot = Some(s).into();
