@@ -149,3 +149,40 @@ fn a_2xx_whose_commit_never_comes_goes_to_a_after_the_hold_limit() {
     );
     assert_eq!(w.stats().unreplicated, 1);
 }
+
+/// A call record goes to every replica's disk: the caller's credentials
+/// (Authorization, Proxy-Authorization, folded or not) are not in it, and
+/// the call is still adopted and answered from it.
+#[test]
+fn call_records_keep_no_credentials() {
+    let mut w1 = b2bua();
+    w1.set_replication(true);
+    let inv = a_invite().replacen(
+        "Max-Forwards: 69\r\n",
+        "Max-Forwards: 69\r\nAuthorization: Digest username=\"alice\",\r\n response=\"6629fae49393a05397450978507c4ef1\"\r\nproxy-authorization: Digest username=\"alice\"\r\n",
+        1,
+    );
+    w1.handle_datagram(at(0), inv.as_bytes());
+    let bi = out(&mut w1)[1].1.clone();
+    let bim = scan(&bi).unwrap();
+    w1.handle_datagram(
+        at(100),
+        b_resp(&bim, "200 OK", "bt", Some(SDP_B)).as_bytes(),
+    );
+    let Some(Replication::Upsert(rec)) = w1.poll_replication() else {
+        panic!("a confirmed call is replicated")
+    };
+    let text = String::from_utf8_lossy(&rec.a_invite).to_ascii_lowercase();
+    assert!(
+        !text.contains("authorization") && !text.contains("6629fae4"),
+        "{text}"
+    );
+    let kept = scan(&rec.a_invite).expect("the rest of the INVITE is intact");
+    assert_eq!(kept.call_id(), b"a-call");
+    assert_eq!(kept.body(), SDP_A.as_bytes());
+    let mut w2 = b2bua_routed(&["b=127.0.0.1:5071"], 99);
+    assert!(
+        w2.adopt(at(5000), (*rec).clone()),
+        "the record still adopts"
+    );
+}

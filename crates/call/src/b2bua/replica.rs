@@ -57,6 +57,33 @@ pub enum Replication {
     },
 }
 
+/// `msg` without its Authorization and Proxy-Authorization headers (folded
+/// lines included): a call record is written to every replica's disk, and
+/// the caller's credentials have no business there (A's answers, all the
+/// record's INVITE is kept for, never carry them).
+fn without_credentials(msg: &[u8]) -> Vec<u8> {
+    let head_end = memchr::memmem::find(msg, b"\r\n\r\n").map_or(msg.len(), |i| i + 2);
+    let (head, rest) = msg.split_at(head_end);
+    let mut out = Vec::with_capacity(msg.len());
+    let mut skipping = false;
+    for line in head.split_inclusive(|&b| b == b'\n') {
+        let folded = line.first().is_some_and(|&b| b == b' ' || b == b'\t');
+        if !folded {
+            let name = line
+                .iter()
+                .position(|&b| b == b':')
+                .map_or(&line[..0], |i| line[..i].trim_ascii());
+            skipping = name.eq_ignore_ascii_case(b"authorization")
+                || name.eq_ignore_ascii_case(b"proxy-authorization");
+        }
+        if !skipping {
+            out.extend_from_slice(line);
+        }
+    }
+    out.extend_from_slice(rest);
+    out
+}
+
 fn hash_dialog(d: &Dialog, h: &mut DefaultHasher) {
     d.id.call_id.hash(h);
     d.id.local_tag.hash(h);
@@ -126,7 +153,7 @@ impl<R: RngCore> B2bua<R> {
                 key,
                 version,
                 a_call_id: call.a_call_id.clone(),
-                a_invite: call.a_invite.clone(),
+                a_invite: without_credentials(&call.a_invite),
                 a_target: call.a_target,
                 a_tag: call.a_tag.as_bytes().to_vec(),
                 a_dialog: a.clone(),
