@@ -1,6 +1,7 @@
 //! The command line: help, version, `check-config`.
 
 use crate::support::{handover, stderr, stdout, write};
+use std::io::BufRead as _;
 
 #[test]
 fn version_and_help() {
@@ -204,5 +205,37 @@ fn a_busy_worker_stops_on_sigint() {
             stopped,
             "round {round}: the busy worker did not stop within 3 s of SIGINT"
         );
+    }
+}
+
+/// Log lines for machines: `--log-format json` writes one JSON object a
+/// line (level, message, fields), and text written to a pipe carries no
+/// colour codes.
+#[test]
+fn logs_are_json_lines_on_request_and_plain_text_off_a_terminal() {
+    for format in ["json", "text"] {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_handover"))
+            .args(["--log-format", format, "edge", "--listen", "127.0.0.1:0"])
+            .args(["--admin", "127.0.0.1:0", "--backend", "127.0.0.1:9"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let err = child.stderr.take().unwrap();
+        let mut lines = std::io::BufReader::new(err).lines();
+        let first = lines.next().expect("a log line").unwrap();
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(
+            !first.contains('\u{1b}'),
+            "{format}: no escape codes: {first:?}"
+        );
+        if format == "json" {
+            let v: serde_json::Value = serde_json::from_str(&first).expect("a JSON object");
+            assert_eq!(v["level"], "INFO", "{v}");
+            assert!(v["fields"]["message"].is_string(), "{v}");
+        } else {
+            assert!(first.contains(" INFO "), "{first}");
+        }
     }
 }

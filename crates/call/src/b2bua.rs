@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use handover_sip::build::{cancel_for, error_response, response, response_with_body};
 use handover_sip::ids::{Hashing, IdGen, Token, hex_u64, parse_hex_u64};
-use handover_sip::{HeaderName, Message, Method, NameAddr, Rport, scan};
+use handover_sip::{HeaderName, Message, Method, NameAddr, scan};
 use handover_txn::{
     ClientInvite, ClientNonInvite, Event, Instant, InviteState, Key, ServerInvite,
     ServerInviteState, ServerNonInvite, TimerConfig,
@@ -412,20 +412,9 @@ fn session_interval(m: &Message<'_>) -> Option<Duration> {
     (secs > 0).then(|| Duration::from_secs(secs.min(MAX_PEER_SECS)))
 }
 
-/// Where a response goes: the top Via's received/rport or sent-by.
+/// Where a response goes: the top Via's (`Via::target`).
 fn via_target(m: &Message<'_>) -> Option<SocketAddr> {
-    let v = m.top_via();
-    let host = v.received().unwrap_or(v.host());
-    let host = host
-        .strip_prefix(b"[")
-        .and_then(|h| h.strip_suffix(b"]"))
-        .unwrap_or(host);
-    let ip: IpAddr = core::str::from_utf8(host).ok()?.parse().ok()?;
-    let port = match v.rport() {
-        Rport::Value(p) => p,
-        _ => v.port().unwrap_or(5060),
-    };
-    Some(SocketAddr::new(ip, port))
+    m.top_via().target()
 }
 
 impl<R: RngCore> B2bua<R> {

@@ -1,4 +1,4 @@
-//! Calls carried on by another worker (ARCHITECTURE §5): a confirmed call's
+//! Calls carried on by another worker (docs/architecture.md, "Replication"): a confirmed call's
 //! record, queued for replication, is adopted by a second B2BUA, which then
 //! relays a re-INVITE in both legs' own CSeq spaces and a BYE to the other
 //! party, as the first would have.

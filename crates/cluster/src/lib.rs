@@ -1,4 +1,4 @@
-//! Replicated call state for handover's workers (ARCHITECTURE §2, §5).
+//! Replicated call state for handover's workers (docs/architecture.md, "Replication").
 //!
 //! One raft-rs group over all workers; its log holds batches of prost
 //! commands (`proto/cluster.proto`); the applied [`Table`] holds members,

@@ -483,7 +483,8 @@ impl Node {
         if ready { self.run() } else { Ok(()) }
     }
 
-    /// Peer messages refused so far (see [`Node::admissible`]).
+    /// Peer messages refused so far: those that would have made raft-rs
+    /// panic (see `Node::admissible`).
     pub fn refused(&self) -> u64 {
         self.refused
     }

@@ -1,4 +1,4 @@
-//! Deterministic simulation of a cluster of replicas (ARCHITECTURE §5): many
+//! Deterministic simulation of a cluster of replicas (docs/architecture.md, "Replication"): many
 //! seeded runs of three workers over a network that loses, delays, reorders
 //! and duplicates messages, with crashes (the log survives, as on disk),
 //! restarts, and partitions (both ways and one way), while workers commit,

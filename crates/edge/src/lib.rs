@@ -1,4 +1,4 @@
-//! The handover edge: the stateless front door (ARCHITECTURE §2–3).
+//! The handover edge: the stateless front door (docs/architecture.md, "The edge").
 //!
 //! It owns the UDP data plane (one `SO_REUSEPORT` socket and one loop per
 //! thread, io_uring or epoll + recvmmsg), the routing table of shards to
@@ -25,7 +25,7 @@ use std::thread::JoinHandle;
 
 use arc_swap::ArcSwap;
 use handover_sip::Limits;
-use handover_sip::build::{Request, reason_phrase};
+use handover_sip::build::Request;
 use handover_sip::ids::Hashing;
 use tokio::time::Instant;
 
@@ -572,9 +572,4 @@ impl sys::Handler for Thread {
     fn truncated(&mut self) {
         self.local.drop_reason("truncated_datagram");
     }
-}
-
-/// The standard reason phrase (re-exported for tools that build answers).
-pub fn phrase(status: u16) -> &'static str {
-    reason_phrase(status)
 }

@@ -1,5 +1,5 @@
 //! What the edge does with one datagram: the stateless proxy of RFC 3261
-//! §16.11 with RFC 3581, and the routing of ARCHITECTURE §2. Sans-IO: bytes
+//! §16.11 with RFC 3581, and the routing of docs/architecture.md ("The edge"). Sans-IO: bytes
 //! and a source address in, an [`Outcome`] and the bytes to send out.
 //!
 //! Requests from outside go to the backend that owns their key's shard. The
@@ -19,8 +19,7 @@ use std::net::{IpAddr, SocketAddr};
 use handover_sip::build::{SliceSink, error_response, response};
 use handover_sip::ids::{Hashing, hex_u64, parse_hex_u64};
 use handover_sip::{
-    HeaderName, Limits, Message, Method, NameAddr, Reason, Rewrite, Rport, Uri, Verdict, Via,
-    scan_with,
+    HeaderName, Limits, Message, Method, NameAddr, Reason, Rewrite, Uri, Verdict, Via, scan_with,
 };
 
 use crate::routing::Table;
@@ -412,7 +411,7 @@ impl Proxy {
         if m.vias().nth(1).is_none() {
             // Our Via alone: the answer to a worker's delegated request.
             // It goes, unchanged, to whichever worker owns the key now
-            // (ARCHITECTURE §2: so it survives the death of the sender).
+            // (so it survives the death of the sender).
             let key = m
                 .top_via()
                 .param(b"k")
@@ -439,7 +438,7 @@ impl Proxy {
         let Some(next) = m.vias().nth(1) else {
             return Outcome::Drop(Drop::Unroutable);
         };
-        let Some(to) = via_target(&next) else {
+        let Some(to) = next.target() else {
             return Outcome::Drop(Drop::Unroutable);
         };
         let mut rw = Rewrite::new(m);
@@ -465,20 +464,6 @@ fn parse_ip(host: &[u8]) -> Option<IpAddr> {
         .and_then(|h| h.strip_suffix(b"]"))
         .unwrap_or(host);
     core::str::from_utf8(h).ok()?.parse().ok()
-}
-
-/// Where a response goes (RFC 3261 §18.2.2, RFC 3581 §4): `received` (or
-/// the sent-by IP) and `rport` (or the sent-by port, or 5060).
-fn via_target(v: &Via<'_>) -> Option<SocketAddr> {
-    let ip = v
-        .received()
-        .and_then(parse_ip)
-        .or_else(|| parse_ip(v.host()))?;
-    let port = match v.rport() {
-        Rport::Value(p) => p,
-        _ => v.port().unwrap_or(5060),
-    };
-    Some(SocketAddr::new(ip, port))
 }
 
 /// Where a request for `u` goes: its IP literal host and port (5060 when
@@ -566,7 +551,7 @@ Call-ID: {call_id}\r\nCSeq: 1 INVITE\r\nContact: <sip:alice@10.9.9.9:5060>\r\nCo
             Some(&b"198.51.100.7"[..]),
             "RFC 3581 received"
         );
-        assert_eq!(vias[1].rport(), Rport::Value(33333));
+        assert_eq!(vias[1].rport(), handover_sip::Rport::Value(33333));
         assert_eq!(m.max_forwards(), Some(69));
         let rr = m.record_routes().next().unwrap();
         assert_eq!(rr.uri().host(), b"192.0.2.1");

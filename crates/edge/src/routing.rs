@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 
 use handover_sip::ids::Hashing;
 
-/// Number of shards. Fixed for the life of a cluster (ARCHITECTURE §2).
+/// Number of shards. Fixed for the life of a cluster (docs/architecture.md, "The edge").
 pub const SHARDS: u32 = 4096;
 
 const NONE: u16 = u16::MAX;
@@ -67,7 +67,7 @@ impl Table {
         }
     }
 
-    /// The table of a cluster's shard map (ARCHITECTURE §2): `owners[shard]`
+    /// The table of a cluster's shard map (docs/architecture.md, "The edge"): `owners[shard]`
     /// is the index of the backend that owns it, `None` for nobody. A
     /// backend is up when it owns a shard.
     ///

@@ -142,7 +142,14 @@ pub(crate) fn run(mut a: UpArgs) -> anyhow::Result<()> {
         }
     }
     let mut kids = Kids(Vec::new());
+    // The children log as this process was asked to.
+    let log_format = crate::LOG_FORMAT
+        .get()
+        .copied()
+        .unwrap_or(crate::LogFormat::Text)
+        .name();
     let mut edge = Command::new(&exe);
+    edge.args(["--log-format", log_format]);
     edge.arg("edge").args([
         "--listen",
         &a.listen.to_string(),
@@ -177,6 +184,7 @@ pub(crate) fn run(mut a: UpArgs) -> anyhow::Result<()> {
     for i in 0..a.workers {
         let (listen, admin) = (nth(a.worker_listen, i)?, nth(a.worker_admin, i)?);
         let mut worker = Command::new(&exe);
+        worker.args(["--log-format", log_format]);
         worker.arg("worker").args([
             "--listen",
             &listen.to_string(),

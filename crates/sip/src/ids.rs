@@ -142,8 +142,9 @@ impl Hashing {
         Self { k0, k1 }
     }
 
-    /// The affinity key of a new call: a hash of its Call-ID (ARCHITECTURE
-    /// §2). Call-IDs compare byte for byte, so the raw bytes are hashed.
+    /// The affinity key of a new call: a hash of its Call-ID (see "The
+    /// edge" in docs/architecture.md). Call-IDs compare byte for byte, so
+    /// the raw bytes are hashed.
     pub fn affinity_key(&self, call_id: &[u8]) -> u64 {
         let mut h = SipHasher13::new_with_keys(self.k0, self.k1);
         h.write(call_id);

@@ -206,15 +206,64 @@ impl<'a> Via<'a> {
         }
     }
 
+    /// Where a response to this Via goes (RFC 3261 §18.2.2, RFC 3581 §4):
+    /// `received` if it is an IP address (else the sent-by host, when that
+    /// is one), and `rport`'s value (else the sent-by port, else 5060).
+    /// `None` when neither names an IP: the sender must be looked up, and
+    /// this layer resolves no names.
+    pub fn target(&self) -> Option<std::net::SocketAddr> {
+        let ip = self
+            .received()
+            .and_then(ip_literal)
+            .or_else(|| ip_literal(self.host()))?;
+        let port = match self.rport() {
+            Rport::Value(p) => p,
+            _ => self.port().unwrap_or(5060),
+        };
+        Some(std::net::SocketAddr::new(ip, port))
+    }
+
     /// True when the branch starts with the RFC 3261 magic cookie.
     pub fn is_rfc3261_branch(&self) -> bool {
         self.branch().is_some_and(|b| b.starts_with(MAGIC_COOKIE))
     }
 }
 
+/// An IP address, IPv6 in brackets or not.
+fn ip_literal(host: &[u8]) -> Option<std::net::IpAddr> {
+    let h = host
+        .strip_prefix(b"[")
+        .and_then(|h| h.strip_suffix(b"]"))
+        .unwrap_or(host);
+    core::str::from_utf8(h).ok()?.parse().ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rfc3581_4_responses_go_to_received_and_rport() {
+        let t = |s: &str| v(s).unwrap().target().map(|a| a.to_string());
+        assert_eq!(
+            t("SIP/2.0/UDP 10.0.0.1;branch=z9hG4bK1").as_deref(),
+            Some("10.0.0.1:5060")
+        );
+        assert_eq!(
+            t("SIP/2.0/UDP 10.0.0.1:5070;branch=z9hG4bK1;received=192.0.2.9;rport=6000").as_deref(),
+            Some("192.0.2.9:6000")
+        );
+        assert_eq!(
+            t("SIP/2.0/UDP [2001:db8::1]:5071;branch=z9hG4bK1").as_deref(),
+            Some("[2001:db8::1]:5071")
+        );
+        // A received that is no IP falls back to the sent-by host.
+        assert_eq!(
+            t("SIP/2.0/UDP 10.0.0.1:5070;received=x;branch=z9hG4bK1").as_deref(),
+            Some("10.0.0.1:5070")
+        );
+        assert_eq!(t("SIP/2.0/UDP pbx.example;branch=z9hG4bK1"), None);
+    }
 
     fn v(s: &str) -> Option<Via<'_>> {
         Via::parse(s.as_bytes(), Span::new(0, s.len()))

@@ -81,22 +81,7 @@ impl Local {
 
 /// A status line for a sipfrag body.
 fn sipfrag(status: u16) -> Vec<u8> {
-    let reason = match status {
-        100 => "Trying",
-        200 => "OK",
-        404 => "Not Found",
-        408 => "Request Timeout",
-        480 => "Temporarily Unavailable",
-        481 => "Call/Transaction Does Not Exist",
-        486 => "Busy Here",
-        487 => "Request Terminated",
-        488 => "Not Acceptable Here",
-        500 => "Server Internal Error",
-        503 => "Service Unavailable",
-        600 => "Busy Everywhere",
-        603 => "Decline",
-        _ => "Failed",
-    };
+    let reason = handover_sip::build::reason_phrase(status);
     format!("SIP/2.0 {status} {reason}\r\n").into_bytes()
 }
 

@@ -1,4 +1,4 @@
-//! Calls as their replicas keep them (ARCHITECTURE §5): what a confirmed
+//! Calls as their replicas keep them (docs/architecture.md, "Replication"): what a confirmed
 //! call needs to go on after its worker dies (both legs' dialogs, the
 //! INVITEs they came from, where A's answers go), handed to the shell as
 //! [`Replication`] whenever it changes, and restored with
