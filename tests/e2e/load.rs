@@ -32,35 +32,60 @@ fn n(v: &serde_json::Value, path: &[&str]) -> u64 {
     x.as_u64().unwrap_or_else(|| panic!("{path:?} in {v}"))
 }
 
+/// Runs `handover load` through cluster `c` (its callees on port `lp`)
+/// and asserts that every call succeeded, at both ends; the report.
+fn all_succeed(
+    c: &Cluster,
+    lp: u16,
+    mode: &str,
+    rate: u32,
+    calls: u64,
+    hold_ms: u32,
+    mix: &str,
+) -> serde_json::Value {
+    let (target, listen) = (format!("127.0.0.1:{}", c.sip), format!("127.0.0.1:{lp}"));
+    let (rate, n_calls, hold) = (rate.to_string(), calls.to_string(), hold_ms.to_string());
+    let (code, r) = load(&[
+        "--target",
+        &target,
+        "--listen",
+        &listen,
+        "--rate",
+        &rate,
+        "--calls",
+        &n_calls,
+        "--hold-ms",
+        &hold,
+        "--mix",
+        mix,
+    ]);
+    assert_eq!(code, Some(0), "{mode}: {r:#}");
+    assert_eq!(
+        (
+            n(&r, &["counts", "succeeded"]),
+            n(&r, &["counts", "failed"]),
+            n(&r, &["counts", "callee_legs_failed"])
+        ),
+        (calls, 0, 0),
+        "{mode}: {r:#}"
+    );
+    r
+}
+
 #[test]
 fn load_plays_every_scenario_through_up_in_both_transfer_modes() {
     let _g = serial();
     for mode in ["passthrough", "local"] {
         let lp = free_udp_port();
         let c = cluster(&[format!("*=127.0.0.1:{lp}")], &["--transfer-mode", mode]);
-        let (target, listen) = (format!("127.0.0.1:{}", c.sip), format!("127.0.0.1:{lp}"));
-        let (code, r) = load(&[
-            "--target",
-            &target,
-            "--listen",
-            &listen,
-            "--rate",
-            "40",
-            "--calls",
-            "80",
-            "--hold-ms",
-            "300",
-            "--mix",
+        let r = all_succeed(
+            &c,
+            lp,
+            mode,
+            40,
+            80,
+            300,
             "basic=1,hold=1,blind=1,attended=1",
-        ]);
-        assert_eq!(code, Some(0), "{mode}: {r:#}");
-        assert_eq!(
-            (
-                n(&r, &["counts", "succeeded"]),
-                n(&r, &["counts", "failed"])
-            ),
-            (80, 0),
-            "{mode}: {r:#}"
         );
         for s in ["basic", "hold", "blind", "attended"] {
             assert_eq!(
@@ -103,30 +128,7 @@ fn attended_transfers_across_three_workers_in_both_modes() {
         );
         wait_members(&c.grpc, 3);
         wait_all_shards_served(&c.grpc, 3);
-        let (target, listen) = (format!("127.0.0.1:{}", c.sip), format!("127.0.0.1:{lp}"));
-        let (code, r) = load(&[
-            "--target",
-            &target,
-            "--listen",
-            &listen,
-            "--rate",
-            "25",
-            "--calls",
-            "200",
-            "--hold-ms",
-            "1000",
-            "--mix",
-            "attended=1",
-        ]);
-        assert_eq!(code, Some(0), "{mode}: {r:#}");
-        assert_eq!(
-            (
-                n(&r, &["counts", "succeeded"]),
-                n(&r, &["counts", "failed"])
-            ),
-            (200, 0),
-            "{mode}: {r:#}"
-        );
+        all_succeed(&c, lp, mode, 25, 200, 1000, "attended=1");
         let (host, port) = c.worker_admin.rsplit_once(':').unwrap();
         let port: u16 = port.parse().unwrap();
         let sum = |series: &str| -> f64 {
