@@ -239,3 +239,28 @@ fn logs_are_json_lines_on_request_and_plain_text_off_a_terminal() {
         }
     }
 }
+
+/// The built-in hashing key is public: a node of a cluster refuses to
+/// start on it and says how to set one; `up` makes its own.
+#[test]
+fn a_cluster_node_refuses_the_public_default_hashing_key() {
+    for args in [
+        &["worker", "--id", "1", "--peer", "1=127.0.0.1:1,127.0.0.1:2"][..],
+        &["edge", "--cluster", "127.0.0.1:1"][..],
+    ] {
+        let o = handover(args);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {}", stderr(&o));
+        assert!(
+            stderr(&o).contains("a cluster needs a hashing key of its own"),
+            "{args:?}: {}",
+            stderr(&o)
+        );
+    }
+    let o = handover(&["edge", "--hash-key", "xyz", "--backend", "127.0.0.1:9"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("must be exactly 32 hex digits"),
+        "{}",
+        stderr(&o)
+    );
+}

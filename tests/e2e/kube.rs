@@ -23,6 +23,10 @@ struct Ports {
 }
 
 /// Starts worker `i` (0-based) of three as a StatefulSet pod would be.
+/// The cluster's hashing key in these tests (the manifests' ConfigMap
+/// sets one; a cluster refuses to start without).
+const TEST_KEY: &str = "5b1c0e7f3a9d42c68e0f1a2b3c4d5e6f";
+
 fn pod(i: u16, p: Ports, data: &std::path::Path, extra: &[&str]) -> Proc {
     let Ports {
         grpc,
@@ -43,7 +47,7 @@ fn pod(i: u16, p: Ports, data: &std::path::Path, extra: &[&str]) -> Proc {
         .collect();
     let child = Command::new(env!("CARGO_BIN_EXE_handover"))
         .env("HOSTNAME", format!("handover-worker-{i}"))
-        .args(["worker", "--id-from-hostname"])
+        .args(["worker", "--id-from-hostname", "--hash-key", TEST_KEY])
         .args(&peers)
         .arg(format!("--grpc-listen=127.0.0.1:{}", grpc + i))
         .arg(format!("--listen=127.0.0.1:{}", sip + i))
@@ -91,7 +95,14 @@ pub(crate) fn by_name(dir: &std::path::Path, uas: u16, worker_extra: &[&str]) ->
         })
         .collect();
     let edge_listen = format!("127.0.0.1:{edge_port}");
-    let mut edge_args = vec!["--drain-s", "4", "--probe-interval-ms", "0"];
+    let mut edge_args = vec![
+        "--drain-s",
+        "4",
+        "--probe-interval-ms",
+        "0",
+        "--hash-key",
+        TEST_KEY,
+    ];
     let clusters: Vec<String> = (0..3).map(|k| format!("localhost:{}", grpc + k)).collect();
     for c in &clusters {
         edge_args.extend(["--cluster", c.as_str()]);

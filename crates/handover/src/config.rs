@@ -137,6 +137,40 @@ pub(crate) struct Config {
     pub(crate) worker: WorkerConfig,
 }
 
+/// A `[cluster] hash_key` or `--hash-key` value: 32 hex digits.
+pub(crate) fn parse_hash_key(s: &str) -> Result<(u64, u64), String> {
+    if s.len() != 32 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(format!(
+            "must be exactly 32 hex digits (128 bits), got {} characters",
+            s.len()
+        ));
+    }
+    let k0 = u64::from_str_radix(&s[..16], 16).map_err(|e| e.to_string())?;
+    let k1 = u64::from_str_radix(&s[16..], 16).map_err(|e| e.to_string())?;
+    Ok((k0, k1))
+}
+
+/// The key a process hashes with: `--hash-key`, else the file's, else the
+/// built-in default, which is public (it is in this repository): anyone
+/// can compute where a Call-ID lands and aim at one worker. So a process
+/// that is one node of several (a replicated worker, an edge of a
+/// cluster) refuses to start on it, and says how to set one.
+pub(crate) fn hashing(
+    flag: Option<(u64, u64)>,
+    file: Option<(u64, u64)>,
+    several_nodes: bool,
+) -> anyhow::Result<handover_sip::ids::Hashing> {
+    match flag.or(file) {
+        Some((k0, k1)) => Ok(handover_sip::ids::Hashing::with_key(k0, k1)),
+        None if several_nodes => anyhow::bail!(
+            "a cluster needs a hashing key of its own, the same on every node: set \
+             [cluster] hash_key or --hash-key (32 hex digits, e.g. from `openssl rand -hex 16`); \
+             the built-in default is public"
+        ),
+        None => Ok(handover_sip::ids::Hashing::default()),
+    }
+}
+
 fn mode_name<S: serde::Serializer>(
     m: &handover_call::TransferMode,
     s: S,
@@ -328,23 +362,10 @@ impl Config {
 
         let hash_key_value = match &file.cluster.hash_key {
             None => None,
-            Some(k) => {
-                let s = k.get_ref();
-                let ok = s.len() == 32 && s.bytes().all(|b| b.is_ascii_hexdigit());
-                if !ok {
-                    return Err(err(
-                        Some(k.span()),
-                        Some("cluster.hash_key"),
-                        format!(
-                            "must be exactly 32 hex digits (128 bits), got {} characters",
-                            s.len()
-                        ),
-                    ));
-                }
-                let k0 = u64::from_str_radix(&s[..16], 16).expect("checked hex");
-                let k1 = u64::from_str_radix(&s[16..], 16).expect("checked hex");
-                Some((k0, k1))
-            }
+            Some(k) => match parse_hash_key(k.get_ref()) {
+                Ok(v) => Some(v),
+                Err(m) => return Err(err(Some(k.span()), Some("cluster.hash_key"), m)),
+            },
         };
         let e = &file.edge;
         let addr = |v: &Option<Spanned<String>>,

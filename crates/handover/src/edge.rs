@@ -8,7 +8,6 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use clap::{Args, ValueEnum};
 use handover_edge::{Edge, EdgeConfig, HealthConfig, IoMode};
-use handover_sip::ids::Hashing;
 
 use crate::config::Config;
 
@@ -27,6 +26,10 @@ pub(crate) struct EdgeArgs {
     /// TOML configuration file (its `[edge]` section; flags override it).
     #[arg(long)]
     config: Option<PathBuf>,
+    /// The cluster's hashing key, 32 hex digits, the same on every node
+    /// (overrides `[cluster] hash_key`; required with --cluster).
+    #[arg(long, value_parser = crate::config::parse_hash_key)]
+    hash_key: Option<(u64, u64)>,
     /// Address to receive SIP on [default: 127.0.0.1:5060].
     #[arg(long)]
     listen: Option<SocketAddr>,
@@ -119,10 +122,11 @@ fn settings(a: &EdgeArgs) -> anyhow::Result<(EdgeConfig, SocketAddr)> {
     health
         .validate()
         .map_err(|m| anyhow::anyhow!("probe settings: {m} (--probe-interval-ms, --probe-timeout-ms, --down-after, --up-after)"))?;
-    let hashing = match file.cluster.hash_key_value {
-        Some((k0, k1)) => Hashing::with_key(k0, k1),
-        None => Hashing::default(),
-    };
+    let hashing = crate::config::hashing(
+        a.hash_key,
+        file.cluster.hash_key_value,
+        !a.cluster.is_empty(),
+    )?;
     let cfg = EdgeConfig {
         listen: a.listen.unwrap_or_else(|| parse(&e.listen)),
         advertise: a.advertise.or_else(|| e.advertise.as_deref().map(parse)),

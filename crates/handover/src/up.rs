@@ -15,6 +15,10 @@ use clap::Args;
 
 #[derive(Debug, Args)]
 pub(crate) struct UpArgs {
+    /// The cluster's hashing key, 32 hex digits [default: a new random key
+    /// for this run, given to the edge and every worker].
+    #[arg(long, value_parser = crate::config::parse_hash_key)]
+    hash_key: Option<(u64, u64)>,
     /// Where phones and trunks send SIP (the edge).
     #[arg(long, default_value = "127.0.0.1:5060")]
     listen: SocketAddr,
@@ -148,9 +152,26 @@ pub(crate) fn run(mut a: UpArgs) -> anyhow::Result<()> {
         .copied()
         .unwrap_or(crate::LogFormat::Text)
         .name();
+    // A throw-away key for this run (the built-in default is public),
+    // the same for the edge and every worker.
+    let (k0, k1) = match a.hash_key {
+        Some(k) => k,
+        None => {
+            use rand_core::TryRngCore as _;
+            let mut os = rand_core::OsRng;
+            let k0 = os
+                .try_next_u64()
+                .context("cannot read the OS random source")?;
+            let k1 = os
+                .try_next_u64()
+                .context("cannot read the OS random source")?;
+            (k0, k1)
+        }
+    };
+    let hash_key = format!("{k0:016x}{k1:016x}");
     let mut edge = Command::new(&exe);
     edge.args(["--log-format", log_format]);
-    edge.arg("edge").args([
+    edge.arg("edge").args(["--hash-key", &hash_key]).args([
         "--listen",
         &a.listen.to_string(),
         "--admin",
@@ -185,7 +206,7 @@ pub(crate) fn run(mut a: UpArgs) -> anyhow::Result<()> {
         let (listen, admin) = (nth(a.worker_listen, i)?, nth(a.worker_admin, i)?);
         let mut worker = Command::new(&exe);
         worker.args(["--log-format", log_format]);
-        worker.arg("worker").args([
+        worker.arg("worker").args(["--hash-key", &hash_key]).args([
             "--listen",
             &listen.to_string(),
             "--edge",

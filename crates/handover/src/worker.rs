@@ -37,6 +37,10 @@ pub(crate) struct WorkerArgs {
     /// TOML configuration file (its `[worker]` section; flags override it).
     #[arg(long)]
     config: Option<std::path::PathBuf>,
+    /// The cluster's hashing key, 32 hex digits, the same on every node
+    /// (overrides `[cluster] hash_key`; required with --peer).
+    #[arg(long, value_parser = crate::config::parse_hash_key)]
+    hash_key: Option<(u64, u64)>,
     /// Address to receive SIP from the edge on [default: 127.0.0.1:5080].
     #[arg(long)]
     listen: Option<SocketAddr>,
@@ -142,10 +146,11 @@ fn settings(a: WorkerArgs) -> anyhow::Result<Settings> {
         transfer_mode: a.transfer_mode.unwrap_or(w.transfer_mode),
         t1_ms: a.t1_ms.unwrap_or(w.t1_ms),
         // The edge's key: a call's shard must be the one the edge routes by.
-        hashing: match file.cluster.hash_key_value {
-            Some((k0, k1)) => Hashing::with_key(k0, k1),
-            None => Hashing::default(),
-        },
+        hashing: crate::config::hashing(
+            a.hash_key,
+            file.cluster.hash_key_value,
+            !a.cluster.peers.is_empty(),
+        )?,
         cluster: a.cluster,
     })
 }
