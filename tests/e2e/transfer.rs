@@ -401,7 +401,9 @@ fn local_mode_transfers_a_transferee_without_refer_support() {
             format!("b=127.0.0.1:{b_port};transfer=local"),
             format!("c=127.0.0.1:{c_port}"),
         ],
-        &[],
+        // The phones here are trusted peers: they are told the new
+        // party's identity (P-Asserted-Identity, RFC 3325).
+        &["--trusted", "127.0.0.0/8"],
     );
     let edge = format!("127.0.0.1:{}", c.sip);
     let target = format!("sip:c@127.0.0.1:{c_port}");
@@ -466,7 +468,9 @@ fn local_mode_attended_transfer_bridges_a_with_c_and_hangs_up_b_twice() {
             format!("b=127.0.0.1:{b_port};transfer=local"),
             format!("c=127.0.0.1:{c_port}"),
         ],
-        &[],
+        // The phones here are trusted peers: they are told the new
+        // party's identity (P-Asserted-Identity, RFC 3325).
+        &["--trusted", "127.0.0.0/8"],
     );
     let edge_addr: std::net::SocketAddr = format!("127.0.0.1:{}", c.sip).parse().unwrap();
     let edge = edge_addr.to_string();

@@ -63,6 +63,10 @@ pub struct Config {
     pub ring_timeout: Duration,
     /// Transfer mode of calls whose route does not set one.
     pub transfer_mode: TransferMode,
+    /// Peers whose identity headers (P-Asserted-Identity and kin) are
+    /// passed on, and who are told the new party's after a local transfer;
+    /// everyone else's are removed (`trust.rs`). Empty: nobody.
+    pub trusted: crate::trust::Trusted,
 }
 
 /// Counters the shell exports.
@@ -368,7 +372,10 @@ pub struct B2bua<R> {
 /// Referred-By, Event, Subscription-State, Replaces, Supported, Allow, …
 /// pass through; Via, Route, Record-Route and Contact never do, so no
 /// internal address leaks.
-fn end_to_end_headers<'m>(m: &Message<'m>) -> Vec<(&'m str, &'m [u8])> {
+///
+/// Identity headers (RFC 3325) pass only when `trusted` says their sender
+/// is a trusted peer.
+fn end_to_end_headers<'m>(m: &Message<'m>, trusted: bool) -> Vec<(&'m str, &'m [u8])> {
     let buf = m.buf();
     m.headers()
         .filter(|h| {
@@ -393,7 +400,31 @@ fn end_to_end_headers<'m>(m: &Message<'m>) -> Vec<(&'m str, &'m [u8])> {
                 h.value.of(buf),
             ))
         })
+        .filter(|(name, _)| trusted || !crate::trust::is_identity_header(name))
         .collect()
+}
+
+/// The address of a request's sender: the Via below the edge's (the edge
+/// puts its own on top, with `received`/`rport` on the sender's).
+fn sender_ip(m: &Message<'_>) -> Option<IpAddr> {
+    m.vias().nth(1).and_then(|v| v.target()).map(|a| a.ip())
+}
+
+/// The IP literal a request we built is addressed to (its Request-URI):
+/// the party whose responses answer it.
+fn addressee_ip(request: &[u8]) -> Option<IpAddr> {
+    uri_ip(scan(request).ok()?.request_uri()?.as_bytes())
+}
+
+/// The IP literal host of a URI (a dialog's remote target), if it has one.
+pub(super) fn uri_ip(uri: &[u8]) -> Option<IpAddr> {
+    let u = handover_sip::Uri::parse(uri, handover_sip::Span::new(0, uri.len())).ok()?;
+    let host = u.host();
+    let h = host
+        .strip_prefix(b"[")
+        .and_then(|h| h.strip_suffix(b"]"))
+        .unwrap_or(host);
+    core::str::from_utf8(h).ok()?.parse().ok()
 }
 
 /// The session interval a 2xx agrees on (RFC 4028 `Session-Expires:
@@ -631,7 +662,7 @@ impl<R: RngCore> B2bua<R> {
         let from = from.unwrap_or_else(|_| b"<sip:anonymous@anonymous.invalid>".to_vec());
         let body = m.content_type().map(|ct| (ct, m.body()));
         let mf = m.max_forwards().unwrap_or(70).saturating_sub(1).min(255) as u8;
-        let headers = end_to_end_headers(m);
+        let headers = end_to_end_headers(m, self.cfg.trusted.contains(sender_ip(m)));
         let invite = handover_sip::build::Request {
             method: "INVITE",
             uri: uri.as_bytes(),
@@ -1139,7 +1170,7 @@ impl<R: RngCore> B2bua<R> {
         let method = core::str::from_utf8(m.method_bytes()).unwrap_or("INFO");
         let body = m.content_type().map(|ct| (ct, m.body()));
         let refresh = matches!(m.method(), Some(Method::Invite | Method::Update));
-        let mut headers = end_to_end_headers(m);
+        let mut headers = end_to_end_headers(m, self.cfg.trusted.contains(sender_ip(m)));
         for (name, value) in &put {
             for h in m.headers().filter(|h| h.name == *name) {
                 let was = h.value.of(m.buf());
@@ -1338,7 +1369,11 @@ impl<R: RngCore> B2bua<R> {
                     .as_ref()
                     .and_then(|p| p.content_type().map(|ct| (ct.to_vec(), p.body().to_vec())));
                 let body = body.as_ref().map(|(c, b)| (c.as_slice(), b.as_slice()));
-                let mut extra = resp.as_ref().map(end_to_end_headers).unwrap_or_default();
+                let from_trusted = self.cfg.trusted.contains(addressee_ip(&r.out));
+                let mut extra = resp
+                    .as_ref()
+                    .map(|p| end_to_end_headers(p, from_trusted))
+                    .unwrap_or_default();
                 if is_invite && status < 300 {
                     extra.push(("Contact", &contact));
                 }
@@ -1534,7 +1569,11 @@ impl<R: RngCore> B2bua<R> {
         match status {
             100 => {}
             101..=199 if !call.cancelled => {
-                let mut extra = resp.as_ref().map(end_to_end_headers).unwrap_or_default();
+                let from_trusted = self.cfg.trusted.contains(addressee_ip(&call.b_invite));
+                let mut extra = resp
+                    .as_ref()
+                    .map(|p| end_to_end_headers(p, from_trusted))
+                    .unwrap_or_default();
                 extra.push(("Contact", &contact));
                 let mut r = Vec::new();
                 response_with_body(
@@ -1572,7 +1611,8 @@ impl<R: RngCore> B2bua<R> {
                 call.answered_at = Some(now + self.cfg.max_call_age);
                 call.session_expires = session_interval(&resp).map(|i| now + i);
                 self.stats.answered += 1;
-                let mut extra = end_to_end_headers(&resp);
+                let from_trusted = self.cfg.trusted.contains(addressee_ip(&call.b_invite));
+                let mut extra = end_to_end_headers(&resp, from_trusted);
                 extra.push(("Contact", &contact));
                 let mut r = Vec::new();
                 response_with_body(

@@ -10,6 +10,7 @@ mod b2bua;
 mod dialog;
 mod routing;
 pub mod transfer;
+pub mod trust;
 
 pub use b2bua::{
     B2bua, CallRecord, Config, Latency, Replication, Stats, TransferEvent, TransferResult,

@@ -969,3 +969,60 @@ fn extreme_peer_numbers_crash_nothing_and_the_call_goes_on() {
         let _ = out(&mut b);
     }
 }
+
+/// RFC 3325: identity headers cross the B2BUA only from trusted peers.
+/// From a stranger (A at 127.0.0.1, nothing trusted) they are removed
+/// from B's INVITE, and from B's answer to A; from a trusted prefix they
+/// pass both ways.
+#[test]
+fn rfc3325_identity_headers_pass_only_from_trusted_peers() {
+    let ids = "P-Asserted-Identity: <sip:ceo@example.com>\r\nRemote-Party-ID: <sip:ceo@example.com>;party=calling\r\nP-Preferred-Identity: <sip:ceo@example.com>\r\n";
+    for (trust, pass) in [
+        (&[][..], false),
+        (&["127.0.0.0/8"][..], true),
+        (&["10.0.0.0/8"][..], false),
+    ] {
+        let mut b = b2bua_trusting(trust);
+        let inv = a_invite().replacen(
+            "Max-Forwards: 69\r\n",
+            &format!("Max-Forwards: 69\r\n{ids}"),
+            1,
+        );
+        b.handle_datagram(at(0), inv.as_bytes());
+        let to_b = out(&mut b)
+            .into_iter()
+            .find(|(_, m)| first_line(m).starts_with("INVITE "))
+            .expect("B's INVITE")
+            .1;
+        let text = String::from_utf8_lossy(&to_b).into_owned();
+        for h in [
+            "P-Asserted-Identity",
+            "Remote-Party-ID",
+            "P-Preferred-Identity",
+        ] {
+            assert_eq!(
+                text.contains(h),
+                pass,
+                "{trust:?}: {h} in B's INVITE:\n{text}"
+            );
+        }
+        let bim = scan(&to_b).unwrap();
+        let ok = b_resp(&bim, "200 OK", "bt", Some(SDP_B)).replacen(
+            "Contact: ",
+            "P-Asserted-Identity: <sip:pbx@example.com>\r\nContact: ",
+            1,
+        );
+        b.handle_datagram(at(100), ok.as_bytes());
+        let to_a = out(&mut b)
+            .into_iter()
+            .find(|(_, m)| first_line(m) == "SIP/2.0 200 OK")
+            .expect("the 200 to A")
+            .1;
+        let text = String::from_utf8_lossy(&to_a).into_owned();
+        assert_eq!(
+            text.contains("P-Asserted-Identity"),
+            pass,
+            "{trust:?}: in A's 200:\n{text}"
+        );
+    }
+}

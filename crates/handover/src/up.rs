@@ -15,6 +15,11 @@ use clap::Args;
 
 #[derive(Debug, Args)]
 pub(crate) struct UpArgs {
+    /// A trusted peer (PBX, trunk) by address prefix (repeat): its
+    /// identity headers (P-Asserted-Identity and kin) pass; anyone else's
+    /// are removed.
+    #[arg(long = "trusted", value_name = "CIDR")]
+    trusted: Vec<String>,
     /// The cluster's hashing key, 32 hex digits [default: a new random key
     /// for this run, given to the edge and every worker].
     #[arg(long, value_parser = crate::config::parse_hash_key)]
@@ -171,13 +176,15 @@ pub(crate) fn run(mut a: UpArgs) -> anyhow::Result<()> {
     let hash_key = format!("{k0:016x}{k1:016x}");
     let mut edge = Command::new(&exe);
     edge.args(["--log-format", log_format]);
-    edge.arg("edge").args(["--hash-key", &hash_key]).args([
+    edge.arg("edge").args([
         "--listen",
         &a.listen.to_string(),
         "--admin",
         &a.admin.to_string(),
         "--threads",
         "1",
+        "--hash-key",
+        &hash_key,
     ]);
     let data = match &a.data {
         Some(d) => d.clone(),
@@ -206,7 +213,7 @@ pub(crate) fn run(mut a: UpArgs) -> anyhow::Result<()> {
         let (listen, admin) = (nth(a.worker_listen, i)?, nth(a.worker_admin, i)?);
         let mut worker = Command::new(&exe);
         worker.args(["--log-format", log_format]);
-        worker.arg("worker").args(["--hash-key", &hash_key]).args([
+        worker.arg("worker").args([
             "--listen",
             &listen.to_string(),
             "--edge",
@@ -217,6 +224,10 @@ pub(crate) fn run(mut a: UpArgs) -> anyhow::Result<()> {
         for r in &a.routes {
             worker.args(["--route", r]);
         }
+        for t in &a.trusted {
+            worker.args(["--trusted", t]);
+        }
+        worker.args(["--hash-key", &hash_key]);
         worker.args(["--max-call-age-s", &a.max_call_age_s.to_string()]);
         worker.args(["--ring-timeout-s", &a.ring_timeout_s.to_string()]);
         worker.args(["--transfer-mode", &a.transfer_mode]);

@@ -41,6 +41,11 @@ pub(crate) struct WorkerArgs {
     /// (overrides `[cluster] hash_key`; required with --peer).
     #[arg(long, value_parser = crate::config::parse_hash_key)]
     hash_key: Option<(u64, u64)>,
+    /// A trusted peer (PBX, trunk) by address prefix, e.g. 10.0.0.0/8
+    /// (repeat): its P-Asserted-Identity, P-Preferred-Identity and
+    /// Remote-Party-ID pass between the legs; anyone else's are removed.
+    #[arg(long = "trusted", value_name = "CIDR")]
+    trusted: Vec<handover_call::trust::Cidr>,
     /// Address to receive SIP from the edge on [default: 127.0.0.1:5080].
     #[arg(long)]
     listen: Option<SocketAddr>,
@@ -117,6 +122,7 @@ struct Settings {
     transfer_mode: TransferMode,
     t1_ms: u64,
     hashing: Hashing,
+    trusted: handover_call::trust::Trusted,
     cluster: crate::cluster::ClusterArgs,
 }
 
@@ -151,6 +157,7 @@ fn settings(a: WorkerArgs) -> anyhow::Result<Settings> {
             file.cluster.hash_key_value,
             !a.cluster.peers.is_empty(),
         )?,
+        trusted: handover_call::trust::Trusted(a.trusted),
         cluster: a.cluster,
     })
 }
@@ -238,6 +245,7 @@ pub(crate) fn run(args: WorkerArgs) -> anyhow::Result<()> {
             max_call_age: Duration::from_secs(args.max_call_age_s),
             ring_timeout: Duration::from_secs(args.ring_timeout_s),
             transfer_mode: args.transfer_mode,
+            trusted: args.trusted,
         };
         // Branches, tags and Call-IDs from a ChaCha12 stream seeded by the OS
         // once: unpredictable, without a getrandom system call per id.

@@ -127,10 +127,13 @@ impl<R: RngCore> B2bua<R> {
             if let Some(Ok((cref2, mut d))) = local_replaced {
                 // The party re-INVITEd in its dialog is told who it is now
                 // connected to (its dialog still names the transferor).
+                // Only a trusted peer is sent an asserted identity (RFC 3325).
+                let trusted = self.cfg.trusted.contains(uri_ip(&d.remote_target));
                 let pai = self.calls.get(&cref).and_then(|c| {
                     let t = if from_a { &c.b_dialog } else { &c.a_dialog };
                     t.as_ref().map(|t| t.remote_uri.clone())
                 });
+                let pai = pai.filter(|_| trusted);
                 let headers: Vec<(&str, &[u8])> = pai
                     .as_deref()
                     .map(|v| ("P-Asserted-Identity", v))
@@ -534,8 +537,13 @@ impl<R: RngCore> B2bua<R> {
                     call.a_dialog.as_mut()
                 };
                 let Some(y) = transferee else { return };
-                // The transferee learns who it now talks to: the target.
-                let pai = l.t_dialog.as_ref().map(|d| d.remote_uri.clone());
+                // The transferee learns who it now talks to: the target
+                // (a trusted peer only, RFC 3325).
+                let pai = l
+                    .t_dialog
+                    .as_ref()
+                    .map(|d| d.remote_uri.clone())
+                    .filter(|_| self.cfg.trusted.contains(uri_ip(&y.remote_target)));
                 let headers: Vec<(&str, &[u8])> = pai
                     .as_deref()
                     .map(|v| ("P-Asserted-Identity", v))
