@@ -167,7 +167,10 @@ fn edge_routes_around_a_dead_backend_and_takes_it_back() {
         wait_for(Duration::from_secs(3), || fwd(1) > at_down),
         "backend 1 takes its shards back"
     );
-    let r = finish_uac(uac, &stat);
+    // The caller's log is not held to the strict rule here: the calls of
+    // the killed backend fail on purpose (counted below), and a 200 that
+    // a survivor resends after its call ended shows there as a dead call.
+    let r = finish_uac_unchecked(uac, &stat);
     assert_eq!(r.successful + r.failed, 1200, "{r:?}");
     assert!(
         r.failed <= 120,

@@ -592,3 +592,151 @@ fn local_mode_failed_transfers_keep_the_call() {
     assert_eq!(metric(&text, "handover_calls_unanswered_total"), 5.0);
     assert_eq!(metric(&text, "handover_calls_active"), 0.0);
 }
+
+/// Issue 22 with SIPp: an attended transfer through three workers whose
+/// two calls are owned by different workers (by construction: the test
+/// sets the hashing key and picks Call-IDs whose shards two different
+/// workers serve), against a target that answers 481 to a Replaces that
+/// is not exactly its dialog (`uas_strict_target.xml`).
+#[test]
+fn attended_transfer_across_workers_reaches_a_strict_target() {
+    const KEY: &str = "0f1e2d3c4b5a69788796a5b4c3d2e1f0";
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let (b_port, c_port) = (free_udp_port(), free_udp_port());
+    let mut c_uas = sipp_uas_with(dir.path(), "uas_strict_target.xml", c_port);
+    let c = cluster(
+        &[
+            format!("b=127.0.0.1:{b_port}"),
+            format!("c=127.0.0.1:{c_port}"),
+        ],
+        &["--workers", "3", "--hash-key", KEY],
+    );
+    wait_members(&c.grpc, 3);
+    wait_all_shards_served(&c.grpc, 3);
+    // Which worker serves each shard, from their status answers.
+    let (host, gport) = c.grpc.rsplit_once(':').unwrap();
+    let gport: u16 = gport.parse().unwrap();
+    let maps: Vec<Vec<u8>> = (0..3)
+        .map(|i| {
+            let o = handover(&[
+                "status",
+                "--grpc",
+                &format!("{host}:{}", gport + i),
+                "--json",
+            ]);
+            let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+            let hex = v["serving_map"].as_str().unwrap().to_string();
+            (0..hex.len() / 2)
+                .map(|k| u8::from_str_radix(&hex[2 * k..2 * k + 2], 16).unwrap())
+                .collect()
+        })
+        .collect();
+    let hashing = handover_sip::ids::Hashing::with_key(
+        u64::from_str_radix(&KEY[..16], 16).unwrap(),
+        u64::from_str_radix(&KEY[16..], 16).unwrap(),
+    );
+    let owner = |cid: &str| {
+        let shard = (hashing.affinity_key(cid.as_bytes()) % 4096) as usize;
+        (0..3).find(|&w| maps[w][shard / 8] & (1 << (shard % 8)) != 0)
+    };
+    // SIPp's `-cid_str PREFIX%u` makes the first call's Call-ID PREFIX1.
+    let (a_prefix, b2_cid) = (0..100)
+        .map(|i| (format!("xa{i}-"), format!("xb{i}")))
+        .find(|(a, b)| {
+            let (x, y) = (owner(&format!("{a}1")), owner(b));
+            x.is_some() && y.is_some() && x != y
+        })
+        .expect("two Call-IDs on two workers");
+    let edge = format!("127.0.0.1:{}", c.sip);
+    let sf = |f: &str| scenario(f).to_string_lossy().into_owned();
+    // B's call to C, held 8 s (C is told of it first: the dialog a
+    // Replaces must name).
+    let b2_port = free_udp_port().to_string();
+    let mut b2 = sipp(
+        dir.path(),
+        &[
+            "-sf",
+            &sf("uac.xml"),
+            "-i",
+            "127.0.0.1",
+            "-p",
+            &b2_port,
+            "-s",
+            "c",
+            "-m",
+            "1",
+            "-d",
+            "8000",
+            "-cid_str",
+            &b2_cid,
+            &edge,
+        ],
+    );
+    let target = replacing_b2(dir.path(), &format!("sip:desk@127.0.0.1:{c_port}"));
+    let mut b = sipp(
+        dir.path(),
+        &[
+            "-sf",
+            &sf("transfer_b.xml"),
+            "-i",
+            "127.0.0.1",
+            "-p",
+            &b_port.to_string(),
+            "-m",
+            "1",
+            "-key",
+            "target",
+            &target,
+            &edge,
+        ],
+    );
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let a_port = free_udp_port().to_string();
+    let cid_str = format!("{a_prefix}%u");
+    let mut a = sipp(
+        dir.path(),
+        &[
+            "-sf",
+            &sf("transfer_a_attended.xml"),
+            "-i",
+            "127.0.0.1",
+            "-p",
+            &a_port,
+            "-s",
+            "b",
+            "-m",
+            "1",
+            "-r",
+            "1",
+            "-cid_str",
+            &cid_str,
+            &edge,
+        ],
+    );
+    let (a_exit, b_exit) = (a.0.wait().unwrap().code(), b.0.wait().unwrap().code());
+    let b2_exit = b2.0.wait().unwrap().code();
+    assert_sipp_logs_clean(dir.path());
+    assert_eq!(
+        (a_exit, b_exit, b2_exit),
+        (Some(0), Some(0), Some(0)),
+        "A, B and B's call to C completed"
+    );
+    // C took B's call, then A's with a Replaces naming it exactly (its
+    // scenario refuses anything else with 481 and a failed call).
+    c_uas.expect_calls(2);
+    let (ahost, aport) = c.worker_admin.rsplit_once(':').unwrap();
+    let aport: u16 = aport.parse().unwrap();
+    let across: f64 = (0..3)
+        .map(|i| {
+            metric(
+                &http_get(&format!("http://{ahost}:{}/metrics", aport + i)).1,
+                "handover_replaces_elsewhere_total{request=\"refer\"}",
+            )
+        })
+        .sum();
+    assert_eq!(
+        across, 1.0,
+        "the REFER's worker read B's other call from the table"
+    );
+}

@@ -31,6 +31,8 @@ const NOT_SERVED: &str = "handover_worker_not_served_total";
 const UNREPLICATED: &str = "handover_calls_unreplicated_total";
 const HANDED_OVER: &str = "handover_calls_handed_over_total";
 const REPLACES_ELSEWHERE: &str = "handover_replaces_elsewhere_total";
+/// Replaces look-ups in flight at most (see the SIP loop).
+const MAX_LOOKUPS: usize = 256;
 
 #[derive(Debug, Args)]
 pub(crate) struct WorkerArgs {
@@ -272,6 +274,7 @@ pub(crate) fn run(args: WorkerArgs) -> anyhow::Result<()> {
         // that call's committed record (see `B2bua::named_elsewhere`).
         let (resolved_tx, mut resolved_rx) =
             tokio::sync::mpsc::unbounded_channel::<(Vec<u8>, Option<handover_call::CallRecord>)>();
+        let mut lookups = 0usize;
         let start = tokio::time::Instant::now();
         let now = move || Instant::from_epoch(start.elapsed());
         let mut buf = vec![0u8; 65_536];
@@ -310,14 +313,21 @@ pub(crate) fn run(args: WorkerArgs) -> anyhow::Result<()> {
                     Ok((n, _)) => {
                         let lease_live = replica.as_ref().is_none_or(|r| r.lease.live());
                         if lease_live && served_or_known(&buf[..n], &b2b, &served) {
-                            match (replica.as_ref(), b2b.named_elsewhere(&buf[..n])) {
-                                // The call a Replaces names is another
-                                // worker's: read its record from the
-                                // replica, then handle the datagram (below).
-                                (Some(r), Some(call_id)) => {
+                            // The call a Replaces names is another worker's:
+                            // read its record from the replica, then handle
+                            // the datagram (below). At most MAX_LOOKUPS at
+                            // once: past that (a flood of Replaces naming
+                            // nothing) the datagram goes on without.
+                            let elsewhere = replica
+                                .as_ref()
+                                .filter(|_| lookups < MAX_LOOKUPS)
+                                .and_then(|r| b2b.named_elsewhere(&buf[..n]).map(|c| (r, c)));
+                            match elsewhere {
+                                Some((r, call_id)) => {
+                                    lookups += 1;
                                     lookup_then(&r.lookup, call_id, buf[..n].to_vec(), &resolved_tx);
                                 }
-                                _ => b2b.handle_datagram(now(), &buf[..n]),
+                                None => b2b.handle_datagram(now(), &buf[..n]),
                             }
                         } else {
                             // Not ours (yet): the sender retransmits, and
@@ -329,6 +339,7 @@ pub(crate) fn run(args: WorkerArgs) -> anyhow::Result<()> {
                     Err(e) => tracing::debug!(error = %e, "receive failed"),
                 },
                 Some((bytes, record)) = resolved_rx.recv() => {
+                    lookups -= 1;
                     let lease_live = replica.as_ref().is_none_or(|r| r.lease.live());
                     if lease_live && served_or_known(&bytes, &b2b, &served) {
                         if let Some(r) = record {
