@@ -600,17 +600,38 @@ fn local_mode_failed_transfers_keep_the_call() {
 /// is not exactly its dialog (`uas_strict_target.xml`).
 #[test]
 fn attended_transfer_across_workers_reaches_a_strict_target() {
+    attended_across_workers(false);
+}
+
+/// The same, with the worker that owns B's call to C killed (SIGKILL)
+/// after A's call to B is answered and before B's REFER: the REFER's
+/// worker reads B's other call from the replicated table all the same,
+/// and B's call to C ends through the worker that took it over.
+#[test]
+fn attended_transfer_across_workers_survives_the_other_calls_owner_dying() {
+    attended_across_workers(true);
+}
+
+fn attended_across_workers(kill_other_owner: bool) {
     const KEY: &str = "0f1e2d3c4b5a69788796a5b4c3d2e1f0";
     let _g = serial();
     let dir = tempfile::tempdir().unwrap();
     let (b_port, c_port) = (free_udp_port(), free_udp_port());
     let mut c_uas = sipp_uas_with(dir.path(), "uas_strict_target.xml", c_port);
+    let data = dir.path().join("data");
     let c = cluster(
         &[
             format!("b=127.0.0.1:{b_port}"),
             format!("c=127.0.0.1:{c_port}"),
         ],
-        &["--workers", "3", "--hash-key", KEY],
+        &[
+            "--workers",
+            "3",
+            "--hash-key",
+            KEY,
+            "--data",
+            data.to_str().unwrap(),
+        ],
     );
     wait_members(&c.grpc, 3);
     wait_all_shards_served(&c.grpc, 3);
@@ -638,19 +659,19 @@ fn attended_transfer_across_workers_reaches_a_strict_target() {
     );
     let owner = |cid: &str| {
         let shard = (hashing.affinity_key(cid.as_bytes()) % 4096) as usize;
-        (0..3).find(|&w| maps[w][shard / 8] & (1 << (shard % 8)) != 0)
+        (0..3u16).find(|&w| maps[w as usize][shard / 8] & (1 << (shard % 8)) != 0)
     };
     // SIPp's `-cid_str PREFIX%u` makes the first call's Call-ID PREFIX1.
-    let (a_prefix, b2_cid) = (0..100)
+    let (a_prefix, b2_cid, b2_owner) = (0..100)
         .map(|i| (format!("xa{i}-"), format!("xb{i}")))
-        .find(|(a, b)| {
-            let (x, y) = (owner(&format!("{a}1")), owner(b));
-            x.is_some() && y.is_some() && x != y
+        .find_map(|(a, b)| {
+            let (x, y) = (owner(&format!("{a}1"))?, owner(&b)?);
+            (x != y).then_some((a, b, y))
         })
         .expect("two Call-IDs on two workers");
     let edge = format!("127.0.0.1:{}", c.sip);
     let sf = |f: &str| scenario(f).to_string_lossy().into_owned();
-    // B's call to C, held 8 s (C is told of it first: the dialog a
+    // B's call to C, held 12 s (C is told of it first: the dialog a
     // Replaces must name).
     let b2_port = free_udp_port().to_string();
     let mut b2 = sipp(
@@ -667,24 +688,27 @@ fn attended_transfer_across_workers_reaches_a_strict_target() {
             "-m",
             "1",
             "-d",
-            "8000",
+            "12000",
             "-cid_str",
             &b2_cid,
             &edge,
         ],
     );
     let target = replacing_b2(dir.path(), &format!("sip:desk@127.0.0.1:{c_port}"));
+    // B refers 4 s after answering A (time to kill a worker first).
     let mut b = sipp(
         dir.path(),
         &[
             "-sf",
-            &sf("transfer_b.xml"),
+            &sf("transfer_b_later.xml"),
             "-i",
             "127.0.0.1",
             "-p",
             &b_port.to_string(),
             "-m",
             "1",
+            "-d",
+            "4000",
             "-key",
             "target",
             &target,
@@ -714,6 +738,44 @@ fn attended_transfer_across_workers_reaches_a_strict_target() {
             &edge,
         ],
     );
+    let (ahost, aport) = c.worker_admin.rsplit_once(':').unwrap();
+    let aport: u16 = aport.parse().unwrap();
+    let summed = |which: &[u16], series: &str| -> f64 {
+        which
+            .iter()
+            .map(|&i| {
+                let (code, text) = http_get(&format!("http://{ahost}:{}/metrics", aport + i));
+                if code == 200 {
+                    metric(&text, series)
+                } else {
+                    0.0
+                }
+            })
+            .sum()
+    };
+    let mut alive: Vec<u16> = vec![0, 1, 2];
+    if kill_other_owner {
+        // Both calls answered (B's to C, A's to B), the REFER 4 s away.
+        assert!(
+            wait_for(std::time::Duration::from_secs(5), || summed(
+                &alive,
+                "handover_calls_answered_total"
+            ) >= 2.0),
+            "both calls answered"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let killed = std::process::Command::new("pkill")
+            .args([
+                "-9",
+                "-f",
+                "--",
+                &format!("worker --listen 127.0.0.1:{}", c.worker + b2_owner),
+            ])
+            .status()
+            .unwrap();
+        assert!(killed.success(), "the owner of B's call to C killed");
+        alive.retain(|&w| w != b2_owner);
+    }
     let (a_exit, b_exit) = (a.0.wait().unwrap().code(), b.0.wait().unwrap().code());
     let b2_exit = b2.0.wait().unwrap().code();
     assert_sipp_logs_clean(dir.path());
@@ -723,20 +785,21 @@ fn attended_transfer_across_workers_reaches_a_strict_target() {
         "A, B and B's call to C completed"
     );
     // C took B's call, then A's with a Replaces naming it exactly (its
-    // scenario refuses anything else with 481 and a failed call).
+    // scenario refuses anything else with 481 and a failed call); B's call
+    // to C ended with its BYE, through its new owner if one was killed.
     c_uas.expect_calls(2);
-    let (ahost, aport) = c.worker_admin.rsplit_once(':').unwrap();
-    let aport: u16 = aport.parse().unwrap();
-    let across: f64 = (0..3)
-        .map(|i| {
-            metric(
-                &http_get(&format!("http://{ahost}:{}/metrics", aport + i)).1,
-                "handover_replaces_elsewhere_total{request=\"refer\"}",
-            )
-        })
-        .sum();
     assert_eq!(
-        across, 1.0,
+        summed(
+            &alive,
+            "handover_replaces_elsewhere_total{request=\"refer\"}"
+        ),
+        1.0,
         "the REFER's worker read B's other call from the table"
     );
+    if kill_other_owner {
+        assert!(
+            summed(&alive, "handover_calls_adopted_total") >= 1.0,
+            "B's call to C was taken over"
+        );
+    }
 }
