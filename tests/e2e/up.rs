@@ -241,6 +241,56 @@ From: <sip:x@{me}>;tag=x\r\nTo: <sip:b@{edge}>{extra}\r\nCall-ID: {cid}\r\nCSeq:
         ask(bad_cseq),
         "SIP/2.0 400 CSeq method does not match request method"
     );
+    // Numbers at and past their limits: the largest CSeq RFC 3261 allows
+    // is served; anything a peer could overflow us with is refused 400,
+    // and nothing crashes (the calls around it go on, checked below).
+    let opt = |name: &str, value: &str, cid: &str| {
+        base("OPTIONS", "", cid).replacen(
+            "Content-Length: 0\r\n",
+            &format!("{name}: {value}\r\nContent-Length: 0\r\n"),
+            1,
+        )
+    };
+    let max_cseq =
+        base("OPTIONS", "", "cseq-max").replace("CSeq: 1 OPTIONS", "CSeq: 2147483647 OPTIONS");
+    assert_eq!(ask(max_cseq), "SIP/2.0 200 OK");
+    for (cid, msg) in [
+        (
+            "cseq-big",
+            base("OPTIONS", "", "cseq-big")
+                .replace("CSeq: 1 OPTIONS", "CSeq: 18446744073709551616 OPTIONS"),
+        ),
+        (
+            "mf-big",
+            base("OPTIONS", "", "mf-big")
+                .replace("Max-Forwards: 70", "Max-Forwards: 18446744073709551616"),
+        ),
+        (
+            "cl-big",
+            base("OPTIONS", "", "cl-big")
+                .replace("Content-Length: 0", "Content-Length: 18446744073709551616"),
+        ),
+    ] {
+        let line = ask(msg);
+        assert!(line.starts_with("SIP/2.0 400 "), "{cid}: {line}");
+    }
+    // Headers whose numbers the B2BUA reads later pass through harmlessly
+    // out of a dialog (answered as any OPTIONS).
+    for (name, value) in [
+        ("Session-Expires", "18446744073709551615"),
+        ("Expires", "18446744073709551615"),
+        (
+            "Subscription-State",
+            "active;expires=99999999999999999999999",
+        ),
+        ("Min-SE", "18446744073709551615"),
+    ] {
+        assert_eq!(
+            ask(opt(name, value, &format!("x-{name}"))),
+            "SIP/2.0 200 OK",
+            "{name}"
+        );
+    }
     // Junk: dropped, nothing comes back.
     s.send_to(b"\x00\x01\x02 junk", edge).unwrap();
     s.set_read_timeout(Some(Duration::from_millis(300)))
