@@ -647,21 +647,6 @@ fn sigterm_drains_a_worker_and_its_calls_go_on_elsewhere() {
     );
 }
 
-/// `metric` summed over the workers in `which`.
-fn summed(host: &str, port: u16, which: &[u16], series: &str) -> f64 {
-    which
-        .iter()
-        .map(|&i| {
-            let (code, text) = http_get(&format!("http://{host}:{}/metrics", port + i));
-            if code == 200 {
-                metric(&text, series)
-            } else {
-                0.0
-            }
-        })
-        .sum()
-}
-
 /// The project's seed flow after a failover: A calls B; the worker with
 /// the most of these calls is SIGKILLed; then B sends REFER (Refer-To: C)
 /// on its call, A answers 202 and NOTIFYs, B hangs up, A calls C, who

@@ -482,6 +482,22 @@ pub(crate) fn scrape(e: &EdgeProc) -> String {
     http_get(&format!("{}/metrics", e.admin)).1
 }
 
+/// `metric` summed over the workers in `which` (worker i's admin port is
+/// `port` + i; a worker that does not answer counts 0).
+pub(crate) fn summed(host: &str, port: u16, which: &[u16], series: &str) -> f64 {
+    which
+        .iter()
+        .map(|&i| {
+            let (code, text) = http_get(&format!("http://{host}:{}/metrics", port + i));
+            if code == 200 {
+                metric(&text, series)
+            } else {
+                0.0
+            }
+        })
+        .sum()
+}
+
 /// Waits up to `limit` for `f` to hold.
 pub(crate) fn wait_for(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
     let end = Instant::now() + limit;

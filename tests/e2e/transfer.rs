@@ -740,19 +740,7 @@ fn attended_across_workers(kill_other_owner: bool) {
     );
     let (ahost, aport) = c.worker_admin.rsplit_once(':').unwrap();
     let aport: u16 = aport.parse().unwrap();
-    let summed = |which: &[u16], series: &str| -> f64 {
-        which
-            .iter()
-            .map(|&i| {
-                let (code, text) = http_get(&format!("http://{ahost}:{}/metrics", aport + i));
-                if code == 200 {
-                    metric(&text, series)
-                } else {
-                    0.0
-                }
-            })
-            .sum()
-    };
+    let summed = |which: &[u16], series: &str| summed(ahost, aport, which, series);
     let mut alive: Vec<u16> = vec![0, 1, 2];
     if kill_other_owner {
         // Both calls answered (B's to C, A's to B), the REFER 4 s away.

@@ -36,27 +36,21 @@ pub(crate) fn b2bua() -> B2bua<Seq> {
 
 /// A B2BUA that trusts these address prefixes (RFC 3325 identity).
 pub(crate) fn b2bua_trusting(cidrs: &[&str]) -> B2bua<Seq> {
-    let mut routes = Routes::default();
-    routes.add("b=127.0.0.1:5071").unwrap();
-    B2bua::new(
-        Config {
-            advertised: "127.0.0.1:5060".into(),
-            timers: TimerConfig::default(),
-            hashing: Hashing::default(),
-            routes,
-            max_call_age: Duration::from_secs(3600),
-            ring_timeout: Duration::from_secs(60),
-            transfer_mode: Default::default(),
-            trusted: handover_call::trust::Trusted(
-                cidrs.iter().map(|c| c.parse().unwrap()).collect(),
-            ),
-        },
-        Seq(7),
+    let trusted = cidrs.iter().map(|c| c.parse().unwrap()).collect();
+    b2bua_with(
+        &["b=127.0.0.1:5071"],
+        7,
+        handover_call::trust::Trusted(trusted),
     )
 }
 
 /// A B2BUA with these routes (command-line form) and RNG seed.
 pub(crate) fn b2bua_routed(specs: &[&str], seed: u64) -> B2bua<Seq> {
+    b2bua_with(specs, seed, Default::default())
+}
+
+/// A B2BUA with these routes, RNG seed and trusted peers.
+fn b2bua_with(specs: &[&str], seed: u64, trusted: handover_call::trust::Trusted) -> B2bua<Seq> {
     let mut routes = Routes::default();
     for r in specs {
         routes.add(r).unwrap();
@@ -70,7 +64,7 @@ pub(crate) fn b2bua_routed(specs: &[&str], seed: u64) -> B2bua<Seq> {
             max_call_age: Duration::from_secs(3600),
             ring_timeout: Duration::from_secs(60),
             transfer_mode: Default::default(),
-            trusted: Default::default(),
+            trusted,
         },
         Seq(seed),
     )
