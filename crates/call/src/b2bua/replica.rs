@@ -65,7 +65,7 @@ fn without_credentials(msg: &[u8]) -> Vec<u8> {
     let head_end = memchr::memmem::find(msg, b"\r\n\r\n").map_or(msg.len(), |i| i + 2);
     let (head, rest) = msg.split_at(head_end);
     let mut out = Vec::with_capacity(msg.len());
-    let mut skipping = false;
+    let mut dropping = false;
     for line in head.split_inclusive(|&b| b == b'\n') {
         let folded = line.first().is_some_and(|&b| b == b' ' || b == b'\t');
         if !folded {
@@ -73,10 +73,10 @@ fn without_credentials(msg: &[u8]) -> Vec<u8> {
                 .iter()
                 .position(|&b| b == b':')
                 .map_or(&line[..0], |i| line[..i].trim_ascii());
-            skipping = name.eq_ignore_ascii_case(b"authorization")
+            dropping = name.eq_ignore_ascii_case(b"authorization")
                 || name.eq_ignore_ascii_case(b"proxy-authorization");
         }
-        if !skipping {
+        if !dropping {
             out.extend_from_slice(line);
         }
     }
