@@ -113,12 +113,7 @@ fn a_killed_workers_calls_are_reinvited_and_hung_up_from_both_sides() {
     assert!(victim_calls > 0.0, "{per:?}");
     // A call A heard 200 for is committed already (the 2xx waits for it).
     // SIGKILL: no drain, no goodbye.
-    let pattern = format!("worker --listen 127.0.0.1:{}", c.worker + victim);
-    let killed = std::process::Command::new("pkill")
-        .args(["-9", "-f", "--", &pattern])
-        .status()
-        .unwrap();
-    assert!(killed.success(), "worker {victim} killed");
+    assert!(sigkill_worker(c.worker + victim), "worker {victim} killed");
     let t0 = Instant::now();
     let killed_at = day_seconds(std::time::SystemTime::now());
     let survivors: Vec<u16> = (0..3).filter(|&i| i != victim).collect();
@@ -735,16 +730,7 @@ fn a_killed_workers_calls_are_transferred_through_the_others() {
         .unwrap();
     let victim_calls = per[victim as usize];
     assert!(victim_calls > 0.0, "{per:?}");
-    let killed = std::process::Command::new("pkill")
-        .args([
-            "-9",
-            "-f",
-            "--",
-            &format!("worker --listen 127.0.0.1:{}", c.worker + victim),
-        ])
-        .status()
-        .unwrap();
-    assert!(killed.success(), "worker {victim} killed");
+    assert!(sigkill_worker(c.worker + victim), "worker {victim} killed");
     let t0 = Instant::now();
     let killed_at = day_seconds(std::time::SystemTime::now());
     let survivors: Vec<u16> = (0..3).filter(|&i| i != victim).collect();

@@ -498,6 +498,20 @@ pub(crate) fn summed(host: &str, port: u16, which: &[u16], series: &str) -> f64 
         .sum()
 }
 
+/// SIGKILLs the worker whose SIP port is `port` (no drain, no goodbye);
+/// true when one was found.
+pub(crate) fn sigkill_worker(port: u16) -> bool {
+    Command::new("pkill")
+        .args([
+            "-9",
+            "-f",
+            "--",
+            &format!("worker --listen 127.0.0.1:{port}"),
+        ])
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
 /// Waits up to `limit` for `f` to hold.
 pub(crate) fn wait_for(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
     let end = Instant::now() + limit;

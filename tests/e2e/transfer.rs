@@ -752,16 +752,10 @@ fn attended_across_workers(kill_other_owner: bool) {
             "both calls answered"
         );
         std::thread::sleep(std::time::Duration::from_millis(300));
-        let killed = std::process::Command::new("pkill")
-            .args([
-                "-9",
-                "-f",
-                "--",
-                &format!("worker --listen 127.0.0.1:{}", c.worker + b2_owner),
-            ])
-            .status()
-            .unwrap();
-        assert!(killed.success(), "the owner of B's call to C killed");
+        assert!(
+            sigkill_worker(c.worker + b2_owner),
+            "the owner of B's call to C killed"
+        );
         alive.retain(|&w| w != b2_owner);
     }
     let (a_exit, b_exit) = (a.0.wait().unwrap().code(), b.0.wait().unwrap().code());
