@@ -770,14 +770,27 @@ fn attended_across_workers(kill_other_owner: bool) {
     // scenario refuses anything else with 481 and a failed call); B's call
     // to C ended with its BYE, through its new owner if one was killed.
     c_uas.expect_calls(2);
-    assert_eq!(
-        summed(
-            &alive,
-            "handover_replaces_elsewhere_total{request=\"refer\"}"
-        ),
-        1.0,
-        "the REFER's worker read B's other call from the table"
+    let read_elsewhere = summed(
+        &alive,
+        "handover_replaces_elsewhere_total{request=\"refer\"}",
     );
+    let refer_worker = owner(&format!("{a_prefix}1")).expect("A's call has an owner");
+    if kill_other_owner && read_elsewhere == 0.0 {
+        // The kill's takeover can win the race with B's REFER (a slow
+        // machine, a late poll): the dead worker's shards went to the
+        // REFER's worker, which then held B's other call itself, adopted
+        // from the same table.
+        assert!(
+            summed(&[refer_worker], "handover_calls_adopted_total") >= 1.0,
+            "the REFER's worker neither read B's other call from the table nor adopted it"
+        );
+        eprintln!("the REFER's worker had adopted B's other call before the REFER");
+    } else {
+        assert_eq!(
+            read_elsewhere, 1.0,
+            "the REFER's worker read B's other call from the table"
+        );
+    }
     if kill_other_owner {
         assert!(
             summed(&alive, "handover_calls_adopted_total") >= 1.0,
