@@ -26,7 +26,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use handover_sip::build::{cancel_for, error_response, response, response_with_body};
-use handover_sip::ids::{Hashing, IdGen, Token, hex_u64, parse_hex_u64};
+use handover_sip::ids::{Hashing, IdGen, Token, hex_u64};
 use handover_sip::{HeaderName, Message, Method, NameAddr, scan};
 use handover_txn::{
     ClientInvite, ClientNonInvite, Event, Instant, InviteState, Key, ServerInvite,
@@ -252,7 +252,7 @@ const MAX_PEER_SECS: u64 = 86_400;
 
 #[derive(Debug)]
 struct Call {
-    khex: [u8; 16],
+    key: u64,
     a_call_id: Vec<u8>,
     a_invite: Vec<u8>,
     /// Where answers to A go: the top Via of A's INVITE (the edge).
@@ -569,22 +569,28 @@ impl<R: RngCore> B2bua<R> {
         self.out.push_back((via_target(m), b));
     }
 
-    fn via(&mut self, khex: &[u8; 16]) -> Vec<u8> {
+    /// Our Via for a request of the call whose affinity key is `key`: the
+    /// edge's address with the key, so the answer comes back to the
+    /// shard's owner.
+    fn via(&mut self, key: u64) -> Vec<u8> {
         let branch = self.ids.branch();
+        let k = hex_u64(key);
         format!(
             "SIP/2.0/UDP {};branch={};k={}",
             self.cfg.advertised,
             branch,
-            core::str::from_utf8(khex).unwrap_or_default()
+            core::str::from_utf8(&k).unwrap_or_default()
         )
         .into_bytes()
     }
 
-    fn contact(&self, khex: &[u8; 16]) -> Vec<u8> {
+    /// Our Contact for the call whose affinity key is `key` (see [`Self::via`]).
+    fn contact(&self, key: u64) -> Vec<u8> {
+        let k = hex_u64(key);
         format!(
             "<sip:b2bua@{};k={}>",
             self.cfg.advertised,
-            core::str::from_utf8(khex).unwrap_or_default()
+            core::str::from_utf8(&k).unwrap_or_default()
         )
         .into_bytes()
     }
@@ -644,14 +650,14 @@ impl<R: RngCore> B2bua<R> {
     fn leg_b_invite(
         &mut self,
         m: &Message<'_>,
-        khex: &[u8; 16],
+        key: u64,
         target: SocketAddr,
     ) -> (Vec<u8>, Vec<u8>) {
         let user = m.request_uri().and_then(|u| u.user()).unwrap_or_default();
         let b_call_id = self.ids.call_id().as_bytes().to_vec();
         let b_tag = self.ids.tag();
-        let via = self.via(khex);
-        let contact = self.contact(khex);
+        let via = self.via(key);
+        let contact = self.contact(key);
         let uri = format!("sip:{}@{}", String::from_utf8_lossy(user), target);
         let to = format!("<{uri}>");
         let from = m.from().map(|f| {
@@ -693,9 +699,9 @@ impl<R: RngCore> B2bua<R> {
         }
         let target = call.targets[call.tried];
         call.tried += 1;
-        let (a_bytes, khex, old) = (call.a_invite.clone(), call.khex, call.b_call_id.clone());
+        let (a_bytes, key, old) = (call.a_invite.clone(), call.key, call.b_call_id.clone());
         let Ok(a) = scan(&a_bytes) else { return false };
-        let (cid, invite) = self.leg_b_invite(&a, &khex, target);
+        let (cid, invite) = self.leg_b_invite(&a, key, target);
         let timers = self.cfg.timers;
         let Some(call) = self.calls.get_mut(&cref) else {
             return false;
@@ -759,10 +765,9 @@ impl<R: RngCore> B2bua<R> {
             return None;
         };
         self.stats.started += 1;
-        let khex = hex_u64(key);
         let a_tag = self.ids.tag();
         let a_srv = ServerInvite::new(now, self.cfg.timers, m);
-        let (b_call_id, b_invite) = self.leg_b_invite(m, &khex, target);
+        let (b_call_id, b_invite) = self.leg_b_invite(m, key, target);
         let b_cli = ClientInvite::new(now, self.cfg.timers, b_invite.clone());
         let cref = self.next_ref;
         self.next_ref += 1;
@@ -771,7 +776,7 @@ impl<R: RngCore> B2bua<R> {
         self.calls.insert(
             cref,
             Call {
-                khex,
+                key,
                 a_call_id: m.call_id().to_vec(),
                 a_invite: m.as_bytes().to_vec(),
                 a_target: via_target(m),
@@ -904,8 +909,8 @@ impl<R: RngCore> B2bua<R> {
                 } {
                     let _ = d.handle_request(m);
                 }
-                let khex = call.khex;
-                let via = self.via(&khex);
+                let key = call.key;
+                let via = self.via(key);
                 let Some(call) = self.calls.get_mut(&cref) else {
                     return;
                 };
@@ -1094,7 +1099,7 @@ impl<R: RngCore> B2bua<R> {
         let Some(call) = self.calls.get(&cref) else {
             return;
         };
-        let khex = call.khex;
+        let key = call.key;
         let reply = |status: u16,
                      phrase: Option<&'static str>,
                      out: &mut VecDeque<(Option<SocketAddr>, Vec<u8>)>| {
@@ -1116,8 +1121,8 @@ impl<R: RngCore> B2bua<R> {
                 return;
             }
         };
-        let via = self.via(&khex);
-        let contact = self.contact(&khex);
+        let via = self.via(key);
+        let contact = self.contact(key);
         let timers = self.cfg.timers;
         let Some(call) = self.calls.get_mut(&cref) else {
             return;
@@ -1300,7 +1305,7 @@ impl<R: RngCore> B2bua<R> {
         let Some(call) = self.calls.get(&cref) else {
             return;
         };
-        let contact = self.contact(&call.khex);
+        let contact = self.contact(call.key);
         let Some(call) = self.calls.get_mut(&cref) else {
             return;
         };
@@ -1529,11 +1534,11 @@ impl<R: RngCore> B2bua<R> {
     }
 
     fn on_b_event(&mut self, now: Instant, cref: u64, e: Event) {
-        let (khex, contact) = match self.calls.get(&cref) {
-            Some(c) => (c.khex, self.contact(&c.khex)),
+        let (key, contact) = match self.calls.get(&cref) {
+            Some(c) => (c.key, self.contact(c.key)),
             None => return,
         };
-        let ack_via = self.via(&khex);
+        let ack_via = self.via(key);
         let Some(call) = self.calls.get_mut(&cref) else {
             return;
         };
@@ -1713,8 +1718,8 @@ impl<R: RngCore> B2bua<R> {
         if call.over {
             return;
         }
-        let khex = call.khex;
-        let vias = [self.via(&khex), self.via(&khex)];
+        let key = call.key;
+        let vias = [self.via(key), self.via(key)];
         let timers = self.cfg.timers;
         let Some(call) = self.calls.get_mut(&cref) else {
             return;

@@ -12,12 +12,14 @@ mod disk;
 mod node;
 mod store;
 mod table;
+mod window;
 
 pub use disk::{Disk, DiskError};
 pub use node::{Config, Error, Event, Node, Status};
 pub use raft::eraftpb::Message;
 pub use store::Store;
 pub use table::{Change, Move, Table, shard_of};
+pub use window::Window;
 
 /// The prost messages of `proto/cluster.proto`.
 #[allow(missing_docs, unreachable_pub, clippy::all)]

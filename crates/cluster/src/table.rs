@@ -15,10 +15,7 @@ use crate::pb;
 /// proposal re-sent after a leader change) cannot bring a call back.
 const TOMBSTONES: usize = 65_536;
 
-/// The shard of an affinity key.
-pub fn shard_of(key: u64, shards: usize) -> usize {
-    (key % shards as u64) as usize
-}
+pub use handover_sip::ids::shard_of;
 
 /// One shard changing hands at an epoch (`from` or `to` 0: nobody).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

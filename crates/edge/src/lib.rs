@@ -56,7 +56,7 @@ pub mod io {
     }
 }
 pub use proxy::{BadInputLimiter, Drop, Outcome, Peer, Proxy};
-pub use routing::{SHARDS, Table};
+pub use routing::Table;
 
 /// How the data plane does I/O.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

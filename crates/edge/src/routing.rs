@@ -7,10 +7,7 @@
 
 use std::net::SocketAddr;
 
-use handover_sip::ids::Hashing;
-
-/// Number of shards. Fixed for the life of a cluster (docs/architecture.md, "The edge").
-pub const SHARDS: u32 = 4096;
+use handover_sip::ids::{Hashing, SHARDS, shard_of};
 
 const NONE: u16 = u16::MAX;
 
@@ -40,7 +37,7 @@ impl Table {
             .iter()
             .map(|b| b.to_string().into_bytes())
             .collect();
-        let mut owner = vec![NONE; SHARDS as usize].into_boxed_slice();
+        let mut owner = vec![NONE; SHARDS].into_boxed_slice();
         let mut own_key = vec![None; backends.len()];
         for (shard, slot) in owner.iter_mut().enumerate() {
             let mut best: Option<(u64, u16)> = None;
@@ -75,7 +72,7 @@ impl Table {
     /// If `owners` does not hold [`SHARDS`] entries or names a backend
     /// beyond `backends`.
     pub fn from_owners(backends: Vec<SocketAddr>, owners: &[Option<usize>], epoch: u64) -> Self {
-        assert_eq!(owners.len(), SHARDS as usize);
+        assert_eq!(owners.len(), SHARDS);
         assert!(backends.len() < usize::from(NONE));
         let mut up = vec![false; backends.len()];
         let mut own_key = vec![None; backends.len()];
@@ -103,7 +100,7 @@ impl Table {
     /// The backend that owns `key`'s shard: its index and address.
     #[inline]
     pub fn route(&self, key: u64) -> Option<(usize, SocketAddr)> {
-        let i = self.owner[(key % u64::from(SHARDS)) as usize];
+        let i = self.owner[shard_of(key, SHARDS)];
         (i != NONE).then(|| (usize::from(i), self.backends[usize::from(i)]))
     }
 
@@ -129,8 +126,8 @@ impl Table {
     }
 
     /// Shard owner per shard (`None` when no backend is up).
-    pub fn owner_of_shard(&self, shard: u32) -> Option<usize> {
-        let i = self.owner[shard as usize];
+    pub fn owner_of_shard(&self, shard: usize) -> Option<usize> {
+        let i = self.owner[shard];
         (i != NONE).then_some(usize::from(i))
     }
 
@@ -159,12 +156,12 @@ mod tests {
     #[test]
     fn a_cluster_map_routes_each_shard_to_its_owner() {
         let b = addrs(3);
-        let owners: Vec<Option<usize>> = (0..SHARDS as usize)
+        let owners: Vec<Option<usize>> = (0..SHARDS)
             .map(|s| if s % 2 == 0 { Some(2) } else { None })
             .collect();
         let t = Table::from_owners(b.clone(), &owners, 9);
         assert_eq!(t.route(4), Some((2, b[2])));
-        assert_eq!(t.route(4 + u64::from(SHARDS)), Some((2, b[2])));
+        assert_eq!(t.route(4 + SHARDS as u64), Some((2, b[2])));
         assert_eq!(t.route(5), None);
         assert_eq!(t.up(), &[false, false, true]);
         assert_eq!(t.key_for_backend(2), Some(0));
@@ -179,7 +176,7 @@ mod tests {
             count[t.owner_of_shard(s).unwrap()] += 1;
         }
         for c in count {
-            let share = c as f64 / f64::from(SHARDS);
+            let share = c as f64 / SHARDS as f64;
             assert!((share - 1.0 / 3.0).abs() < 0.05, "{count:?}");
         }
     }
@@ -200,7 +197,7 @@ mod tests {
                 owned_by_1,
                 "only the dead backend's shards move"
             );
-            let frac = moved(&all, &less) as f64 / f64::from(SHARDS);
+            let frac = moved(&all, &less) as f64 / SHARDS as f64;
             println!(
                 "n={n}: removing one backend moved {:.3} of shards (ideal {:.3})",
                 frac,
@@ -217,7 +214,7 @@ mod tests {
         let h = Hashing::default();
         let three = Table::new(addrs(3), vec![true; 3], 1, &h);
         let four = Table::new(addrs(4), vec![true; 4], 2, &h);
-        let frac = moved(&three, &four) as f64 / f64::from(SHARDS);
+        let frac = moved(&three, &four) as f64 / SHARDS as f64;
         println!("adding a 4th backend moved {frac:.3} of shards (ideal 0.25)");
         assert!((frac - 0.25).abs() < 0.05, "{frac}");
         for s in 0..SHARDS {

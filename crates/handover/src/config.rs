@@ -519,7 +519,7 @@ impl Config {
             edge: match &w.edge {
                 // A name (a Kubernetes Service's) is looked up when the
                 // worker starts.
-                Some(s) => crate::cluster::host_port(s.get_ref()).ok_or_else(|| {
+                Some(s) => handover_worker::peers::host_port(s.get_ref()).ok_or_else(|| {
                     err(
                         Some(s.span()),
                         Some("worker.edge"),

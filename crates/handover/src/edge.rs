@@ -147,13 +147,13 @@ fn settings(a: &EdgeArgs) -> anyhow::Result<(EdgeConfig, SocketAddr)> {
 pub(crate) fn run(args: EdgeArgs) -> anyhow::Result<()> {
     crate::init_tracing();
     let (cfg, admin_addr) = settings(&args)?;
-    let handle = crate::admin::install_recorder("edge")?;
+    let handle = handover_worker::admin::install_recorder("edge")?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the runtime")?;
     rt.block_on(async move {
-        let listener = crate::admin::bind(admin_addr).await?;
+        let listener = handover_worker::admin::bind(admin_addr).await?;
         let admin_local = listener.local_addr()?;
         let edge = Edge::start(cfg)?;
         println!(
@@ -164,7 +164,7 @@ pub(crate) fn run(args: EdgeArgs) -> anyhow::Result<()> {
         println!("metrics: http://{admin_local}/metrics");
         if !args.cluster.is_empty() {
             // Nobody owns anything until the first map arrives.
-            edge.set_members(&[], &vec![None; crate::cluster::SHARDS], 0);
+            edge.set_members(&[], &vec![None; handover_sip::ids::SHARDS], 0);
             println!("routing by the cluster's shard map from {:?}", args.cluster);
         }
         // Ready while the edge routes somewhere and is not draining.
@@ -174,7 +174,7 @@ pub(crate) fn run(args: EdgeArgs) -> anyhow::Result<()> {
             let draining = Arc::clone(&draining);
             Arc::new(move || !draining.load(std::sync::atomic::Ordering::Relaxed) && routes())
         };
-        let admin = tokio::spawn(crate::admin::serve(listener, handle, ready));
+        let admin = tokio::spawn(handover_worker::admin::serve(listener, handle, ready));
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         // The futures below borrow the edge: done with them before it stops.
         {
@@ -231,11 +231,11 @@ pub(crate) fn run(args: EdgeArgs) -> anyhow::Result<()> {
 /// back under the same name with a new IP (a rescheduled pod) is reached.
 /// Never returns.
 async fn watch_map(edge: &Edge, cluster: &[String]) {
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<crate::rpc::pb::MapView>(64);
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<handover_worker::rpc::pb::MapView>(64);
     for addr in cluster {
         tokio::spawn(watch_member(addr.clone(), tx.clone()));
     }
-    let mut current: Option<crate::rpc::pb::MapView> = None;
+    let mut current: Option<handover_worker::rpc::pb::MapView> = None;
     let mut resolved: std::collections::HashMap<u64, SocketAddr> = Default::default();
     let mut applied: Option<(u64, Vec<SocketAddr>)> = None;
     let mut every = tokio::time::interval(std::time::Duration::from_secs(5));
@@ -248,7 +248,7 @@ async fn watch_map(edge: &Edge, cluster: &[String]) {
                 if map.epoch <= epoch {
                     continue;
                 }
-                if map.owners.len() != crate::cluster::SHARDS {
+                if map.owners.len() != handover_sip::ids::SHARDS {
                     tracing::warn!(shards = map.owners.len(), "a shard map of the wrong size; ignored");
                     continue;
                 }
@@ -302,12 +302,15 @@ async fn watch_map(edge: &Edge, cluster: &[String]) {
 }
 
 fn grpc_addr(s: &str) -> Result<String, String> {
-    crate::cluster::host_port(s)
+    handover_worker::peers::host_port(s)
         .ok_or_else(|| format!("`{s}` is not an IP:PORT or HOST:PORT address"))
 }
 
 /// One member's map stream, forwarded to `tx`; reconnects forever.
-async fn watch_member(addr: String, tx: tokio::sync::mpsc::Sender<crate::rpc::pb::MapView>) {
+async fn watch_member(
+    addr: String,
+    tx: tokio::sync::mpsc::Sender<handover_worker::rpc::pb::MapView>,
+) {
     use tokio_stream::StreamExt as _;
     loop {
         // HTTP/2 pings find a frozen member (its TCP connection stays open).
@@ -318,8 +321,8 @@ async fn watch_member(addr: String, tx: tokio::sync::mpsc::Sender<crate::rpc::pb
             .keep_alive_timeout(std::time::Duration::from_secs(2));
         let stream = match endpoint.connect().await {
             Ok(ch) => {
-                crate::rpc::pb::admin_client::AdminClient::new(ch)
-                    .watch_map(crate::rpc::pb::WatchRequest {})
+                handover_worker::rpc::pb::admin_client::AdminClient::new(ch)
+                    .watch_map(handover_worker::rpc::pb::WatchRequest {})
                     .await
             }
             Err(e) => {

@@ -4,13 +4,10 @@
 //! roles are built; see `docs/architecture.md`.
 #![forbid(unsafe_code)]
 
-mod admin;
 mod cluster;
 mod config;
 mod edge;
 mod load;
-mod replica_record;
-mod rpc;
 mod status;
 mod up;
 mod worker;
@@ -108,6 +105,10 @@ fn main() -> ExitCode {
         },
         Command::Worker(args) => match worker::run(args) {
             Ok(()) => ExitCode::SUCCESS,
+            Err(e) if e.is::<handover_worker::sip::ReplicaEnded>() => {
+                eprintln!("error: {e:#}");
+                ExitCode::from(handover_worker::sip::ReplicaEnded::EXIT_CODE)
+            }
             Err(e) => {
                 eprintln!("error: {e:#}");
                 ExitCode::FAILURE

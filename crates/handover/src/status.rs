@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use anyhow::Context as _;
 use clap::Args;
 
-use crate::rpc::pb;
+use handover_worker::rpc::pb;
 
 #[derive(Debug, Args)]
 pub(crate) struct StatusArgs {

@@ -1,38 +1,14 @@
-//! `handover worker`: the B2BUA process. A thin shell around
-//! [`handover_call::B2bua`]: one UDP socket, one timer, the admin port.
-//! Requests it originates go to the edge; responses go to their top Via.
+//! `handover worker`: its flags, resolved with the `[worker]` section of
+//! the file into [`handover_worker::sip::Settings`]; the worker itself is
+//! the `handover-worker` crate.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Args;
-use handover_call::{B2bua, Config, Routes, TransferMode};
-use handover_sip::ids::Hashing;
-use handover_txn::{Instant, TimerConfig};
-use tokio::net::UdpSocket;
-
-/// Metric names of the worker.
-const CALLS_ACTIVE: &str = "handover_calls_active";
-const CALLS_STARTED: &str = "handover_calls_started_total";
-const CALLS_ANSWERED: &str = "handover_calls_answered_total";
-const CALLS_ENDED: &str = "handover_calls_ended_total";
-const TXNS_ACTIVE: &str = "handover_transactions_active";
-const RETRANSMISSIONS: &str = "handover_retransmissions_total";
-const FAILOVERS: &str = "handover_route_failovers_total";
-const UNANSWERED: &str = "handover_calls_unanswered_total";
-const FIRST_RESPONSE: &str = "handover_invite_first_response_seconds";
-const ANSWER: &str = "handover_invite_answer_seconds";
-const TRANSFERS: &str = "handover_transfers_total";
-const TRANSFER_TIME: &str = "handover_transfer_seconds";
-const ADOPTED: &str = "handover_calls_adopted_total";
-const NOT_SERVED: &str = "handover_worker_not_served_total";
-const UNREPLICATED: &str = "handover_calls_unreplicated_total";
-const HANDED_OVER: &str = "handover_calls_handed_over_total";
-const REPLACES_ELSEWHERE: &str = "handover_replaces_elsewhere_total";
-/// Replaces look-ups in flight at most (see the SIP loop).
-const MAX_LOOKUPS: usize = 256;
+use handover_call::TransferMode;
+use handover_worker::sip::Settings;
 
 #[derive(Debug, Args)]
 pub(crate) struct WorkerArgs {
@@ -91,43 +67,11 @@ pub(crate) struct WorkerArgs {
 }
 
 fn edge_addr(s: &str) -> Result<String, String> {
-    crate::cluster::host_port(s)
+    handover_worker::peers::host_port(s)
         .ok_or_else(|| format!("`{s}` is not an IP:PORT or HOST:PORT address"))
 }
 
-/// When the SIP loop must next run the B2BUA's timers: its next deadline,
-/// or an hour from now when it has none. (An hour from the worker's start
-/// was a deadline in the past once the worker had run an hour, so an idle
-/// worker spun.)
-fn next_wake(
-    start: tokio::time::Instant,
-    now: tokio::time::Instant,
-    deadline: Option<Instant>,
-) -> tokio::time::Instant {
-    let idle = now + Duration::from_secs(3600);
-    // A deadline a peer pushed far out (a huge Session-Expires) would
-    // overflow `Instant + Duration`: the hour's wake covers it.
-    deadline
-        .and_then(|t| start.checked_add(t.since_epoch()))
-        .map_or(idle, |t| t.min(idle))
-}
-
 /// The effective settings: file (or defaults), then flags.
-struct Settings {
-    listen: SocketAddr,
-    edge: SocketAddr,
-    advertise: Option<SocketAddr>,
-    admin: SocketAddr,
-    routes: Vec<String>,
-    max_call_age_s: u64,
-    ring_timeout_s: u64,
-    transfer_mode: TransferMode,
-    t1_ms: u64,
-    hashing: Hashing,
-    trusted: handover_call::trust::Trusted,
-    cluster: crate::cluster::ClusterArgs,
-}
-
 fn settings(a: WorkerArgs) -> anyhow::Result<Settings> {
     let file = match &a.config {
         Some(p) => crate::config::Config::load(p)?,
@@ -135,9 +79,23 @@ fn settings(a: WorkerArgs) -> anyhow::Result<Settings> {
     };
     let w = file.worker;
     let parse = |s: &str| s.parse::<SocketAddr>().expect("validated by config");
+    let replication = crate::cluster::configured(&a.cluster)?.map(|(id, peers)| {
+        handover_worker::replica::Settings {
+            id,
+            peers,
+            data: a
+                .cluster
+                .data
+                .clone()
+                .unwrap_or_else(|| std::path::PathBuf::from("handover-data")),
+            grpc_listen: a.cluster.grpc_listen,
+            fault_injection: a.cluster.fault_injection,
+            commit_window: Duration::from_millis(a.cluster.commit_window_ms),
+        }
+    });
     Ok(Settings {
         listen: a.listen.unwrap_or_else(|| parse(&w.listen)),
-        edge: crate::cluster::resolve_waiting(
+        edge: handover_worker::peers::resolve_waiting(
             a.edge.as_deref().unwrap_or(&w.edge),
             Duration::from_secs(60),
         )
@@ -160,422 +118,13 @@ fn settings(a: WorkerArgs) -> anyhow::Result<Settings> {
             !a.cluster.peers.is_empty(),
         )?,
         trusted: handover_call::trust::Trusted(a.trusted),
-        cluster: a.cluster,
+        replication,
     })
 }
 
+/// Runs a worker until SIGINT, a drain's end, or its replica's end
+/// ([`handover_worker::sip::ReplicaEnded`]).
 pub(crate) fn run(args: WorkerArgs) -> anyhow::Result<()> {
     crate::init_tracing();
-    let args = settings(args)?;
-    let mut routes = Routes::default();
-    for r in &args.routes {
-        routes.add(r).map_err(|e| anyhow::anyhow!("--route: {e}"))?;
-    }
-    if routes.is_empty() {
-        anyhow::bail!(
-            "no route configured: give at least one --route USER=IP:PORT (or *=IP:PORT), or [[worker.routes]] in --config"
-        );
-    }
-    let replication = crate::cluster::configured(&args.cluster)?;
-    let handle = crate::admin::install_recorder("worker")?;
-    let mut replica = match replication {
-        Some((id, peers)) => {
-            let data = args
-                .cluster
-                .data
-                .clone()
-                .unwrap_or_else(|| std::path::PathBuf::from("handover-data"));
-            let r = crate::cluster::start(
-                id,
-                peers,
-                data,
-                args.cluster.grpc_listen,
-                args.cluster.fault_injection,
-                Duration::from_millis(args.cluster.commit_window_ms),
-            )?;
-            println!(
-                "replication: raft id {id}, gRPC on {}, log in {}",
-                r.grpc,
-                r.data.display()
-            );
-            Some(r)
-        }
-        None => None,
-    };
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the runtime")?;
-    rt.block_on(async move {
-        let listener = crate::admin::bind(args.admin).await?;
-        let admin_local = listener.local_addr()?;
-        let sock = UdpSocket::bind(args.listen).await.map_err(|e| {
-            if e.kind() == std::io::ErrorKind::AddrInUse {
-                anyhow::anyhow!(
-                    "{} is already in use: pick another address with --listen",
-                    args.listen
-                )
-            } else {
-                anyhow::anyhow!("cannot open UDP socket on {}: {e}", args.listen)
-            }
-        })?;
-        println!("handover worker listening on udp {}", sock.local_addr()?);
-        println!("metrics: http://{admin_local}/metrics");
-        let ready_rx = replica.as_ref().map(|r| r.ready.clone());
-        // Ready when replication is off, or once the replica has a map and
-        // has applied what it knows is committed.
-        let draining = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let draining_r = Arc::clone(&draining);
-        let ready = move || {
-            !draining_r.load(std::sync::atomic::Ordering::Relaxed)
-                && ready_rx.as_ref().is_none_or(|r| *r.borrow())
-        };
-        tokio::spawn(crate::admin::serve(listener, handle, Arc::new(ready)));
-        let timers = TimerConfig {
-            t1: Duration::from_millis(args.t1_ms),
-            t2: Duration::from_secs(4).max(Duration::from_millis(args.t1_ms)),
-            ..TimerConfig::default()
-        };
-        timers
-            .validate()
-            .map_err(|e| anyhow::anyhow!("--t1-ms: {e}"))?;
-        let cfg = Config {
-            advertised: args.advertise.unwrap_or(args.edge).to_string(),
-            timers,
-            hashing: args.hashing,
-            routes,
-            max_call_age: Duration::from_secs(args.max_call_age_s),
-            ring_timeout: Duration::from_secs(args.ring_timeout_s),
-            transfer_mode: args.transfer_mode,
-            trusted: args.trusted,
-        };
-        // Branches, tags and Call-IDs from a ChaCha12 stream seeded by the OS
-        // once: unpredictable, without a getrandom system call per id.
-        let rng = <rand_chacha::ChaCha12Rng as rand_core::SeedableRng>::try_from_os_rng()
-            .context("cannot seed the random number generator")?;
-        let mut b2b = B2bua::new(cfg, rng);
-        // Which shards this worker serves: all without replication; with
-        // it, those the cluster's map and lease give it (see cluster.rs).
-        let mut served = vec![replica.is_none(); crate::cluster::SHARDS];
-        if replica.is_some() {
-            b2b.set_replication(true);
-        }
-        let adopted = metrics::counter!(ADOPTED);
-        let not_served = metrics::counter!(NOT_SERVED);
-        let unreplicated = metrics::counter!(UNREPLICATED);
-        let handed_over = metrics::counter!(HANDED_OVER);
-        // By request: a REFER's Refer-To (the transfer's two calls are on
-        // two workers), or the INVITE of the transferee's new call.
-        let replaces_elsewhere = [
-            metrics::counter!(REPLACES_ELSEWHERE, "request" => "refer"),
-            metrics::counter!(REPLACES_ELSEWHERE, "request" => "invite"),
-        ];
-        // Datagrams whose Replaces names another worker's call, back with
-        // that call's committed record (see `B2bua::named_elsewhere`).
-        let (resolved_tx, mut resolved_rx) =
-            tokio::sync::mpsc::unbounded_channel::<(Vec<u8>, Option<handover_call::CallRecord>)>();
-        let mut lookups = 0usize;
-        let start = tokio::time::Instant::now();
-        let now = move || Instant::from_epoch(start.elapsed());
-        let mut buf = vec![0u8; 65_536];
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        // Once, before the loop: a `ctrl_c()` made anew in each turn of
-        // the loop misses a SIGINT that lands between two turns (a busy
-        // worker then never stopped).
-        let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
-        let started = metrics::counter!(CALLS_STARTED);
-        let answered = metrics::counter!(CALLS_ANSWERED);
-        let hung_up = metrics::counter!(CALLS_ENDED, "cause" => "hangup");
-        let failed = metrics::counter!(CALLS_ENDED, "cause" => "failed");
-        let torn_down = metrics::counter!(CALLS_ENDED, "cause" => "torn_down");
-        let active = metrics::gauge!(CALLS_ACTIVE);
-        let txns = metrics::gauge!(TXNS_ACTIVE);
-        let retrans = metrics::counter!(RETRANSMISSIONS);
-        let failovers = metrics::counter!(FAILOVERS);
-        let unanswered = metrics::counter!(UNANSWERED);
-        let first_response = metrics::histogram!(FIRST_RESPONSE);
-        let answer = metrics::histogram!(ANSWER);
-        let mut txns_at = start;
-        // A drain under way (its reply, its start), and when to exit after.
-        let mut drain: Option<(tokio::sync::oneshot::Receiver<bool>, tokio::time::Instant)> = None;
-        let mut drain_exit: Option<tokio::time::Instant> = None;
-        let mut last = handover_call::Stats::default();
-        loop {
-            let wake = next_wake(start, tokio::time::Instant::now(), b2b.poll_timeout());
-            let note = async {
-                match replica.as_mut() {
-                    Some(r) => r.notes.recv().await,
-                    None => std::future::pending().await,
-                }
-            };
-            tokio::select! {
-                r = sock.recv_from(&mut buf) => match r {
-                    Ok((n, _)) => {
-                        let lease_live = replica.as_ref().is_none_or(|r| r.lease.live());
-                        if lease_live && served_or_known(&buf[..n], &b2b, &served) {
-                            // The call a Replaces names is another worker's:
-                            // read its record from the replica, then handle
-                            // the datagram (below). At most MAX_LOOKUPS at
-                            // once: past that (a flood of Replaces naming
-                            // nothing) the datagram goes on without.
-                            let elsewhere = replica
-                                .as_ref()
-                                .filter(|_| lookups < MAX_LOOKUPS)
-                                .and_then(|r| b2b.named_elsewhere(&buf[..n]).map(|c| (r, c)));
-                            match elsewhere {
-                                Some((r, call_id)) => {
-                                    lookups += 1;
-                                    lookup_then(&r.lookup, call_id, buf[..n].to_vec(), &resolved_tx);
-                                }
-                                None => b2b.handle_datagram(now(), &buf[..n]),
-                            }
-                        } else {
-                            // Not ours (yet): the sender retransmits, and
-                            // by then the edge routes to the owner, or we
-                            // are it. A 481 here would end the call.
-                            not_served.increment(1);
-                        }
-                    }
-                    Err(e) => tracing::debug!(error = %e, "receive failed"),
-                },
-                Some((bytes, record)) = resolved_rx.recv() => {
-                    lookups -= 1;
-                    let lease_live = replica.as_ref().is_none_or(|r| r.lease.live());
-                    if lease_live && served_or_known(&bytes, &b2b, &served) {
-                        if let Some(r) = record {
-                            replaces_elsewhere[usize::from(!bytes.starts_with(b"REFER "))]
-                                .increment(1);
-                            b2b.learn_remote(r);
-                        }
-                        b2b.handle_datagram(now(), &bytes);
-                        b2b.forget_remote();
-                    } else {
-                        not_served.increment(1);
-                    }
-                }
-                Some(n) = note => match n {
-                    crate::cluster::Note::Serving { shard, calls } => {
-                        served[shard] = true;
-                        let t = now();
-                        for c in &calls {
-                            match crate::replica_record::decode(c) {
-                                Some(rec) => {
-                                    if b2b.adopt(t, rec) {
-                                        adopted.increment(1);
-                                    }
-                                }
-                                None => tracing::warn!("a replicated call record does not decode; skipped"),
-                            }
-                        }
-                        if !calls.is_empty() {
-                            tracing::info!(shard, calls = calls.len(), "serving a shard taken over");
-                        }
-                    }
-                    crate::cluster::Note::Stopped { shard } => {
-                        served[shard] = false;
-                        let n = b2b.hand_over(|k| k % crate::cluster::SHARDS as u64 == shard as u64);
-                        handed_over.increment(n as u64);
-                    }
-                    crate::cluster::Note::Committed { call_id } => {
-                        b2b.committed(now(), &call_id);
-                        // Confirmed here after its shard moved: the new
-                        // owner has it from the replica.
-                        if let Some(k) = b2b.key_of(&call_id)
-                            && !served[(k % crate::cluster::SHARDS as u64) as usize]
-                        {
-                            let n = b2b.hand_over(|x| x == k);
-                            handed_over.increment(n as u64);
-                        }
-                    }
-                },
-                () = tokio::time::sleep_until(wake) => b2b.handle_timeout(now()),
-                _ = int.recv() => break,
-                _ = term.recv() => match &replica {
-                    // SIGTERM (Kubernetes' stop): hand the shards over first.
-                    Some(r) if drain.is_none() && drain_exit.is_none() => {
-                        let (tx, rx) = tokio::sync::oneshot::channel();
-                        r.cmd.send(crate::cluster::Cmd::Drain(tx));
-                        draining.store(true, std::sync::atomic::Ordering::Relaxed);
-                        tracing::info!("SIGTERM: draining (handing this worker's shards and calls to the others)");
-                        drain = Some((rx, tokio::time::Instant::now()));
-                    }
-                    _ => break,
-                },
-                done = async {
-                    match drain.as_mut() {
-                        Some((rx, t0)) => {
-                            let deadline = *t0 + Duration::from_secs(10);
-                            matches!(tokio::time::timeout_at(deadline, rx).await, Ok(Ok(true)))
-                        }
-                        None => std::future::pending().await,
-                    }
-                } => {
-                    let took = drain.take().map(|(_, t)| t.elapsed()).unwrap_or_default();
-                    if done {
-                        tracing::info!(seconds = took.as_secs_f64(), calls_left = b2b.calls_active(), "drained: every shard handed over");
-                    } else {
-                        tracing::warn!("drain did not complete within 10 s (no quorum?); stopping anyway");
-                    }
-                    // Let what is in flight (2xx resends, BYEs) finish.
-                    drain_exit = Some(tokio::time::Instant::now() + Duration::from_secs(1));
-                }
-                () = async {
-                    match drain_exit {
-                        Some(t) => tokio::time::sleep_until(t).await,
-                        None => std::future::pending().await,
-                    }
-                } => break,
-            }
-            if let Some(r) = &replica {
-                let mut cmds = Vec::new();
-                while let Some(rep) = b2b.poll_replication() {
-                    cmds.push(match rep {
-                        handover_call::Replication::Upsert(rec) => crate::cluster::Cmd::Upsert {
-                            record: crate::replica_record::encode(&rec),
-                            call_id: rec.a_call_id,
-                            other_call_id: rec.b_call_id,
-                            key: rec.key,
-                            version: rec.version,
-                        },
-                        handover_call::Replication::Remove { a_call_id, key, version } => {
-                            crate::cluster::Cmd::Remove { call_id: a_call_id, key, version }
-                        }
-                    });
-                }
-                if !cmds.is_empty() {
-                    r.cmd.send_all(cmds);
-                }
-            }
-            while let Some((to, bytes)) = b2b.poll_transmit() {
-                let to = to.unwrap_or(args.edge);
-                if let Err(e) = sock.send_to(&bytes, to).await {
-                    tracing::debug!(%to, error = %e, "send failed");
-                }
-            }
-            let s = b2b.stats();
-            started.increment(s.started - last.started);
-            answered.increment(s.answered - last.answered);
-            hung_up.increment(s.hung_up - last.hung_up);
-            failed.increment(s.failed - last.failed);
-            torn_down.increment(s.torn_down - last.torn_down);
-            retrans.increment(s.retransmissions - last.retransmissions);
-            failovers.increment(s.failovers - last.failovers);
-            unanswered.increment(s.unanswered - last.unanswered);
-            unreplicated.increment(s.unreplicated - last.unreplicated);
-            while let Some(t) = b2b.poll_transfer() {
-                use handover_call::TransferResult as R;
-                let kind = if t.attended { "attended" } else { "blind" };
-                let result = match t.result {
-                    R::Accepted => "accepted",
-                    R::Rejected => "rejected",
-                    R::Succeeded => "succeeded",
-                    R::Failed => "failed",
-                };
-                // Once per transfer, not per datagram: a name lookup is fine.
-                let mode = if t.local { "local" } else { "passthrough" };
-                metrics::counter!(TRANSFERS, "kind" => kind, "mode" => mode, "result" => result)
-                    .increment(1);
-                if matches!(t.result, R::Succeeded | R::Failed) {
-                    metrics::histogram!(TRANSFER_TIME, "kind" => kind, "mode" => mode)
-                        .record(t.elapsed.as_secs_f64());
-                }
-            }
-            while let Some((kind, d)) = b2b.poll_latency() {
-                match kind {
-                    handover_call::Latency::FirstResponse => first_response.record(d.as_secs_f64()),
-                    handover_call::Latency::Answer => answer.record(d.as_secs_f64()),
-                }
-            }
-            // Walks every call: once a second, not per datagram.
-            if txns_at.elapsed() >= Duration::from_secs(1) {
-                txns.set(b2b.transactions_active() as f64);
-                txns_at = tokio::time::Instant::now();
-            }
-            active.set(b2b.calls_active() as f64);
-            last = s;
-        }
-        tracing::info!("stopping");
-        Ok(())
-    })
-}
-
-/// Asks the replica for the committed record of the call `call_id` names
-/// and sends `bytes` back with it (or without) on `done`, without blocking
-/// the SIP loop meanwhile. A call committed on its owner reaches this
-/// replica a round later (the leader's next append carries the commit
-/// index), and a transferor sends its REFER as soon as its other call is
-/// answered: so a miss is asked again, four times over 300 ms, before the
-/// datagram goes on without the record.
-fn lookup_then(
-    lookup: &tokio::sync::mpsc::UnboundedSender<crate::cluster::Lookup>,
-    call_id: Vec<u8>,
-    bytes: Vec<u8>,
-    done: &tokio::sync::mpsc::UnboundedSender<(Vec<u8>, Option<handover_call::CallRecord>)>,
-) {
-    let lookup = lookup.clone();
-    let done = done.clone();
-    tokio::spawn(async move {
-        let mut record = None;
-        for wait in [0, 30, 60, 90, 120] {
-            tokio::time::sleep(Duration::from_millis(wait)).await;
-            let (tx, rx) = tokio::sync::oneshot::channel();
-            let ask = crate::cluster::Lookup {
-                call_id: call_id.clone(),
-                reply: tx,
-            };
-            if lookup.send(ask).is_err() {
-                break;
-            }
-            record = tokio::time::timeout(Duration::from_millis(200), rx)
-                .await
-                .ok()
-                .and_then(Result::ok)
-                .flatten()
-                .and_then(|u| crate::replica_record::decode(&u));
-            if record.is_some() {
-                break;
-            }
-        }
-        let _ = done.send((bytes, record));
-    });
-}
-
-/// Whether a datagram is for a shard this worker serves, or for a call it
-/// holds. Every datagram from the edge carries the call's key in its top
-/// Via (`k=`); one without (a probe, bad input) is handled as usual.
-fn served_or_known<R: rand_core::RngCore>(bytes: &[u8], b2b: &B2bua<R>, served: &[bool]) -> bool {
-    let Ok(m) = handover_sip::scan(bytes) else {
-        return true;
-    };
-    let key = m
-        .top_via()
-        .param(b"k")
-        .and_then(|p| p.value)
-        .and_then(|v| handover_sip::ids::parse_hex_u64(v.of(m.buf())));
-    match key {
-        None => true,
-        Some(k) => served[(k % served.len() as u64) as usize] || b2b.knows(m.call_id()),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn an_idle_worker_sleeps_however_long_it_has_run() {
-        let start = tokio::time::Instant::now();
-        for up in [0, 3_599, 3_600, 7_200, 86_400 * 30] {
-            let now = start + Duration::from_secs(up);
-            assert!(
-                next_wake(start, now, None) > now + Duration::from_secs(3_000),
-                "idle after {up} s: the next wake is an hour away, not in the past"
-            );
-        }
-        let t = Instant::from_epoch(Duration::from_millis(7_200_500));
-        assert_eq!(
-            next_wake(start, start + Duration::from_secs(7_200), Some(t)),
-            start + Duration::from_millis(7_200_500)
-        );
-    }
+    handover_worker::sip::run(settings(args)?)
 }

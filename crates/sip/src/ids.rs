@@ -136,6 +136,19 @@ impl Default for Hashing {
     }
 }
 
+/// Number of shards of the affinity key space: a call belongs to shard
+/// `shard_of(key, SHARDS)`, and the edge, the workers and the replicated
+/// table all route by it. Fixed for the life of a cluster
+/// (docs/architecture.md, "The edge").
+pub const SHARDS: usize = 4096;
+
+/// The shard of an affinity key among `shards` (the product's count is
+/// [`SHARDS`]; the cluster's simulation runs with fewer).
+#[inline]
+pub fn shard_of(key: u64, shards: usize) -> usize {
+    (key % shards.max(1) as u64) as usize
+}
+
 impl Hashing {
     /// Hashing with a cluster secret.
     pub fn with_key(k0: u64, k1: u64) -> Self {

@@ -112,8 +112,8 @@ impl<R: RngCore> B2bua<R> {
             .header(HeaderName::ReferredBy)
             .and_then(|h| NameAddr::parse(m.buf(), h.value).ok())
             .map(|na| transfer::rewrite_name_addr(m.buf(), &na, &self.cfg.advertised, None));
-        let khex = call.khex;
-        let (via, contact) = (self.via(&khex), self.contact(&khex));
+        let key = call.key;
+        let (via, contact) = (self.via(key), self.contact(key));
         let timers = self.cfg.timers;
         // The target: the replaced call's other party in the dialog this
         // worker has with it; or a new leg, to that party with a Replaces
@@ -307,8 +307,8 @@ impl<R: RngCore> B2bua<R> {
         let Some(call) = self.calls.get(&cref) else {
             return;
         };
-        let khex = call.khex;
-        let (via, contact) = (self.via(&khex), self.contact(&khex));
+        let key = call.key;
+        let (via, contact) = (self.via(key), self.contact(key));
         let timers = self.cfg.timers;
         let Some(call) = self.calls.get_mut(&cref) else {
             return;
@@ -434,8 +434,8 @@ impl<R: RngCore> B2bua<R> {
         let Some(call) = self.calls.get(&cref) else {
             return;
         };
-        let khex = call.khex;
-        let via = self.via(&khex);
+        let key = call.key;
+        let via = self.via(key);
         let bye = d.request("BYE", None, &via, None, &[], None);
         if let (Ok(k), Some(call)) = (
             scan(&bye).map(|b| Key::server(&b)),
@@ -484,8 +484,8 @@ impl<R: RngCore> B2bua<R> {
         let Some(call) = self.calls.get(&cref) else {
             return;
         };
-        let khex = call.khex;
-        let (via, contact) = (self.via(&khex), self.contact(&khex));
+        let key = call.key;
+        let (via, contact) = (self.via(key), self.contact(key));
         let timers = self.cfg.timers;
         let Some(call) = self.calls.get_mut(&cref) else {
             return;
@@ -583,8 +583,8 @@ impl<R: RngCore> B2bua<R> {
         let Some(call) = self.calls.get(&cref) else {
             return;
         };
-        let khex = call.khex;
-        let via = self.via(&khex);
+        let key = call.key;
+        let via = self.via(key);
         let Some(call) = self.calls.get_mut(&cref) else {
             return;
         };

@@ -120,7 +120,7 @@ impl<R: RngCore> B2bua<R> {
         let Some(call) = self.calls.get_mut(&cref) else {
             return;
         };
-        let key = parse_hex_u64(&call.khex).unwrap_or_default();
+        let key = call.key;
         if call.over {
             if let Some((version, _)) = call.replicated.take() {
                 self.replication.push_back(Replication::Remove {
@@ -167,7 +167,7 @@ impl<R: RngCore> B2bua<R> {
     /// The affinity key of a call held here (by either leg's Call-ID).
     pub fn key_of(&self, call_id: &[u8]) -> Option<u64> {
         let call = self.calls.get(self.by_call_id.get(call_id)?)?;
-        parse_hex_u64(&call.khex)
+        Some(call.key)
     }
 
     /// Forgets the replicated calls whose key is `gone` (their shard moved
@@ -179,10 +179,7 @@ impl<R: RngCore> B2bua<R> {
             .calls
             .iter()
             .filter(|(_, c)| {
-                !c.over
-                    && c.replicated.is_some()
-                    && c.held_ok.is_none()
-                    && parse_hex_u64(&c.khex).is_some_and(&gone)
+                !c.over && c.replicated.is_some() && c.held_ok.is_none() && gone(c.key)
             })
             .map(|(&r, _)| r)
             .collect();
@@ -233,7 +230,7 @@ impl<R: RngCore> B2bua<R> {
         self.calls.insert(
             cref,
             Call {
-                khex: hex_u64(rec.key),
+                key: rec.key,
                 a_call_id: rec.a_call_id,
                 a_invite: rec.a_invite,
                 a_target: rec.a_target,

@@ -14,7 +14,7 @@ use tokio::net::TcpListener;
 
 /// Installs the Prometheus recorder for this process and sets
 /// `handover_build_info`. Only the binary installs a recorder.
-pub(crate) fn install_recorder(role: &'static str) -> anyhow::Result<PrometheusHandle> {
+pub fn install_recorder(role: &'static str) -> anyhow::Result<PrometheusHandle> {
     // Call-setup latency: a local answer takes milliseconds, a PSTN
     // post-dial delay seconds, and an answer waits on a person (up to
     // tens of seconds). Without buckets the exporter would render
@@ -49,10 +49,11 @@ pub(crate) fn install_recorder(role: &'static str) -> anyhow::Result<PrometheusH
     Ok(handle)
 }
 
-type Ready = Arc<dyn Fn() -> bool + Send + Sync>;
+/// Whether /readyz answers 200.
+pub type Ready = Arc<dyn Fn() -> bool + Send + Sync>;
 
 /// Binds the admin port; fails with a clear message when it is taken.
-pub(crate) async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
+pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
     TcpListener::bind(addr).await.map_err(|e| {
         if e.kind() == std::io::ErrorKind::AddrInUse {
             anyhow::anyhow!("admin address {addr} is already in use: pick another with --admin")
@@ -64,7 +65,7 @@ pub(crate) async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
 
 /// Serves the admin endpoints until the task is dropped. Runs upkeep of the
 /// metrics recorder every 5 s (histograms keep raw samples until then).
-pub(crate) async fn serve(listener: TcpListener, handle: PrometheusHandle, ready: Ready) {
+pub async fn serve(listener: TcpListener, handle: PrometheusHandle, ready: Ready) {
     let upkeep = handle.clone();
     tokio::spawn(async move {
         let mut t = tokio::time::interval(std::time::Duration::from_secs(5));

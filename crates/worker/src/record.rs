@@ -42,7 +42,7 @@ fn dialog(d: pb::Dialog) -> Dialog {
 }
 
 /// The bytes a `CallUpsert` carries for `r`.
-pub(crate) fn encode(r: &CallRecord) -> Vec<u8> {
+pub fn encode(r: &CallRecord) -> Vec<u8> {
     pb::CallState {
         a_call_id: r.a_call_id.clone(),
         a_invite: r.a_invite.clone(),
@@ -58,7 +58,7 @@ pub(crate) fn encode(r: &CallRecord) -> Vec<u8> {
 }
 
 /// The record of a replicated call; `None` when its bytes do not decode.
-pub(crate) fn decode(u: &pb::CallUpsert) -> Option<CallRecord> {
+pub fn decode(u: &pb::CallUpsert) -> Option<CallRecord> {
     let s = pb::CallState::decode(&u.record[..]).ok()?;
     Some(CallRecord {
         key: u.key,

@@ -5,6 +5,6 @@
     missing_debug_implementations,
     clippy::all
 )]
-pub(crate) mod pb {
+pub mod pb {
     tonic::include_proto!("handover.rpc.v1");
 }

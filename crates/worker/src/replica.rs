@@ -1,0 +1,794 @@
+//! The worker's replication shell: a [`handover_cluster::Node`] on its own
+//! thread, its log in redb under `--data`, raft messages over gRPC (tonic
+//! client streams, one per peer, batched), and the `Admin` service
+//! (`handover status`, the edges' map watch, drain).
+//!
+//! The SIP loop talks to it through channels only: it sends call records
+//! ([`Cmd`]) and hears which shards it serves, with the replicated calls of
+//! each shard it takes over ([`Note`]). Nothing on the SIP path waits for
+//! Raft.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use handover_cluster::{Config, Disk, Event, Message, Node, Window, pb as cpb, shard_of};
+use handover_sip::ids::SHARDS;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::peers::{Peer, resolve_now};
+use crate::rpc::pb;
+use crate::services::{Services, serving_map, unix_ms};
+
+/// One Raft tick.
+const TICK: Duration = Duration::from_millis(100);
+
+const RAFT_TERM: &str = "handover_raft_term";
+const RAFT_LEADER: &str = "handover_raft_leader";
+const RAFT_IS_LEADER: &str = "handover_raft_is_leader";
+const RAFT_COMMIT: &str = "handover_raft_commit_index";
+const RAFT_APPLY_LAG: &str = "handover_raft_apply_lag";
+const RAFT_COMMIT_TIME: &str = "handover_raft_commit_seconds";
+const RAFT_PROPOSALS: &str = "handover_raft_proposals_total";
+const RAFT_REFUSED: &str = "handover_raft_messages_refused_total";
+const MAP_EPOCH: &str = "handover_shard_map_epoch";
+const SHARDS_SERVED: &str = "handover_shards_served";
+const REPLICATED_CALLS: &str = "handover_replicated_calls";
+const MAP_CHANGES: &str = "handover_shard_map_changes_total";
+const MEMBERS_DOWN: &str = "handover_cluster_members_down_total";
+const RAFT_BATCH: &str = "handover_raft_batch_commands";
+
+/// How a worker replicates (its `--id`, `--peer`s and the rest, checked).
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// This worker's Raft id, among `peers`.
+    pub id: u64,
+    /// Every member, this one included.
+    pub peers: Vec<Peer>,
+    /// The directory of the Raft log.
+    pub data: PathBuf,
+    /// Where to bind gRPC (default: this worker's peer address).
+    pub grpc_listen: Option<SocketAddr>,
+    /// Tests only: `Admin.Isolate` and `Admin.Panic` act.
+    pub fault_injection: bool,
+    /// Group-commit window (zero: none).
+    pub commit_window: Duration,
+}
+
+/// What the SIP loop asks of the replica.
+#[derive(Debug)]
+pub enum Cmd {
+    Upsert {
+        call_id: Vec<u8>,
+        /// The other leg's (see `CallUpsert.other_call_id`).
+        other_call_id: Vec<u8>,
+        key: u64,
+        version: u64,
+        record: Vec<u8>,
+    },
+    Remove {
+        call_id: Vec<u8>,
+        key: u64,
+        version: u64,
+    },
+    Drain(oneshot::Sender<bool>),
+}
+
+/// What the replica tells the SIP loop.
+#[derive(Debug)]
+pub enum Note {
+    /// A call record this worker proposed is committed (or was refused:
+    /// either way the call's held 2xx may go).
+    Committed { call_id: Vec<u8> },
+    /// This worker now serves `shard`; `calls` are its replicated calls.
+    Serving {
+        shard: usize,
+        calls: Vec<cpb::CallUpsert>,
+    },
+    /// This worker no longer serves `shard`.
+    Stopped { shard: usize },
+}
+
+/// Commands from the SIP loop to the replica's thread: a queue under a
+/// lock that wakes the replica only when it stops being empty. With group
+/// commit the replica leaves the queue alone until its window closes, so
+/// a window's commands cost its thread one wake-up, not one per call
+/// (an unbounded channel woke it for each).
+#[derive(Debug, Default)]
+pub struct Cmds {
+    /// Each command with when it was queued (commit latency counts from
+    /// there).
+    queue: parking_lot::Mutex<Vec<(Cmd, tokio::time::Instant)>>,
+    wake: tokio::sync::Notify,
+}
+
+impl Cmds {
+    /// Queues `cmds`, waking the replica if the queue was empty.
+    pub fn send_all(&self, cmds: impl IntoIterator<Item = Cmd>) {
+        let now = tokio::time::Instant::now();
+        let was_empty = {
+            let mut q = self.queue.lock();
+            let was_empty = q.is_empty();
+            q.extend(cmds.into_iter().map(|c| (c, now)));
+            was_empty && !q.is_empty()
+        };
+        if was_empty {
+            self.wake.notify_one();
+        }
+    }
+
+    pub fn send(&self, cmd: Cmd) {
+        self.send_all(std::iter::once(cmd));
+    }
+
+    fn take(&self) -> Vec<(Cmd, tokio::time::Instant)> {
+        std::mem::take(&mut *self.queue.lock())
+    }
+}
+
+/// The SIP loop's side of the replica.
+#[derive(Debug)]
+pub struct Handle {
+    pub cmd: std::sync::Arc<Cmds>,
+    pub notes: mpsc::UnboundedReceiver<Note>,
+    /// The gRPC address actually bound.
+    pub grpc: SocketAddr,
+    pub data: PathBuf,
+    /// True once this worker has a map and has applied what it knows is
+    /// committed.
+    pub ready: watch::Receiver<bool>,
+    /// Until when this worker's lease lets it serve.
+    pub lease: Lease,
+    /// Look-ups of calls in the replicated table (any worker's), by
+    /// either leg's Call-ID: what a Replaces names may live elsewhere.
+    pub lookup: mpsc::UnboundedSender<Lookup>,
+}
+
+/// A question to the replica's thread: the committed record of the call
+/// one of whose legs has `call_id`.
+#[derive(Debug)]
+pub struct Lookup {
+    pub call_id: Vec<u8>,
+    pub reply: oneshot::Sender<Option<cpb::CallUpsert>>,
+}
+
+/// The replica's lease as a wall-clock deadline, shared with the SIP loop.
+#[derive(Debug, Clone)]
+pub struct Lease {
+    at: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    epoch: tokio::time::Instant,
+}
+
+impl Lease {
+    /// Whether the lease is live now.
+    pub fn live(&self) -> bool {
+        nanos_since(self.epoch, tokio::time::Instant::now())
+            < self.at.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+fn nanos_since(epoch: tokio::time::Instant, t: tokio::time::Instant) -> u64 {
+    u64::try_from(t.saturating_duration_since(epoch).as_nanos()).unwrap_or(u64::MAX)
+}
+
+
+/// Opens the log, binds the gRPC port and starts the replica's thread.
+pub fn start(settings: Settings) -> anyhow::Result<Handle> {
+    let Settings {
+        id,
+        peers,
+        data,
+        grpc_listen,
+        fault_injection,
+        commit_window: window,
+    } = settings;
+    let me = peers
+        .iter()
+        .find(|p| p.id == id)
+        .expect("validated")
+        .clone();
+    let bind = match grpc_listen {
+        Some(a) => a,
+        None => resolve_now(&me.grpc).map_err(|e| {
+            anyhow::anyhow!(
+                "cannot resolve this worker's gRPC address {} ({e}): give --grpc-listen 0.0.0.0:PORT",
+                me.grpc
+            )
+        })?,
+    };
+    std::fs::create_dir_all(&data)
+        .with_context(|| format!("cannot create the data directory {}", data.display()))?;
+    let voters: Vec<u64> = peers.iter().map(|p| p.id).collect();
+    let path = data.join(format!("raft-{id}.redb"));
+    let (disk, store) = Disk::open(&path, &voters)
+        .with_context(|| format!("cannot open the Raft log {}", path.display()))?;
+    let listener = std::net::TcpListener::bind(bind).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::AddrInUse {
+            anyhow::anyhow!("{bind} (gRPC of --peer {id}) is already in use: pick another port")
+        } else {
+            anyhow::anyhow!("cannot listen for gRPC on {bind}: {e}")
+        }
+    })?;
+    listener.set_nonblocking(true)?;
+    let grpc = listener.local_addr()?;
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let mut cfg = Config::new(id, voters, SHARDS);
+    cfg.group_commit = !window.is_zero();
+    let node = Node::with_disk(cfg, disk, store, seed).context("cannot start the Raft replica")?;
+    let cmd_tx = std::sync::Arc::new(Cmds::default());
+    let cmd_rx = std::sync::Arc::clone(&cmd_tx);
+    let (note_tx, note_rx) = mpsc::unbounded_channel();
+    let (lookup_tx, lookup_rx) = mpsc::unbounded_channel();
+    let (ready_tx, ready_rx) = watch::channel(false);
+    let lease = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let lease2 = std::sync::Arc::clone(&lease);
+    let epoch = tokio::time::Instant::now();
+    std::thread::Builder::new()
+        .name("raft".into())
+        .spawn(move || {
+            let run = std::panic::AssertUnwindSafe(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot start the Raft runtime");
+                        return;
+                    }
+                };
+                rt.block_on(async move {
+                    let listener = match tokio::net::TcpListener::from_std(listener) {
+                        Ok(l) => l,
+                        Err(e) => {
+                            tracing::error!(error = %e, "cannot use the gRPC listener");
+                            return;
+                        }
+                    };
+                    let isolation = fault_injection.then(Isolation::default);
+                    let mut replica =
+                        Replica::new(node, peers, cmd_rx, note_tx, ready_tx, (lease2, epoch));
+                    replica.window = window;
+                    replica.run(listener, isolation, lookup_rx).await;
+                });
+            });
+            // The replica only stops by failing. A worker must not go on
+            // without it: it would serve calls it cannot replicate while
+            // its health checks said all is well. Its end drops the notes'
+            // sender, and the SIP loop stops with `sip::ReplicaEnded`, so
+            // the others take its shards over and the orchestrator
+            // restarts it (a panic's own message is printed above by the
+            // panic hook).
+            let how = if std::panic::catch_unwind(run).is_ok() {
+                "stopped"
+            } else {
+                "panicked"
+            };
+            tracing::error!(how, "the Raft replica thread ended; the worker stops");
+        })
+        .context("cannot start the Raft thread")?;
+    Ok(Handle {
+        lease: Lease { at: lease, epoch },
+        lookup: lookup_tx,
+        cmd: cmd_tx,
+        notes: note_rx,
+        grpc,
+        data,
+        ready: ready_rx,
+    })
+}
+
+/// Fault injection (`--fault-injection`): until when this worker's Raft
+/// messages are dropped both ways, and whether its replica thread is to
+/// panic (tests of what a dead replica does to its worker).
+#[derive(Debug, Clone)]
+pub(crate) struct Isolation {
+    /// Nanoseconds after `epoch`; 0: not isolated.
+    until: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    epoch: tokio::time::Instant,
+    pub(crate) panic: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Default for Isolation {
+    fn default() -> Self {
+        Self {
+            until: Default::default(),
+            epoch: tokio::time::Instant::now(),
+            panic: Default::default(),
+        }
+    }
+}
+
+impl Isolation {
+    pub(crate) fn now(&self) -> bool {
+        nanos_since(self.epoch, tokio::time::Instant::now())
+            < self.until.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub(crate) fn until(&self, t: tokio::time::Instant) {
+        self.until.store(
+            nanos_since(self.epoch, t),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+}
+
+/// What the gRPC services read, refreshed by the replica's loop.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Shared {
+    pub(crate) status: pb::ClusterStatus,
+    pub(crate) map: pb::MapView,
+}
+
+struct Replica {
+    node: Node,
+    peers: Vec<Peer>,
+    cmds: std::sync::Arc<Cmds>,
+    notes: mpsc::UnboundedSender<Note>,
+    ready: watch::Sender<bool>,
+    served: Vec<bool>,
+    /// When `served` last changed (wall clock, for `handover status`).
+    served_since: std::time::SystemTime,
+    /// The lease's end, in nanoseconds after `epoch` (see `Handle::lease`).
+    lease: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    epoch: tokio::time::Instant,
+    /// Call-ID -> when its upsert was handed to Raft (commit latency).
+    pending: HashMap<Vec<u8>, tokio::time::Instant>,
+    drains: Vec<oneshot::Sender<bool>>,
+    /// Group commit window (`--commit-window-ms`).
+    window: Duration,
+}
+
+impl Replica {
+    fn new(
+        node: Node,
+        peers: Vec<Peer>,
+        cmds: std::sync::Arc<Cmds>,
+        notes: mpsc::UnboundedSender<Note>,
+        ready: watch::Sender<bool>,
+        (lease, epoch): (
+            std::sync::Arc<std::sync::atomic::AtomicU64>,
+            tokio::time::Instant,
+        ),
+    ) -> Self {
+        Self {
+            node,
+            peers,
+            cmds,
+            notes,
+            ready,
+            served: vec![false; SHARDS],
+            served_since: std::time::SystemTime::now(),
+            lease,
+            epoch,
+            pending: HashMap::new(),
+            drains: Vec::new(),
+            window: Duration::ZERO,
+        }
+    }
+
+    async fn run(
+        mut self,
+        listener: tokio::net::TcpListener,
+        isolation: Option<Isolation>,
+        mut lookups: mpsc::UnboundedReceiver<Lookup>,
+    ) {
+        let (inbox_tx, mut inbox) = mpsc::unbounded_channel::<Message>();
+        let (shared_tx, shared_rx) = watch::channel(Shared::default());
+        let (drain_tx, mut drain_rx) = mpsc::unbounded_channel::<oneshot::Sender<bool>>();
+        let services = Services {
+            inbox: inbox_tx,
+            shared: shared_rx,
+            drain: drain_tx,
+            isolation: isolation.clone(),
+        };
+        let panic_asked = isolation.as_ref().map(|i| std::sync::Arc::clone(&i.panic));
+        let isolated = move || isolation.as_ref().is_some_and(Isolation::now);
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        tokio::spawn(async move {
+            // Large HTTP/2 windows, so flow control rarely sends a
+            // WINDOW_UPDATE for appends of 6-10 KiB (no change measurable
+            // at 500 calls/s); Raft's own flow control bounds what is in
+            // flight.
+            let r = tonic::transport::Server::builder()
+                .initial_stream_window_size(Some(8 << 20))
+                .initial_connection_window_size(Some(16 << 20))
+                .tcp_nodelay(true)
+                .add_service(
+                    pb::raft_server::RaftServer::new(services.clone())
+                        .max_decoding_message_size(64 << 20),
+                )
+                .add_service(pb::admin_server::AdminServer::new(services))
+                .serve_with_incoming(incoming)
+                .await;
+            if let Err(e) = r {
+                tracing::error!(error = %e, "gRPC server stopped");
+            }
+        });
+        let mut outs: BTreeMap<u64, mpsc::UnboundedSender<Vec<Message>>> = BTreeMap::new();
+        for p in self.peers.iter().filter(|p| p.id != self.node.id()) {
+            let (tx, rx) = mpsc::unbounded_channel();
+            tokio::spawn(sender(p.grpc.clone(), rx));
+            outs.insert(p.id, tx);
+        }
+        let mut tick = tokio::time::interval(TICK);
+        // After a stall (a paused process, a starved thread) the missed
+        // ticks all run at once, so the replica's clock keeps up with the
+        // wall clock and its lease ends when it should.
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        let mut last_tick = tokio::time::Instant::now();
+        let proposals = metrics::counter!(RAFT_PROPOSALS);
+        let batch_hist = metrics::histogram!(RAFT_BATCH);
+        // Exported from the start, so a dashboard sees 0, not "no data".
+        for cause in ["dead", "drained"] {
+            metrics::counter!(MEMBERS_DOWN, "cause" => cause).increment(0);
+        }
+        metrics::counter!(MAP_CHANGES).increment(0);
+        // When the open group-commit window closes (`--commit-window-ms`).
+        let mut flush_at: Option<tokio::time::Instant> = None;
+        let window = Window::new(self.window);
+        loop {
+            if panic_asked
+                .as_ref()
+                .is_some_and(|p| p.load(std::sync::atomic::Ordering::Relaxed))
+            {
+                panic!("fault injection: the Raft replica thread panics");
+            }
+            let mut ticked = false;
+            let r = tokio::select! {
+                () = sleep_until_some(flush_at) => {
+                    flush_at = None;
+                    for (c, at) in self.cmds.take() {
+                        self.command(c, at, &proposals);
+                    }
+                    self.node.propose_queued()
+                }
+                t = tick.tick() => { ticked = true; last_tick = t; self.node.tick() }
+                Some(m) = inbox.recv() => {
+                    // Whatever else arrived in the same breath goes
+                    // through the same Ready (one disk write).
+                    let mut msgs = vec![m];
+                    while let Ok(m) = inbox.try_recv() {
+                        msgs.push(m);
+                    }
+                    let r = self.node.step_all(msgs);
+                    // A leader holding followers' proposals writes and
+                    // sends them when its window closes.
+                    if r.is_ok() && self.node.deferred() {
+                        let at = tokio::time::Instant::now() + window.leader_close(wall_clock());
+                        flush_at = Some(flush_at.map_or(at, |f| f.min(at)));
+                    }
+                    r
+                }
+                () = self.cmds.wake.notified() => {
+                    // Group commit (see `Window`): whatever is queued goes
+                    // when the current window closes, taken from the queue
+                    // only then. With no window a new call's record (its
+                    // 2xx waits for the commit) is proposed at once when
+                    // nothing else awaits a commit, else with the batch
+                    // that goes when that commit lands; updates and
+                    // removes wait for the next tick or the next batch.
+                    if window.on() {
+                        flush_at.get_or_insert_with(|| tokio::time::Instant::now() + window.close(wall_clock(), self.node.is_leader()));
+                        Ok(())
+                    } else {
+                        let idle = self.pending.is_empty();
+                        let mut urgent = false;
+                        for (c, at) in self.cmds.take() {
+                            urgent |= self.command(c, at, &proposals);
+                        }
+                        if urgent && idle {
+                            self.node.propose_queued()
+                        } else {
+                            Ok(())
+                        }
+                    }
+                }
+                Some(d) = drain_rx.recv() => {
+                    self.command(Cmd::Drain(d), tokio::time::Instant::now(), &proposals);
+                    Ok(())
+                }
+                Some(l) = lookups.recv() => {
+                    // A read of what this replica applied: committed state.
+                    let _ = l.reply.send(self.node.table().call_by_leg(&l.call_id).cloned());
+                    Ok(())
+                }
+            };
+            if let Err(e) = r {
+                // The log cannot be written: this replica must not go on
+                // acknowledging anything. Stop (the worker stops with it);
+                // the others carry on.
+                tracing::error!(error = %e, "Raft replica failed");
+                return;
+            }
+            send_out(&mut self.node, &outs, isolated());
+            let awaiting = self.pending.len();
+            let mut map_changed = false;
+            while let Some(e) = self.node.poll_event() {
+                match e {
+                    Event::Committed { call_id, .. } => {
+                        if let Some(t) = self.pending.remove(&call_id) {
+                            metrics::histogram!(RAFT_COMMIT_TIME).record(t.elapsed().as_secs_f64());
+                        }
+                        let _ = self.notes.send(Note::Committed { call_id });
+                    }
+                    Event::Refused { call_id } => {
+                        tracing::debug!(call_id = %String::from_utf8_lossy(&call_id), "call record refused: this worker no longer owns its shard");
+                        self.pending.remove(&call_id);
+                        let _ = self.notes.send(Note::Committed { call_id });
+                    }
+                    Event::Removed { call_id } => {
+                        self.pending.remove(&call_id);
+                    }
+                    Event::HandedOver { call_id } => {
+                        if let Some(c) = self.node.table().call(&call_id) {
+                            let shard = shard_of(c.key, SHARDS);
+                            // Not served yet: taken over with the shard.
+                            if self.served[shard] {
+                                let _ = self.notes.send(Note::Serving {
+                                    shard,
+                                    calls: vec![c.clone()],
+                                });
+                            }
+                        }
+                    }
+                    Event::Map { .. } => {
+                        map_changed = true;
+                        metrics::counter!(MAP_CHANGES).increment(1);
+                    }
+                    Event::MemberDown { node, drained } => {
+                        let cause = if drained { "drained" } else { "dead" };
+                        tracing::warn!(
+                            worker = node,
+                            cause,
+                            "worker left the shard map; its shards move to the others"
+                        );
+                        metrics::counter!(MEMBERS_DOWN, "cause" => cause).increment(1);
+                    }
+                    Event::Leader { id, term } => {
+                        tracing::info!(leader = id, term, "Raft leader");
+                    }
+                }
+            }
+            // The batch in flight committed: what queued behind it goes.
+            if self.window.is_zero()
+                && awaiting > 0
+                && self.pending.len() < awaiting
+                && self.node.queued() > 0
+            {
+                if let Err(e) = self.node.propose_queued() {
+                    tracing::error!(error = %e, "Raft replica failed");
+                    return;
+                }
+                send_out(&mut self.node, &outs, isolated());
+            }
+            // Renewals and membership changes queued by a tick go with
+            // the window too.
+            if window.on() && flush_at.is_none() && self.node.queued() > 0 {
+                flush_at = Some(tokio::time::Instant::now() + window.close(wall_clock(), self.node.is_leader()));
+            }
+            for n in self.node.take_batch_sizes() {
+                batch_hist.record(n as f64);
+            }
+            // The lease as a wall-clock deadline for the SIP loop, which
+            // checks it per datagram: a worker that was paused past its
+            // lease serves nothing before this thread catches up.
+            let left = TICK * u32::try_from(self.node.lease_ticks_left()).unwrap_or(u32::MAX);
+            self.lease.store(
+                nanos_since(self.epoch, last_tick + left),
+                std::sync::atomic::Ordering::Relaxed,
+            );
+            if ticked || map_changed {
+                self.refresh(&shared_tx);
+            }
+            if self.node.drained() {
+                for d in self.drains.drain(..) {
+                    let _ = d.send(true);
+                }
+            }
+        }
+    }
+
+    /// Queues a command; true when a caller waits on its commit.
+    fn command(&mut self, c: Cmd, at: tokio::time::Instant, proposals: &metrics::Counter) -> bool {
+        proposals.increment(1);
+        let urgent = matches!(c, Cmd::Upsert { version: 1, .. });
+        match c {
+            Cmd::Upsert {
+                call_id,
+                other_call_id,
+                key,
+                version,
+                record,
+            } => {
+                // Awaited: a new call's record (its 2xx is held).
+                if urgent && self.pending.len() < 1_000_000 {
+                    self.pending.insert(call_id.clone(), at);
+                }
+                self.node
+                    .upsert_legs(call_id, other_call_id, key, version, record);
+            }
+            Cmd::Remove {
+                call_id,
+                key,
+                version,
+            } => self.node.remove(call_id, key, version),
+            Cmd::Drain(reply) => {
+                self.node.drain();
+                self.drains.push(reply);
+                return true;
+            }
+        }
+        urgent
+    }
+
+    /// Serving changes, the status and map the services show, gauges.
+    fn refresh(&mut self, shared: &watch::Sender<Shared>) {
+        let mut gained = Vec::new();
+        let wall = std::time::SystemTime::now();
+        for shard in 0..SHARDS {
+            let now = self.node.serves(shard);
+            if now != self.served[shard] {
+                self.served[shard] = now;
+                self.served_since = wall;
+                if now {
+                    gained.push(shard);
+                } else {
+                    let _ = self.notes.send(Note::Stopped { shard });
+                }
+            }
+        }
+        if !gained.is_empty() {
+            let mut calls: BTreeMap<usize, Vec<cpb::CallUpsert>> =
+                gained.iter().map(|&s| (s, Vec::new())).collect();
+            for c in self.node.table().calls() {
+                if let Some(v) = calls.get_mut(&shard_of(c.key, SHARDS)) {
+                    v.push(c.clone());
+                }
+            }
+            for (shard, calls) in calls {
+                let _ = self.notes.send(Note::Serving { shard, calls });
+            }
+        }
+        let s = self.node.status();
+        let t = self.node.table();
+        let mut per: HashMap<u64, u64> = HashMap::new();
+        for c in t.calls() {
+            *per.entry(t.owner_of_key(c.key)).or_default() += 1;
+        }
+        let status = pb::ClusterStatus {
+            id: s.id,
+            leader: s.leader,
+            term: s.term,
+            commit: s.commit,
+            applied: s.applied,
+            epoch: s.epoch,
+            calls: s.calls as u64,
+            owned_shards: s.owned_shards as u64,
+            serving_shards: s.serving_shards as u64,
+            members_up: t.members_up().collect(),
+            calls_per_worker: per,
+            serving_map: serving_map(&self.served),
+            serving_since_unix_ms: unix_ms(self.served_since),
+            at_unix_ms: unix_ms(wall),
+            lease_until_unix_ms: {
+                // The SIP loop's deadline (stored just before this), as
+                // wall-clock time.
+                let at = self.epoch
+                    + Duration::from_nanos(self.lease.load(std::sync::atomic::Ordering::Relaxed));
+                unix_ms(wall + at.saturating_duration_since(tokio::time::Instant::now()))
+            },
+        };
+        metrics::gauge!(RAFT_TERM).set(s.term as f64);
+        metrics::gauge!(RAFT_LEADER).set(s.leader as f64);
+        metrics::gauge!(RAFT_IS_LEADER).set(f64::from(u8::from(s.leader == s.id)));
+        metrics::gauge!(RAFT_COMMIT).set(s.commit as f64);
+        metrics::gauge!(RAFT_APPLY_LAG).set(s.commit.saturating_sub(s.applied) as f64);
+        metrics::gauge!(MAP_EPOCH).set(s.epoch as f64);
+        metrics::gauge!(SHARDS_SERVED).set(s.serving_shards as f64);
+        metrics::gauge!(REPLICATED_CALLS).set(s.calls as f64);
+        metrics::counter!(RAFT_REFUSED).absolute(self.node.refused());
+        let ready = s.epoch > 0 && s.leader != 0 && self.node.caught_up();
+        self.ready
+            .send_if_modified(|r| std::mem::replace(r, ready) != ready);
+        // Status readers take the latest when they ask; map watchers
+        // (edges) are woken only by a new epoch, not by every tick.
+        shared.send_if_modified(|sh| {
+            sh.status = status;
+            if sh.map.map.as_ref().map(|m| m.epoch) == Some(t.epoch()) {
+                return false;
+            }
+            sh.map = pb::MapView {
+                map: Some(cpb::ShardMap {
+                    epoch: t.epoch(),
+                    owners: t.owners().to_vec(),
+                }),
+                sip: self.peers.iter().map(|p| (p.id, p.sip.clone())).collect(),
+            };
+            true
+        });
+    }
+}
+
+/// Time since the Unix epoch (the group-commit windows are aligned on
+/// it, see [`Window`]).
+fn wall_clock() -> Duration {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+}
+
+/// Hands the node's messages to the peers' senders, one batch per peer
+/// (nothing while isolated by fault injection).
+fn send_out(
+    node: &mut Node,
+    outs: &BTreeMap<u64, mpsc::UnboundedSender<Vec<Message>>>,
+    isolated: bool,
+) {
+    let mut per: BTreeMap<u64, Vec<Message>> = BTreeMap::new();
+    for m in node.take_messages() {
+        per.entry(m.to).or_default().push(m);
+    }
+    if isolated {
+        return;
+    }
+    for (to, msgs) in per {
+        if let Some(tx) = outs.get(&to) {
+            let _ = tx.send(msgs);
+        }
+    }
+}
+
+/// Sleeps until `t`, or forever without one.
+async fn sleep_until_some(t: Option<tokio::time::Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Sends raft messages to one peer over a client stream, reconnecting
+/// whenever it breaks. Messages that find no connection are dropped: raft
+/// resends what matters.
+async fn sender(to: String, mut rx: mpsc::UnboundedReceiver<Vec<Message>>) {
+    let url = format!("http://{to}");
+    loop {
+        let client = match pb::raft_client::RaftClient::connect(url.clone()).await {
+            Ok(c) => c.max_encoding_message_size(64 << 20),
+            Err(_) => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                // Drop what queued while the peer was away.
+                while rx.try_recv().is_ok() {}
+                continue;
+            }
+        };
+        let (tx, srx) = mpsc::channel::<pb::RaftBatch>(1024);
+        let mut client = client;
+        let mut call = Box::pin(async move {
+            client
+                .send(tokio_stream::wrappers::ReceiverStream::new(srx))
+                .await
+        });
+        loop {
+            tokio::select! {
+                batch = rx.recv() => {
+                    let Some(msgs) = batch else { return };
+                    let batch = pb::RaftBatch {
+                        group: 1,
+                        messages: msgs.iter().map(handover_cluster::encode_message).collect(),
+                    };
+                    if tx.send(batch).await.is_err() {
+                        break;
+                    }
+                }
+                _ = &mut call => break,
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+

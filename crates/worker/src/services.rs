@@ -1,0 +1,172 @@
+//! The replica's gRPC services: `Raft` (peers' messages in) and `Admin`
+//! (`handover status`, the edges' map watch, drain, fault injection).
+
+use std::time::Duration;
+
+use handover_cluster::Message;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_stream::StreamExt as _;
+
+use crate::replica::{Isolation, Shared};
+use crate::rpc::pb;
+
+#[derive(Clone)]
+pub(crate) struct Services {
+    pub(crate) inbox: mpsc::UnboundedSender<Message>,
+    pub(crate) shared: watch::Receiver<Shared>,
+    pub(crate) drain: mpsc::UnboundedSender<oneshot::Sender<bool>>,
+    pub(crate) isolation: Option<Isolation>,
+}
+
+#[tonic::async_trait]
+impl pb::raft_server::Raft for Services {
+    async fn send(
+        &self,
+        request: tonic::Request<tonic::Streaming<pb::RaftBatch>>,
+    ) -> Result<tonic::Response<pb::Ack>, tonic::Status> {
+        let mut stream = request.into_inner();
+        while let Some(batch) = stream.next().await {
+            let batch = batch?;
+            if batch.group != 1 {
+                return Err(tonic::Status::invalid_argument(format!(
+                    "unknown Raft group {}",
+                    batch.group
+                )));
+            }
+            if self.isolation.as_ref().is_some_and(Isolation::now) {
+                continue;
+            }
+            for bytes in &batch.messages {
+                match handover_cluster::decode_message(bytes) {
+                    Some(m) => {
+                        if self.inbox.send(m).is_err() {
+                            return Err(tonic::Status::unavailable("replica stopped"));
+                        }
+                    }
+                    None => {
+                        return Err(tonic::Status::invalid_argument("undecodable raft message"));
+                    }
+                }
+            }
+        }
+        Ok(tonic::Response::new(pb::Ack {}))
+    }
+}
+
+#[tonic::async_trait]
+impl pb::admin_server::Admin for Services {
+    async fn status(
+        &self,
+        _: tonic::Request<pb::StatusRequest>,
+    ) -> Result<tonic::Response<pb::ClusterStatus>, tonic::Status> {
+        Ok(tonic::Response::new(self.shared.borrow().status.clone()))
+    }
+
+    type WatchMapStream = std::pin::Pin<
+        Box<dyn tokio_stream::Stream<Item = Result<pb::MapView, tonic::Status>> + Send>,
+    >;
+
+    async fn watch_map(
+        &self,
+        _: tonic::Request<pb::WatchRequest>,
+    ) -> Result<tonic::Response<Self::WatchMapStream>, tonic::Status> {
+        let mut rx = self.shared.clone();
+        let stream = async_stream(move |tx| async move {
+            let mut last = None;
+            loop {
+                let view = rx.borrow_and_update().map.clone();
+                let epoch = view.map.as_ref().map(|m| m.epoch);
+                if epoch != last && epoch.is_some_and(|e| e > 0) {
+                    last = epoch;
+                    if tx.send(Ok(view)).await.is_err() {
+                        return;
+                    }
+                }
+                if rx.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(tonic::Response::new(stream))
+    }
+
+    async fn drain(
+        &self,
+        _: tonic::Request<pb::DrainRequest>,
+    ) -> Result<tonic::Response<pb::DrainReply>, tonic::Status> {
+        let (tx, rx) = oneshot::channel();
+        self.drain
+            .send(tx)
+            .map_err(|_| tonic::Status::unavailable("replica stopped"))?;
+        let drained = tokio::time::timeout(Duration::from_secs(10), rx)
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or(false);
+        Ok(tonic::Response::new(pb::DrainReply { drained }))
+    }
+
+    async fn isolate(
+        &self,
+        req: tonic::Request<pb::IsolateRequest>,
+    ) -> Result<tonic::Response<pb::IsolateReply>, tonic::Status> {
+        let Some(iso) = &self.isolation else {
+            return Err(tonic::Status::failed_precondition(
+                "fault injection is off: start the worker with --fault-injection",
+            ));
+        };
+        let req = req.into_inner();
+        if req.panic_replica {
+            tracing::warn!("fault injection: the replica thread will panic");
+            iso.panic.store(true, std::sync::atomic::Ordering::Relaxed);
+            return Ok(tonic::Response::new(pb::IsolateReply {}));
+        }
+        let ms = req.millis.min(600_000);
+        iso.until(tokio::time::Instant::now() + Duration::from_millis(ms));
+        tracing::warn!(ms, "fault injection: Raft traffic cut both ways");
+        Ok(tonic::Response::new(pb::IsolateReply {}))
+    }
+}
+
+/// A stream fed by a task through a channel (what `async-stream` would
+/// do, with what tokio already gives).
+fn async_stream<T, F, Fut>(f: F) -> std::pin::Pin<Box<dyn tokio_stream::Stream<Item = T> + Send>>
+where
+    T: Send + 'static,
+    F: FnOnce(mpsc::Sender<T>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (tx, rx) = mpsc::channel(16);
+    tokio::spawn(f(tx));
+    Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
+}
+
+/// `served` as a bitmap: bit s of byte s/8, least significant first.
+pub(crate) fn serving_map(served: &[bool]) -> Vec<u8> {
+    let mut m = vec![0u8; served.len().div_ceil(8)];
+    for (s, _) in served.iter().enumerate().filter(|(_, on)| **on) {
+        m[s / 8] |= 1 << (s % 8);
+    }
+    m
+}
+
+/// Milliseconds since the Unix epoch (0 for a time before it).
+pub(crate) fn unix_ms(t: std::time::SystemTime) -> u64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_serving_map_has_one_bit_per_shard_least_significant_first() {
+        let mut served = vec![false; 16];
+        served[0] = true;
+        served[9] = true;
+        served[15] = true;
+        assert_eq!(serving_map(&served), [0b0000_0001, 0b1000_0010]);
+        assert_eq!(serving_map(&[false; 4096]).len(), 512);
+    }
+}
