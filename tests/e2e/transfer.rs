@@ -658,7 +658,10 @@ fn attended_across_workers(kill_other_owner: bool) {
         u64::from_str_radix(&KEY[16..], 16).unwrap(),
     );
     let owner = |cid: &str| {
-        let shard = handover_sip::ids::shard_of(hashing.affinity_key(cid.as_bytes()), handover_sip::ids::SHARDS);
+        let shard = handover_sip::ids::shard_of(
+            hashing.affinity_key(cid.as_bytes()),
+            handover_sip::ids::SHARDS,
+        );
         (0..3u16).find(|&w| maps[w as usize][shard / 8] & (1 << (shard % 8)) != 0)
     };
     // SIPp's `-cid_str PREFIX%u` makes the first call's Call-ID PREFIX1.

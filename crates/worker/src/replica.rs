@@ -173,7 +173,6 @@ fn nanos_since(epoch: tokio::time::Instant, t: tokio::time::Instant) -> u64 {
     u64::try_from(t.saturating_duration_since(epoch).as_nanos()).unwrap_or(u64::MAX)
 }
 
-
 /// Opens the log, binds the gRPC port and starts the replica's thread.
 pub fn start(settings: Settings) -> anyhow::Result<Handle> {
     let Settings {
@@ -569,7 +568,9 @@ impl Replica {
             // Renewals and membership changes queued by a tick go with
             // the window too.
             if window.on() && flush_at.is_none() && self.node.queued() > 0 {
-                flush_at = Some(tokio::time::Instant::now() + window.close(wall_clock(), self.node.is_leader()));
+                flush_at = Some(
+                    tokio::time::Instant::now() + window.close(wall_clock(), self.node.is_leader()),
+                );
             }
             for n in self.node.take_batch_sizes() {
                 batch_hist.record(n as f64);
@@ -791,4 +792,3 @@ async fn sender(to: String, mut rx: mpsc::UnboundedReceiver<Vec<Message>>) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
-

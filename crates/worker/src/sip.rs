@@ -51,7 +51,6 @@ fn next_wake(
         .map_or(idle, |t| t.min(idle))
 }
 
-
 /// Everything a worker runs with, resolved (file, then flags) by the
 /// binary.
 #[derive(Debug)]
