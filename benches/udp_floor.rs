@@ -6,8 +6,7 @@
 
 use std::net::SocketAddr;
 
-use handover_edge::IoMode;
-use handover_edge::io::{Handler, bind_reuseport, run};
+use handover_io::{Handler, IoMode, bind_reuseport, run};
 
 struct Forward {
     backend: SocketAddr,

@@ -4,19 +4,16 @@
 //! thread, io_uring or epoll + recvmmsg), the routing table of shards to
 //! backends, and the OPTIONS health probes that keep that table true. It
 //! keeps no per-call state. What to do with each datagram is decided by the
-//! sans-IO [`proxy::Proxy`]; the platform I/O is in `sys`, the only module
-//! of handover with `unsafe` code.
+//! sans-IO [`proxy::Proxy`]; the socket loops are `handover-io`'s.
 //!
 //! Order of use: [`Edge::start`] binds and starts the data plane; run
 //! [`Edge::health_loop`] on a tokio runtime; [`Edge::shutdown`] stops.
-#![deny(unsafe_code)]
+#![forbid(unsafe_code)]
 
 pub mod health;
 pub mod metrics;
 pub mod proxy;
 pub mod routing;
-#[allow(unsafe_code)]
-mod sys;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -31,54 +28,9 @@ use tokio::time::Instant;
 
 pub use health::{Health, HealthConfig};
 
-/// The data plane's I/O loops without the SIP work, for tools that must do
-/// exactly the edge's I/O (the UDP floor benchmark in `benches/`).
-pub mod io {
-    use crate::IoMode;
-    pub use crate::sys::{Handler, bind_reuseport};
-
-    /// Whether this kernel (and seccomp profile) lets us set up io_uring.
-    pub fn uring_available() -> bool {
-        crate::sys::uring::available().is_ok()
-    }
-
-    /// Runs one thread's loop over `sock` in `mode` (`Auto` picks io_uring
-    /// when available) until the handler's `tick` returns false.
-    pub fn run(sock: &socket2::Socket, mode: IoMode, h: &mut impl Handler) -> std::io::Result<()> {
-        match mode {
-            IoMode::Epoll => crate::sys::mmsg::run(sock, h),
-            IoMode::Uring => crate::sys::uring::run(sock, h),
-            IoMode::Auto => match crate::sys::uring::available() {
-                Ok(()) => crate::sys::uring::run(sock, h),
-                Err(_) => crate::sys::mmsg::run(sock, h),
-            },
-        }
-    }
-}
+pub use handover_io::IoMode;
 pub use proxy::{BadInputLimiter, Drop, Outcome, Peer, Proxy};
 pub use routing::Table;
-
-/// How the data plane does I/O.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum IoMode {
-    /// io_uring when the kernel and seccomp allow it, else epoll.
-    Auto,
-    /// io_uring, or fail to start.
-    Uring,
-    /// epoll + recvmmsg/sendmmsg.
-    Epoll,
-}
-
-impl IoMode {
-    /// Name as in the configuration and the `io_mode` metric.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            IoMode::Auto => "auto",
-            IoMode::Uring => "uring",
-            IoMode::Epoll => "epoll",
-        }
-    }
-}
 
 /// Everything the edge needs to start.
 #[derive(Debug, Clone)]
@@ -199,10 +151,10 @@ impl Edge {
         let mode = match cfg.io {
             IoMode::Epoll => IoMode::Epoll,
             IoMode::Uring => {
-                sys::uring::available().map_err(StartError::UringUnavailable)?;
+                handover_io::uring_available().map_err(StartError::UringUnavailable)?;
                 IoMode::Uring
             }
-            IoMode::Auto => match sys::uring::available() {
+            IoMode::Auto => match handover_io::uring_available() {
                 Ok(()) => IoMode::Uring,
                 Err(e) => {
                     tracing::warn!(error = %e, "io_uring refused here (old kernel or seccomp); using epoll + recvmmsg");
@@ -230,8 +182,9 @@ impl Edge {
         }
         let mut sockets = Vec::with_capacity(threads);
         for _ in 0..threads {
-            let s = sys::bind_reuseport(listen, cfg.recv_buffer_bytes, cfg.send_buffer_bytes)
-                .map_err(|source| StartError::Socket {
+            let s =
+                handover_io::bind_reuseport(listen, cfg.recv_buffer_bytes, cfg.send_buffer_bytes)
+                    .map_err(|source| StartError::Socket {
                     addr: listen,
                     source,
                 })?;
@@ -280,10 +233,7 @@ impl Edge {
                 .name(format!("edge-{i}"))
                 .spawn(move || {
                     let mut t = Thread::new(shared, backends, limit);
-                    let r = match mode {
-                        IoMode::Uring => sys::uring::run(&sock, &mut t),
-                        _ => sys::mmsg::run(&sock, &mut t),
-                    };
+                    let r = handover_io::run(&sock, mode, &mut t);
                     t.local.flush(&t.handles);
                     if let Err(e) = r {
                         tracing::error!(error = %e, thread = i, "edge data-plane thread stopped");
@@ -470,7 +420,7 @@ fn probe_answer(b: &[u8], round: u64) -> Option<(usize, u16)> {
     (r.parse::<u64>().ok()? == round).then_some((i.parse().ok()?, status))
 }
 
-/// One data-plane thread's state: the [`sys::Handler`] its loop calls.
+/// One data-plane thread's state: the [`handover_io::Handler`] its loop calls.
 struct Thread {
     shared: Arc<Shared>,
     limiter: BadInputLimiter,
@@ -499,7 +449,7 @@ impl Thread {
     }
 }
 
-impl sys::Handler for Thread {
+impl handover_io::Handler for Thread {
     fn datagram(
         &mut self,
         from: SocketAddr,

@@ -105,7 +105,7 @@ impl LoadArgs {
             "epoll" => IoMode::Epoll,
             other => anyhow::bail!("--io {other}: expected auto, uring or epoll"),
         };
-        if io == IoMode::Uring && !handover_edge::io::uring_available() {
+        if io == IoMode::Uring && handover_io::uring_available().is_err() {
             anyhow::bail!(
                 "--io uring: this kernel or its seccomp profile refuses io_uring; use --io epoll (or auto)"
             );

@@ -32,7 +32,7 @@ mod run;
 mod scenario;
 
 pub use engine::{Counts, Engine, EngineConfig};
-pub use handover_edge::IoMode;
+pub use handover_io::IoMode;
 pub use report::{Latency, Progress, Report};
 pub use run::{Options, run};
 pub use scenario::{Mix, Scenario};

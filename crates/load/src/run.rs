@@ -83,7 +83,7 @@ impl<P: FnMut(&Progress)> Shell<'_, P> {
 }
 
 #[allow(clippy::disallowed_types)]
-impl<P: FnMut(&Progress)> handover_edge::io::Handler for Shell<'_, P> {
+impl<P: FnMut(&Progress)> handover_io::Handler for Shell<'_, P> {
     fn datagram(
         &mut self,
         _: SocketAddr,
@@ -270,7 +270,7 @@ fn run_one(
         starting_ended: None,
         final_deadline: None,
     };
-    handover_edge::io::run(&sock, mode, &mut sh)?;
+    handover_io::run(&sock, mode, &mut sh)?;
     let elapsed = t0.elapsed();
     let start_period = sh.starting_ended.map_or(elapsed, |s| s - t0);
     let e = &sh.e;
