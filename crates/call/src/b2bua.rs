@@ -609,17 +609,23 @@ impl<R: RngCore> B2bua<R> {
                 return;
             }
         };
+        self.handle_message(now, &m);
+    }
+
+    /// One message from the edge, already scanned (the worker scans each
+    /// datagram once, for its shard check, and hands the result down).
+    pub fn handle_message(&mut self, now: Instant, m: &Message<'_>) {
         let cref = self.by_call_id.get(m.call_id()).copied();
         let touched = match (m.is_request(), cref) {
             (true, Some(c)) => {
-                self.in_call_request(now, c, &m);
+                self.in_call_request(now, c, m);
                 Some(c)
             }
             (false, Some(c)) => {
-                self.in_call_response(now, c, &m);
+                self.in_call_response(now, c, m);
                 Some(c)
             }
-            (true, None) => self.new_request(now, &m),
+            (true, None) => self.new_request(now, m),
             (false, None) => None,
         };
         if let Some(c) = touched {

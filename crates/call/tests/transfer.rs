@@ -840,7 +840,10 @@ fn attended_transfer_across_workers_reads_the_other_call_from_its_record() {
     // Without the record (a call not committed yet, or unknown): refused,
     // and nothing of Bob's dialog reaches Alice.
     let r1 = refer(1);
-    assert_eq!(w1.b.named_elsewhere(r1.as_bytes()), Some(b"bob-2".to_vec()));
+    assert_eq!(
+        w1.b.named_elsewhere(&handover_sip::scan(r1.as_bytes()).unwrap()),
+        Some(b"bob-2".to_vec())
+    );
     let sent = w1.feed(1000, &r1);
     assert!(find(&sent, "REFER ").is_none(), "not relayed untranslated");
     let refused = find(&sent, "SIP/2.0 ").expect("an answer to Bob");
@@ -883,7 +886,7 @@ fn attended_transfer_across_workers_reads_the_other_call_from_its_record() {
         &format!("Replaces: {replaces}\r\n"),
     );
     assert_eq!(
-        w3.named_elsewhere(inv.as_bytes()),
+        w3.named_elsewhere(&handover_sip::scan(inv.as_bytes()).unwrap()),
         Some(cl.call_id().to_vec())
     );
     w3.learn_remote(record);

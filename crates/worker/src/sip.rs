@@ -230,29 +230,37 @@ pub fn run(args: Settings) -> anyhow::Result<()> {
             tokio::select! {
                 r = sock.recv_from(&mut buf) => match r {
                     Ok((n, _)) => {
+                        let bytes = &buf[..n];
                         let lease_live = replica.as_ref().is_none_or(|r| r.lease.live());
-                        if lease_live && served_or_known(&buf[..n], &b2b, &served) {
-                            // The call a Replaces names is another worker's:
-                            // read its record from the replica, then handle
-                            // the datagram (below). At most MAX_LOOKUPS at
-                            // once: past that (a flood of Replaces naming
-                            // nothing) the datagram goes on without.
-                            let elsewhere = replica
-                                .as_ref()
-                                .filter(|_| lookups < MAX_LOOKUPS)
-                                .and_then(|r| b2b.named_elsewhere(&buf[..n]).map(|c| (r, c)));
-                            match elsewhere {
-                                Some((r, call_id)) => {
-                                    lookups += 1;
-                                    lookup_then(&r.lookup, call_id, buf[..n].to_vec(), &resolved_tx);
+                        // Scanned once: the shard check, the Replaces
+                        // look-up and the B2BUA all read this `Message`.
+                        match handover_sip::scan(bytes) {
+                            Ok(m) if lease_live && served_or_known(&m, &b2b, &served) => {
+                                // The call a Replaces names is another
+                                // worker's: read its record from the
+                                // replica, then handle the datagram
+                                // (below). At most MAX_LOOKUPS at once:
+                                // past that (a flood of Replaces naming
+                                // nothing) the datagram goes on without.
+                                let elsewhere = replica
+                                    .as_ref()
+                                    .filter(|_| lookups < MAX_LOOKUPS)
+                                    .and_then(|r| b2b.named_elsewhere(&m).map(|c| (r, c)));
+                                match elsewhere {
+                                    Some((r, call_id)) => {
+                                        lookups += 1;
+                                        lookup_then(&r.lookup, call_id, bytes.to_vec(), &resolved_tx);
+                                    }
+                                    None => b2b.handle_message(now(), &m),
                                 }
-                                None => b2b.handle_datagram(now(), &buf[..n]),
                             }
-                        } else {
+                            // Bad input: the B2BUA answers it (400) where
+                            // it can.
+                            Err(_) if lease_live => b2b.handle_datagram(now(), bytes),
                             // Not ours (yet): the sender retransmits, and
                             // by then the edge routes to the owner, or we
                             // are it. A 481 here would end the call.
-                            not_served.increment(1);
+                            _ => not_served.increment(1),
                         }
                     }
                     Err(e) => tracing::debug!(error = %e, "receive failed"),
@@ -260,16 +268,17 @@ pub fn run(args: Settings) -> anyhow::Result<()> {
                 Some((bytes, record)) = resolved_rx.recv() => {
                     lookups -= 1;
                     let lease_live = replica.as_ref().is_none_or(|r| r.lease.live());
-                    if lease_live && served_or_known(&bytes, &b2b, &served) {
-                        if let Some(r) = record {
-                            replaces_elsewhere[usize::from(!bytes.starts_with(b"REFER "))]
-                                .increment(1);
-                            b2b.learn_remote(r);
+                    match handover_sip::scan(&bytes) {
+                        Ok(m) if lease_live && served_or_known(&m, &b2b, &served) => {
+                            if let Some(r) = record {
+                                replaces_elsewhere[usize::from(!bytes.starts_with(b"REFER "))]
+                                    .increment(1);
+                                b2b.learn_remote(r);
+                            }
+                            b2b.handle_message(now(), &m);
+                            b2b.forget_remote();
                         }
-                        b2b.handle_datagram(now(), &bytes);
-                        b2b.forget_remote();
-                    } else {
-                        not_served.increment(1);
+                        _ => not_served.increment(1),
                     }
                 }
                 n = note => match n {
@@ -462,13 +471,14 @@ fn lookup_then(
     });
 }
 
-/// Whether a datagram is for a shard this worker serves, or for a call it
-/// holds. Every datagram from the edge carries the call's key in its top
-/// Via (`k=`); one without (a probe, bad input) is handled as usual.
-fn served_or_known<R: rand_core::RngCore>(bytes: &[u8], b2b: &B2bua<R>, served: &[bool]) -> bool {
-    let Ok(m) = handover_sip::scan(bytes) else {
-        return true;
-    };
+/// Whether a message is for a shard this worker serves, or for a call it
+/// holds. Every message from the edge carries the call's key in its top
+/// Via (`k=`); one without (a probe) is handled as usual.
+fn served_or_known<R: rand_core::RngCore>(
+    m: &handover_sip::Message<'_>,
+    b2b: &B2bua<R>,
+    served: &[bool],
+) -> bool {
     let key = m
         .top_via()
         .param(b"k")

@@ -17,21 +17,21 @@
 use super::*;
 
 impl<R: RngCore> B2bua<R> {
-    /// The Call-ID named by a `Replaces` in `bytes` (an INVITE's header, or
-    /// a REFER's Refer-To) when no call of this worker has it: the shell
-    /// then looks it up in the replicated table. A cheap test first: the
-    /// bytes must contain `eplaces` or `EPLACES` (the header's name or the
-    /// URI header's, in the cases phones write), so other datagrams are not
-    /// scanned a second time.
-    pub fn named_elsewhere(&self, bytes: &[u8]) -> Option<Vec<u8>> {
+    /// The Call-ID named by a `Replaces` in `m` (an INVITE's header, or a
+    /// REFER's Refer-To) when no call of this worker has it: the shell then
+    /// looks it up in the replicated table. A cheap test first: the bytes
+    /// must contain `eplaces` or `EPLACES` (the header's name or the URI
+    /// header's, in the cases phones write), so other messages are not
+    /// searched header by header.
+    pub fn named_elsewhere(&self, m: &Message<'_>) -> Option<Vec<u8>> {
+        let bytes = m.buf();
         memchr::memmem::find(bytes, b"eplaces")
             .or_else(|| memchr::memmem::find(bytes, b"EPLACES"))?;
-        let m = scan(bytes).ok()?;
         let r = match m.method()? {
             Method::Invite if m.to_tag().is_none() => {
                 Replaces::parse(m.header(HeaderName::Replaces)?.value.of(m.buf()))?
             }
-            Method::Refer => transfer::refer_to(&m).ok()?.replaces?,
+            Method::Refer => transfer::refer_to(m).ok()?.replaces?,
             _ => return None,
         };
         (!self.by_call_id.contains_key(&r.call_id)).then_some(r.call_id)
