@@ -35,9 +35,9 @@ pub(crate) struct ClusterArgs {
     /// costs every replica a disk sync and wakes three processes. A new
     /// call's 2xx waits for its window (half of it on average) plus the
     /// round. 0 proposes a new call's record at once when no round is in
-    /// flight (lowest latency, more CPU: docs/benchmarks.md).
-    #[arg(long, default_value_t = 40)]
-    pub(crate) commit_window_ms: u64,
+    /// flight (lowest latency, more CPU: docs/benchmarks.md) [default: 40].
+    #[arg(long)]
+    pub(crate) commit_window_ms: Option<u64>,
     /// Tests only: let `Admin.Isolate` (`handover fault isolate`) cut this
     /// worker's Raft traffic, to partition it from the others.
     #[arg(long)]
@@ -45,6 +45,31 @@ pub(crate) struct ClusterArgs {
     /// Directory for this worker's Raft log [default: ./handover-data].
     #[arg(long)]
     pub(crate) data: Option<PathBuf>,
+}
+
+impl ClusterArgs {
+    /// The flags over the file's `[worker.replication]`: a flag given
+    /// replaces the key (`--peer`s replace the file's list).
+    pub(crate) fn over(mut self, f: &crate::config::ReplicationConfig) -> Self {
+        if self.id.is_none() && !self.id_from_hostname {
+            self.id = f.id;
+            self.id_from_hostname = f.id_from_hostname;
+        }
+        if self.peers.is_empty() {
+            self.peers = f.peers.clone();
+        }
+        if self.grpc_listen.is_none() {
+            self.grpc_listen = f
+                .grpc_listen
+                .as_deref()
+                .map(|a| a.parse().expect("validated by config"));
+        }
+        self.commit_window_ms.get_or_insert(f.commit_window_ms);
+        if self.data.is_none() {
+            self.data = Some(PathBuf::from(&f.data));
+        }
+        self
+    }
 }
 
 /// Validates the flags: `None` when replication is off.
@@ -76,5 +101,55 @@ pub(crate) fn configured(a: &ClusterArgs) -> anyhow::Result<Option<(u64, Vec<Pee
             }
             Ok(Some((id, peers)))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(src: &str) -> crate::config::ReplicationConfig {
+        crate::config::Config::parse(std::path::Path::new("t.toml"), src)
+            .unwrap()
+            .worker
+            .replication
+    }
+
+    fn none() -> ClusterArgs {
+        ClusterArgs {
+            id: None,
+            id_from_hostname: false,
+            peers: Vec::new(),
+            grpc_listen: None,
+            commit_window_ms: None,
+            fault_injection: false,
+            data: None,
+        }
+    }
+
+    #[test]
+    fn the_file_replicates_and_flags_replace_its_keys() {
+        let f = file(
+            "[worker.replication]\nid = 1\npeers = [\"1=127.0.0.1:7001,127.0.0.1:5081\", \"2=127.0.0.1:7002,127.0.0.1:5082\"]\ncommit_window_ms = 10\n",
+        );
+        let a = none().over(&f);
+        let (id, peers) = configured(&a)
+            .unwrap()
+            .expect("replicating from the file alone");
+        assert_eq!((id, peers.len()), (1, 2));
+        assert_eq!(a.commit_window_ms, Some(10));
+        assert_eq!(
+            a.data.as_deref(),
+            Some(std::path::Path::new("handover-data"))
+        );
+        let a = ClusterArgs {
+            id: Some(2),
+            commit_window_ms: Some(0),
+            ..none()
+        }
+        .over(&f);
+        assert_eq!((a.id, a.commit_window_ms), (Some(2), Some(0)));
+        // Without id and peers anywhere: no replication.
+        assert!(configured(&none().over(&file(""))).unwrap().is_none());
     }
 }

@@ -48,9 +48,33 @@ struct WorkerSection {
     transfer_mode: Option<Spanned<String>>,
     /// SIP timer T1, milliseconds.
     t1_ms: Option<Spanned<u64>>,
+    /// Trusted peers by address prefix (`["10.0.0.0/8", …]`): their
+    /// identity headers pass between the legs.
+    trusted: Option<Spanned<Vec<String>>>,
     /// Where calls go, tried in order.
     #[serde(default)]
     routes: Vec<RouteSection>,
+    #[serde(default)]
+    replication: ReplicationSection,
+}
+
+/// `[worker.replication]`: Raft (`--id`, `--peer`, …). Without `id` (or
+/// `id_from_hostname`) and `peers`, a worker does not replicate.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReplicationSection {
+    /// This worker's id among `peers`.
+    id: Option<Spanned<u64>>,
+    /// Take the id from the host name's trailing `-N` plus one.
+    id_from_hostname: Option<bool>,
+    /// Every member, this one included: `["ID=GRPC_ADDR,SIP_ADDR", …]`.
+    peers: Option<Spanned<Vec<String>>>,
+    /// Address to bind gRPC on, when not this worker's peer address.
+    grpc_listen: Option<Spanned<String>>,
+    /// Group-commit window, milliseconds (0: none).
+    commit_window_ms: Option<Spanned<u64>>,
+    /// Directory of the Raft log.
+    data: Option<String>,
 }
 
 /// `[[worker.routes]]`: one route; at most one of `user`, `prefix`,
@@ -90,6 +114,10 @@ struct EdgeSection {
     record_route: Option<bool>,
     /// Refused datagrams allowed per source address per second; 0 = no limit.
     bad_input_per_source: Option<u32>,
+    /// Replicated workers' gRPC addresses: route by their shard map.
+    cluster: Option<Spanned<Vec<String>>>,
+    /// Seconds to keep serving after SIGTERM with /readyz failing.
+    drain_s: Option<u64>,
     #[serde(default)]
     health: HealthSection,
 }
@@ -194,8 +222,24 @@ pub(crate) struct WorkerConfig {
     #[serde(serialize_with = "mode_name")]
     pub(crate) transfer_mode: handover_call::TransferMode,
     pub(crate) t1_ms: u64,
+    /// Trusted peers' prefixes, as given.
+    pub(crate) trusted: Vec<String>,
     /// Routes in the command-line form (`MATCH=TARGET[,TARGET…]`).
     pub(crate) routes: Vec<String>,
+    pub(crate) replication: ReplicationConfig,
+}
+
+/// Effective `[worker.replication]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub(crate) struct ReplicationConfig {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) id: Option<u64>,
+    pub(crate) id_from_hostname: bool,
+    pub(crate) peers: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) grpc_listen: Option<String>,
+    pub(crate) commit_window_ms: u64,
+    pub(crate) data: String,
 }
 
 /// Effective `[edge]`.
@@ -212,6 +256,9 @@ pub(crate) struct EdgeConfig {
     pub(crate) send_buffer_bytes: usize,
     pub(crate) record_route: bool,
     pub(crate) bad_input_per_source: u32,
+    /// Replicated workers' gRPC addresses (`IP:PORT` or `HOST:PORT`).
+    pub(crate) cluster: Vec<String>,
+    pub(crate) drain_s: u64,
     pub(crate) health: HealthConfig,
 }
 
@@ -419,6 +466,19 @@ impl Config {
                 ));
             }
         };
+        let mut cluster = Vec::new();
+        if let Some(c) = &e.cluster {
+            for v in c.get_ref() {
+                let Some(a) = handover_worker::peers::host_port(v) else {
+                    return Err(err(
+                        Some(c.span()),
+                        Some("edge.cluster"),
+                        format!("`{v}` is not an IP:PORT or HOST:PORT address"),
+                    ));
+                };
+                cluster.push(a);
+            }
+        }
         let hd = handover_edge::HealthConfig::default();
         let h = &e.health;
         let health = HealthConfig {
@@ -514,6 +574,59 @@ impl Config {
                 format!("{ring_timeout_s} is out of range: 1..=3600 seconds"),
             ));
         }
+        let mut trusted = Vec::new();
+        if let Some(t) = &w.trusted {
+            for v in t.get_ref() {
+                v.parse::<handover_call::trust::Cidr>()
+                    .map_err(|e| err(Some(t.span()), Some("worker.trusted"), e.to_string()))?;
+                trusted.push(v.clone());
+            }
+        }
+        let r = &w.replication;
+        let mut peers = Vec::new();
+        if let Some(p) = &r.peers {
+            for v in p.get_ref() {
+                handover_worker::peers::parse_peer(v).map_err(|e| {
+                    err(
+                        Some(p.span()),
+                        Some("worker.replication.peers"),
+                        e.to_string(),
+                    )
+                })?;
+                peers.push(v.clone());
+            }
+        }
+        let commit_window_ms = r.commit_window_ms.as_ref().map_or(40, |v| *v.get_ref());
+        if commit_window_ms > 1_000 {
+            return Err(err(
+                r.commit_window_ms.as_ref().map(Spanned::span),
+                Some("worker.replication.commit_window_ms"),
+                format!(
+                    "{commit_window_ms} is out of range: 0..=1000 ms (a new call's 2xx waits for it)"
+                ),
+            ));
+        }
+        let replication = ReplicationConfig {
+            id: r.id.as_ref().map(|v| *v.get_ref()),
+            id_from_hostname: r.id_from_hostname.unwrap_or(false),
+            peers,
+            grpc_listen: match &r.grpc_listen {
+                None => None,
+                Some(_) => Some(addr(&r.grpc_listen, "worker.replication.grpc_listen", "")?),
+            },
+            commit_window_ms,
+            data: r
+                .data
+                .clone()
+                .unwrap_or_else(|| "handover-data".to_string()),
+        };
+        if replication.id.is_some() && replication.id_from_hostname {
+            return Err(err(
+                r.id.as_ref().map(Spanned::span),
+                Some("worker.replication.id"),
+                "set id or id_from_hostname, not both".to_string(),
+            ));
+        }
         let worker = WorkerConfig {
             listen: addr(&w.listen, "worker.listen", "127.0.0.1:5080")?,
             edge: match &w.edge {
@@ -537,7 +650,9 @@ impl Config {
             ring_timeout_s,
             transfer_mode,
             t1_ms,
+            trusted,
             routes,
+            replication,
         };
         let ed = handover_edge::EdgeConfig::default();
         let edge = EdgeConfig {
@@ -551,6 +666,8 @@ impl Config {
             send_buffer_bytes: e.send_buffer_bytes.unwrap_or(ed.send_buffer_bytes),
             record_route: e.record_route.unwrap_or(ed.record_route),
             bad_input_per_source: e.bad_input_per_source.unwrap_or(ed.bad_input_per_source),
+            cluster,
+            drain_s: e.drain_s.unwrap_or(5),
             health,
         };
         Ok(Config {
@@ -629,6 +746,54 @@ mod tests {
             e.contains("t.toml:2:12: key `cluster.hash_key`: must be exactly 32 hex digits"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn every_worker_and_edge_flag_has_a_key() {
+        let c = parse(
+            "[edge]\ncluster = [\"handover-worker-0.handover-worker:7001\", \"127.0.0.1:7002\"]\ndrain_s = 9\n\
+             [worker]\ntrusted = [\"10.0.0.0/8\", \"192.0.2.7\"]\n\
+             [worker.replication]\nid = 2\npeers = [\"1=127.0.0.1:7001,127.0.0.1:5081\", \"2=127.0.0.1:7002,127.0.0.1:5082\"]\n\
+             grpc_listen = \"0.0.0.0:7002\"\ncommit_window_ms = 0\ndata = \"/var/lib/handover\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.edge.cluster.len(), 2);
+        assert_eq!(c.edge.drain_s, 9);
+        assert_eq!(c.worker.trusted, ["10.0.0.0/8", "192.0.2.7"]);
+        let r = &c.worker.replication;
+        assert_eq!((r.id, r.peers.len(), r.commit_window_ms), (Some(2), 2, 0));
+        assert_eq!(r.grpc_listen.as_deref(), Some("0.0.0.0:7002"));
+        assert_eq!(r.data, "/var/lib/handover");
+        // Defaults, written once here.
+        let d = parse("").unwrap();
+        assert_eq!(d.worker.replication.commit_window_ms, 40);
+        assert_eq!(d.worker.replication.data, "handover-data");
+        assert_eq!(d.edge.drain_s, 5);
+        assert!(
+            d.to_toml().contains("[worker.replication]"),
+            "{}",
+            d.to_toml()
+        );
+    }
+
+    #[test]
+    fn replication_keys_name_the_rule_broken() {
+        let e = parse("[worker.replication]\npeers = [\"1=localhost:7001\"]\n").unwrap_err();
+        assert!(e.contains("key `worker.replication.peers`"), "{e}");
+        assert!(e.contains("expected ID=GRPC_ADDR,SIP_ADDR"), "{e}");
+        let e = parse("[worker.replication]\ncommit_window_ms = 5000\n").unwrap_err();
+        assert!(
+            e.contains(
+                "t.toml:2:20: key `worker.replication.commit_window_ms`: 5000 is out of range"
+            ),
+            "{e}"
+        );
+        let e = parse("[worker.replication]\nid = 1\nid_from_hostname = true\n").unwrap_err();
+        assert!(e.contains("set id or id_from_hostname, not both"), "{e}");
+        let e = parse("[worker]\ntrusted = [\"10.0.0.0/33\"]\n").unwrap_err();
+        assert!(e.contains("key `worker.trusted`"), "{e}");
+        let e = parse("[edge]\ncluster = [\"not an address\"]\n").unwrap_err();
+        assert!(e.contains("key `edge.cluster`"), "{e}");
     }
 
     #[test]

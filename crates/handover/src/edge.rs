@@ -72,22 +72,38 @@ pub(crate) struct EdgeArgs {
     /// `IP:PORT` or `HOST:PORT`; the workers' SIP addresses come with the
     /// map (names looked up again every few seconds), so `--backend` is
     /// not needed then.
+    /// Replaces the file's `cluster`.
     #[arg(long = "cluster", value_name = "GRPC_ADDR", value_parser = grpc_addr)]
     cluster: Vec<String>,
     /// Seconds to keep serving after SIGTERM with /readyz failing, so the
-    /// load balancer stops sending here first (0: stop at once).
-    #[arg(long, default_value_t = 5)]
+    /// load balancer stops sending here first (0: stop at once)
+    /// [default: 5].
+    #[arg(long)]
+    drain_s: Option<u64>,
+}
+
+/// What `handover edge` runs with, flags over the file.
+struct Settings {
+    edge: EdgeConfig,
+    admin: SocketAddr,
+    /// Replicated workers' gRPC addresses to watch the map from.
+    cluster: Vec<String>,
     drain_s: u64,
 }
 
 /// Builds the edge's settings: file (or defaults), then flags.
-fn settings(a: &EdgeArgs) -> anyhow::Result<(EdgeConfig, SocketAddr)> {
+fn settings(a: &EdgeArgs) -> anyhow::Result<Settings> {
     let file = match &a.config {
         Some(p) => Config::load(p)?,
         None => Config::defaults(),
     };
     let e = &file.edge;
     let parse = |s: &str| s.parse::<SocketAddr>().expect("validated by config");
+    let cluster = if a.cluster.is_empty() {
+        e.cluster.clone()
+    } else {
+        a.cluster.clone()
+    };
     let mut backends: Vec<SocketAddr> = if a.backends.is_empty() {
         e.backends.iter().map(|b| parse(b)).collect()
     } else {
@@ -95,7 +111,7 @@ fn settings(a: &EdgeArgs) -> anyhow::Result<(EdgeConfig, SocketAddr)> {
     };
     // With a cluster the map fills the slots; one per member it watches.
     // Until then a slot holds an address no datagram comes from.
-    while backends.len() < a.cluster.len() {
+    while backends.len() < cluster.len() {
         backends.push(SocketAddr::from(([0, 0, 0, 0], backends.len() as u16 + 1)));
     }
     let io = match a.io {
@@ -110,7 +126,7 @@ fn settings(a: &EdgeArgs) -> anyhow::Result<(EdgeConfig, SocketAddr)> {
     };
     let health = HealthConfig {
         // With a cluster, the shard map says who is up, not probes.
-        interval_ms: if a.cluster.is_empty() {
+        interval_ms: if cluster.is_empty() {
             a.probe_interval_ms.unwrap_or(e.health.interval_ms)
         } else {
             0
@@ -122,11 +138,8 @@ fn settings(a: &EdgeArgs) -> anyhow::Result<(EdgeConfig, SocketAddr)> {
     health
         .validate()
         .map_err(|m| anyhow::anyhow!("probe settings: {m} (--probe-interval-ms, --probe-timeout-ms, --down-after, --up-after)"))?;
-    let hashing = crate::config::hashing(
-        a.hash_key,
-        file.cluster.hash_key_value,
-        !a.cluster.is_empty(),
-    )?;
+    let hashing =
+        crate::config::hashing(a.hash_key, file.cluster.hash_key_value, !cluster.is_empty())?;
     let cfg = EdgeConfig {
         listen: a.listen.unwrap_or_else(|| parse(&e.listen)),
         advertise: a.advertise.or_else(|| e.advertise.as_deref().map(parse)),
@@ -141,12 +154,22 @@ fn settings(a: &EdgeArgs) -> anyhow::Result<(EdgeConfig, SocketAddr)> {
         hashing,
         limits: file.sip.limits(),
     };
-    Ok((cfg, a.admin.unwrap_or_else(|| parse(&e.admin))))
+    Ok(Settings {
+        edge: cfg,
+        admin: a.admin.unwrap_or_else(|| parse(&e.admin)),
+        cluster,
+        drain_s: a.drain_s.unwrap_or(e.drain_s),
+    })
 }
 
 pub(crate) fn run(args: EdgeArgs) -> anyhow::Result<()> {
     crate::init_tracing();
-    let (cfg, admin_addr) = settings(&args)?;
+    let Settings {
+        edge: cfg,
+        admin: admin_addr,
+        cluster,
+        drain_s,
+    } = settings(&args)?;
     let handle = handover_worker::admin::install_recorder("edge")?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -162,10 +185,10 @@ pub(crate) fn run(args: EdgeArgs) -> anyhow::Result<()> {
             edge.io_mode().as_str()
         );
         println!("metrics: http://{admin_local}/metrics");
-        if !args.cluster.is_empty() {
+        if !cluster.is_empty() {
             // Nobody owns anything until the first map arrives.
             edge.set_members(&[], &vec![None; handover_sip::ids::SHARDS], 0);
-            println!("routing by the cluster's shard map from {:?}", args.cluster);
+            println!("routing by the cluster's shard map from {:?}", cluster);
         }
         // Ready while the edge routes somewhere and is not draining.
         let draining = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -186,10 +209,10 @@ pub(crate) fn run(args: EdgeArgs) -> anyhow::Result<()> {
                 std::future::pending::<()>().await
             };
             let watch = async {
-                if args.cluster.is_empty() {
+                if cluster.is_empty() {
                     std::future::pending::<()>().await;
                 }
-                watch_map(&edge, &args.cluster).await;
+                watch_map(&edge, &cluster).await;
             };
             tokio::pin!(health, watch);
             let drain = tokio::select! {
@@ -198,18 +221,15 @@ pub(crate) fn run(args: EdgeArgs) -> anyhow::Result<()> {
                 _ = tokio::signal::ctrl_c() => false,
                 _ = term.recv() => true,
             };
-            if drain && args.drain_s > 0 {
+            if drain && drain_s > 0 {
                 // SIGTERM (Kubernetes' stop): fail /readyz so the Service and
                 // the load balancer take this edge out, keep forwarding what
                 // still arrives meanwhile, then stop.
                 draining.store(true, std::sync::atomic::Ordering::Relaxed);
-                tracing::info!(
-                    seconds = args.drain_s,
-                    "draining: not ready, still forwarding"
-                );
-                println!("draining for {} s (SIGINT stops at once)", args.drain_s);
+                tracing::info!(seconds = drain_s, "draining: not ready, still forwarding");
+                println!("draining for {} s (SIGINT stops at once)", drain_s);
                 tokio::select! {
-                    () = tokio::time::sleep(std::time::Duration::from_secs(args.drain_s)) => {}
+                    () = tokio::time::sleep(std::time::Duration::from_secs(drain_s)) => {}
                     () = &mut health => {}
                     () = &mut watch => {}
                     _ = tokio::signal::ctrl_c() => {}

@@ -75,9 +75,9 @@ pub(crate) struct UpArgs {
     #[arg(long)]
     no_replication: bool,
     /// Workers' group-commit window in milliseconds (`worker
-    /// --commit-window-ms`).
-    #[arg(long, default_value_t = 40)]
-    commit_window_ms: u64,
+    /// --commit-window-ms`) [default: the worker's, 40].
+    #[arg(long)]
+    commit_window_ms: Option<u64>,
 }
 
 struct Kids(Vec<Child>);
@@ -239,7 +239,9 @@ pub(crate) fn run(mut a: UpArgs) -> anyhow::Result<()> {
             worker
                 .arg("--data")
                 .arg(data.join(format!("worker-{}", i + 1)));
-            worker.args(["--commit-window-ms", &a.commit_window_ms.to_string()]);
+            if let Some(w) = a.commit_window_ms {
+                worker.args(["--commit-window-ms", &w.to_string()]);
+            }
         }
         kids.0.push(
             worker

@@ -20,8 +20,9 @@ pub(crate) struct WorkerArgs {
     #[arg(long, value_parser = crate::config::parse_hash_key)]
     hash_key: Option<(u64, u64)>,
     /// A trusted peer (PBX, trunk) by address prefix, e.g. 10.0.0.0/8
-    /// (repeat): its P-Asserted-Identity, P-Preferred-Identity and
-    /// Remote-Party-ID pass between the legs; anyone else's are removed.
+    /// (repeat; replaces the file's `trusted`): its P-Asserted-Identity,
+    /// P-Preferred-Identity and Remote-Party-ID pass between the legs;
+    /// anyone else's are removed.
     #[arg(long = "trusted", value_name = "CIDR")]
     trusted: Vec<handover_call::trust::Cidr>,
     /// Address to receive SIP from the edge on [default: 127.0.0.1:5080].
@@ -79,20 +80,25 @@ fn settings(a: WorkerArgs) -> anyhow::Result<Settings> {
     };
     let w = file.worker;
     let parse = |s: &str| s.parse::<SocketAddr>().expect("validated by config");
-    let replication = crate::cluster::configured(&a.cluster)?.map(|(id, peers)| {
+    let cluster = a.cluster.over(&w.replication);
+    let replication = crate::cluster::configured(&cluster)?.map(|(id, peers)| {
         handover_worker::replica::Settings {
             id,
             peers,
-            data: a
-                .cluster
-                .data
-                .clone()
-                .unwrap_or_else(|| std::path::PathBuf::from("handover-data")),
-            grpc_listen: a.cluster.grpc_listen,
-            fault_injection: a.cluster.fault_injection,
-            commit_window: Duration::from_millis(a.cluster.commit_window_ms),
+            data: cluster.data.clone().expect("set by over()"),
+            grpc_listen: cluster.grpc_listen,
+            fault_injection: cluster.fault_injection,
+            commit_window: Duration::from_millis(cluster.commit_window_ms.expect("set by over()")),
         }
     });
+    let trusted = if a.trusted.is_empty() {
+        w.trusted
+            .iter()
+            .map(|t| t.parse().expect("validated by config"))
+            .collect()
+    } else {
+        a.trusted
+    };
     Ok(Settings {
         listen: a.listen.unwrap_or_else(|| parse(&w.listen)),
         edge: handover_worker::peers::resolve_waiting(
@@ -115,9 +121,9 @@ fn settings(a: WorkerArgs) -> anyhow::Result<Settings> {
         hashing: crate::config::hashing(
             a.hash_key,
             file.cluster.hash_key_value,
-            !a.cluster.peers.is_empty(),
+            !cluster.peers.is_empty(),
         )?,
-        trusted: handover_call::trust::Trusted(a.trusted),
+        trusted: handover_call::trust::Trusted(trusted),
         replication,
     })
 }
