@@ -1,0 +1,517 @@
+//! In-dialog requests relayed from one leg to the other (re-INVITE,
+//! UPDATE, INFO, OPTIONS, MESSAGE, REFER, NOTIFY, SUBSCRIBE), their
+//! answers relayed back, glare (491).
+
+use super::*;
+
+impl<R: RngCore> B2bua<R> {
+    pub(super) fn in_call_request(&mut self, now: Instant, cref: u64, m: &Message<'_>) {
+        let Some(call) = self.calls.get_mut(&cref) else {
+            return;
+        };
+        let from_a = m.call_id() == call.a_call_id.as_slice();
+        let key = Key::server(m);
+        // A retransmission of a non-INVITE request we already handle.
+        for n in &mut call.nits {
+            if let Nit::Server(k, t, _) = n
+                && *k == key
+            {
+                t.handle_request(now);
+                self.drain(now, cref);
+                return;
+            }
+        }
+        for r in &mut call.relays {
+            if r.srv_key == key {
+                match &mut r.srv {
+                    Srv::Invite(t) => t.handle_request(now, m),
+                    Srv::Other(t) => t.handle_request(now),
+                }
+                self.drain(now, cref);
+                return;
+            }
+        }
+        if self.local_request(now, cref, m) {
+            self.drain(now, cref);
+            return;
+        }
+        let Some(call) = self.calls.get_mut(&cref) else {
+            return;
+        };
+        match (m.method(), from_a) {
+            (Some(Method::Invite), true) if key == call.a_key => call.a_srv.handle_request(now, m),
+            (Some(Method::Ack), true) => {
+                if key == call.a_key {
+                    call.a_srv.handle_request(now, m); // ACK of our non-2xx
+                } else {
+                    call.a_ok = None; // ACK of our 2xx: stop resending it
+                }
+            }
+            (Some(Method::Ack), false) => {}
+            (Some(Method::Cancel), true) => {
+                let mut ok = Vec::new();
+                response(
+                    &m.reply_parts(),
+                    200,
+                    None,
+                    Some(call.a_tag.as_bytes()),
+                    &[],
+                    &mut ok,
+                );
+                let mut t = ServerNonInvite::new(now, self.cfg.timers);
+                t.send_response(now, 200, ok);
+                // The CANCEL's 200 goes before the INVITE's 487 (RFC 3261
+                // §9.2 answers the CANCEL first; phones expect that order).
+                while let Some(b) = t.poll_transmit() {
+                    self.out.push_back((via_target(m), b));
+                }
+                call.nits.push(Nit::Server(key, t, via_target(m)));
+                if Key::cancel_target(m) == call.a_key
+                    && call.a_srv.state() == ServerInviteState::Proceeding
+                {
+                    call.cancelled = true;
+                    let mut r = Vec::new();
+                    let inv = call.a_invite.clone();
+                    if let Ok(a) = scan(&inv) {
+                        response(
+                            &a.reply_parts(),
+                            487,
+                            None,
+                            Some(call.a_tag.as_bytes()),
+                            &[],
+                            &mut r,
+                        );
+                        call.a_srv.send_response(now, 487, r);
+                    }
+                    Self::cancel_b(call, now, self.cfg.timers);
+                }
+            }
+            (Some(Method::Bye), _) => {
+                let mut ok = Vec::new();
+                response(&m.reply_parts(), 200, None, None, &[], &mut ok);
+                let mut t = ServerNonInvite::new(now, self.cfg.timers);
+                t.send_response(now, 200, ok);
+                call.nits.push(Nit::Server(key, t, via_target(m)));
+                if let Some(d) = if from_a {
+                    &mut call.a_dialog
+                } else {
+                    &mut call.b_dialog
+                } {
+                    let _ = d.handle_request(m);
+                }
+                let key = call.key;
+                let via = self.via(key);
+                let Some(call) = self.calls.get_mut(&cref) else {
+                    return;
+                };
+                let other = if from_a {
+                    call.b_dialog.as_mut()
+                } else {
+                    call.a_dialog.as_mut()
+                };
+                if let Some(d) = other {
+                    let bye = d.request("BYE", None, &via, None, &[], None);
+                    if let Ok(b) = scan(&bye) {
+                        let k = Key::server(&b);
+                        call.nits.push(Nit::Client(
+                            k,
+                            ClientNonInvite::new(now, self.cfg.timers, bye),
+                        ));
+                    }
+                }
+                if !call.over {
+                    call.over = true;
+                    call.a_ok = None;
+                    self.stats.hung_up += 1;
+                }
+            }
+            (
+                Some(
+                    Method::Invite
+                    | Method::Update
+                    | Method::Info
+                    | Method::Options
+                    | Method::Message
+                    | Method::Refer
+                    | Method::Notify
+                    | Method::Subscribe,
+                ),
+                _,
+            ) if m.to_tag().is_some() => {
+                self.relay(now, cref, m, from_a);
+                return;
+            }
+            _ => {
+                let mut r = Vec::new();
+                let tag = if from_a {
+                    call.a_tag.as_bytes().to_vec()
+                } else {
+                    Vec::new()
+                };
+                response(&m.reply_parts(), 501, None, Some(&tag), &[], &mut r);
+                self.out.push_back((via_target(m), r));
+            }
+        }
+        self.drain(now, cref);
+    }
+
+    /// Relays an in-dialog request from one leg to the other (RFC 3261
+    /// §12.2, §14 for re-INVITE): the request goes out in the other leg's
+    /// dialog with that leg's next CSeq, and its answers come back.
+    pub(super) fn relay(&mut self, now: Instant, cref: u64, m: &Message<'_>, from_a: bool) {
+        let Some(call) = self.calls.get(&cref) else {
+            return;
+        };
+        let key = call.key;
+        let reply = |status: u16,
+                     phrase: Option<&'static str>,
+                     out: &mut VecDeque<(Option<SocketAddr>, Vec<u8>)>| {
+            let mut r = Vec::new();
+            let phrase = phrase.as_ref().map(|p| p as &dyn core::fmt::Display);
+            response(&m.reply_parts(), status, phrase, None, &[], &mut r);
+            out.push_back((via_target(m), r));
+        };
+        // After a BYE only the transfer's NOTIFYs still flow (the REFER's
+        // subscription outlives the call, RFC 5057 §5.2).
+        if call.over && m.method() != Some(Method::Notify) {
+            reply(481, None, &mut self.out);
+            return;
+        }
+        let put = match self.transfer_check(now, call, m, from_a) {
+            Ok(p) => p,
+            Err((status, phrase)) => {
+                reply(status, Some(phrase), &mut self.out);
+                return;
+            }
+        };
+        let via = self.via(key);
+        let contact = self.contact(key);
+        let timers = self.cfg.timers;
+        let Some(call) = self.calls.get_mut(&cref) else {
+            return;
+        };
+        let is_invite = m.method() == Some(Method::Invite);
+        if is_invite {
+            let pending_to_x = call.relays.iter().any(|r| {
+                r.from_a != from_a
+                    && matches!(&r.cli, Cli::Invite(c) if matches!(c.state(), InviteState::Calling | InviteState::Proceeding))
+            });
+            //= https://www.rfc-editor.org/rfc/rfc3261#section-14.2
+            //# A UAS that receives an INVITE on a dialog while an INVITE it had sent
+            //# on that dialog is in progress MUST return a 491 (Request Pending)
+            //# response to the received INVITE.
+            if pending_to_x {
+                reply(491, None, &mut self.out);
+                return;
+            }
+            let pending_from_x = call.relays.iter().any(|r| {
+                r.from_a == from_a
+                    && matches!(&r.srv, Srv::Invite(s) if s.state() == ServerInviteState::Proceeding)
+            });
+            //# A UAS that receives a second INVITE before it sends the final
+            //# response to a first INVITE with a lower CSeq sequence number on the
+            //# same dialog MUST return a 500 (Server Internal Error) response
+            if pending_from_x {
+                reply(500, None, &mut self.out);
+                return;
+            }
+        }
+        let (x, y) = if from_a {
+            (&mut call.a_dialog, &mut call.b_dialog)
+        } else {
+            (&mut call.b_dialog, &mut call.a_dialog)
+        };
+        let (Some(x), Some(y)) = (x.as_mut(), y.as_mut()) else {
+            // Not answered yet: early-dialog requests are not relayed.
+            reply(501, None, &mut self.out);
+            return;
+        };
+        if let Err(e) = x.handle_request(m) {
+            reply(e.status(), None, &mut self.out);
+            return;
+        }
+        if m.method() == Some(Method::Refer) && call.local_mode {
+            self.local_refer(now, cref, m, from_a);
+            self.drain(now, cref);
+            return;
+        }
+        let method = core::str::from_utf8(m.method_bytes()).unwrap_or("INFO");
+        let body = m.content_type().map(|ct| (ct, m.body()));
+        let refresh = matches!(m.method(), Some(Method::Invite | Method::Update));
+        let mut headers = end_to_end_headers(m, self.cfg.trusted.contains(sender_ip(m)));
+        for (name, value) in &put {
+            for h in m.headers().filter(|h| h.name == *name) {
+                let was = h.value.of(m.buf());
+                if let Some(slot) = headers.iter_mut().find(|(_, v)| core::ptr::eq(*v, was)) {
+                    slot.1 = value;
+                }
+            }
+        }
+        let out = y.request(
+            method,
+            None,
+            &via,
+            // Target refreshes carry our Contact, and so do REFER, NOTIFY
+            // and SUBSCRIBE (a dialog usage's requests: RFC 3515 §2.1,
+            // RFC 6665 §4.1.2.1 and §4.2.1): it names the edge with the
+            // call's key, never the phone on the other leg.
+            (refresh
+                || matches!(
+                    m.method(),
+                    Some(Method::Refer | Method::Notify | Method::Subscribe)
+                ))
+            .then_some(contact.as_slice()),
+            &headers,
+            body,
+        );
+        let out_seq = y.local_seq;
+        match m.method() {
+            Some(Method::Refer) => {
+                call.transfer = Some(Transfer {
+                    at: now,
+                    attended: m
+                        .header(HeaderName::ReferTo)
+                        .and_then(|h| NameAddr::parse(m.buf(), h.value).ok())
+                        .and_then(|na| na.uri().headers())
+                        .is_some_and(|h| {
+                            h.windows(9).any(|w| w.eq_ignore_ascii_case(b"replaces="))
+                        }),
+                    from_a,
+                    cseq_in: m.cseq().seq,
+                    cseq_out: out_seq,
+                    until: now + Transfer::DEFAULT_EXPIRY,
+                    done: false,
+                });
+            }
+            //= https://www.rfc-editor.org/rfc/rfc3515#section-2.4.5
+            //# The body of a NOTIFY MUST begin with a SIP Response Status-Line
+            Some(Method::Notify) => {
+                let state = m
+                    .header(HeaderName::SubscriptionState)
+                    .map(|h| h.value.of(m.buf()));
+                let terminated = state.is_some_and(|v| v.starts_with(b"terminated"));
+                let status = m
+                    .body()
+                    .strip_prefix(b"SIP/2.0 ")
+                    .and_then(|b| core::str::from_utf8(b.get(..3)?).ok()?.parse::<u16>().ok());
+                if let Some(t) = call.transfer.as_mut().filter(|t| t.from_a != from_a) {
+                    if let Some(e) = state.and_then(sub_expires) {
+                        t.until = now + e;
+                    }
+                    if terminated && !t.done {
+                        t.done = true;
+                        if let Some(st) = status.filter(|s| *s >= 200) {
+                            let result = if st < 300 {
+                                TransferResult::Succeeded
+                            } else {
+                                TransferResult::Failed
+                            };
+                            self.transfers.push_back(TransferEvent {
+                                attended: t.attended,
+                                local: false,
+                                result,
+                                elapsed: now - t.at,
+                            });
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+        let Ok(cli_key) = scan(&out).map(|o| Key::server(&o)) else {
+            return;
+        };
+        let (srv, cli) = if is_invite {
+            (
+                Srv::Invite(ServerInvite::new(now, timers, m)),
+                Cli::Invite(ClientInvite::new(now, timers, out.clone())),
+            )
+        } else {
+            (
+                Srv::Other(ServerNonInvite::new(now, timers)),
+                Cli::Other(ClientNonInvite::new(now, timers, out.clone())),
+            )
+        };
+        call.relays.push(Relay {
+            from_a,
+            req: m.as_bytes().to_vec(),
+            back: via_target(m),
+            srv_key: Key::server(m),
+            srv,
+            cli_key,
+            cli,
+            out,
+            ack: None,
+            relayed_final: false,
+        });
+        self.drain(now, cref);
+    }
+
+    /// The ACK of the 2xx to our relayed re-INVITE `out` (a new branch,
+    /// derived from the INVITE's, and the INVITE's CSeq number).
+    pub(super) fn ack_of(y: &mut Dialog, out: &[u8]) -> Option<Vec<u8>> {
+        let o = scan(out).ok()?;
+        let v = o.top_via();
+        let mut via = o.buf()[v.span().start..v.params_span().start].to_vec();
+        via.extend_from_slice(b";branch=");
+        via.extend_from_slice(v.branch()?);
+        via.extend_from_slice(b"-ack");
+        if let Some(k) = v.param(b"k").and_then(|p| p.value) {
+            via.extend_from_slice(b";k=");
+            via.extend_from_slice(k.of(o.buf()));
+        }
+        Some(y.request("ACK", Some(o.cseq().seq), &via, None, &[], None))
+    }
+
+    /// Moves the relays' output out and relays their answers back.
+    pub(super) fn drain_relays(&mut self, now: Instant, cref: u64) {
+        let Some(call) = self.calls.get(&cref) else {
+            return;
+        };
+        let contact = self.contact(call.key);
+        let Some(call) = self.calls.get_mut(&cref) else {
+            return;
+        };
+        let Call {
+            relays,
+            a_dialog,
+            b_dialog,
+            session_expires,
+            transfer,
+            ..
+        } = call;
+        let mut dead_leg = false;
+        for r in relays.iter_mut() {
+            let back = r.back;
+            let mut events = Vec::new();
+            match &mut r.cli {
+                Cli::Invite(c) => {
+                    while let Some(b) = c.poll_transmit() {
+                        self.out.push_back((None, b));
+                    }
+                    while let Some(e) = c.poll_event() {
+                        events.push(e);
+                    }
+                }
+                Cli::Other(c) => {
+                    while let Some(b) = c.poll_transmit() {
+                        self.out.push_back((None, b));
+                    }
+                    while let Some(e) = c.poll_event() {
+                        events.push(e);
+                    }
+                }
+            }
+            let is_invite = matches!(r.cli, Cli::Invite(_));
+            for e in events {
+                let Some((status, msg)) = e.into_response() else {
+                    continue;
+                };
+                if status == 100 {
+                    continue;
+                }
+                let resp = scan(&msg).ok();
+                if is_invite && (200..300).contains(&status) {
+                    // The 2xx of our re-INVITE: ACK it on its leg (again for
+                    // a retransmitted 2xx) and take its new target.
+                    let y = if r.from_a {
+                        b_dialog.as_mut()
+                    } else {
+                        a_dialog.as_mut()
+                    };
+                    if let (Some(y), Some(p)) = (y, resp.as_ref()) {
+                        y.handle_response(p);
+                        if r.ack.is_none() {
+                            r.ack = Self::ack_of(y, &r.out);
+                        }
+                    }
+                    if let Some(a) = &r.ack {
+                        self.out.push_back((None, a.clone()));
+                    }
+                }
+                if r.relayed_final {
+                    continue;
+                }
+                let Ok(req) = scan(&r.req) else { continue };
+                let body = resp
+                    .as_ref()
+                    .and_then(|p| p.content_type().map(|ct| (ct.to_vec(), p.body().to_vec())));
+                let body = body.as_ref().map(|(c, b)| (c.as_slice(), b.as_slice()));
+                let from_trusted = self.cfg.trusted.contains(addressee_ip(&r.out));
+                let mut extra = resp
+                    .as_ref()
+                    .map(|p| end_to_end_headers(p, from_trusted))
+                    .unwrap_or_default();
+                if is_invite && status < 300 {
+                    extra.push(("Contact", &contact));
+                }
+                // A refresh (re-INVITE or UPDATE answered 2xx) restarts the
+                // session timer with the interval it agreed on.
+                if (200..300).contains(&status)
+                    && matches!(req.method(), Some(Method::Invite | Method::Update))
+                    && let Some(i) = resp.as_ref().and_then(session_interval)
+                {
+                    *session_expires = Some(now + i);
+                }
+                let mut out = Vec::new();
+                response_with_body(
+                    &req.reply_parts(),
+                    status,
+                    None,
+                    None,
+                    &extra,
+                    body,
+                    &mut out,
+                );
+                match &mut r.srv {
+                    Srv::Invite(s) => s.send_response(now, status, out),
+                    Srv::Other(s) => s.send_response(now, status, out),
+                }
+                if status >= 200 {
+                    r.relayed_final = true;
+                    if req.method() == Some(Method::Refer)
+                        && let Some(t) = transfer.as_mut()
+                    {
+                        let result = if status < 300 {
+                            TransferResult::Accepted
+                        } else {
+                            // Refused: no subscription (RFC 3515 §2.4.2).
+                            t.done = true;
+                            TransferResult::Rejected
+                        };
+                        self.transfers.push_back(TransferEvent {
+                            attended: t.attended,
+                            local: false,
+                            result,
+                            elapsed: now - t.at,
+                        });
+                    }
+                }
+                if status == 408 || status == 481 {
+                    dead_leg = true;
+                }
+            }
+            match &mut r.srv {
+                Srv::Invite(s) => {
+                    while let Some(b) = s.poll_transmit() {
+                        self.out.push_back((back, b));
+                    }
+                    while s.poll_event().is_some() {}
+                }
+                Srv::Other(s) => {
+                    while let Some(b) = s.poll_transmit() {
+                        self.out.push_back((back, b));
+                    }
+                    while s.poll_event().is_some() {}
+                }
+            }
+        }
+        //= https://www.rfc-editor.org/rfc/rfc3261#section-12.2.1.2
+        //# If the response for a request within a dialog is a 481
+        //# (Call/Transaction Does Not Exist) or a 408 (Request Timeout), the UAC
+        //# SHOULD terminate the dialog.
+        if dead_leg {
+            self.tear_down(now, cref);
+        }
+    }
+}

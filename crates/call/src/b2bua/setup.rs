@@ -1,0 +1,481 @@
+//! A call's setup and its B leg: the INVITE to the routed target,
+//! failover to the next target, CANCEL, the callee's answers relayed to A,
+//! the held 2xx (replication), and tearing a call down.
+
+use super::*;
+
+impl<R: RngCore> B2bua<R> {
+    /// The INVITE of a new B leg to `target` for A's INVITE `m`: its own
+    /// Call-ID, tag and CSeq; A's From and SDP; Via and Contact naming the
+    /// edge with the call's key.
+    pub(super) fn leg_b_invite(
+        &mut self,
+        m: &Message<'_>,
+        key: u64,
+        target: SocketAddr,
+    ) -> (Vec<u8>, Vec<u8>) {
+        let user = m.request_uri().and_then(|u| u.user()).unwrap_or_default();
+        let b_call_id = self.ids.call_id().as_bytes().to_vec();
+        let b_tag = self.ids.tag();
+        let via = self.via(key);
+        let contact = self.contact(key);
+        let uri = format!("sip:{}@{}", String::from_utf8_lossy(user), target);
+        let to = format!("<{uri}>");
+        let from = m.from().map(|f| {
+            let s = f.span();
+            let p = f.params_span();
+            m.buf()[s.start..if p.is_empty() { s.end } else { p.start }].to_vec()
+        });
+        let from = from.unwrap_or_else(|_| b"<sip:anonymous@anonymous.invalid>".to_vec());
+        let body = m.content_type().map(|ct| (ct, m.body()));
+        let mf = m.max_forwards().unwrap_or(70).saturating_sub(1).min(255) as u8;
+        let headers = end_to_end_headers(m, self.cfg.trusted.contains(sender_ip(m)));
+        let invite = handover_sip::build::Request {
+            method: "INVITE",
+            uri: uri.as_bytes(),
+            via: &[&via],
+            from: &from,
+            from_tag: b_tag.as_bytes(),
+            to: to.as_bytes(),
+            call_id: &b_call_id,
+            cseq: 1,
+            max_forwards: mf,
+            contact: Some(&contact),
+            headers: &headers,
+            body,
+            ..Default::default()
+        }
+        .to_vec();
+        (b_call_id, invite)
+    }
+
+    /// After 408, 503 or no answer from the current target, starts a new B
+    /// leg to the route's next target. False when there is none left.
+    pub(super) fn fail_over(&mut self, now: Instant, cref: u64) -> bool {
+        let Some(call) = self.calls.get_mut(&cref) else {
+            return false;
+        };
+        if call.cancelled || call.answered || call.tried >= call.targets.len() {
+            return false;
+        }
+        let target = call.targets[call.tried];
+        call.tried += 1;
+        let (a_bytes, key, old) = (call.a_invite.clone(), call.key, call.b_call_id.clone());
+        let Ok(a) = scan(&a_bytes) else { return false };
+        let (cid, invite) = self.leg_b_invite(&a, key, target);
+        let timers = self.cfg.timers;
+        let Some(call) = self.calls.get_mut(&cref) else {
+            return false;
+        };
+        call.b_call_id = cid.clone();
+        call.b_invite = invite.clone();
+        call.b_cli = ClientInvite::new(now, timers, invite);
+        call.heard = false;
+        call.no_answer = false;
+        call.ring_deadline = Some(now + self.cfg.ring_timeout);
+        self.by_call_id.remove(&old);
+        self.by_call_id.insert(cid, cref);
+        self.stats.failovers += 1;
+        self.drain_outputs(cref);
+        true
+    }
+
+    /// Where an INVITE with `Replaces` (RFC 3891) goes when it names a
+    /// dialog of ours as the party there knows it (`to-tag` theirs,
+    /// `from-tag` ours): to that party's current target, whatever the
+    /// routes say, so the new call reaches the dialog it replaces.
+    pub(super) fn replaced_target(&self, m: &Message<'_>) -> Option<SocketAddr> {
+        let v = m.header(HeaderName::Replaces)?.value.of(m.buf());
+        let r = Replaces::parse(v)?;
+        let (_, a, b) = self.dialogs_of(&r.call_id)?;
+        let d = [a, b].into_iter().find(|d| {
+            d.id.call_id == r.call_id && d.id.remote_tag == r.to_tag && d.id.local_tag == r.from_tag
+        })?;
+        let t = &d.remote_target;
+        let u = handover_sip::Uri::parse(t, handover_sip::Span::new(0, t.len())).ok()?;
+        let ip: IpAddr = core::str::from_utf8(u.host()).ok()?.parse().ok()?;
+        Some(SocketAddr::new(ip, u.port().unwrap_or(5060)))
+    }
+
+    pub(super) fn new_call(&mut self, now: Instant, m: &Message<'_>) -> Option<u64> {
+        if let Err(r) = m.ua_check() {
+            let t = self.ids.tag();
+            let mut b = Vec::new();
+            response(
+                &m.reply_parts(),
+                r.status(),
+                Some(&r),
+                Some(t.as_bytes()),
+                &[],
+                &mut b,
+            );
+            self.out.push_back((via_target(m), b));
+            return None;
+        }
+        let user = m.request_uri().and_then(|u| u.user()).unwrap_or_default();
+        let host = m.request_uri().map_or(&b""[..], |u| u.host());
+        let key = self.cfg.hashing.affinity_key(m.call_id());
+        let (targets, mode) = match self.replaced_target(m) {
+            Some(t) => (vec![t], None),
+            None => self.cfg.routes.lookup(user, host, key),
+        };
+        let local_mode = mode.unwrap_or(self.cfg.transfer_mode) == TransferMode::Local;
+        let Some(&target) = targets.first() else {
+            let t = self.ids.tag();
+            self.respond(m, 404, Some(t.as_bytes()));
+            return None;
+        };
+        self.stats.started += 1;
+        let a_tag = self.ids.tag();
+        let a_srv = ServerInvite::new(now, self.cfg.timers, m);
+        let (b_call_id, b_invite) = self.leg_b_invite(m, key, target);
+        let b_cli = ClientInvite::new(now, self.cfg.timers, b_invite.clone());
+        let cref = self.next_ref;
+        self.next_ref += 1;
+        self.by_call_id.insert(m.call_id().to_vec(), cref);
+        self.by_call_id.insert(b_call_id.clone(), cref);
+        self.calls.insert(
+            cref,
+            Call {
+                key,
+                a_call_id: m.call_id().to_vec(),
+                a_invite: m.as_bytes().to_vec(),
+                a_target: via_target(m),
+                a_tag,
+                a_srv,
+                a_key: Key::server(m),
+                a_dialog: None,
+                a_ok: None,
+                b_call_id,
+                b_invite,
+                b_cli,
+                b_dialog: None,
+                b_ack: None,
+                cancelled: false,
+                answered: false,
+                answered_at: None,
+                session_expires: None,
+                started_at: now,
+                heard: false,
+                ring_deadline: Some(now + self.cfg.ring_timeout),
+                no_answer: false,
+                transfer: None,
+                local_mode,
+                local: None,
+                old_ids: Vec::new(),
+                targets,
+                tried: 1,
+                over: false,
+                nits: Vec::new(),
+                relays: Vec::new(),
+                replicated: None,
+                held_ok: None,
+            },
+        );
+        self.drain(now, cref);
+        Some(cref)
+    }
+
+    /// Cancels the B leg's INVITE if it has no final response yet (RFC 3261
+    /// §9.1; also sent before a provisional, where the callee has been
+    /// silent for the whole ring timeout).
+    pub(super) fn cancel_b(call: &mut Call, now: Instant, timers: TimerConfig) {
+        if matches!(
+            call.b_cli.state(),
+            InviteState::Calling | InviteState::Proceeding
+        ) {
+            let cancel = scan(&call.b_invite)
+                .map(|i| cancel_for(&i))
+                .unwrap_or_default();
+            if let Ok(ck) = scan(&cancel).map(|c| Key::server(&c)) {
+                call.nits
+                    .push(Nit::Client(ck, ClientNonInvite::new(now, timers, cancel)));
+            }
+        }
+    }
+
+    pub(super) fn in_call_response(&mut self, now: Instant, cref: u64, m: &Message<'_>) {
+        let Some(call) = self.calls.get_mut(&cref) else {
+            return;
+        };
+        let key = Key::client(m);
+        for n in &mut call.nits {
+            if let Nit::Client(k, t) = n
+                && *k == key
+            {
+                t.handle_response(now, m);
+                self.drain(now, cref);
+                return;
+            }
+        }
+        for r in &mut call.relays {
+            if r.cli_key == key {
+                match &mut r.cli {
+                    Cli::Invite(c) => c.handle_response(now, m),
+                    Cli::Other(c) => c.handle_response(now, m),
+                }
+                self.drain(now, cref);
+                return;
+            }
+        }
+        if self.local_response(now, cref, m) {
+            self.drain(now, cref);
+            return;
+        }
+        let Some(call) = self.calls.get_mut(&cref) else {
+            return;
+        };
+        if m.call_id() == call.b_call_id.as_slice() && m.cseq().method == Method::Invite {
+            call.b_cli.handle_response(now, m);
+        }
+        self.drain(now, cref);
+    }
+
+    /// Moves every transaction's output of call `cref` out, and acts on
+    /// their events.
+    pub(super) fn drain(&mut self, now: Instant, cref: u64) {
+        self.drain_outputs(cref);
+        let Some(call) = self.calls.get_mut(&cref) else {
+            return;
+        };
+        while let Some(e) = call.a_srv.poll_event() {
+            if let Event::Ack(_) = e {
+                call.a_ok = None;
+            }
+        }
+        let mut events = Vec::new();
+        while let Some(e) = call.b_cli.poll_event() {
+            events.push(e);
+        }
+        for e in events {
+            self.on_b_event(now, cref, e);
+        }
+        self.drain_relays(now, cref);
+        self.drain_local(now, cref);
+        // Last: what the steps above queued (BYEs, NOTIFYs, answers) goes
+        // out in the order it was queued.
+        let Some(call) = self.calls.get_mut(&cref) else {
+            return;
+        };
+        for n in &mut call.nits {
+            match n {
+                Nit::Client(_, t) => {
+                    while let Some(b) = t.poll_transmit() {
+                        self.out.push_back((None, b));
+                    }
+                    while t.poll_event().is_some() {}
+                }
+                Nit::Server(_, t, to) => {
+                    while let Some(b) = t.poll_transmit() {
+                        self.out.push_back((*to, b));
+                    }
+                    while t.poll_event().is_some() {}
+                }
+            }
+        }
+    }
+
+    pub(super) fn on_b_event(&mut self, now: Instant, cref: u64, e: Event) {
+        let (key, contact) = match self.calls.get(&cref) {
+            Some(c) => (c.key, self.contact(c.key)),
+            None => return,
+        };
+        let ack_via = self.via(key);
+        let Some(call) = self.calls.get_mut(&cref) else {
+            return;
+        };
+        let a_bytes = call.a_invite.clone();
+        let Ok(a) = scan(&a_bytes) else { return };
+        let Some((status, msg)) = e.into_response() else {
+            return;
+        };
+        if status >= 200 {
+            call.ring_deadline = None;
+        }
+        // The 487 of our own CANCEL after the ring timeout: no answer.
+        let status = if call.no_answer && status == 487 {
+            408
+        } else {
+            status
+        };
+        let resp = scan(&msg).ok();
+        let body = resp
+            .as_ref()
+            .and_then(|r| r.content_type().map(|ct| (ct.to_vec(), r.body().to_vec())));
+        let body_ref = body.as_ref().map(|(c, b)| (c.as_slice(), b.as_slice()));
+        let tag = call.a_tag;
+        if status > 100 && !call.heard && !call.cancelled {
+            call.heard = true;
+            self.latencies
+                .push_back((Latency::FirstResponse, now - call.started_at));
+        }
+        if (200..300).contains(&status) && !call.answered && !call.cancelled {
+            self.latencies
+                .push_back((Latency::Answer, now - call.started_at));
+        }
+        match status {
+            100 => {}
+            101..=199 if !call.cancelled => {
+                let from_trusted = self.cfg.trusted.contains(addressee_ip(&call.b_invite));
+                let mut extra = resp
+                    .as_ref()
+                    .map(|p| end_to_end_headers(p, from_trusted))
+                    .unwrap_or_default();
+                extra.push(("Contact", &contact));
+                let mut r = Vec::new();
+                response_with_body(
+                    &a.reply_parts(),
+                    status,
+                    None,
+                    Some(tag.as_bytes()),
+                    &extra,
+                    body_ref,
+                    &mut r,
+                );
+                call.a_srv.send_response(now, status, r);
+            }
+            200..=299 => {
+                let Some(resp) = resp else { return };
+                if call.b_dialog.is_none() {
+                    let inv = call.b_invite.clone();
+                    let dialog = scan(&inv).ok().and_then(|bi| Dialog::uac(&bi, &resp).ok());
+                    if let Some(mut d) = dialog {
+                        let ack = d.request("ACK", Some(1), &ack_via, None, &[], None);
+                        call.b_ack = Some(ack);
+                        call.b_dialog = Some(d);
+                    }
+                }
+                if let Some(ack) = &call.b_ack {
+                    self.out.push_back((None, ack.clone()));
+                }
+                let Some(call) = self.calls.get_mut(&cref) else {
+                    return;
+                };
+                if call.cancelled || call.answered {
+                    return;
+                }
+                call.answered = true;
+                call.answered_at = Some(now + self.cfg.max_call_age);
+                call.session_expires = session_interval(&resp).map(|i| now + i);
+                self.stats.answered += 1;
+                let from_trusted = self.cfg.trusted.contains(addressee_ip(&call.b_invite));
+                let mut extra = end_to_end_headers(&resp, from_trusted);
+                extra.push(("Contact", &contact));
+                let mut r = Vec::new();
+                response_with_body(
+                    &a.reply_parts(),
+                    status,
+                    None,
+                    Some(tag.as_bytes()),
+                    &extra,
+                    body_ref,
+                    &mut r,
+                );
+                call.a_dialog = Dialog::uas(&a, tag.as_bytes(), DialogState::Confirmed).ok();
+                if self.replicate && call.a_dialog.is_some() && call.b_dialog.is_some() {
+                    // Replicated calls: the 2xx that confirms the call to A
+                    // waits until the call is committed (`committed`), so a
+                    // call A believes up is never lost with this worker.
+                    call.held_ok = Some((status, r, now + Self::HOLD_OK_LIMIT));
+                } else {
+                    Self::send_ok(call, now, status, r, self.cfg.timers);
+                }
+            }
+            _ if status >= 300 || status == 408 => {
+                if matches!(status, 408 | 503) && self.fail_over(now, cref) {
+                    return;
+                }
+                let Some(call) = self.calls.get_mut(&cref) else {
+                    return;
+                };
+                if !call.cancelled && !call.answered {
+                    let mut r = Vec::new();
+                    response(
+                        &a.reply_parts(),
+                        status,
+                        None,
+                        Some(tag.as_bytes()),
+                        &[],
+                        &mut r,
+                    );
+                    call.a_srv.send_response(now, status, r);
+                }
+                if !call.over {
+                    call.over = true;
+                    self.stats.failed += 1;
+                }
+            }
+            _ => {}
+        }
+        self.drain_outputs(cref);
+    }
+
+    /// How long a 2xx waits for its call's commit before it goes to A
+    /// anyway (the call then lives unreplicated until its next change).
+    const HOLD_OK_LIMIT: Duration = Duration::from_secs(4);
+
+    /// Sends the 2xx that confirms the call to A and resends it until A's
+    /// ACK (§13.3.1.4).
+    pub(super) fn send_ok(
+        call: &mut Call,
+        now: Instant,
+        status: u16,
+        r: Vec<u8>,
+        timers: TimerConfig,
+    ) {
+        call.a_srv.send_response(now, status, r.clone());
+        let t1 = timers.t1;
+        call.a_ok = Some((r, now + t1, t1, now + timers.t1x64()));
+    }
+
+    /// A call's record is committed (the shell heard it from the replica):
+    /// the 2xx held for it goes to A.
+    pub fn committed(&mut self, now: Instant, a_call_id: &[u8]) {
+        let Some(&cref) = self.by_call_id.get(a_call_id) else {
+            return;
+        };
+        let timers = self.cfg.timers;
+        let Some(call) = self.calls.get_mut(&cref) else {
+            return;
+        };
+        if let Some((status, r, _)) = call.held_ok.take() {
+            Self::send_ok(call, now, status, r, timers);
+            self.drain_outputs(cref);
+            self.schedule(cref);
+        }
+    }
+
+    /// Hangs up both legs of an answered call (BYE in each dialog).
+    pub(super) fn tear_down(&mut self, now: Instant, cref: u64) {
+        let Some(call) = self.calls.get(&cref) else {
+            return;
+        };
+        if call.over {
+            return;
+        }
+        let key = call.key;
+        let vias = [self.via(key), self.via(key)];
+        let timers = self.cfg.timers;
+        let Some(call) = self.calls.get_mut(&cref) else {
+            return;
+        };
+        call.over = true;
+        call.a_ok = None;
+        let reason: &[u8] = b"SIP;cause=408;text=\"handover ended the call\"";
+        for (d, via) in [call.a_dialog.as_mut(), call.b_dialog.as_mut()]
+            .into_iter()
+            .zip(&vias)
+        {
+            if let Some(d) = d {
+                let bye = d.request("BYE", None, via, None, &[("Reason", reason)], None);
+                if let Ok(b) = scan(&bye) {
+                    let k = Key::server(&b);
+                    call.nits
+                        .push(Nit::Client(k, ClientNonInvite::new(now, timers, bye)));
+                }
+            }
+        }
+        self.stats.torn_down += 1;
+        self.drain(now, cref);
+    }
+}
