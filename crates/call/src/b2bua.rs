@@ -317,41 +317,67 @@ struct Call {
     held_ok: Option<(u16, Vec<u8>, Instant)>,
 }
 
+/// A deadline of the call itself (its transactions keep their own): what
+/// `run_timers` does when it passes, and the one list `next_timeout` and
+/// `run_timers` both read (`Call::timers`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CallTimer {
+    /// The 2xx held for the call's commit goes without it.
+    HeldOk,
+    /// The maximum call age: both legs are hung up.
+    MaxAge,
+    /// The session timer ran out unrefreshed (RFC 4028): both legs are hung up.
+    SessionExpires,
+    /// A relayed REFER's subscription ends.
+    Subscription,
+    /// The callee rang too long: it is cancelled (and the route's next
+    /// target tried).
+    Ring,
+    /// Our 2xx to A is resent (no ACK yet), or given up.
+    ResendOk,
+}
+
 impl Call {
-    /// The earliest deadline of any of the call's transactions or of the
-    /// 2xx it resends to A.
+    /// The call's own armed deadlines, in the order `run_timers` handles
+    /// them when several are due.
+    fn timers(&self) -> impl Iterator<Item = (CallTimer, Instant)> + use<> {
+        let live = !self.over;
+        [
+            (CallTimer::HeldOk, self.held_ok.as_ref().map(|o| o.2)),
+            (CallTimer::MaxAge, self.answered_at.filter(|_| live)),
+            (
+                CallTimer::SessionExpires,
+                self.session_expires.filter(|_| live),
+            ),
+            (
+                CallTimer::Subscription,
+                self.transfer.as_ref().filter(|t| !t.done).map(|t| t.until),
+            ),
+            (
+                CallTimer::Ring,
+                self.ring_deadline
+                    .filter(|_| live && !self.answered && !self.cancelled),
+            ),
+            (CallTimer::ResendOk, self.a_ok.as_ref().map(|o| o.1)),
+        ]
+        .into_iter()
+        .filter_map(|(t, at)| Some((t, at?)))
+    }
+
+    /// The earliest deadline of the call or any of its transactions.
     fn next_timeout(&self) -> Option<Instant> {
         let nits = self.nits.iter().filter_map(|n| match n {
             Nit::Client(_, t) => t.poll_timeout(),
             Nit::Server(_, t, _) => t.poll_timeout(),
         });
-        let sub = self.transfer.as_ref().filter(|t| !t.done).map(|t| t.until);
-        let ring = self
-            .ring_deadline
-            .filter(|_| !self.over && !self.answered && !self.cancelled);
-        let too_old = if self.over {
-            None
-        } else {
-            match (self.answered_at, self.session_expires) {
-                (Some(a), Some(e)) => Some(a.min(e)),
-                (a, e) => a.or(e),
-            }
-        };
-        [
-            self.a_srv.poll_timeout(),
-            self.b_cli.poll_timeout(),
-            self.a_ok.as_ref().map(|o| o.1),
-            self.held_ok.as_ref().map(|o| o.2),
-            too_old,
-            ring,
-            sub,
-        ]
-        .into_iter()
-        .flatten()
-        .chain(nits)
-        .chain(self.relays.iter().flat_map(Relay::timeouts))
-        .chain(self.local.iter().flat_map(Local::timeouts))
-        .min()
+        [self.a_srv.poll_timeout(), self.b_cli.poll_timeout()]
+            .into_iter()
+            .flatten()
+            .chain(self.timers().map(|(_, at)| at))
+            .chain(nits)
+            .chain(self.relays.iter().flat_map(Relay::timeouts))
+            .chain(self.local.iter().flat_map(Local::timeouts))
+            .min()
     }
 }
 
@@ -723,52 +749,55 @@ impl<R: RngCore> B2bua<R> {
         let Some(call) = self.calls.get_mut(&cref) else {
             return;
         };
-        if call.held_ok.as_ref().is_some_and(|h| h.2 <= now)
-            && let Some((status, r, _)) = call.held_ok.take()
-        {
-            // No commit in time (no quorum?): connect the call anyway.
-            self.stats.unreplicated += 1;
-            Self::send_ok(call, now, status, r, self.cfg.timers);
-        }
-        //= https://www.rfc-editor.org/rfc/rfc4028#section-10
-        //# If the session refresh request is not received before the
-        //# interval passes, the session is considered terminated.
-        if !call.over
-            && (call.answered_at.is_some_and(|t| t <= now)
-                || call.session_expires.is_some_and(|t| t <= now))
-        {
-            self.tear_down(now, cref);
-            return;
-        }
-        let Some(call) = self.calls.get_mut(&cref) else {
-            return;
-        };
-        if let Some(t) = call.transfer.as_mut()
-            && !t.done
-            && t.until <= now
-        {
-            t.done = true;
-        }
-        if !call.over
-            && !call.answered
-            && !call.cancelled
-            && call.ring_deadline.is_some_and(|t| t <= now)
-        {
-            call.ring_deadline = None;
-            call.no_answer = true;
-            self.stats.unanswered += 1;
-            Self::cancel_b(call, now, self.cfg.timers);
-        }
-        let a_target = call.a_target;
-        if let Some((ok, next, interval, give_up)) = &mut call.a_ok
-            && *next <= now
-        {
-            if now >= *give_up {
-                call.a_ok = None;
-            } else {
-                self.out.push_back((a_target, ok.clone()));
-                *interval = (*interval * 2).min(self.cfg.timers.t2);
-                *next = now + *interval;
+        let due: Vec<CallTimer> = call
+            .timers()
+            .filter(|&(_, at)| at <= now)
+            .map(|(t, _)| t)
+            .collect();
+        for timer in due {
+            let Some(call) = self.calls.get_mut(&cref) else {
+                return;
+            };
+            match timer {
+                CallTimer::HeldOk => {
+                    if let Some((status, r, _)) = call.held_ok.take() {
+                        // No commit in time (no quorum?): connect the call anyway.
+                        self.stats.unreplicated += 1;
+                        Self::send_ok(call, now, status, r, self.cfg.timers);
+                    }
+                }
+                //= https://www.rfc-editor.org/rfc/rfc4028#section-10
+                //# If the session refresh request is not received before the
+                //# interval passes, the session is considered terminated.
+                CallTimer::MaxAge | CallTimer::SessionExpires => {
+                    if !call.over {
+                        self.tear_down(now, cref);
+                    }
+                    return;
+                }
+                CallTimer::Subscription => {
+                    if let Some(t) = call.transfer.as_mut() {
+                        t.done = true;
+                    }
+                }
+                CallTimer::Ring => {
+                    call.ring_deadline = None;
+                    call.no_answer = true;
+                    self.stats.unanswered += 1;
+                    Self::cancel_b(call, now, self.cfg.timers);
+                }
+                CallTimer::ResendOk => {
+                    let a_target = call.a_target;
+                    if let Some((ok, next, interval, give_up)) = &mut call.a_ok {
+                        if now >= *give_up {
+                            call.a_ok = None;
+                        } else {
+                            self.out.push_back((a_target, ok.clone()));
+                            *interval = (*interval * 2).min(self.cfg.timers.t2);
+                            *next = now + *interval;
+                        }
+                    }
+                }
             }
         }
         self.drain(now, cref);
