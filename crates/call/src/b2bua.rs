@@ -37,8 +37,8 @@ use handover_sip::build::{cancel_for, error_response, response, response_with_bo
 use handover_sip::ids::{Hashing, IdGen, Token, hex_u64};
 use handover_sip::{HeaderName, Message, Method, NameAddr, scan};
 use handover_txn::{
-    ClientInvite, ClientNonInvite, Event, Instant, InviteState, Key, ServerInvite,
-    ServerInviteState, ServerNonInvite, TimerConfig,
+    ClientInvite, ClientNonInvite, Event, Instant, InviteState, Key, NonInviteState, ServerInvite,
+    ServerInviteState, ServerNonInvite, ServerNonInviteState, TimerConfig,
 };
 use rand_core::RngCore;
 
@@ -113,6 +113,9 @@ pub struct Stats {
     /// `Replaces` (in a REFER's Refer-To or an INVITE) naming a call of
     /// another worker, resolved from its replicated record.
     pub replaces_elsewhere: u64,
+    /// In-dialog requests refused 503 because their call already held
+    /// `MAX_REQUESTS_IN_FLIGHT` transactions (a flood inside one call).
+    pub refused_in_call: u64,
 }
 
 /// How a transfer the B2BUA relayed went (passthrough mode: the phones
@@ -195,7 +198,30 @@ struct Relay {
     relayed_final: bool,
 }
 
+impl Nit {
+    /// The transaction has terminated.
+    fn ended(&self) -> bool {
+        match self {
+            Nit::Client(_, t) => t.state() == NonInviteState::Terminated,
+            Nit::Server(_, t, _) => t.state() == ServerNonInviteState::Terminated,
+        }
+    }
+}
+
 impl Relay {
+    /// Both its transactions have terminated.
+    fn ended(&self) -> bool {
+        let cli = match &self.cli {
+            Cli::Invite(c) => c.state() == InviteState::Terminated,
+            Cli::Other(c) => c.state() == NonInviteState::Terminated,
+        };
+        let srv = match &self.srv {
+            Srv::Invite(s) => s.state() == ServerInviteState::Terminated,
+            Srv::Other(s) => s.state() == ServerNonInviteState::Terminated,
+        };
+        cli && srv
+    }
+
     fn timeouts(&self) -> impl Iterator<Item = Instant> + use<> {
         let c = match &self.cli {
             Cli::Invite(c) => c.poll_timeout(),
@@ -257,6 +283,11 @@ fn sub_expires(v: &[u8]) -> Option<Duration> {
     Some(Duration::from_secs(secs.min(MAX_PEER_SECS)))
 }
 
+/// In-dialog transactions one call may hold at once (see `in_call_request`):
+/// four a second for their 32 s of retransmission absorption, far above
+/// what phones send (a DTMF digit per INFO, a refresh every few minutes).
+const MAX_REQUESTS_IN_FLIGHT: usize = 128;
+
 /// The longest interval a peer's number of seconds is taken for (one day):
 /// the maximum call age ends calls long before in practice.
 const MAX_PEER_SECS: u64 = 86_400;
@@ -315,6 +346,11 @@ struct Call {
     replicated: Option<(u64, u64)>,
     /// The 2xx for A, held until the call is committed (or the deadline).
     held_ok: Option<(u16, Vec<u8>, Instant)>,
+    /// The deadline this call has in the B2BUA's timer heap: entries of
+    /// other times are stale and skipped when popped, so a call touched by
+    /// many datagrams runs its timers once per deadline, not once per
+    /// datagram it ever received.
+    scheduled: Option<Instant>,
 }
 
 /// A deadline of the call itself (its transactions keep their own): what
@@ -566,6 +602,16 @@ impl<R: RngCore> B2bua<R> {
             .sum()
     }
 
+    /// Transaction records the calls hold, running or ended but not yet
+    /// dropped (ended ones go when their call next runs): what a flood of
+    /// requests inside calls costs in memory.
+    pub fn transactions_held(&self) -> usize {
+        self.calls
+            .values()
+            .map(|c| c.nits.len() + c.relays.len())
+            .sum()
+    }
+
     /// When to call `handle_timeout` next.
     pub fn poll_timeout(&self) -> Option<Instant> {
         self.timers.peek().map(|Reverse((t, _))| *t)
@@ -575,11 +621,15 @@ impl<R: RngCore> B2bua<R> {
     /// over and nothing of it is still running.
     fn schedule(&mut self, cref: u64) {
         self.replicate_call(cref);
-        let Some(c) = self.calls.get(&cref) else {
+        let Some(c) = self.calls.get_mut(&cref) else {
             return;
         };
         match c.next_timeout() {
-            Some(t) => self.timers.push(Reverse((t, cref))),
+            Some(t) if c.scheduled != Some(t) => {
+                c.scheduled = Some(t);
+                self.timers.push(Reverse((t, cref)));
+            }
+            Some(_) => {}
             None if c.over => {
                 if let Some(c) = self.calls.remove(&cref) {
                     let local = c.local.as_ref().map(|l| &l.t_call_id);
@@ -707,8 +757,10 @@ impl<R: RngCore> B2bua<R> {
                 break;
             }
             self.timers.pop();
-            if !self.calls.contains_key(&cref) {
-                continue;
+            match self.calls.get_mut(&cref) {
+                Some(c) if c.scheduled == Some(t) => c.scheduled = None,
+                // Gone, or a stale entry (the call's deadline moved since).
+                _ => continue,
             }
             let (before, torn, unanswered) =
                 (self.out.len(), self.stats.torn_down, self.stats.unanswered);

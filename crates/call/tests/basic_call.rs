@@ -399,6 +399,103 @@ fn info_from_b_reaches_a_in_as_own_dialog() {
 }
 
 #[test]
+fn a_flood_of_info_inside_a_call_is_bounded_and_leaves_nothing_behind() {
+    let (mut b, _a_tag, bi) = answered();
+    let bim = scan(&bi).unwrap();
+    let mut t = 1000;
+    let (mut relayed, mut refused) = (0, 0);
+    for i in 1..=1000u32 {
+        t += 1;
+        b.handle_datagram(at(t), from_b(&bim, "INFO", i, &format!("i{i}")).as_bytes());
+        let sent = out(&mut b);
+        if let Some((to, r)) = sent
+            .iter()
+            .find(|(_, m)| first_line(m).starts_with("SIP/2.0 503"))
+        {
+            // Refused, to B, with when to try again.
+            assert_eq!(*to, Some("127.0.0.1:5060".parse().unwrap()));
+            let text = String::from_utf8_lossy(r);
+            assert!(text.contains("\r\nRetry-After: 5\r\n"), "{text}");
+            refused += 1;
+            continue;
+        }
+        let to_a = sent
+            .iter()
+            .find(|(_, m)| first_line(m).starts_with("INFO "))
+            .expect("INFO to A");
+        relayed += 1;
+        let m = scan(&to_a.1).unwrap();
+        let resp = format!(
+            "SIP/2.0 200 OK\r\nVia: {}\r\nFrom: {}\r\nTo: {}\r\nCall-ID: a-call\r\nCSeq: {} INFO\r\nContent-Length: 0\r\n\r\n",
+            String::from_utf8_lossy(m.top_via().span().of(m.buf())),
+            String::from_utf8_lossy(m.from_field().value.of(m.buf())),
+            String::from_utf8_lossy(m.to_field().value.of(m.buf())),
+            m.cseq().seq,
+        );
+        b.handle_datagram(at(t), resp.as_bytes());
+        assert!(
+            out(&mut b)
+                .iter()
+                .any(|(_, m)| first_line(m) == "SIP/2.0 200 OK"),
+            "INFO {i} answered to B"
+        );
+    }
+    // 128 in flight at most (each absorbs retransmissions for 64*T1).
+    assert_eq!((relayed, refused), (128, 872));
+    assert_eq!(b.stats().refused_in_call, 872);
+    assert_eq!(b.transactions_held(), 128);
+    // 64*T1 later every one of them has ended, and is dropped.
+    let later = t + 40_000;
+    while let Some(w) = b.poll_timeout().filter(|w| *w <= at(later)) {
+        b.handle_timeout(w);
+        out(&mut b);
+    }
+    b.handle_timeout(at(later));
+    out(&mut b);
+    assert_eq!(b.calls_active(), 1, "the call goes on");
+    assert_eq!(b.transactions_held(), 0, "nothing of the flood is kept");
+    // It relays again, and a BYE is never refused.
+    b.handle_datagram(
+        at(later + 1),
+        from_b(&bim, "INFO", 1001, "i1001").as_bytes(),
+    );
+    assert!(
+        out(&mut b)
+            .iter()
+            .any(|(_, m)| first_line(m).starts_with("INFO ")),
+        "a later INFO is relayed"
+    );
+}
+
+#[test]
+fn a_bye_ends_a_call_whose_requests_are_at_their_limit() {
+    let (mut b, _a_tag, bi) = answered();
+    let bim = scan(&bi).unwrap();
+    for i in 1..=200u32 {
+        b.handle_datagram(
+            at(1000 + u64::from(i)),
+            from_b(&bim, "INFO", i, &format!("i{i}")).as_bytes(),
+        );
+        out(&mut b);
+    }
+    assert_eq!(
+        b.stats().refused_in_call,
+        72,
+        "A never answers: 128 stay in flight"
+    );
+    b.handle_datagram(at(1300), from_b(&bim, "BYE", 201, "bye1").as_bytes());
+    let sent = out(&mut b);
+    assert!(
+        sent.iter().any(|(_, m)| first_line(m).starts_with("BYE ")),
+        "the BYE reaches A: {sent:?}"
+    );
+    assert!(
+        sent.iter().any(|(_, m)| first_line(m) == "SIP/2.0 200 OK"),
+        "and B's BYE is answered"
+    );
+}
+
+#[test]
 fn maximum_call_age_hangs_up_both_legs() {
     let (mut b, _a_tag, bi) = answered();
     let bim = scan(&bi).unwrap();

@@ -29,6 +29,7 @@ const TRANSFER_TIME: &str = "handover_transfer_seconds";
 const ADOPTED: &str = "handover_calls_adopted_total";
 const NOT_SERVED: &str = "handover_worker_not_served_total";
 const UNREPLICATED: &str = "handover_calls_unreplicated_total";
+const REFUSED_IN_CALL: &str = "handover_in_call_requests_refused_total";
 const HANDED_OVER: &str = "handover_calls_handed_over_total";
 const REPLACES_ELSEWHERE: &str = "handover_replaces_elsewhere_total";
 /// Replaces look-ups in flight at most (see the SIP loop).
@@ -182,6 +183,7 @@ pub fn run(args: Settings) -> anyhow::Result<()> {
         let adopted = metrics::counter!(ADOPTED);
         let not_served = metrics::counter!(NOT_SERVED);
         let unreplicated = metrics::counter!(UNREPLICATED);
+        let refused_in_call = metrics::counter!(REFUSED_IN_CALL);
         let handed_over = metrics::counter!(HANDED_OVER);
         // By request: a REFER's Refer-To (the transfer's two calls are on
         // two workers), or the INVITE of the transferee's new call.
@@ -393,6 +395,7 @@ pub fn run(args: Settings) -> anyhow::Result<()> {
             failovers.increment(s.failovers - last.failovers);
             unanswered.increment(s.unanswered - last.unanswered);
             unreplicated.increment(s.unreplicated - last.unreplicated);
+            refused_in_call.increment(s.refused_in_call - last.refused_in_call);
             while let Some(t) = b2b.poll_transfer() {
                 use handover_call::TransferResult as R;
                 let kind = if t.attended { "attended" } else { "blind" };

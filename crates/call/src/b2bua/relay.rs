@@ -31,6 +31,27 @@ impl<R: RngCore> B2bua<R> {
                 return;
             }
         }
+        // A new request. A call holds at most MAX_REQUESTS_IN_FLIGHT
+        // in-dialog transactions (running, or absorbing retransmissions
+        // for 64*T1 after): past that, anything but BYE, ACK and CANCEL is
+        // refused 503 with Retry-After, so a flood inside one call costs
+        // bounded memory and time, and never stops a hang-up.
+        if call.nits.len() + call.relays.len() >= MAX_REQUESTS_IN_FLIGHT
+            && !matches!(m.method(), Some(Method::Bye | Method::Ack | Method::Cancel))
+        {
+            self.stats.refused_in_call += 1;
+            let mut b = Vec::new();
+            response(
+                &m.reply_parts(),
+                503,
+                None,
+                None,
+                &[("Retry-After", b"5")],
+                &mut b,
+            );
+            self.out.push_back((via_target(m), b));
+            return;
+        }
         if self.local_request(now, cref, m) {
             self.drain(now, cref);
             return;

@@ -263,6 +263,7 @@ impl<R: RngCore> B2bua<R> {
                 relays: Vec::new(),
                 replicated: self.replicate.then_some((rec.version, print)),
                 held_ok: None,
+                scheduled: None,
             },
         );
         self.schedule(cref);

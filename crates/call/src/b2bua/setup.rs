@@ -170,6 +170,7 @@ impl<R: RngCore> B2bua<R> {
                 relays: Vec::new(),
                 replicated: None,
                 held_ok: None,
+                scheduled: None,
             },
         );
         self.drain(now, cref);
@@ -273,6 +274,12 @@ impl<R: RngCore> B2bua<R> {
                 }
             }
         }
+        // Ended transactions go (their retransmissions absorbed, their
+        // events drained above): a long call, or a flood of INFOs inside
+        // one, keeps only those still running, so neither its memory nor
+        // the time to find its next deadline grows with its requests.
+        call.nits.retain(|n| !n.ended());
+        call.relays.retain(|r| !r.ended());
     }
 
     pub(super) fn on_b_event(&mut self, now: Instant, cref: u64, e: Event) {
