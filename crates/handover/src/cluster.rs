@@ -50,7 +50,7 @@ pub(crate) struct ClusterArgs {
 impl ClusterArgs {
     /// The flags over the file's `[worker.replication]`: a flag given
     /// replaces the key (`--peer`s replace the file's list).
-    pub(crate) fn over(mut self, f: &crate::config::ReplicationConfig) -> Self {
+    pub(crate) fn over(mut self, f: &crate::config::Replication) -> Self {
         if self.id.is_none() && !self.id_from_hostname {
             self.id = f.id;
             self.id_from_hostname = f.id_from_hostname;
@@ -108,7 +108,7 @@ pub(crate) fn configured(a: &ClusterArgs) -> anyhow::Result<Option<(u64, Vec<Pee
 mod tests {
     use super::*;
 
-    fn file(src: &str) -> crate::config::ReplicationConfig {
+    fn file(src: &str) -> crate::config::Replication {
         crate::config::Config::parse(std::path::Path::new("t.toml"), src)
             .unwrap()
             .worker

@@ -156,13 +156,13 @@ struct ClusterSection {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub(crate) struct Config {
     /// `[sip]`
-    pub(crate) sip: SipConfig,
+    pub(crate) sip: Sip,
     /// `[cluster]`
-    pub(crate) cluster: ClusterConfig,
+    pub(crate) cluster: Cluster,
     /// `[edge]`
-    pub(crate) edge: EdgeConfig,
+    pub(crate) edge: Edge,
     /// `[worker]`
-    pub(crate) worker: WorkerConfig,
+    pub(crate) worker: Worker,
 }
 
 /// A `[cluster] hash_key` or `--hash-key` value: 32 hex digits.
@@ -211,7 +211,7 @@ fn mode_name<S: serde::Serializer>(
 
 /// Effective `[worker]`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub(crate) struct WorkerConfig {
+pub(crate) struct Worker {
     pub(crate) listen: String,
     pub(crate) edge: String,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -226,12 +226,12 @@ pub(crate) struct WorkerConfig {
     pub(crate) trusted: Vec<String>,
     /// Routes in the command-line form (`MATCH=TARGET[,TARGET…]`).
     pub(crate) routes: Vec<String>,
-    pub(crate) replication: ReplicationConfig,
+    pub(crate) replication: Replication,
 }
 
 /// Effective `[worker.replication]`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub(crate) struct ReplicationConfig {
+pub(crate) struct Replication {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) id: Option<u64>,
     pub(crate) id_from_hostname: bool,
@@ -244,7 +244,7 @@ pub(crate) struct ReplicationConfig {
 
 /// Effective `[edge]`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub(crate) struct EdgeConfig {
+pub(crate) struct Edge {
     pub(crate) listen: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) advertise: Option<String>,
@@ -259,12 +259,12 @@ pub(crate) struct EdgeConfig {
     /// Replicated workers' gRPC addresses (`IP:PORT` or `HOST:PORT`).
     pub(crate) cluster: Vec<String>,
     pub(crate) drain_s: u64,
-    pub(crate) health: HealthConfig,
+    pub(crate) health: Health,
 }
 
 /// Effective `[edge.health]`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub(crate) struct HealthConfig {
+pub(crate) struct Health {
     pub(crate) interval_ms: u64,
     pub(crate) timeout_ms: u64,
     pub(crate) down_after: u32,
@@ -273,7 +273,7 @@ pub(crate) struct HealthConfig {
 
 /// Effective `[sip]`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub(crate) struct SipConfig {
+pub(crate) struct Sip {
     /// See the file key of the same name.
     pub(crate) max_message_bytes: usize,
     /// See the file key of the same name.
@@ -282,7 +282,7 @@ pub(crate) struct SipConfig {
 
 /// Effective `[cluster]`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub(crate) struct ClusterConfig {
+pub(crate) struct Cluster {
     /// "default" when the published default key is in use, else "set".
     pub(crate) hash_key: &'static str,
     #[serde(skip)]
@@ -290,7 +290,7 @@ pub(crate) struct ClusterConfig {
     pub(crate) hash_key_value: Option<(u64, u64)>,
 }
 
-impl SipConfig {
+impl Sip {
     /// As the SIP layer's limits.
     pub(crate) fn limits(&self) -> Limits {
         Limits {
@@ -380,7 +380,7 @@ impl Config {
 
         let defaults = Limits::default();
         let value = |v: &Option<Spanned<usize>>, d: usize| v.as_ref().map_or(d, |s| *s.get_ref());
-        let sip = SipConfig {
+        let sip = Sip {
             max_message_bytes: value(&file.sip.max_message_bytes, defaults.max_message_bytes),
             max_uri_bytes: value(&file.sip.max_uri_bytes, defaults.max_uri_bytes),
         };
@@ -481,7 +481,7 @@ impl Config {
         }
         let hd = handover_edge::HealthConfig::default();
         let h = &e.health;
-        let health = HealthConfig {
+        let health = Health {
             interval_ms: h.interval_ms.unwrap_or(hd.interval_ms),
             timeout_ms: h
                 .timeout_ms
@@ -606,7 +606,7 @@ impl Config {
                 ),
             ));
         }
-        let replication = ReplicationConfig {
+        let replication = Replication {
             id: r.id.as_ref().map(|v| *v.get_ref()),
             id_from_hostname: r.id_from_hostname.unwrap_or(false),
             peers,
@@ -627,7 +627,7 @@ impl Config {
                 "set id or id_from_hostname, not both".to_string(),
             ));
         }
-        let worker = WorkerConfig {
+        let worker = Worker {
             listen: addr(&w.listen, "worker.listen", "127.0.0.1:5080")?,
             edge: match &w.edge {
                 // A name (a Kubernetes Service's) is looked up when the
@@ -655,7 +655,7 @@ impl Config {
             replication,
         };
         let ed = handover_edge::EdgeConfig::default();
-        let edge = EdgeConfig {
+        let edge = Edge {
             listen,
             advertise,
             backends,
@@ -674,7 +674,7 @@ impl Config {
             worker,
             edge,
             sip,
-            cluster: ClusterConfig {
+            cluster: Cluster {
                 hash_key: if hash_key_value.is_some() {
                     "set"
                 } else {
