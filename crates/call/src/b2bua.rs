@@ -74,6 +74,10 @@ pub struct Config {
     pub ring_timeout: Duration,
     /// Transfer mode of calls whose route does not set one.
     pub transfer_mode: TransferMode,
+    /// Calls held at most (`calls_held`: active ones, and ended ones still
+    /// absorbing retransmissions): a new INVITE past it is answered 503
+    /// with Retry-After, so a flood of calls cannot take all memory.
+    pub max_calls: usize,
     /// Peers whose identity headers (P-Asserted-Identity and kin) are
     /// passed on, and who are told the new party's after a local transfer;
     /// everyone else's are removed (`trust.rs`). Empty: nobody.
@@ -116,6 +120,8 @@ pub struct Stats {
     /// In-dialog requests refused 503 because their call already held
     /// `MAX_REQUESTS_IN_FLIGHT` transactions (a flood inside one call).
     pub refused_in_call: u64,
+    /// New calls answered 503 because `Config::max_calls` were held.
+    pub refused_full: u64,
 }
 
 /// How a transfer the B2BUA relayed went (passthrough mode: the phones

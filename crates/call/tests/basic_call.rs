@@ -1123,3 +1123,52 @@ fn rfc3325_identity_headers_pass_only_from_trusted_peers() {
         );
     }
 }
+
+#[test]
+fn rfc3261_21_5_4_past_max_calls_a_new_call_gets_503_with_retry_after() {
+    let mut b = b2bua_max_calls(&["b=127.0.0.1:5071"], 2);
+    let invite = |n: u32| a_invite().replace("a-call", &format!("a-call-{n}"));
+    for n in 1..=2 {
+        b.handle_datagram(at(u64::from(n)), invite(n).as_bytes());
+        let sent = out(&mut b);
+        assert!(
+            sent.iter()
+                .any(|(_, m)| first_line(m).starts_with("INVITE ")),
+            "call {n} goes to B"
+        );
+    }
+    b.handle_datagram(at(10), invite(3).as_bytes());
+    let sent = out(&mut b);
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    let text = String::from_utf8_lossy(&sent[0].1).into_owned();
+    assert!(
+        text.starts_with("SIP/2.0 503 Service Unavailable\r\n"),
+        "{text}"
+    );
+    assert!(text.contains("\r\nRetry-After: 5\r\n"), "{text}");
+    assert!(text.contains("Call-ID: a-call-3\r\n"), "{text}");
+    assert_eq!(
+        sent[0].0,
+        Some("127.0.0.1:5060".parse().unwrap()),
+        "back through the edge"
+    );
+    assert_eq!((b.calls_active(), b.stats().refused_full), (2, 1));
+    // Calls that end make room once they are gone from memory: B never
+    // answers, both INVITEs time out (timer B, 64*T1), A gets 408, and
+    // its 408 waits for A's ACK another 64*T1 (timer H).
+    for t in (40..100_000).step_by(500) {
+        b.handle_timeout(at(t));
+        out(&mut b);
+        if t < 30_000 {
+            assert_eq!(b.calls_held(), 2, "held until they end");
+        }
+    }
+    assert_eq!((b.calls_active(), b.calls_held()), (0, 0));
+    b.handle_datagram(at(100_001), invite(4).as_bytes());
+    assert!(
+        out(&mut b)
+            .iter()
+            .any(|(_, m)| first_line(m).starts_with("INVITE ")),
+        "room again: call 4 goes to B"
+    );
+}

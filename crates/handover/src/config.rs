@@ -48,6 +48,8 @@ struct WorkerSection {
     transfer_mode: Option<Spanned<String>>,
     /// SIP timer T1, milliseconds.
     t1_ms: Option<Spanned<u64>>,
+    /// Calls held at most.
+    max_calls: Option<Spanned<usize>>,
     /// Trusted peers by address prefix (`["10.0.0.0/8", …]`): their
     /// identity headers pass between the legs.
     trusted: Option<Spanned<Vec<String>>>,
@@ -222,6 +224,7 @@ pub(crate) struct Worker {
     #[serde(serialize_with = "mode_name")]
     pub(crate) transfer_mode: handover_call::TransferMode,
     pub(crate) t1_ms: u64,
+    pub(crate) max_calls: usize,
     /// Trusted peers' prefixes, as given.
     pub(crate) trusted: Vec<String>,
     /// Routes in the command-line form (`MATCH=TARGET[,TARGET…]`).
@@ -574,6 +577,14 @@ impl Config {
                 format!("{ring_timeout_s} is out of range: 1..=3600 seconds"),
             ));
         }
+        let max_calls = w.max_calls.as_ref().map_or(100_000, |v| *v.get_ref());
+        if max_calls == 0 {
+            return Err(err(
+                w.max_calls.as_ref().map(Spanned::span),
+                Some("worker.max_calls"),
+                "must be at least 1".to_string(),
+            ));
+        }
         let mut trusted = Vec::new();
         if let Some(t) = &w.trusted {
             for v in t.get_ref() {
@@ -650,6 +661,7 @@ impl Config {
             ring_timeout_s,
             transfer_mode,
             t1_ms,
+            max_calls,
             trusted,
             routes,
             replication,

@@ -59,6 +59,10 @@ pub(crate) struct WorkerArgs {
     /// [default: passthrough].
     #[arg(long)]
     transfer_mode: Option<TransferMode>,
+    /// Calls this worker holds at most; a new INVITE past it is answered
+    /// 503 with Retry-After [default: 100000].
+    #[arg(long)]
+    max_calls: Option<usize>,
     /// SIP timer T1 in milliseconds (RFC 3261: 500; lower only on a network
     /// known to be faster) [default: 500].
     #[arg(long)]
@@ -117,6 +121,7 @@ fn settings(a: WorkerArgs) -> anyhow::Result<Settings> {
         ring_timeout_s: a.ring_timeout_s.unwrap_or(w.ring_timeout_s),
         transfer_mode: a.transfer_mode.unwrap_or(w.transfer_mode),
         t1_ms: a.t1_ms.unwrap_or(w.t1_ms),
+        max_calls: a.max_calls.unwrap_or(w.max_calls),
         // The edge's key: a call's shard must be the one the edge routes by.
         hashing: crate::config::hashing(
             a.hash_key,

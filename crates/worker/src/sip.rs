@@ -30,6 +30,7 @@ const ADOPTED: &str = "handover_calls_adopted_total";
 const NOT_SERVED: &str = "handover_worker_not_served_total";
 const UNREPLICATED: &str = "handover_calls_unreplicated_total";
 const REFUSED_IN_CALL: &str = "handover_in_call_requests_refused_total";
+const REFUSED_FULL: &str = "handover_calls_refused_total";
 const HANDED_OVER: &str = "handover_calls_handed_over_total";
 const REPLACES_ELSEWHERE: &str = "handover_replaces_elsewhere_total";
 /// Replaces look-ups in flight at most (see the SIP loop).
@@ -74,6 +75,8 @@ pub struct Settings {
     /// the edge routes by).
     pub hashing: Hashing,
     pub trusted: handover_call::trust::Trusted,
+    /// Calls held at most (new ones past it get 503 with Retry-After).
+    pub max_calls: usize,
     /// Raft replication, or none (one worker holds every call).
     pub replication: Option<crate::replica::Settings>,
 }
@@ -168,6 +171,7 @@ pub fn run(args: Settings) -> anyhow::Result<()> {
             ring_timeout: Duration::from_secs(args.ring_timeout_s),
             transfer_mode: args.transfer_mode,
             trusted: args.trusted,
+            max_calls: args.max_calls,
         };
         // Branches, tags and Call-IDs from a ChaCha12 stream seeded by the OS
         // once: unpredictable, without a getrandom system call per id.
@@ -184,6 +188,7 @@ pub fn run(args: Settings) -> anyhow::Result<()> {
         let not_served = metrics::counter!(NOT_SERVED);
         let unreplicated = metrics::counter!(UNREPLICATED);
         let refused_in_call = metrics::counter!(REFUSED_IN_CALL);
+        let refused_full = metrics::counter!(REFUSED_FULL, "cause" => "max_calls");
         let handed_over = metrics::counter!(HANDED_OVER);
         // By request: a REFER's Refer-To (the transfer's two calls are on
         // two workers), or the INVITE of the transferee's new call.
@@ -396,6 +401,7 @@ pub fn run(args: Settings) -> anyhow::Result<()> {
             unanswered.increment(s.unanswered - last.unanswered);
             unreplicated.increment(s.unreplicated - last.unreplicated);
             refused_in_call.increment(s.refused_in_call - last.refused_in_call);
+            refused_full.increment(s.refused_full - last.refused_full);
             while let Some(t) = b2b.poll_transfer() {
                 use handover_call::TransferResult as R;
                 let kind = if t.attended { "attended" } else { "blind" };

@@ -112,6 +112,26 @@ impl<R: RngCore> B2bua<R> {
             self.out.push_back((via_target(m), b));
             return None;
         }
+        //= https://www.rfc-editor.org/rfc/rfc3261#section-21.5.4
+        //# The server is temporarily unable to process the request due to a
+        //# temporary overloading or maintenance of the server.  The server MAY
+        //# indicate when the client should retry the request in a Retry-After
+        //# header field.
+        if self.calls.len() >= self.cfg.max_calls {
+            self.stats.refused_full += 1;
+            let t = self.ids.tag();
+            let mut b = Vec::new();
+            response(
+                &m.reply_parts(),
+                503,
+                None,
+                Some(t.as_bytes()),
+                &[("Retry-After", b"5")],
+                &mut b,
+            );
+            self.out.push_back((via_target(m), b));
+            return None;
+        }
         let user = m.request_uri().and_then(|u| u.user()).unwrap_or_default();
         let host = m.request_uri().map_or(&b""[..], |u| u.host());
         let key = self.cfg.hashing.affinity_key(m.call_id());

@@ -51,6 +51,20 @@ pub(crate) fn b2bua_routed(specs: &[&str], seed: u64) -> B2bua<Seq> {
 
 /// A B2BUA with these routes, RNG seed and trusted peers.
 fn b2bua_with(specs: &[&str], seed: u64, trusted: handover_call::trust::Trusted) -> B2bua<Seq> {
+    b2bua_full(specs, seed, trusted, usize::MAX)
+}
+
+/// A B2BUA that holds at most `max_calls` calls.
+pub(crate) fn b2bua_max_calls(specs: &[&str], max_calls: usize) -> B2bua<Seq> {
+    b2bua_full(specs, 1, Default::default(), max_calls)
+}
+
+fn b2bua_full(
+    specs: &[&str],
+    seed: u64,
+    trusted: handover_call::trust::Trusted,
+    max_calls: usize,
+) -> B2bua<Seq> {
     let mut routes = Routes::default();
     for r in specs {
         routes.add(r).unwrap();
@@ -65,6 +79,7 @@ fn b2bua_with(specs: &[&str], seed: u64, trusted: handover_call::trust::Trusted)
             ring_timeout: Duration::from_secs(60),
             transfer_mode: Default::default(),
             trusted,
+            max_calls,
         },
         Seq(seed),
     )
