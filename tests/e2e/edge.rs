@@ -2,7 +2,7 @@
 //! modes: 2,000 calls spread over backends with every in-dialog request at the
 //! backend that got the INVITE; a backend killed and restarted; malformed
 //! input answered or dropped while calls go on; a junk flood from another
-//! source.
+//! source; a call flood from one source over its new-dialog budget.
 
 use std::net::{SocketAddr, UdpSocket};
 use std::path::Path;
@@ -94,6 +94,74 @@ fn spread_and_dialogs(io: &str) {
         );
     }
     println!("{io}: {calls} calls, per-backend requests {per:?}");
+}
+
+/// `--new-dialogs-per-source 20`: one source calling at 100 calls/s gets
+/// 503 (Retry-After) past 20 new calls a second, and its answered calls go
+/// on to their end; another source calling at the same time is not held
+/// back at all.
+#[test]
+fn a_source_over_its_new_dialog_budget_gets_503_and_others_are_served() {
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let (mut uas, ports) = start_backends(dir.path(), 1);
+    let edge = edge_with("auto", &ports, &["--new-dialogs-per-source", "20"]);
+    let flood = sipp_uac_at(
+        dir.path(),
+        "127.0.0.1",
+        "uac_or_503.xml",
+        "b",
+        edge.sip,
+        (100, 300, 0),
+    );
+    let calm = sipp_uac_at(
+        dir.path(),
+        "127.0.0.2",
+        "uac.xml",
+        "b",
+        edge.sip,
+        (10, 30, 0),
+    );
+    let (f, c) = (finish_uac(flood.0, &flood.1), finish_uac(calm.0, &calm.1));
+    assert_eq!(
+        (c.exit, c.successful, c.failed),
+        (Some(0), 30, 0),
+        "the other source: {c:?}"
+    );
+    // Every call of the flooding source ended as its scenario says: a
+    // whole call, or a 503 with Retry-After it ACKed.
+    assert_eq!((f.exit, f.successful, f.failed), (Some(0), 300, 0), "{f:?}");
+    // (The edge's counters reach /metrics every 100 ms.)
+    let count = |series: &str| metric(&scrape(&edge), series);
+    let refused = "handover_edge_replies_total{status=\"503\"}";
+    wait_for(Duration::from_secs(2), || count(refused) > 0.0);
+    let refused = count(refused) as u64;
+    // 300 calls at 100/s span 3 or 4 seconds of 20 each.
+    assert!(
+        (200..=260).contains(&refused),
+        "about 20 calls a second got through, the rest were refused: {refused}"
+    );
+    // The refused calls never reached the callee, and their ACKs ended at
+    // the edge.
+    uas[0].expect_calls(300 - refused + 30);
+    wait_for(Duration::from_secs(2), || {
+        count("handover_edge_drops_total{reason=\"ack_of_our_answer\"}") >= refused as f64
+    });
+    assert_eq!(
+        count("handover_edge_drops_total{reason=\"ack_of_our_answer\"}"),
+        refused as f64
+    );
+    let logs = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().ends_with("_logs.log"))
+        .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
+        .collect::<String>();
+    assert_eq!(
+        logs.matches("refused, Retry-After 1").count() as u64,
+        refused,
+        "each refusal said when to retry"
+    );
 }
 
 #[test]

@@ -339,13 +339,33 @@ pub(crate) fn sipp_uac_with(
     calls: u32,
     pause_ms: u32,
 ) -> (Proc, PathBuf) {
+    sipp_uac_at(
+        dir,
+        "127.0.0.1",
+        scenario_file,
+        user,
+        target,
+        (rate, calls, pause_ms),
+    )
+}
+
+/// [`sipp_uac_with`] from the loopback address `ip` (127.0.0.0/8: another
+/// source as the edge sees it).
+pub(crate) fn sipp_uac_at(
+    dir: &Path,
+    ip: &str,
+    scenario_file: &str,
+    user: &str,
+    target: SocketAddr,
+    (rate, calls, pause_ms): (u32, u32, u32),
+) -> (Proc, PathBuf) {
     require_sipp();
     let port = free_udp_port();
     let stat = dir.join(format!("uac-{port}.csv"));
     let child = Command::new("sipp")
         .args(["-sf"])
         .arg(scenario(scenario_file))
-        .args(["-i", "127.0.0.1", "-p", &port.to_string(), "-s", user])
+        .args(["-i", ip, "-p", &port.to_string(), "-s", user])
         .args([
             "-r",
             &rate.to_string(),
@@ -360,6 +380,7 @@ pub(crate) fn sipp_uac_with(
             "60s",
             "-trace_msg",
             "-trace_stat",
+            "-trace_logs",
             "-fd",
             "1",
             "-stf",

@@ -54,6 +54,9 @@ pub struct EdgeConfig {
     pub record_route: bool,
     /// Refused datagrams allowed per source address per second (0 = no limit).
     pub bad_input_per_source: u32,
+    /// New dialogs (requests without a To tag) allowed per source address
+    /// per second; past it, 503 with Retry-After (0 = no limit).
+    pub new_dialogs_per_source: u32,
     /// Health probes.
     pub health: HealthConfig,
     /// Cluster hash key.
@@ -74,6 +77,10 @@ impl Default for EdgeConfig {
             send_buffer_bytes: 8 << 20,
             record_route: true,
             bad_input_per_source: 100,
+            // Off: `handover load` and trunks start hundreds of calls a
+            // second from one address; an edge on the Internet sets it
+            // (deploy/k8s/base/handover.toml).
+            new_dialogs_per_source: 0,
             health: HealthConfig::default(),
             hashing: Hashing::default(),
             limits: Limits::default(),
@@ -228,7 +235,7 @@ impl Edge {
         for (i, sock) in sockets.into_iter().enumerate() {
             let shared = Arc::clone(&shared);
             let backends = cfg.backends.len();
-            let limit = cfg.bad_input_per_source;
+            let limit = (cfg.bad_input_per_source, cfg.new_dialogs_per_source);
             let h = std::thread::Builder::new()
                 .name(format!("edge-{i}"))
                 .spawn(move || {
@@ -432,11 +439,11 @@ struct Thread {
 }
 
 impl Thread {
-    fn new(shared: Arc<Shared>, backends: usize, limit: u32) -> Self {
+    fn new(shared: Arc<Shared>, backends: usize, (bad, new_dialogs): (u32, u32)) -> Self {
         let now = Instant::now();
         Self {
             shared,
-            limiter: BadInputLimiter::new(limit, 12),
+            limiter: BadInputLimiter::new(bad, 12).with_new_dialogs(new_dialogs),
             handles: metrics::Handles::new(backends),
             local: metrics::Local {
                 forwards: vec![0; backends],

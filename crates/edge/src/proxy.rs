@@ -43,6 +43,9 @@ pub enum Drop {
     NoAnswerForAck,
     /// The source sent too much bad input this second.
     RateLimited,
+    /// The ACK of an answer the edge gave itself (its To tag is ours): the
+    /// transaction ends here, no backend knows it.
+    AckOfOurAnswer,
     /// The rewritten message does not fit the send buffer.
     TooLarge,
 }
@@ -57,6 +60,7 @@ impl Drop {
             Drop::Forged => "response_forged",
             Drop::Unroutable => "unroutable",
             Drop::NoAnswerForAck => "ack_not_answerable",
+            Drop::AckOfOurAnswer => "ack_of_our_answer",
             Drop::RateLimited => "rate_limited",
             Drop::TooLarge => "too_large",
         }
@@ -99,12 +103,20 @@ pub enum Outcome {
     Drop(Drop),
 }
 
-/// Per-source budget for bad input, so one source's junk cannot make the
-/// edge spend its time scanning and answering it.
+/// Per-source budgets: bad input, so one source's junk cannot make the
+/// edge spend its time scanning and answering it; and, optionally, new
+/// dialogs (an INVITE, REGISTER, SUBSCRIBE… without a To tag), so one
+/// source cannot flood the workers with valid-looking calls. Requests
+/// from the backends are never charged.
 #[derive(Debug)]
 pub struct BadInputLimiter {
     per_sec: u32,
     slots: Box<[(u128, u32, u32)]>, // (ip, second, count)
+    new_dialogs: Option<Box<BadInputLimiter>>,
+    /// Transaction hashes of recently admitted new dialogs (direct-mapped):
+    /// a retransmission of one is never charged nor refused, so a call
+    /// admitted once is not failed by a 503 to its own retransmission.
+    admitted: Box<[u64]>,
 }
 
 impl BadInputLimiter {
@@ -114,7 +126,37 @@ impl BadInputLimiter {
         Self {
             per_sec,
             slots: vec![(0, 0, 0); 1 << bits].into_boxed_slice(),
+            new_dialogs: None,
+            admitted: Box::default(),
         }
+    }
+
+    /// Also allows `per_sec` new dialogs per source address per second
+    /// (0 = no limit); the one over it is answered 503 with Retry-After.
+    pub fn with_new_dialogs(mut self, per_sec: u32) -> Self {
+        let bits = self.slots.len().trailing_zeros();
+        self.new_dialogs = (per_sec > 0).then(|| Box::new(Self::new(per_sec, bits)));
+        self.admitted = vec![0; if per_sec > 0 { 1 << bits } else { 0 }].into_boxed_slice();
+        self
+    }
+
+    /// Counts a new dialog from `ip` whose transaction hashes to `txn`;
+    /// false when `ip` is over its budget this second (then it is not
+    /// counted). A retransmission of an admitted one always passes.
+    fn new_dialog(&mut self, ip: IpAddr, now_sec: u32, txn: u64) -> bool {
+        let Some(l) = &mut self.new_dialogs else {
+            return true;
+        };
+        let i = (txn as usize) & (self.admitted.len() - 1);
+        if self.admitted[i] == txn {
+            return true;
+        }
+        if l.limited(ip, now_sec) {
+            return false;
+        }
+        l.charge(ip, now_sec);
+        self.admitted[i] = txn;
+        true
     }
 
     fn slot(&self, ip: IpAddr) -> (usize, u128) {
@@ -254,12 +296,19 @@ impl Proxy {
         }
         let status = reason.status();
         let mut sink = SliceSink::new(out);
+        //= https://www.rfc-editor.org/rfc/rfc3261#section-21.5.4
+        //# The server MAY indicate when the client should retry the request
+        //# in a Retry-After header field.
+        let retry: &[(&str, &[u8])] = match reason {
+            Reason::SourceOverBudget => &[("Retry-After", b"1")],
+            _ => &[],
+        };
         response(
             &m.reply_parts(),
             status,
             Some(&reason),
             Some(&self.tag),
-            &[],
+            retry,
             &mut sink,
         );
         match sink.finish() {
@@ -281,6 +330,11 @@ impl Proxy {
         m: &Message<'_>,
         out: &mut [u8],
     ) -> Outcome {
+        // An ACK of a non-2xx the edge answered itself (482, 483, 503, …)
+        // carries our To tag: it is ours, no backend knows the request.
+        if m.method() == Some(Method::Ack) && m.to_tag() == Some(&self.tag[..]) {
+            return Outcome::Drop(Drop::AckOfOurAnswer);
+        }
         //= https://www.rfc-editor.org/rfc/rfc3261#section-16.3
         //# 4. Optional Loop Detection check
         if self.hashing.is_loop(m, |v| self.via_is_ours(v)) {
@@ -303,6 +357,17 @@ impl Proxy {
         let key = key.unwrap_or_else(|| self.hashing.affinity_key(m.call_id()));
 
         let from_backend = table.backend_index(from);
+        if from_backend.is_none()
+            && m.to_tag().is_none()
+            && !matches!(m.method(), Some(Method::Ack | Method::Cancel))
+            && !limiter.new_dialog(
+                from.ip(),
+                now_sec,
+                self.hashing.transaction_hash(m.top_via(), m),
+            )
+        {
+            return self.reply(m, from, Reason::SourceOverBudget, out);
+        }
         let (to, peer) = match from_backend {
             None => match table.route(key) {
                 Some((i, addr)) => (addr, Peer::Backend(i)),
@@ -636,6 +701,64 @@ From: <sip:alice@a.example>;tag=f1\r\nCall-ID: call-2@x\r\nCSeq: 1 INVITE\r\nCon
             resp(&theirs, victim).as_bytes(),
         );
         assert_eq!(o, Outcome::Drop(Drop::NotOurs));
+    }
+
+    #[test]
+    fn a_source_over_its_new_dialog_budget_gets_503_with_retry_after() {
+        let (p, t, _) = setup();
+        let mut l = BadInputLimiter::new(0, 4).with_new_dialogs(2);
+        let mut out = vec![0u8; 65_536];
+        let mut go = |l: &mut BadInputLimiter, sec: u32, from: &str, b: &[u8]| {
+            let o = p.handle(&t, l, sec, from.parse().unwrap(), b, &mut out);
+            let n = match o {
+                Outcome::Forward { len, .. } | Outcome::Reply { len, .. } => len,
+                Outcome::Drop(_) => 0,
+            };
+            (o, String::from_utf8_lossy(&out[..n]).into_owned())
+        };
+        for i in 0..2 {
+            let (o, _) = go(&mut l, 7, UA, &invite(70, &format!("c{i}@x")));
+            assert!(matches!(o, Outcome::Forward { .. }), "{o:?}");
+        }
+        // A retransmission of an admitted INVITE still goes (its call must
+        // not be failed by a 503 to its own copy).
+        let (o, _) = go(&mut l, 7, UA, &invite(70, "c1@x"));
+        assert!(
+            matches!(o, Outcome::Forward { .. }),
+            "retransmission: {o:?}"
+        );
+        let (o, text) = go(&mut l, 7, UA, &invite(70, "c2@x"));
+        assert!(matches!(o, Outcome::Reply { status: 503, .. }), "{o:?}");
+        assert!(
+            text.starts_with("SIP/2.0 503 Service Unavailable\r\n"),
+            "{text}"
+        );
+        assert!(text.contains("\r\nRetry-After: 1\r\n"), "{text}");
+        // In-dialog requests of the same source, and other sources, go on.
+        let bye = String::from_utf8(invite(70, "c0@x"))
+            .unwrap()
+            .replace("INVITE sip:", "BYE sip:")
+            .replace("1 INVITE", "2 BYE")
+            .replace(
+                "To: <sip:bob@biloxi.example>",
+                "To: <sip:bob@biloxi.example>;tag=b1",
+            );
+        let (o, _) = go(&mut l, 7, UA, bye.as_bytes());
+        assert!(matches!(o, Outcome::Forward { .. }), "in-dialog: {o:?}");
+        let (o, _) = go(&mut l, 7, "10.8.8.8:5060", &invite(70, "other@x"));
+        assert!(
+            matches!(o, Outcome::Forward { .. }),
+            "another source: {o:?}"
+        );
+        // The next second, the budget is back.
+        let (o, _) = go(&mut l, 8, UA, &invite(70, "c3@x"));
+        assert!(matches!(o, Outcome::Forward { .. }), "{o:?}");
+        // Without a budget, nothing is refused.
+        let mut off = BadInputLimiter::new(0, 4).with_new_dialogs(0);
+        for i in 0..50 {
+            let (o, _) = go(&mut off, 9, UA, &invite(70, &format!("d{i}@x")));
+            assert!(matches!(o, Outcome::Forward { .. }), "{o:?}");
+        }
     }
 
     #[test]

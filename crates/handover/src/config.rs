@@ -116,6 +116,8 @@ struct EdgeSection {
     record_route: Option<bool>,
     /// Refused datagrams allowed per source address per second; 0 = no limit.
     bad_input_per_source: Option<u32>,
+    /// New dialogs allowed per source address per second; 0 = no limit.
+    new_dialogs_per_source: Option<u32>,
     /// Replicated workers' gRPC addresses: route by their shard map.
     cluster: Option<Spanned<Vec<String>>>,
     /// Seconds to keep serving after SIGTERM with /readyz failing.
@@ -259,6 +261,7 @@ pub(crate) struct Edge {
     pub(crate) send_buffer_bytes: usize,
     pub(crate) record_route: bool,
     pub(crate) bad_input_per_source: u32,
+    pub(crate) new_dialogs_per_source: u32,
     /// Replicated workers' gRPC addresses (`IP:PORT` or `HOST:PORT`).
     pub(crate) cluster: Vec<String>,
     pub(crate) drain_s: u64,
@@ -678,6 +681,9 @@ impl Config {
             send_buffer_bytes: e.send_buffer_bytes.unwrap_or(ed.send_buffer_bytes),
             record_route: e.record_route.unwrap_or(ed.record_route),
             bad_input_per_source: e.bad_input_per_source.unwrap_or(ed.bad_input_per_source),
+            new_dialogs_per_source: e
+                .new_dialogs_per_source
+                .unwrap_or(ed.new_dialogs_per_source),
             cluster,
             drain_s: e.drain_s.unwrap_or(5),
             health,
@@ -771,6 +777,7 @@ mod tests {
         .unwrap();
         assert_eq!(c.edge.cluster.len(), 2);
         assert_eq!(c.edge.drain_s, 9);
+        assert_eq!(c.edge.new_dialogs_per_source, 0, "off unless set");
         assert_eq!(c.worker.trusted, ["10.0.0.0/8", "192.0.2.7"]);
         let r = &c.worker.replication;
         assert_eq!((r.id, r.peers.len(), r.commit_window_ms), (Some(2), 2, 0));

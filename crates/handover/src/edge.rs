@@ -66,6 +66,11 @@ pub(crate) struct EdgeArgs {
     /// Refused datagrams allowed per source address per second (0 = no limit).
     #[arg(long)]
     bad_input_per_source: Option<u32>,
+    /// New dialogs (INVITE, REGISTER, SUBSCRIBE… without a To tag) allowed
+    /// per source address per second; past it the edge answers 503 with
+    /// Retry-After (0 = no limit) [default: 0].
+    #[arg(long)]
+    new_dialogs_per_source: Option<u32>,
     /// A replicated worker's gRPC address (repeat for each): the edge then
     /// routes by the cluster's shard map, watched from the first that
     /// answers, instead of hashing over probed backends (probes are off).
@@ -150,6 +155,7 @@ fn settings(a: &EdgeArgs) -> anyhow::Result<Settings> {
         send_buffer_bytes: e.send_buffer_bytes,
         record_route: e.record_route && !a.no_record_route,
         bad_input_per_source: a.bad_input_per_source.unwrap_or(e.bad_input_per_source),
+        new_dialogs_per_source: a.new_dialogs_per_source.unwrap_or(e.new_dialogs_per_source),
         health,
         hashing,
         limits: file.sip.limits(),

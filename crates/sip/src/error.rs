@@ -66,6 +66,9 @@ pub enum Reason {
     /// No backend or worker is up to take the request.
     #[error("Service Unavailable")]
     NoBackend,
+    /// The source started more dialogs this second than its budget.
+    #[error("Service Unavailable")]
+    SourceOverBudget,
 }
 
 impl Reason {
@@ -79,7 +82,7 @@ impl Reason {
             Self::TooManyHops => 483,
             Self::LoopDetected => 482,
             Self::BadExtension => 420,
-            Self::NoBackend => 503,
+            Self::NoBackend | Self::SourceOverBudget => 503,
             _ => 400,
         }
     }
@@ -106,6 +109,7 @@ impl Reason {
             Self::LoopDetected => "loop_detected",
             Self::BadExtension => "bad_extension",
             Self::NoBackend => "no_backend",
+            Self::SourceOverBudget => "source_over_budget",
         }
     }
 }
