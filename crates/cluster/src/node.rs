@@ -123,6 +123,11 @@ pub enum Event {
     MemberDown { node: u64, drained: bool },
     /// Raft's leader changed (0: none known).
     Leader { id: u64, term: u64 },
+    /// This worker now serves `shard` (it owns it, its lease is live and
+    /// the previous owner's has run out): the shells take its calls over.
+    Serving { shard: usize },
+    /// This worker no longer serves `shard` (moved, or its lease ended).
+    Stopped { shard: usize },
 }
 
 /// Why a replica cannot run.
@@ -177,6 +182,9 @@ pub struct Node {
     lease_until: u64,
     /// Per shard: serving may start at this tick.
     serve_from: Vec<u64>,
+    /// Per shard: `serves` as last reported ([`Event::Serving`],
+    /// [`Event::Stopped`]).
+    serving: Vec<bool>,
     renew_seq: u64,
     /// Renewals in flight: seq -> tick proposed.
     renew_sent: BTreeMap<u64, u64>,
@@ -258,6 +266,7 @@ impl Node {
             // After a restart, wait out any lease this worker's previous
             // life may not have seen end.
             serve_from: vec![cfg.lease_ticks; shards],
+            serving: vec![false; shards],
             renew_seq: 0,
             renew_sent: BTreeMap::new(),
             last_renew: 0,
@@ -747,7 +756,25 @@ impl Node {
         }
         self.watch_leader();
         self.compact();
-        self.sync()
+        let r = self.sync();
+        self.note_serving();
+        r
+    }
+
+    /// Reports each shard whose [`Self::serves`] changed since the last
+    /// report (time passed, the map or the lease moved).
+    fn note_serving(&mut self) {
+        for shard in 0..self.serving.len() {
+            let now = self.serves(shard);
+            if now != self.serving[shard] {
+                self.serving[shard] = now;
+                self.events.push_back(if now {
+                    Event::Serving { shard }
+                } else {
+                    Event::Stopped { shard }
+                });
+            }
+        }
     }
 
     fn apply(&mut self, entries: Vec<Entry>) -> Result<(), Error> {

@@ -54,6 +54,9 @@ struct Sim {
     removing: BTreeSet<Vec<u8>>,
     next_call: u64,
     stats: Stats,
+    /// Per node, the shards its `Serving`/`Stopped` events say it serves:
+    /// what a worker's shells act on (a restarted node starts with none).
+    reported: BTreeMap<u64, Vec<bool>>,
     /// Odd seeds run as the workers do: group commit (`Config::group_
     /// commit`), each node closing its window at random ticks and the
     /// messages that reach a node together stepped together.
@@ -111,6 +114,7 @@ impl Sim {
             removing: BTreeSet::new(),
             next_call: 0,
             stats: Stats::default(),
+            reported: BTreeMap::new(),
             group: seed % 2 == 1,
         }
     }
@@ -182,9 +186,18 @@ impl Sim {
     }
 
     fn drain_events(&mut self) {
-        for node in self.nodes.values_mut() {
+        for (id, node) in self.nodes.iter_mut() {
             while let Some(e) = node.poll_event() {
                 match e {
+                    Event::Serving { shard } | Event::Stopped { shard } => {
+                        let r = self
+                            .reported
+                            .entry(*id)
+                            .or_insert_with(|| vec![false; SHARDS]);
+                        let on = matches!(e, Event::Serving { .. });
+                        assert_ne!(r[shard], on, "seed {}: a repeated report", self.seed);
+                        r[shard] = on;
+                    }
                     Event::Committed { call_id, version } => {
                         let key = key_of(&call_id);
                         let prev = self.acked.insert(call_id, (key, version));
@@ -211,6 +224,20 @@ impl Sim {
     }
 
     fn check(&mut self) {
+        // The events say exactly what `serves` says: the shells' view is
+        // the core's.
+        for (id, node) in &self.nodes {
+            let r = self.reported.get(id);
+            for shard in 0..SHARDS {
+                assert_eq!(
+                    r.is_some_and(|r| r[shard]),
+                    node.serves(shard),
+                    "seed {}: tick {}: node {id} shard {shard}: events and serves disagree",
+                    self.seed,
+                    self.now
+                );
+            }
+        }
         for shard in 0..SHARDS {
             let serving: Vec<u64> = self
                 .nodes
@@ -291,6 +318,7 @@ impl Sim {
             let ids: Vec<u64> = self.nodes.keys().copied().collect();
             let id = ids[self.rng.random_range(0..ids.len())];
             let node = self.nodes.remove(&id).expect("node");
+            self.reported.remove(&id);
             let back = self.now + self.rng.random_range(20..200);
             // What its disk holds: a commit index moved since the last
             // write is lost, as on a real crash.

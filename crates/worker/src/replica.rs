@@ -507,8 +507,24 @@ impl Replica {
             send_out(&mut self.node, &outs, isolated());
             let awaiting = self.pending.len();
             let mut map_changed = false;
+            // Shards this round's events started serving: their calls go
+            // to the SIP loop after the events, from the table as applied.
+            let mut gained = Vec::new();
             while let Some(e) = self.node.poll_event() {
                 match e {
+                    Event::Serving { shard } => {
+                        self.served[shard] = true;
+                        self.served_since = std::time::SystemTime::now();
+                        gained.push(shard);
+                        map_changed = true;
+                    }
+                    Event::Stopped { shard } => {
+                        self.served[shard] = false;
+                        self.served_since = std::time::SystemTime::now();
+                        gained.retain(|&s| s != shard);
+                        let _ = self.notes.send(Note::Stopped { shard });
+                        map_changed = true;
+                    }
                     Event::Committed { call_id, .. } => {
                         if let Some(t) = self.pending.remove(&call_id) {
                             metrics::histogram!(RAFT_COMMIT_TIME).record(t.elapsed().as_secs_f64());
@@ -526,8 +542,9 @@ impl Replica {
                     Event::HandedOver { call_id } => {
                         if let Some(c) = self.node.table().call(&call_id) {
                             let shard = shard_of(c.key, SHARDS);
-                            // Not served yet: taken over with the shard.
-                            if self.served[shard] {
+                            // Not served yet, or just gained: taken over
+                            // with the shard.
+                            if self.served[shard] && !gained.contains(&shard) {
                                 let _ = self.notes.send(Note::Serving {
                                     shard,
                                     calls: vec![c.clone()],
@@ -551,6 +568,18 @@ impl Replica {
                     Event::Leader { id, term } => {
                         tracing::info!(leader = id, term, "Raft leader");
                     }
+                }
+            }
+            if !gained.is_empty() {
+                let mut calls: BTreeMap<usize, Vec<cpb::CallUpsert>> =
+                    gained.iter().map(|&s| (s, Vec::new())).collect();
+                for c in self.node.table().calls() {
+                    if let Some(v) = calls.get_mut(&shard_of(c.key, SHARDS)) {
+                        v.push(c.clone());
+                    }
+                }
+                for (shard, calls) in calls {
+                    let _ = self.notes.send(Note::Serving { shard, calls });
                 }
             }
             // The batch in flight committed: what queued behind it goes.
@@ -627,34 +656,10 @@ impl Replica {
         urgent
     }
 
-    /// Serving changes, the status and map the services show, gauges.
+    /// The status and map the services show, gauges (serving changes
+    /// come as the node's events, see `run`).
     fn refresh(&mut self, shared: &watch::Sender<Shared>) {
-        let mut gained = Vec::new();
         let wall = std::time::SystemTime::now();
-        for shard in 0..SHARDS {
-            let now = self.node.serves(shard);
-            if now != self.served[shard] {
-                self.served[shard] = now;
-                self.served_since = wall;
-                if now {
-                    gained.push(shard);
-                } else {
-                    let _ = self.notes.send(Note::Stopped { shard });
-                }
-            }
-        }
-        if !gained.is_empty() {
-            let mut calls: BTreeMap<usize, Vec<cpb::CallUpsert>> =
-                gained.iter().map(|&s| (s, Vec::new())).collect();
-            for c in self.node.table().calls() {
-                if let Some(v) = calls.get_mut(&shard_of(c.key, SHARDS)) {
-                    v.push(c.clone());
-                }
-            }
-            for (shard, calls) in calls {
-                let _ = self.notes.send(Note::Serving { shard, calls });
-            }
-        }
         let s = self.node.status();
         let t = self.node.table();
         let mut per: HashMap<u64, u64> = HashMap::new();
