@@ -4,8 +4,10 @@
 //! restarts, and partitions (both ways and one way), while workers commit,
 //! update and remove calls of the shards they serve.
 //!
-//! Invariants checked at every tick:
+//! Odd seeds run group commit with the replica loop's own `Window` on
+//! skewed clocks. Invariants checked at every tick:
 //! - at most one worker serves a shard;
+//! - a node's `Serving`/`Stopped` events say what its `serves` says;
 //! - every replica that reached an epoch holds the same map for it.
 //!
 //! And at the end of each run, after the faults heal:
@@ -18,11 +20,15 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use handover_cluster::{Config, Event, Message, Node, Store, shard_of};
+use std::time::Duration;
+
+use handover_cluster::{Config, Event, Message, Node, Store, Window, shard_of};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
 const SHARDS: usize = 16;
+/// A tick of the simulation is a tick of the worker's replica loop.
+const TICK_MS: u64 = 100;
 const IDS: [u64; 3] = [1, 2, 3];
 
 struct Faults {
@@ -58,9 +64,17 @@ struct Sim {
     /// what a worker's shells act on (a restarted node starts with none).
     reported: BTreeMap<u64, Vec<bool>>,
     /// Odd seeds run as the workers do: group commit (`Config::group_
-    /// commit`), each node closing its window at random ticks and the
-    /// messages that reach a node together stepped together.
+    /// commit`), the messages that reach a node together stepped together,
+    /// and each node proposing what it queued when its `Window` closes, as
+    /// the replica loop does, on its own clock (`skew` ms off) with a
+    /// window length drawn per seed (20 ms to 400 ms: every tick or every
+    /// few).
     group: bool,
+    window: Window,
+    /// Per node: how far its wall clock is off, ms.
+    skew: BTreeMap<u64, u64>,
+    /// Per node: when (virtual ms) its open window closes.
+    flush_at: BTreeMap<u64, u64>,
 }
 
 #[derive(Debug, Default)]
@@ -79,6 +93,11 @@ fn config(id: u64, group_commit: bool) -> Config {
     c.max_batch = 8;
     c.group_commit = group_commit;
     c
+}
+
+/// A seed's group-commit window, 20 ms to 400 ms.
+fn rng_window_ms(seed: u64) -> u64 {
+    20 + (seed.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 40) % 381
 }
 
 impl Sim {
@@ -116,6 +135,12 @@ impl Sim {
             stats: Stats::default(),
             reported: BTreeMap::new(),
             group: seed % 2 == 1,
+            window: Window::new(Duration::from_millis(rng_window_ms(seed))),
+            skew: IDS
+                .iter()
+                .map(|&id| (id, (seed ^ id.wrapping_mul(0x9E37)) % 20))
+                .collect(),
+            flush_at: BTreeMap::new(),
         }
     }
 
@@ -319,6 +344,7 @@ impl Sim {
             let id = ids[self.rng.random_range(0..ids.len())];
             let node = self.nodes.remove(&id).expect("node");
             self.reported.remove(&id);
+            self.flush_at.remove(&id);
             let back = self.now + self.rng.random_range(20..200);
             // What its disk holds: a commit index moved since the last
             // write is lost, as on a real crash.
@@ -361,14 +387,32 @@ impl Sim {
             self.faults();
         }
         let ids: Vec<u64> = self.nodes.keys().copied().collect();
+        let now_ms = self.now * TICK_MS;
         for id in ids {
-            // A window closes (the worker's flush timer): what is queued
-            // goes, and a leader writes and sends what it held.
-            let close = self.group && (!load || self.rng.random_bool(0.5));
             let node = self.nodes.get_mut(&id).expect("node");
             node.tick().expect("tick");
-            if close {
-                node.propose_queued().expect("propose");
+            if self.group {
+                // The replica loop's flush timer: a window opens when
+                // something is queued (or a leader holds forwarded
+                // proposals) and what is queued goes when it closes. Past
+                // the workload (`!load`), everything goes each tick.
+                let wall = Duration::from_millis(now_ms + self.skew[&id]);
+                let due = if node.deferred() {
+                    Some(self.window.leader_close(wall))
+                } else if node.queued() > 0 {
+                    Some(self.window.close(wall, node.is_leader()))
+                } else {
+                    None
+                };
+                if let Some(d) = due {
+                    let at = now_ms + d.as_millis() as u64;
+                    let f = self.flush_at.entry(id).or_insert(at);
+                    *f = (*f).min(at);
+                }
+                if !load || self.flush_at.get(&id).is_some_and(|&f| f <= now_ms) {
+                    self.flush_at.remove(&id);
+                    node.propose_queued().expect("propose");
+                }
             }
             let out = node.take_messages();
             self.send(id, out, faulty);
