@@ -74,6 +74,9 @@ pub struct Config {
     pub ring_timeout: Duration,
     /// Transfer mode of calls whose route does not set one.
     pub transfer_mode: TransferMode,
+    /// Limits on what is accepted from a peer (`[sip]`: message and URI
+    /// sizes), as at the edge.
+    pub limits: handover_sip::Limits,
     /// Calls held at most (`calls_held`: active ones, and ended ones still
     /// absorbing retransmissions): a new INVITE past it is answered 503
     /// with Retry-After, so a flood of calls cannot take all memory.
@@ -608,6 +611,11 @@ impl<R: RngCore> B2bua<R> {
             .sum()
     }
 
+    /// Replaces the `[sip]` limits (as `Config::limits`).
+    pub fn set_limits(&mut self, limits: handover_sip::Limits) {
+        self.cfg.limits = limits;
+    }
+
     /// Transaction records the calls hold, running or ended but not yet
     /// dropped (ended ones go when their call next runs): what a flood of
     /// requests inside calls costs in memory.
@@ -690,7 +698,7 @@ impl<R: RngCore> B2bua<R> {
 
     /// One datagram from the edge (or a probe).
     pub fn handle_datagram(&mut self, now: Instant, bytes: &[u8]) {
-        let m = match scan(bytes) {
+        let m = match handover_sip::scan_with(bytes, &self.cfg.limits) {
             Ok(m) => m,
             Err(e) => {
                 let mut b = Vec::new();

@@ -1172,3 +1172,36 @@ fn rfc3261_21_5_4_past_max_calls_a_new_call_gets_503_with_retry_after() {
         "room again: call 4 goes to B"
     );
 }
+
+#[test]
+fn the_sip_sections_limits_apply_at_the_worker_too() {
+    let mut b = b2bua_limits(handover_sip::Limits {
+        max_message_bytes: 512,
+        max_uri_bytes: 64,
+    });
+    // A's INVITE with 606 more bytes of SDP: past 512 in all.
+    let pad = format!("a=x:{}\r\n", "y".repeat(600));
+    let big = a_invite()
+        .replace("m=audio", &format!("{pad}m=audio"))
+        .replace(
+            &format!("Content-Length: {}", SDP_A.len()),
+            &format!("Content-Length: {}", SDP_A.len() + pad.len()),
+        );
+    b.handle_datagram(at(0), big.as_bytes());
+    let sent = out(&mut b);
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert!(
+        first_line(&sent[0].1).starts_with("SIP/2.0 413 "),
+        "{}",
+        first_line(&sent[0].1)
+    );
+    assert_eq!(b.calls_active(), 0);
+    // Within the limits, the same INVITE is a call.
+    let mut b = b2bua_limits(handover_sip::Limits::default());
+    b.handle_datagram(at(0), big.as_bytes());
+    assert!(
+        out(&mut b)
+            .iter()
+            .any(|(_, m)| first_line(m).starts_with("INVITE "))
+    );
+}

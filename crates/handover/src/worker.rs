@@ -122,6 +122,7 @@ fn settings(a: WorkerArgs) -> anyhow::Result<Settings> {
         transfer_mode: a.transfer_mode.unwrap_or(w.transfer_mode),
         t1_ms: a.t1_ms.unwrap_or(w.t1_ms),
         max_calls: a.max_calls.unwrap_or(w.max_calls),
+        limits: file.sip.limits(),
         // The edge's key: a call's shard must be the one the edge routes by.
         hashing: crate::config::hashing(
             a.hash_key,

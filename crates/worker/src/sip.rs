@@ -77,6 +77,8 @@ pub struct Settings {
     pub trusted: handover_call::trust::Trusted,
     /// Calls held at most (new ones past it get 503 with Retry-After).
     pub max_calls: usize,
+    /// `[sip]` limits (message and URI sizes), as the edge applies them.
+    pub limits: handover_sip::Limits,
     /// Raft replication, or none (one worker holds every call).
     pub replication: Option<crate::replica::Settings>,
 }
@@ -172,11 +174,13 @@ pub fn run(args: Settings) -> anyhow::Result<()> {
             transfer_mode: args.transfer_mode,
             trusted: args.trusted,
             max_calls: args.max_calls,
+            limits: args.limits,
         };
         // Branches, tags and Call-IDs from a ChaCha12 stream seeded by the OS
         // once: unpredictable, without a getrandom system call per id.
         let rng = <rand_chacha::ChaCha12Rng as rand_core::SeedableRng>::try_from_os_rng()
             .context("cannot seed the random number generator")?;
+        let b2b_limits = cfg.limits;
         let mut b2b = B2bua::new(cfg, rng);
         // Which shards this worker serves: all without replication; with
         // it, those the cluster's map and lease give it (see cluster.rs).
@@ -241,7 +245,7 @@ pub fn run(args: Settings) -> anyhow::Result<()> {
                         let lease_live = replica.as_ref().is_none_or(|r| r.lease.live());
                         // Scanned once: the shard check, the Replaces
                         // look-up and the B2BUA all read this `Message`.
-                        match handover_sip::scan(bytes) {
+                        match handover_sip::scan_with(bytes, &b2b_limits) {
                             Ok(m) if lease_live && served_or_known(&m, &b2b, &served) => {
                                 // The call a Replaces names is another
                                 // worker's: read its record from the
@@ -275,7 +279,7 @@ pub fn run(args: Settings) -> anyhow::Result<()> {
                 Some((bytes, record)) = resolved_rx.recv() => {
                     lookups -= 1;
                     let lease_live = replica.as_ref().is_none_or(|r| r.lease.live());
-                    match handover_sip::scan(&bytes) {
+                    match handover_sip::scan_with(&bytes, &b2b_limits) {
                         Ok(m) if lease_live && served_or_known(&m, &b2b, &served) => {
                             if let Some(r) = record {
                                 replaces_elsewhere[usize::from(!bytes.starts_with(b"REFER "))]
