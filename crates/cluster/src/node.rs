@@ -64,8 +64,11 @@ pub struct Config {
     /// A proposal not applied after this long is proposed again (a
     /// follower's forwarded proposal is lost when the leader changes).
     pub repropose_ticks: u64,
-    /// Take a snapshot and compact the log once it holds this many entries.
+    /// Take a snapshot and compact the log once it holds this many entries,
     pub compact_after: usize,
+    /// or this many bytes of entry data (call records are a few hundred
+    /// bytes to several KiB, so a count alone does not bound memory).
+    pub compact_after_bytes: usize,
     /// At most this many commands per log entry.
     pub max_batch: usize,
     /// Group commit by the shell: a tick does not propose the queued
@@ -92,6 +95,7 @@ impl Config {
             renew_ticks: 5,
             repropose_ticks: 20,
             compact_after: 10_000,
+            compact_after_bytes: 32 << 20,
             max_batch: 512,
             group_commit: false,
         }
@@ -873,7 +877,8 @@ impl Node {
     }
 
     fn compact(&mut self) {
-        if self.raw.store().len() < self.cfg.compact_after {
+        let store = self.raw.store();
+        if store.len() < self.cfg.compact_after && store.bytes() < self.cfg.compact_after_bytes {
             return;
         }
         let data = self.table.encode();
@@ -898,6 +903,31 @@ mod tests {
         m.to = 1;
         m.term = term;
         m
+    }
+
+    #[test]
+    fn the_log_is_compacted_by_bytes_as_well_as_by_entries() {
+        let mut c = Config::new(1, vec![1], 16);
+        c.compact_after = usize::MAX;
+        c.compact_after_bytes = 64 << 10;
+        let mut n = Node::new(c, Store::new(&[1]), 7).unwrap();
+        for _ in 0..50 {
+            n.tick().unwrap();
+        }
+        assert!(n.is_leader());
+        let mut most = 0;
+        for i in 0..200u64 {
+            // Records of 8 KiB: 1.6 MB in all.
+            n.upsert(format!("c{i}").into_bytes(), i, 1, vec![1; 8 << 10]);
+            n.propose_queued().unwrap();
+            n.tick().unwrap();
+            most = most.max(n.store().bytes());
+        }
+        assert!(
+            most < (64 << 10) + (16 << 10),
+            "the log held {most} bytes at most"
+        );
+        assert_eq!(n.table().call_count(), 200, "nothing lost to compaction");
     }
 
     #[test]

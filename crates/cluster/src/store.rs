@@ -19,6 +19,8 @@ pub struct Store {
     snap: Snapshot,
     /// Entries `snap.index + 1 ..= last_index`.
     entries: Vec<Entry>,
+    /// The sum of their data's lengths.
+    bytes: usize,
     /// What changed since the disk last synced.
     dirty: Dirty,
     /// The commit index as of the last write (what a disk holds; see
@@ -50,6 +52,7 @@ impl Store {
             conf,
             snap,
             entries: Vec::new(),
+            bytes: 0,
             dirty: Dirty::default(),
             persisted_commit: 0,
         }
@@ -120,6 +123,11 @@ impl Store {
         self.entries.len()
     }
 
+    /// Bytes of entry data the log holds after its snapshot.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
@@ -159,8 +167,16 @@ impl Store {
             self.last()
         );
         let keep = (head.index - self.first()) as usize;
+        let cut: usize = self
+            .entries
+            .get(keep..)
+            .unwrap_or(&[])
+            .iter()
+            .map(|e| e.data.len())
+            .sum();
         self.entries.truncate(keep);
         self.entries.extend_from_slice(ents);
+        self.bytes = self.bytes - cut + ents.iter().map(|e| e.data.len()).sum::<usize>();
         self.touch_entries(head.index);
     }
 
@@ -171,6 +187,7 @@ impl Store {
         self.hard.commit = meta.index;
         self.conf = meta.get_conf_state().clone();
         self.entries.clear();
+        self.bytes = 0;
         self.snap = snap;
         self.dirty.snapshot = true;
         let after = self.snap.get_metadata().index + 1;
@@ -185,7 +202,11 @@ impl Store {
         }
         let term = self.entries[(index - self.first()) as usize].term;
         let drop = (index + 1 - self.first()) as usize;
-        self.entries.drain(..drop);
+        self.bytes -= self
+            .entries
+            .drain(..drop)
+            .map(|e| e.data.len())
+            .sum::<usize>();
         let meta = self.snap.mut_metadata();
         meta.index = index;
         meta.term = term;
@@ -249,5 +270,36 @@ impl Storage for Store {
             ));
         }
         Ok(self.snap.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(index: u64, term: u64, len: usize) -> Entry {
+        Entry {
+            index,
+            term,
+            data: vec![7u8; len].into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_log_counts_its_bytes_through_appends_overwrites_and_compaction() {
+        let mut s = Store::new(&[1, 2, 3]);
+        s.append(&[entry(1, 1, 100), entry(2, 1, 200), entry(3, 1, 300)]);
+        assert_eq!((s.len(), s.bytes()), (3, 600));
+        // A new leader overwrites the tail from index 2.
+        s.append(&[entry(2, 2, 50)]);
+        assert_eq!((s.len(), s.bytes()), (2, 150));
+        s.compact(1, Vec::new());
+        assert_eq!((s.len(), s.bytes()), (1, 50));
+        let mut snap = Snapshot::default();
+        snap.mut_metadata().index = 9;
+        snap.mut_metadata().term = 3;
+        s.apply_snapshot(snap);
+        assert_eq!((s.len(), s.bytes()), (0, 0));
     }
 }
