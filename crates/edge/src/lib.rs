@@ -57,6 +57,9 @@ pub struct EdgeConfig {
     /// New dialogs (requests without a To tag) allowed per source address
     /// per second; past it, 503 with Retry-After (0 = no limit).
     pub new_dialogs_per_source: u32,
+    /// Seconds a source that starts twice its new-dialog budget in one
+    /// second has its new dialogs dropped unanswered (0: never).
+    pub ban_s: u32,
     /// Health probes.
     pub health: HealthConfig,
     /// Cluster hash key.
@@ -81,6 +84,7 @@ impl Default for EdgeConfig {
             // second from one address; an edge on the Internet sets it
             // (deploy/k8s/base/handover.toml).
             new_dialogs_per_source: 0,
+            ban_s: 10,
             health: HealthConfig::default(),
             hashing: Hashing::default(),
             limits: Limits::default(),
@@ -235,7 +239,11 @@ impl Edge {
         for (i, sock) in sockets.into_iter().enumerate() {
             let shared = Arc::clone(&shared);
             let backends = cfg.backends.len();
-            let limit = (cfg.bad_input_per_source, cfg.new_dialogs_per_source);
+            let limit = (
+                cfg.bad_input_per_source,
+                cfg.new_dialogs_per_source,
+                cfg.ban_s,
+            );
             let h = std::thread::Builder::new()
                 .name(format!("edge-{i}"))
                 .spawn(move || {
@@ -439,11 +447,17 @@ struct Thread {
 }
 
 impl Thread {
-    fn new(shared: Arc<Shared>, backends: usize, (bad, new_dialogs): (u32, u32)) -> Self {
+    fn new(
+        shared: Arc<Shared>,
+        backends: usize,
+        (bad, new_dialogs, ban_s): (u32, u32, u32),
+    ) -> Self {
         let now = Instant::now();
         Self {
             shared,
-            limiter: BadInputLimiter::new(bad, 12).with_new_dialogs(new_dialogs),
+            limiter: BadInputLimiter::new(bad, 12)
+                .with_new_dialogs(new_dialogs)
+                .with_ban(ban_s),
             handles: metrics::Handles::new(backends),
             local: metrics::Local {
                 forwards: vec![0; backends],

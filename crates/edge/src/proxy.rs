@@ -43,6 +43,9 @@ pub enum Drop {
     NoAnswerForAck,
     /// The source sent too much bad input this second.
     RateLimited,
+    /// A new dialog from a source banned for starting twice its budget of
+    /// new dialogs in one second (no answer: the 503s did not slow it).
+    Banned,
     /// The ACK of an answer the edge gave itself (its To tag is ours): the
     /// transaction ends here, no backend knows it.
     AckOfOurAnswer,
@@ -62,6 +65,7 @@ impl Drop {
             Drop::NoAnswerForAck => "ack_not_answerable",
             Drop::AckOfOurAnswer => "ack_of_our_answer",
             Drop::RateLimited => "rate_limited",
+            Drop::Banned => "source_banned",
             Drop::TooLarge => "too_large",
         }
     }
@@ -117,6 +121,20 @@ pub struct BadInputLimiter {
     /// a retransmission of one is never charged nor refused, so a call
     /// admitted once is not failed by a 503 to its own retransmission.
     admitted: Box<[u64]>,
+    /// Seconds a source is banned for (see [`Drop::Banned`]); 0: never.
+    ban_s: u32,
+    /// Per slot: (source, banned until this second).
+    bans: Box<[(u128, u32)]>,
+}
+
+/// What the edge does with a new dialog (see [`BadInputLimiter`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Admit {
+    Yes,
+    /// 503 with Retry-After.
+    Refuse,
+    /// Silently: the source is banned.
+    Drop,
 }
 
 impl BadInputLimiter {
@@ -128,6 +146,8 @@ impl BadInputLimiter {
             slots: vec![(0, 0, 0); 1 << bits].into_boxed_slice(),
             new_dialogs: None,
             admitted: Box::default(),
+            ban_s: 0,
+            bans: Box::default(),
         }
     }
 
@@ -140,23 +160,41 @@ impl BadInputLimiter {
         self
     }
 
-    /// Counts a new dialog from `ip` whose transaction hashes to `txn`;
-    /// false when `ip` is over its budget this second (then it is not
-    /// counted). A retransmission of an admitted one always passes.
-    fn new_dialog(&mut self, ip: IpAddr, now_sec: u32, txn: u64) -> bool {
+    /// A source that starts twice its budget of new dialogs in one second
+    /// has its new dialogs dropped unanswered for `ban_s` seconds (0: no
+    /// ban). Only with [`Self::with_new_dialogs`].
+    pub fn with_ban(mut self, ban_s: u32) -> Self {
+        self.ban_s = ban_s;
+        self.bans = vec![(0, 0); if ban_s > 0 { self.slots.len() } else { 0 }].into_boxed_slice();
+        self
+    }
+
+    /// Counts a new dialog from `ip` whose transaction hashes to `txn`
+    /// and says what to do with it. A retransmission of an admitted one
+    /// always passes.
+    fn new_dialog(&mut self, ip: IpAddr, now_sec: u32, txn: u64) -> Admit {
         let Some(l) = &mut self.new_dialogs else {
-            return true;
+            return Admit::Yes;
         };
         let i = (txn as usize) & (self.admitted.len() - 1);
         if self.admitted[i] == txn {
-            return true;
+            return Admit::Yes;
         }
-        if l.limited(ip, now_sec) {
-            return false;
+        let (slot, v) = l.slot(ip);
+        if self.ban_s > 0 && self.bans[slot].0 == v && now_sec < self.bans[slot].1 {
+            return Admit::Drop;
         }
+        let over = l.limited(ip, now_sec);
+        // Refused ones count too: twice the budget in a second bans.
         l.charge(ip, now_sec);
-        self.admitted[i] = txn;
-        true
+        if !over {
+            self.admitted[i] = txn;
+            return Admit::Yes;
+        }
+        if self.ban_s > 0 && l.slots[slot].2 >= l.per_sec.saturating_mul(2) {
+            self.bans[slot] = (v, now_sec.saturating_add(self.ban_s));
+        }
+        Admit::Refuse
     }
 
     fn slot(&self, ip: IpAddr) -> (usize, u128) {
@@ -360,13 +398,16 @@ impl Proxy {
         if from_backend.is_none()
             && m.to_tag().is_none()
             && !matches!(m.method(), Some(Method::Ack | Method::Cancel))
-            && !limiter.new_dialog(
+        {
+            match limiter.new_dialog(
                 from.ip(),
                 now_sec,
                 self.hashing.transaction_hash(m.top_via(), m),
-            )
-        {
-            return self.reply(m, from, Reason::SourceOverBudget, out);
+            ) {
+                Admit::Yes => {}
+                Admit::Refuse => return self.reply(m, from, Reason::SourceOverBudget, out),
+                Admit::Drop => return Outcome::Drop(Drop::Banned),
+            }
         }
         let (to, peer) = match from_backend {
             None => match table.route(key) {
@@ -758,6 +799,59 @@ From: <sip:alice@a.example>;tag=f1\r\nCall-ID: call-2@x\r\nCSeq: 1 INVITE\r\nCon
         for i in 0..50 {
             let (o, _) = go(&mut off, 9, UA, &invite(70, &format!("d{i}@x")));
             assert!(matches!(o, Outcome::Forward { .. }), "{o:?}");
+        }
+    }
+
+    #[test]
+    fn a_source_at_twice_its_budget_is_banned_for_a_while() {
+        let (p, t, _) = setup();
+        let mut l = BadInputLimiter::new(0, 4).with_new_dialogs(2).with_ban(5);
+        let mut out = vec![0u8; 65_536];
+        let mut go = |l: &mut BadInputLimiter, sec: u32, b: &[u8]| {
+            p.handle(&t, l, sec, UA.parse().unwrap(), b, &mut out)
+        };
+        let mut seen = Vec::new();
+        for i in 0..6 {
+            seen.push(match go(&mut l, 7, &invite(70, &format!("b{i}@x"))) {
+                Outcome::Forward { .. } => "fwd",
+                Outcome::Reply { status: 503, .. } => "503",
+                Outcome::Drop(Drop::Banned) => "banned",
+                o => panic!("{o:?}"),
+            });
+        }
+        // Two in budget, two refused (the fourth makes twice the budget),
+        // then silence.
+        assert_eq!(seen, ["fwd", "fwd", "503", "503", "banned", "banned"]);
+        assert!(matches!(
+            go(&mut l, 11, &invite(70, "b9@x")),
+            Outcome::Drop(Drop::Banned)
+        ));
+        // In-dialog requests of the banned source still pass.
+        let bye = String::from_utf8(invite(70, "b0@x"))
+            .unwrap()
+            .replace("INVITE sip:", "BYE sip:")
+            .replace("1 INVITE", "2 BYE")
+            .replace(
+                "To: <sip:bob@biloxi.example>",
+                "To: <sip:bob@biloxi.example>;tag=b1",
+            );
+        assert!(matches!(
+            go(&mut l, 11, bye.as_bytes()),
+            Outcome::Forward { .. }
+        ));
+        // The ban ends after 5 s.
+        assert!(matches!(
+            go(&mut l, 12, &invite(70, "b10@x")),
+            Outcome::Forward { .. }
+        ));
+        // Without a ban, refusals go on as 503s.
+        let mut nb = BadInputLimiter::new(0, 4).with_new_dialogs(1).with_ban(0);
+        for i in 0..5 {
+            let o = go(&mut nb, 7, &invite(70, &format!("n{i}@x")));
+            assert!(
+                i == 0 || matches!(o, Outcome::Reply { status: 503, .. }),
+                "{o:?}"
+            );
         }
     }
 

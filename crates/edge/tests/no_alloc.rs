@@ -35,7 +35,9 @@ fn proxy_handle_does_not_allocate() {
         Limits::default(),
         true,
     );
-    let mut limiter = BadInputLimiter::new(1000, 8).with_new_dialogs(1000);
+    let mut limiter = BadInputLimiter::new(1000, 8)
+        .with_new_dialogs(1000)
+        .with_ban(10);
     let ua: SocketAddr = "198.51.100.7:33333".parse().unwrap();
     let invite = b"INVITE sip:bob@biloxi.example SIP/2.0\r\nVia: SIP/2.0/UDP 198.51.100.7:33333;branch=z9hG4bKa1;rport\r\n\
 Max-Forwards: 70\r\nTo: <sip:bob@biloxi.example>\r\nFrom: <sip:alice@a.example>;tag=f1\r\nCall-ID: c1@x\r\n\

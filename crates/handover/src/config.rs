@@ -118,6 +118,8 @@ struct EdgeSection {
     bad_input_per_source: Option<u32>,
     /// New dialogs allowed per source address per second; 0 = no limit.
     new_dialogs_per_source: Option<u32>,
+    /// Seconds a source over twice that in a second is banned; 0 = never.
+    ban_s: Option<u32>,
     /// Replicated workers' gRPC addresses: route by their shard map.
     cluster: Option<Spanned<Vec<String>>>,
     /// Seconds to keep serving after SIGTERM with /readyz failing.
@@ -262,6 +264,7 @@ pub(crate) struct Edge {
     pub(crate) record_route: bool,
     pub(crate) bad_input_per_source: u32,
     pub(crate) new_dialogs_per_source: u32,
+    pub(crate) ban_s: u32,
     /// Replicated workers' gRPC addresses (`IP:PORT` or `HOST:PORT`).
     pub(crate) cluster: Vec<String>,
     pub(crate) drain_s: u64,
@@ -684,6 +687,7 @@ impl Config {
             new_dialogs_per_source: e
                 .new_dialogs_per_source
                 .unwrap_or(ed.new_dialogs_per_source),
+            ban_s: e.ban_s.unwrap_or(ed.ban_s),
             cluster,
             drain_s: e.drain_s.unwrap_or(5),
             health,

@@ -71,6 +71,11 @@ pub(crate) struct EdgeArgs {
     /// Retry-After (0 = no limit) [default: 0].
     #[arg(long)]
     new_dialogs_per_source: Option<u32>,
+    /// With --new-dialogs-per-source: a source that starts twice its
+    /// budget in one second has its new dialogs dropped unanswered for
+    /// this many seconds (0: never) [default: 10].
+    #[arg(long)]
+    ban_s: Option<u32>,
     /// A replicated worker's gRPC address (repeat for each): the edge then
     /// routes by the cluster's shard map, watched from the first that
     /// answers, instead of hashing over probed backends (probes are off).
@@ -156,6 +161,7 @@ fn settings(a: &EdgeArgs) -> anyhow::Result<Settings> {
         record_route: e.record_route && !a.no_record_route,
         bad_input_per_source: a.bad_input_per_source.unwrap_or(e.bad_input_per_source),
         new_dialogs_per_source: a.new_dialogs_per_source.unwrap_or(e.new_dialogs_per_source),
+        ban_s: a.ban_s.unwrap_or(e.ban_s),
         health,
         hashing,
         limits: file.sip.limits(),
