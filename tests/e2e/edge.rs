@@ -136,37 +136,31 @@ fn a_source_over_its_new_dialog_budget_gets_503_and_others_are_served() {
     // Every call of the flooding source ended as its scenario says: a
     // whole call, or a 503 with Retry-After it ACKed.
     assert_eq!((f.exit, f.successful, f.failed), (Some(0), 300, 0), "{f:?}");
-    // (The edge's counters reach /metrics every 100 ms.)
-    let count = |series: &str| metric(&scrape(&edge), series);
-    let refused = "handover_edge_replies_total{status=\"503\"}";
-    wait_for(Duration::from_secs(2), || count(refused) > 0.0);
-    let refused = count(refused) as u64;
-    // 300 calls at 100/s span 3 or 4 seconds of 20 each.
-    assert!(
-        (200..=260).contains(&refused),
-        "about 20 calls a second got through, the rest were refused: {refused}"
-    );
-    // The refused calls never reached the callee, and their ACKs ended at
-    // the edge.
-    uas[0].expect_calls(300 - refused + 30);
-    wait_for(Duration::from_secs(2), || {
-        count("handover_edge_drops_total{reason=\"ack_of_our_answer\"}") >= refused as f64
-    });
-    assert_eq!(
-        count("handover_edge_drops_total{reason=\"ack_of_our_answer\"}"),
-        refused as f64
-    );
+    // The calls the caller saw refused, one log line each (its scenario
+    // logs the Retry-After it was given).
     let logs = std::fs::read_dir(dir.path())
         .unwrap()
         .filter_map(Result::ok)
         .filter(|e| e.file_name().to_string_lossy().ends_with("_logs.log"))
         .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
         .collect::<String>();
-    assert_eq!(
-        logs.matches("refused, Retry-After 1").count() as u64,
-        refused,
-        "each refusal said when to retry"
+    let refused = logs.matches("refused, Retry-After 1").count() as u64;
+    // 300 calls at 100/s span 3 or 4 seconds of 20 each.
+    assert!(
+        (200..=260).contains(&refused),
+        "about 20 calls a second got through, the rest were refused: {refused}"
     );
+    // The refused calls never reached the callee.
+    uas[0].expect_calls(300 - refused + 30);
+    // The edge answered each (a 503 retransmitted to a retransmitted
+    // INVITE counts twice) and ended each one's ACK itself. (Its counters
+    // reach /metrics every 100 ms.)
+    let count = |series: &str| metric(&scrape(&edge), series);
+    let answered = "handover_edge_replies_total{status=\"503\"}";
+    let acks = "handover_edge_drops_total{reason=\"ack_of_our_answer\"}";
+    wait_for(Duration::from_secs(2), || count(acks) >= refused as f64);
+    assert!(count(answered) >= refused as f64, "{}", count(answered));
+    assert!(count(acks) >= refused as f64, "{}", count(acks));
 }
 
 #[test]
