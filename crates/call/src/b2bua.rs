@@ -77,6 +77,9 @@ pub struct Config {
     /// Limits on what is accepted from a peer (`[sip]`: message and URI
     /// sizes), as at the edge.
     pub limits: handover_sip::Limits,
+    /// Calls held at most per source address (the caller as the edge saw
+    /// it); past it, 503 with Retry-After like `max_calls`. 0: no limit.
+    pub max_calls_per_source: usize,
     /// Calls held at most (`calls_held`: active ones, and ended ones still
     /// absorbing retransmissions): a new INVITE past it is answered 503
     /// with Retry-After, so a flood of calls cannot take all memory.
@@ -125,6 +128,9 @@ pub struct Stats {
     pub refused_in_call: u64,
     /// New calls answered 503 because `Config::max_calls` were held.
     pub refused_full: u64,
+    /// New calls answered 503 because their source held
+    /// `Config::max_calls_per_source`.
+    pub refused_per_source: u64,
 }
 
 /// How a transfer the B2BUA relayed went (passthrough mode: the phones
@@ -360,6 +366,9 @@ struct Call {
     /// many datagrams runs its timers once per deadline, not once per
     /// datagram it ever received.
     scheduled: Option<Instant>,
+    /// Who started the call (the address the edge received A's INVITE
+    /// from), counted in `B2bua::per_source`.
+    source: Option<IpAddr>,
 }
 
 /// A deadline of the call itself (its transactions keep their own): what
@@ -445,6 +454,8 @@ pub struct B2bua<R> {
     replication: VecDeque<Replication>,
     /// Calls of other workers, learnt for one datagram (`remote.rs`).
     remote: Vec<CallRecord>,
+    /// Calls held per source address (see `Config::max_calls_per_source`).
+    per_source: HashMap<IpAddr, usize>,
 }
 
 /// The headers a B2BUA passes from one leg to the other unchanged: all but
@@ -547,6 +558,7 @@ impl<R: RngCore> B2bua<R> {
             replicate: false,
             replication: VecDeque::new(),
             remote: Vec::new(),
+            per_source: HashMap::new(),
         }
     }
 
@@ -611,6 +623,30 @@ impl<R: RngCore> B2bua<R> {
             .sum()
     }
 
+    /// Counts a call held for `source`.
+    pub(super) fn count_source(&mut self, source: Option<IpAddr>) {
+        if let Some(ip) = source {
+            *self.per_source.entry(ip).or_default() += 1;
+        }
+    }
+
+    /// A call of `source` is no longer held.
+    pub(super) fn forget_source(&mut self, source: Option<IpAddr>) {
+        if let Some(ip) = source
+            && let Some(n) = self.per_source.get_mut(&ip)
+        {
+            *n -= 1;
+            if *n == 0 {
+                self.per_source.remove(&ip);
+            }
+        }
+    }
+
+    /// Replaces `Config::max_calls_per_source`.
+    pub fn set_max_calls_per_source(&mut self, n: usize) {
+        self.cfg.max_calls_per_source = n;
+    }
+
     /// Replaces the `[sip]` limits (as `Config::limits`).
     pub fn set_limits(&mut self, limits: handover_sip::Limits) {
         self.cfg.limits = limits;
@@ -646,6 +682,7 @@ impl<R: RngCore> B2bua<R> {
             Some(_) => {}
             None if c.over => {
                 if let Some(c) = self.calls.remove(&cref) {
+                    self.forget_source(c.source);
                     let local = c.local.as_ref().map(|l| &l.t_call_id);
                     for id in [&c.a_call_id, &c.b_call_id]
                         .into_iter()

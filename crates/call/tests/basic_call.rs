@@ -1205,3 +1205,50 @@ fn the_sip_sections_limits_apply_at_the_worker_too() {
             .any(|(_, m)| first_line(m).starts_with("INVITE "))
     );
 }
+
+#[test]
+fn a_source_past_its_call_budget_gets_503_and_others_are_served() {
+    let mut b = b2bua_per_source(2);
+    let from = |n: u32, ip: &str| {
+        a_invite()
+            .replace("a-call", &format!("a-call-{n}"))
+            .replace("127.0.0.1;rport=5061", &format!("{ip};rport=5061"))
+    };
+    for n in 1..=2 {
+        b.handle_datagram(at(u64::from(n)), from(n, "192.0.2.7").as_bytes());
+        assert!(
+            out(&mut b)
+                .iter()
+                .any(|(_, m)| first_line(m).starts_with("INVITE "))
+        );
+    }
+    b.handle_datagram(at(5), from(3, "192.0.2.7").as_bytes());
+    let sent = out(&mut b);
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    let text = String::from_utf8_lossy(&sent[0].1).into_owned();
+    assert!(
+        text.starts_with("SIP/2.0 503 Service Unavailable\r\n"),
+        "{text}"
+    );
+    assert!(text.contains("\r\nRetry-After: 5\r\n"), "{text}");
+    assert_eq!(b.stats().refused_per_source, 1);
+    // Another source is served.
+    b.handle_datagram(at(6), from(4, "198.51.100.9").as_bytes());
+    assert!(
+        out(&mut b)
+            .iter()
+            .any(|(_, m)| first_line(m).starts_with("INVITE "))
+    );
+    // Once the first source's calls are gone, it is served again.
+    for t in (10..100_000).step_by(500) {
+        b.handle_timeout(at(t));
+        out(&mut b);
+    }
+    assert_eq!(b.calls_held(), 0);
+    b.handle_datagram(at(100_001), from(5, "192.0.2.7").as_bytes());
+    assert!(
+        out(&mut b)
+            .iter()
+            .any(|(_, m)| first_line(m).starts_with("INVITE "))
+    );
+}

@@ -50,6 +50,8 @@ struct WorkerSection {
     t1_ms: Option<Spanned<u64>>,
     /// Calls held at most.
     max_calls: Option<Spanned<usize>>,
+    /// Calls held at most per source address; 0 = no limit.
+    max_calls_per_source: Option<usize>,
     /// Trusted peers by address prefix (`["10.0.0.0/8", …]`): their
     /// identity headers pass between the legs.
     trusted: Option<Spanned<Vec<String>>>,
@@ -229,6 +231,7 @@ pub(crate) struct Worker {
     pub(crate) transfer_mode: handover_call::TransferMode,
     pub(crate) t1_ms: u64,
     pub(crate) max_calls: usize,
+    pub(crate) max_calls_per_source: usize,
     /// Trusted peers' prefixes, as given.
     pub(crate) trusted: Vec<String>,
     /// Routes in the command-line form (`MATCH=TARGET[,TARGET…]`).
@@ -668,6 +671,7 @@ impl Config {
             transfer_mode,
             t1_ms,
             max_calls,
+            max_calls_per_source: w.max_calls_per_source.unwrap_or(0),
             trusted,
             routes,
             replication,

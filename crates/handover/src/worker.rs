@@ -63,6 +63,11 @@ pub(crate) struct WorkerArgs {
     /// 503 with Retry-After [default: 100000].
     #[arg(long)]
     max_calls: Option<usize>,
+    /// Calls one source address (a phone, a trunk, as the edge saw it) may
+    /// hold at this worker; past it, 503 with Retry-After (0: no limit)
+    /// [default: 0].
+    #[arg(long)]
+    max_calls_per_source: Option<usize>,
     /// SIP timer T1 in milliseconds (RFC 3261: 500; lower only on a network
     /// known to be faster) [default: 500].
     #[arg(long)]
@@ -122,6 +127,7 @@ fn settings(a: WorkerArgs) -> anyhow::Result<Settings> {
         transfer_mode: a.transfer_mode.unwrap_or(w.transfer_mode),
         t1_ms: a.t1_ms.unwrap_or(w.t1_ms),
         max_calls: a.max_calls.unwrap_or(w.max_calls),
+        max_calls_per_source: a.max_calls_per_source.unwrap_or(w.max_calls_per_source),
         limits: file.sip.limits(),
         // The edge's key: a call's shard must be the one the edge routes by.
         hashing: crate::config::hashing(

@@ -77,6 +77,8 @@ pub struct Settings {
     pub trusted: handover_call::trust::Trusted,
     /// Calls held at most (new ones past it get 503 with Retry-After).
     pub max_calls: usize,
+    /// Calls held at most per source address (0: no limit).
+    pub max_calls_per_source: usize,
     /// `[sip]` limits (message and URI sizes), as the edge applies them.
     pub limits: handover_sip::Limits,
     /// Raft replication, or none (one worker holds every call).
@@ -174,6 +176,7 @@ pub fn run(args: Settings) -> anyhow::Result<()> {
             transfer_mode: args.transfer_mode,
             trusted: args.trusted,
             max_calls: args.max_calls,
+            max_calls_per_source: args.max_calls_per_source,
             limits: args.limits,
         };
         // Branches, tags and Call-IDs from a ChaCha12 stream seeded by the OS
@@ -193,6 +196,7 @@ pub fn run(args: Settings) -> anyhow::Result<()> {
         let unreplicated = metrics::counter!(UNREPLICATED);
         let refused_in_call = metrics::counter!(REFUSED_IN_CALL);
         let refused_full = metrics::counter!(REFUSED_FULL, "cause" => "max_calls");
+        let refused_per_source = metrics::counter!(REFUSED_FULL, "cause" => "max_calls_per_source");
         let handed_over = metrics::counter!(HANDED_OVER);
         // By request: a REFER's Refer-To (the transfer's two calls are on
         // two workers), or the INVITE of the transferee's new call.
@@ -406,6 +410,7 @@ pub fn run(args: Settings) -> anyhow::Result<()> {
             unreplicated.increment(s.unreplicated - last.unreplicated);
             refused_in_call.increment(s.refused_in_call - last.refused_in_call);
             refused_full.increment(s.refused_full - last.refused_full);
+            refused_per_source.increment(s.refused_per_source - last.refused_per_source);
             while let Some(t) = b2b.poll_transfer() {
                 use handover_call::TransferResult as R;
                 let kind = if t.attended { "attended" } else { "blind" };

@@ -185,6 +185,7 @@ impl<R: RngCore> B2bua<R> {
             .collect();
         for cref in &refs {
             if let Some(c) = self.calls.remove(cref) {
+                self.forget_source(c.source);
                 let local = c.local.as_ref().map(|l| &l.t_call_id);
                 for id in [&c.a_call_id, &c.b_call_id]
                     .into_iter()
@@ -227,6 +228,8 @@ impl<R: RngCore> B2bua<R> {
         hash_dialog(&rec.b_dialog, &mut h);
         rec.local_mode.hash(&mut h);
         let print = h.finish();
+        let source = scan(&rec.a_invite).ok().as_ref().and_then(sender_ip);
+        self.count_source(source);
         self.calls.insert(
             cref,
             Call {
@@ -264,6 +267,7 @@ impl<R: RngCore> B2bua<R> {
                 replicated: self.replicate.then_some((rec.version, print)),
                 held_ok: None,
                 scheduled: None,
+                source,
             },
         );
         self.schedule(cref);

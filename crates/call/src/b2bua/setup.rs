@@ -117,8 +117,17 @@ impl<R: RngCore> B2bua<R> {
         //# temporary overloading or maintenance of the server.  The server MAY
         //# indicate when the client should retry the request in a Retry-After
         //# header field.
-        if self.calls.len() >= self.cfg.max_calls {
-            self.stats.refused_full += 1;
+        let source = sender_ip(m);
+        let from_source = source.map_or(0, |ip| self.per_source.get(&ip).copied().unwrap_or(0));
+        let full = self.calls.len() >= self.cfg.max_calls;
+        if full
+            || (self.cfg.max_calls_per_source > 0 && from_source >= self.cfg.max_calls_per_source)
+        {
+            if full {
+                self.stats.refused_full += 1;
+            } else {
+                self.stats.refused_per_source += 1;
+            }
             let t = self.ids.tag();
             let mut b = Vec::new();
             response(
@@ -154,6 +163,7 @@ impl<R: RngCore> B2bua<R> {
         self.next_ref += 1;
         self.by_call_id.insert(m.call_id().to_vec(), cref);
         self.by_call_id.insert(b_call_id.clone(), cref);
+        self.count_source(source);
         self.calls.insert(
             cref,
             Call {
@@ -191,6 +201,7 @@ impl<R: RngCore> B2bua<R> {
                 replicated: None,
                 held_ok: None,
                 scheduled: None,
+                source,
             },
         );
         self.drain(now, cref);

@@ -59,6 +59,13 @@ pub(crate) fn b2bua_max_calls(specs: &[&str], max_calls: usize) -> B2bua<Seq> {
     b2bua_full(specs, 1, Default::default(), max_calls)
 }
 
+/// A B2BUA that holds at most `n` calls per source address.
+pub(crate) fn b2bua_per_source(n: usize) -> B2bua<Seq> {
+    let mut b = b2bua_full(&["b=127.0.0.1:5071"], 1, Default::default(), usize::MAX);
+    b.set_max_calls_per_source(n);
+    b
+}
+
 /// A B2BUA with these `[sip]` limits.
 pub(crate) fn b2bua_limits(limits: handover_sip::Limits) -> B2bua<Seq> {
     let mut b = b2bua_full(&["b=127.0.0.1:5071"], 1, Default::default(), usize::MAX);
@@ -87,6 +94,7 @@ fn b2bua_full(
             transfer_mode: Default::default(),
             trusted,
             max_calls,
+            max_calls_per_source: 0,
             limits: Default::default(),
         },
         Seq(seed),
