@@ -899,3 +899,57 @@ fn attended_transfer_across_workers_reads_the_other_call_from_its_record() {
     );
     assert_eq!(header(&to_c, HeaderName::Replaces), replaces);
 }
+
+/// A caller's Contact is its own word: a Replaces naming a caller's dialog
+/// sends the new call there only when that Contact is the address the
+/// caller's INVITE came from. Otherwise the INVITE is routed as any other:
+/// nobody can make the B2BUA call an address of their choosing by naming
+/// their own call.
+#[test]
+fn a_replaces_aims_at_a_callers_contact_only_where_the_caller_is() {
+    let mut b = b2bua_routed(&["b=127.0.0.1:5071", "c=127.0.0.1:5072"], 5);
+    let answer = |b: &mut handover_call::B2bua<Seq>, t: u64, inv: &str| {
+        b.handle_datagram(at(t), inv.as_bytes());
+        let leg = find(&out(b), "INVITE ").expect("callee leg");
+        let m = scan(&leg).unwrap();
+        b.handle_datagram(
+            at(t + 10),
+            b_resp(&m, "200 OK", "bt", Some(SDP_B)).as_bytes(),
+        );
+        let ok = find(&out(b), "SIP/2.0 200").expect("caller hears 200");
+        String::from_utf8(scan(&ok).unwrap().to_tag().unwrap().to_vec()).unwrap()
+    };
+    let replacing = |cid: &str, caller_tag: &str, ours: &str| {
+        invite(
+            &format!("r-{cid}"),
+            "eve",
+            5090,
+            "c",
+            &format!("Replaces: {cid};to-tag={caller_tag};from-tag={ours}\r\n"),
+        )
+    };
+    // Mallory calls from 127.0.0.1:5063 with a Contact naming someone else.
+    let spoofed = invite("m-1", "mallory", 5063, "b", "").replace(
+        "Contact: <sip:mallory@127.0.0.1:5063>",
+        "Contact: <sip:victim@203.0.113.9:5060>",
+    );
+    let ours = answer(&mut b, 0, &spoofed);
+    b.handle_datagram(at(100), replacing("m-1", "malloryt", &ours).as_bytes());
+    let inv = find(&out(&mut b), "INVITE ").expect("routed");
+    let m = scan(&inv).unwrap();
+    assert_eq!(
+        m.request_uri().unwrap().as_bytes(),
+        b"sip:c@127.0.0.1:5072",
+        "routed by the routes, not to the Contact Mallory wrote"
+    );
+    // Alice, whose Contact is where she calls from, is reached.
+    let ours = answer(&mut b, 200, &invite("a-1", "alice", 5061, "b", ""));
+    b.handle_datagram(at(300), replacing("a-1", "alicet", &ours).as_bytes());
+    let inv = find(&out(&mut b), "INVITE ").expect("to Alice");
+    let m = scan(&inv).unwrap();
+    assert_eq!(
+        m.request_uri().unwrap().port(),
+        Some(5061),
+        "the replaced dialog's party"
+    );
+}

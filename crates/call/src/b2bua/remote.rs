@@ -49,6 +49,18 @@ impl<R: RngCore> B2bua<R> {
         self.remote.clear();
     }
 
+    /// The INVITE that started the call one of whose legs has `call_id`
+    /// (A's, as the edge forwarded it).
+    pub(super) fn a_invite_of(&self, call_id: &[u8]) -> Option<&[u8]> {
+        if let Some(&cref) = self.by_call_id.get(call_id) {
+            return self.calls.get(&cref).map(|c| c.a_invite.as_slice());
+        }
+        self.remote
+            .iter()
+            .find(|r| r.a_call_id == call_id || r.b_call_id == call_id)
+            .map(|r| r.a_invite.as_slice())
+    }
+
     /// Both dialogs (A's, B's) of the call one of whose legs has
     /// `call_id`, and the call's reference when this worker holds it.
     pub(super) fn dialogs_of(&self, call_id: &[u8]) -> Option<(Option<u64>, &Dialog, &Dialog)> {

@@ -84,6 +84,13 @@ impl<R: RngCore> B2bua<R> {
     /// dialog of ours as the party there knows it (`to-tag` theirs,
     /// `from-tag` ours): to that party's current target, whatever the
     /// routes say, so the new call reaches the dialog it replaces.
+    ///
+    /// A callee's target was reached through the routes; a caller's is its
+    /// own Contact, which nothing checked. So a caller's dialog is aimed at
+    /// only when its Contact is the address its INVITE came from; else
+    /// anyone could name their own call and have the worker call an address
+    /// of their choosing (an open relay), and the INVITE is routed as any
+    /// other.
     pub(super) fn replaced_target(&self, m: &Message<'_>) -> Option<SocketAddr> {
         let v = m.header(HeaderName::Replaces)?.value.of(m.buf());
         let r = Replaces::parse(v)?;
@@ -94,7 +101,15 @@ impl<R: RngCore> B2bua<R> {
         let t = &d.remote_target;
         let u = handover_sip::Uri::parse(t, handover_sip::Span::new(0, t.len())).ok()?;
         let ip: IpAddr = core::str::from_utf8(u.host()).ok()?.parse().ok()?;
-        Some(SocketAddr::new(ip, u.port().unwrap_or(5060)))
+        let target = SocketAddr::new(ip, u.port().unwrap_or(5060));
+        if std::ptr::eq(d, a) {
+            let invite = scan(self.a_invite_of(&r.call_id)?).ok()?;
+            let came_from = invite.vias().nth(1).and_then(|v| v.target());
+            if came_from != Some(target) {
+                return None;
+            }
+        }
+        Some(target)
     }
 
     pub(super) fn new_call(&mut self, now: Instant, m: &Message<'_>) -> Option<u64> {
