@@ -395,7 +395,9 @@ impl Proxy {
         let key = key.unwrap_or_else(|| self.hashing.affinity_key(m.call_id()));
 
         let from_backend = table.backend_index(from);
-        if from_backend.is_none()
+        // (The transaction hash is only computed with a budget set.)
+        if limiter.new_dialogs.is_some()
+            && from_backend.is_none()
             && m.to_tag().is_none()
             && !matches!(m.method(), Some(Method::Ack | Method::Cancel))
         {
@@ -613,6 +615,18 @@ Call-ID: {call_id}\r\nCSeq: 1 INVITE\r\nContact: <sip:alice@10.9.9.9:5060>\r\nCo
         .into_bytes()
     }
 
+    /// A BYE inside the dialog of `invite(70, call_id)`.
+    fn in_dialog_bye(call_id: &str) -> String {
+        String::from_utf8(invite(70, call_id))
+            .unwrap()
+            .replace("INVITE sip:", "BYE sip:")
+            .replace("1 INVITE", "2 BYE")
+            .replace(
+                "To: <sip:bob@biloxi.example>",
+                "To: <sip:bob@biloxi.example>;tag=b1",
+            )
+    }
+
     fn run(
         p: &Proxy,
         t: &Table,
@@ -776,14 +790,7 @@ From: <sip:alice@a.example>;tag=f1\r\nCall-ID: call-2@x\r\nCSeq: 1 INVITE\r\nCon
         );
         assert!(text.contains("\r\nRetry-After: 1\r\n"), "{text}");
         // In-dialog requests of the same source, and other sources, go on.
-        let bye = String::from_utf8(invite(70, "c0@x"))
-            .unwrap()
-            .replace("INVITE sip:", "BYE sip:")
-            .replace("1 INVITE", "2 BYE")
-            .replace(
-                "To: <sip:bob@biloxi.example>",
-                "To: <sip:bob@biloxi.example>;tag=b1",
-            );
+        let bye = in_dialog_bye("c0@x");
         let (o, _) = go(&mut l, 7, UA, bye.as_bytes());
         assert!(matches!(o, Outcome::Forward { .. }), "in-dialog: {o:?}");
         let (o, _) = go(&mut l, 7, "10.8.8.8:5060", &invite(70, "other@x"));
@@ -827,14 +834,7 @@ From: <sip:alice@a.example>;tag=f1\r\nCall-ID: call-2@x\r\nCSeq: 1 INVITE\r\nCon
             Outcome::Drop(Drop::Banned)
         ));
         // In-dialog requests of the banned source still pass.
-        let bye = String::from_utf8(invite(70, "b0@x"))
-            .unwrap()
-            .replace("INVITE sip:", "BYE sip:")
-            .replace("1 INVITE", "2 BYE")
-            .replace(
-                "To: <sip:bob@biloxi.example>",
-                "To: <sip:bob@biloxi.example>;tag=b1",
-            );
+        let bye = in_dialog_bye("b0@x");
         assert!(matches!(
             go(&mut l, 11, bye.as_bytes()),
             Outcome::Forward { .. }
