@@ -707,6 +707,21 @@ impl<R: RngCore> B2bua<R> {
         self.out.push_back((via_target(m), b));
     }
 
+    /// 503 with `Retry-After: 5`: a limit of ours refused `m` (RFC 3261
+    /// §21.5.4), try again later.
+    fn refuse_overloaded(&mut self, m: &Message<'_>, to_tag: Option<&[u8]>) {
+        let mut b = Vec::new();
+        response(
+            &m.reply_parts(),
+            503,
+            None,
+            to_tag,
+            &[("Retry-After", b"5")],
+            &mut b,
+        );
+        self.out.push_back((via_target(m), b));
+    }
+
     /// Our Via for a request of the call whose affinity key is `key`: the
     /// edge's address with the key, so the answer comes back to the
     /// shard's owner.

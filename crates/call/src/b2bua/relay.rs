@@ -40,16 +40,7 @@ impl<R: RngCore> B2bua<R> {
             && !matches!(m.method(), Some(Method::Bye | Method::Ack | Method::Cancel))
         {
             self.stats.refused_in_call += 1;
-            let mut b = Vec::new();
-            response(
-                &m.reply_parts(),
-                503,
-                None,
-                None,
-                &[("Retry-After", b"5")],
-                &mut b,
-            );
-            self.out.push_back((via_target(m), b));
+            self.refuse_overloaded(m, None);
             return;
         }
         if self.local_request(now, cref, m) {

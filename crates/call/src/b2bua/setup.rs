@@ -144,16 +144,7 @@ impl<R: RngCore> B2bua<R> {
                 self.stats.refused_per_source += 1;
             }
             let t = self.ids.tag();
-            let mut b = Vec::new();
-            response(
-                &m.reply_parts(),
-                503,
-                None,
-                Some(t.as_bytes()),
-                &[("Retry-After", b"5")],
-                &mut b,
-            );
-            self.out.push_back((via_target(m), b));
+            self.refuse_overloaded(m, Some(t.as_bytes()));
             return None;
         }
         let user = m.request_uri().and_then(|u| u.user()).unwrap_or_default();
