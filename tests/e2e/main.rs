@@ -14,6 +14,7 @@ mod kube;
 mod load;
 mod ops;
 mod prometheus;
+mod register;
 mod support;
 mod transfer;
 mod up;

@@ -47,12 +47,14 @@ use crate::routing::{Routes, TransferMode};
 
 mod local;
 mod refer;
+mod register;
 mod relay;
 mod remote;
 mod replica;
 mod setup;
 use crate::transfer::{self, Replaces};
 use local::Local;
+pub use register::{AuthStats, Target};
 pub use replica::{CallRecord, Replication};
 
 /// Settings of the B2BUA.
@@ -131,6 +133,8 @@ pub struct Stats {
     /// New calls answered 503 because their source held
     /// `Config::max_calls_per_source`.
     pub refused_per_source: u64,
+    /// Digest authentication (`register.rs`).
+    pub auth: register::AuthStats,
 }
 
 /// How a transfer the B2BUA relayed went (passthrough mode: the phones
@@ -351,7 +355,7 @@ struct Call {
     /// it while their transactions end).
     old_ids: Vec<Vec<u8>>,
     /// The route's targets, in the order to try them.
-    targets: Vec<SocketAddr>,
+    targets: Vec<Target>,
     /// How many of them have been tried.
     tried: usize,
     over: bool,
@@ -456,6 +460,14 @@ pub struct B2bua<R> {
     remote: Vec<CallRecord>,
     /// Calls held per source address (see `Config::max_calls_per_source`).
     per_source: HashMap<IpAddr, usize>,
+    /// Bindings and REGISTERs (`register.rs`).
+    registrar: handover_registrar::Registrar,
+    /// Digest authentication of phones, and the sources that keep
+    /// failing it; `None`: nobody is challenged.
+    auth: Option<(
+        handover_registrar::digest::Digest,
+        handover_registrar::digest::Guard,
+    )>,
 }
 
 /// The headers a B2BUA passes from one leg to the other unchanged: all but
@@ -494,6 +506,12 @@ fn end_to_end_headers<'m>(m: &Message<'m>, trusted: bool) -> Vec<(&'m str, &'m [
             ))
         })
         .filter(|(name, _)| trusted || !crate::trust::is_identity_header(name))
+        // Credentials are for us (our realm) or for nobody on the other
+        // leg: a caller's password hash never reaches the callee.
+        .filter(|(name, _)| {
+            !name.eq_ignore_ascii_case("authorization")
+                && !name.eq_ignore_ascii_case("proxy-authorization")
+        })
         .collect()
 }
 
@@ -559,6 +577,8 @@ impl<R: RngCore> B2bua<R> {
             replication: VecDeque::new(),
             remote: Vec::new(),
             per_source: HashMap::new(),
+            registrar: handover_registrar::Registrar::new(Default::default(), false),
+            auth: None,
         }
     }
 
@@ -585,7 +605,9 @@ impl<R: RngCore> B2bua<R> {
 
     /// The next datagram: `None` as destination means "to the edge".
     pub fn poll_transmit(&mut self) -> Option<(Option<SocketAddr>, Vec<u8>)> {
-        self.out.pop_front()
+        self.out
+            .pop_front()
+            .or_else(|| self.registrar.poll_transmit())
     }
 
     /// The next transfer report (for the shell's counters).
@@ -662,7 +684,8 @@ impl<R: RngCore> B2bua<R> {
             .sum()
     }
 
-    /// When to call `handle_timeout` next.
+    /// When to call `handle_timeout` next (the registrar's sweep is the
+    /// shell's, see [`Self::sweep_registrations`]).
     pub fn poll_timeout(&self) -> Option<Instant> {
         self.timers.peek().map(|Reverse((t, _))| *t)
     }
@@ -788,7 +811,13 @@ impl<R: RngCore> B2bua<R> {
 
     fn new_request(&mut self, now: Instant, m: &Message<'_>) -> Option<u64> {
         match m.method() {
-            Some(Method::Invite) if m.to_tag().is_none() => return self.new_call(now, m),
+            Some(Method::Invite) if m.to_tag().is_none() => {
+                if !self.authenticate_call(now, m) {
+                    return None;
+                }
+                return self.new_call(now, m);
+            }
+            Some(Method::Register) => self.register(now, m),
             Some(Method::Ack) => {}
             Some(Method::Options) => {
                 let t = self.ids.tag();

@@ -2,7 +2,8 @@
 //! (two legs bridged: INVITE, 1xx/2xx/errors, ACK per leg, BYE, CANCEL),
 //! in-dialog relay (re-INVITE with glare, UPDATE, INFO, …) and transfer in
 //! passthrough mode (REFER and NOTIFY relayed, Refer-To and Replaces
-//! rewritten), on top of `handover-txn`.
+//! rewritten), on top of `handover-txn`; phones registered with
+//! `handover-registrar` are called on their flows.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -13,7 +14,9 @@ pub mod transfer;
 pub mod trust;
 
 pub use b2bua::{
-    B2bua, CallRecord, Config, Latency, Replication, Stats, TransferEvent, TransferResult,
+    AuthStats, B2bua, CallRecord, Config, Latency, Replication, Stats, Target, TransferEvent,
+    TransferResult,
 };
 pub use dialog::{Dialog, DialogError, DialogId, DialogState};
+pub use handover_registrar as registrar;
 pub use routing::{Match, Route, Routes, TransferMode};

@@ -132,6 +132,20 @@ pub enum Event {
     Serving { shard: usize },
     /// This worker no longer serves `shard` (moved, or its lease ended).
     Stopped { shard: usize },
+    /// An AOR's bindings changed (any proposer's): `registration` is the
+    /// table's record now (no bindings: removed). Every worker hears
+    /// every AOR, so any of them can route a call to it.
+    Bound { registration: pb::Registration },
+    /// A write of this worker's to an AOR was committed (`stored`) or
+    /// refused (the shard moved, or an old version).
+    BindDone {
+        aor: Vec<u8>,
+        version: u64,
+        stored: bool,
+    },
+    /// The table was replaced by a snapshot: every AOR's bindings may
+    /// have changed (read them from [`Node::table`]).
+    Restored,
 }
 
 /// Why a replica cannot run.
@@ -419,6 +433,12 @@ impl Node {
             version,
             owner: self.cfg.id,
         }));
+    }
+
+    /// Writes an AOR's bindings (the whole set; `owner` is set here).
+    pub fn bind(&mut self, mut registration: pb::Registration) {
+        registration.owner = self.cfg.id;
+        self.queue(pb::command::Command::Bind(registration));
     }
 
     /// Graceful leave: hands every shard to the others and stops renewing.
@@ -732,6 +752,7 @@ impl Node {
                     gained: Vec::new(),
                     lost: Vec::new(),
                 });
+                self.events.push_back(Event::Restored);
             }
             let committed = rd.take_committed_entries();
             self.apply(committed)?;
@@ -871,6 +892,32 @@ impl Node {
                     gained,
                     lost,
                 });
+            }
+            Change::Bound {
+                aor,
+                version,
+                owner,
+                stored,
+            } => {
+                if stored {
+                    let registration =
+                        self.table.registration(&aor).cloned().unwrap_or_else(|| {
+                            pb::Registration {
+                                aor: aor.clone(),
+                                version,
+                                owner,
+                                ..Default::default()
+                            }
+                        });
+                    self.events.push_back(Event::Bound { registration });
+                }
+                if mine && owner == self.cfg.id {
+                    self.events.push_back(Event::BindDone {
+                        aor,
+                        version,
+                        stored,
+                    });
+                }
             }
             _ => {}
         }

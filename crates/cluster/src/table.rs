@@ -1,4 +1,5 @@
-//! The replicated state machine: members, the shard map, and the call table.
+//! The replicated state machine: members, the shard map, the call table and
+//! the registrar's bindings.
 //!
 //! Every replica applies the same commands in log order and so reaches the
 //! same table; nothing here reads a clock or a random number. The shard map
@@ -49,6 +50,48 @@ pub enum Change {
     Map { epoch: u64, moves: Vec<Move> },
     /// A lease renewal of `node` was committed.
     Renewed { node: u64, seq: u64 },
+    /// An AOR's bindings were written (`stored`), or the write was refused
+    /// (its proposer did not own the shard, or the version was old).
+    Bound {
+        aor: Vec<u8>,
+        version: u64,
+        owner: u64,
+        stored: bool,
+    },
+}
+
+/// Versions of removed records, the oldest forgotten first past a bound.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+struct Tombs {
+    order: VecDeque<Vec<u8>>,
+    versions: HashMap<Vec<u8>, u64>,
+}
+
+impl Tombs {
+    fn get(&self, id: &[u8]) -> Option<u64> {
+        self.versions.get(id).copied()
+    }
+
+    fn put(&mut self, id: Vec<u8>, version: u64) {
+        if self.versions.insert(id.clone(), version).is_none() {
+            self.order.push_back(id);
+        }
+        while self.order.len() > TOMBSTONES {
+            if let Some(old) = self.order.pop_front() {
+                self.versions.remove(&old);
+            }
+        }
+    }
+
+    fn encode(&self) -> Vec<pb::Tombstone> {
+        self.order
+            .iter()
+            .map(|id| pb::Tombstone {
+                call_id: id.clone(),
+                version: self.versions[id],
+            })
+            .collect()
+    }
 }
 
 /// See the module docs.
@@ -61,8 +104,10 @@ pub struct Table {
     /// `other_call_id` -> `call_id` of the calls that have one (derived
     /// from `calls`, rebuilt on decode).
     legs: HashMap<Vec<u8>, Vec<u8>>,
-    tomb_order: VecDeque<Vec<u8>>,
-    tombs: HashMap<Vec<u8>, u64>,
+    tombs: Tombs,
+    /// AOR -> its bindings.
+    registrations: BTreeMap<Vec<u8>, pb::Registration>,
+    aor_tombs: Tombs,
 }
 
 impl Table {
@@ -73,8 +118,9 @@ impl Table {
             owners: vec![0; shards.max(1)],
             calls: BTreeMap::new(),
             legs: HashMap::new(),
-            tomb_order: VecDeque::new(),
-            tombs: HashMap::new(),
+            tombs: Tombs::default(),
+            registrations: BTreeMap::new(),
+            aor_tombs: Tombs::default(),
         }
     }
 
@@ -123,6 +169,16 @@ impl Table {
         self.calls.len()
     }
 
+    /// An AOR's bindings as last written (expired ones included: readers
+    /// compare `expires_ms` with their clock).
+    pub fn registration(&self, aor: &[u8]) -> Option<&pb::Registration> {
+        self.registrations.get(aor)
+    }
+
+    pub fn registrations(&self) -> impl Iterator<Item = &pb::Registration> {
+        self.registrations.values()
+    }
+
     /// Applies one command; returns what it changed, if anything.
     pub fn apply(&mut self, cmd: pb::command::Command) -> Option<Change> {
         use pb::command::Command as C;
@@ -135,6 +191,34 @@ impl Table {
                 node: r.node,
                 seq: r.seq,
             }),
+            C::Bind(r) => Some(self.bind(r)),
+        }
+    }
+
+    /// Only the shard's owner writes an AOR (no hand-over exception as for
+    /// calls: a registration's first write is no different from its next).
+    fn bind(&mut self, r: pb::Registration) -> Change {
+        let stale = self
+            .registrations
+            .get(&r.aor)
+            .is_some_and(|x| x.version >= r.version)
+            || self.aor_tombs.get(&r.aor).is_some_and(|v| v >= r.version);
+        let (aor, version, owner) = (r.aor.clone(), r.version, r.owner);
+        let stored = owner != 0 && self.owner_of_key(r.key) == owner && !stale;
+        if stored {
+            if r.bindings.is_empty() {
+                self.registrations.remove(&r.aor);
+                self.aor_tombs.put(r.aor, r.version);
+            } else {
+                // (A tombstone of the AOR stays: it is older than `r`.)
+                self.registrations.insert(r.aor.clone(), r);
+            }
+        }
+        Change::Bound {
+            aor,
+            version,
+            owner,
+            stored,
         }
     }
 
@@ -143,7 +227,7 @@ impl Table {
             .calls
             .get(&u.call_id)
             .is_some_and(|c| c.version >= u.version)
-            || self.tombs.get(&u.call_id).is_some_and(|&v| v >= u.version);
+            || self.tombs.get(&u.call_id).is_some_and(|v| v >= u.version);
         // The shard's owner writes its calls. A worker that just lost the
         // shard may still confirm a call it set up before (its first
         // version, which nobody else can have written): kept, and the new
@@ -191,19 +275,8 @@ impl Table {
         if let Some(old) = self.calls.remove(&r.call_id) {
             self.legs.remove(&old.other_call_id);
         }
-        self.tomb(r.call_id.clone(), r.version);
+        self.tombs.put(r.call_id.clone(), r.version);
         Change::Removed { call_id: r.call_id }
-    }
-
-    fn tomb(&mut self, call_id: Vec<u8>, version: u64) {
-        if self.tombs.insert(call_id.clone(), version).is_none() {
-            self.tomb_order.push_back(call_id);
-        }
-        while self.tomb_order.len() > TOMBSTONES {
-            if let Some(old) = self.tomb_order.pop_front() {
-                self.tombs.remove(&old);
-            }
-        }
     }
 
     fn loads(&self) -> BTreeMap<u64, usize> {
@@ -326,14 +399,9 @@ impl Table {
                 owners: self.owners.clone(),
             }),
             calls: self.calls.values().cloned().collect(),
-            tombstones: self
-                .tomb_order
-                .iter()
-                .map(|id| pb::Tombstone {
-                    call_id: id.clone(),
-                    version: self.tombs[id],
-                })
-                .collect(),
+            tombstones: self.tombs.encode(),
+            registrations: self.registrations.values().cloned().collect(),
+            aor_tombstones: self.aor_tombs.encode(),
         }
         .encode_to_vec()
     }
@@ -364,7 +432,15 @@ impl Table {
             .map(|c| (c.other_call_id.clone(), c.call_id.clone()))
             .collect();
         for tomb in s.tombstones {
-            t.tomb(tomb.call_id, tomb.version);
+            t.tombs.put(tomb.call_id, tomb.version);
+        }
+        t.registrations = s
+            .registrations
+            .into_iter()
+            .map(|r| (r.aor.clone(), r))
+            .collect();
+        for tomb in s.aor_tombstones {
+            t.aor_tombs.put(tomb.call_id, tomb.version);
         }
         Ok(t)
     }
@@ -510,5 +586,47 @@ mod tests {
         ));
         let back = Table::decode(&t.encode(), 4).unwrap();
         assert_eq!(back, t);
+    }
+
+    #[test]
+    fn only_the_aors_owner_binds_and_a_removed_aor_does_not_return_from_an_old_write() {
+        let mut t = Table::new(4);
+        up(&mut t, 7);
+        let reg = |version, owner, n: usize| pb::Registration {
+            aor: b"alice@example.com".to_vec(),
+            key: 5,
+            version,
+            owner,
+            bindings: (0..n)
+                .map(|i| pb::Binding {
+                    contact: format!("sip:alice@10.0.0.{i}").into_bytes(),
+                    flow: "192.0.2.9:5060".into(),
+                    expires_ms: 1_000,
+                    q: 1000,
+                    call_id: b"r".to_vec(),
+                    cseq: 1,
+                    path: vec![],
+                })
+                .collect(),
+        };
+        let stored = |c: Option<Change>| matches!(c, Some(Change::Bound { stored: true, .. }));
+        assert!(!stored(t.apply(C::Bind(reg(1, 8, 1)))), "not the owner");
+        assert!(stored(t.apply(C::Bind(reg(1, 7, 2)))));
+        assert_eq!(
+            t.registration(b"alice@example.com").unwrap().bindings.len(),
+            2
+        );
+        assert!(!stored(t.apply(C::Bind(reg(1, 7, 1)))), "an old version");
+        assert!(stored(t.apply(C::Bind(reg(2, 7, 0)))), "removed");
+        assert!(t.registration(b"alice@example.com").is_none());
+        let back = Table::decode(&t.encode(), 4).unwrap();
+        assert_eq!(back, t);
+        let mut back = back;
+        assert!(
+            !stored(back.apply(C::Bind(reg(2, 7, 1)))),
+            "a duplicate of an old write after a snapshot"
+        );
+        assert!(stored(back.apply(C::Bind(reg(3, 7, 1)))));
+        assert_eq!(back.registrations().count(), 1);
     }
 }

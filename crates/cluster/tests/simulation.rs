@@ -243,6 +243,8 @@ impl Sim {
                     | Event::Leader { .. }
                     | Event::HandedOver { .. }
                     | Event::MemberDown { .. } => {}
+                    // The simulation writes no registrations (yet).
+                    Event::Bound { .. } | Event::BindDone { .. } | Event::Restored => {}
                 }
             }
         }

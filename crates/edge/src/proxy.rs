@@ -392,7 +392,12 @@ impl Proxy {
         if key.is_none() && self.uri_is_ours(ruri) {
             key = ruri.param(b"k").and_then(parse_hex_u64);
         }
-        let key = key.unwrap_or_else(|| self.hashing.affinity_key(m.call_id()));
+        // A REGISTER is keyed by its address-of-record, so one shard (one
+        // worker) holds an AOR's bindings; any other request by Call-ID.
+        let key = key.unwrap_or_else(|| match (m.method(), m.to()) {
+            (Some(Method::Register), Ok(to)) => self.hashing.aor_key(to.uri()),
+            _ => self.hashing.affinity_key(m.call_id()),
+        });
 
         let from_backend = table.backend_index(from);
         // (The transaction hash is only computed with a budget set.)
@@ -416,6 +421,18 @@ impl Proxy {
                 Some((i, addr)) => (addr, Peer::Backend(i)),
                 None => return self.reply(m, from, Reason::NoBackend, out),
             },
+            // A worker's request to a registered phone: our Route names
+            // the flow its REGISTER came from (`flow=IP:PORT`), which is
+            // where it goes, whatever private address its Request-URI has.
+            Some(_)
+                if let Some(flow) = strip_route
+                    .then_some(top_route)
+                    .flatten()
+                    .and_then(|r| r.uri().param(b"flow"))
+                    .and_then(|f| core::str::from_utf8(f).ok()?.parse::<SocketAddr>().ok()) =>
+            {
+                (flow, Peer::Client)
+            }
             Some(_) => {
                 // Out to the world: the next Route, else the Request-URI.
                 let next: Option<NameAddr<'_>> = if strip_route {
@@ -985,6 +1002,56 @@ Content-Length: 0\r\n\r\n"
         assert_eq!(
             run(&p, &t, &mut l, "203.0.113.5:5060", no_k.as_bytes()).0,
             Outcome::Drop(Drop::Unroutable)
+        );
+    }
+
+    #[test]
+    fn a_register_goes_to_the_owner_of_its_aor_and_a_call_to_a_binding_to_its_flow() {
+        let (p, t, mut l) = setup();
+        let reg = |call_id: &str, to: &str| {
+            format!(
+                "REGISTER sip:192.0.2.1 SIP/2.0\r\nVia: SIP/2.0/UDP 10.9.9.9:5060;branch=z9hG4bK{call_id}\r\n\
+Max-Forwards: 70\r\nTo: <{to}>\r\nFrom: <sip:alice@a.example>;tag=f1\r\n\
+Call-ID: {call_id}\r\nCSeq: 1 REGISTER\r\nContact: <sip:alice@10.9.9.9:5060>\r\nContent-Length: 0\r\n\r\n"
+            )
+        };
+        let key = Hashing::default().affinity_key(b"alice@a.example");
+        let owner = t.route(key).unwrap().1;
+        // Whatever the Call-ID, the AOR (host in any case, any port) picks the worker.
+        for (id, to) in [
+            ("r1", "sip:alice@a.example"),
+            ("r2", "sip:alice@A.Example:5062"),
+        ] {
+            let (o, _) = run(&p, &t, &mut l, UA, reg(id, to).as_bytes());
+            assert!(
+                matches!(o, Outcome::Forward { to, .. } if to == owner),
+                "{o:?}"
+            );
+        }
+        // A worker's INVITE to the phone: our Route with the flow the
+        // REGISTER came from; the private Contact stays the Request-URI.
+        let inv = "INVITE sip:alice@10.9.9.9:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bKw1;k=0000000000000001\r\n\
+Route: <sip:192.0.2.1:5060;lr;flow=198.51.100.7:33333>\r\nMax-Forwards: 70\r\nTo: <sip:alice@a.example>\r\n\
+From: <sip:bob@b.example>;tag=w1\r\nCall-ID: w@x\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n";
+        let (o, out) = run(&p, &t, &mut l, "10.0.0.1:5070", inv.as_bytes());
+        assert!(
+            matches!(o, Outcome::Forward { to, peer: Peer::Client, .. } if to == UA.parse().unwrap()),
+            "{o:?}"
+        );
+        let m = scan(&out).unwrap();
+        assert!(m.route_field().is_none(), "our Route is removed");
+        assert_eq!(m.request_uri().unwrap().host(), b"10.9.9.9");
+        // From a client, a flow in our Route is not obeyed: it goes to a worker.
+        let (o, _) = run(&p, &t, &mut l, UA, inv.as_bytes());
+        assert!(
+            matches!(
+                o,
+                Outcome::Forward {
+                    peer: Peer::Backend(_),
+                    ..
+                }
+            ),
+            "{o:?}"
         );
     }
 

@@ -60,6 +60,41 @@ struct WorkerSection {
     routes: Vec<RouteSection>,
     #[serde(default)]
     replication: ReplicationSection,
+    #[serde(default)]
+    registrar: RegistrarSection,
+}
+
+/// `[worker.registrar]`: REGISTER (RFC 3261 §10) and digest authentication.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RegistrarSection {
+    /// Shorter registrations get 423 with Min-Expires.
+    min_expires: Option<u32>,
+    /// Longer ones are shortened to this.
+    max_expires: Option<u32>,
+    /// Of a contact that names no expiry.
+    default_expires: Option<u32>,
+    /// Bindings per address-of-record at most (past it: 403).
+    max_contacts: Option<usize>,
+    /// AORs held at most in the cluster (new ones past it: 503).
+    max_aors: Option<usize>,
+    /// Bindings at most whose phone is behind one source address; 0 = no limit.
+    max_bindings_per_source: Option<usize>,
+    /// Domains served (the To host); empty = any.
+    domains: Option<Vec<String>>,
+    /// The users file (HA1 hashes, `handover passwd`); set = phones must
+    /// authenticate (REGISTER: 401; calls from untrusted sources: 407).
+    users: Option<String>,
+    /// The digest realm.
+    realm: Option<String>,
+    /// Digest algorithms offered, in order (`SHA-256`, `MD5`).
+    algorithms: Option<Spanned<Vec<String>>>,
+    /// Seconds a nonce lives (then `stale=true`).
+    nonce_ttl_s: Option<u64>,
+    /// Failed authentications from one source within a minute before it
+    /// is answered 403 and ignored for `ban_s`; 0 = never.
+    max_failures: Option<u32>,
+    ban_s: Option<u64>,
 }
 
 /// `[worker.replication]`: Raft (`--id`, `--peer`, …). Without `id` (or
@@ -237,6 +272,26 @@ pub(crate) struct Worker {
     /// Routes in the command-line form (`MATCH=TARGET[,TARGET…]`).
     pub(crate) routes: Vec<String>,
     pub(crate) replication: Replication,
+    pub(crate) registrar: Registrar,
+}
+
+/// Effective `[worker.registrar]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub(crate) struct Registrar {
+    pub(crate) min_expires: u32,
+    pub(crate) max_expires: u32,
+    pub(crate) default_expires: u32,
+    pub(crate) max_contacts: usize,
+    pub(crate) max_aors: usize,
+    pub(crate) max_bindings_per_source: usize,
+    pub(crate) domains: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) users: Option<String>,
+    pub(crate) realm: String,
+    pub(crate) algorithms: Vec<String>,
+    pub(crate) nonce_ttl_s: u64,
+    pub(crate) max_failures: u32,
+    pub(crate) ban_s: u64,
 }
 
 /// Effective `[worker.replication]`.
@@ -647,6 +702,46 @@ impl Config {
                 "set id or id_from_hostname, not both".to_string(),
             ));
         }
+        let g = &w.registrar;
+        let rd = handover_call::registrar::Config::default();
+        let algorithms = match &g.algorithms {
+            // MD5 first: phones that read only the first challenge mostly
+            // know only MD5 (SIPp 3.6, libre-based phones refuse a first
+            // challenge they cannot answer); fleets that all speak
+            // SHA-256 put it first.
+            None => vec!["MD5".to_string(), "SHA-256".to_string()],
+            Some(a) => {
+                for v in a.get_ref() {
+                    v.parse::<handover_call::registrar::digest::Algorithm>()
+                        .map_err(|e| err(Some(a.span()), Some("worker.registrar.algorithms"), e))?;
+                }
+                if a.get_ref().is_empty() {
+                    return Err(err(
+                        Some(a.span()),
+                        Some("worker.registrar.algorithms"),
+                        "name at least one of SHA-256, MD5".to_string(),
+                    ));
+                }
+                a.get_ref().clone()
+            }
+        };
+        let registrar = Registrar {
+            min_expires: g.min_expires.unwrap_or(rd.min_expires),
+            max_expires: g.max_expires.unwrap_or(rd.max_expires).max(1),
+            default_expires: g.default_expires.unwrap_or(rd.default_expires),
+            max_contacts: g.max_contacts.unwrap_or(rd.max_contacts),
+            max_aors: g.max_aors.unwrap_or(rd.max_aors),
+            max_bindings_per_source: g
+                .max_bindings_per_source
+                .unwrap_or(rd.max_bindings_per_source),
+            domains: g.domains.clone().unwrap_or_default(),
+            users: g.users.clone(),
+            realm: g.realm.clone().unwrap_or_else(|| "handover".to_string()),
+            algorithms,
+            nonce_ttl_s: g.nonce_ttl_s.unwrap_or(300),
+            max_failures: g.max_failures.unwrap_or(10),
+            ban_s: g.ban_s.unwrap_or(60),
+        };
         let worker = Worker {
             listen: addr(&w.listen, "worker.listen", "127.0.0.1:5080")?,
             edge: match &w.edge {
@@ -675,6 +770,7 @@ impl Config {
             trusted,
             routes,
             replication,
+            registrar,
         };
         let ed = handover_edge::EdgeConfig::default();
         let edge = Edge {

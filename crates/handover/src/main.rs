@@ -8,6 +8,7 @@ mod cluster;
 mod config;
 mod edge;
 mod load;
+mod passwd;
 mod status;
 mod up;
 mod worker;
@@ -83,6 +84,10 @@ enum Command {
     /// Show a replicated cluster: members, leader, term, commit index,
     /// shard-map epoch and calls per worker, from any worker's gRPC port.
     Status(status::StatusArgs),
+    /// Add or change a user in a users file of digest authentication
+    /// (`worker --users`): reads the password from standard input, writes
+    /// `USER REALM HA1-MD5 HA1-SHA-256` (no password is stored).
+    Passwd(passwd::PasswdArgs),
     /// Fault injection for tests (workers started with --fault-injection).
     #[command(hide = true)]
     Fault(status::FaultArgs),
@@ -126,6 +131,13 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("handover status: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Passwd(args) => match passwd::run(&args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("handover passwd: {e:#}");
                 ExitCode::FAILURE
             }
         },

@@ -78,6 +78,13 @@ pub(crate) struct UpArgs {
     /// --commit-window-ms`) [default: the worker's, 40].
     #[arg(long)]
     commit_window_ms: Option<u64>,
+    /// A users file (`handover passwd`): phones must authenticate with
+    /// digest (REGISTER 401, calls from untrusted sources 407).
+    #[arg(long)]
+    users: Option<std::path::PathBuf>,
+    /// The digest realm [default: handover].
+    #[arg(long)]
+    realm: Option<String>,
 }
 
 struct Kids(Vec<Child>);
@@ -102,11 +109,6 @@ pub(crate) fn run(mut a: UpArgs) -> anyhow::Result<()> {
     crate::init_tracing();
     if a.demo && a.routes.is_empty() {
         a.routes.push(format!("*={}", a.demo_listen));
-    }
-    if a.routes.is_empty() {
-        anyhow::bail!(
-            "no route configured: give at least one --route USER=IP:PORT, e.g. --route b=127.0.0.1:5071"
-        );
     }
     if !(1..=16).contains(&a.workers) {
         anyhow::bail!("--workers {} is out of range: 1..=16", a.workers);
@@ -231,6 +233,12 @@ pub(crate) fn run(mut a: UpArgs) -> anyhow::Result<()> {
         worker.args(["--max-call-age-s", &a.max_call_age_s.to_string()]);
         worker.args(["--ring-timeout-s", &a.ring_timeout_s.to_string()]);
         worker.args(["--transfer-mode", &a.transfer_mode]);
+        if let Some(u) = &a.users {
+            worker.arg("--users").arg(u);
+        }
+        if let Some(r) = &a.realm {
+            worker.args(["--realm", r]);
+        }
         if replicate {
             worker.args(["--id", &(i + 1).to_string()]);
             for p in &peers {

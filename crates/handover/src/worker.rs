@@ -72,6 +72,14 @@ pub(crate) struct WorkerArgs {
     /// known to be faster) [default: 500].
     #[arg(long)]
     t1_ms: Option<u64>,
+    /// The users file of digest authentication (`handover passwd` writes
+    /// it): phones must authenticate (overrides `[worker.registrar] users`).
+    #[arg(long)]
+    users: Option<std::path::PathBuf>,
+    /// The digest realm (overrides `[worker.registrar] realm`)
+    /// [default: handover].
+    #[arg(long)]
+    realm: Option<String>,
     #[command(flatten)]
     cluster: crate::cluster::ClusterArgs,
 }
@@ -137,6 +145,32 @@ fn settings(a: WorkerArgs) -> anyhow::Result<Settings> {
         )?,
         trusted: handover_call::trust::Trusted(trusted),
         replication,
+        registrar: handover_call::registrar::Config {
+            min_expires: w.registrar.min_expires,
+            max_expires: w.registrar.max_expires,
+            default_expires: w.registrar.default_expires,
+            max_contacts: w.registrar.max_contacts,
+            max_aors: w.registrar.max_aors,
+            max_bindings_per_source: w.registrar.max_bindings_per_source,
+            domains: w.registrar.domains.clone(),
+            ..Default::default()
+        },
+        auth: a
+            .users
+            .or_else(|| w.registrar.users.as_ref().map(Into::into))
+            .map(|users| handover_worker::sip::Auth {
+                users,
+                realm: a.realm.unwrap_or_else(|| w.registrar.realm.clone()),
+                algorithms: w
+                    .registrar
+                    .algorithms
+                    .iter()
+                    .map(|s| s.parse().expect("validated by config"))
+                    .collect(),
+                nonce_ttl_s: w.registrar.nonce_ttl_s,
+                max_failures: w.registrar.max_failures,
+                ban_s: w.registrar.ban_s,
+            }),
     })
 }
 

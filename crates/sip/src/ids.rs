@@ -136,6 +136,20 @@ impl Default for Hashing {
     }
 }
 
+/// An address-of-record as the registrar keys it: `user@host` of `uri`,
+/// the host in lower case, without scheme, port or parameters (RFC 3261
+/// §10.3 step 5, simplified: users compare byte for byte, hosts without
+/// case). One phone's REGISTER To and the Request-URI calling it give the
+/// same bytes.
+pub fn aor(uri: &crate::Uri<'_>) -> Vec<u8> {
+    let user = uri.user().unwrap_or_default();
+    let mut v = Vec::with_capacity(user.len() + 1 + uri.host().len());
+    v.extend_from_slice(user);
+    v.push(b'@');
+    v.extend(uri.host().iter().map(u8::to_ascii_lowercase));
+    v
+}
+
 /// Number of shards of the affinity key space: a call belongs to shard
 /// `shard_of(key, SHARDS)`, and the edge, the workers and the replicated
 /// table all route by it. Fixed for the life of a cluster
@@ -153,6 +167,35 @@ impl Hashing {
     /// Hashing with a cluster secret.
     pub fn with_key(k0: u64, k1: u64) -> Self {
         Self { k0, k1 }
+    }
+
+    /// The cluster secret's 16 bytes, for keyed MACs made elsewhere (the
+    /// registrar's digest nonces).
+    pub fn secret(&self) -> [u8; 16] {
+        let mut k = [0u8; 16];
+        k[..8].copy_from_slice(&self.k0.to_le_bytes());
+        k[8..].copy_from_slice(&self.k1.to_le_bytes());
+        k
+    }
+
+    /// The affinity key of an address-of-record (a REGISTER's To URI, a
+    /// call's Request-URI): the hash of [`aor`]'s bytes, computed without
+    /// allocating (the edge keys every REGISTER by it), so one shard holds
+    /// one AOR's bindings.
+    pub fn aor_key(&self, uri: &crate::Uri<'_>) -> u64 {
+        let mut h = SipHasher13::new_with_keys(self.k0, self.k1);
+        if let Some(user) = uri.user() {
+            h.write(user);
+        }
+        h.write(b"@");
+        let mut lower = [0u8; 64];
+        for chunk in uri.host().chunks(lower.len()) {
+            let n = chunk.len();
+            lower[..n].copy_from_slice(chunk);
+            lower[..n].make_ascii_lowercase();
+            h.write(&lower[..n]);
+        }
+        h.finish()
     }
 
     /// The affinity key of a new call: a hash of its Call-ID (see "The
@@ -392,6 +435,21 @@ From: <sip:a@x>;tag=1\r\nTo: <sip:b@x>;tag=2\r\nCall-ID: c\r\nCSeq: 1 INVITE\r\n
             Hashing::default().affinity_key(b"a84b4c76e66710@pc33.atlanta.com"),
             AFFINITY_REF
         );
+    }
+
+    #[test]
+    fn an_aors_key_is_the_hash_of_its_bytes_whatever_the_hosts_case_or_port() {
+        let h = Hashing::with_key(1, 2);
+        let a = "sip:alice@Example.COM:5070;transport=udp";
+        let b = "sips:alice@example.com";
+        let ua = crate::Uri::parse(a.as_bytes(), crate::Span::new(0, a.len())).unwrap();
+        let ub = crate::Uri::parse(b.as_bytes(), crate::Span::new(0, b.len())).unwrap();
+        assert_eq!(aor(&ua), b"alice@example.com");
+        assert_eq!(h.aor_key(&ua), h.affinity_key(b"alice@example.com"));
+        assert_eq!(h.aor_key(&ua), h.aor_key(&ub));
+        let long = format!("sip:bob@{}.example", "X".repeat(150));
+        let ul = crate::Uri::parse(long.as_bytes(), crate::Span::new(0, long.len())).unwrap();
+        assert_eq!(h.aor_key(&ul), h.affinity_key(&aor(&ul)));
     }
 
     const AFFINITY_REF: u64 = 6_975_771_465_790_492_611;

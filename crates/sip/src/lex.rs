@@ -153,7 +153,9 @@ pub struct CommaValues<'a> {
 }
 
 impl<'a> CommaValues<'a> {
-    pub(crate) fn new(buf: &'a [u8], value: Span) -> Self {
+    /// The values of the header value at `value` (a header's
+    /// [`crate::Header::value`]).
+    pub fn new(buf: &'a [u8], value: Span) -> Self {
         Self {
             buf,
             pos: value.start,

@@ -73,6 +73,8 @@ pub enum Cmd {
         key: u64,
         version: u64,
     },
+    /// An AOR's bindings (the registrar's write; its 200 waits for it).
+    Bind(cpb::Registration),
     Drain(oneshot::Sender<bool>),
 }
 
@@ -89,6 +91,16 @@ pub enum Note {
     },
     /// This worker no longer serves `shard`.
     Stopped { shard: usize },
+    /// An AOR's committed bindings (any worker's write).
+    Bound(cpb::Registration),
+    /// This worker's write of `aor` at `version` was committed or refused.
+    BindDone {
+        aor: Vec<u8>,
+        version: u64,
+        stored: bool,
+    },
+    /// Every AOR as the table holds it (at start, after a snapshot).
+    Registrations(Vec<cpb::Registration>),
 }
 
 /// Commands from the SIP loop to the replica's thread: a queue under a
@@ -376,6 +388,11 @@ impl Replica {
         isolation: Option<Isolation>,
         mut lookups: mpsc::UnboundedReceiver<Lookup>,
     ) {
+        // The AORs of the table as loaded (a snapshot on disk); the log's
+        // replay brings the rest as `Bound` events.
+        let _ = self.notes.send(Note::Registrations(
+            self.node.table().registrations().cloned().collect(),
+        ));
         let (inbox_tx, mut inbox) = mpsc::unbounded_channel::<Message>();
         let (shared_tx, shared_rx) = watch::channel(Shared::default());
         let (drain_tx, mut drain_rx) = mpsc::unbounded_channel::<oneshot::Sender<bool>>();
@@ -568,6 +585,24 @@ impl Replica {
                     Event::Leader { id, term } => {
                         tracing::info!(leader = id, term, "Raft leader");
                     }
+                    Event::Bound { registration } => {
+                        let _ = self.notes.send(Note::Bound(registration));
+                    }
+                    Event::BindDone {
+                        aor,
+                        version,
+                        stored,
+                    } => {
+                        let _ = self.notes.send(Note::BindDone {
+                            aor,
+                            version,
+                            stored,
+                        });
+                    }
+                    Event::Restored => {
+                        let all = self.node.table().registrations().cloned().collect();
+                        let _ = self.notes.send(Note::Registrations(all));
+                    }
                 }
             }
             if !gained.is_empty() {
@@ -626,7 +661,9 @@ impl Replica {
     /// Queues a command; true when a caller waits on its commit.
     fn command(&mut self, c: Cmd, at: tokio::time::Instant, proposals: &metrics::Counter) -> bool {
         proposals.increment(1);
-        let urgent = matches!(c, Cmd::Upsert { version: 1, .. });
+        // Awaited: a new call's record (its 2xx is held), a registration
+        // (its 200 is).
+        let urgent = matches!(c, Cmd::Upsert { version: 1, .. } | Cmd::Bind(_));
         match c {
             Cmd::Upsert {
                 call_id,
@@ -647,6 +684,7 @@ impl Replica {
                 key,
                 version,
             } => self.node.remove(call_id, key, version),
+            Cmd::Bind(r) => self.node.bind(r),
             Cmd::Drain(reply) => {
                 self.node.drain();
                 self.drains.push(reply);

@@ -33,6 +33,83 @@ const REFUSED_IN_CALL: &str = "handover_in_call_requests_refused_total";
 const REFUSED_FULL: &str = "handover_calls_refused_total";
 const HANDED_OVER: &str = "handover_calls_handed_over_total";
 const REPLACES_ELSEWHERE: &str = "handover_replaces_elsewhere_total";
+const REGISTRATIONS: &str = "handover_registrations_active";
+const REGISTERED_AORS: &str = "handover_registered_aors";
+const BINDINGS: &str = "handover_bindings_total";
+const REGISTER_REFUSED: &str = "handover_register_refused_total";
+const AUTH_FAILURES: &str = "handover_auth_failures_total";
+const AUTH_CHALLENGES: &str = "handover_auth_challenges_total";
+const AUTH_BANNED: &str = "handover_auth_sources_banned_total";
+const AUTH_IGNORED: &str = "handover_auth_ignored_total";
+
+/// The registrar's and authentication's metrics.
+struct RegMetrics {
+    active: metrics::Gauge,
+    aors: metrics::Gauge,
+    /// created, refreshed, removed, expired
+    bindings: [metrics::Counter; 4],
+    refused: metrics::Counter,
+    /// unknown_user, wrong_password, malformed, bad_nonce
+    failures: [metrics::Counter; 4],
+    challenges: metrics::Counter,
+    banned: metrics::Counter,
+    ignored: metrics::Counter,
+}
+
+impl RegMetrics {
+    fn new() -> Self {
+        let b = |e: &'static str| metrics::counter!(BINDINGS, "event" => e);
+        let f = |r: &'static str| metrics::counter!(AUTH_FAILURES, "reason" => r);
+        let m = Self {
+            active: metrics::gauge!(REGISTRATIONS),
+            aors: metrics::gauge!(REGISTERED_AORS),
+            bindings: [b("created"), b("refreshed"), b("removed"), b("expired")],
+            refused: metrics::counter!(REGISTER_REFUSED),
+            failures: [
+                f("unknown_user"),
+                f("wrong_password"),
+                f("malformed"),
+                f("bad_nonce"),
+            ],
+            challenges: metrics::counter!(AUTH_CHALLENGES),
+            banned: metrics::counter!(AUTH_BANNED),
+            ignored: metrics::counter!(AUTH_IGNORED),
+        };
+        for c in m.bindings.iter().chain(&m.failures) {
+            c.increment(0);
+        }
+        m
+    }
+
+    /// Walks every AOR: once a second.
+    fn gauges(&self, r: &handover_call::registrar::Registrar) {
+        self.active.set(r.bindings() as f64);
+        self.aors.set(r.aors() as f64);
+    }
+
+    fn count(
+        &self,
+        last: &handover_call::registrar::Stats,
+        now: &handover_call::registrar::Stats,
+        last_auth: &handover_call::AuthStats,
+        auth: &handover_call::AuthStats,
+    ) {
+        self.bindings[0].increment(now.created - last.created);
+        self.bindings[1].increment(now.refreshed - last.refreshed);
+        self.bindings[2].increment(now.removed - last.removed);
+        self.bindings[3].increment(now.expired - last.expired);
+        self.refused.increment(now.refused - last.refused);
+        self.failures[0].increment(auth.unknown_user - last_auth.unknown_user);
+        self.failures[1].increment(auth.wrong_password - last_auth.wrong_password);
+        self.failures[2].increment(auth.malformed - last_auth.malformed);
+        self.failures[3].increment(auth.bad_nonce - last_auth.bad_nonce);
+        self.challenges
+            .increment(auth.challenges - last_auth.challenges);
+        self.banned.increment(auth.banned - last_auth.banned);
+        self.ignored.increment(auth.ignored - last_auth.ignored);
+    }
+}
+
 /// Replaces look-ups in flight at most (see the SIP loop).
 const MAX_LOOKUPS: usize = 256;
 
@@ -83,6 +160,36 @@ pub struct Settings {
     pub limits: handover_sip::Limits,
     /// Raft replication, or none (one worker holds every call).
     pub replication: Option<crate::replica::Settings>,
+    /// The registrar (its `wall_epoch_ms` is set at start).
+    pub registrar: handover_call::registrar::Config,
+    /// Digest authentication of phones; `None`: off.
+    pub auth: Option<Auth>,
+}
+
+/// Digest authentication settings (see `handover_call::registrar::digest`).
+#[derive(Debug, Clone)]
+pub struct Auth {
+    /// The users file (HA1 hashes), read at start and again when it changes.
+    pub users: std::path::PathBuf,
+    pub realm: String,
+    /// Offered in this order.
+    pub algorithms: Vec<handover_call::registrar::digest::Algorithm>,
+    pub nonce_ttl_s: u64,
+    /// Failures from one source within a minute before it is answered 403
+    /// and ignored for `ban_s`.
+    pub max_failures: u32,
+    pub ban_s: u64,
+}
+
+fn read_users(path: &std::path::Path) -> anyhow::Result<handover_call::registrar::digest::Users> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the users file {}", path.display()))?;
+    handover_call::registrar::digest::Users::parse(&text)
+        .map_err(|e| anyhow::anyhow!("users file {}: {e}", path.display()))
+}
+
+fn modified(path: &std::path::Path) -> Option<std::time::SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
 }
 
 /// The worker stopped because its replica did: serving on would mean
@@ -111,10 +218,14 @@ pub fn run(args: Settings) -> anyhow::Result<()> {
         routes.add(r).map_err(|e| anyhow::anyhow!("--route: {e}"))?;
     }
     if routes.is_empty() {
-        anyhow::bail!(
-            "no route configured: give at least one --route USER=IP:PORT (or *=IP:PORT), or [[worker.routes]] in --config"
+        tracing::info!(
+            "no route configured: calls reach registered phones only (give --route USER=IP:PORT for trunks and PBXs)"
         );
     }
+    let users = match &args.auth {
+        Some(a) => Some(read_users(&a.users)?),
+        None => None,
+    };
     let handle = crate::admin::install_recorder("worker")?;
     let mut replica = match args.replication.clone() {
         Some(rep) => {
@@ -191,6 +302,39 @@ pub fn run(args: Settings) -> anyhow::Result<()> {
         if replica.is_some() {
             b2b.set_replication(true);
         }
+        // Registrations expire in wall-clock time, the same on every
+        // replica: this clock's epoch in Unix milliseconds.
+        let mut reg_cfg = args.registrar.clone();
+        reg_cfg.timers = timers;
+        reg_cfg.wall_epoch_ms = u64::try_from(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_millis(),
+        )
+        .unwrap_or(0);
+        b2b.set_registrar(handover_call::registrar::Registrar::new(reg_cfg, replica.is_some()));
+        let mut users_seen = args.auth.as_ref().and_then(|a| modified(&a.users));
+        if let (Some(a), Some(users)) = (&args.auth, users) {
+            use handover_call::registrar::digest::{Digest, Guard};
+            println!("digest authentication: realm {}, {} users", a.realm, users.len());
+            b2b.set_auth(Some((
+                Digest::new(
+                    a.realm.clone(),
+                    a.algorithms.clone(),
+                    args.hashing.secret(),
+                    a.nonce_ttl_s,
+                    users,
+                ),
+                Guard::new(a.max_failures, 60, a.ban_s),
+            )));
+        }
+        let reg_metrics = RegMetrics::new();
+        let mut last_reg = handover_call::registrar::Stats::default();
+        let mut last_auth = handover_call::AuthStats::default();
+        let mut sweep_at = tokio::time::Instant::now();
+        let mut housekeeping = tokio::time::interval(Duration::from_secs(1));
+        housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let adopted = metrics::counter!(ADOPTED);
         let not_served = metrics::counter!(NOT_SERVED);
         let unreplicated = metrics::counter!(UNREPLICATED);
@@ -322,6 +466,15 @@ pub fn run(args: Settings) -> anyhow::Result<()> {
                         let n = b2b.hand_over(|k| shard_of(k, SHARDS) == shard);
                         handed_over.increment(n as u64);
                     }
+                    Some(crate::replica::Note::Bound(r)) => {
+                        b2b.apply_registration(crate::record::registration(r));
+                    }
+                    Some(crate::replica::Note::BindDone { aor, version, stored }) => {
+                        b2b.registrar().committed(&aor, version, stored);
+                    }
+                    Some(crate::replica::Note::Registrations(all)) => {
+                        b2b.registrar().reset(all.into_iter().map(crate::record::registration));
+                    }
                     Some(crate::replica::Note::Committed { call_id }) => {
                         b2b.committed(now(), &call_id);
                         // Confirmed here after its shard moved: the new
@@ -335,6 +488,8 @@ pub fn run(args: Settings) -> anyhow::Result<()> {
                     }
                 },
                 () = tokio::time::sleep_until(wake) => b2b.handle_timeout(now()),
+                // Housekeeping (below) runs at least once a second.
+                _ = housekeeping.tick() => {}
                 _ = int.recv() => break,
                 _ = term.recv() => match &replica {
                     // SIGTERM (Kubernetes' stop): hand the shards over first.
@@ -372,8 +527,32 @@ pub fn run(args: Settings) -> anyhow::Result<()> {
                     }
                 } => break,
             }
+            // Housekeeping once a second: expired bindings of the AORs
+            // this worker serves written out; the users file re-read when
+            // it changed.
+            if sweep_at.elapsed() >= Duration::from_secs(1) {
+                sweep_at = tokio::time::Instant::now();
+                b2b.sweep_registrations(now(), |k| served[shard_of(k, SHARDS)]);
+                if let Some(a) = &args.auth {
+                    let m = modified(&a.users);
+                    if m != users_seen {
+                        users_seen = m;
+                        match read_users(&a.users) {
+                            Ok(u) => {
+                                tracing::info!(users = u.len(), "users file changed: reloaded");
+                                b2b.set_users(u);
+                            }
+                            Err(e) => tracing::warn!(error = %e, "users file changed but does not read; the previous users stay"),
+                        }
+                    }
+                }
+                reg_metrics.gauges(b2b.registrar());
+            }
             if let Some(r) = &replica {
                 let mut cmds = Vec::new();
+                while let Some(rec) = b2b.registrar().poll_write() {
+                    cmds.push(crate::replica::Cmd::Bind(crate::record::registration_pb(&rec)));
+                }
                 while let Some(rep) = b2b.poll_replication() {
                     cmds.push(match rep {
                         handover_call::Replication::Upsert(rec) => crate::replica::Cmd::Upsert {
@@ -411,6 +590,10 @@ pub fn run(args: Settings) -> anyhow::Result<()> {
             refused_in_call.increment(s.refused_in_call - last.refused_in_call);
             refused_full.increment(s.refused_full - last.refused_full);
             refused_per_source.increment(s.refused_per_source - last.refused_per_source);
+            let rs = b2b.registrar().stats();
+            reg_metrics.count(&last_reg, &rs, &last_auth, &s.auth);
+            last_reg = rs;
+            last_auth = s.auth;
             while let Some(t) = b2b.poll_transfer() {
                 use handover_call::TransferResult as R;
                 let kind = if t.attended { "attended" } else { "blind" };

@@ -123,105 +123,117 @@ impl<R: RngCore> B2bua<R> {
             .replaces
             .as_ref()
             .map(|r| self.replaced_dialog(cref, r).ok_or(r));
-        let (out, t_call_id, t_dialog, replaced, ring_deadline) =
-            if let Some(Ok((cref2, mut d))) = local_replaced {
-                // The party re-INVITEd in its dialog is told who it is now
-                // connected to (its dialog still names the transferor).
-                // Only a trusted peer is sent an asserted identity (RFC 3325).
-                let trusted = self.cfg.trusted.contains(uri_ip(&d.remote_target));
-                let pai = self.calls.get(&cref).and_then(|c| {
-                    let t = if from_a { &c.b_dialog } else { &c.a_dialog };
-                    t.as_ref().map(|t| t.remote_uri.clone())
-                });
-                let pai = pai.filter(|_| trusted);
-                let headers: Vec<(&str, &[u8])> = pai
-                    .as_deref()
-                    .map(|v| ("P-Asserted-Identity", v))
-                    .into_iter()
-                    .collect();
-                let out = d.request("INVITE", None, &via, Some(&contact), &headers, None);
-                (out, d.id.call_id.clone(), Some(d), Some(cref2), None)
-            } else {
-                // (Request-URI, To, Replaces) of the new leg.
-                let (uri, to, replaces) = match local_replaced {
-                    Some(Err(r)) => {
-                        let elsewhere = self
-                            .dialogs_of(&r.call_id)
-                            .is_some_and(|(c, ..)| c.is_none());
-                        let found = elsewhere
-                            .then(|| self.translate_replaces(r))
-                            .flatten()
-                            .and_then(|t| {
-                                let (_, a, b) = self.dialogs_of(&r.call_id)?;
-                                let d = [a, b].into_iter().find(|d| d.id.call_id == t.call_id)?;
-                                Some((d.remote_target.clone(), d.remote_uri.clone(), t))
-                            });
-                        let Some((uri, to, t)) = found else {
-                            self.local_start_failed(now, cref, from_a, m.cseq().seq, attended, 481);
-                            return;
-                        };
-                        (uri, to, Some(t.to_value()))
-                    }
-                    _ => {
-                        let u = rt.uri();
-                        let user = u.user().unwrap_or_default().to_vec();
-                        let key = self.cfg.hashing.affinity_key(m.call_id());
-                        let targets = self.cfg.routes.targets(&user, u.host(), key);
-                        let Some(&target) = targets.first() else {
-                            self.local_start_failed(now, cref, from_a, m.cseq().seq, attended, 404);
-                            return;
-                        };
-                        let uri = format!("sip:{}@{target}", String::from_utf8_lossy(&user));
-                        let to = format!("<{uri}>").into_bytes();
-                        (uri.into_bytes(), to, None)
-                    }
-                };
-                let Some(call) = self.calls.get(&cref) else {
-                    return;
-                };
-                // The new leg is the transferee calling the target.
-                let transferee = if from_a {
-                    &call.b_dialog
-                } else {
-                    &call.a_dialog
-                };
-                let from = transferee
-                    .as_ref()
-                    .map(|d| d.remote_uri.clone())
-                    .unwrap_or_else(|| b"<sip:anonymous@anonymous.invalid>".to_vec());
-                let t_call_id = self.ids.call_id().as_bytes().to_vec();
-                let tag = self.ids.tag();
-                let mut headers: Vec<(&str, &[u8])> = referred_by
-                    .as_deref()
-                    .map(|v| ("Referred-By", v))
-                    .into_iter()
-                    .collect();
-                if let Some(v) = &replaces {
-                    headers.push(("Replaces", v));
+        let (out, t_call_id, t_dialog, replaced, ring_deadline) = if let Some(Ok((cref2, mut d))) =
+            local_replaced
+        {
+            // The party re-INVITEd in its dialog is told who it is now
+            // connected to (its dialog still names the transferor).
+            // Only a trusted peer is sent an asserted identity (RFC 3325).
+            let trusted = self.cfg.trusted.contains(uri_ip(&d.remote_target));
+            let pai = self.calls.get(&cref).and_then(|c| {
+                let t = if from_a { &c.b_dialog } else { &c.a_dialog };
+                t.as_ref().map(|t| t.remote_uri.clone())
+            });
+            let pai = pai.filter(|_| trusted);
+            let headers: Vec<(&str, &[u8])> = pai
+                .as_deref()
+                .map(|v| ("P-Asserted-Identity", v))
+                .into_iter()
+                .collect();
+            let out = d.request("INVITE", None, &via, Some(&contact), &headers, None);
+            (out, d.id.call_id.clone(), Some(d), Some(cref2), None)
+        } else {
+            // (Request-URI, To, Replaces) of the new leg, and its
+            // Route (a registered target's flow).
+            let mut t_route: Vec<Vec<u8>> = Vec::new();
+            let (uri, to, replaces) = match local_replaced {
+                Some(Err(r)) => {
+                    let elsewhere = self
+                        .dialogs_of(&r.call_id)
+                        .is_some_and(|(c, ..)| c.is_none());
+                    let found = elsewhere
+                        .then(|| self.translate_replaces(r))
+                        .flatten()
+                        .and_then(|t| {
+                            let (_, a, b) = self.dialogs_of(&r.call_id)?;
+                            let d = [a, b].into_iter().find(|d| d.id.call_id == t.call_id)?;
+                            Some((d.remote_target.clone(), d.remote_uri.clone(), t))
+                        });
+                    let Some((uri, to, t)) = found else {
+                        self.local_start_failed(now, cref, from_a, m.cseq().seq, attended, 481);
+                        return;
+                    };
+                    (uri, to, Some(t.to_value()))
                 }
-                let out = handover_sip::build::Request {
-                    method: "INVITE",
-                    uri: &uri,
-                    via: &[&via],
-                    from: &from,
-                    from_tag: tag.as_bytes(),
-                    to: &to,
-                    call_id: &t_call_id,
-                    cseq: 1,
-                    max_forwards: 70,
-                    contact: Some(&contact),
-                    headers: &headers,
-                    ..Default::default()
+                _ => {
+                    let u = rt.uri();
+                    let user = u.user().unwrap_or_default().to_vec();
+                    let key = self.cfg.hashing.affinity_key(m.call_id());
+                    let (targets, _) = self.locate(now, Some(u), key);
+                    let Some(target) = targets.into_iter().next() else {
+                        self.local_start_failed(now, cref, from_a, m.cseq().seq, attended, 404);
+                        return;
+                    };
+                    let routed = format!("sip:{}@{}", String::from_utf8_lossy(&user), target.addr);
+                    let to = format!(
+                        "<{}>",
+                        match &target.uri {
+                            Some(_) => String::from_utf8_lossy(u.as_bytes()).into_owned(),
+                            None => routed.clone(),
+                        }
+                    )
+                    .into_bytes();
+                    t_route = target.route;
+                    (target.uri.unwrap_or_else(|| routed.into_bytes()), to, None)
                 }
-                .to_vec();
-                (
-                    out,
-                    t_call_id,
-                    None,
-                    None,
-                    Some(now + self.cfg.ring_timeout),
-                )
             };
+            let Some(call) = self.calls.get(&cref) else {
+                return;
+            };
+            // The new leg is the transferee calling the target.
+            let transferee = if from_a {
+                &call.b_dialog
+            } else {
+                &call.a_dialog
+            };
+            let from = transferee
+                .as_ref()
+                .map(|d| d.remote_uri.clone())
+                .unwrap_or_else(|| b"<sip:anonymous@anonymous.invalid>".to_vec());
+            let t_call_id = self.ids.call_id().as_bytes().to_vec();
+            let tag = self.ids.tag();
+            let mut headers: Vec<(&str, &[u8])> = referred_by
+                .as_deref()
+                .map(|v| ("Referred-By", v))
+                .into_iter()
+                .collect();
+            if let Some(v) = &replaces {
+                headers.push(("Replaces", v));
+            }
+            let out = handover_sip::build::Request {
+                method: "INVITE",
+                uri: &uri,
+                via: &[&via],
+                from: &from,
+                from_tag: tag.as_bytes(),
+                to: &to,
+                call_id: &t_call_id,
+                cseq: 1,
+                max_forwards: 70,
+                route: &t_route.iter().map(Vec::as_slice).collect::<Vec<_>>(),
+                contact: Some(&contact),
+                headers: &headers,
+                ..Default::default()
+            }
+            .to_vec();
+            (
+                out,
+                t_call_id,
+                None,
+                None,
+                Some(now + self.cfg.ring_timeout),
+            )
+        };
         let Ok(t_key) = scan(&out).map(|o| Key::server(&o)) else {
             return;
         };

@@ -12,15 +12,29 @@ impl<R: RngCore> B2bua<R> {
         &mut self,
         m: &Message<'_>,
         key: u64,
-        target: SocketAddr,
+        target: &Target,
     ) -> (Vec<u8>, Vec<u8>) {
         let user = m.request_uri().and_then(|u| u.user()).unwrap_or_default();
         let b_call_id = self.ids.call_id().as_bytes().to_vec();
         let b_tag = self.ids.tag();
         let via = self.via(key);
         let contact = self.contact(key);
-        let uri = format!("sip:{}@{}", String::from_utf8_lossy(user), target);
-        let to = format!("<{uri}>");
+        let routed = format!("sip:{}@{}", String::from_utf8_lossy(user), target.addr);
+        // A registered phone: its Contact is the Request-URI, and To names
+        // the AOR that was called.
+        let (uri, to) = match &target.uri {
+            Some(c) => (
+                String::from_utf8_lossy(c).into_owned(),
+                format!(
+                    "<{}>",
+                    m.request_uri()
+                        .map_or(routed.clone(), |u| String::from_utf8_lossy(u.as_bytes())
+                            .into_owned())
+                ),
+            ),
+            None => (routed.clone(), format!("<{routed}>")),
+        };
+        let route: Vec<&[u8]> = target.route.iter().map(Vec::as_slice).collect();
         let from = m.from().map(|f| {
             let s = f.span();
             let p = f.params_span();
@@ -40,6 +54,7 @@ impl<R: RngCore> B2bua<R> {
             call_id: &b_call_id,
             cseq: 1,
             max_forwards: mf,
+            route: &route,
             contact: Some(&contact),
             headers: &headers,
             body,
@@ -58,11 +73,11 @@ impl<R: RngCore> B2bua<R> {
         if call.cancelled || call.answered || call.tried >= call.targets.len() {
             return false;
         }
-        let target = call.targets[call.tried];
+        let target = call.targets[call.tried].clone();
         call.tried += 1;
         let (a_bytes, key, old) = (call.a_invite.clone(), call.key, call.b_call_id.clone());
         let Ok(a) = scan(&a_bytes) else { return false };
-        let (cid, invite) = self.leg_b_invite(&a, key, target);
+        let (cid, invite) = self.leg_b_invite(&a, key, &target);
         let timers = self.cfg.timers;
         let Some(call) = self.calls.get_mut(&cref) else {
             return false;
@@ -147,15 +162,13 @@ impl<R: RngCore> B2bua<R> {
             self.refuse_overloaded(m, Some(t.as_bytes()));
             return None;
         }
-        let user = m.request_uri().and_then(|u| u.user()).unwrap_or_default();
-        let host = m.request_uri().map_or(&b""[..], |u| u.host());
         let key = self.cfg.hashing.affinity_key(m.call_id());
         let (targets, mode) = match self.replaced_target(m) {
-            Some(t) => (vec![t], None),
-            None => self.cfg.routes.lookup(user, host, key),
+            Some(t) => (vec![Target::from(t)], None),
+            None => self.locate(now, m.request_uri(), key),
         };
         let local_mode = mode.unwrap_or(self.cfg.transfer_mode) == TransferMode::Local;
-        let Some(&target) = targets.first() else {
+        let Some(target) = targets.first().cloned() else {
             let t = self.ids.tag();
             self.respond(m, 404, Some(t.as_bytes()));
             return None;
@@ -163,7 +176,7 @@ impl<R: RngCore> B2bua<R> {
         self.stats.started += 1;
         let a_tag = self.ids.tag();
         let a_srv = ServerInvite::new(now, self.cfg.timers, m);
-        let (b_call_id, b_invite) = self.leg_b_invite(m, key, target);
+        let (b_call_id, b_invite) = self.leg_b_invite(m, key, &target);
         let b_cli = ClientInvite::new(now, self.cfg.timers, b_invite.clone());
         let cref = self.next_ref;
         self.next_ref += 1;
@@ -382,7 +395,19 @@ impl<R: RngCore> B2bua<R> {
                 let Some(resp) = resp else { return };
                 if call.b_dialog.is_none() {
                     let inv = call.b_invite.clone();
-                    let dialog = scan(&inv).ok().and_then(|bi| Dialog::uac(&bi, &resp).ok());
+                    let dialog = scan(&inv).ok().and_then(|bi| {
+                        let mut d = Dialog::uac(&bi, &resp).ok()?;
+                        // A registered phone answers without a Record-Route
+                        // (the edge adds none to our requests): the dialog
+                        // keeps reaching it on its flow.
+                        if d.route_set.is_empty()
+                            && let Some(r) = bi.values(HeaderName::Route).next()
+                            && register::is_flow_route(r.of(bi.buf()))
+                        {
+                            d.route_set = vec![r.of(bi.buf()).to_vec()];
+                        }
+                        Some(d)
+                    });
                     if let Some(mut d) = dialog {
                         let ack = d.request("ACK", Some(1), &ack_via, None, &[], None);
                         call.b_ack = Some(ack);

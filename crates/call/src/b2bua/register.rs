@@ -1,0 +1,263 @@
+//! Phones: REGISTER handed to the registrar (`handover-registrar`), digest
+//! challenges of REGISTERs (401) and of calls from untrusted sources
+//! (407), and calls to registered users: an AOR's live bindings become the
+//! call's targets, each reached on the flow its REGISTER came from.
+
+use handover_registrar::digest::{Check, Digest, Guard, Kind, Standing};
+use handover_registrar::{Record, Registrar};
+
+use super::*;
+
+/// Where a B leg goes: a route's address, or a registered contact (its
+/// URI as the Request-URI, reached through `route`: our Route naming the
+/// flow, or the binding's Path).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// The address (a route's target, or the flow of a binding).
+    pub addr: SocketAddr,
+    /// The Request-URI when it is not `sip:USER@addr` (a binding's Contact).
+    pub uri: Option<Vec<u8>>,
+    /// Route header values for the request.
+    pub route: Vec<Vec<u8>>,
+}
+
+impl From<SocketAddr> for Target {
+    fn from(addr: SocketAddr) -> Self {
+        Self {
+            addr,
+            uri: None,
+            route: Vec::new(),
+        }
+    }
+}
+
+/// Whether `route` is our flow route (see `Target`): the dialog to a
+/// registered phone keeps it as its route set.
+pub(super) fn is_flow_route(route: &[u8]) -> bool {
+    memchr::memmem::find(route, b";flow=").is_some()
+}
+
+impl<R: RngCore> B2bua<R> {
+    /// Replaces the registrar (its settings, and whether its writes are
+    /// replicated: see `handover_registrar::Registrar::new`).
+    pub fn set_registrar(&mut self, registrar: Registrar) {
+        self.registrar = registrar;
+    }
+
+    /// The registrar (its counters; the shell's replication glue).
+    pub fn registrar(&mut self) -> &mut Registrar {
+        &mut self.registrar
+    }
+
+    /// Turns digest authentication on (`None`: off).
+    pub fn set_auth(&mut self, auth: Option<(Digest, Guard)>) {
+        self.auth = auth;
+    }
+
+    /// Replaces the users of digest authentication (the file changed).
+    pub fn set_users(&mut self, users: handover_registrar::digest::Users) {
+        if let Some((d, _)) = self.auth.as_mut() {
+            d.set_users(users);
+        }
+    }
+
+    /// Writes out expired bindings of the AORs this worker owns.
+    pub fn sweep_registrations(&mut self, now: Instant, owned: impl Fn(u64) -> bool) {
+        self.registrar.sweep(now, owned);
+    }
+
+    /// Applies a committed AOR record (any worker's).
+    pub fn apply_registration(&mut self, rec: Record) {
+        self.registrar.apply(rec);
+    }
+
+    /// Authentication failures by reason, and sources banned, so far.
+    pub fn auth_stats(&self) -> AuthStats {
+        self.stats.auth
+    }
+
+    pub(super) fn register(&mut self, now: Instant, m: &Message<'_>) {
+        if self.registrar.absorb(now, m) {
+            return;
+        }
+        let Some(user) = self.authenticate(now, m, Kind::Www) else {
+            return;
+        };
+        let key = m.to().map_or(0, |t| self.cfg.hashing.aor_key(t.uri()));
+        let tag = self.ids.tag();
+        self.registrar
+            .register(now, m, user.as_deref(), key, tag.as_bytes());
+    }
+
+    /// A new call from an untrusted source must carry credentials for our
+    /// realm (407 otherwise). True: go on.
+    pub(super) fn authenticate_call(&mut self, now: Instant, m: &Message<'_>) -> bool {
+        self.authenticate(now, m, Kind::Proxy).is_some()
+    }
+
+    /// Digest authentication of `m`: `Some(user)` to go on (`Some(None)`
+    /// when nobody is challenged: off, or a trusted source), `None` when
+    /// `m` was answered (a challenge, 403) or dropped (a banned source).
+    fn authenticate(
+        &mut self,
+        now: Instant,
+        m: &Message<'_>,
+        kind: Kind,
+    ) -> Option<Option<Vec<u8>>> {
+        let source = sender_ip(m);
+        let Some((digest, guard)) = self.auth.as_mut() else {
+            return Some(None);
+        };
+        if self.cfg.trusted.contains(source) {
+            return Some(None);
+        }
+        let now_s = self.registrar.wall_ms(now) / 1000;
+        if source.is_some_and(|ip| guard.banned(ip, now_s)) {
+            self.stats.auth.ignored += 1;
+            return None;
+        }
+        let check = digest.check(m, kind, now_s);
+        let stale = match check {
+            Check::Ok(user) => {
+                if let Some(ip) = source {
+                    guard.pass(ip);
+                }
+                return Some(Some(user));
+            }
+            Check::Missing => false,
+            Check::Stale => true,
+            Check::Failed(f) => {
+                self.stats.auth.count(f);
+                let standing = source.map_or(Standing::Good, |ip| guard.fail(ip, now_s));
+                match standing {
+                    Standing::Good => false,
+                    Standing::Forbid => {
+                        self.stats.auth.banned += 1;
+                        let t = self.ids.tag();
+                        self.answer_auth(now, m, kind, 403, t, &[]);
+                        return None;
+                    }
+                    Standing::Ignore => {
+                        self.stats.auth.ignored += 1;
+                        return None;
+                    }
+                }
+            }
+        };
+        self.stats.auth.challenges += 1;
+        let values = digest.challenges(now_s, stale);
+        let extra: Vec<(&str, &[u8])> = values
+            .iter()
+            .map(|v| (kind.challenge_header(), v.as_slice()))
+            .collect();
+        let t = self.ids.tag();
+        self.answer_auth(now, m, kind, kind.status(), t, &extra);
+        None
+    }
+
+    /// An answer of the authentication step: a REGISTER's through the
+    /// registrar (repeated to retransmissions), a call's directly (its ACK
+    /// is absorbed like any ACK outside a call).
+    fn answer_auth(
+        &mut self,
+        now: Instant,
+        m: &Message<'_>,
+        kind: Kind,
+        status: u16,
+        tag: Token,
+        extra: &[(&str, &[u8])],
+    ) {
+        match kind {
+            Kind::Www => self
+                .registrar
+                .answer(now, m, status, None, tag.as_bytes(), extra),
+            Kind::Proxy => {
+                let mut b = Vec::new();
+                response(
+                    &m.reply_parts(),
+                    status,
+                    None,
+                    Some(tag.as_bytes()),
+                    extra,
+                    &mut b,
+                );
+                self.out.push_back((via_target(m), b));
+            }
+        }
+    }
+
+    /// Where a call to `uri` goes: the live bindings of its AOR, best
+    /// first, when it has any; else the routes.
+    pub(super) fn locate(
+        &self,
+        now: Instant,
+        uri: Option<&handover_sip::Uri<'_>>,
+        key: u64,
+    ) -> (Vec<Target>, Option<TransferMode>) {
+        let user = uri.and_then(|u| u.user()).unwrap_or_default();
+        let host = uri.map_or(&b""[..], |u| u.host());
+        if let Some(u) = uri {
+            let bindings = self.registrar.targets(&handover_sip::ids::aor(u), now);
+            let targets: Vec<Target> = bindings
+                .into_iter()
+                .filter_map(|b| {
+                    let addr = b.flow.or_else(|| uri_target(&b.contact))?;
+                    let route = if b.path.is_empty() {
+                        vec![format!("<sip:{};lr;flow={addr}>", self.cfg.advertised).into_bytes()]
+                    } else {
+                        b.path
+                    };
+                    Some(Target {
+                        addr,
+                        uri: Some(b.contact),
+                        route,
+                    })
+                })
+                .collect();
+            if !targets.is_empty() {
+                return (targets, None);
+            }
+        }
+        let (addrs, mode) = self.cfg.routes.lookup(user, host, key);
+        (addrs.into_iter().map(Target::from).collect(), mode)
+    }
+}
+
+/// The address of a URI with an IP literal host (5060 when no port).
+fn uri_target(uri: &[u8]) -> Option<SocketAddr> {
+    let u = handover_sip::Uri::parse(uri, handover_sip::Span::new(0, uri.len())).ok()?;
+    let ip: IpAddr = core::str::from_utf8(u.host()).ok()?.parse().ok()?;
+    Some(SocketAddr::new(ip, u.port().unwrap_or(5060)))
+}
+
+/// Authentication counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct AuthStats {
+    /// Challenges sent (401/407).
+    pub challenges: u64,
+    /// Failures: no such user.
+    pub unknown_user: u64,
+    /// Failures: a wrong password.
+    pub wrong_password: u64,
+    /// Failures: credentials that do not parse.
+    pub malformed: u64,
+    /// Failures: a nonce we did not make.
+    pub bad_nonce: u64,
+    /// Sources answered 403 and banned for a while.
+    pub banned: u64,
+    /// Requests of banned sources dropped.
+    pub ignored: u64,
+}
+
+impl AuthStats {
+    fn count(&mut self, f: handover_registrar::digest::Failure) {
+        use handover_registrar::digest::Failure as F;
+        match f {
+            F::UnknownUser => self.unknown_user += 1,
+            F::WrongPassword => self.wrong_password += 1,
+            F::Malformed => self.malformed += 1,
+            F::BadNonce => self.bad_nonce += 1,
+        }
+    }
+}

@@ -1,0 +1,228 @@
+//! Phones that register (issue 17): SIPp phones register with digest
+//! authentication at `handover up --workers 3`, are called by their
+//! address-of-record, and stay reachable when the worker owning their AOR
+//! is killed.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use crate::support::*;
+
+/// `handover passwd FILE USER` with `password` on standard input.
+fn passwd(file: &Path, user: &str, password: &str) {
+    use std::io::Write as _;
+    let mut p = Command::new(env!("CARGO_BIN_EXE_handover"))
+        .arg("passwd")
+        .arg(file)
+        .arg(user)
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    p.stdin
+        .take()
+        .unwrap()
+        .write_all(password.as_bytes())
+        .unwrap();
+    assert!(p.wait().unwrap().success(), "handover passwd {user}");
+}
+
+/// SIPp with `args` and a statistics file; the caller waits with
+/// `finish_uac_unchecked`.
+fn sipp_run(dir: &Path, name: &str, args: &[&str]) -> (Proc, PathBuf) {
+    let stat = dir.join(format!("{name}.csv"));
+    let err = dir.join(format!("{name}.err"));
+    let mut all: Vec<&str> = args.to_vec();
+    let (stat_s, err_s) = (
+        stat.to_string_lossy().into_owned(),
+        err.to_string_lossy().into_owned(),
+    );
+    all.extend([
+        "-timeout",
+        "60s",
+        "-trace_stat",
+        "-fd",
+        "1",
+        "-stf",
+        &stat_s,
+        "-error_file",
+        &err_s,
+    ]);
+    (sipp(dir, &all), stat)
+}
+
+/// `metric` summed over the workers of `worker_admin`'s cluster in `which`.
+fn summed_metric(worker_admin: &str, which: &[u16], series: &str) -> f64 {
+    let (host, port) = worker_admin.rsplit_once(':').unwrap();
+    summed(host, port.parse().unwrap(), which, series)
+}
+
+#[test]
+fn phones_register_with_digest_are_called_by_aor_and_survive_the_owners_death() {
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let users = dir.path().join("users");
+    passwd(&users, "alice", "alice-pw");
+    passwd(&users, "bob", "bob-pw");
+    let text = std::fs::read_to_string(&users).unwrap();
+    assert!(!text.contains("alice-pw"), "no password is stored: {text}");
+    let users_s = users.to_string_lossy().into_owned();
+    // No route at all: a call reaches a phone only through its binding.
+    let c = cluster(&[], &["--workers", "3", "--users", &users_s]);
+    wait_members(&c.grpc, 3);
+    wait_all_shards_served(&c.grpc, 3);
+    let edge = format!("127.0.0.1:{}", c.sip);
+
+    // Alice's phone registers (401, then credentials) and answers calls.
+    let alice_port = free_udp_port().to_string();
+    let ooc = scenario("uas.xml");
+    let reg = scenario("register.xml");
+    let (alice, alice_stat) = sipp_run(
+        dir.path(),
+        "alice",
+        &[
+            "-sf",
+            reg.to_str().unwrap(),
+            "-oocsf",
+            ooc.to_str().unwrap(),
+            "-s",
+            "alice",
+            "-au",
+            "alice",
+            "-ap",
+            "alice-pw",
+            "-d",
+            "40000",
+            "-m",
+            "1",
+            "-i",
+            "127.0.0.1",
+            "-p",
+            &alice_port,
+            &edge,
+        ],
+    );
+    let registered = wait_for(Duration::from_secs(10), || {
+        summed_metric(
+            &c.worker_admin,
+            &[0, 1, 2],
+            "handover_bindings_total{event=\"created\"}",
+        ) == 1.0
+    });
+    assert!(
+        registered,
+        "alice's binding was created by one worker (its AOR's owner)"
+    );
+    // Every worker holds the replicated binding.
+    let everywhere = wait_for(Duration::from_secs(5), || {
+        summed_metric(&c.worker_admin, &[0, 1, 2], "handover_registrations_active") == 3.0
+    });
+    assert!(everywhere, "every worker reads alice's binding");
+
+    // Bob calls alice by her AOR: 407, then credentials, then her phone.
+    let call_alice = |name: &str, password: &str, calls: &str| {
+        sipp_run(
+            dir.path(),
+            name,
+            &[
+                "-sf",
+                scenario("uac_auth.xml").to_str().unwrap(),
+                "-s",
+                "alice",
+                "-au",
+                "bob",
+                "-ap",
+                password,
+                "-m",
+                calls,
+                "-r",
+                "10",
+                "-d",
+                "200",
+                "-i",
+                "127.0.0.1",
+                "-p",
+                &free_udp_port().to_string(),
+                &edge,
+            ],
+        )
+    };
+    let (p, stat) = call_alice("bob", "bob-pw", "5");
+    let r = finish_uac_unchecked(p, &stat);
+    assert_eq!((r.exit, r.successful, r.failed), (Some(0), 5, 0), "{r:?}");
+    // A wrong password is challenged again, never connected.
+    let (p, stat) = call_alice("mallory", "guess", "1");
+    let r = finish_uac_unchecked(p, &stat);
+    assert_eq!((r.successful, r.failed), (0, 1), "{r:?}");
+    assert!(
+        summed_metric(
+            &c.worker_admin,
+            &[0, 1, 2],
+            "handover_auth_failures_total{reason=\"wrong_password\"}"
+        ) >= 1.0
+    );
+    // Too brief a registration: 423 with Min-Expires (checked by the scenario).
+    let (p, stat) = sipp_run(
+        dir.path(),
+        "brief",
+        &[
+            "-sf",
+            scenario("register_brief.xml").to_str().unwrap(),
+            "-s",
+            "alice",
+            "-au",
+            "alice",
+            "-ap",
+            "alice-pw",
+            "-m",
+            "1",
+            "-i",
+            "127.0.0.1",
+            "-p",
+            &free_udp_port().to_string(),
+            &edge,
+        ],
+    );
+    let r = finish_uac_unchecked(p, &stat);
+    assert_eq!((r.exit, r.successful), (Some(0), 1), "{r:?}");
+
+    // kill -9 the worker that owns alice's AOR: the acknowledged
+    // registration still routes calls.
+    let (host, port) = c.worker_admin.rsplit_once(':').unwrap();
+    let port: u16 = port.parse().unwrap();
+    let owner = (0..3u16)
+        .find(|i| {
+            let text = http_get(&format!("http://{host}:{}/metrics", port + i)).1;
+            metric(&text, "handover_bindings_total{event=\"created\"}") == 1.0
+        })
+        .expect("one worker created the binding");
+    assert!(
+        sigkill_worker(c.worker + owner),
+        "worker {} killed",
+        owner + 1
+    );
+    let (ghost, gport) = c.grpc.rsplit_once(':').unwrap();
+    let survivor = format!(
+        "{ghost}:{}",
+        gport.parse::<u16>().unwrap() + (owner + 1) % 3
+    );
+    wait_members(&survivor, 2);
+    let live: Vec<u16> = (0..3).filter(|&i| i != owner).collect();
+    let (p, stat) = call_alice("bob-after", "bob-pw", "3");
+    let r = finish_uac_unchecked(p, &stat);
+    assert_eq!(
+        (r.exit, r.successful, r.failed),
+        (Some(0), 3, 0),
+        "{r:?} {}",
+        std::fs::read_to_string(dir.path().join("bob-after.err")).unwrap_or_default()
+    );
+
+    // Alice unregisters (Expires: 0) at the new owner: its 200 lists no
+    // binding (checked by the scenario).
+    let r = finish_uac_unchecked(alice, &alice_stat);
+    assert_eq!((r.exit, r.successful, r.failed), (Some(0), 1, 0), "{r:?}");
+    let gone = wait_for(Duration::from_secs(5), || {
+        summed_metric(&c.worker_admin, &live, "handover_registrations_active") == 0.0
+    });
+    assert!(gone, "alice's binding is gone on the surviving workers");
+}
