@@ -4,6 +4,8 @@
 #   - sipp (Debian package sip-tester): the real user agents of the
 #     end-to-end and interop tests.
 #   - prometheus: the real server that scrapes /metrics in the metrics tests.
+#   - baresip (Debian package baresip-core): the real phones of the
+#     registration tests, driven through its ctrl_tcp module.
 #   - rustfmt and clippy for the pinned toolchain (rust-toolchain.toml).
 #   - kubectl (for `kubectl kustomize`; Debian: kubernetes-client) and, in
 #     a virtualenv at $HANDOVER_DEPLOY_TOOLS, the pinned kubernetes-validate,
@@ -14,6 +16,7 @@ need_apt=()
 command -v sipp >/dev/null 2>&1 || need_apt+=(sip-tester)
 command -v prometheus >/dev/null 2>&1 || need_apt+=(prometheus)
 command -v kubectl >/dev/null 2>&1 || need_apt+=(kubernetes-client)
+command -v baresip >/dev/null 2>&1 || need_apt+=(baresip-core)
 
 if ((${#need_apt[@]})); then
   echo "install-deps: installing ${need_apt[*]}" >&2

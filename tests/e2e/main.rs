@@ -13,6 +13,7 @@ mod failover;
 mod kube;
 mod load;
 mod ops;
+mod phones;
 mod prometheus;
 mod register;
 mod support;

@@ -150,42 +150,6 @@ fn phones_register_with_digest_are_called_by_aor_and_survive_the_owners_death() 
     let (p, stat) = call_alice("bob", "bob-pw", "5");
     let r = finish_uac_unchecked(p, &stat);
     assert_eq!((r.exit, r.successful, r.failed), (Some(0), 5, 0), "{r:?}");
-    // A wrong password is challenged again, never connected.
-    let (p, stat) = call_alice("mallory", "guess", "1");
-    let r = finish_uac_unchecked(p, &stat);
-    assert_eq!((r.successful, r.failed), (0, 1), "{r:?}");
-    assert!(
-        summed_metric(
-            &c.worker_admin,
-            &[0, 1, 2],
-            "handover_auth_failures_total{reason=\"wrong_password\"}"
-        ) >= 1.0
-    );
-    // Too brief a registration: 423 with Min-Expires (checked by the scenario).
-    let (p, stat) = sipp_run(
-        dir.path(),
-        "brief",
-        &[
-            "-sf",
-            scenario("register_brief.xml").to_str().unwrap(),
-            "-s",
-            "alice",
-            "-au",
-            "alice",
-            "-ap",
-            "alice-pw",
-            "-m",
-            "1",
-            "-i",
-            "127.0.0.1",
-            "-p",
-            &free_udp_port().to_string(),
-            &edge,
-        ],
-    );
-    let r = finish_uac_unchecked(p, &stat);
-    assert_eq!((r.exit, r.successful), (Some(0), 1), "{r:?}");
-
     // kill -9 the worker that owns alice's AOR: the acknowledged
     // registration still routes calls.
     let (host, port) = c.worker_admin.rsplit_once(':').unwrap();
@@ -217,12 +181,167 @@ fn phones_register_with_digest_are_called_by_aor_and_survive_the_owners_death() 
         std::fs::read_to_string(dir.path().join("bob-after.err")).unwrap_or_default()
     );
 
-    // Alice unregisters (Expires: 0) at the new owner: its 200 lists no
-    // binding (checked by the scenario).
+    // A wrong password is challenged again, never connected.
+    let (p, stat) = call_alice("mallory", "guess", "1");
+    let r = finish_uac_unchecked(p, &stat);
+    assert_eq!((r.successful, r.failed), (0, 1), "{r:?}");
+    assert!(
+        summed_metric(
+            &c.worker_admin,
+            &live,
+            "handover_auth_failures_total{reason=\"wrong_password\"}"
+        ) >= 1.0
+    );
+    // Too brief a registration: 423 with Min-Expires (checked by the scenario).
+    let (p, stat) = sipp_run(
+        dir.path(),
+        "brief",
+        &[
+            "-sf",
+            scenario("register_brief.xml").to_str().unwrap(),
+            "-s",
+            "alice",
+            "-au",
+            "alice",
+            "-ap",
+            "alice-pw",
+            "-m",
+            "1",
+            "-i",
+            "127.0.0.1",
+            "-p",
+            &free_udp_port().to_string(),
+            &edge,
+        ],
+    );
+    let r = finish_uac_unchecked(p, &stat);
+    assert_eq!((r.exit, r.successful), (Some(0), 1), "{r:?}");
+
+    // Alice unregisters (Expires: 0) at the new owner.
     let r = finish_uac_unchecked(alice, &alice_stat);
     assert_eq!((r.exit, r.successful, r.failed), (Some(0), 1, 0), "{r:?}");
     let gone = wait_for(Duration::from_secs(5), || {
         summed_metric(&c.worker_admin, &live, "handover_registrations_active") == 0.0
     });
     assert!(gone, "alice's binding is gone on the surviving workers");
+}
+
+#[test]
+fn an_aor_with_two_phones_rings_both_the_one_that_answers_wins_and_star_removes_all() {
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let users = dir.path().join("users");
+    for (u, p) in [("dave", "d-pw"), ("erin", "e-pw"), ("bob", "bob-pw")] {
+        passwd(&users, u, p);
+    }
+    let users_s = users.to_string_lossy().into_owned();
+    // One worker, no replication: its registrar applies writes at once.
+    let c = cluster(&[], &["--users", &users_s]);
+    let edge = format!("127.0.0.1:{}", c.sip);
+    // Two phones of dave's: one busy, one that answers.
+    let reg = scenario("register.xml");
+    let mut phones = Vec::new();
+    for (name, ooc) in [("desk", "uas_busy.xml"), ("mobile", "uas.xml")] {
+        let home = dir.path().join(name);
+        std::fs::create_dir_all(&home).unwrap();
+        let port = free_udp_port().to_string();
+        phones.push((
+            home.clone(),
+            sipp_run(
+                &home,
+                name,
+                &[
+                    "-sf",
+                    reg.to_str().unwrap(),
+                    "-oocsf",
+                    scenario(ooc).to_str().unwrap(),
+                    "-s",
+                    "dave",
+                    "-au",
+                    "dave",
+                    "-ap",
+                    "d-pw",
+                    "-d",
+                    "15000",
+                    "-m",
+                    "1",
+                    "-i",
+                    "127.0.0.1",
+                    "-p",
+                    &port,
+                    &edge,
+                ],
+            ),
+        ));
+    }
+    let both = wait_for(Duration::from_secs(10), || {
+        summed_metric(&c.worker_admin, &[0], "handover_registrations_active") == 2.0
+    });
+    assert!(both, "dave has two bindings");
+    let (p, stat) = sipp_run(
+        dir.path(),
+        "bob",
+        &[
+            "-sf",
+            scenario("uac_auth.xml").to_str().unwrap(),
+            "-s",
+            "dave",
+            "-au",
+            "bob",
+            "-ap",
+            "bob-pw",
+            "-m",
+            "2",
+            "-r",
+            "5",
+            "-d",
+            "200",
+            "-i",
+            "127.0.0.1",
+            "-p",
+            &free_udp_port().to_string(),
+            &edge,
+        ],
+    );
+    let r = finish_uac_unchecked(p, &stat);
+    assert_eq!((r.exit, r.successful, r.failed), (Some(0), 2, 0), "{r:?}");
+    // Several contacts for erin, then `*` removes them all (the scenario
+    // checks both 200s).
+    let (p, stat) = sipp_run(
+        dir.path(),
+        "erin",
+        &[
+            "-sf",
+            scenario("register_wildcard.xml").to_str().unwrap(),
+            "-s",
+            "erin",
+            "-au",
+            "erin",
+            "-ap",
+            "e-pw",
+            "-m",
+            "1",
+            "-i",
+            "127.0.0.1",
+            "-p",
+            &free_udp_port().to_string(),
+            &edge,
+        ],
+    );
+    let r = finish_uac_unchecked(p, &stat);
+    assert_eq!((r.exit, r.successful, r.failed), (Some(0), 1, 0), "{r:?}");
+    for (home, (p, stat)) in phones {
+        let r = finish_uac_unchecked(p, &stat);
+        let name = home.file_name().unwrap().to_string_lossy().into_owned();
+        assert_eq!(
+            (r.exit, r.successful),
+            (Some(0), 1),
+            "{name}: {r:?} {}",
+            std::fs::read_to_string(home.join(format!("{name}.err"))).unwrap_or_default()
+        );
+        // Both phones rang for both calls: the busy one answered 486 (or
+        // was cancelled once the other answered).
+        let invites = sipp_message_logs(&home).matches("INVITE sip:dave@").count();
+        assert!(invites >= 2, "{}: {invites} INVITEs", home.display());
+    }
 }

@@ -45,6 +45,7 @@ use rand_core::RngCore;
 use crate::dialog::{Dialog, DialogState};
 use crate::routing::{Routes, TransferMode};
 
+mod fork;
 mod local;
 mod refer;
 mod register;
@@ -356,6 +357,13 @@ struct Call {
     old_ids: Vec<Vec<u8>>,
     /// The route's targets, in the order to try them.
     targets: Vec<Target>,
+    /// B legs ringing beside the main one (a registered user's other
+    /// bindings, `fork.rs`).
+    forks: Vec<fork::Fork>,
+    /// The best final answer of the legs that failed so far.
+    best: Option<u16>,
+    /// A 6xx ended the search: no other leg takes over.
+    forks_done: bool,
     /// How many of them have been tried.
     tried: usize,
     over: bool,
@@ -431,6 +439,7 @@ impl Call {
         [self.a_srv.poll_timeout(), self.b_cli.poll_timeout()]
             .into_iter()
             .flatten()
+            .chain(self.forks.iter().filter_map(|f| f.cli.poll_timeout()))
             .chain(self.timers().map(|(_, at)| at))
             .chain(nits)
             .chain(self.relays.iter().flat_map(Relay::timeouts))
@@ -876,6 +885,9 @@ impl<R: RngCore> B2bua<R> {
         };
         call.a_srv.handle_timeout(now);
         call.b_cli.handle_timeout(now);
+        for f in &mut call.forks {
+            f.cli.handle_timeout(now);
+        }
         for n in &mut call.nits {
             match n {
                 Nit::Client(_, t) => t.handle_timeout(now),

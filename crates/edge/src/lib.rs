@@ -509,6 +509,10 @@ impl handover_io::Handler for Thread {
                 self.local.sent[usize::from(from_backend)][2] += 1;
                 Some((to, len))
             }
+            Outcome::Pong { to } => {
+                self.local.pongs += 1;
+                Some((to, 2))
+            }
             Outcome::Drop(d) => {
                 self.local.drop_reason(d.label());
                 None

@@ -13,6 +13,8 @@ pub const DATAGRAMS_RECEIVED: &str = "handover_edge_datagrams_received_total";
 pub const DATAGRAMS_SENT: &str = "handover_edge_datagrams_sent_total";
 /// Answers the edge itself sent, by `status`.
 pub const REPLIES: &str = "handover_edge_replies_total";
+/// Double-CRLF keep-alive pings answered with a CRLF pong (RFC 5626 §4.4.1).
+pub const PONGS: &str = "handover_edge_keepalive_pongs_total";
 /// Datagrams dropped, by `reason`.
 pub const DROPS: &str = "handover_edge_drops_total";
 /// Requests forwarded to each backend (`backend` = index in the configuration).
@@ -47,6 +49,7 @@ pub(crate) struct Handles {
     rx_queue_drops: Counter,
     enobufs: Counter,
     send_errors: Counter,
+    pongs: Counter,
 }
 
 impl Handles {
@@ -66,6 +69,7 @@ impl Handles {
             rx_queue_drops: counter!(RX_QUEUE_DROPS),
             enobufs: counter!(URING_ENOBUFS),
             send_errors: counter!(SEND_ERRORS),
+            pongs: counter!(PONGS),
         }
     }
 }
@@ -83,6 +87,7 @@ pub(crate) struct Local {
     pub(crate) rx_flushed: u32,
     pub(crate) enobufs: u64,
     pub(crate) send_errors: u64,
+    pub(crate) pongs: u64,
     pub(crate) since_flush: u32,
 }
 
@@ -132,6 +137,7 @@ impl Local {
         h.enobufs.increment(std::mem::take(&mut self.enobufs));
         h.send_errors
             .increment(std::mem::take(&mut self.send_errors));
+        h.pongs.increment(std::mem::take(&mut self.pongs));
         self.since_flush = 0;
     }
 }

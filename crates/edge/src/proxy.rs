@@ -103,6 +103,13 @@ pub enum Outcome {
         /// Status code sent.
         status: u16,
     },
+    /// Answer a keep-alive ping (a double CRLF) with a CRLF pong: the
+    /// first 2 bytes of the output buffer (RFC 5626 §4.4.1), so a phone
+    /// behind NAT sees its flow alive.
+    Pong {
+        /// The sender.
+        to: SocketAddr,
+    },
     /// Drop and count.
     Drop(Drop),
 }
@@ -295,6 +302,14 @@ impl Proxy {
         out: &mut [u8],
     ) -> Outcome {
         if dgram.iter().all(|&b| matches!(b, b'\r' | b'\n')) {
+            //= https://www.rfc-editor.org/rfc/rfc5626#section-4.4.1
+            //# the client sends a double-CRLF
+            //# (the "ping") then the server immediately responds with a single CRLF
+            //# (the "pong").
+            if dgram == b"\r\n\r\n" && out.len() >= 2 {
+                out[..2].copy_from_slice(b"\r\n");
+                return Outcome::Pong { to: from };
+            }
             return Outcome::Drop(Drop::Keepalive);
         }
         if limiter.limited(from.ip(), now_sec) {
@@ -655,6 +670,7 @@ Call-ID: {call_id}\r\nCSeq: 1 INVITE\r\nContact: <sip:alice@10.9.9.9:5060>\r\nCo
         let o = p.handle(t, l, 0, from.parse().unwrap(), b, &mut out);
         let n = match o {
             Outcome::Forward { len, .. } | Outcome::Reply { len, .. } => len,
+            Outcome::Pong { .. } => 2,
             Outcome::Drop(_) => 0,
         };
         out.truncate(n);
@@ -784,6 +800,7 @@ From: <sip:alice@a.example>;tag=f1\r\nCall-ID: call-2@x\r\nCSeq: 1 INVITE\r\nCon
             let o = p.handle(&t, l, sec, from.parse().unwrap(), b, &mut out);
             let n = match o {
                 Outcome::Forward { len, .. } | Outcome::Reply { len, .. } => len,
+                Outcome::Pong { .. } => 2,
                 Outcome::Drop(_) => 0,
             };
             (o, String::from_utf8_lossy(&out[..n]).into_owned())
@@ -902,8 +919,20 @@ From: <sip:alice@a.example>;tag=f1\r\nCall-ID: call-2@x\r\nCSeq: 1 INVITE\r\nCon
     #[test]
     fn keepalives_junk_and_the_per_source_limit() {
         let (p, t, mut l) = setup();
+        // RFC 5626 §4.4.1: a double-CRLF ping gets a CRLF pong; a lone
+        // CRLF (some phones' NAT keep-alive) is dropped.
+        let (o, pong) = run(&p, &t, &mut l, UA, b"\r\n\r\n");
         assert_eq!(
-            run(&p, &t, &mut l, UA, b"\r\n\r\n").0,
+            (o, pong.as_slice()),
+            (
+                Outcome::Pong {
+                    to: UA.parse().unwrap()
+                },
+                &b"\r\n"[..]
+            )
+        );
+        assert_eq!(
+            run(&p, &t, &mut l, UA, b"\r\n").0,
             Outcome::Drop(Drop::Keepalive)
         );
         // Three bad datagrams are answered or dropped; the fourth is limited.

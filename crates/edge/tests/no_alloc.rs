@@ -86,6 +86,7 @@ To: <sip:x@y>\r\nCall-ID: c\r\nCSeq: 1 INVITE\r\n\r\n";
         ] {
             match proxy.handle(&table, &mut limiter, 0, from, d, &mut out) {
                 Outcome::Forward { len, .. } | Outcome::Reply { len, .. } => n += len,
+                Outcome::Pong { .. } => n += 2,
                 Outcome::Drop(_) => n += 1,
             }
         }

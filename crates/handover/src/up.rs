@@ -85,6 +85,10 @@ pub(crate) struct UpArgs {
     /// The digest realm [default: handover].
     #[arg(long)]
     realm: Option<String>,
+    /// Digest algorithms offered, in order (`MD5,SHA-256`; baresip 1.x
+    /// needs `MD5` alone) [default: the worker's, MD5,SHA-256].
+    #[arg(long)]
+    digest_algorithms: Option<String>,
 }
 
 struct Kids(Vec<Child>);
@@ -238,6 +242,9 @@ pub(crate) fn run(mut a: UpArgs) -> anyhow::Result<()> {
         }
         if let Some(r) = &a.realm {
             worker.args(["--realm", r]);
+        }
+        if let Some(d) = &a.digest_algorithms {
+            worker.args(["--digest-algorithms", d]);
         }
         if replicate {
             worker.args(["--id", &(i + 1).to_string()]);

@@ -80,6 +80,12 @@ pub(crate) struct WorkerArgs {
     /// [default: handover].
     #[arg(long)]
     realm: Option<String>,
+    /// Digest algorithms offered, in order, comma-separated: `MD5`,
+    /// `SHA-256` (overrides `[worker.registrar] algorithms`)
+    /// [default: MD5,SHA-256]. Phones built on libre 1.x (baresip 1.x)
+    /// give up on any challenge they cannot answer: offer them `MD5` only.
+    #[arg(long, value_delimiter = ',')]
+    digest_algorithms: Vec<handover_call::registrar::digest::Algorithm>,
     #[command(flatten)]
     cluster: crate::cluster::ClusterArgs,
 }
@@ -161,12 +167,15 @@ fn settings(a: WorkerArgs) -> anyhow::Result<Settings> {
             .map(|users| handover_worker::sip::Auth {
                 users,
                 realm: a.realm.unwrap_or_else(|| w.registrar.realm.clone()),
-                algorithms: w
-                    .registrar
-                    .algorithms
-                    .iter()
-                    .map(|s| s.parse().expect("validated by config"))
-                    .collect(),
+                algorithms: if a.digest_algorithms.is_empty() {
+                    w.registrar
+                        .algorithms
+                        .iter()
+                        .map(|s| s.parse().expect("validated by config"))
+                        .collect()
+                } else {
+                    a.digest_algorithms.clone()
+                },
                 nonce_ttl_s: w.registrar.nonce_ttl_s,
                 max_failures: w.registrar.max_failures,
                 ban_s: w.registrar.ban_s,

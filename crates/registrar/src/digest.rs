@@ -324,6 +324,22 @@ impl Digest {
             .collect()
     }
 
+    /// The user named in the credentials `m` carries for our realm (empty
+    /// when none): what the failure guard counts by.
+    pub fn username(&self, m: &handover_sip::Message<'_>, kind: Kind) -> Vec<u8> {
+        let buf = m.buf();
+        m.headers()
+            .filter(|h| {
+                h.name_span
+                    .of(buf)
+                    .eq_ignore_ascii_case(kind.credentials_header())
+            })
+            .filter_map(|h| Params::parse(h.value.of(buf)))
+            .find(|p| p.get(b"realm") == Some(self.realm.as_bytes()))
+            .and_then(|p| p.get(b"username").map(<[u8]>::to_vec))
+            .unwrap_or_default()
+    }
+
     /// Checks the credentials `m` carries for our realm (`kind` says which
     /// header), at `now_s`.
     pub fn check(&self, m: &handover_sip::Message<'_>, kind: Kind, now_s: u64) -> Check {
@@ -639,18 +655,22 @@ Call-ID: r@x\r\nCSeq: 2 REGISTER\r\nAuthorization: {auth}\r\nContent-Length: 0\r
     }
 }
 
-/// Sources that keep failing authentication: after `max_failures` within
-/// `window_s` a source is answered 403 once and then ignored for `ban_s`
-/// (a password-guessing phone, or a scanner), so it costs no hashing.
-/// Bounded: past `MAX_SOURCES` tracked sources the oldest state is dropped
-/// wholesale (a flood of sources gets no memory).
+/// Sources that keep failing authentication. Counted per source address
+/// *and* user: after `max_failures` within `window_s` that user is answered
+/// 403 once from that address and then ignored for `ban_s` (a phone with a
+/// wrong password, or a guess at one account), while the other phones
+/// behind the same address (an office's NAT) go on. An address that fails
+/// ten times as often, over any users (a scanner), is banned whole.
+/// Bounded: past `MAX_SOURCES` tracked keys the state is dropped wholesale
+/// (a flood of sources gets no memory).
 #[derive(Debug, Clone)]
 pub struct Guard {
     max_failures: u32,
     window_s: u64,
     ban_s: u64,
-    /// source -> (failures, window start in Unix s, banned until).
-    sources: HashMap<std::net::IpAddr, (u32, u64, u64)>,
+    /// (source, user; empty: the whole source) -> (failures, window
+    /// start in Unix s, banned until).
+    keys: HashMap<(std::net::IpAddr, Vec<u8>), (u32, u64, u64)>,
 }
 
 const MAX_SOURCES: usize = 65_536;
@@ -673,29 +693,31 @@ impl Guard {
             max_failures,
             window_s,
             ban_s,
-            sources: HashMap::new(),
+            keys: HashMap::new(),
         }
     }
 
-    /// Whether `ip` is banned at `now_s`.
-    pub fn banned(&self, ip: std::net::IpAddr, now_s: u64) -> bool {
-        self.sources
-            .get(&ip)
+    fn banned_key(&self, key: &(std::net::IpAddr, Vec<u8>), now_s: u64) -> bool {
+        self.keys
+            .get(key)
             .is_some_and(|&(_, _, until)| now_s < until)
     }
 
-    /// Counts a failure of `ip`; says whether it crossed the line.
-    pub fn fail(&mut self, ip: std::net::IpAddr, now_s: u64) -> Standing {
-        if self.max_failures == 0 {
-            return Standing::Good;
-        }
-        if self.sources.len() >= MAX_SOURCES && !self.sources.contains_key(&ip) {
-            self.sources.retain(|_, &mut (_, _, until)| now_s < until);
-            if self.sources.len() >= MAX_SOURCES {
-                self.sources.clear();
+    /// Whether `user` (empty: unknown) from `ip` is banned at `now_s`.
+    pub fn banned(&self, ip: std::net::IpAddr, user: &[u8], now_s: u64) -> bool {
+        self.banned_key(&(ip, Vec::new()), now_s)
+            || (!user.is_empty() && self.banned_key(&(ip, user.to_vec()), now_s))
+    }
+
+    /// Counts one key's failure against `limit`.
+    fn count(&mut self, key: (std::net::IpAddr, Vec<u8>), limit: u32, now_s: u64) -> Standing {
+        if self.keys.len() >= MAX_SOURCES && !self.keys.contains_key(&key) {
+            self.keys.retain(|_, &mut (_, _, until)| now_s < until);
+            if self.keys.len() >= MAX_SOURCES {
+                self.keys.clear();
             }
         }
-        let e = self.sources.entry(ip).or_insert((0, now_s, 0));
+        let e = self.keys.entry(key).or_insert((0, now_s, 0));
         if now_s < e.2 {
             return Standing::Ignore;
         }
@@ -703,17 +725,41 @@ impl Guard {
             *e = (0, now_s, 0);
         }
         e.0 += 1;
-        if e.0 >= self.max_failures {
+        if e.0 >= limit {
             *e = (0, now_s, now_s.saturating_add(self.ban_s));
             return Standing::Forbid;
         }
         Standing::Good
     }
 
-    /// A success of `ip` clears its failures.
-    pub fn pass(&mut self, ip: std::net::IpAddr) {
-        if self.sources.get(&ip).is_some_and(|e| e.2 == 0) {
-            self.sources.remove(&ip);
+    /// Counts a failure of `user` (empty: unknown) from `ip`; says whether
+    /// it crossed a line.
+    pub fn fail(&mut self, ip: std::net::IpAddr, user: &[u8], now_s: u64) -> Standing {
+        if self.max_failures == 0 {
+            return Standing::Good;
+        }
+        let whole = self.count(
+            (ip, Vec::new()),
+            self.max_failures.saturating_mul(10),
+            now_s,
+        );
+        let one = if user.is_empty() {
+            Standing::Good
+        } else {
+            self.count((ip, user.to_vec()), self.max_failures, now_s)
+        };
+        match (whole, one) {
+            (Standing::Ignore, _) | (_, Standing::Ignore) => Standing::Ignore,
+            (Standing::Forbid, _) | (_, Standing::Forbid) => Standing::Forbid,
+            _ => Standing::Good,
+        }
+    }
+
+    /// A success of `user` from `ip` clears its failures.
+    pub fn pass(&mut self, ip: std::net::IpAddr, user: &[u8]) {
+        let key = (ip, user.to_vec());
+        if self.keys.get(&key).is_some_and(|e| e.2 == 0) {
+            self.keys.remove(&key);
         }
     }
 }
@@ -723,17 +769,31 @@ mod guard_tests {
     use super::*;
 
     #[test]
-    fn a_source_failing_again_and_again_is_forbidden_then_ignored_for_a_while() {
+    fn a_user_failing_again_and_again_is_forbidden_then_ignored_and_its_neighbours_are_not() {
         let mut g = Guard::new(3, 60, 30);
         let ip: std::net::IpAddr = "203.0.113.9".parse().unwrap();
-        assert_eq!(g.fail(ip, 100), Standing::Good);
-        assert_eq!(g.fail(ip, 101), Standing::Good);
-        assert_eq!(g.fail(ip, 102), Standing::Forbid);
-        assert!(g.banned(ip, 131));
-        assert!(!g.banned(ip, 132));
+        assert_eq!(g.fail(ip, b"alice", 100), Standing::Good);
+        assert_eq!(g.fail(ip, b"alice", 101), Standing::Good);
+        assert_eq!(g.fail(ip, b"alice", 102), Standing::Forbid);
+        assert!(g.banned(ip, b"alice", 131));
+        assert!(
+            !g.banned(ip, b"bob", 131),
+            "another phone behind the same address"
+        );
+        assert!(!g.banned(ip, b"alice", 132));
         // Failures spread over more than the window never add up.
-        assert_eq!(g.fail(ip, 200), Standing::Good);
-        assert_eq!(g.fail(ip, 201), Standing::Good);
-        assert_eq!(g.fail(ip, 262), Standing::Good);
+        assert_eq!(g.fail(ip, b"alice", 200), Standing::Good);
+        assert_eq!(g.fail(ip, b"alice", 201), Standing::Good);
+        assert_eq!(g.fail(ip, b"alice", 262), Standing::Good);
+        // A scanner trying many users: the address as a whole, at ten times.
+        let scanner: std::net::IpAddr = "198.51.100.1".parse().unwrap();
+        let verdicts: Vec<Standing> = (0..30u32)
+            .map(|i| g.fail(scanner, format!("u{i}").as_bytes(), 300))
+            .collect();
+        assert_eq!(
+            verdicts.iter().filter(|&&v| v == Standing::Forbid).count(),
+            1
+        );
+        assert!(g.banned(scanner, b"anyone", 301));
     }
 }

@@ -112,7 +112,8 @@ impl<R: RngCore> B2bua<R> {
             return Some(None);
         }
         let now_s = self.registrar.wall_ms(now) / 1000;
-        if source.is_some_and(|ip| guard.banned(ip, now_s)) {
+        let who = digest.username(m, kind);
+        if source.is_some_and(|ip| guard.banned(ip, &who, now_s)) {
             self.stats.auth.ignored += 1;
             return None;
         }
@@ -120,7 +121,7 @@ impl<R: RngCore> B2bua<R> {
         let stale = match check {
             Check::Ok(user) => {
                 if let Some(ip) = source {
-                    guard.pass(ip);
+                    guard.pass(ip, &user);
                 }
                 return Some(Some(user));
             }
@@ -128,7 +129,7 @@ impl<R: RngCore> B2bua<R> {
             Check::Stale => true,
             Check::Failed(f) => {
                 self.stats.auth.count(f);
-                let standing = source.map_or(Standing::Good, |ip| guard.fail(ip, now_s));
+                let standing = source.map_or(Standing::Good, |ip| guard.fail(ip, &who, now_s));
                 match standing {
                     Standing::Good => false,
                     Standing::Forbid => {

@@ -168,6 +168,9 @@ impl<R: RngCore> B2bua<R> {
             None => self.locate(now, m.request_uri(), key),
         };
         let local_mode = mode.unwrap_or(self.cfg.transfer_mode) == TransferMode::Local;
+        // A registered user's bindings ring together; a route's targets
+        // are tried one after another.
+        let fork = targets.len() > 1 && targets.iter().all(|t| t.uri.is_some());
         let Some(target) = targets.first().cloned() else {
             let t = self.ids.tag();
             self.respond(m, 404, Some(t.as_bytes()));
@@ -212,8 +215,11 @@ impl<R: RngCore> B2bua<R> {
                 local_mode,
                 local: None,
                 old_ids: Vec::new(),
-                targets,
-                tried: 1,
+                tried: if fork { targets.len() } else { 1 },
+                targets: targets.clone(),
+                forks: Vec::new(),
+                best: None,
+                forks_done: false,
                 over: false,
                 nits: Vec::new(),
                 relays: Vec::new(),
@@ -223,6 +229,9 @@ impl<R: RngCore> B2bua<R> {
                 source,
             },
         );
+        if fork {
+            self.start_forks(now, cref, m, &targets[1..]);
+        }
         self.drain(now, cref);
         Some(cref)
     }
@@ -231,13 +240,19 @@ impl<R: RngCore> B2bua<R> {
     /// §9.1; also sent before a provisional, where the callee has been
     /// silent for the whole ring timeout).
     pub(super) fn cancel_b(call: &mut Call, now: Instant, timers: TimerConfig) {
-        if matches!(
+        let main = matches!(
             call.b_cli.state(),
             InviteState::Calling | InviteState::Proceeding
-        ) {
-            let cancel = scan(&call.b_invite)
-                .map(|i| cancel_for(&i))
-                .unwrap_or_default();
+        )
+        .then_some(&call.b_invite);
+        // Every leg still ringing (forks too: `fork.rs`).
+        let forks = call.forks.iter().filter(|f| f.ringing()).map(|f| &f.invite);
+        let cancels: Vec<Vec<u8>> = main
+            .into_iter()
+            .chain(forks)
+            .filter_map(|inv| scan(inv).ok().map(|i| cancel_for(&i)))
+            .collect();
+        for cancel in cancels {
             if let Ok(ck) = scan(&cancel).map(|c| Key::server(&c)) {
                 call.nits
                     .push(Nit::Client(ck, ClientNonInvite::new(now, timers, cancel)));
@@ -278,6 +293,8 @@ impl<R: RngCore> B2bua<R> {
         };
         if m.call_id() == call.b_call_id.as_slice() && m.cseq().method == Method::Invite {
             call.b_cli.handle_response(now, m);
+        } else {
+            self.fork_response(now, cref, m);
         }
         self.drain(now, cref);
     }
@@ -301,6 +318,7 @@ impl<R: RngCore> B2bua<R> {
         for e in events {
             self.on_b_event(now, cref, e);
         }
+        self.drain_forks(now, cref);
         self.drain_relays(now, cref);
         self.drain_local(now, cref);
         // Last: what the steps above queued (BYEs, NOTIFYs, answers) goes
@@ -454,6 +472,11 @@ impl<R: RngCore> B2bua<R> {
                 if matches!(status, 408 | 503) && self.fail_over(now, cref) {
                     return;
                 }
+                // Another leg of a forked call still rings: it goes on.
+                let status = match self.next_fork(now, cref, status) {
+                    Ok(()) => return,
+                    Err(best) => best,
+                };
                 let Some(call) = self.calls.get_mut(&cref) else {
                     return;
                 };

@@ -1,0 +1,219 @@
+//! Parallel forking (RFC 3261 §16.7 as a B2BUA plays it): a call to an
+//! address-of-record with several live bindings rings them all at once,
+//! each on a B leg of its own (its own Call-ID, tag and CSeq). The call's
+//! main B leg (`b_*`) is always one still ringing; the others are `forks`.
+//! The first 2xx wins: its leg becomes the main one, the others get
+//! CANCEL, and a 2xx that still arrives on another is ACKed and hung up
+//! (BYE). A 6xx ends the search: every other leg is cancelled and A gets
+//! the 6xx. When every leg failed, A gets the best answer (§16.7 step 6:
+//! a 6xx, else the lowest class, the first of it); a 487 of our own CANCEL
+//! says nothing about the callee and is not counted.
+
+use super::*;
+
+/// A B leg ringing beside the main one.
+#[derive(Debug)]
+pub(super) struct Fork {
+    pub(super) call_id: Vec<u8>,
+    pub(super) invite: Vec<u8>,
+    pub(super) cli: ClientInvite,
+}
+
+impl Fork {
+    pub(super) fn ringing(&self) -> bool {
+        matches!(
+            self.cli.state(),
+            InviteState::Calling | InviteState::Proceeding
+        )
+    }
+}
+
+/// Whether `new` is a better final answer for A than `old` (§16.7).
+fn better(new: u16, old: Option<u16>) -> bool {
+    match old {
+        None => true,
+        Some(o) if (600..700).contains(&o) => false,
+        Some(_) if (600..700).contains(&new) => true,
+        Some(o) => new / 100 < o / 100,
+    }
+}
+
+impl<R: RngCore> B2bua<R> {
+    /// Starts a fork of call `cref` to each of `targets` (A's INVITE `m`).
+    pub(super) fn start_forks(
+        &mut self,
+        now: Instant,
+        cref: u64,
+        m: &Message<'_>,
+        targets: &[Target],
+    ) {
+        let Some(key) = self.calls.get(&cref).map(|c| c.key) else {
+            return;
+        };
+        for t in targets {
+            let (call_id, invite) = self.leg_b_invite(m, key, t);
+            let cli = ClientInvite::new(now, self.cfg.timers, invite.clone());
+            self.by_call_id.insert(call_id.clone(), cref);
+            if let Some(call) = self.calls.get_mut(&cref) {
+                // Mapped to the call until it is forgotten.
+                call.old_ids.push(call_id.clone());
+                call.forks.push(Fork {
+                    call_id,
+                    invite,
+                    cli,
+                });
+            }
+        }
+    }
+
+    /// A fork's response: true when `m` answers one of call `cref`'s forks.
+    pub(super) fn fork_response(&mut self, now: Instant, cref: u64, m: &Message<'_>) -> bool {
+        let Some(call) = self.calls.get_mut(&cref) else {
+            return false;
+        };
+        if m.cseq().method != Method::Invite {
+            return false;
+        }
+        match call.forks.iter_mut().find(|f| f.call_id == m.call_id()) {
+            Some(f) => {
+                f.cli.handle_response(now, m);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Acts on the forks' responses (see the module docs).
+    pub(super) fn drain_forks(&mut self, now: Instant, cref: u64) {
+        let Some(call) = self.calls.get_mut(&cref) else {
+            return;
+        };
+        let mut events = Vec::new();
+        for (i, f) in call.forks.iter_mut().enumerate() {
+            while let Some(b) = f.cli.poll_transmit() {
+                self.out.push_back((None, b));
+            }
+            while let Some(e) = f.cli.poll_event() {
+                events.push((i, e));
+            }
+        }
+        for (i, e) in events {
+            let Some((status, msg)) = e.clone().into_response() else {
+                continue;
+            };
+            let Some(call) = self.calls.get_mut(&cref) else {
+                return;
+            };
+            match status {
+                101..=199 => self.on_b_event(now, cref, e),
+                200..=299 if !call.answered && !call.cancelled => {
+                    // This leg wins: it becomes the main one, every other
+                    // leg still ringing is cancelled.
+                    let f = &mut call.forks[i];
+                    std::mem::swap(&mut call.b_call_id, &mut f.call_id);
+                    std::mem::swap(&mut call.b_invite, &mut f.invite);
+                    std::mem::swap(&mut call.b_cli, &mut f.cli);
+                    Self::cancel_b(call, now, self.cfg.timers);
+                    self.on_b_event(now, cref, e);
+                }
+                200..=299 => self.hang_up_late_fork(now, cref, &msg, i),
+                487 => {}
+                _ => {
+                    if better(status, call.best) {
+                        call.best = Some(status);
+                    }
+                    if (600..700).contains(&status) && !call.answered {
+                        // A 6xx ends the search.
+                        call.forks_done = true;
+                        Self::cancel_b(call, now, self.cfg.timers);
+                    }
+                }
+            }
+        }
+        // Requests the steps above queued (CANCEL, ACK, BYE).
+        self.drain_outputs(cref);
+    }
+
+    /// A 2xx on a leg that lost (another answered first, or A cancelled):
+    /// ACKed and hung up, so the phone does not ring on alone.
+    fn hang_up_late_fork(&mut self, now: Instant, cref: u64, msg: &[u8], i: usize) {
+        let Some(key) = self.calls.get(&cref).map(|c| c.key) else {
+            return;
+        };
+        let (ack_via, bye_via) = (self.via(key), self.via(key));
+        let timers = self.cfg.timers;
+        let Some(call) = self.calls.get_mut(&cref) else {
+            return;
+        };
+        let Some(f) = call.forks.get(i) else { return };
+        let (Ok(inv), Ok(resp)) = (scan(&f.invite), scan(msg)) else {
+            return;
+        };
+        let Ok(mut d) = Dialog::uac(&inv, &resp) else {
+            return;
+        };
+        if d.route_set.is_empty()
+            && let Some(r) = inv.values(HeaderName::Route).next()
+            && register::is_flow_route(r.of(inv.buf()))
+        {
+            d.route_set = vec![r.of(inv.buf()).to_vec()];
+        }
+        let ack = d.request("ACK", Some(1), &ack_via, None, &[], None);
+        self.out.push_back((None, ack));
+        let bye = d.request("BYE", None, &bye_via, None, &[], None);
+        if let Ok(b) = scan(&bye) {
+            call.nits.push(Nit::Client(
+                Key::server(&b),
+                ClientNonInvite::new(now, timers, bye),
+            ));
+        }
+    }
+
+    /// The main leg failed with `status`: when another leg still rings it
+    /// becomes the main one and true is returned (A waits); else the best
+    /// answer of all legs for A.
+    pub(super) fn next_fork(&mut self, now: Instant, cref: u64, status: u16) -> Result<(), u16> {
+        let Some(call) = self.calls.get_mut(&cref) else {
+            return Err(status);
+        };
+        if call.forks.is_empty() {
+            return Err(status);
+        }
+        if !(call.no_answer && status == 408) && status != 487 && better(status, call.best) {
+            call.best = Some(status);
+        }
+        if call.cancelled {
+            return Err(status);
+        }
+        if (600..700).contains(&status) {
+            // A 6xx ends the search.
+            call.forks_done = true;
+            Self::cancel_b(call, now, self.cfg.timers);
+            return Err(status);
+        }
+        if !call.forks_done
+            && let Some(f) = call.forks.iter_mut().find(|f| f.ringing())
+        {
+            std::mem::swap(&mut call.b_call_id, &mut f.call_id);
+            std::mem::swap(&mut call.b_invite, &mut f.invite);
+            std::mem::swap(&mut call.b_cli, &mut f.cli);
+            return Ok(());
+        }
+        Err(call.best.unwrap_or(status))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::better;
+
+    #[test]
+    fn rfc3261_16_7_a_6xx_beats_all_else_the_lowest_class_first_come() {
+        assert!(better(486, None));
+        assert!(better(603, Some(486)));
+        assert!(!better(404, Some(603)));
+        assert!(better(302, Some(486)));
+        assert!(!better(480, Some(486)), "the first of a class stays");
+        assert!(!better(503, Some(486)));
+    }
+}

@@ -1,0 +1,377 @@
+//! Phones that register (RFC 3261 §10) and are called by address-of-record
+//! on the flow their REGISTER came from; digest challenges (RFC 3261 §22,
+//! RFC 7616); parallel forking to several bindings (§16.7).
+
+mod common;
+
+use common::*;
+use handover_call::registrar::digest::{Algorithm, Digest, Guard, Users};
+use handover_sip::scan;
+
+/// A phone's REGISTER as the edge forwards it: the edge's Via on top, the
+/// phone's below with where the edge saw it (behind a NAT: 203.0.113.x).
+fn register(user: &str, contact_host: &str, flow: &str, cseq: u32, auth: Option<&str>) -> String {
+    let (ip, port) = flow.split_once(':').unwrap();
+    let auth = auth
+        .map(|a| format!("Authorization: {a}\r\n"))
+        .unwrap_or_default();
+    format!(
+        "REGISTER sip:127.0.0.1:5060 SIP/2.0\r\n\
+Via: SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bK-hxr{user}{cseq}{port};k=1\r\n\
+Via: SIP/2.0/UDP {contact_host}:5060;branch=z9hG4bKr{user}{cseq}{port};received={ip};rport={port}\r\n\
+Max-Forwards: 69\r\nFrom: <sip:{user}@127.0.0.1>;tag=r{user}\r\nTo: <sip:{user}@127.0.0.1>\r\n\
+Call-ID: reg-{user}-{port}\r\nCSeq: {cseq} REGISTER\r\nContact: <sip:{user}@{contact_host}:5060>\r\n\
+Expires: 600\r\n{auth}Content-Length: 0\r\n\r\n"
+    )
+}
+
+/// A's INVITE to `user` (by AOR) through the edge.
+fn invite_to(user: &str) -> String {
+    a_invite()
+        .replace(
+            "INVITE sip:b@127.0.0.1:5060",
+            &format!("INVITE sip:{user}@127.0.0.1:5060"),
+        )
+        .replace(
+            "To: <sip:b@127.0.0.1:5060>",
+            &format!("To: <sip:{user}@127.0.0.1:5060>"),
+        )
+}
+
+fn lines(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+#[test]
+fn rfc3261_10_a_registered_phone_is_called_at_its_contact_through_its_flow() {
+    let mut b = b2bua_routed(&[], 7);
+    b.handle_datagram(
+        at(0),
+        register("carol", "192.168.1.20", "203.0.113.7:40000", 1, None).as_bytes(),
+    );
+    let sent = out(&mut b);
+    assert_eq!(first_line(&sent[0].1), "SIP/2.0 200 OK");
+    assert!(lines(&sent[0].1).contains("Contact: <sip:carol@192.168.1.20:5060>;expires=600\r\n"));
+    // A call for carol (her AOR, any port) goes to her Contact as the
+    // Request-URI, routed by the edge to the flow her REGISTER came from.
+    b.handle_datagram(at(10), invite_to("carol").as_bytes());
+    let sent = out(&mut b);
+    let inv = sent
+        .iter()
+        .find(|(_, m)| m.starts_with(b"INVITE "))
+        .unwrap();
+    assert_eq!(inv.0, None, "to the edge");
+    let text = lines(&inv.1);
+    assert!(
+        text.starts_with("INVITE sip:carol@192.168.1.20:5060 SIP/2.0\r\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("Route: <sip:127.0.0.1:5060;lr;flow=203.0.113.7:40000>\r\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("To: <sip:carol@127.0.0.1:5060>\r\n"),
+        "{text}"
+    );
+    // Her 200 (no Record-Route): the dialog keeps the flow route, so the
+    // ACK and later requests reach her the same way.
+    let m = scan(&inv.1).unwrap();
+    b.handle_datagram(at(20), b_resp(&m, "200 OK", "ct", Some(SDP_B)).as_bytes());
+    let sent = out(&mut b);
+    let ack = sent.iter().find(|(_, m)| m.starts_with(b"ACK ")).unwrap();
+    assert!(lines(&ack.1).contains("Route: <sip:127.0.0.1:5060;lr;flow=203.0.113.7:40000>"));
+    // Someone not registered: 404 (no route either).
+    b.handle_datagram(
+        at(30),
+        invite_to("dave").replace("a-call", "d-call").as_bytes(),
+    );
+    let sent = out(&mut b);
+    assert!(
+        sent.iter()
+            .any(|(_, m)| first_line(m).starts_with("SIP/2.0 404"))
+    );
+}
+
+#[test]
+fn rfc3261_16_7_every_binding_rings_the_first_2xx_wins_and_the_others_are_cancelled() {
+    let mut b = b2bua_routed(&[], 7);
+    b.handle_datagram(
+        at(0),
+        register("carol", "10.0.0.1", "203.0.113.7:40001", 1, None).as_bytes(),
+    );
+    b.handle_datagram(
+        at(0),
+        register("carol", "10.0.0.2", "203.0.113.8:40002", 1, None).as_bytes(),
+    );
+    out(&mut b);
+    b.handle_datagram(at(10), invite_to("carol").as_bytes());
+    let invites: Vec<Vec<u8>> = out(&mut b)
+        .into_iter()
+        .filter(|(_, m)| m.starts_with(b"INVITE "))
+        .map(|(_, m)| m)
+        .collect();
+    assert_eq!(invites.len(), 2, "both bindings ring at once");
+    let (i1, i2) = (scan(&invites[0]).unwrap(), scan(&invites[1]).unwrap());
+    assert_ne!(i1.call_id(), i2.call_id(), "each its own B leg");
+    // Both ring; A hears ringing.
+    b.handle_datagram(at(20), b_resp(&i1, "180 Ringing", "c1", None).as_bytes());
+    b.handle_datagram(at(21), b_resp(&i2, "180 Ringing", "c2", None).as_bytes());
+    let sent = out(&mut b);
+    assert!(
+        sent.iter()
+            .any(|(_, m)| first_line(m) == "SIP/2.0 180 Ringing")
+    );
+    // The second answers: A gets its 200, the first is cancelled.
+    b.handle_datagram(at(30), b_resp(&i2, "200 OK", "c2", Some(SDP_B)).as_bytes());
+    let sent = out(&mut b);
+    assert!(sent.iter().any(|(_, m)| first_line(m) == "SIP/2.0 200 OK"));
+    let cancel = sent
+        .iter()
+        .find(|(_, m)| m.starts_with(b"CANCEL "))
+        .expect("the other leg is cancelled");
+    assert_eq!(scan(&cancel.1).unwrap().call_id(), i1.call_id());
+    assert!(
+        sent.iter()
+            .any(|(_, m)| m.starts_with(b"ACK ") && scan(m).unwrap().call_id() == i2.call_id())
+    );
+    // The cancelled one answers anyway (a race): ACKed and hung up.
+    b.handle_datagram(at(40), b_resp(&i1, "200 OK", "c1", Some(SDP_B)).as_bytes());
+    let sent = out(&mut b);
+    let late: Vec<&str> = sent
+        .iter()
+        .filter(|(_, m)| scan(m).unwrap().call_id() == i1.call_id())
+        .map(|(_, m)| std::str::from_utf8(&m[..3]).unwrap())
+        .collect();
+    assert_eq!(late, ["ACK", "BYE"], "{sent:?}");
+}
+
+#[test]
+fn rfc3261_16_7_a_busy_leg_waits_for_the_others_and_a_6xx_ends_the_search() {
+    let mut b = b2bua_routed(&[], 7);
+    for (h, f) in [
+        ("10.0.0.1", "203.0.113.7:1"),
+        ("10.0.0.2", "203.0.113.7:2"),
+        ("10.0.0.3", "203.0.113.7:3"),
+    ] {
+        b.handle_datagram(at(0), register("carol", h, f, 1, None).as_bytes());
+    }
+    out(&mut b);
+    b.handle_datagram(at(10), invite_to("carol").as_bytes());
+    let invites: Vec<Vec<u8>> = out(&mut b)
+        .into_iter()
+        .filter(|(_, m)| m.starts_with(b"INVITE "))
+        .map(|(_, m)| m)
+        .collect();
+    assert_eq!(invites.len(), 3);
+    let legs: Vec<_> = invites.iter().map(|i| scan(i).unwrap()).collect();
+    // One is busy: A hears nothing final yet.
+    b.handle_datagram(
+        at(20),
+        b_resp(&legs[0], "486 Busy Here", "c0", None).as_bytes(),
+    );
+    let sent = out(&mut b);
+    assert!(
+        !sent
+            .iter()
+            .any(|(_, m)| first_line(m).starts_with("SIP/2.0 4")),
+        "{sent:?}"
+    );
+    // Another declines everywhere: the last is cancelled, A gets the 603.
+    b.handle_datagram(
+        at(30),
+        b_resp(&legs[1], "603 Decline", "c1", None).as_bytes(),
+    );
+    let sent = out(&mut b);
+    let cancel = sent
+        .iter()
+        .find(|(_, m)| m.starts_with(b"CANCEL "))
+        .expect("the last leg is cancelled");
+    assert_eq!(scan(&cancel.1).unwrap().call_id(), legs[2].call_id());
+    assert!(
+        sent.iter()
+            .any(|(_, m)| first_line(m) == "SIP/2.0 603 Decline")
+    );
+    // The cancelled leg's 487 is ACKed and changes nothing for A.
+    b.handle_datagram(
+        at(40),
+        b_resp(&legs[2], "487 Request Terminated", "c2", None).as_bytes(),
+    );
+    let sent = out(&mut b);
+    assert!(sent.iter().all(|(_, m)| m.starts_with(b"ACK ")), "{sent:?}");
+}
+
+fn with_auth(b: &mut handover_call::B2bua<Seq>) {
+    let users = Users::parse(&Users::line("carol", "handover", "pw")).unwrap();
+    b.set_auth(Some((
+        Digest::new(
+            "handover".into(),
+            vec![Algorithm::Md5, Algorithm::Sha256],
+            [9; 16],
+            300,
+            users,
+        ),
+        Guard::new(3, 60, 60),
+    )));
+}
+
+/// The answer to the first digest challenge in `resp` (RFC 7616 §3.4.1).
+fn credentials(resp: &[u8], method: &str, password: &str) -> String {
+    let text = lines(resp);
+    let nonce = text
+        .split("nonce=\"")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap();
+    let alg = Algorithm::Md5;
+    let ha1 = alg.hash(&[b"carol", b"handover", password.as_bytes()]);
+    let ha2 = alg.hash(&[method.as_bytes(), b"sip:127.0.0.1:5060"]);
+    let r = alg.hash(&[
+        ha1.as_bytes(),
+        nonce.as_bytes(),
+        b"00000001",
+        b"abc",
+        b"auth",
+        ha2.as_bytes(),
+    ]);
+    format!(
+        "Digest username=\"carol\", realm=\"handover\", nonce=\"{nonce}\", uri=\"sip:127.0.0.1:5060\", \
+response=\"{r}\", algorithm=MD5, qop=auth, nc=00000001, cnonce=\"abc\""
+    )
+}
+
+#[test]
+fn rfc3261_22_register_is_challenged_401_and_a_call_407_and_credentials_never_reach_the_callee() {
+    let mut b = b2bua_routed(&["b=127.0.0.1:5071"], 7);
+    with_auth(&mut b);
+    b.handle_datagram(
+        at(0),
+        register("carol", "10.0.0.1", "203.0.113.7:40001", 1, None).as_bytes(),
+    );
+    let sent = out(&mut b);
+    assert_eq!(first_line(&sent[0].1), "SIP/2.0 401 Unauthorized");
+    let text = lines(&sent[0].1);
+    let md5 = text.find("algorithm=MD5").unwrap();
+    let sha = text.find("algorithm=SHA-256").unwrap();
+    assert!(md5 < sha, "offered in the configured order: {text}");
+    let auth = credentials(&sent[0].1, "REGISTER", "pw");
+    b.handle_datagram(
+        at(10),
+        register("carol", "10.0.0.1", "203.0.113.7:40001", 2, Some(&auth)).as_bytes(),
+    );
+    assert_eq!(first_line(&out(&mut b)[0].1), "SIP/2.0 200 OK");
+    // A call from an untrusted source: 407, then with credentials it goes
+    // to B without them.
+    b.handle_datagram(at(20), a_invite().as_bytes());
+    let sent = out(&mut b);
+    assert_eq!(
+        first_line(&sent[0].1),
+        "SIP/2.0 407 Proxy Authentication Required"
+    );
+    assert!(lines(&sent[0].1).contains("Proxy-Authenticate: Digest realm=\"handover\""));
+    let pauth = credentials(&sent[0].1, "INVITE", "pw");
+    let again = a_invite()
+        .replace("CSeq: 1 INVITE", "CSeq: 2 INVITE")
+        .replace("branch=z9hG4bKa1", "branch=z9hG4bKa2")
+        .replace(
+            "Max-Forwards: 69\r\n",
+            &format!("Max-Forwards: 69\r\nProxy-Authorization: {pauth}\r\n"),
+        );
+    b.handle_datagram(at(30), again.as_bytes());
+    let sent = out(&mut b);
+    let inv = sent
+        .iter()
+        .find(|(_, m)| m.starts_with(b"INVITE "))
+        .expect("the call goes on");
+    assert!(
+        !lines(&inv.1).to_ascii_lowercase().contains("authorization"),
+        "{}",
+        lines(&inv.1)
+    );
+    assert_eq!(b.auth_stats().challenges, 2);
+}
+
+#[test]
+fn a_source_that_keeps_failing_is_forbidden_then_ignored() {
+    let mut b = b2bua_routed(&[], 7);
+    with_auth(&mut b);
+    let mut statuses = Vec::new();
+    for i in 1..=5u32 {
+        b.handle_datagram(
+            at(u64::from(i)),
+            register("carol", "10.0.0.1", "203.0.113.9:5000", i, None).as_bytes(),
+        );
+        let challenge = out(&mut b);
+        let Some((_, challenge)) = challenge.first() else {
+            // Banned: not even challenged.
+            statuses.push(String::new());
+            continue;
+        };
+        let auth = credentials(challenge, "REGISTER", "wrong");
+        b.handle_datagram(
+            at(u64::from(i)),
+            register(
+                "carol",
+                "10.0.0.1",
+                "203.0.113.9:5000",
+                100 + i,
+                Some(&auth),
+            )
+            .as_bytes(),
+        );
+        statuses.push(
+            out(&mut b)
+                .first()
+                .map(|(_, m)| first_line(m))
+                .unwrap_or_default(),
+        );
+    }
+    assert_eq!(
+        statuses,
+        [
+            "SIP/2.0 401 Unauthorized",
+            "SIP/2.0 401 Unauthorized",
+            "SIP/2.0 403 Forbidden",
+            "",
+            ""
+        ]
+    );
+    let s = b.auth_stats();
+    assert_eq!((s.wrong_password, s.banned), (3, 1));
+    assert!(s.ignored >= 2);
+}
+
+#[test]
+fn rfc7616_a_nonce_past_its_lifetime_with_the_right_password_is_answered_stale() {
+    let mut b = b2bua_routed(&[], 7);
+    with_auth(&mut b);
+    b.handle_datagram(
+        at(0),
+        register("carol", "10.0.0.1", "203.0.113.7:40001", 1, None).as_bytes(),
+    );
+    let challenge = out(&mut b);
+    let auth = credentials(&challenge[0].1, "REGISTER", "pw");
+    // 301 s later (nonces live 300 s): challenged again with stale=true,
+    // which phones answer without asking their user.
+    b.handle_datagram(
+        at(301_000),
+        register("carol", "10.0.0.1", "203.0.113.7:40001", 2, Some(&auth)).as_bytes(),
+    );
+    let sent = out(&mut b);
+    assert_eq!(first_line(&sent[0].1), "SIP/2.0 401 Unauthorized");
+    assert!(
+        lines(&sent[0].1).contains("stale=true"),
+        "{}",
+        lines(&sent[0].1)
+    );
+    let fresh = credentials(&sent[0].1, "REGISTER", "pw");
+    b.handle_datagram(
+        at(302_000),
+        register("carol", "10.0.0.1", "203.0.113.7:40001", 3, Some(&fresh)).as_bytes(),
+    );
+    assert_eq!(first_line(&out(&mut b)[0].1), "SIP/2.0 200 OK");
+    // A stale nonce is not a failure.
+    assert_eq!(b.auth_stats().wrong_password, 0);
+}
