@@ -54,7 +54,7 @@ loadmodule "registrar.so"
 modparam("usrloc", "db_mode", 0)
 modparam("registrar", "max_expires", 3600)
 request_route {{
-    if (is_method("REGISTER")) {{
+    if (method == "REGISTER") {{
         if (!save("location")) {{ sl_reply_error(); }}
         exit;
     }}
@@ -162,7 +162,9 @@ def memory(tmp, bindings):
                    if x != p.pid and "worker" in open(f"/proc/{x}/cmdline").read()]
         before = {w: rss_kb(w) for w in workers}
         ok, failed = register(tmp, port, 2000, bindings, bindings // 2000 + 60)
-        time.sleep(2.0)
+        # Past the answers' 64·T1 (32 s) of repeating to retransmissions:
+        # what stays is the bindings.
+        time.sleep(40.0)
         held = []
         for i in range(n):
             text = urllib.request.urlopen(f"http://127.0.0.1:{wadmin + i}/metrics", timeout=5).read().decode()

@@ -118,6 +118,22 @@ fn phones_register_with_digest_are_called_by_aor_and_survive_the_owners_death() 
         summed_metric(&c.worker_admin, &[0, 1, 2], "handover_registrations_active") == 3.0
     });
     assert!(everywhere, "every worker reads alice's binding");
+    // `handover status` shows it, on the worker that owns the AOR's shard.
+    let o = handover(&["status", "--grpc", &c.grpc, "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        (v["aors"].as_u64(), v["bindings"].as_u64()),
+        (Some(1), Some(1)),
+        "{v}"
+    );
+    let per = v["bindings_per_worker"].as_object().unwrap();
+    assert_eq!(
+        per.values()
+            .filter_map(serde_json::Value::as_u64)
+            .sum::<u64>(),
+        1,
+        "{v}"
+    );
 
     // Bob calls alice by her AOR: 407, then credentials, then her phone.
     let call_alice = |name: &str, password: &str, calls: &str| {

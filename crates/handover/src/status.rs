@@ -56,6 +56,10 @@ pub(crate) fn run(a: &StatusArgs) -> anyhow::Result<()> {
             "serving_map": s.serving_map.iter().map(|b| format!("{b:02x}")).collect::<String>(),
             "serving_since_unix_ms": s.serving_since_unix_ms, "at_unix_ms": s.at_unix_ms,
             "lease_until_unix_ms": s.lease_until_unix_ms,
+            "aors": s.aors, "bindings": s.bindings,
+            "bindings_per_worker": s.bindings_per_worker.iter()
+                .map(|(k, v)| (k.to_string(), serde_json::Value::from(*v)))
+                .collect::<serde_json::Map<String, serde_json::Value>>(),
         });
         println!("{v}");
         return Ok(());
@@ -78,6 +82,15 @@ pub(crate) fn run(a: &StatusArgs) -> anyhow::Result<()> {
     per.sort();
     for (w, n) in per {
         println!("  worker {w:<6} {n} calls");
+    }
+    println!(
+        "registrations  {} addresses-of-record, {} bindings",
+        s.aors, s.bindings
+    );
+    let mut per: Vec<_> = s.bindings_per_worker.iter().collect();
+    per.sort();
+    for (w, n) in per {
+        println!("  worker {w:<6} {n} bindings");
     }
     println!(
         "this worker    owns {} shards, serves {}",

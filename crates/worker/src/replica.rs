@@ -704,6 +704,15 @@ impl Replica {
         for c in t.calls() {
             *per.entry(t.owner_of_key(c.key)).or_default() += 1;
         }
+        // Walks every AOR: this runs once a tick (100 ms) or on a map
+        // change, not per request.
+        let (mut aors, mut bindings) = (0u64, 0u64);
+        let mut bindings_per: HashMap<u64, u64> = HashMap::new();
+        for r in t.registrations() {
+            aors += 1;
+            bindings += r.bindings.len() as u64;
+            *bindings_per.entry(t.owner_of_key(r.key)).or_default() += r.bindings.len() as u64;
+        }
         let status = pb::ClusterStatus {
             id: s.id,
             leader: s.leader,
@@ -716,6 +725,9 @@ impl Replica {
             serving_shards: s.serving_shards as u64,
             members_up: t.members_up().collect(),
             calls_per_worker: per,
+            aors,
+            bindings,
+            bindings_per_worker: bindings_per,
             serving_map: serving_map(&self.served),
             serving_since_unix_ms: unix_ms(self.served_since),
             at_unix_ms: unix_ms(wall),
