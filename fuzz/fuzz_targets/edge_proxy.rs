@@ -54,6 +54,7 @@ fuzz_target!(|data: &[u8]| {
             let s = format!("SIP/2.0 {status} ");
             assert!(out[..len].starts_with(s.as_bytes()));
         }
+        Outcome::Pong { .. } => assert_eq!(&out[..2], b"\r\n"),
         Outcome::Drop(_) => {}
     }
 });

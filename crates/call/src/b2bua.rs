@@ -586,7 +586,11 @@ impl<R: RngCore> B2bua<R> {
             replication: VecDeque::new(),
             remote: Vec::new(),
             per_source: HashMap::new(),
-            registrar: handover_registrar::Registrar::new(Default::default(), false),
+            registrar: handover_registrar::Registrar::new(
+                Default::default(),
+                false,
+                handover_registrar::Locations::shared(),
+            ),
             auth: None,
         }
     }

@@ -65,11 +65,19 @@ impl std::fmt::Debug for Disk {
     }
 }
 
+/// redb's page cache (see `Disk::open`).
+const LOG_CACHE_BYTES: usize = 16 << 20;
+
 impl Disk {
     /// Opens (or creates) the log at `path` and reads it into a [`Store`];
     /// a new log starts with `voters`.
     pub fn open(path: &Path, voters: &[u64]) -> Result<(Self, Store), DiskError> {
-        let db = Database::create(path)?;
+        // redb caches up to 1 GiB of pages by default; the log is read back
+        // only at start and written at its tail, so a small cache bounds
+        // what a worker's memory can grow by with its log.
+        let db = Database::builder()
+            .set_cache_size(LOG_CACHE_BYTES)
+            .create(path)?;
         let mut store = Store::new(voters);
         let rx = db.begin_read()?;
         match rx.open_table(META) {

@@ -78,6 +78,9 @@ pub struct Config {
     /// else runs a Ready), so every worker's batch of one window goes in
     /// one disk write and one append per follower.
     pub group_commit: bool,
+    /// Where the table keeps the AORs' bindings: the worker shares them
+    /// with its registrar (`Table::with_locations`).
+    pub locations: handover_registrar::Shared,
 }
 
 impl Config {
@@ -98,6 +101,7 @@ impl Config {
             compact_after_bytes: 32 << 20,
             max_batch: 512,
             group_commit: false,
+            locations: handover_registrar::Locations::shared(),
         }
     }
 }
@@ -132,10 +136,11 @@ pub enum Event {
     Serving { shard: usize },
     /// This worker no longer serves `shard` (moved, or its lease ended).
     Stopped { shard: usize },
-    /// An AOR's bindings changed (any proposer's): `registration` is the
-    /// table's record now (no bindings: removed). Every worker hears
-    /// every AOR, so any of them can route a call to it.
-    Bound { registration: pb::Registration },
+    /// An AOR of affinity key `key` was written (any proposer's); its
+    /// earliest binding expires at `next_expiry` (Unix ms; none: removed).
+    /// The bindings themselves are in the table's shared locations, which
+    /// every worker reads.
+    Bound { key: u64, next_expiry: Option<u64> },
     /// A write of this worker's to an AOR was committed (`stored`) or
     /// refused (the shard moved, or an old version).
     BindDone {
@@ -247,7 +252,7 @@ impl std::fmt::Debug for Node {
 impl Node {
     /// Starts (or restarts, from what `store` persisted) a replica.
     pub fn new(cfg: Config, store: Store, seed: u64) -> Result<Self, Error> {
-        let table = Table::decode(store.snapshot_data(), cfg.shards)?;
+        let table = Table::decode_with(store.snapshot_data(), cfg.shards, cfg.locations.clone())?;
         let applied = store.snapshot_index();
         let rc = raft::Config {
             id: cfg.id,
@@ -741,7 +746,8 @@ impl Node {
             self.outbox.extend(rd.take_messages());
             if !rd.snapshot().is_empty() {
                 let snap = rd.snapshot().clone();
-                self.table = Table::decode(&snap.data, self.cfg.shards)?;
+                self.table =
+                    Table::decode_with(&snap.data, self.cfg.shards, self.cfg.locations.clone())?;
                 self.applied = snap.get_metadata().index;
                 self.raw.mut_store().apply_snapshot(snap);
                 // Shards may have come from anyone: wait out their leases.
@@ -895,21 +901,19 @@ impl Node {
             }
             Change::Bound {
                 aor,
+                key,
                 version,
                 owner,
                 stored,
             } => {
                 if stored {
-                    let registration =
-                        self.table.registration(&aor).cloned().unwrap_or_else(|| {
-                            pb::Registration {
-                                aor: aor.clone(),
-                                version,
-                                owner,
-                                ..Default::default()
-                            }
-                        });
-                    self.events.push_back(Event::Bound { registration });
+                    let next_expiry = self
+                        .table
+                        .locations()
+                        .read()
+                        .get(key, &aor)
+                        .and_then(handover_registrar::Stored::next_expiry);
+                    self.events.push_back(Event::Bound { key, next_expiry });
                 }
                 if mine && owner == self.cfg.id {
                     self.events.push_back(Event::BindDone {

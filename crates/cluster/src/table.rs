@@ -10,6 +10,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use prost::Message as _;
 
+use handover_registrar::{Binding, Locations, Shared, Stored};
+
 use crate::pb;
 
 /// Removed calls remembered so a late duplicate of an older upsert (a
@@ -54,6 +56,7 @@ pub enum Change {
     /// (its proposer did not own the shard, or the version was old).
     Bound {
         aor: Vec<u8>,
+        key: u64,
         version: u64,
         owner: u64,
         stored: bool,
@@ -95,7 +98,7 @@ impl Tombs {
 }
 
 /// See the module docs.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct Table {
     up: BTreeSet<u64>,
     epoch: u64,
@@ -106,8 +109,80 @@ pub struct Table {
     legs: HashMap<Vec<u8>, Vec<u8>>,
     tombs: Tombs,
     /// AOR -> its bindings.
-    registrations: BTreeMap<Vec<u8>, pb::Registration>,
+    /// Every AOR's bindings: the worker's one copy, shared with its
+    /// registrar (`handover_registrar::locations`).
+    registrations: Shared,
     aor_tombs: Tombs,
+}
+
+/// A deep copy: the clone's locations are its own.
+impl Clone for Table {
+    fn clone(&self) -> Self {
+        Self {
+            up: self.up.clone(),
+            epoch: self.epoch,
+            owners: self.owners.clone(),
+            calls: self.calls.clone(),
+            legs: self.legs.clone(),
+            tombs: self.tombs.clone(),
+            registrations: std::sync::Arc::new(parking_lot::RwLock::new(
+                self.registrations.read().clone(),
+            )),
+            aor_tombs: self.aor_tombs.clone(),
+        }
+    }
+}
+
+/// Equal contents (the locations compared, not their handles).
+impl PartialEq for Table {
+    fn eq(&self, o: &Self) -> bool {
+        self.up == o.up
+            && self.epoch == o.epoch
+            && self.owners == o.owners
+            && self.calls == o.calls
+            && self.legs == o.legs
+            && self.tombs == o.tombs
+            && self.aor_tombs == o.aor_tombs
+            && *self.registrations.read() == *o.registrations.read()
+    }
+}
+
+impl Eq for Table {}
+
+/// A binding as the table stores it.
+pub fn binding(b: &pb::Binding) -> Binding {
+    Binding {
+        contact: b.contact.as_slice().into(),
+        flow: b.flow.parse().ok(),
+        expires_ms: b.expires_ms,
+        call_id_hash: b.call_id_hash,
+        cseq: b.cseq,
+        q: u16::try_from(b.q.min(1000)).unwrap_or(1000),
+        path: b.path.iter().map(|p| p.as_slice().into()).collect(),
+    }
+}
+
+/// A binding as a command carries it.
+pub fn binding_pb(b: &Binding) -> pb::Binding {
+    pb::Binding {
+        contact: b.contact.to_vec(),
+        flow: b.flow.map(|f| f.to_string()).unwrap_or_default(),
+        expires_ms: b.expires_ms,
+        q: u32::from(b.q),
+        call_id_hash: b.call_id_hash,
+        cseq: b.cseq,
+        path: b.path.iter().map(|p| p.to_vec()).collect(),
+    }
+}
+
+fn registration_pb(key: u64, s: &Stored) -> pb::Registration {
+    pb::Registration {
+        aor: s.aor.to_vec(),
+        key,
+        version: s.version,
+        owner: 0,
+        bindings: s.bindings.iter().map(binding_pb).collect(),
+    }
 }
 
 impl Table {
@@ -119,7 +194,7 @@ impl Table {
             calls: BTreeMap::new(),
             legs: HashMap::new(),
             tombs: Tombs::default(),
-            registrations: BTreeMap::new(),
+            registrations: Locations::shared(),
             aor_tombs: Tombs::default(),
         }
     }
@@ -171,12 +246,26 @@ impl Table {
 
     /// An AOR's bindings as last written (expired ones included: readers
     /// compare `expires_ms` with their clock).
-    pub fn registration(&self, aor: &[u8]) -> Option<&pb::Registration> {
-        self.registrations.get(aor)
+    pub fn registration(&self, key: u64, aor: &[u8]) -> Option<pb::Registration> {
+        self.registrations
+            .read()
+            .get(key, aor)
+            .map(|s| registration_pb(key, s))
     }
 
-    pub fn registrations(&self) -> impl Iterator<Item = &pb::Registration> {
-        self.registrations.values()
+    /// The locations (shared: see [`Table::with_locations`]).
+    pub fn locations(&self) -> &Shared {
+        &self.registrations
+    }
+
+    /// A fresh table that keeps its AORs in `locations` (emptied first):
+    /// the registrar of the same worker reads them there.
+    pub fn with_locations(shards: usize, locations: Shared) -> Self {
+        locations.write().clear();
+        Self {
+            registrations: locations,
+            ..Self::new(shards)
+        }
     }
 
     /// Applies one command; returns what it changed, if anything.
@@ -200,22 +289,25 @@ impl Table {
     fn bind(&mut self, r: pb::Registration) -> Change {
         let stale = self
             .registrations
-            .get(&r.aor)
+            .read()
+            .get(r.key, &r.aor)
             .is_some_and(|x| x.version >= r.version)
             || self.aor_tombs.get(&r.aor).is_some_and(|v| v >= r.version);
-        let (aor, version, owner) = (r.aor.clone(), r.version, r.owner);
+        let (version, owner) = (r.version, r.owner);
         let stored = owner != 0 && self.owner_of_key(r.key) == owner && !stale;
         if stored {
             if r.bindings.is_empty() {
-                self.registrations.remove(&r.aor);
-                self.aor_tombs.put(r.aor, r.version);
-            } else {
-                // (A tombstone of the AOR stays: it is older than `r`.)
-                self.registrations.insert(r.aor.clone(), r);
+                self.aor_tombs.put(r.aor.clone(), r.version);
             }
+            // (A tombstone of an AOR written again stays: it is older.)
+            let bindings = r.bindings.iter().map(binding).collect();
+            self.registrations
+                .write()
+                .put(r.key, &r.aor, r.version, bindings);
         }
         Change::Bound {
-            aor,
+            aor: r.aor,
+            key: r.key,
             version,
             owner,
             stored,
@@ -400,7 +492,12 @@ impl Table {
             }),
             calls: self.calls.values().cloned().collect(),
             tombstones: self.tombs.encode(),
-            registrations: self.registrations.values().cloned().collect(),
+            registrations: self
+                .registrations
+                .read()
+                .iter()
+                .map(|(k, s)| registration_pb(k, s))
+                .collect(),
             aor_tombstones: self.aor_tombs.encode(),
         }
         .encode_to_vec()
@@ -408,11 +505,25 @@ impl Table {
 
     /// A table from a snapshot's data (empty data: a fresh table).
     pub fn decode(data: &[u8], shards: usize) -> Result<Self, prost::DecodeError> {
-        let mut t = Self::new(shards);
-        if data.is_empty() {
+        Self::decode_with(data, shards, Locations::shared())
+    }
+
+    /// [`Table::decode`] keeping the AORs in `locations` (see
+    /// [`Table::with_locations`]).
+    pub fn decode_with(
+        data: &[u8],
+        shards: usize,
+        locations: Shared,
+    ) -> Result<Self, prost::DecodeError> {
+        let s = if data.is_empty() {
+            None
+        } else {
+            Some(pb::State::decode(data)?)
+        };
+        let mut t = Self::with_locations(shards, locations);
+        let Some(s) = s else {
             return Ok(t);
-        }
-        let s = pb::State::decode(data)?;
+        };
         t.up = s.members_up.into_iter().collect();
         if let Some(map) = s.map {
             t.epoch = map.epoch;
@@ -434,11 +545,17 @@ impl Table {
         for tomb in s.tombstones {
             t.tombs.put(tomb.call_id, tomb.version);
         }
-        t.registrations = s
-            .registrations
-            .into_iter()
-            .map(|r| (r.aor.clone(), r))
-            .collect();
+        {
+            let mut l = t.registrations.write();
+            for r in s.registrations {
+                l.put(
+                    r.key,
+                    &r.aor,
+                    r.version,
+                    r.bindings.iter().map(binding).collect(),
+                );
+            }
+        }
         for tomb in s.aor_tombstones {
             t.aor_tombs.put(tomb.call_id, tomb.version);
         }
@@ -603,7 +720,7 @@ mod tests {
                     flow: "192.0.2.9:5060".into(),
                     expires_ms: 1_000,
                     q: 1000,
-                    call_id: b"r".to_vec(),
+                    call_id_hash: 1,
                     cseq: 1,
                     path: vec![],
                 })
@@ -613,12 +730,15 @@ mod tests {
         assert!(!stored(t.apply(C::Bind(reg(1, 8, 1)))), "not the owner");
         assert!(stored(t.apply(C::Bind(reg(1, 7, 2)))));
         assert_eq!(
-            t.registration(b"alice@example.com").unwrap().bindings.len(),
+            t.registration(5, b"alice@example.com")
+                .unwrap()
+                .bindings
+                .len(),
             2
         );
         assert!(!stored(t.apply(C::Bind(reg(1, 7, 1)))), "an old version");
         assert!(stored(t.apply(C::Bind(reg(2, 7, 0)))), "removed");
-        assert!(t.registration(b"alice@example.com").is_none());
+        assert!(t.registration(5, b"alice@example.com").is_none());
         let back = Table::decode(&t.encode(), 4).unwrap();
         assert_eq!(back, t);
         let mut back = back;
@@ -627,6 +747,6 @@ mod tests {
             "a duplicate of an old write after a snapshot"
         );
         assert!(stored(back.apply(C::Bind(reg(3, 7, 1)))));
-        assert_eq!(back.registrations().count(), 1);
+        assert_eq!(back.locations().read().aors(), 1);
     }
 }

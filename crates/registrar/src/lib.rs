@@ -23,6 +23,9 @@
 #![warn(missing_docs)]
 
 pub mod digest;
+pub mod locations;
+
+pub use locations::{Binding, Locations, Shared, Stored};
 
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
@@ -73,27 +76,6 @@ impl Default for Config {
     }
 }
 
-/// One contact of an AOR.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Binding {
-    /// The Contact URI as the phone wrote it.
-    pub contact: Vec<u8>,
-    /// Where its REGISTER came from (the source the edge saw): requests to
-    /// the phone go there.
-    pub flow: Option<SocketAddr>,
-    /// Unix milliseconds.
-    pub expires_ms: u64,
-    /// q × 1000.
-    pub q: u16,
-    /// The REGISTER's Call-ID (RFC 3261 §10.3 step 7 orders refreshes by
-    /// it and the CSeq).
-    pub call_id: Vec<u8>,
-    /// The REGISTER's CSeq number.
-    pub cseq: u32,
-    /// The REGISTER's Path (RFC 3327): the route to the phone.
-    pub path: Vec<Vec<u8>>,
-}
-
 /// An AOR's bindings as its owner wrote them.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Record {
@@ -109,12 +91,27 @@ pub struct Record {
 
 impl Record {
     fn live(&self, now_ms: u64) -> impl Iterator<Item = &Binding> {
-        self.bindings.iter().filter(move |b| b.expires_ms > now_ms)
+        self.bindings.iter().filter(move |b| b.live(now_ms))
     }
 
     fn next_expiry(&self) -> Option<u64> {
         self.bindings.iter().map(|b| b.expires_ms).min()
     }
+
+    fn from_stored(key: u64, s: &Stored) -> Self {
+        Self {
+            aor: s.aor.to_vec(),
+            key,
+            version: s.version,
+            bindings: s.bindings.to_vec(),
+        }
+    }
+}
+
+/// The hash a binding keeps of its REGISTER's Call-ID (the same on every
+/// worker and version: SipHash with the published key).
+pub fn call_id_hash(call_id: &[u8]) -> u64 {
+    handover_sip::ids::Hashing::default().affinity_key(call_id)
 }
 
 /// Counters the shell exports.
@@ -160,19 +157,18 @@ struct Answer {
 #[derive(Debug)]
 pub struct Registrar {
     cfg: Config,
-    /// Committed records (every AOR of the cluster).
-    aors: HashMap<Vec<u8>, Record>,
+    /// Committed bindings of every AOR of the cluster, shared with the
+    /// replicated table that writes them (`locations.rs`).
+    locations: Shared,
     /// This worker's writes not yet committed, by AOR, with the
     /// transactions whose 200 waits for them.
     pending: HashMap<Vec<u8>, Pending>,
     /// Answers by transaction id, and their expiry order.
     answers: HashMap<Vec<u8>, Answer>,
     answer_order: VecDeque<(Instant, Vec<u8>)>,
-    /// (earliest expiry in Unix ms, AOR), for the owner's sweep; stale
-    /// entries are skipped.
-    expiries: BinaryHeap<std::cmp::Reverse<(u64, Vec<u8>)>>,
-    /// Bindings per flow source address.
-    per_source: HashMap<IpAddr, usize>,
+    /// (earliest expiry in Unix ms, AOR key), for the owner's sweep;
+    /// stale entries are skipped.
+    expiries: BinaryHeap<std::cmp::Reverse<(u64, u64)>>,
     replicated: bool,
     writes: VecDeque<Record>,
     out: VecDeque<(Option<SocketAddr>, Vec<u8>)>,
@@ -184,17 +180,17 @@ pub struct Registrar {
 const COMMIT_WAIT: Duration = Duration::from_secs(8);
 
 impl Registrar {
-    /// A registrar; `replicated` false applies writes at once (one worker
-    /// holds every AOR).
-    pub fn new(cfg: Config, replicated: bool) -> Self {
+    /// A registrar reading `locations`; `replicated` false applies writes
+    /// to them at once (one worker holds every AOR), true leaves that to
+    /// the replicated table (see [`Self::committed`]).
+    pub fn new(cfg: Config, replicated: bool, locations: Shared) -> Self {
         Self {
             cfg,
-            aors: HashMap::new(),
+            locations,
             pending: HashMap::new(),
             answers: HashMap::new(),
             answer_order: VecDeque::new(),
             expiries: BinaryHeap::new(),
-            per_source: HashMap::new(),
             replicated,
             writes: VecDeque::new(),
             out: VecDeque::new(),
@@ -209,12 +205,17 @@ impl Registrar {
 
     /// AORs with at least one binding (expired ones not yet swept count).
     pub fn aors(&self) -> usize {
-        self.aors.len()
+        self.locations.read().aors()
     }
 
     /// Bindings held (expired ones not yet swept count).
     pub fn bindings(&self) -> usize {
-        self.aors.values().map(|r| r.bindings.len()).sum()
+        self.locations.read().bindings()
+    }
+
+    /// The locations this registrar reads.
+    pub fn locations(&self) -> &Shared {
+        &self.locations
     }
 
     /// Unix milliseconds at `now`.
@@ -233,14 +234,21 @@ impl Registrar {
         self.writes.pop_front()
     }
 
-    /// The live bindings of `aor`, best first (highest q, then the one
-    /// that lasts longest).
-    pub fn targets(&self, aor: &[u8], now: Instant) -> Vec<Binding> {
+    /// The live bindings of `aor` (of affinity key `key`), best first
+    /// (highest q, then the one that lasts longest).
+    pub fn targets(&self, key: u64, aor: &[u8], now: Instant) -> Vec<Binding> {
         let now_ms = self.wall_ms(now);
         let mut v: Vec<Binding> = self
-            .aors
-            .get(aor)
-            .map(|r| r.live(now_ms).cloned().collect())
+            .locations
+            .read()
+            .get(key, aor)
+            .map(|s| {
+                s.bindings
+                    .iter()
+                    .filter(|b| b.live(now_ms))
+                    .cloned()
+                    .collect()
+            })
             .unwrap_or_default();
         v.sort_by(|a, b| b.q.cmp(&a.q).then(b.expires_ms.cmp(&a.expires_ms)));
         v
@@ -406,11 +414,16 @@ impl Registrar {
         }
         let base = match self.pending.get(&aor) {
             Some((r, _, _)) => r.clone(),
-            None => self.aors.get(&aor).cloned().unwrap_or_else(|| Record {
-                aor: aor.clone(),
-                key,
-                ..Record::default()
-            }),
+            None => self
+                .locations
+                .read()
+                .get(key, &aor)
+                .map(|s| Record::from_stored(key, s))
+                .unwrap_or_else(|| Record {
+                    aor: aor.clone(),
+                    key,
+                    ..Record::default()
+                }),
         };
         let mut next = base.clone();
         next.key = key;
@@ -422,11 +435,11 @@ impl Registrar {
                 return self.refuse(now, m, tag, r, &extra);
             }
         };
-        let sources_before = flows_by_source(&base, now_ms);
-        let sources_after = flows_by_source(&next, now_ms);
         if self.cfg.max_bindings_per_source > 0 {
+            let sources_before = flows_by_source(&base, now_ms);
+            let sources_after = flows_by_source(&next, now_ms);
             for (ip, n) in &sources_after {
-                let held = self.per_source.get(ip).copied().unwrap_or(0);
+                let held = self.locations.read().from_source(*ip);
                 let had = sources_before.get(ip).copied().unwrap_or(0);
                 if *n > had && held - had.min(held) + n > self.cfg.max_bindings_per_source {
                     return self.refuse(
@@ -441,8 +454,7 @@ impl Registrar {
         }
         if base.bindings.is_empty()
             && !next.bindings.is_empty()
-            && !self.aors.contains_key(&aor)
-            && self.aors.len() >= self.cfg.max_aors
+            && self.locations.read().aors() >= self.cfg.max_aors
         {
             return self.refuse(
                 now,
@@ -517,39 +529,36 @@ impl Registrar {
         }
     }
 
-    /// A committed record of any worker's (from the replicated table):
-    /// `targets` reads it from now on.
+    /// Applies a record to the locations (without replication; with it
+    /// the replicated table does) and schedules its expiry.
     pub fn apply(&mut self, rec: Record) {
-        let now_ms = 0;
-        if let Some(old) = self.aors.remove(&rec.aor) {
-            for (ip, n) in flows_by_source(&old, now_ms) {
-                if let Some(c) = self.per_source.get_mut(&ip) {
-                    *c = c.saturating_sub(n);
-                    if *c == 0 {
-                        self.per_source.remove(&ip);
-                    }
-                }
-            }
-        }
-        if rec.bindings.is_empty() {
-            return;
-        }
-        for (ip, n) in flows_by_source(&rec, now_ms) {
-            *self.per_source.entry(ip).or_default() += n;
-        }
-        if let Some(t) = rec.next_expiry() {
-            self.expiries.push(std::cmp::Reverse((t, rec.aor.clone())));
-        }
-        self.aors.insert(rec.aor.clone(), rec);
+        let next = rec.next_expiry();
+        self.locations
+            .write()
+            .put(rec.key, &rec.aor, rec.version, rec.bindings);
+        self.schedule(rec.key, next);
     }
 
-    /// Replaces every record (a snapshot replaced the table).
-    pub fn reset(&mut self, recs: impl IntoIterator<Item = Record>) {
-        self.aors.clear();
-        self.per_source.clear();
+    /// The AORs of `key` expire at `at` at the earliest (the replicated
+    /// table applied a write of one of them): the sweep looks then.
+    pub fn schedule(&mut self, key: u64, at: Option<u64>) {
+        if let Some(t) = at {
+            self.expiries.push(std::cmp::Reverse((t, key)));
+        }
+    }
+
+    /// Schedules every AOR's expiry afresh (at start, and after the table
+    /// was replaced by a snapshot).
+    pub fn rescan(&mut self) {
         self.expiries.clear();
-        for r in recs {
-            self.apply(r);
+        let all: Vec<(u64, Option<u64>)> = self
+            .locations
+            .read()
+            .iter()
+            .map(|(k, s)| (k, s.next_expiry()))
+            .collect();
+        for (k, t) in all {
+            self.schedule(k, t);
         }
     }
 
@@ -563,33 +572,44 @@ impl Registrar {
             if *t > now_ms {
                 break;
             }
-            let Some(std::cmp::Reverse((_, aor))) = self.expiries.pop() else {
+            let Some(std::cmp::Reverse((_, key))) = self.expiries.pop() else {
                 break;
             };
-            // The latest of the AOR: this worker's pending write, or the
-            // table's.
-            let cur = match self.pending.get(&aor) {
-                Some((r, _, _)) => r.clone(),
-                None => match self.aors.get(&aor) {
-                    Some(r) => r.clone(),
-                    None => continue,
-                },
-            };
-            if cur.next_expiry().is_none_or(|t| t > now_ms) {
-                continue;
-            }
-            if !owned(cur.key) {
+            if !owned(key) {
                 // Its owner sweeps it (and the write replaces the record);
                 // looked at again in a while in case this worker becomes
                 // the owner.
-                later.push((now_ms.saturating_add(5_000), aor));
+                let expired = self
+                    .locations
+                    .read()
+                    .of_key(key)
+                    .any(|s| s.next_expiry().is_some_and(|t| t <= now_ms));
+                if expired {
+                    later.push((now_ms.saturating_add(5_000), key));
+                }
                 continue;
             }
-            let mut next = cur.clone();
-            next.bindings.retain(|b| b.expires_ms > now_ms);
-            self.stats.expired += (cur.bindings.len() - next.bindings.len()) as u64;
-            next.version = cur.version.saturating_add(1);
-            self.write(now, next, None);
+            // The latest of each AOR of the key: this worker's pending
+            // write, or the table's.
+            let current: Vec<Record> = self
+                .locations
+                .read()
+                .of_key(key)
+                .map(|s| match self.pending.get(&*s.aor) {
+                    Some((r, _, _)) => r.clone(),
+                    None => Record::from_stored(key, s),
+                })
+                .collect();
+            for cur in current {
+                if cur.next_expiry().is_none_or(|t| t > now_ms) {
+                    continue;
+                }
+                let mut next = cur.clone();
+                next.bindings.retain(|b| b.live(now_ms));
+                self.stats.expired += (cur.bindings.len() - next.bindings.len()) as u64;
+                next.version = cur.version.saturating_add(1);
+                self.write(now, next, None);
+            }
         }
         for e in later {
             self.expiries.push(std::cmp::Reverse(e));
@@ -645,10 +665,10 @@ impl Registrar {
             },
             None => None,
         };
-        let call_id = m.call_id();
+        let call_id = call_id_hash(m.call_id());
         let cseq = m.cseq().seq;
         let flow = m.vias().nth(1).and_then(|v| v.target());
-        let path: Vec<Vec<u8>> = raw_values(m, b"path").map(<[u8]>::to_vec).collect();
+        let path: Box<[Box<[u8]>]> = raw_values(m, b"path").map(Into::into).collect();
         let values: Vec<handover_sip::Span> = m.values(HeaderName::Contact).collect();
         let mut counts = Counts::default();
         if values.iter().any(|v| v.of(buf).trim_ascii() == b"*") {
@@ -662,7 +682,7 @@ impl Registrar {
             }
             let mut kept = Vec::new();
             for b in std::mem::take(&mut rec.bindings) {
-                if b.call_id == call_id && b.cseq >= cseq {
+                if b.call_id_hash == call_id && b.cseq >= cseq {
                     kept.push(b);
                 } else {
                     counts.removed += 1;
@@ -700,7 +720,7 @@ impl Registrar {
                 },
                 None => 1000,
             };
-            let existing = rec.bindings.iter().position(|b| b.contact == uri);
+            let existing = rec.bindings.iter().position(|b| &*b.contact == uri);
             if let Some(i) = existing {
                 let b = &rec.bindings[i];
                 //= https://www.rfc-editor.org/rfc/rfc3261#section-10.3
@@ -708,7 +728,7 @@ impl Registrar {
                 //# value.  If the value is higher than that of the existing
                 //# binding, it MUST update or remove the binding as above.
                 //# If not, the update MUST be aborted and the request fails.
-                if b.call_id == call_id && b.cseq >= cseq {
+                if b.call_id_hash == call_id && b.cseq >= cseq {
                     return Err(((500, "Out Of Order"), Vec::new()));
                 }
                 if secs == 0 {
@@ -723,11 +743,11 @@ impl Registrar {
                 counts.created += 1;
             }
             let nb = Binding {
-                contact: uri.to_vec(),
+                contact: uri.into(),
                 flow,
                 expires_ms: now_ms.saturating_add(secs.saturating_mul(1000)),
                 q,
-                call_id: call_id.to_vec(),
+                call_id_hash: call_id,
                 cseq,
                 path: path.clone(),
             };
@@ -738,7 +758,7 @@ impl Registrar {
         }
         // Expired bindings go with any write of the AOR.
         let before = rec.bindings.len();
-        rec.bindings.retain(|b| b.expires_ms > now_ms);
+        rec.bindings.retain(|b| b.live(now_ms));
         counts.expired = (before - rec.bindings.len()) as u64;
         if rec.bindings.len() > self.cfg.max_contacts {
             return Err(((403, "Too Many Contacts"), Vec::new()));
@@ -826,6 +846,7 @@ mod tests {
                 ..Config::default()
             },
             replicated,
+            Locations::shared(),
         )
     }
 
@@ -898,10 +919,10 @@ Call-ID: reg-1@10.0.0.9\r\nCSeq: {cseq} REGISTER\r\n"
         );
         assert!(out[0].contains("To: <sip:alice@example.com>;tag=tag1"));
         assert_eq!(run(&mut r, at(3), &b), out, "the same 200 again");
-        let t = r.targets(b"alice@example.com", at(3));
+        let t = r.targets(7, b"alice@example.com", at(3));
         assert_eq!(t.len(), 1);
         assert!(
-            r.targets(b"alice@example.com", at(602)).is_empty(),
+            r.targets(7, b"alice@example.com", at(602)).is_empty(),
             "expired"
         );
         // The owner writes it out; another worker leaves it to the owner.
@@ -941,7 +962,7 @@ Call-ID: reg-1@10.0.0.9\r\nCSeq: {cseq} REGISTER\r\n"
             ),
         );
         assert!(out[0].contains(";expires=3600\r\n"), "{}", out[0]);
-        assert_eq!(r.targets(b"alice@example.com", at(1)).len(), 1, "{r:?}");
+        assert_eq!(r.targets(7, b"alice@example.com", at(1)).len(), 1, "{r:?}");
         // Several contacts, with q and their own expires; best first.
         let out = run(
             &mut r,
@@ -956,9 +977,9 @@ Call-ID: reg-1@10.0.0.9\r\nCSeq: {cseq} REGISTER\r\n"
         assert_eq!(out[0].matches("Contact: ").count(), 3, "{}", out[0]);
         assert!(out[0].contains("<sip:alice@10.0.0.10>;expires=3600;q=0.500"));
         let t: Vec<Vec<u8>> = r
-            .targets(b"alice@example.com", at(3))
+            .targets(7, b"alice@example.com", at(3))
             .into_iter()
-            .map(|b| b.contact)
+            .map(|b| b.contact.to_vec())
             .collect();
         assert_eq!(
             t,
@@ -995,7 +1016,7 @@ Call-ID: reg-1@10.0.0.9\r\nCSeq: {cseq} REGISTER\r\n"
         );
         let out = run(&mut r, at(3), &register("g", 6, &["*"], Some("0")));
         assert!(out[0].starts_with("SIP/2.0 200 OK") && !out[0].contains("Contact:"));
-        assert!(r.targets(b"alice@example.com", at(3)).is_empty());
+        assert!(r.targets(7, b"alice@example.com", at(3)).is_empty());
         assert_eq!(r.aors(), 0);
         let s = r.stats();
         assert_eq!((s.created, s.removed, s.refused), (3, 3, 4));

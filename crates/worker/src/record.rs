@@ -85,38 +85,7 @@ pub fn registration_pb(r: &handover_call::registrar::Record) -> pb::Registration
         bindings: r
             .bindings
             .iter()
-            .map(|b| pb::Binding {
-                contact: b.contact.clone(),
-                flow: b.flow.map(|f| f.to_string()).unwrap_or_default(),
-                expires_ms: b.expires_ms,
-                q: u32::from(b.q),
-                call_id: b.call_id.clone(),
-                cseq: b.cseq,
-                path: b.path.clone(),
-            })
-            .collect(),
-    }
-}
-
-/// The table's `Registration` as a registrar record (an unreadable flow
-/// is none: the phone is then reached at its Contact).
-pub fn registration(r: pb::Registration) -> handover_call::registrar::Record {
-    handover_call::registrar::Record {
-        aor: r.aor,
-        key: r.key,
-        version: r.version,
-        bindings: r
-            .bindings
-            .into_iter()
-            .map(|b| handover_call::registrar::Binding {
-                contact: b.contact,
-                flow: b.flow.parse().ok(),
-                expires_ms: b.expires_ms,
-                q: u16::try_from(b.q.min(1000)).unwrap_or(1000),
-                call_id: b.call_id,
-                cseq: b.cseq,
-                path: b.path,
-            })
+            .map(handover_cluster::binding_pb)
             .collect(),
     }
 }

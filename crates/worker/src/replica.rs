@@ -91,16 +91,18 @@ pub enum Note {
     },
     /// This worker no longer serves `shard`.
     Stopped { shard: usize },
-    /// An AOR's committed bindings (any worker's write).
-    Bound(cpb::Registration),
+    /// An AOR of key `key` was written (any worker's write); its bindings
+    /// are in the shared locations, its earliest expiry `next_expiry`.
+    Bound { key: u64, next_expiry: Option<u64> },
     /// This worker's write of `aor` at `version` was committed or refused.
     BindDone {
         aor: Vec<u8>,
         version: u64,
         stored: bool,
     },
-    /// Every AOR as the table holds it (at start, after a snapshot).
-    Registrations(Vec<cpb::Registration>),
+    /// The locations were replaced (at start, after a snapshot): every
+    /// AOR's expiry is to be scheduled afresh.
+    Registrations,
 }
 
 /// Commands from the SIP loop to the replica's thread: a queue under a
@@ -156,6 +158,8 @@ pub struct Handle {
     /// Look-ups of calls in the replicated table (any worker's), by
     /// either leg's Call-ID: what a Replaces names may live elsewhere.
     pub lookup: mpsc::UnboundedSender<Lookup>,
+    /// The table's AOR bindings, which the registrar reads.
+    pub locations: handover_call::registrar::Shared,
 }
 
 /// A question to the replica's thread: the committed record of the call
@@ -229,6 +233,7 @@ pub fn start(settings: Settings) -> anyhow::Result<Handle> {
         .map_or(0, |d| d.as_nanos() as u64);
     let mut cfg = Config::new(id, voters, SHARDS);
     cfg.group_commit = !window.is_zero();
+    let locations = std::sync::Arc::clone(&cfg.locations);
     let node = Node::with_disk(cfg, disk, store, seed).context("cannot start the Raft replica")?;
     let cmd_tx = std::sync::Arc::new(Cmds::default());
     let cmd_rx = std::sync::Arc::clone(&cmd_tx);
@@ -283,6 +288,7 @@ pub fn start(settings: Settings) -> anyhow::Result<Handle> {
         })
         .context("cannot start the Raft thread")?;
     Ok(Handle {
+        locations,
         lease: Lease { at: lease, epoch },
         lookup: lookup_tx,
         cmd: cmd_tx,
@@ -390,9 +396,7 @@ impl Replica {
     ) {
         // The AORs of the table as loaded (a snapshot on disk); the log's
         // replay brings the rest as `Bound` events.
-        let _ = self.notes.send(Note::Registrations(
-            self.node.table().registrations().cloned().collect(),
-        ));
+        let _ = self.notes.send(Note::Registrations);
         let (inbox_tx, mut inbox) = mpsc::unbounded_channel::<Message>();
         let (shared_tx, shared_rx) = watch::channel(Shared::default());
         let (drain_tx, mut drain_rx) = mpsc::unbounded_channel::<oneshot::Sender<bool>>();
@@ -585,8 +589,8 @@ impl Replica {
                     Event::Leader { id, term } => {
                         tracing::info!(leader = id, term, "Raft leader");
                     }
-                    Event::Bound { registration } => {
-                        let _ = self.notes.send(Note::Bound(registration));
+                    Event::Bound { key, next_expiry } => {
+                        let _ = self.notes.send(Note::Bound { key, next_expiry });
                     }
                     Event::BindDone {
                         aor,
@@ -600,8 +604,7 @@ impl Replica {
                         });
                     }
                     Event::Restored => {
-                        let all = self.node.table().registrations().cloned().collect();
-                        let _ = self.notes.send(Note::Registrations(all));
+                        let _ = self.notes.send(Note::Registrations);
                     }
                 }
             }
@@ -708,10 +711,10 @@ impl Replica {
         // change, not per request.
         let (mut aors, mut bindings) = (0u64, 0u64);
         let mut bindings_per: HashMap<u64, u64> = HashMap::new();
-        for r in t.registrations() {
+        for (key, r) in t.locations().read().iter() {
             aors += 1;
             bindings += r.bindings.len() as u64;
-            *bindings_per.entry(t.owner_of_key(r.key)).or_default() += r.bindings.len() as u64;
+            *bindings_per.entry(t.owner_of_key(key)).or_default() += r.bindings.len() as u64;
         }
         let status = pb::ClusterStatus {
             id: s.id,

@@ -313,7 +313,18 @@ pub fn run(args: Settings) -> anyhow::Result<()> {
                 .as_millis(),
         )
         .unwrap_or(0);
-        b2b.set_registrar(handover_call::registrar::Registrar::new(reg_cfg, replica.is_some()));
+        // One copy of the bindings per worker: the replicated table's,
+        // read by the registrar (without replication, the registrar's own).
+        let locations = replica
+            .as_ref()
+            .map_or_else(handover_call::registrar::Locations::shared, |r| {
+                std::sync::Arc::clone(&r.locations)
+            });
+        b2b.set_registrar(handover_call::registrar::Registrar::new(
+            reg_cfg,
+            replica.is_some(),
+            locations,
+        ));
         let mut users_seen = args.auth.as_ref().and_then(|a| modified(&a.users));
         if let (Some(a), Some(users)) = (&args.auth, users) {
             use handover_call::registrar::digest::{Digest, Guard};
@@ -466,14 +477,14 @@ pub fn run(args: Settings) -> anyhow::Result<()> {
                         let n = b2b.hand_over(|k| shard_of(k, SHARDS) == shard);
                         handed_over.increment(n as u64);
                     }
-                    Some(crate::replica::Note::Bound(r)) => {
-                        b2b.apply_registration(crate::record::registration(r));
+                    Some(crate::replica::Note::Bound { key, next_expiry }) => {
+                        b2b.registrar().schedule(key, next_expiry);
                     }
                     Some(crate::replica::Note::BindDone { aor, version, stored }) => {
                         b2b.registrar().committed(&aor, version, stored);
                     }
-                    Some(crate::replica::Note::Registrations(all)) => {
-                        b2b.registrar().reset(all.into_iter().map(crate::record::registration));
+                    Some(crate::replica::Note::Registrations) => {
+                        b2b.registrar().rescan();
                     }
                     Some(crate::replica::Note::Committed { call_id }) => {
                         b2b.committed(now(), &call_id);

@@ -198,7 +198,11 @@ impl<R: RngCore> B2bua<R> {
         let user = uri.and_then(|u| u.user()).unwrap_or_default();
         let host = uri.map_or(&b""[..], |u| u.host());
         if let Some(u) = uri {
-            let bindings = self.registrar.targets(&handover_sip::ids::aor(u), now);
+            let bindings = self.registrar.targets(
+                self.cfg.hashing.aor_key(u),
+                &handover_sip::ids::aor(u),
+                now,
+            );
             let targets: Vec<Target> = bindings
                 .into_iter()
                 .filter_map(|b| {
@@ -206,11 +210,11 @@ impl<R: RngCore> B2bua<R> {
                     let route = if b.path.is_empty() {
                         vec![format!("<sip:{};lr;flow={addr}>", self.cfg.advertised).into_bytes()]
                     } else {
-                        b.path
+                        b.path.iter().map(|p| p.to_vec()).collect()
                     };
                     Some(Target {
                         addr,
-                        uri: Some(b.contact),
+                        uri: Some(b.contact.to_vec()),
                         route,
                     })
                 })
