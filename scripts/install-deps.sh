@@ -6,6 +6,8 @@
 #   - prometheus: the real server that scrapes /metrics in the metrics tests.
 #   - baresip (Debian package baresip-core): the real phones of the
 #     registration tests, driven through its ctrl_tcp module.
+#   - kamailio: the upstream registrar of the relay-mode test (its
+#     registrar, usrloc and path modules), and the benchmarks' peer.
 #   - rustfmt and clippy for the pinned toolchain (rust-toolchain.toml).
 #   - kubectl (for `kubectl kustomize`; Debian: kubernetes-client) and, in
 #     a virtualenv at $HANDOVER_DEPLOY_TOOLS, the pinned kubernetes-validate,
@@ -17,6 +19,7 @@ command -v sipp >/dev/null 2>&1 || need_apt+=(sip-tester)
 command -v prometheus >/dev/null 2>&1 || need_apt+=(prometheus)
 command -v kubectl >/dev/null 2>&1 || need_apt+=(kubernetes-client)
 command -v baresip >/dev/null 2>&1 || need_apt+=(baresip-core)
+command -v kamailio >/dev/null 2>&1 || need_apt+=(kamailio)
 
 if ((${#need_apt[@]})); then
   echo "install-deps: installing ${need_apt[*]}" >&2

@@ -361,3 +361,252 @@ fn an_aor_with_two_phones_rings_both_the_one_that_answers_wins_and_star_removes_
         assert!(invites >= 2, "{}: {invites} INVITEs", home.display());
     }
 }
+
+#[test]
+fn a_thousand_registered_phones_stay_reachable_when_a_worker_is_killed() {
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let c = cluster(&[], &["--workers", "3"]);
+    wait_members(&c.grpc, 3);
+    wait_all_shards_served(&c.grpc, 3);
+    let edge = format!("127.0.0.1:{}", c.sip);
+    // 1,000 phones (u1…u1000) on one SIPp, answering calls meanwhile.
+    let phones = dir.path().join("phones");
+    std::fs::create_dir_all(&phones).unwrap();
+    let (registrar, _) = sipp_run(
+        &phones,
+        "phones",
+        &[
+            "-sf",
+            scenario("register_many.xml").to_str().unwrap(),
+            "-oocsf",
+            scenario("uas.xml").to_str().unwrap(),
+            "-r",
+            "500",
+            "-m",
+            "1000",
+            "-d",
+            "60000",
+            "-i",
+            "127.0.0.1",
+            "-p",
+            &free_udp_port().to_string(),
+            &edge,
+        ],
+    );
+    let all = [0u16, 1, 2];
+    let registered = wait_for(Duration::from_secs(20), || {
+        summed_metric(&c.worker_admin, &all, "handover_registrations_active") == 3000.0
+    });
+    assert!(
+        registered,
+        "every worker holds the 1,000 bindings: {}",
+        summed_metric(&c.worker_admin, &all, "handover_registrations_active")
+    );
+    // The three workers each own some of the AORs; kill one.
+    let (host, port) = c.worker_admin.rsplit_once(':').unwrap();
+    let port: u16 = port.parse().unwrap();
+    let created: Vec<f64> = all
+        .iter()
+        .map(|i| {
+            metric(
+                &http_get(&format!("http://{host}:{}/metrics", port + i)).1,
+                "handover_bindings_total{event=\"created\"}",
+            )
+        })
+        .collect();
+    assert!(
+        created.iter().all(|&n| n > 100.0),
+        "the AORs are spread: {created:?}"
+    );
+    assert!(sigkill_worker(c.worker), "worker 1 killed");
+    let (ghost, gport) = c.grpc.rsplit_once(':').unwrap();
+    wait_members(&format!("{ghost}:{}", gport.parse::<u16>().unwrap() + 1), 2);
+    // Every one of them is called, and answers.
+    let (p, stat) = sipp_run(
+        dir.path(),
+        "callers",
+        &[
+            "-sf",
+            scenario("uac_many.xml").to_str().unwrap(),
+            "-r",
+            "200",
+            "-m",
+            "1000",
+            "-d",
+            "100",
+            "-i",
+            "127.0.0.1",
+            "-p",
+            &free_udp_port().to_string(),
+            &edge,
+        ],
+    );
+    let r = finish_uac_unchecked(p, &stat);
+    assert_eq!(
+        (r.exit, r.successful, r.failed),
+        (Some(0), 1000, 0),
+        "{r:?} {}",
+        std::fs::read_to_string(dir.path().join("callers.err")).unwrap_or_default()
+    );
+    drop(registrar);
+}
+
+/// Kamailio as the registrar (relay mode): `registrar`, `usrloc` (in
+/// memory) and `path`; REGISTERs saved with their Path, INVITEs looked up
+/// and relayed along it.
+fn kamailio_registrar(dir: &Path, port: u16) -> Proc {
+    let ok = Command::new("kamailio").arg("-v").output().is_ok();
+    assert!(
+        ok,
+        "kamailio is not installed: run scripts/install-deps.sh (Debian package kamailio)"
+    );
+    let cfg = dir.join("kamailio.cfg");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"#!KAMAILIO
+debug=2
+log_stderror=yes
+fork=yes
+children=1
+listen=udp:127.0.0.1:{port}
+disable_tcp=yes
+auto_aliases=no
+mpath="/usr/lib/x86_64-linux-gnu/kamailio/modules/"
+loadmodule "pv.so"
+loadmodule "sl.so"
+loadmodule "tm.so"
+loadmodule "siputils.so"
+loadmodule "usrloc.so"
+loadmodule "registrar.so"
+loadmodule "path.so"
+modparam("usrloc", "db_mode", 0)
+modparam("registrar", "use_path", 1)
+modparam("registrar", "path_mode", 2)
+request_route {{
+    if (method == "REGISTER") {{
+        if (!save("location")) {{ sl_reply_error(); }}
+        exit;
+    }}
+    # In-dialog requests (the caller's ACK and BYE, sent here by SIPp):
+    # to their Request-URI, the B2BUA's Contact at the edge.
+    if (has_totag()) {{
+        t_relay();
+        exit;
+    }}
+    if (method == "INVITE") {{
+        if (!lookup("location")) {{ sl_send_reply("404", "Not Found"); exit; }}
+        t_relay();
+        exit;
+    }}
+    sl_send_reply("404", "Not Here");
+}}
+"#
+        ),
+    )
+    .unwrap();
+    let p = Proc(
+        Command::new("kamailio")
+            .arg("-f")
+            .arg(&cfg)
+            .args(["-DD", "-E", "-m", "64", "-M", "8", "-w"])
+            .arg(dir)
+            .arg("-Y")
+            .arg(dir)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("kamailio.log")).unwrap())
+            .spawn()
+            .expect("kamailio starts"),
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    p
+}
+
+#[test]
+fn relay_mode_registers_phones_at_kamailio_with_a_path_and_kamailio_calls_them_back_through_it() {
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let kam_port = free_udp_port();
+    let _kam = kamailio_registrar(dir.path(), kam_port);
+    let upstream = format!("127.0.0.1:{kam_port}");
+    let c = cluster(&[], &["--workers", "3", "--registrar-upstream", &upstream]);
+    wait_members(&c.grpc, 3);
+    wait_all_shards_served(&c.grpc, 3);
+    let edge = format!("127.0.0.1:{}", c.sip);
+    // A phone (u1) registers through handover; Kamailio answers 200.
+    let phone = dir.path().join("phone");
+    std::fs::create_dir_all(&phone).unwrap();
+    let phone_port = free_udp_port().to_string();
+    let (registered, reg_stat) = sipp_run(
+        &phone,
+        "phone",
+        &[
+            "-sf",
+            scenario("register_many.xml").to_str().unwrap(),
+            "-oocsf",
+            scenario("uas.xml").to_str().unwrap(),
+            "-m",
+            "1",
+            "-d",
+            "8000",
+            "-i",
+            "127.0.0.1",
+            "-p",
+            &phone_port,
+            &edge,
+        ],
+    );
+    let relayed = wait_for(Duration::from_secs(10), || {
+        summed_metric(
+            &c.worker_admin,
+            &[0, 1, 2],
+            "handover_registers_relayed_total",
+        ) >= 1.0
+    });
+    assert!(relayed, "the REGISTER was relayed to Kamailio");
+    std::thread::sleep(Duration::from_millis(500));
+    // Nothing is stored in handover's own registrar.
+    assert_eq!(
+        summed_metric(&c.worker_admin, &[0, 1, 2], "handover_registrations_active"),
+        0.0
+    );
+    // A caller at Kamailio calls u1: Kamailio's INVITE follows the Path
+    // to the edge, and handover calls the phone on its flow.
+    let (p, stat) = sipp_run(
+        dir.path(),
+        "caller",
+        &[
+            "-sf",
+            scenario("uac_many.xml").to_str().unwrap(),
+            "-m",
+            "1",
+            "-d",
+            "200",
+            "-i",
+            "127.0.0.1",
+            "-p",
+            &free_udp_port().to_string(),
+            &upstream,
+        ],
+    );
+    let r = finish_uac_unchecked(p, &stat);
+    assert_eq!(
+        (r.exit, r.successful, r.failed),
+        (Some(0), 1, 0),
+        "{r:?} {} kamailio: {}",
+        std::fs::read_to_string(dir.path().join("caller.err")).unwrap_or_default(),
+        std::fs::read_to_string(dir.path().join("kamailio.log")).unwrap_or_default()
+    );
+    let r = finish_uac_unchecked(registered, &reg_stat);
+    assert_eq!((r.exit, r.successful), (Some(0), 1), "{r:?}");
+    let log = sipp_message_logs(&phone);
+    assert!(
+        log.contains(&format!("INVITE sip:u1@127.0.0.1:{phone_port} SIP/2.0")),
+        "the phone was called at its Contact: {log}"
+    );
+    assert!(
+        !log.contains(&format!("127.0.0.1:{kam_port}")),
+        "the phone sees only the edge, never Kamailio's address"
+    );
+}

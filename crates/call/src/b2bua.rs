@@ -477,6 +477,8 @@ pub struct B2bua<R> {
         handover_registrar::digest::Digest,
         handover_registrar::digest::Guard,
     )>,
+    /// PBXs that are the registrars of some domains (relay mode).
+    upstreams: handover_registrar::Upstreams,
 }
 
 /// The headers a B2BUA passes from one leg to the other unchanged: all but
@@ -592,6 +594,7 @@ impl<R: RngCore> B2bua<R> {
                 handover_registrar::Locations::shared(),
             ),
             auth: None,
+            upstreams: Default::default(),
         }
     }
 
@@ -700,7 +703,11 @@ impl<R: RngCore> B2bua<R> {
     /// When to call `handle_timeout` next (the registrar's sweep is the
     /// shell's, see [`Self::sweep_registrations`]).
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.timers.peek().map(|Reverse((t, _))| *t)
+        let calls = self.timers.peek().map(|Reverse((t, _))| *t);
+        match (calls, self.registrar.poll_timeout()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Files call `cref`'s next deadline, or forgets the call when it is
@@ -815,7 +822,11 @@ impl<R: RngCore> B2bua<R> {
                 Some(c)
             }
             (true, None) => self.new_request(now, m),
-            (false, None) => None,
+            (false, None) => {
+                // The answer of a REGISTER relayed to a PBX, or nobody's.
+                self.registrar.relay_response(now, m);
+                None
+            }
         };
         if let Some(c) = touched {
             self.schedule(c);
@@ -860,6 +871,7 @@ impl<R: RngCore> B2bua<R> {
 
     /// Runs timers due at `now` (only the calls whose deadline has come).
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.registrar.handle_timeout(now);
         while let Some(&Reverse((t, cref))) = self.timers.peek() {
             if t > now {
                 break;

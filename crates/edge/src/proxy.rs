@@ -493,7 +493,12 @@ impl Proxy {
             if let Err(r) = rw.decrement_max_forwards()? {
                 return Ok(Err(r));
             }
-            if strip_route {
+            // Our Route with a flow (a PBX calling a phone through the
+            // Path we gave its REGISTER) stays for the worker, which
+            // checks the flow's token and calls the phone on it.
+            let flow_route = from_backend.is_none()
+                && top_route.is_some_and(|r| r.uri().param(b"flow").is_some());
+            if strip_route && !flow_route {
                 rw.remove_top_route()?;
             }
             let khex = hex_u64(key);
@@ -1070,8 +1075,10 @@ From: <sip:bob@b.example>;tag=w1\r\nCall-ID: w@x\r\nCSeq: 1 INVITE\r\nContent-Le
         let m = scan(&out).unwrap();
         assert!(m.route_field().is_none(), "our Route is removed");
         assert_eq!(m.request_uri().unwrap().host(), b"10.9.9.9");
-        // From a client, a flow in our Route is not obeyed: it goes to a worker.
-        let (o, _) = run(&p, &t, &mut l, UA, inv.as_bytes());
+        // From a client (a PBX calling through our Path), a flow in our
+        // Route is not obeyed: it goes to a worker, Route kept, and the
+        // worker checks the flow's token.
+        let (o, out) = run(&p, &t, &mut l, UA, inv.as_bytes());
         assert!(
             matches!(
                 o,
@@ -1082,6 +1089,9 @@ From: <sip:bob@b.example>;tag=w1\r\nCall-ID: w@x\r\nCSeq: 1 INVITE\r\nContent-Le
             ),
             "{o:?}"
         );
+        let m = scan(&out).unwrap();
+        let r = m.top_route().unwrap().unwrap();
+        assert_eq!(r.uri().param(b"flow"), Some(&b"198.51.100.7:33333"[..]));
     }
 
     #[test]

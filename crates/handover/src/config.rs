@@ -95,6 +95,10 @@ struct RegistrarSection {
     /// is answered 403 and ignored for `ban_s`; 0 = never.
     max_failures: Option<u32>,
     ban_s: Option<u64>,
+    /// Relay mode: PBXs that are the registrars of some domains,
+    /// `["[DOMAIN=]IP:PORT[,IP:PORT…]", …]`: their REGISTERs go there with
+    /// a Path through the edge.
+    upstream: Option<Spanned<Vec<String>>>,
 }
 
 /// `[worker.replication]`: Raft (`--id`, `--peer`, …). Without `id` (or
@@ -292,6 +296,7 @@ pub(crate) struct Registrar {
     pub(crate) nonce_ttl_s: u64,
     pub(crate) max_failures: u32,
     pub(crate) ban_s: u64,
+    pub(crate) upstream: Vec<String>,
 }
 
 /// Effective `[worker.replication]`.
@@ -741,6 +746,18 @@ impl Config {
             nonce_ttl_s: g.nonce_ttl_s.unwrap_or(300),
             max_failures: g.max_failures.unwrap_or(10),
             ban_s: g.ban_s.unwrap_or(60),
+            upstream: match &g.upstream {
+                None => Vec::new(),
+                Some(u) => {
+                    let mut check = handover_call::registrar::Upstreams::default();
+                    for v in u.get_ref() {
+                        check.add(v).map_err(|e| {
+                            err(Some(u.span()), Some("worker.registrar.upstream"), e)
+                        })?;
+                    }
+                    u.get_ref().clone()
+                }
+            },
         };
         let worker = Worker {
             listen: addr(&w.listen, "worker.listen", "127.0.0.1:5080")?,
@@ -897,6 +914,36 @@ mod tests {
             "{}",
             d.to_toml()
         );
+    }
+
+    #[test]
+    fn registrar_keys_and_their_rules() {
+        let c = parse(
+            "[worker.registrar]\nmin_expires = 30\nmax_contacts = 3\ndomains = [\"example.com\"]\n\
+             users = \"/etc/handover/users\"\nrealm = \"example.com\"\nalgorithms = [\"SHA-256\"]\n\
+             upstream = [\"pbx.example.com=192.0.2.10:5060,192.0.2.11:5060\"]\n",
+        )
+        .unwrap();
+        let r = &c.worker.registrar;
+        assert_eq!(
+            (r.min_expires, r.max_contacts, r.max_expires),
+            (30, 3, 3600)
+        );
+        assert_eq!(
+            (r.users.as_deref(), r.realm.as_str()),
+            (Some("/etc/handover/users"), "example.com")
+        );
+        assert_eq!(
+            (r.algorithms.as_slice(), r.upstream.len()),
+            (&["SHA-256".to_string()][..], 1)
+        );
+        let d = parse("").unwrap().worker.registrar;
+        assert_eq!(d.algorithms, ["MD5", "SHA-256"], "MD5 first by default");
+        assert_eq!((d.nonce_ttl_s, d.max_failures, d.ban_s), (300, 10, 60));
+        let e = parse("[worker.registrar]\nalgorithms = [\"SHA-1\"]\n").unwrap_err();
+        assert!(e.contains("key `worker.registrar.algorithms`"), "{e}");
+        let e = parse("[worker.registrar]\nupstream = [\"pbx=nowhere\"]\n").unwrap_err();
+        assert!(e.contains("key `worker.registrar.upstream`"), "{e}");
     }
 
     #[test]

@@ -89,6 +89,10 @@ pub(crate) struct UpArgs {
     /// needs `MD5` alone) [default: the worker's, MD5,SHA-256].
     #[arg(long)]
     digest_algorithms: Option<String>,
+    /// Relay mode: the PBX that is the registrar of a domain,
+    /// `[DOMAIN=]IP:PORT[,IP:PORT…]` (repeat).
+    #[arg(long = "registrar-upstream", value_name = "[DOMAIN=]IP:PORT")]
+    registrar_upstream: Vec<String>,
 }
 
 struct Kids(Vec<Child>);
@@ -245,6 +249,9 @@ pub(crate) fn run(mut a: UpArgs) -> anyhow::Result<()> {
         }
         if let Some(d) = &a.digest_algorithms {
             worker.args(["--digest-algorithms", d]);
+        }
+        for u in &a.registrar_upstream {
+            worker.args(["--registrar-upstream", u]);
         }
         if replicate {
             worker.args(["--id", &(i + 1).to_string()]);

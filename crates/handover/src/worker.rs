@@ -86,6 +86,12 @@ pub(crate) struct WorkerArgs {
     /// give up on any challenge they cannot answer: offer them `MD5` only.
     #[arg(long, value_delimiter = ',')]
     digest_algorithms: Vec<handover_call::registrar::digest::Algorithm>,
+    /// Relay mode: the PBX that is the registrar of a domain,
+    /// `[DOMAIN=]IP:PORT[,IP:PORT…]` (repeat; no domain: any; replaces the
+    /// file's `upstream`). Its REGISTERs go there with a Path through the
+    /// edge, so the PBX's calls reach the phone on its flow.
+    #[arg(long = "registrar-upstream", value_name = "[DOMAIN=]IP:PORT")]
+    registrar_upstream: Vec<String>,
     #[command(flatten)]
     cluster: crate::cluster::ClusterArgs,
 }
@@ -151,6 +157,19 @@ fn settings(a: WorkerArgs) -> anyhow::Result<Settings> {
         )?,
         trusted: handover_call::trust::Trusted(trusted),
         replication,
+        upstreams: {
+            let mut u = handover_call::registrar::Upstreams::default();
+            let specs = if a.registrar_upstream.is_empty() {
+                &w.registrar.upstream
+            } else {
+                &a.registrar_upstream
+            };
+            for spec in specs {
+                u.add(spec)
+                    .map_err(|e| anyhow::anyhow!("--registrar-upstream: {e}"))?;
+            }
+            u
+        },
         registrar: handover_call::registrar::Config {
             min_expires: w.registrar.min_expires,
             max_expires: w.registrar.max_expires,

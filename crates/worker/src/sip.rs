@@ -41,6 +41,7 @@ const AUTH_FAILURES: &str = "handover_auth_failures_total";
 const AUTH_CHALLENGES: &str = "handover_auth_challenges_total";
 const AUTH_BANNED: &str = "handover_auth_sources_banned_total";
 const AUTH_IGNORED: &str = "handover_auth_ignored_total";
+const RELAYED: &str = "handover_registers_relayed_total";
 
 /// The registrar's and authentication's metrics.
 struct RegMetrics {
@@ -54,6 +55,7 @@ struct RegMetrics {
     challenges: metrics::Counter,
     banned: metrics::Counter,
     ignored: metrics::Counter,
+    relayed: metrics::Counter,
 }
 
 impl RegMetrics {
@@ -74,6 +76,7 @@ impl RegMetrics {
             challenges: metrics::counter!(AUTH_CHALLENGES),
             banned: metrics::counter!(AUTH_BANNED),
             ignored: metrics::counter!(AUTH_IGNORED),
+            relayed: metrics::counter!(RELAYED),
         };
         for c in m.bindings.iter().chain(&m.failures) {
             c.increment(0);
@@ -99,6 +102,7 @@ impl RegMetrics {
         self.bindings[2].increment(now.removed - last.removed);
         self.bindings[3].increment(now.expired - last.expired);
         self.refused.increment(now.refused - last.refused);
+        self.relayed.increment(now.relayed - last.relayed);
         self.failures[0].increment(auth.unknown_user - last_auth.unknown_user);
         self.failures[1].increment(auth.wrong_password - last_auth.wrong_password);
         self.failures[2].increment(auth.malformed - last_auth.malformed);
@@ -164,6 +168,8 @@ pub struct Settings {
     pub registrar: handover_call::registrar::Config,
     /// Digest authentication of phones; `None`: off.
     pub auth: Option<Auth>,
+    /// Relay mode: the PBXs that are the registrars of some domains.
+    pub upstreams: handover_call::registrar::Upstreams,
 }
 
 /// Digest authentication settings (see `handover_call::registrar::digest`).
@@ -325,6 +331,7 @@ pub fn run(args: Settings) -> anyhow::Result<()> {
             replica.is_some(),
             locations,
         ));
+        b2b.set_upstreams(args.upstreams.clone());
         let mut users_seen = args.auth.as_ref().and_then(|a| modified(&a.users));
         if let (Some(a), Some(users)) = (&args.auth, users) {
             use handover_call::registrar::digest::{Digest, Guard};

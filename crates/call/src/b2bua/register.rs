@@ -76,8 +76,26 @@ impl<R: RngCore> B2bua<R> {
         self.stats.auth
     }
 
+    /// Sets the PBXs that are the registrars of some domains (relay mode,
+    /// `handover_registrar::relay`).
+    pub fn set_upstreams(&mut self, upstreams: handover_registrar::Upstreams) {
+        self.upstreams = upstreams;
+    }
+
     pub(super) fn register(&mut self, now: Instant, m: &Message<'_>) {
         if self.registrar.absorb(now, m) {
+            return;
+        }
+        // A domain whose registrar is a PBX: relayed, the PBX authenticates.
+        if let Ok(to) = m.to()
+            && let Some(pbx) = self
+                .upstreams
+                .pick(to.uri().host(), self.cfg.hashing.aor_key(to.uri()))
+        {
+            let key = self.cfg.hashing.aor_key(to.uri());
+            let request = self.relayed_register(m, pbx, key);
+            let tag = self.ids.tag();
+            self.registrar.relay(now, m, request, tag.as_bytes());
             return;
         }
         let Some(user) = self.authenticate(now, m, Kind::Www) else {
@@ -87,6 +105,89 @@ impl<R: RngCore> B2bua<R> {
         let tag = self.ids.tag();
         self.registrar
             .register(now, m, user.as_deref(), key, tag.as_bytes());
+    }
+
+    /// The REGISTER for the PBX `pbx` (see `handover_registrar::relay`):
+    /// our Via alone (the edge's address with the AOR's key `key`), a
+    /// Route to the PBX, our Path naming the phone's flow with its token
+    /// on top of the phone's, `Supported: path`, and the phone's other
+    /// headers as they came.
+    fn relayed_register(&mut self, m: &Message<'_>, pbx: SocketAddr, key: u64) -> Vec<u8> {
+        let buf = m.buf();
+        let mut out = Vec::with_capacity(buf.len() + 256);
+        out.extend_from_slice(b"REGISTER ");
+        out.extend_from_slice(
+            m.request_uri()
+                .map_or(&b"sip:invalid"[..], |u| u.as_bytes()),
+        );
+        out.extend_from_slice(b" SIP/2.0\r\nVia: ");
+        out.extend_from_slice(&self.via(key));
+        let mf = m.max_forwards().unwrap_or(70).saturating_sub(1);
+        out.extend_from_slice(
+            format!("\r\nRoute: <sip:{pbx};lr>\r\nMax-Forwards: {mf}\r\n").as_bytes(),
+        );
+        if let Some(flow) = m.vias().nth(1).and_then(|v| v.target()) {
+            let f = flow.to_string();
+            let t = handover_registrar::relay::flow_token(&self.cfg.hashing.secret(), &f);
+            out.extend_from_slice(
+                format!("Path: <sip:{};lr;flow={f};ft={t}>\r\n", self.cfg.advertised).as_bytes(),
+            );
+        }
+        let mut path_supported = false;
+        for h in m.headers() {
+            if matches!(
+                h.name,
+                HeaderName::Via
+                    | HeaderName::Route
+                    | HeaderName::MaxForwards
+                    | HeaderName::ContentLength
+            ) {
+                continue;
+            }
+            if h.name == HeaderName::Supported
+                && handover_sip::CommaValues::new(buf, h.value)
+                    .any(|v| v.of(buf).eq_ignore_ascii_case(b"path"))
+            {
+                path_supported = true;
+            }
+            out.extend_from_slice(h.line.of(buf));
+        }
+        if !path_supported {
+            out.extend_from_slice(b"Supported: path\r\n");
+        }
+        out.extend_from_slice(b"Content-Length: 0\r\n\r\n");
+        out
+    }
+
+    /// Where an INVITE from a PBX goes when it is routed by one of our Path
+    /// entries (relay mode): its top Route names the edge with a flow and
+    /// that flow's token (the edge leaves such a Route on requests it
+    /// forwards to us). The Request-URI is the phone's Contact; the flow
+    /// is where its REGISTER came from. A flow without our token is not
+    /// obeyed.
+    pub(super) fn flow_target(&self, m: &Message<'_>) -> Option<Target> {
+        let r = m.top_route()?.ok()?;
+        let u = r.uri();
+        let here = format!(
+            "{}:{}",
+            String::from_utf8_lossy(u.host()),
+            u.port().unwrap_or(5060)
+        );
+        if here != self.cfg.advertised {
+            return None;
+        }
+        let flow = core::str::from_utf8(u.param(b"flow")?).ok()?;
+        let token = u.param(b"ft")?;
+        if !handover_registrar::relay::flow_token_ok(&self.cfg.hashing.secret(), flow, token) {
+            return None;
+        }
+        let addr: SocketAddr = flow.parse().ok()?;
+        let route = m.values(HeaderName::Route).next()?.of(m.buf()).to_vec();
+        Some(Target {
+            addr,
+            uri: Some(m.request_uri()?.as_bytes().to_vec()),
+            route: vec![route],
+        })
     }
 
     /// A new call from an untrusted source must carry credentials for our

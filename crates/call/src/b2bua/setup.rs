@@ -165,7 +165,11 @@ impl<R: RngCore> B2bua<R> {
         let key = self.cfg.hashing.affinity_key(m.call_id());
         let (targets, mode) = match self.replaced_target(m) {
             Some(t) => (vec![Target::from(t)], None),
-            None => self.locate(now, m.request_uri(), key),
+            None => match self.flow_target(m) {
+                // A PBX calling a phone through our Path (relay mode).
+                Some(t) => (vec![t], None),
+                None => self.locate(now, m.request_uri(), key),
+            },
         };
         let local_mode = mode.unwrap_or(self.cfg.transfer_mode) == TransferMode::Local;
         // A registered user's bindings ring together; a route's targets
