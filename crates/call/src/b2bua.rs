@@ -110,6 +110,9 @@ pub struct Stats {
     pub torn_down: u64,
     /// New B legs to a route's next target after 408, 503 or no answer.
     pub failovers: u64,
+    /// B legs rung beside a call's first, to an AOR's other bindings
+    /// (parallel forking, `fork.rs`).
+    pub forks: u64,
     /// Callees cancelled after ringing for the whole ring timeout.
     pub unanswered: u64,
     /// Datagrams resent because a timer fired (requests and 2xx responses

@@ -70,6 +70,9 @@ impl Default for Config {
             default_expires: 3600,
             max_contacts: 10,
             max_aors: 1_000_000,
+            // Off by default, like the edge's new-dialog budget (load
+            // generators and benchmarks register thousands from one
+            // address); the Kubernetes base sets it.
             max_bindings_per_source: 0,
             domains: Vec::new(),
             timers: TimerConfig::default(),

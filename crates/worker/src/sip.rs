@@ -42,6 +42,7 @@ const AUTH_CHALLENGES: &str = "handover_auth_challenges_total";
 const AUTH_BANNED: &str = "handover_auth_sources_banned_total";
 const AUTH_IGNORED: &str = "handover_auth_ignored_total";
 const RELAYED: &str = "handover_registers_relayed_total";
+const FORKS: &str = "handover_call_forks_total";
 
 /// The registrar's and authentication's metrics.
 struct RegMetrics {
@@ -388,6 +389,7 @@ pub fn run(args: Settings) -> anyhow::Result<()> {
         let txns = metrics::gauge!(TXNS_ACTIVE);
         let retrans = metrics::counter!(RETRANSMISSIONS);
         let failovers = metrics::counter!(FAILOVERS);
+        let forks = metrics::counter!(FORKS);
         let unanswered = metrics::counter!(UNANSWERED);
         let first_response = metrics::histogram!(FIRST_RESPONSE);
         let answer = metrics::histogram!(ANSWER);
@@ -603,6 +605,7 @@ pub fn run(args: Settings) -> anyhow::Result<()> {
             torn_down.increment(s.torn_down - last.torn_down);
             retrans.increment(s.retransmissions - last.retransmissions);
             failovers.increment(s.failovers - last.failovers);
+            forks.increment(s.forks - last.forks);
             unanswered.increment(s.unanswered - last.unanswered);
             unreplicated.increment(s.unreplicated - last.unreplicated);
             refused_in_call.increment(s.refused_in_call - last.refused_in_call);

@@ -51,6 +51,7 @@ impl<R: RngCore> B2bua<R> {
             return;
         };
         for t in targets {
+            self.stats.forks += 1;
             let (call_id, invite) = self.leg_b_invite(m, key, t);
             let cli = ClientInvite::new(now, self.cfg.timers, invite.clone());
             self.by_call_id.insert(call_id.clone(), cref);
