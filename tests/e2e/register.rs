@@ -455,7 +455,7 @@ fn a_thousand_registered_phones_stay_reachable_when_a_worker_is_killed() {
 /// Kamailio as the registrar (relay mode): `registrar`, `usrloc` (in
 /// memory) and `path`; REGISTERs saved with their Path, INVITEs looked up
 /// and relayed along it.
-fn kamailio_registrar(dir: &Path, port: u16) -> Proc {
+fn kamailio_registrar(dir: &Path, port: u16) -> Kamailio {
     let ok = Command::new("kamailio").arg("-v").output().is_ok();
     assert!(
         ok,
@@ -506,7 +506,7 @@ request_route {{
         ),
     )
     .unwrap();
-    let p = Proc(
+    let p = Kamailio(
         Command::new("kamailio")
             .arg("-f")
             .arg(&cfg)
@@ -521,6 +521,25 @@ request_route {{
     );
     std::thread::sleep(Duration::from_millis(1500));
     p
+}
+
+/// Kamailio's main process: stopped with SIGTERM, on which it stops the
+/// children it forked (a SIGKILL would leave them holding the port).
+struct Kamailio(std::process::Child);
+
+impl Drop for Kamailio {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status();
+        let stopped = wait_for(Duration::from_secs(5), || {
+            self.0.try_wait().ok().flatten().is_some()
+        });
+        if !stopped {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
 }
 
 #[test]
