@@ -375,3 +375,62 @@ fn rfc7616_a_nonce_past_its_lifetime_with_the_right_password_is_answered_stale()
     // A stale nonce is not a failure.
     assert_eq!(b.auth_stats().wrong_password, 0);
 }
+
+#[test]
+fn bindings_are_pinged_on_their_flow_and_one_that_never_answers_is_dropped() {
+    use handover_call::registrar::{Config as RegConfig, Locations, Registrar};
+    let mut b = b2bua_routed(&[], 7);
+    b.set_registrar(Registrar::new(
+        RegConfig {
+            ping_interval_s: 30,
+            ..RegConfig::default()
+        },
+        false,
+        Locations::shared(),
+    ));
+    b.handle_datagram(
+        at(0),
+        register("carol", "10.0.0.1", "203.0.113.7:40001", 1, None).as_bytes(),
+    );
+    out(&mut b);
+    // 30 s on: an OPTIONS to her Contact, on her flow, keyed for the AOR.
+    b.sweep_registrations(at(30_000), |_| true);
+    let sent = out(&mut b);
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    let ping = lines(&sent[0].1);
+    assert!(
+        ping.starts_with("OPTIONS sip:carol@10.0.0.1:5060 SIP/2.0\r\n"),
+        "{ping}"
+    );
+    assert!(
+        ping.contains("Route: <sip:127.0.0.1:5060;lr;flow=203.0.113.7:40001>\r\n"),
+        "{ping}"
+    );
+    // She answers: kept.
+    let m = scan(&sent[0].1).unwrap();
+    b.handle_datagram(at(30_050), b_resp(&m, "200 OK", "c", None).as_bytes());
+    b.handle_timeout(at(40_000));
+    out(&mut b);
+    assert_eq!(b.registrar().bindings(), 1);
+    // The next ping goes unanswered: retransmitted, then after timer F
+    // (64·T1) the binding is dropped and a call finds nobody.
+    b.sweep_registrations(at(60_000), |_| true);
+    let mut t = 60_000;
+    while t < 60_000 + 33_000 {
+        t += 500;
+        b.handle_timeout(at(t));
+    }
+    let retrans = out(&mut b)
+        .iter()
+        .filter(|(_, m)| m.starts_with(b"OPTIONS "))
+        .count();
+    assert!(retrans >= 5, "{retrans} sends of the ping");
+    assert_eq!(b.registrar().bindings(), 0);
+    assert_eq!(b.registrar().stats().ping_failures, 1);
+    b.handle_datagram(at(t), invite_to("carol").as_bytes());
+    assert!(
+        out(&mut b)
+            .iter()
+            .any(|(_, m)| first_line(m).starts_with("SIP/2.0 404"))
+    );
+}

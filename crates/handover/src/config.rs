@@ -99,6 +99,9 @@ struct RegistrarSection {
     /// `["[DOMAIN=]IP:PORT[,IP:PORT…]", …]`: their REGISTERs go there with
     /// a Path through the edge.
     upstream: Option<Spanned<Vec<String>>>,
+    /// Seconds between OPTIONS pings to each binding (keeps NAT bindings
+    /// open; an unanswered one drops the binding); 0 = none.
+    ping_interval_s: Option<u32>,
 }
 
 /// `[worker.replication]`: Raft (`--id`, `--peer`, …). Without `id` (or
@@ -297,6 +300,7 @@ pub(crate) struct Registrar {
     pub(crate) max_failures: u32,
     pub(crate) ban_s: u64,
     pub(crate) upstream: Vec<String>,
+    pub(crate) ping_interval_s: u32,
 }
 
 /// Effective `[worker.replication]`.
@@ -746,6 +750,7 @@ impl Config {
             nonce_ttl_s: g.nonce_ttl_s.unwrap_or(300),
             max_failures: g.max_failures.unwrap_or(10),
             ban_s: g.ban_s.unwrap_or(60),
+            ping_interval_s: g.ping_interval_s.unwrap_or(0),
             upstream: match &g.upstream {
                 None => Vec::new(),
                 Some(u) => {

@@ -178,6 +178,7 @@ fn settings(a: WorkerArgs) -> anyhow::Result<Settings> {
             max_aors: w.registrar.max_aors,
             max_bindings_per_source: w.registrar.max_bindings_per_source,
             domains: w.registrar.domains.clone(),
+            ping_interval_s: w.registrar.ping_interval_s,
             ..Default::default()
         },
         auth: a

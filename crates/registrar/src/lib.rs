@@ -60,6 +60,11 @@ pub struct Config {
     /// Unix milliseconds at [`Instant`]'s epoch: the wall clock expiry is
     /// written in.
     pub wall_epoch_ms: u64,
+    /// Every binding of the AORs a worker owns is sent an OPTIONS this
+    /// often (seconds; 0: never), on its flow, which keeps a NAT's
+    /// binding open; a binding whose ping goes unanswered (timer F) is
+    /// dropped.
+    pub ping_interval_s: u32,
 }
 
 impl Default for Config {
@@ -77,6 +82,7 @@ impl Default for Config {
             domains: Vec::new(),
             timers: TimerConfig::default(),
             wall_epoch_ms: 0,
+            ping_interval_s: 0,
         }
     }
 }
@@ -138,6 +144,10 @@ pub struct Stats {
     pub lost_writes: u64,
     /// REGISTERs relayed to a PBX (relay mode).
     pub relayed: u64,
+    /// OPTIONS pings sent to bindings.
+    pub pings: u64,
+    /// Bindings dropped because their ping went unanswered.
+    pub ping_failures: u64,
 }
 
 /// Why a REGISTER was refused: its status and reason phrase.
@@ -182,6 +192,34 @@ pub struct Registrar {
     stats: Stats,
     /// REGISTERs relayed to a PBX (`relay.rs`), by our branch.
     relays: HashMap<Vec<u8>, Relayed>,
+    /// OPTIONS pings in flight, by our branch.
+    pings: HashMap<Vec<u8>, Ping>,
+    /// (when, AOR key): the next pings of a key's bindings; one entry per
+    /// key (`ping_keys`).
+    ping_due: BinaryHeap<std::cmp::Reverse<(u64, u64)>>,
+    ping_keys: std::collections::HashSet<u64>,
+    /// The wall clock as last seen (Unix ms).
+    last_ms: u64,
+}
+
+/// A binding to ping: what the shell builds the OPTIONS from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PingTarget {
+    /// The AOR's key (our Via carries it, so the answer comes back here).
+    pub key: u64,
+    /// The AOR.
+    pub aor: Vec<u8>,
+    /// The binding.
+    pub binding: Binding,
+}
+
+/// An OPTIONS ping in flight.
+#[derive(Debug)]
+struct Ping {
+    cli: ClientNonInvite,
+    key: u64,
+    aor: Vec<u8>,
+    contact: Box<[u8]>,
 }
 
 /// A REGISTER relayed to a PBX: our client transaction, and the phone's
@@ -233,7 +271,128 @@ impl Registrar {
             out: VecDeque::new(),
             stats: Stats::default(),
             relays: HashMap::new(),
+            pings: HashMap::new(),
+            ping_due: BinaryHeap::new(),
+            ping_keys: std::collections::HashSet::new(),
+            last_ms: 0,
         }
+    }
+
+    /// The bindings whose ping is due at `now`, of the AORs this worker
+    /// owns (`owned(key)`): the shell sends each an OPTIONS and hands it
+    /// to [`Self::ping`]. Call it about once a second.
+    pub fn due_pings(&mut self, now: Instant, owned: impl Fn(u64) -> bool) -> Vec<PingTarget> {
+        let now_ms = self.wall_ms(now);
+        self.last_ms = now_ms;
+        let every = u64::from(self.cfg.ping_interval_s) * 1000;
+        let mut out = Vec::new();
+        if every == 0 {
+            return out;
+        }
+        let mut again = Vec::new();
+        while let Some(std::cmp::Reverse((t, _))) = self.ping_due.peek() {
+            if *t > now_ms {
+                break;
+            }
+            let Some(std::cmp::Reverse((_, key))) = self.ping_due.pop() else {
+                break;
+            };
+            let l = self.locations.read();
+            let mut any = false;
+            for s in l.of_key(key) {
+                any = true;
+                if !owned(key) {
+                    continue;
+                }
+                for b in s.bindings.iter().filter(|b| b.live(now_ms)) {
+                    out.push(PingTarget {
+                        key,
+                        aor: s.aor.to_vec(),
+                        binding: b.clone(),
+                    });
+                }
+            }
+            if any {
+                again.push(key);
+            } else {
+                self.ping_keys.remove(&key);
+            }
+        }
+        for key in again {
+            self.ping_due
+                .push(std::cmp::Reverse((now_ms.saturating_add(every), key)));
+        }
+        out
+    }
+
+    /// Sends `request`, the OPTIONS the shell built for `target`.
+    pub fn ping(&mut self, now: Instant, target: PingTarget, request: Vec<u8>) {
+        let Ok(branch) =
+            handover_sip::scan(&request).map(|r| r.top_via().branch().unwrap_or_default().to_vec())
+        else {
+            return;
+        };
+        if self.pings.len() >= MAX_RELAYS {
+            return;
+        }
+        self.stats.pings += 1;
+        self.pings.insert(
+            branch.clone(),
+            Ping {
+                cli: ClientNonInvite::new(now, self.cfg.timers, request),
+                key: target.key,
+                aor: target.aor,
+                contact: target.binding.contact,
+            },
+        );
+        self.drain_ping(now, &branch);
+    }
+
+    /// Any answer says the phone is there; none in timer F's 32 s, or a
+    /// transport error, drops the binding.
+    fn drain_ping(&mut self, now: Instant, branch: &[u8]) {
+        let Some(p) = self.pings.get_mut(branch) else {
+            return;
+        };
+        while let Some(b) = p.cli.poll_transmit() {
+            self.out.push_back((None, b));
+        }
+        let mut over = false;
+        let mut dead = false;
+        while let Some(e) = p.cli.poll_event() {
+            match e {
+                handover_txn::Event::Terminated => over = true,
+                handover_txn::Event::Timeout | handover_txn::Event::TransportError => dead = true,
+                _ => {}
+            }
+        }
+        if dead {
+            let (key, aor, contact) = (p.key, p.aor.clone(), p.contact.clone());
+            self.drop_binding(now, key, &aor, &contact);
+        }
+        if over || dead {
+            self.pings.remove(branch);
+        }
+    }
+
+    /// Writes `aor` without the binding `contact` (its pings went
+    /// unanswered).
+    fn drop_binding(&mut self, now: Instant, key: u64, aor: &[u8], contact: &[u8]) {
+        let cur = match self.pending.get(aor) {
+            Some((r, _, _)) => r.clone(),
+            None => match self.locations.read().get(key, aor) {
+                Some(s) => Record::from_stored(key, s),
+                None => return,
+            },
+        };
+        let mut next = cur.clone();
+        next.bindings.retain(|b| &*b.contact != contact);
+        if next.bindings.len() == cur.bindings.len() {
+            return;
+        }
+        self.stats.ping_failures += 1;
+        next.version = cur.version.saturating_add(1);
+        self.write(now, next, None);
     }
 
     /// Relays the phone's REGISTER `m` as `request` (built by the B2BUA:
@@ -269,6 +428,12 @@ impl Registrar {
     /// A response to a relayed REGISTER (true), or not ours (false).
     pub fn relay_response(&mut self, now: Instant, m: &Message<'_>) -> bool {
         let branch = m.top_via().branch().unwrap_or_default();
+        if let Some(p) = self.pings.get_mut(branch) {
+            p.cli.handle_response(now, m);
+            let branch = branch.to_vec();
+            self.drain_ping(now, &branch);
+            return true;
+        }
         let Some(r) = self.relays.get_mut(branch) else {
             return false;
         };
@@ -282,7 +447,9 @@ impl Registrar {
     pub fn poll_timeout(&self) -> Option<Instant> {
         self.relays
             .values()
-            .filter_map(|r| r.cli.poll_timeout())
+            .map(|r| &r.cli)
+            .chain(self.pings.values().map(|p| &p.cli))
+            .filter_map(ClientNonInvite::poll_timeout)
             .min()
     }
 
@@ -299,6 +466,18 @@ impl Registrar {
                 r.cli.handle_timeout(now);
             }
             self.drain_relay(&b);
+        }
+        let due: Vec<Vec<u8>> = self
+            .pings
+            .iter()
+            .filter(|(_, p)| p.cli.poll_timeout().is_some_and(|t| t <= now))
+            .map(|(b, _)| b.clone())
+            .collect();
+        for b in due {
+            if let Some(p) = self.pings.get_mut(&b) {
+                p.cli.handle_timeout(now);
+            }
+            self.drain_ping(now, &b);
         }
     }
 
@@ -716,6 +895,12 @@ impl Registrar {
     pub fn schedule(&mut self, key: u64, at: Option<u64>) {
         if let Some(t) = at {
             self.expiries.push(std::cmp::Reverse((t, key)));
+            if self.cfg.ping_interval_s > 0 && self.ping_keys.insert(key) {
+                let first = self
+                    .last_ms
+                    .saturating_add(u64::from(self.cfg.ping_interval_s) * 1000);
+                self.ping_due.push(std::cmp::Reverse((first, key)));
+            }
         }
     }
 

@@ -43,6 +43,7 @@ const AUTH_BANNED: &str = "handover_auth_sources_banned_total";
 const AUTH_IGNORED: &str = "handover_auth_ignored_total";
 const RELAYED: &str = "handover_registers_relayed_total";
 const FORKS: &str = "handover_call_forks_total";
+const PINGS: &str = "handover_binding_pings_total";
 
 /// The registrar's and authentication's metrics.
 struct RegMetrics {
@@ -57,6 +58,8 @@ struct RegMetrics {
     banned: metrics::Counter,
     ignored: metrics::Counter,
     relayed: metrics::Counter,
+    /// sent, unanswered (binding dropped)
+    pings: [metrics::Counter; 2],
 }
 
 impl RegMetrics {
@@ -78,6 +81,10 @@ impl RegMetrics {
             banned: metrics::counter!(AUTH_BANNED),
             ignored: metrics::counter!(AUTH_IGNORED),
             relayed: metrics::counter!(RELAYED),
+            pings: [
+                metrics::counter!(PINGS, "result" => "sent"),
+                metrics::counter!(PINGS, "result" => "unanswered"),
+            ],
         };
         for c in m.bindings.iter().chain(&m.failures) {
             c.increment(0);
@@ -104,6 +111,8 @@ impl RegMetrics {
         self.bindings[3].increment(now.expired - last.expired);
         self.refused.increment(now.refused - last.refused);
         self.relayed.increment(now.relayed - last.relayed);
+        self.pings[0].increment(now.pings - last.pings);
+        self.pings[1].increment(now.ping_failures - last.ping_failures);
         self.failures[0].increment(auth.unknown_user - last_auth.unknown_user);
         self.failures[1].increment(auth.wrong_password - last_auth.wrong_password);
         self.failures[2].increment(auth.malformed - last_auth.malformed);

@@ -62,8 +62,51 @@ impl<R: RngCore> B2bua<R> {
     }
 
     /// Writes out expired bindings of the AORs this worker owns.
+    /// Writes out expired bindings of the AORs this worker owns, and pings
+    /// those whose time has come (`Config::ping_interval_s`).
     pub fn sweep_registrations(&mut self, now: Instant, owned: impl Fn(u64) -> bool) {
-        self.registrar.sweep(now, owned);
+        self.registrar.sweep(now, &owned);
+        for t in self.registrar.due_pings(now, &owned) {
+            let request = self.ping_request(&t);
+            self.registrar.ping(now, t, request);
+        }
+    }
+
+    /// The OPTIONS that pings binding `t`: to its Contact, on its flow (or
+    /// its Path), with our Via keyed by its AOR so the answer comes back
+    /// to the AOR's owner.
+    fn ping_request(&mut self, t: &handover_registrar::PingTarget) -> Vec<u8> {
+        let via = self.via(t.key);
+        let call_id = self.ids.call_id();
+        let tag = self.ids.tag();
+        let route: Vec<Vec<u8>> = if t.binding.path.is_empty() {
+            t.binding
+                .flow
+                .map(|f| format!("<sip:{};lr;flow={f}>", self.cfg.advertised).into_bytes())
+                .into_iter()
+                .collect()
+        } else {
+            t.binding.path.iter().map(|p| p.to_vec()).collect()
+        };
+        let route: Vec<&[u8]> = route.iter().map(Vec::as_slice).collect();
+        let from = format!("<sip:ping@{}>", self.cfg.advertised);
+        let mut to = b"<sip:".to_vec();
+        to.extend_from_slice(&t.aor);
+        to.push(b'>');
+        handover_sip::build::Request {
+            method: "OPTIONS",
+            uri: &t.binding.contact,
+            via: &[&via],
+            from: from.as_bytes(),
+            from_tag: tag.as_bytes(),
+            to: &to,
+            call_id: call_id.as_bytes(),
+            cseq: 1,
+            max_forwards: 70,
+            route: &route,
+            ..Default::default()
+        }
+        .to_vec()
     }
 
     /// Applies a committed AOR record (any worker's).
