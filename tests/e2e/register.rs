@@ -629,3 +629,52 @@ fn relay_mode_registers_phones_at_kamailio_with_a_path_and_kamailio_calls_them_b
         "the phone sees only the edge, never Kamailio's address"
     );
 }
+
+#[test]
+fn a_phone_on_a_stale_nonce_is_challenged_again_with_stale_true_and_registers() {
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let users = dir.path().join("users");
+    passwd(&users, "frank", "f-pw");
+    let users_s = users.to_string_lossy().into_owned();
+    // Nonces live 2 s here (300 s by default).
+    let c = cluster(&[], &["--users", &users_s, "--nonce-ttl-s", "2"]);
+    let edge = format!("127.0.0.1:{}", c.sip);
+    let (p, stat) = sipp_run(
+        dir.path(),
+        "frank",
+        &[
+            "-sf",
+            scenario("register_stale.xml").to_str().unwrap(),
+            "-s",
+            "frank",
+            "-au",
+            "frank",
+            "-ap",
+            "f-pw",
+            "-d",
+            "3500",
+            "-m",
+            "1",
+            "-i",
+            "127.0.0.1",
+            "-p",
+            &free_udp_port().to_string(),
+            &edge,
+        ],
+    );
+    let r = finish_uac_unchecked(p, &stat);
+    assert_eq!(
+        (r.exit, r.successful, r.failed),
+        (Some(0), 1, 0),
+        "{r:?} {}",
+        std::fs::read_to_string(dir.path().join("frank.err")).unwrap_or_default()
+    );
+    // A stale nonce with the right password is no failure.
+    let failures = summed_metric(
+        &c.worker_admin,
+        &[0],
+        "handover_auth_failures_total{reason=\"wrong_password\"}",
+    );
+    assert_eq!(failures, 0.0);
+}

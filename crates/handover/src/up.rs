@@ -93,6 +93,10 @@ pub(crate) struct UpArgs {
     /// `[DOMAIN=]IP:PORT[,IP:PORT…]` (repeat).
     #[arg(long = "registrar-upstream", value_name = "[DOMAIN=]IP:PORT")]
     registrar_upstream: Vec<String>,
+    /// Seconds a digest nonce lives (then `stale=true`) [default: the
+    /// worker's, 300].
+    #[arg(long)]
+    nonce_ttl_s: Option<u64>,
 }
 
 struct Kids(Vec<Child>);
@@ -252,6 +256,9 @@ pub(crate) fn run(mut a: UpArgs) -> anyhow::Result<()> {
         }
         for u in &a.registrar_upstream {
             worker.args(["--registrar-upstream", u]);
+        }
+        if let Some(t) = a.nonce_ttl_s {
+            worker.args(["--nonce-ttl-s", &t.to_string()]);
         }
         if replicate {
             worker.args(["--id", &(i + 1).to_string()]);

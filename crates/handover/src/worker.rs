@@ -92,6 +92,11 @@ pub(crate) struct WorkerArgs {
     /// edge, so the PBX's calls reach the phone on its flow.
     #[arg(long = "registrar-upstream", value_name = "[DOMAIN=]IP:PORT")]
     registrar_upstream: Vec<String>,
+    /// Seconds a digest nonce lives; past it right credentials get a new
+    /// challenge with `stale=true` (overrides `[worker.registrar]
+    /// nonce_ttl_s`) [default: 300].
+    #[arg(long)]
+    nonce_ttl_s: Option<u64>,
     #[command(flatten)]
     cluster: crate::cluster::ClusterArgs,
 }
@@ -196,7 +201,7 @@ fn settings(a: WorkerArgs) -> anyhow::Result<Settings> {
                 } else {
                     a.digest_algorithms.clone()
                 },
-                nonce_ttl_s: w.registrar.nonce_ttl_s,
+                nonce_ttl_s: a.nonce_ttl_s.unwrap_or(w.registrar.nonce_ttl_s),
                 max_failures: w.registrar.max_failures,
                 ban_s: w.registrar.ban_s,
             }),

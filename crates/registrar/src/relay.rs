@@ -18,6 +18,8 @@ use std::net::SocketAddr;
 use hmac::{Hmac, Mac as _};
 use sha2::Sha256;
 
+use super::*;
+
 /// The PBXs that are the registrars of some domains: `[DOMAIN=]IP:PORT[,IP:PORT…]`
 /// (no domain: any). An AOR goes to one PBX of its domain's pool, picked
 /// by its key, so a phone stays on one PBX.
@@ -94,6 +96,152 @@ pub fn flow_token_ok(secret: &[u8; 16], flow: &str, token: &[u8]) -> bool {
     use subtle::ConstantTimeEq as _;
     let want = flow_token(secret, flow);
     bool::from(want.as_bytes().ct_eq(token))
+}
+
+/// A REGISTER relayed to a PBX: our client transaction, and the phone's
+/// request (its answer is built from it) with its transaction's id.
+#[derive(Debug)]
+pub(crate) struct Relayed {
+    pub(crate) cli: ClientNonInvite,
+    phone: Vec<u8>,
+    id: Vec<u8>,
+}
+
+/// Relayed REGISTERs in flight at most (past it: 503).
+pub(crate) const MAX_RELAYS: usize = 65_536;
+
+/// Headers of a PBX's answer to a relayed REGISTER that the phone gets.
+const RELAYED_BACK: [&[u8]; 12] = [
+    b"contact",
+    b"m",
+    b"www-authenticate",
+    b"min-expires",
+    b"date",
+    b"expires",
+    b"service-route",
+    b"path",
+    b"supported",
+    b"require",
+    b"retry-after",
+    b"warning",
+];
+
+impl Registrar {
+    /// Relays the phone's REGISTER `m` as `request` (built by the B2BUA:
+    /// see `relay.rs`); the phone's answer is the PBX's.
+    pub fn relay(&mut self, now: Instant, m: &Message<'_>, request: Vec<u8>, tag: &[u8]) {
+        if self.relays.len() >= MAX_RELAYS {
+            return self.refuse(
+                now,
+                m,
+                tag,
+                (503, "Too Many Registrations In Flight"),
+                &[("Retry-After", b"5")],
+            );
+        }
+        let Ok(branch) =
+            handover_sip::scan(&request).map(|r| r.top_via().branch().unwrap_or_default().to_vec())
+        else {
+            return self.refuse(now, m, tag, (500, "Cannot Relay"), &[]);
+        };
+        let id = self.remember(now, m, None);
+        self.stats.relayed += 1;
+        self.relays.insert(
+            branch.clone(),
+            Relayed {
+                cli: ClientNonInvite::new(now, self.cfg.timers, request),
+                phone: m.as_bytes().to_vec(),
+                id,
+            },
+        );
+        self.drain_relay(&branch);
+    }
+
+    /// A response to a relayed REGISTER (true), or not ours (false).
+    pub fn relay_response(&mut self, now: Instant, m: &Message<'_>) -> bool {
+        let branch = m.top_via().branch().unwrap_or_default();
+        if let Some(p) = self.pings.get_mut(branch) {
+            p.cli.handle_response(now, m);
+            let branch = branch.to_vec();
+            self.drain_ping(now, &branch);
+            return true;
+        }
+        let Some(r) = self.relays.get_mut(branch) else {
+            return false;
+        };
+        r.cli.handle_response(now, m);
+        let branch = branch.to_vec();
+        self.drain_relay(&branch);
+        true
+    }
+
+    pub(crate) fn drain_relay(&mut self, branch: &[u8]) {
+        let Some(r) = self.relays.get_mut(branch) else {
+            return;
+        };
+        while let Some(b) = r.cli.poll_transmit() {
+            self.out.push_back((None, b));
+        }
+        let mut over = false;
+        let mut answer = None;
+        while let Some(e) = r.cli.poll_event() {
+            if e == handover_txn::Event::Terminated {
+                over = true;
+            } else if let Some((status, msg)) = e.into_response()
+                && status >= 200
+            {
+                answer = Some((status, msg));
+            }
+        }
+        if let Some((status, msg)) = answer
+            && let Ok(phone) = handover_sip::scan(&r.phone)
+        {
+            let up = handover_sip::scan(&msg).ok();
+            let reason = up.as_ref().map(|u| {
+                let line = u.start_line_span().of(u.buf());
+                // "SIP/2.0 200 OK": the phrase after the code.
+                String::from_utf8_lossy(line.splitn(3, |&b| b == b' ').nth(2).unwrap_or_default())
+                    .into_owned()
+            });
+            let tag = up
+                .as_ref()
+                .and_then(|u| u.to_tag())
+                .map(<[u8]>::to_vec)
+                .unwrap_or_else(|| b"relayed".to_vec());
+            let extra: Vec<(String, Vec<u8>)> = up
+                .as_ref()
+                .map(|u| {
+                    u.headers()
+                        .filter(|h| {
+                            let n = h.name_span.of(u.buf()).to_ascii_lowercase();
+                            RELAYED_BACK.contains(&n.as_slice())
+                        })
+                        .map(|h| {
+                            (
+                                String::from_utf8_lossy(h.name_span.of(u.buf())).into_owned(),
+                                h.value.of(u.buf()).to_vec(),
+                            )
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            let extra: Vec<(&str, &[u8])> = extra
+                .iter()
+                .map(|(n, v)| (n.as_str(), v.as_slice()))
+                .collect();
+            // A 408 of our own (the PBX never answered) has no phrase.
+            let reason = reason.filter(|r| !r.is_empty());
+            let b = Self::build(&phone, status, reason.as_deref(), &tag, &extra);
+            let to = phone.top_via().target();
+            if let Some(a) = self.answers.get_mut(&r.id) {
+                a.bytes = Some(b.clone());
+            }
+            self.out.push_back((to, b));
+        }
+        if over {
+            self.relays.remove(branch);
+        }
+    }
 }
 
 #[cfg(test)]
