@@ -232,23 +232,6 @@ fn strip_colours(text: &str) -> String {
     out
 }
 
-/// `handover passwd FILE USER` with `password` on standard input.
-fn passwd(file: &Path, user: &str, password: &str) {
-    let mut p = Command::new(env!("CARGO_BIN_EXE_handover"))
-        .arg("passwd")
-        .arg(file)
-        .arg(user)
-        .stdin(Stdio::piped())
-        .spawn()
-        .unwrap();
-    p.stdin
-        .take()
-        .unwrap()
-        .write_all(password.as_bytes())
-        .unwrap();
-    assert!(p.wait().unwrap().success(), "handover passwd {user}");
-}
-
 #[test]
 fn baresip_phones_register_call_by_aor_and_do_the_handset_guides_blind_transfer() {
     let _g = serial();

@@ -9,24 +9,6 @@ use std::time::Duration;
 
 use crate::support::*;
 
-/// `handover passwd FILE USER` with `password` on standard input.
-fn passwd(file: &Path, user: &str, password: &str) {
-    use std::io::Write as _;
-    let mut p = Command::new(env!("CARGO_BIN_EXE_handover"))
-        .arg("passwd")
-        .arg(file)
-        .arg(user)
-        .stdin(Stdio::piped())
-        .spawn()
-        .unwrap();
-    p.stdin
-        .take()
-        .unwrap()
-        .write_all(password.as_bytes())
-        .unwrap();
-    assert!(p.wait().unwrap().success(), "handover passwd {user}");
-}
-
 /// SIPp with `args` and a statistics file; the caller waits with
 /// `finish_uac_unchecked`.
 fn sipp_run(dir: &Path, name: &str, args: &[&str]) -> (Proc, PathBuf) {

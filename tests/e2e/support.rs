@@ -870,3 +870,22 @@ fn sipp_error_logs_are_split_into_entries_and_only_probe_answers_pass() {
     assert!(sipp_error_entries("").is_empty());
     assert_eq!(sipp_error_entries("something else entirely").len(), 1);
 }
+
+/// `handover passwd FILE USER` with `password` on standard input (a users
+/// file of digest authentication).
+pub(crate) fn passwd(file: &Path, user: &str, password: &str) {
+    use std::io::Write as _;
+    let mut p = Command::new(env!("CARGO_BIN_EXE_handover"))
+        .arg("passwd")
+        .arg(file)
+        .arg(user)
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    p.stdin
+        .take()
+        .unwrap()
+        .write_all(password.as_bytes())
+        .unwrap();
+    assert!(p.wait().unwrap().success(), "handover passwd {user}");
+}

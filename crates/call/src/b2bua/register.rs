@@ -3,8 +3,8 @@
 //! (407), and calls to registered users: an AOR's live bindings become the
 //! call's targets, each reached on the flow its REGISTER came from.
 
+use handover_registrar::Registrar;
 use handover_registrar::digest::{Check, Digest, Guard, Kind, Standing};
-use handover_registrar::{Record, Registrar};
 
 use super::*;
 
@@ -109,11 +109,6 @@ impl<R: RngCore> B2bua<R> {
         .to_vec()
     }
 
-    /// Applies a committed AOR record (any worker's).
-    pub fn apply_registration(&mut self, rec: Record) {
-        self.registrar.apply(rec);
-    }
-
     /// Authentication failures by reason, and sources banned, so far.
     pub fn auth_stats(&self) -> AuthStats {
         self.stats.auth
@@ -129,13 +124,11 @@ impl<R: RngCore> B2bua<R> {
         if self.registrar.absorb(now, m) {
             return;
         }
+        // The AOR's key (a To that does not parse: the registrar answers 400).
+        let to = m.to().ok();
+        let key = to.map_or(0, |t| self.cfg.hashing.aor_key(t.uri()));
         // A domain whose registrar is a PBX: relayed, the PBX authenticates.
-        if let Ok(to) = m.to()
-            && let Some(pbx) = self
-                .upstreams
-                .pick(to.uri().host(), self.cfg.hashing.aor_key(to.uri()))
-        {
-            let key = self.cfg.hashing.aor_key(to.uri());
+        if let Some(pbx) = to.and_then(|t| self.upstreams.pick(t.uri().host(), key)) {
             let request = self.relayed_register(m, pbx, key);
             let tag = self.ids.tag();
             self.registrar.relay(now, m, request, tag.as_bytes());
@@ -144,7 +137,6 @@ impl<R: RngCore> B2bua<R> {
         let Some(user) = self.authenticate(now, m, Kind::Www) else {
             return;
         };
-        let key = m.to().map_or(0, |t| self.cfg.hashing.aor_key(t.uri()));
         let tag = self.ids.tag();
         self.registrar
             .register(now, m, user.as_deref(), key, tag.as_bytes());
