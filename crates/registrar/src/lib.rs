@@ -208,6 +208,11 @@ pub struct Registrar {
     ping_keys: std::collections::HashSet<u64>,
     /// The wall clock as last seen (Unix ms).
     last_ms: u64,
+    /// (deadline, branch) of the relays' and pings' transactions, earliest
+    /// first: the worker asks for the next deadline after every datagram,
+    /// so it must not walk every transaction. Entries go stale (a newer
+    /// one was filed, or the transaction ended) and are skipped.
+    txn_timers: BinaryHeap<std::cmp::Reverse<(Instant, Vec<u8>)>>,
 }
 
 /// A write not committed after this long is given up: its transactions
@@ -235,44 +240,43 @@ impl Registrar {
             ping_due: BinaryHeap::new(),
             ping_keys: std::collections::HashSet::new(),
             last_ms: 0,
+            txn_timers: BinaryHeap::new(),
         }
     }
 
     /// When the relays' transactions next need [`Self::handle_timeout`].
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.relays
-            .values()
-            .map(|r| &r.cli)
-            .chain(self.pings.values().map(|p| &p.cli))
-            .filter_map(ClientNonInvite::poll_timeout)
-            .min()
+        self.txn_timers.peek().map(|std::cmp::Reverse((t, _))| *t)
+    }
+
+    /// Files the next deadline of the relay or ping of `branch`.
+    fn arm(&mut self, branch: &[u8]) {
+        let next = match self.relays.get(branch) {
+            Some(r) => r.cli.poll_timeout(),
+            None => self.pings.get(branch).and_then(|p| p.cli.poll_timeout()),
+        };
+        if let Some(t) = next {
+            self.txn_timers
+                .push(std::cmp::Reverse((t, branch.to_vec())));
+        }
     }
 
     /// Runs the relays' timers due at `now` (retransmissions, 408).
     pub fn handle_timeout(&mut self, now: Instant) {
-        let due: Vec<Vec<u8>> = self
-            .relays
-            .iter()
-            .filter(|(_, r)| r.cli.poll_timeout().is_some_and(|t| t <= now))
-            .map(|(b, _)| b.clone())
-            .collect();
-        for b in due {
+        while let Some(std::cmp::Reverse((t, _))) = self.txn_timers.peek() {
+            if *t > now {
+                break;
+            }
+            let Some(std::cmp::Reverse((_, b))) = self.txn_timers.pop() else {
+                break;
+            };
             if let Some(r) = self.relays.get_mut(&b) {
                 r.cli.handle_timeout(now);
-            }
-            self.drain_relay(&b);
-        }
-        let due: Vec<Vec<u8>> = self
-            .pings
-            .iter()
-            .filter(|(_, p)| p.cli.poll_timeout().is_some_and(|t| t <= now))
-            .map(|(b, _)| b.clone())
-            .collect();
-        for b in due {
-            if let Some(p) = self.pings.get_mut(&b) {
+                self.drain_relay(&b);
+            } else if let Some(p) = self.pings.get_mut(&b) {
                 p.cli.handle_timeout(now);
+                self.drain_ping(now, &b);
             }
-            self.drain_ping(now, &b);
         }
     }
 

@@ -120,6 +120,8 @@ impl Registrar {
         }
         if over || dead {
             self.pings.remove(branch);
+        } else {
+            self.arm(branch);
         }
     }
 

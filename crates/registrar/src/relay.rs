@@ -240,6 +240,8 @@ impl Registrar {
         }
         if over {
             self.relays.remove(branch);
+        } else {
+            self.arm(branch);
         }
     }
 }
