@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 
 use handover_edge::{BadInputLimiter, Outcome, Proxy, Table};
 use handover_sip::ids::Hashing;
-use handover_sip::{Limits, scan};
+use handover_sip::{Flow, Limits, Transport, scan};
 use libfuzzer_sys::fuzz_target;
 
 /// Built once: the shard table is 4096 rendezvous computations.
@@ -29,7 +29,9 @@ fn setup() -> &'static Setup {
         Setup {
             tables,
             proxies: [
-                Proxy::new(edge, h, Limits::default(), true),
+                Proxy::new(edge, h, Limits::default(), true)
+                    .with_listener(Transport::Tcp, edge)
+                    .with_listener(Transport::Tls, SocketAddr::new(edge.ip(), 5061)),
                 Proxy::new(edge, h, Limits::default(), false),
             ],
             backend: backends[0],
@@ -43,7 +45,12 @@ fuzz_target!(|data: &[u8]| {
     let table = &s.tables[usize::from((sel >> 1) & 3)];
     let proxy = &s.proxies[usize::from((sel >> 3) & 1)];
     let mut limiter = BadInputLimiter::new(u32::from(sel >> 4), 4);
-    let from = if sel & 1 == 0 { s.backend } else { "198.51.100.7:33333".parse().unwrap() };
+    // Clients on UDP, and (the top bit) on a TLS connection.
+    let from = match (sel & 1, sel >> 7) {
+        (0, _) => Flow::udp(s.backend),
+        (_, 0) => "198.51.100.7:33333".parse().unwrap(),
+        _ => "tls:198.51.100.7:33333".parse().unwrap(),
+    };
     let mut out = vec![0u8; 70_000];
     match proxy.handle(table, &mut limiter, 0, from, dgram, &mut out) {
         Outcome::Forward { len, request, .. } => {

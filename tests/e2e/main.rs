@@ -16,6 +16,7 @@ mod ops;
 mod phones;
 mod prometheus;
 mod register;
+mod streams;
 mod support;
 mod transfer;
 mod up;

@@ -47,6 +47,11 @@ impl Phone {
     /// [`Phone::start`] on the loopback address `ip` (another source as
     /// the edge sees it).
     fn start_at(dir: &Path, name: &str, ip: &str, accounts: &[String]) -> Phone {
+        Self::start_with(dir, name, ip, accounts, "")
+    }
+
+    /// [`Phone::start_at`] with more configuration lines (`sip_cafile …`).
+    fn start_with(dir: &Path, name: &str, ip: &str, accounts: &[String], more: &str) -> Phone {
         require_baresip();
         let home = dir.join(name);
         std::fs::create_dir_all(&home).unwrap();
@@ -62,7 +67,7 @@ module_path /usr/lib/baresip/modules\nmodule g711.so\nmodule ausine.so\nmodule a
 module rtcpsummary.so\nmodule menu.so\nmodule_app account.so\nmodule_app ctrl_tcp.so\n\
 ctrl_tcp_listen 127.0.0.1:{ctl}\naudio_player aufile,/dev/null\naudio_source ausine,440\n\
 audio_alert aufile,/dev/null\nausrc_srate 48000\nauplay_srate 48000\nausrc_channels 2\n\
-auplay_channels 2\nrtp_ports 30000-40000\n"
+auplay_channels 2\nrtp_ports 30000-40000\n{more}"
             ),
         )
         .unwrap();
@@ -354,4 +359,190 @@ fn baresip_phones_register_call_by_aor_and_do_the_handset_guides_blind_transfer(
             .collect::<Vec<_>>()
             .join(" | ")
     );
+}
+
+/// A test CA and a certificate it signed for `localhost` and 127.0.0.1,
+/// as PEM files in `dir`: (ca.pem, cert.pem, key.pem).
+pub(crate) fn test_ca(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, "handover test CA");
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca, ca_key);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let leaf = rcgen::CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()])
+        .unwrap()
+        .signed_by(&key, &issuer)
+        .unwrap();
+    let paths = (
+        dir.join("ca.pem"),
+        dir.join("cert.pem"),
+        dir.join("key.pem"),
+    );
+    std::fs::write(&paths.0, ca_cert.pem()).unwrap();
+    std::fs::write(&paths.1, leaf.pem()).unwrap();
+    std::fs::write(&paths.2, key.serialize_pem()).unwrap();
+    paths
+}
+
+/// Issue 18: the handset guide's flow with phones on every transport.
+/// Alice on TLS (the edge's certificate made by a test CA, given to her
+/// as `sip_cafile`), Bob on TCP, Carol on UDP register through `handover
+/// up --workers 3` with digest; A calls B, B transfers A to C and hangs
+/// up, A calls C, C answers; then A hangs up and C hears it. Each phone's
+/// SIP went over its own transport only (read from the edge's counters:
+/// every TLS and TCP message, and no UDP from A or B).
+#[test]
+fn baresip_phones_on_tls_tcp_and_udp_register_call_and_do_the_blind_transfer() {
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let users = dir.path().join("users");
+    for (u, p) in [("alice", "a-pw"), ("bob", "b-pw"), ("carol", "c-pw")] {
+        passwd(&users, u, p);
+    }
+    let (ca, cert, key) = test_ca(dir.path());
+    let users_s = users.to_string_lossy().into_owned();
+    let (cert_s, key_s) = (
+        cert.to_string_lossy().into_owned(),
+        key.to_string_lossy().into_owned(),
+    );
+    let c = cluster(
+        &[],
+        &[
+            "--workers",
+            "3",
+            "--users",
+            &users_s,
+            "--digest-algorithms",
+            "MD5",
+            "--tls-cert",
+            &cert_s,
+            "--tls-key",
+            &key_s,
+        ],
+    );
+    wait_members(&c.grpc, 3);
+    wait_all_shards_served(&c.grpc, 3);
+    // As a desk phone is set up: its domain, and the proxy (handover's
+    // edge) every request goes to, on the phone's transport.
+    let udp = format!("127.0.0.1:{}", c.sip);
+    let account = |u: &str, p: &str, proxy: String| {
+        format!(
+            "<sip:{u}@127.0.0.1>;outbound=\"{proxy}\";auth_pass={p};regint=600;answermode=manual"
+        )
+    };
+    let mut a = Phone::start_with(
+        dir.path(),
+        "alice",
+        "127.0.0.1",
+        &[account(
+            "alice",
+            "a-pw",
+            format!("sip:127.0.0.1:{};transport=tls", c.tls),
+        )],
+        &format!("sip_cafile {}\n", ca.display()),
+    );
+    let mut b = Phone::start(
+        dir.path(),
+        "bob",
+        &[account("bob", "b-pw", format!("sip:{udp};transport=tcp"))],
+    );
+    let mut cph = Phone::start(
+        dir.path(),
+        "carol",
+        &[account("carol", "c-pw", format!("sip:{udp}"))],
+    );
+    for p in [&mut a, &mut b, &mut cph] {
+        let info = p.registered(1, Duration::from_secs(10));
+        assert_eq!(info.matches(" OK ").count(), 1, "{}: {info}", p.name);
+    }
+    let edge_metrics = || http_get(&format!("http://{}/metrics", c.admin)).1;
+    let m = edge_metrics();
+    assert_eq!(
+        metric(&m, "handover_edge_connections{transport=\"tls\"}"),
+        1.0,
+        "alice's one TLS connection: {m}"
+    );
+    assert_eq!(
+        metric(&m, "handover_edge_connections{transport=\"tcp\"}"),
+        1.0,
+        "bob's one TCP connection"
+    );
+    let (host, port) = c.worker_admin.rsplit_once(':').unwrap();
+    let port: u16 = port.parse().unwrap();
+    let replicated = wait_for(Duration::from_secs(5), || {
+        summed(host, port, &[0, 1, 2], "handover_registrations_active") == 9.0
+    });
+    assert!(replicated, "every worker holds the three bindings");
+
+    // A (TLS) calls B (TCP) by AOR; B answers.
+    assert!(a.command("dial", "sip:bob@127.0.0.1"));
+    b.event("CALL_INCOMING", None, Duration::from_secs(10));
+    assert!(b.command("accept", ""));
+    a.event("CALL_ESTABLISHED", None, Duration::from_secs(10));
+    b.event("CALL_ESTABLISHED", None, Duration::from_secs(10));
+    // B transfers A to C (UDP) and hangs up; A calls C, C answers.
+    assert!(b.command("transfer", "sip:carol@127.0.0.1"));
+    cph.event("CALL_INCOMING", None, Duration::from_secs(10));
+    assert!(b.command("hangup", ""));
+    assert!(cph.command("accept", ""));
+    let est = a.event("CALL_ESTABLISHED", None, Duration::from_secs(10));
+    assert!(
+        est["peeruri"].as_str().is_some_and(|p| p.contains("carol")),
+        "A now talks to C: {est}"
+    );
+    cph.event("CALL_ESTABLISHED", None, Duration::from_secs(10));
+    b.event("CALL_CLOSED", None, Duration::from_secs(10));
+    // C hangs up: the B2BUA's BYE reaches A over her TLS connection.
+    assert!(cph.command("hangup", ""));
+    a.event("CALL_CLOSED", None, Duration::from_secs(10));
+    // Everything A and B said went over their connections: the edge read
+    // SIP on both stream transports, and both connections are still the
+    // first ones (no reconnect, no UDP fallback for their dialogs).
+    let m = edge_metrics();
+    for t in ["tls", "tcp"] {
+        assert!(
+            metric(
+                &m,
+                &format!("handover_edge_stream_messages_total{{transport=\"{t}\"}}")
+            ) >= 5.0,
+            "{t}: {m}"
+        );
+        assert_eq!(
+            metric(
+                &m,
+                &format!("handover_edge_connections_opened_total{{transport=\"{t}\"}}")
+            ),
+            1.0,
+            "{t}: one connection for everything"
+        );
+    }
+    // And as each phone logged its SIP (`TLS a -> b`, `TCP …`, `UDP …`):
+    // A and B used their transport alone, the BYEs to them included.
+    for (p, t) in [(&a, "TLS"), (&b, "TCP")] {
+        let log = std::fs::read_to_string(&p.log).unwrap_or_default();
+        let hops: Vec<&str> = log
+            .lines()
+            .filter(|l| {
+                ["UDP ", "TCP ", "TLS "]
+                    .iter()
+                    .any(|x| l.starts_with(x) && l.contains(" -> "))
+            })
+            .collect();
+        assert!(hops.len() >= 10, "{}: {hops:?}", p.name);
+        assert!(
+            hops.iter().all(|h| h.starts_with(t)),
+            "{} sent and received over {t} only: {hops:?}",
+            p.name
+        );
+        assert!(
+            log.lines()
+                .zip(log.lines().skip(1))
+                .any(|(h, l)| h.starts_with(t) && l.starts_with("BYE sip:")),
+            "{}: a BYE crossed its {t} connection",
+            p.name
+        );
+    }
 }

@@ -75,6 +75,18 @@ pub(crate) fn free_tcp_port() -> u16 {
         .port()
 }
 
+/// A port on 127.0.0.1 free for both UDP and TCP a moment ago (SIP uses
+/// one port for both: `handover up` listens on each).
+pub(crate) fn free_sip_port() -> u16 {
+    for _ in 0..1000 {
+        let p = free_udp_port();
+        if std::net::TcpListener::bind(("127.0.0.1", p)).is_ok() {
+            return p;
+        }
+    }
+    panic!("no port free for both UDP and TCP");
+}
+
 /// A UDP port on 127.0.0.1 that was free a moment ago.
 pub(crate) fn free_udp_port() -> u16 {
     UdpSocket::bind("127.0.0.1:0")
@@ -357,10 +369,24 @@ pub(crate) fn sipp_uac_at(
     scenario_file: &str,
     user: &str,
     target: SocketAddr,
+    load: (u32, u32, u32),
+) -> (Proc, PathBuf) {
+    sipp_uac_on(dir, ip, scenario_file, user, target, load, &[])
+}
+
+/// [`sipp_uac_at`] with SIPp flags added (`-t t1`: every call over one
+/// TCP connection, `-t tn`: one connection per call).
+pub(crate) fn sipp_uac_on(
+    dir: &Path,
+    ip: &str,
+    scenario_file: &str,
+    user: &str,
+    target: SocketAddr,
     (rate, calls, pause_ms): (u32, u32, u32),
+    flags: &[&str],
 ) -> (Proc, PathBuf) {
     require_sipp();
-    let port = free_udp_port();
+    let port = free_sip_port();
     let stat = dir.join(format!("uac-{port}.csv"));
     let child = Command::new("sipp")
         .args(["-sf"])
@@ -388,6 +414,7 @@ pub(crate) fn sipp_uac_at(
         .arg(&stat)
         .args(["-trace_err", "-error_file"])
         .arg(dir.join(format!("uac-{port}.err")))
+        .args(flags)
         .arg(target.to_string())
         .env("TZ", "UTC")
         .current_dir(dir)
@@ -447,6 +474,9 @@ pub(crate) struct EdgeProc {
     pub(crate) _proc: Proc,
     pub(crate) sip: SocketAddr,
     pub(crate) admin: String,
+    /// The TCP and TLS listeners, when asked for.
+    pub(crate) tcp: Option<SocketAddr>,
+    pub(crate) tls: Option<SocketAddr>,
 }
 
 /// Starts `handover edge` on free ports with `args` added; waits until it
@@ -463,10 +493,17 @@ pub(crate) fn spawn_edge(args: &[&str]) -> EdgeProc {
     let mut lines = BufReader::new(out).lines();
     let mut sip = None;
     let mut admin = None;
+    let (mut tcp, mut tls) = (None, None);
     while sip.is_none() || admin.is_none() {
         let line = lines.next().expect("edge prints its addresses").unwrap();
         if let Some(rest) = line.strip_prefix("handover edge listening on udp ") {
             sip = rest.split_whitespace().next().map(|a| a.parse().unwrap());
+        }
+        if let Some(rest) = line.strip_prefix("handover edge listening on tcp ") {
+            tcp = rest.trim().parse().ok();
+        }
+        if let Some(rest) = line.strip_prefix("handover edge listening on tls ") {
+            tls = rest.trim().parse().ok();
         }
         if let Some(rest) = line.strip_prefix("metrics: ") {
             admin = Some(rest.trim_end_matches("/metrics").to_string());
@@ -476,6 +513,8 @@ pub(crate) fn spawn_edge(args: &[&str]) -> EdgeProc {
         _proc: Proc(child),
         sip: sip.unwrap(),
         admin: admin.unwrap(),
+        tcp,
+        tls,
     }
 }
 
@@ -653,6 +692,8 @@ impl Drop for UpProc {
 pub(crate) struct Cluster {
     _up: UpProc,
     pub(crate) sip: u16,
+    /// The edge's TLS port (TCP is on `sip`).
+    pub(crate) tls: u16,
     pub(crate) worker: u16,
     pub(crate) admin: String,
     pub(crate) worker_admin: String,
@@ -663,7 +704,9 @@ pub(crate) struct Cluster {
 /// Starts `handover up` with these `--route`s and `extra` flags on free
 /// ports; returns once its edge is ready.
 pub(crate) fn cluster(routes: &[String], extra: &[&str]) -> Cluster {
-    let (sip, worker) = (free_udp_port(), free_udp_port());
+    let (sip, worker) = (free_sip_port(), free_udp_port());
+    let tls = free_tcp_port();
+    let tls_listen = format!("127.0.0.1:{tls}");
     // Worker i's admin and gRPC ports are the first's + i.
     let (admin, worker_admin) = (
         format!("127.0.0.1:{}", free_tcp_port()),
@@ -691,11 +734,15 @@ pub(crate) fn cluster(routes: &[String], extra: &[&str]) -> Cluster {
             grpc.clone()
         }
     };
+    if !extra.contains(&"--udp-only") && !extra.contains(&"--listen-tls") {
+        args.extend(["--listen-tls", tls_listen.as_str()]);
+    }
     args.extend_from_slice(extra);
     let up = spawn_up(&args, &admin);
     Cluster {
         _up: up,
         sip,
+        tls,
         worker,
         admin,
         worker_admin,

@@ -10,10 +10,12 @@
 //! [`Edge::health_loop`] on a tokio runtime; [`Edge::shutdown`] stops.
 #![forbid(unsafe_code)]
 
+pub mod framing;
 pub mod health;
 pub mod metrics;
 pub mod proxy;
 pub mod routing;
+pub mod stream;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -24,6 +26,7 @@ use arc_swap::ArcSwap;
 use handover_sip::Limits;
 use handover_sip::build::Request;
 use handover_sip::ids::Hashing;
+use handover_sip::{Flow, Transport};
 use tokio::time::Instant;
 
 pub use health::{Health, HealthConfig};
@@ -31,6 +34,7 @@ pub use health::{Health, HealthConfig};
 pub use handover_io::IoMode;
 pub use proxy::{BadInputLimiter, Drop, Outcome, Peer, Proxy};
 pub use routing::Table;
+pub use stream::{StreamConfig, TlsFiles};
 
 /// Everything the edge needs to start.
 #[derive(Debug, Clone)]
@@ -66,6 +70,8 @@ pub struct EdgeConfig {
     pub hashing: Hashing,
     /// SIP limits.
     pub limits: Limits,
+    /// TCP and TLS listeners and their limits.
+    pub streams: StreamConfig,
 }
 
 impl Default for EdgeConfig {
@@ -88,6 +94,7 @@ impl Default for EdgeConfig {
             health: HealthConfig::default(),
             hashing: Hashing::default(),
             limits: Limits::default(),
+            streams: StreamConfig::default(),
         }
     }
 }
@@ -118,12 +125,27 @@ pub enum StartError {
     /// Health settings broken.
     #[error("health settings: {0}")]
     Health(&'static str),
+    /// The TLS listener's certificate, key or client CA cannot be used.
+    #[error("TLS: {0}")]
+    Tls(String),
+    /// A TCP or TLS listen address is taken or cannot be bound.
+    #[error("cannot listen on {addr} ({transport}): {source}")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// Its transport.
+        transport: Transport,
+        /// The cause.
+        source: std::io::Error,
+    },
 }
 
 struct Shared {
     proxy: Proxy,
     table: ArcSwap<Table>,
     stop: AtomicBool,
+    /// Open stream connections (empty without stream listeners).
+    registry: Arc<stream::Registry>,
 }
 
 /// A running edge.
@@ -219,7 +241,27 @@ impl Edge {
             );
         }
         let advertised = cfg.advertise.unwrap_or(listen);
-        let proxy = Proxy::new(advertised, cfg.hashing, cfg.limits, cfg.record_route);
+        let mut proxy = Proxy::new(advertised, cfg.hashing, cfg.limits, cfg.record_route);
+        let (stream_listeners, stream_addrs) = bind_streams(&cfg.streams, threads)?;
+        for (t, a) in &stream_addrs {
+            // Advertised as the UDP address is, on the listener's port.
+            let adv = match cfg.advertise {
+                Some(ad) => SocketAddr::new(ad.ip(), a.port()),
+                None => *a,
+            };
+            proxy = proxy.with_listener(*t, adv);
+        }
+        let tls = match (&cfg.streams.tls, &cfg.streams.tls_files) {
+            (None, _) => None,
+            (Some(_), None) => {
+                return Err(StartError::Tls(
+                    "a TLS listener needs a certificate and a key".into(),
+                ));
+            }
+            (Some(_), Some(f)) => Some(ArcSwap::from_pointee(
+                stream::tls_acceptor(f).map_err(StartError::Tls)?,
+            )),
+        };
         let table = Table::new(
             cfg.backends.clone(),
             vec![true; cfg.backends.len()],
@@ -228,14 +270,60 @@ impl Edge {
         );
         metrics::backend_gauges(table.backends(), table.up(), table.epoch());
         metrics::mode_gauges(mode.as_str(), threads);
+        let registry = Arc::new(stream::Registry::default());
         let shared = Arc::new(Shared {
             proxy,
             table: ArcSwap::from_pointee(table),
             stop: AtomicBool::new(false),
+            registry: Arc::clone(&registry),
         });
         tracing::info!(%listen, %advertised, threads, io = mode.as_str(), backends = cfg.backends.len(), "edge started");
+        let mut handles = Vec::with_capacity(threads * 2);
+        if !stream_listeners.is_empty() {
+            for (t, a) in &stream_addrs {
+                tracing::info!(transport = %t, listen = %a, "stream listener");
+            }
+            let streams = Arc::new(stream::Streams {
+                cfg: cfg.streams.clone(),
+                registry,
+                tls,
+                limiter: parking_lot::Mutex::new(
+                    BadInputLimiter::new(cfg.bad_input_per_source, 12)
+                        .with_new_dialogs(cfg.new_dialogs_per_source)
+                        .with_ban(cfg.ban_s),
+                ),
+                start: Instant::now(),
+            });
+            for (i, ls) in stream_listeners.into_iter().enumerate() {
+                let shared = Arc::clone(&shared);
+                let streams = Arc::clone(&streams);
+                // Messages from streams go to the workers from the edge's
+                // own UDP address (a copy of a data-plane socket, used for
+                // sending only): their answers, which a peer may send to
+                // where the request came from rather than to the Via, come
+                // back to the data plane.
+                let out = sockets[i % sockets.len()]
+                    .try_clone()
+                    .map(std::net::UdpSocket::from)
+                    .map_err(|source| StartError::Socket {
+                        addr: listen,
+                        source,
+                    })?;
+                let h = std::thread::Builder::new()
+                    .name(format!("edge-stream-{i}"))
+                    .spawn(move || {
+                        if let Err(e) = stream::run_thread(shared, streams, ls, out, i == 0) {
+                            tracing::error!(error = %e, thread = i, "edge stream thread stopped");
+                        }
+                    })
+                    .map_err(|source| StartError::Socket {
+                        addr: listen,
+                        source,
+                    })?;
+                handles.push(h);
+            }
+        }
 
-        let mut handles = Vec::with_capacity(threads);
         for (i, sock) in sockets.into_iter().enumerate() {
             let shared = Arc::clone(&shared);
             let backends = cfg.backends.len();
@@ -272,6 +360,19 @@ impl Edge {
     /// The address the edge receives on.
     pub fn local_addr(&self) -> SocketAddr {
         self.local
+    }
+
+    /// The address of the edge's listener for transport `t` (UDP: [`Edge::local_addr`]).
+    pub fn listener(&self, t: Transport) -> Option<SocketAddr> {
+        match t {
+            Transport::Udp => Some(self.local),
+            t => self.shared.proxy.listener(t),
+        }
+    }
+
+    /// Stream connections open now.
+    pub fn connections(&self) -> usize {
+        self.shared.registry.len()
     }
 
     /// The I/O mode in use.
@@ -403,6 +504,59 @@ impl Edge {
     }
 }
 
+/// The stream listeners: for each stream thread, one socket of each
+/// transport's `SO_REUSEPORT` group; and each transport's bound address.
+#[allow(clippy::type_complexity)]
+fn bind_streams(
+    cfg: &StreamConfig,
+    threads: usize,
+) -> Result<
+    (
+        Vec<Vec<(Transport, std::net::TcpListener)>>,
+        Vec<(Transport, SocketAddr)>,
+    ),
+    StartError,
+> {
+    let mut per_thread: Vec<Vec<(Transport, std::net::TcpListener)>> = Vec::new();
+    let mut addrs = Vec::new();
+    let wanted = [(Transport::Tcp, cfg.tcp), (Transport::Tls, cfg.tls)];
+    if !cfg.any() {
+        return Ok((per_thread, addrs));
+    }
+    match handover_io::raise_fd_limit() {
+        Ok(n) => tracing::info!(open_files = n, "open-file limit for stream connections"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
+    }
+    per_thread.resize_with(threads, Vec::new);
+    for (t, addr) in wanted {
+        let Some(mut addr) = addr else { continue };
+        let asked = addr;
+        let err = move |source| StartError::Listen {
+            addr: asked,
+            transport: t,
+            source,
+        };
+        if addr.port() != 0 {
+            // A plain bind first, as for UDP: a taken port is an error,
+            // not a silent share of another process's group.
+            drop(std::net::TcpListener::bind(addr).map_err(err)?);
+        }
+        for slot in per_thread.iter_mut() {
+            let s = handover_io::bind_reuseport_tcp(addr, 1024).map_err(err)?;
+            if addr.port() == 0 {
+                addr = s
+                    .local_addr()
+                    .ok()
+                    .and_then(|a| a.as_socket())
+                    .ok_or_else(|| err(std::io::Error::other("no local address")))?;
+            }
+            slot.push((t, s.into()));
+        }
+        addrs.push((t, addr));
+    }
+    Ok((per_thread, addrs))
+}
+
 /// The OPTIONS probe for backend `i` in round `round`. The branch names
 /// both, so a late answer from an earlier round is not counted.
 fn probe(me: SocketAddr, backend: SocketAddr, i: usize, round: u64) -> Vec<u8> {
@@ -481,11 +635,32 @@ impl handover_io::Handler for Thread {
         let from_backend = table.backend_index(from).is_some();
         self.local.received[usize::from(from_backend)] += 1;
         self.local.since_flush += 1;
-        let o = self
-            .shared
-            .proxy
-            .handle(&table, &mut self.limiter, self.now_sec, from, data, out);
+        let o = self.shared.proxy.handle(
+            &table,
+            &mut self.limiter,
+            self.now_sec,
+            Flow::udp(from),
+            data,
+            out,
+        );
         match o {
+            Outcome::Forward {
+                to, len, request, ..
+            } if to.transport.is_stream() => {
+                if self.shared.registry.send(to, &out[..len]) {
+                    self.local.sent[0][usize::from(!request)] += 1;
+                    return None;
+                }
+                // RFC 5626 §5.3: a request for a flow that is gone gets
+                // 430, so the worker drops the binding and tries the next.
+                self.local.drop_reason(Drop::FlowGone.label());
+                if request && let Some(len) = self.shared.proxy.flow_failed(data, out) {
+                    self.local.reply(430);
+                    self.local.sent[1][2] += 1;
+                    return Some((from, len));
+                }
+                None
+            }
             Outcome::Forward {
                 to,
                 len,
@@ -502,16 +677,16 @@ impl handover_io::Handler for Thread {
                     }
                 };
                 self.local.sent[p][usize::from(!request)] += 1;
-                Some((to, len))
+                Some((to.addr, len))
             }
             Outcome::Reply { to, len, status } => {
                 self.local.reply(status);
                 self.local.sent[usize::from(from_backend)][2] += 1;
-                Some((to, len))
+                Some((to.addr, len))
             }
             Outcome::Pong { to } => {
                 self.local.pongs += 1;
-                Some((to, 2))
+                Some((to.addr, 2))
             }
             Outcome::Drop(d) => {
                 self.local.drop_reason(d.label());

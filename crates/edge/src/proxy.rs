@@ -19,7 +19,8 @@ use std::net::{IpAddr, SocketAddr};
 use handover_sip::build::{SliceSink, error_response, response};
 use handover_sip::ids::{Hashing, hex_u64, parse_hex_u64};
 use handover_sip::{
-    HeaderName, Limits, Message, Method, NameAddr, Reason, Rewrite, Uri, Verdict, Via, scan_with,
+    Flow, HeaderName, Limits, Message, Method, NameAddr, Reason, Rewrite, Transport, Uri, Verdict,
+    Via, scan_with,
 };
 
 use crate::routing::Table;
@@ -51,6 +52,10 @@ pub enum Drop {
     AckOfOurAnswer,
     /// The rewritten message does not fit the send buffer.
     TooLarge,
+    /// A message for a stream connection the edge no longer holds (a
+    /// request from a backend is answered 430 instead: see
+    /// [`Proxy::flow_failed`]).
+    FlowGone,
 }
 
 impl Drop {
@@ -67,6 +72,7 @@ impl Drop {
             Drop::RateLimited => "rate_limited",
             Drop::Banned => "source_banned",
             Drop::TooLarge => "too_large",
+            Drop::FlowGone => "flow_gone",
         }
     }
 }
@@ -85,8 +91,8 @@ pub enum Peer {
 pub enum Outcome {
     /// Send `len` bytes of the output buffer to `to`.
     Forward {
-        /// Destination.
-        to: SocketAddr,
+        /// Destination: a UDP address, or a stream connection the edge holds.
+        to: Flow,
         /// Bytes of the output buffer.
         len: usize,
         /// Where it goes.
@@ -97,7 +103,7 @@ pub enum Outcome {
     /// Answer the sender: `len` bytes of the output buffer, status `status`.
     Reply {
         /// The sender.
-        to: SocketAddr,
+        to: Flow,
         /// Bytes of the output buffer.
         len: usize,
         /// Status code sent.
@@ -108,7 +114,7 @@ pub enum Outcome {
     /// behind NAT sees its flow alive.
     Pong {
         /// The sender.
-        to: SocketAddr,
+        to: Flow,
     },
     /// Drop and count.
     Drop(Drop),
@@ -236,13 +242,46 @@ impl BadInputLimiter {
     }
 }
 
-/// The edge's stateless proxy for one advertised address.
+/// What the edge writes for one of its listeners: the Via it pushes and
+/// the Record-Route it adds for messages on that transport.
+#[derive(Debug, Clone)]
+struct Listener {
+    addr: SocketAddr,
+    host: Vec<u8>,
+    /// `SIP/2.0/TCP HOST:PORT;branch=`
+    via_prefix: Vec<u8>,
+    /// `Record-Route: <sip:HOST:PORT;transport=tcp;lr;k=` (no transport
+    /// parameter for UDP)
+    rr_prefix: Vec<u8>,
+}
+
+impl Listener {
+    fn new(t: Transport, addr: SocketAddr) -> Self {
+        let host = match addr.ip() {
+            IpAddr::V4(a) => a.to_string(),
+            IpAddr::V6(a) => format!("[{a}]"),
+        };
+        let hostport = format!("{host}:{}", addr.port());
+        let tp = match t {
+            Transport::Udp => String::new(),
+            t => format!(";transport={}", t.name()),
+        };
+        Self {
+            addr,
+            host: host.into_bytes(),
+            via_prefix: format!("SIP/2.0/{} {hostport};branch=", t.via_token()).into_bytes(),
+            rr_prefix: format!("Record-Route: <sip:{hostport}{tp};lr;k=").into_bytes(),
+        }
+    }
+}
+
+/// The edge's stateless proxy for its advertised addresses (UDP, and the
+/// stream listeners it has).
 #[derive(Debug, Clone)]
 pub struct Proxy {
     advertised: SocketAddr,
-    host: Vec<u8>,
-    via_prefix: Vec<u8>,
-    rr_prefix: Vec<u8>,
+    /// One per transport (`Transport::index`); UDP always.
+    listeners: [Option<Listener>; 5],
     hashing: Hashing,
     limits: Limits,
     record_route: bool,
@@ -257,16 +296,15 @@ impl Proxy {
         limits: Limits,
         record_route: bool,
     ) -> Self {
-        let host = match advertised.ip() {
-            IpAddr::V4(a) => a.to_string(),
-            IpAddr::V6(a) => format!("[{a}]"),
-        };
-        let hostport = format!("{host}:{}", advertised.port());
+        let udp = Listener::new(Transport::Udp, advertised);
+        let hostport = format!(
+            "{}:{}",
+            String::from_utf8_lossy(&udp.host),
+            advertised.port()
+        );
         Self {
             advertised,
-            host: host.into_bytes(),
-            via_prefix: format!("SIP/2.0/UDP {hostport};branch=").into_bytes(),
-            rr_prefix: format!("Record-Route: <sip:{hostport};lr;k=").into_bytes(),
+            listeners: [Some(udp), None, None, None, None],
             tag: hex_u64(hashing.affinity_key(hostport.as_bytes())),
             hashing,
             limits,
@@ -274,13 +312,42 @@ impl Proxy {
         }
     }
 
+    /// Adds a stream listener's advertised address: messages on that
+    /// transport name it in Via and Record-Route, and it is ours in a
+    /// Route or Request-URI.
+    pub fn with_listener(mut self, t: Transport, advertised: SocketAddr) -> Self {
+        self.listeners[t.index()] = Some(Listener::new(t, advertised));
+        self
+    }
+
     /// The advertised address.
     pub fn advertised(&self) -> SocketAddr {
         self.advertised
     }
 
+    /// The advertised address of transport `t`'s listener, if the edge has one.
+    pub fn listener(&self, t: Transport) -> Option<SocketAddr> {
+        self.listeners[t.index()].as_ref().map(|l| l.addr)
+    }
+
+    fn udp(&self) -> &Listener {
+        self.listeners[0].as_ref().expect("UDP is always there")
+    }
+
+    /// The listener for messages on `t` (UDP's when the edge has none: a
+    /// flow on a transport we do not listen on cannot exist).
+    fn on(&self, t: Transport) -> &Listener {
+        self.listeners[t.index()]
+            .as_ref()
+            .unwrap_or_else(|| self.udp())
+    }
+
     fn names_us(&self, host: &[u8], port: Option<u16>) -> bool {
-        host.eq_ignore_ascii_case(&self.host) && port.unwrap_or(5060) == self.advertised.port()
+        let port = port.unwrap_or(5060);
+        self.listeners
+            .iter()
+            .flatten()
+            .any(|l| host.eq_ignore_ascii_case(&l.host) && port == l.addr.port())
     }
 
     fn via_is_ours(&self, v: &Via<'_>) -> bool {
@@ -291,13 +358,27 @@ impl Proxy {
         self.names_us(u.host(), u.port())
     }
 
+    /// The answer to a backend's request that went to a flow whose
+    /// connection is gone: `430 Flow Failed` (RFC 5626 §5.3), so the
+    /// worker tries the phone's other bindings and drops this one. `None`
+    /// for an ACK (nothing answers an ACK) or what does not scan.
+    pub fn flow_failed(&self, request: &[u8], out: &mut [u8]) -> Option<usize> {
+        let m = scan_with(request, &self.limits).ok()?;
+        if !m.is_request() || m.method() == Some(Method::Ack) {
+            return None;
+        }
+        let mut sink = SliceSink::new(out);
+        response(&m.reply_parts(), 430, None, Some(&self.tag), &[], &mut sink);
+        sink.finish()
+    }
+
     /// Handles one datagram from `from`, writing what to send into `out`.
     pub fn handle(
         &self,
         table: &Table,
         limiter: &mut BadInputLimiter,
         now_sec: u32,
-        from: SocketAddr,
+        from: Flow,
         dgram: &[u8],
         out: &mut [u8],
     ) -> Outcome {
@@ -312,13 +393,13 @@ impl Proxy {
             }
             return Outcome::Drop(Drop::Keepalive);
         }
-        if limiter.limited(from.ip(), now_sec) {
+        if limiter.limited(from.addr.ip(), now_sec) {
             return Outcome::Drop(Drop::RateLimited);
         }
         let m = match scan_with(dgram, &self.limits) {
             Ok(m) => m,
             Err(e) => {
-                limiter.charge(from.ip(), now_sec);
+                limiter.charge(from.addr.ip(), now_sec);
                 return match e.verdict() {
                     Verdict::Reply(status) => {
                         let mut sink = SliceSink::new(out);
@@ -343,7 +424,7 @@ impl Proxy {
         }
     }
 
-    fn reply(&self, m: &Message<'_>, from: SocketAddr, reason: Reason, out: &mut [u8]) -> Outcome {
+    fn reply(&self, m: &Message<'_>, from: Flow, reason: Reason, out: &mut [u8]) -> Outcome {
         if m.method() == Some(Method::Ack) {
             return Outcome::Drop(Drop::NoAnswerForAck);
         }
@@ -379,7 +460,7 @@ impl Proxy {
         table: &Table,
         limiter: &mut BadInputLimiter,
         now_sec: u32,
-        from: SocketAddr,
+        from: Flow,
         m: &Message<'_>,
         out: &mut [u8],
     ) -> Outcome {
@@ -391,7 +472,7 @@ impl Proxy {
         //= https://www.rfc-editor.org/rfc/rfc3261#section-16.3
         //# 4. Optional Loop Detection check
         if self.hashing.is_loop(m, |v| self.via_is_ours(v)) {
-            limiter.charge(from.ip(), now_sec);
+            limiter.charge(from.addr.ip(), now_sec);
             return self.reply(m, from, Reason::LoopDetected, out);
         }
         // §16.4: a top Route naming us is ours to remove; its `k` is the key.
@@ -414,7 +495,11 @@ impl Proxy {
             _ => self.hashing.affinity_key(m.call_id()),
         });
 
-        let from_backend = table.backend_index(from);
+        // Backends talk UDP; nothing on a stream is one.
+        let from_backend = match from.transport {
+            Transport::Udp => table.backend_index(from.addr),
+            _ => None,
+        };
         // (The transaction hash is only computed with a budget set.)
         if limiter.new_dialogs.is_some()
             && from_backend.is_none()
@@ -422,7 +507,7 @@ impl Proxy {
             && !matches!(m.method(), Some(Method::Ack | Method::Cancel))
         {
             match limiter.new_dialog(
-                from.ip(),
+                from.addr.ip(),
                 now_sec,
                 self.hashing.transaction_hash(m.top_via(), m),
             ) {
@@ -433,18 +518,19 @@ impl Proxy {
         }
         let (to, peer) = match from_backend {
             None => match table.route(key) {
-                Some((i, addr)) => (addr, Peer::Backend(i)),
+                Some((i, addr)) => (Flow::udp(addr), Peer::Backend(i)),
                 None => return self.reply(m, from, Reason::NoBackend, out),
             },
             // A worker's request to a registered phone: our Route names
-            // the flow its REGISTER came from (`flow=IP:PORT`), which is
-            // where it goes, whatever private address its Request-URI has.
+            // the flow its REGISTER came from (`flow=IP:PORT`, or
+            // `tcp:IP:PORT`… for a connection), which is where it goes,
+            // whatever private address its Request-URI has.
             Some(_)
                 if let Some(flow) = strip_route
                     .then_some(top_route)
                     .flatten()
                     .and_then(|r| r.uri().param(b"flow"))
-                    .and_then(|f| core::str::from_utf8(f).ok()?.parse::<SocketAddr>().ok()) =>
+                    .and_then(Flow::parse) =>
             {
                 (flow, Peer::Client)
             }
@@ -461,12 +547,12 @@ impl Proxy {
                 if self.uri_is_ours(target) {
                     // Addressed to us again: route by key like any request.
                     match table.route(key) {
-                        Some((i, addr)) => (addr, Peer::Backend(i)),
+                        Some((i, addr)) => (Flow::udp(addr), Peer::Backend(i)),
                         None => return self.reply(m, from, Reason::NoBackend, out),
                     }
                 } else {
                     match uri_target(target) {
-                        Some(addr) => (addr, Peer::Client),
+                        Some(addr) => (Flow::udp(addr), Peer::Client),
                         None => return Outcome::Drop(Drop::Unroutable),
                     }
                 }
@@ -478,6 +564,26 @@ impl Proxy {
         // delegated its Via to us so the callee sees only the edge. It goes
         // out without a Via of ours, and its responses come back by key.
         let delegated = from_backend.is_some() && self.via_is_ours(m.top_via());
+        let dialog_creating = m.to_tag().is_none()
+            && matches!(
+                m.method(),
+                Some(Method::Invite | Method::Subscribe | Method::Refer)
+            );
+        // The flow a dialog on a stream is tied to: the connection a
+        // client's request came on, or the one a backend's goes out on.
+        // Our Record-Route names it (RFC 5626 style), so the far end's
+        // in-dialog requests come back on that transport, and the
+        // backend's reach the phone over that same connection.
+        let stream_flow = if from.transport.is_stream() {
+            Some(from)
+        } else if to.transport.is_stream() {
+            Some(to)
+        } else {
+            None
+        };
+        let mut flow_buf = [0u8; 64];
+        let flow_text = stream_flow.map(|f| write_flow(f, &mut flow_buf));
+        let rr_listener = self.on(stream_flow.map_or(Transport::Udp, |f| f.transport));
         let mut rw = Rewrite::new(m);
         let ok = (|| {
             if delegated {
@@ -487,28 +593,56 @@ impl Proxy {
                 if strip_route {
                     rw.remove_top_route()?;
                 }
+                if to.transport.is_stream() {
+                    // The worker wrote a UDP Via naming the edge; on a
+                    // stream it names the transport it really goes on.
+                    rw.replace(
+                        m.top_via().transport_span(),
+                        &[to.transport.via_token().as_bytes()],
+                    )?;
+                    if dialog_creating
+                        && self.record_route
+                        && let (Some(k), Some(f)) = (
+                            m.top_via()
+                                .param(b"k")
+                                .and_then(|p| p.value)
+                                .map(|v| v.of(m.buf())),
+                            flow_text,
+                        )
+                    {
+                        let at = m
+                            .record_route_field()
+                            .map_or(m.header_block().end, |f| f.line.start);
+                        rw.insert(at, &[&rr_listener.rr_prefix, k, b";flow=", f, b">\r\n"])?;
+                    }
+                }
                 return Ok(Ok(()));
             }
-            rw.set_received(from)?;
+            if from.transport.is_stream() {
+                rw.set_received_stream(from.addr)?;
+            } else {
+                rw.set_received(from.addr)?;
+            }
             if let Err(r) = rw.decrement_max_forwards()? {
                 return Ok(Err(r));
             }
-            // Our Route with a flow (a PBX calling a phone through the
-            // Path we gave its REGISTER) stays for the worker, which
-            // checks the flow's token and calls the phone on it.
-            let flow_route = from_backend.is_none()
-                && top_route.is_some_and(|r| r.uri().param(b"flow").is_some());
+            // Our Route with a flow and its token (a PBX calling a phone
+            // through the Path we gave its REGISTER) stays for the
+            // worker, which checks the token and calls the phone on it.
+            let flow_route =
+                from_backend.is_none() && top_route.is_some_and(|r| r.uri().param(b"ft").is_some());
             if strip_route && !flow_route {
                 rw.remove_top_route()?;
             }
             let khex = hex_u64(key);
             let branch = self.hashing.stateless_branch(m);
-            rw.prepend_via(&[&self.via_prefix, branch.as_bytes(), b";k=", &khex])?;
-            let dialog_creating = matches!(
-                m.method(),
-                Some(Method::Invite | Method::Subscribe | Method::Refer)
-            );
-            if self.record_route && dialog_creating && m.to_tag().is_none() {
+            rw.prepend_via(&[
+                &self.on(to.transport).via_prefix,
+                branch.as_bytes(),
+                b";k=",
+                &khex,
+            ])?;
+            if self.record_route && dialog_creating {
                 // Requests a backend sends out carry a key it owns, so the
                 // answers' in-dialog requests come back to it.
                 let rr_key = from_backend
@@ -517,7 +651,19 @@ impl Proxy {
                 let at = m
                     .record_route_field()
                     .map_or(m.header_block().end, |f| f.line.start);
-                rw.insert(at, &[&self.rr_prefix, &hex_u64(rr_key), b">\r\n"])?;
+                match flow_text {
+                    Some(f) => rw.insert(
+                        at,
+                        &[
+                            &rr_listener.rr_prefix,
+                            &hex_u64(rr_key),
+                            b";flow=",
+                            f,
+                            b">\r\n",
+                        ],
+                    )?,
+                    None => rw.insert(at, &[&rr_listener.rr_prefix, &hex_u64(rr_key), b">\r\n"])?,
+                }
             }
             Ok(Ok(()))
         })();
@@ -543,13 +689,7 @@ impl Proxy {
         }
     }
 
-    fn response(
-        &self,
-        table: &Table,
-        _from: SocketAddr,
-        m: &Message<'_>,
-        out: &mut [u8],
-    ) -> Outcome {
+    fn response(&self, table: &Table, _from: Flow, m: &Message<'_>, out: &mut [u8]) -> Outcome {
         if !self.via_is_ours(m.top_via()) {
             return Outcome::Drop(Drop::NotOurs);
         }
@@ -571,7 +711,7 @@ impl Proxy {
             }
             out[..len].copy_from_slice(m.as_bytes());
             return Outcome::Forward {
-                to,
+                to: Flow::udp(to),
                 len,
                 peer: Peer::Backend(i),
                 request: false,
@@ -583,14 +723,21 @@ impl Proxy {
         let Some(next) = m.vias().nth(1) else {
             return Outcome::Drop(Drop::Unroutable);
         };
-        let Some(to) = next.target() else {
+        // On a stream, back on the connection the request came on: the
+        // Via's transport, and the source the edge wrote into it.
+        let Some(to) = next.flow() else {
             return Outcome::Drop(Drop::Unroutable);
         };
         let mut rw = Rewrite::new(m);
         if rw.remove_top_via().is_err() {
             return Outcome::Drop(Drop::Unroutable);
         }
-        let peer = table.backend_index(to).map_or(Peer::Client, Peer::Backend);
+        let peer = match to.transport {
+            Transport::Udp => table
+                .backend_index(to.addr)
+                .map_or(Peer::Client, Peer::Backend),
+            _ => Peer::Client,
+        };
         match rw.write_to(out) {
             Ok(len) => Outcome::Forward {
                 to,
@@ -601,6 +748,16 @@ impl Proxy {
             Err(_) => Outcome::Drop(Drop::TooLarge),
         }
     }
+}
+
+/// `f` as text in `buf` (no allocation on the hot path).
+fn write_flow(f: Flow, buf: &mut [u8; 64]) -> &[u8] {
+    use std::io::Write;
+    let mut w: &mut [u8] = &mut buf[..];
+    // The longest flow, `wss:[8 groups]:65535`, is 4 + 41 + 6 bytes.
+    let _ = write!(w, "{f}");
+    let n = 64 - w.len();
+    &buf[..n]
 }
 
 fn parse_ip(host: &[u8]) -> Option<IpAddr> {
@@ -691,7 +848,7 @@ Call-ID: {call_id}\r\nCSeq: 1 INVITE\r\nContact: <sip:alice@10.9.9.9:5060>\r\nCo
         assert_eq!(
             o,
             Outcome::Forward {
-                to: owner,
+                to: owner.into(),
                 len: out.len(),
                 peer: Peer::Backend(i),
                 request: true
@@ -1058,7 +1215,7 @@ Call-ID: {call_id}\r\nCSeq: 1 REGISTER\r\nContact: <sip:alice@10.9.9.9:5060>\r\n
         ] {
             let (o, _) = run(&p, &t, &mut l, UA, reg(id, to).as_bytes());
             assert!(
-                matches!(o, Outcome::Forward { to, .. } if to == owner),
+                matches!(o, Outcome::Forward { to, .. } if to == owner.into()),
                 "{o:?}"
             );
         }
@@ -1076,8 +1233,9 @@ From: <sip:bob@b.example>;tag=w1\r\nCall-ID: w@x\r\nCSeq: 1 INVITE\r\nContent-Le
         assert!(m.route_field().is_none(), "our Route is removed");
         assert_eq!(m.request_uri().unwrap().host(), b"10.9.9.9");
         // From a client (a PBX calling through our Path), a flow in our
-        // Route is not obeyed: it goes to a worker, Route kept, and the
-        // worker checks the flow's token.
+        // Route is not obeyed: it goes to a worker, Route kept when it has
+        // a token (`ft`), and the worker checks the token.
+        let inv = inv.replace("flow=198.51.100.7:33333>", "flow=198.51.100.7:33333;ft=00>");
         let (o, out) = run(&p, &t, &mut l, UA, inv.as_bytes());
         assert!(
             matches!(
@@ -1138,6 +1296,115 @@ From: <sip:bob@biloxi.example>;tag=t\r\nCall-ID: c@x\r\nCSeq: 1 BYE\r\nContent-L
         assert_eq!(
             run(&p, &t, &mut l, "10.0.0.2:5070", named.as_bytes()).0,
             Outcome::Drop(Drop::Unroutable)
+        );
+    }
+
+    fn stream_proxy() -> (Proxy, Table, BadInputLimiter) {
+        let (p, t, l) = setup();
+        let p = p
+            .with_listener(Transport::Tcp, EDGE.parse().unwrap())
+            .with_listener(Transport::Tls, "192.0.2.1:5061".parse().unwrap());
+        (p, t, l)
+    }
+
+    #[test]
+    fn a_request_on_a_stream_records_its_connection_and_the_answer_goes_back_on_it() {
+        let (p, t, mut l) = stream_proxy();
+        let inv = String::from_utf8(invite(70, "tls-1@x")).unwrap().replace(
+            "SIP/2.0/UDP 10.9.9.9:5060;branch=z9hG4bKa1;rport",
+            "SIP/2.0/TLS 10.9.9.9:5061;branch=z9hG4bKa1",
+        );
+        let from = "tls:198.51.100.7:40001";
+        let (o, out) = run(&p, &t, &mut l, from, inv.as_bytes());
+        assert!(
+            matches!(o, Outcome::Forward { peer: Peer::Backend(_), to, .. } if to.transport == Transport::Udp),
+            "{o:?}"
+        );
+        let m = scan(&out).unwrap();
+        // Our Via to the worker is UDP; the phone's now names the connection.
+        assert_eq!(m.top_via().transport(), b"UDP");
+        let phone = m.vias().nth(1).unwrap();
+        assert_eq!(phone.flow().unwrap().to_string(), from);
+        // The Record-Route names our TLS listener and the flow, so the
+        // phone's in-dialog requests come back over TLS and the worker's
+        // reach the phone on this connection.
+        let rr = m.record_routes().next().unwrap();
+        assert_eq!(rr.uri().port(), Some(5061));
+        assert_eq!(rr.uri().param(b"transport"), Some(&b"tls"[..]));
+        assert_eq!(rr.uri().param(b"flow"), Some(from.as_bytes()));
+        // The worker's 200 comes back through our Via and goes out on the
+        // connection, not to the Via's sent-by port.
+        let ok = String::from_utf8(out.clone())
+            .unwrap()
+            .replacen("INVITE sip:bob@biloxi.example SIP/2.0", "SIP/2.0 200 OK", 1)
+            .replace(
+                "To: <sip:bob@biloxi.example>",
+                "To: <sip:bob@biloxi.example>;tag=w",
+            );
+        let (o, out) = run(&p, &t, &mut l, "10.0.0.1:5070", ok.as_bytes());
+        assert!(
+            matches!(o, Outcome::Forward { peer: Peer::Client, request: false, to, .. } if to == from.parse().unwrap()),
+            "{o:?}"
+        );
+        assert_eq!(scan(&out).unwrap().vias().count(), 1);
+    }
+
+    #[test]
+    fn a_worker_request_to_a_stream_flow_goes_on_it_naming_that_transport() {
+        let (p, t, mut l) = stream_proxy();
+        let inv = "INVITE sip:alice@10.9.9.9:5060;transport=tcp SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bKw1;k=0000000000000001\r\n\
+Route: <sip:192.0.2.1:5060;lr;flow=tcp:198.51.100.7:40002>\r\nMax-Forwards: 70\r\nTo: <sip:alice@a.example>\r\n\
+From: <sip:bob@b.example>;tag=w1\r\nCall-ID: w@x\r\nCSeq: 1 INVITE\r\nContact: <sip:192.0.2.1:5060;k=0000000000000001>\r\nContent-Length: 0\r\n\r\n";
+        let (o, out) = run(&p, &t, &mut l, "10.0.0.1:5070", inv.as_bytes());
+        assert!(
+            matches!(o, Outcome::Forward { peer: Peer::Client, request: true, to, .. } if to == "tcp:198.51.100.7:40002".parse().unwrap()),
+            "{o:?}"
+        );
+        let m = scan(&out).unwrap();
+        assert_eq!(m.top_via().transport(), b"TCP");
+        assert_eq!(m.vias().count(), 1);
+        let rr = m.record_routes().next().unwrap();
+        assert_eq!(rr.uri().param(b"transport"), Some(&b"tcp"[..]));
+        assert_eq!(rr.uri().param(b"k"), Some(&b"0000000000000001"[..]));
+        assert_eq!(
+            rr.uri().param(b"flow"),
+            Some(&b"tcp:198.51.100.7:40002"[..])
+        );
+        // The phone's BYE comes back by that Record-Route (our TCP listener).
+        let bye = "BYE sip:192.0.2.1:5060;k=0000000000000001 SIP/2.0\r\nVia: SIP/2.0/TCP 10.9.9.9:5060;branch=z9hG4bKp1\r\n\
+Route: <sip:192.0.2.1:5060;transport=tcp;lr;k=0000000000000001;flow=tcp:198.51.100.7:40002>\r\n\
+Max-Forwards: 70\r\nTo: <sip:bob@b.example>;tag=w1\r\nFrom: <sip:alice@a.example>;tag=a1\r\nCall-ID: w@x\r\n\
+CSeq: 1 BYE\r\nContent-Length: 0\r\n\r\n";
+        let (o, out) = run(&p, &t, &mut l, "tcp:198.51.100.7:40002", bye.as_bytes());
+        let owner = t.route(1).unwrap();
+        assert!(
+            matches!(o, Outcome::Forward { peer: Peer::Backend(i), .. } if i == owner.0),
+            "{o:?}"
+        );
+        assert!(
+            scan(&out).unwrap().route_field().is_none(),
+            "our Route is ours to remove"
+        );
+    }
+
+    #[test]
+    fn rfc5626_5_3_a_request_for_a_gone_flow_is_answered_430() {
+        let (p, _, _) = stream_proxy();
+        let inv = "INVITE sip:alice@10.9.9.9 SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bKw1;k=1\r\n\
+Max-Forwards: 70\r\nTo: <sip:alice@a.example>\r\nFrom: <sip:bob@b.example>;tag=w1\r\nCall-ID: w@x\r\n\
+CSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n";
+        let mut out = vec![0u8; 4096];
+        let n = p.flow_failed(inv.as_bytes(), &mut out).unwrap();
+        let m = scan(&out[..n]).unwrap();
+        assert_eq!(m.status(), Some(430));
+        assert!(out.starts_with(b"SIP/2.0 430 Flow Failed\r\n"));
+        let ack = inv
+            .replace("INVITE sip", "ACK sip")
+            .replace("1 INVITE", "1 ACK");
+        assert_eq!(
+            p.flow_failed(ack.as_bytes(), &mut out),
+            None,
+            "no answer to an ACK"
         );
     }
 }

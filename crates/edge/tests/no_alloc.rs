@@ -1,6 +1,6 @@
 //! The edge's whole per-datagram decision allocates nothing: a new INVITE
 //! (routed, Via and Record-Route added), its 200 OK (verified, Via popped),
-//! a keepalive, junk, and a refused request answered with 400, each through
+//! the INVITE on a TCP connection, a keepalive, junk, and a refused request answered with 400, each through
 //! `Proxy::handle`, counted by dhat.
 //!
 //! dhat counts every thread's allocations, so this binary runs without
@@ -9,8 +9,8 @@
 use std::net::SocketAddr;
 
 use handover_edge::{BadInputLimiter, Outcome, Proxy, Table};
-use handover_sip::Limits;
 use handover_sip::ids::Hashing;
+use handover_sip::{Flow, Limits, Transport};
 
 #[global_allocator]
 static ALLOC: dhat::Alloc = dhat::Alloc;
@@ -34,11 +34,14 @@ fn proxy_handle_does_not_allocate() {
         h,
         Limits::default(),
         true,
-    );
+    )
+    .with_listener(Transport::Tcp, "192.0.2.1:5060".parse().unwrap());
     let mut limiter = BadInputLimiter::new(1000, 8)
         .with_new_dialogs(1000)
         .with_ban(10);
-    let ua: SocketAddr = "198.51.100.7:33333".parse().unwrap();
+    let ua: Flow = "198.51.100.7:33333".parse().unwrap();
+    // The same phone on a TCP connection: rport forced, flow in the Record-Route.
+    let tcp_ua: Flow = "tcp:198.51.100.7:40000".parse().unwrap();
     let invite = b"INVITE sip:bob@biloxi.example SIP/2.0\r\nVia: SIP/2.0/UDP 198.51.100.7:33333;branch=z9hG4bKa1;rport\r\n\
 Max-Forwards: 70\r\nTo: <sip:bob@biloxi.example>\r\nFrom: <sip:alice@a.example>;tag=f1\r\nCall-ID: c1@x\r\n\
 CSeq: 1 INVITE\r\nContact: <sip:alice@198.51.100.7:33333>\r\nContent-Length: 0\r\n\r\n";
@@ -64,7 +67,7 @@ To: <sip:x@y>\r\nCall-ID: c\r\nCSeq: 1 INVITE\r\n\r\n";
     let ok = &resp[..ok.len()];
 
     // Each kind takes the path it should (the count below is not vacuous).
-    let backend: SocketAddr = "10.0.0.1:5070".parse().unwrap();
+    let backend: Flow = "10.0.0.1:5070".parse().unwrap();
     assert!(matches!(
         proxy.handle(&table, &mut limiter, 0, backend, ok, &mut out),
         Outcome::Forward { request: false, .. }
@@ -79,7 +82,8 @@ To: <sip:x@y>\r\nCall-ID: c\r\nCSeq: 1 INVITE\r\n\r\n";
     for _ in 0..100 {
         for (from, d) in [
             (ua, &invite[..]),
-            ("10.0.0.1:5070".parse().unwrap(), ok),
+            (tcp_ua, &invite[..]),
+            (backend, ok),
             (ua, b"\r\n\r\n"),
             (ua, b"\x16\x03\x01junk"),
             (ua, bad),

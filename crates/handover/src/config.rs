@@ -168,6 +168,26 @@ struct EdgeSection {
     cluster: Option<Spanned<Vec<String>>>,
     /// Seconds to keep serving after SIGTERM with /readyz failing.
     drain_s: Option<u64>,
+    /// SIP over TCP on this address (`IP:PORT`; often the UDP one).
+    listen_tcp: Option<Spanned<String>>,
+    /// SIP over TLS on this address (`IP:PORT`, 5061 by convention).
+    listen_tls: Option<Spanned<String>>,
+    /// PEM certificate chain of the TLS listener (re-read when it changes).
+    tls_cert: Option<String>,
+    /// PEM private key of the TLS listener.
+    tls_key: Option<String>,
+    /// PEM CA certificates; with it, TLS clients must present a
+    /// certificate that chains to one (trunks).
+    tls_client_ca: Option<String>,
+    /// Stream connections at most, in all.
+    max_connections: Option<usize>,
+    /// Stream connections at most from one IP address.
+    max_connections_per_source: Option<usize>,
+    /// Seconds a stream connection may stay silent before it is closed.
+    stream_idle_s: Option<Spanned<u64>>,
+    /// Milliseconds for a TLS handshake, and for a message once its first
+    /// byte came, before the connection is closed.
+    stream_message_timeout_ms: Option<Spanned<u64>>,
     #[serde(default)]
     health: HealthSection,
 }
@@ -335,6 +355,20 @@ pub(crate) struct Edge {
     /// Replicated workers' gRPC addresses (`IP:PORT` or `HOST:PORT`).
     pub(crate) cluster: Vec<String>,
     pub(crate) drain_s: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) listen_tcp: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) listen_tls: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) tls_cert: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) tls_key: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) tls_client_ca: Option<String>,
+    pub(crate) max_connections: usize,
+    pub(crate) max_connections_per_source: usize,
+    pub(crate) stream_idle_s: u64,
+    pub(crate) stream_message_timeout_ms: u64,
     pub(crate) health: Health,
 }
 
@@ -516,6 +550,46 @@ impl Config {
             Some(_) => Some(addr(&e.advertise, "edge.advertise", "")?),
         };
         let admin = addr(&e.admin, "edge.admin", "127.0.0.1:9100")?;
+        let listen_tcp = match &e.listen_tcp {
+            None => None,
+            Some(_) => Some(addr(&e.listen_tcp, "edge.listen_tcp", "")?),
+        };
+        let listen_tls = match &e.listen_tls {
+            None => None,
+            Some(_) => Some(addr(&e.listen_tls, "edge.listen_tls", "")?),
+        };
+        if let Some(l) = &e.listen_tls
+            && (e.tls_cert.is_none() || e.tls_key.is_none())
+        {
+            return Err(err(
+                Some(l.span()),
+                Some("edge.listen_tls"),
+                "a TLS listener needs tls_cert and tls_key (PEM files)".to_string(),
+            ));
+        }
+        let sd = handover_edge::StreamConfig::default();
+        let stream_idle_s = e
+            .stream_idle_s
+            .as_ref()
+            .map_or(sd.idle_timeout.as_secs(), |v| *v.get_ref());
+        if !(1..=86_400).contains(&stream_idle_s) {
+            return Err(err(
+                e.stream_idle_s.as_ref().map(Spanned::span),
+                Some("edge.stream_idle_s"),
+                format!("{stream_idle_s} is out of range: 1..=86400 s"),
+            ));
+        }
+        let stream_message_timeout_ms = e
+            .stream_message_timeout_ms
+            .as_ref()
+            .map_or(sd.message_timeout.as_millis() as u64, |v| *v.get_ref());
+        if !(100..=600_000).contains(&stream_message_timeout_ms) {
+            return Err(err(
+                e.stream_message_timeout_ms.as_ref().map(Spanned::span),
+                Some("edge.stream_message_timeout_ms"),
+                format!("{stream_message_timeout_ms} is out of range: 100..=600000 ms"),
+            ));
+        }
         let mut backends = Vec::new();
         if let Some(b) = &e.backends {
             for v in b.get_ref() {
@@ -812,6 +886,15 @@ impl Config {
             ban_s: e.ban_s.unwrap_or(ed.ban_s),
             cluster,
             drain_s: e.drain_s.unwrap_or(5),
+            listen_tcp,
+            listen_tls,
+            tls_cert: e.tls_cert.clone(),
+            tls_key: e.tls_key.clone(),
+            tls_client_ca: e.tls_client_ca.clone(),
+            max_connections: e.max_connections.unwrap_or(sd.max_connections),
+            max_connections_per_source: e.max_connections_per_source.unwrap_or(sd.max_per_source),
+            stream_idle_s,
+            stream_message_timeout_ms,
             health,
         };
         Ok(Config {

@@ -90,6 +90,38 @@ pub(crate) struct EdgeArgs {
     /// [default: 5].
     #[arg(long)]
     drain_s: Option<u64>,
+    /// Also take SIP over TCP on this address (often the UDP one: SIP
+    /// uses the same port for both).
+    #[arg(long, value_name = "IP:PORT")]
+    listen_tcp: Option<SocketAddr>,
+    /// Also take SIP over TLS on this address (5061 by convention; needs
+    /// --tls-cert and --tls-key).
+    #[arg(long, value_name = "IP:PORT")]
+    listen_tls: Option<SocketAddr>,
+    /// PEM certificate chain of the TLS listener, leaf first (re-read
+    /// within a second when it changes).
+    #[arg(long)]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of the TLS listener.
+    #[arg(long)]
+    tls_key: Option<PathBuf>,
+    /// PEM CA certificates: TLS clients must present a certificate that
+    /// chains to one (trunks); without it none is asked for.
+    #[arg(long)]
+    tls_client_ca: Option<PathBuf>,
+    /// Stream (TCP, TLS) connections at most, in all [default: 16384].
+    #[arg(long)]
+    max_connections: Option<usize>,
+    /// Stream connections at most from one IP address [default: 64].
+    #[arg(long)]
+    max_connections_per_source: Option<usize>,
+    /// Seconds a stream connection may stay silent [default: 300].
+    #[arg(long)]
+    stream_idle_s: Option<u64>,
+    /// Milliseconds for a TLS handshake, and for each message once its
+    /// first byte came [default: 10000].
+    #[arg(long)]
+    stream_message_timeout_ms: Option<u64>,
 }
 
 /// What `handover edge` runs with, flags over the file.
@@ -165,6 +197,52 @@ fn settings(a: &EdgeArgs) -> anyhow::Result<Settings> {
         health,
         hashing,
         limits: file.sip.limits(),
+        streams: {
+            let tls_files = match (
+                a.tls_cert
+                    .clone()
+                    .or_else(|| e.tls_cert.clone().map(PathBuf::from)),
+                a.tls_key
+                    .clone()
+                    .or_else(|| e.tls_key.clone().map(PathBuf::from)),
+            ) {
+                (Some(cert), Some(key)) => Some(handover_edge::TlsFiles {
+                    cert,
+                    key,
+                    client_ca: a
+                        .tls_client_ca
+                        .clone()
+                        .or_else(|| e.tls_client_ca.clone().map(PathBuf::from)),
+                }),
+                _ => None,
+            };
+            let tls = a.listen_tls.or_else(|| e.listen_tls.as_deref().map(parse));
+            if tls.is_some() && tls_files.is_none() {
+                anyhow::bail!("--listen-tls needs --tls-cert and --tls-key (PEM files)");
+            }
+            let idle_s = a.stream_idle_s.unwrap_or(e.stream_idle_s);
+            let message_ms = a
+                .stream_message_timeout_ms
+                .unwrap_or(e.stream_message_timeout_ms);
+            if idle_s == 0 || message_ms < 100 {
+                anyhow::bail!(
+                    "--stream-idle-s must be at least 1 and --stream-message-timeout-ms at least 100"
+                );
+            }
+            handover_edge::StreamConfig {
+                tcp: a.listen_tcp.or_else(|| e.listen_tcp.as_deref().map(parse)),
+                tls,
+                tls_files,
+                max_connections: a.max_connections.unwrap_or(e.max_connections),
+                max_per_source: a
+                    .max_connections_per_source
+                    .unwrap_or(e.max_connections_per_source),
+                idle_timeout: std::time::Duration::from_secs(idle_s),
+                message_timeout: std::time::Duration::from_millis(message_ms),
+                max_message_bytes: file.sip.max_message_bytes,
+                ..Default::default()
+            }
+        },
     };
     Ok(Settings {
         edge: cfg,
@@ -196,6 +274,11 @@ pub(crate) fn run(args: EdgeArgs) -> anyhow::Result<()> {
             edge.local_addr(),
             edge.io_mode().as_str()
         );
+        for t in [handover_sip::Transport::Tcp, handover_sip::Transport::Tls] {
+            if let Some(a) = edge.listener(t) {
+                println!("handover edge listening on {t} {a}");
+            }
+        }
         println!("metrics: http://{admin_local}/metrics");
         if !cluster.is_empty() {
             // Nobody owns anything until the first map arrives.

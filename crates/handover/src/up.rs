@@ -97,6 +97,45 @@ pub(crate) struct UpArgs {
     /// worker's, 300].
     #[arg(long)]
     nonce_ttl_s: Option<u64>,
+    /// SIP over TCP [default: --listen's address, as SIP shares the port].
+    #[arg(long, value_name = "IP:PORT")]
+    listen_tcp: Option<SocketAddr>,
+    /// SIP over TLS [default: --listen's port + 1, 5061 for 5060].
+    #[arg(long, value_name = "IP:PORT")]
+    listen_tls: Option<SocketAddr>,
+    /// PEM certificate chain for TLS [default: a throw-away self-signed
+    /// one for `localhost` and --listen's address, made for this run].
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// PEM private key for TLS (with --tls-cert).
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<std::path::PathBuf>,
+    /// UDP only: no TCP or TLS listener.
+    #[arg(long)]
+    udp_only: bool,
+}
+
+/// A self-signed certificate and key for `localhost` and `ip`, written
+/// into `dir` (`cert.pem`, `key.pem`) for `up`'s TLS listener.
+fn throwaway_cert(
+    dir: &std::path::Path,
+    ip: std::net::IpAddr,
+) -> anyhow::Result<(std::path::PathBuf, std::path::PathBuf)> {
+    let mut names = vec!["localhost".to_string()];
+    if !ip.is_unspecified() {
+        names.push(ip.to_string());
+    }
+    let key = rcgen::KeyPair::generate().context("cannot make a TLS key")?;
+    let params = rcgen::CertificateParams::new(names).context("certificate names")?;
+    let cert = params
+        .self_signed(&key)
+        .context("cannot make a TLS certificate")?;
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let (c, k) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&c, cert.pem()).with_context(|| format!("cannot write {}", c.display()))?;
+    std::fs::write(&k, key.serialize_pem())
+        .with_context(|| format!("cannot write {}", k.display()))?;
+    Ok((c, k))
 }
 
 struct Kids(Vec<Child>);
@@ -149,6 +188,27 @@ pub(crate) fn run(mut a: UpArgs) -> anyhow::Result<()> {
     }
     if a.demo {
         wanted.push((a.demo_listen, true, "--demo-listen"));
+    }
+    let listen_tcp = (!a.udp_only).then(|| a.listen_tcp.unwrap_or(a.listen));
+    let listen_tls = if a.udp_only {
+        None
+    } else {
+        match a.listen_tls {
+            Some(t) => Some(t),
+            None => Some(SocketAddr::new(
+                a.listen.ip(),
+                a.listen
+                    .port()
+                    .checked_add(1)
+                    .context("--listen's port + 1 (TLS) is past 65535: give --listen-tls")?,
+            )),
+        }
+    };
+    if let Some(t) = listen_tcp {
+        wanted.push((t, false, "--listen-tcp"));
+    }
+    if let Some(t) = listen_tls {
+        wanted.push((t, false, "--listen-tls"));
     }
     for (addr, udp, flag) in wanted {
         let taken = if udp {
@@ -204,6 +264,27 @@ pub(crate) fn run(mut a: UpArgs) -> anyhow::Result<()> {
         Some(d) => d.clone(),
         None => std::env::temp_dir().join(format!("handover-up-{}", std::process::id())),
     };
+    if let Some(t) = listen_tcp {
+        edge.args(["--listen-tcp", &t.to_string()]);
+    }
+    let mut tls_note = None;
+    if let Some(t) = listen_tls {
+        let (cert, key) = match (&a.tls_cert, &a.tls_key) {
+            (Some(c), Some(k)) => (c.clone(), k.clone()),
+            _ => {
+                let dir =
+                    std::env::temp_dir().join(format!("handover-up-{}-tls", std::process::id()));
+                let (c, k) = throwaway_cert(&dir, a.listen.ip())?;
+                tls_note = Some(c.clone());
+                (c, k)
+            }
+        };
+        edge.args(["--listen-tls", &t.to_string()])
+            .arg("--tls-cert")
+            .arg(&cert)
+            .arg("--tls-key")
+            .arg(&key);
+    }
     let mut peers = Vec::new();
     if replicate {
         std::fs::create_dir_all(&data).with_context(|| {
@@ -287,6 +368,18 @@ pub(crate) fn run(mut a: UpArgs) -> anyhow::Result<()> {
             .context("cannot start the edge")?,
     );
     println!("handover up: SIP on udp {}", a.listen);
+    if let Some(t) = listen_tcp {
+        println!("handover up: SIP on tcp {t}");
+    }
+    if let Some(t) = listen_tls {
+        match &tls_note {
+            Some(c) => println!(
+                "handover up: SIP on tls {t} (a throw-away self-signed certificate: {})",
+                c.display()
+            ),
+            None => println!("handover up: SIP on tls {t}"),
+        }
+    }
     println!("edge metrics: http://{}/metrics", a.admin);
     for (i, w) in worker_admins.iter().enumerate() {
         println!("worker {} metrics: http://{w}/metrics", i + 1);

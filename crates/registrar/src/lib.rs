@@ -156,6 +156,9 @@ pub struct Stats {
     pub pings: u64,
     /// Bindings dropped because their ping went unanswered.
     pub ping_failures: u64,
+    /// Bindings dropped because their flow failed (the edge answered a
+    /// request to it `430 Flow Failed`: the phone's connection is gone).
+    pub flow_failures: u64,
 }
 
 /// Why a REGISTER was refused: its status and reason phrase.

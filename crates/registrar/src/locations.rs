@@ -10,7 +10,7 @@
 //! one key share a short chain.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::Arc;
 
 /// The locations as the worker's threads share them.
@@ -21,9 +21,9 @@ pub type Shared = Arc<parking_lot::RwLock<Locations>>;
 pub struct Binding {
     /// The Contact URI as the phone wrote it.
     pub contact: Box<[u8]>,
-    /// Where its REGISTER came from (the source the edge saw): requests to
-    /// the phone go there.
-    pub flow: Option<SocketAddr>,
+    /// Where its REGISTER came from (the transport and source the edge
+    /// saw; on a stream, the connection): requests to the phone go there.
+    pub flow: Option<handover_sip::Flow>,
     /// Unix milliseconds.
     pub expires_ms: u64,
     /// A hash of the REGISTER's Call-ID (RFC 3261 §10.3 step 7 orders
@@ -137,13 +137,13 @@ impl Locations {
     fn count(&mut self, bindings: &[Binding], add: bool) {
         for b in bindings {
             if let Some(f) = b.flow {
-                let n = self.per_source.entry(f.ip()).or_default();
+                let n = self.per_source.entry(f.addr.ip()).or_default();
                 if add {
                     *n += 1;
                 } else {
                     *n = n.saturating_sub(1);
                     if *n == 0 {
-                        self.per_source.remove(&f.ip());
+                        self.per_source.remove(&f.addr.ip());
                     }
                 }
             }

@@ -107,16 +107,19 @@ impl Registrar {
         }
         let mut over = false;
         let mut dead = false;
+        let mut flow_gone = false;
         while let Some(e) = p.cli.poll_event() {
             match e {
                 handover_txn::Event::Terminated => over = true,
+                // The edge no longer holds the phone's connection.
+                handover_txn::Event::Response { status: 430, .. } => flow_gone = true,
                 handover_txn::Event::Timeout | handover_txn::Event::TransportError => dead = true,
                 _ => {}
             }
         }
-        if dead {
+        if dead || flow_gone {
             let (key, aor, contact) = (p.key, p.aor.clone(), p.contact.clone());
-            self.drop_binding(now, key, &aor, &contact);
+            self.drop_binding(now, key, &aor, &contact, flow_gone);
         }
         if over || dead {
             self.pings.remove(branch);
@@ -125,9 +128,25 @@ impl Registrar {
         }
     }
 
+    /// A request to binding `contact` of `aor` (key `key`) was answered
+    /// `430 Flow Failed` (RFC 5626 §5.3): the phone's connection is gone,
+    /// so the binding is written out. Only the AOR's owner's write is
+    /// committed; on another worker this is refused like any stale write,
+    /// and the owner's own pings or the binding's expiry remove it.
+    pub fn flow_failed(&mut self, now: Instant, key: u64, aor: &[u8], contact: &[u8]) {
+        self.drop_binding(now, key, aor, contact, true);
+    }
+
     /// Writes `aor` without the binding `contact` (its pings went
-    /// unanswered).
-    pub(crate) fn drop_binding(&mut self, now: Instant, key: u64, aor: &[u8], contact: &[u8]) {
+    /// unanswered, or its flow failed).
+    pub(crate) fn drop_binding(
+        &mut self,
+        now: Instant,
+        key: u64,
+        aor: &[u8],
+        contact: &[u8],
+        flow: bool,
+    ) {
         let cur = match self.pending.get(aor) {
             Some((r, _, _)) => r.clone(),
             None => match self.locations.read().get(key, aor) {
@@ -140,7 +159,11 @@ impl Registrar {
         if next.bindings.len() == cur.bindings.len() {
             return;
         }
-        self.stats.ping_failures += 1;
+        if flow {
+            self.stats.flow_failures += 1;
+        } else {
+            self.stats.ping_failures += 1;
+        }
         next.version = cur.version.saturating_add(1);
         self.write(now, next, None);
     }

@@ -308,7 +308,7 @@ impl Registrar {
         };
         let call_id = call_id_hash(m.call_id());
         let cseq = m.cseq().seq;
-        let flow = m.vias().nth(1).and_then(|v| v.target());
+        let flow = m.vias().nth(1).and_then(|v| v.flow());
         let path: Box<[Box<[u8]>]> = raw_values(m, b"path").map(Into::into).collect();
         let values: Vec<handover_sip::Span> = m.values(HeaderName::Contact).collect();
         let mut counts = Counts::default();
@@ -421,7 +421,7 @@ fn flows_by_source(rec: &Record, now_ms: u64) -> HashMap<IpAddr, usize> {
     let mut m = HashMap::new();
     for b in rec.live(now_ms) {
         if let Some(f) = b.flow {
-            *m.entry(f.ip()).or_default() += 1;
+            *m.entry(f.addr.ip()).or_default() += 1;
         }
     }
     m

@@ -94,6 +94,7 @@ pub const fn reason_phrase(status: u16) -> &'static str {
         420 => "Bad Extension",
         422 => "Session Interval Too Small",
         423 => "Interval Too Brief",
+        430 => "Flow Failed",
         480 => "Temporarily Unavailable",
         481 => "Call/Transaction Does Not Exist",
         482 => "Loop Detected",

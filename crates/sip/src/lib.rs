@@ -24,6 +24,7 @@
 mod addr;
 pub mod build;
 mod error;
+mod flow;
 mod header;
 pub mod ids;
 mod lex;
@@ -35,6 +36,7 @@ mod via;
 
 pub use addr::NameAddr;
 pub use error::{Reason, ReplyParts, ScanError, Verdict};
+pub use flow::{BadFlow, Flow, Transport};
 pub use header::HeaderName;
 pub use lex::{CommaValues, Param, Params, Span};
 pub use method::{CSeq, Method};

@@ -183,6 +183,20 @@ impl<'m, 'a> Rewrite<'m, 'a> {
     /// arrived from `src` (RFC 3261 §18.2.1, RFC 3581 §4). Does nothing when
     /// the sent-by already names `src`'s address and no rport was asked for.
     pub fn set_received(&mut self, src: SocketAddr) -> Result<(), RewriteError> {
+        self.received(src, false)
+    }
+
+    /// [`Rewrite::set_received`] for a request that came on a stream
+    /// (TCP, TLS, WebSocket): `rport` is always written with the source
+    /// port, asked for or not, because the answer must go back on the very
+    /// connection the request came on (RFC 3261 §18.2.2), and the source
+    /// port is what names it; the sent-by port of a stream is a listening
+    /// port, not the connection's.
+    pub fn set_received_stream(&mut self, src: SocketAddr) -> Result<(), RewriteError> {
+        self.received(src, true)
+    }
+
+    fn received(&mut self, src: SocketAddr, always_rport: bool) -> Result<(), RewriteError> {
         let via = *self.msg.top_via();
         let buf = self.msg.buf();
         let host = via.host();
@@ -195,26 +209,34 @@ impl<'m, 'a> Rewrite<'m, 'a> {
             .and_then(|h| h.parse::<IpAddr>().ok())
             .is_some_and(|ip| ip == src.ip());
         let rport = via.rport();
-        if same_ip && rport == Rport::Absent {
+        if same_ip && rport == Rport::Absent && !always_rport {
             return Ok(());
         }
+        let port = src.port();
+        let mut append_rport = false;
         if rport != Rport::Absent
             && let Some(p) = via.param(b"rport")
         {
-            let port = src.port();
             self.edit_fmt(p.whole, |w| write!(w, "rport={port}"))?;
+        } else if always_rport {
+            append_rport = true;
         }
         let ip = src.ip();
+        let end = via.span().end;
+        debug_assert!(end <= buf.len());
         match via.param(b"received") {
             Some(p) => match p.value {
                 Some(v) => self.edit_fmt(v, |w| write!(w, "{ip}"))?,
                 None => self.edit_fmt(p.whole, |w| write!(w, "received={ip}"))?,
             },
-            None => {
-                let end = via.span().end;
-                debug_assert!(end <= buf.len());
-                self.edit_fmt(Span::new(end, end), |w| write!(w, ";received={ip}"))?;
-            }
+            // One insertion at the end of the Via for both parameters.
+            None if append_rport => self.edit_fmt(Span::new(end, end), |w| {
+                write!(w, ";received={ip};rport={port}")
+            })?,
+            None => self.edit_fmt(Span::new(end, end), |w| write!(w, ";received={ip}"))?,
+        }
+        if append_rport && via.param(b"received").is_some() {
+            self.edit_fmt(Span::new(end, end), |w| write!(w, ";rport={port}"))?;
         }
         Ok(())
     }
@@ -443,6 +465,36 @@ From: <sip:a@b>;tag=1\r\nTo: <sip:x@y>\r\nCall-ID: q\r\nCSeq: 1 OPTIONS\r\n\r\n"
         let f = scan(&out).unwrap();
         assert_eq!(f.top_via().received(), Some(&b"2001:db8::7"[..]));
         assert_eq!(f.top_via().rport(), Rport::Absent);
+    }
+
+    #[test]
+    fn a_stream_source_always_gets_rport_so_the_answer_finds_its_connection() {
+        let via = |v: &str| {
+            format!(
+                "OPTIONS sip:x@192.0.2.1 SIP/2.0\r\nVia: SIP/2.0/TCP {v}\r\n\
+From: <sip:a@b>;tag=1\r\nTo: <sip:x@y>\r\nCall-ID: q\r\nCSeq: 1 OPTIONS\r\n\r\n"
+            )
+        };
+        for v in [
+            "192.0.2.5:5060;branch=z9hG4bKq",
+            "192.0.2.5:5060;rport;branch=z9hG4bKq",
+            "192.0.2.5;received=10.0.0.1;branch=z9hG4bKq",
+            "phone.invalid;branch=z9hG4bKq",
+        ] {
+            let req = via(v);
+            let m = scan(req.as_bytes()).unwrap();
+            let mut rw = Rewrite::new(&m);
+            rw.set_received_stream("192.0.2.5:40001".parse().unwrap())
+                .unwrap();
+            let out = apply(&rw);
+            let f = scan(&out).unwrap();
+            assert_eq!(f.top_via().rport(), Rport::Value(40001), "{v}");
+            assert_eq!(
+                f.top_via().flow().unwrap().to_string(),
+                "tcp:192.0.2.5:40001",
+                "{v}"
+            );
+        }
     }
 
     #[test]

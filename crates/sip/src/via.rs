@@ -155,6 +155,20 @@ impl<'a> Via<'a> {
         self.transport.of(self.buf)
     }
 
+    /// Where the transport token is (to rewrite it).
+    pub fn transport_span(&self) -> Span {
+        self.transport
+    }
+
+    /// The flow a response to this Via goes back on: its transport (UDP
+    /// when the token is unknown) and [`Via::target`].
+    pub fn flow(&self) -> Option<crate::Flow> {
+        Some(crate::Flow::new(
+            crate::Transport::parse(self.transport()).unwrap_or_default(),
+            self.target()?,
+        ))
+    }
+
     /// sent-by host (IPv6 with brackets).
     pub fn host(&self) -> &'a [u8] {
         self.host.of(self.buf)

@@ -50,7 +50,8 @@ struct RegMetrics {
     active: metrics::Gauge,
     aors: metrics::Gauge,
     /// created, refreshed, removed, expired
-    bindings: [metrics::Counter; 4],
+    /// created, refreshed, removed, expired, flow_failed
+    bindings: [metrics::Counter; 5],
     refused: metrics::Counter,
     /// unknown_user, wrong_password, malformed, bad_nonce
     failures: [metrics::Counter; 4],
@@ -69,7 +70,13 @@ impl RegMetrics {
         let m = Self {
             active: metrics::gauge!(REGISTRATIONS),
             aors: metrics::gauge!(REGISTERED_AORS),
-            bindings: [b("created"), b("refreshed"), b("removed"), b("expired")],
+            bindings: [
+                b("created"),
+                b("refreshed"),
+                b("removed"),
+                b("expired"),
+                b("flow_failed"),
+            ],
             refused: metrics::counter!(REGISTER_REFUSED),
             failures: [
                 f("unknown_user"),
@@ -109,6 +116,7 @@ impl RegMetrics {
         self.bindings[1].increment(now.refreshed - last.refreshed);
         self.bindings[2].increment(now.removed - last.removed);
         self.bindings[3].increment(now.expired - last.expired);
+        self.bindings[4].increment(now.flow_failures - last.flow_failures);
         self.refused.increment(now.refused - last.refused);
         self.relayed.increment(now.relayed - last.relayed);
         self.pings[0].increment(now.pings - last.pings);

@@ -120,6 +120,10 @@ impl<R: RngCore> B2bua<R> {
                 200..=299 => self.hang_up_late_fork(now, cref, &msg, i),
                 487 => {}
                 _ => {
+                    let status = self.leg_failed(now, cref, Some(i), status);
+                    let Some(call) = self.calls.get_mut(&cref) else {
+                        return;
+                    };
                     if better(status, call.best) {
                         call.best = Some(status);
                     }

@@ -161,7 +161,7 @@ impl<R: RngCore> B2bua<R> {
         out.extend_from_slice(
             format!("\r\nRoute: <sip:{pbx};lr>\r\nMax-Forwards: {mf}\r\n").as_bytes(),
         );
-        if let Some(flow) = m.vias().nth(1).and_then(|v| v.target()) {
+        if let Some(flow) = m.vias().nth(1).and_then(|v| v.flow()) {
             let f = flow.to_string();
             let t = handover_registrar::relay::flow_token(&self.cfg.hashing.secret(), &f);
             out.extend_from_slice(
@@ -216,13 +216,48 @@ impl<R: RngCore> B2bua<R> {
         if !handover_registrar::relay::flow_token_ok(&self.cfg.hashing.secret(), flow, token) {
             return None;
         }
-        let addr: SocketAddr = flow.parse().ok()?;
+        let addr = flow.parse::<handover_sip::Flow>().ok()?.addr;
         let route = m.values(HeaderName::Route).next()?.of(m.buf()).to_vec();
         Some(Target {
             addr,
             uri: Some(m.request_uri()?.as_bytes().to_vec()),
             route: vec![route],
         })
+    }
+
+    /// A B leg (the main one, or fork `fork`) failed with `status`: when
+    /// it is `430 Flow Failed` (the edge no longer holds the registered
+    /// phone's connection, RFC 5626 §5.3) the binding it went to is
+    /// dropped, and the caller hears `480 Temporarily Unavailable`
+    /// instead (430 is for the phone's own edge, not a caller). Returns
+    /// the status that counts for the caller.
+    pub(super) fn leg_failed(
+        &mut self,
+        now: Instant,
+        cref: u64,
+        fork: Option<usize>,
+        status: u16,
+    ) -> u16 {
+        if status != 430 {
+            return status;
+        }
+        let invite = self.calls.get(&cref).and_then(|c| match fork {
+            None => Some(c.b_invite.clone()),
+            Some(i) => c.forks.get(i).map(|f| f.invite.clone()),
+        });
+        if let Some(inv) = invite
+            && let Ok(m) = scan(&inv)
+            && m.values(HeaderName::Route)
+                .next()
+                .is_some_and(|r| is_flow_route(r.of(m.buf())))
+            && let (Ok(to), Some(contact)) = (m.to(), m.request_uri())
+        {
+            let key = self.cfg.hashing.aor_key(to.uri());
+            let aor = handover_sip::ids::aor(to.uri());
+            self.registrar
+                .flow_failed(now, key, &aor, contact.as_bytes());
+        }
+        480
     }
 
     /// A new call from an untrusted source must carry credentials for our
@@ -342,9 +377,12 @@ impl<R: RngCore> B2bua<R> {
             let targets: Vec<Target> = bindings
                 .into_iter()
                 .filter_map(|b| {
-                    let addr = b.flow.or_else(|| uri_target(&b.contact))?;
+                    let flow = b
+                        .flow
+                        .or_else(|| uri_target(&b.contact).map(handover_sip::Flow::udp))?;
+                    let addr = flow.addr;
                     let route = if b.path.is_empty() {
-                        vec![format!("<sip:{};lr;flow={addr}>", self.cfg.advertised).into_bytes()]
+                        vec![format!("<sip:{};lr;flow={flow}>", self.cfg.advertised).into_bytes()]
                     } else {
                         b.path.iter().map(|p| p.to_vec()).collect()
                     };

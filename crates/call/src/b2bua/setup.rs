@@ -401,6 +401,7 @@ impl<R: RngCore> B2bua<R> {
                     .map(|p| end_to_end_headers(p, from_trusted))
                     .unwrap_or_default();
                 extra.push(("Contact", &contact));
+                extra.extend(record_routes(&a));
                 let mut r = Vec::new();
                 response_with_body(
                     &a.reply_parts(),
@@ -452,6 +453,7 @@ impl<R: RngCore> B2bua<R> {
                 let from_trusted = self.cfg.trusted.contains(addressee_ip(&call.b_invite));
                 let mut extra = end_to_end_headers(&resp, from_trusted);
                 extra.push(("Contact", &contact));
+                extra.extend(record_routes(&a));
                 let mut r = Vec::new();
                 response_with_body(
                     &a.reply_parts(),
@@ -476,6 +478,7 @@ impl<R: RngCore> B2bua<R> {
                 if matches!(status, 408 | 503) && self.fail_over(now, cref) {
                     return;
                 }
+                let status = self.leg_failed(now, cref, None, status);
                 // Another leg of a forked call still rings: it goes on.
                 let status = match self.next_fork(now, cref, status) {
                     Ok(()) => return,
@@ -574,4 +577,21 @@ impl<R: RngCore> B2bua<R> {
         self.stats.torn_down += 1;
         self.drain(now, cref);
     }
+}
+
+//= https://www.rfc-editor.org/rfc/rfc3261#section-12.1.1
+//# When a UAS responds to a request with a response that establishes a
+//# dialog (such as a 2xx to INVITE), the UAS MUST copy all Record-Route
+//# header field values from the request into the response (including the
+//# URIs, URI parameters, and any Record-Route header field parameters,
+//# whether they are known or unknown to the UAS) and MUST maintain the
+//# order of those values.
+/// A's Record-Route values, in order, as header lines for our answers to
+/// A: the edge's names the transport and connection A came on, so A's
+/// in-dialog requests come back the same way.
+fn record_routes<'b>(a: &Message<'b>) -> Vec<(&'static str, &'b [u8])> {
+    let buf = a.buf();
+    a.values(HeaderName::RecordRoute)
+        .map(|v| ("Record-Route", v.of(buf)))
+        .collect()
 }

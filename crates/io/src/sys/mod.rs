@@ -87,6 +87,40 @@ pub fn bind_reuseport(addr: SocketAddr, rcvbuf: usize, sndbuf: usize) -> io::Res
     Ok(s)
 }
 
+/// A listening TCP socket of a `SO_REUSEPORT` group on `addr` (one per
+/// thread: the kernel spreads new connections over the group), non-blocking.
+pub fn bind_reuseport_tcp(addr: SocketAddr, backlog: i32) -> io::Result<Socket> {
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    s.set_reuse_port(true)?;
+    s.set_reuse_address(true)?;
+    s.set_tcp_nodelay(true)?;
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    s.listen(backlog)?;
+    Ok(s)
+}
+
+/// Raises this process's soft limit of open files to its hard limit (a
+/// stream listener holds one per connection); returns the new soft limit.
+pub fn raise_fd_limit() -> io::Result<u64> {
+    let mut l = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `l` is a live, writable rlimit.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut l) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if l.rlim_cur < l.rlim_max {
+        l.rlim_cur = l.rlim_max;
+        // SAFETY: `l` is a live, initialised rlimit.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raw const l) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(l.rlim_cur)
+}
+
 /// Reads a `sockaddr_in`/`sockaddr_in6` from raw bytes.
 pub(crate) fn sockaddr_from_bytes(b: &[u8]) -> Option<SocketAddr> {
     let family = i32::from(u16::from_ne_bytes(b.get(0..2)?.try_into().ok()?));

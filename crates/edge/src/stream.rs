@@ -1,0 +1,527 @@
+//! SIP over TCP and TLS at the edge: listeners, connections, and the
+//! registry of flows that lets a worker reach a phone on the connection
+//! the phone opened (docs/architecture.md, "Streams").
+//!
+//! Each stream thread runs a current-thread tokio runtime with its own
+//! `SO_REUSEPORT` listener per transport, so the kernel spreads
+//! connections over threads as it spreads UDP flows. A connection is a
+//! reader task (framing, [`Proxy::handle`], limits and deadlines) and a
+//! writer task fed by a bounded queue; the queue's sender is in the
+//! [`Registry`] under the connection's [`Flow`], where the UDP threads find
+//! it for a worker's message to that flow. The edge stays stateless in
+//! the sense that matters: a connection is the phone's, and dies with the
+//! edge; nothing about a call is kept here.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwap;
+use handover_sip::{Flow, Transport};
+use metrics::{counter, gauge};
+use parking_lot::Mutex;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::rustls;
+
+use crate::Shared;
+use crate::framing::{Framer, Item};
+use crate::proxy::{BadInputLimiter, Outcome};
+
+/// Connections currently open, by `transport`.
+pub const CONNECTIONS: &str = "handover_edge_connections";
+/// Connections accepted, by `transport`.
+pub const OPENED: &str = "handover_edge_connections_opened_total";
+/// Connections closed, by `transport` and `reason` (`peer_closed`, `idle`,
+/// `message_timeout`, `too_large`, `bad_content_length`, `error`,
+/// `shutdown`).
+pub const CLOSED: &str = "handover_edge_connections_closed_total";
+/// Connections refused at once, by `transport` and `reason`
+/// (`total_limit`, `source_limit`).
+pub const REFUSED: &str = "handover_edge_connections_refused_total";
+/// TLS handshakes that failed or did not finish in time.
+pub const TLS_FAILURES: &str = "handover_edge_tls_handshake_failures_total";
+/// SIP messages read from streams, by `transport`.
+pub const MESSAGES_IN: &str = "handover_edge_stream_messages_total";
+/// Messages for a connection whose send queue was full (a peer that does
+/// not read), dropped.
+pub const QUEUE_FULL: &str = "handover_edge_stream_queue_full_total";
+/// TLS certificate reloads, by `result` (`ok`, `error`).
+pub const TLS_RELOADS: &str = "handover_edge_tls_reloads_total";
+
+/// Certificate and key of the TLS listener, and the CA that client
+/// certificates must chain to (none: clients are not asked for one).
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// PEM certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+    /// PEM CA certificates a client's certificate must chain to; with it
+    /// every TLS client must present one (trunks).
+    pub client_ca: Option<PathBuf>,
+}
+
+/// The stream listeners and their limits.
+#[derive(Debug, Clone)]
+pub struct StreamConfig {
+    /// TCP listener.
+    pub tcp: Option<SocketAddr>,
+    /// TLS listener.
+    pub tls: Option<SocketAddr>,
+    /// The TLS listener's files (required with `tls`).
+    pub tls_files: Option<TlsFiles>,
+    /// Connections at most, over every stream listener.
+    pub max_connections: usize,
+    /// Connections at most from one IP address.
+    pub max_per_source: usize,
+    /// A connection with nothing to read for this long is closed.
+    pub idle_timeout: Duration,
+    /// The TLS handshake, and every message once its first byte came,
+    /// must be done within this (no slowloris).
+    pub message_timeout: Duration,
+    /// Largest message on a stream, in bytes.
+    pub max_message_bytes: usize,
+    /// Messages queued for one connection before more are dropped.
+    pub queue: usize,
+}
+
+impl Default for StreamConfig {
+    fn default() -> Self {
+        Self {
+            tcp: None,
+            tls: None,
+            tls_files: None,
+            max_connections: 16_384,
+            max_per_source: 64,
+            // Phones refresh registrations and send CRLF pings well inside
+            // this (RFC 5626 suggests 95-120 s keep-alives).
+            idle_timeout: Duration::from_secs(300),
+            message_timeout: Duration::from_secs(10),
+            max_message_bytes: 65_535,
+            queue: 256,
+        }
+    }
+}
+
+impl StreamConfig {
+    /// True when the edge listens on any stream transport.
+    pub fn any(&self) -> bool {
+        self.tcp.is_some() || self.tls.is_some()
+    }
+}
+
+/// Open connections by flow, with the counts the limits need. Shared by
+/// every stream thread and read by the UDP threads.
+#[derive(Debug, Default)]
+pub struct Registry {
+    inner: Mutex<Conns>,
+}
+
+#[derive(Debug, Default)]
+struct Conns {
+    by_flow: HashMap<Flow, mpsc::Sender<Box<[u8]>>>,
+    per_ip: HashMap<IpAddr, usize>,
+}
+
+/// Why a connection was not taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refusal {
+    Total,
+    Source,
+}
+
+impl Registry {
+    /// Queues `bytes` for the connection of `flow`. False when the edge
+    /// holds no such connection (the caller answers 430 or drops); a full
+    /// queue drops the message and counts it.
+    pub fn send(&self, flow: Flow, bytes: &[u8]) -> bool {
+        let tx = self.inner.lock().by_flow.get(&flow).cloned();
+        let Some(tx) = tx else {
+            return false;
+        };
+        match tx.try_send(bytes.into()) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                counter!(QUEUE_FULL).increment(1);
+                true
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+
+    /// Connections open now.
+    pub fn len(&self) -> usize {
+        self.inner.lock().by_flow.len()
+    }
+
+    /// True when no connection is open.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn admit(
+        &self,
+        flow: Flow,
+        tx: mpsc::Sender<Box<[u8]>>,
+        cfg: &StreamConfig,
+    ) -> Result<(), Refusal> {
+        let mut c = self.inner.lock();
+        if c.by_flow.len() >= cfg.max_connections {
+            return Err(Refusal::Total);
+        }
+        let n = c.per_ip.entry(flow.addr.ip()).or_insert(0);
+        if *n >= cfg.max_per_source {
+            return Err(Refusal::Source);
+        }
+        *n += 1;
+        c.by_flow.insert(flow, tx);
+        Ok(())
+    }
+
+    fn remove(&self, flow: Flow) {
+        let mut c = self.inner.lock();
+        if c.by_flow.remove(&flow).is_some()
+            && let Some(n) = c.per_ip.get_mut(&flow.addr.ip())
+        {
+            *n -= 1;
+            if *n == 0 {
+                c.per_ip.remove(&flow.addr.ip());
+            }
+        }
+    }
+}
+
+/// Reads the TLS listener's files into an acceptor.
+pub fn tls_acceptor(files: &TlsFiles) -> Result<TlsAcceptor, String> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&files.cert)
+        .and_then(|i| i.collect::<Result<_, _>>())
+        .map_err(|e| format!("{}: {e}", files.cert.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{}: no certificate", files.cert.display()));
+    }
+    let key = PrivateKeyDer::from_pem_file(&files.key)
+        .map_err(|e| format!("{}: {e}", files.key.display()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| e.to_string())?;
+    let builder = match &files.client_ca {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for c in
+                CertificateDer::pem_file_iter(ca).map_err(|e| format!("{}: {e}", ca.display()))?
+            {
+                let c = c.map_err(|e| format!("{}: {e}", ca.display()))?;
+                roots.add(c).map_err(|e| format!("{}: {e}", ca.display()))?;
+            }
+            let v = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .build()
+            .map_err(|e| format!("{}: {e}", ca.display()))?;
+            builder.with_client_cert_verifier(v)
+        }
+    };
+    let cfg = builder
+        .with_single_cert(certs, key)
+        .map_err(|e| format!("{}: {e}", files.cert.display()))?;
+    Ok(TlsAcceptor::from(Arc::new(cfg)))
+}
+
+/// What every stream thread shares.
+pub(crate) struct Streams {
+    pub(crate) cfg: StreamConfig,
+    pub(crate) registry: Arc<Registry>,
+    pub(crate) tls: Option<ArcSwap<TlsAcceptor>>,
+    pub(crate) limiter: Mutex<BadInputLimiter>,
+    pub(crate) start: Instant,
+}
+
+impl std::fmt::Debug for Streams {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Streams").finish_non_exhaustive()
+    }
+}
+
+/// One stream thread: its listeners (already bound, non-blocking), run
+/// until the edge stops.
+pub(crate) fn run_thread(
+    shared: Arc<Shared>,
+    streams: Arc<Streams>,
+    listeners: Vec<(Transport, std::net::TcpListener)>,
+    udp: std::net::UdpSocket,
+    reload: bool,
+) -> std::io::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let udp = Arc::new(tokio::net::UdpSocket::from_std(udp)?);
+        for (t, l) in listeners {
+            let l = tokio::net::TcpListener::from_std(l)?;
+            tokio::spawn(accept_loop(
+                t,
+                l,
+                Arc::clone(&shared),
+                Arc::clone(&streams),
+                Arc::clone(&udp),
+            ));
+        }
+        if reload && let Some(files) = streams.cfg.tls_files.clone() {
+            tokio::spawn(reload_loop(files, Arc::clone(&streams)));
+        }
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        while !shared.stop.load(Ordering::Relaxed) {
+            tick.tick().await;
+        }
+        Ok(())
+    })
+}
+
+/// Re-reads the certificate and key when either file changes (a
+/// Kubernetes Secret is rotated by replacing them); a bad new pair is
+/// logged and the old one kept.
+async fn reload_loop(files: TlsFiles, streams: Arc<Streams>) {
+    let stamp = |f: &TlsFiles| -> Vec<Option<SystemTime>> {
+        [Some(&f.cert), Some(&f.key), f.client_ca.as_ref()]
+            .into_iter()
+            .flatten()
+            .map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+            .collect()
+    };
+    let mut last = stamp(&files);
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let now = stamp(&files);
+        if now == last {
+            continue;
+        }
+        last = now;
+        match tls_acceptor(&files) {
+            Ok(a) => {
+                if let Some(t) = &streams.tls {
+                    t.store(Arc::new(a));
+                }
+                counter!(TLS_RELOADS, "result" => "ok").increment(1);
+                tracing::info!(cert = %files.cert.display(), "TLS certificate reloaded");
+            }
+            Err(e) => {
+                counter!(TLS_RELOADS, "result" => "error").increment(1);
+                tracing::warn!(error = %e, "TLS certificate not reloaded; keeping the old one");
+            }
+        }
+    }
+}
+
+async fn accept_loop(
+    t: Transport,
+    l: tokio::net::TcpListener,
+    shared: Arc<Shared>,
+    streams: Arc<Streams>,
+    udp: Arc<tokio::net::UdpSocket>,
+) {
+    loop {
+        let (sock, peer) = match l.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                // Out of descriptors, most often: wait rather than spin.
+                tracing::warn!(error = %e, transport = %t, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let flow = Flow::new(t, peer);
+        let (tx, rx) = mpsc::channel(streams.cfg.queue);
+        if let Err(r) = streams.registry.admit(flow, tx.clone(), &streams.cfg) {
+            let reason = match r {
+                Refusal::Total => "total_limit",
+                Refusal::Source => "source_limit",
+            };
+            counter!(REFUSED, "transport" => t.name(), "reason" => reason).increment(1);
+            drop(sock);
+            continue;
+        }
+        let _ = sock.set_nodelay(true);
+        counter!(OPENED, "transport" => t.name()).increment(1);
+        gauge!(CONNECTIONS, "transport" => t.name()).increment(1.0);
+        let shared = Arc::clone(&shared);
+        let streams = Arc::clone(&streams);
+        let udp = Arc::clone(&udp);
+        tokio::spawn(async move {
+            let reason = match t {
+                Transport::Tls => {
+                    let acceptor = streams.tls.as_ref().map(|a| a.load_full());
+                    match acceptor {
+                        None => "error",
+                        Some(a) => {
+                            match tokio::time::timeout(streams.cfg.message_timeout, a.accept(sock))
+                                .await
+                            {
+                                Ok(Ok(s)) => serve(s, flow, tx, rx, &shared, &streams, &udp).await,
+                                _ => {
+                                    counter!(TLS_FAILURES).increment(1);
+                                    "tls_handshake"
+                                }
+                            }
+                        }
+                    }
+                }
+                _ => serve(sock, flow, tx, rx, &shared, &streams, &udp).await,
+            };
+            streams.registry.remove(flow);
+            counter!(CLOSED, "transport" => t.name(), "reason" => reason).increment(1);
+            gauge!(CONNECTIONS, "transport" => t.name()).decrement(1.0);
+        });
+    }
+}
+
+/// Serves one connection until it closes; returns why.
+async fn serve<S>(
+    stream: S,
+    flow: Flow,
+    tx: mpsc::Sender<Box<[u8]>>,
+    mut rx: mpsc::Receiver<Box<[u8]>>,
+    shared: &Shared,
+    streams: &Streams,
+    udp: &tokio::net::UdpSocket,
+) -> &'static str
+where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let (mut r, mut w) = tokio::io::split(stream);
+    let writer = tokio::spawn(async move {
+        while let Some(b) = rx.recv().await {
+            if w.write_all(&b).await.is_err() {
+                break;
+            }
+        }
+        let _ = w.shutdown().await;
+    });
+    let reason = read_loop(&mut r, flow, &tx, shared, streams, udp).await;
+    // Let what was queued (a 400, the last answer) go out, then close.
+    drop(tx);
+    let _ = tokio::time::timeout(Duration::from_secs(1), writer).await;
+    reason
+}
+
+async fn read_loop<R: AsyncRead + Unpin>(
+    r: &mut R,
+    flow: Flow,
+    tx: &mpsc::Sender<Box<[u8]>>,
+    shared: &Shared,
+    streams: &Streams,
+    udp: &tokio::net::UdpSocket,
+) -> &'static str {
+    let cfg = &streams.cfg;
+    let mut framer = Framer::new(cfg.max_message_bytes);
+    let mut buf = vec![0u8; 16 << 10];
+    let mut out = vec![0u8; cfg.max_message_bytes + 4096];
+    // The first message is due within the message timeout (a connection
+    // that never says anything is a slowloris too), later ones once they
+    // have started.
+    let mut message_due = Some(Instant::now() + cfg.message_timeout);
+    let mut last_read = Instant::now();
+    loop {
+        if shared.stop.load(Ordering::Relaxed) {
+            return "shutdown";
+        }
+        let idle_due = last_read + cfg.idle_timeout;
+        let due = message_due.map_or(idle_due, |m| m.min(idle_due));
+        // Wake at least every second to notice a stopping edge.
+        let wake = due.min(Instant::now() + Duration::from_secs(1));
+        let n = match tokio::time::timeout_at(wake, r.read(&mut buf)).await {
+            Err(_) if Instant::now() >= due => {
+                return if message_due.is_some() {
+                    "message_timeout"
+                } else {
+                    "idle"
+                };
+            }
+            Err(_) => continue,
+            Ok(Ok(0)) => return "peer_closed",
+            Ok(Ok(n)) => {
+                last_read = Instant::now();
+                n
+            }
+            Ok(Err(_)) => return "error",
+        };
+        framer.push(&buf[..n]);
+        loop {
+            match framer.next_item() {
+                Ok(None) => break,
+                Ok(Some(Item::Ping)) => {
+                    //= https://www.rfc-editor.org/rfc/rfc5626#section-4.4.1
+                    //# the server immediately responds with a single CRLF
+                    let _ = tx.try_send(Box::from(&b"\r\n"[..]));
+                    counter!(crate::metrics::PONGS).increment(1);
+                }
+                Ok(Some(Item::Message { len })) => {
+                    counter!(MESSAGES_IN, "transport" => flow.transport.name()).increment(1);
+                    let o = {
+                        let table = shared.table.load();
+                        let now_sec = streams.start.elapsed().as_secs() as u32;
+                        let mut limiter = streams.limiter.lock();
+                        shared.proxy.handle(
+                            &table,
+                            &mut limiter,
+                            now_sec,
+                            flow,
+                            &framer.buffered()[..len],
+                            &mut out,
+                        )
+                    };
+                    deliver(o, &out, tx, &streams.registry, udp).await;
+                    framer.consume(len);
+                }
+                Err(e) => return e.label(),
+            }
+        }
+        message_due = if framer.partial() {
+            message_due.or(Some(Instant::now() + cfg.message_timeout))
+        } else {
+            None
+        };
+    }
+}
+
+/// Sends what the proxy decided for a message read from a stream.
+async fn deliver(
+    o: Outcome,
+    out: &[u8],
+    own: &mpsc::Sender<Box<[u8]>>,
+    registry: &Registry,
+    udp: &tokio::net::UdpSocket,
+) {
+    match o {
+        Outcome::Forward { to, len, .. } => {
+            if to.transport.is_stream() {
+                if !registry.send(to, &out[..len]) {
+                    counter!(crate::metrics::DROPS, "reason" => "flow_gone").increment(1);
+                }
+            } else if udp.send_to(&out[..len], to.addr).await.is_err() {
+                counter!(crate::metrics::SEND_ERRORS).increment(1);
+            }
+        }
+        Outcome::Reply { len, status, .. } => {
+            counter!(crate::metrics::REPLIES, "status" => status.to_string()).increment(1);
+            let _ = own.try_send(out[..len].into());
+        }
+        Outcome::Pong { .. } => {
+            let _ = own.try_send(Box::from(&b"\r\n"[..]));
+        }
+        Outcome::Drop(d) => {
+            counter!(crate::metrics::DROPS, "reason" => d.label()).increment(1);
+        }
+    }
+}

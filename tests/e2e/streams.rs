@@ -1,0 +1,426 @@
+//! SIP over TCP and TLS at the edge (issue 18), with real peers: SIPp over
+//! TCP (`-t t1`, one connection for every call; `-t tn`, one per call)
+//! through the edge alone and through `handover up`; a TLS client that
+//! verifies the edge's certificate against a CA the test made; abuse of
+//! the stream listeners (a TLS handshake of garbage, a 10 MB
+//! Content-Length, a half-sent message, 10,000 idle connections from one
+//! address) refused and counted while calls from elsewhere go on; and a
+//! registered phone whose connection is gone: `430 Flow Failed` from the
+//! edge, its binding dropped, the caller told 480. (Phones on TLS and TCP
+//! doing the handset guide's transfer: `phones.rs`.)
+
+use std::io::{Read as _, Write as _};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tokio_rustls::rustls;
+
+use crate::phones::test_ca;
+use crate::support::*;
+
+/// Waits until the edge at `admin` is ready (a backend is up).
+fn wait_ready(admin: &str) {
+    let ok = wait_for(Duration::from_secs(10), || {
+        http_get(&format!("{admin}/readyz")).0 == 200
+    });
+    assert!(ok, "the edge became ready");
+}
+
+#[test]
+fn sipp_over_tcp_on_one_connection_and_one_per_call_through_the_edge_and_up() {
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    // The edge alone, in front of a SIPp callee on UDP.
+    let port = free_udp_port();
+    let mut uas = sipp_uas_probed(dir.path(), port);
+    let backend = format!("127.0.0.1:{port}");
+    let e = spawn_edge(&[
+        "--backend",
+        &backend,
+        "--listen-tcp",
+        "127.0.0.1:0",
+        "--probe-interval-ms",
+        "500",
+        "--probe-timeout-ms",
+        "300",
+    ]);
+    wait_ready(&e.admin);
+    let tcp = e.tcp.expect("the edge prints its TCP listener");
+    let one = ["-t", "t1"];
+    let many = ["-t", "tn", "-max_socket", "100"];
+    for flags in [&one[..], &many[..]] {
+        let (p, stat) = sipp_uac_on(
+            dir.path(),
+            "127.0.0.1",
+            "uac.xml",
+            "b",
+            tcp,
+            (20, 20, 0),
+            flags,
+        );
+        let r = finish_uac(p, &stat);
+        assert_eq!((r.successful, r.failed), (20, 0), "{flags:?}: {r:?}");
+    }
+    // Every callee leg got its BYE.
+    uas.expect_calls(40);
+    let m = scrape(&e);
+    assert_eq!(
+        metric(
+            &m,
+            "handover_edge_connections_opened_total{transport=\"tcp\"}"
+        ),
+        21.0,
+        "one connection for -t t1, one per call for -t tn: {m}"
+    );
+    // INVITE, ACK, BYE per call, and nothing refused.
+    assert!(metric(&m, "handover_edge_stream_messages_total{transport=\"tcp\"}") >= 120.0);
+
+    // Through `handover up` (TCP on the SIP port).
+    let port = free_udp_port();
+    let mut uas = sipp_uas(dir.path(), port);
+    let c = cluster(&[format!("b=127.0.0.1:{port}")], &[]);
+    let target: SocketAddr = format!("127.0.0.1:{}", c.sip).parse().unwrap();
+    for flags in [&one[..], &many[..]] {
+        let (p, stat) = sipp_uac_on(
+            dir.path(),
+            "127.0.0.1",
+            "uac.xml",
+            "b",
+            target,
+            (20, 20, 0),
+            flags,
+        );
+        let r = finish_uac(p, &stat);
+        assert_eq!((r.successful, r.failed), (20, 0), "up, {flags:?}: {r:?}");
+    }
+    uas.expect_calls(40);
+}
+
+/// A rustls client configuration trusting `ca` only.
+fn client_config(ca: &Path) -> Arc<rustls::ClientConfig> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(ca).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Arc::new(
+        rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    )
+}
+
+/// An INVITE the edge answers itself (483: Max-Forwards is 0), sent on
+/// a connection from `local` with `transport` in its Via.
+fn invite_mf0(transport: &str, local: SocketAddr) -> String {
+    format!(
+        "INVITE sip:bob@example.com SIP/2.0\r\nVia: SIP/2.0/{transport} {local};branch=z9hG4bK-s1\r\n\
+Max-Forwards: 0\r\nTo: <sip:bob@example.com>\r\nFrom: <sip:alice@example.com>;tag=a1\r\n\
+Call-ID: streams-1@test\r\nCSeq: 1 INVITE\r\nContact: <sip:alice@{local};transport=tls>\r\n\
+Content-Length: 0\r\n\r\n"
+    )
+}
+
+/// Reads from `s` until a whole SIP message (no body) or `within`.
+fn read_message(s: &mut impl std::io::Read, within: Duration) -> String {
+    let deadline = Instant::now() + within;
+    let mut got = Vec::new();
+    let mut b = [0u8; 4096];
+    while Instant::now() < deadline && !got.windows(4).any(|w| w == b"\r\n\r\n") {
+        match s.read(&mut b) {
+            Ok(0) => break,
+            Ok(n) => got.extend_from_slice(&b[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(_) => break,
+        }
+    }
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+/// True when the peer closed `s` within `within` (a read returns 0 or
+/// fails).
+fn closed_within(s: &mut TcpStream, within: Duration) -> bool {
+    s.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let deadline = Instant::now() + within;
+    let mut b = [0u8; 4096];
+    while Instant::now() < deadline {
+        match s.read(&mut b) {
+            Ok(0) => return true,
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => return true,
+        }
+    }
+    false
+}
+
+#[test]
+fn tls_is_verified_against_the_test_ca_and_stream_abuse_is_refused_while_calls_go_on() {
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = test_ca(dir.path());
+    let port = free_udp_port();
+    let mut uas = sipp_uas_probed(dir.path(), port);
+    let backend = format!("127.0.0.1:{port}");
+    let (cert_s, key_s) = (
+        cert.to_string_lossy().into_owned(),
+        key.to_string_lossy().into_owned(),
+    );
+    let e = spawn_edge(&[
+        "--backend",
+        &backend,
+        "--listen-tcp",
+        "127.0.0.1:0",
+        "--listen-tls",
+        "127.0.0.1:0",
+        "--tls-cert",
+        &cert_s,
+        "--tls-key",
+        &key_s,
+        "--probe-interval-ms",
+        "500",
+        "--probe-timeout-ms",
+        "300",
+        "--stream-message-timeout-ms",
+        "1500",
+        "--max-connections-per-source",
+        "50",
+    ]);
+    wait_ready(&e.admin);
+    let (tcp, tls) = (e.tcp.unwrap(), e.tls.unwrap());
+
+    // A client that trusts the test CA reaches the edge by name, and the
+    // edge answers it on that connection.
+    let sock = TcpStream::connect(tls).unwrap();
+    let local = sock.local_addr().unwrap();
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let conn = rustls::ClientConnection::new(client_config(&ca), name).unwrap();
+    let mut s = rustls::StreamOwned::new(conn, sock);
+    s.sock
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    s.write_all(invite_mf0("TLS", local).as_bytes()).unwrap();
+    let answer = read_message(&mut s, Duration::from_secs(5));
+    assert!(
+        answer.starts_with("SIP/2.0 483 "),
+        "483 over TLS: {answer:?}"
+    );
+    let suite = s.conn.negotiated_cipher_suite().unwrap();
+    assert!(format!("{:?}", suite.version()).contains("TLSv1_3"));
+    // A client that trusts another CA refuses the edge.
+    let other = dir.path().join("other");
+    std::fs::create_dir_all(&other).unwrap();
+    let (other_ca, _, _) = test_ca(&other);
+    let sock = TcpStream::connect(tls).unwrap();
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let conn = rustls::ClientConnection::new(client_config(&other_ca), name).unwrap();
+    let mut s2 = rustls::StreamOwned::new(conn, sock);
+    let err = s2
+        .write_all(invite_mf0("TLS", local).as_bytes())
+        .and_then(|()| s2.flush())
+        .err()
+        .map(|e| e.to_string());
+    assert!(
+        err.as_deref()
+            .is_some_and(|e| e.contains("invalid peer certificate")),
+        "a certificate from an unknown CA is refused: {err:?}"
+    );
+
+    // Garbage instead of a TLS handshake: closed, counted.
+    let mut g = TcpStream::connect(tls).unwrap();
+    g.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    assert!(
+        closed_within(&mut g, Duration::from_secs(5)),
+        "garbage handshake closed"
+    );
+    // A 10 MB Content-Length on TCP: closed from the header, no body read.
+    let mut big = TcpStream::connect(tcp).unwrap();
+    big.write_all(
+        b"INVITE sip:bob@example.com SIP/2.0\r\nVia: SIP/2.0/TCP 127.0.0.1:1;branch=z9hG4bK-big\r\n\
+Content-Length: 10000000\r\n\r\n",
+    )
+    .unwrap();
+    assert!(
+        closed_within(&mut big, Duration::from_secs(5)),
+        "10 MB refused"
+    );
+    // Half a message held open: closed at the message deadline (1.5 s).
+    let mut half = TcpStream::connect(tcp).unwrap();
+    half.write_all(b"INVITE sip:bob@example.com SIP/2.0\r\nVia: SIP/2.0/TCP 127.0.0.1:1")
+        .unwrap();
+    assert!(
+        closed_within(&mut half, Duration::from_secs(6)),
+        "a half-sent message is not waited for forever"
+    );
+
+    // 10,000 idle connections from 127.0.0.1: 50 are taken (and closed
+    // at their first-message deadline), the rest refused at once; calls
+    // over TCP from 127.0.0.2 go on meanwhile.
+    let limit = handover_io::raise_fd_limit().unwrap_or(0);
+    assert!(
+        limit >= 10_500,
+        "this test holds 10,000 connections: the open-file limit is {limit}"
+    );
+    let mut idle = Vec::with_capacity(10_000);
+    for _ in 0..10_000 {
+        match TcpStream::connect(tcp) {
+            Ok(c) => idle.push(c),
+            Err(e) => panic!("connection {} of the flood: {e}", idle.len()),
+        }
+    }
+    let (p, stat) = sipp_uac_on(
+        dir.path(),
+        "127.0.0.2",
+        "uac.xml",
+        "b",
+        tcp,
+        (20, 20, 0),
+        &["-t", "t1"],
+    );
+    let r = finish_uac(p, &stat);
+    assert_eq!(
+        (r.successful, r.failed),
+        (20, 0),
+        "calls from another address during the flood: {r:?}"
+    );
+    drop(idle);
+    uas.expect_calls(20);
+    let refused =
+        "handover_edge_connections_refused_total{transport=\"tcp\",reason=\"source_limit\"}";
+    let counted = wait_for(Duration::from_secs(10), || {
+        metric(&scrape(&e), refused) >= 9_000.0
+    });
+    let m = scrape(&e);
+    assert!(counted, "the flood beyond 50 was refused: {m}");
+    for (series, at_least) in [
+        ("handover_edge_tls_handshake_failures_total", 2.0),
+        (
+            "handover_edge_connections_closed_total{transport=\"tcp\",reason=\"too_large\"}",
+            1.0,
+        ),
+        (
+            "handover_edge_connections_closed_total{transport=\"tcp\",reason=\"message_timeout\"}",
+            1.0,
+        ),
+        ("handover_edge_replies_total{status=\"483\"}", 1.0),
+    ] {
+        assert!(metric(&m, series) >= at_least, "{series}: {m}");
+    }
+}
+
+/// Issue 18's 430: a phone registered over TCP whose connection is gone.
+/// A call to it: the edge answers the worker's INVITE `430 Flow Failed`,
+/// the worker drops the binding and tells the caller 480.
+#[test]
+fn a_call_to_a_phone_whose_connection_is_gone_gets_430_at_the_worker_and_480_at_the_caller() {
+    let _g = serial();
+    let c = cluster(&[], &[]);
+    let edge: SocketAddr = format!("127.0.0.1:{}", c.sip).parse().unwrap();
+    // The phone: REGISTER over TCP, 200, then its connection closes.
+    let mut phone = TcpStream::connect(edge).unwrap();
+    phone
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let local = phone.local_addr().unwrap();
+    phone
+        .write_all(
+            format!(
+                "REGISTER sip:example.com SIP/2.0\r\nVia: SIP/2.0/TCP {local};branch=z9hG4bK-r1\r\n\
+Max-Forwards: 70\r\nTo: <sip:dora@example.com>\r\nFrom: <sip:dora@example.com>;tag=d1\r\n\
+Call-ID: reg-dora@test\r\nCSeq: 1 REGISTER\r\nContact: <sip:dora@{local};transport=tcp>\r\n\
+Expires: 600\r\nContent-Length: 0\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+    let ok = read_message(&mut phone, Duration::from_secs(5));
+    assert!(ok.starts_with("SIP/2.0 200 "), "registered: {ok:?}");
+    drop(phone);
+    let gone = wait_for(Duration::from_secs(5), || {
+        metric(
+            &scrape_at(&c.admin),
+            "handover_edge_connections{transport=\"tcp\"}",
+        ) == 0.0
+    });
+    assert!(gone, "the edge saw the connection close");
+
+    // A caller on UDP calls dora.
+    let caller = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    caller
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let me = caller.local_addr().unwrap();
+    let invite = format!(
+        "INVITE sip:dora@example.com SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bK-c1;rport\r\n\
+Max-Forwards: 70\r\nTo: <sip:dora@example.com>\r\nFrom: <sip:ed@example.com>;tag=e1\r\n\
+Call-ID: call-dora@test\r\nCSeq: 1 INVITE\r\nContact: <sip:ed@{me}>\r\nContent-Length: 0\r\n\r\n"
+    );
+    caller.send_to(invite.as_bytes(), edge).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut finals = Vec::new();
+    let mut b = [0u8; 4096];
+    while Instant::now() < deadline && finals.is_empty() {
+        if let Ok((n, _)) = caller.recv_from(&mut b) {
+            let text = String::from_utf8_lossy(&b[..n]).into_owned();
+            let status: u16 = text[8..11].parse().unwrap_or(0);
+            if status >= 200 {
+                finals.push(text);
+            }
+        }
+    }
+    let answer = finals.first().cloned().unwrap_or_default();
+    assert!(
+        answer.starts_with("SIP/2.0 480 "),
+        "the caller hears 480: {answer:?}"
+    );
+    // ACK the 480 (its To tag), as a caller does.
+    let to_tag = answer
+        .lines()
+        .find(|l| l.starts_with("To:"))
+        .and_then(|l| l.split("tag=").nth(1))
+        .unwrap_or("")
+        .trim()
+        .to_string();
+    let ack = format!(
+        "ACK sip:dora@example.com SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bK-c1;rport\r\n\
+Max-Forwards: 70\r\nTo: <sip:dora@example.com>;tag={to_tag}\r\nFrom: <sip:ed@example.com>;tag=e1\r\n\
+Call-ID: call-dora@test\r\nCSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n"
+    );
+    caller.send_to(ack.as_bytes(), edge).unwrap();
+    // (The edge's data plane flushes its counters every 100 ms.)
+    let answered = wait_for(Duration::from_secs(2), || {
+        metric(
+            &scrape_at(&c.admin),
+            "handover_edge_replies_total{status=\"430\"}",
+        ) == 1.0
+    });
+    assert!(answered, "the edge answered 430: {}", scrape_at(&c.admin));
+    let dropped = wait_for(Duration::from_secs(5), || {
+        let w = http_get(&format!("http://{}/metrics", c.worker_admin)).1;
+        metric(&w, "handover_bindings_total{event=\"flow_failed\"}") == 1.0
+            && metric(&w, "handover_registrations_active") == 0.0
+    });
+    assert!(
+        dropped,
+        "the worker dropped the binding: {}",
+        http_get(&format!("http://{}/metrics", c.worker_admin)).1
+    );
+}
+
+/// The metrics text of the process whose admin address is `admin`.
+fn scrape_at(admin: &str) -> String {
+    http_get(&format!("http://{admin}/metrics")).1
+}
