@@ -283,6 +283,7 @@ impl Edge {
             for (t, a) in &stream_addrs {
                 tracing::info!(transport = %t, listen = %a, "stream listener");
             }
+            stream::register_metrics(&stream_addrs.iter().map(|(t, _)| *t).collect::<Vec<_>>());
             let streams = Arc::new(stream::Streams {
                 cfg: cfg.streams.clone(),
                 registry,

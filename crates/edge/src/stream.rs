@@ -5,7 +5,7 @@
 //! Each stream thread runs a current-thread tokio runtime with its own
 //! `SO_REUSEPORT` listener per transport, so the kernel spreads
 //! connections over threads as it spreads UDP flows. A connection is a
-//! reader task (framing, [`Proxy::handle`], limits and deadlines) and a
+//! reader task (framing, [`crate::Proxy::handle`], limits and deadlines) and a
 //! writer task fed by a bounded queue; the queue's sender is in the
 //! [`Registry`] under the connection's [`Flow`], where the UDP threads find
 //! it for a worker's message to that flow. The edge stays stateless in
@@ -195,6 +195,25 @@ impl Registry {
             }
         }
     }
+}
+
+/// Makes every stream series exist from the start (a dashboard's query
+/// of a counter nobody has touched yet finds nothing).
+pub(crate) fn register_metrics(transports: &[Transport]) {
+    for t in transports {
+        let t = t.name();
+        gauge!(CONNECTIONS, "transport" => t).set(0.0);
+        counter!(OPENED, "transport" => t).increment(0);
+        counter!(MESSAGES_IN, "transport" => t).increment(0);
+        for reason in ["peer_closed", "idle", "message_timeout", "too_large"] {
+            counter!(CLOSED, "transport" => t, "reason" => reason).increment(0);
+        }
+        for reason in ["total_limit", "source_limit"] {
+            counter!(REFUSED, "transport" => t, "reason" => reason).increment(0);
+        }
+    }
+    counter!(TLS_FAILURES).increment(0);
+    counter!(QUEUE_FULL).increment(0);
 }
 
 /// Reads the TLS listener's files into an acceptor.
