@@ -546,3 +546,174 @@ fn baresip_phones_on_tls_tcp_and_udp_register_call_and_do_the_blind_transfer() {
         );
     }
 }
+
+/// The worker (0-based) of `up --workers 3` that holds a call now.
+fn owner_of_the_call(host: &str, port: u16) -> u16 {
+    let mut owner = None;
+    let found = wait_for(Duration::from_secs(10), || {
+        owner = (0..3u16).find(|&i| summed(host, port, &[i], "handover_calls_active") >= 1.0);
+        owner.is_some()
+    });
+    assert!(found, "a worker holds the call");
+    owner.unwrap()
+}
+
+/// Waits until every worker's replicated table holds the one call up: it
+/// was committed, so its 2xx reached the caller (a call still in setup
+/// on a killed worker is lost, as the replication section says).
+fn committed(host: &str, port: u16) {
+    let ok = wait_for(Duration::from_secs(10), || {
+        (0..3u16).all(|i| summed(host, port, &[i], "handover_replicated_calls") == 1.0)
+    });
+    assert!(ok, "the call is in every worker's replicated table");
+}
+
+/// Kills worker `i` (SIP on `sip_base` + i) with SIGKILL; returns how to
+/// start it again (its command line).
+fn kill_worker(sip_base: u16, i: u16) -> Vec<String> {
+    let o = Command::new("pgrep")
+        .args([
+            "-f",
+            "--",
+            &format!("worker --listen 127.0.0.1:{} ", sip_base + i),
+        ])
+        .output()
+        .unwrap();
+    let pid: u32 = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .next()
+        .and_then(|l| l.trim().parse().ok())
+        .expect("the worker's pid");
+    let argv: Vec<String> = std::fs::read(format!("/proc/{pid}/cmdline"))
+        .unwrap()
+        .split(|b| *b == 0)
+        .filter(|a| !a.is_empty())
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    assert!(
+        Command::new("kill")
+            .args(["-9", &pid.to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    argv
+}
+
+/// Issue 18: a phone on TLS and a trunk on UDP, through three replicated
+/// workers; the worker that owns their call is killed with SIGKILL while
+/// the call is up, and the call is still hung up on both sides, each over
+/// its own transport: first the trunk calls the phone and hangs up (the
+/// new owner's BYE reaches the phone on its TLS connection), then the
+/// phone calls the trunk and hangs up at once, before the call is taken
+/// over (its BYE comes in on that connection once, and the edge's
+/// retransmissions on the UDP hop carry it to the new owner and on to
+/// the trunk).
+#[test]
+fn a_tls_phone_and_a_udp_trunk_hang_up_after_the_worker_owning_their_call_is_killed() {
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = test_ca(dir.path());
+    let (cert_s, key_s) = (
+        cert.to_string_lossy().into_owned(),
+        key.to_string_lossy().into_owned(),
+    );
+    let trunk_port = free_udp_port();
+    let mut trunk = sipp_uas(dir.path(), trunk_port);
+    let c = cluster(
+        &[format!("trunk=127.0.0.1:{trunk_port}")],
+        &["--workers", "3", "--tls-cert", &cert_s, "--tls-key", &key_s],
+    );
+    wait_members(&c.grpc, 3);
+    wait_all_shards_served(&c.grpc, 3);
+    let (host, port) = c.worker_admin.rsplit_once(':').unwrap();
+    let port: u16 = port.parse().unwrap();
+    let mut a = Phone::start_with(
+        dir.path(),
+        "alice",
+        "127.0.0.1",
+        &[format!(
+            "<sip:alice@127.0.0.1>;outbound=\"sip:127.0.0.1:{};transport=tls\";regint=600;answermode=manual",
+            c.tls
+        )],
+        &format!("sip_cafile {}\n", ca.display()),
+    );
+    let info = a.registered(1, Duration::from_secs(10));
+    assert_eq!(info.matches(" OK ").count(), 1, "{info}");
+    let replicated = wait_for(Duration::from_secs(5), || {
+        summed(host, port, &[0, 1, 2], "handover_registrations_active") == 3.0
+    });
+    assert!(replicated, "every worker holds alice's binding");
+
+    // 1. The trunk (SIPp on UDP) calls alice and hangs up 8 s later.
+    let edge: std::net::SocketAddr = format!("127.0.0.1:{}", c.sip).parse().unwrap();
+    let (uac, stat) = sipp_uac_with(dir.path(), "uac.xml", "alice", edge, 1, 1, 8_000);
+    a.event("CALL_INCOMING", None, Duration::from_secs(10));
+    assert!(a.command("accept", ""));
+    a.event("CALL_ESTABLISHED", None, Duration::from_secs(10));
+    committed(host, port);
+    let victim = owner_of_the_call(host, port);
+    let argv = kill_worker(c.worker, victim);
+    let r = finish_uac(uac, &stat);
+    assert_eq!(
+        (r.successful, r.failed),
+        (1, 0),
+        "the trunk's BYE was answered: {r:?}"
+    );
+    a.event("CALL_CLOSED", None, Duration::from_secs(40));
+    // The killed worker comes back, and the cluster is whole again.
+    let _back = Proc(
+        Command::new(&argv[0])
+            .args(&argv[1..])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_all_shards_served(&c.grpc, 3);
+
+    // 2. alice calls the trunk; its owner dies; alice hangs up.
+    assert!(a.command("dial", "sip:trunk@127.0.0.1"));
+    a.event("CALL_ESTABLISHED", None, Duration::from_secs(10));
+    committed(host, port);
+    let victim = owner_of_the_call(host, port);
+    let survivors: Vec<u16> = (0..3u16).filter(|&i| i != victim).collect();
+    let adopted_before = summed(host, port, &survivors, "handover_calls_adopted_total");
+    let _argv = kill_worker(c.worker, victim);
+    // At once, before anyone has taken the shard over: alice's BYE goes
+    // out once on TLS (a phone on a stream never retransmits); the edge
+    // retransmits it on UDP until the new owner answers.
+    assert!(a.command("hangup", ""));
+    a.event("CALL_CLOSED", None, Duration::from_secs(10));
+    let taken = wait_for(Duration::from_secs(15), || {
+        summed(host, port, &survivors, "handover_calls_adopted_total") > adopted_before
+    });
+    assert!(taken, "a surviving worker adopted the call");
+    let m = http_get(&format!("http://{}/metrics", c.admin)).1;
+    assert!(
+        metric(
+            &m,
+            "handover_edge_stream_retransmissions_total{transport=\"tls\"}"
+        ) >= 1.0,
+        "the edge sent alice's BYE again on the UDP hop: {m}"
+    );
+    // The trunk (callee of the second call) got its BYE.
+    trunk.expect_calls(1);
+    // Everything alice said and heard went over TLS, BYEs both ways.
+    let log = std::fs::read_to_string(&a.log).unwrap_or_default();
+    let hops: Vec<&str> = log
+        .lines()
+        .filter(|l| {
+            ["UDP ", "TCP ", "TLS "]
+                .iter()
+                .any(|x| l.starts_with(x) && l.contains(" -> "))
+        })
+        .collect();
+    assert!(hops.iter().all(|h| h.starts_with("TLS ")), "{hops:?}");
+    let byes = log
+        .lines()
+        .zip(log.lines().skip(1))
+        .filter(|(h, l)| h.starts_with("TLS ") && l.starts_with("BYE sip:"))
+        .count();
+    assert_eq!(byes, 2, "one BYE to alice, one from her");
+}

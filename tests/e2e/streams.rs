@@ -424,3 +424,111 @@ Call-ID: call-dora@test\r\nCSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n"
 fn scrape_at(admin: &str) -> String {
     http_get(&format!("http://{admin}/metrics")).1
 }
+
+/// A PROXY protocol v2 header (TCP over IPv4) naming `client` as the
+/// source, as a cloud load balancer sends it first on a connection.
+fn proxy_v2(client: SocketAddr, to: SocketAddr) -> Vec<u8> {
+    let (std::net::IpAddr::V4(c), std::net::IpAddr::V4(d)) = (client.ip(), to.ip()) else {
+        panic!("IPv4 here")
+    };
+    let mut h = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+    h.extend_from_slice(&[0x21, 0x11, 0, 12]);
+    h.extend_from_slice(&c.octets());
+    h.extend_from_slice(&d.octets());
+    h.extend_from_slice(&client.port().to_be_bytes());
+    h.extend_from_slice(&to.port().to_be_bytes());
+    h
+}
+
+/// Behind a load balancer that speaks the PROXY protocol: the edge takes
+/// the client's address from the header (in the Via it writes
+/// `received`/`rport`, and the flow in its Record-Route), and the answer
+/// goes back down the balancer's connection. A trusted balancer's
+/// connection without a header is refused; the header from anyone else
+/// is not believed.
+#[test]
+fn behind_a_load_balancer_the_proxy_protocol_names_the_client() {
+    let _g = serial();
+    // The backend is this test: it reads what the edge forwards.
+    let backend = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    backend
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let b = backend.local_addr().unwrap().to_string();
+    let e = spawn_edge(&[
+        "--backend",
+        &b,
+        "--probe-interval-ms",
+        "0",
+        "--listen-tcp",
+        "127.0.0.1:0",
+        "--proxy-protocol-from",
+        "127.0.0.1/32",
+    ]);
+    let tcp = e.tcp.unwrap();
+    let client: SocketAddr = "203.0.113.9:40000".parse().unwrap();
+    let mut lb = TcpStream::connect(tcp).unwrap();
+    lb.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    lb.write_all(&proxy_v2(client, tcp)).unwrap();
+    let invite = "INVITE sip:bob@example.com SIP/2.0\r\nVia: SIP/2.0/TCP 10.1.1.1:5060;branch=z9hG4bK-lb1\r\n\
+Max-Forwards: 70\r\nTo: <sip:bob@example.com>\r\nFrom: <sip:alice@example.com>;tag=a1\r\n\
+Call-ID: lb-1@test\r\nCSeq: 1 INVITE\r\nContact: <sip:alice@10.1.1.1;transport=tcp>\r\n\
+Content-Length: 0\r\n\r\n";
+    lb.write_all(invite.as_bytes()).unwrap();
+    let mut buf = [0u8; 4096];
+    let (n, edge_udp) = backend
+        .recv_from(&mut buf)
+        .expect("the edge forwards the INVITE");
+    let fwd = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(
+        fwd.contains(
+            "SIP/2.0/TCP 10.1.1.1:5060;branch=z9hG4bK-lb1;received=203.0.113.9;rport=40000"
+        ),
+        "the client's address from the header: {fwd}"
+    );
+    assert!(fwd.contains("flow=tcp:203.0.113.9:40000>"), "{fwd}");
+    // The backend's answer goes down the balancer's connection.
+    let ok = fwd
+        .replacen(
+            "INVITE sip:bob@example.com SIP/2.0",
+            "SIP/2.0 486 Busy Here",
+            1,
+        )
+        .replace(
+            "To: <sip:bob@example.com>",
+            "To: <sip:bob@example.com>;tag=b1",
+        );
+    backend.send_to(ok.as_bytes(), edge_udp).unwrap();
+    let answer = read_message(&mut lb, Duration::from_secs(5));
+    assert!(answer.starts_with("SIP/2.0 486 "), "{answer:?}");
+    // The balancer's connection without a header: refused.
+    let mut bare = TcpStream::connect(tcp).unwrap();
+    bare.write_all(invite.as_bytes()).unwrap();
+    assert!(closed_within(&mut bare, Duration::from_secs(5)));
+    let m = scrape(&e);
+    assert_eq!(
+        metric(
+            &m,
+            "handover_edge_proxy_protocol_refused_total{transport=\"tcp\"}"
+        ),
+        1.0,
+        "{m}"
+    );
+    // From an address not trusted (127.0.0.2), a header is not believed:
+    // it is read as SIP, and what it prefixes is not SIP.
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.bind(&"127.0.0.2:0".parse::<SocketAddr>().unwrap().into())
+        .unwrap();
+    sock.connect(&tcp.into()).unwrap();
+    let mut liar: TcpStream = sock.into();
+    liar.write_all(&proxy_v2(client, tcp)).unwrap();
+    liar.write_all(invite.as_bytes()).unwrap();
+    backend
+        .set_read_timeout(Some(Duration::from_secs(1)))
+        .unwrap();
+    assert!(
+        backend.recv_from(&mut buf).is_err(),
+        "nothing forwarded from the untrusted header's connection"
+    );
+}

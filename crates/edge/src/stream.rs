@@ -44,6 +44,9 @@ pub const CLOSED: &str = "handover_edge_connections_closed_total";
 /// Connections refused at once, by `transport` and `reason`
 /// (`total_limit`, `source_limit`).
 pub const REFUSED: &str = "handover_edge_connections_refused_total";
+/// PROXY protocol headers refused (from a trusted load balancer: missing,
+/// malformed, or late), by `transport`.
+pub const PROXY_REFUSED: &str = "handover_edge_proxy_protocol_refused_total";
 /// TLS handshakes that failed or did not finish in time.
 pub const TLS_FAILURES: &str = "handover_edge_tls_handshake_failures_total";
 /// SIP messages read from streams, by `transport`.
@@ -51,6 +54,9 @@ pub const MESSAGES_IN: &str = "handover_edge_stream_messages_total";
 /// Messages for a connection whose send queue was full (a peer that does
 /// not read), dropped.
 pub const QUEUE_FULL: &str = "handover_edge_stream_queue_full_total";
+/// Requests from streams sent to a worker again, unanswered (the UDP hop's
+/// retransmissions, which a phone on a stream does not make), by `transport`.
+pub const RESENT: &str = "handover_edge_stream_retransmissions_total";
 /// TLS certificate reloads, by `result` (`ok`, `error`).
 pub const TLS_RELOADS: &str = "handover_edge_tls_reloads_total";
 
@@ -89,6 +95,11 @@ pub struct StreamConfig {
     pub max_message_bytes: usize,
     /// Messages queued for one connection before more are dropped.
     pub queue: usize,
+    /// Load balancers whose connections start with a PROXY protocol v2
+    /// header naming the client (its address then stands for the
+    /// connection's in Via, flows and limits). Connections from anywhere
+    /// else are read as SIP from their first byte.
+    pub proxy_protocol_from: Vec<handover_sip::Cidr>,
 }
 
 impl Default for StreamConfig {
@@ -105,6 +116,7 @@ impl Default for StreamConfig {
             message_timeout: Duration::from_secs(10),
             max_message_bytes: 65_535,
             queue: 256,
+            proxy_protocol_from: Vec::new(),
         }
     }
 }
@@ -205,6 +217,7 @@ pub(crate) fn register_metrics(transports: &[Transport]) {
         gauge!(CONNECTIONS, "transport" => t).set(0.0);
         counter!(OPENED, "transport" => t).increment(0);
         counter!(MESSAGES_IN, "transport" => t).increment(0);
+        counter!(RESENT, "transport" => t).increment(0);
         for reason in ["peer_closed", "idle", "message_timeout", "too_large"] {
             counter!(CLOSED, "transport" => t, "reason" => reason).increment(0);
         }
@@ -214,6 +227,9 @@ pub(crate) fn register_metrics(transports: &[Transport]) {
     }
     counter!(TLS_FAILURES).increment(0);
     counter!(QUEUE_FULL).increment(0);
+    for t in transports {
+        counter!(PROXY_REFUSED, "transport" => t.name()).increment(0);
+    }
 }
 
 /// Reads the TLS listener's files into an acceptor.
@@ -360,49 +376,185 @@ async fn accept_loop(
                 continue;
             }
         };
-        let flow = Flow::new(t, peer);
-        let (tx, rx) = mpsc::channel(streams.cfg.queue);
-        if let Err(r) = streams.registry.admit(flow, tx.clone(), &streams.cfg) {
+        let _ = sock.set_nodelay(true);
+        let behind_lb = streams
+            .cfg
+            .proxy_protocol_from
+            .iter()
+            .any(|c| c.contains(peer.ip()));
+        if !behind_lb {
+            // The common case, decided without a task: over a limit, the
+            // connection is closed before anything is spent on it.
+            if let Some((tx, rx)) = admit(&streams, Flow::new(t, peer)) {
+                let (shared, streams, udp) =
+                    (Arc::clone(&shared), Arc::clone(&streams), Arc::clone(&udp));
+                tokio::spawn(async move {
+                    connection(sock, Flow::new(t, peer), tx, rx, &shared, &streams, &udp).await;
+                });
+            }
+            continue;
+        }
+        let (shared, streams, udp) = (Arc::clone(&shared), Arc::clone(&streams), Arc::clone(&udp));
+        tokio::spawn(async move {
+            let mut sock = sock;
+            let client =
+                match tokio::time::timeout(streams.cfg.message_timeout, proxy_header(&mut sock))
+                    .await
+                {
+                    Ok(Some(Some(a))) => a,
+                    // LOCAL (the balancer's own health check): its address.
+                    Ok(Some(None)) => peer,
+                    _ => {
+                        counter!(PROXY_REFUSED, "transport" => t.name()).increment(1);
+                        return;
+                    }
+                };
+            let flow = Flow::new(t, client);
+            if let Some((tx, rx)) = admit(&streams, flow) {
+                connection(sock, flow, tx, rx, &shared, &streams, &udp).await;
+            }
+        });
+    }
+}
+
+/// A connection's place in the registry, or `None` (counted) when a
+/// limit refuses it.
+#[allow(clippy::type_complexity)]
+fn admit(
+    streams: &Streams,
+    flow: Flow,
+) -> Option<(mpsc::Sender<Box<[u8]>>, mpsc::Receiver<Box<[u8]>>)> {
+    let (tx, rx) = mpsc::channel(streams.cfg.queue);
+    match streams.registry.admit(flow, tx.clone(), &streams.cfg) {
+        Ok(()) => Some((tx, rx)),
+        Err(r) => {
             let reason = match r {
                 Refusal::Total => "total_limit",
                 Refusal::Source => "source_limit",
             };
-            counter!(REFUSED, "transport" => t.name(), "reason" => reason).increment(1);
-            drop(sock);
-            continue;
+            counter!(REFUSED, "transport" => flow.transport.name(), "reason" => reason)
+                .increment(1);
+            None
         }
-        let _ = sock.set_nodelay(true);
-        counter!(OPENED, "transport" => t.name()).increment(1);
-        gauge!(CONNECTIONS, "transport" => t.name()).increment(1.0);
-        let shared = Arc::clone(&shared);
-        let streams = Arc::clone(&streams);
-        let udp = Arc::clone(&udp);
-        tokio::spawn(async move {
-            let reason = match t {
-                Transport::Tls => {
-                    let acceptor = streams.tls.as_ref().map(|a| a.load_full());
-                    match acceptor {
-                        None => "error",
-                        Some(a) => {
-                            match tokio::time::timeout(streams.cfg.message_timeout, a.accept(sock))
-                                .await
-                            {
-                                Ok(Ok(s)) => serve(s, flow, tx, rx, &shared, &streams, &udp).await,
-                                _ => {
-                                    counter!(TLS_FAILURES).increment(1);
-                                    "tls_handshake"
-                                }
-                            }
+    }
+}
+
+/// Reads the PROXY protocol v2 header a trusted load balancer sends first:
+/// `Some(Some(client))` for a proxied connection, `Some(None)` for the
+/// balancer's own (LOCAL), `None` for anything else. Reads exactly the
+/// header, so what follows (a TLS handshake, SIP) is left in the socket.
+async fn proxy_header(sock: &mut tokio::net::TcpStream) -> Option<Option<SocketAddr>> {
+    let mut buf = vec![0u8; 16];
+    sock.read_exact(&mut buf).await.ok()?;
+    // Bytes 14-15: the length of what follows (addresses and TLVs); a
+    // balancer's TLVs are small, 1 KiB is plenty.
+    let len = usize::from(u16::from_be_bytes([buf[14], buf[15]]));
+    if len > 1024 {
+        return None;
+    }
+    buf.resize(16 + len, 0);
+    sock.read_exact(&mut buf[16..]).await.ok()?;
+    let h = ppp::v2::Header::try_from(&buf[..]).ok()?;
+    match (h.command, h.addresses) {
+        (ppp::v2::Command::Local, _) => Some(None),
+        (_, ppp::v2::Addresses::IPv4(a)) => Some(Some(SocketAddr::new(
+            IpAddr::V4(a.source_address),
+            a.source_port,
+        ))),
+        (_, ppp::v2::Addresses::IPv6(a)) => Some(Some(SocketAddr::new(
+            IpAddr::V6(a.source_address),
+            a.source_port,
+        ))),
+        _ => None,
+    }
+}
+
+/// One admitted connection, from its TLS handshake (on TLS) to its close.
+async fn connection(
+    sock: tokio::net::TcpStream,
+    flow: Flow,
+    tx: mpsc::Sender<Box<[u8]>>,
+    rx: mpsc::Receiver<Box<[u8]>>,
+    shared: &Shared,
+    streams: &Streams,
+    udp: &tokio::net::UdpSocket,
+) {
+    let t = flow.transport;
+    counter!(OPENED, "transport" => t.name()).increment(1);
+    gauge!(CONNECTIONS, "transport" => t.name()).increment(1.0);
+    let reason = match t {
+        Transport::Tls => {
+            let acceptor = streams.tls.as_ref().map(|a| a.load_full());
+            match acceptor {
+                None => "error",
+                Some(a) => {
+                    match tokio::time::timeout(streams.cfg.message_timeout, a.accept(sock)).await {
+                        Ok(Ok(s)) => serve(s, flow, tx, rx, shared, streams, udp).await,
+                        _ => {
+                            counter!(TLS_FAILURES).increment(1);
+                            "tls_handshake"
                         }
                     }
                 }
-                _ => serve(sock, flow, tx, rx, &shared, &streams, &udp).await,
-            };
-            streams.registry.remove(flow);
-            counter!(CLOSED, "transport" => t.name(), "reason" => reason).increment(1);
-            gauge!(CONNECTIONS, "transport" => t.name()).decrement(1.0);
-        });
+            }
+        }
+        _ => serve(sock, flow, tx, rx, shared, streams, udp).await,
+    };
+    streams.registry.remove(flow);
+    counter!(CLOSED, "transport" => t.name(), "reason" => reason).increment(1);
+    gauge!(CONNECTIONS, "transport" => t.name()).decrement(1.0);
+}
+
+/// Requests of one connection relayed to a worker over UDP and not yet
+/// answered, by the branch of the phone's Via.
+///
+/// A phone on TCP or TLS never retransmits (RFC 3261 §17.1.1.1: timers A
+/// and E are for unreliable transports), but the edge-to-worker hop is
+/// UDP: a request lost there, or sent to a worker that just died, would
+/// be lost for good (a BYE during a failover: the far end's call would
+/// stay up). So the edge retransmits it on that hop as a UAC on UDP does
+/// (T1 doubling to T2, for 64·T1), routing each copy afresh (after a
+/// failover it reaches the new owner), until any response to it comes
+/// back. This is per-connection state, gone with the connection; the
+/// edge still keeps nothing about calls. ACKs are not retransmitted
+/// (nothing answers them), nor is anything past `MAX_PENDING` per
+/// connection.
+#[derive(Debug, Default)]
+struct Pending {
+    by_branch: HashMap<Box<[u8]>, Resend>,
+}
+
+#[derive(Debug)]
+struct Resend {
+    /// The request as the phone sent it (routed again at each copy).
+    msg: Box<[u8]>,
+    next: Instant,
+    interval: Duration,
+    until: Instant,
+}
+
+/// Requests tracked per connection at most.
+const MAX_PENDING: usize = 64;
+const T1: Duration = Duration::from_millis(500);
+const T2: Duration = Duration::from_secs(4);
+
+impl Pending {
+    fn next_due(&self) -> Option<Instant> {
+        self.by_branch.values().map(|r| r.next.min(r.until)).min()
     }
+}
+
+/// The top Via branch of `msg` when it is a response (what the writer
+/// task checks to end a retransmission).
+fn response_branch(msg: &[u8]) -> Option<&[u8]> {
+    if !msg.starts_with(b"SIP/2.0 ") {
+        return None;
+    }
+    let m = handover_sip::scan(msg).ok()?;
+    let b = m.top_via().branch()?;
+    // Back to a slice of `msg` (the message borrows it).
+    let at = b.as_ptr() as usize - msg.as_ptr() as usize;
+    msg.get(at..at + b.len())
 }
 
 /// Serves one connection until it closes; returns why.
@@ -419,15 +571,23 @@ where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
     let (mut r, mut w) = tokio::io::split(stream);
+    let pending = Arc::new(Mutex::new(Pending::default()));
+    let answered = Arc::clone(&pending);
     let writer = tokio::spawn(async move {
         while let Some(b) = rx.recv().await {
+            if let Some(branch) = response_branch(&b) {
+                let mut p = answered.lock();
+                if !p.by_branch.is_empty() {
+                    p.by_branch.remove(branch);
+                }
+            }
             if w.write_all(&b).await.is_err() {
                 break;
             }
         }
         let _ = w.shutdown().await;
     });
-    let reason = read_loop(&mut r, flow, &tx, shared, streams, udp).await;
+    let reason = read_loop(&mut r, flow, &tx, shared, streams, udp, &pending).await;
     // Let what was queued (a 400, the last answer) go out, then close.
     drop(tx);
     let _ = tokio::time::timeout(Duration::from_secs(1), writer).await;
@@ -441,6 +601,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
     shared: &Shared,
     streams: &Streams,
     udp: &tokio::net::UdpSocket,
+    pending: &Mutex<Pending>,
 ) -> &'static str {
     let cfg = &streams.cfg;
     let mut framer = Framer::new(cfg.max_message_bytes);
@@ -457,8 +618,17 @@ async fn read_loop<R: AsyncRead + Unpin>(
         }
         let idle_due = last_read + cfg.idle_timeout;
         let due = message_due.map_or(idle_due, |m| m.min(idle_due));
-        // Wake at least every second to notice a stopping edge.
-        let wake = due.min(Instant::now() + Duration::from_secs(1));
+        // Wake at least every second to notice a stopping edge, and when
+        // a relayed request is due again.
+        let resend = pending.lock().next_due();
+        let now = Instant::now();
+        if resend.is_some_and(|t| t <= now) {
+            retransmit(now, flow, &mut out, tx, shared, streams, udp, pending).await;
+            continue;
+        }
+        let wake = due
+            .min(now + Duration::from_secs(1))
+            .min(resend.unwrap_or(due));
         let n = match tokio::time::timeout_at(wake, r.read(&mut buf)).await {
             Err(_) if Instant::now() >= due => {
                 return if message_due.is_some() {
@@ -500,6 +670,15 @@ async fn read_loop<R: AsyncRead + Unpin>(
                             &mut out,
                         )
                     };
+                    let msg = &framer.buffered()[..len];
+                    if let Outcome::Forward {
+                        peer: crate::Peer::Backend(_),
+                        request: true,
+                        ..
+                    } = o
+                    {
+                        track(pending, msg);
+                    }
                     deliver(o, &out, tx, &streams.registry, udp).await;
                     framer.consume(len);
                 }
@@ -511,6 +690,77 @@ async fn read_loop<R: AsyncRead + Unpin>(
         } else {
             None
         };
+    }
+}
+
+/// Starts retransmitting a request relayed to a worker (see [`Pending`]).
+fn track(pending: &Mutex<Pending>, msg: &[u8]) {
+    let Ok(m) = handover_sip::scan(msg) else {
+        return;
+    };
+    if m.method() == Some(handover_sip::Method::Ack) {
+        return;
+    }
+    let Some(branch) = m.top_via().branch() else {
+        return;
+    };
+    let mut p = pending.lock();
+    if p.by_branch.len() >= MAX_PENDING {
+        return;
+    }
+    let now = Instant::now();
+    p.by_branch.entry(branch.into()).or_insert(Resend {
+        msg: msg.into(),
+        next: now + T1,
+        interval: T1,
+        until: now + 64 * T1,
+    });
+}
+
+/// Sends again every relayed request whose time has come, routed afresh.
+#[allow(clippy::too_many_arguments)]
+async fn retransmit(
+    now: Instant,
+    flow: Flow,
+    out: &mut [u8],
+    tx: &mpsc::Sender<Box<[u8]>>,
+    shared: &Shared,
+    streams: &Streams,
+    udp: &tokio::net::UdpSocket,
+    pending: &Mutex<Pending>,
+) {
+    let due: Vec<Box<[u8]>> = {
+        let mut p = pending.lock();
+        p.by_branch.retain(|_, r| r.until > now);
+        p.by_branch
+            .values_mut()
+            .filter(|r| r.next <= now)
+            .map(|r| {
+                r.interval = (r.interval * 2).min(T2);
+                r.next = now + r.interval;
+                r.msg.clone()
+            })
+            .collect()
+    };
+    for msg in due {
+        counter!(RESENT, "transport" => flow.transport.name()).increment(1);
+        let o = {
+            let table = shared.table.load();
+            let now_sec = streams.start.elapsed().as_secs() as u32;
+            let mut limiter = streams.limiter.lock();
+            shared
+                .proxy
+                .handle(&table, &mut limiter, now_sec, flow, &msg, out)
+        };
+        // Only what goes to a worker again; an answer of the edge's own
+        // (503: nobody serves the shard yet) is not news for the phone.
+        if let Outcome::Forward {
+            peer: crate::Peer::Backend(_),
+            ..
+        } = o
+        {
+            deliver(o, out, tx, &streams.registry, udp).await;
+        }
     }
 }
 

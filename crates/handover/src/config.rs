@@ -188,6 +188,9 @@ struct EdgeSection {
     /// Milliseconds for a TLS handshake, and for a message once its first
     /// byte came, before the connection is closed.
     stream_message_timeout_ms: Option<Spanned<u64>>,
+    /// Load balancers (CIDR) whose TCP/TLS connections start with a
+    /// PROXY protocol v2 header naming the client.
+    proxy_protocol_from: Option<Spanned<Vec<String>>>,
     #[serde(default)]
     health: HealthSection,
 }
@@ -369,6 +372,7 @@ pub(crate) struct Edge {
     pub(crate) max_connections_per_source: usize,
     pub(crate) stream_idle_s: u64,
     pub(crate) stream_message_timeout_ms: u64,
+    pub(crate) proxy_protocol_from: Vec<String>,
     pub(crate) health: Health,
 }
 
@@ -589,6 +593,19 @@ impl Config {
                 Some("edge.stream_message_timeout_ms"),
                 format!("{stream_message_timeout_ms} is out of range: 100..=600000 ms"),
             ));
+        }
+        let mut proxy_protocol_from = Vec::new();
+        if let Some(t) = &e.proxy_protocol_from {
+            for v in t.get_ref() {
+                v.parse::<handover_sip::Cidr>().map_err(|e| {
+                    err(
+                        Some(t.span()),
+                        Some("edge.proxy_protocol_from"),
+                        e.to_string(),
+                    )
+                })?;
+                proxy_protocol_from.push(v.clone());
+            }
         }
         let mut backends = Vec::new();
         if let Some(b) = &e.backends {
@@ -895,6 +912,7 @@ impl Config {
             max_connections_per_source: e.max_connections_per_source.unwrap_or(sd.max_per_source),
             stream_idle_s,
             stream_message_timeout_ms,
+            proxy_protocol_from,
             health,
         };
         Ok(Config {
@@ -1002,6 +1020,37 @@ mod tests {
             "{}",
             d.to_toml()
         );
+    }
+
+    #[test]
+    fn stream_keys_and_their_rules() {
+        let c = parse(
+            "[edge]\nlisten_tcp = \"0.0.0.0:5060\"\nlisten_tls = \"0.0.0.0:5061\"\n\
+             tls_cert = \"/tls/tls.crt\"\ntls_key = \"/tls/tls.key\"\ntls_client_ca = \"/tls/ca.crt\"\n\
+             max_connections = 1000\nmax_connections_per_source = 8\nstream_idle_s = 120\n\
+             stream_message_timeout_ms = 5000\nproxy_protocol_from = [\"10.0.0.0/8\"]\n",
+        )
+        .unwrap();
+        let e = &c.edge;
+        assert_eq!(
+            (e.listen_tcp.as_deref(), e.listen_tls.as_deref()),
+            (Some("0.0.0.0:5060"), Some("0.0.0.0:5061"))
+        );
+        assert_eq!((e.max_connections, e.max_connections_per_source), (1000, 8));
+        assert_eq!((e.stream_idle_s, e.stream_message_timeout_ms), (120, 5000));
+        assert_eq!(e.proxy_protocol_from, ["10.0.0.0/8"]);
+        let d = parse("").unwrap();
+        assert_eq!(d.edge.listen_tcp, None, "no stream listener unless asked");
+        assert_eq!(
+            (d.edge.max_connections_per_source, d.edge.stream_idle_s),
+            (64, 300)
+        );
+        let e = parse("[edge]\nlisten_tls = \"127.0.0.1:5061\"\n").unwrap_err();
+        assert!(e.contains("needs tls_cert and tls_key"), "{e}");
+        let e = parse("[edge]\nstream_message_timeout_ms = 5\n").unwrap_err();
+        assert!(e.contains("out of range"), "{e}");
+        let e = parse("[edge]\nproxy_protocol_from = [\"10.0.0.0/33\"]\n").unwrap_err();
+        assert!(e.contains("prefix length"), "{e}");
     }
 
     #[test]

@@ -122,6 +122,11 @@ pub(crate) struct EdgeArgs {
     /// first byte came [default: 10000].
     #[arg(long)]
     stream_message_timeout_ms: Option<u64>,
+    /// A load balancer (CIDR, repeat) whose TCP and TLS connections start
+    /// with a PROXY protocol v2 header naming the client; replaces the
+    /// file's `proxy_protocol_from`.
+    #[arg(long = "proxy-protocol-from", value_name = "CIDR", value_parser = |s: &str| s.parse::<handover_sip::Cidr>())]
+    proxy_protocol_from: Vec<handover_sip::Cidr>,
 }
 
 /// What `handover edge` runs with, flags over the file.
@@ -240,6 +245,14 @@ fn settings(a: &EdgeArgs) -> anyhow::Result<Settings> {
                 idle_timeout: std::time::Duration::from_secs(idle_s),
                 message_timeout: std::time::Duration::from_millis(message_ms),
                 max_message_bytes: file.sip.max_message_bytes,
+                proxy_protocol_from: if a.proxy_protocol_from.is_empty() {
+                    e.proxy_protocol_from
+                        .iter()
+                        .map(|c| c.parse().expect("validated by config"))
+                        .collect()
+                } else {
+                    a.proxy_protocol_from.clone()
+                },
                 ..Default::default()
             }
         },

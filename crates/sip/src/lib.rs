@@ -23,6 +23,7 @@
 
 mod addr;
 pub mod build;
+mod cidr;
 mod error;
 mod flow;
 mod header;
@@ -35,6 +36,7 @@ mod uri;
 mod via;
 
 pub use addr::NameAddr;
+pub use cidr::Cidr;
 pub use error::{Reason, ReplyParts, ScanError, Verdict};
 pub use flow::{BadFlow, Flow, Transport};
 pub use header::HeaderName;
