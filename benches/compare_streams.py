@@ -125,7 +125,7 @@ def kamailio_cfg(tmp, transport, port, backends, cert, key):
     with open(lst, "w") as f:
         for b in backends:
             f.write(f"1 sip:127.0.0.1:{b}\n")
-    tls_cfg = os.path.join(tmp, "kamailio-tls.cfg")
+    tls_cfg = os.path.join(tmp, "tls-module.cfg")
     with open(tls_cfg, "w") as f:
         f.write(f"[server:default]\nmethod = TLSv1.2+\nverify_certificate = no\nrequire_certificate = no\n"
                 f"private_key = {key}\ncertificate = {cert}\n\n[client:default]\nverify_certificate = no\n")
@@ -182,7 +182,8 @@ def run(system, transport, args, tmp, cert, key):
             proxy = subprocess.Popen(
                 [HANDOVER, "edge", "--drain-s", "0", "--listen", f"127.0.0.1:{udp}", "--admin", "127.0.0.1:0",
                  "--threads", "1", "--io", "epoll", "--backend", f"127.0.0.1:{b1}", "--backend",
-                 f"127.0.0.1:{b2}", "--probe-interval-ms", "0"] + flag,
+                 f"127.0.0.1:{b2}", "--probe-interval-ms", "0",
+                 "--max-connections-per-source", str(args.idle_connections + 100)] + flag,
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         else:
             cfg = kamailio_cfg(tmp, transport, port, [b1, b2], cert, key)

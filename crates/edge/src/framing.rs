@@ -58,7 +58,7 @@ impl Framer {
     /// A framer refusing messages over `max` bytes.
     pub fn new(max: usize) -> Self {
         Self {
-            buf: Vec::with_capacity(4096.min(max)),
+            buf: Vec::new(),
             max,
         }
     }
@@ -84,7 +84,7 @@ impl Framer {
         if self.buf.is_empty() && self.buf.capacity() > 64 << 10 {
             // One large message must not pin its buffer for the
             // connection's life.
-            self.buf = Vec::with_capacity(4096);
+            self.buf = Vec::new();
         }
     }
 

@@ -152,8 +152,24 @@ impl Registry {
     /// Queues `bytes` for the connection of `flow`. False when the edge
     /// holds no such connection (the caller answers 430 or drops); a full
     /// queue drops the message and counts it.
+    ///
+    /// A flow read from a Via names the transport its sender wrote, which
+    /// is not always the connection's (a client behind a TLS-terminating
+    /// shim writes TCP): when no connection of that transport has the
+    /// address, one of another stream transport with it is taken.
     pub fn send(&self, flow: Flow, bytes: &[u8]) -> bool {
-        let tx = self.inner.lock().by_flow.get(&flow).cloned();
+        if !flow.transport.is_stream() {
+            return false;
+        }
+        let tx = {
+            let c = self.inner.lock();
+            c.by_flow.get(&flow).cloned().or_else(|| {
+                Transport::ALL
+                    .iter()
+                    .filter(|t| t.is_stream() && **t != flow.transport)
+                    .find_map(|t| c.by_flow.get(&Flow::new(*t, flow.addr)).cloned())
+            })
+        };
         let Some(tx) = tx else {
             return false;
         };
@@ -605,8 +621,10 @@ async fn read_loop<R: AsyncRead + Unpin>(
 ) -> &'static str {
     let cfg = &streams.cfg;
     let mut framer = Framer::new(cfg.max_message_bytes);
-    let mut buf = vec![0u8; 16 << 10];
-    let mut out = vec![0u8; cfg.max_message_bytes + 4096];
+    // Small buffers, the output one made at the first message: an idle
+    // connection (most of a phone fleet's) costs little memory.
+    let mut buf = vec![0u8; 4096];
+    let mut out = Vec::new();
     // The first message is due within the message timeout (a connection
     // that never says anything is a slowloris too), later ones once they
     // have started.
@@ -646,6 +664,9 @@ async fn read_loop<R: AsyncRead + Unpin>(
             Ok(Err(_)) => return "error",
         };
         framer.push(&buf[..n]);
+        if out.is_empty() {
+            out = vec![0u8; cfg.max_message_bytes + 4096];
+        }
         loop {
             match framer.next_item() {
                 Ok(None) => break,
@@ -792,5 +813,60 @@ async fn deliver(
         Outcome::Drop(d) => {
             counter!(crate::metrics::DROPS, "reason" => d.label()).increment(1);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_registry_limits_connections_and_finds_a_flow_by_its_address() {
+        let cfg = StreamConfig {
+            max_connections: 3,
+            max_per_source: 2,
+            ..StreamConfig::default()
+        };
+        let r = Registry::default();
+        let f = |s: &str| s.parse::<Flow>().unwrap();
+        let (tx, mut rx) = mpsc::channel(4);
+        assert_eq!(r.admit(f("tls:192.0.2.1:40000"), tx.clone(), &cfg), Ok(()));
+        assert_eq!(r.admit(f("tcp:192.0.2.1:40001"), tx.clone(), &cfg), Ok(()));
+        assert_eq!(
+            r.admit(f("tcp:192.0.2.1:40002"), tx.clone(), &cfg),
+            Err(Refusal::Source),
+            "two per address"
+        );
+        assert_eq!(r.admit(f("tcp:192.0.2.2:40000"), tx.clone(), &cfg), Ok(()));
+        assert_eq!(
+            r.admit(f("tcp:192.0.2.3:40000"), tx.clone(), &cfg),
+            Err(Refusal::Total)
+        );
+        // A Via that says TCP for what came on TLS still finds it.
+        assert!(r.send(f("tcp:192.0.2.1:40000"), b"SIP/2.0 200 OK\r\n\r\n"));
+        assert_eq!(&*rx.try_recv().unwrap(), b"SIP/2.0 200 OK\r\n\r\n");
+        assert!(
+            !r.send(f("tcp:192.0.2.9:40000"), b"x"),
+            "no such connection"
+        );
+        assert!(
+            !r.send(f("192.0.2.1:40000"), b"x"),
+            "UDP is not a connection"
+        );
+        r.remove(f("tls:192.0.2.1:40000"));
+        assert_eq!(r.len(), 2);
+        assert_eq!(
+            r.admit(f("tcp:192.0.2.1:40003"), tx, &cfg),
+            Ok(()),
+            "room again"
+        );
+    }
+
+    #[test]
+    fn a_response_names_the_branch_that_ends_its_retransmission() {
+        let resp = b"SIP/2.0 100 Trying\r\nVia: SIP/2.0/TLS 10.0.0.1;branch=z9hG4bKabc;rport=5\r\n\
+From: <sip:a@b>;tag=1\r\nTo: <sip:c@d>\r\nCall-ID: x\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n";
+        assert_eq!(response_branch(resp), Some(&b"z9hG4bKabc"[..]));
+        assert_eq!(response_branch(b"INVITE sip:x SIP/2.0\r\n\r\n"), None);
     }
 }
