@@ -8,6 +8,9 @@
 #     registration tests, driven through its ctrl_tcp module.
 #   - kamailio: the upstream registrar of the relay-mode test (its
 #     registrar, usrloc and path modules), and the benchmarks' peer.
+#   - chromium, node and npm: the browser of the WebSocket test, with
+#     JsSIP (bundled for the browser by esbuild) and playwright-core from
+#     npm, pinned, in $HANDOVER_BROWSER.
 #   - rustfmt and clippy for the pinned toolchain (rust-toolchain.toml).
 #   - kubectl (for `kubectl kustomize`; Debian: kubernetes-client) and, in
 #     a virtualenv at $HANDOVER_DEPLOY_TOOLS, the pinned kubernetes-validate,
@@ -20,6 +23,9 @@ command -v prometheus >/dev/null 2>&1 || need_apt+=(prometheus)
 command -v kubectl >/dev/null 2>&1 || need_apt+=(kubernetes-client)
 command -v baresip >/dev/null 2>&1 || need_apt+=(baresip-core)
 command -v kamailio >/dev/null 2>&1 || need_apt+=(kamailio)
+command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
+command -v node >/dev/null 2>&1 || need_apt+=(nodejs)
+command -v npm >/dev/null 2>&1 || need_apt+=(npm)
 
 if ((${#need_apt[@]})); then
   echo "install-deps: installing ${need_apt[*]}" >&2
@@ -47,4 +53,17 @@ if ! [ -f "$tools/.pins" ] || [ "$(cat "$tools/.pins")" != "${pins[*]}" ]; then
   python3 -m venv "$tools"
   "$tools/bin/pip" install -q --disable-pip-version-check "${pins[@]}"
   echo "${pins[*]}" >"$tools/.pins"
+fi
+
+# The browser test's JavaScript: JsSIP (a SIP-over-WebSocket phone) bundled
+# for the page, and playwright-core to drive Debian's chromium.
+browser="${HANDOVER_BROWSER:-$HOME/.cache/handover/browser}"
+npm_pins=(jssip@3.13.8 playwright-core@1.65.2 esbuild@0.28.2)
+if ! [ -f "$browser/.pins" ] || [ "$(cat "$browser/.pins")" != "${npm_pins[*]}" ] || ! [ -f "$browser/jssip.js" ]; then
+  echo "install-deps: installing ${npm_pins[*]} into $browser" >&2
+  mkdir -p "$browser"
+  (cd "$browser" && npm install --silent --no-audit --no-fund --save-exact "${npm_pins[@]}" >/dev/null &&
+    ./node_modules/.bin/esbuild --bundle node_modules/jssip/lib/JsSIP.js --format=iife \
+      --global-name=JsSIP --outfile=jssip.js --log-level=warning)
+  echo "${npm_pins[*]}" >"$browser/.pins"
 fi

@@ -7,6 +7,7 @@
 #[path = "../../crates/sip/testdata/corpus_format.rs"]
 mod corpus_format;
 
+mod browser;
 mod cli;
 mod edge;
 mod failover;

@@ -694,6 +694,8 @@ pub(crate) struct Cluster {
     pub(crate) sip: u16,
     /// The edge's TLS port (TCP is on `sip`).
     pub(crate) tls: u16,
+    /// The edge's secure WebSocket port.
+    pub(crate) wss: u16,
     pub(crate) worker: u16,
     pub(crate) admin: String,
     pub(crate) worker_admin: String,
@@ -705,8 +707,8 @@ pub(crate) struct Cluster {
 /// ports; returns once its edge is ready.
 pub(crate) fn cluster(routes: &[String], extra: &[&str]) -> Cluster {
     let (sip, worker) = (free_sip_port(), free_udp_port());
-    let tls = free_tcp_port();
-    let tls_listen = format!("127.0.0.1:{tls}");
+    let (tls, wss) = (free_tcp_port(), free_tcp_port());
+    let (tls_listen, wss_listen) = (format!("127.0.0.1:{tls}"), format!("127.0.0.1:{wss}"));
     // Worker i's admin and gRPC ports are the first's + i.
     let (admin, worker_admin) = (
         format!("127.0.0.1:{}", free_tcp_port()),
@@ -737,12 +739,16 @@ pub(crate) fn cluster(routes: &[String], extra: &[&str]) -> Cluster {
     if !extra.contains(&"--udp-only") && !extra.contains(&"--listen-tls") {
         args.extend(["--listen-tls", tls_listen.as_str()]);
     }
+    if !extra.contains(&"--udp-only") && !extra.contains(&"--listen-wss") {
+        args.extend(["--listen-wss", wss_listen.as_str()]);
+    }
     args.extend_from_slice(extra);
     let up = spawn_up(&args, &admin);
     Cluster {
         _up: up,
         sip,
         tls,
+        wss,
         worker,
         admin,
         worker_admin,

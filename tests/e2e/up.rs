@@ -467,12 +467,18 @@ fn up_with_three_workers_spreads_calls_and_keeps_each_on_one_worker() {
 fn up_demo_plays_calls_and_transfers_and_prints_a_summary() {
     let _g = serial();
     let (sip, worker, demo) = (free_sip_port(), free_udp_port(), free_udp_port());
-    let (admin, worker_admin, tls) = (free_tcp_port(), free_tcp_port(), free_tcp_port());
+    let (admin, worker_admin, tls, wss) = (
+        free_tcp_port(),
+        free_tcp_port(),
+        free_tcp_port(),
+        free_tcp_port(),
+    );
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_handover"))
         .arg("up")
         .arg("--demo")
         .args(["--listen", &format!("127.0.0.1:{sip}")])
         .args(["--listen-tls", &format!("127.0.0.1:{tls}")])
+        .args(["--listen-wss", &format!("127.0.0.1:{wss}")])
         .args(["--worker-listen", &format!("127.0.0.1:{worker}")])
         .args(["--admin", &format!("127.0.0.1:{admin}")])
         .args(["--worker-admin", &format!("127.0.0.1:{worker_admin}")])

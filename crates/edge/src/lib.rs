@@ -251,14 +251,14 @@ impl Edge {
             };
             proxy = proxy.with_listener(*t, adv);
         }
-        let tls = match (&cfg.streams.tls, &cfg.streams.tls_files) {
-            (None, _) => None,
-            (Some(_), None) => {
+        let tls = match (cfg.streams.needs_tls(), &cfg.streams.tls_files) {
+            (false, _) => None,
+            (true, None) => {
                 return Err(StartError::Tls(
-                    "a TLS listener needs a certificate and a key".into(),
+                    "a TLS or WSS listener needs a certificate and a key".into(),
                 ));
             }
-            (Some(_), Some(f)) => Some(ArcSwap::from_pointee(
+            (true, Some(f)) => Some(ArcSwap::from_pointee(
                 stream::tls_acceptor(f).map_err(StartError::Tls)?,
             )),
         };
@@ -520,7 +520,12 @@ fn bind_streams(
 > {
     let mut per_thread: Vec<Vec<(Transport, std::net::TcpListener)>> = Vec::new();
     let mut addrs = Vec::new();
-    let wanted = [(Transport::Tcp, cfg.tcp), (Transport::Tls, cfg.tls)];
+    let wanted = [
+        (Transport::Tcp, cfg.tcp),
+        (Transport::Tls, cfg.tls),
+        (Transport::Ws, cfg.ws),
+        (Transport::Wss, cfg.wss),
+    ];
     if !cfg.any() {
         return Ok((per_thread, addrs));
     }

@@ -264,7 +264,7 @@ impl Listener {
         let hostport = format!("{host}:{}", addr.port());
         let tp = match t {
             Transport::Udp => String::new(),
-            t => format!(";transport={}", t.name()),
+            t => format!(";transport={}", t.uri_param()),
         };
         Self {
             addr,

@@ -80,6 +80,10 @@ pub struct StreamConfig {
     pub tcp: Option<SocketAddr>,
     /// TLS listener.
     pub tls: Option<SocketAddr>,
+    /// WebSocket listener (RFC 7118, the `sip` subprotocol).
+    pub ws: Option<SocketAddr>,
+    /// WebSocket over TLS listener (the TLS listener's certificate).
+    pub wss: Option<SocketAddr>,
     /// The TLS listener's files (required with `tls`).
     pub tls_files: Option<TlsFiles>,
     /// Connections at most, over every stream listener.
@@ -107,6 +111,8 @@ impl Default for StreamConfig {
         Self {
             tcp: None,
             tls: None,
+            ws: None,
+            wss: None,
             tls_files: None,
             max_connections: 16_384,
             max_per_source: 64,
@@ -124,7 +130,12 @@ impl Default for StreamConfig {
 impl StreamConfig {
     /// True when the edge listens on any stream transport.
     pub fn any(&self) -> bool {
-        self.tcp.is_some() || self.tls.is_some()
+        self.tcp.is_some() || self.tls.is_some() || self.ws.is_some() || self.wss.is_some()
+    }
+
+    /// True when a listener needs the certificate (TLS, WSS).
+    pub fn needs_tls(&self) -> bool {
+        self.tls.is_some() || self.wss.is_some()
     }
 }
 
@@ -234,7 +245,13 @@ pub(crate) fn register_metrics(transports: &[Transport]) {
         counter!(OPENED, "transport" => t).increment(0);
         counter!(MESSAGES_IN, "transport" => t).increment(0);
         counter!(RESENT, "transport" => t).increment(0);
-        for reason in ["peer_closed", "idle", "message_timeout", "too_large"] {
+        for reason in [
+            "peer_closed",
+            "idle",
+            "message_timeout",
+            "too_large",
+            "ws_no_sip",
+        ] {
             counter!(CLOSED, "transport" => t, "reason" => reason).increment(0);
         }
         for reason in ["total_limit", "source_limit"] {
@@ -498,27 +515,198 @@ async fn connection(
     let t = flow.transport;
     counter!(OPENED, "transport" => t.name()).increment(1);
     gauge!(CONNECTIONS, "transport" => t.name()).increment(1.0);
-    let reason = match t {
-        Transport::Tls => {
-            let acceptor = streams.tls.as_ref().map(|a| a.load_full());
-            match acceptor {
-                None => "error",
-                Some(a) => {
-                    match tokio::time::timeout(streams.cfg.message_timeout, a.accept(sock)).await {
-                        Ok(Ok(s)) => serve(s, flow, tx, rx, shared, streams, udp).await,
-                        _ => {
-                            counter!(TLS_FAILURES).increment(1);
-                            "tls_handshake"
-                        }
-                    }
-                }
+    let deadline = streams.cfg.message_timeout;
+    let tls = |sock| async move {
+        let a = streams.tls.as_ref().map(|a| a.load_full())?;
+        match tokio::time::timeout(deadline, a.accept(sock)).await {
+            Ok(Ok(s)) => Some(s),
+            _ => {
+                counter!(TLS_FAILURES).increment(1);
+                None
             }
         }
+    };
+    let reason = match t {
+        Transport::Tls => match tls(sock).await {
+            Some(s) => serve(s, flow, tx, rx, shared, streams, udp).await,
+            None => "tls_handshake",
+        },
+        Transport::Wss => match tls(sock).await {
+            Some(s) => match ws_handshake(s, streams).await {
+                Ok(ws) => serve_ws(ws, flow, tx, rx, shared, streams, udp).await,
+                Err(r) => r,
+            },
+            None => "tls_handshake",
+        },
+        Transport::Ws => match ws_handshake(sock, streams).await {
+            Ok(ws) => serve_ws(ws, flow, tx, rx, shared, streams, udp).await,
+            Err(r) => r,
+        },
         _ => serve(sock, flow, tx, rx, shared, streams, udp).await,
     };
     streams.registry.remove(flow);
     counter!(CLOSED, "transport" => t.name(), "reason" => reason).increment(1);
     gauge!(CONNECTIONS, "transport" => t.name()).decrement(1.0);
+}
+
+/// The WebSocket upgrade (RFC 6455) of a connection, within the message
+/// timeout; refused (`ws_no_sip`) unless the client offers the `sip`
+/// subprotocol (RFC 7118 §4.1), which the answer then names.
+async fn ws_handshake<S>(
+    s: S,
+    streams: &Streams,
+) -> Result<tokio_tungstenite::WebSocketStream<S>, &'static str>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+    let offered_sip = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let saw = Arc::clone(&offered_sip);
+    // The signature is tungstenite's (its error type is an HTTP response).
+    #[allow(clippy::result_large_err)]
+    let callback = move |req: &Request, mut resp: Response| {
+        let sip = req
+            .headers()
+            .get_all("sec-websocket-protocol")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|p| p.trim().eq_ignore_ascii_case("sip"));
+        if !sip {
+            let mut e = ErrorResponse::new(Some(
+                "SIP over WebSocket needs the sip subprotocol (RFC 7118)".to_string(),
+            ));
+            *e.status_mut() = tokio_tungstenite::tungstenite::http::StatusCode::BAD_REQUEST;
+            return Err(e);
+        }
+        saw.store(true, Ordering::Relaxed);
+        resp.headers_mut().insert(
+            "sec-websocket-protocol",
+            tokio_tungstenite::tungstenite::http::HeaderValue::from_static("sip"),
+        );
+        Ok(resp)
+    };
+    let max = streams.cfg.max_message_bytes;
+    let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .max_message_size(Some(max))
+        .max_frame_size(Some(max));
+    match tokio::time::timeout(
+        streams.cfg.message_timeout,
+        tokio_tungstenite::accept_hdr_async_with_config(s, callback, Some(config)),
+    )
+    .await
+    {
+        Ok(Ok(ws)) => Ok(ws),
+        Ok(Err(_)) if !offered_sip.load(Ordering::Relaxed) => Err("ws_no_sip"),
+        Ok(Err(_)) => Err("ws_handshake"),
+        Err(_) => Err("message_timeout"),
+    }
+}
+
+/// Serves one WebSocket connection: each text or binary message is one
+/// SIP message (RFC 7118 §5.2); pings are answered by the WebSocket layer.
+async fn serve_ws<S>(
+    ws: tokio_tungstenite::WebSocketStream<S>,
+    flow: Flow,
+    tx: mpsc::Sender<Box<[u8]>>,
+    mut rx: mpsc::Receiver<Box<[u8]>>,
+    shared: &Shared,
+    streams: &Streams,
+    udp: &tokio::net::UdpSocket,
+) -> &'static str
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    use futures_util::{SinkExt as _, StreamExt as _};
+    use tokio_tungstenite::tungstenite::Message;
+    let (mut sink, mut source) = ws.split();
+    let pending = Arc::new(Mutex::new(Pending::default()));
+    let answered = Arc::clone(&pending);
+    let writer = tokio::spawn(async move {
+        while let Some(b) = rx.recv().await {
+            if let Some(branch) = response_branch(&b) {
+                answered.lock().by_branch.remove(branch);
+            }
+            let m = match String::from_utf8(b.into_vec()) {
+                Ok(text) => Message::text(text),
+                Err(e) => Message::binary(e.into_bytes()),
+            };
+            if sink.send(m).await.is_err() {
+                break;
+            }
+        }
+        let _ = sink.close().await;
+    });
+    let cfg = &streams.cfg;
+    let mut out = vec![0u8; cfg.max_message_bytes + 4096];
+    let mut last_read = Instant::now();
+    let reason = loop {
+        if shared.stop.load(Ordering::Relaxed) {
+            break "shutdown";
+        }
+        let idle_due = last_read + cfg.idle_timeout;
+        let resend = pending.lock().next_due();
+        let now = Instant::now();
+        if resend.is_some_and(|t| t <= now) {
+            retransmit(now, flow, &mut out, &tx, shared, streams, udp, &pending).await;
+            continue;
+        }
+        let wake = idle_due
+            .min(now + Duration::from_secs(1))
+            .min(resend.unwrap_or(idle_due));
+        let msg = match tokio::time::timeout_at(wake, source.next()).await {
+            Err(_) if Instant::now() >= idle_due => break "idle",
+            Err(_) => continue,
+            Ok(None) => break "peer_closed",
+            Ok(Some(Err(tokio_tungstenite::tungstenite::Error::Capacity(_)))) => break "too_large",
+            Ok(Some(Err(_))) => break "error",
+            Ok(Some(Ok(m))) => m,
+        };
+        last_read = Instant::now();
+        let data = match msg {
+            Message::Text(t) => t.as_bytes().to_vec(),
+            Message::Binary(b) => b.to_vec(),
+            Message::Close(_) => break "peer_closed",
+            _ => continue,
+        };
+        on_message(&data, flow, &mut out, &tx, shared, streams, udp, &pending).await;
+    };
+    drop(tx);
+    let _ = tokio::time::timeout(Duration::from_secs(1), writer).await;
+    reason
+}
+
+/// One SIP message read from a connection: through the proxy, tracked for
+/// retransmission when it went to a worker, delivered.
+#[allow(clippy::too_many_arguments)]
+async fn on_message(
+    msg: &[u8],
+    flow: Flow,
+    out: &mut [u8],
+    tx: &mpsc::Sender<Box<[u8]>>,
+    shared: &Shared,
+    streams: &Streams,
+    udp: &tokio::net::UdpSocket,
+    pending: &Mutex<Pending>,
+) {
+    counter!(MESSAGES_IN, "transport" => flow.transport.name()).increment(1);
+    let o = {
+        let table = shared.table.load();
+        let now_sec = streams.start.elapsed().as_secs() as u32;
+        let mut limiter = streams.limiter.lock();
+        shared
+            .proxy
+            .handle(&table, &mut limiter, now_sec, flow, msg, out)
+    };
+    if let Outcome::Forward {
+        peer: crate::Peer::Backend(_),
+        request: true,
+        ..
+    } = o
+    {
+        track(pending, msg);
+    }
+    deliver(o, out, tx, &streams.registry, udp).await;
 }
 
 /// Requests of one connection relayed to a worker over UDP and not yet
@@ -677,30 +865,8 @@ async fn read_loop<R: AsyncRead + Unpin>(
                     counter!(crate::metrics::PONGS).increment(1);
                 }
                 Ok(Some(Item::Message { len })) => {
-                    counter!(MESSAGES_IN, "transport" => flow.transport.name()).increment(1);
-                    let o = {
-                        let table = shared.table.load();
-                        let now_sec = streams.start.elapsed().as_secs() as u32;
-                        let mut limiter = streams.limiter.lock();
-                        shared.proxy.handle(
-                            &table,
-                            &mut limiter,
-                            now_sec,
-                            flow,
-                            &framer.buffered()[..len],
-                            &mut out,
-                        )
-                    };
                     let msg = &framer.buffered()[..len];
-                    if let Outcome::Forward {
-                        peer: crate::Peer::Backend(_),
-                        request: true,
-                        ..
-                    } = o
-                    {
-                        track(pending, msg);
-                    }
-                    deliver(o, &out, tx, &streams.registry, udp).await;
+                    on_message(msg, flow, &mut out, tx, shared, streams, udp, pending).await;
                     framer.consume(len);
                 }
                 Err(e) => return e.label(),

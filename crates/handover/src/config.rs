@@ -172,6 +172,10 @@ struct EdgeSection {
     listen_tcp: Option<Spanned<String>>,
     /// SIP over TLS on this address (`IP:PORT`, 5061 by convention).
     listen_tls: Option<Spanned<String>>,
+    /// SIP over WebSocket (RFC 7118) on this address.
+    listen_ws: Option<Spanned<String>>,
+    /// SIP over secure WebSocket on this address (the TLS certificate).
+    listen_wss: Option<Spanned<String>>,
     /// PEM certificate chain of the TLS listener (re-read when it changes).
     tls_cert: Option<String>,
     /// PEM private key of the TLS listener.
@@ -362,6 +366,10 @@ pub(crate) struct Edge {
     pub(crate) listen_tcp: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) listen_tls: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) listen_ws: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) listen_wss: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) tls_cert: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -562,14 +570,27 @@ impl Config {
             None => None,
             Some(_) => Some(addr(&e.listen_tls, "edge.listen_tls", "")?),
         };
-        if let Some(l) = &e.listen_tls
-            && (e.tls_cert.is_none() || e.tls_key.is_none())
-        {
-            return Err(err(
-                Some(l.span()),
-                Some("edge.listen_tls"),
-                "a TLS listener needs tls_cert and tls_key (PEM files)".to_string(),
-            ));
+        let listen_ws = match &e.listen_ws {
+            None => None,
+            Some(_) => Some(addr(&e.listen_ws, "edge.listen_ws", "")?),
+        };
+        let listen_wss = match &e.listen_wss {
+            None => None,
+            Some(_) => Some(addr(&e.listen_wss, "edge.listen_wss", "")?),
+        };
+        for (l, key) in [
+            (&e.listen_tls, "edge.listen_tls"),
+            (&e.listen_wss, "edge.listen_wss"),
+        ] {
+            if let Some(l) = l
+                && (e.tls_cert.is_none() || e.tls_key.is_none())
+            {
+                return Err(err(
+                    Some(l.span()),
+                    Some(key),
+                    "a TLS listener needs tls_cert and tls_key (PEM files)".to_string(),
+                ));
+            }
         }
         let sd = handover_edge::StreamConfig::default();
         let stream_idle_s = e
@@ -905,6 +926,8 @@ impl Config {
             drain_s: e.drain_s.unwrap_or(5),
             listen_tcp,
             listen_tls,
+            listen_ws,
+            listen_wss,
             tls_cert: e.tls_cert.clone(),
             tls_key: e.tls_key.clone(),
             tls_client_ca: e.tls_client_ca.clone(),

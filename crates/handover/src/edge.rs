@@ -98,6 +98,13 @@ pub(crate) struct EdgeArgs {
     /// --tls-cert and --tls-key).
     #[arg(long, value_name = "IP:PORT")]
     listen_tls: Option<SocketAddr>,
+    /// Also take SIP over WebSocket (RFC 7118, subprotocol `sip`) here.
+    #[arg(long, value_name = "IP:PORT")]
+    listen_ws: Option<SocketAddr>,
+    /// Also take SIP over secure WebSocket here (browsers; the TLS
+    /// certificate: needs --tls-cert and --tls-key).
+    #[arg(long, value_name = "IP:PORT")]
+    listen_wss: Option<SocketAddr>,
     /// PEM certificate chain of the TLS listener, leaf first (re-read
     /// within a second when it changes).
     #[arg(long)]
@@ -222,8 +229,12 @@ fn settings(a: &EdgeArgs) -> anyhow::Result<Settings> {
                 _ => None,
             };
             let tls = a.listen_tls.or_else(|| e.listen_tls.as_deref().map(parse));
-            if tls.is_some() && tls_files.is_none() {
-                anyhow::bail!("--listen-tls needs --tls-cert and --tls-key (PEM files)");
+            let ws = a.listen_ws.or_else(|| e.listen_ws.as_deref().map(parse));
+            let wss = a.listen_wss.or_else(|| e.listen_wss.as_deref().map(parse));
+            if (tls.is_some() || wss.is_some()) && tls_files.is_none() {
+                anyhow::bail!(
+                    "--listen-tls and --listen-wss need --tls-cert and --tls-key (PEM files)"
+                );
             }
             let idle_s = a.stream_idle_s.unwrap_or(e.stream_idle_s);
             let message_ms = a
@@ -237,6 +248,8 @@ fn settings(a: &EdgeArgs) -> anyhow::Result<Settings> {
             handover_edge::StreamConfig {
                 tcp: a.listen_tcp.or_else(|| e.listen_tcp.as_deref().map(parse)),
                 tls,
+                ws,
+                wss,
                 tls_files,
                 max_connections: a.max_connections.unwrap_or(e.max_connections),
                 max_per_source: a
@@ -287,7 +300,12 @@ pub(crate) fn run(args: EdgeArgs) -> anyhow::Result<()> {
             edge.local_addr(),
             edge.io_mode().as_str()
         );
-        for t in [handover_sip::Transport::Tcp, handover_sip::Transport::Tls] {
+        for t in [
+            handover_sip::Transport::Tcp,
+            handover_sip::Transport::Tls,
+            handover_sip::Transport::Ws,
+            handover_sip::Transport::Wss,
+        ] {
             if let Some(a) = edge.listener(t) {
                 println!("handover edge listening on {t} {a}");
             }

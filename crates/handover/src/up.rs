@@ -103,6 +103,13 @@ pub(crate) struct UpArgs {
     /// SIP over TLS [default: --listen's port + 1, 5061 for 5060].
     #[arg(long, value_name = "IP:PORT")]
     listen_tls: Option<SocketAddr>,
+    /// SIP over secure WebSocket, for browsers [default: --listen's port
+    /// + 2, 5062 for 5060].
+    #[arg(long, value_name = "IP:PORT")]
+    listen_wss: Option<SocketAddr>,
+    /// SIP over plain WebSocket [default: none].
+    #[arg(long, value_name = "IP:PORT")]
+    listen_ws: Option<SocketAddr>,
     /// PEM certificate chain for TLS [default: a throw-away self-signed
     /// one for `localhost` and --listen's address, made for this run].
     #[arg(long, requires = "tls_key")]
@@ -204,6 +211,27 @@ pub(crate) fn run(mut a: UpArgs) -> anyhow::Result<()> {
             )),
         }
     };
+    let listen_wss = if a.udp_only {
+        None
+    } else {
+        match a.listen_wss {
+            Some(t) => Some(t),
+            None => Some(SocketAddr::new(
+                a.listen.ip(),
+                a.listen
+                    .port()
+                    .checked_add(2)
+                    .context("--listen's port + 2 (WSS) is past 65535: give --listen-wss")?,
+            )),
+        }
+    };
+    let listen_ws = if a.udp_only { None } else { a.listen_ws };
+    if let Some(t) = listen_wss {
+        wanted.push((t, false, "--listen-wss"));
+    }
+    if let Some(t) = listen_ws {
+        wanted.push((t, false, "--listen-ws"));
+    }
     if let Some(t) = listen_tcp {
         wanted.push((t, false, "--listen-tcp"));
     }
@@ -268,7 +296,10 @@ pub(crate) fn run(mut a: UpArgs) -> anyhow::Result<()> {
         edge.args(["--listen-tcp", &t.to_string()]);
     }
     let mut tls_note = None;
-    if let Some(t) = listen_tls {
+    if let Some(t) = listen_ws {
+        edge.args(["--listen-ws", &t.to_string()]);
+    }
+    if listen_tls.is_some() || listen_wss.is_some() {
         let (cert, key) = match (&a.tls_cert, &a.tls_key) {
             (Some(c), Some(k)) => (c.clone(), k.clone()),
             _ => {
@@ -279,11 +310,13 @@ pub(crate) fn run(mut a: UpArgs) -> anyhow::Result<()> {
                 (c, k)
             }
         };
-        edge.args(["--listen-tls", &t.to_string()])
-            .arg("--tls-cert")
-            .arg(&cert)
-            .arg("--tls-key")
-            .arg(&key);
+        if let Some(t) = listen_tls {
+            edge.args(["--listen-tls", &t.to_string()]);
+        }
+        if let Some(t) = listen_wss {
+            edge.args(["--listen-wss", &t.to_string()]);
+        }
+        edge.arg("--tls-cert").arg(&cert).arg("--tls-key").arg(&key);
     }
     let mut peers = Vec::new();
     if replicate {
@@ -370,6 +403,12 @@ pub(crate) fn run(mut a: UpArgs) -> anyhow::Result<()> {
     println!("handover up: SIP on udp {}", a.listen);
     if let Some(t) = listen_tcp {
         println!("handover up: SIP on tcp {t}");
+    }
+    if let Some(t) = listen_wss {
+        println!("handover up: SIP on wss {t} (browsers: wss://{t})");
+    }
+    if let Some(t) = listen_ws {
+        println!("handover up: SIP on ws {t}");
     }
     if let Some(t) = listen_tls {
         match &tls_note {

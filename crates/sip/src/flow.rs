@@ -60,6 +60,15 @@ impl Transport {
         }
     }
 
+    /// The `transport=` URI parameter naming it (RFC 7118 §5.2: `ws` for
+    /// WebSocket whether secure or not; a `sips:` URI says TLS).
+    pub fn uri_param(self) -> &'static str {
+        match self {
+            Transport::Wss => "ws",
+            t => t.name(),
+        }
+    }
+
     /// Reads a Via token or a `transport=` value, in any case.
     pub fn parse(token: &[u8]) -> Option<Self> {
         Self::ALL

@@ -1,0 +1,100 @@
+// Two JsSIP phones in one headless Chromium register with handover over
+// WSS and call each other: alice calls bob, bob answers, alice hangs up.
+// Prints one JSON line with what each phone saw; exits 1 on a failure.
+//
+//   node jssip_call.mjs WSS_URL DOMAIN
+//
+// Needs (scripts/install-deps.sh): Debian's chromium; playwright-core and
+// a JsSIP bundle (jssip.js) in $HANDOVER_BROWSER (default
+// ~/.cache/handover/browser).
+import http from "node:http";
+import path from "node:path";
+import { createRequire } from "node:module";
+
+const [wss, domain] = process.argv.slice(2);
+const dir = process.env.HANDOVER_BROWSER || path.join(process.env.HOME, ".cache/handover/browser");
+const require = createRequire(path.join(dir, "package.json"));
+const { chromium } = require("playwright-core");
+
+// A page from http://127.0.0.1 is a secure context (getUserMedia works).
+const server = http.createServer((_, res) => {
+  res.writeHead(200, { "content-type": "text/html" });
+  res.end("<!doctype html><title>handover</title>");
+});
+await new Promise((r) => server.listen(0, "127.0.0.1", r));
+const page_url = `http://127.0.0.1:${server.address().port}/`;
+
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
+  headless: true,
+  args: [
+    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+    "--ignore-certificate-errors",
+  ],
+});
+let result;
+try {
+  const context = await browser.newContext({ ignoreHTTPSErrors: true });
+  const page = await context.newPage();
+  await page.goto(page_url);
+  await page.addScriptTag({ path: path.join(dir, "jssip.js") });
+  result = await page.evaluate(async ({ wss, domain }) => {
+    const seen = { alice: [], bob: [] };
+    const within = (ms, what, p) =>
+      Promise.race([p, new Promise((_, no) => setTimeout(() => no(new Error(`no ${what} within ${ms} ms`)), ms))]);
+    const phone = (user) => {
+      const ua = new JsSIP.UA({
+        sockets: [new JsSIP.WebSocketInterface(wss)],
+        uri: `sip:${user}@${domain}`,
+        register: true,
+        session_timers: false,
+      });
+      const registered = new Promise((ok, no) => {
+        ua.on("registered", () => { seen[user].push("registered"); ok(); });
+        ua.on("registrationFailed", (e) => no(new Error(`${user}: registration failed: ${e.cause}`)));
+      });
+      ua.start();
+      return { ua, registered };
+    };
+    const alice = phone("alice"), bob = phone("bob");
+    try {
+      await within(10000, "registrations", Promise.all([alice.registered, bob.registered]));
+      const bobEnded = new Promise((ok) => {
+        bob.ua.on("newRTCSession", (e) => {
+          if (e.originator !== "remote") return;
+          seen.bob.push(`incoming from ${e.request.from.uri.user}`);
+          e.session.on("confirmed", () => seen.bob.push("confirmed"));
+          e.session.on("ended", (x) => { seen.bob.push(`ended by ${x.originator}`); ok(); });
+          e.session.on("failed", (x) => { seen.bob.push(`failed: ${x.cause}`); ok(); });
+          e.session.answer({ mediaConstraints: { audio: true, video: false } });
+        });
+      });
+      const s = alice.ua.call(`sip:bob@${domain}`, { mediaConstraints: { audio: true, video: false } });
+      await within(10000, "answer", new Promise((ok, no) => {
+        s.on("accepted", (e) => seen.alice.push(`accepted ${e.response ? e.response.status_code : ""}`.trim()));
+        s.on("confirmed", () => { seen.alice.push("confirmed"); ok(); });
+        s.on("failed", (e) => no(new Error(`alice's call failed: ${e.cause}`)));
+      }));
+      await new Promise((r) => setTimeout(r, 1000));
+      const aliceEnded = new Promise((ok) => s.on("ended", (x) => { seen.alice.push(`ended by ${x.originator}`); ok(); }));
+      s.terminate();
+      await within(10000, "the end of the call at bob", Promise.all([bobEnded, aliceEnded]));
+      return { ok: true, seen };
+    } catch (e) {
+      return { ok: false, error: String(e), seen };
+    } finally {
+      alice.ua.stop();
+      bob.ua.stop();
+      await new Promise((r) => setTimeout(r, 500));
+    }
+  }, { wss, domain });
+} catch (e) {
+  result = { ok: false, error: String(e) };
+} finally {
+  await browser.close();
+  server.close();
+}
+console.log(JSON.stringify(result));
+process.exit(result.ok ? 0 : 1);
