@@ -532,3 +532,164 @@ Content-Length: 0\r\n\r\n";
         "nothing forwarded from the untrusted header's connection"
     );
 }
+
+/// A CA of the test's own, which signs server and client certificates.
+struct TestCa {
+    pem: String,
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+}
+
+impl TestCa {
+    fn new(name: &str) -> Self {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        p.distinguished_name.push(rcgen::DnType::CommonName, name);
+        let pem = p.self_signed(&key).unwrap().pem();
+        Self {
+            pem,
+            issuer: rcgen::Issuer::new(p, key),
+        }
+    }
+
+    /// (certificate, key) PEMs for `names`, for a server or a client.
+    fn leaf(&self, names: &[&str], client: bool) -> (String, String) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut p =
+            rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        p.extended_key_usages = vec![if client {
+            rcgen::ExtendedKeyUsagePurpose::ClientAuth
+        } else {
+            rcgen::ExtendedKeyUsagePurpose::ServerAuth
+        }];
+        let cert = p.signed_by(&key, &self.issuer).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+}
+
+/// A TLS client trusting `ca` (PEM), presenting `cert` if given; sends
+/// an INVITE the edge answers itself (483) and returns the answer or
+/// the error.
+fn tls_try(tls: SocketAddr, ca: &str, cert: Option<&(String, String)>) -> Result<String, String> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(ca.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let b = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots);
+    let cfg = match cert {
+        None => b.with_no_client_auth(),
+        Some((c, k)) => b
+            .with_client_auth_cert(
+                CertificateDer::pem_slice_iter(c.as_bytes())
+                    .map(Result::unwrap)
+                    .collect(),
+                PrivateKeyDer::from_pem_slice(k.as_bytes()).unwrap(),
+            )
+            .unwrap(),
+    };
+    let sock = TcpStream::connect(tls).map_err(|e| e.to_string())?;
+    let local = sock.local_addr().unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let conn = rustls::ClientConnection::new(Arc::new(cfg), name).unwrap();
+    let mut s = rustls::StreamOwned::new(conn, sock);
+    s.write_all(invite_mf0("TLS", local).as_bytes())
+        .and_then(|()| s.flush())
+        .map_err(|e| e.to_string())?;
+    let answer = read_message(&mut s, Duration::from_secs(3));
+    if answer.is_empty() {
+        // The server's refusal arrives as an alert on the read side.
+        let mut b = [0u8; 1];
+        return Err(s
+            .read(&mut b)
+            .err()
+            .map_or("closed without an answer".into(), |e| e.to_string()));
+    }
+    Ok(answer)
+}
+
+/// Trunks with client certificates (`--tls-client-ca`), and a certificate
+/// rotated under a running edge (as Kubernetes rotates a Secret): a client
+/// without a certificate, or with one from another CA, is refused; a
+/// trunk with one from the configured CA is answered; after the files
+/// are replaced by a pair from a new CA, clients trusting the new CA are
+/// answered and those trusting only the old one refuse the edge.
+#[test]
+fn trunks_present_client_certificates_and_a_rotated_certificate_is_picked_up() {
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let (servers, servers2, trunks, strangers) = (
+        TestCa::new("servers"),
+        TestCa::new("servers, rotated"),
+        TestCa::new("trunks"),
+        TestCa::new("strangers"),
+    );
+    let (cert, key, client_ca) = (
+        dir.path().join("cert.pem"),
+        dir.path().join("key.pem"),
+        dir.path().join("trunks.pem"),
+    );
+    let (c, k) = servers.leaf(&["localhost"], false);
+    std::fs::write(&cert, c).unwrap();
+    std::fs::write(&key, k).unwrap();
+    std::fs::write(&client_ca, &trunks.pem).unwrap();
+    let backend = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let b = backend.local_addr().unwrap().to_string();
+    let (cert_s, key_s, ca_s) = (
+        cert.to_string_lossy().into_owned(),
+        key.to_string_lossy().into_owned(),
+        client_ca.to_string_lossy().into_owned(),
+    );
+    let e = spawn_edge(&[
+        "--backend",
+        &b,
+        "--probe-interval-ms",
+        "0",
+        "--listen-tls",
+        "127.0.0.1:0",
+        "--tls-cert",
+        &cert_s,
+        "--tls-key",
+        &key_s,
+        "--tls-client-ca",
+        &ca_s,
+    ]);
+    let tls = e.tls.unwrap();
+    let trunk = trunks.leaf(&["trunk.example"], true);
+    let stranger = strangers.leaf(&["stranger.example"], true);
+    let ok = tls_try(tls, &servers.pem, Some(&trunk)).expect("the trunk is answered");
+    assert!(ok.starts_with("SIP/2.0 483 "), "{ok:?}");
+    let no_cert = tls_try(tls, &servers.pem, None);
+    assert!(no_cert.is_err(), "no client certificate: {no_cert:?}");
+    let wrong = tls_try(tls, &servers.pem, Some(&stranger));
+    assert!(wrong.is_err(), "a certificate from another CA: {wrong:?}");
+
+    // Rotation: new files in place, picked up within a second or two.
+    let (c2, k2) = servers2.leaf(&["localhost"], false);
+    std::thread::sleep(Duration::from_millis(1100)); // a new mtime second
+    std::fs::write(&key, k2).unwrap();
+    std::fs::write(&cert, c2).unwrap();
+    let reloaded = wait_for(Duration::from_secs(5), || {
+        metric(
+            &scrape(&e),
+            "handover_edge_tls_reloads_total{result=\"ok\"}",
+        ) >= 1.0
+    });
+    assert!(reloaded, "reloaded: {}", scrape(&e));
+    let ok = tls_try(tls, &servers2.pem, Some(&trunk)).expect("the new certificate serves");
+    assert!(ok.starts_with("SIP/2.0 483 "), "{ok:?}");
+    let old = tls_try(tls, &servers.pem, Some(&trunk));
+    assert!(
+        old.as_ref()
+            .is_err_and(|e| e.contains("invalid peer certificate")),
+        "the old CA no longer names the edge: {old:?}"
+    );
+}

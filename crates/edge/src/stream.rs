@@ -29,6 +29,12 @@ use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls;
 
+mod resend;
+mod ws;
+
+use resend::{Pending, response_branch, retransmit, track};
+use ws::{serve_ws, ws_handshake};
+
 use crate::Shared;
 use crate::framing::{Framer, Item};
 use crate::proxy::{BadInputLimiter, Outcome};
@@ -549,133 +555,6 @@ async fn connection(
     gauge!(CONNECTIONS, "transport" => t.name()).decrement(1.0);
 }
 
-/// The WebSocket upgrade (RFC 6455) of a connection, within the message
-/// timeout; refused (`ws_no_sip`) unless the client offers the `sip`
-/// subprotocol (RFC 7118 §4.1), which the answer then names.
-async fn ws_handshake<S>(
-    s: S,
-    streams: &Streams,
-) -> Result<tokio_tungstenite::WebSocketStream<S>, &'static str>
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
-    let offered_sip = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let saw = Arc::clone(&offered_sip);
-    // The signature is tungstenite's (its error type is an HTTP response).
-    #[allow(clippy::result_large_err)]
-    let callback = move |req: &Request, mut resp: Response| {
-        let sip = req
-            .headers()
-            .get_all("sec-websocket-protocol")
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|p| p.trim().eq_ignore_ascii_case("sip"));
-        if !sip {
-            let mut e = ErrorResponse::new(Some(
-                "SIP over WebSocket needs the sip subprotocol (RFC 7118)".to_string(),
-            ));
-            *e.status_mut() = tokio_tungstenite::tungstenite::http::StatusCode::BAD_REQUEST;
-            return Err(e);
-        }
-        saw.store(true, Ordering::Relaxed);
-        resp.headers_mut().insert(
-            "sec-websocket-protocol",
-            tokio_tungstenite::tungstenite::http::HeaderValue::from_static("sip"),
-        );
-        Ok(resp)
-    };
-    let max = streams.cfg.max_message_bytes;
-    let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
-        .max_message_size(Some(max))
-        .max_frame_size(Some(max));
-    match tokio::time::timeout(
-        streams.cfg.message_timeout,
-        tokio_tungstenite::accept_hdr_async_with_config(s, callback, Some(config)),
-    )
-    .await
-    {
-        Ok(Ok(ws)) => Ok(ws),
-        Ok(Err(_)) if !offered_sip.load(Ordering::Relaxed) => Err("ws_no_sip"),
-        Ok(Err(_)) => Err("ws_handshake"),
-        Err(_) => Err("message_timeout"),
-    }
-}
-
-/// Serves one WebSocket connection: each text or binary message is one
-/// SIP message (RFC 7118 §5.2); pings are answered by the WebSocket layer.
-async fn serve_ws<S>(
-    ws: tokio_tungstenite::WebSocketStream<S>,
-    flow: Flow,
-    tx: mpsc::Sender<Box<[u8]>>,
-    mut rx: mpsc::Receiver<Box<[u8]>>,
-    shared: &Shared,
-    streams: &Streams,
-    udp: &tokio::net::UdpSocket,
-) -> &'static str
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    use futures_util::{SinkExt as _, StreamExt as _};
-    use tokio_tungstenite::tungstenite::Message;
-    let (mut sink, mut source) = ws.split();
-    let pending = Arc::new(Mutex::new(Pending::default()));
-    let answered = Arc::clone(&pending);
-    let writer = tokio::spawn(async move {
-        while let Some(b) = rx.recv().await {
-            if let Some(branch) = response_branch(&b) {
-                answered.lock().by_branch.remove(branch);
-            }
-            let m = match String::from_utf8(b.into_vec()) {
-                Ok(text) => Message::text(text),
-                Err(e) => Message::binary(e.into_bytes()),
-            };
-            if sink.send(m).await.is_err() {
-                break;
-            }
-        }
-        let _ = sink.close().await;
-    });
-    let cfg = &streams.cfg;
-    let mut out = vec![0u8; cfg.max_message_bytes + 4096];
-    let mut last_read = Instant::now();
-    let reason = loop {
-        if shared.stop.load(Ordering::Relaxed) {
-            break "shutdown";
-        }
-        let idle_due = last_read + cfg.idle_timeout;
-        let resend = pending.lock().next_due();
-        let now = Instant::now();
-        if resend.is_some_and(|t| t <= now) {
-            retransmit(now, flow, &mut out, &tx, shared, streams, udp, &pending).await;
-            continue;
-        }
-        let wake = idle_due
-            .min(now + Duration::from_secs(1))
-            .min(resend.unwrap_or(idle_due));
-        let msg = match tokio::time::timeout_at(wake, source.next()).await {
-            Err(_) if Instant::now() >= idle_due => break "idle",
-            Err(_) => continue,
-            Ok(None) => break "peer_closed",
-            Ok(Some(Err(tokio_tungstenite::tungstenite::Error::Capacity(_)))) => break "too_large",
-            Ok(Some(Err(_))) => break "error",
-            Ok(Some(Ok(m))) => m,
-        };
-        last_read = Instant::now();
-        let data = match msg {
-            Message::Text(t) => t.as_bytes().to_vec(),
-            Message::Binary(b) => b.to_vec(),
-            Message::Close(_) => break "peer_closed",
-            _ => continue,
-        };
-        on_message(&data, flow, &mut out, &tx, shared, streams, udp, &pending).await;
-    };
-    drop(tx);
-    let _ = tokio::time::timeout(Duration::from_secs(1), writer).await;
-    reason
-}
-
 /// One SIP message read from a connection: through the proxy, tracked for
 /// retransmission when it went to a worker, delivered.
 #[allow(clippy::too_many_arguments)]
@@ -709,58 +588,6 @@ async fn on_message(
     deliver(o, out, tx, &streams.registry, udp).await;
 }
 
-/// Requests of one connection relayed to a worker over UDP and not yet
-/// answered, by the branch of the phone's Via.
-///
-/// A phone on TCP or TLS never retransmits (RFC 3261 §17.1.1.1: timers A
-/// and E are for unreliable transports), but the edge-to-worker hop is
-/// UDP: a request lost there, or sent to a worker that just died, would
-/// be lost for good (a BYE during a failover: the far end's call would
-/// stay up). So the edge retransmits it on that hop as a UAC on UDP does
-/// (T1 doubling to T2, for 64·T1), routing each copy afresh (after a
-/// failover it reaches the new owner), until any response to it comes
-/// back. This is per-connection state, gone with the connection; the
-/// edge still keeps nothing about calls. ACKs are not retransmitted
-/// (nothing answers them), nor is anything past `MAX_PENDING` per
-/// connection.
-#[derive(Debug, Default)]
-struct Pending {
-    by_branch: HashMap<Box<[u8]>, Resend>,
-}
-
-#[derive(Debug)]
-struct Resend {
-    /// The request as the phone sent it (routed again at each copy).
-    msg: Box<[u8]>,
-    next: Instant,
-    interval: Duration,
-    until: Instant,
-}
-
-/// Requests tracked per connection at most.
-const MAX_PENDING: usize = 64;
-const T1: Duration = Duration::from_millis(500);
-const T2: Duration = Duration::from_secs(4);
-
-impl Pending {
-    fn next_due(&self) -> Option<Instant> {
-        self.by_branch.values().map(|r| r.next.min(r.until)).min()
-    }
-}
-
-/// The top Via branch of `msg` when it is a response (what the writer
-/// task checks to end a retransmission).
-fn response_branch(msg: &[u8]) -> Option<&[u8]> {
-    if !msg.starts_with(b"SIP/2.0 ") {
-        return None;
-    }
-    let m = handover_sip::scan(msg).ok()?;
-    let b = m.top_via().branch()?;
-    // Back to a slice of `msg` (the message borrows it).
-    let at = b.as_ptr() as usize - msg.as_ptr() as usize;
-    msg.get(at..at + b.len())
-}
-
 /// Serves one connection until it closes; returns why.
 async fn serve<S>(
     stream: S,
@@ -780,10 +607,7 @@ where
     let writer = tokio::spawn(async move {
         while let Some(b) = rx.recv().await {
             if let Some(branch) = response_branch(&b) {
-                let mut p = answered.lock();
-                if !p.by_branch.is_empty() {
-                    p.by_branch.remove(branch);
-                }
+                answered.lock().answered(branch);
             }
             if w.write_all(&b).await.is_err() {
                 break;
@@ -877,77 +701,6 @@ async fn read_loop<R: AsyncRead + Unpin>(
         } else {
             None
         };
-    }
-}
-
-/// Starts retransmitting a request relayed to a worker (see [`Pending`]).
-fn track(pending: &Mutex<Pending>, msg: &[u8]) {
-    let Ok(m) = handover_sip::scan(msg) else {
-        return;
-    };
-    if m.method() == Some(handover_sip::Method::Ack) {
-        return;
-    }
-    let Some(branch) = m.top_via().branch() else {
-        return;
-    };
-    let mut p = pending.lock();
-    if p.by_branch.len() >= MAX_PENDING {
-        return;
-    }
-    let now = Instant::now();
-    p.by_branch.entry(branch.into()).or_insert(Resend {
-        msg: msg.into(),
-        next: now + T1,
-        interval: T1,
-        until: now + 64 * T1,
-    });
-}
-
-/// Sends again every relayed request whose time has come, routed afresh.
-#[allow(clippy::too_many_arguments)]
-async fn retransmit(
-    now: Instant,
-    flow: Flow,
-    out: &mut [u8],
-    tx: &mpsc::Sender<Box<[u8]>>,
-    shared: &Shared,
-    streams: &Streams,
-    udp: &tokio::net::UdpSocket,
-    pending: &Mutex<Pending>,
-) {
-    let due: Vec<Box<[u8]>> = {
-        let mut p = pending.lock();
-        p.by_branch.retain(|_, r| r.until > now);
-        p.by_branch
-            .values_mut()
-            .filter(|r| r.next <= now)
-            .map(|r| {
-                r.interval = (r.interval * 2).min(T2);
-                r.next = now + r.interval;
-                r.msg.clone()
-            })
-            .collect()
-    };
-    for msg in due {
-        counter!(RESENT, "transport" => flow.transport.name()).increment(1);
-        let o = {
-            let table = shared.table.load();
-            let now_sec = streams.start.elapsed().as_secs() as u32;
-            let mut limiter = streams.limiter.lock();
-            shared
-                .proxy
-                .handle(&table, &mut limiter, now_sec, flow, &msg, out)
-        };
-        // Only what goes to a worker again; an answer of the edge's own
-        // (503: nobody serves the shard yet) is not news for the phone.
-        if let Outcome::Forward {
-            peer: crate::Peer::Backend(_),
-            ..
-        } = o
-        {
-            deliver(o, out, tx, &streams.registry, udp).await;
-        }
     }
 }
 

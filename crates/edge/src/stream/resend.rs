@@ -1,0 +1,145 @@
+//! The edge's retransmissions of requests from streams on the UDP hop to
+//! the workers (see [`Pending`]).
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use handover_sip::Flow;
+use metrics::counter;
+use parking_lot::Mutex;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use super::{RESENT, Streams, deliver};
+use crate::Shared;
+use crate::proxy::Outcome;
+
+/// Requests of one connection relayed to a worker over UDP and not yet
+/// answered, by the branch of the phone's Via.
+///
+/// A phone on TCP or TLS never retransmits (RFC 3261 §17.1.1.1: timers A
+/// and E are for unreliable transports), but the edge-to-worker hop is
+/// UDP: a request lost there, or sent to a worker that just died, would
+/// be lost for good (a BYE during a failover: the far end's call would
+/// stay up). So the edge retransmits it on that hop as a UAC on UDP does
+/// (T1 doubling to T2, for 64·T1), routing each copy afresh (after a
+/// failover it reaches the new owner), until any response to it comes
+/// back. This is per-connection state, gone with the connection; the
+/// edge still keeps nothing about calls. ACKs are not retransmitted
+/// (nothing answers them), nor is anything past `MAX_PENDING` per
+/// connection.
+#[derive(Debug, Default)]
+pub(super) struct Pending {
+    by_branch: HashMap<Box<[u8]>, Resend>,
+}
+
+#[derive(Debug)]
+struct Resend {
+    /// The request as the phone sent it (routed again at each copy).
+    msg: Box<[u8]>,
+    next: Instant,
+    interval: Duration,
+    until: Instant,
+}
+
+/// Requests tracked per connection at most.
+const MAX_PENDING: usize = 64;
+const T1: Duration = Duration::from_millis(500);
+const T2: Duration = Duration::from_secs(4);
+
+impl Pending {
+    /// A response to the request of `branch` came back: no more copies.
+    pub(super) fn answered(&mut self, branch: &[u8]) {
+        if !self.by_branch.is_empty() {
+            self.by_branch.remove(branch);
+        }
+    }
+
+    pub(super) fn next_due(&self) -> Option<Instant> {
+        self.by_branch.values().map(|r| r.next.min(r.until)).min()
+    }
+}
+
+/// The top Via branch of `msg` when it is a response (what the writer
+/// task checks to end a retransmission).
+pub(super) fn response_branch(msg: &[u8]) -> Option<&[u8]> {
+    if !msg.starts_with(b"SIP/2.0 ") {
+        return None;
+    }
+    let m = handover_sip::scan(msg).ok()?;
+    let b = m.top_via().branch()?;
+    // Back to a slice of `msg` (the message borrows it).
+    let at = b.as_ptr() as usize - msg.as_ptr() as usize;
+    msg.get(at..at + b.len())
+}
+
+/// Starts retransmitting a request relayed to a worker (see [`Pending`]).
+pub(super) fn track(pending: &Mutex<Pending>, msg: &[u8]) {
+    let Ok(m) = handover_sip::scan(msg) else {
+        return;
+    };
+    if m.method() == Some(handover_sip::Method::Ack) {
+        return;
+    }
+    let Some(branch) = m.top_via().branch() else {
+        return;
+    };
+    let mut p = pending.lock();
+    if p.by_branch.len() >= MAX_PENDING {
+        return;
+    }
+    let now = Instant::now();
+    p.by_branch.entry(branch.into()).or_insert(Resend {
+        msg: msg.into(),
+        next: now + T1,
+        interval: T1,
+        until: now + 64 * T1,
+    });
+}
+
+/// Sends again every relayed request whose time has come, routed afresh.
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn retransmit(
+    now: Instant,
+    flow: Flow,
+    out: &mut [u8],
+    tx: &mpsc::Sender<Box<[u8]>>,
+    shared: &Shared,
+    streams: &Streams,
+    udp: &tokio::net::UdpSocket,
+    pending: &Mutex<Pending>,
+) {
+    let due: Vec<Box<[u8]>> = {
+        let mut p = pending.lock();
+        p.by_branch.retain(|_, r| r.until > now);
+        p.by_branch
+            .values_mut()
+            .filter(|r| r.next <= now)
+            .map(|r| {
+                r.interval = (r.interval * 2).min(T2);
+                r.next = now + r.interval;
+                r.msg.clone()
+            })
+            .collect()
+    };
+    for msg in due {
+        counter!(RESENT, "transport" => flow.transport.name()).increment(1);
+        let o = {
+            let table = shared.table.load();
+            let now_sec = streams.start.elapsed().as_secs() as u32;
+            let mut limiter = streams.limiter.lock();
+            shared
+                .proxy
+                .handle(&table, &mut limiter, now_sec, flow, &msg, out)
+        };
+        // Only what goes to a worker again; an answer of the edge's own
+        // (503: nobody serves the shard yet) is not news for the phone.
+        if let Outcome::Forward {
+            peer: crate::Peer::Backend(_),
+            ..
+        } = o
+        {
+            deliver(o, out, tx, &streams.registry, udp).await;
+        }
+    }
+}
