@@ -693,3 +693,46 @@ fn trunks_present_client_certificates_and_a_rotated_certificate_is_picked_up() {
         "the old CA no longer names the edge: {old:?}"
     );
 }
+
+/// Outbound connections (issue 18, item 4, TCP): a route whose targets
+/// say `;transport=tcp` (a trunk that takes SIP over TCP only). The B
+/// leg's Request-URI says so, the edge opens one TCP connection to the
+/// trunk and reuses it for every call, and the trunk's answers and the
+/// BYEs travel on it. SIPp here listens on TCP alone.
+#[test]
+fn a_route_over_tcp_is_reached_on_one_connection_the_edge_opens() {
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_sip_port();
+    let mut trunk = sipp_uas_on(dir.path(), "uas.xml", port, &["-t", "t1"]);
+    let c = cluster(&[format!("b=127.0.0.1:{port};transport=tcp")], &[]);
+    let target: SocketAddr = format!("127.0.0.1:{}", c.sip).parse().unwrap();
+    let (p, stat) = sipp_uac_on(
+        dir.path(),
+        "127.0.0.1",
+        "uac.xml",
+        "b",
+        target,
+        (10, 20, 0),
+        &[],
+    );
+    let r = finish_uac(p, &stat);
+    assert_eq!((r.successful, r.failed), (20, 0), "{r:?}");
+    trunk.expect_calls(20);
+    let m = scrape_at(&c.admin);
+    assert_eq!(
+        metric(
+            &m,
+            "handover_edge_connections_outbound_total{transport=\"tcp\"}"
+        ),
+        1.0,
+        "one connection for all calls: {m}"
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "handover_edge_connect_failures_total{transport=\"tcp\"}"
+        ),
+        0.0
+    );
+}

@@ -262,6 +262,22 @@ pub(crate) fn sipp_uas_probed(dir: &Path, port: u16) -> Uas {
 }
 
 fn uas_with(dir: &Path, scenario_file: &str, port: u16, trace: bool, probed: bool) -> Uas {
+    uas_flags(dir, scenario_file, port, (trace, probed), &[])
+}
+
+/// A SIPp callee running `scenario_file` with SIPp flags added (`-t t1`:
+/// it listens on TCP and takes every call on the connections made to it).
+pub(crate) fn sipp_uas_on(dir: &Path, scenario_file: &str, port: u16, flags: &[&str]) -> Uas {
+    uas_flags(dir, scenario_file, port, (false, false), flags)
+}
+
+fn uas_flags(
+    dir: &Path,
+    scenario_file: &str,
+    port: u16,
+    (trace, probed): (bool, bool),
+    flags: &[&str],
+) -> Uas {
     require_sipp();
     let err = dir.join(format!("uas-{port}.err"));
     let stat = dir.join(format!("uas-{port}.csv"));
@@ -290,6 +306,7 @@ fn uas_with(dir: &Path, scenario_file: &str, port: u16, trace: bool, probed: boo
     if trace {
         cmd.arg("-trace_msg");
     }
+    cmd.args(flags);
     let child = cmd
         .env("TZ", "UTC")
         .current_dir(dir)

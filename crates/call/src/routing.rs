@@ -52,6 +52,9 @@ pub struct Route {
     pub targets: Vec<(SocketAddr, u32)>,
     /// Transfer mode of its calls; `None`: the worker's default.
     pub transfer: Option<TransferMode>,
+    /// The transport its targets are reached on (`;transport=tcp`): the
+    /// B leg's Request-URI says so, and the edge opens a connection.
+    pub transport: handover_sip::Transport,
 }
 
 /// The routes of a worker, in the order they are tried.
@@ -60,22 +63,32 @@ pub struct Routes(Vec<Route>);
 
 impl Routes {
     /// Adds a route given on the command line:
-    /// `MATCH=IP:PORT[*WEIGHT][,IP:PORT[*WEIGHT]…][;transfer=MODE]`, where
-    /// MATCH is a user, `PREFIX*` for a prefix, `@DOMAIN` for a domain, or
-    /// `*` for any, and MODE `passthrough` or `local`.
+    /// `MATCH=IP:PORT[*WEIGHT][,IP:PORT[*WEIGHT]…][;transfer=MODE][;transport=tcp]`,
+    /// where MATCH is a user, `PREFIX*` for a prefix, `@DOMAIN` for a
+    /// domain, or `*` for any, and MODE `passthrough` or `local`.
     pub fn add(&mut self, spec: &str) -> Result<(), String> {
-        let (spec_main, transfer) = match spec.split_once(';') {
-            Some((main, opt)) => {
-                let mode = opt.strip_prefix("transfer=").ok_or_else(|| {
-                    format!("route `{spec}`: `;{opt}` is not `;transfer=passthrough|local`")
-                })?;
-                (
-                    main,
-                    Some(mode.parse().map_err(|e| format!("route `{spec}`: {e}"))?),
-                )
+        let mut parts = spec.split(';');
+        let spec_main = parts.next().unwrap_or_default();
+        let (mut transfer, mut transport) = (None, handover_sip::Transport::Udp);
+        for opt in parts {
+            if let Some(mode) = opt.strip_prefix("transfer=") {
+                transfer = Some(mode.parse().map_err(|e| format!("route `{spec}`: {e}"))?);
+            } else if let Some(t) = opt.strip_prefix("transport=") {
+                transport = match t.to_ascii_lowercase().as_str() {
+                    "udp" => handover_sip::Transport::Udp,
+                    "tcp" => handover_sip::Transport::Tcp,
+                    _ => {
+                        return Err(format!(
+                            "route `{spec}`: `;transport={t}` is not udp or tcp (the edge opens TCP connections only)"
+                        ));
+                    }
+                };
+            } else {
+                return Err(format!(
+                    "route `{spec}`: `;{opt}` is not `;transfer=passthrough|local` or `;transport=udp|tcp`"
+                ));
             }
-            None => (spec, None),
-        };
+        }
         let (m, targets) = spec_main
             .split_once('=')
             .ok_or_else(|| format!("route `{spec}` is not MATCH=IP:PORT"))?;
@@ -107,6 +120,7 @@ impl Routes {
             matcher,
             targets: list,
             transfer,
+            transport,
         })
     }
 
@@ -134,6 +148,22 @@ impl Routes {
         self.lookup(user, host, key).0
     }
 
+    /// The transport of the first route matching `user`@`host` (UDP when
+    /// none matches).
+    pub fn transport(&self, user: &[u8], host: &[u8]) -> handover_sip::Transport {
+        self.find(user, host)
+            .map_or(handover_sip::Transport::Udp, |r| r.transport)
+    }
+
+    fn find(&self, user: &[u8], host: &[u8]) -> Option<&Route> {
+        self.0.iter().find(|r| match &r.matcher {
+            Match::User(u) => u.as_bytes() == user,
+            Match::Prefix(p) => user.starts_with(p.as_bytes()),
+            Match::Domain(d) => d.as_bytes().eq_ignore_ascii_case(host),
+            Match::Any => true,
+        })
+    }
+
     /// [`Routes::targets`], and the matching route's transfer mode.
     pub fn lookup(
         &self,
@@ -141,12 +171,7 @@ impl Routes {
         host: &[u8],
         key: u64,
     ) -> (Vec<SocketAddr>, Option<TransferMode>) {
-        let Some(r) = self.0.iter().find(|r| match &r.matcher {
-            Match::User(u) => u.as_bytes() == user,
-            Match::Prefix(p) => user.starts_with(p.as_bytes()),
-            Match::Domain(d) => d.as_bytes().eq_ignore_ascii_case(host),
-            Match::Any => true,
-        }) else {
+        let Some(r) = self.find(user, host) else {
             return (Vec::new(), None);
         };
         let total: u64 = r.targets.iter().map(|(_, w)| u64::from(*w)).sum();
@@ -247,6 +272,15 @@ mod tests {
     fn a_route_may_set_its_transfer_mode() {
         let mut r = Routes::default();
         r.add("alice=127.0.0.1:1;transfer=local").unwrap();
+        r.add("trunk=127.0.0.1:2;transport=tcp;transfer=local")
+            .unwrap();
+        assert_eq!(r.transport(b"trunk", b"x"), handover_sip::Transport::Tcp);
+        assert_eq!(r.transport(b"alice", b"x"), handover_sip::Transport::Udp);
+        assert!(
+            r.add("t=127.0.0.1:3;transport=sctp")
+                .unwrap_err()
+                .contains("is not udp or tcp")
+        );
         r.add("*=127.0.0.1:2").unwrap();
         assert_eq!(r.lookup(b"alice", b"x", 0).1, Some(TransferMode::Local));
         assert_eq!(r.lookup(b"bob", b"x", 0).1, None);

@@ -146,6 +146,8 @@ struct Shared {
     stop: AtomicBool,
     /// Open stream connections (empty without stream listeners).
     registry: Arc<stream::Registry>,
+    /// Opens outbound TCP connections (set once a stream thread runs).
+    connector: std::sync::OnceLock<stream::Connector>,
 }
 
 /// A running edge.
@@ -276,6 +278,7 @@ impl Edge {
             table: ArcSwap::from_pointee(table),
             stop: AtomicBool::new(false),
             registry: Arc::clone(&registry),
+            connector: std::sync::OnceLock::new(),
         });
         tracing::info!(%listen, %advertised, threads, io = mode.as_str(), backends = cfg.backends.len(), "edge started");
         let mut handles = Vec::with_capacity(threads * 2);
@@ -651,9 +654,22 @@ impl handover_io::Handler for Thread {
         );
         match o {
             Outcome::Forward {
-                to, len, request, ..
+                to,
+                len,
+                request,
+                peer,
             } if to.transport.is_stream() => {
                 if self.shared.registry.send(to, &out[..len]) {
+                    self.local.sent[0][usize::from(!request)] += 1;
+                    return None;
+                }
+                // A route target on TCP: open a connection (the request
+                // waits in its queue meanwhile).
+                if peer == Peer::Connect
+                    && to.transport == Transport::Tcp
+                    && let Some(c) = self.shared.connector.get()
+                {
+                    c.connect(to, &out[..len]);
                     self.local.sent[0][usize::from(!request)] += 1;
                     return None;
                 }
@@ -674,7 +690,7 @@ impl handover_io::Handler for Thread {
                 request,
             } => {
                 let p = match peer {
-                    Peer::Client => 0,
+                    Peer::Client | Peer::Connect => 0,
                     Peer::Backend(i) => {
                         if request {
                             self.local.forwards[i] += 1;

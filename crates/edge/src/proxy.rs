@@ -84,6 +84,10 @@ pub enum Peer {
     Client,
     /// Backend number `i` of the table.
     Backend(usize),
+    /// A target a backend's request names by URI with `;transport=tcp`
+    /// (`to` is a stream flow): the edge opens a connection to it when it
+    /// holds none.
+    Connect,
 }
 
 /// What to do with one datagram.
@@ -552,7 +556,8 @@ impl Proxy {
                     }
                 } else {
                     match uri_target(target) {
-                        Some(addr) => (Flow::udp(addr), Peer::Client),
+                        Some(f) if f.transport.is_stream() => (f, Peer::Connect),
+                        Some(f) => (f, Peer::Client),
                         None => return Outcome::Drop(Drop::Unroutable),
                     }
                 }
@@ -769,13 +774,25 @@ fn parse_ip(host: &[u8]) -> Option<IpAddr> {
 }
 
 /// Where a request for `u` goes: its IP literal host and port (5060 when
-/// absent). Host names are not resolved by the edge.
-fn uri_target(u: &Uri<'_>) -> Option<SocketAddr> {
+/// absent, 5061 for TLS), on the transport its `transport` parameter or
+/// `sips:` scheme names (RFC 3263 §4.1 without DNS). Host names are not
+/// resolved by the edge.
+fn uri_target(u: &Uri<'_>) -> Option<Flow> {
     let ip = u
         .param(b"maddr")
         .and_then(parse_ip)
         .or_else(|| parse_ip(u.host()))?;
-    Some(SocketAddr::new(ip, u.port().unwrap_or(5060)))
+    let transport = match u.param(b"transport").and_then(Transport::parse) {
+        Some(t) => t,
+        None if u.scheme() == handover_sip::Scheme::Sips => Transport::Tls,
+        None => Transport::Udp,
+    };
+    let port = u.port().unwrap_or(if transport == Transport::Tls {
+        5061
+    } else {
+        5060
+    });
+    Some(Flow::new(transport, SocketAddr::new(ip, port)))
 }
 
 #[cfg(test)]
@@ -1405,6 +1422,38 @@ CSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n";
             p.flow_failed(ack.as_bytes(), &mut out),
             None,
             "no answer to an ACK"
+        );
+    }
+
+    #[test]
+    fn rfc3263_a_target_uri_with_transport_tcp_is_reached_on_a_connection() {
+        let (p, t, mut l) = stream_proxy();
+        let inv = "INVITE sip:b@203.0.113.5:5070;transport=tcp SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bKw9;k=0000000000000001\r\n\
+Max-Forwards: 70\r\nTo: <sip:b@b.example>\r\nFrom: <sip:a@a.example>;tag=w1\r\nCall-ID: out@x\r\n\
+CSeq: 1 INVITE\r\nContact: <sip:192.0.2.1:5060;k=0000000000000001>\r\nContent-Length: 0\r\n\r\n";
+        let (o, out) = run(&p, &t, &mut l, "10.0.0.1:5070", inv.as_bytes());
+        assert!(
+            matches!(o, Outcome::Forward { peer: Peer::Connect, to, .. } if to == "tcp:203.0.113.5:5070".parse().unwrap()),
+            "{o:?}"
+        );
+        let m = scan(&out).unwrap();
+        assert_eq!(m.top_via().transport(), b"TCP");
+        assert_eq!(
+            m.record_routes().next().unwrap().uri().param(b"flow"),
+            Some(&b"tcp:203.0.113.5:5070"[..])
+        );
+        // sips: means TLS, 5061 by default; no transport: UDP as before.
+        let sips = inv.replace("sip:b@203.0.113.5:5070;transport=tcp", "sips:b@203.0.113.5");
+        let (o, _) = run(&p, &t, &mut l, "10.0.0.1:5070", sips.as_bytes());
+        assert!(
+            matches!(o, Outcome::Forward { to, .. } if to == "tls:203.0.113.5:5061".parse().unwrap()),
+            "{o:?}"
+        );
+        let udp = inv.replace(";transport=tcp", "");
+        let (o, _) = run(&p, &t, &mut l, "10.0.0.1:5070", udp.as_bytes());
+        assert!(
+            matches!(o, Outcome::Forward { peer: Peer::Client, to, .. } if to == "203.0.113.5:5070".parse().unwrap()),
+            "{o:?}"
         );
     }
 }

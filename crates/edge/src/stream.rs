@@ -63,6 +63,10 @@ pub const QUEUE_FULL: &str = "handover_edge_stream_queue_full_total";
 /// Requests from streams sent to a worker again, unanswered (the UDP hop's
 /// retransmissions, which a phone on a stream does not make), by `transport`.
 pub const RESENT: &str = "handover_edge_stream_retransmissions_total";
+/// Connections the edge opened to route targets, by `transport`.
+pub const OUTBOUND: &str = "handover_edge_connections_outbound_total";
+/// Route targets the edge could not connect to in time, by `transport`.
+pub const CONNECT_FAILURES: &str = "handover_edge_connect_failures_total";
 /// TLS certificate reloads, by `result` (`ok`, `error`).
 pub const TLS_RELOADS: &str = "handover_edge_tls_reloads_total";
 
@@ -216,12 +220,28 @@ impl Registry {
         tx: mpsc::Sender<Box<[u8]>>,
         cfg: &StreamConfig,
     ) -> Result<(), Refusal> {
+        self.admit_as(flow, tx, cfg, true)
+    }
+
+    /// [`Registry::admit`]; `inbound: false` for a connection the edge
+    /// opens (not charged to the far end's per-source budget, and never
+    /// two to one target: one that exists is kept).
+    fn admit_as(
+        &self,
+        flow: Flow,
+        tx: mpsc::Sender<Box<[u8]>>,
+        cfg: &StreamConfig,
+        inbound: bool,
+    ) -> Result<(), Refusal> {
         let mut c = self.inner.lock();
         if c.by_flow.len() >= cfg.max_connections {
             return Err(Refusal::Total);
         }
+        if !inbound && c.by_flow.contains_key(&flow) {
+            return Err(Refusal::Total);
+        }
         let n = c.per_ip.entry(flow.addr.ip()).or_insert(0);
-        if *n >= cfg.max_per_source {
+        if inbound && *n >= cfg.max_per_source {
             return Err(Refusal::Source);
         }
         *n += 1;
@@ -251,6 +271,8 @@ pub(crate) fn register_metrics(transports: &[Transport]) {
         counter!(OPENED, "transport" => t).increment(0);
         counter!(MESSAGES_IN, "transport" => t).increment(0);
         counter!(RESENT, "transport" => t).increment(0);
+        counter!(OUTBOUND, "transport" => t).increment(0);
+        counter!(CONNECT_FAILURES, "transport" => t).increment(0);
         for reason in [
             "peer_closed",
             "idle",
@@ -341,6 +363,15 @@ pub(crate) fn run_thread(
         .build()?;
     rt.block_on(async move {
         let udp = Arc::new(tokio::net::UdpSocket::from_std(udp)?);
+        if reload {
+            // This thread's runtime opens the edge's outbound connections.
+            let _ = shared.connector.set(Connector {
+                handle: tokio::runtime::Handle::current(),
+                shared: Arc::downgrade(&shared),
+                streams: Arc::clone(&streams),
+                udp: Arc::clone(&udp),
+            });
+        }
         for (t, l) in listeners {
             let l = tokio::net::TcpListener::from_std(l)?;
             tokio::spawn(accept_loop(
@@ -360,6 +391,80 @@ pub(crate) fn run_thread(
         }
         Ok(())
     })
+}
+
+/// Opens TCP connections to route targets (a backend's request whose
+/// Request-URI or Route says `;transport=tcp`), from any thread: the
+/// connection is registered at once with the first message queued (what
+/// follows queues behind it), then connected on a stream thread and
+/// served like an accepted one; a target that cannot be reached within
+/// the message timeout is dropped and counted, and the worker's own
+/// transaction times out as for any unreachable target.
+pub(crate) struct Connector {
+    handle: tokio::runtime::Handle,
+    /// Weak: `Shared` holds this connector.
+    shared: std::sync::Weak<Shared>,
+    streams: Arc<Streams>,
+    udp: Arc<tokio::net::UdpSocket>,
+}
+
+impl std::fmt::Debug for Connector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connector").finish_non_exhaustive()
+    }
+}
+
+impl Connector {
+    pub(crate) fn connect(&self, flow: Flow, first: &[u8]) {
+        let (tx, rx) = mpsc::channel(self.streams.cfg.queue);
+        if self
+            .streams
+            .registry
+            .admit_as(flow, tx.clone(), &self.streams.cfg, false)
+            .is_err()
+        {
+            // Being opened by another thread just now: queue behind it.
+            if !self.streams.registry.send(flow, first) {
+                counter!(REFUSED, "transport" => flow.transport.name(), "reason" => "total_limit")
+                    .increment(1);
+            }
+            return;
+        }
+        let _ = tx.try_send(first.into());
+        let (shared, streams, udp) = (
+            self.shared.clone(),
+            Arc::clone(&self.streams),
+            Arc::clone(&self.udp),
+        );
+        self.handle.spawn(async move {
+            let t = flow.transport;
+            let sock = match tokio::time::timeout(
+                streams.cfg.message_timeout,
+                tokio::net::TcpStream::connect(flow.addr),
+            )
+            .await
+            {
+                Ok(Ok(s)) => s,
+                _ => {
+                    counter!(CONNECT_FAILURES, "transport" => t.name()).increment(1);
+                    streams.registry.remove(flow);
+                    return;
+                }
+            };
+            let Some(shared) = shared.upgrade() else {
+                streams.registry.remove(flow);
+                return;
+            };
+            let _ = sock.set_nodelay(true);
+            counter!(OPENED, "transport" => t.name()).increment(1);
+            counter!(OUTBOUND, "transport" => t.name()).increment(1);
+            gauge!(CONNECTIONS, "transport" => t.name()).increment(1.0);
+            let reason = serve(sock, flow, tx, rx, &shared, &streams, &udp, false).await;
+            streams.registry.remove(flow);
+            counter!(CLOSED, "transport" => t.name(), "reason" => reason).increment(1);
+            gauge!(CONNECTIONS, "transport" => t.name()).decrement(1.0);
+        });
+    }
 }
 
 /// Re-reads the certificate and key when either file changes (a
@@ -534,7 +639,7 @@ async fn connection(
     };
     let reason = match t {
         Transport::Tls => match tls(sock).await {
-            Some(s) => serve(s, flow, tx, rx, shared, streams, udp).await,
+            Some(s) => serve(s, flow, tx, rx, shared, streams, udp, true).await,
             None => "tls_handshake",
         },
         Transport::Wss => match tls(sock).await {
@@ -548,7 +653,7 @@ async fn connection(
             Ok(ws) => serve_ws(ws, flow, tx, rx, shared, streams, udp).await,
             Err(r) => r,
         },
-        _ => serve(sock, flow, tx, rx, shared, streams, udp).await,
+        _ => serve(sock, flow, tx, rx, shared, streams, udp, true).await,
     };
     streams.registry.remove(flow);
     counter!(CLOSED, "transport" => t.name(), "reason" => reason).increment(1);
@@ -589,6 +694,7 @@ async fn on_message(
 }
 
 /// Serves one connection until it closes; returns why.
+#[allow(clippy::too_many_arguments)]
 async fn serve<S>(
     stream: S,
     flow: Flow,
@@ -597,6 +703,7 @@ async fn serve<S>(
     shared: &Shared,
     streams: &Streams,
     udp: &tokio::net::UdpSocket,
+    inbound: bool,
 ) -> &'static str
 where
     S: AsyncRead + AsyncWrite + Send + 'static,
@@ -615,13 +722,14 @@ where
         }
         let _ = w.shutdown().await;
     });
-    let reason = read_loop(&mut r, flow, &tx, shared, streams, udp, &pending).await;
+    let reason = read_loop(&mut r, flow, &tx, shared, streams, udp, &pending, inbound).await;
     // Let what was queued (a 400, the last answer) go out, then close.
     drop(tx);
     let _ = tokio::time::timeout(Duration::from_secs(1), writer).await;
     reason
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn read_loop<R: AsyncRead + Unpin>(
     r: &mut R,
     flow: Flow,
@@ -630,6 +738,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
     streams: &Streams,
     udp: &tokio::net::UdpSocket,
     pending: &Mutex<Pending>,
+    inbound: bool,
 ) -> &'static str {
     let cfg = &streams.cfg;
     let mut framer = Framer::new(cfg.max_message_bytes);
@@ -640,7 +749,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
     // The first message is due within the message timeout (a connection
     // that never says anything is a slowloris too), later ones once they
     // have started.
-    let mut message_due = Some(Instant::now() + cfg.message_timeout);
+    let mut message_due = inbound.then(|| Instant::now() + cfg.message_timeout);
     let mut last_read = Instant::now();
     loop {
         if shared.stop.load(Ordering::Relaxed) {

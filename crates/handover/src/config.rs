@@ -134,6 +134,8 @@ struct RouteSection {
     targets: Spanned<Vec<String>>,
     /// `passthrough` or `local` (default: `[worker] transfer_mode`).
     transfer: Option<Spanned<String>>,
+    /// `udp` (default) or `tcp`: how the targets are reached.
+    transport: Option<Spanned<String>>,
 }
 
 /// `[edge]`: the stateless front door (`handover edge`).
@@ -729,6 +731,9 @@ impl Config {
                     .parse::<handover_call::TransferMode>()
                     .map_err(|e| err(Some(t.span()), Some("worker.routes.transfer"), e))?;
                 spec += &format!(";transfer={}", t.get_ref());
+            }
+            if let Some(t) = &r.transport {
+                spec += &format!(";transport={}", t.get_ref());
             }
             check.add(&spec).map_err(|e| {
                 err(

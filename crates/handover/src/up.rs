@@ -28,7 +28,8 @@ pub(crate) struct UpArgs {
     #[arg(long, default_value = "127.0.0.1:5060")]
     listen: SocketAddr,
     /// Where calls for a user go: USER=IP:PORT, `*` for any user (repeat);
-    /// `;transfer=local` makes the B2BUA carry out its calls' transfers.
+    /// `;transfer=local` makes the B2BUA carry out its calls' transfers,
+    /// `;transport=tcp` reaches the targets over TCP.
     #[arg(long = "route", value_name = "USER=IP:PORT")]
     routes: Vec<String>,
     /// The worker's SIP address (between edge and worker); worker i of

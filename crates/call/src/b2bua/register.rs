@@ -398,7 +398,24 @@ impl<R: RngCore> B2bua<R> {
             }
         }
         let (addrs, mode) = self.cfg.routes.lookup(user, host, key);
-        (addrs.into_iter().map(Target::from).collect(), mode)
+        let transport = self.cfg.routes.transport(user, host);
+        let targets = addrs
+            .into_iter()
+            .map(|addr| match transport {
+                // A route over TCP: the Request-URI says so, and the edge
+                // opens (and reuses) a connection to the target.
+                handover_sip::Transport::Tcp => Target {
+                    addr,
+                    uri: Some(
+                        format!("sip:{}@{addr};transport=tcp", String::from_utf8_lossy(user))
+                            .into_bytes(),
+                    ),
+                    route: Vec::new(),
+                },
+                _ => Target::from(addr),
+            })
+            .collect();
+        (targets, mode)
     }
 }
 
