@@ -361,6 +361,18 @@ fn baresip_phones_register_call_by_aor_and_do_the_handset_guides_blind_transfer(
     );
 }
 
+/// The lines of a baresip SIP trace (`-s`) that say how a message went:
+/// `TLS 127.0.0.1:40304 -> 127.0.0.1:33471`, `TCP …`, `UDP …`.
+fn hops(log: &str) -> Vec<&str> {
+    log.lines()
+        .filter(|l| {
+            ["UDP ", "TCP ", "TLS "]
+                .iter()
+                .any(|x| l.starts_with(x) && l.contains(" -> "))
+        })
+        .collect()
+}
+
 /// A test CA and a certificate it signed for `localhost` and 127.0.0.1,
 /// as PEM files in `dir`: (ca.pem, cert.pem, key.pem).
 pub(crate) fn test_ca(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
@@ -523,14 +535,7 @@ fn baresip_phones_on_tls_tcp_and_udp_register_call_and_do_the_blind_transfer() {
     // A and B used their transport alone, the BYEs to them included.
     for (p, t) in [(&a, "TLS"), (&b, "TCP")] {
         let log = std::fs::read_to_string(&p.log).unwrap_or_default();
-        let hops: Vec<&str> = log
-            .lines()
-            .filter(|l| {
-                ["UDP ", "TCP ", "TLS "]
-                    .iter()
-                    .any(|x| l.starts_with(x) && l.contains(" -> "))
-            })
-            .collect();
+        let hops = hops(&log);
         assert!(hops.len() >= 10, "{}: {hops:?}", p.name);
         assert!(
             hops.iter().all(|h| h.starts_with(t)),
@@ -701,14 +706,7 @@ fn a_tls_phone_and_a_udp_trunk_hang_up_after_the_worker_owning_their_call_is_kil
     trunk.expect_calls(1);
     // Everything alice said and heard went over TLS, BYEs both ways.
     let log = std::fs::read_to_string(&a.log).unwrap_or_default();
-    let hops: Vec<&str> = log
-        .lines()
-        .filter(|l| {
-            ["UDP ", "TCP ", "TLS "]
-                .iter()
-                .any(|x| l.starts_with(x) && l.contains(" -> "))
-        })
-        .collect();
+    let hops = hops(&log);
     assert!(hops.iter().all(|h| h.starts_with("TLS ")), "{hops:?}");
     let byes = log
         .lines()

@@ -29,6 +29,18 @@ fn wait_ready(admin: &str) {
     assert!(ok, "the edge became ready");
 }
 
+/// 20 SIPp calls to user `b` through `target` with these flags; all must
+/// succeed.
+fn twenty_calls(dir: &Path, target: SocketAddr, flags: &[&str]) {
+    let (p, stat) = sipp_uac_on(dir, "127.0.0.1", "uac.xml", "b", target, (20, 20, 0), flags);
+    let r = finish_uac(p, &stat);
+    assert_eq!(
+        (r.successful, r.failed),
+        (20, 0),
+        "{target} {flags:?}: {r:?}"
+    );
+}
+
 #[test]
 fn sipp_over_tcp_on_one_connection_and_one_per_call_through_the_edge_and_up() {
     let _g = serial();
@@ -52,17 +64,7 @@ fn sipp_over_tcp_on_one_connection_and_one_per_call_through_the_edge_and_up() {
     let one = ["-t", "t1"];
     let many = ["-t", "tn", "-max_socket", "100"];
     for flags in [&one[..], &many[..]] {
-        let (p, stat) = sipp_uac_on(
-            dir.path(),
-            "127.0.0.1",
-            "uac.xml",
-            "b",
-            tcp,
-            (20, 20, 0),
-            flags,
-        );
-        let r = finish_uac(p, &stat);
-        assert_eq!((r.successful, r.failed), (20, 0), "{flags:?}: {r:?}");
+        twenty_calls(dir.path(), tcp, flags);
     }
     // Every callee leg got its BYE.
     uas.expect_calls(40);
@@ -84,17 +86,7 @@ fn sipp_over_tcp_on_one_connection_and_one_per_call_through_the_edge_and_up() {
     let c = cluster(&[format!("b=127.0.0.1:{port}")], &[]);
     let target: SocketAddr = format!("127.0.0.1:{}", c.sip).parse().unwrap();
     for flags in [&one[..], &many[..]] {
-        let (p, stat) = sipp_uac_on(
-            dir.path(),
-            "127.0.0.1",
-            "uac.xml",
-            "b",
-            target,
-            (20, 20, 0),
-            flags,
-        );
-        let r = finish_uac(p, &stat);
-        assert_eq!((r.successful, r.failed), (20, 0), "up, {flags:?}: {r:?}");
+        twenty_calls(dir.path(), target, flags);
     }
     uas.expect_calls(40);
 }

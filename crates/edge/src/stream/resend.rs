@@ -48,9 +48,14 @@ const T1: Duration = Duration::from_millis(500);
 const T2: Duration = Duration::from_secs(4);
 
 impl Pending {
-    /// A response to the request of `branch` came back: no more copies.
-    pub(super) fn answered(&mut self, branch: &[u8]) {
-        if !self.by_branch.is_empty() {
+    /// `msg` goes to the phone: when it is a response to a request still
+    /// retransmitted, that request is answered (no more copies). Nothing
+    /// is read unless a request waits.
+    pub(super) fn sent(&mut self, msg: &[u8]) {
+        if self.by_branch.is_empty() {
+            return;
+        }
+        if let Some(branch) = response_branch(msg) {
             self.by_branch.remove(branch);
         }
     }
@@ -62,7 +67,7 @@ impl Pending {
 
 /// The top Via branch of `msg` when it is a response (what the writer
 /// task checks to end a retransmission).
-pub(super) fn response_branch(msg: &[u8]) -> Option<&[u8]> {
+fn response_branch(msg: &[u8]) -> Option<&[u8]> {
     if !msg.starts_with(b"SIP/2.0 ") {
         return None;
     }
@@ -141,5 +146,43 @@ pub(super) async fn retransmit(
         {
             deliver(o, out, tx, &streams.registry, udp).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_response_names_the_branch_that_ends_its_retransmission() {
+        let resp = b"SIP/2.0 100 Trying\r\nVia: SIP/2.0/TLS 10.0.0.1;branch=z9hG4bKabc;rport=5\r\n\
+From: <sip:a@b>;tag=1\r\nTo: <sip:c@d>\r\nCall-ID: x\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n";
+        assert_eq!(response_branch(resp), Some(&b"z9hG4bKabc"[..]));
+        assert_eq!(response_branch(b"INVITE sip:x SIP/2.0\r\n\r\n"), None);
+    }
+
+    #[test]
+    fn a_relayed_request_is_copied_until_any_answer_and_an_ack_never() {
+        let req = |m: &str| {
+            format!(
+                "{m} sip:b@x SIP/2.0\r\nVia: SIP/2.0/TCP 10.0.0.1;branch=z9hG4bK{m}\r\n\
+From: <sip:a@b>;tag=1\r\nTo: <sip:c@d>\r\nCall-ID: x\r\nCSeq: 1 {m}\r\nContent-Length: 0\r\n\r\n"
+            )
+        };
+        let p = Mutex::new(Pending::default());
+        track(&p, req("ACK").as_bytes());
+        assert!(p.lock().next_due().is_none(), "nothing answers an ACK");
+        track(&p, req("BYE").as_bytes());
+        assert!(p.lock().next_due().is_some());
+        let other = "SIP/2.0 200 OK\r\nVia: SIP/2.0/TCP 10.0.0.1;branch=z9hG4bKelse\r\n\
+From: <sip:a@b>;tag=1\r\nTo: <sip:c@d>;tag=2\r\nCall-ID: x\r\nCSeq: 1 BYE\r\nContent-Length: 0\r\n\r\n";
+        p.lock().sent(other.as_bytes());
+        assert!(
+            p.lock().next_due().is_some(),
+            "another transaction's answer"
+        );
+        p.lock()
+            .sent(other.replace("z9hG4bKelse", "z9hG4bKBYE").as_bytes());
+        assert!(p.lock().next_due().is_none(), "answered: no more copies");
     }
 }

@@ -11,7 +11,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::resend::{Pending, response_branch, retransmit};
+use super::resend::{Pending, retransmit};
 use super::{Streams, on_message};
 use crate::Shared;
 
@@ -90,9 +90,7 @@ where
     let answered = Arc::clone(&pending);
     let writer = tokio::spawn(async move {
         while let Some(b) = rx.recv().await {
-            if let Some(branch) = response_branch(&b) {
-                answered.lock().answered(branch);
-            }
+            answered.lock().sent(&b);
             let m = match String::from_utf8(b.into_vec()) {
                 Ok(text) => Message::text(text),
                 Err(e) => Message::binary(e.into_bytes()),
