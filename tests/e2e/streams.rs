@@ -728,3 +728,46 @@ fn a_route_over_tcp_is_reached_on_one_connection_the_edge_opens() {
         0.0
     );
 }
+
+/// IPv6: the edge on `[::1]` over UDP and TCP, in front of a SIPp callee
+/// on `[::1]`, and SIPp calling over one TCP connection from `[::1]`.
+#[test]
+fn sip_over_tcp_on_ipv6_through_the_edge() {
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_udp_port();
+    // (The later `-i` wins: the callee listens on ::1; `-aa` answers
+    // the edge's probes.)
+    let mut uas = sipp_uas_on(dir.path(), "uas.xml", port, &["-i", "::1", "-aa"]);
+    let backend = format!("[::1]:{port}");
+    let e = spawn_edge_at(
+        "[::1]:0",
+        &[
+            "--backend",
+            &backend,
+            "--listen-tcp",
+            "[::1]:0",
+            "--probe-interval-ms",
+            "500",
+            "--probe-timeout-ms",
+            "300",
+        ],
+    );
+    wait_ready(&e.admin);
+    let tcp = e.tcp.expect("a TCP listener on ::1");
+    assert!(tcp.is_ipv6(), "{tcp}");
+    let (p, stat) = sipp_uac_on(
+        dir.path(),
+        "::1",
+        "uac.xml",
+        "b",
+        tcp,
+        (10, 10, 0),
+        &["-t", "t1"],
+    );
+    let r = finish_uac(p, &stat);
+    assert_eq!((r.successful, r.failed), (10, 0), "{r:?}");
+    // Every call ended at the callee with its BYE (its log may hold the
+    // automatic answers to the edge's probes, and nothing else).
+    uas.expect_calls(10);
+}

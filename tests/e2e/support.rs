@@ -499,8 +499,13 @@ pub(crate) struct EdgeProc {
 /// Starts `handover edge` on free ports with `args` added; waits until it
 /// prints its addresses.
 pub(crate) fn spawn_edge(args: &[&str]) -> EdgeProc {
+    spawn_edge_at("127.0.0.1:0", args)
+}
+
+/// [`spawn_edge`] with its UDP listener on `listen` (`[::1]:0` for IPv6).
+pub(crate) fn spawn_edge_at(listen: &str, args: &[&str]) -> EdgeProc {
     let mut child = Command::new(env!("CARGO_BIN_EXE_handover"))
-        .args(["edge", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
+        .args(["edge", "--listen", listen, "--admin", "127.0.0.1:0"])
         .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
