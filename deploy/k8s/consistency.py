@@ -9,7 +9,11 @@ schema or policy scan can: usage `consistency.py DIR RENDERED.yaml`.
 - the edges' --cluster list names the same gRPC addresses;
 - the headless Service publishes not-ready addresses (Raft peers find each
   other before they are ready) and has the ports; the config's worker.edge
-  names a Service with that UDP port.
+  names a Service with that UDP port;
+- the cluster port runs mutual TLS: a cert-manager Certificate per worker
+  id naming member-ID.handover and worker.handover, its Secret mounted as
+  member-ID/ and chosen by --cluster-tls=.../member-{id}; the edges' own
+  (edge.handover) mounted where their --cluster-tls points.
 Prints one line; exits non-zero naming the first problem.
 """
 import re
@@ -65,6 +69,34 @@ def main():
     clusters = [a.split("=", 1)[1] for a in e["args"] if a.startswith("--cluster=")]
     if sorted(clusters) != sorted(grpc_addrs):
         fail(f"the edges' --cluster {clusters} must be the workers' gRPC addresses {grpc_addrs}")
+    tls_arg = [a.split("=", 1)[1] for a in args if a.startswith("--cluster-tls=")]
+    if len(tls_arg) != 1 or not tls_arg[0].endswith("/member-{id}"):
+        fail("workers need --cluster-tls=DIR/member-{id} (mutual TLS on the cluster port)")
+    tls_root = tls_arg[0].rsplit("/", 1)[0]
+    mounts = {m["mountPath"]: m["name"] for m in w.get("volumeMounts", [])}
+    vols = {v["name"]: v for v in sts["spec"]["template"]["spec"]["volumes"]}
+    vol = vols.get(mounts.get(tls_root, ""), {})
+    paths = {}
+    for src in vol.get("projected", {}).get("sources", []):
+        sec = src.get("secret", {})
+        for it in sec.get("items", []):
+            paths[it["path"]] = sec["name"]
+    for i in range(1, n + 1):
+        cert = by.get(("Certificate", f"handover-member-{i}")) or fail(f"no Certificate handover-member-{i} for worker {i}")
+        names = cert["spec"].get("dnsNames", [])
+        if f"member-{i}.handover" not in names or "worker.handover" not in names:
+            fail(f"Certificate handover-member-{i} must name member-{i}.handover and worker.handover")
+        for f in ("ca.crt", "tls.crt", "tls.key"):
+            if paths.get(f"member-{i}/{f}") != cert["spec"]["secretName"]:
+                fail(f"worker {i}'s {f} must be mounted at {tls_root}/member-{i}/{f} from Secret {cert['spec']['secretName']}")
+    etls = [a.split("=", 1)[1] for a in e["args"] if a.startswith("--cluster-tls=")]
+    ecert = by.get(("Certificate", "handover-edge-cluster")) or fail("no Certificate handover-edge-cluster")
+    if ecert["spec"].get("dnsNames") != ["edge.handover"]:
+        fail("Certificate handover-edge-cluster must name edge.handover only")
+    emounts = {m["mountPath"]: m["name"] for m in e.get("volumeMounts", [])}
+    evols = {v["name"]: v for v in dep["spec"]["template"]["spec"]["volumes"]}
+    if len(etls) != 1 or evols.get(emounts.get(etls[0], ""), {}).get("secret", {}).get("secretName") != ecert["spec"]["secretName"]:
+        fail("the edges need --cluster-tls=DIR with Secret handover-edge-cluster mounted at DIR")
     cms = [d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].startswith("handover-config")]
     if len(cms) != 1:
         fail("one ConfigMap handover-config expected")
@@ -74,7 +106,7 @@ def main():
     target = by.get(("Service", host)) or fail(f"worker.edge {edge}: no Service {host}")
     if not any(p["port"] == int(port) and p.get("protocol") == "UDP" for p in target["spec"]["ports"]):
         fail(f"worker.edge {edge}: Service {host} has no UDP port {port}")
-    print(f"peers: {directory}: {n} workers, peers, edges' --cluster, Services and config agree")
+    print(f"peers: {directory}: {n} workers, peers, edges' --cluster, cluster certificates, Services and config agree")
 
 
 main()

@@ -234,7 +234,7 @@ fn assert_one_bye_per_call(log: &str, calls: usize) {
 
 /// `handover status --json` of the worker at `grpc`.
 fn status(grpc: &str) -> Option<serde_json::Value> {
-    let o = handover(&["status", "--grpc", grpc, "--json"]);
+    let o = admin_cmd("status", grpc, &["--json"]);
     serde_json::from_slice(&o.stdout).ok()
 }
 
@@ -989,7 +989,7 @@ fn a_partitioned_worker_gives_its_shards_up_and_no_shard_has_two_servers() {
         .max_by(|&x, &y| per[x as usize].total_cmp(&per[y as usize]))
         .unwrap();
     let grpc = |i: u16| format!("127.0.0.1:{}", c.grpc + i);
-    let o = handover(&["fault", "--grpc", &grpc(w), "--isolate-ms", "12000"]);
+    let o = admin_cmd("fault", &grpc(w), &["--isolate-ms", "12000"]);
     assert!(o.status.success(), "isolate: {}", stderr(&o));
     let t0 = Instant::now();
     let mut hangups_after_lease = None;
@@ -1101,12 +1101,11 @@ fn a_worker_whose_replica_thread_dies_exits_and_the_others_carry_its_calls() {
     let w = (0..3u16)
         .max_by(|&x, &y| per[x as usize].total_cmp(&per[y as usize]))
         .unwrap();
-    let o = handover(&[
+    let o = admin_cmd(
         "fault",
-        "--grpc",
         &format!("127.0.0.1:{}", c.grpc + w),
-        "--panic-replica",
-    ]);
+        &["--panic-replica"],
+    );
     assert!(o.status.success(), "fault: {}", stderr(&o));
     let mut exit = None;
     assert!(

@@ -55,6 +55,10 @@ fn pod(i: u16, p: Ports, data: &std::path::Path, extra: &[&str]) -> Proc {
         .arg(format!("--edge=localhost:{edge}"))
         .arg(format!("--route=*=127.0.0.1:{uas}"))
         .arg(format!("--data={}", data.display()))
+        .arg(format!(
+            "--cluster-tls={}/cluster-tls/member-{{id}}",
+            data.display()
+        ))
         .args(extra)
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
@@ -82,6 +86,14 @@ pub(crate) fn by_name(dir: &std::path::Path, uas: u16, worker_extra: &[&str]) ->
     // ports a moment ago; the test says which one clashed if one did).
     let sip = free_tcp_ports(3);
     let edge_port = free_udp_port();
+    // The cluster port runs mutual TLS as the manifests set it up: a
+    // directory per member, chosen by `{id}`, and the edges' own.
+    let creds = dir.join("cluster-tls");
+    handover_worker::tls::throwaway(&creds, 3).unwrap();
+    for i in 0..3u16 {
+        register_creds(grpc + i, creds.join(format!("member-{}", i + 1)));
+    }
+    let edge_creds = creds.join("edge").to_string_lossy().into_owned();
     let workers: Vec<Proc> = (0..3)
         .map(|i| {
             let p = Ports {
@@ -102,6 +114,8 @@ pub(crate) fn by_name(dir: &std::path::Path, uas: u16, worker_extra: &[&str]) ->
         "0",
         "--hash-key",
         TEST_KEY,
+        "--cluster-tls",
+        &edge_creds,
     ];
     let clusters: Vec<String> = (0..3).map(|k| format!("localhost:{}", grpc + k)).collect();
     for c in &clusters {
@@ -161,12 +175,7 @@ fn workers_found_by_name_carry_calls_and_an_edge_drains_on_sigterm() {
     // the map; every worker ready, the edge ready.
     wait_members(&format!("127.0.0.1:{grpc}"), 3);
     for i in 0..3u16 {
-        let o = handover(&[
-            "status",
-            "--grpc",
-            &format!("127.0.0.1:{}", grpc + i),
-            "--json",
-        ]);
+        let o = admin_cmd("status", &format!("127.0.0.1:{}", grpc + i), &["--json"]);
         let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("status --json");
         assert_eq!(
             v["id"],

@@ -20,4 +20,5 @@ mod register;
 mod streams;
 mod support;
 mod transfer;
+mod trust;
 mod up;

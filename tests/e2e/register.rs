@@ -101,7 +101,7 @@ fn phones_register_with_digest_are_called_by_aor_and_survive_the_owners_death() 
     });
     assert!(everywhere, "every worker reads alice's binding");
     // `handover status` shows it, on the worker that owns the AOR's shard.
-    let o = handover(&["status", "--grpc", &c.grpc, "--json"]);
+    let o = admin_cmd("status", &c.grpc, &["--json"]);
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(
         (v["aors"].as_u64(), v["bindings"].as_u64()),

@@ -778,11 +778,50 @@ pub(crate) fn cluster(routes: &[String], extra: &[&str]) -> Cluster {
     }
 }
 
+/// Cluster credentials of test clusters started without `up`
+/// ([`crate::kube::by_name`]), by gRPC port: each worker's own directory
+/// (`up` leaves credentials where `handover status` finds them itself).
+#[expect(
+    clippy::disallowed_types,
+    reason = "test-only map of credentials; no async here"
+)]
+static CREDS: std::sync::Mutex<std::collections::BTreeMap<u16, PathBuf>> =
+    std::sync::Mutex::new(std::collections::BTreeMap::new());
+
+/// Remembers worker credentials `dir` for the gRPC port `port`.
+pub(crate) fn register_creds(port: u16, dir: PathBuf) {
+    CREDS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .insert(port, dir);
+}
+
+/// `handover CMD --grpc GRPC ARGS…` (`status`, `fault`), with the worker's
+/// own credentials when the test cluster has some.
+pub(crate) fn admin_cmd(cmd: &str, grpc: &str, args: &[&str]) -> Output {
+    let port: u16 = grpc
+        .rsplit_once(':')
+        .and_then(|(_, p)| p.parse().ok())
+        .unwrap_or(0);
+    let creds = CREDS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .get(&port)
+        .cloned();
+    let mut all = vec![cmd, "--grpc", grpc];
+    let dir = creds.map(|d| d.to_string_lossy().into_owned());
+    if let Some(d) = &dir {
+        all.extend(["--cluster-tls", d.as_str()]);
+    }
+    all.extend_from_slice(args);
+    handover(&all)
+}
+
 /// Waits until a replicated cluster's shard map has `n` members up (so no
 /// shard moves while a test's calls are set up).
 pub(crate) fn wait_members(grpc: &str, n: usize) {
     let ok = wait_for(Duration::from_secs(15), || {
-        let o = handover(&["status", "--grpc", grpc, "--json"]);
+        let o = admin_cmd("status", grpc, &["--json"]);
         serde_json::from_slice::<serde_json::Value>(&o.stdout)
             .is_ok_and(|v| v["members_up"].as_array().is_some_and(|m| m.len() == n))
     });
@@ -798,12 +837,7 @@ pub(crate) fn wait_all_shards_served(grpc: &str, n: u16) {
     let ok = wait_for(Duration::from_secs(15), || {
         (0..n)
             .map(|i| {
-                let o = handover(&[
-                    "status",
-                    "--grpc",
-                    &format!("{host}:{}", port + i),
-                    "--json",
-                ]);
+                let o = admin_cmd("status", &format!("{host}:{}", port + i), &["--json"]);
                 serde_json::from_slice::<serde_json::Value>(&o.stdout)
                     .ok()
                     .and_then(|v| v["serving_shards"].as_u64())

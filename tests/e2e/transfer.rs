@@ -640,12 +640,7 @@ fn attended_across_workers(kill_other_owner: bool) {
     let gport: u16 = gport.parse().unwrap();
     let maps: Vec<Vec<u8>> = (0..3)
         .map(|i| {
-            let o = handover(&[
-                "status",
-                "--grpc",
-                &format!("{host}:{}", gport + i),
-                "--json",
-            ]);
+            let o = admin_cmd("status", &format!("{host}:{}", gport + i), &["--json"]);
             let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
             let hex = v["serving_map"].as_str().unwrap().to_string();
             (0..hex.len() / 2)

@@ -534,6 +534,9 @@ impl Node {
     /// the transport's to decide.
     ///
     /// - It must be addressed to this replica from another voter.
+    /// - Local message types (a replica's own timers and reports: `MsgHup`,
+    ///   `MsgBeat`, `MsgUnreachable`, `MsgSnapStatus`, `MsgCheckQuorum`)
+    ///   never come from a peer.
     /// - A proposal must carry entries ("stepped empty MsgProp").
     /// - A heartbeat's commit index is clamped to this log's last index: a
     ///   leader sends at most what the follower has (`commit_to` panics on
@@ -549,6 +552,11 @@ impl Node {
         }
         let log = &self.raw.raft.raft_log;
         match m.get_msg_type() {
+            MessageType::MsgHup
+            | MessageType::MsgBeat
+            | MessageType::MsgUnreachable
+            | MessageType::MsgSnapStatus
+            | MessageType::MsgCheckQuorum => false,
             MessageType::MsgPropose => !m.entries.is_empty(),
             MessageType::MsgHeartbeat => {
                 m.commit = m.commit.min(log.last_index());
@@ -1015,7 +1023,15 @@ mod tests {
         s.mut_metadata().term = 1;
         snap.snapshot = Some(s).into();
         n.step(snap).unwrap();
-        assert_eq!(n.refused(), 5);
+        // A peer's "local" message: a forged election timeout.
+        let term = n.status().term;
+        n.step(msg(MessageType::MsgHup, 2, 0)).unwrap();
+        assert_eq!(n.refused(), 6);
+        assert_eq!(
+            n.status().term,
+            term,
+            "no election started by a peer's MsgHup"
+        );
         // And the replica still works.
         for _ in 0..50 {
             n.tick().unwrap();

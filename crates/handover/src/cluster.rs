@@ -45,6 +45,17 @@ pub(crate) struct ClusterArgs {
     /// Directory for this worker's Raft log [default: ./handover-data].
     #[arg(long)]
     pub(crate) data: Option<PathBuf>,
+    /// Mutual TLS on the cluster port: a directory with the cluster CA
+    /// (`ca.crt`) and this worker's certificate and key (`tls.crt`,
+    /// `tls.key`, naming `member-ID.handover` and `worker.handover`), as
+    /// a cert-manager Secret holds them; `{id}` in it is replaced by this
+    /// worker's id (overrides `[worker.replication] tls_dir`).
+    #[arg(long, value_name = "DIR")]
+    pub(crate) cluster_tls: Option<PathBuf>,
+    /// Serve the cluster port without TLS on an address that is not
+    /// loopback (anyone who reaches it can then act as a member).
+    #[arg(long)]
+    pub(crate) cluster_insecure: bool,
 }
 
 impl ClusterArgs {
@@ -68,7 +79,30 @@ impl ClusterArgs {
         if self.data.is_none() {
             self.data = Some(PathBuf::from(&f.data));
         }
+        if self.cluster_tls.is_none() {
+            self.cluster_tls = f.tls_dir.as_ref().map(PathBuf::from);
+        }
+        self.cluster_insecure |= f.insecure;
         self
+    }
+}
+
+/// The cluster port's TLS for worker `id` listening on `bind`: required
+/// unless `bind` is loopback or `insecure` says otherwise.
+pub(crate) fn cluster_tls(
+    a: &ClusterArgs,
+    id: u64,
+    bind: Option<std::net::IpAddr>,
+) -> anyhow::Result<Option<handover_worker::tls::TlsDir>> {
+    match &a.cluster_tls {
+        Some(d) => Ok(Some(handover_worker::tls::TlsDir::for_member(d, id))),
+        None if a.cluster_insecure || bind.is_some_and(|ip| ip.is_loopback()) => Ok(None),
+        None => anyhow::bail!(
+            "the cluster port {} is not loopback: give --cluster-tls DIR (the cluster CA and this \
+             worker's certificate; `handover up` makes throw-away ones) or, on a network only \
+             workers reach, --cluster-insecure",
+            bind.map_or_else(|| "(from --peer)".to_string(), |ip| ip.to_string())
+        ),
     }
 }
 
@@ -124,6 +158,8 @@ mod tests {
             commit_window_ms: None,
             fault_injection: false,
             data: None,
+            cluster_tls: None,
+            cluster_insecure: false,
         }
     }
 
@@ -151,5 +187,29 @@ mod tests {
         assert_eq!((a.id, a.commit_window_ms), (Some(2), Some(0)));
         // Without id and peers anywhere: no replication.
         assert!(configured(&none().over(&file(""))).unwrap().is_none());
+    }
+
+    #[test]
+    fn the_cluster_port_needs_tls_unless_it_is_loopback_or_said_insecure() {
+        let lo = Some(std::net::IpAddr::from([127, 0, 0, 1]));
+        let any = Some(std::net::IpAddr::from([0, 0, 0, 0]));
+        assert_eq!(cluster_tls(&none(), 1, lo).unwrap(), None);
+        let e = cluster_tls(&none(), 1, any).unwrap_err().to_string();
+        assert!(e.contains("--cluster-tls DIR"), "{e}");
+        assert!(
+            cluster_tls(&none(), 1, None).is_err(),
+            "an unresolved name is not loopback"
+        );
+        let insecure = ClusterArgs {
+            cluster_insecure: true,
+            ..none()
+        };
+        assert_eq!(cluster_tls(&insecure, 1, any).unwrap(), None);
+        // The file's keys, `{id}` replaced.
+        let f = file("[worker.replication]\ntls_dir = \"/etc/handover-cluster/member-{id}\"\n");
+        let d = cluster_tls(&none().over(&f), 2, any).unwrap().unwrap();
+        assert_eq!(d.0, std::path::Path::new("/etc/handover-cluster/member-2"));
+        let f = file("[worker.replication]\ninsecure = true\n");
+        assert_eq!(cluster_tls(&none().over(&f), 1, any).unwrap(), None);
     }
 }

@@ -121,6 +121,11 @@ struct ReplicationSection {
     commit_window_ms: Option<Spanned<u64>>,
     /// Directory of the Raft log.
     data: Option<String>,
+    /// Cluster credentials (`ca.crt`, `tls.crt`, `tls.key`; `{id}` is
+    /// replaced by this worker's id).
+    tls_dir: Option<String>,
+    /// Plain HTTP/2 on a gRPC address that is not loopback.
+    insecure: Option<bool>,
 }
 
 /// `[[worker.routes]]`: one route; at most one of `user`, `prefix`,
@@ -168,6 +173,8 @@ struct EdgeSection {
     ban_s: Option<u32>,
     /// Replicated workers' gRPC addresses: route by their shard map.
     cluster: Option<Spanned<Vec<String>>>,
+    /// Cluster credentials for the map watch (`ca.crt`, `tls.crt`, `tls.key`).
+    cluster_tls: Option<String>,
     /// Seconds to keep serving after SIGTERM with /readyz failing.
     drain_s: Option<u64>,
     /// SIP over TCP on this address (`IP:PORT`; often the UDP one).
@@ -343,6 +350,9 @@ pub(crate) struct Replication {
     pub(crate) grpc_listen: Option<String>,
     pub(crate) commit_window_ms: u64,
     pub(crate) data: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) tls_dir: Option<String>,
+    pub(crate) insecure: bool,
 }
 
 /// Effective `[edge]`.
@@ -363,6 +373,8 @@ pub(crate) struct Edge {
     pub(crate) ban_s: u32,
     /// Replicated workers' gRPC addresses (`IP:PORT` or `HOST:PORT`).
     pub(crate) cluster: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) cluster_tls: Option<String>,
     pub(crate) drain_s: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) listen_tcp: Option<String>,
@@ -820,6 +832,8 @@ impl Config {
                 .data
                 .clone()
                 .unwrap_or_else(|| "handover-data".to_string()),
+            tls_dir: r.tls_dir.clone(),
+            insecure: r.insecure.unwrap_or(false),
         };
         if replication.id.is_some() && replication.id_from_hostname {
             return Err(err(
@@ -928,6 +942,7 @@ impl Config {
                 .unwrap_or(ed.new_dialogs_per_source),
             ban_s: e.ban_s.unwrap_or(ed.ban_s),
             cluster,
+            cluster_tls: e.cluster_tls.clone(),
             drain_s: e.drain_s.unwrap_or(5),
             listen_tcp,
             listen_tls,

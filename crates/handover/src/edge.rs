@@ -85,6 +85,12 @@ pub(crate) struct EdgeArgs {
     /// Replaces the file's `cluster`.
     #[arg(long = "cluster", value_name = "GRPC_ADDR", value_parser = grpc_addr)]
     cluster: Vec<String>,
+    /// Mutual TLS to the workers' gRPC: a directory with the cluster CA
+    /// (`ca.crt`) and the edges' certificate and key (`tls.crt`,
+    /// `tls.key`, naming `edge.handover`), as a cert-manager Secret holds
+    /// them. Replaces the file's `cluster_tls`.
+    #[arg(long, value_name = "DIR")]
+    cluster_tls: Option<std::path::PathBuf>,
     /// Seconds to keep serving after SIGTERM with /readyz failing, so the
     /// load balancer stops sending here first (0: stop at once)
     /// [default: 5].
@@ -142,6 +148,8 @@ struct Settings {
     admin: SocketAddr,
     /// Replicated workers' gRPC addresses to watch the map from.
     cluster: Vec<String>,
+    /// The edge's cluster credentials.
+    cluster_tls: Option<handover_worker::tls::TlsDir>,
     drain_s: u64,
 }
 
@@ -273,6 +281,11 @@ fn settings(a: &EdgeArgs) -> anyhow::Result<Settings> {
     Ok(Settings {
         edge: cfg,
         admin: a.admin.unwrap_or_else(|| parse(&e.admin)),
+        cluster_tls: match (&a.cluster_tls, &e.cluster_tls) {
+            (Some(d), _) => Some(handover_worker::tls::TlsDir(d.clone())),
+            (None, Some(d)) => Some(handover_worker::tls::TlsDir(d.into())),
+            (None, None) => None,
+        },
         cluster,
         drain_s: a.drain_s.unwrap_or(e.drain_s),
     })
@@ -284,8 +297,12 @@ pub(crate) fn run(args: EdgeArgs) -> anyhow::Result<()> {
         edge: cfg,
         admin: admin_addr,
         cluster,
+        cluster_tls,
         drain_s,
     } = settings(&args)?;
+    if let Some(t) = &cluster_tls {
+        t.check()?;
+    }
     let handle = handover_worker::admin::install_recorder("edge")?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -338,7 +355,7 @@ pub(crate) fn run(args: EdgeArgs) -> anyhow::Result<()> {
                 if cluster.is_empty() {
                     std::future::pending::<()>().await;
                 }
-                watch_map(&edge, &cluster).await;
+                watch_map(&edge, &cluster, cluster_tls.as_ref()).await;
             };
             tokio::pin!(health, watch);
             let drain = tokio::select! {
@@ -376,10 +393,10 @@ pub(crate) fn run(args: EdgeArgs) -> anyhow::Result<()> {
 /// up at each map and again every few seconds, so a worker that comes
 /// back under the same name with a new IP (a rescheduled pod) is reached.
 /// Never returns.
-async fn watch_map(edge: &Edge, cluster: &[String]) {
+async fn watch_map(edge: &Edge, cluster: &[String], tls: Option<&handover_worker::tls::TlsDir>) {
     let (tx, mut rx) = tokio::sync::mpsc::channel::<handover_worker::rpc::pb::MapView>(64);
     for addr in cluster {
-        tokio::spawn(watch_member(addr.clone(), tx.clone()));
+        tokio::spawn(watch_member(addr.clone(), tls.cloned(), tx.clone()));
     }
     let mut current: Option<handover_worker::rpc::pb::MapView> = None;
     let mut resolved: std::collections::HashMap<u64, SocketAddr> = Default::default();
@@ -455,16 +472,33 @@ fn grpc_addr(s: &str) -> Result<String, String> {
 /// One member's map stream, forwarded to `tx`; reconnects forever.
 async fn watch_member(
     addr: String,
+    tls: Option<handover_worker::tls::TlsDir>,
     tx: tokio::sync::mpsc::Sender<handover_worker::rpc::pb::MapView>,
 ) {
     use tokio_stream::StreamExt as _;
     loop {
+        let scheme = if tls.is_some() { "https" } else { "http" };
         // HTTP/2 pings find a frozen member (its TCP connection stays open).
-        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        let mut endpoint = tonic::transport::Endpoint::from_shared(format!("{scheme}://{addr}"))
             .expect("a valid URI")
             .connect_timeout(std::time::Duration::from_secs(1))
             .http2_keep_alive_interval(std::time::Duration::from_secs(1))
             .keep_alive_timeout(std::time::Duration::from_secs(2));
+        // Read at each connection: a renewed certificate is used from the
+        // next one on.
+        if let Some(d) = &tls {
+            match d
+                .client_config(handover_worker::tls::WORKER_NAME)
+                .and_then(|c| Ok(endpoint.clone().tls_config(c)?))
+            {
+                Ok(e) => endpoint = e,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cluster TLS");
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                    continue;
+                }
+            }
+        }
         let stream = match endpoint.connect().await {
             Ok(ch) => {
                 handover_worker::rpc::pb::admin_client::AdminClient::new(ch)

@@ -16,6 +16,49 @@ pub(crate) struct StatusArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
+    /// Cluster credentials (`ca.crt`, `tls.crt`, `tls.key`; any cluster
+    /// certificate will do, e.g. `admin.handover`) [default: the ones
+    /// `handover up` left for this port, if any; else no TLS].
+    #[arg(long, value_name = "DIR")]
+    cluster_tls: Option<std::path::PathBuf>,
+}
+
+/// Where `handover up` leaves credentials for `handover status` of the
+/// worker whose gRPC port is `port` (removed when `up` stops).
+pub(crate) fn up_credentials(port: u16) -> std::path::PathBuf {
+    let base = std::env::var_os("HOME")
+        .map(|h| std::path::PathBuf::from(h).join(".cache"))
+        .unwrap_or_else(std::env::temp_dir);
+    base.join("handover").join("up").join(port.to_string())
+}
+
+/// A channel to a worker's gRPC at `addr`, with `dir`'s credentials, or
+/// `up`'s for that port when there are some, or none.
+async fn admin_channel(
+    addr: SocketAddr,
+    dir: Option<&std::path::Path>,
+) -> anyhow::Result<tonic::transport::Channel> {
+    let dir = dir.map(std::path::Path::to_path_buf).or_else(|| {
+        let d = up_credentials(addr.port());
+        d.join("tls.crt").exists().then_some(d)
+    });
+    let tls = match dir {
+        None => None,
+        Some(d) => {
+            Some(handover_worker::tls::TlsDir(d).client_config(handover_worker::tls::WORKER_NAME)?)
+        }
+    };
+    tokio::time::timeout(
+        std::time::Duration::from_secs(3),
+        handover_worker::replica::channel(&addr.to_string(), tls),
+    )
+    .await
+    .map_err(|_| anyhow::anyhow!("no answer from {addr} within 3 s"))?
+    .with_context(|| {
+        format!(
+            "cannot reach a worker's gRPC at {addr} (is it a replicated worker's --peer address?)"
+        )
+    })
 }
 
 pub(crate) fn run(a: &StatusArgs) -> anyhow::Result<()> {
@@ -24,22 +67,13 @@ pub(crate) fn run(a: &StatusArgs) -> anyhow::Result<()> {
         .build()
         .context("cannot start the runtime")?;
     let s = rt.block_on(async {
-        let mut c = tokio::time::timeout(
-            std::time::Duration::from_secs(3),
-            pb::admin_client::AdminClient::connect(format!("http://{}", a.grpc)),
-        )
-        .await
-        .map_err(|_| anyhow::anyhow!("no answer from {} within 3 s", a.grpc))?
-        .with_context(|| {
-            format!(
-                "cannot reach a worker's gRPC at {} (is it a replicated worker's --peer address?)",
-                a.grpc
-            )
-        })?;
+        let mut c = pb::admin_client::AdminClient::new(
+            admin_channel(a.grpc, a.cluster_tls.as_deref()).await?,
+        );
         let s = c
             .status(pb::StatusRequest {})
             .await
-            .context("status call failed")?;
+            .map_err(|s| anyhow::anyhow!("status call failed: {}", s.message()))?;
         anyhow::Ok(s.into_inner())
     })?;
     if a.json {
@@ -111,6 +145,10 @@ pub(crate) struct FaultArgs {
     /// Make the worker's Raft replica thread panic instead.
     #[arg(long)]
     panic_replica: bool,
+    /// The worker's own credentials (its `--cluster-tls` directory): on a
+    /// cluster port with TLS only the worker's own key may inject faults.
+    #[arg(long, value_name = "DIR")]
+    cluster_tls: Option<std::path::PathBuf>,
 }
 
 pub(crate) fn fault(a: &FaultArgs) -> anyhow::Result<()> {
@@ -119,9 +157,9 @@ pub(crate) fn fault(a: &FaultArgs) -> anyhow::Result<()> {
         .build()
         .context("cannot start the runtime")?;
     rt.block_on(async {
-        let mut c = pb::admin_client::AdminClient::connect(format!("http://{}", a.grpc))
-            .await
-            .with_context(|| format!("cannot reach a worker's gRPC at {}", a.grpc))?;
+        let mut c = pb::admin_client::AdminClient::new(
+            admin_channel(a.grpc, a.cluster_tls.as_deref()).await?,
+        );
         c.isolate(pb::IsolateRequest {
             millis: a.isolate_ms,
             panic_replica: a.panic_replica,

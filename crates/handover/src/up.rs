@@ -148,6 +148,17 @@ fn throwaway_cert(
 
 struct Kids(Vec<Child>);
 
+/// Directories removed when dropped.
+struct Leftovers(Vec<std::path::PathBuf>);
+
+impl Drop for Leftovers {
+    fn drop(&mut self) {
+        for d in &self.0 {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
+}
+
 impl Drop for Kids {
     fn drop(&mut self) {
         for c in &mut self.0 {
@@ -320,6 +331,10 @@ pub(crate) fn run(mut a: UpArgs) -> anyhow::Result<()> {
         edge.arg("--tls-cert").arg(&cert).arg("--tls-key").arg(&key);
     }
     let mut peers = Vec::new();
+    // Removed when `up` returns (`handover status`'s copies of the admin
+    // credentials).
+    let mut left = Leftovers(Vec::new());
+    let cluster_tls = data.join("cluster-tls");
     if replicate {
         std::fs::create_dir_all(&data).with_context(|| {
             format!(
@@ -327,6 +342,23 @@ pub(crate) fn run(mut a: UpArgs) -> anyhow::Result<()> {
                 data.display()
             )
         })?;
+        // Mutual TLS on the cluster port, even on loopback: another local
+        // user could otherwise act as a member.
+        handover_worker::tls::throwaway(&cluster_tls, a.workers.into())
+            .context("cannot make the cluster's throw-away certificates")?;
+        edge.arg("--cluster-tls").arg(cluster_tls.join("edge"));
+        for i in 0..a.workers {
+            let port = nth(a.worker_grpc, i)?.port();
+            let to = crate::status::up_credentials(port);
+            let _ = std::fs::remove_dir_all(&to);
+            std::fs::create_dir_all(&to)
+                .with_context(|| format!("cannot create {}", to.display()))?;
+            for f in ["ca.crt", "tls.crt", "tls.key"] {
+                std::fs::copy(cluster_tls.join("admin").join(f), to.join(f))
+                    .with_context(|| format!("cannot write {}", to.join(f).display()))?;
+            }
+            left.0.push(to);
+        }
         for i in 0..a.workers {
             peers.push(format!(
                 "{}={},{}",
@@ -382,7 +414,9 @@ pub(crate) fn run(mut a: UpArgs) -> anyhow::Result<()> {
             }
             worker
                 .arg("--data")
-                .arg(data.join(format!("worker-{}", i + 1)));
+                .arg(data.join(format!("worker-{}", i + 1)))
+                .arg("--cluster-tls")
+                .arg(cluster_tls.join(format!("member-{}", i + 1)));
             if let Some(w) = a.commit_window_ms {
                 worker.args(["--commit-window-ms", &w.to_string()]);
             }
@@ -426,9 +460,10 @@ pub(crate) fn run(mut a: UpArgs) -> anyhow::Result<()> {
     }
     if replicate {
         println!(
-            "{} workers share the calls by shard and replicate them with Raft (gRPC on {}+); Raft logs under {}",
+            "{} workers share the calls by shard and replicate them with Raft (gRPC on {}+, mutual TLS with throw-away certificates under {}); Raft logs under {}",
             a.workers,
             a.worker_grpc,
+            cluster_tls.display(),
             data.display()
         );
         println!(

@@ -115,16 +115,29 @@ fn settings(a: WorkerArgs) -> anyhow::Result<Settings> {
     let w = file.worker;
     let parse = |s: &str| s.parse::<SocketAddr>().expect("validated by config");
     let cluster = a.cluster.over(&w.replication);
-    let replication = crate::cluster::configured(&cluster)?.map(|(id, peers)| {
-        handover_worker::replica::Settings {
-            id,
-            peers,
-            data: cluster.data.clone().expect("set by over()"),
-            grpc_listen: cluster.grpc_listen,
-            fault_injection: cluster.fault_injection,
-            commit_window: Duration::from_millis(cluster.commit_window_ms.expect("set by over()")),
+    let replication = match crate::cluster::configured(&cluster)? {
+        None => None,
+        Some((id, peers)) => {
+            let bind = cluster.grpc_listen.map(|a| a.ip()).or_else(|| {
+                let me = peers.iter().find(|p| p.id == id)?;
+                handover_worker::peers::resolve_now(&me.grpc)
+                    .ok()
+                    .map(|a| a.ip())
+            });
+            let tls = crate::cluster::cluster_tls(&cluster, id, bind)?;
+            Some(handover_worker::replica::Settings {
+                id,
+                peers,
+                data: cluster.data.clone().expect("set by over()"),
+                grpc_listen: cluster.grpc_listen,
+                fault_injection: cluster.fault_injection,
+                commit_window: Duration::from_millis(
+                    cluster.commit_window_ms.expect("set by over()"),
+                ),
+                tls,
+            })
         }
-    });
+    };
     let trusted = if a.trusted.is_empty() {
         w.trusted
             .iter()

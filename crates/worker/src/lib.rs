@@ -3,7 +3,7 @@
 //! [`handover_call::B2bua`]; [`replica`] runs a [`handover_cluster::Node`]
 //! on its own thread with its log on disk and its messages over gRPC
 //! ([`services`], [`rpc`]); [`record`] is the call record's wire form;
-//! [`peers`] the members' addresses; [`admin`] the HTTP port for metrics
+//! [`peers`] the members' addresses; [`tls`] who may use the cluster port; [`admin`] the HTTP port for metrics
 //! and health. The `handover` binary parses flags and files into
 //! [`sip::Settings`] and calls [`sip::run`].
 
@@ -14,3 +14,4 @@ pub mod replica;
 pub mod rpc;
 pub mod services;
 pub mod sip;
+pub mod tls;

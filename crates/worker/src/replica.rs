@@ -21,6 +21,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::peers::{Peer, resolve_now};
 use crate::rpc::pb;
 use crate::services::{Services, serving_map, unix_ms};
+use crate::tls::{REFUSED, REFUSED_REASONS, TlsDir, member_name};
 
 /// One Raft tick.
 const TICK: Duration = Duration::from_millis(100);
@@ -55,6 +56,9 @@ pub struct Settings {
     pub fault_injection: bool,
     /// Group-commit window (zero: none).
     pub commit_window: Duration,
+    /// Mutual TLS on the cluster port ([`crate::tls`]); None: plain
+    /// HTTP/2, which the binary allows on loopback only.
+    pub tls: Option<TlsDir>,
 }
 
 /// What the SIP loop asks of the replica.
@@ -198,7 +202,11 @@ pub fn start(settings: Settings) -> anyhow::Result<Handle> {
         grpc_listen,
         fault_injection,
         commit_window: window,
+        tls,
     } = settings;
+    if let Some(t) = &tls {
+        t.check()?;
+    }
     let me = peers
         .iter()
         .find(|p| p.id == id)
@@ -269,6 +277,7 @@ pub fn start(settings: Settings) -> anyhow::Result<Handle> {
                     let mut replica =
                         Replica::new(node, peers, cmd_rx, note_tx, ready_tx, (lease2, epoch));
                     replica.window = window;
+                    replica.tls = tls;
                     replica.run(listener, isolation, lookup_rx).await;
                 });
             });
@@ -358,6 +367,8 @@ struct Replica {
     drains: Vec<oneshot::Sender<bool>>,
     /// Group commit window (`--commit-window-ms`).
     window: Duration,
+    /// Mutual TLS on the cluster port.
+    tls: Option<TlsDir>,
 }
 
 impl Replica {
@@ -385,6 +396,7 @@ impl Replica {
             pending: HashMap::new(),
             drains: Vec::new(),
             window: Duration::ZERO,
+            tls: None,
         }
     }
 
@@ -405,34 +417,48 @@ impl Replica {
             shared: shared_rx,
             drain: drain_tx,
             isolation: isolation.clone(),
+            me: self.node.id(),
+            tls: self.tls.is_some(),
         };
+        for r in REFUSED_REASONS {
+            metrics::counter!(REFUSED, "reason" => r).increment(0);
+        }
         let panic_asked = isolation.as_ref().map(|i| std::sync::Arc::clone(&i.panic));
         let isolated = move || isolation.as_ref().is_some_and(Isolation::now);
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-        tokio::spawn(async move {
-            // Large HTTP/2 windows, so flow control rarely sends a
-            // WINDOW_UPDATE for appends of 6-10 KiB (no change measurable
-            // at 500 calls/s); Raft's own flow control bounds what is in
-            // flight.
-            let r = tonic::transport::Server::builder()
-                .initial_stream_window_size(Some(8 << 20))
-                .initial_connection_window_size(Some(16 << 20))
-                .tcp_nodelay(true)
-                .add_service(
-                    pb::raft_server::RaftServer::new(services.clone())
-                        .max_decoding_message_size(64 << 20),
-                )
-                .add_service(pb::admin_server::AdminServer::new(services))
-                .serve_with_incoming(incoming)
-                .await;
-            if let Err(e) = r {
-                tracing::error!(error = %e, "gRPC server stopped");
+        // Large HTTP/2 windows, so flow control rarely sends a
+        // WINDOW_UPDATE for appends of 6-10 KiB (no change measurable at
+        // 500 calls/s); Raft's own flow control bounds what is in flight.
+        let router = tonic::transport::Server::builder()
+            .initial_stream_window_size(Some(8 << 20))
+            .initial_connection_window_size(Some(16 << 20))
+            .tcp_nodelay(true)
+            .add_service(
+                pb::raft_server::RaftServer::new(services.clone())
+                    .max_decoding_message_size(64 << 20),
+            )
+            .add_service(pb::admin_server::AdminServer::new(services));
+        match self.tls.clone() {
+            None => {
+                let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+                tokio::spawn(async move {
+                    if let Err(e) = router.serve_with_incoming(incoming).await {
+                        tracing::error!(error = %e, "gRPC server stopped");
+                    }
+                });
             }
-        });
+            Some(dir) => {
+                let incoming = tls_incoming(listener, dir);
+                tokio::spawn(async move {
+                    if let Err(e) = router.serve_with_incoming(incoming).await {
+                        tracing::error!(error = %e, "gRPC server stopped");
+                    }
+                });
+            }
+        }
         let mut outs: BTreeMap<u64, mpsc::UnboundedSender<Vec<Message>>> = BTreeMap::new();
         for p in self.peers.iter().filter(|p| p.id != self.node.id()) {
             let (tx, rx) = mpsc::unbounded_channel();
-            tokio::spawn(sender(p.grpc.clone(), rx));
+            tokio::spawn(sender(p.grpc.clone(), p.id, self.tls.clone(), rx));
             outs.insert(p.id, tx);
         }
         let mut tick = tokio::time::interval(TICK);
@@ -802,6 +828,73 @@ fn send_out(
     }
 }
 
+/// A gRPC channel to `to` (`HOST:PORT`), over TLS with `tls`.
+pub async fn channel(
+    to: &str,
+    tls: Option<tonic::transport::ClientTlsConfig>,
+) -> anyhow::Result<tonic::transport::Channel> {
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let mut e = tonic::transport::Endpoint::from_shared(format!("{scheme}://{to}"))?
+        .connect_timeout(Duration::from_secs(1))
+        .tcp_nodelay(true);
+    if let Some(cfg) = tls {
+        e = e.tls_config(cfg)?;
+    }
+    Ok(e.connect().await?)
+}
+
+/// The gRPC listener's connections after a TLS handshake each (in its own
+/// task, 5 s at most: a slow client holds up nobody). The server's
+/// credentials are re-read when `tls.crt` changes. Failed handshakes (no
+/// certificate, another CA, not TLS) are counted.
+fn tls_incoming(
+    listener: tokio::net::TcpListener,
+    dir: TlsDir,
+) -> tokio_stream::wrappers::ReceiverStream<
+    std::io::Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>,
+> {
+    let (tx, rx) = mpsc::channel(64);
+    tokio::spawn(async move {
+        let mut loaded: Option<(Option<std::time::SystemTime>, tokio_rustls::TlsAcceptor)> = None;
+        loop {
+            let Ok((sock, from)) = listener.accept().await else {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            };
+            let changed = dir.changed();
+            if loaded.as_ref().is_none_or(|(at, _)| *at != changed) {
+                match dir.server_config() {
+                    Ok(cfg) => loaded = Some((changed, tokio_rustls::TlsAcceptor::from(cfg))),
+                    Err(e) => {
+                        tracing::error!(error = %e, "cluster TLS: keeping the old credentials")
+                    }
+                }
+            }
+            let Some((_, acceptor)) = loaded.clone() else {
+                continue;
+            };
+            let _ = sock.set_nodelay(true);
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                match tokio::time::timeout(Duration::from_secs(5), acceptor.accept(sock)).await {
+                    Ok(Ok(s)) => {
+                        let _ = tx.send(Ok(s)).await;
+                    }
+                    Ok(Err(e)) => {
+                        metrics::counter!(REFUSED, "reason" => "handshake").increment(1);
+                        tracing::warn!(%from, error = %e, "cluster TLS handshake refused");
+                    }
+                    Err(_) => {
+                        metrics::counter!(REFUSED, "reason" => "handshake").increment(1);
+                        tracing::warn!(%from, "cluster TLS handshake timed out");
+                    }
+                }
+            });
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx)
+}
+
 /// Sleeps until `t`, or forever without one.
 async fn sleep_until_some(t: Option<tokio::time::Instant>) {
     match t {
@@ -813,11 +906,27 @@ async fn sleep_until_some(t: Option<tokio::time::Instant>) {
 /// Sends raft messages to one peer over a client stream, reconnecting
 /// whenever it breaks. Messages that find no connection are dropped: raft
 /// resends what matters.
-async fn sender(to: String, mut rx: mpsc::UnboundedReceiver<Vec<Message>>) {
-    let url = format!("http://{to}");
+async fn sender(
+    to: String,
+    id: u64,
+    tls: Option<TlsDir>,
+    mut rx: mpsc::UnboundedReceiver<Vec<Message>>,
+) {
     loop {
-        let client = match pb::raft_client::RaftClient::connect(url.clone()).await {
-            Ok(c) => c.max_encoding_message_size(64 << 20),
+        let channel = match &tls {
+            None => channel(&to, None).await,
+            // Read at each connection: a renewed certificate is used from
+            // the next one on.
+            Some(d) => match d.client_config(&member_name(id)) {
+                Ok(cfg) => channel(&to, Some(cfg)).await,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cluster TLS");
+                    Err(e)
+                }
+            },
+        };
+        let client = match channel {
+            Ok(ch) => pb::raft_client::RaftClient::new(ch).max_encoding_message_size(64 << 20),
             Err(_) => {
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 // Drop what queued while the peer was away.

@@ -1,5 +1,9 @@
 //! The replica's gRPC services: `Raft` (peers' messages in) and `Admin`
 //! (`handover status`, the edges' map watch, drain, fault injection).
+//! With cluster TLS each call checks its caller's certificate
+//! ([`crate::tls`]): Raft messages only from the member each claims to
+//! be, the map and status for any cluster party, drain and fault
+//! injection for this worker's own certificate only.
 
 use std::time::Duration;
 
@@ -9,6 +13,7 @@ use tokio_stream::StreamExt as _;
 
 use crate::replica::{Isolation, Shared};
 use crate::rpc::pb;
+use crate::tls::{Caller, REFUSED, member_name};
 
 #[derive(Clone)]
 pub(crate) struct Services {
@@ -16,6 +21,31 @@ pub(crate) struct Services {
     pub(crate) shared: watch::Receiver<Shared>,
     pub(crate) drain: mpsc::UnboundedSender<oneshot::Sender<bool>>,
     pub(crate) isolation: Option<Isolation>,
+    /// This worker's id.
+    pub(crate) me: u64,
+    /// The port runs mutual TLS: callers are checked.
+    pub(crate) tls: bool,
+}
+
+impl Services {
+    /// Refuses (and counts) a call whose caller may not make it.
+    fn allow(&self, ok: bool, reason: &'static str, what: &str) -> Result<(), tonic::Status> {
+        if ok {
+            return Ok(());
+        }
+        metrics::counter!(REFUSED, "reason" => reason).increment(1);
+        tracing::warn!(reason, what, "cluster call refused");
+        Err(tonic::Status::permission_denied(format!(
+            "{what}: not allowed for this certificate"
+        )))
+    }
+
+    /// Drain and fault injection: only with this worker's own key (what a
+    /// local admin socket would give), or anyone on a port without TLS.
+    fn allow_self<T>(&self, req: &tonic::Request<T>, what: &str) -> Result<(), tonic::Status> {
+        let c = Caller::of(req, self.tls);
+        self.allow(c.is(&member_name(self.me)), "role", what)
+    }
 }
 
 #[tonic::async_trait]
@@ -24,6 +54,10 @@ impl pb::raft_server::Raft for Services {
         &self,
         request: tonic::Request<tonic::Streaming<pb::RaftBatch>>,
     ) -> Result<tonic::Response<pb::Ack>, tonic::Status> {
+        let caller = Caller::of(&request, self.tls);
+        self.allow(caller.is(crate::tls::WORKER_NAME), "role", "Raft.Send")?;
+        // The member this stream's sender was shown to be.
+        let mut shown: Option<u64> = None;
         let mut stream = request.into_inner();
         while let Some(batch) = stream.next().await {
             let batch = batch?;
@@ -39,6 +73,14 @@ impl pb::raft_server::Raft for Services {
             for bytes in &batch.messages {
                 match handover_cluster::decode_message(bytes) {
                     Some(m) => {
+                        if shown != Some(m.from) {
+                            self.allow(
+                                caller.is(&member_name(m.from)),
+                                "impersonation",
+                                "Raft.Send (a message from another member)",
+                            )?;
+                            shown = Some(m.from);
+                        }
                         if self.inbox.send(m).is_err() {
                             return Err(tonic::Status::unavailable("replica stopped"));
                         }
@@ -57,8 +99,13 @@ impl pb::raft_server::Raft for Services {
 impl pb::admin_server::Admin for Services {
     async fn status(
         &self,
-        _: tonic::Request<pb::StatusRequest>,
+        req: tonic::Request<pb::StatusRequest>,
     ) -> Result<tonic::Response<pb::ClusterStatus>, tonic::Status> {
+        self.allow(
+            Caller::of(&req, self.tls).may_watch(),
+            "role",
+            "Admin.Status",
+        )?;
         Ok(tonic::Response::new(self.shared.borrow().status.clone()))
     }
 
@@ -68,8 +115,13 @@ impl pb::admin_server::Admin for Services {
 
     async fn watch_map(
         &self,
-        _: tonic::Request<pb::WatchRequest>,
+        req: tonic::Request<pb::WatchRequest>,
     ) -> Result<tonic::Response<Self::WatchMapStream>, tonic::Status> {
+        self.allow(
+            Caller::of(&req, self.tls).may_watch(),
+            "role",
+            "Admin.WatchMap",
+        )?;
         let mut rx = self.shared.clone();
         let stream = async_stream(move |tx| async move {
             let mut last = None;
@@ -92,8 +144,9 @@ impl pb::admin_server::Admin for Services {
 
     async fn drain(
         &self,
-        _: tonic::Request<pb::DrainRequest>,
+        req: tonic::Request<pb::DrainRequest>,
     ) -> Result<tonic::Response<pb::DrainReply>, tonic::Status> {
+        self.allow_self(&req, "Admin.Drain")?;
         let (tx, rx) = oneshot::channel();
         self.drain
             .send(tx)
@@ -110,6 +163,7 @@ impl pb::admin_server::Admin for Services {
         &self,
         req: tonic::Request<pb::IsolateRequest>,
     ) -> Result<tonic::Response<pb::IsolateReply>, tonic::Status> {
+        self.allow_self(&req, "Admin.Isolate")?;
         let Some(iso) = &self.isolation else {
             return Err(tonic::Status::failed_precondition(
                 "fault injection is off: start the worker with --fault-injection",

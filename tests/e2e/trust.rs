@@ -1,0 +1,227 @@
+//! The trust boundary (issue 16): the cluster port of a running `handover
+//! up` takes only the cluster's certificates, each member speaks only for
+//! itself, and what a valid member sends cannot stop a replica.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use handover_cluster::{Message, MessageType, encode_message};
+use handover_worker::rpc::pb;
+use handover_worker::tls::{TlsDir, WORKER_NAME};
+use tonic::transport::ClientTlsConfig;
+
+use crate::support::*;
+
+/// A credentials directory with `ca`'s `ca.crt` and `cert`'s `tls.crt` and
+/// `tls.key`.
+fn mixed(at: &Path, ca: &Path, cert: &Path) -> PathBuf {
+    std::fs::create_dir_all(at).unwrap();
+    std::fs::copy(ca.join("ca.crt"), at.join("ca.crt")).unwrap();
+    for f in ["tls.crt", "tls.key"] {
+        std::fs::copy(cert.join(f), at.join(f)).unwrap();
+    }
+    at.to_path_buf()
+}
+
+/// `Admin.Status` at `addr` over `tls` (None: plain HTTP/2): the worker's
+/// id, or the error as text.
+async fn status(addr: &str, tls: Option<ClientTlsConfig>) -> Result<u64, String> {
+    let ch = handover_worker::replica::channel(addr, tls)
+        .await
+        .map_err(|e| format!("{e:#}"))?;
+    pb::admin_client::AdminClient::new(ch)
+        .status(pb::StatusRequest {})
+        .await
+        .map(|s| s.into_inner().id)
+        .map_err(|s| format!("{:?}: {}", s.code(), s.message()))
+}
+
+/// `Raft.Send` of `messages` (already encoded) to `addr` with `creds`.
+async fn send(addr: &str, creds: &Path, messages: Vec<Vec<u8>>) -> Result<(), tonic::Status> {
+    let tls = TlsDir(creds.to_path_buf())
+        .client_config(WORKER_NAME)
+        .unwrap();
+    let ch = handover_worker::replica::channel(addr, Some(tls))
+        .await
+        .expect("a TLS connection with valid credentials");
+    let batch = pb::RaftBatch { group: 1, messages };
+    pb::raft_client::RaftClient::new(ch)
+        .max_encoding_message_size(80 << 20)
+        .send(tokio_stream::iter(vec![batch]))
+        .await
+        .map(|_| ())
+}
+
+fn message(t: MessageType, from: u64, to: u64, term: u64) -> Message {
+    let mut m = Message::default();
+    m.set_msg_type(t);
+    m.from = from;
+    m.to = to;
+    m.term = term;
+    m
+}
+
+#[test]
+fn the_cluster_port_takes_only_cluster_certificates_and_no_member_speaks_for_another() {
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let uas_port = free_udp_port();
+    let mut uas = sipp_uas_with(dir.path(), "uas.xml", uas_port);
+    let data = dir.path().join("data");
+    let c = cluster(
+        &[format!("b=127.0.0.1:{uas_port}")],
+        &[
+            "--workers",
+            "3",
+            "--udp-only",
+            "--data",
+            data.to_str().unwrap(),
+        ],
+    );
+    wait_members(&c.grpc, 3);
+    let creds = data.join("cluster-tls");
+    let (host, grpc) = c.grpc.rsplit_once(':').unwrap();
+    let grpc: u16 = grpc.parse().unwrap();
+    let addr = |i: u16| format!("{host}:{}", grpc + i);
+    let (_, wadmin) = c.worker_admin.rsplit_once(':').unwrap();
+    let wadmin: u16 = wadmin.parse().unwrap();
+    let counted = |i: u16, series: &str| summed(host, wadmin, &[i], series);
+    let refused = |i: u16, reason: &str| {
+        counted(
+            i,
+            &format!("handover_cluster_refused_total{{reason=\"{reason}\"}}"),
+        )
+    };
+    let ca = std::fs::read(creds.join("admin/ca.crt")).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+
+    // The admin credentials `up` made are taken.
+    let admin = TlsDir(creds.join("admin"))
+        .client_config(WORKER_NAME)
+        .unwrap();
+    assert_eq!(rt.block_on(status(&addr(0), Some(admin))), Ok(1));
+
+    // No TLS at all, TLS without a client certificate, and a certificate
+    // from another CA (named like a member, sent with the right CA file)
+    // are refused in the handshake, and counted.
+    let before = refused(0, "handshake");
+    let plain = rt.block_on(status(&addr(0), None));
+    assert!(plain.is_err(), "plain HTTP/2 answered: {plain:?}");
+    let anonymous = ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(&ca))
+        .domain_name(WORKER_NAME);
+    let anon = rt.block_on(status(&addr(0), Some(anonymous)));
+    assert!(anon.is_err(), "no client certificate answered: {anon:?}");
+    let other = dir.path().join("other-ca");
+    handover_worker::tls::throwaway(&other, 3).unwrap();
+    let stranger = mixed(
+        &dir.path().join("stranger"),
+        &creds.join("admin"),
+        &other.join("member-2"),
+    );
+    let cfg = TlsDir(stranger.clone()).client_config(WORKER_NAME).unwrap();
+    let s = rt.block_on(status(&addr(0), Some(cfg)));
+    assert!(s.is_err(), "another CA's certificate answered: {s:?}");
+    assert!(
+        wait_for(Duration::from_secs(3), || refused(0, "handshake")
+            >= before + 3.0),
+        "three handshakes refused and counted: {} before, {} after",
+        before,
+        refused(0, "handshake")
+    );
+
+    // The edges' certificate may watch the map but not speak Raft.
+    let hb = |from: u64, to: u64| encode_message(&message(MessageType::MsgHeartbeat, from, to, 0));
+    let r = rt.block_on(send(&addr(0), &creds.join("edge"), vec![hb(2, 1)]));
+    let s = r.expect_err("an edge's Raft message was taken");
+    assert_eq!(s.code(), tonic::Code::PermissionDenied, "{s:?}");
+    assert_eq!(refused(0, "role"), 1.0, "counted as a role refusal");
+
+    // Member 2's certificate speaking as member 1, to worker 3: refused.
+    let r = rt.block_on(send(&addr(2), &creds.join("member-2"), vec![hb(1, 3)]));
+    let s = r.expect_err("member 2 spoke as member 1");
+    assert_eq!(s.code(), tonic::Code::PermissionDenied, "{s:?}");
+    assert!(s.message().contains("another member"), "{s:?}");
+    assert_eq!(refused(2, "impersonation"), 1.0);
+
+    // Fault injection (and drain) answer only this worker's own key; here
+    // (no --fault-injection) the owner hears that it is off.
+    let fault = |creds: &str| {
+        let d = creds.to_string();
+        handover(&[
+            "fault",
+            "--grpc",
+            &addr(0),
+            "--isolate-ms",
+            "1",
+            "--cluster-tls",
+            &d,
+        ])
+    };
+    let other = fault(creds.join("member-2").to_str().unwrap());
+    assert!(!other.status.success());
+    assert!(stderr(&other).contains("not allowed"), "{}", stderr(&other));
+    let own = fault(creds.join("member-1").to_str().unwrap());
+    assert!(
+        stderr(&own).contains("fault injection is off"),
+        "{}",
+        stderr(&own)
+    );
+    assert_eq!(
+        refused(0, "role"),
+        2.0,
+        "another member's fault injection counted"
+    );
+
+    // Member 2's own certificate, its own id, messages that would make
+    // raft-rs panic: a heartbeat whose commit index is past any log's end
+    // and an empty proposal. Taken at the transport, disarmed by the
+    // replica (the proposal refused and counted), which lives on.
+    let term = {
+        let o = handover(&["status", "--grpc", &addr(0), "--json"]);
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("status answers");
+        v["term"].as_u64().unwrap()
+    };
+    let mut forged = message(MessageType::MsgHeartbeat, 2, 1, term);
+    forged.commit = u64::MAX;
+    let empty = message(MessageType::MsgPropose, 2, 1, term);
+    let before = counted(0, "handover_raft_messages_refused_total");
+    rt.block_on(send(
+        &addr(0),
+        &creds.join("member-2"),
+        vec![encode_message(&forged), encode_message(&empty)],
+    ))
+    .expect("a member's own messages are taken");
+    assert!(
+        wait_for(Duration::from_secs(3), || counted(
+            0,
+            "handover_raft_messages_refused_total"
+        ) > before),
+        "the empty proposal was refused and counted"
+    );
+    // A snapshot-sized message over the 64 MiB limit: refused by gRPC.
+    let huge = vec![0u8; 65 << 20];
+    let r = rt.block_on(send(&addr(0), &creds.join("member-2"), vec![huge]));
+    assert!(r.is_err(), "a message over 64 MiB was taken");
+
+    // Every replica still serves: three members up, and calls through
+    // the cluster all complete with their BYEs at the callee.
+    wait_members(&c.grpc, 3);
+    for i in 0..3 {
+        let o = handover(&["status", "--grpc", &addr(i), "--json"]);
+        assert!(
+            o.status.success(),
+            "worker {} answers: {}",
+            i + 1,
+            stderr(&o)
+        );
+    }
+    let edge: std::net::SocketAddr = format!("127.0.0.1:{}", c.sip).parse().unwrap();
+    let (uac, stat) = sipp_uac(dir.path(), edge, 20, 20, 0);
+    let r = finish_uac(uac, &stat);
+    assert_eq!((r.exit, r.successful, r.failed), (Some(0), 20, 0), "{r:?}");
+    uas.expect_calls(20);
+}
