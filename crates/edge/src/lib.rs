@@ -297,6 +297,7 @@ impl Edge {
                         .with_ban(cfg.ban_s),
                 ),
                 start: Instant::now(),
+                counters: stream::Streams::counters(),
             });
             for (i, ls) in stream_listeners.into_iter().enumerate() {
                 let shared = Arc::clone(&shared);

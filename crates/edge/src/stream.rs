@@ -269,8 +269,6 @@ pub(crate) fn register_metrics(transports: &[Transport]) {
         let t = t.name();
         gauge!(CONNECTIONS, "transport" => t).set(0.0);
         counter!(OPENED, "transport" => t).increment(0);
-        counter!(MESSAGES_IN, "transport" => t).increment(0);
-        counter!(RESENT, "transport" => t).increment(0);
         counter!(OUTBOUND, "transport" => t).increment(0);
         counter!(CONNECT_FAILURES, "transport" => t).increment(0);
         for reason in [
@@ -341,6 +339,38 @@ pub(crate) struct Streams {
     pub(crate) tls: Option<ArcSwap<TlsAcceptor>>,
     pub(crate) limiter: Mutex<BadInputLimiter>,
     pub(crate) start: Instant,
+    /// `MESSAGES_IN` and `RESENT` by transport (`Transport::index`),
+    /// registered once: no metric is looked up by name per message.
+    pub(crate) counters: [(metrics::Counter, metrics::Counter); 5],
+}
+
+impl Streams {
+    /// The per-transport counters, registered once.
+    pub(crate) fn counters() -> [(metrics::Counter, metrics::Counter); 5] {
+        Transport::ALL.map(|t| {
+            (
+                counter!(MESSAGES_IN, "transport" => t.name()),
+                counter!(RESENT, "transport" => t.name()),
+            )
+        })
+    }
+
+    /// What the proxy does with `msg` from `flow` (a message read, or a
+    /// request sent again), written into `out`.
+    pub(crate) fn handle(
+        &self,
+        shared: &Shared,
+        flow: Flow,
+        msg: &[u8],
+        out: &mut [u8],
+    ) -> Outcome {
+        let table = shared.table.load();
+        let now_sec = self.start.elapsed().as_secs() as u32;
+        let mut limiter = self.limiter.lock();
+        shared
+            .proxy
+            .handle(&table, &mut limiter, now_sec, flow, msg, out)
+    }
 }
 
 impl std::fmt::Debug for Streams {
@@ -673,15 +703,8 @@ async fn on_message(
     udp: &tokio::net::UdpSocket,
     pending: &Mutex<Pending>,
 ) {
-    counter!(MESSAGES_IN, "transport" => flow.transport.name()).increment(1);
-    let o = {
-        let table = shared.table.load();
-        let now_sec = streams.start.elapsed().as_secs() as u32;
-        let mut limiter = streams.limiter.lock();
-        shared
-            .proxy
-            .handle(&table, &mut limiter, now_sec, flow, msg, out)
-    };
+    streams.counters[flow.transport.index()].0.increment(1);
+    let o = streams.handle(shared, flow, msg, out);
     if let Outcome::Forward {
         peer: crate::Peer::Backend(_),
         request: true,

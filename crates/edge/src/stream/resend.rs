@@ -5,12 +5,11 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use handover_sip::Flow;
-use metrics::counter;
 use parking_lot::Mutex;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::{RESENT, Streams, deliver};
+use super::{Streams, deliver};
 use crate::Shared;
 use crate::proxy::Outcome;
 
@@ -128,15 +127,8 @@ pub(super) async fn retransmit(
             .collect()
     };
     for msg in due {
-        counter!(RESENT, "transport" => flow.transport.name()).increment(1);
-        let o = {
-            let table = shared.table.load();
-            let now_sec = streams.start.elapsed().as_secs() as u32;
-            let mut limiter = streams.limiter.lock();
-            shared
-                .proxy
-                .handle(&table, &mut limiter, now_sec, flow, &msg, out)
-        };
+        streams.counters[flow.transport.index()].1.increment(1);
+        let o = streams.handle(shared, flow, &msg, out);
         // Only what goes to a worker again; an answer of the edge's own
         // (503: nobody serves the shard yet) is not news for the phone.
         if let Outcome::Forward {
