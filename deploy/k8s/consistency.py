@@ -106,6 +106,19 @@ def main():
     target = by.get(("Service", host)) or fail(f"worker.edge {edge}: no Service {host}")
     if not any(p["port"] == int(port) and p.get("protocol") == "UDP" for p in target["spec"]["ports"]):
         fail(f"worker.edge {edge}: Service {host} has no UDP port {port}")
+    # Every route target is a destination the edges send workers' requests to.
+    import ipaddress
+    ed = cfg.get("edge", {})
+    private = ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "fc00::/7"]
+    never = ["0.0.0.0/8", "169.254.0.0/16", "224.0.0.0/4", "255.255.255.255/32", "::/128", "fe80::/10", "ff00::/8"]
+    deny = [ipaddress.ip_network(c) for c in never + ed.get("deny_destinations", private)]
+    allow = [ipaddress.ip_network(c) for c in ed.get("allow_destinations", [])]
+    for r in cfg.get("worker", {}).get("routes", []):
+        for t in r.get("targets", []):
+            host = t.split("*")[0].rsplit(":", 1)[0].strip("[]")
+            ip = ipaddress.ip_address(host)
+            if any(ip in n for n in deny) and not any(ip in n for n in allow):
+                fail(f"route target {t} is in a network the edges deny (edge.deny_destinations, default the private ranges): add it to edge.allow_destinations")
     print(f"peers: {directory}: {n} workers, peers, edges' --cluster, cluster certificates, Services and config agree")
 
 

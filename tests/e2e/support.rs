@@ -531,6 +531,9 @@ pub(crate) fn spawn_edge_at(listen: &str, args: &[&str]) -> EdgeProc {
             admin = Some(rest.trim_end_matches("/metrics").to_string());
         }
     }
+    // Keep reading: an edge that prints more (a cluster's map, a drain)
+    // must not die of a closed pipe.
+    std::thread::spawn(move || lines.for_each(drop));
     EdgeProc {
         _proc: Proc(child),
         sip: sip.unwrap(),

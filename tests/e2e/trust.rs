@@ -225,3 +225,157 @@ fn the_cluster_port_takes_only_cluster_certificates_and_no_member_speaks_for_ano
     assert_eq!((r.exit, r.successful, r.failed), (Some(0), 20, 0), "{r:?}");
     uas.expect_calls(20);
 }
+
+/// The cluster's hashing key in the disk test.
+const KEY: &str = "0f1e2d3c4b5a69788796a5b4c3d2e1f0";
+
+#[test]
+fn a_filling_disk_under_every_worker_gives_503s_not_crashes_and_calls_resume_when_room_returns() {
+    let _g = serial();
+    for tool in ["unshare", "mount", "dd", "df"] {
+        assert!(
+            std::process::Command::new("sh")
+                .args(["-c", &format!("command -v {tool} >/dev/null")])
+                .status()
+                .is_ok_and(|s| s.success()),
+            "{tool} is missing (util-linux, coreutils)"
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let uas_port = free_udp_port();
+    let mut uas = sipp_uas_with(dir.path(), "uas.xml", uas_port);
+    let (grpc, sip, admin) = (free_tcp_ports(3), free_tcp_ports(3), free_tcp_ports(3));
+    let edge_port = free_udp_port();
+    let mut edge_args = vec!["--probe-interval-ms", "0", "--hash-key", KEY];
+    let clusters: Vec<String> = (0..3).map(|i| format!("127.0.0.1:{}", grpc + i)).collect();
+    for c in &clusters {
+        edge_args.extend(["--cluster", c.as_str()]);
+    }
+    let edge = spawn_edge_at(&format!("127.0.0.1:{edge_port}"), &edge_args);
+    // Three workers in a mount namespace of their own, their Raft logs on
+    // one 64 MiB tmpfs; a filler takes all but 8 MiB of it when told
+    // (`fill`), and gives it back (`free`). Each worker refuses new work
+    // below 16 MiB free and takes it again at 32.
+    let (mnt, ctl) = (dir.path().join("tmpfs"), dir.path().join("ctl"));
+    std::fs::create_dir_all(&mnt).unwrap();
+    std::fs::create_dir_all(&ctl).unwrap();
+    let exe = env!("CARGO_BIN_EXE_handover");
+    let peers: String = (0..3)
+        .map(|k| {
+            format!(
+                " --peer {}=127.0.0.1:{},127.0.0.1:{}",
+                k + 1,
+                grpc + k,
+                sip + k
+            )
+        })
+        .collect();
+    let workers: String = (0..3)
+        .map(|i| {
+            format!(
+                "{exe} worker --id {id} {peers} --listen 127.0.0.1:{s} --admin 127.0.0.1:{a} \
+                 --edge 127.0.0.1:{edge_port} --route '*=127.0.0.1:{uas_port}' --hash-key {KEY} \
+                 --data {m}/w{id} --min-free-mb 16 &\n",
+                id = i + 1,
+                s = sip + i,
+                a = admin + i,
+                m = mnt.display(),
+            )
+        })
+        .collect();
+    let script = format!(
+        "set -e\nmount -t tmpfs -o size=64m tmpfs {m}\n{workers}\
+         while [ ! -e {c}/fill ]; do sleep 0.1; done\n\
+         avail=$(df -Pk {m} | awk 'NR==2 {{print $4}}')\n\
+         dd if=/dev/zero of={m}/filler bs=1M count=$((avail / 1024 - 8)) 2>/dev/null\n\
+         touch {c}/filled\n\
+         while [ ! -e {c}/free ]; do sleep 0.1; done\n\
+         rm -f {m}/filler\ntouch {c}/freed\nwait\n",
+        m = mnt.display(),
+        c = ctl.display(),
+    );
+    // A pid namespace too: when the shell goes, its workers go with it.
+    let _ns = Proc(
+        std::process::Command::new("unshare")
+            .args([
+                "--user",
+                "--map-root-user",
+                "--mount",
+                "--pid",
+                "--fork",
+                "--kill-child",
+                "sh",
+                "-c",
+                &script,
+            ])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("unshare starts"),
+    );
+    let metric_of = |i: u16, series: &str| summed("127.0.0.1", admin, &[i], series);
+    let ready = |i: u16| {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build()
+            .into();
+        agent
+            .get(&format!("http://127.0.0.1:{}/readyz", admin + i))
+            .call()
+            .is_ok_and(|r| r.status() == 200)
+    };
+    assert!(
+        wait_for(Duration::from_secs(20), || (0..3).all(ready)
+            && http_get(&format!("{}/readyz", edge.admin)).0 == 200),
+        "three workers on the tmpfs and the edge ready"
+    );
+    wait_all_shards_served(&clusters[0], 3);
+
+    // Ten calls up (hung up 10 s after their answer) before the disk fills.
+    let (early, early_stat) = sipp_uac(dir.path(), edge.sip, 20, 10, 10_000);
+    assert!(
+        wait_for(Duration::from_secs(10), || (0..3)
+            .map(|i| metric_of(i, "handover_calls_active"))
+            .sum::<f64>()
+            >= 10.0),
+        "ten calls up"
+    );
+    std::fs::write(ctl.join("fill"), b"").unwrap();
+    assert!(
+        wait_for(Duration::from_secs(10), || ctl.join("filled").exists()),
+        "the filler ran"
+    );
+    assert!(
+        wait_for(Duration::from_secs(5), || (0..3)
+            .all(|i| metric_of(i, "handover_storage_full") == 1.0)),
+        "every worker saw its disk nearly full"
+    );
+    // New calls now: 503 from whichever worker owns them, none at the
+    // callee (its count below stays at the other calls').
+    let late_dir = dir.path().join("late");
+    std::fs::create_dir_all(&late_dir).unwrap();
+    let (late, late_stat) = sipp_uac(&late_dir, edge.sip, 20, 10, 0);
+    let r = finish_uac_unchecked(late, &late_stat);
+    assert_eq!((r.successful, r.failed), (0, 10), "{r:?}");
+    let refused: f64 = (0..3)
+        .map(|i| metric_of(i, "handover_calls_refused_total{cause=\"storage_full\"}"))
+        .sum();
+    assert!(refused >= 10.0, "{refused} calls refused for the disk");
+    // The calls that were up go on to their BYEs; no worker died.
+    let r = finish_uac(early, &early_stat);
+    assert_eq!((r.exit, r.successful, r.failed), (Some(0), 10, 0), "{r:?}");
+    assert!((0..3).all(ready), "every worker still up and ready");
+
+    // Room again: served again.
+    std::fs::write(ctl.join("free"), b"").unwrap();
+    assert!(
+        wait_for(Duration::from_secs(10), || ctl.join("freed").exists()
+            && (0..3).all(|i| metric_of(i, "handover_storage_full") == 0.0)),
+        "every worker saw room again"
+    );
+    let again_dir = dir.path().join("again");
+    std::fs::create_dir_all(&again_dir).unwrap();
+    let (again, again_stat) = sipp_uac(&again_dir, edge.sip, 20, 10, 0);
+    let r = finish_uac(again, &again_stat);
+    assert_eq!((r.exit, r.successful, r.failed), (Some(0), 10, 0), "{r:?}");
+    uas.expect_calls(20);
+}

@@ -137,6 +137,9 @@ pub struct Stats {
     /// New calls answered 503 because their source held
     /// `Config::max_calls_per_source`.
     pub refused_per_source: u64,
+    /// New calls and REGISTERs answered 503 because the disk of the Raft
+    /// log was nearly full ([`B2bua::set_storage_full`]).
+    pub refused_storage: u64,
     /// Digest authentication (`register.rs`).
     pub auth: register::AuthStats,
 }
@@ -482,6 +485,9 @@ pub struct B2bua<R> {
     )>,
     /// PBXs that are the registrars of some domains (relay mode).
     upstreams: handover_registrar::Upstreams,
+    /// The Raft log's disk is nearly full: new calls and registrations
+    /// get 503 (see [`B2bua::set_storage_full`]).
+    storage_full: bool,
 }
 
 /// The headers a B2BUA passes from one leg to the other unchanged: all but
@@ -591,6 +597,7 @@ impl<R: RngCore> B2bua<R> {
             replication: VecDeque::new(),
             remote: Vec::new(),
             per_source: HashMap::new(),
+            storage_full: false,
             registrar: handover_registrar::Registrar::new(
                 Default::default(),
                 false,
@@ -604,6 +611,16 @@ impl<R: RngCore> B2bua<R> {
     /// Counters so far.
     pub fn stats(&self) -> Stats {
         self.stats
+    }
+
+    /// Whether the disk that holds the replicated log is nearly full (the
+    /// shell measures it). While it is, new calls and REGISTERs that would
+    /// write bindings are answered 503 with Retry-After, so what is already
+    /// acknowledged keeps room to be written (in-dialog changes, ends,
+    /// lease renewals) and no replica dies of a full disk; calls in
+    /// progress go on.
+    pub fn set_storage_full(&mut self, full: bool) {
+        self.storage_full = full;
     }
 
     /// Calls in progress (not yet hung up or failed). Constant time (each

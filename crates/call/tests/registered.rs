@@ -434,3 +434,65 @@ fn bindings_are_pinged_on_their_flow_and_one_that_never_answers_is_dropped() {
             .any(|(_, m)| first_line(m).starts_with("SIP/2.0 404"))
     );
 }
+
+#[test]
+fn with_the_logs_disk_nearly_full_new_calls_and_registrations_get_503_and_calls_in_progress_go_on()
+{
+    let mut b = b2bua_routed(&["b=127.0.0.1:5071"], 7);
+    // A call in progress before the disk fills.
+    b.handle_datagram(at(0), a_invite().as_bytes());
+    let inv = out(&mut b)
+        .into_iter()
+        .find(|(_, m)| m.starts_with(b"INVITE "))
+        .expect("the call goes to B");
+    b.set_storage_full(true);
+    // A new call and a REGISTER that would write a binding: 503 with
+    // Retry-After, nothing sent on.
+    b.handle_datagram(at(10), a_invite().replace("a-call", "new-call").as_bytes());
+    let sent = out(&mut b);
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert!(lines(&sent[0].1).starts_with("SIP/2.0 503 Service Unavailable\r\n"));
+    assert!(lines(&sent[0].1).contains("\r\nRetry-After: 5\r\n"));
+    b.handle_datagram(
+        at(20),
+        register("carol", "192.168.1.20", "203.0.113.7:40000", 1, None).as_bytes(),
+    );
+    let sent = out(&mut b);
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert!(
+        lines(&sent[0].1).starts_with("SIP/2.0 503 "),
+        "{}",
+        lines(&sent[0].1)
+    );
+    // A query (no Contact) writes nothing: answered as usual.
+    let query = register("carol", "192.168.1.20", "203.0.113.7:40000", 2, None)
+        .replace("Contact: <sip:carol@192.168.1.20:5060>\r\n", "");
+    b.handle_datagram(at(30), query.as_bytes());
+    assert_eq!(first_line(&out(&mut b)[0].1), "SIP/2.0 200 OK");
+    assert_eq!(b.stats().refused_storage, 2);
+    // The call in progress is answered and reaches A.
+    let m = scan(&inv.1).unwrap();
+    b.handle_datagram(at(40), b_resp(&m, "200 OK", "bt", Some(SDP_B)).as_bytes());
+    assert!(
+        out(&mut b)
+            .iter()
+            .any(|(_, m)| first_line(m) == "SIP/2.0 200 OK"),
+        "the call in progress is answered"
+    );
+    assert_eq!(b.calls_active(), 1);
+    // Room again: calls and registrations as usual.
+    b.set_storage_full(false);
+    b.handle_datagram(
+        at(50),
+        register("carol", "192.168.1.20", "203.0.113.7:40000", 3, None).as_bytes(),
+    );
+    assert_eq!(first_line(&out(&mut b)[0].1), "SIP/2.0 200 OK");
+    b.handle_datagram(
+        at(60),
+        a_invite().replace("a-call", "later-call").as_bytes(),
+    );
+    assert!(
+        out(&mut b).iter().any(|(_, m)| m.starts_with(b"INVITE ")),
+        "a new call goes to B again"
+    );
+}

@@ -32,7 +32,7 @@ use tokio::time::Instant;
 pub use health::{Health, HealthConfig};
 
 pub use handover_io::IoMode;
-pub use proxy::{BadInputLimiter, Drop, Outcome, Peer, Proxy};
+pub use proxy::{BadInputLimiter, Destinations, Drop, Outcome, Peer, Proxy};
 pub use routing::Table;
 pub use stream::{StreamConfig, TlsFiles};
 
@@ -72,6 +72,8 @@ pub struct EdgeConfig {
     pub limits: Limits,
     /// TCP and TLS listeners and their limits.
     pub streams: StreamConfig,
+    /// Where workers' requests may go ([`Destinations`]).
+    pub destinations: Destinations,
 }
 
 impl Default for EdgeConfig {
@@ -95,6 +97,7 @@ impl Default for EdgeConfig {
             hashing: Hashing::default(),
             limits: Limits::default(),
             streams: StreamConfig::default(),
+            destinations: Destinations::default(),
         }
     }
 }
@@ -243,7 +246,8 @@ impl Edge {
             );
         }
         let advertised = cfg.advertise.unwrap_or(listen);
-        let mut proxy = Proxy::new(advertised, cfg.hashing, cfg.limits, cfg.record_route);
+        let mut proxy = Proxy::new(advertised, cfg.hashing, cfg.limits, cfg.record_route)
+            .with_destinations(cfg.destinations.clone());
         let (stream_listeners, stream_addrs) = bind_streams(&cfg.streams, threads)?;
         for (t, a) in &stream_addrs {
             // Advertised as the UDP address is, on the listener's port.

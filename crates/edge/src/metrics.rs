@@ -37,7 +37,7 @@ pub const THREADS: &str = "handover_edge_threads";
 pub const TABLE_EPOCH: &str = "handover_edge_routing_epoch";
 
 /// Status codes the edge answers with (bounded label set).
-pub const REPLY_STATUSES: [u16; 11] = [400, 413, 414, 416, 420, 430, 482, 483, 500, 503, 505];
+pub const REPLY_STATUSES: [u16; 12] = [400, 403, 413, 414, 416, 420, 430, 482, 483, 500, 503, 505];
 
 /// Shared handles, built once per thread (cheap clones of one counter).
 #[derive(Debug, Clone)]

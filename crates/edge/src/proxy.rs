@@ -279,6 +279,82 @@ impl Listener {
     }
 }
 
+/// Where a worker's requests may go when no flow names the way (a
+/// registered phone's flow always may): a destination inside `deny` and
+/// not inside `allow` is answered 403 to the worker (a caller's Contact
+/// or a Refer-To cannot aim the cluster at a network it should not
+/// reach). Networks no SIP request belongs to are always denied unless
+/// allowed ([`Destinations::NEVER`]); private ranges are denied unless
+/// the site says otherwise ([`Destinations::PRIVATE`], the default of
+/// `deny`: a PBX on one is named in `allow`).
+#[derive(Debug, Clone)]
+pub struct Destinations {
+    /// Exceptions to `deny` (and to the built-in list).
+    pub allow: Vec<handover_sip::Cidr>,
+    /// Networks refused besides the built-in list.
+    pub deny: Vec<handover_sip::Cidr>,
+}
+
+impl Default for Destinations {
+    fn default() -> Self {
+        Self {
+            allow: Vec::new(),
+            deny: Self::NEVER
+                .iter()
+                .map(|c| c.parse().expect("valid"))
+                .collect(),
+        }
+    }
+}
+
+impl Destinations {
+    /// Refused by default: "this network", link-local (where clouds keep
+    /// their metadata service), multicast and broadcast, and their IPv6
+    /// kin.
+    pub const NEVER: [&str; 7] = [
+        "0.0.0.0/8",
+        "169.254.0.0/16",
+        "224.0.0.0/4",
+        "255.255.255.255/32",
+        "::/128",
+        "fe80::/10",
+        "ff00::/8",
+    ];
+
+    /// Private networks (RFC 1918, shared address space RFC 6598, unique
+    /// local IPv6 RFC 4193): `deny` unless configured.
+    pub const PRIVATE: [&str; 5] = [
+        "10.0.0.0/8",
+        "172.16.0.0/12",
+        "192.168.0.0/16",
+        "100.64.0.0/10",
+        "fc00::/7",
+    ];
+
+    /// [`Self::PRIVATE`] as prefixes.
+    pub fn private() -> Vec<handover_sip::Cidr> {
+        Self::PRIVATE
+            .iter()
+            .map(|c| c.parse().expect("valid"))
+            .collect()
+    }
+
+    /// The built-in list plus `deny`, with `allow`'s exceptions.
+    pub fn new(allow: Vec<handover_sip::Cidr>, deny: Vec<handover_sip::Cidr>) -> Self {
+        let mut all: Vec<handover_sip::Cidr> = Self::NEVER
+            .iter()
+            .map(|c| c.parse().expect("valid"))
+            .collect();
+        all.extend(deny);
+        Self { allow, deny: all }
+    }
+
+    /// Whether a worker's request may go to `ip`.
+    pub fn allows(&self, ip: std::net::IpAddr) -> bool {
+        !self.deny.iter().any(|c| c.contains(ip)) || self.allow.iter().any(|c| c.contains(ip))
+    }
+}
+
 /// The edge's stateless proxy for its advertised addresses (UDP, and the
 /// stream listeners it has).
 #[derive(Debug, Clone)]
@@ -290,6 +366,7 @@ pub struct Proxy {
     limits: Limits,
     record_route: bool,
     tag: [u8; 16],
+    destinations: Destinations,
 }
 
 impl Proxy {
@@ -313,7 +390,14 @@ impl Proxy {
             hashing,
             limits,
             record_route,
+            destinations: Destinations::default(),
         }
+    }
+
+    /// Sets where workers' requests may go ([`Destinations`]).
+    pub fn with_destinations(mut self, d: Destinations) -> Self {
+        self.destinations = d;
+        self
     }
 
     /// Adds a stream listener's advertised address: messages on that
@@ -556,6 +640,9 @@ impl Proxy {
                     }
                 } else {
                     match uri_target(target) {
+                        Some(f) if !self.destinations.allows(f.addr.ip()) => {
+                            return self.reply(m, from, Reason::DestinationDenied, out);
+                        }
                         Some(f) if f.transport.is_stream() => (f, Peer::Connect),
                         Some(f) => (f, Peer::Client),
                         None => return Outcome::Drop(Drop::Unroutable),

@@ -52,6 +52,12 @@ pub(crate) struct ClusterArgs {
     /// worker's id (overrides `[worker.replication] tls_dir`).
     #[arg(long, value_name = "DIR")]
     pub(crate) cluster_tls: Option<PathBuf>,
+    /// Below this many MiB free on the Raft log's file system, new calls
+    /// and REGISTERs get 503 (room again at twice that), so a filling disk
+    /// never stops a replica; 0: never (overrides `[worker.replication]
+    /// min_free_mb`) [default: 64].
+    #[arg(long, value_name = "MIB")]
+    pub(crate) min_free_mb: Option<u64>,
     /// Serve the cluster port without TLS on an address that is not
     /// loopback (anyone who reaches it can then act as a member).
     #[arg(long)]
@@ -83,6 +89,7 @@ impl ClusterArgs {
             self.cluster_tls = f.tls_dir.as_ref().map(PathBuf::from);
         }
         self.cluster_insecure |= f.insecure;
+        self.min_free_mb.get_or_insert(f.min_free_mb);
         self
     }
 }
@@ -160,6 +167,7 @@ mod tests {
             data: None,
             cluster_tls: None,
             cluster_insecure: false,
+            min_free_mb: None,
         }
     }
 

@@ -126,6 +126,8 @@ struct ReplicationSection {
     tls_dir: Option<String>,
     /// Plain HTTP/2 on a gRPC address that is not loopback.
     insecure: Option<bool>,
+    /// MiB free on the log's disk below which new calls and REGISTERs get 503.
+    min_free_mb: Option<u64>,
 }
 
 /// `[[worker.routes]]`: one route; at most one of `user`, `prefix`,
@@ -204,6 +206,11 @@ struct EdgeSection {
     /// Load balancers (CIDR) whose TCP/TLS connections start with a
     /// PROXY protocol v2 header naming the client.
     proxy_protocol_from: Option<Spanned<Vec<String>>>,
+    /// Networks (CIDR) workers' requests may not be sent to, besides the
+    /// built-in ones (link-local, multicast, …).
+    deny_destinations: Option<Spanned<Vec<String>>>,
+    /// Exceptions to the denied networks (a PBX's subnet).
+    allow_destinations: Option<Spanned<Vec<String>>>,
     #[serde(default)]
     health: HealthSection,
 }
@@ -353,6 +360,7 @@ pub(crate) struct Replication {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) tls_dir: Option<String>,
     pub(crate) insecure: bool,
+    pub(crate) min_free_mb: u64,
 }
 
 /// Effective `[edge]`.
@@ -395,6 +403,10 @@ pub(crate) struct Edge {
     pub(crate) stream_idle_s: u64,
     pub(crate) stream_message_timeout_ms: u64,
     pub(crate) proxy_protocol_from: Vec<String>,
+    /// None: the private ranges (`handover_edge::Destinations::PRIVATE`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) deny_destinations: Option<Vec<String>>,
+    pub(crate) allow_destinations: Vec<String>,
     pub(crate) health: Health,
 }
 
@@ -629,19 +641,23 @@ impl Config {
                 format!("{stream_message_timeout_ms} is out of range: 100..=600000 ms"),
             ));
         }
-        let mut proxy_protocol_from = Vec::new();
-        if let Some(t) = &e.proxy_protocol_from {
-            for v in t.get_ref() {
-                v.parse::<handover_sip::Cidr>().map_err(|e| {
-                    err(
-                        Some(t.span()),
-                        Some("edge.proxy_protocol_from"),
-                        e.to_string(),
-                    )
-                })?;
-                proxy_protocol_from.push(v.clone());
+        let cidrs = |t: &Option<Spanned<Vec<String>>>, key: &'static str| {
+            let mut v = Vec::new();
+            if let Some(t) = t {
+                for c in t.get_ref() {
+                    c.parse::<handover_sip::Cidr>()
+                        .map_err(|e| err(Some(t.span()), Some(key), e.to_string()))?;
+                    v.push(c.clone());
+                }
             }
-        }
+            Ok::<_, ConfigError>(v)
+        };
+        let proxy_protocol_from = cidrs(&e.proxy_protocol_from, "edge.proxy_protocol_from")?;
+        let deny_destinations = match &e.deny_destinations {
+            None => None,
+            Some(_) => Some(cidrs(&e.deny_destinations, "edge.deny_destinations")?),
+        };
+        let allow_destinations = cidrs(&e.allow_destinations, "edge.allow_destinations")?;
         let mut backends = Vec::new();
         if let Some(b) = &e.backends {
             for v in b.get_ref() {
@@ -834,6 +850,7 @@ impl Config {
                 .unwrap_or_else(|| "handover-data".to_string()),
             tls_dir: r.tls_dir.clone(),
             insecure: r.insecure.unwrap_or(false),
+            min_free_mb: r.min_free_mb.unwrap_or(64),
         };
         if replication.id.is_some() && replication.id_from_hostname {
             return Err(err(
@@ -956,6 +973,8 @@ impl Config {
             stream_idle_s,
             stream_message_timeout_ms,
             proxy_protocol_from,
+            deny_destinations,
+            allow_destinations,
             health,
         };
         Ok(Config {
@@ -1094,6 +1113,32 @@ mod tests {
         assert!(e.contains("out of range"), "{e}");
         let e = parse("[edge]\nproxy_protocol_from = [\"10.0.0.0/33\"]\n").unwrap_err();
         assert!(e.contains("prefix length"), "{e}");
+    }
+
+    #[test]
+    fn trust_keys_and_their_rules() {
+        let c = parse(
+            "[edge]\ncluster_tls = \"/etc/handover-cluster\"\ndeny_destinations = []\n\
+             allow_destinations = [\"10.20.0.0/24\"]\n\
+             [worker.replication]\ntls_dir = \"/etc/c/member-{id}\"\ninsecure = true\nmin_free_mb = 128\n",
+        )
+        .unwrap();
+        assert_eq!(c.edge.cluster_tls.as_deref(), Some("/etc/handover-cluster"));
+        assert_eq!(c.edge.deny_destinations.as_deref(), Some(&[][..]));
+        assert_eq!(c.edge.allow_destinations, ["10.20.0.0/24"]);
+        let r = &c.worker.replication;
+        assert_eq!(
+            (r.tls_dir.as_deref(), r.insecure, r.min_free_mb),
+            (Some("/etc/c/member-{id}"), true, 128)
+        );
+        let d = parse("").unwrap();
+        assert_eq!(
+            d.edge.deny_destinations, None,
+            "the private ranges by default"
+        );
+        assert_eq!(d.worker.replication.min_free_mb, 64);
+        let e = parse("[edge]\ndeny_destinations = [\"10.0.0.0/8\", \"x\"]\n").unwrap_err();
+        assert!(e.contains("edge.deny_destinations"), "{e}");
     }
 
     #[test]

@@ -140,6 +140,17 @@ pub(crate) struct EdgeArgs {
     /// file's `proxy_protocol_from`.
     #[arg(long = "proxy-protocol-from", value_name = "CIDR", value_parser = |s: &str| s.parse::<handover_sip::Cidr>())]
     proxy_protocol_from: Vec<handover_sip::Cidr>,
+    /// A network (CIDR, repeat) workers' requests may not be sent to
+    /// (their 403), besides the built-in link-local, multicast and
+    /// broadcast ranges; replaces the file's `deny_destinations` and the
+    /// default, the private ranges (10/8, 172.16/12, 192.168/16,
+    /// 100.64/10, fc00::/7). A registered phone's flow is never denied.
+    #[arg(long = "deny-destination", value_name = "CIDR", value_parser = |s: &str| s.parse::<handover_sip::Cidr>())]
+    deny_destinations: Vec<handover_sip::Cidr>,
+    /// An exception to the denied networks (repeat; a PBX's subnet);
+    /// replaces the file's `allow_destinations`.
+    #[arg(long = "allow-destination", value_name = "CIDR", value_parser = |s: &str| s.parse::<handover_sip::Cidr>())]
+    allow_destinations: Vec<handover_sip::Cidr>,
 }
 
 /// What `handover edge` runs with, flags over the file.
@@ -217,6 +228,24 @@ fn settings(a: &EdgeArgs) -> anyhow::Result<Settings> {
         health,
         hashing,
         limits: file.sip.limits(),
+        destinations: {
+            let parsed = |file: &[String]| -> Vec<handover_sip::Cidr> {
+                file.iter()
+                    .map(|c| c.parse().expect("validated by config"))
+                    .collect()
+            };
+            let allow = if a.allow_destinations.is_empty() {
+                parsed(&e.allow_destinations)
+            } else {
+                a.allow_destinations.clone()
+            };
+            let deny = match (&a.deny_destinations[..], &e.deny_destinations) {
+                ([], None) => handover_edge::Destinations::private(),
+                ([], Some(f)) => parsed(f),
+                (flag, _) => flag.to_vec(),
+            };
+            handover_edge::Destinations::new(allow, deny)
+        },
         streams: {
             let tls_files = match (
                 a.tls_cert

@@ -135,6 +135,10 @@ fn settings(a: WorkerArgs) -> anyhow::Result<Settings> {
                     cluster.commit_window_ms.expect("set by over()"),
                 ),
                 tls,
+                min_free_bytes: cluster
+                    .min_free_mb
+                    .expect("set by over()")
+                    .saturating_mul(1 << 20),
             })
         }
     };

@@ -12,7 +12,7 @@
 #[allow(unsafe_code)]
 mod sys;
 
-pub use sys::{Handler, bind_reuseport, bind_reuseport_tcp, raise_fd_limit};
+pub use sys::{Handler, bind_reuseport, bind_reuseport_tcp, free_bytes, raise_fd_limit};
 
 /// How a loop does I/O.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -69,6 +69,10 @@ pub enum Reason {
     /// The source started more dialogs this second than its budget.
     #[error("Service Unavailable")]
     SourceOverBudget,
+    /// A worker's request aimed at a destination network the edge does
+    /// not send to (`deny_destinations`).
+    #[error("Forbidden")]
+    DestinationDenied,
 }
 
 impl Reason {
@@ -83,6 +87,7 @@ impl Reason {
             Self::LoopDetected => 482,
             Self::BadExtension => 420,
             Self::NoBackend | Self::SourceOverBudget => 503,
+            Self::DestinationDenied => 403,
             _ => 400,
         }
     }
@@ -110,6 +115,7 @@ impl Reason {
             Self::BadExtension => "bad_extension",
             Self::NoBackend => "no_backend",
             Self::SourceOverBudget => "source_over_budget",
+            Self::DestinationDenied => "destination_denied",
         }
     }
 }

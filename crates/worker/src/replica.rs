@@ -59,6 +59,36 @@ pub struct Settings {
     /// Mutual TLS on the cluster port ([`crate::tls`]); None: plain
     /// HTTP/2, which the binary allows on loopback only.
     pub tls: Option<TlsDir>,
+    /// Below this many free bytes on the log's file system new calls and
+    /// registrations are refused ([`DiskGuard`]).
+    pub min_free_bytes: u64,
+}
+
+/// Whether the log's disk is too full for new calls and registrations:
+/// full below `min` free bytes, room again at twice that (so a disk
+/// hovering at the line does not flap). What is acknowledged keeps the
+/// rest to be written: its changes, its end, lease renewals.
+#[derive(Debug, Clone, Copy)]
+pub struct DiskGuard {
+    min: u64,
+    full: bool,
+}
+
+impl DiskGuard {
+    /// A guard at `min` free bytes (0: never full).
+    pub fn new(min: u64) -> Self {
+        Self { min, full: false }
+    }
+
+    /// Updates with a reading of free bytes; returns whether it is full.
+    pub fn update(&mut self, free: u64) -> bool {
+        if self.full {
+            self.full = free < self.min.saturating_mul(2);
+        } else {
+            self.full = free < self.min;
+        }
+        self.full
+    }
 }
 
 /// What the SIP loop asks of the replica.
@@ -203,6 +233,7 @@ pub fn start(settings: Settings) -> anyhow::Result<Handle> {
         fault_injection,
         commit_window: window,
         tls,
+        min_free_bytes: _,
     } = settings;
     if let Some(t) = &tls {
         t.check()?;
@@ -957,5 +988,22 @@ async fn sender(
             }
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_disk_guard_is_full_below_its_line_and_clear_at_twice_it() {
+        let mut g = DiskGuard::new(100);
+        assert!(!g.update(1_000));
+        assert!(g.update(99), "below the line");
+        assert!(g.update(150), "still full under twice the line");
+        assert!(!g.update(200), "room again at twice it");
+        assert!(!g.update(100));
+        let mut never = DiskGuard::new(0);
+        assert!(!never.update(0), "0: never full");
     }
 }

@@ -31,6 +31,10 @@ const NOT_SERVED: &str = "handover_worker_not_served_total";
 const UNREPLICATED: &str = "handover_calls_unreplicated_total";
 const REFUSED_IN_CALL: &str = "handover_in_call_requests_refused_total";
 const REFUSED_FULL: &str = "handover_calls_refused_total";
+/// Free bytes on the Raft log's file system.
+const FREE_BYTES: &str = "handover_storage_free_bytes";
+/// 1 while new calls and registrations are refused for want of disk.
+const STORAGE_FULL: &str = "handover_storage_full";
 const HANDED_OVER: &str = "handover_calls_handed_over_total";
 const REPLACES_ELSEWHERE: &str = "handover_replaces_elsewhere_total";
 const REGISTRATIONS: &str = "handover_registrations_active";
@@ -377,6 +381,14 @@ pub fn run(args: Settings) -> anyhow::Result<()> {
         let refused_in_call = metrics::counter!(REFUSED_IN_CALL);
         let refused_full = metrics::counter!(REFUSED_FULL, "cause" => "max_calls");
         let refused_per_source = metrics::counter!(REFUSED_FULL, "cause" => "max_calls_per_source");
+        let refused_storage = metrics::counter!(REFUSED_FULL, "cause" => "storage_full");
+        // The log's disk: (guard, full now).
+        let mut disk = (
+            crate::replica::DiskGuard::new(
+                args.replication.as_ref().map_or(0, |r| r.min_free_bytes),
+            ),
+            false,
+        );
         let handed_over = metrics::counter!(HANDED_OVER);
         // By request: a REFER's Refer-To (the transfer's two calls are on
         // two workers), or the INVITE of the transferee's new call.
@@ -569,6 +581,25 @@ pub fn run(args: Settings) -> anyhow::Result<()> {
             // it changed.
             if sweep_at.elapsed() >= Duration::from_secs(1) {
                 sweep_at = tokio::time::Instant::now();
+                if let Some(r) = &replica {
+                    match handover_io::free_bytes(&r.data) {
+                        Ok(free) => {
+                            let was = disk.1;
+                            disk.1 = disk.0.update(free);
+                            if disk.1 != was {
+                                if disk.1 {
+                                    tracing::error!(free, "the Raft log's disk is nearly full: new calls and registrations get 503 until there is room");
+                                } else {
+                                    tracing::info!(free, "room on the Raft log's disk again: new calls and registrations served");
+                                }
+                                b2b.set_storage_full(disk.1);
+                            }
+                            metrics::gauge!(FREE_BYTES).set(free as f64);
+                            metrics::gauge!(STORAGE_FULL).set(if disk.1 { 1.0 } else { 0.0 });
+                        }
+                        Err(e) => tracing::warn!(error = %e, "cannot read the free space of the Raft log's disk"),
+                    }
+                }
                 b2b.sweep_registrations(now(), |k| served[shard_of(k, SHARDS)]);
                 if let Some(a) = &args.auth {
                     let m = modified(&a.users);
@@ -628,6 +659,7 @@ pub fn run(args: Settings) -> anyhow::Result<()> {
             refused_in_call.increment(s.refused_in_call - last.refused_in_call);
             refused_full.increment(s.refused_full - last.refused_full);
             refused_per_source.increment(s.refused_per_source - last.refused_per_source);
+            refused_storage.increment(s.refused_storage - last.refused_storage);
             let rs = b2b.registrar().stats();
             reg_metrics.count(&last_reg, &rs, &last_auth, &s.auth);
             last_reg = rs;

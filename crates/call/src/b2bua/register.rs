@@ -134,6 +134,13 @@ impl<R: RngCore> B2bua<R> {
             self.registrar.relay(now, m, request, tag.as_bytes());
             return;
         }
+        // A REGISTER with a Contact writes bindings (a query does not).
+        if self.storage_full && m.headers().any(|h| h.name == HeaderName::Contact) {
+            self.stats.refused_storage += 1;
+            let tag = self.ids.tag();
+            self.refuse_overloaded(m, Some(tag.as_bytes()));
+            return;
+        }
         let Some(user) = self.authenticate(now, m, Kind::Www) else {
             return;
         };

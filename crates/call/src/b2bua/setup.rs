@@ -151,9 +151,12 @@ impl<R: RngCore> B2bua<R> {
         let from_source = source.map_or(0, |ip| self.per_source.get(&ip).copied().unwrap_or(0));
         let full = self.calls.len() >= self.cfg.max_calls;
         if full
+            || self.storage_full
             || (self.cfg.max_calls_per_source > 0 && from_source >= self.cfg.max_calls_per_source)
         {
-            if full {
+            if self.storage_full {
+                self.stats.refused_storage += 1;
+            } else if full {
                 self.stats.refused_full += 1;
             } else {
                 self.stats.refused_per_source += 1;

@@ -512,6 +512,84 @@ From: <sip:bob@biloxi.example>;tag=t\r\nCall-ID: c@x\r\nCSeq: 1 BYE\r\nContent-L
     );
 }
 
+#[test]
+fn a_workers_request_to_a_denied_network_is_answered_403_and_a_flow_still_goes() {
+    let (p, t, mut l) = setup();
+    let inv = |to: &str| {
+        String::from_utf8(invite(70, "out@x"))
+            .unwrap()
+            .replace(
+                "INVITE sip:bob@biloxi.example",
+                &format!("INVITE sip:carol@{to}"),
+            )
+            .replace("10.9.9.9:5060;branch", "10.0.0.2:5070;branch")
+    };
+    let status = |p: &Proxy, l: &mut BadInputLimiter, to: &str| match run(
+        p,
+        &t,
+        l,
+        "10.0.0.2:5070",
+        inv(to).as_bytes(),
+    )
+    .0
+    {
+        Outcome::Reply { status, to, .. } => {
+            assert_eq!(
+                to,
+                Flow::udp("10.0.0.2:5070".parse().unwrap()),
+                "to the worker"
+            );
+            status
+        }
+        Outcome::Forward { .. } => 0,
+        o => panic!("{o:?}"),
+    };
+    // Built in: the cloud metadata address, multicast, IPv6 link-local.
+    assert_eq!(status(&p, &mut l, "169.254.169.254:80"), 403);
+    assert_eq!(status(&p, &mut l, "224.0.0.1:5060"), 403);
+    assert_eq!(status(&p, &mut l, "[fe80::1]:5060"), 403);
+    assert_eq!(
+        status(&p, &mut l, "10.1.2.3:5060"),
+        0,
+        "private ranges pass unless denied"
+    );
+    // A site's list: its private network denied but for its PBXs.
+    let cidr = |s: &str| s.parse::<handover_sip::Cidr>().unwrap();
+    let p = p.with_destinations(Destinations::new(
+        vec![cidr("10.1.2.0/24")],
+        vec![cidr("10.0.0.0/8")],
+    ));
+    assert_eq!(status(&p, &mut l, "10.9.9.9:5060"), 403);
+    assert_eq!(status(&p, &mut l, "10.1.2.3:5060"), 0, "allowed: a PBX");
+    assert_eq!(status(&p, &mut l, "203.0.113.5:5060"), 0);
+    assert_eq!(
+        status(&p, &mut l, "192.168.1.9:5060"),
+        0,
+        "a deny list replaces the private default"
+    );
+    assert_eq!(
+        status(&p, &mut l, "169.254.169.254:80"),
+        403,
+        "the built-in list stays"
+    );
+    // A registered phone's flow goes wherever its REGISTER came from.
+    let bye = "BYE sip:alice@10.9.9.9:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.1:5070;branch=z9hG4bKs1\r\n\
+Route: <sip:192.0.2.1:5060;lr;k=0000000000000001;flow=10.9.9.9:5060>\r\nMax-Forwards: 70\r\nTo: <sip:alice@a.example>;tag=f1\r\n\
+From: <sip:bob@biloxi.example>;tag=t\r\nCall-ID: c@x\r\nCSeq: 1 BYE\r\nContent-Length: 0\r\n\r\n";
+    assert!(
+        matches!(run(&p, &t, &mut l, "10.0.0.1:5070", bye.as_bytes()).0, Outcome::Forward { to, .. } if to == Flow::udp("10.9.9.9:5060".parse().unwrap())),
+    );
+    // A phone's own request is routed by key as ever (the list is for
+    // what workers send out).
+    assert!(matches!(
+        run(&p, &t, &mut l, "10.9.9.9:5060", &invite(70, "in@x")).0,
+        Outcome::Forward {
+            peer: Peer::Backend(_),
+            ..
+        }
+    ));
+}
+
 fn stream_proxy() -> (Proxy, Table, BadInputLimiter) {
     let (p, t, l) = setup();
     let p = p

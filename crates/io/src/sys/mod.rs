@@ -121,6 +121,21 @@ pub fn raise_fd_limit() -> io::Result<u64> {
     Ok(l.rlim_cur)
 }
 
+/// Bytes an unprivileged process may still write on the file system that
+/// holds `path` (statvfs: available blocks times the fragment size).
+pub fn free_bytes(path: &std::path::Path) -> io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt as _;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a NUL in the path"))?;
+    // SAFETY: statvfs is plain old data; all zeroes is a valid value.
+    let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a NUL-terminated path, `s` a live, writable statvfs.
+    if unsafe { libc::statvfs(c.as_ptr(), &raw mut s) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(s.f_bavail.saturating_mul(s.f_frsize))
+}
+
 /// Reads a `sockaddr_in`/`sockaddr_in6` from raw bytes.
 pub(crate) fn sockaddr_from_bytes(b: &[u8]) -> Option<SocketAddr> {
     let family = i32::from(u16::from_ne_bytes(b.get(0..2)?.try_into().ok()?));
@@ -171,6 +186,14 @@ pub(crate) fn rxq_ovfl(control: &[u8]) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn free_bytes_reads_the_file_system_and_names_a_missing_path() {
+        let tmp = std::env::temp_dir();
+        assert!(free_bytes(&tmp).unwrap() > 0, "room in {}", tmp.display());
+        let e = free_bytes(std::path::Path::new("/no/such/dir")).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::NotFound);
+    }
 
     #[test]
     fn sockaddr_bytes() {
