@@ -239,6 +239,8 @@ pub struct Node {
     deferred: bool,
     /// Peer messages refused by [`Node::admissible`].
     refused: u64,
+    /// See [`Node::coalesced`].
+    coalesced: u64,
 }
 
 impl std::fmt::Debug for Node {
@@ -307,6 +309,7 @@ impl Node {
             batch_sizes: Vec::new(),
             deferred: false,
             refused: 0,
+            coalesced: 0,
             cfg,
         };
         node.reseed();
@@ -420,14 +423,38 @@ impl Node {
         version: u64,
         record: Vec<u8>,
     ) {
-        self.queue(pb::command::Command::Upsert(pb::CallUpsert {
+        let upsert = pb::CallUpsert {
             call_id,
             key,
             version,
             owner: self.cfg.id,
             record,
             other_call_id,
-        }));
+        };
+        // Coalesced: a newer record of a call whose older one still waits
+        // to be proposed takes its place (a request flood inside one call
+        // writes one record per batch, not one per request). Its commit
+        // answers whoever waited for the older one.
+        for c in self.queued.iter_mut().rev() {
+            match &mut c.command {
+                Some(pb::command::Command::Upsert(q)) if q.call_id == upsert.call_id => {
+                    if q.version < upsert.version {
+                        *q = upsert;
+                        self.coalesced += 1;
+                        return;
+                    }
+                    break;
+                }
+                Some(pb::command::Command::Remove(r)) if r.call_id == upsert.call_id => break,
+                _ => {}
+            }
+        }
+        self.queue(pb::command::Command::Upsert(upsert));
+    }
+
+    /// Call records replaced by a newer one before they were proposed.
+    pub fn coalesced(&self) -> u64 {
+        self.coalesced
     }
 
     /// Forgets a call that ended.
@@ -987,6 +1014,42 @@ mod tests {
             "the log held {most} bytes at most"
         );
         assert_eq!(n.table().call_count(), 200, "nothing lost to compaction");
+    }
+
+    #[test]
+    fn a_calls_newer_record_replaces_one_not_yet_proposed() {
+        let mut n = Node::new(Config::new(1, vec![1], 16), Store::new(&[1]), 7).unwrap();
+        for _ in 0..50 {
+            n.tick().unwrap();
+        }
+        assert!(n.is_leader());
+        while n.poll_event().is_some() {}
+        // An INFO flood inside call x: versions 1..=50 queued in one window,
+        // with y's record between them and a removed call z.
+        n.upsert(b"x".to_vec(), 1, 1, vec![1]);
+        n.upsert(b"y".to_vec(), 2, 1, vec![2]);
+        n.remove(b"z".to_vec(), 3, 1);
+        for v in 2..=50 {
+            n.upsert(b"x".to_vec(), 1, v, vec![v as u8]);
+        }
+        // A record after its call's removal is not folded into the
+        // removal's predecessor.
+        n.upsert(b"z".to_vec(), 3, 2, vec![3]);
+        assert_eq!(n.coalesced(), 49);
+        n.propose_queued().unwrap();
+        n.tick().unwrap();
+        let committed: Vec<(Vec<u8>, u64)> = std::iter::from_fn(|| n.poll_event())
+            .filter_map(|e| match e {
+                Event::Committed { call_id, version } => Some((call_id, version)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            committed,
+            [(b"x".to_vec(), 50), (b"y".to_vec(), 1), (b"z".to_vec(), 2)],
+            "one write of x, at its last version"
+        );
+        assert_eq!(n.table().call(b"x").map(|c| c.version), Some(50));
     }
 
     #[test]

@@ -34,6 +34,7 @@ const RAFT_APPLY_LAG: &str = "handover_raft_apply_lag";
 const RAFT_COMMIT_TIME: &str = "handover_raft_commit_seconds";
 const RAFT_PROPOSALS: &str = "handover_raft_proposals_total";
 const RAFT_REFUSED: &str = "handover_raft_messages_refused_total";
+const RAFT_COALESCED: &str = "handover_raft_records_coalesced_total";
 const MAP_EPOCH: &str = "handover_shard_map_epoch";
 const SHARDS_SERVED: &str = "handover_shards_served";
 const REPLICATED_CALLS: &str = "handover_replicated_calls";
@@ -808,6 +809,7 @@ impl Replica {
         metrics::gauge!(SHARDS_SERVED).set(s.serving_shards as f64);
         metrics::gauge!(REPLICATED_CALLS).set(s.calls as f64);
         metrics::counter!(RAFT_REFUSED).absolute(self.node.refused());
+        metrics::counter!(RAFT_COALESCED).absolute(self.node.coalesced());
         let ready = s.epoch > 0 && s.leader != 0 && self.node.caught_up();
         self.ready
             .send_if_modified(|r| std::mem::replace(r, ready) != ready);
