@@ -238,19 +238,6 @@ fn status(grpc: &str) -> Option<serde_json::Value> {
     serde_json::from_slice(&o.stdout).ok()
 }
 
-/// The pid of the worker listening for SIP on `port`.
-fn worker_pid(port: u16) -> u32 {
-    let o = std::process::Command::new("pgrep")
-        .args(["-f", "--", &format!("worker --listen 127.0.0.1:{port} ")])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&o.stdout)
-        .lines()
-        .next()
-        .and_then(|l| l.trim().parse().ok())
-        .unwrap_or_else(|| panic!("a worker on port {port}"))
-}
-
 fn hangups(host: &str, port: u16, i: u16) -> f64 {
     let (_, text) = http_get(&format!("http://{host}:{}/metrics", port + i));
     metric(&text, "handover_calls_ended_total{cause=\"hangup\"}")

@@ -1001,3 +1001,16 @@ pub(crate) fn passwd(file: &Path, user: &str, password: &str) {
         .unwrap();
     assert!(p.wait().unwrap().success(), "handover passwd {user}");
 }
+
+/// The pid of the worker listening for SIP on `port`.
+pub(crate) fn worker_pid(port: u16) -> u32 {
+    let o = std::process::Command::new("pgrep")
+        .args(["-f", "--", &format!("worker --listen 127.0.0.1:{port} ")])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .next()
+        .and_then(|l| l.trim().parse().ok())
+        .unwrap_or_else(|| panic!("a worker on port {port}"))
+}

@@ -379,3 +379,157 @@ fn a_filling_disk_under_every_worker_gives_503s_not_crashes_and_calls_resume_whe
     assert_eq!((r.exit, r.successful, r.failed), (Some(0), 10, 0), "{r:?}");
     uas.expect_calls(20);
 }
+
+/// The resident memory of process `pid`, in KiB (0 once it is gone).
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|n| n.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+fn an_invite_flood_and_an_info_flood_from_two_sources_leave_a_third_sources_calls_whole() {
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let uas_port = free_udp_port();
+    let mut uas = sipp_uas_with(dir.path(), "uas_info.xml", uas_port);
+    let c = cluster(
+        &[format!("*=127.0.0.1:{uas_port}")],
+        &[
+            "--workers",
+            "3",
+            "--udp-only",
+            "--new-dialogs-per-source",
+            "50",
+        ],
+    );
+    wait_members(&c.grpc, 3);
+    wait_all_shards_served(&c.grpc, 3);
+    let edge: std::net::SocketAddr = format!("127.0.0.1:{}", c.sip).parse().unwrap();
+    let pids: Vec<u32> = (0..3).map(|i| worker_pid(c.worker + i)).collect();
+    let before: Vec<u64> = pids.iter().map(|&p| rss_kib(p)).collect();
+    let sub = |name: &str| {
+        let d = dir.path().join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    };
+    let (invite_dir, info_dir, calm_dir) = (sub("invites"), sub("infos"), sub("calm"));
+    // 127.0.0.2 starts 10,000 calls at 2,000 a second (40 times its
+    // budget): 503s, then a ban; what is dropped fails at the caller after
+    // 2 s.
+    let (mut invites, invites_stat) = sipp_uac_on(
+        &invite_dir,
+        "127.0.0.2",
+        "uac_or_503.xml",
+        "b",
+        edge,
+        (2_000, 10_000, 0),
+        // Dropped calls fail after 2 s, quietly (no CANCEL); SIPp stops
+        // after 15 s whatever is left.
+        &[
+            "-recv_timeout",
+            "2000",
+            "-default_behaviors",
+            "none",
+            "-timeout",
+            "15s",
+        ],
+    );
+    // 127.0.0.3 floods 40 calls of its own with 400 INFOs each, back to
+    // back: 16,000 in-call requests.
+    let (mut infos, infos_stat) = sipp_uac_on(
+        &info_dir,
+        "127.0.0.3",
+        "uac_info_flood.xml",
+        "b",
+        edge,
+        (40, 40, 0),
+        &[],
+    );
+    // 127.0.0.4 makes 60 ordinary calls meanwhile.
+    let (mut calm, calm_stat) = sipp_uac_on(
+        &calm_dir,
+        "127.0.0.4",
+        "uac.xml",
+        "b",
+        edge,
+        (10, 60, 1_000),
+        &[],
+    );
+    let mut peak = before.clone();
+    let t0 = tokio::time::Instant::now();
+    while t0.elapsed() < Duration::from_secs(90) {
+        for (k, &p) in pids.iter().enumerate() {
+            peak[k] = peak[k].max(rss_kib(p));
+        }
+        let done = |p: &mut Proc| p.0.try_wait().ok().flatten().is_some();
+        if done(&mut invites) & done(&mut infos) & done(&mut calm) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let calm_r = finish_uac(calm, &calm_stat);
+    let info_r = finish_uac_unchecked(infos, &infos_stat);
+    let invite_r = finish_uac_unchecked(invites, &invites_stat);
+    let host = "127.0.0.1";
+    let (_, wadmin) = c.worker_admin.rsplit_once(':').unwrap();
+    let wadmin: u16 = wadmin.parse().unwrap();
+    let in_call_refused = summed(
+        host,
+        wadmin,
+        &[0, 1, 2],
+        "handover_in_call_requests_refused_total",
+    );
+    let coalesced = summed(
+        host,
+        wadmin,
+        &[0, 1, 2],
+        "handover_raft_records_coalesced_total",
+    );
+    let edge_503 = metric(
+        &http_get(&format!("http://{}/metrics", c.admin)).1,
+        "handover_edge_replies_total{status=\"503\"}",
+    );
+    eprintln!(
+        "floods: INVITE flood {invite_r:?} (edge 503s {edge_503}); INFO flood {info_r:?} \
+         ({in_call_refused} INFOs refused 503 in their calls, {coalesced} records coalesced); \
+         calm source {calm_r:?}; worker RSS KiB before {before:?}, peak {peak:?}"
+    );
+    // The calm source: every call, every BYE at the callee.
+    assert_eq!(
+        (calm_r.exit, calm_r.successful, calm_r.failed),
+        (Some(0), 60, 0),
+        "{calm_r:?}"
+    );
+    // The INFO flood's calls complete (each INFO answered 200 or 503) and
+    // its calls hold no more than their limit: the rest were refused.
+    assert_eq!((info_r.successful, info_r.failed), (40, 0), "{info_r:?}");
+    assert!(
+        in_call_refused >= 40.0 * (400.0 - 128.0),
+        "{in_call_refused} INFOs refused"
+    );
+    // The INVITE flood got its budget, 503s, then silence (its script
+    // counts a 503 as a success: the calls that connected are the rest).
+    assert!(
+        edge_503 >= 1.0 && invite_r.successful < 2_000,
+        "{invite_r:?}"
+    );
+    let connected = invite_r.successful - edge_503 as u64;
+    uas.expect_calls(60 + 40 + connected);
+    // Memory: the floods leave each worker within 64 MiB of where it began.
+    for k in 0..3 {
+        assert!(
+            peak[k] < before[k] + 64 * 1024,
+            "worker {} grew from {} to {} KiB",
+            k + 1,
+            before[k],
+            peak[k]
+        );
+    }
+}

@@ -121,6 +121,11 @@ pub(crate) struct UpArgs {
     /// UDP only: no TCP or TLS listener.
     #[arg(long)]
     udp_only: bool,
+    /// New dialogs the edge takes per source address per second (503
+    /// past it, then a 10 s ban at twice it); 0: no limit, the default
+    /// (`edge --new-dialogs-per-source`).
+    #[arg(long, default_value_t = 0)]
+    new_dialogs_per_source: u32,
 }
 
 /// A self-signed certificate and key for `localhost` and `ip`, written
@@ -299,6 +304,10 @@ pub(crate) fn run(mut a: UpArgs) -> anyhow::Result<()> {
         "1",
         "--hash-key",
         &hash_key,
+    ]);
+    edge.args([
+        "--new-dialogs-per-source",
+        &a.new_dialogs_per_source.to_string(),
     ]);
     let data = match &a.data {
         Some(d) => d.clone(),

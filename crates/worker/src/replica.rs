@@ -877,9 +877,10 @@ pub async fn channel(
 }
 
 /// The gRPC listener's connections after a TLS handshake each (in its own
-/// task, 5 s at most: a slow client holds up nobody). The server's
-/// credentials are re-read when `tls.crt` changes. Failed handshakes (no
-/// certificate, another CA, not TLS) are counted.
+/// task, 5 s at most, 256 at once: a slow or flooding client holds up
+/// nobody). The server's credentials are re-read when `tls.crt` changes.
+/// Failed handshakes (no certificate, another CA, not TLS, no room) are
+/// counted.
 fn tls_incoming(
     listener: tokio::net::TcpListener,
     dir: TlsDir,
@@ -887,6 +888,7 @@ fn tls_incoming(
     std::io::Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>,
 > {
     let (tx, rx) = mpsc::channel(64);
+    let room = std::sync::Arc::new(tokio::sync::Semaphore::new(256));
     tokio::spawn(async move {
         let mut loaded: Option<(Option<std::time::SystemTime>, tokio_rustls::TlsAcceptor)> = None;
         loop {
@@ -906,9 +908,14 @@ fn tls_incoming(
             let Some((_, acceptor)) = loaded.clone() else {
                 continue;
             };
+            let Ok(permit) = std::sync::Arc::clone(&room).try_acquire_owned() else {
+                metrics::counter!(REFUSED, "reason" => "handshake").increment(1);
+                continue;
+            };
             let _ = sock.set_nodelay(true);
             let tx = tx.clone();
             tokio::spawn(async move {
+                let _permit = permit;
                 match tokio::time::timeout(Duration::from_secs(5), acceptor.accept(sock)).await {
                     Ok(Ok(s)) => {
                         let _ = tx.send(Ok(s)).await;
