@@ -16,7 +16,7 @@ mod window;
 
 pub use disk::{Disk, DiskError};
 pub use node::{Config, Error, Event, Node, Status};
-pub use raft::eraftpb::{Message, MessageType};
+pub use raft::eraftpb::{Entry, Message, MessageType, Snapshot};
 pub use store::Store;
 pub use table::{Change, Move, Table, binding, binding_pb, shard_of};
 pub use window::Window;

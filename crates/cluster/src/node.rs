@@ -563,14 +563,15 @@ impl Node {
     /// - It must be addressed to this replica from another voter.
     /// - Local message types (a replica's own timers and reports: `MsgHup`,
     ///   `MsgBeat`, `MsgUnreachable`, `MsgSnapStatus`, `MsgCheckQuorum`)
-    ///   never come from a peer.
+    ///   never come from a peer; votes and their answers carry a term.
     /// - A proposal must carry entries ("stepped empty MsgProp").
     /// - A heartbeat's commit index is clamped to this log's last index: a
     ///   leader sends at most what the follower has (`commit_to` panics on
     ///   more).
     /// - An append may not contradict an entry this replica has committed
     ///   (a conflict at or below the commit index is fatal to raft-rs),
-    ///   and its entries must follow each other and its index.
+    ///   its entries must follow each other and its index, and the entry
+    ///   it follows must have a term (past index 0).
     /// - A snapshot's data must decode as a table (a corrupt one stops the
     ///   replica when applied).
     fn admissible(&self, m: &mut Message) -> bool {
@@ -584,12 +585,26 @@ impl Node {
             | MessageType::MsgUnreachable
             | MessageType::MsgSnapStatus
             | MessageType::MsgCheckQuorum => false,
+            // A (pre-)vote and its answer always carry a term; raft-rs
+            // takes term 0 for a local message and panics answering it
+            // ("term should be set", found by fuzz/replica_messages).
+            MessageType::MsgRequestVote
+            | MessageType::MsgRequestPreVote
+            | MessageType::MsgRequestVoteResponse
+            | MessageType::MsgRequestPreVoteResponse => m.term > 0,
             MessageType::MsgPropose => !m.entries.is_empty(),
             MessageType::MsgHeartbeat => {
                 m.commit = m.commit.min(log.last_index());
                 true
             }
             MessageType::MsgAppend => {
+                // The entry an append follows has a term unless it is the
+                // log's start: raft-rs reads a term of 0 for an index past
+                // its log, so `log_term` 0 there would "match" and commit
+                // past the log's end (a panic; found by fuzzing).
+                if m.index > 0 && m.log_term == 0 {
+                    return false;
+                }
                 let mut want = m.index.checked_add(1);
                 m.entries.iter().all(|e| {
                     let follows = want == Some(e.index);
@@ -597,10 +612,11 @@ impl Node {
                     follows && (e.index > log.committed || log.term(e.index).ok() == Some(e.term))
                 })
             }
-            MessageType::MsgSnapshot => m
-                .snapshot
-                .as_ref()
-                .is_some_and(|s| Table::decode(&s.data, self.cfg.shards).is_ok()),
+            // A snapshot's last entry has a term (0 "matches" any index
+            // past the log, and raft-rs then commits past its end).
+            MessageType::MsgSnapshot => m.snapshot.as_ref().is_some_and(|s| {
+                s.get_metadata().term > 0 && Table::decode(&s.data, self.cfg.shards).is_ok()
+            }),
             _ => true,
         }
     }
@@ -1089,7 +1105,21 @@ mod tests {
         // A peer's "local" message: a forged election timeout.
         let term = n.status().term;
         n.step(msg(MessageType::MsgHup, 2, 0)).unwrap();
-        assert_eq!(n.refused(), 6);
+        // A pre-vote without a term (raft-rs would answer it and panic).
+        n.step(msg(MessageType::MsgRequestPreVote, 2, 0)).unwrap();
+        // An append after an index past the log with no term there, whose
+        // commit would then run past the log's end.
+        let mut far = msg(MessageType::MsgAppend, 2, 41);
+        far.index = 1 << 60;
+        far.commit = 1 << 61;
+        n.step(far).unwrap();
+        // A snapshot whose last entry has no term, far past the log.
+        let mut snap = msg(MessageType::MsgSnapshot, 3, 41);
+        let mut s = raft::eraftpb::Snapshot::default();
+        s.mut_metadata().index = 1 << 40;
+        snap.snapshot = Some(s).into();
+        n.step(snap).unwrap();
+        assert_eq!(n.refused(), 9);
         assert_eq!(
             n.status().term,
             term,
