@@ -563,7 +563,8 @@ impl Node {
     /// - It must be addressed to this replica from another voter.
     /// - Local message types (a replica's own timers and reports: `MsgHup`,
     ///   `MsgBeat`, `MsgUnreachable`, `MsgSnapStatus`, `MsgCheckQuorum`)
-    ///   never come from a peer; votes and their answers carry a term.
+    ///   never come from a peer; votes and their answers carry a term;
+    ///   read-index and leader-transfer messages (unused here) are refused.
     /// - A proposal must carry entries ("stepped empty MsgProp").
     /// - A heartbeat's commit index is clamped to this log's last index: a
     ///   leader sends at most what the follower has (`commit_to` panics on
@@ -585,6 +586,13 @@ impl Node {
             | MessageType::MsgUnreachable
             | MessageType::MsgSnapStatus
             | MessageType::MsgCheckQuorum => false,
+            // Read-index and leader transfer: handover uses neither, and a
+            // read-index answer past the log makes raft-rs commit past its
+            // end (found by fuzzing); a forged TimeoutNow forces an election.
+            MessageType::MsgReadIndex
+            | MessageType::MsgReadIndexResp
+            | MessageType::MsgTransferLeader
+            | MessageType::MsgTimeoutNow => false,
             // A (pre-)vote and its answer always carry a term; raft-rs
             // takes term 0 for a local message and panics answering it
             // ("term should be set", found by fuzz/replica_messages).
@@ -1119,7 +1127,11 @@ mod tests {
         s.mut_metadata().index = 1 << 40;
         snap.snapshot = Some(s).into();
         n.step(snap).unwrap();
-        assert_eq!(n.refused(), 9);
+        // A read-index answer far past the log.
+        let mut ri = msg(MessageType::MsgReadIndexResp, 2, 0);
+        ri.index = 1 << 60;
+        n.step(ri).unwrap();
+        assert_eq!(n.refused(), 10);
         assert_eq!(
             n.status().term,
             term,
