@@ -560,7 +560,8 @@ impl Node {
     /// (false), or made harmless. Not an authentication: who may send is
     /// the transport's to decide.
     ///
-    /// - It must be addressed to this replica from another voter.
+    /// - It must be addressed to this replica from another voter, with
+    ///   indexes below 2^62.
     /// - Local message types (a replica's own timers and reports: `MsgHup`,
     ///   `MsgBeat`, `MsgUnreachable`, `MsgSnapStatus`, `MsgCheckQuorum`)
     ///   never come from a peer; votes and their answers carry a term;
@@ -577,6 +578,16 @@ impl Node {
     ///   replica when applied).
     fn admissible(&self, m: &mut Message) -> bool {
         if m.to != self.cfg.id || m.from == self.cfg.id || !self.cfg.voters.contains(&m.from) {
+            return false;
+        }
+        // No log of ours reaches 2^62 entries; raft-rs adds to indexes
+        // unchecked (a snapshot at u64::MAX overflowed: found by fuzzing).
+        const FAR: u64 = 1 << 62;
+        if m.index > FAR
+            || m.snapshot
+                .as_ref()
+                .is_some_and(|s| s.get_metadata().index > FAR)
+        {
             return false;
         }
         let log = &self.raw.raft.raft_log;
@@ -1131,7 +1142,14 @@ mod tests {
         let mut ri = msg(MessageType::MsgReadIndexResp, 2, 0);
         ri.index = 1 << 60;
         n.step(ri).unwrap();
-        assert_eq!(n.refused(), 10);
+        // A snapshot at the last index there is (raft-rs adds one to it).
+        let mut snap = msg(MessageType::MsgSnapshot, 3, 41);
+        let mut s = raft::eraftpb::Snapshot::default();
+        s.mut_metadata().index = u64::MAX;
+        s.mut_metadata().term = 41;
+        snap.snapshot = Some(s).into();
+        n.step(snap).unwrap();
+        assert_eq!(n.refused(), 11);
         assert_eq!(
             n.status().term,
             term,
