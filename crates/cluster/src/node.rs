@@ -611,7 +611,9 @@ impl Node {
             | MessageType::MsgRequestPreVote
             | MessageType::MsgRequestVoteResponse
             | MessageType::MsgRequestPreVoteResponse => m.term > 0,
-            MessageType::MsgPropose => !m.entries.is_empty(),
+            // A forwarded proposal is a local message (term 0): with a term,
+            // a follower forwarding it again panics raft-rs (fuzzing).
+            MessageType::MsgPropose => !m.entries.is_empty() && m.term == 0,
             MessageType::MsgHeartbeat => {
                 m.commit = m.commit.min(log.last_index());
                 true
@@ -1149,7 +1151,11 @@ mod tests {
         s.mut_metadata().term = 41;
         snap.snapshot = Some(s).into();
         n.step(snap).unwrap();
-        assert_eq!(n.refused(), 11);
+        // A proposal with a term (forwarded proposals carry none).
+        let mut prop = msg(MessageType::MsgPropose, 2, 97);
+        prop.entries.push(Entry::default());
+        n.step(prop).unwrap();
+        assert_eq!(n.refused(), 12);
         assert_eq!(
             n.status().term,
             term,
