@@ -26,7 +26,7 @@ fn mixed(at: &Path, ca: &Path, cert: &Path) -> PathBuf {
 /// `Admin.Status` at `addr` over `tls` (None: plain HTTP/2): the worker's
 /// id, or the error as text.
 async fn status(addr: &str, tls: Option<ClientTlsConfig>) -> Result<u64, String> {
-    let ch = handover_worker::replica::channel(addr, tls)
+    let ch = handover_worker::tls::channel(addr, tls)
         .await
         .map_err(|e| format!("{e:#}"))?;
     pb::admin_client::AdminClient::new(ch)
@@ -41,7 +41,7 @@ async fn send(addr: &str, creds: &Path, messages: Vec<Vec<u8>>) -> Result<(), to
     let tls = TlsDir(creds.to_path_buf())
         .client_config(WORKER_NAME)
         .unwrap();
-    let ch = handover_worker::replica::channel(addr, Some(tls))
+    let ch = handover_worker::tls::channel(addr, Some(tls))
         .await
         .expect("a TLS connection with valid credentials");
     let batch = pb::RaftBatch { group: 1, messages };

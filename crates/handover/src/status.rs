@@ -50,7 +50,7 @@ async fn admin_channel(
     };
     tokio::time::timeout(
         std::time::Duration::from_secs(3),
-        handover_worker::replica::channel(&addr.to_string(), tls),
+        handover_worker::tls::channel(&addr.to_string(), tls),
     )
     .await
     .map_err(|_| anyhow::anyhow!("no answer from {addr} within 3 s"))?

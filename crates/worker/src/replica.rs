@@ -21,7 +21,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::peers::{Peer, resolve_now};
 use crate::rpc::pb;
 use crate::services::{Services, serving_map, unix_ms};
-use crate::tls::{REFUSED, REFUSED_REASONS, TlsDir, member_name};
+use crate::tls::{REFUSED, REFUSED_REASONS, TlsDir, channel, member_name, tls_incoming};
 
 /// One Raft tick.
 const TICK: Duration = Duration::from_millis(100);
@@ -859,80 +859,6 @@ fn send_out(
             let _ = tx.send(msgs);
         }
     }
-}
-
-/// A gRPC channel to `to` (`HOST:PORT`), over TLS with `tls`.
-pub async fn channel(
-    to: &str,
-    tls: Option<tonic::transport::ClientTlsConfig>,
-) -> anyhow::Result<tonic::transport::Channel> {
-    let scheme = if tls.is_some() { "https" } else { "http" };
-    let mut e = tonic::transport::Endpoint::from_shared(format!("{scheme}://{to}"))?
-        .connect_timeout(Duration::from_secs(1))
-        .tcp_nodelay(true);
-    if let Some(cfg) = tls {
-        e = e.tls_config(cfg)?;
-    }
-    Ok(e.connect().await?)
-}
-
-/// The gRPC listener's connections after a TLS handshake each (in its own
-/// task, 5 s at most, 256 at once: a slow or flooding client holds up
-/// nobody). The server's credentials are re-read when `tls.crt` changes.
-/// Failed handshakes (no certificate, another CA, not TLS, no room) are
-/// counted.
-fn tls_incoming(
-    listener: tokio::net::TcpListener,
-    dir: TlsDir,
-) -> tokio_stream::wrappers::ReceiverStream<
-    std::io::Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>,
-> {
-    let (tx, rx) = mpsc::channel(64);
-    let room = std::sync::Arc::new(tokio::sync::Semaphore::new(256));
-    tokio::spawn(async move {
-        let mut loaded: Option<(Option<std::time::SystemTime>, tokio_rustls::TlsAcceptor)> = None;
-        loop {
-            let Ok((sock, from)) = listener.accept().await else {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            };
-            let changed = dir.changed();
-            if loaded.as_ref().is_none_or(|(at, _)| *at != changed) {
-                match dir.server_config() {
-                    Ok(cfg) => loaded = Some((changed, tokio_rustls::TlsAcceptor::from(cfg))),
-                    Err(e) => {
-                        tracing::error!(error = %e, "cluster TLS: keeping the old credentials")
-                    }
-                }
-            }
-            let Some((_, acceptor)) = loaded.clone() else {
-                continue;
-            };
-            let Ok(permit) = std::sync::Arc::clone(&room).try_acquire_owned() else {
-                metrics::counter!(REFUSED, "reason" => "handshake").increment(1);
-                continue;
-            };
-            let _ = sock.set_nodelay(true);
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                let _permit = permit;
-                match tokio::time::timeout(Duration::from_secs(5), acceptor.accept(sock)).await {
-                    Ok(Ok(s)) => {
-                        let _ = tx.send(Ok(s)).await;
-                    }
-                    Ok(Err(e)) => {
-                        metrics::counter!(REFUSED, "reason" => "handshake").increment(1);
-                        tracing::warn!(%from, error = %e, "cluster TLS handshake refused");
-                    }
-                    Err(_) => {
-                        metrics::counter!(REFUSED, "reason" => "handshake").increment(1);
-                        tracing::warn!(%from, "cluster TLS handshake timed out");
-                    }
-                }
-            });
-        }
-    });
-    tokio_stream::wrappers::ReceiverStream::new(rx)
 }
 
 /// Sleeps until `t`, or forever without one.

@@ -219,6 +219,82 @@ impl Caller {
     }
 }
 
+/// A gRPC channel to `to` (`HOST:PORT`), over TLS with `tls`.
+pub async fn channel(
+    to: &str,
+    tls: Option<tonic::transport::ClientTlsConfig>,
+) -> anyhow::Result<tonic::transport::Channel> {
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let mut e = tonic::transport::Endpoint::from_shared(format!("{scheme}://{to}"))?
+        .connect_timeout(std::time::Duration::from_secs(1))
+        .tcp_nodelay(true);
+    if let Some(cfg) = tls {
+        e = e.tls_config(cfg)?;
+    }
+    Ok(e.connect().await?)
+}
+
+/// The gRPC listener's connections after a TLS handshake each (in its own
+/// task, 5 s at most, 256 at once: a slow or flooding client holds up
+/// nobody). The server's credentials are re-read when `tls.crt` changes.
+/// Failed handshakes (no certificate, another CA, not TLS, no room) are
+/// counted.
+pub(crate) fn tls_incoming(
+    listener: tokio::net::TcpListener,
+    dir: TlsDir,
+) -> tokio_stream::wrappers::ReceiverStream<
+    std::io::Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>,
+> {
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    let room = std::sync::Arc::new(tokio::sync::Semaphore::new(256));
+    tokio::spawn(async move {
+        let mut loaded: Option<(Option<std::time::SystemTime>, tokio_rustls::TlsAcceptor)> = None;
+        loop {
+            let Ok((sock, from)) = listener.accept().await else {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            };
+            let changed = dir.changed();
+            if loaded.as_ref().is_none_or(|(at, _)| *at != changed) {
+                match dir.server_config() {
+                    Ok(cfg) => loaded = Some((changed, tokio_rustls::TlsAcceptor::from(cfg))),
+                    Err(e) => {
+                        tracing::error!(error = %e, "cluster TLS: keeping the old credentials")
+                    }
+                }
+            }
+            let Some((_, acceptor)) = loaded.clone() else {
+                continue;
+            };
+            let Ok(permit) = std::sync::Arc::clone(&room).try_acquire_owned() else {
+                metrics::counter!(REFUSED, "reason" => "handshake").increment(1);
+                continue;
+            };
+            let _ = sock.set_nodelay(true);
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let _permit = permit;
+                match tokio::time::timeout(std::time::Duration::from_secs(5), acceptor.accept(sock))
+                    .await
+                {
+                    Ok(Ok(s)) => {
+                        let _ = tx.send(Ok(s)).await;
+                    }
+                    Ok(Err(e)) => {
+                        metrics::counter!(REFUSED, "reason" => "handshake").increment(1);
+                        tracing::warn!(%from, error = %e, "cluster TLS handshake refused");
+                    }
+                    Err(_) => {
+                        metrics::counter!(REFUSED, "reason" => "handshake").increment(1);
+                        tracing::warn!(%from, "cluster TLS handshake timed out");
+                    }
+                }
+            });
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx)
+}
+
 /// Makes a throw-away cluster CA and every party's credentials under
 /// `dir` (`handover up`, tests): `member-N/` for ids `1..=members`,
 /// `edge/`, `admin/`, each with `ca.crt`, `tls.crt`, `tls.key` (keys
