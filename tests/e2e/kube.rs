@@ -80,6 +80,12 @@ pub(crate) struct ByName {
     pub(crate) sip: u16,
 }
 
+impl Drop for ByName {
+    fn drop(&mut self) {
+        forget_creds(self.grpc..self.grpc.saturating_add(3));
+    }
+}
+
 pub(crate) fn by_name(dir: &std::path::Path, uas: u16, worker_extra: &[&str]) -> ByName {
     let (grpc, admin) = (free_tcp_ports(3), free_tcp_ports(3));
     // Three consecutive UDP ports below the ephemeral range (free as TCP
@@ -168,9 +174,9 @@ fn workers_found_by_name_carry_calls_and_an_edge_drains_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let uas = free_udp_port();
     let mut callee = sipp_uas(dir.path(), uas);
-    let c = by_name(dir.path(), uas, &[]);
+    let mut c = by_name(dir.path(), uas, &[]);
     let (grpc, admin, sip, admin_url) = (c.grpc, c.admin, c.sip, c.edge_admin.clone());
-    let mut edge = c.edge;
+    let edge = &mut c.edge;
     // Every worker took the id its host name gives and all three are in
     // the map; every worker ready, the edge ready.
     wait_members(&format!("127.0.0.1:{grpc}"), 3);

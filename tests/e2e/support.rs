@@ -768,6 +768,12 @@ pub(crate) fn cluster(routes: &[String], extra: &[&str]) -> Cluster {
         args.extend(["--listen-wss", wss_listen.as_str()]);
     }
     args.extend_from_slice(extra);
+    if let Some(p) = grpc
+        .rsplit_once(':')
+        .and_then(|(_, p)| p.parse::<u16>().ok())
+    {
+        forget_creds(p..p.saturating_add(4));
+    }
     let up = spawn_up(&args, &admin);
     Cluster {
         _up: up,
@@ -799,6 +805,18 @@ pub(crate) fn register_creds(port: u16, dir: PathBuf) {
         .insert(port, dir);
 }
 
+/// Forgets the credentials of gRPC ports `ports`: a cluster that ended
+/// leaves none behind for a later cluster that draws the same port
+/// (which would then be asked with a dead cluster's certificates).
+pub(crate) fn forget_creds(ports: std::ops::Range<u16>) {
+    let mut creds = CREDS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    for p in ports {
+        creds.remove(&p);
+    }
+}
+
 /// `handover CMD --grpc GRPC ARGS…` (`status`, `fault`), with the worker's
 /// own credentials when the test cluster has some.
 pub(crate) fn admin_cmd(cmd: &str, grpc: &str, args: &[&str]) -> Output {
@@ -823,12 +841,21 @@ pub(crate) fn admin_cmd(cmd: &str, grpc: &str, args: &[&str]) -> Output {
 /// Waits until a replicated cluster's shard map has `n` members up (so no
 /// shard moves while a test's calls are set up).
 pub(crate) fn wait_members(grpc: &str, n: usize) {
+    let mut last = String::new();
     let ok = wait_for(Duration::from_secs(15), || {
         let o = admin_cmd("status", grpc, &["--json"]);
+        last = format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
         serde_json::from_slice::<serde_json::Value>(&o.stdout)
             .is_ok_and(|v| v["members_up"].as_array().is_some_and(|m| m.len() == n))
     });
-    assert!(ok, "{n} workers in the shard map within 15 s");
+    assert!(
+        ok,
+        "{n} workers in the shard map within 15 s; status last said: {last}"
+    );
 }
 
 /// Waits until `n` workers (gRPC on `grpc`'s port + i) serve every shard
