@@ -858,6 +858,43 @@ pub(crate) fn wait_members(grpc: &str, n: usize) {
     );
 }
 
+/// The cluster hashing of `--hash-key key` (32 hex digits).
+pub(crate) fn hashing_of(key: &str) -> handover_sip::ids::Hashing {
+    handover_sip::ids::Hashing::with_key(
+        u64::from_str_radix(&key[..16], 16).unwrap(),
+        u64::from_str_radix(&key[16..], 16).unwrap(),
+    )
+}
+
+/// Which of `n` workers (gRPC on `grpc`'s port + i) serves the shard of
+/// a Call-ID (or of an affinity key, [`owner_of_key`]), from their status
+/// answers, in a cluster started with `--hash-key key`.
+pub(crate) fn call_id_owner(grpc: &str, n: u16, key: &str) -> impl Fn(&str) -> Option<u16> {
+    let by_key = owner_of_key(grpc, n);
+    let hashing = hashing_of(key);
+    move |cid| by_key(hashing.affinity_key(cid.as_bytes()))
+}
+
+/// See [`call_id_owner`]: the worker serving an affinity key's shard.
+pub(crate) fn owner_of_key(grpc: &str, n: u16) -> impl Fn(u64) -> Option<u16> {
+    let (host, gport) = grpc.rsplit_once(':').unwrap();
+    let gport: u16 = gport.parse().unwrap();
+    let maps: Vec<Vec<u8>> = (0..n)
+        .map(|i| {
+            let o = admin_cmd("status", &format!("{host}:{}", gport + i), &["--json"]);
+            let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+            let hex = v["serving_map"].as_str().unwrap().to_string();
+            (0..hex.len() / 2)
+                .map(|k| u8::from_str_radix(&hex[2 * k..2 * k + 2], 16).unwrap())
+                .collect()
+        })
+        .collect();
+    move |key| {
+        let shard = handover_sip::ids::shard_of(key, handover_sip::ids::SHARDS);
+        (0..n).find(|&w| maps[w as usize][shard / 8] & (1 << (shard % 8)) != 0)
+    }
+}
+
 /// Waits until `n` workers (gRPC on `grpc`'s port + i) serve every shard
 /// between them: past the handover wait that follows a start, so no
 /// request of a test is dropped for a shard nobody serves yet.

@@ -635,30 +635,7 @@ fn attended_across_workers(kill_other_owner: bool) {
     );
     wait_members(&c.grpc, 3);
     wait_all_shards_served(&c.grpc, 3);
-    // Which worker serves each shard, from their status answers.
-    let (host, gport) = c.grpc.rsplit_once(':').unwrap();
-    let gport: u16 = gport.parse().unwrap();
-    let maps: Vec<Vec<u8>> = (0..3)
-        .map(|i| {
-            let o = admin_cmd("status", &format!("{host}:{}", gport + i), &["--json"]);
-            let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-            let hex = v["serving_map"].as_str().unwrap().to_string();
-            (0..hex.len() / 2)
-                .map(|k| u8::from_str_radix(&hex[2 * k..2 * k + 2], 16).unwrap())
-                .collect()
-        })
-        .collect();
-    let hashing = handover_sip::ids::Hashing::with_key(
-        u64::from_str_radix(&KEY[..16], 16).unwrap(),
-        u64::from_str_radix(&KEY[16..], 16).unwrap(),
-    );
-    let owner = |cid: &str| {
-        let shard = handover_sip::ids::shard_of(
-            hashing.affinity_key(cid.as_bytes()),
-            handover_sip::ids::SHARDS,
-        );
-        (0..3u16).find(|&w| maps[w as usize][shard / 8] & (1 << (shard % 8)) != 0)
-    };
+    let owner = call_id_owner(&c.grpc, 3, KEY);
     // SIPp's `-cid_str PREFIX%u` makes the first call's Call-ID PREFIX1.
     let (a_prefix, b2_cid, b2_owner) = (0..100)
         .map(|i| (format!("xa{i}-"), format!("xb{i}")))

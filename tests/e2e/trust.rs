@@ -533,3 +533,151 @@ fn an_invite_flood_and_an_info_flood_from_two_sources_leave_a_third_sources_call
         );
     }
 }
+
+/// Issue 16, "the shard key in Route/Request-URI authenticated": through
+/// three workers, a caller copies the `k` our Record-Route gave its call
+/// into the Route of a new INVITE with another Call-ID (as a flood aimed
+/// at one worker would): the edge refuses the copied token, the INVITE
+/// reaches the worker its own Call-ID belongs to, and the refusal is
+/// counted; the caller's own BYE with the token ends its call.
+#[test]
+fn a_shard_key_copied_from_one_call_does_not_aim_another_at_its_worker() {
+    const KEY: &str = "00112233445566778899aabbccddeeff";
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let uas_port = free_udp_port();
+    let mut uas = sipp_uas(dir.path(), uas_port);
+    let c = cluster(
+        &[format!("*=127.0.0.1:{uas_port}")],
+        &["--workers", "3", "--udp-only", "--hash-key", KEY],
+    );
+    wait_members(&c.grpc, 3);
+    wait_all_shards_served(&c.grpc, 3);
+    let owner = call_id_owner(&c.grpc, 3, KEY);
+    let owner_of = owner_of_key(&c.grpc, 3);
+    // Two Call-IDs that two different workers serve.
+    let (first, other) = (0..100)
+        .map(|i| (format!("key-a{i}"), format!("key-b{i}")))
+        .find(|(a, b)| owner(a).is_some() && owner(b).is_some() && owner(a) != owner(b))
+        .expect("two Call-IDs on two workers");
+    let (w_first, w_other) = (owner(&first).unwrap(), owner(&other).unwrap());
+    let edge: std::net::SocketAddr = format!("127.0.0.1:{}", c.sip).parse().unwrap();
+    let (host, wadmin) = c.worker_admin.rsplit_once(':').unwrap();
+    let wadmin: u16 = wadmin.parse().unwrap();
+    let started = |w: u16| summed(host, wadmin, &[w], "handover_calls_started_total");
+    let refused = || {
+        metric(
+            &http_get(&format!("http://{}/metrics", c.admin)).1,
+            "handover_edge_keys_refused_total",
+        )
+    };
+    let s = std::net::UdpSocket::bind("127.0.0.7:0").unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+    let me = s.local_addr().unwrap();
+    // Sends `msg` (again, up to four times, as a phone over UDP would)
+    // until a final answer to `cseq` comes; returns it.
+    let ask = |msg: &str, cseq: &str| -> String {
+        let mut buf = [0u8; 8192];
+        for _ in 0..4 {
+            s.send_to(msg.as_bytes(), edge).unwrap();
+            while let Ok((n, _)) = s.recv_from(&mut buf) {
+                let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+                let fin = text.starts_with("SIP/2.0 ") && !text.starts_with("SIP/2.0 1");
+                if fin && text.contains(&format!("CSeq: {cseq}")) {
+                    return text;
+                }
+            }
+        }
+        panic!("no final answer to four sends of:\n{msg}");
+    };
+    let sdp = "v=0\r\no=- 1 1 IN IP4 127.0.0.7\r\ns=-\r\nc=IN IP4 127.0.0.7\r\nt=0 0\r\n\
+m=audio 40000 RTP/AVP 0\r\n";
+    let invite = |cid: &str, route: &str| {
+        format!(
+            "INVITE sip:b@{edge} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bK-{cid}-inv\r\n{route}\
+Max-Forwards: 70\r\nFrom: <sip:a@{me}>;tag=a-{cid}\r\nTo: <sip:b@{edge}>\r\nCall-ID: {cid}\r\n\
+CSeq: 1 INVITE\r\nContact: <sip:a@{me}>\r\nContent-Type: application/sdp\r\n\
+Content-Length: {}\r\n\r\n{sdp}",
+            sdp.len()
+        )
+    };
+    // A request in the dialog the 200 `ok` made: to its Contact, by its
+    // Record-Route.
+    let in_dialog = |ok: &str, method: &str, seq: u32| {
+        let m = handover_sip::scan(ok.as_bytes()).unwrap();
+        let target =
+            String::from_utf8_lossy(m.contact().unwrap().unwrap().uri().as_bytes()).into_owned();
+        let rr =
+            String::from_utf8_lossy(m.record_routes().next().unwrap().span().of(ok.as_bytes()))
+                .into_owned();
+        let to = String::from_utf8_lossy(
+            m.header(handover_sip::HeaderName::To)
+                .unwrap()
+                .value
+                .of(ok.as_bytes()),
+        )
+        .into_owned();
+        let cid = String::from_utf8_lossy(m.call_id()).into_owned();
+        format!(
+            "{method} {target} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bK-{cid}-{method}\r\n\
+Route: {rr}\r\nMax-Forwards: 70\r\nFrom: <sip:a@{me}>;tag=a-{cid}\r\nTo: {to}\r\nCall-ID: {cid}\r\n\
+CSeq: {seq} {method}\r\nContent-Length: 0\r\n\r\n"
+        )
+    };
+    let token = |ok: &str| {
+        let m = handover_sip::scan(ok.as_bytes()).unwrap();
+        let rr = m.record_routes().next().unwrap();
+        String::from_utf8(rr.uri().param(b"k").unwrap().to_vec()).unwrap()
+    };
+
+    // The first call, as any caller makes it.
+    let ok1 = ask(&invite(&first, ""), "1 INVITE");
+    assert!(ok1.starts_with("SIP/2.0 200"), "{ok1}");
+    s.send_to(in_dialog(&ok1, "ACK", 1).as_bytes(), edge)
+        .unwrap();
+    let t1 = token(&ok1);
+    let key1 = handover_sip::ids::key_of_token(t1.as_bytes()).unwrap();
+    assert_eq!(
+        owner_of(key1),
+        Some(w_first),
+        "the token's key is the call's"
+    );
+    let before: Vec<f64> = (0..3).map(started).collect();
+    assert_eq!(refused(), 0.0);
+
+    // Its token copied into a new INVITE's Route (another Call-ID): it
+    // goes where that Call-ID goes, not to the token's worker.
+    let forged_route = format!("Route: <sip:{edge};lr;k={t1}>\r\n");
+    let ok2 = ask(&invite(&other, &forged_route), "1 INVITE");
+    assert!(ok2.starts_with("SIP/2.0 200"), "{ok2}");
+    s.send_to(in_dialog(&ok2, "ACK", 1).as_bytes(), edge)
+        .unwrap();
+    // (Counters are published within a second.)
+    let mut after: Vec<f64> = Vec::new();
+    wait_for(Duration::from_secs(5), || {
+        after = (0..3).map(started).collect();
+        after.iter().sum::<f64>() > before.iter().sum::<f64>()
+    });
+    assert_eq!(
+        after[usize::from(w_other)] - before[usize::from(w_other)],
+        1.0,
+        "the Call-ID's worker took the call: {before:?} → {after:?}"
+    );
+    assert_eq!(
+        after[usize::from(w_first)],
+        before[usize::from(w_first)],
+        "the copied token's worker did not"
+    );
+    wait_for(Duration::from_secs(5), || refused() >= 1.0);
+    assert_eq!(refused(), 1.0, "the copied token is counted");
+    // The second call's own token is another (bound to its Call-ID).
+    assert_ne!(token(&ok2), t1);
+
+    // Each caller ends its call by its own Record-Route: the tokens work.
+    for ok in [&ok1, &ok2] {
+        let bye = ask(&in_dialog(ok, "BYE", 2), "2 BYE");
+        assert!(bye.starts_with("SIP/2.0 200"), "{bye}");
+    }
+    assert_eq!(refused(), 1.0, "good tokens are not counted");
+    uas.expect_calls(2);
+}

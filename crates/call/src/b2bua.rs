@@ -34,7 +34,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use handover_sip::build::{cancel_for, error_response, response, response_with_body};
-use handover_sip::ids::{Hashing, IdGen, Token, hex_u64};
+use handover_sip::ids::{Bound, Hashing, IdGen, Token};
 use handover_sip::{HeaderName, Message, Method, NameAddr, scan};
 use handover_txn::{
     ClientInvite, ClientNonInvite, Event, Instant, InviteState, Key, NonInviteState, ServerInvite,
@@ -91,6 +91,20 @@ pub struct Config {
     /// passed on, and who are told the new party's after a local transfer;
     /// everyone else's are removed (`trust.rs`). Empty: nobody.
     pub trusted: crate::trust::Trusted,
+}
+
+impl Config {
+    /// See [`B2bua::contact`] (here so it can be made while a call is
+    /// borrowed).
+    fn contact(&self, key: u64, call_id: &[u8]) -> Vec<u8> {
+        let k = self.hashing.key_token(key, Bound::CallId, call_id);
+        format!(
+            "<sip:b2bua@{};k={}>",
+            self.advertised,
+            core::str::from_utf8(&k).unwrap_or_default()
+        )
+        .into_bytes()
+    }
 }
 
 /// Counters the shell exports.
@@ -787,10 +801,14 @@ impl<R: RngCore> B2bua<R> {
 
     /// Our Via for a request of the call whose affinity key is `key`: the
     /// edge's address with the key, so the answer comes back to the
-    /// shard's owner.
+    /// shard's owner (its token bound to the branch, see
+    /// [`Hashing::key_token`]).
     fn via(&mut self, key: u64) -> Vec<u8> {
         let branch = self.ids.branch();
-        let k = hex_u64(key);
+        let k = self
+            .cfg
+            .hashing
+            .key_token(key, Bound::Branch, branch.as_bytes());
         format!(
             "SIP/2.0/UDP {};branch={};k={}",
             self.cfg.advertised,
@@ -800,15 +818,12 @@ impl<R: RngCore> B2bua<R> {
         .into_bytes()
     }
 
-    /// Our Contact for the call whose affinity key is `key` (see [`Self::via`]).
-    fn contact(&self, key: u64) -> Vec<u8> {
-        let k = hex_u64(key);
-        format!(
-            "<sip:b2bua@{};k={}>",
-            self.cfg.advertised,
-            core::str::from_utf8(&k).unwrap_or_default()
-        )
-        .into_bytes()
+    /// Our Contact in the leg whose Call-ID is `call_id` of the call whose
+    /// affinity key is `key` (see [`Self::via`]): its token is bound to
+    /// that Call-ID, which the leg's requests (and an INVITE replacing the
+    /// leg's dialog, in its `Replaces`) carry.
+    fn contact(&self, key: u64, call_id: &[u8]) -> Vec<u8> {
+        self.cfg.contact(key, call_id)
     }
 
     /// One datagram from the edge (or a probe).

@@ -206,7 +206,19 @@ impl<'a> ReferTo<'a> {
     /// `Replaces` becomes `replaces` (when the B2BUA knows the dialog it
     /// names; otherwise it is kept), everything else as it was.
     pub fn rewritten(&self, advertised: &str, replaces: Option<&Replaces>) -> Vec<u8> {
-        rewrite_name_addr(self.buf, &self.na, advertised, replaces)
+        rewrite(self.buf, &self.na, advertised, replaces, None)
+    }
+
+    /// [`Self::rewritten`] with the URI's `k` parameter (our Contact's
+    /// shard key token), if it has one, set to `k`: a token bound to the
+    /// replaced dialog's Call-ID must follow its translated `Replaces`.
+    pub fn rewritten_with_key(
+        &self,
+        advertised: &str,
+        replaces: Option<&Replaces>,
+        k: &[u8],
+    ) -> Vec<u8> {
+        rewrite(self.buf, &self.na, advertised, replaces, Some(k))
     }
 }
 
@@ -219,6 +231,16 @@ pub fn rewrite_name_addr(
     na: &NameAddr<'_>,
     advertised: &str,
     replaces: Option<&Replaces>,
+) -> Vec<u8> {
+    rewrite(buf, na, advertised, replaces, None)
+}
+
+fn rewrite(
+    buf: &[u8],
+    na: &NameAddr<'_>,
+    advertised: &str,
+    replaces: Option<&Replaces>,
+    k: Option<&[u8]>,
 ) -> Vec<u8> {
     let u = na.uri();
     let us = u.span();
@@ -240,7 +262,20 @@ pub fn rewrite_name_addr(
         } else {
             out.extend_from_slice(&buf[hs.start..ps.start]);
         }
-        out.extend_from_slice(ps.of(buf));
+        match k {
+            None => out.extend_from_slice(ps.of(buf)),
+            Some(k) => {
+                for p in ps.of(buf).split(|&b| b == b';').filter(|p| !p.is_empty()) {
+                    out.push(b';');
+                    if p.len() >= 2 && p[..2].eq_ignore_ascii_case(b"k=") {
+                        out.extend_from_slice(b"k=");
+                        out.extend_from_slice(k);
+                    } else {
+                        out.extend_from_slice(p);
+                    }
+                }
+            }
+        }
         if let Some(h) = u.headers() {
             for (i, kv) in h.split(|&b| b == b'&').enumerate() {
                 out.push(if i == 0 { b'?' } else { b'&' });
@@ -356,5 +391,24 @@ From: <sip:b@x>;tag=1\r\nTo: <sip:a@y>;tag=2\r\nCall-ID: c\r\nCSeq: 1 REFER\r\nM
         let m = handover_sip::scan(&again).unwrap();
         assert_eq!(refer_to(&m).unwrap().replaces, Some(t));
         assert_eq!(Replaces::parse(b"abc;to-tag=1"), None, "both tags needed");
+    }
+
+    #[test]
+    fn a_key_token_is_replaced_with_the_replaces_and_nothing_else_moves() {
+        let b = refer(&[
+            "<sip:b2bua@10.0.0.5;K=old;lr?Replaces=abc%40host%3Bto-tag%3D77%3Bfrom-tag%3D88>",
+        ]);
+        let m = handover_sip::scan(&b).unwrap();
+        let r = refer_to(&m).unwrap();
+        let t = Replaces {
+            call_id: b"c-leg".to_vec(),
+            to_tag: b"c1".to_vec(),
+            from_tag: b"h1".to_vec(),
+            early_only: false,
+        };
+        assert_eq!(
+            String::from_utf8(r.rewritten_with_key("192.0.2.1:5060", Some(&t), b"new")).unwrap(),
+            "<sip:b2bua@192.0.2.1:5060;k=new;lr?Replaces=c-leg%3Bto-tag%3Dc1%3Bfrom-tag%3Dh1>"
+        );
     }
 }

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use handover_sip::ids::Hashing;
+use handover_sip::ids::{Bound, Hashing};
 use handover_sip::{HeaderName, Message, Method, scan};
 
 mod common;
@@ -33,19 +33,26 @@ fn basic_call_both_legs_and_bye_from_a() {
     assert_eq!(bi.top_via().host(), b"127.0.0.1", "our Via names the edge");
     assert_eq!(bi.top_via().port(), Some(5060));
     let k = Hashing::default().affinity_key(b"a-call");
+    // Our Via's key (the call's) with its tag for the branch; our
+    // Contact's with its tag for leg B's Call-ID (what the edge checks).
+    let via_k = bi.top_via().param(b"k").unwrap().value.unwrap();
     assert_eq!(
-        bi.top_via()
-            .param(b"k")
-            .unwrap()
-            .value
-            .unwrap()
-            .of(&b_inv_bytes),
-        &handover_sip::ids::hex_u64(k)[..]
+        Hashing::default().open_key_token(
+            via_k.of(&b_inv_bytes),
+            Bound::Branch,
+            bi.top_via().branch().unwrap()
+        ),
+        Some(k)
     );
+    let contact = bi.contact().unwrap().unwrap();
+    assert_eq!(contact.uri().port(), Some(5060), "Contact names the edge");
     assert_eq!(
-        bi.contact().unwrap().unwrap().uri().port(),
-        Some(5060),
-        "Contact names the edge"
+        Hashing::default().open_key_token(
+            contact.uri().param(b"k").unwrap(),
+            Bound::CallId,
+            bi.call_id()
+        ),
+        Some(k)
     );
     assert_eq!(bi.body(), SDP_A.as_bytes(), "SDP passed through");
     assert_eq!(bi.max_forwards(), Some(68));
@@ -79,9 +86,10 @@ fn basic_call_both_legs_and_bye_from_a() {
     let ok = scan(&ok_a.1).unwrap();
     assert_eq!(ok.body(), SDP_B.as_bytes());
     assert_eq!(ok.to_tag(), Some(&a_tag[..]), "one tag per leg");
+    // A's dialog: the token is good with A's Call-ID.
     assert_eq!(
         ok.contact().unwrap().unwrap().uri().param(b"k"),
-        Some(&handover_sip::ids::hex_u64(k)[..])
+        Some(&Hashing::default().key_token(k, Bound::CallId, b"a-call")[..])
     );
 
     // No ACK yet: the 200 is resent at T1.

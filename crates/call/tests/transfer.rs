@@ -5,6 +5,7 @@
 #![allow(clippy::too_many_arguments)] // test helpers spell out each party
 
 use handover_call::TransferResult;
+use handover_sip::ids::Bound;
 use handover_sip::{HeaderName, Message, scan};
 
 mod common;
@@ -428,9 +429,13 @@ fn attended_transfer_translates_replaces_and_the_new_call_reaches_the_replaced_d
     let (our_tag_to_bob, carol_leg) = call(&mut s.b, 500, "bob-2", "bob", 5071, "c", "ct", 5072);
     let cl = scan(&carol_leg).unwrap();
     // Bob refers Alice to Carol, replacing his dialog with the cluster on
-    // that call: Call-ID bob-2, to-tag ours, from-tag his.
+    // that call: Call-ID bob-2, to-tag ours, from-tag his; the URI is the
+    // Contact we gave him there, with its key token (bound to bob-2).
+    let h = handover_sip::ids::Hashing::default();
+    let key2 = h.affinity_key(b"bob-2");
+    let token = String::from_utf8(h.key_token(key2, Bound::CallId, b"bob-2").to_vec()).unwrap();
     let target = format!(
-        "<sip:c@127.0.0.1:5060?Replaces=bob-2%3Bto-tag%3D{our_tag_to_bob}%3Bfrom-tag%3Dbobt>"
+        "<sip:b2bua@127.0.0.1:5060;k={token}?Replaces=bob-2%3Bto-tag%3D{our_tag_to_bob}%3Bfrom-tag%3Dbobt>"
     );
     let to_a = s.refer_accepted(1000, 1, &target);
     let rt = header(&to_a, HeaderName::ReferTo);
@@ -442,6 +447,21 @@ fn attended_transfer_translates_replaces_and_the_new_call_reaches_the_replaced_d
         String::from_utf8_lossy(cl.from_tag().unwrap())
     );
     assert!(rt.contains(&want), "{rt} lacks {want}");
+    // The token now goes with that Replaces: Alice's INVITE, sent to this
+    // URI, reaches the worker of Bob's second call by it (the edge checks
+    // it against the Replaces' Call-ID).
+    let k = rt
+        .split(";k=")
+        .nth(1)
+        .unwrap()
+        .split(['?', ';', '>'])
+        .next()
+        .unwrap();
+    assert_eq!(
+        h.open_key_token(k.as_bytes(), Bound::CallId, cl.call_id()),
+        Some(key2),
+        "{rt}"
+    );
     assert!(s.b.poll_transfer().unwrap().attended);
     // Alice's INVITE with that Replaces goes to Carol's Contact (the
     // replaced dialog's target), with the Replaces header unchanged.

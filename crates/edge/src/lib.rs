@@ -657,6 +657,7 @@ impl handover_io::Handler for Thread {
             data,
             out,
         );
+        self.local.keys_refused += std::mem::take(&mut self.limiter.keys_refused);
         match o {
             Outcome::Forward {
                 to,

@@ -15,6 +15,9 @@ pub const DATAGRAMS_SENT: &str = "handover_edge_datagrams_sent_total";
 pub const REPLIES: &str = "handover_edge_replies_total";
 /// Double-CRLF keep-alive pings answered with a CRLF pong (RFC 5626 §4.4.1).
 pub const PONGS: &str = "handover_edge_keepalive_pongs_total";
+/// Requests whose shard key `k` (our Route or Request-URI) had no good
+/// tag: routed by their Call-ID instead, their source charged.
+pub const KEYS_REFUSED: &str = "handover_edge_keys_refused_total";
 /// Datagrams dropped, by `reason`.
 pub const DROPS: &str = "handover_edge_drops_total";
 /// Requests forwarded to each backend (`backend` = index in the configuration).
@@ -50,6 +53,7 @@ pub(crate) struct Handles {
     enobufs: Counter,
     send_errors: Counter,
     pongs: Counter,
+    keys_refused: Counter,
 }
 
 impl Handles {
@@ -70,6 +74,7 @@ impl Handles {
             enobufs: counter!(URING_ENOBUFS),
             send_errors: counter!(SEND_ERRORS),
             pongs: counter!(PONGS),
+            keys_refused: counter!(KEYS_REFUSED),
         }
     }
 }
@@ -88,6 +93,7 @@ pub(crate) struct Local {
     pub(crate) enobufs: u64,
     pub(crate) send_errors: u64,
     pub(crate) pongs: u64,
+    pub(crate) keys_refused: u64,
     pub(crate) since_flush: u32,
 }
 
@@ -138,6 +144,8 @@ impl Local {
         h.send_errors
             .increment(std::mem::take(&mut self.send_errors));
         h.pongs.increment(std::mem::take(&mut self.pongs));
+        h.keys_refused
+            .increment(std::mem::take(&mut self.keys_refused));
         self.since_flush = 0;
     }
 }

@@ -17,7 +17,7 @@
 use std::net::{IpAddr, SocketAddr};
 
 use handover_sip::build::{SliceSink, error_response, response};
-use handover_sip::ids::{Hashing, hex_u64, parse_hex_u64};
+use handover_sip::ids::{Bound, Hashing, hex_u64, key_of_token};
 use handover_sip::{
     Flow, HeaderName, Limits, Message, Method, NameAddr, Reason, Rewrite, Transport, Uri, Verdict,
     Via, scan_with,
@@ -142,6 +142,10 @@ pub struct BadInputLimiter {
     ban_s: u32,
     /// Per slot: (source, banned until this second).
     bans: Box<[(u128, u32)]>,
+    /// Requests whose `k` (in our Route or Request-URI) had no good tag
+    /// since the caller last took this count (see
+    /// [`Hashing::key_token`]); routed by their Call-ID instead.
+    pub keys_refused: u64,
 }
 
 /// What the edge does with a new dialog (see [`BadInputLimiter`]).
@@ -165,6 +169,7 @@ impl BadInputLimiter {
             admitted: Box::default(),
             ban_s: 0,
             bans: Box::default(),
+            keys_refused: 0,
         }
     }
 
@@ -543,6 +548,22 @@ impl Proxy {
         }
     }
 
+    /// The key of `token`, a `k` from our Route or Request-URI, if its tag
+    /// is good for this request's Call-ID, or, for a request with
+    /// `Replaces` (RFC 3891), for the replaced dialog's: the token our
+    /// Contact carried in that dialog (an attended transfer's INVITE goes
+    /// to the replaced call's worker by it).
+    fn open_key(&self, token: &[u8], m: &Message<'_>) -> Option<u64> {
+        self.hashing
+            .open_key_token(token, Bound::CallId, m.call_id())
+            .or_else(|| {
+                let h = m.header(HeaderName::Replaces)?;
+                let v = h.value.of(m.buf());
+                let id = v.split(|&b| b == b';').next()?.trim_ascii();
+                self.hashing.open_key_token(token, Bound::CallId, id)
+            })
+    }
+
     fn request(
         &self,
         table: &Table,
@@ -566,16 +587,35 @@ impl Proxy {
         // §16.4: a top Route naming us is ours to remove; its `k` is the key.
         let top_route = m.top_route().and_then(Result::ok);
         let strip_route = top_route.is_some_and(|r| self.uri_is_ours(r.uri()));
-        let mut key = None;
+        // A `k` counts only with its tag (a forged one would aim requests
+        // at the worker of the sender's choice); without a good one the
+        // request goes by its Call-ID, and the source is charged for it.
+        let mut token = None;
         if strip_route {
-            key = top_route
-                .and_then(|r| r.uri().param(b"k"))
-                .and_then(parse_hex_u64);
+            token = top_route.and_then(|r| r.uri().param(b"k"));
         }
         let ruri = m.request_uri().expect("requests have one");
-        if key.is_none() && self.uri_is_ours(ruri) {
-            key = ruri.param(b"k").and_then(parse_hex_u64);
+        if token.is_none() && self.uri_is_ours(ruri) {
+            token = ruri.param(b"k");
         }
+        // Backends talk UDP; nothing on a stream is one.
+        let from_backend = match from.transport {
+            Transport::Udp => table.backend_index(from.addr),
+            _ => None,
+        };
+        let key = token.and_then(|t| {
+            if from_backend.is_some() {
+                // A worker's own request: its key is not checked (nor
+                // used: the request goes out by its Route or URI).
+                return key_of_token(t);
+            }
+            let key = self.open_key(t, m);
+            if key.is_none() {
+                limiter.keys_refused += 1;
+                limiter.charge(from.addr.ip(), now_sec);
+            }
+            key
+        });
         // A REGISTER is keyed by its address-of-record, so one shard (one
         // worker) holds an AOR's bindings; any other request by Call-ID.
         let key = key.unwrap_or_else(|| match (m.method(), m.to()) {
@@ -583,11 +623,6 @@ impl Proxy {
             _ => self.hashing.affinity_key(m.call_id()),
         });
 
-        // Backends talk UDP; nothing on a stream is one.
-        let from_backend = match from.transport {
-            Transport::Udp => table.backend_index(from.addr),
-            _ => None,
-        };
         // (The transaction hash is only computed with a budget set.)
         if limiter.new_dialogs.is_some()
             && from_backend.is_none()
@@ -698,14 +733,15 @@ impl Proxy {
                             m.top_via()
                                 .param(b"k")
                                 .and_then(|p| p.value)
-                                .map(|v| v.of(m.buf())),
+                                .and_then(|v| key_of_token(v.of(m.buf())))
+                                .map(|k| self.hashing.key_token(k, Bound::CallId, m.call_id())),
                             flow_text,
                         )
                     {
                         let at = m
                             .record_route_field()
                             .map_or(m.header_block().end, |f| f.line.start);
-                        rw.insert(at, &[&rr_listener.rr_prefix, k, b";flow=", f, b">\r\n"])?;
+                        rw.insert(at, &[&rr_listener.rr_prefix, &k, b";flow=", f, b">\r\n"])?;
                     }
                 }
                 return Ok(Ok(()));
@@ -743,18 +779,13 @@ impl Proxy {
                 let at = m
                     .record_route_field()
                     .map_or(m.header_block().end, |f| f.line.start);
+                // Its token is good with this dialog's Call-ID only.
+                let k = self.hashing.key_token(rr_key, Bound::CallId, m.call_id());
                 match flow_text {
-                    Some(f) => rw.insert(
-                        at,
-                        &[
-                            &rr_listener.rr_prefix,
-                            &hex_u64(rr_key),
-                            b";flow=",
-                            f,
-                            b">\r\n",
-                        ],
-                    )?,
-                    None => rw.insert(at, &[&rr_listener.rr_prefix, &hex_u64(rr_key), b">\r\n"])?,
+                    Some(f) => {
+                        rw.insert(at, &[&rr_listener.rr_prefix, &k, b";flow=", f, b">\r\n"])?
+                    }
+                    None => rw.insert(at, &[&rr_listener.rr_prefix, &k, b">\r\n"])?,
                 }
             }
             Ok(Ok(()))
@@ -789,11 +820,13 @@ impl Proxy {
             // Our Via alone: the answer to a worker's delegated request.
             // It goes, unchanged, to whichever worker owns the key now
             // (so it survives the death of the sender).
-            let key = m
-                .top_via()
+            // Its `k` counts with its tag, bound to the branch.
+            let via = m.top_via();
+            let key = via
                 .param(b"k")
                 .and_then(|p| p.value)
-                .and_then(|v| parse_hex_u64(v.of(m.buf())));
+                .zip(via.branch())
+                .and_then(|(v, b)| self.hashing.open_key_token(v.of(m.buf()), Bound::Branch, b));
             let Some((i, to)) = key.and_then(|k| table.route(k)) else {
                 return Outcome::Drop(Drop::Unroutable);
             };

@@ -367,9 +367,14 @@ impl Streams {
         let table = shared.table.load();
         let now_sec = self.start.elapsed().as_secs() as u32;
         let mut limiter = self.limiter.lock();
-        shared
+        let o = shared
             .proxy
-            .handle(&table, &mut limiter, now_sec, flow, msg, out)
+            .handle(&table, &mut limiter, now_sec, flow, msg, out);
+        if limiter.keys_refused > 0 {
+            counter!(crate::metrics::KEYS_REFUSED)
+                .increment(std::mem::take(&mut limiter.keys_refused));
+        }
+        o
     }
 }
 

@@ -123,17 +123,42 @@ impl<R: RngCore> IdGen<R> {
 pub struct Hashing {
     k0: u64,
     k1: u64,
+    /// The key of [`Hashing::key_token`]'s tags, derived from the secret
+    /// (so a tag says nothing about the affinity hash's key).
+    t0: u64,
+    t1: u64,
 }
 
 impl Default for Hashing {
     /// The published default key. Deployments set a cluster secret with
     /// [`Hashing::with_key`].
     fn default() -> Self {
-        Self {
-            k0: 0x6861_6e64_6f76_6572, // "handover"
-            k1: 0x7369_7032_2e30_6b79, // "sip2.0ky"
-        }
+        Self::with_key(
+            0x6861_6e64_6f76_6572, // "handover"
+            0x7369_7032_2e30_6b79, // "sip2.0ky"
+        )
     }
+}
+
+/// What a key token's tag is bound to (see [`Hashing::key_token`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bound {
+    /// A Call-ID: tokens in a Record-Route or a Contact, which come back
+    /// in the Route or Request-URI of the dialog's requests (or, for an
+    /// INVITE with `Replaces`, with the replaced dialog's Call-ID there).
+    CallId,
+    /// A Via branch: tokens in our own Via, which come back in answers.
+    Branch,
+}
+
+/// Length of a key token: the key's 16 hex digits, then its tag's 16.
+pub const KEY_TOKEN_LEN: usize = 32;
+
+/// The key of a key token whose tag is not checked: the first 16 hex
+/// digits of `s`, or all of it when shorter (the edge's own Via towards a
+/// worker carries the bare key; only the cluster reads it).
+pub fn key_of_token(s: &[u8]) -> Option<u64> {
+    parse_hex_u64(s.get(..16).unwrap_or(s))
 }
 
 /// An address-of-record as the registrar keys it: `user@host` of `uri`,
@@ -166,7 +191,52 @@ pub fn shard_of(key: u64, shards: usize) -> usize {
 impl Hashing {
     /// Hashing with a cluster secret.
     pub fn with_key(k0: u64, k1: u64) -> Self {
-        Self { k0, k1 }
+        let derive = |label: &[u8]| {
+            let mut h = SipHasher13::new_with_keys(k0, k1);
+            h.write(b"handover key token\0");
+            h.write(label);
+            h.finish()
+        };
+        Self {
+            k0,
+            k1,
+            t0: derive(b"0"),
+            t1: derive(b"1"),
+        }
+    }
+
+    fn tag(&self, key: u64, bound: Bound, to: &[u8]) -> u64 {
+        let mut h = SipHasher13::new_with_keys(self.t0, self.t1);
+        h.write_u8(bound as u8);
+        h.write_u64(key);
+        h.write(to);
+        h.finish()
+    }
+
+    /// The shard key `key` as it leaves the cluster (the `k` parameter of
+    /// our Record-Route, Contact and Via): its 16 hex digits and a 64-bit
+    /// keyed tag of it and `to` (a Call-ID or a branch, see [`Bound`]).
+    /// Without the tag anyone could write a `k` that aims requests at the
+    /// worker of their choice; with it a key is good only with the Call-ID
+    /// (or branch) it was given for, which routes to the same place anyway.
+    pub fn key_token(&self, key: u64, bound: Bound, to: &[u8]) -> [u8; KEY_TOKEN_LEN] {
+        let mut out = [0u8; KEY_TOKEN_LEN];
+        out[..16].copy_from_slice(&hex_u64(key));
+        out[16..].copy_from_slice(&hex_u64(self.tag(key, bound, to)));
+        out
+    }
+
+    /// The key of `token` if its tag is the one [`Hashing::key_token`]
+    /// gives with `bound` and `to`; `None` for anything else (a forged, a
+    /// truncated or an old-style token).
+    pub fn open_key_token(&self, token: &[u8], bound: Bound, to: &[u8]) -> Option<u64> {
+        if token.len() != KEY_TOKEN_LEN {
+            return None;
+        }
+        let key = parse_hex_u64(&token[..16])?;
+        let tag = parse_hex_u64(&token[16..])?;
+        // One comparison of two words: no early exit a timing could show.
+        (tag == self.tag(key, bound, to)).then_some(key)
     }
 
     /// The cluster secret's 16 bytes, for keyed MACs made elsewhere (the
@@ -453,4 +523,34 @@ From: <sip:a@x>;tag=1\r\nTo: <sip:b@x>;tag=2\r\nCall-ID: c\r\nCSeq: 1 INVITE\r\n
     }
 
     const AFFINITY_REF: u64 = 6_975_771_465_790_492_611;
+
+    #[test]
+    fn a_key_token_opens_only_with_its_key_its_binding_and_the_secret() {
+        let h = Hashing::with_key(1, 2);
+        let t = h.key_token(0xfeed, Bound::CallId, b"c@x");
+        assert_eq!(&t[..16], b"000000000000feed");
+        assert_eq!(h.open_key_token(&t, Bound::CallId, b"c@x"), Some(0xfeed));
+        // Another Call-ID, the other binding, another secret: refused.
+        assert_eq!(h.open_key_token(&t, Bound::CallId, b"c@y"), None);
+        assert_eq!(h.open_key_token(&t, Bound::Branch, b"c@x"), None);
+        let other = Hashing::with_key(1, 3);
+        assert_eq!(other.open_key_token(&t, Bound::CallId, b"c@x"), None);
+        // The key changed under its tag, a bare key, a cut token, junk.
+        let mut forged = t;
+        forged[15] = b'c';
+        assert_eq!(h.open_key_token(&forged, Bound::CallId, b"c@x"), None);
+        for bad in [&t[..16], &t[..31], b"zz000000000000000000000000000000", b""] {
+            assert_eq!(h.open_key_token(bad, Bound::CallId, b"c@x"), None);
+        }
+        // Upper-case hex is the same token.
+        let upper = t.to_ascii_uppercase();
+        assert_eq!(
+            h.open_key_token(&upper, Bound::CallId, b"c@x"),
+            Some(0xfeed)
+        );
+        // Inside the cluster the key is read without its tag.
+        assert_eq!(key_of_token(&t), Some(0xfeed));
+        assert_eq!(key_of_token(b"1"), Some(1));
+        assert_eq!(key_of_token(b""), None);
+    }
 }

@@ -754,7 +754,7 @@ fn served_or_known<R: rand_core::RngCore>(
         .top_via()
         .param(b"k")
         .and_then(|p| p.value)
-        .and_then(|v| handover_sip::ids::parse_hex_u64(v.of(m.buf())));
+        .and_then(|v| handover_sip::ids::key_of_token(v.of(m.buf())));
     match key {
         None => true,
         Some(k) => served[shard_of(k, served.len())] || b2b.knows(m.call_id()),

@@ -113,7 +113,7 @@ impl<R: RngCore> B2bua<R> {
             .and_then(|h| NameAddr::parse(m.buf(), h.value).ok())
             .map(|na| transfer::rewrite_name_addr(m.buf(), &na, &self.cfg.advertised, None));
         let key = call.key;
-        let (via, contact) = (self.via(key), self.contact(key));
+        let via = self.via(key);
         let timers = self.cfg.timers;
         // The target: the replaced call's other party in the dialog this
         // worker has with it; or a new leg, to that party with a Replaces
@@ -140,6 +140,7 @@ impl<R: RngCore> B2bua<R> {
                 .map(|v| ("P-Asserted-Identity", v))
                 .into_iter()
                 .collect();
+            let contact = self.contact(key, &d.id.call_id);
             let out = d.request("INVITE", None, &via, Some(&contact), &headers, None);
             (out, d.id.call_id.clone(), Some(d), Some(cref2), None)
         } else {
@@ -201,6 +202,7 @@ impl<R: RngCore> B2bua<R> {
                 .map(|d| d.remote_uri.clone())
                 .unwrap_or_else(|| b"<sip:anonymous@anonymous.invalid>".to_vec());
             let t_call_id = self.ids.call_id().as_bytes().to_vec();
+            let contact = self.contact(key, &t_call_id);
             let tag = self.ids.tag();
             let mut headers: Vec<(&str, &[u8])> = referred_by
                 .as_deref()
@@ -320,7 +322,7 @@ impl<R: RngCore> B2bua<R> {
             return;
         };
         let key = call.key;
-        let (via, contact) = (self.via(key), self.contact(key));
+        let via = self.via(key);
         let timers = self.cfg.timers;
         let Some(call) = self.calls.get_mut(&cref) else {
             return;
@@ -331,6 +333,7 @@ impl<R: RngCore> B2bua<R> {
             call.b_dialog.as_mut()
         };
         let Some(d) = d else { return };
+        let contact = self.cfg.contact(key, &d.id.call_id);
         let event = format!("refer;id={refer_seq}");
         let state: &[u8] = if terminated {
             b"terminated;reason=noresource"
@@ -497,7 +500,7 @@ impl<R: RngCore> B2bua<R> {
             return;
         };
         let key = call.key;
-        let (via, contact) = (self.via(key), self.contact(key));
+        let via = self.via(key);
         let timers = self.cfg.timers;
         let Some(call) = self.calls.get_mut(&cref) else {
             return;
@@ -549,6 +552,7 @@ impl<R: RngCore> B2bua<R> {
                     call.a_dialog.as_mut()
                 };
                 let Some(y) = transferee else { return };
+                let contact = self.cfg.contact(key, &y.id.call_id);
                 // The transferee learns who it now talks to: the target
                 // (a trusted peer only, RFC 3325).
                 let pai = l

@@ -67,9 +67,28 @@ impl<R: RngCore> B2bua<R> {
                             .ok_or((400, "Replaces names no confirmed call"))?,
                     ),
                 };
+                // Our Contact's `k` in that call (the Refer-To names it)
+                // is bound to the transferor's Call-ID there; the INVITE
+                // the other party sends will carry the translated
+                // Replaces, so the token is made again for that Call-ID.
+                let k = rt
+                    .replaces
+                    .as_ref()
+                    .zip(replaces.as_ref())
+                    .and_then(|(was, now)| {
+                        let h = &self.cfg.hashing;
+                        let key =
+                            h.open_key_token(rt.uri().param(b"k")?, Bound::CallId, &was.call_id)?;
+                        Some(h.key_token(key, Bound::CallId, &now.call_id))
+                    });
                 put.push((
                     HeaderName::ReferTo,
-                    rt.rewritten(&self.cfg.advertised, replaces.as_ref()),
+                    match k {
+                        Some(k) => {
+                            rt.rewritten_with_key(&self.cfg.advertised, replaces.as_ref(), &k)
+                        }
+                        None => rt.rewritten(&self.cfg.advertised, replaces.as_ref()),
+                    },
                 ));
                 if let Some(h) = m.header(HeaderName::ReferredBy)
                     && let Ok(na) = NameAddr::parse(buf, h.value)

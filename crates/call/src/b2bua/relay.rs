@@ -197,7 +197,6 @@ impl<R: RngCore> B2bua<R> {
             }
         };
         let via = self.via(key);
-        let contact = self.contact(key);
         let timers = self.cfg.timers;
         let Some(call) = self.calls.get_mut(&cref) else {
             return;
@@ -247,6 +246,8 @@ impl<R: RngCore> B2bua<R> {
             self.drain(now, cref);
             return;
         }
+        // Our Contact in the leg the request goes on.
+        let contact = self.cfg.contact(key, &y.id.call_id);
         let method = core::str::from_utf8(m.method_bytes()).unwrap_or("INFO");
         let body = m.content_type().map(|ct| (ct, m.body()));
         let refresh = matches!(m.method(), Some(Method::Invite | Method::Update));
@@ -380,7 +381,15 @@ impl<R: RngCore> B2bua<R> {
         let Some(call) = self.calls.get(&cref) else {
             return;
         };
-        let contact = self.contact(call.key);
+        // Our Contact in each leg (a relayed answer goes to the leg its
+        // request came from).
+        let leg_id = |d: &Option<Dialog>, id: &[u8]| -> Vec<u8> {
+            d.as_ref().map_or(id, |d| &d.id.call_id[..]).to_vec()
+        };
+        let contacts = [
+            self.contact(call.key, &leg_id(&call.a_dialog, &call.a_call_id)),
+            self.contact(call.key, &leg_id(&call.b_dialog, &call.b_call_id)),
+        ];
         let Some(call) = self.calls.get_mut(&cref) else {
             return;
         };
@@ -455,7 +464,7 @@ impl<R: RngCore> B2bua<R> {
                     .map(|p| end_to_end_headers(p, from_trusted))
                     .unwrap_or_default();
                 if is_invite && status < 300 {
-                    extra.push(("Contact", &contact));
+                    extra.push(("Contact", &contacts[usize::from(!r.from_a)]));
                 }
                 // A refresh (re-INVITE or UPDATE answered 2xx) restarts the
                 // session timer with the interval it agreed on.

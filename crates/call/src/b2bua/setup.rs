@@ -18,7 +18,7 @@ impl<R: RngCore> B2bua<R> {
         let b_call_id = self.ids.call_id().as_bytes().to_vec();
         let b_tag = self.ids.tag();
         let via = self.via(key);
-        let contact = self.contact(key);
+        let contact = self.contact(key, &b_call_id);
         let routed = format!("sip:{}@{}", String::from_utf8_lossy(user), target.addr);
         // A registered phone: its Contact is the Request-URI, and To names
         // the AOR that was called.
@@ -359,7 +359,8 @@ impl<R: RngCore> B2bua<R> {
 
     pub(super) fn on_b_event(&mut self, now: Instant, cref: u64, e: Event) {
         let (key, contact) = match self.calls.get(&cref) {
-            Some(c) => (c.key, self.contact(c.key)),
+            // The Contact of our answers to A.
+            Some(c) => (c.key, self.contact(c.key, &c.a_call_id)),
             None => return,
         };
         let ack_via = self.via(key);

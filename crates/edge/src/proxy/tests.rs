@@ -84,7 +84,11 @@ fn rfc3261_16_11_request_goes_to_the_shard_owner_with_via_and_record_route() {
     assert_eq!(m.max_forwards(), Some(69));
     let rr = m.record_routes().next().unwrap();
     assert_eq!(rr.uri().host(), b"192.0.2.1");
-    assert_eq!(rr.uri().param(b"k"), Some(&hex_u64(key)[..]));
+    // The key with its tag, good for this Call-ID only.
+    assert_eq!(
+        rr.uri().param(b"k"),
+        Some(&Hashing::default().key_token(key, Bound::CallId, b"call-1@x")[..])
+    );
     assert!(rr.uri().param(b"lr").is_some());
     // A retransmission goes the same way with the same branch (§16.11).
     let (o2, out2) = run(&p, &t, &mut l, UA, &invite(70, "call-1@x"));
@@ -95,15 +99,31 @@ fn rfc3261_16_11_request_goes_to_the_shard_owner_with_via_and_record_route() {
 #[test]
 fn in_dialog_request_with_our_route_uses_its_key() {
     let (p, t, mut l) = setup();
-    // Pick a key owned by backend 1 and put it in our Route.
+    // Pick a key owned by backend 1 and put it in our Route, with its tag
+    // for this Call-ID (as our Record-Route gave it).
     let k = t.key_for_backend(1).unwrap();
-    let bye = format!(
-        "BYE sip:bob@10.0.0.2:5070 SIP/2.0\r\nVia: SIP/2.0/UDP 10.9.9.9:5060;branch=z9hG4bKb1\r\n\
-Route: <sip:192.0.2.1:5060;lr;k={}>\r\nMax-Forwards: 70\r\nTo: <sip:bob@biloxi.example>;tag=t\r\n\
-From: <sip:alice@a.example>;tag=f1\r\nCall-ID: other-hash@x\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n",
-        String::from_utf8(hex_u64(k).to_vec()).unwrap()
+    let token = |call_id: &str| {
+        String::from_utf8(
+            Hashing::default()
+                .key_token(k, Bound::CallId, call_id.as_bytes())
+                .to_vec(),
+        )
+        .unwrap()
+    };
+    let bye = |k: &str, call_id: &str| {
+        format!(
+            "BYE sip:bob@10.0.0.2:5070 SIP/2.0\r\nVia: SIP/2.0/UDP 10.9.9.9:5060;branch=z9hG4bKb1\r\n\
+Route: <sip:192.0.2.1:5060;lr;k={k}>\r\nMax-Forwards: 70\r\nTo: <sip:bob@biloxi.example>;tag=t\r\n\
+From: <sip:alice@a.example>;tag=f1\r\nCall-ID: {call_id}\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n"
+        )
+    };
+    let (o, out) = run(
+        &p,
+        &t,
+        &mut l,
+        UA,
+        bye(&token("other-hash@x"), "other-hash@x").as_bytes(),
     );
-    let (o, out) = run(&p, &t, &mut l, UA, bye.as_bytes());
     assert!(
         matches!(
             o,
@@ -120,6 +140,49 @@ From: <sip:alice@a.example>;tag=f1\r\nCall-ID: other-hash@x\r\nCSeq: 2 BYE\r\nCo
         m.record_route_field().is_none(),
         "no Record-Route on in-dialog requests"
     );
+    assert_eq!(l.keys_refused, 0);
+    // Forged keys do not aim: a bare key, a token copied from another
+    // Call-ID, a tag changed. Each goes by its Call-ID, and is counted.
+    let (_, by_call_id) = t.route(Hashing::default().affinity_key(b"mine@x")).unwrap();
+    let bare = String::from_utf8(hex_u64(k).to_vec()).unwrap();
+    let mut changed = token("mine@x");
+    changed.replace_range(31.., if changed.ends_with('0') { "1" } else { "0" });
+    for (n, forged) in [bare, token("other-hash@x"), changed].iter().enumerate() {
+        let (o, _) = run(
+            &p,
+            &t,
+            &mut l,
+            "198.51.100.8:5060",
+            bye(forged, "mine@x").as_bytes(),
+        );
+        assert!(
+            matches!(o, Outcome::Forward { to, .. } if to == by_call_id.into()),
+            "{forged}: {o:?}"
+        );
+        assert_eq!(l.keys_refused, n as u64 + 1);
+    }
+    // An INVITE replacing the dialog our Contact was in (an attended
+    // transfer) goes by that dialog's token, whatever its own Call-ID.
+    let replacing = bye(&token("other-hash@x"), "new-leg@x")
+        .replace("BYE sip:", "INVITE sip:")
+        .replace("2 BYE", "1 INVITE")
+        .replace(";tag=t", "")
+        .replace(
+            "Content-Length",
+            "Replaces: other-hash@x;to-tag=t;from-tag=f0\r\nContent-Length",
+        );
+    let (o, _) = run(&p, &t, &mut l, UA, replacing.as_bytes());
+    assert!(
+        matches!(
+            o,
+            Outcome::Forward {
+                peer: Peer::Backend(1),
+                ..
+            }
+        ),
+        "{o:?}"
+    );
+    assert_eq!(l.keys_refused, 3);
 }
 
 #[test]
@@ -339,7 +402,13 @@ fn keepalives_junk_and_the_per_source_limit() {
 fn worker_delegated_via_goes_out_alone_and_answers_come_back_by_key() {
     let (p, t, mut l) = setup();
     let k = t.key_for_backend(1).unwrap();
-    let kh = String::from_utf8(hex_u64(k).to_vec()).unwrap();
+    // The worker's Via carries the key with its tag for the branch.
+    let kh = String::from_utf8(
+        Hashing::default()
+            .key_token(k, Bound::Branch, b"z9hG4bKw1")
+            .to_vec(),
+    )
+    .unwrap();
     let inv = format!(
         "INVITE sip:carol@203.0.113.5:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bKw1;k={kh}\r\n\
 Max-Forwards: 70\r\nTo: <sip:carol@c.example>\r\nFrom: <sip:b2bua@192.0.2.1>;tag=w\r\nCall-ID: leg-b@x\r\n\
@@ -402,12 +471,23 @@ Content-Length: 0\r\n\r\n"
         ),
         "{o:?}"
     );
-    // Our Via alone without a key cannot be routed.
-    let no_k = ringing.replace(&format!(";k={kh}"), "");
-    assert_eq!(
-        run(&p, &t, &mut l, "203.0.113.5:5060", no_k.as_bytes()).0,
-        Outcome::Drop(Drop::Unroutable)
-    );
+    // Our Via alone without a key, or with a bare key, or with the
+    // token of another branch, cannot be routed.
+    let bare = String::from_utf8(hex_u64(k).to_vec()).unwrap();
+    for (k_param, branch) in [
+        (String::new(), "z9hG4bKw1"),
+        (format!(";k={bare}"), "z9hG4bKw1"),
+        (format!(";k={kh}"), "z9hG4bKw2"),
+    ] {
+        let v = ringing
+            .replace(&format!(";k={kh}"), &k_param)
+            .replace("branch=z9hG4bKw1", &format!("branch={branch}"));
+        assert_eq!(
+            run(&p, &t, &mut l, "203.0.113.5:5060", v.as_bytes()).0,
+            Outcome::Drop(Drop::Unroutable),
+            "{k_param} {branch}"
+        );
+    }
 }
 
 #[test]
@@ -498,7 +578,13 @@ From: <sip:bob@biloxi.example>;tag=t\r\nCall-ID: c@x\r\nCSeq: 1 BYE\r\nContent-L
         "{o:?}"
     );
     let m = scan(&out).unwrap();
-    let k = parse_hex_u64(m.record_routes().next().unwrap().uri().param(b"k").unwrap()).unwrap();
+    let k = Hashing::default()
+        .open_key_token(
+            m.record_routes().next().unwrap().uri().param(b"k").unwrap(),
+            Bound::CallId,
+            b"out@x",
+        )
+        .unwrap();
     assert_eq!(
         t.route(k).unwrap().0,
         1,
@@ -656,16 +742,25 @@ From: <sip:bob@b.example>;tag=w1\r\nCall-ID: w@x\r\nCSeq: 1 INVITE\r\nContact: <
     assert_eq!(m.vias().count(), 1);
     let rr = m.record_routes().next().unwrap();
     assert_eq!(rr.uri().param(b"transport"), Some(&b"tcp"[..]));
-    assert_eq!(rr.uri().param(b"k"), Some(&b"0000000000000001"[..]));
+    // The worker's key (its Via's), tagged by the edge for this Call-ID.
+    let k = String::from_utf8(
+        Hashing::default()
+            .key_token(1, Bound::CallId, b"w@x")
+            .to_vec(),
+    )
+    .unwrap();
+    assert_eq!(rr.uri().param(b"k"), Some(k.as_bytes()));
     assert_eq!(
         rr.uri().param(b"flow"),
         Some(&b"tcp:198.51.100.7:40002"[..])
     );
     // The phone's BYE comes back by that Record-Route (our TCP listener).
-    let bye = "BYE sip:192.0.2.1:5060;k=0000000000000001 SIP/2.0\r\nVia: SIP/2.0/TCP 10.9.9.9:5060;branch=z9hG4bKp1\r\n\
-Route: <sip:192.0.2.1:5060;transport=tcp;lr;k=0000000000000001;flow=tcp:198.51.100.7:40002>\r\n\
+    let bye = format!(
+        "BYE sip:192.0.2.1:5060;k={k} SIP/2.0\r\nVia: SIP/2.0/TCP 10.9.9.9:5060;branch=z9hG4bKp1\r\n\
+Route: <sip:192.0.2.1:5060;transport=tcp;lr;k={k};flow=tcp:198.51.100.7:40002>\r\n\
 Max-Forwards: 70\r\nTo: <sip:bob@b.example>;tag=w1\r\nFrom: <sip:alice@a.example>;tag=a1\r\nCall-ID: w@x\r\n\
-CSeq: 1 BYE\r\nContent-Length: 0\r\n\r\n";
+CSeq: 1 BYE\r\nContent-Length: 0\r\n\r\n"
+    );
     let (o, out) = run(&p, &t, &mut l, "tcp:198.51.100.7:40002", bye.as_bytes());
     let owner = t.route(1).unwrap();
     assert!(
