@@ -15,7 +15,7 @@
 //!   router needs, so both sides deliver the same facts.
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use handover_sip::ids::{Hashing, hex_u64, parse_hex_u64};
+use handover_sip::ids::{Bound, Hashing, hex_u64, parse_hex_u64};
 use handover_sip::{Rewrite, scan};
 use rsip::prelude::*;
 use std::hint::black_box;
@@ -152,6 +152,22 @@ fn bench(c: &mut Criterion) {
         });
         g.finish();
     }
+    // What the shard key's tag adds per message (issue 16): the edge
+    // makes one per Record-Route and checks one per in-dialog request
+    // with a `k`, beside the affinity hash every request has.
+    let cid = b"a84b4c76e66710@pc33.atlanta.com";
+    let token = h.key_token(7, Bound::CallId, cid);
+    let mut g = c.benchmark_group("ids/key_token");
+    g.bench_function(BenchmarkId::from_parameter("affinity_key"), |bn| {
+        bn.iter(|| h.affinity_key(black_box(cid)))
+    });
+    g.bench_function(BenchmarkId::from_parameter("key_token"), |bn| {
+        bn.iter(|| h.key_token(black_box(7), Bound::CallId, black_box(cid)))
+    });
+    g.bench_function(BenchmarkId::from_parameter("open_key_token"), |bn| {
+        bn.iter(|| h.open_key_token(black_box(&token), Bound::CallId, black_box(cid)))
+    });
+    g.finish();
 }
 
 criterion_group! {
