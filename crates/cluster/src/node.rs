@@ -590,6 +590,15 @@ impl Node {
         {
             return false;
         }
+        // raft-rs takes a message of term 0 for a local one and skips its
+        // term checks: a heartbeat or an append of term 0 made a candidate
+        // follow at term 0 (a debug assertion in raft-rs; in a release
+        // build the term went back), a vote of term 0 panicked answering
+        // it ("term should be set"); both found by fuzz/replica_messages.
+        // Only a forwarded proposal is sent without a term.
+        if m.term == 0 && m.get_msg_type() != MessageType::MsgPropose {
+            return false;
+        }
         let log = &self.raw.raft.raft_log;
         match m.get_msg_type() {
             MessageType::MsgHup
@@ -604,13 +613,6 @@ impl Node {
             | MessageType::MsgReadIndexResp
             | MessageType::MsgTransferLeader
             | MessageType::MsgTimeoutNow => false,
-            // A (pre-)vote and its answer always carry a term; raft-rs
-            // takes term 0 for a local message and panics answering it
-            // ("term should be set", found by fuzz/replica_messages).
-            MessageType::MsgRequestVote
-            | MessageType::MsgRequestPreVote
-            | MessageType::MsgRequestVoteResponse
-            | MessageType::MsgRequestPreVoteResponse => m.term > 0,
             // A forwarded proposal is a local message (term 0): with a term,
             // a follower forwarding it again panics raft-rs (fuzzing).
             MessageType::MsgPropose => !m.entries.is_empty() && m.term == 0,
@@ -1165,5 +1167,31 @@ mod tests {
         for _ in 0..50 {
             n.tick().unwrap();
         }
+    }
+
+    #[test]
+    fn a_candidate_ignores_peers_messages_without_a_term() {
+        // Replica 1 follows 2 at term 5, then, 2 silent, campaigns alone
+        // of three: a (pre-)candidate at term 5 or more.
+        let mut n = node();
+        n.step(msg(MessageType::MsgHeartbeat, 2, 5)).unwrap();
+        for _ in 0..50 {
+            n.tick().unwrap();
+        }
+        let term = n.status().term;
+        assert!(term >= 5 && !n.is_leader(), "{term}");
+        // raft-rs would take these for local messages and follow their
+        // sender at term 0 (a debug assertion; found by fuzzing).
+        let mut app = msg(MessageType::MsgAppend, 2, 0);
+        app.index = 0;
+        for m in [
+            msg(MessageType::MsgHeartbeat, 2, 0),
+            app,
+            msg(MessageType::MsgHeartbeatResponse, 3, 0),
+        ] {
+            n.step(m).unwrap();
+        }
+        assert_eq!(n.refused(), 3);
+        assert_eq!(n.status().term, term, "the term never goes back");
     }
 }
