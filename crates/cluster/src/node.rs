@@ -575,7 +575,7 @@ impl Node {
     ///   its entries must follow each other and its index, and the entry
     ///   it follows must have a term (past index 0).
     /// - A snapshot's data must decode as a table (a corrupt one stops the
-    ///   replica when applied).
+    ///   replica when applied), and it ends past index 0 with a term.
     fn admissible(&self, m: &mut Message) -> bool {
         if m.to != self.cfg.id || m.from == self.cfg.id || !self.cfg.voters.contains(&m.from) {
             return false;
@@ -637,8 +637,11 @@ impl Node {
             }
             // A snapshot's last entry has a term (0 "matches" any index
             // past the log, and raft-rs then commits past its end).
+            // Nor is one at index 0, the log's start: raft-rs restores it
+            // and then counts back from a next index of 0 (fuzzing).
             MessageType::MsgSnapshot => m.snapshot.as_ref().is_some_and(|s| {
-                s.get_metadata().term > 0 && Table::decode(&s.data, self.cfg.shards).is_ok()
+                let meta = s.get_metadata();
+                meta.index > 0 && meta.term > 0 && Table::decode(&s.data, self.cfg.shards).is_ok()
             }),
             _ => true,
         }
@@ -1157,7 +1160,18 @@ mod tests {
         let mut prop = msg(MessageType::MsgPropose, 2, 97);
         prop.entries.push(Entry::default());
         n.step(prop).unwrap();
-        assert_eq!(n.refused(), 12);
+        // A snapshot at index 0, the log's start (raft-rs restores it and
+        // takes one from a next index of 0: found by fuzzing).
+        let mut snap = msg(MessageType::MsgSnapshot, 3, 41);
+        let mut s = raft::eraftpb::Snapshot {
+            data: vec![72, 255, 127].into(),
+            ..Default::default()
+        };
+        s.mut_metadata().term = 41;
+        s.mut_metadata().mut_conf_state().voters = vec![1, 2, 3];
+        snap.snapshot = Some(s).into();
+        n.step(snap).unwrap();
+        assert_eq!(n.refused(), 13);
         assert_eq!(
             n.status().term,
             term,
