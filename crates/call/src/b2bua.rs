@@ -120,7 +120,8 @@ pub struct Stats {
     /// Calls that ended without an answer (error, cancel, timeout).
     pub failed: u64,
     /// Answered calls the B2BUA hung up itself: maximum call age reached,
-    /// or a leg answered 408/481 to an in-dialog request.
+    /// session timer expired, a leg answered 408/481 to an in-dialog
+    /// request, or the caller never acknowledged the 2xx.
     pub torn_down: u64,
     /// New B legs to a route's next target after 408, 503 or no answer.
     pub failovers: u64,
@@ -129,6 +130,10 @@ pub struct Stats {
     pub forks: u64,
     /// Callees cancelled after ringing for the whole ring timeout.
     pub unanswered: u64,
+    /// Answered calls whose caller never acknowledged our 2xx (64·T1 of
+    /// resending it): both legs hung up, counted in `torn_down` too. A
+    /// spoofed INVITE ends here, having drawn at most the RFC's resends.
+    pub unacknowledged: u64,
     /// Datagrams resent because a timer fired (requests and 2xx responses
     /// retransmitted over UDP).
     pub retransmissions: u64,
@@ -444,7 +449,10 @@ impl Call {
                 self.ring_deadline
                     .filter(|_| live && !self.answered && !self.cancelled),
             ),
-            (CallTimer::ResendOk, self.a_ok.as_ref().map(|o| o.1)),
+            (
+                CallTimer::ResendOk,
+                self.a_ok.as_ref().map(|o| o.1.min(o.3)),
+            ),
         ]
         .into_iter()
         .filter_map(|(t, at)| Some((t, at?)))
@@ -996,17 +1004,30 @@ impl<R: RngCore> B2bua<R> {
                     self.stats.unanswered += 1;
                     Self::cancel_b(call, now, self.cfg.timers);
                 }
+                //= https://www.rfc-editor.org/rfc/rfc3261#section-13.3.1.4
+                //# If the server retransmits the 2xx response for 64*T1 seconds
+                //# without receiving an ACK, the dialog is confirmed, but the
+                //# session SHOULD be terminated.  This is accomplished with a
+                //# BYE, as described in Section 15.
                 CallTimer::ResendOk => {
                     let a_target = call.a_target;
-                    if let Some((ok, next, interval, give_up)) = &mut call.a_ok {
-                        if now >= *give_up {
-                            call.a_ok = None;
-                        } else {
-                            self.out.push_back((a_target, ok.clone()));
-                            *interval = (*interval * 2).min(self.cfg.timers.t2);
-                            *next = now + *interval;
-                        }
+                    let Some((ok, next, interval, give_up)) = &mut call.a_ok else {
+                        continue;
+                    };
+                    if now < *give_up {
+                        self.out.push_back((a_target, ok.clone()));
+                        *interval = (*interval * 2).min(self.cfg.timers.t2);
+                        *next = now + *interval;
+                        continue;
                     }
+                    call.a_ok = None;
+                    if !call.over {
+                        // B answered a caller who is not there (a spoofed
+                        // source, or one gone): B's phone is hung up too.
+                        self.stats.unacknowledged += 1;
+                        self.tear_down(now, cref);
+                    }
+                    return;
                 }
             }
         }

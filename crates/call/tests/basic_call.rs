@@ -503,6 +503,47 @@ fn a_bye_ends_a_call_whose_requests_are_at_their_limit() {
     );
 }
 
+/// RFC 3261 §13.3.1.4: our 2xx to a caller who never acknowledges it (a
+/// spoofed source, or a phone gone) is resent T1 doubling to T2 for 64·T1,
+/// and no more; then both legs are hung up, so B's phone is not left in a
+/// call with nobody.
+#[test]
+fn rfc3261_13_3_1_4_a_2xx_never_acknowledged_ends_the_call_on_both_legs() {
+    let mut b = b2bua();
+    b.handle_datagram(at(0), a_invite().as_bytes());
+    let bi = out(&mut b)[1].1.clone();
+    let bim = scan(&bi).unwrap();
+    b.handle_datagram(
+        at(100),
+        b_resp(&bim, "200 OK", "bt", Some(SDP_B)).as_bytes(),
+    );
+    let mut oks = 0;
+    let mut byes = Vec::new();
+    let mut ms = 100;
+    while ms <= 40_000 {
+        b.handle_timeout(at(ms));
+        for (_, m) in out(&mut b) {
+            if first_line(&m) == "SIP/2.0 200 OK" {
+                assert!(byes.is_empty(), "no 2xx after the BYEs");
+                oks += 1;
+            } else if first_line(&m).starts_with("BYE ") {
+                byes.push((ms, scan(&m).unwrap().call_id().to_vec()));
+            }
+        }
+        ms += 50;
+    }
+    // Sent at 0.1 s, resent at 0.6, 1.6, 3.6, 7.6, 11.6 … 31.6 s.
+    assert_eq!(oks, 11, "the first 2xx and ten resends, no more");
+    // Nobody answers the BYEs either: they are resent as any request.
+    let byes: Vec<_> = byes.into_iter().filter(|(t, _)| *t == 32_100).collect();
+    assert_eq!(byes.len(), 2, "a BYE on each leg at 64·T1: {byes:?}");
+    let ids: Vec<_> = byes.iter().map(|(_, c)| c.clone()).collect();
+    assert!(ids.contains(&b"a-call".to_vec()) && ids.contains(&bim.call_id().to_vec()));
+    let s = b.stats();
+    assert_eq!((s.unacknowledged, s.torn_down), (1, 1));
+    assert_eq!(b.calls_active(), 0);
+}
+
 #[test]
 fn maximum_call_age_hangs_up_both_legs() {
     let (mut b, _a_tag, bi) = answered();
@@ -746,6 +787,8 @@ fn rfc4028_session_expires_without_refresh_ends_the_call() {
         "the agreed interval reaches A:\n{text}"
     );
     assert!(text.contains("Require: timer\r\n"), "{text}");
+    let a_tag = String::from_utf8(scan(&ok.1).unwrap().to_tag().unwrap().to_vec()).unwrap();
+    b.handle_datagram(at(150), from_a("ACK", 1, "ack1", &a_tag, None).as_bytes());
     b.handle_timeout(at(90_099));
     assert!(
         !out(&mut b)
@@ -778,6 +821,7 @@ fn rfc4028_a_refresh_restarts_the_session_timer() {
         .find(|(_, m)| first_line(m) == "SIP/2.0 200 OK")
         .unwrap();
     let a_tag = String::from_utf8(scan(&ok.1).unwrap().to_tag().unwrap().to_vec()).unwrap();
+    b.handle_datagram(at(150), from_a("ACK", 1, "ack1", &a_tag, None).as_bytes());
     // A refreshes at 60 s with a re-INVITE; B agrees on 90 s again.
     b.handle_datagram(
         at(60_000),
@@ -1008,10 +1052,15 @@ fn no_answer_fails_over_to_the_next_target() {
         at(60_020 + 59_500),
         b_resp(&s, "200 OK", "x2", Some(SDP_B)).as_bytes(),
     );
-    assert!(
-        out(&mut b)
-            .iter()
-            .any(|(_, m)| first_line(m) == "SIP/2.0 200 OK")
+    let sent = out(&mut b);
+    let ok = sent
+        .iter()
+        .find(|(_, m)| first_line(m) == "SIP/2.0 200 OK")
+        .expect("200 to A");
+    let a_tag = String::from_utf8(scan(&ok.1).unwrap().to_tag().unwrap().to_vec()).unwrap();
+    b.handle_datagram(
+        at(60_020 + 59_600),
+        from_a("ACK", 1, "ack1", &a_tag, None).as_bytes(),
     );
     assert_eq!(b.stats().failovers, 1);
     assert_eq!(b.stats().answered, 1);

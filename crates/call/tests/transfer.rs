@@ -59,6 +59,11 @@ fn call(
     b.handle_datagram(at(t + 10), ok.as_bytes());
     let ok = find(&out(b), "SIP/2.0 200").expect("caller hears 200");
     let tag = String::from_utf8(scan(&ok).unwrap().to_tag().unwrap().to_vec()).unwrap();
+    // The caller acknowledges, as a phone does (else the call is hung up
+    // after 64·T1).
+    let ack = from_caller(cid, from, port, to_user, &tag, "ACK", 1, "", None);
+    b.handle_datagram(at(t + 20), ack.as_bytes());
+    out(b);
     (tag, leg)
 }
 

@@ -22,6 +22,7 @@ const TXNS_ACTIVE: &str = "handover_transactions_active";
 const RETRANSMISSIONS: &str = "handover_retransmissions_total";
 const FAILOVERS: &str = "handover_route_failovers_total";
 const UNANSWERED: &str = "handover_calls_unanswered_total";
+const UNACKNOWLEDGED: &str = "handover_calls_unacknowledged_total";
 const FIRST_RESPONSE: &str = "handover_invite_first_response_seconds";
 const ANSWER: &str = "handover_invite_answer_seconds";
 const TRANSFERS: &str = "handover_transfers_total";
@@ -420,6 +421,7 @@ pub fn run(args: Settings) -> anyhow::Result<()> {
         let failovers = metrics::counter!(FAILOVERS);
         let forks = metrics::counter!(FORKS);
         let unanswered = metrics::counter!(UNANSWERED);
+        let unacknowledged = metrics::counter!(UNACKNOWLEDGED);
         let first_response = metrics::histogram!(FIRST_RESPONSE);
         let answer = metrics::histogram!(ANSWER);
         let mut txns_at = start;
@@ -655,6 +657,7 @@ pub fn run(args: Settings) -> anyhow::Result<()> {
             failovers.increment(s.failovers - last.failovers);
             forks.increment(s.forks - last.forks);
             unanswered.increment(s.unanswered - last.unanswered);
+            unacknowledged.increment(s.unacknowledged - last.unacknowledged);
             unreplicated.increment(s.unreplicated - last.unreplicated);
             refused_in_call.increment(s.refused_in_call - last.refused_in_call);
             refused_full.increment(s.refused_full - last.refused_full);

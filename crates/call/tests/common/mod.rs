@@ -164,6 +164,10 @@ pub(crate) fn answered() -> (B2bua<Seq>, String, Vec<u8>) {
         .find(|(_, m)| first_line(m) == "SIP/2.0 200 OK")
         .unwrap();
     let a_tag = String::from_utf8(scan(&ok.1).unwrap().to_tag().unwrap().to_vec()).unwrap();
+    // A acknowledges, as a phone does (without it the call is hung up
+    // after 64·T1).
+    b.handle_datagram(at(150), from_a("ACK", 1, "ack1", &a_tag, None).as_bytes());
+    assert!(out(&mut b).is_empty(), "the ACK of our 2xx ends there");
     (b, a_tag, bi)
 }
 
