@@ -681,3 +681,81 @@ CSeq: {seq} {method}\r\nContent-Length: 0\r\n\r\n"
     assert_eq!(refused(), 1.0, "good tokens are not counted");
     uas.expect_calls(2);
 }
+
+/// A spoofed INVITE (its source never hears anything and so never ACKs)
+/// draws no more than RFC 3261 §13.3.1.4 allows: the 2xx and its ten
+/// resends over 64·T1; then handover hangs up both legs, so the callee,
+/// a strict SIPp UAS, gets a BYE in its dialog instead of holding a call
+/// with nobody. Counted as `handover_calls_unacknowledged_total`.
+#[test]
+fn a_caller_who_never_acknowledges_draws_only_the_rfcs_resends_and_the_callee_is_hung_up() {
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let uas_port = free_udp_port();
+    // The BYE comes after 64·T1 (32 s), past the callees' usual 30 s.
+    let mut uas = sipp_uas_on(dir.path(), "uas.xml", uas_port, &["-recv_timeout", "60s"]);
+    let c = cluster(&[format!("*=127.0.0.1:{uas_port}")], &["--udp-only"]);
+    let edge: std::net::SocketAddr = format!("127.0.0.1:{}", c.sip).parse().unwrap();
+    let (host, wadmin) = c.worker_admin.rsplit_once(':').unwrap();
+    let wadmin: u16 = wadmin.parse().unwrap();
+    // The victim of the spoofing: whatever reaches this address.
+    let s = std::net::UdpSocket::bind("127.0.0.8:0").unwrap();
+    let me = s.local_addr().unwrap();
+    let sdp = "v=0\r\no=- 1 1 IN IP4 127.0.0.8\r\ns=-\r\nc=IN IP4 127.0.0.8\r\nt=0 0\r\n\
+m=audio 40000 RTP/AVP 0\r\n";
+    let invite = format!(
+        "INVITE sip:b@{edge} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bK-spoofed\r\n\
+Max-Forwards: 70\r\nFrom: <sip:a@{me}>;tag=spoofer\r\nTo: <sip:b@{edge}>\r\nCall-ID: spoofed-1\r\n\
+CSeq: 1 INVITE\r\nContact: <sip:a@{me}>\r\nContent-Type: application/sdp\r\n\
+Content-Length: {}\r\n\r\n{sdp}",
+        sdp.len()
+    );
+    s.send_to(invite.as_bytes(), edge).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+    let (mut oks, mut others, mut bye) = (0u32, Vec::new(), None);
+    let mut buf = [0u8; 8192];
+    // Everything that comes back, until the first BYE and a quiet second
+    // after it, or 60 quiet seconds.
+    let mut quiet = 0;
+    while quiet < 60 {
+        let Ok((n, _)) = s.recv_from(&mut buf) else {
+            if bye.is_some() {
+                break;
+            }
+            quiet += 1;
+            continue;
+        };
+        let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+        let first = text.lines().next().unwrap_or("").to_string();
+        if first.starts_with("SIP/2.0 200") {
+            assert!(bye.is_none(), "no 2xx after the BYE");
+            oks += 1;
+        } else if first.starts_with("BYE ") {
+            assert!(text.contains("Call-ID: spoofed-1\r\n"), "{text}");
+            bye.get_or_insert(text);
+        } else {
+            others.push(first);
+        }
+    }
+    assert!(
+        bye.is_some(),
+        "no BYE within 60 s; {oks} 2xx, then {others:?}"
+    );
+    assert_eq!(
+        oks, 11,
+        "the 2xx and ten resends (T1 doubling to T2, 64·T1)"
+    );
+    assert!(
+        others.iter().all(|l| l.starts_with("SIP/2.0 1")),
+        "only provisional answers besides: {others:?}"
+    );
+    // The callee saw a whole call: answered, then a BYE in its dialog.
+    uas.expect_calls(1);
+    wait_for(Duration::from_secs(5), || {
+        summed(host, wadmin, &[0], "handover_calls_unacknowledged_total") >= 1.0
+    });
+    assert_eq!(
+        summed(host, wadmin, &[0], "handover_calls_unacknowledged_total"),
+        1.0
+    );
+}
