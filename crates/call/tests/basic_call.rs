@@ -544,6 +544,37 @@ fn rfc3261_13_3_1_4_a_2xx_never_acknowledged_ends_the_call_on_both_legs() {
     assert_eq!(b.calls_active(), 0);
 }
 
+/// An ACK that reuses the INVITE's branch (as RFC 2543 phones send it)
+/// still acknowledges the 2xx: no resends, and the call stays up past
+/// 64·T1.
+#[test]
+fn an_ack_reusing_the_invites_branch_acknowledges_the_2xx() {
+    let mut b = b2bua();
+    b.handle_datagram(at(0), a_invite().as_bytes());
+    let bi = out(&mut b)[1].1.clone();
+    let bim = scan(&bi).unwrap();
+    b.handle_datagram(
+        at(100),
+        b_resp(&bim, "200 OK", "bt", Some(SDP_B)).as_bytes(),
+    );
+    let sent = out(&mut b);
+    let ok = sent
+        .iter()
+        .find(|(_, m)| first_line(m) == "SIP/2.0 200 OK")
+        .unwrap();
+    let a_tag = String::from_utf8(scan(&ok.1).unwrap().to_tag().unwrap().to_vec()).unwrap();
+    // The INVITE's branches: the phone's (a1) and the edge's (edge).
+    let ack = from_a("ACK", 1, "a1", &a_tag, None).replace("z9hG4bK-hxa1", "z9hG4bK-hxedge");
+    b.handle_datagram(at(150), ack.as_bytes());
+    for ms in (200..=40_000).step_by(100) {
+        b.handle_timeout(at(ms));
+        let sent = out(&mut b);
+        assert!(sent.is_empty(), "at {ms} ms: {sent:?}");
+    }
+    assert_eq!(b.calls_active(), 1);
+    assert_eq!(b.stats().unacknowledged, 0);
+}
+
 #[test]
 fn maximum_call_age_hangs_up_both_legs() {
     let (mut b, _a_tag, bi) = answered();
