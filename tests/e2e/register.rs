@@ -3,35 +3,11 @@
 //! address-of-record, and stay reachable when the worker owning their AOR
 //! is killed.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use crate::support::*;
-
-/// SIPp with `args` and a statistics file; the caller waits with
-/// `finish_uac_unchecked`.
-fn sipp_run(dir: &Path, name: &str, args: &[&str]) -> (Proc, PathBuf) {
-    let stat = dir.join(format!("{name}.csv"));
-    let err = dir.join(format!("{name}.err"));
-    let mut all: Vec<&str> = args.to_vec();
-    let (stat_s, err_s) = (
-        stat.to_string_lossy().into_owned(),
-        err.to_string_lossy().into_owned(),
-    );
-    all.extend([
-        "-timeout",
-        "60s",
-        "-trace_stat",
-        "-fd",
-        "1",
-        "-stf",
-        &stat_s,
-        "-error_file",
-        &err_s,
-    ]);
-    (sipp(dir, &all), stat)
-}
 
 /// `metric` summed over the workers of `worker_admin`'s cluster in `which`.
 fn summed_metric(worker_admin: &str, which: &[u16], series: &str) -> f64 {

@@ -1078,3 +1078,55 @@ pub(crate) fn worker_pid(port: u16) -> u32 {
         .and_then(|l| l.trim().parse().ok())
         .unwrap_or_else(|| panic!("a worker on port {port}"))
 }
+
+/// SIPp with `args` and a statistics file; the caller waits with
+/// `finish_uac_unchecked`.
+pub(crate) fn sipp_run(dir: &Path, name: &str, args: &[&str]) -> (Proc, PathBuf) {
+    let stat = dir.join(format!("{name}.csv"));
+    let err = dir.join(format!("{name}.err"));
+    let mut all: Vec<&str> = args.to_vec();
+    let (stat_s, err_s) = (
+        stat.to_string_lossy().into_owned(),
+        err.to_string_lossy().into_owned(),
+    );
+    all.extend([
+        "-timeout",
+        "60s",
+        "-trace_stat",
+        "-fd",
+        "1",
+        "-stf",
+        &stat_s,
+        "-error_file",
+        &err_s,
+    ]);
+    (sipp(dir, &all), stat)
+}
+
+/// For every `method` request a SIPp message log shows as received, the
+/// value of its header `name` (None when it has none).
+pub(crate) fn received_headers(log: &str, method: &str, name: &str) -> Vec<Option<String>> {
+    log.split("----------------------------------------------- ")
+        .skip(1)
+        .filter_map(|block| {
+            let mut lines = block.lines();
+            let _stamp = lines.next();
+            if !lines.next().is_some_and(|w| w.contains("received")) {
+                return None;
+            }
+            let body: Vec<&str> = lines.skip_while(|l| l.is_empty()).collect();
+            if !body
+                .first()
+                .is_some_and(|l| l.starts_with(&format!("{method} ")))
+            {
+                return None;
+            }
+            Some(
+                body.iter()
+                    .take_while(|l| !l.is_empty())
+                    .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+                    .map(str::to_string),
+            )
+        })
+        .collect()
+}

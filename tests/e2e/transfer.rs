@@ -251,34 +251,6 @@ fn logged_header(log: &str, first: &str, name: &str) -> Option<String> {
         .map(str::to_string)
 }
 
-/// For every `method` request a SIPp message log shows as received, the
-/// value of its header `name` (None when it has none).
-fn received_headers(log: &str, method: &str, name: &str) -> Vec<Option<String>> {
-    log.split("----------------------------------------------- ")
-        .skip(1)
-        .filter_map(|block| {
-            let mut lines = block.lines();
-            let _stamp = lines.next();
-            if !lines.next().is_some_and(|w| w.contains("received")) {
-                return None;
-            }
-            let body: Vec<&str> = lines.skip_while(|l| l.is_empty()).collect();
-            if !body
-                .first()
-                .is_some_and(|l| l.starts_with(&format!("{method} ")))
-            {
-                return None;
-            }
-            Some(
-                body.iter()
-                    .take_while(|l| !l.is_empty())
-                    .find_map(|l| l.strip_prefix(&format!("{name}: ")))
-                    .map(str::to_string),
-            )
-        })
-        .collect()
-}
-
 fn tag_of(v: &str) -> String {
     v.split(";tag=")
         .nth(1)

@@ -759,3 +759,70 @@ Content-Length: {}\r\n\r\n{sdp}",
         1.0
     );
 }
+
+/// RFC 3325 with digest (issue 16, identity): bob calls from an untrusted
+/// address, proves who he is to `up` (407, then credentials), and the
+/// trusted PBX behind it receives `P-Asserted-Identity: <sip:bob@handover>`
+/// on every call, asserted by handover, not by the caller.
+#[test]
+fn an_authenticated_caller_reaches_a_trusted_pbx_asserted_as_himself() {
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let users = dir.path().join("users");
+    passwd(&users, "bob", "bob-pw");
+    let users_s = users.to_string_lossy().into_owned();
+    let pbx_port = free_udp_port();
+    let mut pbx = sipp_uas_traced(dir.path(), pbx_port);
+    // The PBX (127.0.0.1) is trusted; bob's phone (127.0.0.2) is not.
+    let c = cluster(
+        &[format!("*=127.0.0.1:{pbx_port}")],
+        &[
+            "--udp-only",
+            "--users",
+            &users_s,
+            "--trusted",
+            "127.0.0.1/32",
+            "--assert-identity",
+        ],
+    );
+    let edge = format!("127.0.0.1:{}", c.sip);
+    let caller_port = free_udp_port().to_string();
+    let (p, stat) = sipp_run(
+        dir.path(),
+        "bob",
+        &[
+            "-sf",
+            scenario("uac_auth.xml").to_str().unwrap(),
+            "-s",
+            "pbx",
+            "-au",
+            "bob",
+            "-ap",
+            "bob-pw",
+            "-m",
+            "3",
+            "-r",
+            "10",
+            "-d",
+            "200",
+            "-i",
+            "127.0.0.2",
+            "-p",
+            &caller_port,
+            &edge,
+        ],
+    );
+    let r = finish_uac_unchecked(p, &stat);
+    assert_eq!((r.exit, r.successful, r.failed), (Some(0), 3, 0), "{r:?}");
+    pbx.expect_calls(3);
+    let pai = received_headers(
+        &sipp_message_logs_of(dir.path(), "uas_"),
+        "INVITE",
+        "P-Asserted-Identity",
+    );
+    assert_eq!(
+        pai,
+        vec![Some("<sip:bob@handover>".to_string()); 3],
+        "each call's INVITE at the PBX"
+    );
+}

@@ -91,6 +91,13 @@ pub struct Config {
     /// passed on, and who are told the new party's after a local transfer;
     /// everyone else's are removed (`trust.rs`). Empty: nobody.
     pub trusted: crate::trust::Trusted,
+    /// Headers treated as identity headers beside the RFC 3325 ones
+    /// (removed unless a trusted peer sent them).
+    pub identity_headers: Vec<String>,
+    /// A call whose caller authenticated by digest goes to a trusted
+    /// target with `P-Asserted-Identity: <sip:USER@REALM>` (RFC 3325
+    /// §9.1): the PBX learns who called, from us, not from the caller.
+    pub assert_identity: bool,
 }
 
 impl Config {
@@ -350,6 +357,9 @@ struct Call {
     a_dialog: Option<Dialog>,
     /// Our 2xx to A, resent (T1 doubling to T2) until A's ACK (§13.3.1.4).
     a_ok: Option<(Vec<u8>, Instant, Duration, Instant)>,
+    /// The caller's identity we assert to trusted targets (digest user,
+    /// `Config::assert_identity`).
+    asserted: Option<Vec<u8>>,
     b_call_id: Vec<u8>,
     b_invite: Vec<u8>,
     b_cli: ClientInvite,
@@ -520,9 +530,13 @@ pub struct B2bua<R> {
 /// pass through; Via, Route, Record-Route and Contact never do, so no
 /// internal address leaks.
 ///
-/// Identity headers (RFC 3325) pass only when `trusted` says their sender
-/// is a trusted peer.
-fn end_to_end_headers<'m>(m: &Message<'m>, trusted: bool) -> Vec<(&'m str, &'m [u8])> {
+/// Identity headers (RFC 3325, and the operator's `identity`) pass only
+/// when `trusted` says their sender is a trusted peer.
+fn end_to_end_headers<'m>(
+    m: &Message<'m>,
+    trusted: bool,
+    identity: &[String],
+) -> Vec<(&'m str, &'m [u8])> {
     let buf = m.buf();
     m.headers()
         .filter(|h| {
@@ -547,7 +561,7 @@ fn end_to_end_headers<'m>(m: &Message<'m>, trusted: bool) -> Vec<(&'m str, &'m [
                 h.value.of(buf),
             ))
         })
-        .filter(|(name, _)| trusted || !crate::trust::is_identity_header(name))
+        .filter(|(name, _)| trusted || !crate::trust::is_identity(name, identity))
         // Credentials are for us (our realm) or for nobody on the other
         // leg: a caller's password hash never reaches the callee.
         .filter(|(name, _)| {
@@ -879,10 +893,8 @@ impl<R: RngCore> B2bua<R> {
     fn new_request(&mut self, now: Instant, m: &Message<'_>) -> Option<u64> {
         match m.method() {
             Some(Method::Invite) if m.to_tag().is_none() => {
-                if !self.authenticate_call(now, m) {
-                    return None;
-                }
-                return self.new_call(now, m);
+                let asserted = self.authenticate_call(now, m)?;
+                return self.new_call(now, m, asserted);
             }
             Some(Method::Register) => self.register(now, m),
             Some(Method::Ack) => {}

@@ -25,6 +25,25 @@ pub fn is_identity_header(name: &str) -> bool {
         .any(|h| h.eq_ignore_ascii_case(name))
 }
 
+/// Whether `name` is one of [`IDENTITY_HEADERS`] or of the operator's
+/// `extra` ones (`--identity-header`: Diversion, P-Charge-Info, …),
+/// case-insensitive.
+pub fn is_identity(name: &str, extra: &[String]) -> bool {
+    is_identity_header(name) || extra.iter().any(|h| h.eq_ignore_ascii_case(name))
+}
+
+/// A header name as RFC 3261 §25.1 allows it (a token): `Ok` or why not.
+pub fn check_header_name(name: &str) -> Result<(), String> {
+    let token = |c: u8| c.is_ascii_alphanumeric() || b"-.!%*_+`'~".contains(&c);
+    if !name.is_empty() && name.bytes().all(token) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{name:?} is not a header name (letters, digits, -.!%*_+`'~)"
+        ))
+    }
+}
+
 pub use handover_sip::Cidr;
 
 /// The trusted peers: an address is trusted when a prefix contains it.
@@ -66,5 +85,10 @@ mod tests {
         assert!(!Trusted::default().contains(Some("127.0.0.1".parse().unwrap())));
         assert!(is_identity_header("p-asserted-identity"));
         assert!(!is_identity_header("P-Charging-Vector"));
+        let extra = ["Diversion".to_string()];
+        assert!(is_identity("diversion", &extra) && is_identity("Remote-Party-ID", &extra));
+        assert!(!is_identity("P-Charging-Vector", &extra));
+        assert!(check_header_name("P-Charge-Info").is_ok());
+        assert!(check_header_name("Bad Header").is_err() && check_header_name("").is_err());
     }
 }

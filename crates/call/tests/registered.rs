@@ -496,3 +496,73 @@ fn with_the_logs_disk_nearly_full_new_calls_and_registrations_get_503_and_calls_
         "a new call goes to B again"
     );
 }
+
+/// RFC 3325 §9.1 with digest: a caller who authenticated as carol reaches
+/// a trusted PBX with `P-Asserted-Identity: <sip:carol@handover>`, ours,
+/// in place of the one it made up; an untrusted target is sent none; the
+/// operator's extra identity header (Diversion) from a stranger is
+/// removed like the RFC 3325 ones.
+#[test]
+fn rfc3325_an_authenticated_caller_is_asserted_to_trusted_targets_only() {
+    let mut b = b2bua_identity(
+        &["pbx=127.0.0.2:5071", "cell=127.0.0.3:5072"],
+        &["127.0.0.2/32"],
+        &["Diversion"],
+        true,
+    );
+    with_auth(&mut b);
+    let forged =
+        "P-Asserted-Identity: <sip:boss@example.com>\r\nDiversion: <sip:boss@example.com>\r\n";
+    let invite = |user: &str, cid: &str, seq: u32, auth: Option<&str>| {
+        let mut extra = forged.to_string();
+        if let Some(a) = auth {
+            extra.push_str(&format!("Proxy-Authorization: {a}\r\n"));
+        }
+        a_invite()
+            .replace("INVITE sip:b@", &format!("INVITE sip:{user}@"))
+            .replace("Call-ID: a-call", &format!("Call-ID: {cid}"))
+            .replace("CSeq: 1 INVITE", &format!("CSeq: {seq} INVITE"))
+            .replace("branch=z9hG4bKa1", &format!("branch=z9hG4bK{cid}{seq}"))
+            .replace(
+                "Max-Forwards: 69\r\n",
+                &format!("Max-Forwards: 69\r\n{extra}"),
+            )
+    };
+    for (user, cid, want) in [
+        ("pbx", "to-pbx", Some("<sip:carol@handover>")),
+        ("cell", "to-cell", None),
+    ] {
+        b.handle_datagram(at(0), invite(user, cid, 1, None).as_bytes());
+        let sent = out(&mut b);
+        assert_eq!(
+            first_line(&sent[0].1),
+            "SIP/2.0 407 Proxy Authentication Required"
+        );
+        let auth = credentials(&sent[0].1, "INVITE", "pw");
+        b.handle_datagram(at(10), invite(user, cid, 2, Some(&auth)).as_bytes());
+        let sent = out(&mut b);
+        let leg = &sent
+            .iter()
+            .find(|(_, m)| m.starts_with(b"INVITE "))
+            .expect("the call goes on")
+            .1;
+        let m = scan(leg).unwrap();
+        let pais: Vec<_> = m
+            .headers()
+            .filter(|h| {
+                h.name_span
+                    .of(leg)
+                    .eq_ignore_ascii_case(b"P-Asserted-Identity")
+            })
+            .map(|h| String::from_utf8_lossy(h.value.of(leg)).into_owned())
+            .collect();
+        assert_eq!(
+            pais,
+            want.into_iter().collect::<Vec<_>>(),
+            "{user}: {}",
+            lines(leg)
+        );
+        assert!(!lines(leg).contains("Diversion"), "{user}: {}", lines(leg));
+        assert!(!lines(leg).contains("boss"), "{user}: {}", lines(leg));
+    }
+}

@@ -55,6 +55,10 @@ struct WorkerSection {
     /// Trusted peers by address prefix (`["10.0.0.0/8", …]`): their
     /// identity headers pass between the legs.
     trusted: Option<Spanned<Vec<String>>>,
+    /// More headers treated as identity headers (`["Diversion"]`).
+    identity_headers: Option<Spanned<Vec<String>>>,
+    /// Assert digest-authenticated callers to trusted targets.
+    assert_identity: Option<bool>,
     /// Where calls go, tried in order.
     #[serde(default)]
     routes: Vec<RouteSection>,
@@ -319,6 +323,10 @@ pub(crate) struct Worker {
     pub(crate) max_calls_per_source: usize,
     /// Trusted peers' prefixes, as given.
     pub(crate) trusted: Vec<String>,
+    /// Header names treated as identity headers beside RFC 3325's.
+    pub(crate) identity_headers: Vec<String>,
+    /// P-Asserted-Identity from digest users to trusted targets.
+    pub(crate) assert_identity: bool,
     /// Routes in the command-line form (`MATCH=TARGET[,TARGET…]`).
     pub(crate) routes: Vec<String>,
     pub(crate) replication: Replication,
@@ -811,6 +819,14 @@ impl Config {
                 trusted.push(v.clone());
             }
         }
+        let mut identity_headers = Vec::new();
+        if let Some(h) = &w.identity_headers {
+            for v in h.get_ref() {
+                handover_call::trust::check_header_name(v)
+                    .map_err(|e| err(Some(h.span()), Some("worker.identity_headers"), e))?;
+                identity_headers.push(v.clone());
+            }
+        }
         let r = &w.replication;
         let mut peers = Vec::new();
         if let Some(p) = &r.peers {
@@ -938,6 +954,8 @@ impl Config {
             max_calls,
             max_calls_per_source: w.max_calls_per_source.unwrap_or(0),
             trusted,
+            identity_headers,
+            assert_identity: w.assert_identity.unwrap_or(false),
             routes,
             replication,
             registrar,
@@ -1060,6 +1078,7 @@ mod tests {
         let c = parse(
             "[edge]\ncluster = [\"handover-worker-0.handover-worker:7001\", \"127.0.0.1:7002\"]\ndrain_s = 9\n\
              [worker]\ntrusted = [\"10.0.0.0/8\", \"192.0.2.7\"]\n\
+             identity_headers = [\"Diversion\"]\nassert_identity = true\n\
              [worker.replication]\nid = 2\npeers = [\"1=127.0.0.1:7001,127.0.0.1:5081\", \"2=127.0.0.1:7002,127.0.0.1:5082\"]\n\
              grpc_listen = \"0.0.0.0:7002\"\ncommit_window_ms = 0\ndata = \"/var/lib/handover\"\n",
         )
@@ -1068,6 +1087,8 @@ mod tests {
         assert_eq!(c.edge.drain_s, 9);
         assert_eq!(c.edge.new_dialogs_per_source, 0, "off unless set");
         assert_eq!(c.worker.trusted, ["10.0.0.0/8", "192.0.2.7"]);
+        assert_eq!(c.worker.identity_headers, ["Diversion"]);
+        assert!(c.worker.assert_identity);
         let r = &c.worker.replication;
         assert_eq!((r.id, r.peers.len(), r.commit_window_ms), (Some(2), 2, 0));
         assert_eq!(r.grpc_listen.as_deref(), Some("0.0.0.0:7002"));
@@ -1187,6 +1208,8 @@ mod tests {
         assert!(e.contains("set id or id_from_hostname, not both"), "{e}");
         let e = parse("[worker]\ntrusted = [\"10.0.0.0/33\"]\n").unwrap_err();
         assert!(e.contains("key `worker.trusted`"), "{e}");
+        let e = parse("[worker]\nidentity_headers = [\"Bad Header\"]\n").unwrap_err();
+        assert!(e.contains("key `worker.identity_headers`"), "{e}");
         let e = parse("[edge]\ncluster = [\"not an address\"]\n").unwrap_err();
         assert!(e.contains("key `edge.cluster`"), "{e}");
     }

@@ -20,6 +20,14 @@ pub(crate) struct UpArgs {
     /// are removed.
     #[arg(long = "trusted", value_name = "CIDR")]
     trusted: Vec<String>,
+    /// A header to treat as an identity header beside RFC 3325's, e.g.
+    /// Diversion (repeat).
+    #[arg(long = "identity-header", value_name = "NAME")]
+    identity_headers: Vec<String>,
+    /// Assert digest-authenticated callers to trusted targets
+    /// (P-Asserted-Identity; needs --users).
+    #[arg(long)]
+    assert_identity: bool,
     /// The cluster's hashing key, 32 hex digits [default: a new random key
     /// for this run, given to the edge and every worker].
     #[arg(long, value_parser = crate::config::parse_hash_key)]
@@ -396,6 +404,12 @@ pub(crate) fn run(mut a: UpArgs) -> anyhow::Result<()> {
         }
         for t in &a.trusted {
             worker.args(["--trusted", t]);
+        }
+        for h in &a.identity_headers {
+            worker.args(["--identity-header", h]);
+        }
+        if a.assert_identity {
+            worker.arg("--assert-identity");
         }
         worker.args(["--hash-key", &hash_key]);
         worker.args(["--max-call-age-s", &a.max_call_age_s.to_string()]);

@@ -25,6 +25,16 @@ pub(crate) struct WorkerArgs {
     /// anyone else's are removed.
     #[arg(long = "trusted", value_name = "CIDR")]
     trusted: Vec<handover_call::trust::Cidr>,
+    /// A header to treat as an identity header beside P-Asserted-Identity,
+    /// P-Preferred-Identity and Remote-Party-ID, e.g. Diversion (repeat;
+    /// replaces the file's `identity_headers`): removed unless a trusted
+    /// peer sent it.
+    #[arg(long = "identity-header", value_name = "NAME", value_parser = header_name)]
+    identity_headers: Vec<String>,
+    /// Send trusted targets `P-Asserted-Identity: <sip:USER@REALM>` for a
+    /// caller who authenticated by digest (RFC 3325; needs --users).
+    #[arg(long)]
+    assert_identity: bool,
     /// Address to receive SIP from the edge on [default: 127.0.0.1:5080].
     #[arg(long)]
     listen: Option<SocketAddr>,
@@ -178,6 +188,12 @@ fn settings(a: WorkerArgs) -> anyhow::Result<Settings> {
             !cluster.peers.is_empty(),
         )?,
         trusted: handover_call::trust::Trusted(trusted),
+        identity_headers: if a.identity_headers.is_empty() {
+            w.identity_headers
+        } else {
+            a.identity_headers
+        },
+        assert_identity: a.assert_identity || w.assert_identity,
         replication,
         upstreams: {
             let mut u = handover_call::registrar::Upstreams::default();
@@ -230,4 +246,9 @@ fn settings(a: WorkerArgs) -> anyhow::Result<Settings> {
 pub(crate) fn run(args: WorkerArgs) -> anyhow::Result<()> {
     crate::init_tracing();
     handover_worker::sip::run(settings(args)?)
+}
+
+/// A header name for `--identity-header`.
+fn header_name(s: &str) -> Result<String, String> {
+    handover_call::trust::check_header_name(s).map(|()| s.to_string())
 }

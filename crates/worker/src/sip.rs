@@ -179,6 +179,10 @@ pub struct Settings {
     /// the edge routes by).
     pub hashing: Hashing,
     pub trusted: handover_call::trust::Trusted,
+    /// Headers treated as identity headers beside RFC 3325's.
+    pub identity_headers: Vec<String>,
+    /// P-Asserted-Identity from digest users to trusted targets.
+    pub assert_identity: bool,
     /// Calls held at most (new ones past it get 503 with Retry-After).
     pub max_calls: usize,
     /// Calls held at most per source address (0: no limit).
@@ -315,6 +319,8 @@ pub fn run(args: Settings) -> anyhow::Result<()> {
             ring_timeout: Duration::from_secs(args.ring_timeout_s),
             transfer_mode: args.transfer_mode,
             trusted: args.trusted,
+            identity_headers: args.identity_headers,
+            assert_identity: args.assert_identity,
             max_calls: args.max_calls,
             max_calls_per_source: args.max_calls_per_source,
             limits: args.limits,

@@ -47,12 +47,13 @@ impl<R: RngCore> B2bua<R> {
         m: &Message<'_>,
         targets: &[Target],
     ) {
-        let Some(key) = self.calls.get(&cref).map(|c| c.key) else {
+        let Some((key, asserted)) = self.calls.get(&cref).map(|c| (c.key, c.asserted.clone()))
+        else {
             return;
         };
         for t in targets {
             self.stats.forks += 1;
-            let (call_id, invite) = self.leg_b_invite(m, key, t);
+            let (call_id, invite) = self.leg_b_invite(m, key, t, asserted.as_deref());
             let cli = ClientInvite::new(now, self.cfg.timers, invite.clone());
             self.by_call_id.insert(call_id.clone(), cref);
             if let Some(call) = self.calls.get_mut(&cref) {

@@ -268,9 +268,27 @@ impl<R: RngCore> B2bua<R> {
     }
 
     /// A new call from an untrusted source must carry credentials for our
-    /// realm (407 otherwise). True: go on.
-    pub(super) fn authenticate_call(&mut self, now: Instant, m: &Message<'_>) -> bool {
-        self.authenticate(now, m, Kind::Proxy).is_some()
+    /// realm (407 otherwise). `Some`: go on, with the identity to assert
+    /// for the caller when `Config::assert_identity` says so
+    /// (`<sip:USER@REALM>`, the user its credentials proved).
+    pub(super) fn authenticate_call(
+        &mut self,
+        now: Instant,
+        m: &Message<'_>,
+    ) -> Option<Option<Vec<u8>>> {
+        let user = self.authenticate(now, m, Kind::Proxy)?;
+        let realm = self.auth.as_ref().map(|(d, _)| d.realm());
+        Some(match (user, realm) {
+            (Some(u), Some(realm)) if self.cfg.assert_identity => {
+                let mut v = b"<sip:".to_vec();
+                v.extend_from_slice(&u);
+                v.push(b'@');
+                v.extend_from_slice(realm.as_bytes());
+                v.push(b'>');
+                Some(v)
+            }
+            _ => None,
+        })
     }
 
     /// Digest authentication of `m`: `Some(user)` to go on (`Some(None)`

@@ -251,7 +251,11 @@ impl<R: RngCore> B2bua<R> {
         let method = core::str::from_utf8(m.method_bytes()).unwrap_or("INFO");
         let body = m.content_type().map(|ct| (ct, m.body()));
         let refresh = matches!(m.method(), Some(Method::Invite | Method::Update));
-        let mut headers = end_to_end_headers(m, self.cfg.trusted.contains(sender_ip(m)));
+        let mut headers = end_to_end_headers(
+            m,
+            self.cfg.trusted.contains(sender_ip(m)),
+            &self.cfg.identity_headers,
+        );
         for (name, value) in &put {
             for h in m.headers().filter(|h| h.name == *name) {
                 let was = h.value.of(m.buf());
@@ -461,7 +465,7 @@ impl<R: RngCore> B2bua<R> {
                 let from_trusted = self.cfg.trusted.contains(addressee_ip(&r.out));
                 let mut extra = resp
                     .as_ref()
-                    .map(|p| end_to_end_headers(p, from_trusted))
+                    .map(|p| end_to_end_headers(p, from_trusted, &self.cfg.identity_headers))
                     .unwrap_or_default();
                 if is_invite && status < 300 {
                     extra.push(("Contact", &contacts[usize::from(!r.from_a)]));

@@ -242,6 +242,9 @@ impl<R: RngCore> B2bua<R> {
                 a_key,
                 a_dialog: Some(rec.a_dialog),
                 a_ok: None,
+                // Not in the record: a later leg of an adopted call
+                // asserts nothing.
+                asserted: None,
                 b_call_id: rec.b_call_id,
                 b_cli: ClientInvite::ended(timers, rec.b_invite.clone()),
                 b_invite: rec.b_invite,

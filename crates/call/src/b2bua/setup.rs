@@ -7,12 +7,15 @@ use super::*;
 impl<R: RngCore> B2bua<R> {
     /// The INVITE of a new B leg to `target` for A's INVITE `m`: its own
     /// Call-ID, tag and CSeq; A's From and SDP; Via and Contact naming the
-    /// edge with the call's key.
+    /// edge with the call's key; the caller's `asserted` identity when the
+    /// target is a trusted peer (RFC 3325 §9.1: sent only within the trust
+    /// domain).
     pub(super) fn leg_b_invite(
         &mut self,
         m: &Message<'_>,
         key: u64,
         target: &Target,
+        asserted: Option<&[u8]>,
     ) -> (Vec<u8>, Vec<u8>) {
         let user = m.request_uri().and_then(|u| u.user()).unwrap_or_default();
         let b_call_id = self.ids.call_id().as_bytes().to_vec();
@@ -43,7 +46,19 @@ impl<R: RngCore> B2bua<R> {
         let from = from.unwrap_or_else(|_| b"<sip:anonymous@anonymous.invalid>".to_vec());
         let body = m.content_type().map(|ct| (ct, m.body()));
         let mf = m.max_forwards().unwrap_or(70).saturating_sub(1).min(255) as u8;
-        let headers = end_to_end_headers(m, self.cfg.trusted.contains(sender_ip(m)));
+        let mut headers = end_to_end_headers(
+            m,
+            self.cfg.trusted.contains(sender_ip(m)),
+            &self.cfg.identity_headers,
+        );
+        if let Some(v) = asserted
+            && self.cfg.trusted.contains(Some(target.addr.ip()))
+        {
+            // Ours replaces any the caller sent (a trusted caller is not
+            // challenged, so has no identity of ours to assert).
+            headers.retain(|(n, _)| !n.eq_ignore_ascii_case("P-Asserted-Identity"));
+            headers.push(("P-Asserted-Identity", v));
+        }
         let invite = handover_sip::build::Request {
             method: "INVITE",
             uri: uri.as_bytes(),
@@ -76,8 +91,9 @@ impl<R: RngCore> B2bua<R> {
         let target = call.targets[call.tried].clone();
         call.tried += 1;
         let (a_bytes, key, old) = (call.a_invite.clone(), call.key, call.b_call_id.clone());
+        let asserted = call.asserted.clone();
         let Ok(a) = scan(&a_bytes) else { return false };
-        let (cid, invite) = self.leg_b_invite(&a, key, &target);
+        let (cid, invite) = self.leg_b_invite(&a, key, &target, asserted.as_deref());
         let timers = self.cfg.timers;
         let Some(call) = self.calls.get_mut(&cref) else {
             return false;
@@ -127,7 +143,12 @@ impl<R: RngCore> B2bua<R> {
         Some(target)
     }
 
-    pub(super) fn new_call(&mut self, now: Instant, m: &Message<'_>) -> Option<u64> {
+    pub(super) fn new_call(
+        &mut self,
+        now: Instant,
+        m: &Message<'_>,
+        asserted: Option<Vec<u8>>,
+    ) -> Option<u64> {
         if let Err(r) = m.ua_check() {
             let t = self.ids.tag();
             let mut b = Vec::new();
@@ -186,7 +207,7 @@ impl<R: RngCore> B2bua<R> {
         self.stats.started += 1;
         let a_tag = self.ids.tag();
         let a_srv = ServerInvite::new(now, self.cfg.timers, m);
-        let (b_call_id, b_invite) = self.leg_b_invite(m, key, &target);
+        let (b_call_id, b_invite) = self.leg_b_invite(m, key, &target, asserted.as_deref());
         let b_cli = ClientInvite::new(now, self.cfg.timers, b_invite.clone());
         let cref = self.next_ref;
         self.next_ref += 1;
@@ -205,6 +226,7 @@ impl<R: RngCore> B2bua<R> {
                 a_key: Key::server(m),
                 a_dialog: None,
                 a_ok: None,
+                asserted,
                 b_call_id,
                 b_invite,
                 b_cli,
@@ -402,7 +424,7 @@ impl<R: RngCore> B2bua<R> {
                 let from_trusted = self.cfg.trusted.contains(addressee_ip(&call.b_invite));
                 let mut extra = resp
                     .as_ref()
-                    .map(|p| end_to_end_headers(p, from_trusted))
+                    .map(|p| end_to_end_headers(p, from_trusted, &self.cfg.identity_headers))
                     .unwrap_or_default();
                 extra.push(("Contact", &contact));
                 extra.extend(record_routes(&a));
@@ -455,7 +477,7 @@ impl<R: RngCore> B2bua<R> {
                 call.session_expires = session_interval(&resp).map(|i| now + i);
                 self.stats.answered += 1;
                 let from_trusted = self.cfg.trusted.contains(addressee_ip(&call.b_invite));
-                let mut extra = end_to_end_headers(&resp, from_trusted);
+                let mut extra = end_to_end_headers(&resp, from_trusted, &self.cfg.identity_headers);
                 extra.push(("Contact", &contact));
                 extra.extend(record_routes(&a));
                 let mut r = Vec::new();

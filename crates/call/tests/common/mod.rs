@@ -79,26 +79,44 @@ fn b2bua_full(
     trusted: handover_call::trust::Trusted,
     max_calls: usize,
 ) -> B2bua<Seq> {
+    B2bua::new(config(specs, trusted, max_calls), Seq(seed))
+}
+
+/// A B2BUA trusting `cidrs`, with `extra` identity headers, asserting
+/// authenticated callers' identities when `assert` (RFC 3325).
+pub(crate) fn b2bua_identity(
+    specs: &[&str],
+    cidrs: &[&str],
+    extra: &[&str],
+    assert: bool,
+) -> B2bua<Seq> {
+    let trusted = cidrs.iter().map(|c| c.parse().unwrap()).collect();
+    let mut cfg = config(specs, handover_call::trust::Trusted(trusted), usize::MAX);
+    cfg.identity_headers = extra.iter().map(|h| h.to_string()).collect();
+    cfg.assert_identity = assert;
+    B2bua::new(cfg, Seq(7))
+}
+
+fn config(specs: &[&str], trusted: handover_call::trust::Trusted, max_calls: usize) -> Config {
     let mut routes = Routes::default();
     for r in specs {
         routes.add(r).unwrap();
     }
-    B2bua::new(
-        Config {
-            advertised: "127.0.0.1:5060".into(),
-            timers: TimerConfig::default(),
-            hashing: Hashing::default(),
-            routes,
-            max_call_age: Duration::from_secs(3600),
-            ring_timeout: Duration::from_secs(60),
-            transfer_mode: Default::default(),
-            trusted,
-            max_calls,
-            max_calls_per_source: 0,
-            limits: Default::default(),
-        },
-        Seq(seed),
-    )
+    Config {
+        advertised: "127.0.0.1:5060".into(),
+        timers: TimerConfig::default(),
+        hashing: Hashing::default(),
+        routes,
+        max_call_age: Duration::from_secs(3600),
+        ring_timeout: Duration::from_secs(60),
+        transfer_mode: Default::default(),
+        trusted,
+        max_calls,
+        max_calls_per_source: 0,
+        limits: Default::default(),
+        identity_headers: Vec::new(),
+        assert_identity: false,
+    }
 }
 
 pub(crate) const SDP_A: &str = "v=0\r\no=a 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 6000 RTP/AVP 0\r\n";
