@@ -826,3 +826,404 @@ fn an_authenticated_caller_reaches_a_trusted_pbx_asserted_as_himself() {
         "each call's INVITE at the PBX"
     );
 }
+
+/// A hand-made phone on one UDP socket, for what no SIPp scenario sends:
+/// numbers at their extremes inside a call. Strict as a phone: a request
+/// in its dialog with the wrong tags fails the test (a phone answers it
+/// 481), and a request it resends until a final answer comes, as over UDP.
+struct Phone {
+    s: std::net::UdpSocket,
+    me: std::net::SocketAddr,
+    edge: std::net::SocketAddr,
+    /// The last request answered (its branch) and the answer, sent again
+    /// if the request is.
+    last: std::cell::RefCell<Option<(String, String)>>,
+}
+
+/// A header's first value in `msg` (names compared without case).
+fn header<'a>(msg: &'a str, name: &str) -> Option<&'a str> {
+    headers(msg, name).into_iter().next()
+}
+
+/// Every value of a header in `msg`, in order.
+fn headers<'a>(msg: &'a str, name: &str) -> Vec<&'a str> {
+    let head = msg.split("\r\n\r\n").next().unwrap_or("");
+    head.split("\r\n")
+        .skip(1)
+        .filter_map(|l| l.split_once(':'))
+        .filter(|(n, _)| n.trim().eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.trim())
+        .collect()
+}
+
+/// The branch of a message's first Via (a request and its answers share it).
+fn branch_of(msg: &str) -> &str {
+    header(msg, "Via")
+        .and_then(|v| v.split(';').find_map(|p| p.trim().strip_prefix("branch=")))
+        .unwrap_or("")
+}
+
+/// The `tag` parameter of a From or To value.
+fn tag_of(value: &str) -> Option<&str> {
+    let at = value.rfind(">").unwrap_or(0);
+    value[at..]
+        .split(';')
+        .find_map(|p| p.trim().strip_prefix("tag="))
+}
+
+/// The URI inside a name-addr's angle brackets.
+fn uri_of(value: &str) -> &str {
+    let start = value.find('<').map_or(0, |i| i + 1);
+    let end = value[start..].find('>').map_or(value.len(), |i| start + i);
+    &value[start..end]
+}
+
+impl Phone {
+    /// A phone on `ip`; its `edge` is set once the cluster is up.
+    fn new(ip: &str) -> Phone {
+        let s = std::net::UdpSocket::bind(format!("{ip}:0")).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        let me = s.local_addr().unwrap();
+        Phone {
+            s,
+            me,
+            edge: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+            last: std::cell::RefCell::new(None),
+        }
+    }
+
+    fn send(&self, msg: &str) {
+        self.s.send_to(msg.as_bytes(), self.edge).unwrap();
+    }
+
+    /// Sends `msg` (again every second, four times at most) until a final
+    /// answer to it (its Via) comes; returns it. Requests arriving
+    /// meanwhile fail the test: nothing else is expected in these steps.
+    fn ask(&self, msg: &str) -> String {
+        let branch = branch_of(msg);
+        let mut buf = [0u8; 8192];
+        for _ in 0..4 {
+            self.send(msg);
+            let end = std::time::SystemTime::now() + Duration::from_secs(1);
+            while std::time::SystemTime::now() < end {
+                let Ok((n, _)) = self.s.recv_from(&mut buf) else {
+                    continue;
+                };
+                let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+                if !text.starts_with("SIP/2.0 ") {
+                    self.resent(&text)
+                        .unwrap_or_else(|| panic!("{}: unexpected request:\n{text}", self.me));
+                    continue;
+                }
+                let fin = !text.starts_with("SIP/2.0 1");
+                if fin && branch_of(&text) == branch {
+                    return text;
+                }
+            }
+        }
+        panic!("{}: no final answer to four sends of:\n{msg}", self.me);
+    }
+
+    /// The answer to a request already answered, sent again; None for a
+    /// new request.
+    fn resent(&self, req: &str) -> Option<()> {
+        let branch = header(req, "Via")?.to_string();
+        let last = self.last.borrow();
+        let (b, answer) = last.as_ref()?;
+        (*b == branch).then(|| self.send(answer))
+    }
+
+    /// The next request within 10 s, which must be `method`; responses
+    /// (resent final answers to what this phone sent) are skipped.
+    fn request(&self, method: &str) -> String {
+        let mut buf = [0u8; 8192];
+        let end = std::time::SystemTime::now() + Duration::from_secs(10);
+        while std::time::SystemTime::now() < end {
+            let Ok((n, _)) = self.s.recv_from(&mut buf) else {
+                continue;
+            };
+            let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+            if text.starts_with("SIP/2.0 ") || self.resent(&text).is_some() {
+                continue;
+            }
+            assert!(
+                text.starts_with(&format!("{method} ")),
+                "{}: expected {method}, got:\n{text}",
+                self.me
+            );
+            return text;
+        }
+        panic!("{}: no {method} within 10 s", self.me);
+    }
+
+    /// Answers `req` with `status` (`200 OK`); `to_tag` is added to To when
+    /// it has none; `extra` header lines end with CRLF.
+    fn answer(&self, req: &str, status: &str, to_tag: &str, extra: &str, body: &str) {
+        let mut m = format!("SIP/2.0 {status}\r\n");
+        for v in headers(req, "Via") {
+            m += &format!("Via: {v}\r\n");
+        }
+        let to = header(req, "To").unwrap();
+        let to = if tag_of(to).is_some() {
+            to.to_string()
+        } else {
+            format!("{to};tag={to_tag}")
+        };
+        for rr in headers(req, "Record-Route") {
+            m += &format!("Record-Route: {rr}\r\n");
+        }
+        m += &format!(
+            "From: {}\r\nTo: {to}\r\nCall-ID: {}\r\nCSeq: {}\r\nContact: <sip:phone@{}>\r\n{extra}Content-Length: {}\r\n\r\n{body}",
+            header(req, "From").unwrap(),
+            header(req, "Call-ID").unwrap(),
+            header(req, "CSeq").unwrap(),
+            self.me,
+            body.len()
+        );
+        self.send(&m);
+        let branch = header(req, "Via").unwrap().to_string();
+        *self.last.borrow_mut() = Some((branch, m));
+    }
+}
+
+/// One side of a dialog: what its requests carry.
+struct Dialog {
+    call_id: String,
+    local: String,
+    remote: String,
+    target: String,
+    routes: Vec<String>,
+}
+
+impl Dialog {
+    /// The caller's side, from the 2xx to its INVITE (RFC 3261 §12.1.2:
+    /// the route set is the Record-Route in reverse).
+    fn of_caller(ok: &str) -> Dialog {
+        let mut routes: Vec<String> = headers(ok, "Record-Route")
+            .iter()
+            .flat_map(|v| v.split(','))
+            .map(|r| r.trim().to_string())
+            .collect();
+        routes.reverse();
+        Dialog {
+            call_id: header(ok, "Call-ID").unwrap().into(),
+            local: header(ok, "From").unwrap().into(),
+            remote: header(ok, "To").unwrap().into(),
+            target: uri_of(header(ok, "Contact").unwrap()).into(),
+            routes,
+        }
+    }
+
+    /// The callee's side, from the INVITE it answered with `tag` (§12.1.1).
+    fn of_callee(invite: &str, tag: &str) -> Dialog {
+        Dialog {
+            call_id: header(invite, "Call-ID").unwrap().into(),
+            local: format!("{};tag={tag}", header(invite, "To").unwrap()),
+            remote: header(invite, "From").unwrap().into(),
+            target: uri_of(header(invite, "Contact").unwrap()).into(),
+            routes: headers(invite, "Record-Route")
+                .iter()
+                .flat_map(|v| v.split(','))
+                .map(|r| r.trim().to_string())
+                .collect(),
+        }
+    }
+
+    /// A request in this dialog from `me`; `extra` header lines end with
+    /// CRLF and may replace Max-Forwards or Content-Length (given first,
+    /// they are the ones a parser reads).
+    fn request(
+        &self,
+        me: std::net::SocketAddr,
+        method: &str,
+        cseq: &str,
+        extra: &str,
+        body: &str,
+    ) -> String {
+        let routes: String = self
+            .routes
+            .iter()
+            .map(|r| format!("Route: {r}\r\n"))
+            .collect();
+        let branch = format!("z9hG4bK-{method}-{cseq}-{}", self.call_id);
+        let length = if extra.contains("Content-Length:") {
+            String::new()
+        } else {
+            format!("Content-Length: {}\r\n", body.len())
+        };
+        let forwards = if extra.contains("Max-Forwards:") {
+            ""
+        } else {
+            "Max-Forwards: 70\r\n"
+        };
+        format!(
+            "{method} {} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch={branch};rport\r\n{routes}{forwards}\
+From: {}\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: {cseq} {method}\r\nContact: <sip:phone@{me}>\r\n{extra}{length}\r\n{body}",
+            self.target, self.local, self.remote, self.call_id
+        )
+    }
+
+    /// Whether `req` belongs to this dialog (its tags the other way round);
+    /// a phone answers 481 to one that does not.
+    fn owns(&self, req: &str) -> bool {
+        header(req, "Call-ID") == Some(self.call_id.as_str())
+            && tag_of(header(req, "From").unwrap_or("")) == tag_of(&self.remote)
+            && tag_of(header(req, "To").unwrap_or("")) == tag_of(&self.local)
+    }
+}
+
+/// Issue 16's extreme numbers, sent inside a live call through `up`
+/// between two hand-made phones while SIPp calls run beside it: an INVITE
+/// whose Expires, Session-Expires and Min-SE are u64::MAX; a 200 with
+/// Session-Expires u64::MAX; in-dialog INFOs with Expires u64::MAX
+/// (relayed, 200) and with a CSeq past 2^31-1, a Content-Length and a
+/// Max-Forwards past u64 (each 400, never reaching the callee); a REFER
+/// whose NOTIFYs say `expires=` u64::MAX and more digits than a u64
+/// holds; a BYE with CSeq 2^31-1, RFC 3261's largest. The call goes on
+/// to that BYE at the callee, the worker is the same process throughout,
+/// and every SIPp call beside it succeeds.
+#[test]
+fn extreme_numbers_inside_live_calls_crash_nothing_and_the_calls_go_on() {
+    const HUGE: &str = "18446744073709551615";
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let uas_port = free_udp_port();
+    let mut uas = sipp_uas(dir.path(), uas_port);
+    let (mut a, mut b) = (Phone::new("127.0.0.9"), Phone::new("127.0.0.10"));
+    let c = cluster(
+        &[format!("b=127.0.0.1:{uas_port}"), format!("x={}", b.me)],
+        &["--udp-only"],
+    );
+    let edge: std::net::SocketAddr = format!("127.0.0.1:{}", c.sip).parse().unwrap();
+    (a.edge, b.edge) = (edge, edge);
+    let worker = worker_pid(c.worker);
+    // SIPp calls beside it, from another source, over the whole test.
+    let (uac, stat) = sipp_uac(dir.path(), edge, 5, 60, 4000);
+    let sdp = |ip: &str| {
+        format!(
+            "v=0\r\no=- 1 1 IN IP4 {ip}\r\ns=-\r\nc=IN IP4 {ip}\r\nt=0 0\r\nm=audio 40000 RTP/AVP 0\r\n"
+        )
+    };
+    // A NOTIFY of the REFER's subscription: its headers and sipfrag.
+    let frag = |state: &str, status: &str| {
+        (
+            format!(
+                "Event: refer\r\nSubscription-State: {state}\r\nContent-Type: message/sipfrag;version=2.0\r\n"
+            ),
+            format!("SIP/2.0 {status}\r\n"),
+        )
+    };
+
+    // The callee in its own thread: answers with a session timer of
+    // u64::MAX seconds, takes the INFO, and once told transfers the call
+    // by REFER; every request it gets must be in its dialog.
+    let (go, told) = std::sync::mpsc::channel::<()>();
+    let callee = std::thread::spawn(move || -> Vec<String> {
+        let invite = b.request("INVITE");
+        b.answer(&invite, "180 Ringing", "callee", "", "");
+        b.answer(
+            &invite,
+            "200 OK",
+            "callee",
+            &format!(
+                "Session-Expires: {HUGE};refresher=uac\r\nRequire: timer\r\nContent-Type: application/sdp\r\n"
+            ),
+            &sdp("127.0.0.10"),
+        );
+        let d = Dialog::of_callee(&invite, "callee");
+        let mut seen = vec![invite];
+        let mut take = |method: &str, status: &str| {
+            let req = b.request(method);
+            assert!(d.owns(&req), "not the callee's dialog (481):\n{req}");
+            // (An ACK is not answered.)
+            if !status.is_empty() {
+                b.answer(&req, status, "", "", "");
+            }
+            seen.push(req);
+        };
+        take("ACK", "");
+        take("INFO", "200 OK");
+        told.recv_timeout(Duration::from_secs(60)).unwrap();
+        let refer = d.request(
+            b.me,
+            "REFER",
+            "1",
+            &format!(
+                "Refer-To: <sip:c@127.0.0.1:9>\r\nReferred-By: <sip:x@{}>\r\n",
+                b.me
+            ),
+            "",
+        );
+        let accepted = b.ask(&refer);
+        assert!(accepted.starts_with("SIP/2.0 202"), "{accepted}");
+        for _ in 0..3 {
+            take("NOTIFY", "200 OK");
+        }
+        take("BYE", "200 OK");
+        seen
+    });
+
+    let invite = format!(
+        "INVITE sip:x@{edge} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bK-extreme-inv;rport\r\n\
+Max-Forwards: 70\r\nFrom: <sip:a@{me}>;tag=caller\r\nTo: <sip:x@{edge}>\r\nCall-ID: extreme-1\r\n\
+CSeq: 1 INVITE\r\nContact: <sip:a@{me}>\r\nExpires: {HUGE}\r\nSupported: timer\r\n\
+Session-Expires: {HUGE}\r\nMin-SE: {HUGE}\r\nContent-Type: application/sdp\r\n\
+Content-Length: {}\r\n\r\n{}",
+        sdp("127.0.0.9").len(),
+        sdp("127.0.0.9"),
+        me = a.me,
+    );
+    let ok = a.ask(&invite);
+    assert!(ok.starts_with("SIP/2.0 200"), "{ok}");
+    let d = Dialog::of_caller(&ok);
+    a.send(&d.request(a.me, "ACK", "1", "", ""));
+    let info = a.ask(&d.request(a.me, "INFO", "2", &format!("Expires: {HUGE}\r\n"), ""));
+    assert!(
+        info.starts_with("SIP/2.0 200"),
+        "relayed and answered: {info}"
+    );
+    for (cseq, extra) in [
+        ("2147483648", ""),
+        ("3", "Content-Length: 18446744073709551616\r\n"),
+        ("3", "Max-Forwards: 18446744073709551616\r\n"),
+    ] {
+        let r = a.ask(&d.request(a.me, "INFO", cseq, extra, ""));
+        assert!(r.starts_with("SIP/2.0 400 "), "CSeq {cseq}, {extra:?}: {r}");
+    }
+    go.send(()).unwrap();
+    let refer = a.request("REFER");
+    assert!(d.owns(&refer), "not the caller's dialog (481):\n{refer}");
+    a.answer(&refer, "202 Accepted", "", "", "");
+    for (cseq, (head, body)) in [
+        ("3", frag(&format!("active;expires={HUGE}"), "100 Trying")),
+        (
+            "4",
+            frag("active;expires=99999999999999999999999", "180 Ringing"),
+        ),
+        (
+            "5",
+            frag("terminated;reason=noresource", "503 Service Unavailable"),
+        ),
+    ] {
+        let r = a.ask(&d.request(a.me, "NOTIFY", cseq, &head, &body));
+        assert!(r.starts_with("SIP/2.0 200"), "NOTIFY {cseq}: {r}");
+    }
+    let bye = a.ask(&d.request(a.me, "BYE", "2147483647", "", ""));
+    assert!(bye.starts_with("SIP/2.0 200"), "{bye}");
+    let seen = callee.join().expect("the callee saw its call through");
+    let methods: Vec<&str> = seen
+        .iter()
+        .map(|m| m.split(' ').next().unwrap_or(""))
+        .collect();
+    assert_eq!(
+        methods,
+        ["INVITE", "ACK", "INFO", "NOTIFY", "NOTIFY", "NOTIFY", "BYE"],
+        "what the callee received: none of the refused INFOs"
+    );
+
+    let r = finish_uac(uac, &stat);
+    assert_eq!((r.exit, r.successful, r.failed), (Some(0), 60, 0), "{r:?}");
+    uas.expect_calls(60);
+    assert_eq!(worker_pid(c.worker), worker, "the worker never restarted");
+}
