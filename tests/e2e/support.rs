@@ -44,21 +44,37 @@ impl Drop for Proc {
     }
 }
 
-/// The first of `n` consecutive TCP ports on 127.0.0.1 that were free a
-/// moment ago, below the kernel's ephemeral range (32768 and up), so an
-/// outgoing connection's port cannot take one in between.
-pub(crate) fn free_tcp_ports(n: u16) -> u16 {
-    let seed = std::process::id() as u64
+/// The next port to try for a listener: ports are taken from 20000..32000,
+/// below the kernel's ephemeral range (32768 and up), so a connection's
+/// local port cannot take a port between the test choosing it and a
+/// process binding it (seen: `up`'s own gRPC clients took its edge's SIP
+/// port), and never the same one twice in this process.
+fn next_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let seed = (std::process::id()
         ^ std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64);
-    for i in 0..1000u64 {
-        let base = 20_000
-            + ((seed
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(i * 7919))
-                % 12_000) as u16;
+            .map_or(0, |d| d.subsec_nanos()))
+        % 12_000;
+    let _ = NEXT.compare_exchange(u32::MAX, seed, Ordering::Relaxed, Ordering::Relaxed);
+    let i = NEXT.fetch_add(1, Ordering::Relaxed);
+    20_000 + u16::try_from(i % 12_000).unwrap_or(0)
+}
+
+/// The first of `n` consecutive TCP ports on 127.0.0.1 that were free a
+/// moment ago.
+pub(crate) fn free_tcp_ports(n: u16) -> u16 {
+    for _ in 0..12_000 {
+        let base = next_port();
+        if base > 32_000 - n {
+            continue;
+        }
         if (0..n).all(|k| std::net::TcpListener::bind(("127.0.0.1", base + k)).is_ok()) {
+            // Their successors are taken too: no later pick overlaps them.
+            for _ in 1..n {
+                next_port();
+            }
             return base;
         }
     }
@@ -68,32 +84,32 @@ pub(crate) fn free_tcp_ports(n: u16) -> u16 {
 /// A TCP port on 127.0.0.1 that was free a moment ago (for HTTP listeners:
 /// a UDP-free port may be taken for TCP).
 pub(crate) fn free_tcp_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    free_tcp_ports(1)
 }
 
 /// A port on 127.0.0.1 free for both UDP and TCP a moment ago (SIP uses
 /// one port for both: `handover up` listens on each).
 pub(crate) fn free_sip_port() -> u16 {
-    for _ in 0..1000 {
-        let p = free_udp_port();
-        if std::net::TcpListener::bind(("127.0.0.1", p)).is_ok() {
+    for _ in 0..12_000 {
+        let p = next_port();
+        if UdpSocket::bind(("127.0.0.1", p)).is_ok()
+            && std::net::TcpListener::bind(("127.0.0.1", p)).is_ok()
+        {
             return p;
         }
     }
-    panic!("no port free for both UDP and TCP");
+    panic!("no port free for both UDP and TCP in 20000..32000");
 }
 
 /// A UDP port on 127.0.0.1 that was free a moment ago.
 pub(crate) fn free_udp_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    for _ in 0..12_000 {
+        let p = next_port();
+        if UdpSocket::bind(("127.0.0.1", p)).is_ok() {
+            return p;
+        }
+    }
+    panic!("no free UDP port in 20000..32000");
 }
 
 /// The SIPp scenarios in `tests/sipp` (copied from the project's shared set).

@@ -1,6 +1,9 @@
-//! The trust boundary (issue 16): the cluster port of a running `handover
-//! up` takes only the cluster's certificates, each member speaks only for
-//! itself, and what a valid member sends cannot stop a replica.
+//! The trust boundary (issue 16) of a running `handover up`: the cluster
+//! port takes only the cluster's certificates, each member speaks only for
+//! itself and what a valid member sends cannot stop a replica; a full
+//! disk, floods, forged shard keys, spoofed INVITEs, identity headers and
+//! extreme numbers inside calls are answered as the RFCs say and hurt no
+//! other call.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -59,6 +62,252 @@ fn message(t: MessageType, from: u64, to: u64, term: u64) -> Message {
     m.to = to;
     m.term = term;
     m
+}
+
+/// A hand-made phone on one UDP socket, for what no SIPp scenario sends:
+/// numbers at their extremes inside a call. Strict as a phone: a request
+/// in its dialog with the wrong tags fails the test (a phone answers it
+/// 481), and a request it resends until a final answer comes, as over UDP.
+struct Phone {
+    s: std::net::UdpSocket,
+    me: std::net::SocketAddr,
+    edge: std::net::SocketAddr,
+    /// The last request answered (its branch) and the answer, sent again
+    /// if the request is.
+    last: std::cell::RefCell<Option<(String, String)>>,
+}
+
+/// A header's first value in `msg` (names compared without case).
+fn header<'a>(msg: &'a str, name: &str) -> Option<&'a str> {
+    headers(msg, name).into_iter().next()
+}
+
+/// Every value of a header in `msg`, in order.
+fn headers<'a>(msg: &'a str, name: &str) -> Vec<&'a str> {
+    let head = msg.split("\r\n\r\n").next().unwrap_or("");
+    head.split("\r\n")
+        .skip(1)
+        .filter_map(|l| l.split_once(':'))
+        .filter(|(n, _)| n.trim().eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.trim())
+        .collect()
+}
+
+/// The branch of a message's first Via (a request and its answers share it).
+fn branch_of(msg: &str) -> &str {
+    header(msg, "Via")
+        .and_then(|v| v.split(';').find_map(|p| p.trim().strip_prefix("branch=")))
+        .unwrap_or("")
+}
+
+/// The `tag` parameter of a From or To value.
+fn tag_of(value: &str) -> Option<&str> {
+    let at = value.rfind(">").unwrap_or(0);
+    value[at..]
+        .split(';')
+        .find_map(|p| p.trim().strip_prefix("tag="))
+}
+
+/// The URI inside a name-addr's angle brackets.
+fn uri_of(value: &str) -> &str {
+    let start = value.find('<').map_or(0, |i| i + 1);
+    let end = value[start..].find('>').map_or(value.len(), |i| start + i);
+    &value[start..end]
+}
+
+impl Phone {
+    /// A phone on `ip`; its `edge` is set once the cluster is up.
+    fn new(ip: &str) -> Phone {
+        let s = std::net::UdpSocket::bind(format!("{ip}:0")).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        let me = s.local_addr().unwrap();
+        Phone {
+            s,
+            me,
+            edge: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+            last: std::cell::RefCell::new(None),
+        }
+    }
+
+    fn send(&self, msg: &str) {
+        self.s.send_to(msg.as_bytes(), self.edge).unwrap();
+    }
+
+    /// Sends `msg` (again every second, four times at most) until a final
+    /// answer to it (its Via) comes; returns it. Requests arriving
+    /// meanwhile fail the test: nothing else is expected in these steps.
+    fn ask(&self, msg: &str) -> String {
+        let branch = branch_of(msg);
+        let mut buf = [0u8; 8192];
+        for _ in 0..4 {
+            self.send(msg);
+            let end = std::time::SystemTime::now() + Duration::from_secs(1);
+            while std::time::SystemTime::now() < end {
+                let Ok((n, _)) = self.s.recv_from(&mut buf) else {
+                    continue;
+                };
+                let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+                if !text.starts_with("SIP/2.0 ") {
+                    self.resent(&text)
+                        .unwrap_or_else(|| panic!("{}: unexpected request:\n{text}", self.me));
+                    continue;
+                }
+                let fin = !text.starts_with("SIP/2.0 1");
+                if fin && branch_of(&text) == branch {
+                    return text;
+                }
+            }
+        }
+        panic!("{}: no final answer to four sends of:\n{msg}", self.me);
+    }
+
+    /// The answer to a request already answered, sent again; None for a
+    /// new request.
+    fn resent(&self, req: &str) -> Option<()> {
+        let branch = header(req, "Via")?.to_string();
+        let last = self.last.borrow();
+        let (b, answer) = last.as_ref()?;
+        (*b == branch).then(|| self.send(answer))
+    }
+
+    /// The next request within 10 s, which must be `method`; responses
+    /// (resent final answers to what this phone sent) are skipped.
+    fn request(&self, method: &str) -> String {
+        let mut buf = [0u8; 8192];
+        let end = std::time::SystemTime::now() + Duration::from_secs(10);
+        while std::time::SystemTime::now() < end {
+            let Ok((n, _)) = self.s.recv_from(&mut buf) else {
+                continue;
+            };
+            let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+            if text.starts_with("SIP/2.0 ") || self.resent(&text).is_some() {
+                continue;
+            }
+            assert!(
+                text.starts_with(&format!("{method} ")),
+                "{}: expected {method}, got:\n{text}",
+                self.me
+            );
+            return text;
+        }
+        panic!("{}: no {method} within 10 s", self.me);
+    }
+
+    /// Answers `req` with `status` (`200 OK`); `to_tag` is added to To when
+    /// it has none; `extra` header lines end with CRLF.
+    fn answer(&self, req: &str, status: &str, to_tag: &str, extra: &str, body: &str) {
+        let mut m = format!("SIP/2.0 {status}\r\n");
+        for v in headers(req, "Via") {
+            m += &format!("Via: {v}\r\n");
+        }
+        let to = header(req, "To").unwrap();
+        let to = if tag_of(to).is_some() {
+            to.to_string()
+        } else {
+            format!("{to};tag={to_tag}")
+        };
+        for rr in headers(req, "Record-Route") {
+            m += &format!("Record-Route: {rr}\r\n");
+        }
+        m += &format!(
+            "From: {}\r\nTo: {to}\r\nCall-ID: {}\r\nCSeq: {}\r\nContact: <sip:phone@{}>\r\n{extra}Content-Length: {}\r\n\r\n{body}",
+            header(req, "From").unwrap(),
+            header(req, "Call-ID").unwrap(),
+            header(req, "CSeq").unwrap(),
+            self.me,
+            body.len()
+        );
+        self.send(&m);
+        let branch = header(req, "Via").unwrap().to_string();
+        *self.last.borrow_mut() = Some((branch, m));
+    }
+}
+
+/// One side of a dialog: what its requests carry.
+struct Dialog {
+    call_id: String,
+    local: String,
+    remote: String,
+    target: String,
+    routes: Vec<String>,
+}
+
+impl Dialog {
+    /// The caller's side, from the 2xx to its INVITE (RFC 3261 §12.1.2:
+    /// the route set is the Record-Route in reverse).
+    fn of_caller(ok: &str) -> Dialog {
+        let mut routes: Vec<String> = headers(ok, "Record-Route")
+            .iter()
+            .flat_map(|v| v.split(','))
+            .map(|r| r.trim().to_string())
+            .collect();
+        routes.reverse();
+        Dialog {
+            call_id: header(ok, "Call-ID").unwrap().into(),
+            local: header(ok, "From").unwrap().into(),
+            remote: header(ok, "To").unwrap().into(),
+            target: uri_of(header(ok, "Contact").unwrap()).into(),
+            routes,
+        }
+    }
+
+    /// The callee's side, from the INVITE it answered with `tag` (§12.1.1).
+    fn of_callee(invite: &str, tag: &str) -> Dialog {
+        Dialog {
+            call_id: header(invite, "Call-ID").unwrap().into(),
+            local: format!("{};tag={tag}", header(invite, "To").unwrap()),
+            remote: header(invite, "From").unwrap().into(),
+            target: uri_of(header(invite, "Contact").unwrap()).into(),
+            routes: headers(invite, "Record-Route")
+                .iter()
+                .flat_map(|v| v.split(','))
+                .map(|r| r.trim().to_string())
+                .collect(),
+        }
+    }
+
+    /// A request in this dialog from `me`; `extra` header lines end with
+    /// CRLF and may replace Max-Forwards or Content-Length (given first,
+    /// they are the ones a parser reads).
+    fn request(
+        &self,
+        me: std::net::SocketAddr,
+        method: &str,
+        cseq: &str,
+        extra: &str,
+        body: &str,
+    ) -> String {
+        let routes: String = self
+            .routes
+            .iter()
+            .map(|r| format!("Route: {r}\r\n"))
+            .collect();
+        let branch = format!("z9hG4bK-{method}-{cseq}-{}", self.call_id);
+        let length = if extra.contains("Content-Length:") {
+            String::new()
+        } else {
+            format!("Content-Length: {}\r\n", body.len())
+        };
+        let forwards = if extra.contains("Max-Forwards:") {
+            ""
+        } else {
+            "Max-Forwards: 70\r\n"
+        };
+        format!(
+            "{method} {} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch={branch};rport\r\n{routes}{forwards}\
+From: {}\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: {cseq} {method}\r\nContact: <sip:phone@{me}>\r\n{extra}{length}\r\n{body}",
+            self.target, self.local, self.remote, self.call_id
+        )
+    }
+
+    /// Whether `req` belongs to this dialog (its tags the other way round);
+    /// a phone answers 481 to one that does not.
+    fn owns(&self, req: &str) -> bool {
+        header(req, "Call-ID") == Some(self.call_id.as_str())
+            && tag_of(header(req, "From").unwrap_or("")) == tag_of(&self.remote)
+            && tag_of(header(req, "To").unwrap_or("")) == tag_of(&self.local)
+    }
 }
 
 #[test]
@@ -571,25 +820,9 @@ fn a_shard_key_copied_from_one_call_does_not_aim_another_at_its_worker() {
             "handover_edge_keys_refused_total",
         )
     };
-    let s = std::net::UdpSocket::bind("127.0.0.7:0").unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
-    let me = s.local_addr().unwrap();
-    // Sends `msg` (again, up to four times, as a phone over UDP would)
-    // until a final answer to `cseq` comes; returns it.
-    let ask = |msg: &str, cseq: &str| -> String {
-        let mut buf = [0u8; 8192];
-        for _ in 0..4 {
-            s.send_to(msg.as_bytes(), edge).unwrap();
-            while let Ok((n, _)) = s.recv_from(&mut buf) {
-                let text = String::from_utf8_lossy(&buf[..n]).into_owned();
-                let fin = text.starts_with("SIP/2.0 ") && !text.starts_with("SIP/2.0 1");
-                if fin && text.contains(&format!("CSeq: {cseq}")) {
-                    return text;
-                }
-            }
-        }
-        panic!("no final answer to four sends of:\n{msg}");
-    };
+    let mut a = Phone::new("127.0.0.7");
+    a.edge = edge;
+    let me = a.me;
     let sdp = "v=0\r\no=- 1 1 IN IP4 127.0.0.7\r\ns=-\r\nc=IN IP4 127.0.0.7\r\nt=0 0\r\n\
 m=audio 40000 RTP/AVP 0\r\n";
     let invite = |cid: &str, route: &str| {
@@ -601,29 +834,6 @@ Content-Length: {}\r\n\r\n{sdp}",
             sdp.len()
         )
     };
-    // A request in the dialog the 200 `ok` made: to its Contact, by its
-    // Record-Route.
-    let in_dialog = |ok: &str, method: &str, seq: u32| {
-        let m = handover_sip::scan(ok.as_bytes()).unwrap();
-        let target =
-            String::from_utf8_lossy(m.contact().unwrap().unwrap().uri().as_bytes()).into_owned();
-        let rr =
-            String::from_utf8_lossy(m.record_routes().next().unwrap().span().of(ok.as_bytes()))
-                .into_owned();
-        let to = String::from_utf8_lossy(
-            m.header(handover_sip::HeaderName::To)
-                .unwrap()
-                .value
-                .of(ok.as_bytes()),
-        )
-        .into_owned();
-        let cid = String::from_utf8_lossy(m.call_id()).into_owned();
-        format!(
-            "{method} {target} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bK-{cid}-{method}\r\n\
-Route: {rr}\r\nMax-Forwards: 70\r\nFrom: <sip:a@{me}>;tag=a-{cid}\r\nTo: {to}\r\nCall-ID: {cid}\r\n\
-CSeq: {seq} {method}\r\nContent-Length: 0\r\n\r\n"
-        )
-    };
     let token = |ok: &str| {
         let m = handover_sip::scan(ok.as_bytes()).unwrap();
         let rr = m.record_routes().next().unwrap();
@@ -631,10 +841,10 @@ CSeq: {seq} {method}\r\nContent-Length: 0\r\n\r\n"
     };
 
     // The first call, as any caller makes it.
-    let ok1 = ask(&invite(&first, ""), "1 INVITE");
+    let ok1 = a.ask(&invite(&first, ""));
     assert!(ok1.starts_with("SIP/2.0 200"), "{ok1}");
-    s.send_to(in_dialog(&ok1, "ACK", 1).as_bytes(), edge)
-        .unwrap();
+    let d1 = Dialog::of_caller(&ok1);
+    a.send(&d1.request(me, "ACK", "1", "", ""));
     let t1 = token(&ok1);
     let key1 = handover_sip::ids::key_of_token(t1.as_bytes()).unwrap();
     assert_eq!(
@@ -648,10 +858,10 @@ CSeq: {seq} {method}\r\nContent-Length: 0\r\n\r\n"
     // Its token copied into a new INVITE's Route (another Call-ID): it
     // goes where that Call-ID goes, not to the token's worker.
     let forged_route = format!("Route: <sip:{edge};lr;k={t1}>\r\n");
-    let ok2 = ask(&invite(&other, &forged_route), "1 INVITE");
+    let ok2 = a.ask(&invite(&other, &forged_route));
     assert!(ok2.starts_with("SIP/2.0 200"), "{ok2}");
-    s.send_to(in_dialog(&ok2, "ACK", 1).as_bytes(), edge)
-        .unwrap();
+    let d2 = Dialog::of_caller(&ok2);
+    a.send(&d2.request(me, "ACK", "1", "", ""));
     // (Counters are published within a second.)
     let mut after: Vec<f64> = Vec::new();
     wait_for(Duration::from_secs(5), || {
@@ -674,8 +884,8 @@ CSeq: {seq} {method}\r\nContent-Length: 0\r\n\r\n"
     assert_ne!(token(&ok2), t1);
 
     // Each caller ends its call by its own Record-Route: the tokens work.
-    for ok in [&ok1, &ok2] {
-        let bye = ask(&in_dialog(ok, "BYE", 2), "2 BYE");
+    for d in [&d1, &d2] {
+        let bye = a.ask(&d.request(me, "BYE", "2", "", ""));
         assert!(bye.starts_with("SIP/2.0 200"), "{bye}");
     }
     assert_eq!(refused(), 1.0, "good tokens are not counted");
@@ -825,252 +1035,6 @@ fn an_authenticated_caller_reaches_a_trusted_pbx_asserted_as_himself() {
         vec![Some("<sip:bob@handover>".to_string()); 3],
         "each call's INVITE at the PBX"
     );
-}
-
-/// A hand-made phone on one UDP socket, for what no SIPp scenario sends:
-/// numbers at their extremes inside a call. Strict as a phone: a request
-/// in its dialog with the wrong tags fails the test (a phone answers it
-/// 481), and a request it resends until a final answer comes, as over UDP.
-struct Phone {
-    s: std::net::UdpSocket,
-    me: std::net::SocketAddr,
-    edge: std::net::SocketAddr,
-    /// The last request answered (its branch) and the answer, sent again
-    /// if the request is.
-    last: std::cell::RefCell<Option<(String, String)>>,
-}
-
-/// A header's first value in `msg` (names compared without case).
-fn header<'a>(msg: &'a str, name: &str) -> Option<&'a str> {
-    headers(msg, name).into_iter().next()
-}
-
-/// Every value of a header in `msg`, in order.
-fn headers<'a>(msg: &'a str, name: &str) -> Vec<&'a str> {
-    let head = msg.split("\r\n\r\n").next().unwrap_or("");
-    head.split("\r\n")
-        .skip(1)
-        .filter_map(|l| l.split_once(':'))
-        .filter(|(n, _)| n.trim().eq_ignore_ascii_case(name))
-        .map(|(_, v)| v.trim())
-        .collect()
-}
-
-/// The branch of a message's first Via (a request and its answers share it).
-fn branch_of(msg: &str) -> &str {
-    header(msg, "Via")
-        .and_then(|v| v.split(';').find_map(|p| p.trim().strip_prefix("branch=")))
-        .unwrap_or("")
-}
-
-/// The `tag` parameter of a From or To value.
-fn tag_of(value: &str) -> Option<&str> {
-    let at = value.rfind(">").unwrap_or(0);
-    value[at..]
-        .split(';')
-        .find_map(|p| p.trim().strip_prefix("tag="))
-}
-
-/// The URI inside a name-addr's angle brackets.
-fn uri_of(value: &str) -> &str {
-    let start = value.find('<').map_or(0, |i| i + 1);
-    let end = value[start..].find('>').map_or(value.len(), |i| start + i);
-    &value[start..end]
-}
-
-impl Phone {
-    /// A phone on `ip`; its `edge` is set once the cluster is up.
-    fn new(ip: &str) -> Phone {
-        let s = std::net::UdpSocket::bind(format!("{ip}:0")).unwrap();
-        s.set_read_timeout(Some(Duration::from_millis(500)))
-            .unwrap();
-        let me = s.local_addr().unwrap();
-        Phone {
-            s,
-            me,
-            edge: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
-            last: std::cell::RefCell::new(None),
-        }
-    }
-
-    fn send(&self, msg: &str) {
-        self.s.send_to(msg.as_bytes(), self.edge).unwrap();
-    }
-
-    /// Sends `msg` (again every second, four times at most) until a final
-    /// answer to it (its Via) comes; returns it. Requests arriving
-    /// meanwhile fail the test: nothing else is expected in these steps.
-    fn ask(&self, msg: &str) -> String {
-        let branch = branch_of(msg);
-        let mut buf = [0u8; 8192];
-        for _ in 0..4 {
-            self.send(msg);
-            let end = std::time::SystemTime::now() + Duration::from_secs(1);
-            while std::time::SystemTime::now() < end {
-                let Ok((n, _)) = self.s.recv_from(&mut buf) else {
-                    continue;
-                };
-                let text = String::from_utf8_lossy(&buf[..n]).into_owned();
-                if !text.starts_with("SIP/2.0 ") {
-                    self.resent(&text)
-                        .unwrap_or_else(|| panic!("{}: unexpected request:\n{text}", self.me));
-                    continue;
-                }
-                let fin = !text.starts_with("SIP/2.0 1");
-                if fin && branch_of(&text) == branch {
-                    return text;
-                }
-            }
-        }
-        panic!("{}: no final answer to four sends of:\n{msg}", self.me);
-    }
-
-    /// The answer to a request already answered, sent again; None for a
-    /// new request.
-    fn resent(&self, req: &str) -> Option<()> {
-        let branch = header(req, "Via")?.to_string();
-        let last = self.last.borrow();
-        let (b, answer) = last.as_ref()?;
-        (*b == branch).then(|| self.send(answer))
-    }
-
-    /// The next request within 10 s, which must be `method`; responses
-    /// (resent final answers to what this phone sent) are skipped.
-    fn request(&self, method: &str) -> String {
-        let mut buf = [0u8; 8192];
-        let end = std::time::SystemTime::now() + Duration::from_secs(10);
-        while std::time::SystemTime::now() < end {
-            let Ok((n, _)) = self.s.recv_from(&mut buf) else {
-                continue;
-            };
-            let text = String::from_utf8_lossy(&buf[..n]).into_owned();
-            if text.starts_with("SIP/2.0 ") || self.resent(&text).is_some() {
-                continue;
-            }
-            assert!(
-                text.starts_with(&format!("{method} ")),
-                "{}: expected {method}, got:\n{text}",
-                self.me
-            );
-            return text;
-        }
-        panic!("{}: no {method} within 10 s", self.me);
-    }
-
-    /// Answers `req` with `status` (`200 OK`); `to_tag` is added to To when
-    /// it has none; `extra` header lines end with CRLF.
-    fn answer(&self, req: &str, status: &str, to_tag: &str, extra: &str, body: &str) {
-        let mut m = format!("SIP/2.0 {status}\r\n");
-        for v in headers(req, "Via") {
-            m += &format!("Via: {v}\r\n");
-        }
-        let to = header(req, "To").unwrap();
-        let to = if tag_of(to).is_some() {
-            to.to_string()
-        } else {
-            format!("{to};tag={to_tag}")
-        };
-        for rr in headers(req, "Record-Route") {
-            m += &format!("Record-Route: {rr}\r\n");
-        }
-        m += &format!(
-            "From: {}\r\nTo: {to}\r\nCall-ID: {}\r\nCSeq: {}\r\nContact: <sip:phone@{}>\r\n{extra}Content-Length: {}\r\n\r\n{body}",
-            header(req, "From").unwrap(),
-            header(req, "Call-ID").unwrap(),
-            header(req, "CSeq").unwrap(),
-            self.me,
-            body.len()
-        );
-        self.send(&m);
-        let branch = header(req, "Via").unwrap().to_string();
-        *self.last.borrow_mut() = Some((branch, m));
-    }
-}
-
-/// One side of a dialog: what its requests carry.
-struct Dialog {
-    call_id: String,
-    local: String,
-    remote: String,
-    target: String,
-    routes: Vec<String>,
-}
-
-impl Dialog {
-    /// The caller's side, from the 2xx to its INVITE (RFC 3261 §12.1.2:
-    /// the route set is the Record-Route in reverse).
-    fn of_caller(ok: &str) -> Dialog {
-        let mut routes: Vec<String> = headers(ok, "Record-Route")
-            .iter()
-            .flat_map(|v| v.split(','))
-            .map(|r| r.trim().to_string())
-            .collect();
-        routes.reverse();
-        Dialog {
-            call_id: header(ok, "Call-ID").unwrap().into(),
-            local: header(ok, "From").unwrap().into(),
-            remote: header(ok, "To").unwrap().into(),
-            target: uri_of(header(ok, "Contact").unwrap()).into(),
-            routes,
-        }
-    }
-
-    /// The callee's side, from the INVITE it answered with `tag` (§12.1.1).
-    fn of_callee(invite: &str, tag: &str) -> Dialog {
-        Dialog {
-            call_id: header(invite, "Call-ID").unwrap().into(),
-            local: format!("{};tag={tag}", header(invite, "To").unwrap()),
-            remote: header(invite, "From").unwrap().into(),
-            target: uri_of(header(invite, "Contact").unwrap()).into(),
-            routes: headers(invite, "Record-Route")
-                .iter()
-                .flat_map(|v| v.split(','))
-                .map(|r| r.trim().to_string())
-                .collect(),
-        }
-    }
-
-    /// A request in this dialog from `me`; `extra` header lines end with
-    /// CRLF and may replace Max-Forwards or Content-Length (given first,
-    /// they are the ones a parser reads).
-    fn request(
-        &self,
-        me: std::net::SocketAddr,
-        method: &str,
-        cseq: &str,
-        extra: &str,
-        body: &str,
-    ) -> String {
-        let routes: String = self
-            .routes
-            .iter()
-            .map(|r| format!("Route: {r}\r\n"))
-            .collect();
-        let branch = format!("z9hG4bK-{method}-{cseq}-{}", self.call_id);
-        let length = if extra.contains("Content-Length:") {
-            String::new()
-        } else {
-            format!("Content-Length: {}\r\n", body.len())
-        };
-        let forwards = if extra.contains("Max-Forwards:") {
-            ""
-        } else {
-            "Max-Forwards: 70\r\n"
-        };
-        format!(
-            "{method} {} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch={branch};rport\r\n{routes}{forwards}\
-From: {}\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: {cseq} {method}\r\nContact: <sip:phone@{me}>\r\n{extra}{length}\r\n{body}",
-            self.target, self.local, self.remote, self.call_id
-        )
-    }
-
-    /// Whether `req` belongs to this dialog (its tags the other way round);
-    /// a phone answers 481 to one that does not.
-    fn owns(&self, req: &str) -> bool {
-        header(req, "Call-ID") == Some(self.call_id.as_str())
-            && tag_of(header(req, "From").unwrap_or("")) == tag_of(&self.remote)
-            && tag_of(header(req, "To").unwrap_or("")) == tag_of(&self.local)
-    }
 }
 
 /// Issue 16's extreme numbers, sent inside a live call through `up`
