@@ -629,6 +629,83 @@ fn sigterm_drains_a_worker_and_its_calls_go_on_elsewhere() {
     );
 }
 
+/// `handover drain` on a worker's local admin socket (what an operator
+/// runs in its pod before maintenance): the worker hands its shards and
+/// calls to the others and stays up, serving none and not ready, while
+/// every call goes on to its BYE through the others on both sides.
+#[test]
+fn handover_drain_on_the_admin_socket_hands_a_worker_over_and_it_stays_up() {
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let b = free_udp_port();
+    let mut uas = sipp_uas(dir.path(), b);
+    let mut c = crate::kube::by_name(dir.path(), b, &[]);
+    let host = "127.0.0.1";
+    // 40 calls hung up by the caller 8 s after the answer.
+    let (uac, stat) = sipp_uac(dir.path(), c.edge_sip, 20, 40, 8_000);
+    assert!(
+        wait_for(Duration::from_secs(10), || (0..3)
+            .map(|i| active(host, c.admin, i))
+            .sum::<f64>()
+            >= 40.0),
+        "all calls up"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let per: Vec<f64> = (0..3).map(|i| active(host, c.admin, i)).collect();
+    let w = (0..3u16)
+        .max_by(|&x, &y| per[x as usize].total_cmp(&per[y as usize]))
+        .unwrap();
+    let ready = |i: u16| http_get(&format!("http://{host}:{}/readyz", c.admin + i)).0;
+    assert_eq!(ready(w), 200, "ready before the drain");
+    let id = (w + 1).to_string();
+    let data = dir.path().to_string_lossy().into_owned();
+    let o = handover(&["drain", "--data", &data, "--id", &id]);
+    assert!(o.status.success(), "drain: {}", stderr(&o));
+    assert!(stdout(&o).contains("drained"), "{}", stdout(&o));
+    let survivors: Vec<u16> = (0..3).filter(|&i| i != w).collect();
+    assert!(
+        wait_for(Duration::from_secs(10), || summed(
+            host,
+            c.admin,
+            &survivors,
+            "handover_calls_adopted_total"
+        ) >= per[w as usize]),
+        "the others took over its {} calls",
+        per[w as usize]
+    );
+    assert!(
+        c._workers[w as usize].0.try_wait().unwrap().is_none(),
+        "the drained worker is still running"
+    );
+    assert!(
+        wait_for(Duration::from_secs(3), || ready(w) == 503),
+        "a drained worker is not ready"
+    );
+    let other = format!("127.0.0.1:{}", c.grpc + survivors[0]);
+    let v: serde_json::Value =
+        serde_json::from_slice(&admin_cmd("status", &other, &["--json"]).stdout).unwrap();
+    let up: Vec<u64> = v["members_up"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(serde_json::Value::as_u64)
+        .collect();
+    assert!(!up.contains(&u64::from(w + 1)), "members up: {up:?}");
+    let r = finish_uac(uac, &stat);
+    assert_eq!(
+        (r.exit, r.successful, r.failed),
+        (Some(0), 40, 0),
+        "{r:?}: {}",
+        sipp_errors(dir.path())
+    );
+    uas.expect_calls(40);
+    eprintln!(
+        "handover drain: worker {} handed over {} calls and stayed up (not ready); 40/40 calls hung up through the others",
+        w + 1,
+        per[w as usize]
+    );
+}
+
 /// The project's seed flow after a failover: A calls B; the worker with
 /// the most of these calls is SIGKILLed; then B sends REFER (Refer-To: C)
 /// on its call, A answers 202 and NOTIFYs, B hangs up, A calls C, who
@@ -941,7 +1018,8 @@ fn sipp_log(text: &str) -> Vec<(f64, bool, String, String)> {
 
 /// A partition, not a crash: the worker with the most calls keeps running
 /// (SIP, admin) while every Raft message to and from it is dropped
-/// (`--fault-injection`, `handover fault --isolate-ms`). Its lease runs
+/// (`handover fault --isolate-ms` on its admin socket, in the tests'
+/// build with the cargo feature `fault-injection`). Its lease runs
 /// out, the others declare it dead and take its shards; at no sample do
 /// the workers serve more than the 4096 shards between them, the cut-off
 /// worker hangs up nothing once its lease is over, every call is hung up
@@ -952,7 +1030,7 @@ fn a_partitioned_worker_gives_its_shards_up_and_no_shard_has_two_servers() {
     let dir = tempfile::tempdir().unwrap();
     let b = free_udp_port();
     let mut uas = sipp_uas_traced(dir.path(), b);
-    let c = crate::kube::by_name(dir.path(), b, &["--fault-injection"]);
+    let c = crate::kube::by_name(dir.path(), b, &[]);
     let host = "127.0.0.1";
     // 60 calls hung up by the caller 6 s after the answer: after the
     // partitioned worker's lease (2 s) is over, mostly before the cluster
@@ -976,7 +1054,7 @@ fn a_partitioned_worker_gives_its_shards_up_and_no_shard_has_two_servers() {
         .max_by(|&x, &y| per[x as usize].total_cmp(&per[y as usize]))
         .unwrap();
     let grpc = |i: u16| format!("127.0.0.1:{}", c.grpc + i);
-    let o = admin_cmd("fault", &grpc(w), &["--isolate-ms", "12000"]);
+    let o = fault(dir.path(), w + 1, &["--isolate-ms", "12000"]);
     assert!(o.status.success(), "isolate: {}", stderr(&o));
     let t0 = Instant::now();
     let mut hangups_after_lease = None;
@@ -1072,7 +1150,7 @@ fn a_worker_whose_replica_thread_dies_exits_and_the_others_carry_its_calls() {
     let dir = tempfile::tempdir().unwrap();
     let b = free_udp_port();
     let mut uas = sipp_uas(dir.path(), b);
-    let mut c = crate::kube::by_name(dir.path(), b, &["--fault-injection"]);
+    let mut c = crate::kube::by_name(dir.path(), b, &[]);
     let host = "127.0.0.1";
     // 40 calls hung up by the caller 10 s after the answer.
     let (uac, stat) = sipp_uac(dir.path(), c.edge_sip, 20, 40, 10_000);
@@ -1088,11 +1166,7 @@ fn a_worker_whose_replica_thread_dies_exits_and_the_others_carry_its_calls() {
     let w = (0..3u16)
         .max_by(|&x, &y| per[x as usize].total_cmp(&per[y as usize]))
         .unwrap();
-    let o = admin_cmd(
-        "fault",
-        &format!("127.0.0.1:{}", c.grpc + w),
-        &["--panic-replica"],
-    );
+    let o = fault(dir.path(), w + 1, &["--panic-replica"]);
     assert!(o.status.success(), "fault: {}", stderr(&o));
     let mut exit = None;
     assert!(

@@ -833,7 +833,24 @@ pub(crate) fn forget_creds(ports: std::ops::Range<u16>) {
     }
 }
 
-/// `handover CMD --grpc GRPC ARGS…` (`status`, `fault`), with the worker's
+/// `handover fault --data DATA --id ID ARGS…`: fault injection over a
+/// worker's local admin socket. Fails the test, naming the cause, when
+/// the binary was built without the cargo feature `fault-injection`.
+pub(crate) fn fault(data: &std::path::Path, id: u16, args: &[&str]) -> Output {
+    let d = data.to_string_lossy().into_owned();
+    let id = id.to_string();
+    let mut all = vec!["fault", "--data", d.as_str(), "--id", id.as_str()];
+    all.extend_from_slice(args);
+    let o = handover(&all);
+    assert!(
+        !String::from_utf8_lossy(&o.stderr).contains("unrecognized subcommand"),
+        "this handover binary has no fault injection: build the tests with \
+         --features handover/fault-injection (scripts/test.sh does)"
+    );
+    o
+}
+
+/// `handover CMD --grpc GRPC ARGS…` (`status`), with the worker's
 /// own credentials when the test cluster has some.
 pub(crate) fn admin_cmd(cmd: &str, grpc: &str, args: &[&str]) -> Output {
     let port: u16 = grpc

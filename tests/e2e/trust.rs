@@ -396,34 +396,42 @@ fn the_cluster_port_takes_only_cluster_certificates_and_no_member_speaks_for_ano
     assert!(s.message().contains("another member"), "{s:?}");
     assert_eq!(refused(2, "impersonation"), 1.0);
 
-    // Fault injection (and drain) answer only this worker's own key; here
-    // (no --fault-injection) the owner hears that it is off.
-    let fault = |creds: &str| {
-        let d = creds.to_string();
-        handover(&[
-            "fault",
-            "--grpc",
-            &addr(0),
-            "--isolate-ms",
-            "1",
-            "--cluster-tls",
-            &d,
-        ])
-    };
-    let other = fault(creds.join("member-2").to_str().unwrap());
-    assert!(!other.status.success());
-    assert!(stderr(&other).contains("not allowed"), "{}", stderr(&other));
-    let own = fault(creds.join("member-1").to_str().unwrap());
-    assert!(
-        stderr(&own).contains("fault injection is off"),
-        "{}",
-        stderr(&own)
-    );
+    // Drain and fault injection are not on the cluster port at all, not
+    // even for the worker's own certificate: they answer only on its
+    // local admin socket, a Unix socket for its own user.
+    let tls = TlsDir(creds.join("member-1"))
+        .client_config(WORKER_NAME)
+        .unwrap();
+    let ch = rt
+        .block_on(handover_worker::tls::channel(&addr(0), Some(tls)))
+        .expect("the member's own certificate connects");
+    let mut local = pb::local_client::LocalClient::new(ch);
+    let d = rt.block_on(local.drain(pb::DrainRequest {}));
     assert_eq!(
-        refused(0, "role"),
-        2.0,
-        "another member's fault injection counted"
+        d.as_ref().map_err(tonic::Status::code).err(),
+        Some(tonic::Code::Unimplemented),
+        "drain on the cluster port: {d:?}"
     );
+    let i = rt.block_on(local.isolate(pb::IsolateRequest {
+        millis: 1,
+        panic_replica: false,
+    }));
+    assert_eq!(
+        i.as_ref().map_err(tonic::Status::code).err(),
+        Some(tonic::Code::Unimplemented),
+        "fault injection on the cluster port: {i:?}"
+    );
+    let sock = handover_worker::local::socket_path(&data.join("worker-1"), 1);
+    let m = std::fs::metadata(&sock).expect("worker 1's admin socket");
+    {
+        use std::os::unix::fs::{FileTypeExt as _, MetadataExt as _, PermissionsExt as _};
+        assert!(m.file_type().is_socket());
+        assert_eq!(m.permissions().mode() & 0o777, 0o600, "for its owner alone");
+        let me = std::fs::metadata(dir.path()).unwrap().uid();
+        assert_eq!(m.uid(), me, "owned by the worker's user");
+    }
+    let own = fault(&data.join("worker-1"), 1, &["--isolate-ms", "1"]);
+    assert!(own.status.success(), "{}", stderr(&own));
 
     // Member 2's own certificate, its own id, messages that would make
     // raft-rs panic: a heartbeat whose commit index is past any log's end

@@ -38,10 +38,6 @@ pub(crate) struct ClusterArgs {
     /// flight (lowest latency, more CPU: docs/benchmarks.md) [default: 40].
     #[arg(long)]
     pub(crate) commit_window_ms: Option<u64>,
-    /// Tests only: let `Admin.Isolate` (`handover fault isolate`) cut this
-    /// worker's Raft traffic, to partition it from the others.
-    #[arg(long)]
-    pub(crate) fault_injection: bool,
     /// Directory for this worker's Raft log [default: ./handover-data].
     #[arg(long)]
     pub(crate) data: Option<PathBuf>,
@@ -163,7 +159,6 @@ mod tests {
             peers: Vec::new(),
             grpc_listen: None,
             commit_window_ms: None,
-            fault_injection: false,
             data: None,
             cluster_tls: None,
             cluster_insecure: false,

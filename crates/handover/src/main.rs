@@ -88,7 +88,16 @@ enum Command {
     /// (`worker --users`): reads the password from standard input, writes
     /// `USER REALM HA1-MD5 HA1-SHA-256` (no password is stored).
     Passwd(passwd::PasswdArgs),
-    /// Fault injection for tests (workers started with --fault-injection).
+    /// Drain a replicated worker on this machine: it hands its shards and
+    /// calls to the others and serves none until restarted (SIGTERM does
+    /// the same, then exits). Over the worker's local admin socket
+    /// (`admin-ID.sock` in its data directory; same user or root only).
+    ///
+    /// Exits 0 once drained, 1 when not drained within 10 s.
+    Drain(status::DrainArgs),
+    /// Fault injection for tests, over the worker's admin socket (builds
+    /// with the cargo feature `fault-injection` only).
+    #[cfg(feature = "fault-injection")]
     #[command(hide = true)]
     Fault(status::FaultArgs),
 }
@@ -141,6 +150,14 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Drain(args) => match status::drain(&args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("handover drain: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        #[cfg(feature = "fault-injection")]
         Command::Fault(args) => match status::fault(&args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

@@ -133,39 +133,79 @@ pub(crate) fn run(a: &StatusArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `handover fault isolate`: tests' fault injection.
+/// The admin socket a `drain` or `fault` names.
+#[derive(Debug, Args)]
+pub(crate) struct LocalArgs {
+    /// The worker's data directory (its --data).
+    #[arg(long, default_value = "handover-data", value_name = "DIR")]
+    data: std::path::PathBuf,
+    /// The worker's id [default: the only worker with an admin socket in
+    /// DIR].
+    #[arg(long)]
+    id: Option<u64>,
+}
+
+/// `handover drain`: a worker on this machine hands its shards and calls
+/// to the others, over its local admin socket.
+#[derive(Debug, Args)]
+pub(crate) struct DrainArgs {
+    #[command(flatten)]
+    at: LocalArgs,
+}
+
+/// A current-thread runtime and a client of the admin socket `at` names.
+fn local_client(
+    at: &LocalArgs,
+) -> anyhow::Result<(
+    tokio::runtime::Runtime,
+    pb::local_client::LocalClient<tonic::transport::Channel>,
+)> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the runtime")?;
+    let path = handover_worker::local::find(&at.data, at.id)?;
+    let ch = rt.block_on(handover_worker::local::connect(&path))?;
+    Ok((rt, pb::local_client::LocalClient::new(ch)))
+}
+
+pub(crate) fn drain(a: &DrainArgs) -> anyhow::Result<()> {
+    let (rt, mut c) = local_client(&a.at)?;
+    let r = rt
+        .block_on(c.drain(pb::DrainRequest {}))
+        .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
+    anyhow::ensure!(
+        r.into_inner().drained,
+        "not drained within 10 s (is the cluster's leader reachable?)"
+    );
+    println!(
+        "drained: the others serve this worker's shards and calls; it serves none until restarted"
+    );
+    Ok(())
+}
+
+/// `handover fault`: tests' fault injection (builds with the cargo feature
+/// `fault-injection`).
+#[cfg(feature = "fault-injection")]
 #[derive(Debug, Args)]
 pub(crate) struct FaultArgs {
-    /// The worker's gRPC address.
-    #[arg(long)]
-    grpc: SocketAddr,
+    #[command(flatten)]
+    at: LocalArgs,
     /// Cut the worker's Raft traffic both ways for this many milliseconds.
     #[arg(long, default_value_t = 0)]
     isolate_ms: u64,
     /// Make the worker's Raft replica thread panic instead.
     #[arg(long)]
     panic_replica: bool,
-    /// The worker's own credentials (its `--cluster-tls` directory): on a
-    /// cluster port with TLS only the worker's own key may inject faults.
-    #[arg(long, value_name = "DIR")]
-    cluster_tls: Option<std::path::PathBuf>,
 }
 
+#[cfg(feature = "fault-injection")]
 pub(crate) fn fault(a: &FaultArgs) -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the runtime")?;
-    rt.block_on(async {
-        let mut c = pb::admin_client::AdminClient::new(
-            admin_channel(a.grpc, a.cluster_tls.as_deref()).await?,
-        );
-        c.isolate(pb::IsolateRequest {
-            millis: a.isolate_ms,
-            panic_replica: a.panic_replica,
-        })
-        .await
-        .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
-        anyhow::Ok(())
-    })
+    let (rt, mut c) = local_client(&a.at)?;
+    rt.block_on(c.isolate(pb::IsolateRequest {
+        millis: a.isolate_ms,
+        panic_replica: a.panic_replica,
+    }))
+    .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
+    Ok(())
 }

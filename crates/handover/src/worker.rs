@@ -140,7 +140,6 @@ fn settings(a: WorkerArgs) -> anyhow::Result<Settings> {
                 peers,
                 data: cluster.data.clone().expect("set by over()"),
                 grpc_listen: cluster.grpc_listen,
-                fault_injection: cluster.fault_injection,
                 commit_window: Duration::from_millis(
                     cluster.commit_window_ms.expect("set by over()"),
                 ),

@@ -18,6 +18,7 @@ use handover_cluster::{Config, Disk, Event, Message, Node, Window, pb as cpb, sh
 use handover_sip::ids::SHARDS;
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::fault::Faults;
 use crate::peers::{Peer, resolve_now};
 use crate::rpc::pb;
 use crate::services::{Services, serving_map, unix_ms};
@@ -53,8 +54,6 @@ pub struct Settings {
     pub data: PathBuf,
     /// Where to bind gRPC (default: this worker's peer address).
     pub grpc_listen: Option<SocketAddr>,
-    /// Tests only: `Admin.Isolate` and `Admin.Panic` act.
-    pub fault_injection: bool,
     /// Group-commit window (zero: none).
     pub commit_window: Duration,
     /// Mutual TLS on the cluster port ([`crate::tls`]); None: plain
@@ -220,7 +219,7 @@ impl Lease {
     }
 }
 
-fn nanos_since(epoch: tokio::time::Instant, t: tokio::time::Instant) -> u64 {
+pub(crate) fn nanos_since(epoch: tokio::time::Instant, t: tokio::time::Instant) -> u64 {
     u64::try_from(t.saturating_duration_since(epoch).as_nanos()).unwrap_or(u64::MAX)
 }
 
@@ -231,7 +230,6 @@ pub fn start(settings: Settings) -> anyhow::Result<Handle> {
         peers,
         data,
         grpc_listen,
-        fault_injection,
         commit_window: window,
         tls,
         min_free_bytes: _,
@@ -259,6 +257,9 @@ pub fn start(settings: Settings) -> anyhow::Result<Handle> {
     let path = data.join(format!("raft-{id}.redb"));
     let (disk, store) = Disk::open(&path, &voters)
         .with_context(|| format!("cannot open the Raft log {}", path.display()))?;
+    // After the log's lock: no live worker with this id uses the socket.
+    let admin_path = crate::local::socket_path(&data, id);
+    let admin_socket = crate::local::bind(&admin_path)?;
     let listener = std::net::TcpListener::bind(bind).map_err(|e| {
         if e.kind() == std::io::ErrorKind::AddrInUse {
             anyhow::anyhow!("{bind} (gRPC of --peer {id}) is already in use: pick another port")
@@ -305,12 +306,19 @@ pub fn start(settings: Settings) -> anyhow::Result<Handle> {
                             return;
                         }
                     };
-                    let isolation = fault_injection.then(Isolation::default);
+                    let faults = Faults::new();
+                    let (drain_tx, drain_rx) = mpsc::unbounded_channel();
+                    if let Err(e) =
+                        crate::local::serve(admin_socket, admin_path, drain_tx, faults.clone())
+                    {
+                        tracing::error!(error = %e, "cannot serve the admin socket");
+                        return;
+                    }
                     let mut replica =
                         Replica::new(node, peers, cmd_rx, note_tx, ready_tx, (lease2, epoch));
                     replica.window = window;
                     replica.tls = tls;
-                    replica.run(listener, isolation, lookup_rx).await;
+                    replica.run(listener, faults, drain_rx, lookup_rx).await;
                 });
             });
             // The replica only stops by failing. A worker must not go on
@@ -340,41 +348,6 @@ pub fn start(settings: Settings) -> anyhow::Result<Handle> {
     })
 }
 
-/// Fault injection (`--fault-injection`): until when this worker's Raft
-/// messages are dropped both ways, and whether its replica thread is to
-/// panic (tests of what a dead replica does to its worker).
-#[derive(Debug, Clone)]
-pub(crate) struct Isolation {
-    /// Nanoseconds after `epoch`; 0: not isolated.
-    until: std::sync::Arc<std::sync::atomic::AtomicU64>,
-    epoch: tokio::time::Instant,
-    pub(crate) panic: std::sync::Arc<std::sync::atomic::AtomicBool>,
-}
-
-impl Default for Isolation {
-    fn default() -> Self {
-        Self {
-            until: Default::default(),
-            epoch: tokio::time::Instant::now(),
-            panic: Default::default(),
-        }
-    }
-}
-
-impl Isolation {
-    pub(crate) fn now(&self) -> bool {
-        nanos_since(self.epoch, tokio::time::Instant::now())
-            < self.until.load(std::sync::atomic::Ordering::Relaxed)
-    }
-
-    pub(crate) fn until(&self, t: tokio::time::Instant) {
-        self.until.store(
-            nanos_since(self.epoch, t),
-            std::sync::atomic::Ordering::Relaxed,
-        );
-    }
-}
-
 /// What the gRPC services read, refreshed by the replica's loop.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Shared {
@@ -397,6 +370,8 @@ struct Replica {
     /// Call-ID -> when its upsert was handed to Raft (commit latency).
     pending: HashMap<Vec<u8>, tokio::time::Instant>,
     drains: Vec<oneshot::Sender<bool>>,
+    /// A drain was asked (SIGTERM or `handover drain`): not ready since.
+    draining: bool,
     /// Group commit window (`--commit-window-ms`).
     window: Duration,
     /// Mutual TLS on the cluster port.
@@ -427,6 +402,7 @@ impl Replica {
             epoch,
             pending: HashMap::new(),
             drains: Vec::new(),
+            draining: false,
             window: Duration::ZERO,
             tls: None,
         }
@@ -435,7 +411,8 @@ impl Replica {
     async fn run(
         mut self,
         listener: tokio::net::TcpListener,
-        isolation: Option<Isolation>,
+        faults: Faults,
+        mut drain_rx: mpsc::UnboundedReceiver<oneshot::Sender<bool>>,
         mut lookups: mpsc::UnboundedReceiver<Lookup>,
     ) {
         // The AORs of the table as loaded (a snapshot on disk); the log's
@@ -443,20 +420,19 @@ impl Replica {
         let _ = self.notes.send(Note::Registrations);
         let (inbox_tx, mut inbox) = mpsc::unbounded_channel::<Message>();
         let (shared_tx, shared_rx) = watch::channel(Shared::default());
-        let (drain_tx, mut drain_rx) = mpsc::unbounded_channel::<oneshot::Sender<bool>>();
         let services = Services {
             inbox: inbox_tx,
             shared: shared_rx,
-            drain: drain_tx,
-            isolation: isolation.clone(),
-            me: self.node.id(),
+            faults: faults.clone(),
             tls: self.tls.is_some(),
         };
         for r in REFUSED_REASONS {
             metrics::counter!(REFUSED, "reason" => r).increment(0);
         }
-        let panic_asked = isolation.as_ref().map(|i| std::sync::Arc::clone(&i.panic));
-        let isolated = move || isolation.as_ref().is_some_and(Isolation::now);
+        let isolated = {
+            let f = faults.clone();
+            move || f.isolated()
+        };
         // Large HTTP/2 windows, so flow control rarely sends a
         // WINDOW_UPDATE for appends of 6-10 KiB (no change measurable at
         // 500 calls/s); Raft's own flow control bounds what is in flight.
@@ -510,12 +486,7 @@ impl Replica {
         let mut flush_at: Option<tokio::time::Instant> = None;
         let window = Window::new(self.window);
         loop {
-            if panic_asked
-                .as_ref()
-                .is_some_and(|p| p.load(std::sync::atomic::Ordering::Relaxed))
-            {
-                panic!("fault injection: the Raft replica thread panics");
-            }
+            faults.panic_if_asked();
             let mut ticked = false;
             let r = tokio::select! {
                 () = sleep_until_some(flush_at) => {
@@ -748,6 +719,7 @@ impl Replica {
             Cmd::Bind(r) => self.node.bind(r),
             Cmd::Drain(reply) => {
                 self.node.drain();
+                self.draining = true;
                 self.drains.push(reply);
                 return true;
             }
@@ -810,7 +782,7 @@ impl Replica {
         metrics::gauge!(REPLICATED_CALLS).set(s.calls as f64);
         metrics::counter!(RAFT_REFUSED).absolute(self.node.refused());
         metrics::counter!(RAFT_COALESCED).absolute(self.node.coalesced());
-        let ready = s.epoch > 0 && s.leader != 0 && self.node.caught_up();
+        let ready = s.epoch > 0 && s.leader != 0 && self.node.caught_up() && !self.draining;
         self.ready
             .send_if_modified(|r| std::mem::replace(r, ready) != ready);
         // Status readers take the latest when they ask; map watchers

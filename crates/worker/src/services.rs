@@ -1,17 +1,17 @@
-//! The replica's gRPC services: `Raft` (peers' messages in) and `Admin`
-//! (`handover status`, the edges' map watch, drain, fault injection).
+//! The replica's gRPC services on the cluster port: `Raft` (peers'
+//! messages in) and `Admin` (`handover status`, the edges' map watch).
 //! With cluster TLS each call checks its caller's certificate
 //! ([`crate::tls`]): Raft messages only from the member each claims to
-//! be, the map and status for any cluster party, drain and fault
-//! injection for this worker's own certificate only.
-
-use std::time::Duration;
+//! be, the map and status for any cluster party. Drain and fault
+//! injection are not here but on the local admin socket
+//! ([`crate::local`]).
 
 use handover_cluster::Message;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
 use tokio_stream::StreamExt as _;
 
-use crate::replica::{Isolation, Shared};
+use crate::fault::Faults;
+use crate::replica::Shared;
 use crate::rpc::pb;
 use crate::tls::{Caller, REFUSED, member_name};
 
@@ -19,10 +19,8 @@ use crate::tls::{Caller, REFUSED, member_name};
 pub(crate) struct Services {
     pub(crate) inbox: mpsc::UnboundedSender<Message>,
     pub(crate) shared: watch::Receiver<Shared>,
-    pub(crate) drain: mpsc::UnboundedSender<oneshot::Sender<bool>>,
-    pub(crate) isolation: Option<Isolation>,
-    /// This worker's id.
-    pub(crate) me: u64,
+    /// A partition by fault injection drops what comes in.
+    pub(crate) faults: Faults,
     /// The port runs mutual TLS: callers are checked.
     pub(crate) tls: bool,
 }
@@ -38,13 +36,6 @@ impl Services {
         Err(tonic::Status::permission_denied(format!(
             "{what}: not allowed for this certificate"
         )))
-    }
-
-    /// Drain and fault injection: only with this worker's own key (what a
-    /// local admin socket would give), or anyone on a port without TLS.
-    fn allow_self<T>(&self, req: &tonic::Request<T>, what: &str) -> Result<(), tonic::Status> {
-        let c = Caller::of(req, self.tls);
-        self.allow(c.is(&member_name(self.me)), "role", what)
     }
 }
 
@@ -67,7 +58,7 @@ impl pb::raft_server::Raft for Services {
                     batch.group
                 )));
             }
-            if self.isolation.as_ref().is_some_and(Isolation::now) {
+            if self.faults.isolated() {
                 continue;
             }
             for bytes in &batch.messages {
@@ -140,45 +131,6 @@ impl pb::admin_server::Admin for Services {
             }
         });
         Ok(tonic::Response::new(stream))
-    }
-
-    async fn drain(
-        &self,
-        req: tonic::Request<pb::DrainRequest>,
-    ) -> Result<tonic::Response<pb::DrainReply>, tonic::Status> {
-        self.allow_self(&req, "Admin.Drain")?;
-        let (tx, rx) = oneshot::channel();
-        self.drain
-            .send(tx)
-            .map_err(|_| tonic::Status::unavailable("replica stopped"))?;
-        let drained = tokio::time::timeout(Duration::from_secs(10), rx)
-            .await
-            .ok()
-            .and_then(Result::ok)
-            .unwrap_or(false);
-        Ok(tonic::Response::new(pb::DrainReply { drained }))
-    }
-
-    async fn isolate(
-        &self,
-        req: tonic::Request<pb::IsolateRequest>,
-    ) -> Result<tonic::Response<pb::IsolateReply>, tonic::Status> {
-        self.allow_self(&req, "Admin.Isolate")?;
-        let Some(iso) = &self.isolation else {
-            return Err(tonic::Status::failed_precondition(
-                "fault injection is off: start the worker with --fault-injection",
-            ));
-        };
-        let req = req.into_inner();
-        if req.panic_replica {
-            tracing::warn!("fault injection: the replica thread will panic");
-            iso.panic.store(true, std::sync::atomic::Ordering::Relaxed);
-            return Ok(tonic::Response::new(pb::IsolateReply {}));
-        }
-        let ms = req.millis.min(600_000);
-        iso.until(tokio::time::Instant::now() + Duration::from_millis(ms));
-        tracing::warn!(ms, "fault injection: Raft traffic cut both ways");
-        Ok(tonic::Response::new(pb::IsolateReply {}))
     }
 }
 

@@ -45,7 +45,7 @@ pub fn member_name(id: u64) -> String {
 pub const REFUSED: &str = "handover_cluster_refused_total";
 
 /// The reasons of [`REFUSED`].
-pub const REFUSED_REASONS: [&str; 3] = ["handshake", "role", "impersonation"];
+pub const REFUSED_REASONS: [&str; 4] = ["handshake", "role", "impersonation", "local_user"];
 
 /// A directory of cluster credentials (`ca.crt`, `tls.crt`, `tls.key`).
 #[derive(Debug, Clone, PartialEq, Eq)]
