@@ -8,6 +8,8 @@
 #     registration tests, driven through its ctrl_tcp module.
 #   - kamailio: the upstream registrar of the relay-mode test (its
 #     registrar, usrloc and path modules), and the benchmarks' peer.
+#   - socat: OpenSSL terminating TLS in front of a SIPp callee, the TLS
+#     trunk of the outbound-TLS test (this SIPp has no TLS).
 #   - chromium, node and npm: the browser of the WebSocket test, with
 #     JsSIP (bundled for the browser by esbuild) and playwright-core from
 #     npm, pinned, in $HANDOVER_BROWSER.
@@ -23,6 +25,7 @@ command -v prometheus >/dev/null 2>&1 || need_apt+=(prometheus)
 command -v kubectl >/dev/null 2>&1 || need_apt+=(kubernetes-client)
 command -v baresip >/dev/null 2>&1 || need_apt+=(baresip-core)
 command -v kamailio >/dev/null 2>&1 || need_apt+=(kamailio)
+command -v socat >/dev/null 2>&1 || need_apt+=(socat)
 command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
 command -v node >/dev/null 2>&1 || need_apt+=(nodejs)
 command -v npm >/dev/null 2>&1 || need_apt+=(npm)

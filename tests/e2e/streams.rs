@@ -546,15 +546,27 @@ impl TestCa {
 
     /// (certificate, key) PEMs for `names`, for a server or a client.
     fn leaf(&self, names: &[&str], client: bool) -> (String, String) {
+        self.leaf_for(
+            names,
+            vec![if client {
+                rcgen::ExtendedKeyUsagePurpose::ClientAuth
+            } else {
+                rcgen::ExtendedKeyUsagePurpose::ServerAuth
+            }],
+        )
+    }
+
+    /// (certificate, key) PEMs for `names` with these key usages.
+    fn leaf_for(
+        &self,
+        names: &[&str],
+        usages: Vec<rcgen::ExtendedKeyUsagePurpose>,
+    ) -> (String, String) {
         let key = rcgen::KeyPair::generate().unwrap();
         let mut p =
             rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
                 .unwrap();
-        p.extended_key_usages = vec![if client {
-            rcgen::ExtendedKeyUsagePurpose::ClientAuth
-        } else {
-            rcgen::ExtendedKeyUsagePurpose::ServerAuth
-        }];
+        p.extended_key_usages = usages;
         let cert = p.signed_by(&key, &self.issuer).unwrap();
         (cert.pem(), key.serialize_pem())
     }
@@ -727,6 +739,161 @@ fn a_route_over_tcp_is_reached_on_one_connection_the_edge_opens() {
         ),
         0.0
     );
+}
+
+/// A TLS trunk: OpenSSL (`socat`) terminating TLS in front of a SIPp
+/// callee on TCP, with `cert`/`key`, asking its clients for a certificate
+/// from `client_ca` (mutual TLS, as carriers' SBCs do).
+fn tls_trunk(
+    dir: &Path,
+    port: u16,
+    to: u16,
+    (cert, key): (&Path, &Path),
+    client_ca: &Path,
+) -> Proc {
+    let ok = std::process::Command::new("socat")
+        .arg("-V")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        ok,
+        "socat is not installed: run scripts/install-deps.sh (Debian package socat)"
+    );
+    let listen = format!(
+        "OPENSSL-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork,cert={},key={},cafile={},verify=1",
+        cert.display(),
+        key.display(),
+        client_ca.display()
+    );
+    let child = std::process::Command::new("socat")
+        .args([listen, format!("TCP:127.0.0.1:{to}")])
+        .current_dir(dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("socat starts");
+    assert!(
+        wait_for(Duration::from_secs(5), || TcpStream::connect((
+            "127.0.0.1",
+            port
+        ))
+        .is_ok()),
+        "socat listens on {port}"
+    );
+    Proc(child)
+}
+
+/// Outbound TLS (issue 18, item 4): routes to trunks over TLS
+/// (`;transport=tls`). The edge verifies each trunk's certificate against
+/// `--tls-upstream-ca` and the route's `tls_name`, and presents its own
+/// certificate (the trunk asks for one from the edge's CA). Ten calls to
+/// the good trunk all end with their BYEs at its callee, over one TLS
+/// connection; a trunk whose certificate names another host, and one
+/// whose certificate comes from another CA, are never sent a message:
+/// their handshakes fail and are counted.
+#[test]
+fn routes_over_tls_reach_a_verified_trunk_and_nothing_else() {
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (trunks, edges, rogues) = (
+        TestCa::new("trunks"),
+        TestCa::new("edges"),
+        TestCa::new("rogues"),
+    );
+    let file = |name: &str, text: &str| {
+        let p = d.join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    };
+    let (c, k) = trunks.leaf(&["trunk.test"], false);
+    let trunk = (file("trunk.crt", &c), file("trunk.key", &k));
+    let (c, k) = rogues.leaf(&["trunk.test"], false);
+    let rogue = (file("rogue.crt", &c), file("rogue.key", &k));
+    let (c, k) = edges.leaf_for(
+        &["localhost", "127.0.0.1"],
+        vec![
+            rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+            rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+        ],
+    );
+    let edge = (file("edge.crt", &c), file("edge.key", &k));
+    let (trunks_ca, edges_ca) = (
+        file("trunks.pem", &trunks.pem),
+        file("edges.pem", &edges.pem),
+    );
+    // The good trunk's callee, and one callee behind both bad trunks.
+    let (good_uas, bad_uas) = (free_sip_port(), free_sip_port());
+    let mut good = sipp_uas_on(d, "uas.xml", good_uas, &["-t", "t1"]);
+    let mut stray = sipp_uas_on(d, "uas.xml", bad_uas, &["-t", "t1"]);
+    let (p_good, p_name, p_rogue) = (free_tcp_port(), free_tcp_port(), free_tcp_port());
+    let _t1 = tls_trunk(d, p_good, good_uas, (&trunk.0, &trunk.1), &edges_ca);
+    let _t2 = tls_trunk(d, p_name, bad_uas, (&trunk.0, &trunk.1), &edges_ca);
+    let _t3 = tls_trunk(d, p_rogue, bad_uas, (&rogue.0, &rogue.1), &edges_ca);
+    let (cert, key, ca) = (
+        edge.0.to_string_lossy().into_owned(),
+        edge.1.to_string_lossy().into_owned(),
+        trunks_ca.to_string_lossy().into_owned(),
+    );
+    let c = cluster(
+        &[
+            format!("good=127.0.0.1:{p_good};transport=tls;tls_name=trunk.test"),
+            format!("other=127.0.0.1:{p_name};transport=tls;tls_name=other.test"),
+            format!("rogue=127.0.0.1:{p_rogue};transport=tls;tls_name=trunk.test"),
+        ],
+        &[
+            "--tls-cert",
+            &cert,
+            "--tls-key",
+            &key,
+            "--tls-upstream-ca",
+            &ca,
+        ],
+    );
+    let target: SocketAddr = format!("127.0.0.1:{}", c.sip).parse().unwrap();
+    let (p, stat) = sipp_uac_on(d, "127.0.0.1", "uac.xml", "good", target, (10, 10, 0), &[]);
+    let r = finish_uac(p, &stat);
+    assert_eq!((r.successful, r.failed), (10, 0), "{r:?}");
+    good.expect_calls(10);
+    let m = scrape_at(&c.admin);
+    let outbound = "handover_edge_connections_outbound_total{transport=\"tls\"}";
+    let failures = "handover_edge_connect_failures_total{transport=\"tls\"}";
+    assert_eq!(
+        metric(&m, outbound),
+        1.0,
+        "one TLS connection for all calls: {m}"
+    );
+    assert_eq!(metric(&m, failures), 0.0, "{m}");
+    assert_eq!(
+        metric(
+            &m,
+            "handover_edge_connections_outbound_total{transport=\"tcp\"}"
+        ),
+        0.0,
+        "the BYEs went on the TLS connection too (its flow in the Record-Route): {m}"
+    );
+
+    // A trunk whose certificate names trunk.test, reached as other.test;
+    // then one whose certificate comes from a CA the edge does not trust.
+    for user in ["other", "rogue"] {
+        let before = metric(&scrape_at(&c.admin), failures);
+        let (p, _stat) = sipp_uac_on(d, "127.0.0.1", "uac.xml", user, target, (1, 1, 0), &[]);
+        assert!(
+            wait_for(Duration::from_secs(10), || metric(
+                &scrape_at(&c.admin),
+                failures
+            ) > before),
+            "{user}: the handshake failed and was counted"
+        );
+        drop(p);
+    }
+    let m = scrape_at(&c.admin);
+    assert_eq!(
+        metric(&m, outbound),
+        1.0,
+        "no connection to a bad trunk: {m}"
+    );
+    stray.expect_no_calls();
 }
 
 /// IPv6: the edge on `[::1]` over UDP and TCP, in front of a SIPp callee

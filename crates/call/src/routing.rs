@@ -52,9 +52,13 @@ pub struct Route {
     pub targets: Vec<(SocketAddr, u32)>,
     /// Transfer mode of its calls; `None`: the worker's default.
     pub transfer: Option<TransferMode>,
-    /// The transport its targets are reached on (`;transport=tcp`): the
-    /// B leg's Request-URI says so, and the edge opens a connection.
+    /// The transport its targets are reached on (`;transport=tcp|tls`):
+    /// the B leg's Request-URI says so, and the edge opens a connection.
     pub transport: handover_sip::Transport,
+    /// Over TLS: the name the targets' certificates carry
+    /// (`;tls_name=NAME`), the B leg's Request-URI host (the target's
+    /// address then rides in `maddr`); None: the IP address is the name.
+    pub tls_name: Option<String>,
 }
 
 /// The routes of a worker, in the order they are tried.
@@ -63,13 +67,15 @@ pub struct Routes(Vec<Route>);
 
 impl Routes {
     /// Adds a route given on the command line:
-    /// `MATCH=IP:PORT[*WEIGHT][,IP:PORT[*WEIGHT]…][;transfer=MODE][;transport=tcp]`,
+    /// `MATCH=IP:PORT[*WEIGHT][,IP:PORT[*WEIGHT]…][;transfer=MODE][;transport=udp|tcp|tls][;tls_name=NAME]`,
     /// where MATCH is a user, `PREFIX*` for a prefix, `@DOMAIN` for a
-    /// domain, or `*` for any, and MODE `passthrough` or `local`.
+    /// domain, or `*` for any, MODE `passthrough` or `local`, and NAME
+    /// the name the TLS targets' certificates carry.
     pub fn add(&mut self, spec: &str) -> Result<(), String> {
         let mut parts = spec.split(';');
         let spec_main = parts.next().unwrap_or_default();
         let (mut transfer, mut transport) = (None, handover_sip::Transport::Udp);
+        let mut tls_name = None;
         for opt in parts {
             if let Some(mode) = opt.strip_prefix("transfer=") {
                 transfer = Some(mode.parse().map_err(|e| format!("route `{spec}`: {e}"))?);
@@ -77,17 +83,34 @@ impl Routes {
                 transport = match t.to_ascii_lowercase().as_str() {
                     "udp" => handover_sip::Transport::Udp,
                     "tcp" => handover_sip::Transport::Tcp,
+                    "tls" => handover_sip::Transport::Tls,
                     _ => {
                         return Err(format!(
-                            "route `{spec}`: `;transport={t}` is not udp or tcp (the edge opens TCP connections only)"
+                            "route `{spec}`: `;transport={t}` is not udp, tcp or tls"
                         ));
                     }
                 };
+            } else if let Some(n) = opt.strip_prefix("tls_name=") {
+                let ok = !n.is_empty()
+                    && n.len() <= 253
+                    && n.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+                if !ok {
+                    return Err(format!(
+                        "route `{spec}`: `;tls_name={n}` is not a host name"
+                    ));
+                }
+                tls_name = Some(n.to_ascii_lowercase());
             } else {
                 return Err(format!(
-                    "route `{spec}`: `;{opt}` is not `;transfer=passthrough|local` or `;transport=udp|tcp`"
+                    "route `{spec}`: `;{opt}` is not `;transfer=passthrough|local`, `;transport=udp|tcp|tls` or `;tls_name=NAME`"
                 ));
             }
+        }
+        if tls_name.is_some() && transport != handover_sip::Transport::Tls {
+            return Err(format!(
+                "route `{spec}`: `;tls_name` needs `;transport=tls`"
+            ));
         }
         let (m, targets) = spec_main
             .split_once('=')
@@ -121,6 +144,7 @@ impl Routes {
             targets: list,
             transfer,
             transport,
+            tls_name,
         })
     }
 
@@ -153,6 +177,11 @@ impl Routes {
     pub fn transport(&self, user: &[u8], host: &[u8]) -> handover_sip::Transport {
         self.find(user, host)
             .map_or(handover_sip::Transport::Udp, |r| r.transport)
+    }
+
+    /// The TLS name of the route `user@host` takes, if it sets one.
+    pub fn tls_name(&self, user: &[u8], host: &[u8]) -> Option<&str> {
+        self.find(user, host).and_then(|r| r.tls_name.as_deref())
     }
 
     fn find(&self, user: &[u8], host: &[u8]) -> Option<&Route> {
@@ -279,10 +308,32 @@ mod tests {
         assert!(
             r.add("t=127.0.0.1:3;transport=sctp")
                 .unwrap_err()
-                .contains("is not udp or tcp")
+                .contains("is not udp, tcp or tls")
         );
         r.add("*=127.0.0.1:2").unwrap();
         assert_eq!(r.lookup(b"alice", b"x", 0).1, Some(TransferMode::Local));
         assert_eq!(r.lookup(b"bob", b"x", 0).1, None);
+    }
+
+    #[test]
+    fn a_route_over_tls_may_name_its_targets_certificate() {
+        let mut r = Routes::default();
+        r.add("carrier=203.0.113.5:5061;transport=tls;tls_name=SIP.Carrier.example")
+            .unwrap();
+        r.add("pbx=192.0.2.7:5061;transport=tls").unwrap();
+        assert_eq!(r.transport(b"carrier", b"x"), handover_sip::Transport::Tls);
+        assert_eq!(r.tls_name(b"carrier", b"x"), Some("sip.carrier.example"));
+        assert_eq!(r.tls_name(b"pbx", b"x"), None);
+        assert!(
+            r.add("t=192.0.2.1:5060;tls_name=a.example")
+                .unwrap_err()
+                .contains("needs `;transport=tls`")
+        );
+        for bad in ["", "a b", "x/y", "é.example"] {
+            let e = r
+                .add(&format!("t=192.0.2.1:5061;transport=tls;tls_name={bad}"))
+                .unwrap_err();
+            assert!(e.contains("is not a host name"), "{bad}: {e}");
+        }
     }
 }

@@ -268,6 +268,7 @@ impl Edge {
                 stream::tls_acceptor(f).map_err(StartError::Tls)?,
             )),
         };
+        let upstream = stream::tls_connector(&cfg.streams).map_err(StartError::Tls)?;
         let table = Table::new(
             cfg.backends.clone(),
             vec![true; cfg.backends.len()],
@@ -295,6 +296,7 @@ impl Edge {
                 cfg: cfg.streams.clone(),
                 registry,
                 tls,
+                upstream,
                 limiter: parking_lot::Mutex::new(
                     BadInputLimiter::new(cfg.bad_input_per_source, 12)
                         .with_new_dialogs(cfg.new_dialogs_per_source)
@@ -669,10 +671,10 @@ impl handover_io::Handler for Thread {
                     self.local.sent[0][usize::from(!request)] += 1;
                     return None;
                 }
-                // A route target on TCP: open a connection (the request
+                // A route target on TCP or TLS: open a connection (the request
                 // waits in its queue meanwhile).
                 if peer == Peer::Connect
-                    && to.transport == Transport::Tcp
+                    && matches!(to.transport, Transport::Tcp | Transport::Tls)
                     && let Some(c) = self.shared.connector.get()
                 {
                     c.connect(to, &out[..len]);

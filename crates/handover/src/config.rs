@@ -145,8 +145,11 @@ struct RouteSection {
     targets: Spanned<Vec<String>>,
     /// `passthrough` or `local` (default: `[worker] transfer_mode`).
     transfer: Option<Spanned<String>>,
-    /// `udp` (default) or `tcp`: how the targets are reached.
+    /// `udp` (default), `tcp` or `tls`: how the targets are reached.
     transport: Option<Spanned<String>>,
+    /// Over TLS: the name the targets' certificates carry (default:
+    /// their IP addresses).
+    tls_name: Option<Spanned<String>>,
 }
 
 /// `[edge]`: the stateless front door (`handover edge`).
@@ -198,6 +201,9 @@ struct EdgeSection {
     /// PEM CA certificates; with it, TLS clients must present a
     /// certificate that chains to one (trunks).
     tls_client_ca: Option<String>,
+    /// PEM CA certificates a TLS route target's certificate must chain to
+    /// (default: the system's roots).
+    tls_upstream_ca: Option<String>,
     /// Stream connections at most, in all.
     max_connections: Option<usize>,
     /// Stream connections at most from one IP address.
@@ -406,6 +412,8 @@ pub(crate) struct Edge {
     pub(crate) tls_key: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) tls_client_ca: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) tls_upstream_ca: Option<String>,
     pub(crate) max_connections: usize,
     pub(crate) max_connections_per_source: usize,
     pub(crate) stream_idle_s: u64,
@@ -771,6 +779,9 @@ impl Config {
             if let Some(t) = &r.transport {
                 spec += &format!(";transport={}", t.get_ref());
             }
+            if let Some(n) = &r.tls_name {
+                spec += &format!(";tls_name={}", n.get_ref());
+            }
             check.add(&spec).map_err(|e| {
                 err(
                     Some(r.targets.span()),
@@ -986,6 +997,7 @@ impl Config {
             tls_cert: e.tls_cert.clone(),
             tls_key: e.tls_key.clone(),
             tls_client_ca: e.tls_client_ca.clone(),
+            tls_upstream_ca: e.tls_upstream_ca.clone(),
             max_connections: e.max_connections.unwrap_or(sd.max_connections),
             max_connections_per_source: e.max_connections_per_source.unwrap_or(sd.max_per_source),
             stream_idle_s,
@@ -1109,7 +1121,7 @@ mod tests {
     fn stream_keys_and_their_rules() {
         let c = parse(
             "[edge]\nlisten_tcp = \"0.0.0.0:5060\"\nlisten_tls = \"0.0.0.0:5061\"\n\
-             tls_cert = \"/tls/tls.crt\"\ntls_key = \"/tls/tls.key\"\ntls_client_ca = \"/tls/ca.crt\"\n\
+             tls_cert = \"/tls/tls.crt\"\ntls_key = \"/tls/tls.key\"\ntls_client_ca = \"/tls/ca.crt\"\ntls_upstream_ca = \"/trunks/ca.crt\"\n\
              max_connections = 1000\nmax_connections_per_source = 8\nstream_idle_s = 120\n\
              stream_message_timeout_ms = 5000\nproxy_protocol_from = [\"10.0.0.0/8\"]\n",
         )
@@ -1122,6 +1134,7 @@ mod tests {
         assert_eq!((e.max_connections, e.max_connections_per_source), (1000, 8));
         assert_eq!((e.stream_idle_s, e.stream_message_timeout_ms), (120, 5000));
         assert_eq!(e.proxy_protocol_from, ["10.0.0.0/8"]);
+        assert_eq!(e.tls_upstream_ca.as_deref(), Some("/trunks/ca.crt"));
         let d = parse("").unwrap();
         assert_eq!(d.edge.listen_tcp, None, "no stream listener unless asked");
         assert_eq!(
@@ -1275,6 +1288,13 @@ mod tests {
         assert!(e.contains("more than one of user, prefix, domain"), "{e}");
         let e = parse("[[worker.routes]]\nusr = \"a\"\ntargets = [\"127.0.0.1:1\"]\n").unwrap_err();
         assert!(e.contains("unknown field `usr`"), "{e}");
+        let c = parse("[[worker.routes]]\nuser = \"carrier\"\ntargets = [\"203.0.113.5:5061\"]\ntransport = \"tls\"\ntls_name = \"sip.carrier.example\"\n").unwrap();
+        assert_eq!(
+            c.worker.routes,
+            ["carrier=203.0.113.5:5061;transport=tls;tls_name=sip.carrier.example"]
+        );
+        let e = parse("[[worker.routes]]\nuser = \"c\"\ntargets = [\"203.0.113.5:5061\"]\ntls_name = \"x.example\"\n").unwrap_err();
+        assert!(e.contains("needs `;transport=tls`"), "{e}");
         let e = parse("[worker]\nt1_ms = 0\n").unwrap_err();
         assert!(e.contains("key `worker.t1_ms`"), "{e}");
         let e = parse("[worker]\ntransfer_mode = \"magic\"\n").unwrap_err();

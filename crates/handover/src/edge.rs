@@ -122,6 +122,11 @@ pub(crate) struct EdgeArgs {
     /// chains to one (trunks); without it none is asked for.
     #[arg(long)]
     tls_client_ca: Option<PathBuf>,
+    /// PEM CA certificates: a route target reached over TLS
+    /// (`;transport=tls`) must present a certificate that chains to one
+    /// and names it [default: the system's trusted roots].
+    #[arg(long)]
+    pub(crate) tls_upstream_ca: Option<PathBuf>,
     /// Stream (TCP, TLS) connections at most, in all [default: 16384].
     #[arg(long)]
     max_connections: Option<usize>,
@@ -295,6 +300,10 @@ fn settings(a: &EdgeArgs) -> anyhow::Result<Settings> {
                 idle_timeout: std::time::Duration::from_secs(idle_s),
                 message_timeout: std::time::Duration::from_millis(message_ms),
                 max_message_bytes: file.sip.max_message_bytes,
+                upstream_ca: a
+                    .tls_upstream_ca
+                    .clone()
+                    .or_else(|| e.tls_upstream_ca.clone().map(PathBuf::from)),
                 proxy_protocol_from: if a.proxy_protocol_from.is_empty() {
                     e.proxy_protocol_from
                         .iter()

@@ -37,7 +37,8 @@ pub(crate) struct UpArgs {
     listen: SocketAddr,
     /// Where calls for a user go: USER=IP:PORT, `*` for any user (repeat);
     /// `;transfer=local` makes the B2BUA carry out its calls' transfers,
-    /// `;transport=tcp` reaches the targets over TCP.
+    /// `;transport=tcp` reaches the targets over TCP, `;transport=tls`
+    /// over TLS (`;tls_name=NAME`: the name their certificates carry).
     #[arg(long = "route", value_name = "USER=IP:PORT")]
     routes: Vec<String>,
     /// The worker's SIP address (between edge and worker); worker i of
@@ -126,6 +127,10 @@ pub(crate) struct UpArgs {
     /// PEM private key for TLS (with --tls-cert).
     #[arg(long, requires = "tls_cert")]
     tls_key: Option<std::path::PathBuf>,
+    /// PEM CA certificates that routes over TLS (`;transport=tls`) must
+    /// present a certificate from [default: the system's trusted roots].
+    #[arg(long)]
+    tls_upstream_ca: Option<std::path::PathBuf>,
     /// UDP only: no TCP or TLS listener.
     #[arg(long)]
     udp_only: bool,
@@ -346,6 +351,9 @@ pub(crate) fn run(mut a: UpArgs) -> anyhow::Result<()> {
             edge.args(["--listen-wss", &t.to_string()]);
         }
         edge.arg("--tls-cert").arg(&cert).arg("--tls-key").arg(&key);
+    }
+    if let Some(ca) = &a.tls_upstream_ca {
+        edge.arg("--tls-upstream-ca").arg(ca);
     }
     let mut peers = Vec::new();
     // Removed when `up` returns (`handover status`'s copies of the admin

@@ -424,20 +424,32 @@ impl<R: RngCore> B2bua<R> {
         }
         let (addrs, mode) = self.cfg.routes.lookup(user, host, key);
         let transport = self.cfg.routes.transport(user, host);
+        let tls_name = self.cfg.routes.tls_name(user, host);
+        let user = String::from_utf8_lossy(user);
         let targets = addrs
             .into_iter()
-            .map(|addr| match transport {
-                // A route over TCP: the Request-URI says so, and the edge
-                // opens (and reuses) a connection to the target.
-                handover_sip::Transport::Tcp => Target {
-                    addr,
-                    uri: Some(
-                        format!("sip:{}@{addr};transport=tcp", String::from_utf8_lossy(user))
-                            .into_bytes(),
+            .map(|addr| {
+                // A route over TCP or TLS: the Request-URI says so, and
+                // the edge opens (and reuses) a connection to the target;
+                // over TLS with a name, the name is the host (what the
+                // target's certificate carries) and the address `maddr`.
+                let uri = match (transport, tls_name) {
+                    (handover_sip::Transport::Tcp, _) => format!("sip:{user}@{addr};transport=tcp"),
+                    (handover_sip::Transport::Tls, None) => {
+                        format!("sip:{user}@{addr};transport=tls")
+                    }
+                    (handover_sip::Transport::Tls, Some(n)) => format!(
+                        "sip:{user}@{n}:{};maddr={};transport=tls",
+                        addr.port(),
+                        addr.ip()
                     ),
+                    _ => return Target::from(addr),
+                };
+                Target {
+                    addr,
+                    uri: Some(uri.into_bytes()),
                     route: Vec::new(),
-                },
-                _ => Target::from(addr),
+                }
             })
             .collect();
         (targets, mode)
