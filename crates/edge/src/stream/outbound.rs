@@ -1,0 +1,228 @@
+//! Connections the edge opens to route targets (a backend's request whose
+//! Request-URI or Route says `;transport=tcp` or `tls`, or is `sips:`):
+//! the [`Connector`] and, over TLS, the client that verifies the target
+//! ([`tls_connector`]).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use handover_sip::{Flow, Transport};
+use metrics::{counter, gauge};
+use tokio::sync::mpsc;
+use tokio_rustls::rustls;
+
+use super::{
+    CLOSED, CONNECT_FAILURES, CONNECTIONS, OPENED, OUTBOUND, REFUSED, StreamConfig, Streams, serve,
+};
+use crate::Shared;
+
+/// The TLS client of connections the edge opens to route targets
+/// (`;transport=tls` or `sips:`): their certificate must chain to
+/// `upstream_ca`, or to the system's roots without it, and name the
+/// target (its URI's host name, or its IP address); the edge presents its
+/// own TLS listener's certificate when it has one (trunks that ask for a
+/// client certificate).
+pub fn tls_connector(cfg: &StreamConfig) -> Result<tokio_rustls::TlsConnector, String> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let mut roots = rustls::RootCertStore::empty();
+    match &cfg.upstream_ca {
+        Some(ca) => {
+            for c in
+                CertificateDer::pem_file_iter(ca).map_err(|e| format!("{}: {e}", ca.display()))?
+            {
+                let c = c.map_err(|e| format!("{}: {e}", ca.display()))?;
+                roots.add(c).map_err(|e| format!("{}: {e}", ca.display()))?;
+            }
+            if roots.is_empty() {
+                return Err(format!("{}: no CA certificate", ca.display()));
+            }
+        }
+        None => {
+            // Unreadable system certificates are skipped: a TLS target
+            // then fails its handshake, counted, as an untrusted one does.
+            let found = rustls_native_certs::load_native_certs();
+            let _ = roots.add_parsable_certificates(found.certs);
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots);
+    let cfg = match &cfg.tls_files {
+        Some(f) => {
+            let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&f.cert)
+                .and_then(|i| i.collect::<Result<_, _>>())
+                .map_err(|e| format!("{}: {e}", f.cert.display()))?;
+            let key = PrivateKeyDer::from_pem_file(&f.key)
+                .map_err(|e| format!("{}: {e}", f.key.display()))?;
+            builder
+                .with_client_auth_cert(certs, key)
+                .map_err(|e| format!("{}: {e}", f.cert.display()))?
+        }
+        None => builder.with_no_client_auth(),
+    };
+    Ok(tokio_rustls::TlsConnector::from(Arc::new(cfg)))
+}
+
+/// The name a TLS route target's certificate must carry: the host of the
+/// outgoing request's top Route, else of its Request-URI (a name, or the
+/// IP literal itself).
+fn tls_server_name(first: &[u8], addr: SocketAddr) -> rustls_pki_types::ServerName<'static> {
+    use rustls_pki_types::ServerName;
+    let host = handover_sip::scan(first).ok().and_then(|m| {
+        Some(match m.top_route() {
+            Some(r) => r.ok()?.uri().host().to_vec(),
+            None => m.request_uri()?.host().to_vec(),
+        })
+    });
+    host.and_then(|h| {
+        let h = String::from_utf8(h).ok()?;
+        let h = h.trim_start_matches('[').trim_end_matches(']').to_string();
+        ServerName::try_from(h).ok()
+    })
+    .unwrap_or(ServerName::IpAddress(addr.ip().into()))
+}
+
+/// Opens TCP and TLS connections to route targets (a backend's request
+/// whose Request-URI or Route says `;transport=tcp` or `tls`, or is
+/// `sips:`; TLS verified by [`tls_connector`]), from any thread: the
+/// connection is registered at once with the first message queued (what
+/// follows queues behind it), then connected on a stream thread and
+/// served like an accepted one; a target that cannot be reached within
+/// the message timeout is dropped and counted, and the worker's own
+/// transaction times out as for any unreachable target.
+pub(crate) struct Connector {
+    pub(super) handle: tokio::runtime::Handle,
+    /// Weak: `Shared` holds this connector.
+    pub(super) shared: std::sync::Weak<Shared>,
+    pub(super) streams: Arc<Streams>,
+    pub(super) udp: Arc<tokio::net::UdpSocket>,
+}
+
+impl std::fmt::Debug for Connector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connector").finish_non_exhaustive()
+    }
+}
+
+impl Connector {
+    pub(crate) fn connect(&self, flow: Flow, first: &[u8]) {
+        let (tx, rx) = mpsc::channel(self.streams.cfg.queue);
+        if self
+            .streams
+            .registry
+            .admit_as(flow, tx.clone(), &self.streams.cfg, false)
+            .is_err()
+        {
+            // Being opened by another thread just now: queue behind it.
+            if !self.streams.registry.send(flow, first) {
+                counter!(REFUSED, "transport" => flow.transport.name(), "reason" => "total_limit")
+                    .increment(1);
+            }
+            return;
+        }
+        let _ = tx.try_send(first.into());
+        let name = (flow.transport == Transport::Tls).then(|| tls_server_name(first, flow.addr));
+        let (shared, streams, udp) = (
+            self.shared.clone(),
+            Arc::clone(&self.streams),
+            Arc::clone(&self.udp),
+        );
+        self.handle.spawn(async move {
+            let t = flow.transport;
+            let sock = match tokio::time::timeout(
+                streams.cfg.message_timeout,
+                tokio::net::TcpStream::connect(flow.addr),
+            )
+            .await
+            {
+                Ok(Ok(s)) => s,
+                _ => {
+                    counter!(CONNECT_FAILURES, "transport" => t.name()).increment(1);
+                    streams.registry.remove(flow);
+                    return;
+                }
+            };
+            let Some(shared) = shared.upgrade() else {
+                streams.registry.remove(flow);
+                return;
+            };
+            let _ = sock.set_nodelay(true);
+            // Ok: the TLS stream; Err: the plain TCP one.
+            let conn = match name {
+                None => Err(sock),
+                Some(name) => {
+                    let hs = streams.upstream.connect(name.clone(), sock);
+                    match tokio::time::timeout(streams.cfg.message_timeout, hs).await {
+                        Ok(Ok(s)) => Ok(s),
+                        Ok(Err(e)) => {
+                            tracing::warn!(target = %flow.addr, name = ?name, error = %e, "TLS to a route target failed");
+                            counter!(CONNECT_FAILURES, "transport" => t.name()).increment(1);
+                            streams.registry.remove(flow);
+                            return;
+                        }
+                        Err(_) => {
+                            counter!(CONNECT_FAILURES, "transport" => t.name()).increment(1);
+                            streams.registry.remove(flow);
+                            return;
+                        }
+                    }
+                }
+            };
+            counter!(OPENED, "transport" => t.name()).increment(1);
+            counter!(OUTBOUND, "transport" => t.name()).increment(1);
+            gauge!(CONNECTIONS, "transport" => t.name()).increment(1.0);
+            let reason = match conn {
+                Ok(s) => serve(s, flow, tx, rx, &shared, &streams, &udp, false).await,
+                Err(sock) => serve(sock, flow, tx, rx, &shared, &streams, &udp, false).await,
+            };
+            streams.registry.remove(flow);
+            counter!(CLOSED, "transport" => t.name(), "reason" => reason).increment(1);
+            gauge!(CONNECTIONS, "transport" => t.name()).decrement(1.0);
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tls_target_is_verified_by_its_uri_host_name_or_its_address() {
+        use rustls_pki_types::ServerName;
+        let addr: SocketAddr = "203.0.113.5:5061".parse().unwrap();
+        let req = |ruri: &str, route: &str| {
+            format!(
+                "INVITE {ruri} SIP/2.0\r\n{route}Via: SIP/2.0/UDP 192.0.2.1;branch=z9hG4bK1\r\n\
+                 From: <sip:a@x>;tag=1\r\nTo: <sip:b@y>\r\nCall-ID: c\r\nCSeq: 1 INVITE\r\n\
+                 Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+            )
+        };
+        let name = |m: String| tls_server_name(m.as_bytes(), addr);
+        assert_eq!(
+            name(req(
+                "sip:b@sip.carrier.example:5061;maddr=203.0.113.5;transport=tls",
+                ""
+            )),
+            ServerName::try_from("sip.carrier.example").unwrap()
+        );
+        assert_eq!(
+            name(req("sip:b@203.0.113.5:5061;transport=tls", "")),
+            ServerName::IpAddress(addr.ip().into())
+        );
+        assert_eq!(
+            name(req(
+                "sip:b@203.0.113.5:5061",
+                "Route: <sip:sbc.carrier.example;transport=tls;lr>\r\n"
+            )),
+            ServerName::try_from("sbc.carrier.example").unwrap()
+        );
+        // Unreadable: the address.
+        assert_eq!(
+            tls_server_name(b"garbage", addr),
+            ServerName::IpAddress(addr.ip().into())
+        );
+    }
+}
