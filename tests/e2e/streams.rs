@@ -896,6 +896,52 @@ fn routes_over_tls_reach_a_verified_trunk_and_nothing_else() {
     stray.expect_no_calls();
 }
 
+/// RFC 3261 §18.1.1 (issue 18, item 4): a route over UDP to a PBX that
+/// takes TCP too (`;tcp_above=1300`). Ten ordinary calls reach its UDP
+/// side; ten whose INVITE carries an audio and video offer (about 2 KB)
+/// reach its TCP side, on one connection the edge opens; every call ends
+/// with its BYE at the side that took it (the dialog follows the
+/// INVITE's transport).
+#[test]
+fn invites_over_1300_bytes_go_over_tcp_to_a_route_that_takes_both() {
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let tcp_dir = d.join("tcp");
+    std::fs::create_dir(&tcp_dir).unwrap();
+    // One PBX address, UDP and TCP on the same port: two SIPp callees.
+    let port = free_sip_port();
+    let mut on_udp = sipp_uas_on(d, "uas.xml", port, &[]);
+    let mut on_tcp = sipp_uas_on(&tcp_dir, "uas.xml", port, &["-t", "t1"]);
+    let c = cluster(&[format!("b=127.0.0.1:{port};tcp_above=1300")], &[]);
+    let target: SocketAddr = format!("127.0.0.1:{}", c.sip).parse().unwrap();
+    let (p, stat) = sipp_uac_on(d, "127.0.0.1", "uac.xml", "b", target, (10, 10, 0), &[]);
+    let r = finish_uac(p, &stat);
+    assert_eq!((r.successful, r.failed), (10, 0), "{r:?}");
+    let (p, stat) = sipp_uac_on(
+        d,
+        "127.0.0.1",
+        "uac_large.xml",
+        "b",
+        target,
+        (10, 10, 0),
+        &[],
+    );
+    let r = finish_uac(p, &stat);
+    assert_eq!((r.successful, r.failed), (10, 0), "{r:?}");
+    on_udp.expect_calls(10);
+    on_tcp.expect_calls(10);
+    let m = scrape_at(&c.admin);
+    assert_eq!(
+        metric(
+            &m,
+            "handover_edge_connections_outbound_total{transport=\"tcp\"}"
+        ),
+        1.0,
+        "one TCP connection for the large calls: {m}"
+    );
+}
+
 /// IPv6: the edge on `[::1]` over UDP and TCP, in front of a SIPp callee
 /// on `[::1]`, and SIPp calling over one TCP connection from `[::1]`.
 #[test]

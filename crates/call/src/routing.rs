@@ -59,6 +59,10 @@ pub struct Route {
     /// (`;tls_name=NAME`), the B leg's Request-URI host (the target's
     /// address then rides in `maddr`); None: the IP address is the name.
     pub tls_name: Option<String>,
+    /// Over UDP, to targets that take TCP too (`;tcp_above=BYTES`): a
+    /// request larger than this goes over TCP (RFC 3261 §18.1.1: above
+    /// 1,300 bytes when the path MTU is unknown).
+    pub tcp_above: Option<u16>,
 }
 
 /// The routes of a worker, in the order they are tried.
@@ -67,15 +71,17 @@ pub struct Routes(Vec<Route>);
 
 impl Routes {
     /// Adds a route given on the command line:
-    /// `MATCH=IP:PORT[*WEIGHT][,IP:PORT[*WEIGHT]…][;transfer=MODE][;transport=udp|tcp|tls][;tls_name=NAME]`,
+    /// `MATCH=IP:PORT[*WEIGHT][,IP:PORT[*WEIGHT]…][;transfer=MODE][;transport=udp|tcp|tls][;tls_name=NAME][;tcp_above=BYTES]`,
     /// where MATCH is a user, `PREFIX*` for a prefix, `@DOMAIN` for a
-    /// domain, or `*` for any, MODE `passthrough` or `local`, and NAME
-    /// the name the TLS targets' certificates carry.
+    /// domain, or `*` for any, MODE `passthrough` or `local`, NAME the
+    /// name the TLS targets' certificates carry, and BYTES the size above
+    /// which requests to UDP targets go over TCP.
     pub fn add(&mut self, spec: &str) -> Result<(), String> {
         let mut parts = spec.split(';');
         let spec_main = parts.next().unwrap_or_default();
         let (mut transfer, mut transport) = (None, handover_sip::Transport::Udp);
         let mut tls_name = None;
+        let mut tcp_above = None;
         for opt in parts {
             if let Some(mode) = opt.strip_prefix("transfer=") {
                 transfer = Some(mode.parse().map_err(|e| format!("route `{spec}`: {e}"))?);
@@ -101,15 +107,29 @@ impl Routes {
                     ));
                 }
                 tls_name = Some(n.to_ascii_lowercase());
+            } else if let Some(n) = opt.strip_prefix("tcp_above=") {
+                tcp_above = Some(
+                    n.parse::<u16>()
+                        .ok()
+                        .filter(|n| (500..=65_000).contains(n))
+                        .ok_or_else(|| {
+                            format!("route `{spec}`: `;tcp_above={n}` is not 500..=65000 bytes")
+                        })?,
+                );
             } else {
                 return Err(format!(
-                    "route `{spec}`: `;{opt}` is not `;transfer=passthrough|local`, `;transport=udp|tcp|tls` or `;tls_name=NAME`"
+                    "route `{spec}`: `;{opt}` is not `;transfer=passthrough|local`, `;transport=udp|tcp|tls`, `;tls_name=NAME` or `;tcp_above=BYTES`"
                 ));
             }
         }
         if tls_name.is_some() && transport != handover_sip::Transport::Tls {
             return Err(format!(
                 "route `{spec}`: `;tls_name` needs `;transport=tls`"
+            ));
+        }
+        if tcp_above.is_some() && transport != handover_sip::Transport::Udp {
+            return Err(format!(
+                "route `{spec}`: `;tcp_above` is for targets reached over UDP"
             ));
         }
         let (m, targets) = spec_main
@@ -145,6 +165,7 @@ impl Routes {
             transfer,
             transport,
             tls_name,
+            tcp_above,
         })
     }
 
@@ -177,6 +198,12 @@ impl Routes {
     pub fn transport(&self, user: &[u8], host: &[u8]) -> handover_sip::Transport {
         self.find(user, host)
             .map_or(handover_sip::Transport::Udp, |r| r.transport)
+    }
+
+    /// The size above which the route `user@host` takes sends requests
+    /// over TCP, if it sets one.
+    pub fn tcp_above(&self, user: &[u8], host: &[u8]) -> Option<u16> {
+        self.find(user, host).and_then(|r| r.tcp_above)
     }
 
     /// The TLS name of the route `user@host` takes, if it sets one.
@@ -313,6 +340,25 @@ mod tests {
         r.add("*=127.0.0.1:2").unwrap();
         assert_eq!(r.lookup(b"alice", b"x", 0).1, Some(TransferMode::Local));
         assert_eq!(r.lookup(b"bob", b"x", 0).1, None);
+    }
+
+    #[test]
+    fn a_udp_route_may_send_large_requests_over_tcp() {
+        let mut r = Routes::default();
+        r.add("pbx=192.0.2.7:5060;tcp_above=1300").unwrap();
+        r.add("other=192.0.2.8:5060").unwrap();
+        assert_eq!(r.tcp_above(b"pbx", b"x"), Some(1300));
+        assert_eq!(r.tcp_above(b"other", b"x"), None);
+        for bad in ["0", "499", "65001", "x", ""] {
+            let e = r
+                .add(&format!("t=192.0.2.1:5060;tcp_above={bad}"))
+                .unwrap_err();
+            assert!(e.contains("is not 500..=65000 bytes"), "{bad}: {e}");
+        }
+        let e = r
+            .add("t=192.0.2.1:5060;transport=tcp;tcp_above=1300")
+            .unwrap_err();
+        assert!(e.contains("for targets reached over UDP"), "{e}");
     }
 
     #[test]

@@ -659,6 +659,69 @@ fn malformed_sdp_is_passed_through_untouched() {
     );
 }
 
+/// RFC 3261 §18.1.1: to a route whose targets take TCP too
+/// (`;tcp_above`), an INVITE above the limit goes over TCP (its
+/// Request-URI says so, and its CANCEL follows it); a small one stays on
+/// UDP.
+#[test]
+fn rfc3261_18_1_1_a_large_invite_goes_over_tcp_where_the_route_allows() {
+    let mut b = b2bua_routed(&["b=127.0.0.1:5071;tcp_above=1300"], 1);
+    b.handle_datagram(at(0), a_invite().as_bytes());
+    let small = out(&mut b);
+    let bi = small
+        .iter()
+        .find(|(_, m)| first_line(m).starts_with("INVITE "))
+        .expect("relayed");
+    assert!(bi.1.len() < 1300);
+    assert_eq!(
+        scan(&bi.1).unwrap().request_uri().unwrap().as_bytes(),
+        b"sip:b@127.0.0.1:5071",
+        "a small INVITE stays on UDP"
+    );
+    let video: String = (0..40)
+        .map(|i| format!("a=rtcp-fb:{} nack pli\r\n", 96 + i))
+        .collect();
+    let sdp = format!("{SDP_A}{video}");
+    let inv = a_invite()
+        .replace(
+            &format!("Content-Length: {}\r\n\r\n{SDP_A}", SDP_A.len()),
+            &format!("Content-Length: {}\r\n\r\n{sdp}", sdp.len()),
+        )
+        .replace("a-call", "a-call-large")
+        .replace("z9hG4bK-hxedge", "z9hG4bK-hxedge2")
+        .replace("z9hG4bKa1", "z9hG4bKa2");
+    b.handle_datagram(at(1), inv.as_bytes());
+    let large = out(&mut b);
+    let bi = large
+        .iter()
+        .find(|(_, m)| first_line(m).starts_with("INVITE "))
+        .expect("relayed");
+    assert!(bi.1.len() > 1300, "{}", bi.1.len());
+    assert_eq!(
+        scan(&bi.1).unwrap().request_uri().unwrap().as_bytes(),
+        b"sip:b@127.0.0.1:5071;transport=tcp",
+        "a large INVITE goes over TCP"
+    );
+    // The caller gives up: the CANCEL goes where the INVITE went.
+    let cancel = inv
+        .replacen("INVITE sip:", "CANCEL sip:", 1)
+        .replace("CSeq: 1 INVITE", "CSeq: 1 CANCEL");
+    let cancel = cancel
+        .split_once("Content-Type")
+        .map(|(h, _)| format!("{h}Content-Length: 0\r\n\r\n"))
+        .unwrap();
+    b.handle_datagram(at(2), cancel.as_bytes());
+    let sent = out(&mut b);
+    let c = sent
+        .iter()
+        .find(|(_, m)| first_line(m).starts_with("CANCEL "))
+        .expect("CANCEL relayed");
+    assert_eq!(
+        scan(&c.1).unwrap().request_uri().unwrap().as_bytes(),
+        b"sip:b@127.0.0.1:5071;transport=tcp"
+    );
+}
+
 #[test]
 fn failover_to_the_next_target_on_503_and_no_answer() {
     let mut b = b2bua_routed(&["b=127.0.0.1:5071,127.0.0.1:5072,127.0.0.1:5073"], 3);

@@ -150,6 +150,9 @@ struct RouteSection {
     /// Over TLS: the name the targets' certificates carry (default:
     /// their IP addresses).
     tls_name: Option<Spanned<String>>,
+    /// Over UDP, to targets that take TCP too: requests larger than this
+    /// many bytes go over TCP (RFC 3261 §18.1.1 says 1300).
+    tcp_above: Option<Spanned<u16>>,
 }
 
 /// `[edge]`: the stateless front door (`handover edge`).
@@ -782,6 +785,9 @@ impl Config {
             if let Some(n) = &r.tls_name {
                 spec += &format!(";tls_name={}", n.get_ref());
             }
+            if let Some(n) = &r.tcp_above {
+                spec += &format!(";tcp_above={}", n.get_ref());
+            }
             check.add(&spec).map_err(|e| {
                 err(
                     Some(r.targets.span()),
@@ -1293,6 +1299,11 @@ mod tests {
             c.worker.routes,
             ["carrier=203.0.113.5:5061;transport=tls;tls_name=sip.carrier.example"]
         );
+        let c = parse(
+            "[[worker.routes]]\nuser = \"pbx\"\ntargets = [\"192.0.2.7:5060\"]\ntcp_above = 1300\n",
+        )
+        .unwrap();
+        assert_eq!(c.worker.routes, ["pbx=192.0.2.7:5060;tcp_above=1300"]);
         let e = parse("[[worker.routes]]\nuser = \"c\"\ntargets = [\"203.0.113.5:5061\"]\ntls_name = \"x.example\"\n").unwrap_err();
         assert!(e.contains("needs `;transport=tls`"), "{e}");
         let e = parse("[worker]\nt1_ms = 0\n").unwrap_err();

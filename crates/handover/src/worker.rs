@@ -50,7 +50,9 @@ pub(crate) struct WorkerArgs {
     /// Where calls go: `MATCH=IP:PORT[*WEIGHT][,IP:PORT…]` where MATCH is a
     /// user, PREFIX*, @DOMAIN or * (repeat; replaces the file's routes);
     /// then `;transfer=passthrough|local`, `;transport=udp|tcp|tls` and,
-    /// over TLS, `;tls_name=NAME` (the name the targets' certificates carry).
+    /// over TLS, `;tls_name=NAME` (the name the targets' certificates carry),
+    /// over UDP, `;tcp_above=BYTES` (larger INVITEs over TCP, RFC 3261
+    /// §18.1.1: 1300).
     #[arg(long = "route", value_name = "MATCH=IP:PORT")]
     routes: Vec<String>,
     /// Admin HTTP address for /metrics, /healthz, /readyz [default: 127.0.0.1:9101].

@@ -19,6 +19,9 @@ pub struct Target {
     pub uri: Option<Vec<u8>>,
     /// Route header values for the request.
     pub route: Vec<Vec<u8>>,
+    /// A route target over UDP that takes TCP too: an INVITE larger than
+    /// this goes over TCP (`;tcp_above`, RFC 3261 §18.1.1).
+    pub tcp_above: Option<u16>,
 }
 
 impl From<SocketAddr> for Target {
@@ -27,6 +30,7 @@ impl From<SocketAddr> for Target {
             addr,
             uri: None,
             route: Vec::new(),
+            tcp_above: None,
         }
     }
 }
@@ -229,6 +233,7 @@ impl<R: RngCore> B2bua<R> {
             addr,
             uri: Some(m.request_uri()?.as_bytes().to_vec()),
             route: vec![route],
+            tcp_above: None,
         })
     }
 
@@ -415,6 +420,7 @@ impl<R: RngCore> B2bua<R> {
                         addr,
                         uri: Some(b.contact.to_vec()),
                         route,
+                        tcp_above: None,
                     })
                 })
                 .collect();
@@ -425,6 +431,7 @@ impl<R: RngCore> B2bua<R> {
         let (addrs, mode) = self.cfg.routes.lookup(user, host, key);
         let transport = self.cfg.routes.transport(user, host);
         let tls_name = self.cfg.routes.tls_name(user, host);
+        let tcp_above = self.cfg.routes.tcp_above(user, host);
         let user = String::from_utf8_lossy(user);
         let targets = addrs
             .into_iter()
@@ -443,12 +450,18 @@ impl<R: RngCore> B2bua<R> {
                         addr.port(),
                         addr.ip()
                     ),
-                    _ => return Target::from(addr),
+                    _ => {
+                        return Target {
+                            tcp_above,
+                            ..Target::from(addr)
+                        };
+                    }
                 };
                 Target {
                     addr,
                     uri: Some(uri.into_bytes()),
                     route: Vec::new(),
+                    tcp_above: None,
                 }
             })
             .collect();

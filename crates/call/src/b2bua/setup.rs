@@ -59,23 +59,38 @@ impl<R: RngCore> B2bua<R> {
             headers.retain(|(n, _)| !n.eq_ignore_ascii_case("P-Asserted-Identity"));
             headers.push(("P-Asserted-Identity", v));
         }
-        let invite = handover_sip::build::Request {
-            method: "INVITE",
-            uri: uri.as_bytes(),
-            via: &[&via],
-            from: &from,
-            from_tag: b_tag.as_bytes(),
-            to: to.as_bytes(),
-            call_id: &b_call_id,
-            cseq: 1,
-            max_forwards: mf,
-            route: &route,
-            contact: Some(&contact),
-            headers: &headers,
-            body,
-            ..Default::default()
+        let build = |uri: &str| {
+            handover_sip::build::Request {
+                method: "INVITE",
+                uri: uri.as_bytes(),
+                via: &[&via],
+                from: &from,
+                from_tag: b_tag.as_bytes(),
+                to: to.as_bytes(),
+                call_id: &b_call_id,
+                cseq: 1,
+                max_forwards: mf,
+                route: &route,
+                contact: Some(&contact),
+                headers: &headers,
+                body,
+                ..Default::default()
+            }
+            .to_vec()
+        };
+        let mut invite = build(&uri);
+        // RFC 3261 §18.1.1: a request above the path MTU (1,300 bytes when
+        // it is unknown) goes over TCP, to a target that takes TCP too
+        // (its route says so: `;tcp_above`). The Request-URI says so, so
+        // the edge opens the connection, and the INVITE's CANCEL and ACK
+        // (built from it) and the dialog (Record-Routed with the flow)
+        // follow it.
+        if let Some(limit) = target.tcp_above
+            && target.uri.is_none()
+            && invite.len() > usize::from(limit)
+        {
+            invite = build(&format!("{uri};transport=tcp"));
         }
-        .to_vec();
         (b_call_id, invite)
     }
 
