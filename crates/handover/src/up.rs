@@ -135,6 +135,11 @@ pub(crate) struct UpArgs {
     /// UDP only: no TCP or TLS listener.
     #[arg(long)]
     udp_only: bool,
+    /// Benchmarks only: the cluster port without TLS (plain HTTP/2, which
+    /// the workers take on loopback only), to measure what mutual TLS
+    /// costs (`benches/compare --systems up-3,up-3-plain`).
+    #[arg(long, hide = true)]
+    cluster_plaintext: bool,
     /// New dialogs the edge takes per source address per second (503
     /// past it, then a 10 s ban at twice it); 0: no limit, the default
     /// (`edge --new-dialogs-per-source`).
@@ -370,10 +375,12 @@ pub(crate) fn run(mut a: UpArgs) -> anyhow::Result<()> {
         })?;
         // Mutual TLS on the cluster port, even on loopback: another local
         // user could otherwise act as a member.
-        handover_worker::tls::throwaway(&cluster_tls, a.workers.into())
-            .context("cannot make the cluster's throw-away certificates")?;
-        edge.arg("--cluster-tls").arg(cluster_tls.join("edge"));
-        for i in 0..a.workers {
+        if !a.cluster_plaintext {
+            handover_worker::tls::throwaway(&cluster_tls, a.workers.into())
+                .context("cannot make the cluster's throw-away certificates")?;
+            edge.arg("--cluster-tls").arg(cluster_tls.join("edge"));
+        }
+        for i in (0..a.workers).filter(|_| !a.cluster_plaintext) {
             let port = nth(a.worker_grpc, i)?.port();
             let to = crate::status::up_credentials(port);
             let _ = std::fs::remove_dir_all(&to);
@@ -446,9 +453,12 @@ pub(crate) fn run(mut a: UpArgs) -> anyhow::Result<()> {
             }
             worker
                 .arg("--data")
-                .arg(data.join(format!("worker-{}", i + 1)))
-                .arg("--cluster-tls")
-                .arg(cluster_tls.join(format!("member-{}", i + 1)));
+                .arg(data.join(format!("worker-{}", i + 1)));
+            if !a.cluster_plaintext {
+                worker
+                    .arg("--cluster-tls")
+                    .arg(cluster_tls.join(format!("member-{}", i + 1)));
+            }
             if let Some(w) = a.commit_window_ms {
                 worker.args(["--commit-window-ms", &w.to_string()]);
             }
