@@ -715,3 +715,54 @@ fn a_tls_phone_and_a_udp_trunk_hang_up_after_the_worker_owning_their_call_is_kil
         .count();
     assert_eq!(byes, 2, "one BYE to alice, one from her");
 }
+
+/// A phone that quits unregisters (baresip sends `Expires: 0` for its
+/// binding) and registers again when it starts, as desk phones do at
+/// every reboot. With replication, the AOR's removal leaves a tombstone
+/// in the replicated table; the new registration must still be taken,
+/// answered 200 and the phone called (before the fix its version was
+/// counted from zero, the table refused it as older than the tombstone,
+/// and the phone never got an answer).
+#[test]
+fn a_phone_that_quits_and_starts_again_registers_again_and_is_called() {
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let c = cluster(&[], &["--workers", "3"]);
+    wait_members(&c.grpc, 3);
+    wait_all_shards_served(&c.grpc, 3);
+    let (host, port) = c.worker_admin.rsplit_once(':').unwrap();
+    let port: u16 = port.parse().unwrap();
+    let account = format!(
+        "<sip:carol@127.0.0.1>;outbound=\"sip:127.0.0.1:{};transport=tcp\";regint=600;answermode=auto",
+        c.sip
+    );
+    let active = || summed(host, port, &[0, 1, 2], "handover_registrations_active");
+    let mut first = Phone::start(dir.path(), "carol", std::slice::from_ref(&account));
+    let info = first.registered(1, Duration::from_secs(10));
+    assert_eq!(info.matches(" OK ").count(), 1, "{info}");
+    assert!(
+        wait_for(Duration::from_secs(5), || active() == 3.0),
+        "every worker holds carol's binding"
+    );
+    // `quit`: baresip unregisters, then exits.
+    first.command("quit", "");
+    assert!(
+        wait_for(Duration::from_secs(10), || active() == 0.0),
+        "carol's binding is gone from every worker: {}",
+        active()
+    );
+    drop(first);
+    let mut again = Phone::start(dir.path(), "carol-again", std::slice::from_ref(&account));
+    let info = again.registered(1, Duration::from_secs(10));
+    assert_eq!(info.matches(" OK ").count(), 1, "registered again: {info}");
+    assert!(
+        wait_for(Duration::from_secs(5), || active() == 3.0),
+        "every worker holds carol's new binding"
+    );
+    let edge: std::net::SocketAddr = format!("127.0.0.1:{}", c.sip).parse().unwrap();
+    let (uac, stat) = sipp_uac_with(dir.path(), "uac.xml", "carol", edge, 1, 1, 1_000);
+    again.event("CALL_ESTABLISHED", None, Duration::from_secs(10));
+    let r = finish_uac(uac, &stat);
+    assert_eq!((r.successful, r.failed), (1, 0), "carol was called: {r:?}");
+    again.event("CALL_CLOSED", None, Duration::from_secs(10));
+}

@@ -102,13 +102,26 @@ pub struct Record {
     pub aor: Vec<u8>,
     /// Its affinity key (`Hashing::aor_key`).
     pub key: u64,
-    /// Bumped at every write.
+    /// Bumped at every write, and at least the writer's wall clock in Unix
+    /// milliseconds ([`Record::next_version`]).
     pub version: u64,
     /// Empty: the AOR is gone.
     pub bindings: Vec<Binding>,
 }
 
 impl Record {
+    /// The version of the write that follows this one at `now_ms` (Unix
+    /// milliseconds): one more, and never below the clock. An AOR whose
+    /// last binding went is gone from the table, which keeps only a
+    /// tombstone of the removal's version to refuse late writes; when the
+    /// phone registers again, its record starts from nothing, and a
+    /// version counted from zero would be refused as older than that
+    /// tombstone for as long as the tombstone lives (the phone would get
+    /// no answer). The clock puts a new life of the AOR past its old one.
+    pub fn next_version(&self, now_ms: u64) -> u64 {
+        self.version.saturating_add(1).max(now_ms)
+    }
+
     fn live(&self, now_ms: u64) -> impl Iterator<Item = &Binding> {
         self.bindings.iter().filter(move |b| b.live(now_ms))
     }

@@ -164,7 +164,7 @@ impl Registrar {
         } else {
             self.stats.ping_failures += 1;
         }
-        next.version = cur.version.saturating_add(1);
+        next.version = cur.next_version(self.wall_ms(now));
         self.write(now, next, None);
     }
 }

@@ -107,7 +107,7 @@ impl Registrar {
         self.stats.created += outcome.created;
         self.stats.refreshed += outcome.refreshed;
         self.stats.removed += outcome.removed;
-        next.version = base.version.saturating_add(1);
+        next.version = base.next_version(now_ms);
         let id = self.remember(now, m, None);
         if let Some(a) = self.answers.get_mut(&id) {
             a.held = Some(ok);
@@ -248,7 +248,7 @@ impl Registrar {
                 let mut next = cur.clone();
                 next.bindings.retain(|b| b.live(now_ms));
                 self.stats.expired += (cur.bindings.len() - next.bindings.len()) as u64;
-                next.version = cur.version.saturating_add(1);
+                next.version = cur.next_version(now_ms);
                 self.write(now, next, None);
             }
         }

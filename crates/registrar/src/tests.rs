@@ -62,9 +62,10 @@ fn rfc3261_10_3_the_200_waits_for_the_commit_and_retransmissions_get_it_again() 
     let b = register("a", 1, &["<sip:alice@10.0.0.9:5060>"], Some("600"));
     assert!(run(&mut r, at(1), &b).is_empty(), "held until committed");
     let w = r.poll_write().expect("a write");
+    // The version is the wall clock's millisecond (see the last test).
     assert_eq!(
         (w.aor.as_slice(), w.version, w.key),
-        (&b"alice@example.com"[..], 1, 7)
+        (&b"alice@example.com"[..], T0 + 1_000, 7)
     );
     assert_eq!(
         w.bindings[0].flow,
@@ -76,7 +77,7 @@ fn rfc3261_10_3_the_200_waits_for_the_commit_and_retransmissions_get_it_again() 
         "a retransmission is absorbed"
     );
     r.apply(w.clone());
-    r.committed(&w.aor, 1, true);
+    r.committed(&w.aor, w.version, true);
     let out = sent(&mut r);
     assert_eq!(out.len(), 1);
     assert!(out[0].starts_with("SIP/2.0 200 OK\r\n"), "{}", out[0]);
@@ -100,7 +101,7 @@ fn rfc3261_10_3_the_200_waits_for_the_commit_and_retransmissions_get_it_again() 
     assert!(r.poll_write().is_none(), "looked at again 5 s later");
     r.sweep(at(607), |_| true);
     let w = r.poll_write().expect("expired bindings written out");
-    assert!(w.bindings.is_empty() && w.version == 2);
+    assert!(w.bindings.is_empty() && w.version == T0 + 607_000);
     assert_eq!(r.stats().expired, 1);
 }
 
@@ -233,4 +234,53 @@ fn qvalues_and_seconds_parse_strictly() {
     assert_eq!(seconds(b" 42 "), Some(42));
     assert_eq!(seconds(b"-1"), None);
     assert_eq!(seconds(b"99999999999999999999999"), Some(u64::MAX));
+}
+
+/// An AOR whose last binding went (unregistered, expired, its flow
+/// failed) is a tombstone in the replicated table, which refuses any
+/// write of it at or below the removal's version. Registered again, the
+/// AOR starts from nothing: its version must still pass the tombstone,
+/// or the phone never gets an answer (seen with baresip, which
+/// unregisters when it quits and registers when it starts).
+#[test]
+fn an_aor_registered_again_after_its_removal_writes_past_its_tombstone() {
+    let mut r = registrar(true);
+    let add = register("a", 1, &["<sip:alice@10.0.0.9>"], Some("600"));
+    assert!(run(&mut r, at(1), &add).is_empty());
+    let w1 = r.poll_write().unwrap();
+    r.apply(w1.clone());
+    r.committed(&w1.aor, w1.version, true);
+    assert_eq!(sent(&mut r).len(), 1);
+    let remove = register("b", 2, &["<sip:alice@10.0.0.9>"], Some("0"));
+    assert!(run(&mut r, at(1), &remove).is_empty());
+    let w2 = r.poll_write().unwrap();
+    assert!(w2.bindings.is_empty());
+    assert!(
+        w2.version > w1.version,
+        "{} then {}",
+        w1.version,
+        w2.version
+    );
+    r.apply(w2.clone());
+    r.committed(&w2.aor, w2.version, true);
+    assert_eq!(sent(&mut r).len(), 1);
+    // The table now holds a tombstone at w2's version, and no record.
+    assert!(r.locations().read().get(7, b"alice@example.com").is_none());
+    let again = register("c", 3, &["<sip:alice@10.0.0.9>"], Some("600"));
+    assert!(run(&mut r, at(2), &again).is_empty());
+    let w3 = r.poll_write().unwrap();
+    assert!(
+        w3.version > w2.version,
+        "past the tombstone: {} after {}",
+        w3.version,
+        w2.version
+    );
+    // In the same millisecond as the removal, one more than it would do
+    // too; a write is never below its base's version plus one.
+    let base = Record {
+        version: T0 + 5_000,
+        ..Record::default()
+    };
+    assert_eq!(base.next_version(T0 + 1_000), T0 + 5_001);
+    assert_eq!(base.next_version(T0 + 9_000), T0 + 9_000);
 }
