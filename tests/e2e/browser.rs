@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use crate::support::*;
 
-fn require_browser() {
+pub(crate) fn require_browser() {
     for (tool, how) in [
         ("node", "Debian package nodejs"),
         ("chromium", "Debian package chromium"),

@@ -766,3 +766,121 @@ fn a_phone_that_quits_and_starts_again_registers_again_and_is_called() {
     assert_eq!((r.successful, r.failed), (1, 0), "carol was called: {r:?}");
     again.event("CALL_CLOSED", None, Duration::from_secs(10));
 }
+
+/// Issue 18: a browser on WSS and a phone on TCP, through three
+/// replicated workers. JsSIP in headless Chromium (WebRTC: ICE and
+/// DTLS-SRTP) calls carol, a baresip phone registered over TCP with its
+/// `ice` and `dtls_srtp` modules (so it answers a browser's offer); the
+/// worker that owns the call is killed with SIGKILL while it is up; then
+/// the browser hangs up: its BYE reaches a surviving worker through the
+/// edge and carol on her TCP connection, and both ends see the call end.
+#[test]
+fn a_wss_browser_and_a_tcp_phone_hang_up_after_the_worker_owning_their_call_is_killed() {
+    crate::browser::require_browser();
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let c = cluster(&[], &["--workers", "3"]);
+    wait_members(&c.grpc, 3);
+    wait_all_shards_served(&c.grpc, 3);
+    let (host, port) = c.worker_admin.rsplit_once(':').unwrap();
+    let port: u16 = port.parse().unwrap();
+    let mut carol = Phone::start_with(
+        dir.path(),
+        "carol",
+        "127.0.0.1",
+        &[format!(
+            "<sip:carol@127.0.0.1>;outbound=\"sip:127.0.0.1:{};transport=tcp\";regint=600;\
+             answermode=auto;medianat=ice;mediaenc=dtls_srtp",
+            c.sip
+        )],
+        "module ice.so\nmodule dtls_srtp.so\nrtcp_mux yes\n",
+    );
+    let info = carol.registered(1, Duration::from_secs(10));
+    assert_eq!(info.matches(" OK ").count(), 1, "{info}");
+    assert!(
+        wait_for(Duration::from_secs(5), || summed(
+            host,
+            port,
+            &[0, 1, 2],
+            "handover_registrations_active"
+        ) == 3.0),
+        "every worker holds carol's binding"
+    );
+    let go = dir.path().join("hang-up");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/browser/jssip_caller.mjs");
+    let mut node = Command::new("node")
+        .arg(&script)
+        .arg(format!("wss://127.0.0.1:{}", c.wss))
+        .arg("127.0.0.1")
+        .arg("carol")
+        .arg(&go)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("node runs");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = node.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        use std::io::BufRead as _;
+        for l in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(l);
+        }
+    });
+    let first = rx.recv_timeout(Duration::from_secs(40)).unwrap_or_default();
+    if first != "confirmed" {
+        let _ = node.kill();
+        let err = node
+            .wait_with_output()
+            .map(|o| o.stderr)
+            .unwrap_or_default();
+        panic!(
+            "the browser's call was not confirmed: {first}\n{}",
+            String::from_utf8_lossy(&err)
+        );
+    }
+    carol.event("CALL_ESTABLISHED", None, Duration::from_secs(10));
+    committed(host, port);
+    let victim = owner_of_the_call(host, port);
+    let survivors: Vec<u16> = (0..3u16).filter(|&i| i != victim).collect();
+    let adopted_before = summed(host, port, &survivors, "handover_calls_adopted_total");
+    let _argv = kill_worker(c.worker, victim);
+    let taken = wait_for(Duration::from_secs(15), || {
+        summed(host, port, &survivors, "handover_calls_adopted_total") > adopted_before
+    });
+    assert!(taken, "a surviving worker adopted the call");
+    std::fs::write(&go, b"").unwrap();
+    let last = rx.recv_timeout(Duration::from_secs(30)).unwrap_or_default();
+    let v: serde_json::Value = serde_json::from_str(&last)
+        .unwrap_or_else(|_| panic!("the browser reported nothing usable: {last}"));
+    assert_eq!(v["ok"], true, "{v}");
+    assert_eq!(
+        v["seen"],
+        serde_json::json!(["registered", "accepted 200", "confirmed", "ended by local"]),
+        "{v}"
+    );
+    let _ = node.wait();
+    carol.event("CALL_CLOSED", None, Duration::from_secs(10));
+    // carol's SIP went over her TCP connection only, the BYE included.
+    let log = std::fs::read_to_string(&carol.log).unwrap_or_default();
+    let hops = hops(&log);
+    assert!(hops.iter().all(|h| h.starts_with("TCP ")), "{hops:?}");
+    let byes = log
+        .lines()
+        .zip(log.lines().skip(1))
+        .filter(|(h, l)| h.starts_with("TCP ") && l.starts_with("BYE sip:"))
+        .count();
+    assert_eq!(byes, 1, "one BYE to carol");
+    // The browser's over WSS: one connection.
+    let m = http_get(&format!("http://{}/metrics", c.admin)).1;
+    assert_eq!(
+        metric(
+            &m,
+            "handover_edge_connections_opened_total{transport=\"wss\"}"
+        ),
+        1.0,
+        "{m}"
+    );
+}
