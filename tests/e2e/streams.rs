@@ -620,6 +620,63 @@ fn tls_try(tls: SocketAddr, ca: &str, cert: Option<&(String, String)>) -> Result
     Ok(answer)
 }
 
+/// TLS on IPv6: the edge's TLS listener on `[::1]` answers a rustls
+/// client that verifies it against the test's CA (an INVITE with
+/// Max-Forwards 0, answered 483 by the edge itself), and the connection
+/// is counted as TLS.
+#[test]
+fn tls_on_ipv6_is_verified_and_answered() {
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let servers = TestCa::new("servers");
+    let (c, k) = servers.leaf(&["localhost"], false);
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert, c).unwrap();
+    std::fs::write(&key, k).unwrap();
+    let backend = std::net::UdpSocket::bind("[::1]:0").unwrap();
+    let b = backend.local_addr().unwrap().to_string();
+    let (cert_s, key_s) = (
+        cert.to_string_lossy().into_owned(),
+        key.to_string_lossy().into_owned(),
+    );
+    let e = spawn_edge_at(
+        "[::1]:0",
+        &[
+            "--backend",
+            &b,
+            "--probe-interval-ms",
+            "0",
+            "--listen-tls",
+            "[::1]:0",
+            "--tls-cert",
+            &cert_s,
+            "--tls-key",
+            &key_s,
+        ],
+    );
+    let tls = e.tls.expect("a TLS listener on ::1");
+    assert!(tls.is_ipv6(), "{tls}");
+    let ok = tls_try(tls, &servers.pem, None).expect("answered over TLS on IPv6");
+    assert!(ok.starts_with("SIP/2.0 483 "), "{ok:?}");
+    let m = scrape(&e);
+    assert_eq!(
+        metric(
+            &m,
+            "handover_edge_connections_opened_total{transport=\"tls\"}"
+        ),
+        1.0,
+        "{m}"
+    );
+    let other = TestCa::new("others");
+    let refused = tls_try(tls, &other.pem, None);
+    assert!(
+        refused
+            .as_ref()
+            .is_err_and(|e| e.contains("invalid peer certificate")),
+        "a client trusting another CA refuses the edge: {refused:?}"
+    );
+}
+
 /// Trunks with client certificates (`--tls-client-ca`), and a certificate
 /// rotated under a running edge (as Kubernetes rotates a Secret): a client
 /// without a certificate, or with one from another CA, is refused; a
