@@ -8,39 +8,15 @@
 //
 // Needs what jssip_call.mjs needs (scripts/install-deps.sh).
 import fs from "node:fs";
-import http from "node:http";
-import path from "node:path";
-import { createRequire } from "node:module";
+import { jssipPage } from "./page.mjs";
 
 const [wss, domain, callee, go] = process.argv.slice(2);
-const dir = process.env.HANDOVER_BROWSER || path.join(process.env.HOME, ".cache/handover/browser");
-const require = createRequire(path.join(dir, "package.json"));
-const { chromium } = require("playwright-core");
-
-// A page from http://127.0.0.1 is a secure context (getUserMedia works).
-const server = http.createServer((_, res) => {
-  res.writeHead(200, { "content-type": "text/html" });
-  res.end("<!doctype html><title>handover</title>");
-});
-await new Promise((r) => server.listen(0, "127.0.0.1", r));
-const page_url = `http://127.0.0.1:${server.address().port}/`;
-
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-  headless: true,
-  args: [
-    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
-    "--ignore-certificate-errors",
-  ],
-});
 let result;
+let close = async () => {};
 try {
-  const context = await browser.newContext({ ignoreHTTPSErrors: true });
-  const page = await context.newPage();
-  await page.goto(page_url);
-  await page.addScriptTag({ path: path.join(dir, "jssip.js") });
+  const opened = await jssipPage();
+  close = opened.close;
+  const page = opened.page;
   // Phase one: register, call, wait for the call to be confirmed.
   result = await page.evaluate(async ({ wss, domain, callee }) => {
     const seen = [];
@@ -105,8 +81,7 @@ try {
 } catch (e) {
   result = { ok: false, error: String(e) };
 } finally {
-  await browser.close();
-  server.close();
+  await close();
 }
 console.log(JSON.stringify(result));
 process.exit(result.ok ? 0 : 1);

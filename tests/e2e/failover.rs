@@ -19,6 +19,26 @@ fn active(host: &str, port: u16, i: u16) -> f64 {
     metric(&text, "handover_calls_active")
 }
 
+/// Waits (10 s at most) until the three workers whose admin ports are
+/// `port` + i hold `calls` calls between them, then `settle_ms` more (the
+/// last answers reach their callers: a 2xx waits for its commit); each
+/// worker's calls and the busiest worker.
+fn busiest_when_up(host: &str, port: u16, calls: f64, settle_ms: u64) -> (Vec<f64>, u16) {
+    assert!(
+        wait_for(Duration::from_secs(10), || (0..3)
+            .map(|i| active(host, port, i))
+            .sum::<f64>()
+            >= calls),
+        "all calls up"
+    );
+    std::thread::sleep(Duration::from_millis(settle_ms));
+    let per: Vec<f64> = (0..3).map(|i| active(host, port, i)).collect();
+    let w = (0..3u16)
+        .max_by(|&a, &b| per[a as usize].total_cmp(&per[b as usize]))
+        .unwrap();
+    (per, w)
+}
+
 fn adopted(host: &str, port: u16, i: u16) -> f64 {
     let (code, text) = http_get(&format!("http://{host}:{}/metrics", port + i));
     if code != 200 {
@@ -369,19 +389,8 @@ fn a_worker_paused_past_its_lease_serves_nothing_when_it_wakes() {
     // 4 s hold a slow CI machine had BYEs flowing at that moment and one
     // slipped in between the two).
     let (uac, stat) = sipp_uac(dir.path(), edge, 30, 45, 12_000);
-    assert!(
-        wait_for(Duration::from_secs(10), || (0..3)
-            .map(|i| active(host, port, i))
-            .sum::<f64>()
-            >= 45.0),
-        "all calls up"
-    );
     // Let the last answers reach the callers (a 2xx waits for its commit).
-    std::thread::sleep(Duration::from_millis(500));
-    let per: Vec<f64> = (0..3).map(|i| active(host, port, i)).collect();
-    let w = (0..3u16)
-        .max_by(|&a, &b| per[a as usize].total_cmp(&per[b as usize]))
-        .unwrap();
+    let (per, w) = busiest_when_up(host, port, 45.0, 500);
     let before = hangups(host, port, w);
     let pid = worker_pid(c.worker + w).to_string();
     // Frozen (a long GC pause, a stalled VM, a cut network): what reaches
@@ -568,18 +577,7 @@ fn sigterm_drains_a_worker_and_its_calls_go_on_elsewhere() {
     let edge: std::net::SocketAddr = format!("127.0.0.1:{}", c.sip).parse().unwrap();
     // 60 calls hung up by the caller 8 s after the answer.
     let (uac, stat) = sipp_uac(dir.path(), edge, 30, 60, 8_000);
-    assert!(
-        wait_for(Duration::from_secs(10), || (0..3)
-            .map(|i| active(host, port, i))
-            .sum::<f64>()
-            >= 60.0),
-        "all calls up"
-    );
-    std::thread::sleep(Duration::from_millis(500));
-    let per: Vec<f64> = (0..3).map(|i| active(host, port, i)).collect();
-    let w = (0..3u16)
-        .max_by(|&a, &b| per[a as usize].total_cmp(&per[b as usize]))
-        .unwrap();
+    let (per, w) = busiest_when_up(host, port, 60.0, 500);
     let pid = worker_pid(c.worker + w);
     let t0 = Instant::now();
     assert!(
@@ -643,18 +641,7 @@ fn handover_drain_on_the_admin_socket_hands_a_worker_over_and_it_stays_up() {
     let host = "127.0.0.1";
     // 40 calls hung up by the caller 8 s after the answer.
     let (uac, stat) = sipp_uac(dir.path(), c.edge_sip, 20, 40, 8_000);
-    assert!(
-        wait_for(Duration::from_secs(10), || (0..3)
-            .map(|i| active(host, c.admin, i))
-            .sum::<f64>()
-            >= 40.0),
-        "all calls up"
-    );
-    std::thread::sleep(Duration::from_millis(500));
-    let per: Vec<f64> = (0..3).map(|i| active(host, c.admin, i)).collect();
-    let w = (0..3u16)
-        .max_by(|&x, &y| per[x as usize].total_cmp(&per[y as usize]))
-        .unwrap();
+    let (per, w) = busiest_when_up(host, c.admin, 40.0, 500);
     let ready = |i: u16| http_get(&format!("http://{host}:{}/readyz", c.admin + i)).0;
     assert_eq!(ready(w), 200, "ready before the drain");
     let id = (w + 1).to_string();
@@ -1040,19 +1027,8 @@ fn a_partitioned_worker_gives_its_shards_up_and_no_shard_has_two_servers() {
     // is over (a known gap, see docs/architecture.md; a CI run with 5 s
     // here saw it once); the timing keeps this test on the lease gate.
     let (uac, stat) = sipp_uac(dir.path(), c.edge_sip, 40, 60, 6_000);
-    assert!(
-        wait_for(Duration::from_secs(10), || (0..3)
-            .map(|i| active(host, c.admin, i))
-            .sum::<f64>()
-            >= 60.0),
-        "all calls up"
-    );
     // Let the last answers reach the callers (a 2xx waits for its commit).
-    std::thread::sleep(Duration::from_millis(150));
-    let per: Vec<f64> = (0..3).map(|i| active(host, c.admin, i)).collect();
-    let w = (0..3u16)
-        .max_by(|&x, &y| per[x as usize].total_cmp(&per[y as usize]))
-        .unwrap();
+    let (per, w) = busiest_when_up(host, c.admin, 60.0, 150);
     let grpc = |i: u16| format!("127.0.0.1:{}", c.grpc + i);
     let o = fault(dir.path(), w + 1, &["--isolate-ms", "12000"]);
     assert!(o.status.success(), "isolate: {}", stderr(&o));
@@ -1154,18 +1130,7 @@ fn a_worker_whose_replica_thread_dies_exits_and_the_others_carry_its_calls() {
     let host = "127.0.0.1";
     // 40 calls hung up by the caller 10 s after the answer.
     let (uac, stat) = sipp_uac(dir.path(), c.edge_sip, 20, 40, 10_000);
-    assert!(
-        wait_for(Duration::from_secs(10), || (0..3)
-            .map(|i| active(host, c.admin, i))
-            .sum::<f64>()
-            >= 40.0),
-        "all calls up"
-    );
-    std::thread::sleep(Duration::from_millis(500));
-    let per: Vec<f64> = (0..3).map(|i| active(host, c.admin, i)).collect();
-    let w = (0..3u16)
-        .max_by(|&x, &y| per[x as usize].total_cmp(&per[y as usize]))
-        .unwrap();
+    let (per, w) = busiest_when_up(host, c.admin, 40.0, 500);
     let o = fault(dir.path(), w + 1, &["--panic-replica"]);
     assert!(o.status.success(), "fault: {}", stderr(&o));
     let mut exit = None;
