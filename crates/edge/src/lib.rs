@@ -517,7 +517,10 @@ impl Edge {
 
 /// The stream listeners: for each stream thread, one socket of each
 /// transport's `SO_REUSEPORT` group; and each transport's bound address.
-#[allow(clippy::type_complexity)]
+#[expect(
+    clippy::type_complexity,
+    reason = "the bound listeners per thread, each (transport, listener): named once, here"
+)]
 fn bind_streams(
     cfg: &StreamConfig,
     threads: usize,

@@ -534,7 +534,10 @@ async fn accept_loop(
 
 /// A connection's place in the registry, or `None` (counted) when a
 /// limit refuses it.
-#[allow(clippy::type_complexity)]
+#[expect(
+    clippy::type_complexity,
+    reason = "the admitted connection's queue ends and its first bytes, named once, here"
+)]
 fn admit(
     streams: &Streams,
     flow: Flow,
@@ -633,7 +636,10 @@ async fn connection(
 
 /// One SIP message read from a connection: through the proxy, tracked for
 /// retransmission when it went to a worker, delivered.
-#[allow(clippy::too_many_arguments)]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one connection's state, passed down as the reader holds it"
+)]
 async fn on_message(
     msg: &[u8],
     flow: Flow,
@@ -658,7 +664,10 @@ async fn on_message(
 }
 
 /// Serves one connection until it closes; returns why.
-#[allow(clippy::too_many_arguments)]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one connection's state, passed down as the reader holds it"
+)]
 async fn serve<S>(
     stream: S,
     flow: Flow,
@@ -691,7 +700,10 @@ where
     reason
 }
 
-#[allow(clippy::too_many_arguments)]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one connection's state, passed down as the reader holds it"
+)]
 async fn read_loop<R: AsyncRead + Unpin>(
     r: &mut R,
     flow: Flow,

@@ -33,7 +33,10 @@ impl<R: RngCore> B2bua<R> {
     /// Checks a REFER or a NOTIFY of the refer event package before it is
     /// relayed (RFC 3515): the header values to send instead of the
     /// received ones, or the status to answer with.
-    #[allow(clippy::type_complexity)]
+    #[expect(
+        clippy::type_complexity,
+        reason = "the headers to rewrite or the refusal, used by one caller"
+    )]
     pub(super) fn transfer_check(
         &self,
         now: Instant,

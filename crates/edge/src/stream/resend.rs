@@ -102,7 +102,10 @@ pub(super) fn track(pending: &Mutex<Pending>, msg: &[u8]) {
 }
 
 /// Sends again every relayed request whose time has come, routed afresh.
-#[allow(clippy::too_many_arguments)]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one connection's state, passed down as the reader holds it"
+)]
 pub(super) async fn retransmit(
     now: Instant,
     flow: Flow,

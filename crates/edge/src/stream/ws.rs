@@ -29,7 +29,10 @@ where
     let offered_sip = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let saw = Arc::clone(&offered_sip);
     // The signature is tungstenite's (its error type is an HTTP response).
-    #[allow(clippy::result_large_err)]
+    #[expect(
+        clippy::result_large_err,
+        reason = "tungstenite's callback signature returns its own large error response"
+    )]
     let callback = move |req: &Request, mut resp: Response| {
         let sip = req
             .headers()
