@@ -268,7 +268,8 @@ impl Edge {
                 stream::tls_acceptor(f).map_err(StartError::Tls)?,
             )),
         };
-        let upstream = stream::tls_connector(&cfg.streams).map_err(StartError::Tls)?;
+        let upstream =
+            ArcSwap::from_pointee(stream::tls_connector(&cfg.streams).map_err(StartError::Tls)?);
         let table = Table::new(
             cfg.backends.clone(),
             vec![true; cfg.backends.len()],

@@ -345,8 +345,9 @@ pub(crate) struct Streams {
     pub(crate) cfg: StreamConfig,
     pub(crate) registry: Arc<Registry>,
     pub(crate) tls: Option<ArcSwap<TlsAcceptor>>,
-    /// The client of TLS connections to route targets.
-    pub(crate) upstream: tokio_rustls::TlsConnector,
+    /// The client of TLS connections to route targets (reloaded with the
+    /// listener's certificate, which it presents).
+    pub(crate) upstream: ArcSwap<tokio_rustls::TlsConnector>,
     pub(crate) limiter: Mutex<BadInputLimiter>,
     pub(crate) start: Instant,
     /// `MESSAGES_IN` and `RESENT` by transport (`Transport::index`),
@@ -458,11 +459,13 @@ async fn reload_loop(files: TlsFiles, streams: Arc<Streams>) {
             continue;
         }
         last = now;
-        match tls_acceptor(&files) {
-            Ok(a) => {
+        // The connector presents the same certificate to trunks.
+        match tls_acceptor(&files).and_then(|a| Ok((a, tls_connector(&streams.cfg)?))) {
+            Ok((a, c)) => {
                 if let Some(t) = &streams.tls {
                     t.store(Arc::new(a));
                 }
+                streams.upstream.store(Arc::new(c));
                 counter!(TLS_RELOADS, "result" => "ok").increment(1);
                 tracing::info!(cert = %files.cert.display(), "TLS certificate reloaded");
             }

@@ -154,7 +154,7 @@ impl Connector {
             let conn = match name {
                 None => Err(sock),
                 Some(name) => {
-                    let hs = streams.upstream.connect(name.clone(), sock);
+                    let hs = streams.upstream.load().connect(name.clone(), sock);
                     match tokio::time::timeout(streams.cfg.message_timeout, hs).await {
                         Ok(Ok(s)) => Ok(s),
                         Ok(Err(e)) => {
