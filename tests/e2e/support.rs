@@ -561,13 +561,19 @@ pub(crate) fn spawn_edge_at(listen: &str, args: &[&str]) -> EdgeProc {
 
 /// GETs `url` and returns (status, body).
 pub(crate) fn http_get(url: &str) -> (u16, String) {
+    http_try(url).expect("admin port answers")
+}
+
+/// GETs `url`: (status, body), or the error (nothing listens yet, or
+/// any more).
+pub(crate) fn http_try(url: &str) -> Result<(u16, String), ureq::Error> {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .build()
         .into();
-    let mut r = agent.get(url).call().expect("admin port answers");
+    let mut r = agent.get(url).call()?;
     let status = r.status().as_u16();
-    (status, r.body_mut().read_to_string().unwrap_or_default())
+    Ok((status, r.body_mut().read_to_string().unwrap_or_default()))
 }
 
 /// The value of one Prometheus sample, e.g. `metric(&text, "x_total{a=\"b\"}")`.
@@ -584,18 +590,17 @@ pub(crate) fn scrape(e: &EdgeProc) -> String {
 }
 
 /// `metric` summed over the workers in `which` (worker i's admin port is
-/// `port` + i; a worker that does not answer counts 0).
+/// `port` + i; a worker that does not answer, or does not listen yet,
+/// counts 0).
 pub(crate) fn summed(host: &str, port: u16, which: &[u16], series: &str) -> f64 {
     which
         .iter()
-        .map(|&i| {
-            let (code, text) = http_get(&format!("http://{host}:{}/metrics", port + i));
-            if code == 200 {
-                metric(&text, series)
-            } else {
-                0.0
-            }
-        })
+        .map(
+            |&i| match http_try(&format!("http://{host}:{}/metrics", port + i)) {
+                Ok((200, text)) => metric(&text, series),
+                _ => 0.0,
+            },
+        )
         .sum()
 }
 
