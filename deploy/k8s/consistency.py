@@ -89,6 +89,11 @@ def main():
         for f in ("ca.crt", "tls.crt", "tls.key"):
             if paths.get(f"member-{i}/{f}") != cert["spec"]["secretName"]:
                 fail(f"worker {i}'s {f} must be mounted at {tls_root}/member-{i}/{f} from Secret {cert['spec']['secretName']}")
+    # Edges share the public address; each names its pod IP beside the
+    # flows (connections) it holds, so workers reach the right pod.
+    env = {v["name"]: v.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") for v in e.get("env", [])}
+    if "--internal-advertise=$(POD_IP)" not in e["args"] or env.get("POD_IP") != "status.podIP":
+        fail("edges need --internal-advertise=$(POD_IP) with env POD_IP from status.podIP (several edges share one address)")
     etls = [a.split("=", 1)[1] for a in e["args"] if a.startswith("--cluster-tls=")]
     ecert = by.get(("Certificate", "handover-edge-cluster")) or fail("no Certificate handover-edge-cluster")
     if ecert["spec"].get("dnsNames") != ["edge.handover"]:

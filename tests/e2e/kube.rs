@@ -87,6 +87,16 @@ impl Drop for ByName {
 }
 
 pub(crate) fn by_name(dir: &std::path::Path, uas: u16, worker_extra: &[&str]) -> ByName {
+    by_name_with(dir, uas, worker_extra, &[])
+}
+
+/// [`by_name`] with more arguments for its edge.
+pub(crate) fn by_name_with(
+    dir: &std::path::Path,
+    uas: u16,
+    worker_extra: &[&str],
+    edge_extra: &[&str],
+) -> ByName {
     let (grpc, admin) = (free_tcp_ports(3), free_tcp_ports(3));
     // Three consecutive UDP ports below the ephemeral range (free as TCP
     // ports a moment ago; the test says which one clashed if one did).
@@ -99,7 +109,6 @@ pub(crate) fn by_name(dir: &std::path::Path, uas: u16, worker_extra: &[&str]) ->
     for i in 0..3u16 {
         register_creds(grpc + i, creds.join(format!("member-{}", i + 1)));
     }
-    let edge_creds = creds.join("edge").to_string_lossy().into_owned();
     let workers: Vec<Proc> = (0..3)
         .map(|i| {
             let p = Ports {
@@ -113,6 +122,40 @@ pub(crate) fn by_name(dir: &std::path::Path, uas: u16, worker_extra: &[&str]) ->
         })
         .collect();
     let edge_listen = format!("127.0.0.1:{edge_port}");
+    let (edge, edge_admin) = start_edge(dir, grpc, &["--listen", &edge_listen], edge_extra);
+    wait_members(&format!("127.0.0.1:{grpc}"), 3);
+    assert!(
+        wait_for(Duration::from_secs(15), || {
+            (0..3).all(|i| http_get(&format!("http://127.0.0.1:{}/readyz", admin + i)).0 == 200)
+                && http_get(&format!("{edge_admin}/readyz")).0 == 200
+        }),
+        "workers and edge ready within 15 s"
+    );
+    ByName {
+        _workers: workers,
+        edge,
+        edge_sip: edge_listen.parse().unwrap(),
+        edge_admin,
+        grpc,
+        admin,
+        sip,
+    }
+}
+
+/// An edge in front of the three workers of [`by_name`] (their gRPC
+/// ports from `grpc`), with its cluster credentials from `dir`; its
+/// admin URL once it printed it.
+pub(crate) fn start_edge(
+    dir: &std::path::Path,
+    grpc: u16,
+    listen: &[&str],
+    extra: &[&str],
+) -> (Proc, String) {
+    let edge_creds = dir
+        .join("cluster-tls")
+        .join("edge")
+        .to_string_lossy()
+        .into_owned();
     let mut edge_args = vec![
         "--drain-s",
         "4",
@@ -128,8 +171,10 @@ pub(crate) fn by_name(dir: &std::path::Path, uas: u16, worker_extra: &[&str]) ->
         edge_args.extend(["--cluster", c.as_str()]);
     }
     let child = Command::new(env!("CARGO_BIN_EXE_handover"))
-        .args(["edge", "--listen", &edge_listen, "--admin", "127.0.0.1:0"])
+        .args(["edge", "--admin", "127.0.0.1:0"])
+        .args(listen)
         .args(&edge_args)
+        .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -149,23 +194,7 @@ pub(crate) fn by_name(dir: &std::path::Path, uas: u16, worker_extra: &[&str]) ->
         std::thread::spawn(move || lines.for_each(drop));
         url
     };
-    wait_members(&format!("127.0.0.1:{grpc}"), 3);
-    assert!(
-        wait_for(Duration::from_secs(15), || {
-            (0..3).all(|i| http_get(&format!("http://127.0.0.1:{}/readyz", admin + i)).0 == 200)
-                && http_get(&format!("{edge_admin}/readyz")).0 == 200
-        }),
-        "workers and edge ready within 15 s"
-    );
-    ByName {
-        _workers: workers,
-        edge,
-        edge_sip: edge_listen.parse().unwrap(),
-        edge_admin,
-        grpc,
-        admin,
-        sip,
-    }
+    (edge, edge_admin)
 }
 
 #[test]

@@ -884,3 +884,115 @@ fn a_wss_browser_and_a_tcp_phone_hang_up_after_the_worker_owning_their_call_is_k
         "{m}"
     );
 }
+
+/// Issue 18: two edges that share one advertised address, as behind a
+/// cloud load balancer, each naming itself inside the cluster
+/// (`--internal-advertise`), in front of three workers started as the
+/// Kubernetes manifests start them. Workers send what they originate to
+/// the first edge (their `--edge`, as to the manifests' Service). carol,
+/// a baresip phone, registers over TCP on the second edge; a SIPp caller
+/// on the first calls her and hangs up; a second caller waits while she
+/// hangs up. Her REGISTER's answer, the INVITE and BYE to her all reach
+/// her through the edge that holds her connection, never the other.
+#[test]
+fn with_two_edges_a_tcp_phone_is_registered_called_and_hung_up_through_the_edge_holding_its_connection()
+ {
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let uas = free_udp_port();
+    let c = crate::kube::by_name_with(dir.path(), uas, &[], &["--internal-advertise", "127.0.0.1"]);
+    let first = c.edge_sip;
+    let second = free_tcp_port();
+    let listen = format!("127.0.0.1:{second}");
+    let (_edge2, admin2) = crate::kube::start_edge(
+        dir.path(),
+        c.grpc,
+        &["--listen", &listen, "--listen-tcp", &listen],
+        &[
+            "--advertise",
+            &first.to_string(),
+            "--internal-advertise",
+            "127.0.0.1",
+        ],
+    );
+    assert!(
+        wait_for(Duration::from_secs(15), || http_get(&format!(
+            "{admin2}/readyz"
+        ))
+        .0 == 200),
+        "the second edge is ready"
+    );
+    let account = format!(
+        "<sip:carol@127.0.0.1>;outbound=\"sip:127.0.0.1:{second};transport=tcp\";regint=600;answermode=auto"
+    );
+    let mut carol = Phone::start(dir.path(), "carol", std::slice::from_ref(&account));
+    // The workers' answer went to the second edge (the Via the edges
+    // share names the first).
+    let info = carol.registered(1, Duration::from_secs(10));
+    assert_eq!(info.matches(" OK ").count(), 1, "carol registered: {info}");
+    let active = || {
+        summed(
+            "127.0.0.1",
+            c.admin,
+            &[0, 1, 2],
+            "handover_registrations_active",
+        )
+    };
+    assert!(
+        wait_for(Duration::from_secs(5), || active() == 3.0),
+        "every worker holds carol's binding"
+    );
+
+    // A call through the first edge: the INVITE, ACK and the caller's BYE
+    // reach carol on her connection.
+    let (uac, stat) = sipp_uac_with(dir.path(), "uac.xml", "carol", first, 1, 1, 1_000);
+    carol.event("CALL_ESTABLISHED", None, Duration::from_secs(10));
+    let r = finish_uac(uac, &stat);
+    assert_eq!((r.successful, r.failed), (1, 0), "carol was called: {r:?}");
+    carol.event("CALL_CLOSED", None, Duration::from_secs(10));
+
+    // carol hangs up a call: the answer to her BYE reaches her too.
+    let (uac, stat) = sipp_uac_with(dir.path(), "uac_wait_bye.xml", "carol", first, 1, 1, 0);
+    carol.event("CALL_ESTABLISHED", None, Duration::from_secs(10));
+    assert!(carol.command("hangup", ""), "carol hangs up");
+    let r = finish_uac(uac, &stat);
+    assert_eq!(
+        (r.successful, r.failed),
+        (1, 0),
+        "the caller got carol's BYE: {r:?}"
+    );
+    carol.event("CALL_CLOSED", None, Duration::from_secs(10));
+    let log = std::fs::read_to_string(dir.path().join("carol.log")).unwrap();
+    assert!(
+        !log.contains("SIP/2.0 408") && !log.contains("SIP/2.0 430"),
+        "carol saw no lost answer: {log}"
+    );
+
+    // Nothing went astray: no request met a missing connection (430 and
+    // its dropped binding), and only the second edge ever held one.
+    let flow_failed = summed(
+        "127.0.0.1",
+        c.admin,
+        &[0, 1, 2],
+        "handover_bindings_total{event=\"flow_failed\"}",
+    );
+    assert_eq!(
+        flow_failed, 0.0,
+        "no request reached an edge without carol's connection"
+    );
+    let text = http_get(&format!("{}/metrics", c.edge_admin)).1;
+    assert_eq!(
+        metric(
+            &text,
+            "handover_edge_connections_opened_total{transport=\"tcp\"}"
+        ),
+        0.0,
+        "the first edge never held a connection"
+    );
+    let text = http_get(&format!("{admin2}/metrics")).1;
+    assert_eq!(
+        metric(&text, "handover_edge_connections{transport=\"tcp\"}"),
+        1.0,
+        "carol's one connection, on the second edge"
+    );
+}

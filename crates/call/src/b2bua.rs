@@ -612,7 +612,7 @@ fn session_interval(m: &Message<'_>) -> Option<Duration> {
 
 /// Where a response goes: the top Via's (`Via::target`).
 fn via_target(m: &Message<'_>) -> Option<SocketAddr> {
-    m.top_via().target()
+    m.top_via().edge_target()
 }
 
 impl<R: RngCore> B2bua<R> {
@@ -677,9 +677,25 @@ impl<R: RngCore> B2bua<R> {
 
     /// The next datagram: `None` as destination means "to the edge".
     pub fn poll_transmit(&mut self) -> Option<(Option<SocketAddr>, Vec<u8>)> {
-        self.out
+        let (to, b) = self
+            .out
             .pop_front()
-            .or_else(|| self.registrar.poll_transmit())
+            .or_else(|| self.registrar.poll_transmit())?;
+        Some((to.or_else(|| self.flow_edge(&b)), b))
+    }
+
+    /// The edge a request to the edge must reach: the one its top Route
+    /// names beside the flow it goes on (`;fe=`, tagged by an edge or by
+    /// us, see `Hashing::edge_tag`), which holds that flow's connection;
+    /// `None` (any edge) otherwise, or when the tag is not ours.
+    fn flow_edge(&self, b: &[u8]) -> Option<SocketAddr> {
+        memchr::memmem::find(b, b";fe=")?;
+        let m = scan(b).ok()?;
+        let route = m.top_route()?.ok()?;
+        let u = route.uri();
+        self.cfg
+            .hashing
+            .open_edge(u.param(b"flow")?, u.param(b"fe")?)
     }
 
     /// The next transfer report (for the shell's counters).

@@ -566,3 +566,90 @@ fn rfc3325_an_authenticated_caller_is_asserted_to_trusted_targets_only() {
         assert!(!lines(leg).contains("boss"), "{user}: {}", lines(leg));
     }
 }
+
+#[test]
+fn with_several_edges_a_phone_is_answered_called_and_hung_up_through_the_edge_holding_its_flow() {
+    // carol's edge names itself (`fe=`, its address inside the cluster);
+    // the caller comes in through another edge, which does not.
+    let edge: std::net::SocketAddr = "10.8.0.5:5060".parse().unwrap();
+    let flow = "tcp:203.0.113.7:40000";
+    let h = handover_sip::ids::Hashing::default();
+    let mut b = b2bua_routed(&[], 7);
+    let reg = register("carol", "192.168.1.20", "203.0.113.7:40000", 1, None)
+        .replace(";k=1\r\n", ";k=1;fe=10.8.0.5:5060\r\n")
+        .replace("SIP/2.0/UDP 192.168.1.20", "SIP/2.0/TCP 192.168.1.20");
+    b.handle_datagram(at(0), reg.as_bytes());
+    let sent = out(&mut b);
+    assert_eq!(first_line(&sent[0].1), "SIP/2.0 200 OK");
+    assert_eq!(
+        sent[0].0,
+        Some(edge),
+        "the REGISTER is answered to its edge"
+    );
+
+    b.handle_datagram(at(10), invite_to("carol").as_bytes());
+    let sent = out(&mut b);
+    let (to, inv) = sent
+        .iter()
+        .find(|(_, m)| m.starts_with(b"INVITE "))
+        .unwrap();
+    assert_eq!(
+        *to,
+        Some(edge),
+        "the call goes to carol's edge, not any edge"
+    );
+    let tag = String::from_utf8(h.edge_tag(flow.as_bytes(), b"10.8.0.5:5060").to_vec()).unwrap();
+    let route = format!("Route: <sip:127.0.0.1:5060;lr;flow={flow};fe=10.8.0.5:5060~{tag}>\r\n");
+    assert!(lines(inv).contains(&route), "{}", lines(inv));
+
+    // Her 200 echoes the Record-Route her edge added; the ACK and the
+    // caller's BYE go to that edge.
+    let m = scan(inv).unwrap();
+    let rr = format!(
+        "Record-Route: <sip:127.0.0.1:5060;transport=tcp;lr;k=1;flow={flow};fe=10.8.0.5:5060~{tag}>\r\n"
+    );
+    let ok =
+        b_resp(&m, "200 OK", "ct", Some(SDP_B)).replacen("\r\nFrom:", &format!("\r\n{rr}From:"), 1);
+    b.handle_datagram(at(20), ok.as_bytes());
+    let sent = out(&mut b);
+    let ack = sent.iter().find(|(_, m)| m.starts_with(b"ACK ")).unwrap();
+    assert_eq!(ack.0, Some(edge));
+    let a_ok = sent
+        .iter()
+        .find(|(_, m)| m.starts_with(b"SIP/2.0 200"))
+        .unwrap();
+    assert_eq!(
+        a_ok.0,
+        Some("127.0.0.1:5060".parse().unwrap()),
+        "A's answer to A's edge"
+    );
+    let a_tag = String::from_utf8(scan(&a_ok.1).unwrap().to_tag().unwrap().to_vec()).unwrap();
+    b.handle_datagram(at(30), from_a("ACK", 1, "ack1", &a_tag, None).as_bytes());
+    b.handle_datagram(at(40), from_a("BYE", 2, "bye1", &a_tag, None).as_bytes());
+    let sent = out(&mut b);
+    let bye = sent.iter().find(|(_, m)| m.starts_with(b"BYE ")).unwrap();
+    assert_eq!(bye.0, Some(edge), "{}", lines(&bye.1));
+
+    // A Record-Route whose edge carries a tag not ours (a phone that
+    // rewrote it) aims nothing: its requests go to the edge as before.
+    b.handle_datagram(
+        at(100),
+        invite_to("carol").replace("a-call", "c2").as_bytes(),
+    );
+    let sent = out(&mut b);
+    let (_, inv) = sent
+        .iter()
+        .find(|(_, m)| m.starts_with(b"INVITE "))
+        .unwrap();
+    let m = scan(inv).unwrap();
+    let forged = rr.replace("10.8.0.5:5060~", "10.66.0.1:22~");
+    let ok = b_resp(&m, "200 OK", "ct2", Some(SDP_B)).replacen(
+        "\r\nFrom:",
+        &format!("\r\n{forged}From:"),
+        1,
+    );
+    b.handle_datagram(at(120), ok.as_bytes());
+    let sent = out(&mut b);
+    let ack = sent.iter().find(|(_, m)| m.starts_with(b"ACK ")).unwrap();
+    assert_eq!(ack.0, None, "{}", lines(&ack.1));
+}

@@ -159,6 +159,7 @@ pub fn binding(b: &pb::Binding) -> Binding {
         cseq: b.cseq,
         q: u16::try_from(b.q.min(1000)).unwrap_or(1000),
         path: b.path.iter().map(|p| p.as_slice().into()).collect(),
+        edge: b.edge.parse().ok(),
     }
 }
 
@@ -172,6 +173,7 @@ pub fn binding_pb(b: &Binding) -> pb::Binding {
         call_id_hash: b.call_id_hash,
         cseq: b.cseq,
         path: b.path.iter().map(|p| p.to_vec()).collect(),
+        edge: b.edge.map(|e| e.to_string()).unwrap_or_default(),
     }
 }
 
@@ -706,6 +708,25 @@ mod tests {
     }
 
     #[test]
+    fn a_binding_keeps_its_flow_and_the_edge_holding_it_through_a_command() {
+        let b = Binding {
+            contact: b"sip:carol@192.168.1.20:5060".as_slice().into(),
+            flow: "tcp:203.0.113.7:40000".parse().ok(),
+            edge: "10.8.0.5:5060".parse().ok(),
+            expires_ms: 9,
+            call_id_hash: 3,
+            cseq: 2,
+            q: 500,
+            path: Box::new([]),
+        };
+        assert_eq!(binding(&binding_pb(&b)), b);
+        let old = Binding { edge: None, ..b };
+        let pb = binding_pb(&old);
+        assert!(pb.edge.is_empty(), "an edge-less binding writes no edge");
+        assert_eq!(binding(&pb), old);
+    }
+
+    #[test]
     fn only_the_aors_owner_binds_and_a_removed_aor_does_not_return_from_an_old_write() {
         let mut t = Table::new(4);
         up(&mut t, 7);
@@ -723,6 +744,7 @@ mod tests {
                     call_id_hash: 1,
                     cseq: 1,
                     path: vec![],
+                    edge: String::new(),
                 })
                 .collect(),
         };

@@ -43,6 +43,9 @@ pub struct EdgeConfig {
     pub listen: SocketAddr,
     /// Address written into Via and Record-Route (defaults to `listen`).
     pub advertise: Option<SocketAddr>,
+    /// This edge's address inside the cluster, when several edges share
+    /// `advertise` (see `Proxy::with_internal`).
+    pub internal_advertise: Option<SocketAddr>,
     /// The SIP servers behind the edge.
     pub backends: Vec<SocketAddr>,
     /// Data-plane threads (0 = one per CPU).
@@ -81,6 +84,7 @@ impl Default for EdgeConfig {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 5060)),
             advertise: None,
+            internal_advertise: None,
             backends: Vec::new(),
             threads: 0,
             io: IoMode::Auto,
@@ -248,6 +252,9 @@ impl Edge {
         let advertised = cfg.advertise.unwrap_or(listen);
         let mut proxy = Proxy::new(advertised, cfg.hashing, cfg.limits, cfg.record_route)
             .with_destinations(cfg.destinations.clone());
+        if let Some(i) = cfg.internal_advertise {
+            proxy = proxy.with_internal(i);
+        }
         let (stream_listeners, stream_addrs) = bind_streams(&cfg.streams, threads)?;
         for (t, a) in &stream_addrs {
             // Advertised as the UDP address is, on the listener's port.

@@ -372,6 +372,12 @@ pub struct Proxy {
     record_route: bool,
     tag: [u8; 16],
     destinations: Destinations,
+    /// This edge's address inside the cluster (`IP:PORT`), when several
+    /// edges share the advertised one: written as `;fe=` in the Via of
+    /// what goes to a worker (its answers come back here) and beside
+    /// every flow in our Record-Route (the dialog's requests to a phone
+    /// on that flow come here, where its connection is).
+    internal: Option<Vec<u8>>,
 }
 
 impl Proxy {
@@ -396,7 +402,15 @@ impl Proxy {
             limits,
             record_route,
             destinations: Destinations::default(),
+            internal: None,
         }
+    }
+
+    /// Names this edge's address inside the cluster (see `internal`):
+    /// for edges that share one advertised address.
+    pub fn with_internal(mut self, addr: SocketAddr) -> Self {
+        self.internal = Some(addr.to_string().into_bytes());
+        self
     }
 
     /// Sets where workers' requests may go ([`Destinations`]).
@@ -441,6 +455,26 @@ impl Proxy {
             .iter()
             .flatten()
             .any(|l| host.eq_ignore_ascii_case(&l.host) && port == l.addr.port())
+    }
+
+    /// The parts of our Record-Route with flow `f` (and, with an internal
+    /// address, `;fe=` naming this edge, tagged: see
+    /// `Hashing::edge_tag`); `tag` holds the tag's text.
+    fn flow_rr<'b>(
+        &'b self,
+        prefix: &'b [u8],
+        k: &'b [u8],
+        f: &'b [u8],
+        tag: &'b mut [u8; 16],
+    ) -> [&'b [u8]; 9] {
+        match &self.internal {
+            Some(i) => {
+                *tag = self.hashing.edge_tag(f, i);
+                let tag: &'b [u8; 16] = tag;
+                [prefix, k, b";flow=", f, b";fe=", i, b"~", tag, b">\r\n"]
+            }
+            None => [prefix, k, b";flow=", f, b">\r\n", b"", b"", b"", b""],
+        }
     }
 
     fn via_is_ours(&self, v: &Via<'_>) -> bool {
@@ -711,6 +745,7 @@ impl Proxy {
         let mut flow_buf = [0u8; 64];
         let flow_text = stream_flow.map(|f| write_flow(f, &mut flow_buf));
         let rr_listener = self.on(stream_flow.map_or(Transport::Udp, |f| f.transport));
+        let mut tag = [0u8; 16];
         let mut rw = Rewrite::new(m);
         let ok = (|| {
             if delegated {
@@ -741,7 +776,7 @@ impl Proxy {
                         let at = m
                             .record_route_field()
                             .map_or(m.header_block().end, |f| f.line.start);
-                        rw.insert(at, &[&rr_listener.rr_prefix, &k, b";flow=", f, b">\r\n"])?;
+                        rw.insert(at, &self.flow_rr(&rr_listener.rr_prefix, &k, f, &mut tag))?;
                     }
                 }
                 return Ok(Ok(()));
@@ -764,11 +799,20 @@ impl Proxy {
             }
             let khex = hex_u64(key);
             let branch = self.hashing.stateless_branch(m);
+            // To a worker: our address inside the cluster, where its
+            // answer must come back (the advertised one may be another
+            // edge's too).
+            let fe: [&[u8]; 2] = match (&self.internal, peer) {
+                (Some(i), Peer::Backend(_)) => [b";fe=", i],
+                _ => [b"", b""],
+            };
             rw.prepend_via(&[
                 &self.on(to.transport).via_prefix,
                 branch.as_bytes(),
                 b";k=",
                 &khex,
+                fe[0],
+                fe[1],
             ])?;
             if self.record_route && dialog_creating {
                 // Requests a backend sends out carry a key it owns, so the
@@ -783,7 +827,7 @@ impl Proxy {
                 let k = self.hashing.key_token(rr_key, Bound::CallId, m.call_id());
                 match flow_text {
                     Some(f) => {
-                        rw.insert(at, &[&rr_listener.rr_prefix, &k, b";flow=", f, b">\r\n"])?
+                        rw.insert(at, &self.flow_rr(&rr_listener.rr_prefix, &k, f, &mut tag))?
                     }
                     None => rw.insert(at, &[&rr_listener.rr_prefix, &k, b">\r\n"])?,
                 }

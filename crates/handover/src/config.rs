@@ -163,6 +163,9 @@ struct EdgeSection {
     listen: Option<Spanned<String>>,
     /// Address written into Via and Record-Route, when it differs from `listen`.
     advertise: Option<Spanned<String>>,
+    /// This edge's own address inside the cluster (`IP` or `IP:PORT`; the
+    /// port defaults to `listen`'s), when several edges share `advertise`.
+    internal_advertise: Option<Spanned<String>>,
     /// SIP servers behind the edge (`["IP:PORT", …]`).
     backends: Option<Spanned<Vec<String>>>,
     /// Data-plane threads; 0 = one per CPU.
@@ -380,12 +383,32 @@ pub(crate) struct Replication {
     pub(crate) min_free_mb: u64,
 }
 
+/// An edge's address inside the cluster: `IP:PORT`, or a bare `IP` (a
+/// pod's, from the downward API) on the port of `listen` (`IP:PORT`).
+pub(crate) fn internal_addr(s: &str, listen: &str) -> Result<std::net::SocketAddr, String> {
+    if let Ok(a) = s.parse() {
+        return Ok(a);
+    }
+    let port = listen
+        .parse::<std::net::SocketAddr>()
+        .map_or(5060, |l| l.port());
+    match s.trim_matches(['[', ']']).parse::<std::net::IpAddr>() {
+        Ok(ip) if !ip.is_unspecified() => Ok(std::net::SocketAddr::new(ip, port)),
+        Ok(_) => Err(format!("`{s}` is no address to reach this edge at")),
+        Err(_) => Err(format!(
+            "`{s}` is not an IP or IP:PORT address (host names are not resolved)"
+        )),
+    }
+}
+
 /// Effective `[edge]`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub(crate) struct Edge {
     pub(crate) listen: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) advertise: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) internal_advertise: Option<String>,
     pub(crate) backends: Vec<String>,
     pub(crate) threads: usize,
     pub(crate) io: String,
@@ -605,6 +628,14 @@ impl Config {
         let advertise = match &e.advertise {
             None => None,
             Some(_) => Some(addr(&e.advertise, "edge.advertise", "")?),
+        };
+        let internal_advertise = match &e.internal_advertise {
+            None => None,
+            Some(s) => Some(
+                internal_addr(s.get_ref(), &listen)
+                    .map_err(|m| err(Some(s.span()), Some("edge.internal_advertise"), m))?
+                    .to_string(),
+            ),
         };
         let admin = addr(&e.admin, "edge.admin", "127.0.0.1:9100")?;
         let listen_tcp = match &e.listen_tcp {
@@ -981,6 +1012,7 @@ impl Config {
         let edge = Edge {
             listen,
             advertise,
+            internal_advertise,
             backends,
             threads: e.threads.unwrap_or(0),
             io,
@@ -1066,6 +1098,22 @@ mod tests {
         );
         let e = parse("[sip]\nmax_message_bytes = 1000\nmax_uri_bytes = 2000\n").unwrap_err();
         assert!(e.contains("t.toml:3:17: key `sip.max_uri_bytes`"), "{e}");
+    }
+
+    #[test]
+    fn an_edges_internal_address_takes_a_bare_ip_on_the_listen_port() {
+        let c = parse("[edge]\nlisten = \"0.0.0.0:5070\"\ninternal_advertise = \"10.1.2.3\"\n")
+            .unwrap();
+        assert_eq!(c.edge.internal_advertise.as_deref(), Some("10.1.2.3:5070"));
+        let c = parse("[edge]\ninternal_advertise = \"fd00::1\"\n").unwrap();
+        assert_eq!(c.edge.internal_advertise.as_deref(), Some("[fd00::1]:5060"));
+        let c = parse("[edge]\ninternal_advertise = \"10.1.2.3:6000\"\n").unwrap();
+        assert_eq!(c.edge.internal_advertise.as_deref(), Some("10.1.2.3:6000"));
+        let e = parse("[edge]\n\ninternal_advertise = \"0.0.0.0\"\n").unwrap_err();
+        assert!(e.starts_with("t.toml:3:"), "{e}");
+        assert!(e.contains("edge.internal_advertise"), "{e}");
+        let e = parse("[edge]\ninternal_advertise = \"edge-0\"\n").unwrap_err();
+        assert!(e.contains("host names are not resolved"), "{e}");
     }
 
     #[test]

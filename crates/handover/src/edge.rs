@@ -36,6 +36,14 @@ pub(crate) struct EdgeArgs {
     /// Address to name in Via and Record-Route, if not --listen.
     #[arg(long)]
     advertise: Option<SocketAddr>,
+    /// This edge's own address inside the cluster, where workers reach it
+    /// (`IP`, on --listen's port, or `IP:PORT`; in Kubernetes the pod's
+    /// IP). Set it on every edge when several share --advertise: the edge
+    /// then names itself beside each flow it holds, so a worker's answers
+    /// and requests for a phone on that flow come to this edge, where its
+    /// connection is. Replaces the file's `internal_advertise`.
+    #[arg(long, value_name = "IP[:PORT]")]
+    internal_advertise: Option<String>,
     /// A SIP server behind the edge (repeat for each).
     #[arg(long = "backend", value_name = "IP:PORT")]
     backends: Vec<SocketAddr>,
@@ -218,9 +226,18 @@ fn settings(a: &EdgeArgs) -> anyhow::Result<Settings> {
         .map_err(|m| anyhow::anyhow!("probe settings: {m} (--probe-interval-ms, --probe-timeout-ms, --down-after, --up-after)"))?;
     let hashing =
         crate::config::hashing(a.hash_key, file.cluster.hash_key_value, !cluster.is_empty())?;
+    let listen = a.listen.unwrap_or_else(|| parse(&e.listen));
+    let internal_advertise = match &a.internal_advertise {
+        Some(s) => Some(
+            crate::config::internal_addr(s, &listen.to_string())
+                .map_err(|m| anyhow::anyhow!("--internal-advertise: {m}"))?,
+        ),
+        None => e.internal_advertise.as_deref().map(parse),
+    };
     let cfg = EdgeConfig {
-        listen: a.listen.unwrap_or_else(|| parse(&e.listen)),
+        listen,
         advertise: a.advertise.or_else(|| e.advertise.as_deref().map(parse)),
+        internal_advertise,
         backends,
         threads: a.threads.unwrap_or(e.threads),
         io,

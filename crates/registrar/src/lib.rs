@@ -418,7 +418,7 @@ impl Registrar {
 
     /// Sends `b` as the answer to `m` (and to its retransmissions).
     fn send(&mut self, now: Instant, m: &Message<'_>, b: Vec<u8>) {
-        let to = m.top_via().target();
+        let to = m.top_via().edge_target();
         self.remember(now, m, Some(b.clone()));
         self.out.push_back((to, b));
     }
@@ -446,7 +446,7 @@ impl Registrar {
                 Answer {
                     bytes,
                     held: None,
-                    to: m.top_via().target(),
+                    to: m.top_via().edge_target(),
                 },
             )
             .is_none()

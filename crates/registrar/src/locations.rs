@@ -24,6 +24,10 @@ pub struct Binding {
     /// Where its REGISTER came from (the transport and source the edge
     /// saw; on a stream, the connection): requests to the phone go there.
     pub flow: Option<handover_sip::Flow>,
+    /// The edge that holds the flow, when edges name themselves (their
+    /// address inside the cluster; see `Via::internal_edge`): requests to
+    /// the phone go through it.
+    pub edge: Option<std::net::SocketAddr>,
     /// Unix milliseconds.
     pub expires_ms: u64,
     /// A hash of the REGISTER's Call-ID (RFC 3261 §10.3 step 7 orders
@@ -225,6 +229,7 @@ mod tests {
             cseq: 1,
             q: 1000,
             path: Box::new([]),
+            edge: None,
         }
     }
 

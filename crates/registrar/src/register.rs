@@ -309,6 +309,7 @@ impl Registrar {
         let call_id = call_id_hash(m.call_id());
         let cseq = m.cseq().seq;
         let flow = m.vias().nth(1).and_then(|v| v.flow());
+        let edge = m.top_via().internal_edge();
         let path: Box<[Box<[u8]>]> = raw_values(m, b"path").map(Into::into).collect();
         let values: Vec<handover_sip::Span> = m.values(HeaderName::Contact).collect();
         let mut counts = Counts::default();
@@ -391,6 +392,7 @@ impl Registrar {
                 call_id_hash: call_id,
                 cseq,
                 path: path.clone(),
+                edge,
             };
             match existing {
                 Some(i) => rec.bindings[i] = nb,

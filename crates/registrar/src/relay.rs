@@ -232,7 +232,7 @@ impl Registrar {
             // A 408 of our own (the PBX never answered) has no phrase.
             let reason = reason.filter(|r| !r.is_empty());
             let b = Self::build(&phone, status, reason.as_deref(), &tag, &extra);
-            let to = phone.top_via().target();
+            let to = phone.top_via().edge_target();
             if let Some(a) = self.answers.get_mut(&r.id) {
                 a.bytes = Some(b.clone());
             }

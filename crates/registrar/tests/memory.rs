@@ -38,6 +38,7 @@ fn main() {
                 cseq: 1,
                 q: 1000,
                 path: Box::new([]),
+                edge: None,
             }],
         );
     }

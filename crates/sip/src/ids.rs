@@ -239,6 +239,35 @@ impl Hashing {
         (tag == self.tag(key, bound, to)).then_some(key)
     }
 
+    /// The tag of an `fe` parameter (`fe=IP:PORT~TAG`): the edge at
+    /// `IP:PORT` (its address inside the cluster) holds `flow`. Edges that
+    /// share one advertised address write it beside every `flow=` of
+    /// theirs, and the worker sends what goes on that flow to that edge.
+    /// The tag (keyed like [`Hashing::key_token`]'s, bound to the flow)
+    /// keeps a phone that echoes our Record-Route from aiming the worker
+    /// at an address of its choice.
+    pub fn edge_tag(&self, flow: &[u8], edge: &[u8]) -> [u8; 16] {
+        let mut h = SipHasher13::new_with_keys(self.t0, self.t1);
+        h.write_u8(2);
+        h.write(flow);
+        h.write_u8(0);
+        h.write(edge);
+        hex_u64(h.finish())
+    }
+
+    /// The edge an `fe` value (`IP:PORT~TAG`) names beside `flow`, if its
+    /// tag is [`Hashing::edge_tag`]'s; `None` for anything else.
+    pub fn open_edge(&self, flow: &[u8], fe: &[u8]) -> Option<std::net::SocketAddr> {
+        let at = fe.iter().rposition(|&b| b == b'~')?;
+        let (edge, tag) = (&fe[..at], &fe[at + 1..]);
+        // One comparison of two words: no early exit a timing could show.
+        let ok = parse_hex_u64(tag)? == parse_hex_u64(&self.edge_tag(flow, edge))?;
+        if !ok || tag.len() != 16 {
+            return None;
+        }
+        core::str::from_utf8(edge).ok()?.parse().ok()
+    }
+
     /// The cluster secret's 16 bytes, for keyed MACs made elsewhere (the
     /// registrar's digest nonces).
     pub fn secret(&self) -> [u8; 16] {
@@ -401,6 +430,32 @@ mod tests {
         assert_ne!(a, b);
         assert_eq!(g.tag().as_bytes().len(), 16);
         assert_eq!(g.call_id().as_bytes().len(), 32);
+    }
+
+    #[test]
+    fn an_edge_tag_opens_only_with_its_flow_and_the_cluster_key() {
+        let h = Hashing::with_key(1, 2);
+        let flow = b"tcp:198.51.100.7:40000";
+        let mut fe = b"10.1.2.3:5060~".to_vec();
+        fe.extend_from_slice(&h.edge_tag(flow, b"10.1.2.3:5060"));
+        assert_eq!(
+            h.open_edge(flow, &fe),
+            Some("10.1.2.3:5060".parse().unwrap())
+        );
+        // Another flow, another key, another address, a cut tag: refused.
+        assert_eq!(h.open_edge(b"tcp:198.51.100.7:40001", &fe), None);
+        assert_eq!(Hashing::with_key(1, 3).open_edge(flow, &fe), None);
+        let mut moved = b"10.1.2.4:5060".to_vec();
+        moved.extend_from_slice(&fe[13..]);
+        assert_eq!(h.open_edge(flow, &moved), None);
+        assert_eq!(h.open_edge(flow, &fe[..fe.len() - 1]), None);
+        assert_eq!(h.open_edge(flow, b"10.1.2.3:5060"), None);
+        let mut v6 = b"[fd00::1]:5060~".to_vec();
+        v6.extend_from_slice(&h.edge_tag(flow, b"[fd00::1]:5060"));
+        assert_eq!(
+            h.open_edge(flow, &v6),
+            Some("[fd00::1]:5060".parse().unwrap())
+        );
     }
 
     #[test]

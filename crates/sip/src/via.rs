@@ -169,6 +169,24 @@ impl<'a> Via<'a> {
         ))
     }
 
+    /// Where a worker sends its answer to a request the edge forwarded:
+    /// the edge's own address when the edge wrote one (`;fe=IP:PORT`,
+    /// which edges that share one advertised address add, so the answer
+    /// reaches the edge that holds the phone's flow), else
+    /// [`Via::target`]. Only for the edge's own Via, which the worker
+    /// trusts; never read from a client's.
+    pub fn edge_target(&self) -> Option<std::net::SocketAddr> {
+        self.internal_edge().or_else(|| self.target())
+    }
+
+    /// The edge's own address inside the cluster, when its Via names one
+    /// (`;fe=IP:PORT`; see [`Via::edge_target`]).
+    pub fn internal_edge(&self) -> Option<std::net::SocketAddr> {
+        self.param(b"fe")
+            .and_then(|p| p.value)
+            .and_then(|v| core::str::from_utf8(v.of(self.buf)).ok()?.parse().ok())
+    }
+
     /// sent-by host (IPv6 with brackets).
     pub fn host(&self) -> &'a [u8] {
         self.host.of(self.buf)

@@ -42,6 +42,29 @@ pub(super) fn is_flow_route(route: &[u8]) -> bool {
 }
 
 impl<R: RngCore> B2bua<R> {
+    /// Our Route to a registered phone: the edge, and the flow its
+    /// REGISTER came on (with the edge that holds it, when edges name
+    /// themselves: the request is sent there, see `poll_transmit`).
+    pub(super) fn flow_route(
+        &self,
+        flow: &handover_sip::Flow,
+        edge: Option<SocketAddr>,
+    ) -> Vec<u8> {
+        let f = flow.to_string();
+        let fe = self.fe_param(&f, edge);
+        format!("<sip:{};lr;flow={f}{fe}>", self.cfg.advertised).into_bytes()
+    }
+
+    /// `;fe=IP:PORT~TAG` naming `edge` as the holder of `flow` (empty
+    /// without an edge).
+    fn fe_param(&self, flow: &str, edge: Option<SocketAddr>) -> String {
+        edge.map_or_else(String::new, |e| {
+            let e = e.to_string();
+            let tag = self.cfg.hashing.edge_tag(flow.as_bytes(), e.as_bytes());
+            format!(";fe={e}~{}", String::from_utf8_lossy(&tag))
+        })
+    }
+
     /// Replaces the registrar (its settings, and whether its writes are
     /// replicated: see `handover_registrar::Registrar::new`).
     pub fn set_registrar(&mut self, registrar: Registrar) {
@@ -86,7 +109,7 @@ impl<R: RngCore> B2bua<R> {
         let route: Vec<Vec<u8>> = if t.binding.path.is_empty() {
             t.binding
                 .flow
-                .map(|f| format!("<sip:{};lr;flow={f}>", self.cfg.advertised).into_bytes())
+                .map(|f| self.flow_route(&f, t.binding.edge))
                 .into_iter()
                 .collect()
         } else {
@@ -175,8 +198,13 @@ impl<R: RngCore> B2bua<R> {
         if let Some(flow) = m.vias().nth(1).and_then(|v| v.flow()) {
             let f = flow.to_string();
             let t = handover_registrar::relay::flow_token(&self.cfg.hashing.secret(), &f);
+            let fe = self.fe_param(&f, m.top_via().internal_edge());
             out.extend_from_slice(
-                format!("Path: <sip:{};lr;flow={f};ft={t}>\r\n", self.cfg.advertised).as_bytes(),
+                format!(
+                    "Path: <sip:{};lr;flow={f}{fe};ft={t}>\r\n",
+                    self.cfg.advertised
+                )
+                .as_bytes(),
             );
         }
         let mut path_supported = false;
@@ -412,7 +440,7 @@ impl<R: RngCore> B2bua<R> {
                         .or_else(|| uri_target(&b.contact).map(handover_sip::Flow::udp))?;
                     let addr = flow.addr;
                     let route = if b.path.is_empty() {
-                        vec![format!("<sip:{};lr;flow={flow}>", self.cfg.advertised).into_bytes()]
+                        vec![self.flow_route(&flow, b.edge)]
                     } else {
                         b.path.iter().map(|p| p.to_vec()).collect()
                     };

@@ -825,3 +825,57 @@ CSeq: 1 INVITE\r\nContact: <sip:192.0.2.1:5060;k=0000000000000001>\r\nContent-Le
         "{o:?}"
     );
 }
+
+#[test]
+fn edges_that_share_an_address_name_themselves_beside_their_flows() {
+    let internal: SocketAddr = "10.8.0.5:5060".parse().unwrap();
+    let (p, t, mut l) = stream_proxy();
+    let p = p.with_internal(internal);
+    let h = Hashing::default();
+    let inv = String::from_utf8(invite(70, "fe-1@x")).unwrap().replace(
+        "SIP/2.0/UDP 10.9.9.9:5060;branch=z9hG4bKa1;rport",
+        "SIP/2.0/TCP 10.9.9.9:5060;branch=z9hG4bKa1",
+    );
+    let from = "tcp:198.51.100.7:40001";
+    let (_, out) = run(&p, &t, &mut l, from, inv.as_bytes());
+    let m = scan(&out).unwrap();
+    // The worker answers this edge, not the shared advertised address.
+    assert_eq!(m.top_via().host(), b"192.0.2.1");
+    assert_eq!(m.top_via().edge_target(), Some(internal));
+    // Our Record-Route names this edge beside the flow, tagged for it.
+    let rr = m.record_routes().next().unwrap();
+    let (flow, fe) = (
+        rr.uri().param(b"flow").unwrap(),
+        rr.uri().param(b"fe").unwrap(),
+    );
+    assert_eq!(flow, from.as_bytes());
+    assert_eq!(h.open_edge(flow, fe), Some(internal));
+    assert_eq!(h.open_edge(b"tcp:198.51.100.7:40009", fe), None);
+
+    // A UDP client's request: the Via names us, no flow in the Record-Route.
+    let (_, out) = run(&p, &t, &mut l, UA, &invite(70, "fe-2@x"));
+    let m = scan(&out).unwrap();
+    assert_eq!(m.top_via().edge_target(), Some(internal));
+    let rr = m.record_routes().next().unwrap();
+    assert_eq!(rr.uri().param(b"fe"), None);
+
+    // A worker's request for a phone on a connection: Record-Routed with
+    // the flow and this edge.
+    let w = "INVITE sip:alice@10.9.9.9:5060;transport=tcp SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bKw1;k=0000000000000001\r\n\
+Route: <sip:192.0.2.1:5060;lr;flow=tcp:198.51.100.7:40002>\r\nMax-Forwards: 70\r\nTo: <sip:alice@a.example>\r\n\
+From: <sip:bob@b.example>;tag=w1\r\nCall-ID: w@x\r\nCSeq: 1 INVITE\r\nContact: <sip:192.0.2.1:5060;k=0000000000000001>\r\nContent-Length: 0\r\n\r\n";
+    let (_, out) = run(&p, &t, &mut l, "10.0.0.1:5070", w.as_bytes());
+    let m = scan(&out).unwrap();
+    let rr = m.record_routes().next().unwrap();
+    let flow = rr.uri().param(b"flow").unwrap();
+    assert_eq!(flow, b"tcp:198.51.100.7:40002");
+    assert_eq!(
+        h.open_edge(flow, rr.uri().param(b"fe").unwrap()),
+        Some(internal)
+    );
+
+    // An edge that does not name itself writes nothing of the kind.
+    let (p, t, mut l) = stream_proxy();
+    let (_, out) = run(&p, &t, &mut l, from, inv.as_bytes());
+    assert!(!String::from_utf8_lossy(&out).contains("fe="));
+}
