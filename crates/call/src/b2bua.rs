@@ -357,6 +357,11 @@ struct Call {
     a_dialog: Option<Dialog>,
     /// Our 2xx to A, resent (T1 doubling to T2) until A's ACK (§13.3.1.4).
     a_ok: Option<(Vec<u8>, Instant, Duration, Instant)>,
+    /// B hung up before A acknowledged our 2xx: A's BYE waits for that
+    /// ACK, or for the 2xx's last resend (RFC 3261 §15: no BYE before
+    /// the ACK of the 2xx; a BYE that overtakes the 2xx is one A does
+    /// not know, and its call would stay up).
+    a_bye_after_ack: bool,
     /// The caller's identity we assert to trusted targets (digest user,
     /// `Config::assert_identity`).
     asserted: Option<Vec<u8>>,
@@ -1049,7 +1054,9 @@ impl<R: RngCore> B2bua<R> {
                         continue;
                     }
                     call.a_ok = None;
-                    if !call.over {
+                    if call.a_bye_after_ack {
+                        self.bye_a(now, cref);
+                    } else if !call.over {
                         // B answered a caller who is not there (a spoofed
                         // source, or one gone): B's phone is hung up too.
                         self.stats.unacknowledged += 1;

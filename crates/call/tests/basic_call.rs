@@ -184,7 +184,16 @@ fn busy_callee_is_relayed_and_acked_bye_from_b_reaches_a() {
         at(1100),
         b_resp(&bi2, "200 OK", "bt2", Some(SDP_B)).as_bytes(),
     );
-    let _ = out(&mut b);
+    let sent = out(&mut b);
+    let ok = sent
+        .iter()
+        .find(|(_, m)| first_line(m) == "SIP/2.0 200 OK")
+        .unwrap();
+    let a_tag = String::from_utf8(scan(&ok.1).unwrap().to_tag().unwrap().to_vec()).unwrap();
+    // A acknowledges (a BYE goes to A only after that, RFC 3261 §15).
+    let ack = from_a("ACK", 1, "ack2", &a_tag, None).replace("a-call", "a-call-2");
+    b.handle_datagram(at(1150), ack.as_bytes());
+    assert!(out(&mut b).is_empty());
     let b_bye = format!(
         "BYE sip:b2bua@127.0.0.1:5060;k=1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bK-hxbb;k=1\r\n\
 Via: SIP/2.0/UDP 127.0.0.1:5071;branch=z9hG4bKb1\r\nMax-Forwards: 69\r\nFrom: {};tag=bt2\r\nTo: {}\r\n\

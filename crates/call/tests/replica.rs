@@ -186,3 +186,77 @@ fn call_records_keep_no_credentials() {
         "the record still adopts"
     );
 }
+
+/// RFC 3261 §15: the callee's side sends no BYE before the ACK of its
+/// 2xx. B answers and hangs up at once, while the 2xx for A is held for
+/// the call's commit: A gets the 2xx at once (the commit no longer
+/// matters), and the BYE only after its ACK; a BYE that overtook the 2xx
+/// would name a dialog A does not know, and A's call would stay up.
+#[test]
+fn rfc3261_15_b_hanging_up_before_a_has_its_2xx_gets_a_the_2xx_then_the_bye_after_its_ack() {
+    let mut w = b2bua();
+    w.set_replication(true);
+    w.handle_datagram(at(0), a_invite().as_bytes());
+    let bi = out(&mut w)[1].1.clone();
+    let bim = scan(&bi).unwrap();
+    w.handle_datagram(
+        at(100),
+        b_resp(&bim, "200 OK", "bt", Some(SDP_B)).as_bytes(),
+    );
+    assert!(
+        !out(&mut w)
+            .iter()
+            .any(|(_, m)| first_line(m) == "SIP/2.0 200 OK"),
+        "held for the commit"
+    );
+    w.handle_datagram(at(120), from_b(&bim, "BYE", 1, "bbye").as_bytes());
+    let sent = out(&mut w);
+    let firsts: Vec<String> = sent.iter().map(|(_, m)| first_line(m)).collect();
+    let ok = sent
+        .iter()
+        .find(|(_, m)| first_line(m) == "SIP/2.0 200 OK" && m.windows(6).any(|w| w == b"INVITE"))
+        .unwrap_or_else(|| panic!("A's 2xx goes out: {firsts:?}"));
+    assert!(
+        !firsts.iter().any(|l| l.starts_with("BYE ")),
+        "no BYE before the ACK: {firsts:?}"
+    );
+    // Resent until the ACK, still without a BYE.
+    w.handle_timeout(at(700));
+    let firsts: Vec<String> = out(&mut w).iter().map(|(_, m)| first_line(m)).collect();
+    assert!(firsts.iter().any(|l| l == "SIP/2.0 200 OK"), "{firsts:?}");
+    assert!(!firsts.iter().any(|l| l.starts_with("BYE ")), "{firsts:?}");
+    let a_tag = String::from_utf8(scan(&ok.1).unwrap().to_tag().unwrap().to_vec()).unwrap();
+    w.handle_datagram(at(800), from_a("ACK", 1, "ack1", &a_tag, None).as_bytes());
+    let sent = out(&mut w);
+    let bye = sent
+        .iter()
+        .find(|(_, m)| m.starts_with(b"BYE "))
+        .expect("A's BYE follows its ACK");
+    assert!(String::from_utf8_lossy(&bye.1).contains("Call-ID: a-call\r\n"));
+    w.handle_timeout(at(5_000));
+    assert!(
+        !out(&mut w)
+            .iter()
+            .any(|(_, m)| first_line(m) == "SIP/2.0 200 OK"),
+        "no 2xx resent after the ACK"
+    );
+
+    // Without replication, a BYE from B between our 2xx and A's ACK waits
+    // likewise; if the ACK never comes, the BYE goes at the 2xx's end.
+    let mut w = b2bua();
+    w.handle_datagram(at(0), a_invite().as_bytes());
+    let bi = out(&mut w)[1].1.clone();
+    let bim = scan(&bi).unwrap();
+    w.handle_datagram(
+        at(100),
+        b_resp(&bim, "200 OK", "bt", Some(SDP_B)).as_bytes(),
+    );
+    out(&mut w);
+    w.handle_datagram(at(120), from_b(&bim, "BYE", 1, "bbye").as_bytes());
+    assert!(!out(&mut w).iter().any(|(_, m)| m.starts_with(b"BYE ")));
+    w.handle_timeout(at(100 + 32_500));
+    assert!(
+        out(&mut w).iter().any(|(_, m)| m.starts_with(b"BYE ")),
+        "A's BYE once the 2xx gave up waiting for its ACK"
+    );
+}

@@ -55,8 +55,9 @@ impl<R: RngCore> B2bua<R> {
             (Some(Method::Ack), true) => {
                 if key == call.a_key {
                     call.a_srv.handle_request(now, m); // ACK of our non-2xx
-                } else {
-                    call.a_ok = None; // ACK of our 2xx: stop resending it
+                } else if call.a_ok.take().is_some() && call.a_bye_after_ack {
+                    // ACK of our 2xx (no more resends), and B has hung up.
+                    self.bye_a(now, cref);
                 }
             }
             (Some(Method::Ack), false) => {}
@@ -113,15 +114,24 @@ impl<R: RngCore> B2bua<R> {
                 }
                 let key = call.key;
                 let via = self.via(key);
+                let timers = self.cfg.timers;
                 let Some(call) = self.calls.get_mut(&cref) else {
                     return;
                 };
+                // B hung up before A has our 2xx (held for the call's
+                // commit, which no longer matters) or its ACK: A gets the
+                // 2xx now and the BYE once it acknowledges it.
+                let wait = !from_a && !call.over && (call.held_ok.is_some() || call.a_ok.is_some());
+                if wait && let Some((status, r, _)) = call.held_ok.take() {
+                    Self::send_ok(call, now, status, r, timers);
+                }
+                call.a_bye_after_ack |= wait;
                 let other = if from_a {
                     call.b_dialog.as_mut()
                 } else {
                     call.a_dialog.as_mut()
                 };
-                if let Some(d) = other {
+                if let Some(d) = other.filter(|_| !wait) {
                     let bye = d.request("BYE", None, &via, None, &[], None);
                     if let Ok(b) = scan(&bye) {
                         let k = Key::server(&b);
@@ -133,7 +143,9 @@ impl<R: RngCore> B2bua<R> {
                 }
                 if !call.over {
                     call.over = true;
-                    call.a_ok = None;
+                    if !wait {
+                        call.a_ok = None;
+                    }
                     self.stats.hung_up += 1;
                 }
             }
@@ -162,6 +174,28 @@ impl<R: RngCore> B2bua<R> {
                 };
                 response(&m.reply_parts(), 501, None, Some(&tag), &[], &mut r);
                 self.out.push_back((via_target(m), r));
+            }
+        }
+        self.drain(now, cref);
+    }
+
+    /// The BYE of A's dialog, after B hung up (see `Call::a_bye_after_ack`).
+    pub(super) fn bye_a(&mut self, now: Instant, cref: u64) {
+        let Some(call) = self.calls.get(&cref) else {
+            return;
+        };
+        let via = self.via(call.key);
+        let timers = self.cfg.timers;
+        let Some(call) = self.calls.get_mut(&cref) else {
+            return;
+        };
+        call.a_bye_after_ack = false;
+        if let Some(d) = call.a_dialog.as_mut() {
+            let bye = d.request("BYE", None, &via, None, &[], None);
+            if let Ok(b) = scan(&bye) {
+                let k = Key::server(&b);
+                call.nits
+                    .push(Nit::Client(k, ClientNonInvite::new(now, timers, bye)));
             }
         }
         self.drain(now, cref);

@@ -242,6 +242,7 @@ impl<R: RngCore> B2bua<R> {
                 a_key,
                 a_dialog: Some(rec.a_dialog),
                 a_ok: None,
+                a_bye_after_ack: false,
                 // Not in the record: a later leg of an adopted call
                 // asserts nothing.
                 asserted: None,

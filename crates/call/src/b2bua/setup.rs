@@ -241,6 +241,7 @@ impl<R: RngCore> B2bua<R> {
                 a_key: Key::server(m),
                 a_dialog: None,
                 a_ok: None,
+                a_bye_after_ack: false,
                 asserted,
                 b_call_id,
                 b_invite,
