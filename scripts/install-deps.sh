@@ -7,7 +7,9 @@
 #   - baresip (Debian package baresip-core): the real phones of the
 #     registration tests, driven through its ctrl_tcp module.
 #   - kamailio: the upstream registrar of the relay-mode test (its
-#     registrar, usrloc and path modules), and the benchmarks' peer.
+#     registrar, usrloc and path modules), the WebSocket SIP server of the
+#     outbound WebSocket test (kamailio-websocket-modules), and the
+#     benchmarks' peer.
 #   - socat: OpenSSL terminating TLS in front of a SIPp callee, the TLS
 #     trunk of the outbound-TLS test (this SIPp has no TLS).
 #   - chromium, node and npm: the browser of the WebSocket test, with
@@ -25,6 +27,8 @@ command -v prometheus >/dev/null 2>&1 || need_apt+=(prometheus)
 command -v kubectl >/dev/null 2>&1 || need_apt+=(kubernetes-client)
 command -v baresip >/dev/null 2>&1 || need_apt+=(baresip-core)
 command -v kamailio >/dev/null 2>&1 || need_apt+=(kamailio)
+# Kamailio as a SIP server reached over WebSocket (the outbound WS test).
+compgen -G "/usr/lib/*/kamailio/modules/websocket.so" >/dev/null || need_apt+=(kamailio-websocket-modules)
 command -v socat >/dev/null 2>&1 || need_apt+=(socat)
 command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
 command -v node >/dev/null 2>&1 || need_apt+=(nodejs)

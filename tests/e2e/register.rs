@@ -483,7 +483,7 @@ request_route {{
 
 /// Kamailio's main process: stopped with SIGTERM, on which it stops the
 /// children it forked (a SIGKILL would leave them holding the port).
-struct Kamailio(std::process::Child);
+pub(crate) struct Kamailio(pub(crate) std::process::Child);
 
 impl Drop for Kamailio {
     fn drop(&mut self) {

@@ -1041,3 +1041,163 @@ fn sip_over_tcp_on_ipv6_through_the_edge() {
     // automatic answers to the edge's probes, and nothing else).
     uas.expect_calls(10);
 }
+
+/// Kamailio as a SIP server reached over WebSocket (RFC 7118; its `xhttp`
+/// and `websocket` modules, Debian `kamailio-websocket-modules`) on
+/// `port`, relaying new calls to `to` over UDP and in-dialog requests by
+/// their Request-URI, answering on the connection they came on.
+fn kamailio_ws(dir: &Path, port: u16, udp: u16, to: u16) -> crate::register::Kamailio {
+    let modules = "/usr/lib/x86_64-linux-gnu/kamailio/modules";
+    assert!(
+        Path::new(&format!("{modules}/websocket.so")).exists(),
+        "Kamailio's websocket module is not installed: run scripts/install-deps.sh \
+         (Debian packages kamailio, kamailio-websocket-modules)"
+    );
+    let cfg = dir.join("kamailio-ws.cfg");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"#!KAMAILIO
+debug=2
+log_stderror=yes
+fork=yes
+children=1
+tcp_children=1
+listen=udp:127.0.0.1:{udp}
+listen=tcp:127.0.0.1:{port}
+auto_aliases=no
+# The WebSocket upgrade is an HTTP GET without a body.
+tcp_accept_no_cl=yes
+mpath="{modules}/"
+loadmodule "pv.so"
+loadmodule "sl.so"
+loadmodule "tm.so"
+loadmodule "siputils.so"
+loadmodule "xhttp.so"
+loadmodule "websocket.so"
+modparam("websocket", "sub_protocols", 1)
+request_route {{
+    force_rport();
+    if (!has_totag()) {{ $du = "sip:127.0.0.1:{to}"; }}
+    t_relay();
+    exit;
+}}
+event_route[xhttp:request] {{
+    if ($hdr(Upgrade) =~ "websocket" && $hdr(Connection) =~ "Upgrade" && $rm =~ "GET") {{
+        if (ws_handle_handshake()) {{ exit; }}
+    }}
+    xhttp_reply("404", "Not Found", "", "");
+}}
+"#
+        ),
+    )
+    .unwrap();
+    let p = crate::register::Kamailio(
+        std::process::Command::new("kamailio")
+            .arg("-f")
+            .arg(&cfg)
+            .args(["-DD", "-E", "-m", "64", "-M", "8", "-w"])
+            .arg(dir)
+            .arg("-Y")
+            .arg(dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(dir.join("kamailio-ws.log")).unwrap())
+            .spawn()
+            .expect("kamailio starts"),
+    );
+    assert!(
+        wait_for(Duration::from_secs(10), || TcpStream::connect((
+            "127.0.0.1",
+            port
+        ))
+        .is_ok()),
+        "kamailio listens on {port}: {}",
+        std::fs::read_to_string(dir.join("kamailio-ws.log")).unwrap_or_default()
+    );
+    p
+}
+
+/// Issue 18: a route over WebSocket (`;transport=ws`). The target is
+/// Kamailio as a WebSocket SIP server in front of a SIPp callee; the
+/// edge opens one WebSocket connection (the `sip` subprotocol) and every
+/// call, its ACK and its BYE ride it; a WebSocket server that does not
+/// speak SIP (no `sip` subprotocol in its answer) is refused, counted,
+/// and its calls fail without reaching anyone.
+#[test]
+fn a_route_over_websocket_reaches_a_kamailio_websocket_server_on_one_connection() {
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let (uas, ws, kudp) = (free_sip_port(), free_tcp_port(), free_sip_port());
+    let mut callee = sipp_uas(dir.path(), uas);
+    let _kamailio = kamailio_ws(dir.path(), ws, kudp, uas);
+    // Not SIP: a WebSocket server without the `sip` subprotocol.
+    let plain = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let plain_port = plain.local_addr().unwrap().port();
+    let plain_upgrades = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = Arc::clone(&plain_upgrades);
+    std::thread::spawn(move || {
+        for s in plain.incoming().flatten() {
+            seen.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let _ = tokio_tungstenite::tungstenite::accept(s);
+        }
+    });
+    let c = cluster(
+        &[
+            format!("b=127.0.0.1:{ws};transport=ws"),
+            format!("chat=127.0.0.1:{plain_port};transport=ws"),
+        ],
+        &[],
+    );
+    let target: SocketAddr = format!("127.0.0.1:{}", c.sip).parse().unwrap();
+    let (p, stat) = sipp_uac_on(
+        dir.path(),
+        "127.0.0.1",
+        "uac.xml",
+        "b",
+        target,
+        (10, 20, 0),
+        &[],
+    );
+    let r = finish_uac(p, &stat);
+    assert_eq!(
+        (r.successful, r.failed),
+        (20, 0),
+        "{r:?}; kamailio said: {}",
+        std::fs::read_to_string(dir.path().join("kamailio-ws.log")).unwrap_or_default()
+    );
+    callee.expect_calls(20);
+    let m = scrape_at(&c.admin);
+    assert_eq!(
+        metric(
+            &m,
+            "handover_edge_connections_outbound_total{transport=\"ws\"}"
+        ),
+        1.0,
+        "one WebSocket connection for all calls: {m}"
+    );
+    assert_eq!(
+        metric(&m, "handover_edge_connect_failures_total{transport=\"ws\"}"),
+        0.0
+    );
+
+    let (p, stat) = sipp_uac_on(
+        dir.path(),
+        "127.0.0.1",
+        "uac.xml",
+        "chat",
+        target,
+        (10, 2, 0),
+        &[],
+    );
+    let r = finish_uac_unchecked(p, &stat);
+    assert_eq!((r.successful, r.failed), (0, 2), "{r:?}");
+    assert!(
+        plain_upgrades.load(std::sync::atomic::Ordering::Relaxed) >= 1,
+        "the edge tried it"
+    );
+    let m = scrape_at(&c.admin);
+    assert!(
+        metric(&m, "handover_edge_connect_failures_total{transport=\"ws\"}") >= 1.0,
+        "its upgrade refused and counted: {m}"
+    );
+}

@@ -71,7 +71,7 @@ pub struct Routes(Vec<Route>);
 
 impl Routes {
     /// Adds a route given on the command line:
-    /// `MATCH=IP:PORT[*WEIGHT][,IP:PORT[*WEIGHT]…][;transfer=MODE][;transport=udp|tcp|tls][;tls_name=NAME][;tcp_above=BYTES]`,
+    /// `MATCH=IP:PORT[*WEIGHT][,IP:PORT[*WEIGHT]…][;transfer=MODE][;transport=udp|tcp|tls|ws|wss][;tls_name=NAME][;tcp_above=BYTES]`,
     /// where MATCH is a user, `PREFIX*` for a prefix, `@DOMAIN` for a
     /// domain, or `*` for any, MODE `passthrough` or `local`, NAME the
     /// name the TLS targets' certificates carry, and BYTES the size above
@@ -90,9 +90,11 @@ impl Routes {
                     "udp" => handover_sip::Transport::Udp,
                     "tcp" => handover_sip::Transport::Tcp,
                     "tls" => handover_sip::Transport::Tls,
+                    "ws" => handover_sip::Transport::Ws,
+                    "wss" => handover_sip::Transport::Wss,
                     _ => {
                         return Err(format!(
-                            "route `{spec}`: `;transport={t}` is not udp, tcp or tls"
+                            "route `{spec}`: `;transport={t}` is not udp, tcp, tls, ws or wss"
                         ));
                     }
                 };
@@ -118,13 +120,18 @@ impl Routes {
                 );
             } else {
                 return Err(format!(
-                    "route `{spec}`: `;{opt}` is not `;transfer=passthrough|local`, `;transport=udp|tcp|tls`, `;tls_name=NAME` or `;tcp_above=BYTES`"
+                    "route `{spec}`: `;{opt}` is not `;transfer=passthrough|local`, `;transport=udp|tcp|tls|ws|wss`, `;tls_name=NAME` or `;tcp_above=BYTES`"
                 ));
             }
         }
-        if tls_name.is_some() && transport != handover_sip::Transport::Tls {
+        if tls_name.is_some()
+            && !matches!(
+                transport,
+                handover_sip::Transport::Tls | handover_sip::Transport::Wss
+            )
+        {
             return Err(format!(
-                "route `{spec}`: `;tls_name` needs `;transport=tls`"
+                "route `{spec}`: `;tls_name` needs `;transport=tls` or `wss`"
             ));
         }
         if tcp_above.is_some() && transport != handover_sip::Transport::Udp {
@@ -335,7 +342,7 @@ mod tests {
         assert!(
             r.add("t=127.0.0.1:3;transport=sctp")
                 .unwrap_err()
-                .contains("is not udp, tcp or tls")
+                .contains("is not udp, tcp, tls, ws or wss")
         );
         r.add("*=127.0.0.1:2").unwrap();
         assert_eq!(r.lookup(b"alice", b"x", 0).1, Some(TransferMode::Local));
@@ -367,7 +374,18 @@ mod tests {
         r.add("carrier=203.0.113.5:5061;transport=tls;tls_name=SIP.Carrier.example")
             .unwrap();
         r.add("pbx=192.0.2.7:5061;transport=tls").unwrap();
+        r.add("ws=192.0.2.8:8080;transport=ws").unwrap();
+        r.add("wss=192.0.2.8:443;transport=WSS;tls_name=ws.example")
+            .unwrap();
         assert_eq!(r.transport(b"carrier", b"x"), handover_sip::Transport::Tls);
+        assert_eq!(r.transport(b"ws", b"x"), handover_sip::Transport::Ws);
+        assert_eq!(r.transport(b"wss", b"x"), handover_sip::Transport::Wss);
+        assert_eq!(r.tls_name(b"wss", b"x"), Some("ws.example"));
+        assert!(
+            r.add("t=192.0.2.1:80;transport=ws;tls_name=a.example")
+                .unwrap_err()
+                .contains("needs `;transport=tls` or `wss`")
+        );
         assert_eq!(r.tls_name(b"carrier", b"x"), Some("sip.carrier.example"));
         assert_eq!(r.tls_name(b"pbx", b"x"), None);
         assert!(

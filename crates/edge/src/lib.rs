@@ -682,10 +682,9 @@ impl handover_io::Handler for Thread {
                     self.local.sent[0][usize::from(!request)] += 1;
                     return None;
                 }
-                // A route target on TCP or TLS: open a connection (the request
-                // waits in its queue meanwhile).
+                // A route target on TCP, TLS or WebSocket: open a connection
+                // (the request waits in its queue meanwhile).
                 if peer == Peer::Connect
-                    && matches!(to.transport, Transport::Tcp | Transport::Tls)
                     && let Some(c) = self.shared.connector.get()
                 {
                     c.connect(to, &out[..len]);

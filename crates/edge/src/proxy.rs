@@ -946,15 +946,19 @@ fn uri_target(u: &Uri<'_>) -> Option<Flow> {
         .param(b"maddr")
         .and_then(parse_ip)
         .or_else(|| parse_ip(u.host()))?;
+    let sips = u.scheme() == handover_sip::Scheme::Sips;
     let transport = match u.param(b"transport").and_then(Transport::parse) {
+        // RFC 7118 §5.2: `transport=ws` in a SIPS URI is WebSocket on TLS.
+        Some(Transport::Ws) if sips => Transport::Wss,
         Some(t) => t,
-        None if u.scheme() == handover_sip::Scheme::Sips => Transport::Tls,
+        None if sips => Transport::Tls,
         None => Transport::Udp,
     };
-    let port = u.port().unwrap_or(if transport == Transport::Tls {
-        5061
-    } else {
-        5060
+    let port = u.port().unwrap_or(match transport {
+        Transport::Tls => 5061,
+        Transport::Ws => 80,
+        Transport::Wss => 443,
+        _ => 5060,
     });
     Some(Flow::new(transport, SocketAddr::new(ip, port)))
 }

@@ -145,10 +145,10 @@ struct RouteSection {
     targets: Spanned<Vec<String>>,
     /// `passthrough` or `local` (default: `[worker] transfer_mode`).
     transfer: Option<Spanned<String>>,
-    /// `udp` (default), `tcp` or `tls`: how the targets are reached.
+    /// `udp` (default), `tcp`, `tls`, `ws` or `wss`: how the targets are reached.
     transport: Option<Spanned<String>>,
-    /// Over TLS: the name the targets' certificates carry (default:
-    /// their IP addresses).
+    /// Over TLS or WSS: the name the targets' certificates carry
+    /// (default: their IP addresses).
     tls_name: Option<Spanned<String>>,
     /// Over UDP, to targets that take TCP too: requests larger than this
     /// many bytes go over TCP (RFC 3261 §18.1.1 says 1300).

@@ -38,7 +38,8 @@ pub(crate) struct UpArgs {
     /// Where calls for a user go: USER=IP:PORT, `*` for any user (repeat);
     /// `;transfer=local` makes the B2BUA carry out its calls' transfers,
     /// `;transport=tcp` reaches the targets over TCP, `;transport=tls`
-    /// over TLS (`;tls_name=NAME`: the name their certificates carry);
+    /// over TLS (`;tls_name=NAME`: the name their certificates carry),
+    /// `;transport=ws` or `wss` over WebSocket (RFC 7118);
     /// `;tcp_above=1300` sends larger INVITEs over TCP (RFC 3261 §18.1.1).
     #[arg(long = "route", value_name = "USER=IP:PORT")]
     routes: Vec<String>,

@@ -49,8 +49,8 @@ pub(crate) struct WorkerArgs {
     advertise: Option<SocketAddr>,
     /// Where calls go: `MATCH=IP:PORT[*WEIGHT][,IP:PORT…]` where MATCH is a
     /// user, PREFIX*, @DOMAIN or * (repeat; replaces the file's routes);
-    /// then `;transfer=passthrough|local`, `;transport=udp|tcp|tls` and,
-    /// over TLS, `;tls_name=NAME` (the name the targets' certificates carry),
+    /// then `;transfer=passthrough|local`, `;transport=udp|tcp|tls|ws|wss`
+    /// and, over TLS or WSS, `;tls_name=NAME` (the name the targets' certificates carry),
     /// over UDP, `;tcp_above=BYTES` (larger INVITEs over TCP, RFC 3261
     /// §18.1.1: 1300).
     #[arg(long = "route", value_name = "MATCH=IP:PORT")]

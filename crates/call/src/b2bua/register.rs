@@ -464,19 +464,25 @@ impl<R: RngCore> B2bua<R> {
         let targets = addrs
             .into_iter()
             .map(|addr| {
-                // A route over TCP or TLS: the Request-URI says so, and
-                // the edge opens (and reuses) a connection to the target;
-                // over TLS with a name, the name is the host (what the
-                // target's certificate carries) and the address `maddr`.
+                // A route over TCP, TLS or WebSocket: the Request-URI says
+                // so, and the edge opens (and reuses) a connection to the
+                // target; over TLS with a name, the name is the host (what
+                // the target's certificate carries) and the address
+                // `maddr`. WebSocket on TLS is `sips:` with `transport=ws`
+                // (RFC 7118 §5.2).
+                use handover_sip::Transport as T;
                 let uri = match (transport, tls_name) {
-                    (handover_sip::Transport::Tcp, _) => format!("sip:{user}@{addr};transport=tcp"),
-                    (handover_sip::Transport::Tls, None) => {
-                        format!("sip:{user}@{addr};transport=tls")
+                    (T::Tcp | T::Ws, _) => {
+                        format!("sip:{user}@{addr};transport={}", transport.uri_param())
                     }
-                    (handover_sip::Transport::Tls, Some(n)) => format!(
-                        "sip:{user}@{n}:{};maddr={};transport=tls",
+                    (T::Tls, None) => format!("sip:{user}@{addr};transport=tls"),
+                    (T::Wss, None) => format!("sips:{user}@{addr};transport=ws"),
+                    (T::Tls | T::Wss, Some(n)) => format!(
+                        "{}:{user}@{n}:{};maddr={};transport={}",
+                        if transport == T::Wss { "sips" } else { "sip" },
                         addr.port(),
-                        addr.ip()
+                        addr.ip(),
+                        transport.uri_param()
                     ),
                     _ => {
                         return Target {

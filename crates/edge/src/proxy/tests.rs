@@ -818,6 +818,24 @@ CSeq: 1 INVITE\r\nContact: <sip:192.0.2.1:5060;k=0000000000000001>\r\nContent-Le
         matches!(o, Outcome::Forward { to, .. } if to == "tls:203.0.113.5:5061".parse().unwrap()),
         "{o:?}"
     );
+    // RFC 7118: `transport=ws` is WebSocket, in a SIPS URI on TLS; the
+    // Via names it.
+    let ws = inv.replace(";transport=tcp", ";transport=ws");
+    let (o, out) = run(&p, &t, &mut l, "10.0.0.1:5070", ws.as_bytes());
+    assert!(
+        matches!(o, Outcome::Forward { peer: Peer::Connect, to, .. } if to == "ws:203.0.113.5:5070".parse().unwrap()),
+        "{o:?}"
+    );
+    assert_eq!(scan(&out).unwrap().top_via().transport(), b"WS");
+    let wss = inv.replace(
+        "sip:b@203.0.113.5:5070;transport=tcp",
+        "sips:b@203.0.113.5;transport=ws",
+    );
+    let (o, _) = run(&p, &t, &mut l, "10.0.0.1:5070", wss.as_bytes());
+    assert!(
+        matches!(o, Outcome::Forward { peer: Peer::Connect, to, .. } if to == "wss:203.0.113.5:443".parse().unwrap()),
+        "{o:?}"
+    );
     let udp = inv.replace(";transport=tcp", "");
     let (o, _) = run(&p, &t, &mut l, "10.0.0.1:5070", udp.as_bytes());
     assert!(

@@ -1,7 +1,8 @@
 //! Connections the edge opens to route targets (a backend's request whose
-//! Request-URI or Route says `;transport=tcp` or `tls`, or is `sips:`):
-//! the [`Connector`] and, over TLS, the client that verifies the target
-//! ([`tls_connector`]).
+//! Request-URI or Route says `;transport=tcp`, `tls` or `ws`, or is
+//! `sips:`): the [`Connector`], over TLS the client that verifies the
+//! target ([`tls_connector`]), over WebSocket the client's upgrade
+//! ([`ws_connect`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -11,6 +12,7 @@ use metrics::{counter, gauge};
 use tokio::sync::mpsc;
 use tokio_rustls::rustls;
 
+use super::ws::serve_ws;
 use super::{
     CLOSED, CONNECT_FAILURES, CONNECTIONS, OPENED, OUTBOUND, REFUSED, StreamConfig, Streams, serve,
 };
@@ -71,23 +73,82 @@ pub fn tls_connector(cfg: &StreamConfig) -> Result<tokio_rustls::TlsConnector, S
 /// IP literal itself).
 fn tls_server_name(first: &[u8], addr: SocketAddr) -> rustls_pki_types::ServerName<'static> {
     use rustls_pki_types::ServerName;
-    let host = handover_sip::scan(first).ok().and_then(|m| {
-        Some(match m.top_route() {
-            Some(r) => r.ok()?.uri().host().to_vec(),
-            None => m.request_uri()?.host().to_vec(),
-        })
-    });
-    host.and_then(|h| {
-        let h = String::from_utf8(h).ok()?;
-        let h = h.trim_start_matches('[').trim_end_matches(']').to_string();
-        ServerName::try_from(h).ok()
-    })
-    .unwrap_or(ServerName::IpAddress(addr.ip().into()))
+    target_host(first)
+        .and_then(|h| ServerName::try_from(h).ok())
+        .unwrap_or(ServerName::IpAddress(addr.ip().into()))
 }
 
-/// Opens TCP and TLS connections to route targets (a backend's request
-/// whose Request-URI or Route says `;transport=tcp` or `tls`, or is
-/// `sips:`; TLS verified by [`tls_connector`]), from any thread: the
+/// The host the outgoing request `first` names for its target: its top
+/// Route's, else its Request-URI's (without IPv6 brackets).
+fn target_host(first: &[u8]) -> Option<String> {
+    let m = handover_sip::scan(first).ok()?;
+    let h = match m.top_route() {
+        Some(r) => r.ok()?.uri().host().to_vec(),
+        None => m.request_uri()?.host().to_vec(),
+    };
+    let h = String::from_utf8(h).ok()?;
+    Some(h.trim_start_matches('[').trim_end_matches(']').to_string())
+}
+
+/// The URL of a WebSocket route target's upgrade: its host (as for TLS)
+/// and port, path `/` (RFC 7118 names none).
+fn ws_url(first: &[u8], flow: Flow) -> String {
+    let scheme = if flow.transport == Transport::Wss {
+        "wss"
+    } else {
+        "ws"
+    };
+    let host = target_host(first)
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| flow.addr.ip().to_string());
+    let host = if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host
+    };
+    format!("{scheme}://{host}:{}/", flow.addr.port())
+}
+
+/// The client's WebSocket upgrade (RFC 6455) to a route target, within
+/// the message timeout, offering the `sip` subprotocol (RFC 7118 §4.1);
+/// a target that does not accept it is refused (tungstenite checks the
+/// answer names what was offered).
+pub(super) async fn ws_connect<S>(
+    s: S,
+    url: &str,
+    streams: &Streams,
+) -> Result<tokio_tungstenite::WebSocketStream<S>, &'static str>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+    use tokio_tungstenite::tungstenite::http::HeaderValue;
+    let mut req = url.into_client_request().map_err(|_| "ws_handshake")?;
+    req.headers_mut()
+        .insert("sec-websocket-protocol", HeaderValue::from_static("sip"));
+    let max = streams.cfg.max_message_bytes;
+    let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .max_message_size(Some(max))
+        .max_frame_size(Some(max));
+    match tokio::time::timeout(
+        streams.cfg.message_timeout,
+        tokio_tungstenite::client_async_with_config(req, s, Some(config)),
+    )
+    .await
+    {
+        Ok(Ok((ws, _))) => Ok(ws),
+        Ok(Err(e)) => {
+            tracing::warn!(%url, error = %e, "WebSocket upgrade to a route target failed");
+            Err("ws_handshake")
+        }
+        Err(_) => Err("message_timeout"),
+    }
+}
+
+/// Opens TCP, TLS and WebSocket connections to route targets (a
+/// backend's request whose Request-URI or Route says `;transport=tcp`,
+/// `tls` or `ws`, or is `sips:`; TLS verified by [`tls_connector`]; a
+/// WebSocket upgraded by [`ws_connect`]), from any thread: the
 /// connection is registered at once with the first message queued (what
 /// follows queues behind it), then connected on a stream thread and
 /// served like an accepted one; a target that cannot be reached within
@@ -124,7 +185,10 @@ impl Connector {
             return;
         }
         let _ = tx.try_send(first.into());
-        let name = (flow.transport == Transport::Tls).then(|| tls_server_name(first, flow.addr));
+        let name = matches!(flow.transport, Transport::Tls | Transport::Wss)
+            .then(|| tls_server_name(first, flow.addr));
+        let url =
+            matches!(flow.transport, Transport::Ws | Transport::Wss).then(|| ws_url(first, flow));
         let (shared, streams, udp) = (
             self.shared.clone(),
             Arc::clone(&self.streams),
@@ -171,18 +235,53 @@ impl Connector {
                     }
                 }
             };
+            // Over WebSocket, the upgrade first (on TLS for `wss`).
+            let conn = match (conn, &url) {
+                (Err(sock), None) => Conn::Tcp(sock),
+                (Ok(s), None) => Conn::Tls(s),
+                (Err(sock), Some(url)) => match ws_connect(sock, url, &streams).await {
+                    Ok(ws) => Conn::Ws(ws),
+                    Err(_) => Conn::Failed,
+                },
+                (Ok(s), Some(url)) => match ws_connect(s, url, &streams).await {
+                    Ok(ws) => Conn::Wss(ws),
+                    Err(_) => Conn::Failed,
+                },
+            };
+            if matches!(conn, Conn::Failed) {
+                counter!(CONNECT_FAILURES, "transport" => t.name()).increment(1);
+                streams.registry.remove(flow);
+                return;
+            }
             counter!(OPENED, "transport" => t.name()).increment(1);
             counter!(OUTBOUND, "transport" => t.name()).increment(1);
             gauge!(CONNECTIONS, "transport" => t.name()).increment(1.0);
+            let (shared, streams, udp) = (&*shared, &*streams, &*udp);
             let reason = match conn {
-                Ok(s) => serve(s, flow, tx, rx, &shared, &streams, &udp, false).await,
-                Err(sock) => serve(sock, flow, tx, rx, &shared, &streams, &udp, false).await,
+                Conn::Tcp(s) => serve(s, flow, tx, rx, shared, streams, udp, false).await,
+                Conn::Tls(s) => serve(s, flow, tx, rx, shared, streams, udp, false).await,
+                Conn::Ws(ws) => serve_ws(ws, flow, tx, rx, shared, streams, udp).await,
+                Conn::Wss(ws) => serve_ws(ws, flow, tx, rx, shared, streams, udp).await,
+                Conn::Failed => "error",
             };
             streams.registry.remove(flow);
             counter!(CLOSED, "transport" => t.name(), "reason" => reason).increment(1);
             gauge!(CONNECTIONS, "transport" => t.name()).decrement(1.0);
         });
     }
+}
+
+/// A connection to a route target, ready to serve.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "one short-lived value per outbound connection, moved once into its serving future"
+)]
+enum Conn {
+    Tcp(tokio::net::TcpStream),
+    Tls(tokio_rustls::client::TlsStream<tokio::net::TcpStream>),
+    Ws(tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>),
+    Wss(tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>),
+    Failed,
 }
 
 #[cfg(test)]
@@ -224,5 +323,31 @@ mod tests {
             tls_server_name(b"garbage", addr),
             ServerName::IpAddress(addr.ip().into())
         );
+    }
+
+    #[test]
+    fn a_websocket_targets_url_names_its_host_and_port() {
+        let req = |ruri: &str| {
+            format!(
+                "INVITE {ruri} SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.1;branch=z9hG4bK1\r\n\
+                 From: <sip:a@x>;tag=1\r\nTo: <sip:b@y>\r\nCall-ID: c\r\nCSeq: 1 INVITE\r\n\
+                 Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+            )
+        };
+        let ws: Flow = "ws:203.0.113.5:8080".parse().unwrap();
+        assert_eq!(
+            ws_url(req("sip:b@203.0.113.5:8080;transport=ws").as_bytes(), ws),
+            "ws://203.0.113.5:8080/"
+        );
+        let wss: Flow = "wss:203.0.113.5:443".parse().unwrap();
+        assert_eq!(
+            ws_url(
+                req("sips:b@ws.carrier.example:443;maddr=203.0.113.5;transport=ws").as_bytes(),
+                wss
+            ),
+            "wss://ws.carrier.example:443/"
+        );
+        let v6: Flow = "ws:[2001:db8::5]:80".parse().unwrap();
+        assert_eq!(ws_url(b"garbage", v6), "ws://[2001:db8::5]:80/");
     }
 }
