@@ -1412,3 +1412,36 @@ fn a_source_past_its_call_budget_gets_503_and_others_are_served() {
             .any(|(_, m)| first_line(m).starts_with("INVITE "))
     );
 }
+
+/// A route's targets over TCP (or TLS, WebSocket: their B legs carry a
+/// Request-URI of their own) are tried one after another, as over UDP:
+/// the first, and on its 503 (the edge could not connect) the next;
+/// never both at once, which is for a registered user's bindings.
+#[test]
+fn a_routes_targets_over_tcp_are_tried_in_turn_not_forked() {
+    let mut b = b2bua_routed(&["b=127.0.0.1:7001,127.0.0.1:7002;transport=tcp"], 7);
+    b.handle_datagram(at(0), a_invite().as_bytes());
+    let sent = out(&mut b);
+    let invites: Vec<&Vec<u8>> = sent
+        .iter()
+        .filter(|(_, m)| m.starts_with(b"INVITE "))
+        .map(|(_, m)| m)
+        .collect();
+    assert_eq!(invites.len(), 1, "one target at a time");
+    let f = scan(invites[0]).unwrap();
+    let first_port = f.request_uri().unwrap().port();
+    assert!(String::from_utf8_lossy(invites[0]).contains(";transport=tcp SIP/2.0"));
+    b.handle_datagram(
+        at(20),
+        b_resp(&f, "503 Service Unavailable", "e1", None).as_bytes(),
+    );
+    let sent = out(&mut b);
+    let next = sent
+        .iter()
+        .find(|(_, m)| m.starts_with(b"INVITE "))
+        .expect("the next target is tried");
+    let s = scan(&next.1).unwrap();
+    assert_ne!(s.request_uri().unwrap().port(), first_port);
+    assert_eq!(b.stats().failovers, 1);
+    assert_eq!(b.stats().forks, 0);
+}

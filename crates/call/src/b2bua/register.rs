@@ -22,6 +22,9 @@ pub struct Target {
     /// A route target over UDP that takes TCP too: an INVITE larger than
     /// this goes over TCP (`;tcp_above`, RFC 3261 §18.1.1).
     pub tcp_above: Option<u16>,
+    /// A registered contact: an AOR's bindings ring together (parallel
+    /// forking), where a route's targets are tried one after another.
+    pub binding: bool,
 }
 
 impl From<SocketAddr> for Target {
@@ -31,6 +34,7 @@ impl From<SocketAddr> for Target {
             uri: None,
             route: Vec::new(),
             tcp_above: None,
+            binding: false,
         }
     }
 }
@@ -262,6 +266,7 @@ impl<R: RngCore> B2bua<R> {
             uri: Some(m.request_uri()?.as_bytes().to_vec()),
             route: vec![route],
             tcp_above: None,
+            binding: true,
         })
     }
 
@@ -449,6 +454,7 @@ impl<R: RngCore> B2bua<R> {
                         uri: Some(b.contact.to_vec()),
                         route,
                         tcp_above: None,
+                        binding: true,
                     })
                 })
                 .collect();
@@ -496,6 +502,7 @@ impl<R: RngCore> B2bua<R> {
                     uri: Some(uri.into_bytes()),
                     route: Vec::new(),
                     tcp_above: None,
+                    binding: false,
                 }
             })
             .collect();

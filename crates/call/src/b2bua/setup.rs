@@ -213,7 +213,7 @@ impl<R: RngCore> B2bua<R> {
         let local_mode = mode.unwrap_or(self.cfg.transfer_mode) == TransferMode::Local;
         // A registered user's bindings ring together; a route's targets
         // are tried one after another.
-        let fork = targets.len() > 1 && targets.iter().all(|t| t.uri.is_some());
+        let fork = targets.len() > 1 && targets.iter().all(|t| t.binding);
         let Some(target) = targets.first().cloned() else {
             let t = self.ids.tag();
             self.respond(m, 404, Some(t.as_bytes()));
