@@ -1191,6 +1191,16 @@ fn a_route_over_websocket_reaches_a_kamailio_websocket_server_on_one_connection(
     );
     let r = finish_uac_unchecked(p, &stat);
     assert_eq!((r.successful, r.failed), (0, 2), "{r:?}");
+    // Answered 503 in the target's name (RFC 3261 §8.1.3.1), not left to
+    // time out: each caller heard it.
+    let said = sipp_error_entries(
+        &std::fs::read_to_string(stat.with_extension("err")).unwrap_or_default(),
+    );
+    assert_eq!(
+        said.iter().filter(|l| l.contains("SIP/2.0 503")).count(),
+        2,
+        "each caller heard 503: {said:?}"
+    );
     assert!(
         plain_upgrades.load(std::sync::atomic::Ordering::Relaxed) >= 1,
         "the edge tried it"
@@ -1199,5 +1209,60 @@ fn a_route_over_websocket_reaches_a_kamailio_websocket_server_on_one_connection(
     assert!(
         metric(&m, "handover_edge_connect_failures_total{transport=\"ws\"}") >= 1.0,
         "its upgrade refused and counted: {m}"
+    );
+}
+
+/// A route over TCP whose first target refuses connections: the edge
+/// answers the worker 503 in that target's name (RFC 3261 §8.1.3.1), so
+/// the worker fails over to the next target at once and every call is
+/// carried by the one that listens.
+#[test]
+fn a_tcp_target_that_refuses_connections_fails_over_to_the_next_at_once() {
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_sip_port();
+    let dead = free_tcp_port();
+    let mut trunk = sipp_uas_on(dir.path(), "uas.xml", port, &["-t", "t1"]);
+    let c = cluster(
+        &[format!("b=127.0.0.1:{dead},127.0.0.1:{port};transport=tcp")],
+        &[],
+    );
+    let target: SocketAddr = format!("127.0.0.1:{}", c.sip).parse().unwrap();
+    let (p, stat) = sipp_uac_on(
+        dir.path(),
+        "127.0.0.1",
+        "uac.xml",
+        "b",
+        target,
+        (10, 20, 0),
+        &[],
+    );
+    let r = finish_uac(p, &stat);
+    assert_eq!((r.successful, r.failed), (20, 0), "{r:?}");
+    trunk.expect_calls(20);
+    let (host, wport) = c.worker_admin.rsplit_once(':').unwrap();
+    let failovers = summed(
+        host,
+        wport.parse().unwrap(),
+        &[0],
+        "handover_route_failovers_total",
+    );
+    let m = scrape_at(&c.admin);
+    let refused = metric(
+        &m,
+        "handover_edge_connect_failures_total{transport=\"tcp\"}",
+    );
+    let w = http_get(&format!("http://{}/metrics", c.worker_admin)).1;
+    assert!(
+        failovers >= 1.0,
+        "some calls tried the dead target first: {failovers} (the edge refused {refused}); the worker: {}",
+        w.lines()
+            .filter(|l| l.contains("failover") || l.starts_with("handover_calls_"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert!(
+        refused >= failovers,
+        "each of those was a refused connect: {refused} < {failovers}"
     );
 }

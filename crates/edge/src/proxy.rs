@@ -490,12 +490,33 @@ impl Proxy {
     /// worker tries the phone's other bindings and drops this one. `None`
     /// for an ACK (nothing answers an ACK) or what does not scan.
     pub fn flow_failed(&self, request: &[u8], out: &mut [u8]) -> Option<usize> {
+        self.answer_for_target(request, 430, out)
+    }
+
+    /// The answer to a backend's request for a route target the edge
+    /// could not connect to: `503 Service Unavailable` in the target's
+    /// name (RFC 3261 §8.1.3.1: a transport error counts as a 503), so
+    /// the worker fails over to its next target at once rather than
+    /// waiting out its transaction. `None` for an ACK or what does not
+    /// scan.
+    pub fn unreachable(&self, request: &[u8], out: &mut [u8]) -> Option<usize> {
+        self.answer_for_target(request, 503, out)
+    }
+
+    fn answer_for_target(&self, request: &[u8], status: u16, out: &mut [u8]) -> Option<usize> {
         let m = scan_with(request, &self.limits).ok()?;
         if !m.is_request() || m.method() == Some(Method::Ack) {
             return None;
         }
         let mut sink = SliceSink::new(out);
-        response(&m.reply_parts(), 430, None, Some(&self.tag), &[], &mut sink);
+        response(
+            &m.reply_parts(),
+            status,
+            None,
+            Some(&self.tag),
+            &[],
+            &mut sink,
+        );
         sink.finish()
     }
 

@@ -791,7 +791,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
 }
 
 /// Sends what the proxy decided for a message read from a stream.
-async fn deliver(
+pub(super) async fn deliver(
     o: Outcome,
     out: &[u8],
     own: &mpsc::Sender<Box<[u8]>>,

@@ -203,11 +203,7 @@ impl Connector {
             .await
             {
                 Ok(Ok(s)) => s,
-                _ => {
-                    counter!(CONNECT_FAILURES, "transport" => t.name()).increment(1);
-                    streams.registry.remove(flow);
-                    return;
-                }
+                _ => return unreachable(flow, rx, &shared, &streams, &udp).await,
             };
             let Some(shared) = shared.upgrade() else {
                 streams.registry.remove(flow);
@@ -223,14 +219,12 @@ impl Connector {
                         Ok(Ok(s)) => Ok(s),
                         Ok(Err(e)) => {
                             tracing::warn!(target = %flow.addr, name = ?name, error = %e, "TLS to a route target failed");
-                            counter!(CONNECT_FAILURES, "transport" => t.name()).increment(1);
-                            streams.registry.remove(flow);
-                            return;
+                            let weak = Arc::downgrade(&shared);
+                            return unreachable(flow, rx, &weak, &streams, &udp).await;
                         }
                         Err(_) => {
-                            counter!(CONNECT_FAILURES, "transport" => t.name()).increment(1);
-                            streams.registry.remove(flow);
-                            return;
+                            let weak = Arc::downgrade(&shared);
+                            return unreachable(flow, rx, &weak, &streams, &udp).await;
                         }
                     }
                 }
@@ -249,9 +243,8 @@ impl Connector {
                 },
             };
             if matches!(conn, Conn::Failed) {
-                counter!(CONNECT_FAILURES, "transport" => t.name()).increment(1);
-                streams.registry.remove(flow);
-                return;
+                let weak = Arc::downgrade(&shared);
+                return unreachable(flow, rx, &weak, &streams, &udp).await;
             }
             counter!(OPENED, "transport" => t.name()).increment(1);
             counter!(OUTBOUND, "transport" => t.name()).increment(1);
@@ -268,6 +261,37 @@ impl Connector {
             counter!(CLOSED, "transport" => t.name(), "reason" => reason).increment(1);
             gauge!(CONNECTIONS, "transport" => t.name()).decrement(1.0);
         });
+    }
+}
+
+/// A route target that could not be reached (connect, TLS or WebSocket
+/// upgrade failed): counted, forgotten, and every request that waited for
+/// it answered 503 in its name (`Proxy::unreachable`), routed back to the
+/// worker as the target's own answer would be, so the worker fails over
+/// to its next target (or tells the caller) at once.
+async fn unreachable(
+    flow: Flow,
+    mut rx: mpsc::Receiver<Box<[u8]>>,
+    shared: &std::sync::Weak<Shared>,
+    streams: &Streams,
+    udp: &tokio::net::UdpSocket,
+) {
+    counter!(CONNECT_FAILURES, "transport" => flow.transport.name()).increment(1);
+    // First: nothing new queues behind a connection that will not come.
+    streams.registry.remove(flow);
+    rx.close();
+    let Some(shared) = shared.upgrade() else {
+        return;
+    };
+    let (own, _) = mpsc::channel(1);
+    let mut out = vec![0u8; streams.cfg.max_message_bytes + 4096];
+    while let Ok(request) = rx.try_recv() {
+        let mut answer = vec![0u8; request.len() + 256];
+        let Some(n) = shared.proxy.unreachable(&request, &mut answer) else {
+            continue;
+        };
+        let o = streams.handle(&shared, flow, &answer[..n], &mut out);
+        super::deliver(o, &out, &own, &streams.registry, udp).await;
     }
 }
 
