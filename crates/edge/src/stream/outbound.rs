@@ -152,8 +152,8 @@ where
 /// connection is registered at once with the first message queued (what
 /// follows queues behind it), then connected on a stream thread and
 /// served like an accepted one; a target that cannot be reached within
-/// the message timeout is dropped and counted, and the worker's own
-/// transaction times out as for any unreachable target.
+/// the message timeout is counted, and what waited for it is answered
+/// 503 in its name (see `unreachable`), so the worker fails over.
 pub(crate) struct Connector {
     pub(super) handle: tokio::runtime::Handle,
     /// Weak: `Shared` holds this connector.
