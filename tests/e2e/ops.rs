@@ -76,6 +76,9 @@ fn dashboard_and_rules_use_only_exported_metrics() {
     // Three workers: replicated, so the Raft series exist too.
     let c = cluster(&[format!("b=127.0.0.1:{uas_port}")], &["--workers", "3"]);
     wait_members(&c.grpc, 3);
+    // Calls placed while shards are still being taken up can lose their
+    // callee's answers (a known startup window, not this test's subject).
+    wait_all_shards_served(&c.grpc, 3);
     let (sip, _worker, admin, worker_admin) =
         (c.sip, c.worker, c.admin.clone(), c.worker_admin.clone());
     // Traffic, and a drop, so that every series exists.
