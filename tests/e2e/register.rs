@@ -464,26 +464,34 @@ request_route {{
         ),
     )
     .unwrap();
-    let p = Kamailio(
-        Command::new("kamailio")
-            .arg("-f")
-            .arg(&cfg)
-            .args(["-DD", "-E", "-m", "64", "-M", "8", "-w"])
-            .arg(dir)
-            .arg("-Y")
-            .arg(dir)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.join("kamailio.log")).unwrap())
-            .spawn()
-            .expect("kamailio starts"),
-    );
+    let p = Kamailio::start(dir, &cfg, &dir.join("kamailio.log"));
     std::thread::sleep(Duration::from_millis(1500));
     p
 }
 
 /// Kamailio's main process: stopped with SIGTERM, on which it stops the
 /// children it forked (a SIGKILL would leave them holding the port).
-pub(crate) struct Kamailio(pub(crate) std::process::Child);
+pub(crate) struct Kamailio(std::process::Child);
+
+impl Kamailio {
+    /// Runs `kamailio -f cfg` in the foreground of its own process group
+    /// (`-DD`), its run and temporary files in `dir`, logging to `log`.
+    pub(crate) fn start(dir: &Path, cfg: &Path, log: &Path) -> Self {
+        Kamailio(
+            Command::new("kamailio")
+                .arg("-f")
+                .arg(cfg)
+                .args(["-DD", "-E", "-m", "64", "-M", "8", "-w"])
+                .arg(dir)
+                .arg("-Y")
+                .arg(dir)
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(log).unwrap())
+                .spawn()
+                .expect("kamailio starts"),
+        )
+    }
+}
 
 impl Drop for Kamailio {
     fn drop(&mut self) {

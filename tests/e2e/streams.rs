@@ -1092,19 +1092,7 @@ event_route[xhttp:request] {{
         ),
     )
     .unwrap();
-    let p = crate::register::Kamailio(
-        std::process::Command::new("kamailio")
-            .arg("-f")
-            .arg(&cfg)
-            .args(["-DD", "-E", "-m", "64", "-M", "8", "-w"])
-            .arg(dir)
-            .arg("-Y")
-            .arg(dir)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::fs::File::create(dir.join("kamailio-ws.log")).unwrap())
-            .spawn()
-            .expect("kamailio starts"),
-    );
+    let p = crate::register::Kamailio::start(dir, &cfg, &dir.join("kamailio-ws.log"));
     assert!(
         wait_for(Duration::from_secs(10), || TcpStream::connect((
             "127.0.0.1",

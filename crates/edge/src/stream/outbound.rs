@@ -126,13 +126,9 @@ where
     let mut req = url.into_client_request().map_err(|_| "ws_handshake")?;
     req.headers_mut()
         .insert("sec-websocket-protocol", HeaderValue::from_static("sip"));
-    let max = streams.cfg.max_message_bytes;
-    let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
-        .max_message_size(Some(max))
-        .max_frame_size(Some(max));
     match tokio::time::timeout(
         streams.cfg.message_timeout,
-        tokio_tungstenite::client_async_with_config(req, s, Some(config)),
+        tokio_tungstenite::client_async_with_config(req, s, Some(super::ws::config(streams))),
     )
     .await
     {

@@ -55,10 +55,7 @@ where
         );
         Ok(resp)
     };
-    let max = streams.cfg.max_message_bytes;
-    let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
-        .max_message_size(Some(max))
-        .max_frame_size(Some(max));
+    let config = config(streams);
     match tokio::time::timeout(
         streams.cfg.message_timeout,
         tokio_tungstenite::accept_hdr_async_with_config(s, callback, Some(config)),
@@ -70,6 +67,17 @@ where
         Ok(Err(_)) => Err("ws_handshake"),
         Err(_) => Err("message_timeout"),
     }
+}
+
+/// Our WebSocket connections' limits, either side: a message (one SIP
+/// message) and a frame no larger than `[sip] max_message_bytes`.
+pub(super) fn config(
+    streams: &Streams,
+) -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
+    let max = streams.cfg.max_message_bytes;
+    tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .max_message_size(Some(max))
+        .max_frame_size(Some(max))
 }
 
 /// Serves one WebSocket connection: each text or binary message is one
