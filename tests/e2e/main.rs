@@ -13,6 +13,7 @@ mod edge;
 mod failover;
 mod kube;
 mod load;
+mod moves;
 mod ops;
 mod phones;
 mod prometheus;

@@ -507,6 +507,10 @@ pub struct B2bua<R> {
     transfers: VecDeque<TransferEvent>,
     stats: Stats,
     replicate: bool,
+    /// This worker's member id in the cluster, named in our Via (`w`) so
+    /// an answer the edge routes to the shard's new owner finds its way
+    /// back here (see [`B2bua::set_member`]).
+    member: Option<u64>,
     replication: VecDeque<Replication>,
     /// Calls of other workers, learnt for one datagram (`remote.rs`).
     remote: Vec<CallRecord>,
@@ -635,6 +639,7 @@ impl<R: RngCore> B2bua<R> {
             transfers: VecDeque::new(),
             stats: Stats::default(),
             replicate: false,
+            member: None,
             replication: VecDeque::new(),
             remote: Vec::new(),
             per_source: HashMap::new(),
@@ -852,13 +857,17 @@ impl<R: RngCore> B2bua<R> {
             .cfg
             .hashing
             .key_token(key, Bound::Branch, branch.as_bytes());
-        format!(
+        let mut v = format!(
             "SIP/2.0/UDP {};branch={};k={}",
             self.cfg.advertised,
             branch,
             core::str::from_utf8(&k).unwrap_or_default()
-        )
-        .into_bytes()
+        );
+        if let Some(w) = self.member {
+            use core::fmt::Write as _;
+            let _ = write!(v, ";w={w}");
+        }
+        v.into_bytes()
     }
 
     /// Our Contact in the leg whose Call-ID is `call_id` of the call whose

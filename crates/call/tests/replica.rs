@@ -260,3 +260,61 @@ fn rfc3261_15_b_hanging_up_before_a_has_its_2xx_gets_a_the_2xx_then_the_bye_afte
         "A's BYE once the 2xx gave up waiting for its ACK"
     );
 }
+
+/// A shard that moves while a call is set up (a worker joins or drains)
+/// sends the callee's answers to the new owner. Our Via names the worker
+/// that sent the INVITE (`w`), and the new owner, which does not hold
+/// the call, names that worker for the shell to pass the answer to; the
+/// sender, which holds the call, handles it.
+#[test]
+fn an_answer_for_a_call_another_worker_sets_up_names_that_worker() {
+    let (mut w1, mut w2) = (b2bua(), b2bua());
+    for (w, id) in [(&mut w1, 1), (&mut w2, 2)] {
+        w.set_replication(true);
+        w.set_member(id);
+    }
+    w1.handle_datagram(at(0), a_invite().as_bytes());
+    let bi = out(&mut w1)[1].1.clone();
+    let bim = scan(&bi).unwrap();
+    assert_eq!(
+        bim.top_via()
+            .param(b"w")
+            .and_then(|p| p.value)
+            .map(|v| v.of(bim.buf())),
+        Some(&b"1"[..]),
+        "the INVITE's Via names its worker"
+    );
+    let ringing = b_resp(&bim, "180 Ringing", "bt", None);
+    let rm = scan(ringing.as_bytes()).unwrap();
+    assert_eq!(
+        w2.sent_elsewhere(&rm),
+        Some(1),
+        "the new owner names the sender"
+    );
+    assert_eq!(w1.sent_elsewhere(&rm), None, "the sender holds the call");
+    // A request is never passed on; nor is anything without a member id.
+    let bye = from_a("BYE", 2, "bye1", "xx", None);
+    assert_eq!(w2.sent_elsewhere(&scan(bye.as_bytes()).unwrap()), None);
+    assert_eq!(b2bua().sent_elsewhere(&rm), None);
+    // Handed on unchanged, the answers set the call up on its worker.
+    w1.handle_datagram(at(50), ringing.as_bytes());
+    w1.handle_datagram(
+        at(100),
+        b_resp(&bim, "200 OK", "bt", Some(SDP_B)).as_bytes(),
+    );
+    let sent = out(&mut w1);
+    assert!(
+        sent.iter()
+            .any(|(_, m)| first_line(m) == "SIP/2.0 180 Ringing")
+    );
+    assert!(
+        matches!(w1.poll_replication(), Some(Replication::Upsert(r)) if r.version == 1),
+        "confirmed where it was set up, its record proposed"
+    );
+    // An answer naming this very worker for a call it does not hold (or a
+    // forged `w`) stays here.
+    let own = ringing
+        .replace("a-call", "other-call")
+        .replace(";w=1", ";w=2");
+    assert_eq!(w2.sent_elsewhere(&scan(own.as_bytes()).unwrap()), None);
+}

@@ -137,6 +137,10 @@ pub enum Note {
     /// The locations were replaced (at start, after a snapshot): every
     /// AOR's expiry is to be scheduled afresh.
     Registrations,
+    /// This worker's drain is applied (`SIGTERM` or `handover drain`): it
+    /// owns no shard, renews no lease, and only finishes the calls it was
+    /// still setting up (sent once).
+    Drained,
 }
 
 /// Commands from the SIP loop to the replica's thread: a queue under a
@@ -372,6 +376,8 @@ struct Replica {
     drains: Vec<oneshot::Sender<bool>>,
     /// A drain was asked (SIGTERM or `handover drain`): not ready since.
     draining: bool,
+    /// [`Note::Drained`] was sent.
+    told_drained: bool,
     /// Group commit window (`--commit-window-ms`).
     window: Duration,
     /// Mutual TLS on the cluster port.
@@ -403,6 +409,7 @@ impl Replica {
             pending: HashMap::new(),
             drains: Vec::new(),
             draining: false,
+            told_drained: false,
             window: Duration::ZERO,
             tls: None,
         }
@@ -683,6 +690,10 @@ impl Replica {
                 self.refresh(&shared_tx);
             }
             if self.node.drained() {
+                if !self.told_drained {
+                    self.told_drained = true;
+                    let _ = self.notes.send(Note::Drained);
+                }
                 for d in self.drains.drain(..) {
                     let _ = d.send(true);
                 }

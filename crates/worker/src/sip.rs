@@ -3,6 +3,7 @@
 //! ([`crate::replica`]). Requests it originates go to the edge; responses
 //! go to their top Via.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,6 +30,10 @@ const TRANSFERS: &str = "handover_transfers_total";
 const TRANSFER_TIME: &str = "handover_transfer_seconds";
 const ADOPTED: &str = "handover_calls_adopted_total";
 const NOT_SERVED: &str = "handover_worker_not_served_total";
+const PASSED_ON: &str = "handover_worker_answers_passed_on_total";
+/// How long a worker stopped by SIGTERM waits, once drained, for the calls
+/// it was still setting up (their callees ringing) before it exits.
+const DRAIN_SETUP: Duration = Duration::from_secs(20);
 const UNREPLICATED: &str = "handover_calls_unreplicated_total";
 const REFUSED_IN_CALL: &str = "handover_in_call_requests_refused_total";
 const REFUSED_FULL: &str = "handover_calls_refused_total";
@@ -337,6 +342,16 @@ pub fn run(args: Settings) -> anyhow::Result<()> {
         if replica.is_some() {
             b2b.set_replication(true);
         }
+        // The other workers' SIP addresses, for answers that reach this
+        // worker while another one holds their call (see
+        // `B2bua::sent_elsewhere`).
+        let members = match &args.replication {
+            Some(r) => {
+                b2b.set_member(r.id);
+                member_addresses(r.id, r.peers.clone())
+            }
+            None => tokio::sync::watch::channel(HashMap::new()).1,
+        };
         // Registrations expire in wall-clock time, the same on every
         // replica: this clock's epoch in Unix milliseconds.
         let mut reg_cfg = args.registrar.clone();
@@ -384,6 +399,11 @@ pub fn run(args: Settings) -> anyhow::Result<()> {
         housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let adopted = metrics::counter!(ADOPTED);
         let not_served = metrics::counter!(NOT_SERVED);
+        let passed_on = metrics::counter!(PASSED_ON);
+        // The drain is applied: no shard, no lease; the calls this worker
+        // was setting up are finished here (their answers passed on by the
+        // new owners), and nothing else.
+        let mut drained = false;
         let unreplicated = metrics::counter!(UNREPLICATED);
         let refused_in_call = metrics::counter!(REFUSED_IN_CALL);
         let refused_full = metrics::counter!(REFUSED_FULL, "cause" => "max_calls");
@@ -434,6 +454,7 @@ pub fn run(args: Settings) -> anyhow::Result<()> {
         // A drain under way (its reply, its start), and when to exit after.
         let mut drain: Option<(tokio::sync::oneshot::Receiver<bool>, tokio::time::Instant)> = None;
         let mut drain_exit: Option<tokio::time::Instant> = None;
+        let mut drain_done: Option<tokio::time::Instant> = None;
         let mut last = handover_call::Stats::default();
         loop {
             let wake = next_wake(start, tokio::time::Instant::now(), b2b.poll_timeout());
@@ -450,8 +471,26 @@ pub fn run(args: Settings) -> anyhow::Result<()> {
                         let lease_live = replica.as_ref().is_none_or(|r| r.lease.live());
                         // Scanned once: the shard check, the Replaces
                         // look-up and the B2BUA all read this `Message`.
-                        match handover_sip::scan_with(bytes, &b2b_limits) {
-                            Ok(m) if lease_live && served_or_known(&m, &b2b, &served) => {
+                        let scanned = handover_sip::scan_with(bytes, &b2b_limits);
+                        let elsewhere = scanned.as_ref().ok().and_then(|m| b2b.sent_elsewhere(m));
+                        match scanned {
+                            // An answer for a call another worker is still
+                            // setting up: its shard moved meanwhile (a join,
+                            // a drain), and the edge routes by shard. Passed
+                            // on unchanged, whatever this worker serves.
+                            Ok(_) if elsewhere.is_some() => {
+                                let to = elsewhere.and_then(|id| members.borrow().get(&id).copied());
+                                match to {
+                                    Some(to) => {
+                                        passed_on.increment(1);
+                                        if let Err(e) = sock.send_to(bytes, to).await {
+                                            tracing::debug!(%to, error = %e, "send failed");
+                                        }
+                                    }
+                                    None => not_served.increment(1),
+                                }
+                            }
+                            Ok(m) if may_act(lease_live, drained, &m, &b2b) && served_or_known(&m, &b2b, &served) => {
                                 // The call a Replaces names is another
                                 // worker's: read its record from the
                                 // replica, then handle the datagram
@@ -532,6 +571,10 @@ pub fn run(args: Settings) -> anyhow::Result<()> {
                     Some(crate::replica::Note::Registrations) => {
                         b2b.registrar().rescan();
                     }
+                    Some(crate::replica::Note::Drained) => {
+                        drained = true;
+                        tracing::info!(calls_in_setup = b2b.calls_active(), "drained: finishing only the calls still being set up here");
+                    }
                     Some(crate::replica::Note::Committed { call_id }) => {
                         b2b.committed(now(), &call_id);
                         // Confirmed here after its shard moved: the new
@@ -574,15 +617,29 @@ pub fn run(args: Settings) -> anyhow::Result<()> {
                     } else {
                         tracing::warn!("drain did not complete within 10 s (no quorum?); stopping anyway");
                     }
-                    // Let what is in flight (2xx resends, BYEs) finish.
+                    // Let what is in flight (2xx resends, BYEs) finish, and
+                    // the calls still ringing here get their answers.
                     drain_exit = Some(tokio::time::Instant::now() + Duration::from_secs(1));
+                    drain_done = Some(tokio::time::Instant::now());
                 }
                 () = async {
                     match drain_exit {
                         Some(t) => tokio::time::sleep_until(t).await,
                         None => std::future::pending().await,
                     }
-                } => break,
+                } => {
+                    // Calls set up here before the drain (ringing) finish
+                    // here: wait for them, at most DRAIN_SETUP (within
+                    // Kubernetes' 30 s grace period).
+                    let waited = drain_done.map(|t| t.elapsed()).unwrap_or_default();
+                    if b2b.calls_active() == 0 || waited >= DRAIN_SETUP {
+                        if b2b.calls_active() > 0 {
+                            tracing::warn!(calls = b2b.calls_active(), "stopping with calls still being set up");
+                        }
+                        break;
+                    }
+                    drain_exit = Some(tokio::time::Instant::now() + Duration::from_millis(200));
+                }
             }
             // Housekeeping once a second: expired bindings of the AORs
             // this worker serves written out; the users file re-read when
@@ -749,6 +806,54 @@ fn lookup_then(
         }
         let _ = done.send((bytes, record));
     });
+}
+
+/// Whether this worker may act on `m`: with a live lease; once drained
+/// (no lease, no shard), only for the calls it still holds.
+fn may_act<R: rand_core::RngCore>(
+    lease_live: bool,
+    drained: bool,
+    m: &handover_sip::Message<'_>,
+    b2b: &B2bua<R>,
+) -> bool {
+    lease_live || (drained && b2b.knows(m.call_id()))
+}
+
+/// The SIP address of every other member, looked up now and every 5 s
+/// (a pod's name resolves once the pod exists; its address may change
+/// when it is replaced). A name that does not resolve keeps its last
+/// address.
+fn member_addresses(
+    me: u64,
+    peers: Vec<crate::peers::Peer>,
+) -> tokio::sync::watch::Receiver<HashMap<u64, SocketAddr>> {
+    let (tx, rx) = tokio::sync::watch::channel(HashMap::new());
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            every.tick().await;
+            let mut found = tx.borrow().clone();
+            for p in peers.iter().filter(|p| p.id != me) {
+                if let Ok(Ok(addrs)) = tokio::time::timeout(
+                    Duration::from_secs(2),
+                    tokio::net::lookup_host(p.sip.as_str()),
+                )
+                .await
+                {
+                    // IPv4 first, as the edge's look-ups do.
+                    let all: Vec<SocketAddr> = addrs.collect();
+                    if let Some(a) = all.iter().find(|a| a.is_ipv4()).or(all.first()) {
+                        found.insert(p.id, *a);
+                    }
+                }
+            }
+            tx.send_if_modified(|m| std::mem::replace(m, found.clone()) != found);
+            if tx.is_closed() {
+                return;
+            }
+        }
+    });
+    rx
 }
 
 /// Whether a message is for a shard this worker serves, or for a call it

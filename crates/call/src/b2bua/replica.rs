@@ -101,9 +101,37 @@ impl<R: RngCore> B2bua<R> {
         self.replicate = on;
     }
 
+    /// Names this worker (its member id) in the Via of every request it
+    /// sends, as `;w=ID`. The edge routes an answer by its key's shard;
+    /// when that shard moved while the request was out (a join, a drain),
+    /// the new owner reads the `w` of an answer for a call it does not
+    /// hold and passes it to the worker that sent the request
+    /// ([`Self::sent_elsewhere`]).
+    pub fn set_member(&mut self, id: u64) {
+        self.member = Some(id);
+    }
+
     /// The next change to replicate.
     pub fn poll_replication(&mut self) -> Option<Replication> {
         self.replication.pop_front()
+    }
+
+    /// The member that sent the request `m` answers, when that is another
+    /// worker and the call is not held here: the edge routes answers by
+    /// shard, so one whose shard moved while the call was being set up
+    /// (a worker joined, or drained) reaches the new owner, while the
+    /// call and its transaction live on the worker named in our Via's
+    /// `w`. The shell passes such an answer on to it unchanged. `None`
+    /// for requests, for calls held here, for answers to our own
+    /// requests, and without a member id.
+    pub fn sent_elsewhere(&self, m: &Message<'_>) -> Option<u64> {
+        let me = self.member?;
+        if m.is_request() || self.knows(m.call_id()) {
+            return None;
+        }
+        let w = m.top_via().param(b"w")?.value?.of(m.buf());
+        let id = core::str::from_utf8(w).ok()?.parse::<u64>().ok()?;
+        (id != me && id != 0).then_some(id)
     }
 
     /// Whether a call (by either leg's Call-ID) is held here.
