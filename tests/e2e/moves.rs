@@ -89,3 +89,38 @@ fn ringing_while_draining(w: u16, drain: impl FnOnce(&std::path::Path, &crate::k
         "drain while ringing: {passed} answers passed on to the drained worker; 30/30 calls answered and hung up"
     );
 }
+
+/// `handover up --workers 3` as a user starts it: calls placed as soon as
+/// its edge is ready (a CI run once lost 9 of 20 calls placed just after
+/// the workers joined, to 408). Each call rings 2 s; all must be answered
+/// and hung up. Whether shards still move then depends on timing (here
+/// the edge is usually ready once all three have joined), so the answers
+/// passed on are printed, not asserted: the drain tests above assert them.
+#[test]
+fn calls_placed_while_up_starts_its_workers_are_all_answered() {
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let b = free_udp_port();
+    let mut uas = sipp_uas_on(dir.path(), "uas_ring_late.xml", b, &["-d", "2000"]);
+    let c = cluster(
+        &[format!("b=127.0.0.1:{b}")],
+        &["--workers", "3", "--udp-only"],
+    );
+    let edge: std::net::SocketAddr = format!("127.0.0.1:{}", c.sip).parse().unwrap();
+    let (uac, stat) = sipp_uac(dir.path(), edge, 10, 40, 500);
+    let r = finish_uac(uac, &stat);
+    assert_eq!(
+        (r.exit, r.successful, r.failed),
+        (Some(0), 40, 0),
+        "{r:?}: every call answered and hung up"
+    );
+    uas.expect_calls(40);
+    let (host, port) = c.worker_admin.rsplit_once(':').unwrap();
+    let passed = summed(
+        host,
+        port.parse().unwrap(),
+        &[0, 1, 2],
+        "handover_worker_answers_passed_on_total",
+    );
+    eprintln!("calls while up starts: {passed} answers passed on; 40/40 answered and hung up");
+}
