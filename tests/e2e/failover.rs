@@ -23,7 +23,12 @@ fn active(host: &str, port: u16, i: u16) -> f64 {
 /// `port` + i hold `calls` calls between them, then `settle_ms` more (the
 /// last answers reach their callers: a 2xx waits for its commit); each
 /// worker's calls and the busiest worker.
-fn busiest_when_up(host: &str, port: u16, calls: f64, settle_ms: u64) -> (Vec<f64>, u16) {
+pub(crate) fn busiest_when_up(
+    host: &str,
+    port: u16,
+    calls: f64,
+    settle_ms: u64,
+) -> (Vec<f64>, u16) {
     assert!(
         wait_for(Duration::from_secs(10), || (0..3)
             .map(|i| active(host, port, i))
@@ -52,7 +57,7 @@ fn adopted(host: &str, port: u16, i: u16) -> f64 {
 /// and all three are in the map, so no shard moves while calls are set
 /// up. Returns the cluster and its first worker's admin host and port
 /// (worker i's is port + i).
-fn three_workers(dir: &std::path::Path, routes: &[String]) -> (Cluster, String, u16) {
+pub(crate) fn three_workers(dir: &std::path::Path, routes: &[String]) -> (Cluster, String, u16) {
     let grpc = format!("127.0.0.1:{}", free_tcp_ports(3));
     let data = dir.join("data");
     let c = cluster(

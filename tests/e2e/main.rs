@@ -11,6 +11,7 @@ mod browser;
 mod cli;
 mod edge;
 mod failover;
+mod inflight;
 mod kube;
 mod load;
 mod moves;

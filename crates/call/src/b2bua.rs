@@ -56,7 +56,7 @@ mod setup;
 use crate::transfer::{self, Replaces};
 use local::Local;
 pub use register::{AuthStats, Target};
-pub use replica::{CallRecord, Replication};
+pub use replica::{CallRecord, PendingInvite, Replication};
 
 /// Settings of the B2BUA.
 #[derive(Debug, Clone)]
@@ -146,6 +146,9 @@ pub struct Stats {
     pub retransmissions: u64,
     /// Calls taken over from their replica (counted in `started` too).
     pub adopted: u64,
+    /// Of those, calls adopted with a re-INVITE in flight, resent and
+    /// answered from here (`PendingInvite`).
+    pub resumed: u64,
     /// Replicated calls whose 2xx went to A without a commit (after the
     /// hold limit).
     pub unreplicated: u64,
@@ -248,6 +251,10 @@ struct Relay {
     /// Our ACK of the other leg's 2xx (resent when the 2xx is).
     ack: Option<Vec<u8>>,
     relayed_final: bool,
+    /// Resent by a worker that adopted the call with it in flight
+    /// (`PendingInvite`): the far party may have answered it already, to
+    /// the dead worker, so its timing out (408) says nothing of the leg.
+    resumed: bool,
 }
 
 impl Nit {

@@ -14,8 +14,8 @@ pub mod transfer;
 pub mod trust;
 
 pub use b2bua::{
-    AuthStats, B2bua, CallRecord, Config, Latency, Replication, Stats, Target, TransferEvent,
-    TransferResult,
+    AuthStats, B2bua, CallRecord, Config, Latency, PendingInvite, Replication, Stats, Target,
+    TransferEvent, TransferResult,
 };
 pub use dialog::{Dialog, DialogError, DialogId, DialogState};
 pub use handover_registrar as registrar;

@@ -91,10 +91,16 @@ fn a_call_adopted_from_its_replica_is_reinvited_and_hung_up_by_the_new_worker() 
     );
     assert_eq!(om.cseq().seq, 2);
     let Some(Replication::Upsert(rec2)) = w2.poll_replication() else {
-        panic!("the completed re-INVITE is replicated")
+        panic!("the relayed re-INVITE is replicated")
     };
     assert_eq!(rec2.version, 2);
     assert_eq!(rec2.b_dialog.local_seq, 2);
+    assert!(rec2.pending.is_some(), "in flight when relayed");
+    let Some(Replication::Upsert(rec3)) = w2.poll_replication() else {
+        panic!("the completed re-INVITE is replicated")
+    };
+    assert_eq!(rec3.version, 3);
+    assert_eq!(rec3.pending, None, "answered");
 
     // B hangs up: 200 to B, BYE to A in A's dialog, the record removed.
     let bye = from_b(&bim, "BYE", 5, "bye1");
@@ -111,7 +117,7 @@ fn a_call_adopted_from_its_replica_is_reinvited_and_hung_up_by_the_new_worker() 
     assert_eq!(ba.cseq().method, Method::Bye);
     assert!(matches!(
         w2.poll_replication(),
-        Some(Replication::Remove { version: 3, .. })
+        Some(Replication::Remove { version: 4, .. })
     ));
     assert_eq!(w2.calls_active(), 0);
 }
@@ -317,4 +323,101 @@ fn an_answer_for_a_call_another_worker_sets_up_names_that_worker() {
         .replace("a-call", "other-call")
         .replace(";w=1", ";w=2");
     assert_eq!(w2.sent_elsewhere(&scan(own.as_bytes()).unwrap()), None);
+}
+
+/// A re-INVITE in flight when its worker dies: A got 100 Trying and will
+/// not send it again, B answers the dead worker. The record written when
+/// it was relayed carries it (`PendingInvite`); the new owner resends it
+/// to B unchanged (B's transaction absorbs it), and B's 2xx, retransmitted
+/// until ACKed, is ACKed and relayed to A as the answer to A's re-INVITE.
+#[test]
+fn a_reinvite_in_flight_when_its_worker_dies_is_answered_by_the_new_owner() {
+    let mut w1 = b2bua();
+    w1.set_replication(true);
+    w1.handle_datagram(at(0), a_invite().as_bytes());
+    let bi = out(&mut w1)[1].1.clone();
+    let bim = scan(&bi).unwrap();
+    w1.handle_datagram(
+        at(100),
+        b_resp(&bim, "200 OK", "bt", Some(SDP_B)).as_bytes(),
+    );
+    out(&mut w1);
+    assert!(matches!(
+        w1.poll_replication(),
+        Some(Replication::Upsert(_))
+    ));
+    w1.committed(at(110), b"a-call");
+    let sent = out(&mut w1);
+    let ok = sent
+        .iter()
+        .find(|(_, m)| first_line(m) == "SIP/2.0 200 OK")
+        .unwrap();
+    let a_tag = String::from_utf8(scan(&ok.1).unwrap().to_tag().unwrap().to_vec()).unwrap();
+    w1.handle_datagram(at(150), from_a("ACK", 1, "ack1", &a_tag, None).as_bytes());
+
+    // A's hold: 100 Trying to A, the re-INVITE to B, the record with it.
+    let reinv = from_a("INVITE", 2, "r1", &a_tag, Some(SDP_A));
+    w1.handle_datagram(at(1000), reinv.as_bytes());
+    let sent = out(&mut w1);
+    assert!(
+        sent.iter()
+            .any(|(_, m)| first_line(m) == "SIP/2.0 100 Trying")
+    );
+    let to_b = sent
+        .iter()
+        .find(|(_, m)| first_line(m).starts_with("INVITE "))
+        .unwrap()
+        .1
+        .clone();
+    let Some(Replication::Upsert(rec)) = w1.poll_replication() else {
+        panic!("the relayed re-INVITE is replicated")
+    };
+    let p = rec.pending.as_ref().expect("the re-INVITE in flight");
+    assert!(p.from_a);
+    assert_eq!(p.relayed, to_b);
+
+    // Worker 1 dies before B's 200 reaches it; worker 2 adopts the call.
+    let mut w2 = b2bua_routed(&["b=127.0.0.1:5071"], 99);
+    w2.set_replication(true);
+    assert!(w2.adopt(at(4000), (*rec).clone()));
+    let sent = out(&mut w2);
+    assert!(
+        sent.iter().any(|(_, m)| *m == to_b),
+        "the re-INVITE resent to B unchanged (a retransmission to B)"
+    );
+    assert_eq!(sent.len(), 1, "A had its 100 Trying from worker 1");
+    assert_eq!(w2.stats().resumed, 1);
+    // B's 2xx (a retransmission: B answered worker 1) reaches worker 2.
+    let rb = scan(&to_b).unwrap();
+    w2.handle_datagram(
+        at(4500),
+        b_resp(&rb, "200 OK", "bt", Some(SDP_B)).as_bytes(),
+    );
+    let sent = out(&mut w2);
+    let ack = sent
+        .iter()
+        .find(|(_, m)| first_line(m).starts_with("ACK "))
+        .expect("B's 2xx is ACKed, so B does not end the call");
+    assert_eq!(scan(&ack.1).unwrap().cseq().seq, rb.cseq().seq);
+    let ok = sent
+        .iter()
+        .find(|(_, m)| first_line(m) == "SIP/2.0 200 OK")
+        .expect("A hears B's answer to its re-INVITE");
+    let om = scan(&ok.1).unwrap();
+    assert_eq!(om.cseq().seq, 2);
+    assert_eq!(om.cseq().method, Method::Invite);
+    assert_eq!(om.to_tag(), Some(a_tag.as_bytes()));
+    assert_eq!(
+        om.top_via().branch(),
+        Some(&b"z9hG4bK-hxr1"[..]),
+        "the answer of A's own transaction"
+    );
+    let Some(Replication::Upsert(after)) = w2.poll_replication() else {
+        panic!("the answered re-INVITE is replicated")
+    };
+    assert_eq!(after.pending, None);
+    assert!(after.version > rec.version);
+    // A's ACK ends it; the call goes on.
+    w2.handle_datagram(at(4600), from_a("ACK", 2, "ack2", &a_tag, None).as_bytes());
+    assert_eq!(w2.calls_active(), 1);
 }

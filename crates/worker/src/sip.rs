@@ -29,6 +29,7 @@ const ANSWER: &str = "handover_invite_answer_seconds";
 const TRANSFERS: &str = "handover_transfers_total";
 const TRANSFER_TIME: &str = "handover_transfer_seconds";
 const ADOPTED: &str = "handover_calls_adopted_total";
+const RESUMED: &str = "handover_reinvites_resumed_total";
 const NOT_SERVED: &str = "handover_worker_not_served_total";
 const PASSED_ON: &str = "handover_worker_answers_passed_on_total";
 /// How long a worker stopped by SIGTERM waits, once drained, for the calls
@@ -398,6 +399,7 @@ pub fn run(args: Settings) -> anyhow::Result<()> {
         let mut housekeeping = tokio::time::interval(Duration::from_secs(1));
         housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let adopted = metrics::counter!(ADOPTED);
+        let resumed = metrics::counter!(RESUMED);
         let not_served = metrics::counter!(NOT_SERVED);
         let passed_on = metrics::counter!(PASSED_ON);
         // The drain is applied: no shard, no lease; the calls this worker
@@ -722,6 +724,7 @@ pub fn run(args: Settings) -> anyhow::Result<()> {
             unanswered.increment(s.unanswered - last.unanswered);
             unacknowledged.increment(s.unacknowledged - last.unacknowledged);
             unreplicated.increment(s.unreplicated - last.unreplicated);
+            resumed.increment(s.resumed - last.resumed);
             refused_in_call.increment(s.refused_in_call - last.refused_in_call);
             refused_full.increment(s.refused_full - last.refused_full);
             refused_per_source.increment(s.refused_per_source - last.refused_per_source);

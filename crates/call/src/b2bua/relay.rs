@@ -394,6 +394,7 @@ impl<R: RngCore> B2bua<R> {
             out,
             ack: None,
             relayed_final: false,
+            resumed: false,
         });
         self.drain(now, cref);
     }
@@ -546,7 +547,7 @@ impl<R: RngCore> B2bua<R> {
                         });
                     }
                 }
-                if status == 408 || status == 481 {
+                if status == 481 || (status == 408 && !r.resumed) {
                     dead_leg = true;
                 }
             }

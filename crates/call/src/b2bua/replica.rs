@@ -4,10 +4,15 @@
 //! [`Replication`] whenever it changes, and restored with
 //! [`B2bua::adopt`] by the worker that takes its shard over.
 //!
-//! What is not kept: transactions in flight (a re-INVITE or a REFER under
-//! way when the worker dies is retried by the phone, which gets its answer
-//! from the new owner), an attended or local transfer half done, the
-//! session timer and the maximum call age (both restart at adoption).
+//! What is kept of transactions in flight: a re-INVITE relayed and not yet
+//! answered ([`PendingInvite`]), because its sender got 100 Trying and will
+//! not retransmit: the new owner resends it unchanged (the far party's
+//! transaction absorbs it and its 2xx, retransmitted until ACKed, comes
+//! back) and answers the sender with what comes back. Not kept: other
+//! requests in flight (a REFER or INFO under way is retransmitted by its
+//! sender until answered, and the new owner answers it), an attended or
+//! local transfer half done, the session timer and the maximum call age
+//! (both restart at adoption).
 
 use std::hash::{DefaultHasher, Hash, Hasher};
 
@@ -38,6 +43,32 @@ pub struct CallRecord {
     pub b_dialog: Dialog,
     /// REFERs on this call are carried out by the B2BUA.
     pub local_mode: bool,
+    /// A re-INVITE relayed and not finally answered yet.
+    pub pending: Option<PendingInvite>,
+}
+
+/// A re-INVITE relayed from one leg to the other and not finally answered
+/// when its call's record was written (see the module's text).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingInvite {
+    /// It came from A (and went to B).
+    pub from_a: bool,
+    /// The request as received (without credentials).
+    pub request: Vec<u8>,
+    /// Where its answers go (its top Via: the edge).
+    pub back: Option<SocketAddr>,
+    /// The request as relayed on the other leg.
+    pub relayed: Vec<u8>,
+}
+
+/// The fingerprint of what a record holds, to tell a change.
+fn print(a: &Dialog, b: &Dialog, local_mode: bool, pending: Option<&PendingInvite>) -> u64 {
+    let mut h = DefaultHasher::new();
+    hash_dialog(a, &mut h);
+    hash_dialog(b, &mut h);
+    local_mode.hash(&mut h);
+    pending.map(|p| &p.relayed).hash(&mut h);
+    h.finish()
 }
 
 /// What the shell replicates.
@@ -165,11 +196,21 @@ impl<R: RngCore> B2bua<R> {
         if !call.answered || call.local.as_ref().is_some_and(Local::pending) {
             return;
         }
-        let mut h = DefaultHasher::new();
-        hash_dialog(a, &mut h);
-        hash_dialog(b, &mut h);
-        call.local_mode.hash(&mut h);
-        let print = h.finish();
+        // A relayed re-INVITE not finally answered yet.
+        let pending = call
+            .relays
+            .iter()
+            .find(|r| {
+                !r.relayed_final
+                    && matches!(&r.cli, Cli::Invite(c) if matches!(c.state(), InviteState::Calling | InviteState::Proceeding))
+            })
+            .map(|r| PendingInvite {
+                from_a: r.from_a,
+                request: without_credentials(&r.req),
+                back: r.back,
+                relayed: r.out.clone(),
+            });
+        let print = print(a, b, call.local_mode, pending.as_ref());
         let version = match call.replicated {
             Some((_, p)) if p == print => return,
             Some((v, _)) => v + 1,
@@ -189,6 +230,7 @@ impl<R: RngCore> B2bua<R> {
                 b_invite: call.b_invite.clone(),
                 b_dialog: b.clone(),
                 local_mode: call.local_mode,
+                pending,
             })));
     }
 
@@ -251,11 +293,40 @@ impl<R: RngCore> B2bua<R> {
         self.by_call_id.insert(rec.b_call_id.clone(), cref);
         self.stats.started += 1;
         self.stats.adopted += 1;
-        let mut h = DefaultHasher::new();
-        hash_dialog(&rec.a_dialog, &mut h);
-        hash_dialog(&rec.b_dialog, &mut h);
-        rec.local_mode.hash(&mut h);
-        let print = h.finish();
+        let print = print(
+            &rec.a_dialog,
+            &rec.b_dialog,
+            rec.local_mode,
+            rec.pending.as_ref(),
+        );
+        // The re-INVITE in flight: resent as it was (same branch and CSeq,
+        // a retransmission to the far party), its sender answered from here.
+        let pending = rec.pending.as_ref().and_then(|p| {
+            let req = scan(&p.request).ok()?;
+            let out = scan(&p.relayed).ok()?;
+            if req.method() != Some(Method::Invite) || out.method() != Some(Method::Invite) {
+                return None;
+            }
+            // Its sender had 100 Trying from the dead worker (sent with the
+            // relay, before the record): not again, unless it asks (its
+            // retransmission gets the 100 resent).
+            let mut srv = ServerInvite::new(now, timers, &req);
+            while srv.poll_transmit().is_some() {}
+            Some(Relay {
+                from_a: p.from_a,
+                req: p.request.clone(),
+                back: p.back,
+                srv_key: Key::server(&req),
+                srv: Srv::Invite(srv),
+                cli_key: Key::server(&out),
+                cli: Cli::Invite(ClientInvite::new(now, timers, p.relayed.clone())),
+                out: p.relayed.clone(),
+                ack: None,
+                relayed_final: false,
+                resumed: true,
+            })
+        });
+        let resumed = pending.is_some();
         let source = scan(&rec.a_invite).ok().as_ref().and_then(sender_ip);
         self.count_source(source);
         self.calls.insert(
@@ -298,13 +369,17 @@ impl<R: RngCore> B2bua<R> {
                 tried: 0,
                 over: false,
                 nits: Vec::new(),
-                relays: Vec::new(),
+                relays: pending.into_iter().collect(),
                 replicated: self.replicate.then_some((rec.version, print)),
                 held_ok: None,
                 scheduled: None,
                 source,
             },
         );
+        if resumed {
+            self.stats.resumed += 1;
+            self.drain(now, cref);
+        }
         self.schedule(cref);
         true
     }
