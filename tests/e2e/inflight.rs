@@ -58,3 +58,72 @@ fn a_hold_in_flight_when_its_worker_is_killed_is_answered_through_the_new_owner(
         per[victim as usize]
     );
 }
+
+/// A BYE relayed by a worker cut off from the others while its lease still
+/// runs: the call's removal cannot be committed, and the worker that takes
+/// the shard over adopts a call that is over. Once the partition heals the
+/// cut-off worker's removal is applied (a removal is final, whoever owns
+/// the shard now) and the new owner forgets the call: no call is left up
+/// on any worker, in the gauges or in the replicated table.
+#[test]
+fn byes_relayed_by_a_cut_off_worker_leave_no_call_up_once_it_heals() {
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let b = free_udp_port();
+    let mut uas = sipp_uas(dir.path(), b);
+    let c = crate::kube::by_name(dir.path(), b, &[]);
+    wait_all_shards_served(&format!("127.0.0.1:{}", c.grpc), 3);
+    let host = "127.0.0.1";
+    // 40 calls over 1 s, each hung up by its caller 3 s after the answer:
+    // the BYEs go out 3 to 4 s after the start.
+    let t0 = tokio::time::Instant::now();
+    let (uac, stat) = sipp_uac(dir.path(), c.edge_sip, 40, 40, 3_000);
+    let (per, w) = crate::failover::busiest_when_up(host, c.admin, 40.0, 0);
+    // Cut the busiest worker off 2.7 s in, for 8 s: its lease (2 s at
+    // most) covers the BYEs of its calls, which it relays but cannot
+    // commit; the others declare it dead and adopt its calls meanwhile.
+    std::thread::sleep(Duration::from_millis(2_700).saturating_sub(t0.elapsed()));
+    let o = fault(dir.path(), w + 1, &["--isolate-ms", "8000"]);
+    assert!(o.status.success(), "isolate: {}", stderr(&o));
+    let r = finish_uac(uac, &stat);
+    assert_eq!(
+        (r.exit, r.successful, r.failed),
+        (Some(0), 40, 0),
+        "{r:?}: every call hung up"
+    );
+    uas.expect_calls(40);
+    let everyone: Vec<u16> = (0..3).collect();
+    let replicated = |i: u16| {
+        let o = admin_cmd("status", &format!("127.0.0.1:{}", c.grpc + i), &["--json"]);
+        serde_json::from_slice::<serde_json::Value>(&o.stdout)
+            .ok()
+            .and_then(|v| v["calls"].as_u64())
+    };
+    let clear = wait_for(Duration::from_secs(20), || {
+        summed(host, c.admin, &everyone, "handover_calls_active") == 0.0
+            && (0..3).all(|i| replicated(i) == Some(0))
+    });
+    let active: Vec<f64> = (0..3)
+        .map(|i| summed(host, c.admin, &[i], "handover_calls_active"))
+        .collect();
+    let table: Vec<Option<u64>> = (0..3).map(replicated).collect();
+    let ended = summed(
+        host,
+        c.admin,
+        &everyone,
+        "handover_calls_ended_elsewhere_total",
+    );
+    assert!(
+        clear,
+        "no call left up after the partition healed: active {active:?}, replicated {table:?}"
+    );
+    assert!(
+        ended > 0.0,
+        "the new owners adopted calls the cut-off worker had hung up, and forgot them"
+    );
+    eprintln!(
+        "BYEs during a partition: worker {} had {} calls; the new owners forgot {ended} calls it had hung up once it healed; none left up",
+        w + 1,
+        per[w as usize]
+    );
+}

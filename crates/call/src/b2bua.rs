@@ -146,6 +146,9 @@ pub struct Stats {
     pub retransmissions: u64,
     /// Calls taken over from their replica (counted in `started` too).
     pub adopted: u64,
+    /// Adopted calls forgotten because their previous owner had hung them
+    /// up while cut off ([`B2bua::ended_elsewhere`]).
+    pub ended_elsewhere: u64,
     /// Of those, calls adopted with a re-INVITE in flight, resent and
     /// answered from here (`PendingInvite`).
     pub resumed: u64,
@@ -681,7 +684,9 @@ impl<R: RngCore> B2bua<R> {
     /// may read it after every datagram.
     pub fn calls_active(&self) -> usize {
         let s = &self.stats;
-        let active = (s.started - s.hung_up - s.failed - s.torn_down - s.handed_over) as usize;
+        let active =
+            (s.started - s.hung_up - s.failed - s.torn_down - s.handed_over - s.ended_elsewhere)
+                as usize;
         debug_assert_eq!(active, self.calls.values().filter(|c| !c.over).count());
         active
     }
@@ -813,24 +818,31 @@ impl<R: RngCore> B2bua<R> {
             }
             Some(_) => {}
             None if c.over => {
-                if let Some(c) = self.calls.remove(&cref) {
-                    self.forget_source(c.source);
-                    let local = c.local.as_ref().map(|l| &l.t_call_id);
-                    for id in [&c.a_call_id, &c.b_call_id]
-                        .into_iter()
-                        .chain(&c.old_ids)
-                        .chain(local)
-                    {
-                        // Only this call's: a failed attended transfer
-                        // gave the target's Call-ID back to its own call.
-                        if self.by_call_id.get(id) == Some(&cref) {
-                            self.by_call_id.remove(id);
-                        }
-                    }
-                }
+                self.forget_call(cref);
             }
             None => {}
         }
+    }
+
+    /// Removes call `cref`, its Call-IDs and its count against its source.
+    fn forget_call(&mut self, cref: u64) -> bool {
+        let Some(c) = self.calls.remove(&cref) else {
+            return false;
+        };
+        self.forget_source(c.source);
+        let local = c.local.as_ref().map(|l| &l.t_call_id);
+        for id in [&c.a_call_id, &c.b_call_id]
+            .into_iter()
+            .chain(&c.old_ids)
+            .chain(local)
+        {
+            // Only this call's: a failed attended transfer gave the
+            // target's Call-ID back to its own call.
+            if self.by_call_id.get(id) == Some(&cref) {
+                self.by_call_id.remove(id);
+            }
+        }
+        true
     }
 
     fn respond(&mut self, m: &Message<'_>, status: u16, to_tag: Option<&[u8]>) {

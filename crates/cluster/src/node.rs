@@ -116,6 +116,10 @@ pub enum Event {
     HandedOver { call_id: Vec<u8> },
     /// A call removal this worker proposed is committed.
     Removed { call_id: Vec<u8> },
+    /// A call of a shard this worker owns was removed by another worker
+    /// (its previous owner, which hung it up while cut off, see `Table`):
+    /// it is over; forget it without a word to its phones.
+    Ended { call_id: Vec<u8> },
     /// A call this worker proposed was refused: it no longer owns the
     /// shard, or the table already holds that version.
     Refused { call_id: Vec<u8> },
@@ -939,8 +943,15 @@ impl Node {
                     self.events.push_back(Event::HandedOver { call_id });
                 }
             }
-            Change::Removed { call_id } if mine => {
+            Change::Removed { call_id, .. } if mine => {
                 self.events.push_back(Event::Removed { call_id });
+            }
+            Change::Removed {
+                call_id,
+                key,
+                owner,
+            } if owner != self.cfg.id && self.table.owner_of_key(key) == self.cfg.id => {
+                self.events.push_back(Event::Ended { call_id });
             }
             Change::Refused { call_id, owner } if mine && owner == self.cfg.id => {
                 self.events.push_back(Event::Refused { call_id });

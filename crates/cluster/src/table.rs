@@ -43,8 +43,13 @@ pub enum Change {
         key: u64,
         owner: u64,
     },
-    /// A call was removed.
-    Removed { call_id: Vec<u8> },
+    /// A call was removed, by `owner` (its proposer, who may no longer own
+    /// the shard of `key`: see `remove`).
+    Removed {
+        call_id: Vec<u8>,
+        key: u64,
+        owner: u64,
+    },
     /// An upsert or remove changed nothing: its proposer did not own the
     /// call's shard at apply time, or the table already held that version.
     Refused { call_id: Vec<u8>, owner: u64 },
@@ -359,8 +364,15 @@ impl Table {
         }
     }
 
+    /// A removal is final, whoever proposed it: a worker removes a call
+    /// only once it has sent its BYEs (a hang-up relayed, a timeout, the
+    /// maximum age), so its phones are gone. A deposed owner's removal (it
+    /// relayed a BYE while cut off, its lease still running, and proposes
+    /// the removal again once the partition heals) is applied too, and the
+    /// current owner, which adopted a call that is over, forgets it
+    /// (`Event::Ended`). Unlike an upsert it cannot overwrite live state.
     fn remove(&mut self, r: pb::CallRemove) -> Change {
-        if r.owner == 0 || self.owner_of_key(r.key) != r.owner {
+        if r.owner == 0 {
             return Change::Refused {
                 call_id: r.call_id,
                 owner: r.owner,
@@ -369,8 +381,16 @@ impl Table {
         if let Some(old) = self.calls.remove(&r.call_id) {
             self.legs.remove(&old.other_call_id);
         }
-        self.tombs.put(r.call_id.clone(), r.version);
-        Change::Removed { call_id: r.call_id }
+        let v = self
+            .tombs
+            .get(&r.call_id)
+            .map_or(r.version, |v| v.max(r.version));
+        self.tombs.put(r.call_id.clone(), v);
+        Change::Removed {
+            call_id: r.call_id,
+            key: r.key,
+            owner: r.owner,
+        }
     }
 
     fn loads(&self) -> BTreeMap<u64, usize> {

@@ -242,6 +242,7 @@ impl Sim {
                     | Event::Map { .. }
                     | Event::Leader { .. }
                     | Event::HandedOver { .. }
+                    | Event::Ended { .. }
                     | Event::MemberDown { .. } => {}
                     // The simulation writes no registrations (yet).
                     Event::Bound { .. } | Event::BindDone { .. } | Event::Restored => {}

@@ -137,6 +137,10 @@ pub enum Note {
     /// The locations were replaced (at start, after a snapshot): every
     /// AOR's expiry is to be scheduled afresh.
     Registrations,
+    /// A call of a shard this worker owns was hung up by its previous
+    /// owner while cut off (its removal committed once it healed): forget
+    /// it.
+    Ended { call_id: Vec<u8> },
     /// This worker's drain is applied (`SIGTERM` or `handover drain`): it
     /// owns no shard, renews no lease, and only finishes the calls it was
     /// still setting up (sent once).
@@ -595,6 +599,9 @@ impl Replica {
                     }
                     Event::Removed { call_id } => {
                         self.pending.remove(&call_id);
+                    }
+                    Event::Ended { call_id } => {
+                        let _ = self.notes.send(Note::Ended { call_id });
                     }
                     Event::HandedOver { call_id } => {
                         if let Some(c) = self.node.table().call(&call_id) {

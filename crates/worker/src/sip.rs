@@ -30,6 +30,7 @@ const TRANSFERS: &str = "handover_transfers_total";
 const TRANSFER_TIME: &str = "handover_transfer_seconds";
 const ADOPTED: &str = "handover_calls_adopted_total";
 const RESUMED: &str = "handover_reinvites_resumed_total";
+const ENDED_ELSEWHERE: &str = "handover_calls_ended_elsewhere_total";
 const NOT_SERVED: &str = "handover_worker_not_served_total";
 const PASSED_ON: &str = "handover_worker_answers_passed_on_total";
 /// How long a worker stopped by SIGTERM waits, once drained, for the calls
@@ -400,6 +401,7 @@ pub fn run(args: Settings) -> anyhow::Result<()> {
         housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let adopted = metrics::counter!(ADOPTED);
         let resumed = metrics::counter!(RESUMED);
+        let ended_elsewhere = metrics::counter!(ENDED_ELSEWHERE);
         let not_served = metrics::counter!(NOT_SERVED);
         let passed_on = metrics::counter!(PASSED_ON);
         // The drain is applied: no shard, no lease; the calls this worker
@@ -573,6 +575,11 @@ pub fn run(args: Settings) -> anyhow::Result<()> {
                     Some(crate::replica::Note::Registrations) => {
                         b2b.registrar().rescan();
                     }
+                    Some(crate::replica::Note::Ended { call_id }) => {
+                        if b2b.ended_elsewhere(&call_id) {
+                            tracing::info!(call_id = %String::from_utf8_lossy(&call_id), "forgot a call its previous owner hung up while cut off");
+                        }
+                    }
                     Some(crate::replica::Note::Drained) => {
                         drained = true;
                         tracing::info!(calls_in_setup = b2b.calls_active(), "drained: finishing only the calls still being set up here");
@@ -725,6 +732,7 @@ pub fn run(args: Settings) -> anyhow::Result<()> {
             unacknowledged.increment(s.unacknowledged - last.unacknowledged);
             unreplicated.increment(s.unreplicated - last.unreplicated);
             resumed.increment(s.resumed - last.resumed);
+            ended_elsewhere.increment(s.ended_elsewhere - last.ended_elsewhere);
             refused_in_call.increment(s.refused_in_call - last.refused_in_call);
             refused_full.increment(s.refused_full - last.refused_full);
             refused_per_source.increment(s.refused_per_source - last.refused_per_source);

@@ -253,23 +253,26 @@ impl<R: RngCore> B2bua<R> {
             })
             .map(|(&r, _)| r)
             .collect();
-        for cref in &refs {
-            if let Some(c) = self.calls.remove(cref) {
-                self.forget_source(c.source);
-                let local = c.local.as_ref().map(|l| &l.t_call_id);
-                for id in [&c.a_call_id, &c.b_call_id]
-                    .into_iter()
-                    .chain(&c.old_ids)
-                    .chain(local)
-                {
-                    if self.by_call_id.get(id) == Some(cref) {
-                        self.by_call_id.remove(id);
-                    }
-                }
-            }
+        for &cref in &refs {
+            self.forget_call(cref);
         }
         self.stats.handed_over += refs.len() as u64;
         refs.len()
+    }
+
+    /// Forgets a call that its previous owner hung up while cut off from
+    /// the cluster (the BYEs went out; the removal was committed once it
+    /// healed): nothing is sent, its phones are gone. False when the call
+    /// is not held here, or is over already.
+    pub fn ended_elsewhere(&mut self, call_id: &[u8]) -> bool {
+        let Some(&cref) = self.by_call_id.get(call_id) else {
+            return false;
+        };
+        if self.calls.get(&cref).is_none_or(|c| c.over) || !self.forget_call(cref) {
+            return false;
+        }
+        self.stats.ended_elsewhere += 1;
+        true
     }
 
     /// Takes over a call from its replica (its worker died or handed its
