@@ -146,6 +146,9 @@ pub struct Stats {
     pub retransmissions: u64,
     /// Calls taken over from their replica (counted in `started` too).
     pub adopted: u64,
+    /// Answered calls failed because the cluster refused their first
+    /// record ([`B2bua::refused`]): A got 500, B a BYE.
+    pub refused_records: u64,
     /// Adopted calls forgotten because their previous owner had hung them
     /// up while cut off ([`B2bua::ended_elsewhere`]).
     pub ended_elsewhere: u64,
@@ -684,9 +687,13 @@ impl<R: RngCore> B2bua<R> {
     /// may read it after every datagram.
     pub fn calls_active(&self) -> usize {
         let s = &self.stats;
-        let active =
-            (s.started - s.hung_up - s.failed - s.torn_down - s.handed_over - s.ended_elsewhere)
-                as usize;
+        let ended = s.hung_up
+            + s.failed
+            + s.torn_down
+            + s.handed_over
+            + s.ended_elsewhere
+            + s.refused_records;
+        let active = (s.started - ended) as usize;
         debug_assert_eq!(active, self.calls.values().filter(|c| !c.over).count());
         active
     }

@@ -421,3 +421,47 @@ fn a_reinvite_in_flight_when_its_worker_dies_is_answered_by_the_new_owner() {
     w2.handle_datagram(at(4600), from_a("ACK", 2, "ack2", &a_tag, None).as_bytes());
     assert_eq!(w2.calls_active(), 1);
 }
+
+/// A new call's first record refused by the cluster (nobody owned its
+/// shard when it was applied): no worker can carry the call, so it fails
+/// cleanly on both legs instead of living on one worker that A's next
+/// request cannot reach. A gets 500 with Retry-After in place of the held
+/// 2xx, B a BYE; nothing more is replicated.
+#[test]
+fn a_call_whose_first_record_is_refused_fails_on_both_legs() {
+    let mut w = b2bua();
+    w.set_replication(true);
+    w.handle_datagram(at(0), a_invite().as_bytes());
+    let bi = out(&mut w)[1].1.clone();
+    let bim = scan(&bi).unwrap();
+    w.handle_datagram(
+        at(100),
+        b_resp(&bim, "200 OK", "bt", Some(SDP_B)).as_bytes(),
+    );
+    out(&mut w);
+    assert!(matches!(w.poll_replication(), Some(Replication::Upsert(_))));
+    w.refused(at(150), b"a-call");
+    let sent = out(&mut w);
+    let to_a = sent
+        .iter()
+        .find(|(_, m)| first_line(m).starts_with("SIP/2.0 500"))
+        .expect("A gets 500");
+    let am = scan(&to_a.1).unwrap();
+    assert_eq!(am.cseq().method, Method::Invite);
+    assert!(am.to_tag().is_some());
+    assert!(String::from_utf8_lossy(&to_a.1).contains("Retry-After: 5"));
+    assert!(
+        !sent.iter().any(|(_, m)| first_line(m) == "SIP/2.0 200 OK"),
+        "never the 2xx"
+    );
+    let bye = sent
+        .iter()
+        .find(|(_, m)| first_line(m).starts_with("BYE "))
+        .expect("B gets a BYE");
+    let bm = scan(&bye.1).unwrap();
+    assert_eq!(bm.call_id(), bim.call_id());
+    assert_eq!(bm.to_tag(), Some(&b"bt"[..]));
+    assert_eq!(w.calls_active(), 0);
+    assert_eq!(w.stats().refused_records, 1);
+    assert_eq!(w.poll_replication(), None, "nothing to remove");
+}

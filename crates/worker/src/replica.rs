@@ -137,6 +137,9 @@ pub enum Note {
     /// The locations were replaced (at start, after a snapshot): every
     /// AOR's expiry is to be scheduled afresh.
     Registrations,
+    /// A new call's first record was refused (nobody owned its shard):
+    /// the call fails (`B2bua::refused`).
+    Refused { call_id: Vec<u8> },
     /// A call of a shard this worker owns was hung up by its previous
     /// owner while cut off (its removal committed once it healed): forget
     /// it.
@@ -594,8 +597,15 @@ impl Replica {
                     }
                     Event::Refused { call_id } => {
                         tracing::debug!(call_id = %String::from_utf8_lossy(&call_id), "call record refused: this worker no longer owns its shard");
-                        self.pending.remove(&call_id);
-                        let _ = self.notes.send(Note::Committed { call_id });
+                        // A new call's first record (its 2xx held): the
+                        // call fails cleanly; a later one's changes nothing
+                        // (the shard's new owner carries the call).
+                        let note = if self.pending.remove(&call_id).is_some() {
+                            Note::Refused { call_id }
+                        } else {
+                            Note::Committed { call_id }
+                        };
+                        let _ = self.notes.send(note);
                     }
                     Event::Removed { call_id } => {
                         self.pending.remove(&call_id);

@@ -402,6 +402,7 @@ pub fn run(args: Settings) -> anyhow::Result<()> {
         let adopted = metrics::counter!(ADOPTED);
         let resumed = metrics::counter!(RESUMED);
         let ended_elsewhere = metrics::counter!(ENDED_ELSEWHERE);
+        let refused_records = metrics::counter!(CALLS_ENDED, "cause" => "refused_record");
         let not_served = metrics::counter!(NOT_SERVED);
         let passed_on = metrics::counter!(PASSED_ON);
         // The drain is applied: no shard, no lease; the calls this worker
@@ -575,6 +576,10 @@ pub fn run(args: Settings) -> anyhow::Result<()> {
                     Some(crate::replica::Note::Registrations) => {
                         b2b.registrar().rescan();
                     }
+                    Some(crate::replica::Note::Refused { call_id }) => {
+                        tracing::warn!(call_id = %String::from_utf8_lossy(&call_id), "a new call's record was refused (no worker owned its shard): 500 to the caller, BYE to the callee");
+                        b2b.refused(now(), &call_id);
+                    }
                     Some(crate::replica::Note::Ended { call_id }) => {
                         if b2b.ended_elsewhere(&call_id) {
                             tracing::info!(call_id = %String::from_utf8_lossy(&call_id), "forgot a call its previous owner hung up while cut off");
@@ -733,6 +738,7 @@ pub fn run(args: Settings) -> anyhow::Result<()> {
             unreplicated.increment(s.unreplicated - last.unreplicated);
             resumed.increment(s.resumed - last.resumed);
             ended_elsewhere.increment(s.ended_elsewhere - last.ended_elsewhere);
+            refused_records.increment(s.refused_records - last.refused_records);
             refused_in_call.increment(s.refused_in_call - last.refused_in_call);
             refused_full.increment(s.refused_full - last.refused_full);
             refused_per_source.increment(s.refused_per_source - last.refused_per_source);

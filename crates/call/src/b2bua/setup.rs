@@ -586,6 +586,61 @@ impl<R: RngCore> B2bua<R> {
         }
     }
 
+    /// A call's first record was refused by the cluster (at apply time no
+    /// worker owned its shard, so nobody could carry it): rather than a
+    /// call that lives on one worker and that A's next request cannot
+    /// reach, A gets 500 with Retry-After in place of the held 2xx (its
+    /// phone tries again) and B, which answered, a BYE. Without a held 2xx
+    /// this is [`Self::committed`].
+    pub fn refused(&mut self, now: Instant, a_call_id: &[u8]) {
+        let Some(&cref) = self.by_call_id.get(a_call_id) else {
+            return;
+        };
+        if self
+            .calls
+            .get(&cref)
+            .is_none_or(|c| c.held_ok.is_none() || c.over)
+        {
+            self.committed(now, a_call_id);
+            return;
+        }
+        let Some(call) = self.calls.get(&cref) else {
+            return;
+        };
+        let via = self.via(call.key);
+        let timers = self.cfg.timers;
+        let Some(call) = self.calls.get_mut(&cref) else {
+            return;
+        };
+        call.held_ok = None;
+        call.over = true;
+        call.replicated = None;
+        if let Ok(a) = scan(&call.a_invite) {
+            let mut r = Vec::new();
+            response(
+                &a.reply_parts(),
+                500,
+                None,
+                Some(call.a_tag.as_bytes()),
+                &[("Retry-After", b"5")],
+                &mut r,
+            );
+            call.a_srv.send_response(now, 500, r);
+        }
+        if let Some(d) = call.b_dialog.as_mut() {
+            let reason: &[u8] = b"SIP;cause=500;text=\"the cluster could not keep the call\"";
+            let bye = d.request("BYE", None, &via, None, &[("Reason", reason)], None);
+            if let Ok(b) = scan(&bye) {
+                let k = Key::server(&b);
+                call.nits
+                    .push(Nit::Client(k, ClientNonInvite::new(now, timers, bye)));
+            }
+        }
+        self.stats.refused_records += 1;
+        self.drain(now, cref);
+        self.schedule(cref);
+    }
+
     /// Hangs up both legs of an answered call (BYE in each dialog).
     pub(super) fn tear_down(&mut self, now: Instant, cref: u64) {
         let Some(call) = self.calls.get(&cref) else {
