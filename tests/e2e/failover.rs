@@ -1029,8 +1029,9 @@ fn a_partitioned_worker_gives_its_shards_up_and_no_shard_has_two_servers() {
     // moves its shards (3 s without its renewals, then a 2 s handover
     // wait). A BYE that reached it while its lease still ran would be
     // relayed but not committed: the others would then adopt a call that
-    // is over (a known gap, see docs/architecture.md; a CI run with 5 s
-    // here saw it once); the timing keeps this test on the lease gate.
+    // is over until the partition heals (see docs/architecture.md and
+    // `inflight::byes_relayed_by_a_cut_off_worker_…`); the timing keeps
+    // this test on the lease gate.
     let (uac, stat) = sipp_uac(dir.path(), c.edge_sip, 40, 60, 6_000);
     // Let the last answers reach the callers (a 2xx waits for its commit).
     let (per, w) = busiest_when_up(host, c.admin, 60.0, 150);
