@@ -215,6 +215,26 @@ pub enum Latency {
     Answer,
 }
 
+/// Sends a BYE in dialog `d` (with `headers`, e.g. a Reason) through a
+/// new client transaction pushed on `nits`: every BYE the B2BUA
+/// originates goes out this way.
+fn push_bye(
+    nits: &mut Vec<Nit>,
+    d: &mut Dialog,
+    now: Instant,
+    timers: TimerConfig,
+    via: &[u8],
+    headers: &[(&str, &[u8])],
+) {
+    let bye = d.request("BYE", None, via, None, headers, None);
+    if let Ok(b) = scan(&bye) {
+        nits.push(Nit::Client(
+            Key::server(&b),
+            ClientNonInvite::new(now, timers, bye),
+        ));
+    }
+}
+
 /// One non-INVITE transaction of a call.
 #[derive(Debug)]
 enum Nit {

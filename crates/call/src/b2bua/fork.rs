@@ -166,13 +166,7 @@ impl<R: RngCore> B2bua<R> {
         }
         let ack = d.request("ACK", Some(1), &ack_via, None, &[], None);
         self.out.push_back((None, ack));
-        let bye = d.request("BYE", None, &bye_via, None, &[], None);
-        if let Ok(b) = scan(&bye) {
-            call.nits.push(Nit::Client(
-                Key::server(&b),
-                ClientNonInvite::new(now, timers, bye),
-            ));
-        }
+        push_bye(&mut call.nits, &mut d, now, timers, &bye_via, &[]);
     }
 
     /// The main leg failed with `status`: when another leg still rings it

@@ -451,15 +451,9 @@ impl<R: RngCore> B2bua<R> {
         };
         let key = call.key;
         let via = self.via(key);
-        let bye = d.request("BYE", None, &via, None, &[], None);
-        if let (Ok(k), Some(call)) = (
-            scan(&bye).map(|b| Key::server(&b)),
-            self.calls.get_mut(&cref),
-        ) {
-            call.nits.push(Nit::Client(
-                k,
-                ClientNonInvite::new(now, self.cfg.timers, bye),
-            ));
+        let timers = self.cfg.timers;
+        if let Some(call) = self.calls.get_mut(&cref) {
+            push_bye(&mut call.nits, d, now, timers, &via, &[]);
         }
     }
 

@@ -132,14 +132,7 @@ impl<R: RngCore> B2bua<R> {
                     call.a_dialog.as_mut()
                 };
                 if let Some(d) = other.filter(|_| !wait) {
-                    let bye = d.request("BYE", None, &via, None, &[], None);
-                    if let Ok(b) = scan(&bye) {
-                        let k = Key::server(&b);
-                        call.nits.push(Nit::Client(
-                            k,
-                            ClientNonInvite::new(now, self.cfg.timers, bye),
-                        ));
-                    }
+                    push_bye(&mut call.nits, d, now, timers, &via, &[]);
                 }
                 if !call.over {
                     call.over = true;
@@ -191,12 +184,7 @@ impl<R: RngCore> B2bua<R> {
         };
         call.a_bye_after_ack = false;
         if let Some(d) = call.a_dialog.as_mut() {
-            let bye = d.request("BYE", None, &via, None, &[], None);
-            if let Ok(b) = scan(&bye) {
-                let k = Key::server(&b);
-                call.nits
-                    .push(Nit::Client(k, ClientNonInvite::new(now, timers, bye)));
-            }
+            push_bye(&mut call.nits, d, now, timers, &via, &[]);
         }
         self.drain(now, cref);
     }

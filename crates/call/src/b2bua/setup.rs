@@ -629,12 +629,7 @@ impl<R: RngCore> B2bua<R> {
         }
         if let Some(d) = call.b_dialog.as_mut() {
             let reason: &[u8] = b"SIP;cause=500;text=\"the cluster could not keep the call\"";
-            let bye = d.request("BYE", None, &via, None, &[("Reason", reason)], None);
-            if let Ok(b) = scan(&bye) {
-                let k = Key::server(&b);
-                call.nits
-                    .push(Nit::Client(k, ClientNonInvite::new(now, timers, bye)));
-            }
+            push_bye(&mut call.nits, d, now, timers, &via, &[("Reason", reason)]);
         }
         self.stats.refused_records += 1;
         self.drain(now, cref);
@@ -663,12 +658,7 @@ impl<R: RngCore> B2bua<R> {
             .zip(&vias)
         {
             if let Some(d) = d {
-                let bye = d.request("BYE", None, via, None, &[("Reason", reason)], None);
-                if let Ok(b) = scan(&bye) {
-                    let k = Key::server(&b);
-                    call.nits
-                        .push(Nit::Client(k, ClientNonInvite::new(now, timers, bye)));
-                }
+                push_bye(&mut call.nits, d, now, timers, via, &[("Reason", reason)]);
             }
         }
         self.stats.torn_down += 1;
