@@ -191,11 +191,7 @@ fn a_busy_worker_stops_on_sigint() {
             })
         };
         std::thread::sleep(Duration::from_millis(700));
-        let sent = Command::new("kill")
-            .args(["-INT", &w.0.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(sent.success());
+        crate::support::signal(w.0.id(), "INT");
         let stopped = crate::support::wait_for(Duration::from_secs(3), || {
             w.0.try_wait().ok().flatten().is_some()
         });

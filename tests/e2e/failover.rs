@@ -320,11 +320,7 @@ fn the_raft_leader_killed_under_calls_comes_back_and_catches_up() {
         .filter(|a| !a.is_empty())
         .map(|a| String::from_utf8_lossy(a).into_owned())
         .collect();
-    let killed = std::process::Command::new("kill")
-        .args(["-9", &pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
+    signal(pid, "9");
     let t0 = Instant::now();
     let other = grpc(if li == 0 { 1 } else { 0 });
     assert!(
@@ -397,19 +393,13 @@ fn a_worker_paused_past_its_lease_serves_nothing_when_it_wakes() {
     // Let the last answers reach the callers (a 2xx waits for its commit).
     let (per, w) = busiest_when_up(host, port, 45.0, 500);
     let before = hangups(host, port, w);
-    let pid = worker_pid(c.worker + w).to_string();
+    let pid = worker_pid(c.worker + w);
     // Frozen (a long GC pause, a stalled VM, a cut network): what reaches
     // it queues in its socket until the cluster gives its shards away. The
     // callers' BYEs come after the takeover, so they reach it only if the
     // edge happened to follow the map from this very worker; a request
     // sent straight to it stands for what any peer had in flight.
-    assert!(
-        std::process::Command::new("kill")
-            .args(["-STOP", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    signal(pid, "STOP");
     let probe = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     let me = probe.local_addr().unwrap();
     let options = format!(
@@ -433,13 +423,7 @@ fn a_worker_paused_past_its_lease_serves_nothing_when_it_wakes() {
             .unwrap();
     }
     let r = finish_uac(uac, &stat);
-    assert!(
-        std::process::Command::new("kill")
-            .args(["-CONT", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    signal(pid, "CONT");
     assert_eq!(
         (r.exit, r.successful, r.failed),
         (Some(0), 45, 0),
@@ -585,21 +569,10 @@ fn sigterm_drains_a_worker_and_its_calls_go_on_elsewhere() {
     let (per, w) = busiest_when_up(host, port, 60.0, 500);
     let pid = worker_pid(c.worker + w);
     let t0 = Instant::now();
-    assert!(
-        std::process::Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status()
-            .unwrap()
-            .success()
-    );
+    signal(pid, "TERM");
     // It hands its shards over, then exits on its own.
     assert!(
-        wait_for(Duration::from_secs(15), || !std::path::Path::new(&format!(
-            "/proc/{pid}"
-        ))
-        .exists()
-            || std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                .is_ok_and(|s| s.contains(") Z "))),
+        wait_for(Duration::from_secs(15), || exited(pid)),
         "the worker exited after draining"
     );
     let took = t0.elapsed();

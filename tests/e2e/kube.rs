@@ -258,11 +258,7 @@ fn workers_found_by_name_carry_calls_and_an_edge_drains_on_sigterm() {
 
     // SIGTERM: not ready at once, still forwarding, gone after the drain.
     let t0 = tokio::time::Instant::now();
-    let killed = Command::new("kill")
-        .args(["-TERM", &edge.0.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
+    signal(edge.0.id(), "TERM");
     assert!(
         wait_for(Duration::from_secs(1), || http_get(&format!(
             "{admin_url}/readyz"

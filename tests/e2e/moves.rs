@@ -29,18 +29,8 @@ fn a_worker_stopped_by_sigterm_while_its_calls_ring_answers_them_before_it_exits
     ringing_while_draining(2, |_, c| {
         let pid = c._workers[2].0.id();
         let t0 = tokio::time::Instant::now();
-        assert!(
-            std::process::Command::new("kill")
-                .args(["-TERM", &pid.to_string()])
-                .status()
-                .unwrap()
-                .success()
-        );
-        let gone = || {
-            !std::path::Path::new(&format!("/proc/{pid}")).exists()
-                || std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                    .is_ok_and(|s| s.contains(") Z "))
-        };
+        signal(pid, "TERM");
+        let gone = || exited(pid);
         std::thread::sleep(Duration::from_millis(1_500));
         assert!(!gone(), "still up while its calls ring");
         assert!(

@@ -595,13 +595,7 @@ fn kill_worker(sip_base: u16, i: u16) -> Vec<String> {
         .filter(|a| !a.is_empty())
         .map(|a| String::from_utf8_lossy(a).into_owned())
         .collect();
-    assert!(
-        Command::new("kill")
-            .args(["-9", &pid.to_string()])
-            .status()
-            .unwrap()
-            .success()
-    );
+    crate::support::signal(pid, "9");
     argv
 }
 

@@ -1104,6 +1104,22 @@ pub(crate) fn passwd(file: &Path, user: &str, password: &str) {
     assert!(p.wait().unwrap().success(), "handover passwd {user}");
 }
 
+/// Sends `sig` (as `kill` names it: "TERM", "9", "STOP") to `pid`.
+pub(crate) fn signal(pid: u32, sig: &str) {
+    let sent = std::process::Command::new("kill")
+        .args([format!("-{sig}"), pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success(), "kill -{sig} {pid}");
+}
+
+/// Whether process `pid` has exited: gone, or a zombie its parent (this
+/// test) has not reaped yet.
+pub(crate) fn exited(pid: u32) -> bool {
+    !Path::new(&format!("/proc/{pid}")).exists()
+        || std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.contains(") Z "))
+}
+
 /// The pid of the worker listening for SIP on `port`.
 pub(crate) fn worker_pid(port: u16) -> u32 {
     let o = std::process::Command::new("pgrep")
