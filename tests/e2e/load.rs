@@ -157,6 +157,38 @@ fn attended_transfers_across_three_workers_in_both_modes() {
     }
 }
 
+/// The same the moment `up --workers 3` is ready, while its workers join
+/// and shards move to them: every transfer succeeds, and nothing a caller
+/// sends is dropped for long. Before the shards a worker hands over were
+/// released (`MemberReleased`), each join left a third of them dark for
+/// a lease (2 s): INVITEs were dropped and retransmitted, the transferees
+/// hung up before the consultation call was answered, and 2 to 7 of 200
+/// transfers failed.
+#[test]
+fn attended_transfers_placed_as_three_workers_start_all_succeed() {
+    let _g = serial();
+    let lp = free_udp_port();
+    let c = cluster(
+        &[format!("*=127.0.0.1:{lp}")],
+        &["--workers", "3", "--transfer-mode", "local"],
+    );
+    let r = all_succeed(&c, lp, "local", 20, 200, 1000, "attended=1");
+    let (host, port) = c.worker_admin.rsplit_once(':').unwrap();
+    let port: u16 = port.parse().unwrap();
+    let dropped: f64 = (0..3)
+        .map(|i| {
+            metric(
+                &http_get(&format!("http://{host}:{}/metrics", port + i)).1,
+                "handover_worker_not_served_total",
+            )
+        })
+        .sum();
+    eprintln!(
+        "200 attended transfers from the first ready moment: {} retransmissions, {dropped} datagrams dropped as not (yet) served",
+        n(&r, &["counts", "retransmissions"])
+    );
+}
+
 #[test]
 fn load_counts_failures_by_cause_against_callees_that_reject_drop_and_delay() {
     let _g = serial();

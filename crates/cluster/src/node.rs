@@ -19,7 +19,12 @@
 //!    it applied that map change, unless the change is a death the leader
 //!    proposed with its whole log applied (`MemberDown.lease_over`, set in
 //!    `propose_batch`): then the dead worker's last renewal was applied
-//!    `dead_after` before, its lease is over, and `s` is served at once.
+//!    `dead_after` before, its lease is over, and `s` is served at once;
+//!    or unless the old owner's `MemberReleased` naming an epoch at or
+//!    after the change was applied since: it had applied the change and
+//!    its shell had stopped acting on `s` when it proposed that
+//!    ([`Node::released`]), so a planned move (a join, a drain) leaves `s`
+//!    dark for a commit rather than a lease.
 //!
 //! The old owner's last useful `Renew` was proposed before the map change
 //! was committed (had it applied the change first, it would have stopped),
@@ -209,6 +214,16 @@ pub struct Node {
     lease_until: u64,
     /// Per shard: serving may start at this tick.
     serve_from: Vec<u64>,
+    /// Per shard: the epoch it last moved here and the member it came
+    /// from (0: unknown), for [`Change::Released`].
+    moved_from: Vec<(u64, u64)>,
+    /// Shards lost per map epoch, not yet released, that this worker was
+    /// the only possible server of (see [`Node::released`]).
+    unreleased: BTreeMap<u64, Vec<u32>>,
+    /// Shards lost while still in their wait (never served here), with
+    /// the epoch they were lost at: released as soon as the member they
+    /// came from releases them.
+    lost_waiting: HashMap<usize, u64>,
     /// Per shard: `serves` as last reported ([`Event::Serving`],
     /// [`Event::Stopped`]).
     serving: Vec<bool>,
@@ -295,6 +310,9 @@ impl Node {
             // After a restart, wait out any lease this worker's previous
             // life may not have seen end.
             serve_from: vec![cfg.lease_ticks; shards],
+            moved_from: vec![(0, 0); shards],
+            unreleased: BTreeMap::new(),
+            lost_waiting: HashMap::new(),
             serving: vec![false; shards],
             renew_seq: 0,
             renew_sent: BTreeMap::new(),
@@ -485,6 +503,22 @@ impl Node {
             drained: true,
             lease_over: false,
         }));
+    }
+
+    /// The shell acts on none of the shards this worker lost up to map
+    /// `epoch` (it handed their calls over): their new owners may serve
+    /// those this worker was the only possible server of without waiting
+    /// out its lease. One `MemberReleased` per epoch with such shards; a
+    /// release that is lost costs the new owners that wait.
+    pub fn released(&mut self, epoch: u64) {
+        let later = self.unreleased.split_off(&epoch.saturating_add(1));
+        for (epoch, shards) in std::mem::replace(&mut self.unreleased, later) {
+            self.queue(pb::command::Command::Released(pb::MemberReleased {
+                node: self.cfg.id,
+                epoch,
+                shards,
+            }));
+        }
     }
 
     /// True once a drain has been applied: nothing is left to hand over.
@@ -834,6 +868,8 @@ impl Node {
                 // Shards may have come from anyone: wait out their leases.
                 let wait = self.now + self.cfg.lease_ticks;
                 self.serve_from.iter_mut().for_each(|s| *s = wait);
+                self.moved_from.iter_mut().for_each(|m| *m = (0, 0));
+                self.lost_waiting.clear();
                 self.events.push_back(Event::Map {
                     epoch: self.table.epoch(),
                     gained: Vec::new(),
@@ -910,6 +946,12 @@ impl Node {
                 if let pb::command::Command::Up(m) = &c {
                     self.heard.insert(m.node, self.now);
                 }
+                // A member releases only its own shards.
+                if let pb::command::Command::Released(r) = &c
+                    && r.node != batch.proposer
+                {
+                    continue;
+                }
                 if let pb::command::Command::Down(m) = &c
                     && self.table.is_up(m.node)
                 {
@@ -965,6 +1007,34 @@ impl Node {
                     self.heard.insert(node, self.now);
                 }
             }
+            // The previous owner stopped acting on the shards it lost: no
+            // need to wait for its lease to run out.
+            Change::Released {
+                node,
+                epoch,
+                shards,
+            } if node != self.cfg.id => {
+                // Shards this worker lost before serving them, now known
+                // to have no other server: released on, by loss epoch.
+                let mut on: BTreeMap<u64, Vec<u32>> = BTreeMap::new();
+                for s in shards {
+                    let i = s as usize;
+                    if self.moved_from.get(i) != Some(&(epoch, node)) {
+                        continue;
+                    }
+                    self.serve_from[i] = self.serve_from[i].min(self.now);
+                    if let Some(lost) = self.lost_waiting.remove(&i) {
+                        on.entry(lost).or_default().push(s);
+                    }
+                }
+                for (epoch, shards) in on {
+                    self.queue(pb::command::Command::Released(pb::MemberReleased {
+                        node: self.cfg.id,
+                        epoch,
+                        shards,
+                    }));
+                }
+            }
             Change::Map { epoch, moves } => {
                 let mut gained = Vec::new();
                 let mut lost = Vec::new();
@@ -975,11 +1045,29 @@ impl Node {
                         } else {
                             self.now + self.cfg.lease_ticks
                         };
+                        self.moved_from[m.shard] = (epoch, m.from);
+                        self.lost_waiting.remove(&m.shard);
                         gained.push(m.shard);
                     } else if m.from == self.cfg.id {
+                        // Its own wait over: nobody before it may still
+                        // serve the shard, so a release can vouch for it.
+                        // Still waiting: once its predecessor releases it.
+                        match u32::try_from(m.shard) {
+                            Ok(s) if self.now >= self.serve_from[m.shard] => {
+                                self.unreleased.entry(epoch).or_default().push(s);
+                            }
+                            _ => {
+                                self.lost_waiting.insert(m.shard, epoch);
+                            }
+                        }
                         lost.push(m.shard);
                     }
                     self.downing.remove(&m.from);
+                }
+                // A shell that never releases (none in a worker) leaves
+                // its successors waiting out leases, and no growing list.
+                while self.unreleased.len() > 64 {
+                    self.unreleased.pop_first();
                 }
                 self.events.push_back(Event::Map {
                     epoch,

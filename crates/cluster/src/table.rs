@@ -55,6 +55,12 @@ pub enum Change {
     Refused { call_id: Vec<u8>, owner: u64 },
     /// The map moved to a new epoch.
     Map { epoch: u64, moves: Vec<Move> },
+    /// `node` released `shards`, which it lost at `epoch` (see the proto).
+    Released {
+        node: u64,
+        epoch: u64,
+        shards: Vec<u32>,
+    },
     /// A lease renewal of `node` was committed.
     Renewed { node: u64, seq: u64 },
     /// An AOR's bindings were written (`stored`), or the write was refused
@@ -288,6 +294,11 @@ impl Table {
                 seq: r.seq,
             }),
             C::Bind(r) => Some(self.bind(r)),
+            C::Released(r) => Some(Change::Released {
+                node: r.node,
+                epoch: r.epoch,
+                shards: r.shards,
+            }),
         }
     }
 

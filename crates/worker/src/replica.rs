@@ -110,6 +110,9 @@ pub enum Cmd {
     /// An AOR's bindings (the registrar's write; its 200 waits for it).
     Bind(cpb::Registration),
     Drain(oneshot::Sender<bool>),
+    /// The SIP loop handed over every shard lost up to this map epoch
+    /// (see `Note::Release`).
+    Released(u64),
 }
 
 /// What the replica tells the SIP loop.
@@ -144,6 +147,11 @@ pub enum Note {
     /// owner while cut off (its removal committed once it healed): forget
     /// it.
     Ended { call_id: Vec<u8> },
+    /// Sent after the `Stopped` notes of the shards lost up to map
+    /// `epoch`: once the SIP loop has handed them over it answers
+    /// `Cmd::Released`, and their new owners serve them without waiting
+    /// out this worker's lease.
+    Release { epoch: u64 },
     /// This worker's drain is applied (`SIGTERM` or `handover drain`): it
     /// owns no shard, renews no lease, and only finishes the calls it was
     /// still setting up (sent once).
@@ -574,6 +582,8 @@ impl Replica {
             // Shards this round's events started serving: their calls go
             // to the SIP loop after the events, from the table as applied.
             let mut gained = Vec::new();
+            // A shard stopped or lost: a release follows the notes.
+            let mut stopped = false;
             while let Some(e) = self.node.poll_event() {
                 match e {
                     Event::Serving { shard } => {
@@ -587,6 +597,7 @@ impl Replica {
                         self.served_since = std::time::SystemTime::now();
                         gained.retain(|&s| s != shard);
                         let _ = self.notes.send(Note::Stopped { shard });
+                        stopped = true;
                         map_changed = true;
                     }
                     Event::Committed { call_id, .. } => {
@@ -626,7 +637,11 @@ impl Replica {
                             }
                         }
                     }
-                    Event::Map { .. } => {
+                    Event::Map { lost, .. } => {
+                        // Lost shards this worker never served (still in
+                        // their wait) need a release too: their Stopped
+                        // never comes.
+                        stopped |= !lost.is_empty();
                         map_changed = true;
                         metrics::counter!(MAP_CHANGES).increment(1);
                     }
@@ -660,6 +675,10 @@ impl Replica {
                         let _ = self.notes.send(Note::Registrations);
                     }
                 }
+            }
+            if stopped {
+                let epoch = self.node.table().epoch();
+                let _ = self.notes.send(Note::Release { epoch });
             }
             if !gained.is_empty() {
                 let mut calls: BTreeMap<usize, Vec<cpb::CallUpsert>> =
@@ -723,7 +742,11 @@ impl Replica {
         proposals.increment(1);
         // Awaited: a new call's record (its 2xx is held), a registration
         // (its 200 is).
-        let urgent = matches!(c, Cmd::Upsert { version: 1, .. } | Cmd::Bind(_));
+        // A release: the new owners wait for it.
+        let urgent = matches!(
+            c,
+            Cmd::Upsert { version: 1, .. } | Cmd::Bind(_) | Cmd::Released(_)
+        );
         match c {
             Cmd::Upsert {
                 call_id,
@@ -745,6 +768,7 @@ impl Replica {
                 version,
             } => self.node.remove(call_id, key, version),
             Cmd::Bind(r) => self.node.bind(r),
+            Cmd::Released(epoch) => self.node.released(epoch),
             Cmd::Drain(reply) => {
                 self.node.drain();
                 self.draining = true;

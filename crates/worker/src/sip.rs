@@ -585,6 +585,14 @@ pub fn run(args: Settings) -> anyhow::Result<()> {
                             tracing::info!(call_id = %String::from_utf8_lossy(&call_id), "forgot a call its previous owner hung up while cut off");
                         }
                     }
+                    // Every shard lost up to `epoch` is handed over (its
+                    // Stopped came first): the new owners need not wait
+                    // out this worker's lease.
+                    Some(crate::replica::Note::Release { epoch }) => {
+                        if let Some(r) = &replica {
+                            r.cmd.send(crate::replica::Cmd::Released(epoch));
+                        }
+                    }
                     Some(crate::replica::Note::Drained) => {
                         drained = true;
                         tracing::info!(calls_in_setup = b2b.calls_active(), "drained: finishing only the calls still being set up here");
