@@ -10,7 +10,7 @@ use crate::support::*;
 /// answers the hold 8 s after it arrives. While every hold is in flight
 /// (the callers have their 100 Trying and will not send it again), the
 /// worker with the most calls is SIGKILLed. Its calls' records carry the
-/// hold (`PendingInvite`); the workers that adopt them resend it to the
+/// hold (`PendingRequest`); the workers that adopt them resend it to the
 /// callee, relay the callee's late 200 to the caller as the answer to its
 /// own re-INVITE, and ACK it. Every call must then be held, resumed and
 /// hung up on both sides.
@@ -46,7 +46,7 @@ fn a_hold_in_flight_when_its_worker_is_killed_is_answered_through_the_new_owner(
     );
     uas.expect_calls(u64::from(CALLS));
     let survivors: Vec<u16> = (0..3).filter(|&i| i != victim).collect();
-    let resumed = summed(host, port, &survivors, "handover_reinvites_resumed_total");
+    let resumed = summed(host, port, &survivors, "handover_requests_resumed_total");
     assert!(
         resumed >= per[victim as usize],
         "each of the killed worker's {} calls had its hold resumed by a survivor ({resumed})",

@@ -56,7 +56,7 @@ mod setup;
 use crate::transfer::{self, Replaces};
 use local::Local;
 pub use register::{AuthStats, Target};
-pub use replica::{CallRecord, PendingInvite, Replication};
+pub use replica::{CallRecord, PendingRequest, Replication};
 
 /// Settings of the B2BUA.
 #[derive(Debug, Clone)]
@@ -153,7 +153,7 @@ pub struct Stats {
     /// up while cut off ([`B2bua::ended_elsewhere`]).
     pub ended_elsewhere: u64,
     /// Of those, calls adopted with a re-INVITE in flight, resent and
-    /// answered from here (`PendingInvite`).
+    /// answered from here (`PendingRequest`).
     pub resumed: u64,
     /// Replicated calls whose 2xx went to A without a commit (after the
     /// hold limit).
@@ -278,7 +278,7 @@ struct Relay {
     ack: Option<Vec<u8>>,
     relayed_final: bool,
     /// Resent by a worker that adopted the call with it in flight
-    /// (`PendingInvite`): the far party may have answered it already, to
+    /// (`PendingRequest`): the far party may have answered it already, to
     /// the dead worker, so its timing out (408) says nothing of the leg.
     resumed: bool,
 }

@@ -14,7 +14,7 @@ pub mod transfer;
 pub mod trust;
 
 pub use b2bua::{
-    AuthStats, B2bua, CallRecord, Config, Latency, PendingInvite, Replication, Stats, Target,
+    AuthStats, B2bua, CallRecord, Config, Latency, PendingRequest, Replication, Stats, Target,
     TransferEvent, TransferResult,
 };
 pub use dialog::{Dialog, DialogError, DialogId, DialogState};

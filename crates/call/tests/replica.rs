@@ -327,7 +327,7 @@ fn an_answer_for_a_call_another_worker_sets_up_names_that_worker() {
 
 /// A re-INVITE in flight when its worker dies: A got 100 Trying and will
 /// not send it again, B answers the dead worker. The record written when
-/// it was relayed carries it (`PendingInvite`); the new owner resends it
+/// it was relayed carries it (`PendingRequest`); the new owner resends it
 /// to B unchanged (B's transaction absorbs it), and B's 2xx, retransmitted
 /// until ACKed, is ACKed and relayed to A as the answer to A's re-INVITE.
 #[test]
@@ -419,6 +419,92 @@ fn a_reinvite_in_flight_when_its_worker_dies_is_answered_by_the_new_owner() {
     assert!(after.version > rec.version);
     // A's ACK ends it; the call goes on.
     w2.handle_datagram(at(4600), from_a("ACK", 2, "ack2", &a_tag, None).as_bytes());
+    assert_eq!(w2.calls_active(), 1);
+}
+
+/// The same for an UPDATE (or any relayed request but a re-INVITE): it
+/// rides in the record its relay writes; the new owner resends it
+/// unchanged and answers A's own transaction with B's answer. A's
+/// retransmission (UDP) is absorbed by that transaction, not relayed as a
+/// second UPDATE (a second offer B would answer again); over TCP there is
+/// no retransmission, and only the resend answers A.
+#[test]
+fn an_update_in_flight_when_its_worker_dies_is_answered_once_by_the_new_owner() {
+    let mut w1 = b2bua();
+    w1.set_replication(true);
+    w1.handle_datagram(at(0), a_invite().as_bytes());
+    let bi = out(&mut w1)[1].1.clone();
+    let bim = scan(&bi).unwrap();
+    w1.handle_datagram(
+        at(100),
+        b_resp(&bim, "200 OK", "bt", Some(SDP_B)).as_bytes(),
+    );
+    out(&mut w1);
+    assert!(matches!(
+        w1.poll_replication(),
+        Some(Replication::Upsert(_))
+    ));
+    w1.committed(at(110), b"a-call");
+    let sent = out(&mut w1);
+    let ok = sent
+        .iter()
+        .find(|(_, m)| first_line(m) == "SIP/2.0 200 OK")
+        .unwrap();
+    let a_tag = String::from_utf8(scan(&ok.1).unwrap().to_tag().unwrap().to_vec()).unwrap();
+    w1.handle_datagram(at(150), from_a("ACK", 1, "ack1", &a_tag, None).as_bytes());
+
+    let update = from_a("UPDATE", 2, "u1", &a_tag, Some(SDP_A));
+    w1.handle_datagram(at(1000), update.as_bytes());
+    let to_b = out(&mut w1)
+        .into_iter()
+        .find(|(_, m)| first_line(m).starts_with("UPDATE "))
+        .expect("the UPDATE relayed to B")
+        .1;
+    let Some(Replication::Upsert(rec)) = w1.poll_replication() else {
+        panic!("the relayed UPDATE is replicated (B's CSeq moved)")
+    };
+    let p = rec.pending.as_ref().expect("the UPDATE in flight");
+    assert!(p.from_a);
+    assert_eq!(p.relayed, to_b);
+
+    let mut w2 = b2bua_routed(&["b=127.0.0.1:5071"], 99);
+    w2.set_replication(true);
+    assert!(w2.adopt(at(4000), (*rec).clone()));
+    let sent = out(&mut w2);
+    assert_eq!(
+        sent.iter().map(|(_, m)| m.clone()).collect::<Vec<_>>(),
+        vec![to_b.clone()],
+        "the UPDATE resent to B unchanged, nothing to A yet"
+    );
+    assert_eq!(w2.stats().resumed, 1);
+    // A retransmits its UPDATE (UDP): absorbed, no second UPDATE to B.
+    w2.handle_datagram(at(4200), update.as_bytes());
+    assert!(
+        !out(&mut w2)
+            .iter()
+            .any(|(_, m)| first_line(m).starts_with("UPDATE ")),
+        "no second UPDATE to B"
+    );
+    let rb = scan(&to_b).unwrap();
+    w2.handle_datagram(
+        at(4500),
+        b_resp(&rb, "200 OK", "bt", Some(SDP_B)).as_bytes(),
+    );
+    let sent = out(&mut w2);
+    let ok = sent
+        .iter()
+        .find(|(_, m)| first_line(m) == "SIP/2.0 200 OK")
+        .expect("A hears B's answer to its UPDATE");
+    let om = scan(&ok.1).unwrap();
+    assert_eq!(om.cseq().seq, 2);
+    assert_eq!(om.cseq().method, Method::Update);
+    assert_eq!(om.to_tag(), Some(a_tag.as_bytes()));
+    assert_eq!(om.top_via().branch(), Some(&b"z9hG4bK-hxu1"[..]));
+    assert_eq!(om.body(), SDP_B.as_bytes(), "with B's answer");
+    let Some(Replication::Upsert(after)) = w2.poll_replication() else {
+        panic!("the answered UPDATE is replicated")
+    };
+    assert_eq!(after.pending, None);
     assert_eq!(w2.calls_active(), 1);
 }
 

@@ -53,7 +53,7 @@ pub fn encode(r: &CallRecord) -> Vec<u8> {
         b_invite: r.b_invite.clone(),
         b_dialog: Some(dialog_pb(&r.b_dialog)),
         local_mode: r.local_mode,
-        pending: r.pending.as_ref().map(|p| pb::PendingInvite {
+        pending: r.pending.as_ref().map(|p| pb::PendingRequest {
             from_a: p.from_a,
             request: p.request.clone(),
             back: p.back.map(|a| a.to_string()).unwrap_or_default(),
@@ -78,7 +78,7 @@ pub fn decode(u: &pb::CallUpsert) -> Option<CallRecord> {
         b_invite: s.b_invite,
         b_dialog: dialog(s.b_dialog?),
         local_mode: s.local_mode,
-        pending: s.pending.map(|p| handover_call::PendingInvite {
+        pending: s.pending.map(|p| handover_call::PendingRequest {
             from_a: p.from_a,
             request: p.request,
             back: p.back.parse().ok(),
@@ -139,7 +139,7 @@ mod tests {
             b_invite: b"INVITE sip:c@y SIP/2.0\r\n\r\n".to_vec(),
             b_dialog: leg(b"b"),
             local_mode: true,
-            pending: Some(handover_call::PendingInvite {
+            pending: Some(handover_call::PendingRequest {
                 from_a: false,
                 request: b"INVITE sip:b2bua@x SIP/2.0\r\n\r\n".to_vec(),
                 back: Some("192.0.2.1:5060".parse().unwrap()),

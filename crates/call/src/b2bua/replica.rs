@@ -4,15 +4,18 @@
 //! [`Replication`] whenever it changes, and restored with
 //! [`B2bua::adopt`] by the worker that takes its shard over.
 //!
-//! What is kept of transactions in flight: a re-INVITE relayed and not yet
-//! answered ([`PendingInvite`]), because its sender got 100 Trying and will
-//! not retransmit: the new owner resends it unchanged (the far party's
-//! transaction absorbs it and its 2xx, retransmitted until ACKed, comes
-//! back) and answers the sender with what comes back. Not kept: other
-//! requests in flight (a REFER or INFO under way is retransmitted by its
-//! sender until answered, and the new owner answers it), an attended or
-//! local transfer half done, the session timer and the maximum call age
-//! (both restart at adoption).
+//! What is kept of transactions in flight: a request relayed and not yet
+//! answered ([`PendingRequest`]): a re-INVITE, whose sender got 100 Trying
+//! and will not retransmit, or an UPDATE, REFER, INFO and the like, whose
+//! sender does not retransmit over TCP, and over UDP would have its
+//! retransmission relayed anew as a second request (an offer answered
+//! twice). The new owner resends it unchanged (the far party's transaction
+//! absorbs it and resends its answer; a re-INVITE's 2xx is retransmitted
+//! until ACKed) and answers the sender with what comes back. It rides in
+//! the record that the relay writes anyway (the other leg's CSeq moved),
+//! so it costs bytes, not a write. Not kept: an attended or local transfer
+//! half done, the session timer and the maximum call age (both restart at
+//! adoption).
 
 use std::hash::{DefaultHasher, Hash, Hasher};
 
@@ -43,14 +46,14 @@ pub struct CallRecord {
     pub b_dialog: Dialog,
     /// REFERs on this call are carried out by the B2BUA.
     pub local_mode: bool,
-    /// A re-INVITE relayed and not finally answered yet.
-    pub pending: Option<PendingInvite>,
+    /// A request relayed and not finally answered yet.
+    pub pending: Option<PendingRequest>,
 }
 
-/// A re-INVITE relayed from one leg to the other and not finally answered
+/// A request relayed from one leg to the other and not finally answered
 /// when its call's record was written (see the module's text).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PendingInvite {
+pub struct PendingRequest {
     /// It came from A (and went to B).
     pub from_a: bool,
     /// The request as received (without credentials).
@@ -62,7 +65,7 @@ pub struct PendingInvite {
 }
 
 /// The fingerprint of what a record holds, to tell a change.
-fn print(a: &Dialog, b: &Dialog, local_mode: bool, pending: Option<&PendingInvite>) -> u64 {
+fn print(a: &Dialog, b: &Dialog, local_mode: bool, pending: Option<&PendingRequest>) -> u64 {
     let mut h = DefaultHasher::new();
     hash_dialog(a, &mut h);
     hash_dialog(b, &mut h);
@@ -196,15 +199,25 @@ impl<R: RngCore> B2bua<R> {
         if !call.answered || call.local.as_ref().is_some_and(Local::pending) {
             return;
         }
-        // A relayed re-INVITE not finally answered yet.
+        // A relayed request not finally answered yet.
         let pending = call
             .relays
             .iter()
             .find(|r| {
                 !r.relayed_final
-                    && matches!(&r.cli, Cli::Invite(c) if matches!(c.state(), InviteState::Calling | InviteState::Proceeding))
+                    && match &r.cli {
+                        Cli::Invite(c) => {
+                            matches!(c.state(), InviteState::Calling | InviteState::Proceeding)
+                        }
+                        Cli::Other(c) => {
+                            matches!(
+                                c.state(),
+                                NonInviteState::Trying | NonInviteState::Proceeding
+                            )
+                        }
+                    }
             })
-            .map(|r| PendingInvite {
+            .map(|r| PendingRequest {
                 from_a: r.from_a,
                 request: without_credentials(&r.req),
                 back: r.back,
@@ -302,27 +315,39 @@ impl<R: RngCore> B2bua<R> {
             rec.local_mode,
             rec.pending.as_ref(),
         );
-        // The re-INVITE in flight: resent as it was (same branch and CSeq,
+        // The request in flight: resent as it was (same branch and CSeq,
         // a retransmission to the far party), its sender answered from here.
         let pending = rec.pending.as_ref().and_then(|p| {
             let req = scan(&p.request).ok()?;
             let out = scan(&p.relayed).ok()?;
-            if req.method() != Some(Method::Invite) || out.method() != Some(Method::Invite) {
-                return None;
-            }
-            // Its sender had 100 Trying from the dead worker (sent with the
-            // relay, before the record): not again, unless it asks (its
-            // retransmission gets the 100 resent).
-            let mut srv = ServerInvite::new(now, timers, &req);
-            while srv.poll_transmit().is_some() {}
+            let (srv, cli) = match (req.method()?, out.method()?) {
+                (Method::Invite, Method::Invite) => {
+                    // Its sender had 100 Trying from the dead worker (sent
+                    // with the relay, before the record): not again,
+                    // unless it asks (its retransmission gets the 100
+                    // resent).
+                    let mut srv = ServerInvite::new(now, timers, &req);
+                    while srv.poll_transmit().is_some() {}
+                    (
+                        Srv::Invite(srv),
+                        Cli::Invite(ClientInvite::new(now, timers, p.relayed.clone())),
+                    )
+                }
+                (Method::Invite | Method::Ack | Method::Cancel | Method::Bye, _) => return None,
+                (m, o) if m == o => (
+                    Srv::Other(ServerNonInvite::new(now, timers)),
+                    Cli::Other(ClientNonInvite::new(now, timers, p.relayed.clone())),
+                ),
+                _ => return None,
+            };
             Some(Relay {
                 from_a: p.from_a,
                 req: p.request.clone(),
                 back: p.back,
                 srv_key: Key::server(&req),
-                srv: Srv::Invite(srv),
+                srv,
                 cli_key: Key::server(&out),
-                cli: Cli::Invite(ClientInvite::new(now, timers, p.relayed.clone())),
+                cli,
                 out: p.relayed.clone(),
                 ack: None,
                 relayed_final: false,
