@@ -152,9 +152,12 @@ pub struct Stats {
     /// Adopted calls forgotten because their previous owner had hung them
     /// up while cut off ([`B2bua::ended_elsewhere`]).
     pub ended_elsewhere: u64,
-    /// Of those, calls adopted with a re-INVITE in flight, resent and
-    /// answered from here (`PendingRequest`).
+    /// Of those, calls adopted with a relayed request in flight, resent
+    /// and answered from here (`PendingRequest`).
     pub resumed: u64,
+    /// Of those, calls adopted before A's ACK of their 2xx was committed:
+    /// the 2xx resent to A (`CallRecord::a_ok`).
+    pub oks_resent: u64,
     /// Replicated calls whose 2xx went to A without a commit (after the
     /// hold limit).
     pub unreplicated: u64,

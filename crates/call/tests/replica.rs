@@ -6,7 +6,7 @@
 mod common;
 
 use common::*;
-use handover_call::Replication;
+use handover_call::{CallRecord, Replication};
 use handover_sip::{Method, scan};
 
 #[test]
@@ -48,14 +48,28 @@ fn a_call_adopted_from_its_replica_is_reinvited_and_hung_up_by_the_new_worker() 
     assert_eq!(rec.version, 1);
     assert_eq!(rec.a_call_id, b"a-call");
     assert_eq!(rec.b_call_id, bim.call_id());
-    // Retransmissions and the ACK change nothing worth replicating.
+    assert_eq!(
+        rec.a_ok.as_ref(),
+        Some(&ok.1),
+        "the held 2xx rides beside the record"
+    );
+    // The ACK: the replica drops that 2xx; no new version.
     w1.handle_datagram(at(150), from_a("ACK", 1, "ack1", &a_tag, None).as_bytes());
-    assert_eq!(w1.poll_replication(), None);
+    assert_eq!(
+        w1.poll_replication(),
+        Some(Replication::Acked {
+            a_call_id: b"a-call".to_vec()
+        })
+    );
+    w1.handle_datagram(at(160), from_a("ACK", 1, "ack1", &a_tag, None).as_bytes());
+    assert_eq!(w1.poll_replication(), None, "once");
+    let rec = Box::new(CallRecord { a_ok: None, ..*rec });
 
     // Worker 1 dies; worker 2 takes the shard over from its replica.
     let mut w2 = b2bua_routed(&["b=127.0.0.1:5071"], 99);
     w2.set_replication(true);
     assert!(w2.adopt(at(5000), (*rec).clone()));
+    assert!(out(&mut w2).is_empty(), "A had acknowledged its 2xx");
     assert!(!w2.adopt(at(5000), (*rec).clone()), "adopted once");
     assert!(w2.knows(b"a-call") && w2.knows(bim.call_id()));
     assert_eq!(w2.calls_active(), 1);
@@ -354,6 +368,10 @@ fn a_reinvite_in_flight_when_its_worker_dies_is_answered_by_the_new_owner() {
         .unwrap();
     let a_tag = String::from_utf8(scan(&ok.1).unwrap().to_tag().unwrap().to_vec()).unwrap();
     w1.handle_datagram(at(150), from_a("ACK", 1, "ack1", &a_tag, None).as_bytes());
+    assert!(matches!(
+        w1.poll_replication(),
+        Some(Replication::Acked { .. })
+    ));
 
     // A's hold: 100 Trying to A, the re-INVITE to B, the record with it.
     let reinv = from_a("INVITE", 2, "r1", &a_tag, Some(SDP_A));
@@ -422,6 +440,87 @@ fn a_reinvite_in_flight_when_its_worker_dies_is_answered_by_the_new_owner() {
     assert_eq!(w2.calls_active(), 1);
 }
 
+/// A worker that dies between the commit of a new call and A's ACK of its
+/// 2xx (before the 2xx left, or with it lost): A, past 180, does not
+/// retransmit its INVITE and would wait forever while B talks to nobody.
+/// The 2xx rides beside the first record until A's ACK is committed; the
+/// new owner sends it again and resends it until A ACKs; a caller that
+/// never does has both legs hung up (RFC 3261 §13.3.1.4), as on the
+/// worker that answered.
+#[test]
+fn a_call_adopted_before_as_ack_sends_a_its_2xx_until_a_acks() {
+    let first = || {
+        let mut w1 = b2bua();
+        w1.set_replication(true);
+        w1.handle_datagram(at(0), a_invite().as_bytes());
+        let bi = out(&mut w1)[1].1.clone();
+        let bim = scan(&bi).unwrap();
+        w1.handle_datagram(
+            at(100),
+            b_resp(&bim, "200 OK", "bt", Some(SDP_B)).as_bytes(),
+        );
+        out(&mut w1);
+        let Some(Replication::Upsert(rec)) = w1.poll_replication() else {
+            panic!("a confirmed call is replicated")
+        };
+        // Worker 1 dies at the commit, before the 2xx leaves.
+        (rec, bi)
+    };
+    let (rec, _) = first();
+    let held = rec.a_ok.clone().expect("the held 2xx");
+    let mut w2 = b2bua_routed(&["b=127.0.0.1:5071"], 99);
+    w2.set_replication(true);
+    assert!(w2.adopt(at(4000), (*rec).clone()));
+    let sent = out(&mut w2);
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].1, held, "A gets the 2xx worker 1 held");
+    assert_eq!(w2.stats().oks_resent, 1);
+    w2.handle_timeout(at(4000 + 500));
+    assert_eq!(
+        out(&mut w2)
+            .iter()
+            .map(|(_, m)| m.clone())
+            .collect::<Vec<_>>(),
+        vec![held.clone()],
+        "resent after T1"
+    );
+    let a_tag = String::from_utf8(scan(&held).unwrap().to_tag().unwrap().to_vec()).unwrap();
+    w2.handle_datagram(at(4600), from_a("ACK", 1, "ack1", &a_tag, None).as_bytes());
+    assert_eq!(
+        w2.poll_replication(),
+        Some(Replication::Acked {
+            a_call_id: b"a-call".to_vec()
+        })
+    );
+    w2.handle_timeout(at(9000));
+    assert!(out(&mut w2).is_empty(), "no more resends after the ACK");
+    assert_eq!(w2.calls_active(), 1);
+
+    // A never ACKs: after 64*T1 both legs get a BYE.
+    let (rec, bi) = first();
+    let mut w3 = b2bua_routed(&["b=127.0.0.1:5071"], 98);
+    w3.set_replication(true);
+    assert!(w3.adopt(at(4000), (*rec).clone()));
+    out(&mut w3);
+    for ms in (4000..40_000).step_by(250) {
+        w3.handle_timeout(at(ms));
+    }
+    // (Each resent until answered: counted once.)
+    let byes: std::collections::BTreeSet<Vec<u8>> = out(&mut w3)
+        .into_iter()
+        .filter(|(_, m)| first_line(m).starts_with("BYE "))
+        .map(|(_, m)| m)
+        .collect();
+    assert_eq!(byes.len(), 2, "a BYE to each leg");
+    let ids: Vec<Vec<u8>> = byes
+        .iter()
+        .map(|b| scan(b).unwrap().call_id().to_vec())
+        .collect();
+    assert!(ids.contains(&b"a-call".to_vec()));
+    assert!(ids.contains(&scan(&bi).unwrap().call_id().to_vec()));
+    assert_eq!(w3.stats().unacknowledged, 1);
+}
+
 /// The same for an UPDATE (or any relayed request but a re-INVITE): it
 /// rides in the record its relay writes; the new owner resends it
 /// unchanged and answers A's own transaction with B's answer. A's
@@ -452,6 +551,10 @@ fn an_update_in_flight_when_its_worker_dies_is_answered_once_by_the_new_owner() 
         .unwrap();
     let a_tag = String::from_utf8(scan(&ok.1).unwrap().to_tag().unwrap().to_vec()).unwrap();
     w1.handle_datagram(at(150), from_a("ACK", 1, "ack1", &a_tag, None).as_bytes());
+    assert!(matches!(
+        w1.poll_replication(),
+        Some(Replication::Acked { .. })
+    ));
 
     let update = from_a("UPDATE", 2, "u1", &a_tag, Some(SDP_A));
     w1.handle_datagram(at(1000), update.as_bytes());

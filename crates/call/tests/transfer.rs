@@ -840,7 +840,8 @@ fn attended_transfer_across_workers_reads_the_other_call_from_its_record() {
     let record = std::iter::from_fn(|| w2.poll_replication())
         .find_map(|r| match r {
             handover_call::Replication::Upsert(r) => Some(*r),
-            handover_call::Replication::Remove { .. } => None,
+            handover_call::Replication::Remove { .. }
+            | handover_call::Replication::Acked { .. } => None,
         })
         .expect("the confirmed call's record");
     w2.committed(at(520), b"bob-2");

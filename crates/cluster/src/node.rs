@@ -432,7 +432,7 @@ impl Node {
 
     /// Replicates a call record; [`Event::Committed`] follows once applied.
     pub fn upsert(&mut self, call_id: Vec<u8>, key: u64, version: u64, record: Vec<u8>) {
-        self.upsert_legs(call_id, Vec::new(), key, version, record);
+        self.upsert_legs(call_id, Vec::new(), key, version, record, Vec::new());
     }
 
     /// [`Node::upsert`] with the call's other leg's Call-ID, so that
@@ -444,6 +444,7 @@ impl Node {
         key: u64,
         version: u64,
         record: Vec<u8>,
+        a_ok: Vec<u8>,
     ) {
         let upsert = pb::CallUpsert {
             call_id,
@@ -452,6 +453,7 @@ impl Node {
             owner: self.cfg.id,
             record,
             other_call_id,
+            a_ok,
         };
         // Coalesced: a newer record of a call whose older one still waits
         // to be proposed takes its place (a request flood inside one call
@@ -493,6 +495,12 @@ impl Node {
     pub fn bind(&mut self, mut registration: pb::Registration) {
         registration.owner = self.cfg.id;
         self.queue(pb::command::Command::Bind(registration));
+    }
+
+    /// The caller ACKed the 2xx of call `call_id`: the table drops the
+    /// 2xx it kept for a new owner to resend (`CallUpsert.a_ok`).
+    pub fn acked(&mut self, call_id: Vec<u8>) {
+        self.queue(pb::command::Command::Acked(pb::CallAcked { call_id }));
     }
 
     /// Graceful leave: hands every shard to the others and stops renewing.

@@ -294,6 +294,12 @@ impl Table {
                 seq: r.seq,
             }),
             C::Bind(r) => Some(self.bind(r)),
+            C::Acked(a) => {
+                if let Some(c) = self.calls.get_mut(&a.call_id) {
+                    c.a_ok = Vec::new();
+                }
+                None
+            }
             C::Released(r) => Some(Change::Released {
                 node: r.node,
                 epoch: r.epoch,
@@ -613,6 +619,7 @@ mod tests {
                 owner: 1,
                 record: vec![],
                 other_call_id: other.to_vec(),
+                a_ok: vec![],
             }))
         };
         put(&mut t, b"b", 1);
@@ -678,6 +685,37 @@ mod tests {
     }
 
     #[test]
+    fn the_callers_ack_drops_the_2xx_kept_for_a_new_owner() {
+        let mut t = Table::new(4);
+        up(&mut t, 1);
+        t.apply(C::Upsert(pb::CallUpsert {
+            call_id: b"a".to_vec(),
+            version: 1,
+            owner: 1,
+            record: vec![1],
+            a_ok: b"SIP/2.0 200 OK\r\n".to_vec(),
+            ..Default::default()
+        }));
+        let back = Table::decode(&t.encode(), 4).unwrap();
+        assert_eq!(back.call(b"a").unwrap().a_ok, b"SIP/2.0 200 OK\r\n");
+        // By any worker (the call's may have lost the shard meanwhile).
+        assert_eq!(
+            t.apply(C::Acked(pb::CallAcked {
+                call_id: b"a".to_vec()
+            })),
+            None
+        );
+        let c = t.call(b"a").unwrap();
+        assert!(c.a_ok.is_empty());
+        assert_eq!((c.version, c.record.as_slice()), (1, &[1][..]));
+        // An ACK of a call not held changes nothing.
+        t.apply(C::Acked(pb::CallAcked {
+            call_id: b"x".to_vec(),
+        }));
+        assert_eq!(t.call_count(), 1);
+    }
+
+    #[test]
     fn only_the_shards_owner_writes_and_old_versions_never_return() {
         let mut t = Table::new(4);
         up(&mut t, 7);
@@ -688,6 +726,7 @@ mod tests {
             owner,
             record: vec![version as u8],
             other_call_id: Vec::new(),
+            a_ok: Vec::new(),
         };
         assert!(matches!(
             t.apply(C::Upsert(call(2, 8))),

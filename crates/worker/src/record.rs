@@ -77,6 +77,8 @@ pub fn decode(u: &pb::CallUpsert) -> Option<CallRecord> {
         b_call_id: s.b_call_id,
         b_invite: s.b_invite,
         b_dialog: dialog(s.b_dialog?),
+        // Beside the record, dropped by the caller's ACK.
+        a_ok: (!u.a_ok.is_empty()).then(|| u.a_ok.clone()),
         local_mode: s.local_mode,
         pending: s.pending.map(|p| handover_call::PendingRequest {
             from_a: p.from_a,
@@ -124,7 +126,8 @@ mod tests {
     }
 
     /// What a new owner adopts is what the old one wrote, the re-INVITE
-    /// in flight included.
+    /// in flight and A's unacknowledged 2xx (kept beside the record)
+    /// included.
     #[test]
     fn a_call_record_with_a_reinvite_in_flight_reads_back_whole() {
         let mut r = CallRecord {
@@ -145,17 +148,20 @@ mod tests {
                 back: Some("192.0.2.1:5060".parse().unwrap()),
                 relayed: b"INVITE sip:alice@y SIP/2.0\r\n\r\n".to_vec(),
             }),
+            a_ok: Some(b"SIP/2.0 200 OK\r\n\r\n".to_vec()),
         };
         let read = |r: &CallRecord| {
             decode(&pb::CallUpsert {
                 key: r.key,
                 version: r.version,
                 record: encode(r),
+                a_ok: r.a_ok.clone().unwrap_or_default(),
                 ..Default::default()
             })
         };
         assert_eq!(read(&r).as_ref(), Some(&r));
         r.pending = None;
+        r.a_ok = None;
         assert_eq!(read(&r).as_ref(), Some(&r));
     }
 }

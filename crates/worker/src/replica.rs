@@ -101,6 +101,12 @@ pub enum Cmd {
         key: u64,
         version: u64,
         record: Vec<u8>,
+        /// Our 2xx to A until A's ACK (see `CallUpsert.a_ok`).
+        a_ok: Vec<u8>,
+    },
+    /// A ACKed the call's 2xx.
+    Acked {
+        call_id: Vec<u8>,
     },
     Remove {
         call_id: Vec<u8>,
@@ -754,14 +760,16 @@ impl Replica {
                 key,
                 version,
                 record,
+                a_ok,
             } => {
                 // Awaited: a new call's record (its 2xx is held).
                 if urgent && self.pending.len() < 1_000_000 {
                     self.pending.insert(call_id.clone(), at);
                 }
                 self.node
-                    .upsert_legs(call_id, other_call_id, key, version, record);
+                    .upsert_legs(call_id, other_call_id, key, version, record, a_ok);
             }
+            Cmd::Acked { call_id } => self.node.acked(call_id),
             Cmd::Remove {
                 call_id,
                 key,

@@ -30,6 +30,7 @@ const TRANSFERS: &str = "handover_transfers_total";
 const TRANSFER_TIME: &str = "handover_transfer_seconds";
 const ADOPTED: &str = "handover_calls_adopted_total";
 const RESUMED: &str = "handover_requests_resumed_total";
+const OKS_RESENT: &str = "handover_adopted_oks_resent_total";
 const ENDED_ELSEWHERE: &str = "handover_calls_ended_elsewhere_total";
 const NOT_SERVED: &str = "handover_worker_not_served_total";
 const PASSED_ON: &str = "handover_worker_answers_passed_on_total";
@@ -401,6 +402,7 @@ pub fn run(args: Settings) -> anyhow::Result<()> {
         housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let adopted = metrics::counter!(ADOPTED);
         let resumed = metrics::counter!(RESUMED);
+        let oks_resent = metrics::counter!(OKS_RESENT);
         let ended_elsewhere = metrics::counter!(ENDED_ELSEWHERE);
         let refused_records = metrics::counter!(CALLS_ENDED, "cause" => "refused_record");
         let not_served = metrics::counter!(NOT_SERVED);
@@ -712,11 +714,15 @@ pub fn run(args: Settings) -> anyhow::Result<()> {
                     cmds.push(match rep {
                         handover_call::Replication::Upsert(rec) => crate::replica::Cmd::Upsert {
                             record: crate::record::encode(&rec),
+                            a_ok: rec.a_ok.unwrap_or_default(),
                             call_id: rec.a_call_id,
                             other_call_id: rec.b_call_id,
                             key: rec.key,
                             version: rec.version,
                         },
+                        handover_call::Replication::Acked { a_call_id } => {
+                            crate::replica::Cmd::Acked { call_id: a_call_id }
+                        }
                         handover_call::Replication::Remove { a_call_id, key, version } => {
                             crate::replica::Cmd::Remove { call_id: a_call_id, key, version }
                         }
@@ -745,6 +751,7 @@ pub fn run(args: Settings) -> anyhow::Result<()> {
             unacknowledged.increment(s.unacknowledged - last.unacknowledged);
             unreplicated.increment(s.unreplicated - last.unreplicated);
             resumed.increment(s.resumed - last.resumed);
+            oks_resent.increment(s.oks_resent - last.oks_resent);
             ended_elsewhere.increment(s.ended_elsewhere - last.ended_elsewhere);
             refused_records.increment(s.refused_records - last.refused_records);
             refused_in_call.increment(s.refused_in_call - last.refused_in_call);

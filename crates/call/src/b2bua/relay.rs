@@ -55,9 +55,17 @@ impl<R: RngCore> B2bua<R> {
             (Some(Method::Ack), true) => {
                 if key == call.a_key {
                     call.a_srv.handle_request(now, m); // ACK of our non-2xx
-                } else if call.a_ok.take().is_some() && call.a_bye_after_ack {
-                    // ACK of our 2xx (no more resends), and B has hung up.
-                    self.bye_a(now, cref);
+                } else if call.a_ok.take().is_some() {
+                    // ACK of our 2xx (no more resends): the 2xx kept in
+                    // the replica for a new owner to resend goes too.
+                    if call.replicated.is_some() {
+                        let a_call_id = call.a_call_id.clone();
+                        self.replication.push_back(Replication::Acked { a_call_id });
+                    }
+                    // B has hung up meanwhile.
+                    if call.a_bye_after_ack {
+                        self.bye_a(now, cref);
+                    }
                 }
             }
             (Some(Method::Ack), false) => {}

@@ -48,6 +48,12 @@ pub struct CallRecord {
     pub local_mode: bool,
     /// A request relayed and not finally answered yet.
     pub pending: Option<PendingRequest>,
+    /// Our 2xx to A while A's ACK has not been seen: a new owner resends
+    /// it until A ACKs (A may never have had it). The shell keeps it
+    /// beside the record, and the replica drops it at
+    /// [`Replication::Acked`], so it costs memory for a round trip only;
+    /// it changes no version.
+    pub a_ok: Option<Vec<u8>>,
 }
 
 /// A request relayed from one leg to the other and not finally answered
@@ -80,6 +86,12 @@ pub enum Replication {
     /// A call was confirmed, or changed (re-INVITE, transfer, any in-dialog
     /// request that moved a CSeq or a target).
     Upsert(Box<CallRecord>),
+    /// A ACKed the 2xx of a replicated call: the replica drops the 2xx
+    /// it kept (`CallRecord::a_ok`).
+    Acked {
+        /// Leg A's Call-ID.
+        a_call_id: Vec<u8>,
+    },
     /// A replicated call ended.
     Remove {
         /// Leg A's Call-ID.
@@ -244,6 +256,11 @@ impl<R: RngCore> B2bua<R> {
                 b_dialog: b.clone(),
                 local_mode: call.local_mode,
                 pending,
+                a_ok: call
+                    .held_ok
+                    .as_ref()
+                    .map(|h| h.1.clone())
+                    .or_else(|| call.a_ok.as_ref().map(|o| o.0.clone())),
             })));
     }
 
@@ -355,6 +372,14 @@ impl<R: RngCore> B2bua<R> {
             })
         });
         let resumed = pending.is_some();
+        // A's 2xx, if A's ACK was never committed: sent now and resent
+        // until A ACKs (a duplicate when A had it: A ACKs it again, RFC
+        // 3261 §13.2.2.4), and the call torn down if A never does.
+        let a_ok = rec.a_ok.map(|ok| {
+            self.out.push_back((rec.a_target, ok.clone()));
+            self.stats.oks_resent += 1;
+            (ok, now + timers.t1, timers.t1, now + timers.t1x64())
+        });
         let source = scan(&rec.a_invite).ok().as_ref().and_then(sender_ip);
         self.count_source(source);
         self.calls.insert(
@@ -368,7 +393,7 @@ impl<R: RngCore> B2bua<R> {
                 a_srv: ServerInvite::ended(timers),
                 a_key,
                 a_dialog: Some(rec.a_dialog),
-                a_ok: None,
+                a_ok,
                 a_bye_after_ack: false,
                 // Not in the record: a later leg of an adopted call
                 // asserts nothing.
