@@ -752,7 +752,10 @@ pub(crate) struct Cluster {
 /// Starts `handover up` with these `--route`s and `extra` flags on free
 /// ports; returns once its edge is ready.
 pub(crate) fn cluster(routes: &[String], extra: &[&str]) -> Cluster {
-    let (sip, worker) = (free_sip_port(), free_udp_port());
+    // Worker i listens on the first port + i: consecutive ports, kept
+    // from later picks (a single free one let a test's next pick fall on
+    // worker 2's).
+    let (sip, worker) = (free_sip_port(), free_tcp_ports(4));
     let (tls, wss) = (free_tcp_port(), free_tcp_port());
     let (tls_listen, wss_listen) = (format!("127.0.0.1:{tls}"), format!("127.0.0.1:{wss}"));
     // Worker i's admin and gRPC ports are the first's + i.
