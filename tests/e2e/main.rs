@@ -8,6 +8,7 @@
 mod corpus_format;
 
 mod browser;
+mod calls;
 mod cli;
 mod edge;
 mod failover;

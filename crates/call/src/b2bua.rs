@@ -130,6 +130,8 @@ pub struct Stats {
     /// session timer expired, a leg answered 408/481 to an in-dialog
     /// request, or the caller never acknowledged the 2xx.
     pub torn_down: u64,
+    /// Answered calls ended by an operator (`B2bua::hang_up`).
+    pub operator_hangups: u64,
     /// New B legs to a route's next target after 408, 503 or no answer.
     pub failovers: u64,
     /// B legs rung beside a call's first, to an AOR's other bindings
@@ -713,6 +715,7 @@ impl<R: RngCore> B2bua<R> {
         let ended = s.hung_up
             + s.failed
             + s.torn_down
+            + s.operator_hangups
             + s.handed_over
             + s.ended_elsewhere
             + s.refused_records;

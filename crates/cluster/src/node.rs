@@ -125,6 +125,9 @@ pub enum Event {
     /// (its previous owner, which hung it up while cut off, see `Table`):
     /// it is over; forget it without a word to its phones.
     Ended { call_id: Vec<u8> },
+    /// An operator asked to end a call of a shard this worker owns
+    /// (`Node::hang_up` anywhere): hang it up on both legs.
+    HangUp { call_id: Vec<u8> },
     /// A call this worker proposed was refused: it no longer owns the
     /// shard, or the table already holds that version.
     Refused { call_id: Vec<u8> },
@@ -432,29 +435,20 @@ impl Node {
 
     /// Replicates a call record; [`Event::Committed`] follows once applied.
     pub fn upsert(&mut self, call_id: Vec<u8>, key: u64, version: u64, record: Vec<u8>) {
-        self.upsert_legs(call_id, Vec::new(), key, version, record, Vec::new());
-    }
-
-    /// [`Node::upsert`] with the call's other leg's Call-ID, so that
-    /// [`Table::call_by_leg`] finds it by either.
-    pub fn upsert_legs(
-        &mut self,
-        call_id: Vec<u8>,
-        other_call_id: Vec<u8>,
-        key: u64,
-        version: u64,
-        record: Vec<u8>,
-        a_ok: Vec<u8>,
-    ) {
-        let upsert = pb::CallUpsert {
+        self.upsert_call(pb::CallUpsert {
             call_id,
             key,
             version,
-            owner: self.cfg.id,
             record,
-            other_call_id,
-            a_ok,
-        };
+            ..Default::default()
+        });
+    }
+
+    /// [`Node::upsert`] with all a record carries: the call's other leg's
+    /// Call-ID, so that [`Table::call_by_leg`] finds it by either, A's
+    /// unacknowledged 2xx, the answer time. Its owner is this worker.
+    pub fn upsert_call(&mut self, mut upsert: pb::CallUpsert) {
+        upsert.owner = self.cfg.id;
         // Coalesced: a newer record of a call whose older one still waits
         // to be proposed takes its place (a request flood inside one call
         // writes one record per batch, not one per request). Its commit
@@ -495,6 +489,12 @@ impl Node {
     pub fn bind(&mut self, mut registration: pb::Registration) {
         registration.owner = self.cfg.id;
         self.queue(pb::command::Command::Bind(registration));
+    }
+
+    /// Asks the cluster to end call `call_id` (either leg's Call-ID): the
+    /// owner of its shard at apply time hears [`Event::HangUp`].
+    pub fn hang_up(&mut self, call_id: Vec<u8>) {
+        self.queue(pb::command::Command::Hangup(pb::CallHangup { call_id }));
     }
 
     /// The caller ACKed the 2xx of call `call_id`: the table drops the
@@ -1014,6 +1014,9 @@ impl Node {
                 } else {
                     self.heard.insert(node, self.now);
                 }
+            }
+            Change::HangUp { call_id, key } if self.table.owner_of_key(key) == self.cfg.id => {
+                self.events.push_back(Event::HangUp { call_id });
             }
             // The previous owner stopped acting on the shards it lost: no
             // need to wait for its lease to run out.

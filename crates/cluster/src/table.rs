@@ -55,6 +55,8 @@ pub enum Change {
     Refused { call_id: Vec<u8>, owner: u64 },
     /// The map moved to a new epoch.
     Map { epoch: u64, moves: Vec<Move> },
+    /// An operator asked to end the call (`call_id`: leg A's).
+    HangUp { call_id: Vec<u8>, key: u64 },
     /// `node` released `shards`, which it lost at `epoch` (see the proto).
     Released {
         node: u64,
@@ -294,6 +296,13 @@ impl Table {
                 seq: r.seq,
             }),
             C::Bind(r) => Some(self.bind(r)),
+            C::Hangup(h) => {
+                let c = self.call_by_leg(&h.call_id)?;
+                Some(Change::HangUp {
+                    call_id: c.call_id.clone(),
+                    key: c.key,
+                })
+            }
             C::Acked(a) => {
                 if let Some(c) = self.calls.get_mut(&a.call_id) {
                     c.a_ok = Vec::new();
@@ -364,6 +373,12 @@ impl Table {
             owner: u.owner,
         };
         self.index_legs(&u);
+        let mut u = u;
+        if u.answered_unix_ms == 0
+            && let Some(old) = self.calls.get(&u.call_id)
+        {
+            u.answered_unix_ms = old.answered_unix_ms;
+        }
         self.calls.insert(u.call_id.clone(), u);
         change
     }
@@ -620,6 +635,7 @@ mod tests {
                 record: vec![],
                 other_call_id: other.to_vec(),
                 a_ok: vec![],
+                answered_unix_ms: 0,
             }))
         };
         put(&mut t, b"b", 1);
@@ -685,6 +701,38 @@ mod tests {
     }
 
     #[test]
+    fn an_operators_hangup_names_the_call_by_either_leg() {
+        let mut t = Table::new(4);
+        up(&mut t, 1);
+        t.apply(C::Upsert(pb::CallUpsert {
+            call_id: b"a".to_vec(),
+            key: 7,
+            version: 1,
+            owner: 1,
+            other_call_id: b"b".to_vec(),
+            ..Default::default()
+        }));
+        for leg in [&b"a"[..], b"b"] {
+            assert_eq!(
+                t.apply(C::Hangup(pb::CallHangup {
+                    call_id: leg.to_vec()
+                })),
+                Some(Change::HangUp {
+                    call_id: b"a".to_vec(),
+                    key: 7
+                })
+            );
+        }
+        assert_eq!(
+            t.apply(C::Hangup(pb::CallHangup {
+                call_id: b"x".to_vec()
+            })),
+            None
+        );
+        assert_eq!(t.call_count(), 1, "the owner's BYEs and removal end it");
+    }
+
+    #[test]
     fn the_callers_ack_drops_the_2xx_kept_for_a_new_owner() {
         let mut t = Table::new(4);
         up(&mut t, 1);
@@ -727,6 +775,7 @@ mod tests {
             record: vec![version as u8],
             other_call_id: Vec::new(),
             a_ok: Vec::new(),
+            answered_unix_ms: 0,
         };
         assert!(matches!(
             t.apply(C::Upsert(call(2, 8))),

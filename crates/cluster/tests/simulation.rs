@@ -259,6 +259,7 @@ impl Sim {
                     | Event::Leader { .. }
                     | Event::HandedOver { .. }
                     | Event::Ended { .. }
+                    | Event::HangUp { .. }
                     | Event::MemberDown { .. } => {}
                     // The simulation writes no registrations (yet).
                     Event::Bound { .. } | Event::BindDone { .. } | Event::Restored => {}

@@ -4,6 +4,7 @@
 //! roles are built; see `docs/architecture.md`.
 #![forbid(unsafe_code)]
 
+mod calls;
 mod cluster;
 mod config;
 mod edge;
@@ -84,6 +85,14 @@ enum Command {
     /// Show a replicated cluster: members, leader, term, commit index,
     /// shard-map epoch and calls per worker, from any worker's gRPC port.
     Status(status::StatusArgs),
+    /// List the cluster's confirmed calls (any worker's replica): Call-IDs,
+    /// owner, age, caller, callee and target; filter by user, age, worker.
+    Calls(calls::CallsArgs),
+    /// End a call on both legs (a BYE to each phone), whichever worker
+    /// owns it, through the replicated log.
+    ///
+    /// Exits 1 when no confirmed call has that Call-ID.
+    Hangup(calls::HangupArgs),
     /// Add or change a user in a users file of digest authentication
     /// (`worker --users`): reads the password from standard input, writes
     /// `USER REALM HA1-MD5 HA1-SHA-256` (no password is stored).
@@ -140,6 +149,20 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("handover status: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Calls(args) => match calls::calls(&args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("handover calls: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Hangup(args) => match calls::hangup(&args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("handover hangup: {e:#}");
                 ExitCode::FAILURE
             }
         },

@@ -34,7 +34,7 @@ pub(crate) fn up_credentials(port: u16) -> std::path::PathBuf {
 
 /// A channel to a worker's gRPC at `addr`, with `dir`'s credentials, or
 /// `up`'s for that port when there are some, or none.
-async fn admin_channel(
+pub(crate) async fn admin_channel(
     addr: SocketAddr,
     dir: Option<&std::path::Path>,
 ) -> anyhow::Result<tonic::transport::Channel> {

@@ -41,6 +41,45 @@ fn dialog(d: pb::Dialog) -> Dialog {
     }
 }
 
+/// What `handover calls` shows of a committed call owned by `owner`:
+/// the caller's From and To URIs (leg A's dialog) and where the call went
+/// (leg B's Request-URI). A record that does not decode shows its ids.
+pub fn summary(u: &pb::CallUpsert, owner: u64) -> crate::rpc::pb::CallSummary {
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    // A name-addr's URI: what is between < and >, else all of it.
+    let uri = |b: &[u8]| {
+        let inner = b
+            .iter()
+            .position(|&c| c == b'<')
+            .and_then(|i| {
+                let rest = &b[i + 1..];
+                rest.iter().position(|&c| c == b'>').map(|j| &rest[..j])
+            })
+            .unwrap_or(b);
+        text(inner)
+    };
+    let mut s = crate::rpc::pb::CallSummary {
+        call_id: u.call_id.clone(),
+        b_call_id: u.other_call_id.clone(),
+        owner,
+        version: u.version,
+        answered_unix_ms: u.answered_unix_ms,
+        ..Default::default()
+    };
+    if let Ok(c) = pb::CallState::decode(&u.record[..]) {
+        if let Some(a) = &c.a_dialog {
+            s.from = uri(&a.remote_uri);
+            s.to = uri(&a.local_uri);
+        }
+        if let Ok(b) = handover_sip::scan(&c.b_invite)
+            && let Some(uri) = b.request_uri()
+        {
+            s.target = text(uri.as_bytes());
+        }
+    }
+    s
+}
+
 /// The bytes a `CallUpsert` carries for `r`.
 pub fn encode(r: &CallRecord) -> Vec<u8> {
     pb::CallState {

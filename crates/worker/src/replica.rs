@@ -158,6 +158,9 @@ pub enum Note {
     /// `Cmd::Released`, and their new owners serve them without waiting
     /// out this worker's lease.
     Release { epoch: u64 },
+    /// An operator asked to end this call (leg A's Call-ID), which this
+    /// worker owns (`handover hangup`).
+    HangUp { call_id: Vec<u8> },
     /// This worker's drain is applied (`SIGTERM` or `handover drain`): it
     /// owns no shard, renews no lease, and only finishes the calls it was
     /// still setting up (sent once).
@@ -227,6 +230,22 @@ pub struct Handle {
 pub struct Lookup {
     pub call_id: Vec<u8>,
     pub reply: oneshot::Sender<Option<cpb::CallUpsert>>,
+}
+
+/// What the admin service asks of the replica's thread (which alone
+/// reads the table).
+#[derive(Debug)]
+pub(crate) enum Ask {
+    /// The calls the table holds, filtered.
+    Calls {
+        req: pb::CallsRequest,
+        reply: oneshot::Sender<pb::CallList>,
+    },
+    /// Propose the end of a call: its owner, or None when not held.
+    Hangup {
+        call_id: Vec<u8>,
+        reply: oneshot::Sender<Option<u64>>,
+    },
 }
 
 /// The replica's lease as a wall-clock deadline, shared with the SIP loop.
@@ -448,7 +467,9 @@ impl Replica {
         let _ = self.notes.send(Note::Registrations);
         let (inbox_tx, mut inbox) = mpsc::unbounded_channel::<Message>();
         let (shared_tx, shared_rx) = watch::channel(Shared::default());
+        let (ask_tx, mut asks) = mpsc::channel::<Ask>(16);
         let services = Services {
+            ask: ask_tx,
             inbox: inbox_tx,
             shared: shared_rx,
             faults: faults.clone(),
@@ -569,6 +590,26 @@ impl Replica {
                     self.command(Cmd::Drain(d), tokio::time::Instant::now(), &proposals);
                     Ok(())
                 }
+                Some(a) = asks.recv() => {
+                    match a {
+                        Ask::Calls { req, reply } => {
+                            let _ = reply.send(self.calls(&req));
+                        }
+                        Ask::Hangup { call_id, reply } => {
+                            let owner = self
+                                .node
+                                .table()
+                                .call_by_leg(&call_id)
+                                .map(|c| self.node.table().owner_of_key(c.key));
+                            if owner.is_some() {
+                                tracing::info!(call_id = %String::from_utf8_lossy(&call_id), "an operator hangs up a call");
+                                self.node.hang_up(call_id);
+                            }
+                            let _ = reply.send(owner);
+                        }
+                    }
+                    Ok(())
+                }
                 Some(l) = lookups.recv() => {
                     // A read of what this replica applied: committed state.
                     let _ = l.reply.send(self.node.table().call_by_leg(&l.call_id).cloned());
@@ -626,6 +667,9 @@ impl Replica {
                     }
                     Event::Removed { call_id } => {
                         self.pending.remove(&call_id);
+                    }
+                    Event::HangUp { call_id } => {
+                        let _ = self.notes.send(Note::HangUp { call_id });
                     }
                     Event::Ended { call_id } => {
                         let _ = self.notes.send(Note::Ended { call_id });
@@ -766,8 +810,21 @@ impl Replica {
                 if urgent && self.pending.len() < 1_000_000 {
                     self.pending.insert(call_id.clone(), at);
                 }
-                self.node
-                    .upsert_legs(call_id, other_call_id, key, version, record, a_ok);
+                self.node.upsert_call(cpb::CallUpsert {
+                    call_id,
+                    other_call_id,
+                    key,
+                    version,
+                    record,
+                    a_ok,
+                    // Stamped at the first version; the table keeps it.
+                    answered_unix_ms: if version == 1 {
+                        unix_ms(std::time::SystemTime::now())
+                    } else {
+                        0
+                    },
+                    owner: 0,
+                });
             }
             Cmd::Acked { call_id } => self.node.acked(call_id),
             Cmd::Remove {
@@ -785,6 +842,45 @@ impl Replica {
             }
         }
         urgent
+    }
+
+    /// The calls `req` asks for, from the applied table. Decodes each
+    /// matching record (a user filter decodes every one): an admin's
+    /// question, on this thread for the time it takes (microseconds per
+    /// call).
+    fn calls(&self, req: &pb::CallsRequest) -> pb::CallList {
+        let t = self.node.table();
+        let limit = match req.limit {
+            0 => 1_000,
+            n => n as usize,
+        };
+        let now = unix_ms(std::time::SystemTime::now());
+        let min_age_ms = req.min_age_s.saturating_mul(1_000);
+        let mut list = pb::CallList {
+            id: self.node.id(),
+            applied: self.node.status().applied,
+            ..Default::default()
+        };
+        for c in t.calls() {
+            let owner = t.owner_of_key(c.key);
+            if (req.owner != 0 && owner != req.owner)
+                || (min_age_ms > 0
+                    && (c.answered_unix_ms == 0
+                        || now.saturating_sub(c.answered_unix_ms) < min_age_ms))
+            {
+                continue;
+            }
+            let s = crate::record::summary(c, owner);
+            if !req.user.is_empty() && !s.from.contains(&req.user) && !s.to.contains(&req.user) {
+                continue;
+            }
+            if list.calls.len() < limit {
+                list.calls.push(s);
+            } else {
+                list.more += 1;
+            }
+        }
+        list
     }
 
     /// The status and map the services show, gauges (serving changes

@@ -17,6 +17,8 @@ use crate::tls::{Caller, REFUSED, member_name};
 
 #[derive(Clone)]
 pub(crate) struct Services {
+    /// Questions for the replica's thread (calls, hang-ups).
+    pub(crate) ask: mpsc::Sender<crate::replica::Ask>,
     pub(crate) inbox: mpsc::UnboundedSender<Message>,
     pub(crate) shared: watch::Receiver<Shared>,
     /// A partition by fault injection drops what comes in.
@@ -131,6 +133,64 @@ impl pb::admin_server::Admin for Services {
             }
         });
         Ok(tonic::Response::new(stream))
+    }
+
+    async fn calls(
+        &self,
+        req: tonic::Request<pb::CallsRequest>,
+    ) -> Result<tonic::Response<pb::CallList>, tonic::Status> {
+        self.allow(
+            Caller::of(&req, self.tls).may_control(),
+            "role",
+            "Admin.Calls",
+        )?;
+        let req = req.into_inner();
+        let list = self
+            .ask(|reply| crate::replica::Ask::Calls { req, reply })
+            .await?;
+        Ok(tonic::Response::new(list))
+    }
+
+    async fn hangup(
+        &self,
+        req: tonic::Request<pb::HangupRequest>,
+    ) -> Result<tonic::Response<pb::HangupReply>, tonic::Status> {
+        self.allow(
+            Caller::of(&req, self.tls).may_control(),
+            "role",
+            "Admin.Hangup",
+        )?;
+        let call_id = req.into_inner().call_id;
+        if call_id.is_empty() || call_id.len() > 1024 {
+            return Err(tonic::Status::invalid_argument(
+                "a Call-ID of 1 to 1024 bytes",
+            ));
+        }
+        let owner = self
+            .ask(|reply| crate::replica::Ask::Hangup { call_id, reply })
+            .await?;
+        match owner {
+            Some(owner) => Ok(tonic::Response::new(pb::HangupReply { owner })),
+            None => Err(tonic::Status::not_found(
+                "no confirmed call with that Call-ID (either leg's) in the replicated table",
+            )),
+        }
+    }
+}
+
+impl Services {
+    /// Asks the replica's thread; UNAVAILABLE when it is gone or busy
+    /// with 16 questions already.
+    async fn ask<T>(
+        &self,
+        ask: impl FnOnce(tokio::sync::oneshot::Sender<T>) -> crate::replica::Ask,
+    ) -> Result<T, tonic::Status> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.ask
+            .try_send(ask(tx))
+            .map_err(|_| tonic::Status::unavailable("the replica is busy or stopped"))?;
+        rx.await
+            .map_err(|_| tonic::Status::unavailable("the replica stopped"))
     }
 }
 

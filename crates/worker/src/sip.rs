@@ -448,6 +448,7 @@ pub fn run(args: Settings) -> anyhow::Result<()> {
         let hung_up = metrics::counter!(CALLS_ENDED, "cause" => "hangup");
         let failed = metrics::counter!(CALLS_ENDED, "cause" => "failed");
         let torn_down = metrics::counter!(CALLS_ENDED, "cause" => "torn_down");
+        let by_operator = metrics::counter!(CALLS_ENDED, "cause" => "operator");
         let active = metrics::gauge!(CALLS_ACTIVE);
         let txns = metrics::gauge!(TXNS_ACTIVE);
         let retrans = metrics::counter!(RETRANSMISSIONS);
@@ -593,6 +594,11 @@ pub fn run(args: Settings) -> anyhow::Result<()> {
                     Some(crate::replica::Note::Release { epoch }) => {
                         if let Some(r) = &replica {
                             r.cmd.send(crate::replica::Cmd::Released(epoch));
+                        }
+                    }
+                    Some(crate::replica::Note::HangUp { call_id }) => {
+                        if b2b.hang_up(now(), &call_id) {
+                            tracing::info!(call_id = %String::from_utf8_lossy(&call_id), "hung up by an operator");
                         }
                     }
                     Some(crate::replica::Note::Drained) => {
@@ -744,6 +750,7 @@ pub fn run(args: Settings) -> anyhow::Result<()> {
             hung_up.increment(s.hung_up - last.hung_up);
             failed.increment(s.failed - last.failed);
             torn_down.increment(s.torn_down - last.torn_down);
+            by_operator.increment(s.operator_hangups - last.operator_hangups);
             retrans.increment(s.retransmissions - last.retransmissions);
             failovers.increment(s.failovers - last.failovers);
             forks.increment(s.forks - last.forks);

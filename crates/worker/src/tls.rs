@@ -217,6 +217,12 @@ impl Caller {
     pub(crate) fn may_watch(&self) -> bool {
         self.is(EDGE_NAME) || self.is(ADMIN_NAME) || self.is(WORKER_NAME)
     }
+
+    /// Lists and ends calls (`handover calls`, `handover hangup`): an
+    /// operator's certificate or a worker's, never an edge's.
+    pub(crate) fn may_control(&self) -> bool {
+        self.is(ADMIN_NAME) || self.is(WORKER_NAME)
+    }
 }
 
 /// A gRPC channel to `to` (`HOST:PORT`), over TLS with `tls`.

@@ -638,21 +638,47 @@ impl<R: RngCore> B2bua<R> {
 
     /// Hangs up both legs of an answered call (BYE in each dialog).
     pub(super) fn tear_down(&mut self, now: Instant, cref: u64) {
+        let reason = b"SIP;cause=408;text=\"handover ended the call\"";
+        if self.bye_both(now, cref, reason) {
+            self.stats.torn_down += 1;
+        }
+    }
+
+    /// An operator ends the call one of whose legs is `call_id`
+    /// (`handover hangup`, through the replicated log): BYE on both legs.
+    /// False when no such answered call is held here, or it is over.
+    pub fn hang_up(&mut self, now: Instant, call_id: &[u8]) -> bool {
+        let Some(&cref) = self.by_call_id.get(call_id) else {
+            return false;
+        };
+        if !self.calls.get(&cref).is_some_and(|c| c.answered) {
+            return false;
+        }
+        let reason = b"SIP;cause=200;text=\"ended by the operator\"";
+        let ended = self.bye_both(now, cref, reason);
+        if ended {
+            self.stats.operator_hangups += 1;
+        }
+        ended
+    }
+
+    /// BYE with `reason` in both dialogs of call `cref`; false when it was
+    /// over already.
+    fn bye_both(&mut self, now: Instant, cref: u64, reason: &[u8]) -> bool {
         let Some(call) = self.calls.get(&cref) else {
-            return;
+            return false;
         };
         if call.over {
-            return;
+            return false;
         }
         let key = call.key;
         let vias = [self.via(key), self.via(key)];
         let timers = self.cfg.timers;
         let Some(call) = self.calls.get_mut(&cref) else {
-            return;
+            return false;
         };
         call.over = true;
         call.a_ok = None;
-        let reason: &[u8] = b"SIP;cause=408;text=\"handover ended the call\"";
         for (d, via) in [call.a_dialog.as_mut(), call.b_dialog.as_mut()]
             .into_iter()
             .zip(&vias)
@@ -661,8 +687,8 @@ impl<R: RngCore> B2bua<R> {
                 push_bye(&mut call.nits, d, now, timers, via, &[("Reason", reason)]);
             }
         }
-        self.stats.torn_down += 1;
         self.drain(now, cref);
+        true
     }
 }
 
