@@ -59,6 +59,57 @@ fn a_hold_in_flight_when_its_worker_is_killed_is_answered_through_the_new_owner(
     );
 }
 
+/// A worker that dies after its new calls' records are committed and
+/// before their 2xx reach the callers (fault injection withholds the
+/// commits from its SIP loop, so the 2xx stay held, then SIGKILL): the
+/// callers are past their 180 and will not send their INVITE again. The
+/// 2xx rides beside each first record; the workers that adopt the calls
+/// send it to the callers, who ACK it, and every call is answered and
+/// hung up on both sides.
+#[test]
+fn calls_whose_2xx_never_left_a_killed_worker_are_answered_by_the_new_owner() {
+    const CALLS: u32 = 30;
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let b = free_udp_port();
+    let mut uas = sipp_uas(dir.path(), b);
+    let (c, host, port) = crate::failover::three_workers(dir.path(), &[format!("*=127.0.0.1:{b}")]);
+    let host = host.as_str();
+    let o = fault(
+        &dir.path().join("data").join("worker-1"),
+        1,
+        &["--withhold-commits"],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let edge: std::net::SocketAddr = format!("127.0.0.1:{}", c.sip).parse().unwrap();
+    // 30 calls over 1 s, each hung up by its caller 1 s after the answer.
+    let (uac, stat) = sipp_uac(dir.path(), edge, 30, CALLS, 1_000);
+    // All answered by the callee and committed well before the hold limit
+    // (4 s) would let worker 1's 2xx go without a commit.
+    std::thread::sleep(Duration::from_millis(2_000));
+    let held = metric(
+        &http_get(&format!("http://{host}:{port}/metrics")).1,
+        "handover_calls_started_total",
+    );
+    assert!(held > 0.0, "worker 1 took calls");
+    assert!(sigkill_worker(c.worker), "worker 1 killed");
+    let r = finish_uac(uac, &stat);
+    assert_eq!(
+        (r.exit, r.successful, r.failed),
+        (Some(0), u64::from(CALLS), 0),
+        "{r:?}: every call answered and hung up"
+    );
+    uas.expect_calls(u64::from(CALLS));
+    let resent = summed(host, port, &[1, 2], "handover_adopted_oks_resent_total");
+    assert!(
+        resent >= held,
+        "each of worker 1's {held} calls had its 2xx sent by a survivor ({resent})"
+    );
+    eprintln!(
+        "2xx held at a kill: worker 1 had {held} calls, {resent} 2xx sent by the survivors; {CALLS}/{CALLS} calls answered and hung up"
+    );
+}
+
 /// A BYE relayed by a worker cut off from the others while its lease still
 /// runs: the call's removal cannot be committed, and the worker that takes
 /// the shard over adopts a call that is over. Once the partition heals the

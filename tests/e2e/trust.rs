@@ -414,7 +414,7 @@ fn the_cluster_port_takes_only_cluster_certificates_and_no_member_speaks_for_ano
     );
     let i = rt.block_on(local.isolate(pb::IsolateRequest {
         millis: 1,
-        panic_replica: false,
+        ..Default::default()
     }));
     assert_eq!(
         i.as_ref().map_err(tonic::Status::code).err(),

@@ -197,6 +197,10 @@ pub(crate) struct FaultArgs {
     /// Make the worker's Raft replica thread panic instead.
     #[arg(long)]
     panic_replica: bool,
+    /// Instead: stop telling the worker's SIP loop of commits (its new
+    /// calls' 2xx stay held).
+    #[arg(long)]
+    withhold_commits: bool,
 }
 
 #[cfg(feature = "fault-injection")]
@@ -205,6 +209,7 @@ pub(crate) fn fault(a: &FaultArgs) -> anyhow::Result<()> {
     rt.block_on(c.isolate(pb::IsolateRequest {
         millis: a.isolate_ms,
         panic_replica: a.panic_replica,
+        withhold_commits: a.withhold_commits,
     }))
     .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
     Ok(())

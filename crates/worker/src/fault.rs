@@ -18,6 +18,7 @@ mod on {
         until: Arc<AtomicU64>,
         epoch: tokio::time::Instant,
         panic: Arc<AtomicBool>,
+        withhold: Arc<AtomicBool>,
     }
 
     impl Default for Faults {
@@ -26,6 +27,7 @@ mod on {
                 until: Arc::default(),
                 epoch: tokio::time::Instant::now(),
                 panic: Arc::default(),
+                withhold: Arc::default(),
             }
         }
     }
@@ -62,6 +64,18 @@ mod on {
         pub fn ask_panic(&self) {
             self.panic.store(true, Ordering::Relaxed);
         }
+
+        /// From now on the replica does not tell the SIP loop that its
+        /// calls' records are committed: their 2xx stay held (as if the
+        /// worker died between a commit and the 2xx leaving).
+        pub fn withhold_commits(&self) {
+            self.withhold.store(true, Ordering::Relaxed);
+        }
+
+        /// Whether commits are withheld from the SIP loop.
+        pub fn withholding(&self) -> bool {
+            self.withhold.load(Ordering::Relaxed)
+        }
     }
 }
 
@@ -83,6 +97,11 @@ mod on {
 
         #[inline]
         pub fn panic_if_asked(&self) {}
+
+        #[inline]
+        pub fn withholding(&self) -> bool {
+            false
+        }
     }
 }
 

@@ -140,6 +140,9 @@ impl pb::local_server::Local for Local {
             if req.panic_replica {
                 tracing::warn!("fault injection: the replica thread will panic");
                 self.faults.ask_panic();
+            } else if req.withhold_commits {
+                tracing::warn!("fault injection: commits withheld from the SIP loop");
+                self.faults.withhold_commits();
             } else {
                 tracing::warn!(
                     ms = req.millis,

@@ -651,7 +651,9 @@ impl Replica {
                         if let Some(t) = self.pending.remove(&call_id) {
                             metrics::histogram!(RAFT_COMMIT_TIME).record(t.elapsed().as_secs_f64());
                         }
-                        let _ = self.notes.send(Note::Committed { call_id });
+                        if !faults.withholding() {
+                            let _ = self.notes.send(Note::Committed { call_id });
+                        }
                     }
                     Event::Refused { call_id } => {
                         tracing::debug!(call_id = %String::from_utf8_lossy(&call_id), "call record refused: this worker no longer owns its shard");
