@@ -1,0 +1,203 @@
+//! Applying committed entries: the table's changes turned into the
+//! node's state (ownership waits, releases) and the shell's events.
+
+use super::*;
+
+impl Node {
+    /// Reports each shard whose [`Self::serves`] changed since the last
+    /// report (time passed, the map or the lease moved).
+    pub(super) fn note_serving(&mut self) {
+        for shard in 0..self.serving.len() {
+            let now = self.serves(shard);
+            if now != self.serving[shard] {
+                self.serving[shard] = now;
+                self.events.push_back(if now {
+                    Event::Serving { shard }
+                } else {
+                    Event::Stopped { shard }
+                });
+            }
+        }
+    }
+
+    pub(super) fn apply(&mut self, entries: Vec<Entry>) -> Result<(), Error> {
+        for e in entries {
+            self.applied = e.index;
+            if e.get_entry_type() != EntryType::EntryNormal || e.data.is_empty() {
+                continue;
+            }
+            // Every replica decodes the same bytes: an entry that does not
+            // decode was never proposed by a worker of ours; skip it on all.
+            let Ok(batch) = pb::Batch::decode(&e.data[..]) else {
+                continue;
+            };
+            // Ours only if this life proposed it: a restarted worker replays
+            // its previous life's batches without hearing about them again.
+            let mine = batch.proposer == self.cfg.id && self.inflight.remove(&batch.seq).is_some();
+            for cmd in batch.commands {
+                let Some(c) = cmd.command else { continue };
+                // A member that (re)joins gets a full dead_after from now,
+                // not from its renewals of a previous life.
+                if let pb::command::Command::Up(m) = &c {
+                    self.heard.insert(m.node, self.now);
+                }
+                // A member releases only its own shards.
+                if let pb::command::Command::Released(r) = &c
+                    && r.node != batch.proposer
+                {
+                    continue;
+                }
+                if let pb::command::Command::Down(m) = &c
+                    && self.table.is_up(m.node)
+                {
+                    self.events.push_back(Event::MemberDown {
+                        node: m.node,
+                        drained: m.drained,
+                    });
+                }
+                let Some(change) = self.table.apply(c) else {
+                    continue;
+                };
+                self.on_change(change, mine);
+            }
+        }
+        Ok(())
+    }
+
+    fn on_change(&mut self, change: Change, mine: bool) {
+        match change {
+            Change::Stored {
+                call_id,
+                version,
+                key,
+                owner,
+            } => {
+                if mine {
+                    self.events.push_back(Event::Committed { call_id, version });
+                } else if owner != self.cfg.id && self.table.owner_of_key(key) == self.cfg.id {
+                    // Confirmed by the shard's previous owner after the
+                    // shard came here: ours to carry on.
+                    self.events.push_back(Event::HandedOver { call_id });
+                }
+            }
+            Change::Removed { call_id, .. } if mine => {
+                self.events.push_back(Event::Removed { call_id });
+            }
+            Change::Removed {
+                call_id,
+                key,
+                owner,
+            } if owner != self.cfg.id && self.table.owner_of_key(key) == self.cfg.id => {
+                self.events.push_back(Event::Ended { call_id });
+            }
+            Change::Refused { call_id, owner } if mine && owner == self.cfg.id => {
+                self.events.push_back(Event::Refused { call_id });
+            }
+            Change::Renewed { node, seq } => {
+                if node == self.cfg.id {
+                    if let Some(&t) = self.renew_sent.get(&seq) {
+                        self.lease_until = self.lease_until.max(t + self.cfg.lease_ticks);
+                    }
+                } else {
+                    self.heard.insert(node, self.now);
+                }
+            }
+            Change::HangUp { call_id, key } if self.table.owner_of_key(key) == self.cfg.id => {
+                self.events.push_back(Event::HangUp { call_id });
+            }
+            // The previous owner stopped acting on the shards it lost: no
+            // need to wait for its lease to run out.
+            Change::Released {
+                node,
+                epoch,
+                shards,
+            } if node != self.cfg.id => {
+                // Shards this worker lost before serving them, now known
+                // to have no other server: released on, by loss epoch.
+                let mut on: BTreeMap<u64, Vec<u32>> = BTreeMap::new();
+                for s in shards {
+                    let i = s as usize;
+                    if self.moved_from.get(i) != Some(&(epoch, node)) {
+                        continue;
+                    }
+                    self.serve_from[i] = self.serve_from[i].min(self.now);
+                    if let Some(lost) = self.lost_waiting.remove(&i) {
+                        on.entry(lost).or_default().push(s);
+                    }
+                }
+                for (epoch, shards) in on {
+                    self.queue(pb::command::Command::Released(pb::MemberReleased {
+                        node: self.cfg.id,
+                        epoch,
+                        shards,
+                    }));
+                }
+            }
+            Change::Map { epoch, moves } => {
+                let mut gained = Vec::new();
+                let mut lost = Vec::new();
+                for m in moves {
+                    if m.to == self.cfg.id {
+                        self.serve_from[m.shard] = if m.from == 0 || m.lease_over {
+                            self.now
+                        } else {
+                            self.now + self.cfg.lease_ticks
+                        };
+                        self.moved_from[m.shard] = (epoch, m.from);
+                        self.lost_waiting.remove(&m.shard);
+                        gained.push(m.shard);
+                    } else if m.from == self.cfg.id {
+                        // Its own wait over: nobody before it may still
+                        // serve the shard, so a release can vouch for it.
+                        // Still waiting: once its predecessor releases it.
+                        match u32::try_from(m.shard) {
+                            Ok(s) if self.now >= self.serve_from[m.shard] => {
+                                self.unreleased.entry(epoch).or_default().push(s);
+                            }
+                            _ => {
+                                self.lost_waiting.insert(m.shard, epoch);
+                            }
+                        }
+                        lost.push(m.shard);
+                    }
+                    self.downing.remove(&m.from);
+                }
+                // A shell that never releases (none in a worker) leaves
+                // its successors waiting out leases, and no growing list.
+                while self.unreleased.len() > 64 {
+                    self.unreleased.pop_first();
+                }
+                self.events.push_back(Event::Map {
+                    epoch,
+                    gained,
+                    lost,
+                });
+            }
+            Change::Bound {
+                aor,
+                key,
+                version,
+                owner,
+                stored,
+            } => {
+                if stored {
+                    let next_expiry = self
+                        .table
+                        .locations()
+                        .read()
+                        .get(key, &aor)
+                        .and_then(handover_registrar::Stored::next_expiry);
+                    self.events.push_back(Event::Bound { key, next_expiry });
+                }
+                if mine && owner == self.cfg.id {
+                    self.events.push_back(Event::BindDone {
+                        aor,
+                        version,
+                        stored,
+                    });
+                }
+            }
+            _ => {}
+        }
+    }
+}
