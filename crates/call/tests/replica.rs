@@ -6,7 +6,7 @@
 mod common;
 
 use common::*;
-use handover_call::{CallRecord, Replication};
+use handover_call::{B2bua, CallRecord, Replication};
 use handover_sip::{Method, scan};
 
 #[test]
@@ -339,13 +339,10 @@ fn an_answer_for_a_call_another_worker_sets_up_names_that_worker() {
     assert_eq!(w2.sent_elsewhere(&scan(own.as_bytes()).unwrap()), None);
 }
 
-/// A re-INVITE in flight when its worker dies: A got 100 Trying and will
-/// not send it again, B answers the dead worker. The record written when
-/// it was relayed carries it (`PendingRequest`); the new owner resends it
-/// to B unchanged (B's transaction absorbs it), and B's 2xx, retransmitted
-/// until ACKed, is ACKed and relayed to A as the answer to A's re-INVITE.
-#[test]
-fn a_reinvite_in_flight_when_its_worker_dies_is_answered_by_the_new_owner() {
+/// A replicated call through worker 1, answered, its record committed
+/// and A's 2xx ACKed (the records queued so far taken): worker 1 and our
+/// tag on leg A.
+fn answered_and_acked() -> (B2bua<Seq>, String) {
     let mut w1 = b2bua();
     w1.set_replication(true);
     w1.handle_datagram(at(0), a_invite().as_bytes());
@@ -372,6 +369,17 @@ fn a_reinvite_in_flight_when_its_worker_dies_is_answered_by_the_new_owner() {
         w1.poll_replication(),
         Some(Replication::Acked { .. })
     ));
+    (w1, a_tag)
+}
+
+/// A re-INVITE in flight when its worker dies: A got 100 Trying and will
+/// not send it again, B answers the dead worker. The record written when
+/// it was relayed carries it (`PendingRequest`); the new owner resends it
+/// to B unchanged (B's transaction absorbs it), and B's 2xx, retransmitted
+/// until ACKed, is ACKed and relayed to A as the answer to A's re-INVITE.
+#[test]
+fn a_reinvite_in_flight_when_its_worker_dies_is_answered_by_the_new_owner() {
+    let (mut w1, a_tag) = answered_and_acked();
 
     // A's hold: 100 Trying to A, the re-INVITE to B, the record with it.
     let reinv = from_a("INVITE", 2, "r1", &a_tag, Some(SDP_A));
@@ -529,32 +537,7 @@ fn a_call_adopted_before_as_ack_sends_a_its_2xx_until_a_acks() {
 /// no retransmission, and only the resend answers A.
 #[test]
 fn an_update_in_flight_when_its_worker_dies_is_answered_once_by_the_new_owner() {
-    let mut w1 = b2bua();
-    w1.set_replication(true);
-    w1.handle_datagram(at(0), a_invite().as_bytes());
-    let bi = out(&mut w1)[1].1.clone();
-    let bim = scan(&bi).unwrap();
-    w1.handle_datagram(
-        at(100),
-        b_resp(&bim, "200 OK", "bt", Some(SDP_B)).as_bytes(),
-    );
-    out(&mut w1);
-    assert!(matches!(
-        w1.poll_replication(),
-        Some(Replication::Upsert(_))
-    ));
-    w1.committed(at(110), b"a-call");
-    let sent = out(&mut w1);
-    let ok = sent
-        .iter()
-        .find(|(_, m)| first_line(m) == "SIP/2.0 200 OK")
-        .unwrap();
-    let a_tag = String::from_utf8(scan(&ok.1).unwrap().to_tag().unwrap().to_vec()).unwrap();
-    w1.handle_datagram(at(150), from_a("ACK", 1, "ack1", &a_tag, None).as_bytes());
-    assert!(matches!(
-        w1.poll_replication(),
-        Some(Replication::Acked { .. })
-    ));
+    let (mut w1, a_tag) = answered_and_acked();
 
     let update = from_a("UPDATE", 2, "u1", &a_tag, Some(SDP_A));
     w1.handle_datagram(at(1000), update.as_bytes());

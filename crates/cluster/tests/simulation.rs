@@ -560,9 +560,11 @@ fn seeded_runs_keep_every_committed_call_and_one_server_per_shard() {
     assert!(total.crashes > 0 && total.partitions > 0, "{total:?}");
 }
 
-#[test]
-fn a_killed_owners_shards_move_and_its_calls_stay_writable() {
-    let mut sim = Sim::new(7);
+/// A simulation of `seed` on a faultless network after 200 ticks of
+/// calls; `release`: whether its shells release the shards they lose.
+fn loaded(seed: u64, release: bool) -> Sim {
+    let mut sim = Sim::new(seed);
+    sim.release = release;
     sim.faults = Faults {
         loss: 0.0,
         dup: 0.0,
@@ -571,6 +573,12 @@ fn a_killed_owners_shards_move_and_its_calls_stay_writable() {
     for _ in 0..200 {
         sim.step(false, true);
     }
+    sim
+}
+
+#[test]
+fn a_killed_owners_shards_move_and_its_calls_stay_writable() {
+    let mut sim = loaded(7, true);
     assert!(sim.stats.acked > 50, "{:?}", sim.stats);
     // Kill the worker serving the most acknowledged calls.
     let mut per: BTreeMap<u64, usize> = BTreeMap::new();
@@ -645,16 +653,7 @@ fn a_killed_owners_shards_move_and_its_calls_stay_writable() {
 #[test]
 fn a_drained_owners_shards_are_served_once_it_released_them() {
     let took = |release: bool| {
-        let mut sim = Sim::new(11);
-        sim.release = release;
-        sim.faults = Faults {
-            loss: 0.0,
-            dup: 0.0,
-            max_delay: 0,
-        };
-        for _ in 0..200 {
-            sim.step(false, true);
-        }
+        let mut sim = loaded(11, release);
         let victim = 2;
         assert!(sim.nodes[&victim].status().serving_shards > 0);
         sim.nodes.get_mut(&victim).unwrap().drain();
