@@ -81,6 +81,25 @@ pub(crate) fn free_tcp_ports(n: u16) -> u16 {
     panic!("no {n} consecutive free TCP ports in 20000..32000");
 }
 
+/// The first of `n` consecutive UDP ports on 127.0.0.1 that were free a
+/// moment ago (worker i of a cluster listens on the first + i).
+pub(crate) fn free_udp_ports(n: u16) -> u16 {
+    for _ in 0..12_000 {
+        let base = next_port();
+        if base > 32_000 - n {
+            continue;
+        }
+        if (0..n).all(|k| UdpSocket::bind(("127.0.0.1", base + k)).is_ok()) {
+            // Their successors are taken too: no later pick overlaps them.
+            for _ in 1..n {
+                next_port();
+            }
+            return base;
+        }
+    }
+    panic!("no {n} consecutive free UDP ports in 20000..32000");
+}
+
 /// A TCP port on 127.0.0.1 that was free a moment ago (for HTTP listeners:
 /// a UDP-free port may be taken for TCP).
 pub(crate) fn free_tcp_port() -> u16 {
@@ -752,10 +771,11 @@ pub(crate) struct Cluster {
 /// Starts `handover up` with these `--route`s and `extra` flags on free
 /// ports; returns once its edge is ready.
 pub(crate) fn cluster(routes: &[String], extra: &[&str]) -> Cluster {
-    // Worker i listens on the first port + i: consecutive ports, kept
-    // from later picks (a single free one let a test's next pick fall on
-    // worker 2's).
-    let (sip, worker) = (free_sip_port(), free_tcp_ports(4));
+    // Worker i listens on the first port + i: consecutive ports free for
+    // UDP, kept from later picks (a single free one let a test's next
+    // pick fall on worker 2's; ports checked for TCP only let worker 2
+    // meet a UDP port in use).
+    let (sip, worker) = (free_sip_port(), free_udp_ports(4));
     let (tls, wss) = (free_tcp_port(), free_tcp_port());
     let (tls_listen, wss_listen) = (format!("127.0.0.1:{tls}"), format!("127.0.0.1:{wss}"));
     // Worker i's admin and gRPC ports are the first's + i.

@@ -477,7 +477,7 @@ fn up_demo_plays_calls_and_transfers_and_prints_a_summary() {
 fn demo(workers: &str) {
     // Worker i listens on the first port + i: consecutive ports, kept from
     // later picks (the demo's own port once fell on worker 2's).
-    let (sip, worker, demo) = (free_sip_port(), free_tcp_ports(4), free_udp_port());
+    let (sip, worker, demo) = (free_sip_port(), free_udp_ports(4), free_udp_port());
     let (admin, worker_admin, grpc, tls, wss) = (
         free_tcp_port(),
         free_tcp_ports(4),
