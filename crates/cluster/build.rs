@@ -8,6 +8,8 @@ fn main() {
         // prost derives Eq only for messages of scalars; the table (Eq, so
         // tests compare whole tables) holds these.
         .message_attribute(".handover.cluster.v1.Registration", "#[derive(Eq)]")
+        .message_attribute(".handover.cluster.v1.CallDetail", "#[derive(Eq)]")
+        .message_attribute(".handover.cluster.v1.Detail", "#[derive(Eq)]")
         .compile_fds(fds)
         .expect("prost generates the cluster messages");
 }

@@ -7,7 +7,7 @@ use std::process::Command;
 use crate::support::*;
 
 /// Runs `handover load ARGS --json`; (exit code, report).
-fn load(args: &[&str]) -> (Option<i32>, serde_json::Value) {
+pub(crate) fn load(args: &[&str]) -> (Option<i32>, serde_json::Value) {
     let out = Command::new(env!("CARGO_BIN_EXE_handover"))
         .arg("load")
         .args(args)

@@ -19,6 +19,7 @@ mod moves;
 mod ops;
 mod phones;
 mod prometheus;
+mod records;
 mod register;
 mod streams;
 mod support;

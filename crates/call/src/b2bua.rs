@@ -45,6 +45,7 @@ use rand_core::RngCore;
 use crate::dialog::{Dialog, DialogState};
 use crate::routing::{Routes, TransferMode};
 
+mod detail;
 mod fork;
 mod local;
 mod refer;
@@ -56,6 +57,7 @@ mod setup;
 mod timers;
 mod types;
 use crate::transfer::{self, Replaces};
+pub use detail::{CallDetail, Detail, EndCause, TransferDetail};
 use local::Local;
 pub use register::{AuthStats, Target};
 pub use replica::{CallRecord, PendingRequest, Replication};
@@ -300,6 +302,30 @@ struct Call {
     /// Who started the call (the address the edge received A's INVITE
     /// from), counted in `B2bua::per_source`.
     source: Option<IpAddr>,
+    /// What its record needs beyond its INVITE (`detail.rs`).
+    detail: Detail,
+    /// The answer that tells a party the call ended, held until the end
+    /// is committed (`detail.rs`, [`HeldEnd`]).
+    held_end: Option<HeldEnd>,
+}
+
+/// An answer held until the call's end is committed: a party that hears
+/// the call ended finds its record committed, and one whose worker died
+/// before the commit asks again (a BYE is retransmitted to the call's
+/// new owner) instead of leaving a call that the replicas still hold as
+/// live. Sent anyway at `until` (no quorum).
+#[derive(Debug)]
+struct HeldEnd {
+    what: HeldWhat,
+    until: Instant,
+}
+
+#[derive(Debug)]
+enum HeldWhat {
+    /// The 200 to a BYE (its server transaction is in `nits` by `key`).
+    ByeOk { key: Key, ok: Vec<u8> },
+    /// The final (error) response to A's INVITE.
+    Final { status: u16, response: Vec<u8> },
 }
 
 /// A deadline of the call itself (its transactions keep their own): what
@@ -320,6 +346,8 @@ enum CallTimer {
     Ring,
     /// Our 2xx to A is resent (no ACK yet), or given up.
     ResendOk,
+    /// The answer held for the end's commit goes without it.
+    HeldEnd,
 }
 
 impl Call {
@@ -347,6 +375,7 @@ impl Call {
                 CallTimer::ResendOk,
                 self.a_ok.as_ref().map(|o| o.1.min(o.3)),
             ),
+            (CallTimer::HeldEnd, self.held_end.as_ref().map(|h| h.until)),
         ]
         .into_iter()
         .filter_map(|(t, at)| Some((t, at?)))
@@ -391,6 +420,11 @@ pub struct B2bua<R> {
     /// back here (see [`B2bua::set_member`]).
     member: Option<u64>,
     replication: VecDeque<Replication>,
+    /// Call detail records are kept (`detail.rs`).
+    records_on: bool,
+    /// Ended calls' records, for the shell.
+    records: VecDeque<CallDetail>,
+
     /// Calls of other workers, learnt for one datagram (`remote.rs`).
     remote: Vec<CallRecord>,
     /// Calls held per source address (see `Config::max_calls_per_source`).
@@ -516,6 +550,9 @@ impl<R: RngCore> B2bua<R> {
             out: VecDeque::new(),
             latencies: VecDeque::new(),
             transfers: VecDeque::new(),
+            records_on: false,
+            records: VecDeque::new(),
+
             stats: Stats::default(),
             replicate: false,
             member: None,
@@ -816,8 +853,8 @@ impl<R: RngCore> B2bua<R> {
     fn new_request(&mut self, now: Instant, m: &Message<'_>) -> Option<u64> {
         match m.method() {
             Some(Method::Invite) if m.to_tag().is_none() => {
-                let asserted = self.authenticate_call(now, m)?;
-                return self.new_call(now, m, asserted);
+                let caller = self.authenticate_call(now, m)?;
+                return self.new_call(now, m, caller);
             }
             Some(Method::Register) => self.register(now, m),
             Some(Method::Ack) => {}

@@ -14,8 +14,8 @@ pub mod transfer;
 pub mod trust;
 
 pub use b2bua::{
-    AuthStats, B2bua, CallRecord, Config, Latency, PendingRequest, Replication, Stats, Target,
-    TransferEvent, TransferResult,
+    AuthStats, B2bua, CallDetail, CallRecord, Config, Detail, EndCause, Latency, PendingRequest,
+    Replication, Stats, Target, TransferDetail, TransferEvent, TransferResult,
 };
 pub use dialog::{Dialog, DialogError, DialogId, DialogState};
 pub use handover_registrar as registrar;

@@ -124,6 +124,13 @@ pub struct Node {
     refused: u64,
     /// See [`Node::coalesced`].
     coalesced: u64,
+    /// Records handed to the shell to write ([`Event::WriteRecord`]) and
+    /// not yet known written: id -> shard.
+    writing: HashMap<Vec<u8>, usize>,
+    /// A release ([`Node::released`]) held back until the records of the
+    /// shards it names are written, so their new owner does not write
+    /// them again: the latest epoch asked for.
+    release_asked: Option<u64>,
 }
 
 impl std::fmt::Debug for Node {
@@ -196,6 +203,8 @@ impl Node {
             deferred: false,
             refused: 0,
             coalesced: 0,
+            writing: HashMap::new(),
+            release_asked: None,
             cfg,
         };
         node.reseed();
@@ -381,12 +390,39 @@ impl Node {
     /// release that is lost costs the new owners that wait.
     pub fn released(&mut self, epoch: u64) {
         let later = self.unreleased.split_off(&epoch.saturating_add(1));
+        let mut held = BTreeMap::new();
         for (epoch, shards) in std::mem::replace(&mut self.unreleased, later) {
+            // Records of these shards still being written here: their new
+            // owner would write them too if it served at once.
+            if shards
+                .iter()
+                .any(|&s| self.writing.values().any(|&w| w == s as usize))
+            {
+                held.insert(epoch, shards);
+                continue;
+            }
             self.queue(pb::command::Command::Released(pb::MemberReleased {
                 node: self.cfg.id,
                 epoch,
                 shards,
             }));
+        }
+        self.release_asked = held.keys().next_back().copied();
+        self.unreleased.extend(held);
+    }
+
+    /// A call ended: its detail record is committed, then written once
+    /// (see [`Event::WriteRecord`]).
+    pub fn record_ended(&mut self, record: pb::CallDetail) {
+        self.queue(pb::command::Command::Ended(pb::CallEnded {
+            record: Some(record),
+        }));
+    }
+
+    /// The records `ids` ([`Event::WriteRecord`]) are in the sinks.
+    pub fn records_written(&mut self, ids: Vec<Vec<u8>>) {
+        if !ids.is_empty() {
+            self.queue(pb::command::Command::Written(pb::RecordsWritten { ids }));
         }
     }
 

@@ -65,6 +65,11 @@ pub enum Change {
     },
     /// A lease renewal of `node` was committed.
     Renewed { node: u64, seq: u64 },
+    /// A call's detail record was committed (first time): the member
+    /// serving its shard writes it (see `CallEnded` in the proto).
+    RecordEnded { id: Vec<u8>, key: u64 },
+    /// Records were written (their ids): nobody writes them again.
+    RecordsWritten { ids: Vec<Vec<u8>> },
     /// An AOR's bindings were written (`stored`), or the write was refused
     /// (its proposer did not own the shard, or the version was old).
     Bound {
@@ -126,6 +131,12 @@ pub struct Table {
     /// registrar (`handover_registrar::locations`).
     registrations: Shared,
     aor_tombs: Tombs,
+    /// Call detail records committed and not yet written, by id, with
+    /// the member that owned their shard when they were applied.
+    records: BTreeMap<Vec<u8>, (pb::CallEnded, u64)>,
+    /// Ids of records written (version 0), so a re-proposed CallEnded is
+    /// not written again.
+    written: Tombs,
 }
 
 /// A deep copy: the clone's locations are its own.
@@ -142,6 +153,8 @@ impl Clone for Table {
                 self.registrations.read().clone(),
             )),
             aor_tombs: self.aor_tombs.clone(),
+            records: self.records.clone(),
+            written: self.written.clone(),
         }
     }
 }
@@ -156,6 +169,8 @@ impl PartialEq for Table {
             && self.legs == o.legs
             && self.tombs == o.tombs
             && self.aor_tombs == o.aor_tombs
+            && self.records == o.records
+            && self.written == o.written
             && *self.registrations.read() == *o.registrations.read()
     }
 }
@@ -211,6 +226,8 @@ impl Table {
             tombs: Tombs::default(),
             registrations: Locations::shared(),
             aor_tombs: Tombs::default(),
+            records: BTreeMap::new(),
+            written: Tombs::default(),
         }
     }
 
@@ -314,7 +331,44 @@ impl Table {
                 epoch: r.epoch,
                 shards: r.shards,
             }),
+            C::Ended(e) => {
+                let r = e.record.as_ref()?;
+                let id = r.detail.as_ref()?.id.clone();
+                if id.is_empty()
+                    || self.records.contains_key(&id)
+                    || self.written.get(&id).is_some()
+                {
+                    return None;
+                }
+                let key = r.key;
+                let writer = self.owner_of_key(key);
+                self.records.insert(id.clone(), (e, writer));
+                Some(Change::RecordEnded { id, key })
+            }
+            C::Written(w) => {
+                let mut ids = Vec::new();
+                for id in w.ids {
+                    if self.records.remove(&id).is_some() {
+                        self.written.put(id.clone(), 0);
+                        ids.push(id);
+                    }
+                }
+                Some(Change::RecordsWritten { ids })
+            }
         }
+    }
+
+    /// A record committed and not yet written, with the member that owned
+    /// its shard when it was applied.
+    pub fn record(&self, id: &[u8]) -> Option<&(pb::CallEnded, u64)> {
+        self.records.get(id)
+    }
+
+    /// Records committed and not yet written: (id, key).
+    pub fn unwritten(&self) -> impl Iterator<Item = (&[u8], u64)> {
+        self.records
+            .iter()
+            .map(|(id, (e, _))| (id.as_slice(), e.record.as_ref().map_or(0, |r| r.key)))
     }
 
     /// Only the shard's owner writes an AOR (no hand-over exception as for
@@ -553,6 +607,15 @@ impl Table {
                 .map(|(k, s)| registration_pb(k, s))
                 .collect(),
             aor_tombstones: self.aor_tombs.encode(),
+            records: self
+                .records
+                .values()
+                .map(|(e, w)| pb::UnwrittenRecord {
+                    ended: Some(e.clone()),
+                    writer: *w,
+                })
+                .collect(),
+            written: self.written.order.iter().cloned().collect(),
         }
         .encode_to_vec()
     }
@@ -612,6 +675,21 @@ impl Table {
         }
         for tomb in s.aor_tombstones {
             t.aor_tombs.put(tomb.call_id, tomb.version);
+        }
+        for r in s.records {
+            let Some(e) = r.ended else { continue };
+            let Some(id) = e
+                .record
+                .as_ref()
+                .and_then(|r| r.detail.as_ref())
+                .map(|d| d.id.clone())
+            else {
+                continue;
+            };
+            t.records.insert(id, (e, r.writer));
+        }
+        for id in s.written {
+            t.written.put(id, 0);
         }
         Ok(t)
     }
@@ -730,6 +808,49 @@ mod tests {
             None
         );
         assert_eq!(t.call_count(), 1, "the owner's BYEs and removal end it");
+    }
+
+    #[test]
+    fn a_record_is_kept_until_written_and_never_taken_twice() {
+        let ended = |id: &[u8]| {
+            C::Ended(pb::CallEnded {
+                record: Some(pb::CallDetail {
+                    detail: Some(pb::Detail {
+                        id: id.to_vec(),
+                        ..Default::default()
+                    }),
+                    key: 7,
+                    ..Default::default()
+                }),
+            })
+        };
+        let mut t = Table::new(4);
+        up(&mut t, 1);
+        assert_eq!(
+            t.apply(ended(b"r1")),
+            Some(Change::RecordEnded {
+                id: b"r1".to_vec(),
+                key: 7
+            })
+        );
+        // Its writer: the shard's owner when it was applied.
+        assert_eq!(t.record(b"r1").map(|r| r.1), Some(1));
+        // A re-proposed copy changes nothing.
+        assert_eq!(t.apply(ended(b"r1")), None);
+        // Kept across a snapshot until written.
+        let back = Table::decode(&t.encode(), 4).unwrap();
+        assert_eq!(back, t);
+        assert_eq!(back.unwritten().count(), 1);
+        t.apply(C::Written(pb::RecordsWritten {
+            ids: vec![b"r1".to_vec()],
+        }));
+        assert_eq!(t.unwritten().count(), 0);
+        // A copy proposed again after it was written is not taken.
+        assert_eq!(t.apply(ended(b"r1")), None);
+        let back = Table::decode(&t.encode(), 4).unwrap();
+        assert_eq!(back, t);
+        // A record without an id is none.
+        assert_eq!(t.apply(ended(b"")), None);
     }
 
     #[test]

@@ -81,10 +81,33 @@ struct Sim {
     flush_at: BTreeMap<u64, u64>,
     /// Whether the shells release the shards they lose (`Node::released`).
     release: bool,
+    /// Per node, the call detail records its sink holds (its disk: kept
+    /// across a crash), with the `retry` flag each was written with.
+    sinks: BTreeMap<u64, Vec<(Vec<u8>, bool)>>,
+    /// Records whose commit their proposer heard (`Event::Recorded`).
+    recorded: BTreeSet<Vec<u8>>,
+}
+
+/// A call's detail record in the simulation: its id is the call's.
+fn record(call_id: &[u8], key: u64) -> handover_cluster::pb::CallDetail {
+    handover_cluster::pb::CallDetail {
+        detail: Some(handover_cluster::pb::Detail {
+            id: call_id.to_vec(),
+            ..Default::default()
+        }),
+        key,
+        a_call_id: call_id.to_vec(),
+        ..Default::default()
+    }
 }
 
 #[derive(Debug, Default)]
 struct Stats {
+    /// Records written, and of them written again as flagged retries.
+    records: u64,
+    retried: u64,
+    /// Second copies (another sink held the id).
+    duplicated: u64,
     acked: u64,
     removed: u64,
     crashes: u64,
@@ -138,6 +161,8 @@ impl Sim {
             acked: BTreeMap::new(),
             removing: BTreeSet::new(),
             removed: BTreeSet::new(),
+            sinks: BTreeMap::new(),
+            recorded: BTreeSet::new(),
             next_call: 0,
             stats: Stats::default(),
             reported: BTreeMap::new(),
@@ -246,6 +271,25 @@ impl Sim {
                         }
                         assert!(prev.is_none_or(|(_, v)| v < version));
                     }
+                    Event::Recorded { call_id } => {
+                        self.recorded.insert(call_id);
+                    }
+                    // The shell's sink writes it (unless its own file holds
+                    // it: a restarted worker handed it again) and confirms.
+                    Event::WriteRecord { record, retry } => {
+                        let shard = shard_of(record.key, SHARDS);
+                        assert!(
+                            self.reported.get(id).is_some_and(|r| r[shard]),
+                            "seed {}: node {id} writes a record of shard {shard}, which it does not serve",
+                            self.seed
+                        );
+                        let rid = record.detail.map(|d| d.id).unwrap_or_default();
+                        let sink = self.sinks.entry(*id).or_default();
+                        if !sink.iter().any(|(w, _)| *w == rid) {
+                            sink.push((rid.clone(), retry));
+                        }
+                        node.records_written(vec![rid]);
+                    }
                     Event::Removed { call_id } => {
                         self.removing.remove(&call_id);
                         self.acked.remove(&call_id);
@@ -332,10 +376,13 @@ impl Sim {
                 .iter()
                 .find(|id| self.nodes[id].serves(shard_of(key, SHARDS)))
             {
-                self.nodes
-                    .get_mut(id)
-                    .expect("node")
-                    .upsert(call_id, key, 1, vec![1]);
+                let node = self.nodes.get_mut(id).expect("node");
+                // One call in five is never answered: only its record.
+                if self.rng.random_bool(0.2) {
+                    node.record_ended(record(&call_id, key));
+                } else {
+                    node.upsert(call_id, key, 1, vec![1]);
+                }
             }
         }
         // An in-dialog change or a hang-up of an acknowledged call, by
@@ -356,6 +403,7 @@ impl Sim {
                 let node = self.nodes.get_mut(id).expect("node");
                 if self.rng.random_bool(0.3) {
                     self.removing.insert(call_id.clone());
+                    node.record_ended(record(&call_id, key));
                     node.remove(call_id, key, version + 1);
                 } else {
                     node.upsert(call_id, key, version + 1, vec![2]);
@@ -470,6 +518,16 @@ impl Sim {
             self.step(false, false);
         }
         self.settled();
+        let mut ids = BTreeSet::new();
+        for sink in self.sinks.values() {
+            self.stats.records += sink.len() as u64;
+            self.stats.retried += sink.iter().filter(|(_, r)| *r).count() as u64;
+            for (rid, _) in sink {
+                if !ids.insert(rid) {
+                    self.stats.duplicated += 1;
+                }
+            }
+        }
     }
 
     fn max_epoch(&self) -> u64 {
@@ -522,6 +580,34 @@ impl Sim {
                 "seed {seed}: shard {shard} served by {n} after healing"
             );
         }
+        // Records: every one committed is written and confirmed; an id is
+        // in two sinks only as a new owner's flagged retry.
+        assert_eq!(
+            first.unwritten().count(),
+            0,
+            "seed {seed}: records left unwritten after healing"
+        );
+        let mut copies: BTreeMap<&[u8], Vec<bool>> = BTreeMap::new();
+        for sink in self.sinks.values() {
+            for (rid, retry) in sink {
+                copies.entry(rid).or_default().push(*retry);
+            }
+        }
+        for rid in &self.recorded {
+            assert!(
+                copies.contains_key(rid.as_slice()),
+                "seed {seed}: committed record {} written by nobody",
+                String::from_utf8_lossy(rid)
+            );
+        }
+        for (rid, c) in &copies {
+            assert!(
+                c.len() == 1 || c.iter().filter(|r| **r).count() >= c.len() - 1,
+                "seed {seed}: record {} written {} times, not as flagged retries",
+                String::from_utf8_lossy(rid),
+                c.len()
+            );
+        }
     }
 }
 
@@ -549,6 +635,9 @@ fn seeded_runs_keep_every_committed_call_and_one_server_per_shard() {
         let mut sim = Sim::new(seed);
         sim.run(ticks);
         total.acked += sim.stats.acked;
+        total.records += sim.stats.records;
+        total.retried += sim.stats.retried;
+        total.duplicated += sim.stats.duplicated;
         total.removed += sim.stats.removed;
         total.crashes += sim.stats.crashes;
         total.partitions += sim.stats.partitions;
@@ -557,6 +646,7 @@ fn seeded_runs_keep_every_committed_call_and_one_server_per_shard() {
     eprintln!("simulation: {total:?}");
     // The runs must have exercised what they claim to.
     assert!(total.acked > 0 && total.removed > 0, "{total:?}");
+    assert!(total.records > 0, "{total:?}");
     assert!(total.crashes > 0 && total.partitions > 0, "{total:?}");
 }
 

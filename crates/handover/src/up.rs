@@ -67,6 +67,10 @@ pub(crate) struct UpArgs {
     /// B2BUA).
     #[arg(long, default_value = "passthrough", value_parser = ["passthrough", "local"])]
     transfer_mode: String,
+    /// Write call detail records: each worker to
+    /// `DATA/worker-N/records.jsonl` (docs/records.md).
+    #[arg(long)]
+    records: bool,
     /// Play a built-in mix of calls and transfers against the cluster with
     /// `handover load` (it answers as every callee: routes default to it),
     /// show progress and a summary, then keep the cluster up.
@@ -446,6 +450,11 @@ pub(crate) fn run(mut a: UpArgs) -> anyhow::Result<()> {
         }
         if let Some(t) = a.nonce_ttl_s {
             worker.args(["--nonce-ttl-s", &t.to_string()]);
+        }
+        if a.records {
+            worker
+                .arg("--records")
+                .arg(data.join(format!("worker-{}", i + 1)).join("records.jsonl"));
         }
         if replicate {
             worker.args(["--id", &(i + 1).to_string()]);

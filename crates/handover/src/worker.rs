@@ -111,6 +111,17 @@ pub(crate) struct WorkerArgs {
     /// nonce_ttl_s`) [default: 300].
     #[arg(long)]
     nonce_ttl_s: Option<u64>,
+    /// Write call detail records, one JSON line per call, to this file
+    /// (`-`: standard output; docs/records.md). With replication each
+    /// record is written once, by the worker serving its call's shard.
+    #[arg(long, value_name = "PATH")]
+    records: Option<std::path::PathBuf>,
+    /// Rotate the records' file past this many MiB (0: never).
+    #[arg(long, default_value_t = 100)]
+    records_rotate_mb: u64,
+    /// Rotate the records' file once it is this many seconds old (0: never).
+    #[arg(long, default_value_t = 86_400)]
+    records_rotate_s: u64,
     #[command(flatten)]
     cluster: crate::cluster::ClusterArgs,
 }
@@ -152,6 +163,7 @@ fn settings(a: WorkerArgs) -> anyhow::Result<Settings> {
                     .min_free_mb
                     .expect("set by over()")
                     .saturating_mul(1 << 20),
+                records: None,
             })
         }
     };
@@ -198,6 +210,11 @@ fn settings(a: WorkerArgs) -> anyhow::Result<Settings> {
         },
         assert_identity: a.assert_identity || w.assert_identity,
         replication,
+        records: a.records.map(|path| handover_worker::records::Settings {
+            path,
+            rotate_bytes: a.records_rotate_mb.saturating_mul(1 << 20),
+            rotate_after: Duration::from_secs(a.records_rotate_s),
+        }),
         upstreams: {
             let mut u = handover_call::registrar::Upstreams::default();
             let specs = if a.registrar_upstream.is_empty() {

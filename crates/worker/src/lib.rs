@@ -14,6 +14,7 @@ pub mod fault;
 pub mod local;
 pub mod peers;
 pub mod record;
+pub mod records;
 pub mod replica;
 pub mod rpc;
 pub mod services;

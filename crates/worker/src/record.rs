@@ -1,7 +1,9 @@
 //! `handover_call::CallRecord` <-> the prost `CallState` of
 //! `proto/cluster.proto` (the bytes a `CallUpsert` carries).
 
-use handover_call::{CallRecord, Dialog, DialogId, DialogState};
+use handover_call::{
+    CallDetail, CallRecord, Detail, Dialog, DialogId, DialogState, TransferDetail, TransferResult,
+};
 use handover_cluster::pb;
 use prost::Message as _;
 
@@ -98,8 +100,85 @@ pub fn encode(r: &CallRecord) -> Vec<u8> {
             back: p.back.map(|a| a.to_string()).unwrap_or_default(),
             relayed: p.relayed.clone(),
         }),
+        detail: (!r.detail.id.is_empty()).then(|| detail_pb(&r.detail)),
     }
     .encode_to_vec()
+}
+
+fn detail_pb(d: &Detail) -> pb::Detail {
+    pb::Detail {
+        id: d.id.clone(),
+        target: d.target.clone(),
+        user: d.user.clone(),
+        started_ms: d.started_ms,
+        ringing_ms: d.ringing_ms,
+        answered_ms: d.answered_ms,
+        transfers: d
+            .transfers
+            .iter()
+            .map(|t| pb::TransferDetail {
+                attended: t.attended,
+                local: t.local,
+                result: result_name(t.result).to_owned(),
+                at_ms: t.at_ms,
+            })
+            .collect(),
+        workers: d.workers.clone(),
+    }
+}
+
+fn detail(d: pb::Detail) -> Detail {
+    Detail {
+        id: d.id,
+        target: d.target,
+        user: d.user,
+        started_ms: d.started_ms,
+        ringing_ms: d.ringing_ms,
+        answered_ms: d.answered_ms,
+        transfers: d
+            .transfers
+            .into_iter()
+            .map(|t| TransferDetail {
+                attended: t.attended,
+                local: t.local,
+                result: match t.result.as_str() {
+                    "rejected" => TransferResult::Rejected,
+                    "succeeded" => TransferResult::Succeeded,
+                    "failed" => TransferResult::Failed,
+                    _ => TransferResult::Accepted,
+                },
+                at_ms: t.at_ms,
+            })
+            .collect(),
+        workers: d.workers,
+    }
+}
+
+/// A transfer result as records name it.
+pub fn result_name(r: TransferResult) -> &'static str {
+    match r {
+        TransferResult::Accepted => "accepted",
+        TransferResult::Rejected => "rejected",
+        TransferResult::Succeeded => "succeeded",
+        TransferResult::Failed => "failed",
+    }
+}
+
+/// A call detail record as the log carries it (`CallEnded`).
+pub fn call_detail_pb(c: &CallDetail) -> pb::CallDetail {
+    pb::CallDetail {
+        detail: Some(detail_pb(&c.detail)),
+        key: c.key,
+        a_call_id: c.a_call_id.clone(),
+        b_call_id: c.b_call_id.clone(),
+        from: c.from.clone(),
+        to: c.to.clone(),
+        source: c.source.map(|s| s.to_string()).unwrap_or_default(),
+        transport: c.transport.clone(),
+        ended_ms: c.ended_ms,
+        cause: c.cause.as_str().to_owned(),
+        status: u32::from(c.status),
+    }
 }
 
 /// The record of a replicated call; `None` when its bytes do not decode.
@@ -125,6 +204,7 @@ pub fn decode(u: &pb::CallUpsert) -> Option<CallRecord> {
             back: p.back.parse().ok(),
             relayed: p.relayed,
         }),
+        detail: s.detail.map(detail).unwrap_or_default(),
     })
 }
 
@@ -188,6 +268,21 @@ mod tests {
                 relayed: b"INVITE sip:alice@y SIP/2.0\r\n\r\n".to_vec(),
             }),
             a_ok: Some(b"SIP/2.0 200 OK\r\n\r\n".to_vec()),
+            detail: Detail {
+                id: b"0123456789abcdef0123456789abcdef".to_vec(),
+                target: b"sip:c@y".to_vec(),
+                user: Some(b"alice".to_vec()),
+                started_ms: 1_000,
+                ringing_ms: 1_100,
+                answered_ms: 1_500,
+                transfers: vec![TransferDetail {
+                    attended: true,
+                    local: false,
+                    result: TransferResult::Succeeded,
+                    at_ms: 2_000,
+                }],
+                workers: vec![1, 3],
+            },
         };
         let read = |r: &CallRecord| {
             decode(&pb::CallUpsert {

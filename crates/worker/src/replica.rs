@@ -57,6 +57,7 @@ pub fn start(settings: Settings) -> anyhow::Result<Handle> {
         commit_window: window,
         tls,
         min_free_bytes: _,
+        records,
     } = settings;
     if let Some(t) = &tls {
         t.check()?;
@@ -102,6 +103,15 @@ pub fn start(settings: Settings) -> anyhow::Result<Handle> {
     let node = Node::with_disk(cfg, disk, store, seed).context("cannot start the Raft replica")?;
     let cmd_tx = std::sync::Arc::new(Cmds::default());
     let cmd_rx = std::sync::Arc::clone(&cmd_tx);
+    let writer = match records {
+        Some(s) => Some(
+            crate::records::Writer::start(s.clone(), id, Some(std::sync::Arc::clone(&cmd_tx)))
+                .with_context(|| {
+                    format!("cannot open the call records' file {}", s.path.display())
+                })?,
+        ),
+        None => None,
+    };
     let (note_tx, note_rx) = mpsc::unbounded_channel();
     let (lookup_tx, lookup_rx) = mpsc::unbounded_channel();
     let (ready_tx, ready_rx) = watch::channel(false);
@@ -142,6 +152,7 @@ pub fn start(settings: Settings) -> anyhow::Result<Handle> {
                         Replica::new(node, peers, cmd_rx, note_tx, ready_tx, (lease2, epoch));
                     replica.window = window;
                     replica.tls = tls;
+                    replica.writer = writer;
                     replica.run(listener, faults, drain_rx, lookup_rx).await;
                 });
             });
@@ -202,6 +213,8 @@ struct Replica {
     window: Duration,
     /// Mutual TLS on the cluster port.
     tls: Option<TlsDir>,
+    /// The call detail records' sink (none: records are off here).
+    writer: Option<crate::records::Writer>,
 }
 
 impl Replica {
@@ -232,6 +245,7 @@ impl Replica {
             told_drained: false,
             window: Duration::ZERO,
             tls: None,
+            writer: None,
         }
     }
 
@@ -449,10 +463,23 @@ impl Replica {
                     }
                     Event::Removed { call_id } => {
                         self.pending.remove(&call_id);
+                        let _ = self.notes.send(Note::EndCommitted { call_id });
+                    }
+                    Event::Recorded { call_id } => {
+                        let _ = self.notes.send(Note::EndCommitted { call_id });
                     }
                     Event::HangUp { call_id } => {
                         let _ = self.notes.send(Note::HangUp { call_id });
                     }
+                    Event::WriteRecord { record, retry } => match &self.writer {
+                        Some(w) => w.write(*record, retry),
+                        // Another worker keeps records and this one does
+                        // not: the record waits for a worker that does
+                        // to serve its shard.
+                        None => tracing::warn!(
+                            "a call record to write, but this worker keeps none (give it --records)"
+                        ),
+                    },
                     Event::Ended { call_id } => {
                         let _ = self.notes.send(Note::Ended { call_id });
                     }
@@ -616,6 +643,8 @@ impl Replica {
             } => self.node.remove(call_id, key, version),
             Cmd::Bind(r) => self.node.bind(r),
             Cmd::Released(epoch) => self.node.released(epoch),
+            Cmd::Ended(record) => self.node.record_ended(*record),
+            Cmd::Written(ids) => self.node.records_written(ids),
             Cmd::Drain(reply) => {
                 self.node.drain();
                 self.draining = true;

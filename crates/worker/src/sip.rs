@@ -205,6 +205,9 @@ pub struct Settings {
     pub auth: Option<Auth>,
     /// Relay mode: the PBXs that are the registrars of some domains.
     pub upstreams: handover_call::registrar::Upstreams,
+    /// Call detail records (docs/records.md): where they are written;
+    /// `None`: off.
+    pub records: Option<crate::records::Settings>,
 }
 
 /// Digest authentication settings (see `handover_call::registrar::digest`).
@@ -269,7 +272,8 @@ pub fn run(args: Settings) -> anyhow::Result<()> {
     };
     let handle = crate::admin::install_recorder("worker")?;
     let mut replica = match args.replication.clone() {
-        Some(rep) => {
+        Some(mut rep) => {
+            rep.records = args.records.clone();
             let id = rep.id;
             let r = crate::replica::start(rep)?;
             println!(
@@ -345,6 +349,17 @@ pub fn run(args: Settings) -> anyhow::Result<()> {
         if replica.is_some() {
             b2b.set_replication(true);
         }
+        b2b.set_records(args.records.is_some());
+        // Without replication this worker writes its records itself (with
+        // it, the replica writes those of the shards it serves).
+        let own_records = match (&args.records, &replica) {
+            (Some(s), None) => Some(
+                crate::records::Writer::start(s.clone(), 0, None).with_context(|| {
+                    format!("cannot open the call records' file {}", s.path.display())
+                })?,
+            ),
+            _ => None,
+        };
         // The other workers' SIP addresses, for answers that reach this
         // worker while another one holds their call (see
         // `B2bua::sent_elsewhere`).
@@ -596,6 +611,9 @@ pub fn run(args: Settings) -> anyhow::Result<()> {
                             r.cmd.send(crate::replica::Cmd::Released(epoch));
                         }
                     }
+                    Some(crate::replica::Note::EndCommitted { call_id }) => {
+                        b2b.end_committed(now(), &call_id);
+                    }
                     Some(crate::replica::Note::HangUp { call_id }) => {
                         if b2b.hang_up(now(), &call_id) {
                             tracing::info!(call_id = %String::from_utf8_lossy(&call_id), "hung up by an operator");
@@ -734,8 +752,17 @@ pub fn run(args: Settings) -> anyhow::Result<()> {
                         }
                     });
                 }
+                while let Some(rec) = b2b.poll_record() {
+                    cmds.push(crate::replica::Cmd::Ended(Box::new(
+                        crate::record::call_detail_pb(&rec),
+                    )));
+                }
                 if !cmds.is_empty() {
                     r.cmd.send_all(cmds);
+                }
+            } else if let Some(w) = &own_records {
+                while let Some(rec) = b2b.poll_record() {
+                    w.write(crate::record::call_detail_pb(&rec), false);
                 }
             }
             while let Some((to, bytes)) = b2b.poll_transmit() {

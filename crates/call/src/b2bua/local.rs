@@ -102,12 +102,18 @@ impl<R: RngCore> B2bua<R> {
             return;
         };
         let attended = rt.attended();
-        self.transfers.push_back(TransferEvent {
-            attended,
-            local: true,
-            result: TransferResult::Accepted,
-            elapsed: Duration::ZERO,
-        });
+        detail::note_transfer(
+            &mut self.transfers,
+            &mut call.detail,
+            self.records_on,
+            self.registrar.wall_ms(now),
+            TransferEvent {
+                attended,
+                local: true,
+                result: TransferResult::Accepted,
+                elapsed: Duration::ZERO,
+            },
+        );
         let referred_by = m
             .header(HeaderName::ReferredBy)
             .and_then(|h| NameAddr::parse(m.buf(), h.value).ok())
@@ -291,12 +297,16 @@ impl<R: RngCore> B2bua<R> {
         status: u16,
     ) {
         self.local_notify_raw(now, cref, from_a, refer_seq, status, true);
-        self.transfers.push_back(TransferEvent {
-            attended,
-            local: true,
-            result: TransferResult::Failed,
-            elapsed: Duration::ZERO,
-        });
+        self.report_transfer(
+            now,
+            cref,
+            TransferEvent {
+                attended,
+                local: true,
+                result: TransferResult::Failed,
+                elapsed: Duration::ZERO,
+            },
+        );
     }
 
     /// NOTIFY to the transferor of call `cref`'s transfer: `status` as a
@@ -436,12 +446,16 @@ impl<R: RngCore> B2bua<R> {
             None => call.old_ids.push(t_call_id),
         }
         self.local_notify(now, cref, status, true);
-        self.transfers.push_back(TransferEvent {
-            attended,
-            local: true,
-            result: TransferResult::Failed,
-            elapsed: now - at,
-        });
+        self.report_transfer(
+            now,
+            cref,
+            TransferEvent {
+                attended,
+                local: true,
+                result: TransferResult::Failed,
+                elapsed: now - at,
+            },
+        );
     }
 
     /// Sends a BYE in dialog `d` through a client transaction of `cref`.
@@ -708,6 +722,7 @@ impl<R: RngCore> B2bua<R> {
                     c2.over = true;
                     c2.a_ok = None;
                     self.stats.hung_up += 1;
+                    self.record_end(now, cref2, EndCause::Transferred, 200);
                 }
                 if let Some(mut o) = other {
                     self.bye_in(now, cref2, &mut o);
@@ -716,12 +731,16 @@ impl<R: RngCore> B2bua<R> {
                 self.schedule(cref2);
             }
         }
-        self.transfers.push_back(TransferEvent {
-            attended,
-            local: true,
-            result: TransferResult::Succeeded,
-            elapsed: now - at,
-        });
+        self.report_transfer(
+            now,
+            cref,
+            TransferEvent {
+                attended,
+                local: true,
+                result: TransferResult::Succeeded,
+                elapsed: now - at,
+            },
+        );
     }
 
     /// Runs the local transfer's timers, the ring timeout included.

@@ -27,6 +27,16 @@ pub struct Target {
     pub binding: bool,
 }
 
+/// Who a new call's caller is, as authentication found.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Caller {
+    /// The user its credentials proved (none: not challenged).
+    pub user: Option<Vec<u8>>,
+    /// The identity to assert for it when `Config::assert_identity` says
+    /// so (`<sip:USER@REALM>`).
+    pub asserted: Option<Vec<u8>>,
+}
+
 impl From<SocketAddr> for Target {
     fn from(addr: SocketAddr) -> Self {
         Self {
@@ -306,27 +316,23 @@ impl<R: RngCore> B2bua<R> {
     }
 
     /// A new call from an untrusted source must carry credentials for our
-    /// realm (407 otherwise). `Some`: go on, with the identity to assert
-    /// for the caller when `Config::assert_identity` says so
-    /// (`<sip:USER@REALM>`, the user its credentials proved).
-    pub(super) fn authenticate_call(
-        &mut self,
-        now: Instant,
-        m: &Message<'_>,
-    ) -> Option<Option<Vec<u8>>> {
+    /// realm (407 otherwise). `Some`: go on, with who the caller proved to
+    /// be (see [`Caller`]).
+    pub(super) fn authenticate_call(&mut self, now: Instant, m: &Message<'_>) -> Option<Caller> {
         let user = self.authenticate(now, m, Kind::Proxy)?;
         let realm = self.auth.as_ref().map(|(d, _)| d.realm());
-        Some(match (user, realm) {
+        let asserted = match (&user, realm) {
             (Some(u), Some(realm)) if self.cfg.assert_identity => {
                 let mut v = b"<sip:".to_vec();
-                v.extend_from_slice(&u);
+                v.extend_from_slice(u);
                 v.push(b'@');
                 v.extend_from_slice(realm.as_bytes());
                 v.push(b'>');
                 Some(v)
             }
             _ => None,
-        })
+        };
+        Some(Caller { user, asserted })
     }
 
     /// Digest authentication of `m`: `Some(user)` to go on (`Some(None)`

@@ -111,7 +111,19 @@ impl<R: RngCore> B2bua<R> {
                 let mut ok = Vec::new();
                 response(&m.reply_parts(), 200, None, None, &[], &mut ok);
                 let mut t = ServerNonInvite::new(now, self.cfg.timers);
-                t.send_response(now, 200, ok);
+                // A replicated call's end: its 200 waits for the removal's
+                // commit (`HeldEnd`).
+                if self.replicate && call.replicated.is_some() && !call.over {
+                    call.held_end = Some(HeldEnd {
+                        what: HeldWhat::ByeOk {
+                            key: key.clone(),
+                            ok,
+                        },
+                        until: now + Self::HOLD_OK_LIMIT,
+                    });
+                } else {
+                    t.send_response(now, 200, ok);
+                }
                 call.nits.push(Nit::Server(key, t, via_target(m)));
                 if let Some(d) = if from_a {
                     &mut call.a_dialog
@@ -131,7 +143,7 @@ impl<R: RngCore> B2bua<R> {
                 // 2xx now and the BYE once it acknowledges it.
                 let wait = !from_a && !call.over && (call.held_ok.is_some() || call.a_ok.is_some());
                 if wait && let Some((status, r, _)) = call.held_ok.take() {
-                    Self::send_ok(call, now, status, r, timers);
+                    Self::send_ok(call, now, status, r, timers, self.registrar.wall_ms(now));
                 }
                 call.a_bye_after_ack |= wait;
                 let other = if from_a {
@@ -148,6 +160,12 @@ impl<R: RngCore> B2bua<R> {
                         call.a_ok = None;
                     }
                     self.stats.hung_up += 1;
+                    let cause = if from_a {
+                        EndCause::Caller
+                    } else {
+                        EndCause::Callee
+                    };
+                    self.record_end(now, cref, cause, 200);
                 }
             }
             (
@@ -353,12 +371,18 @@ impl<R: RngCore> B2bua<R> {
                             } else {
                                 TransferResult::Failed
                             };
-                            self.transfers.push_back(TransferEvent {
-                                attended: t.attended,
-                                local: false,
-                                result,
-                                elapsed: now - t.at,
-                            });
+                            detail::note_transfer(
+                                &mut self.transfers,
+                                &mut call.detail,
+                                self.records_on,
+                                self.registrar.wall_ms(now),
+                                TransferEvent {
+                                    attended: t.attended,
+                                    local: false,
+                                    result,
+                                    elapsed: now - t.at,
+                                },
+                            );
                         }
                     }
                 }
@@ -535,12 +559,18 @@ impl<R: RngCore> B2bua<R> {
                             t.done = true;
                             TransferResult::Rejected
                         };
-                        self.transfers.push_back(TransferEvent {
-                            attended: t.attended,
-                            local: false,
-                            result,
-                            elapsed: now - t.at,
-                        });
+                        detail::note_transfer(
+                            &mut self.transfers,
+                            &mut call.detail,
+                            self.records_on,
+                            self.registrar.wall_ms(now),
+                            TransferEvent {
+                                attended: t.attended,
+                                local: false,
+                                result,
+                                elapsed: now - t.at,
+                            },
+                        );
                     }
                 }
                 if status == 481 || (status == 408 && !r.resumed) {

@@ -54,6 +54,9 @@ pub struct CallRecord {
     /// [`Replication::Acked`], so it costs memory for a round trip only;
     /// it changes no version.
     pub a_ok: Option<Vec<u8>>,
+    /// What the call's detail record needs beyond its INVITE, as of this
+    /// version (empty when records are off).
+    pub detail: Detail,
 }
 
 /// A request relayed from one leg to the other and not finally answered
@@ -261,6 +264,7 @@ impl<R: RngCore> B2bua<R> {
                     .as_ref()
                     .map(|h| h.1.clone())
                     .or_else(|| call.a_ok.as_ref().map(|o| o.0.clone())),
+                detail: call.detail.clone(),
             })));
     }
 
@@ -382,6 +386,8 @@ impl<R: RngCore> B2bua<R> {
         });
         let source = scan(&rec.a_invite).ok().as_ref().and_then(sender_ip);
         self.count_source(source);
+        let mut detail = rec.detail;
+        detail.workers.extend(self.member);
         self.calls.insert(
             cref,
             Call {
@@ -425,8 +431,10 @@ impl<R: RngCore> B2bua<R> {
                 relays: pending.into_iter().collect(),
                 replicated: self.replicate.then_some((rec.version, print)),
                 held_ok: None,
+                held_end: None,
                 scheduled: None,
                 source,
+                detail,
             },
         );
         if resumed {

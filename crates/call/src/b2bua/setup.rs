@@ -162,8 +162,9 @@ impl<R: RngCore> B2bua<R> {
         &mut self,
         now: Instant,
         m: &Message<'_>,
-        asserted: Option<Vec<u8>>,
+        caller: register::Caller,
     ) -> Option<u64> {
+        let asserted = caller.asserted;
         if let Err(r) = m.ua_check() {
             let t = self.ids.tag();
             let mut b = Vec::new();
@@ -224,6 +225,11 @@ impl<R: RngCore> B2bua<R> {
         let a_srv = ServerInvite::new(now, self.cfg.timers, m);
         let (b_call_id, b_invite) = self.leg_b_invite(m, key, &target, asserted.as_deref());
         let b_cli = ClientInvite::new(now, self.cfg.timers, b_invite.clone());
+        let b_uri = scan(&b_invite)
+            .ok()
+            .and_then(|b| b.request_uri().map(|u| u.as_bytes().to_vec()))
+            .unwrap_or_default();
+        let detail = self.new_detail(now, &b_uri, caller.user);
         let cref = self.next_ref;
         self.next_ref += 1;
         self.by_call_id.insert(m.call_id().to_vec(), cref);
@@ -270,8 +276,10 @@ impl<R: RngCore> B2bua<R> {
                 relays: Vec::new(),
                 replicated: None,
                 held_ok: None,
+                held_end: None,
                 scheduled: None,
                 source,
+                detail,
             },
         );
         if fork {
@@ -402,6 +410,7 @@ impl<R: RngCore> B2bua<R> {
             None => return,
         };
         let ack_via = self.via(key);
+        let wall_now = self.unix_ms(now);
         let Some(call) = self.calls.get_mut(&cref) else {
             return;
         };
@@ -425,6 +434,9 @@ impl<R: RngCore> B2bua<R> {
             .and_then(|r| r.content_type().map(|ct| (ct.to_vec(), r.body().to_vec())));
         let body_ref = body.as_ref().map(|(c, b)| (c.as_slice(), b.as_slice()));
         let tag = call.a_tag;
+        if (180..200).contains(&status) && call.detail.ringing_ms == 0 {
+            call.detail.ringing_ms = wall_now;
+        }
         if status > 100 && !call.heard && !call.cancelled {
             call.heard = true;
             self.latencies
@@ -513,7 +525,7 @@ impl<R: RngCore> B2bua<R> {
                     // call A believes up is never lost with this worker.
                     call.held_ok = Some((status, r, now + Self::HOLD_OK_LIMIT));
                 } else {
-                    Self::send_ok(call, now, status, r, self.cfg.timers);
+                    Self::send_ok(call, now, status, r, self.cfg.timers, wall_now);
                 }
             }
             _ if status >= 300 || status == 408 => {
@@ -539,11 +551,30 @@ impl<R: RngCore> B2bua<R> {
                         &[],
                         &mut r,
                     );
-                    call.a_srv.send_response(now, status, r);
+                    // With records kept in the cluster, the caller hears
+                    // the end once its record is committed (`HeldEnd`).
+                    if self.records_on && self.replicate && !call.over {
+                        call.held_end = Some(HeldEnd {
+                            what: HeldWhat::Final {
+                                status,
+                                response: r,
+                            },
+                            until: now + Self::HOLD_OK_LIMIT,
+                        });
+                    } else {
+                        call.a_srv.send_response(now, status, r);
+                    }
                 }
                 if !call.over {
                     call.over = true;
                     self.stats.failed += 1;
+                    let cause = if call.cancelled {
+                        EndCause::Cancelled
+                    } else {
+                        EndCause::Rejected
+                    };
+                    let status = if call.cancelled { 487 } else { status };
+                    self.record_end(now, cref, cause, status);
                 }
             }
             _ => {}
@@ -553,17 +584,23 @@ impl<R: RngCore> B2bua<R> {
 
     /// How long a 2xx waits for its call's commit before it goes to A
     /// anyway (the call then lives unreplicated until its next change).
-    const HOLD_OK_LIMIT: Duration = Duration::from_secs(4);
+    pub(super) const HOLD_OK_LIMIT: Duration = Duration::from_secs(4);
 
     /// Sends the 2xx that confirms the call to A and resends it until A's
-    /// ACK (§13.3.1.4).
+    /// ACK (§13.3.1.4). `wall_ms` is now in Unix ms: the call's answer as
+    /// its record says it (when A hears it, after the commit it waited
+    /// for, not when B answered).
     pub(super) fn send_ok(
         call: &mut Call,
         now: Instant,
         status: u16,
         r: Vec<u8>,
         timers: TimerConfig,
+        wall_ms: u64,
     ) {
+        if call.detail.answered_ms == 0 {
+            call.detail.answered_ms = wall_ms;
+        }
         call.a_srv.send_response(now, status, r.clone());
         let t1 = timers.t1;
         call.a_ok = Some((r, now + t1, t1, now + timers.t1x64()));
@@ -575,12 +612,17 @@ impl<R: RngCore> B2bua<R> {
         let Some(&cref) = self.by_call_id.get(a_call_id) else {
             return;
         };
+        // A removal refused (the shard moved): nothing to wait for.
+        if self.calls.get(&cref).is_some_and(|c| c.over) {
+            self.release_end(now, cref);
+        }
         let timers = self.cfg.timers;
+        let wall = self.unix_ms(now);
         let Some(call) = self.calls.get_mut(&cref) else {
             return;
         };
         if let Some((status, r, _)) = call.held_ok.take() {
-            Self::send_ok(call, now, status, r, timers);
+            Self::send_ok(call, now, status, r, timers, wall);
             self.drain_outputs(cref);
             self.schedule(cref);
         }
@@ -632,6 +674,7 @@ impl<R: RngCore> B2bua<R> {
             push_bye(&mut call.nits, d, now, timers, &via, &[("Reason", reason)]);
         }
         self.stats.refused_records += 1;
+        self.record_end(now, cref, EndCause::Refused, 500);
         self.drain(now, cref);
         self.schedule(cref);
     }
@@ -639,7 +682,7 @@ impl<R: RngCore> B2bua<R> {
     /// Hangs up both legs of an answered call (BYE in each dialog).
     pub(super) fn tear_down(&mut self, now: Instant, cref: u64) {
         let reason = b"SIP;cause=408;text=\"handover ended the call\"";
-        if self.bye_both(now, cref, reason) {
+        if self.bye_both(now, cref, reason, EndCause::TornDown) {
             self.stats.torn_down += 1;
         }
     }
@@ -655,7 +698,7 @@ impl<R: RngCore> B2bua<R> {
             return false;
         }
         let reason = b"SIP;cause=200;text=\"ended by the operator\"";
-        let ended = self.bye_both(now, cref, reason);
+        let ended = self.bye_both(now, cref, reason, EndCause::Operator);
         if ended {
             self.stats.operator_hangups += 1;
         }
@@ -664,7 +707,7 @@ impl<R: RngCore> B2bua<R> {
 
     /// BYE with `reason` in both dialogs of call `cref`; false when it was
     /// over already.
-    fn bye_both(&mut self, now: Instant, cref: u64, reason: &[u8]) -> bool {
+    fn bye_both(&mut self, now: Instant, cref: u64, reason: &[u8], cause: EndCause) -> bool {
         let Some(call) = self.calls.get(&cref) else {
             return false;
         };
@@ -688,6 +731,7 @@ impl<R: RngCore> B2bua<R> {
             }
         }
         self.drain(now, cref);
+        self.record_end(now, cref, cause, 200);
         true
     }
 }

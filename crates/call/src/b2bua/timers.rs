@@ -70,11 +70,21 @@ impl<R: RngCore> B2bua<R> {
                 return;
             };
             match timer {
+                CallTimer::HeldEnd => {
+                    self.release_end(now, cref);
+                }
                 CallTimer::HeldOk => {
                     if let Some((status, r, _)) = call.held_ok.take() {
                         // No commit in time (no quorum?): connect the call anyway.
                         self.stats.unreplicated += 1;
-                        Self::send_ok(call, now, status, r, self.cfg.timers);
+                        Self::send_ok(
+                            call,
+                            now,
+                            status,
+                            r,
+                            self.cfg.timers,
+                            self.registrar.wall_ms(now),
+                        );
                     }
                 }
                 //= https://www.rfc-editor.org/rfc/rfc4028#section-10

@@ -2,6 +2,7 @@
 //! node's state (ownership waits, releases) and the shell's events.
 
 use super::*;
+use crate::table::shard_of;
 
 impl Node {
     /// Reports each shard whose [`Self::serves`] changed since the last
@@ -16,8 +17,41 @@ impl Node {
                 } else {
                     Event::Stopped { shard }
                 });
+                if now {
+                    self.write_records_of(shard);
+                }
             }
         }
+    }
+
+    /// Hands the shell the records of `shard` not yet written, nor being
+    /// written here: it now serves the shard.
+    fn write_records_of(&mut self, shard: usize) {
+        let shards = self.table.shards();
+        let ids: Vec<Vec<u8>> = self
+            .table
+            .unwritten()
+            .filter(|(id, key)| shard_of(*key, shards) == shard && !self.writing.contains_key(*id))
+            .map(|(id, _)| id.to_vec())
+            .collect();
+        for id in ids {
+            self.write_record(id, shard);
+        }
+    }
+
+    fn write_record(&mut self, id: Vec<u8>, shard: usize) {
+        let Some((e, writer)) = self.table.record(&id) else {
+            return;
+        };
+        let Some(record) = e.record.clone() else {
+            return;
+        };
+        let retry = *writer != self.cfg.id;
+        self.writing.insert(id, shard);
+        self.events.push_back(Event::WriteRecord {
+            record: Box::new(record),
+            retry,
+        });
     }
 
     pub(super) fn apply(&mut self, entries: Vec<Entry>) -> Result<(), Error> {
@@ -172,6 +206,31 @@ impl Node {
                     gained,
                     lost,
                 });
+            }
+            Change::RecordEnded { id, key } => {
+                if mine
+                    && let Some(call_id) = self
+                        .table
+                        .record(&id)
+                        .and_then(|(e, _)| e.record.as_ref())
+                        .map(|r| r.a_call_id.clone())
+                {
+                    self.events.push_back(Event::Recorded { call_id });
+                }
+                let shard = shard_of(key, self.table.shards());
+                // Served (as reported): written now; otherwise when its
+                // serving starts (`write_records_of`).
+                if self.serving[shard] {
+                    self.write_record(id, shard);
+                }
+            }
+            Change::RecordsWritten { ids } => {
+                for id in &ids {
+                    self.writing.remove(id);
+                }
+                if let Some(epoch) = self.release_asked {
+                    self.released(epoch);
+                }
             }
             Change::Bound {
                 aor,

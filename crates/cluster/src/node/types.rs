@@ -79,6 +79,9 @@ pub enum Event {
     HandedOver { call_id: Vec<u8> },
     /// A call removal this worker proposed is committed.
     Removed { call_id: Vec<u8> },
+    /// A call detail record this worker proposed is committed (leg A's
+    /// Call-ID).
+    Recorded { call_id: Vec<u8> },
     /// A call of a shard this worker owns was removed by another worker
     /// (its previous owner, which hung it up while cut off, see `Table`):
     /// it is over; forget it without a word to its phones.
@@ -106,6 +109,16 @@ pub enum Event {
     Serving { shard: usize },
     /// This worker no longer serves `shard` (moved, or its lease ended).
     Stopped { shard: usize },
+    /// Write this call detail record to the sinks, then confirm with
+    /// [`Node::records_written`](crate::Node::records_written). Heard by
+    /// the worker serving the record's shard when the record is applied,
+    /// or when it starts serving the shard. `retry`: another member owned
+    /// the shard when the record was applied and may have written it
+    /// before it died (sinks that see its id twice keep one).
+    WriteRecord {
+        record: Box<crate::pb::CallDetail>,
+        retry: bool,
+    },
     /// An AOR of affinity key `key` was written (any proposer's); its
     /// earliest binding expires at `next_expiry` (Unix ms; none: removed).
     /// The bindings themselves are in the table's shared locations, which

@@ -32,6 +32,9 @@ pub struct Settings {
     /// Below this many free bytes on the log's file system new calls and
     /// registrations are refused ([`DiskGuard`]).
     pub min_free_bytes: u64,
+    /// Where this worker writes the call detail records of the shards it
+    /// serves (none: records are off).
+    pub records: Option<crate::records::Settings>,
 }
 
 /// Whether the log's disk is too full for new calls and registrations:
@@ -89,6 +92,10 @@ pub enum Cmd {
     /// The SIP loop handed over every shard lost up to this map epoch
     /// (see `Note::Release`).
     Released(u64),
+    /// A call ended: its detail record, to commit (then written once).
+    Ended(Box<cpb::CallDetail>),
+    /// The records sink wrote these records (their ids).
+    Written(Vec<Vec<u8>>),
 }
 
 /// What the replica tells the SIP loop.
@@ -104,6 +111,9 @@ pub enum Note {
     },
     /// This worker no longer serves `shard`.
     Stopped { shard: usize },
+    /// The end of a call this worker ended is committed (its removal or
+    /// its record): the answer held for it may go.
+    EndCommitted { call_id: Vec<u8> },
     /// An AOR of key `key` was written (any worker's write); its bindings
     /// are in the shared locations, its earliest expiry `next_expiry`.
     Bound { key: u64, next_expiry: Option<u64> },
@@ -169,7 +179,7 @@ impl Cmds {
         self.send_all(std::iter::once(cmd));
     }
 
-    pub(super) fn take(&self) -> Vec<(Cmd, tokio::time::Instant)> {
+    pub(crate) fn take(&self) -> Vec<(Cmd, tokio::time::Instant)> {
         std::mem::take(&mut *self.queue.lock())
     }
 }
