@@ -73,8 +73,12 @@ fn dashboard_and_rules_use_only_exported_metrics() {
     let dir = tempfile::tempdir().unwrap();
     let uas_port = free_udp_port();
     let mut uas = sipp_uas_with(dir.path(), "uas.xml", uas_port);
-    // Three workers: replicated, so the Raft series exist too.
-    let c = cluster(&[format!("b=127.0.0.1:{uas_port}")], &["--workers", "3"]);
+    // Three workers: replicated, so the Raft series exist too; with call
+    // records, so theirs do.
+    let c = cluster(
+        &[format!("b=127.0.0.1:{uas_port}")],
+        &["--workers", "3", "--records"],
+    );
     wait_members(&c.grpc, 3);
     // Calls placed while shards are still being taken up can lose their
     // callee's answers (a known startup window, not this test's subject).
