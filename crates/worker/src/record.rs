@@ -204,7 +204,18 @@ pub fn decode(u: &pb::CallUpsert) -> Option<CallRecord> {
             back: p.back.parse().ok(),
             relayed: p.relayed,
         }),
-        detail: s.detail.map(detail).unwrap_or_default(),
+        detail: s
+            .detail
+            .map(|d| {
+                let mut d = detail(d);
+                // The first record is written before A has its 2xx; the
+                // table stamps when it was committed.
+                if d.answered_ms == 0 {
+                    d.answered_ms = u.answered_unix_ms;
+                }
+                d
+            })
+            .unwrap_or_default(),
     })
 }
 

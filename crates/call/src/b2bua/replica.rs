@@ -388,6 +388,12 @@ impl<R: RngCore> B2bua<R> {
         self.count_source(source);
         let mut detail = rec.detail;
         detail.workers.extend(self.member);
+        // Confirmed before its 2xx went out (the first record is written
+        // then): answered no later than now (the shell fills in the time
+        // the table stamped, when it has one).
+        if !detail.id.is_empty() && detail.answered_ms == 0 {
+            detail.answered_ms = self.registrar.wall_ms(now);
+        }
         self.calls.insert(
             cref,
             Call {
