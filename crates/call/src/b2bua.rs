@@ -307,6 +307,9 @@ struct Call {
     /// The answer that tells a party the call ended, held until the end
     /// is committed (`detail.rs`, [`HeldEnd`]).
     held_end: Option<HeldEnd>,
+    /// An ended call kept until then to answer its parties' last requests
+    /// ([`B2bua::ended_elsewhere`]).
+    linger: Option<Instant>,
 }
 
 /// An answer held until the call's end is committed: a party that hears
@@ -348,6 +351,8 @@ enum CallTimer {
     ResendOk,
     /// The answer held for the end's commit goes without it.
     HeldEnd,
+    /// An ended call stops lingering.
+    Linger,
 }
 
 impl Call {
@@ -376,6 +381,7 @@ impl Call {
                 self.a_ok.as_ref().map(|o| o.1.min(o.3)),
             ),
             (CallTimer::HeldEnd, self.held_end.as_ref().map(|h| h.until)),
+            (CallTimer::Linger, self.linger),
         ]
         .into_iter()
         .filter_map(|(t, at)| Some((t, at?)))

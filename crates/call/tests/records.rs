@@ -61,6 +61,8 @@ fn an_adopted_calls_record_keeps_its_history_and_names_both_workers() {
     assert_eq!(&r.transport, b"UDP");
     assert!(r.from.starts_with(b"sip:"), "{:?}", r.from);
     assert_eq!(w2.poll_record(), None, "once");
+    w2.handle_datagram(at(4005), from_b(&bim, "BYE", 2, "bye1").as_bytes());
+    assert!(out(&mut w2).is_empty(), "B's retransmission is absorbed");
     w2.end_committed(at(4010), b"a-call");
     assert!(
         out(&mut w2)

@@ -599,7 +599,7 @@ pub fn run(args: Settings) -> anyhow::Result<()> {
                         b2b.refused(now(), &call_id);
                     }
                     Some(crate::replica::Note::Ended { call_id }) => {
-                        if b2b.ended_elsewhere(&call_id) {
+                        if b2b.ended_elsewhere(now(), &call_id) {
                             tracing::info!(call_id = %String::from_utf8_lossy(&call_id), "forgot a call its previous owner hung up while cut off");
                         }
                     }

@@ -230,7 +230,7 @@ impl<R: RngCore> B2bua<R> {
 
     /// The end of the call one of whose legs is `a_call_id` is committed
     /// (its removal, or its record): the answer held for it goes
-    /// ([`HeldEnd`]).
+    /// (`HeldEnd`).
     pub fn end_committed(&mut self, now: Instant, a_call_id: &[u8]) {
         if let Some(&cref) = self.by_call_id.get(a_call_id) {
             self.release_end(now, cref);

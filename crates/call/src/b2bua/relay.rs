@@ -111,9 +111,9 @@ impl<R: RngCore> B2bua<R> {
                 let mut ok = Vec::new();
                 response(&m.reply_parts(), 200, None, None, &[], &mut ok);
                 let mut t = ServerNonInvite::new(now, self.cfg.timers);
-                // A replicated call's end: its 200 waits for the removal's
-                // commit (`HeldEnd`).
-                if self.replicate && call.replicated.is_some() && !call.over {
+                // With records kept in the cluster, a replicated call's
+                // end: its 200 waits for the removal's commit (`HeldEnd`).
+                if self.records_on && self.replicate && call.replicated.is_some() && !call.over {
                     call.held_end = Some(HeldEnd {
                         what: HeldWhat::ByeOk {
                             key: key.clone(),

@@ -278,7 +278,27 @@ impl<R: RngCore> B2bua<R> {
     /// to another worker, which carries them on from the replica): nothing
     /// is sent, nothing counts as ended. Calls not replicated (in setup, or
     /// whose 2xx still waits for its commit) stay. Returns how many went.
+    ///
+    /// A call of such a shard that ended here but whose end is not
+    /// committed (the 200 to its BYE held, `HeldEnd`) is the new owner's
+    /// to end: it holds the call from the table, and the BYE's
+    /// retransmission reaches it. The held 200 is dropped, so the party
+    /// does not get a second one from here later.
     pub fn hand_over(&mut self, gone: impl Fn(u64) -> bool) -> usize {
+        for c in self.calls.values_mut() {
+            if c.over
+                && gone(c.key)
+                && matches!(
+                    c.held_end,
+                    Some(HeldEnd {
+                        what: HeldWhat::ByeOk { .. },
+                        ..
+                    })
+                )
+            {
+                c.held_end = None;
+            }
+        }
         let refs: Vec<u64> = self
             .calls
             .iter()
@@ -294,18 +314,30 @@ impl<R: RngCore> B2bua<R> {
         refs.len()
     }
 
-    /// Forgets a call that its previous owner hung up while cut off from
-    /// the cluster (the BYEs went out; the removal was committed once it
-    /// healed): nothing is sent, its phones are gone. False when the call
-    /// is not held here, or is over already.
-    pub fn ended_elsewhere(&mut self, call_id: &[u8]) -> bool {
+    /// Ends a call that its previous owner hung up while cut off from the
+    /// cluster (the BYEs went out; the removal was committed once it
+    /// healed): nothing is sent, its phones are gone. The call lingers
+    /// for 64·T1, without its dialogs, so that a BYE retransmitted by a
+    /// party whose BYE the cut-off worker never answered (its 200 waited
+    /// for that commit, `HeldEnd`) gets its 200 here rather than a 481.
+    /// False when the call is not held here, or is over already.
+    pub fn ended_elsewhere(&mut self, now: Instant, call_id: &[u8]) -> bool {
         let Some(&cref) = self.by_call_id.get(call_id) else {
             return false;
         };
-        if self.calls.get(&cref).is_none_or(|c| c.over) || !self.forget_call(cref) {
+        let linger = now + self.cfg.timers.t1x64();
+        let Some(c) = self.calls.get_mut(&cref).filter(|c| !c.over) else {
             return false;
-        }
+        };
+        c.over = true;
+        c.replicated = None;
+        c.a_ok = None;
+        c.held_ok = None;
+        c.a_dialog = None;
+        c.b_dialog = None;
+        c.linger = Some(linger);
         self.stats.ended_elsewhere += 1;
+        self.schedule(cref);
         true
     }
 
@@ -438,6 +470,7 @@ impl<R: RngCore> B2bua<R> {
                 replicated: self.replicate.then_some((rec.version, print)),
                 held_ok: None,
                 held_end: None,
+                linger: None,
                 scheduled: None,
                 source,
                 detail,

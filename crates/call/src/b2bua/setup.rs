@@ -277,6 +277,7 @@ impl<R: RngCore> B2bua<R> {
                 replicated: None,
                 held_ok: None,
                 held_end: None,
+                linger: None,
                 scheduled: None,
                 source,
                 detail,

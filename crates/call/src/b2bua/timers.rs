@@ -73,6 +73,9 @@ impl<R: RngCore> B2bua<R> {
                 CallTimer::HeldEnd => {
                     self.release_end(now, cref);
                 }
+                CallTimer::Linger => {
+                    call.linger = None;
+                }
                 CallTimer::HeldOk => {
                     if let Some((status, r, _)) = call.held_ok.take() {
                         // No commit in time (no quorum?): connect the call anyway.
