@@ -71,20 +71,26 @@ fn an_adopted_calls_record_keeps_its_history_and_names_both_workers() {
     );
 }
 
-#[test]
-fn a_busy_callees_486_reaches_the_caller_once_the_record_is_committed() {
+/// A replicated worker (call records on or off) whose callee answered A's
+/// call 486 at 30 ms: the worker, and the first lines of what it sent
+/// then.
+fn busy(records: bool) -> (handover_call::B2bua<Seq>, Vec<String>) {
     let mut w = b2bua();
     w.set_replication(true);
-    w.set_records(true);
+    w.set_records(records);
     w.handle_datagram(at(0), a_invite().as_bytes());
     let bi = out(&mut w)[1].1.clone();
     let bim = scan(&bi).unwrap();
     w.handle_datagram(at(30), b_resp(&bim, "486 Busy Here", "bt", None).as_bytes());
-    let sent = out(&mut w);
+    let sent = out(&mut w).iter().map(|(_, m)| first_line(m)).collect();
+    (w, sent)
+}
+
+#[test]
+fn a_busy_callees_486_reaches_the_caller_once_the_record_is_committed() {
+    let (mut w, sent) = busy(true);
     assert!(
-        !sent
-            .iter()
-            .any(|(_, m)| first_line(m).starts_with("SIP/2.0 486")),
+        !sent.iter().any(|l| l.starts_with("SIP/2.0 486")),
         "held for the record's commit"
     );
     let r = w.poll_record().expect("a record of the unanswered call");
@@ -108,14 +114,7 @@ fn a_busy_callees_486_reaches_the_caller_once_the_record_is_committed() {
 
 #[test]
 fn without_a_commit_the_held_end_goes_after_the_hold_limit() {
-    let mut w = b2bua();
-    w.set_replication(true);
-    w.set_records(true);
-    w.handle_datagram(at(0), a_invite().as_bytes());
-    let bi = out(&mut w)[1].1.clone();
-    let bim = scan(&bi).unwrap();
-    w.handle_datagram(at(30), b_resp(&bim, "486 Busy Here", "bt", None).as_bytes());
-    out(&mut w);
+    let (mut w, _) = busy(true);
     w.handle_timeout(at(4031));
     assert!(
         out(&mut w)
@@ -126,16 +125,7 @@ fn without_a_commit_the_held_end_goes_after_the_hold_limit() {
 
 #[test]
 fn records_off_queue_nothing_and_hold_nothing() {
-    let mut w = b2bua();
-    w.set_replication(true);
-    w.handle_datagram(at(0), a_invite().as_bytes());
-    let bi = out(&mut w)[1].1.clone();
-    let bim = scan(&bi).unwrap();
-    w.handle_datagram(at(30), b_resp(&bim, "486 Busy Here", "bt", None).as_bytes());
-    assert!(
-        out(&mut w)
-            .iter()
-            .any(|(_, m)| first_line(m).starts_with("SIP/2.0 486"))
-    );
+    let (mut w, sent) = busy(false);
+    assert!(sent.iter().any(|l| l.starts_with("SIP/2.0 486")));
     assert_eq!(w.poll_record(), None);
 }
