@@ -21,6 +21,7 @@ mod phones;
 mod prometheus;
 mod records;
 mod register;
+mod reload;
 mod streams;
 mod support;
 mod transfer;

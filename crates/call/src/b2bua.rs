@@ -701,6 +701,21 @@ impl<R: RngCore> B2bua<R> {
         self.cfg.limits = limits;
     }
 
+    /// Replaces the routes, the trusted peers and the extra identity
+    /// headers (a reload): new calls and new transfers use them; a call
+    /// in progress keeps the targets it was given (its next target on a
+    /// ring timeout included).
+    pub fn set_routing(
+        &mut self,
+        routes: crate::Routes,
+        trusted: crate::trust::Trusted,
+        identity_headers: Vec<String>,
+    ) {
+        self.cfg.routes = routes;
+        self.cfg.trusted = trusted;
+        self.cfg.identity_headers = identity_headers;
+    }
+
     /// Transaction records the calls hold, running or ended but not yet
     /// dropped (ended ones go when their call next runs): what a flood of
     /// requests inside calls costs in memory.

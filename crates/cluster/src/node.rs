@@ -367,6 +367,13 @@ impl Node {
         self.queue(pb::command::Command::Hangup(pb::CallHangup { call_id }));
     }
 
+    /// Proposes reloaded settings (a fresh `token` in them): every replica
+    /// applies them in log order as the next generation
+    /// ([`Table::settings`](crate::Table::settings)).
+    pub fn propose_settings(&mut self, settings: pb::Settings) {
+        self.queue(pb::command::Command::Settings(settings));
+    }
+
     /// The caller ACKed the 2xx of call `call_id`: the table drops the
     /// 2xx it kept for a new owner to resend (`CallUpsert.a_ok`).
     pub fn acked(&mut self, call_id: Vec<u8>) {

@@ -70,6 +70,9 @@ pub enum Change {
     RecordEnded { id: Vec<u8>, key: u64 },
     /// Records were written (their ids): nobody writes them again.
     RecordsWritten { ids: Vec<Vec<u8>> },
+    /// Reloaded settings were applied as `generation` (see
+    /// [`Table::settings`]).
+    Settings { generation: u64 },
     /// An AOR's bindings were written (`stored`), or the write was refused
     /// (its proposer did not own the shard, or the version was old).
     Bound {
@@ -137,6 +140,8 @@ pub struct Table {
     /// Ids of records written (version 0), so a re-proposed CallEnded is
     /// not written again.
     written: Tombs,
+    /// The latest reloaded settings (none: never reloaded).
+    settings: Option<pb::Settings>,
 }
 
 /// A deep copy: the clone's locations are its own.
@@ -155,6 +160,7 @@ impl Clone for Table {
             aor_tombs: self.aor_tombs.clone(),
             records: self.records.clone(),
             written: self.written.clone(),
+            settings: self.settings.clone(),
         }
     }
 }
@@ -171,6 +177,7 @@ impl PartialEq for Table {
             && self.aor_tombs == o.aor_tombs
             && self.records == o.records
             && self.written == o.written
+            && self.settings == o.settings
             && *self.registrations.read() == *o.registrations.read()
     }
 }
@@ -228,6 +235,7 @@ impl Table {
             aor_tombs: Tombs::default(),
             records: BTreeMap::new(),
             written: Tombs::default(),
+            settings: None,
         }
     }
 
@@ -355,7 +363,24 @@ impl Table {
                 }
                 Some(Change::RecordsWritten { ids })
             }
+            C::Settings(mut n) => {
+                // A re-proposed copy of the latest is applied once.
+                let last = self.settings.as_ref();
+                if n.token.is_empty() || last.is_some_and(|l| l.token == n.token) {
+                    return None;
+                }
+                n.generation = last.map_or(0, |l| l.generation).saturating_add(1);
+                let generation = n.generation;
+                self.settings = Some(n);
+                Some(Change::Settings { generation })
+            }
         }
+    }
+
+    /// The latest reloaded settings, applied by every replica alike (none:
+    /// never reloaded; each worker uses what it started with).
+    pub fn settings(&self) -> Option<&pb::Settings> {
+        self.settings.as_ref()
     }
 
     /// A record committed and not yet written, with the member that owned
@@ -616,6 +641,7 @@ impl Table {
                 })
                 .collect(),
             written: self.written.order.iter().cloned().collect(),
+            settings: self.settings.clone(),
         }
         .encode_to_vec()
     }
@@ -691,6 +717,7 @@ impl Table {
         for id in s.written {
             t.written.put(id, 0);
         }
+        t.settings = s.settings;
         Ok(t)
     }
 }

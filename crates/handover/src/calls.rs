@@ -1,8 +1,9 @@
-//! `handover calls` and `handover hangup`: the cluster's confirmed calls,
-//! and ending one, over any worker's gRPC `Admin` service (mutual TLS with
-//! an admin or worker certificate). The list is that worker's replica of
-//! the call table; a hang-up goes through the replicated log to whichever
-//! worker owns the call.
+//! `handover calls`, `handover hangup` and `handover reload` over any
+//! worker's gRPC `Admin` service (mutual TLS with an admin or worker
+//! certificate): the cluster's confirmed calls (that worker's replica of
+//! the call table), ending one (through the replicated log, by whichever
+//! worker owns it), and settings reloaded from that worker's file (through
+//! the log, on every worker).
 
 use std::net::SocketAddr;
 
@@ -45,6 +46,16 @@ pub(crate) struct HangupArgs {
     /// The call's Call-ID (either leg's, as `handover calls` shows them).
     call_id: String,
     /// A worker's gRPC address (its `--peer` GRPC_ADDR).
+    #[arg(long, default_value = "127.0.0.1:7001")]
+    grpc: SocketAddr,
+    /// Cluster credentials, as for `handover calls`.
+    #[arg(long, value_name = "DIR")]
+    cluster_tls: Option<std::path::PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ReloadArgs {
+    /// A worker's gRPC address: it reads its `--config` again.
     #[arg(long, default_value = "127.0.0.1:7001")]
     grpc: SocketAddr,
     /// Cluster credentials, as for `handover calls`.
@@ -145,6 +156,24 @@ pub(crate) fn hangup(a: &HangupArgs) -> anyhow::Result<()> {
     println!(
         "hanging up {} (owned by worker {}): BYE to both legs once the cluster commits it",
         a.call_id, r.owner
+    );
+    Ok(())
+}
+
+pub(crate) fn reload(a: &ReloadArgs) -> anyhow::Result<()> {
+    let r = runtime()?.block_on(async {
+        let mut c = pb::admin_client::AdminClient::new(
+            admin_channel(a.grpc, a.cluster_tls.as_deref()).await?,
+        );
+        let r = c
+            .reload(pb::ReloadRequest {})
+            .await
+            .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
+        anyhow::Ok(r.into_inner())
+    })?;
+    println!(
+        "generation {}: {} routes, {} trusted prefixes, read by worker {}; every worker applies it from the log",
+        r.generation, r.routes, r.trusted, r.id
     );
     Ok(())
 }

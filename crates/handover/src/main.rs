@@ -93,6 +93,14 @@ enum Command {
     ///
     /// Exits 1 when no confirmed call has that Call-ID.
     Hangup(calls::HangupArgs),
+    /// Reload routes, trusted peers and identity headers from a worker's
+    /// configuration file (its `--config`), checked first, and apply them
+    /// on every worker through the replicated log; calls in progress keep
+    /// their targets. SIGHUP to a worker does the same.
+    ///
+    /// Exits 1 when the file does not check (its line is printed; nothing
+    /// changes) or the cluster did not commit it.
+    Reload(calls::ReloadArgs),
     /// Add or change a user in a users file of digest authentication
     /// (`worker --users`): reads the password from standard input, writes
     /// `USER REALM HA1-MD5 HA1-SHA-256` (no password is stored).
@@ -163,6 +171,13 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("handover hangup: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Reload(args) => match calls::reload(&args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("handover reload: {e:#}");
                 ExitCode::FAILURE
             }
         },

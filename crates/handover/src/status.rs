@@ -91,6 +91,7 @@ pub(crate) fn run(a: &StatusArgs) -> anyhow::Result<()> {
             "serving_since_unix_ms": s.serving_since_unix_ms, "at_unix_ms": s.at_unix_ms,
             "lease_until_unix_ms": s.lease_until_unix_ms,
             "aors": s.aors, "bindings": s.bindings,
+            "config_generation": s.config_generation,
             "bindings_per_worker": s.bindings_per_worker.iter()
                 .map(|(k, v)| (k.to_string(), serde_json::Value::from(*v)))
                 .collect::<serde_json::Map<String, serde_json::Value>>(),
@@ -110,6 +111,15 @@ pub(crate) fn run(a: &StatusArgs) -> anyhow::Result<()> {
     println!("term           {}", s.term);
     println!("commit index   {} (applied here: {})", s.commit, s.applied);
     println!("shard map      epoch {}", s.epoch);
+    println!(
+        "settings       generation {}{}",
+        s.config_generation,
+        if s.config_generation == 0 {
+            " (as each worker started)"
+        } else {
+            " (handover reload)"
+        }
+    );
     println!("members up     {:?}", s.members_up);
     println!("calls          {} replicated", s.calls);
     let mut per: Vec<_> = s.calls_per_worker.iter().collect();

@@ -67,6 +67,11 @@ pub(crate) struct UpArgs {
     /// B2BUA).
     #[arg(long, default_value = "passthrough", value_parser = ["passthrough", "local"])]
     transfer_mode: String,
+    /// A configuration file for every worker (its `[worker]` routes,
+    /// trusted peers, identity headers, registrar; this command's flags
+    /// win): `handover reload` or SIGHUP reads it again.
+    #[arg(long, value_name = "FILE")]
+    config: Option<std::path::PathBuf>,
     /// Write call detail records: each worker to
     /// `DATA/worker-N/records.jsonl` (docs/records.md).
     #[arg(long)]
@@ -211,6 +216,12 @@ pub(crate) fn run(mut a: UpArgs) -> anyhow::Result<()> {
     }
     if !(1..=16).contains(&a.workers) {
         anyhow::bail!("--workers {} is out of range: 1..=16", a.workers);
+    }
+    if let Some(c) = &mut a.config {
+        // Checked before anything starts; absolute, as the workers read it
+        // again on reload.
+        crate::config::Config::load(c).map_err(|e| anyhow::anyhow!("--config: {e}"))?;
+        *c = std::path::absolute(&*c).context("--config")?;
     }
     let exe = std::env::current_exe().context("cannot find this binary")?;
     // Worker i listens on --worker-listen's port + i, its admin on
@@ -420,6 +431,9 @@ pub(crate) fn run(mut a: UpArgs) -> anyhow::Result<()> {
             "--admin",
             &admin.to_string(),
         ]);
+        if let Some(c) = &a.config {
+            worker.arg("--config").arg(c);
+        }
         for r in &a.routes {
             worker.args(["--route", r]);
         }

@@ -131,8 +131,36 @@ fn edge_addr(s: &str) -> Result<String, String> {
         .ok_or_else(|| format!("`{s}` is not an IP:PORT or HOST:PORT address"))
 }
 
+/// What a reload reads again from `path`: the file's routes, trusted
+/// peers and identity headers, each unless its flags replaced it at start
+/// (flags still win, as they did).
+fn reloader(path: std::path::PathBuf, a: &WorkerArgs) -> handover_worker::replica::Reloader {
+    let routes = a.routes.clone();
+    let trusted: Vec<String> = a.trusted.iter().map(ToString::to_string).collect();
+    let identity_headers = a.identity_headers.clone();
+    handover_worker::replica::Reloader(std::sync::Arc::new(move || {
+        let w = crate::config::Config::load(&path)
+            .map_err(|e| e.to_string())?
+            .worker;
+        let pick = |flags: &Vec<String>, file: Vec<String>| {
+            if flags.is_empty() {
+                file
+            } else {
+                flags.clone()
+            }
+        };
+        Ok(handover_worker::reload::Settings {
+            routes: pick(&routes, w.routes),
+            trusted: pick(&trusted, w.trusted),
+            identity_headers: pick(&identity_headers, w.identity_headers),
+            ..Default::default()
+        })
+    }))
+}
+
 /// The effective settings: file (or defaults), then flags.
 fn settings(a: WorkerArgs) -> anyhow::Result<Settings> {
+    let reload = a.config.clone().map(|p| reloader(p, &a));
     let file = match &a.config {
         Some(p) => crate::config::Config::load(p)?,
         None => crate::config::Config::defaults(),
@@ -164,6 +192,7 @@ fn settings(a: WorkerArgs) -> anyhow::Result<Settings> {
                     .expect("set by over()")
                     .saturating_mul(1 << 20),
                 records: None,
+                reload: None,
             })
         }
     };
@@ -210,6 +239,7 @@ fn settings(a: WorkerArgs) -> anyhow::Result<Settings> {
         },
         assert_identity: a.assert_identity || w.assert_identity,
         replication,
+        reload,
         records: a.records.map(|path| handover_worker::records::Settings {
             path,
             rotate_bytes: a.records_rotate_mb.saturating_mul(1 << 20),

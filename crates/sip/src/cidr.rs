@@ -32,6 +32,14 @@ impl core::str::FromStr for Cidr {
     }
 }
 
+/// As parsed: `NET/LEN` (`10.0.0.0/8`), a lone address with its full
+/// length (`192.0.2.7/32`).
+impl core::fmt::Display for Cidr {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "{}/{}", self.net, self.len)
+    }
+}
+
 impl Cidr {
     /// Whether `ip` is inside this prefix (an IPv4 address is never inside
     /// an IPv6 prefix, nor the other way round).

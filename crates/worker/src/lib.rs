@@ -15,6 +15,7 @@ pub mod local;
 pub mod peers;
 pub mod record;
 pub mod records;
+pub mod reload;
 pub mod replica;
 pub mod rpc;
 pub mod services;

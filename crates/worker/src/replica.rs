@@ -58,6 +58,7 @@ pub fn start(settings: Settings) -> anyhow::Result<Handle> {
         tls,
         min_free_bytes: _,
         records,
+        reload,
     } = settings;
     if let Some(t) = &tls {
         t.check()?;
@@ -153,6 +154,7 @@ pub fn start(settings: Settings) -> anyhow::Result<Handle> {
                     replica.window = window;
                     replica.tls = tls;
                     replica.writer = writer;
+                    replica.reload = reload;
                     replica.run(listener, faults, drain_rx, lookup_rx).await;
                 });
             });
@@ -215,6 +217,16 @@ struct Replica {
     tls: Option<TlsDir>,
     /// The call detail records' sink (none: records are off here).
     writer: Option<crate::records::Writer>,
+    /// Reads the configuration file again (`handover reload`).
+    reload: Option<Reloader>,
+    /// Reloads asked over gRPC and proposed: token, who waits for the
+    /// generation it becomes.
+    reloads: Vec<(Vec<u8>, oneshot::Sender<u64>)>,
+    /// The generation of the settings last told the SIP loop.
+    generation: u64,
+    /// This worker's file was compared with the log's settings (once,
+    /// when first caught up: see `check_file`).
+    file_checked: bool,
 }
 
 impl Replica {
@@ -246,6 +258,10 @@ impl Replica {
             window: Duration::ZERO,
             tls: None,
             writer: None,
+            reload: None,
+            reloads: Vec::new(),
+            generation: 0,
+            file_checked: false,
         }
     }
 
@@ -268,6 +284,8 @@ impl Replica {
             shared: shared_rx,
             faults: faults.clone(),
             tls: self.tls.is_some(),
+            reload: self.reload.clone(),
+            id: self.node.id(),
         };
         for r in REFUSED_REASONS {
             metrics::counter!(REFUSED, "reason" => r).increment(0);
@@ -400,6 +418,15 @@ impl Replica {
                                 self.node.hang_up(call_id);
                             }
                             let _ = reply.send(owner);
+                        }
+                        Ask::Reload { settings, reply } => {
+                            // At most 16 waiting (a cluster without quorum
+                            // commits none): the oldest hears nothing.
+                            if self.reloads.len() >= 16 {
+                                self.reloads.remove(0);
+                            }
+                            self.reloads.push((settings.token.clone(), reply));
+                            self.node.propose_settings(*settings);
                         }
                     }
                     Ok(())
@@ -535,6 +562,8 @@ impl Replica {
                     }
                 }
             }
+            // `handover status` shows the new generation at once.
+            map_changed |= self.tell_settings();
             if stopped {
                 let epoch = self.node.table().epoch();
                 let _ = self.notes.send(Note::Release { epoch });
@@ -583,6 +612,10 @@ impl Replica {
             );
             if ticked || map_changed {
                 self.refresh(&shared_tx);
+                if !self.file_checked && *self.ready.borrow() {
+                    self.file_checked = true;
+                    self.check_file();
+                }
             }
             if self.node.drained() {
                 if !self.told_drained {
@@ -596,6 +629,53 @@ impl Replica {
         }
     }
 
+    /// Tells the SIP loop the table's settings when they changed (a reload
+    /// applied, or at start the latest in the log), and who asked for
+    /// them their generation; true when they changed.
+    fn tell_settings(&mut self) -> bool {
+        let Some(s) = self.node.table().settings() else {
+            return false;
+        };
+        if s.generation == self.generation {
+            return false;
+        }
+        self.generation = s.generation;
+        if let Some(i) = self.reloads.iter().position(|(t, _)| *t == s.token) {
+            let (_, reply) = self.reloads.remove(i);
+            let _ = reply.send(s.generation);
+        }
+        let _ = self.notes.send(Note::Settings(Box::new(s.clone())));
+        true
+    }
+
+    /// Once caught up at start: when the log holds reloaded settings and
+    /// this worker's file says otherwise, the file was changed since (a
+    /// new ConfigMap rolled out, the file edited and the worker
+    /// restarted), and it is proposed as the next generation, so the file
+    /// last read wins on every worker alike. Without a reload in the log
+    /// each worker routes by its own file, as started.
+    fn check_file(&mut self) {
+        let (Some(reload), Some(cur)) = (&self.reload, self.node.table().settings()) else {
+            return;
+        };
+        match reload.read(self.node.id()) {
+            Ok(mine)
+                if (&mine.routes, &mine.trusted, &mine.identity_headers)
+                    != (&cur.routes, &cur.trusted, &cur.identity_headers) =>
+            {
+                tracing::info!(
+                    generation = cur.generation,
+                    "this worker's configuration file differs from the cluster's settings: proposed as the next generation"
+                );
+                self.node.propose_settings(mine);
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "this worker's configuration file does not check; it routes by the cluster's settings")
+            }
+        }
+    }
+
     /// Queues a command; true when a caller waits on its commit.
     fn command(&mut self, c: Cmd, at: tokio::time::Instant, proposals: &metrics::Counter) -> bool {
         proposals.increment(1);
@@ -604,7 +684,7 @@ impl Replica {
         // A release: the new owners wait for it.
         let urgent = matches!(
             c,
-            Cmd::Upsert { version: 1, .. } | Cmd::Bind(_) | Cmd::Released(_)
+            Cmd::Upsert { version: 1, .. } | Cmd::Bind(_) | Cmd::Released(_) | Cmd::Settings(_)
         );
         match c {
             Cmd::Upsert {
@@ -645,6 +725,7 @@ impl Replica {
             Cmd::Released(epoch) => self.node.released(epoch),
             Cmd::Ended(record) => self.node.record_ended(*record),
             Cmd::Written(ids) => self.node.records_written(ids),
+            Cmd::Settings(s) => self.node.propose_settings(*s),
             Cmd::Drain(reply) => {
                 self.node.drain();
                 self.draining = true;
@@ -738,6 +819,7 @@ impl Replica {
                     + Duration::from_nanos(self.lease.load(std::sync::atomic::Ordering::Relaxed));
                 unix_ms(wall + at.saturating_duration_since(tokio::time::Instant::now()))
             },
+            config_generation: t.settings().map_or(0, |c| c.generation),
         };
         metrics::gauge!(RAFT_TERM).set(s.term as f64);
         metrics::gauge!(RAFT_LEADER).set(s.leader as f64);

@@ -6,6 +6,8 @@
 //! injection are not here but on the local admin socket
 //! ([`crate::local`]).
 
+use std::time::Duration;
+
 use handover_cluster::Message;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::StreamExt as _;
@@ -25,6 +27,10 @@ pub(crate) struct Services {
     pub(crate) faults: Faults,
     /// The port runs mutual TLS: callers are checked.
     pub(crate) tls: bool,
+    /// Reads the configuration file again (`Admin.Reload`).
+    pub(crate) reload: Option<crate::replica::Reloader>,
+    /// This worker's Raft id.
+    pub(crate) id: u64,
 }
 
 impl Services {
@@ -176,9 +182,57 @@ impl pb::admin_server::Admin for Services {
             )),
         }
     }
+
+    async fn reload(
+        &self,
+        req: tonic::Request<pb::ReloadRequest>,
+    ) -> Result<tonic::Response<pb::ReloadReply>, tonic::Status> {
+        self.allow(
+            Caller::of(&req, self.tls).may_control(),
+            "role",
+            "Admin.Reload",
+        )?;
+        self.reload_file().await.map(tonic::Response::new)
+    }
 }
 
 impl Services {
+    /// Reads the file, has the replica propose its settings and waits (at
+    /// most 10 s) until they are applied here.
+    async fn reload_file(&self) -> Result<pb::ReloadReply, tonic::Status> {
+        let Some(reload) = &self.reload else {
+            return Err(tonic::Status::failed_precondition(
+                "this worker was started without --config: it has no file to reload",
+            ));
+        };
+        let settings = reload.read(self.id).map_err(|e| {
+            tracing::warn!(error = %e, "reload refused: the configuration does not check; the settings in use stay");
+            metrics::counter!(crate::reload::RELOADS, "result" => "refused").increment(1);
+            tonic::Status::invalid_argument(e)
+        })?;
+        let (routes, trusted) = (
+            u32::try_from(settings.routes.len()).unwrap_or(u32::MAX),
+            u32::try_from(settings.trusted.len()).unwrap_or(u32::MAX),
+        );
+        let settings = Box::new(settings);
+        let generation = tokio::time::timeout(
+            Duration::from_secs(10),
+            self.ask(|reply| crate::replica::Ask::Reload { settings, reply }),
+        )
+        .await
+        .map_err(|_| {
+            tonic::Status::unavailable(
+                "the reload was not committed within 10 s: is a majority of the workers up?",
+            )
+        })??;
+        Ok(pb::ReloadReply {
+            id: self.id,
+            generation,
+            routes,
+            trusted,
+        })
+    }
+
     /// Asks the replica's thread; UNAVAILABLE when it is gone or busy
     /// with 16 questions already.
     async fn ask<T>(

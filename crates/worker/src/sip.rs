@@ -208,6 +208,9 @@ pub struct Settings {
     /// Call detail records (docs/records.md): where they are written;
     /// `None`: off.
     pub records: Option<crate::records::Settings>,
+    /// Reads `--config` again for a reload ([`crate::reload`]); `None`:
+    /// no file.
+    pub reload: Option<crate::replica::Reloader>,
 }
 
 /// Digest authentication settings (see `handover_call::registrar::digest`).
@@ -274,6 +277,7 @@ pub fn run(args: Settings) -> anyhow::Result<()> {
     let mut replica = match args.replication.clone() {
         Some(mut rep) => {
             rep.records = args.records.clone();
+            rep.reload = args.reload.clone();
             let id = rep.id;
             let r = crate::replica::start(rep)?;
             println!(
@@ -458,6 +462,11 @@ pub fn run(args: Settings) -> anyhow::Result<()> {
         // the loop misses a SIGINT that lands between two turns (a busy
         // worker then never stopped).
         let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+        crate::reload::init();
+        // Reloads applied by this worker alone (without replication the
+        // generations are its own).
+        let mut generation = 0u64;
         let started = metrics::counter!(CALLS_STARTED);
         let answered = metrics::counter!(CALLS_ANSWERED);
         let hung_up = metrics::counter!(CALLS_ENDED, "cause" => "hangup");
@@ -619,6 +628,12 @@ pub fn run(args: Settings) -> anyhow::Result<()> {
                             tracing::info!(call_id = %String::from_utf8_lossy(&call_id), "hung up by an operator");
                         }
                     }
+                    Some(crate::replica::Note::Settings(s)) => {
+                        if crate::reload::apply(&mut b2b, &s).is_ok() {
+                            // The users file is read again too.
+                            users_seen = None;
+                        }
+                    }
                     Some(crate::replica::Note::Drained) => {
                         drained = true;
                         tracing::info!(calls_in_setup = b2b.calls_active(), "drained: finishing only the calls still being set up here");
@@ -639,6 +654,25 @@ pub fn run(args: Settings) -> anyhow::Result<()> {
                 // Housekeeping (below) runs at least once a second.
                 _ = housekeeping.tick() => {}
                 _ = int.recv() => break,
+                _ = hup.recv() => {
+                    let id = args.replication.as_ref().map_or(0, |r| r.id);
+                    if let Some(mut s) = crate::reload::read(args.reload.as_ref(), id) {
+                        match &replica {
+                            // Every worker applies it from the log.
+                            Some(r) => {
+                                tracing::info!(routes = s.routes.len(), "SIGHUP: configuration read; proposed to the cluster");
+                                r.cmd.send(crate::replica::Cmd::Settings(Box::new(s)));
+                            }
+                            None => {
+                                generation += 1;
+                                s.generation = generation;
+                                if crate::reload::apply(&mut b2b, &s).is_ok() {
+                                    users_seen = None;
+                                }
+                            }
+                        }
+                    }
+                }
                 _ = term.recv() => match &replica {
                     // SIGTERM (Kubernetes' stop): hand the shards over first.
                     Some(r) if drain.is_none() && drain_exit.is_none() => {

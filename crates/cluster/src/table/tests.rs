@@ -312,3 +312,38 @@ fn only_the_aors_owner_binds_and_a_removed_aor_does_not_return_from_an_old_write
     assert!(stored(back.apply(C::Bind(reg(3, 7, 1)))));
     assert_eq!(back.locations().read().aors(), 1);
 }
+
+#[test]
+fn reloaded_settings_are_numbered_in_log_order_and_applied_once() {
+    let mut t = Table::new(4);
+    assert_eq!(t.settings(), None);
+    let settings = |token: &[u8], route: &str| {
+        C::Settings(pb::Settings {
+            token: token.to_vec(),
+            proposer: 2,
+            routes: vec![route.to_string()],
+            ..Default::default()
+        })
+    };
+    assert_eq!(
+        t.apply(settings(b"a", "*=127.0.0.1:5070")),
+        Some(Change::Settings { generation: 1 })
+    );
+    // A re-proposed copy of the same reload is not a new generation.
+    assert_eq!(t.apply(settings(b"a", "*=127.0.0.1:5070")), None);
+    assert_eq!(
+        t.apply(settings(b"b", "*=127.0.0.1:5071")),
+        Some(Change::Settings { generation: 2 })
+    );
+    let s = t.settings().unwrap();
+    assert_eq!(
+        (s.generation, s.routes.as_slice()),
+        (2, &["*=127.0.0.1:5071".to_string()][..])
+    );
+    // Without a token it is no reload.
+    assert_eq!(t.apply(settings(b"", "*=127.0.0.1:1")), None);
+    // Kept across a snapshot: a worker that starts from it routes alike.
+    let back = Table::decode(&t.encode(), 4).unwrap();
+    assert_eq!(back, t);
+    assert_eq!(back.settings().map(|s| s.generation), Some(2));
+}

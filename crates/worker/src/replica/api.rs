@@ -35,6 +35,36 @@ pub struct Settings {
     /// Where this worker writes the call detail records of the shards it
     /// serves (none: records are off).
     pub records: Option<crate::records::Settings>,
+    /// Reads the configuration file again for `handover reload` (none:
+    /// the worker has no file to reload).
+    pub reload: Option<Reloader>,
+}
+
+/// Reads the worker's configuration file again and checks it: the
+/// settings to propose (generation and token left for the log and the
+/// proposer), or why not, with the file's line (`handover reload`,
+/// SIGHUP). The binary supplies it; this crate does not parse the file.
+#[derive(Clone)]
+pub struct Reloader(pub std::sync::Arc<dyn Fn() -> Result<cpb::Settings, String> + Send + Sync>);
+
+impl std::fmt::Debug for Reloader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Reloader")
+    }
+}
+
+impl Reloader {
+    /// Reads and checks the file; on success `settings` carry a fresh
+    /// random token and `proposer` as their proposer.
+    pub fn read(&self, proposer: u64) -> Result<cpb::Settings, String> {
+        let mut s = (self.0)()?;
+        s.generation = 0;
+        s.proposer = proposer;
+        let token = rand_core::TryRngCore::try_next_u64(&mut rand_core::OsRng)
+            .map_err(|e| format!("cannot read the OS random source: {e}"))?;
+        s.token = token.to_le_bytes().to_vec();
+        Ok(s)
+    }
 }
 
 /// Whether the log's disk is too full for new calls and registrations:
@@ -96,6 +126,8 @@ pub enum Cmd {
     Ended(Box<cpb::CallDetail>),
     /// The records sink wrote these records (their ids).
     Written(Vec<Vec<u8>>),
+    /// Reloaded settings (SIGHUP), read and checked: propose them.
+    Settings(Box<cpb::Settings>),
 }
 
 /// What the replica tells the SIP loop.
@@ -145,6 +177,9 @@ pub enum Note {
     /// owns no shard, renews no lease, and only finishes the calls it was
     /// still setting up (sent once).
     Drained,
+    /// The cluster's settings changed (a reload applied, or the ones in
+    /// the log when this worker started): route by them from now on.
+    Settings(Box<cpb::Settings>),
 }
 
 /// Commands from the SIP loop to the replica's thread: a queue under a
@@ -225,6 +260,12 @@ pub(crate) enum Ask {
     Hangup {
         call_id: Vec<u8>,
         reply: oneshot::Sender<Option<u64>>,
+    },
+    /// Propose reloaded settings; the reply is the generation they became
+    /// once applied here.
+    Reload {
+        settings: Box<cpb::Settings>,
+        reply: oneshot::Sender<u64>,
     },
 }
 
