@@ -394,3 +394,91 @@ fn a_killed_worker_loses_no_record_and_none_is_written_twice() {
     );
     assert!(from_victim > 0);
 }
+
+/// The call log (issue 20, item 4): with `RUST_LOG=…,handover_worker::call=debug`
+/// and `--log-format json`, every call SIPp made through three workers
+/// has one "call ended" line whose fields carry its Call-ID, as SIPp
+/// knows it, with the cause and status SIPp saw; records are off (the
+/// log needs none), and every line of the cluster's log is JSON.
+#[test]
+fn the_call_log_has_one_json_line_per_call_with_its_call_id() {
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let (talk, busy) = (free_udp_port(), free_udp_port());
+    let mut uas_talk = sipp_uas(dir.path(), talk);
+    let mut uas_busy = sipp_uas_with(dir.path(), "uas_busy.xml", busy);
+    let log = dir.path().join("cluster.log");
+    let c = cluster_logged(
+        &[
+            format!("talk=127.0.0.1:{talk}"),
+            format!("busy=127.0.0.1:{busy}"),
+        ],
+        &["--workers", "3", "--log-format", "json"],
+        Some(("info,handover_worker::call=debug", &log)),
+    );
+    wait_members(&c.grpc, 3);
+    wait_all_shards_served(&c.grpc, 3);
+    let edge: std::net::SocketAddr = format!("127.0.0.1:{}", c.sip).parse().unwrap();
+    let mut expected = BTreeMap::new();
+    for (scenario, user, n, cause, status) in [
+        ("uac_strict.xml", "talk", 20, "caller", 200),
+        ("uac_busy.xml", "busy", 10, "rejected", 486),
+    ] {
+        let (uac, stat) = sipp_uac_with(dir.path(), scenario, user, edge, 20, n, 200);
+        let pid = uac.0.id();
+        let r = finish_uac(uac, &stat);
+        assert_eq!(r.successful, u64::from(n), "{scenario}");
+        for i in 1..=n {
+            expected.insert(format!("{i}-{pid}@127.0.0.1"), (cause, status));
+        }
+    }
+    uas_talk.expect_calls(20);
+    uas_busy.expect_calls(10);
+    let mut seen: BTreeMap<String, Vec<serde_json::Value>> = BTreeMap::new();
+    assert!(
+        wait_for(std::time::Duration::from_secs(5), || {
+            seen.clear();
+            for l in std::fs::read_to_string(&log).unwrap().lines() {
+                // `up`'s own lines to its terminal are not JSON; every
+                // process's log line is.
+                if l.starts_with("handover up:") || !l.starts_with('{') {
+                    continue;
+                }
+                let v: serde_json::Value = serde_json::from_str(l).expect("a JSON log line");
+                if v["target"] == "handover_worker::call" {
+                    let id = v["fields"]["call_id"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string();
+                    seen.entry(id).or_default().push(v);
+                }
+            }
+            seen.len() >= expected.len()
+        }),
+        "a call-ended line for each of SIPp's {} calls: {} seen",
+        expected.len(),
+        seen.len()
+    );
+    assert_eq!(
+        seen.keys().collect::<BTreeSet<_>>(),
+        expected.keys().collect::<BTreeSet<_>>(),
+        "the call log names exactly SIPp's Call-IDs"
+    );
+    for (id, (cause, status)) in &expected {
+        let lines = &seen[id];
+        assert_eq!(lines.len(), 1, "one line for {id}: {lines:#?}");
+        let f = &lines[0]["fields"];
+        assert_eq!(f["message"], "call ended", "{f}");
+        assert_eq!(f["cause"], *cause, "{id}: {f}");
+        assert_eq!(f["status"], *status, "{id}: {f}");
+        assert!(
+            f["b_call_id"]
+                .as_str()
+                .is_some_and(|b| !b.is_empty() && b != id),
+            "leg B's own Call-ID: {f}"
+        );
+        if *status == 200 {
+            assert!(f["duration_ms"].as_u64().unwrap() >= 200, "{f}");
+        }
+    }
+}

@@ -771,6 +771,16 @@ pub(crate) struct Cluster {
 /// Starts `handover up` with these `--route`s and `extra` flags on free
 /// ports; returns once its edge is ready.
 pub(crate) fn cluster(routes: &[String], extra: &[&str]) -> Cluster {
+    cluster_logged(routes, extra, None)
+}
+
+/// [`cluster`] with `RUST_LOG` set to `log.0` and the cluster's log (its
+/// stderr, every process's) written to the file `log.1`.
+pub(crate) fn cluster_logged(
+    routes: &[String],
+    extra: &[&str],
+    log: Option<(&str, &Path)>,
+) -> Cluster {
     // Worker i listens on the first port + i: consecutive ports free for
     // UDP, kept from later picks (a single free one let a test's next
     // pick fall on worker 2's; ports checked for TCP only let worker 2
@@ -818,7 +828,7 @@ pub(crate) fn cluster(routes: &[String], extra: &[&str]) -> Cluster {
     {
         forget_creds(p..p.saturating_add(4));
     }
-    let up = spawn_up(&args, &admin);
+    let up = spawn_up(&args, &admin, log);
     Cluster {
         _up: up,
         sip,
@@ -978,14 +988,21 @@ pub(crate) fn wait_all_shards_served(grpc: &str, n: u16) {
 }
 
 /// Starts `handover up` with `args`; returns once its edge is ready.
-pub(crate) fn spawn_up(args: &[&str], edge_admin: &str) -> UpProc {
-    let child = Command::new(env!("CARGO_BIN_EXE_handover"))
-        .arg("up")
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("handover up starts");
+///
+/// With `log`: `RUST_LOG` and the log in a file (see [`cluster_logged`]).
+fn spawn_up(args: &[&str], edge_admin: &str, log: Option<(&str, &Path)>) -> UpProc {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_handover"));
+    cmd.arg("up").args(args).stdout(Stdio::null());
+    match log {
+        Some((filter, path)) => {
+            cmd.env("RUST_LOG", filter)
+                .stderr(std::fs::File::create(path).expect("the log file"));
+        }
+        None => {
+            cmd.stderr(Stdio::inherit());
+        }
+    }
+    let child = cmd.spawn().expect("handover up starts");
     let mut up = UpProc { child };
     let ready = wait_for(Duration::from_secs(10), || {
         let agent: ureq::Agent = ureq::Agent::config_builder()

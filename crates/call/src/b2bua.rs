@@ -426,8 +426,14 @@ pub struct B2bua<R> {
     /// back here (see [`B2bua::set_member`]).
     member: Option<u64>,
     replication: VecDeque<Replication>,
-    /// Call detail records are kept (`detail.rs`).
+    /// Each call's detail is kept and queued at its end (`detail.rs`):
+    /// for the records or for the call log.
+    details_on: bool,
+    /// Call detail records are written: the end's answer waits for the
+    /// end's commit (`HeldEnd`).
     records_on: bool,
+    /// Ended calls are queued for the shell's call log (`set_call_log`).
+    call_log: bool,
     /// Ended calls' records, for the shell.
     records: VecDeque<CallDetail>,
 
@@ -556,7 +562,9 @@ impl<R: RngCore> B2bua<R> {
             out: VecDeque::new(),
             latencies: VecDeque::new(),
             transfers: VecDeque::new(),
+            details_on: false,
             records_on: false,
+            call_log: false,
             records: VecDeque::new(),
 
             stats: Stats::default(),

@@ -234,6 +234,36 @@ pub fn registration_pb(r: &handover_call::registrar::Record) -> pb::Registration
     }
 }
 
+/// The target of the call log: one line per ended call, at DEBUG
+/// (`RUST_LOG=info,handover_worker::call=debug`), each with the call's
+/// Call-IDs as fields (`--log-format json` makes them JSON fields).
+pub const CALL_LOG: &str = "handover_worker::call";
+
+/// Whether the call log is on (read once at start, from the filter).
+pub fn call_log_on() -> bool {
+    tracing::enabled!(target: CALL_LOG, tracing::Level::DEBUG)
+}
+
+/// Logs an ended call (the call log): what its record says, on one line.
+pub fn log_ended(c: &CallDetail) {
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    tracing::debug!(
+        target: CALL_LOG,
+        call_id = %text(&c.a_call_id),
+        b_call_id = %text(&c.b_call_id),
+        from = %text(&c.from),
+        to = %text(&c.to),
+        target_uri = %text(&c.detail.target),
+        user = %c.detail.user.as_deref().map(text).unwrap_or_default(),
+        source = %c.source.map(|s| s.to_string()).unwrap_or_default(),
+        cause = c.cause.as_str(),
+        status = c.status,
+        duration_ms = c.duration_ms(),
+        transfers = c.detail.transfers.len(),
+        "call ended"
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

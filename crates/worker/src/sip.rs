@@ -354,6 +354,9 @@ pub fn run(args: Settings) -> anyhow::Result<()> {
             b2b.set_replication(true);
         }
         b2b.set_records(args.records.is_some());
+        // One DEBUG line per ended call, when the filter lets it through.
+        let call_log = crate::record::call_log_on();
+        b2b.set_call_log(call_log);
         // Without replication this worker writes its records itself (with
         // it, the replica writes those of the shards it serves).
         let own_records = match (&args.records, &replica) {
@@ -787,16 +790,26 @@ pub fn run(args: Settings) -> anyhow::Result<()> {
                     });
                 }
                 while let Some(rec) = b2b.poll_record() {
-                    cmds.push(crate::replica::Cmd::Ended(Box::new(
-                        crate::record::call_detail_pb(&rec),
-                    )));
+                    if call_log {
+                        crate::record::log_ended(&rec);
+                    }
+                    if args.records.is_some() {
+                        cmds.push(crate::replica::Cmd::Ended(Box::new(
+                            crate::record::call_detail_pb(&rec),
+                        )));
+                    }
                 }
                 if !cmds.is_empty() {
                     r.cmd.send_all(cmds);
                 }
-            } else if let Some(w) = &own_records {
+            } else {
                 while let Some(rec) = b2b.poll_record() {
-                    w.write(crate::record::call_detail_pb(&rec), false);
+                    if call_log {
+                        crate::record::log_ended(&rec);
+                    }
+                    if let Some(w) = &own_records {
+                        w.write(crate::record::call_detail_pb(&rec), false);
+                    }
                 }
             }
             while let Some((to, bytes)) = b2b.poll_transmit() {

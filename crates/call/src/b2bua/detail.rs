@@ -184,9 +184,18 @@ impl<R: RngCore> B2bua<R> {
     /// queued for [`Self::poll_record`].
     pub fn set_records(&mut self, on: bool) {
         self.records_on = on;
+        self.details_on = on || self.call_log;
     }
 
-    /// The next ended call's record.
+    /// Turns the call log on: every call that ends is queued for
+    /// [`Self::poll_record`] as with records, for the shell to log (the
+    /// end's answer is not held for it, as it is for records).
+    pub fn set_call_log(&mut self, on: bool) {
+        self.call_log = on;
+        self.details_on = on || self.records_on;
+    }
+
+    /// The next ended call's record (records or call log on).
     pub fn poll_record(&mut self) -> Option<CallDetail> {
         self.records.pop_front()
     }
@@ -203,7 +212,7 @@ impl<R: RngCore> B2bua<R> {
         target: &[u8],
         user: Option<Vec<u8>>,
     ) -> Detail {
-        if !self.records_on {
+        if !self.details_on {
             return Detail::default();
         }
         let id = self.ids.call_id().as_bytes().to_vec();
@@ -221,7 +230,7 @@ impl<R: RngCore> B2bua<R> {
     /// the call's record).
     pub(super) fn report_transfer(&mut self, now: Instant, cref: u64, ev: TransferEvent) {
         let at_ms = self.unix_ms(now);
-        let on = self.records_on;
+        let on = self.details_on;
         match self.calls.get_mut(&cref) {
             Some(c) => note_transfer(&mut self.transfers, &mut c.detail, on, at_ms, ev),
             None => self.transfers.push_back(ev),
@@ -267,7 +276,7 @@ impl<R: RngCore> B2bua<R> {
     /// Call `cref` is over (the caller of this set `over`): its record is
     /// queued, once.
     pub(super) fn record_end(&mut self, now: Instant, cref: u64, cause: EndCause, status: u16) {
-        if !self.records_on {
+        if !self.details_on {
             return;
         }
         let ended_ms = self.unix_ms(now);

@@ -105,7 +105,7 @@ impl<R: RngCore> B2bua<R> {
         detail::note_transfer(
             &mut self.transfers,
             &mut call.detail,
-            self.records_on,
+            self.details_on,
             self.registrar.wall_ms(now),
             TransferEvent {
                 attended,

@@ -374,7 +374,7 @@ impl<R: RngCore> B2bua<R> {
                             detail::note_transfer(
                                 &mut self.transfers,
                                 &mut call.detail,
-                                self.records_on,
+                                self.details_on,
                                 self.registrar.wall_ms(now),
                                 TransferEvent {
                                     attended: t.attended,
@@ -562,7 +562,7 @@ impl<R: RngCore> B2bua<R> {
                         detail::note_transfer(
                             &mut self.transfers,
                             &mut call.detail,
-                            self.records_on,
+                            self.details_on,
                             self.registrar.wall_ms(now),
                             TransferEvent {
                                 attended: t.attended,
