@@ -1,0 +1,350 @@
+//! One call's state: its legs' transactions (`Nit`, `Srv`, `Cli`), the
+//! requests relayed between the legs (`Relay`), a relayed transfer's
+//! subscription (`Transfer`), the answer held for the end's commit
+//! (`HeldEnd`), and the call's deadlines (`CallTimer`). The B2BUA
+//! (`b2bua.rs`) routes messages to calls; the files beside this one act
+//! on them.
+
+use super::*;
+
+/// Sends a BYE in dialog `d` (with `headers`, e.g. a Reason) through a
+/// new client transaction pushed on `nits`: every BYE the B2BUA
+/// originates goes out this way.
+pub(super) fn push_bye(
+    nits: &mut Vec<Nit>,
+    d: &mut Dialog,
+    now: Instant,
+    timers: TimerConfig,
+    via: &[u8],
+    headers: &[(&str, &[u8])],
+) {
+    let bye = d.request("BYE", None, via, None, headers, None);
+    if let Ok(b) = scan(&bye) {
+        nits.push(Nit::Client(
+            Key::server(&b),
+            ClientNonInvite::new(now, timers, bye),
+        ));
+    }
+}
+
+/// One non-INVITE transaction of a call.
+#[derive(Debug)]
+pub(super) enum Nit {
+    Client(Key, ClientNonInvite),
+    /// The transaction, and where its responses go (the request's top Via).
+    Server(Key, ServerNonInvite, Option<SocketAddr>),
+}
+
+/// The server side of a relayed in-dialog request.
+#[derive(Debug)]
+pub(super) enum Srv {
+    Invite(ServerInvite),
+    Other(ServerNonInvite),
+}
+
+/// The client side of a relayed in-dialog request.
+#[derive(Debug)]
+pub(super) enum Cli {
+    Invite(ClientInvite),
+    Other(ClientNonInvite),
+}
+
+/// An in-dialog request relayed from one leg to the other (re-INVITE,
+/// UPDATE, INFO, OPTIONS, MESSAGE): answered on its own leg with what the
+/// other leg answers.
+#[derive(Debug)]
+pub(super) struct Relay {
+    /// It came from A (and went to B).
+    pub(super) from_a: bool,
+    /// The request as received; a response to it copies from it.
+    pub(super) req: Vec<u8>,
+    /// Where its responses go: its top Via.
+    pub(super) back: Option<SocketAddr>,
+    pub(super) srv_key: Key,
+    pub(super) srv: Srv,
+    pub(super) cli_key: Key,
+    pub(super) cli: Cli,
+    /// The relayed request, for the ACK of its 2xx.
+    pub(super) out: Vec<u8>,
+    /// Our ACK of the other leg's 2xx (resent when the 2xx is).
+    pub(super) ack: Option<Vec<u8>>,
+    pub(super) relayed_final: bool,
+    /// Resent by a worker that adopted the call with it in flight
+    /// (`PendingRequest`): the far party may have answered it already, to
+    /// the dead worker, so its timing out (408) says nothing of the leg.
+    pub(super) resumed: bool,
+}
+
+impl Nit {
+    /// The transaction has terminated.
+    pub(super) fn ended(&self) -> bool {
+        match self {
+            Nit::Client(_, t) => t.state() == NonInviteState::Terminated,
+            Nit::Server(_, t, _) => t.state() == ServerNonInviteState::Terminated,
+        }
+    }
+}
+
+impl Relay {
+    /// Both its transactions have terminated.
+    pub(super) fn ended(&self) -> bool {
+        let cli = match &self.cli {
+            Cli::Invite(c) => c.state() == InviteState::Terminated,
+            Cli::Other(c) => c.state() == NonInviteState::Terminated,
+        };
+        let srv = match &self.srv {
+            Srv::Invite(s) => s.state() == ServerInviteState::Terminated,
+            Srv::Other(s) => s.state() == ServerNonInviteState::Terminated,
+        };
+        cli && srv
+    }
+
+    pub(super) fn timeouts(&self) -> impl Iterator<Item = Instant> + use<> {
+        let c = match &self.cli {
+            Cli::Invite(c) => c.poll_timeout(),
+            Cli::Other(c) => c.poll_timeout(),
+        };
+        let s = match &self.srv {
+            Srv::Invite(s) => s.poll_timeout(),
+            Srv::Other(s) => s.poll_timeout(),
+        };
+        [c, s].into_iter().flatten()
+    }
+}
+
+/// A REFER the B2BUA relayed (passthrough mode) and the subscription it
+/// created (RFC 3515 §2.4.4): NOTIFYs for it are relayed back until one
+/// says `terminated`, the REFER is refused, or the subscription expires.
+#[derive(Debug)]
+pub(super) struct Transfer {
+    pub(super) at: Instant,
+    pub(super) attended: bool,
+    /// The REFER came from A (so its NOTIFYs come from B).
+    pub(super) from_a: bool,
+    /// CSeq of the REFER as the transferor sent it, and of ours to the
+    /// transferee: a NOTIFY's `Event: refer;id=` names ours and is
+    /// translated back.
+    pub(super) cseq_in: u32,
+    pub(super) cseq_out: u32,
+    /// The subscription ends here unless a NOTIFY extends it.
+    pub(super) until: Instant,
+    pub(super) done: bool,
+}
+
+impl Transfer {
+    /// How long a REFER's subscription lasts before a NOTIFY says (RFC
+    /// 3515 leaves it to the notifier; phones say 60 s).
+    pub(super) const DEFAULT_EXPIRY: Duration = Duration::from_secs(60);
+
+    pub(super) fn pending(&self, now: Instant) -> bool {
+        !self.done && now < self.until
+    }
+}
+
+/// The `expires=` of a Subscription-State value.
+pub(super) fn sub_expires(v: &[u8]) -> Option<Duration> {
+    let i = v
+        .windows(8)
+        .position(|w| w.eq_ignore_ascii_case(b"expires="))?;
+    let d: Vec<u8> = v[i + 8..]
+        .iter()
+        .copied()
+        .take_while(u8::is_ascii_digit)
+        .collect();
+    if d.is_empty() {
+        return None;
+    }
+    // Clamped: a notifier may say any number; a day bounds how long a
+    // subscription's state is kept (RFC 6665 lets the subscriber shorten it).
+    let secs: u64 = core::str::from_utf8(&d).ok()?.parse().unwrap_or(u64::MAX);
+    Some(Duration::from_secs(secs.min(MAX_PEER_SECS)))
+}
+
+/// In-dialog transactions one call may hold at once (see `in_call_request`):
+/// four a second for their 32 s of retransmission absorption, far above
+/// what phones send (a DTMF digit per INFO, a refresh every few minutes).
+pub(super) const MAX_REQUESTS_IN_FLIGHT: usize = 128;
+
+/// The longest interval a peer's number of seconds is taken for (one day):
+/// the maximum call age ends calls long before in practice.
+pub(super) const MAX_PEER_SECS: u64 = 86_400;
+
+#[derive(Debug)]
+pub(super) struct Call {
+    pub(super) key: u64,
+    pub(super) a_call_id: Vec<u8>,
+    pub(super) a_invite: Vec<u8>,
+    /// Where answers to A go: the top Via of A's INVITE (the edge).
+    pub(super) a_target: Option<SocketAddr>,
+    pub(super) a_tag: Token,
+    pub(super) a_srv: ServerInvite,
+    pub(super) a_key: Key,
+    pub(super) a_dialog: Option<Dialog>,
+    /// Our 2xx to A, resent (T1 doubling to T2) until A's ACK (§13.3.1.4).
+    pub(super) a_ok: Option<(Vec<u8>, Instant, Duration, Instant)>,
+    /// B hung up before A acknowledged our 2xx: A's BYE waits for that
+    /// ACK, or for the 2xx's last resend (RFC 3261 §15: no BYE before
+    /// the ACK of the 2xx; a BYE that overtakes the 2xx is one A does
+    /// not know, and its call would stay up).
+    pub(super) a_bye_after_ack: bool,
+    /// The caller's identity we assert to trusted targets (digest user,
+    /// `Config::assert_identity`).
+    pub(super) asserted: Option<Vec<u8>>,
+    pub(super) b_call_id: Vec<u8>,
+    pub(super) b_invite: Vec<u8>,
+    pub(super) b_cli: ClientInvite,
+    pub(super) b_dialog: Option<Dialog>,
+    pub(super) b_ack: Option<Vec<u8>>,
+    pub(super) cancelled: bool,
+    pub(super) answered: bool,
+    /// When an answered call reaches the maximum call age.
+    pub(super) answered_at: Option<Instant>,
+    /// When the session expires unless refreshed (RFC 4028), if the
+    /// parties agreed on a session timer.
+    pub(super) session_expires: Option<Instant>,
+    /// When A's INVITE arrived.
+    pub(super) started_at: Instant,
+    /// The callee's first response has been relayed.
+    pub(super) heard: bool,
+    /// When the current target counts as not answering.
+    pub(super) ring_deadline: Option<Instant>,
+    /// The current target was cancelled for not answering: its 487 means
+    /// 408 (and failover) to us.
+    pub(super) no_answer: bool,
+    /// The last REFER relayed and its implicit subscription.
+    pub(super) transfer: Option<Transfer>,
+    /// REFERs on this call are carried out by the B2BUA (local mode).
+    pub(super) local_mode: bool,
+    /// The last transfer carried out by the B2BUA.
+    pub(super) local: Option<Local>,
+    /// Call-IDs of legs this call had before a transfer (still mapped to
+    /// it while their transactions end).
+    pub(super) old_ids: Vec<Vec<u8>>,
+    /// The route's targets, in the order to try them.
+    pub(super) targets: Vec<Target>,
+    /// B legs ringing beside the main one (a registered user's other
+    /// bindings, `fork.rs`).
+    pub(super) forks: Vec<fork::Fork>,
+    /// The best final answer of the legs that failed so far.
+    pub(super) best: Option<u16>,
+    /// A 6xx ended the search: no other leg takes over.
+    pub(super) forks_done: bool,
+    /// How many of them have been tried.
+    pub(super) tried: usize,
+    pub(super) over: bool,
+    pub(super) nits: Vec<Nit>,
+    pub(super) relays: Vec<Relay>,
+    /// Version and fingerprint of the state last queued for replication.
+    pub(super) replicated: Option<(u64, u64)>,
+    /// The 2xx for A, held until the call is committed (or the deadline).
+    pub(super) held_ok: Option<(u16, Vec<u8>, Instant)>,
+    /// The deadline this call has in the B2BUA's timer heap: entries of
+    /// other times are stale and skipped when popped, so a call touched by
+    /// many datagrams runs its timers once per deadline, not once per
+    /// datagram it ever received.
+    pub(super) scheduled: Option<Instant>,
+    /// Who started the call (the address the edge received A's INVITE
+    /// from), counted in `B2bua::per_source`.
+    pub(super) source: Option<IpAddr>,
+    /// What its record needs beyond its INVITE (`detail.rs`).
+    pub(super) detail: Detail,
+    /// The answer that tells a party the call ended, held until the end
+    /// is committed (`detail.rs`, [`HeldEnd`]).
+    pub(super) held_end: Option<HeldEnd>,
+    /// An ended call kept until then to answer its parties' last requests
+    /// ([`B2bua::ended_elsewhere`]).
+    pub(super) linger: Option<Instant>,
+}
+
+/// An answer held until the call's end is committed: a party that hears
+/// the call ended finds its record committed, and one whose worker died
+/// before the commit asks again (a BYE is retransmitted to the call's
+/// new owner) instead of leaving a call that the replicas still hold as
+/// live. Sent anyway at `until` (no quorum).
+#[derive(Debug)]
+pub(super) struct HeldEnd {
+    pub(super) what: HeldWhat,
+    pub(super) until: Instant,
+}
+
+#[derive(Debug)]
+pub(super) enum HeldWhat {
+    /// The 200 to a BYE (its server transaction is in `nits` by `key`).
+    ByeOk { key: Key, ok: Vec<u8> },
+    /// The final (error) response to A's INVITE.
+    Final { status: u16, response: Vec<u8> },
+}
+
+/// A deadline of the call itself (its transactions keep their own): what
+/// `run_timers` does when it passes, and the one list `next_timeout` and
+/// `run_timers` both read (`Call::timers`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum CallTimer {
+    /// The 2xx held for the call's commit goes without it.
+    HeldOk,
+    /// The maximum call age: both legs are hung up.
+    MaxAge,
+    /// The session timer ran out unrefreshed (RFC 4028): both legs are hung up.
+    SessionExpires,
+    /// A relayed REFER's subscription ends.
+    Subscription,
+    /// The callee rang too long: it is cancelled (and the route's next
+    /// target tried).
+    Ring,
+    /// Our 2xx to A is resent (no ACK yet), or given up.
+    ResendOk,
+    /// The answer held for the end's commit goes without it.
+    HeldEnd,
+    /// An ended call stops lingering.
+    Linger,
+}
+
+impl Call {
+    /// The call's own armed deadlines, in the order `run_timers` handles
+    /// them when several are due.
+    pub(super) fn timers(&self) -> impl Iterator<Item = (CallTimer, Instant)> + use<> {
+        let live = !self.over;
+        [
+            (CallTimer::HeldOk, self.held_ok.as_ref().map(|o| o.2)),
+            (CallTimer::MaxAge, self.answered_at.filter(|_| live)),
+            (
+                CallTimer::SessionExpires,
+                self.session_expires.filter(|_| live),
+            ),
+            (
+                CallTimer::Subscription,
+                self.transfer.as_ref().filter(|t| !t.done).map(|t| t.until),
+            ),
+            (
+                CallTimer::Ring,
+                self.ring_deadline
+                    .filter(|_| live && !self.answered && !self.cancelled),
+            ),
+            (
+                CallTimer::ResendOk,
+                self.a_ok.as_ref().map(|o| o.1.min(o.3)),
+            ),
+            (CallTimer::HeldEnd, self.held_end.as_ref().map(|h| h.until)),
+            (CallTimer::Linger, self.linger),
+        ]
+        .into_iter()
+        .filter_map(|(t, at)| Some((t, at?)))
+    }
+
+    /// The earliest deadline of the call or any of its transactions.
+    pub(super) fn next_timeout(&self) -> Option<Instant> {
+        let nits = self.nits.iter().filter_map(|n| match n {
+            Nit::Client(_, t) => t.poll_timeout(),
+            Nit::Server(_, t, _) => t.poll_timeout(),
+        });
+        [self.a_srv.poll_timeout(), self.b_cli.poll_timeout()]
+            .into_iter()
+            .flatten()
+            .chain(self.forks.iter().filter_map(|f| f.cli.poll_timeout()))
+            .chain(self.timers().map(|(_, at)| at))
+            .chain(nits)
+            .chain(self.relays.iter().flat_map(Relay::timeouts))
+            .chain(self.local.iter().flat_map(Local::timeouts))
+            .min()
+    }
+}
