@@ -45,6 +45,8 @@ pub use api::*;
 use transport::{send_out, sender};
 
 mod api;
+mod settings;
+mod status;
 mod transport;
 
 /// Opens the log, binds the gRPC port and starts the replica's thread.
@@ -629,53 +631,6 @@ impl Replica {
         }
     }
 
-    /// Tells the SIP loop the table's settings when they changed (a reload
-    /// applied, or at start the latest in the log), and who asked for
-    /// them their generation; true when they changed.
-    fn tell_settings(&mut self) -> bool {
-        let Some(s) = self.node.table().settings() else {
-            return false;
-        };
-        if s.generation == self.generation {
-            return false;
-        }
-        self.generation = s.generation;
-        if let Some(i) = self.reloads.iter().position(|(t, _)| *t == s.token) {
-            let (_, reply) = self.reloads.remove(i);
-            let _ = reply.send(s.generation);
-        }
-        let _ = self.notes.send(Note::Settings(Box::new(s.clone())));
-        true
-    }
-
-    /// Once caught up at start: when the log holds reloaded settings and
-    /// this worker's file says otherwise, the file was changed since (a
-    /// new ConfigMap rolled out, the file edited and the worker
-    /// restarted), and it is proposed as the next generation, so the file
-    /// last read wins on every worker alike. Without a reload in the log
-    /// each worker routes by its own file, as started.
-    fn check_file(&mut self) {
-        let (Some(reload), Some(cur)) = (&self.reload, self.node.table().settings()) else {
-            return;
-        };
-        match reload.read(self.node.id()) {
-            Ok(mine)
-                if (&mine.routes, &mine.trusted, &mine.identity_headers)
-                    != (&cur.routes, &cur.trusted, &cur.identity_headers) =>
-            {
-                tracing::info!(
-                    generation = cur.generation,
-                    "this worker's configuration file differs from the cluster's settings: proposed as the next generation"
-                );
-                self.node.propose_settings(mine);
-            }
-            Ok(_) => {}
-            Err(e) => {
-                tracing::warn!(error = %e, "this worker's configuration file does not check; it routes by the cluster's settings")
-            }
-        }
-    }
-
     /// Queues a command; true when a caller waits on its commit.
     fn command(&mut self, c: Cmd, at: tokio::time::Instant, proposals: &metrics::Counter) -> bool {
         proposals.increment(1);
@@ -734,122 +689,6 @@ impl Replica {
             }
         }
         urgent
-    }
-
-    /// The calls `req` asks for, from the applied table. Decodes each
-    /// matching record (a user filter decodes every one): an admin's
-    /// question, on this thread for the time it takes (microseconds per
-    /// call).
-    fn calls(&self, req: &pb::CallsRequest) -> pb::CallList {
-        let t = self.node.table();
-        let limit = match req.limit {
-            0 => 1_000,
-            n => n as usize,
-        };
-        let now = unix_ms(std::time::SystemTime::now());
-        let min_age_ms = req.min_age_s.saturating_mul(1_000);
-        let mut list = pb::CallList {
-            id: self.node.id(),
-            applied: self.node.status().applied,
-            ..Default::default()
-        };
-        for c in t.calls() {
-            let owner = t.owner_of_key(c.key);
-            if (req.owner != 0 && owner != req.owner)
-                || (min_age_ms > 0
-                    && (c.answered_unix_ms == 0
-                        || now.saturating_sub(c.answered_unix_ms) < min_age_ms))
-            {
-                continue;
-            }
-            let s = crate::record::summary(c, owner);
-            if !req.user.is_empty() && !s.from.contains(&req.user) && !s.to.contains(&req.user) {
-                continue;
-            }
-            if list.calls.len() < limit {
-                list.calls.push(s);
-            } else {
-                list.more += 1;
-            }
-        }
-        list
-    }
-
-    /// The status and map the services show, gauges (serving changes
-    /// come as the node's events, see `run`).
-    fn refresh(&mut self, shared: &watch::Sender<Shared>) {
-        let wall = std::time::SystemTime::now();
-        let s = self.node.status();
-        let t = self.node.table();
-        let mut per: HashMap<u64, u64> = HashMap::new();
-        for c in t.calls() {
-            *per.entry(t.owner_of_key(c.key)).or_default() += 1;
-        }
-        // Walks every AOR: this runs once a tick (100 ms) or on a map
-        // change, not per request.
-        let (mut aors, mut bindings) = (0u64, 0u64);
-        let mut bindings_per: HashMap<u64, u64> = HashMap::new();
-        for (key, r) in t.locations().read().iter() {
-            aors += 1;
-            bindings += r.bindings.len() as u64;
-            *bindings_per.entry(t.owner_of_key(key)).or_default() += r.bindings.len() as u64;
-        }
-        let status = pb::ClusterStatus {
-            id: s.id,
-            leader: s.leader,
-            term: s.term,
-            commit: s.commit,
-            applied: s.applied,
-            epoch: s.epoch,
-            calls: s.calls as u64,
-            owned_shards: s.owned_shards as u64,
-            serving_shards: s.serving_shards as u64,
-            members_up: t.members_up().collect(),
-            calls_per_worker: per,
-            aors,
-            bindings,
-            bindings_per_worker: bindings_per,
-            serving_map: serving_map(&self.served),
-            serving_since_unix_ms: unix_ms(self.served_since),
-            at_unix_ms: unix_ms(wall),
-            lease_until_unix_ms: {
-                // The SIP loop's deadline (stored just before this), as
-                // wall-clock time.
-                let at = self.epoch
-                    + Duration::from_nanos(self.lease.load(std::sync::atomic::Ordering::Relaxed));
-                unix_ms(wall + at.saturating_duration_since(tokio::time::Instant::now()))
-            },
-            config_generation: t.settings().map_or(0, |c| c.generation),
-        };
-        metrics::gauge!(RAFT_TERM).set(s.term as f64);
-        metrics::gauge!(RAFT_LEADER).set(s.leader as f64);
-        metrics::gauge!(RAFT_IS_LEADER).set(f64::from(u8::from(s.leader == s.id)));
-        metrics::gauge!(RAFT_COMMIT).set(s.commit as f64);
-        metrics::gauge!(RAFT_APPLY_LAG).set(s.commit.saturating_sub(s.applied) as f64);
-        metrics::gauge!(MAP_EPOCH).set(s.epoch as f64);
-        metrics::gauge!(SHARDS_SERVED).set(s.serving_shards as f64);
-        metrics::gauge!(REPLICATED_CALLS).set(s.calls as f64);
-        metrics::counter!(RAFT_REFUSED).absolute(self.node.refused());
-        metrics::counter!(RAFT_COALESCED).absolute(self.node.coalesced());
-        let ready = s.epoch > 0 && s.leader != 0 && self.node.caught_up() && !self.draining;
-        self.ready
-            .send_if_modified(|r| std::mem::replace(r, ready) != ready);
-        // Status readers take the latest when they ask; map watchers
-        // (edges) are woken only by a new epoch, not by every tick.
-        shared.send_if_modified(|sh| {
-            sh.status = status;
-            if sh.map.map.as_ref().map(|m| m.epoch) == Some(t.epoch()) {
-                return false;
-            }
-            sh.map = pb::MapView {
-                map: Some(cpb::ShardMap {
-                    epoch: t.epoch(),
-                    owners: t.owners().to_vec(),
-                }),
-                sip: self.peers.iter().map(|p| (p.id, p.sip.clone())).collect(),
-            };
-            true
-        });
     }
 }
 
