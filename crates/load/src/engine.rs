@@ -26,6 +26,7 @@ use rand_core::RngCore;
 use crate::Scenario;
 
 mod events;
+mod leg;
 mod peer;
 mod refer;
 #[cfg(test)]
@@ -35,122 +36,7 @@ mod timers;
 /// Why a call failed, or that it is still running.
 type Outcome = Option<Result<(), String>>;
 
-#[derive(Debug)]
-struct Rec {
-    scenario: Scenario,
-    started: Instant,
-    established: bool,
-    outcome: Outcome,
-    /// The transferor heard a 2xx sipfrag.
-    transfer_ok: bool,
-    /// The leg whose BYE ends the call (A's, or A's call to C).
-    last_leg: usize,
-    /// B's leg (the transferor's, with A).
-    b_leg: Option<usize>,
-    /// B's own call to C (attended).
-    b2_leg: Option<usize>,
-    /// Every leg of this call (checked for retirement when it ends).
-    legs: Vec<usize>,
-}
-
-/// What a leg of ours is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    /// A, calling.
-    A,
-    /// A calling the transfer target.
-    A2,
-    /// B calling C (attended transfer).
-    B2,
-    /// Answering a call for this user (`b`, `xb`, `ab`, `c`).
-    Callee(Callee),
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Callee {
-    B,
-    XferB,
-    AttB,
-    C,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Wake {
-    Bye,
-    Hold,
-    Resume,
-    Refer,
-    CallC,
-}
-
-/// A 2xx we resend (T1 doubling to T2) until its ACK.
-#[derive(Debug)]
-struct Resend {
-    bytes: Vec<u8>,
-    next: Instant,
-    interval: Duration,
-    give_up: Instant,
-}
-
-#[derive(Debug)]
-enum Nit {
-    Client(Key, ClientNonInvite, &'static str),
-    Server(Key, ServerNonInvite),
-}
-
-#[derive(Debug)]
-struct Leg {
-    rec: usize,
-    kind: Kind,
-    call_id: Vec<u8>,
-    /// Our tag: with the Call-ID, what finds this leg (one process plays
-    /// both ends of a dialog when it calls itself).
-    local_tag: Vec<u8>,
-    /// A callee's: the caller's tag, which finds it before it has ours.
-    remote_tag: Option<Vec<u8>>,
-    dialog: Option<Dialog>,
-    /// Our INVITE or re-INVITE: request, key, transaction, what it was for.
-    cli: Option<(Vec<u8>, Key, ClientInvite, Wake)>,
-    ack: Option<Vec<u8>>,
-    srv: Option<(Key, ServerInvite)>,
-    ok: Option<Resend>,
-    nits: Vec<Nit>,
-    wake: Option<(Instant, Wake)>,
-    /// C: the leg (of ours) this call replaces, hung up after the ACK;
-    /// A2: A's leg with the transferor, to NOTIFY.
-    replaces: Option<usize>,
-    /// Our first 2xx was ACKed (later ACKs are of re-INVITEs).
-    acked: bool,
-    over: bool,
-    /// The dialog ended as the role expects: our BYE was answered 2xx, or
-    /// the peer's BYE came where the scenario has the peer hang up. A
-    /// call succeeds only once every leg of it with a dialog has this.
-    ended_ok: bool,
-    /// This leg sent a REFER (the transferor's): only it takes NOTIFYs.
-    referred: bool,
-    /// A status other than 2xx that answered our BYE (the call fails with
-    /// it unless the peer's own BYE ends the dialog meanwhile).
-    bye_refused: Option<u16>,
-}
-
-impl Leg {
-    fn next_timeout(&self) -> Option<Instant> {
-        let nits = self.nits.iter().filter_map(|n| match n {
-            Nit::Client(_, t, _) => t.poll_timeout(),
-            Nit::Server(_, t) => t.poll_timeout(),
-        });
-        [
-            self.cli.as_ref().and_then(|c| c.2.poll_timeout()),
-            self.srv.as_ref().and_then(|s| s.1.poll_timeout()),
-            self.ok.as_ref().map(|o| o.next),
-            self.wake.map(|w| w.0),
-        ]
-        .into_iter()
-        .flatten()
-        .chain(nits)
-        .min()
-    }
-}
+use leg::*;
 
 /// Settings of an engine.
 #[derive(Debug, Clone)]
