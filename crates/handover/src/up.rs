@@ -597,6 +597,54 @@ pub(crate) fn run(mut a: UpArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Waits (at most 30 s) until every worker of a replicated `up` reports
+/// all of them in the map and the shards served between them sum to all
+/// of them, as `handover status` reads it; then a moment for the edge's
+/// map watch. False when that did not happen in time.
+fn wait_formed(a: &UpArgs) -> anyhow::Result<bool> {
+    use handover_worker::rpc::pb;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let n = usize::from(a.workers);
+    let grpc: Vec<SocketAddr> = (0..a.workers)
+        .filter_map(|i| {
+            let port = a.worker_grpc.port().checked_add(i)?;
+            Some(SocketAddr::new(a.worker_grpc.ip(), port))
+        })
+        .collect();
+    let formed = rt.block_on(async {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+        while tokio::time::Instant::now() < deadline {
+            let mut served = 0u64;
+            let mut all_in = true;
+            for g in &grpc {
+                let s = async {
+                    let mut c = pb::admin_client::AdminClient::new(
+                        crate::status::admin_channel(*g, None).await?,
+                    );
+                    anyhow::Ok(c.status(pb::StatusRequest {}).await?.into_inner())
+                }
+                .await;
+                match s {
+                    Ok(s) => {
+                        served += s.serving_shards;
+                        all_in &= s.members_up.len() == n;
+                    }
+                    Err(_) => all_in = false,
+                }
+            }
+            if all_in && served == handover_sip::ids::SHARDS as u64 {
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                return true;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+        false
+    });
+    Ok(formed)
+}
+
 /// The demo: waits for the cluster, plays calls and transfers against it,
 /// prints the summary and where to look next.
 fn demo(a: &UpArgs, kids: &mut Kids) -> anyhow::Result<()> {
@@ -609,6 +657,13 @@ fn demo(a: &UpArgs, kids: &mut Kids) -> anyhow::Result<()> {
                 "a cluster process exited ({s}) before the demo could start; see its error above"
             );
         }
+    }
+    // A replicated cluster serves calls once its workers have formed it:
+    // a leader, every worker in the map, every shard served. Calls sent
+    // before that meet shards nobody serves yet (the edge answers 503; seen
+    // on a busy machine, where forming took longer than the pause above).
+    if a.workers >= 2 && !a.no_replication && !wait_formed(a)? {
+        eprintln!("handover up: the cluster did not serve every shard within 30 s; the demo starts anyway");
     }
     let args = crate::load::LoadArgs {
         target: a.listen,
