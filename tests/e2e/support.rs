@@ -50,6 +50,15 @@ impl Drop for Proc {
 /// process binding it (seen: `up`'s own gRPC clients took its edge's SIP
 /// port), and never the same one twice in this process.
 fn next_port() -> u16 {
+    next_ports(1)
+}
+
+/// The first of `n` consecutive ports taken at once (see [`next_port`]):
+/// one atomic step, so a test on another thread cannot be handed one of
+/// them between the first and the rest (seen: a CLI test's worker took
+/// the browser test's worker 2 port). A block that would run past 32000
+/// is skipped whole.
+fn next_ports(n: u16) -> u16 {
     use std::sync::atomic::{AtomicU32, Ordering};
     static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
     let seed = (std::process::id()
@@ -58,23 +67,21 @@ fn next_port() -> u16 {
             .map_or(0, |d| d.subsec_nanos()))
         % 12_000;
     let _ = NEXT.compare_exchange(u32::MAX, seed, Ordering::Relaxed, Ordering::Relaxed);
-    let i = NEXT.fetch_add(1, Ordering::Relaxed);
-    20_000 + u16::try_from(i % 12_000).unwrap_or(0)
+    loop {
+        let i = NEXT.fetch_add(u32::from(n), Ordering::Relaxed) % 12_000;
+        if i + u32::from(n) <= 12_000 {
+            return 20_000 + u16::try_from(i).unwrap_or(0);
+        }
+    }
 }
 
 /// The first of `n` consecutive TCP ports on 127.0.0.1 that were free a
 /// moment ago.
 pub(crate) fn free_tcp_ports(n: u16) -> u16 {
     for _ in 0..12_000 {
-        let base = next_port();
-        if base > 32_000 - n {
-            continue;
-        }
+        // The whole block is taken: no later pick overlaps it.
+        let base = next_ports(n);
         if (0..n).all(|k| std::net::TcpListener::bind(("127.0.0.1", base + k)).is_ok()) {
-            // Their successors are taken too: no later pick overlaps them.
-            for _ in 1..n {
-                next_port();
-            }
             return base;
         }
     }
@@ -85,15 +92,9 @@ pub(crate) fn free_tcp_ports(n: u16) -> u16 {
 /// moment ago (worker i of a cluster listens on the first + i).
 pub(crate) fn free_udp_ports(n: u16) -> u16 {
     for _ in 0..12_000 {
-        let base = next_port();
-        if base > 32_000 - n {
-            continue;
-        }
+        // The whole block is taken: no later pick overlaps it.
+        let base = next_ports(n);
         if (0..n).all(|k| UdpSocket::bind(("127.0.0.1", base + k)).is_ok()) {
-            // Their successors are taken too: no later pick overlaps them.
-            for _ in 1..n {
-                next_port();
-            }
             return base;
         }
     }

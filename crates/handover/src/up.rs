@@ -663,7 +663,9 @@ fn demo(a: &UpArgs, kids: &mut Kids) -> anyhow::Result<()> {
     // before that meet shards nobody serves yet (the edge answers 503; seen
     // on a busy machine, where forming took longer than the pause above).
     if a.workers >= 2 && !a.no_replication && !wait_formed(a)? {
-        eprintln!("handover up: the cluster did not serve every shard within 30 s; the demo starts anyway");
+        eprintln!(
+            "handover up: the cluster did not serve every shard within 30 s; the demo starts anyway"
+        );
     }
     let args = crate::load::LoadArgs {
         target: a.listen,
