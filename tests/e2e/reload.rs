@@ -20,6 +20,30 @@ fn generations(admin: &str) -> Vec<f64> {
         .collect()
 }
 
+/// Waits (5 s at most) until all three workers apply generation `g`.
+fn wait_generation(admin: &str, g: f64) {
+    assert!(
+        wait_for(std::time::Duration::from_secs(5), || generations(admin)
+            == [g; 3]),
+        "every worker applies generation {g}: {:?}",
+        generations(admin)
+    );
+}
+
+/// `n` SIPp calls (strict caller, user `b`) through `edge`, each of which
+/// must succeed; the calls each worker started meanwhile.
+fn calls(dir: &std::path::Path, edge: std::net::SocketAddr, admin: &str, n: u32) -> Vec<f64> {
+    let before = started(admin);
+    let (uac, stat) = sipp_uac_with(dir, "uac_strict.xml", "b", edge, 30, n, 0);
+    let r = finish_uac(uac, &stat);
+    assert_eq!((r.successful, r.failed), (u64::from(n), 0));
+    started(admin)
+        .iter()
+        .zip(&before)
+        .map(|(x, y)| x - y)
+        .collect()
+}
+
 /// Calls each worker started so far.
 fn started(admin: &str) -> Vec<f64> {
     let (host, port) = admin.rsplit_once(':').unwrap();
@@ -65,19 +89,8 @@ fn a_reload_moves_new_calls_on_every_worker_and_a_broken_file_changes_nothing() 
         "{}",
         stdout(&o)
     );
-    assert!(
-        wait_for(std::time::Duration::from_secs(5), || generations(
-            &c.worker_admin
-        ) == [1.0; 3]),
-        "every worker applies generation 1: {:?}",
-        generations(&c.worker_admin)
-    );
-    let before = started(&c.worker_admin);
-    let (uac, stat) = sipp_uac_with(dir.path(), "uac_strict.xml", "b", edge, 30, 60, 0);
-    let r = finish_uac(uac, &stat);
-    assert_eq!((r.successful, r.failed), (60, 0));
-    let after = started(&c.worker_admin);
-    let per: Vec<f64> = after.iter().zip(&before).map(|(x, y)| x - y).collect();
+    wait_generation(&c.worker_admin, 1.0);
+    let per = calls(dir.path(), edge, &c.worker_admin, 60);
     assert!(
         per.iter().all(|&n| n > 0.0) && per.iter().sum::<f64>() == 60.0,
         "the new calls went through every worker: {per:?}"
@@ -116,25 +129,15 @@ fn a_reload_moves_new_calls_on_every_worker_and_a_broken_file_changes_nothing() 
         "worker 2 refused the file it was signalled to read"
     );
     assert_eq!(generations(&c.worker_admin), [1.0; 3]);
-    let (uac, stat) = sipp_uac_with(dir.path(), "uac_strict.xml", "b", edge, 30, 20, 0);
-    let r = finish_uac(uac, &stat);
-    assert_eq!((r.successful, r.failed), (20, 0));
+    calls(dir.path(), edge, &c.worker_admin, 20);
 
     // Fixed, and a SIGHUP to worker 3: every worker routes to A again.
     std::fs::write(&file, routes_to(a)).unwrap();
     signal(worker_pid(c.worker + 2), "HUP");
-    assert!(
-        wait_for(std::time::Duration::from_secs(5), || generations(
-            &c.worker_admin
-        ) == [2.0; 3]),
-        "every worker applies generation 2: {:?}",
-        generations(&c.worker_admin)
-    );
+    wait_generation(&c.worker_admin, 2.0);
     let status = stdout(&handover(&["status", "--grpc", &c.grpc]));
     assert!(status.contains("generation 2"), "{status}");
-    let (uac, stat) = sipp_uac_with(dir.path(), "uac_strict.xml", "b", edge, 30, 30, 0);
-    let r = finish_uac(uac, &stat);
-    assert_eq!((r.successful, r.failed), (30, 0));
+    calls(dir.path(), edge, &c.worker_admin, 30);
 
     // Worker 3 stopped (SIGTERM: it drains) and started again as it was,
     // its file now naming B (a changed ConfigMap rolled out): it finds the
@@ -176,21 +179,11 @@ fn a_reload_moves_new_calls_on_every_worker_and_a_broken_file_changes_nothing() 
         "the restarted worker 3 serves shards again"
     );
     wait_all_shards_served(&c.grpc, 3);
+    wait_generation(&c.worker_admin, 3.0);
+    let per = calls(dir.path(), edge, &c.worker_admin, 60);
     assert!(
-        wait_for(std::time::Duration::from_secs(5), || generations(
-            &c.worker_admin
-        ) == [3.0; 3]),
-        "every worker applies the restarted worker's file as generation 3: {:?}",
-        generations(&c.worker_admin)
-    );
-    let before = started(&c.worker_admin);
-    let (uac, stat) = sipp_uac_with(dir.path(), "uac_strict.xml", "b", edge, 30, 60, 0);
-    let r = finish_uac(uac, &stat);
-    assert_eq!((r.successful, r.failed), (60, 0));
-    let after = started(&c.worker_admin);
-    assert!(
-        after[2] > before[2],
-        "the restarted worker carried some of the calls: {before:?} -> {after:?}"
+        per[2] > 0.0,
+        "the restarted worker carried some of the calls: {per:?}"
     );
 
     // A saw the 15 held calls and the 30 after the SIGHUP; B the 60 after
