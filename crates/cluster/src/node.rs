@@ -48,6 +48,7 @@ use crate::table::{Change, Table};
 
 mod admit;
 mod apply;
+mod membership;
 mod types;
 
 pub use types::{Config, Error, Event, Status};
@@ -131,6 +132,15 @@ pub struct Node {
     /// shards it names are written, so their new owner does not write
     /// them again: the latest epoch asked for.
     release_asked: Option<u64>,
+    /// As leader: when it last proposed a configuration change (see
+    /// `membership`).
+    conf_proposed: Option<u64>,
+    /// Take a snapshot after this Ready even if the log is small (a
+    /// learner was added: it must get the configuration from a snapshot).
+    snapshot_now: bool,
+    /// This replica was a voter or learner at some point: its removal is
+    /// then news ([`Node::removed`]).
+    was_member: bool,
 }
 
 impl std::fmt::Debug for Node {
@@ -205,12 +215,21 @@ impl Node {
             coalesced: 0,
             writing: HashMap::new(),
             release_asked: None,
+            conf_proposed: None,
+            snapshot_now: false,
+            was_member: false,
             cfg,
         };
         node.reseed();
+        node.was_member = node.in_conf(node.cfg.id);
         // Proposal numbers start at random, so a restarted worker's new
         // batches are never mistaken for its previous life's.
         node.next_seq = node.rng.next() >> 2;
+        // Renewals too: replaying its previous life's `Renew` with a
+        // number this life also used gave a restarted worker a lease from
+        // a renewal it never made, while it still held the old map
+        // (found by the simulation with joins: two servers of a shard).
+        node.renew_seq = node.rng.next() >> 2;
         Ok(node)
     }
 
@@ -300,6 +319,8 @@ impl Node {
             owned_shards: owned,
             serving_shards: (0..self.table.shards()).filter(|&s| self.serves(s)).count(),
             lease_live: self.now < self.lease_until,
+            voters: self.voters(),
+            learners: self.learners(),
         }
     }
 
@@ -540,16 +561,20 @@ impl Node {
             .queued
             .iter()
             .any(|c| matches!(c.command, Some(pb::command::Command::Up(_))));
+        // Only voters take shards: a learner catches up first.
         if !self.draining
             && !joining
             && self.raw.raft.leader_id != 0
             && self.caught_up()
             && !self.table.is_up(self.cfg.id)
+            && self.is_voter()
+            && !self.table.is_leaving(self.cfg.id)
         {
             self.queue(pb::command::Command::Up(pb::MemberUp { node: self.cfg.id }));
         }
         if self.is_leader() {
             self.detect_failures();
+            self.membership();
         }
         let stale: Vec<u64> = self
             .inflight
@@ -730,7 +755,12 @@ impl Node {
 
     fn compact(&mut self) {
         let store = self.raw.store();
-        if store.len() < self.cfg.compact_after && store.bytes() < self.cfg.compact_after_bytes {
+        let forced =
+            std::mem::take(&mut self.snapshot_now) && store.snapshot_index() < self.applied;
+        if !forced
+            && store.len() < self.cfg.compact_after
+            && store.bytes() < self.cfg.compact_after_bytes
+        {
             return;
         }
         let data = self.table.encode();

@@ -14,6 +14,9 @@ use raft::{GetEntriesContext, RaftState, Storage, StorageError};
 #[derive(Debug, Clone)]
 pub struct Store {
     hard: HardState,
+    /// The configuration at the applied index (what the next snapshot
+    /// holds); a restart starts from the snapshot's and applies the
+    /// changes after it again.
     conf: ConfState,
     /// Metadata (index, term, conf state) and data of the latest snapshot.
     snap: Snapshot,
@@ -39,7 +42,8 @@ pub(crate) struct Dirty {
 }
 
 impl Store {
-    /// A fresh log for a group whose voters are `voters`.
+    /// A fresh log for a group whose voters are `voters` (none: a worker
+    /// that joins a running cluster waits for its leader).
     pub fn new(voters: &[u64]) -> Self {
         let conf = ConfState {
             voters: voters.to_vec(),
@@ -103,6 +107,11 @@ impl Store {
 
     fn touch_entries(&mut self, from: u64) {
         self.dirty.entries_from = Some(self.dirty.entries_from.map_or(from, |f| f.min(from)));
+    }
+
+    /// A configuration change was applied: the next snapshot holds it.
+    pub(crate) fn set_conf(&mut self, conf: ConfState) {
+        self.conf = conf;
     }
 
     pub fn hard_state(&self) -> &HardState {
@@ -218,7 +227,12 @@ impl Store {
 
 impl Storage for Store {
     fn initial_state(&self) -> raft::Result<RaftState> {
-        Ok(RaftState::new(self.hard.clone(), self.conf.clone()))
+        // The snapshot's: raft-rs applies the entries after it again,
+        // configuration changes included.
+        Ok(RaftState::new(
+            self.hard.clone(),
+            self.snap.get_metadata().get_conf_state().clone(),
+        ))
     }
 
     fn entries(

@@ -73,6 +73,9 @@ pub enum Change {
     /// Reloaded settings were applied as `generation` (see
     /// [`Table::settings`]).
     Settings { generation: u64 },
+    /// A worker asked to join (see [`Table::joined`]) or to leave (see
+    /// [`Table::leaving`]).
+    Membership { node: u64 },
     /// An AOR's bindings were written (`stored`), or the write was refused
     /// (its proposer did not own the shard, or the version was old).
     Bound {
@@ -142,6 +145,12 @@ pub struct Table {
     written: Tombs,
     /// The latest reloaded settings (none: never reloaded).
     settings: Option<pb::Settings>,
+    /// Members that joined at run time, by id, until removed from Raft.
+    joined: BTreeMap<u64, pb::MemberJoin>,
+    /// Members asked to leave, not yet removed from Raft.
+    leaving: BTreeSet<u64>,
+    /// Per member that joined and was removed: its incarnation then.
+    removed: BTreeMap<u64, u64>,
 }
 
 /// A deep copy: the clone's locations are its own.
@@ -161,6 +170,9 @@ impl Clone for Table {
             records: self.records.clone(),
             written: self.written.clone(),
             settings: self.settings.clone(),
+            joined: self.joined.clone(),
+            leaving: self.leaving.clone(),
+            removed: self.removed.clone(),
         }
     }
 }
@@ -178,6 +190,9 @@ impl PartialEq for Table {
             && self.records == o.records
             && self.written == o.written
             && self.settings == o.settings
+            && self.joined == o.joined
+            && self.leaving == o.leaving
+            && self.removed == o.removed
             && *self.registrations.read() == *o.registrations.read()
     }
 }
@@ -236,6 +251,9 @@ impl Table {
             records: BTreeMap::new(),
             written: Tombs::default(),
             settings: None,
+            joined: BTreeMap::new(),
+            leaving: BTreeSet::new(),
+            removed: BTreeMap::new(),
         }
     }
 
@@ -314,6 +332,8 @@ impl Table {
         match cmd {
             C::Upsert(u) => Some(self.upsert(u)),
             C::Remove(r) => Some(self.remove(r)),
+            // A member asked to leave takes no shards again.
+            C::Up(m) if self.leaving.contains(&m.node) => None,
             C::Up(m) => self.member_up(m.node),
             C::Down(m) => self.member_down(m.node, m.lease_over && !m.drained),
             C::Renew(r) => Some(Change::Renewed {
@@ -363,6 +383,23 @@ impl Table {
                 }
                 Some(Change::RecordsWritten { ids })
             }
+            C::Join(j) => {
+                // A late copy of a join whose worker was removed since.
+                if j.node == 0 || self.removed.get(&j.node) == Some(&j.incarnation) {
+                    return None;
+                }
+                let node = j.node;
+                self.leaving.remove(&node);
+                self.joined.insert(node, j);
+                Some(Change::Membership { node })
+            }
+            C::Leave(l) => {
+                if l.node == 0 {
+                    return None;
+                }
+                self.leaving.insert(l.node);
+                Some(Change::Membership { node: l.node })
+            }
             C::Settings(mut n) => {
                 // A re-proposed copy of the latest is applied once.
                 let last = self.settings.as_ref();
@@ -375,6 +412,30 @@ impl Table {
                 Some(Change::Settings { generation })
             }
         }
+    }
+
+    /// Workers that joined at run time, with their addresses (those named
+    /// at start by `--peer` are not here).
+    pub fn joined(&self) -> impl Iterator<Item = &pb::MemberJoin> {
+        self.joined.values()
+    }
+
+    /// Members asked to leave, not yet removed from Raft.
+    pub fn leaving(&self) -> impl Iterator<Item = u64> + '_ {
+        self.leaving.iter().copied()
+    }
+
+    pub fn is_leaving(&self, node: u64) -> bool {
+        self.leaving.contains(&node)
+    }
+
+    /// `node` was removed from Raft (applied at the same log index on
+    /// every replica): its addresses and leave are forgotten.
+    pub(crate) fn forget(&mut self, node: u64) {
+        if let Some(j) = self.joined.remove(&node) {
+            self.removed.insert(node, j.incarnation);
+        }
+        self.leaving.remove(&node);
     }
 
     /// The latest reloaded settings, applied by every replica alike (none:
@@ -642,6 +703,17 @@ impl Table {
                 .collect(),
             written: self.written.order.iter().cloned().collect(),
             settings: self.settings.clone(),
+            joined: self.joined.values().cloned().collect(),
+            leaving: self.leaving.iter().copied().collect(),
+            removed: self
+                .removed
+                .iter()
+                .map(|(&node, &incarnation)| pb::MemberJoin {
+                    node,
+                    incarnation,
+                    ..Default::default()
+                })
+                .collect(),
         }
         .encode_to_vec()
     }
@@ -718,6 +790,13 @@ impl Table {
             t.written.put(id, 0);
         }
         t.settings = s.settings;
+        t.joined = s.joined.into_iter().map(|j| (j.node, j)).collect();
+        t.leaving = s.leaving.into_iter().collect();
+        t.removed = s
+            .removed
+            .into_iter()
+            .map(|j| (j.node, j.incarnation))
+            .collect();
         Ok(t)
     }
 }

@@ -86,6 +86,18 @@ struct Sim {
     sinks: BTreeMap<u64, Vec<(Vec<u8>, bool)>>,
     /// Records whose commit their proposer heard (`Event::Recorded`).
     recorded: BTreeSet<Vec<u8>>,
+    /// Workers join and leave during the run (`churn`).
+    churn: bool,
+    /// Per worker: the voters its fresh log starts with (a joiner: none).
+    initial: BTreeMap<u64, Vec<u64>>,
+    next_id: u64,
+    /// Joiners whose join is not yet in the table, with when they last
+    /// asked a member (a worker's `--join` retries the same way).
+    joining: BTreeMap<u64, u64>,
+    /// Workers asked to leave, not yet gone.
+    /// Workers asked to leave, not yet gone, with when a member was last
+    /// asked (`handover leave` retries until the leave is in the table).
+    leaving: BTreeMap<u64, u64>,
 }
 
 /// A call's detail record in the simulation: its id is the call's.
@@ -113,10 +125,17 @@ struct Stats {
     crashes: u64,
     partitions: u64,
     failovers: u64,
+    /// Workers that became voters at run time, and that left for good.
+    joined: u64,
+    left: u64,
 }
 
 fn config(id: u64, group_commit: bool) -> Config {
-    let mut c = Config::new(id, IDS.to_vec(), SHARDS);
+    configured(id, IDS.to_vec(), group_commit)
+}
+
+fn configured(id: u64, voters: Vec<u64>, group_commit: bool) -> Config {
+    let mut c = Config::new(id, voters, SHARDS);
     // Small enough that runs take snapshots and restarted nodes need them.
     c.compact_after = 64;
     c.max_batch = 8;
@@ -174,6 +193,137 @@ impl Sim {
                 .collect(),
             flush_at: BTreeMap::new(),
             release: true,
+            churn: false,
+            initial: IDS.iter().map(|&id| (id, IDS.to_vec())).collect(),
+            next_id: IDS.len() as u64 + 1,
+            joining: BTreeMap::new(),
+            leaving: BTreeMap::new(),
+        }
+    }
+
+    /// A restarted (or new) worker `id` from what its disk holds.
+    fn boot(&self, id: u64, store: Store) -> Node {
+        let voters = self.initial.get(&id).cloned().unwrap_or_default();
+        Node::new(
+            configured(id, voters, self.group),
+            store,
+            self.seed ^ self.now,
+        )
+        .expect("start")
+    }
+
+    /// Workers join and leave: a new one asks a member to take it in
+    /// (again until its join is in the table); one asked to leave drains
+    /// and, once no member counts it any more, is gone (its process is
+    /// stopped: the leader removes it whether it hears or not).
+    fn membership(&mut self, start: bool) {
+        let alive: Vec<u64> = self.nodes.keys().copied().collect();
+        let members = self.nodes.len() + self.down.len();
+        let staying =
+            |s: &Self, id: &u64| !s.leaving.contains_key(id) && !s.joining.contains_key(id);
+        if start && members < 5 && self.joining.is_empty() && self.rng.random_bool(0.004) {
+            let id = self.next_id;
+            self.next_id += 1;
+            self.initial.insert(id, Vec::new());
+            let node = self.boot(id, Store::new(&[]));
+            self.nodes.insert(id, node);
+            self.joining.insert(id, 0);
+        }
+        let asks: Vec<u64> = self
+            .joining
+            .iter()
+            .filter(|&(_, &t)| self.now >= t + 30)
+            .map(|(&id, _)| id)
+            .collect();
+        for id in asks {
+            if !self.nodes.contains_key(&id) {
+                continue;
+            }
+            let others: Vec<u64> = alive.iter().copied().filter(|&o| o != id).collect();
+            if others.is_empty() {
+                continue;
+            }
+            let via = others[self.rng.random_range(0..others.len())];
+            let node = self.nodes.get_mut(&via).expect("node");
+            if node.table().joined().any(|j| j.node == id) {
+                self.joining.remove(&id);
+                continue;
+            }
+            node.join(handover_cluster::pb::MemberJoin {
+                node: id,
+                grpc: format!("w{id}:7000"),
+                sip: format!("w{id}:5060"),
+                incarnation: self.initial.len() as u64,
+            });
+            self.joining.insert(id, self.now);
+        }
+        // Leave: one at a time, keeping at least three staying.
+        let staying_n = alive.iter().filter(|id| staying(self, id)).count()
+            + self.down.keys().filter(|id| staying(self, id)).count();
+        if start && self.leaving.is_empty() && staying_n > 3 && self.rng.random_bool(0.003) {
+            let pick: Vec<u64> = alive
+                .iter()
+                .copied()
+                .chain(self.down.keys().copied())
+                .filter(|id| staying(self, id))
+                .collect();
+            let id = pick[self.rng.random_range(0..pick.len())];
+            self.leaving.insert(id, self.now);
+            match self.nodes.get_mut(&id) {
+                Some(node) => {
+                    node.leave(id);
+                    node.drain();
+                }
+                None => {
+                    let via = *alive.first().expect("alive");
+                    self.nodes.get_mut(&via).expect("node").leave(id);
+                }
+            }
+        }
+        let asks: Vec<u64> = self
+            .leaving
+            .iter()
+            .filter(|&(_, &t)| self.now >= t + 30)
+            .map(|(&id, _)| id)
+            .collect();
+        for id in asks {
+            let others: Vec<u64> = alive.iter().copied().filter(|&o| o != id).collect();
+            if others.is_empty() {
+                continue;
+            }
+            let via = others[self.rng.random_range(0..others.len())];
+            let node = self.nodes.get_mut(&via).expect("node");
+            if !node.table().is_leaving(id) {
+                node.leave(id);
+            }
+            self.leaving.insert(id, self.now);
+        }
+        // Gone once no staying live member counts it.
+        let gone: Vec<u64> = self
+            .leaving
+            .keys()
+            .copied()
+            .filter(|id| {
+                let counted = self.nodes.iter().any(|(o, n)| {
+                    o != id
+                        && !self.leaving.contains_key(o)
+                        && (n.voters().contains(id)
+                            || n.learners().contains(id)
+                            || n.table().joined().any(|j| j.node == *id))
+                });
+                // The leader removed it only once it was out of the map;
+                // its process is stopped then (`handover leave` waits for
+                // that), whether or not it heard.
+                !counted
+            })
+            .collect();
+        for id in gone {
+            self.leaving.remove(&id);
+            self.nodes.remove(&id);
+            self.down.remove(&id);
+            self.reported.remove(&id);
+            self.flush_at.remove(&id);
+            self.stats.left += 1;
         }
     }
 
@@ -247,6 +397,19 @@ impl Sim {
         for (id, node) in self.nodes.iter_mut() {
             let mut stopped = false;
             while let Some(e) = node.poll_event() {
+                if std::env::var_os("SIM_TRACE").is_some()
+                    && matches!(
+                        e,
+                        Event::Map { .. }
+                            | Event::Conf { .. }
+                            | Event::Leader { .. }
+                            | Event::MemberDown { .. }
+                            | Event::Serving { .. }
+                            | Event::Stopped { .. }
+                    )
+                {
+                    eprintln!("{} node {id}: {e:?}", self.now);
+                }
                 stopped |= match &e {
                     Event::Stopped { .. } => true,
                     Event::Map { lost, .. } => !lost.is_empty(),
@@ -304,6 +467,7 @@ impl Sim {
                     | Event::HandedOver { .. }
                     | Event::Ended { .. }
                     | Event::HangUp { .. }
+                    | Event::Conf { .. }
                     | Event::MemberDown { .. } => {}
                     // The simulation writes no registrations (yet).
                     Event::Bound { .. } | Event::BindDone { .. } | Event::Restored => {}
@@ -434,17 +598,17 @@ impl Sim {
             .collect();
         for id in back {
             let (store, _) = self.down.remove(&id).expect("down");
-            let node =
-                Node::new(config(id, self.group), store, self.seed ^ self.now).expect("restart");
+            let node = self.boot(id, store);
             self.nodes.insert(id, node);
         }
         // Partitions: one worker cut off both ways, or only one way.
         if self.now >= self.cut_until {
             self.cut.clear();
             if self.rng.random_bool(0.004) {
-                let id = IDS[self.rng.random_range(0..IDS.len())];
+                let ids: Vec<u64> = self.nodes.keys().chain(self.down.keys()).copied().collect();
+                let id = ids[self.rng.random_range(0..ids.len())];
                 let oneway = self.rng.random_bool(0.5);
-                for &o in IDS.iter().filter(|&&o| o != id) {
+                for &o in ids.iter().filter(|&&o| o != id) {
                     self.cut.insert((id, o));
                     if !oneway {
                         self.cut.insert((o, id));
@@ -461,6 +625,9 @@ impl Sim {
         if faulty {
             self.faults();
         }
+        if self.churn {
+            self.membership(load);
+        }
         let ids: Vec<u64> = self.nodes.keys().copied().collect();
         let now_ms = self.now * TICK_MS;
         for id in ids {
@@ -471,7 +638,8 @@ impl Sim {
                 // something is queued (or a leader holds forwarded
                 // proposals) and what is queued goes when it closes. Past
                 // the workload (`!load`), everything goes each tick.
-                let wall = Duration::from_millis(now_ms + self.skew[&id]);
+                let skew = self.skew.get(&id).copied().unwrap_or(id * 7 % 20);
+                let wall = Duration::from_millis(now_ms + skew);
                 let due = if node.deferred() {
                     Some(self.window.leader_close(wall))
                 } else if node.queued() > 0 {
@@ -510,12 +678,46 @@ impl Sim {
         // but proposals in flight settle.
         self.cut.clear();
         for (id, (store, _)) in std::mem::take(&mut self.down) {
-            let node =
-                Node::new(config(id, self.group), store, self.seed ^ self.now).expect("restart");
+            let node = self.boot(id, store);
             self.nodes.insert(id, node);
         }
         for _ in 0..400 {
             self.step(false, false);
+        }
+        if self.churn {
+            // Changes in progress finish: joiners are voters, leavers gone.
+            for _ in 0..600 {
+                if self.leaving.is_empty()
+                    && self.joining.is_empty()
+                    && self.nodes.values().all(|n| n.is_voter() && !n.changing())
+                {
+                    break;
+                }
+                self.step(false, false);
+            }
+            // The last joiner's shards wait out their handover.
+            for _ in 0..100 {
+                self.step(false, false);
+            }
+            let voters: Vec<u64> = self.nodes.keys().copied().collect();
+            for n in self.nodes.values() {
+                assert_eq!(
+                    n.voters(),
+                    voters,
+                    "seed {}: node {} holds another configuration (leaving {:?}, joining {:?})",
+                    self.seed,
+                    n.id(),
+                    self.leaving,
+                    self.joining
+                );
+                assert!(
+                    n.learners().is_empty(),
+                    "seed {}: learners left: {:?}",
+                    self.seed,
+                    self.nodes.values().map(|n| n.status()).collect::<Vec<_>>()
+                );
+            }
+            self.stats.joined = voters.iter().filter(|&&v| v > IDS.len() as u64).count() as u64;
         }
         self.settled();
         let mut ids = BTreeSet::new();
@@ -576,8 +778,18 @@ impl Sim {
         for shard in 0..SHARDS {
             let n = self.nodes.values().filter(|n| n.serves(shard)).count();
             assert_eq!(
-                n, 1,
-                "seed {seed}: shard {shard} served by {n} after healing"
+                n,
+                1,
+                "seed {seed}: shard {shard} served by {n} after healing: {:?}",
+                self.nodes
+                    .values()
+                    .map(|n| (
+                        n.status(),
+                        n.table().owners()[shard],
+                        n.table().members_up().collect::<Vec<_>>(),
+                        n.table().leaving().collect::<Vec<_>>()
+                    ))
+                    .collect::<Vec<_>>()
             );
         }
         // Records: every one committed is written and confirmed; an id is
@@ -625,6 +837,17 @@ fn env(name: &str, default: u64) -> u64 {
 
 #[test]
 fn seeded_runs_keep_every_committed_call_and_one_server_per_shard() {
+    seeded(false);
+}
+
+/// The same runs while workers join (as learners, then voters) and leave
+/// (drained, then removed), with crashes and partitions during changes.
+#[test]
+fn seeded_runs_with_joins_and_removals_keep_every_call_and_one_server_per_shard() {
+    seeded(true);
+}
+
+fn seeded(churn: bool) {
     let ticks = env("SIM_TICKS", 1500);
     let seeds: Vec<u64> = match std::env::var("SIM_SEED") {
         Ok(s) => vec![s.parse().expect("SIM_SEED is a number")],
@@ -633,6 +856,7 @@ fn seeded_runs_keep_every_committed_call_and_one_server_per_shard() {
     let mut total = Stats::default();
     for seed in seeds {
         let mut sim = Sim::new(seed);
+        sim.churn = churn;
         sim.run(ticks);
         total.acked += sim.stats.acked;
         total.records += sim.stats.records;
@@ -642,12 +866,17 @@ fn seeded_runs_keep_every_committed_call_and_one_server_per_shard() {
         total.crashes += sim.stats.crashes;
         total.partitions += sim.stats.partitions;
         total.failovers += sim.stats.failovers;
+        total.joined += sim.stats.joined;
+        total.left += sim.stats.left;
     }
-    eprintln!("simulation: {total:?}");
+    eprintln!("simulation (churn: {churn}): {total:?}");
     // The runs must have exercised what they claim to.
     assert!(total.acked > 0 && total.removed > 0, "{total:?}");
     assert!(total.records > 0, "{total:?}");
     assert!(total.crashes > 0 && total.partitions > 0, "{total:?}");
+    if churn {
+        assert!(total.joined > 0 && total.left > 0, "{total:?}");
+    }
 }
 
 /// A simulation of `seed` on a faultless network after 200 ticks of
@@ -768,4 +997,65 @@ fn a_drained_owners_shards_are_served_once_it_released_them() {
         without >= lease - 2,
         "without a release, a lease: {without}"
     );
+}
+
+/// A fourth worker joins a loaded cluster of three: a learner first, a
+/// voter once caught up, then owner of about a quarter of the shards,
+/// moved from the others; asked to leave, it drains, is removed, and its
+/// shards go back. No call is lost on the way (`settled`).
+#[test]
+fn a_worker_joins_then_leaves_a_running_cluster() {
+    let mut sim = loaded(5, true);
+    sim.churn = false;
+    let before = sim.nodes[&1].table().owners().to_vec();
+    sim.initial.insert(4, Vec::new());
+    let node = sim.boot(4, Store::new(&[]));
+    sim.nodes.insert(4, node);
+    sim.nodes
+        .get_mut(&2)
+        .unwrap()
+        .join(handover_cluster::pb::MemberJoin {
+            node: 4,
+            grpc: "w4:7000".into(),
+            sip: "w4:5060".into(),
+            incarnation: 1,
+        });
+    let mut learner_seen = false;
+    for _ in 0..300 {
+        sim.step(false, true);
+        learner_seen |= sim.nodes[&1].learners() == [4];
+        if sim.nodes[&4].status().serving_shards > 0 {
+            break;
+        }
+    }
+    assert!(learner_seen, "a learner before a voter");
+    assert_eq!(sim.nodes[&1].voters(), [1, 2, 3, 4]);
+    let after = sim.nodes[&1].table().owners().to_vec();
+    let moved = before.iter().zip(&after).filter(|(b, a)| b != a).count();
+    let to_new = after.iter().filter(|&&o| o == 4).count();
+    eprintln!("join: {moved} of {SHARDS} shards moved, {to_new} to the new worker");
+    assert_eq!(moved, to_new, "only shards for the new worker move");
+    assert!(
+        (SHARDS / 4 - 1..=SHARDS / 4 + 1).contains(&to_new),
+        "{to_new}"
+    );
+    assert!(sim.nodes[&4].status().serving_shards > 0);
+    // Leave: drain, then removal by the leader.
+    let node = sim.nodes.get_mut(&4).unwrap();
+    node.leave(4);
+    node.drain();
+    for _ in 0..300 {
+        sim.step(false, true);
+        if sim.nodes[&1].voters() == [1, 2, 3] {
+            break;
+        }
+    }
+    assert_eq!(sim.nodes[&1].voters(), [1, 2, 3]);
+    assert!(sim.nodes[&1].table().owners().iter().all(|&o| o != 4));
+    assert_eq!(sim.nodes[&1].table().joined().count(), 0, "forgotten");
+    sim.nodes.remove(&4);
+    for _ in 0..100 {
+        sim.step(false, false);
+    }
+    sim.settled();
 }

@@ -9,8 +9,10 @@ impl Node {
     /// (false), or made harmless. Not an authentication: who may send is
     /// the transport's to decide.
     ///
-    /// - It must be addressed to this replica from another voter, with
-    ///   indexes below 2^62.
+    /// - It must be addressed to this replica from another replica (any
+    ///   id: members change at run time, and a replica restarted from an
+    ///   old snapshot may not know the leader yet; the transport checks
+    ///   who sends), with indexes below 2^62.
     /// - Local message types (a replica's own timers and reports: `MsgHup`,
     ///   `MsgBeat`, `MsgUnreachable`, `MsgSnapStatus`, `MsgCheckQuorum`)
     ///   never come from a peer; votes and their answers carry a term;
@@ -26,7 +28,7 @@ impl Node {
     /// - A snapshot's data must decode as a table (a corrupt one stops the
     ///   replica when applied), and it ends past index 0 with a term.
     pub(super) fn admissible(&self, m: &mut Message) -> bool {
-        if m.to != self.cfg.id || m.from == self.cfg.id || !self.cfg.voters.contains(&m.from) {
+        if m.to != self.cfg.id || m.from == self.cfg.id || m.from == 0 {
             return false;
         }
         // No log of ours reaches 2^62 entries; raft-rs adds to indexes
@@ -55,13 +57,17 @@ impl Node {
             | MessageType::MsgUnreachable
             | MessageType::MsgSnapStatus
             | MessageType::MsgCheckQuorum => false,
-            // Read-index and leader transfer: handover uses neither, and a
-            // read-index answer past the log makes raft-rs commit past its
-            // end (found by fuzzing); a forged TimeoutNow forces an election.
+            // Read-index: unused, and an answer past the log makes raft-rs
+            // commit past its end (found by fuzzing). A leader transfer is
+            // started locally only (a leaving leader's, `membership`).
             MessageType::MsgReadIndex
             | MessageType::MsgReadIndexResp
-            | MessageType::MsgTransferLeader
-            | MessageType::MsgTimeoutNow => false,
+            | MessageType::MsgTransferLeader => false,
+            // Only from the leader of this term: from anyone else it would
+            // force an election.
+            MessageType::MsgTimeoutNow => {
+                m.from == self.raw.raft.leader_id && m.term == self.raw.raft.term
+            }
             // A forwarded proposal is a local message (term 0): with a term,
             // a follower forwarding it again panics raft-rs (fuzzing).
             MessageType::MsgPropose => !m.entries.is_empty() && m.term == 0,

@@ -57,6 +57,10 @@ impl Node {
     pub(super) fn apply(&mut self, entries: Vec<Entry>) -> Result<(), Error> {
         for e in entries {
             self.applied = e.index;
+            if e.get_entry_type() == EntryType::EntryConfChangeV2 {
+                self.apply_conf_change(&e);
+                continue;
+            }
             if e.get_entry_type() != EntryType::EntryNormal || e.data.is_empty() {
                 continue;
             }

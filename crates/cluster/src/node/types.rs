@@ -8,7 +8,9 @@ use crate::disk::DiskError;
 pub struct Config {
     /// This worker's Raft id (not 0).
     pub id: u64,
-    /// Every voter's id, this one included.
+    /// The voters of a new log, this one included (an existing log keeps
+    /// its own; a worker joining a running cluster gives none and waits
+    /// for the leader's snapshot).
     pub voters: Vec<u64>,
     /// Shards in the map (fixed for the life of the cluster).
     pub shards: usize,
@@ -131,6 +133,12 @@ pub enum Event {
         version: u64,
         stored: bool,
     },
+    /// Raft's configuration changed (a worker joined, was promoted, or
+    /// left): its voters and learners now.
+    Conf {
+        voters: Vec<u64>,
+        learners: Vec<u64>,
+    },
     /// The table was replaced by a snapshot: every AOR's bindings may
     /// have changed (read them from [`Node::table`](super::Node::table)).
     Restored,
@@ -160,4 +168,6 @@ pub struct Status {
     pub owned_shards: usize,
     pub serving_shards: usize,
     pub lease_live: bool,
+    pub voters: Vec<u64>,
+    pub learners: Vec<u64>,
 }
