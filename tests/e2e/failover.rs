@@ -656,6 +656,10 @@ fn handover_drain_on_the_admin_socket_hands_a_worker_over_and_it_stays_up() {
         .filter_map(serde_json::Value::as_u64)
         .collect();
     assert!(!up.contains(&u64::from(w + 1)), "members up: {up:?}");
+    // Out of the map, still a Raft voter: a drain is not a leave (the
+    // worker comes back with the same id after its restart).
+    assert_eq!(v["voters"], serde_json::json!([1, 2, 3]), "{v}");
+    assert_eq!(v["learners"], serde_json::json!([]), "{v}");
     let r = finish_uac(uac, &stat);
     assert_eq!(
         (r.exit, r.successful, r.failed),

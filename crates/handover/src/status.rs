@@ -92,6 +92,7 @@ pub(crate) fn run(a: &StatusArgs) -> anyhow::Result<()> {
             "lease_until_unix_ms": s.lease_until_unix_ms,
             "aors": s.aors, "bindings": s.bindings,
             "config_generation": s.config_generation,
+            "voters": s.voters, "learners": s.learners, "changing": s.changing,
             "bindings_per_worker": s.bindings_per_worker.iter()
                 .map(|(k, v)| (k.to_string(), serde_json::Value::from(*v)))
                 .collect::<serde_json::Map<String, serde_json::Value>>(),
@@ -118,6 +119,16 @@ pub(crate) fn run(a: &StatusArgs) -> anyhow::Result<()> {
             " (as each worker started)"
         } else {
             " (handover reload)"
+        }
+    );
+    println!(
+        "raft members   voters {:?}, learners {:?}{}",
+        s.voters,
+        s.learners,
+        if s.changing {
+            ", a change in progress"
+        } else {
+            ""
         }
     );
     println!("members up     {:?}", s.members_up);

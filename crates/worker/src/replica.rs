@@ -545,6 +545,10 @@ impl Replica {
                     Event::Leader { id, term } => {
                         tracing::info!(leader = id, term, "Raft leader");
                     }
+                    Event::Conf { voters, learners } => {
+                        tracing::info!(?voters, ?learners, "Raft members changed");
+                        map_changed = true;
+                    }
                     Event::Bound { key, next_expiry } => {
                         let _ = self.notes.send(Note::Bound { key, next_expiry });
                     }

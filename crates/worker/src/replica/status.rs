@@ -89,6 +89,9 @@ impl Replica {
                 unix_ms(wall + at.saturating_duration_since(tokio::time::Instant::now()))
             },
             config_generation: t.settings().map_or(0, |c| c.generation),
+            voters: s.voters.clone(),
+            learners: s.learners.clone(),
+            changing: self.node.changing(),
         };
         metrics::gauge!(RAFT_TERM).set(s.term as f64);
         metrics::gauge!(RAFT_LEADER).set(s.leader as f64);
