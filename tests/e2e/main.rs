@@ -22,6 +22,7 @@ mod prometheus;
 mod records;
 mod register;
 mod reload;
+mod scale;
 mod streams;
 mod support;
 mod transfer;

@@ -415,18 +415,10 @@ impl Edge {
     /// cluster's workers' SIP addresses, one per backend slot in a stable
     /// order (a slot keeps its metrics label while its address changes, as
     /// a restarted pod's does); `owners[shard]` indexes `members`, `None`
-    /// for nobody. Members beyond the slots (`--backend`/`--cluster`
-    /// count) are unroutable and logged. Leave health probing off when the
-    /// map decides.
+    /// for nobody. A worker that joined the cluster gets a new slot. Leave
+    /// health probing off when the map decides.
     pub fn set_members(&self, members: &[SocketAddr], owners: &[Option<usize>], epoch: u64) {
-        let slots = self.cfg.backends.len();
-        if members.len() > slots {
-            tracing::warn!(
-                members = members.len(),
-                slots,
-                "the shard map names more workers than this edge has backend slots; the extra ones are unroutable"
-            );
-        }
+        let slots = self.cfg.backends.len().max(members.len());
         // Unused slots hold an address no datagram comes from.
         let unused = SocketAddr::from(([0, 0, 0, 0], 0));
         let backends: Vec<SocketAddr> = (0..slots)
@@ -711,6 +703,12 @@ impl handover_io::Handler for Thread {
                     Peer::Client | Peer::Connect => 0,
                     Peer::Backend(i) => {
                         if request {
+                            // A worker that joined since this thread
+                            // started has a slot beyond its counters.
+                            if i >= self.local.forwards.len() {
+                                self.local.forwards.resize(i + 1, 0);
+                                self.handles.grow(i + 1);
+                            }
                             self.local.forwards[i] += 1;
                         }
                         1

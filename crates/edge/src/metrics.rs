@@ -57,6 +57,14 @@ pub(crate) struct Handles {
 }
 
 impl Handles {
+    /// Counters for backends `0..n` (a worker joined).
+    pub(crate) fn grow(&mut self, n: usize) {
+        for i in self.forwards.len()..n {
+            self.forwards
+                .push(counter!(FORWARDS, "backend" => i.to_string()));
+        }
+    }
+
     pub(crate) fn new(backends: usize) -> Self {
         let peer = ["client", "backend"];
         let kind = ["request", "response", "reply"];

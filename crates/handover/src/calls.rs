@@ -63,6 +63,18 @@ pub(crate) struct ReloadArgs {
     cluster_tls: Option<std::path::PathBuf>,
 }
 
+#[derive(Debug, Args)]
+pub(crate) struct LeaveArgs {
+    /// The id of the worker to remove.
+    id: u64,
+    /// Any member's gRPC address.
+    #[arg(long, default_value = "127.0.0.1:7001")]
+    grpc: SocketAddr,
+    /// Cluster credentials, as for `handover calls`.
+    #[arg(long, value_name = "DIR")]
+    cluster_tls: Option<std::path::PathBuf>,
+}
+
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -157,6 +169,21 @@ pub(crate) fn hangup(a: &HangupArgs) -> anyhow::Result<()> {
         "hanging up {} (owned by worker {}): BYE to both legs once the cluster commits it",
         a.call_id, r.owner
     );
+    Ok(())
+}
+
+pub(crate) fn leave(a: &LeaveArgs) -> anyhow::Result<()> {
+    let r = runtime()?.block_on(async {
+        let mut c = pb::admin_client::AdminClient::new(
+            admin_channel(a.grpc, a.cluster_tls.as_deref()).await?,
+        );
+        let r = c
+            .leave(pb::LeaveRequest { id: a.id })
+            .await
+            .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
+        anyhow::Ok(r.into_inner())
+    })?;
+    println!("worker {} removed; Raft voters now {:?}", a.id, r.voters);
     Ok(())
 }
 

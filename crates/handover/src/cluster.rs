@@ -29,6 +29,13 @@ pub(crate) struct ClusterArgs {
     /// address]; `0.0.0.0:PORT` where that address is a name.
     #[arg(long)]
     pub(crate) grpc_listen: Option<SocketAddr>,
+    /// Join a running cluster through any member's gRPC address (a new
+    /// worker: its --peer need name only itself; the cluster's leader adds
+    /// it as a learner, then a voter, and the shard map gives it its
+    /// share). Without it a worker with no Raft log starts the cluster
+    /// with its --peer list as voters. Replaces `[worker.replication] join`.
+    #[arg(long, value_name = "GRPC_ADDR", value_parser = join_addr)]
+    pub(crate) join: Option<String>,
     /// Group commit: call records are proposed in windows of this length,
     /// aligned on the wall clock (multiples of it since the Unix epoch), so
     /// every worker's batch of a window goes in one Raft round; each round
@@ -71,6 +78,9 @@ impl ClusterArgs {
         if self.peers.is_empty() {
             self.peers = f.peers.clone();
         }
+        if self.join.is_none() {
+            self.join = f.join.clone();
+        }
         if self.grpc_listen.is_none() {
             self.grpc_listen = f
                 .grpc_listen
@@ -88,6 +98,11 @@ impl ClusterArgs {
         self.min_free_mb.get_or_insert(f.min_free_mb);
         self
     }
+}
+
+fn join_addr(s: &str) -> Result<String, String> {
+    handover_worker::peers::host_port(s)
+        .ok_or_else(|| format!("`{s}` is not an IP:PORT or HOST:PORT address"))
 }
 
 /// The cluster port's TLS for worker `id` listening on `bind`: required
@@ -158,6 +173,7 @@ mod tests {
             id_from_hostname: false,
             peers: Vec::new(),
             grpc_listen: None,
+            join: None,
             commit_window_ms: None,
             data: None,
             cluster_tls: None,

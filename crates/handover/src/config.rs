@@ -131,6 +131,8 @@ pub(crate) struct Replication {
     pub(crate) peers: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) grpc_listen: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) join: Option<String>,
     pub(crate) commit_window_ms: u64,
     pub(crate) data: String,
     #[serde(skip_serializing_if = "Option::is_none")]

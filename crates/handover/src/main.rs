@@ -101,6 +101,13 @@ enum Command {
     /// Exits 1 when the file does not check (its line is printed; nothing
     /// changes) or the cluster did not commit it.
     Reload(calls::ReloadArgs),
+    /// Remove a worker from a running cluster for good: it drains (its
+    /// shards and calls go to the others) and stops, and the cluster's
+    /// leader removes it from Raft (a dead worker is removed once declared
+    /// dead). Add workers with `handover worker --join`.
+    ///
+    /// Exits 1 when the removal was not applied within 30 s.
+    Leave(calls::LeaveArgs),
     /// Add or change a user in a users file of digest authentication
     /// (`worker --users`): reads the password from standard input, writes
     /// `USER REALM HA1-MD5 HA1-SHA-256` (no password is stored).
@@ -178,6 +185,13 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("handover reload: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Leave(args) => match calls::leave(&args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("handover leave: {e:#}");
                 ExitCode::FAILURE
             }
         },

@@ -392,7 +392,9 @@ pub(crate) fn run(mut a: UpArgs) -> anyhow::Result<()> {
         // Mutual TLS on the cluster port, even on loopback: another local
         // user could otherwise act as a member.
         if !a.cluster_plaintext {
-            handover_worker::tls::throwaway(&cluster_tls, a.workers.into())
+            // Four spare members' credentials, for workers that join
+            // this cluster later (`handover worker --join`).
+            handover_worker::tls::throwaway(&cluster_tls, u64::from(a.workers) + 4)
                 .context("cannot make the cluster's throw-away certificates")?;
             edge.arg("--cluster-tls").arg(cluster_tls.join("edge"));
         }

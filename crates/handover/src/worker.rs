@@ -193,6 +193,7 @@ fn settings(a: WorkerArgs) -> anyhow::Result<Settings> {
                     .saturating_mul(1 << 20),
                 records: None,
                 reload: None,
+                join: cluster.join.clone(),
             })
         }
     };

@@ -2,6 +2,7 @@
 //! names looked up where they are used (a pod that comes back with a new
 //! IP is found again), and ids from a StatefulSet's host names.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -109,6 +110,52 @@ pub fn parse_peer(s: &str) -> anyhow::Result<Peer> {
         grpc: host_port(grpc).ok_or_else(bad)?,
         sip: host_port(sip).ok_or_else(bad)?,
     })
+}
+
+/// The SIP address of every other member, looked up now, every 5 s (a
+/// pod's name resolves once the pod exists; its address may change when
+/// it is replaced) and whenever the members change (a worker joined or
+/// left). A name that does not resolve keeps its last address.
+pub(crate) fn member_addresses(
+    me: u64,
+    mut members: tokio::sync::watch::Receiver<Vec<crate::peers::Peer>>,
+) -> tokio::sync::watch::Receiver<HashMap<u64, SocketAddr>> {
+    let (tx, rx) = tokio::sync::watch::channel(HashMap::new());
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tokio::select! {
+                _ = every.tick() => {}
+                changed = members.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                }
+            }
+            let peers = members.borrow_and_update().clone();
+            let mut found = tx.borrow().clone();
+            found.retain(|id, _| peers.iter().any(|p| p.id == *id));
+            for p in peers.iter().filter(|p| p.id != me) {
+                if let Ok(Ok(addrs)) = tokio::time::timeout(
+                    Duration::from_secs(2),
+                    tokio::net::lookup_host(p.sip.as_str()),
+                )
+                .await
+                {
+                    // IPv4 first, as the edge's look-ups do.
+                    let all: Vec<SocketAddr> = addrs.collect();
+                    if let Some(a) = all.iter().find(|a| a.is_ipv4()).or(all.first()) {
+                        found.insert(p.id, *a);
+                    }
+                }
+            }
+            tx.send_if_modified(|m| std::mem::replace(m, found.clone()) != found);
+            if tx.is_closed() {
+                return;
+            }
+        }
+    });
+    rx
 }
 
 #[cfg(test)]

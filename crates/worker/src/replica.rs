@@ -27,6 +27,8 @@ const TICK: Duration = Duration::from_millis(100);
 
 const RAFT_TERM: &str = "handover_raft_term";
 const RAFT_LEADER: &str = "handover_raft_leader";
+const RAFT_VOTERS: &str = "handover_raft_voters";
+const RAFT_LEARNERS: &str = "handover_raft_learners";
 const RAFT_IS_LEADER: &str = "handover_raft_is_leader";
 const RAFT_COMMIT: &str = "handover_raft_commit_index";
 const RAFT_APPLY_LAG: &str = "handover_raft_apply_lag";
@@ -45,6 +47,7 @@ pub use api::*;
 use transport::{send_out, sender};
 
 mod api;
+mod membership;
 mod settings;
 mod status;
 mod transport;
@@ -61,6 +64,7 @@ pub fn start(settings: Settings) -> anyhow::Result<Handle> {
         min_free_bytes: _,
         records,
         reload,
+        join,
     } = settings;
     if let Some(t) = &tls {
         t.check()?;
@@ -81,7 +85,13 @@ pub fn start(settings: Settings) -> anyhow::Result<Handle> {
     };
     std::fs::create_dir_all(&data)
         .with_context(|| format!("cannot create the data directory {}", data.display()))?;
-    let voters: Vec<u64> = peers.iter().map(|p| p.id).collect();
+    // A joiner's log starts with no voters: the leader's snapshot brings
+    // them (see handover_cluster's membership).
+    let voters: Vec<u64> = if join.is_some() {
+        Vec::new()
+    } else {
+        peers.iter().map(|p| p.id).collect()
+    };
     let path = data.join(format!("raft-{id}.redb"));
     let (disk, store) = Disk::open(&path, &voters)
         .with_context(|| format!("cannot open the Raft log {}", path.display()))?;
@@ -118,6 +128,7 @@ pub fn start(settings: Settings) -> anyhow::Result<Handle> {
     let (note_tx, note_rx) = mpsc::unbounded_channel();
     let (lookup_tx, lookup_rx) = mpsc::unbounded_channel();
     let (ready_tx, ready_rx) = watch::channel(false);
+    let (members_tx, members_rx) = watch::channel(peers.clone());
     let lease = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let lease2 = std::sync::Arc::clone(&lease);
     let epoch = tokio::time::Instant::now();
@@ -157,6 +168,8 @@ pub fn start(settings: Settings) -> anyhow::Result<Handle> {
                     replica.tls = tls;
                     replica.writer = writer;
                     replica.reload = reload;
+                    replica.join = join;
+                    replica.members = members_tx;
                     replica.run(listener, faults, drain_rx, lookup_rx).await;
                 });
             });
@@ -184,6 +197,7 @@ pub fn start(settings: Settings) -> anyhow::Result<Handle> {
         grpc,
         data,
         ready: ready_rx,
+        members: members_rx,
     })
 }
 
@@ -229,6 +243,16 @@ struct Replica {
     /// This worker's file was compared with the log's settings (once,
     /// when first caught up: see `check_file`).
     file_checked: bool,
+    /// `--join`: the member to ask.
+    join: Option<String>,
+    /// Members learnt from a join's answer (the `--peer`s are `peers`).
+    learnt: BTreeMap<u64, Peer>,
+    /// The members told the SIP loop and the edges.
+    members: watch::Sender<Vec<Peer>>,
+    /// `Admin.Leave` callers waiting for the removal: id, reply.
+    leaves: Vec<(u64, oneshot::Sender<Vec<u64>>)>,
+    /// This worker's own leave was applied and the SIP loop told.
+    leaving: bool,
 }
 
 impl Replica {
@@ -264,6 +288,11 @@ impl Replica {
             reloads: Vec::new(),
             generation: 0,
             file_checked: false,
+            join: None,
+            learnt: BTreeMap::new(),
+            members: watch::channel(Vec::new()).0,
+            leaves: Vec::new(),
+            leaving: false,
         }
     }
 
@@ -327,10 +356,24 @@ impl Replica {
             }
         }
         let mut outs: BTreeMap<u64, mpsc::UnboundedSender<Vec<Message>>> = BTreeMap::new();
-        for p in self.peers.iter().filter(|p| p.id != self.node.id()) {
-            let (tx, rx) = mpsc::unbounded_channel();
-            tokio::spawn(sender(p.grpc.clone(), p.id, self.tls.clone(), rx));
-            outs.insert(p.id, tx);
+        self.sync_members(&mut outs);
+        // `--join`: ask until this worker is in Raft's configuration.
+        let (learn_tx, mut learn_rx) = mpsc::unbounded_channel::<Vec<pb::Member>>();
+        let in_conf = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        if let Some(via) = self.join.clone() {
+            let me = self
+                .peers
+                .iter()
+                .find(|p| p.id == self.node.id())
+                .cloned()
+                .expect("validated: this worker is among its peers");
+            tokio::spawn(membership::join(
+                via,
+                me,
+                self.tls.clone(),
+                learn_tx,
+                std::sync::Arc::clone(&in_conf),
+            ));
         }
         let mut tick = tokio::time::interval(TICK);
         // After a stall (a paused process, a starved thread) the missed
@@ -430,7 +473,17 @@ impl Replica {
                             self.reloads.push((settings.token.clone(), reply));
                             self.node.propose_settings(*settings);
                         }
+                        Ask::Join { .. } | Ask::Leave { .. } => self.ask_membership(a),
                     }
+                    Ok(())
+                }
+                Some(members) = learn_rx.recv() => {
+                    for m in members {
+                        if m.id != self.node.id() && crate::peers::host_port(&m.grpc).is_some() {
+                            self.learnt.insert(m.id, Peer { id: m.id, grpc: m.grpc, sip: m.sip });
+                        }
+                    }
+                    self.sync_members(&mut outs);
                     Ok(())
                 }
                 Some(l) = lookups.recv() => {
@@ -570,6 +623,10 @@ impl Replica {
             }
             // `handover status` shows the new generation at once.
             map_changed |= self.tell_settings();
+            if ticked || map_changed {
+                self.sync_members(&mut outs);
+                self.membership_news(&in_conf);
+            }
             if stopped {
                 let epoch = self.node.table().epoch();
                 let _ = self.notes.send(Note::Release { epoch });

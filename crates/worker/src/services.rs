@@ -194,6 +194,65 @@ impl pb::admin_server::Admin for Services {
         )?;
         self.reload_file().await.map(tonic::Response::new)
     }
+
+    async fn join(
+        &self,
+        req: tonic::Request<pb::JoinRequest>,
+    ) -> Result<tonic::Response<pb::JoinReply>, tonic::Status> {
+        let caller = Caller::of(&req, self.tls);
+        let r = req.into_inner();
+        // Only the joiner itself, with the member certificate of its id.
+        self.allow(
+            caller.is(crate::tls::WORKER_NAME) && caller.is(&member_name(r.id)),
+            "impersonation",
+            "Admin.Join (a join for another member)",
+        )?;
+        let ok = |s: &str| crate::peers::host_port(s).is_some();
+        if r.id == 0 || !ok(&r.grpc) || !ok(&r.sip) {
+            return Err(tonic::Status::invalid_argument(
+                "a join needs an id (not 0) and its gRPC and SIP addresses as HOST:PORT",
+            ));
+        }
+        let join = handover_cluster::pb::MemberJoin {
+            node: r.id,
+            grpc: r.grpc,
+            sip: r.sip,
+            incarnation: r.incarnation,
+        };
+        let members = self
+            .ask(|reply| crate::replica::Ask::Join { join, reply })
+            .await?;
+        Ok(tonic::Response::new(pb::JoinReply { members }))
+    }
+
+    async fn leave(
+        &self,
+        req: tonic::Request<pb::LeaveRequest>,
+    ) -> Result<tonic::Response<pb::LeaveReply>, tonic::Status> {
+        self.allow(
+            Caller::of(&req, self.tls).may_control(),
+            "role",
+            "Admin.Leave",
+        )?;
+        let id = req.into_inner().id;
+        if id == 0 {
+            return Err(tonic::Status::invalid_argument(
+                "which worker: an id, not 0",
+            ));
+        }
+        let voters = tokio::time::timeout(
+            Duration::from_secs(30),
+            self.ask(|reply| crate::replica::Ask::Leave { id, reply }),
+        )
+        .await
+        .map_err(|_| {
+            tonic::Status::unavailable(
+                "the worker was not removed within 30 s: is it still in the shard map (draining), \
+                 or is a majority of the workers down?",
+            )
+        })??;
+        Ok(tonic::Response::new(pb::LeaveReply { voters }))
+    }
 }
 
 impl Services {

@@ -156,12 +156,12 @@ pub fn run(args: Settings) -> anyhow::Result<()> {
         // The other workers' SIP addresses, for answers that reach this
         // worker while another one holds their call (see
         // `B2bua::sent_elsewhere`).
-        let members = match &args.replication {
-            Some(r) => {
+        let members = match (&args.replication, &replica) {
+            (Some(r), Some(h)) => {
                 b2b.set_member(r.id);
-                member_addresses(r.id, r.peers.clone())
+                crate::peers::member_addresses(r.id, h.members.clone())
             }
-            None => tokio::sync::watch::channel(HashMap::new()).1,
+            _ => tokio::sync::watch::channel(HashMap::new()).1,
         };
         // Registrations expire in wall-clock time, the same on every
         // replica: this clock's epoch in Unix milliseconds.
@@ -421,6 +421,17 @@ pub fn run(args: Settings) -> anyhow::Result<()> {
                         if crate::reload::apply(&mut b2b, &s).is_ok() {
                             // The users file is read again too.
                             users_seen = None;
+                        }
+                    }
+                    Some(crate::replica::Note::Leave) => {
+                        // The cluster applied this worker's leave: drain
+                        // and stop as on SIGTERM.
+                        if let Some(r) = &replica && drain.is_none() && drain_exit.is_none() {
+                            let (tx, rx) = tokio::sync::oneshot::channel();
+                            r.cmd.send(crate::replica::Cmd::Drain(tx));
+                            draining.store(true, std::sync::atomic::Ordering::Relaxed);
+                            tracing::info!("leaving the cluster: draining (handing this worker's shards and calls to the others)");
+                            drain = Some((rx, tokio::time::Instant::now()));
                         }
                     }
                     Some(crate::replica::Note::Drained) => {
@@ -716,43 +727,6 @@ fn may_act<R: rand_core::RngCore>(
     b2b: &B2bua<R>,
 ) -> bool {
     lease_live || (drained && b2b.knows(m.call_id()))
-}
-
-/// The SIP address of every other member, looked up now and every 5 s
-/// (a pod's name resolves once the pod exists; its address may change
-/// when it is replaced). A name that does not resolve keeps its last
-/// address.
-fn member_addresses(
-    me: u64,
-    peers: Vec<crate::peers::Peer>,
-) -> tokio::sync::watch::Receiver<HashMap<u64, SocketAddr>> {
-    let (tx, rx) = tokio::sync::watch::channel(HashMap::new());
-    tokio::spawn(async move {
-        let mut every = tokio::time::interval(Duration::from_secs(5));
-        loop {
-            every.tick().await;
-            let mut found = tx.borrow().clone();
-            for p in peers.iter().filter(|p| p.id != me) {
-                if let Ok(Ok(addrs)) = tokio::time::timeout(
-                    Duration::from_secs(2),
-                    tokio::net::lookup_host(p.sip.as_str()),
-                )
-                .await
-                {
-                    // IPv4 first, as the edge's look-ups do.
-                    let all: Vec<SocketAddr> = addrs.collect();
-                    if let Some(a) = all.iter().find(|a| a.is_ipv4()).or(all.first()) {
-                        found.insert(p.id, *a);
-                    }
-                }
-            }
-            tx.send_if_modified(|m| std::mem::replace(m, found.clone()) != found);
-            if tx.is_closed() {
-                return;
-            }
-        }
-    });
-    rx
 }
 
 /// Whether a message is for a shard this worker serves, or for a call it

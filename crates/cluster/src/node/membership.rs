@@ -101,8 +101,8 @@ impl Node {
         self.raw.mut_store().set_conf(cs.clone());
         self.was_member |= self.in_conf(self.cfg.id);
         self.events.push_back(Event::Conf {
-            voters: cs.voters.clone(),
-            learners: cs.learners.clone(),
+            voters: self.voters(),
+            learners: self.learners(),
         });
     }
 

@@ -113,6 +113,8 @@ pub(super) struct ReplicationSection {
     pub(super) peers: Option<Spanned<Vec<String>>>,
     /// Address to bind gRPC on, when not this worker's peer address.
     pub(super) grpc_listen: Option<Spanned<String>>,
+    /// Join a running cluster through this member's gRPC address.
+    pub(super) join: Option<Spanned<String>>,
     /// Group-commit window, milliseconds (0: none).
     pub(super) commit_window_ms: Option<Spanned<u64>>,
     /// Directory of the Raft log.

@@ -138,6 +138,18 @@ pub(super) fn worker(
             Some(_) => Some(addr(&r.grpc_listen, "worker.replication.grpc_listen", "")?),
         },
         commit_window_ms,
+        join: match &r.join {
+            None => None,
+            Some(s) => Some(
+                handover_worker::peers::host_port(s.get_ref()).ok_or_else(|| {
+                    err(
+                        Some(s.span()),
+                        Some("worker.replication.join"),
+                        format!("`{}` is not an IP:PORT or HOST:PORT address", s.get_ref()),
+                    )
+                })?,
+            ),
+        },
         data: r
             .data
             .clone()

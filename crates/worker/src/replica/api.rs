@@ -38,6 +38,10 @@ pub struct Settings {
     /// Reads the configuration file again for `handover reload` (none:
     /// the worker has no file to reload).
     pub reload: Option<Reloader>,
+    /// Join a running cluster through this member's gRPC address
+    /// (`--join`): the log starts with no voters, and the leader's
+    /// snapshot brings the configuration.
+    pub join: Option<String>,
 }
 
 /// Reads the worker's configuration file again and checks it: the
@@ -133,6 +137,9 @@ pub enum Cmd {
 /// What the replica tells the SIP loop.
 #[derive(Debug)]
 pub enum Note {
+    /// The cluster applied this worker's leave (`handover leave`): drain
+    /// and stop, as on SIGTERM; the leader then removes it from Raft.
+    Leave,
     /// A call record this worker proposed is committed (or was refused:
     /// either way the call's held 2xx may go).
     Committed { call_id: Vec<u8> },
@@ -237,6 +244,9 @@ pub struct Handle {
     pub lookup: mpsc::UnboundedSender<Lookup>,
     /// The table's AOR bindings, which the registrar reads.
     pub locations: handover_call::registrar::Shared,
+    /// The cluster's members as this replica knows them (the `--peer`s,
+    /// those that joined at run time, less those removed).
+    pub members: watch::Receiver<Vec<Peer>>,
 }
 
 /// A question to the replica's thread: the committed record of the call
@@ -266,6 +276,18 @@ pub(crate) enum Ask {
     Reload {
         settings: Box<cpb::Settings>,
         reply: oneshot::Sender<u64>,
+    },
+    /// Propose a worker's join; the reply is the members this replica
+    /// knows (so the joiner can reach them).
+    Join {
+        join: cpb::MemberJoin,
+        reply: oneshot::Sender<Vec<pb::Member>>,
+    },
+    /// Propose a worker's leave (and drain, when it is this one); the
+    /// reply is Raft's voters once the removal is applied here.
+    Leave {
+        id: u64,
+        reply: oneshot::Sender<Vec<u64>>,
     },
 }
 

@@ -95,6 +95,8 @@ impl Replica {
         };
         metrics::gauge!(RAFT_TERM).set(s.term as f64);
         metrics::gauge!(RAFT_LEADER).set(s.leader as f64);
+        metrics::gauge!(RAFT_VOTERS).set(s.voters.len() as f64);
+        metrics::gauge!(RAFT_LEARNERS).set(s.learners.len() as f64);
         metrics::gauge!(RAFT_IS_LEADER).set(f64::from(u8::from(s.leader == s.id)));
         metrics::gauge!(RAFT_COMMIT).set(s.commit as f64);
         metrics::gauge!(RAFT_APPLY_LAG).set(s.commit.saturating_sub(s.applied) as f64);
@@ -118,7 +120,11 @@ impl Replica {
                     epoch: t.epoch(),
                     owners: t.owners().to_vec(),
                 }),
-                sip: self.peers.iter().map(|p| (p.id, p.sip.clone())).collect(),
+                sip: self
+                    .member_list()
+                    .into_iter()
+                    .map(|p| (p.id, p.sip))
+                    .collect(),
             };
             true
         });

@@ -57,8 +57,15 @@ pub(super) async fn sender(
             Ok(ch) => pb::raft_client::RaftClient::new(ch).max_encoding_message_size(64 << 20),
             Err(_) => {
                 tokio::time::sleep(Duration::from_millis(200)).await;
-                // Drop what queued while the peer was away.
-                while rx.try_recv().is_ok() {}
+                // Drop what queued while the peer was away; stop once the
+                // member is gone (removed from the cluster).
+                loop {
+                    match rx.try_recv() {
+                        Ok(_) => {}
+                        Err(mpsc::error::TryRecvError::Empty) => break,
+                        Err(mpsc::error::TryRecvError::Disconnected) => return,
+                    }
+                }
                 continue;
             }
         };
