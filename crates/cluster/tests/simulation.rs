@@ -201,6 +201,13 @@ impl Sim {
         }
     }
 
+    /// A live worker other than `id`, at random: the member a joiner or
+    /// `handover leave` asks.
+    fn other(&mut self, alive: &[u64], id: u64) -> Option<u64> {
+        let others: Vec<u64> = alive.iter().copied().filter(|&o| o != id).collect();
+        (!others.is_empty()).then(|| others[self.rng.random_range(0..others.len())])
+    }
+
     /// A restarted (or new) worker `id` from what its disk holds.
     fn boot(&self, id: u64, store: Store) -> Node {
         let voters = self.initial.get(&id).cloned().unwrap_or_default();
@@ -229,21 +236,13 @@ impl Sim {
             self.nodes.insert(id, node);
             self.joining.insert(id, 0);
         }
-        let asks: Vec<u64> = self
-            .joining
-            .iter()
-            .filter(|&(_, &t)| self.now >= t + 30)
-            .map(|(&id, _)| id)
-            .collect();
-        for id in asks {
+        for id in due(&self.joining, self.now) {
             if !self.nodes.contains_key(&id) {
                 continue;
             }
-            let others: Vec<u64> = alive.iter().copied().filter(|&o| o != id).collect();
-            if others.is_empty() {
+            let Some(via) = self.other(&alive, id) else {
                 continue;
-            }
-            let via = others[self.rng.random_range(0..others.len())];
+            };
             let node = self.nodes.get_mut(&via).expect("node");
             if node.table().joined().any(|j| j.node == id) {
                 self.joining.remove(&id);
@@ -280,18 +279,10 @@ impl Sim {
                 }
             }
         }
-        let asks: Vec<u64> = self
-            .leaving
-            .iter()
-            .filter(|&(_, &t)| self.now >= t + 30)
-            .map(|(&id, _)| id)
-            .collect();
-        for id in asks {
-            let others: Vec<u64> = alive.iter().copied().filter(|&o| o != id).collect();
-            if others.is_empty() {
+        for id in due(&self.leaving, self.now) {
+            let Some(via) = self.other(&alive, id) else {
                 continue;
-            }
-            let via = others[self.rng.random_range(0..others.len())];
+            };
             let node = self.nodes.get_mut(&via).expect("node");
             if !node.table().is_leaving(id) {
                 node.leave(id);
@@ -821,6 +812,15 @@ impl Sim {
             );
         }
     }
+}
+
+/// The ids whose last ask (`asked`) is 30 ticks old or more: asked again.
+fn due(asked: &BTreeMap<u64, u64>, now: u64) -> Vec<u64> {
+    asked
+        .iter()
+        .filter(|&(_, &t)| now >= t + 30)
+        .map(|(&id, _)| id)
+        .collect()
 }
 
 fn key_of(call_id: &[u8]) -> u64 {
