@@ -105,6 +105,9 @@ pub struct Node {
     heard: HashMap<u64, u64>,
     /// As leader: members declared dead, not yet applied.
     downing: HashMap<u64, u64>,
+    /// As leader: since when each voter has been out of the map (see
+    /// `Config::remove_down_after_ticks`).
+    out_since: HashMap<u64, u64>,
     leader: u64,
     /// The tick the current leader became known: batches proposed before
     /// it may have been forwarded to a leader that is gone, so they are
@@ -203,6 +206,7 @@ impl Node {
             inflight: BTreeMap::new(),
             heard: HashMap::new(),
             downing: HashMap::new(),
+            out_since: HashMap::new(),
             leader: 0,
             leader_since: 0,
             draining: false,
@@ -611,6 +615,7 @@ impl Node {
                 // give every member a full dead_after from now.
                 self.heard.clear();
                 self.downing.clear();
+                self.out_since.clear();
             }
             self.events.push_back(Event::Leader {
                 id: leader,

@@ -98,6 +98,10 @@ struct Sim {
     /// Workers asked to leave, not yet gone, with when a member was last
     /// asked (`handover leave` retries until the leave is in the table).
     leaving: BTreeMap<u64, u64>,
+    /// Per worker: its current start's incarnation (random per start in
+    /// a worker, a count here).
+    incarnation: BTreeMap<u64, u64>,
+    starts: u64,
 }
 
 /// A call's detail record in the simulation: its id is the call's.
@@ -128,6 +132,9 @@ struct Stats {
     /// Workers that became voters at run time, and that left for good.
     joined: u64,
     left: u64,
+    /// Joins of workers that came back after the leader removed them
+    /// (out of the map too long: `Config::remove_down_after_ticks`).
+    rejoined: u64,
 }
 
 fn config(id: u64, group_commit: bool) -> Config {
@@ -198,6 +205,8 @@ impl Sim {
             next_id: IDS.len() as u64 + 1,
             joining: BTreeMap::new(),
             leaving: BTreeMap::new(),
+            incarnation: BTreeMap::new(),
+            starts: 0,
         }
     }
 
@@ -208,15 +217,20 @@ impl Sim {
         (!others.is_empty()).then(|| others[self.rng.random_range(0..others.len())])
     }
 
-    /// A restarted (or new) worker `id` from what its disk holds.
-    fn boot(&self, id: u64, store: Store) -> Node {
+    /// A restarted (or new) worker `id` from what its disk holds. With
+    /// churn, as on Kubernetes, the leader removes a voter out of the map
+    /// for 60 ticks (keeping three), and a worker not in the
+    /// configuration asks to join again.
+    fn boot(&mut self, id: u64, store: Store) -> Node {
         let voters = self.initial.get(&id).cloned().unwrap_or_default();
-        Node::new(
-            configured(id, voters, self.group),
-            store,
-            self.seed ^ self.now,
-        )
-        .expect("start")
+        let mut c = configured(id, voters, self.group);
+        if self.churn {
+            c.remove_down_after_ticks = Some(60);
+            c.min_voters = 3;
+        }
+        self.starts += 1;
+        self.incarnation.insert(id, self.starts);
+        Node::new(c, store, self.seed ^ self.now).expect("start")
     }
 
     /// Workers join and leave: a new one asks a member to take it in
@@ -244,17 +258,55 @@ impl Sim {
                 continue;
             };
             let node = self.nodes.get_mut(&via).expect("node");
-            if node.table().joined().any(|j| j.node == id) {
+            let incarnation = self.incarnation.get(&id).copied().unwrap_or(0);
+            if node
+                .table()
+                .joined()
+                .any(|j| j.node == id && j.incarnation == incarnation)
+            {
                 self.joining.remove(&id);
                 continue;
             }
+            // Removed before it heard it was in (cut off, then out of the
+            // map too long): the answer says so, and it asks anew.
+            let incarnation = if node.table().was_removed(id, incarnation) {
+                self.starts += 1;
+                self.incarnation.insert(id, self.starts);
+                self.starts
+            } else {
+                incarnation
+            };
+            let node = self.nodes.get_mut(&via).expect("node");
             node.join(handover_cluster::pb::MemberJoin {
                 node: id,
                 grpc: format!("w{id}:7000"),
                 sip: format!("w{id}:5060"),
-                incarnation: self.initial.len() as u64,
+                incarnation,
             });
             self.joining.insert(id, self.now);
+        }
+        // `--join` on every worker: one a member does not count (removed
+        // while it was away, or while cut off) asks again, every 20 ticks.
+        if self.now.is_multiple_of(20) {
+            for &id in &alive {
+                if self.joining.contains_key(&id) || self.leaving.contains_key(&id) {
+                    continue;
+                }
+                let Some(via) = self.other(&alive, id) else {
+                    continue;
+                };
+                let v = &self.nodes[&via];
+                let counted = v.voters().contains(&id) || v.learners().contains(&id);
+                let asked = v.table().joined().any(|j| j.node == id);
+                if !counted && !asked && !v.voters().is_empty() {
+                    // A new incarnation: a join of the one removed would
+                    // be taken for a late copy and ignored.
+                    self.stats.rejoined += 1;
+                    self.starts += 1;
+                    self.incarnation.insert(id, self.starts);
+                    self.joining.insert(id, 0);
+                }
+            }
         }
         // Leave: one at a time, keeping at least three staying.
         let staying_n = alive.iter().filter(|id| staying(self, id)).count()
@@ -289,15 +341,22 @@ impl Sim {
             }
             self.leaving.insert(id, self.now);
         }
-        // Gone once no staying live member counts it.
+        // Gone once the live member that has applied the most (what
+        // `handover leave` hears from) no longer counts it.
+        let newest = self
+            .nodes
+            .iter()
+            .filter(|(o, _)| !self.leaving.contains_key(o))
+            .max_by_key(|(_, n)| n.status().applied)
+            .map(|(&o, _)| o);
         let gone: Vec<u64> = self
             .leaving
             .keys()
             .copied()
             .filter(|id| {
-                let counted = self.nodes.iter().any(|(o, n)| {
-                    o != id
-                        && !self.leaving.contains_key(o)
+                let counted = newest.is_some_and(|o| {
+                    let n = &self.nodes[&o];
+                    o != *id
                         && (n.voters().contains(id)
                             || n.learners().contains(id)
                             || n.table().joined().any(|j| j.node == *id))
@@ -695,11 +754,25 @@ impl Sim {
                 assert_eq!(
                     n.voters(),
                     voters,
-                    "seed {}: node {} holds another configuration (leaving {:?}, joining {:?})",
+                    "seed {}: node {} holds another configuration (leaving {:?}, joining {:?}; {:?})",
                     self.seed,
                     n.id(),
                     self.leaving,
-                    self.joining
+                    self.joining,
+                    self.nodes
+                        .values()
+                        .map(|n| (
+                            n.id(),
+                            n.voters(),
+                            n.learners(),
+                            n.table()
+                                .joined()
+                                .map(|j| (j.node, j.incarnation))
+                                .collect::<Vec<_>>(),
+                            n.table().leaving().collect::<Vec<_>>(),
+                            n.status()
+                        ))
+                        .collect::<Vec<_>>()
                 );
                 assert!(
                     n.learners().is_empty(),
@@ -857,6 +930,12 @@ fn seeded(churn: bool) {
     for seed in seeds {
         let mut sim = Sim::new(seed);
         sim.churn = churn;
+        if churn {
+            for id in IDS {
+                let node = sim.boot(id, Store::new(&IDS));
+                sim.nodes.insert(id, node);
+            }
+        }
         sim.run(ticks);
         total.acked += sim.stats.acked;
         total.records += sim.stats.records;
@@ -868,6 +947,7 @@ fn seeded(churn: bool) {
         total.failovers += sim.stats.failovers;
         total.joined += sim.stats.joined;
         total.left += sim.stats.left;
+        total.rejoined += sim.stats.rejoined;
     }
     eprintln!("simulation (churn: {churn}): {total:?}");
     // The runs must have exercised what they claim to.
@@ -876,6 +956,7 @@ fn seeded(churn: bool) {
     assert!(total.crashes > 0 && total.partitions > 0, "{total:?}");
     if churn {
         assert!(total.joined > 0 && total.left > 0, "{total:?}");
+        assert!(total.rejoined > 0, "no voter removed while away: {total:?}");
     }
 }
 

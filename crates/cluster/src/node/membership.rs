@@ -120,6 +120,7 @@ impl Node {
         let voters = self.voters();
         let learners = self.learners();
         let me = self.cfg.id;
+        self.remove_long_down(&voters);
         // Leaving: once out of the map. The leader itself hands its
         // leadership to the most caught-up voter first (raft-rs keeps a
         // removed leader leading).
@@ -171,6 +172,40 @@ impl Node {
                 self.propose_conf(node, ConfChangeType::AddNode);
                 return;
             }
+        }
+    }
+
+    /// Asks a voter that has been out of the map for
+    /// `remove_down_after_ticks` to leave, keeping `min_voters` (see
+    /// [`Config::remove_down_after_ticks`]). The time is this leader's:
+    /// a new leader starts counting again.
+    fn remove_long_down(&mut self, voters: &[u64]) {
+        let Some(after) = self.cfg.remove_down_after_ticks else {
+            return;
+        };
+        let now = self.now;
+        self.out_since.retain(|id, _| voters.contains(id));
+        let staying = voters
+            .iter()
+            .filter(|&&v| !self.table.is_leaving(v))
+            .count();
+        let mut pick = None;
+        for &v in voters {
+            if v == self.cfg.id || self.table.is_up(v) || self.table.is_leaving(v) {
+                self.out_since.remove(&v);
+                continue;
+            }
+            let since = *self.out_since.entry(v).or_insert(now);
+            if pick.is_none() && now >= since.saturating_add(after) {
+                pick = Some(v);
+            }
+        }
+        if let Some(v) = pick
+            && staying > self.cfg.min_voters.max(1)
+        {
+            // Asked again after another period if the leave is lost.
+            self.out_since.insert(v, now);
+            self.queue(pb::command::Command::Leave(pb::MemberLeave { node: v }));
         }
     }
 

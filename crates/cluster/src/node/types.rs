@@ -46,6 +46,15 @@ pub struct Config {
     /// Where the table keeps the AORs' bindings: the worker shares them
     /// with its registrar (`Table::with_locations`).
     pub locations: handover_registrar::Shared,
+    /// A voter out of the map (declared dead, or drained and stopped) for
+    /// this many ticks is removed by the leader, as `handover leave` would,
+    /// while more than `min_voters` voters stay: a Kubernetes scale-down
+    /// stops the highest pod for good and tells nobody, and a voter that
+    /// is gone for good counts against the quorum. A worker that comes
+    /// back later joins again (`--join`). `None`: only an operator removes.
+    pub remove_down_after_ticks: Option<u64>,
+    /// The automatic removal above never leaves fewer voters than this.
+    pub min_voters: usize,
 }
 
 impl Config {
@@ -67,6 +76,8 @@ impl Config {
             max_batch: 512,
             group_commit: false,
             locations: handover_registrar::Locations::shared(),
+            remove_down_after_ticks: None,
+            min_voters: 3,
         }
     }
 }

@@ -18,6 +18,13 @@ impl Table {
         self.leaving.contains(&node)
     }
 
+    /// Whether worker `node`'s start `incarnation` was removed from Raft:
+    /// its joins are ignored from then on, and it must ask again as a new
+    /// incarnation (a worker removed while it was away, still running).
+    pub fn was_removed(&self, node: u64, incarnation: u64) -> bool {
+        self.removed.get(&node) == Some(&incarnation)
+    }
+
     /// `node` was removed from Raft (applied at the same log index on
     /// every replica): its addresses and leave are forgotten.
     pub(crate) fn forget(&mut self, node: u64) {
