@@ -1,17 +1,22 @@
 """Checks that a rendered handover deployment hangs together, which no
 schema or policy scan can: usage `consistency.py DIR RENDERED.yaml`.
 
-- the worker StatefulSet's --peer list has one entry per replica, ids 1..N,
-  each naming pod handover-worker-(id-1) under the StatefulSet's headless
-  Service, on the container's grpc and sip ports;
-- pods take their id from their host name (--id-from-hostname) and bind
-  gRPC where the peers say;
-- the edges' --cluster list names the same gRPC addresses;
+- the workers carry no peer list (the StatefulSet scales): pods take
+  their id from their host name (--id-from-hostname), name their peers by
+  --peer-template (pod handover-worker-{ordinal} under the headless
+  Service, on the container's grpc and sip ports), the first --founders
+  (no more than the replicas) start the cluster, every pod has --join
+  through the headless Service and --remove-down-after-s (a scaled-down
+  pod leaves Raft), and binds gRPC on all addresses;
+- the edges' --cluster is the headless Service's name on the grpc port;
+- a HorizontalPodAutoscaler of the StatefulSet keeps minReplicas at least
+  --founders and maxReplicas within the member certificates;
 - the headless Service publishes not-ready addresses (Raft peers find each
   other before they are ready) and has the ports; the config's worker.edge
   names a Service with that UDP port;
 - the cluster port runs mutual TLS: a cert-manager Certificate per worker
-  id naming member-ID.handover and worker.handover, its Secret mounted as
+  id (1..M, M at least the replicas) naming member-ID.handover and
+  worker.handover, its Secret mounted as
   member-ID/ and chosen by --cluster-tls=.../member-{id}; the edges' own
   (edge.handover) mounted where their --cluster-tls points.
 Prints one line; exits non-zero naming the first problem.
@@ -45,21 +50,23 @@ def main():
     args = w["args"]
     if "--id-from-hostname" not in args:
         fail("workers must take their id from the pod name (--id-from-hostname)")
-    peers = [a.split("=", 1)[1] for a in args if a.startswith("--peer=")]
-    if len(peers) != n:
-        fail(f"{len(peers)} --peer entries for {n} replicas")
-    grpc_addrs = []
-    for want_id, p in enumerate(sorted(peers, key=lambda p: int(p.split("=")[0])), start=1):
-        m = re.fullmatch(r"(\d+)=([^:,]+):(\d+),([^:,]+):(\d+)", p)
-        if not m:
-            fail(f"--peer {p} is not ID=HOST:PORT,HOST:PORT")
-        pid, ghost, gport, shost, sport = m.groups()
-        host = f"{sts['metadata']['name']}-{want_id - 1}.{svc_name}"
-        if int(pid) != want_id or ghost != host or shost != host:
-            fail(f"--peer {p}: peer {want_id} must be pod {host}")
-        if int(gport) != ports.get("grpc") or int(sport) != ports.get("sip"):
-            fail(f"--peer {p}: ports must be the container's grpc {ports.get('grpc')} and sip {ports.get('sip')}")
-        grpc_addrs.append(f"{ghost}:{gport}")
+    def flag(name, a=args):
+        got = [x.split("=", 1)[1] for x in a if x.startswith(f"--{name}=")]
+        return got[0] if len(got) == 1 else None
+    if any(a.startswith("--peer=") for a in args):
+        fail("workers must not list --peer (it would have to change with replicas): use --peer-template")
+    founders = int(flag("founders") or 0)
+    if not 1 <= founders <= n:
+        fail(f"--founders={flag('founders')} must be 1 to the replicas ({n})")
+    host = f"{sts['metadata']['name']}-{{ordinal}}.{svc_name}"
+    want = f"{host}:{ports.get('grpc')},{host}:{ports.get('sip')}"
+    if flag("peer-template") != want:
+        fail(f"--peer-template must be {want} (the pods under the headless Service, the container's ports)")
+    join = f"{svc_name}:{ports.get('grpc')}"
+    if flag("join") != join:
+        fail(f"every worker needs --join={join} (the headless Service)")
+    if int(flag("remove-down-after-s") or 0) <= 0:
+        fail("workers need --remove-down-after-s (a scaled-down pod must leave Raft)")
     if f"--grpc-listen=0.0.0.0:{ports['grpc']}" not in args:
         fail(f"workers must bind gRPC on 0.0.0.0:{ports['grpc']} (--grpc-listen)")
     svc_ports = {p["name"]: (p["port"], p.get("protocol", "TCP")) for p in svc["spec"]["ports"]}
@@ -67,8 +74,8 @@ def main():
         fail(f"Service {svc_name} must carry grpc/TCP {ports['grpc']} and sip/UDP {ports['sip']}")
     e = dep["spec"]["template"]["spec"]["containers"][0]
     clusters = [a.split("=", 1)[1] for a in e["args"] if a.startswith("--cluster=")]
-    if sorted(clusters) != sorted(grpc_addrs):
-        fail(f"the edges' --cluster {clusters} must be the workers' gRPC addresses {grpc_addrs}")
+    if clusters != [join]:
+        fail(f"the edges' --cluster {clusters} must be the headless Service {join}")
     tls_arg = [a.split("=", 1)[1] for a in args if a.startswith("--cluster-tls=")]
     if len(tls_arg) != 1 or not tls_arg[0].endswith("/member-{id}"):
         fail("workers need --cluster-tls=DIR/member-{id} (mutual TLS on the cluster port)")
@@ -81,7 +88,19 @@ def main():
         sec = src.get("secret", {})
         for it in sec.get("items", []):
             paths[it["path"]] = sec["name"]
-    for i in range(1, n + 1):
+    members = 0
+    while ("Certificate", f"handover-member-{members + 1}") in by:
+        members += 1
+    if members < n:
+        fail(f"{members} member Certificates for {n} replicas")
+    for h in [d for d in docs if d["kind"] == "HorizontalPodAutoscaler"]:
+        ref = h["spec"]["scaleTargetRef"]
+        if (ref["kind"], ref["name"]) != ("StatefulSet", sts["metadata"]["name"]):
+            continue
+        lo, hi = h["spec"].get("minReplicas", 1), h["spec"]["maxReplicas"]
+        if lo < founders or hi > members:
+            fail(f"HorizontalPodAutoscaler {h['metadata']['name']}: replicas {lo}..{hi} must stay within --founders {founders} and the {members} member certificates")
+    for i in range(1, members + 1):
         cert = by.get(("Certificate", f"handover-member-{i}")) or fail(f"no Certificate handover-member-{i} for worker {i}")
         names = cert["spec"].get("dnsNames", [])
         if f"member-{i}.handover" not in names or "worker.handover" not in names:
@@ -124,7 +143,7 @@ def main():
             ip = ipaddress.ip_address(host)
             if any(ip in n for n in deny) and not any(ip in n for n in allow):
                 fail(f"route target {t} is in a network the edges deny (edge.deny_destinations, default the private ranges): add it to edge.allow_destinations")
-    print(f"peers: {directory}: {n} workers, peers, edges' --cluster, cluster certificates, Services and config agree")
+    print(f"peers: {directory}: {n} workers ({founders} founders, {members} member certificates), peer template, joins, edges' --cluster, Services and config agree")
 
 
 main()

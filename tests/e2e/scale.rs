@@ -69,8 +69,14 @@ fn joiner(args: &[String], id: u16, (sip, admin, grpc): (u16, u16, u16), via: &s
 
 /// Worker 3's command line and the cluster's data directory.
 fn worker3_args(c: &Cluster) -> (Vec<String>, std::path::PathBuf) {
-    let pid3 = worker_pid(c.worker + 2);
-    let args: Vec<String> = std::fs::read(format!("/proc/{pid3}/cmdline"))
+    worker_args(c, 3)
+}
+
+/// Worker `id`'s command line (of the three `up` starts) and the
+/// cluster's data directory.
+fn worker_args(c: &Cluster, id: u16) -> (Vec<String>, std::path::PathBuf) {
+    let pid = worker_pid(c.worker + id - 1);
+    let args: Vec<String> = std::fs::read(format!("/proc/{pid}/cmdline"))
         .unwrap()
         .split(|&b| b == 0)
         .filter(|a| !a.is_empty())
@@ -228,7 +234,11 @@ fn owned_by(addrs: &[String]) -> Vec<u64> {
 /// resume) and hang up after the changes; a fourth and a fifth join, one
 /// of the original three leaves, another is SIGKILLed. Every call
 /// completes on both sides, each join moves about 1/N of the shards, and
-/// every live member ends with the same configuration and map.
+/// every live member ends with the same configuration and map. The
+/// killed worker, out of the map for `remove_down_after_s`, is removed
+/// from Raft by the leader, as a Kubernetes scale-down's pod would be;
+/// started again from its disk with `--join`, as a StatefulSet pod comes
+/// back, it joins again and takes its share.
 #[test]
 fn two_join_one_leaves_one_is_killed_and_no_call_fails() {
     const HELD: u32 = 40;
@@ -237,12 +247,14 @@ fn two_join_one_leaves_one_is_killed_and_no_call_fails() {
     let (held_port, plain_port) = (free_udp_port(), free_udp_port());
     let mut uas_held = sipp_uas_with(dir.path(), "uas_held.xml", held_port);
     let mut uas = sipp_uas(dir.path(), plain_port);
+    let conf = dir.path().join("handover.toml");
+    std::fs::write(&conf, "[worker.replication]\nremove_down_after_s = 4\n").unwrap();
     let c = cluster(
         &[
             format!("held=127.0.0.1:{held_port}"),
             format!("b=127.0.0.1:{plain_port}"),
         ],
-        &["--workers", "3"],
+        &["--workers", "3", "--config", conf.to_str().unwrap()],
     );
     wait_members(&c.grpc, 3);
     wait_all_shards_served(&c.grpc, 3);
@@ -318,6 +330,7 @@ fn two_join_one_leaves_one_is_killed_and_no_call_fails() {
         "worker 3 stops once drained"
     );
     addrs.retain(|a| *a != nth(&c.grpc, 2));
+    let (args2, _) = worker_args(&c, 2);
     assert!(sigkill_worker(c.worker + 1), "worker 2 killed");
     addrs.retain(|a| *a != nth(&c.grpc, 1));
     let mut last = serde_json::Value::Null;
@@ -328,12 +341,45 @@ fn two_join_one_leaves_one_is_killed_and_no_call_fails() {
         }),
         "the dead worker's shards spread over 1, 4 and 5: {last}"
     );
+    // Out of the map for 4 s: the leader removes it from Raft.
+    assert!(
+        wait_for(std::time::Duration::from_secs(30), || {
+            addrs.iter().all(|a| {
+                last = status(a);
+                ids(&last["voters"]) == [1, 4, 5]
+            })
+        }),
+        "worker 2 removed from Raft on every member: {last}"
+    );
+    // Back from its disk (its log still names it a voter), with --join:
+    // it asks again and takes its share.
+    let back = Proc(
+        std::process::Command::new(&args2[0])
+            .args(&args2[1..])
+            .args(["--join", &c.grpc])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .unwrap(),
+    );
+    addrs.insert(1, nth(&c.grpc, 1));
+    assert!(
+        wait_for(std::time::Duration::from_secs(40), || {
+            last = status(&c.grpc);
+            ids(&last["members_up"]) == [1, 2, 4, 5]
+                && owned_by(&addrs).iter().sum::<u64>() == 4096
+                && addrs.iter().all(|a| {
+                    status(a)["serving_shards"].as_u64() == status(a)["owned_shards"].as_u64()
+                })
+        }),
+        "worker 2 joined again and serves its share: {last}"
+    );
     // One configuration and one map on every live member.
     let views: Vec<serde_json::Value> = addrs.iter().map(|a| status(a)).collect();
     for v in &views {
         assert_eq!(ids(&v["voters"]), [1, 2, 4, 5], "{v}");
         assert_eq!(v["epoch"], views[0]["epoch"], "{v}");
-        assert_eq!(ids(&v["members_up"]), [1, 4, 5], "{v}");
+        assert_eq!(ids(&v["members_up"]), [1, 2, 4, 5], "{v}");
     }
     // Every held call re-INVITEd twice and hung up cleanly, both sides.
     let r = finish_uac(held, &held_stat);
@@ -345,4 +391,5 @@ fn two_join_one_leaves_one_is_killed_and_no_call_fails() {
     uas.expect_calls(60);
     eprintln!("shard moves per join: {moves:?}");
     drop(joiners);
+    drop(back);
 }

@@ -23,8 +23,36 @@ pub(crate) struct ClusterArgs {
     /// `HOST:PORT`; host names are looked up at each connection (gRPC) and
     /// by the edges at each map and every few seconds (SIP), so a pod that
     /// comes back with a new IP is found again.
-    #[arg(long = "peer", value_name = "ID=GRPC,SIP")]
+    #[arg(
+        long = "peer",
+        value_name = "ID=GRPC,SIP",
+        conflicts_with = "peer_template"
+    )]
     pub(crate) peers: Vec<String>,
+    /// The peers by pattern instead of a list, for a StatefulSet whose
+    /// pods have the same flags: `GRPC,SIP` with `{ordinal}` (the pod's
+    /// ordinal, id - 1) or `{id}`, e.g.
+    /// `w-{ordinal}.w:7001,w-{ordinal}.w:5080`. A founder (id 1 to
+    /// --founders) names the founders, the cluster's first voters; a
+    /// worker beyond them names itself and joins (with --join). Replaces
+    /// `[worker.replication] peer_template`.
+    #[arg(long, value_name = "GRPC,SIP", requires = "founders")]
+    pub(crate) peer_template: Option<String>,
+    /// With --peer-template: how many workers started the cluster (its
+    /// first voters, ids 1 to N). Fixed for the cluster's life: scaling
+    /// changes the replica count, not this. Replaces
+    /// `[worker.replication] founders`.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) founders: Option<u64>,
+    /// The leader removes a voter that has been out of the shard map
+    /// (dead or drained) this many seconds from Raft, keeping at least
+    /// three voters: a Kubernetes scale-down stops its highest pods for
+    /// good and tells no one, and a voter gone for good weighs on the
+    /// quorum. A removed worker that comes back joins again (with
+    /// --join). 0: only `handover leave` removes (overrides
+    /// `[worker.replication] remove_down_after_s`) [default: 0].
+    #[arg(long, value_name = "SECONDS")]
+    pub(crate) remove_down_after_s: Option<u64>,
     /// Address to bind gRPC on [default: this worker's --peer gRPC
     /// address]; `0.0.0.0:PORT` where that address is a name.
     #[arg(long)]
@@ -75,9 +103,13 @@ impl ClusterArgs {
             self.id = f.id;
             self.id_from_hostname = f.id_from_hostname;
         }
-        if self.peers.is_empty() {
+        if self.peers.is_empty() && self.peer_template.is_none() {
             self.peers = f.peers.clone();
+            self.peer_template = f.peer_template.clone();
+            self.founders = f.founders;
         }
+        self.remove_down_after_s
+            .get_or_insert(f.remove_down_after_s);
         if self.join.is_none() {
             self.join = f.join.clone();
         }
@@ -131,15 +163,23 @@ pub(crate) fn configured(a: &ClusterArgs) -> anyhow::Result<Option<(u64, Vec<Pee
     } else {
         a.id
     };
-    match (id, a.peers.is_empty()) {
+    let from_template;
+    let peers = match (&a.peer_template, id) {
+        (Some(t), Some(id)) => {
+            from_template = template_peers(t, a.founders.unwrap_or(0), id)?;
+            &from_template
+        }
+        (Some(_), None) => anyhow::bail!("--peer-template needs --id or --id-from-hostname"),
+        (None, _) => &a.peers,
+    };
+    match (id, peers.is_empty()) {
         (None, true) => Ok(None),
         (None, false) => anyhow::bail!("--peer needs --id: which of the peers is this worker?"),
         (Some(_), true) => anyhow::bail!(
             "--id needs the cluster's members: give --peer ID=GRPC,SIP for each, this one included"
         ),
         (Some(id), false) => {
-            let peers = a
-                .peers
+            let peers = peers
                 .iter()
                 .map(|p| parse_peer(p))
                 .collect::<anyhow::Result<Vec<_>>>()?;
@@ -154,6 +194,32 @@ pub(crate) fn configured(a: &ClusterArgs) -> anyhow::Result<Option<(u64, Vec<Pee
             Ok(Some((id, peers)))
         }
     }
+}
+
+/// `--peer-template`: worker `id`'s `--peer`s (see the flag).
+fn template_peers(template: &str, founders: u64, id: u64) -> anyhow::Result<Vec<String>> {
+    if founders == 0 {
+        anyhow::bail!("--peer-template needs --founders N (the cluster's first voters)");
+    }
+    if !template.contains("{ordinal}") && !template.contains("{id}") {
+        anyhow::bail!("--peer-template `{template}` names no `{{ordinal}}` or `{{id}}`");
+    }
+    // A worker beyond the founders names only itself, as a joiner does:
+    // the answer to its join names the others.
+    let ids: Vec<u64> = if id > founders {
+        vec![id]
+    } else {
+        (1..=founders).collect()
+    };
+    Ok(ids
+        .into_iter()
+        .map(|i| {
+            let addrs = template
+                .replace("{ordinal}", &(i - 1).to_string())
+                .replace("{id}", &i.to_string());
+            format!("{i}={addrs}")
+        })
+        .collect())
 }
 
 #[cfg(test)]
@@ -172,6 +238,9 @@ mod tests {
             id: None,
             id_from_hostname: false,
             peers: Vec::new(),
+            peer_template: None,
+            founders: None,
+            remove_down_after_s: None,
             grpc_listen: None,
             join: None,
             commit_window_ms: None,
@@ -230,5 +299,49 @@ mod tests {
         assert_eq!(d.0, std::path::Path::new("/etc/handover-cluster/member-2"));
         let f = file("[worker.replication]\ninsecure = true\n");
         assert_eq!(cluster_tls(&none().over(&f), 1, any).unwrap(), None);
+    }
+
+    #[test]
+    fn a_template_names_the_founders_and_this_worker() {
+        let t = "w-{ordinal}.w:7001,w-{ordinal}.w:5080";
+        let a = ClusterArgs {
+            id: Some(5),
+            peer_template: Some(t.into()),
+            founders: Some(3),
+            ..none()
+        };
+        let (id, peers) = configured(&a).unwrap().expect("replicating");
+        assert_eq!(id, 5);
+        let got: Vec<(u64, &str, &str)> = peers
+            .iter()
+            .map(|p| (p.id, p.grpc.as_str(), p.sip.as_str()))
+            .collect();
+        assert_eq!(got, [(5, "w-4.w:7001", "w-4.w:5080")], "a joiner: itself");
+        // A founder names the founders.
+        let a = ClusterArgs { id: Some(2), ..a };
+        let (_, peers) = configured(&a).unwrap().unwrap();
+        let got: Vec<(u64, &str)> = peers.iter().map(|p| (p.id, p.sip.as_str())).collect();
+        assert_eq!(
+            got,
+            [(1, "w-0.w:5080"), (2, "w-1.w:5080"), (3, "w-2.w:5080")]
+        );
+        let e = configured(&ClusterArgs {
+            founders: Some(0),
+            ..a.clone()
+        })
+        .unwrap_err();
+        assert!(e.to_string().contains("--founders"), "{e}");
+        let e = configured(&ClusterArgs {
+            peer_template: Some("w:1,w:2".into()),
+            ..a
+        })
+        .unwrap_err();
+        assert!(e.to_string().contains("names no"), "{e}");
+        let f = file(
+            "[worker.replication]\nid = 4\npeer_template = \"w-{ordinal}:7001,w-{ordinal}:5080\"\nfounders = 3\nremove_down_after_s = 300\n",
+        );
+        let a = none().over(&f);
+        assert_eq!(a.remove_down_after_s, Some(300));
+        assert_eq!(configured(&a).unwrap().unwrap().1.len(), 1);
     }
 }

@@ -133,6 +133,11 @@ pub(crate) struct Replication {
     pub(crate) grpc_listen: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) join: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) peer_template: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) founders: Option<u64>,
+    pub(crate) remove_down_after_s: u64,
     pub(crate) commit_window_ms: u64,
     pub(crate) data: String,
     #[serde(skip_serializing_if = "Option::is_none")]

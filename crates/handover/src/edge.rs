@@ -451,7 +451,7 @@ pub(crate) fn run(args: EdgeArgs) -> anyhow::Result<()> {
 async fn watch_map(edge: &Edge, cluster: &[String], tls: Option<&handover_worker::tls::TlsDir>) {
     let (tx, mut rx) = tokio::sync::mpsc::channel::<handover_worker::rpc::pb::MapView>(64);
     for addr in cluster {
-        tokio::spawn(watch_member(addr.clone(), tls.cloned(), tx.clone()));
+        tokio::spawn(watch_name(addr.clone(), tls.cloned(), tx.clone()));
     }
     let mut current: Option<handover_worker::rpc::pb::MapView> = None;
     let mut resolved: std::collections::HashMap<u64, SocketAddr> = Default::default();
@@ -522,6 +522,57 @@ async fn watch_map(edge: &Edge, cluster: &[String], tls: Option<&handover_worker
 fn grpc_addr(s: &str) -> Result<String, String> {
     handover_worker::peers::host_port(s)
         .ok_or_else(|| format!("`{s}` is not an IP:PORT or HOST:PORT address"))
+}
+
+/// Every address `name` has, each watched ([`watch_member`]), looked up
+/// again every 5 s: a headless Service's name lists every worker pod, so
+/// one `--cluster` name follows workers that join and leave.
+async fn watch_name(
+    name: String,
+    tls: Option<handover_worker::tls::TlsDir>,
+    tx: tokio::sync::mpsc::Sender<handover_worker::rpc::pb::MapView>,
+) {
+    let mut watching: std::collections::HashMap<SocketAddr, tokio::task::JoinHandle<()>> =
+        Default::default();
+    let mut every = tokio::time::interval(std::time::Duration::from_secs(5));
+    loop {
+        every.tick().await;
+        if tx.is_closed() {
+            break;
+        }
+        let found = tokio::time::timeout(
+            std::time::Duration::from_secs(2),
+            tokio::net::lookup_host(name.as_str()),
+        )
+        .await;
+        // Keep watching what the name had while it cannot be looked up.
+        let Ok(Ok(addrs)) = found else {
+            tracing::debug!(%name, "cannot look the cluster's members up");
+            continue;
+        };
+        // IPv4 when the name has any, as the workers' own lookups do
+        // (`localhost` also names ::1, where nothing may listen).
+        let mut now: std::collections::HashSet<SocketAddr> = addrs.collect();
+        if now.iter().any(|a| a.is_ipv4()) {
+            now.retain(|a| a.is_ipv4());
+        }
+        watching.retain(|a, task| {
+            let keep = now.contains(a) && !task.is_finished();
+            if !keep {
+                task.abort();
+            }
+            keep
+        });
+        for a in now {
+            watching.entry(a).or_insert_with(|| {
+                tracing::debug!(%name, addr = %a, "watching a member's shard map");
+                tokio::spawn(watch_member(a.to_string(), tls.clone(), tx.clone()))
+            });
+        }
+    }
+    for (_, task) in watching {
+        task.abort();
+    }
 }
 
 /// One member's map stream, forwarded to `tx`; reconnects forever.

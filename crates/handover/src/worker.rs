@@ -194,6 +194,10 @@ fn settings(a: WorkerArgs) -> anyhow::Result<Settings> {
                 records: None,
                 reload: None,
                 join: cluster.join.clone(),
+                remove_down_after: match cluster.remove_down_after_s.expect("set by over()") {
+                    0 => None,
+                    s => Some(Duration::from_secs(s)),
+                },
             })
         }
     };

@@ -65,6 +65,7 @@ pub fn start(settings: Settings) -> anyhow::Result<Handle> {
         records,
         reload,
         join,
+        remove_down_after,
     } = settings;
     if let Some(t) = &tls {
         t.check()?;
@@ -85,9 +86,12 @@ pub fn start(settings: Settings) -> anyhow::Result<Handle> {
     };
     std::fs::create_dir_all(&data)
         .with_context(|| format!("cannot create the data directory {}", data.display()))?;
-    // A joiner's log starts with no voters: the leader's snapshot brings
-    // them (see handover_cluster's membership).
-    let voters: Vec<u64> = if join.is_some() {
+    // A joiner (`--join`, its `--peer`s name only itself) starts its log
+    // with no voters: the leader's snapshot brings them (see
+    // handover_cluster's membership). With more `--peer`s it is one of
+    // the cluster's first voters, which `--join` only brings back after
+    // a removal (every pod of a StatefulSet has the same flags).
+    let voters: Vec<u64> = if join.is_some() && peers.len() == 1 {
         Vec::new()
     } else {
         peers.iter().map(|p| p.id).collect()
@@ -112,6 +116,8 @@ pub fn start(settings: Settings) -> anyhow::Result<Handle> {
         .map_or(0, |d| d.as_nanos() as u64);
     let mut cfg = Config::new(id, voters, SHARDS);
     cfg.group_commit = !window.is_zero();
+    cfg.remove_down_after_ticks =
+        remove_down_after.map(|d| (d.as_millis() / TICK.as_millis()).max(1) as u64);
     let locations = std::sync::Arc::clone(&cfg.locations);
     let node = Node::with_disk(cfg, disk, store, seed).context("cannot start the Raft replica")?;
     let cmd_tx = std::sync::Arc::new(Cmds::default());
@@ -357,9 +363,10 @@ impl Replica {
         }
         let mut outs: BTreeMap<u64, mpsc::UnboundedSender<Vec<Message>>> = BTreeMap::new();
         self.sync_members(&mut outs);
-        // `--join`: ask until this worker is in Raft's configuration.
+        // `--join`: ask until this worker is in Raft's configuration (and
+        // again if it is removed), until it leaves.
         let (learn_tx, mut learn_rx) = mpsc::unbounded_channel::<Vec<pb::Member>>();
-        let in_conf = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let leaving_flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         if let Some(via) = self.join.clone() {
             let me = self
                 .peers
@@ -372,7 +379,7 @@ impl Replica {
                 me,
                 self.tls.clone(),
                 learn_tx,
-                std::sync::Arc::clone(&in_conf),
+                std::sync::Arc::clone(&leaving_flag),
             ));
         }
         let mut tick = tokio::time::interval(TICK);
@@ -625,7 +632,7 @@ impl Replica {
             map_changed |= self.tell_settings();
             if ticked || map_changed {
                 self.sync_members(&mut outs);
-                self.membership_news(&in_conf);
+                self.membership_news(&leaving_flag);
             }
             if stopped {
                 let epoch = self.node.table().epoch();

@@ -219,10 +219,10 @@ impl pb::admin_server::Admin for Services {
             sip: r.sip,
             incarnation: r.incarnation,
         };
-        let members = self
+        let answer = self
             .ask(|reply| crate::replica::Ask::Join { join, reply })
             .await?;
-        Ok(tonic::Response::new(pb::JoinReply { members }))
+        Ok(tonic::Response::new(answer))
     }
 
     async fn leave(

@@ -115,6 +115,12 @@ pub(super) struct ReplicationSection {
     pub(super) grpc_listen: Option<Spanned<String>>,
     /// Join a running cluster through this member's gRPC address.
     pub(super) join: Option<Spanned<String>>,
+    /// The peers by pattern (`{ordinal}`, `{id}`), with `founders`.
+    pub(super) peer_template: Option<String>,
+    /// The cluster's first voters, ids 1..=founders.
+    pub(super) founders: Option<u64>,
+    /// Seconds out of the map before the leader removes a voter (0: never).
+    pub(super) remove_down_after_s: Option<u64>,
     /// Group-commit window, milliseconds (0: none).
     pub(super) commit_window_ms: Option<Spanned<u64>>,
     /// Directory of the Raft log.

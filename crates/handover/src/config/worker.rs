@@ -150,6 +150,9 @@ pub(super) fn worker(
                 })?,
             ),
         },
+        peer_template: r.peer_template.clone(),
+        founders: r.founders,
+        remove_down_after_s: r.remove_down_after_s.unwrap_or(0),
         data: r
             .data
             .clone()
@@ -158,6 +161,15 @@ pub(super) fn worker(
         insecure: r.insecure.unwrap_or(false),
         min_free_mb: r.min_free_mb.unwrap_or(64),
     };
+    if replication.peer_template.is_some()
+        && (!replication.peers.is_empty() || replication.founders.unwrap_or(0) == 0)
+    {
+        return Err(err(
+            None,
+            Some("worker.replication.peer_template"),
+            "peer_template needs founders (1 or more) and no peers".to_string(),
+        ));
+    }
     if replication.id.is_some() && replication.id_from_hostname {
         return Err(err(
             r.id.as_ref().map(Spanned::span),

@@ -42,6 +42,10 @@ pub struct Settings {
     /// (`--join`): the log starts with no voters, and the leader's
     /// snapshot brings the configuration.
     pub join: Option<String>,
+    /// A voter out of the shard map this long is removed from Raft by the
+    /// leader while more than three voters stay (None: only `handover
+    /// leave` removes; see `Config::remove_down_after_ticks`).
+    pub remove_down_after: Option<Duration>,
 }
 
 /// Reads the worker's configuration file again and checks it: the
@@ -281,7 +285,7 @@ pub(crate) enum Ask {
     /// knows (so the joiner can reach them).
     Join {
         join: cpb::MemberJoin,
-        reply: oneshot::Sender<Vec<pb::Member>>,
+        reply: oneshot::Sender<pb::JoinReply>,
     },
     /// Propose a worker's leave (and drain, when it is this one); the
     /// reply is Raft's voters once the removal is applied here.

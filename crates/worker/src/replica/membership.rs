@@ -1,5 +1,5 @@
 //! The shell of membership changes: `--join` asks a member until this
-//! worker is in Raft's configuration; `Admin.Leave` callers hear of the
+//! worker is in Raft's configuration, and again if it is removed; `Admin.Leave` callers hear of the
 //! removal; this worker's own leave drains it (see `handover_cluster`'s
 //! membership for what the leader does).
 
@@ -16,54 +16,101 @@ use crate::peers::Peer;
 use crate::rpc::pb;
 use crate::tls::{TlsDir, WORKER_NAME, channel};
 
-/// Asks the member at `via` to take this worker in, every 2 s until it is
-/// a learner or a voter here (`in_conf`), handing the members each answer
-/// names to the replica (`learnt`).
+/// `--join`: asks a member through `via` (a name may list every worker,
+/// this one included: each address is tried until another member
+/// answers) to take this worker in, every 2 s until that member counts it
+/// as a learner or a voter, then every 10 s whether it still does: a
+/// worker removed while it was away or cut off (`remove_down_after`)
+/// asks again, as a new incarnation. The members each answer names go to
+/// the replica (`learnt`). Stops once this worker is leaving.
 pub(super) async fn join(
     via: String,
     me: Peer,
     tls: Option<TlsDir>,
     learnt: mpsc::UnboundedSender<Vec<pb::Member>>,
-    in_conf: Arc<AtomicBool>,
+    leaving: Arc<AtomicBool>,
 ) {
-    // Random per start: a late copy of an earlier start's join, applied
-    // after that start was removed, is ignored (see MemberJoin).
-    let incarnation = rand_core::TryRngCore::try_next_u64(&mut rand_core::OsRng).unwrap_or(1);
-    let mut every = tokio::time::interval(Duration::from_secs(2));
-    while !in_conf.load(Ordering::Relaxed) {
-        every.tick().await;
-        let ch = match &tls {
-            None => channel(&via, None).await,
-            Some(d) => match d.client_config(WORKER_NAME) {
-                Ok(cfg) => channel(&via, Some(cfg)).await,
-                Err(e) => Err(e),
-            },
-        };
-        let mut client = match ch {
-            Ok(ch) => pb::admin_client::AdminClient::new(ch),
-            Err(e) => {
-                tracing::warn!(%via, error = %e, "cannot reach the member to join through");
-                continue;
-            }
-        };
+    // Random per start, and per ask after a removal: a late copy of an
+    // earlier join, applied after that incarnation was removed, is
+    // ignored (see MemberJoin).
+    let fresh = || rand_core::TryRngCore::try_next_u64(&mut rand_core::OsRng).unwrap_or(1);
+    let mut incarnation = fresh();
+    let mut member = false;
+    loop {
+        let wait = if member { 10 } else { 2 };
+        tokio::time::sleep(Duration::from_secs(wait)).await;
+        if leaving.load(Ordering::Relaxed) {
+            return;
+        }
         let req = pb::JoinRequest {
             id: me.id,
             grpc: me.grpc.clone(),
             sip: me.sip.clone(),
             incarnation,
         };
-        match client.join(req).await {
-            Ok(r) => {
-                let members = r.into_inner().members;
-                tracing::info!(%via, members = members.len(), "asked to join the cluster");
-                if learnt.send(members).is_err() {
-                    return;
-                }
-            }
-            Err(e) => tracing::warn!(%via, error = %e, "join refused"),
+        let Some(answer) = ask_join(&via, me.id, tls.as_ref(), req).await else {
+            continue;
+        };
+        if answer.member != member {
+            tracing::info!(
+                member = answer.member,
+                asked = answer.id,
+                "in the cluster's Raft configuration: {}",
+                answer.member
+            );
+        }
+        member = answer.member;
+        if answer.removed {
+            tracing::warn!(
+                asked = answer.id,
+                "removed from the cluster while away: joining again"
+            );
+            incarnation = fresh();
+        }
+        if learnt.send(answer.members).is_err() {
+            return;
         }
     }
-    tracing::info!("in the cluster's Raft configuration");
+}
+
+/// One `Admin.Join` to the first address of `via` whose member is not
+/// this worker (`me`) and answers.
+async fn ask_join(
+    via: &str,
+    me: u64,
+    tls: Option<&TlsDir>,
+    req: pb::JoinRequest,
+) -> Option<pb::JoinReply> {
+    let addrs: Vec<std::net::SocketAddr> = match tokio::net::lookup_host(via).await {
+        Ok(a) => a.collect(),
+        Err(e) => {
+            tracing::warn!(%via, error = %e, "cannot look up the members to join through");
+            return None;
+        }
+    };
+    for addr in addrs {
+        let to = addr.to_string();
+        let ch = match tls {
+            None => channel(&to, None).await,
+            Some(d) => match d.client_config(WORKER_NAME) {
+                Ok(cfg) => channel(&to, Some(cfg)).await,
+                Err(e) => Err(e),
+            },
+        };
+        let mut client = match ch {
+            Ok(ch) => pb::admin_client::AdminClient::new(ch),
+            Err(e) => {
+                tracing::debug!(%via, %to, error = %e, "cannot reach a member to join through");
+                continue;
+            }
+        };
+        match client.join(req.clone()).await {
+            Ok(r) if r.get_ref().id != me => return Some(r.into_inner()),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(%via, %to, error = %e, "join refused"),
+        }
+    }
+    None
 }
 
 impl Replica {
@@ -125,9 +172,13 @@ impl Replica {
     pub(super) fn ask_membership(&mut self, a: super::Ask) {
         match a {
             Ask::Join { join, reply } => {
-                let known = self.node.table().joined().any(|j| *j == join);
-                if !known {
-                    tracing::info!(worker = join.node, grpc = %join.grpc, sip = %join.sip, "a worker asks to join");
+                let id = join.node;
+                let member = self.node.voters().contains(&id) || self.node.learners().contains(&id);
+                let t = self.node.table();
+                let removed = t.was_removed(id, join.incarnation);
+                let asked = t.joined().any(|j| *j == join);
+                if !member && !removed && !asked && id != self.node.id() {
+                    tracing::info!(worker = id, grpc = %join.grpc, sip = %join.sip, "a worker asks to join");
                     self.node.join(join);
                 }
                 let members = self
@@ -139,7 +190,12 @@ impl Replica {
                         sip: p.sip,
                     })
                     .collect();
-                let _ = reply.send(members);
+                let _ = reply.send(pb::JoinReply {
+                    members,
+                    id: self.node.id(),
+                    member,
+                    removed,
+                });
             }
             Ask::Leave { id, reply } => {
                 if !self.node.table().is_leaving(id) {
@@ -157,14 +213,10 @@ impl Replica {
     /// After the configuration or the table changed: answers the leaves
     /// whose removal is applied, starts this worker's own drain once its
     /// leave is applied, and tells the join task when it is in.
-    pub(super) fn membership_news(&mut self, in_conf: &AtomicBool) {
+    pub(super) fn membership_news(&mut self, leaving: &AtomicBool) {
         let voters = self.node.voters();
         let learners = self.node.learners();
         let me = self.node.id();
-        in_conf.store(
-            voters.contains(&me) || learners.contains(&me),
-            Ordering::Relaxed,
-        );
         let removed = |id: &u64| !voters.contains(id) && !learners.contains(id);
         let (done, wait): (Vec<_>, Vec<_>) = std::mem::take(&mut self.leaves)
             .into_iter()
@@ -175,6 +227,7 @@ impl Replica {
         }
         if !self.leaving && self.node.table().is_leaving(me) {
             self.leaving = true;
+            leaving.store(true, Ordering::Relaxed);
             tracing::warn!("this worker leaves the cluster: draining, then stopping");
             let _ = self.notes.send(super::Note::Leave);
         }
