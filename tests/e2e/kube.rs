@@ -25,7 +25,7 @@ struct Ports {
 /// Starts worker `i` (0-based) of three as a StatefulSet pod would be.
 /// The cluster's hashing key in these tests (the manifests' ConfigMap
 /// sets one; a cluster refuses to start without).
-const TEST_KEY: &str = "5b1c0e7f3a9d42c68e0f1a2b3c4d5e6f";
+pub(crate) const TEST_KEY: &str = "5b1c0e7f3a9d42c68e0f1a2b3c4d5e6f";
 
 fn pod(i: u16, p: Ports, data: &std::path::Path, extra: &[&str]) -> Proc {
     let Ports {
@@ -122,7 +122,12 @@ pub(crate) fn by_name_with(
         })
         .collect();
     let edge_listen = format!("127.0.0.1:{edge_port}");
-    let (edge, edge_admin) = start_edge(dir, grpc, &["--listen", &edge_listen], edge_extra);
+    let (edge, edge_admin) = start_edge(
+        dir,
+        &by_name_clusters(grpc),
+        &["--listen", &edge_listen],
+        edge_extra,
+    );
     wait_members(&format!("127.0.0.1:{grpc}"), 3);
     assert!(
         wait_for(Duration::from_secs(15), || {
@@ -142,12 +147,16 @@ pub(crate) fn by_name_with(
     }
 }
 
-/// An edge in front of the three workers of [`by_name`] (their gRPC
-/// ports from `grpc`), with its cluster credentials from `dir`; its
-/// admin URL once it printed it.
+/// The `--cluster`s of [`by_name`]'s workers, by name.
+pub(crate) fn by_name_clusters(grpc: u16) -> Vec<String> {
+    (0..3).map(|k| format!("localhost:{}", grpc + k)).collect()
+}
+
+/// An edge in front of the workers at `clusters` (gRPC addresses), with
+/// its cluster credentials from `dir`; its admin URL once it printed it.
 pub(crate) fn start_edge(
     dir: &std::path::Path,
-    grpc: u16,
+    clusters: &[String],
     listen: &[&str],
     extra: &[&str],
 ) -> (Proc, String) {
@@ -166,8 +175,7 @@ pub(crate) fn start_edge(
         "--cluster-tls",
         &edge_creds,
     ];
-    let clusters: Vec<String> = (0..3).map(|k| format!("localhost:{}", grpc + k)).collect();
-    for c in &clusters {
+    for c in clusters {
         edge_args.extend(["--cluster", c.as_str()]);
     }
     let child = Command::new(env!("CARGO_BIN_EXE_handover"))

@@ -900,7 +900,7 @@ fn with_two_edges_a_tcp_phone_is_registered_called_and_hung_up_through_the_edge_
     let listen = format!("127.0.0.1:{second}");
     let (_edge2, admin2) = crate::kube::start_edge(
         dir.path(),
-        c.grpc,
+        &crate::kube::by_name_clusters(c.grpc),
         &["--listen", &listen, "--listen-tcp", &listen],
         &[
             "--advertise",

@@ -1,7 +1,10 @@
 //! Scale at run time (issue 21): a worker joins a running `up --workers 3`
 //! through `handover worker --join` while calls are held, takes about a
 //! quarter of the shards and carries new calls, then leaves again by
-//! `handover leave`; no call fails on the way.
+//! `handover leave`; no call fails on the way. Two more join, one leaves,
+//! one is killed and removed, then comes back. And workers started with
+//! the Kubernetes manifests' flags (no peer list) scale up and down as
+//! `kubectl scale` would.
 
 use crate::support::*;
 
@@ -392,4 +395,161 @@ fn two_join_one_leaves_one_is_killed_and_no_call_fails() {
     eprintln!("shard moves per join: {moves:?}");
     drop(joiners);
     drop(back);
+}
+
+/// Ports of a StatefulSet's pods: each on its own loopback address
+/// (pod `i` on 127.0.0.(i+1)), all on the same ports, as pods are.
+#[derive(Clone, Copy)]
+struct PodPorts {
+    grpc: u16,
+    sip: u16,
+    admin: u16,
+    edge: u16,
+    uas: u16,
+}
+
+/// Worker pod `i` (`handover-worker-i`, Raft id i+1) with
+/// deploy/k8s/base/worker.yaml's flags: no peer list (`--founders 3`,
+/// `--peer-template`), `--join` through the others (pod 0's address here:
+/// the headless Service's name lists every pod), and a voter out of the
+/// map for 3 s removed (the manifests say 300).
+fn sts_pod(i: u16, p: PodPorts, data: &std::path::Path) -> Proc {
+    let ip = format!("127.0.0.{}", i + 1);
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_handover"))
+        .env("HOSTNAME", format!("handover-worker-{i}"))
+        .args([
+            "worker",
+            "--id-from-hostname",
+            "--hash-key",
+            crate::kube::TEST_KEY,
+        ])
+        .arg("--founders=3")
+        .arg(format!(
+            "--peer-template=127.0.0.{{id}}:{},127.0.0.{{id}}:{}",
+            p.grpc, p.sip
+        ))
+        .arg(format!("--join=127.0.0.1:{}", p.grpc))
+        .arg("--remove-down-after-s=3")
+        .arg(format!("--grpc-listen={ip}:{}", p.grpc))
+        .arg(format!("--listen={ip}:{}", p.sip))
+        .arg(format!("--admin={ip}:{}", p.admin))
+        .arg(format!("--edge=127.0.0.1:{}", p.edge))
+        .arg(format!("--route=*=127.0.0.1:{}", p.uas))
+        .arg(format!("--data={}", data.display()))
+        .arg(format!(
+            "--cluster-tls={}/cluster-tls/member-{{id}}",
+            data.display()
+        ))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .expect("handover worker starts");
+    Proc(child)
+}
+
+/// Waits until every pod of `pods` (ordinals) says `voters` and the map
+/// has them all up, every shard owned and served.
+fn settled(grpc: u16, pods: &[u16], voters: &[u64], why: &str) {
+    let addrs: Vec<String> = pods
+        .iter()
+        .map(|i| format!("127.0.0.{}:{grpc}", i + 1))
+        .collect();
+    let up: Vec<u64> = pods.iter().map(|&i| u64::from(i) + 1).collect();
+    let mut last = serde_json::Value::Null;
+    assert!(
+        wait_for(std::time::Duration::from_secs(40), || {
+            addrs.iter().all(|a| {
+                last = status(a);
+                ids(&last["voters"]) == voters
+                    && ids(&last["members_up"]) == up
+                    && last["serving_shards"].as_u64() == last["owned_shards"].as_u64()
+            }) && owned_by(&addrs).iter().sum::<u64>() == 4096
+        }),
+        "{why}: voters {voters:?}, members up {up:?}, every shard served: {last}"
+    );
+}
+
+/// `kubectl scale` without Kubernetes: three pods with the manifests'
+/// flags (no peer list) carry calls; a fourth pod joins and takes its
+/// share; scaled down (SIGTERM), it drains, exits and the leader removes
+/// it from Raft; scaled up again from its retained volume, it joins
+/// again. Every call on the way completes.
+#[test]
+fn a_statefulset_scales_up_and_down_with_the_manifests_flags() {
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let uas = free_udp_port();
+    let mut callee = sipp_uas(dir.path(), uas);
+    let p = PodPorts {
+        grpc: free_tcp_port(),
+        sip: free_udp_port(),
+        admin: free_tcp_port(),
+        edge: free_udp_port(),
+        uas,
+    };
+    let creds = dir.path().join("cluster-tls");
+    handover_worker::tls::throwaway(&creds, 4).unwrap();
+    register_creds(p.grpc, creds.join("admin"));
+    let mut pods: Vec<Proc> = (0..3).map(|i| sts_pod(i, p, dir.path())).collect();
+    let edge_listen = format!("127.0.0.1:{}", p.edge);
+    let (_edge, _) = crate::kube::start_edge(
+        dir.path(),
+        &[format!("127.0.0.1:{}", p.grpc)],
+        &["--listen", &edge_listen],
+        &[],
+    );
+    let edge: std::net::SocketAddr = edge_listen.parse().unwrap();
+    settled(p.grpc, &[0, 1, 2], &[1, 2, 3], "three founders");
+    let calls = |n: u64| {
+        let (uac, stat) = sipp_uac(dir.path(), edge, 20, n as u32, 200);
+        let r = finish_uac(uac, &stat);
+        assert_eq!((r.successful, r.failed), (n, 0), "{r:?}");
+    };
+    calls(30);
+    // Scale to 4: pod 3 joins.
+    let t0 = tokio::time::Instant::now();
+    pods.push(sts_pod(3, p, dir.path()));
+    let pod3 = format!("127.0.0.4:{}", p.grpc);
+    assert!(
+        wait_for(std::time::Duration::from_secs(40), || {
+            status(&pod3)["serving_shards"]
+                .as_u64()
+                .is_some_and(|n| n > 0)
+        }),
+        "pod 3 serves shards"
+    );
+    let took = t0.elapsed();
+    settled(p.grpc, &[0, 1, 2, 3], &[1, 2, 3, 4], "scaled to 4");
+    let share = status(&pod3)["owned_shards"].as_u64().unwrap();
+    eprintln!(
+        "scale to 4: start to first served shard {:.1} s; pod 3 owns {share} of 4096 shards",
+        took.as_secs_f64()
+    );
+    assert!((900..=1150).contains(&share), "about a quarter: {share}");
+    let answered = |i: u16| {
+        let t = http_get(&format!("http://127.0.0.{}:{}/metrics", i + 1, p.admin)).1;
+        metric(&t, "handover_calls_answered_total")
+    };
+    calls(40);
+    assert!(answered(3) > 0.0, "pod 3 carries calls");
+    // Scale to 3: SIGTERM drains pod 3, which exits; the leader removes it.
+    let pid = pods[3].0.id();
+    signal(pid, "TERM");
+    assert!(
+        wait_for(std::time::Duration::from_secs(30), || exited(pid)),
+        "pod 3 exits after its drain"
+    );
+    settled(
+        p.grpc,
+        &[0, 1, 2],
+        &[1, 2, 3],
+        "scaled back to 3, pod 3 removed",
+    );
+    calls(30);
+    // Scale to 4 again: pod 3 from its retained volume joins again.
+    pods[3] = sts_pod(3, p, dir.path());
+    settled(p.grpc, &[0, 1, 2, 3], &[1, 2, 3, 4], "scaled to 4 again");
+    calls(30);
+    callee.expect_calls(130);
+    forget_creds(p.grpc..p.grpc + 1);
 }
