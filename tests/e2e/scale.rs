@@ -553,3 +553,63 @@ fn a_statefulset_scales_up_and_down_with_the_manifests_flags() {
     callee.expect_calls(130);
     forget_creds(p.grpc..p.grpc + 1);
 }
+
+/// `handover scale --grpc ADDR --workers N` on the `handover up` whose
+/// first worker has gRPC at `grpc`.
+fn scale_up_to(grpc: &str, n: u16) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_handover"))
+        .args(["scale", "--grpc", grpc, "--workers", &n.to_string()])
+        .output()
+        .expect("handover scale runs")
+}
+
+/// `handover scale` on a running `up`: a fourth worker starts, joins and
+/// carries calls; scaled back to three it leaves (drained, removed from
+/// Raft); beyond the spare credentials it is refused with the limit.
+#[test]
+fn handover_scale_adds_and_removes_workers_of_up() {
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let uas_port = free_udp_port();
+    let mut uas = sipp_uas(dir.path(), uas_port);
+    let c = cluster(&[format!("*=127.0.0.1:{uas_port}")], &["--workers", "3"]);
+    wait_members(&c.grpc, 3);
+    wait_all_shards_served(&c.grpc, 3);
+    let edge: std::net::SocketAddr = format!("127.0.0.1:{}", c.sip).parse().unwrap();
+    let o = scale_up_to(&c.grpc, 4);
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(o.status.success(), "scale to 4: {out}{}", stderr(&o));
+    assert!(out.contains("worker 4 starts and joins"), "{out}");
+    let addrs: Vec<String> = (0..4).map(|k| nth(&c.grpc, k)).collect();
+    let mut last = serde_json::Value::Null;
+    assert!(
+        wait_for(std::time::Duration::from_secs(40), || {
+            last = status(&c.grpc);
+            ids(&last["voters"]) == [1, 2, 3, 4]
+                && ids(&last["members_up"]) == [1, 2, 3, 4]
+                && owned_by(&addrs).iter().sum::<u64>() == 4096
+        }),
+        "worker 4 joined and owns its share: {last}"
+    );
+    let (uac, stat) = sipp_uac(dir.path(), edge, 20, 40, 200);
+    let r = finish_uac(uac, &stat);
+    assert_eq!((r.successful, r.failed), (40, 0), "{r:?}");
+    let o = scale_up_to(&c.grpc, 9);
+    assert!(!o.status.success(), "nine is beyond the spare credentials");
+    assert!(stderr(&o).contains("--workers 7 at most"), "{}", stderr(&o));
+    let o = scale_up_to(&c.grpc, 3);
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(o.status.success(), "scale to 3: {out}{}", stderr(&o));
+    assert!(out.contains("worker 4 leaves"), "{out}");
+    assert!(
+        wait_for(std::time::Duration::from_secs(40), || {
+            last = status(&c.grpc);
+            ids(&last["voters"]) == [1, 2, 3] && ids(&last["members_up"]) == [1, 2, 3]
+        }),
+        "worker 4 removed: {last}"
+    );
+    let (uac, stat) = sipp_uac(dir.path(), edge, 20, 30, 200);
+    let r = finish_uac(uac, &stat);
+    assert_eq!((r.successful, r.failed), (30, 0), "{r:?}");
+    uas.expect_calls(70);
+}

@@ -108,6 +108,10 @@ enum Command {
     ///
     /// Exits 1 when the removal was not applied within 30 s.
     Leave(calls::LeaveArgs),
+    /// Adds workers to a running `handover up`, or removes some: new ones
+    /// join the cluster and take their share of the shards; removed ones
+    /// (the highest ids) drain, stop and leave Raft. No call is lost.
+    Scale(up::scale::ScaleArgs),
     /// Add or change a user in a users file of digest authentication
     /// (`worker --users`): reads the password from standard input, writes
     /// `USER REALM HA1-MD5 HA1-SHA-256` (no password is stored).
@@ -192,6 +196,13 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("handover leave: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Scale(args) => match up::scale::run(&args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("handover scale: {e:#}");
                 ExitCode::FAILURE
             }
         },

@@ -13,6 +13,8 @@ use std::process::{Child, Command, Stdio};
 use anyhow::Context as _;
 use clap::Args;
 
+pub(crate) mod scale;
+
 #[derive(Debug, Args)]
 pub(crate) struct UpArgs {
     /// A trusted peer (PBX, trunk) by address prefix (repeat): its
@@ -420,81 +422,89 @@ pub(crate) fn run(mut a: UpArgs) -> anyhow::Result<()> {
             edge.args(["--cluster", &nth(a.worker_grpc, i)?.to_string()]);
         }
     }
-    let mut worker_admins = Vec::new();
-    for i in 0..a.workers {
-        let (listen, admin) = (nth(a.worker_listen, i)?, nth(a.worker_admin, i)?);
-        let mut worker = Command::new(&exe);
-        worker.args(["--log-format", log_format]);
-        worker.arg("worker").args([
-            "--listen",
-            &listen.to_string(),
-            "--edge",
-            &a.listen.to_string(),
-            "--admin",
-            &admin.to_string(),
-        ]);
-        if let Some(c) = &a.config {
-            worker.arg("--config").arg(c);
-        }
-        for r in &a.routes {
-            worker.args(["--route", r]);
-        }
-        for t in &a.trusted {
-            worker.args(["--trusted", t]);
-        }
-        for h in &a.identity_headers {
-            worker.args(["--identity-header", h]);
-        }
-        if a.assert_identity {
-            worker.arg("--assert-identity");
-        }
-        worker.args(["--hash-key", &hash_key]);
-        worker.args(["--max-call-age-s", &a.max_call_age_s.to_string()]);
-        worker.args(["--ring-timeout-s", &a.ring_timeout_s.to_string()]);
-        worker.args(["--transfer-mode", &a.transfer_mode]);
-        if let Some(u) = &a.users {
-            worker.arg("--users").arg(u);
-        }
-        if let Some(r) = &a.realm {
-            worker.args(["--realm", r]);
-        }
-        if let Some(d) = &a.digest_algorithms {
-            worker.args(["--digest-algorithms", d]);
-        }
-        for u in &a.registrar_upstream {
-            worker.args(["--registrar-upstream", u]);
-        }
-        if let Some(t) = a.nonce_ttl_s {
-            worker.args(["--nonce-ttl-s", &t.to_string()]);
-        }
-        if a.records {
-            worker
-                .arg("--records")
-                .arg(data.join(format!("worker-{}", i + 1)).join("records.jsonl"));
-        }
-        if replicate {
-            worker.args(["--id", &(i + 1).to_string()]);
-            for p in &peers {
-                worker.args(["--peer", p]);
+    // Worker `i` (id i+1) with the cluster's `peers`, joining through
+    // `join` when it is added to a running cluster (`handover scale`).
+    let spawn_worker =
+        |i: u16, peers: &[String], join: Option<SocketAddr>| -> anyhow::Result<Child> {
+            let (listen, admin) = (nth(a.worker_listen, i)?, nth(a.worker_admin, i)?);
+            let mut worker = Command::new(&exe);
+            worker.args(["--log-format", log_format]);
+            worker.arg("worker").args([
+                "--listen",
+                &listen.to_string(),
+                "--edge",
+                &a.listen.to_string(),
+                "--admin",
+                &admin.to_string(),
+            ]);
+            if let Some(c) = &a.config {
+                worker.arg("--config").arg(c);
             }
-            worker
-                .arg("--data")
-                .arg(data.join(format!("worker-{}", i + 1)));
-            if !a.cluster_plaintext {
+            for r in &a.routes {
+                worker.args(["--route", r]);
+            }
+            for t in &a.trusted {
+                worker.args(["--trusted", t]);
+            }
+            for h in &a.identity_headers {
+                worker.args(["--identity-header", h]);
+            }
+            if a.assert_identity {
+                worker.arg("--assert-identity");
+            }
+            worker.args(["--hash-key", &hash_key]);
+            worker.args(["--max-call-age-s", &a.max_call_age_s.to_string()]);
+            worker.args(["--ring-timeout-s", &a.ring_timeout_s.to_string()]);
+            worker.args(["--transfer-mode", &a.transfer_mode]);
+            if let Some(u) = &a.users {
+                worker.arg("--users").arg(u);
+            }
+            if let Some(r) = &a.realm {
+                worker.args(["--realm", r]);
+            }
+            if let Some(d) = &a.digest_algorithms {
+                worker.args(["--digest-algorithms", d]);
+            }
+            for u in &a.registrar_upstream {
+                worker.args(["--registrar-upstream", u]);
+            }
+            if let Some(t) = a.nonce_ttl_s {
+                worker.args(["--nonce-ttl-s", &t.to_string()]);
+            }
+            if a.records {
                 worker
-                    .arg("--cluster-tls")
-                    .arg(cluster_tls.join(format!("member-{}", i + 1)));
+                    .arg("--records")
+                    .arg(data.join(format!("worker-{}", i + 1)).join("records.jsonl"));
             }
-            if let Some(w) = a.commit_window_ms {
-                worker.args(["--commit-window-ms", &w.to_string()]);
+            if replicate {
+                worker.args(["--id", &(i + 1).to_string()]);
+                for p in peers {
+                    worker.args(["--peer", p]);
+                }
+                if let Some(j) = join {
+                    worker.args(["--join", &j.to_string()]);
+                }
+                worker
+                    .arg("--data")
+                    .arg(data.join(format!("worker-{}", i + 1)));
+                if !a.cluster_plaintext {
+                    worker
+                        .arg("--cluster-tls")
+                        .arg(cluster_tls.join(format!("member-{}", i + 1)));
+                }
+                if let Some(w) = a.commit_window_ms {
+                    worker.args(["--commit-window-ms", &w.to_string()]);
+                }
             }
-        }
-        kids.0.push(
             worker
                 .stdout(Stdio::null())
                 .spawn()
-                .with_context(|| format!("cannot start worker {}", i + 1))?,
-        );
+                .with_context(|| format!("cannot start worker {}", i + 1))
+        };
+    let mut worker_admins = Vec::new();
+    for i in 0..a.workers {
+        let (listen, admin) = (nth(a.worker_listen, i)?, nth(a.worker_admin, i)?);
+        kids.0.push(spawn_worker(i, &peers, None)?);
         edge.args(["--backend", &listen.to_string()]);
         worker_admins.push(admin);
     }
@@ -553,7 +563,11 @@ pub(crate) fn run(mut a: UpArgs) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let n = kids.0.len();
+    // Which child is which: worker ids, then the edge (`None`); workers
+    // `handover scale` adds come after it.
+    let mut who: Vec<Option<u16>> = (1..=a.workers).map(Some).chain([None]).collect();
+    let mut leaving: Vec<u16> = Vec::new();
+    let mut leaves: Vec<Child> = Vec::new();
     if a.demo {
         demo(&a, &mut kids)?;
     }
@@ -564,29 +578,100 @@ pub(crate) fn run(mut a: UpArgs) -> anyhow::Result<()> {
         // worker then never stopped).
         let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
         let mut tick = tokio::time::interval(std::time::Duration::from_millis(200));
-        let mut dead = vec![false; n];
+        let mut dead = vec![false; kids.0.len()];
+        let control = if replicate {
+            Some(scale::Control::bind(a.worker_grpc.port())?)
+        } else {
+            None
+        };
         loop {
             tokio::select! {
                 _ = int.recv() => break,
                 _ = term.recv() => break,
+                Ok((mut conn, _)) = async { control.as_ref().expect("guarded").listener.accept().await }, if control.is_some() => {
+                    let running: Vec<u16> = who
+                        .iter()
+                        .zip(&dead)
+                        .filter_map(|(w, d)| w.filter(|id| !*d && !leaving.contains(id)))
+                        .collect();
+                    let max = if a.cluster_plaintext { 16 } else { a.workers + 4 };
+                    let asked = scale::request(&mut conn).await.and_then(|n| {
+                        if running.is_empty() {
+                            return Err("no worker is running".to_string());
+                        }
+                        scale::plan(&running, n, max)
+                    });
+                    let reply = match asked {
+                        Err(e) => format!("error: {e}\n"),
+                        Ok((add, remove)) => {
+                            let mut out = String::new();
+                            let via = nth(a.worker_grpc, running[0] - 1)?;
+                            for id in add {
+                                let i = id - 1;
+                                let me = format!("{id}={},{}", nth(a.worker_grpc, i)?, nth(a.worker_listen, i)?);
+                                if !a.cluster_plaintext {
+                                    let to = crate::status::up_credentials(nth(a.worker_grpc, i)?.port());
+                                    let _ = std::fs::create_dir_all(&to);
+                                    for f in ["ca.crt", "tls.crt", "tls.key"] {
+                                        let _ = std::fs::copy(cluster_tls.join("admin").join(f), to.join(f));
+                                    }
+                                    left.0.push(to);
+                                }
+                                match spawn_worker(i, &[me], Some(via)) {
+                                    Ok(c) => {
+                                        kids.0.push(c);
+                                        who.push(Some(id));
+                                        dead.push(false);
+                                        out += &format!("worker {id} starts and joins through {via} (metrics: http://{}/metrics)\n", nth(a.worker_admin, i)?);
+                                    }
+                                    Err(e) => out += &format!("worker {id}: {e:#}\n"),
+                                }
+                            }
+                            for id in remove {
+                                let stay = running.iter().find(|&&r| r != id && r < id).copied().unwrap_or(running[0]);
+                                let mut leave = Command::new(&exe);
+                                leave.args(["leave", &id.to_string(), "--grpc", &nth(a.worker_grpc, stay - 1)?.to_string()]);
+                                if !a.cluster_plaintext {
+                                    leave.arg("--cluster-tls").arg(cluster_tls.join("admin"));
+                                }
+                                match leave.stdout(Stdio::null()).spawn() {
+                                    Ok(c) => {
+                                        leaves.push(c);
+                                        leaving.push(id);
+                                        out += &format!("worker {id} leaves: it drains, stops and is removed from Raft\n");
+                                    }
+                                    Err(e) => out += &format!("worker {id}: cannot run handover leave: {e}\n"),
+                                }
+                            }
+                            if out.is_empty() {
+                                out = format!("{} workers already\n", running.len());
+                            }
+                            out
+                        }
+                    };
+                    scale::answer(conn, &reply).await;
+                }
                 _ = tick.tick() => {
+                    leaves.retain_mut(|c| c.try_wait().ok().flatten().is_none());
                     for (i, c) in kids.0.iter_mut().enumerate() {
                         if dead[i] {
                             continue;
                         }
                         if let Some(s) = c.try_wait()? {
                             dead[i] = true;
-                            if i == n - 1 {
+                            let Some(id) = who[i] else {
                                 anyhow::bail!("the edge exited ({s}); see its error above");
-                            }
-                            if dead[..n - 1].iter().all(|d| *d) {
+                            };
+                            if who.iter().zip(&dead).all(|(w, d)| w.is_none() || *d) {
                                 anyhow::bail!("every worker exited (the last: {s}); see the errors above");
                             }
-                            if replicate {
-                                eprintln!("handover up: worker {} exited ({s}); once the cluster declares it dead its shards and calls move to the others", i + 1);
+                            if leaving.contains(&id) {
+                                eprintln!("handover up: worker {id} left the cluster");
+                            } else if replicate {
+                                eprintln!("handover up: worker {id} exited ({s}); once the cluster declares it dead its shards and calls move to the others");
                             } else {
                                 // The edge's probes take the worker out of rotation.
-                                eprintln!("handover up: worker {} exited ({s}); its calls are lost, new calls go to the others", i + 1);
+                                eprintln!("handover up: worker {id} exited ({s}); its calls are lost, new calls go to the others");
                             }
                         }
                     }
@@ -595,6 +680,7 @@ pub(crate) fn run(mut a: UpArgs) -> anyhow::Result<()> {
         }
         anyhow::Ok(())
     })?;
+    drop(leaves);
     drop(kids);
     Ok(())
 }
