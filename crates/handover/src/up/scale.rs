@@ -149,7 +149,11 @@ mod tests {
         assert_eq!(plan(&[1, 2, 3, 4, 5], 3, 7), Ok((vec![], vec![5, 4])));
         assert_eq!(plan(&[1, 2, 4], 4, 7), Ok((vec![5], vec![])));
         assert_eq!(plan(&[1, 2, 3], 3, 7), Ok((vec![], vec![])));
-        assert!(plan(&[1, 2, 3], 9, 7).unwrap_err().contains("--workers 7 at most"));
+        assert!(
+            plan(&[1, 2, 3], 9, 7)
+                .unwrap_err()
+                .contains("--workers 7 at most")
+        );
         assert!(plan(&[1, 2, 3], 0, 7).is_err());
     }
 }
