@@ -36,9 +36,13 @@ pub(super) async fn join(
     let fresh = || rand_core::TryRngCore::try_next_u64(&mut rand_core::OsRng).unwrap_or(1);
     let mut incarnation = fresh();
     let mut member = false;
+    let mut first = true;
     loop {
-        let wait = if member { 10 } else { 2 };
-        tokio::time::sleep(Duration::from_secs(wait)).await;
+        if !first {
+            let wait = if member { 10 } else { 2 };
+            tokio::time::sleep(Duration::from_secs(wait)).await;
+        }
+        first = false;
         if leaving.load(Ordering::Relaxed) {
             return;
         }
