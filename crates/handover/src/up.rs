@@ -184,6 +184,22 @@ fn throwaway_cert(
 
 struct Kids(Vec<Child>);
 
+/// A copy of the cluster's admin credentials where `handover status
+/// --grpc` on worker gRPC port `port` finds them by itself.
+fn admin_credentials(
+    cluster_tls: &std::path::Path,
+    port: u16,
+) -> anyhow::Result<std::path::PathBuf> {
+    let to = crate::status::up_credentials(port);
+    let _ = std::fs::remove_dir_all(&to);
+    std::fs::create_dir_all(&to).with_context(|| format!("cannot create {}", to.display()))?;
+    for f in ["ca.crt", "tls.crt", "tls.key"] {
+        std::fs::copy(cluster_tls.join("admin").join(f), to.join(f))
+            .with_context(|| format!("cannot write {}", to.join(f).display()))?;
+    }
+    Ok(to)
+}
+
 /// Directories removed when dropped.
 struct Leftovers(Vec<std::path::PathBuf>);
 
@@ -402,15 +418,7 @@ pub(crate) fn run(mut a: UpArgs) -> anyhow::Result<()> {
         }
         for i in (0..a.workers).filter(|_| !a.cluster_plaintext) {
             let port = nth(a.worker_grpc, i)?.port();
-            let to = crate::status::up_credentials(port);
-            let _ = std::fs::remove_dir_all(&to);
-            std::fs::create_dir_all(&to)
-                .with_context(|| format!("cannot create {}", to.display()))?;
-            for f in ["ca.crt", "tls.crt", "tls.key"] {
-                std::fs::copy(cluster_tls.join("admin").join(f), to.join(f))
-                    .with_context(|| format!("cannot write {}", to.join(f).display()))?;
-            }
-            left.0.push(to);
+            left.0.push(admin_credentials(&cluster_tls, port)?);
         }
         for i in 0..a.workers {
             peers.push(format!(
@@ -610,12 +618,10 @@ pub(crate) fn run(mut a: UpArgs) -> anyhow::Result<()> {
                                 let i = id - 1;
                                 let me = format!("{id}={},{}", nth(a.worker_grpc, i)?, nth(a.worker_listen, i)?);
                                 if !a.cluster_plaintext {
-                                    let to = crate::status::up_credentials(nth(a.worker_grpc, i)?.port());
-                                    let _ = std::fs::create_dir_all(&to);
-                                    for f in ["ca.crt", "tls.crt", "tls.key"] {
-                                        let _ = std::fs::copy(cluster_tls.join("admin").join(f), to.join(f));
+                                    match admin_credentials(&cluster_tls, nth(a.worker_grpc, i)?.port()) {
+                                        Ok(to) => left.0.push(to),
+                                        Err(e) => out += &format!("worker {id}: {e:#}\n"),
                                     }
-                                    left.0.push(to);
                                 }
                                 match spawn_worker(i, &[me], Some(via)) {
                                     Ok(c) => {

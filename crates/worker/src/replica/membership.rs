@@ -56,12 +56,17 @@ pub(super) async fn join(
             continue;
         };
         if answer.member != member {
-            tracing::info!(
-                member = answer.member,
-                asked = answer.id,
-                "in the cluster's Raft configuration: {}",
-                answer.member
-            );
+            if answer.member {
+                tracing::info!(
+                    asked = answer.id,
+                    "a member of the cluster's Raft configuration"
+                );
+            } else {
+                tracing::info!(
+                    asked = answer.id,
+                    "not (or no longer) a member: asked to join"
+                );
+            }
         }
         member = answer.member;
         if answer.removed {
