@@ -44,10 +44,11 @@ use raft::{RawNode, SnapshotStatus, StateRole};
 use crate::disk::Disk;
 use crate::pb;
 use crate::store::Store;
-use crate::table::{Change, Table};
+use crate::table::{Change, Table, shard_of};
 
 mod admit;
 mod apply;
+mod commands;
 mod membership;
 mod types;
 
@@ -135,6 +136,8 @@ pub struct Node {
     /// shards it names are written, so their new owner does not write
     /// them again: the latest epoch asked for.
     release_asked: Option<u64>,
+    /// Calls handed over with a release to come (see [`Node::released`]).
+    handing: Vec<pb::CallUpsert>,
     /// As leader: when it last proposed a configuration change (see
     /// `membership`).
     conf_proposed: Option<u64>,
@@ -219,6 +222,7 @@ impl Node {
             coalesced: 0,
             writing: HashMap::new(),
             release_asked: None,
+            handing: Vec::new(),
             conf_proposed: None,
             snapshot_now: false,
             was_member: false,
@@ -326,141 +330,6 @@ impl Node {
             voters: self.voters(),
             learners: self.learners(),
         }
-    }
-
-    /// Replicates a call record; [`Event::Committed`] follows once applied.
-    pub fn upsert(&mut self, call_id: Vec<u8>, key: u64, version: u64, record: Vec<u8>) {
-        self.upsert_call(pb::CallUpsert {
-            call_id,
-            key,
-            version,
-            record,
-            ..Default::default()
-        });
-    }
-
-    /// [`Node::upsert`] with all a record carries: the call's other leg's
-    /// Call-ID, so that [`Table::call_by_leg`] finds it by either, A's
-    /// unacknowledged 2xx, the answer time. Its owner is this worker.
-    pub fn upsert_call(&mut self, mut upsert: pb::CallUpsert) {
-        upsert.owner = self.cfg.id;
-        // Coalesced: a newer record of a call whose older one still waits
-        // to be proposed takes its place (a request flood inside one call
-        // writes one record per batch, not one per request). Its commit
-        // answers whoever waited for the older one.
-        for c in self.queued.iter_mut().rev() {
-            match &mut c.command {
-                Some(pb::command::Command::Upsert(q)) if q.call_id == upsert.call_id => {
-                    if q.version < upsert.version {
-                        *q = upsert;
-                        self.coalesced += 1;
-                        return;
-                    }
-                    break;
-                }
-                Some(pb::command::Command::Remove(r)) if r.call_id == upsert.call_id => break,
-                _ => {}
-            }
-        }
-        self.queue(pb::command::Command::Upsert(upsert));
-    }
-
-    /// Call records replaced by a newer one before they were proposed.
-    pub fn coalesced(&self) -> u64 {
-        self.coalesced
-    }
-
-    /// Forgets a call that ended.
-    pub fn remove(&mut self, call_id: Vec<u8>, key: u64, version: u64) {
-        self.queue(pb::command::Command::Remove(pb::CallRemove {
-            call_id,
-            key,
-            version,
-            owner: self.cfg.id,
-        }));
-    }
-
-    /// Writes an AOR's bindings (the whole set; `owner` is set here).
-    pub fn bind(&mut self, mut registration: pb::Registration) {
-        registration.owner = self.cfg.id;
-        self.queue(pb::command::Command::Bind(registration));
-    }
-
-    /// Asks the cluster to end call `call_id` (either leg's Call-ID): the
-    /// owner of its shard at apply time hears [`Event::HangUp`].
-    pub fn hang_up(&mut self, call_id: Vec<u8>) {
-        self.queue(pb::command::Command::Hangup(pb::CallHangup { call_id }));
-    }
-
-    /// Proposes reloaded settings (a fresh `token` in them): every replica
-    /// applies them in log order as the next generation
-    /// ([`Table::settings`](crate::Table::settings)).
-    pub fn propose_settings(&mut self, settings: pb::Settings) {
-        self.queue(pb::command::Command::Settings(settings));
-    }
-
-    /// The caller ACKed the 2xx of call `call_id`: the table drops the
-    /// 2xx it kept for a new owner to resend (`CallUpsert.a_ok`).
-    pub fn acked(&mut self, call_id: Vec<u8>) {
-        self.queue(pb::command::Command::Acked(pb::CallAcked { call_id }));
-    }
-
-    /// Graceful leave: hands every shard to the others and stops renewing.
-    pub fn drain(&mut self) {
-        self.draining = true;
-        self.queue(pb::command::Command::Down(pb::MemberDown {
-            node: self.cfg.id,
-            drained: true,
-            lease_over: false,
-        }));
-    }
-
-    /// The shell acts on none of the shards this worker lost up to map
-    /// `epoch` (it handed their calls over): their new owners may serve
-    /// those this worker was the only possible server of without waiting
-    /// out its lease. One `MemberReleased` per epoch with such shards; a
-    /// release that is lost costs the new owners that wait.
-    pub fn released(&mut self, epoch: u64) {
-        let later = self.unreleased.split_off(&epoch.saturating_add(1));
-        let mut held = BTreeMap::new();
-        for (epoch, shards) in std::mem::replace(&mut self.unreleased, later) {
-            // Records of these shards still being written here: their new
-            // owner would write them too if it served at once.
-            if shards
-                .iter()
-                .any(|&s| self.writing.values().any(|&w| w == s as usize))
-            {
-                held.insert(epoch, shards);
-                continue;
-            }
-            self.queue(pb::command::Command::Released(pb::MemberReleased {
-                node: self.cfg.id,
-                epoch,
-                shards,
-            }));
-        }
-        self.release_asked = held.keys().next_back().copied();
-        self.unreleased.extend(held);
-    }
-
-    /// A call ended: its detail record is committed, then written once
-    /// (see [`Event::WriteRecord`]).
-    pub fn record_ended(&mut self, record: pb::CallDetail) {
-        self.queue(pb::command::Command::Ended(pb::CallEnded {
-            record: Some(record),
-        }));
-    }
-
-    /// The records `ids` ([`Event::WriteRecord`]) are in the sinks.
-    pub fn records_written(&mut self, ids: Vec<Vec<u8>>) {
-        if !ids.is_empty() {
-            self.queue(pb::command::Command::Written(pb::RecordsWritten { ids }));
-        }
-    }
-
-    /// True once a drain has been applied: nothing is left to hand over.
-    pub fn drained(&self) -> bool {
-        self.draining && !self.table.is_up(self.cfg.id)
     }
 
     fn queue(&mut self, c: pb::command::Command) {

@@ -56,12 +56,20 @@ pub enum Change {
     /// The map moved to a new epoch.
     Map { epoch: u64, moves: Vec<Move> },
     /// An operator asked to end the call (`call_id`: leg A's).
-    HangUp { call_id: Vec<u8>, key: u64 },
+    /// `spare`: a leg not to hang up (see the proto).
+    HangUp {
+        call_id: Vec<u8>,
+        key: u64,
+        spare: Vec<u8>,
+    },
     /// `node` released `shards`, which it lost at `epoch` (see the proto).
     Released {
         node: u64,
         epoch: u64,
         shards: Vec<u32>,
+        /// The calls it handed over with them that were stored: (leg A's
+        /// Call-ID, key).
+        calls: Vec<(Vec<u8>, u64)>,
     },
     /// A lease renewal of `node` was committed.
     Renewed { node: u64, seq: u64 },
@@ -346,6 +354,7 @@ impl Table {
                 Some(Change::HangUp {
                     call_id: c.call_id.clone(),
                     key: c.key,
+                    spare: h.spare,
                 })
             }
             C::Acked(a) => {
@@ -354,11 +363,7 @@ impl Table {
                 }
                 None
             }
-            C::Released(r) => Some(Change::Released {
-                node: r.node,
-                epoch: r.epoch,
-                shards: r.shards,
-            }),
+            C::Released(r) => Some(self.released(r)),
             C::Ended(e) => {
                 let r = e.record.as_ref()?;
                 let id = r.detail.as_ref()?.id.clone();
@@ -460,84 +465,6 @@ impl Table {
             version,
             owner,
             stored,
-        }
-    }
-
-    fn upsert(&mut self, u: pb::CallUpsert) -> Change {
-        let stale = self
-            .calls
-            .get(&u.call_id)
-            .is_some_and(|c| c.version >= u.version)
-            || self.tombs.get(&u.call_id).is_some_and(|v| v >= u.version);
-        // The shard's owner writes its calls. A worker that just lost the
-        // shard may still confirm a call it set up before (its first
-        // version, which nobody else can have written): kept, and the new
-        // owner takes it over. Anything later from it is refused, so a
-        // deposed owner never overwrites the new owner's state.
-        let owner = self.owner_of_key(u.key);
-        let handed_over = u.version == 1 && !self.calls.contains_key(&u.call_id);
-        if u.owner == 0 || owner == 0 || stale || (owner != u.owner && !handed_over) {
-            return Change::Refused {
-                call_id: u.call_id,
-                owner: u.owner,
-            };
-        }
-        let change = Change::Stored {
-            call_id: u.call_id.clone(),
-            version: u.version,
-            key: u.key,
-            owner: u.owner,
-        };
-        self.index_legs(&u);
-        let mut u = u;
-        if u.answered_unix_ms == 0
-            && let Some(old) = self.calls.get(&u.call_id)
-        {
-            u.answered_unix_ms = old.answered_unix_ms;
-        }
-        self.calls.insert(u.call_id.clone(), u);
-        change
-    }
-
-    /// Keeps `legs` in step with an upsert (a local transfer may give a
-    /// call a new other leg).
-    fn index_legs(&mut self, u: &pb::CallUpsert) {
-        if let Some(old) = self.calls.get(&u.call_id)
-            && old.other_call_id != u.other_call_id
-        {
-            self.legs.remove(&old.other_call_id);
-        }
-        if !u.other_call_id.is_empty() {
-            self.legs.insert(u.other_call_id.clone(), u.call_id.clone());
-        }
-    }
-
-    /// A removal is final, whoever proposed it: a worker removes a call
-    /// only once it has sent its BYEs (a hang-up relayed, a timeout, the
-    /// maximum age), so its phones are gone. A deposed owner's removal (it
-    /// relayed a BYE while cut off, its lease still running, and proposes
-    /// the removal again once the partition heals) is applied too, and the
-    /// current owner, which adopted a call that is over, forgets it
-    /// (`Event::Ended`). Unlike an upsert it cannot overwrite live state.
-    fn remove(&mut self, r: pb::CallRemove) -> Change {
-        if r.owner == 0 {
-            return Change::Refused {
-                call_id: r.call_id,
-                owner: r.owner,
-            };
-        }
-        if let Some(old) = self.calls.remove(&r.call_id) {
-            self.legs.remove(&old.other_call_id);
-        }
-        let v = self
-            .tombs
-            .get(&r.call_id)
-            .map_or(r.version, |v| v.max(r.version));
-        self.tombs.put(r.call_id.clone(), v);
-        Change::Removed {
-            call_id: r.call_id,
-            key: r.key,
-            owner: r.owner,
         }
     }
 
@@ -777,6 +704,7 @@ impl Table {
     }
 }
 
+mod calls;
 mod membership;
 #[cfg(test)]
 mod tests;

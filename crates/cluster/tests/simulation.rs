@@ -528,7 +528,7 @@ impl Sim {
             // wait out its lease.
             if stopped && self.release {
                 let epoch = node.table().epoch();
-                node.released(epoch);
+                node.released(epoch, Vec::new());
             }
         }
     }

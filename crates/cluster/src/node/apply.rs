@@ -2,7 +2,6 @@
 //! node's state (ownership waits, releases) and the shell's events.
 
 use super::*;
-use crate::table::shard_of;
 
 impl Node {
     /// Reports each shard whose [`Self::serves`] changed since the last
@@ -140,8 +139,12 @@ impl Node {
                     self.heard.insert(node, self.now);
                 }
             }
-            Change::HangUp { call_id, key } if self.table.owner_of_key(key) == self.cfg.id => {
-                self.events.push_back(Event::HangUp { call_id });
+            Change::HangUp {
+                call_id,
+                key,
+                spare,
+            } if self.table.owner_of_key(key) == self.cfg.id => {
+                self.events.push_back(Event::HangUp { call_id, spare });
             }
             // The previous owner stopped acting on the shards it lost: no
             // need to wait for its lease to run out.
@@ -149,7 +152,15 @@ impl Node {
                 node,
                 epoch,
                 shards,
+                calls,
             } if node != self.cfg.id => {
+                // Calls whose last state came with the release: a shard
+                // served here already (after a lease) takes them over now.
+                for (call_id, key) in calls {
+                    if self.table.owner_of_key(key) == self.cfg.id {
+                        self.events.push_back(Event::HandedOver { call_id });
+                    }
+                }
                 // Shards this worker lost before serving them, now known
                 // to have no other server: released on, by loss epoch.
                 let mut on: BTreeMap<u64, Vec<u32>> = BTreeMap::new();
@@ -168,6 +179,7 @@ impl Node {
                         node: self.cfg.id,
                         epoch,
                         shards,
+                        calls: Vec::new(),
                     }));
                 }
             }
@@ -233,7 +245,7 @@ impl Node {
                     self.writing.remove(id);
                 }
                 if let Some(epoch) = self.release_asked {
-                    self.released(epoch);
+                    self.released(epoch, Vec::new());
                 }
             }
             Change::Bound {

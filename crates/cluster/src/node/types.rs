@@ -100,8 +100,10 @@ pub enum Event {
     /// it is over; forget it without a word to its phones.
     Ended { call_id: Vec<u8> },
     /// An operator asked to end a call of a shard this worker owns
-    /// (`Node::hang_up` anywhere): hang it up on both legs.
-    HangUp { call_id: Vec<u8> },
+    /// (`Node::hang_up` anywhere): hang it up on both legs; or, `spare`
+    /// not empty, another worker's transfer took that leg's dialog over
+    /// (`Node::replaced`): hang up the other leg only.
+    HangUp { call_id: Vec<u8>, spare: Vec<u8> },
     /// A call this worker proposed was refused: it no longer owns the
     /// shard, or the table already holds that version.
     Refused { call_id: Vec<u8> },

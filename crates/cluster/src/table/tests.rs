@@ -94,17 +94,20 @@ fn an_operators_hangup_names_the_call_by_either_leg() {
     for leg in [&b"a"[..], b"b"] {
         assert_eq!(
             t.apply(C::Hangup(pb::CallHangup {
-                call_id: leg.to_vec()
+                call_id: leg.to_vec(),
+                spare: b"b".to_vec(),
             })),
             Some(Change::HangUp {
                 call_id: b"a".to_vec(),
-                key: 7
+                key: 7,
+                spare: b"b".to_vec(),
             })
         );
     }
     assert_eq!(
         t.apply(C::Hangup(pb::CallHangup {
-            call_id: b"x".to_vec()
+            call_id: b"x".to_vec(),
+            ..Default::default()
         })),
         None
     );
@@ -346,4 +349,60 @@ fn reloaded_settings_are_numbered_in_log_order_and_applied_once() {
     let back = Table::decode(&t.encode(), 4).unwrap();
     assert_eq!(back, t);
     assert_eq!(back.settings().map(|s| s.generation), Some(2));
+}
+
+/// A release carries the last state of the calls its member handed over
+/// with the shards (`MemberReleased.calls`): stored, though that member no
+/// longer owns the shard, when it is newer and of a shard the release
+/// names; an upsert of the same member alone is refused.
+#[test]
+fn a_release_stores_the_last_state_of_the_calls_handed_over_with_it() {
+    let mut t = Table::new(4);
+    up(&mut t, 1);
+    let call = |id: &[u8], key: u64, version: u64| pb::CallUpsert {
+        call_id: id.to_vec(),
+        key,
+        version,
+        owner: 1,
+        ..Default::default()
+    };
+    let moved = up(&mut t, 2);
+    let lost: Vec<u32> = moved.iter().map(|m| m.shard as u32).collect();
+    let kept = (0..4u64).find(|&k| t.owner_of_key(k) == 1).unwrap();
+    let gone = (0..4u64).find(|&k| t.owner_of_key(k) == 2).unwrap();
+    assert!(lost.contains(&(shard_of(gone, 4) as u32)));
+    for (id, key) in [(&b"a"[..], gone), (b"b", gone)] {
+        t.apply(C::Upsert(pb::CallUpsert {
+            owner: 2,
+            ..call(id, key, 1)
+        }));
+    }
+    // Worker 1's own upsert of a shard it lost: refused.
+    assert!(matches!(
+        t.apply(C::Upsert(call(b"a", gone, 2))),
+        Some(Change::Refused { .. })
+    ));
+    let r = t.apply(C::Released(pb::MemberReleased {
+        node: 1,
+        epoch: t.epoch(),
+        shards: lost.clone(),
+        calls: vec![
+            call(b"a", gone, 2),
+            // Not newer than what the table holds.
+            call(b"b", gone, 1),
+            // Of a shard the release does not name.
+            call(b"c", kept, 1),
+            // Another member's.
+            pb::CallUpsert {
+                owner: 3,
+                ..call(b"d", gone, 1)
+            },
+        ],
+    }));
+    let Some(Change::Released { node, calls, .. }) = r else {
+        panic!("{r:?}")
+    };
+    assert_eq!((node, calls), (1, vec![(b"a".to_vec(), gone)]));
+    assert_eq!(t.call(b"a").map(|c| c.version), Some(2));
+    assert!(t.call(b"c").is_none() && t.call(b"d").is_none());
 }
