@@ -63,7 +63,7 @@ use call::*;
 pub use detail::{CallDetail, Detail, EndCause, TransferDetail};
 use local::Local;
 pub use register::{AuthStats, Target};
-pub use replica::{CallRecord, PendingRequest, Replication};
+pub use replica::{CallRecord, LocalRecord, PendingRequest, ReferRecord, Replication};
 pub use types::{Config, Latency, Stats, TransferEvent, TransferResult};
 
 /// All calls of one worker.
@@ -537,6 +537,7 @@ impl<R: RngCore> B2bua<R> {
         };
         if let Some(c) = touched {
             self.schedule(c);
+            self.after_ack(now, c);
         }
     }
 

@@ -14,8 +14,9 @@ pub mod transfer;
 pub mod trust;
 
 pub use b2bua::{
-    AuthStats, B2bua, CallDetail, CallRecord, Config, Detail, EndCause, Latency, PendingRequest,
-    Replication, Stats, Target, TransferDetail, TransferEvent, TransferResult,
+    AuthStats, B2bua, CallDetail, CallRecord, Config, Detail, EndCause, Latency, LocalRecord,
+    PendingRequest, ReferRecord, Replication, Stats, Target, TransferDetail, TransferEvent,
+    TransferResult,
 };
 pub use dialog::{Dialog, DialogError, DialogId, DialogState};
 pub use handover_registrar as registrar;

@@ -57,6 +57,8 @@ fn call(
         &format!("Contact: <sip:{to_user}@127.0.0.1:{callee_port}>"),
     );
     b.handle_datagram(at(t + 10), ok.as_bytes());
+    // Replicated, the 2xx waits for its record's commit (a no-op else).
+    b.committed(at(t + 10), cid.as_bytes());
     let ok = find(&out(b), "SIP/2.0 200").expect("caller hears 200");
     let tag = String::from_utf8(scan(&ok).unwrap().to_tag().unwrap().to_vec()).unwrap();
     // The caller acknowledges, as a phone does (else the call is hung up
@@ -161,7 +163,28 @@ fn local_scene() -> Scene {
 }
 
 fn scene_with(routes: &[&str]) -> Scene {
+    scene_of(b2bua_routed(routes, 7))
+}
+
+/// The same, the B2BUA replicating its calls.
+fn replicated_scene(routes: &[&str]) -> Scene {
     let mut b = b2bua_routed(routes, 7);
+    b.set_replication(true);
+    scene_of(b)
+}
+
+/// The latest record `b` queued for replication.
+fn last_record(b: &mut handover_call::B2bua<Seq>) -> handover_call::CallRecord {
+    let mut last = None;
+    while let Some(r) = b.poll_replication() {
+        if let handover_call::Replication::Upsert(r) = r {
+            last = Some(*r);
+        }
+    }
+    last.expect("a record")
+}
+
+fn scene_of(mut b: handover_call::B2bua<Seq>) -> Scene {
     let (a_tag, bob_leg) = call(&mut b, 0, "a-call", "alice", 5061, "b", "bt", 5071);
     Scene { b, a_tag, bob_leg }
 }
@@ -841,7 +864,8 @@ fn attended_transfer_across_workers_reads_the_other_call_from_its_record() {
         .find_map(|r| match r {
             handover_call::Replication::Upsert(r) => Some(*r),
             handover_call::Replication::Remove { .. }
-            | handover_call::Replication::Acked { .. } => None,
+            | handover_call::Replication::Acked { .. }
+            | handover_call::Replication::Replaced { .. } => None,
         })
         .expect("the confirmed call's record");
     w2.committed(at(520), b"bob-2");
@@ -978,4 +1002,246 @@ fn a_replaces_aims_at_a_callers_contact_only_where_the_caller_is() {
         Some(5061),
         "the replaced dialog's party"
     );
+}
+
+/// A local transfer goes on at the worker that takes its call over (its
+/// shard moved, or its worker died): the record says how far it got, and
+/// the new owner sends the request waited on again, the same request (a
+/// retransmission to its receiver). Taken over once while Carol rings and
+/// once while Alice's answer is awaited.
+#[test]
+fn a_local_transfer_is_finished_by_the_workers_that_take_its_call_over() {
+    let routes = ["b=127.0.0.1:5071;transfer=local", "c=127.0.0.1:5072"];
+    let mut s = replicated_scene(&routes);
+    let sent = s.bob(1000, "REFER", 1, "Refer-To: <sip:c@10.1.2.3>\r\n", None);
+    assert!(find(&sent, "SIP/2.0 202").is_some());
+    let inv = find(&sent, "INVITE ").expect("INVITE to Carol");
+    s.feed(
+        1100,
+        &answer_with(&inv, "180 Ringing", Some("ct"), 5072, None),
+    );
+    let rec = last_record(&mut s.b);
+    let l = rec.local.as_ref().expect("the transfer is in the record");
+    assert_eq!(
+        (l.t_out.as_slice(), l.r_out.as_ref()),
+        (inv.as_slice(), None)
+    );
+    assert!(l.ring_until_ms.is_some());
+
+    let mut w2 = b2bua_routed(&routes, 99);
+    w2.set_replication(true);
+    assert!(w2.adopt(at(1200), rec));
+    let again = find(&out(&mut w2), "INVITE ").expect("the INVITE to Carol again");
+    assert_eq!(again, inv, "the same request");
+    // Carol answers the new owner: Alice is re-INVITEd with her offer.
+    w2.handle_datagram(
+        at(1300),
+        answer_with(&inv, "200 OK", Some("ct"), 5072, Some(SDP_C)).as_bytes(),
+    );
+    let sent = out(&mut w2);
+    let re = find(&sent, "INVITE ").expect("re-INVITE to Alice");
+    assert_eq!(scan(&re).unwrap().call_id(), b"a-call");
+    assert_eq!(scan(&re).unwrap().body(), SDP_C.as_bytes());
+    let rec = last_record(&mut w2);
+    let l = rec.local.as_ref().expect("still running");
+    assert_eq!(l.r_out.as_ref(), Some(&re));
+    assert_eq!(
+        l.t_dialog.as_ref().map(|d| d.id.remote_tag.clone()),
+        Some(b"ct".to_vec())
+    );
+
+    let mut w3 = b2bua_routed(&routes, 98);
+    w3.set_replication(true);
+    assert!(w3.adopt(at(1400), rec));
+    let again = find(&out(&mut w3), "INVITE ").expect("the re-INVITE again");
+    assert_eq!(again, re, "the same request");
+    // Alice answers: both 2xx are ACKed, Carol's with Alice's answer; Bob
+    // hears 200 and gets BYE.
+    w3.handle_datagram(
+        at(1500),
+        answer_with(&re, "200 OK", None, 5061, Some(SDP_A2)).as_bytes(),
+    );
+    let sent = out(&mut w3);
+    let acks = all(&sent, "ACK ");
+    let carol = scan(&inv).unwrap().call_id().to_vec();
+    let to_carol = acks
+        .iter()
+        .find(|a| scan(a).unwrap().call_id() == carol.as_slice())
+        .expect("ACK to Carol");
+    assert_eq!(scan(to_carol).unwrap().body(), SDP_A2.as_bytes());
+    let n = find(&sent, "NOTIFY ").expect("final NOTIFY");
+    assert_eq!(frag(&n), "SIP/2.0 200 OK\r\n");
+    assert_eq!(header(&n, HeaderName::Event), "refer;id=1");
+    let bye = find(&sent, "BYE ").expect("BYE to Bob");
+    assert_eq!(
+        scan(&bye).unwrap().call_id(),
+        scan(&s.bob_leg).unwrap().call_id()
+    );
+    let rec = last_record(&mut w3);
+    assert_eq!(rec.local, None, "done");
+    assert_eq!(rec.b_call_id, carol, "Carol took Bob's place");
+    // Alice and Carol talk: Alice's BYE reaches Carol.
+    let r = from_caller("a-call", "alice", 5061, "b", &s.a_tag, "BYE", 3, "", None);
+    w3.handle_datagram(at(5000), r.as_bytes());
+    let bye = find(&out(&mut w3), "BYE ").expect("BYE to Carol");
+    assert_eq!(scan(&bye).unwrap().call_id(), carol.as_slice());
+}
+
+/// A relayed REFER's NOTIFYs still reach the transferor, their `id`
+/// translated, after its call moved to another worker.
+#[test]
+fn a_relayed_transfers_notifies_reach_the_transferor_after_the_call_moved() {
+    let routes = ["b=127.0.0.1:5071", "c=127.0.0.1:5072"];
+    let mut s = replicated_scene(&routes);
+    let to_a = s.refer_accepted(1000, 1, "<sip:c@127.0.0.1:5060>");
+    let her_id = scan(&to_a).unwrap().cseq().seq;
+    let rec = last_record(&mut s.b);
+    let r = rec.refer.as_ref().expect("the REFER is in the record");
+    assert_eq!((r.cseq_in, r.cseq_out), (1, her_id));
+
+    let mut w2 = b2bua_routed(&routes, 99);
+    w2.set_replication(true);
+    assert!(w2.adopt(at(2000), rec));
+    let (h, (ct, body)) = sipfrag("200 OK", "terminated;reason=noresource");
+    let h = h.replace("Event: refer", &format!("Event: refer;id={her_id}"));
+    let r = from_caller(
+        "a-call",
+        "alice",
+        5061,
+        "b",
+        &s.a_tag,
+        "NOTIFY",
+        2,
+        &h,
+        Some((ct, &body)),
+    );
+    w2.handle_datagram(at(3000), r.as_bytes());
+    let sent = out(&mut w2);
+    let n = find(&sent, "NOTIFY ").expect("relayed to Bob");
+    assert_eq!(header(&n, HeaderName::Event), "refer;id=1");
+    assert_eq!(scan(&n).unwrap().body(), body.as_bytes());
+    // Bob's 200 goes back to Alice; the subscription is over: the record
+    // no longer names it.
+    let sent = {
+        w2.handle_datagram(at(3010), answer(&n, "200 OK").as_bytes());
+        out(&mut w2)
+    };
+    assert!(find(&sent, "SIP/2.0 200").is_some());
+    assert_eq!(last_record(&mut w2).refer, None);
+}
+
+/// B refers A before A has our 2xx (held for the call's commit): A's end
+/// of the dialog does not exist yet, and a strict phone refuses a request
+/// on it (481). The REFER waits, once (its retransmission is not queued
+/// twice), and goes to A after A's ACK.
+#[test]
+fn a_refer_before_the_callers_ack_waits_for_it() {
+    let mut b = b2bua_routed(&["b=127.0.0.1:5071", "c=127.0.0.1:5072"], 7);
+    b.set_replication(true);
+    b.handle_datagram(at(0), invite("a-call", "alice", 5061, "b", "").as_bytes());
+    let leg = find(&out(&mut b), "INVITE ").expect("callee leg");
+    let lm = scan(&leg).unwrap();
+    b.handle_datagram(at(10), b_resp(&lm, "200 OK", "bt", Some(SDP_B)).as_bytes());
+    assert!(
+        find(&out(&mut b), "SIP/2.0 200").is_none(),
+        "held for the commit"
+    );
+    let refer = from_callee(
+        &lm,
+        "bt",
+        5071,
+        "REFER",
+        1,
+        "Refer-To: <sip:c@127.0.0.1:5060>\r\n",
+        None,
+    );
+    for t in [20, 520] {
+        b.handle_datagram(at(t), refer.as_bytes());
+        assert!(out(&mut b).is_empty(), "nothing to A, no answer to B yet");
+    }
+    b.committed(at(600), b"a-call");
+    let ok = find(&out(&mut b), "SIP/2.0 200").expect("A's 2xx");
+    let tag = String::from_utf8(scan(&ok).unwrap().to_tag().unwrap().to_vec()).unwrap();
+    b.handle_datagram(at(1020), refer.as_bytes());
+    assert!(find(&out(&mut b), "REFER ").is_none(), "not before A's ACK");
+    let ack = from_caller("a-call", "alice", 5061, "b", &tag, "ACK", 1, "", None);
+    b.handle_datagram(at(1100), ack.as_bytes());
+    let sent = out(&mut b);
+    let to_a = all(&sent, "REFER ");
+    assert_eq!(to_a.len(), 1, "once");
+    assert_eq!(scan(&to_a[0]).unwrap().call_id(), b"a-call");
+    b.handle_datagram(at(1150), answer(&to_a[0], "202 Accepted").as_bytes());
+    assert!(find(&out(&mut b), "SIP/2.0 202").is_some(), "B hears 202");
+}
+
+/// A local attended transfer whose call moves to another worker before it
+/// completes: the replaced call stays with the first worker, which the
+/// new owner asks (through the cluster, `Replication::Replaced`) to end
+/// it; the first hangs up Bob's leg of it only, Carol's dialog now being
+/// the transferred call's.
+#[test]
+fn a_local_attended_transfer_finished_elsewhere_has_the_replaced_call_ended_by_its_owner() {
+    let routes = ["b=127.0.0.1:5071;transfer=local", "c=127.0.0.1:5072"];
+    let mut s = replicated_scene(&routes);
+    let (our_tag_to_bob, carol_leg) = call(&mut s.b, 500, "bob-2", "bob", 5071, "c", "ct", 5072);
+    let cl = scan(&carol_leg).unwrap();
+    let target = format!(
+        "<sip:c@127.0.0.1:5060?Replaces=bob-2%3Bto-tag%3D{our_tag_to_bob}%3Bfrom-tag%3Dbobt>"
+    );
+    let sent = s.bob(1000, "REFER", 1, &format!("Refer-To: {target}\r\n"), None);
+    let re_c = find(&sent, "INVITE ").expect("re-INVITE to Carol");
+    assert_eq!(scan(&re_c).unwrap().call_id(), cl.call_id());
+    // The first call (not Bob's second) moves to worker 2.
+    let rec = last_record(&mut s.b);
+    let rec = if rec.a_call_id == b"a-call" {
+        rec
+    } else {
+        panic!("the transferred call's record last: {:?}", rec.a_call_id)
+    };
+    assert_eq!(
+        rec.local.as_ref().and_then(|l| l.replaced.clone()),
+        Some(b"bob-2".to_vec())
+    );
+    assert_eq!(s.b.hand_over(|k| k == rec.key).0, 1);
+    let mut w2 = b2bua_routed(&routes, 99);
+    w2.set_replication(true);
+    assert!(w2.adopt(at(1050), rec));
+    assert_eq!(
+        find(&out(&mut w2), "INVITE ").as_ref(),
+        Some(&re_c),
+        "sent again"
+    );
+    w2.handle_datagram(
+        at(1100),
+        answer_with(&re_c, "200 OK", None, 5072, Some(SDP_C)).as_bytes(),
+    );
+    let re_a = find(&out(&mut w2), "INVITE ").expect("re-INVITE to Alice");
+    w2.handle_datagram(
+        at(1200),
+        answer_with(&re_a, "200 OK", None, 5061, Some(SDP_A2)).as_bytes(),
+    );
+    let sent = out(&mut w2);
+    let byes = all(&sent, "BYE ");
+    assert_eq!(byes.len(), 1, "Bob's leg of the transferred call only");
+    assert_eq!(
+        scan(&byes[0]).unwrap().call_id(),
+        scan(&s.bob_leg).unwrap().call_id()
+    );
+    let mut asked = None;
+    while let Some(r) = w2.poll_replication() {
+        if let handover_call::Replication::Replaced { a_call_id, spare } = r {
+            asked = Some((a_call_id, spare));
+        }
+    }
+    let (id, spare) = asked.expect("the replaced call's owner is asked to end it");
+    assert_eq!(
+        (id.as_slice(), spare.as_slice()),
+        (&b"bob-2"[..], cl.call_id())
+    );
+    // Worker 1 ends Bob's second call: BYE to Bob, none to Carol.
+    assert!(s.b.replaced(at(1300), &id, &spare));
+    let byes = all(&out(&mut s.b), "BYE ");
+    assert_eq!(byes.len(), 1);
+    assert_eq!(scan(&byes[0]).unwrap().call_id(), b"bob-2");
+    assert!(!s.b.replaced(at(1400), &id, &spare), "once");
 }

@@ -82,6 +82,21 @@ pub fn summary(u: &pb::CallUpsert, owner: u64) -> crate::rpc::pb::CallSummary {
     s
 }
 
+/// `r` as the table keeps it (its owner and answer time filled in by the
+/// replica).
+pub fn upsert(r: &CallRecord) -> pb::CallUpsert {
+    pb::CallUpsert {
+        call_id: r.a_call_id.clone(),
+        key: r.key,
+        version: r.version,
+        owner: 0,
+        record: encode(r),
+        other_call_id: r.b_call_id.clone(),
+        a_ok: r.a_ok.clone().unwrap_or_default(),
+        answered_unix_ms: 0,
+    }
+}
+
 /// The bytes a `CallUpsert` carries for `r`.
 pub fn encode(r: &CallRecord) -> Vec<u8> {
     pb::CallState {
@@ -101,6 +116,26 @@ pub fn encode(r: &CallRecord) -> Vec<u8> {
             relayed: p.relayed.clone(),
         }),
         detail: (!r.detail.id.is_empty()).then(|| detail_pb(&r.detail)),
+        refer: r.refer.as_ref().map(|t| pb::Refer {
+            attended: t.attended,
+            from_a: t.from_a,
+            cseq_in: t.cseq_in,
+            cseq_out: t.cseq_out,
+            at_ms: t.at_ms,
+            until_ms: t.until_ms,
+        }),
+        local: r.local.as_ref().map(|l| pb::LocalTransfer {
+            attended: l.attended,
+            transferor_a: l.transferor_a,
+            refer_seq: l.refer_seq,
+            at_ms: l.at_ms,
+            t_out: l.t_out.clone(),
+            t_call_id: l.t_call_id.clone(),
+            t_dialog: l.t_dialog.as_ref().map(dialog_pb),
+            ring_until_ms: l.ring_until_ms,
+            r_out: l.r_out.clone(),
+            replaced: l.replaced.clone(),
+        }),
     }
     .encode_to_vec()
 }
@@ -216,6 +251,26 @@ pub fn decode(u: &pb::CallUpsert) -> Option<CallRecord> {
                 d
             })
             .unwrap_or_default(),
+        refer: s.refer.map(|t| handover_call::ReferRecord {
+            attended: t.attended,
+            from_a: t.from_a,
+            cseq_in: t.cseq_in,
+            cseq_out: t.cseq_out,
+            at_ms: t.at_ms,
+            until_ms: t.until_ms,
+        }),
+        local: s.local.map(|l| handover_call::LocalRecord {
+            attended: l.attended,
+            transferor_a: l.transferor_a,
+            refer_seq: l.refer_seq,
+            at_ms: l.at_ms,
+            t_out: l.t_out,
+            t_call_id: l.t_call_id,
+            t_dialog: l.t_dialog.map(dialog),
+            ring_until_ms: l.ring_until_ms,
+            r_out: l.r_out,
+            replaced: l.replaced,
+        }),
     })
 }
 
@@ -286,8 +341,8 @@ mod tests {
     }
 
     /// What a new owner adopts is what the old one wrote, the re-INVITE
-    /// in flight and A's unacknowledged 2xx (kept beside the record)
-    /// included.
+    /// in flight, A's unacknowledged 2xx (kept beside the record) and the
+    /// transfers in progress included.
     #[test]
     fn a_call_record_with_a_reinvite_in_flight_reads_back_whole() {
         let mut r = CallRecord {
@@ -324,6 +379,26 @@ mod tests {
                 }],
                 workers: vec![1, 3],
             },
+            refer: Some(handover_call::ReferRecord {
+                attended: true,
+                from_a: false,
+                cseq_in: 4,
+                cseq_out: 7,
+                at_ms: 1_900,
+                until_ms: 61_900,
+            }),
+            local: Some(handover_call::LocalRecord {
+                attended: false,
+                transferor_a: true,
+                refer_seq: 5,
+                at_ms: 1_950,
+                t_out: b"INVITE sip:carol@z SIP/2.0\r\n\r\n".to_vec(),
+                t_call_id: b"t".to_vec(),
+                t_dialog: Some(leg(b"t")),
+                ring_until_ms: Some(31_950),
+                r_out: Some(b"INVITE sip:alice@y SIP/2.0\r\n\r\n".to_vec()),
+                replaced: Some(b"other".to_vec()),
+            }),
         };
         let read = |r: &CallRecord| {
             decode(&pb::CallUpsert {
@@ -337,6 +412,8 @@ mod tests {
         assert_eq!(read(&r).as_ref(), Some(&r));
         r.pending = None;
         r.a_ok = None;
+        r.refer = None;
+        r.local = None;
         assert_eq!(read(&r).as_ref(), Some(&r));
     }
 }

@@ -530,12 +530,12 @@ impl Replica {
                         stopped = true;
                         map_changed = true;
                     }
-                    Event::Committed { call_id, .. } => {
+                    Event::Committed { call_id, version } => {
                         if let Some(t) = self.pending.remove(&call_id) {
                             metrics::histogram!(RAFT_COMMIT_TIME).record(t.elapsed().as_secs_f64());
                         }
                         if !faults.withholding() {
-                            let _ = self.notes.send(Note::Committed { call_id });
+                            let _ = self.notes.send(Note::Committed { call_id, version });
                         }
                     }
                     Event::Refused { call_id } => {
@@ -546,7 +546,10 @@ impl Replica {
                         let note = if self.pending.remove(&call_id).is_some() {
                             Note::Refused { call_id }
                         } else {
-                            Note::Committed { call_id }
+                            Note::Committed {
+                                call_id,
+                                version: 0,
+                            }
                         };
                         let _ = self.notes.send(note);
                     }
@@ -557,8 +560,8 @@ impl Replica {
                     Event::Recorded { call_id } => {
                         let _ = self.notes.send(Note::EndCommitted { call_id });
                     }
-                    Event::HangUp { call_id } => {
-                        let _ = self.notes.send(Note::HangUp { call_id });
+                    Event::HangUp { call_id, spare } => {
+                        let _ = self.notes.send(Note::HangUp { call_id, spare });
                     }
                     Event::WriteRecord { record, retry } => match &self.writer {
                         Some(w) => w.write(*record, retry),
@@ -707,7 +710,7 @@ impl Replica {
         // A release: the new owners wait for it.
         let urgent = matches!(
             c,
-            Cmd::Upsert { version: 1, .. } | Cmd::Bind(_) | Cmd::Released(_) | Cmd::Settings(_)
+            Cmd::Upsert { version: 1, .. } | Cmd::Bind(_) | Cmd::Released(..) | Cmd::Settings(_)
         );
         match c {
             Cmd::Upsert {
@@ -745,7 +748,8 @@ impl Replica {
                 version,
             } => self.node.remove(call_id, key, version),
             Cmd::Bind(r) => self.node.bind(r),
-            Cmd::Released(epoch) => self.node.released(epoch),
+            Cmd::Released(epoch, calls) => self.node.released(epoch, calls),
+            Cmd::Replaced { call_id, spare } => self.node.replaced(call_id, spare),
             Cmd::Ended(record) => self.node.record_ended(*record),
             Cmd::Written(ids) => self.node.records_written(ids),
             Cmd::Settings(s) => self.node.propose_settings(*s),

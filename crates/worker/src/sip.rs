@@ -243,6 +243,9 @@ pub fn run(args: Settings) -> anyhow::Result<()> {
         let (resolved_tx, mut resolved_rx) =
             tokio::sync::mpsc::unbounded_channel::<(Vec<u8>, Option<handover_call::CallRecord>)>();
         let mut lookups = 0usize;
+        // The last state of calls handed over whose latest record was not
+        // seen committed: sent with the next release (`B2bua::hand_over`).
+        let mut handing: Vec<handover_cluster::pb::CallUpsert> = Vec::new();
         let start = tokio::time::Instant::now();
         let now = move || Instant::from_epoch(start.elapsed());
         let mut buf = vec![0u8; 65_536];
@@ -380,8 +383,9 @@ pub fn run(args: Settings) -> anyhow::Result<()> {
                     }
                     Some(crate::replica::Note::Stopped { shard }) => {
                         served[shard] = false;
-                        let n = b2b.hand_over(|k| shard_of(k, SHARDS) == shard);
+                        let (n, last) = b2b.hand_over(|k| shard_of(k, SHARDS) == shard);
                         handed_over.increment(n as u64);
+                        handing.extend(last.iter().map(crate::record::upsert));
                     }
                     Some(crate::replica::Note::Bound { key, next_expiry }) => {
                         b2b.registrar().schedule(key, next_expiry);
@@ -406,13 +410,18 @@ pub fn run(args: Settings) -> anyhow::Result<()> {
                     // out this worker's lease.
                     Some(crate::replica::Note::Release { epoch }) => {
                         if let Some(r) = &replica {
-                            r.cmd.send(crate::replica::Cmd::Released(epoch));
+                            r.cmd.send(crate::replica::Cmd::Released(epoch, std::mem::take(&mut handing)));
                         }
                     }
                     Some(crate::replica::Note::EndCommitted { call_id }) => {
                         b2b.end_committed(now(), &call_id);
                     }
-                    Some(crate::replica::Note::HangUp { call_id }) => {
+                    Some(crate::replica::Note::HangUp { call_id, spare }) if !spare.is_empty() => {
+                        if b2b.replaced(now(), &call_id, &spare) {
+                            tracing::debug!(call_id = %String::from_utf8_lossy(&call_id), "a call replaced by another worker's transfer ended");
+                        }
+                    }
+                    Some(crate::replica::Note::HangUp { call_id, .. }) => {
                         if b2b.hang_up(now(), &call_id) {
                             tracing::info!(call_id = %String::from_utf8_lossy(&call_id), "hung up by an operator");
                         }
@@ -438,15 +447,17 @@ pub fn run(args: Settings) -> anyhow::Result<()> {
                         drained = true;
                         tracing::info!(calls_in_setup = b2b.calls_active(), "drained: finishing only the calls still being set up here");
                     }
-                    Some(crate::replica::Note::Committed { call_id }) => {
+                    Some(crate::replica::Note::Committed { call_id, version }) => {
+                        b2b.stored(&call_id, version);
                         b2b.committed(now(), &call_id);
                         // Confirmed here after its shard moved: the new
                         // owner has it from the replica.
                         if let Some(k) = b2b.key_of(&call_id)
                             && !served[shard_of(k, SHARDS)]
                         {
-                            let n = b2b.hand_over(|x| x == k);
+                            let (n, last) = b2b.hand_over(|x| x == k);
                             handed_over.increment(n as u64);
+                            handing.extend(last.iter().map(crate::record::upsert));
                         }
                     }
                 },
@@ -583,6 +594,9 @@ pub fn run(args: Settings) -> anyhow::Result<()> {
                         }
                         handover_call::Replication::Remove { a_call_id, key, version } => {
                             crate::replica::Cmd::Remove { call_id: a_call_id, key, version }
+                        }
+                        handover_call::Replication::Replaced { a_call_id, spare } => {
+                            crate::replica::Cmd::Replaced { call_id: a_call_id, spare }
                         }
                     });
                 }

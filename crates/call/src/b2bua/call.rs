@@ -187,6 +187,13 @@ pub(super) struct Call {
     /// the ACK of the 2xx; a BYE that overtakes the 2xx is one A does
     /// not know, and its call would stay up).
     pub(super) a_bye_after_ack: bool,
+    /// Requests of B held until A acknowledges our 2xx (by CSeq): A's
+    /// end of the dialog does not exist before it has the 2xx, so a
+    /// request on it would be refused (481), and a re-INVITE would start
+    /// a second INVITE transaction while the first runs (RFC 3261 §14.1).
+    /// A request whose `Replaces` names another worker's call keeps that
+    /// call's record, read for it (`B2bua::learn_remote`).
+    pub(super) after_ack: Vec<(u32, Vec<u8>, Vec<CallRecord>)>,
     /// The caller's identity we assert to trusted targets (digest user,
     /// `Config::assert_identity`).
     pub(super) asserted: Option<Vec<u8>>,
@@ -236,6 +243,9 @@ pub(super) struct Call {
     pub(super) relays: Vec<Relay>,
     /// Version and fingerprint of the state last queued for replication.
     pub(super) replicated: Option<(u64, u64)>,
+    /// The highest version of its record known committed (see
+    /// [`B2bua::stored`]).
+    pub(super) committed: u64,
     /// The 2xx for A, held until the call is committed (or the deadline).
     pub(super) held_ok: Option<(u16, Vec<u8>, Instant)>,
     /// The deadline this call has in the B2BUA's timer heap: entries of

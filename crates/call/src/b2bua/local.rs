@@ -60,6 +60,8 @@ pub(super) struct Local {
     pub(super) r_ack: Option<Vec<u8>>,
     /// Attended: the call whose dialog with the target is taken over.
     pub(super) replaced: Option<u64>,
+    /// That call's leg A Call-ID (its name in the replicated table).
+    pub(super) replaced_id: Option<Vec<u8>>,
 }
 
 impl Local {
@@ -246,6 +248,9 @@ impl<R: RngCore> B2bua<R> {
             return;
         };
         self.by_call_id.insert(t_call_id.clone(), cref);
+        let replaced_id = replaced
+            .and_then(|r| self.calls.get(&r))
+            .map(|c| c.a_call_id.clone());
         let Some(call) = self.calls.get_mut(&cref) else {
             return;
         };
@@ -266,6 +271,7 @@ impl<R: RngCore> B2bua<R> {
             r: None,
             r_ack: None,
             replaced,
+            replaced_id,
         });
         self.local_notify(now, cref, 100, false);
     }
@@ -440,10 +446,14 @@ impl<R: RngCore> B2bua<R> {
         let (t_call_id, replaced) = (l.t_call_id.clone(), l.replaced);
         // Requests of the target's leg go back to the call they belong to.
         match replaced {
-            Some(cref2) => {
+            Some(cref2) if self.calls.contains_key(&cref2) => {
                 self.by_call_id.insert(t_call_id, cref2);
             }
-            None => call.old_ids.push(t_call_id),
+            _ => {
+                if let Some(call) = self.calls.get_mut(&cref) {
+                    call.old_ids.push(t_call_id);
+                }
+            }
         }
         self.local_notify(now, cref, status, true);
         self.report_transfer(
@@ -459,7 +469,7 @@ impl<R: RngCore> B2bua<R> {
     }
 
     /// Sends a BYE in dialog `d` through a client transaction of `cref`.
-    fn bye_in(&mut self, now: Instant, cref: u64, d: &mut Dialog) {
+    pub(super) fn bye_in(&mut self, now: Instant, cref: u64, d: &mut Dialog) {
         let Some(call) = self.calls.get(&cref) else {
             return;
         };
@@ -683,6 +693,7 @@ impl<R: RngCore> B2bua<R> {
         let Some(l) = call.local.as_mut() else { return };
         l.stage = Stage::Done;
         let (attended, at, transferor_a, replaced) = (l.attended, l.at, l.transferor_a, l.replaced);
+        let replaced_id = l.replaced_id.clone();
         let (t_dialog, t_call_id) = (l.t_dialog.take(), l.t_call_id.clone());
         let (slot, id) = if transferor_a {
             (&mut call.a_dialog, &mut call.a_call_id)
@@ -697,7 +708,7 @@ impl<R: RngCore> B2bua<R> {
         }
         // Attended: the replaced call ends; its leg to the target now
         // belongs to this call, so only the transferor's leg gets BYE.
-        if let Some(cref2) = replaced {
+        if replaced_id.is_some() {
             let target_cid = self
                 .calls
                 .get(&cref)
@@ -710,25 +721,22 @@ impl<R: RngCore> B2bua<R> {
                 })
                 .map(|d| d.id.call_id.clone())
                 .unwrap_or_default();
-            if let Some(c2) = self.calls.get_mut(&cref2) {
-                let other = if c2.a_call_id == target_cid {
-                    c2.a_dialog = None;
-                    c2.b_dialog.take()
-                } else {
-                    c2.b_dialog = None;
-                    c2.a_dialog.take()
-                };
-                if !c2.over {
-                    c2.over = true;
-                    c2.a_ok = None;
-                    self.stats.hung_up += 1;
-                    self.record_end(now, cref2, EndCause::Transferred, 200);
+            let held = replaced.filter(|r| {
+                self.calls
+                    .get(r)
+                    .is_some_and(|c2| Some(&c2.a_call_id) == replaced_id.as_ref())
+            });
+            match (held, replaced_id) {
+                (Some(cref2), _) => self.end_replaced(now, cref2, &target_cid),
+                // Its shard moved meanwhile (or this call's did, and the
+                // transfer went on here): its owner ends it.
+                (None, Some(a_call_id)) if self.replicate => {
+                    self.replication.push_back(Replication::Replaced {
+                        a_call_id,
+                        spare: target_cid,
+                    });
                 }
-                if let Some(mut o) = other {
-                    self.bye_in(now, cref2, &mut o);
-                }
-                self.drain(now, cref2);
-                self.schedule(cref2);
+                _ => {}
             }
         }
         self.report_transfer(

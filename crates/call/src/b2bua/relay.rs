@@ -4,6 +4,9 @@
 
 use super::*;
 
+/// B's requests held for A's ACK, at most (past that: 491).
+const MAX_AFTER_ACK: usize = 4;
+
 impl<R: RngCore> B2bua<R> {
     pub(super) fn in_call_request(&mut self, now: Instant, cref: u64, m: &Message<'_>) {
         let Some(call) = self.calls.get_mut(&cref) else {
@@ -215,6 +218,22 @@ impl<R: RngCore> B2bua<R> {
         self.drain(now, cref);
     }
 
+    /// B's requests held for A's ACK (`Call::after_ack`), handled once A
+    /// has acknowledged our 2xx.
+    pub(super) fn after_ack(&mut self, now: Instant, cref: u64) {
+        let Some(call) = self.calls.get_mut(&cref) else {
+            return;
+        };
+        if call.after_ack.is_empty() || call.held_ok.is_some() || call.a_ok.is_some() {
+            return;
+        }
+        for (_, r, remote) in std::mem::take(&mut call.after_ack) {
+            let learned = std::mem::replace(&mut self.remote, remote);
+            self.handle_datagram(now, &r);
+            self.remote = learned;
+        }
+    }
+
     /// Relays an in-dialog request from one leg to the other (RFC 3261
     /// §12.2, §14 for re-INVITE): the request goes out in the other leg's
     /// dialog with that leg's next CSeq, and its answers come back.
@@ -235,6 +254,25 @@ impl<R: RngCore> B2bua<R> {
         // subscription outlives the call, RFC 5057 §5.2).
         if call.over && m.method() != Some(Method::Notify) {
             reply(481, None, &mut self.out);
+            return;
+        }
+        // A does not have our 2xx yet (held for the call's commit), or has
+        // not acknowledged it: B's request waits for A's ACK (see
+        // `Call::after_ack`), its retransmissions not queued twice.
+        if !from_a && (call.held_ok.is_some() || call.a_ok.is_some()) {
+            let seq = m.cseq().seq;
+            if call.after_ack.iter().any(|(s, ..)| *s == seq) {
+                return;
+            }
+            if call.after_ack.len() >= MAX_AFTER_ACK {
+                reply(491, None, &mut self.out);
+                return;
+            }
+            let Some(call) = self.calls.get_mut(&cref) else {
+                return;
+            };
+            call.after_ack
+                .push((seq, m.as_bytes().to_vec(), self.remote.clone()));
             return;
         }
         let put = match self.transfer_check(now, call, m, from_a) {

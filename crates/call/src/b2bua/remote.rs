@@ -73,4 +73,45 @@ impl<R: RngCore> B2bua<R> {
             .find(|r| r.a_call_id == call_id || r.b_call_id == call_id)
             .map(|r| (None, &r.a_dialog, &r.b_dialog))
     }
+
+    /// Ends call `cref2`, replaced by a local attended transfer that took
+    /// over its leg `spare` (the target's): BYE on its other leg only.
+    pub(super) fn end_replaced(&mut self, now: Instant, cref2: u64, spare: &[u8]) {
+        let Some(c2) = self.calls.get_mut(&cref2) else {
+            return;
+        };
+        let other = if c2.a_call_id == spare {
+            c2.a_dialog = None;
+            c2.b_dialog.take()
+        } else {
+            c2.b_dialog = None;
+            c2.a_dialog.take()
+        };
+        if !c2.over {
+            c2.over = true;
+            c2.a_ok = None;
+            self.stats.hung_up += 1;
+            self.record_end(now, cref2, EndCause::Transferred, 200);
+        }
+        if let Some(mut o) = other {
+            self.bye_in(now, cref2, &mut o);
+        }
+        self.drain(now, cref2);
+        self.schedule(cref2);
+    }
+
+    /// Call `a_call_id` held here was replaced by another worker's local
+    /// attended transfer, which took over its leg `spare`
+    /// ([`Replication::Replaced`]): its other leg gets BYE. False when the
+    /// call is not held here or was over.
+    pub fn replaced(&mut self, now: Instant, a_call_id: &[u8], spare: &[u8]) -> bool {
+        let Some(&cref2) = self.by_call_id.get(a_call_id) else {
+            return false;
+        };
+        if self.calls.get(&cref2).is_none_or(|c| c.over) {
+            return false;
+        }
+        self.end_replaced(now, cref2, spare);
+        true
+    }
 }

@@ -13,9 +13,17 @@
 //! absorbs it and resends its answer; a re-INVITE's 2xx is retransmitted
 //! until ACKed) and answers the sender with what comes back. It rides in
 //! the record that the relay writes anyway (the other leg's CSeq moved),
-//! so it costs bytes, not a write. Not kept: an attended or local transfer
-//! half done, the session timer and the maximum call age (both restart at
-//! adoption).
+//! so it costs bytes, not a write.
+//!
+//! Transfers in progress are kept too: a REFER relayed between the phones
+//! whose subscription runs ([`ReferRecord`]: the NOTIFYs that follow name
+//! the REFER's CSeq on our leg and are translated back), and a transfer the
+//! B2BUA carries out itself ([`LocalRecord`], written at each of its
+//! steps): the new owner resends the INVITE or re-INVITE in flight (same
+//! branch, a retransmission to its receiver) and finishes the transfer.
+//! Not kept: the session timer and the maximum call age (both restart at
+//! adoption), and the non-INVITE transactions of a call (a NOTIFY or BYE
+//! whose answer is lost with its worker is not sent again).
 
 use std::hash::{DefaultHasher, Hash, Hasher};
 
@@ -57,6 +65,55 @@ pub struct CallRecord {
     /// What the call's detail record needs beyond its INVITE, as of this
     /// version (empty when records are off).
     pub detail: Detail,
+    /// A REFER relayed between the phones, its subscription running.
+    pub refer: Option<ReferRecord>,
+    /// A transfer the B2BUA carries out, not finished.
+    pub local: Option<LocalRecord>,
+}
+
+/// A REFER relayed from one leg to the other whose subscription runs
+/// (RFC 3515): what its NOTIFYs need (see the module's text).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReferRecord {
+    /// It names a `Replaces`.
+    pub attended: bool,
+    /// The REFER came from A (its NOTIFYs come from B).
+    pub from_a: bool,
+    /// Its CSeq as the transferor sent it.
+    pub cseq_in: u32,
+    /// Its CSeq as relayed.
+    pub cseq_out: u32,
+    /// When it was relayed (Unix ms).
+    pub at_ms: u64,
+    /// When its subscription ends (Unix ms).
+    pub until_ms: u64,
+}
+
+/// A transfer the B2BUA carries out itself (local mode), as of one of its
+/// steps: waiting for the target's 2xx, or for the transferee's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalRecord {
+    /// A `Replaces` named one of our dialogs.
+    pub attended: bool,
+    /// The transferor is the party of leg A.
+    pub transferor_a: bool,
+    /// The REFER's CSeq as the transferor sent it.
+    pub refer_seq: u32,
+    /// When the REFER came (Unix ms).
+    pub at_ms: u64,
+    /// Our INVITE (or re-INVITE) to the target.
+    pub t_out: Vec<u8>,
+    /// The target's leg's Call-ID.
+    pub t_call_id: Vec<u8>,
+    /// The target's dialog: from its 2xx, or the replaced call's.
+    pub t_dialog: Option<Dialog>,
+    /// The ring timeout (Unix ms) while the target has not answered.
+    pub ring_until_ms: Option<u64>,
+    /// Our re-INVITE to the transferee, once the target answered.
+    pub r_out: Option<Vec<u8>>,
+    /// Attended, the replaced call held by the same worker: its leg A's
+    /// Call-ID.
+    pub replaced: Option<Vec<u8>>,
 }
 
 /// A request relayed from one leg to the other and not finally answered
@@ -73,13 +130,141 @@ pub struct PendingRequest {
     pub relayed: Vec<u8>,
 }
 
-/// The fingerprint of what a record holds, to tell a change.
-fn print(a: &Dialog, b: &Dialog, local_mode: bool, pending: Option<&PendingRequest>) -> u64 {
+/// A relayed request of `call` not finally answered yet.
+fn pending_request(call: &Call) -> Option<PendingRequest> {
+    call.relays
+        .iter()
+        .find(|r| {
+            !r.relayed_final
+                && match &r.cli {
+                    Cli::Invite(c) => {
+                        matches!(c.state(), InviteState::Calling | InviteState::Proceeding)
+                    }
+                    Cli::Other(c) => {
+                        matches!(
+                            c.state(),
+                            NonInviteState::Trying | NonInviteState::Proceeding
+                        )
+                    }
+                }
+        })
+        .map(|r| PendingRequest {
+            from_a: r.from_a,
+            request: without_credentials(&r.req),
+            back: r.back,
+            relayed: r.out.clone(),
+        })
+}
+
+/// The running relayed transfer of `call`, times as Unix ms by `wall`.
+fn refer_of(call: &Call, wall: &impl Fn(Instant) -> u64) -> Option<ReferRecord> {
+    // (Its expiry ends it with the call's `Subscription` timer.)
+    let t = call.transfer.as_ref().filter(|t| !t.done)?;
+    Some(ReferRecord {
+        attended: t.attended,
+        from_a: t.from_a,
+        cseq_in: t.cseq_in,
+        cseq_out: t.cseq_out,
+        at_ms: wall(t.at),
+        until_ms: wall(t.until),
+    })
+}
+
+/// The unfinished local transfer of `call`.
+fn local_of(call: &Call, wall: &impl Fn(Instant) -> u64) -> Option<LocalRecord> {
+    let l = call.local.as_ref().filter(|l| l.pending())?;
+    Some(LocalRecord {
+        attended: l.attended,
+        transferor_a: l.transferor_a,
+        refer_seq: l.refer_seq,
+        at_ms: wall(l.at),
+        t_out: l.t_out.clone(),
+        t_call_id: l.t_call_id.clone(),
+        t_dialog: l.t_dialog.clone(),
+        ring_until_ms: l
+            .ring_deadline
+            .filter(|_| l.stage == local::Stage::Target)
+            .map(wall),
+        r_out: l
+            .r
+            .as_ref()
+            .filter(|_| l.stage == local::Stage::Transferee)
+            .map(|r| r.0.clone()),
+        replaced: l.replaced_id.clone(),
+    })
+}
+
+/// `call`'s record at `version` (none without both dialogs).
+fn record_of(
+    call: &Call,
+    version: u64,
+    pending: Option<PendingRequest>,
+    refer: Option<ReferRecord>,
+    local: Option<LocalRecord>,
+) -> Option<CallRecord> {
+    let (Some(a), Some(b)) = (&call.a_dialog, &call.b_dialog) else {
+        return None;
+    };
+    Some(CallRecord {
+        key: call.key,
+        version,
+        a_call_id: call.a_call_id.clone(),
+        a_invite: without_credentials(&call.a_invite),
+        a_target: call.a_target,
+        a_tag: call.a_tag.as_bytes().to_vec(),
+        a_dialog: a.clone(),
+        b_call_id: call.b_call_id.clone(),
+        b_invite: call.b_invite.clone(),
+        b_dialog: b.clone(),
+        local_mode: call.local_mode,
+        pending,
+        a_ok: call
+            .held_ok
+            .as_ref()
+            .map(|h| h.1.clone())
+            .or_else(|| call.a_ok.as_ref().map(|o| o.0.clone())),
+        detail: call.detail.clone(),
+        refer,
+        local,
+    })
+}
+
+/// Unix ms `ms` as an instant of this worker's clock, whose `now` is
+/// `wall_now` Unix ms.
+fn instant_of(now: Instant, wall_now: u64, ms: u64) -> Instant {
+    match ms.checked_sub(wall_now) {
+        Some(ahead) => now + Duration::from_millis(ahead),
+        None => Instant::from_epoch(
+            now.since_epoch()
+                .saturating_sub(Duration::from_millis(wall_now - ms)),
+        ),
+    }
+}
+
+/// The fingerprint of what a record holds, to tell a change (a running
+/// transfer's times aside: they move with its other fields).
+fn print(
+    a: &Dialog,
+    b: &Dialog,
+    local_mode: bool,
+    pending: Option<&PendingRequest>,
+    refer: Option<&ReferRecord>,
+    local: Option<&LocalRecord>,
+) -> u64 {
     let mut h = DefaultHasher::new();
     hash_dialog(a, &mut h);
     hash_dialog(b, &mut h);
     local_mode.hash(&mut h);
     pending.map(|p| &p.relayed).hash(&mut h);
+    refer
+        .map(|r| (r.from_a, r.cseq_in, r.cseq_out))
+        .hash(&mut h);
+    if let Some(l) = local {
+        (&l.t_out, l.r_out.as_ref(), l.ring_until_ms.is_some()).hash(&mut h);
+        if let Some(d) = &l.t_dialog {
+            hash_dialog(d, &mut h);
+        }
+    }
     h.finish()
 }
 
@@ -94,6 +279,16 @@ pub enum Replication {
     Acked {
         /// Leg A's Call-ID.
         a_call_id: Vec<u8>,
+    },
+    /// Call `a_call_id` (leg A's Call-ID), held by another worker, was
+    /// replaced by a transfer this worker carried out (attended, local
+    /// mode), which took over its leg `spare`: its owner hangs up its other
+    /// leg ([`B2bua::replaced`]).
+    Replaced {
+        /// The replaced call's leg A Call-ID.
+        a_call_id: Vec<u8>,
+        /// The Call-ID of the leg taken over.
+        spare: Vec<u8>,
     },
     /// A replicated call ended.
     Remove {
@@ -211,61 +406,44 @@ impl<R: RngCore> B2bua<R> {
         let (Some(a), Some(b)) = (&call.a_dialog, &call.b_dialog) else {
             return;
         };
-        if !call.answered || call.local.as_ref().is_some_and(Local::pending) {
+        if !call.answered {
             return;
         }
-        // A relayed request not finally answered yet.
-        let pending = call
-            .relays
-            .iter()
-            .find(|r| {
-                !r.relayed_final
-                    && match &r.cli {
-                        Cli::Invite(c) => {
-                            matches!(c.state(), InviteState::Calling | InviteState::Proceeding)
-                        }
-                        Cli::Other(c) => {
-                            matches!(
-                                c.state(),
-                                NonInviteState::Trying | NonInviteState::Proceeding
-                            )
-                        }
-                    }
-            })
-            .map(|r| PendingRequest {
-                from_a: r.from_a,
-                request: without_credentials(&r.req),
-                back: r.back,
-                relayed: r.out.clone(),
-            });
-        let print = print(a, b, call.local_mode, pending.as_ref());
+        let pending = pending_request(call);
+        let registrar = &self.registrar;
+        let wall = |t: Instant| registrar.wall_ms(t);
+        let refer = refer_of(call, &wall);
+        let local = local_of(call, &wall);
+        let print = print(
+            a,
+            b,
+            call.local_mode,
+            pending.as_ref(),
+            refer.as_ref(),
+            local.as_ref(),
+        );
         let version = match call.replicated {
             Some((_, p)) if p == print => return,
             Some((v, _)) => v + 1,
             None => 1,
         };
         call.replicated = Some((version, print));
-        self.replication
-            .push_back(Replication::Upsert(Box::new(CallRecord {
-                key,
-                version,
-                a_call_id: call.a_call_id.clone(),
-                a_invite: without_credentials(&call.a_invite),
-                a_target: call.a_target,
-                a_tag: call.a_tag.as_bytes().to_vec(),
-                a_dialog: a.clone(),
-                b_call_id: call.b_call_id.clone(),
-                b_invite: call.b_invite.clone(),
-                b_dialog: b.clone(),
-                local_mode: call.local_mode,
-                pending,
-                a_ok: call
-                    .held_ok
-                    .as_ref()
-                    .map(|h| h.1.clone())
-                    .or_else(|| call.a_ok.as_ref().map(|o| o.0.clone())),
-                detail: call.detail.clone(),
-            })));
+        if let Some(rec) = record_of(call, version, pending, refer, local) {
+            self.replication
+                .push_back(Replication::Upsert(Box::new(rec)));
+        }
+    }
+
+    /// A call's committed version moved: its upsert of `version` is
+    /// committed (the shell tells, from the replica).
+    pub fn stored(&mut self, call_id: &[u8], version: u64) {
+        if let Some(c) = self
+            .by_call_id
+            .get(call_id)
+            .and_then(|r| self.calls.get_mut(r))
+        {
+            c.committed = c.committed.max(version);
+        }
     }
 
     /// The affinity key of a call held here (by either leg's Call-ID).
@@ -284,7 +462,12 @@ impl<R: RngCore> B2bua<R> {
     /// to end: it holds the call from the table, and the BYE's
     /// retransmission reaches it. The held 200 is dropped, so the party
     /// does not get a second one from here later.
-    pub fn hand_over(&mut self, gone: impl Fn(u64) -> bool) -> usize {
+    ///
+    /// Returns how many went, and the last record of those whose latest
+    /// version is not known committed: an upsert in flight when the shard
+    /// moved is refused (this worker no longer owns it), so the shell
+    /// sends these with its release, which the new owner waits for.
+    pub fn hand_over(&mut self, gone: impl Fn(u64) -> bool) -> (usize, Vec<CallRecord>) {
         for c in self.calls.values_mut() {
             if c.over
                 && gone(c.key)
@@ -307,11 +490,27 @@ impl<R: RngCore> B2bua<R> {
             })
             .map(|(&r, _)| r)
             .collect();
+        let mut last = Vec::new();
         for &cref in &refs {
+            let registrar = &self.registrar;
+            let wall = |t: Instant| registrar.wall_ms(t);
+            if let Some(c) = self.calls.get(&cref)
+                && let Some((v, _)) = c.replicated
+                && v > c.committed
+                && let Some(r) = record_of(
+                    c,
+                    v,
+                    pending_request(c),
+                    refer_of(c, &wall),
+                    local_of(c, &wall),
+                )
+            {
+                last.push(r);
+            }
             self.forget_call(cref);
         }
         self.stats.handed_over += refs.len() as u64;
-        refs.len()
+        (refs.len(), last)
     }
 
     /// Ends a call that its previous owner hung up while cut off from the
@@ -367,7 +566,68 @@ impl<R: RngCore> B2bua<R> {
             &rec.b_dialog,
             rec.local_mode,
             rec.pending.as_ref(),
+            rec.refer.as_ref(),
+            rec.local.as_ref(),
         );
+        let wall_now = self.registrar.wall_ms(now);
+        let at = |ms: u64| instant_of(now, wall_now, ms);
+        let transfer = rec.refer.as_ref().map(|r| Transfer {
+            at: at(r.at_ms),
+            attended: r.attended,
+            from_a: r.from_a,
+            cseq_in: r.cseq_in,
+            cseq_out: r.cseq_out,
+            until: at(r.until_ms),
+            done: false,
+        });
+        // A local transfer: its INVITE (to the target) or re-INVITE (to the
+        // transferee) in flight is sent again, the same request.
+        let local = rec.local.as_ref().and_then(|l| {
+            let t_key = Key::server(&scan(&l.t_out).ok()?);
+            let r = match &l.r_out {
+                Some(re) => {
+                    let k = Key::server(&scan(re).ok()?);
+                    Some((re.clone(), k, ClientInvite::new(now, timers, re.clone())))
+                }
+                None => None,
+            };
+            let (stage, t_cli) = match r {
+                Some(_) => (
+                    local::Stage::Transferee,
+                    ClientInvite::ended(timers, l.t_out.clone()),
+                ),
+                None => (
+                    local::Stage::Target,
+                    ClientInvite::new(now, timers, l.t_out.clone()),
+                ),
+            };
+            Some(Local {
+                at: at(l.at_ms),
+                attended: l.attended,
+                transferor_a: l.transferor_a,
+                refer_seq: l.refer_seq,
+                stage,
+                t_out: l.t_out.clone(),
+                t_key,
+                t_cli,
+                t_call_id: l.t_call_id.clone(),
+                t_dialog: l.t_dialog.clone(),
+                t_ack: None,
+                ring_deadline: l.ring_until_ms.map(at),
+                no_answer: false,
+                r,
+                r_ack: None,
+                replaced: l
+                    .replaced
+                    .as_ref()
+                    .and_then(|id| self.by_call_id.get(id).copied()),
+                replaced_id: l.replaced.clone(),
+            })
+        });
+        if let Some(l) = &local {
+            // The target's leg is this call's while the transfer runs.
+            self.by_call_id.insert(l.t_call_id.clone(), cref);
+        }
         // The request in flight: resent as it was (same branch and CSeq,
         // a retransmission to the far party), its sender answered from here.
         let pending = rec.pending.as_ref().and_then(|p| {
@@ -407,7 +667,7 @@ impl<R: RngCore> B2bua<R> {
                 resumed: true,
             })
         });
-        let resumed = pending.is_some();
+        let resumed = pending.is_some() || local.is_some();
         // A's 2xx, if A's ACK was never committed: sent now and resent
         // until A ACKs (a duplicate when A had it: A ACKs it again, RFC
         // 3261 §13.2.2.4), and the call torn down if A never does.
@@ -439,6 +699,7 @@ impl<R: RngCore> B2bua<R> {
                 a_dialog: Some(rec.a_dialog),
                 a_ok,
                 a_bye_after_ack: false,
+                after_ack: Vec::new(),
                 // Not in the record: a later leg of an adopted call
                 // asserts nothing.
                 asserted: None,
@@ -455,9 +716,9 @@ impl<R: RngCore> B2bua<R> {
                 heard: true,
                 ring_deadline: None,
                 no_answer: false,
-                transfer: None,
+                transfer,
                 local_mode: rec.local_mode,
-                local: None,
+                local,
                 old_ids: Vec::new(),
                 targets: Vec::new(),
                 forks: Vec::new(),
@@ -468,6 +729,7 @@ impl<R: RngCore> B2bua<R> {
                 nits: Vec::new(),
                 relays: pending.into_iter().collect(),
                 replicated: self.replicate.then_some((rec.version, print)),
+                committed: rec.version,
                 held_ok: None,
                 held_end: None,
                 linger: None,

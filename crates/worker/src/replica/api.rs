@@ -128,8 +128,15 @@ pub enum Cmd {
     Bind(cpb::Registration),
     Drain(oneshot::Sender<bool>),
     /// The SIP loop handed over every shard lost up to this map epoch
-    /// (see `Note::Release`).
-    Released(u64),
+    /// (see `Note::Release`), with the last state of the calls whose
+    /// latest record it had not seen committed (`Node::released`).
+    Released(u64, Vec<cpb::CallUpsert>),
+    /// Call `call_id`, held by another worker, was replaced by a transfer
+    /// this one carried out, which took over its leg `spare`.
+    Replaced {
+        call_id: Vec<u8>,
+        spare: Vec<u8>,
+    },
     /// A call ended: its detail record, to commit (then written once).
     Ended(Box<cpb::CallDetail>),
     /// The records sink wrote these records (their ids).
@@ -144,9 +151,9 @@ pub enum Note {
     /// The cluster applied this worker's leave (`handover leave`): drain
     /// and stop, as on SIGTERM; the leader then removes it from Raft.
     Leave,
-    /// A call record this worker proposed is committed (or was refused:
-    /// either way the call's held 2xx may go).
-    Committed { call_id: Vec<u8> },
+    /// A call record this worker proposed is committed at `version` (or
+    /// was refused, `version` 0: either way the call's held 2xx may go).
+    Committed { call_id: Vec<u8>, version: u64 },
     /// This worker now serves `shard`; `calls` are its replicated calls.
     Serving {
         shard: usize,
@@ -182,8 +189,9 @@ pub enum Note {
     /// out this worker's lease.
     Release { epoch: u64 },
     /// An operator asked to end this call (leg A's Call-ID), which this
-    /// worker owns (`handover hangup`).
-    HangUp { call_id: Vec<u8> },
+    /// worker owns (`handover hangup`); or, `spare` not empty, another
+    /// worker's transfer replaced it, taking over its leg `spare`.
+    HangUp { call_id: Vec<u8>, spare: Vec<u8> },
     /// This worker's drain is applied (`SIGTERM` or `handover drain`): it
     /// owns no shard, renews no lease, and only finishes the calls it was
     /// still setting up (sent once).
