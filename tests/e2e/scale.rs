@@ -613,3 +613,87 @@ fn handover_scale_adds_and_removes_workers_of_up() {
     assert_eq!((r.successful, r.failed), (30, 0), "{r:?}");
     uas.expect_calls(70);
 }
+
+/// Blind and attended transfers (and held calls with re-INVITEs) placed
+/// by `handover load` while a fourth and a fifth worker join (`handover
+/// scale`) and an original worker leaves (`handover leave 3`), transfers carried out
+/// by the B2BUA: every call succeeds at both ends, the workers hand the
+/// transfers in progress between them (docs/architecture.md, "Membership
+/// at run time").
+#[test]
+fn local_transfers_go_on_while_workers_join_and_leave() {
+    transfers_through_two_joins_and_a_leave("local");
+}
+
+/// The same, transfers relayed between the phones (REFER and NOTIFY).
+#[test]
+fn relayed_transfers_go_on_while_workers_join_and_leave() {
+    transfers_through_two_joins_and_a_leave("passthrough");
+}
+
+fn transfers_through_two_joins_and_a_leave(mode: &str) {
+    let _g = serial();
+    let lp = free_udp_port();
+    let c = cluster(
+        &[format!("*=127.0.0.1:{lp}")],
+        &["--workers", "3", "--transfer-mode", mode],
+    );
+    wait_members(&c.grpc, 3);
+    wait_all_shards_served(&c.grpc, 3);
+    let (target, listen) = (format!("127.0.0.1:{}", c.sip), format!("127.0.0.1:{lp}"));
+    // About 25 s of calls: 20/s, each held 2 s.
+    let load = std::thread::spawn(move || {
+        crate::load::load(&[
+            "--target",
+            &target,
+            "--listen",
+            &listen,
+            "--rate",
+            "20",
+            "--calls",
+            "500",
+            "--hold-ms",
+            "2000",
+            "--mix",
+            "blind=2,attended=2,hold=1",
+        ])
+    });
+    std::thread::sleep(std::time::Duration::from_secs(4));
+    for n in [4u16, 5] {
+        let o = scale_up_to(&c.grpc, n);
+        assert!(o.status.success(), "scale to {n}: {}", stderr(&o));
+        let addrs: Vec<String> = (0..n).map(|k| nth(&c.grpc, k)).collect();
+        let mut last = serde_json::Value::Null;
+        assert!(
+            wait_for(std::time::Duration::from_secs(30), || {
+                last = status(&c.grpc);
+                ids(&last["members_up"]) == (1..=u64::from(n)).collect::<Vec<u64>>()
+                    && owned_by(&addrs).iter().sum::<u64>() == 4096
+            }),
+            "worker {n} joined under load: {last}"
+        );
+        std::thread::sleep(std::time::Duration::from_secs(2));
+    }
+    let o = admin_cmd("leave", &c.grpc, &["3"]);
+    assert!(o.status.success(), "leave 3: {}", stderr(&o));
+    let (code, r) = load.join().unwrap();
+    let count = |k: &str| r["counts"][k].as_u64().unwrap_or(u64::MAX);
+    eprintln!(
+        "{mode} transfers across two joins and a leave: {} succeeded, {} failed, {} callee legs failed, {} retransmissions",
+        count("succeeded"),
+        count("failed"),
+        count("callee_legs_failed"),
+        count("retransmissions")
+    );
+    assert_eq!(code, Some(0), "{r:#}");
+    assert_eq!(
+        (
+            count("succeeded"),
+            count("failed"),
+            count("callee_legs_failed")
+        ),
+        (500, 0, 0),
+        "{r:#}"
+    );
+    assert_eq!(ids(&status(&c.grpc)["voters"]), [1, 2, 4, 5]);
+}

@@ -785,16 +785,16 @@ pub(crate) fn cluster_logged(
     // Worker i listens on the first port + i: consecutive ports free for
     // UDP, kept from later picks (a single free one let a test's next
     // pick fall on worker 2's; ports checked for TCP only let worker 2
-    // meet a UDP port in use).
-    let (sip, worker) = (free_sip_port(), free_udp_ports(4));
+    // meet a UDP port in use). Five: `handover scale` may add two.
+    let (sip, worker) = (free_sip_port(), free_udp_ports(5));
     let (tls, wss) = (free_tcp_port(), free_tcp_port());
     let (tls_listen, wss_listen) = (format!("127.0.0.1:{tls}"), format!("127.0.0.1:{wss}"));
     // Worker i's admin and gRPC ports are the first's + i.
     let (admin, worker_admin) = (
         format!("127.0.0.1:{}", free_tcp_port()),
-        format!("127.0.0.1:{}", free_tcp_ports(4)),
+        format!("127.0.0.1:{}", free_tcp_ports(5)),
     );
-    let grpc = format!("127.0.0.1:{}", free_tcp_ports(4));
+    let grpc = format!("127.0.0.1:{}", free_tcp_ports(5));
     let (listen, worker_listen) = (format!("127.0.0.1:{sip}"), format!("127.0.0.1:{worker}"));
     let mut args: Vec<&str> = vec![
         "--listen",
