@@ -17,9 +17,12 @@
 //!    applied, and `now < t + lease`;
 //! 3. if it gained `s` from another worker, `lease` ticks have passed since
 //!    it applied that map change, unless the change is a death the leader
-//!    proposed with its whole log applied (`MemberDown.lease_over`, set in
-//!    `propose_batch`): then the dead worker's last renewal was applied
-//!    `dead_after` before, its lease is over, and `s` is served at once;
+//!    proposed with no renewal of the dead worker in its log past what it
+//!    applied (`MemberDown.lease_over`, set in `propose_batch`): then the
+//!    dead worker's last renewal was applied `dead_after` before, its
+//!    lease is over, and `s` is served once the waits of its owners before
+//!    the dead one are over (`free_at`: at once, unless `s` moved to the
+//!    dead worker less than a lease ago);
 //!    or unless the old owner's `MemberReleased` naming an epoch at or
 //!    after the change was applied since: it had applied the change and
 //!    its shell had stopped acting on `s` when it proposed that
@@ -80,6 +83,12 @@ pub struct Node {
     lease_until: u64,
     /// Per shard: serving may start at this tick.
     serve_from: Vec<u64>,
+    /// Per shard, whoever owns it: from this tick no member but its owner
+    /// may still serve it (every earlier owner's lease is over). A death
+    /// with `lease_over` ends only the dead member's wait, not this one:
+    /// a shard drained to a member that then died may still be served by
+    /// the member that drained it.
+    free_at: Vec<u64>,
     /// Per shard: the epoch it last moved here and the member it came
     /// from (0: unknown), for [`Change::Released`].
     moved_from: Vec<(u64, u64)>,
@@ -197,6 +206,7 @@ impl Node {
             // After a restart, wait out any lease this worker's previous
             // life may not have seen end.
             serve_from: vec![cfg.lease_ticks; shards],
+            free_at: vec![cfg.lease_ticks; shards],
             moved_from: vec![(0, 0); shards],
             unreleased: BTreeMap::new(),
             lost_waiting: HashMap::new(),
@@ -541,21 +551,24 @@ impl Node {
 
     fn propose_batch(&mut self, seq: u64, mut commands: Vec<pb::Command>) {
         // A leader appends its proposal to its log right here, so what
-        // stands before it in the log is what the log holds now: with all
-        // of it applied and still no renewal of a dead member applied for
-        // dead_after, that member's lease is over (see MemberDown in
-        // proto/cluster.proto). Decided at every proposal, re-proposals
+        // stands before it in the log is what the log holds now: with no
+        // renewal of a dead member in it past what is applied, and none
+        // applied for dead_after, that member's lease is over (see
+        // MemberDown in proto/cluster.proto). A renewal that reaches the
+        // log later is applied after the map change, by a member that is
+        // no longer an owner. Decided at every proposal, re-proposals
         // included; a follower's forwarded proposal never claims it.
-        let settled = self.is_leader() && self.applied >= self.raw.raft.raft_log.last_index();
+        let leader = self.is_leader();
         for c in &mut commands {
             if let Some(pb::command::Command::Down(d)) = &mut c.command
                 && !d.drained
             {
-                d.lease_over = settled
+                d.lease_over = leader
                     && self
                         .heard
                         .get(&d.node)
-                        .is_some_and(|&h| self.now >= h + self.cfg.dead_after_ticks);
+                        .is_some_and(|&h| self.now >= h + self.cfg.dead_after_ticks)
+                    && !self.renewal_unapplied(d.node);
             }
         }
         let batch = pb::Batch {
@@ -568,6 +581,33 @@ impl Node {
         let _ = self.raw.propose(Vec::new(), batch.encode_to_vec());
         self.batch_sizes.push(batch.commands.len());
         self.inflight.insert(seq, (batch.commands, self.now));
+    }
+
+    /// Whether this replica's log holds, past what it has applied, a
+    /// renewal by `node` (or cannot tell: the entries were compacted).
+    /// Read only when a death is proposed, so the entries in flight under
+    /// load do not keep a dead member's shards dark for a lease.
+    fn renewal_unapplied(&self, node: u64) -> bool {
+        let from = self.applied + 1;
+        let Ok(entries) =
+            self.raw
+                .raft
+                .raft_log
+                .entries(from, None, raft::GetEntriesContext::empty(false))
+        else {
+            return true;
+        };
+        entries
+            .iter()
+            .filter(|e| e.get_entry_type() == EntryType::EntryNormal && !e.data.is_empty())
+            .any(|e| {
+                // Undecodable entries are skipped by every replica.
+                pb::Batch::decode(&e.data[..]).is_ok_and(|b| {
+                    b.commands.iter().any(|c| {
+                        matches!(&c.command, Some(pb::command::Command::Renew(r)) if r.node == node)
+                    })
+                })
+            })
     }
 
     /// The Ready loop (raft-rs 0.7's order): send, snapshot, apply
@@ -586,6 +626,7 @@ impl Node {
                 // Shards may have come from anyone: wait out their leases.
                 let wait = self.now + self.cfg.lease_ticks;
                 self.serve_from.iter_mut().for_each(|s| *s = wait);
+                self.free_at.iter_mut().for_each(|s| *s = wait);
                 self.moved_from.iter_mut().for_each(|m| *m = (0, 0));
                 self.lost_waiting.clear();
                 self.events.push_back(Event::Map {

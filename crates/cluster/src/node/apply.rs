@@ -170,6 +170,7 @@ impl Node {
                         continue;
                     }
                     self.serve_from[i] = self.serve_from[i].min(self.now);
+                    self.free_at[i] = self.free_at[i].min(self.now);
                     if let Some(lost) = self.lost_waiting.remove(&i) {
                         on.entry(lost).or_default().push(s);
                     }
@@ -187,12 +188,14 @@ impl Node {
                 let mut gained = Vec::new();
                 let mut lost = Vec::new();
                 for m in moves {
+                    // No owner before, or a death whose lease is known over:
+                    // only the earlier owners' waits remain.
+                    if m.from != 0 && !m.lease_over {
+                        let free = &mut self.free_at[m.shard];
+                        *free = (*free).max(self.now + self.cfg.lease_ticks);
+                    }
                     if m.to == self.cfg.id {
-                        self.serve_from[m.shard] = if m.from == 0 || m.lease_over {
-                            self.now
-                        } else {
-                            self.now + self.cfg.lease_ticks
-                        };
+                        self.serve_from[m.shard] = self.free_at[m.shard].max(self.now);
                         self.moved_from[m.shard] = (epoch, m.from);
                         self.lost_waiting.remove(&m.shard);
                         gained.push(m.shard);

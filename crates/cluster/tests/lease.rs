@@ -1,0 +1,100 @@
+//! A worker that dies while the cluster is busy: its shards are served by
+//! their new owners as soon as the map change is applied, not a lease
+//! later, although the leader's log always holds entries not yet applied
+//! (the MemberDown rule in node.rs, "Ownership and its lease").
+
+use std::collections::BTreeMap;
+
+use handover_cluster::{Config, Event, Message, Node, Store, shard_of};
+
+const IDS: [u64; 3] = [1, 2, 3];
+const SHARDS: usize = 16;
+
+/// Runs one tick: every live node ticks, proposes a call in each shard it
+/// serves, and the messages sent in the previous tick are delivered (so a
+/// proposal is never applied in the tick it is made). Returns the events.
+fn tick(
+    nodes: &mut BTreeMap<u64, Node>,
+    wire: &mut Vec<Message>,
+    next: &mut u64,
+) -> Vec<(u64, Event)> {
+    for m in std::mem::take(wire) {
+        if let Some(n) = nodes.get_mut(&m.to) {
+            n.step(m).expect("step");
+        }
+    }
+    let mut events = Vec::new();
+    for (&id, n) in nodes.iter_mut() {
+        for s in 0..SHARDS {
+            if n.serves(s) {
+                *next += 1;
+                let key = (0..)
+                    .map(|k: u64| (*next << 8) + k)
+                    .find(|&k| shard_of(k, SHARDS) == s)
+                    .expect("a key of the shard");
+                n.upsert(format!("call-{next}").into_bytes(), key, 1, vec![7; 64]);
+            }
+        }
+        n.tick().expect("tick");
+        wire.extend(n.take_messages());
+        while let Some(e) = n.poll_event() {
+            events.push((id, e));
+        }
+    }
+    events
+}
+
+#[test]
+fn a_dead_workers_shards_are_served_once_the_map_moves_them_though_the_log_is_busy() {
+    let mut nodes: BTreeMap<u64, Node> = IDS
+        .iter()
+        .map(|&id| {
+            let cfg = Config::new(id, IDS.to_vec(), SHARDS);
+            (id, Node::new(cfg, Store::new(&IDS), id).expect("node"))
+        })
+        .collect();
+    let (mut wire, mut next) = (Vec::new(), 0);
+    for _ in 0..200 {
+        tick(&mut nodes, &mut wire, &mut next);
+    }
+    let served = |nodes: &BTreeMap<u64, Node>| {
+        (0..SHARDS)
+            .filter(|&s| nodes.values().any(|n| n.serves(s)))
+            .count()
+    };
+    assert_eq!(
+        served(&nodes),
+        SHARDS,
+        "every shard served before the death"
+    );
+    let leader = nodes.values().find(|n| n.is_leader()).expect("a leader");
+    let dead = IDS
+        .into_iter()
+        .find(|&id| id != leader.status().id)
+        .expect("a follower");
+    let cfg = Config::new(dead, IDS.to_vec(), SHARDS);
+    let lost = (0..SHARDS).filter(|&s| nodes[&dead].serves(s)).count();
+    assert!(lost > 0, "worker {dead} served shards");
+    nodes.remove(&dead);
+
+    let (mut moved_at, mut all_served_at) = (None, None);
+    for t in 0..cfg.dead_after_ticks * 4 {
+        for (_, e) in tick(&mut nodes, &mut wire, &mut next) {
+            if let Event::MemberDown { .. } = e {
+                moved_at.get_or_insert(t);
+            }
+        }
+        if moved_at.is_some() && served(&nodes) == SHARDS {
+            all_served_at = Some(t);
+            break;
+        }
+    }
+    let moved_at = moved_at.expect("the leader declared the worker dead");
+    let all_served_at = all_served_at.expect("every shard served again");
+    assert!(
+        all_served_at - moved_at < cfg.lease_ticks / 2,
+        "the {lost} shards of worker {dead} were dark {} ticks after the map moved them (lease {})",
+        all_served_at - moved_at,
+        cfg.lease_ticks
+    );
+}
