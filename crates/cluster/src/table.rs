@@ -399,7 +399,7 @@ impl Table {
                 Some(Change::Membership { node })
             }
             C::Leave(l) => {
-                if l.node == 0 {
+                if l.node == 0 || l.incarnation != self.incarnation(l.node) {
                     return None;
                 }
                 self.leaving.insert(l.node);

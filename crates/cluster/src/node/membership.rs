@@ -23,9 +23,15 @@ impl Node {
     }
 
     /// Asks the cluster to remove worker `node` once it is out of the map
-    /// (drain it too, or it leaves when declared dead).
+    /// (drain it too, or it leaves when declared dead): its life as this
+    /// replica's table knows it, so a copy applied after the worker was
+    /// removed and joined again does not remove it a second time.
     pub fn leave(&mut self, node: u64) {
-        self.queue(pb::command::Command::Leave(pb::MemberLeave { node }));
+        let incarnation = self.table.incarnation(node);
+        self.queue(pb::command::Command::Leave(pb::MemberLeave {
+            node,
+            incarnation,
+        }));
     }
 
     /// Raft's voters, as this replica has applied them.
@@ -205,7 +211,7 @@ impl Node {
         {
             // Asked again after another period if the leave is lost.
             self.out_since.insert(v, now);
-            self.queue(pb::command::Command::Leave(pb::MemberLeave { node: v }));
+            self.leave(v);
         }
     }
 

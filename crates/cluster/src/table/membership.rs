@@ -18,6 +18,12 @@ impl Table {
         self.leaving.contains(&node)
     }
 
+    /// The life of `node` a leave is meant for: the incarnation it joined
+    /// with, or 0 for a member of the first configuration.
+    pub fn incarnation(&self, node: u64) -> u64 {
+        self.joined.get(&node).map_or(0, |j| j.incarnation)
+    }
+
     /// Whether worker `node`'s start `incarnation` was removed from Raft:
     /// its joins are ignored from then on, and it must ask again as a new
     /// incarnation (a worker removed while it was away, still running).

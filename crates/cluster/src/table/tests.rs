@@ -406,3 +406,44 @@ fn a_release_stores_the_last_state_of_the_calls_handed_over_with_it() {
     assert_eq!(t.call(b"a").map(|c| c.version), Some(2));
     assert!(t.call(b"c").is_none() && t.call(b"d").is_none());
 }
+
+#[test]
+fn a_late_leave_of_an_earlier_life_does_not_make_the_new_one_leave() {
+    let mut t = Table::new(4);
+    let join = |incarnation| {
+        C::Join(pb::MemberJoin {
+            node: 4,
+            grpc: "w4:7000".into(),
+            sip: "w4:5060".into(),
+            incarnation,
+        })
+    };
+    let leave = |incarnation| {
+        C::Leave(pb::MemberLeave {
+            node: 4,
+            incarnation,
+        })
+    };
+    t.apply(join(7));
+    assert_eq!(t.incarnation(4), 7);
+    assert!(t.apply(leave(7)).is_some());
+    assert!(t.is_leaving(4));
+    // Removed from Raft; it starts again and joins as a new life.
+    t.forget(4);
+    t.apply(join(8));
+    assert!(!t.is_leaving(4));
+    // The first leave, re-proposed while it was away, is applied late.
+    assert!(t.apply(leave(7)).is_none());
+    assert!(!t.is_leaving(4), "the new life stays");
+    assert!(t.apply(leave(8)).is_some());
+    assert!(t.is_leaving(4));
+    // A member of the first configuration: incarnation 0.
+    assert!(
+        t.apply(C::Leave(pb::MemberLeave {
+            node: 2,
+            incarnation: 0
+        }))
+        .is_some()
+    );
+    assert!(t.is_leaving(2));
+}
