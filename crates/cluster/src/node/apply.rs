@@ -195,7 +195,13 @@ impl Node {
                         *free = (*free).max(self.now + self.cfg.lease_ticks);
                     }
                     if m.to == self.cfg.id {
-                        self.serve_from[m.shard] = self.free_at[m.shard].max(self.now);
+                        // A shard nobody owned (the first map) is served at
+                        // once, as it always was.
+                        self.serve_from[m.shard] = if m.from == 0 {
+                            self.now
+                        } else {
+                            self.free_at[m.shard].max(self.now)
+                        };
                         self.moved_from[m.shard] = (epoch, m.from);
                         self.lost_waiting.remove(&m.shard);
                         gained.push(m.shard);
