@@ -58,7 +58,7 @@ fn a_call_adopted_from_its_replica_is_reinvited_and_hung_up_by_the_new_worker() 
     assert_eq!(
         w1.poll_replication(),
         Some(Replication::Acked {
-            a_call_id: b"a-call".to_vec()
+            id: b"a-call".to_vec()
         })
     );
     w1.handle_datagram(at(160), from_a("ACK", 1, "ack1", &a_tag, None).as_bytes());
@@ -500,7 +500,7 @@ fn a_call_adopted_before_as_ack_sends_a_its_2xx_until_a_acks() {
     assert_eq!(
         w2.poll_replication(),
         Some(Replication::Acked {
-            a_call_id: b"a-call".to_vec()
+            id: b"a-call".to_vec()
         })
     );
     w2.handle_timeout(at(9000));

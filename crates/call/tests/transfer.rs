@@ -1229,8 +1229,8 @@ fn a_local_attended_transfer_finished_elsewhere_has_the_replaced_call_ended_by_i
     );
     let mut asked = None;
     while let Some(r) = w2.poll_replication() {
-        if let handover_call::Replication::Replaced { a_call_id, spare } = r {
-            asked = Some((a_call_id, spare));
+        if let handover_call::Replication::Replaced { id, spare } = r {
+            asked = Some((id, spare));
         }
     }
     let (id, spare) = asked.expect("the replaced call's owner is asked to end it");
@@ -1244,4 +1244,71 @@ fn a_local_attended_transfer_finished_elsewhere_has_the_replaced_call_ended_by_i
     assert_eq!(byes.len(), 1);
     assert_eq!(scan(&byes[0]).unwrap().call_id(), b"bob-2");
     assert!(!s.b.replaced(at(1400), &id, &spare), "once");
+}
+
+/// A transfer the B2BUA carries out for Alice (the caller) gives leg A
+/// Carol's Call-ID; the call keeps its id in the table (leg A's first
+/// Call-ID): every write and the final removal name it, so the call is
+/// one table entry, not a second one left behind; a new owner that adopts
+/// the record knows the call by both Call-IDs.
+#[test]
+fn a_local_transfer_for_the_caller_keeps_the_calls_id() {
+    let routes = ["b=127.0.0.1:5071;transfer=local", "c=127.0.0.1:5072"];
+    let mut s = replicated_scene(&routes);
+    let first = last_record(&mut s.b);
+    assert_eq!(
+        (&first.id[..], &first.a_call_id[..]),
+        (&b"a-call"[..], &b"a-call"[..])
+    );
+    let sent = s.alice(1000, "REFER", 2, "Refer-To: <sip:c@10.1.2.3>\r\n", None);
+    assert!(find(&sent, "SIP/2.0 202").is_some());
+    let inv = find(&sent, "INVITE ").expect("INVITE to Carol");
+    let carol = scan(&inv).unwrap().call_id().to_vec();
+    let sent = s.feed(
+        1100,
+        &answer_with(&inv, "200 OK", Some("ct"), 5072, Some(SDP_C)),
+    );
+    // Bob is re-INVITEd with Carol's offer and answers.
+    let re = find(&sent, "INVITE ").expect("re-INVITE to Bob");
+    assert_eq!(
+        scan(&re).unwrap().call_id(),
+        scan(&s.bob_leg).unwrap().call_id()
+    );
+    assert_eq!(scan(&re).unwrap().body(), SDP_C.as_bytes());
+    let rec = last_record(&mut s.b);
+    assert_eq!(rec.id, b"a-call");
+    assert_eq!(rec.local.and_then(|l| l.r_out), Some(re.clone()));
+    let sent = s.feed(1200, &answer_with(&re, "200 OK", None, 5071, Some(SDP_A2)));
+    let bye = find(&sent, "BYE ").expect("BYE to Alice");
+    assert_eq!(scan(&bye).unwrap().call_id(), b"a-call");
+    s.feed(1210, &answer(&bye, "200 OK"));
+    let rec = last_record(&mut s.b);
+    assert_eq!(rec.local, None, "done");
+    assert_eq!(
+        (&rec.id[..], &rec.a_call_id[..]),
+        (&b"a-call"[..], &carol[..]),
+        "Carol took Alice's place; the call kept its id"
+    );
+
+    // A new owner adopts it: known by its id (the table's events name
+    // it) and by Carol's leg.
+    let mut w2 = b2bua_routed(&routes, 99);
+    w2.set_replication(true);
+    assert!(w2.adopt(at(1300), rec.clone()));
+    out(&mut w2);
+    assert!(!w2.adopt(at(1300), rec), "held already");
+    // Bob hangs up: Carol gets the BYE; the removal names the call's id.
+    let r = from_callee(&scan(&s.bob_leg).unwrap(), "bt", 5071, "BYE", 9, "", None);
+    w2.handle_datagram(at(5000), r.as_bytes());
+    let bye = find(&out(&mut w2), "BYE ").expect("BYE to Carol");
+    assert_eq!(scan(&bye).unwrap().call_id(), carol.as_slice());
+    w2.handle_datagram(at(5010), answer(&bye, "200 OK").as_bytes());
+    let mut removed = Vec::new();
+    while let Some(r) = w2.poll_replication() {
+        if let handover_call::Replication::Remove { id, .. } = r {
+            removed.push(id);
+        }
+    }
+    assert_eq!(removed, [b"a-call".to_vec()]);
+    assert_eq!(w2.calls_active(), 0);
 }

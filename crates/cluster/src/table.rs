@@ -136,8 +136,8 @@ pub struct Table {
     epoch: u64,
     owners: Vec<u64>,
     calls: BTreeMap<Vec<u8>, pb::CallUpsert>,
-    /// `other_call_id` -> `call_id` of the calls that have one (derived
-    /// from `calls`, rebuilt on decode).
+    /// `other_call_id` and `leg_call_id` -> `call_id` of the calls that
+    /// have them (derived from `calls`, rebuilt on decode).
     legs: HashMap<Vec<u8>, Vec<u8>>,
     tombs: Tombs,
     /// AOR -> its bindings.
@@ -294,8 +294,8 @@ impl Table {
         self.calls.get(call_id)
     }
 
-    /// The call one of whose legs has `call_id` (its own, or its
-    /// `other_call_id`): a Replaces may name either.
+    /// The call one of whose legs has `call_id` (its id, its
+    /// `other_call_id` or its `leg_call_id`): a Replaces may name any.
     pub fn call_by_leg(&self, call_id: &[u8]) -> Option<&pb::CallUpsert> {
         self.calls
             .get(call_id)
@@ -657,8 +657,9 @@ impl Table {
         t.legs = t
             .calls
             .values()
-            .filter(|c| !c.other_call_id.is_empty())
-            .map(|c| (c.other_call_id.clone(), c.call_id.clone()))
+            .flat_map(|c| [&c.other_call_id, &c.leg_call_id].map(|l| (l, &c.call_id)))
+            .filter(|(l, id)| !l.is_empty() && l != id)
+            .map(|(l, id)| (l.clone(), id.clone()))
             .collect();
         for tomb in s.tombstones {
             t.tombs.put(tomb.call_id, tomb.version);

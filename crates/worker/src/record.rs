@@ -86,7 +86,8 @@ pub fn summary(u: &pb::CallUpsert, owner: u64) -> crate::rpc::pb::CallSummary {
 /// replica).
 pub fn upsert(r: &CallRecord) -> pb::CallUpsert {
     pb::CallUpsert {
-        call_id: r.a_call_id.clone(),
+        call_id: r.id.clone(),
+        leg_call_id: leg_call_id(r),
         key: r.key,
         version: r.version,
         owner: 0,
@@ -94,6 +95,16 @@ pub fn upsert(r: &CallRecord) -> pb::CallUpsert {
         other_call_id: r.b_call_id.clone(),
         a_ok: r.a_ok.clone().unwrap_or_default(),
         answered_unix_ms: 0,
+    }
+}
+
+/// Leg A's Call-ID when it is no longer the call's id (see
+/// `CallUpsert.leg_call_id`).
+pub fn leg_call_id(r: &CallRecord) -> Vec<u8> {
+    if r.a_call_id == r.id {
+        Vec::new()
+    } else {
+        r.a_call_id.clone()
     }
 }
 
@@ -222,6 +233,7 @@ pub fn decode(u: &pb::CallUpsert) -> Option<CallRecord> {
     Some(CallRecord {
         key: u.key,
         version: u.version,
+        id: u.call_id.clone(),
         a_call_id: s.a_call_id,
         a_invite: s.a_invite,
         a_target: s.a_target.parse().ok(),
@@ -348,6 +360,8 @@ mod tests {
         let mut r = CallRecord {
             key: 42,
             version: 3,
+            // A transfer carried out for A gave leg A another Call-ID.
+            id: b"first".to_vec(),
             a_call_id: b"a".to_vec(),
             a_invite: b"INVITE sip:b@x SIP/2.0\r\n\r\n".to_vec(),
             a_target: Some("192.0.2.1:5060".parse().unwrap()),
@@ -400,15 +414,12 @@ mod tests {
                 replaced: Some(b"other".to_vec()),
             }),
         };
-        let read = |r: &CallRecord| {
-            decode(&pb::CallUpsert {
-                key: r.key,
-                version: r.version,
-                record: encode(r),
-                a_ok: r.a_ok.clone().unwrap_or_default(),
-                ..Default::default()
-            })
-        };
+        let read = |r: &CallRecord| decode(&upsert(r));
+        let u = upsert(&r);
+        assert_eq!(
+            (&u.call_id[..], &u.leg_call_id[..]),
+            (&b"first"[..], &b"a"[..])
+        );
         assert_eq!(read(&r).as_ref(), Some(&r));
         r.pending = None;
         r.a_ok = None;

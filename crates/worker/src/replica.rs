@@ -716,6 +716,7 @@ impl Replica {
             Cmd::Upsert {
                 call_id,
                 other_call_id,
+                leg_call_id,
                 key,
                 version,
                 record,
@@ -728,6 +729,7 @@ impl Replica {
                 self.node.upsert_call(cpb::CallUpsert {
                     call_id,
                     other_call_id,
+                    leg_call_id,
                     key,
                     version,
                     record,

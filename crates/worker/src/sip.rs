@@ -583,20 +583,21 @@ pub fn run(args: Settings) -> anyhow::Result<()> {
                     cmds.push(match rep {
                         handover_call::Replication::Upsert(rec) => crate::replica::Cmd::Upsert {
                             record: crate::record::encode(&rec),
+                            leg_call_id: crate::record::leg_call_id(&rec),
                             a_ok: rec.a_ok.unwrap_or_default(),
-                            call_id: rec.a_call_id,
+                            call_id: rec.id,
                             other_call_id: rec.b_call_id,
                             key: rec.key,
                             version: rec.version,
                         },
-                        handover_call::Replication::Acked { a_call_id } => {
-                            crate::replica::Cmd::Acked { call_id: a_call_id }
+                        handover_call::Replication::Acked { id } => {
+                            crate::replica::Cmd::Acked { call_id: id }
                         }
-                        handover_call::Replication::Remove { a_call_id, key, version } => {
-                            crate::replica::Cmd::Remove { call_id: a_call_id, key, version }
+                        handover_call::Replication::Remove { id, key, version } => {
+                            crate::replica::Cmd::Remove { call_id: id, key, version }
                         }
-                        handover_call::Replication::Replaced { a_call_id, spare } => {
-                            crate::replica::Cmd::Replaced { call_id: a_call_id, spare }
+                        handover_call::Replication::Replaced { id, spare } => {
+                            crate::replica::Cmd::Replaced { call_id: id, spare }
                         }
                     });
                 }

@@ -172,6 +172,11 @@ pub(super) const MAX_PEER_SECS: u64 = 86_400;
 #[derive(Debug)]
 pub(super) struct Call {
     pub(super) key: u64,
+    /// The call's id in the replicated table: leg A's Call-ID when the
+    /// call was set up, kept when a transfer carried out for A gives leg
+    /// A the target's (`a_call_id` then changes, this does not).
+    pub(super) id: Vec<u8>,
+    /// Leg A's Call-ID now.
     pub(super) a_call_id: Vec<u8>,
     pub(super) a_invite: Vec<u8>,
     /// Where answers to A go: the top Via of A's INVITE (the edge).

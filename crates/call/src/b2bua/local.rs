@@ -250,7 +250,7 @@ impl<R: RngCore> B2bua<R> {
         self.by_call_id.insert(t_call_id.clone(), cref);
         let replaced_id = replaced
             .and_then(|r| self.calls.get(&r))
-            .map(|c| c.a_call_id.clone());
+            .map(|c| c.id.clone());
         let Some(call) = self.calls.get_mut(&cref) else {
             return;
         };
@@ -724,15 +724,15 @@ impl<R: RngCore> B2bua<R> {
             let held = replaced.filter(|r| {
                 self.calls
                     .get(r)
-                    .is_some_and(|c2| Some(&c2.a_call_id) == replaced_id.as_ref())
+                    .is_some_and(|c2| Some(&c2.id) == replaced_id.as_ref())
             });
             match (held, replaced_id) {
                 (Some(cref2), _) => self.end_replaced(now, cref2, &target_cid),
                 // Its shard moved meanwhile (or this call's did, and the
                 // transfer went on here): its owner ends it.
-                (None, Some(a_call_id)) if self.replicate => {
+                (None, Some(id)) if self.replicate => {
                     self.replication.push_back(Replication::Replaced {
-                        a_call_id,
+                        id,
                         spare: target_cid,
                     });
                 }

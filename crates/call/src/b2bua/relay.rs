@@ -62,8 +62,8 @@ impl<R: RngCore> B2bua<R> {
                     // ACK of our 2xx (no more resends): the 2xx kept in
                     // the replica for a new owner to resend goes too.
                     if call.replicated.is_some() {
-                        let a_call_id = call.a_call_id.clone();
-                        self.replication.push_back(Replication::Acked { a_call_id });
+                        let id = call.id.clone();
+                        self.replication.push_back(Replication::Acked { id });
                     }
                     // B has hung up meanwhile.
                     if call.a_bye_after_ack {

@@ -36,7 +36,11 @@ pub struct CallRecord {
     pub key: u64,
     /// Bumped at every change; a replica keeps the highest.
     pub version: u64,
-    /// Leg A's Call-ID (the caller's).
+    /// The call's id in the table: leg A's Call-ID when the call was set
+    /// up (a transfer carried out for A gives leg A another, not the call
+    /// another id).
+    pub id: Vec<u8>,
+    /// Leg A's Call-ID now (the caller's, or a transfer target's).
     pub a_call_id: Vec<u8>,
     /// A's INVITE as received (responses to A copy from it).
     pub a_invite: Vec<u8>,
@@ -208,6 +212,7 @@ fn record_of(
     Some(CallRecord {
         key: call.key,
         version,
+        id: call.id.clone(),
         a_call_id: call.a_call_id.clone(),
         a_invite: without_credentials(&call.a_invite),
         a_target: call.a_target,
@@ -277,23 +282,23 @@ pub enum Replication {
     /// A ACKed the 2xx of a replicated call: the replica drops the 2xx
     /// it kept (`CallRecord::a_ok`).
     Acked {
-        /// Leg A's Call-ID.
-        a_call_id: Vec<u8>,
+        /// The call's id ([`CallRecord::id`]).
+        id: Vec<u8>,
     },
-    /// Call `a_call_id` (leg A's Call-ID), held by another worker, was
+    /// Call `id` ([`CallRecord::id`]), held by another worker, was
     /// replaced by a transfer this worker carried out (attended, local
     /// mode), which took over its leg `spare`: its owner hangs up its other
     /// leg ([`B2bua::replaced`]).
     Replaced {
-        /// The replaced call's leg A Call-ID.
-        a_call_id: Vec<u8>,
+        /// The replaced call's id.
+        id: Vec<u8>,
         /// The Call-ID of the leg taken over.
         spare: Vec<u8>,
     },
     /// A replicated call ended.
     Remove {
-        /// Leg A's Call-ID.
-        a_call_id: Vec<u8>,
+        /// The call's id.
+        id: Vec<u8>,
         /// The call's affinity key.
         key: u64,
         /// One more than the last upsert's.
@@ -396,7 +401,7 @@ impl<R: RngCore> B2bua<R> {
         if call.over {
             if let Some((version, _)) = call.replicated.take() {
                 self.replication.push_back(Replication::Remove {
-                    a_call_id: call.a_call_id.clone(),
+                    id: call.id.clone(),
                     key,
                     version: version + 1,
                 });
@@ -544,7 +549,7 @@ impl<R: RngCore> B2bua<R> {
     /// shard over). False when the call is already held here or the record
     /// is unusable (A's INVITE does not scan, or a tag is not ours).
     pub fn adopt(&mut self, now: Instant, rec: CallRecord) -> bool {
-        if self.by_call_id.contains_key(&rec.a_call_id) {
+        if self.by_call_id.contains_key(&rec.id) || self.by_call_id.contains_key(&rec.a_call_id) {
             return false;
         }
         let Ok(a) = scan(&rec.a_invite) else {
@@ -557,6 +562,7 @@ impl<R: RngCore> B2bua<R> {
         let timers = self.cfg.timers;
         let cref = self.next_ref;
         self.next_ref += 1;
+        self.by_call_id.insert(rec.id.clone(), cref);
         self.by_call_id.insert(rec.a_call_id.clone(), cref);
         self.by_call_id.insert(rec.b_call_id.clone(), cref);
         self.stats.started += 1;
@@ -690,6 +696,14 @@ impl<R: RngCore> B2bua<R> {
             cref,
             Call {
                 key: rec.key,
+                // A transfer's leg A: the call's first Call-ID is forgotten
+                // with the call (`forget_call`).
+                old_ids: if rec.id == rec.a_call_id {
+                    Vec::new()
+                } else {
+                    vec![rec.id.clone()]
+                },
+                id: rec.id,
                 a_call_id: rec.a_call_id,
                 a_invite: rec.a_invite,
                 a_target: rec.a_target,
@@ -719,7 +733,6 @@ impl<R: RngCore> B2bua<R> {
                 transfer,
                 local_mode: rec.local_mode,
                 local,
-                old_ids: Vec::new(),
                 targets: Vec::new(),
                 forks: Vec::new(),
                 best: None,

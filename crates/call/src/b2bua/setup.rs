@@ -239,6 +239,7 @@ impl<R: RngCore> B2bua<R> {
             cref,
             Call {
                 key,
+                id: m.call_id().to_vec(),
                 a_call_id: m.call_id().to_vec(),
                 a_invite: m.as_bytes().to_vec(),
                 a_target: via_target(m),

@@ -76,13 +76,18 @@ impl Table {
     /// Keeps `legs` in step with an upsert (a local transfer may give a
     /// call a new other leg).
     fn index_legs(&mut self, u: &pb::CallUpsert) {
-        if let Some(old) = self.calls.get(&u.call_id)
-            && old.other_call_id != u.other_call_id
-        {
-            self.legs.remove(&old.other_call_id);
+        let new = [&u.other_call_id, &u.leg_call_id];
+        if let Some(old) = self.calls.get(&u.call_id) {
+            for l in [&old.other_call_id, &old.leg_call_id] {
+                if !new.contains(&l) {
+                    self.legs.remove(l);
+                }
+            }
         }
-        if !u.other_call_id.is_empty() {
-            self.legs.insert(u.other_call_id.clone(), u.call_id.clone());
+        for l in new {
+            if !l.is_empty() && *l != u.call_id {
+                self.legs.insert(l.clone(), u.call_id.clone());
+            }
         }
     }
 
@@ -102,6 +107,7 @@ impl Table {
         }
         if let Some(old) = self.calls.remove(&r.call_id) {
             self.legs.remove(&old.other_call_id);
+            self.legs.remove(&old.leg_call_id);
         }
         let v = self
             .tombs

@@ -5,7 +5,7 @@ use pb::command::Command as C;
 fn a_call_is_found_by_either_legs_call_id_through_changes_and_snapshots() {
     let mut t = Table::new(4);
     up(&mut t, 1);
-    let put = |t: &mut Table, other: &[u8], version: u64| {
+    let put = |t: &mut Table, leg_a: &[u8], other: &[u8], version: u64| {
         t.apply(C::Upsert(pb::CallUpsert {
             call_id: b"a".to_vec(),
             key: 0,
@@ -15,24 +15,34 @@ fn a_call_is_found_by_either_legs_call_id_through_changes_and_snapshots() {
             other_call_id: other.to_vec(),
             a_ok: vec![],
             answered_unix_ms: 0,
+            leg_call_id: leg_a.to_vec(),
         }))
     };
-    put(&mut t, b"b", 1);
+    put(&mut t, b"", b"b", 1);
     assert_eq!(t.call_by_leg(b"a").map(|c| c.version), Some(1));
     assert_eq!(t.call_by_leg(b"b").map(|c| c.version), Some(1));
     // A local transfer gave the call a new other leg.
-    put(&mut t, b"b2", 2);
+    put(&mut t, b"", b"b2", 2);
     assert!(t.call_by_leg(b"b").is_none());
     assert_eq!(t.call_by_leg(b"b2").map(|c| c.version), Some(2));
+    // One carried out for A gave leg A the target's Call-ID: the call
+    // keeps its id, and is found by the new leg too.
+    put(&mut t, b"t", b"b2", 3);
+    assert_eq!(t.call_count(), 1);
+    assert_eq!(t.call_by_leg(b"t").map(|c| c.version), Some(3));
+    assert_eq!(t.call_by_leg(b"a").map(|c| c.version), Some(3));
     let back = Table::decode(&t.encode(), 4).unwrap();
     assert_eq!(back, t, "the index is rebuilt from a snapshot");
     t.apply(C::Remove(pb::CallRemove {
         call_id: b"a".to_vec(),
         key: 0,
-        version: 3,
+        version: 4,
         owner: 1,
     }));
-    assert!(t.call_by_leg(b"b2").is_none() && t.call_by_leg(b"a").is_none());
+    assert_eq!(t.call_count(), 0);
+    for leg in [&b"a"[..], b"b2", b"t"] {
+        assert!(t.call_by_leg(leg).is_none(), "{leg:?} forgotten");
+    }
 }
 
 fn up(t: &mut Table, n: u64) -> Vec<Move> {
@@ -201,6 +211,7 @@ fn only_the_shards_owner_writes_and_old_versions_never_return() {
         other_call_id: Vec::new(),
         a_ok: Vec::new(),
         answered_unix_ms: 0,
+        leg_call_id: Vec::new(),
     };
     assert!(matches!(
         t.apply(C::Upsert(call(2, 8))),

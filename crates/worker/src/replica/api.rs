@@ -109,6 +109,8 @@ pub enum Cmd {
         call_id: Vec<u8>,
         /// The other leg's (see `CallUpsert.other_call_id`).
         other_call_id: Vec<u8>,
+        /// Leg A's, when not `call_id` (see `CallUpsert.leg_call_id`).
+        leg_call_id: Vec<u8>,
         key: u64,
         version: u64,
         record: Vec<u8>,
