@@ -35,8 +35,10 @@
 //! workers never serve one shard at once, whatever the network does
 //! (assuming clocks that run at the same rate, within the margin between
 //! `lease` and `dead_after`). The leader declares a worker dead when none of
-//! its renewals has been applied for `dead_after` ticks, and the state
-//! machine spreads its shards over the others.
+//! its renewals has been applied for `dead_after` ticks, each counted from
+//! when it was appended to the leader's log (or, before its term, to its
+//! log as a follower), and the state machine spreads its shards over the
+//! others.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
@@ -113,6 +115,14 @@ pub struct Node {
     inflight: BTreeMap<u64, (Vec<pb::Command>, u64)>,
     /// As leader: the tick each member's last renewal was applied.
     heard: HashMap<u64, u64>,
+    /// When each entry not applied yet was appended to this log (the
+    /// tick): a renewal is stamped with it rather than its apply time, so
+    /// a dead leader's last renewals, which followers apply only after the
+    /// next election, count from when they arrived. At or after the
+    /// member proposed it, either way.
+    appended: BTreeMap<u64, u64>,
+    /// The append tick of the entry being applied (see `appended`).
+    entry_at: u64,
     /// As leader: members declared dead, not yet applied.
     downing: HashMap<u64, u64>,
     /// As leader: since when each voter has been out of the map (see
@@ -206,7 +216,9 @@ impl Node {
             // After a restart, wait out any lease this worker's previous
             // life may not have seen end.
             serve_from: vec![cfg.lease_ticks; shards],
-            free_at: vec![cfg.lease_ticks; shards],
+            // No owner before the first map; moves replayed after a
+            // restart set it again.
+            free_at: vec![0; shards],
             moved_from: vec![(0, 0); shards],
             unreleased: BTreeMap::new(),
             lost_waiting: HashMap::new(),
@@ -218,6 +230,8 @@ impl Node {
             next_seq: 1,
             inflight: BTreeMap::new(),
             heard: HashMap::new(),
+            appended: BTreeMap::new(),
+            entry_at: 0,
             downing: HashMap::new(),
             out_since: HashMap::new(),
             leader: 0,
@@ -490,9 +504,12 @@ impl Node {
             self.leader = leader;
             self.leader_since = self.now;
             if leader == self.cfg.id {
-                // A new leader knows nothing of renewals before its term:
-                // give every member a full dead_after from now.
-                self.heard.clear();
+                // A new leader keeps when each member's last renewal
+                // reached its log as a follower; one in its log not
+                // applied yet keeps the member up (`detect_failures`) and
+                // its lease running (`propose_batch`). So a killed leader
+                // is declared dead dead_after from its last renewal, not
+                // from the election.
                 self.downing.clear();
                 self.out_since.clear();
             }
@@ -514,7 +531,9 @@ impl Node {
                 .downing
                 .get(&m)
                 .is_none_or(|&t| self.now >= t + self.cfg.repropose_ticks);
-            if due {
+            // A renewal of it may be in the log, not applied yet (a new
+            // leader applying its predecessor's entries): not dead.
+            if due && !self.renewal_unapplied(m) {
                 self.downing.insert(m, self.now);
                 self.queue(pb::command::Command::Down(pb::MemberDown {
                     node: m,
@@ -640,6 +659,9 @@ impl Node {
             self.apply(committed)?;
             if !rd.entries().is_empty() {
                 let ents = rd.take_entries();
+                for e in &ents {
+                    self.appended.insert(e.index, self.now);
+                }
                 self.raw.mut_store().append(&ents);
             }
             if let Some(hs) = rd.hs() {

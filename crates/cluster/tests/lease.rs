@@ -118,3 +118,24 @@ fn a_dead_workers_shards_are_served_once_the_map_moves_them_though_the_log_is_bu
         cfg.lease_ticks
     );
 }
+
+/// The Raft leader killed: the next leader declares it dead dead_after
+/// after its last renewal reached the followers' logs, not dead_after
+/// after the election, and its shards are served at once.
+#[test]
+fn a_dead_leaders_shards_are_served_dead_after_its_last_renewal() {
+    let (moved, served, cfg) = kill(leader);
+    assert!(
+        served - moved < cfg.lease_ticks / 2,
+        "the leader's shards were dark {} ticks after the map moved them",
+        served - moved
+    );
+    // An election (10 to 20 ticks) runs inside dead_after (30): the death
+    // is not counted from it.
+    assert!(
+        served < cfg.dead_after_ticks + cfg.election_ticks as u64,
+        "the leader's shards were dark {served} ticks after it died (dead_after {}, election {})",
+        cfg.dead_after_ticks,
+        cfg.election_ticks
+    );
+}

@@ -56,6 +56,19 @@ impl Node {
     pub(super) fn apply(&mut self, entries: Vec<Entry>) -> Result<(), Error> {
         for e in entries {
             self.applied = e.index;
+            // Its append time here, or now (replayed after a restart).
+            self.entry_at = self.now;
+            while let Some((i, at)) = self.appended.pop_first() {
+                if i < e.index {
+                    continue;
+                }
+                if i == e.index {
+                    self.entry_at = at.min(self.now);
+                } else {
+                    self.appended.insert(i, at);
+                }
+                break;
+            }
             if e.get_entry_type() == EntryType::EntryConfChangeV2 {
                 self.apply_conf_change(&e);
                 continue;
@@ -136,7 +149,8 @@ impl Node {
                         self.lease_until = self.lease_until.max(t + self.cfg.lease_ticks);
                     }
                 } else {
-                    self.heard.insert(node, self.now);
+                    let h = self.heard.entry(node).or_insert(0);
+                    *h = (*h).max(self.entry_at);
                 }
             }
             Change::HangUp {
@@ -195,13 +209,10 @@ impl Node {
                         *free = (*free).max(self.now + self.cfg.lease_ticks);
                     }
                     if m.to == self.cfg.id {
-                        // A shard nobody owned (the first map) is served at
-                        // once, as it always was.
-                        self.serve_from[m.shard] = if m.from == 0 {
-                            self.now
-                        } else {
-                            self.free_at[m.shard].max(self.now)
-                        };
+                        // A shard of the first map is free at once; one
+                        // left without an owner when every member went
+                        // down still waits for the last one's lease.
+                        self.serve_from[m.shard] = self.free_at[m.shard].max(self.now);
                         self.moved_from[m.shard] = (epoch, m.from);
                         self.lost_waiting.remove(&m.shard);
                         gained.push(m.shard);
