@@ -57,18 +57,17 @@ impl Node {
         for e in entries {
             self.applied = e.index;
             // Its append time here, or now (replayed after a restart).
-            self.entry_at = self.now;
-            while let Some((i, at)) = self.appended.pop_first() {
-                if i < e.index {
-                    continue;
-                }
-                if i == e.index {
-                    self.entry_at = at.min(self.now);
-                } else {
-                    self.appended.insert(i, at);
-                }
-                break;
+            while self
+                .appended
+                .first_key_value()
+                .is_some_and(|(&i, _)| i < e.index)
+            {
+                self.appended.pop_first();
             }
+            self.entry_at = self
+                .appended
+                .remove(&e.index)
+                .map_or(self.now, |at| at.min(self.now));
             if e.get_entry_type() == EntryType::EntryConfChangeV2 {
                 self.apply_conf_change(&e);
                 continue;
