@@ -350,9 +350,13 @@ impl Table {
             }),
             C::Bind(r) => Some(self.bind(r)),
             C::Hangup(h) => {
-                let c = self.call_by_leg(&h.call_id)?;
+                let id = self.call_by_leg(&h.call_id)?.call_id.clone();
+                let c = self.calls.get_mut(&id)?;
+                // Kept on the call: its owner may not hold it yet (a
+                // shard in its wait), or die before it acts.
+                c.hang_up = Some(h.spare.clone());
                 Some(Change::HangUp {
-                    call_id: c.call_id.clone(),
+                    call_id: id,
                     key: c.key,
                     spare: h.spare,
                 })

@@ -95,6 +95,7 @@ pub fn upsert(r: &CallRecord) -> pb::CallUpsert {
         other_call_id: r.b_call_id.clone(),
         a_ok: r.a_ok.clone().unwrap_or_default(),
         answered_unix_ms: 0,
+        hang_up: None,
     }
 }
 

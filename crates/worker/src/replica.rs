@@ -741,6 +741,7 @@ impl Replica {
                         0
                     },
                     owner: 0,
+                    hang_up: None,
                 });
             }
             Cmd::Acked { call_id } => self.node.acked(call_id),

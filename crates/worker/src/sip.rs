@@ -373,6 +373,16 @@ pub fn run(args: Settings) -> anyhow::Result<()> {
                                     if b2b.adopt(t, rec) {
                                         adopted.increment(1);
                                     }
+                                    // A hang-up applied before this worker
+                                    // held the call: carried out now.
+                                    let ended = match c.hang_up.as_deref() {
+                                        Some([]) => b2b.hang_up(t, &c.call_id),
+                                        Some(spare) => b2b.replaced(t, &c.call_id, spare),
+                                        None => false,
+                                    };
+                                    if ended {
+                                        tracing::info!(call_id = %String::from_utf8_lossy(&c.call_id), "a call taken over was hung up before (an operator, another worker's transfer): ended now");
+                                    }
                                 }
                                 None => tracing::warn!("a replicated call record does not decode; skipped"),
                             }

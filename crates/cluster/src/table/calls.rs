@@ -64,10 +64,13 @@ impl Table {
         };
         self.index_legs(&u);
         let mut u = u;
-        if u.answered_unix_ms == 0
-            && let Some(old) = self.calls.get(&u.call_id)
-        {
-            u.answered_unix_ms = old.answered_unix_ms;
+        if let Some(old) = self.calls.get(&u.call_id) {
+            if u.answered_unix_ms == 0 {
+                u.answered_unix_ms = old.answered_unix_ms;
+            }
+            if u.hang_up.is_none() {
+                u.hang_up.clone_from(&old.hang_up);
+            }
         }
         self.calls.insert(u.call_id.clone(), u);
         change

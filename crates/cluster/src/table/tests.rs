@@ -16,6 +16,7 @@ fn a_call_is_found_by_either_legs_call_id_through_changes_and_snapshots() {
             a_ok: vec![],
             answered_unix_ms: 0,
             leg_call_id: leg_a.to_vec(),
+            hang_up: None,
         }))
     };
     put(&mut t, b"", b"b", 1);
@@ -122,6 +123,22 @@ fn an_operators_hangup_names_the_call_by_either_leg() {
         None
     );
     assert_eq!(t.call_count(), 1, "the owner's BYEs and removal end it");
+    // The hang-up stays on the call for whoever takes it over: through
+    // its owner's later upserts and a snapshot.
+    let pending = |t: &Table| t.call(b"a").and_then(|c| c.hang_up.clone());
+    assert_eq!(pending(&t), Some(b"b".to_vec()));
+    t.apply(C::Upsert(pb::CallUpsert {
+        call_id: b"a".to_vec(),
+        key: 7,
+        version: 2,
+        owner: 1,
+        other_call_id: b"b".to_vec(),
+        ..Default::default()
+    }));
+    assert_eq!(t.call(b"a").map(|c| c.version), Some(2));
+    assert_eq!(pending(&t), Some(b"b".to_vec()));
+    let back = Table::decode(&t.encode(), 4).unwrap();
+    assert_eq!(pending(&back), Some(b"b".to_vec()));
 }
 
 #[test]
@@ -212,6 +229,7 @@ fn only_the_shards_owner_writes_and_old_versions_never_return() {
         a_ok: Vec::new(),
         answered_unix_ms: 0,
         leg_call_id: Vec::new(),
+        hang_up: None,
     };
     assert!(matches!(
         t.apply(C::Upsert(call(2, 8))),
