@@ -432,7 +432,7 @@ impl<R: RngCore> B2bua<R> {
         };
         self.forget_source(c.source);
         let local = c.local.as_ref().map(|l| &l.t_call_id);
-        for id in [&c.a_call_id, &c.b_call_id]
+        for id in [&c.legs.a.call_id, &c.legs.b.call_id]
             .into_iter()
             .chain(&c.old_ids)
             .chain(local)

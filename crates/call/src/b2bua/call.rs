@@ -54,8 +54,8 @@ pub(super) enum Cli {
 /// other leg answers.
 #[derive(Debug)]
 pub(super) struct Relay {
-    /// It came from A (and went to B).
-    pub(super) from_a: bool,
+    /// The leg it came on (it went out on the other).
+    pub(super) from: Side,
     /// The request as received; a response to it copies from it.
     pub(super) req: Vec<u8>,
     /// Where its responses go: its top Via.
@@ -119,8 +119,8 @@ impl Relay {
 pub(super) struct Transfer {
     pub(super) at: Instant,
     pub(super) attended: bool,
-    /// The REFER came from A (so its NOTIFYs come from B).
-    pub(super) from_a: bool,
+    /// The leg the REFER came on (its NOTIFYs come on the other).
+    pub(super) from: Side,
     /// CSeq of the REFER as the transferor sent it, and of ours to the
     /// transferee: a NOTIFY's `Event: refer;id=` names ours and is
     /// translated back.
@@ -169,22 +169,98 @@ pub(super) const MAX_REQUESTS_IN_FLIGHT: usize = 128;
 /// the maximum call age ends calls long before in practice.
 pub(super) const MAX_PEER_SECS: u64 = 86_400;
 
+/// One of a call's two legs: A, where the call came in (the caller's,
+/// answered by our INVITE server transaction), or B, the one we placed
+/// (the callee's, our INVITE client transaction). After a transfer the
+/// party on a leg changes; the leg's role does not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Side {
+    A,
+    B,
+}
+
+impl Side {
+    /// The other leg.
+    pub(super) fn other(self) -> Self {
+        match self {
+            Side::A => Side::B,
+            Side::B => Side::A,
+        }
+    }
+
+    /// From a record's `from_a`-style flag (the wire keeps a bool).
+    pub(super) fn a_if(a: bool) -> Self {
+        if a { Side::A } else { Side::B }
+    }
+
+    pub(super) fn is_a(self) -> bool {
+        self == Side::A
+    }
+}
+
+/// What the two legs have alike: the Call-ID, the INVITE that set the
+/// leg up (A's as received, ours to B), and the dialog once there is one.
+/// What differs (A's server transaction, B's client transaction) stays
+/// on `Call` under its leg's name.
+#[derive(Debug)]
+pub(super) struct Leg {
+    pub(super) call_id: Vec<u8>,
+    pub(super) invite: Vec<u8>,
+    pub(super) dialog: Option<Dialog>,
+}
+
+/// A call's two legs, indexed by [`Side`].
+#[derive(Debug)]
+pub(super) struct Legs {
+    pub(super) a: Leg,
+    pub(super) b: Leg,
+}
+
+impl Legs {
+    /// Leg `s` and the other one, both writable (a request from `s` is
+    /// relayed on the other).
+    pub(super) fn pair_mut(&mut self, s: Side) -> (&mut Leg, &mut Leg) {
+        match s {
+            Side::A => (&mut self.a, &mut self.b),
+            Side::B => (&mut self.b, &mut self.a),
+        }
+    }
+}
+
+impl core::ops::Index<Side> for Legs {
+    type Output = Leg;
+    fn index(&self, s: Side) -> &Leg {
+        match s {
+            Side::A => &self.a,
+            Side::B => &self.b,
+        }
+    }
+}
+
+impl core::ops::IndexMut<Side> for Legs {
+    fn index_mut(&mut self, s: Side) -> &mut Leg {
+        match s {
+            Side::A => &mut self.a,
+            Side::B => &mut self.b,
+        }
+    }
+}
+
 #[derive(Debug)]
 pub(super) struct Call {
     pub(super) key: u64,
     /// The call's id in the replicated table: leg A's Call-ID when the
     /// call was set up, kept when a transfer carried out for A gives leg
-    /// A the target's (`a_call_id` then changes, this does not).
+    /// A the target's (leg A's `call_id` then changes, this does not).
     pub(super) id: Vec<u8>,
-    /// Leg A's Call-ID now.
-    pub(super) a_call_id: Vec<u8>,
-    pub(super) a_invite: Vec<u8>,
+    /// Call-ID, INVITE and dialog of each leg (leg A's Call-ID as it is
+    /// now).
+    pub(super) legs: Legs,
     /// Where answers to A go: the top Via of A's INVITE (the edge).
     pub(super) a_target: Option<SocketAddr>,
     pub(super) a_tag: Token,
     pub(super) a_srv: ServerInvite,
     pub(super) a_key: Key,
-    pub(super) a_dialog: Option<Dialog>,
     /// Our 2xx to A, resent (T1 doubling to T2) until A's ACK (§13.3.1.4).
     pub(super) a_ok: Option<(Vec<u8>, Instant, Duration, Instant)>,
     /// B hung up before A acknowledged our 2xx: A's BYE waits for that
@@ -202,10 +278,7 @@ pub(super) struct Call {
     /// The caller's identity we assert to trusted targets (digest user,
     /// `Config::assert_identity`).
     pub(super) asserted: Option<Vec<u8>>,
-    pub(super) b_call_id: Vec<u8>,
-    pub(super) b_invite: Vec<u8>,
     pub(super) b_cli: ClientInvite,
-    pub(super) b_dialog: Option<Dialog>,
     pub(super) b_ack: Option<Vec<u8>>,
     pub(super) cancelled: bool,
     pub(super) answered: bool,
@@ -315,6 +388,11 @@ pub(super) enum CallTimer {
 }
 
 impl Call {
+    /// The leg a message of this call came on, by its Call-ID.
+    pub(super) fn side_of(&self, call_id: &[u8]) -> Side {
+        Side::a_if(call_id == self.legs.a.call_id.as_slice())
+    }
+
     /// The call's own armed deadlines, in the order `run_timers` handles
     /// them when several are due.
     pub(super) fn timers(&self) -> impl Iterator<Item = (CallTimer, Instant)> + use<> {

@@ -287,10 +287,11 @@ impl<R: RngCore> B2bua<R> {
             return;
         }
         let detail = core::mem::take(&mut c.detail);
-        let (key, a_call_id, b_call_id) = (c.key, c.a_call_id.clone(), c.b_call_id.clone());
+        let (key, a_call_id, b_call_id) =
+            (c.key, c.legs.a.call_id.clone(), c.legs.b.call_id.clone());
         let (mut from, mut to, mut source, mut transport) =
             (Vec::new(), Vec::new(), None, Vec::new());
-        if let Ok(a) = scan(&c.a_invite) {
+        if let Ok(a) = scan(&c.legs.a.invite) {
             from = a
                 .from()
                 .map(|f| f.uri().as_bytes().to_vec())

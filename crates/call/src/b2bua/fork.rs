@@ -112,8 +112,8 @@ impl<R: RngCore> B2bua<R> {
                     // This leg wins: it becomes the main one, every other
                     // leg still ringing is cancelled.
                     let f = &mut call.forks[i];
-                    std::mem::swap(&mut call.b_call_id, &mut f.call_id);
-                    std::mem::swap(&mut call.b_invite, &mut f.invite);
+                    std::mem::swap(&mut call.legs.b.call_id, &mut f.call_id);
+                    std::mem::swap(&mut call.legs.b.invite, &mut f.invite);
                     std::mem::swap(&mut call.b_cli, &mut f.cli);
                     Self::cancel_b(call, now, self.cfg.timers);
                     self.on_b_event(now, cref, e);
@@ -194,8 +194,8 @@ impl<R: RngCore> B2bua<R> {
         if !call.forks_done
             && let Some(f) = call.forks.iter_mut().find(|f| f.ringing())
         {
-            std::mem::swap(&mut call.b_call_id, &mut f.call_id);
-            std::mem::swap(&mut call.b_invite, &mut f.invite);
+            std::mem::swap(&mut call.legs.b.call_id, &mut f.call_id);
+            std::mem::swap(&mut call.legs.b.invite, &mut f.invite);
             std::mem::swap(&mut call.b_cli, &mut f.cli);
             return Ok(());
         }

@@ -39,8 +39,8 @@ pub(super) enum Stage {
 pub(super) struct Local {
     pub(super) at: Instant,
     pub(super) attended: bool,
-    /// The transferor is the party in slot A.
-    pub(super) transferor_a: bool,
+    /// The transferor's leg.
+    pub(super) transferor: Side,
     /// The REFER's CSeq as the transferor sent it (`Event: refer;id=`).
     pub(super) refer_seq: u32,
     pub(super) stage: Stage,
@@ -90,7 +90,7 @@ fn sipfrag(status: u16) -> Vec<u8> {
 impl<R: RngCore> B2bua<R> {
     /// A REFER on a call of a local-mode route (already checked: Refer-To
     /// usable, no transfer running, CSeq in order).
-    pub(super) fn local_refer(&mut self, now: Instant, cref: u64, m: &Message<'_>, from_a: bool) {
+    pub(super) fn local_refer(&mut self, now: Instant, cref: u64, m: &Message<'_>, from: Side) {
         let Some(call) = self.calls.get_mut(&cref) else {
             return;
         };
@@ -139,8 +139,10 @@ impl<R: RngCore> B2bua<R> {
             // Only a trusted peer is sent an asserted identity (RFC 3325).
             let trusted = self.cfg.trusted.contains(uri_ip(&d.remote_target));
             let pai = self.calls.get(&cref).and_then(|c| {
-                let t = if from_a { &c.b_dialog } else { &c.a_dialog };
-                t.as_ref().map(|t| t.remote_uri.clone())
+                c.legs[from.other()]
+                    .dialog
+                    .as_ref()
+                    .map(|t| t.remote_uri.clone())
             });
             let pai = pai.filter(|_| trusted);
             let headers: Vec<(&str, &[u8])> = pai
@@ -169,7 +171,7 @@ impl<R: RngCore> B2bua<R> {
                             Some((d.remote_target.clone(), d.remote_uri.clone(), t))
                         });
                     let Some((uri, to, t)) = found else {
-                        self.local_start_failed(now, cref, from_a, m.cseq().seq, attended, 481);
+                        self.local_start_failed(now, cref, from, m.cseq().seq, attended, 481);
                         return;
                     };
                     (uri, to, Some(t.to_value()))
@@ -180,7 +182,7 @@ impl<R: RngCore> B2bua<R> {
                     let key = self.cfg.hashing.affinity_key(m.call_id());
                     let (targets, _) = self.locate(now, Some(u), key);
                     let Some(target) = targets.into_iter().next() else {
-                        self.local_start_failed(now, cref, from_a, m.cseq().seq, attended, 404);
+                        self.local_start_failed(now, cref, from, m.cseq().seq, attended, 404);
                         return;
                     };
                     let routed = format!("sip:{}@{}", String::from_utf8_lossy(&user), target.addr);
@@ -200,12 +202,8 @@ impl<R: RngCore> B2bua<R> {
                 return;
             };
             // The new leg is the transferee calling the target.
-            let transferee = if from_a {
-                &call.b_dialog
-            } else {
-                &call.a_dialog
-            };
-            let from = transferee
+            let transferee = &call.legs[from.other()].dialog;
+            let from_uri = transferee
                 .as_ref()
                 .map(|d| d.remote_uri.clone())
                 .unwrap_or_else(|| b"<sip:anonymous@anonymous.invalid>".to_vec());
@@ -224,7 +222,7 @@ impl<R: RngCore> B2bua<R> {
                 method: "INVITE",
                 uri: &uri,
                 via: &[&via],
-                from: &from,
+                from: &from_uri,
                 from_tag: tag.as_bytes(),
                 to: &to,
                 call_id: &t_call_id,
@@ -257,7 +255,7 @@ impl<R: RngCore> B2bua<R> {
         call.local = Some(Local {
             at: now,
             attended,
-            transferor_a: from_a,
+            transferor: from,
             refer_seq: m.cseq().seq,
             stage: Stage::Target,
             t_cli: ClientInvite::new(now, timers, out.clone()),
@@ -285,7 +283,7 @@ impl<R: RngCore> B2bua<R> {
             return None; // a call cannot replace itself
         }
         let call = self.calls.get(&cref2)?;
-        [call.a_dialog.as_ref(), call.b_dialog.as_ref()]
+        [call.legs.a.dialog.as_ref(), call.legs.b.dialog.as_ref()]
             .into_iter()
             .flatten()
             .find(|d| d.id.call_id == t.call_id)
@@ -297,12 +295,12 @@ impl<R: RngCore> B2bua<R> {
         &mut self,
         now: Instant,
         cref: u64,
-        from_a: bool,
+        transferor: Side,
         refer_seq: u32,
         attended: bool,
         status: u16,
     ) {
-        self.local_notify_raw(now, cref, from_a, refer_seq, status, true);
+        self.local_notify_raw(now, cref, transferor, refer_seq, status, true);
         self.report_transfer(
             now,
             cref,
@@ -321,15 +319,15 @@ impl<R: RngCore> B2bua<R> {
         let Some(l) = self.calls.get(&cref).and_then(|c| c.local.as_ref()) else {
             return;
         };
-        let (from_a, seq) = (l.transferor_a, l.refer_seq);
-        self.local_notify_raw(now, cref, from_a, seq, status, terminated);
+        let (transferor, seq) = (l.transferor, l.refer_seq);
+        self.local_notify_raw(now, cref, transferor, seq, status, terminated);
     }
 
     fn local_notify_raw(
         &mut self,
         now: Instant,
         cref: u64,
-        transferor_a: bool,
+        transferor: Side,
         refer_seq: u32,
         status: u16,
         terminated: bool,
@@ -343,12 +341,9 @@ impl<R: RngCore> B2bua<R> {
         let Some(call) = self.calls.get_mut(&cref) else {
             return;
         };
-        let d = if transferor_a {
-            call.a_dialog.as_mut()
-        } else {
-            call.b_dialog.as_mut()
+        let Some(d) = call.legs[transferor].dialog.as_mut() else {
+            return;
         };
-        let Some(d) = d else { return };
         let contact = self.cfg.contact(key, &d.id.call_id);
         let event = format!("refer;id={refer_seq}");
         let state: &[u8] = if terminated {
@@ -564,12 +559,9 @@ impl<R: RngCore> B2bua<R> {
                     return;
                 };
                 l.stage = Stage::Transferee;
-                let transferee = if l.transferor_a {
-                    call.b_dialog.as_mut()
-                } else {
-                    call.a_dialog.as_mut()
+                let Some(y) = call.legs[l.transferor.other()].dialog.as_mut() else {
+                    return;
                 };
-                let Some(y) = transferee else { return };
                 let contact = self.cfg.contact(key, &y.id.call_id);
                 // The transferee learns who it now talks to: the target
                 // (a trusted peer only, RFC 3325).
@@ -622,18 +614,9 @@ impl<R: RngCore> B2bua<R> {
         let Some(call) = self.calls.get_mut(&cref) else {
             return;
         };
-        let Call {
-            local,
-            a_dialog,
-            b_dialog,
-            ..
-        } = call;
+        let Call { local, legs, .. } = call;
         let Some(l) = local.as_mut() else { return };
-        let transferee = if l.transferor_a {
-            b_dialog.as_mut()
-        } else {
-            a_dialog.as_mut()
-        };
+        let transferee = legs[l.transferor.other()].dialog.as_mut();
         match status {
             100..=199 => {}
             200..=299 => {
@@ -692,16 +675,12 @@ impl<R: RngCore> B2bua<R> {
         };
         let Some(l) = call.local.as_mut() else { return };
         l.stage = Stage::Done;
-        let (attended, at, transferor_a, replaced) = (l.attended, l.at, l.transferor_a, l.replaced);
+        let (attended, at, transferor, replaced) = (l.attended, l.at, l.transferor, l.replaced);
         let replaced_id = l.replaced_id.clone();
         let (t_dialog, t_call_id) = (l.t_dialog.take(), l.t_call_id.clone());
-        let (slot, id) = if transferor_a {
-            (&mut call.a_dialog, &mut call.a_call_id)
-        } else {
-            (&mut call.b_dialog, &mut call.b_call_id)
-        };
-        let old = core::mem::replace(slot, t_dialog);
-        let old_id = core::mem::replace(id, t_call_id);
+        let leg = &mut call.legs[transferor];
+        let old = core::mem::replace(&mut leg.dialog, t_dialog);
+        let old_id = core::mem::replace(&mut leg.call_id, t_call_id);
         call.old_ids.push(old_id);
         if let Some(mut old) = old {
             self.bye_in(now, cref, &mut old);
@@ -712,13 +691,7 @@ impl<R: RngCore> B2bua<R> {
             let target_cid = self
                 .calls
                 .get(&cref)
-                .and_then(|c| {
-                    if transferor_a {
-                        c.a_dialog.as_ref()
-                    } else {
-                        c.b_dialog.as_ref()
-                    }
-                })
+                .and_then(|c| c.legs[transferor].dialog.as_ref())
                 .map(|d| d.id.call_id.clone())
                 .unwrap_or_default();
             let held = replaced.filter(|r| {

@@ -42,7 +42,7 @@ impl<R: RngCore> B2bua<R> {
         now: Instant,
         call: &Call,
         m: &Message<'_>,
-        from_a: bool,
+        from: Side,
     ) -> Result<Vec<(HeaderName, Vec<u8>)>, (u16, &'static str)> {
         let buf = m.buf();
         let mut put = Vec::new();
@@ -116,7 +116,7 @@ impl<R: RngCore> B2bua<R> {
                 let t = call
                     .transfer
                     .as_ref()
-                    .filter(|t| t.from_a != from_a && t.pending(now))
+                    .filter(|t| t.from != from && t.pending(now))
                     .ok_or((481, "Subscription Does Not Exist"))?;
                 // `id=` names the REFER's CSeq on the transferee's leg (ours):
                 // the transferor knows its own.

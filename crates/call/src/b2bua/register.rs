@@ -297,7 +297,7 @@ impl<R: RngCore> B2bua<R> {
             return status;
         }
         let invite = self.calls.get(&cref).and_then(|c| match fork {
-            None => Some(c.b_invite.clone()),
+            None => Some(c.legs.b.invite.clone()),
             Some(i) => c.forks.get(i).map(|f| f.invite.clone()),
         });
         if let Some(inv) = invite

@@ -12,7 +12,7 @@ impl<R: RngCore> B2bua<R> {
         let Some(call) = self.calls.get_mut(&cref) else {
             return;
         };
-        let from_a = m.call_id() == call.a_call_id.as_slice();
+        let from = call.side_of(m.call_id());
         let key = Key::server(m);
         // A retransmission of a non-INVITE request we already handle.
         for n in &mut call.nits {
@@ -53,9 +53,11 @@ impl<R: RngCore> B2bua<R> {
         let Some(call) = self.calls.get_mut(&cref) else {
             return;
         };
-        match (m.method(), from_a) {
-            (Some(Method::Invite), true) if key == call.a_key => call.a_srv.handle_request(now, m),
-            (Some(Method::Ack), true) => {
+        match (m.method(), from) {
+            (Some(Method::Invite), Side::A) if key == call.a_key => {
+                call.a_srv.handle_request(now, m)
+            }
+            (Some(Method::Ack), Side::A) => {
                 if key == call.a_key {
                     call.a_srv.handle_request(now, m); // ACK of our non-2xx
                 } else if call.a_ok.take().is_some() {
@@ -71,8 +73,8 @@ impl<R: RngCore> B2bua<R> {
                     }
                 }
             }
-            (Some(Method::Ack), false) => {}
-            (Some(Method::Cancel), true) => {
+            (Some(Method::Ack), Side::B) => {}
+            (Some(Method::Cancel), Side::A) => {
                 let mut ok = Vec::new();
                 response(
                     &m.reply_parts(),
@@ -95,7 +97,7 @@ impl<R: RngCore> B2bua<R> {
                 {
                     call.cancelled = true;
                     let mut r = Vec::new();
-                    let inv = call.a_invite.clone();
+                    let inv = call.legs.a.invite.clone();
                     if let Ok(a) = scan(&inv) {
                         response(
                             &a.reply_parts(),
@@ -128,11 +130,7 @@ impl<R: RngCore> B2bua<R> {
                     t.send_response(now, 200, ok);
                 }
                 call.nits.push(Nit::Server(key, t, via_target(m)));
-                if let Some(d) = if from_a {
-                    &mut call.a_dialog
-                } else {
-                    &mut call.b_dialog
-                } {
+                if let Some(d) = &mut call.legs[from].dialog {
                     let _ = d.handle_request(m);
                 }
                 let key = call.key;
@@ -144,16 +142,14 @@ impl<R: RngCore> B2bua<R> {
                 // B hung up before A has our 2xx (held for the call's
                 // commit, which no longer matters) or its ACK: A gets the
                 // 2xx now and the BYE once it acknowledges it.
-                let wait = !from_a && !call.over && (call.held_ok.is_some() || call.a_ok.is_some());
+                let wait = from == Side::B
+                    && !call.over
+                    && (call.held_ok.is_some() || call.a_ok.is_some());
                 if wait && let Some((status, r, _)) = call.held_ok.take() {
                     Self::send_ok(call, now, status, r, timers, self.registrar.wall_ms(now));
                 }
                 call.a_bye_after_ack |= wait;
-                let other = if from_a {
-                    call.b_dialog.as_mut()
-                } else {
-                    call.a_dialog.as_mut()
-                };
+                let other = call.legs[from.other()].dialog.as_mut();
                 if let Some(d) = other.filter(|_| !wait) {
                     push_bye(&mut call.nits, d, now, timers, &via, &[]);
                 }
@@ -163,10 +159,9 @@ impl<R: RngCore> B2bua<R> {
                         call.a_ok = None;
                     }
                     self.stats.hung_up += 1;
-                    let cause = if from_a {
-                        EndCause::Caller
-                    } else {
-                        EndCause::Callee
+                    let cause = match from {
+                        Side::A => EndCause::Caller,
+                        Side::B => EndCause::Callee,
                     };
                     self.record_end(now, cref, cause, 200);
                 }
@@ -184,15 +179,14 @@ impl<R: RngCore> B2bua<R> {
                 ),
                 _,
             ) if m.to_tag().is_some() => {
-                self.relay(now, cref, m, from_a);
+                self.relay(now, cref, m, from);
                 return;
             }
             _ => {
                 let mut r = Vec::new();
-                let tag = if from_a {
-                    call.a_tag.as_bytes().to_vec()
-                } else {
-                    Vec::new()
+                let tag = match from {
+                    Side::A => call.a_tag.as_bytes().to_vec(),
+                    Side::B => Vec::new(),
                 };
                 response(&m.reply_parts(), 501, None, Some(&tag), &[], &mut r);
                 self.out.push_back((via_target(m), r));
@@ -212,7 +206,7 @@ impl<R: RngCore> B2bua<R> {
             return;
         };
         call.a_bye_after_ack = false;
-        if let Some(d) = call.a_dialog.as_mut() {
+        if let Some(d) = call.legs.a.dialog.as_mut() {
             push_bye(&mut call.nits, d, now, timers, &via, &[]);
         }
         self.drain(now, cref);
@@ -237,7 +231,7 @@ impl<R: RngCore> B2bua<R> {
     /// Relays an in-dialog request from one leg to the other (RFC 3261
     /// §12.2, §14 for re-INVITE): the request goes out in the other leg's
     /// dialog with that leg's next CSeq, and its answers come back.
-    pub(super) fn relay(&mut self, now: Instant, cref: u64, m: &Message<'_>, from_a: bool) {
+    pub(super) fn relay(&mut self, now: Instant, cref: u64, m: &Message<'_>, from: Side) {
         let Some(call) = self.calls.get(&cref) else {
             return;
         };
@@ -259,7 +253,7 @@ impl<R: RngCore> B2bua<R> {
         // A does not have our 2xx yet (held for the call's commit), or has
         // not acknowledged it: B's request waits for A's ACK (see
         // `Call::after_ack`), its retransmissions not queued twice.
-        if !from_a && (call.held_ok.is_some() || call.a_ok.is_some()) {
+        if from == Side::B && (call.held_ok.is_some() || call.a_ok.is_some()) {
             let seq = m.cseq().seq;
             if call.after_ack.iter().any(|(s, ..)| *s == seq) {
                 return;
@@ -275,7 +269,7 @@ impl<R: RngCore> B2bua<R> {
                 .push((seq, m.as_bytes().to_vec(), self.remote.clone()));
             return;
         }
-        let put = match self.transfer_check(now, call, m, from_a) {
+        let put = match self.transfer_check(now, call, m, from) {
             Ok(p) => p,
             Err((status, phrase)) => {
                 reply(status, Some(phrase), &mut self.out);
@@ -290,7 +284,7 @@ impl<R: RngCore> B2bua<R> {
         let is_invite = m.method() == Some(Method::Invite);
         if is_invite {
             let pending_to_x = call.relays.iter().any(|r| {
-                r.from_a != from_a
+                r.from != from
                     && matches!(&r.cli, Cli::Invite(c) if matches!(c.state(), InviteState::Calling | InviteState::Proceeding))
             });
             //= https://www.rfc-editor.org/rfc/rfc3261#section-14.2
@@ -302,7 +296,7 @@ impl<R: RngCore> B2bua<R> {
                 return;
             }
             let pending_from_x = call.relays.iter().any(|r| {
-                r.from_a == from_a
+                r.from == from
                     && matches!(&r.srv, Srv::Invite(s) if s.state() == ServerInviteState::Proceeding)
             });
             //# A UAS that receives a second INVITE before it sends the final
@@ -313,12 +307,8 @@ impl<R: RngCore> B2bua<R> {
                 return;
             }
         }
-        let (x, y) = if from_a {
-            (&mut call.a_dialog, &mut call.b_dialog)
-        } else {
-            (&mut call.b_dialog, &mut call.a_dialog)
-        };
-        let (Some(x), Some(y)) = (x.as_mut(), y.as_mut()) else {
+        let (x, y) = call.legs.pair_mut(from);
+        let (Some(x), Some(y)) = (x.dialog.as_mut(), y.dialog.as_mut()) else {
             // Not answered yet: early-dialog requests are not relayed.
             reply(501, None, &mut self.out);
             return;
@@ -328,7 +318,7 @@ impl<R: RngCore> B2bua<R> {
             return;
         }
         if m.method() == Some(Method::Refer) && call.local_mode {
-            self.local_refer(now, cref, m, from_a);
+            self.local_refer(now, cref, m, from);
             self.drain(now, cref);
             return;
         }
@@ -379,7 +369,7 @@ impl<R: RngCore> B2bua<R> {
                         .is_some_and(|h| {
                             h.windows(9).any(|w| w.eq_ignore_ascii_case(b"replaces="))
                         }),
-                    from_a,
+                    from,
                     cseq_in: m.cseq().seq,
                     cseq_out: out_seq,
                     until: now + Transfer::DEFAULT_EXPIRY,
@@ -397,7 +387,7 @@ impl<R: RngCore> B2bua<R> {
                     .body()
                     .strip_prefix(b"SIP/2.0 ")
                     .and_then(|b| core::str::from_utf8(b.get(..3)?).ok()?.parse::<u16>().ok());
-                if let Some(t) = call.transfer.as_mut().filter(|t| t.from_a != from_a) {
+                if let Some(t) = call.transfer.as_mut().filter(|t| t.from != from) {
                     if let Some(e) = state.and_then(sub_expires) {
                         t.until = now + e;
                     }
@@ -442,7 +432,7 @@ impl<R: RngCore> B2bua<R> {
             )
         };
         call.relays.push(Relay {
-            from_a,
+            from,
             req: m.as_bytes().to_vec(),
             back: via_target(m),
             srv_key: Key::server(m),
@@ -480,20 +470,22 @@ impl<R: RngCore> B2bua<R> {
         };
         // Our Contact in each leg (a relayed answer goes to the leg its
         // request came from).
-        let leg_id = |d: &Option<Dialog>, id: &[u8]| -> Vec<u8> {
-            d.as_ref().map_or(id, |d| &d.id.call_id[..]).to_vec()
+        let leg_id = |l: &Leg| -> Vec<u8> {
+            l.dialog
+                .as_ref()
+                .map_or(&l.call_id, |d| &d.id.call_id)
+                .clone()
         };
         let contacts = [
-            self.contact(call.key, &leg_id(&call.a_dialog, &call.a_call_id)),
-            self.contact(call.key, &leg_id(&call.b_dialog, &call.b_call_id)),
+            self.contact(call.key, &leg_id(&call.legs.a)),
+            self.contact(call.key, &leg_id(&call.legs.b)),
         ];
         let Some(call) = self.calls.get_mut(&cref) else {
             return;
         };
         let Call {
             relays,
-            a_dialog,
-            b_dialog,
+            legs,
             session_expires,
             transfer,
             ..
@@ -532,11 +524,7 @@ impl<R: RngCore> B2bua<R> {
                 if is_invite && (200..300).contains(&status) {
                     // The 2xx of our re-INVITE: ACK it on its leg (again for
                     // a retransmitted 2xx) and take its new target.
-                    let y = if r.from_a {
-                        b_dialog.as_mut()
-                    } else {
-                        a_dialog.as_mut()
-                    };
+                    let y = legs[r.from.other()].dialog.as_mut();
                     if let (Some(y), Some(p)) = (y, resp.as_ref()) {
                         y.handle_response(p);
                         if r.ack.is_none() {
@@ -561,7 +549,7 @@ impl<R: RngCore> B2bua<R> {
                     .map(|p| end_to_end_headers(p, from_trusted, &self.cfg.identity_headers))
                     .unwrap_or_default();
                 if is_invite && status < 300 {
-                    extra.push(("Contact", &contacts[usize::from(!r.from_a)]));
+                    extra.push(("Contact", &contacts[usize::from(!r.from.is_a())]));
                 }
                 // A refresh (re-INVITE or UPDATE answered 2xx) restarts the
                 // session timer with the interval it agreed on.

@@ -53,7 +53,7 @@ impl<R: RngCore> B2bua<R> {
     /// (A's, as the edge forwarded it).
     pub(super) fn a_invite_of(&self, call_id: &[u8]) -> Option<&[u8]> {
         if let Some(&cref) = self.by_call_id.get(call_id) {
-            return self.calls.get(&cref).map(|c| c.a_invite.as_slice());
+            return self.calls.get(&cref).map(|c| c.legs.a.invite.as_slice());
         }
         self.remote
             .iter()
@@ -66,7 +66,11 @@ impl<R: RngCore> B2bua<R> {
     pub(super) fn dialogs_of(&self, call_id: &[u8]) -> Option<(Option<u64>, &Dialog, &Dialog)> {
         if let Some(&cref) = self.by_call_id.get(call_id) {
             let call = self.calls.get(&cref)?;
-            return Some((Some(cref), call.a_dialog.as_ref()?, call.b_dialog.as_ref()?));
+            return Some((
+                Some(cref),
+                call.legs.a.dialog.as_ref()?,
+                call.legs.b.dialog.as_ref()?,
+            ));
         }
         self.remote
             .iter()
@@ -80,13 +84,9 @@ impl<R: RngCore> B2bua<R> {
         let Some(c2) = self.calls.get_mut(&cref2) else {
             return;
         };
-        let other = if c2.a_call_id == spare {
-            c2.a_dialog = None;
-            c2.b_dialog.take()
-        } else {
-            c2.b_dialog = None;
-            c2.a_dialog.take()
-        };
+        let taken = c2.side_of(spare);
+        c2.legs[taken].dialog = None;
+        let other = c2.legs[taken.other()].dialog.take();
         if !c2.over {
             c2.over = true;
             c2.a_ok = None;

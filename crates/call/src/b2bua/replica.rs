@@ -153,7 +153,7 @@ fn pending_request(call: &Call) -> Option<PendingRequest> {
                 }
         })
         .map(|r| PendingRequest {
-            from_a: r.from_a,
+            from_a: r.from.is_a(),
             request: without_credentials(&r.req),
             back: r.back,
             relayed: r.out.clone(),
@@ -166,7 +166,7 @@ fn refer_of(call: &Call, wall: &impl Fn(Instant) -> u64) -> Option<ReferRecord> 
     let t = call.transfer.as_ref().filter(|t| !t.done)?;
     Some(ReferRecord {
         attended: t.attended,
-        from_a: t.from_a,
+        from_a: t.from.is_a(),
         cseq_in: t.cseq_in,
         cseq_out: t.cseq_out,
         at_ms: wall(t.at),
@@ -179,7 +179,7 @@ fn local_of(call: &Call, wall: &impl Fn(Instant) -> u64) -> Option<LocalRecord> 
     let l = call.local.as_ref().filter(|l| l.pending())?;
     Some(LocalRecord {
         attended: l.attended,
-        transferor_a: l.transferor_a,
+        transferor_a: l.transferor.is_a(),
         refer_seq: l.refer_seq,
         at_ms: wall(l.at),
         t_out: l.t_out.clone(),
@@ -206,20 +206,20 @@ fn record_of(
     refer: Option<ReferRecord>,
     local: Option<LocalRecord>,
 ) -> Option<CallRecord> {
-    let (Some(a), Some(b)) = (&call.a_dialog, &call.b_dialog) else {
+    let (Some(a), Some(b)) = (&call.legs.a.dialog, &call.legs.b.dialog) else {
         return None;
     };
     Some(CallRecord {
         key: call.key,
         version,
         id: call.id.clone(),
-        a_call_id: call.a_call_id.clone(),
-        a_invite: without_credentials(&call.a_invite),
+        a_call_id: call.legs.a.call_id.clone(),
+        a_invite: without_credentials(&call.legs.a.invite),
         a_target: call.a_target,
         a_tag: call.a_tag.as_bytes().to_vec(),
         a_dialog: a.clone(),
-        b_call_id: call.b_call_id.clone(),
-        b_invite: call.b_invite.clone(),
+        b_call_id: call.legs.b.call_id.clone(),
+        b_invite: call.legs.b.invite.clone(),
         b_dialog: b.clone(),
         local_mode: call.local_mode,
         pending,
@@ -408,7 +408,7 @@ impl<R: RngCore> B2bua<R> {
             }
             return;
         }
-        let (Some(a), Some(b)) = (&call.a_dialog, &call.b_dialog) else {
+        let (Some(a), Some(b)) = (&call.legs.a.dialog, &call.legs.b.dialog) else {
             return;
         };
         if !call.answered {
@@ -537,8 +537,8 @@ impl<R: RngCore> B2bua<R> {
         c.replicated = None;
         c.a_ok = None;
         c.held_ok = None;
-        c.a_dialog = None;
-        c.b_dialog = None;
+        c.legs.a.dialog = None;
+        c.legs.b.dialog = None;
         c.linger = Some(linger);
         self.stats.ended_elsewhere += 1;
         self.schedule(cref);
@@ -580,7 +580,7 @@ impl<R: RngCore> B2bua<R> {
         let transfer = rec.refer.as_ref().map(|r| Transfer {
             at: at(r.at_ms),
             attended: r.attended,
-            from_a: r.from_a,
+            from: Side::a_if(r.from_a),
             cseq_in: r.cseq_in,
             cseq_out: r.cseq_out,
             until: at(r.until_ms),
@@ -610,7 +610,7 @@ impl<R: RngCore> B2bua<R> {
             Some(Local {
                 at: at(l.at_ms),
                 attended: l.attended,
-                transferor_a: l.transferor_a,
+                transferor: Side::a_if(l.transferor_a),
                 refer_seq: l.refer_seq,
                 stage,
                 t_out: l.t_out.clone(),
@@ -660,7 +660,7 @@ impl<R: RngCore> B2bua<R> {
                 _ => return None,
             };
             Some(Relay {
-                from_a: p.from_a,
+                from: Side::a_if(p.from_a),
                 req: p.request.clone(),
                 back: p.back,
                 srv_key: Key::server(&req),
@@ -704,23 +704,29 @@ impl<R: RngCore> B2bua<R> {
                     vec![rec.id.clone()]
                 },
                 id: rec.id,
-                a_call_id: rec.a_call_id,
-                a_invite: rec.a_invite,
+                legs: Legs {
+                    a: Leg {
+                        call_id: rec.a_call_id,
+                        invite: rec.a_invite,
+                        dialog: Some(rec.a_dialog),
+                    },
+                    b: Leg {
+                        call_id: rec.b_call_id,
+                        invite: rec.b_invite.clone(),
+                        dialog: Some(rec.b_dialog),
+                    },
+                },
                 a_target: rec.a_target,
                 a_tag,
                 a_srv: ServerInvite::ended(timers),
                 a_key,
-                a_dialog: Some(rec.a_dialog),
                 a_ok,
                 a_bye_after_ack: false,
                 after_ack: Vec::new(),
                 // Not in the record: a later leg of an adopted call
                 // asserts nothing.
                 asserted: None,
-                b_call_id: rec.b_call_id,
-                b_cli: ClientInvite::ended(timers, rec.b_invite.clone()),
-                b_invite: rec.b_invite,
-                b_dialog: Some(rec.b_dialog),
+                b_cli: ClientInvite::ended(timers, rec.b_invite),
                 b_ack: None,
                 cancelled: false,
                 answered: true,

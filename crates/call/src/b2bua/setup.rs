@@ -105,7 +105,11 @@ impl<R: RngCore> B2bua<R> {
         }
         let target = call.targets[call.tried].clone();
         call.tried += 1;
-        let (a_bytes, key, old) = (call.a_invite.clone(), call.key, call.b_call_id.clone());
+        let (a_bytes, key, old) = (
+            call.legs.a.invite.clone(),
+            call.key,
+            call.legs.b.call_id.clone(),
+        );
         let asserted = call.asserted.clone();
         let Ok(a) = scan(&a_bytes) else { return false };
         let (cid, invite) = self.leg_b_invite(&a, key, &target, asserted.as_deref());
@@ -113,8 +117,8 @@ impl<R: RngCore> B2bua<R> {
         let Some(call) = self.calls.get_mut(&cref) else {
             return false;
         };
-        call.b_call_id = cid.clone();
-        call.b_invite = invite.clone();
+        call.legs.b.call_id = cid.clone();
+        call.legs.b.invite = invite.clone();
         call.b_cli = ClientInvite::new(now, timers, invite);
         call.heard = false;
         call.no_answer = false;
@@ -240,21 +244,27 @@ impl<R: RngCore> B2bua<R> {
             Call {
                 key,
                 id: m.call_id().to_vec(),
-                a_call_id: m.call_id().to_vec(),
-                a_invite: m.as_bytes().to_vec(),
+                legs: Legs {
+                    a: Leg {
+                        call_id: m.call_id().to_vec(),
+                        invite: m.as_bytes().to_vec(),
+                        dialog: None,
+                    },
+                    b: Leg {
+                        call_id: b_call_id,
+                        invite: b_invite,
+                        dialog: None,
+                    },
+                },
                 a_target: via_target(m),
                 a_tag,
                 a_srv,
                 a_key: Key::server(m),
-                a_dialog: None,
                 a_ok: None,
                 a_bye_after_ack: false,
                 after_ack: Vec::new(),
                 asserted,
-                b_call_id,
-                b_invite,
                 b_cli,
-                b_dialog: None,
                 b_ack: None,
                 cancelled: false,
                 answered: false,
@@ -301,7 +311,7 @@ impl<R: RngCore> B2bua<R> {
             call.b_cli.state(),
             InviteState::Calling | InviteState::Proceeding
         )
-        .then_some(&call.b_invite);
+        .then_some(&call.legs.b.invite);
         // Every leg still ringing (forks too: `fork.rs`).
         let forks = call.forks.iter().filter(|f| f.ringing()).map(|f| &f.invite);
         let cancels: Vec<Vec<u8>> = main
@@ -348,7 +358,7 @@ impl<R: RngCore> B2bua<R> {
         let Some(call) = self.calls.get_mut(&cref) else {
             return;
         };
-        if m.call_id() == call.b_call_id.as_slice() && m.cseq().method == Method::Invite {
+        if m.call_id() == call.legs.b.call_id.as_slice() && m.cseq().method == Method::Invite {
             call.b_cli.handle_response(now, m);
         } else {
             self.fork_response(now, cref, m);
@@ -410,7 +420,7 @@ impl<R: RngCore> B2bua<R> {
     pub(super) fn on_b_event(&mut self, now: Instant, cref: u64, e: Event) {
         let (key, contact) = match self.calls.get(&cref) {
             // The Contact of our answers to A.
-            Some(c) => (c.key, self.contact(c.key, &c.a_call_id)),
+            Some(c) => (c.key, self.contact(c.key, &c.legs.a.call_id)),
             None => return,
         };
         let ack_via = self.via(key);
@@ -418,7 +428,7 @@ impl<R: RngCore> B2bua<R> {
         let Some(call) = self.calls.get_mut(&cref) else {
             return;
         };
-        let a_bytes = call.a_invite.clone();
+        let a_bytes = call.legs.a.invite.clone();
         let Ok(a) = scan(&a_bytes) else { return };
         let Some((status, msg)) = e.into_response() else {
             return;
@@ -453,7 +463,7 @@ impl<R: RngCore> B2bua<R> {
         match status {
             100 => {}
             101..=199 if !call.cancelled => {
-                let from_trusted = self.cfg.trusted.contains(addressee_ip(&call.b_invite));
+                let from_trusted = self.cfg.trusted.contains(addressee_ip(&call.legs.b.invite));
                 let mut extra = resp
                     .as_ref()
                     .map(|p| end_to_end_headers(p, from_trusted, &self.cfg.identity_headers))
@@ -474,8 +484,8 @@ impl<R: RngCore> B2bua<R> {
             }
             200..=299 => {
                 let Some(resp) = resp else { return };
-                if call.b_dialog.is_none() {
-                    let inv = call.b_invite.clone();
+                if call.legs.b.dialog.is_none() {
+                    let inv = call.legs.b.invite.clone();
                     let dialog = scan(&inv).ok().and_then(|bi| {
                         let mut d = Dialog::uac(&bi, &resp).ok()?;
                         // A registered phone answers without a Record-Route
@@ -492,7 +502,7 @@ impl<R: RngCore> B2bua<R> {
                     if let Some(mut d) = dialog {
                         let ack = d.request("ACK", Some(1), &ack_via, None, &[], None);
                         call.b_ack = Some(ack);
-                        call.b_dialog = Some(d);
+                        call.legs.b.dialog = Some(d);
                     }
                 }
                 if let Some(ack) = &call.b_ack {
@@ -508,7 +518,7 @@ impl<R: RngCore> B2bua<R> {
                 call.answered_at = Some(now + self.cfg.max_call_age);
                 call.session_expires = session_interval(&resp).map(|i| now + i);
                 self.stats.answered += 1;
-                let from_trusted = self.cfg.trusted.contains(addressee_ip(&call.b_invite));
+                let from_trusted = self.cfg.trusted.contains(addressee_ip(&call.legs.b.invite));
                 let mut extra = end_to_end_headers(&resp, from_trusted, &self.cfg.identity_headers);
                 extra.push(("Contact", &contact));
                 extra.extend(record_routes(&a));
@@ -522,8 +532,8 @@ impl<R: RngCore> B2bua<R> {
                     body_ref,
                     &mut r,
                 );
-                call.a_dialog = Dialog::uas(&a, tag.as_bytes(), DialogState::Confirmed).ok();
-                if self.replicate && call.a_dialog.is_some() && call.b_dialog.is_some() {
+                call.legs.a.dialog = Dialog::uas(&a, tag.as_bytes(), DialogState::Confirmed).ok();
+                if self.replicate && call.legs.a.dialog.is_some() && call.legs.b.dialog.is_some() {
                     // Replicated calls: the 2xx that confirms the call to A
                     // waits until the call is committed (`committed`), so a
                     // call A believes up is never lost with this worker.
@@ -661,7 +671,7 @@ impl<R: RngCore> B2bua<R> {
         call.held_ok = None;
         call.over = true;
         call.replicated = None;
-        if let Ok(a) = scan(&call.a_invite) {
+        if let Ok(a) = scan(&call.legs.a.invite) {
             let mut r = Vec::new();
             response(
                 &a.reply_parts(),
@@ -673,7 +683,7 @@ impl<R: RngCore> B2bua<R> {
             );
             call.a_srv.send_response(now, 500, r);
         }
-        if let Some(d) = call.b_dialog.as_mut() {
+        if let Some(d) = call.legs.b.dialog.as_mut() {
             let reason: &[u8] = b"SIP;cause=500;text=\"the cluster could not keep the call\"";
             push_bye(&mut call.nits, d, now, timers, &via, &[("Reason", reason)]);
         }
@@ -726,7 +736,8 @@ impl<R: RngCore> B2bua<R> {
         };
         call.over = true;
         call.a_ok = None;
-        for (d, via) in [call.a_dialog.as_mut(), call.b_dialog.as_mut()]
+        let Legs { a, b } = &mut call.legs;
+        for (d, via) in [a.dialog.as_mut(), b.dialog.as_mut()]
             .into_iter()
             .zip(&vias)
         {
