@@ -214,11 +214,16 @@ impl Drop for Leftovers {
 impl Drop for Kids {
     fn drop(&mut self) {
         for c in &mut self.0 {
+            // A worker that left (`handover scale`) is gone already.
+            if matches!(c.try_wait(), Ok(Some(_))) {
+                continue;
+            }
             // SIGINT: each stops at once (SIGTERM would make a replicated
             // worker hand its shards to the others first, which a whole
             // cluster stopping together does not need), then reap.
             let _ = Command::new("kill")
                 .args(["-INT", &c.id().to_string()])
+                .stderr(std::process::Stdio::null())
                 .status();
         }
         for c in &mut self.0 {
