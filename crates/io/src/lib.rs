@@ -9,7 +9,10 @@
 //! calls, io_uring rings, raw message headers).
 #![deny(unsafe_code)]
 
-#[allow(unsafe_code)]
+#[expect(
+    unsafe_code,
+    reason = "system calls, io_uring rings and raw message headers"
+)]
 mod sys;
 
 pub use sys::{Handler, bind_reuseport, bind_reuseport_tcp, free_bytes, raise_fd_limit};

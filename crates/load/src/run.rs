@@ -47,7 +47,10 @@ pub struct Options {
 // The shell runs inside a blocking socket loop on one thread (no runtime:
 // fewer wake-ups per datagram than an async one), so it reads the wall
 // clock itself; the engine still takes `now` as an argument.
-#[allow(clippy::disallowed_types)]
+#[expect(
+    clippy::disallowed_types,
+    reason = "a blocking socket loop with no runtime reads the wall clock itself"
+)]
 struct Shell<'a, P> {
     opts: &'a Options,
     stop: &'a std::sync::atomic::AtomicBool,
@@ -82,7 +85,10 @@ impl<P: FnMut(&Progress)> Shell<'_, P> {
     }
 }
 
-#[allow(clippy::disallowed_types)]
+#[expect(
+    clippy::disallowed_types,
+    reason = "a blocking socket loop with no runtime reads the wall clock itself"
+)]
 impl<P: FnMut(&Progress)> handover_io::Handler for Shell<'_, P> {
     fn datagram(
         &mut self,
@@ -203,7 +209,10 @@ impl<P: FnMut(&Progress)> handover_io::Handler for Shell<'_, P> {
 }
 
 /// One thread's run (see [`run`]).
-#[allow(clippy::disallowed_types)]
+#[expect(
+    clippy::disallowed_types,
+    reason = "a blocking socket loop with no runtime reads the wall clock itself"
+)]
 fn run_one(
     opts: &Options,
     stop: &std::sync::atomic::AtomicBool,
