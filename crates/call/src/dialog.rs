@@ -4,7 +4,7 @@
 //! in-dialog requests and checks incoming ones.
 
 use handover_sip::build::Request;
-use handover_sip::{HeaderName, Message, Method, NameAddr};
+use handover_sip::{HeaderName, Message, Method, NameAddr, Scheme};
 
 /// Why a dialog could not be made or a request was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -113,9 +113,12 @@ fn without_tag(v: &NameAddr<'_>, buf: &[u8]) -> Vec<u8> {
     buf[s.start..end].to_vec()
 }
 
+/// The Contact's URI, when it is one we can send requests to: a SIP or
+/// SIPS URI (anything else would put a Request-URI in our requests that
+/// no SIP element accepts, 416).
 fn contact_uri(m: &Message<'_>) -> Result<Vec<u8>, DialogError> {
     match m.contact() {
-        Some(Ok(c)) => Ok(c.uri().as_bytes().to_vec()),
+        Some(Ok(c)) if c.uri().scheme() != Scheme::Other => Ok(c.uri().as_bytes().to_vec()),
         _ => Err(DialogError::NoContact),
     }
 }
@@ -203,6 +206,44 @@ impl Dialog {
         })
     }
 
+    /// A dialog for a 2xx that [`Dialog::uac`] refuses (no usable Contact,
+    /// a Record-Route that does not parse) but that still has to be ACKed
+    /// and hung up (RFC 3261 §13.2.2.4): its remote target is the
+    /// Request-URI `request` was sent to, with no route set. Needs the To
+    /// tag (without it there is no dialog to end).
+    pub fn uac_unusable(
+        request: &Message<'_>,
+        response: &Message<'_>,
+    ) -> Result<Self, DialogError> {
+        let target = request
+            .request_uri()
+            .ok_or(DialogError::Malformed("Request-URI"))?
+            .as_bytes()
+            .to_vec();
+        let from = request.from().map_err(|_| DialogError::Malformed("From"))?;
+        let to = response.to().map_err(|_| DialogError::Malformed("To"))?;
+        Ok(Self {
+            id: DialogId {
+                call_id: request.call_id().to_vec(),
+                local_tag: request
+                    .from_tag()
+                    .ok_or(DialogError::MissingTag("From"))?
+                    .to_vec(),
+                remote_tag: response
+                    .to_tag()
+                    .ok_or(DialogError::MissingTag("To"))?
+                    .to_vec(),
+            },
+            state: DialogState::Confirmed,
+            local_seq: request.cseq().seq,
+            remote_seq: None,
+            local_uri: without_tag(&from, request.buf()),
+            remote_uri: without_tag(&to, response.buf()),
+            remote_target: target,
+            route_set: Vec::new(),
+        })
+    }
+
     /// Checks an in-dialog request from the peer and takes in what it
     /// changes (§12.2.2): its CSeq, and for a target refresh (re-INVITE,
     /// UPDATE) a new remote target from its Contact.
@@ -223,10 +264,11 @@ impl Dialog {
             }
             self.remote_seq = Some(seq);
         }
+        // A target we cannot send to is not taken (the old one stays).
         if matches!(method, Some(Method::Invite | Method::Update))
-            && let Some(Ok(c)) = req.contact()
+            && let Ok(t) = contact_uri(req)
         {
-            self.remote_target = c.uri().as_bytes().to_vec();
+            self.remote_target = t;
         }
         Ok(())
     }
@@ -238,9 +280,9 @@ impl Dialog {
         if let Some(200..=299) = resp.status() {
             self.state = DialogState::Confirmed;
             if matches!(resp.cseq().method, Method::Invite | Method::Update)
-                && let Some(Ok(c)) = resp.contact()
+                && let Ok(t) = contact_uri(resp)
             {
-                self.remote_target = c.uri().as_bytes().to_vec();
+                self.remote_target = t;
             }
         }
     }

@@ -1445,3 +1445,51 @@ fn a_routes_targets_over_tcp_are_tried_in_turn_not_forked() {
     assert_eq!(b.stats().failovers, 1);
     assert_eq!(b.stats().forks, 0);
 }
+
+/// B answers 200 with a Contact we cannot send to (not a SIP URI): there
+/// is no dialog to carry the call, so the 2xx is ACKed and hung up at the
+/// address our INVITE reached (RFC 3261 §13.2.2.4), and A hears 502 Bad
+/// Gateway instead of a call with no way to reach B. A retransmitted 2xx
+/// gets the ACK again, and nothing more.
+#[test]
+fn a_2xx_whose_contact_is_unusable_is_acked_and_hung_up_and_a_hears_502() {
+    let mut b = b2bua();
+    b.handle_datagram(at(0), a_invite().as_bytes());
+    let sent = out(&mut b);
+    let bi_bytes = sent[1].1.clone();
+    let bi = scan(&bi_bytes).unwrap();
+    let ok = b_resp(&bi, "200 OK", "bt", Some(SDP_B)).replace(
+        "Contact: <sip:b@127.0.0.1:5071>",
+        "Contact: <mailto:b@example.com>",
+    );
+    b.handle_datagram(at(100), ok.as_bytes());
+    let sent = out(&mut b);
+    let lines: Vec<String> = sent.iter().map(|(_, m)| first_line(m)).collect();
+    assert!(
+        lines.contains(&"ACK sip:b@127.0.0.1:5071 SIP/2.0".to_string()),
+        "ACK at the INVITE's Request-URI: {lines:?}"
+    );
+    assert!(
+        lines.contains(&"BYE sip:b@127.0.0.1:5071 SIP/2.0".to_string()),
+        "and BYE: {lines:?}"
+    );
+    assert!(
+        lines.contains(&"SIP/2.0 502 Bad Gateway".to_string()),
+        "A hears 502: {lines:?}"
+    );
+    for (_, m) in &sent {
+        scan(m).expect("everything sent scans");
+    }
+    let bye = sent
+        .iter()
+        .find(|(_, m)| first_line(m).starts_with("BYE "))
+        .map(|(_, m)| scan(m).unwrap().to_tag().map(<[u8]>::to_vec))
+        .unwrap();
+    assert_eq!(bye.as_deref(), Some(&b"bt"[..]), "in B's dialog");
+    // B did not hear the ACK: its 2xx again gets the ACK again, no second
+    // BYE and nothing for A.
+    b.handle_datagram(at(600), ok.as_bytes());
+    let again: Vec<String> = out(&mut b).iter().map(|(_, m)| first_line(m)).collect();
+    assert_eq!(again, ["ACK sip:b@127.0.0.1:5071 SIP/2.0"], "{again:?}");
+    assert_eq!(b.stats().answered, 0);
+}
