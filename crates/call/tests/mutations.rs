@@ -190,9 +190,16 @@ fn memchr(m: &[u8]) -> Option<usize> {
     m.windows(4).position(|w| w == b"\r\n\r\n")
 }
 
-fn config(mode: TransferMode) -> Config {
+/// `registered`: B is a registered user (no route names it), reached on
+/// its bindings' flows, forked when it has several.
+fn config(mode: TransferMode, registered: bool) -> Config {
     let mut routes = Routes::default();
-    for spec in ["b=127.0.0.1:5071", "c=127.0.0.1:5072", "*=127.0.0.1:5073"] {
+    let specs: &[&str] = if registered {
+        &["c=127.0.0.1:5072"]
+    } else {
+        &["b=127.0.0.1:5071", "c=127.0.0.1:5072", "*=127.0.0.1:5073"]
+    };
+    for spec in specs {
         routes.add(spec).unwrap();
     }
     Config {
@@ -239,7 +246,20 @@ struct Reached {
     transfers: u64,
 }
 
+/// B's phone registering binding `n` (its own flow) as the edge forwards it.
+fn register(n: u32, cseq: u32) -> String {
+    format!(
+        "REGISTER sip:127.0.0.1:5060 SIP/2.0\r\n\
+Via: SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bK-hxr{n}x{cseq};k=1\r\n\
+Via: SIP/2.0/UDP 192.168.1.{n}:5060;branch=z9hG4bKr{n}x{cseq};received=203.0.113.{n};rport=4000{n}\r\n\
+Max-Forwards: 69\r\nFrom: <sip:b@127.0.0.1>;tag=r{n}\r\nTo: <sip:b@127.0.0.1>\r\n\
+Call-ID: reg-b-{n}\r\nCSeq: {cseq} REGISTER\r\nContact: <sip:b@192.168.1.{n}:5060>\r\n\
+Expires: 600\r\nContent-Length: 0\r\n\r\n"
+    )
+}
+
 struct Run {
+    registered: bool,
     transfers: u64,
     b: B2bua<Seq>,
     r: Rng,
@@ -257,7 +277,8 @@ impl Run {
         } else {
             TransferMode::Passthrough
         };
-        let mut b = B2bua::new(config(mode), Seq(seed));
+        let registered = r.chance(30);
+        let mut b = B2bua::new(config(mode, registered), Seq(seed));
         let replicate = r.chance(75);
         b.set_replication(replicate);
         if replicate {
@@ -265,6 +286,7 @@ impl Run {
         }
         b.set_records(r.chance(50));
         Self {
+            registered,
             transfers: 0,
             b,
             r,
@@ -376,7 +398,7 @@ impl Run {
     fn move_calls(&mut self, seed: u64, reached: &mut Reached) {
         self.count(reached);
         let (_, last) = self.b.hand_over(|_| true);
-        let mut next = B2bua::new(config(self.mode), Seq(seed ^ 0xabcdef));
+        let mut next = B2bua::new(config(self.mode, self.registered), Seq(seed ^ 0xabcdef));
         next.set_replication(true);
         next.set_member(2);
         for rec in last {
@@ -417,6 +439,11 @@ fn with_headers(msg: &str, extra: &[(&str, String)]) -> String {
 
 fn one_call(seed: u64, reached: &mut Reached) {
     let mut run = Run::new(seed);
+    if run.registered {
+        for n in 1..=1 + run.r.below(3) as u32 {
+            run.feed(register(n, 1).as_bytes());
+        }
+    }
     run.feed(a_invite().as_bytes());
     // Most runs first get the call answered and acknowledged, so that
     // what follows reaches the in-dialog code.
@@ -437,7 +464,7 @@ fn one_call(seed: u64, reached: &mut Reached) {
         let Ok(bi) = scan(&bi_bytes) else { break };
         let a_tag = run.a_tag();
         let branch = format!("s{seed}x{step}");
-        let msg = match run.r.below(17) {
+        let msg = match run.r.below(18) {
             0 => b_resp(&bi, "180 Ringing", "bt", None),
             1 | 2 => b_resp(&bi, "200 OK", "bt", Some(SDP_B)),
             3 => from_a("ACK", cseq_a, &branch, &a_tag, None),
@@ -513,6 +540,7 @@ Content-Type: message/sipfrag\r\nContent-Length: {}\r\n\r\n{body}",
                 run.answer_requests();
                 continue;
             }
+            16 if run.registered => register(1 + run.r.below(3) as u32, 2 + step as u32),
             14 => {
                 run.tick();
                 continue;

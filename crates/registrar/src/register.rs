@@ -337,6 +337,11 @@ impl Registrar {
             let Ok(c) = NameAddr::parse(buf, v) else {
                 return bad("Bad Contact");
             };
+            // A binding we could never send a request to (its scheme
+            // neither SIP, SIPS nor tel) is refused, not stored.
+            if c.uri().scheme() == handover_sip::Scheme::Other {
+                return bad("Bad Contact");
+            }
             let uri = c.uri().as_bytes();
             let secs = match c.param(b"expires") {
                 Some(e) => match seconds(e) {

@@ -183,12 +183,24 @@ fn rfc3261_10_3_expiry_limits_wildcard_and_order() {
         "{}",
         out[0]
     );
+    // A Contact we could never call (not SIP, SIPS or tel) binds nothing.
+    for (branch, c) in [
+        ("h", "<mailto:alice@example.com>"),
+        ("i", "<s)p:alice@10.0.0.13>"),
+    ] {
+        let out = run(&mut r, at(3), &register(branch, 5, &[c], None));
+        assert!(
+            out[0].starts_with("SIP/2.0 400 Bad Contact"),
+            "{c}: {}",
+            out[0]
+        );
+    }
     let out = run(&mut r, at(3), &register("g", 6, &["*"], Some("0")));
     assert!(out[0].starts_with("SIP/2.0 200 OK") && !out[0].contains("Contact:"));
     assert!(r.targets(7, b"alice@example.com", at(3)).is_empty());
     assert_eq!(r.aors(), 0);
     let s = r.stats();
-    assert_eq!((s.created, s.removed, s.refused), (3, 3, 4));
+    assert_eq!((s.created, s.removed, s.refused), (3, 3, 6));
 }
 
 #[test]
