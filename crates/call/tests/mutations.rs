@@ -12,7 +12,7 @@
 
 use std::time::Duration;
 
-use handover_call::{B2bua, Config, Replication, Routes, TransferMode};
+use handover_call::{B2bua, CallRecord, Config, Replication, Routes, TransferMode};
 use handover_sip::ids::Hashing;
 use handover_sip::{Message, Method, scan};
 use handover_txn::TimerConfig;
@@ -240,6 +240,7 @@ fn answer(req: &Message<'_>, status: u16, sdp: bool) -> String {
 #[derive(Default, Debug)]
 struct Reached {
     sent: u64,
+    replaces_elsewhere: u64,
     answered: u64,
     hung_up: u64,
     adopted: u64,
@@ -258,7 +259,52 @@ Expires: 600\r\nContent-Length: 0\r\n\r\n"
     )
 }
 
+/// Another worker's confirmed call (`r-call`: the transferor's call with
+/// the target, for an attended transfer across workers), and how its
+/// parties name its dialogs.
+struct Remote {
+    record: CallRecord,
+    /// Our tag on its leg A (the transferor's To tag).
+    a_tag: String,
+    /// Its leg B's Call-ID and our tag there (the target's view).
+    b_call_id: String,
+    b_tag: String,
+}
+
+/// Sets up `r-call` on a B2BUA of its own and takes its committed record.
+fn remote_call(seed: u64) -> Option<Remote> {
+    let mut o = B2bua::new(config(TransferMode::Passthrough, false), Seq(seed ^ 0x5555));
+    o.set_replication(true);
+    o.set_member(3);
+    o.handle_datagram(at(0), a_invite().replace("a-call", "r-call").as_bytes());
+    let sent: Vec<Vec<u8>> = std::iter::from_fn(|| o.poll_transmit())
+        .map(|(_, b)| b)
+        .collect();
+    let bi_bytes = sent.into_iter().find(|b| b.starts_with(b"INVITE "))?;
+    let bi = scan(&bi_bytes).ok()?;
+    o.handle_datagram(at(10), b_resp(&bi, "200 OK", "bt", Some(SDP_B)).as_bytes());
+    let mut record = None;
+    while let Some(r) = o.poll_replication() {
+        if let Replication::Upsert(rec) = r {
+            o.stored(&rec.id, rec.version);
+            o.committed(at(20), &rec.id);
+            record = Some(*rec);
+        }
+    }
+    let ok = std::iter::from_fn(|| o.poll_transmit())
+        .map(|(_, b)| b)
+        .find(|b| b.starts_with(b"SIP/2.0 200"))?;
+    let a_tag = String::from_utf8_lossy(scan(&ok).ok()?.to_tag()?).into_owned();
+    Some(Remote {
+        record: record?,
+        a_tag,
+        b_call_id: String::from_utf8_lossy(bi.call_id()).into_owned(),
+        b_tag: String::from_utf8_lossy(bi.from_tag()?).into_owned(),
+    })
+}
+
 struct Run {
+    remote: Option<Remote>,
     registered: bool,
     transfers: u64,
     b: B2bua<Seq>,
@@ -285,7 +331,13 @@ impl Run {
             b.set_member(1);
         }
         b.set_records(r.chance(50));
+        let remote = if r.chance(40) {
+            remote_call(seed)
+        } else {
+            None
+        };
         Self {
+            remote,
             registered,
             transfers: 0,
             b,
@@ -305,7 +357,22 @@ impl Run {
             msg.to_vec()
         };
         self.now += self.r.below(300) as u64;
+        // A Replaces naming the other worker's call: its record is read
+        // for this datagram, as the worker's shell does.
+        let learned = match (&self.remote, scan(&m)) {
+            (Some(r), Ok(mm)) => match self.b.named_elsewhere(&mm) {
+                Some(id) if id == r.record.a_call_id || id == r.record.b_call_id => {
+                    self.b.learn_remote(r.record.clone());
+                    true
+                }
+                _ => false,
+            },
+            _ => false,
+        };
         self.b.handle_datagram(at(self.now), &m);
+        if learned {
+            self.b.forget_remote();
+        }
         // An answer to what does not scan copies what it can: it may
         // lack a header the input lacked (a message cut short).
         let whole = scan(&m).is_ok();
@@ -414,6 +481,7 @@ impl Run {
         reached.answered += st.answered;
         reached.hung_up += st.hung_up;
         reached.adopted += st.adopted;
+        reached.replaces_elsewhere += st.replaces_elsewhere;
     }
 
     fn a_tag(&self) -> String {
@@ -474,11 +542,14 @@ fn one_call(seed: u64, reached: &mut Reached) {
             }
             5 => {
                 cseq_b += 1;
-                let refer_to = if run.r.chance(50) {
-                    "<sip:c@127.0.0.1:5072>".to_string()
-                } else {
-                    "<sip:c@127.0.0.1:5072?Replaces=a-call%3Bto-tag%3Dbt%3Bfrom-tag%3Dat>"
-                        .to_string()
+                let refer_to = match (run.r.below(3), &run.remote) {
+                    (0, _) => "<sip:c@127.0.0.1:5072>".to_string(),
+                    (1, Some(r)) => format!(
+                        "<sip:c@127.0.0.1:5072?Replaces=r-call%3Bto-tag%3D{}%3Bfrom-tag%3Dat>",
+                        r.a_tag
+                    ),
+                    _ => "<sip:c@127.0.0.1:5072?Replaces=a-call%3Bto-tag%3Dbt%3Bfrom-tag%3Dat>"
+                        .to_string(),
                 };
                 with_headers(
                     &from_b(&bi, "REFER", cseq_b, &branch),
@@ -530,10 +601,18 @@ Content-Type: message/sipfrag\r\nContent-Length: {}\r\n\r\n{body}",
             12 => {
                 // A new call that replaces leg B's dialog (attended
                 // transfer's INVITE with Replaces), from C.
-                let cid = String::from_utf8_lossy(bi.call_id()).into_owned();
+                let replaces = match &run.remote {
+                    Some(r) if run.r.chance(50) => {
+                        format!("{};to-tag={};from-tag=bt", r.b_call_id, r.b_tag)
+                    }
+                    _ => format!(
+                        "{};to-tag=bt;from-tag=at",
+                        String::from_utf8_lossy(bi.call_id())
+                    ),
+                };
                 with_headers(
                     &a_invite().replace("a-call", &format!("c-{seed}")),
-                    &[("Replaces", format!("{cid};to-tag=bt;from-tag=at"))],
+                    &[("Replaces", replaces)],
                 )
             }
             13 => {
@@ -584,4 +663,5 @@ fn damaged_messages_through_whole_calls_never_panic_and_what_goes_out_scans() {
     assert!(reached.hung_up > seeds / 10, "{reached:?}");
     assert!(reached.transfers > seeds / 100, "{reached:?}");
     assert!(reached.adopted > seeds / 200, "{reached:?}");
+    assert!(reached.replaces_elsewhere > seeds / 200, "{reached:?}");
 }
