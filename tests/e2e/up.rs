@@ -526,10 +526,10 @@ fn demo(workers: &str) {
             Err(_) => break,
         }
     }
-    let _ = std::process::Command::new("kill")
-        .arg(child.id().to_string())
-        .status();
-    let _ = child.wait();
+    assert!(
+        stops_on_sigterm(&mut child, Duration::from_secs(30)),
+        "up stops within 30 s of SIGTERM"
+    );
     let text = seen.join("\n");
     assert!(
         text.contains(&format!("edge metrics: http://127.0.0.1:{admin}/metrics")),
@@ -544,6 +544,118 @@ fn demo(workers: &str) {
     }
     assert!(text.contains("demo: every call succeeded"), "{text}");
     eprintln!("demo with {workers} worker(s): every call succeeded");
+}
+
+/// Sends SIGTERM and waits up to `within` for `child` to exit; SIGKILL
+/// and false when it does not.
+fn stops_on_sigterm(child: &mut std::process::Child, within: Duration) -> bool {
+    let _ = std::process::Command::new("kill")
+        .arg(child.id().to_string())
+        .status();
+    let t0 = tokio::time::Instant::now();
+    while t0.elapsed() < within {
+        if matches!(child.try_wait(), Ok(Some(_))) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    false
+}
+
+/// SIGTERM while the demo plays stops the demo and the whole cluster
+/// (the demo's load generator used to take the signal for itself, and
+/// `up` then waited for another one, its workers running on).
+#[test]
+fn up_demo_stops_on_sigterm_while_the_demo_plays() {
+    let _g = serial();
+    let (sip, worker, demo) = (free_sip_port(), free_udp_ports(2), free_udp_port());
+    let (admin, worker_admin) = (free_tcp_port(), free_tcp_ports(2));
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_handover"))
+        .arg("up")
+        .arg("--demo")
+        .args(["--workers", "1"])
+        .args(["--listen", &format!("127.0.0.1:{sip}")])
+        .args(["--worker-listen", &format!("127.0.0.1:{worker}")])
+        .args(["--admin", &format!("127.0.0.1:{admin}")])
+        .args(["--worker-admin", &format!("127.0.0.1:{worker_admin}")])
+        .args(["--demo-listen", &format!("127.0.0.1:{demo}")])
+        .args(["--udp-only"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let out = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen = Vec::new();
+    let t0 = tokio::time::Instant::now();
+    while t0.elapsed() < Duration::from_secs(30) {
+        if let Ok(l) = rx.recv_timeout(Duration::from_secs(1)) {
+            let playing = l.starts_with("demo: 200 calls");
+            seen.push(l);
+            if playing {
+                break;
+            }
+        }
+    }
+    assert!(
+        seen.iter().any(|l| l.starts_with("demo: 200 calls")),
+        "the demo started: {seen:?}"
+    );
+    // A second into the demo's 10 s of calls.
+    std::thread::sleep(Duration::from_secs(1));
+    let workers: Vec<u32> = worker_pids(&format!("127.0.0.1:{worker}"));
+    assert!(!workers.is_empty(), "a worker runs");
+    assert!(
+        stops_on_sigterm(&mut child, Duration::from_secs(20)),
+        "up stops within 20 s of SIGTERM during the demo"
+    );
+    let rest: Vec<String> = rx.try_iter().collect();
+    assert!(
+        rest.iter().any(|l| l.starts_with("demo: stopped before"))
+            && !rest.iter().any(|l| l.starts_with("demo: every call")),
+        "the demo says it was stopped: {rest:?}"
+    );
+    // Its worker went with it.
+    for pid in workers {
+        assert!(
+            !std::path::Path::new(&format!("/proc/{pid}")).exists()
+                || std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                    .is_ok_and(|s| s.contains(") Z ")),
+            "worker {pid} stopped"
+        );
+    }
+}
+
+/// PIDs of `handover worker` processes listening on `listen`.
+fn worker_pids(listen: &str) -> Vec<u32> {
+    let mut pids = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        let args: Vec<&[u8]> = cmd.split(|&b| b == 0).collect();
+        if args.iter().any(|a| *a == b"worker")
+            && args
+                .windows(2)
+                .any(|w| w[0] == b"--listen" && w[1] == listen.as_bytes())
+        {
+            pids.push(pid);
+        }
+    }
+    pids
 }
 
 #[test]

@@ -210,12 +210,17 @@ pub(crate) fn summary(r: &Report) -> String {
 }
 
 /// Runs a load and prints its report; true when every call succeeded.
+/// Ctrl-C or SIGTERM ends it early.
 pub(crate) fn run(args: &LoadArgs) -> anyhow::Result<bool> {
+    run_until(args, &stop_on_signal())
+}
+
+/// [`run`], ended early when `stop` is raised.
+pub(crate) fn run_until(args: &LoadArgs, stop: &AtomicBool) -> anyhow::Result<bool> {
     let opts = args.options()?;
-    let stop = stop_on_signal();
     let tty = std::io::stderr().is_terminal();
     let json = args.json;
-    let report = handover_load::run(&opts, &stop, |p| {
+    let report = handover_load::run(&opts, stop, |p| {
         if json {
             return;
         }

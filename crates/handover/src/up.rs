@@ -581,8 +581,18 @@ pub(crate) fn run(mut a: UpArgs) -> anyhow::Result<()> {
     let mut who: Vec<Option<u16>> = (1..=a.workers).map(Some).chain([None]).collect();
     let mut leaving: Vec<u16> = Vec::new();
     let mut leaves: Vec<Child> = Vec::new();
+    // Ctrl-C or SIGTERM while the demo plays stops the demo and the
+    // cluster (the demo's load used to take the signal for itself, and
+    // `up` then waited for another one: a SIGTERM from a supervisor was
+    // lost). Raised by a signal before the loop below listens, it ends
+    // the loop at its first tick.
+    let stop = crate::load::stop_on_signal();
     if a.demo {
-        demo(&a, &mut kids)?;
+        demo(&a, &mut kids, &stop)?;
+        if stop.load(std::sync::atomic::Ordering::Relaxed) {
+            println!("handover up: stopping");
+            return Ok(());
+        }
     }
     rt.block_on(async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -663,6 +673,9 @@ pub(crate) fn run(mut a: UpArgs) -> anyhow::Result<()> {
                     scale::answer(conn, &reply).await;
                 }
                 _ = tick.tick() => {
+                    if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        break;
+                    }
                     leaves.retain_mut(|c| c.try_wait().ok().flatten().is_none());
                     for (i, c) in kids.0.iter_mut().enumerate() {
                         if dead[i] {
@@ -746,7 +759,7 @@ fn wait_formed(a: &UpArgs) -> anyhow::Result<bool> {
 
 /// The demo: waits for the cluster, plays calls and transfers against it,
 /// prints the summary and where to look next.
-fn demo(a: &UpArgs, kids: &mut Kids) -> anyhow::Result<()> {
+fn demo(a: &UpArgs, kids: &mut Kids, stop: &std::sync::atomic::AtomicBool) -> anyhow::Result<()> {
     // Give the children a moment to bind; a child that fails to start
     // (a port in use) has said why on stderr by then.
     std::thread::sleep(std::time::Duration::from_millis(1500));
@@ -786,7 +799,11 @@ fn demo(a: &UpArgs, kids: &mut Kids) -> anyhow::Result<()> {
         "demo: 200 calls at 20/s (basic, hold/resume, blind and attended transfers), the load generator on {}",
         a.demo_listen
     );
-    let ok = crate::load::run(&args)?;
+    let ok = crate::load::run_until(&args, stop)?;
+    if stop.load(std::sync::atomic::Ordering::Relaxed) {
+        println!("demo: stopped before its 200 calls were played (Ctrl-C or SIGTERM)");
+        return Ok(());
+    }
     println!(
         "demo: {}. Look at http://{}/metrics and http://{}/metrics (edge, first worker); the cluster stays up until Ctrl-C.",
         if ok {
