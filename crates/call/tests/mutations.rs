@@ -386,7 +386,7 @@ impl Run {
     fn drain_checked(&mut self, whole: bool) {
         while let Some((_, bytes)) = self.b.poll_transmit() {
             self.sent += 1;
-            if !whole && bytes.starts_with(b"SIP/2.0 4") {
+            if !whole && (bytes.starts_with(b"SIP/2.0 4") || bytes.starts_with(b"SIP/2.0 5")) {
                 continue;
             }
             let m = scan(&bytes).unwrap_or_else(|e| {
