@@ -172,8 +172,6 @@ impl Dialog {
     /// dialog-creating request) we sent, `response` a 1xx with a To tag or a
     /// 2xx to it (§12.1.2).
     pub fn uac(request: &Message<'_>, response: &Message<'_>) -> Result<Self, DialogError> {
-        let from = request.from().map_err(|_| DialogError::Malformed("From"))?;
-        let to = response.to().map_err(|_| DialogError::Malformed("To"))?;
         //= https://www.rfc-editor.org/rfc/rfc3261#section-12.1.2
         //# The route set MUST be set to the list of URIs in the Record-Route
         //# header field from the response, taken in reverse order and
@@ -184,6 +182,43 @@ impl Dialog {
             Some(200..=299) => DialogState::Confirmed,
             _ => DialogState::Early,
         };
+        Self::uac_with(request, response, state, contact_uri(response)?, route_set)
+    }
+
+    /// A dialog for a 2xx that [`Dialog::uac`] refuses (no usable Contact,
+    /// a Record-Route that does not parse) but that still has to be ACKed
+    /// and hung up (RFC 3261 §13.2.2.4): its remote target is the
+    /// Request-URI `request` was sent to, with no route set. Needs the To
+    /// tag (without it there is no dialog to end).
+    pub fn uac_unusable(
+        request: &Message<'_>,
+        response: &Message<'_>,
+    ) -> Result<Self, DialogError> {
+        let target = request
+            .request_uri()
+            .ok_or(DialogError::Malformed("Request-URI"))?
+            .as_bytes()
+            .to_vec();
+        Self::uac_with(
+            request,
+            response,
+            DialogState::Confirmed,
+            target,
+            Vec::new(),
+        )
+    }
+
+    /// The UAC side's identifiers, URIs and CSeq from `request` and
+    /// `response`, with the target and route set given.
+    fn uac_with(
+        request: &Message<'_>,
+        response: &Message<'_>,
+        state: DialogState,
+        remote_target: Vec<u8>,
+        route_set: Vec<Vec<u8>>,
+    ) -> Result<Self, DialogError> {
+        let from = request.from().map_err(|_| DialogError::Malformed("From"))?;
+        let to = response.to().map_err(|_| DialogError::Malformed("To"))?;
         Ok(Self {
             id: DialogId {
                 call_id: request.call_id().to_vec(),
@@ -201,46 +236,8 @@ impl Dialog {
             remote_seq: None,
             local_uri: without_tag(&from, request.buf()),
             remote_uri: without_tag(&to, response.buf()),
-            remote_target: contact_uri(response)?,
+            remote_target,
             route_set,
-        })
-    }
-
-    /// A dialog for a 2xx that [`Dialog::uac`] refuses (no usable Contact,
-    /// a Record-Route that does not parse) but that still has to be ACKed
-    /// and hung up (RFC 3261 §13.2.2.4): its remote target is the
-    /// Request-URI `request` was sent to, with no route set. Needs the To
-    /// tag (without it there is no dialog to end).
-    pub fn uac_unusable(
-        request: &Message<'_>,
-        response: &Message<'_>,
-    ) -> Result<Self, DialogError> {
-        let target = request
-            .request_uri()
-            .ok_or(DialogError::Malformed("Request-URI"))?
-            .as_bytes()
-            .to_vec();
-        let from = request.from().map_err(|_| DialogError::Malformed("From"))?;
-        let to = response.to().map_err(|_| DialogError::Malformed("To"))?;
-        Ok(Self {
-            id: DialogId {
-                call_id: request.call_id().to_vec(),
-                local_tag: request
-                    .from_tag()
-                    .ok_or(DialogError::MissingTag("From"))?
-                    .to_vec(),
-                remote_tag: response
-                    .to_tag()
-                    .ok_or(DialogError::MissingTag("To"))?
-                    .to_vec(),
-            },
-            state: DialogState::Confirmed,
-            local_seq: request.cseq().seq,
-            remote_seq: None,
-            local_uri: without_tag(&from, request.buf()),
-            remote_uri: without_tag(&to, response.buf()),
-            remote_target: target,
-            route_set: Vec::new(),
         })
     }
 
