@@ -10,12 +10,8 @@
 //! every call it holds. `MUTATION_SEEDS=n MUTATION_FIRST=m` searches
 //! longer (with `--release`).
 
-use std::time::Duration;
-
-use handover_call::{B2bua, CallRecord, Config, Replication, Routes, TransferMode};
-use handover_sip::ids::Hashing;
+use handover_call::{B2bua, CallRecord, Config, Replication, TransferMode};
 use handover_sip::{Message, Method, scan};
-use handover_txn::TimerConfig;
 
 mod common;
 use common::{SDP_A, SDP_B, Seq, a_invite, at, b_resp, from_a, from_b};
@@ -193,29 +189,14 @@ fn memchr(m: &[u8]) -> Option<usize> {
 /// `registered`: B is a registered user (no route names it), reached on
 /// its bindings' flows, forked when it has several.
 fn config(mode: TransferMode, registered: bool) -> Config {
-    let mut routes = Routes::default();
     let specs: &[&str] = if registered {
         &["c=127.0.0.1:5072"]
     } else {
         &["b=127.0.0.1:5071", "c=127.0.0.1:5072", "*=127.0.0.1:5073"]
     };
-    for spec in specs {
-        routes.add(spec).unwrap();
-    }
     Config {
-        advertised: "127.0.0.1:5060".into(),
-        timers: TimerConfig::default(),
-        hashing: Hashing::default(),
-        routes,
-        max_call_age: Duration::from_secs(3600),
-        ring_timeout: Duration::from_secs(60),
         transfer_mode: mode,
-        trusted: Default::default(),
-        max_calls: 64,
-        max_calls_per_source: 0,
-        limits: Default::default(),
-        identity_headers: Vec::new(),
-        assert_identity: false,
+        ..common::config(specs, Default::default(), 64)
     }
 }
 

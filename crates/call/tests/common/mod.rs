@@ -97,7 +97,13 @@ pub(crate) fn b2bua_identity(
     B2bua::new(cfg, Seq(7))
 }
 
-fn config(specs: &[&str], trusted: handover_call::trust::Trusted, max_calls: usize) -> Config {
+/// The B2BUA's settings for these routes (command-line form), trusted
+/// peers and call limit; the rest as a worker's defaults.
+pub(crate) fn config(
+    specs: &[&str],
+    trusted: handover_call::trust::Trusted,
+    max_calls: usize,
+) -> Config {
     let mut routes = Routes::default();
     for r in specs {
         routes.add(r).unwrap();
