@@ -501,16 +501,7 @@ fn demo(workers: &str) {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let out = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        use std::io::BufRead;
-        for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let rx = stdout_lines(&mut child);
     let mut seen = Vec::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
     while tokio::time::Instant::now() < deadline {
@@ -544,6 +535,21 @@ fn demo(workers: &str) {
     }
     assert!(text.contains("demo: every call succeeded"), "{text}");
     eprintln!("demo with {workers} worker(s): every call succeeded");
+}
+
+/// `child`'s stdout, a line at a time.
+fn stdout_lines(child: &mut std::process::Child) -> std::sync::mpsc::Receiver<String> {
+    let out = child.stdout.take().expect("stdout piped");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
 }
 
 /// Sends SIGTERM and waits up to `within` for `child` to exit; SIGKILL
@@ -586,16 +592,7 @@ fn up_demo_stops_on_sigterm_while_the_demo_plays() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let out = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        use std::io::BufRead;
-        for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let rx = stdout_lines(&mut child);
     let mut seen = Vec::new();
     let t0 = tokio::time::Instant::now();
     while t0.elapsed() < Duration::from_secs(30) {
