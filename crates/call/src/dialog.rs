@@ -113,9 +113,9 @@ fn without_tag(v: &NameAddr<'_>, buf: &[u8]) -> Vec<u8> {
     buf[s.start..end].to_vec()
 }
 
-/// The Contact's URI, when it is one we can send requests to: a SIP or
-/// SIPS URI (anything else would put a Request-URI in our requests that
-/// no SIP element accepts, 416).
+/// The Contact's URI, when it is one we can send requests to: a SIP,
+/// SIPS or tel URI (anything else would put a Request-URI in our requests
+/// that no SIP element accepts, 416).
 fn contact_uri(m: &Message<'_>) -> Result<Vec<u8>, DialogError> {
     match m.contact() {
         Some(Ok(c)) if c.uri().scheme() != Scheme::Other => Ok(c.uri().as_bytes().to_vec()),
