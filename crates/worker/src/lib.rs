@@ -21,3 +21,4 @@ pub mod rpc;
 pub mod services;
 pub mod sip;
 pub mod tls;
+pub mod watch;
