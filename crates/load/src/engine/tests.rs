@@ -358,3 +358,47 @@ fn answers_mirror_the_offer_direction() {
     assert_eq!(answer_dir(b"v=0\r\na=inactive\r\n"), "inactive");
     assert_eq!(answer_dir(b""), "sendrecv");
 }
+
+/// The transferee's hold is talk time, not a deadline for the transfer: a
+/// REFER that takes longer than the hold to arrive (a message waiting on
+/// a shard move or a worker's death) still ends in a completed transfer,
+/// and the transferee hangs up after it.
+#[test]
+fn a_transfer_slower_than_the_hold_completes_and_the_transferee_waits_for_it() {
+    for s in [Scenario::Blind, Scenario::Attended] {
+        let mut e = engine();
+        let mut now = Instant::from_epoch(Duration::ZERO);
+        e.start_call(now, s);
+        // REFERs reach their receiver 1.5 s late (hold: 1 s).
+        let mut late: Vec<(Instant, Vec<u8>)> = Vec::new();
+        let mut refer_at = None;
+        let mut bye_after_refer = false;
+        for _ in 0..20_000 {
+            let out: Vec<Vec<u8>> = e.drain_transmit().collect();
+            for d in out {
+                if d.starts_with(b"REFER ") {
+                    late.push((now + Duration::from_millis(1500), d));
+                } else {
+                    if d.starts_with(b"BYE ") && refer_at.is_some() {
+                        bye_after_refer = true;
+                    }
+                    e.handle_datagram(now, &d);
+                }
+            }
+            let (due, wait): (Vec<_>, Vec<_>) = late.drain(..).partition(|(t, _)| *t <= now);
+            late = wait;
+            for (_, d) in due {
+                refer_at.get_or_insert(now);
+                e.handle_datagram(now, &d);
+            }
+            now = now + Duration::from_millis(1);
+            e.handle_timeout(now);
+            if e.active() == 0 && e.out.is_empty() && late.is_empty() {
+                break;
+            }
+        }
+        let c = e.counts();
+        assert_eq!((c.succeeded, c.failed), (1, 0), "{s:?}: {:?}", e.failures());
+        assert!(refer_at.is_some() && bye_after_refer, "{s:?}");
+    }
+}

@@ -60,6 +60,20 @@ impl<R: RngCore> Engine<R> {
             // A failed call is only hung up.
             return true;
         }
+        // The transferee's hold is talk time, not a deadline for the
+        // transfer: it hangs up once the transfer is over, as a person
+        // being transferred waits for it (a transfer that never ends is
+        // failed by `expire`, and then hung up).
+        let r = &self.recs[rec];
+        if wake == Wake::Bye
+            && l.kind == Kind::A
+            && matches!(r.scenario, Scenario::Blind | Scenario::Attended)
+            && !r.transfer_ok
+            && r.outcome.is_none()
+        {
+            l.wake = Some((now + Duration::from_millis(100), Wake::Bye));
+            return true;
+        }
         match wake {
             Wake::Bye => {
                 if !self.legs.get(&leg).is_some_and(|x| x.over) {
@@ -134,8 +148,11 @@ impl<R: RngCore> Engine<R> {
             .filter(|(_, r)| r.outcome.is_none())
             .filter_map(|(i, r)| {
                 let age = now - r.started;
+                let transfer = matches!(r.scenario, Scenario::Blind | Scenario::Attended);
                 if !r.established && age > t1x64 {
                     Some((i, "no final answer within 64*T1"))
+                } else if age > limit && transfer && !r.transfer_ok {
+                    Some((i, "transfer not completed in time"))
                 } else if age > limit {
                     Some((i, "call did not end in time"))
                 } else {
@@ -151,6 +168,7 @@ impl<R: RngCore> Engine<R> {
                 .filter_map(|l| self.legs.get(l))
                 .find(|l| l.dialog.is_some() && !l.ended_ok);
             let why = match leg {
+                _ if why.starts_with("transfer") => why.to_string(),
                 Some(l) if self.recs[i].established => match l.bye_refused {
                     Some(st) => format!("{}: {} leg's BYE answered {st}", why, role(l.kind)),
                     None => format!("{}: {} leg never got its BYE", why, role(l.kind)),
