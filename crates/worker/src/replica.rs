@@ -740,8 +740,7 @@ impl Replica {
                     } else {
                         0
                     },
-                    owner: 0,
-                    hang_up: None,
+                    ..Default::default()
                 });
             }
             Cmd::Acked { call_id } => self.node.acked(call_id),

@@ -603,42 +603,6 @@ impl<R: RngCore> B2bua<R> {
         self.drain_outputs(cref);
     }
 
-    /// B answered with a 2xx that makes no dialog we can use (its Contact
-    /// missing or not a SIP URI, a Record-Route that does not parse): it
-    /// is ACKed and hung up at the address our INVITE reached (RFC 3261
-    /// §13.2.2.4), and the leg fails as 502 (Bad Gateway: an invalid
-    /// response from downstream, §21.5.3), so A hears an answer rather
-    /// than a call with no way to reach B. Its retransmissions get the
-    /// same ACK.
-    fn unusable_answer(&mut self, now: Instant, cref: u64, resp: &Message<'_>, ack_via: &[u8]) {
-        let Some(key) = self.calls.get(&cref).map(|c| c.key) else {
-            return;
-        };
-        let bye_via = self.via(key);
-        let timers = self.cfg.timers;
-        let Some(call) = self.calls.get_mut(&cref) else {
-            return;
-        };
-        let inv = call.legs.b.invite.clone();
-        let fallback = scan(&inv)
-            .ok()
-            .and_then(|bi| Dialog::uac_unusable(&bi, resp).ok());
-        if let Some(mut d) = fallback {
-            let ack = d.request("ACK", Some(1), ack_via, None, &[], None);
-            self.out.push_back((None, ack.clone()));
-            call.b_ack = Some(ack);
-            push_bye(&mut call.nits, &mut d, now, timers, &bye_via, &[]);
-        }
-        self.on_b_event(
-            now,
-            cref,
-            Event::Response {
-                status: 502,
-                message: Vec::new(),
-            },
-        );
-    }
-
     /// How long a 2xx waits for its call's commit before it goes to A
     /// anyway (the call then lives unreplicated until its next change).
     pub(super) const HOLD_OK_LIMIT: Duration = Duration::from_secs(4);
