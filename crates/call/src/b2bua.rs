@@ -48,6 +48,7 @@ use crate::routing::{Routes, TransferMode};
 
 mod call;
 mod detail;
+mod endpoint;
 mod fork;
 mod local;
 mod refer;
@@ -61,60 +62,23 @@ mod types;
 use crate::transfer::{self, Replaces};
 use call::*;
 pub use detail::{CallDetail, Detail, EndCause, TransferDetail};
+use endpoint::Endpoint;
 use local::Local;
 pub use register::{AuthStats, Target};
 pub use replica::{CallRecord, LocalRecord, PendingRequest, ReferRecord, Replication};
 pub use types::{Config, Latency, Stats, TransferEvent, TransferResult};
 
-/// All calls of one worker.
+/// All calls of one worker: the endpoint (what every call shares) and
+/// the calls, found by Call-ID, with their deadlines.
 #[derive(Debug)]
 pub struct B2bua<R> {
-    cfg: Config,
-    ids: IdGen<R>,
+    ep: Endpoint<R>,
     calls: HashMap<u64, Call>,
     by_call_id: HashMap<Vec<u8>, u64>,
     next_ref: u64,
     /// (deadline, call), earliest first; entries go stale when a call's
     /// deadline moves and are skipped when popped.
     timers: BinaryHeap<Reverse<(Instant, u64)>>,
-    out: VecDeque<(Option<SocketAddr>, Vec<u8>)>,
-    latencies: VecDeque<(Latency, Duration)>,
-    transfers: VecDeque<TransferEvent>,
-    stats: Stats,
-    replicate: bool,
-    /// This worker's member id in the cluster, named in our Via (`w`) so
-    /// an answer the edge routes to the shard's new owner finds its way
-    /// back here (see [`B2bua::set_member`]).
-    member: Option<u64>,
-    replication: VecDeque<Replication>,
-    /// Each call's detail is kept and queued at its end (`detail.rs`):
-    /// for the records or for the call log.
-    details_on: bool,
-    /// Call detail records are written: the end's answer waits for the
-    /// end's commit (`HeldEnd`).
-    records_on: bool,
-    /// Ended calls are queued for the shell's call log (`set_call_log`).
-    call_log: bool,
-    /// Ended calls' records, for the shell.
-    records: VecDeque<CallDetail>,
-
-    /// Calls of other workers, learnt for one datagram (`remote.rs`).
-    remote: Vec<CallRecord>,
-    /// Calls held per source address (see `Config::max_calls_per_source`).
-    per_source: HashMap<IpAddr, usize>,
-    /// Bindings and REGISTERs (`register.rs`).
-    registrar: handover_registrar::Registrar,
-    /// Digest authentication of phones, and the sources that keep
-    /// failing it; `None`: nobody is challenged.
-    auth: Option<(
-        handover_registrar::digest::Digest,
-        handover_registrar::digest::Guard,
-    )>,
-    /// PBXs that are the registrars of some domains (relay mode).
-    upstreams: handover_registrar::Upstreams,
-    /// The Raft log's disk is nearly full: new calls and registrations
-    /// get 503 (see [`B2bua::set_storage_full`]).
-    storage_full: bool,
 }
 
 /// The headers a B2BUA passes from one leg to the other unchanged: all but
@@ -214,40 +178,17 @@ impl<R: RngCore> B2bua<R> {
     /// A B2BUA with `rng` for branches, tags and Call-IDs.
     pub fn new(cfg: Config, rng: R) -> Self {
         Self {
-            cfg,
-            ids: IdGen::new(rng),
+            ep: Endpoint::new(cfg, rng),
             calls: HashMap::new(),
             by_call_id: HashMap::new(),
             next_ref: 1,
             timers: BinaryHeap::new(),
-            out: VecDeque::new(),
-            latencies: VecDeque::new(),
-            transfers: VecDeque::new(),
-            details_on: false,
-            records_on: false,
-            call_log: false,
-            records: VecDeque::new(),
-
-            stats: Stats::default(),
-            replicate: false,
-            member: None,
-            replication: VecDeque::new(),
-            remote: Vec::new(),
-            per_source: HashMap::new(),
-            storage_full: false,
-            registrar: handover_registrar::Registrar::new(
-                Default::default(),
-                false,
-                handover_registrar::Locations::shared(),
-            ),
-            auth: None,
-            upstreams: Default::default(),
         }
     }
 
     /// Counters so far.
     pub fn stats(&self) -> Stats {
-        self.stats
+        self.ep.stats
     }
 
     /// Whether the disk that holds the replicated log is nearly full (the
@@ -257,14 +198,14 @@ impl<R: RngCore> B2bua<R> {
     /// lease renewals) and no replica dies of a full disk; calls in
     /// progress go on.
     pub fn set_storage_full(&mut self, full: bool) {
-        self.storage_full = full;
+        self.ep.storage_full = full;
     }
 
     /// Calls in progress (not yet hung up or failed). Constant time (each
     /// call ends once, in exactly one of the ending counters), so the shell
     /// may read it after every datagram.
     pub fn calls_active(&self) -> usize {
-        let s = &self.stats;
+        let s = &self.ep.stats;
         let ended = s.hung_up
             + s.failed
             + s.torn_down
@@ -286,34 +227,21 @@ impl<R: RngCore> B2bua<R> {
     /// The next datagram: `None` as destination means "to the edge".
     pub fn poll_transmit(&mut self) -> Option<(Option<SocketAddr>, Vec<u8>)> {
         let (to, b) = self
+            .ep
             .out
             .pop_front()
-            .or_else(|| self.registrar.poll_transmit())?;
-        Some((to.or_else(|| self.flow_edge(&b)), b))
-    }
-
-    /// The edge a request to the edge must reach: the one its top Route
-    /// names beside the flow it goes on (`;fe=`, tagged by an edge or by
-    /// us, see `Hashing::edge_tag`), which holds that flow's connection;
-    /// `None` (any edge) otherwise, or when the tag is not ours.
-    fn flow_edge(&self, b: &[u8]) -> Option<SocketAddr> {
-        memchr::memmem::find(b, b";fe=")?;
-        let m = scan(b).ok()?;
-        let route = m.top_route()?.ok()?;
-        let u = route.uri();
-        self.cfg
-            .hashing
-            .open_edge(u.param(b"flow")?, u.param(b"fe")?)
+            .or_else(|| self.ep.registrar.poll_transmit())?;
+        Some((to.or_else(|| self.ep.flow_edge(&b)), b))
     }
 
     /// The next transfer report (for the shell's counters).
     pub fn poll_transfer(&mut self) -> Option<TransferEvent> {
-        self.transfers.pop_front()
+        self.ep.transfers.pop_front()
     }
 
     /// The next latency sample (for the shell's histograms).
     pub fn poll_latency(&mut self) -> Option<(Latency, Duration)> {
-        self.latencies.pop_front()
+        self.ep.latencies.pop_front()
     }
 
     /// Transactions not yet terminated, over all calls. Walks every call:
@@ -341,33 +269,14 @@ impl<R: RngCore> B2bua<R> {
             .sum()
     }
 
-    /// Counts a call held for `source`.
-    pub(super) fn count_source(&mut self, source: Option<IpAddr>) {
-        if let Some(ip) = source {
-            *self.per_source.entry(ip).or_default() += 1;
-        }
-    }
-
-    /// A call of `source` is no longer held.
-    pub(super) fn forget_source(&mut self, source: Option<IpAddr>) {
-        if let Some(ip) = source
-            && let Some(n) = self.per_source.get_mut(&ip)
-        {
-            *n -= 1;
-            if *n == 0 {
-                self.per_source.remove(&ip);
-            }
-        }
-    }
-
     /// Replaces `Config::max_calls_per_source`.
     pub fn set_max_calls_per_source(&mut self, n: usize) {
-        self.cfg.max_calls_per_source = n;
+        self.ep.cfg.max_calls_per_source = n;
     }
 
     /// Replaces the `[sip]` limits (as `Config::limits`).
     pub fn set_limits(&mut self, limits: handover_sip::Limits) {
-        self.cfg.limits = limits;
+        self.ep.cfg.limits = limits;
     }
 
     /// Replaces the routes, the trusted peers and the extra identity
@@ -380,9 +289,9 @@ impl<R: RngCore> B2bua<R> {
         trusted: crate::trust::Trusted,
         identity_headers: Vec<String>,
     ) {
-        self.cfg.routes = routes;
-        self.cfg.trusted = trusted;
-        self.cfg.identity_headers = identity_headers;
+        self.ep.cfg.routes = routes;
+        self.ep.cfg.trusted = trusted;
+        self.ep.cfg.identity_headers = identity_headers;
     }
 
     /// Transaction records the calls hold, running or ended but not yet
@@ -399,7 +308,7 @@ impl<R: RngCore> B2bua<R> {
     /// shell's, see [`Self::sweep_registrations`]).
     pub fn poll_timeout(&self) -> Option<Instant> {
         let calls = self.timers.peek().map(|Reverse((t, _))| *t);
-        match (calls, self.registrar.poll_timeout()) {
+        match (calls, self.ep.registrar.poll_timeout()) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }
@@ -430,7 +339,7 @@ impl<R: RngCore> B2bua<R> {
         let Some(c) = self.calls.remove(&cref) else {
             return false;
         };
-        self.forget_source(c.source);
+        self.ep.forget_source(c.source);
         let local = c.local.as_ref().map(|l| &l.t_call_id);
         for id in [&c.legs.a.call_id, &c.legs.b.call_id]
             .into_iter()
@@ -446,68 +355,16 @@ impl<R: RngCore> B2bua<R> {
         true
     }
 
-    fn respond(&mut self, m: &Message<'_>, status: u16, to_tag: Option<&[u8]>) {
-        let mut b = Vec::new();
-        response(&m.reply_parts(), status, None, to_tag, &[], &mut b);
-        self.out.push_back((via_target(m), b));
-    }
-
-    /// 503 with `Retry-After: 5`: a limit of ours refused `m` (RFC 3261
-    /// §21.5.4), try again later.
-    fn refuse_overloaded(&mut self, m: &Message<'_>, to_tag: Option<&[u8]>) {
-        let mut b = Vec::new();
-        response(
-            &m.reply_parts(),
-            503,
-            None,
-            to_tag,
-            &[("Retry-After", b"5")],
-            &mut b,
-        );
-        self.out.push_back((via_target(m), b));
-    }
-
-    /// Our Via for a request of the call whose affinity key is `key`: the
-    /// edge's address with the key, so the answer comes back to the
-    /// shard's owner (its token bound to the branch, see
-    /// [`Hashing::key_token`]).
-    fn via(&mut self, key: u64) -> Vec<u8> {
-        let branch = self.ids.branch();
-        let k = self
-            .cfg
-            .hashing
-            .key_token(key, Bound::Branch, branch.as_bytes());
-        let mut v = format!(
-            "SIP/2.0/UDP {};branch={};k={}",
-            self.cfg.advertised,
-            branch,
-            core::str::from_utf8(&k).unwrap_or_default()
-        );
-        if let Some(w) = self.member {
-            use core::fmt::Write as _;
-            let _ = write!(v, ";w={w}");
-        }
-        v.into_bytes()
-    }
-
-    /// Our Contact in the leg whose Call-ID is `call_id` of the call whose
-    /// affinity key is `key` (see [`Self::via`]): its token is bound to
-    /// that Call-ID, which the leg's requests (and an INVITE replacing the
-    /// leg's dialog, in its `Replaces`) carry.
-    fn contact(&self, key: u64, call_id: &[u8]) -> Vec<u8> {
-        self.cfg.contact(key, call_id)
-    }
-
     /// One datagram from the edge (or a probe).
     pub fn handle_datagram(&mut self, now: Instant, bytes: &[u8]) {
-        let m = match handover_sip::scan_with(bytes, &self.cfg.limits) {
+        let m = match handover_sip::scan_with(bytes, &self.ep.cfg.limits) {
             Ok(m) => m,
             Err(e) => {
                 let mut b = Vec::new();
-                let tag = self.ids.tag();
+                let tag = self.ep.ids.tag();
                 // The answer goes back the way the request came: the edge.
                 if error_response(&e, Some(tag.as_bytes()), &mut b) {
-                    self.out.push_back((None, b));
+                    self.ep.out.push_back((None, b));
                 }
                 return;
             }
@@ -531,7 +388,7 @@ impl<R: RngCore> B2bua<R> {
             (true, None) => self.new_request(now, m),
             (false, None) => {
                 // The answer of a REGISTER relayed to a PBX, or nobody's.
-                self.registrar.relay_response(now, m);
+                self.ep.registrar.relay_response(now, m);
                 None
             }
         };
@@ -550,13 +407,13 @@ impl<R: RngCore> B2bua<R> {
             Some(Method::Register) => self.register(now, m),
             Some(Method::Ack) => {}
             Some(Method::Options) => {
-                let t = self.ids.tag();
-                self.respond(m, 200, Some(t.as_bytes()));
+                let t = self.ep.ids.tag();
+                self.ep.respond(m, 200, Some(t.as_bytes()));
             }
-            _ if m.to_tag().is_some() => self.respond(m, 481, None),
+            _ if m.to_tag().is_some() => self.ep.respond(m, 481, None),
             _ => {
-                let t = self.ids.tag();
-                self.respond(m, 501, Some(t.as_bytes()));
+                let t = self.ep.ids.tag();
+                self.ep.respond(m, 501, Some(t.as_bytes()));
             }
         }
         None
@@ -568,10 +425,10 @@ impl<R: RngCore> B2bua<R> {
             return;
         };
         while let Some(b) = call.a_srv.poll_transmit() {
-            self.out.push_back((call.a_target, b));
+            self.ep.out.push_back((call.a_target, b));
         }
         while let Some(b) = call.b_cli.poll_transmit() {
-            self.out.push_back((None, b));
+            self.ep.out.push_back((None, b));
         }
     }
 }

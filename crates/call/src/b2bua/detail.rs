@@ -183,26 +183,26 @@ impl<R: RngCore> B2bua<R> {
     /// Turns call detail records on: from now on every call that ends is
     /// queued for [`Self::poll_record`].
     pub fn set_records(&mut self, on: bool) {
-        self.records_on = on;
-        self.details_on = on || self.call_log;
+        self.ep.records_on = on;
+        self.ep.details_on = on || self.ep.call_log;
     }
 
     /// Turns the call log on: every call that ends is queued for
     /// [`Self::poll_record`] as with records, for the shell to log (the
     /// end's answer is not held for it, as it is for records).
     pub fn set_call_log(&mut self, on: bool) {
-        self.call_log = on;
-        self.details_on = on || self.records_on;
+        self.ep.call_log = on;
+        self.ep.details_on = on || self.ep.records_on;
     }
 
     /// The next ended call's record (records or call log on).
     pub fn poll_record(&mut self) -> Option<CallDetail> {
-        self.records.pop_front()
+        self.ep.records.pop_front()
     }
 
     /// `t` in Unix ms.
     pub(super) fn unix_ms(&self, t: Instant) -> u64 {
-        self.registrar.wall_ms(t)
+        self.ep.registrar.wall_ms(t)
     }
 
     /// A new call's detail: its id, start and first worker.
@@ -212,16 +212,16 @@ impl<R: RngCore> B2bua<R> {
         target: &[u8],
         user: Option<Vec<u8>>,
     ) -> Detail {
-        if !self.details_on {
+        if !self.ep.details_on {
             return Detail::default();
         }
-        let id = self.ids.call_id().as_bytes().to_vec();
+        let id = self.ep.ids.call_id().as_bytes().to_vec();
         Detail {
             id,
             target: target.to_vec(),
             user,
             started_ms: self.unix_ms(now),
-            workers: self.member.into_iter().collect(),
+            workers: self.ep.member.into_iter().collect(),
             ..Detail::default()
         }
     }
@@ -230,10 +230,10 @@ impl<R: RngCore> B2bua<R> {
     /// the call's record).
     pub(super) fn report_transfer(&mut self, now: Instant, cref: u64, ev: TransferEvent) {
         let at_ms = self.unix_ms(now);
-        let on = self.details_on;
+        let on = self.ep.details_on;
         match self.calls.get_mut(&cref) {
-            Some(c) => note_transfer(&mut self.transfers, &mut c.detail, on, at_ms, ev),
-            None => self.transfers.push_back(ev),
+            Some(c) => note_transfer(&mut self.ep.transfers, &mut c.detail, on, at_ms, ev),
+            None => self.ep.transfers.push_back(ev),
         }
     }
 
@@ -276,7 +276,7 @@ impl<R: RngCore> B2bua<R> {
     /// Call `cref` is over (the caller of this set `over`): its record is
     /// queued, once.
     pub(super) fn record_end(&mut self, now: Instant, cref: u64, cause: EndCause, status: u16) {
-        if !self.details_on {
+        if !self.ep.details_on {
             return;
         }
         let ended_ms = self.unix_ms(now);
@@ -305,7 +305,7 @@ impl<R: RngCore> B2bua<R> {
                 transport = v.transport().to_vec();
             }
         }
-        self.records.push_back(CallDetail {
+        self.ep.records.push_back(CallDetail {
             detail,
             key,
             a_call_id,

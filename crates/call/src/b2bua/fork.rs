@@ -53,9 +53,9 @@ impl<R: RngCore> B2bua<R> {
             return;
         };
         for t in targets {
-            self.stats.forks += 1;
+            self.ep.stats.forks += 1;
             let (call_id, invite) = self.leg_b_invite(m, key, t, asserted.as_deref());
-            let cli = ClientInvite::new(now, self.cfg.timers, invite.clone());
+            let cli = ClientInvite::new(now, self.ep.cfg.timers, invite.clone());
             self.by_call_id.insert(call_id.clone(), cref);
             if let Some(call) = self.calls.get_mut(&cref) {
                 // Mapped to the call until it is forgotten.
@@ -94,7 +94,7 @@ impl<R: RngCore> B2bua<R> {
         let mut events = Vec::new();
         for (i, f) in call.forks.iter_mut().enumerate() {
             while let Some(b) = f.cli.poll_transmit() {
-                self.out.push_back((None, b));
+                self.ep.out.push_back((None, b));
             }
             while let Some(e) = f.cli.poll_event() {
                 events.push((i, e));
@@ -116,7 +116,7 @@ impl<R: RngCore> B2bua<R> {
                     std::mem::swap(&mut call.legs.b.call_id, &mut f.call_id);
                     std::mem::swap(&mut call.legs.b.invite, &mut f.invite);
                     std::mem::swap(&mut call.b_cli, &mut f.cli);
-                    Self::cancel_b(call, now, self.cfg.timers);
+                    Self::cancel_b(call, now, self.ep.cfg.timers);
                     self.on_b_event(now, cref, e);
                 }
                 200..=299 => self.hang_up_late_fork(now, cref, &msg, i),
@@ -132,7 +132,7 @@ impl<R: RngCore> B2bua<R> {
                     if (600..700).contains(&status) && !call.answered {
                         // A 6xx ends the search.
                         call.forks_done = true;
-                        Self::cancel_b(call, now, self.cfg.timers);
+                        Self::cancel_b(call, now, self.ep.cfg.timers);
                     }
                 }
             }
@@ -158,8 +158,8 @@ impl<R: RngCore> B2bua<R> {
         let Some(key) = self.calls.get(&cref).map(|c| c.key) else {
             return;
         };
-        let bye_via = self.via(key);
-        let timers = self.cfg.timers;
+        let bye_via = self.ep.via(key);
+        let timers = self.ep.cfg.timers;
         let Some(call) = self.calls.get_mut(&cref) else {
             return;
         };
@@ -169,7 +169,7 @@ impl<R: RngCore> B2bua<R> {
             .and_then(|bi| Dialog::uac_unusable(&bi, resp).ok());
         if let Some(mut d) = fallback {
             let ack = d.request("ACK", Some(1), ack_via, None, &[], None);
-            self.out.push_back((None, ack.clone()));
+            self.ep.out.push_back((None, ack.clone()));
             call.b_ack = Some(ack);
             push_bye(&mut call.nits, &mut d, now, timers, &bye_via, &[]);
         }
@@ -189,8 +189,8 @@ impl<R: RngCore> B2bua<R> {
         let Some(key) = self.calls.get(&cref).map(|c| c.key) else {
             return;
         };
-        let (ack_via, bye_via) = (self.via(key), self.via(key));
-        let timers = self.cfg.timers;
+        let (ack_via, bye_via) = (self.ep.via(key), self.ep.via(key));
+        let timers = self.ep.cfg.timers;
         let Some(call) = self.calls.get_mut(&cref) else {
             return;
         };
@@ -208,7 +208,7 @@ impl<R: RngCore> B2bua<R> {
             d.route_set = vec![r.of(inv.buf()).to_vec()];
         }
         let ack = d.request("ACK", Some(1), &ack_via, None, &[], None);
-        self.out.push_back((None, ack));
+        self.ep.out.push_back((None, ack));
         push_bye(&mut call.nits, &mut d, now, timers, &bye_via, &[]);
     }
 
@@ -231,7 +231,7 @@ impl<R: RngCore> B2bua<R> {
         if (600..700).contains(&status) {
             // A 6xx ends the search.
             call.forks_done = true;
-            Self::cancel_b(call, now, self.cfg.timers);
+            Self::cancel_b(call, now, self.ep.cfg.timers);
             return Err(status);
         }
         if !call.forks_done

@@ -97,7 +97,7 @@ impl<R: RngCore> B2bua<R> {
         let key = Key::server(m);
         let mut ok = Vec::new();
         response(&m.reply_parts(), 202, None, None, &[], &mut ok);
-        let mut t = ServerNonInvite::new(now, self.cfg.timers);
+        let mut t = ServerNonInvite::new(now, self.ep.cfg.timers);
         t.send_response(now, 202, ok);
         call.nits.push(Nit::Server(key, t, via_target(m)));
         let Ok(rt) = transfer::refer_to(m) else {
@@ -105,10 +105,10 @@ impl<R: RngCore> B2bua<R> {
         };
         let attended = rt.attended();
         detail::note_transfer(
-            &mut self.transfers,
+            &mut self.ep.transfers,
             &mut call.detail,
-            self.details_on,
-            self.registrar.wall_ms(now),
+            self.ep.details_on,
+            self.ep.registrar.wall_ms(now),
             TransferEvent {
                 attended,
                 local: true,
@@ -119,10 +119,10 @@ impl<R: RngCore> B2bua<R> {
         let referred_by = m
             .header(HeaderName::ReferredBy)
             .and_then(|h| NameAddr::parse(m.buf(), h.value).ok())
-            .map(|na| transfer::rewrite_name_addr(m.buf(), &na, &self.cfg.advertised, None));
+            .map(|na| transfer::rewrite_name_addr(m.buf(), &na, &self.ep.cfg.advertised, None));
         let key = call.key;
-        let via = self.via(key);
-        let timers = self.cfg.timers;
+        let via = self.ep.via(key);
+        let timers = self.ep.cfg.timers;
         // The target: the replaced call's other party in the dialog this
         // worker has with it; or a new leg, to that party with a Replaces
         // (the replaced call is another worker's, see `remote.rs`) or to a
@@ -137,7 +137,7 @@ impl<R: RngCore> B2bua<R> {
             // The party re-INVITEd in its dialog is told who it is now
             // connected to (its dialog still names the transferor).
             // Only a trusted peer is sent an asserted identity (RFC 3325).
-            let trusted = self.cfg.trusted.contains(uri_ip(&d.remote_target));
+            let trusted = self.ep.cfg.trusted.contains(uri_ip(&d.remote_target));
             let pai = self.calls.get(&cref).and_then(|c| {
                 c.legs[from.other()]
                     .dialog
@@ -150,7 +150,7 @@ impl<R: RngCore> B2bua<R> {
                 .map(|v| ("P-Asserted-Identity", v))
                 .into_iter()
                 .collect();
-            let contact = self.contact(key, &d.id.call_id);
+            let contact = self.ep.contact(key, &d.id.call_id);
             let out = d.request("INVITE", None, &via, Some(&contact), &headers, None);
             (out, d.id.call_id.clone(), Some(d), Some(cref2), None)
         } else {
@@ -179,7 +179,7 @@ impl<R: RngCore> B2bua<R> {
                 _ => {
                     let u = rt.uri();
                     let user = u.user().unwrap_or_default().to_vec();
-                    let key = self.cfg.hashing.affinity_key(m.call_id());
+                    let key = self.ep.cfg.hashing.affinity_key(m.call_id());
                     let (targets, _) = self.locate(now, Some(u), key);
                     let Some(target) = targets.into_iter().next() else {
                         self.local_start_failed(now, cref, from, m.cseq().seq, attended, 404);
@@ -207,9 +207,9 @@ impl<R: RngCore> B2bua<R> {
                 .as_ref()
                 .map(|d| d.remote_uri.clone())
                 .unwrap_or_else(|| b"<sip:anonymous@anonymous.invalid>".to_vec());
-            let t_call_id = self.ids.call_id().as_bytes().to_vec();
-            let contact = self.contact(key, &t_call_id);
-            let tag = self.ids.tag();
+            let t_call_id = self.ep.ids.call_id().as_bytes().to_vec();
+            let contact = self.ep.contact(key, &t_call_id);
+            let tag = self.ep.ids.tag();
             let mut headers: Vec<(&str, &[u8])> = referred_by
                 .as_deref()
                 .map(|v| ("Referred-By", v))
@@ -239,7 +239,7 @@ impl<R: RngCore> B2bua<R> {
                 t_call_id,
                 None,
                 None,
-                Some(now + self.cfg.ring_timeout),
+                Some(now + self.ep.cfg.ring_timeout),
             )
         };
         let Ok(t_key) = scan(&out).map(|o| Key::server(&o)) else {
@@ -336,15 +336,15 @@ impl<R: RngCore> B2bua<R> {
             return;
         };
         let key = call.key;
-        let via = self.via(key);
-        let timers = self.cfg.timers;
+        let via = self.ep.via(key);
+        let timers = self.ep.cfg.timers;
         let Some(call) = self.calls.get_mut(&cref) else {
             return;
         };
         let Some(d) = call.legs[transferor].dialog.as_mut() else {
             return;
         };
-        let contact = self.cfg.contact(key, &d.id.call_id);
+        let contact = self.ep.cfg.contact(key, &d.id.call_id);
         let event = format!("refer;id={refer_seq}");
         let state: &[u8] = if terminated {
             b"terminated;reason=noresource"
@@ -421,7 +421,7 @@ impl<R: RngCore> B2bua<R> {
         };
         let mut r = Vec::new();
         response(&m.reply_parts(), status, None, None, &[], &mut r);
-        let mut t = ServerNonInvite::new(now, self.cfg.timers);
+        let mut t = ServerNonInvite::new(now, self.ep.cfg.timers);
         t.send_response(now, status, r);
         call.nits
             .push(Nit::Server(Key::server(m), t, via_target(m)));
@@ -469,8 +469,8 @@ impl<R: RngCore> B2bua<R> {
             return;
         };
         let key = call.key;
-        let via = self.via(key);
-        let timers = self.cfg.timers;
+        let via = self.ep.via(key);
+        let timers = self.ep.cfg.timers;
         if let Some(call) = self.calls.get_mut(&cref) {
             push_bye(&mut call.nits, d, now, timers, &via, &[]);
         }
@@ -483,7 +483,7 @@ impl<R: RngCore> B2bua<R> {
         };
         let mut t_events = Vec::new();
         while let Some(b) = l.t_cli.poll_transmit() {
-            self.out.push_back((None, b));
+            self.ep.out.push_back((None, b));
         }
         while let Some(e) = l.t_cli.poll_event() {
             t_events.push(e);
@@ -491,7 +491,7 @@ impl<R: RngCore> B2bua<R> {
         let mut r_events = Vec::new();
         if let Some(r) = l.r.as_mut() {
             while let Some(b) = r.2.poll_transmit() {
-                self.out.push_back((None, b));
+                self.ep.out.push_back((None, b));
             }
             while let Some(e) = r.2.poll_event() {
                 r_events.push(e);
@@ -513,8 +513,8 @@ impl<R: RngCore> B2bua<R> {
             return;
         };
         let key = call.key;
-        let via = self.via(key);
-        let timers = self.cfg.timers;
+        let via = self.ep.via(key);
+        let timers = self.ep.cfg.timers;
         let Some(call) = self.calls.get_mut(&cref) else {
             return;
         };
@@ -524,7 +524,7 @@ impl<R: RngCore> B2bua<R> {
             200..=299 => {
                 if let Some(a) = &l.t_ack {
                     // A retransmitted 2xx: our ACK again.
-                    self.out.push_back((None, a.clone()));
+                    self.ep.out.push_back((None, a.clone()));
                     return;
                 }
                 if l.stage != Stage::Target {
@@ -550,7 +550,7 @@ impl<R: RngCore> B2bua<R> {
                     let seq = scan(&l.t_out).map(|o| o.cseq().seq).unwrap_or(1);
                     if let Some(d) = l.t_dialog.as_mut() {
                         let ack = d.request("ACK", Some(seq), &via, None, &[], None);
-                        self.out.push_back((None, ack.clone()));
+                        self.ep.out.push_back((None, ack.clone()));
                         l.t_ack = Some(ack);
                         let mut d = d.clone();
                         self.bye_in(now, cref, &mut d);
@@ -562,14 +562,14 @@ impl<R: RngCore> B2bua<R> {
                 let Some(y) = call.legs[l.transferor.other()].dialog.as_mut() else {
                     return;
                 };
-                let contact = self.cfg.contact(key, &y.id.call_id);
+                let contact = self.ep.cfg.contact(key, &y.id.call_id);
                 // The transferee learns who it now talks to: the target
                 // (a trusted peer only, RFC 3325).
                 let pai = l
                     .t_dialog
                     .as_ref()
                     .map(|d| d.remote_uri.clone())
-                    .filter(|_| self.cfg.trusted.contains(uri_ip(&y.remote_target)));
+                    .filter(|_| self.ep.cfg.trusted.contains(uri_ip(&y.remote_target)));
                 let headers: Vec<(&str, &[u8])> = pai
                     .as_deref()
                     .map(|v| ("P-Asserted-Identity", v))
@@ -610,7 +610,7 @@ impl<R: RngCore> B2bua<R> {
             return;
         };
         let key = call.key;
-        let via = self.via(key);
+        let via = self.ep.via(key);
         let Some(call) = self.calls.get_mut(&cref) else {
             return;
         };
@@ -628,7 +628,7 @@ impl<R: RngCore> B2bua<R> {
                     }
                 }
                 if let Some(a) = &l.r_ack {
-                    self.out.push_back((None, a.clone()));
+                    self.ep.out.push_back((None, a.clone()));
                 }
                 if l.stage != Stage::Transferee {
                     return;
@@ -641,7 +641,7 @@ impl<R: RngCore> B2bua<R> {
                 if let Some(d) = l.t_dialog.as_mut() {
                     let body = answer.as_ref().map(|(c, b)| (c.as_slice(), b.as_slice()));
                     let ack = d.request("ACK", Some(seq), &via, None, &[], body);
-                    self.out.push_back((None, ack.clone()));
+                    self.ep.out.push_back((None, ack.clone()));
                     l.t_ack = Some(ack);
                 }
                 self.local_complete(now, cref);
@@ -656,7 +656,7 @@ impl<R: RngCore> B2bua<R> {
                 let seq = scan(&l.t_out).map(|o| o.cseq().seq).unwrap_or(1);
                 if let Some(d) = l.t_dialog.as_mut() {
                     let ack = d.request("ACK", Some(seq), &via, None, &[], None);
-                    self.out.push_back((None, ack.clone()));
+                    self.ep.out.push_back((None, ack.clone()));
                     l.t_ack = Some(ack);
                     let mut d = d.clone();
                     self.bye_in(now, cref, &mut d);
@@ -703,8 +703,8 @@ impl<R: RngCore> B2bua<R> {
                 (Some(cref2), _) => self.end_replaced(now, cref2, &target_cid),
                 // Its shard moved meanwhile (or this call's did, and the
                 // transfer went on here): its owner ends it.
-                (None, Some(id)) if self.replicate => {
-                    self.replication.push_back(Replication::Replaced {
+                (None, Some(id)) if self.ep.replicate => {
+                    self.ep.replication.push_back(Replication::Replaced {
                         id,
                         spare: target_cid,
                     });
@@ -737,7 +737,7 @@ impl<R: RngCore> B2bua<R> {
         if l.stage == Stage::Target && l.ring_deadline.is_some_and(|t| t <= now) {
             l.ring_deadline = None;
             l.no_answer = true;
-            self.stats.unanswered += 1;
+            self.ep.stats.unanswered += 1;
             if matches!(
                 l.t_cli.state(),
                 InviteState::Calling | InviteState::Proceeding
@@ -746,7 +746,7 @@ impl<R: RngCore> B2bua<R> {
                 if let Ok(ck) = scan(&cancel).map(|c| Key::server(&c)) {
                     call.nits.push(Nit::Client(
                         ck,
-                        ClientNonInvite::new(now, self.cfg.timers, cancel),
+                        ClientNonInvite::new(now, self.ep.cfg.timers, cancel),
                     ));
                 }
             }

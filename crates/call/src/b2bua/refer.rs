@@ -79,7 +79,7 @@ impl<R: RngCore> B2bua<R> {
                     .as_ref()
                     .zip(replaces.as_ref())
                     .and_then(|(was, now)| {
-                        let h = &self.cfg.hashing;
+                        let h = &self.ep.cfg.hashing;
                         let key =
                             h.open_key_token(rt.uri().param(b"k")?, Bound::CallId, &was.call_id)?;
                         Some(h.key_token(key, Bound::CallId, &now.call_id))
@@ -88,9 +88,9 @@ impl<R: RngCore> B2bua<R> {
                     HeaderName::ReferTo,
                     match k {
                         Some(k) => {
-                            rt.rewritten_with_key(&self.cfg.advertised, replaces.as_ref(), &k)
+                            rt.rewritten_with_key(&self.ep.cfg.advertised, replaces.as_ref(), &k)
                         }
-                        None => rt.rewritten(&self.cfg.advertised, replaces.as_ref()),
+                        None => rt.rewritten(&self.ep.cfg.advertised, replaces.as_ref()),
                     },
                 ));
                 if let Some(h) = m.header(HeaderName::ReferredBy)
@@ -98,7 +98,7 @@ impl<R: RngCore> B2bua<R> {
                 {
                     put.push((
                         HeaderName::ReferredBy,
-                        transfer::rewrite_name_addr(buf, &na, &self.cfg.advertised, None),
+                        transfer::rewrite_name_addr(buf, &na, &self.ep.cfg.advertised, None),
                     ));
                 }
             }

@@ -66,7 +66,7 @@ impl<R: RngCore> B2bua<R> {
     ) -> Vec<u8> {
         let f = flow.to_string();
         let fe = self.fe_param(&f, edge);
-        format!("<sip:{};lr;flow={f}{fe}>", self.cfg.advertised).into_bytes()
+        format!("<sip:{};lr;flow={f}{fe}>", self.ep.cfg.advertised).into_bytes()
     }
 
     /// `;fe=IP:PORT~TAG` naming `edge` as the holder of `flow` (empty
@@ -74,7 +74,7 @@ impl<R: RngCore> B2bua<R> {
     fn fe_param(&self, flow: &str, edge: Option<SocketAddr>) -> String {
         edge.map_or_else(String::new, |e| {
             let e = e.to_string();
-            let tag = self.cfg.hashing.edge_tag(flow.as_bytes(), e.as_bytes());
+            let tag = self.ep.cfg.hashing.edge_tag(flow.as_bytes(), e.as_bytes());
             format!(";fe={e}~{}", String::from_utf8_lossy(&tag))
         })
     }
@@ -82,22 +82,22 @@ impl<R: RngCore> B2bua<R> {
     /// Replaces the registrar (its settings, and whether its writes are
     /// replicated: see `handover_registrar::Registrar::new`).
     pub fn set_registrar(&mut self, registrar: Registrar) {
-        self.registrar = registrar;
+        self.ep.registrar = registrar;
     }
 
     /// The registrar (its counters; the shell's replication glue).
     pub fn registrar(&mut self) -> &mut Registrar {
-        &mut self.registrar
+        &mut self.ep.registrar
     }
 
     /// Turns digest authentication on (`None`: off).
     pub fn set_auth(&mut self, auth: Option<(Digest, Guard)>) {
-        self.auth = auth;
+        self.ep.auth = auth;
     }
 
     /// Replaces the users of digest authentication (the file changed).
     pub fn set_users(&mut self, users: handover_registrar::digest::Users) {
-        if let Some((d, _)) = self.auth.as_mut() {
+        if let Some((d, _)) = self.ep.auth.as_mut() {
             d.set_users(users);
         }
     }
@@ -106,10 +106,10 @@ impl<R: RngCore> B2bua<R> {
     /// Writes out expired bindings of the AORs this worker owns, and pings
     /// those whose time has come (`Config::ping_interval_s`).
     pub fn sweep_registrations(&mut self, now: Instant, owned: impl Fn(u64) -> bool) {
-        self.registrar.sweep(now, &owned);
-        for t in self.registrar.due_pings(now, &owned) {
+        self.ep.registrar.sweep(now, &owned);
+        for t in self.ep.registrar.due_pings(now, &owned) {
             let request = self.ping_request(&t);
-            self.registrar.ping(now, t, request);
+            self.ep.registrar.ping(now, t, request);
         }
     }
 
@@ -117,9 +117,9 @@ impl<R: RngCore> B2bua<R> {
     /// its Path), with our Via keyed by its AOR so the answer comes back
     /// to the AOR's owner.
     fn ping_request(&mut self, t: &handover_registrar::PingTarget) -> Vec<u8> {
-        let via = self.via(t.key);
-        let call_id = self.ids.call_id();
-        let tag = self.ids.tag();
+        let via = self.ep.via(t.key);
+        let call_id = self.ep.ids.call_id();
+        let tag = self.ep.ids.tag();
         let route: Vec<Vec<u8>> = if t.binding.path.is_empty() {
             t.binding
                 .flow
@@ -130,7 +130,7 @@ impl<R: RngCore> B2bua<R> {
             t.binding.path.iter().map(|p| p.to_vec()).collect()
         };
         let route: Vec<&[u8]> = route.iter().map(Vec::as_slice).collect();
-        let from = format!("<sip:ping@{}>", self.cfg.advertised);
+        let from = format!("<sip:ping@{}>", self.ep.cfg.advertised);
         let mut to = b"<sip:".to_vec();
         to.extend_from_slice(&t.aor);
         to.push(b'>');
@@ -152,41 +152,42 @@ impl<R: RngCore> B2bua<R> {
 
     /// Authentication failures by reason, and sources banned, so far.
     pub fn auth_stats(&self) -> AuthStats {
-        self.stats.auth
+        self.ep.stats.auth
     }
 
     /// Sets the PBXs that are the registrars of some domains (relay mode,
     /// `handover_registrar::relay`).
     pub fn set_upstreams(&mut self, upstreams: handover_registrar::Upstreams) {
-        self.upstreams = upstreams;
+        self.ep.upstreams = upstreams;
     }
 
     pub(super) fn register(&mut self, now: Instant, m: &Message<'_>) {
-        if self.registrar.absorb(now, m) {
+        if self.ep.registrar.absorb(now, m) {
             return;
         }
         // The AOR's key (a To that does not parse: the registrar answers 400).
         let to = m.to().ok();
-        let key = to.map_or(0, |t| self.cfg.hashing.aor_key(t.uri()));
+        let key = to.map_or(0, |t| self.ep.cfg.hashing.aor_key(t.uri()));
         // A domain whose registrar is a PBX: relayed, the PBX authenticates.
-        if let Some(pbx) = to.and_then(|t| self.upstreams.pick(t.uri().host(), key)) {
+        if let Some(pbx) = to.and_then(|t| self.ep.upstreams.pick(t.uri().host(), key)) {
             let request = self.relayed_register(m, pbx, key);
-            let tag = self.ids.tag();
-            self.registrar.relay(now, m, request, tag.as_bytes());
+            let tag = self.ep.ids.tag();
+            self.ep.registrar.relay(now, m, request, tag.as_bytes());
             return;
         }
         // A REGISTER with a Contact writes bindings (a query does not).
-        if self.storage_full && m.headers().any(|h| h.name == HeaderName::Contact) {
-            self.stats.refused_storage += 1;
-            let tag = self.ids.tag();
-            self.refuse_overloaded(m, Some(tag.as_bytes()));
+        if self.ep.storage_full && m.headers().any(|h| h.name == HeaderName::Contact) {
+            self.ep.stats.refused_storage += 1;
+            let tag = self.ep.ids.tag();
+            self.ep.refuse_overloaded(m, Some(tag.as_bytes()));
             return;
         }
         let Some(user) = self.authenticate(now, m, Kind::Www) else {
             return;
         };
-        let tag = self.ids.tag();
-        self.registrar
+        let tag = self.ep.ids.tag();
+        self.ep
+            .registrar
             .register(now, m, user.as_deref(), key, tag.as_bytes());
     }
 
@@ -204,19 +205,19 @@ impl<R: RngCore> B2bua<R> {
                 .map_or(&b"sip:invalid"[..], |u| u.as_bytes()),
         );
         out.extend_from_slice(b" SIP/2.0\r\nVia: ");
-        out.extend_from_slice(&self.via(key));
+        out.extend_from_slice(&self.ep.via(key));
         let mf = m.max_forwards().unwrap_or(70).saturating_sub(1);
         out.extend_from_slice(
             format!("\r\nRoute: <sip:{pbx};lr>\r\nMax-Forwards: {mf}\r\n").as_bytes(),
         );
         if let Some(flow) = m.vias().nth(1).and_then(|v| v.flow()) {
             let f = flow.to_string();
-            let t = handover_registrar::relay::flow_token(&self.cfg.hashing.secret(), &f);
+            let t = handover_registrar::relay::flow_token(&self.ep.cfg.hashing.secret(), &f);
             let fe = self.fe_param(&f, m.top_via().internal_edge());
             out.extend_from_slice(
                 format!(
                     "Path: <sip:{};lr;flow={f}{fe};ft={t}>\r\n",
-                    self.cfg.advertised
+                    self.ep.cfg.advertised
                 )
                 .as_bytes(),
             );
@@ -261,12 +262,12 @@ impl<R: RngCore> B2bua<R> {
             String::from_utf8_lossy(u.host()),
             u.port().unwrap_or(5060)
         );
-        if here != self.cfg.advertised {
+        if here != self.ep.cfg.advertised {
             return None;
         }
         let flow = core::str::from_utf8(u.param(b"flow")?).ok()?;
         let token = u.param(b"ft")?;
-        if !handover_registrar::relay::flow_token_ok(&self.cfg.hashing.secret(), flow, token) {
+        if !handover_registrar::relay::flow_token_ok(&self.ep.cfg.hashing.secret(), flow, token) {
             return None;
         }
         let addr = flow.parse::<handover_sip::Flow>().ok()?.addr;
@@ -307,9 +308,10 @@ impl<R: RngCore> B2bua<R> {
                 .is_some_and(|r| is_flow_route(r.of(m.buf())))
             && let (Ok(to), Some(contact)) = (m.to(), m.request_uri())
         {
-            let key = self.cfg.hashing.aor_key(to.uri());
+            let key = self.ep.cfg.hashing.aor_key(to.uri());
             let aor = handover_sip::ids::aor(to.uri());
-            self.registrar
+            self.ep
+                .registrar
                 .flow_failed(now, key, &aor, contact.as_bytes());
         }
         480
@@ -320,9 +322,9 @@ impl<R: RngCore> B2bua<R> {
     /// be (see [`Caller`]).
     pub(super) fn authenticate_call(&mut self, now: Instant, m: &Message<'_>) -> Option<Caller> {
         let user = self.authenticate(now, m, Kind::Proxy)?;
-        let realm = self.auth.as_ref().map(|(d, _)| d.realm());
+        let realm = self.ep.auth.as_ref().map(|(d, _)| d.realm());
         let asserted = match (&user, realm) {
-            (Some(u), Some(realm)) if self.cfg.assert_identity => {
+            (Some(u), Some(realm)) if self.ep.cfg.assert_identity => {
                 let mut v = b"<sip:".to_vec();
                 v.extend_from_slice(u);
                 v.push(b'@');
@@ -345,16 +347,16 @@ impl<R: RngCore> B2bua<R> {
         kind: Kind,
     ) -> Option<Option<Vec<u8>>> {
         let source = sender_ip(m);
-        let Some((digest, guard)) = self.auth.as_mut() else {
+        let Some((digest, guard)) = self.ep.auth.as_mut() else {
             return Some(None);
         };
-        if self.cfg.trusted.contains(source) {
+        if self.ep.cfg.trusted.contains(source) {
             return Some(None);
         }
-        let now_s = self.registrar.wall_ms(now) / 1000;
+        let now_s = self.ep.registrar.wall_ms(now) / 1000;
         let who = digest.username(m, kind);
         if source.is_some_and(|ip| guard.banned(ip, &who, now_s)) {
-            self.stats.auth.ignored += 1;
+            self.ep.stats.auth.ignored += 1;
             return None;
         }
         let check = digest.check(m, kind, now_s);
@@ -368,30 +370,30 @@ impl<R: RngCore> B2bua<R> {
             Check::Missing => false,
             Check::Stale => true,
             Check::Failed(f) => {
-                self.stats.auth.count(f);
+                self.ep.stats.auth.count(f);
                 let standing = source.map_or(Standing::Good, |ip| guard.fail(ip, &who, now_s));
                 match standing {
                     Standing::Good => false,
                     Standing::Forbid => {
-                        self.stats.auth.banned += 1;
-                        let t = self.ids.tag();
+                        self.ep.stats.auth.banned += 1;
+                        let t = self.ep.ids.tag();
                         self.answer_auth(now, m, kind, 403, t, &[]);
                         return None;
                     }
                     Standing::Ignore => {
-                        self.stats.auth.ignored += 1;
+                        self.ep.stats.auth.ignored += 1;
                         return None;
                     }
                 }
             }
         };
-        self.stats.auth.challenges += 1;
+        self.ep.stats.auth.challenges += 1;
         let values = digest.challenges(now_s, stale);
         let extra: Vec<(&str, &[u8])> = values
             .iter()
             .map(|v| (kind.challenge_header(), v.as_slice()))
             .collect();
-        let t = self.ids.tag();
+        let t = self.ep.ids.tag();
         self.answer_auth(now, m, kind, kind.status(), t, &extra);
         None
     }
@@ -410,6 +412,7 @@ impl<R: RngCore> B2bua<R> {
     ) {
         match kind {
             Kind::Www => self
+                .ep
                 .registrar
                 .answer(now, m, status, None, tag.as_bytes(), extra),
             Kind::Proxy => {
@@ -422,7 +425,7 @@ impl<R: RngCore> B2bua<R> {
                     extra,
                     &mut b,
                 );
-                self.out.push_back((via_target(m), b));
+                self.ep.out.push_back((via_target(m), b));
             }
         }
     }
@@ -438,8 +441,8 @@ impl<R: RngCore> B2bua<R> {
         let user = uri.and_then(|u| u.user()).unwrap_or_default();
         let host = uri.map_or(&b""[..], |u| u.host());
         if let Some(u) = uri {
-            let bindings = self.registrar.targets(
-                self.cfg.hashing.aor_key(u),
+            let bindings = self.ep.registrar.targets(
+                self.ep.cfg.hashing.aor_key(u),
                 &handover_sip::ids::aor(u),
                 now,
             );
@@ -468,10 +471,10 @@ impl<R: RngCore> B2bua<R> {
                 return (targets, None);
             }
         }
-        let (addrs, mode) = self.cfg.routes.lookup(user, host, key);
-        let transport = self.cfg.routes.transport(user, host);
-        let tls_name = self.cfg.routes.tls_name(user, host);
-        let tcp_above = self.cfg.routes.tcp_above(user, host);
+        let (addrs, mode) = self.ep.cfg.routes.lookup(user, host, key);
+        let transport = self.ep.cfg.routes.transport(user, host);
+        let tls_name = self.ep.cfg.routes.tls_name(user, host);
+        let tcp_above = self.ep.cfg.routes.tcp_above(user, host);
         let user = String::from_utf8_lossy(user);
         let targets = addrs
             .into_iter()

@@ -42,8 +42,8 @@ impl<R: RngCore> B2bua<R> {
         if call.nits.len() + call.relays.len() >= MAX_REQUESTS_IN_FLIGHT
             && !matches!(m.method(), Some(Method::Bye | Method::Ack | Method::Cancel))
         {
-            self.stats.refused_in_call += 1;
-            self.refuse_overloaded(m, None);
+            self.ep.stats.refused_in_call += 1;
+            self.ep.refuse_overloaded(m, None);
             return;
         }
         if self.local_request(now, cref, m) {
@@ -65,7 +65,7 @@ impl<R: RngCore> B2bua<R> {
                     // the replica for a new owner to resend goes too.
                     if call.replicated.is_some() {
                         let id = call.id.clone();
-                        self.replication.push_back(Replication::Acked { id });
+                        self.ep.replication.push_back(Replication::Acked { id });
                     }
                     // B has hung up meanwhile.
                     if call.a_bye_after_ack {
@@ -84,12 +84,12 @@ impl<R: RngCore> B2bua<R> {
                     &[],
                     &mut ok,
                 );
-                let mut t = ServerNonInvite::new(now, self.cfg.timers);
+                let mut t = ServerNonInvite::new(now, self.ep.cfg.timers);
                 t.send_response(now, 200, ok);
                 // The CANCEL's 200 goes before the INVITE's 487 (RFC 3261
                 // §9.2 answers the CANCEL first; phones expect that order).
                 while let Some(b) = t.poll_transmit() {
-                    self.out.push_back((via_target(m), b));
+                    self.ep.out.push_back((via_target(m), b));
                 }
                 call.nits.push(Nit::Server(key, t, via_target(m)));
                 if Key::cancel_target(m) == call.a_key
@@ -109,16 +109,20 @@ impl<R: RngCore> B2bua<R> {
                         );
                         call.a_srv.send_response(now, 487, r);
                     }
-                    Self::cancel_b(call, now, self.cfg.timers);
+                    Self::cancel_b(call, now, self.ep.cfg.timers);
                 }
             }
             (Some(Method::Bye), _) => {
                 let mut ok = Vec::new();
                 response(&m.reply_parts(), 200, None, None, &[], &mut ok);
-                let mut t = ServerNonInvite::new(now, self.cfg.timers);
+                let mut t = ServerNonInvite::new(now, self.ep.cfg.timers);
                 // With records kept in the cluster, a replicated call's
                 // end: its 200 waits for the removal's commit (`HeldEnd`).
-                if self.records_on && self.replicate && call.replicated.is_some() && !call.over {
+                if self.ep.records_on
+                    && self.ep.replicate
+                    && call.replicated.is_some()
+                    && !call.over
+                {
                     call.held_end = Some(HeldEnd {
                         what: HeldWhat::ByeOk {
                             key: key.clone(),
@@ -134,8 +138,8 @@ impl<R: RngCore> B2bua<R> {
                     let _ = d.handle_request(m);
                 }
                 let key = call.key;
-                let via = self.via(key);
-                let timers = self.cfg.timers;
+                let via = self.ep.via(key);
+                let timers = self.ep.cfg.timers;
                 let Some(call) = self.calls.get_mut(&cref) else {
                     return;
                 };
@@ -146,7 +150,7 @@ impl<R: RngCore> B2bua<R> {
                     && !call.over
                     && (call.held_ok.is_some() || call.a_ok.is_some());
                 if wait && let Some((status, r, _)) = call.held_ok.take() {
-                    Self::send_ok(call, now, status, r, timers, self.registrar.wall_ms(now));
+                    Self::send_ok(call, now, status, r, timers, self.ep.registrar.wall_ms(now));
                 }
                 call.a_bye_after_ack |= wait;
                 let other = call.legs[from.other()].dialog.as_mut();
@@ -158,7 +162,7 @@ impl<R: RngCore> B2bua<R> {
                     if !wait {
                         call.a_ok = None;
                     }
-                    self.stats.hung_up += 1;
+                    self.ep.stats.hung_up += 1;
                     let cause = match from {
                         Side::A => EndCause::Caller,
                         Side::B => EndCause::Callee,
@@ -189,7 +193,7 @@ impl<R: RngCore> B2bua<R> {
                     Side::B => Vec::new(),
                 };
                 response(&m.reply_parts(), 501, None, Some(&tag), &[], &mut r);
-                self.out.push_back((via_target(m), r));
+                self.ep.out.push_back((via_target(m), r));
             }
         }
         self.drain(now, cref);
@@ -200,8 +204,8 @@ impl<R: RngCore> B2bua<R> {
         let Some(call) = self.calls.get(&cref) else {
             return;
         };
-        let via = self.via(call.key);
-        let timers = self.cfg.timers;
+        let via = self.ep.via(call.key);
+        let timers = self.ep.cfg.timers;
         let Some(call) = self.calls.get_mut(&cref) else {
             return;
         };
@@ -222,9 +226,9 @@ impl<R: RngCore> B2bua<R> {
             return;
         }
         for (_, r, remote) in std::mem::take(&mut call.after_ack) {
-            let learned = std::mem::replace(&mut self.remote, remote);
+            let learned = std::mem::replace(&mut self.ep.remote, remote);
             self.handle_datagram(now, &r);
-            self.remote = learned;
+            self.ep.remote = learned;
         }
     }
 
@@ -247,7 +251,7 @@ impl<R: RngCore> B2bua<R> {
         // After a BYE only the transfer's NOTIFYs still flow (the REFER's
         // subscription outlives the call, RFC 5057 §5.2).
         if call.over && m.method() != Some(Method::Notify) {
-            reply(481, None, &mut self.out);
+            reply(481, None, &mut self.ep.out);
             return;
         }
         // A does not have our 2xx yet (held for the call's commit), or has
@@ -259,25 +263,25 @@ impl<R: RngCore> B2bua<R> {
                 return;
             }
             if call.after_ack.len() >= MAX_AFTER_ACK {
-                reply(491, None, &mut self.out);
+                reply(491, None, &mut self.ep.out);
                 return;
             }
             let Some(call) = self.calls.get_mut(&cref) else {
                 return;
             };
             call.after_ack
-                .push((seq, m.as_bytes().to_vec(), self.remote.clone()));
+                .push((seq, m.as_bytes().to_vec(), self.ep.remote.clone()));
             return;
         }
         let put = match self.transfer_check(now, call, m, from) {
             Ok(p) => p,
             Err((status, phrase)) => {
-                reply(status, Some(phrase), &mut self.out);
+                reply(status, Some(phrase), &mut self.ep.out);
                 return;
             }
         };
-        let via = self.via(key);
-        let timers = self.cfg.timers;
+        let via = self.ep.via(key);
+        let timers = self.ep.cfg.timers;
         let Some(call) = self.calls.get_mut(&cref) else {
             return;
         };
@@ -292,7 +296,7 @@ impl<R: RngCore> B2bua<R> {
             //# on that dialog is in progress MUST return a 491 (Request Pending)
             //# response to the received INVITE.
             if pending_to_x {
-                reply(491, None, &mut self.out);
+                reply(491, None, &mut self.ep.out);
                 return;
             }
             let pending_from_x = call.relays.iter().any(|r| {
@@ -303,18 +307,18 @@ impl<R: RngCore> B2bua<R> {
             //# response to a first INVITE with a lower CSeq sequence number on the
             //# same dialog MUST return a 500 (Server Internal Error) response
             if pending_from_x {
-                reply(500, None, &mut self.out);
+                reply(500, None, &mut self.ep.out);
                 return;
             }
         }
         let (x, y) = call.legs.pair_mut(from);
         let (Some(x), Some(y)) = (x.dialog.as_mut(), y.dialog.as_mut()) else {
             // Not answered yet: early-dialog requests are not relayed.
-            reply(501, None, &mut self.out);
+            reply(501, None, &mut self.ep.out);
             return;
         };
         if let Err(e) = x.handle_request(m) {
-            reply(e.status(), None, &mut self.out);
+            reply(e.status(), None, &mut self.ep.out);
             return;
         }
         if m.method() == Some(Method::Refer) && call.local_mode {
@@ -323,14 +327,14 @@ impl<R: RngCore> B2bua<R> {
             return;
         }
         // Our Contact in the leg the request goes on.
-        let contact = self.cfg.contact(key, &y.id.call_id);
+        let contact = self.ep.cfg.contact(key, &y.id.call_id);
         let method = core::str::from_utf8(m.method_bytes()).unwrap_or("INFO");
         let body = m.content_type().map(|ct| (ct, m.body()));
         let refresh = matches!(m.method(), Some(Method::Invite | Method::Update));
         let mut headers = end_to_end_headers(
             m,
-            self.cfg.trusted.contains(sender_ip(m)),
-            &self.cfg.identity_headers,
+            self.ep.cfg.trusted.contains(sender_ip(m)),
+            &self.ep.cfg.identity_headers,
         );
         for (name, value) in &put {
             for h in m.headers().filter(|h| h.name == *name) {
@@ -400,10 +404,10 @@ impl<R: RngCore> B2bua<R> {
                                 TransferResult::Failed
                             };
                             detail::note_transfer(
-                                &mut self.transfers,
+                                &mut self.ep.transfers,
                                 &mut call.detail,
-                                self.details_on,
-                                self.registrar.wall_ms(now),
+                                self.ep.details_on,
+                                self.ep.registrar.wall_ms(now),
                                 TransferEvent {
                                     attended: t.attended,
                                     local: false,
@@ -477,8 +481,8 @@ impl<R: RngCore> B2bua<R> {
                 .clone()
         };
         let contacts = [
-            self.contact(call.key, &leg_id(&call.legs.a)),
-            self.contact(call.key, &leg_id(&call.legs.b)),
+            self.ep.contact(call.key, &leg_id(&call.legs.a)),
+            self.ep.contact(call.key, &leg_id(&call.legs.b)),
         ];
         let Some(call) = self.calls.get_mut(&cref) else {
             return;
@@ -497,7 +501,7 @@ impl<R: RngCore> B2bua<R> {
             match &mut r.cli {
                 Cli::Invite(c) => {
                     while let Some(b) = c.poll_transmit() {
-                        self.out.push_back((None, b));
+                        self.ep.out.push_back((None, b));
                     }
                     while let Some(e) = c.poll_event() {
                         events.push(e);
@@ -505,7 +509,7 @@ impl<R: RngCore> B2bua<R> {
                 }
                 Cli::Other(c) => {
                     while let Some(b) = c.poll_transmit() {
-                        self.out.push_back((None, b));
+                        self.ep.out.push_back((None, b));
                     }
                     while let Some(e) = c.poll_event() {
                         events.push(e);
@@ -532,7 +536,7 @@ impl<R: RngCore> B2bua<R> {
                         }
                     }
                     if let Some(a) = &r.ack {
-                        self.out.push_back((None, a.clone()));
+                        self.ep.out.push_back((None, a.clone()));
                     }
                 }
                 if r.relayed_final {
@@ -543,10 +547,10 @@ impl<R: RngCore> B2bua<R> {
                     .as_ref()
                     .and_then(|p| p.content_type().map(|ct| (ct.to_vec(), p.body().to_vec())));
                 let body = body.as_ref().map(|(c, b)| (c.as_slice(), b.as_slice()));
-                let from_trusted = self.cfg.trusted.contains(addressee_ip(&r.out));
+                let from_trusted = self.ep.cfg.trusted.contains(addressee_ip(&r.out));
                 let mut extra = resp
                     .as_ref()
-                    .map(|p| end_to_end_headers(p, from_trusted, &self.cfg.identity_headers))
+                    .map(|p| end_to_end_headers(p, from_trusted, &self.ep.cfg.identity_headers))
                     .unwrap_or_default();
                 if is_invite && status < 300 {
                     extra.push(("Contact", &contacts[usize::from(!r.from.is_a())]));
@@ -586,10 +590,10 @@ impl<R: RngCore> B2bua<R> {
                             TransferResult::Rejected
                         };
                         detail::note_transfer(
-                            &mut self.transfers,
+                            &mut self.ep.transfers,
                             &mut call.detail,
-                            self.details_on,
-                            self.registrar.wall_ms(now),
+                            self.ep.details_on,
+                            self.ep.registrar.wall_ms(now),
                             TransferEvent {
                                 attended: t.attended,
                                 local: false,
@@ -606,13 +610,13 @@ impl<R: RngCore> B2bua<R> {
             match &mut r.srv {
                 Srv::Invite(s) => {
                     while let Some(b) = s.poll_transmit() {
-                        self.out.push_back((back, b));
+                        self.ep.out.push_back((back, b));
                     }
                     while s.poll_event().is_some() {}
                 }
                 Srv::Other(s) => {
                     while let Some(b) = s.poll_transmit() {
-                        self.out.push_back((back, b));
+                        self.ep.out.push_back((back, b));
                     }
                     while s.poll_event().is_some() {}
                 }

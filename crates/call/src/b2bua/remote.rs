@@ -39,14 +39,14 @@ impl<R: RngCore> B2bua<R> {
 
     /// A call of another worker, as committed, for the next datagram.
     pub fn learn_remote(&mut self, record: CallRecord) {
-        self.stats.replaces_elsewhere += 1;
-        self.remote.push(record);
+        self.ep.stats.replaces_elsewhere += 1;
+        self.ep.remote.push(record);
     }
 
     /// Forgets what [`Self::learn_remote`] gave (the record may change on
     /// its owner at any time: it is read again for the next request).
     pub fn forget_remote(&mut self) {
-        self.remote.clear();
+        self.ep.remote.clear();
     }
 
     /// The INVITE that started the call one of whose legs has `call_id`
@@ -55,7 +55,8 @@ impl<R: RngCore> B2bua<R> {
         if let Some(&cref) = self.by_call_id.get(call_id) {
             return self.calls.get(&cref).map(|c| c.legs.a.invite.as_slice());
         }
-        self.remote
+        self.ep
+            .remote
             .iter()
             .find(|r| r.a_call_id == call_id || r.b_call_id == call_id)
             .map(|r| r.a_invite.as_slice())
@@ -72,7 +73,8 @@ impl<R: RngCore> B2bua<R> {
                 call.legs.b.dialog.as_ref()?,
             ));
         }
-        self.remote
+        self.ep
+            .remote
             .iter()
             .find(|r| r.a_call_id == call_id || r.b_call_id == call_id)
             .map(|r| (None, &r.a_dialog, &r.b_dialog))
@@ -90,7 +92,7 @@ impl<R: RngCore> B2bua<R> {
         if !c2.over {
             c2.over = true;
             c2.a_ok = None;
-            self.stats.hung_up += 1;
+            self.ep.stats.hung_up += 1;
             self.record_end(now, cref2, EndCause::Transferred, 200);
         }
         if let Some(mut o) = other {

@@ -347,7 +347,7 @@ impl<R: RngCore> B2bua<R> {
     /// Turns replication on: from now on confirmed calls and their changes
     /// are queued for [`Self::poll_replication`].
     pub fn set_replication(&mut self, on: bool) {
-        self.replicate = on;
+        self.ep.replicate = on;
     }
 
     /// Names this worker (its member id) in the Via of every request it
@@ -357,12 +357,12 @@ impl<R: RngCore> B2bua<R> {
     /// hold and passes it to the worker that sent the request
     /// ([`Self::sent_elsewhere`]).
     pub fn set_member(&mut self, id: u64) {
-        self.member = Some(id);
+        self.ep.member = Some(id);
     }
 
     /// The next change to replicate.
     pub fn poll_replication(&mut self) -> Option<Replication> {
-        self.replication.pop_front()
+        self.ep.replication.pop_front()
     }
 
     /// The member that sent the request `m` answers, when that is another
@@ -374,7 +374,7 @@ impl<R: RngCore> B2bua<R> {
     /// for requests, for calls held here, for answers to our own
     /// requests, and without a member id.
     pub fn sent_elsewhere(&self, m: &Message<'_>) -> Option<u64> {
-        let me = self.member?;
+        let me = self.ep.member?;
         if m.is_request() || self.knows(m.call_id()) {
             return None;
         }
@@ -391,7 +391,7 @@ impl<R: RngCore> B2bua<R> {
     /// Queues call `cref`'s state if it changed since it was last queued
     /// (called whenever the call was touched).
     pub(super) fn replicate_call(&mut self, cref: u64) {
-        if !self.replicate {
+        if !self.ep.replicate {
             return;
         }
         let Some(call) = self.calls.get_mut(&cref) else {
@@ -400,7 +400,7 @@ impl<R: RngCore> B2bua<R> {
         let key = call.key;
         if call.over {
             if let Some((version, _)) = call.replicated.take() {
-                self.replication.push_back(Replication::Remove {
+                self.ep.replication.push_back(Replication::Remove {
                     id: call.id.clone(),
                     key,
                     version: version + 1,
@@ -415,7 +415,7 @@ impl<R: RngCore> B2bua<R> {
             return;
         }
         let pending = pending_request(call);
-        let registrar = &self.registrar;
+        let registrar = &self.ep.registrar;
         let wall = |t: Instant| registrar.wall_ms(t);
         let refer = refer_of(call, &wall);
         let local = local_of(call, &wall);
@@ -434,7 +434,8 @@ impl<R: RngCore> B2bua<R> {
         };
         call.replicated = Some((version, print));
         if let Some(rec) = record_of(call, version, pending, refer, local) {
-            self.replication
+            self.ep
+                .replication
                 .push_back(Replication::Upsert(Box::new(rec)));
         }
     }
@@ -497,7 +498,7 @@ impl<R: RngCore> B2bua<R> {
             .collect();
         let mut last = Vec::new();
         for &cref in &refs {
-            let registrar = &self.registrar;
+            let registrar = &self.ep.registrar;
             let wall = |t: Instant| registrar.wall_ms(t);
             if let Some(c) = self.calls.get(&cref)
                 && let Some((v, _)) = c.replicated
@@ -514,7 +515,7 @@ impl<R: RngCore> B2bua<R> {
             }
             self.forget_call(cref);
         }
-        self.stats.handed_over += refs.len() as u64;
+        self.ep.stats.handed_over += refs.len() as u64;
         (refs.len(), last)
     }
 
@@ -529,7 +530,7 @@ impl<R: RngCore> B2bua<R> {
         let Some(&cref) = self.by_call_id.get(call_id) else {
             return false;
         };
-        let linger = now + self.cfg.timers.t1x64();
+        let linger = now + self.ep.cfg.timers.t1x64();
         let Some(c) = self.calls.get_mut(&cref).filter(|c| !c.over) else {
             return false;
         };
@@ -540,7 +541,7 @@ impl<R: RngCore> B2bua<R> {
         c.legs.a.dialog = None;
         c.legs.b.dialog = None;
         c.linger = Some(linger);
-        self.stats.ended_elsewhere += 1;
+        self.ep.stats.ended_elsewhere += 1;
         self.schedule(cref);
         true
     }
@@ -559,14 +560,14 @@ impl<R: RngCore> B2bua<R> {
             return false;
         };
         let a_key = Key::server(&a);
-        let timers = self.cfg.timers;
+        let timers = self.ep.cfg.timers;
         let cref = self.next_ref;
         self.next_ref += 1;
         self.by_call_id.insert(rec.id.clone(), cref);
         self.by_call_id.insert(rec.a_call_id.clone(), cref);
         self.by_call_id.insert(rec.b_call_id.clone(), cref);
-        self.stats.started += 1;
-        self.stats.adopted += 1;
+        self.ep.stats.started += 1;
+        self.ep.stats.adopted += 1;
         let print = print(
             &rec.a_dialog,
             &rec.b_dialog,
@@ -575,7 +576,7 @@ impl<R: RngCore> B2bua<R> {
             rec.refer.as_ref(),
             rec.local.as_ref(),
         );
-        let wall_now = self.registrar.wall_ms(now);
+        let wall_now = self.ep.registrar.wall_ms(now);
         let at = |ms: u64| instant_of(now, wall_now, ms);
         let transfer = rec.refer.as_ref().map(|r| Transfer {
             at: at(r.at_ms),
@@ -678,19 +679,19 @@ impl<R: RngCore> B2bua<R> {
         // until A ACKs (a duplicate when A had it: A ACKs it again, RFC
         // 3261 §13.2.2.4), and the call torn down if A never does.
         let a_ok = rec.a_ok.map(|ok| {
-            self.out.push_back((rec.a_target, ok.clone()));
-            self.stats.oks_resent += 1;
+            self.ep.out.push_back((rec.a_target, ok.clone()));
+            self.ep.stats.oks_resent += 1;
             (ok, now + timers.t1, timers.t1, now + timers.t1x64())
         });
         let source = scan(&rec.a_invite).ok().as_ref().and_then(sender_ip);
-        self.count_source(source);
+        self.ep.count_source(source);
         let mut detail = rec.detail;
-        detail.workers.extend(self.member);
+        detail.workers.extend(self.ep.member);
         // Confirmed before its 2xx went out (the first record is written
         // then): answered no later than now (the shell fills in the time
         // the table stamped, when it has one).
         if !detail.id.is_empty() && detail.answered_ms == 0 {
-            detail.answered_ms = self.registrar.wall_ms(now);
+            detail.answered_ms = self.ep.registrar.wall_ms(now);
         }
         self.calls.insert(
             cref,
@@ -730,7 +731,7 @@ impl<R: RngCore> B2bua<R> {
                 b_ack: None,
                 cancelled: false,
                 answered: true,
-                answered_at: Some(now + self.cfg.max_call_age),
+                answered_at: Some(now + self.ep.cfg.max_call_age),
                 session_expires: None,
                 started_at: now,
                 heard: true,
@@ -747,7 +748,7 @@ impl<R: RngCore> B2bua<R> {
                 over: false,
                 nits: Vec::new(),
                 relays: pending.into_iter().collect(),
-                replicated: self.replicate.then_some((rec.version, print)),
+                replicated: self.ep.replicate.then_some((rec.version, print)),
                 committed: rec.version,
                 held_ok: None,
                 held_end: None,
@@ -758,7 +759,7 @@ impl<R: RngCore> B2bua<R> {
             },
         );
         if resumed {
-            self.stats.resumed += 1;
+            self.ep.stats.resumed += 1;
             self.drain(now, cref);
         }
         self.schedule(cref);

@@ -18,10 +18,10 @@ impl<R: RngCore> B2bua<R> {
         asserted: Option<&[u8]>,
     ) -> (Vec<u8>, Vec<u8>) {
         let user = m.request_uri().and_then(|u| u.user()).unwrap_or_default();
-        let b_call_id = self.ids.call_id().as_bytes().to_vec();
-        let b_tag = self.ids.tag();
-        let via = self.via(key);
-        let contact = self.contact(key, &b_call_id);
+        let b_call_id = self.ep.ids.call_id().as_bytes().to_vec();
+        let b_tag = self.ep.ids.tag();
+        let via = self.ep.via(key);
+        let contact = self.ep.contact(key, &b_call_id);
         let routed = format!("sip:{}@{}", String::from_utf8_lossy(user), target.addr);
         // A registered phone: its Contact is the Request-URI, and To names
         // the AOR that was called.
@@ -48,11 +48,11 @@ impl<R: RngCore> B2bua<R> {
         let mf = m.max_forwards().unwrap_or(70).saturating_sub(1).min(255) as u8;
         let mut headers = end_to_end_headers(
             m,
-            self.cfg.trusted.contains(sender_ip(m)),
-            &self.cfg.identity_headers,
+            self.ep.cfg.trusted.contains(sender_ip(m)),
+            &self.ep.cfg.identity_headers,
         );
         if let Some(v) = asserted
-            && self.cfg.trusted.contains(Some(target.addr.ip()))
+            && self.ep.cfg.trusted.contains(Some(target.addr.ip()))
         {
             // Ours replaces any the caller sent (a trusted caller is not
             // challenged, so has no identity of ours to assert).
@@ -113,7 +113,7 @@ impl<R: RngCore> B2bua<R> {
         let asserted = call.asserted.clone();
         let Ok(a) = scan(&a_bytes) else { return false };
         let (cid, invite) = self.leg_b_invite(&a, key, &target, asserted.as_deref());
-        let timers = self.cfg.timers;
+        let timers = self.ep.cfg.timers;
         let Some(call) = self.calls.get_mut(&cref) else {
             return false;
         };
@@ -122,10 +122,10 @@ impl<R: RngCore> B2bua<R> {
         call.b_cli = ClientInvite::new(now, timers, invite);
         call.heard = false;
         call.no_answer = false;
-        call.ring_deadline = Some(now + self.cfg.ring_timeout);
+        call.ring_deadline = Some(now + self.ep.cfg.ring_timeout);
         self.by_call_id.remove(&old);
         self.by_call_id.insert(cid, cref);
-        self.stats.failovers += 1;
+        self.ep.stats.failovers += 1;
         self.drain_outputs(cref);
         true
     }
@@ -170,7 +170,7 @@ impl<R: RngCore> B2bua<R> {
     ) -> Option<u64> {
         let asserted = caller.asserted;
         if let Err(r) = m.ua_check() {
-            let t = self.ids.tag();
+            let t = self.ep.ids.tag();
             let mut b = Vec::new();
             response(
                 &m.reply_parts(),
@@ -180,7 +180,7 @@ impl<R: RngCore> B2bua<R> {
                 &[],
                 &mut b,
             );
-            self.out.push_back((via_target(m), b));
+            self.ep.out.push_back((via_target(m), b));
             return None;
         }
         //= https://www.rfc-editor.org/rfc/rfc3261#section-21.5.4
@@ -189,24 +189,25 @@ impl<R: RngCore> B2bua<R> {
         //# indicate when the client should retry the request in a Retry-After
         //# header field.
         let source = sender_ip(m);
-        let from_source = source.map_or(0, |ip| self.per_source.get(&ip).copied().unwrap_or(0));
-        let full = self.calls.len() >= self.cfg.max_calls;
+        let from_source = source.map_or(0, |ip| self.ep.per_source.get(&ip).copied().unwrap_or(0));
+        let full = self.calls.len() >= self.ep.cfg.max_calls;
         if full
-            || self.storage_full
-            || (self.cfg.max_calls_per_source > 0 && from_source >= self.cfg.max_calls_per_source)
+            || self.ep.storage_full
+            || (self.ep.cfg.max_calls_per_source > 0
+                && from_source >= self.ep.cfg.max_calls_per_source)
         {
-            if self.storage_full {
-                self.stats.refused_storage += 1;
+            if self.ep.storage_full {
+                self.ep.stats.refused_storage += 1;
             } else if full {
-                self.stats.refused_full += 1;
+                self.ep.stats.refused_full += 1;
             } else {
-                self.stats.refused_per_source += 1;
+                self.ep.stats.refused_per_source += 1;
             }
-            let t = self.ids.tag();
-            self.refuse_overloaded(m, Some(t.as_bytes()));
+            let t = self.ep.ids.tag();
+            self.ep.refuse_overloaded(m, Some(t.as_bytes()));
             return None;
         }
-        let key = self.cfg.hashing.affinity_key(m.call_id());
+        let key = self.ep.cfg.hashing.affinity_key(m.call_id());
         let (targets, mode) = match self.replaced_target(m) {
             Some(t) => (vec![Target::from(t)], None),
             None => match self.flow_target(m) {
@@ -215,20 +216,20 @@ impl<R: RngCore> B2bua<R> {
                 None => self.locate(now, m.request_uri(), key),
             },
         };
-        let local_mode = mode.unwrap_or(self.cfg.transfer_mode) == TransferMode::Local;
+        let local_mode = mode.unwrap_or(self.ep.cfg.transfer_mode) == TransferMode::Local;
         // A registered user's bindings ring together; a route's targets
         // are tried one after another.
         let fork = targets.len() > 1 && targets.iter().all(|t| t.binding);
         let Some(target) = targets.first().cloned() else {
-            let t = self.ids.tag();
-            self.respond(m, 404, Some(t.as_bytes()));
+            let t = self.ep.ids.tag();
+            self.ep.respond(m, 404, Some(t.as_bytes()));
             return None;
         };
-        self.stats.started += 1;
-        let a_tag = self.ids.tag();
-        let a_srv = ServerInvite::new(now, self.cfg.timers, m);
+        self.ep.stats.started += 1;
+        let a_tag = self.ep.ids.tag();
+        let a_srv = ServerInvite::new(now, self.ep.cfg.timers, m);
         let (b_call_id, b_invite) = self.leg_b_invite(m, key, &target, asserted.as_deref());
-        let b_cli = ClientInvite::new(now, self.cfg.timers, b_invite.clone());
+        let b_cli = ClientInvite::new(now, self.ep.cfg.timers, b_invite.clone());
         let b_uri = scan(&b_invite)
             .ok()
             .and_then(|b| b.request_uri().map(|u| u.as_bytes().to_vec()))
@@ -238,7 +239,7 @@ impl<R: RngCore> B2bua<R> {
         self.next_ref += 1;
         self.by_call_id.insert(m.call_id().to_vec(), cref);
         self.by_call_id.insert(b_call_id.clone(), cref);
-        self.count_source(source);
+        self.ep.count_source(source);
         self.calls.insert(
             cref,
             Call {
@@ -272,7 +273,7 @@ impl<R: RngCore> B2bua<R> {
                 session_expires: None,
                 started_at: now,
                 heard: false,
-                ring_deadline: Some(now + self.cfg.ring_timeout),
+                ring_deadline: Some(now + self.ep.cfg.ring_timeout),
                 no_answer: false,
                 transfer: None,
                 local_mode,
@@ -397,13 +398,13 @@ impl<R: RngCore> B2bua<R> {
             match n {
                 Nit::Client(_, t) => {
                     while let Some(b) = t.poll_transmit() {
-                        self.out.push_back((None, b));
+                        self.ep.out.push_back((None, b));
                     }
                     while t.poll_event().is_some() {}
                 }
                 Nit::Server(_, t, to) => {
                     while let Some(b) = t.poll_transmit() {
-                        self.out.push_back((*to, b));
+                        self.ep.out.push_back((*to, b));
                     }
                     while t.poll_event().is_some() {}
                 }
@@ -420,10 +421,10 @@ impl<R: RngCore> B2bua<R> {
     pub(super) fn on_b_event(&mut self, now: Instant, cref: u64, e: Event) {
         let (key, contact) = match self.calls.get(&cref) {
             // The Contact of our answers to A.
-            Some(c) => (c.key, self.contact(c.key, &c.legs.a.call_id)),
+            Some(c) => (c.key, self.ep.contact(c.key, &c.legs.a.call_id)),
             None => return,
         };
-        let ack_via = self.via(key);
+        let ack_via = self.ep.via(key);
         let wall_now = self.unix_ms(now);
         let Some(call) = self.calls.get_mut(&cref) else {
             return;
@@ -453,20 +454,26 @@ impl<R: RngCore> B2bua<R> {
         }
         if status > 100 && !call.heard && !call.cancelled {
             call.heard = true;
-            self.latencies
+            self.ep
+                .latencies
                 .push_back((Latency::FirstResponse, now - call.started_at));
         }
         if (200..300).contains(&status) && !call.answered && !call.cancelled && !call.over {
-            self.latencies
+            self.ep
+                .latencies
                 .push_back((Latency::Answer, now - call.started_at));
         }
         match status {
             100 => {}
             101..=199 if !call.cancelled => {
-                let from_trusted = self.cfg.trusted.contains(addressee_ip(&call.legs.b.invite));
+                let from_trusted = self
+                    .ep
+                    .cfg
+                    .trusted
+                    .contains(addressee_ip(&call.legs.b.invite));
                 let mut extra = resp
                     .as_ref()
-                    .map(|p| end_to_end_headers(p, from_trusted, &self.cfg.identity_headers))
+                    .map(|p| end_to_end_headers(p, from_trusted, &self.ep.cfg.identity_headers))
                     .unwrap_or_default();
                 extra.push(("Contact", &contact));
                 extra.extend(record_routes(&a));
@@ -513,7 +520,7 @@ impl<R: RngCore> B2bua<R> {
                     }
                 }
                 if let Some(ack) = &call.b_ack {
-                    self.out.push_back((None, ack.clone()));
+                    self.ep.out.push_back((None, ack.clone()));
                 }
                 let Some(call) = self.calls.get_mut(&cref) else {
                     return;
@@ -522,11 +529,16 @@ impl<R: RngCore> B2bua<R> {
                     return;
                 }
                 call.answered = true;
-                call.answered_at = Some(now + self.cfg.max_call_age);
+                call.answered_at = Some(now + self.ep.cfg.max_call_age);
                 call.session_expires = session_interval(&resp).map(|i| now + i);
-                self.stats.answered += 1;
-                let from_trusted = self.cfg.trusted.contains(addressee_ip(&call.legs.b.invite));
-                let mut extra = end_to_end_headers(&resp, from_trusted, &self.cfg.identity_headers);
+                self.ep.stats.answered += 1;
+                let from_trusted = self
+                    .ep
+                    .cfg
+                    .trusted
+                    .contains(addressee_ip(&call.legs.b.invite));
+                let mut extra =
+                    end_to_end_headers(&resp, from_trusted, &self.ep.cfg.identity_headers);
                 extra.push(("Contact", &contact));
                 extra.extend(record_routes(&a));
                 let mut r = Vec::new();
@@ -540,13 +552,14 @@ impl<R: RngCore> B2bua<R> {
                     &mut r,
                 );
                 call.legs.a.dialog = Dialog::uas(&a, tag.as_bytes(), DialogState::Confirmed).ok();
-                if self.replicate && call.legs.a.dialog.is_some() && call.legs.b.dialog.is_some() {
+                if self.ep.replicate && call.legs.a.dialog.is_some() && call.legs.b.dialog.is_some()
+                {
                     // Replicated calls: the 2xx that confirms the call to A
                     // waits until the call is committed (`committed`), so a
                     // call A believes up is never lost with this worker.
                     call.held_ok = Some((status, r, now + Self::HOLD_OK_LIMIT));
                 } else {
-                    Self::send_ok(call, now, status, r, self.cfg.timers, wall_now);
+                    Self::send_ok(call, now, status, r, self.ep.cfg.timers, wall_now);
                 }
             }
             _ if status >= 300 || status == 408 => {
@@ -574,7 +587,7 @@ impl<R: RngCore> B2bua<R> {
                     );
                     // With records kept in the cluster, the caller hears
                     // the end once its record is committed (`HeldEnd`).
-                    if self.records_on && self.replicate && !call.over {
+                    if self.ep.records_on && self.ep.replicate && !call.over {
                         call.held_end = Some(HeldEnd {
                             what: HeldWhat::Final {
                                 status,
@@ -588,7 +601,7 @@ impl<R: RngCore> B2bua<R> {
                 }
                 if !call.over {
                     call.over = true;
-                    self.stats.failed += 1;
+                    self.ep.stats.failed += 1;
                     let cause = if call.cancelled {
                         EndCause::Cancelled
                     } else {
@@ -637,7 +650,7 @@ impl<R: RngCore> B2bua<R> {
         if self.calls.get(&cref).is_some_and(|c| c.over) {
             self.release_end(now, cref);
         }
-        let timers = self.cfg.timers;
+        let timers = self.ep.cfg.timers;
         let wall = self.unix_ms(now);
         let Some(call) = self.calls.get_mut(&cref) else {
             return;
@@ -670,8 +683,8 @@ impl<R: RngCore> B2bua<R> {
         let Some(call) = self.calls.get(&cref) else {
             return;
         };
-        let via = self.via(call.key);
-        let timers = self.cfg.timers;
+        let via = self.ep.via(call.key);
+        let timers = self.ep.cfg.timers;
         let Some(call) = self.calls.get_mut(&cref) else {
             return;
         };
@@ -694,7 +707,7 @@ impl<R: RngCore> B2bua<R> {
             let reason: &[u8] = b"SIP;cause=500;text=\"the cluster could not keep the call\"";
             push_bye(&mut call.nits, d, now, timers, &via, &[("Reason", reason)]);
         }
-        self.stats.refused_records += 1;
+        self.ep.stats.refused_records += 1;
         self.record_end(now, cref, EndCause::Refused, 500);
         self.drain(now, cref);
         self.schedule(cref);
@@ -704,7 +717,7 @@ impl<R: RngCore> B2bua<R> {
     pub(super) fn tear_down(&mut self, now: Instant, cref: u64) {
         let reason = b"SIP;cause=408;text=\"handover ended the call\"";
         if self.bye_both(now, cref, reason, EndCause::TornDown) {
-            self.stats.torn_down += 1;
+            self.ep.stats.torn_down += 1;
         }
     }
 
@@ -721,7 +734,7 @@ impl<R: RngCore> B2bua<R> {
         let reason = b"SIP;cause=200;text=\"ended by the operator\"";
         let ended = self.bye_both(now, cref, reason, EndCause::Operator);
         if ended {
-            self.stats.operator_hangups += 1;
+            self.ep.stats.operator_hangups += 1;
         }
         ended
     }
@@ -736,8 +749,8 @@ impl<R: RngCore> B2bua<R> {
             return false;
         }
         let key = call.key;
-        let vias = [self.via(key), self.via(key)];
-        let timers = self.cfg.timers;
+        let vias = [self.ep.via(key), self.ep.via(key)];
+        let timers = self.ep.cfg.timers;
         let Some(call) = self.calls.get_mut(&cref) else {
             return false;
         };

@@ -7,7 +7,7 @@ use super::*;
 impl<R: RngCore> B2bua<R> {
     /// Runs timers due at `now` (only the calls whose deadline has come).
     pub fn handle_timeout(&mut self, now: Instant) {
-        self.registrar.handle_timeout(now);
+        self.ep.registrar.handle_timeout(now);
         while let Some(&Reverse((t, cref))) = self.timers.peek() {
             if t > now {
                 break;
@@ -18,14 +18,17 @@ impl<R: RngCore> B2bua<R> {
                 // Gone, or a stale entry (the call's deadline moved since).
                 _ => continue,
             }
-            let (before, torn, unanswered) =
-                (self.out.len(), self.stats.torn_down, self.stats.unanswered);
+            let (before, torn, unanswered) = (
+                self.ep.out.len(),
+                self.ep.stats.torn_down,
+                self.ep.stats.unanswered,
+            );
             self.run_timers(now, cref);
-            if self.stats.torn_down == torn && self.stats.unanswered == unanswered {
+            if self.ep.stats.torn_down == torn && self.ep.stats.unanswered == unanswered {
                 // Everything a timer sends, short of a teardown's BYEs and a
                 // ring timeout's CANCEL, is a retransmission (timers A, E, G
                 // and the 2xx resend).
-                self.stats.retransmissions += (self.out.len() - before) as u64;
+                self.ep.stats.retransmissions += (self.ep.out.len() - before) as u64;
             }
             self.schedule(cref);
         }
@@ -79,14 +82,14 @@ impl<R: RngCore> B2bua<R> {
                 CallTimer::HeldOk => {
                     if let Some((status, r, _)) = call.held_ok.take() {
                         // No commit in time (no quorum?): connect the call anyway.
-                        self.stats.unreplicated += 1;
+                        self.ep.stats.unreplicated += 1;
                         Self::send_ok(
                             call,
                             now,
                             status,
                             r,
-                            self.cfg.timers,
-                            self.registrar.wall_ms(now),
+                            self.ep.cfg.timers,
+                            self.ep.registrar.wall_ms(now),
                         );
                     }
                 }
@@ -107,8 +110,8 @@ impl<R: RngCore> B2bua<R> {
                 CallTimer::Ring => {
                     call.ring_deadline = None;
                     call.no_answer = true;
-                    self.stats.unanswered += 1;
-                    Self::cancel_b(call, now, self.cfg.timers);
+                    self.ep.stats.unanswered += 1;
+                    Self::cancel_b(call, now, self.ep.cfg.timers);
                 }
                 //= https://www.rfc-editor.org/rfc/rfc3261#section-13.3.1.4
                 //# If the server retransmits the 2xx response for 64*T1 seconds
@@ -121,8 +124,8 @@ impl<R: RngCore> B2bua<R> {
                         continue;
                     };
                     if now < *give_up {
-                        self.out.push_back((a_target, ok.clone()));
-                        *interval = (*interval * 2).min(self.cfg.timers.t2);
+                        self.ep.out.push_back((a_target, ok.clone()));
+                        *interval = (*interval * 2).min(self.ep.cfg.timers.t2);
                         *next = now + *interval;
                         continue;
                     }
@@ -132,7 +135,7 @@ impl<R: RngCore> B2bua<R> {
                     } else if !call.over {
                         // B answered a caller who is not there (a spoofed
                         // source, or one gone): B's phone is hung up too.
-                        self.stats.unacknowledged += 1;
+                        self.ep.stats.unacknowledged += 1;
                         self.tear_down(now, cref);
                     }
                     return;
