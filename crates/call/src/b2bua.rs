@@ -74,7 +74,6 @@ pub use types::{Config, Latency, Stats, TransferEvent, TransferResult};
 pub struct B2bua<R> {
     ep: Endpoint<R>,
     calls: HashMap<u64, Call>,
-    by_call_id: HashMap<Vec<u8>, u64>,
     next_ref: u64,
     /// (deadline, call), earliest first; entries go stale when a call's
     /// deadline moves and are skipped when popped.
@@ -180,7 +179,6 @@ impl<R: RngCore> B2bua<R> {
         Self {
             ep: Endpoint::new(cfg, rng),
             calls: HashMap::new(),
-            by_call_id: HashMap::new(),
             next_ref: 1,
             timers: BinaryHeap::new(),
         }
@@ -348,8 +346,8 @@ impl<R: RngCore> B2bua<R> {
         {
             // Only this call's: a failed attended transfer gave the
             // target's Call-ID back to its own call.
-            if self.by_call_id.get(id) == Some(&cref) {
-                self.by_call_id.remove(id);
+            if self.ep.by_call_id.get(id) == Some(&cref) {
+                self.ep.by_call_id.remove(id);
             }
         }
         true
@@ -375,7 +373,7 @@ impl<R: RngCore> B2bua<R> {
     /// One message from the edge, already scanned (the worker scans each
     /// datagram once, for its shard check, and hands the result down).
     pub fn handle_message(&mut self, now: Instant, m: &Message<'_>) {
-        let cref = self.by_call_id.get(m.call_id()).copied();
+        let cref = self.ep.by_call_id.get(m.call_id()).copied();
         let touched = match (m.is_request(), cref) {
             (true, Some(c)) => {
                 self.in_call_request(now, c, m);

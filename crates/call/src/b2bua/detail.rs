@@ -241,7 +241,7 @@ impl<R: RngCore> B2bua<R> {
     /// (its removal, or its record): the answer held for it goes
     /// (`HeldEnd`).
     pub fn end_committed(&mut self, now: Instant, a_call_id: &[u8]) {
-        if let Some(&cref) = self.by_call_id.get(a_call_id) {
+        if let Some(&cref) = self.ep.by_call_id.get(a_call_id) {
             self.release_end(now, cref);
         }
     }

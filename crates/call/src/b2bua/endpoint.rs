@@ -9,6 +9,9 @@ use super::*;
 /// The B2BUA's shared part (see the module's doc).
 #[derive(Debug)]
 pub(super) struct Endpoint<R> {
+    /// Each Call-ID a call answers to (its legs', a transfer's, forks'),
+    /// to the call's reference.
+    pub(super) by_call_id: HashMap<Vec<u8>, u64>,
     pub(super) cfg: Config,
     pub(super) ids: IdGen<R>,
     pub(super) out: VecDeque<(Option<SocketAddr>, Vec<u8>)>,
@@ -54,6 +57,7 @@ pub(super) struct Endpoint<R> {
 impl<R: RngCore> Endpoint<R> {
     pub(super) fn new(cfg: Config, rng: R) -> Self {
         Self {
+            by_call_id: HashMap::new(),
             cfg,
             ids: IdGen::new(rng),
             out: VecDeque::new(),

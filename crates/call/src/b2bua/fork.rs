@@ -56,7 +56,7 @@ impl<R: RngCore> B2bua<R> {
             self.ep.stats.forks += 1;
             let (call_id, invite) = self.leg_b_invite(m, key, t, asserted.as_deref());
             let cli = ClientInvite::new(now, self.ep.cfg.timers, invite.clone());
-            self.by_call_id.insert(call_id.clone(), cref);
+            self.ep.by_call_id.insert(call_id.clone(), cref);
             if let Some(call) = self.calls.get_mut(&cref) {
                 // Mapped to the call until it is forgotten.
                 call.old_ids.push(call_id.clone());

@@ -34,7 +34,7 @@ impl<R: RngCore> B2bua<R> {
             Method::Refer => transfer::refer_to(m).ok()?.replaces?,
             _ => return None,
         };
-        (!self.by_call_id.contains_key(&r.call_id)).then_some(r.call_id)
+        (!self.ep.by_call_id.contains_key(&r.call_id)).then_some(r.call_id)
     }
 
     /// A call of another worker, as committed, for the next datagram.
@@ -52,7 +52,7 @@ impl<R: RngCore> B2bua<R> {
     /// The INVITE that started the call one of whose legs has `call_id`
     /// (A's, as the edge forwarded it).
     pub(super) fn a_invite_of(&self, call_id: &[u8]) -> Option<&[u8]> {
-        if let Some(&cref) = self.by_call_id.get(call_id) {
+        if let Some(&cref) = self.ep.by_call_id.get(call_id) {
             return self.calls.get(&cref).map(|c| c.legs.a.invite.as_slice());
         }
         self.ep
@@ -65,7 +65,7 @@ impl<R: RngCore> B2bua<R> {
     /// Both dialogs (A's, B's) of the call one of whose legs has
     /// `call_id`, and the call's reference when this worker holds it.
     pub(super) fn dialogs_of(&self, call_id: &[u8]) -> Option<(Option<u64>, &Dialog, &Dialog)> {
-        if let Some(&cref) = self.by_call_id.get(call_id) {
+        if let Some(&cref) = self.ep.by_call_id.get(call_id) {
             let call = self.calls.get(&cref)?;
             return Some((
                 Some(cref),
@@ -107,7 +107,7 @@ impl<R: RngCore> B2bua<R> {
     /// ([`Replication::Replaced`]): its other leg gets BYE. False when the
     /// call is not held here or was over.
     pub fn replaced(&mut self, now: Instant, a_call_id: &[u8], spare: &[u8]) -> bool {
-        let Some(&cref2) = self.by_call_id.get(a_call_id) else {
+        let Some(&cref2) = self.ep.by_call_id.get(a_call_id) else {
             return false;
         };
         if self.calls.get(&cref2).is_none_or(|c| c.over) {

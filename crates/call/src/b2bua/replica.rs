@@ -385,7 +385,7 @@ impl<R: RngCore> B2bua<R> {
 
     /// Whether a call (by either leg's Call-ID) is held here.
     pub fn knows(&self, call_id: &[u8]) -> bool {
-        self.by_call_id.contains_key(call_id)
+        self.ep.by_call_id.contains_key(call_id)
     }
 
     /// Queues call `cref`'s state if it changed since it was last queued
@@ -444,6 +444,7 @@ impl<R: RngCore> B2bua<R> {
     /// committed (the shell tells, from the replica).
     pub fn stored(&mut self, call_id: &[u8], version: u64) {
         if let Some(c) = self
+            .ep
             .by_call_id
             .get(call_id)
             .and_then(|r| self.calls.get_mut(r))
@@ -454,7 +455,7 @@ impl<R: RngCore> B2bua<R> {
 
     /// The affinity key of a call held here (by either leg's Call-ID).
     pub fn key_of(&self, call_id: &[u8]) -> Option<u64> {
-        let call = self.calls.get(self.by_call_id.get(call_id)?)?;
+        let call = self.calls.get(self.ep.by_call_id.get(call_id)?)?;
         Some(call.key)
     }
 
@@ -527,7 +528,7 @@ impl<R: RngCore> B2bua<R> {
     /// for that commit, `HeldEnd`) gets its 200 here rather than a 481.
     /// False when the call is not held here, or is over already.
     pub fn ended_elsewhere(&mut self, now: Instant, call_id: &[u8]) -> bool {
-        let Some(&cref) = self.by_call_id.get(call_id) else {
+        let Some(&cref) = self.ep.by_call_id.get(call_id) else {
             return false;
         };
         let linger = now + self.ep.cfg.timers.t1x64();
@@ -550,7 +551,7 @@ impl<R: RngCore> B2bua<R> {
     /// shard over). False when the call is already held here or the record
     /// is unusable (A's INVITE does not scan, or a tag is not ours).
     pub fn adopt(&mut self, now: Instant, rec: CallRecord) -> bool {
-        if self.by_call_id.contains_key(&rec.id) || self.by_call_id.contains_key(&rec.a_call_id) {
+        if self.ep.by_call_id.contains_key(&rec.id) || self.ep.by_call_id.contains_key(&rec.a_call_id) {
             return false;
         }
         let Ok(a) = scan(&rec.a_invite) else {
@@ -563,9 +564,9 @@ impl<R: RngCore> B2bua<R> {
         let timers = self.ep.cfg.timers;
         let cref = self.next_ref;
         self.next_ref += 1;
-        self.by_call_id.insert(rec.id.clone(), cref);
-        self.by_call_id.insert(rec.a_call_id.clone(), cref);
-        self.by_call_id.insert(rec.b_call_id.clone(), cref);
+        self.ep.by_call_id.insert(rec.id.clone(), cref);
+        self.ep.by_call_id.insert(rec.a_call_id.clone(), cref);
+        self.ep.by_call_id.insert(rec.b_call_id.clone(), cref);
         self.ep.stats.started += 1;
         self.ep.stats.adopted += 1;
         let print = print(
@@ -627,13 +628,13 @@ impl<R: RngCore> B2bua<R> {
                 replaced: l
                     .replaced
                     .as_ref()
-                    .and_then(|id| self.by_call_id.get(id).copied()),
+                    .and_then(|id| self.ep.by_call_id.get(id).copied()),
                 replaced_id: l.replaced.clone(),
             })
         });
         if let Some(l) = &local {
             // The target's leg is this call's while the transfer runs.
-            self.by_call_id.insert(l.t_call_id.clone(), cref);
+            self.ep.by_call_id.insert(l.t_call_id.clone(), cref);
         }
         // The request in flight: resent as it was (same branch and CSeq,
         // a retransmission to the far party), its sender answered from here.

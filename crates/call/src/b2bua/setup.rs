@@ -123,8 +123,8 @@ impl<R: RngCore> B2bua<R> {
         call.heard = false;
         call.no_answer = false;
         call.ring_deadline = Some(now + self.ep.cfg.ring_timeout);
-        self.by_call_id.remove(&old);
-        self.by_call_id.insert(cid, cref);
+        self.ep.by_call_id.remove(&old);
+        self.ep.by_call_id.insert(cid, cref);
         self.ep.stats.failovers += 1;
         self.drain_outputs(cref);
         true
@@ -237,8 +237,8 @@ impl<R: RngCore> B2bua<R> {
         let detail = self.new_detail(now, &b_uri, caller.user);
         let cref = self.next_ref;
         self.next_ref += 1;
-        self.by_call_id.insert(m.call_id().to_vec(), cref);
-        self.by_call_id.insert(b_call_id.clone(), cref);
+        self.ep.by_call_id.insert(m.call_id().to_vec(), cref);
+        self.ep.by_call_id.insert(b_call_id.clone(), cref);
         self.ep.count_source(source);
         self.calls.insert(
             cref,
@@ -643,7 +643,7 @@ impl<R: RngCore> B2bua<R> {
     /// A call's record is committed (the shell heard it from the replica):
     /// the 2xx held for it goes to A.
     pub fn committed(&mut self, now: Instant, a_call_id: &[u8]) {
-        let Some(&cref) = self.by_call_id.get(a_call_id) else {
+        let Some(&cref) = self.ep.by_call_id.get(a_call_id) else {
             return;
         };
         // A removal refused (the shard moved): nothing to wait for.
@@ -669,7 +669,7 @@ impl<R: RngCore> B2bua<R> {
     /// phone tries again) and B, which answered, a BYE. Without a held 2xx
     /// this is [`Self::committed`].
     pub fn refused(&mut self, now: Instant, a_call_id: &[u8]) {
-        let Some(&cref) = self.by_call_id.get(a_call_id) else {
+        let Some(&cref) = self.ep.by_call_id.get(a_call_id) else {
             return;
         };
         if self
@@ -725,7 +725,7 @@ impl<R: RngCore> B2bua<R> {
     /// (`handover hangup`, through the replicated log): BYE on both legs.
     /// False when no such answered call is held here, or it is over.
     pub fn hang_up(&mut self, now: Instant, call_id: &[u8]) -> bool {
-        let Some(&cref) = self.by_call_id.get(call_id) else {
+        let Some(&cref) = self.ep.by_call_id.get(call_id) else {
             return false;
         };
         if !self.calls.get(&cref).is_some_and(|c| c.answered) {
