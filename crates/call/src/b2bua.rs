@@ -315,7 +315,7 @@ impl<R: RngCore> B2bua<R> {
     /// Files call `cref`'s next deadline, or forgets the call when it is
     /// over and nothing of it is still running.
     fn schedule(&mut self, cref: u64) {
-        self.replicate_call(cref);
+        self.with_call(cref, |c, ep| c.replicate_call(ep));
         let Some(c) = self.calls.get_mut(&cref) else {
             return;
         };
@@ -416,17 +416,32 @@ impl<R: RngCore> B2bua<R> {
         }
         None
     }
+}
 
-    /// Moves the INVITE transactions' output of call `cref` out.
-    fn drain_outputs(&mut self, cref: u64) {
-        let Some(call) = self.calls.get_mut(&cref) else {
-            return;
-        };
+impl Call {
+    /// Moves the INVITE transactions' output of the call out.
+    fn drain_outputs<R: RngCore>(&mut self, ep: &mut Endpoint<R>) {
+        let call = &mut *self;
         while let Some(b) = call.a_srv.poll_transmit() {
-            self.ep.out.push_back((call.a_target, b));
+            ep.out.push_back((call.a_target, b));
         }
         while let Some(b) = call.b_cli.poll_transmit() {
-            self.ep.out.push_back((None, b));
+            ep.out.push_back((None, b));
+        }
+    }
+}
+
+impl<R: RngCore> B2bua<R> {
+    /// Runs `f` on the call beside the endpoint; the default (nothing
+    /// done) when the call is gone.
+    fn with_call<T: Default>(
+        &mut self,
+        cref: u64,
+        f: impl FnOnce(&mut Call, &mut Endpoint<R>) -> T,
+    ) -> T {
+        match self.calls.get_mut(&cref) {
+            Some(c) => f(c, &mut self.ep),
+            None => T::default(),
         }
     }
 }

@@ -200,11 +200,6 @@ impl<R: RngCore> B2bua<R> {
         self.ep.records.pop_front()
     }
 
-    /// `t` in Unix ms.
-    pub(super) fn unix_ms(&self, t: Instant) -> u64 {
-        self.ep.registrar.wall_ms(t)
-    }
-
     /// A new call's detail: its id, start and first worker.
     pub(super) fn new_detail(
         &mut self,
@@ -220,20 +215,9 @@ impl<R: RngCore> B2bua<R> {
             id,
             target: target.to_vec(),
             user,
-            started_ms: self.unix_ms(now),
+            started_ms: self.ep.unix_ms(now),
             workers: self.ep.member.into_iter().collect(),
             ..Detail::default()
-        }
-    }
-
-    /// Reports a transfer of call `cref` (to the shell's counters and to
-    /// the call's record).
-    pub(super) fn report_transfer(&mut self, now: Instant, cref: u64, ev: TransferEvent) {
-        let at_ms = self.unix_ms(now);
-        let on = self.ep.details_on;
-        match self.calls.get_mut(&cref) {
-            Some(c) => note_transfer(&mut self.ep.transfers, &mut c.detail, on, at_ms, ev),
-            None => self.ep.transfers.push_back(ev),
         }
     }
 
@@ -272,17 +256,23 @@ impl<R: RngCore> B2bua<R> {
         self.drain(now, cref);
         self.schedule(cref);
     }
+}
 
-    /// Call `cref` is over (the caller of this set `over`): its record is
+impl Call {
+    /// The call is over (the caller of this set `over`): its record is
     /// queued, once.
-    pub(super) fn record_end(&mut self, now: Instant, cref: u64, cause: EndCause, status: u16) {
-        if !self.ep.details_on {
+    pub(super) fn record_end<R: RngCore>(
+        &mut self,
+        ep: &mut Endpoint<R>,
+        now: Instant,
+        cause: EndCause,
+        status: u16,
+    ) {
+        if !ep.details_on {
             return;
         }
-        let ended_ms = self.unix_ms(now);
-        let Some(c) = self.calls.get_mut(&cref) else {
-            return;
-        };
+        let ended_ms = ep.unix_ms(now);
+        let c = &mut *self;
         if c.detail.id.is_empty() {
             return;
         }
@@ -305,7 +295,7 @@ impl<R: RngCore> B2bua<R> {
                 transport = v.transport().to_vec();
             }
         }
-        self.ep.records.push_back(CallDetail {
+        ep.records.push_back(CallDetail {
             detail,
             key,
             a_call_id,
@@ -318,5 +308,36 @@ impl<R: RngCore> B2bua<R> {
             cause,
             status,
         });
+    }
+
+    /// Reports a transfer of the call (to the shell's counters and to
+    /// the call's record).
+    pub(super) fn report_transfer<R: RngCore>(
+        &mut self,
+        ep: &mut Endpoint<R>,
+        now: Instant,
+        ev: TransferEvent,
+    ) {
+        let at_ms = ep.unix_ms(now);
+        let on = ep.details_on;
+        note_transfer(&mut ep.transfers, &mut self.detail, on, at_ms, ev);
+    }
+}
+
+impl<R: RngCore> B2bua<R> {
+    /// Reports a transfer of the call (noted in its detail), or of a
+    /// call already gone.
+    pub(super) fn report_transfer(&mut self, now: Instant, cref: u64, ev: TransferEvent) {
+        match self.calls.get_mut(&cref) {
+            Some(c) => c.report_transfer(&mut self.ep, now, ev),
+            None => self.ep.transfers.push_back(ev),
+        }
+    }
+}
+
+impl<R: RngCore> Endpoint<R> {
+    /// `t` in Unix ms.
+    pub(super) fn unix_ms(&self, t: Instant) -> u64 {
+        self.registrar.wall_ms(t)
     }
 }

@@ -39,41 +39,64 @@ fn better(new: u16, old: Option<u16>) -> bool {
     }
 }
 
-impl<R: RngCore> B2bua<R> {
-    /// Starts a fork of call `cref` to each of `targets` (A's INVITE `m`).
-    pub(super) fn start_forks(
+impl Call {
+    /// Acts on the forks' responses (see the module docs).
+    pub(super) fn drain_forks<R: RngCore>(
         &mut self,
+        ep: &mut Endpoint<R>,
         now: Instant,
         cref: u64,
-        m: &Message<'_>,
-        targets: &[Target],
     ) {
-        let Some((key, asserted)) = self.calls.get(&cref).map(|c| (c.key, c.asserted.clone()))
-        else {
-            return;
-        };
-        for t in targets {
-            self.ep.stats.forks += 1;
-            let (call_id, invite) = self.leg_b_invite(m, key, t, asserted.as_deref());
-            let cli = ClientInvite::new(now, self.ep.cfg.timers, invite.clone());
-            self.ep.by_call_id.insert(call_id.clone(), cref);
-            if let Some(call) = self.calls.get_mut(&cref) {
-                // Mapped to the call until it is forgotten.
-                call.old_ids.push(call_id.clone());
-                call.forks.push(Fork {
-                    call_id,
-                    invite,
-                    cli,
-                });
+        let call = &mut *self;
+        let mut events = Vec::new();
+        for (i, f) in call.forks.iter_mut().enumerate() {
+            while let Some(b) = f.cli.poll_transmit() {
+                ep.out.push_back((None, b));
+            }
+            while let Some(e) = f.cli.poll_event() {
+                events.push((i, e));
             }
         }
+        for (i, e) in events {
+            let Some((status, msg)) = e.clone().into_response() else {
+                continue;
+            };
+            let call = &mut *self;
+            match status {
+                101..=199 => self.on_b_event(ep, now, cref, e),
+                200..=299 if !call.answered && !call.cancelled => {
+                    // This leg wins: it becomes the main one, every other
+                    // leg still ringing is cancelled.
+                    let f = &mut call.forks[i];
+                    std::mem::swap(&mut call.legs.b.call_id, &mut f.call_id);
+                    std::mem::swap(&mut call.legs.b.invite, &mut f.invite);
+                    std::mem::swap(&mut call.b_cli, &mut f.cli);
+                    B2bua::<R>::cancel_b(call, now, ep.cfg.timers);
+                    self.on_b_event(ep, now, cref, e);
+                }
+                200..=299 => self.hang_up_late_fork(ep, now, &msg, i),
+                487 => {}
+                _ => {
+                    let status = self.leg_failed(ep, now, Some(i), status);
+                    let call = &mut *self;
+                    if better(status, call.best) {
+                        call.best = Some(status);
+                    }
+                    if (600..700).contains(&status) && !call.answered {
+                        // A 6xx ends the search.
+                        call.forks_done = true;
+                        B2bua::<R>::cancel_b(call, now, ep.cfg.timers);
+                    }
+                }
+            }
+        }
+        // Requests the steps above queued (CANCEL, ACK, BYE).
+        self.drain_outputs(ep);
     }
 
-    /// A fork's response: true when `m` answers one of call `cref`'s forks.
-    pub(super) fn fork_response(&mut self, now: Instant, cref: u64, m: &Message<'_>) -> bool {
-        let Some(call) = self.calls.get_mut(&cref) else {
-            return false;
-        };
+    /// A fork's response: true when `m` answers one of the call's forks.
+    pub(super) fn fork_response(&mut self, now: Instant, m: &Message<'_>) -> bool {
+        let call = &mut *self;
         if m.cseq().method != Method::Invite {
             return false;
         }
@@ -86,114 +109,19 @@ impl<R: RngCore> B2bua<R> {
         }
     }
 
-    /// Acts on the forks' responses (see the module docs).
-    pub(super) fn drain_forks(&mut self, now: Instant, cref: u64) {
-        let Some(call) = self.calls.get_mut(&cref) else {
-            return;
-        };
-        let mut events = Vec::new();
-        for (i, f) in call.forks.iter_mut().enumerate() {
-            while let Some(b) = f.cli.poll_transmit() {
-                self.ep.out.push_back((None, b));
-            }
-            while let Some(e) = f.cli.poll_event() {
-                events.push((i, e));
-            }
-        }
-        for (i, e) in events {
-            let Some((status, msg)) = e.clone().into_response() else {
-                continue;
-            };
-            let Some(call) = self.calls.get_mut(&cref) else {
-                return;
-            };
-            match status {
-                101..=199 => self.on_b_event(now, cref, e),
-                200..=299 if !call.answered && !call.cancelled => {
-                    // This leg wins: it becomes the main one, every other
-                    // leg still ringing is cancelled.
-                    let f = &mut call.forks[i];
-                    std::mem::swap(&mut call.legs.b.call_id, &mut f.call_id);
-                    std::mem::swap(&mut call.legs.b.invite, &mut f.invite);
-                    std::mem::swap(&mut call.b_cli, &mut f.cli);
-                    Self::cancel_b(call, now, self.ep.cfg.timers);
-                    self.on_b_event(now, cref, e);
-                }
-                200..=299 => self.hang_up_late_fork(now, cref, &msg, i),
-                487 => {}
-                _ => {
-                    let status = self.leg_failed(now, cref, Some(i), status);
-                    let Some(call) = self.calls.get_mut(&cref) else {
-                        return;
-                    };
-                    if better(status, call.best) {
-                        call.best = Some(status);
-                    }
-                    if (600..700).contains(&status) && !call.answered {
-                        // A 6xx ends the search.
-                        call.forks_done = true;
-                        Self::cancel_b(call, now, self.ep.cfg.timers);
-                    }
-                }
-            }
-        }
-        // Requests the steps above queued (CANCEL, ACK, BYE).
-        self.drain_outputs(cref);
-    }
-
-    /// B answered with a 2xx that makes no dialog we can use (its Contact
-    /// missing or not a SIP URI, a Record-Route that does not parse): it
-    /// is ACKed and hung up at the address our INVITE reached (RFC 3261
-    /// §13.2.2.4), and the leg fails as 502 (Bad Gateway: an invalid
-    /// response from downstream, §21.5.3), so A hears an answer rather
-    /// than a call with no way to reach B. Its retransmissions get the
-    /// same ACK.
-    pub(super) fn unusable_answer(
-        &mut self,
-        now: Instant,
-        cref: u64,
-        resp: &Message<'_>,
-        ack_via: &[u8],
-    ) {
-        let Some(key) = self.calls.get(&cref).map(|c| c.key) else {
-            return;
-        };
-        let bye_via = self.ep.via(key);
-        let timers = self.ep.cfg.timers;
-        let Some(call) = self.calls.get_mut(&cref) else {
-            return;
-        };
-        let inv = call.legs.b.invite.clone();
-        let fallback = scan(&inv)
-            .ok()
-            .and_then(|bi| Dialog::uac_unusable(&bi, resp).ok());
-        if let Some(mut d) = fallback {
-            let ack = d.request("ACK", Some(1), ack_via, None, &[], None);
-            self.ep.out.push_back((None, ack.clone()));
-            call.b_ack = Some(ack);
-            push_bye(&mut call.nits, &mut d, now, timers, &bye_via, &[]);
-        }
-        self.on_b_event(
-            now,
-            cref,
-            Event::Response {
-                status: 502,
-                message: Vec::new(),
-            },
-        );
-    }
-
     /// A 2xx on a leg that lost (another answered first, or A cancelled):
     /// ACKed and hung up, so the phone does not ring on alone.
-    fn hang_up_late_fork(&mut self, now: Instant, cref: u64, msg: &[u8], i: usize) {
-        let Some(key) = self.calls.get(&cref).map(|c| c.key) else {
-            return;
-        };
-        let (ack_via, bye_via) = (self.ep.via(key), self.ep.via(key));
-        let timers = self.ep.cfg.timers;
-        let Some(call) = self.calls.get_mut(&cref) else {
-            return;
-        };
+    fn hang_up_late_fork<R: RngCore>(
+        &mut self,
+        ep: &mut Endpoint<R>,
+        now: Instant,
+        msg: &[u8],
+        i: usize,
+    ) {
+        let key = self.key;
+        let (ack_via, bye_via) = (ep.via(key), ep.via(key));
+        let timers = ep.cfg.timers;
+        let call = &mut *self;
         let Some(f) = call.forks.get(i) else { return };
         let (Ok(inv), Ok(resp)) = (scan(&f.invite), scan(msg)) else {
             return;
@@ -208,17 +136,20 @@ impl<R: RngCore> B2bua<R> {
             d.route_set = vec![r.of(inv.buf()).to_vec()];
         }
         let ack = d.request("ACK", Some(1), &ack_via, None, &[], None);
-        self.ep.out.push_back((None, ack));
+        ep.out.push_back((None, ack));
         push_bye(&mut call.nits, &mut d, now, timers, &bye_via, &[]);
     }
 
     /// The main leg failed with `status`: when another leg still rings it
     /// becomes the main one and true is returned (A waits); else the best
     /// answer of all legs for A.
-    pub(super) fn next_fork(&mut self, now: Instant, cref: u64, status: u16) -> Result<(), u16> {
-        let Some(call) = self.calls.get_mut(&cref) else {
-            return Err(status);
-        };
+    pub(super) fn next_fork<R: RngCore>(
+        &mut self,
+        ep: &mut Endpoint<R>,
+        now: Instant,
+        status: u16,
+    ) -> Result<(), u16> {
+        let call = &mut *self;
         if call.forks.is_empty() {
             return Err(status);
         }
@@ -231,7 +162,7 @@ impl<R: RngCore> B2bua<R> {
         if (600..700).contains(&status) {
             // A 6xx ends the search.
             call.forks_done = true;
-            Self::cancel_b(call, now, self.ep.cfg.timers);
+            B2bua::<R>::cancel_b(call, now, ep.cfg.timers);
             return Err(status);
         }
         if !call.forks_done
@@ -243,6 +174,74 @@ impl<R: RngCore> B2bua<R> {
             return Ok(());
         }
         Err(call.best.unwrap_or(status))
+    }
+
+    /// Starts a fork of the call to each of `targets` (A's INVITE `m`).
+    pub(super) fn start_forks<R: RngCore>(
+        &mut self,
+        ep: &mut Endpoint<R>,
+        now: Instant,
+        cref: u64,
+        m: &Message<'_>,
+        targets: &[Target],
+    ) {
+        let (key, asserted) = (self.key, self.asserted.clone());
+        for t in targets {
+            ep.stats.forks += 1;
+            let (call_id, invite) = ep.leg_b_invite(m, key, t, asserted.as_deref());
+            let cli = ClientInvite::new(now, ep.cfg.timers, invite.clone());
+            ep.by_call_id.insert(call_id.clone(), cref);
+            {
+                let call = &mut *self;
+                // Mapped to the call until it is forgotten.
+                call.old_ids.push(call_id.clone());
+                call.forks.push(Fork {
+                    call_id,
+                    invite,
+                    cli,
+                });
+            }
+        }
+    }
+
+    /// B answered with a 2xx that makes no dialog we can use (its Contact
+    /// missing or not a SIP URI, a Record-Route that does not parse): it
+    /// is ACKed and hung up at the address our INVITE reached (RFC 3261
+    /// §13.2.2.4), and the leg fails as 502 (Bad Gateway: an invalid
+    /// response from downstream, §21.5.3), so A hears an answer rather
+    /// than a call with no way to reach B. Its retransmissions get the
+    /// same ACK.
+    pub(super) fn unusable_answer<R: RngCore>(
+        &mut self,
+        ep: &mut Endpoint<R>,
+        now: Instant,
+        cref: u64,
+        resp: &Message<'_>,
+        ack_via: &[u8],
+    ) {
+        let key = self.key;
+        let bye_via = ep.via(key);
+        let timers = ep.cfg.timers;
+        let call = &mut *self;
+        let inv = call.legs.b.invite.clone();
+        let fallback = scan(&inv)
+            .ok()
+            .and_then(|bi| Dialog::uac_unusable(&bi, resp).ok());
+        if let Some(mut d) = fallback {
+            let ack = d.request("ACK", Some(1), ack_via, None, &[], None);
+            ep.out.push_back((None, ack.clone()));
+            call.b_ack = Some(ack);
+            push_bye(&mut call.nits, &mut d, now, timers, &bye_via, &[]);
+        }
+        self.on_b_event(
+            ep,
+            now,
+            cref,
+            Event::Response {
+                status: 502,
+                message: Vec::new(),
+            },
+        );
     }
 }
 

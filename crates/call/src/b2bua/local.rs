@@ -171,7 +171,9 @@ impl<R: RngCore> B2bua<R> {
                             Some((d.remote_target.clone(), d.remote_uri.clone(), t))
                         });
                     let Some((uri, to, t)) = found else {
-                        self.local_start_failed(now, cref, from, m.cseq().seq, attended, 481);
+                        self.with_call(cref, |c, ep| {
+                            c.local_start_failed(ep, now, from, m.cseq().seq, attended, 481)
+                        });
                         return;
                     };
                     (uri, to, Some(t.to_value()))
@@ -182,7 +184,9 @@ impl<R: RngCore> B2bua<R> {
                     let key = self.ep.cfg.hashing.affinity_key(m.call_id());
                     let (targets, _) = self.locate(now, Some(u), key);
                     let Some(target) = targets.into_iter().next() else {
-                        self.local_start_failed(now, cref, from, m.cseq().seq, attended, 404);
+                        self.with_call(cref, |c, ep| {
+                            c.local_start_failed(ep, now, from, m.cseq().seq, attended, 404)
+                        });
                         return;
                     };
                     let routed = format!("sip:{}@{}", String::from_utf8_lossy(&user), target.addr);
@@ -271,7 +275,7 @@ impl<R: RngCore> B2bua<R> {
             replaced,
             replaced_id,
         });
-        self.local_notify(now, cref, 100, false);
+        self.with_call(cref, |c, ep| c.local_notify(ep, now, 100, false));
     }
 
     /// The dialog with the party on the other side of the call that a
@@ -288,99 +292,6 @@ impl<R: RngCore> B2bua<R> {
             .flatten()
             .find(|d| d.id.call_id == t.call_id)
             .map(|d| (cref2, d.clone()))
-    }
-
-    /// A local transfer that could not even start: NOTIFY the failure.
-    fn local_start_failed(
-        &mut self,
-        now: Instant,
-        cref: u64,
-        transferor: Side,
-        refer_seq: u32,
-        attended: bool,
-        status: u16,
-    ) {
-        self.local_notify_raw(now, cref, transferor, refer_seq, status, true);
-        self.report_transfer(
-            now,
-            cref,
-            TransferEvent {
-                attended,
-                local: true,
-                result: TransferResult::Failed,
-                elapsed: Duration::ZERO,
-            },
-        );
-    }
-
-    /// NOTIFY to the transferor of call `cref`'s transfer: `status` as a
-    /// sipfrag, the subscription `terminated` or active.
-    fn local_notify(&mut self, now: Instant, cref: u64, status: u16, terminated: bool) {
-        let Some(l) = self.calls.get(&cref).and_then(|c| c.local.as_ref()) else {
-            return;
-        };
-        let (transferor, seq) = (l.transferor, l.refer_seq);
-        self.local_notify_raw(now, cref, transferor, seq, status, terminated);
-    }
-
-    fn local_notify_raw(
-        &mut self,
-        now: Instant,
-        cref: u64,
-        transferor: Side,
-        refer_seq: u32,
-        status: u16,
-        terminated: bool,
-    ) {
-        let Some(call) = self.calls.get(&cref) else {
-            return;
-        };
-        let key = call.key;
-        let via = self.ep.via(key);
-        let timers = self.ep.cfg.timers;
-        let Some(call) = self.calls.get_mut(&cref) else {
-            return;
-        };
-        let Some(d) = call.legs[transferor].dialog.as_mut() else {
-            return;
-        };
-        let contact = self.ep.cfg.contact(key, &d.id.call_id);
-        let event = format!("refer;id={refer_seq}");
-        let state: &[u8] = if terminated {
-            b"terminated;reason=noresource"
-        } else {
-            b"active;expires=60"
-        };
-        let body = sipfrag(status);
-        let n = d.request(
-            "NOTIFY",
-            None,
-            &via,
-            Some(&contact),
-            &[("Event", event.as_bytes()), ("Subscription-State", state)],
-            Some((b"message/sipfrag;version=2.0", &body)),
-        );
-        if let Ok(k) = scan(&n).map(|x| Key::server(&x)) {
-            call.nits
-                .push(Nit::Client(k, ClientNonInvite::new(now, timers, n)));
-        }
-    }
-
-    /// A response on call `cref` to one of the local transfer's INVITEs;
-    /// false when it is not theirs.
-    pub(super) fn local_response(&mut self, now: Instant, cref: u64, m: &Message<'_>) -> bool {
-        let Some(l) = self.calls.get_mut(&cref).and_then(|c| c.local.as_mut()) else {
-            return false;
-        };
-        let key = Key::client(m);
-        if key == l.t_key {
-            l.t_cli.handle_response(now, m);
-        } else if let Some(r) = l.r.as_mut().filter(|r| r.1 == key) {
-            r.2.handle_response(now, m);
-        } else {
-            return false;
-        }
-        true
     }
 
     /// A request on call `cref` from a leg the local transfer has to do
@@ -401,30 +312,16 @@ impl<R: RngCore> B2bua<R> {
         match m.method() {
             Some(Method::Ack) => {}
             Some(Method::Bye) => {
-                self.answer_nit(now, cref, m, 200);
+                self.with_call(cref, |c, ep| c.answer_nit(ep, now, m, 200));
                 if from_target {
                     // The target hung up before the transfer completed.
                     self.local_fail(now, cref, 487);
                 }
             }
-            _ if from_target => self.answer_nit(now, cref, m, 491),
-            _ => self.answer_nit(now, cref, m, 481),
+            _ if from_target => self.with_call(cref, |c, ep| c.answer_nit(ep, now, m, 491)),
+            _ => self.with_call(cref, |c, ep| c.answer_nit(ep, now, m, 481)),
         }
         true
-    }
-
-    /// Answers a non-INVITE request through a server transaction of call
-    /// `cref` (so retransmissions get the same answer).
-    fn answer_nit(&mut self, now: Instant, cref: u64, m: &Message<'_>, status: u16) {
-        let Some(call) = self.calls.get_mut(&cref) else {
-            return;
-        };
-        let mut r = Vec::new();
-        response(&m.reply_parts(), status, None, None, &[], &mut r);
-        let mut t = ServerNonInvite::new(now, self.ep.cfg.timers);
-        t.send_response(now, status, r);
-        call.nits
-            .push(Nit::Server(Key::server(m), t, via_target(m)));
     }
 
     /// The transfer failed with `status`: the target's leg is let go, the
@@ -450,7 +347,7 @@ impl<R: RngCore> B2bua<R> {
                 }
             }
         }
-        self.local_notify(now, cref, status, true);
+        self.with_call(cref, |c, ep| c.local_notify(ep, now, status, true));
         self.report_transfer(
             now,
             cref,
@@ -461,19 +358,6 @@ impl<R: RngCore> B2bua<R> {
                 elapsed: now - at,
             },
         );
-    }
-
-    /// Sends a BYE in dialog `d` through a client transaction of `cref`.
-    pub(super) fn bye_in(&mut self, now: Instant, cref: u64, d: &mut Dialog) {
-        let Some(call) = self.calls.get(&cref) else {
-            return;
-        };
-        let key = call.key;
-        let via = self.ep.via(key);
-        let timers = self.ep.cfg.timers;
-        if let Some(call) = self.calls.get_mut(&cref) {
-            push_bye(&mut call.nits, d, now, timers, &via, &[]);
-        }
     }
 
     /// Moves the local transfer's output out and acts on its events.
@@ -553,7 +437,7 @@ impl<R: RngCore> B2bua<R> {
                         self.ep.out.push_back((None, ack.clone()));
                         l.t_ack = Some(ack);
                         let mut d = d.clone();
-                        self.bye_in(now, cref, &mut d);
+                        self.with_call(cref, |c, ep| c.bye_in(ep, now, &mut d));
                     }
                     self.local_fail(now, cref, 488);
                     return;
@@ -659,7 +543,7 @@ impl<R: RngCore> B2bua<R> {
                     self.ep.out.push_back((None, ack.clone()));
                     l.t_ack = Some(ack);
                     let mut d = d.clone();
-                    self.bye_in(now, cref, &mut d);
+                    self.with_call(cref, |c, ep| c.bye_in(ep, now, &mut d));
                 }
                 self.local_fail(now, cref, status);
             }
@@ -669,7 +553,7 @@ impl<R: RngCore> B2bua<R> {
     /// The transfer succeeded: the transferor hears 200 and is hung up;
     /// the target takes its place in the call.
     fn local_complete(&mut self, now: Instant, cref: u64) {
-        self.local_notify(now, cref, 200, true);
+        self.with_call(cref, |c, ep| c.local_notify(ep, now, 200, true));
         let Some(call) = self.calls.get_mut(&cref) else {
             return;
         };
@@ -683,7 +567,7 @@ impl<R: RngCore> B2bua<R> {
         let old_id = core::mem::replace(&mut leg.call_id, t_call_id);
         call.old_ids.push(old_id);
         if let Some(mut old) = old {
-            self.bye_in(now, cref, &mut old);
+            self.with_call(cref, |c, ep| c.bye_in(ep, now, &mut old));
         }
         // Attended: the replaced call ends; its leg to the target now
         // belongs to this call, so only the transferor's leg gets BYE.
@@ -723,12 +607,139 @@ impl<R: RngCore> B2bua<R> {
             },
         );
     }
+}
 
-    /// Runs the local transfer's timers, the ring timeout included.
-    pub(super) fn local_timers(&mut self, now: Instant, cref: u64) {
-        let Some(call) = self.calls.get_mut(&cref) else {
+impl Call {
+    /// Answers a non-INVITE request through a server transaction of
+    /// the call (so retransmissions get the same answer).
+    fn answer_nit<R: RngCore>(
+        &mut self,
+        ep: &mut Endpoint<R>,
+        now: Instant,
+        m: &Message<'_>,
+        status: u16,
+    ) {
+        let call = &mut *self;
+        let mut r = Vec::new();
+        response(&m.reply_parts(), status, None, None, &[], &mut r);
+        let mut t = ServerNonInvite::new(now, ep.cfg.timers);
+        t.send_response(now, status, r);
+        call.nits
+            .push(Nit::Server(Key::server(m), t, via_target(m)));
+    }
+
+    /// Sends a BYE in dialog `d` through a client transaction of the call.
+    pub(super) fn bye_in<R: RngCore>(
+        &mut self,
+        ep: &mut Endpoint<R>,
+        now: Instant,
+        d: &mut Dialog,
+    ) {
+        let call = &*self;
+        let key = call.key;
+        let via = ep.via(key);
+        let timers = ep.cfg.timers;
+        push_bye(&mut self.nits, d, now, timers, &via, &[]);
+    }
+
+    /// NOTIFY to the transferor of the call's transfer: `status` as a
+    /// sipfrag, the subscription `terminated` or active.
+    fn local_notify<R: RngCore>(
+        &mut self,
+        ep: &mut Endpoint<R>,
+        now: Instant,
+        status: u16,
+        terminated: bool,
+    ) {
+        let Some(l) = self.local.as_ref() else {
             return;
         };
+        let (transferor, seq) = (l.transferor, l.refer_seq);
+        self.local_notify_raw(ep, now, transferor, seq, status, terminated);
+    }
+
+    fn local_notify_raw<R: RngCore>(
+        &mut self,
+        ep: &mut Endpoint<R>,
+        now: Instant,
+        transferor: Side,
+        refer_seq: u32,
+        status: u16,
+        terminated: bool,
+    ) {
+        let call = &*self;
+        let key = call.key;
+        let via = ep.via(key);
+        let timers = ep.cfg.timers;
+        let call = &mut *self;
+        let Some(d) = call.legs[transferor].dialog.as_mut() else {
+            return;
+        };
+        let contact = ep.cfg.contact(key, &d.id.call_id);
+        let event = format!("refer;id={refer_seq}");
+        let state: &[u8] = if terminated {
+            b"terminated;reason=noresource"
+        } else {
+            b"active;expires=60"
+        };
+        let body = sipfrag(status);
+        let n = d.request(
+            "NOTIFY",
+            None,
+            &via,
+            Some(&contact),
+            &[("Event", event.as_bytes()), ("Subscription-State", state)],
+            Some((b"message/sipfrag;version=2.0", &body)),
+        );
+        if let Ok(k) = scan(&n).map(|x| Key::server(&x)) {
+            call.nits
+                .push(Nit::Client(k, ClientNonInvite::new(now, timers, n)));
+        }
+    }
+
+    /// A response on the call to one of the local transfer's INVITEs;
+    /// false when it is not theirs.
+    pub(super) fn local_response(&mut self, now: Instant, m: &Message<'_>) -> bool {
+        let Some(l) = self.local.as_mut() else {
+            return false;
+        };
+        let key = Key::client(m);
+        if key == l.t_key {
+            l.t_cli.handle_response(now, m);
+        } else if let Some(r) = l.r.as_mut().filter(|r| r.1 == key) {
+            r.2.handle_response(now, m);
+        } else {
+            return false;
+        }
+        true
+    }
+
+    /// A local transfer that could not even start: NOTIFY the failure.
+    fn local_start_failed<R: RngCore>(
+        &mut self,
+        ep: &mut Endpoint<R>,
+        now: Instant,
+        transferor: Side,
+        refer_seq: u32,
+        attended: bool,
+        status: u16,
+    ) {
+        self.local_notify_raw(ep, now, transferor, refer_seq, status, true);
+        self.report_transfer(
+            ep,
+            now,
+            TransferEvent {
+                attended,
+                local: true,
+                result: TransferResult::Failed,
+                elapsed: Duration::ZERO,
+            },
+        );
+    }
+
+    /// Runs the local transfer's timers, the ring timeout included.
+    pub(super) fn local_timers<R: RngCore>(&mut self, ep: &mut Endpoint<R>, now: Instant) {
+        let call = &mut *self;
         let Some(l) = call.local.as_mut() else { return };
         l.t_cli.handle_timeout(now);
         if let Some(r) = l.r.as_mut() {
@@ -737,7 +748,7 @@ impl<R: RngCore> B2bua<R> {
         if l.stage == Stage::Target && l.ring_deadline.is_some_and(|t| t <= now) {
             l.ring_deadline = None;
             l.no_answer = true;
-            self.ep.stats.unanswered += 1;
+            ep.stats.unanswered += 1;
             if matches!(
                 l.t_cli.state(),
                 InviteState::Calling | InviteState::Proceeding
@@ -746,7 +757,7 @@ impl<R: RngCore> B2bua<R> {
                 if let Ok(ck) = scan(&cancel).map(|c| Key::server(&c)) {
                     call.nits.push(Nit::Client(
                         ck,
-                        ClientNonInvite::new(now, self.ep.cfg.timers, cancel),
+                        ClientNonInvite::new(now, ep.cfg.timers, cancel),
                     ));
                 }
             }

@@ -281,42 +281,6 @@ impl<R: RngCore> B2bua<R> {
         })
     }
 
-    /// A B leg (the main one, or fork `fork`) failed with `status`: when
-    /// it is `430 Flow Failed` (the edge no longer holds the registered
-    /// phone's connection, RFC 5626 §5.3) the binding it went to is
-    /// dropped, and the caller hears `480 Temporarily Unavailable`
-    /// instead (430 is for the phone's own edge, not a caller). Returns
-    /// the status that counts for the caller.
-    pub(super) fn leg_failed(
-        &mut self,
-        now: Instant,
-        cref: u64,
-        fork: Option<usize>,
-        status: u16,
-    ) -> u16 {
-        if status != 430 {
-            return status;
-        }
-        let invite = self.calls.get(&cref).and_then(|c| match fork {
-            None => Some(c.legs.b.invite.clone()),
-            Some(i) => c.forks.get(i).map(|f| f.invite.clone()),
-        });
-        if let Some(inv) = invite
-            && let Ok(m) = scan(&inv)
-            && m.values(HeaderName::Route)
-                .next()
-                .is_some_and(|r| is_flow_route(r.of(m.buf())))
-            && let (Ok(to), Some(contact)) = (m.to(), m.request_uri())
-        {
-            let key = self.ep.cfg.hashing.aor_key(to.uri());
-            let aor = handover_sip::ids::aor(to.uri());
-            self.ep
-                .registrar
-                .flow_failed(now, key, &aor, contact.as_bytes());
-        }
-        480
-    }
-
     /// A new call from an untrusted source must carry credentials for our
     /// realm (407 otherwise). `Some`: go on, with who the caller proved to
     /// be (see [`Caller`]).
@@ -555,5 +519,41 @@ impl AuthStats {
             F::Malformed => self.malformed += 1,
             F::BadNonce => self.bad_nonce += 1,
         }
+    }
+}
+
+impl Call {
+    /// A B leg (the main one, or fork `fork`) failed with `status`: when
+    /// it is `430 Flow Failed` (the edge no longer holds the registered
+    /// phone's connection, RFC 5626 §5.3) the binding it went to is
+    /// dropped, and the caller hears `480 Temporarily Unavailable`
+    /// instead (430 is for the phone's own edge, not a caller). Returns
+    /// the status that counts for the caller.
+    pub(super) fn leg_failed<R: RngCore>(
+        &mut self,
+        ep: &mut Endpoint<R>,
+        now: Instant,
+        fork: Option<usize>,
+        status: u16,
+    ) -> u16 {
+        if status != 430 {
+            return status;
+        }
+        let invite = match fork {
+            None => Some(self.legs.b.invite.clone()),
+            Some(i) => self.forks.get(i).map(|f| f.invite.clone()),
+        };
+        if let Some(inv) = invite
+            && let Ok(m) = scan(&inv)
+            && m.values(HeaderName::Route)
+                .next()
+                .is_some_and(|r| is_flow_route(r.of(m.buf())))
+            && let (Ok(to), Some(contact)) = (m.to(), m.request_uri())
+        {
+            let key = ep.cfg.hashing.aor_key(to.uri());
+            let aor = handover_sip::ids::aor(to.uri());
+            ep.registrar.flow_failed(now, key, &aor, contact.as_bytes());
+        }
+        480
     }
 }

@@ -167,7 +167,7 @@ impl<R: RngCore> B2bua<R> {
                         Side::A => EndCause::Caller,
                         Side::B => EndCause::Callee,
                     };
-                    self.record_end(now, cref, cause, 200);
+                    self.with_call(cref, |c, ep| c.record_end(ep, now, cause, 200));
                 }
             }
             (

@@ -93,10 +93,12 @@ impl<R: RngCore> B2bua<R> {
             c2.over = true;
             c2.a_ok = None;
             self.ep.stats.hung_up += 1;
-            self.record_end(now, cref2, EndCause::Transferred, 200);
+            self.with_call(cref2, |c, ep| {
+                c.record_end(ep, now, EndCause::Transferred, 200)
+            });
         }
         if let Some(mut o) = other {
-            self.bye_in(now, cref2, &mut o);
+            self.with_call(cref2, |c, ep| c.bye_in(ep, now, &mut o));
         }
         self.drain(now, cref2);
         self.schedule(cref2);

@@ -388,58 +388,6 @@ impl<R: RngCore> B2bua<R> {
         self.ep.by_call_id.contains_key(call_id)
     }
 
-    /// Queues call `cref`'s state if it changed since it was last queued
-    /// (called whenever the call was touched).
-    pub(super) fn replicate_call(&mut self, cref: u64) {
-        if !self.ep.replicate {
-            return;
-        }
-        let Some(call) = self.calls.get_mut(&cref) else {
-            return;
-        };
-        let key = call.key;
-        if call.over {
-            if let Some((version, _)) = call.replicated.take() {
-                self.ep.replication.push_back(Replication::Remove {
-                    id: call.id.clone(),
-                    key,
-                    version: version + 1,
-                });
-            }
-            return;
-        }
-        let (Some(a), Some(b)) = (&call.legs.a.dialog, &call.legs.b.dialog) else {
-            return;
-        };
-        if !call.answered {
-            return;
-        }
-        let pending = pending_request(call);
-        let registrar = &self.ep.registrar;
-        let wall = |t: Instant| registrar.wall_ms(t);
-        let refer = refer_of(call, &wall);
-        let local = local_of(call, &wall);
-        let print = print(
-            a,
-            b,
-            call.local_mode,
-            pending.as_ref(),
-            refer.as_ref(),
-            local.as_ref(),
-        );
-        let version = match call.replicated {
-            Some((_, p)) if p == print => return,
-            Some((v, _)) => v + 1,
-            None => 1,
-        };
-        call.replicated = Some((version, print));
-        if let Some(rec) = record_of(call, version, pending, refer, local) {
-            self.ep
-                .replication
-                .push_back(Replication::Upsert(Box::new(rec)));
-        }
-    }
-
     /// A call's committed version moved: its upsert of `version` is
     /// committed (the shell tells, from the replica).
     pub fn stored(&mut self, call_id: &[u8], version: u64) {
@@ -551,7 +499,9 @@ impl<R: RngCore> B2bua<R> {
     /// shard over). False when the call is already held here or the record
     /// is unusable (A's INVITE does not scan, or a tag is not ours).
     pub fn adopt(&mut self, now: Instant, rec: CallRecord) -> bool {
-        if self.ep.by_call_id.contains_key(&rec.id) || self.ep.by_call_id.contains_key(&rec.a_call_id) {
+        if self.ep.by_call_id.contains_key(&rec.id)
+            || self.ep.by_call_id.contains_key(&rec.a_call_id)
+        {
             return false;
         }
         let Ok(a) = scan(&rec.a_invite) else {
@@ -765,5 +715,55 @@ impl<R: RngCore> B2bua<R> {
         }
         self.schedule(cref);
         true
+    }
+}
+
+impl Call {
+    /// Queues the call's state if it changed since it was last queued
+    /// (called whenever the call was touched).
+    pub(super) fn replicate_call<R: RngCore>(&mut self, ep: &mut Endpoint<R>) {
+        if !ep.replicate {
+            return;
+        }
+        let call = &mut *self;
+        let key = call.key;
+        if call.over {
+            if let Some((version, _)) = call.replicated.take() {
+                ep.replication.push_back(Replication::Remove {
+                    id: call.id.clone(),
+                    key,
+                    version: version + 1,
+                });
+            }
+            return;
+        }
+        let (Some(a), Some(b)) = (&call.legs.a.dialog, &call.legs.b.dialog) else {
+            return;
+        };
+        if !call.answered {
+            return;
+        }
+        let pending = pending_request(call);
+        let registrar = &ep.registrar;
+        let wall = |t: Instant| registrar.wall_ms(t);
+        let refer = refer_of(call, &wall);
+        let local = local_of(call, &wall);
+        let print = print(
+            a,
+            b,
+            call.local_mode,
+            pending.as_ref(),
+            refer.as_ref(),
+            local.as_ref(),
+        );
+        let version = match call.replicated {
+            Some((_, p)) if p == print => return,
+            Some((v, _)) => v + 1,
+            None => 1,
+        };
+        call.replicated = Some((version, print));
+        if let Some(rec) = record_of(call, version, pending, refer, local) {
+            ep.replication.push_back(Replication::Upsert(Box::new(rec)));
+        }
     }
 }

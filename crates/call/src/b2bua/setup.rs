@@ -5,131 +5,6 @@
 use super::*;
 
 impl<R: RngCore> B2bua<R> {
-    /// The INVITE of a new B leg to `target` for A's INVITE `m`: its own
-    /// Call-ID, tag and CSeq; A's From and SDP; Via and Contact naming the
-    /// edge with the call's key; the caller's `asserted` identity when the
-    /// target is a trusted peer (RFC 3325 §9.1: sent only within the trust
-    /// domain).
-    pub(super) fn leg_b_invite(
-        &mut self,
-        m: &Message<'_>,
-        key: u64,
-        target: &Target,
-        asserted: Option<&[u8]>,
-    ) -> (Vec<u8>, Vec<u8>) {
-        let user = m.request_uri().and_then(|u| u.user()).unwrap_or_default();
-        let b_call_id = self.ep.ids.call_id().as_bytes().to_vec();
-        let b_tag = self.ep.ids.tag();
-        let via = self.ep.via(key);
-        let contact = self.ep.contact(key, &b_call_id);
-        let routed = format!("sip:{}@{}", String::from_utf8_lossy(user), target.addr);
-        // A registered phone: its Contact is the Request-URI, and To names
-        // the AOR that was called.
-        let (uri, to) = match &target.uri {
-            Some(c) => (
-                String::from_utf8_lossy(c).into_owned(),
-                format!(
-                    "<{}>",
-                    m.request_uri()
-                        .map_or(routed.clone(), |u| String::from_utf8_lossy(u.as_bytes())
-                            .into_owned())
-                ),
-            ),
-            None => (routed.clone(), format!("<{routed}>")),
-        };
-        let route: Vec<&[u8]> = target.route.iter().map(Vec::as_slice).collect();
-        let from = m.from().map(|f| {
-            let s = f.span();
-            let p = f.params_span();
-            m.buf()[s.start..if p.is_empty() { s.end } else { p.start }].to_vec()
-        });
-        let from = from.unwrap_or_else(|_| b"<sip:anonymous@anonymous.invalid>".to_vec());
-        let body = m.content_type().map(|ct| (ct, m.body()));
-        let mf = m.max_forwards().unwrap_or(70).saturating_sub(1).min(255) as u8;
-        let mut headers = end_to_end_headers(
-            m,
-            self.ep.cfg.trusted.contains(sender_ip(m)),
-            &self.ep.cfg.identity_headers,
-        );
-        if let Some(v) = asserted
-            && self.ep.cfg.trusted.contains(Some(target.addr.ip()))
-        {
-            // Ours replaces any the caller sent (a trusted caller is not
-            // challenged, so has no identity of ours to assert).
-            headers.retain(|(n, _)| !n.eq_ignore_ascii_case("P-Asserted-Identity"));
-            headers.push(("P-Asserted-Identity", v));
-        }
-        let build = |uri: &str| {
-            handover_sip::build::Request {
-                method: "INVITE",
-                uri: uri.as_bytes(),
-                via: &[&via],
-                from: &from,
-                from_tag: b_tag.as_bytes(),
-                to: to.as_bytes(),
-                call_id: &b_call_id,
-                cseq: 1,
-                max_forwards: mf,
-                route: &route,
-                contact: Some(&contact),
-                headers: &headers,
-                body,
-                ..Default::default()
-            }
-            .to_vec()
-        };
-        let mut invite = build(&uri);
-        // RFC 3261 §18.1.1: a request above the path MTU (1,300 bytes when
-        // it is unknown) goes over TCP, to a target that takes TCP too
-        // (its route says so: `;tcp_above`). The Request-URI says so, so
-        // the edge opens the connection, and the INVITE's CANCEL and ACK
-        // (built from it) and the dialog (Record-Routed with the flow)
-        // follow it.
-        if let Some(limit) = target.tcp_above
-            && target.uri.is_none()
-            && invite.len() > usize::from(limit)
-        {
-            invite = build(&format!("{uri};transport=tcp"));
-        }
-        (b_call_id, invite)
-    }
-
-    /// After 408, 503 or no answer from the current target, starts a new B
-    /// leg to the route's next target. False when there is none left.
-    pub(super) fn fail_over(&mut self, now: Instant, cref: u64) -> bool {
-        let Some(call) = self.calls.get_mut(&cref) else {
-            return false;
-        };
-        if call.cancelled || call.answered || call.tried >= call.targets.len() {
-            return false;
-        }
-        let target = call.targets[call.tried].clone();
-        call.tried += 1;
-        let (a_bytes, key, old) = (
-            call.legs.a.invite.clone(),
-            call.key,
-            call.legs.b.call_id.clone(),
-        );
-        let asserted = call.asserted.clone();
-        let Ok(a) = scan(&a_bytes) else { return false };
-        let (cid, invite) = self.leg_b_invite(&a, key, &target, asserted.as_deref());
-        let timers = self.ep.cfg.timers;
-        let Some(call) = self.calls.get_mut(&cref) else {
-            return false;
-        };
-        call.legs.b.call_id = cid.clone();
-        call.legs.b.invite = invite.clone();
-        call.b_cli = ClientInvite::new(now, timers, invite);
-        call.heard = false;
-        call.no_answer = false;
-        call.ring_deadline = Some(now + self.ep.cfg.ring_timeout);
-        self.ep.by_call_id.remove(&old);
-        self.ep.by_call_id.insert(cid, cref);
-        self.ep.stats.failovers += 1;
-        self.drain_outputs(cref);
-        true
-    }
-
     /// Where an INVITE with `Replaces` (RFC 3891) goes when it names a
     /// dialog of ours as the party there knows it (`to-tag` theirs,
     /// `from-tag` ours): to that party's current target, whatever the
@@ -228,7 +103,7 @@ impl<R: RngCore> B2bua<R> {
         self.ep.stats.started += 1;
         let a_tag = self.ep.ids.tag();
         let a_srv = ServerInvite::new(now, self.ep.cfg.timers, m);
-        let (b_call_id, b_invite) = self.leg_b_invite(m, key, &target, asserted.as_deref());
+        let (b_call_id, b_invite) = self.ep.leg_b_invite(m, key, &target, asserted.as_deref());
         let b_cli = ClientInvite::new(now, self.ep.cfg.timers, b_invite.clone());
         let b_uri = scan(&b_invite)
             .ok()
@@ -298,7 +173,7 @@ impl<R: RngCore> B2bua<R> {
             },
         );
         if fork {
-            self.start_forks(now, cref, m, &targets[1..]);
+            self.with_call(cref, |c, ep| c.start_forks(ep, now, cref, m, &targets[1..]));
         }
         self.drain(now, cref);
         Some(cref)
@@ -352,7 +227,7 @@ impl<R: RngCore> B2bua<R> {
                 return;
             }
         }
-        if self.local_response(now, cref, m) {
+        if self.with_call(cref, |c, _| c.local_response(now, m)) {
             self.drain(now, cref);
             return;
         }
@@ -362,7 +237,7 @@ impl<R: RngCore> B2bua<R> {
         if m.call_id() == call.legs.b.call_id.as_slice() && m.cseq().method == Method::Invite {
             call.b_cli.handle_response(now, m);
         } else {
-            self.fork_response(now, cref, m);
+            self.with_call(cref, |c, _| c.fork_response(now, m));
         }
         self.drain(now, cref);
     }
@@ -370,7 +245,7 @@ impl<R: RngCore> B2bua<R> {
     /// Moves every transaction's output of call `cref` out, and acts on
     /// their events.
     pub(super) fn drain(&mut self, now: Instant, cref: u64) {
-        self.drain_outputs(cref);
+        self.with_call(cref, |c, ep| c.drain_outputs(ep));
         let Some(call) = self.calls.get_mut(&cref) else {
             return;
         };
@@ -384,9 +259,9 @@ impl<R: RngCore> B2bua<R> {
             events.push(e);
         }
         for e in events {
-            self.on_b_event(now, cref, e);
+            self.with_call(cref, |c, ep| c.on_b_event(ep, now, cref, e));
         }
-        self.drain_forks(now, cref);
+        self.with_call(cref, |c, ep| c.drain_forks(ep, now, cref));
         self.drain_relays(now, cref);
         self.drain_local(now, cref);
         // Last: what the steps above queued (BYEs, NOTIFYs, answers) goes
@@ -416,204 +291,6 @@ impl<R: RngCore> B2bua<R> {
         // the time to find its next deadline grows with its requests.
         call.nits.retain(|n| !n.ended());
         call.relays.retain(|r| !r.ended());
-    }
-
-    pub(super) fn on_b_event(&mut self, now: Instant, cref: u64, e: Event) {
-        let (key, contact) = match self.calls.get(&cref) {
-            // The Contact of our answers to A.
-            Some(c) => (c.key, self.ep.contact(c.key, &c.legs.a.call_id)),
-            None => return,
-        };
-        let ack_via = self.ep.via(key);
-        let wall_now = self.unix_ms(now);
-        let Some(call) = self.calls.get_mut(&cref) else {
-            return;
-        };
-        let a_bytes = call.legs.a.invite.clone();
-        let Ok(a) = scan(&a_bytes) else { return };
-        let Some((status, msg)) = e.into_response() else {
-            return;
-        };
-        if status >= 200 {
-            call.ring_deadline = None;
-        }
-        // The 487 of our own CANCEL after the ring timeout: no answer.
-        let status = if call.no_answer && status == 487 {
-            408
-        } else {
-            status
-        };
-        let resp = scan(&msg).ok();
-        let body = resp
-            .as_ref()
-            .and_then(|r| r.content_type().map(|ct| (ct.to_vec(), r.body().to_vec())));
-        let body_ref = body.as_ref().map(|(c, b)| (c.as_slice(), b.as_slice()));
-        let tag = call.a_tag;
-        if (180..200).contains(&status) && call.detail.ringing_ms == 0 {
-            call.detail.ringing_ms = wall_now;
-        }
-        if status > 100 && !call.heard && !call.cancelled {
-            call.heard = true;
-            self.ep
-                .latencies
-                .push_back((Latency::FirstResponse, now - call.started_at));
-        }
-        if (200..300).contains(&status) && !call.answered && !call.cancelled && !call.over {
-            self.ep
-                .latencies
-                .push_back((Latency::Answer, now - call.started_at));
-        }
-        match status {
-            100 => {}
-            101..=199 if !call.cancelled => {
-                let from_trusted = self
-                    .ep
-                    .cfg
-                    .trusted
-                    .contains(addressee_ip(&call.legs.b.invite));
-                let mut extra = resp
-                    .as_ref()
-                    .map(|p| end_to_end_headers(p, from_trusted, &self.ep.cfg.identity_headers))
-                    .unwrap_or_default();
-                extra.push(("Contact", &contact));
-                extra.extend(record_routes(&a));
-                let mut r = Vec::new();
-                response_with_body(
-                    &a.reply_parts(),
-                    status,
-                    None,
-                    Some(tag.as_bytes()),
-                    &extra,
-                    body_ref,
-                    &mut r,
-                );
-                call.a_srv.send_response(now, status, r);
-            }
-            200..=299 => {
-                let Some(resp) = resp else { return };
-                if call.legs.b.dialog.is_none() {
-                    let inv = call.legs.b.invite.clone();
-                    let dialog = scan(&inv).ok().and_then(|bi| {
-                        let mut d = Dialog::uac(&bi, &resp).ok()?;
-                        // A registered phone answers without a Record-Route
-                        // (the edge adds none to our requests): the dialog
-                        // keeps reaching it on its flow.
-                        if d.route_set.is_empty()
-                            && let Some(r) = bi.values(HeaderName::Route).next()
-                            && register::is_flow_route(r.of(bi.buf()))
-                        {
-                            d.route_set = vec![r.of(bi.buf()).to_vec()];
-                        }
-                        Some(d)
-                    });
-                    match dialog {
-                        Some(mut d) => {
-                            let ack = d.request("ACK", Some(1), &ack_via, None, &[], None);
-                            call.b_ack = Some(ack);
-                            call.legs.b.dialog = Some(d);
-                        }
-                        None if call.b_ack.is_none() => {
-                            self.unusable_answer(now, cref, &resp, &ack_via);
-                            return;
-                        }
-                        None => {}
-                    }
-                }
-                if let Some(ack) = &call.b_ack {
-                    self.ep.out.push_back((None, ack.clone()));
-                }
-                let Some(call) = self.calls.get_mut(&cref) else {
-                    return;
-                };
-                if call.cancelled || call.answered || call.over {
-                    return;
-                }
-                call.answered = true;
-                call.answered_at = Some(now + self.ep.cfg.max_call_age);
-                call.session_expires = session_interval(&resp).map(|i| now + i);
-                self.ep.stats.answered += 1;
-                let from_trusted = self
-                    .ep
-                    .cfg
-                    .trusted
-                    .contains(addressee_ip(&call.legs.b.invite));
-                let mut extra =
-                    end_to_end_headers(&resp, from_trusted, &self.ep.cfg.identity_headers);
-                extra.push(("Contact", &contact));
-                extra.extend(record_routes(&a));
-                let mut r = Vec::new();
-                response_with_body(
-                    &a.reply_parts(),
-                    status,
-                    None,
-                    Some(tag.as_bytes()),
-                    &extra,
-                    body_ref,
-                    &mut r,
-                );
-                call.legs.a.dialog = Dialog::uas(&a, tag.as_bytes(), DialogState::Confirmed).ok();
-                if self.ep.replicate && call.legs.a.dialog.is_some() && call.legs.b.dialog.is_some()
-                {
-                    // Replicated calls: the 2xx that confirms the call to A
-                    // waits until the call is committed (`committed`), so a
-                    // call A believes up is never lost with this worker.
-                    call.held_ok = Some((status, r, now + Self::HOLD_OK_LIMIT));
-                } else {
-                    Self::send_ok(call, now, status, r, self.ep.cfg.timers, wall_now);
-                }
-            }
-            _ if status >= 300 || status == 408 => {
-                if matches!(status, 408 | 503) && self.fail_over(now, cref) {
-                    return;
-                }
-                let status = self.leg_failed(now, cref, None, status);
-                // Another leg of a forked call still rings: it goes on.
-                let status = match self.next_fork(now, cref, status) {
-                    Ok(()) => return,
-                    Err(best) => best,
-                };
-                let Some(call) = self.calls.get_mut(&cref) else {
-                    return;
-                };
-                if !call.cancelled && !call.answered {
-                    let mut r = Vec::new();
-                    response(
-                        &a.reply_parts(),
-                        status,
-                        None,
-                        Some(tag.as_bytes()),
-                        &[],
-                        &mut r,
-                    );
-                    // With records kept in the cluster, the caller hears
-                    // the end once its record is committed (`HeldEnd`).
-                    if self.ep.records_on && self.ep.replicate && !call.over {
-                        call.held_end = Some(HeldEnd {
-                            what: HeldWhat::Final {
-                                status,
-                                response: r,
-                            },
-                            until: now + Self::HOLD_OK_LIMIT,
-                        });
-                    } else {
-                        call.a_srv.send_response(now, status, r);
-                    }
-                }
-                if !call.over {
-                    call.over = true;
-                    self.ep.stats.failed += 1;
-                    let cause = if call.cancelled {
-                        EndCause::Cancelled
-                    } else {
-                        EndCause::Rejected
-                    };
-                    let status = if call.cancelled { 487 } else { status };
-                    self.record_end(now, cref, cause, status);
-                }
-            }
-            _ => {}
-        }
-        self.drain_outputs(cref);
     }
 
     /// How long a 2xx waits for its call's commit before it goes to A
@@ -651,13 +328,13 @@ impl<R: RngCore> B2bua<R> {
             self.release_end(now, cref);
         }
         let timers = self.ep.cfg.timers;
-        let wall = self.unix_ms(now);
+        let wall = self.ep.unix_ms(now);
         let Some(call) = self.calls.get_mut(&cref) else {
             return;
         };
         if let Some((status, r, _)) = call.held_ok.take() {
             Self::send_ok(call, now, status, r, timers, wall);
-            self.drain_outputs(cref);
+            self.with_call(cref, |c, ep| c.drain_outputs(ep));
             self.schedule(cref);
         }
     }
@@ -708,7 +385,7 @@ impl<R: RngCore> B2bua<R> {
             push_bye(&mut call.nits, d, now, timers, &via, &[("Reason", reason)]);
         }
         self.ep.stats.refused_records += 1;
-        self.record_end(now, cref, EndCause::Refused, 500);
+        self.with_call(cref, |c, ep| c.record_end(ep, now, EndCause::Refused, 500));
         self.drain(now, cref);
         self.schedule(cref);
     }
@@ -766,7 +443,7 @@ impl<R: RngCore> B2bua<R> {
             }
         }
         self.drain(now, cref);
-        self.record_end(now, cref, cause, 200);
+        self.with_call(cref, |c, ep| c.record_end(ep, now, cause, 200));
         true
     }
 }
@@ -786,4 +463,317 @@ fn record_routes<'b>(a: &Message<'b>) -> Vec<(&'static str, &'b [u8])> {
     a.values(HeaderName::RecordRoute)
         .map(|v| ("Record-Route", v.of(buf)))
         .collect()
+}
+
+impl Call {
+    /// After 408, 503 or no answer from the current target, starts a new B
+    /// leg to the route's next target. False when there is none left.
+    pub(super) fn fail_over<R: RngCore>(
+        &mut self,
+        ep: &mut Endpoint<R>,
+        now: Instant,
+        cref: u64,
+    ) -> bool {
+        let call = &mut *self;
+        if call.cancelled || call.answered || call.tried >= call.targets.len() {
+            return false;
+        }
+        let target = call.targets[call.tried].clone();
+        call.tried += 1;
+        let (a_bytes, key, old) = (
+            call.legs.a.invite.clone(),
+            call.key,
+            call.legs.b.call_id.clone(),
+        );
+        let asserted = call.asserted.clone();
+        let Ok(a) = scan(&a_bytes) else { return false };
+        let (cid, invite) = ep.leg_b_invite(&a, key, &target, asserted.as_deref());
+        let timers = ep.cfg.timers;
+        let call = &mut *self;
+        call.legs.b.call_id = cid.clone();
+        call.legs.b.invite = invite.clone();
+        call.b_cli = ClientInvite::new(now, timers, invite);
+        call.heard = false;
+        call.no_answer = false;
+        call.ring_deadline = Some(now + ep.cfg.ring_timeout);
+        ep.by_call_id.remove(&old);
+        ep.by_call_id.insert(cid, cref);
+        ep.stats.failovers += 1;
+        self.drain_outputs(ep);
+        true
+    }
+
+    pub(super) fn on_b_event<R: RngCore>(
+        &mut self,
+        ep: &mut Endpoint<R>,
+        now: Instant,
+        cref: u64,
+        e: Event,
+    ) {
+        // The Contact of our answers to A.
+        let (key, contact) = (self.key, ep.contact(self.key, &self.legs.a.call_id));
+        let ack_via = ep.via(key);
+        let wall_now = ep.unix_ms(now);
+        let call = &mut *self;
+        let a_bytes = call.legs.a.invite.clone();
+        let Ok(a) = scan(&a_bytes) else { return };
+        let Some((status, msg)) = e.into_response() else {
+            return;
+        };
+        if status >= 200 {
+            call.ring_deadline = None;
+        }
+        // The 487 of our own CANCEL after the ring timeout: no answer.
+        let status = if call.no_answer && status == 487 {
+            408
+        } else {
+            status
+        };
+        let resp = scan(&msg).ok();
+        let body = resp
+            .as_ref()
+            .and_then(|r| r.content_type().map(|ct| (ct.to_vec(), r.body().to_vec())));
+        let body_ref = body.as_ref().map(|(c, b)| (c.as_slice(), b.as_slice()));
+        let tag = call.a_tag;
+        if (180..200).contains(&status) && call.detail.ringing_ms == 0 {
+            call.detail.ringing_ms = wall_now;
+        }
+        if status > 100 && !call.heard && !call.cancelled {
+            call.heard = true;
+            ep.latencies
+                .push_back((Latency::FirstResponse, now - call.started_at));
+        }
+        if (200..300).contains(&status) && !call.answered && !call.cancelled && !call.over {
+            ep.latencies
+                .push_back((Latency::Answer, now - call.started_at));
+        }
+        match status {
+            100 => {}
+            101..=199 if !call.cancelled => {
+                let from_trusted = ep.cfg.trusted.contains(addressee_ip(&call.legs.b.invite));
+                let mut extra = resp
+                    .as_ref()
+                    .map(|p| end_to_end_headers(p, from_trusted, &ep.cfg.identity_headers))
+                    .unwrap_or_default();
+                extra.push(("Contact", &contact));
+                extra.extend(record_routes(&a));
+                let mut r = Vec::new();
+                response_with_body(
+                    &a.reply_parts(),
+                    status,
+                    None,
+                    Some(tag.as_bytes()),
+                    &extra,
+                    body_ref,
+                    &mut r,
+                );
+                call.a_srv.send_response(now, status, r);
+            }
+            200..=299 => {
+                let Some(resp) = resp else { return };
+                if call.legs.b.dialog.is_none() {
+                    let inv = call.legs.b.invite.clone();
+                    let dialog = scan(&inv).ok().and_then(|bi| {
+                        let mut d = Dialog::uac(&bi, &resp).ok()?;
+                        // A registered phone answers without a Record-Route
+                        // (the edge adds none to our requests): the dialog
+                        // keeps reaching it on its flow.
+                        if d.route_set.is_empty()
+                            && let Some(r) = bi.values(HeaderName::Route).next()
+                            && register::is_flow_route(r.of(bi.buf()))
+                        {
+                            d.route_set = vec![r.of(bi.buf()).to_vec()];
+                        }
+                        Some(d)
+                    });
+                    match dialog {
+                        Some(mut d) => {
+                            let ack = d.request("ACK", Some(1), &ack_via, None, &[], None);
+                            call.b_ack = Some(ack);
+                            call.legs.b.dialog = Some(d);
+                        }
+                        None if call.b_ack.is_none() => {
+                            self.unusable_answer(ep, now, cref, &resp, &ack_via);
+                            return;
+                        }
+                        None => {}
+                    }
+                }
+                if let Some(ack) = &call.b_ack {
+                    ep.out.push_back((None, ack.clone()));
+                }
+                let call = &mut *self;
+                if call.cancelled || call.answered || call.over {
+                    return;
+                }
+                call.answered = true;
+                call.answered_at = Some(now + ep.cfg.max_call_age);
+                call.session_expires = session_interval(&resp).map(|i| now + i);
+                ep.stats.answered += 1;
+                let from_trusted = ep.cfg.trusted.contains(addressee_ip(&call.legs.b.invite));
+                let mut extra = end_to_end_headers(&resp, from_trusted, &ep.cfg.identity_headers);
+                extra.push(("Contact", &contact));
+                extra.extend(record_routes(&a));
+                let mut r = Vec::new();
+                response_with_body(
+                    &a.reply_parts(),
+                    status,
+                    None,
+                    Some(tag.as_bytes()),
+                    &extra,
+                    body_ref,
+                    &mut r,
+                );
+                call.legs.a.dialog = Dialog::uas(&a, tag.as_bytes(), DialogState::Confirmed).ok();
+                if ep.replicate && call.legs.a.dialog.is_some() && call.legs.b.dialog.is_some() {
+                    // Replicated calls: the 2xx that confirms the call to A
+                    // waits until the call is committed (`committed`), so a
+                    // call A believes up is never lost with this worker.
+                    call.held_ok = Some((status, r, now + B2bua::<R>::HOLD_OK_LIMIT));
+                } else {
+                    B2bua::<R>::send_ok(call, now, status, r, ep.cfg.timers, wall_now);
+                }
+            }
+            _ if status >= 300 || status == 408 => {
+                if matches!(status, 408 | 503) && self.fail_over(ep, now, cref) {
+                    return;
+                }
+                let status = self.leg_failed(ep, now, None, status);
+                // Another leg of a forked call still rings: it goes on.
+                let status = match self.next_fork(ep, now, status) {
+                    Ok(()) => return,
+                    Err(best) => best,
+                };
+                let call = &mut *self;
+                if !call.cancelled && !call.answered {
+                    let mut r = Vec::new();
+                    response(
+                        &a.reply_parts(),
+                        status,
+                        None,
+                        Some(tag.as_bytes()),
+                        &[],
+                        &mut r,
+                    );
+                    // With records kept in the cluster, the caller hears
+                    // the end once its record is committed (`HeldEnd`).
+                    if ep.records_on && ep.replicate && !call.over {
+                        call.held_end = Some(HeldEnd {
+                            what: HeldWhat::Final {
+                                status,
+                                response: r,
+                            },
+                            until: now + B2bua::<R>::HOLD_OK_LIMIT,
+                        });
+                    } else {
+                        call.a_srv.send_response(now, status, r);
+                    }
+                }
+                if !call.over {
+                    call.over = true;
+                    ep.stats.failed += 1;
+                    let cause = if call.cancelled {
+                        EndCause::Cancelled
+                    } else {
+                        EndCause::Rejected
+                    };
+                    let status = if call.cancelled { 487 } else { status };
+                    self.record_end(ep, now, cause, status);
+                }
+            }
+            _ => {}
+        }
+        self.drain_outputs(ep);
+    }
+}
+
+impl<R: RngCore> Endpoint<R> {
+    /// The INVITE of a new B leg to `target` for A's INVITE `m`: its own
+    /// Call-ID, tag and CSeq; A's From and SDP; Via and Contact naming the
+    /// edge with the call's key; the caller's `asserted` identity when the
+    /// target is a trusted peer (RFC 3325 §9.1: sent only within the trust
+    /// domain).
+    pub(super) fn leg_b_invite(
+        &mut self,
+        m: &Message<'_>,
+        key: u64,
+        target: &Target,
+        asserted: Option<&[u8]>,
+    ) -> (Vec<u8>, Vec<u8>) {
+        let user = m.request_uri().and_then(|u| u.user()).unwrap_or_default();
+        let b_call_id = self.ids.call_id().as_bytes().to_vec();
+        let b_tag = self.ids.tag();
+        let via = self.via(key);
+        let contact = self.contact(key, &b_call_id);
+        let routed = format!("sip:{}@{}", String::from_utf8_lossy(user), target.addr);
+        // A registered phone: its Contact is the Request-URI, and To names
+        // the AOR that was called.
+        let (uri, to) = match &target.uri {
+            Some(c) => (
+                String::from_utf8_lossy(c).into_owned(),
+                format!(
+                    "<{}>",
+                    m.request_uri()
+                        .map_or(routed.clone(), |u| String::from_utf8_lossy(u.as_bytes())
+                            .into_owned())
+                ),
+            ),
+            None => (routed.clone(), format!("<{routed}>")),
+        };
+        let route: Vec<&[u8]> = target.route.iter().map(Vec::as_slice).collect();
+        let from = m.from().map(|f| {
+            let s = f.span();
+            let p = f.params_span();
+            m.buf()[s.start..if p.is_empty() { s.end } else { p.start }].to_vec()
+        });
+        let from = from.unwrap_or_else(|_| b"<sip:anonymous@anonymous.invalid>".to_vec());
+        let body = m.content_type().map(|ct| (ct, m.body()));
+        let mf = m.max_forwards().unwrap_or(70).saturating_sub(1).min(255) as u8;
+        let mut headers = end_to_end_headers(
+            m,
+            self.cfg.trusted.contains(sender_ip(m)),
+            &self.cfg.identity_headers,
+        );
+        if let Some(v) = asserted
+            && self.cfg.trusted.contains(Some(target.addr.ip()))
+        {
+            // Ours replaces any the caller sent (a trusted caller is not
+            // challenged, so has no identity of ours to assert).
+            headers.retain(|(n, _)| !n.eq_ignore_ascii_case("P-Asserted-Identity"));
+            headers.push(("P-Asserted-Identity", v));
+        }
+        let build = |uri: &str| {
+            handover_sip::build::Request {
+                method: "INVITE",
+                uri: uri.as_bytes(),
+                via: &[&via],
+                from: &from,
+                from_tag: b_tag.as_bytes(),
+                to: to.as_bytes(),
+                call_id: &b_call_id,
+                cseq: 1,
+                max_forwards: mf,
+                route: &route,
+                contact: Some(&contact),
+                headers: &headers,
+                body,
+                ..Default::default()
+            }
+            .to_vec()
+        };
+        let mut invite = build(&uri);
+        // RFC 3261 §18.1.1: a request above the path MTU (1,300 bytes when
+        // it is unknown) goes over TCP, to a target that takes TCP too
+        // (its route says so: `;tcp_above`). The Request-URI says so, so
+        // the edge opens the connection, and the INVITE's CANCEL and ACK
+        // (built from it) and the dialog (Record-Routed with the flow)
+        // follow it.
+        if let Some(limit) = target.tcp_above
+            && target.uri.is_none()
+            && invite.len() > usize::from(limit)
+        {
+            invite = build(&format!("{uri};transport=tcp"));
+        }
+        (b_call_id, invite)
+    }
 }

@@ -59,7 +59,7 @@ impl<R: RngCore> B2bua<R> {
                 Srv::Other(s) => s.handle_timeout(now),
             }
         }
-        self.local_timers(now, cref);
+        self.with_call(cref, |c, ep| c.local_timers(ep, now));
         let Some(call) = self.calls.get_mut(&cref) else {
             return;
         };
