@@ -14,7 +14,8 @@ use tokio_rustls::rustls;
 
 use super::ws::serve_ws;
 use super::{
-    CLOSED, CONNECT_FAILURES, CONNECTIONS, OPENED, OUTBOUND, REFUSED, StreamConfig, Streams, serve,
+    CLOSED, CONNECT_FAILURES, CONNECTIONS, OPENED, OUTBOUND, REFUSED, StreamConfig, Streams,
+    UdpOut, serve,
 };
 use crate::Shared;
 
@@ -155,7 +156,7 @@ pub(crate) struct Connector {
     /// Weak: `Shared` holds this connector.
     pub(super) shared: std::sync::Weak<Shared>,
     pub(super) streams: Arc<Streams>,
-    pub(super) udp: Arc<tokio::net::UdpSocket>,
+    pub(super) udp: Arc<UdpOut>,
 }
 
 impl std::fmt::Debug for Connector {
@@ -270,7 +271,7 @@ async fn unreachable(
     mut rx: mpsc::Receiver<Box<[u8]>>,
     shared: &std::sync::Weak<Shared>,
     streams: &Streams,
-    udp: &tokio::net::UdpSocket,
+    udp: &UdpOut,
 ) {
     counter!(CONNECT_FAILURES, "transport" => flow.transport.name()).increment(1);
     // First: nothing new queues behind a connection that will not come.

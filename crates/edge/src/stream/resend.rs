@@ -9,7 +9,7 @@ use parking_lot::Mutex;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::{Streams, deliver};
+use super::{Streams, UdpOut, deliver};
 use crate::Shared;
 use crate::proxy::Outcome;
 
@@ -113,7 +113,7 @@ pub(super) async fn retransmit(
     tx: &mpsc::Sender<Box<[u8]>>,
     shared: &Shared,
     streams: &Streams,
-    udp: &tokio::net::UdpSocket,
+    udp: &UdpOut,
     pending: &Mutex<Pending>,
 ) {
     let due: Vec<Box<[u8]>> = {

@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::resend::{Pending, retransmit};
-use super::{Streams, on_message};
+use super::{Streams, UdpOut, on_message};
 use crate::Shared;
 
 /// The WebSocket upgrade (RFC 6455) of a connection, within the message
@@ -89,7 +89,7 @@ pub(super) async fn serve_ws<S>(
     mut rx: mpsc::Receiver<Box<[u8]>>,
     shared: &Shared,
     streams: &Streams,
-    udp: &tokio::net::UdpSocket,
+    udp: &UdpOut,
 ) -> &'static str
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
