@@ -288,7 +288,7 @@ impl std::fmt::Debug for Streams {
 /// The stream side's sender on the edge's own UDP address (a copy of a
 /// data-plane socket). Not registered with the runtime: a
 /// `tokio::net::UdpSocket` registers for reading too, and then every
-/// datagram the data plane reads woke this thread as well (a third more
+/// datagram the data plane reads woke this thread as well (a fifth more
 /// CPU per call through `handover up` with no stream open).
 pub(crate) struct UdpOut(std::net::UdpSocket);
 
