@@ -266,6 +266,8 @@ pub fn run(args: Settings) -> anyhow::Result<()> {
         let torn_down = metrics::counter!(CALLS_ENDED, "cause" => "torn_down");
         let by_operator = metrics::counter!(CALLS_ENDED, "cause" => "operator");
         let active = metrics::gauge!(CALLS_ACTIVE);
+        // Set when it changes, not after every datagram (see `names::add`).
+        let mut last_active = usize::MAX;
         let txns = metrics::gauge!(TXNS_ACTIVE);
         let retrans = metrics::counter!(RETRANSMISSIONS);
         let failovers = metrics::counter!(FAILOVERS);
@@ -641,26 +643,26 @@ pub fn run(args: Settings) -> anyhow::Result<()> {
                 }
             }
             let s = b2b.stats();
-            started.increment(s.started - last.started);
-            answered.increment(s.answered - last.answered);
-            hung_up.increment(s.hung_up - last.hung_up);
-            failed.increment(s.failed - last.failed);
-            torn_down.increment(s.torn_down - last.torn_down);
-            by_operator.increment(s.operator_hangups - last.operator_hangups);
-            retrans.increment(s.retransmissions - last.retransmissions);
-            failovers.increment(s.failovers - last.failovers);
-            forks.increment(s.forks - last.forks);
-            unanswered.increment(s.unanswered - last.unanswered);
-            unacknowledged.increment(s.unacknowledged - last.unacknowledged);
-            unreplicated.increment(s.unreplicated - last.unreplicated);
-            resumed.increment(s.resumed - last.resumed);
-            oks_resent.increment(s.oks_resent - last.oks_resent);
-            ended_elsewhere.increment(s.ended_elsewhere - last.ended_elsewhere);
-            refused_records.increment(s.refused_records - last.refused_records);
-            refused_in_call.increment(s.refused_in_call - last.refused_in_call);
-            refused_full.increment(s.refused_full - last.refused_full);
-            refused_per_source.increment(s.refused_per_source - last.refused_per_source);
-            refused_storage.increment(s.refused_storage - last.refused_storage);
+            add(&started, s.started, last.started);
+            add(&answered, s.answered, last.answered);
+            add(&hung_up, s.hung_up, last.hung_up);
+            add(&failed, s.failed, last.failed);
+            add(&torn_down, s.torn_down, last.torn_down);
+            add(&by_operator, s.operator_hangups, last.operator_hangups);
+            add(&retrans, s.retransmissions, last.retransmissions);
+            add(&failovers, s.failovers, last.failovers);
+            add(&forks, s.forks, last.forks);
+            add(&unanswered, s.unanswered, last.unanswered);
+            add(&unacknowledged, s.unacknowledged, last.unacknowledged);
+            add(&unreplicated, s.unreplicated, last.unreplicated);
+            add(&resumed, s.resumed, last.resumed);
+            add(&oks_resent, s.oks_resent, last.oks_resent);
+            add(&ended_elsewhere, s.ended_elsewhere, last.ended_elsewhere);
+            add(&refused_records, s.refused_records, last.refused_records);
+            add(&refused_in_call, s.refused_in_call, last.refused_in_call);
+            add(&refused_full, s.refused_full, last.refused_full);
+            add(&refused_per_source, s.refused_per_source, last.refused_per_source);
+            add(&refused_storage, s.refused_storage, last.refused_storage);
             let rs = b2b.registrar().stats();
             reg_metrics.count(&last_reg, &rs, &last_auth, &s.auth);
             last_reg = rs;
@@ -694,7 +696,10 @@ pub fn run(args: Settings) -> anyhow::Result<()> {
                 txns.set(b2b.transactions_active() as f64);
                 txns_at = tokio::time::Instant::now();
             }
-            active.set(b2b.calls_active() as f64);
+            if b2b.calls_active() != last_active {
+                last_active = b2b.calls_active();
+                active.set(last_active as f64);
+            }
             last = s;
         }
         tracing::info!("stopping");

@@ -1,6 +1,16 @@
 //! The worker's metric names, and the registrar's and authentication's
 //! metrics as handles built once.
 
+/// Adds what a monotonic count gained since it was last read. The loop
+/// reads every count after every datagram and most gain nothing: an
+/// untouched counter costs nothing, where `increment(0)` is two atomic
+/// read-modify-writes in the exporter (about 40 counters, every datagram).
+pub(super) fn add(c: &metrics::Counter, now: u64, last: u64) {
+    if now > last {
+        c.increment(now - last);
+    }
+}
+
 /// Metric names of the worker.
 pub(super) const CALLS_ACTIVE: &str = "handover_calls_active";
 pub(super) const CALLS_STARTED: &str = "handover_calls_started_total";
@@ -109,22 +119,25 @@ impl RegMetrics {
         last_auth: &handover_call::AuthStats,
         auth: &handover_call::AuthStats,
     ) {
-        self.bindings[0].increment(now.created - last.created);
-        self.bindings[1].increment(now.refreshed - last.refreshed);
-        self.bindings[2].increment(now.removed - last.removed);
-        self.bindings[3].increment(now.expired - last.expired);
-        self.bindings[4].increment(now.flow_failures - last.flow_failures);
-        self.refused.increment(now.refused - last.refused);
-        self.relayed.increment(now.relayed - last.relayed);
-        self.pings[0].increment(now.pings - last.pings);
-        self.pings[1].increment(now.ping_failures - last.ping_failures);
-        self.failures[0].increment(auth.unknown_user - last_auth.unknown_user);
-        self.failures[1].increment(auth.wrong_password - last_auth.wrong_password);
-        self.failures[2].increment(auth.malformed - last_auth.malformed);
-        self.failures[3].increment(auth.bad_nonce - last_auth.bad_nonce);
-        self.challenges
-            .increment(auth.challenges - last_auth.challenges);
-        self.banned.increment(auth.banned - last_auth.banned);
-        self.ignored.increment(auth.ignored - last_auth.ignored);
+        add(&self.bindings[0], now.created, last.created);
+        add(&self.bindings[1], now.refreshed, last.refreshed);
+        add(&self.bindings[2], now.removed, last.removed);
+        add(&self.bindings[3], now.expired, last.expired);
+        add(&self.bindings[4], now.flow_failures, last.flow_failures);
+        add(&self.refused, now.refused, last.refused);
+        add(&self.relayed, now.relayed, last.relayed);
+        add(&self.pings[0], now.pings, last.pings);
+        add(&self.pings[1], now.ping_failures, last.ping_failures);
+        add(&self.failures[0], auth.unknown_user, last_auth.unknown_user);
+        add(
+            &self.failures[1],
+            auth.wrong_password,
+            last_auth.wrong_password,
+        );
+        add(&self.failures[2], auth.malformed, last_auth.malformed);
+        add(&self.failures[3], auth.bad_nonce, last_auth.bad_nonce);
+        add(&self.challenges, auth.challenges, last_auth.challenges);
+        add(&self.banned, auth.banned, last_auth.banned);
+        add(&self.ignored, auth.ignored, last_auth.ignored);
     }
 }
