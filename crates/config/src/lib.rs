@@ -1,9 +1,11 @@
-//! The TOML configuration file.
+//! handover's configuration: the TOML file ([`Config`], checked with the
+//! line of every error) and, in [`cli`], each process's command-line flags
+//! over it, resolved to the settings the edge and the worker run with.
 //!
-//! Unknown keys are errors (`deny_unknown_fields`): a misspelt timer key that
-//! is silently ignored is a production incident. Values with rules beyond
-//! their type are read with their position, so an error names the key and
-//! the line.
+//! In the file, unknown keys are errors (`deny_unknown_fields`): a
+//! misspelt timer key that is silently ignored is a production incident.
+//! Values with rules beyond their type are read with their position, so an
+//! error names the key and the line.
 
 use std::fmt;
 use std::ops::Range;
@@ -13,25 +15,26 @@ use handover_sip::Limits;
 use serde::Serialize;
 use toml::Spanned;
 
+pub mod cli;
 mod file;
 mod worker;
 use file::*;
 
 /// The effective configuration, after defaults and validation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub(crate) struct Config {
+pub struct Config {
     /// `[sip]`
-    pub(crate) sip: Sip,
+    pub sip: Sip,
     /// `[cluster]`
-    pub(crate) cluster: Cluster,
+    pub cluster: Cluster,
     /// `[edge]`
-    pub(crate) edge: Edge,
+    pub edge: Edge,
     /// `[worker]`
-    pub(crate) worker: Worker,
+    pub worker: Worker,
 }
 
 /// A `[cluster] hash_key` or `--hash-key` value: 32 hex digits.
-pub(crate) fn parse_hash_key(s: &str) -> Result<(u64, u64), String> {
+pub fn parse_hash_key(s: &str) -> Result<(u64, u64), String> {
     if s.len() != 32 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(format!(
             "must be exactly 32 hex digits (128 bits), got {} characters",
@@ -48,7 +51,7 @@ pub(crate) fn parse_hash_key(s: &str) -> Result<(u64, u64), String> {
 /// can compute where a Call-ID lands and aim at one worker. So a process
 /// that is one node of several (a replicated worker, an edge of a
 /// cluster) refuses to start on it, and says how to set one.
-pub(crate) fn hashing(
+pub fn hashing(
     flag: Option<(u64, u64)>,
     file: Option<(u64, u64)>,
     several_nodes: bool,
@@ -76,79 +79,79 @@ fn mode_name<S: serde::Serializer>(
 
 /// Effective `[worker]`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub(crate) struct Worker {
-    pub(crate) listen: String,
-    pub(crate) edge: String,
+pub struct Worker {
+    pub listen: String,
+    pub edge: String,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub(crate) advertise: Option<String>,
-    pub(crate) admin: String,
-    pub(crate) max_call_age_s: u64,
-    pub(crate) ring_timeout_s: u64,
+    pub advertise: Option<String>,
+    pub admin: String,
+    pub max_call_age_s: u64,
+    pub ring_timeout_s: u64,
     #[serde(serialize_with = "mode_name")]
-    pub(crate) transfer_mode: handover_call::TransferMode,
-    pub(crate) t1_ms: u64,
-    pub(crate) max_calls: usize,
-    pub(crate) max_calls_per_source: usize,
+    pub transfer_mode: handover_call::TransferMode,
+    pub t1_ms: u64,
+    pub max_calls: usize,
+    pub max_calls_per_source: usize,
     /// Trusted peers' prefixes, as given.
-    pub(crate) trusted: Vec<String>,
+    pub trusted: Vec<String>,
     /// Header names treated as identity headers beside RFC 3325's.
-    pub(crate) identity_headers: Vec<String>,
+    pub identity_headers: Vec<String>,
     /// P-Asserted-Identity from digest users to trusted targets.
-    pub(crate) assert_identity: bool,
+    pub assert_identity: bool,
     /// Routes in the command-line form (`MATCH=TARGET[,TARGET…]`).
-    pub(crate) routes: Vec<String>,
-    pub(crate) replication: Replication,
-    pub(crate) registrar: Registrar,
+    pub routes: Vec<String>,
+    pub replication: Replication,
+    pub registrar: Registrar,
 }
 
 /// Effective `[worker.registrar]`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub(crate) struct Registrar {
-    pub(crate) min_expires: u32,
-    pub(crate) max_expires: u32,
-    pub(crate) default_expires: u32,
-    pub(crate) max_contacts: usize,
-    pub(crate) max_aors: usize,
-    pub(crate) max_bindings_per_source: usize,
-    pub(crate) domains: Vec<String>,
+pub struct Registrar {
+    pub min_expires: u32,
+    pub max_expires: u32,
+    pub default_expires: u32,
+    pub max_contacts: usize,
+    pub max_aors: usize,
+    pub max_bindings_per_source: usize,
+    pub domains: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub(crate) users: Option<String>,
-    pub(crate) realm: String,
-    pub(crate) algorithms: Vec<String>,
-    pub(crate) nonce_ttl_s: u64,
-    pub(crate) max_failures: u32,
-    pub(crate) ban_s: u64,
-    pub(crate) upstream: Vec<String>,
-    pub(crate) ping_interval_s: u32,
+    pub users: Option<String>,
+    pub realm: String,
+    pub algorithms: Vec<String>,
+    pub nonce_ttl_s: u64,
+    pub max_failures: u32,
+    pub ban_s: u64,
+    pub upstream: Vec<String>,
+    pub ping_interval_s: u32,
 }
 
 /// Effective `[worker.replication]`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub(crate) struct Replication {
+pub struct Replication {
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub(crate) id: Option<u64>,
-    pub(crate) id_from_hostname: bool,
-    pub(crate) peers: Vec<String>,
+    pub id: Option<u64>,
+    pub id_from_hostname: bool,
+    pub peers: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub(crate) grpc_listen: Option<String>,
+    pub grpc_listen: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub(crate) join: Option<String>,
+    pub join: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub(crate) peer_template: Option<String>,
+    pub peer_template: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub(crate) founders: Option<u64>,
-    pub(crate) remove_down_after_s: u64,
-    pub(crate) commit_window_ms: u64,
-    pub(crate) data: String,
+    pub founders: Option<u64>,
+    pub remove_down_after_s: u64,
+    pub commit_window_ms: u64,
+    pub data: String,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub(crate) tls_dir: Option<String>,
-    pub(crate) insecure: bool,
-    pub(crate) min_free_mb: u64,
+    pub tls_dir: Option<String>,
+    pub insecure: bool,
+    pub min_free_mb: u64,
 }
 
 /// An edge's address inside the cluster: `IP:PORT`, or a bare `IP` (a
 /// pod's, from the downward API) on the port of `listen` (`IP:PORT`).
-pub(crate) fn internal_addr(s: &str, listen: &str) -> Result<std::net::SocketAddr, String> {
+pub fn internal_addr(s: &str, listen: &str) -> Result<std::net::SocketAddr, String> {
     if let Ok(a) = s.parse() {
         return Ok(a);
     }
@@ -166,86 +169,86 @@ pub(crate) fn internal_addr(s: &str, listen: &str) -> Result<std::net::SocketAdd
 
 /// Effective `[edge]`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub(crate) struct Edge {
-    pub(crate) listen: String,
+pub struct Edge {
+    pub listen: String,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub(crate) advertise: Option<String>,
+    pub advertise: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub(crate) internal_advertise: Option<String>,
-    pub(crate) backends: Vec<String>,
-    pub(crate) threads: usize,
-    pub(crate) io: String,
-    pub(crate) admin: String,
-    pub(crate) recv_buffer_bytes: usize,
-    pub(crate) send_buffer_bytes: usize,
-    pub(crate) record_route: bool,
-    pub(crate) bad_input_per_source: u32,
-    pub(crate) new_dialogs_per_source: u32,
-    pub(crate) ban_s: u32,
+    pub internal_advertise: Option<String>,
+    pub backends: Vec<String>,
+    pub threads: usize,
+    pub io: String,
+    pub admin: String,
+    pub recv_buffer_bytes: usize,
+    pub send_buffer_bytes: usize,
+    pub record_route: bool,
+    pub bad_input_per_source: u32,
+    pub new_dialogs_per_source: u32,
+    pub ban_s: u32,
     /// Replicated workers' gRPC addresses (`IP:PORT` or `HOST:PORT`).
-    pub(crate) cluster: Vec<String>,
+    pub cluster: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub(crate) cluster_tls: Option<String>,
-    pub(crate) drain_s: u64,
+    pub cluster_tls: Option<String>,
+    pub drain_s: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub(crate) listen_tcp: Option<String>,
+    pub listen_tcp: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub(crate) listen_tls: Option<String>,
+    pub listen_tls: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub(crate) listen_ws: Option<String>,
+    pub listen_ws: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub(crate) listen_wss: Option<String>,
+    pub listen_wss: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub(crate) tls_cert: Option<String>,
+    pub tls_cert: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub(crate) tls_key: Option<String>,
+    pub tls_key: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub(crate) tls_client_ca: Option<String>,
+    pub tls_client_ca: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub(crate) tls_upstream_ca: Option<String>,
-    pub(crate) max_connections: usize,
-    pub(crate) max_connections_per_source: usize,
-    pub(crate) stream_idle_s: u64,
-    pub(crate) stream_message_timeout_ms: u64,
-    pub(crate) proxy_protocol_from: Vec<String>,
+    pub tls_upstream_ca: Option<String>,
+    pub max_connections: usize,
+    pub max_connections_per_source: usize,
+    pub stream_idle_s: u64,
+    pub stream_message_timeout_ms: u64,
+    pub proxy_protocol_from: Vec<String>,
     /// None: the private ranges (`handover_edge::Destinations::PRIVATE`).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub(crate) deny_destinations: Option<Vec<String>>,
-    pub(crate) allow_destinations: Vec<String>,
-    pub(crate) health: Health,
+    pub deny_destinations: Option<Vec<String>>,
+    pub allow_destinations: Vec<String>,
+    pub health: Health,
 }
 
 /// Effective `[edge.health]`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub(crate) struct Health {
-    pub(crate) interval_ms: u64,
-    pub(crate) timeout_ms: u64,
-    pub(crate) down_after: u32,
-    pub(crate) up_after: u32,
+pub struct Health {
+    pub interval_ms: u64,
+    pub timeout_ms: u64,
+    pub down_after: u32,
+    pub up_after: u32,
 }
 
 /// Effective `[sip]`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub(crate) struct Sip {
+pub struct Sip {
     /// See the file key of the same name.
-    pub(crate) max_message_bytes: usize,
+    pub max_message_bytes: usize,
     /// See the file key of the same name.
-    pub(crate) max_uri_bytes: usize,
+    pub max_uri_bytes: usize,
 }
 
 /// Effective `[cluster]`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub(crate) struct Cluster {
+pub struct Cluster {
     /// "default" when the published default key is in use, else "set".
-    pub(crate) hash_key: &'static str,
+    pub hash_key: &'static str,
     #[serde(skip)]
     /// The key, when set.
-    pub(crate) hash_key_value: Option<(u64, u64)>,
+    pub hash_key_value: Option<(u64, u64)>,
 }
 
 impl Sip {
     /// As the SIP layer's limits.
-    pub(crate) fn limits(&self) -> Limits {
+    pub fn limits(&self) -> Limits {
         Limits {
             max_message_bytes: self.max_message_bytes,
             max_uri_bytes: self.max_uri_bytes,
@@ -255,7 +258,7 @@ impl Sip {
 
 /// A configuration error, with where it is.
 #[derive(Debug)]
-pub(crate) struct ConfigError {
+pub struct ConfigError {
     path: PathBuf,
     /// 1-based line and column, when the error has a position.
     at: Option<(usize, usize)>,
@@ -297,12 +300,12 @@ fn locate(src: &str, at: usize) -> (usize, usize, String) {
 
 impl Config {
     /// Defaults, as for an empty file.
-    pub(crate) fn defaults() -> Self {
+    pub fn defaults() -> Self {
         Self::parse(Path::new("<defaults>"), "").expect("defaults are valid")
     }
 
     /// Reads and validates `path`.
-    pub(crate) fn load(path: &Path) -> Result<Self, ConfigError> {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let src = std::fs::read_to_string(path).map_err(|e| ConfigError {
             path: path.to_owned(),
             at: None,
@@ -314,7 +317,7 @@ impl Config {
     }
 
     /// Parses and validates `src`, read from `path`.
-    pub(crate) fn parse(path: &Path, src: &str) -> Result<Self, ConfigError> {
+    pub fn parse(path: &Path, src: &str) -> Result<Self, ConfigError> {
         let err = |span: Option<Range<usize>>, key: Option<&'static str>, message: String| {
             let (at, line) = match span.map(|s| locate(src, s.start)) {
                 Some((l, c, text)) => (Some((l, c)), Some(text)),
@@ -602,7 +605,7 @@ impl Config {
     }
 
     /// The effective configuration as TOML (secrets shown only as "set").
-    pub(crate) fn to_toml(&self) -> String {
+    pub fn to_toml(&self) -> String {
         toml::to_string(self).expect("plain data serialises")
     }
 }

@@ -15,7 +15,7 @@ use handover_worker::rpc::pb;
 use crate::status::admin_channel;
 
 #[derive(Debug, Args)]
-pub(crate) struct CallsArgs {
+pub struct CallsArgs {
     /// A worker's gRPC address (its `--peer` GRPC_ADDR).
     #[arg(long, default_value = "127.0.0.1:7001")]
     grpc: SocketAddr,
@@ -42,7 +42,7 @@ pub(crate) struct CallsArgs {
 }
 
 #[derive(Debug, Args)]
-pub(crate) struct HangupArgs {
+pub struct HangupArgs {
     /// The call's Call-ID (either leg's, as `handover calls` shows them).
     call_id: String,
     /// A worker's gRPC address (its `--peer` GRPC_ADDR).
@@ -54,7 +54,7 @@ pub(crate) struct HangupArgs {
 }
 
 #[derive(Debug, Args)]
-pub(crate) struct ReloadArgs {
+pub struct ReloadArgs {
     /// A worker's gRPC address: it reads its `--config` again.
     #[arg(long, default_value = "127.0.0.1:7001")]
     grpc: SocketAddr,
@@ -64,7 +64,7 @@ pub(crate) struct ReloadArgs {
 }
 
 #[derive(Debug, Args)]
-pub(crate) struct LeaveArgs {
+pub struct LeaveArgs {
     /// The id of the worker to remove.
     id: u64,
     /// Any member's gRPC address.
@@ -82,7 +82,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start the runtime")
 }
 
-pub(crate) fn calls(a: &CallsArgs) -> anyhow::Result<()> {
+pub fn calls(a: &CallsArgs) -> anyhow::Result<()> {
     let req = pb::CallsRequest {
         user: a.user.clone().unwrap_or_default(),
         min_age_s: a.min_age_s,
@@ -152,7 +152,7 @@ pub(crate) fn calls(a: &CallsArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub(crate) fn hangup(a: &HangupArgs) -> anyhow::Result<()> {
+pub fn hangup(a: &HangupArgs) -> anyhow::Result<()> {
     let r = runtime()?.block_on(async {
         let mut c = pb::admin_client::AdminClient::new(
             admin_channel(a.grpc, a.cluster_tls.as_deref()).await?,
@@ -172,7 +172,7 @@ pub(crate) fn hangup(a: &HangupArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub(crate) fn leave(a: &LeaveArgs) -> anyhow::Result<()> {
+pub fn leave(a: &LeaveArgs) -> anyhow::Result<()> {
     let r = runtime()?.block_on(async {
         let mut c = pb::admin_client::AdminClient::new(
             admin_channel(a.grpc, a.cluster_tls.as_deref()).await?,
@@ -187,7 +187,7 @@ pub(crate) fn leave(a: &LeaveArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub(crate) fn reload(a: &ReloadArgs) -> anyhow::Result<()> {
+pub fn reload(a: &ReloadArgs) -> anyhow::Result<()> {
     let r = runtime()?.block_on(async {
         let mut c = pb::admin_client::AdminClient::new(
             admin_channel(a.grpc, a.cluster_tls.as_deref()).await?,

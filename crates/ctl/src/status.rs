@@ -9,7 +9,7 @@ use clap::Args;
 use handover_worker::rpc::pb;
 
 #[derive(Debug, Args)]
-pub(crate) struct StatusArgs {
+pub struct StatusArgs {
     /// A worker's gRPC address (its `--peer` GRPC_ADDR) [default: 127.0.0.1:7001].
     #[arg(long, default_value = "127.0.0.1:7001")]
     grpc: SocketAddr,
@@ -25,7 +25,7 @@ pub(crate) struct StatusArgs {
 
 /// Where `handover up` leaves credentials for `handover status` of the
 /// worker whose gRPC port is `port` (removed when `up` stops).
-pub(crate) fn up_credentials(port: u16) -> std::path::PathBuf {
+pub fn up_credentials(port: u16) -> std::path::PathBuf {
     let base = std::env::var_os("HOME")
         .map(|h| std::path::PathBuf::from(h).join(".cache"))
         .unwrap_or_else(std::env::temp_dir);
@@ -34,7 +34,7 @@ pub(crate) fn up_credentials(port: u16) -> std::path::PathBuf {
 
 /// A channel to a worker's gRPC at `addr`, with `dir`'s credentials, or
 /// `up`'s for that port when there are some, or none.
-pub(crate) async fn admin_channel(
+pub async fn admin_channel(
     addr: SocketAddr,
     dir: Option<&std::path::Path>,
 ) -> anyhow::Result<tonic::transport::Channel> {
@@ -61,7 +61,7 @@ pub(crate) async fn admin_channel(
     })
 }
 
-pub(crate) fn run(a: &StatusArgs) -> anyhow::Result<()> {
+pub fn run(a: &StatusArgs) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -156,7 +156,7 @@ pub(crate) fn run(a: &StatusArgs) -> anyhow::Result<()> {
 
 /// The admin socket a `drain` or `fault` names.
 #[derive(Debug, Args)]
-pub(crate) struct LocalArgs {
+pub struct LocalArgs {
     /// The worker's data directory (its --data).
     #[arg(long, default_value = "handover-data", value_name = "DIR")]
     data: std::path::PathBuf,
@@ -169,7 +169,7 @@ pub(crate) struct LocalArgs {
 /// `handover drain`: a worker on this machine hands its shards and calls
 /// to the others, over its local admin socket.
 #[derive(Debug, Args)]
-pub(crate) struct DrainArgs {
+pub struct DrainArgs {
     #[command(flatten)]
     at: LocalArgs,
 }
@@ -190,7 +190,7 @@ fn local_client(
     Ok((rt, pb::local_client::LocalClient::new(ch)))
 }
 
-pub(crate) fn drain(a: &DrainArgs) -> anyhow::Result<()> {
+pub fn drain(a: &DrainArgs) -> anyhow::Result<()> {
     let (rt, mut c) = local_client(&a.at)?;
     let r = rt
         .block_on(c.drain(pb::DrainRequest {}))
@@ -209,7 +209,7 @@ pub(crate) fn drain(a: &DrainArgs) -> anyhow::Result<()> {
 /// `fault-injection`).
 #[cfg(feature = "fault-injection")]
 #[derive(Debug, Args)]
-pub(crate) struct FaultArgs {
+pub struct FaultArgs {
     #[command(flatten)]
     at: LocalArgs,
     /// Cut the worker's Raft traffic both ways for this many milliseconds.
@@ -225,7 +225,7 @@ pub(crate) struct FaultArgs {
 }
 
 #[cfg(feature = "fault-injection")]
-pub(crate) fn fault(a: &FaultArgs) -> anyhow::Result<()> {
+pub fn fault(a: &FaultArgs) -> anyhow::Result<()> {
     let (rt, mut c) = local_client(&a.at)?;
     rt.block_on(c.isolate(pb::IsolateRequest {
         millis: a.isolate_ms,

@@ -4,20 +4,15 @@
 //! roles are built; see `docs/architecture.md`.
 #![forbid(unsafe_code)]
 
-mod calls;
-mod cluster;
-mod config;
 mod edge;
-mod load;
 mod passwd;
-mod status;
-mod up;
 mod worker;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use handover_ctl::{calls, status};
 
 /// Clustered SIP load balancer and B2BUA: edges route every datagram of a
 /// call to the worker that owns it; workers bridge calls and transfers and
@@ -72,16 +67,16 @@ enum Command {
     /// (consistent hashing of the Call-ID, or the `k` key in our own Route or
     /// Request-URI); responses follow their Via. Flags override the
     /// `[edge]` section of --config.
-    Edge(edge::EdgeArgs),
+    Edge(handover_config::cli::edge::EdgeArgs),
     /// Run a B2BUA worker behind an edge.
-    Worker(worker::WorkerArgs),
+    Worker(handover_config::cli::worker::WorkerArgs),
     /// Run a whole local cluster (an edge and workers) in the foreground.
-    Up(up::UpArgs),
+    Up(handover_up::UpArgs),
     /// Generate SIP load: play callers, callees and transfer targets
     /// against a SIP system and report rates, latency and failures.
     ///
     /// Exits 0 when every call succeeded, 1 otherwise.
-    Load(load::LoadArgs),
+    Load(handover_load::cli::LoadArgs),
     /// Show a replicated cluster: members, leader, term, commit index,
     /// shard-map epoch and calls per worker, from any worker's gRPC port.
     Status(status::StatusArgs),
@@ -111,7 +106,7 @@ enum Command {
     /// Adds workers to a running `handover up`, or removes some: new ones
     /// join the cluster and take their share of the shards; removed ones
     /// (the highest ids) drain, stop and leave Raft. No call is lost.
-    Scale(up::scale::ScaleArgs),
+    Scale(handover_up::scale::ScaleArgs),
     /// Add or change a user in a users file of digest authentication
     /// (`worker --users`): reads the password from standard input, writes
     /// `USER REALM HA1-MD5 HA1-SHA-256` (no password is stored).
@@ -134,7 +129,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let _ = LOG_FORMAT.set(cli.log_format);
     match cli.command {
-        Command::CheckConfig { file } => match config::Config::load(&file) {
+        Command::CheckConfig { file } => match handover_config::Config::load(&file) {
             Ok(c) => {
                 println!("# {}: valid; effective configuration:", file.display());
                 print!("{}", c.to_toml());
@@ -156,7 +151,7 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Load(args) => match load::run(&args) {
+        Command::Load(args) => match handover_load::cli::run(&args) {
             Ok(true) => ExitCode::SUCCESS,
             Ok(false) => ExitCode::FAILURE,
             Err(e) => {
@@ -199,7 +194,7 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Scale(args) => match up::scale::run(&args) {
+        Command::Scale(args) => match handover_up::scale::run(&args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("handover scale: {e:#}");
@@ -228,7 +223,7 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Up(args) => match up::run(args) {
+        Command::Up(args) => match up(args, cli.log_format) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("error: {e:#}");
@@ -243,6 +238,12 @@ fn main() -> ExitCode {
             }
         },
     }
+}
+
+/// `handover up`, logging as it was asked to, and its children too.
+fn up(args: handover_up::UpArgs, log_format: LogFormat) -> anyhow::Result<()> {
+    init_tracing();
+    handover_up::run(args, log_format.name())
 }
 
 /// Logs to stderr; `RUST_LOG` overrides the default level (info). Colour

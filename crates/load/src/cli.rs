@@ -1,5 +1,5 @@
-//! `handover load`: the load generator's command line, progress line and
-//! report (the engine is `handover-load`).
+//! `handover load`'s command line, progress line and report, over the
+//! engine of this crate.
 
 use std::io::IsTerminal as _;
 use std::net::SocketAddr;
@@ -7,66 +7,66 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use crate::{IoMode, Mix, Options, Progress, Report};
 use clap::Args;
-use handover_load::{IoMode, Mix, Options, Progress, Report};
 
 #[derive(Debug, Args)]
-pub(crate) struct LoadArgs {
+pub struct LoadArgs {
     /// The system under test (an edge, `handover up`, or any SIP server).
     #[arg(long, default_value = "127.0.0.1:5060")]
-    pub(crate) target: SocketAddr,
+    pub target: SocketAddr,
     /// Our address: the system under test must route the users `b`, `xb`,
     /// `ab` and `c` here (e.g. `handover up --route '*=127.0.0.1:5070'`).
     #[arg(long, default_value = "127.0.0.1:5070")]
-    pub(crate) listen: SocketAddr,
+    pub listen: SocketAddr,
     /// New calls per second.
     #[arg(long, default_value_t = 10.0)]
-    pub(crate) rate: f64,
+    pub rate: f64,
     /// Calls in all.
     #[arg(long, default_value_t = 100)]
-    pub(crate) calls: u64,
+    pub calls: u64,
     /// Stop starting calls after this many seconds (even if --calls is not
     /// reached).
     #[arg(long)]
-    pub(crate) duration_s: Option<f64>,
+    pub duration_s: Option<f64>,
     /// How long each call stays up, milliseconds.
     #[arg(long, default_value_t = 1000)]
-    pub(crate) hold_ms: u64,
+    pub hold_ms: u64,
     /// At most this many calls at once.
     #[arg(long, default_value_t = 10_000)]
-    pub(crate) max_concurrent: u64,
+    pub max_concurrent: u64,
     /// Scenario mix: NAME[=WEIGHT],… of basic, hold, blind, attended.
     #[arg(long, default_value = "basic")]
-    pub(crate) mix: String,
+    pub mix: String,
     /// SIP timer T1, milliseconds.
     #[arg(long, default_value_t = 500)]
-    pub(crate) t1_ms: u64,
+    pub t1_ms: u64,
     /// The user that basic and hold calls call: `b` is answered by this
     /// generator itself; another user reaches a callee of the system under
     /// test's (a PBX, a SIPp UAS).
     #[arg(long, default_value = "b")]
-    pub(crate) callee: String,
+    pub callee: String,
     /// Threads, each on its own port (--listen's port + i) with an equal
     /// share of the calls; above 1, only basic and hold calls.
     #[arg(long, default_value_t = 1)]
-    pub(crate) threads: usize,
+    pub threads: usize,
     /// Socket loop: epoll (recvmmsg/sendmmsg), uring (io_uring; refused
     /// with a clear error where the kernel forbids it), or auto (epoll,
     /// which measured better past saturation: docs/benchmarks.md).
     #[arg(long, default_value = "auto")]
-    pub(crate) io: String,
+    pub io: String,
     /// Print the report as JSON (and no progress line).
     #[arg(long)]
-    pub(crate) json: bool,
+    pub json: bool,
     /// Allow addresses outside 127.0.0.0/8 (load tests stay on loopback
     /// unless told otherwise).
     #[arg(long)]
-    pub(crate) allow_remote: bool,
+    pub allow_remote: bool,
 }
 
 impl LoadArgs {
     /// The run's options, or a one-line reason why not.
-    pub(crate) fn options(&self) -> anyhow::Result<Options> {
+    pub fn options(&self) -> anyhow::Result<Options> {
         for (what, a) in [("--target", self.target), ("--listen", self.listen)] {
             if !a.ip().is_loopback() && !self.allow_remote {
                 anyhow::bail!(
@@ -128,7 +128,7 @@ impl LoadArgs {
 }
 
 /// A stop flag raised by Ctrl-C or SIGTERM.
-pub(crate) fn stop_on_signal() -> Arc<AtomicBool> {
+pub fn stop_on_signal() -> Arc<AtomicBool> {
     let stop = Arc::new(AtomicBool::new(false));
     let s = stop.clone();
     std::thread::spawn(move || {
@@ -155,7 +155,7 @@ pub(crate) fn stop_on_signal() -> Arc<AtomicBool> {
 }
 
 /// The progress line.
-pub(crate) fn progress_line(p: &Progress) -> String {
+pub fn progress_line(p: &Progress) -> String {
     let c = p.counts;
     format!(
         "{:6.1}s  started {:>7}  up {:>6}  ok {:>7}  failed {:>5}  {:>7.1} calls/s  retransmissions {}",
@@ -164,7 +164,7 @@ pub(crate) fn progress_line(p: &Progress) -> String {
 }
 
 /// The summary table.
-pub(crate) fn summary(r: &Report) -> String {
+pub fn summary(r: &Report) -> String {
     let c = r.counts;
     let mut s = String::new();
     s += &format!(
@@ -211,16 +211,16 @@ pub(crate) fn summary(r: &Report) -> String {
 
 /// Runs a load and prints its report; true when every call succeeded.
 /// Ctrl-C or SIGTERM ends it early.
-pub(crate) fn run(args: &LoadArgs) -> anyhow::Result<bool> {
+pub fn run(args: &LoadArgs) -> anyhow::Result<bool> {
     run_until(args, &stop_on_signal())
 }
 
 /// [`run`], ended early when `stop` is raised.
-pub(crate) fn run_until(args: &LoadArgs, stop: &AtomicBool) -> anyhow::Result<bool> {
+pub fn run_until(args: &LoadArgs, stop: &AtomicBool) -> anyhow::Result<bool> {
     let opts = args.options()?;
     let tty = std::io::stderr().is_terminal();
     let json = args.json;
-    let report = handover_load::run(&opts, stop, |p| {
+    let report = crate::run(&opts, stop, |p| {
         if json {
             return;
         }

@@ -26,6 +26,7 @@
 //!
 //! The engine is sans-IO ([`Engine`]); [`run`] is the socket shell.
 
+pub mod cli;
 mod engine;
 mod report;
 mod run;

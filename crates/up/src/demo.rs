@@ -29,7 +29,7 @@ fn wait_formed(a: &UpArgs) -> anyhow::Result<bool> {
             for g in &grpc {
                 let s = async {
                     let mut c = pb::admin_client::AdminClient::new(
-                        crate::status::admin_channel(*g, None).await?,
+                        handover_ctl::status::admin_channel(*g, None).await?,
                     );
                     anyhow::Ok(c.status(pb::StatusRequest {}).await?.into_inner())
                 }
@@ -79,7 +79,7 @@ pub(super) fn demo(
             "handover up: the cluster did not serve every shard within 30 s; the demo starts anyway"
         );
     }
-    let args = crate::load::LoadArgs {
+    let args = handover_load::cli::LoadArgs {
         target: a.listen,
         listen: a.demo_listen,
         rate: 20.0,
@@ -99,7 +99,7 @@ pub(super) fn demo(
         "demo: 200 calls at 20/s (basic, hold/resume, blind and attended transfers), the load generator on {}",
         a.demo_listen
     );
-    let ok = crate::load::run_until(&args, stop)?;
+    let ok = handover_load::cli::run_until(&args, stop)?;
     if stop.load(std::sync::atomic::Ordering::Relaxed) {
         println!("demo: stopped before its 200 calls were played (Ctrl-C or SIGTERM)");
         return Ok(());

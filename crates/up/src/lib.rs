@@ -14,10 +14,10 @@ use anyhow::Context as _;
 use clap::Args;
 
 mod demo;
-pub(crate) mod scale;
+pub mod scale;
 
 #[derive(Debug, Args)]
-pub(crate) struct UpArgs {
+pub struct UpArgs {
     /// A trusted peer (PBX, trunk) by address prefix (repeat): its
     /// identity headers (P-Asserted-Identity and kin) pass; anyone else's
     /// are removed.
@@ -33,7 +33,7 @@ pub(crate) struct UpArgs {
     assert_identity: bool,
     /// The cluster's hashing key, 32 hex digits [default: a new random key
     /// for this run, given to the edge and every worker].
-    #[arg(long, value_parser = crate::config::parse_hash_key)]
+    #[arg(long, value_parser = handover_config::parse_hash_key)]
     hash_key: Option<(u64, u64)>,
     /// Where phones and trunks send SIP (the edge).
     #[arg(long, default_value = "127.0.0.1:5060")]
@@ -191,7 +191,7 @@ fn admin_credentials(
     cluster_tls: &std::path::Path,
     port: u16,
 ) -> anyhow::Result<std::path::PathBuf> {
-    let to = crate::status::up_credentials(port);
+    let to = handover_ctl::status::up_credentials(port);
     let _ = std::fs::remove_dir_all(&to);
     std::fs::create_dir_all(&to).with_context(|| format!("cannot create {}", to.display()))?;
     for f in ["ca.crt", "tls.crt", "tls.key"] {
@@ -233,8 +233,10 @@ impl Drop for Kids {
     }
 }
 
-pub(crate) fn run(mut a: UpArgs) -> anyhow::Result<()> {
-    crate::init_tracing();
+/// Runs the cluster until Ctrl-C or SIGTERM; its children run this
+/// process's binary (`handover`). `log_format` is passed on to them
+/// (`--log-format`), so they log as this process was asked to.
+pub fn run(mut a: UpArgs, log_format: &str) -> anyhow::Result<()> {
     if a.demo && a.routes.is_empty() {
         a.routes.push(format!("*={}", a.demo_listen));
     }
@@ -244,7 +246,7 @@ pub(crate) fn run(mut a: UpArgs) -> anyhow::Result<()> {
     if let Some(c) = &mut a.config {
         // Checked before anything starts; absolute, as the workers read it
         // again on reload.
-        crate::config::Config::load(c).map_err(|e| anyhow::anyhow!("--config: {e}"))?;
+        handover_config::Config::load(c).map_err(|e| anyhow::anyhow!("--config: {e}"))?;
         *c = std::path::absolute(&*c).context("--config")?;
     }
     let exe = std::env::current_exe().context("cannot find this binary")?;
@@ -330,11 +332,6 @@ pub(crate) fn run(mut a: UpArgs) -> anyhow::Result<()> {
     }
     let mut kids = Kids(Vec::new());
     // The children log as this process was asked to.
-    let log_format = crate::LOG_FORMAT
-        .get()
-        .copied()
-        .unwrap_or(crate::LogFormat::Text)
-        .name();
     // A throw-away key for this run (the built-in default is public),
     // the same for the edge and every worker.
     let (k0, k1) = match a.hash_key {
@@ -587,7 +584,7 @@ pub(crate) fn run(mut a: UpArgs) -> anyhow::Result<()> {
     // `up` then waited for another one: a SIGTERM from a supervisor was
     // lost). Raised by a signal before the loop below listens, it ends
     // the loop at its first tick.
-    let stop = crate::load::stop_on_signal();
+    let stop = handover_load::cli::stop_on_signal();
     if a.demo {
         demo::demo(&a, &mut kids, &stop)?;
         if stop.load(std::sync::atomic::Ordering::Relaxed) {

@@ -13,7 +13,7 @@ use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _};
 
 /// `handover scale` flags.
 #[derive(Debug, Clone, Args)]
-pub(crate) struct ScaleArgs {
+pub struct ScaleArgs {
     /// How many workers the cluster should have.
     #[arg(long)]
     workers: u16,
@@ -25,12 +25,12 @@ pub(crate) struct ScaleArgs {
 /// The control socket of the `up` whose first worker's gRPC port is
 /// `port`.
 pub(super) fn control_path(port: u16) -> PathBuf {
-    crate::status::up_credentials(port).with_extension("sock")
+    handover_ctl::status::up_credentials(port).with_extension("sock")
 }
 
 /// Asks the `up` at `a.grpc` for `a.workers` workers and prints what it
 /// does.
-pub(crate) fn run(a: &ScaleArgs) -> anyhow::Result<()> {
+pub fn run(a: &ScaleArgs) -> anyhow::Result<()> {
     let path = control_path(a.grpc.port());
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

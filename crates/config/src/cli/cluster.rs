@@ -9,15 +9,15 @@ use handover_worker::peers::{Peer, hostname, id_from_hostname, parse_peer};
 
 /// Replication flags of `handover worker`.
 #[derive(Debug, Clone, Args)]
-pub(crate) struct ClusterArgs {
+pub struct ClusterArgs {
     /// This worker's id in the cluster (1, 2, …). With --peer, turns
     /// replication on.
     #[arg(long, conflicts_with = "id_from_hostname")]
-    pub(crate) id: Option<u64>,
+    pub id: Option<u64>,
     /// Take the id from the host name's trailing `-N` plus one (a
     /// Kubernetes StatefulSet's pod `handover-worker-0` is id 1).
     #[arg(long)]
-    pub(crate) id_from_hostname: bool,
+    pub id_from_hostname: bool,
     /// Every worker of the cluster, this one included, the same list on
     /// each: `ID=GRPC_ADDR,SIP_ADDR` (repeat). Addresses are `IP:PORT` or
     /// `HOST:PORT`; host names are looked up at each connection (gRPC) and
@@ -28,7 +28,7 @@ pub(crate) struct ClusterArgs {
         value_name = "ID=GRPC,SIP",
         conflicts_with = "peer_template"
     )]
-    pub(crate) peers: Vec<String>,
+    pub peers: Vec<String>,
     /// The peers by pattern instead of a list, for a StatefulSet whose
     /// pods have the same flags: `GRPC,SIP` with `{ordinal}` (the pod's
     /// ordinal, id - 1) or `{id}`, e.g.
@@ -37,13 +37,13 @@ pub(crate) struct ClusterArgs {
     /// worker beyond them names itself and joins (with --join). Replaces
     /// `[worker.replication] peer_template`.
     #[arg(long, value_name = "GRPC,SIP", requires = "founders")]
-    pub(crate) peer_template: Option<String>,
+    pub peer_template: Option<String>,
     /// With --peer-template: how many workers started the cluster (its
     /// first voters, ids 1 to N). Fixed for the cluster's life: scaling
     /// changes the replica count, not this. Replaces
     /// `[worker.replication] founders`.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
-    pub(crate) founders: Option<u64>,
+    pub founders: Option<u64>,
     /// The leader removes a voter that has been out of the shard map
     /// (dead or drained) this many seconds from Raft, keeping at least
     /// three voters: a Kubernetes scale-down stops its highest pods for
@@ -52,18 +52,18 @@ pub(crate) struct ClusterArgs {
     /// --join). 0: only `handover leave` removes (overrides
     /// `[worker.replication] remove_down_after_s`) [default: 0].
     #[arg(long, value_name = "SECONDS")]
-    pub(crate) remove_down_after_s: Option<u64>,
+    pub remove_down_after_s: Option<u64>,
     /// Address to bind gRPC on [default: this worker's --peer gRPC
     /// address]; `0.0.0.0:PORT` where that address is a name.
     #[arg(long)]
-    pub(crate) grpc_listen: Option<SocketAddr>,
+    pub grpc_listen: Option<SocketAddr>,
     /// Join a running cluster through any member's gRPC address (a new
     /// worker: its --peer need name only itself; the cluster's leader adds
     /// it as a learner, then a voter, and the shard map gives it its
     /// share). Without it a worker with no Raft log starts the cluster
     /// with its --peer list as voters. Replaces `[worker.replication] join`.
     #[arg(long, value_name = "GRPC_ADDR", value_parser = join_addr)]
-    pub(crate) join: Option<String>,
+    pub join: Option<String>,
     /// Group commit: call records are proposed in windows of this length,
     /// aligned on the wall clock (multiples of it since the Unix epoch), so
     /// every worker's batch of a window goes in one Raft round; each round
@@ -72,33 +72,33 @@ pub(crate) struct ClusterArgs {
     /// round. 0 proposes a new call's record at once when no round is in
     /// flight (lowest latency, more CPU: docs/benchmarks.md) [default: 40].
     #[arg(long)]
-    pub(crate) commit_window_ms: Option<u64>,
+    pub commit_window_ms: Option<u64>,
     /// Directory for this worker's Raft log [default: ./handover-data].
     #[arg(long)]
-    pub(crate) data: Option<PathBuf>,
+    pub data: Option<PathBuf>,
     /// Mutual TLS on the cluster port: a directory with the cluster CA
     /// (`ca.crt`) and this worker's certificate and key (`tls.crt`,
     /// `tls.key`, naming `member-ID.handover` and `worker.handover`), as
     /// a cert-manager Secret holds them; `{id}` in it is replaced by this
     /// worker's id (overrides `[worker.replication] tls_dir`).
     #[arg(long, value_name = "DIR")]
-    pub(crate) cluster_tls: Option<PathBuf>,
+    pub cluster_tls: Option<PathBuf>,
     /// Below this many MiB free on the Raft log's file system, new calls
     /// and REGISTERs get 503 (room again at twice that), so a filling disk
     /// never stops a replica; 0: never (overrides `[worker.replication]
     /// min_free_mb`) [default: 64].
     #[arg(long, value_name = "MIB")]
-    pub(crate) min_free_mb: Option<u64>,
+    pub min_free_mb: Option<u64>,
     /// Serve the cluster port without TLS on an address that is not
     /// loopback (anyone who reaches it can then act as a member).
     #[arg(long)]
-    pub(crate) cluster_insecure: bool,
+    pub cluster_insecure: bool,
 }
 
 impl ClusterArgs {
     /// The flags over the file's `[worker.replication]`: a flag given
     /// replaces the key (`--peer`s replace the file's list).
-    pub(crate) fn over(mut self, f: &crate::config::Replication) -> Self {
+    pub fn over(mut self, f: &crate::Replication) -> Self {
         if self.id.is_none() && !self.id_from_hostname {
             self.id = f.id;
             self.id_from_hostname = f.id_from_hostname;
@@ -139,7 +139,7 @@ fn join_addr(s: &str) -> Result<String, String> {
 
 /// The cluster port's TLS for worker `id` listening on `bind`: required
 /// unless `bind` is loopback or `insecure` says otherwise.
-pub(crate) fn cluster_tls(
+pub fn cluster_tls(
     a: &ClusterArgs,
     id: u64,
     bind: Option<std::net::IpAddr>,
@@ -157,7 +157,7 @@ pub(crate) fn cluster_tls(
 }
 
 /// Validates the flags: `None` when replication is off.
-pub(crate) fn configured(a: &ClusterArgs) -> anyhow::Result<Option<(u64, Vec<Peer>)>> {
+pub fn configured(a: &ClusterArgs) -> anyhow::Result<Option<(u64, Vec<Peer>)>> {
     let id = if a.id_from_hostname {
         Some(id_from_hostname(&hostname()?)?)
     } else {
@@ -226,8 +226,8 @@ fn template_peers(template: &str, founders: u64, id: u64) -> anyhow::Result<Vec<
 mod tests {
     use super::*;
 
-    fn file(src: &str) -> crate::config::Replication {
-        crate::config::Config::parse(std::path::Path::new("t.toml"), src)
+    fn file(src: &str) -> crate::Replication {
+        crate::Config::parse(std::path::Path::new("t.toml"), src)
             .unwrap()
             .worker
             .replication

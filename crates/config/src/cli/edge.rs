@@ -1,18 +1,16 @@
-//! `handover edge`: flags, configuration, and the process around
-//! [`handover_edge::Edge`] (admin port, signals).
+//! `handover edge`'s flags, resolved with the `[edge]` section of the file
+//! into the edge's [`Settings`]; the process around the edge is the
+//! binary's.
 
+use clap::{Args, ValueEnum};
+use handover_edge::{EdgeConfig, HealthConfig, IoMode};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 
-use anyhow::Context as _;
-use clap::{Args, ValueEnum};
-use handover_edge::{Edge, EdgeConfig, HealthConfig, IoMode};
-
-use crate::config::Config;
+use crate::Config;
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
-pub(crate) enum Io {
+pub enum Io {
     /// io_uring where the kernel and seccomp allow it, else epoll.
     Auto,
     /// io_uring or fail.
@@ -22,13 +20,13 @@ pub(crate) enum Io {
 }
 
 #[derive(Debug, Args)]
-pub(crate) struct EdgeArgs {
+pub struct EdgeArgs {
     /// TOML configuration file (its `[edge]` section; flags override it).
     #[arg(long)]
     config: Option<PathBuf>,
     /// The cluster's hashing key, 32 hex digits, the same on every node
     /// (overrides `[cluster] hash_key`; required with --cluster).
-    #[arg(long, value_parser = crate::config::parse_hash_key)]
+    #[arg(long, value_parser = crate::parse_hash_key)]
     hash_key: Option<(u64, u64)>,
     /// Address to receive SIP on [default: 127.0.0.1:5060].
     #[arg(long)]
@@ -134,7 +132,7 @@ pub(crate) struct EdgeArgs {
     /// (`;transport=tls`) must present a certificate that chains to one
     /// and names it [default: the system's trusted roots].
     #[arg(long)]
-    pub(crate) tls_upstream_ca: Option<PathBuf>,
+    pub tls_upstream_ca: Option<PathBuf>,
     /// Stream (TCP, TLS) connections at most, in all [default: 16384].
     #[arg(long)]
     max_connections: Option<usize>,
@@ -167,18 +165,22 @@ pub(crate) struct EdgeArgs {
 }
 
 /// What `handover edge` runs with, flags over the file.
-struct Settings {
-    edge: EdgeConfig,
-    admin: SocketAddr,
+#[derive(Debug)]
+pub struct Settings {
+    /// The edge itself.
+    pub edge: EdgeConfig,
+    /// Its admin port (metrics, probes).
+    pub admin: SocketAddr,
     /// Replicated workers' gRPC addresses to watch the map from.
-    cluster: Vec<String>,
+    pub cluster: Vec<String>,
     /// The edge's cluster credentials.
-    cluster_tls: Option<handover_worker::tls::TlsDir>,
-    drain_s: u64,
+    pub cluster_tls: Option<handover_worker::tls::TlsDir>,
+    /// How long SIGTERM keeps forwarding with /readyz failing.
+    pub drain_s: u64,
 }
 
 /// Builds the edge's settings: file (or defaults), then flags.
-fn settings(a: &EdgeArgs) -> anyhow::Result<Settings> {
+pub fn settings(a: &EdgeArgs) -> anyhow::Result<Settings> {
     let file = match &a.config {
         Some(p) => Config::load(p)?,
         None => Config::defaults(),
@@ -224,12 +226,11 @@ fn settings(a: &EdgeArgs) -> anyhow::Result<Settings> {
     health
         .validate()
         .map_err(|m| anyhow::anyhow!("probe settings: {m} (--probe-interval-ms, --probe-timeout-ms, --down-after, --up-after)"))?;
-    let hashing =
-        crate::config::hashing(a.hash_key, file.cluster.hash_key_value, !cluster.is_empty())?;
+    let hashing = crate::hashing(a.hash_key, file.cluster.hash_key_value, !cluster.is_empty())?;
     let listen = a.listen.unwrap_or_else(|| parse(&e.listen));
     let internal_advertise = match &a.internal_advertise {
         Some(s) => Some(
-            crate::config::internal_addr(s, &listen.to_string())
+            crate::internal_addr(s, &listen.to_string())
                 .map_err(|m| anyhow::anyhow!("--internal-advertise: {m}"))?,
         ),
         None => e.internal_advertise.as_deref().map(parse),
@@ -343,106 +344,6 @@ fn settings(a: &EdgeArgs) -> anyhow::Result<Settings> {
         },
         cluster,
         drain_s: a.drain_s.unwrap_or(e.drain_s),
-    })
-}
-
-pub(crate) fn run(args: EdgeArgs) -> anyhow::Result<()> {
-    crate::init_tracing();
-    let Settings {
-        edge: cfg,
-        admin: admin_addr,
-        cluster,
-        cluster_tls,
-        drain_s,
-    } = settings(&args)?;
-    if let Some(t) = &cluster_tls {
-        t.check()?;
-    }
-    let handle = handover_worker::admin::install_recorder("edge")?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the runtime")?;
-    rt.block_on(async move {
-        let listener = handover_worker::admin::bind(admin_addr).await?;
-        let admin_local = listener.local_addr()?;
-        let edge = Edge::start(cfg)?;
-        println!(
-            "handover edge listening on udp {} (io: {})",
-            edge.local_addr(),
-            edge.io_mode().as_str()
-        );
-        for t in [
-            handover_sip::Transport::Tcp,
-            handover_sip::Transport::Tls,
-            handover_sip::Transport::Ws,
-            handover_sip::Transport::Wss,
-        ] {
-            if let Some(a) = edge.listener(t) {
-                println!("handover edge listening on {t} {a}");
-            }
-        }
-        println!("metrics: http://{admin_local}/metrics");
-        if !cluster.is_empty() {
-            // Nobody owns anything until the first map arrives.
-            edge.set_members(&[], &vec![None; handover_sip::ids::SHARDS], 0);
-            println!("routing by the cluster's shard map from {:?}", cluster);
-        }
-        // Ready while the edge routes somewhere and is not draining.
-        let draining = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let ready: Arc<dyn Fn() -> bool + Send + Sync> = {
-            let routes = edge.ready_fn();
-            let draining = Arc::clone(&draining);
-            Arc::new(move || !draining.load(std::sync::atomic::Ordering::Relaxed) && routes())
-        };
-        let admin = tokio::spawn(handover_worker::admin::serve(listener, handle, ready));
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        // The futures below borrow the edge: done with them before it stops.
-        {
-            // The probe loop never ends the process: only a signal does.
-            let health = async {
-                if let Err(e) = edge.health_loop().await {
-                    tracing::error!(error = %e, "health probes stopped; backends stay as they are");
-                }
-                std::future::pending::<()>().await
-            };
-            let watch = async {
-                if cluster.is_empty() {
-                    std::future::pending::<()>().await;
-                }
-                handover_worker::watch::watch_map(
-                    |members, owners, epoch| edge.set_members(members, owners, epoch),
-                    &cluster,
-                    cluster_tls.as_ref(),
-                )
-                .await;
-            };
-            tokio::pin!(health, watch);
-            let drain = tokio::select! {
-                () = &mut health => false,
-                () = &mut watch => false,
-                _ = tokio::signal::ctrl_c() => false,
-                _ = term.recv() => true,
-            };
-            if drain && drain_s > 0 {
-                // SIGTERM (Kubernetes' stop): fail /readyz so the Service and
-                // the load balancer take this edge out, keep forwarding what
-                // still arrives meanwhile, then stop.
-                draining.store(true, std::sync::atomic::Ordering::Relaxed);
-                tracing::info!(seconds = drain_s, "draining: not ready, still forwarding");
-                println!("draining for {} s (SIGINT stops at once)", drain_s);
-                tokio::select! {
-                    () = tokio::time::sleep(std::time::Duration::from_secs(drain_s)) => {}
-                    () = &mut health => {}
-                    () = &mut watch => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
-            }
-        }
-        tracing::info!("stopping");
-        admin.abort();
-        edge.shutdown();
-        Ok(())
     })
 }
 

@@ -1,4 +1,4 @@
-//! `handover worker`: its flags, resolved with the `[worker]` section of
+//! `handover worker`'s flags, resolved with the `[worker]` section of
 //! the file into [`handover_worker::sip::Settings`]; the worker itself is
 //! the `handover-worker` crate.
 
@@ -11,13 +11,13 @@ use handover_call::TransferMode;
 use handover_worker::sip::Settings;
 
 #[derive(Debug, Args)]
-pub(crate) struct WorkerArgs {
+pub struct WorkerArgs {
     /// TOML configuration file (its `[worker]` section; flags override it).
     #[arg(long)]
     config: Option<std::path::PathBuf>,
     /// The cluster's hashing key, 32 hex digits, the same on every node
     /// (overrides `[cluster] hash_key`; required with --peer).
-    #[arg(long, value_parser = crate::config::parse_hash_key)]
+    #[arg(long, value_parser = crate::parse_hash_key)]
     hash_key: Option<(u64, u64)>,
     /// A trusted peer (PBX, trunk) by address prefix, e.g. 10.0.0.0/8
     /// (repeat; replaces the file's `trusted`): its P-Asserted-Identity,
@@ -123,7 +123,7 @@ pub(crate) struct WorkerArgs {
     #[arg(long, default_value_t = 86_400)]
     records_rotate_s: u64,
     #[command(flatten)]
-    cluster: crate::cluster::ClusterArgs,
+    cluster: crate::cli::cluster::ClusterArgs,
 }
 
 fn edge_addr(s: &str) -> Result<String, String> {
@@ -139,7 +139,7 @@ fn reloader(path: std::path::PathBuf, a: &WorkerArgs) -> handover_worker::replic
     let trusted: Vec<String> = a.trusted.iter().map(ToString::to_string).collect();
     let identity_headers = a.identity_headers.clone();
     handover_worker::replica::Reloader(std::sync::Arc::new(move || {
-        let w = crate::config::Config::load(&path)
+        let w = crate::Config::load(&path)
             .map_err(|e| e.to_string())?
             .worker;
         let pick = |flags: &Vec<String>, file: Vec<String>| {
@@ -159,16 +159,16 @@ fn reloader(path: std::path::PathBuf, a: &WorkerArgs) -> handover_worker::replic
 }
 
 /// The effective settings: file (or defaults), then flags.
-fn settings(a: WorkerArgs) -> anyhow::Result<Settings> {
+pub fn settings(a: WorkerArgs) -> anyhow::Result<Settings> {
     let reload = a.config.clone().map(|p| reloader(p, &a));
     let file = match &a.config {
-        Some(p) => crate::config::Config::load(p)?,
-        None => crate::config::Config::defaults(),
+        Some(p) => crate::Config::load(p)?,
+        None => crate::Config::defaults(),
     };
     let w = file.worker;
     let parse = |s: &str| s.parse::<SocketAddr>().expect("validated by config");
     let cluster = a.cluster.over(&w.replication);
-    let replication = match crate::cluster::configured(&cluster)? {
+    let replication = match crate::cli::cluster::configured(&cluster)? {
         None => None,
         Some((id, peers)) => {
             let bind = cluster.grpc_listen.map(|a| a.ip()).or_else(|| {
@@ -177,7 +177,7 @@ fn settings(a: WorkerArgs) -> anyhow::Result<Settings> {
                     .ok()
                     .map(|a| a.ip())
             });
-            let tls = crate::cluster::cluster_tls(&cluster, id, bind)?;
+            let tls = crate::cli::cluster::cluster_tls(&cluster, id, bind)?;
             Some(handover_worker::replica::Settings {
                 id,
                 peers,
@@ -231,7 +231,7 @@ fn settings(a: WorkerArgs) -> anyhow::Result<Settings> {
         max_calls_per_source: a.max_calls_per_source.unwrap_or(w.max_calls_per_source),
         limits: file.sip.limits(),
         // The edge's key: a call's shard must be the one the edge routes by.
-        hashing: crate::config::hashing(
+        hashing: crate::hashing(
             a.hash_key,
             file.cluster.hash_key_value,
             !cluster.peers.is_empty(),
@@ -294,13 +294,6 @@ fn settings(a: WorkerArgs) -> anyhow::Result<Settings> {
                 ban_s: w.registrar.ban_s,
             }),
     })
-}
-
-/// Runs a worker until SIGINT, a drain's end, or its replica's end
-/// ([`handover_worker::sip::ReplicaEnded`]).
-pub(crate) fn run(args: WorkerArgs) -> anyhow::Result<()> {
-    crate::init_tracing();
-    handover_worker::sip::run(settings(args)?)
 }
 
 /// A header name for `--identity-header`.
