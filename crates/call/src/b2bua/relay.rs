@@ -469,24 +469,12 @@ impl<R: RngCore> B2bua<R> {
 
     /// Moves the relays' output out and relays their answers back.
     pub(super) fn drain_relays(&mut self, now: Instant, cref: u64) {
-        let Some(call) = self.calls.get(&cref) else {
+        // Most calls relay nothing most of the time: this runs after every
+        // message of a call, so it returns before it builds anything.
+        let Some(call) = self.calls.get_mut(&cref).filter(|c| !c.relays.is_empty()) else {
             return;
         };
-        // Our Contact in each leg (a relayed answer goes to the leg its
-        // request came from).
-        let leg_id = |l: &Leg| -> Vec<u8> {
-            l.dialog
-                .as_ref()
-                .map_or(&l.call_id, |d| &d.id.call_id)
-                .clone()
-        };
-        let contacts = [
-            self.ep.contact(call.key, &leg_id(&call.legs.a)),
-            self.ep.contact(call.key, &leg_id(&call.legs.b)),
-        ];
-        let Some(call) = self.calls.get_mut(&cref) else {
-            return;
-        };
+        let key = call.key;
         let Call {
             relays,
             legs,
@@ -545,15 +533,20 @@ impl<R: RngCore> B2bua<R> {
                 let Ok(req) = scan(&r.req) else { continue };
                 let body = resp
                     .as_ref()
-                    .and_then(|p| p.content_type().map(|ct| (ct.to_vec(), p.body().to_vec())));
-                let body = body.as_ref().map(|(c, b)| (c.as_slice(), b.as_slice()));
+                    .and_then(|p| p.content_type().map(|ct| (ct, p.body())));
                 let from_trusted = self.ep.cfg.trusted.contains(addressee_ip(&r.out));
                 let mut extra = resp
                     .as_ref()
                     .map(|p| end_to_end_headers(p, from_trusted, &self.ep.cfg.identity_headers))
                     .unwrap_or_default();
+                // Our Contact in the leg the request came from, where its
+                // answer goes.
+                let contact;
                 if is_invite && status < 300 {
-                    extra.push(("Contact", &contacts[usize::from(!r.from.is_a())]));
+                    let l = &legs[r.from];
+                    let id = l.dialog.as_ref().map_or(&l.call_id, |d| &d.id.call_id);
+                    contact = self.ep.contact(key, id);
+                    extra.push(("Contact", &contact));
                 }
                 // A refresh (re-INVITE or UPDATE answered 2xx) restarts the
                 // session timer with the interval it agreed on.

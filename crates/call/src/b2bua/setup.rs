@@ -510,9 +510,6 @@ impl Call {
         cref: u64,
         e: Event,
     ) {
-        // The Contact of our answers to A.
-        let (key, contact) = (self.key, ep.contact(self.key, &self.legs.a.call_id));
-        let ack_via = ep.via(key);
         let wall_now = ep.unix_ms(now);
         let call = &mut *self;
         let a_bytes = call.legs.a.invite.clone();
@@ -530,11 +527,12 @@ impl Call {
             status
         };
         let resp = scan(&msg).ok();
-        let body = resp
+        let body_ref = resp
             .as_ref()
-            .and_then(|r| r.content_type().map(|ct| (ct.to_vec(), r.body().to_vec())));
-        let body_ref = body.as_ref().map(|(c, b)| (c.as_slice(), b.as_slice()));
+            .and_then(|r| r.content_type().map(|ct| (ct, r.body())));
         let tag = call.a_tag;
+        // The Contact of our answers to A.
+        let contact = |call: &Call, ep: &Endpoint<R>| ep.contact(call.key, &call.legs.a.call_id);
         if (180..200).contains(&status) && call.detail.ringing_ms == 0 {
             call.detail.ringing_ms = wall_now;
         }
@@ -555,6 +553,7 @@ impl Call {
                     .as_ref()
                     .map(|p| end_to_end_headers(p, from_trusted, &ep.cfg.identity_headers))
                     .unwrap_or_default();
+                let contact = contact(call, ep);
                 extra.push(("Contact", &contact));
                 extra.extend(record_routes(&a));
                 let mut r = Vec::new();
@@ -572,6 +571,7 @@ impl Call {
             200..=299 => {
                 let Some(resp) = resp else { return };
                 if call.legs.b.dialog.is_none() {
+                    let ack_via = ep.via(call.key);
                     let inv = call.legs.b.invite.clone();
                     let dialog = scan(&inv).ok().and_then(|bi| {
                         let mut d = Dialog::uac(&bi, &resp).ok()?;
@@ -612,6 +612,7 @@ impl Call {
                 ep.stats.answered += 1;
                 let from_trusted = ep.cfg.trusted.contains(addressee_ip(&call.legs.b.invite));
                 let mut extra = end_to_end_headers(&resp, from_trusted, &ep.cfg.identity_headers);
+                let contact = contact(call, ep);
                 extra.push(("Contact", &contact));
                 extra.extend(record_routes(&a));
                 let mut r = Vec::new();
