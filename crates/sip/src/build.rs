@@ -13,11 +13,20 @@ use crate::lex::Span;
 pub trait Sink {
     /// Appends bytes.
     fn put(&mut self, b: &[u8]);
+
+    /// Room for `n` more bytes, when the sink can grow (a hint).
+    fn reserve(&mut self, n: usize) {
+        let _ = n;
+    }
 }
 
 impl Sink for Vec<u8> {
     fn put(&mut self, b: &[u8]) {
         self.extend_from_slice(b);
+    }
+
+    fn reserve(&mut self, n: usize) {
+        Vec::reserve(self, n);
     }
 }
 
@@ -145,6 +154,11 @@ pub fn response_with_body(
     body: Option<(&[u8], &[u8])>,
     out: &mut (impl Sink + ?Sized),
 ) {
+    // One allocation: the request's header block bounds the copied lines
+    // (growing from empty took about four reallocations per answer).
+    let extra_len: usize = extra.iter().map(|(n, v)| n.len() + v.len() + 4).sum();
+    let body_len = body.map_or(0, |(ct, b)| ct.len() + b.len() + 16);
+    out.reserve(parts.headers.len() + extra_len + body_len + 64);
     let _ = write!(Fmt(out), "SIP/2.0 {status} ");
     match reason {
         Some(r) => {

@@ -148,17 +148,20 @@ impl<R: RngCore> Endpoint<R> {
             .cfg
             .hashing
             .key_token(key, Bound::Branch, branch.as_bytes());
-        let mut v = format!(
-            "SIP/2.0/UDP {};branch={};k={}",
-            self.cfg.advertised,
-            branch,
-            core::str::from_utf8(&k).unwrap_or_default()
-        );
+        // Built in place at its final size (see `Config::contact`).
+        let size = 12 + self.cfg.advertised.len() + 8 + branch.as_bytes().len() + 3 + k.len() + 24;
+        let mut v = Vec::with_capacity(size);
+        v.extend_from_slice(b"SIP/2.0/UDP ");
+        v.extend_from_slice(self.cfg.advertised.as_bytes());
+        v.extend_from_slice(b";branch=");
+        v.extend_from_slice(branch.as_bytes());
+        v.extend_from_slice(b";k=");
+        v.extend_from_slice(&k);
         if let Some(w) = self.member {
-            use core::fmt::Write as _;
+            use std::io::Write as _;
             let _ = write!(v, ";w={w}");
         }
-        v.into_bytes()
+        v
     }
 
     /// Our Contact in the leg whose Call-ID is `call_id` of the call whose

@@ -50,12 +50,15 @@ impl Config {
     /// borrowed).
     pub(super) fn contact(&self, key: u64, call_id: &[u8]) -> Vec<u8> {
         let k = self.hashing.key_token(key, Bound::CallId, call_id);
-        format!(
-            "<sip:b2bua@{};k={}>",
-            self.advertised,
-            core::str::from_utf8(&k).unwrap_or_default()
-        )
-        .into_bytes()
+        // Built in place at its final size (a `format!` here grew its
+        // buffer twice, for every answer and request of a call).
+        let mut c = Vec::with_capacity(15 + self.advertised.len() + k.len());
+        c.extend_from_slice(b"<sip:b2bua@");
+        c.extend_from_slice(self.advertised.as_bytes());
+        c.extend_from_slice(b";k=");
+        c.extend_from_slice(&k);
+        c.push(b'>');
+        c
     }
 }
 
