@@ -510,13 +510,18 @@ impl Call {
         cref: u64,
         e: Event,
     ) {
+        let Some((status, msg)) = e.into_response() else {
+            return;
+        };
+        if status == 100 {
+            // Nothing to relay (RFC 3261 §16.7: a 100 is hop by hop).
+            self.drain_outputs(ep);
+            return;
+        }
         let wall_now = ep.unix_ms(now);
         let call = &mut *self;
         let a_bytes = call.legs.a.invite.clone();
         let Ok(a) = scan(&a_bytes) else { return };
-        let Some((status, msg)) = e.into_response() else {
-            return;
-        };
         if status >= 200 {
             call.ring_deadline = None;
         }
@@ -546,7 +551,6 @@ impl Call {
                 .push_back((Latency::Answer, now - call.started_at));
         }
         match status {
-            100 => {}
             101..=199 if !call.cancelled => {
                 let from_trusted = ep.cfg.trusted.contains(addressee_ip(&call.legs.b.invite));
                 let mut extra = resp
