@@ -46,6 +46,26 @@ def cpu_seconds(pids):
     return total / TICK
 
 
+def sched(pids):
+    """(kernel CPU seconds, voluntary context switches) of pids, every
+    thread's switches summed (a process's own status counts only its main
+    thread): how much of a system's CPU is the kernel's, and how often its
+    threads sleep and are woken, which a message-per-wakeup design pays per
+    datagram."""
+    kernel, switches = 0, 0
+    for pid in pids:
+        try:
+            f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+            kernel += int(f[12])
+            for t in os.listdir(f"/proc/{pid}/task"):
+                for line in open(f"/proc/{pid}/task/{t}/status"):
+                    if line.startswith("voluntary_ctxt_switches:"):
+                        switches += int(line.split()[1])
+        except FileNotFoundError:
+            pass
+    return kernel / TICK, switches
+
+
 def tree(pid):
     """pid and all its descendants."""
     out, todo = [], [pid]
