@@ -65,11 +65,11 @@ impl ClientInvite {
     /// A transaction that ended elsewhere: the INVITE of a call restored
     /// from its replica after its worker died (its 2xx was ACKed there).
     /// Sends nothing, absorbs nothing.
-    pub fn ended(cfg: TimerConfig, request: Vec<u8>) -> Self {
+    pub fn ended(cfg: TimerConfig) -> Self {
         Self {
             cfg,
             state: InviteState::Terminated,
-            request,
+            request: Vec::new(),
             ack: None,
             a_interval: cfg.t1,
             out: Outbox::default(),
@@ -102,6 +102,7 @@ impl ClientInvite {
                 //# transition to the "Accepted" state, pass the 2xx response to
                 //# the TU, and set Timer M to 64*T1.
                 self.state = InviteState::Accepted;
+                self.release_request();
                 self.out.timers.clear();
                 self.out.timers.set(Timer::M, now + self.cfg.t1x64());
                 self.out.event(up());
@@ -114,6 +115,7 @@ impl ClientInvite {
                 self.out.send(ack.clone());
                 self.ack = Some(ack);
                 self.state = InviteState::Completed;
+                self.release_request();
                 self.out.timers.clear();
                 //= https://www.rfc-editor.org/rfc/rfc3261#section-17.1.1.2
                 //# The client transaction SHOULD start timer D when it enters
@@ -168,7 +170,16 @@ impl ClientInvite {
 
     fn terminate(&mut self) {
         self.state = InviteState::Terminated;
+        self.release_request();
         self.out.terminated();
+    }
+
+    /// The request is sent again only in Calling (Timer A) and read for
+    /// the ACK of a non-2xx: past those, its bytes (the largest part of a
+    /// call's B leg, which keeps its own copy) are given back, so an
+    /// established call does not hold its INVITE twice.
+    fn release_request(&mut self) {
+        self.request = Vec::new();
     }
 
     poll_methods!();
@@ -291,4 +302,76 @@ impl ClientNonInvite {
     }
 
     poll_methods!();
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use handover_sip::build::{Request, response};
+    use handover_sip::scan;
+
+    use super::*;
+
+    const CFG: TimerConfig = TimerConfig {
+        t1: Duration::from_millis(500),
+        t2: Duration::from_secs(4),
+        t4: Duration::from_secs(5),
+    };
+
+    fn invite_and_answer(status: u16) -> ClientInvite {
+        let req = Request {
+            method: "INVITE",
+            uri: b"sip:bob@192.0.2.4",
+            via: &[b"SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bKtx1"],
+            from: b"<sip:alice@a.example>",
+            from_tag: b"ft",
+            to: b"<sip:bob@b.example>",
+            call_id: b"call-1",
+            cseq: 5,
+            ..Request::default()
+        }
+        .to_vec();
+        let t0 = Instant::from_epoch(Duration::ZERO);
+        let mut c = ClientInvite::new(t0, CFG, req.clone());
+        let mut ringing = Vec::new();
+        response(
+            &scan(&req).unwrap().reply_parts(),
+            180,
+            None,
+            Some(b"tt"),
+            &[],
+            &mut ringing,
+        );
+        c.handle_response(t0, &scan(&ringing).unwrap());
+        assert!(
+            !c.request.is_empty(),
+            "kept while a final answer may need an ACK"
+        );
+        let mut fin = Vec::new();
+        response(
+            &scan(&req).unwrap().reply_parts(),
+            status,
+            None,
+            Some(b"tt"),
+            &[],
+            &mut fin,
+        );
+        c.handle_response(t0, &scan(&fin).unwrap());
+        c
+    }
+
+    #[test]
+    fn the_request_is_given_back_once_it_cannot_be_sent_again() {
+        let c = invite_and_answer(200);
+        assert_eq!(c.state(), InviteState::Accepted);
+        assert!(c.request.is_empty());
+        let mut c = invite_and_answer(486);
+        assert_eq!(c.state(), InviteState::Completed);
+        assert!(c.request.is_empty());
+        // The ACK of the 486 was built from it before it went.
+        let ack = core::iter::from_fn(|| c.poll_transmit()).last().unwrap();
+        assert!(ack.starts_with(b"ACK sip:bob@192.0.2.4 SIP/2.0\r\n"));
+        assert!(ClientInvite::ended(CFG).request.is_empty());
+    }
 }

@@ -301,7 +301,7 @@ pub(super) struct Call {
     /// REFERs on this call are carried out by the B2BUA (local mode).
     pub(super) local_mode: bool,
     /// The last transfer carried out by the B2BUA.
-    pub(super) local: Option<Local>,
+    pub(super) local: Option<Box<Local>>,
     /// Call-IDs of legs this call had before a transfer (still mapped to
     /// it while their transactions end).
     pub(super) old_ids: Vec<Vec<u8>>,
@@ -437,7 +437,7 @@ impl Call {
             .chain(self.timers().map(|(_, at)| at))
             .chain(nits)
             .chain(self.relays.iter().flat_map(Relay::timeouts))
-            .chain(self.local.iter().flat_map(Local::timeouts))
+            .chain(self.local.as_deref().into_iter().flat_map(Local::timeouts))
             .min()
     }
 }

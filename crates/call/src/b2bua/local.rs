@@ -256,7 +256,7 @@ impl<R: RngCore> B2bua<R> {
         let Some(call) = self.calls.get_mut(&cref) else {
             return;
         };
-        call.local = Some(Local {
+        call.local = Some(Box::new(Local {
             at: now,
             attended,
             transferor: from,
@@ -274,7 +274,7 @@ impl<R: RngCore> B2bua<R> {
             r_ack: None,
             replaced,
             replaced_id,
-        });
+        }));
         self.with_call(cref, |c, ep| c.local_notify(ep, now, 100, false));
     }
 
@@ -498,7 +498,7 @@ impl<R: RngCore> B2bua<R> {
         let Some(call) = self.calls.get_mut(&cref) else {
             return;
         };
-        let Call { local, legs, .. } = call;
+        let Call { local, legs, .. } = &mut **call;
         let Some(l) = local.as_mut() else { return };
         let transferee = legs[l.transferor.other()].dialog.as_mut();
         match status {

@@ -55,7 +55,7 @@ impl<R: RngCore> B2bua<R> {
                 // first one's subscription runs is answered 491 (the
                 // transferor may retry once the first has ended).
                 if call.transfer.as_ref().is_some_and(|t| t.pending(now))
-                    || call.local.as_ref().is_some_and(Local::pending)
+                    || call.local.as_deref().is_some_and(Local::pending)
                 {
                     return Err((491, "Request Pending"));
                 }

@@ -474,6 +474,7 @@ impl<R: RngCore> B2bua<R> {
         let Some(call) = self.calls.get_mut(&cref).filter(|c| !c.relays.is_empty()) else {
             return;
         };
+        let call: &mut Call = call;
         let key = call.key;
         let Call {
             relays,

@@ -550,10 +550,7 @@ impl<R: RngCore> B2bua<R> {
                 None => None,
             };
             let (stage, t_cli) = match r {
-                Some(_) => (
-                    local::Stage::Transferee,
-                    ClientInvite::ended(timers, l.t_out.clone()),
-                ),
+                Some(_) => (local::Stage::Transferee, ClientInvite::ended(timers)),
                 None => (
                     local::Stage::Target,
                     ClientInvite::new(now, timers, l.t_out.clone()),
@@ -646,7 +643,7 @@ impl<R: RngCore> B2bua<R> {
         }
         self.calls.insert(
             cref,
-            Call {
+            Box::new(Call {
                 key: rec.key,
                 // A transfer's leg A: the call's first Call-ID is forgotten
                 // with the call (`forget_call`).
@@ -664,7 +661,7 @@ impl<R: RngCore> B2bua<R> {
                     },
                     b: Leg {
                         call_id: rec.b_call_id,
-                        invite: rec.b_invite.clone(),
+                        invite: rec.b_invite,
                         dialog: Some(rec.b_dialog),
                     },
                 },
@@ -678,7 +675,7 @@ impl<R: RngCore> B2bua<R> {
                 // Not in the record: a later leg of an adopted call
                 // asserts nothing.
                 asserted: None,
-                b_cli: ClientInvite::ended(timers, rec.b_invite),
+                b_cli: ClientInvite::ended(timers),
                 b_ack: None,
                 cancelled: false,
                 answered: true,
@@ -690,7 +687,7 @@ impl<R: RngCore> B2bua<R> {
                 no_answer: false,
                 transfer,
                 local_mode: rec.local_mode,
-                local,
+                local: local.map(Box::new),
                 targets: Vec::new(),
                 forks: Vec::new(),
                 best: None,
@@ -707,7 +704,7 @@ impl<R: RngCore> B2bua<R> {
                 scheduled: None,
                 source,
                 detail,
-            },
+            }),
         );
         if resumed {
             self.ep.stats.resumed += 1;

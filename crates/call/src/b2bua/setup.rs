@@ -117,7 +117,7 @@ impl<R: RngCore> B2bua<R> {
         self.ep.count_source(source);
         self.calls.insert(
             cref,
-            Call {
+            Box::new(Call {
                 key,
                 id: m.call_id().to_vec(),
                 legs: Legs {
@@ -170,7 +170,7 @@ impl<R: RngCore> B2bua<R> {
                 scheduled: None,
                 source,
                 detail,
-            },
+            }),
         );
         if fork {
             self.with_call(cref, |c, ep| c.start_forks(ep, now, cref, m, &targets[1..]));
