@@ -644,3 +644,87 @@ fn a_phone_on_a_stale_nonce_is_challenged_again_with_stale_true_and_registers() 
     );
     assert_eq!(failures, 0.0);
 }
+
+/// Issue 19's bound on the Raft log's memory: under a sustained load of
+/// registrations (20,000 new AORs, about 2.4 MB of log entries) the log
+/// each worker keeps in memory never holds more than `--raft-log-mb` (1)
+/// plus one batch, because it is compacted into a snapshot of the table;
+/// nothing registered is lost by the compactions.
+#[test]
+fn the_raft_logs_memory_stays_within_its_configured_bound_under_sustained_registrations() {
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let c = cluster(&[], &["--workers", "3", "--raft-log-mb", "1"]);
+    wait_members(&c.grpc, 3);
+    wait_all_shards_served(&c.grpc, 3);
+    let edge = format!("127.0.0.1:{}", c.sip);
+    let (mut p, stat) = sipp_run(
+        dir.path(),
+        "phones",
+        &[
+            "-sf",
+            scenario("register_bench.xml").to_str().unwrap(),
+            "-r",
+            "2000",
+            "-m",
+            "20000",
+            "-i",
+            "127.0.0.1",
+            "-p",
+            &free_udp_port().to_string(),
+            &edge,
+        ],
+    );
+    let (host, port) = c.worker_admin.rsplit_once(':').unwrap();
+    let port: u16 = port.parse().unwrap();
+    let gauge = |i: u16, series: &str| {
+        metric(
+            &http_get(&format!("http://{host}:{}/metrics", port + i)).1,
+            series,
+        )
+    };
+    // Sampled while the load runs (the gauges follow the status tick).
+    let mut most = 0.0f64;
+    let mut samples = 0;
+    while p.0.try_wait().unwrap().is_none() && samples < 600 {
+        for i in 0..3 {
+            most = most.max(gauge(i, "handover_raft_log_bytes"));
+        }
+        samples += 1;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let r = finish_uac_unchecked(p, &stat);
+    assert_eq!(
+        (r.exit, r.successful, r.failed),
+        (Some(0), 20000, 0),
+        "{r:?}"
+    );
+    let all = [0u16, 1, 2];
+    let registered = wait_for(Duration::from_secs(20), || {
+        summed_metric(&c.worker_admin, &all, "handover_registrations_active") == 60000.0
+    });
+    assert!(
+        registered,
+        "every worker holds the 20,000 bindings: {}",
+        summed_metric(&c.worker_admin, &all, "handover_registrations_active")
+    );
+    for i in all {
+        most = most.max(gauge(i, "handover_raft_log_bytes"));
+        let snap = gauge(i, "handover_raft_snapshot_bytes");
+        // 20,000 bindings encode to about 1.9 MB: the log was compacted
+        // into a snapshot holding them.
+        assert!(snap > 1_000_000.0, "worker {i}: snapshot of {snap} bytes");
+        eprintln!("worker {i}: snapshot {snap} bytes");
+    }
+    eprintln!("in-memory log at most {most} bytes over {samples} samples");
+    assert!(samples > 10, "the load was sampled ({samples} times)");
+    // One batch over the bound at most (512 commands of ~130 bytes).
+    assert!(
+        most <= f64::from((1u32 << 20) + (256 << 10)),
+        "the in-memory log held {most} bytes"
+    );
+    assert!(
+        most > 100_000.0,
+        "the log held entries between compactions: {most}"
+    );
+}

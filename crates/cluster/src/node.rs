@@ -353,6 +353,9 @@ impl Node {
             lease_live: self.now < self.lease_until,
             voters: self.voters(),
             learners: self.learners(),
+            log_entries: self.raw.store().len(),
+            log_bytes: self.raw.store().bytes(),
+            snapshot_bytes: self.raw.store().snapshot_data().len(),
         }
     }
 

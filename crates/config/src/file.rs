@@ -132,6 +132,8 @@ pub(super) struct ReplicationSection {
     pub(super) insecure: Option<bool>,
     /// MiB free on the log's disk below which new calls and REGISTERs get 503.
     pub(super) min_free_mb: Option<u64>,
+    /// MiB of entries the in-memory Raft log holds before a snapshot.
+    pub(super) raft_log_mb: Option<Spanned<u64>>,
 }
 
 /// `[[worker.routes]]`: one route; at most one of `user`, `prefix`,

@@ -147,6 +147,7 @@ pub struct Replication {
     pub tls_dir: Option<String>,
     pub insecure: bool,
     pub min_free_mb: u64,
+    pub raft_log_mb: u64,
 }
 
 /// An edge's address inside the cluster: `IP:PORT`, or a bare `IP` (a

@@ -308,3 +308,15 @@ fn hash_key_bad() {
         "{e}"
     );
 }
+
+#[test]
+fn the_raft_log_bound_is_a_key_with_a_default_and_a_range() {
+    assert_eq!(parse("").unwrap().worker.replication.raft_log_mb, 32);
+    let c = parse("[worker.replication]\nraft_log_mb = 4\n").unwrap();
+    assert_eq!(c.worker.replication.raft_log_mb, 4);
+    let e = parse("[worker.replication]\nraft_log_mb = 0\n").unwrap_err();
+    assert!(
+        e.contains("key `worker.replication.raft_log_mb`: 0 is out of range"),
+        "{e}"
+    );
+}

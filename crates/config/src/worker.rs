@@ -129,6 +129,14 @@ pub(super) fn worker(
             ),
         ));
     }
+    let raft_log_mb = r.raft_log_mb.as_ref().map_or(32, |v| *v.get_ref());
+    if !(1..=4096).contains(&raft_log_mb) {
+        return Err(err(
+            r.raft_log_mb.as_ref().map(Spanned::span),
+            Some("worker.replication.raft_log_mb"),
+            format!("{raft_log_mb} is out of range: 1..=4096 MiB"),
+        ));
+    }
     let replication = Replication {
         id: r.id.as_ref().map(|v| *v.get_ref()),
         id_from_hostname: r.id_from_hostname.unwrap_or(false),
@@ -160,6 +168,7 @@ pub(super) fn worker(
         tls_dir: r.tls_dir.clone(),
         insecure: r.insecure.unwrap_or(false),
         min_free_mb: r.min_free_mb.unwrap_or(64),
+        raft_log_mb,
     };
     if replication.peer_template.is_some()
         && (!replication.peers.is_empty() || replication.founders.unwrap_or(0) == 0)

@@ -102,6 +102,10 @@ pub struct UpArgs {
     /// --commit-window-ms`) [default: the worker's, 40].
     #[arg(long)]
     commit_window_ms: Option<u64>,
+    /// Workers' bound on the in-memory Raft log in MiB (`worker
+    /// --raft-log-mb`) [default: the worker's, 32].
+    #[arg(long, value_name = "MIB")]
+    raft_log_mb: Option<u64>,
     /// A users file (`handover passwd`): phones must authenticate with
     /// digest (REGISTER 401, calls from untrusted sources 407).
     #[arg(long)]
@@ -505,6 +509,9 @@ pub fn run(mut a: UpArgs, log_format: &str) -> anyhow::Result<()> {
                 }
                 if let Some(w) = a.commit_window_ms {
                     worker.args(["--commit-window-ms", &w.to_string()]);
+                }
+                if let Some(m) = a.raft_log_mb {
+                    worker.args(["--raft-log-mb", &m.to_string()]);
                 }
             }
             worker

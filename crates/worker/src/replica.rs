@@ -32,6 +32,9 @@ const RAFT_LEARNERS: &str = "handover_raft_learners";
 const RAFT_IS_LEADER: &str = "handover_raft_is_leader";
 const RAFT_COMMIT: &str = "handover_raft_commit_index";
 const RAFT_APPLY_LAG: &str = "handover_raft_apply_lag";
+const RAFT_LOG_ENTRIES: &str = "handover_raft_log_entries";
+const RAFT_LOG_BYTES: &str = "handover_raft_log_bytes";
+const RAFT_SNAPSHOT_BYTES: &str = "handover_raft_snapshot_bytes";
 const RAFT_COMMIT_TIME: &str = "handover_raft_commit_seconds";
 const RAFT_PROPOSALS: &str = "handover_raft_proposals_total";
 const RAFT_REFUSED: &str = "handover_raft_messages_refused_total";
@@ -62,6 +65,7 @@ pub fn start(settings: Settings) -> anyhow::Result<Handle> {
         commit_window: window,
         tls,
         min_free_bytes: _,
+        log_bytes,
         records,
         reload,
         join,
@@ -116,6 +120,7 @@ pub fn start(settings: Settings) -> anyhow::Result<Handle> {
         .map_or(0, |d| d.as_nanos() as u64);
     let mut cfg = Config::new(id, voters, SHARDS);
     cfg.group_commit = !window.is_zero();
+    cfg.compact_after_bytes = log_bytes;
     cfg.remove_down_after_ticks =
         remove_down_after.map(|d| (d.as_millis() / TICK.as_millis()).max(1) as u64);
     let locations = std::sync::Arc::clone(&cfg.locations);

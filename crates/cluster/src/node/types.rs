@@ -183,4 +183,10 @@ pub struct Status {
     pub lease_live: bool,
     pub voters: Vec<u64>,
     pub learners: Vec<u64>,
+    /// Entries the log holds in memory after its snapshot.
+    pub log_entries: usize,
+    /// Their data's bytes (compaction starts at `compact_after_bytes`).
+    pub log_bytes: usize,
+    /// Bytes of the latest snapshot's data.
+    pub snapshot_bytes: usize,
 }

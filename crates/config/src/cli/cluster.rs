@@ -89,6 +89,14 @@ pub struct ClusterArgs {
     /// min_free_mb`) [default: 64].
     #[arg(long, value_name = "MIB")]
     pub min_free_mb: Option<u64>,
+    /// The Raft log's entries are kept in memory (for followers that lag)
+    /// until they hold this many MiB, or 10,000 entries; then the log is
+    /// compacted into a snapshot of the table. Bounds the log's memory
+    /// under any load; smaller means more snapshots, each the size of the
+    /// whole table (overrides `[worker.replication] raft_log_mb`)
+    /// [default: 32].
+    #[arg(long, value_name = "MIB", value_parser = clap::value_parser!(u64).range(1..=4096))]
+    pub raft_log_mb: Option<u64>,
     /// Serve the cluster port without TLS on an address that is not
     /// loopback (anyone who reaches it can then act as a member).
     #[arg(long)]
@@ -128,6 +136,7 @@ impl ClusterArgs {
         }
         self.cluster_insecure |= f.insecure;
         self.min_free_mb.get_or_insert(f.min_free_mb);
+        self.raft_log_mb.get_or_insert(f.raft_log_mb);
         self
     }
 }
@@ -248,6 +257,7 @@ mod tests {
             cluster_tls: None,
             cluster_insecure: false,
             min_free_mb: None,
+            raft_log_mb: None,
         }
     }
 

@@ -191,6 +191,13 @@ pub fn settings(a: WorkerArgs) -> anyhow::Result<Settings> {
                     .min_free_mb
                     .expect("set by over()")
                     .saturating_mul(1 << 20),
+                log_bytes: usize::try_from(
+                    cluster
+                        .raft_log_mb
+                        .expect("set by over()")
+                        .saturating_mul(1 << 20),
+                )
+                .unwrap_or(usize::MAX),
                 records: None,
                 reload: None,
                 join: cluster.join.clone(),

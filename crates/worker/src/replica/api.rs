@@ -32,6 +32,9 @@ pub struct Settings {
     /// Below this many free bytes on the log's file system new calls and
     /// registrations are refused ([`DiskGuard`]).
     pub min_free_bytes: u64,
+    /// The in-memory log is compacted into a snapshot once its entries
+    /// hold this many bytes (`Config::compact_after_bytes`).
+    pub log_bytes: usize,
     /// Where this worker writes the call detail records of the shards it
     /// serves (none: records are off).
     pub records: Option<crate::records::Settings>,

@@ -100,6 +100,9 @@ impl Replica {
         metrics::gauge!(RAFT_IS_LEADER).set(f64::from(u8::from(s.leader == s.id)));
         metrics::gauge!(RAFT_COMMIT).set(s.commit as f64);
         metrics::gauge!(RAFT_APPLY_LAG).set(s.commit.saturating_sub(s.applied) as f64);
+        metrics::gauge!(RAFT_LOG_ENTRIES).set(s.log_entries as f64);
+        metrics::gauge!(RAFT_LOG_BYTES).set(s.log_bytes as f64);
+        metrics::gauge!(RAFT_SNAPSHOT_BYTES).set(s.snapshot_bytes as f64);
         metrics::gauge!(MAP_EPOCH).set(s.epoch as f64);
         metrics::gauge!(SHARDS_SERVED).set(s.serving_shards as f64);
         metrics::gauge!(REPLICATED_CALLS).set(s.calls as f64);
