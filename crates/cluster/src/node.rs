@@ -163,6 +163,10 @@ pub struct Node {
     /// Take a snapshot after this Ready even if the log is small (a
     /// learner was added: it must get the configuration from a snapshot).
     snapshot_now: bool,
+    /// The snapshot's data stays in memory until this tick (it was asked
+    /// for lately: a follower is being caught up); then, with a disk, it
+    /// is released (`Store::release_snapshot_data`).
+    keep_snapshot_until: u64,
     /// This replica was a voter or learner at some point: its removal is
     /// then news ([`Node::removed`]).
     was_member: bool,
@@ -249,6 +253,7 @@ impl Node {
             handing: Vec::new(),
             conf_proposed: None,
             snapshot_now: false,
+            keep_snapshot_until: 0,
             was_member: false,
             cfg,
         };
@@ -355,7 +360,7 @@ impl Node {
             learners: self.learners(),
             log_entries: self.raw.store().len(),
             log_bytes: self.raw.store().bytes(),
-            snapshot_bytes: self.raw.store().snapshot_data().len(),
+            snapshot_bytes: self.raw.store().snapshot_len(),
         }
     }
 
@@ -689,14 +694,32 @@ impl Node {
         self.watch_leader();
         self.compact();
         let r = self.sync();
+        if self.disk.is_some() && self.now >= self.keep_snapshot_until {
+            self.raw.mut_store().release_snapshot_data();
+        }
         self.note_serving();
         r
     }
 
     fn compact(&mut self) {
         let store = self.raw.store();
-        let forced =
-            std::mem::take(&mut self.snapshot_now) && store.snapshot_index() < self.applied;
+        let mut forced = std::mem::take(&mut self.snapshot_now);
+        if store.take_asked() {
+            // A follower is being sent the snapshot: keep its data at hand
+            // a while, and bring it back if it was released.
+            self.keep_snapshot_until = self.now + SNAPSHOT_KEPT_TICKS;
+            if !store.snapshot_in_memory() {
+                if store.snapshot_index() == self.applied {
+                    // The table is the snapshot's state.
+                    let data = self.table.encode();
+                    self.raw.mut_store().refill_snapshot(data);
+                    return;
+                }
+                forced = true;
+            }
+        }
+        let store = self.raw.store();
+        let forced = forced && store.snapshot_index() < self.applied;
         if !forced
             && store.len() < self.cfg.compact_after
             && store.bytes() < self.cfg.compact_after_bytes
@@ -708,6 +731,11 @@ impl Node {
         self.raw.mut_store().compact(applied, data);
     }
 }
+
+/// How long a snapshot's data stays in memory after raft-rs last asked
+/// for it (ticks of 100 ms in a worker): raft-rs asks again at every
+/// heartbeat answer of a follower that still needs it.
+const SNAPSHOT_KEPT_TICKS: u64 = 100;
 
 #[cfg(test)]
 mod tests;

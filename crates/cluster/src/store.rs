@@ -1,5 +1,7 @@
 //! The Raft log image: hard state, entries after the last snapshot, and that
-//! snapshot with its data (the applied [`crate::Table`] at its index).
+//! snapshot with its data (the applied [`crate::Table`] at its index; with a
+//! disk, the data leaves memory once written and is encoded again when a
+//! follower needs it).
 //!
 //! raft-rs's `MemStorage` keeps snapshot metadata only and forgets the term
 //! of the last compacted entry on `compact()`, so it cannot hand a lagging
@@ -29,6 +31,13 @@ pub struct Store {
     /// The commit index as of the last write (what a disk holds; see
     /// [`Store::persisted`]).
     persisted_commit: u64,
+    /// The snapshot's data is on disk only ([`Store::release_snapshot_data`]).
+    released: bool,
+    /// Its length, in memory or not.
+    snap_len: usize,
+    /// raft-rs asked for the snapshot (to send it) since
+    /// [`Store::take_asked`].
+    asked: std::cell::Cell<bool>,
 }
 
 /// What a [`Store`] changed since [`Store::take_dirty`] was last called.
@@ -59,6 +68,9 @@ impl Store {
             bytes: 0,
             dirty: Dirty::default(),
             persisted_commit: 0,
+            released: false,
+            snap_len: 0,
+            asked: std::cell::Cell::new(false),
         }
     }
 
@@ -122,9 +134,47 @@ impl Store {
         self.snap.get_metadata().index
     }
 
-    /// The data of the latest snapshot (empty before the first).
+    /// The data of the latest snapshot (empty before the first, and once
+    /// released to disk: `Store::release_snapshot_data`).
     pub fn snapshot_data(&self) -> &[u8] {
         &self.snap.data
+    }
+
+    /// Bytes of the latest snapshot's data, kept in memory or not.
+    pub fn snapshot_len(&self) -> usize {
+        self.snap_len
+    }
+
+    /// Whether the snapshot's data is held in memory (it is, until
+    /// released).
+    pub fn snapshot_in_memory(&self) -> bool {
+        !self.released
+    }
+
+    /// Drops the snapshot's data from memory once the disk holds it: it is
+    /// the whole table encoded (about 100 bytes per binding, a call's
+    /// record per call), needed only to send a follower that fell behind
+    /// the log, which is rare; the node rebuilds it then from its table
+    /// (`Node::compact`). A store without a disk (the simulation's) never
+    /// releases, since it is its own disk.
+    pub(crate) fn release_snapshot_data(&mut self) {
+        if !self.released && !self.dirty.snapshot && !self.snap.data.is_empty() {
+            self.snap.data = Default::default();
+            self.released = true;
+        }
+    }
+
+    /// Puts the data of the current snapshot back (encoded again from the
+    /// table at the snapshot's index).
+    pub(crate) fn refill_snapshot(&mut self, data: Vec<u8>) {
+        self.snap_len = data.len();
+        self.snap.data = data.into();
+        self.released = false;
+    }
+
+    /// Whether raft-rs asked for the snapshot since the last call.
+    pub(crate) fn take_asked(&self) -> bool {
+        self.asked.replace(false)
     }
 
     /// How many entries the log holds after its snapshot.
@@ -197,6 +247,8 @@ impl Store {
         self.conf = meta.get_conf_state().clone();
         self.entries.clear();
         self.bytes = 0;
+        self.snap_len = snap.data.len();
+        self.released = false;
         self.snap = snap;
         self.dirty.snapshot = true;
         let after = self.snap.get_metadata().index + 1;
@@ -220,7 +272,9 @@ impl Store {
         meta.index = index;
         meta.term = term;
         meta.set_conf_state(self.conf.clone());
+        self.snap_len = data.len();
         self.snap.data = data.into();
+        self.released = false;
         self.dirty.snapshot = true;
     }
 }
@@ -278,7 +332,8 @@ impl Storage for Store {
     }
 
     fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
-        if self.snap.get_metadata().index < request_index {
+        self.asked.set(true);
+        if self.released || self.snap.get_metadata().index < request_index {
             return Err(raft::Error::Store(
                 StorageError::SnapshotTemporarilyUnavailable,
             ));

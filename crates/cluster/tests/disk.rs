@@ -25,6 +25,17 @@ fn run(
     new_calls: u64,
     next: &mut u64,
 ) -> Vec<Vec<u8>> {
+    run_cut(nodes, ticks, new_calls, next, None)
+}
+
+/// [`run`], with every message to or from `cut` lost.
+fn run_cut(
+    nodes: &mut BTreeMap<u64, Node>,
+    ticks: u64,
+    new_calls: u64,
+    next: &mut u64,
+    cut: Option<u64>,
+) -> Vec<Vec<u8>> {
     let mut acked = Vec::new();
     for t in 0..ticks {
         let mut wire: Vec<Message> = Vec::new();
@@ -35,7 +46,10 @@ fn run(
         if t % 2 == 0 && new_calls > 0 && (acked.len() as u64) < new_calls {
             *next += 1;
             let key = next.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-            if let Some(n) = nodes.values_mut().find(|n| n.serves(shard_of(key, SHARDS))) {
+            if let Some(n) = nodes
+                .values_mut()
+                .find(|n| Some(n.id()) != cut && n.serves(shard_of(key, SHARDS)))
+            {
                 n.upsert(
                     format!("call-{next}").into_bytes(),
                     key,
@@ -47,6 +61,9 @@ fn run(
         while !wire.is_empty() {
             let mut next_wire = Vec::new();
             for m in wire {
+                if cut == Some(m.to) || cut == Some(m.from) {
+                    continue;
+                }
                 if let Some(n) = nodes.get_mut(&m.to) {
                     n.step(m).expect("step");
                     next_wire.extend(n.take_messages());
@@ -108,5 +125,56 @@ fn a_cluster_stopped_at_once_comes_back_from_disk_with_every_committed_call() {
                 String::from_utf8_lossy(c)
             );
         }
+    }
+}
+
+#[test]
+fn a_snapshot_lives_on_disk_and_is_rebuilt_for_a_follower_that_fell_behind() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut nodes: BTreeMap<u64, Node> = IDS
+        .iter()
+        .map(|&id| (id, open(dir.path(), id, 3)))
+        .collect();
+    let mut next = 0;
+    let first = run(&mut nodes, 200, 60, &mut next);
+    assert!(first.len() >= 40, "only {} calls committed", first.len());
+    // Worker 3 is cut off while the others commit and compact past it.
+    let behind = nodes[&3].status().applied;
+    let during = run_cut(&mut nodes, 400, 120, &mut next, Some(3));
+    assert!(during.len() >= 60, "only {} calls committed", during.len());
+    for id in [1, 2] {
+        let s = nodes[&id].store();
+        assert!(s.snapshot_index() > behind, "{id} compacted past 3");
+        assert!(s.snapshot_len() > 0);
+        assert!(
+            !s.snapshot_in_memory() && s.snapshot_data().is_empty(),
+            "{id} keeps its snapshot on disk only"
+        );
+    }
+    // Back: the leader rebuilds the snapshot, sends it, and 3 holds every
+    // call committed meanwhile.
+    let after = run(&mut nodes, 300, 10, &mut next);
+    assert!(
+        nodes[&3].store().snapshot_index() > behind,
+        "3 caught up from a snapshot"
+    );
+    for c in first.iter().chain(&during).chain(&after) {
+        assert!(
+            nodes[&3].table().call(c).is_some(),
+            "3 lacks {}",
+            String::from_utf8_lossy(c)
+        );
+    }
+    // Once nobody has asked for it a while, the data is released again.
+    run(&mut nodes, 150, 0, &mut next);
+    assert!(nodes.values().all(|n| !n.store().snapshot_in_memory()));
+    // And a restart reads it back from disk.
+    drop(nodes);
+    let nodes: BTreeMap<u64, Node> = IDS
+        .iter()
+        .map(|&id| (id, open(dir.path(), id, 4)))
+        .collect();
+    for n in nodes.values() {
+        assert!(n.store().snapshot_in_memory() && n.store().snapshot_len() > 0);
     }
 }
