@@ -4,7 +4,8 @@ per request, tests/sipp/register_bench.xml) against each system, in one run
 on this machine, side by side; then the memory a binding costs.
 
     benches/compare_registrar.py [--rates 1000,2000] [--seconds 10] [--repeat 3]
-                                 [--bindings 20000] [--out docs/benchmarks-registrar.md]
+                                 [--bindings 20000] [--batches 2] [--raft-log-mb MIB]
+                                 [--memory-only] [--out docs/benchmarks-registrar.md]
 
 Systems:
   up-3       handover up --workers 3: bindings replicated with Raft (the 200
@@ -17,9 +18,11 @@ Reported per system and rate: registrations answered 200 and failed, CPU
 seconds of the system's processes (utime+stime from /proc, `up`'s
 supervisor excluded), registrations per CPU-second, the median of the
 --repeat runs with their range, and the ratio to Kamailio from the same
-round. Memory: RSS of each handover worker before and after --bindings
-AORs are registered, per binding per replica (every worker holds every
-binding). No authentication on either side (the digest check is the same
+round. Memory: --bindings AORs registered in --batches equal batches;
+each worker's RSS growth from the end of the first batch to the end of
+the last, per binding per replica (every worker holds every binding);
+with --raft-log-mb the workers' in-memory Raft log is bounded lower than
+its default (32 MiB), so it is compacted during the measure. No authentication on either side (the digest check is the same
 HMAC and hash work on each).
 
 Loopback only; every run bounded by its count and a timeout. Needs sipp,
@@ -64,7 +67,7 @@ request_route {{
     return cfg
 
 
-def start(system, tmp, port):
+def start(system, tmp, port, extra=()):
     """Starts `system` on `port`; returns (process, worker admin base or None, workers)."""
     if system.startswith("up"):
         n = int(system.split("-")[1])
@@ -81,6 +84,7 @@ def start(system, tmp, port):
             while any(not port_free(grpc + i) for i in range(n)):
                 grpc = ce.free_port()
             cmd += ["--worker-grpc", f"127.0.0.1:{grpc}", "--data", os.path.join(tmp, f"data-{port}")]
+        cmd += list(extra)
         p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(6.0 if n > 1 else 2.0)
         return p, wadmin, n
@@ -160,36 +164,46 @@ def rss_kb(pid):
     return 0
 
 
-def memory(tmp, bindings):
+def gauge(text, name):
+    return next((float(l.split()[-1]) for l in text.splitlines() if l.startswith(name + " ")), 0.0)
+
+
+def memory(tmp, bindings, batches=2, raft_log_mb=None):
     """Bytes per binding per replica: the growth of each worker's RSS from
-    `bindings`/2 AORs to `bindings` AORs, both read once the answers'
-    64·T1 (32 s) of repeating to retransmissions is over. The marginal
-    cost: what the first half's transient peak (answers, Raft batches)
-    left in the allocator is reused by the second, the same size at the
-    same rate, as in a cluster that has run a while."""
+    the end of the first of `batches` equal batches of new AORs to the end
+    of the last, each read once the answers' 64·T1 (32 s) of repeating to
+    retransmissions is over. The marginal cost: what the first batch's
+    transient peak (answers, Raft batches) left in the allocator is reused
+    by the next, the same size at the same rate, as in a cluster that has
+    run a while."""
     port = ce.free_port()
-    p, wadmin, n = start("up-3", tmp, port)
+    extra = ["--raft-log-mb", str(raft_log_mb)] if raft_log_mb else []
+    p, wadmin, n = start("up-3", tmp, port, extra)
     try:
         workers = [x for x in ce.tree(p.pid)
                    if x != p.pid and "worker" in open(f"/proc/{x}/cmdline").read()]
-        first = bindings // 2
-        ok1, failed1 = register(tmp, port, 2000, first, first // 2000 + 60)
-        time.sleep(40.0)
-        before = {w: rss_kb(w) for w in workers}
-        # The second batch's AORs continue the first's numbering.
-        ok2, failed2 = register(tmp, port, 2000, bindings - first, (bindings - first) // 2000 + 60,
-                                start_at=first)
-        time.sleep(40.0)
-        held = []
-        for i in range(n):
-            text = urllib.request.urlopen(f"http://127.0.0.1:{wadmin + i}/metrics", timeout=5).read().decode()
-            held.append(next((float(l.split()[-1]) for l in text.splitlines()
-                              if l.startswith("handover_registrations_active ")), 0.0))
+        size = bindings // batches
+        oks, failed, before = [], 0, None
+        for b in range(batches):
+            # Each batch's AORs continue the previous ones' numbering.
+            ok, f = register(tmp, port, 2000, size, size // 2000 + 60, start_at=b * size)
+            oks.append(ok)
+            failed += f
+            time.sleep(40.0)
+            if b == 0:
+                before = {w: rss_kb(w) for w in workers}
+        texts = [urllib.request.urlopen(f"http://127.0.0.1:{wadmin + i}/metrics", timeout=5).read().decode()
+                 for i in range(n)]
+        held = [gauge(t, "handover_registrations_active") for t in texts]
         after = {w: rss_kb(w) for w in workers}
-        per = [(after[w] - before[w]) * 1024 / max(ok2, 1) for w in workers]
-        return {"registered": ok1 + ok2, "failed": failed1 + failed2, "held_per_worker": held,
+        added = max(sum(oks[1:]), 1)
+        per = [(after[w] - before[w]) * 1024 / added for w in workers]
+        return {"registered": sum(oks), "failed": failed, "held_per_worker": held,
                 "bytes_per_binding": per, "rss_before_kb": list(before.values()),
-                "rss_after_kb": list(after.values()), "first": ok1, "second": ok2}
+                "rss_after_kb": list(after.values()), "first": oks[0], "second": sum(oks[1:]),
+                "batches": batches, "raft_log_mb": raft_log_mb,
+                "log_bytes": [gauge(t, "handover_raft_log_bytes") for t in texts],
+                "snapshot_bytes": [gauge(t, "handover_raft_snapshot_bytes") for t in texts]}
     finally:
         stop(p)
 
@@ -200,6 +214,9 @@ def main():
     ap.add_argument("--seconds", type=int, default=10)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--bindings", type=int, default=20000)
+    ap.add_argument("--batches", type=int, default=2)
+    ap.add_argument("--raft-log-mb", type=int, default=None)
+    ap.add_argument("--memory-only", action="store_true")
     ap.add_argument("--systems", default="up-3,up-1,kamailio")
     ap.add_argument("--out", default=os.path.join(ROOT, "docs", "benchmarks-registrar.md"))
     args = ap.parse_args()
@@ -212,7 +229,7 @@ def main():
     rates = [int(r) for r in args.rates.split(",")]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for rate in rates:
+        for rate in ([] if args.memory_only else rates):
             runs = {s: [] for s in systems}
             for i in range(args.repeat):
                 # Alternate the order, so no system always runs first.
@@ -235,19 +252,27 @@ def main():
                     "ratio": statistics.median(ratios) if ratios else None,
                     "ratio_lo": min(ratios) if ratios else None, "ratio_hi": max(ratios) if ratios else None,
                 })
-        mem = memory(tmp, args.bindings) if "up-3" in systems else None
+        mem = memory(tmp, args.bindings, args.batches, args.raft_log_mb) if "up-3" in systems else None
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
     out = [
         "# Registrar benchmark",
         "",
-        f"`benches/compare_registrar.py --rates {args.rates} --seconds {args.seconds} "
-        f"--repeat {args.repeat} --bindings {args.bindings}` on {os.cpu_count()} CPUs ({cpu}), "
+        "`benches/compare_registrar.py "
+        + ("" if args.memory_only else f"--rates {args.rates} --seconds {args.seconds} --repeat {args.repeat} ")
+        + f"--bindings {args.bindings} --batches {args.batches}"
+        + (f" --raft-log-mb {args.raft_log_mb}" if args.raft_log_mb else "")
+        + (" --memory-only" if args.memory_only else "")
+        + f"` on {os.cpu_count()} CPUs ({cpu}), "
         f"{time.strftime('%Y-%m-%d')}. SIPp `register_bench.xml`: one REGISTER per new "
         "address-of-record, answered 200 (handover: after the Raft commit with 3 workers).",
-        "",
-        "| system | REGISTERs/s offered | registrations per CPU-second (median) | range | vs Kamailio (median of rounds) | ok | failed |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
+    if rows:
+        out += [
+            "",
+            "| system | REGISTERs/s offered | registrations per CPU-second (median) | range "
+            "| vs Kamailio (median of rounds) | ok | failed |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        ]
     for r in rows:
         ratio = (f"{r['ratio']:.2f}× ({r['ratio_lo']:.2f}–{r['ratio_hi']:.2f})"
                  if r["ratio"] is not None else "—")
@@ -257,10 +282,14 @@ def main():
         per = ", ".join(f"{b:.0f}" for b in mem["bytes_per_binding"])
         out += [
             "",
-            f"Memory: {mem['registered']} AORs registered to `up --workers 3` ({mem['failed']} failed), "
+            f"Memory: {mem['registered']} AORs registered to `up --workers 3"
+            + (f" --raft-log-mb {mem['raft_log_mb']}" if mem["raft_log_mb"] else "")
+            + f"` ({mem['failed']} failed) in {mem['batches']} batches, "
             f"{mem['first']} then {mem['second']} more; bindings held per worker {mem['held_per_worker']}; "
-            f"RSS growth per binding per replica over the second batch: {per} bytes "
-            f"(workers' RSS {mem['rss_before_kb']} → {mem['rss_after_kb']} KiB).",
+            f"RSS growth per binding per replica after the first batch: {per} bytes "
+            f"(workers' RSS {mem['rss_before_kb']} → {mem['rss_after_kb']} KiB); at the end the in-memory "
+            f"Raft log held {[int(b) for b in mem['log_bytes']]} bytes and the last snapshot "
+            f"{[int(b) for b in mem['snapshot_bytes']]} bytes (on disk only once written).",
         ]
     text = "\n".join(out) + "\n"
     with open(args.out, "w") as f:
