@@ -679,11 +679,14 @@ fn transfers_through_two_joins_and_a_leave(mode: &str) {
     let (code, r) = load.join().unwrap();
     let count = |k: &str| r["counts"][k].as_u64().unwrap_or(u64::MAX);
     eprintln!(
-        "{mode} transfers across two joins and a leave: {} succeeded, {} failed, {} callee legs failed, {} retransmissions",
+        "{mode} transfers across two joins and a leave: {} succeeded, {} failed, {} callee legs failed, {} retransmissions, set-up p50 {} ms, p99 {} ms, max {} ms",
         count("succeeded"),
         count("failed"),
         count("callee_legs_failed"),
-        count("retransmissions")
+        count("retransmissions"),
+        r["setup_latency"]["p50_ms"],
+        r["setup_latency"]["p99_ms"],
+        r["setup_latency"]["max_ms"]
     );
     assert_eq!(code, Some(0), "{r:#}");
     assert_eq!(

@@ -328,12 +328,30 @@ impl<R: RngCore> Engine<R> {
             return;
         }
         if matches!(r.scenario, Scenario::Blind | Scenario::Attended) && !r.transfer_ok {
-            self.finish(rec, Err("transfer not completed".into()));
+            // The transferee's NOTIFY may still be on its way (resent
+            // while a moving shard has no server): judged when it ends.
+            if !self.notify_in_flight(rec) {
+                self.finish(rec, Err("transfer not completed".into()));
+            }
             return;
         }
         if self.unended(rec).is_none() {
             self.finish(rec, Ok(()));
         }
+    }
+
+    /// Whether a NOTIFY sent on one of call `rec`'s legs awaits its
+    /// final answer.
+    fn notify_in_flight(&self, rec: usize) -> bool {
+        self.recs[rec]
+            .legs
+            .iter()
+            .filter_map(|l| self.legs.get(l))
+            .flat_map(|l| &l.nits)
+            .any(|n| {
+                matches!(n, Nit::Client(_, t, "NOTIFY")
+                    if matches!(t.state(), NonInviteState::Trying | NonInviteState::Proceeding))
+            })
     }
 
     /// A call record for callee legs of calls this engine did not start:

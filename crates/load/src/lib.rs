@@ -20,7 +20,8 @@
 //! Every transaction runs through `handover-txn` (retransmissions with T1
 //! doubling, absorption of the peer's retransmissions), and every dialog
 //! through `handover-call`'s `Dialog`. A call succeeds when its last BYE is
-//! answered 2xx (and, for transfers, the transferor heard a 2xx sipfrag);
+//! answered 2xx (and, for transfers, the transferor heard a 2xx sipfrag,
+//! judged once no NOTIFY of the call is in flight);
 //! anything else fails it, once, with a cause: the status line that ended
 //! it, `timeout (METHOD)`, or what was unexpected.
 //!

@@ -142,6 +142,8 @@ impl<R: RngCore> Engine<R> {
                 self.check_complete(rec);
             }
             "REFER" if status >= 300 => self.finish(rec, Err(format!("REFER answered {status}"))),
+            // A transfer's verdict may wait for its NOTIFY (`check_complete`).
+            "NOTIFY" => self.check_complete(rec),
             _ => {}
         }
     }

@@ -402,3 +402,63 @@ fn a_transfer_slower_than_the_hold_completes_and_the_transferee_waits_for_it() {
         assert!(refer_at.is_some() && bye_after_refer, "{s:?}");
     }
 }
+
+/// The transferee's final NOTIFY (200 sipfrag) is lost for 3 s, as when
+/// the shard of its call moves between workers (a join, a drain) and the
+/// first sends and resends find no worker serving it; its later resend gets
+/// through. The new call (hold 1 s) ends before that: the transfer is
+/// judged once the NOTIFY's transaction has ended, so it completes (the
+/// transferor hears the 200) and the call succeeds. A NOTIFY lost for good
+/// still fails the call ("timeout (NOTIFY)").
+#[test]
+fn a_transfer_whose_final_notify_is_late_is_judged_when_the_notify_ends() {
+    for (s, lost_for) in [
+        (Scenario::Blind, 3000),
+        (Scenario::Attended, 3000),
+        (Scenario::Blind, 60_000),
+    ] {
+        let mut e = engine();
+        let mut now = Instant::from_epoch(Duration::ZERO);
+        e.start_call(now, s);
+        let mut first = None;
+        let mut dropped = 0;
+        let mut final_heard = false;
+        for _ in 0..100_000 {
+            let out: Vec<Vec<u8>> = e.drain_transmit().collect();
+            for d in out {
+                let final_notify =
+                    d.starts_with(b"NOTIFY ") && d.windows(14).any(|w| w == b"SIP/2.0 200 OK");
+                if final_notify {
+                    let t0 = *first.get_or_insert(now);
+                    if now < t0 + Duration::from_millis(lost_for) {
+                        dropped += 1;
+                        continue;
+                    }
+                    final_heard = true;
+                }
+                e.handle_datagram(now, &d);
+            }
+            now = now + Duration::from_millis(1);
+            e.handle_timeout(now);
+            if e.active() == 0 && e.out.is_empty() {
+                break;
+            }
+        }
+        let c = e.counts();
+        assert!(
+            dropped >= 3,
+            "{s:?}: the NOTIFY was resent while lost ({dropped})"
+        );
+        if lost_for < 32_000 {
+            assert!(final_heard, "{s:?}");
+            assert_eq!((c.succeeded, c.failed), (1, 0), "{s:?}: {:?}", e.failures());
+        } else {
+            assert_eq!((c.succeeded, c.failed), (0, 1), "{s:?}");
+            assert!(
+                e.failures().keys().any(|k| k.contains("NOTIFY")),
+                "{s:?}: {:?}",
+                e.failures()
+            );
+        }
+    }
+}
