@@ -704,6 +704,11 @@ impl Node {
     fn compact(&mut self) {
         let store = self.raw.store();
         let mut forced = std::mem::take(&mut self.snapshot_now);
+        if forced {
+            // Taken for a learner, which asks for it a heartbeat later:
+            // kept rather than released and encoded again.
+            self.keep_snapshot_until = self.now + SNAPSHOT_KEPT_TICKS;
+        }
         if store.take_asked() {
             // A follower is being sent the snapshot: keep its data at hand
             // a while, and bring it back if it was released.

@@ -178,3 +178,57 @@ fn a_snapshot_lives_on_disk_and_is_rebuilt_for_a_follower_that_fell_behind() {
         assert!(n.store().snapshot_in_memory() && n.store().snapshot_len() > 0);
     }
 }
+
+/// A worker joins a cluster on disk: the snapshot each member takes for
+/// the new learner (the configuration naming it is only in a snapshot)
+/// stays in memory until the learner has it, rather than being released
+/// at once and encoded again when raft-rs asks for it a heartbeat later.
+#[test]
+fn a_snapshot_taken_for_a_learner_is_kept_until_the_learner_has_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut nodes: BTreeMap<u64, Node> = IDS
+        .iter()
+        .map(|&id| (id, open(dir.path(), id, 5)))
+        .collect();
+    let mut next = 0;
+    let first = run(&mut nodes, 200, 30, &mut next);
+    assert!(first.len() >= 20, "only {} calls committed", first.len());
+    let (disk, store) = Disk::open(&dir.path().join("raft-4.redb"), &[]).expect("open log");
+    let mut cfg = Config::new(4, Vec::new(), SHARDS);
+    cfg.compact_after = 50;
+    nodes.insert(4, Node::with_disk(cfg, disk, store, 6).expect("node"));
+    nodes
+        .get_mut(&2)
+        .expect("2")
+        .join(handover_cluster::pb::MemberJoin {
+            node: 4,
+            grpc: "w4:7000".into(),
+            sip: "w4:5060".into(),
+            incarnation: 1,
+        });
+    let mut checked = 0;
+    for _ in 0..300 {
+        run(&mut nodes, 1, 0, &mut next);
+        for id in IDS {
+            let n = &nodes[&id];
+            if n.learners() == [4] {
+                checked += 1;
+                assert!(
+                    n.store().snapshot_in_memory() && n.store().snapshot_len() > 0,
+                    "{id} released the learner's snapshot while 4 is a learner"
+                );
+            }
+        }
+        if nodes[&4].table().call(&first[0]).is_some() && nodes[&1].voters() == [1, 2, 3, 4] {
+            break;
+        }
+    }
+    assert!(checked > 0, "4 was a learner");
+    assert!(
+        nodes[&4].store().snapshot_len() > 0,
+        "4 caught up from a snapshot"
+    );
+    for c in &first {
+        assert!(nodes[&4].table().call(c).is_some());
+    }
+}
