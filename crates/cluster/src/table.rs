@@ -136,6 +136,9 @@ pub struct Table {
     epoch: u64,
     owners: Vec<u64>,
     calls: BTreeMap<Vec<u8>, pb::CallUpsert>,
+    /// Calls per shard (derived from `calls`): counts per worker without
+    /// a walk of every call (`Table::calls_per_shard`).
+    call_shards: Vec<usize>,
     /// `other_call_id` and `leg_call_id` -> `call_id` of the calls that
     /// have them (derived from `calls`, rebuilt on decode).
     legs: HashMap<Vec<u8>, Vec<u8>>,
@@ -169,6 +172,7 @@ impl Clone for Table {
             epoch: self.epoch,
             owners: self.owners.clone(),
             calls: self.calls.clone(),
+            call_shards: self.call_shards.clone(),
             legs: self.legs.clone(),
             tombs: self.tombs.clone(),
             registrations: std::sync::Arc::new(parking_lot::RwLock::new(
@@ -192,6 +196,7 @@ impl PartialEq for Table {
             && self.epoch == o.epoch
             && self.owners == o.owners
             && self.calls == o.calls
+            && self.call_shards == o.call_shards
             && self.legs == o.legs
             && self.tombs == o.tombs
             && self.aor_tombs == o.aor_tombs
@@ -252,6 +257,7 @@ impl Table {
             epoch: 0,
             owners: vec![0; shards.max(1)],
             calls: BTreeMap::new(),
+            call_shards: vec![0; shards.max(1)],
             legs: HashMap::new(),
             tombs: Tombs::default(),
             registrations: Locations::shared(),
@@ -304,6 +310,12 @@ impl Table {
 
     pub fn calls(&self) -> impl Iterator<Item = &pb::CallUpsert> {
         self.calls.values()
+    }
+
+    /// Calls per shard (index: [`shard_of`] the call's key), kept as calls
+    /// are stored and removed.
+    pub fn calls_per_shard(&self) -> &[usize] {
+        &self.call_shards
     }
 
     pub fn call_count(&self) -> usize {
@@ -658,6 +670,10 @@ impl Table {
             .into_iter()
             .map(|c| (c.call_id.clone(), c))
             .collect();
+        t.call_shards = vec![0; t.owners.len()];
+        for c in t.calls.values() {
+            t.call_shards[shard_of(c.key, t.owners.len())] += 1;
+        }
         t.legs = t
             .calls
             .values()

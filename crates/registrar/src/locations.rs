@@ -13,6 +13,8 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use handover_sip::ids::{SHARDS, shard_of};
+
 /// The locations as the worker's threads share them.
 pub type Shared = Arc<parking_lot::RwLock<Locations>>;
 
@@ -69,13 +71,28 @@ impl Stored {
 }
 
 /// Every AOR's bindings; see the module docs.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Locations {
     by_key: HashMap<u64, Stored>,
     aors: usize,
     bindings: usize,
     /// Bindings per flow source address.
     per_source: HashMap<IpAddr, usize>,
+    /// Bindings per shard of their key (`SHARDS`): counts per worker
+    /// without a walk of every AOR.
+    per_shard: Vec<usize>,
+}
+
+impl Default for Locations {
+    fn default() -> Self {
+        Self {
+            by_key: HashMap::new(),
+            aors: 0,
+            bindings: 0,
+            per_source: HashMap::new(),
+            per_shard: vec![0; SHARDS],
+        }
+    }
 }
 
 impl Locations {
@@ -92,6 +109,12 @@ impl Locations {
     /// Bindings held (expired ones not yet written out included).
     pub fn bindings(&self) -> usize {
         self.bindings
+    }
+
+    /// Bindings per shard: index [`shard_of`]`(key, SHARDS)`, kept as
+    /// AORs are stored and removed.
+    pub fn bindings_per_shard(&self) -> &[usize] {
+        &self.per_shard
     }
 
     /// Bindings whose phone is behind `ip`.
@@ -138,7 +161,13 @@ impl Locations {
         *self = Self::default();
     }
 
-    fn count(&mut self, bindings: &[Binding], add: bool) {
+    fn count(&mut self, key: u64, bindings: &[Binding], add: bool) {
+        let s = &mut self.per_shard[shard_of(key, SHARDS)];
+        *s = if add {
+            *s + bindings.len()
+        } else {
+            s.saturating_sub(bindings.len())
+        };
         for b in bindings {
             if let Some(f) = b.flow {
                 let n = self.per_source.entry(f.addr.ip()).or_default();
@@ -163,13 +192,13 @@ impl Locations {
     pub fn put(&mut self, key: u64, aor: &[u8], version: u64, bindings: Vec<Binding>) {
         let old = self.take(key, aor);
         if let Some(o) = &old {
-            self.count(&o.bindings, false);
+            self.count(key, &o.bindings, false);
             self.aors -= 1;
         }
         if bindings.is_empty() {
             return;
         }
-        self.count(&bindings, true);
+        self.count(key, &bindings, true);
         self.aors += 1;
         let new = Stored {
             aor: aor.into(),
@@ -259,8 +288,19 @@ mod tests {
         assert_eq!(l.get(7, b"bob@x").map(|s| s.version), Some(1));
         assert_eq!((l.aors(), l.bindings()), (2, 3));
         assert_eq!(l.from_source("192.0.2.9".parse().unwrap()), 0);
+        let per = |l: &Locations| {
+            let mut walk = vec![0; SHARDS];
+            for (k, s) in l.iter() {
+                walk[shard_of(k, SHARDS)] += s.bindings.len();
+            }
+            assert_eq!(l.bindings_per_shard(), walk);
+        };
+        per(&l);
+        assert_eq!(l.bindings_per_shard()[7], 2);
         l.put(7, b"bob@x", 2, vec![]);
         assert_eq!(l.of_key(7).count(), 0);
         assert_eq!(l.iter().count(), 1);
+        per(&l);
+        assert_eq!(l.bindings_per_shard()[shard_of(8, SHARDS)], 1);
     }
 }

@@ -72,8 +72,20 @@ impl Table {
                 u.hang_up.clone_from(&old.hang_up);
             }
         }
-        self.calls.insert(u.call_id.clone(), u);
+        let key = u.key;
+        if let Some(old) = self.calls.insert(u.call_id.clone(), u) {
+            self.count_call(old.key, false);
+        }
+        self.count_call(key, true);
         change
+    }
+
+    /// Keeps `call_shards` in step with `calls`.
+    fn count_call(&mut self, key: u64, add: bool) {
+        let n = self.owners.len();
+        if let Some(c) = self.call_shards.get_mut(shard_of(key, n)) {
+            *c = if add { *c + 1 } else { c.saturating_sub(1) };
+        }
     }
 
     /// Keeps `legs` in step with an upsert (a local transfer may give a
@@ -109,6 +121,7 @@ impl Table {
             };
         }
         if let Some(old) = self.calls.remove(&r.call_id) {
+            self.count_call(old.key, false);
             self.legs.remove(&old.other_call_id);
             self.legs.remove(&old.leg_call_id);
         }

@@ -32,6 +32,7 @@ fn a_call_is_found_by_either_legs_call_id_through_changes_and_snapshots() {
     assert_eq!(t.call_count(), 1);
     assert_eq!(t.call_by_leg(b"t").map(|c| c.version), Some(3));
     assert_eq!(t.call_by_leg(b"a").map(|c| c.version), Some(3));
+    counted_per_shard(&t);
     let back = Table::decode(&t.encode(), 4).unwrap();
     assert_eq!(back, t, "the index is rebuilt from a snapshot");
     t.apply(C::Remove(pb::CallRemove {
@@ -41,9 +42,19 @@ fn a_call_is_found_by_either_legs_call_id_through_changes_and_snapshots() {
         owner: 1,
     }));
     assert_eq!(t.call_count(), 0);
+    counted_per_shard(&t);
     for leg in [&b"a"[..], b"b2", b"t"] {
         assert!(t.call_by_leg(leg).is_none(), "{leg:?} forgotten");
     }
+}
+
+/// The counts per shard kept as calls change are the walk's.
+fn counted_per_shard(t: &Table) {
+    let mut walk = vec![0; t.shards()];
+    for c in t.calls() {
+        walk[shard_of(c.key, t.shards())] += 1;
+    }
+    assert_eq!(t.calls_per_shard(), walk);
 }
 
 fn up(t: &mut Table, n: u64) -> Vec<Move> {
@@ -276,6 +287,8 @@ fn only_the_shards_owner_writes_and_old_versions_never_return() {
         t.apply(C::Upsert(call(3, 7))),
         Some(Change::Stored { .. })
     ));
+    counted_per_shard(&t);
+    assert_eq!(t.calls_per_shard()[1], 1, "key 5 of 4 shards");
     let back = Table::decode(&t.encode(), 4).unwrap();
     assert_eq!(back, t);
 }
