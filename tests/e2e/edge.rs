@@ -409,3 +409,90 @@ fn edge_admin_endpoints_and_startup_errors() {
     let _: SocketAddr = edge.sip;
     uas[0].expect_no_calls();
 }
+
+/// A worker's bundle (several messages in one datagram, what a worker sends
+/// its edge): each message goes on as if it had come alone, in order; the
+/// same bytes from anyone else, or a bundle that does not add up, are
+/// dropped whole and counted.
+fn bundles(io: &str) {
+    let _g = serial();
+    let worker = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let stranger = UdpSocket::bind("127.0.0.4:0").unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_millis(700)))
+        .unwrap();
+    let wport = worker.local_addr().unwrap().port();
+    let cport = client.local_addr().unwrap().port();
+    let edge = edge_with(io, &[wport], &["--probe-interval-ms", "0"]);
+    let msg = |n: u32| {
+        format!(
+            "MESSAGE sip:carol@127.0.0.1:{cport} SIP/2.0\r\n\
+             Via: SIP/2.0/UDP 127.0.0.1:{wport};branch=z9hG4bK-bundle-{n}\r\n\
+             Max-Forwards: 70\r\n\
+             From: <sip:w@127.0.0.1>;tag=w{n}\r\n\
+             To: <sip:carol@127.0.0.1>\r\n\
+             Call-ID: bundle-{n}\r\n\
+             CSeq: {n} MESSAGE\r\n\
+             Content-Type: text/plain\r\n\
+             Content-Length: 5\r\n\r\nhello"
+        )
+        .into_bytes()
+    };
+    let mut b = handover_sip::Bundler::new(8192);
+    for n in 1..=3 {
+        assert!(b.push(&msg(n)).is_none());
+    }
+    let bundle = b.finish().unwrap().to_vec();
+    assert!(handover_sip::is_bundle(&bundle));
+    let mut buf = vec![0u8; 70_000];
+    let mut got = |what: &str| -> Vec<String> {
+        let mut ids = Vec::new();
+        while let Ok((n, _)) = client.recv_from(&mut buf) {
+            let m = handover_sip::scan(&buf[..n]).unwrap_or_else(|e| panic!("{what}: {e:?}"));
+            ids.push(String::from_utf8_lossy(m.call_id()).into_owned());
+        }
+        ids
+    };
+
+    worker.send_to(&bundle, edge.sip).unwrap();
+    assert_eq!(
+        got("a worker's bundle"),
+        ["bundle-1", "bundle-2", "bundle-3"]
+    );
+    stranger.send_to(&bundle, edge.sip).unwrap();
+    let mut bad = handover_sip::BUNDLE_MAGIC.to_vec();
+    bad.extend_from_slice(&[0, 200]);
+    bad.extend_from_slice(&msg(4));
+    worker.send_to(&bad, edge.sip).unwrap();
+    assert_eq!(
+        got("a stranger's and a malformed bundle"),
+        Vec::<String>::new()
+    );
+    // Still serving: a lone message from the worker goes on.
+    worker.send_to(&msg(5), edge.sip).unwrap();
+    assert_eq!(got("a lone message"), ["bundle-5"]);
+    let drops = |reason: &str| {
+        metric(
+            &scrape(&edge),
+            &format!("handover_edge_drops_total{{reason=\"{reason}\"}}"),
+        )
+    };
+    assert!(wait_for(Duration::from_secs(2), || {
+        drops("bundle_not_from_worker") == 1.0 && drops("bundle_malformed") == 1.0
+    }));
+    assert_eq!(
+        metric(&scrape(&edge), "handover_edge_bundles_received_total"),
+        1.0
+    );
+}
+
+#[test]
+fn a_workers_bundle_goes_on_as_its_messages_uring() {
+    bundles("uring");
+}
+
+#[test]
+fn a_workers_bundle_goes_on_as_its_messages_epoll() {
+    bundles("epoll");
+}

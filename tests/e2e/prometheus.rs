@@ -130,4 +130,8 @@ fn prometheus_scrapes_edge_and_worker_during_calls() {
         query(&base, "handover_edge_backend_up{backend=\"0\"}"),
         Some(1.0)
     );
+    // The worker sent its edge what A's INVITE, B's 2xx and A's BYE each
+    // made (two messages apiece) as one datagram.
+    let bundles = query(&base, "handover_edge_bundles_received_total").unwrap_or(0.0);
+    assert!(bundles >= 100.0, "at least two bundles per call: {bundles}");
 }

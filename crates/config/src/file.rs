@@ -36,6 +36,8 @@ pub(super) struct WorkerSection {
     pub(super) max_call_age_s: Option<u64>,
     /// Seconds a callee may ring before it counts as not answering.
     pub(super) ring_timeout_s: Option<Spanned<u64>>,
+    /// Largest datagram of several messages to the edge; 0 = one each.
+    pub(super) bundle_bytes: Option<Spanned<usize>>,
     /// Transfer mode of routes that do not set one.
     pub(super) transfer_mode: Option<Spanned<String>>,
     /// SIP timer T1, milliseconds.

@@ -87,6 +87,7 @@ pub struct Worker {
     pub admin: String,
     pub max_call_age_s: u64,
     pub ring_timeout_s: u64,
+    pub bundle_bytes: usize,
     #[serde(serialize_with = "mode_name")]
     pub transfer_mode: handover_call::TransferMode,
     pub t1_ms: u64,

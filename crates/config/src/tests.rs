@@ -298,6 +298,20 @@ fn worker_section_and_routes() {
         e.contains("t.toml:2:18: key `worker.ring_timeout_s`: 0 is out of range"),
         "{e}"
     );
+    let c = parse("[worker]\n").unwrap();
+    assert_eq!(c.worker.bundle_bytes, 8_192, "bundles on by default");
+    assert_eq!(
+        parse("[worker]\nbundle_bytes = 0\n")
+            .unwrap()
+            .worker
+            .bundle_bytes,
+        0
+    );
+    let e = parse("[worker]\nbundle_bytes = 100\n").unwrap_err();
+    assert!(
+        e.contains("key `worker.bundle_bytes`: 100 is out of range"),
+        "{e}"
+    );
 }
 
 #[test]

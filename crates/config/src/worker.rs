@@ -81,6 +81,14 @@ pub(super) fn worker(
             format!("{ring_timeout_s} is out of range: 1..=3600 seconds"),
         ));
     }
+    let bundle_bytes = w.bundle_bytes.as_ref().map_or(8_192, |s| *s.get_ref());
+    if bundle_bytes != 0 && !(1_200..=65_507).contains(&bundle_bytes) {
+        return Err(err(
+            w.bundle_bytes.as_ref().map(Spanned::span),
+            Some("worker.bundle_bytes"),
+            format!("{bundle_bytes} is out of range: 0 (off) or 1200..=65507 bytes"),
+        ));
+    }
     let max_calls = w.max_calls.as_ref().map_or(100_000, |v| *v.get_ref());
     if max_calls == 0 {
         return Err(err(
@@ -260,6 +268,7 @@ pub(super) fn worker(
         admin: addr(&w.admin, "worker.admin", "127.0.0.1:9101")?,
         max_call_age_s: w.max_call_age_s.unwrap_or(14_400),
         ring_timeout_s,
+        bundle_bytes,
         transfer_mode,
         t1_ms,
         max_calls,

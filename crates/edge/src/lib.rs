@@ -617,7 +617,18 @@ struct Thread {
     start: Instant,
     now_sec: u32,
     last_flush: Instant,
+    /// Messages waiting for [`handover_io::Handler::poll_transmit`]: the
+    /// rest of a worker's bundle, and datagrams that came after it in the
+    /// same round (kept behind it, in order). Each is (sender, start, end)
+    /// in `queued_bytes`; both keep their capacity, so a bundle allocates
+    /// nothing once they have grown.
+    queued: std::collections::VecDeque<(SocketAddr, usize, usize)>,
+    queued_bytes: Vec<u8>,
 }
+
+/// At most this many bytes wait behind bundles (a round's worth many times
+/// over); past it a message is dropped, counted (`queue_full`).
+const QUEUED_BYTES_MAX: usize = 4 << 20;
 
 impl Thread {
     fn new(
@@ -639,12 +650,126 @@ impl Thread {
             start: now,
             now_sec: 0,
             last_flush: now,
+            queued: std::collections::VecDeque::new(),
+            queued_bytes: Vec::new(),
         }
+    }
+
+    /// Queues `data` from `from` to be handled by `poll_transmit`, a
+    /// bundle as its messages.
+    fn enqueue(&mut self, from: SocketAddr, data: &[u8]) {
+        if handover_sip::is_bundle(data) {
+            if let Some(msgs) = self.bundle(from, data) {
+                for m in msgs {
+                    self.enqueue_one(from, m);
+                }
+            }
+        } else {
+            self.enqueue_one(from, data);
+        }
+    }
+
+    fn enqueue_one(&mut self, from: SocketAddr, data: &[u8]) {
+        if self.queued_bytes.len() + data.len() > QUEUED_BYTES_MAX {
+            self.local.drop_reason("queue_full");
+            return;
+        }
+        let start = self.queued_bytes.len();
+        self.queued_bytes.extend_from_slice(data);
+        self.queued
+            .push_back((from, start, self.queued_bytes.len()));
+    }
+
+    /// The messages of a bundle from a worker; `None` (the drop counted)
+    /// for one from anyone else or malformed.
+    fn bundle<'a>(
+        &mut self,
+        from: SocketAddr,
+        data: &'a [u8],
+    ) -> Option<handover_sip::BundleMessages<'a>> {
+        if self.shared.table.load().backend_index(from).is_none() {
+            self.local.drop_reason("bundle_not_from_worker");
+            return None;
+        }
+        let Some(msgs) = handover_sip::bundle_messages(data) else {
+            self.local.drop_reason("bundle_malformed");
+            return None;
+        };
+        self.local.bundles += 1;
+        Some(msgs)
     }
 }
 
 impl handover_io::Handler for Thread {
     fn datagram(
+        &mut self,
+        from: SocketAddr,
+        data: &[u8],
+        out: &mut [u8],
+    ) -> Option<(SocketAddr, usize)> {
+        if !self.queued.is_empty() {
+            // Behind a bundle's messages still waiting: in order.
+            self.enqueue(from, data);
+            return None;
+        }
+        if handover_sip::is_bundle(data) {
+            let mut msgs = self.bundle(from, data)?;
+            let first = msgs.next()?;
+            for m in msgs {
+                self.enqueue_one(from, m);
+            }
+            return self.message(from, first, out);
+        }
+        self.message(from, data, out)
+    }
+
+    fn poll_transmit(&mut self, out: &mut [u8]) -> Option<(SocketAddr, usize)> {
+        while let Some((from, start, end)) = self.queued.pop_front() {
+            let bytes = std::mem::take(&mut self.queued_bytes);
+            let r = self.message(from, &bytes[start..end], out);
+            self.queued_bytes = bytes;
+            if self.queued.is_empty() {
+                self.queued_bytes.clear();
+            }
+            if r.is_some() {
+                return r;
+            }
+        }
+        None
+    }
+
+    fn rx_dropped(&mut self, total: u32) {
+        self.local.rx_total = Some(total);
+    }
+
+    fn tick(&mut self) -> bool {
+        let now = Instant::now();
+        self.now_sec = (now - self.start).as_secs() as u32;
+        if self.local.since_flush >= 4096
+            || now - self.last_flush >= std::time::Duration::from_millis(100)
+        {
+            self.local.flush(&self.handles);
+            self.last_flush = now;
+        }
+        !self.shared.stop.load(Ordering::Relaxed)
+    }
+
+    fn send_failed(&mut self) {
+        self.local.send_errors += 1;
+    }
+
+    fn enobufs(&mut self) {
+        self.local.enobufs += 1;
+    }
+
+    fn truncated(&mut self) {
+        self.local.drop_reason("truncated_datagram");
+    }
+}
+
+impl Thread {
+    /// One SIP message (a datagram, or one of a bundle's) from `from`.
+    fn message(
         &mut self,
         from: SocketAddr,
         data: &[u8],
@@ -731,33 +856,5 @@ impl handover_io::Handler for Thread {
                 None
             }
         }
-    }
-
-    fn rx_dropped(&mut self, total: u32) {
-        self.local.rx_total = Some(total);
-    }
-
-    fn tick(&mut self) -> bool {
-        let now = Instant::now();
-        self.now_sec = (now - self.start).as_secs() as u32;
-        if self.local.since_flush >= 4096
-            || now - self.last_flush >= std::time::Duration::from_millis(100)
-        {
-            self.local.flush(&self.handles);
-            self.last_flush = now;
-        }
-        !self.shared.stop.load(Ordering::Relaxed)
-    }
-
-    fn send_failed(&mut self) {
-        self.local.send_errors += 1;
-    }
-
-    fn enobufs(&mut self) {
-        self.local.enobufs += 1;
-    }
-
-    fn truncated(&mut self) {
-        self.local.drop_reason("truncated_datagram");
     }
 }

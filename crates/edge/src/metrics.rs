@@ -15,6 +15,9 @@ pub const DATAGRAMS_SENT: &str = "handover_edge_datagrams_sent_total";
 pub const REPLIES: &str = "handover_edge_replies_total";
 /// Double-CRLF keep-alive pings answered with a CRLF pong (RFC 5626 §4.4.1).
 pub const PONGS: &str = "handover_edge_keepalive_pongs_total";
+/// Datagrams from workers carrying several messages (a bundle, see
+/// `handover_sip::Bundler`).
+pub const BUNDLES: &str = "handover_edge_bundles_received_total";
 /// Requests whose shard key `k` (our Route or Request-URI) had no good
 /// tag: routed by their Call-ID instead, their source charged.
 pub const KEYS_REFUSED: &str = "handover_edge_keys_refused_total";
@@ -53,6 +56,7 @@ pub(crate) struct Handles {
     enobufs: Counter,
     send_errors: Counter,
     pongs: Counter,
+    bundles: Counter,
     keys_refused: Counter,
 }
 
@@ -82,6 +86,7 @@ impl Handles {
             enobufs: counter!(URING_ENOBUFS),
             send_errors: counter!(SEND_ERRORS),
             pongs: counter!(PONGS),
+            bundles: counter!(BUNDLES),
             keys_refused: counter!(KEYS_REFUSED),
         }
     }
@@ -101,6 +106,7 @@ pub(crate) struct Local {
     pub(crate) enobufs: u64,
     pub(crate) send_errors: u64,
     pub(crate) pongs: u64,
+    pub(crate) bundles: u64,
     pub(crate) keys_refused: u64,
     pub(crate) since_flush: u32,
 }
@@ -152,6 +158,7 @@ impl Local {
         h.send_errors
             .increment(std::mem::take(&mut self.send_errors));
         h.pongs.increment(std::mem::take(&mut self.pongs));
+        h.bundles.increment(std::mem::take(&mut self.bundles));
         h.keys_refused
             .increment(std::mem::take(&mut self.keys_refused));
         self.since_flush = 0;

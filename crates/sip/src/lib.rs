@@ -23,6 +23,7 @@
 
 mod addr;
 pub mod build;
+mod bundle;
 mod cidr;
 mod error;
 mod flow;
@@ -36,6 +37,9 @@ mod uri;
 mod via;
 
 pub use addr::NameAddr;
+pub use bundle::{
+    BUNDLE_MAGIC, BUNDLE_MAX_MESSAGE, BundleMessages, Bundler, bundle_messages, is_bundle,
+};
 pub use cidr::Cidr;
 pub use error::{Reason, ReplyParts, ScanError, Verdict};
 pub use flow::{BadFlow, Flow, Transport};

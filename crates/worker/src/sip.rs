@@ -282,6 +282,7 @@ pub fn run(args: Settings) -> anyhow::Result<()> {
         let mut drain_exit: Option<tokio::time::Instant> = None;
         let mut drain_done: Option<tokio::time::Instant> = None;
         let mut last = handover_call::Stats::default();
+        let mut bundler = handover_sip::Bundler::new(args.bundle_bytes);
         loop {
             let wake = next_wake(start, tokio::time::Instant::now(), b2b.poll_timeout());
             let note = async {
@@ -636,11 +637,26 @@ pub fn run(args: Settings) -> anyhow::Result<()> {
                     }
                 }
             }
+            // What this round made for the edge shares datagrams
+            // (`handover_sip::Bundler`): one send where there were two.
             while let Some((to, bytes)) = b2b.poll_transmit() {
                 let to = to.unwrap_or(args.edge);
-                if let Err(e) = sock.send_to(&bytes, to).await {
+                let d = if to == args.edge && args.bundle_bytes > 0 {
+                    match bundler.push(&bytes) {
+                        Some(d) => d,
+                        None => continue,
+                    }
+                } else {
+                    &bytes
+                };
+                if let Err(e) = sock.send_to(d, to).await {
                     tracing::debug!(%to, error = %e, "send failed");
                 }
+            }
+            if let Some(d) = bundler.finish()
+                && let Err(e) = sock.send_to(d, args.edge).await
+            {
+                tracing::debug!(to = %args.edge, error = %e, "send failed");
             }
             let s = b2b.stats();
             add(&started, s.started, last.started);

@@ -67,6 +67,12 @@ pub struct WorkerArgs {
     /// [default: 120].
     #[arg(long)]
     ring_timeout_s: Option<u64>,
+    /// Largest datagram to the edge carrying several messages: what one
+    /// received message makes the worker send to its `--edge` goes as one
+    /// datagram when it fits (edges of this version or later read it).
+    /// 0: every message alone [default: 8192].
+    #[arg(long)]
+    bundle_bytes: Option<usize>,
     /// Who carries out transfers (REFER) on routes that do not say:
     /// `passthrough` (the phones; REFER and NOTIFY relayed) or `local` (the
     /// B2BUA calls the target and re-INVITEs the transferee)
@@ -232,6 +238,7 @@ pub fn settings(a: WorkerArgs) -> anyhow::Result<Settings> {
         },
         max_call_age_s: a.max_call_age_s.unwrap_or(w.max_call_age_s),
         ring_timeout_s: a.ring_timeout_s.unwrap_or(w.ring_timeout_s),
+        bundle_bytes: a.bundle_bytes.unwrap_or(w.bundle_bytes),
         transfer_mode: a.transfer_mode.unwrap_or(w.transfer_mode),
         t1_ms: a.t1_ms.unwrap_or(w.t1_ms),
         max_calls: a.max_calls.unwrap_or(w.max_calls),

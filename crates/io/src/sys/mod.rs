@@ -54,7 +54,8 @@ pub trait Handler {
     /// load generator's new calls and timer resends), written into `out`.
     /// Polled after each `tick` and each round of received datagrams until
     /// it returns `None` or no send buffer is free (then the rest waits for
-    /// the next round). The edge sends none of its own.
+    /// the next round). The edge's are the messages of a worker's bundle
+    /// after its first.
     fn poll_transmit(&mut self, _out: &mut [u8]) -> Option<(SocketAddr, usize)> {
         None
     }

@@ -19,6 +19,8 @@ pub struct Settings {
     pub routes: Vec<String>,
     pub max_call_age_s: u64,
     pub ring_timeout_s: u64,
+    /// Largest datagram of several messages to the edge (0: one each).
+    pub bundle_bytes: usize,
     pub transfer_mode: TransferMode,
     pub t1_ms: u64,
     /// The cluster's hashing key (the edge's: a call's shard is the one
