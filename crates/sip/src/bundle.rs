@@ -94,9 +94,8 @@ impl Bundler {
     }
 
     /// Takes `msg`. When it does not fit beside what is held, what is held
-    /// is returned as a datagram first (`msg` stays for the next). A
-    /// message too large for any bundle is returned at once, alone, after
-    /// what was held (call again until `None`: see [`Self::flush_into`]).
+    /// is returned as a datagram and `msg` starts the next. A message too
+    /// large for any bundle ends up alone in its datagram, unframed.
     pub fn push(&mut self, msg: &[u8]) -> Option<&[u8]> {
         if self.starts.is_empty() {
             self.starts.push(0);
