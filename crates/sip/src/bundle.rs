@@ -224,6 +224,33 @@ mod tests {
         assert_eq!(d[1], huge);
     }
 
+    proptest::proptest! {
+        #[test]
+        fn any_messages_come_back_whole_under_any_bound(
+            msgs in proptest::collection::vec(proptest::collection::vec(1u8.., 1..3000), 0..12),
+            max in 0usize..10_000,
+        ) {
+            let mut b = Bundler::new(max);
+            let refs: Vec<&[u8]> = msgs.iter().map(Vec::as_slice).collect();
+            let d = all(&mut b, &refs);
+            let back: Vec<Vec<u8>> = d.iter().flat_map(|d| read(d)).collect();
+            proptest::prop_assert_eq!(back, msgs);
+            for x in &d {
+                proptest::prop_assert!(!is_bundle(x) || x.len() <= max.max(1));
+            }
+        }
+
+        #[test]
+        fn any_bytes_read_as_a_bundle_without_a_panic(tail in proptest::collection::vec(proptest::num::u8::ANY, 0..300)) {
+            let mut d = BUNDLE_MAGIC.to_vec();
+            d.extend_from_slice(&tail);
+            if let Some(m) = bundle_messages(&d) {
+                let total: usize = m.map(|x| x.len() + 2).sum();
+                proptest::prop_assert_eq!(total, tail.len());
+            }
+        }
+    }
+
     #[test]
     fn malformed_bundles_are_refused_whole() {
         let mut ok = BUNDLE_MAGIC.to_vec();
