@@ -129,7 +129,8 @@ impl Bundler {
     fn emit(&mut self) {
         self.out.clear();
         if self.starts.len() == 1 {
-            self.out.extend_from_slice(&self.buf);
+            // Alone: the message as it was taken, not copied again.
+            core::mem::swap(&mut self.out, &mut self.buf);
         } else {
             self.out.extend_from_slice(BUNDLE_MAGIC);
             for (i, &s) in self.starts.iter().enumerate() {
