@@ -699,8 +699,41 @@ pub(crate) fn sipp_error_entries(text: &str) -> Vec<String> {
                 "Automatic response mode for an unexpected INFO, NOTIFY, OPTIONS or UPDATE for call: probe-",
             )
         })
+        .filter(|e| !absorbed_by_timer_k(e))
         .map(|e| e.trim().chars().take(600).collect())
         .collect()
+}
+
+/// A final response to a non-INVITE request (a BYE's 200) arriving after
+/// SIPp finished the call successfully: the answer to a retransmission of
+/// that request that crossed the first answer. A real user agent's client
+/// transaction absorbs it in its Completed state (RFC 3261 §17.1.2.2,
+/// Timer K); SIPp, whose scenario ends at the first answer, logs it as a
+/// dead call. Anything else at a dead call stays a finding.
+fn absorbed_by_timer_k(entry: &str) -> bool {
+    let Some((head, msg)) = entry.split_once("received '") else {
+        return false;
+    };
+    if !head.contains("Dead call") || !head.contains("(successful)") {
+        return false;
+    }
+    let Some(status) = msg
+        .strip_prefix("SIP/2.0 ")
+        .and_then(|r| r.get(..3))
+        .and_then(|c| c.parse::<u16>().ok())
+    else {
+        return false;
+    };
+    let cseq = msg
+        .lines()
+        .find_map(|l| {
+            l.split_once(':')
+                .filter(|(n, _)| n.trim().eq_ignore_ascii_case("CSeq"))
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .unwrap_or_default();
+    let method = cseq.split_whitespace().nth(1).unwrap_or("");
+    status >= 200 && !method.is_empty() && method != "INVITE"
 }
 
 /// Every SIPp error log in `dir` (`*.err`, and `*_errors.log` of processes
@@ -1113,7 +1146,7 @@ pub(crate) fn bye_branches_per_call(
 }
 
 #[test]
-fn sipp_error_logs_are_split_into_entries_and_only_probe_answers_pass() {
+fn sipp_error_logs_are_split_into_entries_and_only_absorbed_answers_pass() {
     let probe = "2026-12-03\t09:07:51.785498\t1796288871.785498: Automatic response mode for an unexpected INFO, NOTIFY, OPTIONS or UPDATE for call: probe-0-3-5060";
     let bye = "2026-12-03\t09:07:51.881513\t1796288871.881513: Aborting call on an unexpected BYE for call: 2-1@127.0.0.1";
     // Entries glued together without a line feed, as SIPp writes them.
@@ -1124,6 +1157,24 @@ fn sipp_error_logs_are_split_into_entries_and_only_probe_answers_pass() {
     assert!(sipp_error_entries(&format!("The following events occurred:\n{probe}\n")).is_empty());
     assert!(sipp_error_entries("").is_empty());
     assert_eq!(sipp_error_entries("something else entirely").len(), 1);
+    // A BYE's 200 after the call: the answer to a crossed retransmission,
+    // absorbed (Timer K); an INVITE's 200 or a request there is a finding.
+    let dead = |what: &str| {
+        format!(
+            "2026-12-07\t12:21:26.177130\t1796646086.177130: Dead call 1676-25722@127.0.0.1 (successful), received '{what}'"
+        )
+    };
+    let bye_ok = dead(
+        "SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bK-1-6\r\nCall-ID: 1676-25722@127.0.0.1\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n",
+    );
+    let invite_ok =
+        dead("SIP/2.0 200 OK\r\nCall-ID: 1676-25722@127.0.0.1\r\nCSeq: 1 INVITE\r\n\r\n");
+    let bye = dead("BYE sip:uac@127.0.0.1:5060 SIP/2.0\r\nCSeq: 1 BYE\r\n\r\n");
+    assert!(sipp_error_entries(&bye_ok).is_empty());
+    assert_eq!(
+        sipp_error_entries(&format!("{invite_ok}\n{bye}\n{bye_ok}")).len(),
+        2
+    );
 }
 
 /// `handover passwd FILE USER` with `password` on standard input (a users
