@@ -262,7 +262,13 @@ pub(super) struct Call {
     pub(super) a_srv: ServerInvite,
     pub(super) a_key: Key,
     /// Our 2xx to A, resent (T1 doubling to T2) until A's ACK (§13.3.1.4).
-    pub(super) a_ok: Option<(Vec<u8>, Instant, Duration, Instant)>,
+    /// Boxed: present for a round trip, and every held call would carry
+    /// its size.
+    #[expect(
+        clippy::type_complexity,
+        reason = "(2xx, next resend, interval, give up)"
+    )]
+    pub(super) a_ok: Option<Box<(Vec<u8>, Instant, Duration, Instant)>>,
     /// B hung up before A acknowledged our 2xx: A's BYE waits for that
     /// ACK, or for the 2xx's last resend (RFC 3261 §15: no BYE before
     /// the ACK of the 2xx; a BYE that overtakes the 2xx is one A does
@@ -338,7 +344,9 @@ pub(super) struct Call {
     pub(super) detail: Detail,
     /// The answer that tells a party the call ended, held until the end
     /// is committed (`detail.rs`, [`HeldEnd`]).
-    pub(super) held_end: Option<HeldEnd>,
+    /// Boxed: present for a round trip at a call's end, and every held
+    /// call would carry its size.
+    pub(super) held_end: Option<Box<HeldEnd>>,
     /// An ended call kept until then to answer its parties' last requests
     /// ([`B2bua::ended_elsewhere`]).
     pub(super) linger: Option<Instant>,

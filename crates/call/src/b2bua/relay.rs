@@ -123,13 +123,13 @@ impl<R: RngCore> B2bua<R> {
                     && call.replicated.is_some()
                     && !call.over
                 {
-                    call.held_end = Some(HeldEnd {
+                    call.held_end = Some(Box::new(HeldEnd {
                         what: HeldWhat::ByeOk {
                             key: key.clone(),
                             ok,
                         },
                         until: now + Self::HOLD_OK_LIMIT,
-                    });
+                    }));
                 } else {
                     t.send_response(now, 200, ok);
                 }

@@ -427,7 +427,7 @@ impl<R: RngCore> B2bua<R> {
             if c.over
                 && gone(c.key)
                 && matches!(
-                    c.held_end,
+                    c.held_end.as_deref(),
                     Some(HeldEnd {
                         what: HeldWhat::ByeOk { .. },
                         ..
@@ -629,7 +629,7 @@ impl<R: RngCore> B2bua<R> {
         let a_ok = rec.a_ok.map(|ok| {
             self.ep.out.push_back((rec.a_target, ok.clone()));
             self.ep.stats.oks_resent += 1;
-            (ok, now + timers.t1, timers.t1, now + timers.t1x64())
+            Box::new((ok, now + timers.t1, timers.t1, now + timers.t1x64()))
         });
         let source = scan(&rec.a_invite).ok().as_ref().and_then(sender_ip);
         self.ep.count_source(source);

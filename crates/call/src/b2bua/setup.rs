@@ -261,6 +261,15 @@ impl<R: RngCore> B2bua<R> {
         for e in events {
             self.with_call(cref, |c, ep| c.on_b_event(ep, now, cref, e));
         }
+        // B's 2xx comes again only while our INVITE's transaction runs
+        // (Accepted, 64·T1); past it the ACK kept for those resends goes
+        // (a held call's third-largest part, `tests/memory.rs`).
+        if let Some(call) = self.calls.get_mut(&cref)
+            && call.b_ack.is_some()
+            && call.b_cli.state() == InviteState::Terminated
+        {
+            call.b_ack = None;
+        }
         self.with_call(cref, |c, ep| c.drain_forks(ep, now, cref));
         self.drain_relays(now, cref);
         self.drain_local(now, cref);
@@ -314,7 +323,7 @@ impl<R: RngCore> B2bua<R> {
         }
         call.a_srv.send_response(now, status, r.clone());
         let t1 = timers.t1;
-        call.a_ok = Some((r, now + t1, t1, now + timers.t1x64()));
+        call.a_ok = Some(Box::new((r, now + t1, t1, now + timers.t1x64())));
     }
 
     /// A call's record is committed (the shell heard it from the replica):
@@ -663,13 +672,13 @@ impl Call {
                     // With records kept in the cluster, the caller hears
                     // the end once its record is committed (`HeldEnd`).
                     if ep.records_on && ep.replicate && !call.over {
-                        call.held_end = Some(HeldEnd {
+                        call.held_end = Some(Box::new(HeldEnd {
                             what: HeldWhat::Final {
                                 status,
                                 response: r,
                             },
                             until: now + B2bua::<R>::HOLD_OK_LIMIT,
-                        });
+                        }));
                     } else {
                         call.a_srv.send_response(now, status, r);
                     }

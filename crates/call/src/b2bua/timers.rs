@@ -120,7 +120,7 @@ impl<R: RngCore> B2bua<R> {
                 //# BYE, as described in Section 15.
                 CallTimer::ResendOk => {
                     let a_target = call.a_target;
-                    let Some((ok, next, interval, give_up)) = &mut call.a_ok else {
+                    let Some((ok, next, interval, give_up)) = call.a_ok.as_deref_mut() else {
                         continue;
                     };
                     if now < *give_up {
