@@ -125,9 +125,15 @@ def memory(args, tmp):
                 break
         time.sleep(2)
         peak = rss_kb(worker)
+        # Again once the calls' transactions are over (64·T1 = 32 s after
+        # the last answer): what held calls cost, not calls being set up.
+        time.sleep(40)
+        settled = rss_kb(worker)
         uac.kill()
         return {"calls": int(active), "rss_base_kb": base, "rss_kb": peak,
-                "bytes_per_call": (peak - base) * 1024 / max(active, 1)}
+                "bytes_per_call": (peak - base) * 1024 / max(active, 1),
+                "rss_settled_kb": settled,
+                "settled_bytes_per_call": (settled - base) * 1024 / max(active, 1)}
     finally:
         uas.kill()
         p.terminate()
@@ -145,7 +151,8 @@ def main():
         with tempfile.TemporaryDirectory() as tmp:
             mem = memory(args, tmp)
         print(f"Worker memory: {mem['calls']} calls up, RSS {mem['rss_base_kb']} kB idle -> {mem['rss_kb']} kB, "
-              f"{mem['bytes_per_call']:,.0f} bytes per active call")
+              f"{mem['bytes_per_call']:,.0f} bytes per active call; 40 s later (their transactions over) "
+              f"{mem['rss_settled_kb']} kB, {mem['settled_bytes_per_call']:,.0f} bytes per held call")
         return
     for tool in ["sipp", "kamailio"]:
         if not shutil.which(tool):
@@ -166,7 +173,8 @@ def main():
         cps = r["ok"] / r["cpu"] if r["cpu"] else 0
         print(f"| {s} | {r['ok']} | {r['failed']} | {r['retrans']} | {r['cpu']:.2f} | {cps:,.0f} | {cps / kcps:.2f}x |")
     print(f"\nWorker memory: {mem['calls']} calls up, RSS {mem['rss_base_kb']} kB idle -> {mem['rss_kb']} kB, "
-          f"{mem['bytes_per_call']:,.0f} bytes per active call")
+          f"{mem['bytes_per_call']:,.0f} bytes per active call; 40 s later (their transactions over) "
+              f"{mem['rss_settled_kb']} kB, {mem['settled_bytes_per_call']:,.0f} bytes per held call")
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ use handover_sip::build::ack_for_non_2xx;
 use handover_sip::{Message, scan};
 
 use crate::Event;
-use crate::outbox::{Outbox, poll_methods};
+use crate::outbox::Outbox;
 use crate::time::{Instant, Timer, TimerConfig};
 
 /// States of a client INVITE transaction (RFC 3261 fig. 5, RFC 6026 fig. 3).
@@ -30,9 +30,9 @@ pub enum InviteState {
     Terminated,
 }
 
-/// A client INVITE transaction.
+/// A running client INVITE transaction (see the wrapper below).
 #[derive(Debug)]
-pub struct ClientInvite {
+struct ClientInviteRun {
     cfg: TimerConfig,
     state: InviteState,
     request: Vec<u8>,
@@ -41,10 +41,10 @@ pub struct ClientInvite {
     out: Outbox,
 }
 
-impl ClientInvite {
+impl ClientInviteRun {
     /// Starts the transaction for `request` (an INVITE the caller built and
     /// scanned); the request is queued for sending.
-    pub fn new(now: Instant, cfg: TimerConfig, request: Vec<u8>) -> Self {
+    fn new(now: Instant, cfg: TimerConfig, request: Vec<u8>) -> Self {
         let mut t = Self {
             cfg,
             state: InviteState::Calling,
@@ -62,27 +62,8 @@ impl ClientInvite {
         t
     }
 
-    /// A transaction that ended elsewhere: the INVITE of a call restored
-    /// from its replica after its worker died (its 2xx was ACKed there).
-    /// Sends nothing, absorbs nothing.
-    pub fn ended(cfg: TimerConfig) -> Self {
-        Self {
-            cfg,
-            state: InviteState::Terminated,
-            request: Vec::new(),
-            ack: None,
-            a_interval: cfg.t1,
-            out: Outbox::default(),
-        }
-    }
-
-    /// The current state.
-    pub fn state(&self) -> InviteState {
-        self.state
-    }
-
     /// A response matched to this transaction arrived.
-    pub fn handle_response(&mut self, now: Instant, resp: &Message<'_>) {
+    fn handle_response(&mut self, now: Instant, resp: &Message<'_>) {
         let Some(status) = resp.status() else { return };
         let up = || Event::Response {
             status,
@@ -141,7 +122,7 @@ impl ClientInvite {
     }
 
     /// Runs every timer due at `now`.
-    pub fn handle_timeout(&mut self, now: Instant) {
+    fn handle_timeout(&mut self, now: Instant) {
         while let Some(t) = self.out.timers.take_due(now) {
             match t {
                 Timer::A if self.state == InviteState::Calling => {
@@ -161,7 +142,7 @@ impl ClientInvite {
 
     /// The transport could not send (RFC 3261 §17.1.1.2): the transaction
     /// ends and the TU is told.
-    pub fn handle_transport_error(&mut self) {
+    fn handle_transport_error(&mut self) {
         if self.state != InviteState::Terminated {
             self.out.event(Event::TransportError);
             self.terminate();
@@ -181,8 +162,91 @@ impl ClientInvite {
     fn release_request(&mut self) {
         self.request = Vec::new();
     }
+}
 
-    poll_methods!();
+/// A client INVITE transaction.
+/// Boxed while it runs, nothing once it is over and its output drained:
+/// calls hold theirs (A's INVITE server, B's INVITE client) for as long as
+/// they last, and an ended one kept inline cost every held call its size
+/// (`crates/call/tests/memory.rs`).
+#[derive(Debug)]
+pub struct ClientInvite(Option<Box<ClientInviteRun>>);
+
+impl ClientInvite {
+    /// Starts the transaction for `request` (an INVITE the caller built and
+    /// scanned); the request is queued for sending.
+    pub fn new(now: Instant, cfg: TimerConfig, request: Vec<u8>) -> Self {
+        Self(Some(Box::new(ClientInviteRun::new(now, cfg, request))))
+    }
+
+    /// A transaction that ended elsewhere: the INVITE of a call restored
+    /// from its replica after its worker died (its 2xx was ACKed there).
+    /// Sends nothing, absorbs nothing.
+    pub fn ended(_cfg: TimerConfig) -> Self {
+        Self(None)
+    }
+
+    /// The current state.
+    pub fn state(&self) -> InviteState {
+        self.0.as_ref().map_or(InviteState::Terminated, |r| r.state)
+    }
+
+    /// A response matched to this transaction arrived.
+    pub fn handle_response(&mut self, now: Instant, resp: &Message<'_>) {
+        if let Some(r) = self.0.as_deref_mut() {
+            r.handle_response(now, resp);
+        }
+    }
+
+    /// Runs every timer due at `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if let Some(r) = self.0.as_deref_mut() {
+            r.handle_timeout(now);
+        }
+    }
+
+    /// The transport could not send (RFC 3261 §17.1.1.2): the transaction
+    /// ends and the TU is told.
+    pub fn handle_transport_error(&mut self) {
+        if let Some(r) = self.0.as_deref_mut() {
+            r.handle_transport_error();
+        }
+    }
+
+    /// The next datagram to send.
+    pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
+        let m = self.0.as_mut()?.out.poll_transmit();
+        self.release_if_spent();
+        m
+    }
+
+    /// The next event for the TU.
+    pub fn poll_event(&mut self) -> Option<crate::Event> {
+        let e = self.0.as_mut()?.out.poll_event();
+        self.release_if_spent();
+        e
+    }
+
+    /// When to call `handle_timeout` next.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.0.as_ref()?.out.poll_timeout()
+    }
+
+    /// The bytes of the request it keeps (tests).
+    #[cfg(test)]
+    fn request_len(&self) -> usize {
+        self.0.as_ref().map_or(0, |r| r.request.len())
+    }
+
+    fn release_if_spent(&mut self) {
+        if self
+            .0
+            .as_ref()
+            .is_some_and(|r| r.state == InviteState::Terminated && r.out.spent())
+        {
+            self.0 = None;
+        }
+    }
 }
 
 /// States of a client non-INVITE transaction (RFC 3261 fig. 6).
@@ -198,9 +262,9 @@ pub enum NonInviteState {
     Terminated,
 }
 
-/// A client non-INVITE transaction.
+/// A running client non-INVITE transaction (see the wrapper below).
 #[derive(Debug)]
-pub struct ClientNonInvite {
+struct ClientNonInviteRun {
     cfg: TimerConfig,
     state: NonInviteState,
     request: Vec<u8>,
@@ -208,9 +272,9 @@ pub struct ClientNonInvite {
     out: Outbox,
 }
 
-impl ClientNonInvite {
+impl ClientNonInviteRun {
     /// Starts the transaction for `request`, queued for sending.
-    pub fn new(now: Instant, cfg: TimerConfig, request: Vec<u8>) -> Self {
+    fn new(now: Instant, cfg: TimerConfig, request: Vec<u8>) -> Self {
         let mut t = Self {
             cfg,
             state: NonInviteState::Trying,
@@ -224,13 +288,8 @@ impl ClientNonInvite {
         t
     }
 
-    /// The current state.
-    pub fn state(&self) -> NonInviteState {
-        self.state
-    }
-
     /// A response matched to this transaction arrived.
-    pub fn handle_response(&mut self, now: Instant, resp: &Message<'_>) {
+    fn handle_response(&mut self, now: Instant, resp: &Message<'_>) {
         let Some(status) = resp.status() else { return };
         let up = Event::Response {
             status,
@@ -256,7 +315,7 @@ impl ClientNonInvite {
     }
 
     /// Runs every timer due at `now`.
-    pub fn handle_timeout(&mut self, now: Instant) {
+    fn handle_timeout(&mut self, now: Instant) {
         while let Some(t) = self.out.timers.take_due(now) {
             match t {
                 Timer::E
@@ -289,7 +348,7 @@ impl ClientNonInvite {
     }
 
     /// The transport could not send.
-    pub fn handle_transport_error(&mut self) {
+    fn handle_transport_error(&mut self) {
         if self.state != NonInviteState::Terminated {
             self.out.event(Event::TransportError);
             self.terminate();
@@ -300,8 +359,75 @@ impl ClientNonInvite {
         self.state = NonInviteState::Terminated;
         self.out.terminated();
     }
+}
 
-    poll_methods!();
+/// A client non-INVITE transaction: boxed while it runs, nothing once it is over and
+/// its output drained (see `ServerInvite`).
+#[derive(Debug)]
+pub struct ClientNonInvite(Option<Box<ClientNonInviteRun>>);
+
+impl ClientNonInvite {
+    /// Starts the transaction for `request`; the request is queued for sending.
+    pub fn new(now: Instant, cfg: TimerConfig, request: Vec<u8>) -> Self {
+        Self(Some(Box::new(ClientNonInviteRun::new(now, cfg, request))))
+    }
+
+    /// The current state.
+    pub fn state(&self) -> NonInviteState {
+        self.0
+            .as_ref()
+            .map_or(NonInviteState::Terminated, |r| r.state)
+    }
+
+    /// A response matched to this transaction arrived.
+    pub fn handle_response(&mut self, now: Instant, resp: &Message<'_>) {
+        if let Some(r) = self.0.as_deref_mut() {
+            r.handle_response(now, resp);
+        }
+    }
+
+    /// Runs every timer due at `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if let Some(r) = self.0.as_deref_mut() {
+            r.handle_timeout(now);
+        }
+    }
+
+    /// The transport could not send: the transaction ends and the TU is told.
+    pub fn handle_transport_error(&mut self) {
+        if let Some(r) = self.0.as_deref_mut() {
+            r.handle_transport_error();
+        }
+    }
+
+    /// The next datagram to send.
+    pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
+        let m = self.0.as_mut()?.out.poll_transmit();
+        self.release_if_spent();
+        m
+    }
+
+    /// The next event for the TU.
+    pub fn poll_event(&mut self) -> Option<crate::Event> {
+        let e = self.0.as_mut()?.out.poll_event();
+        self.release_if_spent();
+        e
+    }
+
+    /// When to call `handle_timeout` next.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.0.as_ref()?.out.poll_timeout()
+    }
+
+    fn release_if_spent(&mut self) {
+        if self
+            .0
+            .as_ref()
+            .is_some_and(|r| r.state == NonInviteState::Terminated && r.out.spent())
+        {
+            self.0 = None;
+        }
+    }
 }
 
 #[cfg(test)]
@@ -345,7 +471,7 @@ mod tests {
         );
         c.handle_response(t0, &scan(&ringing).unwrap());
         assert!(
-            !c.request.is_empty(),
+            c.request_len() > 0,
             "kept while a final answer may need an ACK"
         );
         let mut fin = Vec::new();
@@ -365,13 +491,28 @@ mod tests {
     fn the_request_is_given_back_once_it_cannot_be_sent_again() {
         let c = invite_and_answer(200);
         assert_eq!(c.state(), InviteState::Accepted);
-        assert!(c.request.is_empty());
+        assert_eq!(c.request_len(), 0);
         let mut c = invite_and_answer(486);
         assert_eq!(c.state(), InviteState::Completed);
-        assert!(c.request.is_empty());
+        assert_eq!(c.request_len(), 0);
         // The ACK of the 486 was built from it before it went.
         let ack = core::iter::from_fn(|| c.poll_transmit()).last().unwrap();
         assert!(ack.starts_with(b"ACK sip:bob@192.0.2.4 SIP/2.0\r\n"));
-        assert!(ClientInvite::ended(CFG).request.is_empty());
+        assert_eq!(ClientInvite::ended(CFG).request_len(), 0);
+    }
+
+    #[test]
+    fn a_transaction_over_and_drained_holds_nothing() {
+        let mut c = invite_and_answer(200);
+        while c.poll_transmit().is_some() || c.poll_event().is_some() {}
+        assert!(c.0.is_some(), "Accepted: 2xx retransmissions still come");
+        c.handle_timeout(Instant::from_epoch(Duration::from_secs(40)));
+        assert_eq!(c.state(), InviteState::Terminated);
+        assert!(c.0.is_some(), "Terminated, its event not yet taken");
+        assert_eq!(c.poll_event(), Some(Event::Terminated));
+        assert!(c.0.is_none(), "over and drained: nothing kept");
+        assert_eq!(c.state(), InviteState::Terminated);
+        assert_eq!(c.poll_event(), None);
+        assert_eq!(c.poll_timeout(), None);
     }
 }

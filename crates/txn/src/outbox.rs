@@ -54,28 +54,12 @@ impl Outbox {
         }
     }
 
+    /// Over, and nothing left to hand out.
+    pub(crate) fn spent(&self) -> bool {
+        self.over && self.transmit.is_empty() && self.events.is_empty()
+    }
+
     pub(crate) fn poll_timeout(&self) -> Option<Instant> {
         self.timers.next()
     }
 }
-
-/// The three `poll_*` methods of a transaction, read from its `out`.
-macro_rules! poll_methods {
-    () => {
-        /// The next datagram to send.
-        pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
-            self.out.poll_transmit()
-        }
-
-        /// The next event for the TU.
-        pub fn poll_event(&mut self) -> Option<$crate::Event> {
-            self.out.poll_event()
-        }
-
-        /// When to call `handle_timeout` next.
-        pub fn poll_timeout(&self) -> Option<$crate::Instant> {
-            self.out.poll_timeout()
-        }
-    };
-}
-pub(crate) use poll_methods;

@@ -13,7 +13,7 @@ use handover_sip::build::response;
 use handover_sip::{Message, Method};
 
 use crate::Event;
-use crate::outbox::{Outbox, poll_methods};
+use crate::outbox::Outbox;
 use crate::time::{Instant, Timer, TimerConfig};
 
 /// States of a server INVITE transaction (RFC 3261 fig. 7, RFC 6026 fig. 5).
@@ -31,9 +31,9 @@ pub enum ServerInviteState {
     Terminated,
 }
 
-/// A server INVITE transaction.
+/// A running server INVITE transaction (see the wrapper below).
 #[derive(Debug)]
-pub struct ServerInvite {
+struct ServerInviteRun {
     cfg: TimerConfig,
     state: ServerInviteState,
     last: Option<Vec<u8>>,
@@ -41,9 +41,9 @@ pub struct ServerInvite {
     out: Outbox,
 }
 
-impl ServerInvite {
+impl ServerInviteRun {
     /// Starts the transaction for `invite` and queues 100 Trying.
-    pub fn new(_now: Instant, cfg: TimerConfig, invite: &Message<'_>) -> Self {
+    fn new(_now: Instant, cfg: TimerConfig, invite: &Message<'_>) -> Self {
         //= https://www.rfc-editor.org/rfc/rfc3261#section-17.2.1
         //# The server transaction MUST generate a 100
         //# (Trying) response unless it knows that the TU will generate a
@@ -61,24 +61,8 @@ impl ServerInvite {
         t
     }
 
-    /// A transaction that ended elsewhere (see `ClientInvite::ended`).
-    pub fn ended(cfg: TimerConfig) -> Self {
-        Self {
-            cfg,
-            state: ServerInviteState::Terminated,
-            last: None,
-            g_interval: cfg.t1,
-            out: Outbox::default(),
-        }
-    }
-
-    /// The current state.
-    pub fn state(&self) -> ServerInviteState {
-        self.state
-    }
-
     /// A request matched to this transaction: a retransmitted INVITE or an ACK.
-    pub fn handle_request(&mut self, now: Instant, req: &Message<'_>) {
+    fn handle_request(&mut self, now: Instant, req: &Message<'_>) {
         match (req.method(), self.state) {
             (
                 Some(Method::Invite),
@@ -111,7 +95,7 @@ impl ServerInvite {
     }
 
     /// The TU sends `bytes`, a response with `status`.
-    pub fn send_response(&mut self, now: Instant, status: u16, bytes: Vec<u8>) {
+    fn send_response(&mut self, now: Instant, status: u16, bytes: Vec<u8>) {
         if self.state != ServerInviteState::Proceeding {
             return;
         }
@@ -134,7 +118,7 @@ impl ServerInvite {
     }
 
     /// Runs every timer due at `now`.
-    pub fn handle_timeout(&mut self, now: Instant) {
+    fn handle_timeout(&mut self, now: Instant) {
         while let Some(t) = self.out.timers.take_due(now) {
             match t {
                 Timer::G if self.state == ServerInviteState::Completed => {
@@ -163,14 +147,98 @@ impl ServerInvite {
     }
 
     /// The transport could not send a response.
-    pub fn handle_transport_error(&mut self) {
+    fn handle_transport_error(&mut self) {
         if self.state != ServerInviteState::Terminated {
             self.out.event(Event::TransportError);
             self.terminate();
         }
     }
+}
 
-    poll_methods!();
+/// A server INVITE transaction.
+/// Boxed while it runs, nothing once it is over and its output drained:
+/// calls hold theirs (A's INVITE server, B's INVITE client) for as long as
+/// they last, and an ended one kept inline cost every held call its size
+/// (`crates/call/tests/memory.rs`).
+#[derive(Debug)]
+pub struct ServerInvite(Option<Box<ServerInviteRun>>);
+
+impl ServerInvite {
+    /// Starts the transaction for `invite` and queues 100 Trying.
+    pub fn new(now: Instant, cfg: TimerConfig, invite: &Message<'_>) -> Self {
+        Self(Some(Box::new(ServerInviteRun::new(now, cfg, invite))))
+    }
+
+    /// A transaction that ended elsewhere: the INVITE of a call restored
+    /// from its replica after its worker died (its 2xx was ACKed there).
+    /// Sends nothing, absorbs nothing.
+    pub fn ended(_cfg: TimerConfig) -> Self {
+        Self(None)
+    }
+
+    /// The current state.
+    pub fn state(&self) -> ServerInviteState {
+        self.0
+            .as_ref()
+            .map_or(ServerInviteState::Terminated, |r| r.state)
+    }
+
+    /// A request matched to this transaction: a retransmitted INVITE or an ACK.
+    pub fn handle_request(&mut self, now: Instant, req: &Message<'_>) {
+        if let Some(r) = self.0.as_deref_mut() {
+            r.handle_request(now, req);
+        }
+    }
+
+    /// The TU sends `bytes`, a response with `status`.
+    pub fn send_response(&mut self, now: Instant, status: u16, bytes: Vec<u8>) {
+        if let Some(r) = self.0.as_deref_mut() {
+            r.send_response(now, status, bytes);
+        }
+    }
+
+    /// Runs every timer due at `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if let Some(r) = self.0.as_deref_mut() {
+            r.handle_timeout(now);
+        }
+    }
+
+    /// The transport could not send a response.
+    pub fn handle_transport_error(&mut self) {
+        if let Some(r) = self.0.as_deref_mut() {
+            r.handle_transport_error();
+        }
+    }
+
+    /// The next datagram to send.
+    pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
+        let m = self.0.as_mut()?.out.poll_transmit();
+        self.release_if_spent();
+        m
+    }
+
+    /// The next event for the TU.
+    pub fn poll_event(&mut self) -> Option<crate::Event> {
+        let e = self.0.as_mut()?.out.poll_event();
+        self.release_if_spent();
+        e
+    }
+
+    /// When to call `handle_timeout` next.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.0.as_ref()?.out.poll_timeout()
+    }
+
+    fn release_if_spent(&mut self) {
+        if self
+            .0
+            .as_ref()
+            .is_some_and(|r| r.state == ServerInviteState::Terminated && r.out.spent())
+        {
+            self.0 = None;
+        }
+    }
 }
 
 /// States of a server non-INVITE transaction (RFC 3261 fig. 8).
@@ -186,18 +254,18 @@ pub enum ServerNonInviteState {
     Terminated,
 }
 
-/// A server non-INVITE transaction.
+/// A running server non-INVITE transaction (see the wrapper below).
 #[derive(Debug)]
-pub struct ServerNonInvite {
+struct ServerNonInviteRun {
     cfg: TimerConfig,
     state: ServerNonInviteState,
     last: Option<Vec<u8>>,
     out: Outbox,
 }
 
-impl ServerNonInvite {
+impl ServerNonInviteRun {
     /// Starts the transaction for a request.
-    pub fn new(_now: Instant, cfg: TimerConfig) -> Self {
+    fn new(_now: Instant, cfg: TimerConfig) -> Self {
         Self {
             cfg,
             state: ServerNonInviteState::Trying,
@@ -206,13 +274,8 @@ impl ServerNonInvite {
         }
     }
 
-    /// The current state.
-    pub fn state(&self) -> ServerNonInviteState {
-        self.state
-    }
-
     /// A retransmission of the request arrived.
-    pub fn handle_request(&mut self, _now: Instant) {
+    fn handle_request(&mut self, _now: Instant) {
         //= https://www.rfc-editor.org/rfc/rfc3261#section-17.2.2
         //# Once in the "Trying" state, any further request
         //# retransmissions are discarded.
@@ -226,7 +289,7 @@ impl ServerNonInvite {
     }
 
     /// The TU sends `bytes`, a response with `status`.
-    pub fn send_response(&mut self, now: Instant, status: u16, bytes: Vec<u8>) {
+    fn send_response(&mut self, now: Instant, status: u16, bytes: Vec<u8>) {
         if matches!(
             self.state,
             ServerNonInviteState::Completed | ServerNonInviteState::Terminated
@@ -244,15 +307,81 @@ impl ServerNonInvite {
     }
 
     /// Runs every timer due at `now`.
-    pub fn handle_timeout(&mut self, now: Instant) {
+    fn handle_timeout(&mut self, now: Instant) {
         while let Some(t) = self.out.timers.take_due(now) {
             if t == Timer::J {
                 self.state = ServerNonInviteState::Terminated;
-                self.out.timers.clear();
-                self.out.event(Event::Terminated);
+                self.out.terminated();
             }
         }
     }
+}
 
-    poll_methods!();
+/// A server non-INVITE transaction: boxed while it runs, nothing once it is over and
+/// its output drained (see `ServerInvite`).
+#[derive(Debug)]
+pub struct ServerNonInvite(Option<Box<ServerNonInviteRun>>);
+
+impl ServerNonInvite {
+    /// Starts the transaction for a request.
+    pub fn new(now: Instant, cfg: TimerConfig) -> Self {
+        Self(Some(Box::new(ServerNonInviteRun::new(now, cfg))))
+    }
+
+    /// The current state.
+    pub fn state(&self) -> ServerNonInviteState {
+        self.0
+            .as_ref()
+            .map_or(ServerNonInviteState::Terminated, |r| r.state)
+    }
+
+    /// A retransmission of the request arrived.
+    pub fn handle_request(&mut self, now: Instant) {
+        if let Some(r) = self.0.as_deref_mut() {
+            r.handle_request(now);
+        }
+    }
+
+    /// The TU sends `bytes`, a response with `status`.
+    pub fn send_response(&mut self, now: Instant, status: u16, bytes: Vec<u8>) {
+        if let Some(r) = self.0.as_deref_mut() {
+            r.send_response(now, status, bytes);
+        }
+    }
+
+    /// Runs every timer due at `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if let Some(r) = self.0.as_deref_mut() {
+            r.handle_timeout(now);
+        }
+    }
+
+    /// The next datagram to send.
+    pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
+        let m = self.0.as_mut()?.out.poll_transmit();
+        self.release_if_spent();
+        m
+    }
+
+    /// The next event for the TU.
+    pub fn poll_event(&mut self) -> Option<crate::Event> {
+        let e = self.0.as_mut()?.out.poll_event();
+        self.release_if_spent();
+        e
+    }
+
+    /// When to call `handle_timeout` next.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.0.as_ref()?.out.poll_timeout()
+    }
+
+    fn release_if_spent(&mut self) {
+        if self
+            .0
+            .as_ref()
+            .is_some_and(|r| r.state == ServerNonInviteState::Terminated && r.out.spent())
+        {
+            self.0 = None;
+        }
+    }
 }
