@@ -1493,3 +1493,71 @@ fn a_2xx_whose_contact_is_unusable_is_acked_and_hung_up_and_a_hears_502() {
     assert_eq!(again, ["ACK sip:b@127.0.0.1:5071 SIP/2.0"], "{again:?}");
     assert_eq!(b.stats().answered, 0);
 }
+
+/// Past its INVITE transactions (64·T1) a held call keeps only the heads
+/// of its INVITEs (`replica::invite_head`): a re-INVITE is still relayed
+/// with its offer and answered, and a BYE still ends both legs.
+#[test]
+fn a_call_held_past_its_invite_transactions_goes_on() {
+    let (mut b, a_tag, bi) = answered();
+    let bim = scan(&bi).unwrap();
+    b.handle_timeout(at(40_000));
+    let _ = out(&mut b);
+    assert_eq!(b.calls_active(), 1);
+    assert_eq!(
+        b.transactions_active(),
+        0,
+        "both INVITEs' transactions over"
+    );
+    let reinv = from_a("INVITE", 2, "r1", &a_tag, Some(SDP_HOLD));
+    b.handle_datagram(at(41_000), reinv.as_bytes());
+    let sent = out(&mut b);
+    let rb = sent
+        .iter()
+        .find(|(_, m)| first_line(m).starts_with("INVITE "))
+        .expect("re-INVITE to B");
+    let rb = scan(&rb.1).unwrap();
+    assert_eq!(rb.call_id(), bim.call_id());
+    assert_eq!(
+        rb.body(),
+        SDP_HOLD.as_bytes(),
+        "the offer is passed through"
+    );
+    b.handle_datagram(
+        at(41_100),
+        b_resp(&rb, "200 OK", "bt", Some(SDP_B)).as_bytes(),
+    );
+    let sent = out(&mut b);
+    let ok = sent
+        .iter()
+        .find(|(_, m)| first_line(m) == "SIP/2.0 200 OK")
+        .expect("200 to A");
+    let om = scan(&ok.1).unwrap();
+    assert_eq!((om.call_id(), om.cseq().seq), (&b"a-call"[..], 2));
+    assert_eq!(om.vias().count(), 2, "A's Vias, from A's re-INVITE");
+    assert_eq!(om.body(), SDP_B.as_bytes());
+    b.handle_datagram(
+        at(41_200),
+        from_a("ACK", 2, "r1ack", &a_tag, None).as_bytes(),
+    );
+    let _ = out(&mut b);
+    b.handle_datagram(
+        at(42_000),
+        from_a("BYE", 3, "bye1", &a_tag, None).as_bytes(),
+    );
+    let sent = out(&mut b);
+    let ok = sent
+        .iter()
+        .find(|(_, m)| first_line(m) == "SIP/2.0 200 OK")
+        .expect("200 to A's BYE");
+    assert_eq!(scan(&ok.1).unwrap().cseq().method, Method::Bye);
+    let bye = sent
+        .iter()
+        .find(|(_, m)| first_line(m).starts_with("BYE "))
+        .expect("BYE to B");
+    let bye = scan(&bye.1).unwrap();
+    assert_eq!(bye.call_id(), bim.call_id());
+    assert_eq!(bye.to_tag(), Some(&b"bt"[..]));
+    assert_eq!(bye.cseq().seq, 3, "after the INVITE and the re-INVITE");
+    assert_eq!(b.stats().hung_up, 1);
+}

@@ -173,10 +173,11 @@ fn a_2xx_whose_commit_never_comes_goes_to_a_after_the_hold_limit() {
 }
 
 /// A call record goes to every replica's disk: the caller's credentials
-/// (Authorization, Proxy-Authorization, folded or not) are not in it, and
-/// the call is still adopted and answered from it.
+/// (Authorization, Proxy-Authorization, folded or not) are not in it, nor
+/// either INVITE's offer (a confirmed call never sends or answers them
+/// again), and the call is still adopted and answered from it.
 #[test]
-fn call_records_keep_no_credentials() {
+fn call_records_keep_no_credentials_and_no_offer() {
     let mut w1 = b2bua();
     w1.set_replication(true);
     let inv = a_invite().replacen(
@@ -201,7 +202,13 @@ fn call_records_keep_no_credentials() {
     );
     let kept = scan(&rec.a_invite).expect("the rest of the INVITE is intact");
     assert_eq!(kept.call_id(), b"a-call");
-    assert_eq!(kept.body(), SDP_A.as_bytes());
+    assert_eq!(kept.vias().count(), 2);
+    assert!(kept.body().is_empty(), "no offer kept");
+    assert!(kept.content_type().is_none());
+    assert!(text.ends_with("content-length: 0\r\n\r\n"), "{text}");
+    let b_kept = scan(&rec.b_invite).expect("B's INVITE is intact");
+    assert_eq!(b_kept.call_id(), bim.call_id());
+    assert!(b_kept.body().is_empty(), "no offer kept");
     let mut w2 = b2bua_routed(&["b=127.0.0.1:5071"], 99);
     assert!(
         w2.adopt(at(5000), (*rec).clone()),

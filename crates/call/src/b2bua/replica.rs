@@ -214,12 +214,12 @@ fn record_of(
         version,
         id: call.id.clone(),
         a_call_id: call.legs.a.call_id.clone(),
-        a_invite: without_credentials(&call.legs.a.invite),
+        a_invite: invite_head(&call.legs.a.invite),
         a_target: call.a_target,
         a_tag: call.a_tag.as_bytes().to_vec(),
         a_dialog: a.clone(),
         b_call_id: call.legs.b.call_id.clone(),
-        b_invite: call.legs.b.invite.clone(),
+        b_invite: invite_head(&call.legs.b.invite),
         b_dialog: b.clone(),
         local_mode: call.local_mode,
         pending,
@@ -311,9 +311,47 @@ pub enum Replication {
 /// the caller's credentials have no business there (A's answers, all the
 /// record's INVITE is kept for, never carry them).
 fn without_credentials(msg: &[u8]) -> Vec<u8> {
+    filtered(msg, |name| is_credentials(name), false)
+}
+
+fn is_credentials(name: &[u8]) -> bool {
+    name.eq_ignore_ascii_case(b"authorization") || name.eq_ignore_ascii_case(b"proxy-authorization")
+}
+
+/// An INVITE as a confirmed call keeps it (in its record, on every replica,
+/// and in the call once its INVITE transactions are over): without
+/// credentials and without its body and the headers that describe it,
+/// `Content-Length: 0` at the end. What is read from it then (A's answers,
+/// the call's detail record, where a Replaces may come from) is in its
+/// headers; its offer (SDP, the larger part of a phone's INVITE) is not.
+pub(super) fn invite_head(msg: &[u8]) -> Vec<u8> {
+    filtered(
+        msg,
+        |name| {
+            is_credentials(name)
+                || [
+                    &b"content-type"[..],
+                    b"c",
+                    b"content-length",
+                    b"l",
+                    b"content-encoding",
+                    b"e",
+                    b"content-disposition",
+                    b"content-language",
+                ]
+                .iter()
+                .any(|n| name.eq_ignore_ascii_case(n))
+        },
+        true,
+    )
+}
+
+/// `msg` without the header fields whose name `drop` picks (their folded
+/// lines included); without its body too when `head_only`.
+fn filtered(msg: &[u8], drop: impl Fn(&[u8]) -> bool, head_only: bool) -> Vec<u8> {
     let head_end = memchr::memmem::find(msg, b"\r\n\r\n").map_or(msg.len(), |i| i + 2);
     let (head, rest) = msg.split_at(head_end);
-    let mut out = Vec::with_capacity(msg.len());
+    let mut out = Vec::with_capacity(if head_only { head_end + 21 } else { msg.len() });
     let mut dropping = false;
     for line in head.split_inclusive(|&b| b == b'\n') {
         let folded = line.first().is_some_and(|&b| b == b' ' || b == b'\t');
@@ -322,14 +360,17 @@ fn without_credentials(msg: &[u8]) -> Vec<u8> {
                 .iter()
                 .position(|&b| b == b':')
                 .map_or(&line[..0], |i| line[..i].trim_ascii());
-            dropping = name.eq_ignore_ascii_case(b"authorization")
-                || name.eq_ignore_ascii_case(b"proxy-authorization");
+            dropping = drop(name);
         }
         if !dropping {
             out.extend_from_slice(line);
         }
     }
-    out.extend_from_slice(rest);
+    if head_only {
+        out.extend_from_slice(b"Content-Length: 0\r\n\r\n");
+    } else {
+        out.extend_from_slice(rest);
+    }
     out
 }
 
@@ -762,5 +803,43 @@ impl Call {
         if let Some(rec) = record_of(call, version, pending, refer, local) {
             ep.replication.push_back(Replication::Upsert(Box::new(rec)));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_invite_head_has_no_body_nor_the_fields_that_describe_it() {
+        let sdp = "v=0\r\no=a 1 1 IN IP4 192.0.2.1\r\ns=-\r\n";
+        let inv = format!(
+            "INVITE sip:b@192.0.2.9 SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.1;branch=z9hG4bK1\r\n\
+From: <sip:a@192.0.2.1>;tag=1\r\nTo: <sip:b@192.0.2.9>\r\nCall-ID: c1\r\nCSeq: 1 INVITE\r\n\
+c: application/sdp\r\nContent-Disposition: session\r\n  ;handling=required\r\n\
+Proxy-Authorization: Digest username=\"a\"\r\nContact: <sip:a@192.0.2.1>\r\nl: {}\r\n\r\n{sdp}",
+            sdp.len()
+        );
+        assert!(scan(inv.as_bytes()).is_ok());
+        let head = invite_head(inv.as_bytes());
+        let text = String::from_utf8(head.clone()).unwrap();
+        assert!(
+            text.ends_with("Contact: <sip:a@192.0.2.1>\r\nContent-Length: 0\r\n\r\n"),
+            "{text}"
+        );
+        for gone in [
+            "c: ",
+            "Disposition",
+            "handling",
+            "Proxy-Authorization",
+            "l: ",
+            "v=0",
+        ] {
+            assert!(!text.contains(gone), "{gone} in {text}");
+        }
+        let m = scan(&head).expect("the head scans");
+        assert_eq!(m.call_id(), b"c1");
+        assert!(m.body().is_empty());
+        assert_eq!(invite_head(&head), head, "a head is its own head");
     }
 }

@@ -265,10 +265,18 @@ impl<R: RngCore> B2bua<R> {
         // (Accepted, 64·T1); past it the ACK kept for those resends goes
         // (a held call's third-largest part, `tests/memory.rs`).
         if let Some(call) = self.calls.get_mut(&cref)
-            && call.b_ack.is_some()
             && call.b_cli.state() == InviteState::Terminated
         {
             call.b_ack = None;
+            // Neither INVITE can be sent or answered again: the call keeps
+            // their heads only (`replica::invite_head`).
+            if call.answered && call.a_srv.state() == ServerInviteState::Terminated {
+                for leg in [&mut call.legs.a, &mut call.legs.b] {
+                    if !leg.invite.ends_with(b"\r\n\r\n") {
+                        leg.invite = replica::invite_head(&leg.invite);
+                    }
+                }
+            }
         }
         self.with_call(cref, |c, ep| c.drain_forks(ep, now, cref));
         self.drain_relays(now, cref);
