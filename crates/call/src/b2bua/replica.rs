@@ -311,7 +311,7 @@ pub enum Replication {
 /// the caller's credentials have no business there (A's answers, all the
 /// record's INVITE is kept for, never carry them).
 fn without_credentials(msg: &[u8]) -> Vec<u8> {
-    filtered(msg, |name| is_credentials(name), false)
+    filtered(msg, is_credentials, false)
 }
 
 fn is_credentials(name: &[u8]) -> bool {
