@@ -269,8 +269,10 @@ impl<R: RngCore> B2bua<R> {
         {
             call.b_ack = None;
             // Neither INVITE can be sent or answered again: the call keeps
-            // their heads only (`replica::invite_head`).
+            // their heads only (`replica::invite_head`), and no route's
+            // targets (as an adopted call).
             if call.answered && call.a_srv.state() == ServerInviteState::Terminated {
+                call.targets = Vec::new();
                 for leg in [&mut call.legs.a, &mut call.legs.b] {
                     if !leg.invite.ends_with(b"\r\n\r\n") {
                         leg.invite = replica::invite_head(&leg.invite);

@@ -32,6 +32,12 @@ impl<R: RngCore> B2bua<R> {
             }
             self.schedule(cref);
         }
+        // Each new deadline of a call is a new entry (stale ones are
+        // skipped when they come up), so the heap grows with calls in set-up
+        // and keeps its size after: give back what a burst left.
+        if self.timers.capacity() > 4096 && self.timers.len() < self.timers.capacity() / 4 {
+            self.timers.shrink_to(self.timers.len() * 2);
+        }
     }
 
     fn run_timers(&mut self, now: Instant, cref: u64) {
