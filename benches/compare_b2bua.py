@@ -5,12 +5,12 @@ record_route; a B2BUA does about twice a proxy's work per call), same SIPp
 load, one run each; then memory per active call of the worker, holding many
 long calls.
 
-    benches/compare_b2bua.py [--rate 1000] [--seconds 10] [--hold 20000]
+    benches/compare_b2bua.py [--rate 1000] [--seconds 10] [--hold 20000] [--memory-only] [--workers 3]
 
 Loopback only; every run bounded. Needs sipp, kamailio and a release build
 (cargo build --release -p handover).
 """
-import argparse, os, shutil, subprocess, sys, tempfile, time
+import argparse, os, shutil, socket, subprocess, sys, tempfile, time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import compare_edge as ce  # noqa: E402  (helpers: ports, CPU, SIPp runs)
@@ -61,11 +61,34 @@ def rss_kb(pid):
     return 0
 
 
-def start(system, tmp, port, admin, worker_admin, backend):
+def free_run(n):
+    """The first of `n` consecutive ports free for TCP and UDP on loopback."""
+    for _ in range(200):
+        base = ce.free_port()
+        if base + n > 65535:
+            continue
+        ok = True
+        for i in range(n):
+            for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+                t = socket.socket(socket.AF_INET, kind)
+                try:
+                    t.bind(("127.0.0.1", base + i))
+                except OSError:
+                    ok = False
+                finally:
+                    t.close()
+        if ok:
+            return base
+    raise SystemExit("no run of free ports")
+
+
+def start(system, tmp, port, admin, worker_admin, backend, workers=1):
     if system == "handover-up":
+        grpc = ["--worker-grpc", f"127.0.0.1:{free_run(workers)}"] if workers > 1 else []
         p = subprocess.Popen(
-            [ce.HANDOVER, "up", "--listen", f"127.0.0.1:{port}", "--worker-listen", f"127.0.0.1:{ce.free_port()}",
-             "--admin", admin, "--worker-admin", worker_admin, "--route", f"b=127.0.0.1:{backend}"],
+            [ce.HANDOVER, "up", "--listen", f"127.0.0.1:{port}", "--worker-listen", f"127.0.0.1:{free_run(workers)}",
+             "--admin", admin, "--worker-admin", worker_admin, "--route", f"b=127.0.0.1:{backend}",
+             "--workers", str(workers)] + grpc,
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     else:
         p = subprocess.Popen(["kamailio", "-f", kamailio_stateful_cfg(tmp, port, backend), "-DD", "-E",
@@ -100,14 +123,21 @@ def throughput(system, args, tmp):
 
 
 def memory(args, tmp):
-    """Worker RSS per call with `--hold` calls up at once (long calls)."""
+    """Worker RSS per call with `--hold` calls up at once (long calls); with
+    `--workers` N, each worker's (calls spread over them, every call's
+    record on every worker)."""
     b = ce.free_port()
     uas = ce.uas(tmp, b)
-    port, admin, wadmin = ce.free_port(), f"127.0.0.1:{ce.free_port()}", f"127.0.0.1:{ce.free_port()}"
-    p = start("handover-up", tmp, port, admin, wadmin, b)
+    n = args.workers
+    first = free_run(n)
+    port, admin, wadmin = ce.free_port(), f"127.0.0.1:{ce.free_port()}", f"127.0.0.1:{first}"
+    p = start("handover-up", tmp, port, admin, wadmin, b, n)
+    if n > 1:
+        time.sleep(4)  # a leader, and the shard map
     try:
-        worker = [x for x in ce.tree(p.pid) if x != p.pid and "worker" in open(f"/proc/{x}/cmdline").read()][0]
-        base = rss_kb(worker)
+        workers = [x for x in ce.tree(p.pid) if x != p.pid and "worker" in open(f"/proc/{x}/cmdline").read()]
+        bases = [rss_kb(w) for w in workers]
+        base = bases[0]
         rate = 2000
         seconds = args.hold // rate + 1
         uac = subprocess.Popen(
@@ -119,21 +149,27 @@ def memory(args, tmp):
         active = 0
         while time.time() < deadline:
             time.sleep(2)
-            text = ce.urllib.request.urlopen(f"http://{wadmin}/metrics", timeout=5).read().decode()
-            active = next((float(l.split()[-1]) for l in text.splitlines() if l.startswith("handover_calls_active ")), 0)
+            active = 0
+            for i in range(n):
+                text = ce.urllib.request.urlopen(f"http://127.0.0.1:{first + i}/metrics", timeout=5).read().decode()
+                active += next((float(l.split()[-1]) for l in text.splitlines()
+                                if l.startswith("handover_calls_active ")), 0)
             if active >= args.hold:
                 break
         time.sleep(2)
-        peak = rss_kb(worker)
+        peaks = [rss_kb(w) for w in workers]
         # Again once the calls' transactions are over (64·T1 = 32 s after
         # the last answer): what held calls cost, not calls being set up.
         time.sleep(40)
-        settled = rss_kb(worker)
+        settleds = [rss_kb(w) for w in workers]
         uac.kill()
-        return {"calls": int(active), "rss_base_kb": base, "rss_kb": peak,
-                "bytes_per_call": (peak - base) * 1024 / max(active, 1),
-                "rss_settled_kb": settled,
-                "settled_bytes_per_call": (settled - base) * 1024 / max(active, 1)}
+        per = lambda now: sum(a - b0 for a, b0 in zip(now, bases)) / n * 1024 / max(active, 1)
+        if n > 1:
+            print(f"workers' RSS kB: idle {bases}, up {peaks}, 40 s later {settleds}", flush=True)
+        return {"calls": int(active), "rss_base_kb": base, "rss_kb": peaks[0],
+                "bytes_per_call": per(peaks),
+                "rss_settled_kb": settleds[0],
+                "settled_bytes_per_call": per(settleds)}
     finally:
         uas.kill()
         p.terminate()
@@ -146,6 +182,8 @@ def main():
     ap.add_argument("--seconds", type=int, default=10)
     ap.add_argument("--hold", type=int, default=20000, help="calls held at once for the memory figure")
     ap.add_argument("--memory-only", action="store_true", help="only the memory figure (no Kamailio needed)")
+    ap.add_argument("--workers", type=int, default=1,
+                    help="workers of `handover up` for the memory figure (per worker, records replicated)")
     args = ap.parse_args()
     if args.memory_only:
         with tempfile.TemporaryDirectory() as tmp:
