@@ -775,14 +775,26 @@ impl Drop for UpProc {
             .arg(self.child.id().to_string())
             .status();
         let end = std::time::SystemTime::now() + Duration::from_secs(5);
-        while std::time::SystemTime::now() < end {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
+        let mut exited = false;
+        while !exited && std::time::SystemTime::now() < end {
+            exited = matches!(self.child.try_wait(), Ok(Some(_)));
+            if !exited {
+                std::thread::sleep(Duration::from_millis(50));
             }
-            std::thread::sleep(Duration::from_millis(50));
         }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        // Whatever of its process group is left goes too: `up` killed
+        // while its workers drained (a drain that waits for a quorum its
+        // test already killed) left them running, and a later test's
+        // cluster met one (seen in CI: a worker of the scale test's
+        // voters [1,2,4,5] answering a registrar test's status).
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self.child.id())])
+            .stderr(Stdio::null())
+            .status();
+        if !exited {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
     }
 }
 
@@ -1026,6 +1038,9 @@ pub(crate) fn wait_all_shards_served(grpc: &str, n: u16) {
 /// With `log`: `RUST_LOG` and the log in a file (see [`cluster_logged`]).
 fn spawn_up(args: &[&str], edge_admin: &str, log: Option<(&str, &Path)>) -> UpProc {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_handover"));
+    // Its own process group, so that dropping it can end every process
+    // it started (see `UpProc`'s drop).
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
     cmd.arg("up").args(args).stdout(Stdio::null());
     match log {
         Some((filter, path)) => {

@@ -12,7 +12,7 @@ use handover_sip::build::ack_for_non_2xx;
 use handover_sip::{Message, scan};
 
 use crate::Event;
-use crate::outbox::Outbox;
+use crate::outbox::{Outbox, boxed_methods};
 use crate::time::{Instant, Timer, TimerConfig};
 
 /// States of a client INVITE transaction (RFC 3261 fig. 5, RFC 6026 fig. 3).
@@ -164,8 +164,8 @@ impl ClientInviteRun {
     }
 }
 
-/// A client INVITE transaction.
-/// Boxed while it runs, nothing once it is over and its output drained:
+/// A client INVITE transaction, boxed while it runs and nothing once it is
+/// over and its output drained:
 /// calls hold theirs (A's INVITE server, B's INVITE client) for as long as
 /// they last, and an ended one kept inline cost every held call its size
 /// (`crates/call/tests/memory.rs`).
@@ -184,11 +184,6 @@ impl ClientInvite {
     /// Sends nothing, absorbs nothing.
     pub fn ended(_cfg: TimerConfig) -> Self {
         Self(None)
-    }
-
-    /// The current state.
-    pub fn state(&self) -> InviteState {
-        self.0.as_ref().map_or(InviteState::Terminated, |r| r.state)
     }
 
     /// A response matched to this transaction arrived.
@@ -213,39 +208,12 @@ impl ClientInvite {
         }
     }
 
-    /// The next datagram to send.
-    pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
-        let m = self.0.as_mut()?.out.poll_transmit();
-        self.release_if_spent();
-        m
-    }
-
-    /// The next event for the TU.
-    pub fn poll_event(&mut self) -> Option<crate::Event> {
-        let e = self.0.as_mut()?.out.poll_event();
-        self.release_if_spent();
-        e
-    }
-
-    /// When to call `handle_timeout` next.
-    pub fn poll_timeout(&self) -> Option<Instant> {
-        self.0.as_ref()?.out.poll_timeout()
-    }
+    boxed_methods!(InviteState);
 
     /// The bytes of the request it keeps (tests).
     #[cfg(test)]
     fn request_len(&self) -> usize {
         self.0.as_ref().map_or(0, |r| r.request.len())
-    }
-
-    fn release_if_spent(&mut self) {
-        if self
-            .0
-            .as_ref()
-            .is_some_and(|r| r.state == InviteState::Terminated && r.out.spent())
-        {
-            self.0 = None;
-        }
     }
 }
 
@@ -372,13 +340,6 @@ impl ClientNonInvite {
         Self(Some(Box::new(ClientNonInviteRun::new(now, cfg, request))))
     }
 
-    /// The current state.
-    pub fn state(&self) -> NonInviteState {
-        self.0
-            .as_ref()
-            .map_or(NonInviteState::Terminated, |r| r.state)
-    }
-
     /// A response matched to this transaction arrived.
     pub fn handle_response(&mut self, now: Instant, resp: &Message<'_>) {
         if let Some(r) = self.0.as_deref_mut() {
@@ -400,34 +361,7 @@ impl ClientNonInvite {
         }
     }
 
-    /// The next datagram to send.
-    pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
-        let m = self.0.as_mut()?.out.poll_transmit();
-        self.release_if_spent();
-        m
-    }
-
-    /// The next event for the TU.
-    pub fn poll_event(&mut self) -> Option<crate::Event> {
-        let e = self.0.as_mut()?.out.poll_event();
-        self.release_if_spent();
-        e
-    }
-
-    /// When to call `handle_timeout` next.
-    pub fn poll_timeout(&self) -> Option<Instant> {
-        self.0.as_ref()?.out.poll_timeout()
-    }
-
-    fn release_if_spent(&mut self) {
-        if self
-            .0
-            .as_ref()
-            .is_some_and(|r| r.state == NonInviteState::Terminated && r.out.spent())
-        {
-            self.0 = None;
-        }
-    }
+    boxed_methods!(NonInviteState);
 }
 
 #[cfg(test)]

@@ -63,3 +63,45 @@ impl Outbox {
         self.timers.next()
     }
 }
+
+/// What every transaction wrapper (`Option<Box<…Run>>`, `None` once over)
+/// has alike: its state (`Terminated` when gone), its three `poll_*`
+/// methods, and letting the run go once it is over and drained.
+macro_rules! boxed_methods {
+    ($state:ty) => {
+        /// The current state.
+        pub fn state(&self) -> $state {
+            self.0.as_ref().map_or(<$state>::Terminated, |r| r.state)
+        }
+
+        /// The next datagram to send.
+        pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
+            let m = self.0.as_mut()?.out.poll_transmit();
+            self.release_if_spent();
+            m
+        }
+
+        /// The next event for the TU.
+        pub fn poll_event(&mut self) -> Option<$crate::Event> {
+            let e = self.0.as_mut()?.out.poll_event();
+            self.release_if_spent();
+            e
+        }
+
+        /// When to call `handle_timeout` next.
+        pub fn poll_timeout(&self) -> Option<$crate::Instant> {
+            self.0.as_ref()?.out.poll_timeout()
+        }
+
+        fn release_if_spent(&mut self) {
+            if self
+                .0
+                .as_ref()
+                .is_some_and(|r| r.state == <$state>::Terminated && r.out.spent())
+            {
+                self.0 = None;
+            }
+        }
+    };
+}
+pub(crate) use boxed_methods;

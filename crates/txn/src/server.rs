@@ -13,7 +13,7 @@ use handover_sip::build::response;
 use handover_sip::{Message, Method};
 
 use crate::Event;
-use crate::outbox::Outbox;
+use crate::outbox::{Outbox, boxed_methods};
 use crate::time::{Instant, Timer, TimerConfig};
 
 /// States of a server INVITE transaction (RFC 3261 fig. 7, RFC 6026 fig. 5).
@@ -155,8 +155,8 @@ impl ServerInviteRun {
     }
 }
 
-/// A server INVITE transaction.
-/// Boxed while it runs, nothing once it is over and its output drained:
+/// A server INVITE transaction, boxed while it runs and nothing once it is
+/// over and its output drained:
 /// calls hold theirs (A's INVITE server, B's INVITE client) for as long as
 /// they last, and an ended one kept inline cost every held call its size
 /// (`crates/call/tests/memory.rs`).
@@ -174,13 +174,6 @@ impl ServerInvite {
     /// Sends nothing, absorbs nothing.
     pub fn ended(_cfg: TimerConfig) -> Self {
         Self(None)
-    }
-
-    /// The current state.
-    pub fn state(&self) -> ServerInviteState {
-        self.0
-            .as_ref()
-            .map_or(ServerInviteState::Terminated, |r| r.state)
     }
 
     /// A request matched to this transaction: a retransmitted INVITE or an ACK.
@@ -211,34 +204,7 @@ impl ServerInvite {
         }
     }
 
-    /// The next datagram to send.
-    pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
-        let m = self.0.as_mut()?.out.poll_transmit();
-        self.release_if_spent();
-        m
-    }
-
-    /// The next event for the TU.
-    pub fn poll_event(&mut self) -> Option<crate::Event> {
-        let e = self.0.as_mut()?.out.poll_event();
-        self.release_if_spent();
-        e
-    }
-
-    /// When to call `handle_timeout` next.
-    pub fn poll_timeout(&self) -> Option<Instant> {
-        self.0.as_ref()?.out.poll_timeout()
-    }
-
-    fn release_if_spent(&mut self) {
-        if self
-            .0
-            .as_ref()
-            .is_some_and(|r| r.state == ServerInviteState::Terminated && r.out.spent())
-        {
-            self.0 = None;
-        }
-    }
+    boxed_methods!(ServerInviteState);
 }
 
 /// States of a server non-INVITE transaction (RFC 3261 fig. 8).
@@ -328,13 +294,6 @@ impl ServerNonInvite {
         Self(Some(Box::new(ServerNonInviteRun::new(now, cfg))))
     }
 
-    /// The current state.
-    pub fn state(&self) -> ServerNonInviteState {
-        self.0
-            .as_ref()
-            .map_or(ServerNonInviteState::Terminated, |r| r.state)
-    }
-
     /// A retransmission of the request arrived.
     pub fn handle_request(&mut self, now: Instant) {
         if let Some(r) = self.0.as_deref_mut() {
@@ -356,32 +315,5 @@ impl ServerNonInvite {
         }
     }
 
-    /// The next datagram to send.
-    pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
-        let m = self.0.as_mut()?.out.poll_transmit();
-        self.release_if_spent();
-        m
-    }
-
-    /// The next event for the TU.
-    pub fn poll_event(&mut self) -> Option<crate::Event> {
-        let e = self.0.as_mut()?.out.poll_event();
-        self.release_if_spent();
-        e
-    }
-
-    /// When to call `handle_timeout` next.
-    pub fn poll_timeout(&self) -> Option<Instant> {
-        self.0.as_ref()?.out.poll_timeout()
-    }
-
-    fn release_if_spent(&mut self) {
-        if self
-            .0
-            .as_ref()
-            .is_some_and(|r| r.state == ServerNonInviteState::Terminated && r.out.spent())
-        {
-            self.0 = None;
-        }
-    }
+    boxed_methods!(ServerNonInviteState);
 }
