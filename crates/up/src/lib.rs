@@ -205,6 +205,28 @@ fn admin_credentials(
     Ok(to)
 }
 
+/// A directory under `parent` made now, named `stem` or, when that exists,
+/// `stem.1`, `stem.2`, …: never one left behind by an earlier `up` whose
+/// process id this one has (seen in CI: a cluster started on the Raft logs
+/// of a killed test cluster, with its members and term).
+fn new_dir(parent: &std::path::Path, stem: &str) -> std::io::Result<std::path::PathBuf> {
+    for n in 0..10_000u32 {
+        let d = match n {
+            0 => parent.join(stem),
+            n => parent.join(format!("{stem}.{n}")),
+        };
+        match std::fs::create_dir(&d) {
+            Ok(()) => return Ok(d),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Err(std::io::Error::other(format!(
+        "{stem} and 10,000 of its successors exist under {}",
+        parent.display()
+    )))
+}
+
 /// Directories removed when dropped.
 struct Leftovers(Vec<std::path::PathBuf>);
 
@@ -371,7 +393,11 @@ pub fn run(mut a: UpArgs, log_format: &str) -> anyhow::Result<()> {
     ]);
     let data = match &a.data {
         Some(d) => d.clone(),
-        None => std::env::temp_dir().join(format!("handover-up-{}", std::process::id())),
+        None => new_dir(
+            &std::env::temp_dir(),
+            &format!("handover-up-{}", std::process::id()),
+        )
+        .context("cannot create a data directory under the temporary directory (--data)")?,
     };
     if let Some(t) = listen_tcp {
         edge.args(["--listen-tcp", &t.to_string()]);
@@ -712,4 +738,22 @@ pub fn run(mut a: UpArgs, log_format: &str) -> anyhow::Result<()> {
     drop(leaves);
     drop(kids);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_new_data_directory_is_never_one_left_behind() {
+        let parent = std::env::temp_dir().join(format!("handover-up-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&parent);
+        std::fs::create_dir_all(&parent).unwrap();
+        // An earlier `up` of the same process id left its Raft logs.
+        let old = super::new_dir(&parent, "handover-up-7").unwrap();
+        std::fs::write(old.join("raft-1.redb"), b"an old cluster").unwrap();
+        let new = super::new_dir(&parent, "handover-up-7").unwrap();
+        assert_ne!(new, old);
+        assert_eq!(new, parent.join("handover-up-7.1"));
+        assert_eq!(std::fs::read_dir(&new).unwrap().count(), 0, "empty");
+        std::fs::remove_dir_all(&parent).unwrap();
+    }
 }
