@@ -190,6 +190,46 @@ fn up_recovers_lost_packets_by_retransmission() {
 }
 
 #[test]
+fn a_stopped_workers_full_socket_counts_its_drops_and_calls_go_on() {
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let uas_port = free_udp_port();
+    let mut uas = sipp_uas(dir.path(), uas_port);
+    let c = cluster(&[format!("b=127.0.0.1:{uas_port}")], &[]);
+    let drops = || {
+        metric(
+            &http_get(&format!("http://{}/metrics", c.worker_admin)).1,
+            "handover_worker_receive_buffer_drops_total",
+        )
+    };
+    assert_eq!(drops(), 0.0, "the counter is there from the start");
+    // The worker stopped (a long pause) while 40,000 datagrams of a
+    // kilobyte reach its SIP socket: more than any receive buffer holds.
+    let pid = worker_pid(c.worker);
+    signal(pid, "STOP");
+    let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let to: std::net::SocketAddr = format!("127.0.0.1:{}", c.worker).parse().unwrap();
+    let junk = [b'x'; 1000];
+    for _ in 0..40_000 {
+        let _ = s.send_to(&junk, to);
+    }
+    signal(pid, "CONT");
+    assert!(
+        wait_for(Duration::from_secs(10), || drops() > 0.0),
+        "the kernel's drops are counted"
+    );
+    let n = drops();
+    assert!(n < 40_000.0, "the buffer held some: {n} dropped");
+    println!("dropped at the worker's socket: {n} of 40000");
+    // The worker read what its buffer held and goes on carrying calls.
+    let edge: std::net::SocketAddr = format!("127.0.0.1:{}", c.sip).parse().unwrap();
+    let (uac, stat) = sipp_uac(dir.path(), edge, 50, 50, 0);
+    let r = finish_uac(uac, &stat);
+    assert_eq!((r.successful, r.failed), (50, 0), "{r:?}");
+    uas.expect_calls(50);
+}
+
+#[test]
 fn up_answers_bad_input_and_other_calls_are_unharmed() {
     let _g = serial();
     let dir = tempfile::tempdir().unwrap();

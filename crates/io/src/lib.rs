@@ -15,7 +15,10 @@
 )]
 mod sys;
 
-pub use sys::{Handler, bind_reuseport, bind_reuseport_tcp, free_bytes, raise_fd_limit};
+pub use sys::{
+    Handler, bind_reuseport, bind_reuseport_tcp, bind_udp, free_bytes, raise_fd_limit,
+    receive_drops,
+};
 
 /// How a loop does I/O.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -28,6 +28,11 @@ const DRAIN_SETUP: Duration = Duration::from_secs(20);
 /// Replaces look-ups in flight at most (see the SIP loop).
 const MAX_LOOKUPS: usize = 256;
 
+/// `SO_RCVBUF` and `SO_SNDBUF` asked for the SIP socket, as the edge's
+/// default: about two seconds of 2,000 calls/s waiting while the worker is
+/// busy (the kernel caps it at net.core.rmem_max).
+const SOCKET_BUFFER_BYTES: usize = 8 << 20;
+
 /// When the SIP loop must next run the B2BUA's timers: its next deadline,
 /// or an hour from now when it has none. (An hour from the worker's start
 /// was a deadline in the past once the worker had run an hour, so an idle
@@ -82,16 +87,27 @@ pub fn run(args: Settings) -> anyhow::Result<()> {
     rt.block_on(async move {
         let listener = crate::admin::bind(args.admin).await?;
         let admin_local = listener.local_addr()?;
-        let sock = UdpSocket::bind(args.listen).await.map_err(|e| {
-            if e.kind() == std::io::ErrorKind::AddrInUse {
-                anyhow::anyhow!(
-                    "{} is already in use: pick another address with --listen",
-                    args.listen
-                )
-            } else {
-                anyhow::anyhow!("cannot open UDP socket on {}: {e}", args.listen)
-            }
-        })?;
+        // The edge's bundles and the phones' datagrams wait here while the
+        // worker is busy (a Raft write, a burst): a small buffer drops them
+        // and only the phones' retransmissions recover the calls.
+        let sock = handover_io::bind_udp(args.listen, SOCKET_BUFFER_BYTES, SOCKET_BUFFER_BYTES)
+            .map_err(|e| {
+                if e.kind() == std::io::ErrorKind::AddrInUse {
+                    anyhow::anyhow!(
+                        "{} is already in use: pick another address with --listen",
+                        args.listen
+                    )
+                } else {
+                    anyhow::anyhow!("cannot open UDP socket on {}: {e}", args.listen)
+                }
+            })?;
+        tracing::info!(
+            recv_buffer = sock.recv_buffer_size().unwrap_or(0),
+            send_buffer = sock.send_buffer_size().unwrap_or(0),
+            "socket buffers (the kernel caps them at net.core.rmem_max/wmem_max)"
+        );
+        let sock = UdpSocket::from_std(std::net::UdpSocket::from(sock))
+            .context("cannot register the UDP socket")?;
         println!("handover worker listening on udp {}", sock.local_addr()?);
         println!("metrics: http://{admin_local}/metrics");
         let ready_rx = replica.as_ref().map(|r| r.ready.clone());
@@ -232,6 +248,7 @@ pub fn run(args: Settings) -> anyhow::Result<()> {
             false,
         );
         let handed_over = metrics::counter!(HANDED_OVER);
+        let rx_drops = metrics::counter!(RX_QUEUE_DROPS);
         // By request: a REFER's Refer-To (the transfer's two calls are on
         // two workers), or the INVITE of the transferee's new call.
         let replaces_elsewhere = [
@@ -552,6 +569,12 @@ pub fn run(args: Settings) -> anyhow::Result<()> {
             // it changed.
             if sweep_at.elapsed() >= Duration::from_secs(1) {
                 sweep_at = tokio::time::Instant::now();
+                {
+                    use std::os::fd::AsFd as _;
+                    if let Ok(n) = handover_io::receive_drops(sock.as_fd()) {
+                        rx_drops.absolute(u64::from(n));
+                    }
+                }
                 if let Some(r) = &replica {
                     match handover_io::free_bytes(&r.data) {
                         Ok(free) => {

@@ -88,6 +88,50 @@ pub fn bind_reuseport(addr: SocketAddr, rcvbuf: usize, sndbuf: usize) -> io::Res
     Ok(s)
 }
 
+/// Opens a UDP socket of its own on `addr` (no `SO_REUSEPORT`: a second
+/// process on the address is an error, not a silent share), non-blocking,
+/// with the buffers asked for (the kernel caps them at
+/// net.core.{r,w}mem_max; read the effective sizes back to log them).
+pub fn bind_udp(addr: SocketAddr, rcvbuf: usize, sndbuf: usize) -> io::Result<Socket> {
+    let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    s.set_recv_buffer_size(rcvbuf)?;
+    s.set_send_buffer_size(sndbuf)?;
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    Ok(s)
+}
+
+/// Datagrams the kernel dropped at `fd` since it was opened, its receive
+/// buffer full (`SO_MEMINFO`'s `SK_MEMINFO_DROPS`; a counter that wraps at
+/// 2^32). For sockets read without `SO_RXQ_OVFL` ancillary data.
+pub fn receive_drops(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<u32> {
+    use std::os::fd::AsRawFd as _;
+    const VARS: usize = libc::SK_MEMINFO_DROPS as usize + 1;
+    let mut info = [0u32; VARS];
+    let mut len = size_of_val(&info) as libc::socklen_t;
+    // SAFETY: `fd` is an open socket; `info` is a live, writable array
+    // whose size is passed in `len` (the kernel writes at most that much).
+    let r = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_MEMINFO,
+            info.as_mut_ptr().cast(),
+            &raw mut len,
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if (len as usize) < size_of_val(&info) {
+        return Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "SO_MEMINFO without a drop count",
+        ));
+    }
+    Ok(info[libc::SK_MEMINFO_DROPS as usize])
+}
+
 /// A listening TCP socket of a `SO_REUSEPORT` group on `addr` (one per
 /// thread: the kernel spreads new connections over the group), non-blocking.
 pub fn bind_reuseport_tcp(addr: SocketAddr, backlog: i32) -> io::Result<Socket> {
@@ -194,6 +238,25 @@ mod tests {
         assert!(free_bytes(&tmp).unwrap() > 0, "room in {}", tmp.display());
         let e = free_bytes(std::path::Path::new("/no/such/dir")).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::NotFound);
+    }
+
+    #[test]
+    fn a_full_receive_buffer_counts_its_drops_and_a_second_bind_is_refused() {
+        use std::os::fd::AsFd as _;
+        // The smallest buffer the kernel grants (it doubles and floors the
+        // request), filled by a burst nobody reads.
+        let rx = bind_udp("127.0.0.1:0".parse().unwrap(), 1, 1 << 20).unwrap();
+        let at = rx.local_addr().unwrap().as_socket().unwrap();
+        assert_eq!(receive_drops(rx.as_fd()).unwrap(), 0);
+        let tx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        for _ in 0..200 {
+            tx.send_to(&[7u8; 1000], at).unwrap();
+        }
+        let drops = receive_drops(rx.as_fd()).unwrap();
+        assert!(drops > 0 && drops < 200, "{drops} of 200 dropped");
+        // Without SO_REUSEPORT the address is this socket's alone.
+        let e = bind_udp(at, 1 << 16, 1 << 16).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::AddrInUse);
     }
 
     #[test]

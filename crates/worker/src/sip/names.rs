@@ -34,6 +34,9 @@ pub(super) const PASSED_ON: &str = "handover_worker_answers_passed_on_total";
 pub(super) const UNREPLICATED: &str = "handover_calls_unreplicated_total";
 pub(super) const REFUSED_IN_CALL: &str = "handover_in_call_requests_refused_total";
 pub(super) const REFUSED_FULL: &str = "handover_calls_refused_total";
+/// Datagrams the kernel dropped at the worker's SIP socket, its receive
+/// buffer full (read once a second).
+pub(super) const RX_QUEUE_DROPS: &str = "handover_worker_receive_buffer_drops_total";
 /// Free bytes on the Raft log's file system.
 pub(super) const FREE_BYTES: &str = "handover_storage_free_bytes";
 /// 1 while new calls and registrations are refused for want of disk.
