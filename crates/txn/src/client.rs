@@ -193,13 +193,6 @@ impl ClientInvite {
         }
     }
 
-    /// Runs every timer due at `now`.
-    pub fn handle_timeout(&mut self, now: Instant) {
-        if let Some(r) = self.0.as_deref_mut() {
-            r.handle_timeout(now);
-        }
-    }
-
     /// The transport could not send (RFC 3261 §17.1.1.2): the transaction
     /// ends and the TU is told.
     pub fn handle_transport_error(&mut self) {
@@ -344,13 +337,6 @@ impl ClientNonInvite {
     pub fn handle_response(&mut self, now: Instant, resp: &Message<'_>) {
         if let Some(r) = self.0.as_deref_mut() {
             r.handle_response(now, resp);
-        }
-    }
-
-    /// Runs every timer due at `now`.
-    pub fn handle_timeout(&mut self, now: Instant) {
-        if let Some(r) = self.0.as_deref_mut() {
-            r.handle_timeout(now);
         }
     }
 

@@ -11,7 +11,7 @@ pub(crate) struct Outbox {
     pub(crate) timers: TimerTable,
     transmit: VecDeque<Vec<u8>>,
     events: VecDeque<Event>,
-    /// The transaction is over (see `release_if_over`).
+    /// The transaction is over (see `spent`).
     over: bool,
 }
 
@@ -32,29 +32,15 @@ impl Outbox {
     }
 
     pub(crate) fn poll_transmit(&mut self) -> Option<Vec<u8>> {
-        let m = self.transmit.pop_front();
-        self.release_if_over();
-        m
+        self.transmit.pop_front()
     }
 
     pub(crate) fn poll_event(&mut self) -> Option<Event> {
-        let e = self.events.pop_front();
-        self.release_if_over();
-        e
+        self.events.pop_front()
     }
 
-    /// A transaction that is over keeps no queue capacity once both are
-    /// drained: calls hold theirs (A's INVITE server, B's INVITE client)
-    /// for as long as they last, and the empty queues cost each held call
-    /// ~450 bytes (`crates/call/tests/memory.rs`).
-    fn release_if_over(&mut self) {
-        if self.over && self.transmit.is_empty() && self.events.is_empty() {
-            self.transmit = VecDeque::new();
-            self.events = VecDeque::new();
-        }
-    }
-
-    /// Over, and nothing left to hand out.
+    /// Over, and nothing left to hand out: the transaction's wrapper then
+    /// lets its run (and these queues) go (`boxed_methods!`).
     pub(crate) fn spent(&self) -> bool {
         self.over && self.transmit.is_empty() && self.events.is_empty()
     }
@@ -65,13 +51,21 @@ impl Outbox {
 }
 
 /// What every transaction wrapper (`Option<Box<…Run>>`, `None` once over)
-/// has alike: its state (`Terminated` when gone), its three `poll_*`
-/// methods, and letting the run go once it is over and drained.
+/// has alike: its state (`Terminated` when gone), `handle_timeout`, its
+/// three `poll_*` methods, and letting the run go once it is over and
+/// drained.
 macro_rules! boxed_methods {
     ($state:ty) => {
         /// The current state.
         pub fn state(&self) -> $state {
             self.0.as_ref().map_or(<$state>::Terminated, |r| r.state)
+        }
+
+        /// Runs every timer due at `now`.
+        pub fn handle_timeout(&mut self, now: $crate::Instant) {
+            if let Some(r) = self.0.as_deref_mut() {
+                r.handle_timeout(now);
+            }
         }
 
         /// The next datagram to send.

@@ -190,13 +190,6 @@ impl ServerInvite {
         }
     }
 
-    /// Runs every timer due at `now`.
-    pub fn handle_timeout(&mut self, now: Instant) {
-        if let Some(r) = self.0.as_deref_mut() {
-            r.handle_timeout(now);
-        }
-    }
-
     /// The transport could not send a response.
     pub fn handle_transport_error(&mut self) {
         if let Some(r) = self.0.as_deref_mut() {
@@ -305,13 +298,6 @@ impl ServerNonInvite {
     pub fn send_response(&mut self, now: Instant, status: u16, bytes: Vec<u8>) {
         if let Some(r) = self.0.as_deref_mut() {
             r.send_response(now, status, bytes);
-        }
-    }
-
-    /// Runs every timer due at `now`.
-    pub fn handle_timeout(&mut self, now: Instant) {
-        if let Some(r) = self.0.as_deref_mut() {
-            r.handle_timeout(now);
         }
     }
 
