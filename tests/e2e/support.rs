@@ -766,7 +766,7 @@ pub(crate) fn serial() -> std::sync::MutexGuard<'static, ()> {
 /// A `handover up` cluster; stopped with SIGTERM (so it stops its children)
 /// when dropped.
 pub(crate) struct UpProc {
-    child: Child,
+    pub(crate) child: Child,
 }
 
 impl Drop for UpProc {

@@ -716,3 +716,83 @@ fn up_names_a_port_in_use_and_the_flag_that_moves_it() {
     );
     assert_eq!(err.lines().count(), 1, "{err}");
 }
+
+/// `handover up` on free ports with two replicated workers, its temporary
+/// directory `tmp`, in a process group of its own; returns it once its
+/// edge is ready, with the processes it started.
+fn up_in(tmp: &std::path::Path) -> (UpProc, Vec<u32>) {
+    let (sip, worker) = (free_sip_port(), free_udp_ports(5));
+    let (admin, worker_admin, grpc) = (free_tcp_port(), free_tcp_ports(5), free_tcp_ports(5));
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_handover"));
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    let up = UpProc {
+        child: cmd
+            .args(["up", "--workers", "2", "--udp-only"])
+            .args(["--listen", &format!("127.0.0.1:{sip}")])
+            .args(["--worker-listen", &format!("127.0.0.1:{worker}")])
+            .args(["--admin", &format!("127.0.0.1:{admin}")])
+            .args(["--worker-admin", &format!("127.0.0.1:{worker_admin}")])
+            .args(["--worker-grpc", &format!("127.0.0.1:{grpc}")])
+            .env("TMPDIR", tmp)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("handover up starts"),
+    };
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    assert!(
+        wait_for(Duration::from_secs(20), || agent
+            .get(&format!("http://127.0.0.1:{admin}/readyz"))
+            .call()
+            .is_ok_and(|r| r.status().as_u16() == 200)),
+        "the cluster became ready"
+    );
+    let kids = std::process::Command::new("pgrep")
+        .args(["-P", &up.child.id().to_string()])
+        .output()
+        .unwrap();
+    let kids: Vec<u32> = String::from_utf8_lossy(&kids.stdout)
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect();
+    assert_eq!(kids.len(), 3, "an edge and two workers: {kids:?}");
+    (up, kids)
+}
+
+#[test]
+fn up_killed_takes_its_processes_along_and_a_stopped_up_leaves_no_directory() {
+    let _g = serial();
+    // SIGKILL leaves `up` no chance to stop its edge and workers: the
+    // kernel tells them (they asked to be told when it is gone).
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut up, kids) = up_in(tmp.path());
+    signal(up.child.id(), "KILL");
+    let _ = up.child.wait();
+    assert!(
+        wait_for(Duration::from_secs(10), || kids.iter().all(|&k| exited(k))),
+        "the edge and workers stopped with up: still running {:?}",
+        kids.iter().filter(|&&k| !exited(k)).collect::<Vec<_>>()
+    );
+    // Stopped by a signal it handles, `up` stops its processes and removes
+    // the directory it made for their data (no later run would use it).
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut up, kids) = up_in(tmp.path());
+    let made: Vec<String> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        made.iter().any(|n| n.starts_with("handover-up-")),
+        "its data directory is under TMPDIR: {made:?}"
+    );
+    signal(up.child.id(), "TERM");
+    assert!(up.child.wait().unwrap().success());
+    assert!(kids.iter().all(|&k| exited(k)));
+    let left: Vec<String> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}

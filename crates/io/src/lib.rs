@@ -17,7 +17,7 @@ mod sys;
 
 pub use sys::{
     Handler, bind_reuseport, bind_reuseport_tcp, bind_udp, free_bytes, raise_fd_limit,
-    receive_drops,
+    receive_drops, stop_with_parent,
 };
 
 /// How a loop does I/O.

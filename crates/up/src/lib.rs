@@ -91,7 +91,8 @@ pub struct UpArgs {
     #[arg(long, default_value = "127.0.0.1:7001")]
     worker_grpc: SocketAddr,
     /// Where the workers keep their Raft logs [default: a new directory
-    /// under the system's temporary directory, printed at start].
+    /// under the system's temporary directory, printed at start and
+    /// removed at the end].
     #[arg(long)]
     data: Option<std::path::PathBuf>,
     /// Do not replicate calls (with two or more workers they are by
@@ -356,6 +357,10 @@ pub fn run(mut a: UpArgs, log_format: &str) -> anyhow::Result<()> {
             anyhow::bail!("cannot use {proto} {addr} ({e}): pick another address with {flag}");
         }
     }
+    // Directories this run made for itself (its default data directory,
+    // its throw-away TLS certificate), removed when it returns: declared
+    // before `kids`, so the children have stopped by then.
+    let mut made = Leftovers(Vec::new());
     let mut kids = Kids(Vec::new());
     // The children log as this process was asked to.
     // A throw-away key for this run (the built-in default is public),
@@ -393,11 +398,16 @@ pub fn run(mut a: UpArgs, log_format: &str) -> anyhow::Result<()> {
     ]);
     let data = match &a.data {
         Some(d) => d.clone(),
-        None => new_dir(
-            &std::env::temp_dir(),
-            &format!("handover-up-{}", std::process::id()),
-        )
-        .context("cannot create a data directory under the temporary directory (--data)")?,
+        None => {
+            let d = new_dir(
+                &std::env::temp_dir(),
+                &format!("handover-up-{}", std::process::id()),
+            )
+            .context("cannot create a data directory under the temporary directory (--data)")?;
+            // No later run uses it (each makes its own): it goes with this one.
+            made.0.push(d.clone());
+            d
+        }
     };
     if let Some(t) = listen_tcp {
         edge.args(["--listen-tcp", &t.to_string()]);
@@ -412,6 +422,7 @@ pub fn run(mut a: UpArgs, log_format: &str) -> anyhow::Result<()> {
             _ => {
                 let dir =
                     std::env::temp_dir().join(format!("handover-up-{}-tls", std::process::id()));
+                made.0.push(dir.clone());
                 let (c, k) = throwaway_cert(&dir, a.listen.ip())?;
                 tls_note = Some(c.clone());
                 (c, k)
@@ -540,6 +551,8 @@ pub fn run(mut a: UpArgs, log_format: &str) -> anyhow::Result<()> {
                     worker.args(["--raft-log-mb", &m.to_string()]);
                 }
             }
+            // SIGINT when `up` is gone: a worker stops at once.
+            handover_io::stop_with_parent(&mut worker, libc::SIGINT);
             worker
                 .stdout(Stdio::null())
                 .spawn()
@@ -552,6 +565,7 @@ pub fn run(mut a: UpArgs, log_format: &str) -> anyhow::Result<()> {
         edge.args(["--backend", &listen.to_string()]);
         worker_admins.push(admin);
     }
+    handover_io::stop_with_parent(&mut edge, libc::SIGINT);
     kids.0.push(
         edge.stdout(Stdio::null())
             .spawn()

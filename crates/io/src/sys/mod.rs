@@ -132,6 +132,31 @@ pub fn receive_drops(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<u32> {
     Ok(info[libc::SK_MEMINFO_DROPS as usize])
 }
 
+/// Makes the process `cmd` starts get `sig` when the thread that starts
+/// it ends (Linux `PR_SET_PDEATHSIG`, kept across exec): `handover up`'s
+/// edge and workers stop with it even when it is killed by SIGKILL, which
+/// leaves no chance to stop them. A parent already gone when the child
+/// asks (the race between fork and prctl) is caught by its parent's pid.
+pub fn stop_with_parent(cmd: &mut std::process::Command, sig: libc::c_int) {
+    use std::os::unix::process::CommandExt as _;
+    let parent = libc::pid_t::try_from(std::process::id()).unwrap_or(0);
+    let arg = libc::c_ulong::try_from(sig).unwrap_or(0);
+    // SAFETY: the closure runs in the child between fork and exec and calls
+    // only async-signal-safe functions (prctl, getppid, raise); it
+    // allocates nothing and touches no lock.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, arg) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            if libc::getppid() != parent {
+                libc::raise(sig);
+            }
+            Ok(())
+        });
+    }
+}
+
 /// A listening TCP socket of a `SO_REUSEPORT` group on `addr` (one per
 /// thread: the kernel spreads new connections over the group), non-blocking.
 pub fn bind_reuseport_tcp(addr: SocketAddr, backlog: i32) -> io::Result<Socket> {
