@@ -68,7 +68,9 @@ fn main() {
         let _ = out(&mut b);
     }
     let young = (dhat::HeapStats::get().curr_bytes - before) / n as usize;
-    println!("b2bua: {young} heap bytes per call just answered (its transactions in their last state)");
+    println!(
+        "b2bua: {young} heap bytes per call just answered (its transactions in their last state)"
+    );
     // Past every transaction's timers (64·T1), the calls still up.
     let mut now = u64::from(n) + 3;
     while let Some(t) = b.poll_timeout() {
