@@ -319,28 +319,32 @@ fn is_credentials(name: &[u8]) -> bool {
 }
 
 /// An INVITE as a confirmed call keeps it (in its record, on every replica,
-/// and in the call once its INVITE transactions are over): without
-/// credentials and without its body and the headers that describe it,
-/// `Content-Length: 0` at the end. What is read from it then (A's answers,
-/// the call's detail record, where a Replaces may come from) is in its
-/// headers; its offer (SDP, the larger part of a phone's INVITE) is not.
+/// and in the call once its INVITE transactions are over): its request line
+/// and the fields the call reads from it again, and `Content-Length: 0` at
+/// the end. Those are the fields of an answer to it (Via, From, To, Call-ID,
+/// CSeq: A's 487 or 500, a takeover's resent 2xx and A's transaction key),
+/// the detail record's parties (From, To, the second Via) and where a
+/// Replaces may come from (the second Via); B's Request-URI is the status
+/// page's target. The rest of a phone's INVITE (its offer, Contact, Allow,
+/// Supported, User-Agent, credentials, …) is read only while the call is
+/// set up, and the dialogs hold what in-dialog requests need.
 pub(super) fn invite_head(msg: &[u8]) -> Vec<u8> {
     filtered(
         msg,
         |name| {
-            is_credentials(name)
-                || [
-                    &b"content-type"[..],
-                    b"c",
-                    b"content-length",
-                    b"l",
-                    b"content-encoding",
-                    b"e",
-                    b"content-disposition",
-                    b"content-language",
-                ]
-                .iter()
-                .any(|n| name.eq_ignore_ascii_case(n))
+            ![
+                &b"via"[..],
+                b"v",
+                b"from",
+                b"f",
+                b"to",
+                b"t",
+                b"call-id",
+                b"i",
+                b"cseq",
+            ]
+            .iter()
+            .any(|n| name.eq_ignore_ascii_case(n))
         },
         true,
     )
@@ -351,26 +355,31 @@ pub(super) fn invite_head(msg: &[u8]) -> Vec<u8> {
 fn filtered(msg: &[u8], drop: impl Fn(&[u8]) -> bool, head_only: bool) -> Vec<u8> {
     let head_end = memchr::memmem::find(msg, b"\r\n\r\n").map_or(msg.len(), |i| i + 2);
     let (head, rest) = msg.split_at(head_end);
-    let mut out = Vec::with_capacity(if head_only { head_end + 21 } else { msg.len() });
-    let mut dropping = false;
-    for line in head.split_inclusive(|&b| b == b'\n') {
-        let folded = line.first().is_some_and(|&b| b == b' ' || b == b'\t');
-        if !folded {
-            let name = line
-                .iter()
-                .position(|&b| b == b':')
-                .map_or(&line[..0], |i| line[..i].trim_ascii());
-            dropping = drop(name);
-        }
-        if !dropping {
-            out.extend_from_slice(line);
-        }
-    }
-    if head_only {
-        out.extend_from_slice(b"Content-Length: 0\r\n\r\n");
-    } else {
-        out.extend_from_slice(rest);
-    }
+    let drop = &drop;
+    let kept = || {
+        let mut dropping = false;
+        head.split_inclusive(|&b| b == b'\n')
+            .enumerate()
+            .filter(move |&(i, line)| {
+                let folded = line.first().is_some_and(|&b| b == b' ' || b == b'\t');
+                // The start line is not a header field: always kept.
+                if i > 0 && !folded {
+                    let name = line
+                        .iter()
+                        .position(|&b| b == b':')
+                        .map_or(&line[..0], |i| line[..i].trim_ascii());
+                    dropping = drop(name);
+                }
+                !dropping
+            })
+            .map(|(_, line)| line)
+    };
+    const NO_BODY: &[u8] = b"Content-Length: 0\r\n\r\n";
+    let tail = if head_only { NO_BODY } else { rest };
+    // Allocated at its exact size: a call keeps it for its whole life.
+    let mut out = Vec::with_capacity(kept().map(<[u8]>::len).sum::<usize>() + tail.len());
+    kept().for_each(|line| out.extend_from_slice(line));
+    out.extend_from_slice(tail);
     out
 }
 
@@ -811,34 +820,33 @@ mod tests {
     use super::*;
 
     #[test]
-    fn an_invite_head_has_no_body_nor_the_fields_that_describe_it() {
+    fn an_invite_head_keeps_the_start_line_and_what_answers_and_records_read() {
         let sdp = "v=0\r\no=a 1 1 IN IP4 192.0.2.1\r\ns=-\r\n";
         let inv = format!(
             "INVITE sip:b@192.0.2.9 SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.1;branch=z9hG4bK1\r\n\
-From: <sip:a@192.0.2.1>;tag=1\r\nTo: <sip:b@192.0.2.9>\r\nCall-ID: c1\r\nCSeq: 1 INVITE\r\n\
+Max-Forwards: 70\r\nFrom: <sip:a@192.0.2.1>;tag=1\r\nt: <sip:b@192.0.2.9>\r\nCall-ID: c1\r\n\
+CSeq: 1 INVITE\r\nv: SIP/2.0/UDP 192.0.2.7\r\n  ;branch=z9hG4bK2\r\n\
 c: application/sdp\r\nContent-Disposition: session\r\n  ;handling=required\r\n\
-Proxy-Authorization: Digest username=\"a\"\r\nContact: <sip:a@192.0.2.1>\r\nl: {}\r\n\r\n{sdp}",
+Proxy-Authorization: Digest username=\"a\"\r\nContact: <sip:a@192.0.2.1>\r\n\
+Allow: INVITE, ACK\r\nUser-Agent: phone\r\nl: {}\r\n\r\n{sdp}",
             sdp.len()
         );
         assert!(scan(inv.as_bytes()).is_ok());
         let head = invite_head(inv.as_bytes());
         let text = String::from_utf8(head.clone()).unwrap();
-        assert!(
-            text.ends_with("Contact: <sip:a@192.0.2.1>\r\nContent-Length: 0\r\n\r\n"),
-            "{text}"
+        assert_eq!(
+            text,
+            "INVITE sip:b@192.0.2.9 SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.1;branch=z9hG4bK1\r\n\
+From: <sip:a@192.0.2.1>;tag=1\r\nt: <sip:b@192.0.2.9>\r\nCall-ID: c1\r\nCSeq: 1 INVITE\r\n\
+v: SIP/2.0/UDP 192.0.2.7\r\n  ;branch=z9hG4bK2\r\nContent-Length: 0\r\n\r\n"
         );
-        for gone in [
-            "c: ",
-            "Disposition",
-            "handling",
-            "Proxy-Authorization",
-            "l: ",
-            "v=0",
-        ] {
-            assert!(!text.contains(gone), "{gone} in {text}");
-        }
+        assert_eq!(head.capacity(), head.len(), "kept at its exact size");
         let m = scan(&head).expect("the head scans");
         assert_eq!(m.call_id(), b"c1");
+        assert_eq!(
+            m.vias().nth(1).and_then(|v| v.target()),
+            Some("192.0.2.7:5060".parse().unwrap())
+        );
         assert!(m.body().is_empty());
         assert_eq!(invite_head(&head), head, "a head is its own head");
     }

@@ -268,17 +268,6 @@ impl<R: RngCore> B2bua<R> {
             && call.b_cli.state() == InviteState::Terminated
         {
             call.b_ack = None;
-            // Neither INVITE can be sent or answered again: the call keeps
-            // their heads only (`replica::invite_head`), and no route's
-            // targets (as an adopted call).
-            if call.answered && call.a_srv.state() == ServerInviteState::Terminated {
-                call.targets = Vec::new();
-                for leg in [&mut call.legs.a, &mut call.legs.b] {
-                    if !leg.invite.ends_with(b"\r\n\r\n") {
-                        leg.invite = replica::invite_head(&leg.invite);
-                    }
-                }
-            }
         }
         self.with_call(cref, |c, ep| c.drain_forks(ep, now, cref));
         self.drain_relays(now, cref);
@@ -649,6 +638,14 @@ impl Call {
                     &mut r,
                 );
                 call.legs.a.dialog = Dialog::uas(&a, tag.as_bytes(), DialogState::Confirmed).ok();
+                // Answered: no other target is tried, and neither INVITE is
+                // sent or answered again as a whole (A's 2xx is kept as
+                // sent, B's ACK as built): the call keeps their heads
+                // (`replica::invite_head`), as an adopted call does.
+                call.targets = Vec::new();
+                for leg in [&mut call.legs.a, &mut call.legs.b] {
+                    leg.invite = replica::invite_head(&leg.invite);
+                }
                 if ep.replicate && call.legs.a.dialog.is_some() && call.legs.b.dialog.is_some() {
                     // Replicated calls: the 2xx that confirms the call to A
                     // waits until the call is committed (`committed`), so a
