@@ -9,8 +9,8 @@ use crate::time::{Instant, TimerTable};
 #[derive(Debug, Default)]
 pub(crate) struct Outbox {
     pub(crate) timers: TimerTable,
-    transmit: VecDeque<Vec<u8>>,
-    events: VecDeque<Event>,
+    transmit: Queue<Vec<u8>>,
+    events: Queue<Event>,
     /// The transaction is over (see `spent`).
     over: bool,
 }
@@ -47,6 +47,50 @@ impl Outbox {
 
     pub(crate) fn poll_timeout(&self) -> Option<Instant> {
         self.timers.next()
+    }
+}
+
+/// A first-in first-out queue whose first item is kept inline. A
+/// transaction queues one datagram or event at a time and its caller drains
+/// it at once, so the queue's heap part is seldom made; a `VecDeque` kept
+/// its emptied buffer for the transaction's whole life (an INVITE's
+/// transactions live 64·T1 after the answer: 320 bytes per call).
+#[derive(Debug)]
+struct Queue<T> {
+    first: Option<T>,
+    more: VecDeque<T>,
+}
+
+impl<T> Default for Queue<T> {
+    fn default() -> Self {
+        Self {
+            first: None,
+            more: VecDeque::new(),
+        }
+    }
+}
+
+impl<T> Queue<T> {
+    fn push_back(&mut self, t: T) {
+        // Behind anything queued: the inline slot is the front only when
+        // nothing else waits.
+        if self.first.is_none() && self.more.is_empty() {
+            self.first = Some(t);
+        } else {
+            self.more.push_back(t);
+        }
+    }
+
+    fn pop_front(&mut self) -> Option<T> {
+        let t = self.first.take().or_else(|| self.more.pop_front());
+        if self.more.is_empty() && self.more.capacity() > 0 {
+            self.more = VecDeque::new();
+        }
+        t
+    }
+
+    fn is_empty(&self) -> bool {
+        self.first.is_none() && self.more.is_empty()
     }
 }
 
@@ -99,3 +143,28 @@ macro_rules! boxed_methods {
     };
 }
 pub(crate) use boxed_methods;
+
+#[cfg(test)]
+mod tests {
+    use super::Queue;
+
+    #[test]
+    fn the_queue_is_first_in_first_out_across_its_inline_slot() {
+        let mut q = Queue::default();
+        q.push_back(1);
+        q.push_back(2);
+        assert_eq!(q.pop_front(), Some(1));
+        // The slot is free, but 2 waits: 3 goes behind it.
+        q.push_back(3);
+        assert_eq!(q.pop_front(), Some(2));
+        q.push_back(4);
+        assert_eq!(q.pop_front(), Some(3));
+        assert_eq!(q.pop_front(), Some(4));
+        assert_eq!(q.pop_front(), None);
+        assert!(q.is_empty());
+        assert_eq!(q.more.capacity(), 0, "an emptied queue holds no heap");
+        q.push_back(5);
+        assert_eq!(q.more.capacity(), 0, "one item stays inline");
+        assert_eq!(q.pop_front(), Some(5));
+    }
+}
