@@ -18,6 +18,6 @@ pub use b2bua::{
     PendingRequest, ReferRecord, Replication, Stats, Target, TransferDetail, TransferEvent,
     TransferResult,
 };
-pub use dialog::{Dialog, DialogError, DialogId, DialogState};
+pub use dialog::{Dialog, DialogError, DialogId, DialogState, Parts};
 pub use handover_registrar as registrar;
 pub use routing::{Match, Route, Routes, TransferMode};

@@ -25,34 +25,28 @@ fn routes(req: &[u8]) -> Vec<String> {
 #[test]
 fn rfc3261_12_1_1_uas_dialog_keeps_record_route_order() {
     let d = Dialog::uas(&scan(INVITE).unwrap(), b"a6c85cf", DialogState::Confirmed).unwrap();
-    assert_eq!(d.id.local_tag, b"a6c85cf");
-    assert_eq!(d.id.remote_tag, b"1928301774");
-    assert_eq!(d.remote_target, b"sip:alice@pc33.atlanta.example");
+    assert_eq!(d.local_tag(), b"a6c85cf");
+    assert_eq!(d.remote_tag(), b"1928301774");
+    assert_eq!(d.remote_target(), b"sip:alice@pc33.atlanta.example");
     assert_eq!(
-        d.route_set,
-        vec![
-            b"<sip:p2.example;lr>".to_vec(),
-            b"<sip:p1.example;lr>".to_vec()
-        ]
+        d.route_set().collect::<Vec<_>>(),
+        [&b"<sip:p2.example;lr>"[..], b"<sip:p1.example;lr>"]
     );
     assert_eq!(d.remote_seq, Some(314159));
-    assert_eq!(d.local_uri, b"Bob <sip:bob@biloxi.example>");
-    assert_eq!(d.remote_uri, b"Alice <sip:alice@atlanta.example>");
+    assert_eq!(d.local_uri(), b"Bob <sip:bob@biloxi.example>");
+    assert_eq!(d.remote_uri(), b"Alice <sip:alice@atlanta.example>");
 }
 
 #[test]
 fn rfc3261_12_1_2_uac_dialog_reverses_record_route() {
     let mut d = Dialog::uac(&scan(INVITE).unwrap(), &scan(OK).unwrap()).unwrap();
     assert_eq!(d.state, DialogState::Confirmed);
-    assert_eq!(d.id.local_tag, b"1928301774");
-    assert_eq!(d.id.remote_tag, b"a6c85cf");
-    assert_eq!(d.remote_target, b"sip:bob@192.0.2.4");
+    assert_eq!(d.local_tag(), b"1928301774");
+    assert_eq!(d.remote_tag(), b"a6c85cf");
+    assert_eq!(d.remote_target(), b"sip:bob@192.0.2.4");
     assert_eq!(
-        d.route_set,
-        vec![
-            b"<sip:p1.example;lr>".to_vec(),
-            b"<sip:p2.example;lr>".to_vec()
-        ]
+        d.route_set().collect::<Vec<_>>(),
+        [&b"<sip:p1.example;lr>"[..], b"<sip:p2.example;lr>"]
     );
     // §12.2.1.1: a BYE goes to the remote target through the route set.
     let bye = d.request(
@@ -79,7 +73,7 @@ fn rfc3261_12_1_2_uac_dialog_reverses_record_route() {
         .replace("314159 INVITE", "314160 BYE");
     assert_eq!(
         DialogId::of_response(&scan(resp.as_bytes()).unwrap()),
-        Some(d.id.clone())
+        Some(d.id())
     );
 }
 
@@ -125,10 +119,11 @@ fn rfc3261_12_2_2_out_of_order_cseq_is_500_and_target_refresh() {
             "<sip:alice@192.0.2.99:5070>",
         );
     let m = scan(reinvite.as_bytes()).unwrap();
-    assert_eq!(DialogId::of_incoming_request(&m), Some(d.id.clone()));
+    assert_eq!(DialogId::of_incoming_request(&m), Some(d.id()));
     d.handle_request(&m).unwrap();
     assert_eq!(
-        d.remote_target, b"sip:alice@192.0.2.99:5070",
+        d.remote_target(),
+        b"sip:alice@192.0.2.99:5070",
         "re-INVITE refreshes the target"
     );
     assert_eq!(d.remote_seq, Some(314160));

@@ -1046,7 +1046,7 @@ fn a_local_transfer_is_finished_by_the_workers_that_take_its_call_over() {
     let l = rec.local.as_ref().expect("still running");
     assert_eq!(l.r_out.as_ref(), Some(&re));
     assert_eq!(
-        l.t_dialog.as_ref().map(|d| d.id.remote_tag.clone()),
+        l.t_dialog.as_ref().map(|d| d.remote_tag().to_vec()),
         Some(b"ct".to_vec())
     );
 

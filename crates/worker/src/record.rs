@@ -2,45 +2,45 @@
 //! `proto/cluster.proto` (the bytes a `CallUpsert` carries).
 
 use handover_call::{
-    CallDetail, CallRecord, Detail, Dialog, DialogId, DialogState, TransferDetail, TransferResult,
+    CallDetail, CallRecord, Detail, Dialog, DialogState, Parts, TransferDetail, TransferResult,
 };
 use handover_cluster::pb;
 use prost::Message as _;
 
 fn dialog_pb(d: &Dialog) -> pb::Dialog {
     pb::Dialog {
-        call_id: d.id.call_id.clone(),
-        local_tag: d.id.local_tag.clone(),
-        remote_tag: d.id.remote_tag.clone(),
+        call_id: d.call_id().to_vec(),
+        local_tag: d.local_tag().to_vec(),
+        remote_tag: d.remote_tag().to_vec(),
         confirmed: d.state == DialogState::Confirmed,
         local_seq: d.local_seq,
         remote_seq: d.remote_seq,
-        local_uri: d.local_uri.clone(),
-        remote_uri: d.remote_uri.clone(),
-        remote_target: d.remote_target.clone(),
-        route_set: d.route_set.clone(),
+        local_uri: d.local_uri().to_vec(),
+        remote_uri: d.remote_uri().to_vec(),
+        remote_target: d.remote_target().to_vec(),
+        route_set: d.route_set().map(<[u8]>::to_vec).collect(),
     }
 }
 
 fn dialog(d: pb::Dialog) -> Dialog {
-    Dialog {
-        id: DialogId {
-            call_id: d.call_id,
-            local_tag: d.local_tag,
-            remote_tag: d.remote_tag,
-        },
-        state: if d.confirmed {
-            DialogState::Confirmed
-        } else {
-            DialogState::Early
-        },
-        local_seq: d.local_seq,
-        remote_seq: d.remote_seq,
-        local_uri: d.local_uri,
-        remote_uri: d.remote_uri,
-        remote_target: d.remote_target,
-        route_set: d.route_set,
-    }
+    let routes: Vec<&[u8]> = d.route_set.iter().map(Vec::as_slice).collect();
+    let mut out = Dialog::new(Parts {
+        call_id: &d.call_id,
+        local_tag: &d.local_tag,
+        remote_tag: &d.remote_tag,
+        local_uri: &d.local_uri,
+        remote_uri: &d.remote_uri,
+        remote_target: &d.remote_target,
+        route_set: &routes,
+    });
+    out.state = if d.confirmed {
+        DialogState::Confirmed
+    } else {
+        DialogState::Early
+    };
+    out.local_seq = d.local_seq;
+    out.remote_seq = d.remote_seq;
+    out
 }
 
 /// What `handover calls` shows of a committed call owned by `owner`:
@@ -337,20 +337,19 @@ mod tests {
     use super::*;
 
     fn leg(call_id: &[u8]) -> Dialog {
-        Dialog {
-            id: DialogId {
-                call_id: call_id.to_vec(),
-                local_tag: b"ours".to_vec(),
-                remote_tag: b"theirs".to_vec(),
-            },
-            state: DialogState::Confirmed,
-            local_seq: 7,
-            remote_seq: Some(3),
-            local_uri: b"sip:b2bua@192.0.2.1".to_vec(),
-            remote_uri: b"sip:alice@192.0.2.9".to_vec(),
-            remote_target: b"sip:alice@192.0.2.9:5062".to_vec(),
-            route_set: vec![b"<sip:192.0.2.1;lr>".to_vec()],
-        }
+        let mut d = Dialog::new(Parts {
+            call_id,
+            local_tag: b"ours",
+            remote_tag: b"theirs",
+            local_uri: b"sip:b2bua@192.0.2.1",
+            remote_uri: b"sip:alice@192.0.2.9",
+            remote_target: b"sip:alice@192.0.2.9:5062",
+            route_set: &[b"<sip:192.0.2.1;lr>", b"<sip:192.0.2.2;lr>"],
+        });
+        d.state = DialogState::Confirmed;
+        d.local_seq = 7;
+        d.remote_seq = Some(3);
+        d
     }
 
     /// What a new owner adopts is what the old one wrote, the re-INVITE

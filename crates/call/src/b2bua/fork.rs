@@ -129,11 +129,11 @@ impl Call {
         let Ok(mut d) = Dialog::uac(&inv, &resp) else {
             return;
         };
-        if d.route_set.is_empty()
+        if d.route_set().next().is_none()
             && let Some(r) = inv.values(HeaderName::Route).next()
             && register::is_flow_route(r.of(inv.buf()))
         {
-            d.route_set = vec![r.of(inv.buf()).to_vec()];
+            d.set_route_set(&[r.of(inv.buf())]);
         }
         let ack = d.request("ACK", Some(1), &ack_via, None, &[], None);
         ep.out.push_back((None, ack));

@@ -137,12 +137,12 @@ impl<R: RngCore> B2bua<R> {
             // The party re-INVITEd in its dialog is told who it is now
             // connected to (its dialog still names the transferor).
             // Only a trusted peer is sent an asserted identity (RFC 3325).
-            let trusted = self.ep.cfg.trusted.contains(uri_ip(&d.remote_target));
+            let trusted = self.ep.cfg.trusted.contains(uri_ip(d.remote_target()));
             let pai = self.calls.get(&cref).and_then(|c| {
                 c.legs[from.other()]
                     .dialog
                     .as_ref()
-                    .map(|t| t.remote_uri.clone())
+                    .map(|t| t.remote_uri().to_vec())
             });
             let pai = pai.filter(|_| trusted);
             let headers: Vec<(&str, &[u8])> = pai
@@ -150,9 +150,9 @@ impl<R: RngCore> B2bua<R> {
                 .map(|v| ("P-Asserted-Identity", v))
                 .into_iter()
                 .collect();
-            let contact = self.ep.contact(key, &d.id.call_id);
+            let contact = self.ep.contact(key, d.call_id());
             let out = d.request("INVITE", None, &via, Some(&contact), &headers, None);
-            (out, d.id.call_id.clone(), Some(d), Some(cref2), None)
+            (out, d.call_id().to_vec(), Some(d), Some(cref2), None)
         } else {
             // (Request-URI, To, Replaces) of the new leg, and its
             // Route (a registered target's flow).
@@ -167,8 +167,8 @@ impl<R: RngCore> B2bua<R> {
                         .flatten()
                         .and_then(|t| {
                             let (_, a, b) = self.dialogs_of(&r.call_id)?;
-                            let d = [a, b].into_iter().find(|d| d.id.call_id == t.call_id)?;
-                            Some((d.remote_target.clone(), d.remote_uri.clone(), t))
+                            let d = [a, b].into_iter().find(|d| d.call_id() == t.call_id)?;
+                            Some((d.remote_target().to_vec(), d.remote_uri().to_vec(), t))
                         });
                     let Some((uri, to, t)) = found else {
                         self.with_call(cref, |c, ep| {
@@ -209,7 +209,7 @@ impl<R: RngCore> B2bua<R> {
             let transferee = &call.legs[from.other()].dialog;
             let from_uri = transferee
                 .as_ref()
-                .map(|d| d.remote_uri.clone())
+                .map(|d| d.remote_uri().to_vec())
                 .unwrap_or_else(|| b"<sip:anonymous@anonymous.invalid>".to_vec());
             let t_call_id = self.ep.ids.call_id().as_bytes().to_vec();
             let contact = self.ep.contact(key, &t_call_id);
@@ -290,7 +290,7 @@ impl<R: RngCore> B2bua<R> {
         [call.legs.a.dialog.as_ref(), call.legs.b.dialog.as_ref()]
             .into_iter()
             .flatten()
-            .find(|d| d.id.call_id == t.call_id)
+            .find(|d| d.call_id() == t.call_id)
             .map(|d| (cref2, d.clone()))
     }
 
@@ -446,14 +446,14 @@ impl<R: RngCore> B2bua<R> {
                 let Some(y) = call.legs[l.transferor.other()].dialog.as_mut() else {
                     return;
                 };
-                let contact = self.ep.cfg.contact(key, &y.id.call_id);
+                let contact = self.ep.cfg.contact(key, y.call_id());
                 // The transferee learns who it now talks to: the target
                 // (a trusted peer only, RFC 3325).
                 let pai = l
                     .t_dialog
                     .as_ref()
-                    .map(|d| d.remote_uri.clone())
-                    .filter(|_| self.ep.cfg.trusted.contains(uri_ip(&y.remote_target)));
+                    .map(|d| d.remote_uri().to_vec())
+                    .filter(|_| self.ep.cfg.trusted.contains(uri_ip(y.remote_target())));
                 let headers: Vec<(&str, &[u8])> = pai
                     .as_deref()
                     .map(|v| ("P-Asserted-Identity", v))
@@ -576,7 +576,7 @@ impl<R: RngCore> B2bua<R> {
                 .calls
                 .get(&cref)
                 .and_then(|c| c.legs[transferor].dialog.as_ref())
-                .map(|d| d.id.call_id.clone())
+                .map(|d| d.call_id().to_vec())
                 .unwrap_or_default();
             let held = replaced.filter(|r| {
                 self.calls
@@ -675,7 +675,7 @@ impl Call {
         let Some(d) = call.legs[transferor].dialog.as_mut() else {
             return;
         };
-        let contact = ep.cfg.contact(key, &d.id.call_id);
+        let contact = ep.cfg.contact(key, d.call_id());
         let event = format!("refer;id={refer_seq}");
         let state: &[u8] = if terminated {
             b"terminated;reason=noresource"

@@ -16,16 +16,16 @@ impl<R: RngCore> B2bua<R> {
     // record, read from the replicated table, stands in (`remote.rs`).
     pub(super) fn translate_replaces(&self, r: &Replaces) -> Option<Replaces> {
         let (_, a, b) = self.dialogs_of(&r.call_id)?;
-        let (x, y) = if a.id.call_id == r.call_id {
+        let (x, y) = if a.call_id() == r.call_id {
             (a, b)
         } else {
             (b, a)
         };
-        (x.id.call_id == r.call_id && x.id.local_tag == r.to_tag && x.id.remote_tag == r.from_tag)
+        (x.call_id() == r.call_id && x.local_tag() == r.to_tag && x.remote_tag() == r.from_tag)
             .then(|| Replaces {
-                call_id: y.id.call_id.clone(),
-                to_tag: y.id.remote_tag.clone(),
-                from_tag: y.id.local_tag.clone(),
+                call_id: y.call_id().to_vec(),
+                to_tag: y.remote_tag().to_vec(),
+                from_tag: y.local_tag().to_vec(),
                 early_only: r.early_only,
             })
     }

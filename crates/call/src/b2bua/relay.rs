@@ -327,7 +327,7 @@ impl<R: RngCore> B2bua<R> {
             return;
         }
         // Our Contact in the leg the request goes on.
-        let contact = self.ep.cfg.contact(key, &y.id.call_id);
+        let contact = self.ep.cfg.contact(key, y.call_id());
         let method = core::str::from_utf8(m.method_bytes()).unwrap_or("INFO");
         let body = m.content_type().map(|ct| (ct, m.body()));
         let refresh = matches!(m.method(), Some(Method::Invite | Method::Update));
@@ -545,7 +545,10 @@ impl<R: RngCore> B2bua<R> {
                 let contact;
                 if is_invite && status < 300 {
                     let l = &legs[r.from];
-                    let id = l.dialog.as_ref().map_or(&l.call_id, |d| &d.id.call_id);
+                    let id = l
+                        .dialog
+                        .as_ref()
+                        .map_or(l.call_id.as_slice(), |d| d.call_id());
                     contact = self.ep.contact(key, id);
                     extra.push(("Contact", &contact));
                 }

@@ -384,13 +384,15 @@ fn filtered(msg: &[u8], drop: impl Fn(&[u8]) -> bool, head_only: bool) -> Vec<u8
 }
 
 fn hash_dialog(d: &Dialog, h: &mut DefaultHasher) {
-    d.id.call_id.hash(h);
-    d.id.local_tag.hash(h);
-    d.id.remote_tag.hash(h);
+    d.call_id().hash(h);
+    d.local_tag().hash(h);
+    d.remote_tag().hash(h);
     d.local_seq.hash(h);
     d.remote_seq.hash(h);
-    d.remote_target.hash(h);
-    d.route_set.hash(h);
+    d.remote_target().hash(h);
+    for r in d.route_set() {
+        r.hash(h);
+    }
 }
 
 impl<R: RngCore> B2bua<R> {

@@ -21,9 +21,9 @@ impl<R: RngCore> B2bua<R> {
         let r = Replaces::parse(v)?;
         let (_, a, b) = self.dialogs_of(&r.call_id)?;
         let d = [a, b].into_iter().find(|d| {
-            d.id.call_id == r.call_id && d.id.remote_tag == r.to_tag && d.id.local_tag == r.from_tag
+            d.call_id() == r.call_id && d.remote_tag() == r.to_tag && d.local_tag() == r.from_tag
         })?;
-        let t = &d.remote_target;
+        let t = d.remote_target();
         let u = handover_sip::Uri::parse(t, handover_sip::Span::new(0, t.len())).ok()?;
         let ip: IpAddr = core::str::from_utf8(u.host()).ok()?.parse().ok()?;
         let target = SocketAddr::new(ip, u.port().unwrap_or(5060));
@@ -590,11 +590,11 @@ impl Call {
                         // A registered phone answers without a Record-Route
                         // (the edge adds none to our requests): the dialog
                         // keeps reaching it on its flow.
-                        if d.route_set.is_empty()
+                        if d.route_set().next().is_none()
                             && let Some(r) = bi.values(HeaderName::Route).next()
                             && register::is_flow_route(r.of(bi.buf()))
                         {
-                            d.route_set = vec![r.of(bi.buf()).to_vec()];
+                            d.set_route_set(&[r.of(bi.buf())]);
                         }
                         Some(d)
                     });

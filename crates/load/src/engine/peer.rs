@@ -90,7 +90,7 @@ impl<R: RngCore> Engine<R> {
         };
         let l = self.legs.get(&leg).ok_or(481u16)?;
         let d = l.dialog.as_ref().ok_or(481u16)?;
-        if d.id.remote_tag != r.from_tag {
+        if d.remote_tag() != r.from_tag {
             return Err(481);
         }
         if l.over {
@@ -240,7 +240,7 @@ impl<R: RngCore> Engine<R> {
             let matches = l
                 .dialog
                 .as_ref()
-                .is_some_and(|d| Some(d.id.remote_tag.as_slice()) == m.from_tag());
+                .is_some_and(|d| Some(d.remote_tag()) == m.from_tag());
             if !matches {
                 self.server_nit(now, leg, m, 481);
                 self.drain_leg(now, leg);

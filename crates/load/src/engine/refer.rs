@@ -126,9 +126,9 @@ impl<R: RngCore> Engine<R> {
             .and_then(|l| l.dialog.as_ref())
         {
             let r = Replaces {
-                call_id: d.id.call_id.clone(),
-                to_tag: d.id.remote_tag.clone(),
-                from_tag: d.id.local_tag.clone(),
+                call_id: d.call_id().to_vec(),
+                to_tag: d.remote_tag().to_vec(),
+                from_tag: d.local_tag().to_vec(),
                 early_only: false,
             };
             let mut esc = Vec::new();
