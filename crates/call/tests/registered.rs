@@ -81,6 +81,30 @@ fn rfc3261_10_a_registered_phone_is_called_at_its_contact_through_its_flow() {
     let sent = out(&mut b);
     let ack = sent.iter().find(|(_, m)| m.starts_with(b"ACK ")).unwrap();
     assert!(lines(&ack.1).contains("Route: <sip:127.0.0.1:5060;lr;flow=203.0.113.7:40000>"));
+    // Her 200 again (our ACK was lost; the call is answered, its INVITEs
+    // kept as heads): ACKed again the same way (RFC 3261 §13.2.2.4), and
+    // A hears no second answer.
+    let first = scan(&ack.1).unwrap();
+    let (first_uri, first_to) = (
+        first.request_uri().unwrap().as_bytes().to_vec(),
+        first.to().unwrap().span(),
+    );
+    let first_to = first.buf()[first_to.start..first_to.end].to_vec();
+    b.handle_datagram(at(520), b_resp(&m, "200 OK", "ct", Some(SDP_B)).as_bytes());
+    let sent = out(&mut b);
+    assert_eq!(sent.len(), 1, "an ACK only: {sent:?}");
+    let again = scan(&sent[0].1).unwrap();
+    assert_eq!(again.method(), Some(handover_sip::Method::Ack));
+    assert_eq!(again.request_uri().unwrap().as_bytes(), first_uri);
+    assert!(
+        lines(&sent[0].1).contains("Route: <sip:127.0.0.1:5060;lr;flow=203.0.113.7:40000>"),
+        "on her flow again"
+    );
+    assert_eq!((again.call_id(), again.cseq().seq), (m.call_id(), 1));
+    assert_eq!(again.from_tag(), m.from_tag());
+    let to = again.to().unwrap().span();
+    assert_eq!(&again.buf()[to.start..to.end], &first_to[..]);
+    assert_eq!(again.to_tag(), Some(&b"ct"[..]));
     // Someone not registered: 404 (no route either).
     b.handle_datagram(
         at(30),

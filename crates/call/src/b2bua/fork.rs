@@ -123,18 +123,10 @@ impl Call {
         let timers = ep.cfg.timers;
         let call = &mut *self;
         let Some(f) = call.forks.get(i) else { return };
-        let (Ok(inv), Ok(resp)) = (scan(&f.invite), scan(msg)) else {
+        let Ok(resp) = scan(msg) else { return };
+        let Some(mut d) = register::callee_dialog(&f.invite, &resp) else {
             return;
         };
-        let Ok(mut d) = Dialog::uac(&inv, &resp) else {
-            return;
-        };
-        if d.route_set().next().is_none()
-            && let Some(r) = inv.values(HeaderName::Route).next()
-            && register::is_flow_route(r.of(inv.buf()))
-        {
-            d.set_route_set(&[r.of(inv.buf())]);
-        }
         let ack = d.request("ACK", Some(1), &ack_via, None, &[], None);
         ep.out.push_back((None, ack));
         push_bye(&mut call.nits, &mut d, now, timers, &bye_via, &[]);

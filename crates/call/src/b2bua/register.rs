@@ -55,6 +55,22 @@ pub(super) fn is_flow_route(route: &[u8]) -> bool {
     memchr::memmem::find(route, b";flow=").is_some()
 }
 
+/// Our dialog with the callee that answered our INVITE `invite` (whole, or
+/// its head: `replica::invite_head` keeps its Route) with the 2xx `resp`.
+/// A registered phone answers without a Record-Route (the edge adds none to
+/// our requests): the dialog keeps reaching it on its flow.
+pub(super) fn callee_dialog(invite: &[u8], resp: &Message<'_>) -> Option<Dialog> {
+    let inv = scan(invite).ok()?;
+    let mut d = Dialog::uac(&inv, resp).ok()?;
+    if d.route_set().next().is_none()
+        && let Some(r) = inv.values(HeaderName::Route).next()
+        && is_flow_route(r.of(inv.buf()))
+    {
+        d.set_route_set(&[r.of(inv.buf())]);
+    }
+    Some(d)
+}
+
 impl<R: RngCore> B2bua<R> {
     /// Our Route to a registered phone: the edge, and the flow its
     /// REGISTER came on (with the edge that holds it, when edges name

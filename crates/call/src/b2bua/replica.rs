@@ -325,7 +325,8 @@ fn is_credentials(name: &[u8]) -> bool {
 /// CSeq: A's 487 or 500, a takeover's resent 2xx and A's transaction key),
 /// the detail record's parties (From, To, the second Via) and where a
 /// Replaces may come from (the second Via); B's Request-URI is the status
-/// page's target. The rest of a phone's INVITE (its offer, Contact, Allow,
+/// page's target, and B's Route (a registered phone's flow) and From go
+/// into the ACK of each resent 2xx (`register::callee_dialog`). The rest of a phone's INVITE (its offer, Contact, Allow,
 /// Supported, User-Agent, credentials, …) is read only while the call is
 /// set up, and the dialogs hold what in-dialog requests need.
 pub(super) fn invite_head(msg: &[u8]) -> Vec<u8> {
@@ -342,6 +343,7 @@ pub(super) fn invite_head(msg: &[u8]) -> Vec<u8> {
                 b"call-id",
                 b"i",
                 b"cseq",
+                b"route",
             ]
             .iter()
             .any(|n| name.eq_ignore_ascii_case(n))
@@ -830,7 +832,7 @@ Max-Forwards: 70\r\nFrom: <sip:a@192.0.2.1>;tag=1\r\nt: <sip:b@192.0.2.9>\r\nCal
 CSeq: 1 INVITE\r\nv: SIP/2.0/UDP 192.0.2.7\r\n  ;branch=z9hG4bK2\r\n\
 c: application/sdp\r\nContent-Disposition: session\r\n  ;handling=required\r\n\
 Proxy-Authorization: Digest username=\"a\"\r\nContact: <sip:a@192.0.2.1>\r\n\
-Allow: INVITE, ACK\r\nUser-Agent: phone\r\nl: {}\r\n\r\n{sdp}",
+Allow: INVITE, ACK\r\nRoute: <sip:192.0.2.8;lr>\r\nUser-Agent: phone\r\nl: {}\r\n\r\n{sdp}",
             sdp.len()
         );
         assert!(scan(inv.as_bytes()).is_ok());
@@ -840,7 +842,7 @@ Allow: INVITE, ACK\r\nUser-Agent: phone\r\nl: {}\r\n\r\n{sdp}",
             text,
             "INVITE sip:b@192.0.2.9 SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.1;branch=z9hG4bK1\r\n\
 From: <sip:a@192.0.2.1>;tag=1\r\nt: <sip:b@192.0.2.9>\r\nCall-ID: c1\r\nCSeq: 1 INVITE\r\n\
-v: SIP/2.0/UDP 192.0.2.7\r\n  ;branch=z9hG4bK2\r\nContent-Length: 0\r\n\r\n"
+v: SIP/2.0/UDP 192.0.2.7\r\n  ;branch=z9hG4bK2\r\nRoute: <sip:192.0.2.8;lr>\r\nContent-Length: 0\r\n\r\n"
         );
         assert_eq!(head.capacity(), head.len(), "kept at its exact size");
         let m = scan(&head).expect("the head scans");

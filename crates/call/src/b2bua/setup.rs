@@ -262,8 +262,8 @@ impl<R: RngCore> B2bua<R> {
             self.with_call(cref, |c, ep| c.on_b_event(ep, now, cref, e));
         }
         // B's 2xx comes again only while our INVITE's transaction runs
-        // (Accepted, 64·T1); past it the ACK kept for those resends goes
-        // (a held call's third-largest part, `tests/memory.rs`).
+        // (Accepted, 64·T1); past it the ACK kept for the resends of an
+        // unusable 2xx goes.
         if let Some(call) = self.calls.get_mut(&cref)
             && call.b_cli.state() == InviteState::Terminated
         {
@@ -582,37 +582,29 @@ impl Call {
             }
             200..=299 => {
                 let Some(resp) = resp else { return };
-                if call.legs.b.dialog.is_none() {
-                    let ack_via = ep.via(call.key);
-                    let inv = call.legs.b.invite.clone();
-                    let dialog = scan(&inv).ok().and_then(|bi| {
-                        let mut d = Dialog::uac(&bi, &resp).ok()?;
-                        // A registered phone answers without a Record-Route
-                        // (the edge adds none to our requests): the dialog
-                        // keeps reaching it on its flow.
-                        if d.route_set().next().is_none()
-                            && let Some(r) = bi.values(HeaderName::Route).next()
-                            && register::is_flow_route(r.of(bi.buf()))
-                        {
-                            d.set_route_set(&[r.of(bi.buf())]);
-                        }
-                        Some(d)
-                    });
-                    match dialog {
-                        Some(mut d) => {
-                            let ack = d.request("ACK", Some(1), &ack_via, None, &[], None);
-                            call.b_ack = Some(ack);
+                // The ACK is built for each 2xx (RFC 3261 §13.2.2.4), the
+                // first and every resend, from our INVITE (its head once
+                // answered) and that 2xx: kept, it cost every call 330
+                // bytes while B could resend (`tests/memory.rs`).
+                let ack_via = ep.via(call.key);
+                match register::callee_dialog(&call.legs.b.invite, &resp) {
+                    Some(mut d) => {
+                        let ack = d.request("ACK", Some(1), &ack_via, None, &[], None);
+                        ep.out.push_back((None, ack));
+                        if call.legs.b.dialog.is_none() {
                             call.legs.b.dialog = Some(d);
                         }
-                        None if call.b_ack.is_none() => {
-                            self.unusable_answer(ep, now, cref, &resp, &ack_via);
-                            return;
-                        }
-                        None => {}
                     }
-                }
-                if let Some(ack) = &call.b_ack {
-                    ep.out.push_back((None, ack.clone()));
+                    None if call.b_ack.is_none() && call.legs.b.dialog.is_none() => {
+                        self.unusable_answer(ep, now, cref, &resp, &ack_via);
+                        return;
+                    }
+                    // A 2xx with no usable dialog, again: the same ACK.
+                    None => {
+                        if let Some(ack) = &call.b_ack {
+                            ep.out.push_back((None, ack.clone()));
+                        }
+                    }
                 }
                 let call = &mut *self;
                 if call.cancelled || call.answered || call.over {
