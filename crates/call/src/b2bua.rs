@@ -322,7 +322,11 @@ impl<R: RngCore> B2bua<R> {
             return;
         };
         match c.next_timeout() {
-            Some(t) if c.scheduled != Some(t) => {
+            // A later deadline keeps the earlier entry: when it comes the
+            // call's timers run (nothing is due) and it is filed again. An
+            // entry per change instead left a call in set-up 6 in the heap
+            // (160 bytes per call at the peak, `tests/memory.rs`).
+            Some(t) if c.scheduled.is_none_or(|s| t < s) => {
                 c.scheduled = Some(t);
                 self.timers.push(Reverse((t, cref)));
             }

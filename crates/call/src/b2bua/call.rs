@@ -332,10 +332,11 @@ pub(super) struct Call {
     pub(super) committed: u64,
     /// The 2xx for A, held until the call is committed (or the deadline).
     pub(super) held_ok: Option<(u16, Vec<u8>, Instant)>,
-    /// The deadline this call has in the B2BUA's timer heap: entries of
-    /// other times are stale and skipped when popped, so a call touched by
-    /// many datagrams runs its timers once per deadline, not once per
-    /// datagram it ever received.
+    /// The deadline this call has in the B2BUA's timer heap, no later than
+    /// its next one (a deadline that moves later waits for this entry):
+    /// entries of other times are stale and skipped when popped, so a call
+    /// touched by many datagrams runs its timers once per deadline, not
+    /// once per datagram it ever received.
     pub(super) scheduled: Option<Instant>,
     /// Who started the call (the address the edge received A's INVITE
     /// from), counted in `B2bua::per_source`.
