@@ -303,7 +303,8 @@ pub(super) struct Call {
     /// 408 (and failover) to us.
     pub(super) no_answer: bool,
     /// The last REFER relayed and its implicit subscription.
-    pub(super) transfer: Option<Transfer>,
+    /// Boxed: most calls are never transferred.
+    pub(super) transfer: Option<Box<Transfer>>,
     /// REFERs on this call are carried out by the B2BUA (local mode).
     pub(super) local_mode: bool,
     /// The last transfer carried out by the B2BUA.
@@ -331,7 +332,9 @@ pub(super) struct Call {
     /// [`B2bua::stored`]).
     pub(super) committed: u64,
     /// The 2xx for A, held until the call is committed (or the deadline).
-    pub(super) held_ok: Option<(u16, Vec<u8>, Instant)>,
+    /// Boxed: present for a commit's round trip, and every held call
+    /// would carry its size.
+    pub(super) held_ok: Option<Box<(u16, Vec<u8>, Instant)>>,
     /// The deadline this call has in the B2BUA's timer heap, no later than
     /// its next one (a deadline that moves later waits for this entry):
     /// entries of other times are stale and skipped when popped, so a call

@@ -149,7 +149,7 @@ impl<R: RngCore> B2bua<R> {
                 let wait = from == Side::B
                     && !call.over
                     && (call.held_ok.is_some() || call.a_ok.is_some());
-                if wait && let Some((status, r, _)) = call.held_ok.take() {
+                if wait && let Some((status, r, _)) = call.held_ok.take().map(|b| *b) {
                     Self::send_ok(call, now, status, r, timers, self.ep.registrar.wall_ms(now));
                 }
                 call.a_bye_after_ack |= wait;
@@ -364,7 +364,7 @@ impl<R: RngCore> B2bua<R> {
         let out_seq = y.local_seq;
         match m.method() {
             Some(Method::Refer) => {
-                call.transfer = Some(Transfer {
+                call.transfer = Some(Box::new(Transfer {
                     at: now,
                     attended: m
                         .header(HeaderName::ReferTo)
@@ -378,7 +378,7 @@ impl<R: RngCore> B2bua<R> {
                     cseq_out: out_seq,
                     until: now + Transfer::DEFAULT_EXPIRY,
                     done: false,
-                });
+                }));
             }
             //= https://www.rfc-editor.org/rfc/rfc3515#section-2.4.5
             //# The body of a NOTIFY MUST begin with a SIP Response Status-Line

@@ -739,7 +739,7 @@ impl<R: RngCore> B2bua<R> {
                 heard: true,
                 ring_deadline: None,
                 no_answer: false,
-                transfer,
+                transfer: transfer.map(Box::new),
                 local_mode: rec.local_mode,
                 local: local.map(Box::new),
                 targets: Vec::new(),

@@ -340,7 +340,7 @@ impl<R: RngCore> B2bua<R> {
         let Some(call) = self.calls.get_mut(&cref) else {
             return;
         };
-        if let Some((status, r, _)) = call.held_ok.take() {
+        if let Some((status, r, _)) = call.held_ok.take().map(|b| *b) {
             Self::send_ok(call, now, status, r, timers, wall);
             self.with_call(cref, |c, ep| c.drain_outputs(ep));
             self.schedule(cref);
@@ -642,7 +642,7 @@ impl Call {
                     // Replicated calls: the 2xx that confirms the call to A
                     // waits until the call is committed (`committed`), so a
                     // call A believes up is never lost with this worker.
-                    call.held_ok = Some((status, r, now + B2bua::<R>::HOLD_OK_LIMIT));
+                    call.held_ok = Some(Box::new((status, r, now + B2bua::<R>::HOLD_OK_LIMIT)));
                 } else {
                     B2bua::<R>::send_ok(call, now, status, r, ep.cfg.timers, wall_now);
                 }

@@ -86,7 +86,7 @@ impl<R: RngCore> B2bua<R> {
                     call.linger = None;
                 }
                 CallTimer::HeldOk => {
-                    if let Some((status, r, _)) = call.held_ok.take() {
+                    if let Some((status, r, _)) = call.held_ok.take().map(|b| *b) {
                         // No commit in time (no quorum?): connect the call anyway.
                         self.ep.stats.unreplicated += 1;
                         Self::send_ok(
