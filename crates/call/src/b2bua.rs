@@ -352,8 +352,8 @@ impl<R: RngCore> B2bua<R> {
         {
             // Only this call's: a failed attended transfer gave the
             // target's Call-ID back to its own call.
-            if self.ep.by_call_id.get(id) == Some(&cref) {
-                self.ep.by_call_id.remove(id);
+            if self.ep.by_call_id.get(id.as_slice()) == Some(&cref) {
+                self.ep.by_call_id.remove(id.as_slice());
             }
         }
         true

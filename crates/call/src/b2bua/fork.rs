@@ -182,7 +182,7 @@ impl Call {
             ep.stats.forks += 1;
             let (call_id, invite) = ep.leg_b_invite(m, key, t, asserted.as_deref());
             let cli = ClientInvite::new(now, ep.cfg.timers, invite.clone());
-            ep.by_call_id.insert(call_id.clone(), cref);
+            ep.by_call_id.insert(call_id.as_slice().into(), cref);
             {
                 let call = &mut *self;
                 // Mapped to the call until it is forgotten.

@@ -249,7 +249,7 @@ impl<R: RngCore> B2bua<R> {
         let Ok(t_key) = scan(&out).map(|o| Key::server(&o)) else {
             return;
         };
-        self.ep.by_call_id.insert(t_call_id.clone(), cref);
+        self.ep.by_call_id.insert(t_call_id.as_slice().into(), cref);
         let replaced_id = replaced
             .and_then(|r| self.calls.get(&r))
             .map(|c| c.id.clone());
@@ -281,7 +281,7 @@ impl<R: RngCore> B2bua<R> {
     /// The dialog with the party on the other side of the call that a
     /// transferor's `Replaces` names (its call, and a copy of the dialog).
     fn replaced_dialog(&self, cref: u64, r: &Replaces) -> Option<(u64, Dialog)> {
-        let cref2 = *self.ep.by_call_id.get(&r.call_id)?;
+        let cref2 = *self.ep.by_call_id.get(r.call_id.as_slice())?;
         let t = self.translate_replaces(r)?;
         if cref2 == cref {
             return None; // a call cannot replace itself
@@ -339,7 +339,9 @@ impl<R: RngCore> B2bua<R> {
         // Requests of the target's leg go back to the call they belong to.
         match replaced {
             Some(cref2) if self.calls.contains_key(&cref2) => {
-                self.ep.by_call_id.insert(t_call_id, cref2);
+                self.ep
+                    .by_call_id
+                    .insert(t_call_id.as_slice().into(), cref2);
             }
             _ => {
                 if let Some(call) = self.calls.get_mut(&cref) {

@@ -34,7 +34,7 @@ impl<R: RngCore> B2bua<R> {
             Method::Refer => transfer::refer_to(m).ok()?.replaces?,
             _ => return None,
         };
-        (!self.ep.by_call_id.contains_key(&r.call_id)).then_some(r.call_id)
+        (!self.ep.by_call_id.contains_key(r.call_id.as_slice())).then_some(r.call_id)
     }
 
     /// A call of another worker, as committed, for the next datagram.

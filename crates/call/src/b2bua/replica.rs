@@ -553,8 +553,8 @@ impl<R: RngCore> B2bua<R> {
     /// shard over). False when the call is already held here or the record
     /// is unusable (A's INVITE does not scan, or a tag is not ours).
     pub fn adopt(&mut self, now: Instant, rec: CallRecord) -> bool {
-        if self.ep.by_call_id.contains_key(&rec.id)
-            || self.ep.by_call_id.contains_key(&rec.a_call_id)
+        if self.ep.by_call_id.contains_key(rec.id.as_slice())
+            || self.ep.by_call_id.contains_key(rec.a_call_id.as_slice())
         {
             return false;
         }
@@ -568,9 +568,13 @@ impl<R: RngCore> B2bua<R> {
         let timers = self.ep.cfg.timers;
         let cref = self.next_ref;
         self.next_ref += 1;
-        self.ep.by_call_id.insert(rec.id.clone(), cref);
-        self.ep.by_call_id.insert(rec.a_call_id.clone(), cref);
-        self.ep.by_call_id.insert(rec.b_call_id.clone(), cref);
+        self.ep.by_call_id.insert(rec.id.as_slice().into(), cref);
+        self.ep
+            .by_call_id
+            .insert(rec.a_call_id.as_slice().into(), cref);
+        self.ep
+            .by_call_id
+            .insert(rec.b_call_id.as_slice().into(), cref);
         self.ep.stats.started += 1;
         self.ep.stats.adopted += 1;
         let print = print(
@@ -629,13 +633,15 @@ impl<R: RngCore> B2bua<R> {
                 replaced: l
                     .replaced
                     .as_ref()
-                    .and_then(|id| self.ep.by_call_id.get(id).copied()),
+                    .and_then(|id| self.ep.by_call_id.get(id.as_slice()).copied()),
                 replaced_id: l.replaced.clone(),
             })
         });
         if let Some(l) = &local {
             // The target's leg is this call's while the transfer runs.
-            self.ep.by_call_id.insert(l.t_call_id.clone(), cref);
+            self.ep
+                .by_call_id
+                .insert(l.t_call_id.as_slice().into(), cref);
         }
         // The request in flight: resent as it was (same branch and CSeq,
         // a retransmission to the far party), its sender answered from here.

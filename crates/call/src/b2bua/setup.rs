@@ -112,8 +112,8 @@ impl<R: RngCore> B2bua<R> {
         let detail = self.new_detail(now, &b_uri, caller.user);
         let cref = self.next_ref;
         self.next_ref += 1;
-        self.ep.by_call_id.insert(m.call_id().to_vec(), cref);
-        self.ep.by_call_id.insert(b_call_id.clone(), cref);
+        self.ep.by_call_id.insert(m.call_id().into(), cref);
+        self.ep.by_call_id.insert(b_call_id.as_slice().into(), cref);
         self.ep.count_source(source);
         self.calls.insert(
             cref,
@@ -504,8 +504,8 @@ impl Call {
         call.heard = false;
         call.no_answer = false;
         call.ring_deadline = Some(now + ep.cfg.ring_timeout);
-        ep.by_call_id.remove(&old);
-        ep.by_call_id.insert(cid, cref);
+        ep.by_call_id.remove(old.as_slice());
+        ep.by_call_id.insert(cid.as_slice().into(), cref);
         ep.stats.failovers += 1;
         self.drain_outputs(ep);
         true
