@@ -249,10 +249,11 @@ impl core::ops::IndexMut<Side> for Legs {
 #[derive(Debug)]
 pub(super) struct Call {
     pub(super) key: u64,
-    /// The call's id in the replicated table: leg A's Call-ID when the
-    /// call was set up, kept when a transfer carried out for A gives leg
-    /// A the target's (leg A's `call_id` then changes, this does not).
-    pub(super) id: Vec<u8>,
+    /// The call's id in the replicated table ([`Call::id`]): leg A's
+    /// Call-ID when the call was set up, kept here only once a transfer
+    /// carried out for A gives leg A the target's (empty until then: most
+    /// calls' id is leg A's Call-ID, and a copy was one more heap block).
+    pub(super) own_id: Vec<u8>,
     /// Call-ID, INVITE and dialog of each leg (leg A's Call-ID as it is
     /// now).
     pub(super) legs: Legs,
@@ -400,6 +401,15 @@ pub(super) enum CallTimer {
 }
 
 impl Call {
+    /// The call's id in the replicated table.
+    pub(super) fn id(&self) -> &[u8] {
+        if self.own_id.is_empty() {
+            &self.legs.a.call_id
+        } else {
+            &self.own_id
+        }
+    }
+
     /// The leg a message of this call came on, by its Call-ID.
     pub(super) fn side_of(&self, call_id: &[u8]) -> Side {
         Side::a_if(call_id == self.legs.a.call_id.as_slice())

@@ -252,7 +252,7 @@ impl<R: RngCore> B2bua<R> {
         self.ep.by_call_id.insert(t_call_id.as_slice().into(), cref);
         let replaced_id = replaced
             .and_then(|r| self.calls.get(&r))
-            .map(|c| c.id.clone());
+            .map(|c| c.id().to_vec());
         let Some(call) = self.calls.get_mut(&cref) else {
             return;
         };
@@ -564,6 +564,10 @@ impl<R: RngCore> B2bua<R> {
         let (attended, at, transferor, replaced) = (l.attended, l.at, l.transferor, l.replaced);
         let replaced_id = l.replaced_id.clone();
         let (t_dialog, t_call_id) = (l.t_dialog.take(), l.t_call_id.clone());
+        if transferor == Side::A && call.own_id.is_empty() {
+            // The call keeps its id; leg A's Call-ID changes.
+            call.own_id = call.legs.a.call_id.clone();
+        }
         let leg = &mut call.legs[transferor];
         let old = core::mem::replace(&mut leg.dialog, t_dialog);
         let old_id = core::mem::replace(&mut leg.call_id, t_call_id);
@@ -583,7 +587,7 @@ impl<R: RngCore> B2bua<R> {
             let held = replaced.filter(|r| {
                 self.calls
                     .get(r)
-                    .is_some_and(|c2| Some(&c2.id) == replaced_id.as_ref())
+                    .is_some_and(|c2| Some(c2.id()) == replaced_id.as_deref())
             });
             match (held, replaced_id) {
                 (Some(cref2), _) => self.end_replaced(now, cref2, &target_cid),

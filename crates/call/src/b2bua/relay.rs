@@ -64,7 +64,7 @@ impl<R: RngCore> B2bua<R> {
                     // ACK of our 2xx (no more resends): the 2xx kept in
                     // the replica for a new owner to resend goes too.
                     if call.replicated.is_some() {
-                        let id = call.id.clone();
+                        let id = call.id().to_vec();
                         self.ep.replication.push_back(Replication::Acked { id });
                     }
                     // B has hung up meanwhile.

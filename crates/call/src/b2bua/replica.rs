@@ -212,7 +212,7 @@ fn record_of(
     Some(CallRecord {
         key: call.key,
         version,
-        id: call.id.clone(),
+        id: call.id().to_vec(),
         a_call_id: call.legs.a.call_id.clone(),
         a_invite: invite_head(&call.legs.a.invite),
         a_target: call.a_target,
@@ -712,7 +712,11 @@ impl<R: RngCore> B2bua<R> {
                 } else {
                     vec![rec.id.clone()]
                 },
-                id: rec.id,
+                own_id: if rec.id == rec.a_call_id {
+                    Vec::new()
+                } else {
+                    rec.id
+                },
                 legs: Legs {
                     a: Leg {
                         call_id: rec.a_call_id,
@@ -787,7 +791,7 @@ impl Call {
         if call.over {
             if let Some((version, _)) = call.replicated.take() {
                 ep.replication.push_back(Replication::Remove {
-                    id: call.id.clone(),
+                    id: call.id().to_vec(),
                     key,
                     version: version + 1,
                 });

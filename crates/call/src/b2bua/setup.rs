@@ -119,7 +119,7 @@ impl<R: RngCore> B2bua<R> {
             cref,
             Box::new(Call {
                 key,
-                id: m.call_id().to_vec(),
+                own_id: Vec::new(),
                 legs: Legs {
                     a: Leg {
                         call_id: m.call_id().to_vec(),
