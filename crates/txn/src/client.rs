@@ -12,7 +12,7 @@ use handover_sip::build::ack_for_non_2xx;
 use handover_sip::{Message, scan};
 
 use crate::Event;
-use crate::outbox::{Outbox, boxed_methods};
+use crate::outbox::{Outbox, Slot, boxed_methods, invite_methods};
 use crate::time::{Instant, Timer, TimerConfig};
 
 /// States of a client INVITE transaction (RFC 3261 fig. 5, RFC 6026 fig. 3).
@@ -59,6 +59,22 @@ impl ClientInviteRun {
         t.out.send(t.request.clone());
         t.out.timers.set(Timer::A, now + cfg.t1);
         t.out.timers.set(Timer::B, now + cfg.t1x64());
+        t
+    }
+
+    /// A run in Accepted whose timer M ends at `until` (its config is not
+    /// read again in that state, its request already given back: see
+    /// `Slot`).
+    fn accepted(until: Instant) -> Self {
+        let mut t = Self {
+            cfg: TimerConfig::default(),
+            state: InviteState::Accepted,
+            request: Vec::new(),
+            ack: None,
+            a_interval: Duration::ZERO,
+            out: Outbox::default(),
+        };
+        t.out.timers.set(Timer::M, until);
         t
     }
 
@@ -164,49 +180,56 @@ impl ClientInviteRun {
     }
 }
 
-/// A client INVITE transaction, boxed while it runs and nothing once it is
-/// over and its output drained:
-/// calls hold theirs (A's INVITE server, B's INVITE client) for as long as
-/// they last, and an ended one kept inline cost every held call its size
-/// (`crates/call/tests/memory.rs`).
+/// A client INVITE transaction: boxed while it runs, its timer M's deadline
+/// while idle in Accepted, nothing once over and drained (`Slot`, and
+/// `ServerInvite` for why).
 #[derive(Debug)]
-pub struct ClientInvite(Option<Box<ClientInviteRun>>);
+pub struct ClientInvite(Slot<ClientInviteRun>);
 
 impl ClientInvite {
     /// Starts the transaction for `request` (an INVITE the caller built and
     /// scanned); the request is queued for sending.
     pub fn new(now: Instant, cfg: TimerConfig, request: Vec<u8>) -> Self {
-        Self(Some(Box::new(ClientInviteRun::new(now, cfg, request))))
+        Self(Slot::Run(Box::new(ClientInviteRun::new(now, cfg, request))))
     }
 
     /// A transaction that ended elsewhere: the INVITE of a call restored
     /// from its replica after its worker died (its 2xx was ACKed there).
     /// Sends nothing, absorbs nothing.
     pub fn ended(_cfg: TimerConfig) -> Self {
-        Self(None)
+        Self(Slot::Over)
     }
 
     /// A response matched to this transaction arrived.
     pub fn handle_response(&mut self, now: Instant, resp: &Message<'_>) {
-        if let Some(r) = self.0.as_deref_mut() {
+        // Accepted passes up only a 2xx: no need to box it for the rest.
+        if matches!(self.0, Slot::Accepted(_)) && !matches!(resp.status(), Some(200..=299)) {
+            return;
+        }
+        if let Some(r) = self.run_mut() {
             r.handle_response(now, resp);
         }
+        self.settle();
     }
 
     /// The transport could not send (RFC 3261 §17.1.1.2): the transaction
     /// ends and the TU is told.
     pub fn handle_transport_error(&mut self) {
-        if let Some(r) = self.0.as_deref_mut() {
+        if let Some(r) = self.run_mut() {
             r.handle_transport_error();
         }
+        self.settle();
     }
 
-    boxed_methods!(InviteState);
+    invite_methods!(InviteState, ClientInviteRun);
 
     /// The bytes of the request it keeps (tests).
     #[cfg(test)]
     fn request_len(&self) -> usize {
-        self.0.as_ref().map_or(0, |r| r.request.len())
+        match &self.0 {
+            Slot::Run(r) => r.request.len(),
+            _ => 0,
+        }
     }
 }
 
@@ -424,15 +447,71 @@ mod tests {
     #[test]
     fn a_transaction_over_and_drained_holds_nothing() {
         let mut c = invite_and_answer(200);
+        assert!(matches!(c.0, Slot::Run(_)), "the 2xx not yet taken");
         while c.poll_transmit().is_some() || c.poll_event().is_some() {}
-        assert!(c.0.is_some(), "Accepted: 2xx retransmissions still come");
+        let m = Instant::from_epoch(CFG.t1x64());
+        assert!(
+            matches!(c.0, Slot::Accepted(end) if end == m),
+            "Accepted and idle: timer M's deadline only"
+        );
+        assert_eq!(c.state(), InviteState::Accepted);
+        assert_eq!(c.poll_timeout(), Some(m));
         c.handle_timeout(Instant::from_epoch(Duration::from_secs(40)));
         assert_eq!(c.state(), InviteState::Terminated);
-        assert!(c.0.is_some(), "Terminated, its event not yet taken");
+        assert!(
+            matches!(c.0, Slot::Run(_)),
+            "Terminated, its event not yet taken"
+        );
         assert_eq!(c.poll_event(), Some(Event::Terminated));
-        assert!(c.0.is_none(), "over and drained: nothing kept");
+        assert!(matches!(c.0, Slot::Over), "over and drained: nothing kept");
         assert_eq!(c.state(), InviteState::Terminated);
         assert_eq!(c.poll_event(), None);
         assert_eq!(c.poll_timeout(), None);
+    }
+
+    //= https://www.rfc-editor.org/rfc/rfc6026#section-7.2
+    //# Any retransmissions of the 2xx response that are received
+    //# while in the "Accepted" state MUST be passed up to the TU
+    #[test]
+    fn an_idle_accepted_transaction_still_passes_a_resent_2xx_up_and_ends_at_timer_m() {
+        let mut c = invite_and_answer(200);
+        while c.poll_transmit().is_some() || c.poll_event().is_some() {}
+        let req = scan(b"INVITE sip:bob@192.0.2.4 SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bKtx1\r\nFrom: <sip:alice@a.example>;tag=ft\r\nTo: <sip:bob@b.example>\r\nCall-ID: call-1\r\nCSeq: 5 INVITE\r\nContent-Length: 0\r\n\r\n").unwrap();
+        let mut ok = Vec::new();
+        response(&req.reply_parts(), 200, None, Some(b"tt"), &[], &mut ok);
+        let mut busy = Vec::new();
+        response(&req.reply_parts(), 486, None, Some(b"tt"), &[], &mut busy);
+        let t = Instant::from_epoch(Duration::from_secs(1));
+        c.handle_response(t, &scan(&busy).unwrap());
+        assert!(
+            matches!(c.0, Slot::Accepted(_)),
+            "a non-2xx is dropped unboxed"
+        );
+        assert_eq!(c.poll_event(), None);
+        c.handle_response(t, &scan(&ok).unwrap());
+        assert_eq!(
+            c.poll_event(),
+            Some(Event::Response {
+                status: 200,
+                message: ok.clone()
+            })
+        );
+        assert_eq!(
+            c.poll_transmit(),
+            None,
+            "the TU ACKs a 2xx, not the transaction"
+        );
+        assert!(
+            matches!(c.0, Slot::Accepted(_)),
+            "idle again: the deadline only"
+        );
+        assert_eq!(c.poll_timeout(), Some(Instant::from_epoch(CFG.t1x64())));
+        // Before timer M, nothing happens.
+        c.handle_timeout(Instant::from_epoch(Duration::from_secs(31)));
+        assert!(matches!(c.0, Slot::Accepted(_)));
+        c.handle_timeout(Instant::from_epoch(CFG.t1x64()));
+        assert_eq!(c.poll_event(), Some(Event::Terminated));
+        assert_eq!(c.state(), InviteState::Terminated);
+        assert!(matches!(c.0, Slot::Over));
     }
 }

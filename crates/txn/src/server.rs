@@ -13,7 +13,7 @@ use handover_sip::build::response;
 use handover_sip::{Message, Method};
 
 use crate::Event;
-use crate::outbox::{Outbox, boxed_methods};
+use crate::outbox::{Outbox, Slot, boxed_methods, invite_methods};
 use crate::time::{Instant, Timer, TimerConfig};
 
 /// States of a server INVITE transaction (RFC 3261 fig. 7, RFC 6026 fig. 5).
@@ -58,6 +58,20 @@ impl ServerInviteRun {
             out: Outbox::default(),
         };
         t.out.send(trying);
+        t
+    }
+
+    /// A run in Accepted whose timer L ends at `until` (its config and last
+    /// response are not read again in that state: see `Slot`).
+    fn accepted(until: Instant) -> Self {
+        let mut t = Self {
+            cfg: TimerConfig::default(),
+            state: ServerInviteState::Accepted,
+            last: None,
+            g_interval: Duration::ZERO,
+            out: Outbox::default(),
+        };
+        t.out.timers.set(Timer::L, until);
         t
     }
 
@@ -155,49 +169,56 @@ impl ServerInviteRun {
     }
 }
 
-/// A server INVITE transaction, boxed while it runs and nothing once it is
-/// over and its output drained:
-/// calls hold theirs (A's INVITE server, B's INVITE client) for as long as
-/// they last, and an ended one kept inline cost every held call its size
+/// A server INVITE transaction: boxed while it runs, its timer L's deadline
+/// while idle in Accepted, nothing once over and drained (`Slot`): calls
+/// hold theirs (A's INVITE server, B's INVITE client) for as long as they
+/// last, and what it kept inline or in Accepted cost every call its size
 /// (`crates/call/tests/memory.rs`).
 #[derive(Debug)]
-pub struct ServerInvite(Option<Box<ServerInviteRun>>);
+pub struct ServerInvite(Slot<ServerInviteRun>);
 
 impl ServerInvite {
     /// Starts the transaction for `invite` and queues 100 Trying.
     pub fn new(now: Instant, cfg: TimerConfig, invite: &Message<'_>) -> Self {
-        Self(Some(Box::new(ServerInviteRun::new(now, cfg, invite))))
+        Self(Slot::Run(Box::new(ServerInviteRun::new(now, cfg, invite))))
     }
 
     /// A transaction that ended elsewhere: the INVITE of a call restored
     /// from its replica after its worker died (its 2xx was ACKed there).
     /// Sends nothing, absorbs nothing.
     pub fn ended(_cfg: TimerConfig) -> Self {
-        Self(None)
+        Self(Slot::Over)
     }
 
     /// A request matched to this transaction: a retransmitted INVITE or an ACK.
     pub fn handle_request(&mut self, now: Instant, req: &Message<'_>) {
-        if let Some(r) = self.0.as_deref_mut() {
+        // Accepted absorbs a resent INVITE: no need to box it for that.
+        if matches!(self.0, Slot::Accepted(_)) && req.method() != Some(Method::Ack) {
+            return;
+        }
+        if let Some(r) = self.run_mut() {
             r.handle_request(now, req);
         }
+        self.settle();
     }
 
     /// The TU sends `bytes`, a response with `status`.
     pub fn send_response(&mut self, now: Instant, status: u16, bytes: Vec<u8>) {
-        if let Some(r) = self.0.as_deref_mut() {
+        // Past Proceeding the TU's responses are not sent (see the run).
+        if let Slot::Run(r) = &mut self.0 {
             r.send_response(now, status, bytes);
         }
     }
 
     /// The transport could not send a response.
     pub fn handle_transport_error(&mut self) {
-        if let Some(r) = self.0.as_deref_mut() {
+        if let Some(r) = self.run_mut() {
             r.handle_transport_error();
         }
+        self.settle();
     }
 
-    boxed_methods!(ServerInviteState);
+    invite_methods!(ServerInviteState, ServerInviteRun);
 }
 
 /// States of a server non-INVITE transaction (RFC 3261 fig. 8).

@@ -291,8 +291,19 @@ fn rfc6026_8_2xx_accepted_absorbs_invites_and_passes_the_ack() {
     );
     let ack = c_ack(&req);
     s.handle_request(at(700), &scan(&ack).unwrap());
-    assert_eq!(s.poll_event(), Some(Event::Ack(ack)));
+    assert_eq!(s.poll_event(), Some(Event::Ack(ack.clone())));
     assert_eq!(s.poll_timeout(), Some(at(32_100)), "timer L: 64*T1");
+    // A second ACK is passed up too; timer L ends it, once.
+    s.handle_request(at(800), &scan(&ack).unwrap());
+    assert_eq!(s.poll_event(), Some(Event::Ack(ack)));
+    assert_eq!(s.state(), ServerInviteState::Accepted);
+    s.handle_timeout(at(32_099));
+    assert_eq!(s.poll_event(), None);
+    s.handle_timeout(at(32_100));
+    assert_eq!(s.state(), ServerInviteState::Terminated);
+    assert_eq!(s.poll_event(), Some(Event::Terminated));
+    assert_eq!(s.poll_event(), None);
+    assert_eq!(s.poll_timeout(), None);
 }
 
 #[test]
