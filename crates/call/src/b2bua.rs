@@ -35,7 +35,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use handover_sip::build::{cancel_for, error_response, response, response_with_body};
-use handover_sip::ids::{Bound, Hashing, IdGen, Token};
+use handover_sip::ids::{Bound, Hashing, IdGen, Token, hex_u64, parse_hex_u64};
 use handover_sip::{HeaderName, Message, Method, NameAddr, scan};
 use handover_txn::{
     ClientInvite, ClientNonInvite, Event, Instant, InviteState, Key, NonInviteState, ServerInvite,

@@ -1561,3 +1561,45 @@ fn a_call_held_past_its_invite_transactions_goes_on() {
     assert_eq!(bye.cseq().seq, 3, "after the INVITE and the re-INVITE");
     assert_eq!(b.stats().hung_up, 1);
 }
+
+/// A's INVITE sent again: while B rings A hears the last provisional
+/// again (RFC 3261 §17.2.1); once answered (RFC 6026 Accepted, and after
+/// the transaction is over) it is absorbed. Never a second call, nor
+/// anything to B.
+#[test]
+fn a_resent_invite_is_answered_while_ringing_and_absorbed_once_answered() {
+    let mut b = b2bua();
+    let inv = a_invite();
+    b.handle_datagram(at(0), inv.as_bytes());
+    let sent = out(&mut b);
+    let bi = sent[1].1.clone();
+    let bim = scan(&bi).unwrap();
+    b.handle_datagram(at(100), b_resp(&bim, "180 Ringing", "bt", None).as_bytes());
+    let sent = out(&mut b);
+    assert_eq!(first_line(&sent[0].1), "SIP/2.0 180 Ringing");
+    b.handle_datagram(at(150), inv.as_bytes());
+    let sent = out(&mut b);
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert_eq!(first_line(&sent[0].1), "SIP/2.0 180 Ringing");
+    assert_eq!(sent[0].0, Some("127.0.0.1:5060".parse().unwrap()));
+    b.handle_datagram(
+        at(200),
+        b_resp(&bim, "200 OK", "bt", Some(SDP_B)).as_bytes(),
+    );
+    let sent = out(&mut b);
+    let ok = sent
+        .iter()
+        .find(|(_, m)| first_line(m) == "SIP/2.0 200 OK")
+        .expect("200 to A");
+    let a_tag = String::from_utf8(scan(&ok.1).unwrap().to_tag().unwrap().to_vec()).unwrap();
+    b.handle_datagram(at(300), from_a("ACK", 1, "ack1", &a_tag, None).as_bytes());
+    assert_eq!(out(&mut b), vec![]);
+    for t in [1_000, 20_000, 40_000] {
+        b.handle_timeout(at(t));
+        let _ = out(&mut b);
+        b.handle_datagram(at(t), inv.as_bytes());
+        assert_eq!(out(&mut b), vec![], "absorbed at {t} ms");
+    }
+    assert_eq!(b.calls_active(), 1);
+    assert_eq!(b.stats().started, 1, "one call");
+}

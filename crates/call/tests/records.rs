@@ -5,7 +5,7 @@
 mod common;
 
 use common::*;
-use handover_call::{EndCause, Replication};
+use handover_call::{Detail, EndCause, Replication};
 use handover_sip::scan;
 
 #[test]
@@ -26,7 +26,16 @@ fn an_adopted_calls_record_keeps_its_history_and_names_both_workers() {
     let Some(Replication::Upsert(rec)) = w1.poll_replication() else {
         panic!("the confirmed call is replicated")
     };
-    assert_eq!(rec.detail.id.len(), 32, "a record id: {:?}", rec.detail);
+    assert!(rec.detail.kept(), "a record id: {:?}", rec.detail);
+    let text = rec.detail.id_text();
+    assert!(text.iter().all(u8::is_ascii_hexdigit), "{text:?}");
+    assert_eq!(
+        Detail::parse_id(&text),
+        Some(rec.detail.id),
+        "read back as written"
+    );
+    assert_eq!(Detail::parse_id(&text[1..]), None);
+    assert_eq!(Detail::parse_id(&[b'g'; 32]), None);
     assert_eq!(rec.detail.workers, [1]);
     assert_eq!(rec.detail.ringing_ms, 40);
     assert_eq!(rec.detail.answered_ms, 0, "A has no 2xx yet");

@@ -127,7 +127,7 @@ pub fn encode(r: &CallRecord) -> Vec<u8> {
             back: p.back.map(|a| a.to_string()).unwrap_or_default(),
             relayed: p.relayed.clone(),
         }),
-        detail: (!r.detail.id.is_empty()).then(|| detail_pb(&r.detail)),
+        detail: r.detail.kept().then(|| detail_pb(&r.detail)),
         refer: r.refer.as_ref().map(|t| pb::Refer {
             attended: t.attended,
             from_a: t.from_a,
@@ -154,7 +154,7 @@ pub fn encode(r: &CallRecord) -> Vec<u8> {
 
 fn detail_pb(d: &Detail) -> pb::Detail {
     pb::Detail {
-        id: d.id.clone(),
+        id: d.id_text().to_vec(),
         target: d.target.clone(),
         user: d.user.clone(),
         started_ms: d.started_ms,
@@ -176,7 +176,8 @@ fn detail_pb(d: &Detail) -> pb::Detail {
 
 fn detail(d: pb::Detail) -> Detail {
     Detail {
-        id: d.id,
+        // Ours, so 32 hex digits; anything else reads as no record.
+        id: Detail::parse_id(&d.id).unwrap_or_default(),
         target: d.target,
         user: d.user,
         started_ms: d.started_ms,
@@ -379,7 +380,7 @@ mod tests {
             }),
             a_ok: Some(b"SIP/2.0 200 OK\r\n\r\n".to_vec()),
             detail: Detail {
-                id: b"0123456789abcdef0123456789abcdef".to_vec(),
+                id: Detail::parse_id(b"0123456789abcdef0123456789ABCDEF").unwrap(),
                 target: b"sip:c@y".to_vec(),
                 user: Some(b"alice".to_vec()),
                 started_ms: 1_000,

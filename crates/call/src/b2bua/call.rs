@@ -7,11 +7,100 @@
 
 use super::*;
 
+/// A list most calls never fill (their in-dialog transactions, forks,
+/// legs left by transfers): 8 bytes inline, its `Vec` boxed only while
+/// something is in it. Five empty `Vec`s were 120 bytes of every held
+/// call.
+#[derive(Debug)]
+pub(super) struct Few<T>(
+    #[expect(
+        clippy::box_collection,
+        reason = "8 bytes inline in every call, the heap part seldom made"
+    )]
+    Option<Box<Vec<T>>>,
+);
+
+impl<T> Default for Few<T> {
+    fn default() -> Self {
+        Self(None)
+    }
+}
+
+impl<T> Few<T> {
+    pub(super) fn push(&mut self, t: T) {
+        self.0.get_or_insert_default().push(t);
+    }
+
+    /// Keeps only what `f` says; the box goes once nothing is left.
+    pub(super) fn retain(&mut self, f: impl FnMut(&mut T) -> bool) {
+        if let Some(v) = &mut self.0 {
+            v.retain_mut(f);
+            if v.is_empty() {
+                self.0 = None;
+            }
+        }
+    }
+
+    /// Everything in it, leaving it empty.
+    pub(super) fn take(&mut self) -> Vec<T> {
+        self.0.take().map(|v| *v).unwrap_or_default()
+    }
+}
+
+impl<T> core::ops::Deref for Few<T> {
+    type Target = [T];
+    fn deref(&self) -> &[T] {
+        self.0.as_deref().map_or(&[], Vec::as_slice)
+    }
+}
+
+impl<T> core::ops::DerefMut for Few<T> {
+    fn deref_mut(&mut self) -> &mut [T] {
+        self.0.as_deref_mut().map_or(&mut [], Vec::as_mut_slice)
+    }
+}
+
+impl<T> From<Vec<T>> for Few<T> {
+    fn from(v: Vec<T>) -> Self {
+        Self((!v.is_empty()).then(|| Box::new(v)))
+    }
+}
+
+impl<T> IntoIterator for Few<T> {
+    type Item = T;
+    type IntoIter = std::vec::IntoIter<T>;
+    fn into_iter(mut self) -> Self::IntoIter {
+        self.take().into_iter()
+    }
+}
+
+impl<'a, T> IntoIterator for &'a Few<T> {
+    type Item = &'a T;
+    type IntoIter = core::slice::Iter<'a, T>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.iter()
+    }
+}
+
+impl<'a, T> IntoIterator for &'a mut Few<T> {
+    type Item = &'a mut T;
+    type IntoIter = core::slice::IterMut<'a, T>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.iter_mut()
+    }
+}
+
+impl<T> FromIterator<T> for Few<T> {
+    fn from_iter<I: IntoIterator<Item = T>>(i: I) -> Self {
+        i.into_iter().collect::<Vec<T>>().into()
+    }
+}
+
 /// Sends a BYE in dialog `d` (with `headers`, e.g. a Reason) through a
 /// new client transaction pushed on `nits`: every BYE the B2BUA
 /// originates goes out this way.
 pub(super) fn push_bye(
-    nits: &mut Vec<Nit>,
+    nits: &mut Few<Nit>,
     d: &mut Dialog,
     now: Instant,
     timers: TimerConfig,
@@ -253,15 +342,16 @@ pub(super) struct Call {
     /// Call-ID when the call was set up, kept here only once a transfer
     /// carried out for A gives leg A the target's (empty until then: most
     /// calls' id is leg A's Call-ID, and a copy was one more heap block).
-    pub(super) own_id: Vec<u8>,
+    pub(super) own_id: Box<[u8]>,
     /// Call-ID, INVITE and dialog of each leg (leg A's Call-ID as it is
     /// now).
     pub(super) legs: Legs,
     /// Where answers to A go: the top Via of A's INVITE (the edge).
     pub(super) a_target: Option<SocketAddr>,
-    pub(super) a_tag: Token,
+    /// Our tag towards A (`hex_u64` of it; 8 bytes, not a `Token`'s 49).
+    pub(super) a_tag: u64,
+    /// A's INVITE server transaction (its key: `Call::is_a_invite`).
     pub(super) a_srv: ServerInvite,
-    pub(super) a_key: Key,
     /// Our 2xx to A, resent (T1 doubling to T2) until A's ACK (§13.3.1.4).
     /// Boxed: present for a round trip, and every held call would carry
     /// its size.
@@ -281,12 +371,9 @@ pub(super) struct Call {
     /// a second INVITE transaction while the first runs (RFC 3261 §14.1).
     /// A request whose `Replaces` names another worker's call keeps that
     /// call's record, read for it (`B2bua::learn_remote`).
-    pub(super) after_ack: Vec<(u32, Vec<u8>, Vec<CallRecord>)>,
-    /// The caller's identity we assert to trusted targets (digest user,
-    /// `Config::assert_identity`).
-    pub(super) asserted: Option<Vec<u8>>,
+    pub(super) after_ack: Few<(u32, Vec<u8>, Vec<CallRecord>)>,
     pub(super) b_cli: ClientInvite,
-    pub(super) b_ack: Option<Vec<u8>>,
+    pub(super) b_ack: Option<Box<[u8]>>,
     pub(super) cancelled: bool,
     pub(super) answered: bool,
     /// When an answered call reaches the maximum call age.
@@ -296,13 +383,9 @@ pub(super) struct Call {
     pub(super) session_expires: Option<Instant>,
     /// When A's INVITE arrived.
     pub(super) started_at: Instant,
-    /// The callee's first response has been relayed.
-    pub(super) heard: bool,
-    /// When the current target counts as not answering.
-    pub(super) ring_deadline: Option<Instant>,
-    /// The current target was cancelled for not answering: its 487 means
-    /// 408 (and failover) to us.
-    pub(super) no_answer: bool,
+    /// What only the call's set-up reads (`None` once answered).
+    /// Boxed: about 80 bytes every held call carried.
+    pub(super) setup: Option<Box<Setup>>,
     /// The last REFER relayed and its implicit subscription.
     /// Boxed: most calls are never transferred.
     pub(super) transfer: Option<Box<Transfer>>,
@@ -312,21 +395,14 @@ pub(super) struct Call {
     pub(super) local: Option<Box<Local>>,
     /// Call-IDs of legs this call had before a transfer (still mapped to
     /// it while their transactions end).
-    pub(super) old_ids: Vec<Vec<u8>>,
-    /// The route's targets, in the order to try them.
-    pub(super) targets: Vec<Target>,
+    pub(super) old_ids: Few<Vec<u8>>,
     /// B legs ringing beside the main one (a registered user's other
-    /// bindings, `fork.rs`).
-    pub(super) forks: Vec<fork::Fork>,
-    /// The best final answer of the legs that failed so far.
-    pub(super) best: Option<u16>,
-    /// A 6xx ended the search: no other leg takes over.
-    pub(super) forks_done: bool,
-    /// How many of them have been tried.
-    pub(super) tried: usize,
+    /// bindings, `fork.rs`); a fork that answers after the call was
+    /// answered is still hung up (so kept past the answer).
+    pub(super) forks: Few<fork::Fork>,
     pub(super) over: bool,
-    pub(super) nits: Vec<Nit>,
-    pub(super) relays: Vec<Relay>,
+    pub(super) nits: Few<Nit>,
+    pub(super) relays: Few<Relay>,
     /// Version and fingerprint of the state last queued for replication.
     pub(super) replicated: Option<(u64, u64)>,
     /// The highest version of its record known committed (see
@@ -355,6 +431,30 @@ pub(super) struct Call {
     /// An ended call kept until then to answer its parties' last requests
     /// ([`B2bua::ended_elsewhere`]).
     pub(super) linger: Option<Instant>,
+}
+
+/// What a call reads only until it is answered: where to try next, and
+/// how the targets tried so far answered.
+#[derive(Debug)]
+pub(super) struct Setup {
+    /// The route's targets, in the order to try them.
+    pub(super) targets: Vec<Target>,
+    /// How many of them have been tried.
+    pub(super) tried: usize,
+    /// The best final answer of the legs that failed so far.
+    pub(super) best: Option<u16>,
+    /// A 6xx ended the search: no other leg takes over.
+    pub(super) forks_done: bool,
+    /// The callee's first response has been relayed.
+    pub(super) heard: bool,
+    /// When the current target counts as not answering.
+    pub(super) ring_deadline: Option<Instant>,
+    /// The current target was cancelled for not answering: its 487 means
+    /// 408 (and failover) to us.
+    pub(super) no_answer: bool,
+    /// The caller's identity we assert to trusted targets (digest user,
+    /// `Config::assert_identity`).
+    pub(super) asserted: Option<Vec<u8>>,
 }
 
 /// An answer held until the call's end is committed: a party that hears
@@ -410,6 +510,20 @@ impl Call {
         }
     }
 
+    /// `key` is that of A's INVITE server transaction (a resent INVITE,
+    /// the ACK of a non-2xx, the INVITE a CANCEL names). Read from A's
+    /// INVITE (its head keeps the top Via, Request-URI, From, Call-ID and
+    /// CSeq the key is made of) when such a request comes, not kept: a
+    /// key is a heap block every held call carried.
+    pub(super) fn is_a_invite(&self, key: &Key) -> bool {
+        scan(&self.legs.a.invite).is_ok_and(|a| Key::server(&a) == *key)
+    }
+
+    /// The current target was cancelled for not answering.
+    pub(super) fn no_answer(&self) -> bool {
+        self.setup.as_ref().is_some_and(|s| s.no_answer)
+    }
+
     /// The leg a message of this call came on, by its Call-ID.
     pub(super) fn side_of(&self, call_id: &[u8]) -> Side {
         Side::a_if(call_id == self.legs.a.call_id.as_slice())
@@ -432,7 +546,9 @@ impl Call {
             ),
             (
                 CallTimer::Ring,
-                self.ring_deadline
+                self.setup
+                    .as_ref()
+                    .and_then(|s| s.ring_deadline)
                     .filter(|_| live && !self.answered && !self.cancelled),
             ),
             (

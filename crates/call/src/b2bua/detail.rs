@@ -85,9 +85,11 @@ pub struct TransferDetail {
 /// its replicated record.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Detail {
-    /// The record's id (32 hex digits, random): a sink that sees one id
-    /// twice has seen one call twice.
-    pub id: Vec<u8>,
+    /// The record's id (128 random bits, written as 32 hex digits,
+    /// [`Detail::id_text`]; zeros while records are off): a sink that sees
+    /// one id twice has seen one call twice. Bytes, not their text: every
+    /// call keeps one (nor a `u128`, whose alignment pads the call).
+    pub id: [u8; 16],
     /// Where the call went (the B leg's Request-URI).
     pub target: Vec<u8>,
     /// The user the caller authenticated as, if it did.
@@ -103,6 +105,34 @@ pub struct Detail {
     /// The workers that held the call, in order (member ids; none without
     /// a cluster).
     pub workers: Vec<u64>,
+}
+
+impl Detail {
+    /// The id as records write it: 32 lowercase hex digits.
+    pub fn id_text(&self) -> [u8; 32] {
+        let (hi, lo) = self.id.split_at(8);
+        let word = |b: &[u8]| hex_u64(u64::from_be_bytes(b.try_into().unwrap_or_default()));
+        let mut t = [0u8; 32];
+        t[..16].copy_from_slice(&word(hi));
+        t[16..].copy_from_slice(&word(lo));
+        t
+    }
+
+    /// An id read back from its text: `None` unless 32 hex digits.
+    pub fn parse_id(text: &[u8]) -> Option<[u8; 16]> {
+        if text.len() != 32 {
+            return None;
+        }
+        let mut id = [0u8; 16];
+        id[..8].copy_from_slice(&parse_hex_u64(&text[..16])?.to_be_bytes());
+        id[8..].copy_from_slice(&parse_hex_u64(&text[16..])?.to_be_bytes());
+        Some(id)
+    }
+
+    /// A record is kept for the call (records are on).
+    pub fn kept(&self) -> bool {
+        self.id != [0; 16]
+    }
 }
 
 /// A call's record, written once when it ends.
@@ -210,7 +240,9 @@ impl<R: RngCore> B2bua<R> {
         if !self.ep.details_on {
             return Detail::default();
         }
-        let id = self.ep.ids.call_id().as_bytes().to_vec();
+        let mut id = [0u8; 16];
+        id[..8].copy_from_slice(&self.ep.ids.tag_bits().to_be_bytes());
+        id[8..].copy_from_slice(&self.ep.ids.tag_bits().to_be_bytes());
         Detail {
             id,
             target: target.to_vec(),
@@ -273,7 +305,7 @@ impl Call {
         }
         let ended_ms = ep.unix_ms(now);
         let c = &mut *self;
-        if c.detail.id.is_empty() {
+        if !c.detail.kept() {
             return;
         }
         let detail = core::mem::take(&mut c.detail);

@@ -79,12 +79,16 @@ impl Call {
                 _ => {
                     let status = self.leg_failed(ep, now, Some(i), status);
                     let call = &mut *self;
-                    if better(status, call.best) {
-                        call.best = Some(status);
+                    // Answered: no search to end, no best answer to give.
+                    let Some(s) = call.setup.as_deref_mut() else {
+                        continue;
+                    };
+                    if better(status, s.best) {
+                        s.best = Some(status);
                     }
-                    if (600..700).contains(&status) && !call.answered {
+                    if (600..700).contains(&status) {
                         // A 6xx ends the search.
-                        call.forks_done = true;
+                        s.forks_done = true;
                         B2bua::<R>::cancel_b(call, now, ep.cfg.timers);
                     }
                 }
@@ -145,19 +149,22 @@ impl Call {
         if call.forks.is_empty() {
             return Err(status);
         }
-        if !(call.no_answer && status == 408) && status != 487 && better(status, call.best) {
-            call.best = Some(status);
+        let Some(s) = call.setup.as_deref_mut() else {
+            return Err(status);
+        };
+        if !(s.no_answer && status == 408) && status != 487 && better(status, s.best) {
+            s.best = Some(status);
         }
         if call.cancelled {
             return Err(status);
         }
         if (600..700).contains(&status) {
             // A 6xx ends the search.
-            call.forks_done = true;
+            s.forks_done = true;
             B2bua::<R>::cancel_b(call, now, ep.cfg.timers);
             return Err(status);
         }
-        if !call.forks_done
+        if !s.forks_done
             && let Some(f) = call.forks.iter_mut().find(|f| f.ringing())
         {
             std::mem::swap(&mut call.legs.b.call_id, &mut f.call_id);
@@ -165,7 +172,7 @@ impl Call {
             std::mem::swap(&mut call.b_cli, &mut f.cli);
             return Ok(());
         }
-        Err(call.best.unwrap_or(status))
+        Err(s.best.unwrap_or(status))
     }
 
     /// Starts a fork of the call to each of `targets` (A's INVITE `m`).
@@ -177,7 +184,8 @@ impl Call {
         m: &Message<'_>,
         targets: &[Target],
     ) {
-        let (key, asserted) = (self.key, self.asserted.clone());
+        let key = self.key;
+        let asserted = self.setup.as_ref().and_then(|s| s.asserted.clone());
         for t in targets {
             ep.stats.forks += 1;
             let (call_id, invite) = ep.leg_b_invite(m, key, t, asserted.as_deref());
@@ -222,7 +230,7 @@ impl Call {
         if let Some(mut d) = fallback {
             let ack = d.request("ACK", Some(1), ack_via, None, &[], None);
             ep.out.push_back((None, ack.clone()));
-            call.b_ack = Some(ack);
+            call.b_ack = Some(ack.into());
             push_bye(&mut call.nits, &mut d, now, timers, &bye_via, &[]);
         }
         self.on_b_event(

@@ -566,7 +566,7 @@ impl<R: RngCore> B2bua<R> {
         let (t_dialog, t_call_id) = (l.t_dialog.take(), l.t_call_id.clone());
         if transferor == Side::A && call.own_id.is_empty() {
             // The call keeps its id; leg A's Call-ID changes.
-            call.own_id = call.legs.a.call_id.clone();
+            call.own_id = call.legs.a.call_id.as_slice().into();
         }
         let leg = &mut call.legs[transferor];
         let old = core::mem::replace(&mut leg.dialog, t_dialog);

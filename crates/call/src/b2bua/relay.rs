@@ -54,11 +54,11 @@ impl<R: RngCore> B2bua<R> {
             return;
         };
         match (m.method(), from) {
-            (Some(Method::Invite), Side::A) if key == call.a_key => {
+            (Some(Method::Invite), Side::A) if call.is_a_invite(&key) => {
                 call.a_srv.handle_request(now, m)
             }
             (Some(Method::Ack), Side::A) => {
-                if key == call.a_key {
+                if call.is_a_invite(&key) {
                     call.a_srv.handle_request(now, m); // ACK of our non-2xx
                 } else if call.a_ok.take().is_some() {
                     // ACK of our 2xx (no more resends): the 2xx kept in
@@ -80,7 +80,7 @@ impl<R: RngCore> B2bua<R> {
                     &m.reply_parts(),
                     200,
                     None,
-                    Some(call.a_tag.as_bytes()),
+                    Some(&hex_u64(call.a_tag)),
                     &[],
                     &mut ok,
                 );
@@ -92,7 +92,7 @@ impl<R: RngCore> B2bua<R> {
                     self.ep.out.push_back((via_target(m), b));
                 }
                 call.nits.push(Nit::Server(key, t, via_target(m)));
-                if Key::cancel_target(m) == call.a_key
+                if call.is_a_invite(&Key::cancel_target(m))
                     && call.a_srv.state() == ServerInviteState::Proceeding
                 {
                     call.cancelled = true;
@@ -103,7 +103,7 @@ impl<R: RngCore> B2bua<R> {
                             &a.reply_parts(),
                             487,
                             None,
-                            Some(call.a_tag.as_bytes()),
+                            Some(&hex_u64(call.a_tag)),
                             &[],
                             &mut r,
                         );
@@ -189,7 +189,7 @@ impl<R: RngCore> B2bua<R> {
             _ => {
                 let mut r = Vec::new();
                 let tag = match from {
-                    Side::A => call.a_tag.as_bytes().to_vec(),
+                    Side::A => hex_u64(call.a_tag).to_vec(),
                     Side::B => Vec::new(),
                 };
                 response(&m.reply_parts(), 501, None, Some(&tag), &[], &mut r);

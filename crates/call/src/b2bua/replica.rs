@@ -216,7 +216,7 @@ fn record_of(
         a_call_id: call.legs.a.call_id.clone(),
         a_invite: invite_head(&call.legs.a.invite),
         a_target: call.a_target,
-        a_tag: call.a_tag.as_bytes().to_vec(),
+        a_tag: hex_u64(call.a_tag).to_vec(),
         a_dialog: a.clone(),
         b_call_id: call.legs.b.call_id.clone(),
         b_invite: invite_head(&call.legs.b.invite),
@@ -558,13 +558,12 @@ impl<R: RngCore> B2bua<R> {
         {
             return false;
         }
-        let Ok(a) = scan(&rec.a_invite) else {
+        if scan(&rec.a_invite).is_err() {
+            return false;
+        }
+        let Some(a_tag) = parse_hex_u64(&rec.a_tag) else {
             return false;
         };
-        let Some(a_tag) = Token::from_bytes(&rec.a_tag) else {
-            return false;
-        };
-        let a_key = Key::server(&a);
         let timers = self.ep.cfg.timers;
         let cref = self.next_ref;
         self.next_ref += 1;
@@ -698,7 +697,7 @@ impl<R: RngCore> B2bua<R> {
         // Confirmed before its 2xx went out (the first record is written
         // then): answered no later than now (the shell fills in the time
         // the table stamped, when it has one).
-        if !detail.id.is_empty() && detail.answered_ms == 0 {
+        if detail.kept() && detail.answered_ms == 0 {
             detail.answered_ms = self.ep.registrar.wall_ms(now);
         }
         self.calls.insert(
@@ -708,14 +707,14 @@ impl<R: RngCore> B2bua<R> {
                 // A transfer's leg A: the call's first Call-ID is forgotten
                 // with the call (`forget_call`).
                 old_ids: if rec.id == rec.a_call_id {
-                    Vec::new()
+                    Few::default()
                 } else {
-                    vec![rec.id.clone()]
+                    vec![rec.id.clone()].into()
                 },
                 own_id: if rec.id == rec.a_call_id {
-                    Vec::new()
+                    Box::default()
                 } else {
-                    rec.id
+                    rec.id.into_boxed_slice()
                 },
                 legs: Legs {
                     a: Leg {
@@ -732,13 +731,9 @@ impl<R: RngCore> B2bua<R> {
                 a_target: rec.a_target,
                 a_tag,
                 a_srv: ServerInvite::ended(timers),
-                a_key,
                 a_ok,
                 a_bye_after_ack: false,
-                after_ack: Vec::new(),
-                // Not in the record: a later leg of an adopted call
-                // asserts nothing.
-                asserted: None,
+                after_ack: Few::default(),
                 b_cli: ClientInvite::ended(timers),
                 b_ack: None,
                 cancelled: false,
@@ -746,19 +741,15 @@ impl<R: RngCore> B2bua<R> {
                 answered_at: Some(now + self.ep.cfg.max_call_age),
                 session_expires: None,
                 started_at: now,
-                heard: true,
-                ring_deadline: None,
-                no_answer: false,
+                // Answered: nothing of its set-up is read again (a later
+                // leg of an adopted call asserts nothing).
+                setup: None,
                 transfer: transfer.map(Box::new),
                 local_mode: rec.local_mode,
                 local: local.map(Box::new),
-                targets: Vec::new(),
-                forks: Vec::new(),
-                best: None,
-                forks_done: false,
-                tried: 0,
+                forks: Few::default(),
                 over: false,
-                nits: Vec::new(),
+                nits: Few::default(),
                 relays: pending.into_iter().collect(),
                 replicated: self.ep.replicate.then_some((rec.version, print)),
                 committed: rec.version,

@@ -101,7 +101,7 @@ impl<R: RngCore> B2bua<R> {
             return None;
         };
         self.ep.stats.started += 1;
-        let a_tag = self.ep.ids.tag();
+        let a_tag = self.ep.ids.tag_bits();
         let a_srv = ServerInvite::new(now, self.ep.cfg.timers, m);
         let (b_call_id, b_invite) = self.ep.leg_b_invite(m, key, &target, asserted.as_deref());
         let b_cli = ClientInvite::new(now, self.ep.cfg.timers, b_invite.clone());
@@ -119,7 +119,7 @@ impl<R: RngCore> B2bua<R> {
             cref,
             Box::new(Call {
                 key,
-                own_id: Vec::new(),
+                own_id: Box::default(),
                 legs: Legs {
                     a: Leg {
                         call_id: m.call_id().to_vec(),
@@ -135,11 +135,9 @@ impl<R: RngCore> B2bua<R> {
                 a_target: via_target(m),
                 a_tag,
                 a_srv,
-                a_key: Key::server(m),
                 a_ok: None,
                 a_bye_after_ack: false,
-                after_ack: Vec::new(),
-                asserted,
+                after_ack: Few::default(),
                 b_cli,
                 b_ack: None,
                 cancelled: false,
@@ -147,21 +145,24 @@ impl<R: RngCore> B2bua<R> {
                 answered_at: None,
                 session_expires: None,
                 started_at: now,
-                heard: false,
-                ring_deadline: Some(now + self.ep.cfg.ring_timeout),
-                no_answer: false,
+                setup: Some(Box::new(Setup {
+                    tried: if fork { targets.len() } else { 1 },
+                    targets: targets.clone(),
+                    best: None,
+                    forks_done: false,
+                    heard: false,
+                    ring_deadline: Some(now + self.ep.cfg.ring_timeout),
+                    no_answer: false,
+                    asserted,
+                })),
                 transfer: None,
                 local_mode,
                 local: None,
-                old_ids: Vec::new(),
-                tried: if fork { targets.len() } else { 1 },
-                targets: targets.clone(),
-                forks: Vec::new(),
-                best: None,
-                forks_done: false,
+                old_ids: Few::default(),
+                forks: Few::default(),
                 over: false,
-                nits: Vec::new(),
-                relays: Vec::new(),
+                nits: Few::default(),
+                relays: Few::default(),
                 replicated: None,
                 committed: 0,
                 held_ok: None,
@@ -382,7 +383,7 @@ impl<R: RngCore> B2bua<R> {
                 &a.reply_parts(),
                 500,
                 None,
-                Some(call.a_tag.as_bytes()),
+                Some(&hex_u64(call.a_tag)),
                 &[("Retry-After", b"5")],
                 &mut r,
             );
@@ -483,17 +484,22 @@ impl Call {
         cref: u64,
     ) -> bool {
         let call = &mut *self;
-        if call.cancelled || call.answered || call.tried >= call.targets.len() {
+        if call.cancelled || call.answered {
             return false;
         }
-        let target = call.targets[call.tried].clone();
-        call.tried += 1;
+        let Some(s) = call.setup.as_deref_mut() else {
+            return false;
+        };
+        let Some(target) = s.targets.get(s.tried).cloned() else {
+            return false;
+        };
+        s.tried += 1;
+        let asserted = s.asserted.clone();
         let (a_bytes, key, old) = (
             call.legs.a.invite.clone(),
             call.key,
             call.legs.b.call_id.clone(),
         );
-        let asserted = call.asserted.clone();
         let Ok(a) = scan(&a_bytes) else { return false };
         let (cid, invite) = ep.leg_b_invite(&a, key, &target, asserted.as_deref());
         let timers = ep.cfg.timers;
@@ -501,9 +507,11 @@ impl Call {
         call.legs.b.call_id = cid.clone();
         call.legs.b.invite = invite.clone();
         call.b_cli = ClientInvite::new(now, timers, invite);
-        call.heard = false;
-        call.no_answer = false;
-        call.ring_deadline = Some(now + ep.cfg.ring_timeout);
+        if let Some(s) = call.setup.as_deref_mut() {
+            s.heard = false;
+            s.no_answer = false;
+            s.ring_deadline = Some(now + ep.cfg.ring_timeout);
+        }
         ep.by_call_id.remove(old.as_slice());
         ep.by_call_id.insert(cid.as_slice().into(), cref);
         ep.stats.failovers += 1;
@@ -530,11 +538,13 @@ impl Call {
         let call = &mut *self;
         let a_bytes = call.legs.a.invite.clone();
         let Ok(a) = scan(&a_bytes) else { return };
-        if status >= 200 {
-            call.ring_deadline = None;
+        if status >= 200
+            && let Some(s) = call.setup.as_deref_mut()
+        {
+            s.ring_deadline = None;
         }
         // The 487 of our own CANCEL after the ring timeout: no answer.
-        let status = if call.no_answer && status == 487 {
+        let status = if call.no_answer() && status == 487 {
             408
         } else {
             status
@@ -543,14 +553,18 @@ impl Call {
         let body_ref = resp
             .as_ref()
             .and_then(|r| r.content_type().map(|ct| (ct, r.body())));
-        let tag = call.a_tag;
+        let tag = hex_u64(call.a_tag);
         // The Contact of our answers to A.
         let contact = |call: &Call, ep: &Endpoint<R>| ep.contact(call.key, &call.legs.a.call_id);
         if (180..200).contains(&status) && call.detail.ringing_ms == 0 {
             call.detail.ringing_ms = wall_now;
         }
-        if status > 100 && !call.heard && !call.cancelled {
-            call.heard = true;
+        if status > 100
+            && !call.cancelled
+            && let Some(s) = call.setup.as_deref_mut()
+            && !s.heard
+        {
+            s.heard = true;
             ep.latencies
                 .push_back((Latency::FirstResponse, now - call.started_at));
         }
@@ -573,7 +587,7 @@ impl Call {
                     &a.reply_parts(),
                     status,
                     None,
-                    Some(tag.as_bytes()),
+                    Some(&tag),
                     &extra,
                     body_ref,
                     &mut r,
@@ -602,7 +616,7 @@ impl Call {
                     // A 2xx with no usable dialog, again: the same ACK.
                     None => {
                         if let Some(ack) = &call.b_ack {
-                            ep.out.push_back((None, ack.clone()));
+                            ep.out.push_back((None, ack.to_vec()));
                         }
                     }
                 }
@@ -624,17 +638,18 @@ impl Call {
                     &a.reply_parts(),
                     status,
                     None,
-                    Some(tag.as_bytes()),
+                    Some(&tag),
                     &extra,
                     body_ref,
                     &mut r,
                 );
-                call.legs.a.dialog = Dialog::uas(&a, tag.as_bytes(), DialogState::Confirmed).ok();
-                // Answered: no other target is tried, and neither INVITE is
-                // sent or answered again as a whole (A's 2xx is kept as
-                // sent, B's ACK as built): the call keeps their heads
+                call.legs.a.dialog = Dialog::uas(&a, &tag, DialogState::Confirmed).ok();
+                // Answered: no other target is tried (what only the set-up
+                // read goes, `Setup`), and neither INVITE is sent or
+                // answered again as a whole (A's 2xx is kept as sent, B's
+                // ACK as built): the call keeps their heads
                 // (`replica::invite_head`), as an adopted call does.
-                call.targets = Vec::new();
+                call.setup = None;
                 for leg in [&mut call.legs.a, &mut call.legs.b] {
                     leg.invite = replica::invite_head(&leg.invite);
                 }
@@ -660,14 +675,7 @@ impl Call {
                 let call = &mut *self;
                 if !call.cancelled && !call.answered {
                     let mut r = Vec::new();
-                    response(
-                        &a.reply_parts(),
-                        status,
-                        None,
-                        Some(tag.as_bytes()),
-                        &[],
-                        &mut r,
-                    );
+                    response(&a.reply_parts(), status, None, Some(&tag), &[], &mut r);
                     // With records kept in the cluster, the caller hears
                     // the end once its record is committed (`HeldEnd`).
                     if ep.records_on && ep.replicate && !call.over {

@@ -114,8 +114,10 @@ impl<R: RngCore> B2bua<R> {
                     }
                 }
                 CallTimer::Ring => {
-                    call.ring_deadline = None;
-                    call.no_answer = true;
+                    if let Some(s) = call.setup.as_deref_mut() {
+                        s.ring_deadline = None;
+                        s.no_answer = true;
+                    }
                     self.ep.stats.unanswered += 1;
                     Self::cancel_b(call, now, self.ep.cfg.timers);
                 }
