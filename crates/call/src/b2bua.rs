@@ -32,6 +32,7 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
 use handover_sip::build::{cancel_for, error_response, response, response_with_body};
@@ -344,16 +345,16 @@ impl<R: RngCore> B2bua<R> {
             return false;
         };
         self.ep.forget_source(c.source);
-        let local = c.local.as_ref().map(|l| &l.t_call_id);
-        for id in [&c.legs.a.call_id, &c.legs.b.call_id]
+        let local = c.local.as_ref().map(|l| l.t_call_id.as_slice());
+        for id in [&*c.legs.a.call_id, &*c.legs.b.call_id]
             .into_iter()
-            .chain(&c.old_ids)
+            .chain(c.old_ids.iter().map(|id| &**id))
             .chain(local)
         {
             // Only this call's: a failed attended transfer gave the
             // target's Call-ID back to its own call.
-            if self.ep.by_call_id.get(id.as_slice()) == Some(&cref) {
-                self.ep.by_call_id.remove(id.as_slice());
+            if self.ep.by_call_id.get(id) == Some(&cref) {
+                self.ep.by_call_id.remove(id);
             }
         }
         true

@@ -293,7 +293,8 @@ impl Side {
 /// on `Call` under its leg's name.
 #[derive(Debug)]
 pub(super) struct Leg {
-    pub(super) call_id: Vec<u8>,
+    /// Shared with its key in `Endpoint::by_call_id` (one block, not two).
+    pub(super) call_id: Arc<[u8]>,
     pub(super) invite: Vec<u8>,
     pub(super) dialog: Option<Dialog>,
 }
@@ -395,7 +396,7 @@ pub(super) struct Call {
     pub(super) local: Option<Box<Local>>,
     /// Call-IDs of legs this call had before a transfer (still mapped to
     /// it while their transactions end).
-    pub(super) old_ids: Few<Vec<u8>>,
+    pub(super) old_ids: Few<Arc<[u8]>>,
     /// B legs ringing beside the main one (a registered user's other
     /// bindings, `fork.rs`); a fork that answers after the call was
     /// answered is still hung up (so kept past the answer).
@@ -526,7 +527,7 @@ impl Call {
 
     /// The leg a message of this call came on, by its Call-ID.
     pub(super) fn side_of(&self, call_id: &[u8]) -> Side {
-        Side::a_if(call_id == self.legs.a.call_id.as_slice())
+        Side::a_if(call_id == &*self.legs.a.call_id)
     }
 
     /// The call's own armed deadlines, in the order `run_timers` handles

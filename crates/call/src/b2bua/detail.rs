@@ -330,8 +330,8 @@ impl Call {
         ep.records.push_back(CallDetail {
             detail,
             key,
-            a_call_id,
-            b_call_id,
+            a_call_id: a_call_id.to_vec(),
+            b_call_id: b_call_id.to_vec(),
             from,
             to,
             source,

@@ -10,9 +10,10 @@ use super::*;
 #[derive(Debug)]
 pub(super) struct Endpoint<R> {
     /// Each Call-ID a call answers to (its legs', a transfer's, forks'),
-    /// to the call's reference. Keys never grow: boxed slices, 8 bytes
-    /// less per entry than a `Vec` (two or three entries per call).
-    pub(super) by_call_id: HashMap<Box<[u8]>, u64>,
+    /// to the call's reference. A key is shared with the leg (or fork, or
+    /// old leg) that has the Call-ID (`Arc`: one block per Call-ID, not
+    /// one in the map and one on the call).
+    pub(super) by_call_id: HashMap<Arc<[u8]>, u64>,
     pub(super) cfg: Config,
     pub(super) ids: IdGen<R>,
     pub(super) out: VecDeque<(Option<SocketAddr>, Vec<u8>)>,

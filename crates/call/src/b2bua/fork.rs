@@ -15,7 +15,7 @@ use super::*;
 /// A B leg ringing beside the main one.
 #[derive(Debug)]
 pub(super) struct Fork {
-    pub(super) call_id: Vec<u8>,
+    pub(super) call_id: Arc<[u8]>,
     pub(super) invite: Vec<u8>,
     pub(super) cli: ClientInvite,
 }
@@ -104,7 +104,7 @@ impl Call {
         if m.cseq().method != Method::Invite {
             return false;
         }
-        match call.forks.iter_mut().find(|f| f.call_id == m.call_id()) {
+        match call.forks.iter_mut().find(|f| *f.call_id == *m.call_id()) {
             Some(f) => {
                 f.cli.handle_response(now, m);
                 true
@@ -189,8 +189,9 @@ impl Call {
         for t in targets {
             ep.stats.forks += 1;
             let (call_id, invite) = ep.leg_b_invite(m, key, t, asserted.as_deref());
+            let call_id: Arc<[u8]> = call_id.into();
             let cli = ClientInvite::new(now, ep.cfg.timers, invite.clone());
-            ep.by_call_id.insert(call_id.as_slice().into(), cref);
+            ep.by_call_id.insert(call_id.clone(), cref);
             {
                 let call = &mut *self;
                 // Mapped to the call until it is forgotten.

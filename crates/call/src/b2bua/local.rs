@@ -305,7 +305,7 @@ impl<R: RngCore> B2bua<R> {
             .local
             .as_ref()
             .is_some_and(|l| l.pending() && m.call_id() == l.t_call_id.as_slice());
-        let from_old = call.old_ids.iter().any(|c| c.as_slice() == m.call_id());
+        let from_old = call.old_ids.iter().any(|c| **c == *m.call_id());
         if !from_target && !from_old {
             return false;
         }
@@ -345,7 +345,7 @@ impl<R: RngCore> B2bua<R> {
             }
             _ => {
                 if let Some(call) = self.calls.get_mut(&cref) {
-                    call.old_ids.push(t_call_id);
+                    call.old_ids.push(t_call_id.into());
                 }
             }
         }
@@ -566,11 +566,11 @@ impl<R: RngCore> B2bua<R> {
         let (t_dialog, t_call_id) = (l.t_dialog.take(), l.t_call_id.clone());
         if transferor == Side::A && call.own_id.is_empty() {
             // The call keeps its id; leg A's Call-ID changes.
-            call.own_id = call.legs.a.call_id.as_slice().into();
+            call.own_id = (*call.legs.a.call_id).into();
         }
         let leg = &mut call.legs[transferor];
         let old = core::mem::replace(&mut leg.dialog, t_dialog);
-        let old_id = core::mem::replace(&mut leg.call_id, t_call_id);
+        let old_id = core::mem::replace(&mut leg.call_id, t_call_id.into());
         call.old_ids.push(old_id);
         if let Some(mut old) = old {
             self.with_call(cref, |c, ep| c.bye_in(ep, now, &mut old));

@@ -545,10 +545,7 @@ impl<R: RngCore> B2bua<R> {
                 let contact;
                 if is_invite && status < 300 {
                     let l = &legs[r.from];
-                    let id = l
-                        .dialog
-                        .as_ref()
-                        .map_or(l.call_id.as_slice(), |d| d.call_id());
+                    let id = l.dialog.as_ref().map_or(&*l.call_id, |d| d.call_id());
                     contact = self.ep.contact(key, id);
                     extra.push(("Contact", &contact));
                 }

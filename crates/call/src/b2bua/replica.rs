@@ -213,12 +213,12 @@ fn record_of(
         key: call.key,
         version,
         id: call.id().to_vec(),
-        a_call_id: call.legs.a.call_id.clone(),
+        a_call_id: call.legs.a.call_id.to_vec(),
         a_invite: invite_head(&call.legs.a.invite),
         a_target: call.a_target,
         a_tag: hex_u64(call.a_tag).to_vec(),
         a_dialog: a.clone(),
-        b_call_id: call.legs.b.call_id.clone(),
+        b_call_id: call.legs.b.call_id.to_vec(),
         b_invite: invite_head(&call.legs.b.invite),
         b_dialog: b.clone(),
         local_mode: call.local_mode,
@@ -567,13 +567,16 @@ impl<R: RngCore> B2bua<R> {
         let timers = self.ep.cfg.timers;
         let cref = self.next_ref;
         self.next_ref += 1;
-        self.ep.by_call_id.insert(rec.id.as_slice().into(), cref);
-        self.ep
-            .by_call_id
-            .insert(rec.a_call_id.as_slice().into(), cref);
-        self.ep
-            .by_call_id
-            .insert(rec.b_call_id.as_slice().into(), cref);
+        // The call's id is leg A's Call-ID unless a transfer changed leg A.
+        let (a_call_id, b_call_id): (Arc<[u8]>, Arc<[u8]>) = (
+            rec.a_call_id.as_slice().into(),
+            rec.b_call_id.as_slice().into(),
+        );
+        let first_id: Option<Arc<[u8]>> =
+            (rec.id != rec.a_call_id).then(|| rec.id.as_slice().into());
+        for id in [&a_call_id, &b_call_id].into_iter().chain(&first_id) {
+            self.ep.by_call_id.insert(id.clone(), cref);
+        }
         self.ep.stats.started += 1;
         self.ep.stats.adopted += 1;
         let print = print(
@@ -706,11 +709,7 @@ impl<R: RngCore> B2bua<R> {
                 key: rec.key,
                 // A transfer's leg A: the call's first Call-ID is forgotten
                 // with the call (`forget_call`).
-                old_ids: if rec.id == rec.a_call_id {
-                    Few::default()
-                } else {
-                    vec![rec.id.clone()].into()
-                },
+                old_ids: first_id.into_iter().collect(),
                 own_id: if rec.id == rec.a_call_id {
                     Box::default()
                 } else {
@@ -718,12 +717,12 @@ impl<R: RngCore> B2bua<R> {
                 },
                 legs: Legs {
                     a: Leg {
-                        call_id: rec.a_call_id,
+                        call_id: a_call_id,
                         invite: rec.a_invite,
                         dialog: Some(rec.a_dialog),
                     },
                     b: Leg {
-                        call_id: rec.b_call_id,
+                        call_id: b_call_id,
                         invite: rec.b_invite,
                         dialog: Some(rec.b_dialog),
                     },

@@ -112,8 +112,9 @@ impl<R: RngCore> B2bua<R> {
         let detail = self.new_detail(now, &b_uri, caller.user);
         let cref = self.next_ref;
         self.next_ref += 1;
-        self.ep.by_call_id.insert(m.call_id().into(), cref);
-        self.ep.by_call_id.insert(b_call_id.as_slice().into(), cref);
+        let (a_call_id, b_call_id): (Arc<[u8]>, Arc<[u8]>) = (m.call_id().into(), b_call_id.into());
+        self.ep.by_call_id.insert(a_call_id.clone(), cref);
+        self.ep.by_call_id.insert(b_call_id.clone(), cref);
         self.ep.count_source(source);
         self.calls.insert(
             cref,
@@ -122,7 +123,7 @@ impl<R: RngCore> B2bua<R> {
                 own_id: Box::default(),
                 legs: Legs {
                     a: Leg {
-                        call_id: m.call_id().to_vec(),
+                        call_id: a_call_id,
                         invite: m.as_bytes().to_vec(),
                         dialog: None,
                     },
@@ -235,7 +236,7 @@ impl<R: RngCore> B2bua<R> {
         let Some(call) = self.calls.get_mut(&cref) else {
             return;
         };
-        if m.call_id() == call.legs.b.call_id.as_slice() && m.cseq().method == Method::Invite {
+        if *m.call_id() == *call.legs.b.call_id && m.cseq().method == Method::Invite {
             call.b_cli.handle_response(now, m);
         } else {
             self.with_call(cref, |c, _| c.fork_response(now, m));
@@ -504,6 +505,7 @@ impl Call {
         let (cid, invite) = ep.leg_b_invite(&a, key, &target, asserted.as_deref());
         let timers = ep.cfg.timers;
         let call = &mut *self;
+        let cid: Arc<[u8]> = cid.into();
         call.legs.b.call_id = cid.clone();
         call.legs.b.invite = invite.clone();
         call.b_cli = ClientInvite::new(now, timers, invite);
@@ -512,8 +514,8 @@ impl Call {
             s.no_answer = false;
             s.ring_deadline = Some(now + ep.cfg.ring_timeout);
         }
-        ep.by_call_id.remove(old.as_slice());
-        ep.by_call_id.insert(cid.as_slice().into(), cref);
+        ep.by_call_id.remove(&*old);
+        ep.by_call_id.insert(cid, cref);
         ep.stats.failovers += 1;
         self.drain_outputs(ep);
         true
