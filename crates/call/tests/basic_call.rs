@@ -1603,3 +1603,91 @@ fn a_resent_invite_is_answered_while_ringing_and_absorbed_once_answered() {
     assert_eq!(b.calls_active(), 1);
     assert_eq!(b.stats().started, 1, "one call");
 }
+
+/// A's CANCEL crosses B's 2xx (B answered as A gave up): A has its 487,
+/// so the dialog B made is ACKed and then hung up (RFC 3261 §9.1: the
+/// CANCEL has no effect on a UAS that already answered; §13.2.2.4: a UAC
+/// that does not want the dialog sends BYE). B must not stay in a call
+/// nobody hears.
+#[test]
+fn rfc3261_9_1_a_2xx_that_crosses_a_cancel_is_acked_and_hung_up() {
+    let mut b = b2bua();
+    let inv = a_invite();
+    b.handle_datagram(at(0), inv.as_bytes());
+    let sent = out(&mut b);
+    let bi_bytes = sent[1].1.clone();
+    let bi = scan(&bi_bytes).unwrap();
+    b.handle_datagram(at(100), b_resp(&bi, "180 Ringing", "bt", None).as_bytes());
+    let _ = out(&mut b);
+    let cancel = inv
+        .replacen("INVITE sip:", "CANCEL sip:", 1)
+        .replace("1 INVITE", "1 CANCEL")
+        .replace(
+            &format!(
+                "Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{SDP_A}",
+                SDP_A.len()
+            ),
+            "Content-Length: 0\r\n\r\n",
+        );
+    b.handle_datagram(at(500), cancel.as_bytes());
+    let _ = out(&mut b);
+    b.handle_datagram(at(510), b_resp(&bi, "200 OK", "bt", Some(SDP_B)).as_bytes());
+    let sent = out(&mut b);
+    let lines: Vec<String> = sent.iter().map(|(_, m)| first_line(m)).collect();
+    assert!(lines.iter().any(|l| l.starts_with("ACK ")), "{lines:?}");
+    let bye = sent
+        .iter()
+        .find(|(_, m)| first_line(m).starts_with("BYE "))
+        .unwrap_or_else(|| panic!("BYE to B: {lines:?}"));
+    let bm = scan(&bye.1).unwrap();
+    assert_eq!(bm.call_id(), bi.call_id());
+    assert_eq!(bm.to_tag(), Some(&b"bt"[..]));
+    assert!(
+        !lines.iter().any(|l| l.starts_with("SIP/2.0 200")),
+        "A, cancelled, hears no 2xx: {lines:?}"
+    );
+    // B resends its 2xx (our ACK lost): ACKed again, and hung up once.
+    b.handle_datagram(at(600), b_resp(&bi, "200 OK", "bt", Some(SDP_B)).as_bytes());
+    let lines: Vec<String> = out(&mut b).iter().map(|(_, m)| first_line(m)).collect();
+    assert_eq!(lines, ["ACK sip:b@127.0.0.1:5071 SIP/2.0"]);
+}
+
+/// A 2xx from B with another To tag after the call is answered (a forking
+/// proxy on B's side, two phones picking up): its dialog is ACKed and hung
+/// up (RFC 3261 §13.2.2.4); the call goes on with the first.
+#[test]
+fn rfc3261_13_2_2_4_a_second_dialog_from_b_is_acked_and_hung_up() {
+    let mut b = b2bua();
+    b.handle_datagram(at(0), a_invite().as_bytes());
+    let sent = out(&mut b);
+    let bi_bytes = sent[1].1.clone();
+    let bi = scan(&bi_bytes).unwrap();
+    b.handle_datagram(at(100), b_resp(&bi, "200 OK", "bt", Some(SDP_B)).as_bytes());
+    let _ = out(&mut b);
+    b.handle_datagram(
+        at(120),
+        b_resp(&bi, "200 OK", "bt2", Some(SDP_B)).as_bytes(),
+    );
+    let sent = out(&mut b);
+    let lines: Vec<String> = sent.iter().map(|(_, m)| first_line(m)).collect();
+    let ack = sent
+        .iter()
+        .find(|(_, m)| first_line(m).starts_with("ACK "))
+        .unwrap_or_else(|| panic!("ACK: {lines:?}"));
+    assert_eq!(scan(&ack.1).unwrap().to_tag(), Some(&b"bt2"[..]));
+    let bye = sent
+        .iter()
+        .find(|(_, m)| first_line(m).starts_with("BYE "))
+        .unwrap_or_else(|| panic!("BYE: {lines:?}"));
+    assert_eq!(scan(&bye.1).unwrap().to_tag(), Some(&b"bt2"[..]));
+    assert!(
+        !lines.iter().any(|l| l.starts_with("SIP/2.0 ")),
+        "nothing to A: {lines:?}"
+    );
+    // The first dialog's 2xx again: only its ACK.
+    b.handle_datagram(at(140), b_resp(&bi, "200 OK", "bt", Some(SDP_B)).as_bytes());
+    let sent = out(&mut b);
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert_eq!(scan(&sent[0].1).unwrap().to_tag(), Some(&b"bt"[..]));
+    assert_eq!(b.calls_active(), 1, "the call goes on");
+}

@@ -607,7 +607,28 @@ impl Call {
                     Some(mut d) => {
                         let ack = d.request("ACK", Some(1), &ack_via, None, &[], None);
                         ep.out.push_back((None, ack));
-                        if call.legs.b.dialog.is_none() {
+                        let known = call
+                            .legs
+                            .b
+                            .dialog
+                            .as_ref()
+                            .map(|b| b.remote_tag() == d.remote_tag());
+                        //= https://www.rfc-editor.org/rfc/rfc3261#section-13.2.2.4
+                        //# If the UAC does not want to continue
+                        //# with that dialog, it MUST terminate the dialog by
+                        //# sending a BYE request as described in Section 15.
+                        // Not continued: B answered after A's CANCEL (§9.1:
+                        // a CANCEL does not undo a final answer), or a
+                        // second dialog (a fork on B's side) after the
+                        // first. The first kind is kept as B's dialog, so
+                        // its resent 2xx is only ACKed again; a second
+                        // kind's resent 2xx (our ACK lost) gets another BYE.
+                        let unwanted = known.map_or(call.cancelled || call.over, |same| !same);
+                        if unwanted {
+                            let bye_via = ep.via(call.key);
+                            push_bye(&mut call.nits, &mut d, now, ep.cfg.timers, &bye_via, &[]);
+                        }
+                        if known.is_none() {
                             call.legs.b.dialog = Some(d);
                         }
                     }
