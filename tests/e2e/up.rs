@@ -83,17 +83,24 @@ fn up_carries_basic_calls_and_hides_the_worker() {
 fn up_relays_hold_and_resume_busy_and_cancel() {
     let _g = serial();
     let dir = tempfile::tempdir().unwrap();
-    let (held, busy, ring) = (free_udp_port(), free_udp_port(), free_udp_port());
+    let (held, busy, ring, late) = (
+        free_udp_port(),
+        free_udp_port(),
+        free_udp_port(),
+        free_udp_port(),
+    );
     let mut uas = [
         sipp_uas_with(dir.path(), "uas_held.xml", held),
         sipp_uas_with(dir.path(), "uas_busy.xml", busy),
         sipp_uas_with(dir.path(), "uas_ring.xml", ring),
+        sipp_uas_with(dir.path(), "uas_answer_cancelled.xml", late),
     ];
     let c = cluster(
         &[
             format!("held=127.0.0.1:{held}"),
             format!("busy=127.0.0.1:{busy}"),
             format!("ring=127.0.0.1:{ring}"),
+            format!("late=127.0.0.1:{late}"),
         ],
         &[],
     );
@@ -106,6 +113,10 @@ fn up_relays_hold_and_resume_busy_and_cancel() {
         ("uac_hold.xml", "held", 40),
         ("uac_busy.xml", "busy", 40),
         ("uac_cancel.xml", "ring", 40),
+        // The callee's 2xx crosses the CANCEL: the caller hears 487 all
+        // the same, the callee is ACKed and hung up (its scenario waits
+        // for both).
+        ("uac_cancel.xml", "late", 40),
     ] {
         let (uac, stat) = sipp_uac_with(dir.path(), scenario, user, edge, 20, calls, 0);
         let r = finish_uac(uac, &stat);
@@ -117,21 +128,22 @@ fn up_relays_hold_and_resume_busy_and_cancel() {
         );
     }
     // Each callee finished its 40 calls: held, resumed and hung up;
-    // refused 486; cancelled while ringing.
+    // refused 486; cancelled while ringing; answered as cancelled, then
+    // ACKed and hung up.
     for u in &mut uas {
         u.expect_calls(40);
     }
     let text = http_get(&format!("http://{worker_admin}/metrics")).1;
-    assert_eq!(metric(&text, "handover_calls_started_total"), 120.0);
+    assert_eq!(metric(&text, "handover_calls_started_total"), 160.0);
     assert_eq!(
         metric(&text, "handover_calls_answered_total"),
         40.0,
-        "only the held calls were answered"
+        "only the held calls were answered (a 2xx after the CANCEL answers nothing)"
     );
     assert_eq!(
         metric(&text, "handover_calls_ended_total{cause=\"failed\"}"),
-        80.0,
-        "busy and cancelled"
+        120.0,
+        "busy and cancelled (twice)"
     );
 }
 

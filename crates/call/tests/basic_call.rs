@@ -1650,6 +1650,14 @@ fn rfc3261_9_1_a_2xx_that_crosses_a_cancel_is_acked_and_hung_up() {
     b.handle_datagram(at(600), b_resp(&bi, "200 OK", "bt", Some(SDP_B)).as_bytes());
     let lines: Vec<String> = out(&mut b).iter().map(|(_, m)| first_line(m)).collect();
     assert_eq!(lines, ["ACK sip:b@127.0.0.1:5071 SIP/2.0"]);
+    // B answers the BYE; the call ends, counted as failed (A heard 487).
+    b.handle_datagram(at(700), b_resp(&bm, "200 OK", "bt", None).as_bytes());
+    for t in [1_000, 10_000, 40_000] {
+        b.handle_timeout(at(t));
+        let _ = out(&mut b);
+    }
+    assert_eq!(b.calls_active(), 0);
+    assert_eq!((b.stats().answered, b.stats().failed), (0, 1));
 }
 
 /// A 2xx from B with another To tag after the call is answered (a forking

@@ -603,6 +603,7 @@ impl Call {
                 // answered) and that 2xx: kept, it cost every call 330
                 // bytes while B could resend (`tests/memory.rs`).
                 let ack_via = ep.via(call.key);
+                let mut answered_cancelled = false;
                 match register::callee_dialog(&call.legs.b.invite, &resp) {
                     Some(mut d) => {
                         let ack = d.request("ACK", Some(1), &ack_via, None, &[], None);
@@ -630,6 +631,7 @@ impl Call {
                         }
                         if known.is_none() {
                             call.legs.b.dialog = Some(d);
+                            answered_cancelled = call.cancelled;
                         }
                     }
                     None if call.b_ack.is_none() && call.legs.b.dialog.is_none() => {
@@ -642,6 +644,15 @@ impl Call {
                             ep.out.push_back((None, ack.to_vec()));
                         }
                     }
+                }
+                let call = &mut *self;
+                if answered_cancelled && !call.over {
+                    // No 487 is coming from B to end it: A heard 487 when
+                    // it cancelled, and the call ends as cancelled here.
+                    call.over = true;
+                    ep.stats.failed += 1;
+                    self.record_end(ep, now, EndCause::Cancelled, 487);
+                    return;
                 }
                 let call = &mut *self;
                 if call.cancelled || call.answered || call.over {
