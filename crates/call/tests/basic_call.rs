@@ -230,6 +230,20 @@ Call-ID: {}\r\nCSeq: 1 BYE\r\nContent-Length: 0\r\n\r\n",
     );
 }
 
+/// A's CANCEL of its INVITE `inv` (`a_invite`): same Via, From, To,
+/// Call-ID and CSeq number, no body.
+fn a_cancel(inv: &str) -> String {
+    inv.replacen("INVITE sip:", "CANCEL sip:", 1)
+        .replace("1 INVITE", "1 CANCEL")
+        .replace(
+            &format!(
+                "Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{SDP_A}",
+                SDP_A.len()
+            ),
+            "Content-Length: 0\r\n\r\n",
+        )
+}
+
 #[test]
 fn cancel_from_a_cancels_b_and_a_gets_487() {
     let mut b = b2bua();
@@ -240,16 +254,7 @@ fn cancel_from_a_cancels_b_and_a_gets_487() {
     let bi = scan(&bi_bytes).unwrap();
     b.handle_datagram(at(100), b_resp(&bi, "180 Ringing", "bt", None).as_bytes());
     let _ = out(&mut b);
-    let cancel = inv
-        .replacen("INVITE sip:", "CANCEL sip:", 1)
-        .replace("1 INVITE", "1 CANCEL")
-        .replace(
-            &format!(
-                "Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{SDP_A}",
-                SDP_A.len()
-            ),
-            "Content-Length: 0\r\n\r\n",
-        );
+    let cancel = a_cancel(&inv);
     b.handle_datagram(at(500), cancel.as_bytes());
     let sent = out(&mut b);
     let lines: Vec<String> = sent.iter().map(|(_, m)| first_line(m)).collect();
@@ -1619,16 +1624,7 @@ fn rfc3261_9_1_a_2xx_that_crosses_a_cancel_is_acked_and_hung_up() {
     let bi = scan(&bi_bytes).unwrap();
     b.handle_datagram(at(100), b_resp(&bi, "180 Ringing", "bt", None).as_bytes());
     let _ = out(&mut b);
-    let cancel = inv
-        .replacen("INVITE sip:", "CANCEL sip:", 1)
-        .replace("1 INVITE", "1 CANCEL")
-        .replace(
-            &format!(
-                "Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{SDP_A}",
-                SDP_A.len()
-            ),
-            "Content-Length: 0\r\n\r\n",
-        );
+    let cancel = a_cancel(&inv);
     b.handle_datagram(at(500), cancel.as_bytes());
     let _ = out(&mut b);
     b.handle_datagram(at(510), b_resp(&bi, "200 OK", "bt", Some(SDP_B)).as_bytes());
