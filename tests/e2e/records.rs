@@ -249,12 +249,16 @@ fn every_call_answered_busy_cancelled_or_transferred_has_one_record_as_sipp_saw_
             }
         }
     }
-    // SIPp paused 1,000 ms between its ACK and its BYE.
+    // SIPp paused 1,000 ms between its ACK and its BYE. A call is
+    // answered when B's 2xx reaches its worker, and A has the 2xx once the
+    // record is committed (the group-commit window, 40 ms, and the round,
+    // up to a p99 of ~50 ms on this machine): the duration counts that
+    // wait, so the bound above is a few windows, not a clock's precision.
     durations.sort_unstable();
     let (lo, hi) = (durations[0], durations[durations.len() - 1]);
     println!("durations of 1,000 ms calls: {lo}..{hi} ms");
     assert!(
-        lo >= 1000 - 50 && hi <= 1000 + 50,
+        lo >= 1000 - 50 && hi <= 1000 + 200,
         "durations {lo}..{hi} ms"
     );
     let transferred = all

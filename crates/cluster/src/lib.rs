@@ -18,7 +18,7 @@ pub use disk::{Disk, DiskError};
 pub use node::{Config, Error, Event, Node, Status};
 pub use raft::eraftpb::{Entry, Message, MessageType, Snapshot};
 pub use store::Store;
-pub use table::{Change, Move, Table, binding, binding_pb, shard_of};
+pub use table::{Change, Move, StoredCall, Table, binding, binding_pb, shard_of};
 pub use window::Window;
 
 /// The prost messages of `proto/cluster.proto`.

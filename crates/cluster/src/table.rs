@@ -6,13 +6,16 @@
 //! changes only here, when a `MemberUp` or `MemberDown` is applied, so two
 //! leaders can never commit two different maps for one epoch.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 
 use prost::Message as _;
 
 use handover_registrar::{Binding, Locations, Shared, Stored};
 
 use crate::pb;
+
+use stored::Leg;
+pub use stored::StoredCall;
 
 /// Removed calls remembered so a late duplicate of an older upsert (a
 /// proposal re-sent after a leader change) cannot bring a call back.
@@ -135,13 +138,13 @@ pub struct Table {
     up: BTreeSet<u64>,
     epoch: u64,
     owners: Vec<u64>,
-    calls: BTreeMap<Vec<u8>, pb::CallUpsert>,
+    calls: BTreeSet<StoredCall>,
     /// Calls per shard (derived from `calls`): counts per worker without
     /// a walk of every call (`Table::calls_per_shard`).
     call_shards: Vec<usize>,
     /// `other_call_id` and `leg_call_id` -> `call_id` of the calls that
     /// have them (derived from `calls`, rebuilt on decode).
-    legs: HashMap<Vec<u8>, Vec<u8>>,
+    legs: HashSet<Leg>,
     tombs: Tombs,
     /// AOR -> its bindings.
     /// Every AOR's bindings: the worker's one copy, shared with its
@@ -195,9 +198,15 @@ impl PartialEq for Table {
         self.up == o.up
             && self.epoch == o.epoch
             && self.owners == o.owners
-            && self.calls == o.calls
+            && self.calls.len() == o.calls.len()
+            && self.calls.iter().zip(&o.calls).all(|(a, b)| a.same(b))
             && self.call_shards == o.call_shards
-            && self.legs == o.legs
+            && self.legs.len() == o.legs.len()
+            && self.legs.iter().all(|l| {
+                o.legs
+                    .get(l.leg())
+                    .is_some_and(|m| m.call_id() == l.call_id())
+            })
             && self.tombs == o.tombs
             && self.aor_tombs == o.aor_tombs
             && self.records == o.records
@@ -256,9 +265,9 @@ impl Table {
             up: BTreeSet::new(),
             epoch: 0,
             owners: vec![0; shards.max(1)],
-            calls: BTreeMap::new(),
+            calls: BTreeSet::new(),
             call_shards: vec![0; shards.max(1)],
-            legs: HashMap::new(),
+            legs: HashSet::new(),
             tombs: Tombs::default(),
             registrations: Locations::shared(),
             aor_tombs: Tombs::default(),
@@ -296,20 +305,21 @@ impl Table {
         self.up.contains(&node)
     }
 
-    pub fn call(&self, call_id: &[u8]) -> Option<&pb::CallUpsert> {
+    pub fn call(&self, call_id: &[u8]) -> Option<&StoredCall> {
         self.calls.get(call_id)
     }
 
     /// The call one of whose legs has `call_id` (its id, its
     /// `other_call_id` or its `leg_call_id`): a Replaces may name any.
-    pub fn call_by_leg(&self, call_id: &[u8]) -> Option<&pb::CallUpsert> {
+    pub fn call_by_leg(&self, call_id: &[u8]) -> Option<&StoredCall> {
         self.calls
             .get(call_id)
-            .or_else(|| self.calls.get(self.legs.get(call_id)?))
+            .or_else(|| self.calls.get(self.legs.get(call_id)?.call_id()))
     }
 
-    pub fn calls(&self) -> impl Iterator<Item = &pb::CallUpsert> {
-        self.calls.values()
+    /// Every call, in the order of their ids.
+    pub fn calls(&self) -> impl Iterator<Item = &StoredCall> {
+        self.calls.iter()
     }
 
     /// Calls per shard (index: [`shard_of`] the call's key), kept as calls
@@ -362,20 +372,28 @@ impl Table {
             }),
             C::Bind(r) => Some(self.bind(r)),
             C::Hangup(h) => {
-                let id = self.call_by_leg(&h.call_id)?.call_id.clone();
-                let c = self.calls.get_mut(&id)?;
+                let id = self.call_by_leg(&h.call_id)?.call_id().to_vec();
+                let mut c = self.calls.take(&id[..])?;
                 // Kept on the call: its owner may not hold it yet (a
                 // shard in its wait), or die before it acts.
-                c.hang_up = Some(h.spare.clone());
+                c.set_hang_up(h.spare.clone());
+                let key = c.key;
+                self.calls.insert(c);
                 Some(Change::HangUp {
                     call_id: id,
-                    key: c.key,
+                    key,
                     spare: h.spare,
                 })
             }
             C::Acked(a) => {
-                if let Some(c) = self.calls.get_mut(&a.call_id) {
-                    c.a_ok = Vec::new();
+                if self
+                    .calls
+                    .get(&a.call_id[..])
+                    .is_some_and(|c| !c.a_ok().is_empty())
+                    && let Some(mut c) = self.calls.take(&a.call_id[..])
+                {
+                    c.acked();
+                    self.calls.insert(c);
                 }
                 None
             }
@@ -597,13 +615,13 @@ impl Table {
 
     /// The table as a snapshot's data.
     pub fn encode(&self) -> Vec<u8> {
-        pb::State {
+        let rest = pb::State {
             members_up: self.up.iter().copied().collect(),
             map: Some(pb::ShardMap {
                 epoch: self.epoch,
                 owners: self.owners.clone(),
             }),
-            calls: self.calls.values().cloned().collect(),
+            calls: Vec::new(),
             tombstones: self.tombs.encode(),
             registrations: self
                 .registrations
@@ -633,8 +651,18 @@ impl Table {
                     ..Default::default()
                 })
                 .collect(),
+        };
+        // The calls one at a time, after the rest (a repeated field's
+        // items may come anywhere): all of them as `CallUpsert`s at once
+        // would be a second table, allocated at every snapshot and kept
+        // by the allocator as the worker's high-water mark.
+        let calls: usize = self.calls.iter().map(|c| c.stored_len() + 64).sum();
+        let mut buf = Vec::with_capacity(rest.encoded_len().saturating_add(calls));
+        rest.encode_raw(&mut buf);
+        for c in &self.calls {
+            prost::encoding::message::encode(3, &c.to_pb(), &mut buf);
         }
-        .encode_to_vec()
+        buf
     }
 
     /// A table from a snapshot's data (empty data: a fresh table).
@@ -665,21 +693,17 @@ impl Table {
                 t.owners = map.owners;
             }
         }
-        t.calls = s
-            .calls
-            .into_iter()
-            .map(|c| (c.call_id.clone(), c))
-            .collect();
+        t.calls = s.calls.into_iter().filter_map(StoredCall::new).collect();
         t.call_shards = vec![0; t.owners.len()];
-        for c in t.calls.values() {
+        for c in &t.calls {
             t.call_shards[shard_of(c.key, t.owners.len())] += 1;
         }
         t.legs = t
             .calls
-            .values()
-            .flat_map(|c| [&c.other_call_id, &c.leg_call_id].map(|l| (l, &c.call_id)))
+            .iter()
+            .flat_map(|c| [c.other_call_id(), c.leg_call_id()].map(|l| (l, c.call_id())))
             .filter(|(l, id)| !l.is_empty() && l != id)
-            .map(|(l, id)| (l.clone(), id.clone()))
+            .filter_map(|(l, id)| Leg::new(l, id))
             .collect();
         for tomb in s.tombstones {
             t.tombs.put(tomb.call_id, tomb.version);
@@ -727,5 +751,6 @@ impl Table {
 
 mod calls;
 mod membership;
+mod stored;
 #[cfg(test)]
 mod tests;

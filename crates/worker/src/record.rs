@@ -46,7 +46,7 @@ fn dialog(d: pb::Dialog) -> Dialog {
 /// What `handover calls` shows of a committed call owned by `owner`:
 /// the caller's From and To URIs (leg A's dialog) and where the call went
 /// (leg B's Request-URI). A record that does not decode shows its ids.
-pub fn summary(u: &pb::CallUpsert, owner: u64) -> crate::rpc::pb::CallSummary {
+pub fn summary(u: &handover_cluster::StoredCall, owner: u64) -> crate::rpc::pb::CallSummary {
     let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
     // A name-addr's URI: what is between < and >, else all of it.
     let uri = |b: &[u8]| {
@@ -61,14 +61,14 @@ pub fn summary(u: &pb::CallUpsert, owner: u64) -> crate::rpc::pb::CallSummary {
         text(inner)
     };
     let mut s = crate::rpc::pb::CallSummary {
-        call_id: u.call_id.clone(),
-        b_call_id: u.other_call_id.clone(),
+        call_id: u.call_id().to_vec(),
+        b_call_id: u.other_call_id().to_vec(),
         owner,
         version: u.version,
         answered_unix_ms: u.answered_unix_ms,
         ..Default::default()
     };
-    if let Ok(c) = pb::CallState::decode(&u.record[..]) {
+    if let Some(c) = state_of(u.record(), u.record_lz4()) {
         if let Some(a) = &c.a_dialog {
             s.from = uri(&a.remote_uri);
             s.to = uri(&a.local_uri);
@@ -96,6 +96,7 @@ pub fn upsert(r: &CallRecord) -> pb::CallUpsert {
         a_ok: r.a_ok.clone().unwrap_or_default(),
         answered_unix_ms: 0,
         hang_up: None,
+        record_lz4: true,
     }
 }
 
@@ -109,8 +110,32 @@ pub fn leg_call_id(r: &CallRecord) -> Vec<u8> {
     }
 }
 
-/// The bytes a `CallUpsert` carries for `r`.
+/// A record's `CallState` longer than this does not decode (it is two
+/// heads and two dialogs, a few kB; the length is read off the bytes).
+const MAX_STATE: usize = 1 << 20;
+
+/// The bytes a `CallUpsert` carries for `r` (`record_lz4`): its
+/// `CallState`, LZ4-compressed. The heads and dialogs repeat each other's
+/// URIs, tags and Call-IDs, and every replica keeps every call's record.
 pub fn encode(r: &CallRecord) -> Vec<u8> {
+    lz4_flex::block::compress_prepend_size(&state(r).encode_to_vec())
+}
+
+/// The `CallState` in a `CallUpsert`'s `record`, plain or compressed.
+fn state_of(record: &[u8], lz4: bool) -> Option<pb::CallState> {
+    if !lz4 {
+        return pb::CallState::decode(record).ok();
+    }
+    let (len, body) = record.split_first_chunk::<4>()?;
+    let len = usize::try_from(u32::from_le_bytes(*len)).ok()?;
+    if len > MAX_STATE {
+        return None;
+    }
+    let plain = lz4_flex::block::decompress(body, len).ok()?;
+    pb::CallState::decode(&plain[..]).ok()
+}
+
+fn state(r: &CallRecord) -> pb::CallState {
     pb::CallState {
         a_call_id: r.a_call_id.clone(),
         a_invite: r.a_invite.clone(),
@@ -149,7 +174,6 @@ pub fn encode(r: &CallRecord) -> Vec<u8> {
             replaced: l.replaced.clone(),
         }),
     }
-    .encode_to_vec()
 }
 
 fn detail_pb(d: &Detail) -> pb::Detail {
@@ -231,7 +255,7 @@ pub fn call_detail_pb(c: &CallDetail) -> pb::CallDetail {
 
 /// The record of a replicated call; `None` when its bytes do not decode.
 pub fn decode(u: &pb::CallUpsert) -> Option<CallRecord> {
-    let s = pb::CallState::decode(&u.record[..]).ok()?;
+    let s = state_of(&u.record, u.record_lz4)?;
     Some(CallRecord {
         key: u.key,
         version: u.version,
@@ -417,6 +441,13 @@ mod tests {
         };
         let read = |r: &CallRecord| decode(&upsert(r));
         let u = upsert(&r);
+        assert!(u.record_lz4);
+        assert!(
+            u.record.len() < state(&r).encoded_len(),
+            "compressed: {} of {} bytes",
+            u.record.len(),
+            state(&r).encoded_len()
+        );
         assert_eq!(
             (&u.call_id[..], &u.leg_call_id[..]),
             (&b"first"[..], &b"a"[..])
@@ -427,5 +458,49 @@ mod tests {
         r.refer = None;
         r.local = None;
         assert_eq!(read(&r).as_ref(), Some(&r));
+    }
+
+    /// Records written before they were compressed read as they did;
+    /// compressed bytes that lie about their length, or are cut, read as
+    /// no record (the table shows their ids), never a panic or a
+    /// gigabyte allocated.
+    #[test]
+    fn a_plain_record_reads_and_a_broken_one_is_refused() {
+        let r = CallRecord {
+            key: 1,
+            version: 1,
+            id: b"a".to_vec(),
+            a_call_id: b"a".to_vec(),
+            a_invite: b"INVITE sip:b@x SIP/2.0\r\n\r\n".repeat(4),
+            a_target: None,
+            a_tag: b"t1".to_vec(),
+            a_dialog: leg(b"a"),
+            b_call_id: b"b".to_vec(),
+            b_invite: b"INVITE sip:c@y SIP/2.0\r\n\r\n".to_vec(),
+            b_dialog: leg(b"b"),
+            local_mode: false,
+            pending: None,
+            a_ok: None,
+            detail: Detail::default(),
+            refer: None,
+            local: None,
+        };
+        let mut u = upsert(&r);
+        let plain = pb::CallUpsert {
+            record: state(&r).encode_to_vec(),
+            record_lz4: false,
+            ..u.clone()
+        };
+        assert_eq!(decode(&plain).as_ref(), Some(&r));
+        assert_eq!(decode(&u).as_ref(), Some(&r));
+        let whole = u.record.clone();
+        u.record[..4].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert_eq!(decode(&u), None, "a length past the bound");
+        u.record[..4].copy_from_slice(&2u32.to_le_bytes());
+        assert_eq!(decode(&u), None, "a length too short");
+        u.record = whole[..whole.len() / 2].to_vec();
+        assert_eq!(decode(&u), None, "cut");
+        u.record = whole[..3].to_vec();
+        assert_eq!(decode(&u), None, "no length");
     }
 }

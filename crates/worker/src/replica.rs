@@ -500,7 +500,7 @@ impl Replica {
                 }
                 Some(l) = lookups.recv() => {
                     // A read of what this replica applied: committed state.
-                    let _ = l.reply.send(self.node.table().call_by_leg(&l.call_id).cloned());
+                    let _ = l.reply.send(self.node.table().call_by_leg(&l.call_id).map(|c| c.to_pb()));
                     Ok(())
                 }
             };
@@ -588,7 +588,7 @@ impl Replica {
                             if self.served[shard] && !gained.contains(&shard) {
                                 let _ = self.notes.send(Note::Serving {
                                     shard,
-                                    calls: vec![c.clone()],
+                                    calls: vec![c.to_pb()],
                                 });
                             }
                         }
@@ -651,7 +651,7 @@ impl Replica {
                     gained.iter().map(|&s| (s, Vec::new())).collect();
                 for c in self.node.table().calls() {
                     if let Some(v) = calls.get_mut(&shard_of(c.key, SHARDS)) {
-                        v.push(c.clone());
+                        v.push(c.to_pb());
                     }
                 }
                 for (shard, calls) in calls {
@@ -713,40 +713,22 @@ impl Replica {
         // Awaited: a new call's record (its 2xx is held), a registration
         // (its 200 is).
         // A release: the new owners wait for it.
-        let urgent = matches!(
-            c,
-            Cmd::Upsert { version: 1, .. } | Cmd::Bind(_) | Cmd::Released(..) | Cmd::Settings(_)
-        );
+        let urgent = match &c {
+            Cmd::Upsert(u) => u.version == 1,
+            Cmd::Bind(_) | Cmd::Released(..) | Cmd::Settings(_) => true,
+            _ => false,
+        };
         match c {
-            Cmd::Upsert {
-                call_id,
-                other_call_id,
-                leg_call_id,
-                key,
-                version,
-                record,
-                a_ok,
-            } => {
+            Cmd::Upsert(mut u) => {
                 // Awaited: a new call's record (its 2xx is held).
                 if urgent && self.pending.len() < 1_000_000 {
-                    self.pending.insert(call_id.clone(), at);
+                    self.pending.insert(u.call_id.clone(), at);
                 }
-                self.node.upsert_call(cpb::CallUpsert {
-                    call_id,
-                    other_call_id,
-                    leg_call_id,
-                    key,
-                    version,
-                    record,
-                    a_ok,
-                    // Stamped at the first version; the table keeps it.
-                    answered_unix_ms: if version == 1 {
-                        unix_ms(std::time::SystemTime::now())
-                    } else {
-                        0
-                    },
-                    ..Default::default()
-                });
+                // Stamped at the first version; the table keeps it.
+                if u.version == 1 {
+                    u.answered_unix_ms = unix_ms(std::time::SystemTime::now());
+                }
+                self.node.upsert_call(*u);
             }
             Cmd::Acked { call_id } => self.node.acked(call_id),
             Cmd::Remove {

@@ -618,15 +618,9 @@ pub fn run(args: Settings) -> anyhow::Result<()> {
                 }
                 while let Some(rep) = b2b.poll_replication() {
                     cmds.push(match rep {
-                        handover_call::Replication::Upsert(rec) => crate::replica::Cmd::Upsert {
-                            record: crate::record::encode(&rec),
-                            leg_call_id: crate::record::leg_call_id(&rec),
-                            a_ok: rec.a_ok.unwrap_or_default(),
-                            call_id: rec.id,
-                            other_call_id: rec.b_call_id,
-                            key: rec.key,
-                            version: rec.version,
-                        },
+                        handover_call::Replication::Upsert(rec) => {
+                            crate::replica::Cmd::Upsert(Box::new(crate::record::upsert(&rec)))
+                        }
                         handover_call::Replication::Acked { id } => {
                             crate::replica::Cmd::Acked { call_id: id }
                         }

@@ -38,10 +38,8 @@ impl Table {
 
     /// `handed`: from a release, whose checks stand in for the owner's.
     fn store(&mut self, u: pb::CallUpsert, handed: bool) -> Change {
-        let stale = self
-            .calls
-            .get(&u.call_id)
-            .is_some_and(|c| c.version >= u.version)
+        let old = self.calls.get(&u.call_id[..]);
+        let stale = old.is_some_and(|c| c.version >= u.version)
             || self.tombs.get(&u.call_id).is_some_and(|v| v >= u.version);
         // The shard's owner writes its calls. A worker that just lost the
         // shard may still confirm a call it set up before (its first
@@ -49,7 +47,7 @@ impl Table {
         // owner takes it over. Anything later from it is refused, so a
         // deposed owner never overwrites the new owner's state.
         let owner = self.owner_of_key(u.key);
-        let handed_over = u.version == 1 && !self.calls.contains_key(&u.call_id);
+        let handed_over = u.version == 1 && old.is_none();
         if u.owner == 0 || owner == 0 || stale || (owner != u.owner && !handed_over && !handed) {
             return Change::Refused {
                 call_id: u.call_id,
@@ -62,18 +60,22 @@ impl Table {
             key: u.key,
             owner: u.owner,
         };
-        self.index_legs(&u);
         let mut u = u;
-        if let Some(old) = self.calls.get(&u.call_id) {
+        if let Some(old) = old {
             if u.answered_unix_ms == 0 {
                 u.answered_unix_ms = old.answered_unix_ms;
             }
             if u.hang_up.is_none() {
-                u.hang_up.clone_from(&old.hang_up);
+                u.hang_up = old.hang_up().map(<[u8]>::to_vec);
             }
         }
-        let key = u.key;
-        if let Some(old) = self.calls.insert(u.call_id.clone(), u) {
+        let (call_id, owner) = (u.call_id.clone(), u.owner);
+        let Some(new) = StoredCall::new(u) else {
+            return Change::Refused { call_id, owner };
+        };
+        self.index_legs(&new);
+        let key = new.key;
+        if let Some(old) = self.calls.replace(new) {
             self.count_call(old.key, false);
         }
         self.count_call(key, true);
@@ -90,18 +92,21 @@ impl Table {
 
     /// Keeps `legs` in step with an upsert (a local transfer may give a
     /// call a new other leg).
-    fn index_legs(&mut self, u: &pb::CallUpsert) {
-        let new = [&u.other_call_id, &u.leg_call_id];
-        if let Some(old) = self.calls.get(&u.call_id) {
-            for l in [&old.other_call_id, &old.leg_call_id] {
-                if !new.contains(&l) {
+    fn index_legs(&mut self, new: &StoredCall) {
+        let legs = [new.other_call_id(), new.leg_call_id()];
+        if let Some(old) = self.calls.get(new.call_id()) {
+            for l in [old.other_call_id(), old.leg_call_id()] {
+                if !legs.contains(&l) {
                     self.legs.remove(l);
                 }
             }
         }
-        for l in new {
-            if !l.is_empty() && *l != u.call_id {
-                self.legs.insert(l.clone(), u.call_id.clone());
+        for l in legs {
+            if !l.is_empty()
+                && l != new.call_id()
+                && let Some(leg) = Leg::new(l, new.call_id())
+            {
+                self.legs.replace(leg);
             }
         }
     }
@@ -120,10 +125,10 @@ impl Table {
                 owner: r.owner,
             };
         }
-        if let Some(old) = self.calls.remove(&r.call_id) {
+        if let Some(old) = self.calls.take(&r.call_id[..]) {
             self.count_call(old.key, false);
-            self.legs.remove(&old.other_call_id);
-            self.legs.remove(&old.leg_call_id);
+            self.legs.remove(old.other_call_id());
+            self.legs.remove(old.leg_call_id());
         }
         let v = self
             .tombs

@@ -108,18 +108,9 @@ impl DiskGuard {
 /// What the SIP loop asks of the replica.
 #[derive(Debug)]
 pub enum Cmd {
-    Upsert {
-        call_id: Vec<u8>,
-        /// The other leg's (see `CallUpsert.other_call_id`).
-        other_call_id: Vec<u8>,
-        /// Leg A's, when not `call_id` (see `CallUpsert.leg_call_id`).
-        leg_call_id: Vec<u8>,
-        key: u64,
-        version: u64,
-        record: Vec<u8>,
-        /// Our 2xx to A until A's ACK (see `CallUpsert.a_ok`).
-        a_ok: Vec<u8>,
-    },
+    /// A call's record as [`crate::record::upsert`] makes it (its owner
+    /// and answer time filled in by the replica).
+    Upsert(Box<cpb::CallUpsert>),
     /// A ACKed the call's 2xx.
     Acked {
         call_id: Vec<u8>,
