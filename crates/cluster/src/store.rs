@@ -107,6 +107,11 @@ impl Store {
         s
     }
 
+    /// The index of the last entry (the snapshot's with none after it).
+    pub(crate) fn last_index_held(&self) -> u64 {
+        self.last()
+    }
+
     pub(crate) fn snapshot_ref(&self) -> &Snapshot {
         &self.snap
     }

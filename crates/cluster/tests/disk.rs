@@ -1,5 +1,5 @@
 //! The log on disk: a cluster whose every worker stops at once (power cut)
-//! comes back from its redb files with every committed call, its map and
+//! comes back from its log files with every committed call, its map and
 //! its term, and goes on committing.
 
 use std::collections::BTreeMap;
@@ -13,7 +13,7 @@ const SHARDS: usize = 8;
 fn open(dir: &Path, id: u64, seed: u64) -> Node {
     let mut cfg = Config::new(id, IDS.to_vec(), SHARDS);
     cfg.compact_after = 50;
-    let (disk, store) = Disk::open(&dir.join(format!("raft-{id}.redb")), &IDS).expect("open log");
+    let (disk, store) = Disk::open(&dir.join(format!("raft-{id}")), &IDS).expect("open log");
     Node::with_disk(cfg, disk, store, seed).expect("node")
 }
 
@@ -193,7 +193,7 @@ fn a_snapshot_taken_for_a_learner_is_kept_until_the_learner_has_it() {
     let mut next = 0;
     let first = run(&mut nodes, 200, 30, &mut next);
     assert!(first.len() >= 20, "only {} calls committed", first.len());
-    let (disk, store) = Disk::open(&dir.path().join("raft-4.redb"), &[]).expect("open log");
+    let (disk, store) = Disk::open(&dir.path().join("raft-4"), &[]).expect("open log");
     let mut cfg = Config::new(4, Vec::new(), SHARDS);
     cfg.compact_after = 50;
     nodes.insert(4, Node::with_disk(cfg, disk, store, 6).expect("node"));

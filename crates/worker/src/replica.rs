@@ -1,5 +1,5 @@
 //! The worker's replication shell: a [`handover_cluster::Node`] on its own
-//! thread, its log in redb under `--data`, raft messages over gRPC (tonic
+//! thread, its log under `--data` (`raft-ID/`), raft messages over gRPC (tonic
 //! client streams, one per peer, batched), and the `Admin` service
 //! (`handover status`, the edges' map watch, drain).
 //!
@@ -100,7 +100,9 @@ pub fn start(settings: Settings) -> anyhow::Result<Handle> {
     } else {
         peers.iter().map(|p| p.id).collect()
     };
-    let path = data.join(format!("raft-{id}.redb"));
+    // A directory (`raft-{id}.redb`, a file, is an earlier version's log:
+    // read once and rewritten).
+    let path = data.join(format!("raft-{id}"));
     let (disk, store) = Disk::open(&path, &voters)
         .with_context(|| format!("cannot open the Raft log {}", path.display()))?;
     // After the log's lock: no live worker with this id uses the socket.

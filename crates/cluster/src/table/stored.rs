@@ -90,7 +90,8 @@ impl StoredCall {
         u32::from_le_bytes(b) as usize
     }
 
-    /// Bytes `[start, end)` of the ids and record, `i` the part.
+    /// Part `i` of the block: 0 to 2 the ids (as in [`Self::len`]), 3 the
+    /// record.
     fn part(&self, i: usize) -> &[u8] {
         let start = HEAD + (0..i).map(|j| self.len(j)).sum::<usize>();
         match i {
