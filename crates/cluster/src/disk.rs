@@ -165,7 +165,7 @@ impl Disk {
         }
         self.buf.clear();
         if let Some(from) = dirty.entries_from {
-            entries_record(&mut self.buf, store.entries_from(from));
+            entries_record(&mut self.buf, store.entries_from(from))?;
         }
         // The hard state goes when its term or vote changed, not for a
         // commit index alone: that is learnt again from the leader (see
@@ -204,7 +204,7 @@ fn fresh(dir: &Path, store: &Store, buf: &mut Vec<u8>) -> Result<File, DiskError
         b.extend_from_slice(&store.hard_state().write_to_bytes()?);
         Ok(())
     })?;
-    entries_record(buf, store.entries_from(store.snapshot_index() + 1));
+    entries_record(buf, store.entries_from(store.snapshot_index() + 1))?;
     replace(dir, "log", &[buf])?;
     let path = dir.join("log");
     OpenOptions::new()
@@ -234,12 +234,11 @@ fn record(
 }
 
 /// Appends a record of `ents` (none: nothing).
-fn entries_record(buf: &mut Vec<u8>, ents: &[Entry]) {
+fn entries_record(buf: &mut Vec<u8>, ents: &[Entry]) -> Result<(), DiskError> {
     if ents.is_empty() {
-        return;
+        return Ok(());
     }
-    let at = buf.len();
-    let r = record(buf, ENTRIES, |b| {
+    record(buf, ENTRIES, |b| {
         for e in ents {
             let bytes = e.write_to_bytes()?;
             let n = u32::try_from(bytes.len()).map_err(|_| DiskError::Broken {
@@ -250,12 +249,7 @@ fn entries_record(buf: &mut Vec<u8>, ents: &[Entry]) {
             b.extend_from_slice(&bytes);
         }
         Ok(())
-    });
-    // An entry raft-rs holds always encodes, and is far below 4 GiB (a
-    // batch of commands); if not, the record is dropped, not half kept.
-    if r.is_err() {
-        buf.truncate(at);
-    }
+    })
 }
 
 /// `bytes` after a leading CRC-32 of the rest, if it matches.
